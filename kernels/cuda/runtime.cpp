@@ -1,0 +1,64 @@
+// CUDA runtime services: one compute stream per process and a stream-ordered pool that keeps
+// freed memory for reuse (release threshold = unlimited), so steady-state steps never cudaMalloc.
+#include "kernels/cuda/runtime.h"
+
+#include <cstdint>
+
+#include "kernels/cuda/cuda_check.h"
+
+namespace moe::cuda {
+
+namespace {
+cudaStream_t g_stream = nullptr;
+int g_device = -1;
+}  // namespace
+
+int device_count() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky "no device" error
+    return 0;
+  }
+  return count;
+}
+
+void set_device(int ordinal) {
+  if (g_device == ordinal) return;
+  CUDA_CHECK(cudaSetDevice(ordinal));
+  cudaMemPool_t pool;
+  CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, ordinal));
+  uint64_t threshold = UINT64_MAX;
+  CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
+  CUDA_CHECK(cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking));
+  g_device = ordinal;
+}
+
+cudaStream_t compute_stream() {
+  if (g_device < 0) set_device(0);
+  return g_stream;
+}
+
+void* pool_alloc(size_t bytes) {
+  void* ptr = nullptr;
+  if (bytes == 0) return nullptr;
+  CUDA_CHECK(cudaMallocAsync(&ptr, bytes, compute_stream()));
+  return ptr;
+}
+
+void pool_free(void* ptr) {
+  if (ptr) CUDA_CHECK(cudaFreeAsync(ptr, compute_stream()));
+}
+
+void copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+  if (bytes == 0) return;
+  CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, kind, compute_stream()));
+  CUDA_CHECK(cudaStreamSynchronize(compute_stream()));
+}
+
+void memset_zero(void* ptr, size_t bytes) {
+  if (bytes) CUDA_CHECK(cudaMemsetAsync(ptr, 0, bytes, compute_stream()));
+}
+
+void synchronize() { CUDA_CHECK(cudaStreamSynchronize(compute_stream())); }
+
+}  // namespace moe::cuda

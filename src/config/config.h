@@ -1,0 +1,100 @@
+// The run configuration: one typed struct per TOML section, parsed in one place (config.cpp)
+// and validated in one function. Every key is documented in docs/config.md.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace moe {
+
+struct ModelConfig {              // [model]
+  int64_t vocab_size = 512;
+  int64_t d_model = 128;
+  int64_t num_layers = 2;
+  int64_t num_heads = 4;
+  int64_t num_kv_heads = 4;       // < num_heads: grouped-query attention
+  int64_t seq_len = 64;
+  std::string norm = "rmsnorm";   // rmsnorm | layernorm
+  double norm_eps = 1e-5;
+  std::string positions = "rope"; // rope | learned
+  double rope_theta = 10000.0;
+  std::string activation = "swiglu";  // relu | gelu | geglu | swiglu (dense FFNs)
+  int64_t d_ff = 512;
+  bool tie_embeddings = true;
+  double init_std = 0.02;
+};
+
+struct MoeConfig {                // [moe]
+  int64_t num_experts = 0;        // 0 = no MoE layers (a dense model)
+  int64_t top_k = 2;
+  int64_t d_expert = 256;
+  bool renormalize = true;        // renormalise the selected top-k weights to sum to 1
+  std::string activation = "";    // expert activation; "" = model.activation
+  int64_t every = 1;              // MoE at every n-th layer (layer i with (i+1-first_dense) % every == 0)
+  int64_t first_dense = 0;        // the first k layers stay dense
+  double aux_loss_coef = 0.01;    // Switch load-balancing loss alpha
+};
+
+struct TrainConfig {              // [train]
+  int64_t steps = 100;
+  uint64_t seed = 1234;
+  int64_t micro_batch_size = 8;   // sequences per micro-batch per rank
+  int64_t grad_accum = 1;         // micro-batches per step per rank
+  int64_t log_every = 10;
+  int64_t eval_every = 50;        // 0 = never (the final step always evaluates)
+  int64_t eval_batches = 8;
+  int64_t save_every = 0;         // 0 = only at the end
+  std::string run_dir = "runs/default";
+  std::string resume = "";        // "" | "latest" | a checkpoint directory
+  std::string device = "auto";    // auto | cpu | cuda
+  std::string dtype = "";         // "" = f32 on cpu, bf16 on cuda; f64 allowed on cpu
+};
+
+struct OptimConfig {              // [optim]
+  double lr = 3e-3;
+  double min_lr = 3e-4;
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double weight_decay = 0.1;
+  bool decay_norms_and_biases = false;
+  bool decay_embeddings = false;
+  double grad_clip = 1.0;         // 0 = no clipping
+};
+
+struct ScheduleConfig {           // [schedule]
+  std::string kind = "cosine";    // cosine | linear | constant | step | wsd
+  int64_t warmup_steps = 10;
+  std::vector<double> step_fractions = {0.8, 0.9};  // step: where the LR is multiplied by step_factor
+  double step_factor = 0.316;
+  double decay_fraction = 0.2;    // wsd: the final fraction of steps that decays to min_lr
+};
+
+struct DataConfig {               // [data]
+  std::string train_path = "";    // a token shard (.tok native or llm.c .bin)
+  std::string val_path = "";
+  std::string tokenizer = "";     // SentencePiece .model (needed by generate)
+};
+
+struct Config {
+  ModelConfig model;
+  MoeConfig moe;
+  TrainConfig train;
+  OptimConfig optim;
+  ScheduleConfig schedule;
+  DataConfig data;
+  std::string source_path;        // the file it was read from ("" when built in code)
+};
+
+// Reads a TOML file, applies `section.key=value` overrides, validates. Errors name the key
+// and, where it came from the file, the line: "config.toml:12: model.d_model: expected an integer".
+Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+Config parse_config(const std::string& toml_text, const std::string& source_name,
+                    const std::vector<std::string>& overrides = {});
+// Throws on impossible combinations (heads not dividing d_model, top_k > num_experts, ...).
+void validate_config(const Config& config);
+// The resolved config as TOML (every key, defaults included); parse_config(to_toml(c)) == c.
+std::string to_toml(const Config& config);
+
+}  // namespace moe

@@ -1,0 +1,64 @@
+// The device backends behind ops.h. ops.cpp checks shapes and dtypes once, then calls the
+// backend of the tensors' device; a backend maps tensors to pointers and launches kernels.
+#pragma once
+
+#include "src/ops/ops.h"
+
+namespace moe::ops {
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha,
+                      float beta) = 0;
+  virtual void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out) = 0;
+  virtual void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) = 0;
+  virtual void position_add_forward(Tensor& x, const Tensor& pos, int64_t seq_len) = 0;
+  virtual void position_add_backward(const Tensor& dx, Tensor& dpos, int64_t seq_len) = 0;
+  virtual void rmsnorm_forward(const Tensor& x, const Tensor& w, Tensor& y, Tensor& rstd, float eps) = 0;
+  virtual void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, Tensor& dx,
+                                Tensor& dw) = 0;
+  virtual void layernorm_forward(const Tensor& x, const Tensor& w, const Tensor& b, Tensor& y, Tensor& mean,
+                                 Tensor& rstd, float eps) = 0;
+  virtual void layernorm_backward(const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& rstd,
+                                  const Tensor& dy, Tensor& dx, Tensor& dw, Tensor& db) = 0;
+  virtual void rope(Tensor& x, int64_t num_heads, int64_t seq_len, float theta, bool inverse) = 0;
+  virtual void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse,
+                                 const AttentionShape& shape) = 0;
+  virtual void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                                  const Tensor& lse, const Tensor& dout, Tensor& dq, Tensor& dk, Tensor& dv,
+                                  const AttentionShape& shape) = 0;
+  virtual void activation_forward(Activation act, const Tensor& x, Tensor& y) = 0;
+  virtual void activation_backward(Activation act, const Tensor& x, const Tensor& dy, Tensor& dx) = 0;
+  virtual void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor& lse) = 0;
+  virtual void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, float scale,
+                                      Tensor& dlogits) = 0;
+  virtual void add(const Tensor& a, const Tensor& b, Tensor& out) = 0;
+  virtual void accumulate(Tensor& dst, const Tensor& src, float alpha) = 0;
+  virtual void scale(Tensor& x, float alpha) = 0;
+  virtual void cast(const Tensor& src, Tensor& dst) = 0;
+  virtual double sum(const Tensor& x) = 0;
+  virtual double sum_squares(const Tensor& x) = 0;
+  virtual void column_sum(const Tensor& x, Tensor& out) = 0;
+  virtual void gather_rows(const Tensor& src, const Tensor& index, Tensor& dst) = 0;
+  virtual void scatter_add_rows(const Tensor& src, const Tensor& index, Tensor& dst) = 0;
+  virtual void softmax_topk_forward(const Tensor& logits, int64_t k, bool renormalize, Tensor& probs, Tensor& ids,
+                                    Tensor& weights) = 0;
+  virtual void softmax_topk_backward(const Tensor& probs, const Tensor& ids, const Tensor& weights,
+                                     const Tensor& dweights, const Tensor& expert_grad, bool renormalize,
+                                     Tensor& dlogits) = 0;
+  virtual std::vector<int64_t> moe_sort_by_expert(const Tensor& ids, int64_t num_experts, Tensor& sorted_tokens,
+                                                  Tensor& slot_pos) = 0;
+  virtual void moe_combine_forward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights,
+                                   Tensor& out) = 0;
+  virtual void moe_combine_backward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights,
+                                    const Tensor& dout, Tensor& dy_sorted, Tensor& dweights) = 0;
+  virtual void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWParams& p) = 0;
+};
+
+Backend& cpu_backend();
+#if MOE_WITH_CUDA
+Backend& cuda_backend();
+#endif
+
+}  // namespace moe::ops

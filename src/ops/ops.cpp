@@ -1,0 +1,354 @@
+// Shape and dtype contracts of every op, checked once here, then dispatched to the backend
+// of the tensors' device.
+#include "src/ops/ops.h"
+
+#include "src/ops/backend.h"
+
+namespace moe::ops {
+
+namespace {
+
+Backend& backend_for(const Tensor& t) {
+  if (!t.is_cuda()) return cpu_backend();
+#if MOE_WITH_CUDA
+  return cuda_backend();
+#else
+  MOE_FAIL("tensor on ", t.device().str(), " but this build has no CUDA backend");
+#endif
+}
+
+void check_compute(const Tensor& t, const char* name) {
+  MOE_CHECK(t.defined(), name, " is undefined");
+  if (t.is_cuda()) {
+    check_dtype(t, DType::bf16, name);
+  } else {
+    MOE_CHECK(t.dtype() == DType::f32 || t.dtype() == DType::f64, name, " must be f32 or f64 on the CPU, got ",
+              dtype_name(t.dtype()));
+  }
+}
+
+void check_accum(const Tensor& t, const Tensor& like, const char* name) {
+  MOE_CHECK(t.defined(), name, " is undefined");
+  check_dtype(t, accum_dtype(like.dtype()), name);
+  check_same_device(t, like, name);
+}
+
+void check_like(const Tensor& t, const Tensor& like, const char* name) {
+  check_shape(t, like.shape(), name);
+  check_dtype(t, like.dtype(), name);
+  check_same_device(t, like, name);
+}
+
+void check_index(const Tensor& t, const Shape& shape, const Tensor& like, const char* name) {
+  check_shape(t, shape, name);
+  check_dtype(t, DType::i32, name);
+  check_same_device(t, like, name);
+}
+
+int64_t rows_of(const Tensor& t) { return t.ndim() == 0 ? 1 : t.size(0); }
+int64_t cols_of(const Tensor& t) { return t.numel() / std::max<int64_t>(rows_of(t), 1); }
+
+}  // namespace
+
+bool is_gated(Activation act) { return act == Activation::geglu || act == Activation::swiglu; }
+
+const char* activation_name(Activation act) {
+  switch (act) {
+    case Activation::relu: return "relu";
+    case Activation::gelu: return "gelu";
+    case Activation::geglu: return "geglu";
+    case Activation::swiglu: return "swiglu";
+  }
+  return "?";
+}
+
+Activation activation_from_name(const std::string& name) {
+  for (Activation a : {Activation::relu, Activation::gelu, Activation::geglu, Activation::swiglu}) {
+    if (name == activation_name(a)) return a;
+  }
+  MOE_FAIL("unknown activation '", name, "' (expected relu, gelu, geglu or swiglu)");
+}
+
+void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha, float beta) {
+  MOE_CHECK(a.ndim() == 2 && b.ndim() == 2 && c.ndim() == 2, "matmul takes 2-d tensors, got ", shape_str(a.shape()),
+            " ", shape_str(b.shape()), " ", shape_str(c.shape()));
+  check_compute(a, "matmul a");
+  check_dtype(b, a.dtype(), "matmul b");
+  MOE_CHECK(c.dtype() == a.dtype() || c.dtype() == accum_dtype(a.dtype()), "matmul c has dtype ",
+            dtype_name(c.dtype()));
+  check_same_device(a, b, "matmul");
+  check_same_device(a, c, "matmul");
+  int64_t m = trans_a ? a.size(1) : a.size(0), k = trans_a ? a.size(0) : a.size(1);
+  int64_t kb = trans_b ? b.size(1) : b.size(0), n = trans_b ? b.size(0) : b.size(1);
+  MOE_CHECK(k == kb && c.size(0) == m && c.size(1) == n, "matmul shapes: op(a)[", m, ",", k, "] op(b)[", kb, ",", n,
+            "] c", shape_str(c.shape()));
+  if (m == 0 || n == 0) return;
+  backend_for(a).matmul(a, trans_a, b, trans_b, c, alpha, beta);
+}
+
+void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out) {
+  check_compute(table, "embedding table");
+  MOE_CHECK(table.ndim() == 2, "embedding table must be [V,d]");
+  check_index(ids, {ids.numel()}, table, "embedding ids");
+  check_shape(out, {ids.numel(), table.size(1)}, "embedding out");
+  check_dtype(out, table.dtype(), "embedding out");
+  backend_for(table).embedding_forward(ids, table, out);
+}
+
+void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) {
+  check_compute(dout, "embedding dout");
+  check_index(ids, {dout.size(0)}, dout, "embedding ids");
+  check_accum(dtable, dout, "embedding dtable");
+  MOE_CHECK(dtable.ndim() == 2 && dtable.size(1) == dout.size(1), "embedding dtable shape ", shape_str(dtable.shape()));
+  backend_for(dout).embedding_backward(ids, dout, dtable);
+}
+
+void position_add_forward(Tensor& x, const Tensor& pos, int64_t seq_len) {
+  check_compute(x, "positions x");
+  check_dtype(pos, x.dtype(), "positions table");
+  MOE_CHECK(pos.ndim() == 2 && pos.size(1) == x.size(1) && seq_len <= pos.size(0) && seq_len > 0 &&
+                x.size(0) % seq_len == 0,
+            "positions: x", shape_str(x.shape()), " table", shape_str(pos.shape()), " seq_len ", seq_len);
+  backend_for(x).position_add_forward(x, pos, seq_len);
+}
+
+void position_add_backward(const Tensor& dx, Tensor& dpos, int64_t seq_len) {
+  check_compute(dx, "positions dx");
+  check_accum(dpos, dx, "positions dtable");
+  MOE_CHECK(dpos.ndim() == 2 && dpos.size(1) == dx.size(1) && seq_len <= dpos.size(0) && dx.size(0) % seq_len == 0,
+            "positions backward shapes");
+  backend_for(dx).position_add_backward(dx, dpos, seq_len);
+}
+
+void rmsnorm_forward(const Tensor& x, const Tensor& w, Tensor& y, Tensor& rstd, float eps) {
+  check_compute(x, "rmsnorm x");
+  MOE_CHECK(x.ndim() == 2, "rmsnorm x must be [T,d]");
+  check_shape(w, {x.size(1)}, "rmsnorm w");
+  check_dtype(w, x.dtype(), "rmsnorm w");
+  check_like(y, x, "rmsnorm y");
+  check_shape(rstd, {x.size(0)}, "rmsnorm rstd");
+  check_accum(rstd, x, "rmsnorm rstd");
+  backend_for(x).rmsnorm_forward(x, w, y, rstd, eps);
+}
+
+void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, Tensor& dx, Tensor& dw) {
+  check_compute(x, "rmsnorm x");
+  check_like(dy, x, "rmsnorm dy");
+  check_like(dx, x, "rmsnorm dx");
+  check_shape(dw, w.shape(), "rmsnorm dw");
+  check_accum(dw, x, "rmsnorm dw");
+  check_shape(rstd, {x.size(0)}, "rmsnorm rstd");
+  backend_for(x).rmsnorm_backward(x, w, rstd, dy, dx, dw);
+}
+
+void layernorm_forward(const Tensor& x, const Tensor& w, const Tensor& b, Tensor& y, Tensor& mean, Tensor& rstd,
+                       float eps) {
+  check_compute(x, "layernorm x");
+  MOE_CHECK(x.ndim() == 2, "layernorm x must be [T,d]");
+  check_shape(w, {x.size(1)}, "layernorm w");
+  check_like(b, w, "layernorm b");
+  check_like(y, x, "layernorm y");
+  check_shape(mean, {x.size(0)}, "layernorm mean");
+  check_accum(mean, x, "layernorm mean");
+  check_like(rstd, mean, "layernorm rstd");
+  backend_for(x).layernorm_forward(x, w, b, y, mean, rstd, eps);
+}
+
+void layernorm_backward(const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& rstd, const Tensor& dy,
+                        Tensor& dx, Tensor& dw, Tensor& db) {
+  check_compute(x, "layernorm x");
+  check_like(dy, x, "layernorm dy");
+  check_like(dx, x, "layernorm dx");
+  check_shape(dw, w.shape(), "layernorm dw");
+  check_accum(dw, x, "layernorm dw");
+  check_like(db, dw, "layernorm db");
+  backend_for(x).layernorm_backward(x, w, mean, rstd, dy, dx, dw, db);
+}
+
+void rope(Tensor& x, int64_t num_heads, int64_t seq_len, float theta, bool inverse) {
+  check_compute(x, "rope x");
+  MOE_CHECK(x.ndim() == 2 && num_heads > 0 && x.size(1) % num_heads == 0 && (x.size(1) / num_heads) % 2 == 0,
+            "rope: x", shape_str(x.shape()), " with ", num_heads, " heads needs an even head dim");
+  MOE_CHECK(seq_len > 0 && x.size(0) % seq_len == 0, "rope: ", x.size(0), " rows are not whole sequences of ", seq_len);
+  backend_for(x).rope(x, num_heads, seq_len, theta, inverse);
+}
+
+static void check_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionShape& s) {
+  check_compute(q, "attention q");
+  MOE_CHECK(s.num_heads > 0 && s.num_kv_heads > 0 && s.num_heads % s.num_kv_heads == 0,
+            "attention: num_heads ", s.num_heads, " must be a multiple of num_kv_heads ", s.num_kv_heads);
+  int64_t tokens = s.batch * s.seq_len;
+  check_shape(q, {tokens, s.num_heads * s.head_dim}, "attention q");
+  check_shape(k, {tokens, s.num_kv_heads * s.head_dim}, "attention k");
+  check_dtype(k, q.dtype(), "attention k");
+  check_like(v, k, "attention v");
+}
+
+void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse,
+                       const AttentionShape& shape) {
+  check_attention(q, k, v, shape);
+  check_like(out, q, "attention out");
+  check_shape(lse, {shape.batch, shape.num_heads, shape.seq_len}, "attention lse");
+  check_accum(lse, q, "attention lse");
+  backend_for(q).attention_forward(q, k, v, out, lse, shape);
+}
+
+void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
+                        const Tensor& dout, Tensor& dq, Tensor& dk, Tensor& dv, const AttentionShape& shape) {
+  check_attention(q, k, v, shape);
+  check_like(out, q, "attention out");
+  check_like(dout, q, "attention dout");
+  check_like(dq, q, "attention dq");
+  check_like(dk, k, "attention dk");
+  check_like(dv, v, "attention dv");
+  backend_for(q).attention_backward(q, k, v, out, lse, dout, dq, dk, dv, shape);
+}
+
+static void check_activation(Activation act, const Tensor& x, const Tensor& y) {
+  check_compute(x, "activation x");
+  MOE_CHECK(x.ndim() == 2, "activation x must be [T,f]");
+  int64_t width = is_gated(act) ? x.size(1) / 2 : x.size(1);
+  MOE_CHECK(!is_gated(act) || x.size(1) % 2 == 0, activation_name(act), " input width must be even");
+  check_shape(y, {x.size(0), width}, "activation y");
+  check_dtype(y, x.dtype(), "activation y");
+}
+
+void activation_forward(Activation act, const Tensor& x, Tensor& y) {
+  check_activation(act, x, y);
+  backend_for(x).activation_forward(act, x, y);
+}
+
+void activation_backward(Activation act, const Tensor& x, const Tensor& dy, Tensor& dx) {
+  check_activation(act, x, dy);
+  check_like(dx, x, "activation dx");
+  backend_for(x).activation_backward(act, x, dy, dx);
+}
+
+void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor& lse) {
+  check_compute(logits, "cross-entropy logits");
+  MOE_CHECK(logits.ndim() == 2, "cross-entropy logits must be [T,V]");
+  check_index(targets, {logits.size(0)}, logits, "cross-entropy targets");
+  check_shape(loss, {logits.size(0)}, "cross-entropy loss");
+  check_accum(loss, logits, "cross-entropy loss");
+  check_like(lse, loss, "cross-entropy lse");
+  backend_for(logits).cross_entropy_forward(logits, targets, loss, lse);
+}
+
+void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, float scale,
+                            Tensor& dlogits) {
+  check_compute(logits, "cross-entropy logits");
+  check_index(targets, {logits.size(0)}, logits, "cross-entropy targets");
+  check_shape(lse, {logits.size(0)}, "cross-entropy lse");
+  check_like(dlogits, logits, "cross-entropy dlogits");
+  backend_for(logits).cross_entropy_backward(logits, targets, lse, scale, dlogits);
+}
+
+void add(const Tensor& a, const Tensor& b, Tensor& out) {
+  check_like(b, a, "add b");
+  check_like(out, a, "add out");
+  backend_for(a).add(a, b, out);
+}
+
+void accumulate(Tensor& dst, const Tensor& src, float alpha) {
+  MOE_CHECK(dst.numel() == src.numel(), "accumulate: ", shape_str(dst.shape()), " += ", shape_str(src.shape()));
+  MOE_CHECK(dst.dtype() == src.dtype() || dst.dtype() == accum_dtype(src.dtype()), "accumulate: ",
+            dtype_name(dst.dtype()), " += ", dtype_name(src.dtype()));
+  check_same_device(dst, src, "accumulate");
+  backend_for(dst).accumulate(dst, src, alpha);
+}
+
+void scale(Tensor& x, float alpha) { backend_for(x).scale(x, alpha); }
+
+void cast(const Tensor& src, Tensor& dst) {
+  MOE_CHECK(src.numel() == dst.numel() && is_floating(src.dtype()) && is_floating(dst.dtype()), "cast: ",
+            dtype_name(src.dtype()), shape_str(src.shape()), " -> ", dtype_name(dst.dtype()), shape_str(dst.shape()));
+  check_same_device(src, dst, "cast");
+  backend_for(src).cast(src, dst);
+}
+
+double sum(const Tensor& x) { return backend_for(x).sum(x); }
+double sum_squares(const Tensor& x) { return backend_for(x).sum_squares(x); }
+
+void column_sum(const Tensor& x, Tensor& out) {
+  MOE_CHECK(x.ndim() == 2, "column_sum x must be 2-d");
+  check_shape(out, {x.size(1)}, "column_sum out");
+  check_dtype(out, x.dtype(), "column_sum out");
+  backend_for(x).column_sum(x, out);
+}
+
+void gather_rows(const Tensor& src, const Tensor& index, Tensor& dst) {
+  check_index(index, {index.numel()}, src, "gather index");
+  MOE_CHECK(dst.size(0) == index.numel() && cols_of(dst) == cols_of(src), "gather: src", shape_str(src.shape()),
+            " dst", shape_str(dst.shape()), " index ", index.numel());
+  check_dtype(dst, src.dtype(), "gather dst");
+  backend_for(src).gather_rows(src, index, dst);
+}
+
+void scatter_add_rows(const Tensor& src, const Tensor& index, Tensor& dst) {
+  check_index(index, {index.numel()}, src, "scatter index");
+  MOE_CHECK(src.size(0) == index.numel() && cols_of(dst) == cols_of(src), "scatter_add: src",
+            shape_str(src.shape()), " dst", shape_str(dst.shape()), " index ", index.numel());
+  check_dtype(dst, src.dtype(), "scatter_add dst");
+  backend_for(src).scatter_add_rows(src, index, dst);
+}
+
+void softmax_topk_forward(const Tensor& logits, int64_t k, bool renormalize, Tensor& probs, Tensor& ids,
+                          Tensor& weights) {
+  MOE_CHECK(logits.ndim() == 2, "router logits must be [T,E]");
+  MOE_CHECK(k >= 1 && k <= logits.size(1), "top-k ", k, " must be between 1 and the expert count ", logits.size(1));
+  MOE_CHECK(logits.dtype() == DType::f32 || logits.dtype() == DType::f64, "router logits must be f32 or f64");
+  check_like(probs, logits, "router probs");
+  check_index(ids, {logits.size(0), k}, logits, "router ids");
+  check_shape(weights, {logits.size(0), k}, "router weights");
+  check_dtype(weights, logits.dtype(), "router weights");
+  backend_for(logits).softmax_topk_forward(logits, k, renormalize, probs, ids, weights);
+}
+
+void softmax_topk_backward(const Tensor& probs, const Tensor& ids, const Tensor& weights, const Tensor& dweights,
+                           const Tensor& expert_grad, bool renormalize, Tensor& dlogits) {
+  check_like(dweights, weights, "router dweights");
+  check_shape(expert_grad, {probs.size(1)}, "router expert_grad");
+  check_dtype(expert_grad, probs.dtype(), "router expert_grad");
+  check_like(dlogits, probs, "router dlogits");
+  check_index(ids, weights.shape(), probs, "router ids");
+  backend_for(probs).softmax_topk_backward(probs, ids, weights, dweights, expert_grad, renormalize, dlogits);
+}
+
+std::vector<int64_t> moe_sort_by_expert(const Tensor& ids, int64_t num_experts, Tensor& sorted_tokens,
+                                        Tensor& slot_pos) {
+  MOE_CHECK(ids.ndim() == 2 && ids.dtype() == DType::i32, "expert ids must be i32[T,k]");
+  check_index(sorted_tokens, {ids.numel()}, ids, "sorted_tokens");
+  check_index(slot_pos, {ids.numel()}, ids, "slot_pos");
+  return backend_for(ids).moe_sort_by_expert(ids, num_experts, sorted_tokens, slot_pos);
+}
+
+void moe_combine_forward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights, Tensor& out) {
+  check_compute(y_sorted, "combine y_sorted");
+  MOE_CHECK(weights.ndim() == 2 && y_sorted.size(0) == weights.numel(), "combine: y_sorted",
+            shape_str(y_sorted.shape()), " weights", shape_str(weights.shape()));
+  check_accum(weights, y_sorted, "combine weights");
+  check_index(slot_pos, {weights.numel()}, y_sorted, "combine slot_pos");
+  check_shape(out, {weights.size(0), y_sorted.size(1)}, "combine out");
+  check_dtype(out, y_sorted.dtype(), "combine out");
+  backend_for(y_sorted).moe_combine_forward(y_sorted, slot_pos, weights, out);
+}
+
+void moe_combine_backward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights, const Tensor& dout,
+                          Tensor& dy_sorted, Tensor& dweights) {
+  check_compute(y_sorted, "combine y_sorted");
+  check_accum(weights, y_sorted, "combine weights");
+  check_shape(dout, {weights.size(0), y_sorted.size(1)}, "combine dout");
+  check_like(dy_sorted, y_sorted, "combine dy_sorted");
+  check_like(dweights, weights, "combine dweights");
+  backend_for(y_sorted).moe_combine_backward(y_sorted, slot_pos, weights, dout, dy_sorted, dweights);
+}
+
+void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWParams& p) {
+  MOE_CHECK(param.dtype() == DType::f32 || param.dtype() == DType::f64, "adamw params must be f32 or f64");
+  check_like(grad, param, "adamw grad");
+  check_like(m, grad, "adamw m");
+  check_like(v, grad, "adamw v");
+  backend_for(param).adamw_step(param, grad, m, v, p);
+}
+
+}  // namespace moe::ops

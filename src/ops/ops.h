@@ -1,0 +1,125 @@
+// The ops layer: Tensor-level operations with shape contracts, dispatched to the CPU
+// reference kernels (f32/f64) or the CUDA kernels (bf16 storage, fp32 accumulation).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "src/tensor/tensor.h"
+
+namespace moe::ops {
+
+// Dtype policy. "compute" tensors (weights, activations) are f32/f64 on CPU and bf16 on CUDA.
+// "accum" tensors (parameter gradients, norm statistics, router logits/probs, per-token
+// losses) are the compute dtype on CPU and f32 where the compute dtype is bf16.
+inline DType accum_dtype(DType compute) { return compute == DType::bf16 ? DType::f32 : compute; }
+
+// c[M,N] = alpha * op(a) @ op(b) + beta * c, row-major; op(a)[M,K], op(b)[K,N].
+// a, b same dtype; c the same dtype or accum_dtype(a) (bf16 inputs into an f32 gradient).
+void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha = 1.0f,
+            float beta = 0.0f);
+
+// ids i32[T], table[V,d] -> out[T,d]
+void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out);
+// dtable[V,d] (accum) += rows of dout[T,d] at ids
+void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable);
+
+// Learned positions: x[T,d] += pos[t % seq_len] where pos[S_max,d], seq_len <= S_max.
+void position_add_forward(Tensor& x, const Tensor& pos, int64_t seq_len);
+// dpos[S_max,d] (accum) += sum over sequences of dx[T,d]
+void position_add_backward(const Tensor& dx, Tensor& dpos, int64_t seq_len);
+
+// RMSNorm: x[T,d], w[d] -> y[T,d], rstd[T] (accum)
+void rmsnorm_forward(const Tensor& x, const Tensor& w, Tensor& y, Tensor& rstd, float eps);
+// dx[T,d] written, dw[d] (accum) accumulated
+void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, Tensor& dx,
+                      Tensor& dw);
+// LayerNorm: x[T,d], w[d], b[d] -> y[T,d], mean[T], rstd[T] (accum)
+void layernorm_forward(const Tensor& x, const Tensor& w, const Tensor& b, Tensor& y, Tensor& mean, Tensor& rstd,
+                       float eps);
+// dx[T,d] written, dw[d], db[d] (accum) accumulated
+void layernorm_backward(const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& rstd, const Tensor& dy,
+                        Tensor& dx, Tensor& dw, Tensor& db);
+
+// Rotary embedding in place on x[T, H*hd], position t % seq_len, pairs (i, i + hd/2) rotated by
+// angle pos * theta^(-2i/hd) (the Llama/GPT-NeoX layout). inverse=true rotates back, which is
+// the backward of the forward rotation.
+void rope(Tensor& x, int64_t num_heads, int64_t seq_len, float theta, bool inverse);
+
+struct AttentionShape {
+  int64_t batch = 0, seq_len = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0;
+};
+// Causal scaled-dot-product attention with grouped-query heads (query head h reads kv head
+// h / (Hq / Hkv)). q[B*S, Hq*hd], k,v[B*S, Hkv*hd] -> out[B*S, Hq*hd], lse[B, Hq, S] (accum),
+// the log-sum-exp of each softmax row, kept for backward.
+void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse,
+                       const AttentionShape& shape);
+// dq, dk, dv written (same shapes as q, k, v).
+void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
+                        const Tensor& dout, Tensor& dq, Tensor& dk, Tensor& dv, const AttentionShape& shape);
+
+// Activations. relu/gelu(tanh approximation): x[T,f] -> y[T,f]. geglu/swiglu: x[T,2f] holds
+// [gate | up] -> y[T,f] = act(gate) * up.
+enum class Activation { relu, gelu, geglu, swiglu };
+bool is_gated(Activation act);
+const char* activation_name(Activation act);
+Activation activation_from_name(const std::string& name);  // throws naming the value
+void activation_forward(Activation act, const Tensor& x, Tensor& y);
+// dx (shape of x) written
+void activation_backward(Activation act, const Tensor& x, const Tensor& dy, Tensor& dx);
+
+// Softmax cross-entropy: logits[T,V], targets i32[T] (negative = ignored) -> loss[T] (accum;
+// 0 where ignored), lse[T] (accum)
+void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor& lse);
+// dlogits[T,V] = scale * (softmax(logits) - onehot(target)), zero rows where ignored (written)
+void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, float scale,
+                            Tensor& dlogits);
+
+// Elementwise. out = a + b (same shape and dtype).
+void add(const Tensor& a, const Tensor& b, Tensor& out);
+// dst += alpha * src; dst has src's dtype or accum_dtype(src), same numel.
+void accumulate(Tensor& dst, const Tensor& src, float alpha = 1.0f);
+// x *= alpha
+void scale(Tensor& x, float alpha);
+// dst = src converted between float dtypes (same numel, same device)
+void cast(const Tensor& src, Tensor& dst);
+// Host-synchronising reductions in double.
+double sum(const Tensor& x);
+double sum_squares(const Tensor& x);
+// x[R,C] (accum) -> out[C] (accum): column sums
+void column_sum(const Tensor& x, Tensor& out);
+
+// Rows by index: dst[i] = src[index[i]]; index i32[N], src[R,d], dst[N,d].
+void gather_rows(const Tensor& src, const Tensor& index, Tensor& dst);
+// dst[index[i]] += src[i]; src[N,d], dst[R,d] (indices may repeat).
+void scatter_add_rows(const Tensor& src, const Tensor& index, Tensor& dst);
+
+// Router: logits[T,E] (accum) -> probs[T,E] = softmax over all experts, ids i32[T,k], the
+// top-k experts by probability (ties to the lower index, in descending order), weights[T,k]
+// (accum) = probs at ids, divided by their sum when renormalize.
+void softmax_topk_forward(const Tensor& logits, int64_t k, bool renormalize, Tensor& probs, Tensor& ids,
+                          Tensor& weights);
+// dlogits[T,E] (written) given dweights[T,k] and expert_grad[E], a gradient added to every
+// token's probs (d loss / d probs[t,i] += expert_grad[i]; the Switch auxiliary loss).
+void softmax_topk_backward(const Tensor& probs, const Tensor& ids, const Tensor& weights, const Tensor& dweights,
+                           const Tensor& expert_grad, bool renormalize, Tensor& dlogits);
+
+// Dropless dispatch order: ids i32[T,k] -> sorted_tokens i32[T*k] (token of each row in
+// expert-sorted order, stable: by expert, then token, then slot), slot_pos i32[T*k] (row in
+// sorted order of slot t*k+s). Returns tokens per expert (host, synchronising).
+std::vector<int64_t> moe_sort_by_expert(const Tensor& ids, int64_t num_experts, Tensor& sorted_tokens,
+                                        Tensor& slot_pos);
+// out[T,d] = sum_s weights[t,s] * y_sorted[slot_pos[t*k+s]]; y_sorted[T*k,d], weights[T,k] (accum)
+void moe_combine_forward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights, Tensor& out);
+// dy_sorted[T*k,d] (written), dweights[T,k] (accum, written)
+void moe_combine_backward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights,
+                          const Tensor& dout, Tensor& dy_sorted, Tensor& dweights);
+
+// AdamW (decoupled weight decay) on one contiguous range; param, grad, m, v same accum dtype.
+struct AdamWParams {
+  float lr = 0, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, weight_decay = 0;
+  int64_t step = 1;  // 1-based, for bias correction
+};
+void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWParams& p);
+
+}  // namespace moe::ops

@@ -1,0 +1,13 @@
+// Out-of-line part of the error checks (keeps <sstream> work out of every caller's hot path).
+#include "src/util/check.h"
+
+namespace moe::detail {
+
+void throw_error(const char* file, int line, const std::string& what) {
+  std::string where = file;
+  auto slash = where.find_last_of('/');
+  if (slash != std::string::npos) where = where.substr(slash + 1);
+  throw Error(what + " [" + where + ":" + std::to_string(line) + "]");
+}
+
+}  // namespace moe::detail

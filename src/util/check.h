@@ -1,0 +1,47 @@
+// Error checks for the whole engine: one generic macro, specialised per library.
+// Library code throws moe::Error; `main` catches, prints one line and exits non-zero.
+#pragma once
+
+#include <sstream>
+#include <stdexcept>
+#include <string>
+
+namespace moe {
+
+class Error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+namespace detail {
+template <typename... Args>
+std::string concat(const Args&... args) {
+  std::ostringstream out;
+  (out << ... << args);
+  return out.str();
+}
+[[noreturn]] void throw_error(const char* file, int line, const std::string& what);
+}  // namespace detail
+
+}  // namespace moe
+
+// MOE_FAIL(...) throws moe::Error with the message and the source location.
+#define MOE_FAIL(...) ::moe::detail::throw_error(__FILE__, __LINE__, ::moe::detail::concat(__VA_ARGS__))
+
+// MOE_CHECK(cond, msg...) throws when cond is false; the message says what the user did wrong.
+#define MOE_CHECK(cond, ...)  \
+  do {                        \
+    if (!(cond)) {            \
+      MOE_FAIL(__VA_ARGS__);  \
+    }                         \
+  } while (0)
+
+// MOE_CHECK_CALL(expr, ok, describe): evaluates a library call, compares with its success
+// value and reports the call text plus the library's own description of the status.
+#define MOE_CHECK_CALL(expr, ok, describe)                                      \
+  do {                                                                          \
+    auto moe_status_ = (expr);                                                  \
+    if (moe_status_ != (ok)) {                                                  \
+      MOE_FAIL(#expr, " failed: ", describe(moe_status_));                      \
+    }                                                                           \
+  } while (0)

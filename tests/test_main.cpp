@@ -1,0 +1,3 @@
+// Catch2 entry point of the CPU test executables.
+#define CATCH_CONFIG_MAIN
+#include <catch2/catch.hpp>
