@@ -1,4 +1,4 @@
-// The run configuration: one typed struct per TOML section, parsed in one place (config.cpp)
+// The run configuration: one typed struct per TOML section, parsed in one place (config_parse.cpp)
 // and validated in one function. Every key is documented in docs/config.md.
 #pragma once
 
@@ -23,6 +23,8 @@ struct ModelConfig {              // [model]
   int64_t d_ff = 512;
   bool tie_embeddings = true;
   double init_std = 0.02;
+
+  bool operator==(const ModelConfig&) const = default;
 };
 
 struct MoeConfig {                // [moe]
@@ -34,6 +36,8 @@ struct MoeConfig {                // [moe]
   int64_t every = 1;              // MoE at every n-th layer (layer i with (i+1-first_dense) % every == 0)
   int64_t first_dense = 0;        // the first k layers stay dense
   double aux_loss_coef = 0.01;    // Switch load-balancing loss alpha
+
+  bool operator==(const MoeConfig&) const = default;
 };
 
 struct TrainConfig {              // [train]
@@ -49,6 +53,8 @@ struct TrainConfig {              // [train]
   std::string resume = "";        // "" | "latest" | a checkpoint directory
   std::string device = "auto";    // auto | cpu | cuda
   std::string dtype = "";         // "" = f32 on cpu, bf16 on cuda; f64 allowed on cpu
+
+  bool operator==(const TrainConfig&) const = default;
 };
 
 struct OptimConfig {              // [optim]
@@ -61,6 +67,8 @@ struct OptimConfig {              // [optim]
   bool decay_norms_and_biases = false;
   bool decay_embeddings = false;
   double grad_clip = 1.0;         // 0 = no clipping
+
+  bool operator==(const OptimConfig&) const = default;
 };
 
 struct ScheduleConfig {           // [schedule]
@@ -69,12 +77,16 @@ struct ScheduleConfig {           // [schedule]
   std::vector<double> step_fractions = {0.8, 0.9};  // step: where the LR is multiplied by step_factor
   double step_factor = 0.316;
   double decay_fraction = 0.2;    // wsd: the final fraction of steps that decays to min_lr
+
+  bool operator==(const ScheduleConfig&) const = default;
 };
 
 struct DataConfig {               // [data]
   std::string train_path = "";    // a token shard (.tok native or llm.c .bin)
   std::string val_path = "";
   std::string tokenizer = "";     // SentencePiece .model (needed by generate)
+
+  bool operator==(const DataConfig&) const = default;
 };
 
 struct Config {
@@ -85,6 +97,8 @@ struct Config {
   ScheduleConfig schedule;
   DataConfig data;
   std::string source_path;        // the file it was read from ("" when built in code)
+
+  bool operator==(const Config&) const = default;  // source_path included
 };
 
 // Reads a TOML file, applies `section.key=value` overrides, validates. Errors name the key

@@ -1,0 +1,92 @@
+// CPU reference activations and their derivatives, evaluated per element in double.
+// gelu is the tanh approximation (GPT-2 / Megatron), silu(x) = x * sigmoid(x).
+#include "kernels/cpu/activations.h"
+
+#include <cmath>
+
+namespace moe::cpu {
+
+namespace {
+
+constexpr double k_sqrt_2_over_pi = 0.7978845608028654;
+constexpr double k_gelu_cubic = 0.044715;
+
+double gelu(double x) { return 0.5 * x * (1.0 + std::tanh(k_sqrt_2_over_pi * (x + k_gelu_cubic * x * x * x))); }
+
+double gelu_grad(double x) {
+  double t = std::tanh(k_sqrt_2_over_pi * (x + k_gelu_cubic * x * x * x));
+  double dinner = k_sqrt_2_over_pi * (1.0 + 3.0 * k_gelu_cubic * x * x);
+  return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dinner;
+}
+
+double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+double silu(double x) { return x * sigmoid(x); }
+double silu_grad(double x) {
+  double s = sigmoid(x);
+  return s * (1.0 + x * (1.0 - s));
+}
+
+// The gate function of each activation and its derivative.
+double act_value(ActivationKind act, double x) {
+  switch (act) {
+    case ActivationKind::relu: return x > 0 ? x : 0.0;
+    case ActivationKind::gelu:
+    case ActivationKind::geglu: return gelu(x);
+    case ActivationKind::swiglu: return silu(x);
+  }
+  return 0;
+}
+
+double act_grad(ActivationKind act, double x) {
+  switch (act) {
+    case ActivationKind::relu: return x > 0 ? 1.0 : 0.0;
+    case ActivationKind::gelu:
+    case ActivationKind::geglu: return gelu_grad(x);
+    case ActivationKind::swiglu: return silu_grad(x);
+  }
+  return 0;
+}
+
+bool gated(ActivationKind act) { return act == ActivationKind::geglu || act == ActivationKind::swiglu; }
+
+}  // namespace
+
+template <typename T>
+void activation_forward(ActivationKind act, const T* x, T* y, int64_t rows, int64_t width) {
+  const int64_t in_width = gated(act) ? 2 * width : width;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * in_width;
+    T* yr = y + r * width;
+    if (gated(act)) {
+      for (int64_t i = 0; i < width; ++i) yr[i] = static_cast<T>(act_value(act, xr[i]) * xr[width + i]);
+    } else {
+      for (int64_t i = 0; i < width; ++i) yr[i] = static_cast<T>(act_value(act, xr[i]));
+    }
+  }
+}
+
+template <typename T>
+void activation_backward(ActivationKind act, const T* x, const T* dy, T* dx, int64_t rows, int64_t width) {
+  const int64_t in_width = gated(act) ? 2 * width : width;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * in_width;
+    const T* dyr = dy + r * width;
+    T* dxr = dx + r * in_width;
+    if (gated(act)) {
+      for (int64_t i = 0; i < width; ++i) {
+        double gate = xr[i], up = xr[width + i], g = dyr[i];
+        dxr[i] = static_cast<T>(g * up * act_grad(act, gate));
+        dxr[width + i] = static_cast<T>(g * act_value(act, gate));
+      }
+    } else {
+      for (int64_t i = 0; i < width; ++i) dxr[i] = static_cast<T>(dyr[i] * act_grad(act, xr[i]));
+    }
+  }
+}
+
+template void activation_forward<float>(ActivationKind, const float*, float*, int64_t, int64_t);
+template void activation_forward<double>(ActivationKind, const double*, double*, int64_t, int64_t);
+template void activation_backward<float>(ActivationKind, const float*, const float*, float*, int64_t, int64_t);
+template void activation_backward<double>(ActivationKind, const double*, const double*, double*, int64_t, int64_t);
+
+}  // namespace moe::cpu

@@ -1,0 +1,139 @@
+// CPU reference causal GQA attention, blocked over query rows: each block of rows does its
+// score, probability and gradient products as GEMMs over the keys it can see (no S^2 mask waste).
+#include "kernels/cpu/attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <vector>
+
+#include "kernels/cpu/gemm.h"
+
+namespace moe::cpu {
+
+namespace {
+
+constexpr int64_t k_block_rows = 64;  // query rows per block: bounds scratch to 64 x S
+
+// One (batch, query head) problem: its slices of q, k, v (and of same-shaped tensors).
+struct HeadSlice {
+  int64_t q_offset, kv_offset, q_stride, kv_stride;
+};
+
+HeadSlice head_slice(const AttentionDims& d, int64_t b, int64_t h) {
+  const int64_t g = h / (d.num_heads / d.num_kv_heads);
+  const int64_t q_stride = d.num_heads * d.head_dim, kv_stride = d.num_kv_heads * d.head_dim;
+  return {b * d.seq_len * q_stride + h * d.head_dim, b * d.seq_len * kv_stride + g * d.head_dim, q_stride, kv_stride};
+}
+
+// scores[rows, keys] = scale * q[i0 : i0+rows] @ k[0 : keys]^T, with keys = i0 + rows.
+template <typename T>
+void block_scores(const T* q, const T* k, const HeadSlice& hs, int64_t i0, int64_t rows, int64_t hd, double scale,
+                  T* scores) {
+  const int64_t keys = i0 + rows;
+  gemm_strided<T>(q + hs.q_offset + i0 * hs.q_stride, hs.q_stride, false, k + hs.kv_offset, hs.kv_stride, true, scores,
+                  keys, rows, keys, hd, static_cast<T>(scale), T(0));
+}
+
+// Row r of a [rows, keys] block is query i0 + r: keys beyond it are masked to probability 0.
+template <typename T>
+void mask_row(T* row, int64_t i, int64_t keys) {
+  std::fill(row + i + 1, row + keys, T(0));
+}
+
+}  // namespace
+
+template <typename T>
+void attention_forward(const T* q, const T* k, const T* v, T* out, T* lse, const AttentionDims& d) {
+  const int64_t S = d.seq_len, hd = d.head_dim;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  std::vector<T> probs(static_cast<size_t>(std::min(k_block_rows, S) * S));
+  for (int64_t b = 0; b < d.batch; ++b) {
+    for (int64_t h = 0; h < d.num_heads; ++h) {
+      const HeadSlice hs = head_slice(d, b, h);
+      T* lse_h = lse + (b * d.num_heads + h) * S;
+      for (int64_t i0 = 0; i0 < S; i0 += k_block_rows) {
+        const int64_t rows = std::min(k_block_rows, S - i0), keys = i0 + rows;
+        block_scores(q, k, hs, i0, rows, hd, scale, probs.data());
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t i = i0 + r;
+          T* row = probs.data() + r * keys;
+          const double mx = static_cast<double>(*std::max_element(row, row + i + 1));
+          double denom = 0;
+          for (int64_t j = 0; j <= i; ++j) denom += std::exp(static_cast<double>(row[j]) - mx);
+          for (int64_t j = 0; j <= i; ++j) row[j] = static_cast<T>(std::exp(static_cast<double>(row[j]) - mx) / denom);
+          mask_row(row, i, keys);
+          lse_h[i] = static_cast<T>(mx + std::log(denom));
+        }
+        gemm_strided<T>(probs.data(), keys, false, v + hs.kv_offset, hs.kv_stride, false,
+                        out + hs.q_offset + i0 * hs.q_stride, hs.q_stride, rows, hd, keys, T(1), T(0));
+      }
+    }
+  }
+}
+
+// FlashAttention-2 backward per block of query rows, with P rebuilt from the saved lse:
+// dP = dO V^T, D_i = dO_i . O_i, dS = P * (dP - D); dQ = scale dS K, dK += scale dS^T Q,
+// dV += P^T dO. The query heads of one kv group add into the same dK, dV slices.
+template <typename T>
+void attention_backward(const T* q, const T* k, const T* v, const T* out, const T* lse, const T* dout, T* dq, T* dk,
+                        T* dv, const AttentionDims& d) {
+  const int64_t S = d.seq_len, hd = d.head_dim, group = d.num_heads / d.num_kv_heads;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  const size_t block = static_cast<size_t>(std::min(k_block_rows, S) * S);
+  std::vector<T> probs(block), dprobs(block);
+  for (int64_t b = 0; b < d.batch; ++b) {
+    for (int64_t g = 0; g < d.num_kv_heads; ++g) {
+      const HeadSlice first = head_slice(d, b, g * group);
+      for (int64_t j = 0; j < S; ++j) {
+        std::fill_n(dk + first.kv_offset + j * first.kv_stride, hd, T(0));
+        std::fill_n(dv + first.kv_offset + j * first.kv_stride, hd, T(0));
+      }
+      for (int64_t h = g * group; h < (g + 1) * group; ++h) {
+        const HeadSlice hs = head_slice(d, b, h);
+        const T* lse_h = lse + (b * d.num_heads + h) * S;
+        for (int64_t i0 = 0; i0 < S; i0 += k_block_rows) {
+          const int64_t rows = std::min(k_block_rows, S - i0), keys = i0 + rows;
+          const T* q_blk = q + hs.q_offset + i0 * hs.q_stride;
+          const T* do_blk = dout + hs.q_offset + i0 * hs.q_stride;
+          block_scores(q, k, hs, i0, rows, hd, scale, probs.data());
+          gemm_strided<T>(do_blk, hs.q_stride, false, v + hs.kv_offset, hs.kv_stride, true, dprobs.data(), keys, rows,
+                          keys, hd, T(1), T(0));
+          for (int64_t r = 0; r < rows; ++r) {
+            const int64_t i = i0 + r;
+            T* p = probs.data() + r * keys;
+            T* ds = dprobs.data() + r * keys;
+            const T* o_i = out + hs.q_offset + i * hs.q_stride;
+            const T* do_i = do_blk + r * hs.q_stride;
+            double d_i = 0;
+            for (int64_t c = 0; c < hd; ++c) d_i += static_cast<double>(do_i[c]) * static_cast<double>(o_i[c]);
+            for (int64_t j = 0; j <= i; ++j) {
+              const double pj = std::exp(static_cast<double>(p[j]) - static_cast<double>(lse_h[i]));
+              p[j] = static_cast<T>(pj);
+              ds[j] = static_cast<T>(pj * (static_cast<double>(ds[j]) - d_i));
+            }
+            mask_row(p, i, keys);
+            mask_row(ds, i, keys);
+          }
+          gemm_strided<T>(dprobs.data(), keys, false, k + hs.kv_offset, hs.kv_stride, false,
+                          dq + hs.q_offset + i0 * hs.q_stride, hs.q_stride, rows, hd, keys, static_cast<T>(scale), T(0));
+          gemm_strided<T>(dprobs.data(), keys, true, q_blk, hs.q_stride, false, dk + hs.kv_offset, hs.kv_stride, keys,
+                          hd, rows, static_cast<T>(scale), T(1));
+          gemm_strided<T>(probs.data(), keys, true, do_blk, hs.q_stride, false, dv + hs.kv_offset, hs.kv_stride, keys,
+                          hd, rows, T(1), T(1));
+        }
+      }
+    }
+  }
+}
+
+template void attention_forward<float>(const float*, const float*, const float*, float*, float*,
+                                       const AttentionDims&);
+template void attention_forward<double>(const double*, const double*, const double*, double*, double*,
+                                        const AttentionDims&);
+template void attention_backward<float>(const float*, const float*, const float*, const float*, const float*,
+                                        const float*, float*, float*, float*, const AttentionDims&);
+template void attention_backward<double>(const double*, const double*, const double*, const double*, const double*,
+                                         const double*, double*, double*, double*, const AttentionDims&);
+
+}  // namespace moe::cpu

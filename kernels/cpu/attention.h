@@ -1,0 +1,23 @@
+// CPU reference causal scaled-dot-product attention with grouped-query heads.
+// Raw pointers only; forward saves the log-sum-exp per row, backward recomputes probabilities.
+#pragma once
+
+#include <cstdint>
+
+namespace moe::cpu {
+
+struct AttentionDims {
+  int64_t batch = 0, seq_len = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0;
+};
+
+// q[B*S, Hq*hd], k[B*S, Hkv*hd], v[B*S, Hkv*hd] -> out[B*S, Hq*hd], lse[B, Hq, S].
+// Query head h reads kv head h / (Hq / Hkv); row i attends to keys 0..i; scale 1/sqrt(hd).
+template <typename T>
+void attention_forward(const T* q, const T* k, const T* v, T* out, T* lse, const AttentionDims& dims);
+
+// q, k, v, out, lse (from forward), dout[B*S, Hq*hd] -> dq, dk, dv (written, shapes of q, k, v)
+template <typename T>
+void attention_backward(const T* q, const T* k, const T* v, const T* out, const T* lse, const T* dout, T* dq, T* dk,
+                        T* dv, const AttentionDims& dims);
+
+}  // namespace moe::cpu

@@ -1,0 +1,14 @@
+// CPU reference rotary position embedding (Llama / GPT-NeoX half-split layout), in place.
+// Raw pointers only; the inverse rotation is the backward of the forward one.
+#pragma once
+
+#include <cstdint>
+
+namespace moe::cpu {
+
+// x[T, H*hd] in place: in each head, the pair (i, i + hd/2) is rotated by the angle
+// pos * theta^(-2i/hd) with pos = t % seq_len; inverse rotates by the negated angle.
+template <typename T>
+void rope(T* x, int64_t rows, int64_t num_heads, int64_t head_dim, int64_t seq_len, double theta, bool inverse);
+
+}  // namespace moe::cpu

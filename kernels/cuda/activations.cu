@@ -1,0 +1,132 @@
+// Activation kernels: one templated kernel per (activation, direction), N = 8 values per
+// thread when rows are 16-byte aligned, else 1.
+#include "kernels/cuda/activations.h"
+
+#include "kernels/cuda/common.cuh"
+
+namespace moe::cuda {
+
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+constexpr float k_gelu_c = 0.7978845608028654f;  // sqrt(2 / pi)
+constexpr float k_gelu_a = 0.044715f;
+
+// The elementwise function of the gate (or of x when not gated) and its derivative.
+template <ActKind kind>
+__device__ __forceinline__ float act(float x) {
+  if constexpr (kind == ActKind::relu) {
+    return x > 0.0f ? x : 0.0f;
+  } else if constexpr (kind == ActKind::swiglu) {
+    return x / (1.0f + expf(-x));
+  } else {  // gelu, geglu
+    return 0.5f * x * (1.0f + tanhf(k_gelu_c * (x + k_gelu_a * x * x * x)));
+  }
+}
+template <ActKind kind>
+__device__ __forceinline__ float act_grad(float x) {
+  if constexpr (kind == ActKind::relu) {
+    return x > 0.0f ? 1.0f : 0.0f;
+  } else if constexpr (kind == ActKind::swiglu) {
+    const float s = 1.0f / (1.0f + expf(-x));
+    return s * (1.0f + x * (1.0f - s));
+  } else {
+    const float th = tanhf(k_gelu_c * (x + k_gelu_a * x * x * x));
+    return 0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * k_gelu_c * (1.0f + 3.0f * k_gelu_a * x * x);
+  }
+}
+constexpr bool gated(ActKind kind) { return kind == ActKind::geglu || kind == ActKind::swiglu; }
+
+// x[rows, in_width] -> y[rows, width]; in_width = 2*width when gated
+template <ActKind kind, int N>
+__global__ void activation_forward_kernel(const bf16* x, bf16* y, int64_t rows, int64_t width) {
+  const int64_t in_width = gated(kind) ? 2 * width : width;
+  const int64_t per_row = width / N;
+  const int64_t total = rows * per_row;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < total; g += stride) {
+    const int64_t t = g / per_row, c = (g - t * per_row) * N;
+    float v[N];
+    load_n<N>(x + t * in_width + c, v);
+    if constexpr (gated(kind)) {
+      float u[N];
+      load_n<N>(x + t * in_width + width + c, u);
+#pragma unroll
+      for (int i = 0; i < N; ++i) v[i] = act<kind>(v[i]) * u[i];
+    } else {
+#pragma unroll
+      for (int i = 0; i < N; ++i) v[i] = act<kind>(v[i]);
+    }
+    store_n<N>(y + t * width + c, v);
+  }
+}
+
+// dy[rows, width] -> dx[rows, in_width]
+template <ActKind kind, int N>
+__global__ void activation_backward_kernel(const bf16* x, const bf16* dy, bf16* dx, int64_t rows, int64_t width) {
+  const int64_t in_width = gated(kind) ? 2 * width : width;
+  const int64_t per_row = width / N;
+  const int64_t total = rows * per_row;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < total; g += stride) {
+    const int64_t t = g / per_row, c = (g - t * per_row) * N;
+    float v[N], d[N];
+    load_n<N>(x + t * in_width + c, v);
+    load_n<N>(dy + t * width + c, d);
+    if constexpr (gated(kind)) {
+      float u[N], du[N];
+      load_n<N>(x + t * in_width + width + c, u);
+#pragma unroll
+      for (int i = 0; i < N; ++i) {
+        du[i] = d[i] * act<kind>(v[i]);
+        v[i] = d[i] * u[i] * act_grad<kind>(v[i]);
+      }
+      store_n<N>(dx + t * in_width + width + c, du);
+    } else {
+#pragma unroll
+      for (int i = 0; i < N; ++i) v[i] = d[i] * act_grad<kind>(v[i]);
+    }
+    store_n<N>(dx + t * in_width + c, v);
+  }
+}
+
+template <ActKind kind>
+void launch(bool backward, const bf16* x, const bf16* dy, bf16* out, int64_t rows, int64_t width,
+            cudaStream_t stream) {
+  constexpr int threads = 256;
+  // With width % 8 == 0 the gate, the up half and every row start stay 16-byte aligned.
+  const bool vec = width % 8 == 0 && aligned_to(x, 16) && aligned_to(out, 16) && (!dy || aligned_to(dy, 16));
+  const unsigned blocks = grid_for(rows * (vec ? width / 8 : width), threads);
+  if (backward && vec) activation_backward_kernel<kind, 8><<<blocks, threads, 0, stream>>>(x, dy, out, rows, width);
+  if (backward && !vec) activation_backward_kernel<kind, 1><<<blocks, threads, 0, stream>>>(x, dy, out, rows, width);
+  if (!backward && vec) activation_forward_kernel<kind, 8><<<blocks, threads, 0, stream>>>(x, out, rows, width);
+  if (!backward && !vec) activation_forward_kernel<kind, 1><<<blocks, threads, 0, stream>>>(x, out, rows, width);
+  CUDA_CHECK_LAUNCH();
+}
+
+void dispatch(ActKind kind, bool backward, const bf16* x, const bf16* dy, bf16* out, int64_t rows, int64_t width,
+              cudaStream_t stream) {
+  MOE_CHECK(rows >= 0 && width >= 0, "activation: negative size");
+  if (rows == 0 || width == 0) return;
+  switch (kind) {
+    case ActKind::relu: return launch<ActKind::relu>(backward, x, dy, out, rows, width, stream);
+    case ActKind::gelu: return launch<ActKind::gelu>(backward, x, dy, out, rows, width, stream);
+    case ActKind::geglu: return launch<ActKind::geglu>(backward, x, dy, out, rows, width, stream);
+    case ActKind::swiglu: return launch<ActKind::swiglu>(backward, x, dy, out, rows, width, stream);
+  }
+  MOE_FAIL("activation: unknown kind ", static_cast<int>(kind));
+}
+
+}  // namespace
+
+void activation_forward(ActKind kind, const bf16* x, bf16* y, int64_t rows, int64_t width, cudaStream_t stream) {
+  dispatch(kind, false, x, nullptr, y, rows, width, stream);
+}
+
+void activation_backward(ActKind kind, const bf16* x, const bf16* dy, bf16* dx, int64_t rows, int64_t width,
+                         cudaStream_t stream) {
+  dispatch(kind, true, x, dy, dx, rows, width, stream);
+}
+
+}  // namespace moe::cuda

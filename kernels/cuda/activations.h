@@ -1,0 +1,22 @@
+// FFN activations on the GPU (bf16 in and out, fp32 math): relu, gelu (tanh approximation),
+// and the gated geglu/swiglu whose input row holds [gate | up].
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+namespace moe::cuda {
+
+enum class ActKind : int { relu = 0, gelu = 1, geglu = 2, swiglu = 3 };
+
+// relu/gelu: x[rows,width] -> y[rows,width]. geglu/swiglu: x[rows,2*width] -> y[rows,width] =
+// act(gate) * up, with gate = x[:, :width], up = x[:, width:]; act = gelu (geglu) or silu (swiglu).
+void activation_forward(ActKind kind, const __nv_bfloat16* x, __nv_bfloat16* y, int64_t rows, int64_t width,
+                        cudaStream_t stream);
+// dx (shape of x) written from dy[rows,width].
+void activation_backward(ActKind kind, const __nv_bfloat16* x, const __nv_bfloat16* dy, __nv_bfloat16* dx,
+                         int64_t rows, int64_t width, cudaStream_t stream);
+
+}  // namespace moe::cuda

@@ -1,0 +1,122 @@
+// Cross-entropy kernels: one block per row; the forward is a single online (max, sum) pass
+// merged across the block, the backward recomputes softmax from the saved lse.
+#include "kernels/cuda/cross_entropy.h"
+
+#include "kernels/cuda/common.cuh"
+
+namespace moe::cuda {
+
+namespace {
+
+using bf16 = __nv_bfloat16;
+constexpr int k_threads = 512;
+
+// Merge of every thread's (max, sum) across the block; all threads get the result.
+__device__ MaxSum block_merge(MaxSum v) {
+  __shared__ float s_m[k_threads / k_warp], s_s[k_threads / k_warp];
+  const int lane = threadIdx.x % k_warp, warp = threadIdx.x / k_warp;
+  v = warp_merge(v);
+  if (lane == 0) {
+    s_m[warp] = v.m;
+    s_s[warp] = v.s;
+  }
+  __syncthreads();
+  MaxSum total{-INFINITY, 0.0f};
+  for (int w = 0; w < k_threads / k_warp; ++w) total = merge(total, MaxSum{s_m[w], s_s[w]});
+  return total;
+}
+
+// logits[rows, vocab] -> loss[rows], lse[rows]; one block per row, N values per access
+template <int N>
+__global__ void __launch_bounds__(k_threads) cross_entropy_forward_kernel(const bf16* logits, const int32_t* targets,
+                                                                         float* loss, float* lse, int64_t vocab) {
+  const int64_t row = blockIdx.x;
+  const bf16* lr = logits + row * vocab;
+  MaxSum st{-INFINITY, 0.0f};
+  for (int64_t c = static_cast<int64_t>(threadIdx.x) * N; c < vocab; c += static_cast<int64_t>(k_threads) * N) {
+    float v[N];
+    load_n<N>(lr + c, v);
+    float m = v[0];
+#pragma unroll
+    for (int i = 1; i < N; ++i) m = fmaxf(m, v[i]);
+    float s = 0;
+#pragma unroll
+    for (int i = 0; i < N; ++i) s += __expf(v[i] - m);
+    st = merge(st, MaxSum{m, s});
+  }
+  st = block_merge(st);
+  if (threadIdx.x == 0) {
+    const float row_lse = st.m + logf(st.s);
+    lse[row] = row_lse;
+    const int32_t target = targets[row];
+    if (target < 0) {
+      loss[row] = 0.0f;
+    } else if (target >= vocab) {
+      loss[row] = __int_as_float(0x7fc00000);
+    } else {
+      loss[row] = row_lse - __bfloat162float(lr[target]);
+    }
+  }
+}
+
+// dlogits[row, c] = scale * (exp(logit - lse) - [c == target]); zero row when target < 0
+template <int N>
+__global__ void __launch_bounds__(k_threads) cross_entropy_backward_kernel(const bf16* logits, const int32_t* targets,
+                                                                          const float* lse, float scale,
+                                                                          bf16* dlogits, int64_t vocab) {
+  const int64_t row = blockIdx.x;
+  const bf16* lr = logits + row * vocab;
+  bf16* dr = dlogits + row * vocab;
+  const int32_t target = targets[row];
+  const float row_lse = lse[row];
+  for (int64_t c = static_cast<int64_t>(threadIdx.x) * N; c < vocab; c += static_cast<int64_t>(k_threads) * N) {
+    float v[N];
+    if (target < 0) {
+#pragma unroll
+      for (int i = 0; i < N; ++i) v[i] = 0.0f;
+    } else {
+      load_n<N>(lr + c, v);
+#pragma unroll
+      for (int i = 0; i < N; ++i) v[i] = scale * (__expf(v[i] - row_lse) - (c + i == target ? 1.0f : 0.0f));
+    }
+    store_n<N>(dr + c, v);
+  }
+}
+
+bool vec_ok(int64_t vocab, const void* a, const void* b) {
+  return vocab % 8 == 0 && aligned_to(a, 16) && (!b || aligned_to(b, 16));
+}
+
+void check_sizes(int64_t rows, int64_t vocab) {
+  MOE_CHECK(rows >= 0 && rows <= INT32_MAX && vocab > 0, "cross_entropy: bad shape [", rows, ",", vocab, "]");
+}
+
+}  // namespace
+
+void cross_entropy_forward(const bf16* logits, const int32_t* targets, float* loss, float* lse, int64_t rows,
+                           int64_t vocab, cudaStream_t stream) {
+  check_sizes(rows, vocab);
+  if (rows == 0) return;
+  const unsigned blocks = static_cast<unsigned>(rows);
+  if (vec_ok(vocab, logits, nullptr)) {
+    cross_entropy_forward_kernel<8><<<blocks, k_threads, 0, stream>>>(logits, targets, loss, lse, vocab);
+  } else {
+    cross_entropy_forward_kernel<1><<<blocks, k_threads, 0, stream>>>(logits, targets, loss, lse, vocab);
+  }
+  CUDA_CHECK_LAUNCH();
+}
+
+void cross_entropy_backward(const bf16* logits, const int32_t* targets, const float* lse, float scale,
+                            bf16* dlogits, int64_t rows, int64_t vocab, cudaStream_t stream) {
+  check_sizes(rows, vocab);
+  if (rows == 0) return;
+  const unsigned blocks = static_cast<unsigned>(rows);
+  if (vec_ok(vocab, logits, dlogits)) {
+    cross_entropy_backward_kernel<8><<<blocks, k_threads, 0, stream>>>(logits, targets, lse, scale, dlogits, vocab);
+  } else {
+    cross_entropy_backward_kernel<1><<<blocks, k_threads, 0, stream>>>(logits, targets, lse, scale, dlogits, vocab);
+  }
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace moe::cuda

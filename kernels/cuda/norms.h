@@ -1,0 +1,26 @@
+// RMSNorm and LayerNorm on the GPU: bf16 activations and weights, f32 statistics and
+// parameter gradients, fp32 arithmetic. One warp per row.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+namespace moe::cuda {
+
+// x[rows,dim], w[dim] -> y[rows,dim], rstd[rows]
+void rmsnorm_forward(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* y, float* rstd, int64_t rows,
+                     int64_t dim, float eps, cudaStream_t stream);
+// dx[rows,dim] written; dw[dim] += sum over rows of dy * x * rstd
+void rmsnorm_backward(const __nv_bfloat16* x, const __nv_bfloat16* w, const float* rstd, const __nv_bfloat16* dy,
+                      __nv_bfloat16* dx, float* dw, int64_t rows, int64_t dim, cudaStream_t stream);
+// x[rows,dim], w[dim], b[dim] -> y[rows,dim], mean[rows], rstd[rows]
+void layernorm_forward(const __nv_bfloat16* x, const __nv_bfloat16* w, const __nv_bfloat16* b, __nv_bfloat16* y,
+                       float* mean, float* rstd, int64_t rows, int64_t dim, float eps, cudaStream_t stream);
+// dx[rows,dim] written; dw[dim] += sum dy * xhat, db[dim] += sum dy
+void layernorm_backward(const __nv_bfloat16* x, const __nv_bfloat16* w, const float* mean, const float* rstd,
+                        const __nv_bfloat16* dy, __nv_bfloat16* dx, float* dw, float* db, int64_t rows, int64_t dim,
+                        cudaStream_t stream);
+
+}  // namespace moe::cuda

@@ -1,0 +1,223 @@
+// Expert sort by counting: per-chunk histograms, one scan block turning them into per-chunk
+// offsets, then a stable in-order placement (warp match + rank); combine forward/backward.
+#include "kernels/cuda/permute.h"
+
+#include <algorithm>
+#include <climits>
+#include <vector>
+
+#include "kernels/cuda/common.cuh"
+
+namespace moe::cuda {
+
+namespace {
+
+using bf16 = __nv_bfloat16;
+constexpr int k_chunk = 1024;         // slots per chunk (one count block, one place block)
+constexpr int k_count_threads = 256;
+constexpr int k_scan_threads = 1024;
+
+// ids[n] for n in chunk b -> chunk_counts[b, e]; a bad id is recorded in *bad as (1 << 32) | id.
+__global__ void count_kernel(const int32_t* ids, int64_t num_slots, int num_experts, int32_t* chunk_counts,
+                             unsigned long long* bad) {
+  extern __shared__ int32_t hist[];
+  for (int e = threadIdx.x; e < num_experts; e += blockDim.x) hist[e] = 0;
+  __syncthreads();
+  const int64_t begin = static_cast<int64_t>(blockIdx.x) * k_chunk;
+  const int64_t end = begin + k_chunk < num_slots ? begin + k_chunk : num_slots;
+  for (int64_t n = begin + threadIdx.x; n < end; n += blockDim.x) {
+    const int32_t e = ids[n];
+    if (e >= 0 && e < num_experts) {
+      atomicAdd(&hist[e], 1);
+    } else {
+      *bad = (1ull << 32) | static_cast<uint32_t>(e);  // any one offender will do
+    }
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < num_experts; e += blockDim.x) {
+    chunk_counts[static_cast<int64_t>(blockIdx.x) * num_experts + e] = hist[e];
+  }
+}
+
+// One block. chunk_counts[chunks, E] -> (in place) chunk offsets: the sorted row where chunk b's
+// first slot of expert e goes; counts[E] = tokens per expert (int64 for the host).
+__global__ void scan_kernel(int32_t* chunk_counts, int64_t chunks, int num_experts, long long* counts) {
+  extern __shared__ int32_t offset[];  // [E]
+  for (int e = threadIdx.x; e < num_experts; e += blockDim.x) {
+    int32_t total = 0;
+    for (int64_t b = 0; b < chunks; ++b) total += chunk_counts[b * num_experts + e];
+    offset[e] = total;
+    counts[e] = total;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {  // exclusive scan over experts (E is small: serial is fine)
+    int32_t run = 0;
+    for (int e = 0; e < num_experts; ++e) {
+      const int32_t v = offset[e];
+      offset[e] = run;
+      run += v;
+    }
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < num_experts; e += blockDim.x) {
+    int32_t run = offset[e];
+    for (int64_t b = 0; b < chunks; ++b) {
+      const int32_t v = chunk_counts[b * num_experts + e];
+      chunk_counts[b * num_experts + e] = run;
+      run += v;
+    }
+  }
+}
+
+// One warp per chunk, walking it in order 32 slots at a time: a slot's row is its chunk's
+// cursor for its expert plus the number of lower lanes with the same expert (stable).
+__global__ void place_kernel(const int32_t* ids, int64_t num_slots, int k, int num_experts,
+                             const int32_t* chunk_offsets, int32_t* sorted_tokens, int32_t* slot_pos) {
+  extern __shared__ int32_t cursor[];  // [E]
+  const int lane = threadIdx.x;
+  for (int e = lane; e < num_experts; e += k_warp) {
+    cursor[e] = chunk_offsets[static_cast<int64_t>(blockIdx.x) * num_experts + e];
+  }
+  __syncwarp();
+  const int64_t begin = static_cast<int64_t>(blockIdx.x) * k_chunk;
+  const int64_t end = begin + k_chunk < num_slots ? begin + k_chunk : num_slots;
+  const unsigned lower_lanes = (1u << lane) - 1u;
+  for (int64_t base = begin; base < end; base += k_warp) {
+    const int64_t n = base + lane;
+    int32_t e = n < end ? ids[n] : -1;
+    if (e >= num_experts) e = -1;  // reported by count_kernel; never placed
+    const unsigned same = __match_any_sync(k_full_mask, e);
+    int32_t next = 0;
+    if (e >= 0) {
+      const int32_t pos = cursor[e] + __popc(same & lower_lanes);
+      sorted_tokens[pos] = static_cast<int32_t>(n / k);
+      slot_pos[n] = pos;
+      next = cursor[e] + __popc(same);
+    }
+    __syncwarp();
+    if (e >= 0 && lane == __ffs(same) - 1) cursor[e] = next;
+    __syncwarp();
+  }
+}
+
+// out[t, c..c+N) = sum_s w[t,s] * y_sorted[slot_pos[t*k+s], c..c+N)
+template <int N>
+__global__ void combine_forward_kernel(const bf16* y_sorted, const int32_t* slot_pos, const float* weights, bf16* out,
+                                       int64_t tokens, int k, int64_t dim) {
+  const int64_t per_row = dim / N;
+  const int64_t total = tokens * per_row;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < total; g += stride) {
+    const int64_t t = g / per_row, c = (g - t * per_row) * N;
+    float acc[N] = {};
+    for (int s = 0; s < k; ++s) {
+      const int64_t row = slot_pos[t * k + s];
+      const float w = weights[t * k + s];
+      float v[N];
+      load_n<N>(y_sorted + row * dim + c, v);
+#pragma unroll
+      for (int i = 0; i < N; ++i) acc[i] += w * v[i];
+    }
+    store_n<N>(out + t * dim + c, acc);
+  }
+}
+
+// Warp per slot n = t*k + s: dy_sorted[slot_pos[n]] = w * dout[t]; dweights[n] = <dout[t], y>
+template <int N>
+__global__ void combine_backward_kernel(const bf16* y_sorted, const int32_t* slot_pos, const float* weights,
+                                        const bf16* dout, bf16* dy_sorted, float* dweights, int64_t num_slots, int k,
+                                        int64_t dim) {
+  const int lane = threadIdx.x % k_warp;
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * (blockDim.x / k_warp) + threadIdx.x / k_warp;
+  if (n >= num_slots) return;
+  const int64_t t = n / k, row = slot_pos[n];
+  const float w = weights[n];
+  float dot = 0;
+  for (int64_t c = static_cast<int64_t>(lane) * N; c < dim; c += k_warp * N) {
+    float d[N], y[N];
+    load_n<N>(dout + t * dim + c, d);
+    load_n<N>(y_sorted + row * dim + c, y);
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      dot += d[i] * y[i];
+      d[i] *= w;
+    }
+    store_n<N>(dy_sorted + row * dim + c, d);
+  }
+  dot = warp_sum(dot);
+  if (lane == 0) dweights[n] = dot;
+}
+
+}  // namespace
+
+void moe_sort_by_expert(const int32_t* ids, int64_t tokens, int64_t k, int64_t num_experts, int32_t* sorted_tokens,
+                        int32_t* slot_pos, int64_t* host_counts, cudaStream_t stream) {
+  MOE_CHECK(tokens >= 0 && k >= 1 && num_experts >= 1, "moe_sort_by_expert: bad shape (tokens ", tokens, ", k ", k,
+            ", experts ", num_experts, ")");
+  const int64_t num_slots = tokens * k;
+  MOE_CHECK(num_slots <= INT32_MAX, "moe_sort_by_expert: ", num_slots, " slots exceed i32 row indices");
+  MOE_CHECK(num_experts * 4 <= 48 * 1024, "moe_sort_by_expert: at most 12288 experts, got ", num_experts);
+  const int E = static_cast<int>(num_experts);
+  const int64_t chunks = std::max<int64_t>(ceil_div(num_slots, k_chunk), 1);
+  // Scratch: chunk counts [chunks, E] i32, then counts[E] and the bad-id word as 8-byte values.
+  const size_t counts_bytes = static_cast<size_t>(chunks * E) * sizeof(int32_t);
+  const size_t counts_offset = (counts_bytes + 15) / 16 * 16;
+  Scratch scratch(counts_offset + static_cast<size_t>(E + 1) * 8, stream);
+  auto* chunk_counts = scratch.as<int32_t>();
+  auto* counts = reinterpret_cast<long long*>(scratch.as<char>() + counts_offset);
+  auto* bad = reinterpret_cast<unsigned long long*>(counts + E);
+  CUDA_CHECK(cudaMemsetAsync(bad, 0, sizeof(*bad), stream));
+  const size_t smem = static_cast<size_t>(E) * sizeof(int32_t);
+  count_kernel<<<static_cast<unsigned>(chunks), k_count_threads, smem, stream>>>(ids, num_slots, E, chunk_counts,
+                                                                                 bad);
+  CUDA_CHECK_LAUNCH();
+  scan_kernel<<<1, k_scan_threads, smem, stream>>>(chunk_counts, chunks, E, counts);
+  CUDA_CHECK_LAUNCH();
+  if (num_slots > 0) {
+    place_kernel<<<static_cast<unsigned>(chunks), k_warp, smem, stream>>>(ids, num_slots, static_cast<int>(k), E,
+                                                                          chunk_counts, sorted_tokens, slot_pos);
+    CUDA_CHECK_LAUNCH();
+  }
+  std::vector<long long> host(static_cast<size_t>(E) + 1);
+  CUDA_CHECK(cudaMemcpyAsync(host.data(), counts, host.size() * 8, cudaMemcpyDeviceToHost, stream));
+  CUDA_CHECK(cudaStreamSynchronize(stream));
+  const unsigned long long flag = static_cast<unsigned long long>(host[static_cast<size_t>(E)]);
+  MOE_CHECK(flag == 0, "moe_sort_by_expert: expert id ", static_cast<int32_t>(flag & 0xffffffffull),
+            " outside [0, ", num_experts, ")");
+  for (int e = 0; e < E; ++e) host_counts[e] = host[static_cast<size_t>(e)];
+}
+
+void moe_combine_forward(const bf16* y_sorted, const int32_t* slot_pos, const float* weights, bf16* out,
+                         int64_t tokens, int64_t k, int64_t dim, cudaStream_t stream) {
+  MOE_CHECK(tokens >= 0 && k >= 1 && dim >= 0 && k <= INT_MAX, "moe_combine_forward: bad shape");
+  if (tokens == 0 || dim == 0) return;
+  constexpr int threads = 256;
+  if (dim % 8 == 0 && aligned_to(y_sorted, 16) && aligned_to(out, 16)) {
+    combine_forward_kernel<8><<<grid_for(tokens * dim / 8, threads), threads, 0, stream>>>(
+        y_sorted, slot_pos, weights, out, tokens, static_cast<int>(k), dim);
+  } else {
+    combine_forward_kernel<1><<<grid_for(tokens * dim, threads), threads, 0, stream>>>(
+        y_sorted, slot_pos, weights, out, tokens, static_cast<int>(k), dim);
+  }
+  CUDA_CHECK_LAUNCH();
+}
+
+void moe_combine_backward(const bf16* y_sorted, const int32_t* slot_pos, const float* weights, const bf16* dout,
+                          bf16* dy_sorted, float* dweights, int64_t tokens, int64_t k, int64_t dim,
+                          cudaStream_t stream) {
+  MOE_CHECK(tokens >= 0 && k >= 1 && dim >= 0 && k <= INT_MAX, "moe_combine_backward: bad shape");
+  const int64_t num_slots = tokens * k;
+  if (num_slots == 0) return;
+  constexpr int warps = 8;
+  const unsigned blocks = static_cast<unsigned>(ceil_div(num_slots, warps));
+  if (dim % 8 == 0 && aligned_to(y_sorted, 16) && aligned_to(dout, 16) && aligned_to(dy_sorted, 16)) {
+    combine_backward_kernel<8><<<blocks, warps * k_warp, 0, stream>>>(y_sorted, slot_pos, weights, dout, dy_sorted,
+                                                                      dweights, num_slots, static_cast<int>(k), dim);
+  } else {
+    combine_backward_kernel<1><<<blocks, warps * k_warp, 0, stream>>>(y_sorted, slot_pos, weights, dout, dy_sorted,
+                                                                      dweights, num_slots, static_cast<int>(k), dim);
+  }
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace moe::cuda

@@ -1,0 +1,52 @@
+// Rotary embedding: one thread per (row, pair index), the angle computed once in double,
+// reduced to [-pi, pi] and rotated in fp32 for every head of the row.
+#include "kernels/cuda/rope.h"
+
+#include "kernels/cuda/common.cuh"
+
+namespace moe::cuda {
+
+namespace {
+
+// x[rows, H*hd]: for each head h, (x[h*hd + i], x[h*hd + i + hd/2]) rotated by pos * theta^(-2i/hd)
+__global__ void rope_kernel(__nv_bfloat16* x, int64_t rows, int num_heads, int head_dim, int64_t seq_len,
+                            double log_theta, float sign) {
+  const int half = head_dim / 2;
+  const int64_t total = rows * half;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < total; g += stride) {
+    const int64_t t = g / half;
+    const int i = static_cast<int>(g - t * half);
+    const double inv_freq = exp(-2.0 * i / head_dim * log_theta);
+    double angle = static_cast<double>(t % seq_len) * inv_freq;
+    angle -= 2.0 * M_PI * rint(angle / (2.0 * M_PI));  // exact-enough reduction before fp32 trig
+    float s, c;
+    sincosf(static_cast<float>(angle), &s, &c);
+    s *= sign;
+    __nv_bfloat16* row = x + t * static_cast<int64_t>(num_heads) * head_dim;
+    for (int h = 0; h < num_heads; ++h) {
+      __nv_bfloat16* head = row + h * head_dim;
+      const float x1 = __bfloat162float(head[i]), x2 = __bfloat162float(head[i + half]);
+      head[i] = __float2bfloat16_rn(x1 * c - x2 * s);
+      head[i + half] = __float2bfloat16_rn(x1 * s + x2 * c);
+    }
+  }
+}
+
+}  // namespace
+
+void rope(__nv_bfloat16* x, const RopeShape& s, float theta, bool inverse, cudaStream_t stream) {
+  MOE_CHECK(s.rows >= 0 && s.num_heads > 0 && s.head_dim > 0 && s.head_dim % 2 == 0 && s.seq_len > 0,
+            "rope: bad shape (rows ", s.rows, ", heads ", s.num_heads, ", head_dim ", s.head_dim, ", seq_len ",
+            s.seq_len, ")");
+  MOE_CHECK(s.num_heads * s.head_dim <= (int64_t{1} << 30), "rope: row too wide");
+  MOE_CHECK(theta > 0, "rope: theta must be positive, got ", theta);
+  if (s.rows == 0) return;
+  constexpr int threads = 256;
+  rope_kernel<<<grid_for(s.rows * (s.head_dim / 2), threads), threads, 0, stream>>>(
+      x, s.rows, static_cast<int>(s.num_heads), static_cast<int>(s.head_dim), s.seq_len,
+      std::log(static_cast<double>(theta)), inverse ? -1.0f : 1.0f);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace moe::cuda

@@ -1,0 +1,19 @@
+// Rotary position embedding on the GPU, in place on bf16 rows (GPT-NeoX layout: pairs
+// (i, i + hd/2) of each head rotated by angle pos * theta^(-2i/hd)).
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+namespace moe::cuda {
+
+struct RopeShape {
+  int64_t rows = 0, num_heads = 0, head_dim = 0, seq_len = 0;  // position of row t is t % seq_len
+};
+
+// x[rows, num_heads*head_dim] rotated in place; inverse rotates by the negative angle.
+void rope(__nv_bfloat16* x, const RopeShape& shape, float theta, bool inverse, cudaStream_t stream);
+
+}  // namespace moe::cuda

@@ -1,0 +1,173 @@
+// NCCL collectives on CUDA tensors, enqueued on the engine's compute stream so they order with
+// the kernels around them without host syncs. Compiled to nothing in builds without CUDA.
+#if MOE_WITH_CUDA
+#include "parallel/nccl_communicator.h"
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/runtime.h"
+#include "parallel/mpi_check.h"
+#include "parallel/nccl_check.h"
+
+namespace moe {
+
+namespace {
+
+ncclDataType_t nccl_type(DType dtype) {
+  switch (dtype) {
+    case DType::f32: return ncclFloat32;
+    case DType::f64: return ncclFloat64;
+    case DType::bf16: return ncclBfloat16;
+    case DType::i32: return ncclInt32;
+    case DType::i64: return ncclInt64;
+  }
+  MOE_FAIL("no NCCL type for dtype ", static_cast<int>(dtype));
+}
+
+const char* byte_at(const Tensor& t, size_t offset) { return static_cast<const char*>(t.data()) + offset; }
+char* byte_at(Tensor& t, size_t offset) { return static_cast<char*>(t.data()) + offset; }
+
+bool overlaps(const Tensor& a, const Tensor& b) {
+  auto* a0 = static_cast<const char*>(a.data());
+  auto* b0 = static_cast<const char*>(b.data());
+  return a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes();
+}
+
+}  // namespace
+
+NcclCommunicator::NcclCommunicator(MPI_Comm comm, bool owns, Device device) : host_(comm, owns), device_(device) {
+  MOE_CHECK(device.is_cuda(), "NcclCommunicator: needs a CUDA device, got ", device.str());
+  cuda::set_device(device.ordinal);
+  ncclUniqueId id;
+  if (host_.rank() == 0) NCCL_CHECK(ncclGetUniqueId(&id));
+  MPI_CHECK(MPI_Bcast(&id, sizeof(id), MPI_BYTE, 0, host_.mpi_comm()));
+  NCCL_CHECK(ncclCommInitRank(&nccl_, host_.size(), id, host_.rank()));
+}
+
+NcclCommunicator::~NcclCommunicator() {
+  // Destructors must not throw: queued collectives finish first, errors are ignored.
+  if (nccl_) {
+    cudaStreamSynchronize(cuda::compute_stream());
+    ncclCommDestroy(nccl_);
+  }
+}
+
+void NcclCommunicator::check_peer(int peer, const char* call, bool allow_self) const {
+  MOE_CHECK(peer >= 0 && peer < size(), call, ": peer ", peer, " is outside the group of ", size(), " ranks");
+  MOE_CHECK(allow_self || peer != rank(), call, ": peer ", peer, " is this rank");
+}
+
+// x[n] <- sum over ranks of x[n]
+void NcclCommunicator::all_reduce_sum(Tensor& x) {
+  detail::check_comm_tensor(x, device_, "all_reduce_sum");
+  NCCL_CHECK(ncclAllReduce(x.data(), x.data(), static_cast<size_t>(x.numel()), nccl_type(x.dtype()), ncclSum,
+                           nccl_, cuda::compute_stream()));
+}
+
+// x[n] <- mean over ranks of x[n]
+void NcclCommunicator::all_reduce_avg(Tensor& x) {
+  detail::check_comm_tensor(x, device_, "all_reduce_avg");
+  MOE_CHECK(is_floating(x.dtype()), "all_reduce_avg: averages floating tensors, got ", dtype_name(x.dtype()));
+  NCCL_CHECK(ncclAllReduce(x.data(), x.data(), static_cast<size_t>(x.numel()), nccl_type(x.dtype()), ncclAvg,
+                           nccl_, cuda::compute_stream()));
+}
+
+void NcclCommunicator::all_reduce_sum(std::vector<double>& values) { host_.all_reduce_sum(values); }
+
+void NcclCommunicator::all_reduce_max(std::vector<double>& values) { host_.all_reduce_max(values); }
+
+void NcclCommunicator::broadcast(Tensor& x, int root) {
+  detail::check_comm_tensor(x, device_, "broadcast");
+  check_peer(root, "broadcast", /*allow_self=*/true);
+  NCCL_CHECK(ncclBroadcast(x.data(), x.data(), x.nbytes(), ncclUint8, root, nccl_, cuda::compute_stream()));
+}
+
+// in[n] -> out[size*n]; an `in` that is out's own slot is gathered in place (NCCL supports it).
+void NcclCommunicator::all_gather(const Tensor& in, Tensor& out) {
+  detail::check_comm_tensor(in, device_, "all_gather");
+  detail::check_comm_tensor(out, device_, "all_gather");
+  detail::check_same_dtype(in, out, "all_gather");
+  detail::check_numel_ratio(in, out, size(), "all_gather");
+  bool in_place = in.data() == byte_at(out, static_cast<size_t>(rank()) * in.nbytes());
+  MOE_CHECK(in_place || !overlaps(in, out), "all_gather: in overlaps out other than at this rank's slot");
+  NCCL_CHECK(ncclAllGather(in.data(), out.data(), in.nbytes(), ncclUint8, nccl_, cuda::compute_stream()));
+}
+
+// in[size*n] -> out[n] = sum over ranks of in[rank*n, (rank+1)*n)
+void NcclCommunicator::reduce_scatter_sum(const Tensor& in, Tensor& out) {
+  detail::check_comm_tensor(in, device_, "reduce_scatter_sum");
+  detail::check_comm_tensor(out, device_, "reduce_scatter_sum");
+  detail::check_same_dtype(in, out, "reduce_scatter_sum");
+  detail::check_numel_ratio(out, in, size(), "reduce_scatter_sum");
+  bool in_place = out.data() == byte_at(in, static_cast<size_t>(rank()) * out.nbytes());
+  MOE_CHECK(in_place || !overlaps(in, out), "reduce_scatter_sum: out overlaps in other than at this rank's slot");
+  NCCL_CHECK(ncclReduceScatter(in.data(), out.data(), static_cast<size_t>(out.numel()), nccl_type(in.dtype()),
+                               ncclSum, nccl_, cuda::compute_stream()));
+}
+
+// send[sum(send_counts), ...] -> recv[sum(recv_counts), ...] by rows, as grouped send/recv pairs
+void NcclCommunicator::all_to_all_v(const Tensor& send, const std::vector<int64_t>& send_counts, Tensor& recv,
+                                    const std::vector<int64_t>& recv_counts) {
+  detail::check_comm_tensor(send, device_, "all_to_all_v");
+  detail::check_comm_tensor(recv, device_, "all_to_all_v");
+  detail::check_all_to_all_args(send, send_counts, recv, recv_counts, size());
+  size_t row_bytes = static_cast<size_t>(detail::row_numel(send)) * dtype_size(send.dtype());
+  if (row_bytes == 0) return;
+  MOE_CHECK(!overlaps(send, recv) || send.nbytes() == 0 || recv.nbytes() == 0,
+            "all_to_all_v: send and recv overlap");
+  cudaStream_t stream = cuda::compute_stream();
+  size_t send_at = 0, recv_at = 0;
+  NCCL_CHECK(ncclGroupStart());
+  for (int r = 0; r < size(); ++r) {
+    size_t num_send = static_cast<size_t>(send_counts[r]) * row_bytes;
+    size_t num_recv = static_cast<size_t>(recv_counts[r]) * row_bytes;
+    if (num_send) NCCL_CHECK(ncclSend(byte_at(send, send_at), num_send, ncclUint8, r, nccl_, stream));
+    if (num_recv) NCCL_CHECK(ncclRecv(byte_at(recv, recv_at), num_recv, ncclUint8, r, nccl_, stream));
+    send_at += num_send;
+    recv_at += num_recv;
+  }
+  NCCL_CHECK(ncclGroupEnd());
+}
+
+std::vector<int64_t> NcclCommunicator::all_to_all_counts(const std::vector<int64_t>& send_counts) {
+  return host_.all_to_all_counts(send_counts);
+}
+
+void NcclCommunicator::send(const Tensor& x, int peer) {
+  detail::check_comm_tensor(x, device_, "send");
+  check_peer(peer, "send", /*allow_self=*/false);
+  NCCL_CHECK(ncclSend(x.data(), x.nbytes(), ncclUint8, peer, nccl_, cuda::compute_stream()));
+}
+
+void NcclCommunicator::recv(Tensor& x, int peer) {
+  detail::check_comm_tensor(x, device_, "recv");
+  check_peer(peer, "recv", /*allow_self=*/false);
+  NCCL_CHECK(ncclRecv(x.data(), x.nbytes(), ncclUint8, peer, nccl_, cuda::compute_stream()));
+}
+
+void NcclCommunicator::send_recv(const Tensor& send, int send_peer, Tensor& recv, int recv_peer) {
+  detail::check_comm_tensor(send, device_, "send_recv");
+  detail::check_comm_tensor(recv, device_, "send_recv");
+  check_peer(send_peer, "send_recv", /*allow_self=*/true);
+  check_peer(recv_peer, "send_recv", /*allow_self=*/true);
+  MOE_CHECK(!overlaps(send, recv) || send.nbytes() == 0 || recv.nbytes() == 0, "send_recv: send and recv overlap");
+  cudaStream_t stream = cuda::compute_stream();
+  NCCL_CHECK(ncclGroupStart());
+  NCCL_CHECK(ncclSend(send.data(), send.nbytes(), ncclUint8, send_peer, nccl_, stream));
+  NCCL_CHECK(ncclRecv(recv.data(), recv.nbytes(), ncclUint8, recv_peer, nccl_, stream));
+  NCCL_CHECK(ncclGroupEnd());
+}
+
+void NcclCommunicator::barrier() {
+  CUDA_CHECK(cudaStreamSynchronize(cuda::compute_stream()));
+  host_.barrier();
+}
+
+std::unique_ptr<Communicator> NcclCommunicator::split(int color, int key) {
+  MPI_Comm sub;
+  MPI_CHECK(MPI_Comm_split(host_.mpi_comm(), color < 0 ? MPI_UNDEFINED : color, key, &sub));
+  if (sub == MPI_COMM_NULL) return nullptr;
+  return std::make_unique<NcclCommunicator>(sub, /*owns=*/true, device_);
+}
+
+}  // namespace moe
+#endif  // MOE_WITH_CUDA

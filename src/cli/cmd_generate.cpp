@@ -1,0 +1,77 @@
+// `moe generate --checkpoint DIR [--prompt TEXT]`: continues a prompt with a trained model
+// (greedy with --temperature 0, else temperature and top-p sampling).
+#include <cstdio>
+#include <filesystem>
+#include <random>
+
+#include "src/cli/commands.h"
+#include "src/data/tokenizer.h"
+#include "src/model/model.h"
+#include "src/model/sampling.h"
+#include "src/ops/ops.h"
+#include "src/train/checkpoint.h"
+#include "src/train/device_select.h"
+
+namespace moe {
+
+namespace {
+
+struct GenerateOptions {
+  std::string checkpoint, prompt = "The", tokenizer, device = "auto";
+  int64_t max_new_tokens = 64;
+  SamplingOptions sampling{0.8, 0.95};
+  uint64_t seed = 1;
+};
+
+int run_generate(const GenerateOptions& o) {
+  Config config = load_config(o.checkpoint + "/config.toml");
+  config.train.device = o.device;
+  Device device = select_device(config.train, 0);
+  Model model(config.model, config.moe);
+  if (device.is_cuda()) config.train.dtype = "";  // a CPU run's f64 becomes bf16 on the GPU
+  model.allocate(device, select_dtype(config.train, device));
+  read_checkpoint(o.checkpoint, model.params(), nullptr);
+
+  std::string tokenizer_path = o.tokenizer.empty() ? config.data.tokenizer : o.tokenizer;
+  MOE_CHECK(!tokenizer_path.empty(), "no tokenizer: set data.tokenizer in the config or pass --tokenizer");
+  data::Tokenizer tokenizer = data::Tokenizer::load(tokenizer_path);
+  MOE_CHECK(tokenizer.vocab_size() <= config.model.vocab_size, "the tokenizer has ", tokenizer.vocab_size(),
+            " tokens but model.vocab_size is ", config.model.vocab_size);
+  std::vector<int32_t> tokens = tokenizer.encode(o.prompt);
+  MOE_CHECK(!tokens.empty(), "the prompt encodes to no tokens");
+  std::mt19937_64 rng(o.seed);
+  const int64_t seq = config.model.seq_len;
+  for (int64_t i = 0; i < o.max_new_tokens; ++i) {
+    // The last seq_len tokens, right-padded: causal attention makes the padding invisible.
+    size_t begin = tokens.size() > static_cast<size_t>(seq) ? tokens.size() - seq : 0;
+    std::vector<int32_t> window(tokens.begin() + static_cast<std::ptrdiff_t>(begin), tokens.end());
+    int64_t last = static_cast<int64_t>(window.size()) - 1;
+    window.resize(static_cast<size_t>(seq), 0);
+    Tensor inputs = Tensor::from_vector(window, {seq}, DType::i32, device);
+    Tensor logits = model.logits(inputs, 1);
+    std::vector<float> row = logits.rows(last, last + 1).to_vector<float>();
+    int32_t next = sample_token(row, o.sampling, rng);
+    if (next == tokenizer.eos_id()) break;
+    tokens.push_back(next);
+  }
+  std::printf("%s\n", tokenizer.decode(tokens).c_str());
+  return 0;
+}
+
+}  // namespace
+
+void add_generate_command(CLI::App& app, CommandRunner& run) {
+  auto* cmd = app.add_subcommand("generate", "continue a prompt with a trained checkpoint");
+  auto o = std::make_shared<GenerateOptions>();
+  cmd->add_option("--checkpoint", o->checkpoint, "checkpoint directory (holds config.toml)")->required();
+  cmd->add_option("--prompt", o->prompt, "text to continue");
+  cmd->add_option("--max-new-tokens", o->max_new_tokens, "tokens to generate")->check(CLI::PositiveNumber);
+  cmd->add_option("--temperature", o->sampling.temperature, "0 = greedy")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--top-p", o->sampling.top_p, "nucleus sampling mass")->check(CLI::Range(1e-6, 1.0));
+  cmd->add_option("--seed", o->seed, "sampling seed");
+  cmd->add_option("--tokenizer", o->tokenizer, "SentencePiece model (default: data.tokenizer of the config)");
+  cmd->add_option("--device", o->device, "auto | cpu | cuda");
+  cmd->callback([&run, o] { run = [o](MpiEnv&) { return run_generate(*o); }; });
+}
+
+}  // namespace moe

@@ -1,0 +1,26 @@
+// The `moe` executable: parses the subcommand, runs it on every rank, and turns any error
+// into one line and a non-zero exit of the whole job (never a hang on the other ranks).
+#include <cstdio>
+
+#include "parallel/mpi_env.h"
+#include "src/cli/commands.h"
+
+int main(int argc, char** argv) {
+  moe::MpiEnv env(&argc, &argv);
+  CLI::App app{"moe-engine: Mixture-of-Experts pretraining"};
+  app.require_subcommand(1);
+  moe::CommandRunner run;
+  moe::add_train_command(app, run);
+  moe::add_bench_command(app, run);
+  moe::add_eval_command(app, run);
+  moe::add_generate_command(app, run);
+  moe::add_tokenize_command(app, run);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int code = app.exit(e);
+    if (env.world_size() > 1 && code != 0) moe::abort_job("bad command line");
+    return code;
+  }
+  return moe::run_or_abort([&] { return run(env); });
+}

@@ -1,0 +1,32 @@
+// What the training-like commands share: reading the config with overrides, writing the
+// resolved config into the run directory, and building the communicator and the trainer.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "parallel/communicator.h"
+#include "parallel/mpi_env.h"
+#include "src/config/config.h"
+#include "src/train/trainer.h"
+
+namespace moe {
+
+struct RunOptions {
+  std::string config_path;
+  std::vector<std::string> overrides;
+};
+void add_run_options(CLI::App& cmd, RunOptions& options);
+
+struct RunContext {
+  Config config;
+  std::unique_ptr<Communicator> world;
+  std::unique_ptr<Trainer> trainer;
+};
+// write_resolved: rank 0 writes <run_dir>/config.toml (atomically).
+RunContext setup_run(const RunOptions& options, MpiEnv& env, bool write_resolved);
+
+}  // namespace moe

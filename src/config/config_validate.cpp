@@ -1,0 +1,179 @@
+// validate_config: every range and cross-key rule of the schema in one place. Messages name the
+// keys and their values and, through KeyOrigins, the file line or override that set them.
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+
+#include "src/config/config.h"
+#include "src/config/config_fields.h"
+#include "src/util/check.h"
+
+namespace moe {
+namespace {
+
+using config_internal::KeyOrigins;
+
+std::string choices_text(std::initializer_list<const char*> choices) {
+  std::string out;
+  for (const char* choice : choices) {
+    out += out.empty() ? "" : ", ";
+    out += *choice ? choice : "\"\"";
+  }
+  return out;
+}
+
+void check_choice(const KeyOrigins& at, const char* key, const std::string& value,
+                  std::initializer_list<const char*> choices) {
+  for (const char* choice : choices) {
+    if (value == choice) return;
+  }
+  MOE_FAIL(at.prefix({key}), key, " = '", value, "' is not one of: ", choices_text(choices));
+}
+
+void check_positive(const KeyOrigins& at, const char* key, int64_t value) {
+  MOE_CHECK(value > 0, at.prefix({key}), key, " = ", value, " must be positive");
+}
+
+void check_at_least(const KeyOrigins& at, const char* key, int64_t value, int64_t bound) {
+  MOE_CHECK(value >= bound, at.prefix({key}), key, " = ", value, " must be at least ", bound);
+}
+
+void check_positive(const KeyOrigins& at, const char* key, double value) {
+  MOE_CHECK(value > 0, at.prefix({key}), key, " = ", value, " must be positive");
+}
+
+void check_non_negative(const KeyOrigins& at, const char* key, double value) {
+  MOE_CHECK(value >= 0, at.prefix({key}), key, " = ", value, " must not be negative");
+}
+
+// A half-open or closed unit interval: [0,1) for betas, (0,1] for fractions.
+void check_unit(const KeyOrigins& at, const char* key, double value, bool open_low, bool open_high) {
+  bool ok = (open_low ? value > 0 : value >= 0) && (open_high ? value < 1 : value <= 1);
+  MOE_CHECK(ok, at.prefix({key}), key, " = ", value, " must be in ", open_low ? "(" : "[", "0, 1",
+            open_high ? ")" : "]");
+}
+
+// NaN and infinity pass every comparison-based range check the wrong way, so reject them first.
+void check_finite(Config config, const KeyOrigins& at) {
+  for (const auto& field : config_internal::config_fields(config)) {
+    std::string name = field.name();
+    if (auto* value = std::get_if<double*>(&field.target)) {
+      MOE_CHECK(std::isfinite(**value), at.prefix({name}), name, " = ", **value, " must be a finite number");
+    } else if (auto* values = std::get_if<std::vector<double>*>(&field.target)) {
+      for (double v : **values) {
+        MOE_CHECK(std::isfinite(v), at.prefix({name}), name, " contains ", v, ", not a finite number");
+      }
+    }
+  }
+}
+
+void validate_model(const ModelConfig& m, const KeyOrigins& at) {
+  check_positive(at, "model.vocab_size", m.vocab_size);
+  MOE_CHECK(m.vocab_size <= std::numeric_limits<int32_t>::max(), at.prefix({"model.vocab_size"}),
+            "model.vocab_size = ", m.vocab_size, " does not fit 32-bit token ids");
+  check_positive(at, "model.d_model", m.d_model);
+  check_positive(at, "model.num_layers", m.num_layers);
+  check_positive(at, "model.num_heads", m.num_heads);
+  check_positive(at, "model.num_kv_heads", m.num_kv_heads);
+  check_positive(at, "model.seq_len", m.seq_len);
+  check_positive(at, "model.d_ff", m.d_ff);
+  MOE_CHECK(m.d_model % m.num_heads == 0, at.prefix({"model.num_heads", "model.d_model"}),
+            "model.d_model = ", m.d_model, " is not divisible by model.num_heads = ", m.num_heads);
+  MOE_CHECK(m.num_heads % m.num_kv_heads == 0, at.prefix({"model.num_kv_heads", "model.num_heads"}),
+            "model.num_heads = ", m.num_heads, " is not divisible by model.num_kv_heads = ", m.num_kv_heads);
+  check_choice(at, "model.norm", m.norm, {"rmsnorm", "layernorm"});
+  check_choice(at, "model.positions", m.positions, {"rope", "learned"});
+  check_choice(at, "model.activation", m.activation, {"relu", "gelu", "geglu", "swiglu"});
+  int64_t head_dim = m.d_model / m.num_heads;
+  MOE_CHECK(m.positions != "rope" || head_dim % 2 == 0,
+            at.prefix({"model.positions", "model.num_heads", "model.d_model"}),
+            "model.positions = 'rope' needs an even head dimension, but model.d_model / model.num_heads = ",
+            m.d_model, " / ", m.num_heads, " = ", head_dim);
+  check_positive(at, "model.norm_eps", m.norm_eps);
+  check_positive(at, "model.rope_theta", m.rope_theta);
+  check_positive(at, "model.init_std", m.init_std);
+}
+
+void validate_moe(const MoeConfig& e, const ModelConfig& m, const KeyOrigins& at) {
+  check_at_least(at, "moe.num_experts", e.num_experts, 0);
+  if (e.num_experts > 0) {
+    check_at_least(at, "moe.top_k", e.top_k, 1);
+    MOE_CHECK(e.top_k <= e.num_experts, at.prefix({"moe.top_k", "moe.num_experts"}), "moe.top_k = ", e.top_k,
+              " is larger than moe.num_experts = ", e.num_experts);
+  }
+  check_positive(at, "moe.d_expert", e.d_expert);
+  check_choice(at, "moe.activation", e.activation, {"", "relu", "gelu", "geglu", "swiglu"});
+  check_at_least(at, "moe.every", e.every, 1);
+  MOE_CHECK(e.first_dense >= 0 && e.first_dense <= m.num_layers, at.prefix({"moe.first_dense", "model.num_layers"}),
+            "moe.first_dense = ", e.first_dense, " is outside [0, model.num_layers = ", m.num_layers, "]");
+  check_non_negative(at, "moe.aux_loss_coef", e.aux_loss_coef);
+}
+
+void validate_train(const TrainConfig& t, const KeyOrigins& at) {
+  check_at_least(at, "train.steps", t.steps, 1);
+  // TOML integers are signed 64-bit, so a larger seed could not be written back by to_toml.
+  MOE_CHECK(t.seed <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()), at.prefix({"train.seed"}),
+            "train.seed = ", t.seed, " must be below 2^63");
+  check_at_least(at, "train.micro_batch_size", t.micro_batch_size, 1);
+  check_at_least(at, "train.grad_accum", t.grad_accum, 1);
+  check_at_least(at, "train.log_every", t.log_every, 1);
+  check_at_least(at, "train.eval_every", t.eval_every, 0);
+  check_at_least(at, "train.eval_batches", t.eval_batches, 1);
+  check_at_least(at, "train.save_every", t.save_every, 0);
+  MOE_CHECK(!t.run_dir.empty(), at.prefix({"train.run_dir"}), "train.run_dir must not be empty");
+  check_choice(at, "train.device", t.device, {"auto", "cpu", "cuda"});
+  check_choice(at, "train.dtype", t.dtype, {"", "f32", "f64", "bf16"});
+  MOE_CHECK(!(t.dtype == "f64" && t.device == "cuda"), at.prefix({"train.dtype", "train.device"}),
+            "train.dtype = 'f64' is CPU only, but train.device = 'cuda'");
+}
+
+void validate_optim(const OptimConfig& o, const KeyOrigins& at) {
+  check_positive(at, "optim.lr", o.lr);
+  check_non_negative(at, "optim.min_lr", o.min_lr);
+  MOE_CHECK(o.min_lr <= o.lr, at.prefix({"optim.min_lr", "optim.lr"}), "optim.min_lr = ", o.min_lr,
+            " is larger than optim.lr = ", o.lr);
+  check_unit(at, "optim.beta1", o.beta1, false, true);
+  check_unit(at, "optim.beta2", o.beta2, false, true);
+  check_positive(at, "optim.eps", o.eps);
+  check_non_negative(at, "optim.weight_decay", o.weight_decay);
+  check_non_negative(at, "optim.grad_clip", o.grad_clip);
+}
+
+void validate_schedule(const ScheduleConfig& s, const KeyOrigins& at) {
+  check_choice(at, "schedule.kind", s.kind, {"cosine", "linear", "constant", "step", "wsd"});
+  check_at_least(at, "schedule.warmup_steps", s.warmup_steps, 0);
+  const char* key = "schedule.step_fractions";
+  MOE_CHECK(s.kind != "step" || !s.step_fractions.empty(), at.prefix({key, "schedule.kind"}),
+            "schedule.kind = 'step' needs at least one entry in ", key);
+  for (size_t i = 0; i < s.step_fractions.size(); ++i) {
+    double f = s.step_fractions[i];
+    MOE_CHECK(f > 0 && f < 1, at.prefix({key}), key, "[", i, "] = ", f, " must be in (0, 1)");
+    MOE_CHECK(i == 0 || f > s.step_fractions[i - 1], at.prefix({key}), key, "[", i, "] = ", f,
+              " must be larger than the one before (", s.step_fractions[i - 1], ")");
+  }
+  MOE_CHECK(s.step_factor > 0 && s.step_factor <= 1, at.prefix({"schedule.step_factor"}),
+            "schedule.step_factor = ", s.step_factor, " must be in (0, 1]");
+  check_unit(at, "schedule.decay_fraction", s.decay_fraction, true, false);
+}
+
+}  // namespace
+
+namespace config_internal {
+
+void validate_config_at(const Config& config, const KeyOrigins& origins) {
+  check_finite(config, origins);
+  validate_model(config.model, origins);
+  validate_moe(config.moe, config.model, origins);
+  validate_train(config.train, origins);
+  validate_optim(config.optim, origins);
+  validate_schedule(config.schedule, origins);
+}
+
+}  // namespace config_internal
+
+void validate_config(const Config& config) {
+  config_internal::validate_config_at(config, {config.source_path, {}});
+}
+
+}  // namespace moe

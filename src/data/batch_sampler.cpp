@@ -1,0 +1,151 @@
+// Batch sampling: start offsets from a counter-keyed SplitMix64 stream so that any rank can
+// compute any sequence of the global batch without drawing the ones before it.
+#include "src/data/batch_sampler.h"
+
+#include <algorithm>
+
+#include "src/util/check.h"
+
+namespace moe::data {
+
+namespace {
+
+// The SplitMix64 output function (a strong 64-bit mixer on its own).
+uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// One independent stream per (seed, step, sequence index).
+uint64_t sequence_key(uint64_t seed, int64_t step, int64_t index) {
+  uint64_t h = mix64(seed + 0x9E3779B97F4A7C15ull);
+  h = mix64(h ^ static_cast<uint64_t>(step));
+  return mix64(h ^ static_cast<uint64_t>(index) ^ 0xD1B54A32D192ED03ull);
+}
+
+}  // namespace
+
+uint64_t SplitMix64::next() {
+  state += 0x9E3779B97F4A7C15ull;
+  return mix64(state);
+}
+
+uint64_t SplitMix64::below(uint64_t bound) {
+  MOE_CHECK(bound > 0, "SplitMix64::below: bound must be positive");
+  unsigned __int128 m = static_cast<unsigned __int128>(next()) * bound;
+  uint64_t low = static_cast<uint64_t>(m);
+  if (low < bound) {
+    const uint64_t threshold = (0 - bound) % bound;
+    while (low < threshold) {
+      m = static_cast<unsigned __int128>(next()) * bound;
+      low = static_cast<uint64_t>(m);
+    }
+  }
+  return static_cast<uint64_t>(m >> 64);
+}
+
+BatchSampler::BatchSampler(const TokenDataset& data, uint64_t seed, int64_t global_batch, int64_t seq_len)
+    : data_(&data), seed_(seed), global_batch_(global_batch), seq_len_(seq_len) {
+  MOE_CHECK(global_batch > 0, "batch sampler: global batch must be positive, got ", global_batch);
+  MOE_CHECK(seq_len > 0, "batch sampler: seq_len must be positive, got ", seq_len);
+  MOE_CHECK(data.size() >= seq_len + 1, data.path(), ": has ", data.size(),
+            " tokens, fewer than seq_len + 1 = ", seq_len + 1, " needed for one training sequence");
+  num_starts_ = static_cast<uint64_t>(data.size() - seq_len);
+}
+
+int64_t BatchSampler::sequence_start(int64_t step, int64_t index) const {
+  MOE_CHECK(step >= 0, "batch sampler: step must be >= 0, got ", step);
+  MOE_CHECK(index >= 0 && index < global_batch_, "batch sampler: sequence index ", index, " out of range [0, ",
+            global_batch_, ")");
+  SplitMix64 rng(sequence_key(seed_, step, index));
+  return static_cast<int64_t>(rng.below(num_starts_));
+}
+
+Batch BatchSampler::sequences(int64_t step, int64_t first, int64_t count) const {
+  MOE_CHECK(count > 0 && first >= 0 && first + count <= global_batch_, "batch sampler: sequences [", first, ", ",
+            first + count, ") out of the global batch [0, ", global_batch_, ")");
+  Batch batch;
+  batch.rows = count;
+  batch.seq_len = seq_len_;
+  const size_t row = static_cast<size_t>(seq_len_);
+  batch.inputs.resize(static_cast<size_t>(count) * row);
+  batch.targets.resize(static_cast<size_t>(count) * row);
+  batch.starts.resize(static_cast<size_t>(count));
+  std::vector<int32_t> window(row + 1);
+  for (int64_t r = 0; r < count; ++r) {
+    int64_t start = sequence_start(step, first + r);
+    batch.starts[static_cast<size_t>(r)] = start;
+    data_->copy_tokens(start, seq_len_ + 1, window.data());
+    std::copy(window.begin(), window.end() - 1, batch.inputs.begin() + static_cast<ptrdiff_t>(r * seq_len_));
+    std::copy(window.begin() + 1, window.end(), batch.targets.begin() + static_cast<ptrdiff_t>(r * seq_len_));
+  }
+  return batch;
+}
+
+Batch BatchSampler::global(int64_t step) const { return sequences(step, 0, global_batch_); }
+
+void BatchSampler::check_slice(const DataParallelSlice& slice) const {
+  MOE_CHECK(slice.num_ranks > 0 && slice.micro_batch > 0 && slice.grad_accum > 0,
+            "batch slice: num_ranks, micro_batch and grad_accum must be positive, got ", slice.num_ranks, ", ",
+            slice.micro_batch, ", ", slice.grad_accum);
+  MOE_CHECK(slice.rank >= 0 && slice.rank < slice.num_ranks, "batch slice: rank ", slice.rank,
+            " out of range [0, ", slice.num_ranks, ")");
+  MOE_CHECK(slice.num_ranks * slice.micro_batch * slice.grad_accum == global_batch_,
+            "batch slice: data-parallel ranks (", slice.num_ranks, ") x micro_batch (", slice.micro_batch,
+            ") x grad_accum (", slice.grad_accum, ") = ", slice.num_ranks * slice.micro_batch * slice.grad_accum,
+            " must equal the global batch ", global_batch_);
+}
+
+Batch BatchSampler::micro_batch(int64_t step, const DataParallelSlice& slice, int64_t micro) const {
+  check_slice(slice);
+  MOE_CHECK(micro >= 0 && micro < slice.grad_accum, "batch slice: micro-batch ", micro, " out of range [0, ",
+            slice.grad_accum, ")");
+  const int64_t first = slice.rank * slice.micro_batch * slice.grad_accum + micro * slice.micro_batch;
+  return sequences(step, first, slice.micro_batch);
+}
+
+EvalIterator::EvalIterator(const TokenDataset& data, int64_t batch_rows, int64_t seq_len, int64_t max_windows,
+                           int64_t rank, int64_t num_ranks)
+    : data_(&data), batch_rows_(batch_rows), seq_len_(seq_len), rank_(rank), num_ranks_(num_ranks) {
+  MOE_CHECK(batch_rows > 0, "eval iterator: batch rows must be positive, got ", batch_rows);
+  MOE_CHECK(seq_len > 0, "eval iterator: seq_len must be positive, got ", seq_len);
+  MOE_CHECK(num_ranks > 0 && rank >= 0 && rank < num_ranks, "eval iterator: rank ", rank, " out of range [0, ",
+            num_ranks, ")");
+  MOE_CHECK(max_windows >= 0, "eval iterator: max_windows must be >= 0, got ", max_windows);
+  MOE_CHECK(data.size() >= seq_len + 1, data.path(), ": has ", data.size(), " tokens, fewer than seq_len + 1 = ",
+            seq_len + 1, " needed for one evaluation window");
+  int64_t windows = (data.size() - 1) / seq_len;
+  if (max_windows > 0) windows = std::min(windows, max_windows);
+  windows -= windows % num_ranks;
+  MOE_CHECK(windows > 0, data.path(), ": ", (data.size() - 1) / seq_len, " evaluation windows of ", seq_len,
+            " tokens cannot be split over ", num_ranks, " ranks");
+  num_windows_ = windows;
+}
+
+int64_t EvalIterator::num_batches() const { return (windows_per_rank() + batch_rows_ - 1) / batch_rows_; }
+
+bool EvalIterator::next(Batch& batch) {
+  const int64_t local_total = windows_per_rank();
+  if (next_local_ >= local_total) return false;
+  const int64_t rows = std::min(batch_rows_, local_total - next_local_);
+  const size_t row = static_cast<size_t>(seq_len_);
+  batch.rows = rows;
+  batch.seq_len = seq_len_;
+  batch.inputs.resize(static_cast<size_t>(rows) * row);
+  batch.targets.resize(static_cast<size_t>(rows) * row);
+  batch.starts.resize(static_cast<size_t>(rows));
+  std::vector<int32_t> window(row + 1);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t w = (next_local_ + r) * num_ranks_ + rank_;
+    const int64_t start = w * seq_len_;
+    batch.starts[static_cast<size_t>(r)] = start;
+    data_->copy_tokens(start, seq_len_ + 1, window.data());
+    std::copy(window.begin(), window.end() - 1, batch.inputs.begin() + static_cast<ptrdiff_t>(r * seq_len_));
+    std::copy(window.begin() + 1, window.end(), batch.targets.begin() + static_cast<ptrdiff_t>(r * seq_len_));
+  }
+  next_local_ += rows;
+  return true;
+}
+
+}  // namespace moe::data

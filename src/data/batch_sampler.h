@@ -1,0 +1,100 @@
+// Deterministic training batches (random windows keyed by seed, step and sequence index) and
+// the sequential evaluation iterator over fixed, non-overlapping windows of a validation shard.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "src/data/token_shard.h"
+
+namespace moe::data {
+
+// One batch of `rows` sequences of `seq_len` tokens, row-major [rows * seq_len]:
+// targets[r*S + t] is the token after inputs[r*S + t] in the shard.
+struct Batch {
+  int64_t rows = 0;
+  int64_t seq_len = 0;
+  std::vector<int32_t> inputs;
+  std::vector<int32_t> targets;
+  std::vector<int64_t> starts;  // shard offset of each row's first input token
+};
+
+// How one data-parallel rank takes its part of the global batch. Only the data-parallel rank
+// matters: tensor/pipeline/expert peers of one DP rank read the same data.
+// Requires num_ranks * micro_batch * grad_accum == global_batch.
+struct DataParallelSlice {
+  int64_t rank = 0;
+  int64_t num_ranks = 1;
+  int64_t micro_batch = 1;  // sequences per micro-batch per rank
+  int64_t grad_accum = 1;   // micro-batches per step per rank
+};
+
+// SplitMix64 (Steele, Lea, Flood 2014): the engine's seeded, platform-independent generator.
+struct SplitMix64 {
+  uint64_t state;
+  explicit SplitMix64(uint64_t seed) : state(seed) {}
+  uint64_t next();
+  // Uniform in [0, bound) without modulo bias (Lemire's multiply-and-reject); bound > 0.
+  uint64_t below(uint64_t bound);
+};
+
+// The sampling rule. Sequence j of step s of the global batch starts at
+//   uniform in [0, size - (seq_len + 1)], drawn from SplitMix64(key(seed, s, j)),
+// so it depends on (seed, step, j) only: never on the number of ranks, on micro-batching or
+// on which sequences were read before. Rank r takes the contiguous sequences
+//   [r * m * a, (r + 1) * m * a) and its micro-batch k is [r*m*a + k*m, r*m*a + (k+1)*m),
+// so concatenating the ranks' micro-batches in (rank, micro) order gives the global batch.
+class BatchSampler {
+ public:
+  // `data` must outlive the sampler. Throws if the shard is shorter than seq_len + 1 tokens.
+  BatchSampler(const TokenDataset& data, uint64_t seed, int64_t global_batch, int64_t seq_len);
+
+  int64_t global_batch() const { return global_batch_; }
+  int64_t seq_len() const { return seq_len_; }
+
+  // Shard offset of the first input token of global sequence `index` at `step`.
+  int64_t sequence_start(int64_t step, int64_t index) const;
+  // Global sequences [first, first + count) of `step`.
+  Batch sequences(int64_t step, int64_t first, int64_t count) const;
+  // All global_batch sequences of `step` (what a single rank with no accumulation sees).
+  Batch global(int64_t step) const;
+  // Micro-batch `micro` (0 <= micro < grad_accum) of `slice.rank` at `step`.
+  Batch micro_batch(int64_t step, const DataParallelSlice& slice, int64_t micro) const;
+  // Checks the slice against the global batch; the message names all four numbers.
+  void check_slice(const DataParallelSlice& slice) const;
+
+ private:
+  const TokenDataset* data_;
+  uint64_t seed_;
+  int64_t global_batch_;
+  int64_t seq_len_;
+  uint64_t num_starts_;  // size - seq_len: the number of valid start offsets
+};
+
+// Fixed, non-overlapping evaluation windows: window w has inputs [w*S, w*S + S) and targets
+// shifted by one, so there are (size - 1) / S windows. With num_ranks > 1, rank r evaluates
+// windows r, r + N, r + 2N, ... and the window count is first cut to a multiple of N (and to
+// max_windows when that is > 0) so every rank runs the same number of batches.
+class EvalIterator {
+ public:
+  EvalIterator(const TokenDataset& data, int64_t batch_rows, int64_t seq_len, int64_t max_windows = 0,
+               int64_t rank = 0, int64_t num_ranks = 1);
+
+  int64_t num_windows() const { return num_windows_; }          // over all ranks
+  int64_t windows_per_rank() const { return num_windows_ / num_ranks_; }
+  int64_t num_batches() const;                                   // per rank
+  // Fills the next batch (the last may have fewer rows); false when the pass is over.
+  bool next(Batch& batch);
+  void reset() { next_local_ = 0; }
+
+ private:
+  const TokenDataset* data_;
+  int64_t batch_rows_;
+  int64_t seq_len_;
+  int64_t rank_;
+  int64_t num_ranks_;
+  int64_t num_windows_ = 0;
+  int64_t next_local_ = 0;  // index of this rank's next window among its own windows
+};
+
+}  // namespace moe::data

@@ -1,0 +1,39 @@
+// Transformer block: parameters under "layers.<i>." (attn_norm, attn, ffn_norm, ffn | moe).
+#include "src/model/block.h"
+
+#include "src/ops/ops.h"
+
+namespace moe {
+
+Block::Block(ParamStore& store, const std::string& prefix, NormKind norm, float norm_eps, const AttentionConfig& attn,
+             std::unique_ptr<DenseFfn> dense, std::unique_ptr<MoeLayer> moe)
+    : attn_norm_(store, prefix + ".attn_norm", attn.d_model, norm, norm_eps),
+      ffn_norm_(store, prefix + ".ffn_norm", attn.d_model, norm, norm_eps),
+      attn_(store, prefix + ".attn", attn),
+      dense_(std::move(dense)),
+      moe_(std::move(moe)) {
+  MOE_CHECK((dense_ != nullptr) != (moe_ != nullptr), "block ", prefix, " needs exactly one FFN");
+}
+
+Tensor Block::forward(const Tensor& x, int64_t batch, const RouteInputs& inputs, BlockSaved& saved) const {
+  Tensor attn_out = attn_.forward(attn_norm_.forward(x, saved.attn_norm), batch, saved.attn);
+  Tensor h = Tensor::empty(x.shape(), x.dtype(), x.device());
+  ops::add(x, attn_out, h);
+  Tensor normed = ffn_norm_.forward(h, saved.ffn_norm);
+  Tensor ffn_out = moe_ ? moe_->forward(normed, inputs, saved.moe) : dense_->forward(normed, saved.ffn);
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  ops::add(h, ffn_out, y);
+  return y;
+}
+
+Tensor Block::backward(const BlockSaved& saved, const Tensor& dy, int64_t batch, float aux_scale) const {
+  Tensor dnormed = moe_ ? moe_->backward(saved.moe, dy, aux_scale) : dense_->backward(saved.ffn, dy);
+  Tensor dh = ffn_norm_.backward(saved.ffn_norm, dnormed);
+  ops::accumulate(dh, dy);  // residual path
+  Tensor dattn_in = attn_.backward(saved.attn, dh, batch);
+  Tensor dx = attn_norm_.backward(saved.attn_norm, dattn_in);
+  ops::accumulate(dx, dh);  // residual path
+  return dx;
+}
+
+}  // namespace moe

@@ -1,0 +1,39 @@
+// One pre-norm transformer block: x + Attention(Norm(x)), then h + FFN(Norm(h)) where the
+// FFN is dense or an MoE layer.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "experts/moe_layer.h"
+#include "src/model/attention.h"
+#include "src/model/dense_ffn.h"
+#include "src/model/norm.h"
+
+namespace moe {
+
+struct BlockSaved {
+  Norm::Saved attn_norm, ffn_norm;
+  Attention::Saved attn;
+  FfnSaved ffn;
+  MoeLayerSaved moe;
+};
+
+class Block {
+ public:
+  Block(ParamStore& store, const std::string& prefix, NormKind norm, float norm_eps, const AttentionConfig& attn,
+        std::unique_ptr<DenseFfn> dense, std::unique_ptr<MoeLayer> moe);
+  // x[B*S,d] -> y[B*S,d]
+  Tensor forward(const Tensor& x, int64_t batch, const RouteInputs& inputs, BlockSaved& saved) const;
+  // dy[B*S,d] -> dx[B*S,d]
+  Tensor backward(const BlockSaved& saved, const Tensor& dy, int64_t batch, float aux_scale) const;
+  bool is_moe() const { return moe_ != nullptr; }
+
+ private:
+  Norm attn_norm_, ffn_norm_;
+  Attention attn_;
+  std::unique_ptr<DenseFfn> dense_;
+  std::unique_ptr<MoeLayer> moe_;
+};
+
+}  // namespace moe

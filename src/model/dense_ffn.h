@@ -1,0 +1,35 @@
+// The dense feed-forward block: x[T,d] -> up (gate|up for GLU) -> activation -> down -> y[T,d].
+#pragma once
+
+#include <string>
+
+#include "src/model/param_store.h"
+#include "src/ops/ops.h"
+
+namespace moe {
+
+// One FFN's weights and math, shared by the dense FFN and by each expert of an MoE layer:
+// w_up[d, f] (or [d, 2f] = [gate | up] for GLU activations), w_down[f, d].
+struct FfnSaved {
+  Tensor x, h, a;  // input, pre-activation, post-activation
+};
+Tensor ffn_forward(const Tensor& x, const Tensor& w_up, const Tensor& w_down, ops::Activation act, FfnSaved& saved);
+// Accumulates dw_up, dw_down; writes dx (or adds into it when accumulate_dx).
+void ffn_backward(const FfnSaved& saved, const Tensor& w_up, const Tensor& w_down, ops::Activation act,
+                  const Tensor& dy, Tensor& dw_up, Tensor& dw_down, Tensor& dx, bool accumulate_dx = false);
+inline int64_t ffn_up_width(ops::Activation act, int64_t d_ff) { return ops::is_gated(act) ? 2 * d_ff : d_ff; }
+
+class DenseFfn {
+ public:
+  DenseFfn(ParamStore& store, const std::string& prefix, int64_t d_model, int64_t d_ff, ops::Activation act,
+           double init_std, double out_init_std);
+  Tensor forward(const Tensor& x, FfnSaved& saved) const;
+  Tensor backward(const FfnSaved& saved, const Tensor& dy) const;
+
+ private:
+  ParamStore* store_;
+  ops::Activation act_;
+  ParamId w_up_, w_down_;
+};
+
+}  // namespace moe

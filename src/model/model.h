@@ -1,0 +1,70 @@
+// The decoder-only language model: token (and learned position) embedding, blocks, final
+// norm, LM head (tied or untied) and the cross-entropy loss, built from the config.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "src/config/config.h"
+#include "src/model/block.h"
+
+namespace moe {
+
+struct Batch {
+  Tensor inputs;   // i32[B*S] on the model's device
+  Tensor targets;  // i32[B*S]; negative = ignored
+  int64_t batch_size = 0;
+};
+
+struct ModelSaved {
+  std::vector<BlockSaved> blocks;
+  Norm::Saved final_norm;
+  Tensor hidden;  // final normed hidden states [B*S,d]
+  Tensor logits, lse;
+};
+
+struct ForwardOutput {
+  double loss_sum = 0;     // sum of per-token cross-entropy over non-ignored targets
+  int64_t num_targets = 0;
+  double aux_loss = 0;     // sum over MoE layers of their balancing losses
+  std::vector<MoeLayerStats> moe_stats;  // one per MoE layer, in layer order
+  std::vector<int> moe_layer_index;      // the layer number of each entry above
+};
+
+class Model {
+ public:
+  Model(const ModelConfig& model, const MoeConfig& moe);
+  void allocate(Device device, DType compute_dtype);
+  void initialize(uint64_t seed) { store_.initialize(seed); }
+
+  // Forward with the loss. Keeps what backward needs in saved.
+  ForwardOutput forward(const Batch& batch, ModelSaved& saved) const;
+  // Accumulates parameter gradients of  loss_scale * loss_sum + aux_scale * aux_loss.
+  void backward(const Batch& batch, const ModelSaved& saved, float loss_scale, float aux_scale) const;
+  // Logits [B*S, V] for generation (no loss).
+  Tensor logits(const Tensor& inputs, int64_t batch_size) const;
+
+  ParamStore& params() { return store_; }
+  const ParamStore& params() const { return store_; }
+  const ModelConfig& config() const { return config_; }
+  const MoeConfig& moe_config() const { return moe_config_; }
+  int64_t num_moe_layers() const;
+  // Parameters touched per token (the routed experts counted k of E times), for MFU.
+  int64_t active_params() const;
+
+ private:
+  Tensor embed(const Tensor& inputs) const;
+  Tensor run_blocks(const Tensor& x, const Tensor& inputs, int64_t batch_size, ModelSaved& saved) const;
+
+  ModelConfig config_;
+  MoeConfig moe_config_;
+  ParamStore store_;
+  ParamId tokens_ = -1, positions_ = -1, lm_head_ = -1;
+  std::vector<std::unique_ptr<Block>> blocks_;
+  std::unique_ptr<Norm> final_norm_;
+};
+
+// Whether layer i (0-based) of this config is an MoE layer.
+bool is_moe_layer(const ModelConfig& model, const MoeConfig& moe, int64_t layer);
+
+}  // namespace moe

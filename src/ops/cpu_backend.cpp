@@ -1,0 +1,355 @@
+// The CPU backend: maps Tensors to raw pointers and calls the f32/f64 reference kernels in
+// kernels/cpu. ops.cpp has already checked shapes and dtypes; only the dtype dispatch is here.
+#include <algorithm>
+#include <cstdint>
+
+#include "kernels/cpu/activations.h"
+#include "kernels/cpu/adamw.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/cross_entropy.h"
+#include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/embedding.h"
+#include "kernels/cpu/gemm.h"
+#include "kernels/cpu/norms.h"
+#include "kernels/cpu/permute.h"
+#include "kernels/cpu/positions.h"
+#include "kernels/cpu/rope.h"
+#include "kernels/cpu/router.h"
+#include "kernels/cpu/rows.h"
+#include "src/ops/backend.h"
+
+namespace moe::ops {
+
+namespace {
+
+// Runtime dtype -> kernel element type. fn receives a value of the element type as a tag.
+template <typename Fn>
+decltype(auto) dispatch_float(DType dtype, const char* op, Fn&& fn) {
+  switch (dtype) {
+    case DType::f32: return fn(float{});
+    case DType::f64: return fn(double{});
+    default: break;
+  }
+  MOE_FAIL(op, ": the CPU backend supports f32 and f64, got ", dtype_name(dtype));
+}
+
+// As dispatch_float, plus i32 (row movement of index tensors).
+template <typename Fn>
+void dispatch_rows(DType dtype, const char* op, Fn&& fn) {
+  if (dtype == DType::i32) {
+    fn(int32_t{});
+    return;
+  }
+  dispatch_float(dtype, op, fn);
+}
+
+template <typename T>
+T* ptr(const Tensor& t) {
+  return t.data_as<T>();
+}
+
+const int32_t* index_ptr(const Tensor& t) { return t.data_as<int32_t>(); }
+
+int64_t rows_of(const Tensor& t) { return t.ndim() == 0 ? 1 : t.size(0); }
+int64_t cols_of(const Tensor& t) { return rows_of(t) == 0 ? 0 : t.numel() / rows_of(t); }
+
+cpu::ActivationKind kind_of(Activation act) {
+  switch (act) {
+    case Activation::relu: return cpu::ActivationKind::relu;
+    case Activation::gelu: return cpu::ActivationKind::gelu;
+    case Activation::geglu: return cpu::ActivationKind::geglu;
+    case Activation::swiglu: return cpu::ActivationKind::swiglu;
+  }
+  MOE_FAIL("activation ", static_cast<int>(act), " has no CPU kernel");
+}
+
+cpu::AttentionDims dims_of(const AttentionShape& s) {
+  return {s.batch, s.seq_len, s.num_heads, s.num_kv_heads, s.head_dim};
+}
+
+// bf16 tensors can live on the host (checkpoints, tests); casts to and from them go through f32.
+void cast_with_bf16(const Tensor& src, Tensor& dst) {
+  const int64_t n = src.numel();
+  if (src.dtype() == DType::bf16 && dst.dtype() == DType::bf16) {
+    std::copy(ptr<uint16_t>(src), ptr<uint16_t>(src) + n, ptr<uint16_t>(dst));
+  } else if (src.dtype() == DType::bf16) {
+    dispatch_float(dst.dtype(), "cast", [&](auto tag) {
+      using T = decltype(tag);
+      for (int64_t i = 0; i < n; ++i) ptr<T>(dst)[i] = static_cast<T>(bf16_bits_to_f32(ptr<uint16_t>(src)[i]));
+    });
+  } else {
+    dispatch_float(src.dtype(), "cast", [&](auto tag) {
+      using T = decltype(tag);
+      for (int64_t i = 0; i < n; ++i) ptr<uint16_t>(dst)[i] = f32_to_bf16_bits(static_cast<float>(ptr<T>(src)[i]));
+    });
+  }
+}
+
+class CpuBackend final : public Backend {
+ public:
+  void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha,
+              float beta) override {
+    const int64_t m = c.size(0), n = c.size(1), k = trans_a ? a.size(0) : a.size(1);
+    dispatch_float(a.dtype(), "matmul", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::gemm<T>(ptr<T>(a), trans_a, ptr<T>(b), trans_b, ptr<T>(c), m, n, k, static_cast<T>(alpha),
+                   static_cast<T>(beta));
+    });
+  }
+
+  void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out) override {
+    dispatch_float(table.dtype(), "embedding", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::embedding_forward<T>(index_ptr(ids), ptr<T>(table), ptr<T>(out), ids.numel(), table.size(0),
+                                table.size(1));
+    });
+  }
+
+  void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) override {
+    dispatch_float(dout.dtype(), "embedding backward", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::embedding_backward<T>(index_ptr(ids), ptr<T>(dout), ptr<T>(dtable), ids.numel(), dtable.size(0),
+                                 dtable.size(1));
+    });
+  }
+
+  void position_add_forward(Tensor& x, const Tensor& pos, int64_t seq_len) override {
+    dispatch_float(x.dtype(), "positions", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::position_add_forward<T>(ptr<T>(x), ptr<T>(pos), x.size(0), x.size(1), seq_len);
+    });
+  }
+
+  void position_add_backward(const Tensor& dx, Tensor& dpos, int64_t seq_len) override {
+    dispatch_float(dx.dtype(), "positions backward", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::position_add_backward<T>(ptr<T>(dx), ptr<T>(dpos), dx.size(0), dx.size(1), seq_len);
+    });
+  }
+
+  void rmsnorm_forward(const Tensor& x, const Tensor& w, Tensor& y, Tensor& rstd, float eps) override {
+    dispatch_float(x.dtype(), "rmsnorm", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::rmsnorm_forward<T>(ptr<T>(x), ptr<T>(w), ptr<T>(y), ptr<T>(rstd), x.size(0), x.size(1), eps);
+    });
+  }
+
+  void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, Tensor& dx,
+                        Tensor& dw) override {
+    dispatch_float(x.dtype(), "rmsnorm backward", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::rmsnorm_backward<T>(ptr<T>(x), ptr<T>(w), ptr<T>(rstd), ptr<T>(dy), ptr<T>(dx), ptr<T>(dw), x.size(0),
+                               x.size(1));
+    });
+  }
+
+  void layernorm_forward(const Tensor& x, const Tensor& w, const Tensor& b, Tensor& y, Tensor& mean, Tensor& rstd,
+                         float eps) override {
+    dispatch_float(x.dtype(), "layernorm", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::layernorm_forward<T>(ptr<T>(x), ptr<T>(w), ptr<T>(b), ptr<T>(y), ptr<T>(mean), ptr<T>(rstd), x.size(0),
+                                x.size(1), eps);
+    });
+  }
+
+  void layernorm_backward(const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& rstd, const Tensor& dy,
+                          Tensor& dx, Tensor& dw, Tensor& db) override {
+    dispatch_float(x.dtype(), "layernorm backward", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::layernorm_backward<T>(ptr<T>(x), ptr<T>(w), ptr<T>(mean), ptr<T>(rstd), ptr<T>(dy), ptr<T>(dx),
+                                 ptr<T>(dw), ptr<T>(db), x.size(0), x.size(1));
+    });
+  }
+
+  void rope(Tensor& x, int64_t num_heads, int64_t seq_len, float theta, bool inverse) override {
+    dispatch_float(x.dtype(), "rope", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::rope<T>(ptr<T>(x), x.size(0), num_heads, x.size(1) / num_heads, seq_len, theta, inverse);
+    });
+  }
+
+  void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse,
+                         const AttentionShape& shape) override {
+    dispatch_float(q.dtype(), "attention", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::attention_forward<T>(ptr<T>(q), ptr<T>(k), ptr<T>(v), ptr<T>(out), ptr<T>(lse), dims_of(shape));
+    });
+  }
+
+  void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
+                          const Tensor& dout, Tensor& dq, Tensor& dk, Tensor& dv,
+                          const AttentionShape& shape) override {
+    dispatch_float(q.dtype(), "attention backward", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::attention_backward<T>(ptr<T>(q), ptr<T>(k), ptr<T>(v), ptr<T>(out), ptr<T>(lse), ptr<T>(dout),
+                                 ptr<T>(dq), ptr<T>(dk), ptr<T>(dv), dims_of(shape));
+    });
+  }
+
+  void activation_forward(Activation act, const Tensor& x, Tensor& y) override {
+    dispatch_float(x.dtype(), activation_name(act), [&](auto tag) {
+      using T = decltype(tag);
+      cpu::activation_forward<T>(kind_of(act), ptr<T>(x), ptr<T>(y), y.size(0), y.size(1));
+    });
+  }
+
+  void activation_backward(Activation act, const Tensor& x, const Tensor& dy, Tensor& dx) override {
+    dispatch_float(x.dtype(), activation_name(act), [&](auto tag) {
+      using T = decltype(tag);
+      cpu::activation_backward<T>(kind_of(act), ptr<T>(x), ptr<T>(dy), ptr<T>(dx), dy.size(0), dy.size(1));
+    });
+  }
+
+  void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor& lse) override {
+    dispatch_float(logits.dtype(), "cross-entropy", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::cross_entropy_forward<T>(ptr<T>(logits), index_ptr(targets), ptr<T>(loss), ptr<T>(lse), logits.size(0),
+                                    logits.size(1));
+    });
+  }
+
+  void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, float scale,
+                              Tensor& dlogits) override {
+    dispatch_float(logits.dtype(), "cross-entropy backward", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::cross_entropy_backward<T>(ptr<T>(logits), index_ptr(targets), ptr<T>(lse), scale, ptr<T>(dlogits),
+                                     logits.size(0), logits.size(1));
+    });
+  }
+
+  void add(const Tensor& a, const Tensor& b, Tensor& out) override {
+    dispatch_float(a.dtype(), "add", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::add<T>(ptr<T>(a), ptr<T>(b), ptr<T>(out), a.numel());
+    });
+  }
+
+  void accumulate(Tensor& dst, const Tensor& src, float alpha) override {
+    MOE_CHECK(dst.dtype() == src.dtype(), "accumulate: the CPU accumulates in the compute dtype, got ",
+              dtype_name(dst.dtype()), " += ", dtype_name(src.dtype()));
+    dispatch_float(dst.dtype(), "accumulate", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::accumulate<T>(ptr<T>(dst), ptr<T>(src), alpha, dst.numel());
+    });
+  }
+
+  void scale(Tensor& x, float alpha) override {
+    dispatch_float(x.dtype(), "scale", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::scale<T>(ptr<T>(x), alpha, x.numel());
+    });
+  }
+
+  void cast(const Tensor& src, Tensor& dst) override {
+    if (src.dtype() == DType::bf16 || dst.dtype() == DType::bf16) {
+      cast_with_bf16(src, dst);
+      return;
+    }
+    dispatch_float(src.dtype(), "cast", [&](auto src_tag) {
+      using S = decltype(src_tag);
+      dispatch_float(dst.dtype(), "cast", [&](auto dst_tag) {
+        using D = decltype(dst_tag);
+        cpu::cast<S, D>(ptr<S>(src), ptr<D>(dst), src.numel());
+      });
+    });
+  }
+
+  double sum(const Tensor& x) override {
+    return dispatch_float(x.dtype(), "sum", [&](auto tag) {
+      using T = decltype(tag);
+      return cpu::sum<T>(ptr<T>(x), x.numel());
+    });
+  }
+
+  double sum_squares(const Tensor& x) override {
+    return dispatch_float(x.dtype(), "sum_squares", [&](auto tag) {
+      using T = decltype(tag);
+      return cpu::sum_squares<T>(ptr<T>(x), x.numel());
+    });
+  }
+
+  void column_sum(const Tensor& x, Tensor& out) override {
+    dispatch_float(x.dtype(), "column_sum", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::column_sum<T>(ptr<T>(x), ptr<T>(out), x.size(0), x.size(1));
+    });
+  }
+
+  void gather_rows(const Tensor& src, const Tensor& index, Tensor& dst) override {
+    dispatch_rows(src.dtype(), "gather_rows", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::gather_rows<T>(ptr<T>(src), index_ptr(index), ptr<T>(dst), index.numel(), rows_of(src), cols_of(src));
+    });
+  }
+
+  void scatter_add_rows(const Tensor& src, const Tensor& index, Tensor& dst) override {
+    dispatch_rows(src.dtype(), "scatter_add_rows", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::scatter_add_rows<T>(ptr<T>(src), index_ptr(index), ptr<T>(dst), index.numel(), rows_of(dst),
+                               cols_of(dst));
+    });
+  }
+
+  void softmax_topk_forward(const Tensor& logits, int64_t k, bool renormalize, Tensor& probs, Tensor& ids,
+                            Tensor& weights) override {
+    dispatch_float(logits.dtype(), "router", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::softmax_topk_forward<T>(ptr<T>(logits), ptr<T>(probs), ptr<int32_t>(ids), ptr<T>(weights),
+                                   logits.size(0), logits.size(1), k, renormalize);
+    });
+  }
+
+  void softmax_topk_backward(const Tensor& probs, const Tensor& ids, const Tensor& weights, const Tensor& dweights,
+                             const Tensor& expert_grad, bool renormalize, Tensor& dlogits) override {
+    dispatch_float(probs.dtype(), "router backward", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::softmax_topk_backward<T>(ptr<T>(probs), index_ptr(ids), ptr<T>(dweights), ptr<T>(expert_grad),
+                                    ptr<T>(dlogits), probs.size(0), probs.size(1), ids.size(1), renormalize);
+    });
+  }
+
+  std::vector<int64_t> moe_sort_by_expert(const Tensor& ids, int64_t num_experts, Tensor& sorted_tokens,
+                                          Tensor& slot_pos) override {
+    MOE_CHECK(num_experts >= 1, "moe_sort_by_expert: expert count must be positive, got ", num_experts);
+    std::vector<int64_t> counts(static_cast<size_t>(num_experts));
+    cpu::moe_sort_by_expert(index_ptr(ids), ids.size(0), ids.size(1), num_experts, ptr<int32_t>(sorted_tokens),
+                            ptr<int32_t>(slot_pos), counts.data());
+    return counts;
+  }
+
+  void moe_combine_forward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights,
+                           Tensor& out) override {
+    dispatch_float(y_sorted.dtype(), "moe_combine", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::moe_combine_forward<T>(ptr<T>(y_sorted), index_ptr(slot_pos), ptr<T>(weights), ptr<T>(out),
+                                  weights.size(0), weights.size(1), y_sorted.size(1));
+    });
+  }
+
+  void moe_combine_backward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights,
+                            const Tensor& dout, Tensor& dy_sorted, Tensor& dweights) override {
+    dispatch_float(y_sorted.dtype(), "moe_combine backward", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::moe_combine_backward<T>(ptr<T>(y_sorted), index_ptr(slot_pos), ptr<T>(weights), ptr<T>(dout),
+                                   ptr<T>(dy_sorted), ptr<T>(dweights), weights.size(0), weights.size(1),
+                                   y_sorted.size(1));
+    });
+  }
+
+  void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWParams& p) override {
+    cpu::AdamWConfig cfg{p.lr, p.beta1, p.beta2, p.eps, p.weight_decay, p.step};
+    dispatch_float(param.dtype(), "adamw", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::adamw_step<T>(ptr<T>(param), ptr<T>(grad), ptr<T>(m), ptr<T>(v), param.numel(), cfg);
+    });
+  }
+};
+
+}  // namespace
+
+Backend& cpu_backend() {
+  static CpuBackend backend;
+  return backend;
+}
+
+}  // namespace moe::ops

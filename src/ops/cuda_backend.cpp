@@ -1,0 +1,313 @@
+// The CUDA backend of the ops layer: maps tensors (already shape-checked by ops.cpp) to raw
+// pointers and launches the kernels of kernels/cuda on the compute stream of their device.
+#if MOE_WITH_CUDA
+
+#include <cuda_bf16.h>
+
+#include "kernels/cuda/activations.h"
+#include "kernels/cuda/adamw.h"
+#include "kernels/cuda/attention.h"
+#include "kernels/cuda/cross_entropy.h"
+#include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/embedding.h"
+#include "kernels/cuda/gemm.h"
+#include "kernels/cuda/norms.h"
+#include "kernels/cuda/permute.h"
+#include "kernels/cuda/reduce.h"
+#include "kernels/cuda/rope.h"
+#include "kernels/cuda/router.h"
+#include "kernels/cuda/rows.h"
+#include "kernels/cuda/runtime.h"
+#include "src/ops/backend.h"
+
+namespace moe::ops {
+
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+const bf16* bf(const Tensor& t) { return t.data_as<const bf16>(); }
+bf16* bf_mut(const Tensor& t) { return t.data_as<bf16>(); }
+const float* f32(const Tensor& t) { return t.data_as<const float>(); }
+float* f32_mut(const Tensor& t) { return t.data_as<float>(); }
+const int32_t* i32(const Tensor& t) { return t.data_as<const int32_t>(); }
+int32_t* i32_mut(const Tensor& t) { return t.data_as<int32_t>(); }
+
+cuda::FloatType float_type(const Tensor& t, const char* what) {
+  if (t.dtype() == DType::f32) return cuda::FloatType::f32;
+  if (t.dtype() == DType::bf16) return cuda::FloatType::bf16;
+  MOE_FAIL(what, ": dtype ", dtype_name(t.dtype()), " is not supported on CUDA (f32 or bf16)");
+}
+
+// Checks that every tensor of the op is on the first one's GPU, selects that GPU and returns
+// the stream every kernel of this op runs on (a host pointer reaching a kernel would fault).
+template <typename... Rest>
+cudaStream_t on_device(const Tensor& first, const Rest&... rest) {
+  MOE_CHECK(first.is_cuda(), "CUDA backend called with a tensor on ", first.device().str());
+  (check_same_device(first, rest, "CUDA op operands"), ...);
+  cuda::set_device(first.device().ordinal);
+  return cuda::compute_stream();
+}
+
+int64_t rows_of(const Tensor& t) { return t.ndim() == 0 ? 1 : t.size(0); }
+int64_t cols_of(const Tensor& t) { return rows_of(t) == 0 ? 0 : t.numel() / rows_of(t); }
+
+cuda::ActKind act_kind(Activation act) {
+  switch (act) {
+    case Activation::relu: return cuda::ActKind::relu;
+    case Activation::gelu: return cuda::ActKind::gelu;
+    case Activation::geglu: return cuda::ActKind::geglu;
+    case Activation::swiglu: return cuda::ActKind::swiglu;
+  }
+  MOE_FAIL("unknown activation ", static_cast<int>(act));
+}
+
+cuda::AttentionDims attention_dims(const AttentionShape& s) {
+  return {s.batch, s.seq_len, s.num_heads, s.num_kv_heads, s.head_dim};
+}
+
+class CudaBackend : public Backend {
+ public:
+  void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha,
+              float beta) override {
+    cudaStream_t stream = on_device(a, b, c);
+    cuda::GemmShape shape;
+    shape.m = c.size(0);
+    shape.n = c.size(1);
+    shape.k = trans_a ? a.size(0) : a.size(1);
+    shape.trans_a = trans_a;
+    shape.trans_b = trans_b;
+    cuda::gemm_bf16(bf(a), bf(b), c.data(), float_type(c, "matmul c"), shape, alpha, beta, stream);
+  }
+
+  void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out) override {
+    cudaStream_t stream = on_device(table, ids, out);
+    cuda::embedding_forward(i32(ids), bf(table), bf_mut(out), ids.numel(), table.size(0), table.size(1), stream);
+  }
+
+  void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) override {
+    cudaStream_t stream = on_device(dout, ids, dtable);
+    cuda::embedding_backward(i32(ids), bf(dout), f32_mut(dtable), ids.numel(), dtable.size(0), dtable.size(1),
+                             stream);
+  }
+
+  void position_add_forward(Tensor& x, const Tensor& pos, int64_t seq_len) override {
+    cudaStream_t stream = on_device(x, pos);
+    cuda::position_add_forward(bf_mut(x), bf(pos), x.size(0), x.size(1), seq_len, stream);
+  }
+
+  void position_add_backward(const Tensor& dx, Tensor& dpos, int64_t seq_len) override {
+    cudaStream_t stream = on_device(dx, dpos);
+    cuda::position_add_backward(bf(dx), f32_mut(dpos), dx.size(0), dx.size(1), seq_len, stream);
+  }
+
+  void rmsnorm_forward(const Tensor& x, const Tensor& w, Tensor& y, Tensor& rstd, float eps) override {
+    cudaStream_t stream = on_device(x, w, y, rstd);
+    cuda::rmsnorm_forward(bf(x), bf(w), bf_mut(y), f32_mut(rstd), x.size(0), x.size(1), eps, stream);
+  }
+
+  void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, Tensor& dx,
+                        Tensor& dw) override {
+    cudaStream_t stream = on_device(x, w, rstd, dy, dx, dw);
+    check_dtype(rstd, DType::f32, "rmsnorm rstd");
+    check_dtype(w, DType::bf16, "rmsnorm w");
+    cuda::rmsnorm_backward(bf(x), bf(w), f32(rstd), bf(dy), bf_mut(dx), f32_mut(dw), x.size(0), x.size(1), stream);
+  }
+
+  void layernorm_forward(const Tensor& x, const Tensor& w, const Tensor& b, Tensor& y, Tensor& mean, Tensor& rstd,
+                         float eps) override {
+    cudaStream_t stream = on_device(x, w, b, y, mean, rstd);
+    cuda::layernorm_forward(bf(x), bf(w), bf(b), bf_mut(y), f32_mut(mean), f32_mut(rstd), x.size(0), x.size(1), eps,
+                            stream);
+  }
+
+  void layernorm_backward(const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& rstd, const Tensor& dy,
+                          Tensor& dx, Tensor& dw, Tensor& db) override {
+    cudaStream_t stream = on_device(x, w, mean, rstd, dy, dx, dw, db);
+    check_shape(mean, {x.size(0)}, "layernorm mean");
+    check_shape(rstd, {x.size(0)}, "layernorm rstd");
+    check_dtype(mean, DType::f32, "layernorm mean");
+    check_dtype(rstd, DType::f32, "layernorm rstd");
+    check_dtype(w, DType::bf16, "layernorm w");
+    cuda::layernorm_backward(bf(x), bf(w), f32(mean), f32(rstd), bf(dy), bf_mut(dx), f32_mut(dw), f32_mut(db),
+                             x.size(0), x.size(1), stream);
+  }
+
+  void rope(Tensor& x, int64_t num_heads, int64_t seq_len, float theta, bool inverse) override {
+    cudaStream_t stream = on_device(x);
+    cuda::RopeShape shape{x.size(0), num_heads, x.size(1) / num_heads, seq_len};
+    cuda::rope(bf_mut(x), shape, theta, inverse, stream);
+  }
+
+  void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse,
+                         const AttentionShape& shape) override {
+    cudaStream_t stream = on_device(q, k, v, out, lse);
+    cuda::attention_forward(bf(q), bf(k), bf(v), bf_mut(out), f32_mut(lse), attention_dims(shape), stream);
+  }
+
+  void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
+                          const Tensor& dout, Tensor& dq, Tensor& dk, Tensor& dv,
+                          const AttentionShape& shape) override {
+    cudaStream_t stream = on_device(q, k, v, out, lse, dout, dq, dk, dv);
+    check_shape(lse, {shape.batch, shape.num_heads, shape.seq_len}, "attention lse");
+    check_dtype(lse, DType::f32, "attention lse");
+    cuda::attention_backward(bf(q), bf(k), bf(v), bf(out), f32(lse), bf(dout), bf_mut(dq), bf_mut(dk), bf_mut(dv),
+                             attention_dims(shape), stream);
+  }
+
+  void activation_forward(Activation act, const Tensor& x, Tensor& y) override {
+    cudaStream_t stream = on_device(x, y);
+    cuda::activation_forward(act_kind(act), bf(x), bf_mut(y), y.size(0), y.size(1), stream);
+  }
+
+  void activation_backward(Activation act, const Tensor& x, const Tensor& dy, Tensor& dx) override {
+    cudaStream_t stream = on_device(x, dy, dx);
+    cuda::activation_backward(act_kind(act), bf(x), bf(dy), bf_mut(dx), dy.size(0), dy.size(1), stream);
+  }
+
+  void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor& lse) override {
+    cudaStream_t stream = on_device(logits, targets, loss, lse);
+    cuda::cross_entropy_forward(bf(logits), i32(targets), f32_mut(loss), f32_mut(lse), logits.size(0),
+                                logits.size(1), stream);
+  }
+
+  void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, float scale,
+                              Tensor& dlogits) override {
+    cudaStream_t stream = on_device(logits, targets, lse, dlogits);
+    check_dtype(lse, DType::f32, "cross-entropy lse");
+    cuda::cross_entropy_backward(bf(logits), i32(targets), f32(lse), scale, bf_mut(dlogits), logits.size(0),
+                                 logits.size(1), stream);
+  }
+
+  void add(const Tensor& a, const Tensor& b, Tensor& out) override {
+    cudaStream_t stream = on_device(a, b, out);
+    cuda::add_tensors(a.data(), b.data(), out.data(), float_type(a, "add"), a.numel(), stream);
+  }
+
+  void accumulate(Tensor& dst, const Tensor& src, float alpha) override {
+    cudaStream_t stream = on_device(dst, src);
+    cuda::accumulate(dst.data(), float_type(dst, "accumulate dst"), src.data(), float_type(src, "accumulate src"),
+                     dst.numel(), alpha, stream);
+  }
+
+  void scale(Tensor& x, float alpha) override {
+    cudaStream_t stream = on_device(x);
+    cuda::scale_inplace(x.data(), float_type(x, "scale"), x.numel(), alpha, stream);
+  }
+
+  void cast(const Tensor& src, Tensor& dst) override {
+    cudaStream_t stream = on_device(src, dst);
+    cuda::cast_float(src.data(), float_type(src, "cast src"), dst.data(), float_type(dst, "cast dst"), src.numel(),
+                     stream);
+  }
+
+  double sum(const Tensor& x) override {
+    cudaStream_t stream = on_device(x);
+    return cuda::sum_to_host(x.data(), float_type(x, "sum"), x.numel(), false, stream);
+  }
+
+  double sum_squares(const Tensor& x) override {
+    cudaStream_t stream = on_device(x);
+    return cuda::sum_to_host(x.data(), float_type(x, "sum_squares"), x.numel(), true, stream);
+  }
+
+  void column_sum(const Tensor& x, Tensor& out) override {
+    cudaStream_t stream = on_device(x, out);
+    cuda::ColumnReduce p;
+    p.a = x.data();
+    p.in_type = float_type(x, "column_sum");
+    p.rows = x.size(0);
+    p.cols = x.size(1);
+    p.out = out.data();
+    p.out_type = float_type(out, "column_sum out");
+    p.accumulate = false;
+    cuda::column_reduce(p, stream);
+  }
+
+  void gather_rows(const Tensor& src, const Tensor& index, Tensor& dst) override {
+    cudaStream_t stream = on_device(src, index, dst);
+    const int64_t row_bytes = cols_of(dst) * static_cast<int64_t>(dtype_size(dst.dtype()));
+    cuda::gather_rows(src.data(), rows_of(src), i32(index), index.numel(), row_bytes, dst.data(), stream);
+  }
+
+  void scatter_add_rows(const Tensor& src, const Tensor& index, Tensor& dst) override {
+    cudaStream_t stream = on_device(src, index, dst);
+    if (src.dtype() == DType::i32) {
+      cuda::scatter_add_rows_i32(i32(src), i32(index), index.numel(), cols_of(src), i32_mut(dst), rows_of(dst),
+                                 stream);
+      return;
+    }
+    cuda::scatter_add_rows(src.data(), float_type(src, "scatter_add src"), i32(index), index.numel(), cols_of(src),
+                           dst.data(), float_type(dst, "scatter_add dst"), rows_of(dst), stream);
+  }
+
+  void softmax_topk_forward(const Tensor& logits, int64_t k, bool renormalize, Tensor& probs, Tensor& ids,
+                            Tensor& weights) override {
+    cudaStream_t stream = on_device(logits, probs, ids, weights);
+    check_dtype(logits, DType::f32, "router logits on CUDA");
+    cuda::RouterShape shape{logits.size(0), logits.size(1), k};
+    cuda::softmax_topk_forward(f32(logits), f32_mut(probs), i32_mut(ids), f32_mut(weights), shape, renormalize,
+                               stream);
+  }
+
+  void softmax_topk_backward(const Tensor& probs, const Tensor& ids, const Tensor& weights, const Tensor& dweights,
+                             const Tensor& expert_grad, bool renormalize, Tensor& dlogits) override {
+    cudaStream_t stream = on_device(probs, ids, weights, dweights, expert_grad, dlogits);
+    check_dtype(probs, DType::f32, "router probs on CUDA");
+    check_dtype(weights, DType::f32, "router weights on CUDA");
+    MOE_CHECK(probs.ndim() == 2 && weights.ndim() == 2 && weights.size(0) == probs.size(0), "router backward: probs",
+              shape_str(probs.shape()), " weights", shape_str(weights.shape()));
+    cuda::RouterShape shape{probs.size(0), probs.size(1), weights.size(1)};
+    cuda::softmax_topk_backward(f32(probs), i32(ids), f32(weights), f32(dweights), f32(expert_grad),
+                                f32_mut(dlogits), shape, renormalize, stream);
+  }
+
+  std::vector<int64_t> moe_sort_by_expert(const Tensor& ids, int64_t num_experts, Tensor& sorted_tokens,
+                                          Tensor& slot_pos) override {
+    cudaStream_t stream = on_device(ids, sorted_tokens, slot_pos);
+    std::vector<int64_t> counts(static_cast<size_t>(num_experts > 0 ? num_experts : 0));
+    cuda::moe_sort_by_expert(i32(ids), ids.size(0), ids.size(1), num_experts, i32_mut(sorted_tokens),
+                             i32_mut(slot_pos), counts.data(), stream);
+    return counts;
+  }
+
+  void moe_combine_forward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights,
+                           Tensor& out) override {
+    cudaStream_t stream = on_device(y_sorted, slot_pos, weights, out);
+    cuda::moe_combine_forward(bf(y_sorted), i32(slot_pos), f32(weights), bf_mut(out), weights.size(0),
+                              weights.size(1), y_sorted.size(1), stream);
+  }
+
+  void moe_combine_backward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights,
+                            const Tensor& dout, Tensor& dy_sorted, Tensor& dweights) override {
+    cudaStream_t stream = on_device(y_sorted, slot_pos, weights, dout, dy_sorted, dweights);
+    check_dtype(dout, DType::bf16, "combine dout");
+    check_index(slot_pos, weights);
+    cuda::moe_combine_backward(bf(y_sorted), i32(slot_pos), f32(weights), bf(dout), bf_mut(dy_sorted),
+                               f32_mut(dweights), weights.size(0), weights.size(1), y_sorted.size(1), stream);
+  }
+
+  void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWParams& p) override {
+    cudaStream_t stream = on_device(param, grad, m, v);
+    check_dtype(param, DType::f32, "adamw params on CUDA");
+    cuda::AdamWConfig config{p.lr, p.beta1, p.beta2, p.eps, p.weight_decay, p.step};
+    cuda::adamw_step(f32_mut(param), f32(grad), f32_mut(m), f32_mut(v), param.numel(), config, stream);
+  }
+
+ private:
+  static void check_index(const Tensor& slot_pos, const Tensor& weights) {
+    check_shape(slot_pos, {weights.numel()}, "combine slot_pos");
+    check_dtype(slot_pos, DType::i32, "combine slot_pos");
+  }
+};
+
+}  // namespace
+
+Backend& cuda_backend() {
+  static CudaBackend backend;
+  return backend;
+}
+
+}  // namespace moe::ops
+
+#endif  // MOE_WITH_CUDA

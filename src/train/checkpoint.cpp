@@ -1,0 +1,119 @@
+// Checkpoint writing and reading through safetensors and an atomic directory swap.
+#include "src/train/checkpoint.h"
+
+#include <filesystem>
+#include <fstream>
+#include <regex>
+
+#include <nlohmann/json.hpp>
+
+#include "src/train/atomic_dir.h"
+#include "src/train/safetensors.h"
+
+namespace moe {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// A host copy in the master dtype (f32 on the GPU, f32/f64 on the CPU): exact, so a resume
+// continues bit-identically.
+Tensor host_copy(const Tensor& t) { return t.to(Device::cpu()); }
+
+void load_into(Tensor target, const Tensor& host, const std::string& name, const std::string& file) {
+  MOE_CHECK(host.shape() == target.shape(), "checkpoint ", file, ": '", name, "' has shape ", shape_str(host.shape()),
+            " but the model expects ", shape_str(target.shape()));
+  if (host.dtype() == target.dtype()) {
+    target.copy_from(host);
+  } else if (target.dtype() == DType::f64) {
+    target.copy_from(Tensor::from_vector(host.to_vector<double>(), host.shape(), DType::f64));
+  } else {
+    target.copy_from(Tensor::from_vector(host.to_vector<float>(), host.shape(), DType::f32));
+  }
+}
+
+const Tensor& find_tensor(const SafetensorsFile& file, const std::string& name, const std::string& path) {
+  auto it = file.tensors.find(name);
+  MOE_CHECK(it != file.tensors.end(), "checkpoint ", path, " has no tensor '", name, "'");
+  return it->second;
+}
+
+}  // namespace
+
+void write_checkpoint(const std::string& dir, const ParamStore& params, const AdamW& optimizer,
+                      const TrainerState& state, const Config& config) {
+  AtomicDir out(dir);
+  std::vector<std::pair<std::string, Tensor>> weights, moments;
+  for (size_t i = 0; i < params.infos().size(); ++i) {
+    auto id = static_cast<ParamId>(i);
+    const std::string& name = params.info(id).name;
+    weights.emplace_back(name, host_copy(params.master(id)));
+    moments.emplace_back(name + ".exp_avg", host_copy(optimizer.moment1(id)));
+    moments.emplace_back(name + ".exp_avg_sq", host_copy(optimizer.moment2(id)));
+  }
+  write_safetensors(out.path() / "model.safetensors", weights, {{"format", "moe-engine"}});
+  write_safetensors(out.path() / "optimizer.safetensors", moments, {{"step", std::to_string(state.step)}});
+  nlohmann::json trainer = {{"step", state.step}, {"seed", state.seed}, {"world_size", state.world_size}};
+  std::ofstream(out.path() / "trainer_state.json") << trainer.dump(2) << '\n';
+  std::ofstream(out.path() / "config.toml") << to_toml(config);
+  out.commit();
+}
+
+TrainerState read_checkpoint(const std::string& dir, ParamStore& params, AdamW* optimizer) {
+  MOE_CHECK(fs::is_directory(dir), "checkpoint directory ", dir, " does not exist");
+  std::string model_path = dir + "/model.safetensors";
+  SafetensorsFile weights = read_safetensors(model_path);
+  for (size_t i = 0; i < params.infos().size(); ++i) {
+    auto id = static_cast<ParamId>(i);
+    const std::string& name = params.info(id).name;
+    const Tensor& host = find_tensor(weights, name, model_path);
+    MOE_CHECK(host.shape() == params.info(id).shape, "checkpoint ", model_path, ": '", name, "' has shape ",
+              shape_str(host.shape()), " but the model expects ", shape_str(params.info(id).shape));
+    params.load_master_from_host(id, host);
+  }
+  std::string state_path = dir + "/trainer_state.json";
+  std::ifstream state_file(state_path);
+  MOE_CHECK(state_file.good(), "checkpoint ", dir, " has no trainer_state.json");
+  nlohmann::json state_json;
+  try {
+    state_file >> state_json;
+  } catch (const nlohmann::json::exception& e) {
+    MOE_FAIL("corrupt checkpoint ", state_path, ": ", e.what());
+  }
+  TrainerState state;
+  state.step = state_json.value("step", int64_t{0});
+  state.seed = state_json.value("seed", uint64_t{0});
+  state.world_size = state_json.value("world_size", int64_t{1});
+  if (optimizer) {
+    std::string opt_path = dir + "/optimizer.safetensors";
+    SafetensorsFile moments = read_safetensors(opt_path);
+    for (size_t i = 0; i < params.infos().size(); ++i) {
+      auto id = static_cast<ParamId>(i);
+      const std::string& name = params.info(id).name;
+      load_into(optimizer->moment1(id), find_tensor(moments, name + ".exp_avg", opt_path), name, opt_path);
+      load_into(optimizer->moment2(id), find_tensor(moments, name + ".exp_avg_sq", opt_path), name, opt_path);
+    }
+  }
+  return state;
+}
+
+std::string resolve_checkpoint(const std::string& run_dir, const std::string& resume) {
+  if (resume != "latest") return resume;
+  fs::path root = fs::path(run_dir) / "checkpoints";
+  MOE_CHECK(fs::is_directory(root), "train.resume = \"latest\" but ", root.string(), " does not exist");
+  static const std::regex pattern("step_([0-9]+)");
+  int64_t best = -1;
+  std::string best_path;
+  for (const auto& entry : fs::directory_iterator(root)) {
+    std::smatch m;
+    std::string name = entry.path().filename().string();
+    if (entry.is_directory() && std::regex_match(name, m, pattern) && std::stoll(m[1]) > best) {
+      best = std::stoll(m[1]);
+      best_path = entry.path().string();
+    }
+  }
+  MOE_CHECK(best >= 0, "train.resume = \"latest\" but ", root.string(), " holds no step_<N> checkpoint");
+  return best_path;
+}
+
+}  // namespace moe

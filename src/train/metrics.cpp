@@ -1,0 +1,60 @@
+// Metrics records and progress formatting.
+#include "src/train/metrics.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+
+#include "src/util/check.h"
+
+namespace moe {
+
+nlohmann::json expert_load_json(const ExpertLoad& load) {
+  const auto& c = load.tokens_per_expert;
+  double total = 0, max = 0;
+  for (int64_t n : c) {
+    total += static_cast<double>(n);
+    max = std::max(max, static_cast<double>(n));
+  }
+  double mean = c.empty() ? 0 : total / static_cast<double>(c.size());
+  double var = 0;
+  for (int64_t n : c) var += (static_cast<double>(n) - mean) * (static_cast<double>(n) - mean);
+  var = c.empty() ? 0 : var / static_cast<double>(c.size());
+  return {{"layer", load.layer},
+          {"tokens_per_expert", c},
+          {"max_over_mean", mean > 0 ? max / mean : 0.0},
+          {"cv", mean > 0 ? std::sqrt(var) / mean : 0.0},
+          {"aux_loss", load.aux_loss}};
+}
+
+MetricsWriter::MetricsWriter(const std::string& path) {
+  if (path.empty()) return;
+  out_.open(path, std::ios::app);
+  MOE_CHECK(out_.good(), "cannot open metrics file ", path);
+}
+
+void MetricsWriter::write(const nlohmann::json& record) {
+  if (!out_.is_open()) return;
+  out_ << record.dump() << '\n';
+  out_.flush();
+}
+
+double train_flops_per_token(int64_t active_params, int64_t num_layers, int64_t d_model, int64_t seq_len) {
+  return 6.0 * static_cast<double>(active_params) +
+         12.0 * static_cast<double>(num_layers) * static_cast<double>(d_model) * static_cast<double>(seq_len);
+}
+
+std::string format_duration(double seconds) {
+  auto s = static_cast<int64_t>(std::max(0.0, seconds));
+  char buf[32];
+  if (s >= 3600) {
+    std::snprintf(buf, sizeof buf, "%lldh%02lldm", static_cast<long long>(s / 3600), static_cast<long long>(s % 3600 / 60));
+  } else if (s >= 60) {
+    std::snprintf(buf, sizeof buf, "%lldm%02llds", static_cast<long long>(s / 60), static_cast<long long>(s % 60));
+  } else {
+    std::snprintf(buf, sizeof buf, "%llds", static_cast<long long>(s));
+  }
+  return buf;
+}
+
+}  // namespace moe

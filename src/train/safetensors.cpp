@@ -1,0 +1,208 @@
+// safetensors writer and validating reader. The reader trusts nothing in the file: every
+// length, offset and field is checked before it sizes an allocation or a read.
+#include "src/train/safetensors.h"
+
+#include <algorithm>
+#include <bit>
+#include <fstream>
+#include <limits>
+#include <set>
+
+#include <nlohmann/json.hpp>
+
+#include "src/train/atomic_dir.h"
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace moe {
+
+static_assert(std::endian::native == std::endian::little, "safetensors data is little-endian");
+
+namespace {
+
+constexpr const char* k_metadata_key = "__metadata__";
+constexpr size_t k_header_alignment = 8;
+
+const char* safetensors_dtype(DType dtype) {
+  switch (dtype) {
+    case DType::f32: return "F32";
+    case DType::f64: return "F64";
+    case DType::bf16: return "BF16";
+    case DType::i32: return "I32";
+    case DType::i64: return "I64";
+  }
+  MOE_FAIL("no safetensors name for dtype ", static_cast<int>(dtype));
+}
+
+bool dtype_from_safetensors(const std::string& name, DType& dtype) {
+  for (DType d : {DType::f32, DType::f64, DType::bf16, DType::i32, DType::i64}) {
+    if (name == safetensors_dtype(d)) {
+      dtype = d;
+      return true;
+    }
+  }
+  return false;
+}
+
+uint64_t read_u64_le(const unsigned char* bytes) {
+  uint64_t value = 0;
+  for (int i = 7; i >= 0; --i) value = (value << 8) | bytes[i];
+  return value;
+}
+
+// One header entry's fields, with the problem named relative to the tensor.
+SafetensorsEntry parse_entry(const std::string& where, const std::string& name, const json& value) {
+  std::string what = "corrupt checkpoint " + where + ": tensor '" + name + "'";
+  MOE_CHECK(value.is_object(), what, " is not a JSON object");
+  SafetensorsEntry entry;
+  entry.name = name;
+  MOE_CHECK(value.contains("dtype") && value["dtype"].is_string(), what, " has no string \"dtype\"");
+  std::string dtype = value["dtype"].get<std::string>();
+  MOE_CHECK(dtype_from_safetensors(dtype, entry.dtype), what, " has unsupported dtype \"", dtype,
+            "\" (this engine reads F32, F64, BF16, I32, I64)");
+  MOE_CHECK(value.contains("shape") && value["shape"].is_array(), what, " has no \"shape\" array");
+  uint64_t numel = 1;
+  for (const json& dim : value["shape"]) {
+    MOE_CHECK(dim.is_number_unsigned(), what, " has a shape entry that is not a non-negative integer: ", dim.dump());
+    uint64_t d = dim.get<uint64_t>();
+    MOE_CHECK(d <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) &&
+                  (d == 0 || numel <= std::numeric_limits<uint64_t>::max() / d / 8),
+              what, " has an impossibly large shape ", value["shape"].dump());
+    numel *= d;
+    entry.shape.push_back(static_cast<int64_t>(d));
+  }
+  MOE_CHECK(entry.shape.size() <= 4, what, " has ", entry.shape.size(), " dims; tensors have at most 4");
+  const json& offsets = value.contains("data_offsets") ? value["data_offsets"] : json();
+  MOE_CHECK(offsets.is_array() && offsets.size() == 2 && offsets[0].is_number_unsigned() &&
+                offsets[1].is_number_unsigned(),
+            what, " needs \"data_offsets\" as two non-negative integers");
+  entry.begin = offsets[0].get<uint64_t>();
+  entry.end = offsets[1].get<uint64_t>();
+  MOE_CHECK(entry.begin <= entry.end, what, " has data_offsets [", entry.begin, ", ", entry.end,
+            "] that run backwards");
+  uint64_t expected = numel * dtype_size(entry.dtype);
+  MOE_CHECK(entry.end - entry.begin == expected, what, " spans ", entry.end - entry.begin, " bytes but ", dtype,
+            " ", shape_str(entry.shape), " needs ", expected);
+  return entry;
+}
+
+// Offsets must tile the data section exactly: within it, no overlaps, no gaps, nothing after.
+void check_layout(const std::string& where, std::vector<SafetensorsEntry>& entries, uint64_t data_bytes) {
+  std::stable_sort(entries.begin(), entries.end(), [](const SafetensorsEntry& a, const SafetensorsEntry& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+  });
+  for (const auto& e : entries) {
+    MOE_CHECK(e.end <= data_bytes, "checkpoint truncated: ", where, ": tensor '", e.name, "' ends at data byte ",
+              e.end, " but the file holds only ", data_bytes, " data bytes");
+  }
+  uint64_t covered = 0;
+  const SafetensorsEntry* previous = nullptr;
+  for (const auto& e : entries) {
+    if (e.begin == e.end) continue;  // empty tensors occupy no bytes
+    MOE_CHECK(e.begin >= covered, "corrupt checkpoint ", where, ": tensors '", previous->name, "' and '", e.name,
+              "' overlap (data bytes ", e.begin, " to ", covered, ")");
+    MOE_CHECK(e.begin == covered, "corrupt checkpoint ", where, ": data bytes ", covered, " to ", e.begin,
+              " belong to no tensor");
+    covered = e.end;
+    previous = &e;
+  }
+  MOE_CHECK(covered == data_bytes, "corrupt checkpoint ", where, ": ", data_bytes - covered,
+            " bytes after the last tensor's data");
+}
+
+}  // namespace
+
+void write_safetensors(const fs::path& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
+                       const SafetensorsMetadata& metadata) {
+  json header = json::object();
+  std::vector<Tensor> host;
+  host.reserve(tensors.size());
+  uint64_t offset = 0;
+  for (const auto& [name, tensor] : tensors) {
+    MOE_CHECK(!name.empty() && name != k_metadata_key, "write_safetensors ", path.string(), ": invalid tensor name '",
+              name, "'");
+    MOE_CHECK(!header.contains(name), "write_safetensors ", path.string(), ": tensor '", name, "' appears twice");
+    MOE_CHECK(tensor.defined(), "write_safetensors ", path.string(), ": tensor '", name, "' is undefined");
+    host.push_back(tensor.is_cuda() ? tensor.to(Device::cpu()) : tensor);
+    uint64_t end = offset + tensor.nbytes();
+    header[name] = {{"dtype", safetensors_dtype(tensor.dtype())},
+                    {"shape", tensor.shape()},
+                    {"data_offsets", {offset, end}}};
+    offset = end;
+  }
+  if (!metadata.empty()) header[k_metadata_key] = metadata;
+  std::string text = header.dump();
+  text.append((k_header_alignment - (8 + text.size()) % k_header_alignment) % k_header_alignment, ' ');
+  unsigned char length[8];
+  for (int i = 0; i < 8; ++i) length[i] = static_cast<unsigned char>(static_cast<uint64_t>(text.size()) >> (8 * i));
+
+  AtomicFile file(path);
+  file.write(length, sizeof(length));
+  file.write(text.data(), text.size());
+  for (const Tensor& t : host) file.write(t.data(), t.nbytes());
+  file.commit();
+}
+
+SafetensorsHeader read_safetensors_header(const fs::path& path) {
+  std::string where = path.string();
+  std::ifstream in(path, std::ios::binary);
+  MOE_CHECK(in, "cannot open checkpoint ", where);
+  std::error_code error;
+  uint64_t file_bytes = fs::file_size(path, error);
+  MOE_CHECK(!error, "cannot stat checkpoint ", where, ": ", error.message());
+  MOE_CHECK(file_bytes >= 8, "checkpoint truncated: ", where, " has ", file_bytes,
+            " bytes, fewer than the 8-byte header length");
+  unsigned char length[8];
+  in.read(reinterpret_cast<char*>(length), 8);
+  MOE_CHECK(in, "cannot read checkpoint ", where);
+  uint64_t header_bytes = read_u64_le(length);
+  MOE_CHECK(header_bytes <= file_bytes - 8, "checkpoint truncated: ", where, " declares a ", header_bytes,
+            "-byte header but only ", file_bytes - 8, " bytes follow");
+  std::string text(header_bytes, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(header_bytes));
+  MOE_CHECK(in, "cannot read the header of checkpoint ", where);
+
+  json header;
+  try {
+    header = json::parse(text);
+  } catch (const json::parse_error& e) {
+    MOE_FAIL("corrupt checkpoint ", where, ": header is not valid JSON (", e.what(), ")");
+  }
+  MOE_CHECK(header.is_object(), "corrupt checkpoint ", where, ": header is not a JSON object");
+
+  SafetensorsHeader result;
+  result.data_start = 8 + header_bytes;
+  for (const auto& [key, value] : header.items()) {
+    if (key == k_metadata_key) {
+      MOE_CHECK(value.is_object(), "corrupt checkpoint ", where, ": __metadata__ is not a JSON object");
+      for (const auto& [meta_key, meta_value] : value.items()) {
+        MOE_CHECK(meta_value.is_string(), "corrupt checkpoint ", where, ": __metadata__ value of '", meta_key,
+                  "' is not a string");
+        result.metadata[meta_key] = meta_value.get<std::string>();
+      }
+      continue;
+    }
+    result.entries.push_back(parse_entry(where, key, value));
+  }
+  check_layout(where, result.entries, file_bytes - result.data_start);
+  return result;
+}
+
+SafetensorsFile read_safetensors(const fs::path& path) {
+  SafetensorsHeader header = read_safetensors_header(path);
+  std::ifstream in(path, std::ios::binary);
+  MOE_CHECK(in, "cannot open checkpoint ", path.string());
+  SafetensorsFile result;
+  result.metadata = std::move(header.metadata);
+  for (const auto& e : header.entries) {
+    Tensor t = Tensor::empty(e.shape, e.dtype);
+    in.seekg(static_cast<std::streamoff>(header.data_start + e.begin));
+    in.read(static_cast<char*>(t.data()), static_cast<std::streamsize>(e.end - e.begin));
+    MOE_CHECK(in, "checkpoint truncated: ", path.string(), ": cannot read the data of tensor '", e.name, "'");
+    result.tensors.emplace(e.name, std::move(t));
+  }
+  return result;
+}
+
+}  // namespace moe

@@ -1,0 +1,260 @@
+// Trainer: the step (micro-batches, DP gradient averaging, clipping, AdamW), the loop around it
+// (schedule, logging, evaluation, checkpoints) and the benchmark.
+#include "src/train/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+
+#include "src/ops/ops.h"
+#include "src/train/checkpoint.h"
+#include "src/train/device_select.h"
+#include "src/train/lr_schedule.h"
+
+namespace moe {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// Random tokens for benchmarks without a dataset: speed does not depend on the values.
+data::Batch synthetic_batch(uint64_t seed, int64_t step, int64_t index, int64_t rows, int64_t seq_len, int64_t vocab) {
+  data::Batch b;
+  b.rows = rows;
+  b.seq_len = seq_len;
+  data::SplitMix64 rng(seed ^ (static_cast<uint64_t>(step) * 0x9E3779B97F4A7C15ull) ^ static_cast<uint64_t>(index));
+  for (int64_t i = 0; i < rows * seq_len; ++i) {
+    b.inputs.push_back(static_cast<int32_t>(rng.below(static_cast<uint64_t>(vocab))));
+    b.targets.push_back(static_cast<int32_t>(rng.below(static_cast<uint64_t>(vocab))));
+  }
+  return b;
+}
+
+}  // namespace
+
+Trainer::Trainer(const Config& config, int local_rank, Communicator& world) : config_(config), world_(&world) {
+  device_ = select_device(config.train, local_rank);
+  dtype_ = select_dtype(config.train, device_);
+  MOE_CHECK(world.device().is_cuda() == device_.is_cuda(), "the communicator is for ", world.device().str(),
+            " but the model runs on ", device_.str());
+  model_ = std::make_unique<Model>(config.model, config.moe);
+  model_->allocate(device_, dtype_);
+  model_->initialize(config.train.seed);
+  optimizer_ = std::make_unique<AdamW>(model_->params(), config.optim);
+
+  const TrainConfig& t = config.train;
+  int64_t global_batch = t.micro_batch_size * t.grad_accum * world.size();
+  tokens_per_step_ = static_cast<double>(global_batch * config.model.seq_len);
+  flops_per_token_ = train_flops_per_token(model_->active_params(), config.model.num_layers, config.model.d_model,
+                                           config.model.seq_len);
+  if (!config.data.train_path.empty()) {
+    train_data_.emplace(data::TokenDataset::open(config.data.train_path));
+    sampler_ = std::make_unique<data::BatchSampler>(*train_data_, t.seed, global_batch, config.model.seq_len);
+  }
+  if (!config.data.val_path.empty()) val_data_.emplace(data::TokenDataset::open(config.data.val_path));
+  if (is_root()) std::filesystem::create_directories(t.run_dir);
+}
+
+Trainer::~Trainer() = default;
+
+data::Batch Trainer::micro_batch(int64_t step, int64_t micro) const {
+  const TrainConfig& t = config_.train;
+  if (!sampler_) {
+    int64_t index = world_->rank() * t.grad_accum + micro;
+    return synthetic_batch(t.seed, step, index, t.micro_batch_size, config_.model.seq_len, config_.model.vocab_size);
+  }
+  data::DataParallelSlice slice{world_->rank(), world_->size(), t.micro_batch_size, t.grad_accum};
+  return sampler_->micro_batch(step, slice, micro);
+}
+
+Batch Trainer::to_device(const data::Batch& b) const {
+  int64_t vocab = config_.model.vocab_size;
+  for (int32_t id : b.inputs) {
+    MOE_CHECK(id >= 0 && id < vocab, "token id ", id, " in the data is outside the model vocabulary (model.vocab_size = ",
+              vocab, "): the tokenizer's vocabulary is larger than the model's");
+  }
+  Batch out;
+  int64_t n = b.rows * b.seq_len;
+  out.inputs = Tensor::from_vector(b.inputs, {n}, DType::i32, device_);
+  out.targets = Tensor::from_vector(b.targets, {n}, DType::i32, device_);
+  out.batch_size = b.rows;
+  return out;
+}
+
+StepResult Trainer::train_step() {
+  const TrainConfig& t = config_.train;
+  ParamStore& store = model_->params();
+  store.zero_grads();
+  StepResult r;
+  // Host sums reduced over ranks in one call: loss_sum, targets, aux_loss, then expert loads.
+  std::vector<double> sums(3, 0.0);
+  const float aux_scale = 1.0f / static_cast<float>(t.grad_accum);
+  const float loss_scale = 1.0f / static_cast<float>(t.micro_batch_size * t.grad_accum * config_.model.seq_len);
+  for (int64_t micro = 0; micro < t.grad_accum; ++micro) {
+    Batch batch = to_device(micro_batch(step_, micro));
+    ModelSaved saved;
+    ForwardOutput out = model_->forward(batch, saved);
+    MOE_CHECK(std::isfinite(out.loss_sum) && std::isfinite(out.aux_loss), "loss is ",
+              std::isfinite(out.loss_sum) ? out.aux_loss : out.loss_sum, " at step ", step_ + 1, " (micro-batch ",
+              micro, " on rank ", world_->rank(), "): training diverged; lower optim.lr or check the data");
+    model_->backward(batch, saved, loss_scale, aux_scale);
+    sums[0] += out.loss_sum;
+    sums[1] += static_cast<double>(out.num_targets);
+    sums[2] += out.aux_loss / static_cast<double>(t.grad_accum);
+    if (r.loads.empty()) {
+      for (size_t i = 0; i < out.moe_stats.size(); ++i) {
+        r.loads.push_back({out.moe_layer_index[i], std::vector<int64_t>(out.moe_stats[i].tokens_per_expert.size()), 0});
+      }
+    }
+    for (size_t i = 0; i < out.moe_stats.size(); ++i) {
+      for (size_t e = 0; e < out.moe_stats[i].tokens_per_expert.size(); ++e) {
+        r.loads[i].tokens_per_expert[e] += out.moe_stats[i].tokens_per_expert[e];
+      }
+      r.loads[i].aux_loss += out.moe_stats[i].aux_loss / static_cast<double>(t.grad_accum);
+    }
+  }
+  if (world_->size() > 1) {
+    for (int g = 0; g < k_num_param_groups; ++g) world_->all_reduce_avg(store.flat_grads(static_cast<ParamGroup>(g)));
+    for (const auto& load : r.loads) {
+      sums.push_back(load.aux_loss);
+      for (int64_t n : load.tokens_per_expert) sums.push_back(static_cast<double>(n));
+    }
+    world_->all_reduce_sum(sums);
+    size_t k = 3;
+    for (auto& load : r.loads) {
+      load.aux_loss = sums[k++] / world_->size();
+      for (auto& n : load.tokens_per_expert) n = static_cast<int64_t>(std::llround(sums[k++]));
+    }
+    sums[2] /= world_->size();
+  }
+  r.loss = sums[0] / std::max(sums[1], 1.0);
+  r.aux_loss = sums[2];
+  r.grad_norm = clip_grad_norm(store, config_.optim.grad_clip);
+  double lr = learning_rate(config_.schedule, config_.optim, step_, t.steps);
+  optimizer_->step(lr, step_ + 1);
+  ++step_;
+  return r;
+}
+
+EvalResult Trainer::evaluate(int64_t max_batches) {
+  MOE_CHECK(val_data_.has_value(), "evaluation needs data.val_path");
+  const TrainConfig& t = config_.train;
+  int64_t max_windows = max_batches > 0 ? max_batches * t.micro_batch_size * world_->size() : 0;
+  data::EvalIterator it(*val_data_, t.micro_batch_size, config_.model.seq_len, max_windows, world_->rank(),
+                        world_->size());
+  std::vector<double> sums(2, 0.0);
+  data::Batch b;
+  while (it.next(b)) {
+    Batch batch = to_device(b);
+    ModelSaved saved;
+    ForwardOutput out = model_->forward(batch, saved);
+    sums[0] += out.loss_sum;
+    sums[1] += static_cast<double>(out.num_targets);
+  }
+  world_->all_reduce_sum(sums);
+  MOE_CHECK(sums[1] > 0, "the validation data ", config_.data.val_path, " is shorter than one sequence of ",
+            config_.model.seq_len + 1, " tokens");
+  return {sums[0] / sums[1], static_cast<int64_t>(sums[1])};
+}
+
+void Trainer::log_step(const StepResult& r, double lr, double step_seconds, double elapsed) {
+  double tokens_per_s = tokens_per_step_ / std::max(step_seconds, 1e-9);
+  nlohmann::json record = {{"step", step_},       {"loss", r.loss},           {"lr", lr},
+                           {"grad_norm", r.grad_norm}, {"tokens_per_s", tokens_per_s}, {"aux_loss", r.aux_loss},
+                           {"elapsed_s", elapsed}};
+  if (device_.is_cuda()) record["mfu"] = tokens_per_s * flops_per_token_ / k_h200_peak_flops / world_->size();
+  for (const auto& load : r.loads) record["moe"].push_back(expert_load_json(load));
+  metrics_->write(record);
+  if (!is_root()) return;
+  double eta = elapsed / static_cast<double>(step_) * static_cast<double>(config_.train.steps - step_);
+  std::string mfu = device_.is_cuda() ? " | mfu " + std::to_string(record["mfu"].get<double>() * 100).substr(0, 4) + "%"
+                                      : "";
+  std::printf("step %lld/%lld | loss %.4f | aux %.4f | lr %.2e | %.0f tok/s%s | eta %s\n",
+              static_cast<long long>(step_), static_cast<long long>(config_.train.steps), r.loss, r.aux_loss, lr,
+              tokens_per_s, mfu.c_str(), format_duration(eta).c_str());
+  std::fflush(stdout);
+}
+
+void Trainer::train() {
+  const TrainConfig& t = config_.train;
+  MOE_CHECK(sampler_, "data.train_path is empty: training needs a token shard (see `moe tokenize`)");
+  if (!t.resume.empty()) load_checkpoint(resolve_checkpoint(t.run_dir, t.resume), true);
+  metrics_ = std::make_unique<MetricsWriter>(is_root() ? t.run_dir + "/metrics.jsonl" : "");
+  if (is_root()) {
+    std::printf("moe-engine: %lld parameters (%lld active per token), %lld MoE layers, %s %s, %d rank(s), "
+                "%.0f tokens per step\n",
+                static_cast<long long>(model_->params().total_numel()), static_cast<long long>(model_->active_params()),
+                static_cast<long long>(model_->num_moe_layers()), device_.str().c_str(), dtype_name(dtype_),
+                world_->size(), tokens_per_step_);
+  }
+  auto start = Clock::now();
+  int64_t first_step = step_;
+  while (step_ < t.steps) {
+    auto step_start = Clock::now();
+    double lr = learning_rate(config_.schedule, config_.optim, step_, t.steps);
+    StepResult r = train_step();
+    cuda_synchronize();
+    double step_seconds = seconds_since(step_start);
+    bool last = step_ == t.steps;
+    if (step_ % t.log_every == 0 || last || step_ == first_step + 1) {
+      log_step(r, lr, step_seconds, seconds_since(start) * static_cast<double>(step_) / (step_ - first_step));
+    }
+    if (val_data_ && ((t.eval_every > 0 && step_ % t.eval_every == 0) || last)) {
+      EvalResult e = evaluate(t.eval_batches);
+      metrics_->write({{"step", step_}, {"val_loss", e.loss}, {"val_ppl", std::exp(e.loss)}, {"val_tokens", e.tokens}});
+      if (is_root()) std::printf("eval step %lld | val_loss %.4f | val_ppl %.2f\n", static_cast<long long>(step_), e.loss,
+                                 std::exp(e.loss));
+    }
+    if ((t.save_every > 0 && step_ % t.save_every == 0) || last) save_checkpoint();
+  }
+}
+
+nlohmann::json Trainer::bench(int64_t warmup_steps, int64_t timed_steps) {
+  MOE_CHECK(timed_steps >= 1 && warmup_steps >= 0, "bench needs at least one timed step");
+  metrics_ = std::make_unique<MetricsWriter>("");
+  for (int64_t i = 0; i < warmup_steps; ++i) train_step();
+  cuda_synchronize();
+  world_->barrier();
+  reset_peak_memory(device_.kind);
+  auto start = Clock::now();
+  double loss = 0;
+  for (int64_t i = 0; i < timed_steps; ++i) loss = train_step().loss;
+  cuda_synchronize();
+  world_->barrier();
+  double seconds = seconds_since(start);
+  double tokens_per_s = tokens_per_step_ * static_cast<double>(timed_steps) / seconds;
+  nlohmann::json out = {{"device", device_.str()},
+                        {"ranks", world_->size()},
+                        {"dtype", dtype_name(dtype_)},
+                        {"params", model_->params().total_numel()},
+                        {"active_params", model_->active_params()},
+                        {"tokens_per_step", tokens_per_step_},
+                        {"warmup_steps", warmup_steps},
+                        {"timed_steps", timed_steps},
+                        {"step_ms", 1000.0 * seconds / static_cast<double>(timed_steps)},
+                        {"tokens_per_s", tokens_per_s},
+                        {"flops_per_token", flops_per_token_},
+                        {"peak_memory_bytes", memory_stats(device_.kind).peak_bytes},
+                        {"final_loss", loss}};
+  if (device_.is_cuda()) out["mfu"] = tokens_per_s * flops_per_token_ / k_h200_peak_flops / world_->size();
+  return out;
+}
+
+void Trainer::save_checkpoint() {
+  std::string dir = config_.train.run_dir + "/checkpoints/step_" + std::to_string(step_);
+  if (is_root()) {
+    write_checkpoint(dir, model_->params(), *optimizer_, {step_, config_.train.seed, world_->size()}, config_);
+    std::printf("saved checkpoint %s\n", dir.c_str());
+  }
+  world_->barrier();
+}
+
+void Trainer::load_checkpoint(const std::string& dir, bool with_optimizer) {
+  TrainerState state = read_checkpoint(dir, model_->params(), with_optimizer ? optimizer_.get() : nullptr);
+  if (with_optimizer) step_ = state.step;
+  if (is_root()) std::printf("loaded checkpoint %s (step %lld)\n", dir.c_str(), static_cast<long long>(state.step));
+}
+
+}  // namespace moe

@@ -1,0 +1,74 @@
+// The training loop: data-parallel micro-batches with gradient accumulation, clipping,
+// AdamW, LR schedule, evaluation, metrics and checkpoints; plus the benchmark and evaluation
+// entry points the CLI calls.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "parallel/communicator.h"
+#include "src/config/config.h"
+#include "src/data/batch_sampler.h"
+#include "src/model/model.h"
+#include "src/train/metrics.h"
+#include "src/train/optimizer.h"
+
+namespace moe {
+
+struct StepResult {
+  double loss = 0;       // mean cross-entropy over the global batch
+  double aux_loss = 0;   // balancing losses, mean over micro-batches and ranks
+  double grad_norm = 0;  // before clipping
+  std::vector<ExpertLoad> loads;  // summed over micro-batches and ranks
+};
+
+struct EvalResult {
+  double loss = 0;
+  int64_t tokens = 0;
+};
+
+class Trainer {
+ public:
+  // world: the data-parallel communicator (all ranks). Builds the model on the chosen device.
+  Trainer(const Config& config, int local_rank, Communicator& world);
+  ~Trainer();
+
+  // The whole run: resume if asked, train to train.steps, evaluate, checkpoint.
+  void train();
+  // Warm-up then timed steps (no evaluation, no checkpoints); one JSON object of results.
+  nlohmann::json bench(int64_t warmup_steps, int64_t timed_steps);
+  // Loss over the validation split (train.eval_batches batches per rank; 0 = all).
+  EvalResult evaluate(int64_t max_batches);
+  // Loads weights (and optimizer + step when with_optimizer) from a checkpoint directory.
+  void load_checkpoint(const std::string& dir, bool with_optimizer);
+  void save_checkpoint();
+
+  Model& model() { return *model_; }
+  int64_t step() const { return step_; }
+  Device device() const { return device_; }
+
+ private:
+  StepResult train_step();
+  data::Batch micro_batch(int64_t step, int64_t micro) const;
+  Batch to_device(const data::Batch& batch) const;
+  void log_step(const StepResult& r, double lr, double step_seconds, double elapsed);
+  bool is_root() const { return world_->rank() == 0; }
+
+  Config config_;
+  Communicator* world_;
+  Device device_;
+  DType dtype_;
+  std::unique_ptr<Model> model_;
+  std::unique_ptr<AdamW> optimizer_;
+  std::optional<data::TokenDataset> train_data_, val_data_;
+  std::unique_ptr<data::BatchSampler> sampler_;
+  std::unique_ptr<MetricsWriter> metrics_;
+  int64_t step_ = 0;  // completed optimizer steps
+  double tokens_per_step_ = 0;
+  double flops_per_token_ = 0;
+};
+
+}  // namespace moe

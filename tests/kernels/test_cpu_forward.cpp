@@ -1,0 +1,347 @@
+// Forward of every dense CPU op (f32 and f64) against a direct formula written here: gemm,
+// embedding, positions, norms, rope, attention, activations, cross-entropy, elementwise, rows.
+#include <cmath>
+#include <complex>
+#include <limits>
+
+#include "src/ops/ops.h"
+#include "tests/kernels/kernel_checks.h"
+
+using namespace moe;
+using namespace moe::test;
+
+namespace {
+
+const DType k_float_types[] = {DType::f32, DType::f64};
+
+void check(const Tensor& got, const std::vector<double>& ref, const std::string& what) {
+  Tolerance tol = tolerance_for(got.dtype());
+  require_close(values_of(got), ref, tol.atol, tol.rtol, what + " " + dtype_name(got.dtype()));
+}
+
+}  // namespace
+
+TEST_CASE("matmul matches a triple loop for every transpose combination and beta", "[kernels][cpu]") {
+  struct Size {
+    int64_t m, n, k;
+  };
+  for (DType dt : k_float_types) {
+    for (Size s : {Size{7, 19, 5}, Size{1, 7, 19}, Size{19, 1, 1}}) {
+      for (bool ta : {false, true}) {
+        for (bool tb : {false, true}) {
+          for (double beta : {0.0, 0.5}) {
+            Tensor a = random_tensor(ta ? Shape{s.k, s.m} : Shape{s.m, s.k}, dt, 1);
+            Tensor b = random_tensor(tb ? Shape{s.n, s.k} : Shape{s.k, s.n}, dt, 2);
+            Tensor c = beta == 0 ? poisoned({s.m, s.n}, dt) : random_tensor({s.m, s.n}, dt, 3);
+            auto av = values_of(a), bv = values_of(b), c0 = values_of(c);
+            const double alpha = 1.25;
+            ops::matmul(a, ta, b, tb, c, static_cast<float>(alpha), static_cast<float>(beta));
+            std::vector<double> ref(static_cast<size_t>(s.m * s.n));
+            for (int64_t i = 0; i < s.m; ++i) {
+              for (int64_t j = 0; j < s.n; ++j) {
+                double acc = 0;
+                for (int64_t p = 0; p < s.k; ++p) {
+                  double x = ta ? av[p * s.m + i] : av[i * s.k + p];
+                  double y = tb ? bv[j * s.k + p] : bv[p * s.n + j];
+                  acc += x * y;
+                }
+                double prev = beta == 0 ? 0.0 : beta * c0[i * s.n + j];
+                ref[i * s.n + j] = alpha * acc + prev;
+              }
+            }
+            check(c, ref, "matmul ta=" + std::to_string(ta) + " tb=" + std::to_string(tb) + " beta=" +
+                              std::to_string(beta) + " m=" + std::to_string(s.m));
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("embedding and learned positions are row copies and adds", "[kernels][cpu]") {
+  for (DType dt : k_float_types) {
+    const int64_t vocab = 11, dim = 7, tokens = 19;
+    Tensor table = random_tensor({vocab, dim}, dt, 4);
+    Tensor ids = random_ids(tokens, vocab, 5);
+    Tensor out = poisoned({tokens, dim}, dt);
+    ops::embedding_forward(ids, table, out);
+    auto tv = values_of(table);
+    auto iv = ids.to_vector<int32_t>();
+    std::vector<double> ref;
+    for (int64_t t = 0; t < tokens; ++t) {
+      for (int64_t i = 0; i < dim; ++i) ref.push_back(tv[iv[t] * dim + i]);
+    }
+    check(out, ref, "embedding");
+
+    const int64_t seq_len = 7, max_len = 9, rows = 3 * seq_len;
+    Tensor x = random_tensor({rows, dim}, dt, 6);
+    Tensor pos = random_tensor({max_len, dim}, dt, 7);
+    auto xv = values_of(x), pv = values_of(pos);
+    ops::position_add_forward(x, pos, seq_len);
+    for (int64_t t = 0; t < rows; ++t) {
+      for (int64_t i = 0; i < dim; ++i) xv[t * dim + i] += pv[(t % seq_len) * dim + i];
+    }
+    check(x, xv, "positions");
+  }
+}
+
+TEST_CASE("rmsnorm and layernorm match their definitions", "[kernels][cpu]") {
+  for (DType dt : k_float_types) {
+    for (int64_t rows : {1, 7, 19}) {
+      const int64_t dim = 19;
+      const float eps = 1e-5f;
+      Tensor x = random_tensor({rows, dim}, dt, 8, Device::cpu(), -2.0, 3.0);
+      Tensor w = random_tensor({dim}, dt, 9), b = random_tensor({dim}, dt, 10);
+      auto xv = values_of(x), wv = values_of(w), bv = values_of(b);
+      Tensor y = poisoned({rows, dim}, dt), rstd = poisoned({rows}, dt), mean = poisoned({rows}, dt);
+
+      ops::rmsnorm_forward(x, w, y, rstd, eps);
+      std::vector<double> ref_y, ref_rstd;
+      for (int64_t r = 0; r < rows; ++r) {
+        double ms = 0;
+        for (int64_t i = 0; i < dim; ++i) ms += xv[r * dim + i] * xv[r * dim + i] / dim;
+        double rms = std::sqrt(ms + static_cast<double>(eps));
+        ref_rstd.push_back(1.0 / rms);
+        for (int64_t i = 0; i < dim; ++i) ref_y.push_back(xv[r * dim + i] / rms * wv[i]);
+      }
+      check(y, ref_y, "rmsnorm y");
+      check(rstd, ref_rstd, "rmsnorm rstd");
+
+      ops::layernorm_forward(x, w, b, y, mean, rstd, eps);
+      std::vector<double> ref_mean;
+      ref_y.clear();
+      ref_rstd.clear();
+      for (int64_t r = 0; r < rows; ++r) {
+        double mu = 0, var = 0;
+        for (int64_t i = 0; i < dim; ++i) mu += xv[r * dim + i] / dim;
+        for (int64_t i = 0; i < dim; ++i) var += (xv[r * dim + i] - mu) * (xv[r * dim + i] - mu) / dim;
+        double sd = std::sqrt(var + static_cast<double>(eps));
+        ref_mean.push_back(mu);
+        ref_rstd.push_back(1.0 / sd);
+        for (int64_t i = 0; i < dim; ++i) ref_y.push_back((xv[r * dim + i] - mu) / sd * wv[i] + bv[i]);
+      }
+      check(y, ref_y, "layernorm y");
+      check(mean, ref_mean, "layernorm mean");
+      check(rstd, ref_rstd, "layernorm rstd");
+    }
+  }
+}
+
+TEST_CASE("rope rotates half-split pairs by pos * theta^(-2i/hd) and inverse undoes it", "[kernels][cpu]") {
+  for (DType dt : k_float_types) {
+    const int64_t heads = 3, hd = 8, seq_len = 7, rows = 2 * seq_len;
+    const double theta = 10000.0;
+    Tensor x = random_tensor({rows, heads * hd}, dt, 11);
+    auto xv = values_of(x);
+    ops::rope(x, heads, seq_len, static_cast<float>(theta), false);
+    std::vector<double> ref(xv.size());
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t h = 0; h < heads; ++h) {
+        for (int64_t i = 0; i < hd / 2; ++i) {
+          // As a complex number (x_i + j x_{i+hd/2}) multiplied by exp(j * angle).
+          double angle = static_cast<double>(r % seq_len) / std::pow(theta, 2.0 * i / hd);
+          size_t lo = r * heads * hd + h * hd + i, hi = lo + hd / 2;
+          std::complex<double> z(xv[lo], xv[hi]);
+          z *= std::polar(1.0, angle);
+          ref[lo] = z.real();
+          ref[hi] = z.imag();
+        }
+      }
+    }
+    check(x, ref, "rope");
+    ops::rope(x, heads, seq_len, static_cast<float>(theta), true);
+    check(x, xv, "rope inverse");
+  }
+}
+
+namespace {
+
+// Naive causal GQA attention: full score matrix with a -inf mask, softmax, P @ V.
+void naive_attention(const std::vector<double>& q, const std::vector<double>& k, const std::vector<double>& v,
+                     const ops::AttentionShape& s, std::vector<double>& out, std::vector<double>& lse) {
+  const int64_t S = s.seq_len, hd = s.head_dim, qw = s.num_heads * hd, kw = s.num_kv_heads * hd;
+  out.assign(static_cast<size_t>(s.batch * S * qw), 0.0);
+  lse.assign(static_cast<size_t>(s.batch * s.num_heads * S), 0.0);
+  for (int64_t b = 0; b < s.batch; ++b) {
+    for (int64_t h = 0; h < s.num_heads; ++h) {
+      int64_t g = h / (s.num_heads / s.num_kv_heads);
+      for (int64_t i = 0; i < S; ++i) {
+        std::vector<double> score(static_cast<size_t>(S));
+        for (int64_t j = 0; j < S; ++j) {
+          double dot = 0;
+          for (int64_t c = 0; c < hd; ++c) dot += q[(b * S + i) * qw + h * hd + c] * k[(b * S + j) * kw + g * hd + c];
+          score[j] = j <= i ? dot / std::sqrt(static_cast<double>(hd)) : -std::numeric_limits<double>::infinity();
+        }
+        double total = 0;
+        for (double sc : score) total += std::exp(sc);
+        lse[(b * s.num_heads + h) * S + i] = std::log(total);
+        for (int64_t j = 0; j < S; ++j) {
+          double p = std::exp(score[j]) / total;
+          for (int64_t c = 0; c < hd; ++c) out[(b * S + i) * qw + h * hd + c] += p * v[(b * S + j) * kw + g * hd + c];
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("attention matches a naive masked softmax(QK^T/sqrt(hd)) V", "[kernels][cpu]") {
+  for (DType dt : k_float_types) {
+    for (ops::AttentionShape s : {ops::AttentionShape{2, 7, 4, 2, 8}, ops::AttentionShape{1, 1, 1, 1, 4},
+                                  ops::AttentionShape{1, 19, 3, 3, 6}, ops::AttentionShape{3, 5, 4, 1, 2},
+                                  ops::AttentionShape{2, 150, 2, 1, 4}}) {  // 150: several row blocks
+      Tensor q = random_tensor({s.batch * s.seq_len, s.num_heads * s.head_dim}, dt, 12, Device::cpu(), -2.0, 2.0);
+      Tensor k = random_tensor({s.batch * s.seq_len, s.num_kv_heads * s.head_dim}, dt, 13, Device::cpu(), -2.0, 2.0);
+      Tensor v = random_tensor({s.batch * s.seq_len, s.num_kv_heads * s.head_dim}, dt, 14);
+      Tensor out = poisoned(q.shape(), dt), lse = poisoned({s.batch, s.num_heads, s.seq_len}, dt);
+      ops::attention_forward(q, k, v, out, lse, s);
+      std::vector<double> ref_out, ref_lse;
+      naive_attention(values_of(q), values_of(k), values_of(v), s, ref_out, ref_lse);
+      std::string what = "attention S=" + std::to_string(s.seq_len) + " Hq=" + std::to_string(s.num_heads) +
+                         " Hkv=" + std::to_string(s.num_kv_heads);
+      check(out, ref_out, what + " out");
+      check(lse, ref_lse, what + " lse");
+    }
+  }
+}
+
+TEST_CASE("activations match relu, tanh-gelu, geglu and swiglu formulas", "[kernels][cpu]") {
+  auto gelu = [](double x) { return 0.5 * x * (1 + std::tanh(std::sqrt(2 / M_PI) * (x + 0.044715 * x * x * x))); };
+  auto silu = [](double x) { return x / (1 + std::exp(-x)); };
+  for (DType dt : k_float_types) {
+    const int64_t rows = 7, width = 19;
+    for (ops::Activation act :
+         {ops::Activation::relu, ops::Activation::gelu, ops::Activation::geglu, ops::Activation::swiglu}) {
+      const int64_t in_width = ops::is_gated(act) ? 2 * width : width;
+      Tensor x = random_tensor({rows, in_width}, dt, 15, Device::cpu(), -3.0, 3.0);
+      Tensor y = poisoned({rows, width}, dt);
+      ops::activation_forward(act, x, y);
+      auto xv = values_of(x);
+      std::vector<double> ref;
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t i = 0; i < width; ++i) {
+          double a = xv[r * in_width + i];
+          switch (act) {
+            case ops::Activation::relu: ref.push_back(std::max(a, 0.0)); break;
+            case ops::Activation::gelu: ref.push_back(gelu(a)); break;
+            case ops::Activation::geglu: ref.push_back(gelu(a) * xv[r * in_width + width + i]); break;
+            case ops::Activation::swiglu: ref.push_back(silu(a) * xv[r * in_width + width + i]); break;
+          }
+        }
+      }
+      check(y, ref, ops::activation_name(act));
+    }
+  }
+}
+
+TEST_CASE("cross-entropy is -log softmax at the target, zero where ignored", "[kernels][cpu]") {
+  for (DType dt : k_float_types) {
+    const int64_t rows = 7, vocab = 19;
+    Tensor logits = random_tensor({rows, vocab}, dt, 16, Device::cpu(), -4.0, 4.0);
+    std::vector<int32_t> tv = {3, -1, 18, 0, -100, 7, 7};
+    Tensor targets = ids_tensor(tv, {rows});
+    Tensor loss = poisoned({rows}, dt), lse = poisoned({rows}, dt);
+    ops::cross_entropy_forward(logits, targets, loss, lse);
+    auto lv = values_of(logits);
+    std::vector<double> ref_loss, ref_lse;
+    for (int64_t r = 0; r < rows; ++r) {
+      double total = 0;
+      for (int64_t i = 0; i < vocab; ++i) total += std::exp(lv[r * vocab + i]);
+      ref_lse.push_back(std::log(total));
+      ref_loss.push_back(tv[r] < 0 ? 0.0 : -std::log(std::exp(lv[r * vocab + tv[r]]) / total));
+    }
+    check(loss, ref_loss, "cross-entropy loss");
+    check(lse, ref_lse, "cross-entropy lse");
+    auto got = values_of(loss);
+    CHECK(got[1] == 0.0);
+    CHECK(got[4] == 0.0);
+  }
+}
+
+TEST_CASE("elementwise ops, casts and reductions", "[kernels][cpu]") {
+  for (DType dt : k_float_types) {
+    const int64_t rows = 7, cols = 19, n = rows * cols;
+    Tensor a = random_tensor({rows, cols}, dt, 17), b = random_tensor({rows, cols}, dt, 18);
+    auto av = values_of(a), bv = values_of(b);
+    Tensor out = poisoned({rows, cols}, dt);
+    ops::add(a, b, out);
+    std::vector<double> ref(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) ref[i] = av[i] + bv[i];
+    check(out, ref, "add");
+
+    ops::accumulate(out, a, 0.75f);
+    for (int64_t i = 0; i < n; ++i) ref[i] += 0.75 * av[i];
+    check(out, ref, "accumulate");
+
+    ops::scale(out, -1.5f);
+    for (int64_t i = 0; i < n; ++i) ref[i] *= -1.5;
+    check(out, ref, "scale");
+
+    double s = 0, ss = 0;
+    for (double x : av) {
+      s += x;
+      ss += x * x;
+    }
+    CHECK(ops::sum(a) == Approx(s).epsilon(1e-6));
+    CHECK(ops::sum_squares(a) == Approx(ss).epsilon(1e-6));
+
+    Tensor col = poisoned({cols}, dt);
+    ops::column_sum(a, col);
+    std::vector<double> ref_col(static_cast<size_t>(cols), 0.0);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t c = 0; c < cols; ++c) ref_col[c] += av[r * cols + c];
+    }
+    check(col, ref_col, "column_sum");
+
+    for (DType to : {DType::f32, DType::f64}) {
+      Tensor dst = poisoned({rows, cols}, to);
+      ops::cast(a, dst);
+      auto dv = values_of(dst);
+      for (int64_t i = 0; i < n; ++i) {
+        double expected = to == DType::f32 ? static_cast<double>(static_cast<float>(av[i])) : av[i];
+        REQUIRE(dv[i] == expected);
+      }
+    }
+    Tensor half = Tensor::empty({rows, cols}, DType::bf16), back = poisoned({rows, cols}, dt);
+    ops::cast(a, half);
+    ops::cast(half, back);
+    auto hv = values_of(half), backv = values_of(back);
+    for (int64_t i = 0; i < n; ++i) {
+      REQUIRE(std::abs(hv[i] - av[i]) <= std::abs(av[i]) * (1.0 / 256));  // 8 significant bits
+      REQUIRE(backv[i] == hv[i]);
+    }
+  }
+}
+
+TEST_CASE("gather_rows and scatter_add_rows follow the index, repeats add up", "[kernels][cpu]") {
+  for (DType dt : k_float_types) {
+    const int64_t src_rows = 7, cols = 5;
+    std::vector<int32_t> iv = {6, 0, 3, 3, 1, 6, 6, 2, 0, 5, 4, 3, 3, 0, 1, 2, 6, 5, 4};  // 19 rows
+    const int64_t n = static_cast<int64_t>(iv.size());
+    Tensor index = ids_tensor(iv, {n});
+    Tensor src = random_tensor({src_rows, cols}, dt, 19);
+    Tensor dst = poisoned({n, cols}, dt);
+    ops::gather_rows(src, index, dst);
+    auto sv = values_of(src);
+    std::vector<double> ref;
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t c = 0; c < cols; ++c) ref.push_back(sv[iv[i] * cols + c]);
+    }
+    check(dst, ref, "gather_rows");
+
+    Tensor rows_in = random_tensor({n, cols}, dt, 20);
+    Tensor acc = random_tensor({src_rows, cols}, dt, 21);
+    auto rv = values_of(rows_in), accv = values_of(acc);
+    ops::scatter_add_rows(rows_in, index, acc);
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t c = 0; c < cols; ++c) accv[iv[i] * cols + c] += rv[i * cols + c];
+    }
+    check(acc, accv, "scatter_add_rows");
+  }
+  // Index tensors move with the same kernels (i32 rows).
+  Tensor src = ids_tensor({10, 11, 12, 13}, {4});
+  Tensor dst = Tensor::zeros({3}, DType::i32);
+  ops::gather_rows(src, ids_tensor({3, 3, 0}, {3}), dst);
+  CHECK(dst.to_vector<int32_t>() == std::vector<int32_t>{13, 13, 10});
+}

@@ -1,0 +1,246 @@
+// CPU routing and permutation ops on hand-made and random examples (exact ids, orders and
+// counts), the combine forward, an AdamW step computed by hand, and the messages of bad input.
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <tuple>
+
+#include "src/ops/ops.h"
+#include "tests/kernels/kernel_checks.h"
+
+using namespace moe;
+using namespace moe::test;
+using Catch::Contains;
+
+namespace {
+
+const DType k_float_types[] = {DType::f32, DType::f64};
+
+void check(const Tensor& got, const std::vector<double>& ref, const std::string& what) {
+  Tolerance tol = tolerance_for(got.dtype());
+  require_close(values_of(got), ref, tol.atol, tol.rtol, what + " " + dtype_name(got.dtype()));
+}
+
+std::vector<double> softmax_rows(const std::vector<double>& logits, int64_t rows, int64_t cols) {
+  std::vector<double> out(logits.size());
+  for (int64_t r = 0; r < rows; ++r) {
+    double total = 0;
+    for (int64_t c = 0; c < cols; ++c) total += std::exp(logits[r * cols + c]);
+    for (int64_t c = 0; c < cols; ++c) out[r * cols + c] = std::exp(logits[r * cols + c]) / total;
+  }
+  return out;
+}
+
+struct RouterOut {
+  Tensor probs, ids, weights;
+};
+
+RouterOut route(const Tensor& logits, int64_t k, bool renormalize) {
+  const int64_t tokens = logits.size(0), experts = logits.size(1);
+  RouterOut out{poisoned({tokens, experts}, logits.dtype()), Tensor::empty({tokens, k}, DType::i32),
+                poisoned({tokens, k}, logits.dtype())};
+  ops::softmax_topk_forward(logits, k, renormalize, out.probs, out.ids, out.weights);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("router top-k ids on a hand-made example with ties", "[kernels][cpu][routing]") {
+  for (DType dt : k_float_types) {
+    std::vector<double> lv = {1.0, 3.0, 3.0, 0.5,    // tie for first: lower index first
+                              2.0, 0.0, 2.0, 5.0,    // tie for second place: expert 0 beats 2
+                              0.0, 0.0, 0.0, 0.0,    // all equal: 0, 1
+                              -1.0, 4.0, -1.0, 4.0};
+    Tensor logits = values_tensor(lv, {4, 4}, dt);
+    RouterOut out = route(logits, 2, false);
+    CHECK(out.ids.to_vector<int32_t>() == std::vector<int32_t>{1, 2, 3, 0, 0, 1, 1, 3});
+    auto p = softmax_rows(lv, 4, 4);
+    check(out.weights, {p[1], p[2], p[7], p[4], p[8], p[9], p[13], p[15]}, "router weights");
+    check(out.probs, p, "router probs");
+
+    RouterOut renorm = route(logits, 2, true);
+    CHECK(renorm.ids.to_vector<int32_t>() == out.ids.to_vector<int32_t>());
+    check(renorm.weights, {0.5, 0.5, p[7] / (p[7] + p[4]), p[4] / (p[7] + p[4]), 0.5, 0.5, 0.5, 0.5},
+          "router renormalized weights");
+
+    RouterOut three = route(logits, 3, false);
+    CHECK(three.ids.to_vector<int32_t>() == std::vector<int32_t>{1, 2, 0, 3, 0, 2, 0, 1, 2, 1, 3, 0});
+  }
+}
+
+TEST_CASE("router forward on random logits matches softmax and a stable sort", "[kernels][cpu][routing]") {
+  const int64_t tokens = 19, experts = 8;
+  for (DType dt : k_float_types) {
+    for (int64_t k : {1, 3, 8}) {
+      for (bool renormalize : {false, true}) {
+        Tensor logits = random_tensor({tokens, experts}, dt, 40, Device::cpu(), -3.0, 3.0);
+        RouterOut out = route(logits, k, renormalize);
+        auto p = softmax_rows(values_of(logits), tokens, experts);
+        std::vector<int32_t> ref_ids;
+        std::vector<double> ref_w;
+        for (int64_t t = 0; t < tokens; ++t) {
+          std::vector<int32_t> order(experts);
+          std::iota(order.begin(), order.end(), 0);
+          std::stable_sort(order.begin(), order.end(),
+                           [&](int32_t a, int32_t b) { return p[t * experts + a] > p[t * experts + b]; });
+          double selected = 0;
+          for (int64_t s = 0; s < k; ++s) selected += p[t * experts + order[s]];
+          for (int64_t s = 0; s < k; ++s) {
+            ref_ids.push_back(order[s]);
+            ref_w.push_back(p[t * experts + order[s]] / (renormalize ? selected : 1.0));
+          }
+        }
+        CHECK(out.ids.to_vector<int32_t>() == ref_ids);
+        check(out.probs, p, "router probs");
+        check(out.weights, ref_w, "router weights k=" + std::to_string(k));
+      }
+    }
+  }
+}
+
+TEST_CASE("moe_sort_by_expert on a hand-made example", "[kernels][cpu][routing]") {
+  // tokens: t0 -> {2, 0}, t1 -> {0, 2}, t2 -> {1, 1}, t3 -> {0, 1}; expert 3 gets nothing.
+  Tensor ids = ids_tensor({2, 0, 0, 2, 1, 1, 0, 1}, {4, 2});
+  Tensor sorted_tokens = Tensor::empty({8}, DType::i32), slot_pos = Tensor::empty({8}, DType::i32);
+  auto counts = ops::moe_sort_by_expert(ids, 4, sorted_tokens, slot_pos);
+  CHECK(counts == std::vector<int64_t>{3, 3, 2, 0});
+  // expert 0: (t0,s1) (t1,s0) (t3,s0); expert 1: (t2,s0) (t2,s1) (t3,s1); expert 2: (t0,s0) (t1,s1)
+  CHECK(sorted_tokens.to_vector<int32_t>() == std::vector<int32_t>{0, 1, 3, 2, 2, 3, 0, 1});
+  CHECK(slot_pos.to_vector<int32_t>() == std::vector<int32_t>{6, 0, 1, 7, 3, 4, 2, 5});
+}
+
+TEST_CASE("moe_sort_by_expert matches a lexicographic sort of (expert, token, slot)", "[kernels][cpu][routing]") {
+  const int64_t tokens = 19, k = 3, experts = 5;
+  Tensor ids = random_ids(tokens * k, experts, 41).view({tokens, k});
+  Tensor sorted_tokens = Tensor::empty({tokens * k}, DType::i32);
+  Tensor slot_pos = Tensor::empty({tokens * k}, DType::i32);
+  auto counts = ops::moe_sort_by_expert(ids, experts, sorted_tokens, slot_pos);
+  auto iv = ids.to_vector<int32_t>();
+  std::vector<std::tuple<int32_t, int32_t, int32_t>> slots;
+  std::vector<int64_t> ref_counts(experts, 0);
+  for (int32_t t = 0; t < tokens; ++t) {
+    for (int32_t s = 0; s < k; ++s) {
+      slots.emplace_back(iv[t * k + s], t, s);
+      ++ref_counts[iv[t * k + s]];
+    }
+  }
+  std::sort(slots.begin(), slots.end());
+  std::vector<int32_t> ref_sorted, ref_pos(tokens * k);
+  for (size_t j = 0; j < slots.size(); ++j) {
+    auto [e, t, s] = slots[j];
+    ref_sorted.push_back(t);
+    ref_pos[t * k + s] = static_cast<int32_t>(j);
+  }
+  CHECK(counts == ref_counts);
+  CHECK(sorted_tokens.to_vector<int32_t>() == ref_sorted);
+  CHECK(slot_pos.to_vector<int32_t>() == ref_pos);
+}
+
+TEST_CASE("moe_combine forward weights and sums each token's expert rows", "[kernels][cpu][routing]") {
+  const int64_t tokens = 19, k = 2, experts = 4, dim = 7;
+  Tensor ids = random_ids(tokens * k, experts, 42).view({tokens, k});
+  Tensor sorted_tokens = Tensor::empty({tokens * k}, DType::i32);
+  Tensor slot_pos = Tensor::empty({tokens * k}, DType::i32);
+  ops::moe_sort_by_expert(ids, experts, sorted_tokens, slot_pos);
+  auto pv = slot_pos.to_vector<int32_t>();
+  for (DType dt : k_float_types) {
+    Tensor y_sorted = random_tensor({tokens * k, dim}, dt, 43);
+    Tensor weights = random_tensor({tokens, k}, dt, 44, Device::cpu(), 0.0, 1.0);
+    Tensor out = poisoned({tokens, dim}, dt);
+    ops::moe_combine_forward(y_sorted, slot_pos, weights, out);
+    auto yv = values_of(y_sorted), wv = values_of(weights);
+    std::vector<double> ref(tokens * dim, 0.0);
+    for (int64_t t = 0; t < tokens; ++t) {
+      for (int64_t s = 0; s < k; ++s) {
+        for (int64_t c = 0; c < dim; ++c) ref[t * dim + c] += wv[t * k + s] * yv[pv[t * k + s] * dim + c];
+      }
+    }
+    check(out, ref, "combine out");
+
+    // Unit weights after gathering rows by sorted_tokens return k copies of the input.
+    Tensor x = random_tensor({tokens, dim}, dt, 45);
+    Tensor gathered = poisoned({tokens * k, dim}, dt);
+    ops::gather_rows(x, sorted_tokens, gathered);
+    Tensor ones = values_tensor(std::vector<double>(tokens * k, 1.0), {tokens, k}, dt);
+    ops::moe_combine_forward(gathered, slot_pos, ones, out);
+    auto xv = values_of(x);
+    for (double& a : xv) a *= k;
+    check(out, xv, "gather then combine");
+  }
+}
+
+TEST_CASE("adamw matches a step computed by hand", "[kernels][cpu][optim]") {
+  for (DType dt : k_float_types) {
+    ops::AdamWParams p;
+    p.lr = 0.125f;
+    p.beta1 = 0.5f;
+    p.beta2 = 0.75f;
+    p.eps = 1e-8f;
+    p.weight_decay = 0.25f;
+    // Step 1 from zero moments: m = 0.25, v = 0.0625, mhat = 0.5, vhat = 0.25, so the Adam
+    // ratio is 1 and p = 2 - 0.125 * (1 + 0.25 * 2) = 1.8125. A zero gradient only decays.
+    p.step = 1;
+    Tensor param = values_tensor({2.0, 4.0}, {2}, dt), grad = values_tensor({0.5, 0.0}, {2}, dt);
+    Tensor m = values_tensor({0.0, 0.0}, {2}, dt), v = values_tensor({0.0, 0.0}, {2}, dt);
+    ops::adamw_step(param, grad, m, v, p);
+    require_close(values_of(param), {1.8125, 3.875}, 1e-7, 1e-7, "adamw step 1 param");
+    require_close(values_of(m), {0.25, 0.0}, 1e-7, 1e-7, "adamw step 1 m");
+    require_close(values_of(v), {0.0625, 0.0}, 1e-7, 1e-7, "adamw step 1 v");
+
+    // Step 2 from m = 0.1, v = 0.04, g = -1: m = -0.45, v = 0.28, mhat = -0.45 / 0.75 = -0.6,
+    // vhat = 0.28 / 0.4375 = 0.64, ratio -0.75, p = -1 - 0.125 * (-0.75 - 0.25) = -0.875.
+    p.step = 2;
+    param = values_tensor({-1.0}, {1}, dt);
+    grad = values_tensor({-1.0}, {1}, dt);
+    m = values_tensor({0.1}, {1}, dt);
+    v = values_tensor({0.04}, {1}, dt);
+    ops::adamw_step(param, grad, m, v, p);
+    require_close(values_of(param), {-0.875}, 1e-6, 1e-6, "adamw step 2 param");
+    require_close(values_of(m), {-0.45}, 1e-6, 1e-6, "adamw step 2 m");
+    require_close(values_of(v), {0.28}, 1e-6, 1e-6, "adamw step 2 v");
+  }
+}
+
+TEST_CASE("bad inputs to the CPU ops name the problem", "[kernels][cpu][errors]") {
+  const DType dt = DType::f64;
+  Tensor logits = random_tensor({3, 4}, dt, 50);
+  Tensor probs = Tensor::empty({3, 4}, dt);
+  Tensor ids5 = Tensor::empty({3, 5}, DType::i32), w5 = Tensor::empty({3, 5}, dt);
+  REQUIRE_THROWS_WITH(ops::softmax_topk_forward(logits, 5, false, probs, ids5, w5),
+                      Contains("top-k 5 must be between 1 and the expert count 4"));
+
+  Tensor sorted_tokens = Tensor::empty({4}, DType::i32), slot_pos = Tensor::empty({4}, DType::i32);
+  REQUIRE_THROWS_WITH(ops::moe_sort_by_expert(ids_tensor({0, 1, 4, 2}, {2, 2}), 4, sorted_tokens, slot_pos),
+                      Contains("expert id 4 of token 1 (slot 0) is outside [0,4)"));
+  REQUIRE_THROWS_WITH(ops::moe_sort_by_expert(ids_tensor({0, -1, 3, 2}, {2, 2}), 4, sorted_tokens, slot_pos),
+                      Contains("expert id -1 of token 0 (slot 1) is outside [0,4)"));
+
+  Tensor table = random_tensor({11, 3}, dt, 51), emb = Tensor::empty({3, 3}, dt);
+  REQUIRE_THROWS_WITH(ops::embedding_forward(ids_tensor({0, 5, 11}, {3}), table, emb),
+                      Contains("token id 11 at position 2 is outside the vocabulary [0,11)"));
+
+  Tensor loss = Tensor::empty({3}, dt), lse = Tensor::empty({3}, dt);
+  REQUIRE_THROWS_WITH(ops::cross_entropy_forward(logits, ids_tensor({0, 4, -1}, {3}), loss, lse),
+                      Contains("target 4 of row 1 is outside the vocabulary [0,4)"));
+
+  Tensor gathered = Tensor::empty({2, 4}, dt);
+  REQUIRE_THROWS_WITH(ops::gather_rows(logits, ids_tensor({2, 3}, {2}), gathered),
+                      Contains("gather_rows: index 3 at position 1 is outside the rows [0,3)"));
+
+  Tensor y_sorted = random_tensor({4, 3}, dt, 52), weights = random_tensor({2, 2}, dt, 53);
+  Tensor out = Tensor::empty({2, 3}, dt);
+  REQUIRE_THROWS_WITH(ops::moe_combine_forward(y_sorted, ids_tensor({0, 1, 9, 2}, {4}), weights, out),
+                      Contains("slot 2 points at row 9, outside [0,4)"));
+
+  Tensor ints = Tensor::zeros({4}, DType::i32);
+  REQUIRE_THROWS_WITH(ops::scale(ints, 2.0f), Contains("scale: the CPU backend supports f32 and f64, got i32"));
+  REQUIRE_THROWS_WITH(ops::sum(ints), Contains("sum: the CPU backend supports f32 and f64, got i32"));
+
+  Tensor half = Tensor::zeros({3, 4}, DType::bf16), c = Tensor::empty({3, 3}, DType::bf16);
+  REQUIRE_THROWS_WITH(ops::matmul(half, false, half, true, c), Contains("must be f32 or f64 on the CPU, got bf16"));
+
+  Tensor param = random_tensor({2}, dt, 54), m = Tensor::zeros({2}, dt), v = Tensor::zeros({2}, dt);
+  ops::AdamWParams p;
+  p.step = 0;
+  REQUIRE_THROWS_WITH(ops::adamw_step(param, param, m, v, p), Contains("step must be 1-based, got 0"));
+}
