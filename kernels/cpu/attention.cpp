@@ -116,7 +116,8 @@ void attention_backward(const T* q, const T* k, const T* v, const T* out, const 
             mask_row(ds, i, keys);
           }
           gemm_strided<T>(dprobs.data(), keys, false, k + hs.kv_offset, hs.kv_stride, false,
-                          dq + hs.q_offset + i0 * hs.q_stride, hs.q_stride, rows, hd, keys, static_cast<T>(scale), T(0));
+                          dq + hs.q_offset + i0 * hs.q_stride, hs.q_stride, rows, hd, keys, static_cast<T>(scale),
+                          T(0));
           gemm_strided<T>(dprobs.data(), keys, true, q_blk, hs.q_stride, false, dk + hs.kv_offset, hs.kv_stride, keys,
                           hd, rows, static_cast<T>(scale), T(1));
           gemm_strided<T>(probs.data(), keys, true, do_blk, hs.q_stride, false, dv + hs.kv_offset, hs.kv_stride, keys,
@@ -127,8 +128,7 @@ void attention_backward(const T* q, const T* k, const T* v, const T* out, const 
   }
 }
 
-template void attention_forward<float>(const float*, const float*, const float*, float*, float*,
-                                       const AttentionDims&);
+template void attention_forward<float>(const float*, const float*, const float*, float*, float*, const AttentionDims&);
 template void attention_forward<double>(const double*, const double*, const double*, double*, double*,
                                         const AttentionDims&);
 template void attention_backward<float>(const float*, const float*, const float*, const float*, const float*,

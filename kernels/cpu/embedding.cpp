@@ -27,8 +27,7 @@ void embedding_forward(const int32_t* ids, const T* table, T* out, int64_t num_t
 }
 
 template <typename T>
-void embedding_backward(const int32_t* ids, const T* dout, T* dtable, int64_t num_tokens, int64_t vocab,
-                        int64_t dim) {
+void embedding_backward(const int32_t* ids, const T* dout, T* dtable, int64_t num_tokens, int64_t vocab, int64_t dim) {
   for (int64_t t = 0; t < num_tokens; ++t) {
     check_id(ids[t], t, vocab);
     T* row = dtable + static_cast<int64_t>(ids[t]) * dim;

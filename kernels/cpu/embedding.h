@@ -12,7 +12,6 @@ void embedding_forward(const int32_t* ids, const T* table, T* out, int64_t num_t
 
 // ids i32[T], dout[T,d] -> dtable[V,d] += dout rows at ids (repeated ids add up)
 template <typename T>
-void embedding_backward(const int32_t* ids, const T* dout, T* dtable, int64_t num_tokens, int64_t vocab,
-                        int64_t dim);
+void embedding_backward(const int32_t* ids, const T* dout, T* dtable, int64_t num_tokens, int64_t vocab, int64_t dim);
 
 }  // namespace moe::cpu

@@ -103,8 +103,8 @@ template void rmsnorm_backward<double>(const double*, const double*, const doubl
                                        int64_t, int64_t);
 template void layernorm_forward<float>(const float*, const float*, const float*, float*, float*, float*, int64_t,
                                        int64_t, double);
-template void layernorm_forward<double>(const double*, const double*, const double*, double*, double*, double*,
-                                        int64_t, int64_t, double);
+template void layernorm_forward<double>(const double*, const double*, const double*, double*, double*, double*, int64_t,
+                                        int64_t, double);
 template void layernorm_backward<float>(const float*, const float*, const float*, const float*, const float*, float*,
                                         float*, float*, int64_t, int64_t);
 template void layernorm_backward<double>(const double*, const double*, const double*, const double*, const double*,

@@ -19,8 +19,8 @@ void check_slot_row(int32_t row, int64_t slot, int64_t num_rows) {
 
 }  // namespace
 
-void moe_sort_by_expert(const int32_t* ids, int64_t num_tokens, int64_t k, int64_t num_experts,
-                        int32_t* sorted_tokens, int32_t* slot_pos, int64_t* counts) {
+void moe_sort_by_expert(const int32_t* ids, int64_t num_tokens, int64_t k, int64_t num_experts, int32_t* sorted_tokens,
+                        int32_t* slot_pos, int64_t* counts) {
   const int64_t num_slots = num_tokens * k;
   std::fill(counts, counts + num_experts, int64_t{0});
   for (int64_t i = 0; i < num_slots; ++i) {
@@ -30,7 +30,8 @@ void moe_sort_by_expert(const int32_t* ids, int64_t num_tokens, int64_t k, int64
   }
   // Visiting slots in (token, slot) order and appending to each expert's range keeps the sort stable.
   std::vector<int64_t> next(static_cast<size_t>(num_experts), 0);
-  for (int64_t e = 1; e < num_experts; ++e) next[static_cast<size_t>(e)] = next[static_cast<size_t>(e - 1)] + counts[e - 1];
+  for (int64_t e = 1; e < num_experts; ++e)
+    next[static_cast<size_t>(e)] = next[static_cast<size_t>(e - 1)] + counts[e - 1];
   for (int64_t i = 0; i < num_slots; ++i) {
     int64_t row = next[static_cast<size_t>(ids[i])]++;
     sorted_tokens[row] = static_cast<int32_t>(i / k);
@@ -80,8 +81,7 @@ void moe_combine_backward(const T* y_sorted, const int32_t* slot_pos, const T* w
   }
 }
 
-template void moe_combine_forward<float>(const float*, const int32_t*, const float*, float*, int64_t, int64_t,
-                                         int64_t);
+template void moe_combine_forward<float>(const float*, const int32_t*, const float*, float*, int64_t, int64_t, int64_t);
 template void moe_combine_forward<double>(const double*, const int32_t*, const double*, double*, int64_t, int64_t,
                                           int64_t);
 template void moe_combine_backward<float>(const float*, const int32_t*, const float*, const float*, float*, float*,

@@ -13,8 +13,8 @@
 namespace moe::cpu {
 
 template <typename T>
-void softmax_topk_forward(const T* logits, T* probs, int32_t* ids, T* weights, int64_t num_tokens,
-                          int64_t num_experts, int64_t k, bool renormalize) {
+void softmax_topk_forward(const T* logits, T* probs, int32_t* ids, T* weights, int64_t num_tokens, int64_t num_experts,
+                          int64_t k, bool renormalize) {
   const int64_t E = num_experts;
   std::vector<int32_t> order(static_cast<size_t>(E));
   for (int64_t t = 0; t < num_tokens; ++t) {
@@ -70,8 +70,7 @@ void softmax_topk_backward(const T* probs, const int32_t* ids, const T* dweights
 }
 
 template void softmax_topk_forward<float>(const float*, float*, int32_t*, float*, int64_t, int64_t, int64_t, bool);
-template void softmax_topk_forward<double>(const double*, double*, int32_t*, double*, int64_t, int64_t, int64_t,
-                                           bool);
+template void softmax_topk_forward<double>(const double*, double*, int32_t*, double*, int64_t, int64_t, int64_t, bool);
 template void softmax_topk_backward<float>(const float*, const int32_t*, const float*, const float*, float*, int64_t,
                                            int64_t, int64_t, bool);
 template void softmax_topk_backward<double>(const double*, const int32_t*, const double*, const double*, double*,

@@ -10,8 +10,8 @@ namespace moe::cpu {
 // experts in descending order (ties to the lower index), weights[T,k] = probs at ids, divided
 // by their sum when renormalize.
 template <typename T>
-void softmax_topk_forward(const T* logits, T* probs, int32_t* ids, T* weights, int64_t num_tokens,
-                          int64_t num_experts, int64_t k, bool renormalize);
+void softmax_topk_forward(const T* logits, T* probs, int32_t* ids, T* weights, int64_t num_tokens, int64_t num_experts,
+                          int64_t k, bool renormalize);
 
 // probs[T,E], ids i32[T,k], dweights[T,k], expert_grad[E] -> dlogits[T,E] (written), where
 // d loss / d probs[t,i] = expert_grad[i] + the part from the weights of token t.

@@ -27,8 +27,7 @@ void gather_rows(const T* src, const int32_t* index, T* dst, int64_t num_index, 
 }
 
 template <typename T>
-void scatter_add_rows(const T* src, const int32_t* index, T* dst, int64_t num_index, int64_t dst_rows,
-                      int64_t cols) {
+void scatter_add_rows(const T* src, const int32_t* index, T* dst, int64_t num_index, int64_t dst_rows, int64_t cols) {
   for (int64_t i = 0; i < num_index; ++i) {
     check_row(index[i], i, dst_rows, "scatter_add_rows");
     T* row = dst + static_cast<int64_t>(index[i]) * cols;

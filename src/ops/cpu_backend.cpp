@@ -100,8 +100,7 @@ class CpuBackend final : public Backend {
   void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out) override {
     dispatch_float(table.dtype(), "embedding", [&](auto tag) {
       using T = decltype(tag);
-      cpu::embedding_forward<T>(index_ptr(ids), ptr<T>(table), ptr<T>(out), ids.numel(), table.size(0),
-                                table.size(1));
+      cpu::embedding_forward<T>(index_ptr(ids), ptr<T>(table), ptr<T>(out), ids.numel(), table.size(0), table.size(1));
     });
   }
 
@@ -156,8 +155,8 @@ class CpuBackend final : public Backend {
                           Tensor& dx, Tensor& dw, Tensor& db) override {
     dispatch_float(x.dtype(), "layernorm backward", [&](auto tag) {
       using T = decltype(tag);
-      cpu::layernorm_backward<T>(ptr<T>(x), ptr<T>(w), ptr<T>(mean), ptr<T>(rstd), ptr<T>(dy), ptr<T>(dx),
-                                 ptr<T>(dw), ptr<T>(db), x.size(0), x.size(1));
+      cpu::layernorm_backward<T>(ptr<T>(x), ptr<T>(w), ptr<T>(mean), ptr<T>(rstd), ptr<T>(dy), ptr<T>(dx), ptr<T>(dw),
+                                 ptr<T>(db), x.size(0), x.size(1));
     });
   }
 
@@ -181,8 +180,8 @@ class CpuBackend final : public Backend {
                           const AttentionShape& shape) override {
     dispatch_float(q.dtype(), "attention backward", [&](auto tag) {
       using T = decltype(tag);
-      cpu::attention_backward<T>(ptr<T>(q), ptr<T>(k), ptr<T>(v), ptr<T>(out), ptr<T>(lse), ptr<T>(dout),
-                                 ptr<T>(dq), ptr<T>(dk), ptr<T>(dv), dims_of(shape));
+      cpu::attention_backward<T>(ptr<T>(q), ptr<T>(k), ptr<T>(v), ptr<T>(out), ptr<T>(lse), ptr<T>(dout), ptr<T>(dq),
+                                 ptr<T>(dk), ptr<T>(dv), dims_of(shape));
     });
   }
 
@@ -285,8 +284,7 @@ class CpuBackend final : public Backend {
   void scatter_add_rows(const Tensor& src, const Tensor& index, Tensor& dst) override {
     dispatch_rows(src.dtype(), "scatter_add_rows", [&](auto tag) {
       using T = decltype(tag);
-      cpu::scatter_add_rows<T>(ptr<T>(src), index_ptr(index), ptr<T>(dst), index.numel(), rows_of(dst),
-                               cols_of(dst));
+      cpu::scatter_add_rows<T>(ptr<T>(src), index_ptr(index), ptr<T>(dst), index.numel(), rows_of(dst), cols_of(dst));
     });
   }
 
@@ -294,8 +292,8 @@ class CpuBackend final : public Backend {
                             Tensor& weights) override {
     dispatch_float(logits.dtype(), "router", [&](auto tag) {
       using T = decltype(tag);
-      cpu::softmax_topk_forward<T>(ptr<T>(logits), ptr<T>(probs), ptr<int32_t>(ids), ptr<T>(weights),
-                                   logits.size(0), logits.size(1), k, renormalize);
+      cpu::softmax_topk_forward<T>(ptr<T>(logits), ptr<T>(probs), ptr<int32_t>(ids), ptr<T>(weights), logits.size(0),
+                                   logits.size(1), k, renormalize);
     });
   }
 
@@ -321,13 +319,13 @@ class CpuBackend final : public Backend {
                            Tensor& out) override {
     dispatch_float(y_sorted.dtype(), "moe_combine", [&](auto tag) {
       using T = decltype(tag);
-      cpu::moe_combine_forward<T>(ptr<T>(y_sorted), index_ptr(slot_pos), ptr<T>(weights), ptr<T>(out),
-                                  weights.size(0), weights.size(1), y_sorted.size(1));
+      cpu::moe_combine_forward<T>(ptr<T>(y_sorted), index_ptr(slot_pos), ptr<T>(weights), ptr<T>(out), weights.size(0),
+                                  weights.size(1), y_sorted.size(1));
     });
   }
 
-  void moe_combine_backward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights,
-                            const Tensor& dout, Tensor& dy_sorted, Tensor& dweights) override {
+  void moe_combine_backward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights, const Tensor& dout,
+                            Tensor& dy_sorted, Tensor& dweights) override {
     dispatch_float(y_sorted.dtype(), "moe_combine backward", [&](auto tag) {
       using T = decltype(tag);
       cpu::moe_combine_backward<T>(ptr<T>(y_sorted), index_ptr(slot_pos), ptr<T>(weights), ptr<T>(dout),

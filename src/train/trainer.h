@@ -45,13 +45,14 @@ class Trainer {
   // Loads weights (and optimizer + step when with_optimizer) from a checkpoint directory.
   void load_checkpoint(const std::string& dir, bool with_optimizer);
   void save_checkpoint();
+  // One optimizer step over the global batch (all micro-batches of all ranks).
+  StepResult train_step();
 
   Model& model() { return *model_; }
   int64_t step() const { return step_; }
   Device device() const { return device_; }
 
  private:
-  StepResult train_step();
   data::Batch micro_batch(int64_t step, int64_t micro) const;
   Batch to_device(const data::Batch& batch) const;
   void log_step(const StepResult& r, double lr, double step_seconds, double elapsed);

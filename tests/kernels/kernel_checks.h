@@ -22,9 +22,9 @@ inline Tensor ids_tensor(const std::vector<int32_t>& ids, const Shape& shape) {
 
 // An output tensor filled with NaN, so a kernel that reads instead of writing it shows up.
 inline Tensor poisoned(const Shape& shape, DType dtype) {
-  return values_tensor(std::vector<double>(static_cast<size_t>(shape_numel(shape)),
-                                           std::numeric_limits<double>::quiet_NaN()),
-                       shape, dtype);
+  return values_tensor(
+      std::vector<double>(static_cast<size_t>(shape_numel(shape)), std::numeric_limits<double>::quiet_NaN()), shape,
+      dtype);
 }
 
 inline std::vector<double> values_of(const Tensor& t) { return t.to_vector<double>(); }

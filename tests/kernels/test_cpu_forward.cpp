@@ -49,8 +49,9 @@ TEST_CASE("matmul matches a triple loop for every transpose combination and beta
                 ref[i * s.n + j] = alpha * acc + prev;
               }
             }
-            check(c, ref, "matmul ta=" + std::to_string(ta) + " tb=" + std::to_string(tb) + " beta=" +
-                              std::to_string(beta) + " m=" + std::to_string(s.m));
+            check(c, ref,
+                  "matmul ta=" + std::to_string(ta) + " tb=" + std::to_string(tb) + " beta=" + std::to_string(beta) +
+                      " m=" + std::to_string(s.m));
           }
         }
       }
@@ -188,9 +189,9 @@ void naive_attention(const std::vector<double>& q, const std::vector<double>& k,
 
 TEST_CASE("attention matches a naive masked softmax(QK^T/sqrt(hd)) V", "[kernels][cpu]") {
   for (DType dt : k_float_types) {
-    for (ops::AttentionShape s : {ops::AttentionShape{2, 7, 4, 2, 8}, ops::AttentionShape{1, 1, 1, 1, 4},
-                                  ops::AttentionShape{1, 19, 3, 3, 6}, ops::AttentionShape{3, 5, 4, 1, 2},
-                                  ops::AttentionShape{2, 150, 2, 1, 4}}) {  // 150: several row blocks
+    for (ops::AttentionShape s :
+         {ops::AttentionShape{2, 7, 4, 2, 8}, ops::AttentionShape{1, 1, 1, 1, 4}, ops::AttentionShape{1, 19, 3, 3, 6},
+          ops::AttentionShape{3, 5, 4, 1, 2}, ops::AttentionShape{2, 150, 2, 1, 4}}) {  // 150: several row blocks
       Tensor q = random_tensor({s.batch * s.seq_len, s.num_heads * s.head_dim}, dt, 12, Device::cpu(), -2.0, 2.0);
       Tensor k = random_tensor({s.batch * s.seq_len, s.num_kv_heads * s.head_dim}, dt, 13, Device::cpu(), -2.0, 2.0);
       Tensor v = random_tensor({s.batch * s.seq_len, s.num_kv_heads * s.head_dim}, dt, 14);

@@ -47,9 +47,9 @@ RouterOut route(const Tensor& logits, int64_t k, bool renormalize) {
 
 TEST_CASE("router top-k ids on a hand-made example with ties", "[kernels][cpu][routing]") {
   for (DType dt : k_float_types) {
-    std::vector<double> lv = {1.0, 3.0, 3.0, 0.5,    // tie for first: lower index first
-                              2.0, 0.0, 2.0, 5.0,    // tie for second place: expert 0 beats 2
-                              0.0, 0.0, 0.0, 0.0,    // all equal: 0, 1
+    std::vector<double> lv = {1.0,  3.0, 3.0,  0.5,  // tie for first: lower index first
+                              2.0,  0.0, 2.0,  5.0,  // tie for second place: expert 0 beats 2
+                              0.0,  0.0, 0.0,  0.0,  // all equal: 0, 1
                               -1.0, 4.0, -1.0, 4.0};
     Tensor logits = values_tensor(lv, {4, 4}, dt);
     RouterOut out = route(logits, 2, false);

@@ -1,5 +1,6 @@
-// Communicator collectives on CPU ranks (run under mpirun with 2 and 4 ranks, and as a single
-// process): payloads encode (source rank, index) so each element's arrival place is checked.
+// Communicator collectives (MPI on CPU ranks under mpirun with 2 and 4 ranks and as a single
+// process; NCCL on one GPU per rank when built with MOE_TEST_NCCL): payloads encode (source
+// rank, index) so each element's arrival place is checked.
 #include <catch2/catch.hpp>
 
 #include <cstring>
@@ -15,13 +16,30 @@ namespace {
 
 using Catch::Matchers::Contains;
 
-std::unique_ptr<Communicator> world() { return make_world_communicator(Device::cpu()); }
+// The device whose tensors the tested backend moves: the CPU (MPI) or this rank's GPU (NCCL).
+Device test_device() {
+#if MOE_TEST_NCCL
+  static const Device device = Device::cuda(MpiEnv().local_rank() % cuda_device_count());
+  return device;
+#else
+  return Device::cpu();
+#endif
+}
+
+std::unique_ptr<Communicator> world() { return make_world_communicator(test_device()); }
+
+Tensor zeros(const Shape& shape, DType dtype) { return Tensor::zeros(shape, dtype, test_device()); }
+
+template <typename T>
+Tensor from_vector(const std::vector<T>& values, const Shape& shape, DType dtype) {
+  return Tensor::from_vector(values, shape, dtype, test_device());
+}
 
 template <typename T>
 Tensor filled(int64_t n, DType dtype, const std::function<T(int64_t)>& value) {
   std::vector<T> values(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) values[static_cast<size_t>(i)] = value(i);
-  return Tensor::from_vector(values, {n}, dtype);
+  return from_vector(values, {n}, dtype);
 }
 
 // Rows per (source, destination) pair for the all-to-all tests: uneven, with zeros.
@@ -34,7 +52,7 @@ TEST_CASE("world communicator matches the MPI environment", "[parallel]") {
   auto comm = world();
   REQUIRE(comm->rank() == env.world_rank());
   REQUIRE(comm->size() == env.world_size());
-  REQUIRE(comm->device() == Device::cpu());
+  REQUIRE(comm->device() == test_device());
   // mpirun here starts every rank on this one node.
   REQUIRE(env.local_rank() == env.world_rank());
   REQUIRE(env.local_size() == env.world_size());
@@ -68,7 +86,7 @@ TEST_CASE("all_reduce_avg averages floating tensors", "[parallel]") {
   double s = comm->size();
   for (DType dtype : {DType::f32, DType::f64}) {
     INFO(dtype_name(dtype));
-    Tensor x = test::random_tensor({n}, dtype, 100 + comm->rank());
+    Tensor x = test::random_tensor({n}, dtype, 100 + comm->rank(), test_device());
     comm->all_reduce_avg(x);
     std::vector<double> expected(n, 0.0);
     for (int q = 0; q < comm->size(); ++q) {
@@ -78,8 +96,8 @@ TEST_CASE("all_reduce_avg averages floating tensors", "[parallel]") {
     auto tol = test::tolerance_for(dtype);
     test::require_close(x.to_vector<double>(), expected, tol.atol, tol.rtol, "all_reduce_avg");
   }
-  Tensor ints = Tensor::zeros({4}, DType::i32);
-  REQUIRE_THROWS_WITH(comm->all_reduce_avg(ints), Contains("all_reduce_avg: the MPI backend averages f32 or f64"));
+  Tensor ints = zeros({4}, DType::i32);
+  REQUIRE_THROWS_WITH(comm->all_reduce_avg(ints), Contains("all_reduce_avg: ") && Contains("averages"));
 }
 
 TEST_CASE("host vectors reduce by sum and max", "[parallel]") {
@@ -110,7 +128,7 @@ TEST_CASE("broadcast copies the root's tensor to every rank", "[parallel]") {
     auto values = half.to_vector<float>();
     for (int64_t i = 0; i < n; ++i) REQUIRE(values[i] == 0.25f * i - root);
   }
-  Tensor x = Tensor::zeros({2}, DType::f32);
+  Tensor x = zeros({2}, DType::f32);
   REQUIRE_THROWS_WITH(comm->broadcast(x, comm->size()), Contains("broadcast: peer"));
 }
 
@@ -118,14 +136,14 @@ TEST_CASE("all_gather places rank r's input at slot r", "[parallel]") {
   auto comm = world();
   int64_t n = 6, s = comm->size(), r = comm->rank();
   Tensor in = filled<int32_t>(n, DType::i32, [&](int64_t i) { return static_cast<int32_t>(1000 * r + i); });
-  Tensor out = Tensor::zeros({s, n}, DType::i32);
+  Tensor out = zeros({s, n}, DType::i32);
   comm->all_gather(in, out);
   auto got = out.to_vector<int32_t>();
   for (int64_t q = 0; q < s; ++q)
     for (int64_t i = 0; i < n; ++i) REQUIRE(got[q * n + i] == 1000 * q + i);
 
   SECTION("in place, from this rank's slot of the output") {
-    Tensor full = Tensor::zeros({s * n}, DType::f64);
+    Tensor full = zeros({s * n}, DType::f64);
     Tensor slot = full.rows(r * n, (r + 1) * n);
     slot.copy_from(filled<double>(n, DType::f64, [&](int64_t i) { return 0.5 * i + 10.0 * r; }));
     comm->all_gather(slot, full);
@@ -134,9 +152,9 @@ TEST_CASE("all_gather places rank r's input at slot r", "[parallel]") {
       for (int64_t i = 0; i < n; ++i) REQUIRE(all[q * n + i] == 0.5 * i + 10.0 * q);
   }
   SECTION("a wrongly sized output is an error naming the sizes") {
-    Tensor bad = Tensor::zeros({s * n + 1}, DType::i32);
+    Tensor bad = zeros({s * n + 1}, DType::i32);
     REQUIRE_THROWS_WITH(comm->all_gather(in, bad), Contains("all_gather: expected"));
-    Tensor wrong_dtype = Tensor::zeros({s * n}, DType::f32);
+    Tensor wrong_dtype = zeros({s * n}, DType::f32);
     REQUIRE_THROWS_WITH(comm->all_gather(in, wrong_dtype), Contains("all_gather: dtypes differ"));
   }
 }
@@ -152,7 +170,7 @@ TEST_CASE("reduce_scatter_sum gives rank r the sum of slot r", "[parallel]") {
     Tensor in = dtype == DType::i32
                     ? filled<int32_t>(s * n, dtype, [&](int64_t j) { return static_cast<int32_t>(10000 * r + j); })
                     : filled<double>(s * n, dtype, [&](int64_t j) { return 10000.0 * r + j; });
-    Tensor out = Tensor::zeros({n}, dtype);
+    Tensor out = zeros({n}, dtype);
     comm->reduce_scatter_sum(in, out);
     auto got = out.to_vector<double>();
     for (int64_t i = 0; i < n; ++i) REQUIRE(got[i] == static_cast<double>(expected(i)));
@@ -164,10 +182,20 @@ TEST_CASE("reduce_scatter_sum gives rank r the sum of slot r", "[parallel]") {
     auto got = slot.to_vector<double>();
     for (int64_t i = 0; i < n; ++i) REQUIRE(got[i] == static_cast<double>(expected(i)));
   }
+#if MOE_TEST_NCCL
+  SECTION("bf16 reduces on the GPU (small integers are exact in bf16)") {
+    Tensor in = filled<float>(s * n, DType::bf16, [&](int64_t j) { return static_cast<float>(r + j % 4); });
+    Tensor out = zeros({n}, DType::bf16);
+    comm->reduce_scatter_sum(in, out);
+    auto got = out.to_vector<float>();
+    for (int64_t i = 0; i < n; ++i) REQUIRE(got[i] == static_cast<float>(rank_sum + s * ((r * n + i) % 4)));
+  }
+#else
   SECTION("bf16 cannot be reduced on the CPU") {
-    Tensor in = Tensor::zeros({s * n}, DType::bf16), out = Tensor::zeros({n}, DType::bf16);
+    Tensor in = zeros({s * n}, DType::bf16), out = zeros({n}, DType::bf16);
     REQUIRE_THROWS_WITH(comm->reduce_scatter_sum(in, out), Contains("cannot reduce bf16"));
   }
+#endif
 }
 
 TEST_CASE("all_to_all_v delivers each row from (source, index) to its place", "[parallel]") {
@@ -185,8 +213,8 @@ TEST_CASE("all_to_all_v delivers each row from (source, index) to its place", "[
   for (int d = 0; d < s; ++d)
     for (int64_t k = 0; k < send_counts[d]; ++k)
       for (int64_t c = 0; c < width; ++c) payload.push_back(pair_payload(me, d, k, c));
-  Tensor send = Tensor::from_vector(payload, {num_send, width}, DType::i64);
-  Tensor recv = Tensor::from_vector(std::vector<int64_t>(num_recv * width, -1), {num_recv, width}, DType::i64);
+  Tensor send = from_vector(payload, {num_send, width}, DType::i64);
+  Tensor recv = from_vector(std::vector<int64_t>(num_recv * width, -1), {num_recv, width}, DType::i64);
   comm->all_to_all_v(send, send_counts, recv, recv_counts);
 
   auto got = recv.to_vector<int64_t>();
@@ -196,16 +224,15 @@ TEST_CASE("all_to_all_v delivers each row from (source, index) to its place", "[
       for (int64_t c = 0; c < width; ++c) REQUIRE(got[row * width + c] == pair_payload(q, me, k, c));
 
   SECTION("rows of several dims and a float dtype") {
-    Tensor send4 = Tensor::empty({num_send, 2, 2}, DType::f32);
-    Tensor recv4 = Tensor::zeros({num_recv, 2, 2}, DType::f32);
-    auto* out = send4.data_as<float>();
-    int64_t at = 0;
+    std::vector<float> values;
     for (int d = 0; d < s; ++d)
       for (int64_t k = 0; k < send_counts[d]; ++k)
-        for (int64_t c = 0; c < 4; ++c) out[at++] = static_cast<float>(pair_payload(me, d, k, c));
+        for (int64_t c = 0; c < 4; ++c) values.push_back(static_cast<float>(pair_payload(me, d, k, c)));
+    Tensor send4 = from_vector(values, {num_send, 2, 2}, DType::f32);
+    Tensor recv4 = zeros({num_recv, 2, 2}, DType::f32);
     comm->all_to_all_v(send4, send_counts, recv4, recv_counts);
-    auto values = recv4.to_vector<float>();
-    at = 0;
+    values = recv4.to_vector<float>();
+    int64_t at = 0;
     for (int q = 0; q < s; ++q)
       for (int64_t k = 0; k < recv_counts[q]; ++k)
         for (int64_t c = 0; c < 4; ++c) REQUIRE(values[at++] == static_cast<float>(pair_payload(q, me, k, c)));
@@ -217,7 +244,7 @@ TEST_CASE("all_to_all_v delivers each row from (source, index) to its place", "[
                         Contains("all_to_all_v: send counts sum to"));
     REQUIRE_THROWS_WITH(comm->all_to_all_v(send, std::vector<int64_t>(s + 1, 0), recv, recv_counts),
                         Contains("need one count per rank"));
-    Tensor narrow = Tensor::zeros({num_recv, width + 1}, DType::i64);
+    Tensor narrow = zeros({num_recv, width + 1}, DType::i64);
     REQUIRE_THROWS_WITH(comm->all_to_all_v(send, send_counts, narrow, recv_counts), Contains("row shapes differ"));
   }
 }
@@ -226,14 +253,14 @@ TEST_CASE("send and recv move tensors around a ring", "[parallel]") {
   auto comm = world();
   int s = comm->size(), me = comm->rank();
   if (s == 1) {
-    Tensor x = Tensor::zeros({1}, DType::f32);
+    Tensor x = zeros({1}, DType::f32);
     REQUIRE_THROWS_WITH(comm->send(x, 0), Contains("send: peer 0 is this rank"));
     return;
   }
   int next = (me + 1) % s, prev = (me + s - 1) % s;
   int64_t n = 9;
   Tensor mine = filled<int64_t>(n, DType::i64, [&](int64_t i) { return me * 100 + i; });
-  Tensor got = Tensor::zeros({n}, DType::i64);
+  Tensor got = zeros({n}, DType::i64);
   // Even ranks send first, odd ranks receive first: blocking calls that cannot deadlock.
   if (me % 2 == 0) {
     comm->send(mine, next);
@@ -246,7 +273,7 @@ TEST_CASE("send and recv move tensors around a ring", "[parallel]") {
   for (int64_t i = 0; i < n; ++i) REQUIRE(values[i] == prev * 100 + i);
 
   // send_recv: every rank sends and receives at once, the other way round the ring.
-  Tensor back = Tensor::zeros({n}, DType::i64);
+  Tensor back = zeros({n}, DType::i64);
   comm->send_recv(mine, prev, back, next);
   values = back.to_vector<int64_t>();
   for (int64_t i = 0; i < n; ++i) REQUIRE(values[i] == next * 100 + i);
@@ -268,8 +295,8 @@ TEST_CASE("split forms sub-groups ordered by key", "[parallel]") {
   std::vector<double> value = {static_cast<double>(me)};
   sub->all_reduce_sum(value);
   REQUIRE(value[0] == std::accumulate(members.begin(), members.end(), 0.0));
-  Tensor gathered = Tensor::zeros({sub->size()}, DType::i32);
-  sub->all_gather(Tensor::from_vector(std::vector<int32_t>{me}, {1}, DType::i32), gathered);
+  Tensor gathered = zeros({sub->size()}, DType::i32);
+  sub->all_gather(from_vector(std::vector<int32_t>{me}, {1}, DType::i32), gathered);
   REQUIRE(gathered.to_vector<int32_t>() == members);
 
   // A negative color opts out: rank 0 gets no communicator, the others one group without it.

@@ -1,0 +1,101 @@
+// CUDA causal GQA attention vs the CPU reference, forward (out, lse) and backward (dq, dk, dv),
+// over awkward sequence lengths and head dims, plus the GPT-2-small training shape.
+#include <catch2/catch.hpp>
+
+#include "src/ops/ops.h"
+#include "tests/cuda/cuda_test_util.h"
+
+namespace moe::test {
+namespace {
+
+struct Case {
+  int64_t batch, seq_len, heads, kv_heads, head_dim;
+};
+
+ops::AttentionShape shape_of(const Case& c) { return {c.batch, c.seq_len, c.heads, c.kv_heads, c.head_dim}; }
+
+// Forward and backward on both backends from identical inputs. The backward is fed the CPU
+// forward's out (bf16-rounded) and lse on both sides.
+void check_case(const Case& c, uint64_t seed) {
+  INFO("batch " << c.batch << " seq " << c.seq_len << " heads " << c.heads << "/" << c.kv_heads << " hd "
+                << c.head_dim);
+  const ops::AttentionShape shape = shape_of(c);
+  const int64_t tokens = c.batch * c.seq_len;
+  Mirror q = random_mirror({tokens, c.heads * c.head_dim}, DType::bf16, seed, -2.0, 2.0);
+  Mirror k = random_mirror({tokens, c.kv_heads * c.head_dim}, DType::bf16, seed + 1, -2.0, 2.0);
+  Mirror v = random_mirror({tokens, c.kv_heads * c.head_dim}, DType::bf16, seed + 2);
+  Mirror out = poisoned_pair({tokens, c.heads * c.head_dim}, DType::bf16);
+  Mirror lse = poisoned_pair({c.batch, c.heads, c.seq_len}, DType::f32);
+  ops::attention_forward(q.cpu, k.cpu, v.cpu, out.cpu, lse.cpu, shape);
+  ops::attention_forward(q.gpu, k.gpu, v.gpu, out.gpu, lse.gpu, shape);
+  require_match(out, bf16_tol(), "attention out");
+  require_match(lse, accum_tol(), "attention lse");
+
+  Mirror saved_out = mirror_of(out.cpu, DType::bf16);
+  Mirror saved_lse = mirror_of(lse.cpu, DType::f32);
+  Mirror dout = random_mirror({tokens, c.heads * c.head_dim}, DType::bf16, seed + 3);
+  Mirror dq = poisoned_pair(q.cpu.shape(), DType::bf16);
+  Mirror dk = poisoned_pair(k.cpu.shape(), DType::bf16);
+  Mirror dv = poisoned_pair(v.cpu.shape(), DType::bf16);
+  ops::attention_backward(q.cpu, k.cpu, v.cpu, saved_out.cpu, saved_lse.cpu, dout.cpu, dq.cpu, dk.cpu, dv.cpu, shape);
+  ops::attention_backward(q.gpu, k.gpu, v.gpu, saved_out.gpu, saved_lse.gpu, dout.gpu, dq.gpu, dk.gpu, dv.gpu, shape);
+  require_match(dq, bf16_tol(), "attention dq");
+  require_match(dk, bf16_tol(), "attention dk");
+  require_match(dv, bf16_tol(), "attention dv");
+}
+
+TEST_CASE("cuda attention matches the CPU over awkward shapes and GQA", "[cuda][attention]") {
+  // Sequence lengths around the 32-row tile, head dims at and between the 32/64/128/256 variants.
+  for (Case c : {Case{1, 1, 1, 1, 64}, Case{2, 7, 4, 2, 16}, Case{1, 19, 3, 1, 40}, Case{2, 33, 4, 4, 64},
+                 Case{1, 100, 6, 2, 128}, Case{1, 65, 2, 1, 256}, Case{3, 40, 2, 2, 8}, Case{1, 64, 4, 1, 32},
+                 Case{1, 31, 2, 2, 96}, Case{1, 300, 12, 4, 64}}) {
+    check_case(c, seed_of(21, {c.batch, c.seq_len, c.heads, c.kv_heads, c.head_dim}));
+  }
+}
+
+TEST_CASE("cuda attention at GPT-2-small training shape matches the CPU on the last sequence",
+          "[cuda][attention][slow]") {
+  // B 16, S 1024, 12 heads of 64: the GPU runs the whole batch; the CPU checks the last
+  // sequence (sequences are independent), which exercises the full launch grid.
+  const Case c{16, 1024, 12, 12, 64};
+  const ops::AttentionShape shape = shape_of(c);
+  const int64_t tokens = c.batch * c.seq_len, width = c.heads * c.head_dim;
+  const uint64_t seed = 22;
+  Mirror q = random_mirror({tokens, width}, DType::bf16, seed, -2.0, 2.0);
+  Mirror k = random_mirror({tokens, width}, DType::bf16, seed + 1, -2.0, 2.0);
+  Mirror v = random_mirror({tokens, width}, DType::bf16, seed + 2);
+  Mirror dout = random_mirror({tokens, width}, DType::bf16, seed + 3);
+  Tensor out = poisoned_on({tokens, width}, DType::bf16, gpu());
+  Tensor lse = poisoned_on({c.batch, c.heads, c.seq_len}, DType::f32, gpu());
+  ops::attention_forward(q.gpu, k.gpu, v.gpu, out, lse, shape);
+  Tensor dq = poisoned_on({tokens, width}, DType::bf16, gpu());
+  Tensor dk = poisoned_on({tokens, width}, DType::bf16, gpu());
+  Tensor dv = poisoned_on({tokens, width}, DType::bf16, gpu());
+  ops::attention_backward(q.gpu, k.gpu, v.gpu, out, lse, dout.gpu, dq, dk, dv, shape);
+
+  const int64_t first = (c.batch - 1) * c.seq_len;
+  auto last = [&](const Tensor& t) { return t.rows(first, tokens); };
+  ops::AttentionShape one = shape;
+  one.batch = 1;
+  Tensor out_ref = poisoned_on({c.seq_len, width}, DType::f32, Device::cpu());
+  Tensor lse_ref = poisoned_on({1, c.heads, c.seq_len}, DType::f32, Device::cpu());
+  ops::attention_forward(last(q.cpu), last(k.cpu), last(v.cpu), out_ref, lse_ref, one);
+  require_close(last(out), out_ref, bf16_tol().atol, bf16_tol().rtol, "out (last sequence)");
+  require_close(lse.rows(c.batch - 1, c.batch), lse_ref, accum_tol().atol, accum_tol().rtol, "lse (last sequence)");
+
+  // The backward reference uses the GPU's own saved out and lse, as the GPU backward did.
+  Tensor out_saved = Tensor::from_vector(last(out).to_vector<float>(), {c.seq_len, width}, DType::f32);
+  Tensor lse_saved = Tensor::from_vector(lse.rows(c.batch - 1, c.batch).to_vector<float>(),
+                                         {1, c.heads, c.seq_len}, DType::f32);
+  Tensor dq_ref = poisoned_on({c.seq_len, width}, DType::f32, Device::cpu());
+  Tensor dk_ref = poisoned_on({c.seq_len, width}, DType::f32, Device::cpu());
+  Tensor dv_ref = poisoned_on({c.seq_len, width}, DType::f32, Device::cpu());
+  ops::attention_backward(last(q.cpu), last(k.cpu), last(v.cpu), out_saved, lse_saved, last(dout.cpu), dq_ref, dk_ref,
+                          dv_ref, one);
+  require_close(last(dq), dq_ref, bf16_tol().atol, bf16_tol().rtol, "dq (last sequence)");
+  require_close(last(dk), dk_ref, bf16_tol().atol, bf16_tol().rtol, "dk (last sequence)");
+  require_close(last(dv), dv_ref, bf16_tol().atol, bf16_tol().rtol, "dv (last sequence)");
+}
+
+}  // namespace
+}  // namespace moe::test

@@ -1,0 +1,221 @@
+// CUDA backend vs CPU reference for the dense ops: matmul, embedding, positions, norms, rope,
+// activations and cross-entropy, forward and backward, over awkward sizes.
+#include <catch2/catch.hpp>
+
+#include "src/ops/ops.h"
+#include "tests/cuda/cuda_test_util.h"
+
+namespace moe::test {
+namespace {
+
+const int64_t k_rows[] = {1, 7, 19, 989};
+
+TEST_CASE("cuda matmul matches the CPU for every transpose, bf16 and f32 outputs", "[cuda][matmul]") {
+  struct Dims {
+    int64_t m, n, k;
+  };
+  for (Dims d : {Dims{1, 1, 1}, Dims{7, 19, 13}, Dims{19, 7, 64}, Dims{989, 37, 200}, Dims{64, 130, 989},
+                 Dims{5, 3, 0}}) {
+    for (int ta = 0; ta < 2; ++ta) {
+      for (int tb = 0; tb < 2; ++tb) {
+        INFO("m " << d.m << " n " << d.n << " k " << d.k << " trans_a " << ta << " trans_b " << tb);
+        const uint64_t seed = seed_of(1, {d.m, d.n, d.k, ta, tb});
+        Shape a_shape = ta ? Shape{d.k, d.m} : Shape{d.m, d.k};
+        Shape b_shape = tb ? Shape{d.n, d.k} : Shape{d.k, d.n};
+        Mirror a = random_mirror(a_shape, DType::bf16, seed);
+        Mirror b = random_mirror(b_shape, DType::bf16, seed + 1);
+
+        Mirror c = poisoned_pair({d.m, d.n}, DType::bf16);  // beta = 0 must not read c
+        ops::matmul(a.cpu, ta, b.cpu, tb, c.cpu, 1.0f, 0.0f);
+        ops::matmul(a.gpu, ta, b.gpu, tb, c.gpu, 1.0f, 0.0f);
+        require_match(c, bf16_tol(), "c bf16, beta 0");
+
+        Mirror acc = random_mirror({d.m, d.n}, DType::f32, seed + 2);  // gradient-style accumulate
+        ops::matmul(a.cpu, ta, b.cpu, tb, acc.cpu, 0.5f, 1.0f);
+        ops::matmul(a.gpu, ta, b.gpu, tb, acc.gpu, 0.5f, 1.0f);
+        require_match(acc, accum_tol(), "c f32, alpha 0.5, beta 1");
+
+        Mirror cb = random_mirror({d.m, d.n}, DType::bf16, seed + 3);
+        ops::matmul(a.cpu, ta, b.cpu, tb, cb.cpu, 1.0f, 0.25f);
+        ops::matmul(a.gpu, ta, b.gpu, tb, cb.gpu, 1.0f, 0.25f);
+        require_match(cb, bf16_tol(), "c bf16, beta 0.25");
+      }
+    }
+  }
+}
+
+TEST_CASE("cuda embedding forward and backward match the CPU", "[cuda][embedding]") {
+  for (int64_t vocab : {1, 50, 1000}) {
+    for (int64_t dim : {37, 64}) {
+      for (int64_t tokens : k_rows) {
+        INFO("vocab " << vocab << " dim " << dim << " tokens " << tokens);
+        const uint64_t seed = seed_of(2, {vocab, dim, tokens});
+        Mirror table = random_mirror({vocab, dim}, DType::bf16, seed);
+        Mirror ids = mirror_ids(random_int_values(tokens, vocab, seed + 1), {tokens});
+        Mirror out = poisoned_pair({tokens, dim}, DType::bf16);
+        ops::embedding_forward(ids.cpu, table.cpu, out.cpu);
+        ops::embedding_forward(ids.gpu, table.gpu, out.gpu);
+        require_match(out, {0, 0}, "embedding rows are copies");
+
+        Mirror dout = random_mirror({tokens, dim}, DType::bf16, seed + 2);
+        Mirror dtable = random_mirror({vocab, dim}, DType::f32, seed + 3);  // accumulated into
+        ops::embedding_backward(ids.cpu, dout.cpu, dtable.cpu);
+        ops::embedding_backward(ids.gpu, dout.gpu, dtable.gpu);
+        require_match(dtable, accum_tol(), "embedding dtable");
+      }
+    }
+  }
+}
+
+TEST_CASE("cuda learned positions forward and backward match the CPU", "[cuda][positions]") {
+  struct Case {
+    int64_t seqs, seq_len, max_len, dim;
+  };
+  for (Case c : {Case{1, 1, 4, 37}, Case{1, 7, 7, 64}, Case{3, 19, 32, 37}, Case{23, 43, 64, 64},
+                 Case{2, 5, 8, 13}}) {
+    INFO("seqs " << c.seqs << " seq_len " << c.seq_len << " dim " << c.dim);
+    const uint64_t seed = seed_of(3, {c.seqs, c.seq_len, c.max_len, c.dim});
+    const int64_t tokens = c.seqs * c.seq_len;
+    Mirror x = random_mirror({tokens, c.dim}, DType::bf16, seed);
+    Mirror pos = random_mirror({c.max_len, c.dim}, DType::bf16, seed + 1);
+    ops::position_add_forward(x.cpu, pos.cpu, c.seq_len);
+    ops::position_add_forward(x.gpu, pos.gpu, c.seq_len);
+    require_match(x, bf16_tol(), "x + positions");
+
+    Mirror dx = random_mirror({tokens, c.dim}, DType::bf16, seed + 2);
+    Mirror dpos = random_mirror({c.max_len, c.dim}, DType::f32, seed + 3);
+    ops::position_add_backward(dx.cpu, dpos.cpu, c.seq_len);
+    ops::position_add_backward(dx.gpu, dpos.gpu, c.seq_len);
+    require_match(dpos, accum_tol(), "dpos");
+  }
+}
+
+TEST_CASE("cuda rmsnorm forward and backward match the CPU", "[cuda][norms]") {
+  for (int64_t dim : {1, 37, 64, 200, 1024}) {
+    for (int64_t rows : k_rows) {
+      INFO("rows " << rows << " dim " << dim);
+      const uint64_t seed = seed_of(4, {rows, dim});
+      Mirror x = random_mirror({rows, dim}, DType::bf16, seed, -2.0, 2.0);
+      Mirror w = random_mirror({dim}, DType::bf16, seed + 1, 0.5, 1.5);
+      Mirror y = poisoned_pair({rows, dim}, DType::bf16);
+      Mirror rstd = poisoned_pair({rows}, DType::f32);
+      ops::rmsnorm_forward(x.cpu, w.cpu, y.cpu, rstd.cpu, 1e-5f);
+      ops::rmsnorm_forward(x.gpu, w.gpu, y.gpu, rstd.gpu, 1e-5f);
+      require_match(y, bf16_tol(), "rmsnorm y");
+      require_match(rstd, accum_tol(), "rmsnorm rstd");
+
+      Mirror saved = mirror_of(rstd.cpu, DType::f32);
+      Mirror dy = random_mirror({rows, dim}, DType::bf16, seed + 2);
+      Mirror dx = poisoned_pair({rows, dim}, DType::bf16);
+      Mirror dw = random_mirror({dim}, DType::f32, seed + 3);
+      ops::rmsnorm_backward(x.cpu, w.cpu, saved.cpu, dy.cpu, dx.cpu, dw.cpu);
+      ops::rmsnorm_backward(x.gpu, w.gpu, saved.gpu, dy.gpu, dx.gpu, dw.gpu);
+      require_match(dx, bf16_tol(), "rmsnorm dx");
+      require_match(dw, accum_tol(), "rmsnorm dw");
+    }
+  }
+}
+
+TEST_CASE("cuda layernorm forward and backward match the CPU", "[cuda][norms]") {
+  for (int64_t dim : {1, 37, 64, 200, 1024}) {
+    for (int64_t rows : k_rows) {
+      INFO("rows " << rows << " dim " << dim);
+      const uint64_t seed = seed_of(5, {rows, dim});
+      Mirror x = random_mirror({rows, dim}, DType::bf16, seed, 1.0, 4.0);  // a large mean
+      Mirror w = random_mirror({dim}, DType::bf16, seed + 1, 0.5, 1.5);
+      Mirror b = random_mirror({dim}, DType::bf16, seed + 2);
+      Mirror y = poisoned_pair({rows, dim}, DType::bf16);
+      Mirror mean = poisoned_pair({rows}, DType::f32);
+      Mirror rstd = poisoned_pair({rows}, DType::f32);
+      ops::layernorm_forward(x.cpu, w.cpu, b.cpu, y.cpu, mean.cpu, rstd.cpu, 1e-5f);
+      ops::layernorm_forward(x.gpu, w.gpu, b.gpu, y.gpu, mean.gpu, rstd.gpu, 1e-5f);
+      require_match(y, bf16_tol(), "layernorm y");
+      require_match(mean, accum_tol(), "layernorm mean");
+      require_match(rstd, accum_tol(), "layernorm rstd");
+
+      Mirror saved_mean = mirror_of(mean.cpu, DType::f32), saved_rstd = mirror_of(rstd.cpu, DType::f32);
+      Mirror dy = random_mirror({rows, dim}, DType::bf16, seed + 3);
+      Mirror dx = poisoned_pair({rows, dim}, DType::bf16);
+      Mirror dw = random_mirror({dim}, DType::f32, seed + 4);
+      Mirror db = random_mirror({dim}, DType::f32, seed + 5);
+      ops::layernorm_backward(x.cpu, w.cpu, saved_mean.cpu, saved_rstd.cpu, dy.cpu, dx.cpu, dw.cpu, db.cpu);
+      ops::layernorm_backward(x.gpu, w.gpu, saved_mean.gpu, saved_rstd.gpu, dy.gpu, dx.gpu, dw.gpu, db.gpu);
+      require_match(dx, bf16_tol(), "layernorm dx");
+      require_match(dw, accum_tol(), "layernorm dw");
+      require_match(db, accum_tol(), "layernorm db");
+    }
+  }
+}
+
+TEST_CASE("cuda rope matches the CPU forward and inverse", "[cuda][rope]") {
+  struct Case {
+    int64_t seqs, seq_len, heads, head_dim;
+  };
+  for (Case c : {Case{1, 1, 1, 2}, Case{1, 7, 3, 8}, Case{2, 19, 2, 40}, Case{1, 1024, 2, 64}, Case{3, 33, 12, 64},
+                 Case{1, 5, 1, 256}}) {
+    for (bool inverse : {false, true}) {
+      INFO("seqs " << c.seqs << " seq_len " << c.seq_len << " heads " << c.heads << " hd " << c.head_dim
+                   << " inverse " << inverse);
+      const uint64_t seed = seed_of(6, {c.seqs, c.seq_len, c.heads, c.head_dim, inverse});
+      Mirror x = random_mirror({c.seqs * c.seq_len, c.heads * c.head_dim}, DType::bf16, seed);
+      ops::rope(x.cpu, c.heads, c.seq_len, 10000.0f, inverse);
+      ops::rope(x.gpu, c.heads, c.seq_len, 10000.0f, inverse);
+      require_match(x, bf16_tol(), "rope");
+    }
+  }
+}
+
+TEST_CASE("cuda activations forward and backward match the CPU", "[cuda][activations]") {
+  for (ops::Activation act :
+       {ops::Activation::relu, ops::Activation::gelu, ops::Activation::geglu, ops::Activation::swiglu}) {
+    for (int64_t width : {1, 37, 64}) {
+      for (int64_t rows : k_rows) {
+        INFO(ops::activation_name(act) << " rows " << rows << " width " << width);
+        const uint64_t seed = seed_of(7, {static_cast<int64_t>(act), rows, width});
+        const int64_t in_width = ops::is_gated(act) ? 2 * width : width;
+        Mirror x = random_mirror({rows, in_width}, DType::bf16, seed, -3.0, 3.0);
+        Mirror y = poisoned_pair({rows, width}, DType::bf16);
+        ops::activation_forward(act, x.cpu, y.cpu);
+        ops::activation_forward(act, x.gpu, y.gpu);
+        require_match(y, bf16_tol(), "activation y");
+
+        Mirror dy = random_mirror({rows, width}, DType::bf16, seed + 1);
+        Mirror dx = poisoned_pair({rows, in_width}, DType::bf16);
+        ops::activation_backward(act, x.cpu, dy.cpu, dx.cpu);
+        ops::activation_backward(act, x.gpu, dy.gpu, dx.gpu);
+        require_match(dx, bf16_tol(), "activation dx");
+      }
+    }
+  }
+}
+
+TEST_CASE("cuda cross-entropy forward and backward match the CPU", "[cuda][cross_entropy]") {
+  struct Case {
+    int64_t rows, vocab;
+  };
+  for (Case c : {Case{1, 50304}, Case{7, 1001}, Case{19, 50304}, Case{989, 1000}, Case{3, 1}}) {
+    INFO("rows " << c.rows << " vocab " << c.vocab);
+    const uint64_t seed = seed_of(8, {c.rows, c.vocab});
+    Mirror logits = random_mirror({c.rows, c.vocab}, DType::bf16, seed, -8.0, 8.0);
+    std::vector<int32_t> targets = random_int_values(c.rows, c.vocab, seed + 1);
+    for (size_t i = 3; i < targets.size(); i += 4) targets[i] = -1;  // ignored rows
+    Mirror tgt = mirror_ids(targets, {c.rows});
+    Mirror loss = poisoned_pair({c.rows}, DType::f32);
+    Mirror lse = poisoned_pair({c.rows}, DType::f32);
+    ops::cross_entropy_forward(logits.cpu, tgt.cpu, loss.cpu, lse.cpu);
+    ops::cross_entropy_forward(logits.gpu, tgt.gpu, loss.gpu, lse.gpu);
+    require_match(loss, accum_tol(), "cross-entropy loss");
+    require_match(lse, accum_tol(), "cross-entropy lse");
+
+    Mirror saved_lse = mirror_of(lse.cpu, DType::f32);
+    Mirror dlogits = poisoned_pair({c.rows, c.vocab}, DType::bf16);
+    const float scale = 1.0f / static_cast<float>(c.rows);
+    ops::cross_entropy_backward(logits.cpu, tgt.cpu, saved_lse.cpu, scale, dlogits.cpu);
+    ops::cross_entropy_backward(logits.gpu, tgt.gpu, saved_lse.gpu, scale, dlogits.gpu);
+    // Softmax entries of a 50k vocabulary are tiny: compare relatively (bf16 rounding is 2^-9).
+    require_match(dlogits, {1e-9, 1e-2}, "cross-entropy dlogits");
+  }
+}
+
+}  // namespace
+}  // namespace moe::test

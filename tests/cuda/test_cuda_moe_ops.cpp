@@ -1,0 +1,166 @@
+// CUDA MoE ops vs the CPU reference: router softmax + top-k (ids exact, ties to the lower
+// index) and its backward, the stable expert sort (exact), and the weighted combine.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <numeric>
+
+#include "src/ops/ops.h"
+#include "tests/cuda/cuda_test_util.h"
+
+namespace moe::test {
+namespace {
+
+// Router logits with no near-ties: each row is a random permutation of well-separated levels
+// (spacing 0.05) plus jitter below 0.01, so the top-k order cannot depend on rounding.
+Mirror separated_logits(int64_t tokens, int64_t experts, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> jitter(0.0, 0.01);
+  std::vector<float> values(static_cast<size_t>(tokens * experts));
+  std::vector<int64_t> order(static_cast<size_t>(experts));
+  for (int64_t t = 0; t < tokens; ++t) {
+    std::iota(order.begin(), order.end(), int64_t{0});
+    std::shuffle(order.begin(), order.end(), rng);
+    for (int64_t e = 0; e < experts; ++e) {
+      values[static_cast<size_t>(t * experts + e)] =
+          static_cast<float>(-2.0 + 0.05 * static_cast<double>(order[static_cast<size_t>(e)]) + jitter(rng));
+    }
+  }
+  return mirror_values(values, {tokens, experts}, DType::f32);
+}
+
+struct RouterOut {
+  Mirror probs, ids, weights;
+};
+
+RouterOut route_both(const Mirror& logits, int64_t k, bool renormalize) {
+  const int64_t tokens = logits.cpu.size(0), experts = logits.cpu.size(1);
+  RouterOut r{poisoned_pair({tokens, experts}, DType::f32), poisoned_pair({tokens, k}, DType::i32),
+              poisoned_pair({tokens, k}, DType::f32)};
+  ops::softmax_topk_forward(logits.cpu, k, renormalize, r.probs.cpu, r.ids.cpu, r.weights.cpu);
+  ops::softmax_topk_forward(logits.gpu, k, renormalize, r.probs.gpu, r.ids.gpu, r.weights.gpu);
+  return r;
+}
+
+TEST_CASE("cuda router softmax top-k matches the CPU, ids exactly", "[cuda][router]") {
+  for (int64_t experts : {1, 8, 64, 200}) {
+    for (int64_t k : {int64_t{1}, int64_t{2}, int64_t{6}, experts}) {
+      if (k > experts) continue;
+      for (int64_t tokens : {1, 7, 19, 989}) {
+        for (bool renormalize : {false, true}) {
+          INFO("experts " << experts << " k " << k << " tokens " << tokens << " renormalize " << renormalize);
+          const uint64_t seed = seed_of(31, {experts, k, tokens, renormalize});
+          Mirror logits = separated_logits(tokens, experts, seed);
+          RouterOut r = route_both(logits, k, renormalize);
+          require_match(r.probs, {1e-6, 1e-4}, "router probs");
+          require_equal(r.ids.gpu, r.ids.cpu, "router ids");
+          require_match(r.weights, {1e-6, 1e-4}, "router weights");
+
+          Mirror dweights = random_mirror({tokens, k}, DType::f32, seed + 1);
+          Mirror expert_grad = random_mirror({experts}, DType::f32, seed + 2, -0.1, 0.1);
+          Mirror dlogits = poisoned_pair({tokens, experts}, DType::f32);
+          Mirror probs = mirror_of(r.probs.cpu, DType::f32), weights = mirror_of(r.weights.cpu, DType::f32);
+          ops::softmax_topk_backward(probs.cpu, r.ids.cpu, weights.cpu, dweights.cpu, expert_grad.cpu, renormalize,
+                                     dlogits.cpu);
+          ops::softmax_topk_backward(probs.gpu, r.ids.cpu.to(gpu()), weights.gpu, dweights.gpu, expert_grad.gpu,
+                                     renormalize, dlogits.gpu);
+          require_match(dlogits, {1e-6, 1e-3}, "router dlogits");
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("cuda router breaks exact ties toward the lower expert index", "[cuda][router]") {
+  // Integer logits in [0, 3]: many exactly equal probabilities per row, none nearly equal.
+  const int64_t tokens = 300, experts = 16, k = 4;
+  std::vector<int32_t> levels = random_int_values(tokens * experts, 4, 32);
+  std::vector<float> values(levels.begin(), levels.end());
+  Mirror logits = mirror_values(values, {tokens, experts}, DType::f32);
+  RouterOut r = route_both(logits, k, true);
+  require_equal(r.ids.gpu, r.ids.cpu, "router ids with ties");
+  auto ids = r.ids.gpu.to_vector<int32_t>();
+  for (int64_t t = 0; t < tokens; ++t) {  // the expected order, independently of the CPU
+    std::vector<int32_t> order(static_cast<size_t>(experts));
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int32_t a, int32_t b) { return values[t * experts + a] > values[t * experts + b]; });
+    for (int64_t s = 0; s < k; ++s) REQUIRE(ids[static_cast<size_t>(t * k + s)] == order[static_cast<size_t>(s)]);
+  }
+}
+
+TEST_CASE("cuda moe_sort_by_expert matches the CPU exactly", "[cuda][permute]") {
+  for (int64_t experts : {1, 4, 64, 300}) {
+    for (int64_t k : {1, 2, 6}) {
+      for (int64_t tokens : {1, 7, 19, 989, 3000}) {
+        INFO("experts " << experts << " k " << k << " tokens " << tokens);
+        Mirror ids = mirror_ids(random_int_values(tokens * k, experts, seed_of(33, {experts, k, tokens})),
+                                {tokens, k});
+        Mirror sorted = poisoned_pair({tokens * k}, DType::i32);
+        Mirror pos = poisoned_pair({tokens * k}, DType::i32);
+        auto counts_cpu = ops::moe_sort_by_expert(ids.cpu, experts, sorted.cpu, pos.cpu);
+        auto counts_gpu = ops::moe_sort_by_expert(ids.gpu, experts, sorted.gpu, pos.gpu);
+        REQUIRE(counts_gpu == counts_cpu);
+        require_equal(sorted.gpu, sorted.cpu, "sorted_tokens");
+        require_equal(pos.gpu, pos.cpu, "slot_pos");
+      }
+    }
+  }
+}
+
+TEST_CASE("cuda moe_sort_by_expert rejects expert ids out of range", "[cuda][permute]") {
+  Tensor ids = Tensor::from_vector(std::vector<int32_t>{0, 3, 1, 7}, {2, 2}, DType::i32, gpu());
+  Tensor sorted = Tensor::empty({4}, DType::i32, gpu()), pos = Tensor::empty({4}, DType::i32, gpu());
+  REQUIRE_THROWS_WITH(ops::moe_sort_by_expert(ids, 4, sorted, pos),
+                      Catch::Contains("expert id 7") && Catch::Contains("outside [0, 4)"));
+}
+
+TEST_CASE("cuda moe_combine forward and backward match the CPU", "[cuda][permute]") {
+  for (int64_t dim : {1, 37, 64}) {
+    for (int64_t k : {1, 2, 6}) {
+      for (int64_t tokens : {1, 7, 19, 989}) {
+        INFO("dim " << dim << " k " << k << " tokens " << tokens);
+        const uint64_t seed = seed_of(34, {dim, k, tokens});
+        const int64_t experts = 8;
+        Mirror ids = mirror_ids(random_int_values(tokens * k, experts, seed), {tokens, k});
+        Tensor sorted = poisoned_on({tokens * k}, DType::i32, Device::cpu());
+        Tensor slot_cpu = poisoned_on({tokens * k}, DType::i32, Device::cpu());
+        ops::moe_sort_by_expert(ids.cpu, experts, sorted, slot_cpu);
+        Mirror slot_pos{slot_cpu, slot_cpu.to(gpu())};
+        Mirror y = random_mirror({tokens * k, dim}, DType::bf16, seed + 1);
+        Mirror weights = random_mirror({tokens, k}, DType::f32, seed + 2, 0.0, 1.0);
+        Mirror out = poisoned_pair({tokens, dim}, DType::bf16);
+        ops::moe_combine_forward(y.cpu, slot_pos.cpu, weights.cpu, out.cpu);
+        ops::moe_combine_forward(y.gpu, slot_pos.gpu, weights.gpu, out.gpu);
+        require_match(out, bf16_tol(), "combine out");
+
+        Mirror dout = random_mirror({tokens, dim}, DType::bf16, seed + 3);
+        Mirror dy = poisoned_pair({tokens * k, dim}, DType::bf16);
+        Mirror dweights = poisoned_pair({tokens, k}, DType::f32);
+        ops::moe_combine_backward(y.cpu, slot_pos.cpu, weights.cpu, dout.cpu, dy.cpu, dweights.cpu);
+        ops::moe_combine_backward(y.gpu, slot_pos.gpu, weights.gpu, dout.gpu, dy.gpu, dweights.gpu);
+        require_match(dy, bf16_tol(), "combine dy_sorted");
+        require_match(dweights, accum_tol(), "combine dweights");
+      }
+    }
+  }
+}
+
+TEST_CASE("cuda dispatch then combine with weights 1/k returns the input", "[cuda][permute]") {
+  const int64_t tokens = 989, k = 2, experts = 16, dim = 64;
+  Tensor ids = Tensor::from_vector(random_int_values(tokens * k, experts, 35), {tokens, k}, DType::i32, gpu());
+  // Distinct experts per token are not required by the sort; the round trip holds regardless.
+  Tensor sorted = Tensor::empty({tokens * k}, DType::i32, gpu()), pos = Tensor::empty({tokens * k}, DType::i32, gpu());
+  ops::moe_sort_by_expert(ids, experts, sorted, pos);
+  Mirror x = random_mirror({tokens, dim}, DType::bf16, 36);
+  Tensor y_sorted = poisoned_on({tokens * k, dim}, DType::bf16, gpu());
+  ops::gather_rows(x.gpu, sorted, y_sorted);
+  Tensor half = Tensor::from_vector(std::vector<float>(static_cast<size_t>(tokens * k), 0.5f), {tokens, k},
+                                    DType::f32, gpu());
+  Tensor out = poisoned_on({tokens, dim}, DType::bf16, gpu());
+  ops::moe_combine_forward(y_sorted, pos, half, out);
+  require_close(out, x.cpu, 0, 0, "round trip");
+}
+
+}  // namespace
+}  // namespace moe::test

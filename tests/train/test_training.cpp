@@ -1,0 +1,177 @@
+// Training loop on the CPU: loss goes down, save/resume continues bit-identically, and bad
+// input (NaN loss, vocabulary too small, missing or short data, corrupt checkpoints) fails
+// with a message that names the problem.
+#include <catch2/catch.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <limits>
+
+#include <nlohmann/json.hpp>
+
+#include "parallel/communicator.h"
+#include "src/ops/ops.h"
+#include "src/train/checkpoint.h"
+#include "src/train/trainer.h"
+#include "tests/test_util.h"
+#include "tests/train/train_test_util.h"
+
+using namespace moe;
+using Catch::Matchers::Contains;
+
+namespace {
+
+std::vector<nlohmann::json> read_metrics(const std::string& path) {
+  std::vector<nlohmann::json> out;
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line)) out.push_back(nlohmann::json::parse(line));
+  return out;
+}
+
+std::vector<double> step_losses(const std::vector<nlohmann::json>& metrics) {
+  std::vector<double> out;
+  for (const auto& m : metrics) {
+    if (m.contains("loss")) out.push_back(m["loss"].get<double>());
+  }
+  return out;
+}
+
+std::vector<float> all_master_values(Model& model) {
+  std::vector<float> out;
+  for (int g = 0; g < k_num_param_groups; ++g) {
+    auto v = model.params().flat_master(static_cast<ParamGroup>(g)).to_vector<float>();
+    out.insert(out.end(), v.begin(), v.end());
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("training lowers the loss and writes metrics, evaluations and a checkpoint", "[train]") {
+  test::TempDir dir("moe-train-basic");
+  Config c = test::tiny_train_config(dir);
+  c.train.steps = 30;
+  c.train.eval_every = 10;
+  auto world = make_world_communicator(Device::cpu());
+  Trainer trainer(c, 0, *world);
+  trainer.train();
+  auto metrics = read_metrics(c.train.run_dir + "/metrics.jsonl");
+  auto losses = step_losses(metrics);
+  REQUIRE(losses.size() == 30);
+  REQUIRE(losses.back() < losses.front() - 0.5);
+  int evals = 0;
+  for (const auto& m : metrics) {
+    if (m.contains("val_loss")) ++evals;
+    if (m.contains("loss")) {
+      REQUIRE(m.contains("lr"));
+      REQUIRE(m.contains("tokens_per_s"));
+      REQUIRE(m["moe"].size() == 1);  // one MoE layer, with its expert load
+      REQUIRE(m["moe"][0]["tokens_per_expert"].size() == 4);
+    }
+  }
+  REQUIRE(evals == 3);
+  REQUIRE(std::filesystem::exists(c.train.run_dir + "/checkpoints/step_30/model.safetensors"));
+  REQUIRE(resolve_checkpoint(c.train.run_dir, "latest") == c.train.run_dir + "/checkpoints/step_30");
+}
+
+TEST_CASE("a resumed run continues bit-identically", "[train][checkpoint]") {
+  test::TempDir dir("moe-train-resume");
+  Config c = test::tiny_train_config(dir);
+  c.train.grad_accum = 2;
+  c.train.save_every = 3;
+  auto world = make_world_communicator(Device::cpu());
+  std::vector<double> full_losses;
+  std::vector<float> full_params;
+  {
+    Trainer trainer(c, 0, *world);
+    trainer.train();
+    full_losses = step_losses(read_metrics(c.train.run_dir + "/metrics.jsonl"));
+    full_params = all_master_values(trainer.model());
+  }
+  REQUIRE(full_losses.size() == 6);
+
+  Config resumed = c;
+  resumed.train.run_dir = dir.str("run2");
+  resumed.train.resume = c.train.run_dir + "/checkpoints/step_3";
+  Trainer trainer(resumed, 0, *world);
+  trainer.train();
+  auto losses = step_losses(read_metrics(resumed.train.run_dir + "/metrics.jsonl"));
+  REQUIRE(losses.size() == 3);
+  for (size_t i = 0; i < 3; ++i) REQUIRE(losses[i] == full_losses[i + 3]);  // exact, not approximate
+  REQUIRE(all_master_values(trainer.model()) == full_params);
+}
+
+TEST_CASE("a NaN loss stops training with a message naming the step", "[train][errors]") {
+  test::TempDir dir("moe-train-nan");
+  Config c = test::tiny_train_config(dir);
+  auto world = make_world_communicator(Device::cpu());
+  Trainer trainer(c, 0, *world);
+  ParamStore& params = trainer.model().params();
+  Tensor w = params.master(params.find("layers.0.attn.wq"));
+  w.data_as<float>()[0] = std::numeric_limits<float>::quiet_NaN();
+  REQUIRE_THROWS_WITH(trainer.train(), Contains("loss is nan at step 1"));
+}
+
+TEST_CASE("data with ids beyond the model vocabulary is rejected", "[train][errors]") {
+  test::TempDir dir("moe-train-vocab");
+  Config c = test::tiny_train_config(dir, 32);
+  c.model.vocab_size = 16;  // the shard holds ids up to 31: a tokenizer larger than the model
+  auto world = make_world_communicator(Device::cpu());
+  Trainer trainer(c, 0, *world);
+  REQUIRE_THROWS_WITH(trainer.train(), Contains("outside the model vocabulary (model.vocab_size = 16)"));
+}
+
+TEST_CASE("a missing data file is named", "[train][errors]") {
+  test::TempDir dir("moe-train-missing");
+  Config c = test::tiny_train_config(dir);
+  c.data.train_path = dir.str("nope.tok");
+  auto world = make_world_communicator(Device::cpu());
+  REQUIRE_THROWS_WITH(Trainer(c, 0, *world), Contains("nope.tok"));
+}
+
+TEST_CASE("data shorter than one sequence is rejected", "[train][errors]") {
+  test::TempDir dir("moe-train-short");
+  Config c = test::tiny_train_config(dir);
+  test::write_pattern_shard(dir.str("short.tok"), 5, 32, 3);
+  c.data.train_path = dir.str("short.tok");
+  auto world = make_world_communicator(Device::cpu());
+  REQUIRE_THROWS_WITH(Trainer(c, 0, *world), Contains("short.tok"));
+}
+
+TEST_CASE("truncated and corrupt checkpoints are rejected with a clear message", "[train][checkpoint][errors]") {
+  test::TempDir dir("moe-train-corrupt");
+  Config c = test::tiny_train_config(dir);
+  c.train.steps = 1;
+  auto world = make_world_communicator(Device::cpu());
+  {
+    Trainer trainer(c, 0, *world);
+    trainer.train();
+  }
+  std::string ckpt = c.train.run_dir + "/checkpoints/step_1";
+  std::string weights = ckpt + "/model.safetensors";
+  auto size = std::filesystem::file_size(weights);
+
+  SECTION("truncated") {
+    std::filesystem::resize_file(weights, size / 2);
+    Trainer trainer(c, 0, *world);
+    REQUIRE_THROWS_WITH(trainer.load_checkpoint(ckpt, true), Contains("checkpoint truncated"));
+  }
+  SECTION("corrupt header") {
+    std::fstream f(weights, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(8);
+    f.write("#####", 5);
+    f.close();
+    Trainer trainer(c, 0, *world);
+    REQUIRE_THROWS_WITH(trainer.load_checkpoint(ckpt, true), Contains("corrupt checkpoint"));
+  }
+  SECTION("another model's checkpoint") {
+    Config other = c;
+    other.model.d_model = 32;
+    Trainer trainer(other, 0, *world);
+    REQUIRE_THROWS_WITH(trainer.load_checkpoint(ckpt, true), Contains("but the model expects"));
+  }
+  SECTION("latest without checkpoints") {
+    REQUIRE_THROWS_WITH(resolve_checkpoint(dir.str("empty-run"), "latest"), Contains("does not exist"));
+  }
+}
