@@ -58,14 +58,18 @@ void abort_job(const std::string& message) {
   // Several threads may fail at once; the first one reports, the others wait for the abort.
   static std::atomic<bool> reported{false};
   bool usable = mpi_usable();
-  int rank = 0;
-  if (usable) MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  int rank = 0, size = 1;
+  if (usable) {
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+  }
   if (!reported.exchange(true)) {
     std::fprintf(stderr, "[rank %d] error: %s\n", rank, message.c_str());
     std::fflush(stderr);
   }
-  if (usable) MPI_Abort(MPI_COMM_WORLD, 1);
-  std::_Exit(1);  // no MPI, or MPI_Abort returned: never unwind into static destructors
+  // One rank has no peers to stop: exit with the one line, without MPI_Abort's banner.
+  if (usable && size > 1) MPI_Abort(MPI_COMM_WORLD, 1);
+  std::_Exit(1);  // never unwind into static destructors that might touch MPI
 }
 
 }  // namespace moe

@@ -34,7 +34,8 @@ class MpiEnv {
 };
 
 // Prints "[rank R] error: <message>" once to stderr and ends every rank of the job with exit
-// code 1 (MPI_Abort). Without MPI (not yet initialized, or finalized) it exits this process.
+// code 1 (MPI_Abort). With one rank, or without MPI (not yet initialized, or finalized), it
+// exits this process with code 1.
 // `main` calls this from its catch block; the ranks blocked in collectives die with it.
 [[noreturn]] void abort_job(const std::string& message);
 

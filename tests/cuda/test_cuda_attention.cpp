@@ -2,6 +2,8 @@
 // over awkward sequence lengths and head dims, plus the GPT-2-small training shape.
 #include <catch2/catch.hpp>
 
+#include <cuda_runtime.h>
+
 #include "src/ops/ops.h"
 #include "tests/cuda/cuda_test_util.h"
 
@@ -67,11 +69,23 @@ TEST_CASE("cuda attention at GPT-2-small training shape matches the CPU on the l
   Mirror dout = random_mirror({tokens, width}, DType::bf16, seed + 3);
   Tensor out = poisoned_on({tokens, width}, DType::bf16, gpu());
   Tensor lse = poisoned_on({c.batch, c.heads, c.seq_len}, DType::f32, gpu());
-  ops::attention_forward(q.gpu, k.gpu, v.gpu, out, lse, shape);
   Tensor dq = poisoned_on({tokens, width}, DType::bf16, gpu());
   Tensor dk = poisoned_on({tokens, width}, DType::bf16, gpu());
   Tensor dv = poisoned_on({tokens, width}, DType::bf16, gpu());
+  // Extra device memory beyond inputs and outputs (stream-ordered pool high-water mark): no
+  // [S, S] score matrix may appear (12 heads x 1024^2 floats per sequence would be 48 MiB).
+  cuda_synchronize();
+  cudaMemPool_t pool;
+  REQUIRE(cudaDeviceGetDefaultMemPool(&pool, 0) == cudaSuccess);
+  uint64_t used_before = 0, high = 0;
+  REQUIRE(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemCurrent, &used_before) == cudaSuccess);
+  REQUIRE(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &high) == cudaSuccess);  // reset
+  ops::attention_forward(q.gpu, k.gpu, v.gpu, out, lse, shape);
   ops::attention_backward(q.gpu, k.gpu, v.gpu, out, lse, dout.gpu, dq, dk, dv, shape);
+  cuda_synchronize();
+  REQUIRE(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &high) == cudaSuccess);
+  const uint64_t extra = high > used_before ? high - used_before : 0;
+  CHECK(extra <= (uint64_t{8} << 20));
 
   const int64_t first = (c.batch - 1) * c.seq_len;
   auto last = [&](const Tensor& t) { return t.rows(first, tokens); };

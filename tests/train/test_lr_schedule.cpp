@@ -6,7 +6,6 @@
 #include "src/train/lr_schedule.h"
 
 using namespace moe;
-using Catch::Approx;
 
 TEST_CASE("every schedule warms up linearly", "[train][schedule]") {
   OptimConfig o;

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The GPU-host session: build, the cuda-labelled tests, then the benchmarks recorded in
+# experiments/perf/README.md. Run from the repo root on the H200 host with .devdeps carried.
+# Usage: experiments/perf/run_h200.sh OUT_DIR [tests|bench|all]
+set -uo pipefail
+out=${1:?out dir}
+what=${2:-all}
+D=$PWD/.devdeps/usr
+export LD_LIBRARY_PATH=$D/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+if [[ ! -x build/moe ]]; then
+  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$D" > "$out/configure.log" 2>&1 \
+    || { tail -30 "$out/configure.log"; exit 1; }
+  cmake --build build -j "$(nproc)" > "$out/build.log" 2>&1 || { grep -E "error|FAILED" -A5 "$out/build.log" | head -60; exit 1; }
+fi
+if [[ $what == tests || $what == all ]]; then
+  ctest --test-dir build -L cuda --output-on-failure --timeout 300 > "$out/ctest_cuda.log" 2>&1
+  tail -25 "$out/ctest_cuda.log"
+fi
+if [[ $what == bench || $what == all ]]; then
+  for cfg in gpt2_small_dense gpt2_small_moe64; do
+    build/moe bench train experiments/perf/$cfg.toml --warmup 3 --steps 10 2>&1 | tee "$out/bench_$cfg.json"
+  done
+fi
