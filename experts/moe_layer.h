@@ -1,55 +1,74 @@
-// The MoE feed-forward layer: router -> dispatch (sort by expert) -> experts -> combine,
-// plus the Switch load-balancing loss and the per-expert load for the metrics.
+// The MoE feed-forward layer: router -> capacity (optional dropping) -> dispatch (sort by
+// expert) -> experts -> combine, plus shared experts, the balancing losses and the per-layer
+// routing statistics for the metrics.
 #pragma once
 
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "experts/expert_group.h"
+#include "experts/shared_experts.h"
 #include "parallel/local_dispatcher.h"
+#include "routing/balancing.h"
 #include "routing/router.h"
 
 namespace moe {
 
 struct MoeLayerConfig {
-  int64_t d_model = 0, num_experts = 0, top_k = 1, d_expert = 0;
-  bool renormalize = true;
+  int64_t d_model = 0, num_experts = 0, d_expert = 0;
   ops::Activation activation = ops::Activation::swiglu;
-  double aux_loss_coef = 0.0;
+  double capacity_factor = 0;  // token choice only; 0 = dropless
+  ops::DropOrder drop_order = ops::DropOrder::by_probability;
+  int64_t num_shared = 0, d_shared = 0;
+  bool shared_gate = false;
+  BalancingConfig balancing;
   double init_std = 0.02, out_init_std = 0.02;
 };
 
 // What one forward of one MoE layer reports.
 struct MoeLayerStats {
-  std::vector<int64_t> tokens_per_expert;  // routed slots per expert
-  double aux_loss = 0;                     // alpha * E * sum f_i P_i (already scaled by alpha)
+  std::vector<int64_t> tokens_per_expert;  // routed (kept) slots per expert
+  int64_t slots = 0, dropped = 0;          // routed slots before capacity, and those dropped
+  std::map<std::string, double> balance;   // each enabled balancing term (coefficients applied)
+  double aux_loss = 0;                     // their sum
+  double entropy = 0;                      // mean router entropy (when stats were collected)
 };
 
 struct MoeLayerSaved {
   RouterSaved router;
+  Tensor ids, weights;  // after capacity dropping (what dispatch and combine used)
   DispatchSaved dispatch;
   ExpertGroupSaved experts;
+  SharedExpertsSaved shared;
   Tensor y_sorted;
-  Tensor aux_expert_grad;  // d aux / d probs per expert
+  RouterGrads balance_grads;  // gradients of the balancing losses (unscaled)
   MoeLayerStats stats;
 };
 
 class MoeLayer {
  public:
-  MoeLayer(ParamStore& store, const std::string& prefix, const MoeLayerConfig& config);
-  // x[T,d] -> y[T,d]; stats in saved.stats
-  Tensor forward(const Tensor& x, const RouteInputs& inputs, MoeLayerSaved& saved) const;
-  // dy[T,d] -> dx[T,d]. aux_scale multiplies the auxiliary loss's gradient (the same factor
-  // the trainer applies to the language-model loss of this micro-batch).
+  MoeLayer(ParamStore& store, const std::string& prefix, const MoeLayerConfig& config, std::unique_ptr<Router> router);
+  // x[T,d] -> y[T,d]; statistics in saved.stats (entropy only when collect_stats)
+  Tensor forward(const Tensor& x, const RouteInputs& inputs, MoeLayerSaved& saved, bool collect_stats = false) const;
+  // dy[T,d] -> dx[T,d]. aux_scale multiplies the balancing losses' gradients (the factor the
+  // trainer applies to this micro-batch's share of the loss).
   Tensor backward(const MoeLayerSaved& saved, const Tensor& dy, float aux_scale) const;
+
   const MoeLayerConfig& config() const { return config_; }
+  const Router& router() const { return *router_; }
 
  private:
+  void compute_balancing_terms(const Routing& routing, const RouterSaved& router_saved, const RouteInputs& inputs,
+                               MoeLayerSaved& saved, bool collect_stats) const;
+
   MoeLayerConfig config_;
   std::unique_ptr<Router> router_;
   LocalDispatcher dispatcher_;
   ExpertGroup experts_;
+  std::unique_ptr<SharedExperts> shared_;
 };
 
 }  // namespace moe

@@ -12,7 +12,10 @@ Tensor LocalDispatcher::dispatch(const Tensor& x, const Tensor& ids, DispatchSav
   saved.sorted_tokens = Tensor::empty({slots}, DType::i32, x.device());
   saved.slot_pos = Tensor::empty({slots}, DType::i32, x.device());
   saved.counts = ops::moe_sort_by_expert(ids, num_experts_, saved.sorted_tokens, saved.slot_pos);
-  Tensor x_sorted = Tensor::empty({slots, x.size(1)}, x.dtype(), x.device());
+  int64_t rows = 0;
+  for (int64_t c : saved.counts) rows += c;  // slots with id -1 (dropped) get no row
+  saved.sorted_tokens = saved.sorted_tokens.rows(0, rows);
+  Tensor x_sorted = Tensor::empty({rows, x.size(1)}, x.dtype(), x.device());
   ops::gather_rows(x, saved.sorted_tokens, x_sorted);
   return x_sorted;
 }

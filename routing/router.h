@@ -1,7 +1,9 @@
-// The router phase of an MoE layer: x[T,d] -> per-token expert ids and weights plus the
-// auxiliary terms; backward takes d(weights) and the balancing-loss gradients.
+// The router phase of an MoE layer: x[T,d] -> per-token expert slots (ids and weights) plus
+// what the balancing losses read; backward takes the gradients on the weights, scores and
+// logits and returns the router's contribution to dx.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -11,32 +13,47 @@ namespace moe {
 
 // What a router may read besides the hidden states (hash routers read token ids).
 struct RouteInputs {
-  const Tensor* token_ids = nullptr;  // i32[T]
+  const std::vector<int32_t>* tokens = nullptr;   // host copy of the input ids [T]
+  const std::vector<int32_t>* targets = nullptr;  // host copy of the next-token ids [T] (oracle only)
   int64_t seq_len = 0;
   bool training = true;
+  uint64_t noise_seed = 0;  // distinct per (step, micro-batch, layer): noisy gating draws
 };
 
 struct Routing {
-  Tensor ids;      // i32[T,k]
-  Tensor weights;  // accum[T,k]
-  Tensor probs;    // accum[T,E], the router's probabilities (for balancing losses and metrics)
+  Tensor ids;      // i32[T,k]: slot s of token t goes to expert ids[t,s]; -1 = no expert
+  Tensor weights;  // accum[T,k]: combine weights (0 where ids = -1)
+  Tensor scores;   // accum[T,E]: softmax/sigmoid scores (undefined for hash routers)
+  Tensor logits;   // accum[T,E]: the logits the scores come from (z-loss); undefined for hash
 };
 
+// What backward needs; each router fills the fields it uses.
 struct RouterSaved {
-  Tensor x, probs, logits;
+  Tensor x;
   Routing routing;
+  Tensor raw_noise, normal, clean;  // noisy gating: h = clean + normal * softplus(raw_noise)
+  Tensor top1_ids, top1_weights;    // expert choice: the selection of the scoring softmax call
+};
+
+// Gradients of the loss on the router's outputs (any may be undefined = zero).
+struct RouterGrads {
+  Tensor dweights;   // [T,k]
+  Tensor dscores;    // [T,E]
+  Tensor dlogits;    // [T,E] (z-loss)
+  Tensor dclean;     // [T,E] (the noisy gate's load loss, on the noise-free logits)
+  Tensor draw_noise; // [T,E] (the noisy gate's load loss, on the noise projection)
 };
 
 class Router {
  public:
   virtual ~Router() = default;
   virtual int64_t num_experts() const = 0;
-  virtual int64_t top_k() const = 0;
+  // Slots per token in Routing::ids (k; E for expert choice).
+  virtual int64_t slots_per_token() const = 0;
+  virtual std::string name() const = 0;
   virtual Routing route(const Tensor& x, const RouteInputs& inputs, RouterSaved& saved) const = 0;
-  // dweights[T,k], expert_grad[E] (d loss / d probs, the same for every token) -> adds the
-  // router's input gradient into dx[T,d] and accumulates its parameter gradients.
-  virtual void backward(const RouterSaved& saved, const Tensor& dweights, const Tensor& expert_grad,
-                        Tensor& dx) const = 0;
+  // Adds the router's input gradient into dx[T,d] and accumulates its parameter gradients.
+  virtual void backward(const RouterSaved& saved, const RouterGrads& grads, Tensor& dx) const = 0;
 };
 
 }  // namespace moe

@@ -1,5 +1,6 @@
-// CPU reference token permutation for dropless MoE: sort (token, slot) pairs by expert, and
-// combine expert outputs back per token with the gate weights (forward and backward).
+// CPU reference token permutation for MoE: sort (token, slot) pairs by expert, and combine
+// expert outputs back per token with the gate weights (forward and backward). Slots with
+// expert id -1 (dropped by capacity, or not chosen) take no row and contribute nothing.
 #pragma once
 
 #include <cstdint>
@@ -7,20 +8,23 @@
 namespace moe::cpu {
 
 // ids i32[T,k] -> sorted_tokens i32[T*k] (token of each row, rows grouped by expert, stable:
-// by expert, then token, then slot), slot_pos i32[T*k] (row of slot t*k+s), counts[E]
-// (tokens per expert). An id outside [0, E) is an error.
+// by expert, then token, then slot; rows past sum(counts) are -1), slot_pos i32[T*k] (row of
+// slot t*k+s, -1 for a slot with id -1), counts[E] (rows per expert). An id outside [-1, E) is
+// an error.
 void moe_sort_by_expert(const int32_t* ids, int64_t num_tokens, int64_t k, int64_t num_experts, int32_t* sorted_tokens,
                         int32_t* slot_pos, int64_t* counts);
 
-// y_sorted[T*k,d], slot_pos i32[T*k], weights[T,k] -> out[T,d] = sum_s w[t,s] y_sorted[slot_pos[t*k+s]]
+// y_sorted[N,d], slot_pos i32[T*k] (a row in [0, N), or -1), weights[T,k]
+// -> out[T,d] = sum over slots with a row of w[t,s] y_sorted[slot_pos[t*k+s]]
 template <typename T>
 void moe_combine_forward(const T* y_sorted, const int32_t* slot_pos, const T* weights, T* out, int64_t num_tokens,
-                         int64_t k, int64_t dim);
+                         int64_t k, int64_t dim, int64_t num_rows);
 
-// y_sorted, slot_pos, weights, dout[T,d] -> dy_sorted[T*k,d] = w[t,s] dout[t] at row slot_pos[t*k+s]
-// (written; rows no slot points at are zero), dweights[T,k] = dout[t] . y_sorted[slot_pos] (written)
+// y_sorted, slot_pos, weights, dout[T,d] -> dy_sorted[N,d] = w[t,s] dout[t] at row slot_pos[t*k+s]
+// (written; rows no slot points at are zero), dweights[T,k] = dout[t] . y_sorted[slot_pos]
+// (written; 0 for a slot without a row)
 template <typename T>
 void moe_combine_backward(const T* y_sorted, const int32_t* slot_pos, const T* weights, const T* dout, T* dy_sorted,
-                          T* dweights, int64_t num_tokens, int64_t k, int64_t dim);
+                          T* dweights, int64_t num_tokens, int64_t k, int64_t dim, int64_t num_rows);
 
 }  // namespace moe::cpu

@@ -1,5 +1,7 @@
 // Expert sort by counting: per-chunk histograms, one scan block turning them into per-chunk
 // offsets, then a stable in-order placement (warp match + rank); combine forward/backward.
+// Dropped slots (id -1) are skipped everywhere; unused rows of dy_sorted are zeroed by a
+// second pass over per-row "used" flags, so any slot_pos layout (prefix or padded) works.
 #include "kernels/cuda/permute.h"
 
 #include <algorithm>
@@ -17,7 +19,8 @@ constexpr int k_chunk = 1024;         // slots per chunk (one count block, one p
 constexpr int k_count_threads = 256;
 constexpr int k_scan_threads = 1024;
 
-// ids[n] for n in chunk b -> chunk_counts[b, e]; a bad id is recorded in *bad as (1 << 32) | id.
+// ids[n] for n in chunk b -> chunk_counts[b, e]; -1 is skipped, a bad id is recorded in *bad
+// as (1 << 32) | id.
 __global__ void count_kernel(const int32_t* ids, int64_t num_slots, int num_experts, int32_t* chunk_counts,
                              unsigned long long* bad) {
   extern __shared__ int32_t hist[];
@@ -29,7 +32,7 @@ __global__ void count_kernel(const int32_t* ids, int64_t num_slots, int num_expe
     const int32_t e = ids[n];
     if (e >= 0 && e < num_experts) {
       atomicAdd(&hist[e], 1);
-    } else {
+    } else if (e != -1) {
       *bad = (1ull << 32) | static_cast<uint32_t>(e);  // any one offender will do
     }
   }
@@ -85,7 +88,7 @@ __global__ void place_kernel(const int32_t* ids, int64_t num_slots, int k, int n
   for (int64_t base = begin; base < end; base += k_warp) {
     const int64_t n = base + lane;
     int32_t e = n < end ? ids[n] : -1;
-    if (e >= num_experts) e = -1;  // reported by count_kernel; never placed
+    if (e < 0 || e >= num_experts) e = -1;  // dropped, past the end, or bad (reported by count_kernel)
     const unsigned same = __match_any_sync(k_full_mask, e);
     int32_t next = 0;
     if (e >= 0) {
@@ -93,6 +96,8 @@ __global__ void place_kernel(const int32_t* ids, int64_t num_slots, int k, int n
       sorted_tokens[pos] = static_cast<int32_t>(n / k);
       slot_pos[n] = pos;
       next = cursor[e] + __popc(same);
+    } else if (n < end) {
+      slot_pos[n] = -1;
     }
     __syncwarp();
     if (e >= 0 && lane == __ffs(same) - 1) cursor[e] = next;
@@ -100,7 +105,7 @@ __global__ void place_kernel(const int32_t* ids, int64_t num_slots, int k, int n
   }
 }
 
-// out[t, c..c+N) = sum_s w[t,s] * y_sorted[slot_pos[t*k+s], c..c+N)
+// out[t, c..c+N) = sum_s w[t,s] * y_sorted[slot_pos[t*k+s], c..c+N) over slots with a row
 template <int N>
 __global__ void combine_forward_kernel(const bf16* y_sorted, const int32_t* slot_pos, const float* weights, bf16* out,
                                        int64_t tokens, int k, int64_t dim) {
@@ -112,6 +117,7 @@ __global__ void combine_forward_kernel(const bf16* y_sorted, const int32_t* slot
     float acc[N] = {};
     for (int s = 0; s < k; ++s) {
       const int64_t row = slot_pos[t * k + s];
+      if (row < 0) continue;
       const float w = weights[t * k + s];
       float v[N];
       load_n<N>(y_sorted + row * dim + c, v);
@@ -122,15 +128,21 @@ __global__ void combine_forward_kernel(const bf16* y_sorted, const int32_t* slot
   }
 }
 
-// Warp per slot n = t*k + s: dy_sorted[slot_pos[n]] = w * dout[t]; dweights[n] = <dout[t], y>
+// Warp per slot n = t*k + s: dy_sorted[slot_pos[n]] = w * dout[t]; dweights[n] = <dout[t], y>;
+// used[row] = 1 for the rows written. A slot without a row (slot_pos -1) gets dweights 0.
 template <int N>
 __global__ void combine_backward_kernel(const bf16* y_sorted, const int32_t* slot_pos, const float* weights,
-                                        const bf16* dout, bf16* dy_sorted, float* dweights, int64_t num_slots, int k,
-                                        int64_t dim) {
+                                        const bf16* dout, bf16* dy_sorted, float* dweights, uint8_t* used,
+                                        int64_t num_slots, int k, int64_t dim) {
   const int lane = threadIdx.x % k_warp;
   const int64_t n = static_cast<int64_t>(blockIdx.x) * (blockDim.x / k_warp) + threadIdx.x / k_warp;
   if (n >= num_slots) return;
   const int64_t t = n / k, row = slot_pos[n];
+  if (row < 0) {  // warp-uniform
+    if (lane == 0) dweights[n] = 0.0f;
+    return;
+  }
+  if (lane == 0) used[row] = 1;
   const float w = weights[n];
   float dot = 0;
   for (int64_t c = static_cast<int64_t>(lane) * N; c < dim; c += k_warp * N) {
@@ -146,6 +158,18 @@ __global__ void combine_backward_kernel(const bf16* y_sorted, const int32_t* slo
   }
   dot = warp_sum(dot);
   if (lane == 0) dweights[n] = dot;
+}
+
+// dy_sorted[N, dim]: rows with used[row] = 0 set to zero (the rows no slot wrote)
+template <int N>
+__global__ void zero_unused_rows_kernel(bf16* dy_sorted, const uint8_t* used, int64_t num_rows, int64_t dim) {
+  const int64_t per_row = dim / N, total = num_rows * per_row;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const float zeros[N] = {};
+  for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < total; g += stride) {
+    const int64_t row = g / per_row;
+    if (!used[row]) store_n<N>(dy_sorted + row * dim + (g - row * per_row) * N, zeros);
+  }
 }
 
 }  // namespace
@@ -184,7 +208,15 @@ void moe_sort_by_expert(const int32_t* ids, int64_t tokens, int64_t k, int64_t n
   const unsigned long long flag = static_cast<unsigned long long>(host[static_cast<size_t>(E)]);
   MOE_CHECK(flag == 0, "moe_sort_by_expert: expert id ", static_cast<int32_t>(flag & 0xffffffffull),
             " outside [0, ", num_experts, ")");
-  for (int e = 0; e < E; ++e) host_counts[e] = host[static_cast<size_t>(e)];
+  int64_t used = 0;
+  for (int e = 0; e < E; ++e) {
+    host_counts[e] = host[static_cast<size_t>(e)];
+    used += host_counts[e];
+  }
+  if (used < num_slots) {  // rows past the used ones: -1 (stream-ordered, after the placement)
+    CUDA_CHECK(cudaMemsetAsync(sorted_tokens + used, 0xff, static_cast<size_t>(num_slots - used) * sizeof(int32_t),
+                               stream));
+  }
 }
 
 void moe_combine_forward(const bf16* y_sorted, const int32_t* slot_pos, const float* weights, bf16* out,
@@ -203,21 +235,39 @@ void moe_combine_forward(const bf16* y_sorted, const int32_t* slot_pos, const fl
 }
 
 void moe_combine_backward(const bf16* y_sorted, const int32_t* slot_pos, const float* weights, const bf16* dout,
-                          bf16* dy_sorted, float* dweights, int64_t tokens, int64_t k, int64_t dim,
+                          bf16* dy_sorted, float* dweights, int64_t tokens, int64_t k, int64_t dim, int64_t num_rows,
                           cudaStream_t stream) {
-  MOE_CHECK(tokens >= 0 && k >= 1 && dim >= 0 && k <= INT_MAX, "moe_combine_backward: bad shape");
+  MOE_CHECK(tokens >= 0 && k >= 1 && dim >= 0 && num_rows >= 0 && k <= INT_MAX, "moe_combine_backward: bad shape");
   const int64_t num_slots = tokens * k;
-  if (num_slots == 0) return;
-  constexpr int warps = 8;
-  const unsigned blocks = static_cast<unsigned>(ceil_div(num_slots, warps));
-  if (dim % 8 == 0 && aligned_to(y_sorted, 16) && aligned_to(dout, 16) && aligned_to(dy_sorted, 16)) {
-    combine_backward_kernel<8><<<blocks, warps * k_warp, 0, stream>>>(y_sorted, slot_pos, weights, dout, dy_sorted,
-                                                                      dweights, num_slots, static_cast<int>(k), dim);
-  } else {
-    combine_backward_kernel<1><<<blocks, warps * k_warp, 0, stream>>>(y_sorted, slot_pos, weights, dout, dy_sorted,
-                                                                      dweights, num_slots, static_cast<int>(k), dim);
+  if (num_rows == 0 && num_slots == 0) return;
+  Scratch used(static_cast<size_t>(num_rows), stream);
+  if (num_rows > 0) CUDA_CHECK(cudaMemsetAsync(used.as<uint8_t>(), 0, static_cast<size_t>(num_rows), stream));
+  const bool vec = dim % 8 == 0 && aligned_to(y_sorted, 16) && aligned_to(dout, 16) && aligned_to(dy_sorted, 16);
+  if (num_slots > 0) {
+    constexpr int warps = 8;
+    const unsigned blocks = static_cast<unsigned>(ceil_div(num_slots, warps));
+    if (vec) {
+      combine_backward_kernel<8><<<blocks, warps * k_warp, 0, stream>>>(
+          y_sorted, slot_pos, weights, dout, dy_sorted, dweights, used.as<uint8_t>(), num_slots, static_cast<int>(k),
+          dim);
+    } else {
+      combine_backward_kernel<1><<<blocks, warps * k_warp, 0, stream>>>(
+          y_sorted, slot_pos, weights, dout, dy_sorted, dweights, used.as<uint8_t>(), num_slots, static_cast<int>(k),
+          dim);
+    }
+    CUDA_CHECK_LAUNCH();
   }
-  CUDA_CHECK_LAUNCH();
+  if (num_rows > 0 && dim > 0) {
+    constexpr int threads = 256;
+    if (vec) {
+      zero_unused_rows_kernel<8><<<grid_for(num_rows * dim / 8, threads), threads, 0, stream>>>(
+          dy_sorted, used.as<uint8_t>(), num_rows, dim);
+    } else {
+      zero_unused_rows_kernel<1><<<grid_for(num_rows * dim, threads), threads, 0, stream>>>(
+          dy_sorted, used.as<uint8_t>(), num_rows, dim);
+    }
+    CUDA_CHECK_LAUNCH();
+  }
 }
 
 }  // namespace moe::cuda

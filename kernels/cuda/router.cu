@@ -1,5 +1,6 @@
-// Router kernels: a warp per token with the token's E probabilities in shared memory; top-k by
-// k rounds of warp argmax (value, then lower index), each round masking its winner.
+// Router kernels: a warp per token with the token's selection keys in shared memory. Groups
+// are ranked by counting (rank = groups with a larger max, or an equal max and a lower index),
+// then the top-k are k rounds of warp argmax (value, then lower index) masking each winner.
 #include "kernels/cuda/router.h"
 
 #include <climits>
@@ -12,6 +13,12 @@ namespace {
 
 constexpr int k_max_warps = 4;
 constexpr int64_t k_max_smem = 48 * 1024;
+
+// Kernel-side copy of the options (32-bit sizes; the launcher checks they fit).
+struct Options {
+  int tokens_per_block, num_experts, k, num_groups, top_groups;
+  bool sigmoid, renormalize, softmax_after_topk;
+};
 
 // (value, index) argmax across the warp: larger value wins, equal values go to the lower index.
 __device__ __forceinline__ void warp_argmax(float& v, int& i) {
@@ -26,128 +33,195 @@ __device__ __forceinline__ void warp_argmax(float& v, int& i) {
   }
 }
 
-// logits[T,E] -> probs[T,E], ids[T,k], weights[T,k]; warp per token, p = smem[warp*E ...]
-__global__ void softmax_topk_forward_kernel(const float* logits, float* probs, int32_t* ids, float* weights,
-                                            int64_t tokens, int num_experts, int k, bool renormalize) {
+__device__ __forceinline__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+// Shared memory per warp: key[E] (scores + bias; -inf once excluded), then group_max[G].
+// logits[T,E], bias[E] or nullptr -> scores[T,E], ids[T,k], weights[T,k]
+__global__ void router_topk_forward_kernel(const float* logits, const float* bias, float* scores, int32_t* ids,
+                                           float* weights, int64_t tokens, Options o) {
   extern __shared__ float smem[];
   const int lane = threadIdx.x % k_warp, warp = threadIdx.x / k_warp;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / k_warp) + warp;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * o.tokens_per_block + warp;
   if (row >= tokens) return;
-  const int E = num_experts;
-  float* p = smem + warp * E;
+  const int E = o.num_experts, G = o.num_groups, k = o.k;
+  float* key = smem + warp * (E + G);
+  float* group_max = key + E;
   const float* lr = logits + row * E;
-  float m = -INFINITY;
-  for (int j = lane; j < E; j += k_warp) m = fmaxf(m, lr[j]);
-  m = warp_max(m);
-  float s = 0;
-  for (int j = lane; j < E; j += k_warp) {
-    const float e = expf(lr[j] - m);
-    p[j] = e;
-    s += e;
-  }
-  const float inv = 1.0f / warp_sum(s);
-  for (int j = lane; j < E; j += k_warp) {
-    p[j] *= inv;
-    probs[row * E + j] = p[j];
+  float* sr = scores + row * E;
+  if (o.sigmoid) {
+    for (int j = lane; j < E; j += k_warp) {
+      const float s = sigmoidf(lr[j]);
+      sr[j] = s;
+      key[j] = bias ? __fadd_rn(s, bias[j]) : s;  // _rn: never fused, so the key is exactly s + b
+    }
+  } else {
+    float m = -INFINITY;
+    for (int j = lane; j < E; j += k_warp) m = fmaxf(m, lr[j]);
+    m = warp_max(m);
+    float sum = 0;
+    for (int j = lane; j < E; j += k_warp) {
+      key[j] = expf(lr[j] - m);
+      sum += key[j];
+    }
+    const float inv = 1.0f / warp_sum(sum);
+    for (int j = lane; j < E; j += k_warp) {
+      const float s = __fmul_rn(key[j], inv);
+      sr[j] = s;
+      key[j] = bias ? __fadd_rn(s, bias[j]) : s;
+    }
   }
   __syncwarp();
+  if (G > 0) {  // keep the top_groups groups by their largest key; exclude the rest
+    const int size = E / G;
+    for (int g = lane; g < G; g += k_warp) {
+      float m = -INFINITY;
+      for (int j = g * size; j < (g + 1) * size; ++j) m = fmaxf(m, key[j]);
+      group_max[g] = m;
+    }
+    __syncwarp();
+    for (int g = lane; g < G; g += k_warp) {  // each lane writes only its own groups' keys
+      const float mine = group_max[g];
+      int rank = 0;
+      for (int h = 0; h < G; ++h) rank += group_max[h] > mine || (group_max[h] == mine && h < g);
+      if (rank >= o.top_groups) {
+        for (int j = g * size; j < (g + 1) * size; ++j) key[j] = -INFINITY;
+      }
+    }
+    __syncwarp();
+  }
   int32_t* row_ids = ids + row * k;
   float* row_w = weights + row * k;
-  float total = 0;
   for (int r = 0; r < k; ++r) {
-    float best = -1.0f;  // below every probability; masked winners hold -inf
+    float best = -INFINITY;  // excluded experts and earlier winners hold -inf and never win
     int best_i = INT_MAX;
     for (int j = lane; j < E; j += k_warp) {  // ascending j: strict > keeps the lower index
-      if (p[j] > best) {
-        best = p[j];
+      if (key[j] > best) {
+        best = key[j];
         best_i = j;
       }
     }
     warp_argmax(best, best_i);
-    total += best;
-    if (lane == 0) {
-      row_ids[r] = best_i;
-      row_w[r] = best;
-      p[best_i] = -INFINITY;
-    }
+    if (lane == r % k_warp) row_ids[r] = best_i;  // INT_MAX only for a row of NaN keys
+    if (lane == 0 && best_i < E) key[best_i] = -INFINITY;
     __syncwarp();
   }
-  if (renormalize) {
-    const float inv_total = 1.0f / total;
-    for (int r = lane; r < k; r += k_warp) row_w[r] *= inv_total;
+  // Lane l owns rounds l, l + 32, ...: it wrote those ids itself; the scores were published by
+  // the __syncwarp after the score loop. A NaN row (no winner, id INT_MAX) gets NaN weights.
+  auto selected = [&](const float* v, int r) { return row_ids[r] < E ? v[row_ids[r]] : NAN; };
+  if (o.softmax_after_topk) {
+    float m = -INFINITY;
+    for (int r = lane; r < k; r += k_warp) m = fmaxf(m, selected(lr, r));
+    m = warp_max(m);
+    float sum = 0;
+    for (int r = lane; r < k; r += k_warp) sum += expf(selected(lr, r) - m);
+    const float inv = 1.0f / warp_sum(sum);
+    for (int r = lane; r < k; r += k_warp) row_w[r] = expf(selected(lr, r) - m) * inv;
+  } else {
+    float total = 0;
+    for (int r = lane; r < k; r += k_warp) total += selected(sr, r);
+    total = warp_sum(total);
+    const bool renormalize = o.renormalize || o.sigmoid;
+    for (int r = lane; r < k; r += k_warp) row_w[r] = renormalize ? selected(sr, r) / total : selected(sr, r);
   }
 }
 
-// probs[T,E], ids/weights/dweights[T,k], expert_grad[E] -> dlogits[T,E]; dp = smem[warp*E ...]
-__global__ void softmax_topk_backward_kernel(const float* probs, const int32_t* ids, const float* weights,
-                                             const float* dweights, const float* expert_grad, float* dlogits,
-                                             int64_t tokens, int num_experts, int k, bool renormalize) {
+// Shared memory per warp: dp[E], the gradient on the scores.
+// logits, scores[T,E], ids, weights, dweights[T,k], dscores[T,E] or nullptr -> dlogits[T,E]
+__global__ void router_topk_backward_kernel(const float* logits, const float* scores, const int32_t* ids,
+                                            const float* weights, const float* dweights, const float* dscores,
+                                            float* dlogits, int64_t tokens, Options o) {
   extern __shared__ float smem[];
   const int lane = threadIdx.x % k_warp, warp = threadIdx.x / k_warp;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / k_warp) + warp;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * o.tokens_per_block + warp;
   if (row >= tokens) return;
-  const int E = num_experts;
+  const int E = o.num_experts, k = o.k;
   float* dp = smem + warp * E;
-  const float* pr = probs + row * E;
+  const float* pr = scores + row * E;
+  const float* lr = logits + row * E;
   const int32_t* row_ids = ids + row * k;
   const float* row_w = weights + row * k;
   const float* row_dw = dweights + row * k;
-  for (int j = lane; j < E; j += k_warp) dp[j] = expert_grad[j];
-  // Through w_s = p_s / Z: dp_i += (dw_i - sum_s dw_s w_s) / Z, Z = sum of selected probs.
-  float dw_dot_w = 0, z = 0;
+  float* dl = dlogits + row * E;
+  for (int j = lane; j < E; j += k_warp) dp[j] = dscores ? dscores[row * E + j] : 0.0f;
+  float dw_dot_w = 0;  // sum_s dw_s w_s: used by both normalisations
+  for (int r = lane; r < k; r += k_warp) dw_dot_w += row_dw[r] * row_w[r];
+  dw_dot_w = warp_sum(dw_dot_w);
+  const bool renormalize = !o.softmax_after_topk && (o.renormalize || o.sigmoid);
+  float z = 0;  // sum of the selected scores: w_s = p_s / z, so dp_i += (dw_i - dw.w) / z
   if (renormalize) {
-    for (int r = lane; r < k; r += k_warp) {
-      dw_dot_w += row_dw[r] * row_w[r];
-      z += pr[row_ids[r]];
-    }
-    dw_dot_w = warp_sum(dw_dot_w);
+    for (int r = lane; r < k; r += k_warp) z += row_ids[r] >= 0 && row_ids[r] < E ? pr[row_ids[r]] : 0.0f;
     z = warp_sum(z);
   }
   __syncwarp();
-  for (int r = lane; r < k; r += k_warp) {  // distinct ids: no two lanes write one element
-    const int i = row_ids[r];
-    dp[i] += renormalize ? (row_dw[r] - dw_dot_w) / z : row_dw[r];
+  if (!o.softmax_after_topk) {
+    for (int r = lane; r < k; r += k_warp) {  // distinct ids: no two lanes write one element
+      const int i = row_ids[r];
+      if (i >= 0 && i < E) dp[i] += renormalize ? (row_dw[r] - dw_dot_w) / z : row_dw[r];
+    }
   }
   __syncwarp();
-  float dot = 0;
-  for (int j = lane; j < E; j += k_warp) dot += pr[j] * dp[j];
-  dot = warp_sum(dot);
-  for (int j = lane; j < E; j += k_warp) dlogits[row * E + j] = pr[j] * (dp[j] - dot);
+  if (o.sigmoid) {
+    for (int j = lane; j < E; j += k_warp) dl[j] = dp[j] * sigmoidf(lr[j]) * sigmoidf(-lr[j]);
+  } else {
+    float dot = 0;
+    for (int j = lane; j < E; j += k_warp) dot += pr[j] * dp[j];
+    dot = warp_sum(dot);
+    for (int j = lane; j < E; j += k_warp) dl[j] = pr[j] * (dp[j] - dot);
+  }
+  if (o.softmax_after_topk) {  // w = softmax(selected logits): dl_s += w_s (dw_s - dw.w)
+    __syncwarp();
+    for (int r = lane; r < k; r += k_warp) {
+      const int i = row_ids[r];
+      if (i >= 0 && i < E) dl[i] += row_w[r] * (row_dw[r] - dw_dot_w);
+    }
+  }
 }
 
-// Warps per block so that warps * E floats fit the default 48 KB of shared memory.
-int warps_for(int64_t num_experts) {
-  MOE_CHECK(num_experts > 0 && num_experts * 4 <= k_max_smem, "router: ", num_experts,
-            " experts exceed the supported maximum of ", k_max_smem / 4);
-  int64_t warps = k_max_smem / (num_experts * 4);
-  return static_cast<int>(warps < k_max_warps ? warps : k_max_warps);
+Options options_of(const TopKRouting& r, int64_t floats_per_warp) {
+  MOE_CHECK(r.tokens >= 0 && r.k >= 1 && r.k <= r.num_experts, "router: bad shape (tokens ", r.tokens, ", experts ",
+            r.num_experts, ", k ", r.k, ")");
+  MOE_CHECK(floats_per_warp * 4 <= k_max_smem, "router: ", r.num_experts, " experts and ", r.num_groups,
+            " groups exceed the supported maximum of ", k_max_smem / 4, " together");
+  Options o;
+  const int64_t warps = k_max_smem / (floats_per_warp * 4);  // warps * E floats fit 48 KB
+  o.tokens_per_block = static_cast<int>(warps < k_max_warps ? warps : k_max_warps);
+  o.num_experts = static_cast<int>(r.num_experts);
+  o.k = static_cast<int>(r.k);
+  o.num_groups = static_cast<int>(r.num_groups);
+  o.top_groups = static_cast<int>(r.top_groups);
+  o.sigmoid = r.sigmoid;
+  o.renormalize = r.renormalize;
+  o.softmax_after_topk = r.softmax_after_topk;
+  return o;
 }
 
 }  // namespace
 
-void softmax_topk_forward(const float* logits, float* probs, int32_t* ids, float* weights, const RouterShape& s,
-                          bool renormalize, cudaStream_t stream) {
-  MOE_CHECK(s.tokens >= 0 && s.k >= 1 && s.k <= s.num_experts, "router: bad shape (tokens ", s.tokens, ", experts ",
-            s.num_experts, ", k ", s.k, ")");
-  if (s.tokens == 0) return;
-  const int warps = warps_for(s.num_experts);
-  const size_t smem = static_cast<size_t>(warps) * s.num_experts * sizeof(float);
-  softmax_topk_forward_kernel<<<static_cast<unsigned>(ceil_div(s.tokens, warps)), warps * k_warp, smem, stream>>>(
-      logits, probs, ids, weights, s.tokens, static_cast<int>(s.num_experts), static_cast<int>(s.k), renormalize);
+void router_topk_forward(const float* logits, const float* bias, float* scores, int32_t* ids, float* weights,
+                         const TopKRouting& r, cudaStream_t stream) {
+  MOE_CHECK(r.num_groups == 0 || (r.num_groups > 0 && r.num_experts % r.num_groups == 0 && r.top_groups >= 1 &&
+                                  r.top_groups <= r.num_groups && r.k <= r.top_groups * (r.num_experts / r.num_groups)),
+            "router: bad groups (experts ", r.num_experts, ", groups ", r.num_groups, ", top ", r.top_groups, ", k ",
+            r.k, ")");
+  const int64_t per_warp = r.num_experts + r.num_groups;
+  const Options o = options_of(r, per_warp);
+  if (r.tokens == 0) return;
+  const size_t smem = static_cast<size_t>(o.tokens_per_block) * per_warp * sizeof(float);
+  router_topk_forward_kernel<<<static_cast<unsigned>(ceil_div(r.tokens, o.tokens_per_block)),
+                               o.tokens_per_block * k_warp, smem, stream>>>(logits, bias, scores, ids, weights,
+                                                                            r.tokens, o);
   CUDA_CHECK_LAUNCH();
 }
 
-void softmax_topk_backward(const float* probs, const int32_t* ids, const float* weights, const float* dweights,
-                           const float* expert_grad, float* dlogits, const RouterShape& s, bool renormalize,
-                           cudaStream_t stream) {
-  MOE_CHECK(s.tokens >= 0 && s.k >= 1 && s.k <= s.num_experts, "router: bad shape (tokens ", s.tokens, ", experts ",
-            s.num_experts, ", k ", s.k, ")");
-  if (s.tokens == 0) return;
-  const int warps = warps_for(s.num_experts);
-  const size_t smem = static_cast<size_t>(warps) * s.num_experts * sizeof(float);
-  softmax_topk_backward_kernel<<<static_cast<unsigned>(ceil_div(s.tokens, warps)), warps * k_warp, smem, stream>>>(
-      probs, ids, weights, dweights, expert_grad, dlogits, s.tokens, static_cast<int>(s.num_experts),
-      static_cast<int>(s.k), renormalize);
+void router_topk_backward(const float* logits, const float* scores, const int32_t* ids, const float* weights,
+                          const float* dweights, const float* dscores, float* dlogits, const TopKRouting& r,
+                          cudaStream_t stream) {
+  const Options o = options_of(r, r.num_experts);
+  if (r.tokens == 0) return;
+  const size_t smem = static_cast<size_t>(o.tokens_per_block) * r.num_experts * sizeof(float);
+  router_topk_backward_kernel<<<static_cast<unsigned>(ceil_div(r.tokens, o.tokens_per_block)),
+                                o.tokens_per_block * k_warp, smem, stream>>>(logits, scores, ids, weights, dweights,
+                                                                             dscores, dlogits, r.tokens, o);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -1,5 +1,6 @@
-// Router softmax + top-k on the GPU (f32 logits, probabilities and weights; i32 expert ids)
-// and its backward. One warp per token.
+// Top-k router on the GPU (f32 logits, scores and weights; i32 expert ids) and its backward:
+// softmax or sigmoid scores, selection on scores + bias (optionally group-limited), weights
+// plain, renormalised or a softmax over the selected logits. One warp per token.
 #pragma once
 
 #include <cstdint>
@@ -8,20 +9,27 @@
 
 namespace moe::cuda {
 
-struct RouterShape {
-  int64_t tokens = 0, num_experts = 0, k = 0;
+// The options of ops::TopKOptions as a POD.
+struct TopKRouting {
+  int64_t tokens = 0, num_experts = 0, k = 1;
+  bool sigmoid = false;             // scores = sigmoid(logits), else softmax over the experts
+  bool renormalize = false;         // weights = selected scores / their sum (implied by sigmoid)
+  bool softmax_after_topk = false;  // weights = softmax over the selected logits (softmax only)
+  int64_t num_groups = 0, top_groups = 0;  // group-limited selection; 0 = off
 };
 
-// logits[T,E] -> probs[T,E] = softmax, ids[T,k] = the k most probable experts in descending
-// order (ties to the lower index), weights[T,k] = probs at ids (divided by their sum when
-// renormalize). E <= 12288.
-void softmax_topk_forward(const float* logits, float* probs, int32_t* ids, float* weights, const RouterShape& shape,
-                          bool renormalize, cudaStream_t stream);
-// dlogits[T,E] (written) from dweights[T,k] and expert_grad[E] (added to d loss/d probs of every
-// token): dp = expert_grad + scatter(dweights through the renormalisation), then the softmax
-// backward dlogits = p * (dp - sum(p * dp)). ids within a row must be distinct.
-void softmax_topk_backward(const float* probs, const int32_t* ids, const float* weights, const float* dweights,
-                           const float* expert_grad, float* dlogits, const RouterShape& shape, bool renormalize,
-                           cudaStream_t stream);
+// logits[T,E], bias[E] (nullptr = none) -> scores[T,E], ids[T,k] = the k largest keys
+// (scores + bias; only experts of the top_groups groups, ranked by their largest key, when
+// grouped) in descending order, ties to the lower index; weights[T,k] from the unbiased
+// scores. E + num_groups <= 12288.
+void router_topk_forward(const float* logits, const float* bias, float* scores, int32_t* ids, float* weights,
+                         const TopKRouting& r, cudaStream_t stream);
+// logits, scores[T,E], ids, weights, dweights[T,k], dscores[T,E] (nullptr = none)
+// -> dlogits[T,E] (written): dweights through the weight normalisation into d scores (or, for
+// softmax_after_topk, straight into the selected logits), plus dscores, then through the
+// score function. Ids within a row must be distinct.
+void router_topk_backward(const float* logits, const float* scores, const int32_t* ids, const float* weights,
+                          const float* dweights, const float* dscores, float* dlogits, const TopKRouting& r,
+                          cudaStream_t stream);
 
 }  // namespace moe::cuda

@@ -24,6 +24,7 @@ struct GenerateOptions {
 };
 
 int run_generate(const GenerateOptions& o) {
+  MOE_CHECK(std::filesystem::is_directory(o.checkpoint), "checkpoint directory ", o.checkpoint, " does not exist");
   Config config = load_config(o.checkpoint + "/config.toml");
   config.train.device = o.device;
   Device device = select_device(config.train, 0);

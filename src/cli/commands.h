@@ -17,5 +17,7 @@ void add_bench_command(CLI::App& app, CommandRunner& run);
 void add_eval_command(CLI::App& app, CommandRunner& run);
 void add_generate_command(CLI::App& app, CommandRunner& run);
 void add_tokenize_command(CLI::App& app, CommandRunner& run);
+void add_hash_table_command(CLI::App& app, CommandRunner& run);
+void add_upcycle_command(CLI::App& app, CommandRunner& run);
 
 }  // namespace moe

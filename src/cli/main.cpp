@@ -15,6 +15,8 @@ int main(int argc, char** argv) {
   moe::add_eval_command(app, run);
   moe::add_generate_command(app, run);
   moe::add_tokenize_command(app, run);
+  moe::add_hash_table_command(app, run);
+  moe::add_upcycle_command(app, run);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -36,6 +36,28 @@ struct MoeConfig {                // [moe]
   int64_t every = 1;              // MoE at every n-th layer (layer i with (i+1-first_dense) % every == 0)
   int64_t first_dense = 0;        // the first k layers stay dense
   double aux_loss_coef = 0.01;    // Switch load-balancing loss alpha
+  // Routing (docs/config.md has the exact definitions).
+  std::string router = "softmax_topk";  // softmax_topk | topk_softmax | sigmoid | noisy_topk | expert_choice | hash
+  int64_t num_groups = 0;         // group-limited routing: contiguous expert groups (0 = off)
+  int64_t top_groups = 0;         // groups a token may use
+  double capacity_factor = 0.0;   // token choice: capacity = ceil(C*k*T/E), 0 = dropless; expert choice: c*T/E
+  std::string drop_order = "probability";  // probability | position
+  int64_t granularity = 1;        // fine-grained segmentation m: m*E experts of d_expert/m, m*k active
+  int64_t num_shared_experts = 0; // always-active experts (DeepSeekMoE, Qwen2-MoE)
+  int64_t d_shared = 0;           // width of each shared expert; 0 = d_expert (after granularity)
+  bool shared_gate = false;       // Qwen2-MoE: shared output times sigmoid(x . w_gate)
+  double expert_bias_rate = 0.0;  // aux-loss-free balancing gamma (0 = off)
+  double importance_loss_coef = 0.0;
+  double load_loss_coef = 0.0;    // needs router = "noisy_topk"
+  double z_loss_coef = 0.0;
+  double seq_aux_loss_coef = 0.0;
+  double device_loss_coef = 0.0;
+  int64_t device_groups = 0;      // expert groups of the device-level loss
+  std::string hash_kind = "random";  // random | balanced | clustering | dispersed | position | bigram | previous_token | oracle
+  std::string hash_table = "";    // table file from `moe hash-table` (balanced, clustering, dispersed)
+  bool hash_per_layer = false;    // a different table per hashed layer (seed mixed with the layer)
+  bool hash_allow_oracle = false; // required for the future-token oracle
+  uint64_t hash_seed = 0;
 
   bool operator==(const MoeConfig&) const = default;
 };

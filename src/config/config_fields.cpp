@@ -23,7 +23,19 @@ void add_moe_fields(MoeConfig& m, std::vector<Field>& out) {
   out.insert(out.end(), {{s, "num_experts", &m.num_experts}, {s, "top_k", &m.top_k},
                          {s, "d_expert", &m.d_expert},       {s, "renormalize", &m.renormalize},
                          {s, "activation", &m.activation},   {s, "every", &m.every},
-                         {s, "first_dense", &m.first_dense}, {s, "aux_loss_coef", &m.aux_loss_coef}});
+                         {s, "first_dense", &m.first_dense}, {s, "aux_loss_coef", &m.aux_loss_coef},
+                         {s, "router", &m.router},           {s, "num_groups", &m.num_groups},
+                         {s, "top_groups", &m.top_groups},   {s, "capacity_factor", &m.capacity_factor},
+                         {s, "drop_order", &m.drop_order},   {s, "granularity", &m.granularity},
+                         {s, "num_shared_experts", &m.num_shared_experts}, {s, "d_shared", &m.d_shared},
+                         {s, "shared_gate", &m.shared_gate}, {s, "expert_bias_rate", &m.expert_bias_rate},
+                         {s, "importance_loss_coef", &m.importance_loss_coef},
+                         {s, "load_loss_coef", &m.load_loss_coef}, {s, "z_loss_coef", &m.z_loss_coef},
+                         {s, "seq_aux_loss_coef", &m.seq_aux_loss_coef},
+                         {s, "device_loss_coef", &m.device_loss_coef}, {s, "device_groups", &m.device_groups},
+                         {s, "hash_kind", &m.hash_kind},     {s, "hash_table", &m.hash_table},
+                         {s, "hash_per_layer", &m.hash_per_layer}, {s, "hash_allow_oracle", &m.hash_allow_oracle},
+                         {s, "hash_seed", &m.hash_seed}});
 }
 
 void add_train_fields(TrainConfig& t, std::vector<Field>& out) {

@@ -95,6 +95,54 @@ void validate_model(const ModelConfig& m, const KeyOrigins& at) {
   check_positive(at, "model.init_std", m.init_std);
 }
 
+void validate_routing(const MoeConfig& e, const KeyOrigins& at) {
+  check_choice(at, "moe.router", e.router,
+               {"softmax_topk", "topk_softmax", "sigmoid", "noisy_topk", "expert_choice", "hash"});
+  check_choice(at, "moe.drop_order", e.drop_order, {"probability", "position"});
+  check_choice(at, "moe.hash_kind", e.hash_kind,
+               {"random", "balanced", "clustering", "dispersed", "position", "bigram", "previous_token", "oracle"});
+  check_at_least(at, "moe.granularity", e.granularity, 1);
+  check_at_least(at, "moe.num_groups", e.num_groups, 0);
+  check_at_least(at, "moe.top_groups", e.top_groups, 0);
+  check_at_least(at, "moe.num_shared_experts", e.num_shared_experts, 0);
+  check_at_least(at, "moe.d_shared", e.d_shared, 0);
+  check_at_least(at, "moe.device_groups", e.device_groups, 0);
+  for (auto [key, value] : {std::pair{"moe.capacity_factor", e.capacity_factor},
+                            {"moe.expert_bias_rate", e.expert_bias_rate},
+                            {"moe.importance_loss_coef", e.importance_loss_coef},
+                            {"moe.load_loss_coef", e.load_loss_coef}, {"moe.z_loss_coef", e.z_loss_coef},
+                            {"moe.seq_aux_loss_coef", e.seq_aux_loss_coef},
+                            {"moe.device_loss_coef", e.device_loss_coef}}) {
+    check_non_negative(at, key, value);
+  }
+  if (e.num_experts == 0) return;
+  const int64_t experts = e.num_experts * e.granularity, k = e.top_k * e.granularity;
+  MOE_CHECK(e.d_expert % e.granularity == 0, at.prefix({"moe.granularity", "moe.d_expert"}), "moe.d_expert = ",
+            e.d_expert, " is not divisible by moe.granularity = ", e.granularity);
+  MOE_CHECK(e.num_groups == 0 || (experts % e.num_groups == 0 && e.top_groups >= 1 && e.top_groups <= e.num_groups),
+            at.prefix({"moe.num_groups", "moe.top_groups"}), "group-limited routing needs moe.num_groups dividing the ",
+            experts, " experts and 1 <= moe.top_groups <= moe.num_groups (got ", e.num_groups, " and ", e.top_groups,
+            ")");
+  MOE_CHECK(e.num_groups == 0 || k <= experts / e.num_groups * e.top_groups, at.prefix({"moe.top_k", "moe.top_groups"}),
+            "moe.top_k = ", k, " is more than the ", experts / e.num_groups * e.top_groups,
+            " experts of moe.top_groups groups");
+  MOE_CHECK(e.router != "expert_choice" || e.capacity_factor > 0, at.prefix({"moe.capacity_factor", "moe.router"}),
+            "moe.router = \"expert_choice\" needs moe.capacity_factor > 0 (each expert takes c*T/E tokens)");
+  MOE_CHECK(e.load_loss_coef == 0 || e.router == "noisy_topk", at.prefix({"moe.load_loss_coef", "moe.router"}),
+            "moe.load_loss_coef needs moe.router = \"noisy_topk\" (the load estimator uses the gating noise)");
+  MOE_CHECK(e.device_loss_coef == 0 || (e.device_groups > 0 && experts % e.device_groups == 0),
+            at.prefix({"moe.device_groups", "moe.device_loss_coef"}), "moe.device_loss_coef needs moe.device_groups "
+            "dividing the ", experts, " experts");
+  MOE_CHECK(e.router != "hash" || e.hash_kind != "oracle" || e.hash_allow_oracle,
+            at.prefix({"moe.hash_kind", "moe.hash_allow_oracle"}),
+            "moe.hash_kind = \"oracle\" routes on the target token and leaks the answer: set "
+            "moe.hash_allow_oracle = true to run it as an upper-bound probe");
+  MOE_CHECK(e.router != "hash" || !(e.hash_kind == "balanced" || e.hash_kind == "clustering" ||
+                                    e.hash_kind == "dispersed") || !e.hash_table.empty(),
+            at.prefix({"moe.hash_table", "moe.hash_kind"}), "moe.hash_kind = \"", e.hash_kind,
+            "\" needs moe.hash_table (build it with `moe hash-table`)");
+}
+
 void validate_moe(const MoeConfig& e, const ModelConfig& m, const KeyOrigins& at) {
   check_at_least(at, "moe.num_experts", e.num_experts, 0);
   if (e.num_experts > 0) {
@@ -108,6 +156,7 @@ void validate_moe(const MoeConfig& e, const ModelConfig& m, const KeyOrigins& at
   MOE_CHECK(e.first_dense >= 0 && e.first_dense <= m.num_layers, at.prefix({"moe.first_dense", "model.num_layers"}),
             "moe.first_dense = ", e.first_dense, " is outside [0, model.num_layers = ", m.num_layers, "]");
   check_non_negative(at, "moe.aux_loss_coef", e.aux_loss_coef);
+  validate_routing(e, at);
 }
 
 void validate_train(const TrainConfig& t, const KeyOrigins& at) {

@@ -15,12 +15,13 @@ Block::Block(ParamStore& store, const std::string& prefix, NormKind norm, float 
   MOE_CHECK((dense_ != nullptr) != (moe_ != nullptr), "block ", prefix, " needs exactly one FFN");
 }
 
-Tensor Block::forward(const Tensor& x, int64_t batch, const RouteInputs& inputs, BlockSaved& saved) const {
+Tensor Block::forward(const Tensor& x, int64_t batch, const RouteInputs& inputs, BlockSaved& saved,
+                      bool collect_stats) const {
   Tensor attn_out = attn_.forward(attn_norm_.forward(x, saved.attn_norm), batch, saved.attn);
   Tensor h = Tensor::empty(x.shape(), x.dtype(), x.device());
   ops::add(x, attn_out, h);
   Tensor normed = ffn_norm_.forward(h, saved.ffn_norm);
-  Tensor ffn_out = moe_ ? moe_->forward(normed, inputs, saved.moe) : dense_->forward(normed, saved.ffn);
+  Tensor ffn_out = moe_ ? moe_->forward(normed, inputs, saved.moe, collect_stats) : dense_->forward(normed, saved.ffn);
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
   ops::add(h, ffn_out, y);
   return y;

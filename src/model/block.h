@@ -24,10 +24,12 @@ class Block {
   Block(ParamStore& store, const std::string& prefix, NormKind norm, float norm_eps, const AttentionConfig& attn,
         std::unique_ptr<DenseFfn> dense, std::unique_ptr<MoeLayer> moe);
   // x[B*S,d] -> y[B*S,d]
-  Tensor forward(const Tensor& x, int64_t batch, const RouteInputs& inputs, BlockSaved& saved) const;
+  Tensor forward(const Tensor& x, int64_t batch, const RouteInputs& inputs, BlockSaved& saved,
+                 bool collect_stats = false) const;
   // dy[B*S,d] -> dx[B*S,d]
   Tensor backward(const BlockSaved& saved, const Tensor& dy, int64_t batch, float aux_scale) const;
   bool is_moe() const { return moe_ != nullptr; }
+  const MoeLayer& moe() const { return *moe_; }
 
  private:
   Norm attn_norm_, ffn_norm_;

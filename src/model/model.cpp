@@ -4,10 +4,35 @@
 
 #include <cmath>
 
+#include "routing/router_factory.h"
+#include "routing/topk_router.h"
 #include "src/model/linear.h"
 #include "src/ops/ops.h"
 
 namespace moe {
+
+MoeLayerConfig moe_layer_config(const ModelConfig& c, const MoeConfig& moe, ops::Activation act, double out_std) {
+  MoeLayerConfig mc;
+  mc.d_model = c.d_model;
+  mc.num_experts = moe.num_experts * moe.granularity;  // fine-grained: m*E experts of d_expert/m
+  mc.d_expert = moe.d_expert / moe.granularity;
+  mc.activation = act;
+  mc.capacity_factor = moe.capacity_factor;
+  mc.drop_order = moe.drop_order == "position" ? ops::DropOrder::by_position : ops::DropOrder::by_probability;
+  mc.num_shared = moe.num_shared_experts;
+  mc.d_shared = moe.d_shared > 0 ? moe.d_shared : mc.d_expert;
+  mc.shared_gate = moe.shared_gate;
+  mc.balancing.switch_coef = moe.aux_loss_coef;
+  mc.balancing.importance_coef = moe.importance_loss_coef;
+  mc.balancing.load_coef = moe.load_loss_coef;
+  mc.balancing.z_coef = moe.z_loss_coef;
+  mc.balancing.seq_coef = moe.seq_aux_loss_coef;
+  mc.balancing.device_coef = moe.device_loss_coef;
+  mc.balancing.device_groups = moe.device_groups;
+  mc.init_std = c.init_std;
+  mc.out_init_std = out_std;
+  return mc;
+}
 
 bool is_moe_layer(const ModelConfig& model, const MoeConfig& moe, int64_t layer) {
   if (moe.num_experts <= 0 || layer < moe.first_dense || layer >= model.num_layers) return false;
@@ -33,9 +58,10 @@ Model::Model(const ModelConfig& model, const MoeConfig& moe) : config_(model), m
     std::unique_ptr<DenseFfn> dense;
     std::unique_ptr<MoeLayer> moe_layer;
     if (is_moe_layer(c, moe, i)) {
-      MoeLayerConfig mc{c.d_model, moe.num_experts, moe.top_k, moe.d_expert, moe.renormalize, expert_act,
-                        moe.aux_loss_coef, c.init_std, out_std};
-      moe_layer = std::make_unique<MoeLayer>(store_, prefix + ".moe", mc);
+      MoeLayerConfig mc = moe_layer_config(c, moe, expert_act, out_std);
+      RouterSpec spec{c.d_model, c.vocab_size, mc.num_experts, moe.top_k * moe.granularity, i, c.init_std};
+      moe_layer = std::make_unique<MoeLayer>(store_, prefix + ".moe", mc,
+                                             make_router(store_, prefix + ".moe.router", moe, spec));
     } else {
       dense = std::make_unique<DenseFfn>(store_, prefix + ".ffn", c.d_model, c.d_ff, dense_act, c.init_std, out_std);
     }
@@ -61,9 +87,9 @@ int64_t Model::active_params() const {
   int64_t total = 0;
   for (const ParamInfo& p : store_.infos()) {
     if (p.name == "embed.tokens" && !config_.tie_embeddings) continue;  // a lookup, not a matmul
-    if (p.name == "embed.positions") continue;
+    if (p.name == "embed.positions" || p.kind == ParamKind::buffer) continue;
     if (p.group == ParamGroup::expert) {
-      total += p.numel() / moe_config_.num_experts * moe_config_.top_k;
+      total += p.numel() / moe_config_.num_experts * moe_config_.top_k;  // (m*k)/(m*E) = k/E
     } else {
       total += p.numel();
     }
@@ -79,11 +105,16 @@ Tensor Model::embed(const Tensor& inputs) const {
   return x;
 }
 
-Tensor Model::run_blocks(const Tensor& x_in, const Tensor& inputs, int64_t batch_size, ModelSaved& saved) const {
+Tensor Model::run_blocks(const Tensor& x_in, const Batch& batch, ModelSaved& saved) const {
   saved.blocks.assign(blocks_.size(), BlockSaved{});
-  RouteInputs route{&inputs, config_.seq_len, true};
+  std::vector<int32_t> tokens = batch.inputs.to_vector<int32_t>();
+  std::vector<int32_t> targets = batch.targets.defined() ? batch.targets.to_vector<int32_t>() : std::vector<int32_t>();
+  RouteInputs route{&tokens, batch.targets.defined() ? &targets : nullptr, config_.seq_len, batch.training, 0};
   Tensor x = x_in;
-  for (size_t i = 0; i < blocks_.size(); ++i) x = blocks_[i]->forward(x, batch_size, route, saved.blocks[i]);
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    route.noise_seed = batch.noise_seed * 1000003ull + i;  // distinct gating noise per layer
+    x = blocks_[i]->forward(x, batch.batch_size, route, saved.blocks[i], batch.collect_stats);
+  }
   saved.hidden = final_norm_->forward(x, saved.final_norm);
   Tensor head = lm_head_ >= 0 ? store_.param(lm_head_) : store_.param(tokens_);
   saved.logits = Tensor::empty({x.size(0), config_.vocab_size}, x.dtype(), x.device());
@@ -94,7 +125,7 @@ Tensor Model::run_blocks(const Tensor& x_in, const Tensor& inputs, int64_t batch
 ForwardOutput Model::forward(const Batch& batch, ModelSaved& saved) const {
   MOE_CHECK(batch.inputs.numel() == batch.batch_size * config_.seq_len, "batch of ", batch.inputs.numel(),
             " tokens is not ", batch.batch_size, " sequences of ", config_.seq_len);
-  run_blocks(embed(batch.inputs), batch.inputs, batch.batch_size, saved);
+  run_blocks(embed(batch.inputs), batch, saved);
   DType accum = ops::accum_dtype(saved.logits.dtype());
   Tensor losses = Tensor::empty({saved.logits.size(0)}, accum, saved.logits.device());
   saved.lse = Tensor::empty({saved.logits.size(0)}, accum, saved.logits.device());
@@ -137,7 +168,36 @@ void Model::backward(const Batch& batch, const ModelSaved& saved, float loss_sca
 
 Tensor Model::logits(const Tensor& inputs, int64_t batch_size) const {
   ModelSaved saved;
-  return run_blocks(embed(inputs), inputs, batch_size, saved);
+  Batch batch;
+  batch.inputs = inputs;
+  batch.batch_size = batch_size;
+  batch.training = false;
+  return run_blocks(embed(inputs), batch, saved);
+}
+
+std::vector<std::vector<double>> Model::expert_biases() const {
+  std::vector<std::vector<double>> out;
+  for (const auto& block : blocks_) {
+    if (!block->is_moe()) continue;
+    const auto* router = dynamic_cast<const TopKRouter*>(&block->moe().router());
+    bool has_bias = router != nullptr && router->bias_id() >= 0;
+    out.push_back(has_bias ? store_.master(router->bias_id()).to_vector<double>() : std::vector<double>());
+  }
+  return out;
+}
+
+void Model::update_expert_biases(const std::vector<std::vector<int64_t>>& loads, double rate) {
+  size_t next = 0;
+  for (const auto& block : blocks_) {
+    if (!block->is_moe()) continue;
+    const auto& loads_here = loads.at(next++);
+    const auto* router = dynamic_cast<const TopKRouter*>(&block->moe().router());
+    if (router == nullptr || router->bias_id() < 0) continue;
+    ParamId id = router->bias_id();
+    std::vector<double> bias = store_.master(id).to_vector<double>();
+    update_expert_bias(bias, loads_here, rate);
+    store_.load_master_from_host(id, Tensor::from_vector(bias, {static_cast<int64_t>(bias.size())}, DType::f64));
+  }
 }
 
 }  // namespace moe

@@ -14,6 +14,9 @@ struct Batch {
   Tensor inputs;   // i32[B*S] on the model's device
   Tensor targets;  // i32[B*S]; negative = ignored
   int64_t batch_size = 0;
+  bool training = true;        // noisy gating draws noise only in training
+  uint64_t noise_seed = 0;     // distinct per (step, micro-batch) in training
+  bool collect_stats = false;  // router entropy for the metrics (costs a host copy)
 };
 
 struct ModelSaved {
@@ -49,12 +52,17 @@ class Model {
   const ModelConfig& config() const { return config_; }
   const MoeConfig& moe_config() const { return moe_config_; }
   int64_t num_moe_layers() const;
+  // Aux-loss-free balancing: b <- b - rate * sign(load - mean) per MoE layer with a bias,
+  // from the step's global loads (one vector of tokens per expert per MoE layer, in order).
+  void update_expert_biases(const std::vector<std::vector<int64_t>>& loads, double rate);
+  // The current expert biases, one vector per MoE layer (empty where the router has none).
+  std::vector<std::vector<double>> expert_biases() const;
   // Parameters touched per token (the routed experts counted k of E times), for MFU.
   int64_t active_params() const;
 
  private:
   Tensor embed(const Tensor& inputs) const;
-  Tensor run_blocks(const Tensor& x, const Tensor& inputs, int64_t batch_size, ModelSaved& saved) const;
+  Tensor run_blocks(const Tensor& x, const Batch& batch, ModelSaved& saved) const;
 
   ModelConfig config_;
   MoeConfig moe_config_;
@@ -66,5 +74,8 @@ class Model {
 
 // Whether layer i (0-based) of this config is an MoE layer.
 bool is_moe_layer(const ModelConfig& model, const MoeConfig& moe, int64_t layer);
+// The MoE layer shape and options of this config (fine-grained segmentation applied).
+MoeLayerConfig moe_layer_config(const ModelConfig& model, const MoeConfig& moe, ops::Activation act,
+                                double out_init_std);
 
 }  // namespace moe

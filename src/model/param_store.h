@@ -18,7 +18,9 @@ enum class ParamInit : uint8_t { normal, zeros, ones };
 
 // What a parameter is, which decides its default weight decay (none on norms, biases and
 // embeddings unless the optimizer config says otherwise).
-enum class ParamKind : uint8_t { weight, norm_or_bias, embedding };
+// Buffers (the aux-loss-free expert bias) are state saved with the weights but never trained:
+// no gradient reaches them and the optimizer skips them.
+enum class ParamKind : uint8_t { weight, norm_or_bias, embedding, buffer };
 
 struct ParamInfo {
   std::string name;  // canonical, e.g. "layers.3.moe.experts.w_up"

@@ -42,11 +42,22 @@ class Backend {
   virtual void column_sum(const Tensor& x, Tensor& out) = 0;
   virtual void gather_rows(const Tensor& src, const Tensor& index, Tensor& dst) = 0;
   virtual void scatter_add_rows(const Tensor& src, const Tensor& index, Tensor& dst) = 0;
-  virtual void softmax_topk_forward(const Tensor& logits, int64_t k, bool renormalize, Tensor& probs, Tensor& ids,
-                                    Tensor& weights) = 0;
-  virtual void softmax_topk_backward(const Tensor& probs, const Tensor& ids, const Tensor& weights,
-                                     const Tensor& dweights, const Tensor& expert_grad, bool renormalize,
-                                     Tensor& dlogits) = 0;
+  virtual void router_topk_forward(const Tensor& logits, const Tensor& bias, const TopKOptions& options,
+                                   Tensor& scores, Tensor& ids, Tensor& weights) = 0;
+  virtual void router_topk_backward(const Tensor& logits, const Tensor& scores, const Tensor& ids,
+                                    const Tensor& weights, const Tensor& dweights, const Tensor& dscores,
+                                    const TopKOptions& options, Tensor& dlogits) = 0;
+  virtual void expert_choice_forward(const Tensor& scores, int64_t capacity, Tensor& ids, Tensor& weights) = 0;
+  virtual void expert_choice_backward(const Tensor& ids, const Tensor& dweights, Tensor& dscores) = 0;
+  virtual int64_t apply_capacity(Tensor& ids, Tensor& weights, int64_t num_experts, int64_t capacity,
+                                 DropOrder order) = 0;
+  virtual void noisy_logits_forward(const Tensor& clean, const Tensor& raw_noise, const Tensor& normal,
+                                    Tensor& h) = 0;
+  virtual void noisy_logits_backward(const Tensor& raw_noise, const Tensor& normal, const Tensor& dh, Tensor& dclean,
+                                     Tensor& draw_noise) = 0;
+  virtual void row_gate_forward(const Tensor& x, const Tensor& gate, Tensor& y) = 0;
+  virtual void row_gate_backward(const Tensor& x, const Tensor& gate, const Tensor& dy, Tensor& dx,
+                                 Tensor& dgate) = 0;
   virtual std::vector<int64_t> moe_sort_by_expert(const Tensor& ids, int64_t num_experts, Tensor& sorted_tokens,
                                                   Tensor& slot_pos) = 0;
   virtual void moe_combine_forward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights,

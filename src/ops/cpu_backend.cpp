@@ -6,9 +6,11 @@
 #include "kernels/cpu/activations.h"
 #include "kernels/cpu/adamw.h"
 #include "kernels/cpu/attention.h"
+#include "kernels/cpu/capacity.h"
 #include "kernels/cpu/cross_entropy.h"
 #include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/embedding.h"
+#include "kernels/cpu/gates.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/norms.h"
 #include "kernels/cpu/permute.h"
@@ -61,6 +63,25 @@ cpu::ActivationKind kind_of(Activation act) {
     case Activation::swiglu: return cpu::ActivationKind::swiglu;
   }
   MOE_FAIL("activation ", static_cast<int>(act), " has no CPU kernel");
+}
+
+cpu::TopKRouting routing_of(const TopKOptions& o, int64_t tokens, int64_t num_experts) {
+  cpu::TopKRouting r;
+  r.tokens = tokens;
+  r.num_experts = num_experts;
+  r.k = o.k;
+  r.sigmoid = o.score == ScoreFunction::sigmoid;
+  r.renormalize = o.renormalize;
+  r.softmax_after_topk = o.softmax_after_topk;
+  r.num_groups = o.num_groups;
+  r.top_groups = o.top_groups;
+  return r;
+}
+
+// An optional tensor as a pointer: nullptr when undefined.
+template <typename T>
+const T* optional_ptr(const Tensor& t) {
+  return t.defined() ? t.data_as<const T>() : nullptr;
 }
 
 cpu::AttentionDims dims_of(const AttentionShape& s) {
@@ -288,21 +309,77 @@ class CpuBackend final : public Backend {
     });
   }
 
-  void softmax_topk_forward(const Tensor& logits, int64_t k, bool renormalize, Tensor& probs, Tensor& ids,
-                            Tensor& weights) override {
+  void router_topk_forward(const Tensor& logits, const Tensor& bias, const TopKOptions& options, Tensor& scores,
+                           Tensor& ids, Tensor& weights) override {
     dispatch_float(logits.dtype(), "router", [&](auto tag) {
       using T = decltype(tag);
-      cpu::softmax_topk_forward<T>(ptr<T>(logits), ptr<T>(probs), ptr<int32_t>(ids), ptr<T>(weights), logits.size(0),
-                                   logits.size(1), k, renormalize);
+      cpu::router_topk_forward<T>(ptr<T>(logits), optional_ptr<T>(bias), ptr<T>(scores), ptr<int32_t>(ids),
+                                  ptr<T>(weights), routing_of(options, logits.size(0), logits.size(1)));
     });
   }
 
-  void softmax_topk_backward(const Tensor& probs, const Tensor& ids, const Tensor& weights, const Tensor& dweights,
-                             const Tensor& expert_grad, bool renormalize, Tensor& dlogits) override {
-    dispatch_float(probs.dtype(), "router backward", [&](auto tag) {
+  void router_topk_backward(const Tensor& logits, const Tensor& scores, const Tensor& ids, const Tensor& weights,
+                            const Tensor& dweights, const Tensor& dscores, const TopKOptions& options,
+                            Tensor& dlogits) override {
+    dispatch_float(logits.dtype(), "router backward", [&](auto tag) {
       using T = decltype(tag);
-      cpu::softmax_topk_backward<T>(ptr<T>(probs), index_ptr(ids), ptr<T>(dweights), ptr<T>(expert_grad),
-                                    ptr<T>(dlogits), probs.size(0), probs.size(1), ids.size(1), renormalize);
+      cpu::router_topk_backward<T>(ptr<T>(logits), ptr<T>(scores), index_ptr(ids), ptr<T>(weights), ptr<T>(dweights),
+                                   optional_ptr<T>(dscores), ptr<T>(dlogits),
+                                   routing_of(options, logits.size(0), logits.size(1)));
+    });
+  }
+
+  void expert_choice_forward(const Tensor& scores, int64_t capacity, Tensor& ids, Tensor& weights) override {
+    dispatch_float(scores.dtype(), "expert choice", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::expert_choice_forward<T>(ptr<T>(scores), ptr<int32_t>(ids), ptr<T>(weights), scores.size(0),
+                                    scores.size(1), capacity);
+    });
+  }
+
+  void expert_choice_backward(const Tensor& ids, const Tensor& dweights, Tensor& dscores) override {
+    dispatch_float(dweights.dtype(), "expert choice backward", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::expert_choice_backward<T>(index_ptr(ids), ptr<T>(dweights), ptr<T>(dscores), dweights.numel());
+    });
+  }
+
+  int64_t apply_capacity(Tensor& ids, Tensor& weights, int64_t num_experts, int64_t capacity,
+                         DropOrder order) override {
+    return dispatch_float(weights.dtype(), "apply_capacity", [&](auto tag) {
+      using T = decltype(tag);
+      return cpu::apply_capacity<T>(ptr<int32_t>(ids), ptr<T>(weights), ids.size(0), ids.size(1), num_experts,
+                                    capacity, order == DropOrder::by_probability);
+    });
+  }
+
+  void noisy_logits_forward(const Tensor& clean, const Tensor& raw_noise, const Tensor& normal, Tensor& h) override {
+    dispatch_float(clean.dtype(), "noisy logits", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::noisy_logits_forward<T>(ptr<T>(clean), ptr<T>(raw_noise), ptr<T>(normal), ptr<T>(h), clean.numel());
+    });
+  }
+
+  void noisy_logits_backward(const Tensor& raw_noise, const Tensor& normal, const Tensor& dh, Tensor& dclean,
+                             Tensor& draw_noise) override {
+    dispatch_float(raw_noise.dtype(), "noisy logits backward", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::noisy_logits_backward<T>(ptr<T>(raw_noise), ptr<T>(normal), ptr<T>(dh), ptr<T>(dclean), ptr<T>(draw_noise),
+                                    raw_noise.numel());
+    });
+  }
+
+  void row_gate_forward(const Tensor& x, const Tensor& gate, Tensor& y) override {
+    dispatch_float(x.dtype(), "row gate", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::row_gate_forward<T>(ptr<T>(x), ptr<T>(gate), ptr<T>(y), x.size(0), x.size(1));
+    });
+  }
+
+  void row_gate_backward(const Tensor& x, const Tensor& gate, const Tensor& dy, Tensor& dx, Tensor& dgate) override {
+    dispatch_float(x.dtype(), "row gate backward", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::row_gate_backward<T>(ptr<T>(x), ptr<T>(gate), ptr<T>(dy), ptr<T>(dx), ptr<T>(dgate), x.size(0), x.size(1));
     });
   }
 
@@ -320,7 +397,7 @@ class CpuBackend final : public Backend {
     dispatch_float(y_sorted.dtype(), "moe_combine", [&](auto tag) {
       using T = decltype(tag);
       cpu::moe_combine_forward<T>(ptr<T>(y_sorted), index_ptr(slot_pos), ptr<T>(weights), ptr<T>(out), weights.size(0),
-                                  weights.size(1), y_sorted.size(1));
+                                  weights.size(1), y_sorted.size(1), y_sorted.size(0));
     });
   }
 
@@ -330,7 +407,7 @@ class CpuBackend final : public Backend {
       using T = decltype(tag);
       cpu::moe_combine_backward<T>(ptr<T>(y_sorted), index_ptr(slot_pos), ptr<T>(weights), ptr<T>(dout),
                                    ptr<T>(dy_sorted), ptr<T>(dweights), weights.size(0), weights.size(1),
-                                   y_sorted.size(1));
+                                   y_sorted.size(1), y_sorted.size(0));
     });
   }
 

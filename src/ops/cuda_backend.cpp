@@ -7,9 +7,11 @@
 #include "kernels/cuda/activations.h"
 #include "kernels/cuda/adamw.h"
 #include "kernels/cuda/attention.h"
+#include "kernels/cuda/capacity.h"
 #include "kernels/cuda/cross_entropy.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/embedding.h"
+#include "kernels/cuda/gates.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/norms.h"
 #include "kernels/cuda/permute.h"
@@ -60,6 +62,26 @@ cuda::ActKind act_kind(Activation act) {
     case Activation::swiglu: return cuda::ActKind::swiglu;
   }
   MOE_FAIL("unknown activation ", static_cast<int>(act));
+}
+
+cuda::TopKRouting routing_of(const TopKOptions& o, int64_t tokens, int64_t num_experts) {
+  cuda::TopKRouting r;
+  r.tokens = tokens;
+  r.num_experts = num_experts;
+  r.k = o.k;
+  r.sigmoid = o.score == ScoreFunction::sigmoid;
+  r.renormalize = o.renormalize;
+  r.softmax_after_topk = o.softmax_after_topk;
+  r.num_groups = o.num_groups;
+  r.top_groups = o.top_groups;
+  return r;
+}
+
+// An optional f32 tensor as a pointer: nullptr when undefined.
+const float* optional_f32(const Tensor& t, const char* what) {
+  if (!t.defined()) return nullptr;
+  check_dtype(t, DType::f32, what);
+  return f32(t);
 }
 
 cuda::AttentionDims attention_dims(const AttentionShape& s) {
@@ -241,25 +263,69 @@ class CudaBackend : public Backend {
                            dst.data(), float_type(dst, "scatter_add dst"), rows_of(dst), stream);
   }
 
-  void softmax_topk_forward(const Tensor& logits, int64_t k, bool renormalize, Tensor& probs, Tensor& ids,
-                            Tensor& weights) override {
-    cudaStream_t stream = on_device(logits, probs, ids, weights);
+  void router_topk_forward(const Tensor& logits, const Tensor& bias, const TopKOptions& options, Tensor& scores,
+                           Tensor& ids, Tensor& weights) override {
+    cudaStream_t stream = on_device(logits, scores, ids, weights);
+    if (bias.defined()) check_same_device(bias, logits, "router bias");
     check_dtype(logits, DType::f32, "router logits on CUDA");
-    cuda::RouterShape shape{logits.size(0), logits.size(1), k};
-    cuda::softmax_topk_forward(f32(logits), f32_mut(probs), i32_mut(ids), f32_mut(weights), shape, renormalize,
-                               stream);
+    cuda::router_topk_forward(f32(logits), optional_f32(bias, "router bias on CUDA"), f32_mut(scores), i32_mut(ids),
+                              f32_mut(weights), routing_of(options, logits.size(0), logits.size(1)), stream);
   }
 
-  void softmax_topk_backward(const Tensor& probs, const Tensor& ids, const Tensor& weights, const Tensor& dweights,
-                             const Tensor& expert_grad, bool renormalize, Tensor& dlogits) override {
-    cudaStream_t stream = on_device(probs, ids, weights, dweights, expert_grad, dlogits);
-    check_dtype(probs, DType::f32, "router probs on CUDA");
-    check_dtype(weights, DType::f32, "router weights on CUDA");
-    MOE_CHECK(probs.ndim() == 2 && weights.ndim() == 2 && weights.size(0) == probs.size(0), "router backward: probs",
-              shape_str(probs.shape()), " weights", shape_str(weights.shape()));
-    cuda::RouterShape shape{probs.size(0), probs.size(1), weights.size(1)};
-    cuda::softmax_topk_backward(f32(probs), i32(ids), f32(weights), f32(dweights), f32(expert_grad),
-                                f32_mut(dlogits), shape, renormalize, stream);
+  void router_topk_backward(const Tensor& logits, const Tensor& scores, const Tensor& ids, const Tensor& weights,
+                            const Tensor& dweights, const Tensor& dscores, const TopKOptions& options,
+                            Tensor& dlogits) override {
+    cudaStream_t stream = on_device(logits, scores, ids, weights, dweights, dlogits);
+    if (dscores.defined()) check_same_device(dscores, logits, "router dscores");
+    check_dtype(logits, DType::f32, "router logits on CUDA");
+    cuda::router_topk_backward(f32(logits), f32(scores), i32(ids), f32(weights), f32(dweights),
+                               optional_f32(dscores, "router dscores on CUDA"), f32_mut(dlogits),
+                               routing_of(options, logits.size(0), logits.size(1)), stream);
+  }
+
+  void expert_choice_forward(const Tensor& scores, int64_t capacity, Tensor& ids, Tensor& weights) override {
+    cudaStream_t stream = on_device(scores, ids, weights);
+    check_dtype(scores, DType::f32, "expert choice scores on CUDA");
+    cuda::expert_choice_forward(f32(scores), i32_mut(ids), f32_mut(weights), scores.size(0), scores.size(1), capacity,
+                                stream);
+  }
+
+  void expert_choice_backward(const Tensor& ids, const Tensor& dweights, Tensor& dscores) override {
+    cudaStream_t stream = on_device(dweights, ids, dscores);
+    check_dtype(dweights, DType::f32, "expert choice dweights on CUDA");
+    cuda::expert_choice_backward(i32(ids), f32(dweights), f32_mut(dscores), dweights.numel(), stream);
+  }
+
+  int64_t apply_capacity(Tensor& ids, Tensor& weights, int64_t num_experts, int64_t capacity,
+                         DropOrder order) override {
+    cudaStream_t stream = on_device(ids, weights);
+    check_dtype(weights, DType::f32, "capacity weights on CUDA");
+    return cuda::apply_capacity(i32_mut(ids), f32_mut(weights), ids.size(0), ids.size(1), num_experts, capacity,
+                                order == DropOrder::by_probability, stream);
+  }
+
+  void noisy_logits_forward(const Tensor& clean, const Tensor& raw_noise, const Tensor& normal, Tensor& h) override {
+    cudaStream_t stream = on_device(clean, raw_noise, normal, h);
+    check_dtype(clean, DType::f32, "noisy logits on CUDA");
+    cuda::noisy_logits_forward(f32(clean), f32(raw_noise), f32(normal), f32_mut(h), clean.numel(), stream);
+  }
+
+  void noisy_logits_backward(const Tensor& raw_noise, const Tensor& normal, const Tensor& dh, Tensor& dclean,
+                             Tensor& draw_noise) override {
+    cudaStream_t stream = on_device(raw_noise, normal, dh, dclean, draw_noise);
+    check_dtype(raw_noise, DType::f32, "noisy logits on CUDA");
+    cuda::noisy_logits_backward(f32(raw_noise), f32(normal), f32(dh), f32_mut(dclean), f32_mut(draw_noise),
+                                raw_noise.numel(), stream);
+  }
+
+  void row_gate_forward(const Tensor& x, const Tensor& gate, Tensor& y) override {
+    cudaStream_t stream = on_device(x, gate, y);
+    cuda::row_gate_forward(bf(x), bf(gate), bf_mut(y), x.size(0), x.size(1), stream);
+  }
+
+  void row_gate_backward(const Tensor& x, const Tensor& gate, const Tensor& dy, Tensor& dx, Tensor& dgate) override {
+    cudaStream_t stream = on_device(x, gate, dy, dx, dgate);
+    cuda::row_gate_backward(bf(x), bf(gate), bf(dy), bf_mut(dx), bf_mut(dgate), x.size(0), x.size(1), stream);
   }
 
   std::vector<int64_t> moe_sort_by_expert(const Tensor& ids, int64_t num_experts, Tensor& sorted_tokens,
@@ -284,7 +350,8 @@ class CudaBackend : public Backend {
     check_dtype(dout, DType::bf16, "combine dout");
     check_index(slot_pos, weights);
     cuda::moe_combine_backward(bf(y_sorted), i32(slot_pos), f32(weights), bf(dout), bf_mut(dy_sorted),
-                               f32_mut(dweights), weights.size(0), weights.size(1), y_sorted.size(1), stream);
+                               f32_mut(dweights), weights.size(0), weights.size(1), y_sorted.size(1),
+                               y_sorted.size(0), stream);
   }
 
   void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWParams& p) override {

@@ -292,26 +292,135 @@ void scatter_add_rows(const Tensor& src, const Tensor& index, Tensor& dst) {
   backend_for(src).scatter_add_rows(src, index, dst);
 }
 
-void softmax_topk_forward(const Tensor& logits, int64_t k, bool renormalize, Tensor& probs, Tensor& ids,
-                          Tensor& weights) {
-  MOE_CHECK(logits.ndim() == 2, "router logits must be [T,E]");
-  MOE_CHECK(k >= 1 && k <= logits.size(1), "top-k ", k, " must be between 1 and the expert count ", logits.size(1));
-  MOE_CHECK(logits.dtype() == DType::f32 || logits.dtype() == DType::f64, "router logits must be f32 or f64");
-  check_like(probs, logits, "router probs");
-  check_index(ids, {logits.size(0), k}, logits, "router ids");
-  check_shape(weights, {logits.size(0), k}, "router weights");
-  check_dtype(weights, logits.dtype(), "router weights");
-  backend_for(logits).softmax_topk_forward(logits, k, renormalize, probs, ids, weights);
+// Router tensors hold the accum dtype: f32 or f64 here, f32 enforced by the CUDA backend.
+static void check_router_float(const Tensor& t, const char* name) {
+  MOE_CHECK(t.defined(), name, " is undefined");
+  MOE_CHECK(t.dtype() == DType::f32 || t.dtype() == DType::f64, name, " must be f32 or f64, got ",
+            dtype_name(t.dtype()));
 }
 
-void softmax_topk_backward(const Tensor& probs, const Tensor& ids, const Tensor& weights, const Tensor& dweights,
-                           const Tensor& expert_grad, bool renormalize, Tensor& dlogits) {
+static void check_topk_options(const TopKOptions& o, int64_t num_experts) {
+  MOE_CHECK(o.k >= 1 && o.k <= num_experts, "top-k ", o.k, " must be between 1 and the expert count ", num_experts);
+  MOE_CHECK(!o.softmax_after_topk || o.score == ScoreFunction::softmax,
+            "router: softmax_after_topk needs softmax scores, not sigmoid");
+  MOE_CHECK(o.num_groups >= 0 && o.top_groups >= 0, "router: num_groups ", o.num_groups, " and top_groups ",
+            o.top_groups, " must be non-negative");
+  if (o.num_groups == 0) {
+    MOE_CHECK(o.top_groups == 0, "router: top_groups ", o.top_groups, " needs num_groups > 0");
+    return;
+  }
+  MOE_CHECK(num_experts % o.num_groups == 0, "router: ", num_experts, " experts do not split into ", o.num_groups,
+            " equal groups");
+  MOE_CHECK(o.top_groups >= 1 && o.top_groups <= o.num_groups, "router: top_groups ", o.top_groups,
+            " must be between 1 and num_groups ", o.num_groups);
+  const int64_t allowed = o.top_groups * (num_experts / o.num_groups);
+  MOE_CHECK(o.k <= allowed, "router: top-k ", o.k, " exceeds the ", allowed, " experts of the ", o.top_groups,
+            " allowed groups");
+}
+
+void router_topk_forward(const Tensor& logits, const Tensor& bias, const TopKOptions& options, Tensor& scores,
+                         Tensor& ids, Tensor& weights) {
+  check_router_float(logits, "router logits");
+  MOE_CHECK(logits.ndim() == 2, "router logits must be [T,E], got ", shape_str(logits.shape()));
+  const int64_t tokens = logits.size(0), experts = logits.size(1);
+  check_topk_options(options, experts);
+  if (bias.defined()) {
+    check_shape(bias, {experts}, "router bias");
+    check_dtype(bias, logits.dtype(), "router bias");
+    check_same_device(bias, logits, "router bias");
+  }
+  check_like(scores, logits, "router scores");
+  check_index(ids, {tokens, options.k}, logits, "router ids");
+  check_shape(weights, {tokens, options.k}, "router weights");
+  check_dtype(weights, logits.dtype(), "router weights");
+  check_same_device(weights, logits, "router weights");
+  backend_for(logits).router_topk_forward(logits, bias, options, scores, ids, weights);
+}
+
+void router_topk_backward(const Tensor& logits, const Tensor& scores, const Tensor& ids, const Tensor& weights,
+                          const Tensor& dweights, const Tensor& dscores, const TopKOptions& options, Tensor& dlogits) {
+  check_router_float(logits, "router logits");
+  MOE_CHECK(logits.ndim() == 2, "router logits must be [T,E], got ", shape_str(logits.shape()));
+  const int64_t tokens = logits.size(0), experts = logits.size(1);
+  check_topk_options(options, experts);
+  check_like(scores, logits, "router scores");
+  check_index(ids, {tokens, options.k}, logits, "router ids");
+  check_shape(weights, {tokens, options.k}, "router weights");
+  check_dtype(weights, logits.dtype(), "router weights");
+  check_same_device(weights, logits, "router weights");
   check_like(dweights, weights, "router dweights");
-  check_shape(expert_grad, {probs.size(1)}, "router expert_grad");
-  check_dtype(expert_grad, probs.dtype(), "router expert_grad");
-  check_like(dlogits, probs, "router dlogits");
-  check_index(ids, weights.shape(), probs, "router ids");
-  backend_for(probs).softmax_topk_backward(probs, ids, weights, dweights, expert_grad, renormalize, dlogits);
+  if (dscores.defined()) check_like(dscores, logits, "router dscores");
+  check_like(dlogits, logits, "router dlogits");
+  backend_for(logits).router_topk_backward(logits, scores, ids, weights, dweights, dscores, options, dlogits);
+}
+
+void expert_choice_forward(const Tensor& scores, int64_t capacity, Tensor& ids, Tensor& weights) {
+  check_router_float(scores, "expert choice scores");
+  MOE_CHECK(scores.ndim() == 2, "expert choice scores must be [T,E], got ", shape_str(scores.shape()));
+  MOE_CHECK(capacity >= 0, "expert choice capacity must be non-negative, got ", capacity);
+  check_index(ids, scores.shape(), scores, "expert choice ids");
+  check_like(weights, scores, "expert choice weights");
+  backend_for(scores).expert_choice_forward(scores, capacity, ids, weights);
+}
+
+void expert_choice_backward(const Tensor& ids, const Tensor& dweights, Tensor& dscores) {
+  check_router_float(dweights, "expert choice dweights");
+  MOE_CHECK(dweights.ndim() == 2, "expert choice dweights must be [T,E], got ", shape_str(dweights.shape()));
+  check_index(ids, dweights.shape(), dweights, "expert choice ids");
+  check_like(dscores, dweights, "expert choice dscores");
+  backend_for(dweights).expert_choice_backward(ids, dweights, dscores);
+}
+
+int64_t apply_capacity(Tensor& ids, Tensor& weights, int64_t num_experts, int64_t capacity, DropOrder order) {
+  MOE_CHECK(ids.defined() && ids.ndim() == 2 && ids.dtype() == DType::i32, "capacity: expert ids must be i32[T,k]");
+  check_router_float(weights, "capacity weights");
+  check_shape(weights, ids.shape(), "capacity weights");
+  check_same_device(weights, ids, "capacity weights");
+  MOE_CHECK(num_experts >= 1, "capacity: expert count must be positive, got ", num_experts);
+  MOE_CHECK(capacity >= 0, "capacity must be non-negative, got ", capacity);
+  return backend_for(ids).apply_capacity(ids, weights, num_experts, capacity, order);
+}
+
+void noisy_logits_forward(const Tensor& clean, const Tensor& raw_noise, const Tensor& normal, Tensor& h) {
+  check_router_float(clean, "noisy clean logits");
+  MOE_CHECK(clean.ndim() == 2, "noisy clean logits must be [T,E], got ", shape_str(clean.shape()));
+  check_like(raw_noise, clean, "noisy raw_noise");
+  check_like(normal, clean, "noisy normal");
+  check_like(h, clean, "noisy h");
+  backend_for(clean).noisy_logits_forward(clean, raw_noise, normal, h);
+}
+
+void noisy_logits_backward(const Tensor& raw_noise, const Tensor& normal, const Tensor& dh, Tensor& dclean,
+                           Tensor& draw_noise) {
+  check_router_float(raw_noise, "noisy raw_noise");
+  MOE_CHECK(raw_noise.ndim() == 2, "noisy raw_noise must be [T,E], got ", shape_str(raw_noise.shape()));
+  check_like(normal, raw_noise, "noisy normal");
+  check_like(dh, raw_noise, "noisy dh");
+  check_like(dclean, raw_noise, "noisy dclean");
+  check_like(draw_noise, raw_noise, "noisy draw_noise");
+  backend_for(raw_noise).noisy_logits_backward(raw_noise, normal, dh, dclean, draw_noise);
+}
+
+static void check_row_gate(const Tensor& x, const Tensor& gate) {
+  check_compute(x, "row gate x");
+  MOE_CHECK(x.ndim() == 2, "row gate x must be [T,d], got ", shape_str(x.shape()));
+  check_shape(gate, {x.size(0), 1}, "row gate gate");
+  check_dtype(gate, x.dtype(), "row gate gate");
+  check_same_device(gate, x, "row gate gate");
+}
+
+void row_gate_forward(const Tensor& x, const Tensor& gate, Tensor& y) {
+  check_row_gate(x, gate);
+  check_like(y, x, "row gate y");
+  backend_for(x).row_gate_forward(x, gate, y);
+}
+
+void row_gate_backward(const Tensor& x, const Tensor& gate, const Tensor& dy, Tensor& dx, Tensor& dgate) {
+  check_row_gate(x, gate);
+  check_like(dy, x, "row gate dy");
+  check_like(dx, x, "row gate dx");
+  check_like(dgate, gate, "row gate dgate");
+  backend_for(x).row_gate_backward(x, gate, dy, dx, dgate);
 }
 
 std::vector<int64_t> moe_sort_by_expert(const Tensor& ids, int64_t num_experts, Tensor& sorted_tokens,
@@ -324,8 +433,10 @@ std::vector<int64_t> moe_sort_by_expert(const Tensor& ids, int64_t num_experts, 
 
 void moe_combine_forward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights, Tensor& out) {
   check_compute(y_sorted, "combine y_sorted");
-  MOE_CHECK(weights.ndim() == 2 && y_sorted.size(0) == weights.numel(), "combine: y_sorted",
-            shape_str(y_sorted.shape()), " weights", shape_str(weights.shape()));
+  // y_sorted may hold fewer rows than slots (dropped slots take none); the backend range-checks
+  // the rows slot_pos names where it can without a device sync.
+  MOE_CHECK(weights.ndim() == 2 && y_sorted.ndim() == 2, "combine: y_sorted", shape_str(y_sorted.shape()),
+            " weights", shape_str(weights.shape()));
   check_accum(weights, y_sorted, "combine weights");
   check_index(slot_pos, {weights.numel()}, y_sorted, "combine slot_pos");
   check_shape(out, {weights.size(0), y_sorted.size(1)}, "combine out");
@@ -336,8 +447,12 @@ void moe_combine_forward(const Tensor& y_sorted, const Tensor& slot_pos, const T
 void moe_combine_backward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights, const Tensor& dout,
                           Tensor& dy_sorted, Tensor& dweights) {
   check_compute(y_sorted, "combine y_sorted");
+  MOE_CHECK(weights.ndim() == 2 && y_sorted.ndim() == 2, "combine: y_sorted", shape_str(y_sorted.shape()),
+            " weights", shape_str(weights.shape()));
   check_accum(weights, y_sorted, "combine weights");
+  check_index(slot_pos, {weights.numel()}, y_sorted, "combine slot_pos");
   check_shape(dout, {weights.size(0), y_sorted.size(1)}, "combine dout");
+  check_dtype(dout, y_sorted.dtype(), "combine dout");
   check_like(dy_sorted, y_sorted, "combine dy_sorted");
   check_like(dweights, weights, "combine dweights");
   backend_for(y_sorted).moe_combine_backward(y_sorted, slot_pos, weights, dout, dy_sorted, dweights);

@@ -94,24 +94,71 @@ void gather_rows(const Tensor& src, const Tensor& index, Tensor& dst);
 // dst[index[i]] += src[i]; src[N,d], dst[R,d] (indices may repeat).
 void scatter_add_rows(const Tensor& src, const Tensor& index, Tensor& dst);
 
-// Router: logits[T,E] (accum) -> probs[T,E] = softmax over all experts, ids i32[T,k], the
-// top-k experts by probability (ties to the lower index, in descending order), weights[T,k]
-// (accum) = probs at ids, divided by their sum when renormalize.
-void softmax_topk_forward(const Tensor& logits, int64_t k, bool renormalize, Tensor& probs, Tensor& ids,
-                          Tensor& weights);
-// dlogits[T,E] (written) given dweights[T,k] and expert_grad[E], a gradient added to every
-// token's probs (d loss / d probs[t,i] += expert_grad[i]; the Switch auxiliary loss).
-void softmax_topk_backward(const Tensor& probs, const Tensor& ids, const Tensor& weights, const Tensor& dweights,
-                           const Tensor& expert_grad, bool renormalize, Tensor& dlogits);
+// ---- Routing (issue 3) ----
+enum class ScoreFunction { softmax, sigmoid };
+struct TopKOptions {
+  int64_t k = 1;
+  ScoreFunction score = ScoreFunction::softmax;
+  // Weights = selected scores divided by their sum (sigmoid routers always renormalise, as
+  // DeepSeek-V3 does).
+  bool renormalize = false;
+  // Mixtral order: top-k on the logits, then the weights are a softmax over the k selected
+  // logits (softmax scores only; `scores` still holds the softmax over all experts).
+  bool softmax_after_topk = false;
+  // Group-limited routing: experts form num_groups contiguous groups; a token may only select
+  // experts of its top_groups groups, ranked by the group's highest (biased) score. 0 = off.
+  int64_t num_groups = 0, top_groups = 0;
+};
+// logits[T,E] (accum), bias[E] (accum, or undefined = none) -> scores[T,E] = softmax or
+// sigmoid of the logits, ids i32[T,k] = the k largest of scores + bias (ties to the lower
+// index, descending), weights[T,k] from the unbiased scores. The bias only selects
+// (aux-loss-free balancing).
+void router_topk_forward(const Tensor& logits, const Tensor& bias, const TopKOptions& options, Tensor& scores,
+                         Tensor& ids, Tensor& weights);
+// dlogits[T,E] (written) from dweights[T,k] and dscores[T,E] (gradient of the balancing
+// losses on the scores; undefined = none).
+void router_topk_backward(const Tensor& logits, const Tensor& scores, const Tensor& ids, const Tensor& weights,
+                          const Tensor& dweights, const Tensor& dscores, const TopKOptions& options, Tensor& dlogits);
 
-// Dropless dispatch order: ids i32[T,k] -> sorted_tokens i32[T*k] (token of each row in
-// expert-sorted order, stable: by expert, then token, then slot), slot_pos i32[T*k] (row in
-// sorted order of slot t*k+s). Returns tokens per expert (host, synchronising).
+// Expert choice (Zhou et al. 2022): scores[T,E] (accum) -> each expert e takes its `capacity`
+// highest-scoring tokens (ties to the lower token). ids i32[T,E]: ids[t,e] = e when expert e
+// took token t, else -1; weights[T,E] = scores where taken, else 0.
+void expert_choice_forward(const Tensor& scores, int64_t capacity, Tensor& ids, Tensor& weights);
+// dscores[T,E] += dweights where taken (accumulated).
+void expert_choice_backward(const Tensor& ids, const Tensor& dweights, Tensor& dscores);
+
+// Capacity: each expert keeps at most `capacity` of its slots; the others get id -1 and weight
+// 0 (in place). Priority by_probability: highest weight first (ties: lower token, then lower
+// slot); else by position: slot-major then token order (all first choices before any second
+// choice, as GShard). Returns the number of dropped slots (host, synchronising).
+enum class DropOrder { by_probability, by_position };
+int64_t apply_capacity(Tensor& ids, Tensor& weights, int64_t num_experts, int64_t capacity, DropOrder order);
+
+// Noisy top-k gating (Shazeer et al. 2017): h = clean + normal * softplus(raw_noise); all
+// [T,E] accum; normal holds standard normal draws (zeros at evaluation).
+void noisy_logits_forward(const Tensor& clean, const Tensor& raw_noise, const Tensor& normal, Tensor& h);
+// dclean = dh (written), draw_noise = dh * normal * sigmoid(raw_noise) (written)
+void noisy_logits_backward(const Tensor& raw_noise, const Tensor& normal, const Tensor& dh, Tensor& dclean,
+                           Tensor& draw_noise);
+
+// Sigmoid gate on rows (Qwen2-MoE shared experts): x[T,d], gate[T,1] (compute, logits) ->
+// y[T,d] = sigmoid(gate) * x.
+void row_gate_forward(const Tensor& x, const Tensor& gate, Tensor& y);
+// dx[T,d], dgate[T,1] written
+void row_gate_backward(const Tensor& x, const Tensor& gate, const Tensor& dy, Tensor& dx, Tensor& dgate);
+
+// Dispatch order: ids i32[T,k] -> sorted_tokens i32[T*k] (token of each row in expert-sorted
+// order, stable: by expert, then token, then slot), slot_pos i32[T*k] (row in sorted order of
+// slot t*k+s). Slots with id -1 (dropped, or not chosen in expert choice) get no row:
+// slot_pos = -1 and only the first sum(counts) rows of sorted_tokens are meaningful. Returns
+// rows per expert (host, synchronising).
 std::vector<int64_t> moe_sort_by_expert(const Tensor& ids, int64_t num_experts, Tensor& sorted_tokens,
                                         Tensor& slot_pos);
-// out[T,d] = sum_s weights[t,s] * y_sorted[slot_pos[t*k+s]]; y_sorted[T*k,d], weights[T,k] (accum)
+// out[T,d] = sum_s weights[t,s] * y_sorted[slot_pos[t*k+s]] over slots with slot_pos >= 0;
+// y_sorted[N,d] with N >= the rows used, weights[T,k] (accum)
 void moe_combine_forward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights, Tensor& out);
-// dy_sorted[T*k,d] (written), dweights[T,k] (accum, written)
+// dy_sorted[N,d] (written; rows no slot uses are zero), dweights[T,k] (accum, written; 0 for
+// dropped slots)
 void moe_combine_backward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights,
                           const Tensor& dout, Tensor& dy_sorted, Tensor& dweights);
 

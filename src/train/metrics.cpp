@@ -9,24 +9,6 @@
 
 namespace moe {
 
-nlohmann::json expert_load_json(const ExpertLoad& load) {
-  const auto& c = load.tokens_per_expert;
-  double total = 0, max = 0;
-  for (int64_t n : c) {
-    total += static_cast<double>(n);
-    max = std::max(max, static_cast<double>(n));
-  }
-  double mean = c.empty() ? 0 : total / static_cast<double>(c.size());
-  double var = 0;
-  for (int64_t n : c) var += (static_cast<double>(n) - mean) * (static_cast<double>(n) - mean);
-  var = c.empty() ? 0 : var / static_cast<double>(c.size());
-  return {{"layer", load.layer},
-          {"tokens_per_expert", c},
-          {"max_over_mean", mean > 0 ? max / mean : 0.0},
-          {"cv", mean > 0 ? std::sqrt(var) / mean : 0.0},
-          {"aux_loss", load.aux_loss}};
-}
-
 MetricsWriter::MetricsWriter(const std::string& path) {
   if (path.empty()) return;
   out_.open(path, std::ios::app);

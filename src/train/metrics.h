@@ -11,14 +11,6 @@
 
 namespace moe {
 
-// Per-layer expert load over a logged step: tokens (routed slots) per expert.
-struct ExpertLoad {
-  int layer = 0;
-  std::vector<int64_t> tokens_per_expert;
-  double aux_loss = 0;
-};
-nlohmann::json expert_load_json(const ExpertLoad& load);  // adds max/mean and the coefficient of variation
-
 class MetricsWriter {
  public:
   // Appends to path (creates it); a writer with an empty path writes nothing (ranks != 0).

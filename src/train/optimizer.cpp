@@ -21,6 +21,7 @@ bool AdamW::decays(const ParamInfo& p) const {
     case ParamKind::weight: return true;
     case ParamKind::norm_or_bias: return config_.decay_norms_and_biases;
     case ParamKind::embedding: return config_.decay_embeddings;
+    case ParamKind::buffer: return false;
   }
   return true;
 }
@@ -34,6 +35,7 @@ void AdamW::step(double lr, int64_t step) {
   for (size_t i = 0; i < store_->infos().size(); ++i) {
     auto id = static_cast<ParamId>(i);
     const ParamInfo& p = store_->info(id);
+    if (p.kind == ParamKind::buffer) continue;
     ops::AdamWParams h;
     h.lr = static_cast<float>(lr);
     h.beta1 = static_cast<float>(config_.beta1);

@@ -43,6 +43,7 @@ Trainer::Trainer(const Config& config, int local_rank, Communicator& world) : co
   model_->allocate(device_, dtype_);
   model_->initialize(config.train.seed);
   optimizer_ = std::make_unique<AdamW>(model_->params(), config.optim);
+  oracle_ = config.moe.num_experts > 0 && config.moe.router == "hash" && config.moe.hash_kind == "oracle";
 
   const TrainConfig& t = config.train;
   int64_t global_batch = t.micro_batch_size * t.grad_accum * world.size();
@@ -83,17 +84,24 @@ Batch Trainer::to_device(const data::Batch& b) const {
   return out;
 }
 
+bool Trainer::is_log_step(int64_t completed) const {
+  return completed % config_.train.log_every == 0 || completed == config_.train.steps || completed == 1;
+}
+
 StepResult Trainer::train_step() {
   const TrainConfig& t = config_.train;
   ParamStore& store = model_->params();
   store.zero_grads();
   StepResult r;
-  // Host sums reduced over ranks in one call: loss_sum, targets, aux_loss, then expert loads.
-  std::vector<double> sums(3, 0.0);
+  std::vector<double> sums(3, 0.0);  // loss_sum, targets, aux_loss: reduced over ranks at once
   const float aux_scale = 1.0f / static_cast<float>(t.grad_accum);
   const float loss_scale = 1.0f / static_cast<float>(t.micro_batch_size * t.grad_accum * config_.model.seq_len);
+  const bool collect = is_log_step(step_ + 1);
   for (int64_t micro = 0; micro < t.grad_accum; ++micro) {
     Batch batch = to_device(micro_batch(step_, micro));
+    batch.noise_seed = t.seed ^ ((static_cast<uint64_t>(step_) * t.grad_accum + micro) * world_->size() +
+                                 world_->rank()) * 0x9E3779B97F4A7C15ull;
+    batch.collect_stats = collect;
     ModelSaved saved;
     ForwardOutput out = model_->forward(batch, saved);
     MOE_CHECK(std::isfinite(out.loss_sum) && std::isfinite(out.aux_loss), "loss is ",
@@ -103,37 +111,26 @@ StepResult Trainer::train_step() {
     sums[0] += out.loss_sum;
     sums[1] += static_cast<double>(out.num_targets);
     sums[2] += out.aux_loss / static_cast<double>(t.grad_accum);
-    if (r.loads.empty()) {
-      for (size_t i = 0; i < out.moe_stats.size(); ++i) {
-        r.loads.push_back({out.moe_layer_index[i], std::vector<int64_t>(out.moe_stats[i].tokens_per_expert.size()), 0});
-      }
-    }
-    for (size_t i = 0; i < out.moe_stats.size(); ++i) {
-      for (size_t e = 0; e < out.moe_stats[i].tokens_per_expert.size(); ++e) {
-        r.loads[i].tokens_per_expert[e] += out.moe_stats[i].tokens_per_expert[e];
-      }
-      r.loads[i].aux_loss += out.moe_stats[i].aux_loss / static_cast<double>(t.grad_accum);
-    }
+    accumulate_routing_stats(r.routing, out.moe_stats, out.moe_layer_index, 1.0 / static_cast<double>(t.grad_accum));
   }
   if (world_->size() > 1) {
     for (int g = 0; g < k_num_param_groups; ++g) world_->all_reduce_avg(store.flat_grads(static_cast<ParamGroup>(g)));
-    for (const auto& load : r.loads) {
-      sums.push_back(load.aux_loss);
-      for (int64_t n : load.tokens_per_expert) sums.push_back(static_cast<double>(n));
-    }
     world_->all_reduce_sum(sums);
-    size_t k = 3;
-    for (auto& load : r.loads) {
-      load.aux_loss = sums[k++] / world_->size();
-      for (auto& n : load.tokens_per_expert) n = static_cast<int64_t>(std::llround(sums[k++]));
-    }
     sums[2] /= world_->size();
+    reduce_routing_stats(r.routing, *world_);
   }
   r.loss = sums[0] / std::max(sums[1], 1.0);
   r.aux_loss = sums[2];
   r.grad_norm = clip_grad_norm(store, config_.optim.grad_clip);
   double lr = learning_rate(config_.schedule, config_.optim, step_, t.steps);
   optimizer_->step(lr, step_ + 1);
+  if (config_.moe.expert_bias_rate > 0) {
+    std::vector<std::vector<int64_t>> loads;
+    for (const auto& s : r.routing) loads.push_back(s.tokens_per_expert);
+    model_->update_expert_biases(loads, config_.moe.expert_bias_rate);
+  }
+  auto biases = model_->expert_biases();
+  for (size_t i = 0; i < r.routing.size() && i < biases.size(); ++i) r.routing[i].bias = biases[i];
   ++step_;
   return r;
 }
@@ -148,6 +145,7 @@ EvalResult Trainer::evaluate(int64_t max_batches) {
   data::Batch b;
   while (it.next(b)) {
     Batch batch = to_device(b);
+    batch.training = false;
     ModelSaved saved;
     ForwardOutput out = model_->forward(batch, saved);
     sums[0] += out.loss_sum;
@@ -165,14 +163,15 @@ void Trainer::log_step(const StepResult& r, double lr, double step_seconds, doub
                            {"grad_norm", r.grad_norm}, {"tokens_per_s", tokens_per_s}, {"aux_loss", r.aux_loss},
                            {"elapsed_s", elapsed}};
   if (device_.is_cuda()) record["mfu"] = tokens_per_s * flops_per_token_ / k_h200_peak_flops / world_->size();
-  for (const auto& load : r.loads) record["moe"].push_back(expert_load_json(load));
+  for (const auto& layer : r.routing) record["moe"].push_back(routing_stats_json(layer));
+  if (oracle_) record["oracle_hash"] = true;
   metrics_->write(record);
   if (!is_root()) return;
   double eta = elapsed / static_cast<double>(step_) * static_cast<double>(config_.train.steps - step_);
   std::string mfu = device_.is_cuda() ? " | mfu " + std::to_string(record["mfu"].get<double>() * 100).substr(0, 4) + "%"
                                       : "";
-  std::printf("step %lld/%lld | loss %.4f | aux %.4f | lr %.2e | %.0f tok/s%s | eta %s\n",
-              static_cast<long long>(step_), static_cast<long long>(config_.train.steps), r.loss, r.aux_loss, lr,
+  std::printf("%sstep %lld/%lld | loss %.4f | aux %.4f | lr %.2e | %.0f tok/s%s | eta %s\n",
+              oracle_ ? "[ORACLE HASH: routes on the target token] " : "", static_cast<long long>(step_), static_cast<long long>(config_.train.steps), r.loss, r.aux_loss, lr,
               tokens_per_s, mfu.c_str(), format_duration(eta).c_str());
   std::fflush(stdout);
 }
@@ -198,13 +197,16 @@ void Trainer::train() {
     cuda_synchronize();
     double step_seconds = seconds_since(step_start);
     bool last = step_ == t.steps;
-    if (step_ % t.log_every == 0 || last || step_ == first_step + 1) {
+    if (is_log_step(step_) || step_ == first_step + 1) {
       log_step(r, lr, step_seconds, seconds_since(start) * static_cast<double>(step_) / (step_ - first_step));
     }
     if (val_data_ && ((t.eval_every > 0 && step_ % t.eval_every == 0) || last)) {
       EvalResult e = evaluate(t.eval_batches);
-      metrics_->write({{"step", step_}, {"val_loss", e.loss}, {"val_ppl", std::exp(e.loss)}, {"val_tokens", e.tokens}});
-      if (is_root()) std::printf("eval step %lld | val_loss %.4f | val_ppl %.2f\n", static_cast<long long>(step_), e.loss,
+      nlohmann::json record = {{"step", step_}, {"val_loss", e.loss}, {"val_ppl", std::exp(e.loss)},
+                               {"val_tokens", e.tokens}};
+      if (oracle_) record["oracle_hash"] = true;
+      metrics_->write(record);
+      if (is_root()) std::printf("%seval step %lld | val_loss %.4f | val_ppl %.2f\n", oracle_ ? "[ORACLE HASH] " : "", static_cast<long long>(step_), e.loss,
                                  std::exp(e.loss));
     }
     if ((t.save_every > 0 && step_ % t.save_every == 0) || last) save_checkpoint();

@@ -14,6 +14,7 @@
 #include "src/data/batch_sampler.h"
 #include "src/model/model.h"
 #include "src/train/metrics.h"
+#include "src/train/moe_stats.h"
 #include "src/train/optimizer.h"
 
 namespace moe {
@@ -22,7 +23,7 @@ struct StepResult {
   double loss = 0;       // mean cross-entropy over the global batch
   double aux_loss = 0;   // balancing losses, mean over micro-batches and ranks
   double grad_norm = 0;  // before clipping
-  std::vector<ExpertLoad> loads;  // summed over micro-batches and ranks
+  std::vector<LayerRoutingStats> routing;  // per MoE layer, over micro-batches and ranks
 };
 
 struct EvalResult {
@@ -56,6 +57,7 @@ class Trainer {
   data::Batch micro_batch(int64_t step, int64_t micro) const;
   Batch to_device(const data::Batch& batch) const;
   void log_step(const StepResult& r, double lr, double step_seconds, double elapsed);
+  bool is_log_step(int64_t step) const;
   bool is_root() const { return world_->rank() == 0; }
 
   Config config_;
@@ -68,6 +70,7 @@ class Trainer {
   std::unique_ptr<data::BatchSampler> sampler_;
   std::unique_ptr<MetricsWriter> metrics_;
   int64_t step_ = 0;  // completed optimizer steps
+  bool oracle_ = false;  // the future-token oracle hash: every log line says so
   double tokens_per_step_ = 0;
   double flops_per_token_ = 0;
 };

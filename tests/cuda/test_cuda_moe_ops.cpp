@@ -1,5 +1,6 @@
-// CUDA MoE ops vs the CPU reference: router softmax + top-k (ids exact, ties to the lower
-// index) and its backward, the stable expert sort (exact), and the weighted combine.
+// CUDA MoE ops vs the CPU reference: the plain softmax top-k router (ids exact, ties to the
+// lower index) and its backward, the stable expert sort (exact), and the weighted combine,
+// with and without dropped slots (id -1).
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -33,12 +34,19 @@ struct RouterOut {
   Mirror probs, ids, weights;
 };
 
+ops::TopKOptions softmax_topk(int64_t k, bool renormalize) {
+  ops::TopKOptions o;
+  o.k = k;
+  o.renormalize = renormalize;
+  return o;
+}
+
 RouterOut route_both(const Mirror& logits, int64_t k, bool renormalize) {
   const int64_t tokens = logits.cpu.size(0), experts = logits.cpu.size(1);
   RouterOut r{poisoned_pair({tokens, experts}, DType::f32), poisoned_pair({tokens, k}, DType::i32),
               poisoned_pair({tokens, k}, DType::f32)};
-  ops::softmax_topk_forward(logits.cpu, k, renormalize, r.probs.cpu, r.ids.cpu, r.weights.cpu);
-  ops::softmax_topk_forward(logits.gpu, k, renormalize, r.probs.gpu, r.ids.gpu, r.weights.gpu);
+  ops::router_topk_forward(logits.cpu, Tensor(), softmax_topk(k, renormalize), r.probs.cpu, r.ids.cpu, r.weights.cpu);
+  ops::router_topk_forward(logits.gpu, Tensor(), softmax_topk(k, renormalize), r.probs.gpu, r.ids.gpu, r.weights.gpu);
   return r;
 }
 
@@ -57,13 +65,14 @@ TEST_CASE("cuda router softmax top-k matches the CPU, ids exactly", "[cuda][rout
           require_match(r.weights, {1e-6, 1e-4}, "router weights");
 
           Mirror dweights = random_mirror({tokens, k}, DType::f32, seed + 1);
-          Mirror expert_grad = random_mirror({experts}, DType::f32, seed + 2, -0.1, 0.1);
+          Mirror dscores = random_mirror({tokens, experts}, DType::f32, seed + 2, -0.1, 0.1);
           Mirror dlogits = poisoned_pair({tokens, experts}, DType::f32);
           Mirror probs = mirror_of(r.probs.cpu, DType::f32), weights = mirror_of(r.weights.cpu, DType::f32);
-          ops::softmax_topk_backward(probs.cpu, r.ids.cpu, weights.cpu, dweights.cpu, expert_grad.cpu, renormalize,
-                                     dlogits.cpu);
-          ops::softmax_topk_backward(probs.gpu, r.ids.cpu.to(gpu()), weights.gpu, dweights.gpu, expert_grad.gpu,
-                                     renormalize, dlogits.gpu);
+          const auto o = softmax_topk(k, renormalize);
+          ops::router_topk_backward(logits.cpu, probs.cpu, r.ids.cpu, weights.cpu, dweights.cpu, dscores.cpu, o,
+                                    dlogits.cpu);
+          ops::router_topk_backward(logits.gpu, probs.gpu, r.ids.cpu.to(gpu()), weights.gpu, dweights.gpu,
+                                    dscores.gpu, o, dlogits.gpu);
           require_match(dlogits, {1e-6, 1e-3}, "router dlogits");
         }
       }
@@ -141,6 +150,76 @@ TEST_CASE("cuda moe_combine forward and backward match the CPU", "[cuda][permute
         ops::moe_combine_backward(y.gpu, slot_pos.gpu, weights.gpu, dout.gpu, dy.gpu, dweights.gpu);
         require_match(dy, bf16_tol(), "combine dy_sorted");
         require_match(dweights, accum_tol(), "combine dweights");
+      }
+    }
+  }
+}
+
+// Ids with about a quarter of the slots dropped (-1).
+std::vector<int32_t> ids_with_drops(int64_t n, int64_t experts, uint64_t seed) {
+  auto ids = random_int_values(n, experts, seed);
+  auto coin = random_int_values(n, 4, seed + 1);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (coin[i] == 0) ids[i] = -1;
+  }
+  return ids;
+}
+
+TEST_CASE("cuda moe_sort_by_expert with dropped slots matches the CPU exactly", "[cuda][permute]") {
+  for (int64_t experts : {1, 4, 64, 300}) {
+    for (int64_t k : {1, 2, 6}) {
+      for (int64_t tokens : {1, 7, 19, 989, 3000}) {
+        INFO("experts " << experts << " k " << k << " tokens " << tokens);
+        Mirror ids = mirror_ids(ids_with_drops(tokens * k, experts, seed_of(37, {experts, k, tokens})), {tokens, k});
+        Mirror sorted = poisoned_pair({tokens * k}, DType::i32);
+        Mirror pos = poisoned_pair({tokens * k}, DType::i32);
+        auto counts_cpu = ops::moe_sort_by_expert(ids.cpu, experts, sorted.cpu, pos.cpu);
+        auto counts_gpu = ops::moe_sort_by_expert(ids.gpu, experts, sorted.gpu, pos.gpu);
+        REQUIRE(counts_gpu == counts_cpu);
+        require_equal(sorted.gpu, sorted.cpu, "sorted_tokens (rows past the used ones are -1 on both)");
+        require_equal(pos.gpu, pos.cpu, "slot_pos");
+      }
+    }
+  }
+  Tensor bad = Tensor::from_vector(std::vector<int32_t>{0, -1, -2, 1}, {2, 2}, DType::i32, gpu());
+  Tensor sorted = Tensor::empty({4}, DType::i32, gpu()), pos = Tensor::empty({4}, DType::i32, gpu());
+  REQUIRE_THROWS_WITH(ops::moe_sort_by_expert(bad, 4, sorted, pos),
+                      Catch::Contains("expert id -2") && Catch::Contains("outside [0, 4)"));
+}
+
+TEST_CASE("cuda moe_combine with dropped slots matches the CPU, spare rows zero", "[cuda][permute]") {
+  for (int64_t dim : {1, 37, 64}) {
+    for (int64_t k : {1, 2, 6}) {
+      for (int64_t tokens : {1, 7, 19, 989}) {
+        for (int64_t spare : {0, 3}) {
+          INFO("dim " << dim << " k " << k << " tokens " << tokens << " spare rows " << spare);
+          const uint64_t seed = seed_of(38, {dim, k, tokens, spare});
+          const int64_t experts = 8;
+          Mirror ids = mirror_ids(ids_with_drops(tokens * k, experts, seed), {tokens, k});
+          Tensor sorted = poisoned_on({tokens * k}, DType::i32, Device::cpu());
+          Tensor slot_cpu = poisoned_on({tokens * k}, DType::i32, Device::cpu());
+          int64_t used = 0;
+          for (int64_t c : ops::moe_sort_by_expert(ids.cpu, experts, sorted, slot_cpu)) used += c;
+          // Fewer rows than slots when any slot is dropped (at least one row to allocate).
+          const int64_t rows = std::max<int64_t>(used + spare, 1);
+          Mirror slot_pos{slot_cpu, slot_cpu.to(gpu())};
+          Mirror y = random_mirror({rows, dim}, DType::bf16, seed + 1);
+          Mirror weights = random_mirror({tokens, k}, DType::f32, seed + 2, 0.0, 1.0);
+          Mirror out = poisoned_pair({tokens, dim}, DType::bf16);
+          ops::moe_combine_forward(y.cpu, slot_pos.cpu, weights.cpu, out.cpu);
+          ops::moe_combine_forward(y.gpu, slot_pos.gpu, weights.gpu, out.gpu);
+          require_match(out, bf16_tol(), "combine out");
+
+          Mirror dout = random_mirror({tokens, dim}, DType::bf16, seed + 3);
+          Mirror dy = poisoned_pair({rows, dim}, DType::bf16);
+          Mirror dweights = poisoned_pair({tokens, k}, DType::f32);
+          ops::moe_combine_backward(y.cpu, slot_pos.cpu, weights.cpu, dout.cpu, dy.cpu, dweights.cpu);
+          ops::moe_combine_backward(y.gpu, slot_pos.gpu, weights.gpu, dout.gpu, dy.gpu, dweights.gpu);
+          require_match(dy, bf16_tol(), "combine dy_sorted");
+          require_match(dweights, accum_tol(), "combine dweights");
+          auto spare_rows = dy.gpu.rows(used, rows).to_vector<float>();
+          REQUIRE(std::all_of(spare_rows.begin(), spare_rows.end(), [](float v) { return v == 0.0f; }));
+        }
       }
     }
   }

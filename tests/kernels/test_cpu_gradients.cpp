@@ -189,42 +189,6 @@ TEST_CASE("scatter_add_rows is the adjoint of gather_rows", "[kernels][cpu][grad
   check_gradient(src, f, values_of(dsrc), "gather_rows dsrc");
 }
 
-TEST_CASE("router backward through softmax, top-k gates and renormalisation", "[kernels][cpu][grad]") {
-  const int64_t tokens = 7, experts = 6;
-  for (int64_t k : {1, 2, 6}) {
-    for (bool renormalize : {false, true}) {
-      Tensor logits = random_tensor({tokens, experts}, k_f64, 31, Device::cpu(), -2.0, 2.0);
-      auto r_w = random_values(tokens * k, 32);
-      auto expert_grad_v = random_values(experts, 33);
-      Tensor probs = Tensor::empty({tokens, experts}, k_f64), weights = Tensor::empty({tokens, k}, k_f64);
-      Tensor ids = Tensor::empty({tokens, k}, DType::i32);
-      // The Switch-style term: sum over tokens of expert_grad . probs[t].
-      auto f = [&] {
-        ops::softmax_topk_forward(logits, k, renormalize, probs, ids, weights);
-        auto pv = values_of(probs);
-        double aux = 0;
-        for (int64_t t = 0; t < tokens; ++t) {
-          for (int64_t e = 0; e < experts; ++e) aux += expert_grad_v[e] * pv[t * experts + e];
-        }
-        return functional(weights, r_w) + aux;
-      };
-      f();
-      // Finite differences are only meaningful if no perturbation can change the selection.
-      auto pv = values_of(probs);
-      for (int64_t t = 0; k < experts && t < tokens; ++t) {
-        std::vector<double> row(pv.begin() + t * experts, pv.begin() + (t + 1) * experts);
-        std::sort(row.rbegin(), row.rend());
-        REQUIRE(row[k - 1] - row[k] > 1e-4);
-      }
-      Tensor dlogits = poisoned({tokens, experts}, k_f64);
-      ops::softmax_topk_backward(probs, ids, weights, values_tensor(r_w, {tokens, k}, k_f64),
-                                 values_tensor(expert_grad_v, {experts}, k_f64), renormalize, dlogits);
-      std::string what = "router dlogits k=" + std::to_string(k) + " renormalize=" + std::to_string(renormalize);
-      check_gradient(logits, f, values_of(dlogits), what);
-    }
-  }
-}
-
 TEST_CASE("moe_combine backward to expert outputs and gate weights", "[kernels][cpu][grad]") {
   const int64_t tokens = 7, k = 2, experts = 3, dim = 5;
   Tensor ids = random_ids(tokens * k, experts, 34).view({tokens, k});

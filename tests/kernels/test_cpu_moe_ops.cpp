@@ -35,11 +35,15 @@ struct RouterOut {
   Tensor probs, ids, weights;
 };
 
+// The plain softmax top-k router (no bias, no groups).
 RouterOut route(const Tensor& logits, int64_t k, bool renormalize) {
   const int64_t tokens = logits.size(0), experts = logits.size(1);
   RouterOut out{poisoned({tokens, experts}, logits.dtype()), Tensor::empty({tokens, k}, DType::i32),
                 poisoned({tokens, k}, logits.dtype())};
-  ops::softmax_topk_forward(logits, k, renormalize, out.probs, out.ids, out.weights);
+  ops::TopKOptions options;
+  options.k = k;
+  options.renormalize = renormalize;
+  ops::router_topk_forward(logits, Tensor(), options, out.probs, out.ids, out.weights);
   return out;
 }
 
@@ -169,6 +173,56 @@ TEST_CASE("moe_combine forward weights and sums each token's expert rows", "[ker
   }
 }
 
+TEST_CASE("dropped slots (id -1) take no row in the sort and add nothing in the combine", "[kernels][cpu][routing]") {
+  // t0 -> {2, dropped}, t1 -> {0, 2}, t2 -> {dropped, dropped}, t3 -> {0, 1}
+  Tensor ids = ids_tensor({2, -1, 0, 2, -1, -1, 0, 1}, {4, 2});
+  Tensor sorted_tokens = Tensor::empty({8}, DType::i32), slot_pos = Tensor::empty({8}, DType::i32);
+  auto counts = ops::moe_sort_by_expert(ids, 3, sorted_tokens, slot_pos);
+  CHECK(counts == std::vector<int64_t>{2, 1, 2});
+  // expert 0: (t1,s0) (t3,s0); expert 1: (t3,s1); expert 2: (t0,s0) (t1,s1)
+  auto sorted = sorted_tokens.to_vector<int32_t>();
+  CHECK(std::vector<int32_t>(sorted.begin(), sorted.begin() + 5) == std::vector<int32_t>{1, 3, 3, 0, 1});
+  CHECK(slot_pos.to_vector<int32_t>() == std::vector<int32_t>{3, -1, 0, 4, -1, -1, 1, 2});
+
+  const int64_t dim = 3;
+  for (DType dt : k_float_types) {
+    for (int64_t rows : {5, 7}) {  // exactly the rows used, and two spare rows
+      Tensor y_sorted = random_tensor({rows, dim}, dt, 46);
+      Tensor weights = values_tensor({0.5, 0.25, 0.75, 2.0, 0.125, 4.0, 1.5, -1.0}, {4, 2}, dt);
+      Tensor out = poisoned({4, dim}, dt);
+      ops::moe_combine_forward(y_sorted, slot_pos, weights, out);
+      auto y = values_of(y_sorted);
+      std::vector<double> ref(4 * dim);
+      for (int64_t c = 0; c < dim; ++c) {
+        ref[0 * dim + c] = 0.5 * y[3 * dim + c];
+        ref[1 * dim + c] = 0.75 * y[0 * dim + c] + 2.0 * y[4 * dim + c];
+        ref[2 * dim + c] = 0.0;  // every slot dropped, weights ignored
+        ref[3 * dim + c] = 1.5 * y[1 * dim + c] - 1.0 * y[2 * dim + c];
+      }
+      check(out, ref, "combine out with drops, rows " + std::to_string(rows));
+
+      Tensor dout = random_tensor({4, dim}, dt, 47);
+      Tensor dy = poisoned({rows, dim}, dt), dweights = poisoned({4, 2}, dt);
+      ops::moe_combine_backward(y_sorted, slot_pos, weights, dout, dy, dweights);
+      auto g = values_of(dout);
+      std::vector<double> ref_dy(static_cast<size_t>(rows * dim), 0.0);  // spare rows stay zero
+      std::vector<double> ref_dw(8, 0.0);                                 // dropped slots get 0
+      const int32_t pos[8] = {3, -1, 0, 4, -1, -1, 1, 2};
+      const double w[8] = {0.5, 0.25, 0.75, 2.0, 0.125, 4.0, 1.5, -1.0};
+      for (int64_t n = 0; n < 8; ++n) {
+        if (pos[n] < 0) continue;
+        const int64_t t = n / 2;
+        for (int64_t c = 0; c < dim; ++c) {
+          ref_dy[pos[n] * dim + c] = w[n] * g[t * dim + c];
+          ref_dw[n] += g[t * dim + c] * y[pos[n] * dim + c];
+        }
+      }
+      check(dy, ref_dy, "combine dy_sorted with drops, rows " + std::to_string(rows));
+      check(dweights, ref_dw, "combine dweights with drops, rows " + std::to_string(rows));
+    }
+  }
+}
+
 TEST_CASE("adamw matches a step computed by hand", "[kernels][cpu][optim]") {
   for (DType dt : k_float_types) {
     ops::AdamWParams p;
@@ -206,14 +260,17 @@ TEST_CASE("bad inputs to the CPU ops name the problem", "[kernels][cpu][errors]"
   Tensor logits = random_tensor({3, 4}, dt, 50);
   Tensor probs = Tensor::empty({3, 4}, dt);
   Tensor ids5 = Tensor::empty({3, 5}, DType::i32), w5 = Tensor::empty({3, 5}, dt);
-  REQUIRE_THROWS_WITH(ops::softmax_topk_forward(logits, 5, false, probs, ids5, w5),
+  ops::TopKOptions top5;
+  top5.k = 5;
+  REQUIRE_THROWS_WITH(ops::router_topk_forward(logits, Tensor(), top5, probs, ids5, w5),
                       Contains("top-k 5 must be between 1 and the expert count 4"));
 
   Tensor sorted_tokens = Tensor::empty({4}, DType::i32), slot_pos = Tensor::empty({4}, DType::i32);
   REQUIRE_THROWS_WITH(ops::moe_sort_by_expert(ids_tensor({0, 1, 4, 2}, {2, 2}), 4, sorted_tokens, slot_pos),
                       Contains("expert id 4 of token 1 (slot 0) is outside [0,4)"));
-  REQUIRE_THROWS_WITH(ops::moe_sort_by_expert(ids_tensor({0, -1, 3, 2}, {2, 2}), 4, sorted_tokens, slot_pos),
-                      Contains("expert id -1 of token 0 (slot 1) is outside [0,4)"));
+  // -1 is a dropped slot; anything below is an error.
+  REQUIRE_THROWS_WITH(ops::moe_sort_by_expert(ids_tensor({0, -2, 3, 2}, {2, 2}), 4, sorted_tokens, slot_pos),
+                      Contains("expert id -2 of token 0 (slot 1) is outside [0,4)"));
 
   Tensor table = random_tensor({11, 3}, dt, 51), emb = Tensor::empty({3, 3}, dt);
   REQUIRE_THROWS_WITH(ops::embedding_forward(ids_tensor({0, 5, 11}, {3}), table, emb),
@@ -231,6 +288,12 @@ TEST_CASE("bad inputs to the CPU ops name the problem", "[kernels][cpu][errors]"
   Tensor out = Tensor::empty({2, 3}, dt);
   REQUIRE_THROWS_WITH(ops::moe_combine_forward(y_sorted, ids_tensor({0, 1, 9, 2}, {4}), weights, out),
                       Contains("slot 2 points at row 9, outside [0,4)"));
+  REQUIRE_THROWS_WITH(ops::moe_combine_forward(y_sorted, ids_tensor({0, -3, 1, 2}, {4}), weights, out),
+                      Contains("slot 1 points at row -3, outside [0,4)"));
+  // Three rows: fewer than the four slots is fine, but a slot may not name row 3.
+  Tensor y3 = random_tensor({3, 3}, dt, 55);
+  REQUIRE_THROWS_WITH(ops::moe_combine_forward(y3, ids_tensor({0, -1, 3, 2}, {4}), weights, out),
+                      Contains("slot 2 points at row 3, outside [0,3)"));
 
   Tensor ints = Tensor::zeros({4}, DType::i32);
   REQUIRE_THROWS_WITH(ops::scale(ints, 2.0f), Contains("scale: the CPU backend supports f32 and f64, got i32"));

@@ -35,8 +35,11 @@ TEST_CASE("N-rank data parallelism matches one rank at the same global batch", "
     REQUIRE(p.loss == Approx(r.loss).epsilon(1e-5));
     REQUIRE(p.aux_loss == Approx(r.aux_loss).epsilon(1e-4));
     REQUIRE(p.grad_norm == Approx(r.grad_norm).epsilon(1e-4));
-    REQUIRE(p.loads.size() == r.loads.size());
-    for (size_t i = 0; i < p.loads.size(); ++i) REQUIRE(p.loads[i].tokens_per_expert == r.loads[i].tokens_per_expert);
+    REQUIRE(p.routing.size() == r.routing.size());
+    for (size_t i = 0; i < p.routing.size(); ++i) {
+      REQUIRE(p.routing[i].tokens_per_expert == r.routing[i].tokens_per_expert);
+      REQUIRE(p.routing[i].slots == r.routing[i].slots);
+    }
   }
   for (int g = 0; g < k_num_param_groups; ++g) {
     auto group = static_cast<ParamGroup>(g);

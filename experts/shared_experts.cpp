@@ -1,0 +1,46 @@
+// Shared experts: parameters "<prefix>.w_up" [d, K_s*f (x2 for GLU)], "<prefix>.w_down"
+// [K_s*f, d], and with the gate "<prefix>.gate" [d, 1].
+#include "experts/shared_experts.h"
+
+#include "src/model/linear.h"
+
+namespace moe {
+
+SharedExperts::SharedExperts(ParamStore& store, const std::string& prefix, int64_t d_model, int64_t num_experts,
+                             int64_t d_expert, ops::Activation act, bool gated, double init_std, double out_init_std)
+    : store_(&store), act_(act) {
+  // GLU weights keep [gate_1..gate_K | up_1..up_K]: the concatenated FFN is the sum of the K.
+  const int64_t width = num_experts * d_expert;
+  w_up_ = store.add(prefix + ".w_up", {d_model, ffn_up_width(act, width)}, ParamGroup::dense, ParamKind::weight,
+                    ParamInit::normal, init_std);
+  w_down_ = store.add(prefix + ".w_down", {width, d_model}, ParamGroup::dense, ParamKind::weight, ParamInit::normal,
+                      out_init_std);
+  if (gated) {
+    gate_ = store.add(prefix + ".gate", {d_model, 1}, ParamGroup::dense, ParamKind::weight, ParamInit::normal,
+                      init_std);
+  }
+}
+
+Tensor SharedExperts::forward(const Tensor& x, SharedExpertsSaved& saved) const {
+  saved.ffn_out = ffn_forward(x, store_->param(w_up_), store_->param(w_down_), act_, saved.ffn);
+  if (gate_ < 0) return saved.ffn_out;
+  saved.gate_logit = linear_forward(x, store_->param(gate_));
+  Tensor y = empty_like(saved.ffn_out);
+  ops::row_gate_forward(saved.ffn_out, saved.gate_logit, y);
+  return y;
+}
+
+void SharedExperts::backward(const SharedExpertsSaved& saved, const Tensor& dy, Tensor& dx) const {
+  Tensor dffn_out = dy;
+  if (gate_ >= 0) {
+    dffn_out = empty_like(saved.ffn_out);
+    Tensor dgate = empty_like(saved.gate_logit);
+    ops::row_gate_backward(saved.ffn_out, saved.gate_logit, dy, dffn_out, dgate);
+    Tensor dw_gate = store_->grad(gate_);
+    linear_backward(saved.ffn.x, store_->param(gate_), dgate, dw_gate, dx, true);
+  }
+  Tensor dw_up = store_->grad(w_up_), dw_down = store_->grad(w_down_);
+  ffn_backward(saved.ffn, store_->param(w_up_), store_->param(w_down_), act_, dffn_out, dw_up, dw_down, dx, true);
+}
+
+}  // namespace moe

@@ -1,0 +1,32 @@
+// Shared (always-active) experts of an MoE layer (DeepSeekMoE, Qwen2-MoE): K_s experts of
+// width f computed for every token. They are stored as one FFN of width K_s*f, which equals
+// the sum of the K_s expert FFNs; optionally gated per token by sigmoid(x . w_gate) (Qwen2-MoE).
+#pragma once
+
+#include <string>
+
+#include "src/model/dense_ffn.h"
+
+namespace moe {
+
+struct SharedExpertsSaved {
+  FfnSaved ffn;
+  Tensor ffn_out, gate_logit;
+};
+
+class SharedExperts {
+ public:
+  SharedExperts(ParamStore& store, const std::string& prefix, int64_t d_model, int64_t num_experts, int64_t d_expert,
+                ops::Activation act, bool gated, double init_std, double out_init_std);
+  // x[T,d] -> y[T,d]
+  Tensor forward(const Tensor& x, SharedExpertsSaved& saved) const;
+  // dy[T,d] -> adds into dx[T,d]; accumulates parameter gradients
+  void backward(const SharedExpertsSaved& saved, const Tensor& dy, Tensor& dx) const;
+
+ private:
+  ParamStore* store_;
+  ops::Activation act_;
+  ParamId w_up_, w_down_, gate_ = -1;
+};
+
+}  // namespace moe

@@ -1,0 +1,59 @@
+// Balancing losses and routing statistics, computed on the host in f64 from the router's
+// outputs (E numbers per token): each term's value and its gradients on the router's scores,
+// logits, weights and noise parameters; the aux-loss-free bias update; the load metrics.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace moe {
+
+struct BalancingConfig {
+  double switch_coef = 0;      // Switch/GShard: alpha * E * sum_i f_i P_i
+  double importance_coef = 0;  // Shazeer: w * CV(Importance)^2
+  double load_coef = 0;        // Shazeer: w * CV(Load)^2 with the smooth (noisy-gating) estimator
+  double z_coef = 0;           // ST-MoE: (1/T) sum_t logsumexp(logits_t)^2
+  double seq_coef = 0;         // DeepSeek-V3 sequence-level: alpha * sum_i f_i P_i per sequence, averaged
+  double device_coef = 0;      // DeepSeekMoE device-level over device_groups contiguous expert groups
+  int64_t device_groups = 0;
+};
+
+// Host copies of one MoE layer's routing for one micro-batch. Row-major.
+struct BalanceInputs {
+  int64_t tokens = 0, experts = 0, slots = 0;  // T, E, k (slots per token)
+  int64_t seq_len = 0;                         // tokens of one sequence (T is a multiple)
+  std::vector<double> scores;   // [T*E] softmax (or sigmoid) scores; empty for hash routers
+  std::vector<double> logits;   // [T*E] logits of the scores (z-loss); may be empty
+  std::vector<double> weights;  // [T*k] combine weights
+  std::vector<int32_t> ids;     // [T*k] chosen experts, -1 = none
+  std::vector<int64_t> counts;  // [E] slots routed to each expert (dropped ones excluded)
+  bool scores_are_sigmoid = false;  // sequence-level loss normalises sigmoid scores per token
+  // Noisy top-k gating, for the load estimator: h = clean + normal * softplus(raw_noise).
+  std::vector<double> clean, raw_noise, normal;  // [T*E] each, or empty
+};
+
+struct BalanceResult {
+  std::map<std::string, double> terms;  // "switch", "importance", "load", "z", "seq", "device" (enabled ones)
+  double total = 0;                     // the sum of the terms (coefficients applied)
+  // Gradients of `total`, zero-sized when no enabled term depends on that input.
+  std::vector<double> dscores, dlogits, dweights, dclean, draw_noise;
+};
+
+// f_i uses the counts (a constant of the discrete routing, no gradient), P_i the scores.
+// Definitions and normalisations: ../shared/reference.md "Router losses".
+BalanceResult compute_balancing(const BalanceInputs& in, const BalancingConfig& config);
+
+// Load statistics of one layer for the metrics.
+struct LoadStats {
+  double cv = 0;            // coefficient of variation of the counts
+  double max_over_mean = 0;
+  double entropy = 0;       // mean over tokens of -sum_i p_i log p_i of the scores (0 if none)
+};
+LoadStats load_stats(const std::vector<int64_t>& counts, const std::vector<double>& scores, int64_t experts);
+
+// Aux-loss-free balancing (DeepSeek-V3): b_i <- b_i - gamma * sign(load_i - mean load).
+void update_expert_bias(std::vector<double>& bias, const std::vector<int64_t>& loads, double gamma);
+
+}  // namespace moe

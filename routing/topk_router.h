@@ -1,0 +1,44 @@
+// Token-choice routers with a learned projection: logits = x @ W_r, scores = softmax or
+// sigmoid, each token takes k experts. Covers Switch/GShard (softmax then top-k), Mixtral
+// (top-k then softmax), DeepSeek-V3 (sigmoid, bias-adjusted selection, group-limited) and
+// noisy top-k gating (Shazeer et al. 2017: learned noise, in training only).
+#pragma once
+
+#include "routing/router.h"
+#include "src/ops/ops.h"
+
+namespace moe {
+
+struct TopKRouterOptions {
+  int64_t d_model = 0, num_experts = 0;
+  ops::TopKOptions topk;
+  bool noisy = false;        // h = clean + N(0,1) * softplus(x @ W_noise) while training
+  bool expert_bias = false;  // a selection-only bias buffer (aux-loss-free balancing)
+  double init_std = 0.02;
+};
+
+class TopKRouter : public Router {
+ public:
+  TopKRouter(ParamStore& store, const std::string& prefix, const TopKRouterOptions& options);
+  int64_t num_experts() const override { return options_.num_experts; }
+  int64_t slots_per_token() const override { return options_.topk.k; }
+  std::string name() const override;
+  // x[T,d] -> ids i32[T,k], weights[T,k], scores[T,E], logits[T,E]
+  Routing route(const Tensor& x, const RouteInputs& inputs, RouterSaved& saved) const override;
+  void backward(const RouterSaved& saved, const RouterGrads& grads, Tensor& dx) const override;
+  // The selection bias buffer (undefined without expert_bias).
+  ParamId bias_id() const { return bias_; }
+
+ private:
+  ParamStore* store_;
+  TopKRouterOptions options_;
+  ParamId weight_ = -1, noise_weight_ = -1, bias_ = -1;
+};
+
+// Standard normal draws [T,E] from a seed (host-generated: the same on every device).
+Tensor standard_normal(int64_t rows, int64_t cols, uint64_t seed, DType dtype, Device device);
+// dx[T,d] += dlogits[T,E] @ w^T and dw[d,E] += x^T dlogits, with dlogits (accum dtype) cast to
+// the compute dtype of x first. Shared by every router with a learned projection.
+void router_projection_backward(const Tensor& x, const Tensor& w, const Tensor& dlogits, Tensor& dw, Tensor& dx);
+
+}  // namespace moe

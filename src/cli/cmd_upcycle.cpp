@@ -1,0 +1,77 @@
+// `moe upcycle --from DENSE_CHECKPOINT --config MOE.toml --out DIR [--mode ...]`: turns a dense
+// checkpoint into a step-0 MoE checkpoint that `moe train` resumes (experts/upcycle.h).
+#include <cstdio>
+#include <memory>
+
+#include "experts/upcycle.h"
+#include "parallel/mpi_env.h"
+#include "src/cli/commands.h"
+
+namespace moe {
+
+namespace {
+
+struct UpcycleCommandOptions {
+  std::string from, config_path, out, mode = "copy";
+  std::vector<std::string> overrides;
+  double reinit_fraction = 0.5;
+  uint64_t seed = 0;
+};
+
+void print_result(const std::string& from, const std::string& out, const UpcycleOptions& o, const UpcycleResult& r,
+                  const std::string& config_path) {
+  std::printf("upcycle: %s -> %s (mode %s, seed %llu): %zu parameters copied, %zu MoE layers built\n", from.c_str(),
+              out.c_str(), upcycle_mode_name(o.mode), static_cast<unsigned long long>(o.seed), r.copied.size(),
+              r.layers.size());
+  for (const UpcycledLayer& l : r.layers) {
+    std::printf("  layer %lld: %lld experts of width %lld from d_ff %lld", static_cast<long long>(l.layer),
+                static_cast<long long>(l.num_experts), static_cast<long long>(l.d_expert),
+                static_cast<long long>(l.d_dense));
+    if (o.mode == UpcycleMode::fine_grained) {
+      std::printf(", G = %lld segments, R = %lld virtual groups, s = %g", static_cast<long long>(l.groups),
+                  static_cast<long long>(l.replicas), l.scale);
+    } else if (o.mode == UpcycleMode::partial_reinit) {
+      std::printf(", %lld of %lld expert entries re-initialised", static_cast<long long>(l.reinit_entries),
+                  static_cast<long long>(l.expert_entries));
+    }
+    std::printf("\n");
+  }
+  for (const std::string& w : r.warnings) std::printf("warning: %s\n", w.c_str());
+  std::printf("resume with: moe train %s --set train.resume=%s\n", config_path.c_str(), out.c_str());
+  std::fflush(stdout);
+}
+
+}  // namespace
+
+void add_upcycle_command(CLI::App& app, CommandRunner& run) {
+  auto* cmd = app.add_subcommand("upcycle", "build an MoE checkpoint from a dense one (sparse upcycling)");
+  auto o = std::make_shared<UpcycleCommandOptions>();
+  cmd->add_option("--from", o->from, "dense checkpoint directory (checkpoints/step_<N>)")->required();
+  cmd->add_option("--config", o->config_path, "TOML config of the MoE model to build")->required();
+  cmd->add_option("--out", o->out, "MoE checkpoint directory to write")->required();
+  cmd->add_option("--mode", o->mode, "copy | fine_grained | partial_reinit")
+      ->check(CLI::IsMember({"copy", "fine_grained", "partial_reinit"}));
+  auto* fraction = cmd->add_option("--reinit-fraction", o->reinit_fraction,
+                                   "partial_reinit: share of each expert matrix re-initialised (default 0.5)")
+                       ->check(CLI::Range(0.0, 1.0));
+  auto* seed = cmd->add_option("--seed", o->seed, "initialisation and shuffle seed (default: train.seed)");
+  cmd->add_option("--set", o->overrides, "override a key of the MoE config: section.key=value (repeatable)");
+  cmd->callback([&run, o, fraction, seed] {
+    const bool fraction_given = fraction->count() > 0, seed_given = seed->count() > 0;
+    run = [o, fraction_given, seed_given](MpiEnv& env) {
+      UpcycleOptions options;
+      options.mode = upcycle_mode_from_name(o->mode);
+      MOE_CHECK(!fraction_given || options.mode == UpcycleMode::partial_reinit,
+                "--reinit-fraction applies to --mode partial_reinit only");
+      options.reinit_fraction = o->reinit_fraction;
+      if (env.world_rank() != 0) return 0;  // one writer under mpirun
+      Config target = load_config(o->config_path, o->overrides);
+      options.seed = seed_given ? o->seed : target.train.seed;
+      UpcycleResult result = upcycle_checkpoint(o->from, target, o->out, options);
+      print_result(o->from, o->out, options, result, o->config_path);
+      return 0;
+    };
+  });
+}
+
+}  // namespace moe

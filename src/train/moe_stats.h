@@ -1,0 +1,35 @@
+// Per-MoE-layer routing statistics of one optimizer step: summed or averaged over the step's
+// micro-batches and the data-parallel ranks, then written into the metrics.
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "experts/moe_layer.h"
+#include "parallel/communicator.h"
+
+namespace moe {
+
+struct LayerRoutingStats {
+  int layer = 0;
+  std::vector<int64_t> tokens_per_expert;  // summed over micro-batches and ranks
+  int64_t slots = 0, dropped = 0;          // summed
+  std::map<std::string, double> balance;   // each term, mean over micro-batches and ranks
+  double aux_loss = 0;                     // mean over micro-batches and ranks
+  double entropy = 0;                      // mean (when collected)
+  std::vector<double> bias;                // the expert bias after the step (aux-loss-free), if any
+};
+
+// Adds one micro-batch's layer statistics with weight `mean_weight` for the averaged fields.
+void accumulate_routing_stats(std::vector<LayerRoutingStats>& step, const std::vector<MoeLayerStats>& micro,
+                              const std::vector<int>& layers, double mean_weight);
+// Sums (and averages) the statistics over the ranks of `world`; every rank gets the result.
+void reduce_routing_stats(std::vector<LayerRoutingStats>& step, Communicator& world);
+// The metrics object of one layer: loads, max/mean, CV, dropped fraction, entropy, each
+// balancing term, bias statistics.
+nlohmann::json routing_stats_json(const LayerRoutingStats& s);
+
+}  // namespace moe
