@@ -53,9 +53,13 @@ void place_units(const DenseFfnWeights& src, const std::vector<int64_t>& units, 
     const int64_t j = units[i], u = static_cast<int64_t>(i);
     for (int64_t r = 0; r < d; ++r) {
       dst.w_up[r * dst.up_width + dst.gate_col + u] = scaled_value(src.up[r * width + j], up_factor);
-      if (src.gated) dst.w_up[r * dst.up_width + dst.up_col + u] = scaled_value(src.up[r * width + src.f + j], up_factor);
+      if (src.gated) {
+        dst.w_up[r * dst.up_width + dst.up_col + u] = scaled_value(src.up[r * width + src.f + j], up_factor);
+      }
     }
-    for (int64_t c = 0; c < d; ++c) dst.w_down[(dst.down_row + u) * d + c] = scaled_value(src.down[j * d + c], down_factor);
+    for (int64_t c = 0; c < d; ++c) {
+      dst.w_down[(dst.down_row + u) * d + c] = scaled_value(src.down[j * d + c], down_factor);
+    }
   }
 }
 
@@ -81,7 +85,9 @@ uint64_t splitmix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-std::mt19937_64 seeded_stream(uint64_t seed, const std::string& tag) { return std::mt19937_64(splitmix64(seed ^ fnv1a(tag))); }
+std::mt19937_64 seeded_stream(uint64_t seed, const std::string& tag) {
+  return std::mt19937_64(splitmix64(seed ^ fnv1a(tag)));
+}
 
 // Uniform in [0, n) without modulo bias (a portable Fisher-Yates, unlike std::shuffle).
 uint64_t uniform_below(std::mt19937_64& rng, uint64_t n) {
@@ -235,7 +241,7 @@ void build_fine_grained(const LayerJob& job, const MoeConfig& moe, ParamStore& s
     std::vector<float> fresh = host_values(store, id), dup(fresh.size());
     const int64_t d = store.info(id).shape[0], num_experts = store.info(id).shape[1];
     for (int64_t r = 0; r < d; ++r) {
-      for (int64_t e = 0; e < num_experts; ++e) dup[r * num_experts + e] = fresh[r * num_experts + e % groups];
+      for (int64_t e = 0; e < num_experts; ++e) dup[r * num_experts + e] = fresh[r * num_experts + e / groups];
     }
     store_values(store, id, dup);
   }
@@ -255,8 +261,9 @@ void build_partial_reinit(const LayerJob& job, ParamStore& store, ParamId up_id,
     std::vector<int64_t> units = random_prefix(rng, ffn.f, out.d_expert);
     UnitSlot slot = expert_slot(w_up, w_down, e, ffn.d, out.d_expert, ffn.gated);
     place_units(ffn, units, 1.0, 1.0, slot);
-    out.reinit_entries += reinit_entries(slot.w_up, ffn.d * width, fraction, store.info(up_id).init_std, rng);
-    out.reinit_entries += reinit_entries(slot.w_down, out.d_expert * ffn.d, fraction, store.info(down_id).init_std, rng);
+    const double up_std = store.info(up_id).init_std, down_std = store.info(down_id).init_std;
+    out.reinit_entries += reinit_entries(slot.w_up, ffn.d * width, fraction, up_std, rng);
+    out.reinit_entries += reinit_entries(slot.w_down, out.d_expert * ffn.d, fraction, down_std, rng);
   }
   if (job.num_shared == 0) return;
   // Shared experts: K FFNs of width f_s stored as one of width K*f_s, w_up [gate_1..gate_K |
@@ -400,13 +407,17 @@ UpcycleResult upcycle_weights(const std::map<std::string, Tensor>& dense, const 
 
 UpcycleResult upcycle_checkpoint(const std::string& from_dir, const Config& target, const std::string& out_dir,
                                  const UpcycleOptions& options) {
-  MOE_CHECK(fs::is_directory(from_dir), "upcycle source ", from_dir, " does not exist (expected a checkpoint directory)");
-  const fs::path model_path = fs::path(from_dir) / "model.safetensors", config_path = fs::path(from_dir) / "config.toml";
-  MOE_CHECK(fs::is_regular_file(model_path), "upcycle source ", from_dir, " has no model.safetensors (not a checkpoint directory)");
+  MOE_CHECK(fs::is_directory(from_dir), "upcycle source ", from_dir,
+            " does not exist (expected a checkpoint directory)");
+  const fs::path model_path = fs::path(from_dir) / "model.safetensors";
+  const fs::path config_path = fs::path(from_dir) / "config.toml";
+  MOE_CHECK(fs::is_regular_file(model_path), "upcycle source ", from_dir,
+            " has no model.safetensors (not a checkpoint directory)");
   std::vector<std::string> names;
   for (const SafetensorsEntry& e : read_safetensors_header(model_path).entries) names.push_back(e.name);
   check_dense_names(names, from_dir);
-  MOE_CHECK(fs::is_regular_file(config_path), "upcycle source ", from_dir, " has no config.toml (its dense FFN activation is read from there)");
+  MOE_CHECK(fs::is_regular_file(config_path), "upcycle source ", from_dir,
+            " has no config.toml (its dense FFN activation is read from there)");
   MOE_CHECK(target.moe.num_experts > 0, "upcycle target config ", target.source_path,
             " has moe.num_experts = 0: there is no MoE layer to build");
   MOE_CHECK(!out_dir.empty(), "upcycle --out is empty");

@@ -38,6 +38,7 @@ void expert_choice_forward(const float* scores, int32_t* ids, float* weights, in
             ", experts ", num_experts, ", capacity ", capacity, ")");
   const auto n = static_cast<size_t>(tokens * num_experts);
   if (n == 0) return;
+  // On the host: a per-expert top-c over the tokens needs a segmented sort (T*E values only).
   std::vector<float> host_scores(n), host_weights(n);
   std::vector<int32_t> host_ids(n);
   to_host(host_scores, scores, stream);
@@ -64,6 +65,7 @@ int64_t apply_capacity(int32_t* ids, float* weights, int64_t tokens, int64_t k, 
             ", k ", k, ", experts ", num_experts, ", capacity ", capacity, ")");
   const auto n = static_cast<size_t>(tokens * k);
   if (n == 0) return 0;
+  // On the host: a per-expert top-c needs a segmented sort, and the count must reach the host anyway.
   std::vector<int32_t> host_ids(n);
   std::vector<float> host_weights(n);
   to_host(host_ids, ids, stream);

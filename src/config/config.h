@@ -38,6 +38,7 @@ struct MoeConfig {                // [moe]
   double aux_loss_coef = 0.01;    // Switch load-balancing loss alpha
   // Routing (docs/config.md has the exact definitions).
   std::string router = "softmax_topk";  // softmax_topk | topk_softmax | sigmoid | noisy_topk | expert_choice | hash
+  std::vector<std::string> layer_routers;  // per MoE layer (in layer order), overriding router; [] = all use router
   int64_t num_groups = 0;         // group-limited routing: contiguous expert groups (0 = off)
   int64_t top_groups = 0;         // groups a token may use
   double capacity_factor = 0.0;   // token choice: capacity = ceil(C*k*T/E), 0 = dropless; expert choice: c*T/E

@@ -14,7 +14,8 @@
 
 namespace moe::config_internal {
 
-using FieldTarget = std::variant<int64_t*, uint64_t*, double*, bool*, std::string*, std::vector<double>*>;
+using FieldTarget = std::variant<int64_t*, uint64_t*, double*, bool*, std::string*, std::vector<double>*,
+                                 std::vector<std::string>*>;
 
 struct Field {
   const char* section;  // "model"

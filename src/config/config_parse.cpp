@@ -49,6 +49,7 @@ std::string expected_of(const Field& field) {
     std::string operator()(bool*) const { return "a boolean"; }
     std::string operator()(std::string*) const { return "a string"; }
     std::string operator()(std::vector<double>*) const { return "an array of numbers"; }
+    std::string operator()(std::vector<std::string>*) const { return "an array of strings"; }
   };
   return std::visit(Names{}, field.target);
 }
@@ -100,6 +101,18 @@ std::string assign_to(std::vector<double>* target, const toml::node& node) {
     auto number = number_of(element);
     if (!number) return "got an array containing " + describe(element);
     values.push_back(*number);
+  }
+  *target = std::move(values);
+  return "";
+}
+
+std::string assign_to(std::vector<std::string>* target, const toml::node& node) {
+  const toml::array* array = node.as_array();
+  if (!array) return "got " + describe(node);
+  std::vector<std::string> values;
+  for (const auto& element : *array) {
+    if (!element.is_string()) return "got an array containing " + describe(element);
+    values.push_back(element.as_string()->get());
   }
   *target = std::move(values);
   return "";

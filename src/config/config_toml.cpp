@@ -55,6 +55,11 @@ struct FormatValue {
     for (size_t i = 0; i < v->size(); ++i) out += (i ? ", " : "") + format_double((*v)[i]);
     return out + "]";
   }
+  std::string operator()(const std::vector<std::string>* v) const {
+    std::string out = "[";
+    for (size_t i = 0; i < v->size(); ++i) out += (i ? ", " : "") + quote((*v)[i]);
+    return out + "]";
+  }
 };
 
 }  // namespace

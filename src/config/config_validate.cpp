@@ -1,5 +1,6 @@
 // validate_config: every range and cross-key rule of the schema in one place. Messages name the
 // keys and their values and, through KeyOrigins, the file line or override that set them.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -95,9 +96,17 @@ void validate_model(const ModelConfig& m, const KeyOrigins& at) {
   check_positive(at, "model.init_std", m.init_std);
 }
 
-void validate_routing(const MoeConfig& e, const KeyOrigins& at) {
-  check_choice(at, "moe.router", e.router,
-               {"softmax_topk", "topk_softmax", "sigmoid", "noisy_topk", "expert_choice", "hash"});
+void validate_routing(const MoeConfig& e, const ModelConfig& m, const KeyOrigins& at) {
+  const auto routers = {"softmax_topk", "topk_softmax", "sigmoid", "noisy_topk", "expert_choice", "hash"};
+  check_choice(at, "moe.router", e.router, routers);
+  for (const std::string& r : e.layer_routers) check_choice(at, "moe.layer_routers", r, routers);
+  if (!e.layer_routers.empty()) {
+    int64_t moe_layers = 0;
+    for (int64_t i = e.first_dense; i < m.num_layers; ++i) moe_layers += (i - e.first_dense + 1) % e.every == 0;
+    MOE_CHECK(static_cast<int64_t>(e.layer_routers.size()) == moe_layers || e.num_experts == 0,
+              at.prefix({"moe.layer_routers"}), "moe.layer_routers has ", e.layer_routers.size(),
+              " entries but the model has ", moe_layers, " MoE layers");
+  }
   check_choice(at, "moe.drop_order", e.drop_order, {"probability", "position"});
   check_choice(at, "moe.hash_kind", e.hash_kind,
                {"random", "balanced", "clustering", "dispersed", "position", "bigram", "previous_token", "oracle"});
@@ -126,18 +135,22 @@ void validate_routing(const MoeConfig& e, const KeyOrigins& at) {
   MOE_CHECK(e.num_groups == 0 || k <= experts / e.num_groups * e.top_groups, at.prefix({"moe.top_k", "moe.top_groups"}),
             "moe.top_k = ", k, " is more than the ", experts / e.num_groups * e.top_groups,
             " experts of moe.top_groups groups");
-  MOE_CHECK(e.router != "expert_choice" || e.capacity_factor > 0, at.prefix({"moe.capacity_factor", "moe.router"}),
+  auto uses = [&e](const char* router) {
+    return e.router == router || std::find(e.layer_routers.begin(), e.layer_routers.end(), router) != e.layer_routers.end();
+  };
+  MOE_CHECK(!uses("expert_choice") || e.capacity_factor > 0, at.prefix({"moe.capacity_factor", "moe.router"}),
             "moe.router = \"expert_choice\" needs moe.capacity_factor > 0 (each expert takes c*T/E tokens)");
-  MOE_CHECK(e.load_loss_coef == 0 || e.router == "noisy_topk", at.prefix({"moe.load_loss_coef", "moe.router"}),
+  MOE_CHECK(e.load_loss_coef == 0 || (e.router == "noisy_topk" && !uses("softmax_topk") && !uses("topk_softmax") &&
+                                      !uses("sigmoid") && !uses("expert_choice") && !uses("hash")), at.prefix({"moe.load_loss_coef", "moe.router"}),
             "moe.load_loss_coef needs moe.router = \"noisy_topk\" (the load estimator uses the gating noise)");
   MOE_CHECK(e.device_loss_coef == 0 || (e.device_groups > 0 && experts % e.device_groups == 0),
             at.prefix({"moe.device_groups", "moe.device_loss_coef"}), "moe.device_loss_coef needs moe.device_groups "
             "dividing the ", experts, " experts");
-  MOE_CHECK(e.router != "hash" || e.hash_kind != "oracle" || e.hash_allow_oracle,
+  MOE_CHECK(!uses("hash") || e.hash_kind != "oracle" || e.hash_allow_oracle,
             at.prefix({"moe.hash_kind", "moe.hash_allow_oracle"}),
             "moe.hash_kind = \"oracle\" routes on the target token and leaks the answer: set "
             "moe.hash_allow_oracle = true to run it as an upper-bound probe");
-  MOE_CHECK(e.router != "hash" || !(e.hash_kind == "balanced" || e.hash_kind == "clustering" ||
+  MOE_CHECK(!uses("hash") || !(e.hash_kind == "balanced" || e.hash_kind == "clustering" ||
                                     e.hash_kind == "dispersed") || !e.hash_table.empty(),
             at.prefix({"moe.hash_table", "moe.hash_kind"}), "moe.hash_kind = \"", e.hash_kind,
             "\" needs moe.hash_table (build it with `moe hash-table`)");
@@ -156,7 +169,7 @@ void validate_moe(const MoeConfig& e, const ModelConfig& m, const KeyOrigins& at
   MOE_CHECK(e.first_dense >= 0 && e.first_dense <= m.num_layers, at.prefix({"moe.first_dense", "model.num_layers"}),
             "moe.first_dense = ", e.first_dense, " is outside [0, model.num_layers = ", m.num_layers, "]");
   check_non_negative(at, "moe.aux_loss_coef", e.aux_loss_coef);
-  validate_routing(e, at);
+  validate_routing(e, m, at);
 }
 
 void validate_train(const TrainConfig& t, const KeyOrigins& at) {

@@ -53,6 +53,7 @@ Model::Model(const ModelConfig& model, const MoeConfig& moe) : config_(model), m
                        static_cast<float>(c.rope_theta), c.init_std, out_std};
   ops::Activation dense_act = ops::activation_from_name(c.activation);
   ops::Activation expert_act = ops::activation_from_name(moe.activation.empty() ? c.activation : moe.activation);
+  size_t moe_index = 0;
   for (int64_t i = 0; i < c.num_layers; ++i) {
     std::string prefix = "layers." + std::to_string(i);
     std::unique_ptr<DenseFfn> dense;
@@ -60,8 +61,11 @@ Model::Model(const ModelConfig& model, const MoeConfig& moe) : config_(model), m
     if (is_moe_layer(c, moe, i)) {
       MoeLayerConfig mc = moe_layer_config(c, moe, expert_act, out_std);
       RouterSpec spec{c.d_model, c.vocab_size, mc.num_experts, moe.top_k * moe.granularity, i, c.init_std};
+      MoeConfig layer_moe = moe;  // moe.layer_routers picks this layer's router
+      if (!moe.layer_routers.empty()) layer_moe.router = moe.layer_routers.at(moe_index);
+      ++moe_index;
       moe_layer = std::make_unique<MoeLayer>(store_, prefix + ".moe", mc,
-                                             make_router(store_, prefix + ".moe.router", moe, spec));
+                                             make_router(store_, prefix + ".moe.router", layer_moe, spec));
     } else {
       dense = std::make_unique<DenseFfn>(store_, prefix + ".ffn", c.d_model, c.d_ff, dense_act, c.init_std, out_std);
     }

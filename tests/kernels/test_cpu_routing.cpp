@@ -230,23 +230,24 @@ TEST_CASE("expert choice takes each expert's top tokens", "[kernels][cpu][routin
 TEST_CASE("capacity drops by position (GShard order) and by probability", "[kernels][cpu][routing]") {
   for (DType dt : k_float_types) {
     // 5 tokens, k = 2, 3 experts, capacity 2; token 4's first slot was dropped already.
-    const std::vector<int32_t> iv = {0, 1, 0, 2, 1, 0, 0, 1, -1, 2};
-    const std::vector<double> wv = {0.4, 0.3, 0.4, 0.4, 0.6, 0.7, 0.4, 0.2, 0.0, 0.9};
-    // By position, slot-major: expert 0 keeps (t0,s0) (t1,s0), drops (t3,s0) (t2,s1);
-    // expert 1 keeps (t2,s0) (t0,s1), drops (t3,s1); expert 2 keeps both of its slots.
+    const std::vector<int32_t> iv = {1, 0, 0, 2, 0, 1, 2, 0, -1, 2};
+    const std::vector<double> wv = {0.5, 0.7, 0.4, 0.3, 0.4, 0.6, 0.2, 0.4, 0.0, 0.9};
+    // By position, slot-major: expert 0 keeps the first choices (t1,s0) (t2,s0) over the earlier
+    // token's second choice (t0,s1) and drops (t3,s1); expert 1 keeps both; expert 2 keeps
+    // (t3,s0) (t1,s1) and drops (t4,s1).
     Tensor ids = ids_tensor(iv, {5, 2});
     Tensor weights = values_tensor(wv, {5, 2}, dt);
     CHECK(ops::apply_capacity(ids, weights, 3, 2, ops::DropOrder::by_position) == 3);
-    CHECK(ids.to_vector<int32_t>() == std::vector<int32_t>{0, 1, 0, 2, 1, -1, -1, -1, -1, 2});
-    check(weights, {0.4, 0.3, 0.4, 0.4, 0.6, 0, 0, 0, 0, 0.9}, "by position weights");
+    CHECK(ids.to_vector<int32_t>() == std::vector<int32_t>{1, -1, 0, 2, 0, 1, 2, -1, -1, -1});
+    check(weights, {0.5, 0, 0.4, 0.3, 0.4, 0.6, 0.2, 0, 0, 0}, "by position weights");
 
-    // By probability: expert 0 keeps 0.7 (t2,s1), then the 0.4 tie goes to token 0; expert 1
-    // keeps 0.6 and 0.3 and drops 0.2.
+    // By probability: expert 0 keeps 0.7 (t0,s1), then of the three 0.4 the lowest token (t1,s0);
+    // expert 2 keeps 0.9 and 0.3 and drops 0.2.
     ids = ids_tensor(iv, {5, 2});
     weights = values_tensor(wv, {5, 2}, dt);
     CHECK(ops::apply_capacity(ids, weights, 3, 2, ops::DropOrder::by_probability) == 3);
-    CHECK(ids.to_vector<int32_t>() == std::vector<int32_t>{0, 1, -1, 2, 1, 0, -1, -1, -1, 2});
-    check(weights, {0.4, 0.3, 0, 0.4, 0.6, 0.7, 0, 0, 0, 0.9}, "by probability weights");
+    CHECK(ids.to_vector<int32_t>() == std::vector<int32_t>{1, 0, 0, 2, -1, 1, -1, -1, -1, 2});
+    check(weights, {0.5, 0.7, 0.4, 0.3, 0, 0.6, 0, 0, 0, 0.9}, "by probability weights");
 
     // A weight tie inside one token goes to the lower slot; capacity 0 drops everything.
     ids = ids_tensor({1, 1, 1, 0}, {2, 2});
