@@ -282,9 +282,10 @@ void build_partial_reinit(const LayerJob& job, ParamStore& store, ParamId up_id,
   store_values(store, s_down, down);
 }
 
-UpcycledLayer upcycle_layer(const DenseFfnWeights& ffn, Model& target, int64_t layer, const UpcycleOptions& options,
-                            const std::string& source, std::vector<std::string>& warnings) {
-  const MoeConfig& moe = target.moe_config();
+// moe: the [moe] config with this layer's router (moe.layer_routers applied).
+UpcycledLayer upcycle_layer(const DenseFfnWeights& ffn, Model& target, const MoeConfig& moe, int64_t layer,
+                            const UpcycleOptions& options, const std::string& source,
+                            std::vector<std::string>& warnings) {
   ParamStore& store = target.params();
   LayerJob job{&ffn, layer_prefix(layer) + ".moe", layer, moe.num_shared_experts, &options, source};
   const ParamId up_id = store.find(job.prefix + ".experts.w_up"), down_id = store.find(job.prefix + ".experts.w_down");
@@ -391,12 +392,16 @@ UpcycleResult upcycle_weights(const std::map<std::string, Tensor>& dense, const 
             "' differs from the dense FFN's '", source_activation, "' in ", source_name,
             " (set moe.activation = \"", source_activation, "\")");
   const ops::Activation act = ops::activation_from_name(source_activation);
+  size_t moe_index = 0;
   for (int64_t layer = 0; layer < mc.num_layers; ++layer) {
     if (!is_moe_layer(mc, moe, layer)) continue;
     DenseFfnWeights ffn = load_dense_ffn(dense, layer, act, mc.d_model, source_name);
     used.insert(layer_prefix(layer) + ".ffn.w_up");
     used.insert(layer_prefix(layer) + ".ffn.w_down");
-    result.layers.push_back(upcycle_layer(ffn, target, layer, options, source_name, result.warnings));
+    MoeConfig layer_moe = moe;  // as Model does: moe.layer_routers picks this layer's router
+    if (!moe.layer_routers.empty()) layer_moe.router = moe.layer_routers.at(moe_index);
+    ++moe_index;
+    result.layers.push_back(upcycle_layer(ffn, target, layer_moe, layer, options, source_name, result.warnings));
   }
   for (const auto& name : names) {
     MOE_CHECK(used.count(name) > 0, "upcycle: the dense checkpoint's parameter '", name, "' (", source_name,

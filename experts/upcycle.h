@@ -46,7 +46,8 @@ struct UpcycleResult {
 };
 
 // Whether the router's selected weights sum to one (softmax_topk with moe.renormalize,
-// topk_softmax, noisy_topk outside training, sigmoid).
+// topk_softmax, noisy_topk outside training, sigmoid). Reads moe.router: pass a copy with the
+// layer's entry of moe.layer_routers applied (upcycle_weights does).
 bool router_renormalizes(const MoeConfig& moe);
 // Fine-grained scale s for E experts in R = E/G virtual groups of G, k routed slots per
 // token: G with renormalised weights, R*G*G/k (= G*E/k) for softmax_topk without.

@@ -121,8 +121,9 @@ void router_topk_backward(const Tensor& logits, const Tensor& scores, const Tens
                           const Tensor& dweights, const Tensor& dscores, const TopKOptions& options, Tensor& dlogits);
 
 // Expert choice (Zhou et al. 2022): scores[T,E] (accum) -> each expert e takes its `capacity`
-// highest-scoring tokens (ties to the lower token). ids i32[T,E]: ids[t,e] = e when expert e
-// took token t, else -1; weights[T,E] = scores where taken, else 0.
+// highest-scoring tokens (ties to the lower token; every token when capacity >= T). ids
+// i32[T,E]: ids[t,e] = e when expert e took token t, else -1; weights[T,E] = scores where
+// taken, else 0.
 void expert_choice_forward(const Tensor& scores, int64_t capacity, Tensor& ids, Tensor& weights);
 // dscores[T,E] += dweights where taken (accumulated).
 void expert_choice_backward(const Tensor& ids, const Tensor& dweights, Tensor& dscores);
@@ -130,7 +131,8 @@ void expert_choice_backward(const Tensor& ids, const Tensor& dweights, Tensor& d
 // Capacity: each expert keeps at most `capacity` of its slots; the others get id -1 and weight
 // 0 (in place). Priority by_probability: highest weight first (ties: lower token, then lower
 // slot); else by position: slot-major then token order (all first choices before any second
-// choice, as GShard). Returns the number of dropped slots (host, synchronising).
+// choice, as GShard). Slots already -1 stay so and do not count. Returns the number of slots
+// dropped by this call (host, synchronising).
 enum class DropOrder { by_probability, by_position };
 int64_t apply_capacity(Tensor& ids, Tensor& weights, int64_t num_experts, int64_t capacity, DropOrder order);
 

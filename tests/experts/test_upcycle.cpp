@@ -298,6 +298,14 @@ TEST_CASE("fine_grained without renormalisation scales by (R*G*G/k)^(1/2), GLU b
     UpcycleResult r = upcycle_checkpoint(dir.str("dense"), target, dir.str("moe"), options(UpcycleMode::fine_grained));
     REQUIRE(r.layers.at(0).scale == 8.0);
     REQUIRE(fine_grained_scale(target.moe, 8, 2, 2) == 8.0);
+    // moe.layer_routers: each layer's own router decides (topk_softmax renormalises: s = G).
+    Config mixed = target;
+    mixed.moe.layer_routers = {"topk_softmax", "softmax_topk"};
+    validate_config(mixed);
+    UpcycleResult per_layer =
+        upcycle_checkpoint(dir.str("dense"), mixed, dir.str("mixed"), options(UpcycleMode::fine_grained));
+    REQUIRE(per_layer.layers.at(0).scale == 2.0);
+    REQUIRE(per_layer.layers.at(1).scale == 8.0);
     auto moe = load_upcycled(target, dir.str("moe"));
     const bool gated = std::string(act) == "swiglu";
     const double factor = gated ? std::pow(8.0, 1.0 / 3.0) : std::sqrt(8.0);
@@ -532,6 +540,10 @@ TEST_CASE("upcycle rejects bad input with one line naming the problem", "[upcycl
   hash.moe.router = "hash";
   hash.moe.top_k = 1;
   require_fails(src, hash, out, fine, "upcycle --mode fine_grained needs a token-choice router with learned weights");
+  Config hash_layer = moe_config(dense_c, 4, 1, 16);
+  hash_layer.moe.layer_routers = {"softmax_topk", "hash"};
+  require_fails(src, hash_layer, out, fine, "with learned weights (moe.router = softmax_topk, topk_softmax, "
+                                            "sigmoid or noisy_topk), not 'hash'");
   require_fails(src, moe_config(dense_c, 4, 2, 64), out, options(UpcycleMode::partial_reinit),
                 "upcycle --mode partial_reinit: the expert width 64 is larger than the dense d_ff = 32 of layer 1");
   Config wide_shared = moe_config(dense_c, 4, 2, 16);
