@@ -78,7 +78,9 @@ Tensor MoeLayer::forward(const Tensor& x, const RouteInputs& inputs, MoeLayerSav
 
 void MoeLayer::compute_balancing_terms(const Routing& routing, const RouterSaved& router_saved,
                                        const RouteInputs& inputs, MoeLayerSaved& saved, bool collect_stats) const {
-  const BalancingConfig& b = config_.balancing;
+  // The load estimator needs the gating noise, which exists only in training.
+  BalancingConfig b = config_.balancing;
+  if (!router_saved.clean.defined()) b.load_coef = 0;
   const bool has_scores = routing.scores.defined();
   if (!has_scores || !(balancing_needs_scores(b) || collect_stats)) return;  // hash routers: nothing to balance
   BalanceInputs in;
@@ -93,8 +95,7 @@ void MoeLayer::compute_balancing_terms(const Routing& routing, const RouterSaved
   in.logits = routing.logits.to_vector<double>();
   in.weights = saved.weights.to_vector<double>();
   in.ids = saved.ids.to_vector<int32_t>();
-  in.scores_are_sigmoid = router_->name() == "sigmoid";
-  if (router_saved.clean.defined() && b.load_coef > 0) {
+  if (b.load_coef > 0) {
     in.clean = router_saved.clean.to_vector<double>();
     in.raw_noise = router_saved.raw_noise.to_vector<double>();
     in.normal = router_saved.normal.to_vector<double>();

@@ -229,7 +229,7 @@ double seq_term(const BalanceInputs& in, double alpha, std::vector<double>& dsco
     for (int64_t r = q * S; r < (q + 1) * S; ++r) {
       const double* row = &in.scores[idx(r, E, 0)];
       double z = std::accumulate(row, row + E, 0.0);
-      MOE_CHECK(z > 0, "balancing: scores of token ", r, " sum to ", z, ", cannot normalise them (seq loss)");
+      MOE_CHECK(!(z <= 0), "balancing: scores of token ", r, " sum to ", z, ", cannot normalise them (seq loss)");
       // dL/ds'_ti = a_i = scale f_i / S; through s' = s / z: dL/ds_tm = (a_m - sum_i a_i s'_ti) / z.
       double dot = 0;
       for (int64_t i = 0; i < E; ++i) {
@@ -309,10 +309,11 @@ LoadStats load_stats(const std::vector<int64_t>& counts, const std::vector<doubl
     const double* row = &scores[r * static_cast<size_t>(experts)];
     double z = 0;
     for (int64_t i = 0; i < experts; ++i) {
-      MOE_CHECK(row[i] >= 0, "load_stats: scores[", r, ",", i, "] = ", row[i], " is negative");
+      // NaN passes (a diverged step is reported by the trainer's loss check, with its step).
+      MOE_CHECK(!(row[i] < 0), "load_stats: scores[", r, ",", i, "] = ", row[i], " is negative");
       z += row[i];
     }
-    MOE_CHECK(z > 0, "load_stats: scores of token ", r, " sum to 0, cannot normalise them");
+    MOE_CHECK(!(z <= 0), "load_stats: scores of token ", r, " sum to 0, cannot normalise them");
     double h = 0;
     for (int64_t i = 0; i < experts; ++i)
       if (row[i] > 0) h -= row[i] / z * std::log(row[i] / z);

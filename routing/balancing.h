@@ -29,7 +29,6 @@ struct BalanceInputs {
   std::vector<double> weights;  // [T*k] combine weights
   std::vector<int32_t> ids;     // [T*k] chosen experts, -1 = none
   std::vector<int64_t> counts;  // [E] slots routed to each expert (dropped ones excluded)
-  bool scores_are_sigmoid = false;  // sequence-level loss normalises sigmoid scores per token
   // Noisy top-k gating, for the load estimator: h = clean + normal * softplus(raw_noise).
   std::vector<double> clean, raw_noise, normal;  // [T*E] each, or empty
 };

@@ -238,7 +238,8 @@ TEST_CASE("MoE layer gradients match finite differences", "[experts][gradcheck][
                 .balancing = {.switch_coef = 0.1, .z_coef = 0.05}},
       LayerSpec{.name = "hash random (balancing configured, nothing to balance)", .router = "hash", .top_k = 1,
                 .act = A::relu, .balancing = {.switch_coef = 0.1}},
-      LayerSpec{.name = "softmax_topk, no balancing, ungated shared", .act = A::relu, .num_shared = 2, .d_shared = 2});
+      LayerSpec{.name = "softmax_topk, no balancing, ungated shared", .act = A::relu, .num_shared = 2, .d_shared = 2,
+                .balancing = {}});
   INFO("variant: " << s.name);
   auto layer = build_layer(s, 91);
   ParamStore& store = layer->store;
@@ -332,7 +333,8 @@ TEST_CASE("capacity dropping keeps each expert's best slots; dropped slots pass 
   const bool by_probability = order == ops::DropOrder::by_probability;
   INFO("drop order " << (by_probability ? "probability" : "position") << " router " << router);
   const int64_t k = 2;
-  LayerSpec spec{.router = router, .act = ops::Activation::relu, .capacity_factor = 0.5, .drop_order = order};
+  LayerSpec spec{.router = router, .act = ops::Activation::relu, .capacity_factor = 0.5, .drop_order = order,
+                 .balancing = {}};
   auto layer = build_layer(spec, 101);
   const auto tokens = batch_tokens(102);
   const RouteInputs inputs{&tokens, nullptr, k_seq_len, true, 0};
@@ -481,7 +483,7 @@ TEST_CASE("MoE layer statistics: slots, drops, tokens per expert, balance terms,
     REQUIRE(keys(saved.stats.balance) == std::vector<std::string>{"importance"});
   }
   SECTION("expert choice: capacity per expert, nothing counted as dropped") {
-    LayerSpec spec{.router = "expert_choice", .capacity_factor = 1.5};
+    LayerSpec spec{.router = "expert_choice", .capacity_factor = 1.5, .balancing = {}};
     auto layer = build_layer(spec, 125);
     MoeLayerSaved saved;
     layer->moe->forward(x, inputs, saved);

@@ -43,7 +43,6 @@ std::vector<double> numeric_gradient(std::vector<double>& x, const std::function
 BalanceInputs random_inputs(int64_t T, int64_t E, int64_t k, int64_t seq_len, uint64_t seed, bool sigmoid = false) {
   BalanceInputs in;
   in.tokens = T, in.experts = E, in.slots = k, in.seq_len = seq_len;
-  in.scores_are_sigmoid = sigmoid;
   in.logits = moe::test::random_values(T * E, seed, -2, 2);
   in.clean = moe::test::random_values(T * E, seed + 1, -2, 2);
   in.raw_noise = moe::test::random_values(T * E, seed + 2, -1, 1);
@@ -248,7 +247,6 @@ TEST_CASE("sequence-level loss: hand-computed, differs from the batch-level valu
   // T = 4, two sequences of S = 2, E = 2, k = 1, sigmoid scores (rows do not sum to 1).
   BalanceInputs in;
   in.tokens = 4, in.experts = 2, in.slots = 1, in.seq_len = 2;
-  in.scores_are_sigmoid = true;
   in.scores = {0.6, 0.2, 0.3, 0.3, 0.9, 0.1, 0.2, 0.6};
   in.ids = {0, 0, 0, 1};
   in.counts = {3, 1};
