@@ -25,6 +25,11 @@ Tensor to_device_like(const std::vector<double>& values, const Tensor& like) {
   return like.is_cuda() ? host.to(like.device()) : host;
 }
 
+bool only_switch(const BalancingConfig& b) {
+  return b.switch_coef > 0 && b.importance_coef == 0 && b.load_coef == 0 && b.z_coef == 0 && b.seq_coef == 0 &&
+         b.device_coef == 0;
+}
+
 Tensor scaled(const Tensor& t, float factor) {
   if (!t.defined()) return t;
   Tensor out = t.clone();
@@ -83,6 +88,7 @@ void MoeLayer::compute_balancing_terms(const Routing& routing, const RouterSaved
   if (!router_saved.clean.defined()) b.load_coef = 0;
   const bool has_scores = routing.scores.defined();
   if (!has_scores || !(balancing_needs_scores(b) || collect_stats)) return;  // hash routers: nothing to balance
+  if (only_switch(b) && !collect_stats) return switch_on_device(routing, saved);
   BalanceInputs in;
   in.tokens = routing.ids.size(0);
   in.experts = config_.num_experts;
@@ -92,6 +98,7 @@ void MoeLayer::compute_balancing_terms(const Routing& routing, const RouterSaved
   in.counts = saved.dispatch.counts;
   if (collect_stats) saved.stats.entropy = load_stats(in.counts, in.scores, in.experts).entropy;
   if (!balancing_needs_scores(b)) return;
+  if (only_switch(b)) return switch_on_device(routing, saved);
   in.logits = routing.logits.to_vector<double>();
   in.weights = saved.weights.to_vector<double>();
   in.ids = saved.ids.to_vector<int32_t>();
@@ -109,6 +116,23 @@ void MoeLayer::compute_balancing_terms(const Routing& routing, const RouterSaved
   if (!r.dweights.empty()) g.dweights = to_device_like(r.dweights, saved.weights);
   if (!r.dclean.empty()) g.dclean = to_device_like(r.dclean, router_saved.clean);
   if (!r.draw_noise.empty()) g.draw_noise = to_device_like(r.draw_noise, router_saved.raw_noise);
+}
+
+// The common case (Switch loss only): P_i from a column sum on the device, E numbers to the
+// host, and the per-expert gradient broadcast to every token's row on the device.
+void MoeLayer::switch_on_device(const Routing& routing, MoeLayerSaved& saved) const {
+  const Tensor& scores = routing.scores;
+  const int64_t tokens = scores.size(0), experts = scores.size(1);
+  Tensor sums = Tensor::empty({experts}, scores.dtype(), scores.device());
+  ops::column_sum(scores, sums);
+  SwitchLoss loss = switch_loss(sums.to_vector<double>(), saved.dispatch.counts, tokens, saved.ids.size(1),
+                                config_.balancing.switch_coef);
+  saved.stats.balance["switch"] = loss.value;
+  saved.stats.aux_loss = loss.value;
+  Tensor grad_row = to_device_like(loss.grad_per_expert, sums).view({1, experts});
+  Tensor every_row_is_row_0 = Tensor::zeros({tokens}, DType::i32, scores.device());
+  saved.balance_grads.dscores = empty_like(scores);
+  ops::gather_rows(grad_row, every_row_is_row_0, saved.balance_grads.dscores);
 }
 
 Tensor MoeLayer::backward(const MoeLayerSaved& saved, const Tensor& dy, float aux_scale) const {

@@ -63,6 +63,7 @@ class MoeLayer {
  private:
   void compute_balancing_terms(const Routing& routing, const RouterSaved& router_saved, const RouteInputs& inputs,
                                MoeLayerSaved& saved, bool collect_stats) const;
+  void switch_on_device(const Routing& routing, MoeLayerSaved& saved) const;
 
   MoeLayerConfig config_;
   std::unique_ptr<Router> router_;

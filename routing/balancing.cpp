@@ -125,16 +125,13 @@ void validate(const BalanceInputs& in, const BalancingConfig& c) {
 // d/dscores[t,i] = alpha * E * f_i / T.
 double switch_term(const BalanceInputs& in, double alpha, std::vector<double>& dscores) {
   const int64_t T = in.tokens, E = in.experts;
-  const double t = static_cast<double>(T), e = static_cast<double>(E);
-  double value = 0;
-  for (int64_t i = 0; i < E; ++i) {
-    double f = static_cast<double>(in.counts[i]) / (static_cast<double>(in.slots) * t);
-    double p = 0;
-    for (int64_t r = 0; r < T; ++r) p += in.scores[idx(r, E, i)];
-    value += alpha * e * f * (p / t);
-    for (int64_t r = 0; r < T; ++r) dscores[idx(r, E, i)] += alpha * e * f / t;
-  }
-  return value;
+  std::vector<double> sums(static_cast<size_t>(E), 0.0);
+  for (int64_t r = 0; r < T; ++r)
+    for (int64_t i = 0; i < E; ++i) sums[static_cast<size_t>(i)] += in.scores[idx(r, E, i)];
+  SwitchLoss loss = switch_loss(sums, in.counts, T, in.slots, alpha);
+  for (int64_t r = 0; r < T; ++r)
+    for (int64_t i = 0; i < E; ++i) dscores[idx(r, E, i)] += loss.grad_per_expert[static_cast<size_t>(i)];
+  return loss.value;
 }
 
 // Shazeer: w * CV(Importance)^2 with Importance_i = sum of the combine weights routed to i.
@@ -320,6 +317,21 @@ LoadStats load_stats(const std::vector<int64_t>& counts, const std::vector<doubl
     stats.entropy += h / static_cast<double>(T);
   }
   return stats;
+}
+
+SwitchLoss switch_loss(const std::vector<double>& score_sums, const std::vector<int64_t>& counts, int64_t tokens,
+                       int64_t slots, double alpha) {
+  MOE_CHECK(score_sums.size() == counts.size(), "switch_loss: ", score_sums.size(), " score sums for ", counts.size(),
+            " experts");
+  const double t = static_cast<double>(std::max<int64_t>(tokens, 1)), e = static_cast<double>(counts.size());
+  SwitchLoss out;
+  out.grad_per_expert.resize(counts.size());
+  for (size_t i = 0; i < counts.size(); ++i) {
+    double f = static_cast<double>(counts[i]) / (static_cast<double>(slots) * t);
+    out.value += alpha * e * f * (score_sums[i] / t);
+    out.grad_per_expert[i] = alpha * e * f / t;
+  }
+  return out;
 }
 
 void update_expert_bias(std::vector<double>& bias, const std::vector<int64_t>& loads, double gamma) {

@@ -44,6 +44,16 @@ struct BalanceResult {
 // Definitions and normalisations: ../shared/reference.md "Router losses".
 BalanceResult compute_balancing(const BalanceInputs& in, const BalancingConfig& config);
 
+// The Switch term from per-expert score sums (sum over tokens of scores[:,i]) and counts: its
+// value and d/dscores[t,i], the same for every token t. compute_balancing uses it; the MoE layer
+// calls it directly with sums computed on the device when Switch is the only term (no T*E copy).
+struct SwitchLoss {
+  double value = 0;
+  std::vector<double> grad_per_expert;
+};
+SwitchLoss switch_loss(const std::vector<double>& score_sums, const std::vector<int64_t>& counts, int64_t tokens,
+                       int64_t slots, double alpha);
+
 // Load statistics of one layer for the metrics.
 struct LoadStats {
   double cv = 0;            // coefficient of variation of the counts

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU-host session: build, the cuda-labelled tests, then the benchmarks recorded in
 # experiments/perf/README.md. Run from the repo root on the H200 host with .devdeps carried.
-# Usage: experiments/perf/run_h200.sh OUT_DIR [tests|bench|all]
+# Usage: experiments/perf/run_h200.sh OUT_DIR [tests|bench|dp|quickstart|all]
 set -uo pipefail
 out=${1:?out dir}
 what=${2:-all}
@@ -20,7 +20,19 @@ if [[ $what == tests || $what == all ]]; then
   tail -25 "$out/ctest_cuda.log"
 fi
 if [[ $what == bench || $what == all ]]; then
-  for cfg in gpt2_small_dense gpt2_small_moe64; do
-    build/moe bench train experiments/perf/$cfg.toml --warmup 3 --steps 10 2>&1 | tee "$out/bench_$cfg.json"
+  for cfg in gpt2_small_dense gpt2_small_moe64 moe_small; do
+    build/moe bench train experiments/perf/$cfg.toml --warmup 3 --steps 10 2>&1 | tail -1 | tee "$out/bench_$cfg.json"
   done
+fi
+if [[ $what == dp || $what == all ]]; then
+  # Two GPUs with one micro-batch each against one GPU accumulating two (the same global batch).
+  q=experiments/quickstart/config.toml
+  common=(--set train.steps=20 --set train.log_every=1 --set train.eval_every=0 --set train.micro_batch_size=8)
+  build/moe train $q "${common[@]}" --set train.grad_accum=2 --set train.run_dir=runs/dp1 > "$out/dp1.log" 2>&1
+  mpirun --oversubscribe -np 2 -x LD_LIBRARY_PATH -x NCCL_NVLS_ENABLE build/moe train $q "${common[@]}" \
+    --set train.grad_accum=1 --set train.run_dir=runs/dp2 > "$out/dp2.log" 2>&1
+  python3 experiments/perf/compare_losses.py runs/dp1/metrics.jsonl runs/dp2/metrics.jsonl | tee "$out/dp_compare.txt"
+fi
+if [[ $what == quickstart || $what == all ]]; then
+  scripts/quickstart.sh > "$out/quickstart.log" 2>&1; tail -8 "$out/quickstart.log"
 fi

@@ -468,6 +468,17 @@ TEST_CASE("MoE layer statistics: slots, drops, tokens per expert, balance terms,
     REQUIRE(with_stats.stats.entropy > 0);
     REQUIRE(with_stats.stats.entropy <= std::log(static_cast<double>(k_experts)));
   }
+  SECTION("Switch alone takes the on-device path: same value and gradient as the host path") {
+    LayerSpec spec{.balancing = {.switch_coef = 0.1}};
+    auto layer = build_layer(spec, 123);
+    MoeLayerSaved device_path, host_path;
+    layer->moe->forward(x, inputs, device_path);       // only Switch: column sums on the device
+    layer->moe->forward(x, inputs, host_path, true);   // stats collected: the host f64 path
+    REQUIRE(keys(device_path.stats.balance) == std::vector<std::string>{"switch"});
+    REQUIRE(std::abs(device_path.stats.aux_loss - host_path.stats.aux_loss) < 1e-14);
+    test::require_close(device_path.balance_grads.dscores, host_path.balance_grads.dscores, 1e-15, 1e-12,
+                        "switch dscores");
+  }
   SECTION("capacity: slots counted before dropping") {
     LayerSpec spec{.capacity_factor = 0.5, .balancing = {.importance_coef = 0.1}};
     auto layer = build_layer(spec, 124);
