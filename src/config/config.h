@@ -112,6 +112,17 @@ struct DataConfig {               // [data]
   bool operator==(const DataConfig&) const = default;
 };
 
+struct ParallelConfig {           // [parallel]
+  int64_t tp = 1;                 // tensor-parallel size (1 until tensor parallelism lands)
+  int64_t pp = 1;                 // pipeline-parallel size (1 until pipeline parallelism lands)
+  int64_t ep = 1;                 // expert-parallel group size, carved out of the data-parallel ranks
+  int64_t zero = 0;               // ZeRO stage: 0 (plain DP), 1 (optimizer state), 2 (+gradients), 3 (+parameters)
+  std::string order = "tp-dp-pp"; // rank order, fastest-varying dimension first
+  double bucket_mb = 25.0;        // gradient-reduction bucket size
+
+  bool operator==(const ParallelConfig&) const = default;
+};
+
 struct Config {
   ModelConfig model;
   MoeConfig moe;
@@ -119,6 +130,7 @@ struct Config {
   OptimConfig optim;
   ScheduleConfig schedule;
   DataConfig data;
+  ParallelConfig parallel;
   std::string source_path;        // the file it was read from ("" when built in code)
 
   bool operator==(const Config&) const = default;  // source_path included

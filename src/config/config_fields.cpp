@@ -75,6 +75,12 @@ void add_data_fields(DataConfig& d, std::vector<Field>& out) {
                          {s, "tokenizer", &d.tokenizer}});
 }
 
+void add_parallel_fields(ParallelConfig& p, std::vector<Field>& out) {
+  const char* s = "parallel";
+  out.insert(out.end(), {{s, "tp", &p.tp}, {s, "pp", &p.pp}, {s, "ep", &p.ep}, {s, "zero", &p.zero},
+                         {s, "order", &p.order}, {s, "bucket_mb", &p.bucket_mb}});
+}
+
 // Levenshtein distance; keys are short, so the quadratic table is fine.
 size_t edit_distance(std::string_view a, std::string_view b) {
   std::vector<size_t> row(b.size() + 1);
@@ -101,11 +107,13 @@ std::vector<Field> config_fields(Config& config) {
   add_optim_fields(config.optim, out);
   add_schedule_fields(config.schedule, out);
   add_data_fields(config.data, out);
+  add_parallel_fields(config.parallel, out);
   return out;
 }
 
 const std::vector<std::string>& config_sections() {
-  static const std::vector<std::string> sections = {"model", "moe", "train", "optim", "schedule", "data"};
+  static const std::vector<std::string> sections = {"model", "moe", "train", "optim", "schedule", "data",
+                                                        "parallel"};
   return sections;
 }
 

@@ -172,6 +172,16 @@ void validate_moe(const MoeConfig& e, const ModelConfig& m, const KeyOrigins& at
   validate_routing(e, m, at);
 }
 
+void validate_parallel(const ParallelConfig& p, const KeyOrigins& at) {
+  check_at_least(at, "parallel.tp", p.tp, 1);
+  check_at_least(at, "parallel.pp", p.pp, 1);
+  check_at_least(at, "parallel.ep", p.ep, 1);
+  MOE_CHECK(p.zero >= 0 && p.zero <= 3, at.prefix({"parallel.zero"}), "parallel.zero = ", p.zero,
+            " is not a ZeRO stage (0, 1, 2 or 3)");
+  check_choice(at, "parallel.order", p.order, {"tp-dp-pp", "dp-tp-pp", "tp-pp-dp", "pp-tp-dp", "dp-pp-tp", "pp-dp-tp"});
+  check_positive(at, "parallel.bucket_mb", p.bucket_mb);
+}
+
 void validate_train(const TrainConfig& t, const KeyOrigins& at) {
   check_at_least(at, "train.steps", t.steps, 1);
   // TOML integers are signed 64-bit, so a larger seed could not be written back by to_toml.
@@ -230,6 +240,7 @@ void validate_config_at(const Config& config, const KeyOrigins& origins) {
   validate_train(config.train, origins);
   validate_optim(config.optim, origins);
   validate_schedule(config.schedule, origins);
+  validate_parallel(config.parallel, origins);
 }
 
 }  // namespace config_internal

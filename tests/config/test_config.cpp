@@ -252,7 +252,7 @@ TEST_CASE("unknown keys and sections name the file line") {
                       StartsWith("bad.toml:2: unknown key 'model.whatever'") && !Contains("did you mean"));
   REQUIRE_THROWS_WITH(parse("[train]\nsteps = 1\n\n[modle]\nd_model = 1\n"),
                       StartsWith("bad.toml:4: unknown section [modle] (sections: model, moe, train, optim, "
-                                 "schedule, data)"));
+                                 "schedule, data, parallel)"));
   REQUIRE_THROWS_WITH(parse("seed = 3\n"),
                       StartsWith("bad.toml:1: unknown key 'seed' outside any section (did you mean 'train.seed'?)"));
   REQUIRE_THROWS_WITH(parse("[model.extra]\nx = 1\n"), StartsWith("bad.toml:1: unknown key 'model.extra'"));
