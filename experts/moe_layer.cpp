@@ -125,11 +125,21 @@ void MoeLayer::switch_on_device(const Routing& routing, MoeLayerSaved& saved) co
   const int64_t tokens = scores.size(0), experts = scores.size(1);
   Tensor sums = Tensor::empty({experts}, scores.dtype(), scores.device());
   ops::column_sum(scores, sums);
-  SwitchLoss loss = switch_loss(sums.to_vector<double>(), saved.dispatch.counts, tokens, saved.ids.size(1),
+  saved.stats.score_sums = sums.to_vector<double>();
+  SwitchLoss loss = switch_loss(saved.stats.score_sums, saved.dispatch.counts, tokens, saved.ids.size(1),
                                 config_.balancing.switch_coef);
-  saved.stats.balance["switch"] = loss.value;
-  saved.stats.aux_loss = loss.value;
-  Tensor grad_row = to_device_like(loss.grad_per_expert, sums).view({1, experts});
+  saved.stats.tokens = tokens;
+  saved.stats.slots_per_token = saved.ids.size(1);
+  set_switch_gradient(saved, loss.grad_per_expert, loss.value);
+}
+
+void MoeLayer::set_switch_gradient(MoeLayerSaved& saved, const std::vector<double>& grad_per_expert,
+                                   double value) const {
+  const Tensor& scores = saved.router.routing.scores;
+  const int64_t tokens = scores.size(0), experts = scores.size(1);
+  saved.stats.balance["switch"] = value;
+  saved.stats.aux_loss = value;
+  Tensor grad_row = to_device_like(grad_per_expert, scores.rows(0, 1).view({experts})).view({1, experts});
   Tensor every_row_is_row_0 = Tensor::zeros({tokens}, DType::i32, scores.device());
   saved.balance_grads.dscores = empty_like(scores);
   ops::gather_rows(grad_row, every_row_is_row_0, saved.balance_grads.dscores);

@@ -35,6 +35,8 @@ struct MoeLayerStats {
   std::map<std::string, double> balance;   // each enabled balancing term (coefficients applied)
   double aux_loss = 0;                     // their sum
   double entropy = 0;                      // mean router entropy (when stats were collected)
+  std::vector<double> score_sums;          // sum over tokens of each expert's score (Switch on the device)
+  int64_t tokens = 0, slots_per_token = 0;
 };
 
 struct MoeLayerSaved {
@@ -64,6 +66,11 @@ class MoeLayer {
   void compute_balancing_terms(const Routing& routing, const RouterSaved& router_saved, const RouteInputs& inputs,
                                MoeLayerSaved& saved, bool collect_stats) const;
   void switch_on_device(const Routing& routing, MoeLayerSaved& saved) const;
+
+ public:
+  // Replaces the Switch gradient of a forward (balance_scope = global_batch): d aux / d scores[t,i]
+  // = grad_per_expert[i] for every token t of this micro-batch, the loss value given.
+  void set_switch_gradient(MoeLayerSaved& saved, const std::vector<double>& grad_per_expert, double value) const;
 
   MoeLayerConfig config_;
   std::unique_ptr<Router> router_;

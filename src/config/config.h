@@ -36,6 +36,7 @@ struct MoeConfig {                // [moe]
   int64_t every = 1;              // MoE at every n-th layer (layer i with (i+1-first_dense) % every == 0)
   int64_t first_dense = 0;        // the first k layers stay dense
   double aux_loss_coef = 0.01;    // Switch load-balancing loss alpha
+  std::string balance_scope = "micro_batch";  // Switch f_i, P_i over: micro_batch (per rank) | global_batch
   // Routing (docs/config.md has the exact definitions).
   std::string router = "softmax_topk";  // softmax_topk | topk_softmax | sigmoid | noisy_topk | expert_choice | hash
   std::vector<std::string> layer_routers;  // per MoE layer (in layer order), overriding router; [] = all use router

@@ -108,6 +108,7 @@ void validate_routing(const MoeConfig& e, const ModelConfig& m, const KeyOrigins
               " entries but the model has ", moe_layers, " MoE layers");
   }
   check_choice(at, "moe.drop_order", e.drop_order, {"probability", "position"});
+  check_choice(at, "moe.balance_scope", e.balance_scope, {"micro_batch", "global_batch"});
   check_choice(at, "moe.hash_kind", e.hash_kind,
                {"random", "balanced", "clustering", "dispersed", "position", "bigram", "previous_token", "oracle"});
   check_at_least(at, "moe.granularity", e.granularity, 1);
@@ -146,6 +147,11 @@ void validate_routing(const MoeConfig& e, const ModelConfig& m, const KeyOrigins
   MOE_CHECK(e.device_loss_coef == 0 || (e.device_groups > 0 && experts % e.device_groups == 0),
             at.prefix({"moe.device_groups", "moe.device_loss_coef"}), "moe.device_loss_coef needs moe.device_groups "
             "dividing the ", experts, " experts");
+  MOE_CHECK(e.balance_scope == "micro_batch" ||
+                (e.importance_loss_coef == 0 && e.load_loss_coef == 0 && e.z_loss_coef == 0 &&
+                 e.seq_aux_loss_coef == 0 && e.device_loss_coef == 0 && !uses("hash") && !uses("expert_choice")),
+            at.prefix({"moe.balance_scope"}), "moe.balance_scope = \"global_batch\" applies to the Switch loss "
+            "(moe.aux_loss_coef) alone: turn the other balancing losses off, and use a token-choice router");
   MOE_CHECK(!uses("hash") || e.hash_kind != "oracle" || e.hash_allow_oracle,
             at.prefix({"moe.hash_kind", "moe.hash_allow_oracle"}),
             "moe.hash_kind = \"oracle\" routes on the target token and leaks the answer: set "

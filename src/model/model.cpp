@@ -179,6 +179,16 @@ Tensor Model::logits(const Tensor& inputs, int64_t batch_size) const {
   return run_blocks(embed(inputs), batch, saved);
 }
 
+void Model::set_switch_gradients(ModelSaved& saved, const std::vector<std::vector<double>>& grad_per_expert,
+                                 const std::vector<double>& values) const {
+  size_t next = 0;
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    if (!blocks_[i]->is_moe()) continue;
+    blocks_[i]->moe().set_switch_gradient(saved.blocks[i].moe, grad_per_expert.at(next), values.at(next));
+    ++next;
+  }
+}
+
 std::vector<std::vector<double>> Model::expert_biases() const {
   std::vector<std::vector<double>> out;
   for (const auto& block : blocks_) {

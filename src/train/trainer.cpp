@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "routing/balancing.h"
 #include "src/ops/ops.h"
 #include "src/train/checkpoint.h"
 #include "src/train/device_select.h"
@@ -97,21 +98,37 @@ StepResult Trainer::train_step() {
   const float aux_scale = 1.0f / static_cast<float>(t.grad_accum);
   const float loss_scale = 1.0f / static_cast<float>(t.micro_batch_size * t.grad_accum * config_.model.seq_len);
   const bool collect = is_log_step(step_ + 1);
-  for (int64_t micro = 0; micro < t.grad_accum; ++micro) {
-    Batch batch = to_device(micro_batch(step_, micro));
-    batch.noise_seed = t.seed ^ ((static_cast<uint64_t>(step_) * t.grad_accum + micro) * world_->size() +
-                                 world_->rank()) * 0x9E3779B97F4A7C15ull;
-    batch.collect_stats = collect;
-    ModelSaved saved;
-    ForwardOutput out = model_->forward(batch, saved);
-    MOE_CHECK(std::isfinite(out.loss_sum) && std::isfinite(out.aux_loss), "loss is ",
-              std::isfinite(out.loss_sum) ? out.aux_loss : out.loss_sum, " at step ", step_ + 1, " (micro-batch ",
-              micro, " on rank ", world_->rank(), "): training diverged; lower optim.lr or check the data");
-    model_->backward(batch, saved, loss_scale, aux_scale);
+  // global_batch balance scope: every forward of the step first, then the Switch statistics of
+  // the whole global batch, then the backwards (activations of all micro-batches are kept).
+  const bool global_scope = config_.moe.balance_scope == "global_batch" && model_->num_moe_layers() > 0;
+  std::vector<Batch> batches(static_cast<size_t>(t.grad_accum));
+  std::vector<ModelSaved> saves(static_cast<size_t>(t.grad_accum));
+  std::vector<ForwardOutput> outs(static_cast<size_t>(t.grad_accum));
+  auto backward_micro = [&](int64_t micro) {
+    model_->backward(batches[micro], saves[micro], loss_scale, aux_scale);
+    saves[micro] = ModelSaved{};  // free the activations
+    const ForwardOutput& out = outs[micro];
     sums[0] += out.loss_sum;
     sums[1] += static_cast<double>(out.num_targets);
     sums[2] += out.aux_loss / static_cast<double>(t.grad_accum);
     accumulate_routing_stats(r.routing, out.moe_stats, out.moe_layer_index, 1.0 / static_cast<double>(t.grad_accum));
+  };
+  for (int64_t micro = 0; micro < t.grad_accum; ++micro) {
+    Batch& batch = batches[micro];
+    batch = to_device(micro_batch(step_, micro));
+    batch.noise_seed = t.seed ^ ((static_cast<uint64_t>(step_) * t.grad_accum + micro) * world_->size() +
+                                 world_->rank()) * 0x9E3779B97F4A7C15ull;
+    batch.collect_stats = collect;
+    ForwardOutput& out = outs[micro];
+    out = model_->forward(batch, saves[micro]);
+    MOE_CHECK(std::isfinite(out.loss_sum) && std::isfinite(out.aux_loss), "loss is ",
+              std::isfinite(out.loss_sum) ? out.aux_loss : out.loss_sum, " at step ", step_ + 1, " (micro-batch ",
+              micro, " on rank ", world_->rank(), "): training diverged; lower optim.lr or check the data");
+    if (!global_scope) backward_micro(micro);
+  }
+  if (global_scope) {
+    apply_global_switch(saves, outs);
+    for (int64_t micro = 0; micro < t.grad_accum; ++micro) backward_micro(micro);
   }
   if (world_->size() > 1) {
     for (int g = 0; g < k_num_param_groups; ++g) world_->all_reduce_avg(store.flat_grads(static_cast<ParamGroup>(g)));
@@ -133,6 +150,56 @@ StepResult Trainer::train_step() {
   for (size_t i = 0; i < r.routing.size() && i < biases.size(); ++i) r.routing[i].bias = biases[i];
   ++step_;
   return r;
+}
+
+void Trainer::apply_global_switch(std::vector<ModelSaved>& saves, std::vector<ForwardOutput>& outs) {
+  // Counts, score sums and tokens of every MoE layer, summed over micro-batches and ranks.
+  std::vector<double> packed;
+  const auto& first = outs.front().moe_stats;
+  for (size_t l = 0; l < first.size(); ++l) {
+    const size_t experts = first[l].tokens_per_expert.size();
+    std::vector<double> layer(2 * experts + 1, 0.0);
+    for (const ForwardOutput& out : outs) {
+      const MoeLayerStats& s = out.moe_stats[l];
+      MOE_CHECK(s.score_sums.size() == experts, "balance_scope = global_batch needs the Switch statistics of layer ",
+                out.moe_layer_index[l]);
+      for (size_t e = 0; e < experts; ++e) {
+        layer[e] += static_cast<double>(s.tokens_per_expert[e]);
+        layer[experts + e] += s.score_sums[e];
+      }
+      layer[2 * experts] += static_cast<double>(s.tokens);
+    }
+    packed.insert(packed.end(), layer.begin(), layer.end());
+  }
+  world_->all_reduce_sum(packed);
+  // Each micro-batch's backward scales its balance gradient by 1/grad_accum and the ranks average
+  // theirs: scale up by that factor so the step's gradient is d(global loss)/d(scores).
+  const double micro_batches = static_cast<double>(outs.size()) * world_->size();
+  std::vector<std::vector<double>> grads;
+  std::vector<double> values;
+  size_t offset = 0;
+  for (size_t l = 0; l < first.size(); ++l) {
+    const size_t experts = first[l].tokens_per_expert.size();
+    std::vector<int64_t> counts(experts);
+    for (size_t e = 0; e < experts; ++e) counts[e] = std::llround(packed[offset + e]);
+    std::vector<double> score_sums(packed.begin() + static_cast<std::ptrdiff_t>(offset + experts),
+                                   packed.begin() + static_cast<std::ptrdiff_t>(offset + 2 * experts));
+    auto tokens = std::llround(packed[offset + 2 * experts]);
+    SwitchLoss loss = switch_loss(score_sums, counts, tokens, first[l].slots_per_token, config_.moe.aux_loss_coef);
+    for (double& g : loss.grad_per_expert) g *= micro_batches;
+    grads.push_back(loss.grad_per_expert);
+    values.push_back(loss.value);
+    offset += 2 * experts + 1;
+  }
+  for (size_t m = 0; m < saves.size(); ++m) {
+    model_->set_switch_gradients(saves[m], grads, values);
+    outs[m].aux_loss = 0;
+    for (size_t l = 0; l < values.size(); ++l) {
+      outs[m].moe_stats[l].aux_loss = values[l];
+      outs[m].moe_stats[l].balance["switch"] = values[l];
+      outs[m].aux_loss += values[l];
+    }
+  }
 }
 
 EvalResult Trainer::evaluate(int64_t max_batches) {

@@ -58,6 +58,7 @@ class Trainer {
   Batch to_device(const data::Batch& batch) const;
   void log_step(const StepResult& r, double lr, double step_seconds, double elapsed);
   bool is_log_step(int64_t step) const;
+  void apply_global_switch(std::vector<ModelSaved>& saves, std::vector<ForwardOutput>& outs);
   bool is_root() const { return world_->rank() == 0; }
 
   Config config_;

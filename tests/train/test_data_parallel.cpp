@@ -19,6 +19,9 @@ TEST_CASE("N-rank data parallelism matches one rank at the same global batch", "
   Config c = test::tiny_train_config(dir);
   c.train.micro_batch_size = 2;
   c.train.grad_accum = 1;
+  // Both Switch scopes: per micro-batch (the default) and over the whole global batch.
+  c.moe.balance_scope = GENERATE(std::string("micro_batch"), std::string("global_batch"));
+  INFO("balance_scope " << c.moe.balance_scope);
   Trainer parallel(c, 0, *world);
 
   Config single = c;
@@ -46,4 +49,30 @@ TEST_CASE("N-rank data parallelism matches one rank at the same global batch", "
     test::require_close(parallel.model().params().flat_master(group), reference.model().params().flat_master(group),
                         1e-5, 1e-4, "weights after 5 steps");
   }
+}
+
+TEST_CASE("global_batch Switch statistics span all micro-batches", "[parallel][train][balance]") {
+  auto world = make_world_communicator(Device::cpu());
+  auto self = world->split(world->rank(), 0);
+  test::TempDir dir("moe-scope-rank" + std::to_string(world->rank()));
+  Config c = test::tiny_train_config(dir);
+  c.train.micro_batch_size = 1;
+  c.train.grad_accum = 4;
+  c.moe.aux_loss_coef = 0.1;
+  Config global = c;
+  global.moe.balance_scope = "global_batch";
+  Trainer per_micro(c, 0, *self);
+  Trainer whole(global, 0, *self);
+  StepResult a = per_micro.train_step();
+  StepResult b = whole.train_step();
+  REQUIRE(a.loss == b.loss);  // the same forward; only the balancing statistics differ
+  REQUIRE(a.routing[0].tokens_per_expert == b.routing[0].tokens_per_expert);
+  // Mean over micro-batches of alpha*E*sum f P  vs  alpha*E*sum F P over the step: different
+  // numbers for uneven micro-batches; the global one from the step's summed counts.
+  const auto& counts = b.routing[0].tokens_per_expert;
+  int64_t slots = 0;
+  for (int64_t n : counts) slots += n;
+  REQUIRE(slots == 4 * c.model.seq_len * c.moe.top_k);
+  REQUIRE(a.aux_loss != b.aux_loss);
+  REQUIRE(b.aux_loss > 0);
 }
