@@ -5,6 +5,8 @@
 
 #include <cmath>
 
+#include "parallel/alltoall_dispatcher.h"
+#include "parallel/local_dispatcher.h"
 #include "src/model/linear.h"
 #include "src/ops/ops.h"
 
@@ -37,15 +39,23 @@ Tensor scaled(const Tensor& t, float factor) {
   return out;
 }
 
+std::unique_ptr<Dispatcher> make_dispatcher(const MoeLayerConfig& config) {
+  if (config.ep_group != nullptr && config.ep_group->size() > 1) {
+    return std::make_unique<AllToAllDispatcher>(config.num_experts, *config.ep_group);
+  }
+  return std::make_unique<LocalDispatcher>(config.num_experts);
+}
+
 }  // namespace
 
 MoeLayer::MoeLayer(ParamStore& store, const std::string& prefix, const MoeLayerConfig& config,
                    std::unique_ptr<Router> router)
     : config_(config),
       router_(std::move(router)),
-      dispatcher_(config.num_experts),
-      experts_(store, prefix + ".experts", config.num_experts, config.d_model, config.d_expert, config.activation,
-               config.init_std, config.out_init_std) {
+      dispatcher_(make_dispatcher(config)),
+      experts_(store, prefix + ".experts", config.num_experts, dispatcher_->first_expert(),
+               dispatcher_->num_local_experts(), config.d_model, config.d_expert, config.activation, config.init_std,
+               config.out_init_std) {
   MOE_CHECK(router_->num_experts() == config.num_experts, "router has ", router_->num_experts(), " experts, layer ",
             config.num_experts);
   if (config.num_shared > 0) {
@@ -70,12 +80,13 @@ Tensor MoeLayer::forward(const Tensor& x, const RouteInputs& inputs, MoeLayerSav
     saved.stats.dropped = ops::apply_capacity(saved.ids, saved.weights, config_.num_experts, capacity,
                                               config_.drop_order);
   }
-  Tensor x_sorted = dispatcher_.dispatch(x, saved.ids, saved.dispatch);
-  saved.y_sorted = experts_.forward(x_sorted, saved.dispatch.counts, saved.experts);
-  Tensor y = dispatcher_.combine(saved.dispatch, saved.y_sorted, saved.weights);
+  Tensor x_local = dispatcher_->dispatch(x, saved.ids, saved.dispatch);
+  saved.y_sorted = experts_.forward(x_local, saved.dispatch.counts, saved.experts);
+  Tensor y = dispatcher_->combine(saved.dispatch, saved.y_sorted, saved.weights);
   if (shared_) ops::accumulate(y, shared_->forward(x, saved.shared));
-  saved.stats.tokens_per_expert = saved.dispatch.counts;
-  for (int64_t c : saved.dispatch.counts) saved.stats.slots += c;
+  // Load statistics are this rank's routed slots per expert (not what its experts received).
+  saved.stats.tokens_per_expert = saved.dispatch.routed_counts;
+  for (int64_t c : saved.dispatch.routed_counts) saved.stats.slots += c;
   saved.stats.slots += saved.stats.dropped;
   compute_balancing_terms(routing, saved.router, inputs, saved, collect_stats);
   return y;
@@ -95,7 +106,7 @@ void MoeLayer::compute_balancing_terms(const Routing& routing, const RouterSaved
   in.slots = saved.ids.size(1);
   in.seq_len = inputs.seq_len;
   in.scores = routing.scores.to_vector<double>();
-  in.counts = saved.dispatch.counts;
+  in.counts = saved.dispatch.routed_counts;
   if (collect_stats) saved.stats.entropy = load_stats(in.counts, in.scores, in.experts).entropy;
   if (!balancing_needs_scores(b)) return;
   if (only_switch(b)) return switch_on_device(routing, saved);
@@ -126,7 +137,7 @@ void MoeLayer::switch_on_device(const Routing& routing, MoeLayerSaved& saved) co
   Tensor sums = Tensor::empty({experts}, scores.dtype(), scores.device());
   ops::column_sum(scores, sums);
   saved.stats.score_sums = sums.to_vector<double>();
-  SwitchLoss loss = switch_loss(saved.stats.score_sums, saved.dispatch.counts, tokens, saved.ids.size(1),
+  SwitchLoss loss = switch_loss(saved.stats.score_sums, saved.dispatch.routed_counts, tokens, saved.ids.size(1),
                                 config_.balancing.switch_coef);
   saved.stats.tokens = tokens;
   saved.stats.slots_per_token = saved.ids.size(1);
@@ -147,9 +158,9 @@ void MoeLayer::set_switch_gradient(MoeLayerSaved& saved, const std::vector<doubl
 
 Tensor MoeLayer::backward(const MoeLayerSaved& saved, const Tensor& dy, float aux_scale) const {
   Tensor dy_sorted, dweights;
-  dispatcher_.combine_backward(saved.dispatch, saved.y_sorted, saved.weights, dy, dy_sorted, dweights);
+  dispatcher_->combine_backward(saved.dispatch, saved.y_sorted, saved.weights, dy, dy_sorted, dweights);
   Tensor dx_sorted = experts_.backward(saved.experts, dy_sorted);
-  Tensor dx = dispatcher_.dispatch_backward(saved.dispatch, dx_sorted);
+  Tensor dx = dispatcher_->dispatch_backward(saved.dispatch, dx_sorted);
   if (shared_) shared_->backward(saved.shared, dy, dx);
 
   const RouterGrads& b = saved.balance_grads;

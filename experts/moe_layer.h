@@ -11,7 +11,8 @@
 
 #include "experts/expert_group.h"
 #include "experts/shared_experts.h"
-#include "parallel/local_dispatcher.h"
+#include "parallel/communicator.h"
+#include "parallel/dispatcher.h"
 #include "routing/balancing.h"
 #include "routing/router.h"
 
@@ -26,6 +27,9 @@ struct MoeLayerConfig {
   bool shared_gate = false;
   BalancingConfig balancing;
   double init_std = 0.02, out_init_std = 0.02;
+  // Expert parallelism: the routed experts are split over this group and tokens reach them by
+  // all-to-all; nullptr (or a group of one) = all experts on this rank.
+  Communicator* ep_group = nullptr;
 };
 
 // What one forward of one MoE layer reports.
@@ -74,7 +78,7 @@ class MoeLayer {
 
   MoeLayerConfig config_;
   std::unique_ptr<Router> router_;
-  LocalDispatcher dispatcher_;
+  std::unique_ptr<Dispatcher> dispatcher_;
   ExpertGroup experts_;
   std::unique_ptr<SharedExperts> shared_;
 };

@@ -39,7 +39,8 @@ bool is_moe_layer(const ModelConfig& model, const MoeConfig& moe, int64_t layer)
   return (layer - moe.first_dense + 1) % moe.every == 0;
 }
 
-Model::Model(const ModelConfig& model, const MoeConfig& moe) : config_(model), moe_config_(moe) {
+Model::Model(const ModelConfig& model, const MoeConfig& moe, Communicator* ep_group)
+    : config_(model), moe_config_(moe) {
   const ModelConfig& c = model;
   double out_std = c.init_std / std::sqrt(2.0 * static_cast<double>(c.num_layers));  // GPT-2 residual scaling
   tokens_ = store_.add("embed.tokens", {c.vocab_size, c.d_model}, ParamGroup::dense, ParamKind::embedding,
@@ -60,6 +61,7 @@ Model::Model(const ModelConfig& model, const MoeConfig& moe) : config_(model), m
     std::unique_ptr<MoeLayer> moe_layer;
     if (is_moe_layer(c, moe, i)) {
       MoeLayerConfig mc = moe_layer_config(c, moe, expert_act, out_std);
+      mc.ep_group = ep_group;
       RouterSpec spec{c.d_model, c.vocab_size, mc.num_experts, moe.top_k * moe.granularity, i, c.init_std};
       MoeConfig layer_moe = moe;  // moe.layer_routers picks this layer's router
       if (!moe.layer_routers.empty()) layer_moe.router = moe.layer_routers.at(moe_index);

@@ -36,7 +36,8 @@ struct ForwardOutput {
 
 class Model {
  public:
-  Model(const ModelConfig& model, const MoeConfig& moe);
+  // ep_group: expert parallelism (the routed experts split over it); nullptr = all local.
+  Model(const ModelConfig& model, const MoeConfig& moe, Communicator* ep_group = nullptr);
   void allocate(Device device, DType compute_dtype);
   void initialize(uint64_t seed) { store_.initialize(seed); }
 

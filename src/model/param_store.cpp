@@ -34,6 +34,18 @@ ParamId ParamStore::add(const std::string& name, const Shape& shape, ParamGroup 
   return id;
 }
 
+ParamId ParamStore::add_row_shard(const std::string& name, const Shape& full_shape, int64_t row_offset, int64_t rows,
+                                  ParamGroup group, ParamKind kind, ParamInit init, double init_std) {
+  MOE_CHECK(!full_shape.empty() && row_offset >= 0 && rows >= 0 && row_offset + rows <= full_shape[0],
+            "parameter '", name, "': rows [", row_offset, ",", row_offset + rows, ") outside ", shape_str(full_shape));
+  Shape local = full_shape;
+  local[0] = rows;
+  ParamId id = add(name, local, group, kind, init, init_std);
+  infos_[static_cast<size_t>(id)].full_shape = full_shape;
+  infos_[static_cast<size_t>(id)].row_offset = row_offset;
+  return id;
+}
+
 ParamId ParamStore::find(const std::string& name) const {
   auto it = by_name_.find(name);
   MOE_CHECK(it != by_name_.end(), "unknown parameter '", name, "'");
@@ -57,7 +69,109 @@ void ParamStore::allocate(Device device, DType compute_dtype) {
 }
 
 Tensor& ParamStore::flat_master(ParamGroup g) {
+  MOE_CHECK(!master_sharded(g), "the master weights of the ", g == ParamGroup::dense ? "dense" : "expert",
+            " group are sharded over ranks (ZeRO): this rank holds only its shard (ParamStore::master_shard)");
   return separate_master_ ? master_[static_cast<int>(g)] : params_[static_cast<int>(g)];
+}
+
+Tensor& ParamStore::flat_params(ParamGroup g) {
+  MOE_CHECK(!params_sharded(g), "the parameters of the ", g == ParamGroup::dense ? "dense" : "expert",
+            " group are sharded over ranks (ZeRO-3): this rank holds only its shard (ParamStore::param_shard)");
+  return params_[static_cast<int>(g)];
+}
+
+DType ParamStore::master_dtype() const { return ops::accum_dtype(compute_dtype_); }
+
+Tensor ParamStore::param(ParamId id) const {
+  const ParamInfo& p = info(id);
+  int g = static_cast<int>(p.group);
+  if (!shard_[g].params) return view(params_, id);
+  FlatRange r = range(id);
+  for (const Attached& a : attached_[g]) {
+    if (a.range.contains(r)) return a.values.rows(r.begin - a.range.begin, r.end - a.range.begin).view(p.shape);
+  }
+  MOE_FAIL("parameter '", p.name, "' is not gathered on this rank: under ZeRO-3 gather its block ",
+           "(DistributedOptimizer::gather) before using it");
+}
+
+Tensor ParamStore::master(ParamId id) const {
+  const ParamInfo& p = info(id);
+  int g = static_cast<int>(p.group);
+  if (!shard_[g].master) return view(master_or_params(), id);
+  if (p.kind == ParamKind::buffer) return buffer_master_.at(id);
+  FlatRange r = range(id), own = shard_[g].range;
+  MOE_CHECK(own.contains(r), "the master weights of '", p.name, "' are sharded over ranks (ZeRO) and this rank ",
+            "holds only part of them: gather them with DistributedOptimizer::full_master");
+  return master_shard_[g].rows(r.begin - own.begin, r.end - own.begin).view(p.shape);
+}
+
+FlatRange ParamStore::shard_range(ParamGroup g) const {
+  const ShardState& s = shard_[static_cast<int>(g)];
+  return s.active ? s.range : FlatRange{0, group_numel(g)};
+}
+
+Tensor ParamStore::master_shard(ParamGroup g) const {
+  MOE_CHECK(allocated_, "parameters used before allocation");
+  int i = static_cast<int>(g);
+  if (shard_[i].master) return master_shard_[i];
+  FlatRange r = shard_range(g);
+  return master_or_params()[i].rows(r.begin, r.end);
+}
+
+Tensor ParamStore::param_shard(ParamGroup g) const {
+  MOE_CHECK(allocated_, "parameters used before allocation");
+  int i = static_cast<int>(g);
+  if (shard_[i].params) return param_shard_[i];
+  FlatRange r = shard_range(g);
+  return params_[i].rows(r.begin, r.end);
+}
+
+void ParamStore::shard(ParamGroup g, FlatRange range, bool params) {
+  MOE_CHECK(allocated_, "parameters sharded before allocation");
+  int i = static_cast<int>(g);
+  MOE_CHECK(!shard_[i].active, "the ", g == ParamGroup::dense ? "dense" : "expert", " group is already sharded");
+  MOE_CHECK(range.begin >= 0 && range.begin <= range.end && range.end <= group_numel_[i], "shard range [",
+            range.begin, ",", range.end, ") is outside the group's ", group_numel_[i], " elements");
+  ShardState& s = shard_[i];
+  s.active = true;
+  s.range = range;
+  s.params = params;
+  s.master = separate_master_ || params;
+  if (!s.master) return;  // the full compute buffer stays and is its own master
+  // Buffers keep their full master values (the model reads and rewrites them between steps).
+  for (size_t id = 0; id < infos_.size(); ++id) {
+    const ParamInfo& p = infos_[id];
+    if (p.group == g && p.kind == ParamKind::buffer) {
+      buffer_master_[static_cast<ParamId>(id)] = view(master_or_params(), static_cast<ParamId>(id)).clone();
+    }
+  }
+  Tensor& full_master = separate_master_ ? master_[i] : params_[i];
+  master_shard_[i] = full_master.rows(range.begin, range.end).clone();
+  if (params) param_shard_[i] = separate_master_ ? params_[i].rows(range.begin, range.end).clone() : master_shard_[i];
+  if (separate_master_) master_[i] = Tensor();
+  if (params) params_[i] = Tensor();
+}
+
+void ParamStore::attach_params(ParamGroup g, FlatRange range, Tensor values) {
+  int i = static_cast<int>(g);
+  MOE_CHECK(shard_[i].params, "attach_params: the group's parameters are not sharded (ZeRO-3 only)");
+  MOE_CHECK(range.begin >= 0 && range.begin <= range.end && range.end <= group_numel_[i], "attach_params: range [",
+            range.begin, ",", range.end, ") is outside the group's ", group_numel_[i], " elements");
+  MOE_CHECK(values.numel() == range.numel() && values.dtype() == compute_dtype_ && values.device() == device_,
+            "attach_params: expected ", range.numel(), " ", dtype_name(compute_dtype_), " values on ", device_.str(),
+            ", got ", values.numel(), " ", dtype_name(values.dtype()), " on ", values.device().str());
+  attached_[i].push_back({range, values.view({values.numel()})});
+}
+
+void ParamStore::detach_params(ParamGroup g, FlatRange range) {
+  auto& list = attached_[static_cast<int>(g)];
+  for (auto it = list.begin(); it != list.end(); ++it) {
+    if (it->range == range) {
+      list.erase(it);
+      return;
+    }
+  }
+  MOE_FAIL("detach_params: range [", range.begin, ",", range.end, ") is not attached");
 }
 
 Tensor ParamStore::view(const Tensor (&buffers)[k_num_param_groups], ParamId id) const {
@@ -69,13 +183,19 @@ Tensor ParamStore::view(const Tensor (&buffers)[k_num_param_groups], ParamId id)
 void ParamStore::initialize(uint64_t seed) {
   for (size_t i = 0; i < infos_.size(); ++i) {
     const ParamInfo& p = infos_[i];
-    std::vector<double> values(static_cast<size_t>(p.numel()));
+    // A row shard draws the whole parameter and keeps its rows: every layout, the same model.
+    const Shape& drawn = p.is_row_shard() ? p.full_shape : p.shape;
+    std::vector<double> values(static_cast<size_t>(shape_numel(drawn)));
     if (p.init == ParamInit::ones) {
       std::fill(values.begin(), values.end(), 1.0);
     } else if (p.init == ParamInit::normal) {
       std::mt19937_64 rng(seed ^ fnv1a(p.name));
       std::normal_distribution<double> dist(0.0, p.init_std);
       for (auto& v : values) v = dist(rng);
+    }
+    if (p.is_row_shard()) {
+      const int64_t row = shape_numel(drawn) / drawn[0];
+      values = std::vector<double>(values.begin() + p.row_offset * row, values.begin() + (p.row_offset + p.shape[0]) * row);
     }
     Tensor host = Tensor::from_vector(values, p.shape, DType::f64);
     load_master_from_host(static_cast<ParamId>(i), host);
@@ -88,7 +208,16 @@ void ParamStore::zero_grads() {
 
 void ParamStore::sync_params_from_master() {
   if (!separate_master_) return;
-  for (int g = 0; g < k_num_param_groups; ++g) ops::cast(master_[g], params_[g]);
+  for (int g = 0; g < k_num_param_groups; ++g) {
+    if (!shard_[g].master) {
+      ops::cast(master_[g], params_[g]);
+    } else if (shard_[g].params) {
+      ops::cast(master_shard_[g], param_shard_[g]);
+    } else {
+      Tensor own = params_[g].rows(shard_[g].range.begin, shard_[g].range.end);
+      ops::cast(master_shard_[g], own);
+    }
+  }
 }
 
 Tensor ParamStore::master_to_host_f32(ParamId id) const {
@@ -101,18 +230,38 @@ void ParamStore::load_master_from_host(ParamId id, const Tensor& host_values) {
   const ParamInfo& p = info(id);
   MOE_CHECK(host_values.shape() == p.shape, "parameter '", p.name, "' has shape ", shape_str(p.shape),
             ", loaded values have ", shape_str(host_values.shape()));
-  Tensor target = master(id);
   // Convert on the host to the master dtype, then copy to the device.
   Tensor converted;
-  if (target.dtype() == DType::f64) {
+  if (master_dtype() == DType::f64) {
     converted = Tensor::from_vector(host_values.to_vector<double>(), p.shape, DType::f64);
   } else {
     converted = Tensor::from_vector(host_values.to_vector<float>(), p.shape, DType::f32);
   }
-  target.copy_from(converted);
-  if (separate_master_) {
-    Tensor compute = param(id);
-    ops::cast(target, compute);
+  const ShardState& s = shard_[static_cast<int>(p.group)];
+  if (!s.master) {
+    Tensor target = master(id);
+    target.copy_from(converted);
+    if (separate_master_) {
+      Tensor compute = param(id);
+      ops::cast(target, compute);
+    }
+    return;
+  }
+  // Sharded: every rank passes the full values and keeps its part.
+  if (p.kind == ParamKind::buffer) buffer_master_.at(id).copy_from(converted);
+  FlatRange full = range(id), part = intersect(full, s.range);
+  if (!part.empty()) {
+    int g = static_cast<int>(p.group);
+    Tensor target = master_shard_[g].rows(part.begin - s.range.begin, part.end - s.range.begin);
+    target.copy_from(converted.view({p.numel()}).rows(part.begin - full.begin, part.end - full.begin));
+    if (s.params && separate_master_) {
+      Tensor compute = param_shard_[g].rows(part.begin - s.range.begin, part.end - s.range.begin);
+      ops::cast(target, compute);
+    }
+  }
+  if (!s.params) {  // the full compute copy (separate from the sharded master)
+    Tensor compute = view(params_, id);
+    ops::cast(converted.to(device_), compute);
   }
 }
 

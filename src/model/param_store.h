@@ -30,10 +30,29 @@ struct ParamInfo {
   ParamInit init = ParamInit::normal;
   double init_std = 0.02;
   int64_t offset = 0;  // element offset in its group's flat buffers
+  // Expert parallelism: this rank holds rows [row_offset, row_offset + shape[0]) of a parameter
+  // whose whole (canonical, checkpointed) shape is full_shape; empty full_shape = not split.
+  Shape full_shape;
+  int64_t row_offset = 0;
   int64_t numel() const { return shape_numel(shape); }
+  bool is_row_shard() const { return !full_shape.empty(); }
 };
 
 using ParamId = int32_t;
+
+// An element range [begin, end) of one group's flat buffers.
+struct FlatRange {
+  int64_t begin = 0, end = 0;
+  int64_t numel() const { return end > begin ? end - begin : 0; }
+  bool empty() const { return end <= begin; }
+  bool contains(const FlatRange& r) const { return r.begin >= begin && r.end <= end; }
+  bool operator==(const FlatRange&) const = default;
+};
+// The overlap of two ranges (empty when they do not overlap).
+inline FlatRange intersect(const FlatRange& a, const FlatRange& b) {
+  FlatRange r{a.begin > b.begin ? a.begin : b.begin, a.end < b.end ? a.end : b.end};
+  return r.empty() ? FlatRange{r.begin, r.begin} : r;
+}
 
 // Register all parameters first, then allocate(): every buffer is one flat tensor per group.
 // On the CPU the parameters are their own master copy; with bf16 compute, `master` is a
@@ -42,6 +61,10 @@ class ParamStore {
  public:
   ParamId add(const std::string& name, const Shape& shape, ParamGroup group, ParamKind kind,
               ParamInit init = ParamInit::normal, double init_std = 0.02);
+  // A parameter of which this rank holds rows [row_offset, row_offset + rows) of full_shape.
+  ParamId add_row_shard(const std::string& name, const Shape& full_shape, int64_t row_offset, int64_t rows,
+                        ParamGroup group, ParamKind kind, ParamInit init = ParamInit::normal,
+                        double init_std = 0.02);
   void allocate(Device device, DType compute_dtype);
   // Deterministic initialisation: each parameter's values depend only on (seed, name), so
   // any parallel layout builds the same model.
@@ -53,11 +76,12 @@ class ParamStore {
   int64_t group_numel(ParamGroup g) const { return group_numel_[static_cast<int>(g)]; }
   int64_t total_numel() const;
 
-  Tensor param(ParamId id) const { return view(params_, id); }
+  Tensor param(ParamId id) const;
   Tensor grad(ParamId id) const { return view(grads_, id); }
-  Tensor master(ParamId id) const { return view(master_or_params(), id); }
+  Tensor master(ParamId id) const;
+  FlatRange range(ParamId id) const { return {info(id).offset, info(id).offset + info(id).numel()}; }
 
-  Tensor& flat_params(ParamGroup g) { return params_[static_cast<int>(g)]; }
+  Tensor& flat_params(ParamGroup g);
   Tensor& flat_grads(ParamGroup g) { return grads_[static_cast<int>(g)]; }
   Tensor& flat_master(ParamGroup g);
   bool has_separate_master() const { return separate_master_; }
@@ -71,8 +95,44 @@ class ParamStore {
 
   Device device() const { return device_; }
   DType compute_dtype() const { return compute_dtype_; }
+  DType master_dtype() const;
+
+  // ---- ZeRO sharding, driven by DistributedOptimizer; a store that never calls shard()
+  // behaves exactly as before. ----
+  // From now on this rank keeps only flat elements `range` of group g's master weights (a
+  // separate fp32 master is cut down to the range) and, with `params` (ZeRO-3), of its compute
+  // copy too (the full compute buffer is freed). Afterwards:
+  //  - master(id) reads parameters inside the range; buffers (ParamKind::buffer) keep a full
+  //    master copy on every rank, since the model reads and rewrites them between steps; any
+  //    other parameter throws (DistributedOptimizer::full_master gathers it);
+  //  - param(id) of a sharded compute copy reads the ranges attached with attach_params (ZeRO-3
+  //    gathers a block there before using it) and throws for any other parameter;
+  //  - load_master_from_host stays local (every rank passes the full values and keeps its part);
+  //  - sync_params_from_master refreshes the compute copy of the range only (the optimizer
+  //    all-gathers the rest).
+  void shard(ParamGroup g, FlatRange range, bool params);
+  bool master_sharded(ParamGroup g) const { return shard_[static_cast<int>(g)].master; }
+  bool params_sharded(ParamGroup g) const { return shard_[static_cast<int>(g)].params; }
+  // [0, group_numel) until shard() is called.
+  FlatRange shard_range(ParamGroup g) const;
+  // The master / compute values of shard_range(g), flat (views of the full buffers where those exist).
+  Tensor master_shard(ParamGroup g) const;
+  Tensor param_shard(ParamGroup g) const;
+  // ZeRO-3: values[range.numel()] (compute dtype, the store's device) hold flat elements
+  // `range` of group g until detached; param(id) reads parameters that lie inside one.
+  void attach_params(ParamGroup g, FlatRange range, Tensor values);
+  void detach_params(ParamGroup g, FlatRange range);
+  int64_t num_attached(ParamGroup g) const { return static_cast<int64_t>(attached_[static_cast<int>(g)].size()); }
 
  private:
+  struct ShardState {
+    bool active = false, master = false, params = false;
+    FlatRange range;
+  };
+  struct Attached {
+    FlatRange range;
+    Tensor values;
+  };
   Tensor view(const Tensor (&buffers)[k_num_param_groups], ParamId id) const;
   const Tensor (&master_or_params() const)[k_num_param_groups] { return separate_master_ ? master_ : params_; }
 
@@ -84,6 +144,10 @@ class ParamStore {
   Tensor master_[k_num_param_groups];
   bool separate_master_ = false;
   bool allocated_ = false;
+  ShardState shard_[k_num_param_groups];
+  Tensor master_shard_[k_num_param_groups], param_shard_[k_num_param_groups];
+  std::map<ParamId, Tensor> buffer_master_;  // full master values of buffers in sharded groups
+  std::vector<Attached> attached_[k_num_param_groups];
   Device device_;
   DType compute_dtype_ = DType::f32;
 };

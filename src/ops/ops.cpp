@@ -46,7 +46,12 @@ void check_index(const Tensor& t, const Shape& shape, const Tensor& like, const 
 }
 
 int64_t rows_of(const Tensor& t) { return t.ndim() == 0 ? 1 : t.size(0); }
-int64_t cols_of(const Tensor& t) { return t.numel() / std::max<int64_t>(rows_of(t), 1); }
+// Elements per row: the product of the dims after the first (also for tensors with 0 rows).
+int64_t cols_of(const Tensor& t) {
+  int64_t cols = 1;
+  for (int d = 1; d < t.ndim(); ++d) cols *= t.size(d);
+  return cols;
+}
 
 }  // namespace
 

@@ -225,7 +225,7 @@ TEST_CASE("expert group gradients match finite differences, with experts that re
   const std::vector<int64_t> counts = {3, 0, 4, 2, 0};  // experts 1 and 4 (the last) get nothing
   const int64_t rows = std::accumulate(counts.begin(), counts.end(), int64_t{0});
   ParamStore store;
-  ExpertGroup group(store, "experts", experts, d, d_expert, act, k_init_std, k_init_std);
+  ExpertGroup group(store, "experts", experts, 0, experts, d, d_expert, act, k_init_std, k_init_std);
   store.allocate(Device::cpu(), DType::f64);
   store.initialize(31);
 

@@ -1,0 +1,54 @@
+// Expert-parallel dispatch: each rank of the EP group owns a contiguous block of experts;
+// routed tokens travel to their experts' owners by all-to-all and the outputs travel back.
+#pragma once
+
+#include <cstdint>
+
+#include "parallel/communicator.h"
+#include "parallel/dispatcher.h"
+
+namespace moe {
+
+// Rank r of the EP group owns experts [r*E/ep, (r+1)*E/ep). One dispatch:
+//   sort this rank's slots by global expert (rows for rank r are then contiguous)
+//   -> exchange per-expert counts (the one host synchronisation)
+//   -> all-to-all-v the rows -> reorder the received [src0: e0..eL | src1: ...] rows into
+//   local-expert-major [e0: src0, src1... | e1: ...] so the experts run on contiguous blocks.
+// Within an expert, rows are ordered by (source rank, token, slot): the order the local
+// dispatcher gives the concatenation of the EP group's tokens in rank order.
+// combine reverses it (inverse reorder, all-to-all back, weighted sum into [T,d]); each
+// backward moves gradients along the same routes. The communicator's device is the tensors'
+// device (MPI: CPU, NCCL: CUDA); it must outlive the dispatcher.
+class AllToAllDispatcher : public Dispatcher {
+ public:
+  AllToAllDispatcher(int64_t num_experts, Communicator& ep_group);
+
+  // x[T,d], ids i32[T,k] global expert ids (-1 = no expert) -> x_local[N_local,d], saved.counts
+  // rows per local expert. Collective over the EP group.
+  Tensor dispatch(const Tensor& x, const Tensor& ids, DispatchSaved& saved) const override;
+  // dx_local[N_local,d] -> dx[T,d]. Collective.
+  Tensor dispatch_backward(const DispatchSaved& saved, const Tensor& dx_local) const override;
+  // y_local[N_local,d], weights[T,k] -> out[T,d]; keeps the returned rows in saved.combine_rows.
+  // Collective.
+  Tensor combine(DispatchSaved& saved, const Tensor& y_local, const Tensor& weights) const override;
+  // dout[T,d] -> dy_local[N_local,d], dweights[T,k] (from saved.combine_rows; y_local is only
+  // checked). Collective.
+  void combine_backward(const DispatchSaved& saved, const Tensor& y_local, const Tensor& weights, const Tensor& dout,
+                        Tensor& dy_local, Tensor& dweights) const override;
+
+  int64_t num_experts() const override { return num_experts_; }
+  int64_t num_local_experts() const override { return num_local_; }
+  int64_t first_expert() const override { return first_expert_; }
+  Communicator& group() const { return *group_; }
+
+ private:
+  // Sorted rows on this rank [N,d] -> local-expert-major rows on the owners [N_local,d].
+  Tensor to_experts(const DispatchSaved& saved, const Tensor& sorted_rows, const char* call) const;
+  // Local-expert-major rows [N_local,d] -> this rank's sorted rows [N,d].
+  Tensor from_experts(const DispatchSaved& saved, const Tensor& local_rows, const char* call) const;
+
+  Communicator* group_;
+  int64_t num_experts_, num_local_, first_expert_;
+};
+
+}  // namespace moe

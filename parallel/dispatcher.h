@@ -1,0 +1,60 @@
+// The dispatch phase as one interface: tokens go to the experts that own them (a permutation
+// on one rank, an all-to-all across the EP group) and the experts' outputs come back weighted.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "src/tensor/tensor.h"
+
+namespace moe {
+
+// What the phases of one micro-batch keep for the later phases and their backward (owned by
+// the caller). "Sorted" rows are this rank's routed slots in global expert order; "local" rows
+// are what this rank's experts process, grouped by local expert (for the local dispatcher the
+// two are the same rows).
+struct DispatchSaved {
+  Tensor sorted_tokens;         // i32[N]: the token of each expert-sorted row (N = sum of routed_counts)
+  Tensor slot_pos;              // i32[T*k]: the sorted row of slot t*k+s, -1 if it has none
+  std::vector<int64_t> counts;  // rows per local expert, the experts' input (host)
+  int64_t num_tokens = 0;
+  // This rank's routed (kept) slots per global expert [E] (host): the load statistics. Equal to
+  // counts for the local dispatcher; with expert parallelism counts are what this rank's experts
+  // receive from the whole EP group instead.
+  std::vector<int64_t> routed_counts;
+
+  // Expert parallelism only (empty or undefined for the local dispatcher).
+  std::vector<int64_t> send_counts;         // [ep] sorted rows sent to each EP rank
+  std::vector<int64_t> recv_counts;         // [ep] rows received from each EP rank
+  std::vector<int64_t> recv_expert_counts;  // [ep * L]: rows from EP rank q for local expert j at q*L + j
+  // The received rows are source-major [q0: e0..eL-1 | q1: ...]; the experts read them local-
+  // expert-major [e0: q0, q1... | e1: ...]. local_rows[i] = received row of local row i;
+  // received_rows[j] = local row of received row j (the inverse). Both i32[N_local].
+  Tensor local_rows, received_rows;
+  // [N, d]: the experts' outputs back on this rank in sorted order, as combine read them
+  // (combine_backward needs them for dweights).
+  Tensor combine_rows;
+};
+
+class Dispatcher {
+ public:
+  virtual ~Dispatcher() = default;
+
+  // x[T,d], ids i32[T,k] global expert ids (-1 = no expert) -> x_local[N_local,d] grouped by
+  // local expert (saved.counts rows each, in local expert order)
+  virtual Tensor dispatch(const Tensor& x, const Tensor& ids, DispatchSaved& saved) const = 0;
+  // dx_local[N_local,d] -> dx[T,d] (sum over each token's copies)
+  virtual Tensor dispatch_backward(const DispatchSaved& saved, const Tensor& dx_local) const = 0;
+  // y_local[N_local,d], weights[T,k] -> out[T,d] = sum over routed slots of weights[t,s] * y(t,s).
+  // Records in saved what combine_backward needs.
+  virtual Tensor combine(DispatchSaved& saved, const Tensor& y_local, const Tensor& weights) const = 0;
+  // dout[T,d] -> dy_local[N_local,d], dweights[T,k] (0 for slots without an expert)
+  virtual void combine_backward(const DispatchSaved& saved, const Tensor& y_local, const Tensor& weights,
+                                const Tensor& dout, Tensor& dy_local, Tensor& dweights) const = 0;
+
+  virtual int64_t num_experts() const = 0;        // E, over the whole EP group
+  virtual int64_t num_local_experts() const = 0;  // the experts this rank runs
+  virtual int64_t first_expert() const = 0;       // global id of local expert 0
+};
+
+}  // namespace moe

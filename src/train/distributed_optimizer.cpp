@@ -1,0 +1,373 @@
+// ZeRO-0/1/2/3 over flat parameter buffers: bucketed all-reduce or reduce-scatter of the
+// gradients, the global norm, AdamW on the local shard, all-gather / per-unit gather of weights.
+#include "src/train/distributed_optimizer.h"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <set>
+
+#include "parallel/grad_sync.h"
+#include "src/ops/ops.h"
+
+namespace moe {
+
+namespace {
+
+const char* group_name(ParamGroup g) { return g == ParamGroup::dense ? "dense" : "expert"; }
+
+// dst <- src, same dtype and device, stream-ordered (Tensor::copy_from waits for the copy on
+// CUDA; a same-dtype cast is an asynchronous device copy).
+void copy_elements(const Tensor& src, Tensor dst) {
+  if (src.numel() > 0) ops::cast(src, dst);
+}
+
+// x *= alpha. ops::scale takes a float factor, which is inexact for f64 (1/3 as a float is off
+// by 3e-8): f64 tensors live on the CPU and are scaled in double here.
+void scale_exact(Tensor x, double alpha) {
+  if (x.numel() == 0) return;
+  if (x.dtype() == DType::f64 && !x.is_cuda()) {
+    double* data = x.data_as<double>();
+    for (int64_t i = 0; i < x.numel(); ++i) data[i] *= alpha;
+    return;
+  }
+  ops::scale(x, static_cast<float>(alpha));
+}
+
+// Flat elements r of `flat` (an empty view for an empty range, wherever it points).
+Tensor rows_of(const Tensor& flat, FlatRange r) { return r.empty() ? flat.rows(0, 0) : flat.rows(r.begin, r.end); }
+// Flat elements r of `local`, which holds the elements from `origin` on.
+Tensor rows_at(const Tensor& local, int64_t origin, FlatRange r) {
+  return r.empty() ? local.rows(0, 0) : local.rows(r.begin - origin, r.end - origin);
+}
+
+std::string unit_of(const std::string& name) {
+  size_t dot = name.find('.');
+  if (dot == std::string::npos) return name;
+  if (name.compare(0, dot, "layers") == 0) return name.substr(0, name.find('.', dot + 1));
+  return name.substr(0, dot);
+}
+
+}  // namespace
+
+std::vector<ParamUnit> param_units(const ParamStore& store) {
+  std::vector<ParamUnit> units;
+  std::vector<std::array<int64_t, k_num_param_groups>> counted;
+  std::set<std::string> seen;
+  for (const ParamInfo& p : store.infos()) {
+    std::string key = unit_of(p.name);
+    if (units.empty() || units.back().name != key) {
+      MOE_CHECK(seen.insert(key).second, "the parameters of '", key, "' are not registered together (",
+                p.name, " comes after another unit's)");
+      units.push_back({key, {}});
+      counted.push_back({0, 0});
+    }
+    int g = static_cast<int>(p.group);
+    FlatRange& r = units.back().range[g];
+    FlatRange pr{p.offset, p.offset + p.numel()};
+    r = counted.back()[g] == 0 ? pr : FlatRange{std::min(r.begin, pr.begin), std::max(r.end, pr.end)};
+    counted.back()[g] += p.numel();
+  }
+  for (size_t u = 0; u < units.size(); ++u) {
+    for (int g = 0; g < k_num_param_groups; ++g) {
+      MOE_CHECK(units[u].range[g].numel() == counted[u][g], "the parameters of '", units[u].name,
+                "' are not contiguous in the ", group_name(static_cast<ParamGroup>(g)), " flat buffer");
+    }
+  }
+  return units;
+}
+
+FlatRange DistributedOptimizer::Layout::owned_by(int r) const {
+  if (!sharded) return {0, numel};
+  return {std::min(r * shard, numel), std::min((r + 1) * shard, numel)};
+}
+
+DistributedOptimizer::DistributedOptimizer(ParamStore& store, const OptimConfig& config, int zero_stage,
+                                           Communicator& dense_group, Communicator& expert_group, double bucket_mb)
+    : store_(&store), config_(config), stage_(zero_stage) {
+  MOE_CHECK(zero_stage >= 0 && zero_stage <= 3, "ZeRO stage must be 0, 1, 2 or 3, got ", zero_stage);
+  MOE_CHECK(bucket_mb > 0, "the gradient bucket size must be positive, got ", bucket_mb, " MiB");
+  MOE_CHECK(store.flat_grads(ParamGroup::dense).defined(), "DistributedOptimizer needs allocated parameters");
+  MOE_CHECK(dense_group.size() % expert_group.size() == 0, "the expert-data-parallel group (", expert_group.size(),
+            " ranks) must divide the data-parallel group (", dense_group.size(), " ranks)");
+  bucket_bytes_ = std::max<size_t>(1, static_cast<size_t>(bucket_mb * 1024.0 * 1024.0));
+  for (int i = 0; i < k_num_param_groups; ++i) {
+    auto g = static_cast<ParamGroup>(i);
+    Communicator& comm = g == ParamGroup::dense ? dense_group : expert_group;
+    MOE_CHECK(comm.device() == store.device(), "the ", group_name(g), " group's communicator moves ",
+              comm.device().str(), " tensors but the parameters are on ", store.device().str());
+    Layout& l = layouts_[i];
+    l.comm = &comm;
+    l.numel = store.group_numel(g);
+    l.size = comm.size();
+    l.rank = comm.rank();
+    l.sharded = stage_ >= 1;
+    l.shard = l.sharded ? (l.numel + l.size - 1) / l.size : l.numel;
+    l.own = l.owned_by(l.rank);
+    if (l.sharded) store.shard(g, l.own, stage_ == 3);
+    m_[i] = Tensor::zeros({l.own.numel()}, store.master_dtype(), store.device());
+    v_[i] = Tensor::zeros({l.own.numel()}, store.master_dtype(), store.device());
+    build_update_runs(g);
+  }
+}
+
+bool DistributedOptimizer::decays(const ParamInfo& p) const {
+  switch (p.kind) {
+    case ParamKind::weight: return true;
+    case ParamKind::norm_or_bias: return config_.decay_norms_and_biases;
+    case ParamKind::embedding: return config_.decay_embeddings;
+    case ParamKind::buffer: return false;
+  }
+  return true;
+}
+
+// Parameters may straddle shard boundaries: each keeps its own decay flag on the part that
+// falls in this rank's range; neighbours with the same flag merge into one AdamW call.
+void DistributedOptimizer::build_update_runs(ParamGroup g) {
+  auto& runs = runs_[static_cast<int>(g)];
+  const FlatRange own = layout(g).own;
+  for (const ParamInfo& p : store_->infos()) {  // registration order = offset order within a group
+    if (p.group != g || p.kind == ParamKind::buffer) continue;
+    FlatRange part = intersect({p.offset, p.offset + p.numel()}, own);
+    if (part.empty()) continue;
+    bool decay = decays(p);
+    if (!runs.empty() && runs.back().range.end == part.begin && runs.back().decay == decay) {
+      runs.back().range.end = part.end;
+    } else {
+      runs.push_back({part, decay});
+    }
+  }
+}
+
+int64_t DistributedOptimizer::bucket_numel(DType dtype) const {
+  return std::max<int64_t>(1, static_cast<int64_t>(bucket_bytes_ / dtype_size(dtype)));
+}
+
+void DistributedOptimizer::reduce_gradients() {
+  for (int i = 0; i < k_num_param_groups; ++i) {
+    const Layout& l = layouts_[i];
+    if (l.size == 1 || l.numel == 0) continue;
+    if (stage_ <= 1) {
+      average_gradients(*l.comm, store_->flat_grads(static_cast<ParamGroup>(i)), bucket_bytes_);
+    } else {
+      reduce_scatter_avg(static_cast<ParamGroup>(i));
+    }
+  }
+}
+
+// Round k reduces chunk k (c elements) of every rank's range: the chunks are packed rank by
+// rank into a staging buffer (zero past n) and reduce-scattered into this rank's slot, which
+// goes back to its place in the flat buffer. One round over an evenly divisible buffer needs
+// no staging: the flat buffer is already rank-major.
+void DistributedOptimizer::reduce_scatter_avg(ParamGroup g) {
+  const Layout& l = layout(g);
+  Tensor flat = store_->flat_grads(g);
+  const int64_t n = l.numel, s = l.shard, c = std::max<int64_t>(1, bucket_numel(flat.dtype()) / l.size);
+  if (s * l.size == n && s <= c) {
+    Tensor own = flat.rows(l.rank * s, (l.rank + 1) * s);
+    l.comm->reduce_scatter_sum(flat, own);
+  } else {
+    Tensor staging = Tensor::empty({l.size * std::min(c, s)}, flat.dtype(), flat.device());
+    for (int64_t k0 = 0; k0 < s; k0 += c) {
+      const int64_t len = std::min(c, s - k0);
+      Tensor window = staging.rows(0, l.size * len);
+      for (int q = 0; q < l.size; ++q) {
+        FlatRange src = intersect({q * s + k0, q * s + k0 + len}, {0, n});
+        Tensor slot = window.rows(q * len, (q + 1) * len);
+        if (src.numel() < len) slot.rows(src.numel(), len).zero_();
+        copy_elements(rows_of(flat, src), slot.rows(0, src.numel()));
+      }
+      Tensor mine = window.rows(l.rank * len, (l.rank + 1) * len);
+      l.comm->reduce_scatter_sum(window, mine);
+      FlatRange dst = intersect({l.rank * s + k0, l.rank * s + k0 + len}, {0, n});
+      copy_elements(mine.rows(0, dst.numel()), rows_of(flat, dst));
+    }
+  }
+  scale_exact(rows_of(flat, l.own), 1.0 / l.size);
+}
+
+// The mirror of reduce_scatter_avg on the compute copy: round k all-gathers chunk k of every
+// rank's range through the staging buffer.
+void DistributedOptimizer::all_gather_params(ParamGroup g) {
+  const Layout& l = layout(g);
+  Tensor flat = store_->flat_params(g);
+  const int64_t n = l.numel, s = l.shard, c = std::max<int64_t>(1, bucket_numel(flat.dtype()) / l.size);
+  if (s * l.size == n && s <= c) {
+    Tensor own = flat.rows(l.rank * s, (l.rank + 1) * s);
+    l.comm->all_gather(own, flat);
+    return;
+  }
+  Tensor staging = Tensor::empty({l.size * std::min(c, s)}, flat.dtype(), flat.device());
+  for (int64_t k0 = 0; k0 < s; k0 += c) {
+    const int64_t len = std::min(c, s - k0);
+    Tensor window = staging.rows(0, l.size * len);
+    Tensor mine = window.rows(l.rank * len, (l.rank + 1) * len);
+    FlatRange src = intersect({l.rank * s + k0, l.rank * s + k0 + len}, {0, n});
+    copy_elements(rows_of(flat, src), mine.rows(0, src.numel()));  // the tail past n is never read
+    l.comm->all_gather(mine, window);
+    for (int q = 0; q < l.size; ++q) {
+      if (q == l.rank) continue;
+      FlatRange dst = intersect({q * s + k0, q * s + k0 + len}, {0, n});
+      copy_elements(window.rows(q * len, q * len + dst.numel()), rows_of(flat, dst));
+    }
+  }
+}
+
+double DistributedOptimizer::clip_grad_norm(double max_norm) {
+  double sum_sq[k_num_param_groups] = {0, 0};
+  Tensor held[k_num_param_groups];
+  for (int i = 0; i < k_num_param_groups; ++i) {
+    Tensor& flat = store_->flat_grads(static_cast<ParamGroup>(i));
+    held[i] = stage_ >= 2 ? rows_of(flat, layouts_[i].own) : flat;
+    if (held[i].numel() > 0) sum_sq[i] = ops::sum_squares(held[i]);
+  }
+  const Layout& dense = layouts_[0];
+  const Layout& expert = layouts_[1];
+  // With expert parallelism the DP group holds ep different sets of experts.
+  const bool expert_parallel = expert.size != dense.size;
+  double total = 0;
+  if (stage_ >= 2) {
+    // Shards partition each group's parameters; summing over the DP group covers every dense
+    // shard once and every expert shard of every EP rank once.
+    std::vector<double> partial{sum_sq[0] + sum_sq[1]};
+    if (dense.size > 1) dense.comm->all_reduce_sum(partial);
+    total = partial[0];
+  } else if (!expert_parallel) {
+    total = sum_sq[0] + sum_sq[1];  // full, identical gradients on every rank (plain clip_grad_norm's sum)
+  } else {
+    // Expert gradients are replicated over the expert-DP group: its first rank speaks for it.
+    std::vector<double> partial{expert.rank == 0 ? sum_sq[1] : 0.0};
+    dense.comm->all_reduce_sum(partial);
+    total = sum_sq[0] + partial[0];
+  }
+  double norm = std::sqrt(total);
+  if (max_norm > 0 && norm > max_norm) {
+    for (auto& t : held) {
+      if (t.numel() > 0) ops::scale(t, static_cast<float>(max_norm / norm));
+    }
+  }
+  return norm;
+}
+
+void DistributedOptimizer::step(double lr, int64_t step) {
+  for (int i = 0; i < k_num_param_groups; ++i) {
+    MOE_CHECK(gathered_[i].empty(), "step: ", gathered_[i].size(), " gathered ", group_name(static_cast<ParamGroup>(i)),
+              " parameter range(s) are still in use (ZeRO-3: release every gathered range before the update)");
+  }
+  for (int i = 0; i < k_num_param_groups; ++i) {
+    auto g = static_cast<ParamGroup>(i);
+    const FlatRange own = layouts_[i].own;
+    Tensor master = store_->master_shard(g);
+    Tensor& grads = store_->flat_grads(g);
+    for (const UpdateRun& run : runs_[i]) {
+      ops::AdamWParams h;
+      h.lr = static_cast<float>(lr);
+      h.beta1 = static_cast<float>(config_.beta1);
+      h.beta2 = static_cast<float>(config_.beta2);
+      h.eps = static_cast<float>(config_.eps);
+      h.weight_decay = run.decay ? static_cast<float>(config_.weight_decay) : 0.0f;
+      h.step = step;
+      Tensor p = rows_at(master, own.begin, run.range), m = rows_at(m_[i], own.begin, run.range),
+             v = rows_at(v_[i], own.begin, run.range);
+      ops::adamw_step(p, rows_of(grads, run.range), m, v, h);
+    }
+  }
+  store_->sync_params_from_master();  // the whole compute copy at stage 0, this rank's range above
+  if (stage_ == 1 || stage_ == 2) {
+    for (int i = 0; i < k_num_param_groups; ++i) {
+      if (layouts_[i].size > 1 && layouts_[i].numel > 0) all_gather_params(static_cast<ParamGroup>(i));
+    }
+  }
+}
+
+// Each rank broadcasts the part of `range` that lies in its own range: a block's parameters
+// usually sit in one or two ranks' ranges, so a gather is a few broadcasts of its size.
+void DistributedOptimizer::gather_range(ParamGroup g, const Tensor& local, FlatRange range, Tensor& out) {
+  const Layout& l = layout(g);
+  MOE_CHECK(out.numel() == range.numel(), "gather_range: output of ", out.numel(), " elements for ", range.numel());
+  for (int q = 0; q < (l.sharded ? l.size : 1); ++q) {
+    FlatRange part = intersect(l.owned_by(q), range);
+    if (part.empty()) continue;
+    Tensor piece = rows_at(out, range.begin, part);
+    if (!l.sharded || q == l.rank) copy_elements(rows_at(local, l.own.begin, part), piece);
+    if (l.sharded && l.size > 1) l.comm->broadcast(piece, q);
+  }
+}
+
+void DistributedOptimizer::gather(ParamGroup g, FlatRange range) {
+  if (stage_ < 3 || range.empty()) return;
+  const Layout& l = layout(g);
+  MOE_CHECK(range.begin >= 0 && range.end <= l.numel, "gather: range [", range.begin, ",", range.end,
+            ") is outside the ", group_name(g), " group's ", l.numel, " elements");
+  int& count = gathered_[static_cast<int>(g)][{range.begin, range.end}];
+  if (count++ > 0) return;
+  Tensor values = Tensor::empty({range.numel()}, store_->compute_dtype(), store_->device());
+  gather_range(g, store_->param_shard(g), range, values);
+  store_->attach_params(g, range, values);
+}
+
+void DistributedOptimizer::release(ParamGroup g, FlatRange range) {
+  if (stage_ < 3 || range.empty()) return;
+  auto& counts = gathered_[static_cast<int>(g)];
+  auto it = counts.find({range.begin, range.end});
+  MOE_CHECK(it != counts.end(), "release: the ", group_name(g), " range [", range.begin, ",", range.end,
+            ") is not gathered");
+  if (--it->second > 0) return;
+  counts.erase(it);
+  store_->detach_params(g, range);  // the gathered copy is freed with its last view
+}
+
+void DistributedOptimizer::gather(const ParamUnit& unit) {
+  for (int i = 0; i < k_num_param_groups; ++i) gather(static_cast<ParamGroup>(i), unit.range[i]);
+}
+
+void DistributedOptimizer::release(const ParamUnit& unit) {
+  for (int i = 0; i < k_num_param_groups; ++i) release(static_cast<ParamGroup>(i), unit.range[i]);
+}
+
+ParamUnit DistributedOptimizer::all_params() const {
+  ParamUnit unit{"all", {}};
+  for (int i = 0; i < k_num_param_groups; ++i) unit.range[i] = {0, layouts_[i].numel};
+  return unit;
+}
+
+Tensor DistributedOptimizer::full_state(ParamId id, const Tensor& local) {
+  const ParamInfo& p = store_->info(id);
+  Tensor out = Tensor::empty({p.numel()}, local.dtype(), local.device());
+  gather_range(p.group, local, store_->range(id), out);
+  return out.to(Device::cpu()).view(p.shape);
+}
+
+Tensor DistributedOptimizer::full_master(ParamId id) {
+  const ParamInfo& p = store_->info(id);
+  if (!store_->master_sharded(p.group) || p.kind == ParamKind::buffer) return store_->master(id).to(Device::cpu());
+  return full_state(id, store_->master_shard(p.group));
+}
+
+Tensor DistributedOptimizer::full_moment1(ParamId id) {
+  return full_state(id, m_[static_cast<int>(store_->info(id).group)]);
+}
+
+Tensor DistributedOptimizer::full_moment2(ParamId id) {
+  return full_state(id, v_[static_cast<int>(store_->info(id).group)]);
+}
+
+void DistributedOptimizer::load_full_moments(ParamId id, const Tensor& moment1, const Tensor& moment2) {
+  const ParamInfo& p = store_->info(id);
+  const int g = static_cast<int>(p.group);
+  const FlatRange full = store_->range(id), part = intersect(full, layouts_[g].own);
+  const Tensor* values[2] = {&moment1, &moment2};
+  Tensor* targets[2] = {&m_[g], &v_[g]};
+  for (int k = 0; k < 2; ++k) {
+    MOE_CHECK(values[k]->shape() == p.shape, "optimizer state of '", p.name, "' has shape ", shape_str(p.shape),
+              ", loaded values have ", shape_str(values[k]->shape()));
+    if (part.empty()) continue;
+    Tensor host = store_->master_dtype() == DType::f64
+                      ? Tensor::from_vector(values[k]->to_vector<double>(), {p.numel()}, DType::f64)
+                      : Tensor::from_vector(values[k]->to_vector<float>(), {p.numel()}, DType::f32);
+    Tensor target = rows_at(*targets[k], layouts_[g].own.begin, part);
+    target.copy_from(rows_at(host, full.begin, part));
+  }
+}
+
+}  // namespace moe

@@ -1,0 +1,141 @@
+// Data-parallel optimizer for ZeRO stages 0-3: gradient reduction over the data-parallel (dense)
+// and expert-data-parallel (expert) groups, global-norm clipping, AdamW on this rank's shard.
+#pragma once
+
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "parallel/communicator.h"
+#include "src/config/config.h"
+#include "src/model/param_store.h"
+
+namespace moe {
+
+// The parameters of one module ("embed", "layers.3", "final_norm", "lm_head"): a contiguous
+// range of each group's flat buffers (empty where the unit has none in that group).
+struct ParamUnit {
+  std::string name;
+  FlatRange range[k_num_param_groups];
+};
+
+// The units of a store in registration order: names "layers.<i>.*" form unit "layers.<i>",
+// every other name its first component. Throws if a unit's parameters are not contiguous in a
+// group (the model registers each block's parameters together, so they are).
+std::vector<ParamUnit> param_units(const ParamStore& store);
+
+// Shard layout (stage >= 1), per group of n elements over a group of N ranks:
+//   S = ceil(n / N); rank r owns flat elements [r*S, min((r+1)*S, n)) -- contiguous equal
+//   ranges of the flat buffer, the last ones shorter (or empty) where N does not divide n.
+// The moments (stage >= 1), the reduced gradients (stage >= 2), a separate fp32 master
+// (stage >= 1) and the parameters (stage 3) of a group exist on this rank for that range only.
+// Collectives move the flat buffers in buckets of bucket_mb: stage 0/1 all-reduce buckets in
+// place; stage 2/3 reduce-scatter and stage 1/2 all-gather round k take chunk k of every rank's
+// range (c = bucket / N elements each) through a staging buffer of one bucket, so shards stay
+// contiguous for any bucket size and N need not divide n.
+//
+// The norm: the expert-data-parallel group must be a subgroup of the data-parallel group with
+// the data-parallel group made of ep x expert-DP ranks (ep = 1: the same ranks), as the
+// topology builds them; expert parameters of different EP ranks are different parameters.
+//
+// Replaces the trainer's (average gradients -> clip -> AdamW.step) sequence:
+//   store.zero_grads(); [stage 3: gather(unit) / release(unit) around each use of a module]
+//   forward/backward ... ; reduce_gradients(); norm = clip_grad_norm(max); step(lr, t);
+class DistributedOptimizer {
+ public:
+  // dense_group averages dense gradients, expert_group expert gradients; either may have one
+  // rank and they may be the same object. bucket_mb: MiB per collective (parallel.bucket_mb).
+  // Stage >= 1 shards the store (ParamStore::shard) here; the store must be allocated and
+  // initialised (or loaded) first.
+  DistributedOptimizer(ParamStore& store, const OptimConfig& config, int zero_stage, Communicator& dense_group,
+                       Communicator& expert_group, double bucket_mb);
+
+  int zero_stage() const { return stage_; }
+  // The group that reduces group g's gradients.
+  Communicator& comm(ParamGroup g) const { return *layout(g).comm; }
+  // This rank's range of group g: [0, n) at stage 0, else as in the layout comment above.
+  FlatRange shard_range(ParamGroup g) const { return layout(g).own; }
+  // S: the per-rank range length before clipping to n (n at stage 0).
+  int64_t shard_size(ParamGroup g) const { return layout(g).shard; }
+  // Whether this parameter gets weight decay (as AdamW::decays).
+  bool decays(const ParamInfo& p) const;
+
+  // Stage 0/1: every rank's flat gradients <- their mean over the group (bucketed all-reduce).
+  // Stage 2/3: only shard_range(g) of the flat gradients <- the mean over the group of that
+  // range (bucketed reduce-scatter); elsewhere the buffer keeps this rank's own, unreduced
+  // gradients, which nothing reads. Collective over both groups.
+  void reduce_gradients();
+  // The global L2 norm of the reduced gradients, every parameter counted once; when max_norm
+  // > 0 and the norm exceeds it, scales the gradients this rank holds (its shard at stage 2/3)
+  // by max_norm / norm. Returns the norm before clipping, the same value on every rank.
+  // Collective over the data-parallel group at stage 2/3 or with expert parallelism.
+  double clip_grad_norm(double max_norm);
+  // AdamW (decoupled weight decay by parameter kind, buffers skipped) on this rank's range of
+  // the master weights; then stage 1/2 all-gather the compute copy so every rank holds the
+  // full parameters, stage 3 refreshes only the local parameter shard. `step` is 1-based.
+  // Collective at stage 1/2. At stage 3 every gathered range must be released first.
+  void step(double lr, int64_t step);
+
+  // ZeRO-3: make a unit's (or one group's range of) parameters readable through
+  // ParamStore::param until released. Ranges are reference-counted: gathering a range that is
+  // already gathered only counts. Collective over the range's group (every rank makes the same
+  // calls); no-ops below stage 3, so a model can call them unconditionally.
+  void gather(const ParamUnit& unit);
+  void release(const ParamUnit& unit);
+  void gather(ParamGroup g, FlatRange range);
+  void release(ParamGroup g, FlatRange range);
+  // One unit spanning every parameter (gather the whole model around forward/backward).
+  ParamUnit all_params() const;
+
+  // The moments of this rank's range, flat [shard_range(g).numel()], master dtype.
+  Tensor& moment1(ParamGroup g) { return m_[static_cast<int>(g)]; }
+  Tensor& moment2(ParamGroup g) { return v_[static_cast<int>(g)]; }
+
+  // Checkpoints stay layout-independent: full host copies (master dtype, the parameter's
+  // shape), assembled from the shards. Collective over the parameter's group whenever that
+  // state is sharded: every rank of the group calls them for the same parameters in order.
+  Tensor full_master(ParamId id);
+  Tensor full_moment1(ParamId id);
+  Tensor full_moment2(ParamId id);
+  // Every rank passes the full host values; each keeps its range's part. Not collective.
+  // (Weights load with ParamStore::load_master_from_host, which is shard-aware.)
+  void load_full_moments(ParamId id, const Tensor& moment1, const Tensor& moment2);
+
+ private:
+  struct Layout {
+    Communicator* comm = nullptr;
+    int64_t numel = 0;  // n
+    int size = 1, rank = 0;
+    bool sharded = false;  // stage >= 1
+    int64_t shard = 0;     // S
+    FlatRange own;         // this rank's range
+    FlatRange owned_by(int r) const;
+  };
+  // A maximal run of elements of the own range with one weight-decay setting (no buffers).
+  struct UpdateRun {
+    FlatRange range;  // flat elements
+    bool decay = false;
+  };
+
+  const Layout& layout(ParamGroup g) const { return layouts_[static_cast<int>(g)]; }
+  void build_update_runs(ParamGroup g);
+  void reduce_scatter_avg(ParamGroup g);
+  void all_gather_params(ParamGroup g);
+  // out[range.numel()] <- flat elements `range` from the ranks' local ranges `local`
+  // ([own.numel()] on each rank); collective over the group when sharded.
+  void gather_range(ParamGroup g, const Tensor& local, FlatRange range, Tensor& out);
+  Tensor full_state(ParamId id, const Tensor& local);
+  int64_t bucket_numel(DType dtype) const;
+
+  ParamStore* store_;
+  OptimConfig config_;
+  int stage_;
+  size_t bucket_bytes_;
+  Layout layouts_[k_num_param_groups];
+  std::vector<UpdateRun> runs_[k_num_param_groups];
+  Tensor m_[k_num_param_groups], v_[k_num_param_groups];
+  std::map<std::pair<int64_t, int64_t>, int> gathered_[k_num_param_groups];  // stage 3 reference counts
+};
+
+}  // namespace moe

@@ -1,0 +1,198 @@
+// The activation part of the plan: what each module's forward keeps in its Saved struct and what
+// its backward allocates while it runs, tensor by tensor (src/model/*.cpp, experts/*.cpp,
+// routing/*.cpp, parallel/*_dispatcher.cpp), so the estimate tracks the allocator's accounting.
+#include <algorithm>
+#include <cmath>
+
+#include "src/ops/ops.h"
+#include "src/train/plan.h"
+
+namespace moe {
+
+namespace {
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+int64_t up_width(const std::string& activation, int64_t width) {
+  return ops::is_gated(ops::activation_from_name(activation)) ? 2 * width : width;
+}
+
+// Element sizes: compute (bf16 on the GPU), accumulation (f32; the router and the statistics),
+// and i32 ids.
+struct Sizes {
+  int64_t cb = 2, ab = 4, ib = 4;
+};
+
+// One MoE FFN: its kept bytes, all-to-all part, and the largest working set of its backward.
+struct MoeFootprint {
+  int64_t kept = 0, all_to_all = 0, backward = 0;
+};
+
+std::string router_of_moe_layer(const MoeConfig& moe, int64_t moe_index) {
+  return moe.layer_routers.empty() ? moe.router : moe.layer_routers.at(static_cast<size_t>(moe_index));
+}
+
+MoeFootprint moe_footprint(const Config& config, const std::string& router, int64_t T, int tp, int ep, Sizes s) {
+  const ModelConfig& m = config.model;
+  const MoeConfig& moe = config.moe;
+  const int64_t d = m.d_model, E = moe.num_experts * moe.granularity, k = moe.top_k * moe.granularity;
+  const int64_t f = moe.d_expert / moe.granularity;
+  const std::string act = moe.activation.empty() ? m.activation : moe.activation;
+  const bool hash = router == "hash", choice = router == "expert_choice", noisy = router == "noisy_topk";
+  const int64_t slots = hash ? 1 : choice ? E : k;  // Routing::ids columns per token
+
+  // Routed rows of this rank: dropless T*k; with a capacity at most E*C (token choice);
+  // expert choice takes C = min(ceil(c*T/E), T) tokens per expert.
+  int64_t rows = T * slots;
+  if (choice) rows = E * std::min(static_cast<int64_t>(std::ceil(moe.capacity_factor * T / static_cast<double>(E))), T);
+  if (!hash && !choice && moe.capacity_factor > 0) {
+    rows = std::min(rows, E * static_cast<int64_t>(std::ceil(moe.capacity_factor * static_cast<double>(k * T) / E)));
+  }
+  if (hash) rows = T;
+  // With expert parallelism each rank's experts receive, on balanced routing, as many rows as
+  // the rank sends: the plan assumes balance (imbalance moves rows between ranks).
+  const int64_t local_rows = rows, local_experts = E / ep;
+  const int64_t max_expert_rows = ceil_div(local_rows, std::max<int64_t>(local_experts, 1));
+  const int64_t up_e = up_width(act, f) / tp, f_e = f / tp;
+
+  // Balancing gradients the forward keeps (MoeLayerSaved::balance_grads), [T,E] accum each.
+  int64_t balance_te = 0, balance_slots = 0;
+  if (!hash) {
+    balance_te += (moe.aux_loss_coef > 0 || moe.seq_aux_loss_coef > 0 || moe.device_loss_coef > 0) ? 1 : 0;  // dscores
+    balance_te += moe.z_loss_coef > 0 ? 1 : 0;                                // dlogits
+    balance_te += (moe.load_loss_coef > 0 && noisy) ? 2 : 0;                  // dclean, draw_noise
+    balance_slots += moe.importance_loss_coef > 0 ? 1 : 0;                    // dweights [T,slots]
+  }
+
+  MoeFootprint out;
+  // Router (RouterSaved): logits and scores [T,E]; noisy gating also clean, raw noise, normal
+  // draws; ids i32 and weights [T,slots]; expert choice also its top-1 pair [T,1].
+  int64_t kept = 0;
+  if (!hash) kept += (noisy ? 5 : 2) * T * E * s.ab;
+  kept += T * slots * (s.ib + s.ab);
+  if (choice) kept += T * (s.ib + s.ab);
+  if (!hash && !choice && moe.capacity_factor > 0) kept += T * slots * (s.ib + s.ab);  // dropped copies
+  kept += balance_te * T * E * s.ab + balance_slots * T * slots * s.ab;
+  kept += 2 * T * slots * s.ib;  // DispatchSaved: sorted_tokens, slot_pos
+  // Experts (ExpertGroupSaved + MoeLayerSaved::y_sorted): input, pre-/post-activation, output rows.
+  kept += local_rows * s.cb * (2 * d + up_e + f_e);
+  // Expert parallelism: the outputs back on this rank (combine_rows) and the row maps.
+  if (ep > 1) {
+    out.all_to_all = rows * d * s.cb + (local_experts > 1 ? 2 * local_rows * s.ib : 0);
+    kept += out.all_to_all;
+  }
+  // Shared experts (SharedExpertsSaved): FFN h and a, the FFN output, the gate logit.
+  const int64_t shared_width = moe.num_shared_experts * (moe.d_shared > 0 ? moe.d_shared : f);
+  const int64_t shared_up = up_width(act, shared_width) / tp, shared_mid = shared_width / tp;
+  if (moe.num_shared_experts > 0) kept += T * s.cb * (shared_up + shared_mid + d + (moe.shared_gate ? 1 : 0));
+  out.kept = kept;
+
+  // Backward (MoeLayer::backward): combine -> experts -> dispatch -> shared -> router, with dy
+  // [T,d] live throughout and d weights [T,slots] from the combine onwards.
+  const int64_t row_bytes = d * s.cb, dy = T * row_bytes, dweights = T * slots * s.ab;
+  const int64_t expert_temps = max_expert_rows * s.cb * (up_e + f_e);  // da, dh of one expert
+  int64_t after_dispatch = 0;
+  if (ep == 1) {
+    const int64_t experts_stage = dy + 2 * rows * row_bytes + dweights + expert_temps;
+    after_dispatch = 2 * dy + 2 * rows * row_bytes + dweights;
+    out.backward = std::max(experts_stage, after_dispatch);
+  } else {
+    const int64_t reorder = local_experts > 1 ? local_rows * row_bytes : 0;
+    const int64_t combine_stage = dy + rows * row_bytes + dweights + local_rows * row_bytes + reorder;
+    const int64_t experts_stage = dy + 2 * local_rows * row_bytes + dweights + expert_temps;
+    const int64_t return_stage = dy + 2 * local_rows * row_bytes + dweights + reorder + rows * row_bytes;
+    const int64_t scatter_stage = 2 * dy + 2 * local_rows * row_bytes + dweights + rows * row_bytes;
+    after_dispatch = 2 * dy + 2 * local_rows * row_bytes + dweights;
+    out.backward = std::max({combine_stage, experts_stage, return_stage, scatter_stage});
+  }
+  if (moe.num_shared_experts > 0) {
+    const int64_t gate = moe.shared_gate ? T * s.cb * (d + 1) : 0;  // d ffn_out, d gate logit
+    out.backward = std::max(out.backward, after_dispatch + gate + T * s.cb * (shared_up + shared_mid));
+  }
+  if (!hash) {
+    // MoeLayer::backward scales copies of the kept balancing gradients; the router adds its own.
+    int64_t router = balance_te * T * E * s.ab;
+    if (choice) {
+      router += 2 * T * E * s.ab + T * s.ab;  // d scores (copy or zeros), d logits, top-1 zeros
+    } else {
+      router += (noisy ? 3 : 1) * T * E * s.ab;  // d logits (noisy: d clean, d raw noise)
+    }
+    if (s.cb != s.ab) router += T * E * s.cb;  // the logit gradient cast to the compute dtype
+    out.backward = std::max(out.backward, after_dispatch + router);
+  }
+  return out;
+}
+
+}  // namespace
+
+ActivationPlan plan_activations(const Config& config, const Topology& topology, DType compute,
+                                const std::vector<int>& layers, bool first, bool last, int pp_stage) {
+  const ModelConfig& m = config.model;
+  const int tp = topology.tp, ep = topology.ep;
+  Sizes s;
+  s.cb = static_cast<int64_t>(dtype_size(compute));
+  s.ab = static_cast<int64_t>(dtype_size(ops::accum_dtype(compute)));
+  const int64_t T = config.train.micro_batch_size * m.seq_len, d = m.d_model;
+  const int64_t head_dim = m.d_model / m.num_heads;
+  const int64_t q_width = m.num_heads * head_dim / tp, kv_width = m.num_kv_heads * head_dim / tp;
+  const int64_t norm_stats = m.norm == "layernorm" ? 2 : 1;  // mean and rstd, or rstd: [T] accum
+
+  ActivationPlan a;
+  a.tokens = T;
+  // Per block (BlockSaved without the FFN): attention-norm output, q, k, v, attention output,
+  // the residual after attention, the FFN-norm output, the block output (the next block's input);
+  // the norms' statistics and the attention log-sum-exp [B,H,S] in the accumulation dtype.
+  a.attention_layer = T * s.cb * (4 * d + 2 * q_width + 2 * kv_width) + T * s.ab * (2 * norm_stats + m.num_heads / tp);
+  const int64_t dense_up = up_width(m.activation, m.d_ff) / tp, dense_mid = m.d_ff / tp;
+  a.dense_ffn = T * s.cb * (dense_up + dense_mid);  // FfnSaved h, a (x is the FFN-norm output)
+  a.embedding = T * d * s.cb;                       // the first block's input
+  a.batch = 2 * T * s.ib;
+  if (last) a.logits = T * d * s.cb + T * norm_stats * s.ab + T * ceil_div(m.vocab_size, tp) * s.cb + T * s.ab;
+
+  // Backward working sets of a block, besides what the forward kept: the FFN backward with dy
+  // and d x live; the attention backward with dy, the FFN-input and residual gradients, d out,
+  // d q, d k, d v and d x.
+  const int64_t attention_backward = T * s.cb * (4 * d + 2 * q_width + 2 * kv_width);
+  const int64_t dense_backward = T * s.cb * (2 * d + dense_up + dense_mid);
+  int64_t working = attention_backward;
+
+  int64_t kept = a.embedding;
+  int64_t moe_index = 0, moe_layers = 0;
+  for (int64_t i = 0; i < m.num_layers; ++i) {
+    const bool is_moe = config.moe.num_experts > 0 && i >= config.moe.first_dense &&
+                        (i - config.moe.first_dense + 1) % config.moe.every == 0;
+    const bool here = std::find(layers.begin(), layers.end(), static_cast<int>(i)) != layers.end();
+    if (is_moe) {
+      MoeFootprint f = moe_footprint(config, router_of_moe_layer(config.moe, moe_index), T, tp, ep, s);
+      ++moe_index;
+      if (!here) continue;
+      ++moe_layers;
+      a.moe_ffn = std::max(a.moe_ffn, f.kept);
+      a.all_to_all = std::max(a.all_to_all, f.all_to_all);
+      kept += a.attention_layer + f.kept;
+      working = std::max(working, f.backward);
+    } else if (here) {
+      kept += a.attention_layer + a.dense_ffn;
+      working = std::max(working, dense_backward);
+    }
+  }
+  a.kept = kept + a.logits;
+  a.backward_working = working;
+  if (last) a.logits_grad = T * ceil_div(m.vocab_size, tp) * s.cb + T * d * s.cb;  // d logits, d hidden
+
+  // Micro-batches whose activations are alive together: one (backward follows each forward);
+  // all of the step's with the global_batch balance scope (forwards first); under 1F1B stage s
+  // of p holds min(p - s, micro-batches) in flight.
+  const int64_t micro = config.train.grad_accum;
+  a.micro_batches = 1;
+  if (config.moe.balance_scope == "global_batch" && moe_layers > 0) a.micro_batches = micro;
+  if (topology.pp > 1) a.micro_batches = std::max(a.micro_batches, std::min<int64_t>(topology.pp - pp_stage, micro));
+  // The trainer keeps every micro-batch's ids of the step (Trainer::train_step's batches).
+  const int64_t batches = micro * a.batch;
+  const int64_t backward_peak = a.micro_batches * a.kept + batches + a.logits_grad + a.backward_working;
+  const int64_t forward_peak = a.micro_batches * a.kept + batches + (last ? T * s.ab : 0);  // + per-token losses
+  a.peak = std::max(backward_peak, forward_peak);
+  return a;
+}
+
+}  // namespace moe
