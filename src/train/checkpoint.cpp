@@ -40,37 +40,39 @@ const Tensor& find_tensor(const SafetensorsFile& file, const std::string& name, 
 
 }  // namespace
 
-void write_checkpoint(const std::string& dir, const ParamStore& params, const AdamW& optimizer,
-                      const TrainerState& state, const Config& config) {
+void write_checkpoint_tensors(const std::string& dir, const CheckpointTensors& tensors, const TrainerState& state,
+                              const Config& config) {
   AtomicDir out(dir);
-  std::vector<std::pair<std::string, Tensor>> weights, moments;
-  for (size_t i = 0; i < params.infos().size(); ++i) {
-    auto id = static_cast<ParamId>(i);
-    const std::string& name = params.info(id).name;
-    weights.emplace_back(name, host_copy(params.master(id)));
-    moments.emplace_back(name + ".exp_avg", host_copy(optimizer.moment1(id)));
-    moments.emplace_back(name + ".exp_avg_sq", host_copy(optimizer.moment2(id)));
-  }
-  write_safetensors(out.path() / "model.safetensors", weights, {{"format", "moe-engine"}});
-  write_safetensors(out.path() / "optimizer.safetensors", moments, {{"step", std::to_string(state.step)}});
-  nlohmann::json trainer = {{"step", state.step}, {"seed", state.seed}, {"world_size", state.world_size}};
+  write_safetensors(out.path() / "model.safetensors", tensors.weights, {{"format", "moe-engine"}});
+  write_safetensors(out.path() / "optimizer.safetensors", tensors.moments, {{"step", std::to_string(state.step)}});
+  nlohmann::json trainer = {{"step", state.step},
+                            {"seed", state.seed},
+                            {"world_size", state.world_size},
+                            {"data", "batches are drawn from (seed, step): the next step's batch is the position"}};
   std::ofstream(out.path() / "trainer_state.json") << trainer.dump(2) << '\n';
   std::ofstream(out.path() / "config.toml") << to_toml(config);
   out.commit();
 }
 
-TrainerState read_checkpoint(const std::string& dir, ParamStore& params, AdamW* optimizer) {
-  MOE_CHECK(fs::is_directory(dir), "checkpoint directory ", dir, " does not exist");
-  std::string model_path = dir + "/model.safetensors";
-  SafetensorsFile weights = read_safetensors(model_path);
+void write_checkpoint(const std::string& dir, const ParamStore& params, const AdamW& optimizer,
+                      const TrainerState& state, const Config& config) {
+  CheckpointTensors t;
   for (size_t i = 0; i < params.infos().size(); ++i) {
     auto id = static_cast<ParamId>(i);
     const std::string& name = params.info(id).name;
-    const Tensor& host = find_tensor(weights, name, model_path);
-    MOE_CHECK(host.shape() == params.info(id).shape, "checkpoint ", model_path, ": '", name, "' has shape ",
-              shape_str(host.shape()), " but the model expects ", shape_str(params.info(id).shape));
-    params.load_master_from_host(id, host);
+    t.weights.emplace_back(name, host_copy(params.master(id)));
+    t.moments.emplace_back(name + ".exp_avg", host_copy(optimizer.moment1(id)));
+    t.moments.emplace_back(name + ".exp_avg_sq", host_copy(optimizer.moment2(id)));
   }
+  write_checkpoint_tensors(dir, t, state, config);
+}
+
+CheckpointFiles read_checkpoint_files(const std::string& dir, bool with_optimizer) {
+  MOE_CHECK(fs::is_directory(dir), "checkpoint directory ", dir, " does not exist");
+  CheckpointFiles files;
+  files.dir = dir;
+  files.weights = read_safetensors(dir + "/model.safetensors");
+  if (with_optimizer) files.moments = read_safetensors(dir + "/optimizer.safetensors");
   std::string state_path = dir + "/trainer_state.json";
   std::ifstream state_file(state_path);
   MOE_CHECK(state_file.good(), "checkpoint ", dir, " has no trainer_state.json");
@@ -80,21 +82,34 @@ TrainerState read_checkpoint(const std::string& dir, ParamStore& params, AdamW* 
   } catch (const nlohmann::json::exception& e) {
     MOE_FAIL("corrupt checkpoint ", state_path, ": ", e.what());
   }
-  TrainerState state;
-  state.step = state_json.value("step", int64_t{0});
-  state.seed = state_json.value("seed", uint64_t{0});
-  state.world_size = state_json.value("world_size", int64_t{1});
-  if (optimizer) {
-    std::string opt_path = dir + "/optimizer.safetensors";
-    SafetensorsFile moments = read_safetensors(opt_path);
-    for (size_t i = 0; i < params.infos().size(); ++i) {
-      auto id = static_cast<ParamId>(i);
-      const std::string& name = params.info(id).name;
-      load_into(optimizer->moment1(id), find_tensor(moments, name + ".exp_avg", opt_path), name, opt_path);
-      load_into(optimizer->moment2(id), find_tensor(moments, name + ".exp_avg_sq", opt_path), name, opt_path);
+  files.state.step = state_json.value("step", int64_t{0});
+  files.state.seed = state_json.value("seed", uint64_t{0});
+  files.state.world_size = state_json.value("world_size", int64_t{1});
+  return files;
+}
+
+Tensor CheckpointFiles::take(const ParamInfo& info, const std::string& name, bool from_moments) const {
+  const SafetensorsFile& file = from_moments ? moments : weights;
+  std::string path = dir + (from_moments ? "/optimizer.safetensors" : "/model.safetensors");
+  const Tensor& full = find_tensor(file, name, path);
+  const Shape& expected = info.is_row_shard() ? info.full_shape : info.shape;
+  MOE_CHECK(full.shape() == expected, "checkpoint ", path, ": '", name, "' has shape ", shape_str(full.shape()),
+            " but the model expects ", shape_str(expected));
+  return info.is_row_shard() ? full.rows(info.row_offset, info.row_offset + info.shape[0]) : full;
+}
+
+TrainerState read_checkpoint(const std::string& dir, ParamStore& params, AdamW* optimizer) {
+  CheckpointFiles files = read_checkpoint_files(dir, optimizer != nullptr);
+  for (size_t i = 0; i < params.infos().size(); ++i) {
+    auto id = static_cast<ParamId>(i);
+    const ParamInfo& info = params.info(id);
+    params.load_master_from_host(id, files.take(info, info.name, false));
+    if (optimizer) {
+      load_into(optimizer->moment1(id), files.take(info, info.name + ".exp_avg", true), info.name, dir);
+      load_into(optimizer->moment2(id), files.take(info, info.name + ".exp_avg_sq", true), info.name, dir);
     }
   }
-  return state;
+  return files.state;
 }
 
 std::string resolve_checkpoint(const std::string& run_dir, const std::string& resume) {

@@ -9,6 +9,7 @@
 #include "src/config/config.h"
 #include "src/model/param_store.h"
 #include "src/train/optimizer.h"
+#include "src/train/safetensors.h"
 
 namespace moe {
 
@@ -18,8 +19,27 @@ struct TrainerState {
   int64_t world_size = 1;  // the layout it was saved from (informational)
 };
 
+// Full (canonical) host tensors by name: weights and AdamW moments ("<name>.exp_avg",
+// "<name>.exp_avg_sq").
+struct CheckpointTensors {
+  std::vector<std::pair<std::string, Tensor>> weights, moments;
+};
+void write_checkpoint_tensors(const std::string& dir, const CheckpointTensors& tensors, const TrainerState& state,
+                              const Config& config);
+// One process's whole state (no sharding): the store's master weights and the AdamW moments.
 void write_checkpoint(const std::string& dir, const ParamStore& params, const AdamW& optimizer,
                       const TrainerState& state, const Config& config);
+
+// The files of a checkpoint directory, validated (any layout can take what it needs).
+struct CheckpointFiles {
+  SafetensorsFile weights, moments;  // moments empty unless asked for
+  TrainerState state;
+  std::string dir;
+  // The canonical tensor `name` (from moments when from_moments), rows [row_offset,
+  // row_offset + shape[0]) of it when `info` is a row shard; its shape checked against info.
+  Tensor take(const ParamInfo& info, const std::string& name, bool from_moments) const;
+};
+CheckpointFiles read_checkpoint_files(const std::string& dir, bool with_optimizer);
 // Loads weights into params (every parameter must be present with its shape); with an
 // optimizer also its moments. Returns the trainer state.
 TrainerState read_checkpoint(const std::string& dir, ParamStore& params, AdamW* optimizer);

@@ -24,15 +24,20 @@ bool moe_layer(const ModelConfig& m, const MoeConfig& moe, int64_t i) {
   return moe.num_experts > 0 && i >= moe.first_dense && (i - moe.first_dense + 1) % moe.every == 0;
 }
 
-// Model state of one parameter group: n parameters on this rank, sharded over `ranks` from
-// stage 1 as DistributedOptimizer does (S = ceil(n / ranks) on the fullest rank).
-ModelState group_state(int64_t n, int ranks, int stage, int64_t cb, int64_t ab, bool separate_master) {
+// Model state of one parameter group: n parameters (b of them buffers) on this rank, sharded over
+// `ranks` from stage 1 as DistributedOptimizer does (S = ceil(n / ranks) on the fullest rank).
+ModelState group_state(int64_t n, int64_t b, int ranks, int stage, int64_t cb, int64_t ab, bool separate_master) {
   const int64_t shard = stage >= 1 ? ceil_div(n, ranks) : n;
   ModelState s;
   s.params = cb * (stage == 3 ? shard : n);
   s.grads = ab * n;  // one full flat buffer at every stage (the reduced shard is a range of it)
   s.master = separate_master ? ab * shard : 0;
+  // Sharded master weights keep full copies of the buffers (ParamStore::shard).
+  if (stage >= 1 && (separate_master || stage == 3)) s.master += ab * b;
   s.moments = 2 * ab * shard;
+  // ZeRO-3 as the trainer drives it gathers every parameter for the step's forwards and
+  // backwards (Trainer::train_step: gather(all_params())).
+  s.gathered = stage == 3 ? cb * n : 0;
   return s;
 }
 
@@ -89,6 +94,7 @@ ParamCounts count_params(const ModelConfig& m, const MoeConfig& moe) {
       if (router == "noisy_topk") l.replicated += d * experts;                  // noise weight
       if (router != "hash" && router != "expert_choice" && moe.expert_bias_rate > 0) {
         l.replicated += experts;                                                // expert bias buffer
+        l.buffers += experts;
         c.buffers += experts;
       }
       l.expert = experts * (d * up_width(expert_act, f) + f * d);
@@ -200,6 +206,7 @@ Plan make_plan(const Config& config, int world_size, const std::string& device) 
       const int64_t dense = ceil_div(l.tp_split, tp) + l.replicated, expert = ceil_div(l.expert, int64_t{t.ep} * tp);
       p.rank_dense += dense;
       p.rank_expert += expert;
+      p.rank_buffers += l.buffers;
       largest_unit = std::max(largest_unit, dense + expert);
     }
     first_layer += count;
@@ -213,15 +220,16 @@ Plan make_plan(const Config& config, int world_size, const std::string& device) 
       p.rank_dense += params.final_norm + head;
       largest_unit = std::max(largest_unit, head);
     }
+    p.largest_module = largest_unit;
     for (int z = 0; z <= 3; ++z) {
-      ModelState dense = group_state(p.rank_dense, t.dp, z, cb, ab, compute != accum);
-      ModelState expert = group_state(p.rank_expert, t.edp, z, cb, ab, compute != accum);
+      ModelState dense = group_state(p.rank_dense, p.rank_buffers, t.dp, z, cb, ab, compute != accum);
+      ModelState expert = group_state(p.rank_expert, 0, t.edp, z, cb, ab, compute != accum);
       ModelState& s = p.engine[z];
       s.params = dense.params + expert.params;
       s.grads = dense.grads + expert.grads;
       s.master = dense.master + expert.master;
       s.moments = dense.moments + expert.moments;
-      s.gathered = z == 3 ? cb * largest_unit : 0;
+      s.gathered = dense.gathered + expert.gathered;
       p.paper[z] = zero_paper_bytes(static_cast<double>(p.rank_dense), z, t.dp) +
                    zero_paper_bytes(static_cast<double>(p.rank_expert), z, t.edp);
     }
@@ -270,12 +278,14 @@ std::string format_plan(const Plan& p, const Config& config) {
     out << "\n";
   };
   row("parameters", [&](int z) { return p.engine[z].params; });
-  row("gathered module (ZeRO-3)", [&](int z) { return p.engine[z].gathered; });
+  row("gathered for the step", [&](int z) { return p.engine[z].gathered; });
   row("gradients", [&](int z) { return p.engine[z].grads; });
   row("master weights", [&](int z) { return p.engine[z].master; });
   row("optimizer moments", [&](int z) { return p.engine[z].moments; });
   row("total (this engine)", [&](int z) { return p.engine[z].total(); });
   row("paper model (2+2+12)", [&](int z) { return static_cast<int64_t>(p.paper[z]); });
+  out << "  (ZeRO-3 gathers the whole model for the step; gathering one module at a time would need "
+      << gb(static_cast<double>(dtype_size(p.compute) * p.largest_module)) << ")\n";
 
   out << "\nactivations per micro-batch (" << config.train.micro_batch_size << " x " << m.seq_len << " = " << a.tokens
       << " tokens, " << dtype_name(p.compute) << "):\n";

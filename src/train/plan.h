@@ -19,6 +19,7 @@ struct LayerParams {
   bool moe = false;
   int64_t tp_split = 0;    // split by tensor parallelism: attention, dense FFN, shared experts
   int64_t replicated = 0;  // norms, router (and its buffers), shared-expert gate
+  int64_t buffers = 0;     // of which never-trained buffers (the aux-loss-free expert bias)
   int64_t expert = 0;      // routed experts (ParamGroup::expert)
   int64_t dense() const { return tp_split + replicated; }
   int64_t total() const { return tp_split + replicated + expert; }
@@ -64,9 +65,10 @@ std::string format_zero_table();
 // separate fp32 master only when the compute dtype is narrower (bf16), fp32 Adam moments.
 struct ModelState {
   int64_t params = 0;    // compute copy (stage 3: this rank's shard)
-  int64_t gathered = 0;  // stage 3: the largest module gathered in full for its forward/backward
+  int64_t gathered = 0;  // stage 3: the parameters gathered in full for the step's forwards and backwards
   int64_t grads = 0;
-  int64_t master = 0;    // separate fp32 master (bf16 compute); sharded from stage 1
+  int64_t master = 0;    // separate fp32 master (bf16 compute), sharded from stage 1; with sharded
+                         // master weights, full copies of the buffers
   int64_t moments = 0;   // Adam m and v; sharded from stage 1
   int64_t total() const { return params + gathered + grads + master + moments; }
 };
@@ -99,6 +101,8 @@ struct Plan {
   int stage = 0;                        // the pipeline stage planned (the one with the highest peak)
   std::vector<int> stage_layers;        // its layer indices
   int64_t rank_dense = 0, rank_expert = 0;  // parameters this rank holds (its stage, TP slice, EP slice)
+  int64_t rank_buffers = 0;             // of which buffers (dense group)
+  int64_t largest_module = 0;           // the largest module on this rank ("layers.<i>", "embed", ...)
   ModelState engine[4];                 // this engine's model state at ZeRO stage 0..3
   double paper[4] = {0, 0, 0, 0};       // the paper's 2 + 2 + 12 bytes model on the same shards
   int64_t reduce_staging = 0;           // stage >= 1: one bucket staged by reduce-scatter / all-gather

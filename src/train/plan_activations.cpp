@@ -65,9 +65,11 @@ MoeFootprint moe_footprint(const Config& config, const std::string& router, int6
   }
 
   MoeFootprint out;
+  // The FFN-norm output: routers with a projection keep it (RouterSaved::x), and so do shared
+  // experts; a hash router reads token ids only and the dispatch copies the rows it needs.
+  int64_t kept = (!hash || moe.num_shared_experts > 0) ? T * d * s.cb : 0;
   // Router (RouterSaved): logits and scores [T,E]; noisy gating also clean, raw noise, normal
   // draws; ids i32 and weights [T,slots]; expert choice also its top-1 pair [T,1].
-  int64_t kept = 0;
   if (!hash) kept += (noisy ? 5 : 2) * T * E * s.ab;
   kept += T * slots * (s.ib + s.ab);
   if (choice) kept += T * (s.ib + s.ab);
@@ -106,7 +108,8 @@ MoeFootprint moe_footprint(const Config& config, const std::string& router, int6
     out.backward = std::max({combine_stage, experts_stage, return_stage, scatter_stage});
   }
   if (moe.num_shared_experts > 0) {
-    const int64_t gate = moe.shared_gate ? T * s.cb * (d + 1) : 0;  // d ffn_out, d gate logit
+    // With the gate, d ffn_out [T,d] stays through the FFN backward (d gate [T,1] is freed before).
+    const int64_t gate = moe.shared_gate ? T * s.cb * d : 0;
     out.backward = std::max(out.backward, after_dispatch + gate + T * s.cb * (shared_up + shared_mid));
   }
   if (!hash) {
@@ -140,11 +143,12 @@ ActivationPlan plan_activations(const Config& config, const Topology& topology, 
   ActivationPlan a;
   a.tokens = T;
   // Per block (BlockSaved without the FFN): attention-norm output, q, k, v, attention output,
-  // the residual after attention, the FFN-norm output, the block output (the next block's input);
-  // the norms' statistics and the attention log-sum-exp [B,H,S] in the accumulation dtype.
-  a.attention_layer = T * s.cb * (4 * d + 2 * q_width + 2 * kv_width) + T * s.ab * (2 * norm_stats + m.num_heads / tp);
+  // the residual after attention, the block output (the next block's input); the norms'
+  // statistics and the attention log-sum-exp [B,H,S] in the accumulation dtype. The FFN-norm
+  // output belongs to the FFN: it lives on only where the FFN keeps it.
+  a.attention_layer = T * s.cb * (3 * d + 2 * q_width + 2 * kv_width) + T * s.ab * (2 * norm_stats + m.num_heads / tp);
   const int64_t dense_up = up_width(m.activation, m.d_ff) / tp, dense_mid = m.d_ff / tp;
-  a.dense_ffn = T * s.cb * (dense_up + dense_mid);  // FfnSaved h, a (x is the FFN-norm output)
+  a.dense_ffn = T * s.cb * (d + dense_up + dense_mid);  // FfnSaved x (the FFN-norm output), h, a
   a.embedding = T * d * s.cb;                       // the first block's input
   a.batch = 2 * T * s.ib;
   if (last) a.logits = T * d * s.cb + T * norm_stats * s.ab + T * ceil_div(m.vocab_size, tp) * s.cb + T * s.ab;

@@ -12,6 +12,7 @@
 #include "src/train/checkpoint.h"
 #include "src/train/device_select.h"
 #include "src/train/lr_schedule.h"
+#include "src/train/distributed_optimizer.h"
 
 namespace moe {
 
@@ -35,19 +36,27 @@ data::Batch synthetic_batch(uint64_t seed, int64_t step, int64_t index, int64_t 
 
 }  // namespace
 
-Trainer::Trainer(const Config& config, int local_rank, Communicator& world) : config_(config), world_(&world) {
+Trainer::Trainer(const Config& config, int local_rank, Communicator& world)
+    : config_(config), world_(&world), topology_(Topology::from_config(config, world.size(), world.rank())) {
   device_ = select_device(config.train, local_rank);
   dtype_ = select_dtype(config.train, device_);
   MOE_CHECK(world.device().is_cuda() == device_.is_cuda(), "the communicator is for ", world.device().str(),
             " but the model runs on ", device_.str());
-  model_ = std::make_unique<Model>(config.model, config.moe);
+  MOE_CHECK(topology_.tp == 1 && topology_.pp == 1, "parallel.tp = ", topology_.tp, " and parallel.pp = ",
+            topology_.pp, ": tensor and pipeline parallelism are not implemented yet; use parallel.tp = 1 and "
+            "parallel.pp = 1");
+  groups_ = make_process_groups(world, topology_);
+  if (is_root() && world.size() > 1) std::printf("%s\n", topology_.describe().c_str());
+  model_ = std::make_unique<Model>(config.model, config.moe, groups_.ep.get());
   model_->allocate(device_, dtype_);
   model_->initialize(config.train.seed);
-  optimizer_ = std::make_unique<AdamW>(model_->params(), config.optim);
+  optimizer_ = std::make_unique<DistributedOptimizer>(model_->params(), config.optim,
+                                                      static_cast<int>(config.parallel.zero), *groups_.dp,
+                                                      *groups_.expert_dp, config.parallel.bucket_mb);
   oracle_ = config.moe.num_experts > 0 && config.moe.router == "hash" && config.moe.hash_kind == "oracle";
 
   const TrainConfig& t = config.train;
-  int64_t global_batch = t.micro_batch_size * t.grad_accum * world.size();
+  int64_t global_batch = t.micro_batch_size * t.grad_accum * topology_.dp;
   tokens_per_step_ = static_cast<double>(global_batch * config.model.seq_len);
   flops_per_token_ = train_flops_per_token(model_->active_params(), config.model.num_layers, config.model.d_model,
                                            config.model.seq_len);
@@ -64,10 +73,10 @@ Trainer::~Trainer() = default;
 data::Batch Trainer::micro_batch(int64_t step, int64_t micro) const {
   const TrainConfig& t = config_.train;
   if (!sampler_) {
-    int64_t index = world_->rank() * t.grad_accum + micro;
+    int64_t index = groups_.dp->rank() * t.grad_accum + micro;
     return synthetic_batch(t.seed, step, index, t.micro_batch_size, config_.model.seq_len, config_.model.vocab_size);
   }
-  data::DataParallelSlice slice{world_->rank(), world_->size(), t.micro_batch_size, t.grad_accum};
+  data::DataParallelSlice slice{groups_.dp->rank(), groups_.dp->size(), t.micro_batch_size, t.grad_accum};
   return sampler_->micro_batch(step, slice, micro);
 }
 
@@ -98,6 +107,8 @@ StepResult Trainer::train_step() {
   const float aux_scale = 1.0f / static_cast<float>(t.grad_accum);
   const float loss_scale = 1.0f / static_cast<float>(t.micro_batch_size * t.grad_accum * config_.model.seq_len);
   const bool collect = is_log_step(step_ + 1);
+  // ZeRO-3: the sharded parameters are gathered for the step's forwards and backwards.
+  optimizer_->gather(optimizer_->all_params());
   // global_batch balance scope: every forward of the step first, then the Switch statistics of
   // the whole global batch, then the backwards (activations of all micro-batches are kept).
   const bool global_scope = config_.moe.balance_scope == "global_batch" && model_->num_moe_layers() > 0;
@@ -130,15 +141,21 @@ StepResult Trainer::train_step() {
     apply_global_switch(saves, outs);
     for (int64_t micro = 0; micro < t.grad_accum; ++micro) backward_micro(micro);
   }
+  optimizer_->release(optimizer_->all_params());
+  if (topology_.ep > 1) {
+    // Each expert's gradient already sums the contributions of the EP group's tokens; averaging
+    // over the expert-data-parallel group then leaves a factor ep against the DP mean.
+    ops::scale(store.flat_grads(ParamGroup::expert), 1.0f / static_cast<float>(topology_.ep));
+  }
+  optimizer_->reduce_gradients();
   if (world_->size() > 1) {
-    for (int g = 0; g < k_num_param_groups; ++g) world_->all_reduce_avg(store.flat_grads(static_cast<ParamGroup>(g)));
     world_->all_reduce_sum(sums);
     sums[2] /= world_->size();
     reduce_routing_stats(r.routing, *world_);
   }
   r.loss = sums[0] / std::max(sums[1], 1.0);
   r.aux_loss = sums[2];
-  r.grad_norm = clip_grad_norm(store, config_.optim.grad_clip);
+  r.grad_norm = optimizer_->clip_grad_norm(config_.optim.grad_clip);
   double lr = learning_rate(config_.schedule, config_.optim, step_, t.steps);
   optimizer_->step(lr, step_ + 1);
   if (config_.moe.expert_bias_rate > 0) {
@@ -210,6 +227,7 @@ EvalResult Trainer::evaluate(int64_t max_batches) {
                         world_->size());
   std::vector<double> sums(2, 0.0);
   data::Batch b;
+  optimizer_->gather(optimizer_->all_params());
   while (it.next(b)) {
     Batch batch = to_device(b);
     batch.training = false;
@@ -218,6 +236,7 @@ EvalResult Trainer::evaluate(int64_t max_batches) {
     sums[0] += out.loss_sum;
     sums[1] += static_cast<double>(out.num_targets);
   }
+  optimizer_->release(optimizer_->all_params());
   world_->all_reduce_sum(sums);
   MOE_CHECK(sums[1] > 0, "the validation data ", config_.data.val_path, " is shorter than one sequence of ",
             config_.model.seq_len + 1, " tokens");
@@ -311,19 +330,53 @@ nlohmann::json Trainer::bench(int64_t warmup_steps, int64_t timed_steps) {
   return out;
 }
 
+// Expert parameters are row shards over the EP group: the canonical tensor is their all-gather.
+Tensor Trainer::full_tensor(const ParamInfo& info, const Tensor& host_local) {
+  if (!info.is_row_shard() || topology_.ep == 1) return host_local;
+  Communicator& ep = *groups_.ep;
+  Tensor local = host_local.to(ep.device()).view({host_local.numel()});
+  Tensor all = Tensor::empty({local.numel() * ep.size()}, local.dtype(), ep.device());
+  ep.all_gather(local, all);
+  return all.to(Device::cpu()).view(info.full_shape);
+}
+
 void Trainer::save_checkpoint() {
   std::string dir = config_.train.run_dir + "/checkpoints/step_" + std::to_string(step_);
+  ParamStore& store = model_->params();
+  CheckpointTensors tensors;
+  for (size_t i = 0; i < store.infos().size(); ++i) {  // collective: every rank, every parameter, in order
+    auto id = static_cast<ParamId>(i);
+    const ParamInfo& info = store.info(id);
+    Tensor weight = full_tensor(info, optimizer_->full_master(id));
+    Tensor m1 = full_tensor(info, optimizer_->full_moment1(id));
+    Tensor m2 = full_tensor(info, optimizer_->full_moment2(id));
+    if (!is_root()) continue;
+    tensors.weights.emplace_back(info.name, weight);
+    tensors.moments.emplace_back(info.name + ".exp_avg", m1);
+    tensors.moments.emplace_back(info.name + ".exp_avg_sq", m2);
+  }
   if (is_root()) {
-    write_checkpoint(dir, model_->params(), *optimizer_, {step_, config_.train.seed, world_->size()}, config_);
+    write_checkpoint_tensors(dir, tensors, {step_, config_.train.seed, world_->size()}, config_);
     std::printf("saved checkpoint %s\n", dir.c_str());
   }
   world_->barrier();
 }
 
 void Trainer::load_checkpoint(const std::string& dir, bool with_optimizer) {
-  TrainerState state = read_checkpoint(dir, model_->params(), with_optimizer ? optimizer_.get() : nullptr);
-  if (with_optimizer) step_ = state.step;
-  if (is_root()) std::printf("loaded checkpoint %s (step %lld)\n", dir.c_str(), static_cast<long long>(state.step));
+  // Any layout loads any checkpoint: each rank takes its rows of the canonical tensors.
+  CheckpointFiles files = read_checkpoint_files(dir, with_optimizer);
+  ParamStore& store = model_->params();
+  for (size_t i = 0; i < store.infos().size(); ++i) {
+    auto id = static_cast<ParamId>(i);
+    const ParamInfo& info = store.info(id);
+    store.load_master_from_host(id, files.take(info, info.name, false));
+    if (with_optimizer) {
+      optimizer_->load_full_moments(id, files.take(info, info.name + ".exp_avg", true),
+                                    files.take(info, info.name + ".exp_avg_sq", true));
+    }
+  }
+  if (with_optimizer) step_ = files.state.step;
+  if (is_root()) std::printf("loaded checkpoint %s (step %lld)\n", dir.c_str(), static_cast<long long>(files.state.step));
 }
 
 }  // namespace moe

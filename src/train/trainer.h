@@ -10,11 +10,13 @@
 #include <nlohmann/json.hpp>
 
 #include "parallel/communicator.h"
+#include "parallel/topology.h"
 #include "src/config/config.h"
 #include "src/data/batch_sampler.h"
 #include "src/model/model.h"
 #include "src/train/metrics.h"
 #include "src/train/moe_stats.h"
+#include "src/train/distributed_optimizer.h"
 #include "src/train/optimizer.h"
 
 namespace moe {
@@ -60,13 +62,16 @@ class Trainer {
   bool is_log_step(int64_t step) const;
   void apply_global_switch(std::vector<ModelSaved>& saves, std::vector<ForwardOutput>& outs);
   bool is_root() const { return world_->rank() == 0; }
+  Tensor full_tensor(const ParamInfo& info, const Tensor& host_local);
 
   Config config_;
   Communicator* world_;
   Device device_;
   DType dtype_;
   std::unique_ptr<Model> model_;
-  std::unique_ptr<AdamW> optimizer_;
+  Topology topology_;
+  ProcessGroups groups_;
+  std::unique_ptr<DistributedOptimizer> optimizer_;
   std::optional<data::TokenDataset> train_data_, val_data_;
   std::unique_ptr<data::BatchSampler> sampler_;
   std::unique_ptr<MetricsWriter> metrics_;
