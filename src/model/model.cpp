@@ -104,10 +104,12 @@ int64_t Model::active_params() const {
 }
 
 Tensor Model::embed(const Tensor& inputs) const {
+  acquire("embed");
   Tensor table = store_.param(tokens_);
   Tensor x = Tensor::empty({inputs.numel(), config_.d_model}, table.dtype(), table.device());
   ops::embedding_forward(inputs, table, x);
   if (positions_ >= 0) ops::position_add_forward(x, store_.param(positions_), config_.seq_len);
+  release("embed");
   return x;
 }
 
@@ -119,12 +121,19 @@ Tensor Model::run_blocks(const Tensor& x_in, const Batch& batch, ModelSaved& sav
   Tensor x = x_in;
   for (size_t i = 0; i < blocks_.size(); ++i) {
     route.noise_seed = batch.noise_seed * 1000003ull + i;  // distinct gating noise per layer
+    const std::string unit = "layers." + std::to_string(i);
+    acquire(unit);
     x = blocks_[i]->forward(x, batch.batch_size, route, saved.blocks[i], batch.collect_stats);
+    release(unit);
   }
+  acquire("final_norm");
   saved.hidden = final_norm_->forward(x, saved.final_norm);
+  release("final_norm");
+  acquire(head_unit());
   Tensor head = lm_head_ >= 0 ? store_.param(lm_head_) : store_.param(tokens_);
   saved.logits = Tensor::empty({x.size(0), config_.vocab_size}, x.dtype(), x.device());
   ops::matmul(saved.hidden, false, head, lm_head_ < 0, saved.logits);
+  release(head_unit());
   return saved.logits;
 }
 
@@ -153,6 +162,7 @@ void Model::backward(const Batch& batch, const ModelSaved& saved, float loss_sca
   Tensor dlogits = empty_like(saved.logits);
   ops::cross_entropy_backward(saved.logits, batch.targets, saved.lse, loss_scale, dlogits);
   Tensor dhidden = empty_like(saved.hidden);
+  acquire(head_unit());
   if (lm_head_ >= 0) {
     Tensor dhead = store_.grad(lm_head_);
     linear_backward(saved.hidden, store_.param(lm_head_), dlogits, dhead, dhidden);
@@ -162,8 +172,16 @@ void Model::backward(const Batch& batch, const ModelSaved& saved, float loss_sca
     ops::matmul(dlogits, true, saved.hidden, false, dtable, 1.0f, 1.0f);
     ops::matmul(dlogits, false, store_.param(tokens_), false, dhidden);
   }
+  release(head_unit());
+  acquire("final_norm");
   Tensor dx = final_norm_->backward(saved.final_norm, dhidden);
-  for (size_t i = blocks_.size(); i-- > 0;) dx = blocks_[i]->backward(saved.blocks[i], dx, batch.batch_size, aux_scale);
+  release("final_norm");
+  for (size_t i = blocks_.size(); i-- > 0;) {
+    const std::string unit = "layers." + std::to_string(i);
+    acquire(unit);
+    dx = blocks_[i]->backward(saved.blocks[i], dx, batch.batch_size, aux_scale);
+    release(unit);
+  }
   if (positions_ >= 0) {
     Tensor dpos = store_.grad(positions_);
     ops::position_add_backward(dx, dpos, config_.seq_len);

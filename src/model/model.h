@@ -2,7 +2,9 @@
 // norm, LM head (tied or untied) and the cross-entropy loss, built from the config.
 #pragma once
 
+#include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "src/config/config.h"
@@ -48,6 +50,11 @@ class Model {
   // Logits [B*S, V] for generation (no loss).
   Tensor logits(const Tensor& inputs, int64_t batch_size) const;
 
+  // ZeRO-3: called with (unit, true) before a unit's parameters are read and (unit, false)
+  // after; units are "embed", "layers.<i>", "final_norm", "lm_head" (the registration groups).
+  using ParamHook = std::function<void(const std::string& unit, bool acquire)>;
+  void set_param_hook(ParamHook hook) { param_hook_ = std::move(hook); }
+
   ParamStore& params() { return store_; }
   const ParamStore& params() const { return store_; }
   const ModelConfig& config() const { return config_; }
@@ -75,6 +82,10 @@ class Model {
   ParamId tokens_ = -1, positions_ = -1, lm_head_ = -1;
   std::vector<std::unique_ptr<Block>> blocks_;
   std::unique_ptr<Norm> final_norm_;
+  ParamHook param_hook_;
+  void acquire(const std::string& unit) const { if (param_hook_) param_hook_(unit, true); }
+  void release(const std::string& unit) const { if (param_hook_) param_hook_(unit, false); }
+  std::string head_unit() const { return lm_head_ >= 0 ? "lm_head" : "embed"; }
 };
 
 // Whether layer i (0-based) of this config is an MoE layer.

@@ -53,6 +53,15 @@ Trainer::Trainer(const Config& config, int local_rank, Communicator& world)
   optimizer_ = std::make_unique<DistributedOptimizer>(model_->params(), config.optim,
                                                       static_cast<int>(config.parallel.zero), *groups_.dp,
                                                       *groups_.expert_dp, config.parallel.bucket_mb);
+  if (config.parallel.zero == 3) {
+    // ZeRO-3: each unit's parameters are gathered just before the model reads them and freed after.
+    for (ParamUnit& unit : param_units(model_->params())) units_[unit.name] = unit;
+    model_->set_param_hook([this](const std::string& name, bool acquire) {
+      auto it = units_.find(name);
+      MOE_CHECK(it != units_.end(), "ZeRO-3: the model uses parameter unit '", name, "' the optimizer does not know");
+      acquire ? optimizer_->gather(it->second) : optimizer_->release(it->second);
+    });
+  }
   oracle_ = config.moe.num_experts > 0 && config.moe.router == "hash" && config.moe.hash_kind == "oracle";
 
   const TrainConfig& t = config.train;
@@ -107,8 +116,6 @@ StepResult Trainer::train_step() {
   const float aux_scale = 1.0f / static_cast<float>(t.grad_accum);
   const float loss_scale = 1.0f / static_cast<float>(t.micro_batch_size * t.grad_accum * config_.model.seq_len);
   const bool collect = is_log_step(step_ + 1);
-  // ZeRO-3: the sharded parameters are gathered for the step's forwards and backwards.
-  optimizer_->gather(optimizer_->all_params());
   // global_batch balance scope: every forward of the step first, then the Switch statistics of
   // the whole global batch, then the backwards (activations of all micro-batches are kept).
   const bool global_scope = config_.moe.balance_scope == "global_batch" && model_->num_moe_layers() > 0;
@@ -141,7 +148,6 @@ StepResult Trainer::train_step() {
     apply_global_switch(saves, outs);
     for (int64_t micro = 0; micro < t.grad_accum; ++micro) backward_micro(micro);
   }
-  optimizer_->release(optimizer_->all_params());
   if (topology_.ep > 1) {
     // Each expert's gradient already sums the contributions of the EP group's tokens; averaging
     // over the expert-data-parallel group then leaves a factor ep against the DP mean.
@@ -227,7 +233,6 @@ EvalResult Trainer::evaluate(int64_t max_batches) {
                         world_->size());
   std::vector<double> sums(2, 0.0);
   data::Batch b;
-  optimizer_->gather(optimizer_->all_params());
   while (it.next(b)) {
     Batch batch = to_device(b);
     batch.training = false;
@@ -236,7 +241,6 @@ EvalResult Trainer::evaluate(int64_t max_batches) {
     sums[0] += out.loss_sum;
     sums[1] += static_cast<double>(out.num_targets);
   }
-  optimizer_->release(optimizer_->all_params());
   world_->all_reduce_sum(sums);
   MOE_CHECK(sums[1] > 0, "the validation data ", config_.data.val_path, " is shorter than one sequence of ",
             config_.model.seq_len + 1, " tokens");

@@ -3,6 +3,7 @@
 // entry points the CLI calls.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -72,6 +73,7 @@ class Trainer {
   Topology topology_;
   ProcessGroups groups_;
   std::unique_ptr<DistributedOptimizer> optimizer_;
+  std::map<std::string, ParamUnit> units_;  // ZeRO-3: the model's parameter units by name
   std::optional<data::TokenDataset> train_data_, val_data_;
   std::unique_ptr<data::BatchSampler> sampler_;
   std::unique_ptr<MetricsWriter> metrics_;
