@@ -4,9 +4,43 @@
 #include <cstdio>
 
 #include "src/cli/commands.h"
+#include "parallel/topology.h"
 #include "src/cli/run_setup.h"
+#include "src/train/bench_dispatch.h"
+#include "src/train/device_select.h"
 
 namespace moe {
+
+namespace {
+
+// `moe bench dispatch CONFIG`: the expert-parallel all-to-all dispatcher alone, over the EP
+// groups of parallel.ep, at the config's tokens per micro-batch; one JSON line per run.
+void add_dispatch_bench(CLI::App& bench, CommandRunner& run) {
+  auto* cmd = bench.add_subcommand("dispatch", "time the all-to-all expert dispatcher of a config");
+  auto options = std::make_shared<RunOptions>();
+  auto warmup = std::make_shared<int64_t>(3);
+  auto steps = std::make_shared<int64_t>(20);
+  add_run_options(*cmd, *options);
+  cmd->add_option("--warmup", *warmup, "untimed iterations first")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--steps", *steps, "timed iterations")->check(CLI::PositiveNumber);
+  cmd->callback([&run, options, warmup, steps] {
+    run = [options, warmup, steps](MpiEnv& env) {
+      Config config = load_config(options->config_path, options->overrides);
+      auto world = make_world_communicator(select_device(config.train, env.local_rank()));
+      Topology topology = Topology::from_config(config, world->size(), world->rank());
+      ProcessGroups groups = make_process_groups(*world, topology);
+      DispatchBenchResult r = bench_dispatch(config, *groups.ep, *warmup, *steps, config.train.seed);
+      nlohmann::json out = to_json(r);
+      out["config"] = options->config_path;
+      out["ep"] = groups.ep->size();
+      out["device"] = groups.ep->device().str();
+      if (world->rank() == 0) std::printf("%s\n", out.dump().c_str());
+      return 0;
+    };
+  });
+}
+
+}  // namespace
 
 void add_bench_command(CLI::App& app, CommandRunner& run) {
   auto* bench = app.add_subcommand("bench", "measure speed and memory");
@@ -18,6 +52,7 @@ void add_bench_command(CLI::App& app, CommandRunner& run) {
   add_run_options(*cmd, *options);
   cmd->add_option("--warmup", *warmup, "untimed steps first")->check(CLI::NonNegativeNumber);
   cmd->add_option("--steps", *steps, "timed steps")->check(CLI::PositiveNumber);
+  add_dispatch_bench(*bench, run);
   cmd->callback([&run, options, warmup, steps] {
     run = [options, warmup, steps](MpiEnv& env) {
       RunContext ctx = setup_run(*options, env, false);

@@ -8,6 +8,7 @@
 #include <mpi.h>
 
 #include "parallel/communicator.h"
+#include "src/train/bench_dispatch.h"
 #include "src/train/trainer.h"
 #include "tests/test_util.h"
 #include "tests/train/train_test_util.h"
@@ -157,4 +158,21 @@ TEST_CASE("expert parallelism and ZeRO match one rank; checkpoints cross layouts
     world->barrier();
   }
   if (world->rank() == 0) std::filesystem::remove_all(shared);
+}
+
+TEST_CASE("the dispatcher benchmark counts the rows that cross ranks", "[parallel][bench]") {
+  auto world = make_world_communicator(Device::cpu());
+  test::TempDir dir("moe-bench-dispatch-rank" + std::to_string(world->rank()));
+  Config c = test::tiny_train_config(dir);
+  c.moe.num_experts = 4;
+  DispatchBenchResult r = bench_dispatch(c, *world, 1, 2, 7);
+  const int64_t tokens = c.train.micro_batch_size * c.model.seq_len;
+  REQUIRE(r.rows_sent_remote <= tokens * c.moe.top_k);
+  REQUIRE(r.bytes_out == (r.rows_sent_remote + r.rows_received_remote) * c.model.d_model * 4);
+  // Every row that leaves one rank arrives at another.
+  std::vector<double> totals = {static_cast<double>(r.rows_sent_remote), static_cast<double>(r.rows_received_remote)};
+  world->all_reduce_sum(totals);
+  REQUIRE(totals[0] == totals[1]);
+  if (world->size() > 1) REQUIRE(totals[0] > 0);
+  REQUIRE(r.gb_per_s > 0);
 }
