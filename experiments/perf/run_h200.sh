@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU-host session: build, the cuda-labelled tests, then the benchmarks recorded in
 # experiments/perf/README.md. Run from the repo root on the H200 host with .devdeps carried.
-# Usage: experiments/perf/run_h200.sh OUT_DIR [tests|bench|dp|quickstart|all]
+# Usage: experiments/perf/run_h200.sh OUT_DIR [tests|bench|dp|quickstart|parallel|all]
 set -uo pipefail
 out=${1:?out dir}
 what=${2:-all}
@@ -32,6 +32,28 @@ if [[ $what == dp || $what == all ]]; then
   mpirun --oversubscribe -np 2 -x LD_LIBRARY_PATH -x NCCL_NVLS_ENABLE build/moe train $q "${common[@]}" \
     --set train.grad_accum=1 --set train.run_dir=runs/dp2 > "$out/dp2.log" 2>&1
   python3 experiments/perf/compare_losses.py runs/dp1/metrics.jsonl runs/dp2/metrics.jsonl | tee "$out/dp_compare.txt"
+fi
+if [[ $what == parallel ]]; then
+  # Issue 4 on two GPUs: the one-GPU run (2 micro-batches accumulated) against each layout.
+  q=experiments/quickstart/config.toml
+  common=(--set train.steps=20 --set train.log_every=1 --set train.eval_every=0 --set train.micro_batch_size=8
+          --set optim.lr=1e-3 --set train.save_every=0)
+  build/moe train $q "${common[@]}" --set train.grad_accum=2 --set train.run_dir=runs/ref > /tmp/ref.log 2>&1
+  mpi=(mpirun --oversubscribe -np 2 -x LD_LIBRARY_PATH -x NCCL_NVLS_ENABLE)
+  : > "$out/layouts.txt"
+  for layout in "ep=1 zero=0" "ep=1 zero=1" "ep=1 zero=2" "ep=1 zero=3" "ep=2 zero=0" "ep=2 zero=2"; do
+    set -- $layout; name="${1}_${2}"
+    "${mpi[@]}" build/moe train $q "${common[@]}" --set train.grad_accum=1 --set parallel.$1 --set parallel.$2 \
+      --set train.run_dir=runs/$name > /tmp/$name.log 2>&1 || tail -3 /tmp/$name.log
+    echo "== $layout: $(python3 experiments/perf/compare_losses.py runs/ref/metrics.jsonl runs/$name/metrics.jsonl | tail -1)" | tee -a "$out/layouts.txt"
+  done
+  build/moe bench train experiments/perf/moe_small.toml --warmup 3 --steps 10 2>&1 | tail -1 | tee "$out/bench_moe_small_1gpu.json"
+  for layout in "ep=1" "ep=2"; do
+    "${mpi[@]}" build/moe bench train experiments/perf/moe_small.toml --set parallel.$layout --warmup 3 --steps 10 2>&1 \
+      | tail -1 | tee "$out/bench_moe_small_2gpu_$layout.json"
+  done
+  "${mpi[@]}" build/moe bench dispatch experiments/perf/moe_small.toml --set parallel.ep=2 2>&1 | tail -1 \
+    | tee "$out/bench_dispatch_ep2.json"
 fi
 if [[ $what == quickstart || $what == all ]]; then
   scripts/quickstart.sh > "$out/quickstart.log" 2>&1; tail -8 "$out/quickstart.log"
