@@ -95,11 +95,18 @@ int64_t Model::active_params() const {
     if (p.name == "embed.tokens" && !config_.tie_embeddings) continue;  // a lookup, not a matmul
     if (p.name == "embed.positions" || p.kind == ParamKind::buffer) continue;
     if (p.group == ParamGroup::expert) {
-      total += p.numel() / moe_config_.num_experts * moe_config_.top_k;  // (m*k)/(m*E) = k/E
+      // The whole expert tensor (all EP ranks' rows), k of its E experts active: (m*k)/(m*E) = k/E.
+      total += shape_numel(p.full_shape) / moe_config_.num_experts * moe_config_.top_k;
     } else {
       total += p.numel();
     }
   }
+  return total;
+}
+
+int64_t Model::total_params() const {
+  int64_t total = 0;
+  for (const ParamInfo& p : store_.infos()) total += p.is_row_shard() ? shape_numel(p.full_shape) : p.numel();
   return total;
 }
 

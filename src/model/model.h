@@ -71,6 +71,8 @@ class Model {
   std::vector<std::vector<double>> expert_biases() const;
   // Parameters touched per token (the routed experts counted k of E times), for MFU.
   int64_t active_params() const;
+  // All parameters of the model, expert rows held by other EP ranks included.
+  int64_t total_params() const;
 
  private:
   Tensor embed(const Tensor& inputs) const;

@@ -35,9 +35,6 @@ ModelState group_state(int64_t n, int64_t b, int ranks, int stage, int64_t cb, i
   // Sharded master weights keep full copies of the buffers (ParamStore::shard).
   if (stage >= 1 && (separate_master || stage == 3)) s.master += ab * b;
   s.moments = 2 * ab * shard;
-  // ZeRO-3 as the trainer drives it gathers every parameter for the step's forwards and
-  // backwards (Trainer::train_step: gather(all_params())).
-  s.gathered = stage == 3 ? cb * n : 0;
   return s;
 }
 
@@ -160,9 +157,10 @@ std::string format_zero_table() {
 
 int64_t Plan::peak_at(int z) const {
   const ModelState& s = engine[z];
-  // Forward/backward: model state, one gathered module (ZeRO-3) and the activations; gradient
-  // reduction and the optimizer step: model state and one staged bucket (activations are freed).
-  return std::max(s.total() + activations.peak, s.total() - s.gathered + (z >= 1 ? reduce_staging : 0));
+  // Forward/backward: model state, the activations and (ZeRO-3) the module in use gathered in
+  // full; gradient reduction and the optimizer step: model state and one staged bucket.
+  const int64_t compute = s.total() + (z == 3 ? zero3_activations : activations.peak);
+  return std::max(compute, s.total() - s.gathered + (z >= 1 ? reduce_staging : 0));
 }
 
 Plan make_plan(const Config& config, int world_size, const std::string& device) {
@@ -207,6 +205,7 @@ Plan make_plan(const Config& config, int world_size, const std::string& device) 
       p.rank_dense += dense;
       p.rank_expert += expert;
       p.rank_buffers += l.buffers;
+      p.layer_modules.push_back(dense + expert);
       largest_unit = std::max(largest_unit, dense + expert);
     }
     first_layer += count;
@@ -218,6 +217,7 @@ Plan make_plan(const Config& config, int world_size, const std::string& device) 
       // The LM head: untied, or (tied, several stages) the last stage's copy of the token table.
       const int64_t head = params.lm_head > 0 ? ceil_div(params.lm_head, tp) : pp > 1 ? ceil_div(params.embedding, tp) : 0;
       p.rank_dense += params.final_norm + head;
+      p.head_module = params.lm_head > 0 || pp > 1 ? head : ceil_div(params.embedding, tp) + params.positions;
       largest_unit = std::max(largest_unit, head);
     }
     p.largest_module = largest_unit;
@@ -229,7 +229,6 @@ Plan make_plan(const Config& config, int world_size, const std::string& device) 
       s.grads = dense.grads + expert.grads;
       s.master = dense.master + expert.master;
       s.moments = dense.moments + expert.moments;
-      s.gathered = dense.gathered + expert.gathered;
       p.paper[z] = zero_paper_bytes(static_cast<double>(p.rank_dense), z, t.dp) +
                    zero_paper_bytes(static_cast<double>(p.rank_expert), z, t.edp);
     }
@@ -237,6 +236,27 @@ Plan make_plan(const Config& config, int world_size, const std::string& device) 
     const auto bucket = static_cast<int64_t>(config.parallel.bucket_mb * 1024 * 1024);
     if (t.dp > 1 || t.edp > 1) p.reduce_staging = std::min(bucket / ab * ab, ab * std::max(p.rank_dense, p.rank_expert));
     p.activations = plan_activations(config, t, compute, p.stage_layers, first, last, stage);
+    // ZeRO-3 (Model's acquire/release hook): one module is gathered at a time, just for its
+    // forward or backward. The backward is the peak: each layer's module with its working set,
+    // and on the last stage the LM head's module with the logit gradients.
+    const ActivationPlan& a = p.activations;
+    int64_t best_extra = -1;
+    for (size_t i = 0; i < p.layer_modules.size(); ++i) {
+      const int64_t act = a.backward_base + a.layer_working[i], gathered = cb * p.layer_modules[i];
+      if (act + gathered > best_extra) {
+        best_extra = act + gathered;
+        p.zero3_activations = act;
+        p.engine[3].gathered = gathered;
+      }
+    }
+    if (last && a.backward_base + cb * p.head_module > best_extra) {
+      p.zero3_activations = a.backward_base;
+      p.engine[3].gathered = cb * p.head_module;
+    }
+    if (a.peak > p.zero3_activations + p.engine[3].gathered) {  // the forward's end (no module gathered)
+      p.zero3_activations = a.peak;
+      p.engine[3].gathered = 0;
+    }
     p.peak = p.peak_at(p.zero);
     if (p.peak > best.peak) best = p;
   }
@@ -278,14 +298,14 @@ std::string format_plan(const Plan& p, const Config& config) {
     out << "\n";
   };
   row("parameters", [&](int z) { return p.engine[z].params; });
-  row("gathered for the step", [&](int z) { return p.engine[z].gathered; });
+  row("gathered module (ZeRO-3)", [&](int z) { return p.engine[z].gathered; });
   row("gradients", [&](int z) { return p.engine[z].grads; });
   row("master weights", [&](int z) { return p.engine[z].master; });
   row("optimizer moments", [&](int z) { return p.engine[z].moments; });
   row("total (this engine)", [&](int z) { return p.engine[z].total(); });
   row("paper model (2+2+12)", [&](int z) { return static_cast<int64_t>(p.paper[z]); });
-  out << "  (ZeRO-3 gathers the whole model for the step; gathering one module at a time would need "
-      << gb(static_cast<double>(dtype_size(p.compute) * p.largest_module)) << ")\n";
+  out << "  (ZeRO-3 gathers one module at a time for its forward and backward; the largest holds "
+      << millions(p.largest_module) << " parameters here)\n";
 
   out << "\nactivations per micro-batch (" << config.train.micro_batch_size << " x " << m.seq_len << " = " << a.tokens
       << " tokens, " << dtype_name(p.compute) << "):\n";
@@ -294,9 +314,15 @@ std::string format_plan(const Plan& p, const Config& config) {
     out << line;
   };
   item("attention + residual, per layer", a.attention_layer, "norms, q/k/v/out, residual stream");
-  if (a.dense_ffn > 0 && p.params.layers.size() > 0) item("dense FFN, per layer", a.dense_ffn, "pre- and post-activation");
+  bool dense_here = false;
+  for (int i : p.stage_layers) dense_here = dense_here || !p.params.layers[static_cast<size_t>(i)].moe;
+  if (dense_here) item("dense FFN, per layer", a.dense_ffn, "FFN input, pre- and post-activation");
   if (a.moe_ffn > 0) item("MoE FFN, per layer", a.moe_ffn, "router, slots, expert rows, shared experts");
-  if (a.all_to_all > 0) item("  of which all-to-all buffers", a.all_to_all, "returned expert rows, row maps (ep > 1)");
+  if (a.all_to_all > 0) {
+    item("  of which all-to-all buffers", a.all_to_all, "returned expert rows, row maps (ep > 1)");
+    out << "  (expert parallelism: the plan assumes balanced routing; a rank whose experts receive more\n"
+           "   rows than the average holds more)\n";
+  }
   item("stage input (embedding)", a.embedding, "");
   if (a.logits > 0) item("logits and loss buffers", a.logits, "final norm, logits [T,V], log-sum-exp");
   item("kept for backward, this stage", a.kept, "");

@@ -65,7 +65,7 @@ std::string format_zero_table();
 // separate fp32 master only when the compute dtype is narrower (bf16), fp32 Adam moments.
 struct ModelState {
   int64_t params = 0;    // compute copy (stage 3: this rank's shard)
-  int64_t gathered = 0;  // stage 3: the parameters gathered in full for the step's forwards and backwards
+  int64_t gathered = 0;  // stage 3: the one module gathered in full at the peak (its forward/backward)
   int64_t grads = 0;
   int64_t master = 0;    // separate fp32 master (bf16 compute), sharded from stage 1; with sharded
                          // master weights, full copies of the buffers
@@ -88,7 +88,9 @@ struct ActivationPlan {
   int64_t micro_batches = 1;     // kept at once (1F1B in flight, or global_batch balance scope)
   int64_t logits_grad = 0;       // last stage backward: d logits and d hidden (live through backward)
   int64_t backward_working = 0;  // the largest block-backward working set (gradients in flight)
-  int64_t peak = 0;              // micro_batches * kept + batches + logits_grad + backward_working
+  std::vector<int64_t> layer_working;  // that working set of each of the stage's layers, in order
+  int64_t backward_base = 0;     // live through the backward: micro_batches * kept + batches + logits_grad
+  int64_t peak = 0;              // backward_base + backward_working (or the forward's end, if larger)
 };
 
 struct Plan {
@@ -103,6 +105,9 @@ struct Plan {
   int64_t rank_dense = 0, rank_expert = 0;  // parameters this rank holds (its stage, TP slice, EP slice)
   int64_t rank_buffers = 0;             // of which buffers (dense group)
   int64_t largest_module = 0;           // the largest module on this rank ("layers.<i>", "embed", ...)
+  std::vector<int64_t> layer_modules;   // parameters of each stage layer on this rank (ZeRO-3 gathers one)
+  int64_t head_module = 0;              // the LM head's module ("embed" when tied) on the last stage
+  int64_t zero3_activations = 0;        // activations live while the peak's module is gathered
   ModelState engine[4];                 // this engine's model state at ZeRO stage 0..3
   double paper[4] = {0, 0, 0, 0};       // the paper's 2 + 2 + 12 bytes model on the same shards
   int64_t reduce_staging = 0;           // stage >= 1: one bucket staged by reduce-scatter / all-gather

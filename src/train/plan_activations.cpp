@@ -158,7 +158,6 @@ ActivationPlan plan_activations(const Config& config, const Topology& topology, 
   // d q, d k, d v and d x.
   const int64_t attention_backward = T * s.cb * (4 * d + 2 * q_width + 2 * kv_width);
   const int64_t dense_backward = T * s.cb * (2 * d + dense_up + dense_mid);
-  int64_t working = attention_backward;
 
   int64_t kept = a.embedding;
   int64_t moe_index = 0, moe_layers = 0;
@@ -174,14 +173,15 @@ ActivationPlan plan_activations(const Config& config, const Topology& topology, 
       a.moe_ffn = std::max(a.moe_ffn, f.kept);
       a.all_to_all = std::max(a.all_to_all, f.all_to_all);
       kept += a.attention_layer + f.kept;
-      working = std::max(working, f.backward);
+      a.layer_working.push_back(std::max(attention_backward, f.backward));
     } else if (here) {
       kept += a.attention_layer + a.dense_ffn;
-      working = std::max(working, dense_backward);
+      a.layer_working.push_back(std::max(attention_backward, dense_backward));
     }
   }
   a.kept = kept + a.logits;
-  a.backward_working = working;
+  a.backward_working = attention_backward;
+  for (int64_t w : a.layer_working) a.backward_working = std::max(a.backward_working, w);
   if (last) a.logits_grad = T * ceil_div(m.vocab_size, tp) * s.cb + T * d * s.cb;  // d logits, d hidden
 
   // Micro-batches whose activations are alive together: one (backward follows each forward);
@@ -193,7 +193,8 @@ ActivationPlan plan_activations(const Config& config, const Topology& topology, 
   if (topology.pp > 1) a.micro_batches = std::max(a.micro_batches, std::min<int64_t>(topology.pp - pp_stage, micro));
   // The trainer keeps every micro-batch's ids of the step (Trainer::train_step's batches).
   const int64_t batches = micro * a.batch;
-  const int64_t backward_peak = a.micro_batches * a.kept + batches + a.logits_grad + a.backward_working;
+  a.backward_base = a.micro_batches * a.kept + batches + a.logits_grad;
+  const int64_t backward_peak = a.backward_base + a.backward_working;
   const int64_t forward_peak = a.micro_batches * a.kept + batches + (last ? T * s.ab : 0);  // + per-token losses
   a.peak = std::max(backward_peak, forward_peak);
   return a;

@@ -274,7 +274,7 @@ void Trainer::train() {
   if (is_root()) {
     std::printf("moe-engine: %lld parameters (%lld active per token), %lld MoE layers, %s %s, %d rank(s), "
                 "%.0f tokens per step\n",
-                static_cast<long long>(model_->params().total_numel()), static_cast<long long>(model_->active_params()),
+                static_cast<long long>(model_->total_params()), static_cast<long long>(model_->active_params()),
                 static_cast<long long>(model_->num_moe_layers()), device_.str().c_str(), dtype_name(dtype_),
                 world_->size(), tokens_per_step_);
   }
@@ -320,7 +320,7 @@ nlohmann::json Trainer::bench(int64_t warmup_steps, int64_t timed_steps) {
   nlohmann::json out = {{"device", device_.str()},
                         {"ranks", world_->size()},
                         {"dtype", dtype_name(dtype_)},
-                        {"params", model_->params().total_numel()},
+                        {"params", model_->total_params()},
                         {"active_params", model_->active_params()},
                         {"tokens_per_step", tokens_per_step_},
                         {"warmup_steps", warmup_steps},

@@ -223,13 +223,15 @@ TEST_CASE("model state per ZeRO stage of a small config, by hand", "[train][plan
     REQUIRE(s[z].moments == 8 * (226 + 96));
     REQUIRE(s[z].gathered == 0);
   }
-  // Stage 3: the parameter shard, plus every parameter gathered for the step (the trainer
-  // gathers the whole model around its forwards and backwards); the largest module is layer 1.
+  // Stage 3: the parameter shard, plus one module gathered in full at a time (the model gathers
+  // each just before use): at the peak, the backward of layer 1 (304 + 192 on this rank).
   REQUIRE(s[3].params == 2 * (226 + 96));
-  REQUIRE(s[3].gathered == 2 * 1096);
   REQUIRE(plan.largest_module == 304 + 192);
+  REQUIRE(plan.layer_modules == std::vector<int64_t>{464, 304 + 192});
+  REQUIRE(plan.head_module == 128);  // tied: the LM head is the "embed" module
   REQUIRE(s[3].grads == 4 * 1096);
-  REQUIRE(s[3].total() == 644 + 2192 + 4384 + 1288 + 2576);
+  REQUIRE(s[3].gathered == 2 * (304 + 192));
+  REQUIRE(s[3].total() == 644 + 992 + 4384 + 1288 + 2576);
   // The paper's 2 + 2 + 12 model on the same shards: dense 904 over 4, expert 192 over 2.
   REQUIRE(plan.paper[0] == 16.0 * 904 + 16.0 * 192);
   REQUIRE(plan.paper[1] == (4.0 * 904 + 12.0 * 904 / 4) + (4.0 * 192 + 12.0 * 192 / 2));
@@ -289,6 +291,27 @@ TEST_CASE("the GPU estimate lands within 10% of the peaks measured on an H200", 
     INFO(k.name << ": estimate " << estimate << ", measured " << k.recorded << " (" << 100 * error << "%)");
     REQUIRE(std::abs(error) < 0.10);
     REQUIRE(std::abs(error) < 0.01);  // where it landed when written: exact for the current tree
+  }
+  // Two H200s (rank 0's peak_memory_bytes), the same tree, 2026-11-28:
+  //   mpirun -np 2 build/moe bench train experiments/perf/moe_small.toml --warmup 3 --steps 5 --set S
+  // with S = parallel.zero=0..3, parallel.ep=2, and parallel.ep=2 plus parallel.zero=3. Expert
+  // parallelism lands 1.1% low: the learned router at initialisation sends rank 0's experts more
+  // than the balanced share the plan assumes.
+  struct Layout {
+    int64_t ep, zero, recorded;
+  };
+  const Layout layouts[] = {{1, 0, 27801734656}, {1, 1, 23192089600}, {1, 2, 23192089600},
+                            {1, 3, 22545422080}, {2, 0, 23941458472}, {2, 3, 23385212912}};
+  for (const Layout& l : layouts) {
+    Config c = moe_small();
+    c.parallel.ep = l.ep;
+    c.parallel.zero = l.zero;
+    const int64_t estimate = make_plan(c, 2).peak;
+    const double error = static_cast<double>(estimate - l.recorded) / static_cast<double>(l.recorded);
+    INFO("moe_small on 2 GPUs, ep " << l.ep << ", ZeRO-" << l.zero << ": estimate " << estimate << ", measured "
+                                    << l.recorded << " (" << 100 * error << "%)");
+    REQUIRE(std::abs(error) < 0.10);
+    REQUIRE(std::abs(error) < (l.ep == 1 ? 0.001 : 0.02));
   }
 }
 
