@@ -34,6 +34,12 @@ class Communicator {
   // x[n] <- (sum over ranks of x[n]) / size, in place; floating dtypes only. NCCL averages
   // inside the collective (ncclAvg); MPI sums then scales on the host.
   virtual void all_reduce_avg(Tensor& x) = 0;
+  // Overlap with compute: starts x <- mean over ranks, ordered after the work already queued on
+  // the compute stream, on a stream of its own where the backend has one (NCCL); wait_async()
+  // makes later compute-stream work wait for every reduction started so far. The MPI backend
+  // completes the reduction at once. x must stay allocated and untouched until wait_async().
+  virtual void all_reduce_avg_async(Tensor& x) { all_reduce_avg(x); }
+  virtual void wait_async() {}
   // Host values (loss, metrics, grad-norm partials) reduced over ranks, in place.
   virtual void all_reduce_sum(std::vector<double>& values) = 0;
   virtual void all_reduce_max(std::vector<double>& values) = 0;

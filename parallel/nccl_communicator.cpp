@@ -47,7 +47,13 @@ NcclCommunicator::~NcclCommunicator() {
   // Destructors must not throw: queued collectives finish first, errors are ignored.
   if (nccl_) {
     cudaStreamSynchronize(cuda::compute_stream());
+    if (async_stream_) cudaStreamSynchronize(async_stream_);
     ncclCommDestroy(nccl_);
+  }
+  if (async_stream_) {
+    cudaEventDestroy(ready_);
+    cudaEventDestroy(done_);
+    cudaStreamDestroy(async_stream_);
   }
 }
 
@@ -64,6 +70,32 @@ void NcclCommunicator::all_reduce_sum(Tensor& x) {
 }
 
 // x[n] <- mean over ranks of x[n]
+cudaStream_t NcclCommunicator::async_stream() {
+  if (async_stream_ == nullptr) {
+    CUDA_CHECK(cudaStreamCreateWithFlags(&async_stream_, cudaStreamNonBlocking));
+    CUDA_CHECK(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
+    CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
+  }
+  return async_stream_;
+}
+
+void NcclCommunicator::all_reduce_avg_async(Tensor& x) {
+  detail::check_comm_tensor(x, device_, "all_reduce_avg_async");
+  MOE_CHECK(is_floating(x.dtype()), "all_reduce_avg_async: averages floating tensors, got ", dtype_name(x.dtype()));
+  cudaStream_t stream = async_stream();
+  // Start after the compute stream's work so far (the gradients being reduced).
+  CUDA_CHECK(cudaEventRecord(ready_, cuda::compute_stream()));
+  CUDA_CHECK(cudaStreamWaitEvent(stream, ready_, 0));
+  NCCL_CHECK(ncclAllReduce(x.data(), x.data(), static_cast<size_t>(x.numel()), nccl_type(x.dtype()), ncclAvg, nccl_,
+                           stream));
+}
+
+void NcclCommunicator::wait_async() {
+  if (async_stream_ == nullptr) return;
+  CUDA_CHECK(cudaEventRecord(done_, async_stream_));
+  CUDA_CHECK(cudaStreamWaitEvent(cuda::compute_stream(), done_, 0));
+}
+
 void NcclCommunicator::all_reduce_avg(Tensor& x) {
   detail::check_comm_tensor(x, device_, "all_reduce_avg");
   MOE_CHECK(is_floating(x.dtype()), "all_reduce_avg: averages floating tensors, got ", dtype_name(x.dtype()));

@@ -23,6 +23,8 @@ class NcclCommunicator final : public Communicator {
 
   void all_reduce_sum(Tensor& x) override;
   void all_reduce_avg(Tensor& x) override;
+  void all_reduce_avg_async(Tensor& x) override;
+  void wait_async() override;
   void all_reduce_sum(std::vector<double>& values) override;
   void all_reduce_max(std::vector<double>& values) override;
   void broadcast(Tensor& x, int root) override;
@@ -38,6 +40,9 @@ class NcclCommunicator final : public Communicator {
   std::unique_ptr<Communicator> split(int color, int key) override;
 
  private:
+  cudaStream_t async_stream();  // created on first use; reductions started by all_reduce_avg_async
+  cudaStream_t async_stream_ = nullptr;
+  cudaEvent_t ready_ = nullptr, done_ = nullptr;
   void check_peer(int peer, const char* call, bool allow_self) const;
 
   MpiCommunicator host_;  // the same group over MPI: bootstrap, host values, counts, split

@@ -188,6 +188,7 @@ void Model::backward(const Batch& batch, const ModelSaved& saved, float loss_sca
     acquire(unit);
     dx = blocks_[i]->backward(saved.blocks[i], dx, batch.batch_size, aux_scale);
     release(unit);
+    if (grad_hook_) grad_hook_(unit);
   }
   if (positions_ >= 0) {
     Tensor dpos = store_.grad(positions_);

@@ -54,6 +54,10 @@ class Model {
   // after; units are "embed", "layers.<i>", "final_norm", "lm_head" (the registration groups).
   using ParamHook = std::function<void(const std::string& unit, bool acquire)>;
   void set_param_hook(ParamHook hook) { param_hook_ = std::move(hook); }
+  // Called with "layers.<i>" as soon as block i's backward has produced its gradients (the
+  // trainer starts their reduction there, overlapping the rest of the backward); empty = none.
+  using GradHook = std::function<void(const std::string& unit)>;
+  void set_grad_hook(GradHook hook) { grad_hook_ = std::move(hook); }
 
   ParamStore& params() { return store_; }
   const ParamStore& params() const { return store_; }
@@ -85,6 +89,7 @@ class Model {
   std::vector<std::unique_ptr<Block>> blocks_;
   std::unique_ptr<Norm> final_norm_;
   ParamHook param_hook_;
+  GradHook grad_hook_;
   void acquire(const std::string& unit) const { if (param_hook_) param_hook_(unit, true); }
   void release(const std::string& unit) const { if (param_hook_) param_hook_(unit, false); }
   std::string head_unit() const { return lm_head_ >= 0 ? "lm_head" : "embed"; }

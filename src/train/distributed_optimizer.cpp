@@ -143,12 +143,50 @@ int64_t DistributedOptimizer::bucket_numel(DType dtype) const {
   return std::max<int64_t>(1, static_cast<int64_t>(bucket_bytes_ / dtype_size(dtype)));
 }
 
+void DistributedOptimizer::scale_expert_grads(FlatRange range) {
+  if (expert_grad_scale_ == 1.0f || range.empty()) return;
+  Tensor grads = store_->flat_grads(ParamGroup::expert).rows(range.begin, range.end);
+  ops::scale(grads, expert_grad_scale_);
+}
+
+void DistributedOptimizer::reduce_unit_async(const ParamUnit& unit) {
+  if (stage_ >= 2) return;
+  for (int i = 0; i < k_num_param_groups; ++i) {
+    const FlatRange range = unit.range[i];
+    if (range.empty()) continue;
+    if (i == static_cast<int>(ParamGroup::expert)) scale_expert_grads(range);
+    reduced_[i].push_back(range);
+    const Layout& l = layouts_[i];
+    if (l.size == 1) continue;
+    Tensor grads = store_->flat_grads(static_cast<ParamGroup>(i)).rows(range.begin, range.end);
+    l.comm->all_reduce_avg_async(grads);
+  }
+}
+
 void DistributedOptimizer::reduce_gradients() {
   for (int i = 0; i < k_num_param_groups; ++i) {
     const Layout& l = layouts_[i];
+    auto& done = reduced_[i];
+    std::sort(done.begin(), done.end(), [](FlatRange a, FlatRange b) { return a.begin < b.begin; });
+    // The ranges no unit reduced yet, in order.
+    std::vector<FlatRange> rest;
+    int64_t at = 0;
+    for (FlatRange r : done) {
+      if (r.begin > at) rest.push_back({at, r.begin});
+      at = std::max(at, r.end);
+    }
+    if (at < l.numel) rest.push_back({at, l.numel});
+    if (i == static_cast<int>(ParamGroup::expert)) {
+      for (FlatRange r : rest) scale_expert_grads(r);
+    }
+    done.clear();
     if (l.size == 1 || l.numel == 0) continue;
     if (stage_ <= 1) {
-      average_gradients(*l.comm, store_->flat_grads(static_cast<ParamGroup>(i)), bucket_bytes_);
+      for (FlatRange r : rest) {
+        Tensor grads = store_->flat_grads(static_cast<ParamGroup>(i)).rows(r.begin, r.end);
+        average_gradients(*l.comm, grads, bucket_bytes_);
+      }
+      l.comm->wait_async();
     } else {
       reduce_scatter_avg(static_cast<ParamGroup>(i));
     }

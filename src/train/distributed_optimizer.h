@@ -66,6 +66,14 @@ class DistributedOptimizer {
   // range (bucketed reduce-scatter); elsewhere the buffer keeps this rank's own, unreduced
   // gradients, which nothing reads. Collective over both groups.
   void reduce_gradients();
+  // Stage 0/1, overlap with the backward: starts the reduction of a unit's gradients as soon as
+  // its backward is done (on the communicator's own stream where it has one); reduce_gradients()
+  // then reduces what no unit covered and waits for all of it. Collective, in the same unit
+  // order on every rank. A no-op at stage 2/3 (their reduce-scatter runs in reduce_gradients).
+  void reduce_unit_async(const ParamUnit& unit);
+  // A factor applied to the expert gradients before they are reduced (1/ep under expert
+  // parallelism: each expert's gradient already sums its EP group's tokens).
+  void set_expert_grad_scale(float scale) { expert_grad_scale_ = scale; }
   // The global L2 norm of the reduced gradients, every parameter counted once; when max_norm
   // > 0 and the norm exceeds it, scales the gradients this rank holds (its shard at stage 2/3)
   // by max_norm / norm. Returns the norm before clipping, the same value on every rank.
@@ -132,6 +140,9 @@ class DistributedOptimizer {
   OptimConfig config_;
   int stage_;
   size_t bucket_bytes_;
+  float expert_grad_scale_ = 1.0f;
+  std::vector<FlatRange> reduced_[k_num_param_groups];  // ranges reduce_unit_async started this step
+  void scale_expert_grads(FlatRange range);
   Layout layouts_[k_num_param_groups];
   std::vector<UpdateRun> runs_[k_num_param_groups];
   Tensor m_[k_num_param_groups], v_[k_num_param_groups];

@@ -53,13 +53,12 @@ Trainer::Trainer(const Config& config, int local_rank, Communicator& world)
   optimizer_ = std::make_unique<DistributedOptimizer>(model_->params(), config.optim,
                                                       static_cast<int>(config.parallel.zero), *groups_.dp,
                                                       *groups_.expert_dp, config.parallel.bucket_mb);
+  optimizer_->set_expert_grad_scale(1.0f / static_cast<float>(topology_.ep));
+  for (ParamUnit& unit : param_units(model_->params())) units_[unit.name] = unit;
   if (config.parallel.zero == 3) {
     // ZeRO-3: each unit's parameters are gathered just before the model reads them and freed after.
-    for (ParamUnit& unit : param_units(model_->params())) units_[unit.name] = unit;
     model_->set_param_hook([this](const std::string& name, bool acquire) {
-      auto it = units_.find(name);
-      MOE_CHECK(it != units_.end(), "ZeRO-3: the model uses parameter unit '", name, "' the optimizer does not know");
-      acquire ? optimizer_->gather(it->second) : optimizer_->release(it->second);
+      acquire ? optimizer_->gather(unit(name)) : optimizer_->release(unit(name));
     });
   }
   oracle_ = config.moe.num_experts > 0 && config.moe.router == "hash" && config.moe.hash_kind == "oracle";
@@ -123,7 +122,13 @@ StepResult Trainer::train_step() {
   std::vector<ModelSaved> saves(static_cast<size_t>(t.grad_accum));
   std::vector<ForwardOutput> outs(static_cast<size_t>(t.grad_accum));
   auto backward_micro = [&](int64_t micro) {
+    // The last micro-batch's backward starts each block's gradient reduction as soon as the
+    // block is done, overlapping the rest of the backward (stage 0/1).
+    if (micro == t.grad_accum - 1 && world_->size() > 1) {
+      model_->set_grad_hook([this](const std::string& name) { optimizer_->reduce_unit_async(unit(name)); });
+    }
     model_->backward(batches[micro], saves[micro], loss_scale, aux_scale);
+    model_->set_grad_hook(nullptr);
     saves[micro] = ModelSaved{};  // free the activations
     const ForwardOutput& out = outs[micro];
     sums[0] += out.loss_sum;
@@ -147,11 +152,6 @@ StepResult Trainer::train_step() {
   if (global_scope) {
     apply_global_switch(saves, outs);
     for (int64_t micro = 0; micro < t.grad_accum; ++micro) backward_micro(micro);
-  }
-  if (topology_.ep > 1) {
-    // Each expert's gradient already sums the contributions of the EP group's tokens; averaging
-    // over the expert-data-parallel group then leaves a factor ep against the DP mean.
-    ops::scale(store.flat_grads(ParamGroup::expert), 1.0f / static_cast<float>(topology_.ep));
   }
   optimizer_->reduce_gradients();
   if (world_->size() > 1) {
@@ -332,6 +332,12 @@ nlohmann::json Trainer::bench(int64_t warmup_steps, int64_t timed_steps) {
                         {"final_loss", loss}};
   if (device_.is_cuda()) out["mfu"] = tokens_per_s * flops_per_token_ / k_h200_peak_flops / world_->size();
   return out;
+}
+
+const ParamUnit& Trainer::unit(const std::string& name) const {
+  auto it = units_.find(name);
+  MOE_CHECK(it != units_.end(), "the model uses parameter unit '", name, "' the optimizer does not know");
+  return it->second;
 }
 
 // Expert parameters are row shards over the EP group: the canonical tensor is their all-gather.

@@ -73,7 +73,8 @@ class Trainer {
   Topology topology_;
   ProcessGroups groups_;
   std::unique_ptr<DistributedOptimizer> optimizer_;
-  std::map<std::string, ParamUnit> units_;  // ZeRO-3: the model's parameter units by name
+  std::map<std::string, ParamUnit> units_;  // the model's parameter units by name (ZeRO-3, overlap)
+  const ParamUnit& unit(const std::string& name) const;
   std::optional<data::TokenDataset> train_data_, val_data_;
   std::unique_ptr<data::BatchSampler> sampler_;
   std::unique_ptr<MetricsWriter> metrics_;
