@@ -120,6 +120,7 @@ struct ParallelConfig {           // [parallel]
   int64_t zero = 0;               // ZeRO stage: 0 (plain DP), 1 (optimizer state), 2 (+gradients), 3 (+parameters)
   std::string order = "tp-dp-pp"; // rank order, fastest-varying dimension first
   double bucket_mb = 25.0;        // gradient-reduction bucket size
+  bool overlap_grad_reduce = true;  // start each block's gradient reduction during the backward (ZeRO 0/1)
 
   bool operator==(const ParallelConfig&) const = default;
 };

@@ -124,7 +124,7 @@ StepResult Trainer::train_step() {
   auto backward_micro = [&](int64_t micro) {
     // The last micro-batch's backward starts each block's gradient reduction as soon as the
     // block is done, overlapping the rest of the backward (stage 0/1).
-    if (micro == t.grad_accum - 1 && world_->size() > 1) {
+    if (micro == t.grad_accum - 1 && world_->size() > 1 && config_.parallel.overlap_grad_reduce) {
       model_->set_grad_hook([this](const std::string& name) { optimizer_->reduce_unit_async(unit(name)); });
     }
     model_->backward(batches[micro], saves[micro], loss_scale, aux_scale);

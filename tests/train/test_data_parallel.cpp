@@ -112,6 +112,7 @@ TEST_CASE("expert parallelism and ZeRO match one rank; checkpoints cross layouts
     c.train.run_dir = shared;
     c.parallel.ep = layout.ep;
     c.parallel.zero = layout.zero;
+    c.parallel.overlap_grad_reduce = layout.zero != 1;  // both gradient-reduction paths
     if (world->rank() == 0) std::filesystem::remove_all(shared);
     world->barrier();
     Trainer parallel(c, 0, *world);
