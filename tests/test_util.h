@@ -3,6 +3,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <functional>
@@ -91,6 +92,36 @@ inline std::vector<double> numeric_gradient(Tensor& x, const std::function<doubl
     grad[static_cast<size_t>(i)] = (plus - minus) / (2 * eps);
   }
   return grad;
+}
+
+// sum_i a[i] * w[i]: the scalar objective of the module gradient checks (random fixed weights w).
+inline double weighted_sum(const Tensor& a, const std::vector<double>& w) {
+  auto v = a.to_vector<double>();
+  REQUIRE(v.size() == w.size());
+  double s = 0;
+  for (size_t i = 0; i < v.size(); ++i) s += v[i] * w[i];
+  return s;
+}
+
+inline double max_abs(const std::vector<double>& v) {
+  double m = 0;
+  for (double x : v) m = std::max(m, std::abs(x));
+  return m;
+}
+
+inline Tensor f64_tensor(const std::vector<double>& values, const Shape& shape) {
+  return Tensor::from_vector(values, shape, DType::f64);
+}
+
+// The analytic gradient against central differences of f w.r.t. every element of wrt. The
+// numeric gradient must exceed `floor` (far above the ~1e-10 error of the differences), so that
+// the comparison cannot pass vacuously.
+inline void check_gradient(const std::vector<double>& analytic, Tensor& wrt, const std::function<double()>& f,
+                           const std::string& what, double floor = 1e-3, double atol = 1e-7, double rtol = 1e-5) {
+  auto numeric = numeric_gradient(wrt, f);
+  INFO(what << ": max |numeric gradient| = " << max_abs(numeric));
+  REQUIRE(max_abs(numeric) > floor);
+  require_close(analytic, numeric, atol, rtol, what);
 }
 
 }  // namespace moe::test

@@ -26,37 +26,13 @@ using namespace moe;
 
 namespace {
 
+using test::check_gradient;
+using test::f64_tensor;
+using test::max_abs;
+using test::weighted_sum;
+
 constexpr double k_atol = 1e-7, k_rtol = 1e-5;
 constexpr double k_init_std = 0.5;  // large weights: gradients far from zero, routing far from ties
-
-// sum_i a[i] * w[i]: the scalar objective of every check (random fixed weights w).
-double weighted_sum(const Tensor& a, const std::vector<double>& w) {
-  auto v = a.to_vector<double>();
-  REQUIRE(v.size() == w.size());
-  double s = 0;
-  for (size_t i = 0; i < v.size(); ++i) s += v[i] * w[i];
-  return s;
-}
-
-double max_abs(const std::vector<double>& v) {
-  double m = 0;
-  for (double x : v) m = std::max(m, std::abs(x));
-  return m;
-}
-
-Tensor f64_tensor(const std::vector<double>& values, const Shape& shape) {
-  return Tensor::from_vector(values, shape, DType::f64);
-}
-
-// The analytic gradient against central differences of f w.r.t. every element of wrt. The
-// numeric gradient must not be (near) zero, so that the comparison cannot pass vacuously.
-void check_gradient(const std::vector<double>& analytic, Tensor& wrt, const std::function<double()>& f,
-                    const std::string& what) {
-  auto numeric = test::numeric_gradient(wrt, f);
-  INFO(what << ": max |numeric gradient| = " << max_abs(numeric));
-  REQUIRE(max_abs(numeric) > 1e-3);
-  test::require_close(analytic, numeric, k_atol, k_rtol, what);
-}
 
 // Every parameter's gradient against finite differences. Buffers (the selection-only expert
 // bias) get no gradient, and the objective does not depend on them while the routing is fixed.
