@@ -106,7 +106,7 @@ int64_t Model::active_params() const {
 
 int64_t Model::total_params() const {
   int64_t total = 0;
-  for (const ParamInfo& p : store_.infos()) total += p.is_row_shard() ? shape_numel(p.full_shape) : p.numel();
+  for (const ParamInfo& p : store_.infos()) total += p.is_split() ? shape_numel(p.full_shape) : p.numel();
   return total;
 }
 

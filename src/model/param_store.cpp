@@ -3,6 +3,7 @@
 #include "src/model/param_store.h"
 
 #include <cmath>
+#include <cstring>
 #include <random>
 
 #include "src/ops/ops.h"
@@ -44,6 +45,70 @@ ParamId ParamStore::add_row_shard(const std::string& name, const Shape& full_sha
   infos_[static_cast<size_t>(id)].full_shape = full_shape;
   infos_[static_cast<size_t>(id)].row_offset = row_offset;
   return id;
+}
+
+ParamId ParamStore::add_col_shard(const std::string& name, const Shape& full_shape, int64_t col_offset, int64_t cols,
+                                  int64_t col_blocks, ParamGroup group, ParamKind kind, ParamInit init, double init_std) {
+  MOE_CHECK(!full_shape.empty() && col_blocks > 0 && full_shape.back() % col_blocks == 0, "parameter '", name,
+            "': ", shape_str(full_shape), " does not split into ", col_blocks, " column blocks");
+  const int64_t block = full_shape.back() / col_blocks;
+  MOE_CHECK(col_offset >= 0 && cols >= 0 && col_offset + cols <= block, "parameter '", name, "': columns [",
+            col_offset, ",", col_offset + cols, ") outside a block of ", block, " of ", shape_str(full_shape));
+  Shape local = full_shape;
+  local.back() = cols * col_blocks;
+  ParamId id = add(name, local, group, kind, init, init_std);
+  ParamInfo& p = infos_[static_cast<size_t>(id)];
+  p.full_shape = full_shape;
+  p.col_blocks = col_blocks;
+  p.col_offset = col_offset;
+  return id;
+}
+
+namespace {
+
+// Copies the column shard's bytes between the whole tensor and the local one, either way.
+void copy_columns(const ParamInfo& info, const Tensor& full, const Tensor& local, bool to_local) {
+  MOE_CHECK(!full.is_cuda() && !local.is_cuda() && full.dtype() == local.dtype(), "parameter '", info.name,
+            "': column shards are copied between host tensors of one dtype");
+  MOE_CHECK(full.shape() == info.full_shape && local.shape() == info.shape, "parameter '", info.name, "': expected ",
+            shape_str(info.full_shape), " and ", shape_str(info.shape), ", got ", shape_str(full.shape()), " and ",
+            shape_str(local.shape()));
+  const size_t elem = dtype_size(full.dtype());
+  const int64_t full_cols = info.full_shape.back(), local_cols = info.shape.back();
+  const int64_t block = full_cols / info.col_blocks, cols = local_cols / info.col_blocks;
+  const int64_t rows = info.numel() / local_cols;
+  auto* f = static_cast<char*>(full.data());
+  auto* l = static_cast<char*>(local.data());
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t b = 0; b < info.col_blocks; ++b) {
+      char* fp = f + static_cast<size_t>(r * full_cols + b * block + info.col_offset) * elem;
+      char* lp = l + static_cast<size_t>(r * local_cols + b * cols) * elem;
+      if (to_local) {
+        std::memcpy(lp, fp, static_cast<size_t>(cols) * elem);
+      } else {
+        std::memcpy(fp, lp, static_cast<size_t>(cols) * elem);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+Tensor local_part(const ParamInfo& info, const Tensor& full) {
+  if (info.is_row_shard()) return full.rows(info.row_offset, info.row_offset + info.shape[0]);
+  if (!info.is_col_shard()) return full;
+  Tensor local = Tensor::empty(info.shape, full.dtype());
+  copy_columns(info, full, local, true);
+  return local;
+}
+
+void place_local_part(const ParamInfo& info, const Tensor& local, Tensor& full) {
+  if (info.is_col_shard()) {
+    copy_columns(info, full, local, false);
+    return;
+  }
+  Tensor target = info.is_row_shard() ? full.rows(info.row_offset, info.row_offset + info.shape[0]) : full;
+  target.copy_from(local);
 }
 
 ParamId ParamStore::find(const std::string& name) const {
@@ -183,8 +248,9 @@ Tensor ParamStore::view(const Tensor (&buffers)[k_num_param_groups], ParamId id)
 void ParamStore::initialize(uint64_t seed) {
   for (size_t i = 0; i < infos_.size(); ++i) {
     const ParamInfo& p = infos_[i];
-    // A row shard draws the whole parameter and keeps its rows: every layout, the same model.
-    const Shape& drawn = p.is_row_shard() ? p.full_shape : p.shape;
+    // A row or column shard draws the whole parameter and keeps its part: every layout, the
+    // same model.
+    const Shape& drawn = p.is_split() ? p.full_shape : p.shape;
     std::vector<double> values(static_cast<size_t>(shape_numel(drawn)));
     if (p.init == ParamInit::ones) {
       std::fill(values.begin(), values.end(), 1.0);
@@ -197,7 +263,8 @@ void ParamStore::initialize(uint64_t seed) {
       const int64_t row = shape_numel(drawn) / drawn[0];
       values = std::vector<double>(values.begin() + p.row_offset * row, values.begin() + (p.row_offset + p.shape[0]) * row);
     }
-    Tensor host = Tensor::from_vector(values, p.shape, DType::f64);
+    Tensor host = p.is_col_shard() ? local_part(p, Tensor::from_vector(values, p.full_shape, DType::f64))
+                                   : Tensor::from_vector(values, p.shape, DType::f64);
     load_master_from_host(static_cast<ParamId>(i), host);
   }
 }

@@ -34,9 +34,25 @@ struct ParamInfo {
   // whose whole (canonical, checkpointed) shape is full_shape; empty full_shape = not split.
   Shape full_shape;
   int64_t row_offset = 0;
+  // Tensor parallelism, column-parallel W[in,out]: the last dim of full_shape is cut into
+  // col_blocks equal blocks (2 for a GLU w_up = [gate | up], else 1) and this rank holds columns
+  // [col_offset, col_offset + shape.back() / col_blocks) of every block, stored block after
+  // block (so a GLU shard is again [gate | up]). 0 = not a column shard. A column shard also
+  // sets full_shape, so "full_shape not empty" means "split", row or column.
+  int64_t col_blocks = 0;
+  int64_t col_offset = 0;
   int64_t numel() const { return shape_numel(shape); }
-  bool is_row_shard() const { return !full_shape.empty(); }
+  bool is_row_shard() const { return !full_shape.empty() && col_blocks == 0; }
+  bool is_col_shard() const { return col_blocks > 0; }
+  bool is_split() const { return !full_shape.empty(); }
 };
+
+// The part of the canonical (whole-shape) host tensor `full` that a parameter registered as
+// `info` holds: its rows, its columns, or `full` itself when not split. Row shards return a view.
+Tensor local_part(const ParamInfo& info, const Tensor& full);
+// The inverse: writes this rank's values `local` (info.shape) into their place in the host
+// tensor `full` (info.full_shape, same dtype); other elements are left as they are.
+void place_local_part(const ParamInfo& info, const Tensor& local, Tensor& full);
 
 using ParamId = int32_t;
 
@@ -64,6 +80,12 @@ class ParamStore {
   // A parameter of which this rank holds rows [row_offset, row_offset + rows) of full_shape.
   ParamId add_row_shard(const std::string& name, const Shape& full_shape, int64_t row_offset, int64_t rows,
                         ParamGroup group, ParamKind kind, ParamInit init = ParamInit::normal,
+                        double init_std = 0.02);
+  // Tensor parallelism: this rank holds columns [col_offset, col_offset + cols) of each of the
+  // col_blocks equal blocks of full_shape's last dim (see ParamInfo::col_blocks); its shape is
+  // full_shape with the last dim cols * col_blocks.
+  ParamId add_col_shard(const std::string& name, const Shape& full_shape, int64_t col_offset, int64_t cols,
+                        int64_t col_blocks, ParamGroup group, ParamKind kind, ParamInit init = ParamInit::normal,
                         double init_std = 0.02);
   void allocate(Device device, DType compute_dtype);
   // Deterministic initialisation: each parameter's values depend only on (seed, name), so

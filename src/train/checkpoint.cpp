@@ -92,10 +92,10 @@ Tensor CheckpointFiles::take(const ParamInfo& info, const std::string& name, boo
   const SafetensorsFile& file = from_moments ? moments : weights;
   std::string path = dir + (from_moments ? "/optimizer.safetensors" : "/model.safetensors");
   const Tensor& full = find_tensor(file, name, path);
-  const Shape& expected = info.is_row_shard() ? info.full_shape : info.shape;
+  const Shape& expected = info.is_split() ? info.full_shape : info.shape;
   MOE_CHECK(full.shape() == expected, "checkpoint ", path, ": '", name, "' has shape ", shape_str(full.shape()),
             " but the model expects ", shape_str(expected));
-  return info.is_row_shard() ? full.rows(info.row_offset, info.row_offset + info.shape[0]) : full;
+  return local_part(info, full);
 }
 
 TrainerState read_checkpoint(const std::string& dir, ParamStore& params, AdamW* optimizer) {

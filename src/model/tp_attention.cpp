@@ -1,0 +1,76 @@
+// Tensor-parallel attention: the single-rank Attention's math on this rank's heads, with the two
+// all-reduces (output in forward, input gradient in backward) of the Megatron f/g operators.
+#include "src/model/tp_attention.h"
+
+#include "src/model/linear.h"
+
+namespace moe {
+
+TpAttention::TpAttention(ParamStore& store, const std::string& prefix, const AttentionConfig& config,
+                         Communicator& tp)
+    : store_(&store), tp_(&tp), config_(config) {
+  const int64_t n = tp.size(), r = tp.rank(), d = config.d_model;
+  MOE_CHECK(config.num_heads > 0 && config.num_kv_heads > 0 && d % config.num_heads == 0 &&
+                config.num_heads % config.num_kv_heads == 0,
+            "attention '", prefix, "': d_model ", d, ", ", config.num_heads, " heads and ", config.num_kv_heads,
+            " kv heads do not form whole heads and groups");
+  MOE_CHECK(config.num_heads % n == 0 && config.num_kv_heads % n == 0, "attention '", prefix,
+            "': tensor parallelism splits whole heads, but ", config.num_heads, " query heads and ",
+            config.num_kv_heads, " kv heads do not both divide by tp = ", n);
+  head_dim_ = d / config.num_heads;
+  local_heads_ = config.num_heads / n;
+  local_kv_heads_ = config.num_kv_heads / n;
+  const int64_t q_cols = local_heads_ * head_dim_, kv_cols = local_kv_heads_ * head_dim_;
+  wq_ = store.add_col_shard(prefix + ".wq", {d, config.num_heads * head_dim_}, r * q_cols, q_cols, 1,
+                            ParamGroup::dense, ParamKind::weight, ParamInit::normal, config.init_std);
+  wk_ = store.add_col_shard(prefix + ".wk", {d, config.num_kv_heads * head_dim_}, r * kv_cols, kv_cols, 1,
+                            ParamGroup::dense, ParamKind::weight, ParamInit::normal, config.init_std);
+  wv_ = store.add_col_shard(prefix + ".wv", {d, config.num_kv_heads * head_dim_}, r * kv_cols, kv_cols, 1,
+                            ParamGroup::dense, ParamKind::weight, ParamInit::normal, config.init_std);
+  wo_ = store.add_row_shard(prefix + ".wo", {config.num_heads * head_dim_, d}, r * q_cols, q_cols, ParamGroup::dense,
+                            ParamKind::weight, ParamInit::normal, config.out_init_std);
+}
+
+ops::AttentionShape TpAttention::shape(int64_t batch) const {
+  return {batch, config_.seq_len, local_heads_, local_kv_heads_, head_dim_};
+}
+
+Tensor TpAttention::forward(const Tensor& x, int64_t batch, Saved& saved) const {
+  saved.x = x;
+  saved.q = linear_forward(x, store_->param(wq_));
+  saved.k = linear_forward(x, store_->param(wk_));
+  saved.v = linear_forward(x, store_->param(wv_));
+  if (config_.rope) {
+    // Rotary angles depend on the position and the index within a head, never on the head.
+    ops::rope(saved.q, local_heads_, config_.seq_len, config_.rope_theta, false);
+    ops::rope(saved.k, local_kv_heads_, config_.seq_len, config_.rope_theta, false);
+  }
+  saved.out = empty_like(saved.q);
+  saved.lse = Tensor::empty({batch, local_heads_, config_.seq_len}, ops::accum_dtype(x.dtype()), x.device());
+  ops::attention_forward(saved.q, saved.k, saved.v, saved.out, saved.lse, shape(batch));
+  Tensor y = linear_forward(saved.out, store_->param(wo_));
+  tp_->all_reduce_sum(y);  // g: the row-parallel partial products summed over the group
+  return y;
+}
+
+Tensor TpAttention::backward(const Saved& saved, const Tensor& dy, int64_t batch) const {
+  Tensor dout = empty_like(saved.out);
+  Tensor dwo = store_->grad(wo_);
+  linear_backward(saved.out, store_->param(wo_), dy, dwo, dout);
+
+  Tensor dq = empty_like(saved.q), dk = empty_like(saved.k), dv = empty_like(saved.v);
+  ops::attention_backward(saved.q, saved.k, saved.v, saved.out, saved.lse, dout, dq, dk, dv, shape(batch));
+  if (config_.rope) {
+    ops::rope(dq, local_heads_, config_.seq_len, config_.rope_theta, true);
+    ops::rope(dk, local_kv_heads_, config_.seq_len, config_.rope_theta, true);
+  }
+  Tensor dx = empty_like(saved.x);
+  Tensor dwq = store_->grad(wq_), dwk = store_->grad(wk_), dwv = store_->grad(wv_);
+  linear_backward(saved.x, store_->param(wq_), dq, dwq, dx, false);
+  linear_backward(saved.x, store_->param(wk_), dk, dwk, dx, true);
+  linear_backward(saved.x, store_->param(wv_), dv, dwv, dx, true);
+  tp_->all_reduce_sum(dx);  // f: each rank's heads contribute part of the replicated input's gradient
+  return dx;
+}
+
+}  // namespace moe

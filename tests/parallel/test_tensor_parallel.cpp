@@ -1,0 +1,195 @@
+// Tensor-parallel attention and dense FFN on CPU ranks under mpirun (2 and 4 ranks, and 4 ranks
+// as two TP groups of 2): f64 forward output, input gradient and every rank's parameter
+// gradients equal the single-rank module's (same seed) and the matching slice of its gradients;
+// the ranks' parameters reassemble into the single-rank module's; bad head / width splits fail
+// with a message naming them.
+#include <catch2/catch.hpp>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "parallel/communicator.h"
+#include "src/model/attention.h"
+#include "src/model/dense_ffn.h"
+#include "src/model/tp_attention.h"
+#include "src/model/tp_dense_ffn.h"
+#include "tests/test_util.h"
+
+namespace moe {
+namespace {
+
+using Catch::Matchers::Contains;
+
+constexpr double k_tol = 1e-10;
+
+// The TP groups to test: the whole world, and with 4 ranks also two groups of 2. Each entry
+// owns its communicator (split is collective over the world: every rank builds the same list).
+std::vector<std::unique_ptr<Communicator>> tp_groups(Communicator& world) {
+  std::vector<std::unique_ptr<Communicator>> groups;
+  groups.push_back(world.split(0, world.rank()));
+  if (world.size() == 4) groups.push_back(world.split(world.rank() / 2, world.rank()));
+  return groups;
+}
+
+// Every TP parameter is the matching part of the reference parameter of the same name, and the
+// parts of the group reassemble (disjoint places, summed over the group) into the whole tensor.
+void check_params(const ParamStore& tp_store, const ParamStore& ref_store, Communicator& tp) {
+  for (size_t i = 0; i < tp_store.infos().size(); ++i) {
+    const ParamInfo& info = tp_store.infos()[i];
+    INFO("parameter " << info.name);
+    REQUIRE(info.is_split());
+    Tensor ref = ref_store.param(ref_store.find(info.name));
+    REQUIRE(ref.shape() == info.full_shape);
+    Tensor local = tp_store.param(static_cast<ParamId>(i));
+    REQUIRE(local_part(info, ref).to_vector<double>() == local.to_vector<double>());
+    Tensor whole = Tensor::zeros(info.full_shape, DType::f64);
+    place_local_part(info, local, whole);
+    tp.all_reduce_sum(whole);
+    REQUIRE(whole.to_vector<double>() == ref.to_vector<double>());
+  }
+}
+
+// Every rank's parameter gradients equal its slice of the reference gradients.
+void check_grads(const ParamStore& tp_store, const ParamStore& ref_store) {
+  for (size_t i = 0; i < tp_store.infos().size(); ++i) {
+    const ParamInfo& info = tp_store.infos()[i];
+    Tensor ref = ref_store.grad(ref_store.find(info.name)).view(info.full_shape);
+    test::require_close(tp_store.grad(static_cast<ParamId>(i)), local_part(info, ref), k_tol, 0,
+                        "gradient of " + info.name);
+  }
+}
+
+struct AttentionCase {
+  int64_t num_heads, num_kv_heads;
+  bool rope;
+};
+
+}  // namespace
+
+TEST_CASE("tensor-parallel attention equals the single-rank attention", "[parallel][tp]") {
+  auto world = make_world_communicator(Device::cpu());
+  auto groups = tp_groups(*world);
+  for (auto& group : groups) {
+    Communicator& tp = *group;
+    for (AttentionCase c : {AttentionCase{8, 4, true}, AttentionCase{8, 8, true}, AttentionCase{8, 4, false},
+                            AttentionCase{4, 4, true}}) {
+      INFO("tp " << tp.size() << " heads " << c.num_heads << " kv heads " << c.num_kv_heads << " rope " << c.rope);
+      const int64_t batch = 2, seq = 5, d = 32, tokens = batch * seq;
+      AttentionConfig cfg;
+      cfg.d_model = d;
+      cfg.num_heads = c.num_heads;
+      cfg.num_kv_heads = c.num_kv_heads;
+      cfg.seq_len = seq;
+      cfg.rope = c.rope;
+      cfg.init_std = 0.3;
+      cfg.out_init_std = 0.2;
+
+      ParamStore ref_store, tp_store;
+      Attention ref(ref_store, "layers.0.attn", cfg);
+      TpAttention par(tp_store, "layers.0.attn", cfg, tp);
+      REQUIRE(par.local_heads() == c.num_heads / tp.size());
+      REQUIRE(par.local_kv_heads() == c.num_kv_heads / tp.size());
+      ref_store.allocate(Device::cpu(), DType::f64);
+      tp_store.allocate(Device::cpu(), DType::f64);
+      ref_store.initialize(31);
+      tp_store.initialize(31);
+      check_params(tp_store, ref_store, tp);
+
+      Tensor x = test::random_tensor({tokens, d}, DType::f64, 32);
+      Tensor dy = test::random_tensor({tokens, d}, DType::f64, 33);
+      ref_store.zero_grads();
+      tp_store.zero_grads();
+      Attention::Saved ref_saved, tp_saved;
+      Tensor y_ref = ref.forward(x, batch, ref_saved);
+      Tensor y_tp = par.forward(x, batch, tp_saved);
+      test::require_close(y_tp, y_ref, k_tol, 0, "y");
+      Tensor dx_ref = ref.backward(ref_saved, dy, batch);
+      Tensor dx_tp = par.backward(tp_saved, dy, batch);
+      test::require_close(dx_tp, dx_ref, k_tol, 0, "dx");
+      check_grads(tp_store, ref_store);
+    }
+  }
+}
+
+TEST_CASE("tensor-parallel dense FFN equals the single-rank FFN", "[parallel][tp]") {
+  auto world = make_world_communicator(Device::cpu());
+  auto groups = tp_groups(*world);
+  for (auto& group : groups) {
+    Communicator& tp = *group;
+    for (auto act : {ops::Activation::relu, ops::Activation::gelu, ops::Activation::geglu, ops::Activation::swiglu}) {
+      INFO("tp " << tp.size() << " activation " << ops::activation_name(act));
+      const int64_t tokens = 7, d = 6, d_ff = 12;
+      ParamStore ref_store, tp_store;
+      DenseFfn ref(ref_store, "layers.0.ffn", d, d_ff, act, 0.4, 0.3);
+      TpDenseFfn par(tp_store, "layers.0.ffn", d, d_ff, act, 0.4, 0.3, tp);
+      REQUIRE(par.local_d_ff() == d_ff / tp.size());
+      ref_store.allocate(Device::cpu(), DType::f64);
+      tp_store.allocate(Device::cpu(), DType::f64);
+      ref_store.initialize(41);
+      tp_store.initialize(41);
+      check_params(tp_store, ref_store, tp);
+      // A GLU rank's w_up is [gate cols of its slice | up cols of its slice].
+      const ParamInfo& up = tp_store.info(tp_store.find("layers.0.ffn.w_up"));
+      REQUIRE(up.shape == Shape{d, ffn_up_width(act, d_ff) / tp.size()});
+      REQUIRE(up.col_blocks == (ops::is_gated(act) ? 2 : 1));
+      REQUIRE(up.col_offset == tp.rank() * (d_ff / tp.size()));
+
+      Tensor x = test::random_tensor({tokens, d}, DType::f64, 42);
+      Tensor dy = test::random_tensor({tokens, d}, DType::f64, 43);
+      ref_store.zero_grads();
+      tp_store.zero_grads();
+      FfnSaved ref_saved, tp_saved;
+      Tensor y_ref = ref.forward(x, ref_saved);
+      Tensor y_tp = par.forward(x, tp_saved);
+      test::require_close(y_tp, y_ref, k_tol, 0, "y");
+      Tensor dx_ref = ref.backward(ref_saved, dy);
+      Tensor dx_tp = par.backward(tp_saved, dy);
+      test::require_close(dx_tp, dx_ref, k_tol, 0, "dx");
+      check_grads(tp_store, ref_store);
+    }
+  }
+}
+
+TEST_CASE("tensor parallelism rejects splits that are not whole heads or whole widths", "[parallel][tp]") {
+  auto world = make_world_communicator(Device::cpu());
+  const int64_t n = world->size();
+  AttentionConfig cfg;
+  cfg.num_heads = n + 1;
+  cfg.num_kv_heads = n + 1;
+  cfg.d_model = 4 * (n + 1);
+  cfg.seq_len = 3;
+  ParamStore store;
+  REQUIRE_THROWS_WITH(TpAttention(store, "attn", cfg, *world),
+                      Contains("splits whole heads") && Contains(std::to_string(n + 1) + " query heads") &&
+                          Contains("tp = " + std::to_string(n)));
+  // Query heads divide, kv heads do not.
+  cfg.num_heads = 2 * n;
+  cfg.num_kv_heads = 1;
+  cfg.d_model = 4 * 2 * n;
+  REQUIRE_THROWS_WITH(TpAttention(store, "attn2", cfg, *world),
+                      Contains("1 kv heads do not both divide by tp = " + std::to_string(n)));
+  REQUIRE_THROWS_WITH(TpDenseFfn(store, "ffn", 4, n + 1, ops::Activation::swiglu, 0.02, 0.02, *world),
+                      Contains("d_ff " + std::to_string(n + 1) + " does not divide by tp = " + std::to_string(n)));
+}
+
+TEST_CASE("column shards check their blocks and columns", "[parallel][tp]") {
+  ParamStore store;
+  REQUIRE_THROWS_WITH(store.add_col_shard("w", {4, 6}, 0, 2, 4, ParamGroup::dense, ParamKind::weight),
+                      Contains("[4,6] does not split into 4 column blocks"));
+  REQUIRE_THROWS_WITH(store.add_col_shard("w", {4, 6}, 2, 2, 2, ParamGroup::dense, ParamKind::weight),
+                      Contains("columns [2,4) outside a block of 3"));
+  // Block layout: columns 1..2 of each of the two blocks [c0 c1 c2 | c3 c4 c5] -> [c1 c2 c4 c5].
+  ParamId id = store.add_col_shard("w", {2, 6}, 1, 2, 2, ParamGroup::dense, ParamKind::weight);
+  const ParamInfo& info = store.info(id);
+  REQUIRE(info.shape == Shape{2, 4});
+  REQUIRE(!info.is_row_shard());
+  Tensor full = Tensor::from_vector(std::vector<double>{0, 1, 2, 3, 4, 5, 10, 11, 12, 13, 14, 15}, {2, 6}, DType::f64);
+  Tensor local = local_part(info, full);
+  REQUIRE(local.to_vector<double>() == std::vector<double>{1, 2, 4, 5, 11, 12, 14, 15});
+  Tensor back = Tensor::zeros({2, 6}, DType::f64);
+  place_local_part(info, local, back);
+  REQUIRE(back.to_vector<double>() == std::vector<double>{0, 1, 2, 0, 4, 5, 0, 11, 12, 0, 14, 15});
+}
+
+}  // namespace moe
