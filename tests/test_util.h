@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "src/model/param_store.h"
 #include "src/tensor/tensor.h"
 
 namespace moe::test {
@@ -122,6 +123,23 @@ inline void check_gradient(const std::vector<double>& analytic, Tensor& wrt, con
   INFO(what << ": max |numeric gradient| = " << max_abs(numeric));
   REQUIRE(max_abs(numeric) > floor);
   require_close(analytic, numeric, atol, rtol, what);
+}
+
+// Every parameter's gradient against finite differences. Buffers (the selection-only expert
+// bias) get no gradient, and the objective does not depend on them while the routing is fixed.
+inline void check_param_gradients(ParamStore& store, const std::function<double()>& f) {
+  REQUIRE(!store.infos().empty());
+  for (size_t i = 0; i < store.infos().size(); ++i) {
+    auto id = static_cast<ParamId>(i);
+    Tensor p = store.param(id);
+    if (store.info(id).kind == ParamKind::buffer) {
+      INFO(store.info(id).name << " (buffer)");
+      REQUIRE(max_abs(store.grad(id).to_vector<double>()) == 0.0);
+      REQUIRE(max_abs(numeric_gradient(p, f)) < 1e-9);
+      continue;
+    }
+    check_gradient(store.grad(id).to_vector<double>(), p, f, store.info(id).name);
+  }
 }
 
 }  // namespace moe::test

@@ -23,6 +23,7 @@ using namespace moe;
 namespace {
 
 using test::check_gradient;
+using test::check_param_gradients;
 using test::f64_tensor;
 using test::max_abs;
 using test::weighted_sum;
@@ -31,22 +32,6 @@ constexpr double k_atol = 1e-7, k_rtol = 1e-5;
 constexpr double k_init_std = 0.5;  // large weights: gradients far from zero, routing far from ties
 constexpr int64_t k_tokens = 12, k_seq_len = 4, k_d = 6, k_experts = 4, k_d_expert = 5, k_vocab = 11;
 
-// Every parameter; buffers (the selection-only expert bias) get no gradient and do not move
-// the objective while the routing is fixed.
-void check_param_gradients(ParamStore& store, const std::function<double()>& f) {
-  REQUIRE(!store.infos().empty());
-  for (size_t i = 0; i < store.infos().size(); ++i) {
-    auto id = static_cast<ParamId>(i);
-    Tensor p = store.param(id);
-    if (store.info(id).kind == ParamKind::buffer) {
-      INFO(store.info(id).name << " (buffer)");
-      REQUIRE(max_abs(store.grad(id).to_vector<double>()) == 0.0);
-      REQUIRE(max_abs(test::numeric_gradient(p, f)) < 1e-9);
-      continue;
-    }
-    check_gradient(store.grad(id).to_vector<double>(), p, f, store.info(id).name);
-  }
-}
 
 // One MoE layer's options: the router by its moe.router name (built by make_router) and the
 // MoeLayerConfig fields under test.
