@@ -11,9 +11,9 @@ ExpertGroup::ExpertGroup(ParamStore& store, const std::string& prefix, int64_t n
                          double out_init_std)
     : store_(&store), num_experts_(num_local), act_(act) {
   w_up_ = store.add_row_shard(prefix + ".w_up", {num_experts, d_model, ffn_up_width(act, d_expert)}, first_expert,
-                              num_local, ParamGroup::expert, ParamKind::weight, ParamInit::normal, init_std);
+                              num_local, SplitOver::ep, ParamGroup::expert, ParamKind::weight, ParamInit::normal, init_std);
   w_down_ = store.add_row_shard(prefix + ".w_down", {num_experts, d_expert, d_model}, first_expert, num_local,
-                                ParamGroup::expert, ParamKind::weight, ParamInit::normal, out_init_std);
+                                SplitOver::ep, ParamGroup::expert, ParamKind::weight, ParamInit::normal, out_init_std);
 }
 
 Tensor ExpertGroup::expert_slice(ParamId id, int64_t e, bool grad) const {

@@ -27,11 +27,6 @@ Tensor to_device_like(const std::vector<double>& values, const Tensor& like) {
   return like.is_cuda() ? host.to(like.device()) : host;
 }
 
-bool only_switch(const BalancingConfig& b) {
-  return b.switch_coef > 0 && b.importance_coef == 0 && b.load_coef == 0 && b.z_coef == 0 && b.seq_coef == 0 &&
-         b.device_coef == 0;
-}
-
 Tensor scaled(const Tensor& t, float factor) {
   if (!t.defined()) return t;
   Tensor out = t.clone();
@@ -58,14 +53,38 @@ MoeLayer::MoeLayer(ParamStore& store, const std::string& prefix, const MoeLayerC
                config.out_init_std) {
   MOE_CHECK(router_->num_experts() == config.num_experts, "router has ", router_->num_experts(), " experts, layer ",
             config.num_experts);
+  const TpGroup tp{config.tp_group};
+  const BalancingConfig& b = config.balancing;
+  MOE_CHECK(!tp.active() || (b.importance_coef == 0 && b.load_coef == 0 && b.device_coef == 0), "MoE layer '", prefix,
+            "': under tensor parallelism (parallel.tp = ", tp.size(), ") each rank routes a slice of the tokens, and "
+            "the importance, load and device-level losses are not sums over tokens; use moe.aux_loss_coef, "
+            "moe.z_loss_coef or moe.seq_aux_loss_coef");
   if (config.num_shared > 0) {
     shared_ = std::make_unique<SharedExperts>(store, prefix + ".shared", config.d_model, config.num_shared,
                                               config.d_shared, config.activation, config.shared_gate,
-                                              config.init_std, config.out_init_std);
+                                              config.init_std, config.out_init_std, tp);
   }
 }
 
 Tensor MoeLayer::forward(const Tensor& x, const RouteInputs& inputs, MoeLayerSaved& saved, bool collect_stats) const {
+  const TpGroup tp{config_.tp_group};
+  Tensor y;
+  if (!tp.active()) {
+    y = routed_forward(x, inputs, saved, collect_stats);
+  } else {
+    const int64_t rows = tp.part(x.size(0), "the MoE layer's tokens per micro-batch");
+    RouteInputs slice = inputs;
+    slice.first_token += tp.rank() * rows;
+    Tensor y_local = routed_forward(x.rows(tp.rank() * rows, (tp.rank() + 1) * rows), slice, saved, collect_stats);
+    y = Tensor::empty(x.shape(), y_local.dtype(), y_local.device());
+    tp.comm->all_gather(y_local, y);
+  }
+  if (shared_) ops::accumulate(y, shared_->forward(x, saved.shared));
+  return y;
+}
+
+Tensor MoeLayer::routed_forward(const Tensor& x, const RouteInputs& inputs, MoeLayerSaved& saved,
+                                bool collect_stats) const {
   const Routing& routing = router_->route(x, inputs, saved.router);
   saved.ids = routing.ids;
   saved.weights = routing.weights;
@@ -83,7 +102,6 @@ Tensor MoeLayer::forward(const Tensor& x, const RouteInputs& inputs, MoeLayerSav
   Tensor x_local = dispatcher_->dispatch(x, saved.ids, saved.dispatch);
   saved.y_sorted = experts_.forward(x_local, saved.dispatch.counts, saved.experts);
   Tensor y = dispatcher_->combine(saved.dispatch, saved.y_sorted, saved.weights);
-  if (shared_) ops::accumulate(y, shared_->forward(x, saved.shared));
   // Load statistics are this rank's routed slots per expert (not what its experts received).
   saved.stats.tokens_per_expert = saved.dispatch.routed_counts;
   for (int64_t c : saved.dispatch.routed_counts) saved.stats.slots += c;
@@ -97,9 +115,19 @@ void MoeLayer::compute_balancing_terms(const Routing& routing, const RouterSaved
   // The load estimator needs the gating noise, which exists only in training.
   BalancingConfig b = config_.balancing;
   if (!router_saved.clean.defined()) b.load_coef = 0;
-  const bool has_scores = routing.scores.defined();
-  if (!has_scores || !(balancing_needs_scores(b) || collect_stats)) return;  // hash routers: nothing to balance
-  if (only_switch(b) && !collect_stats) return switch_on_device(routing, saved);
+  if (!routing.scores.defined()) return;  // hash routers: nothing to balance
+  // Switch needs only per-expert sums: a column sum on the device, E numbers to the host. The
+  // other terms (and the entropy metric) read every token's scores on the host in f64.
+  BalancingConfig host_terms = b;
+  host_terms.switch_coef = 0;
+  if (balancing_needs_scores(host_terms) || collect_stats) {
+    host_balancing(routing, router_saved, inputs, host_terms, saved, collect_stats);
+  }
+  if (b.switch_coef > 0) switch_on_device(routing, saved);
+}
+
+void MoeLayer::host_balancing(const Routing& routing, const RouterSaved& router_saved, const RouteInputs& inputs,
+                              const BalancingConfig& terms, MoeLayerSaved& saved, bool collect_stats) const {
   BalanceInputs in;
   in.tokens = routing.ids.size(0);
   in.experts = config_.num_experts;
@@ -108,19 +136,32 @@ void MoeLayer::compute_balancing_terms(const Routing& routing, const RouterSaved
   in.scores = routing.scores.to_vector<double>();
   in.counts = saved.dispatch.routed_counts;
   if (collect_stats) saved.stats.entropy = load_stats(in.counts, in.scores, in.experts).entropy;
-  if (!balancing_needs_scores(b)) return;
-  if (only_switch(b)) return switch_on_device(routing, saved);
+  if (!balancing_needs_scores(terms)) return;
   in.logits = routing.logits.to_vector<double>();
   in.weights = saved.weights.to_vector<double>();
   in.ids = saved.ids.to_vector<int32_t>();
-  if (b.load_coef > 0) {
+  if (terms.load_coef > 0) {
     in.clean = router_saved.clean.to_vector<double>();
     in.raw_noise = router_saved.raw_noise.to_vector<double>();
     in.normal = router_saved.normal.to_vector<double>();
   }
-  BalanceResult r = compute_balancing(in, b);
+  BalanceResult r = compute_balancing(in, terms);
+  const TpGroup tp{config_.tp_group};
+  if (tp.active()) {
+    // Equal slices of per-token means (z, sequence-level): the micro-batch's term is the mean of
+    // the slices' terms, and each slice's gradient carries 1/tp of its own.
+    std::vector<double> values;
+    for (const auto& [name, value] : r.terms) values.push_back(value / tp.size());
+    tp.comm->all_reduce_sum(values);
+    size_t next = 0;
+    for (auto& [name, value] : r.terms) value = values[next++];
+    for (auto* g : {&r.dscores, &r.dlogits, &r.dweights}) {
+      for (double& v : *g) v /= tp.size();
+    }
+  }
   saved.stats.balance = r.terms;
-  saved.stats.aux_loss = r.total;
+  saved.stats.aux_loss = 0;
+  for (const auto& [name, value] : r.terms) saved.stats.aux_loss += value;
   RouterGrads& g = saved.balance_grads;
   if (!r.dscores.empty()) g.dscores = to_device_like(r.dscores, routing.scores);
   if (!r.dlogits.empty()) g.dlogits = to_device_like(r.dlogits, routing.logits);
@@ -129,39 +170,66 @@ void MoeLayer::compute_balancing_terms(const Routing& routing, const RouterSaved
   if (!r.draw_noise.empty()) g.draw_noise = to_device_like(r.draw_noise, router_saved.raw_noise);
 }
 
-// The common case (Switch loss only): P_i from a column sum on the device, E numbers to the
-// host, and the per-expert gradient broadcast to every token's row on the device.
+// P_i from a column sum on the device and f_i from the counts: E numbers to the host (summed
+// over the tensor-parallel group, whose slices make up the micro-batch), and the per-expert
+// gradient applied to every token's row in backward.
 void MoeLayer::switch_on_device(const Routing& routing, MoeLayerSaved& saved) const {
   const Tensor& scores = routing.scores;
   const int64_t tokens = scores.size(0), experts = scores.size(1);
   Tensor sums = Tensor::empty({experts}, scores.dtype(), scores.device());
   ops::column_sum(scores, sums);
   saved.stats.score_sums = sums.to_vector<double>();
-  SwitchLoss loss = switch_loss(saved.stats.score_sums, saved.dispatch.routed_counts, tokens, saved.ids.size(1),
-                                config_.balancing.switch_coef);
   saved.stats.tokens = tokens;
   saved.stats.slots_per_token = saved.ids.size(1);
+  std::vector<double> score_sums = saved.stats.score_sums;
+  std::vector<int64_t> counts = saved.dispatch.routed_counts;
+  int64_t all_tokens = tokens;
+  const TpGroup tp{config_.tp_group};
+  if (tp.active()) {
+    std::vector<double> packed(score_sums);
+    for (int64_t c : counts) packed.push_back(static_cast<double>(c));
+    packed.push_back(static_cast<double>(tokens));
+    tp.comm->all_reduce_sum(packed);
+    for (int64_t e = 0; e < experts; ++e) {
+      score_sums[static_cast<size_t>(e)] = packed[static_cast<size_t>(e)];
+      counts[static_cast<size_t>(e)] = std::llround(packed[static_cast<size_t>(experts + e)]);
+    }
+    all_tokens = std::llround(packed.back());
+  }
+  SwitchLoss loss = switch_loss(score_sums, counts, all_tokens, saved.ids.size(1), config_.balancing.switch_coef);
   set_switch_gradient(saved, loss.grad_per_expert, loss.value);
 }
 
 void MoeLayer::set_switch_gradient(MoeLayerSaved& saved, const std::vector<double>& grad_per_expert,
                                    double value) const {
-  const Tensor& scores = saved.router.routing.scores;
-  const int64_t tokens = scores.size(0), experts = scores.size(1);
   saved.stats.balance["switch"] = value;
-  saved.stats.aux_loss = value;
-  Tensor grad_row = to_device_like(grad_per_expert, scores.rows(0, 1).view({experts})).view({1, experts});
-  Tensor every_row_is_row_0 = Tensor::zeros({tokens}, DType::i32, scores.device());
-  saved.balance_grads.dscores = empty_like(scores);
-  ops::gather_rows(grad_row, every_row_is_row_0, saved.balance_grads.dscores);
+  saved.stats.aux_loss = 0;
+  for (const auto& [name, term] : saved.stats.balance) saved.stats.aux_loss += term;
+  saved.switch_grad_per_expert = grad_per_expert;
 }
 
 Tensor MoeLayer::backward(const MoeLayerSaved& saved, const Tensor& dy, float aux_scale) const {
+  const TpGroup tp{config_.tp_group};
+  Tensor dx;
+  if (!tp.active()) {
+    dx = routed_backward(saved, dy, aux_scale);
+  } else {
+    const int64_t rows = dy.size(0) / tp.size();
+    // Each rank's tokens reach the output through its slice only: the slices' input gradients
+    // make up the whole one.
+    Tensor dx_local = routed_backward(saved, dy.rows(tp.rank() * rows, (tp.rank() + 1) * rows), aux_scale);
+    dx = Tensor::empty(dy.shape(), dx_local.dtype(), dx_local.device());
+    tp.comm->all_gather(dx_local, dx);
+  }
+  if (shared_) shared_->backward(saved.shared, dy, dx);
+  return dx;
+}
+
+Tensor MoeLayer::routed_backward(const MoeLayerSaved& saved, const Tensor& dy, float aux_scale) const {
   Tensor dy_sorted, dweights;
   dispatcher_->combine_backward(saved.dispatch, saved.y_sorted, saved.weights, dy, dy_sorted, dweights);
   Tensor dx_sorted = experts_.backward(saved.experts, dy_sorted);
   Tensor dx = dispatcher_->dispatch_backward(saved.dispatch, dx_sorted);
-  if (shared_) shared_->backward(saved.shared, dy, dx);
 
   const RouterGrads& b = saved.balance_grads;
   RouterGrads grads;
@@ -171,6 +239,22 @@ Tensor MoeLayer::backward(const MoeLayerSaved& saved, const Tensor& dy, float au
   grads.dlogits = scaled(b.dlogits, aux_scale);
   grads.dclean = scaled(b.dclean, aux_scale);
   grads.draw_noise = scaled(b.draw_noise, aux_scale);
+  if (!saved.switch_grad_per_expert.empty()) {
+    // The Switch gradient is one row of E numbers, the same for every token.
+    const Tensor& scores = saved.router.routing.scores;
+    const int64_t tokens = scores.size(0), experts = scores.size(1);
+    std::vector<double> row(saved.switch_grad_per_expert);
+    for (double& v : row) v *= aux_scale;
+    Tensor grad_row = to_device_like(row, scores.rows(0, 1).view({experts})).view({1, experts});
+    Tensor every_row_is_row_0 = Tensor::zeros({tokens}, DType::i32, scores.device());
+    Tensor dswitch = empty_like(scores);
+    ops::gather_rows(grad_row, every_row_is_row_0, dswitch);
+    if (grads.dscores.defined()) {
+      ops::accumulate(grads.dscores, dswitch);
+    } else {
+      grads.dscores = dswitch;
+    }
+  }
   router_->backward(saved.router, grads, dx);
   return dx;
 }

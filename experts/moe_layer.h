@@ -30,6 +30,13 @@ struct MoeLayerConfig {
   // Expert parallelism: the routed experts are split over this group and tokens reach them by
   // all-to-all; nullptr (or a group of one) = all experts on this rank.
   Communicator* ep_group = nullptr;
+  // Tensor parallelism: the group shares the layer's input x[T,d]; rank r routes tokens
+  // [r*T/tp, (r+1)*T/tp) through the (whole, replicated) router and routed experts, and the
+  // outputs are all-gathered, so every token is routed and counted once. The Switch statistics
+  // are summed over the group; per-token-mean terms (z, sequence-level) average the slices;
+  // terms that are not (importance, load, device-level) are rejected. Shared experts split
+  // like a dense FFN. nullptr (or a group of one) = no tensor parallelism.
+  Communicator* tp_group = nullptr;
 };
 
 // What one forward of one MoE layer reports.
@@ -50,7 +57,9 @@ struct MoeLayerSaved {
   ExpertGroupSaved experts;
   SharedExpertsSaved shared;
   Tensor y_sorted;
-  RouterGrads balance_grads;  // gradients of the balancing losses (unscaled)
+  RouterGrads balance_grads;  // gradients of the balancing losses but Switch (unscaled)
+  // d Switch / d scores[t,i], the same for every token t (unscaled); empty = no Switch term.
+  std::vector<double> switch_grad_per_expert;
   MoeLayerStats stats;
 };
 
@@ -67,12 +76,17 @@ class MoeLayer {
   const Router& router() const { return *router_; }
 
  private:
+  // The routed part (router, capacity, dispatch, experts, combine) on this rank's tokens.
+  Tensor routed_forward(const Tensor& x, const RouteInputs& inputs, MoeLayerSaved& saved, bool collect_stats) const;
+  Tensor routed_backward(const MoeLayerSaved& saved, const Tensor& dy, float aux_scale) const;
   void compute_balancing_terms(const Routing& routing, const RouterSaved& router_saved, const RouteInputs& inputs,
                                MoeLayerSaved& saved, bool collect_stats) const;
+  void host_balancing(const Routing& routing, const RouterSaved& router_saved, const RouteInputs& inputs,
+                      const BalancingConfig& terms, MoeLayerSaved& saved, bool collect_stats) const;
   void switch_on_device(const Routing& routing, MoeLayerSaved& saved) const;
 
  public:
-  // Replaces the Switch gradient of a forward (balance_scope = global_batch): d aux / d scores[t,i]
+  // Replaces the Switch term of a forward (balance_scope = global_batch): d aux / d scores[t,i]
   // = grad_per_expert[i] for every token t of this micro-batch, the loss value given.
   void set_switch_gradient(MoeLayerSaved& saved, const std::vector<double>& grad_per_expert, double value) const;
 

@@ -7,14 +7,15 @@
 namespace moe {
 
 SharedExperts::SharedExperts(ParamStore& store, const std::string& prefix, int64_t d_model, int64_t num_experts,
-                             int64_t d_expert, ops::Activation act, bool gated, double init_std, double out_init_std)
-    : store_(&store), act_(act) {
+                             int64_t d_expert, ops::Activation act, bool gated, double init_std, double out_init_std,
+                             TpGroup tp)
+    : store_(&store), act_(act), tp_(tp) {
   // GLU weights keep [gate_1..gate_K | up_1..up_K]: the concatenated FFN is the sum of the K.
   const int64_t width = num_experts * d_expert;
-  w_up_ = store.add(prefix + ".w_up", {d_model, ffn_up_width(act, width)}, ParamGroup::dense, ParamKind::weight,
-                    ParamInit::normal, init_std);
-  w_down_ = store.add(prefix + ".w_down", {width, d_model}, ParamGroup::dense, ParamKind::weight, ParamInit::normal,
-                      out_init_std);
+  const int64_t blocks = ops::is_gated(act) ? 2 : 1;
+  w_up_ = add_column_parallel(store, prefix + ".w_up", {d_model, ffn_up_width(act, width)}, blocks, 1,
+                              ParamKind::weight, init_std, tp);
+  w_down_ = add_row_parallel(store, prefix + ".w_down", {width, d_model}, 1, ParamKind::weight, out_init_std, tp);
   if (gated) {
     gate_ = store.add(prefix + ".gate", {d_model, 1}, ParamGroup::dense, ParamKind::weight, ParamInit::normal,
                       init_std);
@@ -23,6 +24,7 @@ SharedExperts::SharedExperts(ParamStore& store, const std::string& prefix, int64
 
 Tensor SharedExperts::forward(const Tensor& x, SharedExpertsSaved& saved) const {
   saved.ffn_out = ffn_forward(x, store_->param(w_up_), store_->param(w_down_), act_, saved.ffn);
+  tp_.all_reduce(saved.ffn_out);  // the gate multiplies the whole FFN output
   if (gate_ < 0) return saved.ffn_out;
   saved.gate_logit = linear_forward(x, store_->param(gate_));
   Tensor y = empty_like(saved.ffn_out);
@@ -40,7 +42,16 @@ void SharedExperts::backward(const SharedExpertsSaved& saved, const Tensor& dy, 
     linear_backward(saved.ffn.x, store_->param(gate_), dgate, dw_gate, dx, true);
   }
   Tensor dw_up = store_->grad(w_up_), dw_down = store_->grad(w_down_);
-  ffn_backward(saved.ffn, store_->param(w_up_), store_->param(w_down_), act_, dffn_out, dw_up, dw_down, dx, true);
+  if (!tp_.active()) {
+    ffn_backward(saved.ffn, store_->param(w_up_), store_->param(w_down_), act_, dffn_out, dw_up, dw_down, dx, true);
+    return;
+  }
+  // This rank's hidden units give part of the FFN's input gradient: summed over the group
+  // before it joins dx (the gate's part above is already whole on every rank).
+  Tensor dx_ffn = empty_like(dx);
+  ffn_backward(saved.ffn, store_->param(w_up_), store_->param(w_down_), act_, dffn_out, dw_up, dw_down, dx_ffn);
+  tp_.all_reduce(dx_ffn);
+  ops::accumulate(dx, dx_ffn);
 }
 
 }  // namespace moe

@@ -1,6 +1,8 @@
 // Shared (always-active) experts of an MoE layer (DeepSeekMoE, Qwen2-MoE): K_s experts of
 // width f computed for every token. They are stored as one FFN of width K_s*f, which equals
 // the sum of the K_s expert FFNs; optionally gated per token by sigmoid(x . w_gate) (Qwen2-MoE).
+// Under tensor parallelism the concatenated FFN splits like a dense FFN (w_up column-, w_down
+// row-parallel, one all-reduce each way); the gate [d, 1] is replicated.
 #pragma once
 
 #include <string>
@@ -17,7 +19,7 @@ struct SharedExpertsSaved {
 class SharedExperts {
  public:
   SharedExperts(ParamStore& store, const std::string& prefix, int64_t d_model, int64_t num_experts, int64_t d_expert,
-                ops::Activation act, bool gated, double init_std, double out_init_std);
+                ops::Activation act, bool gated, double init_std, double out_init_std, TpGroup tp = {});
   // x[T,d] -> y[T,d]
   Tensor forward(const Tensor& x, SharedExpertsSaved& saved) const;
   // dy[T,d] -> adds into dx[T,d]; accumulates parameter gradients
@@ -26,6 +28,7 @@ class SharedExperts {
  private:
   ParamStore* store_;
   ops::Activation act_;
+  TpGroup tp_;
   ParamId w_up_, w_down_, gate_ = -1;
 };
 

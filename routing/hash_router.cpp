@@ -84,15 +84,21 @@ std::vector<int32_t> HashRouter::position_experts(int64_t seq_len) const {
 }
 
 std::vector<int32_t> HashRouter::expert_ids(int64_t num_tokens, const RouteInputs& in) const {
-  const int64_t n = num_tokens, s = in.seq_len;
+  // Row t is token g = first_token + t of the micro-batch, at position g % seq_len.
+  const int64_t n = num_tokens, s = in.seq_len, first = in.first_token;
   const bool by_sequence = kind_ == HashKind::position || kind_ == HashKind::bigram || kind_ == HashKind::previous_token;
   if (by_sequence) {
-    MOE_CHECK(s >= 1 && n % s == 0, name(), " needs whole sequences: ", n, " rows are not a multiple of seq_len ", s);
+    // A tensor-parallel slice of the micro-batch's tokens may start or end inside a sequence:
+    // its positions count from the micro-batch's start.
+    const bool slice = first > 0 || (in.tokens != nullptr && static_cast<int64_t>(in.tokens->size()) > n);
+    MOE_CHECK(s >= 1 && (slice || n % s == 0), name(),
+              " needs whole sequences: ", n, " rows are not a multiple of seq_len ", s);
   }
   const bool needs_tokens = kind_ != HashKind::position && kind_ != HashKind::oracle;
   auto check_ids = [&](const std::vector<int32_t>* ids, const char* what) {
     MOE_CHECK(ids != nullptr, name(), " needs the ", what, " of the batch (RouteInputs::", what, "), but none were given");
-    MOE_CHECK(static_cast<int64_t>(ids->size()) == n, name(), ": ", ids->size(), " ", what, " for ", n, " rows");
+    MOE_CHECK(static_cast<int64_t>(ids->size()) >= first + n, name(), ": ", ids->size(), " ", what, " for ", n,
+              " rows from token ", first);
   };
   if (needs_tokens) check_ids(in.tokens, "tokens");
   if (kind_ == HashKind::oracle) {
@@ -100,6 +106,7 @@ std::vector<int32_t> HashRouter::expert_ids(int64_t num_tokens, const RouteInput
                                      "has none (RouteInputs::targets; evaluation without targets, generation)");
     check_ids(in.targets, "targets");
   }
+  auto token = [&](int64_t g) { return (*in.tokens)[static_cast<size_t>(g)]; };
 
   std::vector<int32_t> ids(static_cast<size_t>(n));
   switch (kind_) {
@@ -107,33 +114,33 @@ std::vector<int32_t> HashRouter::expert_ids(int64_t num_tokens, const RouteInput
     case HashKind::balanced:
     case HashKind::clustering:
     case HashKind::dispersed:
-      for (int64_t t = 0; t < n; ++t) ids[t] = table_expert((*in.tokens)[t], t);
+      for (int64_t t = 0; t < n; ++t) ids[t] = table_expert(token(first + t), t);
       break;
     case HashKind::previous_token:
-      for (int64_t t = 0; t < n; ++t) ids[t] = table_expert((*in.tokens)[t % s == 0 ? t : t - 1], t);
+      for (int64_t t = 0, g = first; t < n; ++t, ++g) ids[t] = table_expert(token(g % s == 0 ? g : g - 1), t);
       break;
     case HashKind::oracle:
-      for (int64_t t = 0; t < n; ++t) {
-        int32_t target = (*in.targets)[t];
+      for (int64_t t = 0, g = first; t < n; ++t, ++g) {
+        int32_t target = (*in.targets)[static_cast<size_t>(g)];
         if (target >= 0) {
           ids[t] = table_expert(target, t);
         } else {
           check_ids(in.tokens, "tokens");  // an ignored target routes by the input token
-          ids[t] = table_expert((*in.tokens)[t], t);
+          ids[t] = table_expert(token(g), t);
         }
       }
       break;
     case HashKind::position: {
       std::vector<int32_t> by_position = position_experts(s);
-      for (int64_t t = 0; t < n; ++t) ids[t] = by_position[t % s];
+      for (int64_t t = 0; t < n; ++t) ids[t] = by_position[static_cast<size_t>((first + t) % s)];
       break;
     }
     case HashKind::bigram:
-      for (int64_t t = 0; t < n; ++t) {
-        int32_t token = (*in.tokens)[t];
-        check_token(token, t);
-        uint64_t prev = t % s == 0 ? k_bigram_sentinel : static_cast<uint64_t>((*in.tokens)[t - 1]);
-        uint64_t key = (prev << 32) | static_cast<uint64_t>(token);
+      for (int64_t t = 0, g = first; t < n; ++t, ++g) {
+        int32_t current = token(g);
+        check_token(current, t);
+        uint64_t prev = g % s == 0 ? k_bigram_sentinel : static_cast<uint64_t>(token(g - 1));
+        uint64_t key = (prev << 32) | static_cast<uint64_t>(current);
         ids[t] = static_cast<int32_t>(hash_keyed(seed_, key) % static_cast<uint64_t>(num_experts_));
       }
       break;

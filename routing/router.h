@@ -18,6 +18,9 @@ struct RouteInputs {
   int64_t seq_len = 0;
   bool training = true;
   uint64_t noise_seed = 0;  // distinct per (step, micro-batch, layer): noisy gating draws
+  // Row t of the router's input is token first_token + t of the micro-batch (tensor parallelism
+  // routes a slice of the tokens); tokens/targets index and positions count from there.
+  int64_t first_token = 0;
 };
 
 struct Routing {

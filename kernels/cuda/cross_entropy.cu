@@ -26,10 +26,12 @@ __device__ MaxSum block_merge(MaxSum v) {
   return total;
 }
 
-// logits[rows, vocab] -> loss[rows], lse[rows]; one block per row, N values per access
+// logits[rows, vocab] -> loss[rows], lse[rows]; one block per row, N values per access. The
+// logits are columns [vocab_start, vocab_start + vocab) of a vocabulary of `bound` ids.
 template <int N>
 __global__ void __launch_bounds__(k_threads) cross_entropy_forward_kernel(const bf16* logits, const int32_t* targets,
-                                                                         float* loss, float* lse, int64_t vocab) {
+                                                                         float* loss, float* lse, int64_t vocab,
+                                                                         int64_t vocab_start, int64_t bound) {
   const int64_t row = blockIdx.x;
   const bf16* lr = logits + row * vocab;
   MaxSum st{-INFINITY, 0.0f};
@@ -49,25 +51,31 @@ __global__ void __launch_bounds__(k_threads) cross_entropy_forward_kernel(const 
     const float row_lse = st.m + logf(st.s);
     lse[row] = row_lse;
     const int32_t target = targets[row];
+    const int64_t col = static_cast<int64_t>(target) - vocab_start;
     if (target < 0) {
       loss[row] = 0.0f;
-    } else if (target >= vocab) {
+    } else if (target >= bound) {
       loss[row] = __int_as_float(0x7fc00000);
+    } else if (col < 0 || col >= vocab) {
+      loss[row] = row_lse;  // another shard holds the target
     } else {
-      loss[row] = row_lse - __bfloat162float(lr[target]);
+      loss[row] = row_lse - __bfloat162float(lr[col]);
     }
   }
 }
 
-// dlogits[row, c] = scale * (exp(logit - lse) - [c == target]); zero row when target < 0
+// dlogits[row, c] = scale * (exp(logit - lse) - [c == target - vocab_start]); zero row when
+// target < 0 (a target of another shard matches no local column)
 template <int N>
 __global__ void __launch_bounds__(k_threads) cross_entropy_backward_kernel(const bf16* logits, const int32_t* targets,
                                                                           const float* lse, float scale,
-                                                                          bf16* dlogits, int64_t vocab) {
+                                                                          bf16* dlogits, int64_t vocab,
+                                                                          int64_t vocab_start) {
   const int64_t row = blockIdx.x;
   const bf16* lr = logits + row * vocab;
   bf16* dr = dlogits + row * vocab;
   const int32_t target = targets[row];
+  const int64_t col = static_cast<int64_t>(target) - vocab_start;
   const float row_lse = lse[row];
   for (int64_t c = static_cast<int64_t>(threadIdx.x) * N; c < vocab; c += static_cast<int64_t>(k_threads) * N) {
     float v[N];
@@ -77,7 +85,7 @@ __global__ void __launch_bounds__(k_threads) cross_entropy_backward_kernel(const
     } else {
       load_n<N>(lr + c, v);
 #pragma unroll
-      for (int i = 0; i < N; ++i) v[i] = scale * (__expf(v[i] - row_lse) - (c + i == target ? 1.0f : 0.0f));
+      for (int i = 0; i < N; ++i) v[i] = scale * (__expf(v[i] - row_lse) - (c + i == col ? 1.0f : 0.0f));
     }
     store_n<N>(dr + c, v);
   }
@@ -87,34 +95,42 @@ bool vec_ok(int64_t vocab, const void* a, const void* b) {
   return vocab % 8 == 0 && aligned_to(a, 16) && (!b || aligned_to(b, 16));
 }
 
-void check_sizes(int64_t rows, int64_t vocab) {
+void check_sizes(int64_t rows, int64_t vocab, int64_t vocab_start, int64_t vocab_full) {
   MOE_CHECK(rows >= 0 && rows <= INT32_MAX && vocab > 0, "cross_entropy: bad shape [", rows, ",", vocab, "]");
+  MOE_CHECK(vocab_full == 0 ? vocab_start == 0 : vocab_start >= 0 && vocab_start + vocab <= vocab_full,
+            "cross_entropy: vocabulary shard [", vocab_start, ",", vocab_start + vocab, ") of ", vocab_full, " ids");
 }
 
 }  // namespace
 
 void cross_entropy_forward(const bf16* logits, const int32_t* targets, float* loss, float* lse, int64_t rows,
-                           int64_t vocab, cudaStream_t stream) {
-  check_sizes(rows, vocab);
+                           int64_t vocab, int64_t vocab_start, int64_t vocab_full, cudaStream_t stream) {
+  check_sizes(rows, vocab, vocab_start, vocab_full);
   if (rows == 0) return;
   const unsigned blocks = static_cast<unsigned>(rows);
+  const int64_t bound = vocab_full > 0 ? vocab_full : vocab;
   if (vec_ok(vocab, logits, nullptr)) {
-    cross_entropy_forward_kernel<8><<<blocks, k_threads, 0, stream>>>(logits, targets, loss, lse, vocab);
+    cross_entropy_forward_kernel<8><<<blocks, k_threads, 0, stream>>>(logits, targets, loss, lse, vocab, vocab_start,
+                                                                      bound);
   } else {
-    cross_entropy_forward_kernel<1><<<blocks, k_threads, 0, stream>>>(logits, targets, loss, lse, vocab);
+    cross_entropy_forward_kernel<1><<<blocks, k_threads, 0, stream>>>(logits, targets, loss, lse, vocab, vocab_start,
+                                                                      bound);
   }
   CUDA_CHECK_LAUNCH();
 }
 
 void cross_entropy_backward(const bf16* logits, const int32_t* targets, const float* lse, float scale,
-                            bf16* dlogits, int64_t rows, int64_t vocab, cudaStream_t stream) {
-  check_sizes(rows, vocab);
+                            bf16* dlogits, int64_t rows, int64_t vocab, int64_t vocab_start, int64_t vocab_full,
+                            cudaStream_t stream) {
+  check_sizes(rows, vocab, vocab_start, vocab_full);
   if (rows == 0) return;
   const unsigned blocks = static_cast<unsigned>(rows);
   if (vec_ok(vocab, logits, dlogits)) {
-    cross_entropy_backward_kernel<8><<<blocks, k_threads, 0, stream>>>(logits, targets, lse, scale, dlogits, vocab);
+    cross_entropy_backward_kernel<8><<<blocks, k_threads, 0, stream>>>(logits, targets, lse, scale, dlogits, vocab,
+                                                                       vocab_start);
   } else {
-    cross_entropy_backward_kernel<1><<<blocks, k_threads, 0, stream>>>(logits, targets, lse, scale, dlogits, vocab);
+    cross_entropy_backward_kernel<1><<<blocks, k_threads, 0, stream>>>(logits, targets, lse, scale, dlogits, vocab,
+                                                                       vocab_start);
   }
   CUDA_CHECK_LAUNCH();
 }

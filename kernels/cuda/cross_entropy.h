@@ -9,12 +9,19 @@
 
 namespace moe::cuda {
 
-// logits[rows,vocab], targets i32[rows] -> loss[rows] (0 where target < 0), lse[rows] (all rows).
-// A target >= vocab gives a NaN loss (not checked on the host: that would synchronise).
+// Vocabulary sharding (tensor parallelism): the logits hold columns [vocab_start, vocab_start +
+// vocab) of a vocabulary of vocab_full ids; vocab_full == 0 means unsharded (vocab_start 0).
+
+// logits[rows,vocab], targets i32[rows] -> lse[rows] (all rows, local columns), loss[rows]:
+// 0 where target < 0, lse - logit[target - vocab_start] where the target is local, lse where
+// another shard holds it. A target >= vocab_full (>= vocab unsharded) gives a NaN loss (not
+// checked on the host: that would synchronise).
 void cross_entropy_forward(const __nv_bfloat16* logits, const int32_t* targets, float* loss, float* lse,
-                           int64_t rows, int64_t vocab, cudaStream_t stream);
-// dlogits[rows,vocab] = scale * (softmax(logits) - onehot(target)); zero rows where target < 0.
+                           int64_t rows, int64_t vocab, int64_t vocab_start, int64_t vocab_full, cudaStream_t stream);
+// dlogits[rows,vocab] = scale * (exp(logits - lse) - onehot(target - vocab_start)), the onehot
+// only where the target is local; zero rows where target < 0.
 void cross_entropy_backward(const __nv_bfloat16* logits, const int32_t* targets, const float* lse, float scale,
-                            __nv_bfloat16* dlogits, int64_t rows, int64_t vocab, cudaStream_t stream);
+                            __nv_bfloat16* dlogits, int64_t rows, int64_t vocab, int64_t vocab_start,
+                            int64_t vocab_full, cudaStream_t stream);
 
 }  // namespace moe::cuda

@@ -9,13 +9,18 @@
 
 namespace moe::cuda {
 
-// ids i32[tokens], table[vocab,dim] -> out[tokens,dim]. Ids outside [0, vocab) give NaN rows
-// (not checked on the host: that would synchronise).
+// Vocabulary sharding (tensor parallelism): the table holds rows [vocab_start, vocab_start +
+// vocab) of a vocabulary of vocab_full ids; vocab_full == 0 means unsharded (vocab_start 0).
+
+// ids i32[tokens], table[vocab,dim] -> out[tokens,dim]: row id - vocab_start for local ids, a
+// zero row for ids of other shards. Ids outside [0, vocab_full) ([0, vocab) unsharded) give NaN
+// rows (not checked on the host: that would synchronise).
 void embedding_forward(const int32_t* ids, const __nv_bfloat16* table, __nv_bfloat16* out, int64_t tokens,
-                       int64_t vocab, int64_t dim, cudaStream_t stream);
-// dtable[vocab,dim] (f32) += dout[tokens,dim] rows at ids (f32 atomics; ids out of range skipped)
+                       int64_t vocab, int64_t dim, int64_t vocab_start, int64_t vocab_full, cudaStream_t stream);
+// dtable[vocab,dim] (f32) += dout[tokens,dim] rows at the local ids (f32 atomics; ids of other
+// shards and out of range skipped)
 void embedding_backward(const int32_t* ids, const __nv_bfloat16* dout, float* dtable, int64_t tokens, int64_t vocab,
-                        int64_t dim, cudaStream_t stream);
+                        int64_t dim, int64_t vocab_start, int64_t vocab_full, cudaStream_t stream);
 
 // x[tokens,dim] += pos[t % seq_len, :]
 void position_add_forward(__nv_bfloat16* x, const __nv_bfloat16* pos, int64_t tokens, int64_t dim, int64_t seq_len,

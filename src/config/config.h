@@ -77,6 +77,7 @@ struct TrainConfig {              // [train]
   std::string resume = "";        // "" | "latest" | a checkpoint directory
   std::string device = "auto";    // auto | cpu | cuda
   std::string dtype = "";         // "" = f32 on cpu, bf16 on cuda; f64 allowed on cpu
+  bool recompute = false;         // activation recomputation: keep only each block's input, rerun its forward in backward
 
   bool operator==(const TrainConfig&) const = default;
 };
@@ -114,8 +115,11 @@ struct DataConfig {               // [data]
 };
 
 struct ParallelConfig {           // [parallel]
-  int64_t tp = 1;                 // tensor-parallel size (1 until tensor parallelism lands)
-  int64_t pp = 1;                 // pipeline-parallel size (1 until pipeline parallelism lands)
+  int64_t tp = 1;                 // tensor-parallel group size (heads, FFN width and vocabulary split over it)
+  int64_t pp = 1;                 // pipeline stages (each holds a contiguous run of layers)
+  std::vector<int64_t> pp_layers; // layers per stage, pp entries summing to model.num_layers; [] = balanced
+                                  // (as even as possible, the extra layers on the first stages)
+  std::string pp_schedule = "1f1b";  // 1f1b | gpipe (all forwards, then all backwards)
   int64_t ep = 1;                 // expert-parallel group size, carved out of the data-parallel ranks
   int64_t zero = 0;               // ZeRO stage: 0 (plain DP), 1 (optimizer state), 2 (+gradients), 3 (+parameters)
   std::string order = "tp-dp-pp"; // rank order, fastest-varying dimension first

@@ -48,7 +48,7 @@ void add_train_fields(TrainConfig& t, std::vector<Field>& out) {
                          {s, "eval_every", &t.eval_every}, {s, "eval_batches", &t.eval_batches},
                          {s, "save_every", &t.save_every}, {s, "run_dir", &t.run_dir},
                          {s, "resume", &t.resume},         {s, "device", &t.device},
-                         {s, "dtype", &t.dtype}});
+                         {s, "dtype", &t.dtype},           {s, "recompute", &t.recompute}});
 }
 
 void add_optim_fields(OptimConfig& o, std::vector<Field>& out) {
@@ -78,7 +78,8 @@ void add_data_fields(DataConfig& d, std::vector<Field>& out) {
 
 void add_parallel_fields(ParallelConfig& p, std::vector<Field>& out) {
   const char* s = "parallel";
-  out.insert(out.end(), {{s, "tp", &p.tp}, {s, "pp", &p.pp}, {s, "ep", &p.ep}, {s, "zero", &p.zero},
+  out.insert(out.end(), {{s, "tp", &p.tp}, {s, "pp", &p.pp}, {s, "pp_layers", &p.pp_layers},
+                         {s, "pp_schedule", &p.pp_schedule}, {s, "ep", &p.ep}, {s, "zero", &p.zero},
                          {s, "order", &p.order}, {s, "bucket_mb", &p.bucket_mb},
                          {s, "overlap_grad_reduce", &p.overlap_grad_reduce}});
 }

@@ -14,8 +14,8 @@
 
 namespace moe::config_internal {
 
-using FieldTarget = std::variant<int64_t*, uint64_t*, double*, bool*, std::string*, std::vector<double>*,
-                                 std::vector<std::string>*>;
+using FieldTarget = std::variant<int64_t*, uint64_t*, double*, bool*, std::string*, std::vector<int64_t>*,
+                                 std::vector<double>*, std::vector<std::string>*>;
 
 struct Field {
   const char* section;  // "model"

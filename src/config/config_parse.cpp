@@ -48,6 +48,7 @@ std::string expected_of(const Field& field) {
     std::string operator()(double*) const { return "a number"; }
     std::string operator()(bool*) const { return "a boolean"; }
     std::string operator()(std::string*) const { return "a string"; }
+    std::string operator()(std::vector<int64_t>*) const { return "an array of integers"; }
     std::string operator()(std::vector<double>*) const { return "an array of numbers"; }
     std::string operator()(std::vector<std::string>*) const { return "an array of strings"; }
   };
@@ -90,6 +91,18 @@ std::string assign_to(bool* target, const toml::node& node) {
 std::string assign_to(std::string* target, const toml::node& node) {
   if (!node.is_string()) return "got " + describe(node);
   *target = node.as_string()->get();
+  return "";
+}
+
+std::string assign_to(std::vector<int64_t>* target, const toml::node& node) {
+  const toml::array* array = node.as_array();
+  if (!array) return "got " + describe(node);
+  std::vector<int64_t> values;
+  for (const auto& element : *array) {
+    if (!element.is_integer()) return "got an array containing " + describe(element);
+    values.push_back(element.as_integer()->get());
+  }
+  *target = std::move(values);
   return "";
 }
 

@@ -50,6 +50,11 @@ struct FormatValue {
   std::string operator()(const double* v) const { return format_double(*v); }
   std::string operator()(const bool* v) const { return *v ? "true" : "false"; }
   std::string operator()(const std::string* v) const { return quote(*v); }
+  std::string operator()(const std::vector<int64_t>* v) const {
+    std::string out = "[";
+    for (size_t i = 0; i < v->size(); ++i) out += (i ? ", " : "") + std::to_string((*v)[i]);
+    return out + "]";
+  }
   std::string operator()(const std::vector<double>* v) const {
     std::string out = "[";
     for (size_t i = 0; i < v->size(); ++i) out += (i ? ", " : "") + format_double((*v)[i]);

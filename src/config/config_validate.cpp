@@ -178,7 +178,80 @@ void validate_moe(const MoeConfig& e, const ModelConfig& m, const KeyOrigins& at
   validate_routing(e, m, at);
 }
 
-void validate_parallel(const ParallelConfig& p, const KeyOrigins& at) {
+// Stage layout and schedule. Each stage holds a contiguous run of at least one layer.
+void validate_pipeline(const Config& c, const KeyOrigins& at) {
+  const ParallelConfig& p = c.parallel;
+  const int64_t layers = c.model.num_layers;
+  MOE_CHECK(p.pp <= layers, at.prefix({"parallel.pp", "model.num_layers"}), "parallel.pp = ", p.pp,
+            " is more than model.num_layers = ", layers, " (every pipeline stage needs at least one layer)");
+  const char* key = "parallel.pp_layers";
+  if (!p.pp_layers.empty()) {
+    MOE_CHECK(static_cast<int64_t>(p.pp_layers.size()) == p.pp, at.prefix({key, "parallel.pp"}), key, " has ",
+              p.pp_layers.size(), " entries but parallel.pp = ", p.pp, " (one layer count per pipeline stage)");
+    int64_t total = 0;  // saturating, so absurd entries cannot overflow
+    for (size_t i = 0; i < p.pp_layers.size(); ++i) {
+      const int64_t n = p.pp_layers[i];
+      MOE_CHECK(n >= 1, at.prefix({key}), key, "[", i, "] = ", n, " must be at least 1 (every pipeline stage needs "
+                "a layer)");
+      total = n > std::numeric_limits<int64_t>::max() - total ? std::numeric_limits<int64_t>::max() : total + n;
+    }
+    MOE_CHECK(total == layers, at.prefix({key, "model.num_layers"}), key, " sums to ", total,
+              " layers but model.num_layers = ", layers);
+  }
+  check_choice(at, "parallel.pp_schedule", p.pp_schedule, {"1f1b", "gpipe"});
+  // 1F1B starts backwards before the step's last forwards, so the global-batch counts would be incomplete.
+  MOE_CHECK(p.pp == 1 || c.moe.num_experts == 0 || c.moe.balance_scope != "global_batch" || p.pp_schedule == "gpipe",
+            at.prefix({"parallel.pp", "moe.balance_scope", "parallel.pp_schedule"}), "parallel.pp = ", p.pp,
+            " with moe.balance_scope = \"global_batch\" needs parallel.pp_schedule = \"gpipe\" (1F1B runs backwards "
+            "before the last forwards, but the global-batch statistics need every forward of the step first)");
+}
+
+void check_tp_divides(const KeyOrigins& at, const char* key, int64_t value, int64_t tp, const char* why) {
+  MOE_CHECK(value % tp == 0, at.prefix({key, "parallel.tp"}), key, " = ", value, " is not divisible by parallel.tp = ",
+            tp, " (", why, ")");
+}
+
+// What tensor parallelism splits must split evenly: heads, hidden widths, the vocabulary and, in
+// MoE layers, the micro-batch's tokens (each TP rank routes a slice of them).
+void validate_tensor_parallel(const Config& c, const KeyOrigins& at) {
+  const int64_t tp = c.parallel.tp;
+  if (tp == 1) return;
+  const ModelConfig& m = c.model;
+  const MoeConfig& e = c.moe;
+  check_tp_divides(at, "model.vocab_size", m.vocab_size, tp, "the embedding and the LM head are split by vocabulary");
+  check_tp_divides(at, "model.num_heads", m.num_heads, tp, "attention heads are split over the tensor-parallel ranks");
+  check_tp_divides(at, "model.num_kv_heads", m.num_kv_heads, tp,
+                   "attention heads are split over the tensor-parallel ranks");
+  check_tp_divides(at, "model.d_ff", m.d_ff, tp, "the dense FFN hidden width is split over the tensor-parallel ranks");
+  if (e.num_experts == 0) return;
+  if (e.num_shared_experts > 0) {
+    const int64_t each = e.d_shared > 0 ? e.d_shared : e.d_expert / e.granularity;
+    const int64_t width = e.num_shared_experts * each;
+    MOE_CHECK(width % tp == 0, at.prefix({"moe.num_shared_experts", "moe.d_shared", "parallel.tp"}),
+              "the shared experts' width moe.num_shared_experts * ", e.d_shared > 0 ? "moe.d_shared" :
+              "(moe.d_expert / moe.granularity)", " = ", e.num_shared_experts, " * ", each, " = ", width,
+              " is not divisible by parallel.tp = ", tp, " (the shared experts' hidden width is split over the "
+              "tensor-parallel ranks)");
+  }
+  const int64_t tokens = c.train.micro_batch_size * m.seq_len;
+  MOE_CHECK(tokens % tp == 0, at.prefix({"train.micro_batch_size", "model.seq_len", "parallel.tp"}),
+            "train.micro_batch_size * model.seq_len = ", c.train.micro_batch_size, " * ", m.seq_len, " = ", tokens,
+            " tokens is not divisible by parallel.tp = ", tp, " (each tensor-parallel rank routes a slice of the "
+            "micro-batch's tokens through the MoE layers)");
+  for (auto [key, value] : {std::pair{"moe.importance_loss_coef", e.importance_loss_coef},
+                            {"moe.load_loss_coef", e.load_loss_coef}, {"moe.device_loss_coef", e.device_loss_coef}}) {
+    MOE_CHECK(value == 0, at.prefix({key, "parallel.tp"}), key, " = ", value, " must be 0 with parallel.tp = ", tp,
+              ": each tensor-parallel rank routes a slice of the tokens, and this loss is not a sum over tokens "
+              "(use moe.aux_loss_coef, moe.z_loss_coef or moe.seq_aux_loss_coef)");
+  }
+  MOE_CHECK(e.seq_aux_loss_coef == 0 || c.train.micro_batch_size % tp == 0,
+            at.prefix({"moe.seq_aux_loss_coef", "train.micro_batch_size", "parallel.tp"}),
+            "moe.seq_aux_loss_coef needs train.micro_batch_size = ", c.train.micro_batch_size,
+            " divisible by parallel.tp = ", tp, " (each tensor-parallel rank's slice of tokens must be whole sequences)");
+}
+
+void validate_parallel(const Config& c, const KeyOrigins& at) {
+  const ParallelConfig& p = c.parallel;
   check_at_least(at, "parallel.tp", p.tp, 1);
   check_at_least(at, "parallel.pp", p.pp, 1);
   check_at_least(at, "parallel.ep", p.ep, 1);
@@ -186,6 +259,8 @@ void validate_parallel(const ParallelConfig& p, const KeyOrigins& at) {
             " is not a ZeRO stage (0, 1, 2 or 3)");
   check_choice(at, "parallel.order", p.order, {"tp-dp-pp", "dp-tp-pp", "tp-pp-dp", "pp-tp-dp", "dp-pp-tp", "pp-dp-tp"});
   check_positive(at, "parallel.bucket_mb", p.bucket_mb);
+  validate_pipeline(c, at);
+  validate_tensor_parallel(c, at);
 }
 
 void validate_train(const TrainConfig& t, const KeyOrigins& at) {
@@ -246,7 +321,7 @@ void validate_config_at(const Config& config, const KeyOrigins& origins) {
   validate_train(config.train, origins);
   validate_optim(config.optim, origins);
   validate_schedule(config.schedule, origins);
-  validate_parallel(config.parallel, origins);
+  validate_parallel(config, origins);
 }
 
 }  // namespace config_internal

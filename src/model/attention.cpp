@@ -1,25 +1,33 @@
-// Self-attention module: parameters "<prefix>.wq/.wk/.wv" [d, heads*hd] and "<prefix>.wo".
+// Self-attention module: parameters "<prefix>.wq/.wk/.wv" [d, heads*hd] and "<prefix>.wo", whole
+// or split by heads over the tensor-parallel group.
 #include "src/model/attention.h"
 
 #include "src/model/linear.h"
 
 namespace moe {
 
-Attention::Attention(ParamStore& store, const std::string& prefix, const AttentionConfig& config)
-    : store_(&store), config_(config), head_dim_(config.d_model / config.num_heads) {
-  int64_t d = config.d_model;
-  wq_ = store.add(prefix + ".wq", {d, config.num_heads * head_dim_}, ParamGroup::dense, ParamKind::weight, ParamInit::normal,
-                  config.init_std);
-  wk_ = store.add(prefix + ".wk", {d, config.num_kv_heads * head_dim_}, ParamGroup::dense, ParamKind::weight, ParamInit::normal,
-                  config.init_std);
-  wv_ = store.add(prefix + ".wv", {d, config.num_kv_heads * head_dim_}, ParamGroup::dense, ParamKind::weight, ParamInit::normal,
-                  config.init_std);
-  wo_ = store.add(prefix + ".wo", {config.num_heads * head_dim_, d}, ParamGroup::dense, ParamKind::weight, ParamInit::normal,
-                  config.out_init_std);
+Attention::Attention(ParamStore& store, const std::string& prefix, const AttentionConfig& config, TpGroup tp)
+    : store_(&store), config_(config), tp_(tp) {
+  const int64_t d = config.d_model;
+  MOE_CHECK(config.num_heads > 0 && config.num_kv_heads > 0 && d % config.num_heads == 0 &&
+                config.num_heads % config.num_kv_heads == 0,
+            "attention '", prefix, "': d_model ", d, ", ", config.num_heads, " heads and ", config.num_kv_heads,
+            " kv heads do not form whole heads and groups");
+  MOE_CHECK(config.num_heads % tp.size() == 0 && config.num_kv_heads % tp.size() == 0, "attention '", prefix,
+            "': tensor parallelism splits whole heads, but ", config.num_heads, " query heads and ",
+            config.num_kv_heads, " kv heads do not both divide by parallel.tp = ", tp.size());
+  head_dim_ = d / config.num_heads;
+  local_heads_ = config.num_heads / tp.size();
+  local_kv_heads_ = config.num_kv_heads / tp.size();
+  const int64_t q_cols = config.num_heads * head_dim_, kv_cols = config.num_kv_heads * head_dim_;
+  wq_ = add_column_parallel(store, prefix + ".wq", {d, q_cols}, 1, head_dim_, ParamKind::weight, config.init_std, tp);
+  wk_ = add_column_parallel(store, prefix + ".wk", {d, kv_cols}, 1, head_dim_, ParamKind::weight, config.init_std, tp);
+  wv_ = add_column_parallel(store, prefix + ".wv", {d, kv_cols}, 1, head_dim_, ParamKind::weight, config.init_std, tp);
+  wo_ = add_row_parallel(store, prefix + ".wo", {q_cols, d}, head_dim_, ParamKind::weight, config.out_init_std, tp);
 }
 
 ops::AttentionShape Attention::shape(int64_t batch) const {
-  return {batch, config_.seq_len, config_.num_heads, config_.num_kv_heads, head_dim_};
+  return {batch, config_.seq_len, local_heads_, local_kv_heads_, head_dim_};
 }
 
 Tensor Attention::forward(const Tensor& x, int64_t batch, Saved& saved) const {
@@ -28,13 +36,16 @@ Tensor Attention::forward(const Tensor& x, int64_t batch, Saved& saved) const {
   saved.k = linear_forward(x, store_->param(wk_));
   saved.v = linear_forward(x, store_->param(wv_));
   if (config_.rope) {
-    ops::rope(saved.q, config_.num_heads, config_.seq_len, config_.rope_theta, false);
-    ops::rope(saved.k, config_.num_kv_heads, config_.seq_len, config_.rope_theta, false);
+    // Rotary angles depend on the position and the index within a head, never on the head.
+    ops::rope(saved.q, local_heads_, config_.seq_len, config_.rope_theta, false);
+    ops::rope(saved.k, local_kv_heads_, config_.seq_len, config_.rope_theta, false);
   }
   saved.out = empty_like(saved.q);
-  saved.lse = Tensor::empty({batch, config_.num_heads, config_.seq_len}, ops::accum_dtype(x.dtype()), x.device());
+  saved.lse = Tensor::empty({batch, local_heads_, config_.seq_len}, ops::accum_dtype(x.dtype()), x.device());
   ops::attention_forward(saved.q, saved.k, saved.v, saved.out, saved.lse, shape(batch));
-  return linear_forward(saved.out, store_->param(wo_));
+  Tensor y = linear_forward(saved.out, store_->param(wo_));
+  tp_.all_reduce(y);  // the row-parallel partial products summed over the group
+  return y;
 }
 
 Tensor Attention::backward(const Saved& saved, const Tensor& dy, int64_t batch) const {
@@ -46,14 +57,15 @@ Tensor Attention::backward(const Saved& saved, const Tensor& dy, int64_t batch) 
   ops::attention_backward(saved.q, saved.k, saved.v, saved.out, saved.lse, dout, dq, dk, dv, shape(batch));
   if (config_.rope) {
     // The rotation is orthogonal: its transpose (the backward) is the inverse rotation.
-    ops::rope(dq, config_.num_heads, config_.seq_len, config_.rope_theta, true);
-    ops::rope(dk, config_.num_kv_heads, config_.seq_len, config_.rope_theta, true);
+    ops::rope(dq, local_heads_, config_.seq_len, config_.rope_theta, true);
+    ops::rope(dk, local_kv_heads_, config_.seq_len, config_.rope_theta, true);
   }
   Tensor dx = empty_like(saved.x);
   Tensor dwq = store_->grad(wq_), dwk = store_->grad(wk_), dwv = store_->grad(wv_);
   linear_backward(saved.x, store_->param(wq_), dq, dwq, dx, false);
   linear_backward(saved.x, store_->param(wk_), dk, dwk, dx, true);
   linear_backward(saved.x, store_->param(wv_), dv, dwv, dx, true);
+  tp_.all_reduce(dx);  // each rank's heads contribute part of the replicated input's gradient
   return dx;
 }
 

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "src/model/param_store.h"
+#include "src/model/tensor_parallel.h"
 #include "src/ops/ops.h"
 
 namespace moe {
@@ -16,24 +17,34 @@ struct AttentionConfig {
   double init_std = 0.02, out_init_std = 0.02;
 };
 
+// Tensor parallelism (Megatron): rank r of the tp group holds query heads [r*H/tp, (r+1)*H/tp)
+// and kv heads [r*KV/tp, (r+1)*KV/tp); with the grouping h -> h / (H/KV) every local query head
+// reads a local kv head. wq/wk/wv are column shards of the rank's heads, wo a row shard; the
+// parameters keep their canonical names and whole shapes. The input is replicated over the group
+// (backward: all-reduce of dx) and so is the output (forward: all-reduce of the partial products).
 class Attention {
  public:
   struct Saved {
     Tensor x, q, k, v, out, lse;
   };
 
-  Attention(ParamStore& store, const std::string& prefix, const AttentionConfig& config);
+  // Requires num_heads and num_kv_heads divisible by tp.size().
+  Attention(ParamStore& store, const std::string& prefix, const AttentionConfig& config, TpGroup tp = {});
   // x[B*S, d] -> y[B*S, d]
   Tensor forward(const Tensor& x, int64_t batch, Saved& saved) const;
   // dy[B*S, d] -> dx[B*S, d]; accumulates the projection gradients
   Tensor backward(const Saved& saved, const Tensor& dy, int64_t batch) const;
+
+  int64_t local_heads() const { return local_heads_; }
+  int64_t local_kv_heads() const { return local_kv_heads_; }
 
  private:
   ops::AttentionShape shape(int64_t batch) const;
 
   ParamStore* store_;
   AttentionConfig config_;
-  int64_t head_dim_;
+  TpGroup tp_;
+  int64_t head_dim_, local_heads_, local_kv_heads_;
   ParamId wq_, wk_, wv_, wo_;
 };
 

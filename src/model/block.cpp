@@ -6,10 +6,10 @@
 namespace moe {
 
 Block::Block(ParamStore& store, const std::string& prefix, NormKind norm, float norm_eps, const AttentionConfig& attn,
-             std::unique_ptr<DenseFfn> dense, std::unique_ptr<MoeLayer> moe)
+             std::unique_ptr<DenseFfn> dense, std::unique_ptr<MoeLayer> moe, TpGroup tp)
     : attn_norm_(store, prefix + ".attn_norm", attn.d_model, norm, norm_eps),
       ffn_norm_(store, prefix + ".ffn_norm", attn.d_model, norm, norm_eps),
-      attn_(store, prefix + ".attn", attn),
+      attn_(store, prefix + ".attn", attn, tp),
       dense_(std::move(dense)),
       moe_(std::move(moe)) {
   MOE_CHECK((dense_ != nullptr) != (moe_ != nullptr), "block ", prefix, " needs exactly one FFN");
@@ -17,6 +17,7 @@ Block::Block(ParamStore& store, const std::string& prefix, NormKind norm, float 
 
 Tensor Block::forward(const Tensor& x, int64_t batch, const RouteInputs& inputs, BlockSaved& saved,
                       bool collect_stats) const {
+  saved.input = x;
   Tensor attn_out = attn_.forward(attn_norm_.forward(x, saved.attn_norm), batch, saved.attn);
   Tensor h = Tensor::empty(x.shape(), x.dtype(), x.device());
   ops::add(x, attn_out, h);

@@ -13,6 +13,7 @@
 namespace moe {
 
 struct BlockSaved {
+  Tensor input;  // the block's input x (kept alone under activation recomputation)
   Norm::Saved attn_norm, ffn_norm;
   Attention::Saved attn;
   FfnSaved ffn;
@@ -22,7 +23,7 @@ struct BlockSaved {
 class Block {
  public:
   Block(ParamStore& store, const std::string& prefix, NormKind norm, float norm_eps, const AttentionConfig& attn,
-        std::unique_ptr<DenseFfn> dense, std::unique_ptr<MoeLayer> moe);
+        std::unique_ptr<DenseFfn> dense, std::unique_ptr<MoeLayer> moe, TpGroup tp = {});
   // x[B*S,d] -> y[B*S,d]
   Tensor forward(const Tensor& x, int64_t batch, const RouteInputs& inputs, BlockSaved& saved,
                  bool collect_stats = false) const;

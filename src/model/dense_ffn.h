@@ -4,6 +4,7 @@
 #include <string>
 
 #include "src/model/param_store.h"
+#include "src/model/tensor_parallel.h"
 #include "src/ops/ops.h"
 
 namespace moe {
@@ -19,16 +20,21 @@ void ffn_backward(const FfnSaved& saved, const Tensor& w_up, const Tensor& w_dow
                   const Tensor& dy, Tensor& dw_up, Tensor& dw_down, Tensor& dx, bool accumulate_dx = false);
 inline int64_t ffn_up_width(ops::Activation act, int64_t d_ff) { return ops::is_gated(act) ? 2 * d_ff : d_ff; }
 
+// Tensor parallelism (Megatron): rank r holds hidden units [r*f/tp, (r+1)*f/tp): w_up a column
+// shard (a GLU rank keeps its gate and up columns, stored [gate | up] as ffn_forward expects),
+// w_down a row shard; one all-reduce of y forward and of dx backward.
 class DenseFfn {
  public:
+  // Requires d_ff divisible by tp.size().
   DenseFfn(ParamStore& store, const std::string& prefix, int64_t d_model, int64_t d_ff, ops::Activation act,
-           double init_std, double out_init_std);
+           double init_std, double out_init_std, TpGroup tp = {});
   Tensor forward(const Tensor& x, FfnSaved& saved) const;
   Tensor backward(const FfnSaved& saved, const Tensor& dy) const;
 
  private:
   ParamStore* store_;
   ops::Activation act_;
+  TpGroup tp_;
   ParamId w_up_, w_down_;
 };
 

@@ -1,5 +1,6 @@
-// Model assembly and the full forward/backward: parameters "embed.tokens", "embed.positions",
-// "layers.<i>.*", "final_norm.*", "lm_head.weight" (untied only).
+// Model assembly and the forward/backward of one pipeline stage (the whole model without
+// pipeline parallelism): parameters "embed.tokens", "embed.positions", "layers.<i>.*",
+// "final_norm.*", "lm_head.weight" (untied only), whole or split over the TP / EP groups.
 #include "src/model/model.h"
 
 #include <cmath>
@@ -7,6 +8,7 @@
 #include "routing/router_factory.h"
 #include "routing/topk_router.h"
 #include "src/model/linear.h"
+#include "src/model/vocab_parallel.h"
 #include "src/ops/ops.h"
 
 namespace moe {
@@ -39,13 +41,42 @@ bool is_moe_layer(const ModelConfig& model, const MoeConfig& moe, int64_t layer)
   return (layer - moe.first_dense + 1) % moe.every == 0;
 }
 
-Model::Model(const ModelConfig& model, const MoeConfig& moe, Communicator* ep_group)
-    : config_(model), moe_config_(moe) {
+std::pair<int64_t, int64_t> stage_layer_range(int64_t num_layers, int pp, int stage,
+                                              const std::vector<int64_t>& stage_layers) {
+  MOE_CHECK(pp >= 1 && stage >= 0 && stage < pp, "pipeline stage ", stage, " outside ", pp, " stages");
+  std::vector<int64_t> counts = stage_layers;
+  if (counts.empty()) {
+    for (int s = 0; s < pp; ++s) counts.push_back(num_layers / pp + (s < num_layers % pp ? 1 : 0));
+  }
+  int64_t total = 0;
+  for (int64_t n : counts) total += n;
+  MOE_CHECK(static_cast<int>(counts.size()) == pp && total == num_layers, "parallel.pp_layers gives ", counts.size(),
+            " stages with ", total, " layers, but parallel.pp = ", pp, " and model.num_layers = ", num_layers);
+  for (int64_t n : counts) {
+    MOE_CHECK(n >= 1, "parallel.pp_layers: every pipeline stage needs at least one layer (", num_layers, " layers over ",
+              pp, " stages)");
+  }
+  int64_t first = 0;
+  for (int s = 0; s < stage; ++s) first += counts[static_cast<size_t>(s)];
+  return {first, first + counts[static_cast<size_t>(stage)]};
+}
+
+Model::Model(const ModelConfig& model, const MoeConfig& moe, const ModelParallel& parallel)
+    : config_(model), moe_config_(moe), parallel_(parallel), tp_{parallel.tp} {
   const ModelConfig& c = model;
+  const auto [first, last] = stage_layer_range(c.num_layers, parallel.pp, parallel.stage, parallel.stage_layers);
+  first_layer_ = first;
   double out_std = c.init_std / std::sqrt(2.0 * static_cast<double>(c.num_layers));  // GPT-2 residual scaling
-  tokens_ = store_.add("embed.tokens", {c.vocab_size, c.d_model}, ParamGroup::dense, ParamKind::embedding,
-                       ParamInit::normal, c.init_std);
-  if (c.positions == "learned") {
+  tp_.part(c.vocab_size, "model.vocab_size (the vocabulary-parallel embedding and head)");
+  // The token table: on the first stage, and with tied embeddings a copy on the last (its
+  // gradient joins the first stage's every step, so both stay equal).
+  const bool tied_copy = c.tie_embeddings && is_last_stage() && !is_first_stage();
+  if (is_first_stage() || tied_copy) {
+    tokens_ = add_row_parallel(store_, "embed.tokens", {c.vocab_size, c.d_model}, 1, ParamKind::embedding, c.init_std,
+                               tp_);
+    if (tied_copy) store_.mark_pipeline_copy(tokens_);
+  }
+  if (is_first_stage() && c.positions == "learned") {
     positions_ = store_.add("embed.positions", {c.seq_len, c.d_model}, ParamGroup::dense, ParamKind::embedding,
                             ParamInit::normal, c.init_std);
   }
@@ -54,30 +85,40 @@ Model::Model(const ModelConfig& model, const MoeConfig& moe, Communicator* ep_gr
                        static_cast<float>(c.rope_theta), c.init_std, out_std};
   ops::Activation dense_act = ops::activation_from_name(c.activation);
   ops::Activation expert_act = ops::activation_from_name(moe.activation.empty() ? c.activation : moe.activation);
-  size_t moe_index = 0;
-  for (int64_t i = 0; i < c.num_layers; ++i) {
+  size_t moe_index = 0;  // moe.layer_routers counts the MoE layers of the whole model
+  for (int64_t i = 0; i < first; ++i) moe_index += is_moe_layer(c, moe, i) ? 1 : 0;
+  for (int64_t i = first; i < last; ++i) {
     std::string prefix = "layers." + std::to_string(i);
     std::unique_ptr<DenseFfn> dense;
     std::unique_ptr<MoeLayer> moe_layer;
     if (is_moe_layer(c, moe, i)) {
       MoeLayerConfig mc = moe_layer_config(c, moe, expert_act, out_std);
-      mc.ep_group = ep_group;
+      mc.ep_group = parallel.ep;
+      mc.tp_group = parallel.tp;
       RouterSpec spec{c.d_model, c.vocab_size, mc.num_experts, moe.top_k * moe.granularity, i, c.init_std};
       MoeConfig layer_moe = moe;  // moe.layer_routers picks this layer's router
       if (!moe.layer_routers.empty()) layer_moe.router = moe.layer_routers.at(moe_index);
       ++moe_index;
       moe_layer = std::make_unique<MoeLayer>(store_, prefix + ".moe", mc,
                                              make_router(store_, prefix + ".moe.router", layer_moe, spec));
+      if (tp_.active()) {
+        // Each TP rank routes its own tokens through the whole router and experts.
+        store_.mark_tp_partial_grad(prefix + ".moe.router.");
+        store_.mark_tp_partial_grad(prefix + ".moe.experts.");
+      }
     } else {
-      dense = std::make_unique<DenseFfn>(store_, prefix + ".ffn", c.d_model, c.d_ff, dense_act, c.init_std, out_std);
+      dense = std::make_unique<DenseFfn>(store_, prefix + ".ffn", c.d_model, c.d_ff, dense_act, c.init_std, out_std,
+                                         tp_);
     }
     blocks_.push_back(std::make_unique<Block>(store_, prefix, norm, static_cast<float>(c.norm_eps), attn,
-                                              std::move(dense), std::move(moe_layer)));
+                                              std::move(dense), std::move(moe_layer), tp_));
   }
-  final_norm_ = std::make_unique<Norm>(store_, "final_norm", c.d_model, norm, static_cast<float>(c.norm_eps));
-  if (!c.tie_embeddings) {
-    lm_head_ = store_.add("lm_head.weight", {c.d_model, c.vocab_size}, ParamGroup::dense, ParamKind::weight,
-                          ParamInit::normal, c.init_std);
+  if (is_last_stage()) {
+    final_norm_ = std::make_unique<Norm>(store_, "final_norm", c.d_model, norm, static_cast<float>(c.norm_eps));
+    if (!c.tie_embeddings) {
+      lm_head_ = add_column_parallel(store_, "lm_head.weight", {c.d_model, c.vocab_size}, 1, 1, ParamKind::weight,
+                                     c.init_std, tp_);
+    }
   }
 }
 
@@ -92,13 +133,15 @@ int64_t Model::num_moe_layers() const {
 int64_t Model::active_params() const {
   int64_t total = 0;
   for (const ParamInfo& p : store_.infos()) {
-    if (p.name == "embed.tokens" && !config_.tie_embeddings) continue;  // a lookup, not a matmul
+    // The token table is a lookup, not a matmul, except as the tied head of the last stage.
+    if (p.name == "embed.tokens" && !(config_.tie_embeddings && is_last_stage())) continue;
     if (p.name == "embed.positions" || p.kind == ParamKind::buffer) continue;
+    const int64_t whole = p.is_split() ? shape_numel(p.full_shape) : p.numel();
     if (p.group == ParamGroup::expert) {
       // The whole expert tensor (all EP ranks' rows), k of its E experts active: (m*k)/(m*E) = k/E.
-      total += shape_numel(p.full_shape) / moe_config_.num_experts * moe_config_.top_k;
+      total += whole / moe_config_.num_experts * moe_config_.top_k;
     } else {
-      total += p.numel();
+      total += whole;
     }
   }
   return total;
@@ -106,68 +149,92 @@ int64_t Model::active_params() const {
 
 int64_t Model::total_params() const {
   int64_t total = 0;
-  for (const ParamInfo& p : store_.infos()) total += p.is_split() ? shape_numel(p.full_shape) : p.numel();
+  for (const ParamInfo& p : store_.infos()) {
+    if (!p.pipeline_copy) total += p.is_split() ? shape_numel(p.full_shape) : p.numel();
+  }
   return total;
 }
 
 Tensor Model::embed(const Tensor& inputs) const {
   acquire("embed");
-  Tensor table = store_.param(tokens_);
-  Tensor x = Tensor::empty({inputs.numel(), config_.d_model}, table.dtype(), table.device());
-  ops::embedding_forward(inputs, table, x);
+  Tensor x = vocab_parallel_embedding(inputs, store_.param(tokens_), config_.vocab_size, tp_.comm);
   if (positions_ >= 0) ops::position_add_forward(x, store_.param(positions_), config_.seq_len);
   release("embed");
   return x;
+}
+
+RouteInputs Model::route_inputs(const Batch& batch, size_t block, const std::vector<int32_t>& tokens,
+                                const std::vector<int32_t>& targets) const {
+  RouteInputs route{&tokens, batch.targets.defined() ? &targets : nullptr, config_.seq_len, batch.training, 0};
+  // Distinct gating noise per layer.
+  route.noise_seed = batch.noise_seed * 1000003ull + static_cast<uint64_t>(first_layer_) + block;
+  return route;
 }
 
 Tensor Model::run_blocks(const Tensor& x_in, const Batch& batch, ModelSaved& saved) const {
   saved.blocks.assign(blocks_.size(), BlockSaved{});
   std::vector<int32_t> tokens = batch.inputs.to_vector<int32_t>();
   std::vector<int32_t> targets = batch.targets.defined() ? batch.targets.to_vector<int32_t>() : std::vector<int32_t>();
-  RouteInputs route{&tokens, batch.targets.defined() ? &targets : nullptr, config_.seq_len, batch.training, 0};
   Tensor x = x_in;
   for (size_t i = 0; i < blocks_.size(); ++i) {
-    route.noise_seed = batch.noise_seed * 1000003ull + i;  // distinct gating noise per layer
-    const std::string unit = "layers." + std::to_string(i);
-    acquire(unit);
-    x = blocks_[i]->forward(x, batch.batch_size, route, saved.blocks[i], batch.collect_stats);
-    release(unit);
+    acquire(block_unit(i));
+    BlockSaved& b = saved.blocks[i];
+    x = blocks_[i]->forward(x, batch.batch_size, route_inputs(batch, i, tokens, targets), b, batch.collect_stats);
+    release(block_unit(i));
+    if (recompute_) {
+      // Keep the input and the MoE layer's statistics and balancing gradients (the trainer may
+      // have replaced them for the global batch); backward rebuilds the rest.
+      BlockSaved kept;
+      kept.input = b.input;
+      kept.moe.stats = std::move(b.moe.stats);
+      kept.moe.balance_grads = std::move(b.moe.balance_grads);
+      kept.moe.switch_grad_per_expert = std::move(b.moe.switch_grad_per_expert);
+      b = std::move(kept);
+    }
   }
+  return x;
+}
+
+void Model::head_forward(const Tensor& x, ModelSaved& saved) const {
   acquire("final_norm");
   saved.hidden = final_norm_->forward(x, saved.final_norm);
   release("final_norm");
   acquire(head_unit());
   Tensor head = lm_head_ >= 0 ? store_.param(lm_head_) : store_.param(tokens_);
-  saved.logits = Tensor::empty({x.size(0), config_.vocab_size}, x.dtype(), x.device());
+  const int64_t vocab_local = config_.vocab_size / tp_.size();
+  saved.logits = Tensor::empty({x.size(0), vocab_local}, x.dtype(), x.device());
   ops::matmul(saved.hidden, false, head, lm_head_ < 0, saved.logits);
   release(head_unit());
-  return saved.logits;
 }
 
-ForwardOutput Model::forward(const Batch& batch, ModelSaved& saved) const {
+ForwardOutput Model::forward(const Batch& batch, ModelSaved& saved, const Tensor& input) const {
   MOE_CHECK(batch.inputs.numel() == batch.batch_size * config_.seq_len, "batch of ", batch.inputs.numel(),
             " tokens is not ", batch.batch_size, " sequences of ", config_.seq_len);
-  run_blocks(embed(batch.inputs), batch, saved);
-  DType accum = ops::accum_dtype(saved.logits.dtype());
-  Tensor losses = Tensor::empty({saved.logits.size(0)}, accum, saved.logits.device());
-  saved.lse = Tensor::empty({saved.logits.size(0)}, accum, saved.logits.device());
-  ops::cross_entropy_forward(saved.logits, batch.targets, losses, saved.lse);
-
+  MOE_CHECK(is_first_stage() || input.defined(), "pipeline stage ", parallel_.stage,
+            " needs the previous stage's activations");
+  Tensor x = run_blocks(is_first_stage() ? embed(batch.inputs) : input, batch, saved);
   ForwardOutput out;
-  out.loss_sum = ops::sum(losses);
-  for (int32_t t : batch.targets.to_vector<int32_t>()) out.num_targets += t >= 0 ? 1 : 0;
+  if (is_last_stage()) {
+    head_forward(x, saved);
+    VocabParallelLoss loss = vocab_parallel_cross_entropy(saved.logits, batch.targets, config_.vocab_size, tp_.comm);
+    saved.lse = loss.lse;
+    out.loss_sum = loss.loss_sum;
+    out.num_targets = loss.num_targets;
+  } else {
+    saved.output = x;
+  }
   for (size_t i = 0; i < blocks_.size(); ++i) {
     if (!blocks_[i]->is_moe()) continue;
     out.moe_stats.push_back(saved.blocks[i].moe.stats);
-    out.moe_layer_index.push_back(static_cast<int>(i));
+    out.moe_layer_index.push_back(static_cast<int>(first_layer_ + static_cast<int64_t>(i)));
     out.aux_loss += saved.blocks[i].moe.stats.aux_loss;
   }
   return out;
 }
 
-void Model::backward(const Batch& batch, const ModelSaved& saved, float loss_scale, float aux_scale) const {
-  Tensor dlogits = empty_like(saved.logits);
-  ops::cross_entropy_backward(saved.logits, batch.targets, saved.lse, loss_scale, dlogits);
+Tensor Model::head_backward(const Batch& batch, const ModelSaved& saved, float loss_scale) const {
+  Tensor dlogits = vocab_parallel_cross_entropy_backward(saved.logits, batch.targets, saved.lse, loss_scale,
+                                                         config_.vocab_size, tp_.comm);
   Tensor dhidden = empty_like(saved.hidden);
   acquire(head_unit());
   if (lm_head_ >= 0) {
@@ -179,32 +246,58 @@ void Model::backward(const Batch& batch, const ModelSaved& saved, float loss_sca
     ops::matmul(dlogits, true, saved.hidden, false, dtable, 1.0f, 1.0f);
     ops::matmul(dlogits, false, store_.param(tokens_), false, dhidden);
   }
+  tp_.all_reduce(dhidden);  // each rank's vocabulary shard gives part of the hidden states' gradient
   release(head_unit());
   acquire("final_norm");
   Tensor dx = final_norm_->backward(saved.final_norm, dhidden);
   release("final_norm");
+  return dx;
+}
+
+Tensor Model::block_backward(size_t i, const Batch& batch, const BlockSaved& saved, const Tensor& dy,
+                             float aux_scale) const {
+  if (!recompute_) return blocks_[i]->backward(saved, dy, batch.batch_size, aux_scale);
+  std::vector<int32_t> tokens = batch.inputs.to_vector<int32_t>();
+  std::vector<int32_t> targets = batch.targets.defined() ? batch.targets.to_vector<int32_t>() : std::vector<int32_t>();
+  BlockSaved rebuilt;
+  blocks_[i]->forward(saved.input, batch.batch_size, route_inputs(batch, i, tokens, targets), rebuilt, false);
+  rebuilt.moe.stats = saved.moe.stats;
+  rebuilt.moe.balance_grads = saved.moe.balance_grads;
+  rebuilt.moe.switch_grad_per_expert = saved.moe.switch_grad_per_expert;
+  return blocks_[i]->backward(rebuilt, dy, batch.batch_size, aux_scale);
+}
+
+Tensor Model::backward(const Batch& batch, const ModelSaved& saved, float loss_scale, float aux_scale,
+                       const Tensor& d_output) const {
+  MOE_CHECK(is_last_stage() || d_output.defined(), "pipeline stage ", parallel_.stage,
+            " needs the gradient of its output from the next stage");
+  Tensor dx = is_last_stage() ? head_backward(batch, saved, loss_scale) : d_output;
   for (size_t i = blocks_.size(); i-- > 0;) {
-    const std::string unit = "layers." + std::to_string(i);
-    acquire(unit);
-    dx = blocks_[i]->backward(saved.blocks[i], dx, batch.batch_size, aux_scale);
-    release(unit);
-    if (grad_hook_) grad_hook_(unit);
+    acquire(block_unit(i));
+    dx = block_backward(i, batch, saved.blocks[i], dx, aux_scale);
+    release(block_unit(i));
+    if (grad_hook_) grad_hook_(block_unit(i));
   }
+  if (!is_first_stage()) return dx;
   if (positions_ >= 0) {
     Tensor dpos = store_.grad(positions_);
     ops::position_add_backward(dx, dpos, config_.seq_len);
   }
   Tensor dtable = store_.grad(tokens_);
-  ops::embedding_backward(batch.inputs, dx, dtable);
+  vocab_parallel_embedding_backward(batch.inputs, dx, dtable, config_.vocab_size, tp_.comm);
+  return {};
 }
 
 Tensor Model::logits(const Tensor& inputs, int64_t batch_size) const {
+  MOE_CHECK(parallel_.pp == 1 && !tp_.active(), "generation runs on one rank holding the whole model (parallel.tp = 1, "
+            "parallel.pp = 1)");
   ModelSaved saved;
   Batch batch;
   batch.inputs = inputs;
   batch.batch_size = batch_size;
   batch.training = false;
-  return run_blocks(embed(inputs), batch, saved);
+  head_forward(run_blocks(embed(inputs), batch, saved), saved);
+  return saved.logits;
 }
 
 void Model::set_switch_gradients(ModelSaved& saved, const std::vector<std::vector<double>>& grad_per_expert,

@@ -5,10 +5,12 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "src/config/config.h"
 #include "src/model/block.h"
+#include "src/model/tensor_parallel.h"
 
 namespace moe {
 
@@ -22,11 +24,25 @@ struct Batch {
 };
 
 struct ModelSaved {
-  std::vector<BlockSaved> blocks;
+  std::vector<BlockSaved> blocks;  // this stage's blocks
   Norm::Saved final_norm;
   Tensor hidden;  // final normed hidden states [B*S,d]
-  Tensor logits, lse;
+  Tensor logits, lse;  // logits [B*S, V/tp] (this rank's vocabulary shard), lse over all of V
+  Tensor output;  // a stage before the last: its output activations [B*S,d] for the next stage
 };
+
+// Where this rank's model sits in the parallel layout (each group nullptr = not split that way).
+struct ModelParallel {
+  Communicator* ep = nullptr;  // expert parallelism: the routed experts split over the group
+  Communicator* tp = nullptr;  // tensor parallelism: heads, FFN widths and the vocabulary split
+  int pp = 1, stage = 0;       // pipeline parallelism: this rank builds stage `stage` of pp
+  std::vector<int64_t> stage_layers;  // layers per stage (sums to num_layers); empty = balanced
+};
+
+// The layers [first, last) of a pipeline stage: stage_layers when given, else as even as
+// possible with the extra layers on the first stages (the last one also carries the head).
+std::pair<int64_t, int64_t> stage_layer_range(int64_t num_layers, int pp, int stage,
+                                              const std::vector<int64_t>& stage_layers);
 
 struct ForwardOutput {
   double loss_sum = 0;     // sum of per-token cross-entropy over non-ignored targets
@@ -38,16 +54,24 @@ struct ForwardOutput {
 
 class Model {
  public:
-  // ep_group: expert parallelism (the routed experts split over it); nullptr = all local.
-  Model(const ModelConfig& model, const MoeConfig& moe, Communicator* ep_group = nullptr);
+  Model(const ModelConfig& model, const MoeConfig& moe, const ModelParallel& parallel = {});
   void allocate(Device device, DType compute_dtype);
   void initialize(uint64_t seed) { store_.initialize(seed); }
 
-  // Forward with the loss. Keeps what backward needs in saved.
-  ForwardOutput forward(const Batch& batch, ModelSaved& saved) const;
-  // Accumulates parameter gradients of  loss_scale * loss_sum + aux_scale * aux_loss.
-  void backward(const Batch& batch, const ModelSaved& saved, float loss_scale, float aux_scale) const;
-  // Logits [B*S, V] for generation (no loss).
+  // Forward of this pipeline stage, keeping what backward needs in saved. The first stage
+  // embeds batch.inputs; a later one takes `input` [B*S,d], the previous stage's output. The
+  // last stage ends with the head and the loss (loss_sum, num_targets); an earlier one leaves
+  // its output activations in saved.output. Every stage reports its MoE layers.
+  ForwardOutput forward(const Batch& batch, ModelSaved& saved, const Tensor& input = {}) const;
+  // Accumulates parameter gradients of  loss_scale * loss_sum + aux_scale * aux_loss: the last
+  // stage from its loss, an earlier one from d_output (the gradient of its output activations).
+  // Returns the gradient of the stage's input (undefined on the first stage).
+  Tensor backward(const Batch& batch, const ModelSaved& saved, float loss_scale, float aux_scale,
+                  const Tensor& d_output = {}) const;
+  // Activation recomputation: forward keeps each block's input only and backward runs the
+  // block's forward again before its backward.
+  void set_recompute(bool on) { recompute_ = on; }
+  // Logits [B*S, V] for generation (no loss); one rank holding the whole model only.
   Tensor logits(const Tensor& inputs, int64_t batch_size) const;
 
   // ZeRO-3: called with (unit, true) before a unit's parameters are read and (unit, false)
@@ -63,6 +87,12 @@ class Model {
   const ParamStore& params() const { return store_; }
   const ModelConfig& config() const { return config_; }
   const MoeConfig& moe_config() const { return moe_config_; }
+  const ModelParallel& parallel() const { return parallel_; }
+  bool is_first_stage() const { return parallel_.stage == 0; }
+  bool is_last_stage() const { return parallel_.stage == parallel_.pp - 1; }
+  int64_t first_layer() const { return first_layer_; }
+  int64_t num_stage_layers() const { return static_cast<int64_t>(blocks_.size()); }
+  // MoE layers of this stage.
   int64_t num_moe_layers() const;
   // Aux-loss-free balancing: b <- b - rate * sign(load - mean) per MoE layer with a bias,
   // from the step's global loads (one vector of tokens per expert per MoE layer, in order).
@@ -73,17 +103,30 @@ class Model {
                             const std::vector<double>& values) const;
   // The current expert biases, one vector per MoE layer (empty where the router has none).
   std::vector<std::vector<double>> expert_biases() const;
-  // Parameters touched per token (the routed experts counted k of E times), for MFU.
+  // Parameters of this stage touched per token (the routed experts counted k of E times), for
+  // MFU; parts held by other EP or TP ranks included, a pipeline copy not.
   int64_t active_params() const;
-  // All parameters of the model, expert rows held by other EP ranks included.
+  // All parameters of this stage, parts held by other EP or TP ranks included, a pipeline copy
+  // not (summed over the stages, the whole model's count).
   int64_t total_params() const;
 
  private:
   Tensor embed(const Tensor& inputs) const;
   Tensor run_blocks(const Tensor& x, const Batch& batch, ModelSaved& saved) const;
+  void head_forward(const Tensor& x, ModelSaved& saved) const;
+  Tensor head_backward(const Batch& batch, const ModelSaved& saved, float loss_scale) const;
+  Tensor block_backward(size_t i, const Batch& batch, const BlockSaved& saved, const Tensor& dy,
+                        float aux_scale) const;
+  RouteInputs route_inputs(const Batch& batch, size_t block, const std::vector<int32_t>& tokens,
+                           const std::vector<int32_t>& targets) const;
+  std::string block_unit(size_t i) const { return "layers." + std::to_string(first_layer_ + static_cast<int64_t>(i)); }
 
   ModelConfig config_;
   MoeConfig moe_config_;
+  ModelParallel parallel_;
+  TpGroup tp_;
+  int64_t first_layer_ = 0;
+  bool recompute_ = false;
   ParamStore store_;
   ParamId tokens_ = -1, positions_ = -1, lm_head_ = -1;
   std::vector<std::unique_ptr<Block>> blocks_;

@@ -36,7 +36,7 @@ ParamId ParamStore::add(const std::string& name, const Shape& shape, ParamGroup 
 }
 
 ParamId ParamStore::add_row_shard(const std::string& name, const Shape& full_shape, int64_t row_offset, int64_t rows,
-                                  ParamGroup group, ParamKind kind, ParamInit init, double init_std) {
+                                  SplitOver over, ParamGroup group, ParamKind kind, ParamInit init, double init_std) {
   MOE_CHECK(!full_shape.empty() && row_offset >= 0 && rows >= 0 && row_offset + rows <= full_shape[0],
             "parameter '", name, "': rows [", row_offset, ",", row_offset + rows, ") outside ", shape_str(full_shape));
   Shape local = full_shape;
@@ -44,6 +44,7 @@ ParamId ParamStore::add_row_shard(const std::string& name, const Shape& full_sha
   ParamId id = add(name, local, group, kind, init, init_std);
   infos_[static_cast<size_t>(id)].full_shape = full_shape;
   infos_[static_cast<size_t>(id)].row_offset = row_offset;
+  infos_[static_cast<size_t>(id)].split_over = over;
   return id;
 }
 
@@ -61,6 +62,7 @@ ParamId ParamStore::add_col_shard(const std::string& name, const Shape& full_sha
   p.full_shape = full_shape;
   p.col_blocks = col_blocks;
   p.col_offset = col_offset;
+  p.split_over = SplitOver::tp;
   return id;
 }
 
@@ -109,6 +111,12 @@ void place_local_part(const ParamInfo& info, const Tensor& local, Tensor& full) 
   }
   Tensor target = info.is_row_shard() ? full.rows(info.row_offset, info.row_offset + info.shape[0]) : full;
   target.copy_from(local);
+}
+
+void ParamStore::mark_tp_partial_grad(const std::string& name_prefix) {
+  for (ParamInfo& p : infos_) {
+    if (p.name.compare(0, name_prefix.size(), name_prefix) == 0) p.tp_partial_grad = true;
+  }
 }
 
 ParamId ParamStore::find(const std::string& name) const {

@@ -22,6 +22,10 @@ enum class ParamInit : uint8_t { normal, zeros, ones };
 // no gradient reaches them and the optimizer skips them.
 enum class ParamKind : uint8_t { weight, norm_or_bias, embedding, buffer };
 
+// The group whose ranks hold different parts of a split parameter: the expert-parallel group
+// (routed experts by expert) or the tensor-parallel group (heads, hidden units, vocabulary).
+enum class SplitOver : uint8_t { none, ep, tp };
+
 struct ParamInfo {
   std::string name;  // canonical, e.g. "layers.3.moe.experts.w_up"
   Shape shape;
@@ -41,6 +45,14 @@ struct ParamInfo {
   // sets full_shape, so "full_shape not empty" means "split", row or column.
   int64_t col_blocks = 0;
   int64_t col_offset = 0;
+  SplitOver split_over = SplitOver::none;
+  // Tensor parallelism with token slices (the MoE layer's router and routed experts): each TP
+  // rank's gradient covers its own tokens only, so the group's gradients are summed before the
+  // data-parallel reduction. Other parameters get identical gradients on every TP rank.
+  bool tp_partial_grad = false;
+  // Pipeline parallelism with tied embeddings: the last stage's copy of embed.tokens. Its
+  // gradient is summed with the first stage's, it is saved and counted once (by the first stage).
+  bool pipeline_copy = false;
   int64_t numel() const { return shape_numel(shape); }
   bool is_row_shard() const { return !full_shape.empty() && col_blocks == 0; }
   bool is_col_shard() const { return col_blocks > 0; }
@@ -77,13 +89,14 @@ class ParamStore {
  public:
   ParamId add(const std::string& name, const Shape& shape, ParamGroup group, ParamKind kind,
               ParamInit init = ParamInit::normal, double init_std = 0.02);
-  // A parameter of which this rank holds rows [row_offset, row_offset + rows) of full_shape.
+  // A parameter of which this rank holds rows [row_offset, row_offset + rows) of full_shape,
+  // the other rows living on the other ranks of the `over` group.
   ParamId add_row_shard(const std::string& name, const Shape& full_shape, int64_t row_offset, int64_t rows,
-                        ParamGroup group, ParamKind kind, ParamInit init = ParamInit::normal,
+                        SplitOver over, ParamGroup group, ParamKind kind, ParamInit init = ParamInit::normal,
                         double init_std = 0.02);
   // Tensor parallelism: this rank holds columns [col_offset, col_offset + cols) of each of the
   // col_blocks equal blocks of full_shape's last dim (see ParamInfo::col_blocks); its shape is
-  // full_shape with the last dim cols * col_blocks.
+  // full_shape with the last dim cols * col_blocks. Split over the TP group.
   ParamId add_col_shard(const std::string& name, const Shape& full_shape, int64_t col_offset, int64_t cols,
                         int64_t col_blocks, ParamGroup group, ParamKind kind, ParamInit init = ParamInit::normal,
                         double init_std = 0.02);
@@ -95,6 +108,9 @@ class ParamStore {
   const std::vector<ParamInfo>& infos() const { return infos_; }
   const ParamInfo& info(ParamId id) const { return infos_.at(static_cast<size_t>(id)); }
   ParamId find(const std::string& name) const;  // throws naming the parameter
+  // Flags set by the model after registration (see ParamInfo).
+  void mark_tp_partial_grad(const std::string& name_prefix);
+  void mark_pipeline_copy(ParamId id) { infos_.at(static_cast<size_t>(id)).pipeline_copy = true; }
   int64_t group_numel(ParamGroup g) const { return group_numel_[static_cast<int>(g)]; }
   int64_t total_numel() const;
 

@@ -11,8 +11,8 @@ class Backend {
   virtual ~Backend() = default;
   virtual void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha,
                       float beta) = 0;
-  virtual void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out) = 0;
-  virtual void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) = 0;
+  virtual void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out, VocabShard shard) = 0;
+  virtual void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable, VocabShard shard) = 0;
   virtual void position_add_forward(Tensor& x, const Tensor& pos, int64_t seq_len) = 0;
   virtual void position_add_backward(const Tensor& dx, Tensor& dpos, int64_t seq_len) = 0;
   virtual void rmsnorm_forward(const Tensor& x, const Tensor& w, Tensor& y, Tensor& rstd, float eps) = 0;
@@ -30,9 +30,10 @@ class Backend {
                                   const AttentionShape& shape) = 0;
   virtual void activation_forward(Activation act, const Tensor& x, Tensor& y) = 0;
   virtual void activation_backward(Activation act, const Tensor& x, const Tensor& dy, Tensor& dx) = 0;
-  virtual void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor& lse) = 0;
+  virtual void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor& lse,
+                                     VocabShard shard) = 0;
   virtual void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, float scale,
-                                      Tensor& dlogits) = 0;
+                                      Tensor& dlogits, VocabShard shard) = 0;
   virtual void add(const Tensor& a, const Tensor& b, Tensor& out) = 0;
   virtual void accumulate(Tensor& dst, const Tensor& src, float alpha) = 0;
   virtual void scale(Tensor& x, float alpha) = 0;

@@ -118,18 +118,19 @@ class CpuBackend final : public Backend {
     });
   }
 
-  void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out) override {
+  void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out, VocabShard shard) override {
     dispatch_float(table.dtype(), "embedding", [&](auto tag) {
       using T = decltype(tag);
-      cpu::embedding_forward<T>(index_ptr(ids), ptr<T>(table), ptr<T>(out), ids.numel(), table.size(0), table.size(1));
+      cpu::embedding_forward<T>(index_ptr(ids), ptr<T>(table), ptr<T>(out), ids.numel(), table.size(0), table.size(1),
+                                shard.start, shard.full);
     });
   }
 
-  void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) override {
+  void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable, VocabShard shard) override {
     dispatch_float(dout.dtype(), "embedding backward", [&](auto tag) {
       using T = decltype(tag);
       cpu::embedding_backward<T>(index_ptr(ids), ptr<T>(dout), ptr<T>(dtable), ids.numel(), dtable.size(0),
-                                 dtable.size(1));
+                                 dtable.size(1), shard.start, shard.full);
     });
   }
 
@@ -220,20 +221,21 @@ class CpuBackend final : public Backend {
     });
   }
 
-  void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor& lse) override {
+  void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor& lse,
+                             VocabShard shard) override {
     dispatch_float(logits.dtype(), "cross-entropy", [&](auto tag) {
       using T = decltype(tag);
       cpu::cross_entropy_forward<T>(ptr<T>(logits), index_ptr(targets), ptr<T>(loss), ptr<T>(lse), logits.size(0),
-                                    logits.size(1));
+                                    logits.size(1), shard.start, shard.full);
     });
   }
 
   void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, float scale,
-                              Tensor& dlogits) override {
+                              Tensor& dlogits, VocabShard shard) override {
     dispatch_float(logits.dtype(), "cross-entropy backward", [&](auto tag) {
       using T = decltype(tag);
       cpu::cross_entropy_backward<T>(ptr<T>(logits), index_ptr(targets), ptr<T>(lse), scale, ptr<T>(dlogits),
-                                     logits.size(0), logits.size(1));
+                                     logits.size(0), logits.size(1), shard.start, shard.full);
     });
   }
 

@@ -102,15 +102,16 @@ class CudaBackend : public Backend {
     cuda::gemm_bf16(bf(a), bf(b), c.data(), float_type(c, "matmul c"), shape, alpha, beta, stream);
   }
 
-  void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out) override {
+  void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out, VocabShard shard) override {
     cudaStream_t stream = on_device(table, ids, out);
-    cuda::embedding_forward(i32(ids), bf(table), bf_mut(out), ids.numel(), table.size(0), table.size(1), stream);
+    cuda::embedding_forward(i32(ids), bf(table), bf_mut(out), ids.numel(), table.size(0), table.size(1), shard.start,
+                            shard.full, stream);
   }
 
-  void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) override {
+  void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable, VocabShard shard) override {
     cudaStream_t stream = on_device(dout, ids, dtable);
     cuda::embedding_backward(i32(ids), bf(dout), f32_mut(dtable), ids.numel(), dtable.size(0), dtable.size(1),
-                             stream);
+                             shard.start, shard.full, stream);
   }
 
   void position_add_forward(Tensor& x, const Tensor& pos, int64_t seq_len) override {
@@ -187,18 +188,19 @@ class CudaBackend : public Backend {
     cuda::activation_backward(act_kind(act), bf(x), bf(dy), bf_mut(dx), dy.size(0), dy.size(1), stream);
   }
 
-  void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor& lse) override {
+  void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor& lse,
+                             VocabShard shard) override {
     cudaStream_t stream = on_device(logits, targets, loss, lse);
     cuda::cross_entropy_forward(bf(logits), i32(targets), f32_mut(loss), f32_mut(lse), logits.size(0),
-                                logits.size(1), stream);
+                                logits.size(1), shard.start, shard.full, stream);
   }
 
   void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, float scale,
-                              Tensor& dlogits) override {
+                              Tensor& dlogits, VocabShard shard) override {
     cudaStream_t stream = on_device(logits, targets, lse, dlogits);
     check_dtype(lse, DType::f32, "cross-entropy lse");
     cuda::cross_entropy_backward(bf(logits), i32(targets), f32(lse), scale, bf_mut(dlogits), logits.size(0),
-                                 logits.size(1), stream);
+                                 logits.size(1), shard.start, shard.full, stream);
   }
 
   void add(const Tensor& a, const Tensor& b, Tensor& out) override {

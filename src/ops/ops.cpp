@@ -45,6 +45,16 @@ void check_index(const Tensor& t, const Shape& shape, const Tensor& like, const 
   check_same_device(t, like, name);
 }
 
+// The shard covers ids [start, start + local) inside [0, full); unsharded: start 0.
+void check_shard(VocabShard shard, int64_t local, const char* op) {
+  if (shard.full == 0) {
+    MOE_CHECK(shard.start == 0, op, ": an unsharded vocabulary must start at 0, got start ", shard.start);
+    return;
+  }
+  MOE_CHECK(shard.full > 0 && shard.start >= 0 && shard.start + local <= shard.full, op, ": vocabulary shard [",
+            shard.start, ",", shard.start + local, ") is outside the vocabulary [0,", shard.full, ")");
+}
+
 int64_t rows_of(const Tensor& t) { return t.ndim() == 0 ? 1 : t.size(0); }
 // Elements per row: the product of the dims after the first (also for tensors with 0 rows).
 int64_t cols_of(const Tensor& t) {
@@ -91,21 +101,23 @@ void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor
   backend_for(a).matmul(a, trans_a, b, trans_b, c, alpha, beta);
 }
 
-void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out) {
+void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out, VocabShard shard) {
   check_compute(table, "embedding table");
   MOE_CHECK(table.ndim() == 2, "embedding table must be [V,d]");
   check_index(ids, {ids.numel()}, table, "embedding ids");
   check_shape(out, {ids.numel(), table.size(1)}, "embedding out");
   check_dtype(out, table.dtype(), "embedding out");
-  backend_for(table).embedding_forward(ids, table, out);
+  check_shard(shard, table.size(0), "embedding");
+  backend_for(table).embedding_forward(ids, table, out, shard);
 }
 
-void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) {
+void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable, VocabShard shard) {
   check_compute(dout, "embedding dout");
   check_index(ids, {dout.size(0)}, dout, "embedding ids");
   check_accum(dtable, dout, "embedding dtable");
   MOE_CHECK(dtable.ndim() == 2 && dtable.size(1) == dout.size(1), "embedding dtable shape ", shape_str(dtable.shape()));
-  backend_for(dout).embedding_backward(ids, dout, dtable);
+  check_shard(shard, dtable.size(0), "embedding");
+  backend_for(dout).embedding_backward(ids, dout, dtable, shard);
 }
 
 void position_add_forward(Tensor& x, const Tensor& pos, int64_t seq_len) {
@@ -229,23 +241,27 @@ void activation_backward(Activation act, const Tensor& x, const Tensor& dy, Tens
   backend_for(x).activation_backward(act, x, dy, dx);
 }
 
-void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor& lse) {
+void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor& lse,
+                           VocabShard shard) {
   check_compute(logits, "cross-entropy logits");
   MOE_CHECK(logits.ndim() == 2, "cross-entropy logits must be [T,V]");
   check_index(targets, {logits.size(0)}, logits, "cross-entropy targets");
   check_shape(loss, {logits.size(0)}, "cross-entropy loss");
   check_accum(loss, logits, "cross-entropy loss");
   check_like(lse, loss, "cross-entropy lse");
-  backend_for(logits).cross_entropy_forward(logits, targets, loss, lse);
+  check_shard(shard, logits.size(1), "cross-entropy");
+  backend_for(logits).cross_entropy_forward(logits, targets, loss, lse, shard);
 }
 
 void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, float scale,
-                            Tensor& dlogits) {
+                            Tensor& dlogits, VocabShard shard) {
   check_compute(logits, "cross-entropy logits");
+  MOE_CHECK(logits.ndim() == 2, "cross-entropy logits must be [T,V]");
   check_index(targets, {logits.size(0)}, logits, "cross-entropy targets");
   check_shape(lse, {logits.size(0)}, "cross-entropy lse");
   check_like(dlogits, logits, "cross-entropy dlogits");
-  backend_for(logits).cross_entropy_backward(logits, targets, lse, scale, dlogits);
+  check_shard(shard, logits.size(1), "cross-entropy");
+  backend_for(logits).cross_entropy_backward(logits, targets, lse, scale, dlogits, shard);
 }
 
 void add(const Tensor& a, const Tensor& b, Tensor& out) {

@@ -19,10 +19,19 @@ inline DType accum_dtype(DType compute) { return compute == DType::bf16 ? DType:
 void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha = 1.0f,
             float beta = 0.0f);
 
-// ids i32[T], table[V,d] -> out[T,d]
-void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out);
-// dtable[V,d] (accum) += rows of dout[T,d] at ids
-void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable);
+// One shard of a vocabulary split over tensor-parallel ranks: the local table rows / logit
+// columns are ids [start, start + local size) of `full` ids. full == 0: not sharded (start 0).
+struct VocabShard {
+  int64_t start = 0;
+  int64_t full = 0;
+};
+
+// ids i32[T], table[V,d] -> out[T,d]. Sharded (table[V/tp,d]): out[t] = table[ids[t] - start]
+// where the id is local, a zero row where another shard holds it; ids outside [0, full) are an
+// error (CPU; NaN rows on CUDA).
+void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out, VocabShard shard = {});
+// dtable[V,d] (accum) += rows of dout[T,d] at ids (sharded: at the local ids only)
+void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable, VocabShard shard = {});
 
 // Learned positions: x[T,d] += pos[t % seq_len] where pos[S_max,d], seq_len <= S_max.
 void position_add_forward(Tensor& x, const Tensor& pos, int64_t seq_len);
@@ -69,11 +78,17 @@ void activation_forward(Activation act, const Tensor& x, Tensor& y);
 void activation_backward(Activation act, const Tensor& x, const Tensor& dy, Tensor& dx);
 
 // Softmax cross-entropy: logits[T,V], targets i32[T] (negative = ignored) -> loss[T] (accum;
-// 0 where ignored), lse[T] (accum)
-void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor& lse);
-// dlogits[T,V] = scale * (softmax(logits) - onehot(target)), zero rows where ignored (written)
+// 0 where ignored), lse[T] (accum). Sharded (logits[T,V/tp], the shard's columns): lse is the
+// log-sum-exp of the local columns; loss = lse - logits[t, target - start] where the target is
+// local, lse where another shard holds it (so lse - loss recovers a local target logit);
+// targets >= full are an error (CPU; NaN loss on CUDA).
+void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor& lse,
+                           VocabShard shard = {});
+// dlogits[T,V] = scale * (exp(logits - lse) - onehot(target)), zero rows where ignored
+// (written). Sharded: the onehot only where the target is local; lse must then be the
+// log-sum-exp over the whole vocabulary.
 void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, float scale,
-                            Tensor& dlogits);
+                            Tensor& dlogits, VocabShard shard = {});
 
 // Elementwise. out = a + b (same shape and dtype).
 void add(const Tensor& a, const Tensor& b, Tensor& out);

@@ -251,13 +251,49 @@ void DistributedOptimizer::all_gather_params(ParamGroup g) {
   }
 }
 
+void DistributedOptimizer::set_model_parallel_norm(Communicator* group, std::vector<double> weights) {
+  MOE_CHECK(weights.size() == store_->infos().size(), "set_model_parallel_norm: ", weights.size(),
+            " weights for ", store_->infos().size(), " parameters");
+  model_parallel_ = group;
+  norm_weights_ = std::move(weights);
+}
+
+// Sum of squares of `held` (flat elements held_range of group g), each parameter's part
+// weighted; runs of neighbours with the same weight are summed at once.
+double DistributedOptimizer::weighted_sum_squares(ParamGroup g, const Tensor& held, FlatRange held_range) const {
+  if (held.numel() == 0) return 0.0;
+  if (norm_weights_.empty()) return ops::sum_squares(held);
+  double total = 0;
+  FlatRange run;
+  double run_weight = -1;
+  auto flush = [&] {
+    if (!run.empty() && run_weight != 0) total += run_weight * ops::sum_squares(rows_at(held, held_range.begin, run));
+  };
+  for (size_t i = 0; i < store_->infos().size(); ++i) {
+    const ParamInfo& p = store_->infos()[i];
+    if (p.group != g) continue;
+    FlatRange part = intersect(store_->range(static_cast<ParamId>(i)), held_range);
+    if (part.empty()) continue;
+    if (norm_weights_[i] == run_weight && run.end == part.begin) {
+      run.end = part.end;
+      continue;
+    }
+    flush();
+    run = part;
+    run_weight = norm_weights_[i];
+  }
+  flush();
+  return total;
+}
+
 double DistributedOptimizer::clip_grad_norm(double max_norm) {
   double sum_sq[k_num_param_groups] = {0, 0};
   Tensor held[k_num_param_groups];
   for (int i = 0; i < k_num_param_groups; ++i) {
     Tensor& flat = store_->flat_grads(static_cast<ParamGroup>(i));
-    held[i] = stage_ >= 2 ? rows_of(flat, layouts_[i].own) : flat;
-    if (held[i].numel() > 0) sum_sq[i] = ops::sum_squares(held[i]);
+    const FlatRange range = stage_ >= 2 ? layouts_[i].own : FlatRange{0, flat.numel()};
+    held[i] = rows_of(flat, range);
+    sum_sq[i] = weighted_sum_squares(static_cast<ParamGroup>(i), held[i], range);
   }
   const Layout& dense = layouts_[0];
   const Layout& expert = layouts_[1];
@@ -277,6 +313,11 @@ double DistributedOptimizer::clip_grad_norm(double max_norm) {
     std::vector<double> partial{expert.rank == 0 ? sum_sq[1] : 0.0};
     dense.comm->all_reduce_sum(partial);
     total = sum_sq[0] + partial[0];
+  }
+  if (model_parallel_ != nullptr && model_parallel_->size() > 1) {
+    std::vector<double> replica{total};
+    model_parallel_->all_reduce_sum(replica);
+    total = replica[0];
   }
   double norm = std::sqrt(total);
   if (max_norm > 0 && norm > max_norm) {

@@ -79,6 +79,11 @@ class DistributedOptimizer {
   // by max_norm / norm. Returns the norm before clipping, the same value on every rank.
   // Collective over the data-parallel group at stage 2/3 or with expert parallelism.
   double clip_grad_norm(double max_norm);
+  // Tensor and pipeline parallelism: the norm also sums over `group` (the ranks of one
+  // data-parallel replica), each parameter's squares weighted by weights[id]: 1 for a part only
+  // this rank holds (a TP shard, a stage's layer), 1/tp for one replicated over the TP group,
+  // 0 for a pipeline copy counted by its owner.
+  void set_model_parallel_norm(Communicator* group, std::vector<double> weights);
   // AdamW (decoupled weight decay by parameter kind, buffers skipped) on this rank's range of
   // the master weights; then stage 1/2 all-gather the compute copy so every rank holds the
   // full parameters, stage 3 refreshes only the local parameter shard. `step` is 1-based.
@@ -141,6 +146,9 @@ class DistributedOptimizer {
   int stage_;
   size_t bucket_bytes_;
   float expert_grad_scale_ = 1.0f;
+  Communicator* model_parallel_ = nullptr;
+  std::vector<double> norm_weights_;  // per parameter; empty = all 1
+  double weighted_sum_squares(ParamGroup g, const Tensor& held, FlatRange held_range) const;
   std::vector<FlatRange> reduced_[k_num_param_groups];  // ranges reduce_unit_async started this step
   void scale_expert_grads(FlatRange range);
   Layout layouts_[k_num_param_groups];

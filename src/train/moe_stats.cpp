@@ -8,19 +8,29 @@
 
 namespace moe {
 
+namespace {
+
+// Every balancing term compute_balancing and the MoE layer name (routing/balancing.h).
+constexpr const char* k_balance_terms[] = {"switch", "importance", "load", "z", "seq", "device"};
+
+}  // namespace
+
 void accumulate_routing_stats(std::vector<LayerRoutingStats>& step, const std::vector<MoeLayerStats>& micro,
                               const std::vector<int>& layers, double mean_weight) {
-  if (step.empty()) {
-    for (size_t i = 0; i < micro.size(); ++i) {
-      LayerRoutingStats s;
-      s.layer = layers[i];
-      s.tokens_per_expert.assign(micro[i].tokens_per_expert.size(), 0);
-      step.push_back(s);
-    }
-  }
-  MOE_CHECK(step.size() == micro.size(), "routing statistics of ", micro.size(), " layers added to ", step.size());
+  MOE_CHECK(layers.size() == micro.size(), "routing statistics of ", micro.size(), " layers with ", layers.size(),
+            " layer numbers");
   for (size_t i = 0; i < micro.size(); ++i) {
-    LayerRoutingStats& s = step[i];
+    auto it = std::find_if(step.begin(), step.end(), [&](const LayerRoutingStats& s) { return s.layer == layers[i]; });
+    if (it == step.end()) {
+      LayerRoutingStats fresh;
+      fresh.layer = layers[i];
+      fresh.tokens_per_expert.assign(micro[i].tokens_per_expert.size(), 0);
+      step.push_back(fresh);
+      it = step.end() - 1;
+    }
+    LayerRoutingStats& s = *it;
+    MOE_CHECK(s.tokens_per_expert.size() == micro[i].tokens_per_expert.size(), "layer ", layers[i], ": ",
+              micro[i].tokens_per_expert.size(), " experts added to ", s.tokens_per_expert.size());
     for (size_t e = 0; e < s.tokens_per_expert.size(); ++e) s.tokens_per_expert[e] += micro[i].tokens_per_expert[e];
     s.slots += micro[i].slots;
     s.dropped += micro[i].dropped;
@@ -30,7 +40,7 @@ void accumulate_routing_stats(std::vector<LayerRoutingStats>& step, const std::v
   }
 }
 
-void reduce_routing_stats(std::vector<LayerRoutingStats>& step, Communicator& world) {
+void reduce_routing_stats(std::vector<LayerRoutingStats>& step, Communicator& world, int ranks_per_layer) {
   if (world.size() == 1) return;
   // One host all-reduce: counts and sums are added, means are added then divided by the ranks.
   std::vector<double> packed;
@@ -38,18 +48,27 @@ void reduce_routing_stats(std::vector<LayerRoutingStats>& step, Communicator& wo
     for (int64_t n : s.tokens_per_expert) packed.push_back(static_cast<double>(n));
     packed.push_back(static_cast<double>(s.slots));
     packed.push_back(static_cast<double>(s.dropped));
-    for (const auto& [name, value] : s.balance) packed.push_back(value);
+    // A fixed list of terms with a presence flag: ranks of other pipeline stages hold none for
+    // this layer, so the packed vectors must not depend on which terms a rank has.
+    for (const char* name : k_balance_terms) {
+      auto it = s.balance.find(name);
+      packed.push_back(it != s.balance.end() ? it->second : 0.0);
+      packed.push_back(it != s.balance.end() ? 1.0 : 0.0);
+    }
     packed.push_back(s.aux_loss);
     packed.push_back(s.entropy);
   }
   world.all_reduce_sum(packed);
-  const double ranks = world.size();
+  const double ranks = ranks_per_layer > 0 ? ranks_per_layer : world.size();
   size_t k = 0;
   for (auto& s : step) {
     for (auto& n : s.tokens_per_expert) n = std::llround(packed[k++]);
     s.slots = std::llround(packed[k++]);
     s.dropped = std::llround(packed[k++]);
-    for (auto& [name, value] : s.balance) value = packed[k++] / ranks;
+    for (const char* name : k_balance_terms) {
+      const double value = packed[k++];
+      if (packed[k++] > 0) s.balance[name] = value / ranks;
+    }
     s.aux_loss = packed[k++] / ranks;
     s.entropy = packed[k++] / ranks;
   }

@@ -23,11 +23,15 @@ struct LayerRoutingStats {
   std::vector<double> bias;                // the expert bias after the step (aux-loss-free), if any
 };
 
-// Adds one micro-batch's layer statistics with weight `mean_weight` for the averaged fields.
+// Adds one micro-batch's layer statistics (layers[i] is the layer of micro[i]) into the entry
+// of the same layer, appended when step has none, with weight `mean_weight` for the averaged
+// fields.
 void accumulate_routing_stats(std::vector<LayerRoutingStats>& step, const std::vector<MoeLayerStats>& micro,
                               const std::vector<int>& layers, double mean_weight);
-// Sums (and averages) the statistics over the ranks of `world`; every rank gets the result.
-void reduce_routing_stats(std::vector<LayerRoutingStats>& step, Communicator& world);
+// Sums the statistics over the ranks of `world` (every rank gets the result) and divides the
+// averaged fields by ranks_per_layer (the ranks that report each layer: the world size, or
+// its share of one pipeline stage; 0 = the world size). Every rank lists the same layers.
+void reduce_routing_stats(std::vector<LayerRoutingStats>& step, Communicator& world, int ranks_per_layer = 0);
 // The metrics object of one layer: loads, max/mean, CV, dropped fraction, entropy, each
 // balancing term, bias statistics.
 nlohmann::json routing_stats_json(const LayerRoutingStats& s);

@@ -55,10 +55,11 @@ MoeFootprint moe_footprint(const Config& config, const std::string& router, int6
   const int64_t max_expert_rows = ceil_div(local_rows, std::max<int64_t>(local_experts, 1));
   const int64_t up_e = up_width(act, f) / tp, f_e = f / tp;
 
-  // Balancing gradients the forward keeps (MoeLayerSaved::balance_grads), [T,E] accum each.
+  // Balancing gradients the forward keeps (MoeLayerSaved::balance_grads), [T,E] accum each; the
+  // Switch gradient is one row of E numbers (MoeLayerSaved::switch_grad_per_expert).
   int64_t balance_te = 0, balance_slots = 0;
   if (!hash) {
-    balance_te += (moe.aux_loss_coef > 0 || moe.seq_aux_loss_coef > 0 || moe.device_loss_coef > 0) ? 1 : 0;  // dscores
+    balance_te += (moe.seq_aux_loss_coef > 0 || moe.device_loss_coef > 0) ? 1 : 0;  // dscores
     balance_te += moe.z_loss_coef > 0 ? 1 : 0;                                // dlogits
     balance_te += (moe.load_loss_coef > 0 && noisy) ? 2 : 0;                  // dclean, draw_noise
     balance_slots += moe.importance_loss_coef > 0 ? 1 : 0;                    // dweights [T,slots]

@@ -1,6 +1,6 @@
-// The training loop: data-parallel micro-batches with gradient accumulation, clipping,
-// AdamW, LR schedule, evaluation, metrics and checkpoints; plus the benchmark and evaluation
-// entry points the CLI calls.
+// The training loop: micro-batches through the pipeline stages with gradient accumulation,
+// tensor/expert/data-parallel gradient sums, clipping, AdamW, LR schedule, evaluation, metrics
+// and checkpoints; plus the benchmark and evaluation entry points the CLI calls.
 #pragma once
 
 #include <map>
@@ -27,6 +27,10 @@ struct StepResult {
   double aux_loss = 0;   // balancing losses, mean over micro-batches and ranks
   double grad_norm = 0;  // before clipping
   std::vector<LayerRoutingStats> routing;  // per MoE layer, over micro-batches and ranks
+  // Pipeline parallelism: each stage's compute seconds in this step, and the bubble (the
+  // fraction of stage-time spent waiting: 1 - mean(stage_seconds) / step wall time).
+  std::vector<double> stage_seconds;
+  double bubble = 0;
 };
 
 struct EvalResult {
@@ -62,6 +66,12 @@ class Trainer {
   void log_step(const StepResult& r, double lr, double step_seconds, double elapsed);
   bool is_log_step(int64_t step) const;
   void apply_global_switch(std::vector<ModelSaved>& saves, std::vector<ForwardOutput>& outs);
+  std::vector<LayerRoutingStats> empty_routing_stats() const;
+  void update_expert_biases(StepResult& r);
+  void record_pipeline_times(StepResult& r, double busy_seconds, double pipeline_seconds);
+  // Tensor parallelism: sums over the TP group the gradients that cover a token slice only
+  // (ParamInfo::tp_partial_grad): those of one unit, or (nullptr) all not summed yet this step.
+  void sum_tp_partial_grads(const ParamUnit* only);
   bool is_root() const { return world_->rank() == 0; }
   Tensor full_tensor(const ParamInfo& info, const Tensor& host_local);
 
@@ -72,6 +82,10 @@ class Trainer {
   std::unique_ptr<Model> model_;
   Topology topology_;
   ProcessGroups groups_;
+  std::unique_ptr<Communicator> stage_group_;     // the ranks of this pipeline stage (dp x tp)
+  std::unique_ptr<Communicator> model_parallel_;  // the ranks of this data-parallel replica (tp x pp)
+  std::unique_ptr<Communicator> embed_group_;     // first and last stage, tied embeddings (else null)
+  std::vector<bool> tp_partial_done_;             // per parameter, this step
   std::unique_ptr<DistributedOptimizer> optimizer_;
   std::map<std::string, ParamUnit> units_;  // the model's parameter units by name (ZeRO-3, overlap)
   const ParamUnit& unit(const std::string& name) const;
@@ -81,6 +95,7 @@ class Trainer {
   int64_t step_ = 0;  // completed optimizer steps
   bool oracle_ = false;  // the future-token oracle hash: every log line says so
   double tokens_per_step_ = 0;
+  int64_t active_params_ = 0, total_params_ = 0;  // the whole model's (all stages)
   double flops_per_token_ = 0;
 };
 

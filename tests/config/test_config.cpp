@@ -229,6 +229,10 @@ TEST_CASE("to_toml round trips through parse_config exactly") {
   c.train.seed = static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
   c.train.run_dir = "runs/\"quoted\" back\\slash\ttab\nnewline é \x01";
   c.train.resume = "";
+  c.train.recompute = true;
+  c.parallel.pp = 3;
+  c.parallel.pp_layers = {1, 3, 2};
+  c.parallel.pp_schedule = "gpipe";
   std::string text = moe::to_toml(c);
   INFO(text);
   CHECK(moe::parse_config(text, "full.toml") == c);
@@ -241,6 +245,108 @@ TEST_CASE("to_toml round trips through parse_config exactly") {
   CHECK_THAT(text, Contains("decay_fraction = 1.0\n"));
   CHECK_THAT(text, Contains("resume = \"\"\n"));
   CHECK_THAT(text, Contains("[data]\ntrain_path = \"data/train.tok\"\nval_path"));
+  CHECK_THAT(text, Contains("recompute = true\n"));
+  CHECK_THAT(text, Contains("pp = 3\npp_layers = [1, 3, 2]\npp_schedule = \"gpipe\"\n"));
+  CHECK_THAT(moe::to_toml(defaults), Contains("pp_layers = []\npp_schedule = \"1f1b\"\n"));
+}
+
+TEST_CASE("pipeline, tensor-parallel and recompute keys: defaults, file, overrides") {
+  moe::Config d;
+  CHECK(d.parallel.pp_layers.empty());
+  CHECK(d.parallel.pp_schedule == "1f1b");
+  CHECK(d.train.recompute == false);
+  moe::Config c = parse("[model]\nnum_layers = 6\n[train]\nrecompute = true\n"
+                        "[parallel]\npp = 3\npp_layers = [1, 3, 2]\npp_schedule = \"gpipe\"\n");
+  CHECK(c.parallel.pp_layers == std::vector<int64_t>{1, 3, 2});
+  CHECK(c.parallel.pp_schedule == "gpipe");
+  CHECK(c.train.recompute == true);
+  c = parse("[model]\nnum_layers = 6\n[parallel]\npp = 3\npp_layers = [1, 3, 2]\n",
+            {"parallel.pp=2", "parallel.pp_layers=[4, 2]", "parallel.pp_schedule=gpipe", "train.recompute=true"});
+  CHECK(c.parallel.pp == 2);
+  CHECK(c.parallel.pp_layers == std::vector<int64_t>{4, 2});
+  CHECK(c.parallel.pp_schedule == "gpipe");
+  CHECK(c.train.recompute == true);
+  CHECK(parse_set({"parallel.pp=2", "parallel.pp_layers=[2, 4]", "parallel.pp_layers=[]", "model.num_layers=6"})
+            .parallel.pp_layers.empty());
+  // A TP model whose splits all divide: heads, widths, vocabulary, tokens.
+  CHECK_NOTHROW(parse_set({"parallel.tp=2", "moe.num_experts=4", "moe.num_shared_experts=1",
+                           "moe.seq_aux_loss_coef=0.001", "moe.z_loss_coef=0.001"}));
+  // The MoE-only rules do not apply to a dense model.
+  CHECK_NOTHROW(parse_set({"parallel.tp=2", "moe.importance_loss_coef=0.1", "train.micro_batch_size=1",
+                           "model.seq_len=3"}));
+  CHECK_NOTHROW(parse_set({"parallel.pp=2", "moe.balance_scope=global_batch"}));  // dense: no balancing
+  CHECK_NOTHROW(parse_set({"parallel.pp=2", "moe.num_experts=4", "moe.balance_scope=global_batch",
+                           "parallel.pp_schedule=gpipe"}));
+}
+
+TEST_CASE("pp_layers type errors name the key") {
+  REQUIRE_THROWS_WITH(parse("[parallel]\npp = 2\npp_layers = [1, 1.5]\n"),
+                      StartsWith("bad.toml:3: parallel.pp_layers: expected an array of integers, "
+                                 "got an array containing float 1.5"));
+  REQUIRE_THROWS_WITH(parse("[parallel]\npp_layers = 2\n"),
+                      StartsWith("bad.toml:2: parallel.pp_layers: expected an array of integers, got integer 2"));
+  REQUIRE_THROWS_WITH(parse_set({"parallel.pp_layers=[\"a\"]"}),
+                      StartsWith("--set parallel.pp_layers=[\"a\"]: parallel.pp_layers: expected an array of "
+                                 "integers, got an array containing string"));
+  REQUIRE_THROWS_WITH(parse_set({"parallel.pp_layers=2"}),
+                      StartsWith("--set parallel.pp_layers=2: parallel.pp_layers: expected an array of integers"));
+}
+
+TEST_CASE("pipeline and tensor-parallel rules have their messages") {
+  struct Case {
+    std::vector<std::string> sets;
+    std::string message;  // after "--set <last set>: " (the last set is the key blamed)
+  };
+  const std::vector<Case> cases = {
+      {{"parallel.pp=3"}, "parallel.pp = 3 is more than model.num_layers = 2 (every pipeline stage needs at least "
+                          "one layer)"},
+      {{"parallel.pp=2", "parallel.pp_layers=[2]"}, "parallel.pp_layers has 1 entries but parallel.pp = 2"},
+      {{"model.num_layers=4", "parallel.pp=2", "parallel.pp_layers=[4, 0]"},
+       "parallel.pp_layers[1] = 0 must be at least 1"},
+      {{"model.num_layers=4", "parallel.pp=2", "parallel.pp_layers=[2, 3]"},
+       "parallel.pp_layers sums to 5 layers but model.num_layers = 4"},
+      {{"model.num_layers=4", "parallel.pp=2", "parallel.pp_layers=[9223372036854775807, 9223372036854775807]"},
+       "parallel.pp_layers sums to 9223372036854775807 layers but model.num_layers = 4"},
+      {{"parallel.pp_schedule=interleaved"}, "parallel.pp_schedule = 'interleaved' is not one of: 1f1b, gpipe"},
+      {{"moe.num_experts=4", "moe.balance_scope=global_batch", "parallel.pp=2"},
+       "parallel.pp = 2 with moe.balance_scope = \"global_batch\" needs parallel.pp_schedule = \"gpipe\""},
+      {{"parallel.tp=2", "model.vocab_size=511"}, "model.vocab_size = 511 is not divisible by parallel.tp = 2"},
+      {{"parallel.tp=2", "model.num_heads=2", "model.num_kv_heads=1"},
+       "model.num_kv_heads = 1 is not divisible by parallel.tp = 2"},
+      {{"parallel.tp=8"}, "model.num_heads = 4 is not divisible by parallel.tp = 8"},
+      {{"parallel.tp=2", "model.d_ff=511"}, "model.d_ff = 511 is not divisible by parallel.tp = 2"},
+      {{"moe.num_experts=4", "moe.d_shared=3", "parallel.tp=2", "moe.num_shared_experts=1"},
+       "the shared experts' width moe.num_shared_experts * moe.d_shared = 1 * 3 = 3 is not divisible by "
+       "parallel.tp = 2"},
+      {{"moe.num_experts=4", "moe.d_expert=6", "moe.granularity=2", "parallel.tp=2", "moe.num_shared_experts=1"},
+       "the shared experts' width moe.num_shared_experts * (moe.d_expert / moe.granularity) = 1 * 3 = 3 is not "
+       "divisible by parallel.tp = 2"},
+      {{"moe.num_experts=4", "model.seq_len=3", "parallel.tp=2", "train.micro_batch_size=1"},
+       "train.micro_batch_size * model.seq_len = 1 * 3 = 3 tokens is not divisible by parallel.tp = 2"},
+      {{"moe.num_experts=4", "parallel.tp=2", "moe.importance_loss_coef=0.1"},
+       "moe.importance_loss_coef = 0.1 must be 0 with parallel.tp = 2: each tensor-parallel rank routes a slice of "
+       "the tokens, and this loss is not a sum over tokens (use moe.aux_loss_coef, moe.z_loss_coef or "
+       "moe.seq_aux_loss_coef)"},
+      {{"moe.num_experts=4", "moe.router=noisy_topk", "parallel.tp=2", "moe.load_loss_coef=0.1"},
+       "moe.load_loss_coef = 0.1 must be 0 with parallel.tp = 2"},
+      {{"moe.num_experts=4", "moe.device_groups=2", "parallel.tp=2", "moe.device_loss_coef=0.1"},
+       "moe.device_loss_coef = 0.1 must be 0 with parallel.tp = 2"},
+      {{"moe.num_experts=4", "train.micro_batch_size=3", "parallel.tp=2", "moe.seq_aux_loss_coef=0.01"},
+       "moe.seq_aux_loss_coef needs train.micro_batch_size = 3 divisible by parallel.tp = 2 (each tensor-parallel "
+       "rank's slice of tokens must be whole sequences)"},
+  };
+  for (const auto& c : cases) {
+    INFO(c.sets.back());
+    REQUIRE_THROWS_WITH(parse_set(c.sets), StartsWith("--set " + c.sets.back() + ": " + c.message));
+  }
+  // The error names the file line of the key that broke the rule.
+  REQUIRE_THROWS_WITH(parse("[model]\nnum_layers = 4\n[parallel]\npp = 2\npp_layers = [1, 2]\n"),
+                      StartsWith("bad.toml:5: parallel.pp_layers sums to 3 layers but model.num_layers = 4"));
+  REQUIRE_THROWS_WITH(parse("[moe]\nnum_experts = 4\nbalance_scope = \"global_batch\"\n[parallel]\npp = 2\n"),
+                      StartsWith("bad.toml:5: parallel.pp = 2 with moe.balance_scope") &&
+                          Contains("1F1B runs backwards before the last forwards"));
+  REQUIRE_THROWS_WITH(parse("[model]\nvocab_size = 1001\n[parallel]\ntp = 2\n"),
+                      StartsWith("bad.toml:2: model.vocab_size = 1001 is not divisible by parallel.tp = 2"));
 }
 
 TEST_CASE("unknown keys and sections name the file line") {

@@ -1,5 +1,6 @@
 // CUDA backend vs CPU reference for the dense ops: matmul, embedding, positions, norms, rope,
-// activations and cross-entropy, forward and backward, over awkward sizes.
+// activations and cross-entropy (also over one vocabulary shard), forward and backward, over
+// awkward sizes.
 #include <catch2/catch.hpp>
 
 #include "src/ops/ops.h"
@@ -214,6 +215,87 @@ TEST_CASE("cuda cross-entropy forward and backward match the CPU", "[cuda][cross
     ops::cross_entropy_backward(logits.gpu, tgt.gpu, saved_lse.gpu, scale, dlogits.gpu);
     // Softmax entries of a 50k vocabulary are tiny: compare relatively (bf16 rounding is 2^-9).
     require_match(dlogits, {1e-9, 1e-2}, "cross-entropy dlogits");
+  }
+}
+
+// One vocabulary shard: rows / columns [start, start + local) of a vocabulary of `full` ids.
+struct ShardCase {
+  int64_t local, start, full;
+};
+
+TEST_CASE("cuda vocabulary-sharded embedding matches the CPU", "[cuda][embedding]") {
+  for (ShardCase c : {ShardCase{17, 20, 50}, ShardCase{250, 500, 1000}, ShardCase{1, 6, 7}, ShardCase{19, 0, 57}}) {
+    for (int64_t dim : {37, 64}) {
+      for (int64_t tokens : k_rows) {
+        INFO("shard [" << c.start << "," << c.start + c.local << ") of " << c.full << " dim " << dim << " tokens "
+                       << tokens);
+        const uint64_t seed = seed_of(9, {c.local, c.start, c.full, dim, tokens});
+        const ops::VocabShard shard{c.start, c.full};
+        Mirror table = random_mirror({c.local, dim}, DType::bf16, seed);
+        Mirror ids = mirror_ids(random_int_values(tokens, c.full, seed + 1), {tokens});
+        Mirror out = poisoned_pair({tokens, dim}, DType::bf16);
+        ops::embedding_forward(ids.cpu, table.cpu, out.cpu, shard);
+        ops::embedding_forward(ids.gpu, table.gpu, out.gpu, shard);
+        require_match(out, {0, 0}, "sharded embedding rows are copies or zeros");
+
+        Mirror dout = random_mirror({tokens, dim}, DType::bf16, seed + 2);
+        Mirror dtable = random_mirror({c.local, dim}, DType::f32, seed + 3);  // accumulated into
+        ops::embedding_backward(ids.cpu, dout.cpu, dtable.cpu, shard);
+        ops::embedding_backward(ids.gpu, dout.gpu, dtable.gpu, shard);
+        require_match(dtable, accum_tol(), "sharded embedding dtable");
+      }
+    }
+  }
+  // Ids outside the whole vocabulary cannot raise on the GPU: they give NaN rows (ids of other
+  // shards give zero rows).
+  const int64_t dim = 8;
+  Tensor table = random_tensor({4, dim}, DType::bf16, 90, gpu());
+  Tensor ids = Tensor::from_vector(std::vector<int32_t>{-1, 10, 0, 5}, {4}, DType::i32, gpu());
+  Tensor out = poisoned_on({4, dim}, DType::bf16, gpu());
+  ops::embedding_forward(ids, table, out, {4, 10});
+  const auto ov = out.to_vector<double>(), tv = table.to_vector<double>();
+  for (int64_t i = 0; i < dim; ++i) {
+    REQUIRE(std::isnan(ov[0 * dim + i]));
+    REQUIRE(std::isnan(ov[1 * dim + i]));
+    REQUIRE(ov[2 * dim + i] == 0.0);
+    REQUIRE(ov[3 * dim + i] == tv[1 * dim + i]);
+  }
+}
+
+TEST_CASE("cuda vocabulary-sharded cross-entropy matches the CPU", "[cuda][cross_entropy]") {
+  struct Case {
+    int64_t rows;
+    ShardCase shard;
+  };
+  for (Case c : {Case{1, {12576, 25152, 50304}}, Case{7, {1001, 1001, 3003}}, Case{19, {12576, 0, 50304}},
+                 Case{989, {250, 750, 1000}}, Case{3, {1, 2, 3}}}) {
+    const ShardCase& sc = c.shard;
+    INFO("rows " << c.rows << " shard [" << sc.start << "," << sc.start + sc.local << ") of " << sc.full);
+    const uint64_t seed = seed_of(10, {c.rows, sc.local, sc.start, sc.full});
+    const ops::VocabShard shard{sc.start, sc.full};
+    Mirror logits = random_mirror({c.rows, sc.local}, DType::bf16, seed, -8.0, 8.0);
+    std::vector<int32_t> targets = random_int_values(c.rows, sc.full, seed + 1);
+    for (size_t i = 3; i < targets.size(); i += 4) targets[i] = -1;  // ignored rows
+    // Rows 0 and 1 (where present) target the first and last local column.
+    if (!targets.empty()) targets[0] = static_cast<int32_t>(sc.start);
+    if (targets.size() > 1) targets[1] = static_cast<int32_t>(sc.start + sc.local - 1);
+    Mirror tgt = mirror_ids(targets, {c.rows});
+    Mirror loss = poisoned_pair({c.rows}, DType::f32);
+    Mirror lse = poisoned_pair({c.rows}, DType::f32);
+    ops::cross_entropy_forward(logits.cpu, tgt.cpu, loss.cpu, lse.cpu, shard);
+    ops::cross_entropy_forward(logits.gpu, tgt.gpu, loss.gpu, lse.gpu, shard);
+    require_match(loss, accum_tol(), "sharded cross-entropy loss");
+    require_match(lse, accum_tol(), "sharded cross-entropy lse");
+
+    // The backward takes the lse over the whole vocabulary: larger than the local one.
+    std::vector<float> global_lse = lse.cpu.to_vector<float>();
+    for (auto& v : global_lse) v += 0.75f;
+    Mirror saved_lse = mirror_values(global_lse, {c.rows}, DType::f32);
+    Mirror dlogits = poisoned_pair({c.rows, sc.local}, DType::bf16);
+    const float scale = 1.0f / static_cast<float>(c.rows);
+    ops::cross_entropy_backward(logits.cpu, tgt.cpu, saved_lse.cpu, scale, dlogits.cpu, shard);
+    ops::cross_entropy_backward(logits.gpu, tgt.gpu, saved_lse.gpu, scale, dlogits.gpu, shard);
+    require_match(dlogits, {1e-9, 1e-2}, "sharded cross-entropy dlogits");
   }
 }
 

@@ -346,3 +346,97 @@ TEST_CASE("gather_rows and scatter_add_rows follow the index, repeats add up", "
   ops::gather_rows(src, ids_tensor({3, 3, 0}, {3}), dst);
   CHECK(dst.to_vector<int32_t>() == std::vector<int32_t>{13, 13, 10});
 }
+
+namespace {
+
+// Columns [begin, end) of a row-major [rows, cols] value list, as a [rows, end - begin] tensor.
+Tensor column_block(const std::vector<double>& v, int64_t rows, int64_t cols, int64_t begin, int64_t end, DType dt) {
+  std::vector<double> out;
+  for (int64_t r = 0; r < rows; ++r) out.insert(out.end(), v.begin() + r * cols + begin, v.begin() + r * cols + end);
+  return values_tensor(out, {rows, end - begin}, dt);
+}
+
+}  // namespace
+
+// A [7, 19] problem split over three uneven vocabulary shards: the shards' embedding rows add
+// up to the full lookup, the shard lse's combine into the full lse, and the sharded losses and
+// gradients (given the full lse) are the full ones.
+TEST_CASE("vocabulary-sharded embedding and cross-entropy recombine into the unsharded ops", "[kernels][cpu]") {
+  const int64_t rows = 7, vocab = 19, dim = 5;
+  const std::vector<int64_t> bounds = {0, 6, 13, 19};
+  const std::vector<int32_t> ids = {0, 18, 6, 12, 13, 5, 6};     // every shard, both edges
+  const std::vector<int32_t> tv = {3, -1, 18, 13, 6, 12, -100};  // every shard, ignored rows
+  for (DType dt : k_float_types) {
+    INFO("dtype " << dtype_name(dt));
+    const Tolerance tol = tolerance_for(dt);
+    Tensor table = random_tensor({vocab, dim}, dt, 60);
+    Tensor id_tensor = ids_tensor(ids, {rows});
+    Tensor full_emb = poisoned({rows, dim}, dt);
+    ops::embedding_forward(id_tensor, table, full_emb);
+    Tensor dout = random_tensor({rows, dim}, dt, 61);
+    Tensor full_dtable = random_tensor({vocab, dim}, dt, 62);
+    Tensor shard_dtable = full_dtable.clone();
+    ops::embedding_backward(id_tensor, dout, full_dtable);
+
+    Tensor logits = random_tensor({rows, vocab}, dt, 63, Device::cpu(), -4.0, 4.0);
+    Tensor targets = ids_tensor(tv, {rows});
+    Tensor loss = poisoned({rows}, dt), lse = poisoned({rows}, dt);
+    ops::cross_entropy_forward(logits, targets, loss, lse);
+    const float scale = 0.625f;
+    Tensor full_dlogits = poisoned({rows, vocab}, dt);
+    ops::cross_entropy_backward(logits, targets, lse, scale, full_dlogits);
+    const auto lv = values_of(logits), lse_ref = values_of(lse), loss_ref = values_of(loss);
+    const auto dl_ref = values_of(full_dlogits);
+
+    std::vector<double> emb_sum(static_cast<size_t>(rows * dim), 0.0), exp_sum(static_cast<size_t>(rows), 0.0);
+    std::vector<std::vector<double>> shard_lse, shard_loss;
+    for (size_t s = 0; s + 1 < bounds.size(); ++s) {
+      const int64_t b = bounds[s], e = bounds[s + 1];
+      const ops::VocabShard shard{b, vocab};
+      INFO("shard [" << b << "," << e << ")");
+      Tensor out = poisoned({rows, dim}, dt);
+      ops::embedding_forward(id_tensor, table.rows(b, e), out, shard);
+      const auto ov = values_of(out);
+      for (int64_t t = 0; t < rows; ++t) {
+        for (int64_t i = 0; i < dim; ++i) {
+          const bool local = ids[t] >= b && ids[t] < e;
+          if (!local) REQUIRE(ov[t * dim + i] == 0.0);  // other shards give exact zeros
+          emb_sum[t * dim + i] += ov[t * dim + i];
+        }
+      }
+      Tensor dtable_local = shard_dtable.rows(b, e);
+      ops::embedding_backward(id_tensor, dout, dtable_local, shard);
+
+      Tensor local_logits = column_block(lv, rows, vocab, b, e, dt);
+      Tensor sl = poisoned({rows}, dt), se = poisoned({rows}, dt);
+      ops::cross_entropy_forward(local_logits, targets, sl, se, shard);
+      shard_loss.push_back(values_of(sl));
+      shard_lse.push_back(values_of(se));
+      for (int64_t t = 0; t < rows; ++t) exp_sum[t] += std::exp(shard_lse.back()[t]);
+      Tensor dl = poisoned({rows, e - b}, dt);
+      ops::cross_entropy_backward(local_logits, targets, lse, scale, dl, shard);
+      check(dl, values_of(column_block(dl_ref, rows, vocab, b, e, dt)), "sharded dlogits");
+    }
+    check(full_emb, emb_sum, "embedding summed over shards");
+    require_close(values_of(shard_dtable), values_of(full_dtable), tol.atol, tol.rtol, "sharded dtable");
+
+    std::vector<double> lse_combined, loss_combined;
+    for (int64_t t = 0; t < rows; ++t) {
+      lse_combined.push_back(std::log(exp_sum[t]));
+      double row_loss = 0;
+      for (size_t s = 0; s + 1 < bounds.size(); ++s) {
+        const double sl = shard_loss[s][t], se = shard_lse[s][t];
+        const bool local = tv[t] >= bounds[s] && tv[t] < bounds[s + 1];
+        if (tv[t] < 0) REQUIRE(sl == 0.0);
+        if (tv[t] >= 0 && !local) REQUIRE(sl == se);  // loss = lse where another shard holds the target
+        if (local) {
+          require_close({se - sl}, {lv[t * vocab + tv[t]]}, tol.atol, tol.rtol, "local target logit");
+          row_loss = lse_combined.back() - (se - sl);
+        }
+      }
+      loss_combined.push_back(row_loss);
+    }
+    require_close(lse_combined, lse_ref, tol.atol, tol.rtol, "lse combined over shards");
+    require_close(loss_combined, loss_ref, tol.atol, tol.rtol, "loss from the combined lse");
+  }
+}

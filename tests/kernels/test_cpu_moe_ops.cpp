@@ -280,6 +280,28 @@ TEST_CASE("bad inputs to the CPU ops name the problem", "[kernels][cpu][errors]"
   REQUIRE_THROWS_WITH(ops::cross_entropy_forward(logits, ids_tensor({0, 4, -1}, {3}), loss, lse),
                       Contains("target 4 of row 1 is outside the vocabulary [0,4)"));
 
+  // Vocabulary shards: ids and targets are checked against the whole vocabulary, and the shard
+  // must lie inside it.
+  Tensor table_local = random_tensor({5, 3}, dt, 56);
+  REQUIRE_THROWS_WITH(ops::embedding_forward(ids_tensor({7, 11, 0}, {3}), table_local, emb, {5, 11}),
+                      Contains("token id 11 at position 1 is outside the vocabulary [0,11)"));
+  REQUIRE_THROWS_WITH(ops::embedding_forward(ids_tensor({7, 3, -1}, {3}), table_local, emb, {5, 11}),
+                      Contains("token id -1 at position 2 is outside the vocabulary [0,11)"));
+  Tensor dtable_local = Tensor::zeros({5, 3}, dt);
+  REQUIRE_THROWS_WITH(ops::embedding_backward(ids_tensor({12, 1, 0}, {3}), emb, dtable_local, {5, 11}),
+                      Contains("token id 12 at position 0 is outside the vocabulary [0,11)"));
+  REQUIRE_THROWS_WITH(ops::embedding_forward(ids_tensor({7, 8, 9}, {3}), table_local, emb, {8, 11}),
+                      Contains("embedding: vocabulary shard [8,13) is outside the vocabulary [0,11)"));
+  REQUIRE_THROWS_WITH(ops::embedding_forward(ids_tensor({7, 8, 9}, {3}), table_local, emb, {3, 0}),
+                      Contains("an unsharded vocabulary must start at 0, got start 3"));
+  REQUIRE_THROWS_WITH(ops::cross_entropy_forward(logits, ids_tensor({0, 12, -1}, {3}), loss, lse, {4, 12}),
+                      Contains("target 12 of row 1 is outside the vocabulary [0,12)"));
+  Tensor dlogits = Tensor::empty({3, 4}, dt);
+  REQUIRE_THROWS_WITH(ops::cross_entropy_backward(logits, ids_tensor({13, 2, -1}, {3}), lse, 1.0f, dlogits, {4, 12}),
+                      Contains("target 13 of row 0 is outside the vocabulary [0,12)"));
+  REQUIRE_THROWS_WITH(ops::cross_entropy_backward(logits, ids_tensor({1, 2, -1}, {3}), lse, 1.0f, dlogits, {10, 12}),
+                      Contains("cross-entropy: vocabulary shard [10,14) is outside the vocabulary [0,12)"));
+
   Tensor gathered = Tensor::empty({2, 4}, dt);
   REQUIRE_THROWS_WITH(ops::gather_rows(logits, ids_tensor({2, 3}, {2}), gathered),
                       Contains("gather_rows: index 3 at position 1 is outside the rows [0,3)"));

@@ -430,16 +430,32 @@ TEST_CASE("MoE layer statistics: slots, drops, tokens per expert, balance terms,
     REQUIRE(with_stats.stats.entropy > 0);
     REQUIRE(with_stats.stats.entropy <= std::log(static_cast<double>(k_experts)));
   }
-  SECTION("Switch alone takes the on-device path: same value and gradient as the host path") {
+  SECTION("Switch from on-device sums: the host f64 Switch term's value and gradient") {
     LayerSpec spec{.balancing = {.switch_coef = 0.1}};
     auto layer = build_layer(spec, 123);
-    MoeLayerSaved device_path, host_path;
-    layer->moe->forward(x, inputs, device_path);       // only Switch: column sums on the device
-    layer->moe->forward(x, inputs, host_path, true);   // stats collected: the host f64 path
-    REQUIRE(keys(device_path.stats.balance) == std::vector<std::string>{"switch"});
-    REQUIRE(std::abs(device_path.stats.aux_loss - host_path.stats.aux_loss) < 1e-14);
-    test::require_close(device_path.balance_grads.dscores, host_path.balance_grads.dscores, 1e-15, 1e-12,
-                        "switch dscores");
+    MoeLayerSaved saved, with_stats;
+    layer->moe->forward(x, inputs, saved);            // column sums on the device, E numbers to the host
+    layer->moe->forward(x, inputs, with_stats, true);  // collecting statistics does not change the term
+    REQUIRE(keys(saved.stats.balance) == std::vector<std::string>{"switch"});
+    REQUIRE(saved.stats.aux_loss == with_stats.stats.aux_loss);
+    BalanceInputs in;
+    in.tokens = k_tokens;
+    in.experts = k_experts;
+    in.slots = saved.ids.size(1);
+    in.seq_len = inputs.seq_len;
+    in.scores = saved.router.routing.scores.to_vector<double>();
+    in.counts = saved.dispatch.routed_counts;
+    BalanceResult host = compute_balancing(in, spec.balancing);
+    REQUIRE(std::abs(saved.stats.aux_loss - host.terms.at("switch")) < 1e-14);
+    // The Switch gradient is the same row for every token.
+    REQUIRE(saved.switch_grad_per_expert.size() == static_cast<size_t>(k_experts));
+    REQUIRE(!saved.balance_grads.dscores.defined());
+    for (int64_t t = 0; t < k_tokens; ++t) {
+      for (int64_t e = 0; e < k_experts; ++e) {
+        REQUIRE(std::abs(host.dscores[static_cast<size_t>(t * k_experts + e)] -
+                         saved.switch_grad_per_expert[static_cast<size_t>(e)]) < 1e-12);
+      }
+    }
   }
   SECTION("capacity: slots counted before dropping") {
     LayerSpec spec{.capacity_factor = 0.5, .balancing = {.importance_coef = 0.1}};

@@ -12,8 +12,7 @@
 #include "parallel/communicator.h"
 #include "src/model/attention.h"
 #include "src/model/dense_ffn.h"
-#include "src/model/tp_attention.h"
-#include "src/model/tp_dense_ffn.h"
+#include "experts/shared_experts.h"
 #include "tests/test_util.h"
 
 namespace moe {
@@ -87,7 +86,7 @@ TEST_CASE("tensor-parallel attention equals the single-rank attention", "[parall
 
       ParamStore ref_store, tp_store;
       Attention ref(ref_store, "layers.0.attn", cfg);
-      TpAttention par(tp_store, "layers.0.attn", cfg, tp);
+      Attention par(tp_store, "layers.0.attn", cfg, TpGroup{&tp});
       REQUIRE(par.local_heads() == c.num_heads / tp.size());
       REQUIRE(par.local_kv_heads() == c.num_kv_heads / tp.size());
       ref_store.allocate(Device::cpu(), DType::f64);
@@ -122,8 +121,7 @@ TEST_CASE("tensor-parallel dense FFN equals the single-rank FFN", "[parallel][tp
       const int64_t tokens = 7, d = 6, d_ff = 12;
       ParamStore ref_store, tp_store;
       DenseFfn ref(ref_store, "layers.0.ffn", d, d_ff, act, 0.4, 0.3);
-      TpDenseFfn par(tp_store, "layers.0.ffn", d, d_ff, act, 0.4, 0.3, tp);
-      REQUIRE(par.local_d_ff() == d_ff / tp.size());
+      DenseFfn par(tp_store, "layers.0.ffn", d, d_ff, act, 0.4, 0.3, TpGroup{&tp});
       ref_store.allocate(Device::cpu(), DType::f64);
       tp_store.allocate(Device::cpu(), DType::f64);
       ref_store.initialize(41);
@@ -151,6 +149,43 @@ TEST_CASE("tensor-parallel dense FFN equals the single-rank FFN", "[parallel][tp
   }
 }
 
+TEST_CASE("tensor-parallel shared experts equal the single-rank shared experts", "[parallel][tp]") {
+  auto world = make_world_communicator(Device::cpu());
+  auto groups = tp_groups(*world);
+  for (auto& group : groups) {
+    Communicator& tp = *group;
+    for (bool gated : {false, true}) {
+      INFO("tp " << tp.size() << " gated " << gated);
+      const int64_t tokens = 5, d = 6, experts = 2, d_expert = 4;
+      ParamStore ref_store, tp_store;
+      SharedExperts ref(ref_store, "shared", d, experts, d_expert, ops::Activation::swiglu, gated, 0.4, 0.3);
+      SharedExperts par(tp_store, "shared", d, experts, d_expert, ops::Activation::swiglu, gated, 0.4, 0.3,
+                        TpGroup{&tp});
+      ref_store.allocate(Device::cpu(), DType::f64);
+      tp_store.allocate(Device::cpu(), DType::f64);
+      ref_store.initialize(51);
+      tp_store.initialize(51);
+      Tensor x = test::random_tensor({tokens, d}, DType::f64, 52);
+      Tensor dy = test::random_tensor({tokens, d}, DType::f64, 53);
+      ref_store.zero_grads();
+      tp_store.zero_grads();
+      SharedExpertsSaved ref_saved, tp_saved;
+      test::require_close(par.forward(x, tp_saved), ref.forward(x, ref_saved), k_tol, 0, "y");
+      // backward adds into dx: start both from the same values.
+      Tensor dx_ref = test::random_tensor({tokens, d}, DType::f64, 54), dx_tp = dx_ref.clone();
+      ref.backward(ref_saved, dy, dx_ref);
+      par.backward(tp_saved, dy, dx_tp);
+      test::require_close(dx_tp, dx_ref, k_tol, 0, "dx");
+      for (size_t i = 0; i < tp_store.infos().size(); ++i) {
+        const ParamInfo& info = tp_store.infos()[i];
+        Tensor ref_grad = ref_store.grad(ref_store.find(info.name)).view(info.is_split() ? info.full_shape : info.shape);
+        test::require_close(tp_store.grad(static_cast<ParamId>(i)), local_part(info, ref_grad), k_tol, 0,
+                            "gradient of " + info.name);
+      }
+    }
+  }
+}
+
 TEST_CASE("tensor parallelism rejects splits that are not whole heads or whole widths", "[parallel][tp]") {
   auto world = make_world_communicator(Device::cpu());
   const int64_t n = world->size();
@@ -160,17 +195,17 @@ TEST_CASE("tensor parallelism rejects splits that are not whole heads or whole w
   cfg.d_model = 4 * (n + 1);
   cfg.seq_len = 3;
   ParamStore store;
-  REQUIRE_THROWS_WITH(TpAttention(store, "attn", cfg, *world),
+  REQUIRE_THROWS_WITH(Attention(store, "attn", cfg, TpGroup{world.get()}),
                       Contains("splits whole heads") && Contains(std::to_string(n + 1) + " query heads") &&
-                          Contains("tp = " + std::to_string(n)));
+                          Contains("parallel.tp = " + std::to_string(n)));
   // Query heads divide, kv heads do not.
   cfg.num_heads = 2 * n;
   cfg.num_kv_heads = 1;
   cfg.d_model = 4 * 2 * n;
-  REQUIRE_THROWS_WITH(TpAttention(store, "attn2", cfg, *world),
-                      Contains("1 kv heads do not both divide by tp = " + std::to_string(n)));
-  REQUIRE_THROWS_WITH(TpDenseFfn(store, "ffn", 4, n + 1, ops::Activation::swiglu, 0.02, 0.02, *world),
-                      Contains("d_ff " + std::to_string(n + 1) + " does not divide by tp = " + std::to_string(n)));
+  REQUIRE_THROWS_WITH(Attention(store, "attn2", cfg, TpGroup{world.get()}),
+                      Contains("1 kv heads do not both divide by parallel.tp = " + std::to_string(n)));
+  REQUIRE_THROWS_WITH(DenseFfn(store, "ffn", 4, n + 1, ops::Activation::swiglu, 0.02, 0.02, TpGroup{world.get()}),
+                      Contains("d_ff " + std::to_string(n + 1) + " does not divide by parallel.tp = " + std::to_string(n)));
 }
 
 TEST_CASE("column shards check their blocks and columns", "[parallel][tp]") {

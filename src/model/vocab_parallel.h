@@ -1,0 +1,45 @@
+// Megatron-style vocabulary-parallel embedding and cross-entropy: the table embed.tokens[V, d]
+// and the LM-head logits are split by vocabulary over the tensor-parallel group; full logits
+// are never gathered, only per-row statistics (T numbers) cross the group.
+#pragma once
+
+#include <cstdint>
+
+#include "parallel/communicator.h"
+#include "src/ops/ops.h"
+
+namespace moe {
+
+// Rank r of a group of tp holds vocabulary ids [r*V/tp, (r+1)*V/tp). A tp that is nullptr or
+// of size 1 means no tensor parallelism: every function then is the unsharded op. Requires
+// vocab_size % tp == 0. Sharded tensors live on the communicator's device.
+ops::VocabShard vocab_shard(int64_t vocab_size, const Communicator* tp);
+
+// ids i32[T], table_local[V/tp, d] -> out[T, d], the same on every rank of the group (each id's
+// row comes from its owner, the others contribute zeros: one all-reduce).
+Tensor vocab_parallel_embedding(const Tensor& ids, const Tensor& table_local, int64_t vocab_size, Communicator* tp);
+
+// dout[T, d] (the same on every rank) -> dtable_local[V/tp, d] (accum) += rows of the local ids.
+// No communication.
+void vocab_parallel_embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable_local,
+                                       int64_t vocab_size, Communicator* tp);
+
+struct VocabParallelLoss {
+  double loss_sum = 0;      // sum over rows with target >= 0 of lse - logit[target]
+  int64_t num_targets = 0;  // rows with target >= 0
+  Tensor lse;               // [T] global log-sum-exp, accum dtype, on the logits' device
+};
+
+// logits_local[T, V/tp], targets i32[T] (negative = ignored) -> the cross-entropy over the
+// whole vocabulary, identical on every rank of the group. One all-gather of the local lse and
+// one host all-reduce of the target logits (T numbers each). Targets >= vocab_size are an error.
+VocabParallelLoss vocab_parallel_cross_entropy(const Tensor& logits_local, const Tensor& targets, int64_t vocab_size,
+                                               Communicator* tp);
+
+// logits_local[T, V/tp], lse[T] (the global lse of the forward) -> dlogits_local[T, V/tp] =
+// scale * (softmax over the whole vocabulary - onehot(target)) on the local columns; zero rows
+// where target < 0. No communication.
+Tensor vocab_parallel_cross_entropy_backward(const Tensor& logits_local, const Tensor& targets, const Tensor& lse,
+                                             float scale, int64_t vocab_size, Communicator* tp);
+
+}  // namespace moe

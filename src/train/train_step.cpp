@@ -1,0 +1,233 @@
+// Trainer::train_step: one optimizer step over the global batch. Each pipeline stage runs its
+// micro-batches in the schedule's order (pipeline_schedule.h); then the model-parallel gradient
+// sums (tensor-parallel token slices, tied embeddings across stages), the data-parallel
+// reduction, clipping and AdamW.
+#include <chrono>
+#include <cmath>
+
+#include "routing/balancing.h"
+#include "src/ops/ops.h"
+#include "src/train/lr_schedule.h"
+#include "src/train/pipeline_schedule.h"
+#include "src/train/trainer.h"
+
+namespace moe {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+}  // namespace
+
+StepResult Trainer::train_step() {
+  const TrainConfig& t = config_.train;
+  const int micro_batches = static_cast<int>(t.grad_accum);
+  ParamStore& store = model_->params();
+  store.zero_grads();
+  std::fill(tp_partial_done_.begin(), tp_partial_done_.end(), false);
+  StepResult r;
+  r.routing = empty_routing_stats();
+  std::vector<double> sums(3, 0.0);  // loss_sum, targets, aux_loss: reduced over ranks at once
+  const float aux_scale = 1.0f / static_cast<float>(t.grad_accum);
+  const float loss_scale = 1.0f / static_cast<float>(t.micro_batch_size * t.grad_accum * config_.model.seq_len);
+  const bool collect = is_log_step(step_ + 1);
+  // global_batch balance scope: every forward of the step first, then the Switch statistics of
+  // the whole global batch, then the backwards (activations of all micro-batches are kept).
+  // The schedule is the same on every stage (a stage without MoE layers included).
+  const bool global_scope = config_.moe.balance_scope == "global_batch" && !r.routing.empty();
+  std::vector<Batch> batches(static_cast<size_t>(micro_batches));
+  std::vector<ModelSaved> saves(batches.size());
+  std::vector<ForwardOutput> outs(batches.size());
+  for (int micro = 0; micro < micro_batches; ++micro) {
+    Batch& batch = batches[static_cast<size_t>(micro)];
+    batch = to_device(micro_batch(step_, micro));
+    // Gating noise differs per data-parallel rank; the stages and TP ranks of one pipeline share it.
+    batch.noise_seed = t.seed ^ ((static_cast<uint64_t>(step_) * t.grad_accum + static_cast<uint64_t>(micro)) *
+                                     static_cast<uint64_t>(topology_.dp) + static_cast<uint64_t>(topology_.coords.dp)) *
+                                    0x9E3779B97F4A7C15ull;
+    batch.collect_stats = collect;
+  }
+  const bool timed = topology_.pp > 1;  // per-stage busy time (a device sync around each compute call)
+  double busy_seconds = 0;
+  bool switched = false;
+  StageCallbacks stage;
+  stage.forward = [&](int micro, const Tensor& input) {
+    auto start = Clock::now();
+    ForwardOutput& out = outs[static_cast<size_t>(micro)];
+    out = model_->forward(batches[static_cast<size_t>(micro)], saves[static_cast<size_t>(micro)], input);
+    MOE_CHECK(std::isfinite(out.loss_sum) && std::isfinite(out.aux_loss), "loss is ",
+              std::isfinite(out.loss_sum) ? out.aux_loss : out.loss_sum, " at step ", step_ + 1, " (micro-batch ",
+              micro, " on rank ", world_->rank(), "): training diverged; lower optim.lr or check the data");
+    if (timed) cuda_synchronize();
+    busy_seconds += seconds_since(start);
+    return saves[static_cast<size_t>(micro)].output;
+  };
+  stage.backward = [&](int micro, const Tensor& d_output) {
+    auto start = Clock::now();
+    if (global_scope && !switched) {
+      if (model_->num_moe_layers() > 0) apply_global_switch(saves, outs);
+      switched = true;
+    }
+    // The last micro-batch's backward starts each block's gradient reduction as soon as the
+    // block is done, overlapping the rest of the backward (stage 0/1).
+    if (micro == micro_batches - 1 && world_->size() > 1 && config_.parallel.overlap_grad_reduce) {
+      model_->set_grad_hook([this](const std::string& name) {
+        sum_tp_partial_grads(&unit(name));
+        optimizer_->reduce_unit_async(unit(name));
+      });
+    }
+    const auto m = static_cast<size_t>(micro);
+    Tensor d_input = model_->backward(batches[m], saves[m], loss_scale, aux_scale, d_output);
+    model_->set_grad_hook(nullptr);
+    saves[m] = ModelSaved{};  // free the activations
+    const ForwardOutput& out = outs[m];
+    sums[0] += out.loss_sum;
+    sums[1] += static_cast<double>(out.num_targets);
+    sums[2] += out.aux_loss / static_cast<double>(t.grad_accum);
+    accumulate_routing_stats(r.routing, out.moe_stats, out.moe_layer_index, 1.0 / static_cast<double>(t.grad_accum));
+    if (timed) cuda_synchronize();
+    busy_seconds += seconds_since(start);
+    return d_input;
+  };
+  const std::string schedule = global_scope ? "gpipe" : config_.parallel.pp_schedule;
+  auto pipeline_start = Clock::now();
+  run_pipeline(pipeline_actions(schedule, topology_.pp, topology_.coords.pp, micro_batches),
+               topology_.pp > 1 ? groups_.pp.get() : nullptr, {t.micro_batch_size * config_.model.seq_len,
+               config_.model.d_model}, dtype_, device_, stage);
+  if (timed) record_pipeline_times(r, busy_seconds, seconds_since(pipeline_start));
+
+  sum_tp_partial_grads(nullptr);
+  if (embed_group_ && embed_group_->size() > 1) {
+    // Tied embeddings: the first stage's table and the last stage's copy get the sum of both
+    // gradients (lookup and head) and so stay equal.
+    Tensor grad = store.grad(store.find("embed.tokens"));
+    embed_group_->all_reduce_sum(grad);
+  }
+  optimizer_->reduce_gradients();
+  if (world_->size() > 1) {
+    world_->all_reduce_sum(sums);
+    // Every stage adds its layers' balancing losses; the TP ranks of a stage hold the same value.
+    sums[2] /= topology_.dp * topology_.tp;
+    reduce_routing_stats(r.routing, *world_, topology_.dp * topology_.tp);
+  }
+  r.loss = sums[0] / std::max(sums[1], 1.0);
+  r.aux_loss = sums[2];
+  r.grad_norm = optimizer_->clip_grad_norm(config_.optim.grad_clip);
+  double lr = learning_rate(config_.schedule, config_.optim, step_, t.steps);
+  optimizer_->step(lr, step_ + 1);
+  update_expert_biases(r);
+  ++step_;
+  return r;
+}
+
+std::vector<LayerRoutingStats> Trainer::empty_routing_stats() const {
+  // Every MoE layer of the whole model, so that the stages' statistics add up over the world.
+  std::vector<LayerRoutingStats> all;
+  for (int64_t layer = 0; layer < config_.model.num_layers; ++layer) {
+    if (!is_moe_layer(config_.model, config_.moe, layer)) continue;
+    LayerRoutingStats s;
+    s.layer = static_cast<int>(layer);
+    s.tokens_per_expert.assign(static_cast<size_t>(config_.moe.num_experts * config_.moe.granularity), 0);
+    all.push_back(s);
+  }
+  return all;
+}
+
+void Trainer::update_expert_biases(StepResult& r) {
+  // This stage's MoE layers, in order.
+  std::vector<LayerRoutingStats*> own;
+  const int64_t first = model_->first_layer(), last = first + model_->num_stage_layers();
+  for (auto& s : r.routing) {
+    if (s.layer >= first && s.layer < last) own.push_back(&s);
+  }
+  if (config_.moe.expert_bias_rate > 0) {
+    std::vector<std::vector<int64_t>> loads;
+    for (const auto* s : own) loads.push_back(s->tokens_per_expert);
+    model_->update_expert_biases(loads, config_.moe.expert_bias_rate);
+  }
+  auto biases = model_->expert_biases();
+  for (size_t i = 0; i < own.size() && i < biases.size(); ++i) own[i]->bias = biases[i];
+}
+
+void Trainer::record_pipeline_times(StepResult& r, double busy_seconds, double pipeline_seconds) {
+  // Each stage's compute time (its ranks of this pipeline) and the step's wall time, from which
+  // the bubble: the fraction of stage-time spent waiting.
+  std::vector<double> busy(static_cast<size_t>(topology_.pp), 0.0);
+  busy[static_cast<size_t>(topology_.coords.pp)] = busy_seconds;
+  groups_.pp->all_reduce_sum(busy);
+  std::vector<double> wall{pipeline_seconds};
+  groups_.pp->all_reduce_max(wall);
+  r.stage_seconds = busy;
+  double mean_busy = 0;
+  for (double b : busy) mean_busy += b / static_cast<double>(busy.size());
+  r.bubble = wall[0] > 0 ? std::max(0.0, 1.0 - mean_busy / wall[0]) : 0.0;
+}
+
+void Trainer::sum_tp_partial_grads(const ParamUnit* only) {
+  if (topology_.tp == 1) return;
+  ParamStore& store = model_->params();
+  for (size_t i = 0; i < store.infos().size(); ++i) {
+    const ParamInfo& p = store.infos()[i];
+    if (!p.tp_partial_grad || tp_partial_done_[i]) continue;
+    const auto id = static_cast<ParamId>(i);
+    if (only != nullptr && !only->range[static_cast<int>(p.group)].contains(store.range(id))) continue;
+    Tensor grad = store.grad(id);
+    groups_.tp->all_reduce_sum(grad);
+    tp_partial_done_[i] = true;
+  }
+}
+
+void Trainer::apply_global_switch(std::vector<ModelSaved>& saves, std::vector<ForwardOutput>& outs) {
+  // Counts, score sums and tokens of every MoE layer of this stage, summed over micro-batches and
+  // the stage's ranks (data-parallel ranks and the TP ranks' token slices).
+  std::vector<double> packed;
+  const auto& first = outs.front().moe_stats;
+  for (size_t l = 0; l < first.size(); ++l) {
+    const size_t experts = first[l].tokens_per_expert.size();
+    std::vector<double> layer(2 * experts + 1, 0.0);
+    for (const ForwardOutput& out : outs) {
+      const MoeLayerStats& s = out.moe_stats[l];
+      MOE_CHECK(s.score_sums.size() == experts, "balance_scope = global_batch needs the Switch statistics of layer ",
+                out.moe_layer_index[l]);
+      for (size_t e = 0; e < experts; ++e) {
+        layer[e] += static_cast<double>(s.tokens_per_expert[e]);
+        layer[experts + e] += s.score_sums[e];
+      }
+      layer[2 * experts] += static_cast<double>(s.tokens);
+    }
+    packed.insert(packed.end(), layer.begin(), layer.end());
+  }
+  stage_group_->all_reduce_sum(packed);
+  // Each micro-batch's backward scales its balance gradient by 1/grad_accum, the TP ranks sum
+  // their slices' and the data-parallel ranks average theirs: scale up by micro-batches x dp so
+  // the step's gradient is d(global loss)/d(scores).
+  const double micro_batches = static_cast<double>(outs.size()) * topology_.dp;
+  std::vector<std::vector<double>> grads;
+  std::vector<double> values;
+  size_t offset = 0;
+  for (size_t l = 0; l < first.size(); ++l) {
+    const size_t experts = first[l].tokens_per_expert.size();
+    std::vector<int64_t> counts(experts);
+    for (size_t e = 0; e < experts; ++e) counts[e] = std::llround(packed[offset + e]);
+    std::vector<double> score_sums(packed.begin() + static_cast<std::ptrdiff_t>(offset + experts),
+                                   packed.begin() + static_cast<std::ptrdiff_t>(offset + 2 * experts));
+    auto tokens = std::llround(packed[offset + 2 * experts]);
+    SwitchLoss loss = switch_loss(score_sums, counts, tokens, first[l].slots_per_token, config_.moe.aux_loss_coef);
+    for (double& g : loss.grad_per_expert) g *= micro_batches;
+    grads.push_back(loss.grad_per_expert);
+    values.push_back(loss.value);
+    offset += 2 * experts + 1;
+  }
+  for (size_t m = 0; m < saves.size(); ++m) {
+    model_->set_switch_gradients(saves[m], grads, values);
+    outs[m].aux_loss = 0;
+    for (size_t l = 0; l < values.size(); ++l) {
+      outs[m].moe_stats[l].aux_loss = values[l];
+      outs[m].moe_stats[l].balance["switch"] = values[l];
+      outs[m].aux_loss += values[l];
+    }
+  }
+}
+
+}  // namespace moe

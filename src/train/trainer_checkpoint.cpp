@@ -1,0 +1,136 @@
+// Trainer checkpoints in any layout: each parameter's canonical tensor is gathered from its
+// EP or TP shards, each pipeline stage's root sends its stage's tensors to rank 0, which writes
+// the one checkpoint; loading takes each rank's part of the canonical tensors.
+#include <cstdio>
+#include <sstream>
+
+#include "src/train/checkpoint.h"
+#include "src/train/trainer.h"
+
+namespace moe {
+
+namespace {
+
+// Host tensors through a communicator that may move device tensors only (NCCL).
+void send_host(Communicator& comm, const Tensor& host, int peer) {
+  comm.send(host.to(comm.device()), peer);
+}
+
+Tensor recv_host(Communicator& comm, const Shape& shape, DType dtype, int peer) {
+  Tensor t = Tensor::empty(shape, dtype, comm.device());
+  comm.recv(t, peer);
+  return t.to(Device::cpu());
+}
+
+// One line per tensor: "w|m <name> <dim> <dim> ...". Names hold no spaces.
+std::string describe(const CheckpointTensors& tensors) {
+  std::ostringstream out;
+  for (int list = 0; list < 2; ++list) {
+    for (const auto& [name, t] : list == 0 ? tensors.weights : tensors.moments) {
+      out << (list == 0 ? "w " : "m ") << name;
+      for (int64_t d : t.shape()) out << " " << d;
+      out << "\n";
+    }
+  }
+  return out.str();
+}
+
+// Pipeline stages: the root of stage s (> 0) sends its tensors to rank 0 of the pipeline group
+// (the world's rank 0), which appends them to its own.
+void gather_stage_tensors(Communicator& pp, CheckpointTensors& tensors) {
+  for (int stage = 1; stage < pp.size(); ++stage) {
+    if (pp.rank() == stage) {
+      std::string header = describe(tensors);
+      std::vector<int32_t> chars(header.begin(), header.end());
+      send_host(pp, Tensor::from_vector(std::vector<int64_t>{static_cast<int64_t>(chars.size())}, {1}, DType::i64), 0);
+      send_host(pp, Tensor::from_vector(chars, {static_cast<int64_t>(chars.size())}, DType::i32), 0);
+      for (const auto* list : {&tensors.weights, &tensors.moments}) {
+        for (const auto& entry : *list) send_host(pp, entry.second, 0);
+      }
+    } else if (pp.rank() == 0) {
+      const int64_t length = recv_host(pp, {1}, DType::i64, stage).to_vector<int64_t>()[0];
+      std::vector<int32_t> chars = recv_host(pp, {length}, DType::i32, stage).to_vector<int32_t>();
+      std::istringstream lines(std::string(chars.begin(), chars.end()));
+      std::string line;
+      while (std::getline(lines, line)) {
+        std::istringstream fields(line);
+        std::string kind, name;
+        fields >> kind >> name;
+        Shape shape;
+        for (int64_t d; fields >> d;) shape.push_back(d);
+        Tensor t = recv_host(pp, shape, DType::f32, stage);
+        (kind == "w" ? tensors.weights : tensors.moments).emplace_back(name, t);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+// A split parameter's canonical tensor: the all-gather of its shards over the group it is split
+// over, each placed where it belongs (rows for EP and row-parallel TP, column blocks for
+// column-parallel TP). Collective over that group.
+Tensor Trainer::full_tensor(const ParamInfo& info, const Tensor& host_local) {
+  if (info.split_over == SplitOver::none) return host_local;
+  Communicator& group = info.split_over == SplitOver::ep ? *groups_.ep : *groups_.tp;
+  if (group.size() == 1) return host_local;
+  Tensor local = host_local.to(group.device()).view({host_local.numel()});
+  Tensor all = Tensor::empty({local.numel() * group.size()}, local.dtype(), group.device());
+  group.all_gather(local, all);
+  Tensor host_all = all.to(Device::cpu());
+  Tensor full = Tensor::zeros(info.full_shape, host_local.dtype());
+  for (int r = 0; r < group.size(); ++r) {
+    ParamInfo part = info;  // rank r's shard: the same size at its own offset
+    if (info.is_col_shard()) {
+      part.col_offset = r * (info.shape.back() / info.col_blocks);
+    } else {
+      part.row_offset = r * info.shape[0];
+    }
+    place_local_part(part, host_all.rows(r * local.numel(), (r + 1) * local.numel()).view(info.shape), full);
+  }
+  return full;
+}
+
+void Trainer::save_checkpoint() {
+  std::string dir = config_.train.run_dir + "/checkpoints/step_" + std::to_string(step_);
+  ParamStore& store = model_->params();
+  // Each stage's first rank (tp 0, dp 0) keeps its stage's canonical tensors.
+  const bool stage_root = topology_.coords.tp == 0 && topology_.coords.dp == 0;
+  CheckpointTensors tensors;
+  for (size_t i = 0; i < store.infos().size(); ++i) {  // collective: every rank, every parameter, in order
+    auto id = static_cast<ParamId>(i);
+    const ParamInfo& info = store.info(id);
+    Tensor weight = full_tensor(info, optimizer_->full_master(id));
+    Tensor m1 = full_tensor(info, optimizer_->full_moment1(id));
+    Tensor m2 = full_tensor(info, optimizer_->full_moment2(id));
+    if (!stage_root || info.pipeline_copy) continue;  // the first stage saves a tied table
+    tensors.weights.emplace_back(info.name, weight);
+    tensors.moments.emplace_back(info.name + ".exp_avg", m1);
+    tensors.moments.emplace_back(info.name + ".exp_avg_sq", m2);
+  }
+  if (topology_.pp > 1 && stage_root) gather_stage_tensors(*groups_.pp, tensors);
+  if (is_root()) {
+    write_checkpoint_tensors(dir, tensors, {step_, config_.train.seed, world_->size()}, config_);
+    std::printf("saved checkpoint %s\n", dir.c_str());
+  }
+  world_->barrier();
+}
+
+void Trainer::load_checkpoint(const std::string& dir, bool with_optimizer) {
+  // Any layout loads any checkpoint: each rank takes its part of the canonical tensors.
+  CheckpointFiles files = read_checkpoint_files(dir, with_optimizer);
+  ParamStore& store = model_->params();
+  for (size_t i = 0; i < store.infos().size(); ++i) {
+    auto id = static_cast<ParamId>(i);
+    const ParamInfo& info = store.info(id);
+    store.load_master_from_host(id, files.take(info, info.name, false));
+    if (with_optimizer) {
+      optimizer_->load_full_moments(id, files.take(info, info.name + ".exp_avg", true),
+                                    files.take(info, info.name + ".exp_avg_sq", true));
+    }
+  }
+  if (with_optimizer) step_ = files.state.step;
+  if (is_root()) std::printf("loaded checkpoint %s (step %lld)\n", dir.c_str(), static_cast<long long>(files.state.step));
+}
+
+}  // namespace moe
