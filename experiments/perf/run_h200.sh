@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU-host session: build, the cuda-labelled tests, then the benchmarks recorded in
 # experiments/perf/README.md. Run from the repo root on the H200 host with .devdeps carried.
-# Usage: experiments/perf/run_h200.sh OUT_DIR [tests|bench|dp|quickstart|parallel|all]
+# Usage: experiments/perf/run_h200.sh OUT_DIR [tests|bench|dp|quickstart|parallel|mp2|plan|scale4|all]
 set -uo pipefail
 out=${1:?out dir}
 what=${2:-all}
@@ -54,6 +54,78 @@ if [[ $what == parallel ]]; then
   done
   "${mpi[@]}" build/moe bench dispatch experiments/perf/moe_small.toml --set parallel.ep=2 2>&1 | tail -1 \
     | tee "$out/bench_dispatch_ep2.json"
+fi
+mpi=(mpirun --oversubscribe -x LD_LIBRARY_PATH -x NCCL_NVLS_ENABLE -x TORCH_SYMM_MEM_DISABLE_MULTICAST
+     -x NVSHMEM_DISABLE_NVLS)
+bench() {  # bench NAME NP CONFIG [--set ...]: one JSON line into $out/bench_NAME.json
+  local name=$1 np=$2 cfg=$3; shift 3
+  "${mpi[@]}" -np "$np" build/moe bench train "$cfg" "$@" 2>&1 | tail -1 | tee "$out/bench_$name.json"
+}
+if [[ $what == mp2 ]]; then
+  # Issue 5 on two GPUs: TP 2 and PP 2 (both schedules, recomputation) against one GPU over 20
+  # steps (4 micro-batches of 8 sequences per step), then MoE-small's speed in each layout.
+  q=experiments/quickstart/config.toml
+  common=(--set train.steps=20 --set train.log_every=1 --set train.eval_every=0 --set train.micro_batch_size=8
+          --set train.grad_accum=4 --set optim.lr=1e-3 --set train.save_every=0)
+  build/moe train $q "${common[@]}" --set train.run_dir=runs/mp_ref > "$out/mp_ref.log" 2>&1 || tail -5 "$out/mp_ref.log"
+  : > "$out/layouts_mp2.txt"
+  for layout in "tp=2" "pp=2" "pp=2 pp_schedule=gpipe" "tp=2 recompute" "pp=2 recompute"; do
+    name=$(echo "$layout" | tr ' =' '__'); sets=()
+    for kv in $layout; do
+      if [[ $kv == recompute ]]; then sets+=(--set train.recompute=true); else sets+=(--set "parallel.$kv"); fi
+    done
+    "${mpi[@]}" -np 2 build/moe train $q "${common[@]}" "${sets[@]}" --set train.run_dir=runs/$name \
+      > "$out/mp_$name.log" 2>&1 || tail -5 "$out/mp_$name.log"
+    echo "== $layout: $(python3 experiments/perf/compare_losses.py runs/mp_ref/metrics.jsonl runs/$name/metrics.jsonl | tail -1)" | tee -a "$out/layouts_mp2.txt"
+  done
+  grep -h "bubble" "$out"/mp_pp_2.log | tail -2 | tee -a "$out/layouts_mp2.txt"
+  m=experiments/perf/moe_small.toml
+  bench moe_small_1gpu_accum4 1 $m --set train.grad_accum=4 --warmup 2 --steps 5
+  bench moe_small_tp2 2 $m --set train.grad_accum=4 --set parallel.tp=2 --warmup 2 --steps 5
+  bench moe_small_pp2 2 $m --set train.grad_accum=4 --set parallel.pp=2 --warmup 2 --steps 5
+fi
+if [[ $what == plan ]]; then
+  # Peak memory of moe bench for the `moe plan` estimate test (tests/train/test_plan.cpp).
+  bench plan_gpt2_small_moe64 1 experiments/perf/gpt2_small_moe64.toml --warmup 2 --steps 2
+  bench plan_moe_small 1 experiments/perf/moe_small.toml --warmup 2 --steps 2
+  for layout in "ep=1 zero=0" "ep=1 zero=1" "ep=1 zero=2" "ep=1 zero=3" "ep=2 zero=0" "ep=2 zero=3"; do
+    set -- $layout
+    bench "plan_moe_small_2gpu_${1}_${2}" 2 experiments/perf/moe_small.toml --set parallel.$1 --set parallel.$2 \
+      --warmup 2 --steps 2
+  done
+fi
+if [[ $what == scale4 ]]; then
+  # Issue 6 on four GPUs, each layout with ZeRO-1, 4 micro-batches per step, against one GPU.
+  for cfg in moe_small moe_1b; do
+    m=experiments/perf/$cfg.toml
+    bench ${cfg}_1gpu_accum4 1 $m --set train.grad_accum=4 --warmup 2 --steps 5
+    for layout in "ep=4" "ep=2" "tp=2 ep=2" "pp=2 ep=2"; do
+      name=$(echo "$layout" | tr ' =' '__'); sets=(--set parallel.zero=1)
+      for kv in $layout; do sets+=(--set "parallel.$kv"); done
+      bench ${cfg}_4gpu_$name 4 $m --set train.grad_accum=4 "${sets[@]}" --warmup 2 --steps 5
+    done
+  done
+  for ep in 2 4; do
+    "${mpi[@]}" -np 4 build/moe bench dispatch experiments/perf/moe_small.toml --set parallel.ep=$ep 2>&1 | tail -1 \
+      | tee "$out/bench_dispatch_4gpu_ep$ep.json"
+  done
+  # Losses over 50 steps: MoE-small on the Brown corpus, 16 sequences per step in every layout.
+  common=(--set train.steps=50 --set train.log_every=1 --set train.eval_every=0 --set train.save_every=0
+          --set train.micro_batch_size=4 --set data.train_path=data/brown/train.tok
+          )
+  m=experiments/perf/moe_small.toml
+  build/moe train $m "${common[@]}" --set train.grad_accum=4 --set train.run_dir=runs/s4_ref > "$out/s4_ref.log" 2>&1 \
+    || tail -5 "$out/s4_ref.log"
+  : > "$out/layouts_4gpu.txt"
+  for layout in "ep=4 accum=1" "ep=2 accum=1" "tp=2 ep=2 accum=2" "pp=2 ep=2 accum=2"; do
+    name=$(echo "$layout" | tr ' =' '__'); sets=(--set parallel.zero=1)
+    for kv in $layout; do
+      if [[ $kv == accum=* ]]; then sets+=(--set "train.grad_accum=${kv#accum=}"); else sets+=(--set "parallel.$kv"); fi
+    done
+    "${mpi[@]}" -np 4 build/moe train $m "${common[@]}" "${sets[@]}" --set train.run_dir=runs/s4_$name \
+      > "$out/s4_$name.log" 2>&1 || tail -5 "$out/s4_$name.log"
+    echo "== $layout: $(python3 experiments/perf/compare_losses.py runs/s4_ref/metrics.jsonl runs/s4_$name/metrics.jsonl | tail -1)" | tee -a "$out/layouts_4gpu.txt"
+  done
 fi
 if [[ $what == quickstart || $what == all ]]; then
   scripts/quickstart.sh > "$out/quickstart.log" 2>&1; tail -8 "$out/quickstart.log"
