@@ -13,7 +13,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 if [[ ! -x build/moe ]]; then
   cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$D" > "$out/configure.log" 2>&1 \
     || { tail -30 "$out/configure.log"; exit 1; }
-  cmake --build build -j "$(nproc)" > "$out/build.log" 2>&1 || { grep -E "error|FAILED" -A5 "$out/build.log" | head -60; exit 1; }
+  # MOE_BUILD_TARGET=moe builds the executable only (benchmarks and runs without the tests).
+  cmake --build build -j "$(nproc)" --target "${MOE_BUILD_TARGET:-all}" > "$out/build.log" 2>&1 || { grep -E "error|FAILED" -A5 "$out/build.log" | head -60; exit 1; }
 fi
 if [[ $what == tests || $what == all ]]; then
   ctest --test-dir build -L cuda --output-on-failure --timeout 300 > "$out/ctest_cuda.log" 2>&1
@@ -69,7 +70,8 @@ if [[ $what == mp2 ]]; then
           --set train.grad_accum=4 --set optim.lr=1e-3 --set train.save_every=0)
   build/moe train $q "${common[@]}" --set train.run_dir=runs/mp_ref > "$out/mp_ref.log" 2>&1 || tail -5 "$out/mp_ref.log"
   : > "$out/layouts_mp2.txt"
-  for layout in "tp=2" "pp=2" "pp=2 pp_schedule=gpipe" "tp=2 recompute" "pp=2 recompute"; do
+  IFS=, read -ra mp_layouts <<< "${MP_LAYOUTS:-tp=2,pp=2,pp=2 pp_schedule=gpipe,tp=2 recompute,pp=2 recompute}"
+  for layout in "${mp_layouts[@]}"; do
     name=$(echo "$layout" | tr ' =' '__'); sets=()
     for kv in $layout; do
       if [[ $kv == recompute ]]; then sets+=(--set train.recompute=true); else sets+=(--set "parallel.$kv"); fi
@@ -78,7 +80,7 @@ if [[ $what == mp2 ]]; then
       > "$out/mp_$name.log" 2>&1 || tail -5 "$out/mp_$name.log"
     echo "== $layout: $(python3 experiments/perf/compare_losses.py runs/mp_ref/metrics.jsonl runs/$name/metrics.jsonl | tail -1)" | tee -a "$out/layouts_mp2.txt"
   done
-  grep -h "bubble" "$out"/mp_pp_2.log | tail -2 | tee -a "$out/layouts_mp2.txt"
+  grep -h "bubble" "$out"/mp_pp_2*.log | tail -2 | tee -a "$out/layouts_mp2.txt"
   m=experiments/perf/moe_small.toml
   bench moe_small_1gpu_accum4 1 $m --set train.grad_accum=4 --warmup 2 --steps 5
   bench moe_small_tp2 2 $m --set train.grad_accum=4 --set parallel.tp=2 --warmup 2 --steps 5
