@@ -60,6 +60,7 @@ mpi=(mpirun --oversubscribe -x LD_LIBRARY_PATH -x NCCL_NVLS_ENABLE -x TORCH_SYMM
      -x NVSHMEM_DISABLE_NVLS)
 bench() {  # bench NAME NP CONFIG [--set ...]: one JSON line into $out/bench_NAME.json
   local name=$1 np=$2 cfg=$3; shift 3
+  echo "[$(date +%T)] bench $name" >> "$out/timeline.txt"
   "${mpi[@]}" -np "$np" build/moe bench train "$cfg" "$@" 2>&1 | tail -1 | tee "$out/bench_$name.json"
 }
 if [[ $what == mp2 ]]; then

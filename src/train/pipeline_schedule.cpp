@@ -33,7 +33,7 @@ double ideal_bubble_fraction(int stages, int micro_batches) {
 }
 
 void run_pipeline(const std::vector<PipeAction>& actions, Communicator* pp, const Shape& activation_shape, DType dtype,
-                  Device device, const StageCallbacks& stage) {
+                  Device device, const StageCallbacks& stage, bool paired) {
   const int stages = pp != nullptr ? pp->size() : 1, me = pp != nullptr ? pp->rank() : 0;
   const bool first = me == 0, last = me == stages - 1;
   std::map<int, Tensor> inputs, d_outputs;  // received ahead of their action, by micro-batch
@@ -55,7 +55,7 @@ void run_pipeline(const std::vector<PipeAction>& actions, Communicator* pp, cons
       }
       Tensor output = stage.forward(act.micro, input);
       if (last) continue;
-      if (next != nullptr && next->op == PipeOp::backward) {
+      if (paired && next != nullptr && next->op == PipeOp::backward) {
         Tensor d_out = fresh();  // the next stage answers with this gradient
         pp->send_recv(output, me + 1, d_out, me + 1);
         d_outputs[next->micro] = d_out;
@@ -76,7 +76,7 @@ void run_pipeline(const std::vector<PipeAction>& actions, Communicator* pp, cons
       }
       Tensor d_input = stage.backward(act.micro, d_output);
       if (first) continue;
-      if (next != nullptr && next->op == PipeOp::forward) {
+      if (paired && next != nullptr && next->op == PipeOp::forward) {
         Tensor input = fresh();  // the previous stage answers with the next micro-batch
         pp->send_recv(d_input, me - 1, input, me - 1);
         inputs[next->micro] = input;

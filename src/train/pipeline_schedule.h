@@ -32,8 +32,12 @@ double ideal_bubble_fraction(int stages, int micro_batches);
 // One stage's side of a step. forward(micro, input) returns the stage's output activations
 // (undefined on the last stage); backward(micro, d_output) returns the gradient of the stage's
 // input (undefined on the first stage). The runner receives each input from the previous stage
-// and each d_output from the next, sends outputs and input gradients on, and pairs a send with
-// the receive that follows it into one send_recv so that neighbours never both block in a send.
+// and each d_output from the next and sends outputs and input gradients on. With `paired`
+// (1F1B), a send followed by a receive from the same neighbour is one send_recv: in 1F1B's
+// steady state both neighbours send at once (a forward output one way, a gradient the other),
+// and each stage's forward-then-backward meets its neighbour's backward-then-forward. GPipe has
+// no such meeting, and pairing its one transition against the neighbour's plain send and recv
+// deadlocks NCCL: it runs every transfer on its own.
 struct StageCallbacks {
   std::function<Tensor(int micro, const Tensor& input)> forward;
   std::function<Tensor(int micro, const Tensor& d_output)> backward;
@@ -41,6 +45,6 @@ struct StageCallbacks {
 // pp: the pipeline group (rank = stage), nullptr for one stage. Activations are
 // activation_shape in dtype on device.
 void run_pipeline(const std::vector<PipeAction>& actions, Communicator* pp, const Shape& activation_shape,
-                  DType dtype, Device device, const StageCallbacks& stage);
+                  DType dtype, Device device, const StageCallbacks& stage, bool paired);
 
 }  // namespace moe

@@ -94,7 +94,7 @@ StepResult Trainer::train_step() {
   auto pipeline_start = Clock::now();
   run_pipeline(pipeline_actions(schedule, topology_.pp, topology_.coords.pp, micro_batches),
                topology_.pp > 1 ? groups_.pp.get() : nullptr, {t.micro_batch_size * config_.model.seq_len,
-               config_.model.d_model}, dtype_, device_, stage);
+               config_.model.d_model}, dtype_, device_, stage, schedule == "1f1b");
   if (timed) record_pipeline_times(r, busy_seconds, seconds_since(pipeline_start));
 
   sum_tp_partial_grads(nullptr);

@@ -148,7 +148,7 @@ EvalResult Trainer::evaluate(int64_t max_batches) {
       return saved.output;
     };
     run_pipeline({{PipeOp::forward, 0}}, topology_.pp > 1 ? groups_.pp.get() : nullptr,
-                 {b.rows * config_.model.seq_len, config_.model.d_model}, dtype_, device_, stage);
+                 {b.rows * config_.model.seq_len, config_.model.d_model}, dtype_, device_, stage, false);
   }
   world_->all_reduce_sum(sums);  // the last stage's ranks (every TP rank: the ratio is unchanged)
   MOE_CHECK(sums[1] > 0, "the validation data ", config_.data.val_path, " is shorter than one sequence of ",
