@@ -249,8 +249,8 @@ Plan make_plan(const Config& config, int world_size, const std::string& device) 
         p.engine[3].gathered = gathered;
       }
     }
-    if (last && a.backward_base + cb * p.head_module > best_extra) {
-      p.zero3_activations = a.backward_base;
+    if (last && a.backward_base + a.logits_grad + cb * p.head_module > best_extra) {
+      p.zero3_activations = a.backward_base + a.logits_grad;
       p.engine[3].gathered = cb * p.head_module;
     }
     if (a.peak > p.zero3_activations + p.engine[3].gathered) {  // the forward's end (no module gathered)
@@ -329,7 +329,7 @@ std::string format_plan(const Plan& p, const Config& config) {
   std::snprintf(line, sizeof line, "  %-34s %12lld  %s\n", "micro-batches kept at once", static_cast<long long>(a.micro_batches),
                 "(1F1B in flight, or balance_scope = global_batch)");
   out << line;
-  if (a.logits_grad > 0) item("logit and hidden gradients", a.logits_grad, "live through the backward");
+  if (a.logits_grad > 0) item("logit and hidden gradients", a.logits_grad, "live through the head's backward");
   item("largest block-backward working set", a.backward_working, "");
   item("token ids of the step", config.train.grad_accum * a.batch, "");
   item("activation peak", a.peak, "");

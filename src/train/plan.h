@@ -86,11 +86,11 @@ struct ActivationPlan {
   int64_t batch = 0;             // input and target ids of one micro-batch
   int64_t kept = 0;              // one micro-batch of this stage: everything above, summed over its layers
   int64_t micro_batches = 1;     // kept at once (1F1B in flight, or global_batch balance scope)
-  int64_t logits_grad = 0;       // last stage backward: d logits and d hidden (live through backward)
+  int64_t logits_grad = 0;       // last stage: d logits and d hidden (live through the head's backward)
   int64_t backward_working = 0;  // the largest block-backward working set (gradients in flight)
   std::vector<int64_t> layer_working;  // that working set of each of the stage's layers, in order
-  int64_t backward_base = 0;     // live through the backward: micro_batches * kept + batches + logits_grad
-  int64_t peak = 0;              // backward_base + backward_working (or the forward's end, if larger)
+  int64_t backward_base = 0;     // live through the backward: micro_batches * kept + batches
+  int64_t peak = 0;              // backward_base + max(backward_working, logits_grad), or the forward's end
 };
 
 struct Plan {

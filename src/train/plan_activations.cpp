@@ -194,8 +194,9 @@ ActivationPlan plan_activations(const Config& config, const Topology& topology, 
   if (topology.pp > 1) a.micro_batches = std::max(a.micro_batches, std::min<int64_t>(topology.pp - pp_stage, micro));
   // The trainer keeps every micro-batch's ids of the step (Trainer::train_step's batches).
   const int64_t batches = micro * a.batch;
-  a.backward_base = a.micro_batches * a.kept + batches + a.logits_grad;
-  const int64_t backward_peak = a.backward_base + a.backward_working;
+  // The logit and hidden gradients live through the head's backward only (Model::head_backward).
+  a.backward_base = a.micro_batches * a.kept + batches;
+  const int64_t backward_peak = a.backward_base + std::max(a.backward_working, a.logits_grad);
   const int64_t forward_peak = a.micro_batches * a.kept + batches + (last ? T * s.ab : 0);  // + per-token losses
   a.peak = std::max(backward_peak, forward_peak);
   return a;
