@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <sstream>
 
+#include "src/model/model.h"
 #include "src/ops/ops.h"
 #include "src/train/metrics.h"
 
@@ -186,7 +187,8 @@ Plan make_plan(const Config& config, int world_size, const std::string& device) 
   best.peak = -1;
   int64_t first_layer = 0;
   for (int stage = 0; stage < pp; ++stage) {
-    const int64_t count = m.num_layers / pp + (stage < m.num_layers % pp ? 1 : 0);
+    const auto [stage_first, stage_last] = stage_layer_range(m.num_layers, pp, stage, config.parallel.pp_layers);
+    const int64_t count = stage_last - stage_first;
     const bool first = stage == 0, last = stage == pp - 1;
     Plan p(t);
     p.cuda = cuda;
@@ -196,12 +198,13 @@ Plan make_plan(const Config& config, int world_size, const std::string& device) 
     p.flops = flops_per_token(m, params);
     p.stage = stage;
     p.zero = static_cast<int>(config.parallel.zero);
-    // Parameters of this rank: its stage's layers, its TP slice, its EP share of the experts.
+    // Parameters of this rank: its stage's layers, its TP slice, its EP share of the experts
+    // (whole over TP: each TP rank routes its own tokens through them).
     int64_t largest_unit = 0;
     for (int64_t i = first_layer; i < first_layer + count; ++i) {
       const LayerParams& l = params.layers[static_cast<size_t>(i)];
       p.stage_layers.push_back(static_cast<int>(i));
-      const int64_t dense = ceil_div(l.tp_split, tp) + l.replicated, expert = ceil_div(l.expert, int64_t{t.ep} * tp);
+      const int64_t dense = ceil_div(l.tp_split, tp) + l.replicated, expert = ceil_div(l.expert, int64_t{t.ep});
       p.rank_dense += dense;
       p.rank_expert += expert;
       p.rank_buffers += l.buffers;

@@ -32,8 +32,11 @@ std::string router_of_moe_layer(const MoeConfig& moe, int64_t moe_index) {
   return moe.layer_routers.empty() ? moe.router : moe.layer_routers.at(static_cast<size_t>(moe_index));
 }
 
-MoeFootprint moe_footprint(const Config& config, const std::string& router, int64_t T, int tp, int ep, Sizes s) {
+MoeFootprint moe_footprint(const Config& config, const std::string& router, int64_t T_layer, int tp, int ep, Sizes s) {
   const ModelConfig& m = config.model;
+  // Tensor parallelism: this rank routes its slice of the layer's T_layer tokens through the
+  // whole experts; the shared experts see every token with their width split.
+  const int64_t T = ceil_div(T_layer, tp);
   const MoeConfig& moe = config.moe;
   const int64_t d = m.d_model, E = moe.num_experts * moe.granularity, k = moe.top_k * moe.granularity;
   const int64_t f = moe.d_expert / moe.granularity;
@@ -53,7 +56,7 @@ MoeFootprint moe_footprint(const Config& config, const std::string& router, int6
   // the rank sends: the plan assumes balance (imbalance moves rows between ranks).
   const int64_t local_rows = rows, local_experts = E / ep;
   const int64_t max_expert_rows = ceil_div(local_rows, std::max<int64_t>(local_experts, 1));
-  const int64_t up_e = up_width(act, f) / tp, f_e = f / tp;
+  const int64_t up_e = up_width(act, f), f_e = f;
 
   // Balancing gradients the forward keeps (MoeLayerSaved::balance_grads), [T,E] accum each; the
   // Switch gradient is one row of E numbers (MoeLayerSaved::switch_grad_per_expert).
@@ -68,7 +71,7 @@ MoeFootprint moe_footprint(const Config& config, const std::string& router, int6
   MoeFootprint out;
   // The FFN-norm output: routers with a projection keep it (RouterSaved::x), and so do shared
   // experts; a hash router reads token ids only and the dispatch copies the rows it needs.
-  int64_t kept = (!hash || moe.num_shared_experts > 0) ? T * d * s.cb : 0;
+  int64_t kept = (!hash || moe.num_shared_experts > 0) ? T_layer * d * s.cb : 0;
   // Router (RouterSaved): logits and scores [T,E]; noisy gating also clean, raw noise, normal
   // draws; ids i32 and weights [T,slots]; expert choice also its top-1 pair [T,1].
   if (!hash) kept += (noisy ? 5 : 2) * T * E * s.ab;
@@ -87,7 +90,7 @@ MoeFootprint moe_footprint(const Config& config, const std::string& router, int6
   // Shared experts (SharedExpertsSaved): FFN h and a, the FFN output, the gate logit.
   const int64_t shared_width = moe.num_shared_experts * (moe.d_shared > 0 ? moe.d_shared : f);
   const int64_t shared_up = up_width(act, shared_width) / tp, shared_mid = shared_width / tp;
-  if (moe.num_shared_experts > 0) kept += T * s.cb * (shared_up + shared_mid + d + (moe.shared_gate ? 1 : 0));
+  if (moe.num_shared_experts > 0) kept += T_layer * s.cb * (shared_up + shared_mid + d + (moe.shared_gate ? 1 : 0));
   out.kept = kept;
 
   // Backward (MoeLayer::backward): combine -> experts -> dispatch -> shared -> router, with dy
@@ -110,8 +113,8 @@ MoeFootprint moe_footprint(const Config& config, const std::string& router, int6
   }
   if (moe.num_shared_experts > 0) {
     // With the gate, d ffn_out [T,d] stays through the FFN backward (d gate [T,1] is freed before).
-    const int64_t gate = moe.shared_gate ? T * s.cb * d : 0;
-    out.backward = std::max(out.backward, after_dispatch + gate + T * s.cb * (shared_up + shared_mid));
+    const int64_t gate = moe.shared_gate ? T_layer * s.cb * d : 0;
+    out.backward = std::max(out.backward, after_dispatch + gate + T_layer * s.cb * (shared_up + shared_mid));
   }
   if (!hash) {
     // MoeLayer::backward scales copies of the kept balancing gradients; the router adds its own.
@@ -161,6 +164,12 @@ ActivationPlan plan_activations(const Config& config, const Topology& topology, 
   const int64_t dense_backward = T * s.cb * (2 * d + dense_up + dense_mid);
 
   int64_t kept = a.embedding;
+  // Activation recomputation: a block keeps its output only (the next block's input) and its
+  // backward first rebuilds everything else the block keeps.
+  auto keep_layer = [&](int64_t layer_kept, int64_t working) {
+    kept += config.train.recompute ? T * d * s.cb : layer_kept;
+    a.layer_working.push_back(config.train.recompute ? layer_kept + working : working);
+  };
   int64_t moe_index = 0, moe_layers = 0;
   for (int64_t i = 0; i < m.num_layers; ++i) {
     const bool is_moe = config.moe.num_experts > 0 && i >= config.moe.first_dense &&
@@ -173,11 +182,9 @@ ActivationPlan plan_activations(const Config& config, const Topology& topology, 
       ++moe_layers;
       a.moe_ffn = std::max(a.moe_ffn, f.kept);
       a.all_to_all = std::max(a.all_to_all, f.all_to_all);
-      kept += a.attention_layer + f.kept;
-      a.layer_working.push_back(std::max(attention_backward, f.backward));
+      keep_layer(a.attention_layer + f.kept, std::max(attention_backward, f.backward));
     } else if (here) {
-      kept += a.attention_layer + a.dense_ffn;
-      a.layer_working.push_back(std::max(attention_backward, dense_backward));
+      keep_layer(a.attention_layer + a.dense_ffn, std::max(attention_backward, dense_backward));
     }
   }
   a.kept = kept + a.logits;

@@ -134,9 +134,12 @@ TEST_CASE("tensor and pipeline parallel layouts train the one-rank model", "[par
                {.pp = 4},
                {.pp = 4, .schedule = "gpipe", .recompute = true},
                {.pp = 2, .ep = 2, .zero = 1},         // PP 2 x DP 2 with EP 2
+               {.tp = 2, .ep = 2, .zero = 3},         // ZeRO-3 gathers TP shards per unit
+               {.pp = 2, .zero = 2, .schedule = "gpipe"},
                {.tp = 2, .pp = 2, .recompute = true}};
   } else if (n == 8) {
-    layouts = {{.tp = 2, .pp = 2, .ep = 2, .zero = 1}};  // PP 2 x TP 2 x DP 2 with EP 2 and ZeRO-1
+    layouts = {{.tp = 2, .pp = 2, .ep = 2, .zero = 1},   // PP 2 x TP 2 x DP 2 with EP 2 and ZeRO-1
+               {.tp = 2, .pp = 2, .ep = 2, .zero = 3, .recompute = true}};
   }
   REQUIRE(!layouts.empty());
   run_layouts(layouts);

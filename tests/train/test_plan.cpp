@@ -385,6 +385,9 @@ TEST_CASE("the CPU estimate matches the allocator's high-water mark of real step
   hash.moe.router = "hash";
   hash.moe.top_k = 1;
   cases.emplace_back("hash", hash);
+  Config recompute = base;
+  recompute.train.recompute = true;
+  cases.emplace_back("recompute", recompute);
   Config global = base;
   global.moe.balance_scope = "global_batch";
   global.moe.granularity = 2;
@@ -415,22 +418,36 @@ TEST_CASE("the CPU estimate matches the allocator's high-water mark of real step
         cases.emplace_back("ep " + std::to_string(ep) + ", ZeRO-" + std::to_string(zero), e);
       }
     }
+    // Tensor and pipeline parallelism (issue 5): heads, widths and vocabulary split; the MoE
+    // layer routes half the tokens per TP rank through whole experts; stages of 2 layers.
+    Config split = balanced;
+    split.model.num_layers = 4;
+    split.moe.num_shared_experts = 1;
+    split.train.grad_accum = 2;
+    Config tp = split;
+    tp.parallel.tp = 2;
+    cases.emplace_back("tp 2", tp);
+    Config pp = split;
+    pp.parallel.pp = 2;
+    cases.emplace_back("pp 2", pp);
+    pp.train.recompute = true;
+    cases.emplace_back("pp 2, recompute", pp);
   }
   for (auto& [name, config] : cases) {
     validate_config(config);
     const int64_t measured = measured_cpu_peak(config, *world);
     const int64_t estimate = make_plan(config, ranks).peak;
+    // The plan is the busiest rank's: rank 0 (the largest ZeRO shard) or the busiest stage.
+    std::vector<double> busiest{static_cast<double>(measured)};
+    world->all_reduce_max(busiest);
     INFO(name << " on " << ranks << " rank(s), rank " << world->rank() << ": estimate " << estimate << ", measured "
-              << measured);
-    if (world->rank() == 0) {
-      // ZeRO-3's peak is the head's backward (logit gradients with the gathered head): since
-      // issue 5 frees the logit gradients after it, the plan lands 3% high on this tiny config
-      // (6400 bytes), not yet explained; every other case stays within 2%.
-      const double tolerance = config.parallel.zero == 3 ? 0.035 : 0.02;
-      REQUIRE(std::abs(static_cast<double>(estimate - measured)) <= tolerance * static_cast<double>(measured));
-    } else {
-      REQUIRE(static_cast<double>(measured) <= 1.02 * static_cast<double>(estimate));
-    }
+              << measured << ", busiest rank " << busiest[0]);
+    // ZeRO-3's peak is the head's backward (logit gradients with the gathered head): since issue
+    // 5 frees the logit gradients after it, the plan lands 3% high on this tiny config (6400
+    // bytes), not yet explained; every other case stays within 2%.
+    const double tolerance = config.parallel.zero == 3 ? 0.035 : 0.02;
+    REQUIRE(std::abs(static_cast<double>(estimate) - busiest[0]) <= tolerance * busiest[0]);
+    REQUIRE(static_cast<double>(measured) <= 1.02 * static_cast<double>(estimate));
   }
 }
 
