@@ -150,7 +150,8 @@ EvalResult Trainer::evaluate(int64_t max_batches) {
     run_pipeline({{PipeOp::forward, 0}}, topology_.pp > 1 ? groups_.pp.get() : nullptr,
                  {b.rows * config_.model.seq_len, config_.model.d_model}, dtype_, device_, stage, false);
   }
-  world_->all_reduce_sum(sums);  // the last stage's ranks (every TP rank: the ratio is unchanged)
+  if (topology_.coords.tp != 0) sums = {0.0, 0.0};  // the TP ranks of the last stage hold the same loss
+  world_->all_reduce_sum(sums);  // over the last stage's data-parallel replicas
   MOE_CHECK(sums[1] > 0, "the validation data ", config_.data.val_path, " is shorter than one sequence of ",
             config_.model.seq_len + 1, " tokens");
   return {sums[0] / sums[1], static_cast<int64_t>(sums[1])};

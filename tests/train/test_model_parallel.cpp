@@ -1,7 +1,8 @@
 // Tensor and pipeline parallelism (with expert, data and ZeRO parallelism) under mpirun: every
 // layout of the world trains the same model as one rank over 5 steps (losses, balancing losses,
-// gradient norms, routing counts, and the weights after the steps via a checkpoint loaded into
-// one rank); checkpoints cross layouts both ways; activation recomputation changes nothing.
+// gradient norms, routing counts, validation loss, and the weights after the steps via a
+// checkpoint loaded into one rank); checkpoints cross layouts both ways; activation
+// recomputation changes nothing.
 #include <catch2/catch.hpp>
 
 #include <filesystem>
@@ -88,6 +89,10 @@ void run_layout(Communicator& world, Communicator& self, const Layout& layout, c
       REQUIRE(p.bubble < 1);
     }
   }
+  // Evaluation runs the forward through the stages: the whole validation split, the same loss.
+  EvalResult pe = parallel.evaluate(0), re = reference.evaluate(0);
+  REQUIRE(pe.tokens == re.tokens);
+  REQUIRE(pe.loss == Approx(re.loss).epsilon(1e-5));
   // The layout's weights, gathered into a checkpoint, are the reference's; and the layout loads
   // the reference's checkpoint and takes the same next step.
   parallel.save_checkpoint();
