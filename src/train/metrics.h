@@ -2,6 +2,7 @@
 // evaluation), the rank-0 progress line, and MFU accounting.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <fstream>
 #include <string>
@@ -28,5 +29,9 @@ double train_flops_per_token(int64_t active_params, int64_t num_layers, int64_t 
 inline constexpr double k_h200_peak_flops = 775e12;
 
 std::string format_duration(double seconds);  // "1h02m", "3m25s", "12s"
+
+// Wall-clock timing of steps and pipeline stages.
+using Clock = std::chrono::steady_clock;
+inline double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 }  // namespace moe

@@ -2,7 +2,6 @@
 // micro-batches in the schedule's order (pipeline_schedule.h); then the model-parallel gradient
 // sums (tensor-parallel token slices, tied embeddings across stages), the data-parallel
 // reduction, clipping and AdamW.
-#include <chrono>
 #include <cmath>
 
 #include "routing/balancing.h"
@@ -12,13 +11,6 @@
 #include "src/train/trainer.h"
 
 namespace moe {
-
-namespace {
-
-using Clock = std::chrono::steady_clock;
-double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-
-}  // namespace
 
 StepResult Trainer::train_step() {
   const TrainConfig& t = config_.train;

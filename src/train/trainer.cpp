@@ -19,9 +19,6 @@ namespace moe {
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-
 // Random tokens for benchmarks without a dataset: speed does not depend on the values.
 data::Batch synthetic_batch(uint64_t seed, int64_t step, int64_t index, int64_t rows, int64_t seq_len, int64_t vocab) {
   data::Batch b;
