@@ -230,8 +230,9 @@ nlohmann::json Trainer::bench(int64_t warmup_steps, int64_t timed_steps) {
   world_->barrier();
   reset_peak_memory(device_.kind);
   auto start = Clock::now();
-  double loss = 0;
-  for (int64_t i = 0; i < timed_steps; ++i) loss = train_step().loss;
+  StepResult last;
+  for (int64_t i = 0; i < timed_steps; ++i) last = train_step();
+  const double loss = last.loss;
   cuda_synchronize();
   world_->barrier();
   double seconds = seconds_since(start);
@@ -250,6 +251,13 @@ nlohmann::json Trainer::bench(int64_t warmup_steps, int64_t timed_steps) {
                         {"peak_memory_bytes", memory_stats(device_.kind).peak_bytes},
                         {"final_loss", loss}};
   if (device_.is_cuda()) out["mfu"] = tokens_per_s * flops_per_token_ / k_h200_peak_flops / world_->size();
+  if (!last.stage_seconds.empty()) {  // pipeline parallelism: the last timed step's stages
+    std::vector<double> stage_ms;
+    for (double s : last.stage_seconds) stage_ms.push_back(1000.0 * s);
+    out["stage_ms"] = stage_ms;
+    out["bubble"] = last.bubble;
+    out["bubble_ideal"] = ideal_bubble_fraction(topology_.pp, static_cast<int>(config_.train.grad_accum));
+  }
   return out;
 }
 
