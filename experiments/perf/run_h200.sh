@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU-host session: build, the cuda-labelled tests, then the benchmarks recorded in
 # experiments/perf/README.md. Run from the repo root on the H200 host with .devdeps carried.
-# Usage: experiments/perf/run_h200.sh OUT_DIR [tests|bench|dp|quickstart|parallel|mp2|plan|scale4|all]
+# Usage: experiments/perf/run_h200.sh OUT_DIR [tests|bench|dp|quickstart|parallel|mp2|plan|scale4|scale8|all]
 set -uo pipefail
 out=${1:?out dir}
 what=${2:-all}
@@ -97,38 +97,10 @@ if [[ $what == plan ]]; then
       --warmup 2 --steps 2
   done
 fi
-if [[ $what == scale4 ]]; then
-  # Issue 6 on four GPUs, each layout with ZeRO-1, 4 micro-batches per step, against one GPU.
-  for cfg in moe_small moe_1b; do
-    m=experiments/perf/$cfg.toml
-    bench ${cfg}_1gpu_accum4 1 $m --set train.grad_accum=4 --warmup 2 --steps 5
-    for layout in "ep=4" "ep=2" "tp=2 ep=2" "pp=2 ep=2"; do
-      name=$(echo "$layout" | tr ' =' '__'); sets=(--set parallel.zero=1)
-      for kv in $layout; do sets+=(--set "parallel.$kv"); done
-      bench ${cfg}_4gpu_$name 4 $m --set train.grad_accum=4 "${sets[@]}" --warmup 2 --steps 5
-    done
-  done
-  for ep in 2 4; do
-    "${mpi[@]}" -np 4 build/moe bench dispatch experiments/perf/moe_small.toml --set parallel.ep=$ep 2>&1 | tail -1 \
-      | tee "$out/bench_dispatch_4gpu_ep$ep.json"
-  done
-  # Losses over 50 steps: MoE-small on the Brown corpus, 16 sequences per step in every layout.
-  common=(--set train.steps=50 --set train.log_every=1 --set train.eval_every=0 --set train.save_every=0
-          --set train.micro_batch_size=4 --set data.train_path=data/brown/train.tok
-          )
-  m=experiments/perf/moe_small.toml
-  build/moe train $m "${common[@]}" --set train.grad_accum=4 --set train.run_dir=runs/s4_ref > "$out/s4_ref.log" 2>&1 \
-    || tail -5 "$out/s4_ref.log"
-  : > "$out/layouts_4gpu.txt"
-  for layout in "ep=4 accum=1" "ep=2 accum=1" "tp=2 ep=2 accum=2" "pp=2 ep=2 accum=2"; do
-    name=$(echo "$layout" | tr ' =' '__'); sets=(--set parallel.zero=1)
-    for kv in $layout; do
-      if [[ $kv == accum=* ]]; then sets+=(--set "train.grad_accum=${kv#accum=}"); else sets+=(--set "parallel.$kv"); fi
-    done
-    "${mpi[@]}" -np 4 build/moe train $m "${common[@]}" "${sets[@]}" --set train.run_dir=runs/s4_$name \
-      > "$out/s4_$name.log" 2>&1 || tail -5 "$out/s4_$name.log"
-    echo "== $layout: $(python3 experiments/perf/compare_losses.py runs/s4_ref/metrics.jsonl runs/s4_$name/metrics.jsonl | tail -1)" | tee -a "$out/layouts_4gpu.txt"
-  done
+if [[ $what == scale4 || $what == scale8 ]]; then
+  # Issues 6 and 7: experiments/scaling/run_scaling.sh (its README has the tables).
+  experiments/scaling/run_scaling.sh "$out/scaling" "${what#scale}"
+  python3 experiments/scaling/summarize.py "$out/scaling" | tee "$out/scaling/summary.md"
 fi
 if [[ $what == quickstart || $what == all ]]; then
   scripts/quickstart.sh > "$out/quickstart.log" 2>&1; tail -8 "$out/quickstart.log"
