@@ -28,18 +28,9 @@ StepResult Trainer::train_step() {
   // the whole global batch, then the backwards (activations of all micro-batches are kept).
   // The schedule is the same on every stage (a stage without MoE layers included).
   const bool global_scope = config_.moe.balance_scope == "global_batch" && !r.routing.empty();
-  std::vector<Batch> batches(static_cast<size_t>(micro_batches));
+  std::vector<Batch> batches = step_batches(collect);
   std::vector<ModelSaved> saves(batches.size());
   std::vector<ForwardOutput> outs(batches.size());
-  for (int micro = 0; micro < micro_batches; ++micro) {
-    Batch& batch = batches[static_cast<size_t>(micro)];
-    batch = to_device(micro_batch(step_, micro));
-    // Gating noise differs per data-parallel rank; the stages and TP ranks of one pipeline share it.
-    batch.noise_seed = t.seed ^ ((static_cast<uint64_t>(step_) * t.grad_accum + static_cast<uint64_t>(micro)) *
-                                     static_cast<uint64_t>(topology_.dp) + static_cast<uint64_t>(topology_.coords.dp)) *
-                                    0x9E3779B97F4A7C15ull;
-    batch.collect_stats = collect;
-  }
   const bool timed = topology_.pp > 1;  // per-stage busy time (a device sync around each compute call)
   double busy_seconds = 0;
   bool switched = false;
@@ -90,12 +81,7 @@ StepResult Trainer::train_step() {
   if (timed) record_pipeline_times(r, busy_seconds, seconds_since(pipeline_start));
 
   sum_tp_partial_grads(nullptr);
-  if (embed_group_ && embed_group_->size() > 1) {
-    // Tied embeddings: the first stage's table and the last stage's copy get the sum of both
-    // gradients (lookup and head) and so stay equal.
-    Tensor grad = store.grad(store.find("embed.tokens"));
-    embed_group_->all_reduce_sum(grad);
-  }
+  sum_tied_embedding_grads();
   optimizer_->reduce_gradients();
   if (world_->size() > 1) {
     world_->all_reduce_sum(sums);
@@ -111,6 +97,30 @@ StepResult Trainer::train_step() {
   update_expert_biases(r);
   ++step_;
   return r;
+}
+
+std::vector<Batch> Trainer::step_batches(bool collect_stats) const {
+  const TrainConfig& t = config_.train;
+  std::vector<Batch> batches(static_cast<size_t>(t.grad_accum));
+  for (int64_t micro = 0; micro < t.grad_accum; ++micro) {
+    Batch& batch = batches[static_cast<size_t>(micro)];
+    batch = to_device(micro_batch(step_, micro));
+    // Gating noise differs per data-parallel rank; the stages and TP ranks of one pipeline share it.
+    batch.noise_seed = t.seed ^ ((static_cast<uint64_t>(step_) * t.grad_accum + static_cast<uint64_t>(micro)) *
+                                     static_cast<uint64_t>(topology_.dp) + static_cast<uint64_t>(topology_.coords.dp)) *
+                                    0x9E3779B97F4A7C15ull;
+    batch.collect_stats = collect_stats;
+  }
+  return batches;
+}
+
+void Trainer::sum_tied_embedding_grads() {
+  if (!embed_group_ || embed_group_->size() == 1) return;
+  // Tied embeddings: the first stage's table and the last stage's copy get the sum of both
+  // gradients (lookup and head) and so stay equal.
+  ParamStore& store = model_->params();
+  Tensor grad = store.grad(store.find("embed.tokens"));
+  embed_group_->all_reduce_sum(grad);
 }
 
 std::vector<LayerRoutingStats> Trainer::empty_routing_stats() const {

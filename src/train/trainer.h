@@ -67,6 +67,8 @@ class Trainer {
   bool is_log_step(int64_t step) const;
   void apply_global_switch(std::vector<ModelSaved>& saves, std::vector<ForwardOutput>& outs);
   std::vector<LayerRoutingStats> empty_routing_stats() const;
+  std::vector<Batch> step_batches(bool collect_stats) const;  // the step's micro-batches on the device
+  void sum_tied_embedding_grads();
   void update_expert_biases(StepResult& r);
   void record_pipeline_times(StepResult& r, double busy_seconds, double pipeline_seconds);
   // Tensor parallelism: sums over the TP group the gradients that cover a token slice only
