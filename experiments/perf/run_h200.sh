@@ -98,7 +98,8 @@ if [[ $what == plan ]]; then
   done
 fi
 if [[ $what == scale4 || $what == scale8 ]]; then
-  # Issues 6 and 7: experiments/scaling/run_scaling.sh (its README has the tables).
+  # Issues 6 and 7: experiments/scaling/run_scaling.sh (its README has the tables; PARTS and
+  # CONFIGS from the environment split it over device calls).
   experiments/scaling/run_scaling.sh "$out/scaling" "${what#scale}"
   python3 experiments/scaling/summarize.py "$out/scaling" | tee "$out/scaling/summary.md"
 fi

@@ -6,6 +6,8 @@
 # Environment (defaults for the H200 hosts; the CPU trial in README.md overrides them):
 #   MOE=build/moe  CONFIGS="moe_small.toml-path ..."  LOSS_CONFIG=...  LOSS_DATA=data/brown/train.tok
 #   BENCH_STEPS="--warmup 2 --steps 5"  LOSS_STEPS=50  ACCUM=4 (micro-batches per step per replica)
+#   PARTS="bench dispatch loss" (a device call is at most 10 minutes: split the parts and configs
+#   over calls, e.g. PARTS=bench CONFIGS=experiments/perf/moe_small.toml, then PARTS="dispatch loss")
 set -uo pipefail
 out=${1:?out dir}
 gpus=${2:?gpus (4 or 8)}
@@ -44,7 +46,10 @@ bench() {  # bench NAME NP CONFIG [--set ...]: one JSON line into $out/bench_NAM
   "${mpi[@]}" -np "$np" "$moe" bench train "$cfg" "$@" "${steps[@]}" 2>&1 | tail -1 | tee "$out/bench_$name.json"
 }
 
-for cfg in $configs; do
+parts=${PARTS:-bench dispatch loss}
+has_part() { [[ " $parts " == *" $1 "* ]]; }
+
+has_part bench && for cfg in $configs; do
   c=$(basename "$cfg" .toml)
   # Every GPU runs micro_batch_size x accum sequences per step: a TP or PP group shares its
   # replica's micro-batches, so its replica runs accum x tp x pp of them.
@@ -59,11 +64,12 @@ for cfg in $configs; do
       --set train.grad_accum=$(( accum * model )) "${sets[@]}"
   done
 done
-for ep in "${weak[@]}"; do
+has_part dispatch && for ep in "${weak[@]}"; do
   "${mpi[@]}" -np "$ep" "$moe" bench dispatch "${configs%% *}" --set parallel.ep="$ep" 2>&1 | tail -1 \
     | tee "$out/bench_dispatch_ep$ep.json"
 done
 
+has_part loss || exit 0
 # Losses: 16 sequences of micro-batch 2 per step in every layout and in the one-GPU reference.
 # Run directories (with their final checkpoints) stay out of OUT_DIR, which travels back.
 runs=${RUNS:-runs/scaling_$gpus}
