@@ -38,51 +38,39 @@ void run_pipeline(const std::vector<PipeAction>& actions, Communicator* pp, cons
   const bool first = me == 0, last = me == stages - 1;
   std::map<int, Tensor> inputs, d_outputs;  // received ahead of their action, by micro-batch
   auto fresh = [&] { return Tensor::empty(activation_shape, dtype, device); };
+  // The tensor of micro-batch `micro` from `peer`: received ahead by a send_recv, or now.
+  auto take = [&](std::map<int, Tensor>& ahead, int micro, int peer) {
+    auto it = ahead.find(micro);
+    if (it == ahead.end()) {
+      Tensor t = fresh();
+      pp->recv(t, peer);
+      return t;
+    }
+    Tensor t = it->second;
+    ahead.erase(it);
+    return t;
+  };
+  // Sends x to peer; when the next action waits on that peer (paired schedules), receives its
+  // tensor in the same step into `ahead`.
+  auto pass = [&](const Tensor& x, int peer, const PipeAction* next, PipeOp waits_on_peer,
+                  std::map<int, Tensor>& ahead) {
+    if (paired && next != nullptr && next->op == waits_on_peer) {
+      Tensor answer = fresh();
+      pp->send_recv(x, peer, answer, peer);
+      ahead[next->micro] = answer;
+    } else {
+      pp->send(x, peer);
+    }
+  };
   for (size_t a = 0; a < actions.size(); ++a) {
     const PipeAction& act = actions[a];
     const PipeAction* next = a + 1 < actions.size() ? &actions[a + 1] : nullptr;
     if (act.op == PipeOp::forward) {
-      Tensor input;
-      if (!first) {
-        auto it = inputs.find(act.micro);
-        if (it == inputs.end()) {
-          input = fresh();
-          pp->recv(input, me - 1);
-        } else {
-          input = it->second;
-          inputs.erase(it);
-        }
-      }
-      Tensor output = stage.forward(act.micro, input);
-      if (last) continue;
-      if (paired && next != nullptr && next->op == PipeOp::backward) {
-        Tensor d_out = fresh();  // the next stage answers with this gradient
-        pp->send_recv(output, me + 1, d_out, me + 1);
-        d_outputs[next->micro] = d_out;
-      } else {
-        pp->send(output, me + 1);
-      }
+      Tensor output = stage.forward(act.micro, first ? Tensor() : take(inputs, act.micro, me - 1));
+      if (!last) pass(output, me + 1, next, PipeOp::backward, d_outputs);  // the next stage's gradient
     } else {
-      Tensor d_output;
-      if (!last) {
-        auto it = d_outputs.find(act.micro);
-        if (it == d_outputs.end()) {
-          d_output = fresh();
-          pp->recv(d_output, me + 1);
-        } else {
-          d_output = it->second;
-          d_outputs.erase(it);
-        }
-      }
-      Tensor d_input = stage.backward(act.micro, d_output);
-      if (first) continue;
-      if (paired && next != nullptr && next->op == PipeOp::forward) {
-        Tensor input = fresh();  // the previous stage answers with the next micro-batch
-        pp->send_recv(d_input, me - 1, input, me - 1);
-        inputs[next->micro] = input;
-      } else {
-        pp->send(d_input, me - 1);
-      }
+      Tensor d_input = stage.backward(act.micro, last ? Tensor() : take(d_outputs, act.micro, me + 1));
+      if (!first) pass(d_input, me - 1, next, PipeOp::forward, inputs);  // the previous stage's next input
     }
   }
 }
