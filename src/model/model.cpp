@@ -255,10 +255,9 @@ Tensor Model::head_backward(const Batch& batch, const ModelSaved& saved, float l
 }
 
 Tensor Model::block_backward(size_t i, const Batch& batch, const BlockSaved& saved, const Tensor& dy,
-                             float aux_scale) const {
+                             float aux_scale, const std::vector<int32_t>& tokens,
+                             const std::vector<int32_t>& targets) const {
   if (!recompute_) return blocks_[i]->backward(saved, dy, batch.batch_size, aux_scale);
-  std::vector<int32_t> tokens = batch.inputs.to_vector<int32_t>();
-  std::vector<int32_t> targets = batch.targets.defined() ? batch.targets.to_vector<int32_t>() : std::vector<int32_t>();
   BlockSaved rebuilt;
   blocks_[i]->forward(saved.input, batch.batch_size, route_inputs(batch, i, tokens, targets), rebuilt, false);
   rebuilt.moe.stats = saved.moe.stats;
@@ -272,9 +271,15 @@ Tensor Model::backward(const Batch& batch, const ModelSaved& saved, float loss_s
   MOE_CHECK(is_last_stage() || d_output.defined(), "pipeline stage ", parallel_.stage,
             " needs the gradient of its output from the next stage");
   Tensor dx = is_last_stage() ? head_backward(batch, saved, loss_scale) : d_output;
+  // Recomputation reroutes each block: the host copies of the ids, once for all blocks.
+  std::vector<int32_t> tokens, targets;
+  if (recompute_) {
+    tokens = batch.inputs.to_vector<int32_t>();
+    if (batch.targets.defined()) targets = batch.targets.to_vector<int32_t>();
+  }
   for (size_t i = blocks_.size(); i-- > 0;) {
     acquire(block_unit(i));
-    dx = block_backward(i, batch, saved.blocks[i], dx, aux_scale);
+    dx = block_backward(i, batch, saved.blocks[i], dx, aux_scale, tokens, targets);
     release(block_unit(i));
     if (grad_hook_) grad_hook_(block_unit(i));
   }

@@ -115,8 +115,8 @@ class Model {
   Tensor run_blocks(const Tensor& x, const Batch& batch, ModelSaved& saved) const;
   void head_forward(const Tensor& x, ModelSaved& saved) const;
   Tensor head_backward(const Batch& batch, const ModelSaved& saved, float loss_scale) const;
-  Tensor block_backward(size_t i, const Batch& batch, const BlockSaved& saved, const Tensor& dy,
-                        float aux_scale) const;
+  Tensor block_backward(size_t i, const Batch& batch, const BlockSaved& saved, const Tensor& dy, float aux_scale,
+                        const std::vector<int32_t>& tokens, const std::vector<int32_t>& targets) const;
   RouteInputs route_inputs(const Batch& batch, size_t block, const std::vector<int32_t>& tokens,
                            const std::vector<int32_t>& targets) const;
   std::string block_unit(size_t i) const { return "layers." + std::to_string(first_layer_ + static_cast<int64_t>(i)); }
