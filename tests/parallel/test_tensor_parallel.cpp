@@ -13,6 +13,7 @@
 #include "src/model/attention.h"
 #include "src/model/dense_ffn.h"
 #include "experts/shared_experts.h"
+#include "tests/parallel/tp_groups.h"
 #include "tests/test_util.h"
 
 namespace moe {
@@ -21,15 +22,6 @@ namespace {
 using Catch::Matchers::Contains;
 
 constexpr double k_tol = 1e-10;
-
-// The TP groups to test: the whole world, and with 4 ranks also two groups of 2. Each entry
-// owns its communicator (split is collective over the world: every rank builds the same list).
-std::vector<std::unique_ptr<Communicator>> tp_groups(Communicator& world) {
-  std::vector<std::unique_ptr<Communicator>> groups;
-  groups.push_back(world.split(0, world.rank()));
-  if (world.size() == 4) groups.push_back(world.split(world.rank() / 2, world.rank()));
-  return groups;
-}
 
 // Every TP parameter is the matching part of the reference parameter of the same name, and the
 // parts of the group reassemble (disjoint places, summed over the group) into the whole tensor.
@@ -68,7 +60,7 @@ struct AttentionCase {
 
 TEST_CASE("tensor-parallel attention equals the single-rank attention", "[parallel][tp]") {
   auto world = make_world_communicator(Device::cpu());
-  auto groups = tp_groups(*world);
+  auto groups = test::tp_groups(*world, false);
   for (auto& group : groups) {
     Communicator& tp = *group;
     for (AttentionCase c : {AttentionCase{8, 4, true}, AttentionCase{8, 8, true}, AttentionCase{8, 4, false},
@@ -113,7 +105,7 @@ TEST_CASE("tensor-parallel attention equals the single-rank attention", "[parall
 
 TEST_CASE("tensor-parallel dense FFN equals the single-rank FFN", "[parallel][tp]") {
   auto world = make_world_communicator(Device::cpu());
-  auto groups = tp_groups(*world);
+  auto groups = test::tp_groups(*world, false);
   for (auto& group : groups) {
     Communicator& tp = *group;
     for (auto act : {ops::Activation::relu, ops::Activation::gelu, ops::Activation::geglu, ops::Activation::swiglu}) {
@@ -151,7 +143,7 @@ TEST_CASE("tensor-parallel dense FFN equals the single-rank FFN", "[parallel][tp
 
 TEST_CASE("tensor-parallel shared experts equal the single-rank shared experts", "[parallel][tp]") {
   auto world = make_world_communicator(Device::cpu());
-  auto groups = tp_groups(*world);
+  auto groups = test::tp_groups(*world, false);
   for (auto& group : groups) {
     Communicator& tp = *group;
     for (bool gated : {false, true}) {

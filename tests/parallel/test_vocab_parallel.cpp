@@ -10,6 +10,7 @@
 
 #include "parallel/communicator.h"
 #include "src/model/vocab_parallel.h"
+#include "tests/parallel/tp_groups.h"
 #include "tests/test_util.h"
 
 namespace moe {
@@ -18,16 +19,6 @@ namespace {
 using Catch::Matchers::Contains;
 
 constexpr double k_tol = 1e-10;
-
-// The groups to test: the whole world, with 4 ranks also two groups of 2, and a group of one
-// per rank (no sharding). Split is collective over the world: every rank builds the same list.
-std::vector<std::unique_ptr<Communicator>> tp_groups(Communicator& world) {
-  std::vector<std::unique_ptr<Communicator>> groups;
-  groups.push_back(world.split(0, world.rank()));
-  if (world.size() == 4) groups.push_back(world.split(world.rank() / 2, world.rank()));
-  groups.push_back(world.split(world.rank(), 0));
-  return groups;
-}
 
 // Columns [begin, end) of x[rows, cols] (f64) as a new [rows, end - begin] tensor.
 Tensor column_block(const Tensor& x, int64_t begin, int64_t end) {
@@ -75,7 +66,7 @@ void require_same_on_group(double value, Communicator& group) {
 
 TEST_CASE("vocab-parallel embedding and cross-entropy equal the unsharded ops", "[parallel][tp][vocab]") {
   auto world = make_world_communicator(Device::cpu());
-  auto groups = tp_groups(*world);
+  auto groups = test::tp_groups(*world, true);
   const int64_t vocab = 24, dim = 5, rows = 11;
   const float scale = 0.3125f;
   // Ids and targets in every shard of every split (2 and 4 ways), repeats, and ignored targets.

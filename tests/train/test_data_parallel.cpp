@@ -11,6 +11,7 @@
 #include "src/train/bench_dispatch.h"
 #include "src/train/trainer.h"
 #include "tests/test_util.h"
+#include "tests/train/step_compare.h"
 #include "tests/train/train_test_util.h"
 
 using namespace moe;
@@ -38,15 +39,7 @@ TEST_CASE("N-rank data parallelism matches one rank at the same global batch", "
     StepResult p = parallel.train_step();
     StepResult r = reference.train_step();
     INFO("step " << step << " rank " << rank);
-    // The same sums in another order (all-reduce vs accumulation): float rounding only.
-    REQUIRE(p.loss == Approx(r.loss).epsilon(1e-5));
-    REQUIRE(p.aux_loss == Approx(r.aux_loss).epsilon(1e-4));
-    REQUIRE(p.grad_norm == Approx(r.grad_norm).epsilon(1e-4));
-    REQUIRE(p.routing.size() == r.routing.size());
-    for (size_t i = 0; i < p.routing.size(); ++i) {
-      REQUIRE(p.routing[i].tokens_per_expert == r.routing[i].tokens_per_expert);
-      REQUIRE(p.routing[i].slots == r.routing[i].slots);
-    }
+    test::require_same_step(p, r);
   }
   for (int g = 0; g < k_num_param_groups; ++g) {
     auto group = static_cast<ParamGroup>(g);
@@ -126,12 +119,7 @@ TEST_CASE("expert parallelism and ZeRO match one rank; checkpoints cross layouts
       StepResult p = parallel.train_step();
       StepResult r = reference.train_step();
       INFO("step " << step);
-      REQUIRE(p.loss == Approx(r.loss).epsilon(1e-5));
-      REQUIRE(p.aux_loss == Approx(r.aux_loss).epsilon(1e-4));
-      REQUIRE(p.grad_norm == Approx(r.grad_norm).epsilon(1e-4));
-      for (size_t i = 0; i < p.routing.size(); ++i) {
-        REQUIRE(p.routing[i].tokens_per_expert == r.routing[i].tokens_per_expert);
-      }
+      test::require_same_step(p, r);
     }
     parallel.save_checkpoint();
     const std::string ckpt = shared + "/checkpoints/step_5";

@@ -12,6 +12,7 @@
 #include "parallel/communicator.h"
 #include "src/train/trainer.h"
 #include "tests/test_util.h"
+#include "tests/train/step_compare.h"
 #include "tests/train/train_test_util.h"
 
 using namespace moe;
@@ -74,15 +75,7 @@ void run_layout(Communicator& world, Communicator& self, const Layout& layout, c
     StepResult p = parallel.train_step();
     StepResult r = reference.train_step();
     INFO("step " << step);
-    // The same f32 sums in other orders (all-reduce, all-gather, pipeline accumulation).
-    REQUIRE(p.loss == Approx(r.loss).epsilon(1e-5));
-    REQUIRE(p.aux_loss == Approx(r.aux_loss).epsilon(1e-4));
-    REQUIRE(p.grad_norm == Approx(r.grad_norm).epsilon(1e-4));
-    REQUIRE(p.routing.size() == r.routing.size());
-    for (size_t i = 0; i < p.routing.size(); ++i) {
-      REQUIRE(p.routing[i].layer == r.routing[i].layer);
-      REQUIRE(p.routing[i].tokens_per_expert == r.routing[i].tokens_per_expert);
-    }
+    test::require_same_step(p, r);
     if (layout.pp > 1) {
       REQUIRE(p.stage_seconds.size() == static_cast<size_t>(layout.pp));
       REQUIRE(p.bubble >= 0);
@@ -165,10 +158,6 @@ TEST_CASE("global_batch balancing under pipeline parallelism runs the GPipe orde
   single.parallel = ParallelConfig{};
   Trainer reference(single, 0, *self);
   for (int step = 1; step <= 3; ++step) {
-    StepResult p = parallel.train_step();
-    StepResult r = reference.train_step();
-    REQUIRE(p.loss == Approx(r.loss).epsilon(1e-5));
-    REQUIRE(p.aux_loss == Approx(r.aux_loss).epsilon(1e-4));
-    REQUIRE(p.grad_norm == Approx(r.grad_norm).epsilon(1e-4));
+    test::require_same_step(parallel.train_step(), reference.train_step());
   }
 }
