@@ -6,6 +6,7 @@
 # Environment (defaults for the H200 hosts; the CPU trial in README.md overrides them):
 #   MOE=build/moe  CONFIGS="moe_small.toml-path ..."  LOSS_CONFIG=...  LOSS_DATA=data/brown/train.tok
 #   BENCH_STEPS="--warmup 2 --steps 5"  LOSS_STEPS=50  ACCUM=4 (micro-batches per step per replica)
+#   CMD_TIMEOUT=240 (seconds per launch)
 #   PARTS="bench dispatch loss" (a device call is at most 10 minutes: split the parts and configs
 #   over calls, e.g. PARTS=bench CONFIGS=experiments/perf/moe_small.toml, then PARTS="dispatch loss")
 set -uo pipefail
@@ -26,7 +27,8 @@ fi
 accum=${ACCUM:-4}
 read -ra steps <<< "${BENCH_STEPS:---warmup 2 --steps 5}"
 mkdir -p "$out"
-mpi=(mpirun --oversubscribe -x LD_LIBRARY_PATH -x NCCL_NVLS_ENABLE -x TORCH_SYMM_MEM_DISABLE_MULTICAST
+# A hung collective must not eat the device call: every launch has a time limit (CMD_TIMEOUT s).
+mpi=(timeout "${CMD_TIMEOUT:-240}" mpirun --oversubscribe -x LD_LIBRARY_PATH -x NCCL_NVLS_ENABLE -x TORCH_SYMM_MEM_DISABLE_MULTICAST
      -x NVSHMEM_DISABLE_NVLS)
 
 # "tp=2 ep=2 zero=1" -> --set parallel.tp=2 ...; prints the TP x PP product on stdout's last word.
