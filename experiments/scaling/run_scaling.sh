@@ -82,6 +82,12 @@ common=(--set train.steps="${LOSS_STEPS:-50}" --set train.log_every=1 --set trai
 "${mpi[@]}" -np 1 "$moe" train "$loss_cfg" "${common[@]}" --set train.grad_accum=8 --set train.run_dir="$runs/ref" \
   > "$out/loss_ref.log" 2>&1 || tail -5 "$out/loss_ref.log"
 : > "$out/losses.txt"
+# The bf16 noise floor: the same 16 sequences on one GPU as 4 micro-batches of 4 (only the order of
+# the bf16 sums differs from the reference).
+"${mpi[@]}" -np 1 "$moe" train "$loss_cfg" "${common[@]}" --set train.micro_batch_size=4 --set train.grad_accum=4 \
+  --set train.run_dir="$runs/ref_mb4" > "$out/loss_ref_mb4.log" 2>&1 || tail -5 "$out/loss_ref_mb4.log"
+echo "== one GPU, micro-batch 4 (control): $(python3 experiments/perf/compare_losses.py "$runs/ref/metrics.jsonl" \
+  "$runs/ref_mb4/metrics.jsonl" | tail -1)" | tee -a "$out/losses.txt"
 for layout in "${layouts[@]}"; do
   layout_sets "$layout"
   name=$(echo "$layout" | tr ' =' '__')

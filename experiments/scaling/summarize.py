@@ -46,11 +46,12 @@ for config in configs:
         print(f"| {layout} | {gpus} | {r['tokens_per_s']:,.0f} | {mfu} | {r['step_ms']:.0f} ms | "
               f"{r['peak_memory_bytes'] / 1e9:.1f} GB | {r['tokens_per_step'] / gpus:,.0f} | {efficiency:.2f} | {bubble} |")
 
-print("\n| all-to-all (dispatch + combine) | GB/s per rank | ms |\n|---|---|---|")
+print("\n| all-to-all (dispatch + combine) | EP | GB/s per rank | ms |\n|---|---|---|---|")
 for path in sorted(glob.glob(os.path.join(out, "bench_dispatch_*.json"))):
     r = load(path)
     if r is not None:
-        print(f"| EP {r['ep']} | {r['alltoall_gb_per_s_per_rank']:.0f} | {r['dispatch_combine_ms']:.2f} |")
+        config = os.path.basename(r["config"]).removesuffix(".toml")
+        print(f"| {config} | {r['ep']} | {r['alltoall_gb_per_s_per_rank']:.0f} | {r['dispatch_combine_ms']:.2f} |")
 
 losses = os.path.join(out, "losses.txt")
 if os.path.exists(losses):

@@ -35,7 +35,10 @@ StepResult Trainer::train_step() {
   double busy_seconds = 0;
   bool switched = false;
   StageCallbacks stage;
+  // A stage's compute is timed from an idle device: the NCCL receive of its input (or output
+  // gradient) is only queued on the stream, and waiting for it is bubble, not compute.
   stage.forward = [&](int micro, const Tensor& input) {
+    if (timed) cuda_synchronize();
     auto start = Clock::now();
     ForwardOutput& out = outs[static_cast<size_t>(micro)];
     out = model_->forward(batches[static_cast<size_t>(micro)], saves[static_cast<size_t>(micro)], input);
@@ -47,6 +50,7 @@ StepResult Trainer::train_step() {
     return saves[static_cast<size_t>(micro)].output;
   };
   stage.backward = [&](int micro, const Tensor& d_output) {
+    if (timed) cuda_synchronize();
     auto start = Clock::now();
     if (global_scope && !switched) {
       if (model_->num_moe_layers() > 0) apply_global_switch(saves, outs);

@@ -10,6 +10,8 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <string>
+#include <vector>
 
 #include "parallel/communicator.h"
 #include "src/model/model.h"
@@ -329,6 +331,46 @@ TEST_CASE("the GPU estimate lands within 10% of the peaks measured on an H200", 
       continue;
     }
     REQUIRE(std::abs(error) < 0.01);
+  }
+}
+
+TEST_CASE("the GPU estimate lands within 2% of the peaks measured on four H200s", "[train][plan]") {
+  // Rank 0's peak_memory_bytes of experiments/scaling/run_scaling.sh on an nvidia-h200-x4 host
+  // (2026-11-28; experiments/scaling/results/h200x4/bench_*.json): `moe bench train CONFIG
+  // --set train.grad_accum=4*tp*pp --set parallel.... --warmup 2 --steps 5`. Every estimate was
+  // 0.1% (one GPU) to 1.7% (EP) low: the learned router at initialisation sends rank 0's experts
+  // more rows than the balanced share the plan assumes. The TP and PP layouts are the plan's first
+  // GPU calibration (before: CPU ranks only).
+  const char* source = std::getenv("MOE_SOURCE_DIR");  // set by CTest (tests/CMakeLists.txt)
+  const std::string root = source ? source : ".";
+  struct Record {
+    const char* config;
+    int world;
+    std::vector<std::string> layout;
+    int64_t measured;
+  };
+  const std::string small = "experiments/perf/moe_small.toml", large = "experiments/scaling/moe_1b.toml";
+  const std::vector<std::string> ep4 = {"parallel.ep=4", "parallel.zero=1"},
+                                  ep2 = {"parallel.ep=2", "parallel.zero=1"},
+                                  tp2 = {"parallel.tp=2", "parallel.ep=2", "parallel.zero=1"},
+                                  pp2 = {"parallel.pp=2", "parallel.ep=2", "parallel.zero=1"};
+  const Record records[] = {
+      {small.c_str(), 1, {}, 27323584000},   {small.c_str(), 2, ep2, 22789606408},
+      {small.c_str(), 4, ep4, 19426851664},  {small.c_str(), 4, ep2, 20402478672},
+      {small.c_str(), 4, tp2, 15293955440},  {small.c_str(), 4, pp2, 16657726696},
+      {large.c_str(), 1, {}, 32697378816},   {large.c_str(), 2, ep2, 22414190208},
+      {large.c_str(), 4, ep4, 16599548736},  {large.c_str(), 4, ep2, 18308203896},
+      {large.c_str(), 4, tp2, 17199403816},  {large.c_str(), 4, pp2, 15217176368}};
+  for (const Record& r : records) {
+    std::vector<std::string> overrides = r.layout;
+    const bool model_parallel = r.layout.size() == 3;  // TP 2 or PP 2: 4 x 2 micro-batches per replica
+    overrides.push_back(model_parallel ? "train.grad_accum=8" : "train.grad_accum=4");
+    const Config config = load_config(root + "/" + r.config, overrides);
+    const int64_t estimate = make_plan(config, r.world, "cuda").peak;
+    const double error = static_cast<double>(estimate - r.measured) / static_cast<double>(r.measured);
+    INFO(r.config << " on " << r.world << " GPUs " << (r.layout.empty() ? "" : r.layout.front()) << ": estimate "
+                  << estimate << ", measured " << r.measured << " (" << 100 * error << "%)");
+    REQUIRE(std::abs(error) < 0.02);
   }
 }
 
