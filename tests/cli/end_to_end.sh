@@ -5,10 +5,7 @@ set -euo pipefail
 moe=$1
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-for i in $(seq 1 400); do
-  echo "The quick brown fox $i jumps over the lazy dog number $((i % 17)). A bird sang in tree $((i % 5))."
-  [[ $((i % 4)) -eq 0 ]] && echo
-done > "$work/corpus.txt"
+"$(dirname "$0")/tiny_corpus.sh" "$work/corpus.txt" 400
 "$moe" tokenize --input "$work/corpus.txt" --out "$work/data" --vocab-size 300
 cat > "$work/config.toml" <<TOML
 [model]
