@@ -6,7 +6,8 @@
 # Environment (defaults for the H200 hosts; the CPU trial in README.md overrides them):
 #   MOE=build/moe  CONFIGS="moe_small.toml-path ..."  LOSS_CONFIG=...  LOSS_DATA=data/brown/train.tok
 #   BENCH_STEPS="--warmup 2 --steps 5"  LOSS_STEPS=50  ACCUM=4 (micro-batches per step per replica)
-#   CMD_TIMEOUT=240 (seconds per launch)
+#   CMD_TIMEOUT=240 (seconds per launch)  ONLY=REGEX (run only the benches whose name matches,
+#   e.g. ONLY='1gpu|ep_8' to split one config's benches over two device calls)
 #   PARTS="bench dispatch loss" (a device call is at most 10 minutes: split the parts and configs
 #   over calls, e.g. PARTS=bench CONFIGS=experiments/perf/moe_small.toml, then PARTS="dispatch loss")
 set -uo pipefail
@@ -44,6 +45,7 @@ layout_sets() {
 
 bench() {  # bench NAME NP CONFIG [--set ...]: one JSON line into $out/bench_NAME.json
   local name=$1 np=$2 cfg=$3; shift 3
+  [[ -z ${ONLY:-} || $name =~ $ONLY ]] || return 0
   echo "[$(date +%T)] bench $name" >> "$out/timeline.txt"
   "${mpi[@]}" -np "$np" "$moe" bench train "$cfg" "$@" "${steps[@]}" 2>&1 | tail -1 | tee "$out/bench_$name.json"
 }
