@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   moe::add_hash_table_command(app, run);
   moe::add_upcycle_command(app, run);
   moe::add_plan_command(app, run);
+  moe::add_scaling_command(app, run);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,186 @@
+// `moe scaling optimal|loss|fit`: compute-optimal sizes for a FLOP budget, predicted losses, and
+// the Chinchilla fit of observed runs (src/train/scaling_law.h; docs/scaling_laws.md).
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+
+#include "parallel/mpi_env.h"
+#include "src/cli/commands.h"
+#include "src/train/plan.h"
+#include "src/train/scaling_law.h"
+#include "src/util/check.h"
+
+namespace moe {
+
+namespace {
+
+struct ScalingOptions {
+  std::string law = "chinchilla";
+  std::string flops, params, tokens, tokens_per_param;  // numbers, parsed here for one-line errors
+  std::string path;                                     // the fit's FILE, or optimal's CONFIG
+  std::vector<std::string> overrides;
+};
+
+double parse_positive(const std::string& text, const char* option) {
+  const char* begin = text.c_str();
+  char* end = nullptr;
+  errno = 0;
+  double value = std::strtod(begin, &end);
+  MOE_CHECK(end != begin && *end == '\0' && errno == 0 && std::isfinite(value), option, " '", text,
+            "' is not a number");
+  MOE_CHECK(value > 0, option, " must be positive, got ", text);
+  return value;
+}
+
+// The Chinchilla-form law named by --law (kaplan is a different form: only `loss` takes it).
+ChinchillaLaw chinchilla_by_name(const std::string& name) {
+  if (name == "chinchilla") return hoffmann_law();
+  if (name == "besiroglu") return besiroglu_law();
+  MOE_CHECK(name != "kaplan", "--law kaplan gives losses only (moe scaling loss); use chinchilla or besiroglu");
+  MOE_FAIL("unknown law '", name, "': expected chinchilla, besiroglu or kaplan");
+}
+
+void print_law(const std::string& name, const ChinchillaLaw& l) {
+  const char* source = name == "chinchilla" ? "Hoffmann et al. 2022, approach 3" : "Besiroglu et al. 2024 replication";
+  std::printf("law:             %s (%s): L = %.5g + %.6g / N^%.5g + %.6g / D^%.5g\n", name.c_str(), source, l.e, l.a,
+              l.alpha, l.b, l.beta);
+}
+
+void print_allocation(const ChinchillaLaw& law, const Allocation& at) {
+  std::printf("compute C:       %.4g FLOPs (C = 6 N D)\n", at.flops);
+  std::printf("params N:        %.4g\n", at.params);
+  std::printf("tokens D:        %.4g\n", at.tokens);
+  std::printf("tokens/param:    %.2f\n", at.tokens_per_param());
+  std::printf("predicted loss:  %.4f\n", chinchilla_loss(law, at.params, at.tokens));
+}
+
+void print_optimum_rule(const ChinchillaLaw& law) {
+  double g = std::pow(law.alpha * law.a / (law.beta * law.b), 1.0 / (law.alpha + law.beta));
+  std::printf("optimum:         N_opt = G (C/6)^%.4f, D_opt = (C/6) / N_opt, G = %.5g\n",
+              law.beta / (law.alpha + law.beta), g);
+}
+
+// N of a config: every parameter a token uses (all of a dense model; an MoE model without the
+// routed experts its tokens skip), and the total; Chinchilla's N counts embeddings too.
+void optimal_for_config(const ScalingOptions& o, const ChinchillaLaw& law) {
+  MOE_CHECK(!o.tokens.empty(), "moe scaling optimal CONFIG needs --tokens D (the run's training tokens)");
+  MOE_CHECK(o.flops.empty(), "moe scaling optimal takes --flops or CONFIG --tokens, not both");
+  MOE_CHECK(o.tokens_per_param.empty(), "--tokens-per-param goes with --flops, not with a CONFIG");
+  Config config = load_config(o.path, o.overrides);
+  ParamCounts counts = count_params(config.model, config.moe);
+  double tokens = parse_positive(o.tokens, "--tokens");
+  int64_t used = counts.total - counts.buffers - (counts.matmul_total - counts.active);
+  double n = static_cast<double>(used);
+  bool moe = counts.expert > 0;
+  std::printf("config:          %s (%s)\n", o.path.c_str(), moe ? "MoE" : "dense");
+  std::printf("params:          %lld total, %lld used per token (N below)\n", static_cast<long long>(counts.total),
+              static_cast<long long>(used));
+  if (moe) {
+    std::printf("caveat:          Chinchilla laws are fitted on dense models; N here is the parameters a token "
+                "uses, so the loss is a dense-equivalent estimate (MoE models of the same N usually do better)\n");
+  }
+  print_law(o.law, law);
+  Allocation run{training_flops(n, tokens), n, tokens};
+  std::printf("-- this run --\n");
+  print_allocation(law, run);
+  std::printf("-- compute-optimal at the same C --\n");
+  print_allocation(law, compute_optimal(law, run.flops));
+}
+
+int run_optimal(const ScalingOptions& o) {
+  ChinchillaLaw law = chinchilla_by_name(o.law);
+  if (!o.path.empty()) {
+    optimal_for_config(o, law);
+    return 0;
+  }
+  MOE_CHECK(!o.flops.empty(), "moe scaling optimal needs --flops C (or a CONFIG and --tokens D)");
+  MOE_CHECK(o.tokens.empty() && o.overrides.empty(), "--tokens and --set need a CONFIG (moe scaling optimal CONFIG --tokens D)");
+  double flops = parse_positive(o.flops, "--flops");
+  print_law(o.law, law);
+  if (!o.tokens_per_param.empty()) {
+    std::printf("rule:            fixed tokens/param (approach-1 style), loss from the law\n");
+    print_allocation(law, allocate_by_ratio(flops, parse_positive(o.tokens_per_param, "--tokens-per-param")));
+    return 0;
+  }
+  print_optimum_rule(law);
+  print_allocation(law, compute_optimal(law, flops));
+  return 0;
+}
+
+int run_loss(const ScalingOptions& o) {
+  MOE_CHECK(!o.params.empty() && !o.tokens.empty(), "moe scaling loss needs --params N and --tokens D");
+  double n = parse_positive(o.params, "--params"), d = parse_positive(o.tokens, "--tokens");
+  if (o.law == "kaplan") {
+    KaplanLaw k;
+    std::printf("law:             kaplan (Kaplan et al. 2020), N = non-embedding parameters\n");
+    std::printf("compute C:       %.4g FLOPs (C = 6 N D)\n", training_flops(n, d));
+    std::printf("L(N):            %.4f  (N_c / N)^%.3f, N_c = %.3g\n", kaplan_loss_params(k, n), k.alpha_n, k.n_c);
+    std::printf("L(D):            %.4f  (D_c / D)^%.3f, D_c = %.3g\n", kaplan_loss_tokens(k, d), k.alpha_d, k.d_c);
+    std::printf("predicted loss:  %.4f  L(N, D) = [(N_c/N)^(a_N/a_D) + D_c/D]^a_D\n", kaplan_loss(k, n, d));
+    return 0;
+  }
+  ChinchillaLaw law = chinchilla_by_name(o.law);
+  print_law(o.law, law);
+  print_allocation(law, {training_flops(n, d), n, d});
+  return 0;
+}
+
+int run_fit(const ScalingOptions& o) {
+  MOE_CHECK(!o.path.empty(), "moe scaling fit needs a FILE of (params, tokens, loss) rows");
+  std::vector<LossObservation> rows = read_loss_observations(o.path);
+  FitResult fit = fit_chinchilla(rows);
+  double flops = 0;
+  for (const LossObservation& r : rows) flops = std::max(flops, training_flops(r.params, r.tokens));
+  if (!o.flops.empty()) flops = parse_positive(o.flops, "--flops");
+  std::printf("rows:            %zu (%s)\n", rows.size(), o.path.c_str());
+  std::printf("fit:             E = %.6g, A = %.6g, B = %.6g, alpha = %.6g, beta = %.6g\n", fit.law.e, fit.law.a,
+              fit.law.b, fit.law.alpha, fit.law.beta);
+  std::printf("huber objective: %.4g (delta 1e-3 on log loss, best of %d L-BFGS starts)\n", fit.objective,
+              fit.num_starts);
+  if (!(fit.law.alpha > 0 && fit.law.beta > 0 && fit.law.a > 0 && fit.law.b > 0)) {
+    std::printf("optimum:         none (the fit has alpha or beta <= 0)\n");
+    return 0;
+  }
+  print_optimum_rule(fit.law);
+  std::printf("-- compute-optimal at %s --\n", o.flops.empty() ? "the largest run's C" : "--flops");
+  print_allocation(fit.law, compute_optimal(fit.law, flops));
+  return 0;
+}
+
+CLI::App* add_law_option(CLI::App* cmd, ScalingOptions& o) {
+  cmd->add_option("--law", o.law, "chinchilla (default), besiroglu, or kaplan (loss only)");
+  return cmd;
+}
+
+}  // namespace
+
+void add_scaling_command(CLI::App& app, CommandRunner& run) {
+  auto* cmd = app.add_subcommand("scaling", "scaling laws: compute-optimal N and D, predicted loss, fits");
+  cmd->require_subcommand(1);
+  auto o = std::make_shared<ScalingOptions>();
+  auto* optimal = add_law_option(cmd->add_subcommand("optimal", "compute-optimal params and tokens for a FLOP budget"), *o);
+  optimal->add_option("config", o->path, "TOML config: N from the model, with --tokens D");
+  optimal->add_option("--flops", o->flops, "training compute C in FLOPs");
+  optimal->add_option("--tokens", o->tokens, "training tokens D (with CONFIG)");
+  optimal->add_option("--tokens-per-param", o->tokens_per_param, "fixed D/N ratio instead of the law's optimum");
+  optimal->add_option("--set", o->overrides, "override a config key: section.key=value (repeatable)");
+  auto* loss = add_law_option(cmd->add_subcommand("loss", "predicted loss for N parameters and D tokens"), *o);
+  loss->add_option("--params", o->params, "parameters N");
+  loss->add_option("--tokens", o->tokens, "training tokens D");
+  auto* fit = cmd->add_subcommand("fit", "fit E, A, B, alpha, beta to (params, tokens, loss) rows");
+  fit->add_option("file", o->path, "JSON lines or CSV with params, tokens, loss");
+  fit->add_option("--flops", o->flops, "budget for the allocation (default: the largest run's 6 N D)");
+  // Pure arithmetic on one process: under mpirun rank 0 prints and the others do nothing.
+  auto on_rank0 = [&run](std::function<int(const ScalingOptions&)> body, std::shared_ptr<ScalingOptions> o) {
+    return [&run, body, o] {
+      run = [body, o](MpiEnv& env) { return env.world_rank() == 0 ? body(*o) : 0; };
+    };
+  };
+  optimal->callback(on_rank0(run_optimal, o));
+  loss->callback(on_rank0(run_loss, o));
+  fit->callback(on_rank0(run_fit, o));
+}
+
+}  // namespace moe

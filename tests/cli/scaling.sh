@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# `moe scaling`: the printed numbers against values worked by hand (docs/scaling_laws.md), and a
+# fit of synthetic runs generated here from Besiroglu et al.'s constants that must recover them.
+# Usage: scaling.sh MOE_BINARY BASE_CONFIG
+set -u
+moe=$1
+base=$2
+fail() { echo "FAIL: $*"; exit 1; }
+expect() {  # expect "ARGS" PATTERN...: the command succeeds and prints every pattern
+  local args=$1; shift
+  local out
+  out=$($moe $args 2>&1) || fail "moe $args exited non-zero: $out"
+  for p in "$@"; do grep -qF -- "$p" <<<"$out" || fail "moe $args: no '$p' in:"$'\n'"$out"; done
+}
+# Approach 3 at Gopher's budget: G = 1.3447, N = 1.3447 (9.6e22)^(14/31) = 3.219e10 (32B).
+expect "scaling optimal --flops 5.76e23" "G = 1.3447" "params N:        3.219e+10" "tokens D:        2.982e+12"
+# 20 tokens per parameter at 1.2e20 FLOPs: N = sqrt(1.2e20 / 120) = 1e9, D = 2e10;
+# L = 1.69 + 406.4 / 1e9^0.34 + 410.7 / (2e10)^0.28 = 1.69 + 0.35396 + 0.53609 = 2.5800.
+expect "scaling optimal --flops 1.2e20 --tokens-per-param 20" "params N:        1e+09" "tokens D:        2e+10" \
+  "predicted loss:  2.5800"
+expect "scaling loss --params 1e9 --tokens 2e10" "predicted loss:  2.5800" "compute C:       1.2e+20"
+# Kaplan at N = N_c / 1e4, D = D_c / 1e3: (1e4)^0.076 = 2.0137, (1e3)^0.095 = 1.9275, joint 2.1095.
+expect "scaling loss --params 8.8e9 --tokens 5.4e10 --law kaplan" "L(N):            2.0137" \
+  "L(D):            1.9275" "predicted loss:  2.1095"
+expect "scaling optimal $base --tokens 1e9" "(dense)" "-- compute-optimal at the same C --"
+expect "scaling optimal $base --tokens 1e9 --set moe.num_experts=4 --set moe.top_k=1" "(MoE)" \
+  "caveat:          Chinchilla laws are fitted on dense models"
+
+runs=$(mktemp --suffix=.csv)
+trap 'rm -f "$runs"' EXIT
+awk 'BEGIN { print "params,tokens,loss"
+  split("1e7 3e7 1e8 3e8 1e9 3e9", ns, " "); split("1e9 3e9 1e10 3e10 1e11", ds, " ")
+  for (i = 1; i <= 6; i++) for (j = 1; j <= 5; j++)
+    printf "%s,%s,%.17g\n", ns[i], ds[j], 1.8172 + 482.01 / ns[i]^0.3478 + 2085.43 / ds[j]^0.3658 }' > "$runs"
+out=$($moe scaling fit "$runs" --flops 1e21 2>&1) || fail "moe scaling fit exited non-zero: $out"
+grep -qF "rows:            30" <<<"$out" || fail "fit: not 30 rows: $out"
+awk -v want="1.8172 482.01 2085.43 0.3478 0.3658" '/^fit: / {
+  gsub(/,/, ""); split(want, w, " "); got[1] = $4; got[2] = $7; got[3] = $10; got[4] = $13; got[5] = $16
+  for (k = 1; k <= 5; k++) if ((got[k] - w[k]) / w[k] > 1e-4 || (w[k] - got[k]) / w[k] > 1e-4) bad = 1
+  found = 1 }
+  END { exit (found && !bad) ? 0 : 1 }' <<<"$out" || fail "fit did not recover the constants: $out"
+echo "ok"
