@@ -39,7 +39,7 @@ expand() {  # the placeholders of one word
     [[ -n $key ]] || { echo "run_study: {checkpoint:$name}: run $name has no checkpoint" >&2; return 1; }
     word=${word//\{checkpoint:$name\}/$key}
   done
-  while [[ $word =~ \{([a-z_]+)\.([a-z_]+)\} ]]; do
+  while [[ $word =~ \{([a-z_0-9]+)\.([a-z_0-9]+)\} ]]; do
     [[ -n $last_run ]] || { echo "run_study: {${BASH_REMATCH[1]}.${BASH_REMATCH[2]}} before any run" >&2; return 1; }
     key=$(toml_get "$work/runs/$last_run/config.toml" "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}")
     [[ -n $key ]] || { echo "run_study: no key ${BASH_REMATCH[1]}.${BASH_REMATCH[2]} in $last_run's config" >&2; return 1; }
@@ -59,12 +59,13 @@ run_variant() {  # run_variant NAME KEY=VALUE...: train, then one results row
     echo "run_study: run $name failed: $(grep -v '^\s*$' "$work/logs/$name.log" | tail -1)" | tee -a "$out/log.txt" >&2
     return 1
   fi
-  last_run=$name
   { echo "== $name"; grep -E "^moe-engine:|^eval step" "$work/logs/$name.log" | tail -2; } >> "$out/log.txt"
   # "moe-engine: 9511168 parameters (4202752 active per token), ..."
   header=$(grep -m1 "^moe-engine: [0-9]* parameters" "$work/logs/$name.log")
+  [[ -n $header ]] || { echo "run_study: run $name: no 'moe-engine: N parameters' line in its log" >&2; return 1; }
   metrics=$(grep '"val_loss"' "$work/runs/$name/metrics.jsonl" | tail -1)
   [[ -n $metrics ]] || { echo "run_study: run $name wrote no validation loss (set train.eval_every)" >&2; return 1; }
+  last_run=$name
   printf '%s,%s,%s,%s,%s\n' "$name" "$(sed -E 's/^moe-engine: ([0-9]+) parameters.*/\1/' <<< "$header")" \
     "$(sed -E 's/.*\(([0-9]+) active per token\).*/\1/' <<< "$header")" \
     "$(sed -E 's/.*"val_loss":([-0-9.eE+]+).*/\1/' <<< "$metrics")" \
@@ -80,15 +81,25 @@ build_table() {  # build_table FILE ARGS...
     || { echo "run_study: table $file failed: $(tail -1 "$work/logs/table_$file.log")" >&2; return 1; }
 }
 
-while read -r verb rest; do
+# The steps, checked before anything runs (a last line without a newline counts too).
+steps=()
+line_no=0
+while read -r verb rest || [[ -n $verb ]]; do
+  line_no=$((line_no + 1))
   [[ -z $verb || $verb == \#* ]] && continue
-  read -ra words <<< "$rest"
-  case $verb in
-    run) run_variant "${words[@]}" || failed=$((failed + 1)) ;;
-    table) build_table "${words[@]}" || failed=$((failed + 1)) ;;
-    *) echo "run_study: $study/variants.txt: unknown step '$verb' (run or table)" >&2; exit 2 ;;
-  esac
+  [[ $verb == run || $verb == table ]] \
+    || { echo "run_study: $study/variants.txt:$line_no: unknown step '$verb' (run or table)" >&2; exit 2; }
+  [[ -n $rest ]] || { echo "run_study: $study/variants.txt:$line_no: '$verb' needs a name" >&2; exit 2; }
+  steps+=("$verb $rest")
 done < "$study/variants.txt"
+
+for step in "${steps[@]}"; do
+  read -ra words <<< "$step"
+  case ${words[0]} in
+    run) run_variant "${words[@]:1}" || failed=$((failed + 1)) ;;
+    table) build_table "${words[@]:1}" || failed=$((failed + 1)) ;;
+  esac
+done
 
 # The table: every variant against the first run (the study's baseline).
 awk -F, 'NR == 1 {next}

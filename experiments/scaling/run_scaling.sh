@@ -68,9 +68,12 @@ has_part bench && for cfg in $configs; do
       --set train.grad_accum=$(( accum * model )) "${sets[@]}"
   done
 done
-has_part dispatch && for ep in "${weak[@]}"; do
-  "${mpi[@]}" -np "$ep" "$moe" bench dispatch "${configs%% *}" --set parallel.ep="$ep" 2>&1 | tail -1 \
-    | tee "$out/bench_dispatch_ep$ep.json"
+has_part dispatch && for cfg in $configs; do
+  c=$(basename "$cfg" .toml)
+  for ep in "${weak[@]}"; do
+    "${mpi[@]}" -np "$ep" "$moe" bench dispatch "$cfg" --set parallel.ep="$ep" 2>&1 | tail -1 \
+      | tee "$out/bench_dispatch_${c}_ep$ep.json"
+  done
 done
 
 has_part loss || exit 0

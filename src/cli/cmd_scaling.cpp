@@ -1,10 +1,14 @@
 // `moe scaling optimal|loss|fit`: compute-optimal sizes for a FLOP budget, predicted losses, and
 // the Chinchilla fit of observed runs (src/train/scaling_law.h; docs/scaling_laws.md).
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "parallel/mpi_env.h"
 #include "src/cli/commands.h"
@@ -28,8 +32,8 @@ double parse_positive(const std::string& text, const char* option) {
   char* end = nullptr;
   errno = 0;
   double value = std::strtod(begin, &end);
-  MOE_CHECK(end != begin && *end == '\0' && errno == 0 && std::isfinite(value), option, " '", text,
-            "' is not a number");
+  MOE_CHECK(end != begin && *end == '\0', option, " '", text, "' is not a number");
+  MOE_CHECK(errno == 0 && std::isfinite(value), option, " '", text, "' is out of range");
   MOE_CHECK(value > 0, option, " must be positive, got ", text);
   return value;
 }
@@ -42,10 +46,10 @@ ChinchillaLaw chinchilla_by_name(const std::string& name) {
   MOE_FAIL("unknown law '", name, "': expected chinchilla, besiroglu or kaplan");
 }
 
-void print_law(const std::string& name, const ChinchillaLaw& l) {
+void print_law(const std::string& name, const ChinchillaLaw& law) {
   const char* source = name == "chinchilla" ? "Hoffmann et al. 2022, approach 3" : "Besiroglu et al. 2024 replication";
-  std::printf("law:             %s (%s): L = %.5g + %.6g / N^%.5g + %.6g / D^%.5g\n", name.c_str(), source, l.e, l.a,
-              l.alpha, l.b, l.beta);
+  std::printf("law:             %s (%s): L = %.5g + %.6g / N^%.5g + %.6g / D^%.5g\n", name.c_str(), source, law.e,
+              law.a, law.alpha, law.b, law.beta);
 }
 
 void print_allocation(const ChinchillaLaw& law, const Allocation& at) {
@@ -57,9 +61,8 @@ void print_allocation(const ChinchillaLaw& law, const Allocation& at) {
 }
 
 void print_optimum_rule(const ChinchillaLaw& law) {
-  double g = std::pow(law.alpha * law.a / (law.beta * law.b), 1.0 / (law.alpha + law.beta));
   std::printf("optimum:         N_opt = G (C/6)^%.4f, D_opt = (C/6) / N_opt, G = %.5g\n",
-              law.beta / (law.alpha + law.beta), g);
+              law.beta / (law.alpha + law.beta), optimum_coefficient(law));
 }
 
 // N of a config: every parameter a token uses (all of a dense model; an MoE model without the
@@ -129,11 +132,13 @@ int run_loss(const ScalingOptions& o) {
 
 int run_fit(const ScalingOptions& o) {
   MOE_CHECK(!o.path.empty(), "moe scaling fit needs a FILE of (params, tokens, loss) rows");
+  // --flops is checked before the fit (4500 L-BFGS starts) so a typo fails at once.
+  double flops = o.flops.empty() ? 0.0 : parse_positive(o.flops, "--flops");
   std::vector<LossObservation> rows = read_loss_observations(o.path);
   FitResult fit = fit_chinchilla(rows);
-  double flops = 0;
-  for (const LossObservation& r : rows) flops = std::max(flops, training_flops(r.params, r.tokens));
-  if (!o.flops.empty()) flops = parse_positive(o.flops, "--flops");
+  if (o.flops.empty()) {
+    for (const LossObservation& r : rows) flops = std::max(flops, training_flops(r.params, r.tokens));
+  }
   std::printf("rows:            %zu (%s)\n", rows.size(), o.path.c_str());
   std::printf("fit:             E = %.6g, A = %.6g, B = %.6g, alpha = %.6g, beta = %.6g\n", fit.law.e, fit.law.a,
               fit.law.b, fit.law.alpha, fit.law.beta);

@@ -5,6 +5,8 @@
 #include <cmath>
 #include <deque>
 #include <limits>
+#include <utility>
+#include <vector>
 
 #include "src/train/scaling_law.h"
 #include "src/util/check.h"

@@ -58,13 +58,16 @@ Allocation compute_optimal(const ChinchillaLaw& law, double flops) {
   MOE_CHECK(law.alpha > 0 && law.beta > 0 && law.a > 0 && law.b > 0,
             "a compute-optimal allocation needs A, B, alpha, beta > 0 (got A = ", law.a, ", B = ", law.b,
             ", alpha = ", law.alpha, ", beta = ", law.beta, ")");
-  // Setting d/dN of E + A N^-α + B (C/6N)^-β to zero: α A N^-α = β B (C/6)^-β N^β.
-  double g = std::pow(law.alpha * law.a / (law.beta * law.b), 1.0 / (law.alpha + law.beta));
   Allocation out;
   out.flops = flops;
-  out.params = g * std::pow(flops / 6.0, law.beta / (law.alpha + law.beta));
+  out.params = optimum_coefficient(law) * std::pow(flops / 6.0, law.beta / (law.alpha + law.beta));
   out.tokens = flops / 6.0 / out.params;
   return out;
+}
+
+double optimum_coefficient(const ChinchillaLaw& law) {
+  // Setting d/dN of E + A N^-α + B (C/6N)^-β to zero: α A N^-α = β B (C/6)^-β N^β.
+  return std::pow(law.alpha * law.a / (law.beta * law.b), 1.0 / (law.alpha + law.beta));
 }
 
 Allocation allocate_by_ratio(double flops, double tokens_per_param) {

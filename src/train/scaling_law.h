@@ -39,6 +39,8 @@ struct Allocation {
 // The minimum of L(N, D) on 6 N D = C: N_opt = G (C/6)^(β/(α+β)), D_opt = (C/6) / N_opt,
 // G = (α A / (β B))^(1/(α+β)). Requires flops > 0 and α, β > 0.
 Allocation compute_optimal(const ChinchillaLaw& law, double flops);
+// G of the rule above, (α A / (β B))^(1/(α+β)); its exponent is β/(α+β).
+double optimum_coefficient(const ChinchillaLaw& law);
 // A fixed ratio r = D/N (approach-1 style rule of thumb, e.g. r = 20): N = sqrt(C / (6 r)).
 Allocation allocate_by_ratio(double flops, double tokens_per_param);
 

@@ -39,9 +39,16 @@ if "$src/experiments/run_study.sh" "$work/broken" "$work/broken_out" > "$work/br
   echo "a study with a broken variant succeeded"; exit 1
 fi
 grep -q "run too_many failed: .*top_k" "$work/broken.out" || { echo "no error naming the run:"; cat "$work/broken.out"; exit 1; }
-printf 'train dense\n' > "$work/broken/variants.txt"
-if "$src/experiments/run_study.sh" "$work/broken" "$work/broken_out" > "$work/broken.out" 2>&1; then
+# An unknown step anywhere is refused before the first run trains.
+printf 'run dense moe.num_experts=0\ntrain dense\n' > "$work/broken/variants.txt"
+if "$src/experiments/run_study.sh" "$work/broken" "$work/unknown_out" > "$work/broken.out" 2>&1; then
   echo "an unknown step was accepted"; exit 1
 fi
-grep -q "unknown step 'train'" "$work/broken.out" || { cat "$work/broken.out"; exit 1; }
+grep -q "variants.txt:2: unknown step 'train'" "$work/broken.out" || { cat "$work/broken.out"; exit 1; }
+[[ ! -e $work/unknown_out/work/runs/dense ]] || { echo "a run trained before the unknown step was refused"; exit 1; }
+# A last line without a newline is a step too.
+printf 'run dense moe.num_experts=0' > "$work/broken/variants.txt"
+"$src/experiments/run_study.sh" "$work/broken" "$work/last_line_out" > "$work/broken.out" 2>&1 \
+  || { cat "$work/broken.out"; exit 1; }
+[[ $(grep -c '^dense,' "$work/last_line_out/results.csv") -eq 1 ]] || { echo "the last line did not run"; exit 1; }
 echo "run_study: both studies ran every variant"

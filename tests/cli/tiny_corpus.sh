@@ -4,5 +4,5 @@
 set -euo pipefail
 for i in $(seq 1 "$2"); do
   echo "The quick brown fox $i jumps over the lazy dog number $((i % 17)). A bird sang in tree $((i % 5))."
-  [[ $((i % 4)) -eq 0 ]] && echo
+  if ((i % 4 == 0)); then echo; fi
 done > "$1"

@@ -347,6 +347,7 @@ TEST_CASE("the GPU estimate lands within 2% of the peaks measured on four H200s"
     const char* config;
     int world;
     std::vector<std::string> layout;
+    int grad_accum;  // 4 micro-batches per GPU: 4 x tp x pp per replica
     int64_t measured;
   };
   const std::string small = "experiments/perf/moe_small.toml", large = "experiments/scaling/moe_1b.toml";
@@ -355,16 +356,15 @@ TEST_CASE("the GPU estimate lands within 2% of the peaks measured on four H200s"
                                   tp2 = {"parallel.tp=2", "parallel.ep=2", "parallel.zero=1"},
                                   pp2 = {"parallel.pp=2", "parallel.ep=2", "parallel.zero=1"};
   const Record records[] = {
-      {small.c_str(), 1, {}, 27323584000},   {small.c_str(), 2, ep2, 22789606408},
-      {small.c_str(), 4, ep4, 19426851664},  {small.c_str(), 4, ep2, 20402478672},
-      {small.c_str(), 4, tp2, 15293955440},  {small.c_str(), 4, pp2, 16657726696},
-      {large.c_str(), 1, {}, 32697378816},   {large.c_str(), 2, ep2, 22414190208},
-      {large.c_str(), 4, ep4, 16599548736},  {large.c_str(), 4, ep2, 18308203896},
-      {large.c_str(), 4, tp2, 17199403816},  {large.c_str(), 4, pp2, 15217176368}};
+      {small.c_str(), 1, {}, 4, 27323584000},  {small.c_str(), 2, ep2, 4, 22789606408},
+      {small.c_str(), 4, ep4, 4, 19426851664}, {small.c_str(), 4, ep2, 4, 20402478672},
+      {small.c_str(), 4, tp2, 8, 15293955440}, {small.c_str(), 4, pp2, 8, 16657726696},
+      {large.c_str(), 1, {}, 4, 32697378816},  {large.c_str(), 2, ep2, 4, 22414190208},
+      {large.c_str(), 4, ep4, 4, 16599548736}, {large.c_str(), 4, ep2, 4, 18308203896},
+      {large.c_str(), 4, tp2, 8, 17199403816}, {large.c_str(), 4, pp2, 8, 15217176368}};
   for (const Record& r : records) {
     std::vector<std::string> overrides = r.layout;
-    const bool model_parallel = r.layout.size() == 3;  // TP 2 or PP 2: 4 x 2 micro-batches per replica
-    overrides.push_back(model_parallel ? "train.grad_accum=8" : "train.grad_accum=4");
+    overrides.push_back("train.grad_accum=" + std::to_string(r.grad_accum));
     const Config config = load_config(root + "/" + r.config, overrides);
     const int64_t estimate = make_plan(config, r.world, "cuda").peak;
     const double error = static_cast<double>(estimate - r.measured) / static_cast<double>(r.measured);
