@@ -5,7 +5,8 @@
 # Usage: experiments/run_study.sh STUDY_DIR OUT_DIR
 # Environment: MOE=build/moe; EXTRA="--set k=v ..." (applied to every run before the variant's
 #   own keys, e.g. a smaller model or other data); LAUNCH="mpirun -np 2" (a prefix for moe train);
-#   WORK=OUT/work (run directories with their checkpoints, hash tables, full logs).
+#   WORK=OUT/work (run directories with their checkpoints, hash tables, full logs);
+#   VARIANTS=STUDY_DIR/variants.txt (another list of steps over the same base.toml).
 # variants.txt, one step per line, in order (# starts a comment):
 #   run NAME KEY=VALUE ...    moe train base.toml --set KEY=VALUE ... into WORK/runs/NAME
 #   table FILE ARGS ...       moe hash-table ARGS --out WORK/tables/FILE
@@ -17,7 +18,9 @@ out=${2:?out dir}
 moe=${MOE:-build/moe}
 read -d '' -ra extra <<< "${EXTRA:-}" || true  # words over any number of lines
 read -d '' -ra launch <<< "${LAUNCH:-}" || true
-[[ -f $study/base.toml && -f $study/variants.txt ]] || { echo "run_study: $study needs base.toml and variants.txt" >&2; exit 2; }
+variants=${VARIANTS:-$study/variants.txt}
+[[ -f $study/base.toml ]] || { echo "run_study: $study has no base.toml" >&2; exit 2; }
+[[ -f $variants ]] || { echo "run_study: no variants file $variants" >&2; exit 2; }
 work=${WORK:-$out/work}
 mkdir -p "$out" "$work/runs" "$work/tables" "$work/logs"
 : > "$out/log.txt"
@@ -88,10 +91,10 @@ while read -r verb rest || [[ -n $verb ]]; do
   line_no=$((line_no + 1))
   [[ -z $verb || $verb == \#* ]] && continue
   [[ $verb == run || $verb == table ]] \
-    || { echo "run_study: $study/variants.txt:$line_no: unknown step '$verb' (run or table)" >&2; exit 2; }
-  [[ -n $rest ]] || { echo "run_study: $study/variants.txt:$line_no: '$verb' needs a name" >&2; exit 2; }
+    || { echo "run_study: $variants:$line_no: unknown step '$verb' (run or table)" >&2; exit 2; }
+  [[ -n $rest ]] || { echo "run_study: $variants:$line_no: '$verb' needs a name" >&2; exit 2; }
   steps+=("$verb $rest")
-done < "$study/variants.txt"
+done < "$variants"
 
 for step in "${steps[@]}"; do
   read -ra words <<< "$step"
