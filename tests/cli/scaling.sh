@@ -22,9 +22,16 @@ expect "scaling loss --params 1e9 --tokens 2e10" "predicted loss:  2.5800" "comp
 # Kaplan at N = N_c / 1e4, D = D_c / 1e3: (1e4)^0.076 = 2.0137, (1e3)^0.095 = 1.9275, joint 2.1095.
 expect "scaling loss --params 8.8e9 --tokens 5.4e10 --law kaplan" "L(N):            2.0137" \
   "L(D):            1.9275" "predicted loss:  2.1095"
-expect "scaling optimal $base --tokens 1e9" "(dense)" "-- compute-optimal at the same C --"
+# base.toml by hand (defaults: 2 layers, SwiGLU d_ff 512, RMSNorm, as many KV heads as heads,
+# tied embeddings): embedding 64 x 32 = 2048; per layer q, k, v, o 4 x 32 x 32 = 4096, two norms
+# 64, FFN 3 x 32 x 512 = 49152 -> 53312; final norm 32: 2048 + 2 x 53312 + 32 = 108704.
+expect "scaling optimal $base --tokens 1e9" "(dense)" "params:          108704 total, 108704 used per token" \
+  "-- compute-optimal at the same C --"
+# 4 experts of 256 (top-1) per layer instead of the FFN: router 32 x 4 = 128, experts
+# 4 x 3 x 32 x 256 = 98304 -> per layer 4096 + 64 + 128 + 98304 = 102592, total
+# 2048 + 2 x 102592 + 32 = 207264; a token uses one expert (24576): 2048 + 2 x 28864 + 32 = 59808.
 expect "scaling optimal $base --tokens 1e9 --set moe.num_experts=4 --set moe.top_k=1" "(MoE)" \
-  "caveat:          Chinchilla laws are fitted on dense models"
+  "params:          207264 total, 59808 used per token" "caveat:          Chinchilla laws are fitted on dense models"
 
 runs=$(mktemp --suffix=.csv)
 trap 'rm -f "$runs"' EXIT
