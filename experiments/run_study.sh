@@ -24,7 +24,7 @@ variants=${VARIANTS:-$study/variants.txt}
 work=${WORK:-$out/work}
 mkdir -p "$out" "$work/runs" "$work/tables" "$work/logs"
 : > "$out/log.txt"
-echo "name,params,active_params,val_loss,val_ppl" > "$out/results.csv"
+echo "name,params,active_params,tokens,val_loss,val_ppl" > "$out/results.csv"
 last_run=""
 failed=0
 
@@ -52,7 +52,7 @@ expand() {  # the placeholders of one word
 }
 
 run_variant() {  # run_variant NAME KEY=VALUE...: train, then one results row
-  local name=$1 kv args=() header metrics
+  local name=$1 kv args=() header metrics train_steps
   shift
   for kv in "$@"; do args+=(--set "$(expand "$kv")") || return 1; done
   echo "[$(date +%T)] run $name" >&2
@@ -63,14 +63,16 @@ run_variant() {  # run_variant NAME KEY=VALUE...: train, then one results row
     return 1
   fi
   { echo "== $name"; grep -E "^moe-engine:|^eval step" "$work/logs/$name.log" | tail -2; } >> "$out/log.txt"
-  # "moe-engine: 9511168 parameters (4202752 active per token), ..."
+  # "moe-engine: 9511168 parameters (4202752 active per token), ..., 2048 tokens per step"
   header=$(grep -m1 "^moe-engine: [0-9]* parameters" "$work/logs/$name.log")
   [[ -n $header ]] || { echo "run_study: run $name: no 'moe-engine: N parameters' line in its log" >&2; return 1; }
   metrics=$(grep '"val_loss"' "$work/runs/$name/metrics.jsonl" | tail -1)
   [[ -n $metrics ]] || { echo "run_study: run $name wrote no validation loss (set train.eval_every)" >&2; return 1; }
   last_run=$name
-  printf '%s,%s,%s,%s,%s\n' "$name" "$(sed -E 's/^moe-engine: ([0-9]+) parameters.*/\1/' <<< "$header")" \
+  train_steps=$(toml_get "$work/runs/$name/config.toml" train steps)
+  printf '%s,%s,%s,%s,%s,%s\n' "$name" "$(sed -E 's/^moe-engine: ([0-9]+) parameters.*/\1/' <<< "$header")" \
     "$(sed -E 's/.*\(([0-9]+) active per token\).*/\1/' <<< "$header")" \
+    "$(( $(sed -E 's/.* ([0-9]+) tokens per step.*/\1/' <<< "$header") * train_steps ))" \
     "$(sed -E 's/.*"val_loss":([-0-9.eE+]+).*/\1/' <<< "$metrics")" \
     "$(sed -E 's/.*"val_ppl":([-0-9.eE+]+).*/\1/' <<< "$metrics")" >> "$out/results.csv"
 }
@@ -106,9 +108,9 @@ done
 
 # The table: every variant against the first run (the study's baseline).
 awk -F, 'NR == 1 {next}
-  NR == 2 {base = $4; print "| variant | parameters | active per token | val loss | val ppl | vs " $1 " |";
-           print "|---|---|---|---|---|---|"}
-  {printf "| %s | %.2fM | %.2fM | %.4f | %.2f | %+.4f |\n", $1, $2 / 1e6, $3 / 1e6, $4, $5, $4 - base}' \
+  NR == 2 {base = $5; print "| variant | parameters | active per token | tokens | val loss | val ppl | vs " $1 " |";
+           print "|---|---|---|---|---|---|---|"}
+  {printf "| %s | %.2fM | %.2fM | %.2fM | %.4f | %.2f | %+.4f |\n", $1, $2 / 1e6, $3 / 1e6, $4 / 1e6, $5, $6, $5 - base}' \
   "$out/results.csv" > "$out/results.md"
 cat "$out/results.md"
 ((failed == 0)) || { echo "run_study: $failed step(s) failed (logs in $work/logs)" >&2; exit 1; }

@@ -24,6 +24,7 @@ struct ScalingOptions {
   std::string law = "chinchilla";
   std::string flops, params, tokens, tokens_per_param;  // numbers, parsed here for one-line errors
   std::string path;                                     // the fit's FILE, or optimal's CONFIG
+  LossColumns columns;                                  // the fit's column names
   std::vector<std::string> overrides;
 };
 
@@ -134,7 +135,7 @@ int run_fit(const ScalingOptions& o) {
   MOE_CHECK(!o.path.empty(), "moe scaling fit needs a FILE of (params, tokens, loss) rows");
   // --flops is checked before the fit (4500 L-BFGS starts) so a typo fails at once.
   double flops = o.flops.empty() ? 0.0 : parse_positive(o.flops, "--flops");
-  std::vector<LossObservation> rows = read_loss_observations(o.path);
+  std::vector<LossObservation> rows = read_loss_observations(o.path, o.columns);
   FitResult fit = fit_chinchilla(rows);
   if (o.flops.empty()) {
     for (const LossObservation& r : rows) flops = std::max(flops, training_flops(r.params, r.tokens));
@@ -177,6 +178,9 @@ void add_scaling_command(CLI::App& app, CommandRunner& run) {
   auto* fit = cmd->add_subcommand("fit", "fit E, A, B, alpha, beta to (params, tokens, loss) rows");
   fit->add_option("file", o->path, "JSON lines or CSV with params, tokens, loss");
   fit->add_option("--flops", o->flops, "budget for the allocation (default: the largest run's 6 N D)");
+  fit->add_option("--params-column", o->columns.params, "name of N's field or column (default params)");
+  fit->add_option("--tokens-column", o->columns.tokens, "name of D's field or column (default tokens)");
+  fit->add_option("--loss-column", o->columns.loss, "name of the loss's field or column (default loss)");
   // Pure arithmetic on one process: under mpirun rank 0 prints and the others do nothing.
   auto on_rank0 = [&run](std::function<int(const ScalingOptions&)> body, std::shared_ptr<ScalingOptions> o) {
     return [&run, body, o] {

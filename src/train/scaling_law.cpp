@@ -110,11 +110,10 @@ std::string trim(const std::string& s) {
   return b == std::string::npos ? "" : s.substr(b, e - b + 1);
 }
 
-LossObservation parse_json_row(const std::string& line, const std::string& where) {
+LossObservation parse_json_row(const std::string& line, const std::string& where, const std::string names[3]) {
   nlohmann::json row = nlohmann::json::parse(line, nullptr, false);
   MOE_CHECK(!row.is_discarded() && row.is_object(), where, ": not a JSON object");
   double values[3];
-  const char* names[3] = {"params", "tokens", "loss"};
   for (int i = 0; i < 3; ++i) {
     MOE_CHECK(row.contains(names[i]), where, ": missing field '", names[i], "'");
     const auto& v = row[names[i]];
@@ -130,7 +129,9 @@ LossObservation parse_json_row(const std::string& line, const std::string& where
 
 }  // namespace
 
-std::vector<LossObservation> parse_loss_observations(const std::string& text, const std::string& source) {
+std::vector<LossObservation> parse_loss_observations(const std::string& text, const std::string& source,
+                                                     const LossColumns& columns) {
+  const std::string names[3] = {columns.params, columns.tokens, columns.loss};
   std::vector<LossObservation> rows;
   std::stringstream in(text);
   std::string line;
@@ -141,7 +142,7 @@ std::vector<LossObservation> parse_loss_observations(const std::string& text, co
     if (line.empty() || line[0] == '#') continue;
     std::string where = source + ":" + std::to_string(number);
     if (line[0] == '{') {
-      rows.push_back(parse_json_row(line, where));
+      rows.push_back(parse_json_row(line, where, names));
       first = false;
       continue;
     }
@@ -150,7 +151,6 @@ std::vector<LossObservation> parse_loss_observations(const std::string& text, co
     bool header = first && !cells.empty() && std::isalpha(static_cast<unsigned char>(cells[0][0]));
     first = false;
     if (header) {
-      const char* names[3] = {"params", "tokens", "loss"};
       for (int i = 0; i < 3; ++i) {
         column[i] = -1;
         for (size_t c = 0; c < cells.size(); ++c) if (cells[c] == names[i]) column[i] = static_cast<int>(c);
@@ -161,18 +161,18 @@ std::vector<LossObservation> parse_loss_observations(const std::string& text, co
     int needed = std::max(column[0], std::max(column[1], column[2])) + 1;
     MOE_CHECK(static_cast<int>(cells.size()) >= needed, where, ": expected ", needed, " comma-separated fields, got ",
               cells.size());
-    rows.push_back({parse_field(cells[column[0]], "params", where), parse_field(cells[column[1]], "tokens", where),
-                    parse_field(cells[column[2]], "loss", where)});
+    rows.push_back({parse_field(cells[column[0]], names[0], where), parse_field(cells[column[1]], names[1], where),
+                    parse_field(cells[column[2]], names[2], where)});
   }
   return rows;
 }
 
-std::vector<LossObservation> read_loss_observations(const std::string& path) {
+std::vector<LossObservation> read_loss_observations(const std::string& path, const LossColumns& columns) {
   std::ifstream file(path);
   MOE_CHECK(file.good(), "cannot open loss file ", path);
   std::stringstream text;
   text << file.rdbuf();
-  return parse_loss_observations(text.str(), path);
+  return parse_loss_observations(text.str(), path, columns);
 }
 
 }  // namespace moe

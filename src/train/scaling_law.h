@@ -73,10 +73,17 @@ FitResult fit_chinchilla(const std::vector<LossObservation>& rows, const FitOpti
 double huber_objective(const std::vector<LossObservation>& rows, const double x[5], double delta,
                        double grad[5]);
 
+// The field (JSON) or header column (CSV) names of N, D and the loss, e.g. loss = "val_loss" for
+// experiments/run_study.sh's results.csv.
+struct LossColumns {
+  std::string params = "params", tokens = "tokens", loss = "loss";
+};
 // Rows from text: JSON lines ({"params": N, "tokens": D, "loss": L} per line) or CSV (a header
-// naming params, tokens and loss in any order, or three unnamed columns in that order). Blank
-// lines and lines starting with '#' are skipped. `source` names the text in errors (FILE:LINE).
-std::vector<LossObservation> parse_loss_observations(const std::string& text, const std::string& source);
-std::vector<LossObservation> read_loss_observations(const std::string& path);
+// naming the three columns in any order, other columns ignored, or three unnamed columns in
+// that order). Blank lines and lines starting with '#' are skipped. `source` names the text in
+// errors (FILE:LINE).
+std::vector<LossObservation> parse_loss_observations(const std::string& text, const std::string& source,
+                                                     const LossColumns& columns = {});
+std::vector<LossObservation> read_loss_observations(const std::string& path, const LossColumns& columns = {});
 
 }  // namespace moe

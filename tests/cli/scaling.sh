@@ -46,4 +46,10 @@ awk -v want="1.8172 482.01 2085.43 0.3478 0.3658" '/^fit: / {
   for (k = 1; k <= 5; k++) if ((got[k] - w[k]) / w[k] > 1e-4 || (w[k] - got[k]) / w[k] > 1e-4) bad = 1
   found = 1 }
   END { exit (found && !bad) ? 0 : 1 }' <<<"$out" || fail "fit did not recover the constants: $out"
+# The same runs in run_study's results.csv layout, fitted by naming its loss column.
+awk -F, 'NR == 1 {print "name,params,active_params,tokens,val_loss,val_ppl"; next}
+  {printf "run%d,%s,%s,%s,%s,1\n", NR, $1, $1, $2, $3}' "$runs" > "$runs.study"
+out2=$($moe scaling fit "$runs.study" --loss-column val_loss --flops 1e21 2>&1) || fail "fit --loss-column: $out2"
+[[ $(grep "^fit: " <<<"$out2") == $(grep "^fit: " <<<"$out") ]] || fail "fit --loss-column differs: $out2"
+rm -f "$runs.study"
 echo "ok"

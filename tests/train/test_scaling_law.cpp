@@ -213,4 +213,15 @@ TEST_CASE("rows are read from JSON lines and CSV, with FILE:LINE errors", "[scal
                       Contains("r.jsonl:1: tokens is not a number: [1]"));
   REQUIRE_THROWS_WITH(parse_loss_observations("{\"params\": 1e8,\n", "r.jsonl"), Contains("r.jsonl:1: not a JSON object"));
   REQUIRE_THROWS_WITH(read_loss_observations("/nonexistent/runs.csv"), Contains("cannot open loss file /nonexistent/runs.csv"));
+  // Other column names: experiments/run_study.sh's results.csv, and JSON lines with val_loss.
+  LossColumns study;
+  study.params = "active_params";
+  study.loss = "val_loss";
+  rows = parse_loss_observations("name,params,active_params,tokens,val_loss,val_ppl\ndense,9,7,2048,5.5,244.7\n",
+                                 "results.csv", study);
+  REQUIRE((rows.size() == 1 && rows[0].params == 7 && rows[0].tokens == 2048 && rows[0].loss == 5.5));
+  rows = parse_loss_observations("{\"active_params\": 7, \"tokens\": 2048, \"val_loss\": 5.5}\n", "r.jsonl", study);
+  REQUIRE((rows.size() == 1 && rows[0].params == 7 && rows[0].loss == 5.5));
+  REQUIRE_THROWS_WITH(parse_loss_observations("params,tokens,loss\n1,2,3\n", "r.csv", study),
+                      Contains("r.csv:1: the CSV header has no column 'active_params'"));
 }
