@@ -2,7 +2,7 @@
 // tokens (the grouped GEMM of later issues replaces the loop, not the contract).
 #include "experts/expert_group.h"
 
-#include "src/model/linear.h"
+#include "src/nn/linear.h"
 
 namespace moe {
 

@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "src/model/dense_ffn.h"
+#include "src/nn/dense_ffn.h"
 
 namespace moe {
 

@@ -7,7 +7,7 @@
 
 #include "parallel/alltoall_dispatcher.h"
 #include "parallel/local_dispatcher.h"
-#include "src/model/linear.h"
+#include "src/nn/linear.h"
 #include "src/ops/ops.h"
 
 namespace moe {

@@ -2,7 +2,7 @@
 // [K_s*f, d], and with the gate "<prefix>.gate" [d, 1].
 #include "experts/shared_experts.h"
 
-#include "src/model/linear.h"
+#include "src/nn/linear.h"
 
 namespace moe {
 

@@ -7,7 +7,7 @@
 
 #include <string>
 
-#include "src/model/dense_ffn.h"
+#include "src/nn/dense_ffn.h"
 
 namespace moe {
 

@@ -5,7 +5,7 @@
 #include <cmath>
 
 #include "routing/topk_router.h"
-#include "src/model/linear.h"
+#include "src/nn/linear.h"
 #include "src/ops/ops.h"
 
 namespace moe {

@@ -7,7 +7,7 @@
 
 #include "src/ops/ops.h"
 #include "src/tensor/tensor.h"
-#include "src/train/safetensors.h"
+#include "src/io/safetensors.h"
 
 namespace moe {
 

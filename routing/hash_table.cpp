@@ -8,7 +8,7 @@
 
 #include "src/data/token_shard.h"
 #include "src/tensor/tensor.h"
-#include "src/train/safetensors.h"
+#include "src/io/safetensors.h"
 
 namespace moe {
 

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "src/model/param_store.h"
+#include "src/nn/param_store.h"
 
 namespace moe {
 

@@ -4,7 +4,7 @@
 
 #include <random>
 
-#include "src/model/linear.h"
+#include "src/nn/linear.h"
 
 namespace moe {
 

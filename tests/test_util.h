@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "src/model/param_store.h"
+#include "src/nn/param_store.h"
 #include "src/tensor/tensor.h"
 
 namespace moe::test {

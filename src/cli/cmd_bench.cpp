@@ -6,7 +6,7 @@
 #include "src/cli/commands.h"
 #include "parallel/topology.h"
 #include "src/cli/run_setup.h"
-#include "src/train/bench_dispatch.h"
+#include "src/tools/bench_dispatch.h"
 #include "src/train/device_select.h"
 
 namespace moe {

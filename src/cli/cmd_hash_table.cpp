@@ -1,10 +1,10 @@
 // `moe hash-table --kind balanced|random|clustering|dispersed --experts E --out FILE ...`:
-// builds a hash-routing table for moe.hash_table (routing/hash_table_command.h does the work).
+// builds a hash-routing table for moe.hash_table (src/tools/hash_table_command.h does the work).
 #include <iostream>
 #include <memory>
 
 #include "parallel/mpi_env.h"
-#include "routing/hash_table_command.h"
+#include "src/tools/hash_table_command.h"
 #include "src/cli/commands.h"
 
 namespace moe {

@@ -6,7 +6,7 @@
 
 #include "parallel/mpi_env.h"
 #include "src/cli/commands.h"
-#include "src/train/plan.h"
+#include "src/tools/plan.h"
 #include "src/util/check.h"
 
 namespace moe {

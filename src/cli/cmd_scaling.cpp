@@ -1,5 +1,5 @@
 // `moe scaling optimal|loss|fit`: compute-optimal sizes for a FLOP budget, predicted losses, and
-// the Chinchilla fit of observed runs (src/train/scaling_law.h; docs/scaling_laws.md).
+// the Chinchilla fit of observed runs (src/tools/scaling_law.h; docs/scaling_laws.md).
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
@@ -12,8 +12,8 @@
 
 #include "parallel/mpi_env.h"
 #include "src/cli/commands.h"
-#include "src/train/plan.h"
-#include "src/train/scaling_law.h"
+#include "src/tools/plan.h"
+#include "src/tools/scaling_law.h"
 #include "src/util/check.h"
 
 namespace moe {

@@ -3,7 +3,7 @@
 #include <iostream>
 
 #include "src/cli/commands.h"
-#include "src/data/tokenize_command.h"
+#include "src/tools/tokenize_command.h"
 
 namespace moe {
 

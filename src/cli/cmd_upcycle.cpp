@@ -1,9 +1,9 @@
 // `moe upcycle --from DENSE_CHECKPOINT --config MOE.toml --out DIR [--mode ...]`: turns a dense
-// checkpoint into a step-0 MoE checkpoint that `moe train` resumes (experts/upcycle.h).
+// checkpoint into a step-0 MoE checkpoint that `moe train` resumes (src/tools/upcycle.h).
 #include <cstdio>
 #include <memory>
 
-#include "experts/upcycle.h"
+#include "src/tools/upcycle.h"
 #include "parallel/mpi_env.h"
 #include "src/cli/commands.h"
 

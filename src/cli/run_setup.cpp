@@ -3,7 +3,7 @@
 
 #include <filesystem>
 
-#include "src/train/atomic_dir.h"
+#include "src/io/atomic_dir.h"
 #include "src/train/device_select.h"
 
 namespace moe {

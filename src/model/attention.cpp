@@ -2,7 +2,7 @@
 // or split by heads over the tensor-parallel group.
 #include "src/model/attention.h"
 
-#include "src/model/linear.h"
+#include "src/nn/linear.h"
 
 namespace moe {
 

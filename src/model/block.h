@@ -7,7 +7,7 @@
 
 #include "experts/moe_layer.h"
 #include "src/model/attention.h"
-#include "src/model/dense_ffn.h"
+#include "src/nn/dense_ffn.h"
 #include "src/model/norm.h"
 
 namespace moe {

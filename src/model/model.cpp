@@ -7,7 +7,7 @@
 
 #include "routing/router_factory.h"
 #include "routing/topk_router.h"
-#include "src/model/linear.h"
+#include "src/nn/linear.h"
 #include "src/model/vocab_parallel.h"
 #include "src/ops/ops.h"
 

@@ -10,7 +10,7 @@
 
 #include "src/config/config.h"
 #include "src/model/block.h"
-#include "src/model/tensor_parallel.h"
+#include "src/nn/tensor_parallel.h"
 
 namespace moe {
 

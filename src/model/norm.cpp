@@ -1,7 +1,7 @@
 // RMSNorm / LayerNorm module: parameters "<prefix>.weight" (and ".bias" for LayerNorm).
 #include "src/model/norm.h"
 
-#include "src/model/linear.h"
+#include "src/nn/linear.h"
 #include "src/ops/ops.h"
 
 namespace moe {

@@ -3,7 +3,7 @@
 
 #include <string>
 
-#include "src/model/param_store.h"
+#include "src/nn/param_store.h"
 
 namespace moe {
 

@@ -7,8 +7,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "src/train/atomic_dir.h"
-#include "src/train/safetensors.h"
+#include "src/io/atomic_dir.h"
+#include "src/io/safetensors.h"
 
 namespace moe {
 

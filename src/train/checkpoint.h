@@ -7,9 +7,9 @@
 #include <string>
 
 #include "src/config/config.h"
-#include "src/model/param_store.h"
+#include "src/nn/param_store.h"
 #include "src/train/optimizer.h"
-#include "src/train/safetensors.h"
+#include "src/io/safetensors.h"
 
 namespace moe {
 

@@ -9,7 +9,7 @@
 
 #include "parallel/communicator.h"
 #include "src/config/config.h"
-#include "src/model/param_store.h"
+#include "src/nn/param_store.h"
 
 namespace moe {
 

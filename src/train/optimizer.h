@@ -3,7 +3,7 @@
 #pragma once
 
 #include "src/config/config.h"
-#include "src/model/param_store.h"
+#include "src/nn/param_store.h"
 
 namespace moe {
 

@@ -11,7 +11,7 @@
 
 #include "parallel/communicator.h"
 #include "src/model/attention.h"
-#include "src/model/dense_ffn.h"
+#include "src/nn/dense_ffn.h"
 #include "experts/shared_experts.h"
 #include "tests/parallel/tp_groups.h"
 #include "tests/test_util.h"

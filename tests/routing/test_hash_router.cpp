@@ -7,7 +7,7 @@
 
 #include "routing/hash_router.h"
 #include "routing/hash_table.h"
-#include "src/train/safetensors.h"
+#include "src/io/safetensors.h"
 #include "tests/data/data_test_util.h"
 #include "tests/test_util.h"
 

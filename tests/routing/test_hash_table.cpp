@@ -10,10 +10,10 @@
 
 #include "routing/hash_clustering.h"
 #include "routing/hash_table.h"
-#include "routing/hash_table_command.h"
 #include "src/data/token_shard.h"
-#include "src/train/safetensors.h"
+#include "src/io/safetensors.h"
 #include "tests/data/data_test_util.h"
+#include "tests/routing/hash_test_util.h"
 #include "tests/test_util.h"
 
 namespace moe {
@@ -21,32 +21,9 @@ namespace {
 
 using Catch::Matchers::Contains;
 using test::TempDir;
-
-// Points around `num_clusters` centres 20 apart on distinct axes (noise in [-0.5, 0.5)),
-// cluster of point i = truth[i]; sizes differ so that dispersal has remainders.
-struct Blobs {
-  EmbeddingRows rows;
-  std::vector<int32_t> truth;
-};
-Blobs make_blobs(const std::vector<int64_t>& sizes, int64_t dim, uint64_t seed) {
-  Blobs b;
-  for (size_t c = 0; c < sizes.size(); ++c) {
-    for (int64_t i = 0; i < sizes[c]; ++i) b.truth.push_back(static_cast<int32_t>(c));
-  }
-  // Interleave the clusters over token ids (a fixed shuffle), as real vocabularies would.
-  std::vector<size_t> order(b.truth.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::shuffle(order.begin(), order.end(), std::mt19937_64(seed));
-  std::vector<int32_t> shuffled;
-  for (size_t i : order) shuffled.push_back(b.truth[i]);
-  b.truth = shuffled;
-  auto noise = test::random_values(static_cast<int64_t>(b.truth.size()) * dim, seed + 1, -0.5, 0.5);
-  b.rows.rows = static_cast<int64_t>(b.truth.size());
-  b.rows.dim = dim;
-  b.rows.values = noise;
-  for (size_t i = 0; i < b.truth.size(); ++i) b.rows.values[i * static_cast<size_t>(dim) + static_cast<size_t>(b.truth[i] % dim)] += 20.0;
-  return b;
-}
+using test::Blobs;
+using test::make_blobs;
+using test::write_embedding_checkpoint;
 
 // Labels equal up to renaming the clusters.
 bool same_partition(const std::vector<int32_t>& a, const std::vector<int32_t>& b) {
@@ -63,17 +40,6 @@ std::vector<int64_t> per_expert(const std::vector<int32_t>& table, int64_t exper
   std::vector<int64_t> n(static_cast<size_t>(experts), 0);
   for (int32_t e : table) ++n.at(static_cast<size_t>(e));
   return n;
-}
-
-// Writes a checkpoint-like model.safetensors holding the embedding rows as embed.tokens (f32)
-// next to another tensor, as a trained checkpoint would.
-void write_embedding_checkpoint(const std::filesystem::path& dir, const EmbeddingRows& rows) {
-  std::filesystem::create_directories(dir);
-  std::vector<float> values(rows.values.begin(), rows.values.end());
-  write_safetensors(dir / "model.safetensors",
-                    {{"embed.positions", test::random_tensor({4, rows.dim}, DType::f32, 3)},
-                     {"embed.tokens", Tensor::from_vector(values, {rows.rows, rows.dim}, DType::f32)}},
-                    {{"format", "moe-engine"}});
 }
 
 TEST_CASE("hash kinds: names round-trip and unknown names fail", "[hash]") {
@@ -258,84 +224,6 @@ TEST_CASE("clustering table from a checkpoint's embed.tokens", "[hash]") {
   write_safetensors(dir.file("no_embed.safetensors"), {{"w", test::random_tensor({2, 2}, DType::f32, 1)}});
   REQUIRE_THROWS_WITH(read_input_embeddings(dir.file("no_embed.safetensors")), Contains("has no tensor 'embed.tokens'"));
   REQUIRE_THROWS_WITH(read_input_embeddings(dir.path() / "nowhere"), Contains("does not exist"));
-}
-
-TEST_CASE("moe hash-table: builds, saves and reports the load", "[hash]") {
-  TempDir dir;
-  std::vector<uint32_t> tokens;
-  for (uint32_t i = 0; i < 400; ++i) tokens.push_back((i * i + 3 * i) % 50);
-  const std::string shard = dir.file("train.tok");
-  data::write_token_shard(shard, tokens, data::TokenDType::u16);
-
-  HashTableCommandOptions o;
-  o.kind = "balanced";
-  o.experts = 4;
-  o.out = dir.file("balanced.safetensors");
-  o.data = shard;
-  o.vocab_size = 64;
-  std::ostringstream log;
-  HashTable t = run_hash_table_command(o, log);
-  auto counts = count_token_frequencies(data::TokenDataset::open(shard), 64);
-  REQUIRE(t.table == build_balanced_hash_table(counts, 4).table);
-  REQUIRE(load_hash_table(o.out).table == t.table);
-  REQUIRE_THAT(log.str(), Contains("hash-table: balanced, 64 tokens -> 4 experts") &&
-                              Contains("frequency-weighted over 400 tokens of " + shard) &&
-                              Contains("wrote " + o.out));
-  const std::string line = log.str();
-  REQUIRE(std::count(line.begin(), line.end(), '\n') == 1);
-
-  Blobs blobs = make_blobs({6, 6, 6}, 4, 5);
-  write_embedding_checkpoint(dir.path() / "ckpt", blobs.rows);
-  HashTableCommandOptions c;
-  c.kind = "dispersed";
-  c.experts = 3;
-  c.out = dir.file("dispersed.safetensors");
-  c.checkpoint = (dir.path() / "ckpt").string();
-  std::ostringstream clog;
-  REQUIRE(run_hash_table_command(c, clog).table == build_dispersed_hash_table(blobs.rows, 3, 0, 20).table);
-  REQUIRE_THAT(clog.str(), Contains("tokens per expert max/mean 1.000 over the vocabulary"));
-
-  auto fails = [&](HashTableCommandOptions bad, const std::string& message) {
-    std::ostringstream ignored;
-    REQUIRE_THROWS_WITH(run_hash_table_command(bad, ignored), Contains(message));
-  };
-  HashTableCommandOptions no_data = o;
-  no_data.data.clear();
-  fails(no_data, "--kind balanced needs --data SHARD");
-  HashTableCommandOptions no_vocab = o;
-  no_vocab.vocab_size = 0;
-  fails(no_vocab, "--kind balanced needs --vocab-size");
-  HashTableCommandOptions small_vocab = o;
-  small_vocab.vocab_size = 10;
-  fails(small_vocab, "outside the vocabulary of 10 tokens");
-  HashTableCommandOptions bigram = o;
-  bigram.kind = "bigram";
-  fails(bigram, "--kind bigram builds no table");
-  HashTableCommandOptions no_ckpt = c;
-  no_ckpt.checkpoint.clear();
-  fails(no_ckpt, "--kind dispersed needs --checkpoint DIR");
-  HashTableCommandOptions wrong_vocab = c;
-  wrong_vocab.vocab_size = 32000;
-  fails(wrong_vocab, "has an embedding of 18 tokens but --vocab-size is 32000");
-}
-
-TEST_CASE("the moe binary runs hash-table", "[hash][cli]") {
-  const char* binary = std::getenv("MOE_BINARY");
-  if (binary == nullptr) {
-    WARN("MOE_BINARY is not set (run through ctest): skipping the binary check");
-    return;
-  }
-  TempDir dir;
-  const std::string out = dir.file("random.safetensors"), log = dir.file("log.txt");
-  std::string cmd = std::string(binary) + " hash-table --kind random --experts 16 --vocab-size 1000 --seed 3 --out " +
-                    out + " > " + log + " 2>&1";
-  REQUIRE(std::system(cmd.c_str()) == 0);
-  REQUIRE(load_hash_table(out).table == build_random_hash_table(1000, 16, 3).table);
-  REQUIRE_THAT(test::read_bytes(log), Contains("hash-table: random, 1000 tokens -> 16 experts (seed 3"));
-  std::string bad = std::string(binary) + " hash-table --kind balanced --experts 4 --vocab-size 10 --out " + out +
-                    " > " + log + " 2>&1";
-  REQUIRE(std::system(bad.c_str()) != 0);
-  REQUIRE_THAT(test::read_bytes(log), Contains("--kind balanced needs --data SHARD"));
 }
 
 }  // namespace

@@ -8,7 +8,7 @@
 #include <mpi.h>
 
 #include "parallel/communicator.h"
-#include "src/train/bench_dispatch.h"
+#include "src/tools/bench_dispatch.h"
 #include "src/train/trainer.h"
 #include "tests/test_util.h"
 #include "tests/train/step_compare.h"

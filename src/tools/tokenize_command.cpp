@@ -1,6 +1,6 @@
 // The tokenize pipeline: read documents, split train/val by a seeded shuffle of documents,
 // train (on the train split only) or load the tokenizer, encode with EOS after each document.
-#include "src/data/tokenize_command.h"
+#include "src/tools/tokenize_command.h"
 
 #include <sys/stat.h>
 

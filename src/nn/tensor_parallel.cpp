@@ -1,6 +1,6 @@
 // Tensor-parallel weight registration: column and row shards of canonical tensors, or the whole
 // tensor when the group has one rank.
-#include "src/model/tensor_parallel.h"
+#include "src/nn/tensor_parallel.h"
 
 namespace moe {
 

@@ -1,6 +1,6 @@
 // Scaling-law formulas (Kaplan, Chinchilla approach 3), compute-optimal allocations, and the
 // reader of (params, tokens, loss) rows for the fit. The fit itself is in scaling_fit.cpp.
-#include "src/train/scaling_law.h"
+#include "src/tools/scaling_law.h"
 
 #include <nlohmann/json.hpp>
 

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "src/train/scaling_law.h"
+#include "src/tools/scaling_law.h"
 
 using namespace moe;
 using Catch::Matchers::Contains;

@@ -8,7 +8,7 @@
 #include <utility>
 #include <vector>
 
-#include "src/train/scaling_law.h"
+#include "src/tools/scaling_law.h"
 #include "src/util/check.h"
 
 namespace moe {

@@ -1,5 +1,5 @@
 // `moe hash-table`: option checks, the builder per kind, the save and the one-line summary.
-#include "routing/hash_table_command.h"
+#include "src/tools/hash_table_command.h"
 
 #include <iomanip>
 #include <numeric>

@@ -17,7 +17,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "experts/upcycle.h"
+#include "src/tools/upcycle.h"
 #include "src/train/checkpoint.h"
 #include "src/train/optimizer.h"
 #include "tests/test_util.h"

@@ -1,6 +1,6 @@
 // Flat parameter buffers: registration, allocation, name-seeded initialisation, and the
 // master/compute copies used by mixed precision.
-#include "src/model/param_store.h"
+#include "src/nn/param_store.h"
 
 #include <cmath>
 #include <cstring>

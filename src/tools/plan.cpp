@@ -1,6 +1,6 @@
 // The plan: parameter counts by module, model state per ZeRO stage (this engine and the paper),
 // the busiest pipeline stage, FLOPs per token, and the two reports `moe plan` prints.
-#include "src/train/plan.h"
+#include "src/tools/plan.h"
 
 #include <algorithm>
 #include <cmath>

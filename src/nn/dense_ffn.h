@@ -3,8 +3,8 @@
 
 #include <string>
 
-#include "src/model/param_store.h"
-#include "src/model/tensor_parallel.h"
+#include "src/nn/param_store.h"
+#include "src/nn/tensor_parallel.h"
 #include "src/ops/ops.h"
 
 namespace moe {

@@ -1,5 +1,5 @@
 // Linear maps over the ops layer (one GEMM forward, two backward).
-#include "src/model/linear.h"
+#include "src/nn/linear.h"
 
 #include "src/ops/ops.h"
 

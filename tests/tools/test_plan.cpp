@@ -15,7 +15,7 @@
 
 #include "parallel/communicator.h"
 #include "src/model/model.h"
-#include "src/train/plan.h"
+#include "src/tools/plan.h"
 #include "src/train/trainer.h"
 #include "tests/train/train_test_util.h"
 

@@ -8,7 +8,7 @@
 #include <sstream>
 
 #include "src/data/token_shard.h"
-#include "src/data/tokenize_command.h"
+#include "src/tools/tokenize_command.h"
 #include "src/data/tokenizer.h"
 #include "tests/data/data_test_util.h"
 

@@ -1,6 +1,6 @@
 // Dispatcher benchmark: random routing at the config's shape, timed over iterations after
 // warm-up, bytes counted from the send counts the dispatcher exchanged.
-#include "src/train/bench_dispatch.h"
+#include "src/tools/bench_dispatch.h"
 
 #include <chrono>
 #include <random>

@@ -1,6 +1,6 @@
 // Temp-then-rename writes for checkpoints. fsync before the rename makes the data durable
 // before the name points at it; fsync of the parent makes the rename itself durable.
-#include "src/train/atomic_dir.h"
+#include "src/io/atomic_dir.h"
 
 #include <fcntl.h>
 #include <stdio.h>

@@ -5,7 +5,7 @@
 #include <string>
 
 #include "parallel/communicator.h"
-#include "src/model/param_store.h"
+#include "src/nn/param_store.h"
 
 namespace moe {
 

@@ -124,7 +124,7 @@ Plan make_plan(const Config& config, int world_size, const std::string& device =
 // The human-readable report `moe plan` prints.
 std::string format_plan(const Plan& plan, const Config& config);
 
-// The activation model alone (src/train/plan_activations.cpp), for one pipeline stage holding
+// The activation model alone (src/tools/plan_activations.cpp), for one pipeline stage holding
 // `layers`; first/last say whether it holds the embedding and the LM head.
 ActivationPlan plan_activations(const Config& config, const Topology& topology, DType compute,
                                 const std::vector<int>& layers, bool first, bool last, int pp_stage);

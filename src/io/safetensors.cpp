@@ -1,6 +1,6 @@
 // safetensors writer and validating reader. The reader trusts nothing in the file: every
 // length, offset and field is checked before it sizes an allocation or a read.
-#include "src/train/safetensors.h"
+#include "src/io/safetensors.h"
 
 #include <algorithm>
 #include <bit>
@@ -10,7 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "src/train/atomic_dir.h"
+#include "src/io/atomic_dir.h"
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;

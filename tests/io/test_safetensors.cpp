@@ -10,8 +10,8 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "src/train/atomic_dir.h"
-#include "src/train/safetensors.h"
+#include "src/io/atomic_dir.h"
+#include "src/io/safetensors.h"
 #include "tests/test_util.h"
 
 namespace fs = std::filesystem;

@@ -1,6 +1,6 @@
 // Upcycling: copies what the dense checkpoint shares with the MoE model, then builds each MoE
 // layer's experts (and shared experts) from that layer's dense FFN "layers.<i>.ffn.*".
-#include "experts/upcycle.h"
+#include "src/tools/upcycle.h"
 
 #include <algorithm>
 #include <cmath>
@@ -12,10 +12,10 @@
 #include <nlohmann/json.hpp>
 
 #include "src/ops/ops.h"
-#include "src/train/atomic_dir.h"
+#include "src/io/atomic_dir.h"
 #include "src/train/checkpoint.h"
 #include "src/train/optimizer.h"
-#include "src/train/safetensors.h"
+#include "src/io/safetensors.h"
 
 namespace moe {
 

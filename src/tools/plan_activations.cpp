@@ -5,7 +5,7 @@
 #include <cmath>
 
 #include "src/ops/ops.h"
-#include "src/train/plan.h"
+#include "src/tools/plan.h"
 
 namespace moe {
 

@@ -1,7 +1,7 @@
 // Dense FFN module ("<prefix>.w_up", "<prefix>.w_down") and the FFN math the experts reuse.
-#include "src/model/dense_ffn.h"
+#include "src/nn/dense_ffn.h"
 
-#include "src/model/linear.h"
+#include "src/nn/linear.h"
 
 namespace moe {
 
