@@ -5,6 +5,7 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/runtime.h"
+#include "src/ops/op_profile.h"
 #include "parallel/mpi_check.h"
 #include "parallel/nccl_check.h"
 
@@ -64,6 +65,7 @@ void NcclCommunicator::check_peer(int peer, const char* call, bool allow_self) c
 
 // x[n] <- sum over ranks of x[n]
 void NcclCommunicator::all_reduce_sum(Tensor& x) {
+  ops::OpScope timed(ops::OpKind::communication, x);
   detail::check_comm_tensor(x, device_, "all_reduce_sum");
   NCCL_CHECK(ncclAllReduce(x.data(), x.data(), static_cast<size_t>(x.numel()), nccl_type(x.dtype()), ncclSum,
                            nccl_, cuda::compute_stream()));
@@ -97,6 +99,7 @@ void NcclCommunicator::wait_async() {
 }
 
 void NcclCommunicator::all_reduce_avg(Tensor& x) {
+  ops::OpScope timed(ops::OpKind::communication, x);
   detail::check_comm_tensor(x, device_, "all_reduce_avg");
   MOE_CHECK(is_floating(x.dtype()), "all_reduce_avg: averages floating tensors, got ", dtype_name(x.dtype()));
   NCCL_CHECK(ncclAllReduce(x.data(), x.data(), static_cast<size_t>(x.numel()), nccl_type(x.dtype()), ncclAvg,
@@ -108,6 +111,7 @@ void NcclCommunicator::all_reduce_sum(std::vector<double>& values) { host_.all_r
 void NcclCommunicator::all_reduce_max(std::vector<double>& values) { host_.all_reduce_max(values); }
 
 void NcclCommunicator::broadcast(Tensor& x, int root) {
+  ops::OpScope timed(ops::OpKind::communication, x);
   detail::check_comm_tensor(x, device_, "broadcast");
   check_peer(root, "broadcast", /*allow_self=*/true);
   NCCL_CHECK(ncclBroadcast(x.data(), x.data(), x.nbytes(), ncclUint8, root, nccl_, cuda::compute_stream()));
@@ -115,6 +119,7 @@ void NcclCommunicator::broadcast(Tensor& x, int root) {
 
 // in[n] -> out[size*n]; an `in` that is out's own slot is gathered in place (NCCL supports it).
 void NcclCommunicator::all_gather(const Tensor& in, Tensor& out) {
+  ops::OpScope timed(ops::OpKind::communication, in);
   detail::check_comm_tensor(in, device_, "all_gather");
   detail::check_comm_tensor(out, device_, "all_gather");
   detail::check_same_dtype(in, out, "all_gather");
@@ -126,6 +131,7 @@ void NcclCommunicator::all_gather(const Tensor& in, Tensor& out) {
 
 // in[size*n] -> out[n] = sum over ranks of in[rank*n, (rank+1)*n)
 void NcclCommunicator::reduce_scatter_sum(const Tensor& in, Tensor& out) {
+  ops::OpScope timed(ops::OpKind::communication, in);
   detail::check_comm_tensor(in, device_, "reduce_scatter_sum");
   detail::check_comm_tensor(out, device_, "reduce_scatter_sum");
   detail::check_same_dtype(in, out, "reduce_scatter_sum");
@@ -139,6 +145,7 @@ void NcclCommunicator::reduce_scatter_sum(const Tensor& in, Tensor& out) {
 // send[sum(send_counts), ...] -> recv[sum(recv_counts), ...] by rows, as grouped send/recv pairs
 void NcclCommunicator::all_to_all_v(const Tensor& send, const std::vector<int64_t>& send_counts, Tensor& recv,
                                     const std::vector<int64_t>& recv_counts) {
+  ops::OpScope timed(ops::OpKind::communication, send);
   detail::check_comm_tensor(send, device_, "all_to_all_v");
   detail::check_comm_tensor(recv, device_, "all_to_all_v");
   detail::check_all_to_all_args(send, send_counts, recv, recv_counts, size());
@@ -165,18 +172,21 @@ std::vector<int64_t> NcclCommunicator::all_to_all_counts(const std::vector<int64
 }
 
 void NcclCommunicator::send(const Tensor& x, int peer) {
+  ops::OpScope timed(ops::OpKind::communication, x);
   detail::check_comm_tensor(x, device_, "send");
   check_peer(peer, "send", /*allow_self=*/false);
   NCCL_CHECK(ncclSend(x.data(), x.nbytes(), ncclUint8, peer, nccl_, cuda::compute_stream()));
 }
 
 void NcclCommunicator::recv(Tensor& x, int peer) {
+  ops::OpScope timed(ops::OpKind::communication, x);
   detail::check_comm_tensor(x, device_, "recv");
   check_peer(peer, "recv", /*allow_self=*/false);
   NCCL_CHECK(ncclRecv(x.data(), x.nbytes(), ncclUint8, peer, nccl_, cuda::compute_stream()));
 }
 
 void NcclCommunicator::send_recv(const Tensor& send, int send_peer, Tensor& recv, int recv_peer) {
+  ops::OpScope timed(ops::OpKind::communication, send);
   detail::check_comm_tensor(send, device_, "send_recv");
   detail::check_comm_tensor(recv, device_, "send_recv");
   check_peer(send_peer, "send_recv", /*allow_self=*/true);
@@ -190,7 +200,7 @@ void NcclCommunicator::send_recv(const Tensor& send, int send_peer, Tensor& recv
 }
 
 void NcclCommunicator::barrier() {
-  CUDA_CHECK(cudaStreamSynchronize(cuda::compute_stream()));
+  cuda::wait_stream(cuda::compute_stream());
   host_.barrier();
 }
 

@@ -7,6 +7,7 @@
 
 #include "kernels/cpu/capacity.h"
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/runtime.h"
 
 namespace moe::cuda {
 
@@ -42,12 +43,12 @@ void expert_choice_forward(const float* scores, int32_t* ids, float* weights, in
   std::vector<float> host_scores(n), host_weights(n);
   std::vector<int32_t> host_ids(n);
   to_host(host_scores, scores, stream);
-  CUDA_CHECK(cudaStreamSynchronize(stream));
+  wait_stream(stream);
   cpu::expert_choice_forward<float>(host_scores.data(), host_ids.data(), host_weights.data(), tokens, num_experts,
                                     capacity);
   to_device(ids, host_ids, stream);
   to_device(weights, host_weights, stream);
-  CUDA_CHECK(cudaStreamSynchronize(stream));  // the host buffers die here
+  wait_stream(stream);  // the host buffers die here
 }
 
 void expert_choice_backward(const int32_t* ids, const float* dweights, float* dscores, int64_t n,
@@ -70,13 +71,13 @@ int64_t apply_capacity(int32_t* ids, float* weights, int64_t tokens, int64_t k, 
   std::vector<float> host_weights(n);
   to_host(host_ids, ids, stream);
   to_host(host_weights, weights, stream);
-  CUDA_CHECK(cudaStreamSynchronize(stream));
+  wait_stream(stream);
   const int64_t dropped = cpu::apply_capacity<float>(host_ids.data(), host_weights.data(), tokens, k, num_experts,
                                                      capacity, by_probability);
   if (dropped > 0) {
     to_device(ids, host_ids, stream);
     to_device(weights, host_weights, stream);
-    CUDA_CHECK(cudaStreamSynchronize(stream));  // the host buffers die here
+    wait_stream(stream);  // the host buffers die here
   }
   return dropped;
 }

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/runtime.h"
 
 namespace moe::cuda {
 
@@ -204,7 +205,7 @@ void moe_sort_by_expert(const int32_t* ids, int64_t tokens, int64_t k, int64_t n
   }
   std::vector<long long> host(static_cast<size_t>(E) + 1);
   CUDA_CHECK(cudaMemcpyAsync(host.data(), counts, host.size() * 8, cudaMemcpyDeviceToHost, stream));
-  CUDA_CHECK(cudaStreamSynchronize(stream));
+  wait_stream(stream);
   const unsigned long long flag = static_cast<unsigned long long>(host[static_cast<size_t>(E)]);
   MOE_CHECK(flag == 0, "moe_sort_by_expert: expert id ", static_cast<int32_t>(flag & 0xffffffffull),
             " outside [0, ", num_experts, ")");

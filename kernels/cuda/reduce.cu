@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/runtime.h"
 #include "kernels/cuda/device_info.h"
 
 namespace moe::cuda {
@@ -131,7 +132,7 @@ double sum_to_host(const void* x, FloatType type, int64_t n, bool squares, cudaS
   std::vector<double> host(blocks);
   CUDA_CHECK(cudaMemcpyAsync(host.data(), partial.as<double>(), blocks * sizeof(double), cudaMemcpyDeviceToHost,
                              stream));
-  CUDA_CHECK(cudaStreamSynchronize(stream));
+  wait_stream(stream);
   double total = 0;
   for (double v : host) total += v;
   return total;

@@ -11,6 +11,7 @@ namespace moe::cuda {
 namespace {
 cudaStream_t g_stream = nullptr;
 int g_device = -1;
+int64_t g_host_waits = 0;
 }  // namespace
 
 int device_count() {
@@ -52,13 +53,37 @@ void pool_free(void* ptr) {
 void copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
   if (bytes == 0) return;
   CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, kind, compute_stream()));
-  CUDA_CHECK(cudaStreamSynchronize(compute_stream()));
+  wait_stream(compute_stream());
 }
 
 void memset_zero(void* ptr, size_t bytes) {
   if (bytes) CUDA_CHECK(cudaMemsetAsync(ptr, 0, bytes, compute_stream()));
 }
 
-void synchronize() { CUDA_CHECK(cudaStreamSynchronize(compute_stream())); }
+void synchronize() { wait_stream(compute_stream()); }
+
+void wait_stream(cudaStream_t stream) {
+  ++g_host_waits;
+  CUDA_CHECK(cudaStreamSynchronize(stream));
+}
+
+int64_t host_wait_count() { return g_host_waits; }
+
+cudaEvent_t event_create() {
+  cudaEvent_t event;
+  CUDA_CHECK(cudaEventCreate(&event));
+  return event;
+}
+
+void event_destroy(cudaEvent_t event) { cudaEventDestroy(event); }
+
+void event_record(cudaEvent_t event) { CUDA_CHECK(cudaEventRecord(event, compute_stream())); }
+
+float event_elapsed_ms(cudaEvent_t start, cudaEvent_t stop) {
+  CUDA_CHECK(cudaEventSynchronize(stop));
+  float ms = 0;
+  CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+  return ms;
+}
 
 }  // namespace moe::cuda

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 #include <cuda_runtime.h>
 
@@ -16,5 +17,16 @@ void pool_free(void* ptr);
 void copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind);  // synchronous on the stream
 void memset_zero(void* ptr, size_t bytes);
 void synchronize();
+
+// The host waits for the device (cudaStreamSynchronize), counted: `moe bench train` reports the
+// count per step. Every engine wait goes through wait_stream (copies to the host included).
+void wait_stream(cudaStream_t stream);
+int64_t host_wait_count();
+
+// Timing events on the compute stream (`moe bench train --breakdown`).
+cudaEvent_t event_create();
+void event_destroy(cudaEvent_t event);
+void event_record(cudaEvent_t event);
+float event_elapsed_ms(cudaEvent_t start, cudaEvent_t stop);  // waits for `stop` (not counted)
 
 }  // namespace moe::cuda

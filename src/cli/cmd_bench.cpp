@@ -1,4 +1,4 @@
-// `moe bench train CONFIG [--warmup N] [--steps N]`: tokens/s, MFU and peak memory over timed
+// `moe bench train CONFIG [--warmup N] [--steps N] [--breakdown]`: tokens/s, MFU and peak memory over timed
 // steps after warm-up, printed by rank 0 as one JSON line. Without data.train_path the batches
 // are random tokens (speed does not depend on the values).
 #include <cstdio>
@@ -49,14 +49,18 @@ void add_bench_command(CLI::App& app, CommandRunner& run) {
   auto options = std::make_shared<RunOptions>();
   auto warmup = std::make_shared<int64_t>(3);
   auto steps = std::make_shared<int64_t>(10);
+  auto breakdown = std::make_shared<bool>(false);
   add_run_options(*cmd, *options);
+  cmd->add_flag("--breakdown", *breakdown,
+                "then time as many steps again with every op timed by kind (CUDA events): ms per kind, "
+                "device idle time, ops per step");
   cmd->add_option("--warmup", *warmup, "untimed steps first")->check(CLI::NonNegativeNumber);
   cmd->add_option("--steps", *steps, "timed steps")->check(CLI::PositiveNumber);
   add_dispatch_bench(*bench, run);
-  cmd->callback([&run, options, warmup, steps] {
-    run = [options, warmup, steps](MpiEnv& env) {
+  cmd->callback([&run, options, warmup, steps, breakdown] {
+    run = [options, warmup, steps, breakdown](MpiEnv& env) {
       RunContext ctx = setup_run(*options, env, false);
-      nlohmann::json result = ctx.trainer->bench(*warmup, *steps);
+      nlohmann::json result = ctx.trainer->bench(*warmup, *steps, *breakdown);
       result["config"] = options->config_path;
       if (ctx.world->rank() == 0) std::printf("%s\n", result.dump().c_str());
       return 0;

@@ -3,6 +3,7 @@
 #include "src/ops/ops.h"
 
 #include "src/ops/backend.h"
+#include "src/ops/op_profile.h"
 
 namespace moe::ops {
 
@@ -63,6 +64,15 @@ int64_t cols_of(const Tensor& t) {
   return cols;
 }
 
+// The backend of t's device; the call it makes is timed as one op of `kind` while a profile is
+// installed (the temporary, and its scope, live until the end of the calling expression).
+struct TimedBackend {
+  OpScope scope;
+  Backend& backend;
+  Backend* operator->() { return &backend; }
+};
+TimedBackend run_on(const Tensor& t, OpKind kind) { return {OpScope(kind, t), backend_for(t)}; }
+
 }  // namespace
 
 bool is_gated(Activation act) { return act == Activation::geglu || act == Activation::swiglu; }
@@ -98,7 +108,7 @@ void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor
   MOE_CHECK(k == kb && c.size(0) == m && c.size(1) == n, "matmul shapes: op(a)[", m, ",", k, "] op(b)[", kb, ",", n,
             "] c", shape_str(c.shape()));
   if (m == 0 || n == 0) return;
-  backend_for(a).matmul(a, trans_a, b, trans_b, c, alpha, beta);
+  run_on(a, OpKind::gemm)->matmul(a, trans_a, b, trans_b, c, alpha, beta);
 }
 
 void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out, VocabShard shard) {
@@ -108,7 +118,7 @@ void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out, Voca
   check_shape(out, {ids.numel(), table.size(1)}, "embedding out");
   check_dtype(out, table.dtype(), "embedding out");
   check_shard(shard, table.size(0), "embedding");
-  backend_for(table).embedding_forward(ids, table, out, shard);
+  run_on(table, OpKind::embedding)->embedding_forward(ids, table, out, shard);
 }
 
 void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable, VocabShard shard) {
@@ -117,7 +127,7 @@ void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable, V
   check_accum(dtable, dout, "embedding dtable");
   MOE_CHECK(dtable.ndim() == 2 && dtable.size(1) == dout.size(1), "embedding dtable shape ", shape_str(dtable.shape()));
   check_shard(shard, dtable.size(0), "embedding");
-  backend_for(dout).embedding_backward(ids, dout, dtable, shard);
+  run_on(dout, OpKind::embedding)->embedding_backward(ids, dout, dtable, shard);
 }
 
 void position_add_forward(Tensor& x, const Tensor& pos, int64_t seq_len) {
@@ -126,7 +136,7 @@ void position_add_forward(Tensor& x, const Tensor& pos, int64_t seq_len) {
   MOE_CHECK(pos.ndim() == 2 && pos.size(1) == x.size(1) && seq_len <= pos.size(0) && seq_len > 0 &&
                 x.size(0) % seq_len == 0,
             "positions: x", shape_str(x.shape()), " table", shape_str(pos.shape()), " seq_len ", seq_len);
-  backend_for(x).position_add_forward(x, pos, seq_len);
+  run_on(x, OpKind::embedding)->position_add_forward(x, pos, seq_len);
 }
 
 void position_add_backward(const Tensor& dx, Tensor& dpos, int64_t seq_len) {
@@ -134,7 +144,7 @@ void position_add_backward(const Tensor& dx, Tensor& dpos, int64_t seq_len) {
   check_accum(dpos, dx, "positions dtable");
   MOE_CHECK(dpos.ndim() == 2 && dpos.size(1) == dx.size(1) && seq_len <= dpos.size(0) && dx.size(0) % seq_len == 0,
             "positions backward shapes");
-  backend_for(dx).position_add_backward(dx, dpos, seq_len);
+  run_on(dx, OpKind::embedding)->position_add_backward(dx, dpos, seq_len);
 }
 
 void rmsnorm_forward(const Tensor& x, const Tensor& w, Tensor& y, Tensor& rstd, float eps) {
@@ -145,7 +155,7 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, Tensor& y, Tensor& rstd, 
   check_like(y, x, "rmsnorm y");
   check_shape(rstd, {x.size(0)}, "rmsnorm rstd");
   check_accum(rstd, x, "rmsnorm rstd");
-  backend_for(x).rmsnorm_forward(x, w, y, rstd, eps);
+  run_on(x, OpKind::norm)->rmsnorm_forward(x, w, y, rstd, eps);
 }
 
 void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, Tensor& dx, Tensor& dw) {
@@ -155,7 +165,7 @@ void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, cons
   check_shape(dw, w.shape(), "rmsnorm dw");
   check_accum(dw, x, "rmsnorm dw");
   check_shape(rstd, {x.size(0)}, "rmsnorm rstd");
-  backend_for(x).rmsnorm_backward(x, w, rstd, dy, dx, dw);
+  run_on(x, OpKind::norm)->rmsnorm_backward(x, w, rstd, dy, dx, dw);
 }
 
 void layernorm_forward(const Tensor& x, const Tensor& w, const Tensor& b, Tensor& y, Tensor& mean, Tensor& rstd,
@@ -168,7 +178,7 @@ void layernorm_forward(const Tensor& x, const Tensor& w, const Tensor& b, Tensor
   check_shape(mean, {x.size(0)}, "layernorm mean");
   check_accum(mean, x, "layernorm mean");
   check_like(rstd, mean, "layernorm rstd");
-  backend_for(x).layernorm_forward(x, w, b, y, mean, rstd, eps);
+  run_on(x, OpKind::norm)->layernorm_forward(x, w, b, y, mean, rstd, eps);
 }
 
 void layernorm_backward(const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& rstd, const Tensor& dy,
@@ -179,7 +189,7 @@ void layernorm_backward(const Tensor& x, const Tensor& w, const Tensor& mean, co
   check_shape(dw, w.shape(), "layernorm dw");
   check_accum(dw, x, "layernorm dw");
   check_like(db, dw, "layernorm db");
-  backend_for(x).layernorm_backward(x, w, mean, rstd, dy, dx, dw, db);
+  run_on(x, OpKind::norm)->layernorm_backward(x, w, mean, rstd, dy, dx, dw, db);
 }
 
 void rope(Tensor& x, int64_t num_heads, int64_t seq_len, float theta, bool inverse) {
@@ -187,7 +197,7 @@ void rope(Tensor& x, int64_t num_heads, int64_t seq_len, float theta, bool inver
   MOE_CHECK(x.ndim() == 2 && num_heads > 0 && x.size(1) % num_heads == 0 && (x.size(1) / num_heads) % 2 == 0,
             "rope: x", shape_str(x.shape()), " with ", num_heads, " heads needs an even head dim");
   MOE_CHECK(seq_len > 0 && x.size(0) % seq_len == 0, "rope: ", x.size(0), " rows are not whole sequences of ", seq_len);
-  backend_for(x).rope(x, num_heads, seq_len, theta, inverse);
+  run_on(x, OpKind::elementwise)->rope(x, num_heads, seq_len, theta, inverse);
 }
 
 static void check_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionShape& s) {
@@ -207,7 +217,7 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor
   check_like(out, q, "attention out");
   check_shape(lse, {shape.batch, shape.num_heads, shape.seq_len}, "attention lse");
   check_accum(lse, q, "attention lse");
-  backend_for(q).attention_forward(q, k, v, out, lse, shape);
+  run_on(q, OpKind::attention_forward)->attention_forward(q, k, v, out, lse, shape);
 }
 
 void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
@@ -218,7 +228,7 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
   check_like(dq, q, "attention dq");
   check_like(dk, k, "attention dk");
   check_like(dv, v, "attention dv");
-  backend_for(q).attention_backward(q, k, v, out, lse, dout, dq, dk, dv, shape);
+  run_on(q, OpKind::attention_backward)->attention_backward(q, k, v, out, lse, dout, dq, dk, dv, shape);
 }
 
 static void check_activation(Activation act, const Tensor& x, const Tensor& y) {
@@ -232,13 +242,13 @@ static void check_activation(Activation act, const Tensor& x, const Tensor& y) {
 
 void activation_forward(Activation act, const Tensor& x, Tensor& y) {
   check_activation(act, x, y);
-  backend_for(x).activation_forward(act, x, y);
+  run_on(x, OpKind::activation)->activation_forward(act, x, y);
 }
 
 void activation_backward(Activation act, const Tensor& x, const Tensor& dy, Tensor& dx) {
   check_activation(act, x, dy);
   check_like(dx, x, "activation dx");
-  backend_for(x).activation_backward(act, x, dy, dx);
+  run_on(x, OpKind::activation)->activation_backward(act, x, dy, dx);
 }
 
 void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor& lse,
@@ -250,7 +260,7 @@ void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& 
   check_accum(loss, logits, "cross-entropy loss");
   check_like(lse, loss, "cross-entropy lse");
   check_shard(shard, logits.size(1), "cross-entropy");
-  backend_for(logits).cross_entropy_forward(logits, targets, loss, lse, shard);
+  run_on(logits, OpKind::loss)->cross_entropy_forward(logits, targets, loss, lse, shard);
 }
 
 void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, float scale,
@@ -261,13 +271,13 @@ void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const T
   check_shape(lse, {logits.size(0)}, "cross-entropy lse");
   check_like(dlogits, logits, "cross-entropy dlogits");
   check_shard(shard, logits.size(1), "cross-entropy");
-  backend_for(logits).cross_entropy_backward(logits, targets, lse, scale, dlogits, shard);
+  run_on(logits, OpKind::loss)->cross_entropy_backward(logits, targets, lse, scale, dlogits, shard);
 }
 
 void add(const Tensor& a, const Tensor& b, Tensor& out) {
   check_like(b, a, "add b");
   check_like(out, a, "add out");
-  backend_for(a).add(a, b, out);
+  run_on(a, OpKind::elementwise)->add(a, b, out);
 }
 
 void accumulate(Tensor& dst, const Tensor& src, float alpha) {
@@ -275,26 +285,26 @@ void accumulate(Tensor& dst, const Tensor& src, float alpha) {
   MOE_CHECK(dst.dtype() == src.dtype() || dst.dtype() == accum_dtype(src.dtype()), "accumulate: ",
             dtype_name(dst.dtype()), " += ", dtype_name(src.dtype()));
   check_same_device(dst, src, "accumulate");
-  backend_for(dst).accumulate(dst, src, alpha);
+  run_on(dst, OpKind::elementwise)->accumulate(dst, src, alpha);
 }
 
-void scale(Tensor& x, float alpha) { backend_for(x).scale(x, alpha); }
+void scale(Tensor& x, float alpha) { run_on(x, OpKind::elementwise)->scale(x, alpha); }
 
 void cast(const Tensor& src, Tensor& dst) {
   MOE_CHECK(src.numel() == dst.numel() && is_floating(src.dtype()) && is_floating(dst.dtype()), "cast: ",
             dtype_name(src.dtype()), shape_str(src.shape()), " -> ", dtype_name(dst.dtype()), shape_str(dst.shape()));
   check_same_device(src, dst, "cast");
-  backend_for(src).cast(src, dst);
+  run_on(src, OpKind::elementwise)->cast(src, dst);
 }
 
-double sum(const Tensor& x) { return backend_for(x).sum(x); }
-double sum_squares(const Tensor& x) { return backend_for(x).sum_squares(x); }
+double sum(const Tensor& x) { return run_on(x, OpKind::elementwise)->sum(x); }
+double sum_squares(const Tensor& x) { return run_on(x, OpKind::elementwise)->sum_squares(x); }
 
 void column_sum(const Tensor& x, Tensor& out) {
   MOE_CHECK(x.ndim() == 2, "column_sum x must be 2-d");
   check_shape(out, {x.size(1)}, "column_sum out");
   check_dtype(out, x.dtype(), "column_sum out");
-  backend_for(x).column_sum(x, out);
+  run_on(x, OpKind::elementwise)->column_sum(x, out);
 }
 
 void gather_rows(const Tensor& src, const Tensor& index, Tensor& dst) {
@@ -302,7 +312,7 @@ void gather_rows(const Tensor& src, const Tensor& index, Tensor& dst) {
   MOE_CHECK(dst.size(0) == index.numel() && cols_of(dst) == cols_of(src), "gather: src", shape_str(src.shape()),
             " dst", shape_str(dst.shape()), " index ", index.numel());
   check_dtype(dst, src.dtype(), "gather dst");
-  backend_for(src).gather_rows(src, index, dst);
+  run_on(src, OpKind::permute)->gather_rows(src, index, dst);
 }
 
 void scatter_add_rows(const Tensor& src, const Tensor& index, Tensor& dst) {
@@ -310,7 +320,7 @@ void scatter_add_rows(const Tensor& src, const Tensor& index, Tensor& dst) {
   MOE_CHECK(src.size(0) == index.numel() && cols_of(dst) == cols_of(src), "scatter_add: src",
             shape_str(src.shape()), " dst", shape_str(dst.shape()), " index ", index.numel());
   check_dtype(dst, src.dtype(), "scatter_add dst");
-  backend_for(src).scatter_add_rows(src, index, dst);
+  run_on(src, OpKind::permute)->scatter_add_rows(src, index, dst);
 }
 
 // Router tensors hold the accum dtype: f32 or f64 here, f32 enforced by the CUDA backend.
@@ -355,7 +365,7 @@ void router_topk_forward(const Tensor& logits, const Tensor& bias, const TopKOpt
   check_shape(weights, {tokens, options.k}, "router weights");
   check_dtype(weights, logits.dtype(), "router weights");
   check_same_device(weights, logits, "router weights");
-  backend_for(logits).router_topk_forward(logits, bias, options, scores, ids, weights);
+  run_on(logits, OpKind::routing)->router_topk_forward(logits, bias, options, scores, ids, weights);
 }
 
 void router_topk_backward(const Tensor& logits, const Tensor& scores, const Tensor& ids, const Tensor& weights,
@@ -372,7 +382,7 @@ void router_topk_backward(const Tensor& logits, const Tensor& scores, const Tens
   check_like(dweights, weights, "router dweights");
   if (dscores.defined()) check_like(dscores, logits, "router dscores");
   check_like(dlogits, logits, "router dlogits");
-  backend_for(logits).router_topk_backward(logits, scores, ids, weights, dweights, dscores, options, dlogits);
+  run_on(logits, OpKind::routing)->router_topk_backward(logits, scores, ids, weights, dweights, dscores, options, dlogits);
 }
 
 void expert_choice_forward(const Tensor& scores, int64_t capacity, Tensor& ids, Tensor& weights) {
@@ -381,7 +391,7 @@ void expert_choice_forward(const Tensor& scores, int64_t capacity, Tensor& ids, 
   MOE_CHECK(capacity >= 0, "expert choice capacity must be non-negative, got ", capacity);
   check_index(ids, scores.shape(), scores, "expert choice ids");
   check_like(weights, scores, "expert choice weights");
-  backend_for(scores).expert_choice_forward(scores, capacity, ids, weights);
+  run_on(scores, OpKind::routing)->expert_choice_forward(scores, capacity, ids, weights);
 }
 
 void expert_choice_backward(const Tensor& ids, const Tensor& dweights, Tensor& dscores) {
@@ -389,7 +399,7 @@ void expert_choice_backward(const Tensor& ids, const Tensor& dweights, Tensor& d
   MOE_CHECK(dweights.ndim() == 2, "expert choice dweights must be [T,E], got ", shape_str(dweights.shape()));
   check_index(ids, dweights.shape(), dweights, "expert choice ids");
   check_like(dscores, dweights, "expert choice dscores");
-  backend_for(dweights).expert_choice_backward(ids, dweights, dscores);
+  run_on(dweights, OpKind::routing)->expert_choice_backward(ids, dweights, dscores);
 }
 
 int64_t apply_capacity(Tensor& ids, Tensor& weights, int64_t num_experts, int64_t capacity, DropOrder order) {
@@ -399,7 +409,7 @@ int64_t apply_capacity(Tensor& ids, Tensor& weights, int64_t num_experts, int64_
   check_same_device(weights, ids, "capacity weights");
   MOE_CHECK(num_experts >= 1, "capacity: expert count must be positive, got ", num_experts);
   MOE_CHECK(capacity >= 0, "capacity must be non-negative, got ", capacity);
-  return backend_for(ids).apply_capacity(ids, weights, num_experts, capacity, order);
+  return run_on(ids, OpKind::routing)->apply_capacity(ids, weights, num_experts, capacity, order);
 }
 
 void noisy_logits_forward(const Tensor& clean, const Tensor& raw_noise, const Tensor& normal, Tensor& h) {
@@ -408,7 +418,7 @@ void noisy_logits_forward(const Tensor& clean, const Tensor& raw_noise, const Te
   check_like(raw_noise, clean, "noisy raw_noise");
   check_like(normal, clean, "noisy normal");
   check_like(h, clean, "noisy h");
-  backend_for(clean).noisy_logits_forward(clean, raw_noise, normal, h);
+  run_on(clean, OpKind::routing)->noisy_logits_forward(clean, raw_noise, normal, h);
 }
 
 void noisy_logits_backward(const Tensor& raw_noise, const Tensor& normal, const Tensor& dh, Tensor& dclean,
@@ -419,7 +429,7 @@ void noisy_logits_backward(const Tensor& raw_noise, const Tensor& normal, const 
   check_like(dh, raw_noise, "noisy dh");
   check_like(dclean, raw_noise, "noisy dclean");
   check_like(draw_noise, raw_noise, "noisy draw_noise");
-  backend_for(raw_noise).noisy_logits_backward(raw_noise, normal, dh, dclean, draw_noise);
+  run_on(raw_noise, OpKind::routing)->noisy_logits_backward(raw_noise, normal, dh, dclean, draw_noise);
 }
 
 static void check_row_gate(const Tensor& x, const Tensor& gate) {
@@ -433,7 +443,7 @@ static void check_row_gate(const Tensor& x, const Tensor& gate) {
 void row_gate_forward(const Tensor& x, const Tensor& gate, Tensor& y) {
   check_row_gate(x, gate);
   check_like(y, x, "row gate y");
-  backend_for(x).row_gate_forward(x, gate, y);
+  run_on(x, OpKind::elementwise)->row_gate_forward(x, gate, y);
 }
 
 void row_gate_backward(const Tensor& x, const Tensor& gate, const Tensor& dy, Tensor& dx, Tensor& dgate) {
@@ -441,7 +451,7 @@ void row_gate_backward(const Tensor& x, const Tensor& gate, const Tensor& dy, Te
   check_like(dy, x, "row gate dy");
   check_like(dx, x, "row gate dx");
   check_like(dgate, gate, "row gate dgate");
-  backend_for(x).row_gate_backward(x, gate, dy, dx, dgate);
+  run_on(x, OpKind::elementwise)->row_gate_backward(x, gate, dy, dx, dgate);
 }
 
 std::vector<int64_t> moe_sort_by_expert(const Tensor& ids, int64_t num_experts, Tensor& sorted_tokens,
@@ -449,7 +459,7 @@ std::vector<int64_t> moe_sort_by_expert(const Tensor& ids, int64_t num_experts, 
   MOE_CHECK(ids.ndim() == 2 && ids.dtype() == DType::i32, "expert ids must be i32[T,k]");
   check_index(sorted_tokens, {ids.numel()}, ids, "sorted_tokens");
   check_index(slot_pos, {ids.numel()}, ids, "slot_pos");
-  return backend_for(ids).moe_sort_by_expert(ids, num_experts, sorted_tokens, slot_pos);
+  return run_on(ids, OpKind::permute)->moe_sort_by_expert(ids, num_experts, sorted_tokens, slot_pos);
 }
 
 void moe_combine_forward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights, Tensor& out) {
@@ -462,7 +472,7 @@ void moe_combine_forward(const Tensor& y_sorted, const Tensor& slot_pos, const T
   check_index(slot_pos, {weights.numel()}, y_sorted, "combine slot_pos");
   check_shape(out, {weights.size(0), y_sorted.size(1)}, "combine out");
   check_dtype(out, y_sorted.dtype(), "combine out");
-  backend_for(y_sorted).moe_combine_forward(y_sorted, slot_pos, weights, out);
+  run_on(y_sorted, OpKind::permute)->moe_combine_forward(y_sorted, slot_pos, weights, out);
 }
 
 void moe_combine_backward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights, const Tensor& dout,
@@ -476,7 +486,7 @@ void moe_combine_backward(const Tensor& y_sorted, const Tensor& slot_pos, const 
   check_dtype(dout, y_sorted.dtype(), "combine dout");
   check_like(dy_sorted, y_sorted, "combine dy_sorted");
   check_like(dweights, weights, "combine dweights");
-  backend_for(y_sorted).moe_combine_backward(y_sorted, slot_pos, weights, dout, dy_sorted, dweights);
+  run_on(y_sorted, OpKind::permute)->moe_combine_backward(y_sorted, slot_pos, weights, dout, dy_sorted, dweights);
 }
 
 void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWParams& p) {
@@ -484,7 +494,7 @@ void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const A
   check_like(grad, param, "adamw grad");
   check_like(m, grad, "adamw m");
   check_like(v, grad, "adamw v");
-  backend_for(param).adamw_step(param, grad, m, v, p);
+  run_on(param, OpKind::optimizer)->adamw_step(param, grad, m, v, p);
 }
 
 }  // namespace moe::ops

@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include "routing/balancing.h"
+#include "src/ops/op_profile.h"
 #include "src/ops/ops.h"
 #include "src/train/checkpoint.h"
 #include "src/train/device_select.h"
@@ -222,7 +223,7 @@ void Trainer::train() {
   }
 }
 
-nlohmann::json Trainer::bench(int64_t warmup_steps, int64_t timed_steps) {
+nlohmann::json Trainer::bench(int64_t warmup_steps, int64_t timed_steps, bool breakdown) {
   MOE_CHECK(timed_steps >= 1 && warmup_steps >= 0, "bench needs at least one timed step");
   metrics_ = std::make_unique<MetricsWriter>("");
   for (int64_t i = 0; i < warmup_steps; ++i) train_step();
@@ -230,9 +231,11 @@ nlohmann::json Trainer::bench(int64_t warmup_steps, int64_t timed_steps) {
   world_->barrier();
   reset_peak_memory(device_.kind);
   auto start = Clock::now();
+  const int64_t waits_before = ops::host_waits();
   StepResult last;
   for (int64_t i = 0; i < timed_steps; ++i) last = train_step();
   const double loss = last.loss;
+  const double waits_per_step = static_cast<double>(ops::host_waits() - waits_before) / static_cast<double>(timed_steps);
   cuda_synchronize();
   world_->barrier();
   double seconds = seconds_since(start);
@@ -249,7 +252,9 @@ nlohmann::json Trainer::bench(int64_t warmup_steps, int64_t timed_steps) {
                         {"tokens_per_s", tokens_per_s},
                         {"flops_per_token", flops_per_token_},
                         {"peak_memory_bytes", memory_stats(device_.kind).peak_bytes},
-                        {"final_loss", loss}};
+                        {"final_loss", loss},
+                        {"host_waits_per_step", waits_per_step}};
+  if (breakdown) out["breakdown"] = bench_breakdown(timed_steps);
   if (device_.is_cuda()) out["mfu"] = tokens_per_s * flops_per_token_ / k_h200_peak_flops / world_->size();
   if (!last.stage_seconds.empty()) {  // pipeline parallelism: the last timed step's stages
     std::vector<double> stage_ms;
@@ -259,6 +264,28 @@ nlohmann::json Trainer::bench(int64_t warmup_steps, int64_t timed_steps) {
     out["bubble_ideal"] = ideal_bubble_fraction(topology_.pp, static_cast<int>(config_.train.grad_accum));
   }
   return out;
+}
+
+nlohmann::json Trainer::bench_breakdown(int64_t steps) {
+  ops::OpProfile profile;
+  ops::set_op_profile(&profile);
+  auto start = Clock::now();
+  for (int64_t i = 0; i < steps; ++i) train_step();
+  cuda_synchronize();
+  const double step_ms = 1000.0 * seconds_since(start) / static_cast<double>(steps);
+  ops::set_op_profile(nullptr);
+  nlohmann::json per_kind = nlohmann::json::object();
+  double timed_ms = 0;
+  for (const auto& [kind, ms] : profile.millis_by_kind()) {
+    per_kind[kind] = ms / static_cast<double>(steps);
+    timed_ms += ms / static_cast<double>(steps);
+  }
+  // The difference is time the device spent idle between ops (launch gaps, host work, waits).
+  return {{"step_ms", step_ms},
+          {"ms_per_step", per_kind},
+          {"ops_ms_per_step", timed_ms},
+          {"idle_ms_per_step", step_ms - timed_ms},
+          {"ops_per_step", static_cast<double>(profile.ops()) / static_cast<double>(steps)}};
 }
 
 const ParamUnit& Trainer::unit(const std::string& name) const {

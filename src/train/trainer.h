@@ -47,7 +47,9 @@ class Trainer {
   // The whole run: resume if asked, train to train.steps, evaluate, checkpoint.
   void train();
   // Warm-up then timed steps (no evaluation, no checkpoints); one JSON object of results.
-  nlohmann::json bench(int64_t warmup_steps, int64_t timed_steps);
+  // Times `timed_steps` steps after `warmup_steps`; with `breakdown`, as many more steps with every
+  // op timed by kind (moe bench train --breakdown), so the headline numbers carry no event cost.
+  nlohmann::json bench(int64_t warmup_steps, int64_t timed_steps, bool breakdown = false);
   // Loss over the validation split (train.eval_batches batches per rank; 0 = all).
   EvalResult evaluate(int64_t max_batches);
   // Loads weights (and optimizer + step when with_optimizer) from a checkpoint directory.
@@ -61,6 +63,7 @@ class Trainer {
   Device device() const { return device_; }
 
  private:
+  nlohmann::json bench_breakdown(int64_t steps);
   data::Batch micro_batch(int64_t step, int64_t micro) const;
   Batch to_device(const data::Batch& batch) const;
   void log_step(const StepResult& r, double lr, double step_seconds, double elapsed);

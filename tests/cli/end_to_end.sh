@@ -47,4 +47,11 @@ grep -q '"val_ppl"' "$work/eval.log"
 "$moe" generate --checkpoint "$work/run/checkpoints/step_6" --prompt "The quick" --max-new-tokens 8 --temperature 0 \
   | tee "$work/sample.log"
 grep -q "^The quick" "$work/sample.log"
+# The benchmark, with the per-kind breakdown of the op time and the host waits per step.
+"$moe" bench train "$work/config.toml" --warmup 1 --steps 2 --breakdown | tee "$work/bench.json"
+grep -q '"tokens_per_s":' "$work/bench.json"
+grep -q '"host_waits_per_step":' "$work/bench.json"
+grep -q '"breakdown":{.*"ms_per_step":{.*"gemm":' "$work/bench.json"
+grep -q '"attention_backward":' "$work/bench.json"
+grep -q '"optimizer":' "$work/bench.json"
 echo "end-to-end ok"

@@ -1,0 +1,130 @@
+// Op timing for `moe bench train --breakdown`: pairs of CUDA events per op, read back once at the
+// end (no host wait between ops), or the host clock for CPU ops (they run synchronously).
+#include "src/ops/op_profile.h"
+
+#include <chrono>
+#include <vector>
+
+#include "src/util/check.h"
+#if MOE_WITH_CUDA
+#include "kernels/cuda/runtime.h"
+#endif
+
+namespace moe::ops {
+
+namespace {
+OpProfile* g_profile = nullptr;  // set only by the bench; one process, one compute stream
+int g_depth = 0;
+using Clock = std::chrono::steady_clock;
+}  // namespace
+
+const char* op_kind_name(OpKind kind) {
+  static constexpr std::array<const char*, static_cast<size_t>(OpKind::count)> names = {
+      "gemm", "attention_forward", "attention_backward", "norm", "activation", "elementwise", "embedding", "loss", "routing", "permute",
+      "optimizer", "communication"};
+  const auto i = static_cast<size_t>(kind);
+  MOE_CHECK(i < names.size(), "op kind ", i, " out of range");
+  return names[i];
+}
+
+struct OpProfile::Impl {
+  struct Record {
+    OpKind kind;
+    bool on_cuda;
+    Clock::time_point host_start;
+    double host_ms = 0;
+  };
+  std::vector<Record> records;
+  size_t open = 0;  // index of the record being timed
+#if MOE_WITH_CUDA
+  std::vector<std::pair<cudaEvent_t, cudaEvent_t>> events;  // one pair per CUDA record, reused
+  size_t events_used = 0;
+#endif
+};
+
+OpProfile::OpProfile() : impl_(std::make_unique<Impl>()) {}
+
+OpProfile::~OpProfile() {
+#if MOE_WITH_CUDA
+  for (auto& [a, b] : impl_->events) {
+    cuda::event_destroy(a);
+    cuda::event_destroy(b);
+  }
+#endif
+}
+
+void OpProfile::begin(OpKind kind, bool on_cuda) {
+  impl_->records.push_back({kind, on_cuda, Clock::now(), 0});
+  impl_->open = impl_->records.size() - 1;
+  ++num_ops_;
+#if MOE_WITH_CUDA
+  if (on_cuda) {
+    if (impl_->events_used == impl_->events.size()) {
+      impl_->events.emplace_back(cuda::event_create(), cuda::event_create());
+    }
+    cuda::event_record(impl_->events[impl_->events_used].first);
+  }
+#endif
+}
+
+void OpProfile::end() {
+  Impl::Record& r = impl_->records[impl_->open];
+#if MOE_WITH_CUDA
+  if (r.on_cuda) {
+    cuda::event_record(impl_->events[impl_->events_used].second);
+    ++impl_->events_used;
+    return;
+  }
+#endif
+  r.host_ms = std::chrono::duration<double, std::milli>(Clock::now() - r.host_start).count();
+}
+
+std::map<std::string, double> OpProfile::millis_by_kind() {
+  std::map<std::string, double> out;
+  [[maybe_unused]] size_t event = 0;
+  for (const Impl::Record& r : impl_->records) {
+    double ms = r.host_ms;
+#if MOE_WITH_CUDA
+    if (r.on_cuda) {
+      const auto& [a, b] = impl_->events[event++];
+      ms = cuda::event_elapsed_ms(a, b);
+    }
+#endif
+    out[op_kind_name(r.kind)] += ms;
+  }
+  return out;
+}
+
+void OpProfile::reset() {
+  impl_->records.clear();
+  num_ops_ = 0;
+#if MOE_WITH_CUDA
+  impl_->events_used = 0;
+#endif
+}
+
+void set_op_profile(OpProfile* profile) { g_profile = profile; }
+
+int64_t host_waits() {
+#if MOE_WITH_CUDA
+  return cuda::host_wait_count();
+#else
+  return 0;
+#endif
+}
+
+OpScope::OpScope(OpKind kind, const Tensor& on) {
+  if (g_profile == nullptr) return;
+  counted_ = true;
+  if (g_depth++ > 0) return;
+  active_ = true;
+  g_profile->begin(kind, on.is_cuda());
+}
+
+OpScope::~OpScope() {
+  if (!counted_) return;
+  --g_depth;
+  if (active_ && g_profile != nullptr) g_profile->end();
+}
+
+}  // namespace moe::ops

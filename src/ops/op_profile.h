@@ -1,0 +1,63 @@
+// Where a step's device time goes: every op (and communicator call) is timed per kind between
+// CUDA events on the compute stream (host clock on the CPU) while a profile is installed.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "src/tensor/tensor.h"
+
+namespace moe::ops {
+
+enum class OpKind : int {
+  gemm, attention_forward, attention_backward, norm, activation, elementwise, embedding, loss, routing,
+  permute, optimizer, communication, count
+};
+const char* op_kind_name(OpKind kind);
+
+class OpProfile {
+ public:
+  OpProfile();
+  ~OpProfile();
+  OpProfile(const OpProfile&) = delete;
+  OpProfile& operator=(const OpProfile&) = delete;
+
+  // Milliseconds per kind over everything recorded since the last reset (waits for the device).
+  std::map<std::string, double> millis_by_kind();
+  int64_t ops() const { return num_ops_; }
+  void reset();
+
+  // Used by OpScope.
+  void begin(OpKind kind, bool on_cuda);
+  void end();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  int64_t num_ops_ = 0;
+};
+
+// Host waits for the device so far (0 on the CPU): each one stalls the step's launch queue.
+int64_t host_waits();
+
+// Installs `profile` for this process's ops; nullptr turns timing off (the default: no cost).
+void set_op_profile(OpProfile* profile);
+
+// Times its lifetime as one op of `kind` on the device of `on`. Nested scopes count once (the
+// outermost), so an op that calls another op is not counted twice.
+class OpScope {
+ public:
+  OpScope(OpKind kind, const Tensor& on);
+  ~OpScope();
+  OpScope(const OpScope&) = delete;
+  OpScope& operator=(const OpScope&) = delete;
+
+ private:
+  bool counted_ = false;  // a profile was installed at construction
+  bool active_ = false;   // the outermost scope: it times
+};
+
+}  // namespace moe::ops
