@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# One GPU-host call for the single-H200 speed issues (13, 14): build, the cuda tests, then the
+# engine's benches and their PyTorch anchors side by side, in the same run.
+# Usage (repo root on the H200 host, .devdeps carried):
+#   experiments/perf/run_speed.sh OUT_DIR [PARTS]   PARTS: comma list of build,tests,train,anchor,attention
+#                                                    (default all of them)
+# Writes OUT_DIR/*.json|log and prints a short table last.
+set -uo pipefail
+out=${1:?out dir}
+parts=${2:-build,tests,train,anchor,attention}
+has() { [[ ",$parts," == *",$1,"* ]]; }
+D=$PWD/.devdeps/usr
+export LD_LIBRARY_PATH=$D/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 PYTHONUNBUFFERED=1
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader | tee "$out/gpu.txt"
+
+if has build; then
+  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$D" > "$out/configure.log" 2>&1 \
+    || { tail -30 "$out/configure.log"; exit 1; }
+  target=all
+  has tests || target=moe
+  cmake --build build -j "$(nproc)" --target $target > "$out/build.log" 2>&1 \
+    || { grep -E "error|FAILED" -A5 "$out/build.log" | head -60; exit 1; }
+fi
+if has tests; then
+  ctest --test-dir build -L cuda --output-on-failure --timeout 300 > "$out/ctest_cuda.log" 2>&1
+  grep -E "tests passed|tests failed|Failed|\*\*\*" "$out/ctest_cuda.log" | tail -15
+fi
+if has train; then
+  for cfg in gpt2_small_dense moe_small; do
+    build/moe bench train experiments/perf/$cfg.toml --warmup 3 --steps 10 --breakdown 2>&1 | tail -1 \
+      | tee "$out/bench_$cfg.json"
+  done
+fi
+if has anchor; then
+  python3 experiments/perf/anchors/gpt2_anchor.py --warmup 3 --steps 10 2>&1 | grep '^{' | tee "$out/anchor_gpt2.jsonl"
+fi
+if has attention && [[ -x experiments/perf/run_attention.sh ]]; then
+  experiments/perf/run_attention.sh "$out" 2>&1 | tail -20
+fi
+python3 experiments/perf/summarize_speed.py "$out" || true

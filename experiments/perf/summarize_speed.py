@@ -1,0 +1,46 @@
+#!/usr/bin/env python3
+"""Prints the speed table of one run_speed.sh output folder: the engine's benches with their
+breakdown, and the PyTorch anchors of the same run with the ratios.
+
+Usage: summarize_speed.py OUT_DIR
+"""
+import json
+import pathlib
+import sys
+
+
+def read_json_lines(path):
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            out.append(json.loads(line))
+    return out
+
+
+def main():
+    out = pathlib.Path(sys.argv[1])
+    anchors = {r["mode"]: r for r in read_json_lines(out / "anchor_gpt2.jsonl")}
+    for name in ("gpt2_small_dense", "moe_small"):
+        rows = read_json_lines(out / f"bench_{name}.json")
+        if not rows:
+            continue
+        r = rows[-1]
+        line = (f"{name}: {r['tokens_per_s']:,.0f} tok/s, step {r['step_ms']:.1f} ms, "
+                f"MFU {100 * r.get('mfu', 0):.1f}%, peak {r['peak_memory_bytes'] / 1e9:.2f} GB, "
+                f"host waits/step {r.get('host_waits_per_step', 0):.0f}")
+        print(line)
+        if name == "gpt2_small_dense":
+            for mode, a in anchors.items():
+                print(f"  vs PyTorch {mode}: {a['tokens_per_s']:,} tok/s -> ratio {r['tokens_per_s'] / a['tokens_per_s']:.2f}")
+        b = r.get("breakdown")
+        if b:
+            parts = sorted(b["ms_per_step"].items(), key=lambda kv: -kv[1])
+            print(f"  breakdown (step {b['step_ms']:.1f} ms, {b['ops_per_step']:.0f} ops, idle {b['idle_ms_per_step']:.1f} ms): "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in parts))
+
+
+if __name__ == "__main__":
+    main()
