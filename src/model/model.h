@@ -27,7 +27,9 @@ struct ModelSaved {
   std::vector<BlockSaved> blocks;  // this stage's blocks
   Norm::Saved final_norm;
   Tensor hidden;  // final normed hidden states [B*S,d]
-  Tensor logits, lse;  // logits [B*S, V/tp] (this rank's vocabulary shard), lse over all of V
+  // logits [B*S, V/tp] (this rank's vocabulary shard; backward overwrites them with their
+  // gradient), lse over all of V
+  Tensor logits, lse;
   Tensor output;  // a stage before the last: its output activations [B*S,d] for the next stage
 };
 

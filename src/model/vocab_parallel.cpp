@@ -117,15 +117,14 @@ VocabParallelLoss vocab_parallel_cross_entropy(const Tensor& logits_local, const
   return out;
 }
 
-Tensor vocab_parallel_cross_entropy_backward(const Tensor& logits_local, const Tensor& targets, const Tensor& lse,
+Tensor vocab_parallel_cross_entropy_backward(Tensor logits_local, const Tensor& targets, const Tensor& lse,
                                              float scale, int64_t vocab_size, Communicator* tp) {
   const ops::VocabShard shard = vocab_shard(vocab_size, tp);
   MOE_CHECK(logits_local.ndim() == 2, "vocab-parallel logits must be [T, V/tp], got ",
             shape_str(logits_local.shape()));
   check_local(logits_local.size(1), vocab_size, tp, "the logits");
-  Tensor dlogits = Tensor::empty(logits_local.shape(), logits_local.dtype(), logits_local.device());
-  ops::cross_entropy_backward(logits_local, targets, lse, scale, dlogits, shard);
-  return dlogits;
+  ops::cross_entropy_backward(logits_local, targets, lse, scale, logits_local, shard);
+  return logits_local;
 }
 
 }  // namespace moe

@@ -38,8 +38,9 @@ VocabParallelLoss vocab_parallel_cross_entropy(const Tensor& logits_local, const
 
 // logits_local[T, V/tp], lse[T] (the global lse of the forward) -> dlogits_local[T, V/tp] =
 // scale * (softmax over the whole vocabulary - onehot(target)) on the local columns; zero rows
-// where target < 0. No communication.
-Tensor vocab_parallel_cross_entropy_backward(const Tensor& logits_local, const Tensor& targets, const Tensor& lse,
+// where target < 0. No communication. The gradient is written over logits_local (in place: the
+// logits are consumed, no second [T, V/tp] buffer) and returned.
+Tensor vocab_parallel_cross_entropy_backward(Tensor logits_local, const Tensor& targets, const Tensor& lse,
                                              float scale, int64_t vocab_size, Communicator* tp);
 
 }  // namespace moe

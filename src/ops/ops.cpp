@@ -269,7 +269,7 @@ void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const T
   MOE_CHECK(logits.ndim() == 2, "cross-entropy logits must be [T,V]");
   check_index(targets, {logits.size(0)}, logits, "cross-entropy targets");
   check_shape(lse, {logits.size(0)}, "cross-entropy lse");
-  check_like(dlogits, logits, "cross-entropy dlogits");
+  check_like(dlogits, logits, "cross-entropy dlogits");  // may alias logits (elementwise in place)
   check_shard(shard, logits.size(1), "cross-entropy");
   run_on(logits, OpKind::loss)->cross_entropy_backward(logits, targets, lse, scale, dlogits, shard);
 }

@@ -86,7 +86,8 @@ void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& 
                            VocabShard shard = {});
 // dlogits[T,V] = scale * (exp(logits - lse) - onehot(target)), zero rows where ignored
 // (written). Sharded: the onehot only where the target is local; lse must then be the
-// log-sum-exp over the whole vocabulary.
+// log-sum-exp over the whole vocabulary. dlogits may be logits itself (in place: the model's head
+// writes the gradient over its logits, no second [T,V] buffer).
 void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, float scale,
                             Tensor& dlogits, VocabShard shard = {});
 

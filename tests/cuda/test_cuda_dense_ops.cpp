@@ -215,6 +215,11 @@ TEST_CASE("cuda cross-entropy forward and backward match the CPU", "[cuda][cross
     ops::cross_entropy_backward(logits.gpu, tgt.gpu, saved_lse.gpu, scale, dlogits.gpu);
     // Softmax entries of a 50k vocabulary are tiny: compare relatively (bf16 rounding is 2^-9).
     require_match(dlogits, {1e-9, 1e-2}, "cross-entropy dlogits");
+
+    // In place (the model's head writes the gradient over its logits): the same values.
+    Tensor in_place = logits.gpu.clone();
+    ops::cross_entropy_backward(in_place, tgt.gpu, saved_lse.gpu, scale, in_place);
+    REQUIRE(in_place.to(Device::cpu()).to_vector<float>() == dlogits.gpu.to(Device::cpu()).to_vector<float>());
   }
 }
 
