@@ -1,23 +1,19 @@
 // MoE layer: the router under "<prefix>.router", experts "<prefix>.experts.*", shared experts
-// "<prefix>.shared.*". Balancing losses are computed on the host in f64 (E numbers per token)
-// from copies of the router outputs; their gradients go back to the device for backward.
+// "<prefix>.shared.*". The balancing terms (routing/balancing_terms.h) run on the host in f64 from
+// copies of the router outputs they read, or from per-expert sums made on the device (Switch).
 #include "experts/moe_layer.h"
 
 #include <cmath>
 
 #include "parallel/alltoall_dispatcher.h"
 #include "parallel/local_dispatcher.h"
+#include "routing/balancing_terms.h"
 #include "src/nn/linear.h"
 #include "src/ops/ops.h"
 
 namespace moe {
 
 namespace {
-
-bool balancing_needs_scores(const BalancingConfig& b) {
-  return b.switch_coef > 0 || b.importance_coef > 0 || b.load_coef > 0 || b.z_coef > 0 || b.seq_coef > 0 ||
-         b.device_coef > 0;
-}
 
 // Host values -> a tensor shaped and typed like `like`, on its device.
 Tensor to_device_like(const std::vector<double>& values, const Tensor& like) {
@@ -54,11 +50,7 @@ MoeLayer::MoeLayer(ParamStore& store, const std::string& prefix, const MoeLayerC
   MOE_CHECK(router_->num_experts() == config.num_experts, "router has ", router_->num_experts(), " experts, layer ",
             config.num_experts);
   const TpGroup tp{config.tp_group};
-  const BalancingConfig& b = config.balancing;
-  MOE_CHECK(!tp.active() || (b.importance_coef == 0 && b.load_coef == 0 && b.device_coef == 0), "MoE layer '", prefix,
-            "': under tensor parallelism (parallel.tp = ", tp.size(), ") each rank routes a slice of the tokens, and "
-            "the importance, load and device-level losses are not sums over tokens; use moe.aux_loss_coef, "
-            "moe.z_loss_coef or moe.seq_aux_loss_coef");
+  check_balancing_tp(config.balancing, tp.active() ? tp.size() : 1, "MoE layer '" + prefix + "'");
   if (config.num_shared > 0) {
     shared_ = std::make_unique<SharedExperts>(store, prefix + ".shared", config.d_model, config.num_shared,
                                               config.d_shared, config.activation, config.shared_gate,
@@ -112,35 +104,53 @@ Tensor MoeLayer::routed_forward(const Tensor& x, const RouteInputs& inputs, MoeL
 
 void MoeLayer::compute_balancing_terms(const Routing& routing, const RouterSaved& router_saved,
                                        const RouteInputs& inputs, MoeLayerSaved& saved, bool collect_stats) const {
-  // The load estimator needs the gating noise, which exists only in training.
-  BalancingConfig b = config_.balancing;
-  if (!router_saved.clean.defined()) b.load_coef = 0;
   if (!routing.scores.defined()) return;  // hash routers: nothing to balance
-  // Switch needs only per-expert sums: a column sum on the device, E numbers to the host. The
-  // other terms (and the entropy metric) read every token's scores on the host in f64.
-  BalancingConfig host_terms = b;
-  host_terms.switch_coef = 0;
-  if (balancing_needs_scores(host_terms) || collect_stats) {
-    host_balancing(routing, router_saved, inputs, host_terms, saved, collect_stats);
+  // A term is off on a forward whose router drew nothing it reads: noisy gating draws its noise
+  // only in training. Sum-statistics terms (Switch) need only per-expert sums: a column sum on the
+  // device, E numbers to the host. The others (and the entropy metric) read every token on the host.
+  const BalancingConfig& b = config_.balancing;
+  std::vector<const BalancingTerm*> host_terms, sum_terms;
+  for (const BalancingTerm* term : enabled_balancing_terms(b)) {
+    if (term->reads(b, balance_input::noise) && !router_saved.clean.defined()) continue;
+    (term->from_sums != nullptr ? sum_terms : host_terms).push_back(term);
   }
-  if (b.switch_coef > 0) switch_on_device(routing, saved);
+  if (!host_terms.empty() || collect_stats) {
+    host_balancing(routing, router_saved, inputs, only_terms(b, host_terms), saved, collect_stats);
+  }
+  if (!sum_terms.empty()) switch_on_device(routing, only_terms(b, sum_terms), saved);
+}
+
+// Slots per expert before capacity dropping: the kept counts when nothing was dropped, else a count
+// of the router's own ids (T*k ids to the host; capacity dropping has synchronised on them already).
+std::vector<int64_t> MoeLayer::counts_before_capacity(const Routing& routing, const MoeLayerSaved& saved) const {
+  if (saved.stats.dropped == 0) return saved.dispatch.routed_counts;
+  std::vector<int64_t> counts(static_cast<size_t>(config_.num_experts), 0);
+  for (int32_t e : routing.ids.to_vector<int32_t>())
+    if (e >= 0) ++counts[static_cast<size_t>(e)];
+  return counts;
 }
 
 void MoeLayer::host_balancing(const Routing& routing, const RouterSaved& router_saved, const RouteInputs& inputs,
                               const BalancingConfig& terms, MoeLayerSaved& saved, bool collect_stats) const {
+  namespace bi = balance_input;
+  const std::vector<const BalancingTerm*> enabled = enabled_balancing_terms(terms);
+  uint32_t reads = 0;
+  for (const BalancingTerm* term : enabled) reads |= term->inputs(terms);
   BalanceInputs in;
   in.tokens = routing.ids.size(0);
   in.experts = config_.num_experts;
   in.slots = saved.ids.size(1);
   in.seq_len = inputs.seq_len;
-  in.scores = routing.scores.to_vector<double>();
   in.counts = saved.dispatch.routed_counts;
+  if ((reads & bi::scores) || collect_stats) in.scores = routing.scores.to_vector<double>();
   if (collect_stats) saved.stats.entropy = load_stats(in.counts, in.scores, in.experts).entropy;
-  if (!balancing_needs_scores(terms)) return;
-  in.logits = routing.logits.to_vector<double>();
-  in.weights = saved.weights.to_vector<double>();
-  in.ids = saved.ids.to_vector<int32_t>();
-  if (terms.load_coef > 0) {
+  if (enabled.empty()) return;
+  // Only what the enabled terms read crosses to the host.
+  if (reads & bi::logits) in.logits = routing.logits.to_vector<double>();
+  if (reads & bi::weights) in.weights = saved.weights.to_vector<double>();
+  if (reads & bi::ids) in.ids = saved.ids.to_vector<int32_t>();
+  if (reads & bi::routed_counts) in.routed_counts = counts_before_capacity(routing, saved);
+  if (reads & bi::noise) {
     in.clean = router_saved.clean.to_vector<double>();
     in.raw_noise = router_saved.raw_noise.to_vector<double>();
     in.normal = router_saved.normal.to_vector<double>();
@@ -148,14 +158,15 @@ void MoeLayer::host_balancing(const Routing& routing, const RouterSaved& router_
   BalanceResult r = compute_balancing(in, terms);
   const TpGroup tp{config_.tp_group};
   if (tp.active()) {
-    // Equal slices of per-token means (z, sequence-level): the micro-batch's term is the mean of
-    // the slices' terms, and each slice's gradient carries 1/tp of its own.
+    // Host terms under TP are means over tokens or sequences (check_balancing_tp rejects the
+    // rest; sum-statistics terms run from sums): the micro-batch's term is the mean of the
+    // equal slices' terms, and each slice's gradient carries 1/tp of its own.
     std::vector<double> values;
     for (const auto& [name, value] : r.terms) values.push_back(value / tp.size());
     tp.comm->all_reduce_sum(values);
     size_t next = 0;
     for (auto& [name, value] : r.terms) value = values[next++];
-    for (auto* g : {&r.dscores, &r.dlogits, &r.dweights}) {
+    for (auto* g : {&r.dscores, &r.dlogits, &r.dweights, &r.dclean, &r.draw_noise}) {
       for (double& v : *g) v /= tp.size();
     }
   }
@@ -173,35 +184,47 @@ void MoeLayer::host_balancing(const Routing& routing, const RouterSaved& router_
 // P_i from a column sum on the device and f_i from the counts: E numbers to the host (summed
 // over the tensor-parallel group, whose slices make up the micro-batch), and the per-expert
 // gradient applied to every token's row in backward.
-void MoeLayer::switch_on_device(const Routing& routing, MoeLayerSaved& saved) const {
+void MoeLayer::switch_on_device(const Routing& routing, const BalancingConfig& terms, MoeLayerSaved& saved) const {
   const Tensor& scores = routing.scores;
   const int64_t tokens = scores.size(0), experts = scores.size(1);
-  Tensor sums = Tensor::empty({experts}, scores.dtype(), scores.device());
-  ops::column_sum(scores, sums);
-  saved.stats.score_sums = sums.to_vector<double>();
-  saved.stats.tokens = tokens;
-  saved.stats.slots_per_token = saved.ids.size(1);
-  std::vector<double> score_sums = saved.stats.score_sums;
-  std::vector<int64_t> counts = saved.dispatch.routed_counts;
-  int64_t all_tokens = tokens;
+  const std::vector<const BalancingTerm*> enabled = enabled_balancing_terms(terms);
+  Tensor column_sums = Tensor::empty({experts}, scores.dtype(), scores.device());
+  ops::column_sum(scores, column_sums);
+  ExpertSums& sums = saved.stats.sums;
+  sums.score_sums = column_sums.to_vector<double>();
+  sums.counts = saved.dispatch.routed_counts;
+  bool reads_routed_counts = false;
+  for (const BalancingTerm* term : enabled) reads_routed_counts |= term->reads(terms, balance_input::routed_counts);
+  if (reads_routed_counts) sums.routed_counts = counts_before_capacity(routing, saved);
+  sums.tokens = tokens;
+  sums.slots = saved.ids.size(1);
+  ExpertSums micro_batch = sums;
   const TpGroup tp{config_.tp_group};
   if (tp.active()) {
-    std::vector<double> packed(score_sums);
-    for (int64_t c : counts) packed.push_back(static_cast<double>(c));
-    packed.push_back(static_cast<double>(tokens));
+    std::vector<double> packed;
+    sums.pack(packed);
     tp.comm->all_reduce_sum(packed);
-    for (int64_t e = 0; e < experts; ++e) {
-      score_sums[static_cast<size_t>(e)] = packed[static_cast<size_t>(e)];
-      counts[static_cast<size_t>(e)] = std::llround(packed[static_cast<size_t>(experts + e)]);
-    }
-    all_tokens = std::llround(packed.back());
+    micro_batch.unpack(packed, 0);
   }
-  SwitchLoss loss = switch_loss(score_sums, counts, all_tokens, saved.ids.size(1), config_.balancing.switch_coef);
-  set_switch_gradient(saved, loss.grad_per_expert, loss.value);
+  std::vector<double> row(static_cast<size_t>(experts), 0.0);
+  for (const BalancingTerm* term : enabled) {
+    SwitchLoss loss = term->from_sums(micro_batch, terms);
+    saved.stats.balance[term->name] = loss.value;
+    for (size_t e = 0; e < row.size(); ++e) row[e] += loss.grad_per_expert[e];
+  }
+  saved.stats.aux_loss = 0;
+  for (const auto& [name, term] : saved.stats.balance) saved.stats.aux_loss += term;
+  saved.switch_grad_per_expert = row;
 }
 
 void MoeLayer::set_switch_gradient(MoeLayerSaved& saved, const std::vector<double>& grad_per_expert,
                                    double value) const {
+  // The row holds every sum-statistics term; replacing it is right while Switch is the only one on
+  // (balance_scope = global_batch allows no other balancing term).
+  for (const BalancingTerm* term : enabled_balancing_terms(config_.balancing)) {
+    MOE_CHECK(term->from_sums == nullptr || std::string(term->name) == "switch", "set_switch_gradient: the ",
+              term->name, " term shares the per-expert gradient row with the Switch term");
+  }
   saved.stats.balance["switch"] = value;
   saved.stats.aux_loss = 0;
   for (const auto& [name, term] : saved.stats.balance) saved.stats.aux_loss += term;

@@ -32,22 +32,24 @@ struct MoeLayerConfig {
   Communicator* ep_group = nullptr;
   // Tensor parallelism: the group shares the layer's input x[T,d]; rank r routes tokens
   // [r*T/tp, (r+1)*T/tp) through the (whole, replicated) router and routed experts, and the
-  // outputs are all-gathered, so every token is routed and counted once. The Switch statistics
-  // are summed over the group; per-token-mean terms (z, sequence-level) average the slices;
-  // terms that are not (importance, load, device-level) are rejected. Shared experts split
-  // like a dense FFN. nullptr (or a group of one) = no tensor parallelism.
+  // outputs are all-gathered, so every token is routed and counted once. Sum-statistics terms
+  // (Switch) add the slices' sums; per-token-mean terms (z, sequence-level) average the slices;
+  // the others (importance, load, device-level) are rejected. Shared experts split
+  // like a dense FFN. nullptr (or a group of one) = no tensor parallelism. (Each balancing term
+  // declares its rule: routing/balancing_terms.h.)
   Communicator* tp_group = nullptr;
 };
 
 // What one forward of one MoE layer reports.
 struct MoeLayerStats {
-  std::vector<int64_t> tokens_per_expert;  // routed (kept) slots per expert
+  std::vector<int64_t> tokens_per_expert;  // kept slots per expert (after capacity dropping)
   int64_t slots = 0, dropped = 0;          // routed slots before capacity, and those dropped
   std::map<std::string, double> balance;   // each enabled balancing term (coefficients applied)
   double aux_loss = 0;                     // their sum
   double entropy = 0;                      // mean router entropy (when stats were collected)
-  std::vector<double> score_sums;          // sum over tokens of each expert's score (Switch on the device)
-  int64_t tokens = 0, slots_per_token = 0;
+  // This rank's per-expert sums when a sum-statistics term (Switch) is on, for balance_scope =
+  // global_batch (the trainer pools them); empty otherwise.
+  ExpertSums sums;
 };
 
 struct MoeLayerSaved {
@@ -57,8 +59,9 @@ struct MoeLayerSaved {
   ExpertGroupSaved experts;
   SharedExpertsSaved shared;
   Tensor y_sorted;
-  RouterGrads balance_grads;  // gradients of the balancing losses but Switch (unscaled)
-  // d Switch / d scores[t,i], the same for every token t (unscaled); empty = no Switch term.
+  RouterGrads balance_grads;  // gradients of the host-computed balancing terms (unscaled)
+  // d (sum-statistics terms: Switch) / d scores[t,i], the same for every token t (unscaled);
+  // empty = no such term.
   std::vector<double> switch_grad_per_expert;
   MoeLayerStats stats;
 };
@@ -83,7 +86,9 @@ class MoeLayer {
                                MoeLayerSaved& saved, bool collect_stats) const;
   void host_balancing(const Routing& routing, const RouterSaved& router_saved, const RouteInputs& inputs,
                       const BalancingConfig& terms, MoeLayerSaved& saved, bool collect_stats) const;
-  void switch_on_device(const Routing& routing, MoeLayerSaved& saved) const;
+  // The sum-statistics terms (Switch) from per-expert sums computed on the device.
+  void switch_on_device(const Routing& routing, const BalancingConfig& terms, MoeLayerSaved& saved) const;
+  std::vector<int64_t> counts_before_capacity(const Routing& routing, const MoeLayerSaved& saved) const;
 
  public:
   // Replaces the Switch term of a forward (balance_scope = global_batch): d aux / d scores[t,i]

@@ -1,33 +1,18 @@
-// Balancing losses (Switch, importance/load, z, sequence- and device-level) with their exact
-// gradients, the load metrics and the aux-loss-free bias update, all in f64 on the host.
+// The balancing driver: validates a micro-batch's inputs against the enabled terms of the
+// registry and sums their values and gradients; the load metrics and the aux-loss-free bias update.
 #include "routing/balancing.h"
 
 #include <algorithm>
 #include <cmath>
 #include <numeric>
 
+#include "routing/balancing_terms.h"
 #include "src/util/check.h"
 
 namespace moe {
 
-namespace {
+namespace balancing_detail {
 
-constexpr double k_inv_sqrt2 = 0.70710678118654752440;
-constexpr double k_inv_sqrt_2pi = 0.39894228040143267794;
-
-double softplus(double x) { return std::max(x, 0.0) + std::log1p(std::exp(-std::abs(x))); }
-double sigmoid(double x) {
-  if (x >= 0) return 1.0 / (1.0 + std::exp(-x));
-  double e = std::exp(x);
-  return e / (1.0 + e);
-}
-double normal_cdf(double z) { return 0.5 * std::erfc(-z * k_inv_sqrt2); }
-double normal_pdf(double z) { return k_inv_sqrt_2pi * std::exp(-0.5 * z * z); }
-
-size_t idx(int64_t row, int64_t cols, int64_t col) { return static_cast<size_t>(row * cols + col); }
-
-// CV(v)^2 = var(v) / mean(v)^2 with the population variance; grad[i] = d CV^2 / d v_i.
-// A zero mean (nothing routed) gives 0 and a zero gradient rather than a division by zero.
 double cv_squared(const std::vector<double>& v, std::vector<double>& grad) {
   const double n = static_cast<double>(v.size());
   grad.assign(v.size(), 0.0);
@@ -43,38 +28,33 @@ double cv_squared(const std::vector<double>& v, std::vector<double>& grad) {
   return var / (mean * mean);
 }
 
+}  // namespace balancing_detail
+
+namespace {
+
+using balancing_detail::cv_squared;
+
 void check_size(const char* field, size_t got, int64_t expected, const char* expected_what,
                 const char* who = "balancing") {
   MOE_CHECK(static_cast<int64_t>(got) == expected, who, ": ", field, " has ", got, " values, expected ",
             expected_what, " = ", expected);
 }
 
-void check_present(bool present, const char* coef, double value, const char* field, const char* why) {
-  MOE_CHECK(present, "balancing: ", coef, " = ", value, " needs ", field, ", which is empty (", why, ")");
-}
-
 void check_coef(const char* name, double value) {
   MOE_CHECK(std::isfinite(value) && value >= 0, "balancing: ", name, " = ", value, ", expected a finite value >= 0");
 }
 
-// Every provided field has its size; every enabled term has the fields it reads.
-void validate(const BalanceInputs& in, const BalancingConfig& c) {
-  check_coef("switch_coef", c.switch_coef);
-  check_coef("importance_coef", c.importance_coef);
-  check_coef("load_coef", c.load_coef);
-  check_coef("z_coef", c.z_coef);
-  check_coef("seq_coef", c.seq_coef);
-  check_coef("device_coef", c.device_coef);
+void check_sizes(const BalanceInputs& in) {
   const int64_t T = in.tokens, E = in.experts, k = in.slots;
   MOE_CHECK(T >= 0, "balancing: tokens = ", T, ", expected >= 0");
   MOE_CHECK(E >= 1, "balancing: experts = ", E, ", expected >= 1");
   MOE_CHECK(k >= 1, "balancing: slots = ", k, ", expected >= 1");
-
   if (!in.scores.empty()) check_size("scores", in.scores.size(), T * E, "T*E");
   if (!in.logits.empty()) check_size("logits", in.logits.size(), T * E, "T*E");
   if (!in.weights.empty()) check_size("weights", in.weights.size(), T * k, "T*k");
   if (!in.ids.empty()) check_size("ids", in.ids.size(), T * k, "T*k");
   if (!in.counts.empty()) check_size("counts", in.counts.size(), E, "E");
+  if (!in.routed_counts.empty()) check_size("routed_counts", in.routed_counts.size(), E, "E");
   if (!in.clean.empty()) check_size("clean", in.clean.size(), T * E, "T*E");
   if (!in.raw_noise.empty()) check_size("raw_noise", in.raw_noise.size(), T * E, "T*E");
   if (!in.normal.empty()) check_size("normal", in.normal.size(), T * E, "T*E");
@@ -83,210 +63,103 @@ void validate(const BalanceInputs& in, const BalancingConfig& c) {
               ")");
   for (size_t i = 0; i < in.counts.size(); ++i)
     MOE_CHECK(in.counts[i] >= 0, "balancing: counts[", i, "] = ", in.counts[i], " is negative");
+  for (size_t i = 0; i < in.routed_counts.size() && i < in.counts.size(); ++i)
+    MOE_CHECK(in.routed_counts[i] >= in.counts[i], "balancing: routed_counts[", i, "] = ", in.routed_counts[i],
+              " is less than counts[", i, "] = ", in.counts[i], " (an expert keeps at most the slots routed to it)");
+}
 
-  // An empty micro-batch (T = 0) has empty fields that are nonetheless the right size.
+// The inputs `term` reads are there (an empty micro-batch, T = 0, has empty fields that are
+// nonetheless the right size). routed_counts may be empty: nothing was dropped.
+void check_present(const BalancingTerm& term, const BalanceInputs& in, const BalancingConfig& c) {
+  namespace bi = balance_input;
+  const uint32_t reads = term.inputs(c);
+  const int64_t T = in.tokens;
   auto has = [T](const auto& field) { return T == 0 || !field.empty(); };
-  const char* no_scores = "hash routers have no scores";
-  if (c.switch_coef > 0) {
-    check_present(has(in.scores), "switch_coef", c.switch_coef, "scores", no_scores);
-    check_present(has(in.counts), "switch_coef", c.switch_coef, "counts", "f_i comes from the counts");
-  }
-  if (c.importance_coef > 0) {
-    check_present(has(in.weights), "importance_coef", c.importance_coef, "weights", "Importance sums them");
-    check_present(has(in.ids), "importance_coef", c.importance_coef, "ids", "they say where each weight goes");
-  }
-  if (c.load_coef > 0) {
+  auto need = [&](uint32_t bit, bool present, const char* field, const char* why) {
+    MOE_CHECK(!(reads & bit) || present, "balancing: ", term.coef_name, " = ", term.coefficient(c), " needs ", field,
+              ", which is empty (", why, ")");
+  };
+  need(bi::scores, has(in.scores), "scores", "hash routers have no scores");
+  need(bi::logits, has(in.logits), "logits", "hash routers have no logits");
+  need(bi::weights, has(in.weights), "weights", "the combine weights after capacity dropping");
+  need(bi::ids, has(in.ids), "ids", "they say where each slot went");
+  need(bi::counts, has(in.counts), "counts", "f_i comes from the counts");
+  if (reads & bi::noise) {
     std::string missing;
     for (auto [name, field] : {std::pair{"clean", &in.clean}, {"raw_noise", &in.raw_noise}, {"normal", &in.normal}})
       if (!has(*field)) missing += (missing.empty() ? "" : ", ") + std::string(name);
-    MOE_CHECK(missing.empty(), "balancing: load_coef = ", c.load_coef,
+    MOE_CHECK(missing.empty(), "balancing: ", term.coef_name, " = ", term.coefficient(c),
               " needs the noisy-gating inputs clean, raw_noise and normal, but ", missing,
-              " is empty: only a noisy top-k router provides the smooth load estimator's inputs");
-    MOE_CHECK(k < E, "balancing: load_coef needs slots < experts (the k-th largest of the other E-1 experts), got k = ",
-              k, ", E = ", E);
+              " is empty: only a noisy top-k router provides them (in training)");
   }
-  if (c.z_coef > 0) check_present(has(in.logits), "z_coef", c.z_coef, "logits", no_scores);
-  if (c.seq_coef > 0) {
-    check_present(has(in.scores), "seq_coef", c.seq_coef, "scores", no_scores);
-    check_present(has(in.ids), "seq_coef", c.seq_coef, "ids", "f_i counts each sequence's selections");
+  if (reads & bi::seq_len) {
     MOE_CHECK(in.seq_len >= 1 && T % in.seq_len == 0, "balancing: seq_len = ", in.seq_len,
               ", expected >= 1 and dividing tokens = ", T);
   }
-  if (c.device_coef > 0) {
-    check_present(has(in.scores), "device_coef", c.device_coef, "scores", no_scores);
-    check_present(has(in.counts), "device_coef", c.device_coef, "counts", "f_i comes from the counts");
-    MOE_CHECK(c.device_groups >= 1, "balancing: device_groups = ", c.device_groups, ", expected >= 1");
-    MOE_CHECK(E % c.device_groups == 0, "balancing: device_groups = ", c.device_groups,
-              " does not divide experts = ", E);
-  }
 }
 
-// Switch / GShard: alpha * E * sum_i f_i P_i, f_i = counts_i / (k T), P_i = mean_t scores[t,i].
-// d/dscores[t,i] = alpha * E * f_i / T.
-double switch_term(const BalanceInputs& in, double alpha, std::vector<double>& dscores) {
-  const int64_t T = in.tokens, E = in.experts;
-  std::vector<double> sums(static_cast<size_t>(E), 0.0);
-  for (int64_t r = 0; r < T; ++r)
-    for (int64_t i = 0; i < E; ++i) sums[static_cast<size_t>(i)] += in.scores[idx(r, E, i)];
-  SwitchLoss loss = switch_loss(sums, in.counts, T, in.slots, alpha);
-  for (int64_t r = 0; r < T; ++r)
-    for (int64_t i = 0; i < E; ++i) dscores[idx(r, E, i)] += loss.grad_per_expert[static_cast<size_t>(i)];
-  return loss.value;
-}
-
-// Shazeer: w * CV(Importance)^2 with Importance_i = sum of the combine weights routed to i.
-double importance_term(const BalanceInputs& in, double w, std::vector<double>& dweights) {
-  std::vector<double> importance(static_cast<size_t>(in.experts), 0.0), grad;
-  for (size_t s = 0; s < in.ids.size(); ++s)
-    if (in.ids[s] >= 0) importance[static_cast<size_t>(in.ids[s])] += in.weights[s];
-  double cv2 = cv_squared(importance, grad);
-  for (size_t s = 0; s < in.ids.size(); ++s)
-    if (in.ids[s] >= 0) dweights[s] += w * grad[static_cast<size_t>(in.ids[s])];
-  return w * cv2;
-}
-
-// Shazeer's smooth load: P(x,i) = Phi((clean_i - thr_i) / softplus(raw_i)) with thr_i the k-th
-// largest of h = clean + normal * softplus(raw) over the other experts; L = w * CV(Load)^2.
-// thr_i is h_j of one expert j, so the gradient also flows into clean_j and raw_j.
-double load_term(const BalanceInputs& in, double w, std::vector<double>& dclean, std::vector<double>& draw) {
-  const int64_t T = in.tokens, E = in.experts, k = in.slots;
-  std::vector<double> load(static_cast<size_t>(E), 0.0), sp(static_cast<size_t>(T * E)),
-      h(static_cast<size_t>(T * E)), z(static_cast<size_t>(T * E));
-  std::vector<int64_t> source(static_cast<size_t>(T * E));  // the expert whose h is thr_i
-  std::vector<int64_t> order(static_cast<size_t>(E));
-  for (int64_t r = 0; r < T; ++r) {
-    for (int64_t j = 0; j < E; ++j) {
-      sp[idx(r, E, j)] = softplus(in.raw_noise[idx(r, E, j)]);
-      h[idx(r, E, j)] = in.clean[idx(r, E, j)] + in.normal[idx(r, E, j)] * sp[idx(r, E, j)];
-    }
-    // Rank by h (ties: lower index first). Excluding i: if i is among the top k the k-th
-    // largest of the rest is order[k], otherwise order[k-1].
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(),
-                     [&](int64_t a, int64_t b) { return h[idx(r, E, a)] > h[idx(r, E, b)]; });
-    std::vector<bool> in_top(static_cast<size_t>(E), false);
-    for (int64_t q = 0; q < k; ++q) in_top[static_cast<size_t>(order[q])] = true;
-    for (int64_t i = 0; i < E; ++i) {
-      int64_t j = in_top[static_cast<size_t>(i)] ? order[k] : order[k - 1];
-      source[idx(r, E, i)] = j;
-      z[idx(r, E, i)] = (in.clean[idx(r, E, i)] - h[idx(r, E, j)]) / sp[idx(r, E, i)];
-      load[static_cast<size_t>(i)] += normal_cdf(z[idx(r, E, i)]);
-    }
+// Every provided field has its size; every enabled term has the fields it reads.
+void validate(const BalanceInputs& in, const BalancingConfig& c, const std::vector<const BalancingTerm*>& enabled) {
+  for (const BalancingTerm& term : balancing_terms()) check_coef(term.coef_name, term.coefficient(c));
+  check_sizes(in);
+  for (const BalancingTerm* term : enabled) {
+    check_present(*term, in, c);
+    if (term->check != nullptr) term->check(in, c);
   }
-  std::vector<double> dload;
-  double cv2 = cv_squared(load, dload);
-  for (int64_t r = 0; r < T; ++r) {
-    for (int64_t i = 0; i < E; ++i) {
-      size_t a = idx(r, E, i);
-      size_t b = idx(r, E, source[a]);
-      // dz/dclean_i = 1/sp_i; dz/draw_i = -z sigmoid(raw_i) / sp_i; dz/dthr = -1/sp_i with
-      // dthr/dclean_j = 1 and dthr/draw_j = normal_j sigmoid(raw_j).
-      double g = w * dload[static_cast<size_t>(i)] * normal_pdf(z[a]) / sp[a];
-      dclean[a] += g;
-      draw[a] -= g * z[a] * sigmoid(in.raw_noise[a]);
-      dclean[b] -= g;
-      draw[b] -= g * in.normal[b] * sigmoid(in.raw_noise[b]);
-    }
-  }
-  return w * cv2;
-}
-
-// ST-MoE router z-loss: coef/T * sum_t lse_t^2; d/dlogits[t,j] = coef * 2 lse_t softmax_tj / T.
-double z_term(const BalanceInputs& in, double coef, std::vector<double>& dlogits) {
-  const int64_t T = in.tokens, E = in.experts;
-  const double t = static_cast<double>(T);
-  double value = 0;
-  for (int64_t r = 0; r < T; ++r) {
-    const double* row = &in.logits[idx(r, E, 0)];
-    double m = *std::max_element(row, row + E);
-    double sum = 0;
-    for (int64_t j = 0; j < E; ++j) sum += std::exp(row[j] - m);
-    double lse = m + std::log(sum);
-    value += coef * lse * lse / t;
-    for (int64_t j = 0; j < E; ++j) dlogits[idx(r, E, j)] += coef * 2.0 * lse * std::exp(row[j] - lse) / t;
-  }
-  return value;
-}
-
-// DeepSeek-V3 sequence-level: per sequence of S tokens f_i = E/(kS) * #selections of i,
-// P_i = mean_t s'_ti with s' the scores normalised per token; alpha * mean over sequences.
-double seq_term(const BalanceInputs& in, double alpha, std::vector<double>& dscores) {
-  const int64_t T = in.tokens, E = in.experts, k = in.slots, S = in.seq_len;
-  const int64_t num_seqs = T / S;
-  const double scale = alpha / static_cast<double>(num_seqs);
-  double value = 0;
-  std::vector<double> f(static_cast<size_t>(E)), row_sum(static_cast<size_t>(S));
-  for (int64_t q = 0; q < num_seqs; ++q) {
-    std::fill(f.begin(), f.end(), 0.0);
-    for (int64_t r = q * S; r < (q + 1) * S; ++r)
-      for (int64_t s = 0; s < k; ++s) {
-        int32_t id = in.ids[idx(r, k, s)];
-        if (id >= 0) f[static_cast<size_t>(id)] += static_cast<double>(E) / static_cast<double>(k * S);
-      }
-    for (int64_t r = q * S; r < (q + 1) * S; ++r) {
-      const double* row = &in.scores[idx(r, E, 0)];
-      double z = std::accumulate(row, row + E, 0.0);
-      MOE_CHECK(!(z <= 0), "balancing: scores of token ", r, " sum to ", z, ", cannot normalise them (seq loss)");
-      // dL/ds'_ti = a_i = scale f_i / S; through s' = s / z: dL/ds_tm = (a_m - sum_i a_i s'_ti) / z.
-      double dot = 0;
-      for (int64_t i = 0; i < E; ++i) {
-        double a = scale * f[static_cast<size_t>(i)] / static_cast<double>(S);
-        value += a * row[i] / z;
-        dot += a * row[i] / z;
-      }
-      for (int64_t m = 0; m < E; ++m)
-        dscores[idx(r, E, m)] += (scale * f[static_cast<size_t>(m)] / static_cast<double>(S) - dot) / z;
-    }
-  }
-  return value;
-}
-
-// DeepSeekMoE device-level over D contiguous groups: alpha2 * sum_g f'_g P'_g with
-// f'_g = mean of f_i = E/(kT) counts_i over g and P'_g = sum of P_i = mean_t scores over g.
-double device_term(const BalanceInputs& in, double alpha, int64_t groups, std::vector<double>& dscores) {
-  const int64_t T = in.tokens, E = in.experts, G = E / groups;
-  const double t = static_cast<double>(T);
-  double value = 0;
-  for (int64_t g = 0; g < groups; ++g) {
-    double f_mean = 0, p_sum = 0;
-    for (int64_t i = g * G; i < (g + 1) * G; ++i) {
-      f_mean += static_cast<double>(E) / (static_cast<double>(in.slots) * t) * static_cast<double>(in.counts[i]);
-      for (int64_t r = 0; r < T; ++r) p_sum += in.scores[idx(r, E, i)] / t;
-    }
-    f_mean /= static_cast<double>(G);
-    value += alpha * f_mean * p_sum;
-    for (int64_t i = g * G; i < (g + 1) * G; ++i)
-      for (int64_t r = 0; r < T; ++r) dscores[idx(r, E, i)] += alpha * f_mean / t;
-  }
-  return value;
 }
 
 }  // namespace
 
 BalanceResult compute_balancing(const BalanceInputs& in, const BalancingConfig& config) {
-  validate(in, config);
+  namespace bi = balance_input;
+  const std::vector<const BalancingTerm*> enabled = enabled_balancing_terms(config);
+  validate(in, config, enabled);
+  uint32_t reads = 0;
+  for (const BalancingTerm* term : enabled) reads |= term->inputs(config);
+  // One gradient vector for each differentiable input an enabled term reads.
   const auto TE = static_cast<size_t>(in.tokens * in.experts);
   BalanceResult out;
-  if (config.switch_coef > 0 || config.seq_coef > 0 || config.device_coef > 0) out.dscores.assign(TE, 0.0);
-  if (config.z_coef > 0) out.dlogits.assign(TE, 0.0);
-  if (config.importance_coef > 0) out.dweights.assign(static_cast<size_t>(in.tokens * in.slots), 0.0);
-  if (config.load_coef > 0) {
+  if (reads & bi::scores) out.dscores.assign(TE, 0.0);
+  if (reads & bi::logits) out.dlogits.assign(TE, 0.0);
+  if (reads & bi::weights) out.dweights.assign(static_cast<size_t>(in.tokens * in.slots), 0.0);
+  if (reads & bi::noise) {
     out.dclean.assign(TE, 0.0);
     out.draw_noise.assign(TE, 0.0);
   }
   // An empty micro-batch has nothing to balance: every enabled term is 0 (and T*E = 0 grads).
-  const bool empty = in.tokens == 0;
-  if (config.switch_coef > 0) out.terms["switch"] = empty ? 0 : switch_term(in, config.switch_coef, out.dscores);
-  if (config.importance_coef > 0)
-    out.terms["importance"] = empty ? 0 : importance_term(in, config.importance_coef, out.dweights);
-  if (config.load_coef > 0)
-    out.terms["load"] = empty ? 0 : load_term(in, config.load_coef, out.dclean, out.draw_noise);
-  if (config.z_coef > 0) out.terms["z"] = empty ? 0 : z_term(in, config.z_coef, out.dlogits);
-  if (config.seq_coef > 0) out.terms["seq"] = empty ? 0 : seq_term(in, config.seq_coef, out.dscores);
-  if (config.device_coef > 0)
-    out.terms["device"] = empty ? 0 : device_term(in, config.device_coef, config.device_groups, out.dscores);
+  for (const BalancingTerm* term : enabled)
+    out.terms[term->name] = in.tokens == 0 ? 0 : term->compute(in, config, out);
   for (const auto& [name, value] : out.terms) out.total += value;
   return out;
+}
+
+void ExpertSums::add(const ExpertSums& other) {
+  MOE_CHECK(score_sums.size() == other.score_sums.size() && counts.size() == other.counts.size() &&
+                routed_counts.size() == other.routed_counts.size() && slots == other.slots,
+            "expert sums: adding sums of ", other.score_sums.size(), " experts (", other.routed_counts.size(),
+            " routed counts, ", other.slots, " slots per token) to sums of ", score_sums.size(), " (",
+            routed_counts.size(), ", ", slots, ")");
+  for (size_t e = 0; e < score_sums.size(); ++e) score_sums[e] += other.score_sums[e];
+  for (size_t e = 0; e < counts.size(); ++e) counts[e] += other.counts[e];
+  for (size_t e = 0; e < routed_counts.size(); ++e) routed_counts[e] += other.routed_counts[e];
+  tokens += other.tokens;
+}
+
+void ExpertSums::pack(std::vector<double>& out) const {
+  out.insert(out.end(), score_sums.begin(), score_sums.end());
+  for (int64_t c : counts) out.push_back(static_cast<double>(c));
+  for (int64_t c : routed_counts) out.push_back(static_cast<double>(c));
+  out.push_back(static_cast<double>(tokens));
+}
+
+size_t ExpertSums::unpack(const std::vector<double>& in, size_t offset) {
+  const size_t n = score_sums.size() + counts.size() + routed_counts.size() + 1;
+  MOE_CHECK(offset + n <= in.size(), "expert sums: ", n, " values to read at ", offset, " of ", in.size());
+  for (double& v : score_sums) v = in[offset++];
+  for (int64_t& c : counts) c = std::llround(in[offset++]);
+  for (int64_t& c : routed_counts) c = std::llround(in[offset++]);
+  tokens = std::llround(in[offset++]);
+  return offset;
 }
 
 LoadStats load_stats(const std::vector<int64_t>& counts, const std::vector<double>& scores, int64_t experts) {
@@ -317,21 +190,6 @@ LoadStats load_stats(const std::vector<int64_t>& counts, const std::vector<doubl
     stats.entropy += h / static_cast<double>(T);
   }
   return stats;
-}
-
-SwitchLoss switch_loss(const std::vector<double>& score_sums, const std::vector<int64_t>& counts, int64_t tokens,
-                       int64_t slots, double alpha) {
-  MOE_CHECK(score_sums.size() == counts.size(), "switch_loss: ", score_sums.size(), " score sums for ", counts.size(),
-            " experts");
-  const double t = static_cast<double>(std::max<int64_t>(tokens, 1)), e = static_cast<double>(counts.size());
-  SwitchLoss out;
-  out.grad_per_expert.resize(counts.size());
-  for (size_t i = 0; i < counts.size(); ++i) {
-    double f = static_cast<double>(counts[i]) / (static_cast<double>(slots) * t);
-    out.value += alpha * e * f * (score_sums[i] / t);
-    out.grad_per_expert[i] = alpha * e * f / t;
-  }
-  return out;
 }
 
 void update_expert_bias(std::vector<double>& bias, const std::vector<int64_t>& loads, double gamma) {

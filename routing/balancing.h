@@ -1,6 +1,6 @@
 // Balancing losses and routing statistics, computed on the host in f64 from the router's
-// outputs (E numbers per token): each term's value and its gradients on the router's scores,
-// logits, weights and noise parameters; the aux-loss-free bias update; the load metrics.
+// outputs (E numbers per token): the terms' values and gradients (each term is registered in
+// routing/balancing_terms.h), the aux-loss-free bias update, the load metrics.
 #pragma once
 
 #include <cstdint>
@@ -10,6 +10,12 @@
 
 namespace moe {
 
+// Which slots the Switch loss's f_i counts (moe.aux_count).
+enum class AuxCount {
+  routed,  // every slot the router chose, before capacity dropping (Switch eq. 5, mesh-tensorflow)
+  kept,    // only the slots an expert kept after capacity dropping
+};
+
 struct BalancingConfig {
   double switch_coef = 0;      // Switch/GShard: alpha * E * sum_i f_i P_i
   double importance_coef = 0;  // Shazeer: w * CV(Importance)^2
@@ -18,6 +24,7 @@ struct BalancingConfig {
   double seq_coef = 0;         // DeepSeek-V3 sequence-level: alpha * sum_i f_i P_i per sequence, averaged
   double device_coef = 0;      // DeepSeekMoE device-level over device_groups contiguous expert groups
   int64_t device_groups = 0;
+  AuxCount aux_count = AuxCount::routed;
 };
 
 // Host copies of one MoE layer's routing for one micro-batch. Row-major.
@@ -28,7 +35,9 @@ struct BalanceInputs {
   std::vector<double> logits;   // [T*E] logits of the scores (z-loss); may be empty
   std::vector<double> weights;  // [T*k] combine weights
   std::vector<int32_t> ids;     // [T*k] chosen experts, -1 = none
-  std::vector<int64_t> counts;  // [E] slots routed to each expert (dropped ones excluded)
+  std::vector<int64_t> counts;  // [E] slots each expert kept (dropped ones excluded)
+  // [E] slots routed to each expert before capacity dropping; empty = nothing was dropped (counts).
+  std::vector<int64_t> routed_counts;
   // Noisy top-k gating, for the load estimator: h = clean + normal * softplus(raw_noise).
   std::vector<double> clean, raw_noise, normal;  // [T*E] each, or empty
 };
@@ -40,19 +49,39 @@ struct BalanceResult {
   std::vector<double> dscores, dlogits, dweights, dclean, draw_noise;
 };
 
-// f_i uses the counts (a constant of the discrete routing, no gradient), P_i the scores.
+// Every term with a coefficient > 0, from the registry (routing/balancing_terms.h). f_i uses the
+// counts (a constant of the discrete routing, no gradient), P_i the scores.
 // Definitions and normalisations: ../shared/reference.md "Router losses".
 BalanceResult compute_balancing(const BalanceInputs& in, const BalancingConfig& config);
 
-// The Switch term from per-expert score sums (sum over tokens of scores[:,i]) and counts: its
-// value and d/dscores[t,i], the same for every token t. compute_balancing uses it; the MoE layer
-// calls it directly with sums computed on the device when Switch is the only term (no T*E copy).
+// Per-expert sums of a micro-batch (or of a TP slice, or pooled over a global batch): what a
+// sum-statistics term (Switch) reads. Everything but `slots` adds up over token slices,
+// micro-batches and ranks, so the MoE layer and the trainer pool them with one all-reduce.
+struct ExpertSums {
+  std::vector<double> score_sums;      // [E] sum over tokens of scores[:,i]
+  std::vector<int64_t> counts;         // [E] slots each expert kept
+  std::vector<int64_t> routed_counts;  // [E] slots routed before capacity dropping; empty if no term reads them
+  int64_t tokens = 0;                  // T
+  int64_t slots = 0;                   // slots per token (k), the same everywhere
+
+  void add(const ExpertSums& other);   // pooling (slots must match)
+  // As doubles (score sums, counts, routed counts, tokens) appended to `out`, and read back from
+  // `in` at `offset` in the same layout (this object's sizes); returns the offset after them.
+  void pack(std::vector<double>& out) const;
+  size_t unpack(const std::vector<double>& in, size_t offset);
+};
+
+// The Switch term from per-expert sums: its value and d/dscores[t,i], the same for every token t.
+// compute_balancing uses it; the MoE layer calls it with sums computed on the device (no T*E
+// copy), and the trainer with the sums pooled over the global batch.
 struct SwitchLoss {
   double value = 0;
   std::vector<double> grad_per_expert;
 };
 SwitchLoss switch_loss(const std::vector<double>& score_sums, const std::vector<int64_t>& counts, int64_t tokens,
                        int64_t slots, double alpha);
+// config.switch_coef with the counts config.aux_count names (routed needs sums.routed_counts).
+SwitchLoss switch_loss(const ExpertSums& sums, const BalancingConfig& config);
 
 // Load statistics of one layer for the metrics.
 struct LoadStats {

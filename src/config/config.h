@@ -37,6 +37,7 @@ struct MoeConfig {                // [moe]
   int64_t first_dense = 0;        // the first k layers stay dense
   double aux_loss_coef = 0.01;    // Switch load-balancing loss alpha
   std::string balance_scope = "micro_batch";  // Switch f_i, P_i over: micro_batch (per rank) | global_batch
+  std::string aux_count = "routed";  // Switch f_i counts: routed (before capacity dropping) | kept
   // Routing (docs/config.md has the exact definitions).
   std::string router = "softmax_topk";  // softmax_topk | topk_softmax | sigmoid | noisy_topk | expert_choice | hash
   std::vector<std::string> layer_routers;  // per MoE layer (in layer order), overriding router; [] = all use router

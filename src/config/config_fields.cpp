@@ -24,7 +24,7 @@ void add_moe_fields(MoeConfig& m, std::vector<Field>& out) {
                          {s, "d_expert", &m.d_expert},       {s, "renormalize", &m.renormalize},
                          {s, "activation", &m.activation},   {s, "every", &m.every},
                          {s, "first_dense", &m.first_dense}, {s, "aux_loss_coef", &m.aux_loss_coef},
-                         {s, "balance_scope", &m.balance_scope},
+                         {s, "balance_scope", &m.balance_scope}, {s, "aux_count", &m.aux_count},
                          {s, "router", &m.router},           {s, "layer_routers", &m.layer_routers},
                          {s, "num_groups", &m.num_groups},
                          {s, "top_groups", &m.top_groups},   {s, "capacity_factor", &m.capacity_factor},

@@ -109,6 +109,7 @@ void validate_routing(const MoeConfig& e, const ModelConfig& m, const KeyOrigins
   }
   check_choice(at, "moe.drop_order", e.drop_order, {"probability", "position"});
   check_choice(at, "moe.balance_scope", e.balance_scope, {"micro_batch", "global_batch"});
+  check_choice(at, "moe.aux_count", e.aux_count, {"routed", "kept"});
   check_choice(at, "moe.hash_kind", e.hash_kind,
                {"random", "balanced", "clustering", "dispersed", "position", "bigram", "previous_token", "oracle"});
   check_at_least(at, "moe.granularity", e.granularity, 1);

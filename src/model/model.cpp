@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "routing/balancing_terms.h"
 #include "routing/router_factory.h"
 #include "routing/topk_router.h"
 #include "src/nn/linear.h"
@@ -24,13 +25,7 @@ MoeLayerConfig moe_layer_config(const ModelConfig& c, const MoeConfig& moe, ops:
   mc.num_shared = moe.num_shared_experts;
   mc.d_shared = moe.d_shared > 0 ? moe.d_shared : mc.d_expert;
   mc.shared_gate = moe.shared_gate;
-  mc.balancing.switch_coef = moe.aux_loss_coef;
-  mc.balancing.importance_coef = moe.importance_loss_coef;
-  mc.balancing.load_coef = moe.load_loss_coef;
-  mc.balancing.z_coef = moe.z_loss_coef;
-  mc.balancing.seq_coef = moe.seq_aux_loss_coef;
-  mc.balancing.device_coef = moe.device_loss_coef;
-  mc.balancing.device_groups = moe.device_groups;
+  mc.balancing = balancing_config(moe);
   mc.init_std = c.init_std;
   mc.out_init_std = out_std;
   return mc;

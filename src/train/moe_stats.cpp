@@ -4,16 +4,9 @@
 #include <algorithm>
 #include <cmath>
 
-#include "routing/balancing.h"
+#include "routing/balancing_terms.h"
 
 namespace moe {
-
-namespace {
-
-// Every balancing term compute_balancing and the MoE layer name (routing/balancing.h).
-constexpr const char* k_balance_terms[] = {"switch", "importance", "load", "z", "seq", "device"};
-
-}  // namespace
 
 void accumulate_routing_stats(std::vector<LayerRoutingStats>& step, const std::vector<MoeLayerStats>& micro,
                               const std::vector<int>& layers, double mean_weight) {
@@ -50,8 +43,8 @@ void reduce_routing_stats(std::vector<LayerRoutingStats>& step, Communicator& wo
     packed.push_back(static_cast<double>(s.dropped));
     // A fixed list of terms with a presence flag: ranks of other pipeline stages hold none for
     // this layer, so the packed vectors must not depend on which terms a rank has.
-    for (const char* name : k_balance_terms) {
-      auto it = s.balance.find(name);
+    for (const BalancingTerm& term : balancing_terms()) {
+      auto it = s.balance.find(term.name);
       packed.push_back(it != s.balance.end() ? it->second : 0.0);
       packed.push_back(it != s.balance.end() ? 1.0 : 0.0);
     }
@@ -65,9 +58,9 @@ void reduce_routing_stats(std::vector<LayerRoutingStats>& step, Communicator& wo
     for (auto& n : s.tokens_per_expert) n = std::llround(packed[k++]);
     s.slots = std::llround(packed[k++]);
     s.dropped = std::llround(packed[k++]);
-    for (const char* name : k_balance_terms) {
+    for (const BalancingTerm& term : balancing_terms()) {
       const double value = packed[k++];
-      if (packed[k++] > 0) s.balance[name] = value / ranks;
+      if (packed[k++] > 0) s.balance[term.name] = value / ranks;
     }
     s.aux_loss = packed[k++] / ranks;
     s.entropy = packed[k++] / ranks;

@@ -4,7 +4,7 @@
 // reduction, clipping and AdamW.
 #include <cmath>
 
-#include "routing/balancing.h"
+#include "routing/balancing_terms.h"
 #include "src/ops/ops.h"
 #include "src/train/lr_schedule.h"
 #include "src/train/pipeline_schedule.h"
@@ -185,45 +185,37 @@ void Trainer::sum_tp_partial_grads(const ParamUnit* only) {
 }
 
 void Trainer::apply_global_switch(std::vector<ModelSaved>& saves, std::vector<ForwardOutput>& outs) {
-  // Counts, score sums and tokens of every MoE layer of this stage, summed over micro-batches and
-  // the stage's ranks (data-parallel ranks and the TP ranks' token slices).
-  std::vector<double> packed;
+  // The per-expert sums (score sums, counts, tokens) of every MoE layer of this stage, summed over
+  // micro-batches and the stage's ranks (data-parallel ranks and the TP ranks' token slices).
   const auto& first = outs.front().moe_stats;
+  std::vector<ExpertSums> pooled;
+  std::vector<double> packed;
   for (size_t l = 0; l < first.size(); ++l) {
-    const size_t experts = first[l].tokens_per_expert.size();
-    std::vector<double> layer(2 * experts + 1, 0.0);
-    for (const ForwardOutput& out : outs) {
-      const MoeLayerStats& s = out.moe_stats[l];
-      MOE_CHECK(s.score_sums.size() == experts, "balance_scope = global_batch needs the Switch statistics of layer ",
-                out.moe_layer_index[l]);
-      for (size_t e = 0; e < experts; ++e) {
-        layer[e] += static_cast<double>(s.tokens_per_expert[e]);
-        layer[experts + e] += s.score_sums[e];
-      }
-      layer[2 * experts] += static_cast<double>(s.tokens);
+    ExpertSums layer = first[l].sums;
+    for (size_t m = 0; m < outs.size(); ++m) {
+      const MoeLayerStats& s = outs[m].moe_stats[l];
+      MOE_CHECK(s.sums.score_sums.size() == first[l].tokens_per_expert.size(),
+                "balance_scope = global_batch needs the Switch statistics of layer ", outs[m].moe_layer_index[l]);
+      if (m > 0) layer.add(s.sums);
     }
-    packed.insert(packed.end(), layer.begin(), layer.end());
+    layer.pack(packed);
+    pooled.push_back(layer);
   }
   stage_group_->all_reduce_sum(packed);
   // Each micro-batch's backward scales its balance gradient by 1/grad_accum, the TP ranks sum
   // their slices' and the data-parallel ranks average theirs: scale up by micro-batches x dp so
   // the step's gradient is d(global loss)/d(scores).
   const double micro_batches = static_cast<double>(outs.size()) * topology_.dp;
+  const BalancingConfig balancing = balancing_config(config_.moe);
   std::vector<std::vector<double>> grads;
   std::vector<double> values;
   size_t offset = 0;
-  for (size_t l = 0; l < first.size(); ++l) {
-    const size_t experts = first[l].tokens_per_expert.size();
-    std::vector<int64_t> counts(experts);
-    for (size_t e = 0; e < experts; ++e) counts[e] = std::llround(packed[offset + e]);
-    std::vector<double> score_sums(packed.begin() + static_cast<std::ptrdiff_t>(offset + experts),
-                                   packed.begin() + static_cast<std::ptrdiff_t>(offset + 2 * experts));
-    auto tokens = std::llround(packed[offset + 2 * experts]);
-    SwitchLoss loss = switch_loss(score_sums, counts, tokens, first[l].slots_per_token, config_.moe.aux_loss_coef);
+  for (ExpertSums& layer : pooled) {
+    offset = layer.unpack(packed, offset);
+    SwitchLoss loss = switch_loss(layer, balancing);
     for (double& g : loss.grad_per_expert) g *= micro_batches;
     grads.push_back(loss.grad_per_expert);
     values.push_back(loss.value);
-    offset += 2 * experts + 1;
   }
   for (size_t m = 0; m < saves.size(); ++m) {
     model_->set_switch_gradients(saves[m], grads, values);

@@ -467,6 +467,7 @@ TEST_CASE("every range rule has its message") {
       {"moe.first_dense=3", "moe.first_dense = 3 is outside [0, model.num_layers = 2]"},
       {"moe.first_dense=-1", "moe.first_dense = -1 is outside [0, model.num_layers = 2]"},
       {"moe.aux_loss_coef=-0.1", "moe.aux_loss_coef = -0.1 must not be negative"},
+      {"moe.aux_count=dropped", "moe.aux_count = 'dropped' is not one of: routed, kept"},
       {"train.steps=0", "train.steps = 0 must be at least 1"},
       {"train.micro_batch_size=0", "train.micro_batch_size = 0 must be at least 1"},
       {"train.grad_accum=0", "train.grad_accum = 0 must be at least 1"},

@@ -70,6 +70,11 @@ TEST_CASE("CUDA matches the CPU for every router and expert variant", "[cuda][tr
                       c.moe.activation = "relu";
                       c.moe.capacity_factor = 1.0;
                     }},
+      RouterVariant{"softmax_topk, capacity by probability, Switch on kept slots (moe.aux_count)",
+                    [](Config& c) {
+                      c.moe.capacity_factor = 1.0;
+                      c.moe.aux_count = "kept";
+                    }},
       RouterVariant{"topk_softmax, gelu, capacity by position",
                     [](Config& c) {
                       c.moe.router = "topk_softmax";

@@ -104,6 +104,14 @@ std::vector<int32_t> batch_tokens(uint64_t seed) {
   return test::random_ids(k_tokens, k_vocab, seed).to_vector<int32_t>();
 }
 
+// Slots per expert of an ids list (-1 = no expert).
+std::vector<int64_t> count_ids(const std::vector<int32_t>& ids) {
+  std::vector<int64_t> c(static_cast<size_t>(k_experts), 0);
+  for (int32_t e : ids)
+    if (e >= 0) ++c[static_cast<size_t>(e)];
+  return c;
+}
+
 std::vector<std::string> enabled_terms(const BalancingConfig& b) {
   std::vector<std::string> out;  // std::map order
   if (b.device_coef > 0) out.push_back("device");
@@ -194,6 +202,10 @@ TEST_CASE("MoE layer gradients match finite differences", "[experts][gradcheck][
                 .bias = true},
       LayerSpec{.name = "capacity by position, switch", .capacity_factor = 1.0, .drop_order = D::by_position,
                 .balancing = {.switch_coef = 0.1}},
+      // (At capacity_factor 0.75 every expert is full: kept counts are all equal and the kept-slot
+      // Switch loss is a constant, the blindness moe.aux_count = "routed" removes.)
+      LayerSpec{.name = "capacity by probability, switch on kept slots", .capacity_factor = 1.0,
+                .balancing = {.switch_coef = 0.1, .aux_count = AuxCount::kept}},
       LayerSpec{.name = "capacity by probability, importance", .router = "topk_softmax", .act = A::relu,
                 .capacity_factor = 0.75, .balancing = {.importance_coef = 0.2}},
       LayerSpec{.name = "expert choice, z + switch", .router = "expert_choice", .capacity_factor = 1.5,
@@ -390,12 +402,6 @@ TEST_CASE("MoE layer statistics: slots, drops, tokens per expert, balance terms,
   const auto tokens = batch_tokens(121);
   const RouteInputs inputs{&tokens, nullptr, k_seq_len, true, 0};
   Tensor x = test::random_tensor({k_tokens, k_d}, DType::f64, 122, Device::cpu(), -2.0, 2.0);
-  auto count_ids = [](const std::vector<int32_t>& ids) {
-    std::vector<int64_t> c(static_cast<size_t>(k_experts), 0);
-    for (int32_t e : ids)
-      if (e >= 0) ++c[static_cast<size_t>(e)];
-    return c;
-  };
 
   SECTION("dropless top-k: every slot routed, entropy only when collected") {
     LayerSpec spec{.balancing = {.switch_coef = 0.1, .z_coef = 0.01, .seq_coef = 0.1}};
@@ -484,6 +490,57 @@ TEST_CASE("MoE layer statistics: slots, drops, tokens per expert, balance terms,
     REQUIRE(saved.stats.balance.empty());
     REQUIRE(saved.stats.aux_loss == 0.0);
   }
+}
+
+TEST_CASE("aux_count: the Switch loss counts the routed or the kept slots under capacity dropping",
+          "[experts][moe][capacity][aux_count]") {
+  const auto tokens = batch_tokens(141);
+  const RouteInputs inputs{&tokens, nullptr, k_seq_len, true, 0};
+  Tensor x = test::random_tensor({k_tokens, k_d}, DType::f64, 142, Device::cpu(), -2.0, 2.0);
+  // The Switch term by hand from the layer's own routing: 0.1 * E * sum_i f_i P_i,
+  // f_i = counts_i / (k T), P_i = mean score; and its gradient row 0.1 * E * f_i / T.
+  auto by_hand = [](const std::vector<int64_t>& counts, const std::vector<double>& scores, std::vector<double>& row) {
+    double value = 0;
+    row.assign(static_cast<size_t>(k_experts), 0.0);
+    for (int64_t e = 0; e < k_experts; ++e) {
+      double p = 0;
+      for (int64_t t = 0; t < k_tokens; ++t) p += scores[static_cast<size_t>(t * k_experts + e)] / k_tokens;
+      const double f = static_cast<double>(counts[static_cast<size_t>(e)]) / (2.0 * k_tokens);
+      value += 0.1 * k_experts * f * p;
+      row[static_cast<size_t>(e)] = 0.1 * k_experts * f / k_tokens;
+    }
+    return value;
+  };
+  std::map<AuxCount, double> values;
+  for (AuxCount aux_count : {AuxCount::routed, AuxCount::kept}) {
+    const bool routed = aux_count == AuxCount::routed;
+    INFO((routed ? "routed" : "kept"));
+    // Capacity ceil(0.5 * 2 * 12 / 4) = 3 of 24 slots per expert; seq and z ride along on the host.
+    LayerSpec spec{.capacity_factor = 0.5,
+                   .balancing = {.switch_coef = 0.1, .z_coef = 0.01, .seq_coef = 0.1, .aux_count = aux_count}};
+    auto layer = build_layer(spec, 143);
+    MoeLayerSaved saved;
+    layer->moe->forward(x, inputs, saved);
+    REQUIRE(saved.stats.dropped > 0);
+    const auto routed_counts = count_ids(saved.router.routing.ids.to_vector<int32_t>());
+    const auto kept_counts = count_ids(saved.ids.to_vector<int32_t>());
+    REQUIRE(routed_counts != kept_counts);
+    REQUIRE(saved.stats.tokens_per_expert == kept_counts);  // the load metric stays the kept slots
+    REQUIRE(saved.stats.sums.counts == kept_counts);
+    REQUIRE(saved.stats.sums.routed_counts == (routed ? routed_counts : std::vector<int64_t>{}));
+    std::vector<double> row;
+    const double expected =
+        by_hand(routed ? routed_counts : kept_counts, saved.router.routing.scores.to_vector<double>(), row);
+    REQUIRE(std::abs(saved.stats.balance.at("switch") - expected) < 1e-14);
+    test::require_close(saved.switch_grad_per_expert, row, 1e-15, 1e-12, "Switch gradient row");
+    REQUIRE(keys(saved.stats.balance) == std::vector<std::string>{"seq", "switch", "z"});
+    values[aux_count] = saved.stats.balance.at("switch");
+  }
+  // Every expert is full (3 kept slots each): the kept counts look perfectly balanced, and the
+  // kept-slot term is 0.1 * E * sum_i (3 / 24) P_i = 0.05 whatever the scores; the routed one sees
+  // the imbalance.
+  REQUIRE(std::abs(values.at(AuxCount::kept) - 0.05) < 1e-14);
+  REQUIRE(values.at(AuxCount::routed) > 0.05 + 1e-3);
 }
 
 TEST_CASE("noisy top-k with the load loss evaluates without noise", "[experts][moe][noisy]") {

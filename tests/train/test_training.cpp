@@ -6,6 +6,8 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <map>
+#include <string>
 
 #include <nlohmann/json.hpp>
 
@@ -100,6 +102,36 @@ TEST_CASE("a resumed run continues bit-identically", "[train][checkpoint]") {
   REQUIRE(losses.size() == 3);
   for (size_t i = 0; i < 3; ++i) REQUIRE(losses[i] == full_losses[i + 3]);  // exact, not approximate
   REQUIRE(all_master_values(trainer.model()) == full_params);
+}
+
+TEST_CASE("global_batch Switch under capacity dropping counts the slots moe.aux_count names",
+          "[train][balance][aux_count]") {
+  // One micro-batch on one rank: the global batch is that micro-batch, so the trainer's pooled
+  // Switch term must equal the layer's own, for either count; and the two counts differ.
+  test::TempDir dir("moe-train-aux-count");
+  auto world = make_world_communicator(Device::cpu());
+  Config c = test::tiny_train_config(dir);
+  c.moe.capacity_factor = 0.5;
+  c.moe.aux_loss_coef = 0.1;
+  std::map<std::string, double> aux;
+  for (const std::string count : {"routed", "kept"}) {
+    for (const std::string scope : {"micro_batch", "global_batch"}) {
+      Config v = c;
+      v.moe.aux_count = count;
+      v.moe.balance_scope = scope;
+      v.train.run_dir = dir.str("run-" + count + "-" + scope);
+      Trainer trainer(v, 0, *world);
+      StepResult r = trainer.train_step();
+      INFO(count << " " << scope);
+      REQUIRE(r.routing.size() == 1);
+      REQUIRE(r.routing[0].dropped > 0);
+      REQUIRE(r.aux_loss > 0);
+      aux[count + " " + scope] = r.aux_loss;
+    }
+  }
+  CHECK(aux.at("routed global_batch") == Approx(aux.at("routed micro_batch")).epsilon(1e-12));
+  CHECK(aux.at("kept global_batch") == Approx(aux.at("kept micro_batch")).epsilon(1e-12));
+  CHECK(std::abs(aux.at("routed micro_batch") - aux.at("kept micro_batch")) > 1e-6);
 }
 
 TEST_CASE("a NaN loss stops training with a message naming the step", "[train][errors]") {
