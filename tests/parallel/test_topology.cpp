@@ -36,6 +36,15 @@ std::vector<std::string> coord_table(const Topology& t) {
 
 const std::vector<std::string> k_orders = {"tp-dp-pp", "dp-tp-pp", "tp-pp-dp", "pp-tp-dp", "dp-pp-tp", "pp-dp-tp"};
 
+// The world ranks of a communicator's members, in its rank order (all-gathered).
+std::vector<int> members_of(Communicator& comm, const Communicator& world) {
+  Tensor mine = Tensor::from_vector(std::vector<int32_t>{world.rank()}, {1}, DType::i32);
+  Tensor all = Tensor::zeros({comm.size()}, DType::i32);
+  comm.all_gather(mine, all);
+  std::vector<int32_t> members = all.to_vector<int32_t>();
+  return {members.begin(), members.end()};
+}
+
 }  // namespace
 
 TEST_CASE("one rank: every coordinate 0, every group {0}", "[parallel][topology]") {
@@ -250,11 +259,7 @@ TEST_CASE("process groups split from the world have the topology's members", "[p
             Communicator& comm = groups.get(kind);
             REQUIRE(comm.size() == t.group_size(kind));
             REQUIRE(comm.rank() == t.group_rank(kind));
-            Tensor mine = Tensor::from_vector(std::vector<int32_t>{world->rank()}, {1}, DType::i32);
-            Tensor all = Tensor::zeros({comm.size()}, DType::i32);
-            comm.all_gather(mine, all);
-            std::vector<int32_t> members = all.to_vector<int32_t>();
-            REQUIRE(std::vector<int>(members.begin(), members.end()) == t.group(kind));
+            REQUIRE(members_of(comm, *world) == t.group(kind));
           }
           ++layouts;
         }
@@ -266,6 +271,43 @@ TEST_CASE("process groups split from the world have the topology's members", "[p
   if (n == 4) REQUIRE(layouts == 6 * 10);
   REQUIRE_THROWS_WITH(make_process_groups(*world, Topology(layout(1, 1, 1), n + 1, 0)),
                       Contains("make_process_groups: the communicator has rank"));
+}
+
+// The groups built on the layout: a stage's ranks and a replica's ranks in world-rank order, and
+// the tied-embedding group (first and last stage of one (tp, dp) position) only where asked for.
+TEST_CASE("process groups: the stage, replica and tied-embedding groups have their members",
+          "[parallel][topology][mpi]") {
+  auto world = make_world_communicator(Device::cpu());
+  const int n = world->size();
+  int layouts = 0;
+  for (int tp = 1; tp <= n; ++tp) {
+    for (int pp = 1; tp * pp <= n; ++pp) {
+      if (n % (tp * pp) != 0) continue;
+      for (const auto& order : k_orders) {
+        for (bool tied : {false, true}) {
+          INFO("world " << n << " tp " << tp << " pp " << pp << " " << order << " tied " << tied);
+          Topology t(layout(tp, pp, 1, order), n, world->rank());
+          ProcessGroups groups = make_process_groups(*world, t, tied);
+          const RankCoords me = t.coords;
+          std::vector<int> stage, replica, embed;
+          for (int r = 0; r < n; ++r) {
+            const RankCoords c = t.coords_of(r);
+            if (c.pp == me.pp) stage.push_back(r);
+            if (c.dp == me.dp) replica.push_back(r);
+          }
+          const bool end_stage = me.pp == 0 || me.pp == pp - 1;
+          if (tied && pp > 1 && end_stage) embed = {t.rank_of(me.tp, me.dp, 0), t.rank_of(me.tp, me.dp, pp - 1)};
+          REQUIRE(members_of(*groups.stage, *world) == stage);
+          REQUIRE(members_of(*groups.replica, *world) == replica);
+          REQUIRE(static_cast<bool>(groups.embed) == !embed.empty());
+          if (groups.embed) REQUIRE(members_of(*groups.embed, *world) == embed);
+          ++layouts;
+        }
+      }
+    }
+  }
+  // (tp, pp) of 4 ranks: (1,1) (1,2) (1,4) (2,1) (2,2) (4,1), six orders, tied or not.
+  if (n == 4) REQUIRE(layouts == 6 * 6 * 2);
 }
 
 }  // namespace moe
