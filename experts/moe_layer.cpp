@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "experts/experts_registry.h"
 #include "parallel/alltoall_dispatcher.h"
 #include "parallel/local_dispatcher.h"
 #include "routing/balancing_terms.h"
@@ -44,9 +45,10 @@ MoeLayer::MoeLayer(ParamStore& store, const std::string& prefix, const MoeLayerC
     : config_(config),
       router_(std::move(router)),
       dispatcher_(make_dispatcher(config)),
-      experts_(store, prefix + ".experts", config.num_experts, dispatcher_->first_expert(),
-               dispatcher_->num_local_experts(), config.d_model, config.d_expert, config.activation, config.init_std,
-               config.out_init_std) {
+      experts_(make_experts(config.experts_impl, store, prefix + ".experts",
+                            {config.num_experts, dispatcher_->first_expert(), dispatcher_->num_local_experts(),
+                             config.d_model, config.d_expert, config.activation, config.init_std,
+                             config.out_init_std})) {
   MOE_CHECK(router_->num_experts() == config.num_experts, "router has ", router_->num_experts(), " experts, layer ",
             config.num_experts);
   const TpGroup tp{config.tp_group};
@@ -92,7 +94,7 @@ Tensor MoeLayer::routed_forward(const Tensor& x, const RouteInputs& inputs, MoeL
                                               config_.drop_order);
   }
   Tensor x_local = dispatcher_->dispatch(x, saved.ids, saved.dispatch);
-  saved.y_sorted = experts_.forward(x_local, saved.dispatch.counts, saved.experts);
+  saved.y_sorted = experts_->forward(x_local, ExpertRows::from_counts(saved.dispatch.counts), saved.experts);
   Tensor y = dispatcher_->combine(saved.dispatch, saved.y_sorted, saved.weights);
   // Load statistics are this rank's routed slots per expert (not what its experts received).
   saved.stats.tokens_per_expert = saved.dispatch.routed_counts;
@@ -251,7 +253,7 @@ Tensor MoeLayer::backward(const MoeLayerSaved& saved, const Tensor& dy, float au
 Tensor MoeLayer::routed_backward(const MoeLayerSaved& saved, const Tensor& dy, float aux_scale) const {
   Tensor dy_sorted, dweights;
   dispatcher_->combine_backward(saved.dispatch, saved.y_sorted, saved.weights, dy, dy_sorted, dweights);
-  Tensor dx_sorted = experts_.backward(saved.experts, dy_sorted);
+  Tensor dx_sorted = experts_->backward(saved.experts, dy_sorted);
   Tensor dx = dispatcher_->dispatch_backward(saved.dispatch, dx_sorted);
 
   const RouterGrads& b = saved.balance_grads;

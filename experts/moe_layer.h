@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "experts/expert_group.h"
+#include "experts/experts.h"
 #include "experts/shared_experts.h"
 #include "parallel/communicator.h"
 #include "parallel/dispatcher.h"
@@ -27,6 +27,7 @@ struct MoeLayerConfig {
   bool shared_gate = false;
   BalancingConfig balancing;
   double init_std = 0.02, out_init_std = 0.02;
+  std::string experts_impl = "auto";  // moe.experts_impl: the Experts implementation (experts_registry.h)
   // Expert parallelism: the routed experts are split over this group and tokens reach them by
   // all-to-all; nullptr (or a group of one) = all experts on this rank.
   Communicator* ep_group = nullptr;
@@ -56,7 +57,7 @@ struct MoeLayerSaved {
   RouterSaved router;
   Tensor ids, weights;  // after capacity dropping (what dispatch and combine used)
   DispatchSaved dispatch;
-  ExpertGroupSaved experts;
+  ExpertsSaved experts;
   SharedExpertsSaved shared;
   Tensor y_sorted;
   RouterGrads balance_grads;  // gradients of the host-computed balancing terms (unscaled)
@@ -75,8 +76,13 @@ class MoeLayer {
   // trainer applies to this micro-batch's share of the loss).
   Tensor backward(const MoeLayerSaved& saved, const Tensor& dy, float aux_scale) const;
 
+  // Replaces the Switch term of a forward (balance_scope = global_batch): d aux / d scores[t,i]
+  // = grad_per_expert[i] for every token t of this micro-batch, the loss value given.
+  void set_switch_gradient(MoeLayerSaved& saved, const std::vector<double>& grad_per_expert, double value) const;
+
   const MoeLayerConfig& config() const { return config_; }
   const Router& router() const { return *router_; }
+  const Experts& experts() const { return *experts_; }
 
  private:
   // The routed part (router, capacity, dispatch, experts, combine) on this rank's tokens.
@@ -90,15 +96,10 @@ class MoeLayer {
   void switch_on_device(const Routing& routing, const BalancingConfig& terms, MoeLayerSaved& saved) const;
   std::vector<int64_t> counts_before_capacity(const Routing& routing, const MoeLayerSaved& saved) const;
 
- public:
-  // Replaces the Switch term of a forward (balance_scope = global_batch): d aux / d scores[t,i]
-  // = grad_per_expert[i] for every token t of this micro-batch, the loss value given.
-  void set_switch_gradient(MoeLayerSaved& saved, const std::vector<double>& grad_per_expert, double value) const;
-
   MoeLayerConfig config_;
   std::unique_ptr<Router> router_;
   std::unique_ptr<Dispatcher> dispatcher_;
-  ExpertGroup experts_;
+  std::unique_ptr<Experts> experts_;
   std::unique_ptr<SharedExperts> shared_;
 };
 

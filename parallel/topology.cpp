@@ -200,7 +200,7 @@ Communicator& ProcessGroups::get(GroupKind kind) const {
   return **c;
 }
 
-ProcessGroups make_process_groups(Communicator& world, const Topology& t) {
+ProcessGroups make_process_groups(Communicator& world, const Topology& t, bool tied_embeddings) {
   MOE_CHECK(world.size() == t.world_size && world.rank() == t.rank, "make_process_groups: the communicator has rank ",
             world.rank(), " of ", world.size(), " but the topology was built for rank ", t.rank, " of ", t.world_size);
   const RankCoords& c = t.coords;
@@ -211,6 +211,10 @@ ProcessGroups make_process_groups(Communicator& world, const Topology& t) {
   g.ep = world.split(c.tp + t.tp * (c.pp + t.pp * c.edp), c.ep);
   g.expert_dp = world.split(c.tp + t.tp * (c.pp + t.pp * c.ep), c.edp);
   g.pp = world.split(c.tp + t.tp * c.dp, c.pp);
+  g.stage = world.split(c.pp, world.rank());
+  g.replica = world.split(c.dp, world.rank());
+  const bool end_stage = c.pp == 0 || c.pp == t.pp - 1;
+  g.embed = world.split(tied_embeddings && t.pp > 1 && end_stage ? c.tp + t.tp * c.dp : -1, c.pp);
   for (GroupKind kind : {GroupKind::tp, GroupKind::dp, GroupKind::ep, GroupKind::expert_dp, GroupKind::pp}) {
     const Communicator& comm = g.get(kind);
     MOE_CHECK(comm.size() == t.group_size(kind) && comm.rank() == t.group_rank(kind), "the ", group_kind_name(kind),

@@ -62,13 +62,23 @@ void check_expert_parallel(const ParallelConfig& parallel, const MoeConfig& moe)
 // The parsed parallel.order: three distinct dimensions among tp, dp, pp, fastest first.
 std::array<GroupKind, 3> parse_rank_order(const std::string& order);
 
-// One communicator per group kind for this rank, split from the world communicator (collective
-// over the world: every rank calls it). Each has the world's backend and device, and its rank
-// is the coordinate of that kind (dp->rank() == coords.dp, ep->rank() == coords.ep, ...).
+// Every communicator a job uses besides the world, split from it in one place (collective over
+// the world: every rank calls it, and nothing else splits the world). One per group kind, each
+// with the world's backend and device and its rank the coordinate of that kind
+// (dp->rank() == coords.dp, ep->rank() == coords.ep, ...), and the groups built on the layout:
 struct ProcessGroups {
   std::unique_ptr<Communicator> dp, ep, expert_dp, tp, pp;
+  // The ranks of this pipeline stage (dp x tp), in world-rank order: per-stage statistics.
+  std::unique_ptr<Communicator> stage;
+  // The ranks of this data-parallel replica (tp x pp), in world-rank order: the gradient norm
+  // over the whole model.
+  std::unique_ptr<Communicator> replica;
+  // Tied embeddings under pipeline parallelism: the first and the last stage of this rank's
+  // (tp, dp) position, which both hold the token table; null on other ranks and layouts.
+  std::unique_ptr<Communicator> embed;
   Communicator& get(GroupKind kind) const;
 };
-ProcessGroups make_process_groups(Communicator& world, const Topology& topology);
+// tied_embeddings: model.tie_embeddings (whether the embed group is built).
+ProcessGroups make_process_groups(Communicator& world, const Topology& topology, bool tied_embeddings = false);
 
 }  // namespace moe

@@ -61,6 +61,7 @@ struct MoeConfig {                // [moe]
   bool hash_per_layer = false;    // a different table per hashed layer (seed mixed with the layer)
   bool hash_allow_oracle = false; // required for the future-token oracle
   uint64_t hash_seed = 0;
+  std::string experts_impl = "auto"; // auto (the fastest registered) | loop; checked where the layers are built
 
   bool operator==(const MoeConfig&) const = default;
 };

@@ -28,6 +28,7 @@ MoeLayerConfig moe_layer_config(const ModelConfig& c, const MoeConfig& moe, ops:
   mc.balancing = balancing_config(moe);
   mc.init_std = c.init_std;
   mc.out_init_std = out_std;
+  mc.experts_impl = moe.experts_impl;
   return mc;
 }
 

@@ -80,7 +80,8 @@ MoeFootprint moe_footprint(const Config& config, const std::string& router, int6
   if (!hash && !choice && moe.capacity_factor > 0) kept += T * slots * (s.ib + s.ab);  // dropped copies
   kept += balance_te * T * E * s.ab + balance_slots * T * slots * s.ab;
   kept += 2 * T * slots * s.ib;  // DispatchSaved: sorted_tokens, slot_pos
-  // Experts (ExpertGroupSaved + MoeLayerSaved::y_sorted): input, pre-/post-activation, output rows.
+  // Experts (ExpertsSaved, the loop's FFN rows, + MoeLayerSaved::y_sorted): input, pre-/post-activation,
+  // output rows.
   kept += local_rows * s.cb * (2 * d + up_e + f_e);
   // Expert parallelism: the outputs back on this rank (combine_rows) and the row maps.
   if (ep > 1) {

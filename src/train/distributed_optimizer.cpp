@@ -9,6 +9,7 @@
 
 #include "parallel/grad_sync.h"
 #include "src/ops/ops.h"
+#include "src/train/optimizer.h"
 
 namespace moe {
 
@@ -107,37 +108,11 @@ DistributedOptimizer::DistributedOptimizer(ParamStore& store, const OptimConfig&
     if (l.sharded) store.shard(g, l.own, stage_ == 3);
     m_[i] = Tensor::zeros({l.own.numel()}, store.master_dtype(), store.device());
     v_[i] = Tensor::zeros({l.own.numel()}, store.master_dtype(), store.device());
-    build_update_runs(g);
+    update_[i] = AdamWUpdate(store, config, g, l.own);
   }
 }
 
-bool DistributedOptimizer::decays(const ParamInfo& p) const {
-  switch (p.kind) {
-    case ParamKind::weight: return true;
-    case ParamKind::norm_or_bias: return config_.decay_norms_and_biases;
-    case ParamKind::embedding: return config_.decay_embeddings;
-    case ParamKind::buffer: return false;
-  }
-  return true;
-}
-
-// Parameters may straddle shard boundaries: each keeps its own decay flag on the part that
-// falls in this rank's range; neighbours with the same flag merge into one AdamW call.
-void DistributedOptimizer::build_update_runs(ParamGroup g) {
-  auto& runs = runs_[static_cast<int>(g)];
-  const FlatRange own = layout(g).own;
-  for (const ParamInfo& p : store_->infos()) {  // registration order = offset order within a group
-    if (p.group != g || p.kind == ParamKind::buffer) continue;
-    FlatRange part = intersect({p.offset, p.offset + p.numel()}, own);
-    if (part.empty()) continue;
-    bool decay = decays(p);
-    if (!runs.empty() && runs.back().range.end == part.begin && runs.back().decay == decay) {
-      runs.back().range.end = part.end;
-    } else {
-      runs.push_back({part, decay});
-    }
-  }
-}
+bool DistributedOptimizer::decays(const ParamInfo& p) const { return adamw_decays(p, config_); }
 
 int64_t DistributedOptimizer::bucket_numel(DType dtype) const {
   return std::max<int64_t>(1, static_cast<int64_t>(bucket_bytes_ / dtype_size(dtype)));
@@ -335,21 +310,7 @@ void DistributedOptimizer::step(double lr, int64_t step) {
   }
   for (int i = 0; i < k_num_param_groups; ++i) {
     auto g = static_cast<ParamGroup>(i);
-    const FlatRange own = layouts_[i].own;
-    Tensor master = store_->master_shard(g);
-    Tensor& grads = store_->flat_grads(g);
-    for (const UpdateRun& run : runs_[i]) {
-      ops::AdamWParams h;
-      h.lr = static_cast<float>(lr);
-      h.beta1 = static_cast<float>(config_.beta1);
-      h.beta2 = static_cast<float>(config_.beta2);
-      h.eps = static_cast<float>(config_.eps);
-      h.weight_decay = run.decay ? static_cast<float>(config_.weight_decay) : 0.0f;
-      h.step = step;
-      Tensor p = rows_at(master, own.begin, run.range), m = rows_at(m_[i], own.begin, run.range),
-             v = rows_at(v_[i], own.begin, run.range);
-      ops::adamw_step(p, rows_of(grads, run.range), m, v, h);
-    }
+    update_[i].apply(store_->master_shard(g), store_->flat_grads(g), m_[i], v_[i], lr, step);
   }
   store_->sync_params_from_master();  // the whole compute copy at stage 0, this rank's range above
   if (stage_ == 1 || stage_ == 2) {

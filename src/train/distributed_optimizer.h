@@ -10,6 +10,7 @@
 #include "parallel/communicator.h"
 #include "src/config/config.h"
 #include "src/nn/param_store.h"
+#include "src/train/optimizer.h"
 
 namespace moe {
 
@@ -125,14 +126,7 @@ class DistributedOptimizer {
     FlatRange own;         // this rank's range
     FlatRange owned_by(int r) const;
   };
-  // A maximal run of elements of the own range with one weight-decay setting (no buffers).
-  struct UpdateRun {
-    FlatRange range;  // flat elements
-    bool decay = false;
-  };
-
   const Layout& layout(ParamGroup g) const { return layouts_[static_cast<int>(g)]; }
-  void build_update_runs(ParamGroup g);
   void reduce_scatter_avg(ParamGroup g);
   void all_gather_params(ParamGroup g);
   // out[range.numel()] <- flat elements `range` from the ranks' local ranges `local`
@@ -152,7 +146,7 @@ class DistributedOptimizer {
   std::vector<FlatRange> reduced_[k_num_param_groups];  // ranges reduce_unit_async started this step
   void scale_expert_grads(FlatRange range);
   Layout layouts_[k_num_param_groups];
-  std::vector<UpdateRun> runs_[k_num_param_groups];
+  AdamWUpdate update_[k_num_param_groups];  // AdamW on this rank's range
   Tensor m_[k_num_param_groups], v_[k_num_param_groups];
   std::map<std::pair<int64_t, int64_t>, int> gathered_[k_num_param_groups];  // stage 3 reference counts
 };

@@ -2,10 +2,39 @@
 // the GPU), with global-norm gradient clipping.
 #pragma once
 
+#include <vector>
+
 #include "src/config/config.h"
 #include "src/nn/param_store.h"
 
 namespace moe {
+
+// Whether a parameter gets weight decay under the config (by its kind; buffers never do).
+bool adamw_decays(const ParamInfo& p, const OptimConfig& config);
+
+// The one AdamW update of both optimizers (AdamW here, DistributedOptimizer on a ZeRO shard):
+// the op's hyper-parameters at a step (the scheduled lr, betas, eps, the weight decay of each
+// parameter's kind) applied by ops::adamw_step, which computes the bias corrections from the
+// 1-based step, over maximal runs of a range's elements with one decay setting. Parameters may
+// straddle the range's ends: each part inside keeps its parameter's setting. Buffers are skipped.
+class AdamWUpdate {
+ public:
+  AdamWUpdate() = default;
+  // Updates flat elements `own` of group g (registration order = offset order within a group).
+  AdamWUpdate(const ParamStore& store, const OptimConfig& config, ParamGroup g, FlatRange own);
+  // master, m, v: flat elements `own` (own.begin at row 0); grads: the group's whole flat buffer.
+  void apply(const Tensor& master, const Tensor& grads, const Tensor& m, const Tensor& v, double lr,
+             int64_t step) const;
+
+ private:
+  struct Run {
+    FlatRange range;  // flat elements
+    bool decay = false;
+  };
+  OptimConfig config_;
+  FlatRange own_;
+  std::vector<Run> runs_;
+};
 
 class AdamW {
  public:
@@ -25,6 +54,7 @@ class AdamW {
 
   ParamStore* store_;
   OptimConfig config_;
+  AdamWUpdate update_[k_num_param_groups];
   Tensor m_[k_num_param_groups], v_[k_num_param_groups];
 };
 

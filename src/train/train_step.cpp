@@ -119,12 +119,12 @@ std::vector<Batch> Trainer::step_batches(bool collect_stats) const {
 }
 
 void Trainer::sum_tied_embedding_grads() {
-  if (!embed_group_ || embed_group_->size() == 1) return;
+  if (!groups_.embed || groups_.embed->size() == 1) return;
   // Tied embeddings: the first stage's table and the last stage's copy get the sum of both
   // gradients (lookup and head) and so stay equal.
   ParamStore& store = model_->params();
   Tensor grad = store.grad(store.find("embed.tokens"));
-  embed_group_->all_reduce_sum(grad);
+  groups_.embed->all_reduce_sum(grad);
 }
 
 std::vector<LayerRoutingStats> Trainer::empty_routing_stats() const {
@@ -201,7 +201,7 @@ void Trainer::apply_global_switch(std::vector<ModelSaved>& saves, std::vector<Fo
     layer.pack(packed);
     pooled.push_back(layer);
   }
-  stage_group_->all_reduce_sum(packed);
+  groups_.stage->all_reduce_sum(packed);
   // Each micro-batch's backward scales its balance gradient by 1/grad_accum, the TP ranks sum
   // their slices' and the data-parallel ranks average theirs: scale up by micro-batches x dp so
   // the step's gradient is d(global loss)/d(scores).

@@ -41,13 +41,8 @@ Trainer::Trainer(const Config& config, int local_rank, Communicator& world)
   dtype_ = select_dtype(config.train, device_);
   MOE_CHECK(world.device().is_cuda() == device_.is_cuda(), "the communicator is for ", world.device().str(),
             " but the model runs on ", device_.str());
-  groups_ = make_process_groups(world, topology_);
+  groups_ = make_process_groups(world, topology_, config.model.tie_embeddings);
   const RankCoords& at = topology_.coords;
-  stage_group_ = world.split(at.pp, world.rank());
-  model_parallel_ = world.split(at.dp, world.rank());
-  const bool tied_stages = config.model.tie_embeddings && topology_.pp > 1 &&
-                           (at.pp == 0 || at.pp == topology_.pp - 1);
-  embed_group_ = world.split(tied_stages ? at.tp + topology_.tp * at.dp : -1, at.pp);
   if (is_root() && world.size() > 1) std::printf("%s\n", topology_.describe().c_str());
   ModelParallel layout{groups_.ep.get(), groups_.tp.get(), topology_.pp, at.pp, config.parallel.pp_layers};
   model_ = std::make_unique<Model>(config.model, config.moe, layout);
@@ -59,14 +54,14 @@ Trainer::Trainer(const Config& config, int local_rank, Communicator& world)
                                                       static_cast<int>(config.parallel.zero), *groups_.dp,
                                                       *groups_.expert_dp, config.parallel.bucket_mb);
   optimizer_->set_expert_grad_scale(1.0f / static_cast<float>(topology_.ep));
-  if (model_parallel_->size() > 1) {
+  if (groups_.replica->size() > 1) {
     // The gradient norm over the whole model: TP shards and stages are different parameters,
     // a parameter replicated over the TP group counts once, a pipeline copy not at all.
     std::vector<double> weights;
     for (const ParamInfo& p : model_->params().infos()) {
       weights.push_back(p.pipeline_copy ? 0.0 : p.split_over == SplitOver::tp ? 1.0 : 1.0 / topology_.tp);
     }
-    optimizer_->set_model_parallel_norm(model_parallel_.get(), weights);
+    optimizer_->set_model_parallel_norm(groups_.replica.get(), weights);
   }
   for (ParamUnit& unit : param_units(model_->params())) units_[unit.name] = unit;
   if (config.parallel.zero == 3) {

@@ -86,10 +86,7 @@ class Trainer {
   DType dtype_;
   std::unique_ptr<Model> model_;
   Topology topology_;
-  ProcessGroups groups_;
-  std::unique_ptr<Communicator> stage_group_;     // the ranks of this pipeline stage (dp x tp)
-  std::unique_ptr<Communicator> model_parallel_;  // the ranks of this data-parallel replica (tp x pp)
-  std::unique_ptr<Communicator> embed_group_;     // first and last stage, tied embeddings (else null)
+  ProcessGroups groups_;  // every communicator but the world (topology.h)
   std::vector<bool> tp_partial_done_;             // per parameter, this step
   std::unique_ptr<DistributedOptimizer> optimizer_;
   std::map<std::string, ParamUnit> units_;  // the model's parameter units by name (ZeRO-3, overlap)

@@ -1,5 +1,6 @@
-// f64 finite-difference gradient checks of the expert group (experts with no rows) and the shared
-// experts (gated and ungated). The MoE layer as a whole: test_moe_layer.cpp.
+// f64 finite-difference gradient checks of every registered Experts implementation (experts with
+// no rows) and of the shared experts (gated and ungated). The registry and the comparison with
+// the loop reference: test_experts.cpp; the MoE layer as a whole: test_moe_layer.cpp.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -10,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "experts/expert_group.h"
+#include "experts/experts_registry.h"
 #include "experts/shared_experts.h"
 #include "tests/module_test_util.h"
 #include "tests/test_util.h"
@@ -35,30 +36,34 @@ constexpr double k_init_std = 0.5;  // large weights: gradients far from zero, r
 
 }  // namespace
 
-TEST_CASE("expert group gradients match finite differences, with experts that receive no rows",
+TEST_CASE("experts gradients match finite differences, with experts that receive no rows",
           "[experts][gradcheck][module]") {
   auto act = GENERATE(ops::Activation::swiglu, ops::Activation::gelu);
-  INFO("activation " << ops::activation_name(act));
+  auto kind = GENERATE(range(size_t{0}, experts_kinds().size()));
+  const char* impl = experts_kinds()[kind].name;
+  INFO("activation " << ops::activation_name(act) << " experts_impl " << impl);
   const int64_t experts = 5, d = 6, d_expert = 4;
   const std::vector<int64_t> counts = {3, 0, 4, 2, 0};  // experts 1 and 4 (the last) get nothing
   const int64_t rows = std::accumulate(counts.begin(), counts.end(), int64_t{0});
+  const ExpertRows split = ExpertRows::from_counts(counts);
   ParamStore store;
-  ExpertGroup group(store, "experts", experts, 0, experts, d, d_expert, act, k_init_std, k_init_std);
+  auto group = make_experts(impl, store, "experts", {experts, 0, experts, d, d_expert, act, k_init_std, k_init_std});
+  REQUIRE(std::string(group->name()) == impl);
   store.allocate(Device::cpu(), DType::f64);
   store.initialize(31);
 
   Tensor x = test::random_tensor({rows, d}, DType::f64, 32, Device::cpu(), -2.0, 2.0);
   auto w = test::random_values(rows * d, 33);
   auto objective = [&]() {
-    ExpertGroupSaved s;
-    return weighted_sum(group.forward(x, counts, s), w);
+    ExpertsSaved s;
+    return weighted_sum(group->forward(x, split, s), w);
   };
 
   store.zero_grads();
-  ExpertGroupSaved saved;
-  group.forward(x, counts, saved);
+  ExpertsSaved saved;
+  group->forward(x, split, saved);
   Tensor dy = f64_tensor(w, {rows, d});
-  Tensor dx = group.backward(saved, dy);
+  Tensor dx = group->backward(saved, dy);
   check_gradient(dx.to_vector<double>(), x, objective, "dx_sorted");
   check_param_gradients(store, objective);
 
@@ -79,7 +84,7 @@ TEST_CASE("expert group gradients match finite differences, with experts that re
   }
 
   auto first = snapshot_grads(store);
-  group.backward(saved, dy);
+  group->backward(saved, dy);
   require_grads_doubled(store, first);
 }
 

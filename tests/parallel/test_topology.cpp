@@ -36,6 +36,31 @@ std::vector<std::string> coord_table(const Topology& t) {
 
 const std::vector<std::string> k_orders = {"tp-dp-pp", "dp-tp-pp", "tp-pp-dp", "pp-tp-dp", "dp-pp-tp", "pp-dp-tp"};
 
+// Every layout of n ranks: (tp, pp, ep) with tp * pp dividing n and ep dividing dp, in every order.
+std::vector<ParallelConfig> all_layouts(int n) {
+  std::vector<ParallelConfig> out;
+  for (int tp = 1; tp <= n; ++tp) {
+    for (int pp = 1; tp * pp <= n; ++pp) {
+      if (n % (tp * pp) != 0) continue;
+      const int dp = n / (tp * pp);
+      for (int ep = 1; ep <= dp; ++ep) {
+        if (dp % ep != 0) continue;
+        for (const auto& order : k_orders) out.push_back(layout(tp, pp, ep, order));
+      }
+    }
+  }
+  return out;
+}
+
+// The world ranks of a communicator's members, in its rank order (all-gathered).
+std::vector<int> members_of(Communicator& comm, const Communicator& world) {
+  Tensor mine = Tensor::from_vector(std::vector<int32_t>{world.rank()}, {1}, DType::i32);
+  Tensor all = Tensor::zeros({comm.size()}, DType::i32);
+  comm.all_gather(mine, all);
+  std::vector<int32_t> members = all.to_vector<int32_t>();
+  return {members.begin(), members.end()};
+}
+
 }  // namespace
 
 TEST_CASE("one rank: every coordinate 0, every group {0}", "[parallel][topology]") {
@@ -235,37 +260,56 @@ TEST_CASE("process groups split from the world have the topology's members", "[p
   auto world = make_world_communicator(Device::cpu());
   const int n = world->size();
   int layouts = 0;
-  for (int tp = 1; tp <= n; ++tp) {
-    for (int pp = 1; tp * pp <= n; ++pp) {
-      if (n % (tp * pp) != 0) continue;
-      const int dp = n / (tp * pp);
-      for (int ep = 1; ep <= dp; ++ep) {
-        if (dp % ep != 0) continue;
-        for (const auto& order : k_orders) {
-          INFO("world " << n << " tp " << tp << " pp " << pp << " ep " << ep << " " << order);
-          Topology t(layout(tp, pp, ep, order), n, world->rank());
-          ProcessGroups groups = make_process_groups(*world, t);
-          for (GroupKind kind : {GroupKind::tp, GroupKind::dp, GroupKind::ep, GroupKind::expert_dp, GroupKind::pp}) {
-            INFO("group " << group_kind_name(kind));
-            Communicator& comm = groups.get(kind);
-            REQUIRE(comm.size() == t.group_size(kind));
-            REQUIRE(comm.rank() == t.group_rank(kind));
-            Tensor mine = Tensor::from_vector(std::vector<int32_t>{world->rank()}, {1}, DType::i32);
-            Tensor all = Tensor::zeros({comm.size()}, DType::i32);
-            comm.all_gather(mine, all);
-            std::vector<int32_t> members = all.to_vector<int32_t>();
-            REQUIRE(std::vector<int>(members.begin(), members.end()) == t.group(kind));
-          }
-          ++layouts;
-        }
-      }
+  for (const ParallelConfig& p : all_layouts(n)) {
+    INFO("world " << n << " tp " << p.tp << " pp " << p.pp << " ep " << p.ep << " " << p.order);
+    Topology t(p, n, world->rank());
+    ProcessGroups groups = make_process_groups(*world, t);
+    for (GroupKind kind : {GroupKind::tp, GroupKind::dp, GroupKind::ep, GroupKind::expert_dp, GroupKind::pp}) {
+      INFO("group " << group_kind_name(kind));
+      Communicator& comm = groups.get(kind);
+      REQUIRE(comm.size() == t.group_size(kind));
+      REQUIRE(comm.rank() == t.group_rank(kind));
+      REQUIRE(members_of(comm, *world) == t.group(kind));
     }
+    ++layouts;
   }
   REQUIRE(layouts >= 6);
   // (tp, pp, ep) of 4 ranks: (1,1,1|2|4) (1,2,1|2) (1,4,1) (2,1,1|2) (2,2,1) (4,1,1): 10, six orders each.
   if (n == 4) REQUIRE(layouts == 6 * 10);
   REQUIRE_THROWS_WITH(make_process_groups(*world, Topology(layout(1, 1, 1), n + 1, 0)),
                       Contains("make_process_groups: the communicator has rank"));
+}
+
+// The groups built on the layout: a stage's ranks and a replica's ranks in world-rank order, and
+// the tied-embedding group (first and last stage of one (tp, dp) position) only where asked for.
+TEST_CASE("process groups: the stage, replica and tied-embedding groups have their members",
+          "[parallel][topology][mpi]") {
+  auto world = make_world_communicator(Device::cpu());
+  const int n = world->size();
+  int layouts = 0;
+  for (const ParallelConfig& p : all_layouts(n)) {
+    for (bool tied : {false, true}) {
+      INFO("world " << n << " tp " << p.tp << " pp " << p.pp << " ep " << p.ep << " " << p.order << " tied " << tied);
+      Topology t(p, n, world->rank());
+      ProcessGroups groups = make_process_groups(*world, t, tied);
+      const RankCoords me = t.coords;
+      std::vector<int> stage, replica, embed;
+      for (int r = 0; r < n; ++r) {
+        const RankCoords c = t.coords_of(r);
+        if (c.pp == me.pp) stage.push_back(r);
+        if (c.dp == me.dp) replica.push_back(r);
+      }
+      const bool end_stage = me.pp == 0 || me.pp == t.pp - 1;
+      if (tied && t.pp > 1 && end_stage) embed = {t.rank_of(me.tp, me.dp, 0), t.rank_of(me.tp, me.dp, t.pp - 1)};
+      REQUIRE(members_of(*groups.stage, *world) == stage);
+      REQUIRE(members_of(*groups.replica, *world) == replica);
+      REQUIRE(static_cast<bool>(groups.embed) == !embed.empty());
+      if (groups.embed) REQUIRE(members_of(*groups.embed, *world) == embed);
+      ++layouts;
+    }
+  }
+  // The 10 (tp, pp, ep) layouts of 4 ranks (see above), six orders each, tied or not.
+  if (n == 4) REQUIRE(layouts == 6 * 10 * 2);
 }
 
 }  // namespace moe
