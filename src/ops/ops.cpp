@@ -55,17 +55,7 @@ void check_shard(VocabShard shard, int64_t local, const char* op) {
             shard.start, ",", shard.start + local, ") is outside the vocabulary [0,", shard.full, ")");
 }
 
-int64_t rows_of(const Tensor& t) { return t.ndim() == 0 ? 1 : t.size(0); }
-// Elements per row: the product of the dims after the first (also for tensors with 0 rows).
-int64_t cols_of(const Tensor& t) {
-  int64_t cols = 1;
-  for (int d = 1; d < t.ndim(); ++d) cols *= t.size(d);
-  return cols;
-}
-
 }  // namespace
-
-bool is_gated(Activation act) { return act == Activation::geglu || act == Activation::swiglu; }
 
 const char* activation_name(Activation act) {
   switch (act) {
