@@ -6,6 +6,8 @@
 
 namespace moe::cpu {
 
+using kernels::Activation;
+
 namespace {
 
 constexpr double k_sqrt_2_over_pi = 0.7978845608028654;
@@ -27,37 +29,36 @@ double silu_grad(double x) {
 }
 
 // The gate function of each activation and its derivative.
-double act_value(ActivationKind act, double x) {
+double act_value(Activation act, double x) {
   switch (act) {
-    case ActivationKind::relu: return x > 0 ? x : 0.0;
-    case ActivationKind::gelu:
-    case ActivationKind::geglu: return gelu(x);
-    case ActivationKind::swiglu: return silu(x);
+    case Activation::relu: return x > 0 ? x : 0.0;
+    case Activation::gelu:
+    case Activation::geglu: return gelu(x);
+    case Activation::swiglu: return silu(x);
   }
   return 0;
 }
 
-double act_grad(ActivationKind act, double x) {
+double act_grad(Activation act, double x) {
   switch (act) {
-    case ActivationKind::relu: return x > 0 ? 1.0 : 0.0;
-    case ActivationKind::gelu:
-    case ActivationKind::geglu: return gelu_grad(x);
-    case ActivationKind::swiglu: return silu_grad(x);
+    case Activation::relu: return x > 0 ? 1.0 : 0.0;
+    case Activation::gelu:
+    case Activation::geglu: return gelu_grad(x);
+    case Activation::swiglu: return silu_grad(x);
   }
   return 0;
 }
 
-bool gated(ActivationKind act) { return act == ActivationKind::geglu || act == ActivationKind::swiglu; }
 
 }  // namespace
 
 template <typename T>
-void activation_forward(ActivationKind act, const T* x, T* y, int64_t rows, int64_t width) {
-  const int64_t in_width = gated(act) ? 2 * width : width;
+void activation_forward(Activation act, const T* x, T* y, int64_t rows, int64_t width) {
+  const int64_t in_width = kernels::is_gated(act) ? 2 * width : width;
   for (int64_t r = 0; r < rows; ++r) {
     const T* xr = x + r * in_width;
     T* yr = y + r * width;
-    if (gated(act)) {
+    if (kernels::is_gated(act)) {
       for (int64_t i = 0; i < width; ++i) yr[i] = static_cast<T>(act_value(act, xr[i]) * xr[width + i]);
     } else {
       for (int64_t i = 0; i < width; ++i) yr[i] = static_cast<T>(act_value(act, xr[i]));
@@ -66,13 +67,13 @@ void activation_forward(ActivationKind act, const T* x, T* y, int64_t rows, int6
 }
 
 template <typename T>
-void activation_backward(ActivationKind act, const T* x, const T* dy, T* dx, int64_t rows, int64_t width) {
-  const int64_t in_width = gated(act) ? 2 * width : width;
+void activation_backward(Activation act, const T* x, const T* dy, T* dx, int64_t rows, int64_t width) {
+  const int64_t in_width = kernels::is_gated(act) ? 2 * width : width;
   for (int64_t r = 0; r < rows; ++r) {
     const T* xr = x + r * in_width;
     const T* dyr = dy + r * width;
     T* dxr = dx + r * in_width;
-    if (gated(act)) {
+    if (kernels::is_gated(act)) {
       for (int64_t i = 0; i < width; ++i) {
         double gate = xr[i], up = xr[width + i], g = dyr[i];
         dxr[i] = static_cast<T>(g * up * act_grad(act, gate));
@@ -84,9 +85,9 @@ void activation_backward(ActivationKind act, const T* x, const T* dy, T* dx, int
   }
 }
 
-template void activation_forward<float>(ActivationKind, const float*, float*, int64_t, int64_t);
-template void activation_forward<double>(ActivationKind, const double*, double*, int64_t, int64_t);
-template void activation_backward<float>(ActivationKind, const float*, const float*, float*, int64_t, int64_t);
-template void activation_backward<double>(ActivationKind, const double*, const double*, double*, int64_t, int64_t);
+template void activation_forward<float>(Activation, const float*, float*, int64_t, int64_t);
+template void activation_forward<double>(Activation, const double*, double*, int64_t, int64_t);
+template void activation_backward<float>(Activation, const float*, const float*, float*, int64_t, int64_t);
+template void activation_backward<double>(Activation, const double*, const double*, double*, int64_t, int64_t);
 
 }  // namespace moe::cpu

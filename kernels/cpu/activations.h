@@ -4,18 +4,17 @@
 
 #include <cstdint>
 
-namespace moe::cpu {
+#include "kernels/params.h"
 
-// Mirrors ops::Activation without including the Tensor-level header.
-enum class ActivationKind { relu, gelu, geglu, swiglu };
+namespace moe::cpu {
 
 // relu/gelu: x[T,f] -> y[T,f]. geglu/swiglu: x[T,2f] = [gate | up] -> y[T,f] = act(gate) * up
 // (gelu for geglu, silu for swiglu). `width` is f, the output width.
 template <typename T>
-void activation_forward(ActivationKind act, const T* x, T* y, int64_t rows, int64_t width);
+void activation_forward(kernels::Activation act, const T* x, T* y, int64_t rows, int64_t width);
 
 // x (as above), dy[T,f] -> dx (shape of x, written)
 template <typename T>
-void activation_backward(ActivationKind act, const T* x, const T* dy, T* dx, int64_t rows, int64_t width);
+void activation_backward(kernels::Activation act, const T* x, const T* dy, T* dx, int64_t rows, int64_t width);
 
 }  // namespace moe::cpu

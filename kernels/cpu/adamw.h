@@ -4,17 +4,14 @@
 
 #include <cstdint>
 
-namespace moe::cpu {
+#include "kernels/params.h"
 
-struct AdamWConfig {
-  double lr = 0, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0;
-  int64_t step = 1;  // 1-based, for bias correction
-};
+namespace moe::cpu {
 
 // param[n], grad[n], m[n], v[n] (updated in place):
 // m = b1 m + (1-b1) g, v = b2 v + (1-b2) g^2, mhat = m / (1-b1^step), vhat = v / (1-b2^step),
 // param -= lr * (mhat / (sqrt(vhat) + eps) + weight_decay * param)
 template <typename T>
-void adamw_step(T* param, const T* grad, T* m, T* v, int64_t n, const AdamWConfig& cfg);
+void adamw_step(T* param, const T* grad, T* m, T* v, int64_t n, const kernels::AdamWParams& p);
 
 }  // namespace moe::cpu

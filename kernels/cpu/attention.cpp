@@ -11,6 +11,8 @@
 
 namespace moe::cpu {
 
+using kernels::AttentionShape;
+
 namespace {
 
 constexpr int64_t k_block_rows = 64;  // query rows per block: bounds scratch to 64 x S
@@ -20,7 +22,7 @@ struct HeadSlice {
   int64_t q_offset, kv_offset, q_stride, kv_stride;
 };
 
-HeadSlice head_slice(const AttentionDims& d, int64_t b, int64_t h) {
+HeadSlice head_slice(const AttentionShape& d, int64_t b, int64_t h) {
   const int64_t g = h / (d.num_heads / d.num_kv_heads);
   const int64_t q_stride = d.num_heads * d.head_dim, kv_stride = d.num_kv_heads * d.head_dim;
   return {b * d.seq_len * q_stride + h * d.head_dim, b * d.seq_len * kv_stride + g * d.head_dim, q_stride, kv_stride};
@@ -44,7 +46,7 @@ void mask_row(T* row, int64_t i, int64_t keys) {
 }  // namespace
 
 template <typename T>
-void attention_forward(const T* q, const T* k, const T* v, T* out, T* lse, const AttentionDims& d) {
+void attention_forward(const T* q, const T* k, const T* v, T* out, T* lse, const AttentionShape& d) {
   const int64_t S = d.seq_len, hd = d.head_dim;
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
   std::vector<T> probs(static_cast<size_t>(std::min(k_block_rows, S) * S));
@@ -77,7 +79,7 @@ void attention_forward(const T* q, const T* k, const T* v, T* out, T* lse, const
 // dV += P^T dO. The query heads of one kv group add into the same dK, dV slices.
 template <typename T>
 void attention_backward(const T* q, const T* k, const T* v, const T* out, const T* lse, const T* dout, T* dq, T* dk,
-                        T* dv, const AttentionDims& d) {
+                        T* dv, const AttentionShape& d) {
   const int64_t S = d.seq_len, hd = d.head_dim, group = d.num_heads / d.num_kv_heads;
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
   const size_t block = static_cast<size_t>(std::min(k_block_rows, S) * S);
@@ -128,12 +130,12 @@ void attention_backward(const T* q, const T* k, const T* v, const T* out, const 
   }
 }
 
-template void attention_forward<float>(const float*, const float*, const float*, float*, float*, const AttentionDims&);
+template void attention_forward<float>(const float*, const float*, const float*, float*, float*, const AttentionShape&);
 template void attention_forward<double>(const double*, const double*, const double*, double*, double*,
-                                        const AttentionDims&);
+                                        const AttentionShape&);
 template void attention_backward<float>(const float*, const float*, const float*, const float*, const float*,
-                                        const float*, float*, float*, float*, const AttentionDims&);
+                                        const float*, float*, float*, float*, const AttentionShape&);
 template void attention_backward<double>(const double*, const double*, const double*, const double*, const double*,
-                                         const double*, double*, double*, double*, const AttentionDims&);
+                                         const double*, double*, double*, double*, const AttentionShape&);
 
 }  // namespace moe::cpu

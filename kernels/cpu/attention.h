@@ -4,20 +4,18 @@
 
 #include <cstdint>
 
-namespace moe::cpu {
+#include "kernels/params.h"
 
-struct AttentionDims {
-  int64_t batch = 0, seq_len = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0;
-};
+namespace moe::cpu {
 
 // q[B*S, Hq*hd], k[B*S, Hkv*hd], v[B*S, Hkv*hd] -> out[B*S, Hq*hd], lse[B, Hq, S].
 // Query head h reads kv head h / (Hq / Hkv); row i attends to keys 0..i; scale 1/sqrt(hd).
 template <typename T>
-void attention_forward(const T* q, const T* k, const T* v, T* out, T* lse, const AttentionDims& dims);
+void attention_forward(const T* q, const T* k, const T* v, T* out, T* lse, const kernels::AttentionShape& dims);
 
 // q, k, v, out, lse (from forward), dout[B*S, Hq*hd] -> dq, dk, dv (written, shapes of q, k, v)
 template <typename T>
 void attention_backward(const T* q, const T* k, const T* v, const T* out, const T* lse, const T* dout, T* dq, T* dk,
-                        T* dv, const AttentionDims& dims);
+                        T* dv, const kernels::AttentionShape& dims);
 
 }  // namespace moe::cpu

@@ -43,7 +43,8 @@ void expert_choice_backward(const int32_t* ids, const T* dweights, T* dscores, i
 
 template <typename T>
 int64_t apply_capacity(int32_t* ids, T* weights, int64_t tokens, int64_t k, int64_t num_experts, int64_t capacity,
-                       bool by_probability) {
+                       kernels::DropOrder order) {
+  const bool by_probability = order == kernels::DropOrder::by_probability;
   const int64_t num_slots = tokens * k;
   std::vector<int64_t> count(static_cast<size_t>(num_experts), 0);
   for (int64_t i = 0; i < num_slots; ++i) {
@@ -91,7 +92,7 @@ template void expert_choice_forward<float>(const float*, int32_t*, float*, int64
 template void expert_choice_forward<double>(const double*, int32_t*, double*, int64_t, int64_t, int64_t);
 template void expert_choice_backward<float>(const int32_t*, const float*, float*, int64_t);
 template void expert_choice_backward<double>(const int32_t*, const double*, double*, int64_t);
-template int64_t apply_capacity<float>(int32_t*, float*, int64_t, int64_t, int64_t, int64_t, bool);
-template int64_t apply_capacity<double>(int32_t*, double*, int64_t, int64_t, int64_t, int64_t, bool);
+template int64_t apply_capacity<float>(int32_t*, float*, int64_t, int64_t, int64_t, int64_t, kernels::DropOrder);
+template int64_t apply_capacity<double>(int32_t*, double*, int64_t, int64_t, int64_t, int64_t, kernels::DropOrder);
 
 }  // namespace moe::cpu

@@ -13,6 +13,9 @@
 
 namespace moe::cpu {
 
+using kernels::ScoreFunction;
+using kernels::TopKOptions;
+
 namespace {
 
 // Stable in both tails: never evaluates exp of a large positive number.
@@ -37,26 +40,26 @@ void score_row(const T* lt, T* st, int64_t num_experts, bool sigmoid) {
 // Candidates of one token: every expert, or those of its top_groups groups (ranked by the
 // group's largest key, ties to the lower group), in ascending expert order.
 template <typename T>
-void allowed_experts(const std::vector<T>& key, const TopKRouting& r, std::vector<int32_t>& out,
+void allowed_experts(const std::vector<T>& key, const TopKOptions& o, int64_t num_experts, std::vector<int32_t>& out,
                      std::vector<int32_t>& group_order, std::vector<T>& group_max) {
   out.clear();
-  if (r.num_groups == 0) {
-    for (int64_t i = 0; i < r.num_experts; ++i) out.push_back(static_cast<int32_t>(i));
+  if (o.num_groups == 0) {
+    for (int64_t i = 0; i < num_experts; ++i) out.push_back(static_cast<int32_t>(i));
     return;
   }
-  const int64_t size = r.num_experts / r.num_groups;
-  for (int64_t g = 0; g < r.num_groups; ++g) {
+  const int64_t size = num_experts / o.num_groups;
+  for (int64_t g = 0; g < o.num_groups; ++g) {
     const auto first = key.begin() + g * size;
     group_max[static_cast<size_t>(g)] = *std::max_element(first, first + size);
   }
   std::iota(group_order.begin(), group_order.end(), 0);
-  std::partial_sort(group_order.begin(), group_order.begin() + r.top_groups, group_order.end(),
+  std::partial_sort(group_order.begin(), group_order.begin() + o.top_groups, group_order.end(),
                     [&](int32_t a, int32_t b) {
                       const T ma = group_max[static_cast<size_t>(a)], mb = group_max[static_cast<size_t>(b)];
                       return ma > mb || (ma == mb && a < b);
                     });
-  std::sort(group_order.begin(), group_order.begin() + r.top_groups);
-  for (int64_t j = 0; j < r.top_groups; ++j) {
+  std::sort(group_order.begin(), group_order.begin() + o.top_groups);
+  for (int64_t j = 0; j < o.top_groups; ++j) {
     const int64_t g = group_order[static_cast<size_t>(j)];
     for (int64_t i = g * size; i < (g + 1) * size; ++i) out.push_back(static_cast<int32_t>(i));
   }
@@ -65,19 +68,19 @@ void allowed_experts(const std::vector<T>& key, const TopKRouting& r, std::vecto
 }  // namespace
 
 template <typename T>
-void router_topk_forward(const T* logits, const T* bias, T* scores, int32_t* ids, T* weights,
-                         const TopKRouting& r) {
-  const int64_t E = r.num_experts, k = r.k;
+void router_topk_forward(const T* logits, const T* bias, T* scores, int32_t* ids, T* weights, int64_t tokens,
+                         int64_t num_experts, const TopKOptions& o) {
+  const int64_t E = num_experts, k = o.k;
   std::vector<T> key(static_cast<size_t>(E));
-  std::vector<int32_t> order, group_order(static_cast<size_t>(std::max<int64_t>(r.num_groups, 1)));
+  std::vector<int32_t> order, group_order(static_cast<size_t>(std::max<int64_t>(o.num_groups, 1)));
   std::vector<T> group_max(group_order.size());
   order.reserve(static_cast<size_t>(E));
-  for (int64_t t = 0; t < r.tokens; ++t) {
+  for (int64_t t = 0; t < tokens; ++t) {
     const T* lt = logits + t * E;
     T* st = scores + t * E;
-    score_row(lt, st, E, r.sigmoid);
+    score_row(lt, st, E, o.score == ScoreFunction::sigmoid);
     for (int64_t i = 0; i < E; ++i) key[static_cast<size_t>(i)] = bias ? static_cast<T>(st[i] + bias[i]) : st[i];
-    allowed_experts(key, r, order, group_order, group_max);
+    allowed_experts(key, o, E, order, group_order, group_max);
     MOE_CHECK(static_cast<int64_t>(order.size()) >= k, "router: top-k ", k, " exceeds the ", order.size(),
               " experts of the allowed groups");
     std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
@@ -87,12 +90,12 @@ void router_topk_forward(const T* logits, const T* bias, T* scores, int32_t* ids
     int32_t* it = ids + t * k;
     T* wt = weights + t * k;
     for (int64_t s = 0; s < k; ++s) it[s] = order[static_cast<size_t>(s)];
-    if (r.softmax_after_topk) {
+    if (o.softmax_after_topk) {
       double mx = -INFINITY, denom = 0;
       for (int64_t s = 0; s < k; ++s) mx = std::max(mx, static_cast<double>(lt[it[s]]));
       for (int64_t s = 0; s < k; ++s) denom += std::exp(static_cast<double>(lt[it[s]]) - mx);
       for (int64_t s = 0; s < k; ++s) wt[s] = static_cast<T>(std::exp(static_cast<double>(lt[it[s]]) - mx) / denom);
-    } else if (renormalizes(r)) {
+    } else if (kernels::renormalizes(o)) {
       double selected = 0;
       for (int64_t s = 0; s < k; ++s) selected += static_cast<double>(st[it[s]]);
       for (int64_t s = 0; s < k; ++s) wt[s] = static_cast<T>(static_cast<double>(st[it[s]]) / selected);
@@ -108,10 +111,11 @@ void router_topk_forward(const T* logits, const T* bias, T* scores, int32_t* ids
 // Then through the scores: softmax dl = p (dp - p.dp); sigmoid dl = dp sigmoid(x) sigmoid(-x).
 template <typename T>
 void router_topk_backward(const T* logits, const T* scores, const int32_t* ids, const T* weights, const T* dweights,
-                          const T* dscores, T* dlogits, const TopKRouting& r) {
-  const int64_t E = r.num_experts, k = r.k;
+                          const T* dscores, T* dlogits, int64_t tokens, int64_t num_experts,
+                          const TopKOptions& o) {
+  const int64_t E = num_experts, k = o.k;
   std::vector<double> dp(static_cast<size_t>(E)), direct(static_cast<size_t>(E));
-  for (int64_t t = 0; t < r.tokens; ++t) {
+  for (int64_t t = 0; t < tokens; ++t) {
     const T* lt = logits + t * E;
     const T* pt = scores + t * E;
     const int32_t* it = ids + t * k;
@@ -123,11 +127,11 @@ void router_topk_backward(const T* logits, const T* scores, const int32_t* ids, 
     }
     for (int64_t i = 0; i < E; ++i) dp[static_cast<size_t>(i)] = dscores ? static_cast<double>(dscores[t * E + i]) : 0.0;
     std::fill(direct.begin(), direct.end(), 0.0);
-    if (r.softmax_after_topk) {
+    if (o.softmax_after_topk) {
       double dw_dot_w = 0;
       for (int64_t s = 0; s < k; ++s) dw_dot_w += static_cast<double>(dwt[s]) * static_cast<double>(wt[s]);
       for (int64_t s = 0; s < k; ++s) direct[static_cast<size_t>(it[s])] = wt[s] * (dwt[s] - dw_dot_w);
-    } else if (renormalizes(r)) {
+    } else if (kernels::renormalizes(o)) {
       double selected = 0, dw_dot_w = 0;
       for (int64_t s = 0; s < k; ++s) selected += static_cast<double>(pt[it[s]]);
       for (int64_t s = 0; s < k; ++s) dw_dot_w += static_cast<double>(dwt[s]) * pt[it[s]] / selected;
@@ -136,7 +140,7 @@ void router_topk_backward(const T* logits, const T* scores, const int32_t* ids, 
       for (int64_t s = 0; s < k; ++s) dp[static_cast<size_t>(it[s])] += dwt[s];
     }
     T* dt = dlogits + t * E;
-    if (r.sigmoid) {
+    if (o.score == ScoreFunction::sigmoid) {
       for (int64_t i = 0; i < E; ++i) {
         const double x = static_cast<double>(lt[i]);
         dt[i] = static_cast<T>(dp[static_cast<size_t>(i)] * sigmoid_of(x) * sigmoid_of(-x) +
@@ -152,12 +156,14 @@ void router_topk_backward(const T* logits, const T* scores, const int32_t* ids, 
   }
 }
 
-template void router_topk_forward<float>(const float*, const float*, float*, int32_t*, float*, const TopKRouting&);
-template void router_topk_forward<double>(const double*, const double*, double*, int32_t*, double*,
-                                          const TopKRouting&);
+template void router_topk_forward<float>(const float*, const float*, float*, int32_t*, float*, int64_t, int64_t,
+                                         const TopKOptions&);
+template void router_topk_forward<double>(const double*, const double*, double*, int32_t*, double*, int64_t, int64_t,
+                                          const TopKOptions&);
 template void router_topk_backward<float>(const float*, const float*, const int32_t*, const float*, const float*,
-                                          const float*, float*, const TopKRouting&);
+                                          const float*, float*, int64_t, int64_t, const TopKOptions&);
 template void router_topk_backward<double>(const double*, const double*, const int32_t*, const double*,
-                                           const double*, const double*, double*, const TopKRouting&);
+                                           const double*, const double*, double*, int64_t, int64_t,
+                                           const TopKOptions&);
 
 }  // namespace moe::cpu

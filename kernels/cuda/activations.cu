@@ -6,6 +6,8 @@
 
 namespace moe::cuda {
 
+using kernels::Activation;
+
 namespace {
 
 using bf16 = __nv_bfloat16;
@@ -14,21 +16,21 @@ constexpr float k_gelu_c = 0.7978845608028654f;  // sqrt(2 / pi)
 constexpr float k_gelu_a = 0.044715f;
 
 // The elementwise function of the gate (or of x when not gated) and its derivative.
-template <ActKind kind>
+template <Activation kind>
 __device__ __forceinline__ float act(float x) {
-  if constexpr (kind == ActKind::relu) {
+  if constexpr (kind == Activation::relu) {
     return x > 0.0f ? x : 0.0f;
-  } else if constexpr (kind == ActKind::swiglu) {
+  } else if constexpr (kind == Activation::swiglu) {
     return x / (1.0f + expf(-x));
   } else {  // gelu, geglu
     return 0.5f * x * (1.0f + tanhf(k_gelu_c * (x + k_gelu_a * x * x * x)));
   }
 }
-template <ActKind kind>
+template <Activation kind>
 __device__ __forceinline__ float act_grad(float x) {
-  if constexpr (kind == ActKind::relu) {
+  if constexpr (kind == Activation::relu) {
     return x > 0.0f ? 1.0f : 0.0f;
-  } else if constexpr (kind == ActKind::swiglu) {
+  } else if constexpr (kind == Activation::swiglu) {
     const float s = 1.0f / (1.0f + expf(-x));
     return s * (1.0f + x * (1.0f - s));
   } else {
@@ -36,12 +38,10 @@ __device__ __forceinline__ float act_grad(float x) {
     return 0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * k_gelu_c * (1.0f + 3.0f * k_gelu_a * x * x);
   }
 }
-constexpr bool gated(ActKind kind) { return kind == ActKind::geglu || kind == ActKind::swiglu; }
-
 // x[rows, in_width] -> y[rows, width]; in_width = 2*width when gated
-template <ActKind kind, int N>
+template <Activation kind, int N>
 __global__ void activation_forward_kernel(const bf16* x, bf16* y, int64_t rows, int64_t width) {
-  const int64_t in_width = gated(kind) ? 2 * width : width;
+  const int64_t in_width = kernels::is_gated(kind) ? 2 * width : width;
   const int64_t per_row = width / N;
   const int64_t total = rows * per_row;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -49,7 +49,7 @@ __global__ void activation_forward_kernel(const bf16* x, bf16* y, int64_t rows, 
     const int64_t t = g / per_row, c = (g - t * per_row) * N;
     float v[N];
     load_n<N>(x + t * in_width + c, v);
-    if constexpr (gated(kind)) {
+    if constexpr (kernels::is_gated(kind)) {
       float u[N];
       load_n<N>(x + t * in_width + width + c, u);
 #pragma unroll
@@ -63,9 +63,9 @@ __global__ void activation_forward_kernel(const bf16* x, bf16* y, int64_t rows, 
 }
 
 // dy[rows, width] -> dx[rows, in_width]
-template <ActKind kind, int N>
+template <Activation kind, int N>
 __global__ void activation_backward_kernel(const bf16* x, const bf16* dy, bf16* dx, int64_t rows, int64_t width) {
-  const int64_t in_width = gated(kind) ? 2 * width : width;
+  const int64_t in_width = kernels::is_gated(kind) ? 2 * width : width;
   const int64_t per_row = width / N;
   const int64_t total = rows * per_row;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -74,7 +74,7 @@ __global__ void activation_backward_kernel(const bf16* x, const bf16* dy, bf16* 
     float v[N], d[N];
     load_n<N>(x + t * in_width + c, v);
     load_n<N>(dy + t * width + c, d);
-    if constexpr (gated(kind)) {
+    if constexpr (kernels::is_gated(kind)) {
       float u[N], du[N];
       load_n<N>(x + t * in_width + width + c, u);
 #pragma unroll
@@ -91,7 +91,7 @@ __global__ void activation_backward_kernel(const bf16* x, const bf16* dy, bf16* 
   }
 }
 
-template <ActKind kind>
+template <Activation kind>
 void launch(bool backward, const bf16* x, const bf16* dy, bf16* out, int64_t rows, int64_t width,
             cudaStream_t stream) {
   constexpr int threads = 256;
@@ -105,26 +105,26 @@ void launch(bool backward, const bf16* x, const bf16* dy, bf16* out, int64_t row
   CUDA_CHECK_LAUNCH();
 }
 
-void dispatch(ActKind kind, bool backward, const bf16* x, const bf16* dy, bf16* out, int64_t rows, int64_t width,
+void dispatch(Activation kind, bool backward, const bf16* x, const bf16* dy, bf16* out, int64_t rows, int64_t width,
               cudaStream_t stream) {
   MOE_CHECK(rows >= 0 && width >= 0, "activation: negative size");
   if (rows == 0 || width == 0) return;
   switch (kind) {
-    case ActKind::relu: return launch<ActKind::relu>(backward, x, dy, out, rows, width, stream);
-    case ActKind::gelu: return launch<ActKind::gelu>(backward, x, dy, out, rows, width, stream);
-    case ActKind::geglu: return launch<ActKind::geglu>(backward, x, dy, out, rows, width, stream);
-    case ActKind::swiglu: return launch<ActKind::swiglu>(backward, x, dy, out, rows, width, stream);
+    case Activation::relu: return launch<Activation::relu>(backward, x, dy, out, rows, width, stream);
+    case Activation::gelu: return launch<Activation::gelu>(backward, x, dy, out, rows, width, stream);
+    case Activation::geglu: return launch<Activation::geglu>(backward, x, dy, out, rows, width, stream);
+    case Activation::swiglu: return launch<Activation::swiglu>(backward, x, dy, out, rows, width, stream);
   }
   MOE_FAIL("activation: unknown kind ", static_cast<int>(kind));
 }
 
 }  // namespace
 
-void activation_forward(ActKind kind, const bf16* x, bf16* y, int64_t rows, int64_t width, cudaStream_t stream) {
+void activation_forward(Activation kind, const bf16* x, bf16* y, int64_t rows, int64_t width, cudaStream_t stream) {
   dispatch(kind, false, x, nullptr, y, rows, width, stream);
 }
 
-void activation_backward(ActKind kind, const bf16* x, const bf16* dy, bf16* dx, int64_t rows, int64_t width,
+void activation_backward(Activation kind, const bf16* x, const bf16* dy, bf16* dx, int64_t rows, int64_t width,
                          cudaStream_t stream) {
   dispatch(kind, true, x, dy, dx, rows, width, stream);
 }

@@ -7,16 +7,16 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
-namespace moe::cuda {
+#include "kernels/params.h"
 
-enum class ActKind : int { relu = 0, gelu = 1, geglu = 2, swiglu = 3 };
+namespace moe::cuda {
 
 // relu/gelu: x[rows,width] -> y[rows,width]. geglu/swiglu: x[rows,2*width] -> y[rows,width] =
 // act(gate) * up, with gate = x[:, :width], up = x[:, width:]; act = gelu (geglu) or silu (swiglu).
-void activation_forward(ActKind kind, const __nv_bfloat16* x, __nv_bfloat16* y, int64_t rows, int64_t width,
+void activation_forward(kernels::Activation kind, const __nv_bfloat16* x, __nv_bfloat16* y, int64_t rows, int64_t width,
                         cudaStream_t stream);
 // dx (shape of x) written from dy[rows,width].
-void activation_backward(ActKind kind, const __nv_bfloat16* x, const __nv_bfloat16* dy, __nv_bfloat16* dx,
+void activation_backward(kernels::Activation kind, const __nv_bfloat16* x, const __nv_bfloat16* dy, __nv_bfloat16* dx,
                          int64_t rows, int64_t width, cudaStream_t stream);
 
 }  // namespace moe::cuda

@@ -54,7 +54,7 @@ __global__ void adamw_kernel(float* param, const float* grad, float* m, float* v
 
 }  // namespace
 
-void adamw_step(float* param, const float* grad, float* m, float* v, int64_t n, const AdamWConfig& c,
+void adamw_step(float* param, const float* grad, float* m, float* v, int64_t n, const kernels::AdamWParams& c,
                 cudaStream_t stream) {
   MOE_CHECK(c.step >= 1, "adamw: step must be >= 1, got ", c.step);
   MOE_CHECK(n >= 0, "adamw: negative size");

@@ -117,7 +117,7 @@ void launch_forward(const bf16* q, const bf16* k, const bf16* v, bf16* out, floa
 }  // namespace attn
 
 void attention_forward(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, __nv_bfloat16* out,
-                       float* lse, const AttentionDims& dims, cudaStream_t stream) {
+                       float* lse, const kernels::AttentionShape& dims, cudaStream_t stream) {
   const attn::Geometry g = attn::make_geometry(dims);
   if (dims.batch == 0 || dims.seq_len == 0) return;
   const int batch = static_cast<int>(dims.batch);

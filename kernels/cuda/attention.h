@@ -7,22 +7,20 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
-namespace moe::cuda {
+#include "kernels/params.h"
 
-struct AttentionDims {
-  int64_t batch = 0, seq_len = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0;
-};
+namespace moe::cuda {
 
 // q[B*S, Hq*hd], k,v[B*S, Hkv*hd] -> out[B*S, Hq*hd], lse[B, Hq, S] (f32, natural log of the
 // softmax denominator of the scaled scores). Query head h reads kv head h / (Hq / Hkv); scores
 // are q.k / sqrt(hd); key j is visible to query i when j <= i. head_dim <= 256.
 void attention_forward(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, __nv_bfloat16* out,
-                       float* lse, const AttentionDims& dims, cudaStream_t stream);
+                       float* lse, const kernels::AttentionShape& dims, cudaStream_t stream);
 
 // dq, dk, dv (shapes of q, k, v) written. dk/dv sum over the query heads sharing a kv head
 // inside one block (no atomics: deterministic).
 void attention_backward(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
                         const __nv_bfloat16* out, const float* lse, const __nv_bfloat16* dout, __nv_bfloat16* dq,
-                        __nv_bfloat16* dk, __nv_bfloat16* dv, const AttentionDims& dims, cudaStream_t stream);
+                        __nv_bfloat16* dk, __nv_bfloat16* dv, const kernels::AttentionShape& dims, cudaStream_t stream);
 
 }  // namespace moe::cuda

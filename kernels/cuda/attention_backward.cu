@@ -218,7 +218,8 @@ void launch_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* do
 
 void attention_backward(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
                         const __nv_bfloat16* out, const float* lse, const __nv_bfloat16* dout, __nv_bfloat16* dq,
-                        __nv_bfloat16* dk, __nv_bfloat16* dv, const AttentionDims& dims, cudaStream_t stream) {
+                        __nv_bfloat16* dk, __nv_bfloat16* dv, const kernels::AttentionShape& dims,
+                        cudaStream_t stream) {
   const attn::Geometry g = attn::make_geometry(dims);
   if (dims.batch == 0 || dims.seq_len == 0) return;
   const int batch = static_cast<int>(dims.batch);

@@ -51,7 +51,7 @@ __device__ __forceinline__ void load_tile(float* tile, int stride, const bf16* s
   }
 }
 
-inline Geometry make_geometry(const AttentionDims& s) {
+inline Geometry make_geometry(const kernels::AttentionShape& s) {
   MOE_CHECK(s.batch >= 0 && s.seq_len >= 0 && s.num_heads > 0 && s.num_kv_heads > 0 &&
                 s.num_heads % s.num_kv_heads == 0,
             "attention: bad heads (", s.num_heads, " query, ", s.num_kv_heads, " kv)");

@@ -61,7 +61,7 @@ void expert_choice_backward(const int32_t* ids, const float* dweights, float* ds
 }
 
 int64_t apply_capacity(int32_t* ids, float* weights, int64_t tokens, int64_t k, int64_t num_experts, int64_t capacity,
-                       bool by_probability, cudaStream_t stream) {
+                       kernels::DropOrder order, cudaStream_t stream) {
   MOE_CHECK(tokens >= 0 && k >= 1 && num_experts >= 1 && capacity >= 0, "apply_capacity: bad shape (tokens ", tokens,
             ", k ", k, ", experts ", num_experts, ", capacity ", capacity, ")");
   const auto n = static_cast<size_t>(tokens * k);
@@ -73,7 +73,7 @@ int64_t apply_capacity(int32_t* ids, float* weights, int64_t tokens, int64_t k, 
   to_host(host_weights, weights, stream);
   wait_stream(stream);
   const int64_t dropped = cpu::apply_capacity<float>(host_ids.data(), host_weights.data(), tokens, k, num_experts,
-                                                     capacity, by_probability);
+                                                     capacity, order);
   if (dropped > 0) {
     to_device(ids, host_ids, stream);
     to_device(weights, host_weights, stream);

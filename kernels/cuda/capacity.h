@@ -6,6 +6,8 @@
 
 #include <cuda_runtime.h>
 
+#include "kernels/params.h"
+
 namespace moe::cuda {
 
 // scores[T,E] -> ids i32[T,E] (e where expert e took token t, else -1), weights[T,E] (score
@@ -20,6 +22,6 @@ void expert_choice_backward(const int32_t* ids, const float* dweights, float* ds
 // weight, ties to the lower token then slot; or slot-major by position), the rest become -1 and
 // 0. Returns the slots dropped (synchronises). Throws naming an id outside [-1, E).
 int64_t apply_capacity(int32_t* ids, float* weights, int64_t tokens, int64_t k, int64_t num_experts, int64_t capacity,
-                       bool by_probability, cudaStream_t stream);
+                       kernels::DropOrder order, cudaStream_t stream);
 
 }  // namespace moe::cuda

@@ -9,7 +9,7 @@
 #include <cmath>
 
 #include "kernels/cuda/cuda_check.h"
-#include "kernels/cuda/kernel_types.h"
+#include "kernels/params.h"
 
 namespace moe::cuda {
 

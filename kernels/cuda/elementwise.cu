@@ -6,6 +6,8 @@
 
 namespace moe::cuda {
 
+using kernels::FloatType;
+
 namespace {
 
 enum class EwOp { add, accumulate, scale, cast };

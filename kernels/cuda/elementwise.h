@@ -6,18 +6,19 @@
 
 #include <cuda_runtime.h>
 
-#include "kernels/cuda/kernel_types.h"
+#include "kernels/params.h"
 
 namespace moe::cuda {
 
 // out[n] = a[n] + b[n]; all three of `type`.
-void add_tensors(const void* a, const void* b, void* out, FloatType type, int64_t n, cudaStream_t stream);
+void add_tensors(const void* a, const void* b, void* out, kernels::FloatType type, int64_t n, cudaStream_t stream);
 // dst[n] += alpha * src[n]; (dst, src) types: (f32, f32), (f32, bf16), (bf16, bf16).
-void accumulate(void* dst, FloatType dst_type, const void* src, FloatType src_type, int64_t n, float alpha,
-                cudaStream_t stream);
+void accumulate(void* dst, kernels::FloatType dst_type, const void* src, kernels::FloatType src_type, int64_t n,
+                float alpha, cudaStream_t stream);
 // x[n] *= alpha
-void scale_inplace(void* x, FloatType type, int64_t n, float alpha, cudaStream_t stream);
+void scale_inplace(void* x, kernels::FloatType type, int64_t n, float alpha, cudaStream_t stream);
 // dst[n] = src[n] converted (round to nearest even into bf16); same type is a copy.
-void cast_float(const void* src, FloatType src_type, void* dst, FloatType dst_type, int64_t n, cudaStream_t stream);
+void cast_float(const void* src, kernels::FloatType src_type, void* dst, kernels::FloatType dst_type, int64_t n,
+                cudaStream_t stream);
 
 }  // namespace moe::cuda

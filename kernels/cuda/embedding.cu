@@ -8,6 +8,8 @@
 
 namespace moe::cuda {
 
+using kernels::FloatType;
+
 namespace {
 
 using bf16 = __nv_bfloat16;

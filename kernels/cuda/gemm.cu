@@ -10,6 +10,8 @@
 
 namespace moe::cuda {
 
+using kernels::FloatType;
+
 // a[m,k]/[k,m], b[k,n]/[n,k] bf16 -> c[m,n] bf16 or f32
 void gemm_bf16(const __nv_bfloat16* a, const __nv_bfloat16* b, void* c, FloatType c_type, const GemmShape& s,
                float alpha, float beta, cudaStream_t stream) {

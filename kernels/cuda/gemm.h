@@ -7,7 +7,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
-#include "kernels/cuda/kernel_types.h"
+#include "kernels/params.h"
 
 namespace moe::cuda {
 
@@ -18,7 +18,7 @@ struct GemmShape {
 
 // Row-major: a is [m,k] (or [k,m] when trans_a), b is [k,n] (or [n,k] when trans_b), c is [m,n]
 // of type c_type. c = alpha * op(a) @ op(b) + beta * c; c is not read when beta == 0.
-void gemm_bf16(const __nv_bfloat16* a, const __nv_bfloat16* b, void* c, FloatType c_type, const GemmShape& shape,
-               float alpha, float beta, cudaStream_t stream);
+void gemm_bf16(const __nv_bfloat16* a, const __nv_bfloat16* b, void* c, kernels::FloatType c_type,
+               const GemmShape& shape, float alpha, float beta, cudaStream_t stream);
 
 }  // namespace moe::cuda

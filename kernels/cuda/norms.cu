@@ -10,6 +10,8 @@
 
 namespace moe::cuda {
 
+using kernels::FloatType;
+
 namespace {
 
 using bf16 = __nv_bfloat16;

@@ -11,6 +11,8 @@
 
 namespace moe::cuda {
 
+using kernels::FloatType;
+
 namespace {
 
 constexpr int k_sum_threads = 256;

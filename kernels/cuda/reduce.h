@@ -6,12 +6,12 @@
 
 #include <cuda_runtime.h>
 
-#include "kernels/cuda/kernel_types.h"
+#include "kernels/params.h"
 
 namespace moe::cuda {
 
 // Sum of x[n] (or of x^2 when squares), accumulated in double; synchronises the stream.
-double sum_to_host(const void* x, FloatType type, int64_t n, bool squares, cudaStream_t stream);
+double sum_to_host(const void* x, kernels::FloatType type, int64_t n, bool squares, cudaStream_t stream);
 
 // Column reduction over rows of a[R,C] (type `in_type`; b the same type when given):
 //   v[t,c] = a[t,c]                                  when b is null
@@ -22,12 +22,12 @@ double sum_to_host(const void* x, FloatType type, int64_t n, bool squares, cudaS
 struct ColumnReduce {
   const void* a = nullptr;
   const void* b = nullptr;
-  FloatType in_type = FloatType::f32;
+  kernels::FloatType in_type = kernels::FloatType::f32;
   const float* scale = nullptr;
   const float* shift = nullptr;
   int64_t rows = 0, cols = 0;
   void* out = nullptr;
-  FloatType out_type = FloatType::f32;
+  kernels::FloatType out_type = kernels::FloatType::f32;
   bool accumulate = false;
   float* plain_out = nullptr;
 };

@@ -177,19 +177,19 @@ __global__ void router_topk_backward_kernel(const float* logits, const float* sc
   }
 }
 
-Options options_of(const TopKRouting& r, int64_t floats_per_warp) {
-  MOE_CHECK(r.tokens >= 0 && r.k >= 1 && r.k <= r.num_experts, "router: bad shape (tokens ", r.tokens, ", experts ",
-            r.num_experts, ", k ", r.k, ")");
-  MOE_CHECK(floats_per_warp * 4 <= k_max_smem, "router: ", r.num_experts, " experts and ", r.num_groups,
+Options options_of(const kernels::TopKOptions& r, int64_t tokens, int64_t num_experts, int64_t floats_per_warp) {
+  MOE_CHECK(tokens >= 0 && r.k >= 1 && r.k <= num_experts, "router: bad shape (tokens ", tokens, ", experts ",
+            num_experts, ", k ", r.k, ")");
+  MOE_CHECK(floats_per_warp * 4 <= k_max_smem, "router: ", num_experts, " experts and ", r.num_groups,
             " groups exceed the supported maximum of ", k_max_smem / 4, " together");
   Options o;
   const int64_t warps = k_max_smem / (floats_per_warp * 4);  // warps * E floats fit 48 KB
   o.tokens_per_block = static_cast<int>(warps < k_max_warps ? warps : k_max_warps);
-  o.num_experts = static_cast<int>(r.num_experts);
+  o.num_experts = static_cast<int>(num_experts);
   o.k = static_cast<int>(r.k);
   o.num_groups = static_cast<int>(r.num_groups);
   o.top_groups = static_cast<int>(r.top_groups);
-  o.sigmoid = r.sigmoid;
+  o.sigmoid = r.score == kernels::ScoreFunction::sigmoid;
   o.renormalize = r.renormalize;
   o.softmax_after_topk = r.softmax_after_topk;
   return o;
@@ -198,30 +198,30 @@ Options options_of(const TopKRouting& r, int64_t floats_per_warp) {
 }  // namespace
 
 void router_topk_forward(const float* logits, const float* bias, float* scores, int32_t* ids, float* weights,
-                         const TopKRouting& r, cudaStream_t stream) {
-  MOE_CHECK(r.num_groups == 0 || (r.num_groups > 0 && r.num_experts % r.num_groups == 0 && r.top_groups >= 1 &&
-                                  r.top_groups <= r.num_groups && r.k <= r.top_groups * (r.num_experts / r.num_groups)),
-            "router: bad groups (experts ", r.num_experts, ", groups ", r.num_groups, ", top ", r.top_groups, ", k ",
+                         int64_t tokens, int64_t num_experts, const kernels::TopKOptions& r, cudaStream_t stream) {
+  MOE_CHECK(r.num_groups == 0 || (r.num_groups > 0 && num_experts % r.num_groups == 0 && r.top_groups >= 1 &&
+                                  r.top_groups <= r.num_groups && r.k <= r.top_groups * (num_experts / r.num_groups)),
+            "router: bad groups (experts ", num_experts, ", groups ", r.num_groups, ", top ", r.top_groups, ", k ",
             r.k, ")");
-  const int64_t per_warp = r.num_experts + r.num_groups;
-  const Options o = options_of(r, per_warp);
-  if (r.tokens == 0) return;
+  const int64_t per_warp = num_experts + r.num_groups;
+  const Options o = options_of(r, tokens, num_experts, per_warp);
+  if (tokens == 0) return;
   const size_t smem = static_cast<size_t>(o.tokens_per_block) * per_warp * sizeof(float);
-  router_topk_forward_kernel<<<static_cast<unsigned>(ceil_div(r.tokens, o.tokens_per_block)),
+  router_topk_forward_kernel<<<static_cast<unsigned>(ceil_div(tokens, o.tokens_per_block)),
                                o.tokens_per_block * k_warp, smem, stream>>>(logits, bias, scores, ids, weights,
-                                                                            r.tokens, o);
+                                                                            tokens, o);
   CUDA_CHECK_LAUNCH();
 }
 
 void router_topk_backward(const float* logits, const float* scores, const int32_t* ids, const float* weights,
-                          const float* dweights, const float* dscores, float* dlogits, const TopKRouting& r,
-                          cudaStream_t stream) {
-  const Options o = options_of(r, r.num_experts);
-  if (r.tokens == 0) return;
-  const size_t smem = static_cast<size_t>(o.tokens_per_block) * r.num_experts * sizeof(float);
-  router_topk_backward_kernel<<<static_cast<unsigned>(ceil_div(r.tokens, o.tokens_per_block)),
+                          const float* dweights, const float* dscores, float* dlogits, int64_t tokens,
+                          int64_t num_experts, const kernels::TopKOptions& r, cudaStream_t stream) {
+  const Options o = options_of(r, tokens, num_experts, num_experts);
+  if (tokens == 0) return;
+  const size_t smem = static_cast<size_t>(o.tokens_per_block) * num_experts * sizeof(float);
+  router_topk_backward_kernel<<<static_cast<unsigned>(ceil_div(tokens, o.tokens_per_block)),
                                 o.tokens_per_block * k_warp, smem, stream>>>(logits, scores, ids, weights, dweights,
-                                                                             dscores, dlogits, r.tokens, o);
+                                                                             dscores, dlogits, tokens, o);
   CUDA_CHECK_LAUNCH();
 }
 

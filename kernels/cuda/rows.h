@@ -6,7 +6,7 @@
 
 #include <cuda_runtime.h>
 
-#include "kernels/cuda/kernel_types.h"
+#include "kernels/params.h"
 
 namespace moe::cuda {
 
@@ -20,8 +20,8 @@ void gather_rows(const void* src, int64_t src_rows, const int32_t* index, int64_
 // (dst, src) types: (f32, f32), (bf16, bf16), (f32, bf16). Uses atomic adds: f32 atomics, and
 // bf16x2 atomics into bf16 (each add rounds to bf16; order across repeats is unspecified, so
 // results are not bitwise run-to-run deterministic). Indices outside [0, dst_rows) are skipped.
-void scatter_add_rows(const void* src, FloatType src_type, const int32_t* index, int64_t num_index, int64_t cols,
-                      void* dst, FloatType dst_type, int64_t dst_rows, cudaStream_t stream);
+void scatter_add_rows(const void* src, kernels::FloatType src_type, const int32_t* index, int64_t num_index,
+                      int64_t cols, void* dst, kernels::FloatType dst_type, int64_t dst_rows, cudaStream_t stream);
 
 // The same for i32 rows (integer atomics: exact and order-independent).
 void scatter_add_rows_i32(const int32_t* src, const int32_t* index, int64_t num_index, int64_t cols, int32_t* dst,

@@ -48,8 +48,7 @@ int run_generate(const GenerateOptions& o) {
     std::vector<int32_t> window(tokens.begin() + static_cast<std::ptrdiff_t>(begin), tokens.end());
     int64_t last = static_cast<int64_t>(window.size()) - 1;
     window.resize(static_cast<size_t>(seq), 0);
-    Tensor inputs = Tensor::from_vector(window, {seq}, DType::i32, device);
-    Tensor logits = model.logits(inputs, 1);
+    Tensor logits = model.logits(window, 1);
     std::vector<float> row = logits.rows(last, last + 1).to_vector<float>();
     int32_t next = sample_token(row, o.sampling, rng);
     if (next == tokenizer.eos_id()) break;

@@ -15,7 +15,8 @@ void add_model_fields(ModelConfig& m, std::vector<Field>& out) {
                          {s, "norm", &m.norm},                 {s, "norm_eps", &m.norm_eps},
                          {s, "positions", &m.positions},       {s, "rope_theta", &m.rope_theta},
                          {s, "activation", &m.activation},     {s, "d_ff", &m.d_ff},
-                         {s, "tie_embeddings", &m.tie_embeddings}, {s, "init_std", &m.init_std}});
+                         {s, "tie_embeddings", &m.tie_embeddings}, {s, "init_std", &m.init_std},
+                         {s, "objective", &m.objective}});
 }
 
 void add_moe_fields(MoeConfig& m, std::vector<Field>& out) {

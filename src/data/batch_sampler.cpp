@@ -3,6 +3,7 @@
 #include "src/data/batch_sampler.h"
 
 #include <algorithm>
+#include <utility>
 
 #include "src/util/check.h"
 
@@ -22,6 +23,19 @@ uint64_t sequence_key(uint64_t seed, int64_t step, int64_t index) {
   uint64_t h = mix64(seed + 0x9E3779B97F4A7C15ull);
   h = mix64(h ^ static_cast<uint64_t>(step));
   return mix64(h ^ static_cast<uint64_t>(index) ^ 0xD1B54A32D192ED03ull);
+}
+
+// The windows of seq_len + 1 tokens starting at `starts`.
+TokenWindows read_windows(const TokenDataset& data, int64_t seq_len, std::vector<int64_t> starts) {
+  TokenWindows w;
+  w.rows = static_cast<int64_t>(starts.size());
+  w.seq_len = seq_len;
+  w.tokens.resize(static_cast<size_t>(w.rows * w.window_length()));
+  for (int64_t r = 0; r < w.rows; ++r) {
+    data.copy_tokens(starts[static_cast<size_t>(r)], w.window_length(), w.tokens.data() + r * w.window_length());
+  }
+  w.starts = std::move(starts);
+  return w;
 }
 
 }  // namespace
@@ -62,28 +76,15 @@ int64_t BatchSampler::sequence_start(int64_t step, int64_t index) const {
   return static_cast<int64_t>(rng.below(num_starts_));
 }
 
-Batch BatchSampler::sequences(int64_t step, int64_t first, int64_t count) const {
+TokenWindows BatchSampler::sequences(int64_t step, int64_t first, int64_t count) const {
   MOE_CHECK(count > 0 && first >= 0 && first + count <= global_batch_, "batch sampler: sequences [", first, ", ",
             first + count, ") out of the global batch [0, ", global_batch_, ")");
-  Batch batch;
-  batch.rows = count;
-  batch.seq_len = seq_len_;
-  const size_t row = static_cast<size_t>(seq_len_);
-  batch.inputs.resize(static_cast<size_t>(count) * row);
-  batch.targets.resize(static_cast<size_t>(count) * row);
-  batch.starts.resize(static_cast<size_t>(count));
-  std::vector<int32_t> window(row + 1);
-  for (int64_t r = 0; r < count; ++r) {
-    int64_t start = sequence_start(step, first + r);
-    batch.starts[static_cast<size_t>(r)] = start;
-    data_->copy_tokens(start, seq_len_ + 1, window.data());
-    std::copy(window.begin(), window.end() - 1, batch.inputs.begin() + static_cast<ptrdiff_t>(r * seq_len_));
-    std::copy(window.begin() + 1, window.end(), batch.targets.begin() + static_cast<ptrdiff_t>(r * seq_len_));
-  }
-  return batch;
+  std::vector<int64_t> starts(static_cast<size_t>(count));
+  for (int64_t r = 0; r < count; ++r) starts[static_cast<size_t>(r)] = sequence_start(step, first + r);
+  return read_windows(*data_, seq_len_, std::move(starts));
 }
 
-Batch BatchSampler::global(int64_t step) const { return sequences(step, 0, global_batch_); }
+TokenWindows BatchSampler::global(int64_t step) const { return sequences(step, 0, global_batch_); }
 
 void BatchSampler::check_slice(const DataParallelSlice& slice) const {
   MOE_CHECK(slice.num_ranks > 0 && slice.micro_batch > 0 && slice.grad_accum > 0,
@@ -97,7 +98,7 @@ void BatchSampler::check_slice(const DataParallelSlice& slice) const {
             " must equal the global batch ", global_batch_);
 }
 
-Batch BatchSampler::micro_batch(int64_t step, const DataParallelSlice& slice, int64_t micro) const {
+TokenWindows BatchSampler::micro_batch(int64_t step, const DataParallelSlice& slice, int64_t micro) const {
   check_slice(slice);
   MOE_CHECK(micro >= 0 && micro < slice.grad_accum, "batch slice: micro-batch ", micro, " out of range [0, ",
             slice.grad_accum, ")");
@@ -125,25 +126,16 @@ EvalIterator::EvalIterator(const TokenDataset& data, int64_t batch_rows, int64_t
 
 int64_t EvalIterator::num_batches() const { return (windows_per_rank() + batch_rows_ - 1) / batch_rows_; }
 
-bool EvalIterator::next(Batch& batch) {
+bool EvalIterator::next(TokenWindows& batch) {
   const int64_t local_total = windows_per_rank();
   if (next_local_ >= local_total) return false;
   const int64_t rows = std::min(batch_rows_, local_total - next_local_);
-  const size_t row = static_cast<size_t>(seq_len_);
-  batch.rows = rows;
-  batch.seq_len = seq_len_;
-  batch.inputs.resize(static_cast<size_t>(rows) * row);
-  batch.targets.resize(static_cast<size_t>(rows) * row);
-  batch.starts.resize(static_cast<size_t>(rows));
-  std::vector<int32_t> window(row + 1);
+  std::vector<int64_t> starts(static_cast<size_t>(rows));
   for (int64_t r = 0; r < rows; ++r) {
-    const int64_t w = (next_local_ + r) * num_ranks_ + rank_;
-    const int64_t start = w * seq_len_;
-    batch.starts[static_cast<size_t>(r)] = start;
-    data_->copy_tokens(start, seq_len_ + 1, window.data());
-    std::copy(window.begin(), window.end() - 1, batch.inputs.begin() + static_cast<ptrdiff_t>(r * seq_len_));
-    std::copy(window.begin() + 1, window.end(), batch.targets.begin() + static_cast<ptrdiff_t>(r * seq_len_));
+    const int64_t w = (next_local_ + r) * num_ranks_ + rank_;  // this rank's windows are r, r + N, ...
+    starts[static_cast<size_t>(r)] = w * seq_len_;
   }
+  batch = read_windows(*data_, seq_len_, std::move(starts));
   next_local_ += rows;
   return true;
 }

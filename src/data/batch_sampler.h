@@ -1,5 +1,5 @@
-// Deterministic training batches (random windows keyed by seed, step and sequence index) and
-// the sequential evaluation iterator over fixed, non-overlapping windows of a validation shard.
+// Deterministic training windows (random, keyed by seed, step and sequence index) and the
+// sequential evaluation iterator over fixed, non-overlapping windows of a validation shard.
 #pragma once
 
 #include <cstdint>
@@ -9,14 +9,17 @@
 
 namespace moe::data {
 
-// One batch of `rows` sequences of `seq_len` tokens, row-major [rows * seq_len]:
-// targets[r*S + t] is the token after inputs[r*S + t] in the shard.
-struct Batch {
+// `rows` windows of seq_len + 1 consecutive shard tokens, row-major [rows * (seq_len + 1)]:
+// the tokens of a sequence of seq_len positions and the one after it. The objective
+// (src/model/objective.h) builds a batch's inputs and targets from them.
+struct TokenWindows {
   int64_t rows = 0;
   int64_t seq_len = 0;
-  std::vector<int32_t> inputs;
-  std::vector<int32_t> targets;
-  std::vector<int64_t> starts;  // shard offset of each row's first input token
+  std::vector<int32_t> tokens;
+  std::vector<int64_t> starts;  // shard offset of each window's first token
+
+  int64_t window_length() const { return seq_len + 1; }
+  const int32_t* window(int64_t row) const { return tokens.data() + row * window_length(); }
 };
 
 // How one data-parallel rank takes its part of the global batch. Only the data-parallel rank
@@ -54,12 +57,12 @@ class BatchSampler {
 
   // Shard offset of the first input token of global sequence `index` at `step`.
   int64_t sequence_start(int64_t step, int64_t index) const;
-  // Global sequences [first, first + count) of `step`.
-  Batch sequences(int64_t step, int64_t first, int64_t count) const;
+  // The windows of global sequences [first, first + count) of `step`.
+  TokenWindows sequences(int64_t step, int64_t first, int64_t count) const;
   // All global_batch sequences of `step` (what a single rank with no accumulation sees).
-  Batch global(int64_t step) const;
+  TokenWindows global(int64_t step) const;
   // Micro-batch `micro` (0 <= micro < grad_accum) of `slice.rank` at `step`.
-  Batch micro_batch(int64_t step, const DataParallelSlice& slice, int64_t micro) const;
+  TokenWindows micro_batch(int64_t step, const DataParallelSlice& slice, int64_t micro) const;
   // Checks the slice against the global batch; the message names all four numbers.
   void check_slice(const DataParallelSlice& slice) const;
 
@@ -71,10 +74,11 @@ class BatchSampler {
   uint64_t num_starts_;  // size - seq_len: the number of valid start offsets
 };
 
-// Fixed, non-overlapping evaluation windows: window w has inputs [w*S, w*S + S) and targets
-// shifted by one, so there are (size - 1) / S windows. With num_ranks > 1, rank r evaluates
-// windows r, r + N, r + 2N, ... and the window count is first cut to a multiple of N (and to
-// max_windows when that is > 0) so every rank runs the same number of batches.
+// Fixed evaluation windows: window w holds tokens [w*S, w*S + S + 1) (S positions and the token
+// after them; consecutive windows share one token), so there are (size - 1) / S windows. With
+// num_ranks > 1, rank r evaluates windows r, r + N, r + 2N, ... and the window count is first
+// cut to a multiple of N (and to max_windows when that is > 0) so every rank runs the same
+// number of batches.
 class EvalIterator {
  public:
   EvalIterator(const TokenDataset& data, int64_t batch_rows, int64_t seq_len, int64_t max_windows = 0,
@@ -83,8 +87,8 @@ class EvalIterator {
   int64_t num_windows() const { return num_windows_; }          // over all ranks
   int64_t windows_per_rank() const { return num_windows_ / num_ranks_; }
   int64_t num_batches() const;                                   // per rank
-  // Fills the next batch (the last may have fewer rows); false when the pass is over.
-  bool next(Batch& batch);
+  // Fills the next batch of windows (the last may have fewer rows); false when the pass is over.
+  bool next(TokenWindows& batch);
   void reset() { next_local_ = 0; }
 
  private:

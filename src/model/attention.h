@@ -10,11 +10,18 @@
 
 namespace moe {
 
+// Which keys a query sees; the objective picks it (src/model/objective.h). causal: the
+// positions up to its own; bidirectional: every position of its sequence; encoder_decoder: a
+// bidirectional encoder, a causal decoder and cross-attention. Only causal has kernels so far.
+enum class AttentionMask { causal, bidirectional, encoder_decoder };
+const char* attention_mask_name(AttentionMask mask);
+
 struct AttentionConfig {
   int64_t d_model = 0, num_heads = 0, num_kv_heads = 0, seq_len = 0;
   bool rope = true;
   float rope_theta = 10000.0f;
   double init_std = 0.02, out_init_std = 0.02;
+  AttentionMask mask = AttentionMask::causal;
 };
 
 // Tensor parallelism (Megatron): rank r of the tp group holds query heads [r*H/tp, (r+1)*H/tp)

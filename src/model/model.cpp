@@ -58,7 +58,11 @@ std::pair<int64_t, int64_t> stage_layer_range(int64_t num_layers, int pp, int st
 }
 
 Model::Model(const ModelConfig& model, const MoeConfig& moe, const ModelParallel& parallel)
-    : config_(model), moe_config_(moe), parallel_(parallel), tp_{parallel.tp} {
+    : config_(model),
+      moe_config_(moe),
+      parallel_(parallel),
+      objective_(make_objective(objective_kind(model.objective))),
+      tp_{parallel.tp} {
   const ModelConfig& c = model;
   const auto [first, last] = stage_layer_range(c.num_layers, parallel.pp, parallel.stage, parallel.stage_layers);
   first_layer_ = first;
@@ -78,7 +82,7 @@ Model::Model(const ModelConfig& model, const MoeConfig& moe, const ModelParallel
   }
   NormKind norm = norm_kind_from_name(c.norm);
   AttentionConfig attn{c.d_model, c.num_heads, c.num_kv_heads, c.seq_len, c.positions == "rope",
-                       static_cast<float>(c.rope_theta), c.init_std, out_std};
+                       static_cast<float>(c.rope_theta), c.init_std, out_std, objective_->attention_mask()};
   ops::Activation dense_act = ops::activation_from_name(c.activation);
   ops::Activation expert_act = ops::activation_from_name(moe.activation.empty() ? c.activation : moe.activation);
   size_t moe_index = 0;  // moe.layer_routers counts the MoE layers of the whole model
@@ -159,9 +163,10 @@ Tensor Model::embed(const Tensor& inputs) const {
   return x;
 }
 
-RouteInputs Model::route_inputs(const Batch& batch, size_t block, const std::vector<int32_t>& tokens,
-                                const std::vector<int32_t>& targets) const {
-  RouteInputs route{&tokens, batch.targets.defined() ? &targets : nullptr, config_.seq_len, batch.training, 0};
+RouteInputs Model::route_inputs(const Batch& batch, size_t block) const {
+  // The host ids the batch carries (no device -> host copy per micro-batch).
+  RouteInputs route{&batch.host_inputs, batch.host_targets.empty() ? nullptr : &batch.host_targets, config_.seq_len,
+                    batch.training, 0};
   // Distinct gating noise per layer.
   route.noise_seed = batch.noise_seed * 1000003ull + static_cast<uint64_t>(first_layer_) + block;
   return route;
@@ -169,13 +174,11 @@ RouteInputs Model::route_inputs(const Batch& batch, size_t block, const std::vec
 
 Tensor Model::run_blocks(const Tensor& x_in, const Batch& batch, ModelSaved& saved) const {
   saved.blocks.assign(blocks_.size(), BlockSaved{});
-  std::vector<int32_t> tokens = batch.inputs.to_vector<int32_t>();
-  std::vector<int32_t> targets = batch.targets.defined() ? batch.targets.to_vector<int32_t>() : std::vector<int32_t>();
   Tensor x = x_in;
   for (size_t i = 0; i < blocks_.size(); ++i) {
     acquire(block_unit(i));
     BlockSaved& b = saved.blocks[i];
-    x = blocks_[i]->forward(x, batch.batch_size, route_inputs(batch, i, tokens, targets), b, batch.collect_stats);
+    x = blocks_[i]->forward(x, batch.batch_size, route_inputs(batch, i), b, batch.collect_stats);
     release(block_unit(i));
     if (recompute_) {
       // Keep the input and the MoE layer's statistics and balancing gradients (the trainer may
@@ -208,6 +211,7 @@ ForwardOutput Model::forward(const Batch& batch, ModelSaved& saved, const Tensor
             " tokens is not ", batch.batch_size, " sequences of ", config_.seq_len);
   MOE_CHECK(is_first_stage() || input.defined(), "pipeline stage ", parallel_.stage,
             " needs the previous stage's activations");
+  check_host_ids(batch);
   Tensor x = run_blocks(is_first_stage() ? embed(batch.inputs) : input, batch, saved);
   ForwardOutput out;
   if (is_last_stage()) {
@@ -251,11 +255,10 @@ Tensor Model::head_backward(const Batch& batch, const ModelSaved& saved, float l
 }
 
 Tensor Model::block_backward(size_t i, const Batch& batch, const BlockSaved& saved, const Tensor& dy,
-                             float aux_scale, const std::vector<int32_t>& tokens,
-                             const std::vector<int32_t>& targets) const {
+                             float aux_scale) const {
   if (!recompute_) return blocks_[i]->backward(saved, dy, batch.batch_size, aux_scale);
   BlockSaved rebuilt;
-  blocks_[i]->forward(saved.input, batch.batch_size, route_inputs(batch, i, tokens, targets), rebuilt, false);
+  blocks_[i]->forward(saved.input, batch.batch_size, route_inputs(batch, i), rebuilt, false);
   rebuilt.moe.stats = saved.moe.stats;
   rebuilt.moe.balance_grads = saved.moe.balance_grads;
   rebuilt.moe.switch_grad_per_expert = saved.moe.switch_grad_per_expert;
@@ -267,15 +270,10 @@ Tensor Model::backward(const Batch& batch, const ModelSaved& saved, float loss_s
   MOE_CHECK(is_last_stage() || d_output.defined(), "pipeline stage ", parallel_.stage,
             " needs the gradient of its output from the next stage");
   Tensor dx = is_last_stage() ? head_backward(batch, saved, loss_scale) : d_output;
-  // Recomputation reroutes each block: the host copies of the ids, once for all blocks.
-  std::vector<int32_t> tokens, targets;
-  if (recompute_) {
-    tokens = batch.inputs.to_vector<int32_t>();
-    if (batch.targets.defined()) targets = batch.targets.to_vector<int32_t>();
-  }
+  if (recompute_) check_host_ids(batch);  // recomputation reroutes each block from the host ids
   for (size_t i = blocks_.size(); i-- > 0;) {
     acquire(block_unit(i));
-    dx = block_backward(i, batch, saved.blocks[i], dx, aux_scale, tokens, targets);
+    dx = block_backward(i, batch, saved.blocks[i], dx, aux_scale);
     release(block_unit(i));
     if (grad_hook_) grad_hook_(block_unit(i));
   }
@@ -289,15 +287,15 @@ Tensor Model::backward(const Batch& batch, const ModelSaved& saved, float loss_s
   return {};
 }
 
-Tensor Model::logits(const Tensor& inputs, int64_t batch_size) const {
+Tensor Model::logits(const std::vector<int32_t>& tokens, int64_t batch_size) const {
   MOE_CHECK(parallel_.pp == 1 && !tp_.active(), "generation runs on one rank holding the whole model (parallel.tp = 1, "
             "parallel.pp = 1)");
+  MOE_CHECK(objective_->attention_mask() == AttentionMask::causal,
+            "generation needs a causal model, but model.objective = '", objective_name(objective_->kind()), "'");
   ModelSaved saved;
-  Batch batch;
-  batch.inputs = inputs;
-  batch.batch_size = batch_size;
+  Batch batch = make_batch(tokens, {}, batch_size, store_.device());
   batch.training = false;
-  head_forward(run_blocks(embed(inputs), batch, saved), saved);
+  head_forward(run_blocks(embed(batch.inputs), batch, saved), saved);
   return saved.logits;
 }
 

@@ -9,19 +9,12 @@
 #include <vector>
 
 #include "src/config/config.h"
+#include "src/model/batch.h"
 #include "src/model/block.h"
+#include "src/model/objective.h"
 #include "src/nn/tensor_parallel.h"
 
 namespace moe {
-
-struct Batch {
-  Tensor inputs;   // i32[B*S] on the model's device
-  Tensor targets;  // i32[B*S]; negative = ignored
-  int64_t batch_size = 0;
-  bool training = true;        // noisy gating draws noise only in training
-  uint64_t noise_seed = 0;     // distinct per (step, micro-batch) in training
-  bool collect_stats = false;  // router entropy for the metrics (costs a host copy)
-};
 
 struct ModelSaved {
   std::vector<BlockSaved> blocks;  // this stage's blocks
@@ -63,7 +56,8 @@ class Model {
   // Forward of this pipeline stage, keeping what backward needs in saved. The first stage
   // embeds batch.inputs; a later one takes `input` [B*S,d], the previous stage's output. The
   // last stage ends with the head and the loss (loss_sum, num_targets); an earlier one leaves
-  // its output activations in saved.output. Every stage reports its MoE layers.
+  // its output activations in saved.output. Every stage reports its MoE layers. Routers read
+  // the batch's host ids (check_host_ids); nothing is copied back from the device.
   ForwardOutput forward(const Batch& batch, ModelSaved& saved, const Tensor& input = {}) const;
   // Accumulates parameter gradients of  loss_scale * loss_sum + aux_scale * aux_loss: the last
   // stage from its loss, an earlier one from d_output (the gradient of its output activations).
@@ -73,8 +67,9 @@ class Model {
   // Activation recomputation: forward keeps each block's input only and backward runs the
   // block's forward again before its backward.
   void set_recompute(bool on) { recompute_ = on; }
-  // Logits [B*S, V] for generation (no loss); one rank holding the whole model only.
-  Tensor logits(const Tensor& inputs, int64_t batch_size) const;
+  // Logits [B*S, V] of the token ids (B sequences of seq_len) for generation (no loss); one
+  // rank holding the whole model, causal objectives only.
+  Tensor logits(const std::vector<int32_t>& tokens, int64_t batch_size) const;
 
   // ZeRO-3: called with (unit, true) before a unit's parameters are read and (unit, false)
   // after; units are "embed", "layers.<i>", "final_norm", "lm_head" (the registration groups).
@@ -88,6 +83,8 @@ class Model {
   ParamStore& params() { return store_; }
   const ParamStore& params() const { return store_; }
   const ModelConfig& config() const { return config_; }
+  // model.objective: targets, attention mask and loss positions (the trainer makes its batches here).
+  const Objective& objective() const { return *objective_; }
   const MoeConfig& moe_config() const { return moe_config_; }
   const ModelParallel& parallel() const { return parallel_; }
   bool is_first_stage() const { return parallel_.stage == 0; }
@@ -117,15 +114,15 @@ class Model {
   Tensor run_blocks(const Tensor& x, const Batch& batch, ModelSaved& saved) const;
   void head_forward(const Tensor& x, ModelSaved& saved) const;
   Tensor head_backward(const Batch& batch, const ModelSaved& saved, float loss_scale) const;
-  Tensor block_backward(size_t i, const Batch& batch, const BlockSaved& saved, const Tensor& dy, float aux_scale,
-                        const std::vector<int32_t>& tokens, const std::vector<int32_t>& targets) const;
-  RouteInputs route_inputs(const Batch& batch, size_t block, const std::vector<int32_t>& tokens,
-                           const std::vector<int32_t>& targets) const;
+  Tensor block_backward(size_t i, const Batch& batch, const BlockSaved& saved, const Tensor& dy,
+                        float aux_scale) const;
+  RouteInputs route_inputs(const Batch& batch, size_t block) const;
   std::string block_unit(size_t i) const { return "layers." + std::to_string(first_layer_ + static_cast<int64_t>(i)); }
 
   ModelConfig config_;
   MoeConfig moe_config_;
   ModelParallel parallel_;
+  std::unique_ptr<Objective> objective_;
   TpGroup tp_;
   int64_t first_layer_ = 0;
   bool recompute_ = false;

@@ -6,6 +6,15 @@
 
 namespace moe::ops {
 
+// A tensor as rows: dim 0 (1 for a scalar) ...
+inline int64_t rows_of(const Tensor& t) { return t.ndim() == 0 ? 1 : t.size(0); }
+// ... of the product of the dims after the first elements (also for a tensor with 0 rows).
+inline int64_t cols_of(const Tensor& t) {
+  int64_t cols = 1;
+  for (int d = 1; d < t.ndim(); ++d) cols *= t.size(d);
+  return cols;
+}
+
 class Backend {
  public:
   virtual ~Backend() = default;

@@ -52,40 +52,10 @@ T* ptr(const Tensor& t) {
 
 const int32_t* index_ptr(const Tensor& t) { return t.data_as<int32_t>(); }
 
-int64_t rows_of(const Tensor& t) { return t.ndim() == 0 ? 1 : t.size(0); }
-int64_t cols_of(const Tensor& t) { return rows_of(t) == 0 ? 0 : t.numel() / rows_of(t); }
-
-cpu::ActivationKind kind_of(Activation act) {
-  switch (act) {
-    case Activation::relu: return cpu::ActivationKind::relu;
-    case Activation::gelu: return cpu::ActivationKind::gelu;
-    case Activation::geglu: return cpu::ActivationKind::geglu;
-    case Activation::swiglu: return cpu::ActivationKind::swiglu;
-  }
-  MOE_FAIL("activation ", static_cast<int>(act), " has no CPU kernel");
-}
-
-cpu::TopKRouting routing_of(const TopKOptions& o, int64_t tokens, int64_t num_experts) {
-  cpu::TopKRouting r;
-  r.tokens = tokens;
-  r.num_experts = num_experts;
-  r.k = o.k;
-  r.sigmoid = o.score == ScoreFunction::sigmoid;
-  r.renormalize = o.renormalize;
-  r.softmax_after_topk = o.softmax_after_topk;
-  r.num_groups = o.num_groups;
-  r.top_groups = o.top_groups;
-  return r;
-}
-
 // An optional tensor as a pointer: nullptr when undefined.
 template <typename T>
 const T* optional_ptr(const Tensor& t) {
   return t.defined() ? t.data_as<const T>() : nullptr;
-}
-
-cpu::AttentionDims dims_of(const AttentionShape& s) {
-  return {s.batch, s.seq_len, s.num_heads, s.num_kv_heads, s.head_dim};
 }
 
 // bf16 tensors can live on the host (checkpoints, tests); casts to and from them go through f32.
@@ -193,7 +163,7 @@ class CpuBackend final : public Backend {
                          const AttentionShape& shape) override {
     dispatch_float(q.dtype(), "attention", [&](auto tag) {
       using T = decltype(tag);
-      cpu::attention_forward<T>(ptr<T>(q), ptr<T>(k), ptr<T>(v), ptr<T>(out), ptr<T>(lse), dims_of(shape));
+      cpu::attention_forward<T>(ptr<T>(q), ptr<T>(k), ptr<T>(v), ptr<T>(out), ptr<T>(lse), shape);
     });
   }
 
@@ -203,21 +173,21 @@ class CpuBackend final : public Backend {
     dispatch_float(q.dtype(), "attention backward", [&](auto tag) {
       using T = decltype(tag);
       cpu::attention_backward<T>(ptr<T>(q), ptr<T>(k), ptr<T>(v), ptr<T>(out), ptr<T>(lse), ptr<T>(dout), ptr<T>(dq),
-                                 ptr<T>(dk), ptr<T>(dv), dims_of(shape));
+                                 ptr<T>(dk), ptr<T>(dv), shape);
     });
   }
 
   void activation_forward(Activation act, const Tensor& x, Tensor& y) override {
     dispatch_float(x.dtype(), activation_name(act), [&](auto tag) {
       using T = decltype(tag);
-      cpu::activation_forward<T>(kind_of(act), ptr<T>(x), ptr<T>(y), y.size(0), y.size(1));
+      cpu::activation_forward<T>(act, ptr<T>(x), ptr<T>(y), y.size(0), y.size(1));
     });
   }
 
   void activation_backward(Activation act, const Tensor& x, const Tensor& dy, Tensor& dx) override {
     dispatch_float(x.dtype(), activation_name(act), [&](auto tag) {
       using T = decltype(tag);
-      cpu::activation_backward<T>(kind_of(act), ptr<T>(x), ptr<T>(dy), ptr<T>(dx), dy.size(0), dy.size(1));
+      cpu::activation_backward<T>(act, ptr<T>(x), ptr<T>(dy), ptr<T>(dx), dy.size(0), dy.size(1));
     });
   }
 
@@ -316,7 +286,7 @@ class CpuBackend final : public Backend {
     dispatch_float(logits.dtype(), "router", [&](auto tag) {
       using T = decltype(tag);
       cpu::router_topk_forward<T>(ptr<T>(logits), optional_ptr<T>(bias), ptr<T>(scores), ptr<int32_t>(ids),
-                                  ptr<T>(weights), routing_of(options, logits.size(0), logits.size(1)));
+                                  ptr<T>(weights), logits.size(0), logits.size(1), options);
     });
   }
 
@@ -326,8 +296,8 @@ class CpuBackend final : public Backend {
     dispatch_float(logits.dtype(), "router backward", [&](auto tag) {
       using T = decltype(tag);
       cpu::router_topk_backward<T>(ptr<T>(logits), ptr<T>(scores), index_ptr(ids), ptr<T>(weights), ptr<T>(dweights),
-                                   optional_ptr<T>(dscores), ptr<T>(dlogits),
-                                   routing_of(options, logits.size(0), logits.size(1)));
+                                   optional_ptr<T>(dscores), ptr<T>(dlogits), logits.size(0), logits.size(1),
+                                   options);
     });
   }
 
@@ -351,7 +321,7 @@ class CpuBackend final : public Backend {
     return dispatch_float(weights.dtype(), "apply_capacity", [&](auto tag) {
       using T = decltype(tag);
       return cpu::apply_capacity<T>(ptr<int32_t>(ids), ptr<T>(weights), ids.size(0), ids.size(1), num_experts,
-                                    capacity, order == DropOrder::by_probability);
+                                    capacity, order);
     });
   }
 
@@ -414,10 +384,9 @@ class CpuBackend final : public Backend {
   }
 
   void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWParams& p) override {
-    cpu::AdamWConfig cfg{p.lr, p.beta1, p.beta2, p.eps, p.weight_decay, p.step};
     dispatch_float(param.dtype(), "adamw", [&](auto tag) {
       using T = decltype(tag);
-      cpu::adamw_step<T>(ptr<T>(param), ptr<T>(grad), ptr<T>(m), ptr<T>(v), param.numel(), cfg);
+      cpu::adamw_step<T>(ptr<T>(param), ptr<T>(grad), ptr<T>(m), ptr<T>(v), param.numel(), p);
     });
   }
 };

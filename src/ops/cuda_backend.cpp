@@ -35,9 +35,9 @@ float* f32_mut(const Tensor& t) { return t.data_as<float>(); }
 const int32_t* i32(const Tensor& t) { return t.data_as<const int32_t>(); }
 int32_t* i32_mut(const Tensor& t) { return t.data_as<int32_t>(); }
 
-cuda::FloatType float_type(const Tensor& t, const char* what) {
-  if (t.dtype() == DType::f32) return cuda::FloatType::f32;
-  if (t.dtype() == DType::bf16) return cuda::FloatType::bf16;
+kernels::FloatType float_type(const Tensor& t, const char* what) {
+  if (t.dtype() == DType::f32) return kernels::FloatType::f32;
+  if (t.dtype() == DType::bf16) return kernels::FloatType::bf16;
   MOE_FAIL(what, ": dtype ", dtype_name(t.dtype()), " is not supported on CUDA (f32 or bf16)");
 }
 
@@ -51,41 +51,11 @@ cudaStream_t on_device(const Tensor& first, const Rest&... rest) {
   return cuda::compute_stream();
 }
 
-int64_t rows_of(const Tensor& t) { return t.ndim() == 0 ? 1 : t.size(0); }
-int64_t cols_of(const Tensor& t) { return rows_of(t) == 0 ? 0 : t.numel() / rows_of(t); }
-
-cuda::ActKind act_kind(Activation act) {
-  switch (act) {
-    case Activation::relu: return cuda::ActKind::relu;
-    case Activation::gelu: return cuda::ActKind::gelu;
-    case Activation::geglu: return cuda::ActKind::geglu;
-    case Activation::swiglu: return cuda::ActKind::swiglu;
-  }
-  MOE_FAIL("unknown activation ", static_cast<int>(act));
-}
-
-cuda::TopKRouting routing_of(const TopKOptions& o, int64_t tokens, int64_t num_experts) {
-  cuda::TopKRouting r;
-  r.tokens = tokens;
-  r.num_experts = num_experts;
-  r.k = o.k;
-  r.sigmoid = o.score == ScoreFunction::sigmoid;
-  r.renormalize = o.renormalize;
-  r.softmax_after_topk = o.softmax_after_topk;
-  r.num_groups = o.num_groups;
-  r.top_groups = o.top_groups;
-  return r;
-}
-
 // An optional f32 tensor as a pointer: nullptr when undefined.
 const float* optional_f32(const Tensor& t, const char* what) {
   if (!t.defined()) return nullptr;
   check_dtype(t, DType::f32, what);
   return f32(t);
-}
-
-cuda::AttentionDims attention_dims(const AttentionShape& s) {
-  return {s.batch, s.seq_len, s.num_heads, s.num_kv_heads, s.head_dim};
 }
 
 class CudaBackend : public Backend {
@@ -165,7 +135,7 @@ class CudaBackend : public Backend {
   void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse,
                          const AttentionShape& shape) override {
     cudaStream_t stream = on_device(q, k, v, out, lse);
-    cuda::attention_forward(bf(q), bf(k), bf(v), bf_mut(out), f32_mut(lse), attention_dims(shape), stream);
+    cuda::attention_forward(bf(q), bf(k), bf(v), bf_mut(out), f32_mut(lse), shape, stream);
   }
 
   void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
@@ -175,17 +145,17 @@ class CudaBackend : public Backend {
     check_shape(lse, {shape.batch, shape.num_heads, shape.seq_len}, "attention lse");
     check_dtype(lse, DType::f32, "attention lse");
     cuda::attention_backward(bf(q), bf(k), bf(v), bf(out), f32(lse), bf(dout), bf_mut(dq), bf_mut(dk), bf_mut(dv),
-                             attention_dims(shape), stream);
+                             shape, stream);
   }
 
   void activation_forward(Activation act, const Tensor& x, Tensor& y) override {
     cudaStream_t stream = on_device(x, y);
-    cuda::activation_forward(act_kind(act), bf(x), bf_mut(y), y.size(0), y.size(1), stream);
+    cuda::activation_forward(act, bf(x), bf_mut(y), y.size(0), y.size(1), stream);
   }
 
   void activation_backward(Activation act, const Tensor& x, const Tensor& dy, Tensor& dx) override {
     cudaStream_t stream = on_device(x, dy, dx);
-    cuda::activation_backward(act_kind(act), bf(x), bf(dy), bf_mut(dx), dy.size(0), dy.size(1), stream);
+    cuda::activation_backward(act, bf(x), bf(dy), bf_mut(dx), dy.size(0), dy.size(1), stream);
   }
 
   void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor& lse,
@@ -271,7 +241,7 @@ class CudaBackend : public Backend {
     if (bias.defined()) check_same_device(bias, logits, "router bias");
     check_dtype(logits, DType::f32, "router logits on CUDA");
     cuda::router_topk_forward(f32(logits), optional_f32(bias, "router bias on CUDA"), f32_mut(scores), i32_mut(ids),
-                              f32_mut(weights), routing_of(options, logits.size(0), logits.size(1)), stream);
+                              f32_mut(weights), logits.size(0), logits.size(1), options, stream);
   }
 
   void router_topk_backward(const Tensor& logits, const Tensor& scores, const Tensor& ids, const Tensor& weights,
@@ -281,8 +251,8 @@ class CudaBackend : public Backend {
     if (dscores.defined()) check_same_device(dscores, logits, "router dscores");
     check_dtype(logits, DType::f32, "router logits on CUDA");
     cuda::router_topk_backward(f32(logits), f32(scores), i32(ids), f32(weights), f32(dweights),
-                               optional_f32(dscores, "router dscores on CUDA"), f32_mut(dlogits),
-                               routing_of(options, logits.size(0), logits.size(1)), stream);
+                               optional_f32(dscores, "router dscores on CUDA"), f32_mut(dlogits), logits.size(0),
+                               logits.size(1), options, stream);
   }
 
   void expert_choice_forward(const Tensor& scores, int64_t capacity, Tensor& ids, Tensor& weights) override {
@@ -303,7 +273,7 @@ class CudaBackend : public Backend {
     cudaStream_t stream = on_device(ids, weights);
     check_dtype(weights, DType::f32, "capacity weights on CUDA");
     return cuda::apply_capacity(i32_mut(ids), f32_mut(weights), ids.size(0), ids.size(1), num_experts, capacity,
-                                order == DropOrder::by_probability, stream);
+                                order, stream);
   }
 
   void noisy_logits_forward(const Tensor& clean, const Tensor& raw_noise, const Tensor& normal, Tensor& h) override {
@@ -359,8 +329,7 @@ class CudaBackend : public Backend {
   void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWParams& p) override {
     cudaStream_t stream = on_device(param, grad, m, v);
     check_dtype(param, DType::f32, "adamw params on CUDA");
-    cuda::AdamWConfig config{p.lr, p.beta1, p.beta2, p.eps, p.weight_decay, p.step};
-    cuda::adamw_step(f32_mut(param), f32(grad), f32_mut(m), f32_mut(v), param.numel(), config, stream);
+    cuda::adamw_step(f32_mut(param), f32(grad), f32_mut(m), f32_mut(v), param.numel(), p, stream);
   }
 
  private:

@@ -56,14 +56,6 @@ void check_shard(VocabShard shard, int64_t local, const char* op) {
             shard.start, ",", shard.start + local, ") is outside the vocabulary [0,", shard.full, ")");
 }
 
-int64_t rows_of(const Tensor& t) { return t.ndim() == 0 ? 1 : t.size(0); }
-// Elements per row: the product of the dims after the first (also for tensors with 0 rows).
-int64_t cols_of(const Tensor& t) {
-  int64_t cols = 1;
-  for (int d = 1; d < t.ndim(); ++d) cols *= t.size(d);
-  return cols;
-}
-
 // The backend of t's device; the call it makes is timed as one op of `kind` while a profile is
 // installed (the temporary, and its scope, live until the end of the calling expression).
 struct TimedBackend {
@@ -74,8 +66,6 @@ struct TimedBackend {
 TimedBackend run_on(const Tensor& t, OpKind kind) { return {OpScope(kind, t), backend_for(t)}; }
 
 }  // namespace
-
-bool is_gated(Activation act) { return act == Activation::geglu || act == Activation::swiglu; }
 
 const char* activation_name(Activation act) {
   switch (act) {

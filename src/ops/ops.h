@@ -5,9 +5,19 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/params.h"
 #include "src/tensor/tensor.h"
 
 namespace moe::ops {
+
+// The kernels' parameter types are the ops layer's (one definition, kernels/params.h).
+using kernels::Activation;
+using kernels::AdamWParams;
+using kernels::AttentionShape;
+using kernels::DropOrder;
+using kernels::is_gated;
+using kernels::ScoreFunction;
+using kernels::TopKOptions;
 
 // Dtype policy. "compute" tensors (weights, activations) are f32/f64 on CPU and bf16 on CUDA.
 // "accum" tensors (parameter gradients, norm statistics, router logits/probs, per-token
@@ -55,9 +65,6 @@ void layernorm_backward(const Tensor& x, const Tensor& w, const Tensor& mean, co
 // the backward of the forward rotation.
 void rope(Tensor& x, int64_t num_heads, int64_t seq_len, float theta, bool inverse);
 
-struct AttentionShape {
-  int64_t batch = 0, seq_len = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0;
-};
 // Causal scaled-dot-product attention with grouped-query heads (query head h reads kv head
 // h / (Hq / Hkv)). q[B*S, Hq*hd], k,v[B*S, Hkv*hd] -> out[B*S, Hq*hd], lse[B, Hq, S] (accum),
 // the log-sum-exp of each softmax row, kept for backward.
@@ -69,8 +76,6 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
 
 // Activations. relu/gelu(tanh approximation): x[T,f] -> y[T,f]. geglu/swiglu: x[T,2f] holds
 // [gate | up] -> y[T,f] = act(gate) * up.
-enum class Activation { relu, gelu, geglu, swiglu };
-bool is_gated(Activation act);
 const char* activation_name(Activation act);
 Activation activation_from_name(const std::string& name);  // throws naming the value
 void activation_forward(Activation act, const Tensor& x, Tensor& y);
@@ -111,20 +116,6 @@ void gather_rows(const Tensor& src, const Tensor& index, Tensor& dst);
 void scatter_add_rows(const Tensor& src, const Tensor& index, Tensor& dst);
 
 // ---- Routing (issue 3) ----
-enum class ScoreFunction { softmax, sigmoid };
-struct TopKOptions {
-  int64_t k = 1;
-  ScoreFunction score = ScoreFunction::softmax;
-  // Weights = selected scores divided by their sum (sigmoid routers always renormalise, as
-  // DeepSeek-V3 does).
-  bool renormalize = false;
-  // Mixtral order: top-k on the logits, then the weights are a softmax over the k selected
-  // logits (softmax scores only; `scores` still holds the softmax over all experts).
-  bool softmax_after_topk = false;
-  // Group-limited routing: experts form num_groups contiguous groups; a token may only select
-  // experts of its top_groups groups, ranked by the group's highest (biased) score. 0 = off.
-  int64_t num_groups = 0, top_groups = 0;
-};
 // logits[T,E] (accum), bias[E] (accum, or undefined = none) -> scores[T,E] = softmax or
 // sigmoid of the logits, ids i32[T,k] = the k largest of scores + bias (ties to the lower
 // index, descending), weights[T,k] from the unbiased scores. The bias only selects
@@ -149,7 +140,6 @@ void expert_choice_backward(const Tensor& ids, const Tensor& dweights, Tensor& d
 // slot); else by position: slot-major then token order (all first choices before any second
 // choice, as GShard). Slots already -1 stay so and do not count. Returns the number of slots
 // dropped by this call (host, synchronising).
-enum class DropOrder { by_probability, by_position };
 int64_t apply_capacity(Tensor& ids, Tensor& weights, int64_t num_experts, int64_t capacity, DropOrder order);
 
 // Noisy top-k gating (Shazeer et al. 2017): h = clean + normal * softplus(raw_noise); all
@@ -181,10 +171,6 @@ void moe_combine_backward(const Tensor& y_sorted, const Tensor& slot_pos, const 
                           const Tensor& dout, Tensor& dy_sorted, Tensor& dweights);
 
 // AdamW (decoupled weight decay) on one contiguous range; param, grad, m, v same accum dtype.
-struct AdamWParams {
-  float lr = 0, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, weight_decay = 0;
-  int64_t step = 1;  // 1-based, for bias correction
-};
 void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWParams& p);
 
 }  // namespace moe::ops

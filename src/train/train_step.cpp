@@ -22,7 +22,9 @@ StepResult Trainer::train_step() {
   r.routing = empty_routing_stats();
   std::vector<double> sums(3, 0.0);  // loss_sum, targets, aux_loss: reduced over ranks at once
   const float aux_scale = 1.0f / static_cast<float>(t.grad_accum);
-  const float loss_scale = 1.0f / static_cast<float>(t.micro_batch_size * t.grad_accum * config_.model.seq_len);
+  // The objective says how many positions of a sequence count in the loss (causal LM: all).
+  const int64_t loss_positions = model_->objective().loss_positions(config_.model.seq_len);
+  const float loss_scale = 1.0f / static_cast<float>(t.micro_batch_size * t.grad_accum * loss_positions);
   const bool collect = is_log_step(step_ + 1);
   // global_batch balance scope: every forward of the step first, then the Switch statistics of
   // the whole global batch, then the backwards (activations of all micro-batches are kept).

@@ -20,17 +20,18 @@ namespace moe {
 
 namespace {
 
-// Random tokens for benchmarks without a dataset: speed does not depend on the values.
-data::Batch synthetic_batch(uint64_t seed, int64_t step, int64_t index, int64_t rows, int64_t seq_len, int64_t vocab) {
-  data::Batch b;
-  b.rows = rows;
-  b.seq_len = seq_len;
+// Random token windows for benchmarks without a dataset: speed does not depend on the values.
+data::TokenWindows synthetic_windows(uint64_t seed, int64_t step, int64_t index, int64_t rows, int64_t seq_len,
+                                     int64_t vocab) {
+  data::TokenWindows w;
+  w.rows = rows;
+  w.seq_len = seq_len;
   data::SplitMix64 rng(seed ^ (static_cast<uint64_t>(step) * 0x9E3779B97F4A7C15ull) ^ static_cast<uint64_t>(index));
-  for (int64_t i = 0; i < rows * seq_len; ++i) {
-    b.inputs.push_back(static_cast<int32_t>(rng.below(static_cast<uint64_t>(vocab))));
-    b.targets.push_back(static_cast<int32_t>(rng.below(static_cast<uint64_t>(vocab))));
+  for (int64_t i = 0; i < rows * w.window_length(); ++i) {
+    w.tokens.push_back(static_cast<int32_t>(rng.below(static_cast<uint64_t>(vocab))));
   }
-  return b;
+  w.starts.assign(static_cast<size_t>(rows), 0);
+  return w;
 }
 
 }  // namespace
@@ -92,28 +93,19 @@ Trainer::Trainer(const Config& config, int local_rank, Communicator& world)
 
 Trainer::~Trainer() = default;
 
-data::Batch Trainer::micro_batch(int64_t step, int64_t micro) const {
+data::TokenWindows Trainer::micro_batch(int64_t step, int64_t micro) const {
   const TrainConfig& t = config_.train;
   if (!sampler_) {
     int64_t index = groups_.dp->rank() * t.grad_accum + micro;
-    return synthetic_batch(t.seed, step, index, t.micro_batch_size, config_.model.seq_len, config_.model.vocab_size);
+    return synthetic_windows(t.seed, step, index, t.micro_batch_size, config_.model.seq_len,
+                             config_.model.vocab_size);
   }
   data::DataParallelSlice slice{groups_.dp->rank(), groups_.dp->size(), t.micro_batch_size, t.grad_accum};
   return sampler_->micro_batch(step, slice, micro);
 }
 
-Batch Trainer::to_device(const data::Batch& b) const {
-  int64_t vocab = config_.model.vocab_size;
-  for (int32_t id : b.inputs) {
-    MOE_CHECK(id >= 0 && id < vocab, "token id ", id, " in the data is outside the model vocabulary (model.vocab_size = ",
-              vocab, "): the tokenizer's vocabulary is larger than the model's");
-  }
-  Batch out;
-  int64_t n = b.rows * b.seq_len;
-  out.inputs = Tensor::from_vector(b.inputs, {n}, DType::i32, device_);
-  out.targets = Tensor::from_vector(b.targets, {n}, DType::i32, device_);
-  out.batch_size = b.rows;
-  return out;
+Batch Trainer::to_device(const data::TokenWindows& windows) const {
+  return model_->objective().make_batch(windows, config_.model.vocab_size, device_);
 }
 
 bool Trainer::is_log_step(int64_t completed) const {
@@ -128,7 +120,7 @@ EvalResult Trainer::evaluate(int64_t max_batches) {
   int64_t max_windows = max_batches > 0 ? max_batches * t.micro_batch_size * replicas : 0;
   data::EvalIterator it(*val_data_, t.micro_batch_size, config_.model.seq_len, max_windows, replica, replicas);
   std::vector<double> sums(2, 0.0);
-  data::Batch b;
+  data::TokenWindows b;
   while (it.next(b)) {
     Batch batch = to_device(b);
     batch.training = false;

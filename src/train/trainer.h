@@ -64,8 +64,8 @@ class Trainer {
 
  private:
   nlohmann::json bench_breakdown(int64_t steps);
-  data::Batch micro_batch(int64_t step, int64_t micro) const;
-  Batch to_device(const data::Batch& batch) const;
+  data::TokenWindows micro_batch(int64_t step, int64_t micro) const;
+  Batch to_device(const data::TokenWindows& windows) const;  // through the model's objective
   void log_step(const StepResult& r, double lr, double step_seconds, double elapsed);
   bool is_log_step(int64_t step) const;
   void apply_global_switch(std::vector<ModelSaved>& saves, std::vector<ForwardOutput>& outs);

@@ -460,6 +460,11 @@ TEST_CASE("every range rule has its message") {
       {"model.norm_eps=0", "model.norm_eps = 0 must be positive"},
       {"model.rope_theta=-1", "model.rope_theta = -1 must be positive"},
       {"model.init_std=0", "model.init_std = 0 must be positive"},
+      {"model.objective=prefix_lm",
+       "model.objective = 'prefix_lm' is not one of: causal_lm, masked_lm, span_corruption"},
+      {"model.objective=masked_lm", "model.objective = 'masked_lm' is not implemented yet (only 'causal_lm' is)"},
+      {"model.objective=span_corruption",
+       "model.objective = 'span_corruption' is not implemented yet (only 'causal_lm' is)"},
       {"moe.num_experts=-1", "moe.num_experts = -1 must be at least 0"},
       {"moe.d_expert=0", "moe.d_expert = 0 must be positive"},
       {"moe.activation=tanh", "moe.activation = 'tanh' is not one of: \"\", relu, gelu, geglu, swiglu"},
@@ -515,6 +520,7 @@ TEST_CASE("every range rule has its message") {
   CHECK_NOTHROW(parse_set({"schedule.kind=cosine", "schedule.step_fractions=[]"}));
   REQUIRE_THROWS_WITH(parse_set({"train.device=cuda", "train.dtype=f64"}),
                       StartsWith("--set train.dtype=f64: train.dtype = 'f64' is CPU only, but train.device = 'cuda'"));
+  CHECK_NOTHROW(parse_set({"model.objective=causal_lm"}));
   CHECK_NOTHROW(parse_set({"moe.activation=", "train.dtype=bf16", "train.resume=runs/x/step_100",
                            "moe.first_dense=2", "moe.num_experts=4", "moe.top_k=4", "optim.min_lr=0.003"}));
 }

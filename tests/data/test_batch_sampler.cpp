@@ -1,5 +1,6 @@
-// Batch sampling: next-token targets, determinism, the global batch independent of the rank
-// layout (rank slices concatenate to it), uniform offsets, evaluation windows, bad inputs.
+// Batch sampling: windows of the shard, determinism, the global batch independent of the rank
+// layout (rank slices concatenate to it), uniform offsets, evaluation windows, bad inputs. The
+// targets built from the windows are tested with the objective (tests/model/test_objective.cpp).
 #include <catch2/catch.hpp>
 
 #include <map>
@@ -22,11 +23,10 @@ std::string make_shard(const TempDir& dir, const std::string& name, int64_t n) {
   return path;
 }
 
-void append(Batch& into, const Batch& part) {
+void append(TokenWindows& into, const TokenWindows& part) {
   into.rows += part.rows;
   into.seq_len = part.seq_len;
-  into.inputs.insert(into.inputs.end(), part.inputs.begin(), part.inputs.end());
-  into.targets.insert(into.targets.end(), part.targets.begin(), part.targets.end());
+  into.tokens.insert(into.tokens.end(), part.tokens.begin(), part.tokens.end());
   into.starts.insert(into.starts.end(), part.starts.begin(), part.starts.end());
 }
 
@@ -51,23 +51,23 @@ TEST_CASE("SplitMix64::below is uniform over small bounds", "[data][sampler]") {
   REQUIRE(rng.below(1) == 0);
 }
 
-TEST_CASE("inputs are windows of the shard and targets the next tokens", "[data][sampler]") {
+TEST_CASE("each sequence is a window of seq_len + 1 consecutive shard tokens", "[data][sampler]") {
   TempDir dir;
   auto ds = TokenDataset::open(make_shard(dir, "t.tok", 5000));
   BatchSampler sampler(ds, 1234, 6, 33);
-  Batch b = sampler.global(3);
+  TokenWindows b = sampler.global(3);
   REQUIRE(b.rows == 6);
   REQUIRE(b.seq_len == 33);
-  REQUIRE(b.inputs.size() == 6u * 33u);
-  REQUIRE(b.targets.size() == 6u * 33u);
+  REQUIRE(b.window_length() == 34);
+  REQUIRE(b.tokens.size() == 6u * 34u);
   for (int64_t r = 0; r < 6; ++r) {
     const int64_t start = b.starts[static_cast<size_t>(r)];
     REQUIRE(start == sampler.sequence_start(3, r));
     REQUIRE(start >= 0);
     REQUIRE(start + 33 + 1 <= 5000);
-    for (int64_t t = 0; t < 33; ++t) {
-      REQUIRE(b.inputs[static_cast<size_t>(r * 33 + t)] == static_cast<int32_t>(ds.token(start + t)));
-      REQUIRE(b.targets[static_cast<size_t>(r * 33 + t)] == static_cast<int32_t>(ds.token(start + t + 1)));
+    REQUIRE(b.window(r) == b.tokens.data() + r * 34);
+    for (int64_t t = 0; t < 34; ++t) {
+      REQUIRE(b.tokens[static_cast<size_t>(r * 34 + t)] == static_cast<int32_t>(ds.token(start + t)));
     }
   }
 }
@@ -78,18 +78,18 @@ TEST_CASE("batches are a function of (seed, step) only", "[data][sampler]") {
   BatchSampler a(ds, 77, 16, 64);
   BatchSampler b(ds, 77, 16, 64);
   // Out-of-order and repeated calls give the same batches: no hidden generator state.
-  Batch b5 = b.global(5);
-  Batch b0 = b.global(0);
-  REQUIRE(a.global(0).inputs == b0.inputs);
-  REQUIRE(a.global(5).inputs == b5.inputs);
-  REQUIRE(a.global(5).targets == b.global(5).targets);
+  TokenWindows b5 = b.global(5);
+  TokenWindows b0 = b.global(0);
+  REQUIRE(a.global(0).tokens == b0.tokens);
+  REQUIRE(a.global(5).tokens == b5.tokens);
+  REQUIRE(a.global(5).tokens == b.global(5).tokens);
   // Different steps and seeds draw different windows.
   REQUIRE(a.global(0).starts != a.global(1).starts);
   BatchSampler other_seed(ds, 78, 16, 64);
   REQUIRE(other_seed.global(0).starts != a.global(0).starts);
   // A larger global batch extends, never reshuffles, the smaller one's sequences.
   BatchSampler wider(ds, 77, 32, 64);
-  Batch wide = wider.global(5);
+  TokenWindows wide = wider.global(5);
   REQUIRE(std::vector<int64_t>(wide.starts.begin(), wide.starts.begin() + 16) == b5.starts);
 }
 
@@ -103,15 +103,15 @@ TEST_CASE("concatenated rank slices equal the one-rank global batch", "[data][sa
   };
   const std::vector<Layout> layouts = {{1, 8, 1}, {1, 1, 8}, {1, 2, 4}, {2, 4, 1}, {2, 2, 2}, {4, 1, 2}, {8, 1, 1}};
   for (int64_t step : {0, 1, 17}) {
-    const Batch reference = sampler.global(step);
+    const TokenWindows reference = sampler.global(step);
     for (const auto& layout : layouts) {
-      Batch joined;
+      TokenWindows joined;
       // Visit ranks in reverse to show no rank depends on another having drawn first.
-      std::vector<Batch> per_rank(static_cast<size_t>(layout.ranks));
+      std::vector<TokenWindows> per_rank(static_cast<size_t>(layout.ranks));
       for (int64_t r = layout.ranks - 1; r >= 0; --r) {
         DataParallelSlice slice{r, layout.ranks, layout.micro, layout.accum};
         for (int64_t k = 0; k < layout.accum; ++k) {
-          Batch micro = sampler.micro_batch(step, slice, k);
+          TokenWindows micro = sampler.micro_batch(step, slice, k);
           REQUIRE(micro.rows == layout.micro);
           append(per_rank[static_cast<size_t>(r)], micro);
         }
@@ -119,13 +119,12 @@ TEST_CASE("concatenated rank slices equal the one-rank global batch", "[data][sa
       for (const auto& part : per_rank) append(joined, part);
       INFO("step " << step << " ranks " << layout.ranks << " micro " << layout.micro << " accum " << layout.accum);
       REQUIRE(joined.rows == global_batch);
-      REQUIRE(joined.inputs == reference.inputs);
-      REQUIRE(joined.targets == reference.targets);
+      REQUIRE(joined.tokens == reference.tokens);
       REQUIRE(joined.starts == reference.starts);
     }
   }
   // Rank 1 of 2 with micro 2, accum 2 takes global sequences 4..7, micro-batch 1 = sequences 6, 7.
-  Batch m = sampler.micro_batch(0, DataParallelSlice{1, 2, 2, 2}, 1);
+  TokenWindows m = sampler.micro_batch(0, DataParallelSlice{1, 2, 2, 2}, 1);
   REQUIRE(m.starts == std::vector<int64_t>{sampler.sequence_start(0, 6), sampler.sequence_start(0, 7)});
 }
 
@@ -170,13 +169,13 @@ TEST_CASE("bad sampler inputs name the file and the numbers", "[data][sampler][e
 
 TEST_CASE("evaluation windows are fixed, non-overlapping and split evenly over ranks", "[data][eval]") {
   TempDir dir;
-  // 1001 tokens, seq_len 10: 100 windows, the last one's target is token 1000.
+  // 1001 tokens, seq_len 10: 100 windows of 11 tokens, the last one ends at token 1000.
   auto ds = TokenDataset::open(make_shard(dir, "val.tok", 1001));
   EvalIterator it(ds, 7, 10);
   REQUIRE(it.num_windows() == 100);
   REQUIRE(it.num_batches() == 15);
   std::vector<int64_t> starts;
-  Batch b;
+  TokenWindows b;
   int batches = 0;
   while (it.next(b)) {
     ++batches;
@@ -184,9 +183,8 @@ TEST_CASE("evaluation windows are fixed, non-overlapping and split evenly over r
     for (int64_t r = 0; r < b.rows; ++r) {
       const int64_t s = b.starts[static_cast<size_t>(r)];
       starts.push_back(s);
-      for (int64_t t = 0; t < 10; ++t) {
-        REQUIRE(b.inputs[static_cast<size_t>(r * 10 + t)] == static_cast<int32_t>(ds.token(s + t)));
-        REQUIRE(b.targets[static_cast<size_t>(r * 10 + t)] == static_cast<int32_t>(ds.token(s + t + 1)));
+      for (int64_t t = 0; t < 11; ++t) {
+        REQUIRE(b.tokens[static_cast<size_t>(r * 11 + t)] == static_cast<int32_t>(ds.token(s + t)));
       }
     }
   }

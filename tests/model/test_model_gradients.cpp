@@ -56,13 +56,10 @@ Config tiny_config(const Variant& v) {
 
 Batch tiny_batch(const Config& c, uint64_t seed) {
   int64_t n = 2 * c.model.seq_len;
-  Batch b;
-  b.inputs = test::random_ids(n, c.model.vocab_size, seed);
+  auto inputs = test::random_ids(n, c.model.vocab_size, seed).to_vector<int32_t>();
   auto targets = test::random_ids(n, c.model.vocab_size, seed + 1).to_vector<int32_t>();
   targets[3] = -1;  // one ignored target
-  b.targets = Tensor::from_vector(targets, {n}, DType::i32);
-  b.batch_size = 2;
-  return b;
+  return make_batch(inputs, targets, 2, Device::cpu());
 }
 
 // The routing of every MoE layer after capacity (what dispatch used), concatenated.

@@ -99,7 +99,7 @@ std::vector<float> values(const Model& m, const std::string& name) {
 // Logits of a fixed batch of 4 random sequences.
 std::vector<double> logits_of(const Model& m) {
   const int64_t batch = 4, seq = m.config().seq_len;
-  Tensor tokens = test::random_ids(batch * seq, m.config().vocab_size, 17);
+  std::vector<int32_t> tokens = test::random_ids(batch * seq, m.config().vocab_size, 17).to_vector<int32_t>();
   return m.logits(tokens, batch).to_vector<double>();
 }
 

@@ -95,11 +95,8 @@ Config tiny_config(double max_norm) {
 Batch rank_batch(const ModelConfig& m, int rank, int step) {
   const int64_t rows = 2, n = rows * m.seq_len;
   uint64_t seed = 1000u * static_cast<uint64_t>(step) + 17u * static_cast<uint64_t>(rank) + 3u;
-  Batch b;
-  b.inputs = test::random_ids(n, m.vocab_size, seed);
-  b.targets = test::random_ids(n, m.vocab_size, seed + 500);
-  b.batch_size = rows;
-  return b;
+  return make_batch(test::random_ids(n, m.vocab_size, seed).to_vector<int32_t>(),
+                    test::random_ids(n, m.vocab_size, seed + 500).to_vector<int32_t>(), rows, Device::cpu());
 }
 
 // Accumulates the gradients of this batch's mean token loss (plus the balancing loss).

@@ -1,0 +1,34 @@
+// Batches: host ids copied once to the device, and the check that every batch carries its host
+// ids (a forward never copies token ids device -> host).
+#include "src/model/batch.h"
+
+#include <utility>
+
+namespace moe {
+
+Batch make_batch(std::vector<int32_t> inputs, std::vector<int32_t> targets, int64_t batch_size, Device device) {
+  const auto n = static_cast<int64_t>(inputs.size());
+  MOE_CHECK(batch_size > 0 && n % batch_size == 0, "batch: ", n, " token ids are not ", batch_size,
+            " sequences of equal length");
+  MOE_CHECK(targets.empty() || targets.size() == inputs.size(), "batch: ", targets.size(), " targets for ", n,
+            " inputs");
+  Batch b;
+  b.batch_size = batch_size;
+  b.inputs = Tensor::from_vector(inputs, {n}, DType::i32, device);
+  if (!targets.empty()) b.targets = Tensor::from_vector(targets, {n}, DType::i32, device);
+  b.host_inputs = std::move(inputs);
+  b.host_targets = std::move(targets);
+  return b;
+}
+
+void check_host_ids(const Batch& batch) {
+  MOE_CHECK(static_cast<int64_t>(batch.host_inputs.size()) == batch.inputs.numel(), "batch: ",
+            batch.host_inputs.size(), " host token ids for ", batch.inputs.numel(),
+            " device ids (make batches with make_batch, which keeps the host ids)");
+  const int64_t num_targets = batch.targets.defined() ? batch.targets.numel() : 0;
+  MOE_CHECK(static_cast<int64_t>(batch.host_targets.size()) == num_targets, "batch: ", batch.host_targets.size(),
+            " host targets for ", num_targets, " device targets (make batches with make_batch, which keeps the "
+            "host ids)");
+}
+
+}  // namespace moe

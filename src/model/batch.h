@@ -1,0 +1,32 @@
+// One micro-batch as the model runs it: the token ids on the host (as the sampler gave them)
+// and on the model's device, the targets, and the flags of this forward pass.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "src/tensor/tensor.h"
+
+namespace moe {
+
+struct Batch {
+  int64_t batch_size = 0;  // sequences of model.seq_len positions
+  // The ids on the host, kept so that no forward reads them back from the device: hash routers
+  // route on these (RouteInputs points at them).
+  std::vector<int32_t> host_inputs;   // [B*S]
+  std::vector<int32_t> host_targets;  // [B*S]; empty when the batch has no targets
+  Tensor inputs;   // i32[B*S] on the model's device: host_inputs
+  Tensor targets;  // i32[B*S]: host_targets; negative = not counted in the loss; undefined = no loss
+  bool training = true;        // noisy gating draws noise only in training
+  uint64_t noise_seed = 0;     // distinct per (step, micro-batch) in training
+  bool collect_stats = false;  // router entropy for the metrics (costs a host copy)
+};
+
+// A batch of batch_size sequences from host ids (targets empty: no loss), copied once to `device`.
+Batch make_batch(std::vector<int32_t> inputs, std::vector<int32_t> targets, int64_t batch_size, Device device);
+
+// Checks that the host ids are those of the device tensors (their counts; the values are not
+// read back): the error names what is missing.
+void check_host_ids(const Batch& batch);
+
+}  // namespace moe

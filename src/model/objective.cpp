@@ -1,0 +1,69 @@
+// Objectives: the causal language model (inputs are a window's first seq_len tokens, targets
+// the token after each, every position counts, causal attention) and the kind names.
+#include "src/model/objective.h"
+
+#include <algorithm>
+#include <utility>
+
+namespace moe {
+
+namespace {
+
+constexpr ObjectiveKind k_kinds[] = {ObjectiveKind::causal_lm, ObjectiveKind::masked_lm,
+                                     ObjectiveKind::span_corruption};
+
+class CausalLm final : public Objective {
+ public:
+  ObjectiveKind kind() const override { return ObjectiveKind::causal_lm; }
+  AttentionMask attention_mask() const override { return AttentionMask::causal; }
+
+  // targets[r*S + t] = window[r][t + 1], the token after inputs[r*S + t] = window[r][t].
+  void build(const data::TokenWindows& w, std::vector<int32_t>& inputs, std::vector<int32_t>& targets) const override {
+    inputs.resize(static_cast<size_t>(w.rows * w.seq_len));
+    targets.resize(inputs.size());
+    for (int64_t r = 0; r < w.rows; ++r) {
+      const int32_t* window = w.window(r);
+      std::copy(window, window + w.seq_len, inputs.begin() + r * w.seq_len);
+      std::copy(window + 1, window + 1 + w.seq_len, targets.begin() + r * w.seq_len);
+    }
+  }
+
+  int64_t loss_positions(int64_t seq_len) const override { return seq_len; }
+};
+
+}  // namespace
+
+const char* objective_name(ObjectiveKind kind) {
+  switch (kind) {
+    case ObjectiveKind::causal_lm: return "causal_lm";
+    case ObjectiveKind::masked_lm: return "masked_lm";
+    case ObjectiveKind::span_corruption: return "span_corruption";
+  }
+  return "?";
+}
+
+ObjectiveKind objective_kind(const std::string& name) {
+  for (ObjectiveKind kind : k_kinds) {
+    if (name == objective_name(kind)) return kind;
+  }
+  MOE_FAIL("unknown model.objective '", name, "' (expected causal_lm, masked_lm or span_corruption)");
+}
+
+std::unique_ptr<Objective> make_objective(ObjectiveKind kind) {
+  if (kind == ObjectiveKind::causal_lm) return std::make_unique<CausalLm>();
+  MOE_FAIL("model.objective = '", objective_name(kind), "' is not implemented yet (only 'causal_lm' is)");
+}
+
+Batch Objective::make_batch(const data::TokenWindows& windows, int64_t vocab_size, Device device) const {
+  MOE_CHECK(static_cast<int64_t>(windows.tokens.size()) == windows.rows * windows.window_length(), "objective: ",
+            windows.tokens.size(), " tokens are not ", windows.rows, " windows of ", windows.window_length());
+  for (int32_t id : windows.tokens) {
+    MOE_CHECK(id >= 0 && id < vocab_size, "token id ", id, " in the data is outside the model vocabulary "
+              "(model.vocab_size = ", vocab_size, "): the tokenizer's vocabulary is larger than the model's");
+  }
+  std::vector<int32_t> inputs, targets;
+  build(windows, inputs, targets);
+  return moe::make_batch(std::move(inputs), std::move(targets), windows.rows, device);
+}
+
+}  // namespace moe
