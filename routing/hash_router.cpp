@@ -15,6 +15,20 @@ constexpr uint64_t k_bigram_sentinel = 0xFFFFFFFFull;
 
 }  // namespace
 
+std::unique_ptr<Router> make_hash_router(ParamStore&, const std::string&, const MoeConfig& moe,
+                                         const RouterSpec& spec) {
+  HashRouterOptions h;
+  h.kind = hash_kind_from_name(moe.hash_kind);
+  h.num_experts = spec.num_experts;
+  h.vocab_size = spec.vocab_size;
+  h.table_path = moe.hash_table;
+  h.seed = moe.hash_seed;
+  h.layer_index = spec.layer;
+  h.per_layer = moe.hash_per_layer;
+  h.allow_oracle = moe.hash_allow_oracle;
+  return std::make_unique<HashRouter>(h);
+}
+
 HashRouter::HashRouter(const HashRouterOptions& options) { init(options, nullptr); }
 
 HashRouter::HashRouter(const HashRouterOptions& options, std::shared_ptr<const HashTable> table) {

@@ -69,4 +69,8 @@ class HashRouter : public Router {
   std::shared_ptr<const HashTable> table_;
 };
 
+// RouterFactory of the hash kind (routing/router_registry.cpp): moe.hash_* and the layer index.
+std::unique_ptr<Router> make_hash_router(ParamStore& store, const std::string& prefix, const MoeConfig& moe,
+                                         const RouterSpec& spec);
+
 }  // namespace moe

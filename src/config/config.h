@@ -38,7 +38,7 @@ struct MoeConfig {                // [moe]
   double aux_loss_coef = 0.01;    // Switch load-balancing loss alpha
   std::string balance_scope = "micro_batch";  // Switch f_i, P_i over: micro_batch (per rank) | global_batch
   // Routing (docs/config.md has the exact definitions).
-  std::string router = "softmax_topk";  // softmax_topk | topk_softmax | sigmoid | noisy_topk | expert_choice | hash
+  std::string router = "softmax_topk";  // a kind of src/config/router_kinds.cpp (docs/config.md lists them)
   std::vector<std::string> layer_routers;  // per MoE layer (in layer order), overriding router; [] = all use router
   int64_t num_groups = 0;         // group-limited routing: contiguous expert groups (0 = off)
   int64_t top_groups = 0;         // groups a token may use
@@ -50,7 +50,7 @@ struct MoeConfig {                // [moe]
   bool shared_gate = false;       // Qwen2-MoE: shared output times sigmoid(x . w_gate)
   double expert_bias_rate = 0.0;  // aux-loss-free balancing gamma (0 = off)
   double importance_loss_coef = 0.0;
-  double load_loss_coef = 0.0;    // needs router = "noisy_topk"
+  double load_loss_coef = 0.0;    // needs a router with gating noise in every MoE layer
   double z_loss_coef = 0.0;
   double seq_aux_loss_coef = 0.0;
   double device_loss_coef = 0.0;
