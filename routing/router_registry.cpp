@@ -6,6 +6,7 @@
 
 #include "routing/expert_choice_router.h"
 #include "routing/hash_router.h"
+#include "routing/multihash_router.h"
 #include "routing/topk_router.h"
 #include "src/config/router_kinds.h"
 
@@ -19,6 +20,7 @@ const std::vector<RouterEntry>& router_entries() {
       {"noisy_topk", make_noisy_topk_router},
       {"expert_choice", make_expert_choice_router},
       {"hash", make_hash_router},
+      {"multihash", make_multihash_router},
   };
   return entries;
 }

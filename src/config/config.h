@@ -60,6 +60,7 @@ struct MoeConfig {                // [moe]
   bool hash_per_layer = false;    // a different table per hashed layer (seed mixed with the layer)
   bool hash_allow_oracle = false; // required for the future-token oracle
   uint64_t hash_seed = 0;
+  int64_t hash_count = 2;         // router = "multihash": hashes per token, each picking one expert
 
   bool operator==(const MoeConfig&) const = default;
 };

@@ -123,6 +123,7 @@ void validate_routing(const MoeConfig& e, const ModelConfig& m, const KeyOrigins
   check_at_least(at, "moe.num_shared_experts", e.num_shared_experts, 0);
   check_at_least(at, "moe.d_shared", e.d_shared, 0);
   check_at_least(at, "moe.device_groups", e.device_groups, 0);
+  check_at_least(at, "moe.hash_count", e.hash_count, 1);
   for (auto [key, value] : {std::pair{"moe.capacity_factor", e.capacity_factor},
                             {"moe.expert_bias_rate", e.expert_bias_rate},
                             {"moe.importance_loss_coef", e.importance_loss_coef},

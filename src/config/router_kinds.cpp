@@ -30,6 +30,8 @@ const std::vector<RouterKind>& router_kinds() {
        .experts_per_token = [](const MoeConfig& m, const MoeShape&) { return m.capacity_factor; }},
       {.name = "hash", .hashed = true, .capacity_dropping = true,
        .experts_per_token = [](const MoeConfig&, const MoeShape&) { return 1.0; }},
+      {.name = "multihash", .hashed = true, .capacity_dropping = true, .k_key = "moe.hash_count",
+       .experts_per_token = [](const MoeConfig& m, const MoeShape&) { return static_cast<double>(m.hash_count); }},
   };
   return kinds;
 }
