@@ -83,8 +83,8 @@ Tensor MoeLayer::routed_forward(const Tensor& x, const RouteInputs& inputs, MoeL
   saved.ids = routing.ids;
   saved.weights = routing.weights;
   saved.stats = {};
-  // Expert choice has its capacity built in; token-choice routers drop beyond C*k*T/E.
-  if (config_.capacity_factor > 0 && router_->name() != "expert_choice") {
+  // Token-choice routers drop beyond C*k*T/E; expert choice has its capacity built in.
+  if (config_.capacity_factor > 0 && router_->capacity_dropping()) {
     const int64_t tokens = x.size(0), k = router_->slots_per_token();
     auto capacity = static_cast<int64_t>(
         std::ceil(config_.capacity_factor * static_cast<double>(k * tokens) / static_cast<double>(config_.num_experts)));

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <sstream>
 
+#include "src/config/moe_shape.h"
 #include "src/util/check.h"
 
 namespace moe {
@@ -84,7 +85,7 @@ void check_expert_parallel(const ParallelConfig& parallel, const MoeConfig& moe)
   if (parallel.ep == 1) return;
   MOE_CHECK(moe.num_experts > 0, "parallel.ep = ", parallel.ep,
             " needs an MoE model, but moe.num_experts = 0 (a dense model has no experts to spread)");
-  const int64_t routed = moe.num_experts * moe.granularity;
+  const int64_t routed = moe_shape(moe).num_experts;
   MOE_CHECK(routed % parallel.ep == 0, "parallel.ep = ", parallel.ep, " does not divide the number of routed experts ",
             routed, " (moe.num_experts = ", moe.num_experts, " x moe.granularity = ", moe.granularity,
             "): each EP rank must own the same number of experts");

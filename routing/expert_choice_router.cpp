@@ -18,6 +18,12 @@ ops::TopKOptions softmax_only() {
 }
 }  // namespace
 
+std::unique_ptr<Router> make_expert_choice_router(ParamStore& store, const std::string& prefix, const MoeConfig& moe,
+                                                  const RouterSpec& spec) {
+  return std::make_unique<ExpertChoiceRouter>(store, prefix, spec.d_model, spec.num_experts, moe.capacity_factor,
+                                              spec.init_std);
+}
+
 ExpertChoiceRouter::ExpertChoiceRouter(ParamStore& store, const std::string& prefix, int64_t d_model,
                                        int64_t num_experts, double capacity_factor, double init_std)
     : store_(&store), num_experts_(num_experts), capacity_factor_(capacity_factor) {

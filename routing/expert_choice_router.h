@@ -13,6 +13,9 @@ class ExpertChoiceRouter : public Router {
                      double capacity_factor, double init_std);
   int64_t num_experts() const override { return num_experts_; }
   int64_t slots_per_token() const override { return num_experts_; }
+  // c*T/E tokens per expert are c experts per token on average.
+  double experts_per_token() const override { return capacity_factor_; }
+  bool capacity_dropping() const override { return false; }  // its capacity is built in
   std::string name() const override { return "expert_choice"; }
   // Tokens per expert for a batch of T tokens: ceil(c * T / E), at most T.
   int64_t capacity(int64_t tokens) const;
@@ -26,5 +29,9 @@ class ExpertChoiceRouter : public Router {
   double capacity_factor_;
   ParamId weight_ = -1;
 };
+
+// RouterFactory of the expert_choice kind (routing/router_registry.cpp).
+std::unique_ptr<Router> make_expert_choice_router(ParamStore& store, const std::string& prefix, const MoeConfig& moe,
+                                                  const RouterSpec& spec);
 
 }  // namespace moe

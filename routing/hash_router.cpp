@@ -15,6 +15,20 @@ constexpr uint64_t k_bigram_sentinel = 0xFFFFFFFFull;
 
 }  // namespace
 
+std::unique_ptr<Router> make_hash_router(ParamStore&, const std::string&, const MoeConfig& moe,
+                                         const RouterSpec& spec) {
+  HashRouterOptions h;
+  h.kind = hash_kind_from_name(moe.hash_kind);
+  h.num_experts = spec.num_experts;
+  h.vocab_size = spec.vocab_size;
+  h.table_path = moe.hash_table;
+  h.seed = moe.hash_seed;
+  h.layer_index = spec.layer;
+  h.per_layer = moe.hash_per_layer;
+  h.allow_oracle = moe.hash_allow_oracle;
+  return std::make_unique<HashRouter>(h);
+}
+
 HashRouter::HashRouter(const HashRouterOptions& options) { init(options, nullptr); }
 
 HashRouter::HashRouter(const HashRouterOptions& options, std::shared_ptr<const HashTable> table) {
@@ -148,17 +162,21 @@ std::vector<int32_t> HashRouter::expert_ids(int64_t num_tokens, const RouteInput
   return ids;
 }
 
+Tensor constant_weights(int64_t rows, int64_t cols, double value, const Tensor& like) {
+  const DType accum = ops::accum_dtype(like.dtype());
+  const auto n = static_cast<size_t>(rows * cols);
+  if (accum == DType::f64) {
+    return Tensor::from_vector(std::vector<double>(n, value), {rows, cols}, accum, like.device());
+  }
+  return Tensor::from_vector(std::vector<float>(n, static_cast<float>(value)), {rows, cols}, accum, like.device());
+}
+
 Routing HashRouter::route(const Tensor& x, const RouteInputs& inputs, RouterSaved& saved) const {
   MOE_CHECK(x.ndim() == 2, name(), ": x must be [T,d], got ", shape_str(x.shape()));
   const int64_t n = x.size(0);
   Routing r;
   r.ids = Tensor::from_vector(expert_ids(n, inputs), {n, 1}, DType::i32, x.device());
-  DType accum = ops::accum_dtype(x.dtype());
-  if (accum == DType::f64) {
-    r.weights = Tensor::from_vector(std::vector<double>(static_cast<size_t>(n), 1.0), {n, 1}, accum, x.device());
-  } else {
-    r.weights = Tensor::from_vector(std::vector<float>(static_cast<size_t>(n), 1.0f), {n, 1}, accum, x.device());
-  }
+  r.weights = constant_weights(n, 1, 1.0, x);
   saved.routing = r;
   return r;
 }

@@ -69,4 +69,12 @@ class HashRouter : public Router {
   std::shared_ptr<const HashTable> table_;
 };
 
+// Combine weights accum(like)[rows, cols], every one `value`, on like's device: the fixed weights
+// of the parameter-free routers (1 for hash, 1/N for multihash).
+Tensor constant_weights(int64_t rows, int64_t cols, double value, const Tensor& like);
+
+// RouterFactory of the hash kind (routing/router_registry.cpp): moe.hash_* and the layer index.
+std::unique_ptr<Router> make_hash_router(ParamStore& store, const std::string& prefix, const MoeConfig& moe,
+                                         const RouterSpec& spec);
+
 }  // namespace moe

@@ -4,9 +4,11 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "src/config/config.h"
 #include "src/nn/param_store.h"
 
 namespace moe {
@@ -53,10 +55,31 @@ class Router {
   virtual int64_t num_experts() const = 0;
   // Slots per token in Routing::ids (k; E for expert choice).
   virtual int64_t slots_per_token() const = 0;
+  // The experts a token really uses, on average (active parameters and MFU count these): its
+  // slots for token choice; the capacity factor for expert choice.
+  virtual double experts_per_token() const { return static_cast<double>(slots_per_token()); }
+  // Whether a token-choice capacity (moe.capacity_factor > 0) drops slots of this router; false
+  // where the router has a capacity of its own (expert choice).
+  virtual bool capacity_dropping() const { return true; }
+  // The aux-loss-free selection-bias buffer [E] (moe.expert_bias_rate), or -1 where there is none.
+  virtual ParamId expert_bias_id() const { return -1; }
   virtual std::string name() const = 0;
   virtual Routing route(const Tensor& x, const RouteInputs& inputs, RouterSaved& saved) const = 0;
   // Adds the router's input gradient into dx[T,d] and accumulates its parameter gradients.
   virtual void backward(const RouterSaved& saved, const RouterGrads& grads, Tensor& dx) const = 0;
 };
+
+// What a router factory gets besides [moe]: the layer's shape (src/config/moe_shape.h) and place.
+struct RouterSpec {
+  int64_t d_model = 0, vocab_size = 0;
+  int64_t num_experts = 0, top_k = 0;  // after fine-grained segmentation (MoeShape)
+  int64_t layer = 0;                   // the model layer (hash tables per layer)
+  double init_std = 0.02;
+};
+
+// Builds one router kind from [moe] (moe.router already this layer's); routing/router_registry.cpp
+// holds one per kind of src/config/router_kinds.cpp.
+using RouterFactory = std::unique_ptr<Router> (*)(ParamStore& store, const std::string& prefix, const MoeConfig& moe,
+                                                  const RouterSpec& spec);
 
 }  // namespace moe

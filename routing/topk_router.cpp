@@ -28,6 +28,52 @@ void router_projection_backward(const Tensor& x, const Tensor& w, const Tensor& 
   linear_backward(x, w, d, dw, dx, true);
 }
 
+namespace {
+
+TopKRouterOptions options_from(const MoeConfig& moe, const RouterSpec& spec) {
+  TopKRouterOptions o;
+  o.d_model = spec.d_model;
+  o.num_experts = spec.num_experts;
+  o.init_std = spec.init_std;
+  o.topk.k = spec.top_k;
+  o.topk.num_groups = moe.num_groups;
+  o.topk.top_groups = moe.top_groups;
+  o.expert_bias = moe.expert_bias_rate > 0;
+  return o;
+}
+
+}  // namespace
+
+std::unique_ptr<Router> make_softmax_topk_router(ParamStore& store, const std::string& prefix, const MoeConfig& moe,
+                                                 const RouterSpec& spec) {
+  TopKRouterOptions o = options_from(moe, spec);
+  o.topk.renormalize = moe.renormalize;
+  return std::make_unique<TopKRouter>(store, prefix, o);
+}
+
+std::unique_ptr<Router> make_topk_softmax_router(ParamStore& store, const std::string& prefix, const MoeConfig& moe,
+                                                 const RouterSpec& spec) {
+  TopKRouterOptions o = options_from(moe, spec);
+  o.topk.softmax_after_topk = true;
+  return std::make_unique<TopKRouter>(store, prefix, o);
+}
+
+std::unique_ptr<Router> make_sigmoid_router(ParamStore& store, const std::string& prefix, const MoeConfig& moe,
+                                            const RouterSpec& spec) {
+  TopKRouterOptions o = options_from(moe, spec);
+  o.topk.score = ops::ScoreFunction::sigmoid;
+  o.topk.renormalize = true;
+  return std::make_unique<TopKRouter>(store, prefix, o);
+}
+
+std::unique_ptr<Router> make_noisy_topk_router(ParamStore& store, const std::string& prefix, const MoeConfig& moe,
+                                               const RouterSpec& spec) {
+  TopKRouterOptions o = options_from(moe, spec);
+  o.noisy = true;
+  o.topk.softmax_after_topk = true;
+  return std::make_unique<TopKRouter>(store, prefix, o);
+}
+
 TopKRouter::TopKRouter(ParamStore& store, const std::string& prefix, const TopKRouterOptions& options)
     : store_(&store), options_(options) {
   const int64_t d = options.d_model, e = options.num_experts;

@@ -26,8 +26,7 @@ class TopKRouter : public Router {
   // x[T,d] -> ids i32[T,k], weights[T,k], scores[T,E], logits[T,E]
   Routing route(const Tensor& x, const RouteInputs& inputs, RouterSaved& saved) const override;
   void backward(const RouterSaved& saved, const RouterGrads& grads, Tensor& dx) const override;
-  // The selection bias buffer (undefined without expert_bias).
-  ParamId bias_id() const { return bias_; }
+  ParamId expert_bias_id() const override { return bias_; }
 
  private:
   ParamStore* store_;
@@ -40,5 +39,16 @@ Tensor standard_normal(int64_t rows, int64_t cols, uint64_t seed, DType dtype, D
 // dx[T,d] += dlogits[T,E] @ w^T and dw[d,E] += x^T dlogits, with dlogits (accum dtype) cast to
 // the compute dtype of x first. Shared by every router with a learned projection.
 void router_projection_backward(const Tensor& x, const Tensor& w, const Tensor& dlogits, Tensor& dw, Tensor& dx);
+
+// The factories of the four token-choice kinds (RouterFactory; routing/router_registry.cpp).
+// Each passes the layer's k (spec.top_k), groups and expert bias (moe.expert_bias_rate > 0) on.
+std::unique_ptr<Router> make_softmax_topk_router(ParamStore& store, const std::string& prefix, const MoeConfig& moe,
+                                                 const RouterSpec& spec);  // renormalised as moe.renormalize says
+std::unique_ptr<Router> make_topk_softmax_router(ParamStore& store, const std::string& prefix, const MoeConfig& moe,
+                                                 const RouterSpec& spec);
+std::unique_ptr<Router> make_sigmoid_router(ParamStore& store, const std::string& prefix, const MoeConfig& moe,
+                                            const RouterSpec& spec);
+std::unique_ptr<Router> make_noisy_topk_router(ParamStore& store, const std::string& prefix, const MoeConfig& moe,
+                                               const RouterSpec& spec);
 
 }  // namespace moe

@@ -40,7 +40,7 @@ struct MoeConfig {                // [moe]
   std::string balance_scope = "micro_batch";  // Switch f_i, P_i over: micro_batch (per rank) | global_batch
   std::string aux_count = "routed";  // Switch f_i counts: routed (before capacity dropping) | kept
   // Routing (docs/config.md has the exact definitions).
-  std::string router = "softmax_topk";  // softmax_topk | topk_softmax | sigmoid | noisy_topk | expert_choice | hash
+  std::string router = "softmax_topk";  // a kind of src/config/router_kinds.cpp (docs/config.md lists them)
   std::vector<std::string> layer_routers;  // per MoE layer (in layer order), overriding router; [] = all use router
   int64_t num_groups = 0;         // group-limited routing: contiguous expert groups (0 = off)
   int64_t top_groups = 0;         // groups a token may use
@@ -52,7 +52,7 @@ struct MoeConfig {                // [moe]
   bool shared_gate = false;       // Qwen2-MoE: shared output times sigmoid(x . w_gate)
   double expert_bias_rate = 0.0;  // aux-loss-free balancing gamma (0 = off)
   double importance_loss_coef = 0.0;
-  double load_loss_coef = 0.0;    // needs router = "noisy_topk"
+  double load_loss_coef = 0.0;    // needs a router with gating noise in every MoE layer
   double z_loss_coef = 0.0;
   double seq_aux_loss_coef = 0.0;
   double device_loss_coef = 0.0;
@@ -63,6 +63,7 @@ struct MoeConfig {                // [moe]
   bool hash_allow_oracle = false; // required for the future-token oracle
   uint64_t hash_seed = 0;
   std::string experts_impl = "auto"; // auto (the fastest registered) | loop; checked where the layers are built
+  int64_t hash_count = 2;         // router = "multihash": hashes per token, each picking one expert
 
   bool operator==(const MoeConfig&) const = default;
 };

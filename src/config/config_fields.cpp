@@ -38,7 +38,8 @@ void add_moe_fields(MoeConfig& m, std::vector<Field>& out) {
                          {s, "device_loss_coef", &m.device_loss_coef}, {s, "device_groups", &m.device_groups},
                          {s, "hash_kind", &m.hash_kind},     {s, "hash_table", &m.hash_table},
                          {s, "hash_per_layer", &m.hash_per_layer}, {s, "hash_allow_oracle", &m.hash_allow_oracle},
-                         {s, "hash_seed", &m.hash_seed},     {s, "experts_impl", &m.experts_impl}});
+                         {s, "hash_seed", &m.hash_seed},     {s, "hash_count", &m.hash_count},
+                         {s, "experts_impl", &m.experts_impl}});
 }
 
 void add_train_fields(TrainConfig& t, std::vector<Field>& out) {

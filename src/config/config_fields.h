@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "src/config/config.h"
+#include "src/config/router_kinds.h"
 
 namespace moe::config_internal {
 
@@ -44,5 +45,9 @@ struct KeyOrigins {
 
 // validate_config with error messages located through `origins`.
 void validate_config_at(const Config& config, const KeyOrigins& origins);
+// The rules that depend on what the MoE layers' router kinds can do (`kinds`: those in use,
+// router_kinds_in_use), part of validate_config_at for MoE models.
+void validate_router_kinds(const std::vector<const RouterKind*>& kinds, const Config& config,
+                           const KeyOrigins& origins);
 
 }  // namespace moe::config_internal

@@ -8,6 +8,8 @@
 
 #include "src/config/config.h"
 #include "src/config/config_fields.h"
+#include "src/config/moe_shape.h"
+#include "src/config/router_kinds.h"
 #include "src/util/check.h"
 
 namespace moe {
@@ -99,10 +101,14 @@ void validate_model(const ModelConfig& m, const KeyOrigins& at) {
   check_positive(at, "model.init_std", m.init_std);
 }
 
+void check_router_name(const KeyOrigins& at, const char* key, const std::string& value) {
+  MOE_CHECK(find_router_kind(value) != nullptr, at.prefix({key}), key, " = '", value, "' is not one of: ",
+            router_kind_names());
+}
+
 void validate_routing(const MoeConfig& e, const ModelConfig& m, const KeyOrigins& at) {
-  const auto routers = {"softmax_topk", "topk_softmax", "sigmoid", "noisy_topk", "expert_choice", "hash"};
-  check_choice(at, "moe.router", e.router, routers);
-  for (const std::string& r : e.layer_routers) check_choice(at, "moe.layer_routers", r, routers);
+  check_router_name(at, "moe.router", e.router);
+  for (const std::string& r : e.layer_routers) check_router_name(at, "moe.layer_routers", r);
   if (!e.layer_routers.empty()) {
     int64_t moe_layers = 0;
     for (int64_t i = e.first_dense; i < m.num_layers; ++i) moe_layers += (i - e.first_dense + 1) % e.every == 0;
@@ -121,6 +127,7 @@ void validate_routing(const MoeConfig& e, const ModelConfig& m, const KeyOrigins
   check_at_least(at, "moe.num_shared_experts", e.num_shared_experts, 0);
   check_at_least(at, "moe.d_shared", e.d_shared, 0);
   check_at_least(at, "moe.device_groups", e.device_groups, 0);
+  check_at_least(at, "moe.hash_count", e.hash_count, 1);
   for (auto [key, value] : {std::pair{"moe.capacity_factor", e.capacity_factor},
                             {"moe.expert_bias_rate", e.expert_bias_rate},
                             {"moe.importance_loss_coef", e.importance_loss_coef},
@@ -130,9 +137,10 @@ void validate_routing(const MoeConfig& e, const ModelConfig& m, const KeyOrigins
     check_non_negative(at, key, value);
   }
   if (e.num_experts == 0) return;
-  const int64_t experts = e.num_experts * e.granularity, k = e.top_k * e.granularity;
   MOE_CHECK(e.d_expert % e.granularity == 0, at.prefix({"moe.granularity", "moe.d_expert"}), "moe.d_expert = ",
             e.d_expert, " is not divisible by moe.granularity = ", e.granularity);
+  const MoeShape shape = moe_shape(e);
+  const int64_t experts = shape.num_experts, k = shape.top_k;
   MOE_CHECK(e.num_groups == 0 || (experts % e.num_groups == 0 && e.top_groups >= 1 && e.top_groups <= e.num_groups),
             at.prefix({"moe.num_groups", "moe.top_groups"}), "group-limited routing needs moe.num_groups dividing the ",
             experts, " experts and 1 <= moe.top_groups <= moe.num_groups (got ", e.num_groups, " and ", e.top_groups,
@@ -140,30 +148,9 @@ void validate_routing(const MoeConfig& e, const ModelConfig& m, const KeyOrigins
   MOE_CHECK(e.num_groups == 0 || k <= experts / e.num_groups * e.top_groups, at.prefix({"moe.top_k", "moe.top_groups"}),
             "moe.top_k = ", k, " is more than the ", experts / e.num_groups * e.top_groups,
             " experts of moe.top_groups groups");
-  auto uses = [&e](const char* router) {
-    return e.router == router || std::find(e.layer_routers.begin(), e.layer_routers.end(), router) != e.layer_routers.end();
-  };
-  MOE_CHECK(!uses("expert_choice") || e.capacity_factor > 0, at.prefix({"moe.capacity_factor", "moe.router"}),
-            "moe.router = \"expert_choice\" needs moe.capacity_factor > 0 (each expert takes c*T/E tokens)");
-  MOE_CHECK(e.load_loss_coef == 0 || (e.router == "noisy_topk" && !uses("softmax_topk") && !uses("topk_softmax") &&
-                                      !uses("sigmoid") && !uses("expert_choice") && !uses("hash")), at.prefix({"moe.load_loss_coef", "moe.router"}),
-            "moe.load_loss_coef needs moe.router = \"noisy_topk\" (the load estimator uses the gating noise)");
   MOE_CHECK(e.device_loss_coef == 0 || (e.device_groups > 0 && experts % e.device_groups == 0),
             at.prefix({"moe.device_groups", "moe.device_loss_coef"}), "moe.device_loss_coef needs moe.device_groups "
             "dividing the ", experts, " experts");
-  MOE_CHECK(e.balance_scope == "micro_batch" ||
-                (e.importance_loss_coef == 0 && e.load_loss_coef == 0 && e.z_loss_coef == 0 &&
-                 e.seq_aux_loss_coef == 0 && e.device_loss_coef == 0 && !uses("hash") && !uses("expert_choice")),
-            at.prefix({"moe.balance_scope"}), "moe.balance_scope = \"global_batch\" applies to the Switch loss "
-            "(moe.aux_loss_coef) alone: turn the other balancing losses off, and use a token-choice router");
-  MOE_CHECK(!uses("hash") || e.hash_kind != "oracle" || e.hash_allow_oracle,
-            at.prefix({"moe.hash_kind", "moe.hash_allow_oracle"}),
-            "moe.hash_kind = \"oracle\" routes on the target token and leaks the answer: set "
-            "moe.hash_allow_oracle = true to run it as an upper-bound probe");
-  MOE_CHECK(!uses("hash") || !(e.hash_kind == "balanced" || e.hash_kind == "clustering" ||
-                                    e.hash_kind == "dispersed") || !e.hash_table.empty(),
-            at.prefix({"moe.hash_table", "moe.hash_kind"}), "moe.hash_kind = \"", e.hash_kind,
-            "\" needs moe.hash_table (build it with `moe hash-table`)");
 }
 
 void validate_moe(const MoeConfig& e, const ModelConfig& m, const KeyOrigins& at) {
@@ -229,8 +216,8 @@ void validate_tensor_parallel(const Config& c, const KeyOrigins& at) {
   check_tp_divides(at, "model.d_ff", m.d_ff, tp, "the dense FFN hidden width is split over the tensor-parallel ranks");
   if (e.num_experts == 0) return;
   if (e.num_shared_experts > 0) {
-    const int64_t each = e.d_shared > 0 ? e.d_shared : e.d_expert / e.granularity;
-    const int64_t width = e.num_shared_experts * each;
+    const MoeShape shape = moe_shape(e);
+    const int64_t each = shape.d_shared, width = shape.shared_width();
     MOE_CHECK(width % tp == 0, at.prefix({"moe.num_shared_experts", "moe.d_shared", "parallel.tp"}),
               "the shared experts' width moe.num_shared_experts * ", e.d_shared > 0 ? "moe.d_shared" :
               "(moe.d_expert / moe.granularity)", " = ", e.num_shared_experts, " * ", each, " = ", width,
@@ -314,14 +301,78 @@ void validate_schedule(const ScheduleConfig& s, const KeyOrigins& at) {
   check_unit(at, "schedule.decay_fraction", s.decay_fraction, true, false);
 }
 
+// `moe.router = "x"` or `moe.layer_routers = ["x", "y"]`: the routers in use, as configured.
+std::string routers_text(const MoeConfig& e) {
+  if (e.layer_routers.empty()) return "moe.router = \"" + e.router + "\"";
+  std::string out = "moe.layer_routers = [";
+  for (size_t i = 0; i < e.layer_routers.size(); ++i) out += (i ? ", \"" : "\"") + e.layer_routers[i] + "\"";
+  return out + "]";
+}
+
 }  // namespace
 
 namespace config_internal {
+
+void validate_router_kinds(const std::vector<const RouterKind*>& kinds, const Config& c, const KeyOrigins& at) {
+  const MoeConfig& e = c.moe;
+  const MoeShape shape = moe_shape(e);
+  const char* key = e.layer_routers.empty() ? "moe.router" : "moe.layer_routers";
+  const std::string in_use = routers_text(e);
+  auto all = [&kinds](auto has) {
+    return std::all_of(kinds.begin(), kinds.end(), [&](const RouterKind* k) { return has(*k); });
+  };
+  auto any = [&kinds](auto has) {
+    return std::any_of(kinds.begin(), kinds.end(), [&](const RouterKind* k) { return has(*k); });
+  };
+  for (const RouterKind* kind : kinds) {
+    const std::string named = std::string("moe.router \"") + kind->name + "\"";
+    MOE_CHECK(kind->token_choice || e.capacity_factor > 0, at.prefix({"moe.capacity_factor", key}), named,
+              " needs moe.capacity_factor > 0 (each expert takes its c*T/E best tokens)");
+    const int64_t slots = routing_slots(*kind, e, shape);
+    const std::string k_key = kind->k_key ? kind->k_key : key;
+    MOE_CHECK(!kind->token_choice || slots <= shape.num_experts, at.prefix({k_key, key}), named,
+              " routes each token to ", slots, " experts (", k_key, ") but an MoE layer has ", shape.num_experts,
+              " (moe.num_experts * moe.granularity)");
+    MOE_CHECK(kind->valid_under_tp || c.parallel.tp == 1, at.prefix({"parallel.tp", key}), named,
+              " cannot run with parallel.tp = ", c.parallel.tp, ": it is not valid on a tensor-parallel rank's slice "
+              "of the tokens");
+  }
+  auto noisy = [](const RouterKind& k) { return k.noisy; };
+  MOE_CHECK(e.load_loss_coef == 0 || all(noisy), at.prefix({"moe.load_loss_coef", key}),
+            "moe.load_loss_coef needs a router with gating noise (", router_kind_names(noisy), ") in every MoE layer "
+            "(the load estimator uses the gating noise), not ", in_use);
+  auto token_scores = [](const RouterKind& k) { return k.token_choice && k.learned; };
+  MOE_CHECK(e.balance_scope == "micro_batch" ||
+                (e.importance_loss_coef == 0 && e.load_loss_coef == 0 && e.z_loss_coef == 0 &&
+                 e.seq_aux_loss_coef == 0 && e.device_loss_coef == 0 && all(token_scores)),
+            at.prefix({"moe.balance_scope"}), "moe.balance_scope = \"global_batch\" applies to the Switch loss "
+            "(moe.aux_loss_coef) alone: turn the other balancing losses off, and use a token-choice router with "
+            "scores (", router_kind_names(token_scores), ")");
+  auto bias = [](const RouterKind& k) { return k.expert_bias; };
+  const char* verb = e.layer_routers.empty() ? " has" : " have";
+  MOE_CHECK(e.expert_bias_rate == 0 || any(bias), at.prefix({"moe.expert_bias_rate", key}), "moe.expert_bias_rate = ",
+            e.expert_bias_rate, " has no effect: ", in_use, verb, " no expert bias (the aux-loss-free bias update "
+            "needs one of: ", router_kind_names(bias), ")");
+  auto always = [](const RouterKind& k) { return k.renormalization == Renormalization::always; };
+  auto optional = [](const RouterKind& k) { return k.renormalization == Renormalization::optional; };
+  MOE_CHECK(e.renormalize || !all(always), at.prefix({"moe.renormalize", key}), "moe.renormalize = false has no "
+            "effect: ", in_use, " always renormalise", e.layer_routers.empty() ? "s" : "", " a token's weights to sum "
+            "to 1 (moe.renormalize = false applies to: ", router_kind_names(optional), ")");
+  if (!any([](const RouterKind& k) { return k.hashed; })) return;
+  MOE_CHECK(e.hash_kind != "oracle" || e.hash_allow_oracle, at.prefix({"moe.hash_kind", "moe.hash_allow_oracle"}),
+            "moe.hash_kind = \"oracle\" routes on the target token and leaks the answer: set "
+            "moe.hash_allow_oracle = true to run it as an upper-bound probe");
+  MOE_CHECK(!(e.hash_kind == "balanced" || e.hash_kind == "clustering" || e.hash_kind == "dispersed") ||
+                !e.hash_table.empty(),
+            at.prefix({"moe.hash_table", "moe.hash_kind"}), "moe.hash_kind = \"", e.hash_kind,
+            "\" needs moe.hash_table (build it with `moe hash-table`)");
+}
 
 void validate_config_at(const Config& config, const KeyOrigins& origins) {
   check_finite(config, origins);
   validate_model(config.model, origins);
   validate_moe(config.moe, config.model, origins);
+  if (config.moe.num_experts > 0) validate_router_kinds(router_kinds_in_use(config.moe), config, origins);
   validate_train(config.train, origins);
   validate_optim(config.optim, origins);
   validate_schedule(config.schedule, origins);

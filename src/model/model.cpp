@@ -4,10 +4,12 @@
 #include "src/model/model.h"
 
 #include <cmath>
+#include <map>
 
 #include "routing/balancing_terms.h"
-#include "routing/router_factory.h"
-#include "routing/topk_router.h"
+#include "routing/router_registry.h"
+#include "src/config/moe_shape.h"
+#include "src/config/router_kinds.h"
 #include "src/nn/linear.h"
 #include "src/model/vocab_parallel.h"
 #include "src/ops/ops.h"
@@ -15,15 +17,16 @@
 namespace moe {
 
 MoeLayerConfig moe_layer_config(const ModelConfig& c, const MoeConfig& moe, ops::Activation act, double out_std) {
+  const MoeShape shape = moe_shape(moe);
   MoeLayerConfig mc;
   mc.d_model = c.d_model;
-  mc.num_experts = moe.num_experts * moe.granularity;  // fine-grained: m*E experts of d_expert/m
-  mc.d_expert = moe.d_expert / moe.granularity;
+  mc.num_experts = shape.num_experts;
+  mc.d_expert = shape.d_expert;
   mc.activation = act;
   mc.capacity_factor = moe.capacity_factor;
   mc.drop_order = moe.drop_order == "position" ? ops::DropOrder::by_position : ops::DropOrder::by_probability;
-  mc.num_shared = moe.num_shared_experts;
-  mc.d_shared = moe.d_shared > 0 ? moe.d_shared : mc.d_expert;
+  mc.num_shared = shape.num_shared;
+  mc.d_shared = shape.d_shared;
   mc.shared_gate = moe.shared_gate;
   mc.balancing = balancing_config(moe);
   mc.init_std = c.init_std;
@@ -95,9 +98,9 @@ Model::Model(const ModelConfig& model, const MoeConfig& moe, const ModelParallel
       MoeLayerConfig mc = moe_layer_config(c, moe, expert_act, out_std);
       mc.ep_group = parallel.ep;
       mc.tp_group = parallel.tp;
-      RouterSpec spec{c.d_model, c.vocab_size, mc.num_experts, moe.top_k * moe.granularity, i, c.init_std};
+      RouterSpec spec{c.d_model, c.vocab_size, mc.num_experts, moe_shape(moe).top_k, i, c.init_std};
       MoeConfig layer_moe = moe;  // moe.layer_routers picks this layer's router
-      if (!moe.layer_routers.empty()) layer_moe.router = moe.layer_routers.at(moe_index);
+      layer_moe.router = moe_layer_router(moe, static_cast<int64_t>(moe_index)).name;
       ++moe_index;
       moe_layer = std::make_unique<MoeLayer>(store_, prefix + ".moe", mc,
                                              make_router(store_, prefix + ".moe.router", layer_moe, spec));
@@ -132,17 +135,26 @@ int64_t Model::num_moe_layers() const {
 
 int64_t Model::active_params() const {
   int64_t total = 0;
+  std::map<std::string, int64_t> expert_numel;  // "layers.<i>" -> its routed experts' whole tensors
   for (const ParamInfo& p : store_.infos()) {
     // The token table is a lookup, not a matmul, except as the tied head of the last stage.
     if (p.name == "embed.tokens" && !(config_.tie_embeddings && is_last_stage())) continue;
     if (p.name == "embed.positions" || p.kind == ParamKind::buffer) continue;
     const int64_t whole = p.is_split() ? shape_numel(p.full_shape) : p.numel();
     if (p.group == ParamGroup::expert) {
-      // The whole expert tensor (all EP ranks' rows), k of its E experts active: (m*k)/(m*E) = k/E.
-      total += whole / moe_config_.num_experts * moe_config_.top_k;
+      expert_numel[p.name.substr(0, p.name.find(".moe."))] += whole;  // all EP ranks' rows
     } else {
       total += whole;
     }
+  }
+  // Each MoE layer uses the experts its router really routes a token to (1 for hash, the
+  // capacity factor for expert choice), rounded as count_params (src/tools/plan.cpp) does.
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    if (!blocks_[i]->is_moe()) continue;
+    const Router& router = blocks_[i]->moe().router();
+    const double per_expert = static_cast<double>(expert_numel["layers." + std::to_string(first_layer_ + i)]) /
+                              static_cast<double>(router.num_experts());
+    total += std::llround(per_expert * router.experts_per_token());
   }
   return total;
 }
@@ -313,9 +325,8 @@ std::vector<std::vector<double>> Model::expert_biases() const {
   std::vector<std::vector<double>> out;
   for (const auto& block : blocks_) {
     if (!block->is_moe()) continue;
-    const auto* router = dynamic_cast<const TopKRouter*>(&block->moe().router());
-    bool has_bias = router != nullptr && router->bias_id() >= 0;
-    out.push_back(has_bias ? store_.master(router->bias_id()).to_vector<double>() : std::vector<double>());
+    const ParamId id = block->moe().router().expert_bias_id();
+    out.push_back(id >= 0 ? store_.master(id).to_vector<double>() : std::vector<double>());
   }
   return out;
 }
@@ -325,9 +336,8 @@ void Model::update_expert_biases(const std::vector<std::vector<int64_t>>& loads,
   for (const auto& block : blocks_) {
     if (!block->is_moe()) continue;
     const auto& loads_here = loads.at(next++);
-    const auto* router = dynamic_cast<const TopKRouter*>(&block->moe().router());
-    if (router == nullptr || router->bias_id() < 0) continue;
-    ParamId id = router->bias_id();
+    const ParamId id = block->moe().router().expert_bias_id();
+    if (id < 0) continue;
     std::vector<double> bias = store_.master(id).to_vector<double>();
     update_expert_bias(bias, loads_here, rate);
     store_.load_master_from_host(id, Tensor::from_vector(bias, {static_cast<int64_t>(bias.size())}, DType::f64));

@@ -6,6 +6,7 @@
 #include <random>
 
 #include "parallel/alltoall_dispatcher.h"
+#include "src/config/moe_shape.h"
 #include "src/ops/ops.h"
 
 namespace moe {
@@ -13,8 +14,8 @@ namespace moe {
 DispatchBenchResult bench_dispatch(const Config& config, Communicator& ep, int64_t warmup, int64_t iterations,
                                    uint64_t seed) {
   const int64_t tokens = config.train.micro_batch_size * config.model.seq_len;
-  const int64_t experts = config.moe.num_experts * config.moe.granularity;
-  const int64_t k = config.moe.top_k * config.moe.granularity, d = config.model.d_model;
+  const MoeShape shape = moe_shape(config.moe);
+  const int64_t experts = shape.num_experts, k = shape.top_k, d = config.model.d_model;
   MOE_CHECK(experts > 0, "bench dispatch needs an MoE config (moe.num_experts > 0)");
   const Device device = ep.device();
   const DType dtype = device.is_cuda() ? DType::bf16 : DType::f32;  // the training compute dtype

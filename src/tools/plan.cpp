@@ -7,6 +7,8 @@
 #include <cstdio>
 #include <sstream>
 
+#include "src/config/moe_shape.h"
+#include "src/config/router_kinds.h"
 #include "src/model/model.h"
 #include "src/ops/ops.h"
 #include "src/train/metrics.h"
@@ -77,8 +79,8 @@ ParamCounts count_params(const ModelConfig& m, const MoeConfig& moe) {
   c.lm_head = m.tie_embeddings ? 0 : d * m.vocab_size;
   const int64_t attention = 2 * d * m.num_heads * head_dim + 2 * d * m.num_kv_heads * head_dim;
   const std::string expert_act = moe.activation.empty() ? m.activation : moe.activation;
-  const int64_t experts = moe.num_experts * moe.granularity, k = moe.top_k * moe.granularity;
-  const int64_t f = moe.num_experts > 0 ? moe.d_expert / moe.granularity : 0;
+  const MoeShape shape = moe_shape(moe);
+  const int64_t experts = shape.num_experts, f = shape.d_expert;
   int64_t moe_index = 0, active_experts = 0;
   for (int64_t i = 0; i < m.num_layers; ++i) {
     LayerParams l;
@@ -86,22 +88,24 @@ ParamCounts count_params(const ModelConfig& m, const MoeConfig& moe) {
     l.tp_split = attention;
     if (moe_layer(m, moe, i)) {
       l.moe = true;
-      const std::string router = moe.layer_routers.empty() ? moe.router : moe.layer_routers.at(static_cast<size_t>(moe_index));
-      ++moe_index;
-      if (router != "hash") l.replicated += d * experts;                        // router weight [d,E]
-      if (router == "noisy_topk") l.replicated += d * experts;                  // noise weight
-      if (router != "hash" && router != "expert_choice" && moe.expert_bias_rate > 0) {
+      const RouterKind& router = moe_layer_router(moe, moe_index++);
+      if (router.learned) l.replicated += d * experts;                          // router weight [d,E]
+      if (router.noisy) l.replicated += d * experts;                            // noise weight
+      if (router.expert_bias && moe.expert_bias_rate > 0) {
         l.replicated += experts;                                                // expert bias buffer
         l.buffers += experts;
         c.buffers += experts;
       }
       l.expert = experts * (d * up_width(expert_act, f) + f * d);
-      if (moe.num_shared_experts > 0) {
-        const int64_t width = moe.num_shared_experts * (moe.d_shared > 0 ? moe.d_shared : f);
+      if (shape.num_shared > 0) {
+        const int64_t width = shape.shared_width();
         l.tp_split += d * up_width(expert_act, width) + width * d;
         if (moe.shared_gate) l.replicated += d;
       }
-      active_experts += l.expert / experts * k;
+      // The experts a token really uses (1 for hash, the capacity factor for expert choice),
+      // rounded per layer as Model::active_params does.
+      const double per_expert = static_cast<double>(l.expert / experts);
+      active_experts += std::llround(per_expert * router.experts_per_token(moe, shape));
     } else {
       l.tp_split += d * up_width(m.activation, m.d_ff) + m.d_ff * d;
     }

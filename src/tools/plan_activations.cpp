@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "src/config/moe_shape.h"
+#include "src/config/router_kinds.h"
 #include "src/ops/ops.h"
 #include "src/tools/plan.h"
 
@@ -28,30 +30,29 @@ struct MoeFootprint {
   int64_t kept = 0, all_to_all = 0, backward = 0;
 };
 
-std::string router_of_moe_layer(const MoeConfig& moe, int64_t moe_index) {
-  return moe.layer_routers.empty() ? moe.router : moe.layer_routers.at(static_cast<size_t>(moe_index));
-}
-
-MoeFootprint moe_footprint(const Config& config, const std::string& router, int64_t T_layer, int tp, int ep, Sizes s) {
+MoeFootprint moe_footprint(const Config& config, const RouterKind& router, int64_t T_layer, int tp, int ep, Sizes s) {
   const ModelConfig& m = config.model;
   // Tensor parallelism: this rank routes its slice of the layer's T_layer tokens through the
   // whole experts; the shared experts see every token with their width split.
   const int64_t T = ceil_div(T_layer, tp);
   const MoeConfig& moe = config.moe;
-  const int64_t d = m.d_model, E = moe.num_experts * moe.granularity, k = moe.top_k * moe.granularity;
-  const int64_t f = moe.d_expert / moe.granularity;
+  const MoeShape shape = moe_shape(moe);
+  const int64_t d = m.d_model, E = shape.num_experts, f = shape.d_expert;
   const std::string act = moe.activation.empty() ? m.activation : moe.activation;
-  const bool hash = router == "hash", choice = router == "expert_choice", noisy = router == "noisy_topk";
-  const int64_t slots = hash ? 1 : choice ? E : k;  // Routing::ids columns per token
+  // A router without parameters (hash) keeps no x, logits or scores; expert choice has E slots per
+  // token and its top-1 pair; noisy gating keeps the noise tensors.
+  const bool learned = router.learned, choice = !router.token_choice, noisy = router.noisy;
+  const int64_t slots = routing_slots(router, moe, shape);  // Routing::ids columns per token
+  const bool dropping = router.capacity_dropping && moe.capacity_factor > 0;
 
   // Routed rows of this rank: dropless T*k; with a capacity at most E*C (token choice);
   // expert choice takes C = min(ceil(c*T/E), T) tokens per expert.
   int64_t rows = T * slots;
   if (choice) rows = E * std::min(static_cast<int64_t>(std::ceil(moe.capacity_factor * T / static_cast<double>(E))), T);
-  if (!hash && !choice && moe.capacity_factor > 0) {
-    rows = std::min(rows, E * static_cast<int64_t>(std::ceil(moe.capacity_factor * static_cast<double>(k * T) / E)));
+  if (dropping) {
+    const double capacity = std::ceil(moe.capacity_factor * static_cast<double>(slots * T) / static_cast<double>(E));
+    rows = std::min(rows, E * static_cast<int64_t>(capacity));
   }
-  if (hash) rows = T;
   // With expert parallelism each rank's experts receive, on balanced routing, as many rows as
   // the rank sends: the plan assumes balance (imbalance moves rows between ranks).
   const int64_t local_rows = rows, local_experts = E / ep;
@@ -61,7 +62,7 @@ MoeFootprint moe_footprint(const Config& config, const std::string& router, int6
   // Balancing gradients the forward keeps (MoeLayerSaved::balance_grads), [T,E] accum each; the
   // Switch gradient is one row of E numbers (MoeLayerSaved::switch_grad_per_expert).
   int64_t balance_te = 0, balance_slots = 0;
-  if (!hash) {
+  if (learned) {
     balance_te += (moe.seq_aux_loss_coef > 0 || moe.device_loss_coef > 0) ? 1 : 0;  // dscores
     balance_te += moe.z_loss_coef > 0 ? 1 : 0;                                // dlogits
     balance_te += (moe.load_loss_coef > 0 && noisy) ? 2 : 0;                  // dclean, draw_noise
@@ -71,13 +72,13 @@ MoeFootprint moe_footprint(const Config& config, const std::string& router, int6
   MoeFootprint out;
   // The FFN-norm output: routers with a projection keep it (RouterSaved::x), and so do shared
   // experts; a hash router reads token ids only and the dispatch copies the rows it needs.
-  int64_t kept = (!hash || moe.num_shared_experts > 0) ? T_layer * d * s.cb : 0;
+  int64_t kept = (learned || moe.num_shared_experts > 0) ? T_layer * d * s.cb : 0;
   // Router (RouterSaved): logits and scores [T,E]; noisy gating also clean, raw noise, normal
   // draws; ids i32 and weights [T,slots]; expert choice also its top-1 pair [T,1].
-  if (!hash) kept += (noisy ? 5 : 2) * T * E * s.ab;
+  if (learned) kept += (noisy ? 5 : 2) * T * E * s.ab;
   kept += T * slots * (s.ib + s.ab);
   if (choice) kept += T * (s.ib + s.ab);
-  if (!hash && !choice && moe.capacity_factor > 0) kept += T * slots * (s.ib + s.ab);  // dropped copies
+  if (dropping) kept += T * slots * (s.ib + s.ab);  // dropped copies
   kept += balance_te * T * E * s.ab + balance_slots * T * slots * s.ab;
   kept += 2 * T * slots * s.ib;  // DispatchSaved: sorted_tokens, slot_pos
   // Experts (ExpertsSaved, the loop's FFN rows, + MoeLayerSaved::y_sorted): input, pre-/post-activation,
@@ -89,7 +90,7 @@ MoeFootprint moe_footprint(const Config& config, const std::string& router, int6
     kept += out.all_to_all;
   }
   // Shared experts (SharedExpertsSaved): FFN h and a, the FFN output, the gate logit.
-  const int64_t shared_width = moe.num_shared_experts * (moe.d_shared > 0 ? moe.d_shared : f);
+  const int64_t shared_width = shape.shared_width();
   const int64_t shared_up = up_width(act, shared_width) / tp, shared_mid = shared_width / tp;
   if (moe.num_shared_experts > 0) kept += T_layer * s.cb * (shared_up + shared_mid + d + (moe.shared_gate ? 1 : 0));
   out.kept = kept;
@@ -117,7 +118,7 @@ MoeFootprint moe_footprint(const Config& config, const std::string& router, int6
     const int64_t gate = moe.shared_gate ? T_layer * s.cb * d : 0;
     out.backward = std::max(out.backward, after_dispatch + gate + T_layer * s.cb * (shared_up + shared_mid));
   }
-  if (!hash) {
+  if (learned) {
     // MoeLayer::backward scales copies of the kept balancing gradients; the router adds its own.
     int64_t router = balance_te * T * E * s.ab;
     if (choice) {
@@ -177,7 +178,7 @@ ActivationPlan plan_activations(const Config& config, const Topology& topology, 
                         (i - config.moe.first_dense + 1) % config.moe.every == 0;
     const bool here = std::find(layers.begin(), layers.end(), static_cast<int>(i)) != layers.end();
     if (is_moe) {
-      MoeFootprint f = moe_footprint(config, router_of_moe_layer(config.moe, moe_index), T, tp, ep, s);
+      MoeFootprint f = moe_footprint(config, moe_layer_router(config.moe, moe_index), T, tp, ep, s);
       ++moe_index;
       if (!here) continue;
       ++moe_layers;

@@ -11,6 +11,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "src/config/moe_shape.h"
+#include "src/config/router_kinds.h"
 #include "src/ops/ops.h"
 #include "src/io/atomic_dir.h"
 #include "src/train/checkpoint.h"
@@ -158,10 +160,7 @@ DenseFfnWeights load_dense_ffn(const std::map<std::string, Tensor>& dense, int64
   return w;
 }
 
-bool has_learned_token_choice_router(const MoeConfig& moe) {
-  return moe.router == "softmax_topk" || moe.router == "topk_softmax" || moe.router == "sigmoid" ||
-         moe.router == "noisy_topk";
-}
+bool learned_token_choice(const RouterKind& kind) { return kind.learned && kind.token_choice; }
 
 // Everything one MoE layer needs to know while its experts are built.
 struct LayerJob {
@@ -200,8 +199,8 @@ void build_fine_grained(const LayerJob& job, const MoeConfig& moe, ParamStore& s
                         std::vector<float>& w_up, std::vector<float>& w_down, std::vector<std::string>& warnings) {
   const DenseFfnWeights& ffn = *job.ffn;
   check_no_shared(job);
-  MOE_CHECK(has_learned_token_choice_router(moe), "upcycle --mode fine_grained needs a token-choice router with "
-            "learned weights (moe.router = softmax_topk, topk_softmax, sigmoid or noisy_topk), not '", moe.router, "'");
+  MOE_CHECK(learned_token_choice(router_kind(moe.router)), "upcycle --mode fine_grained needs a token-choice router "
+            "with learned weights (moe.router = ", router_kind_names(learned_token_choice), "), not '", moe.router, "'");
   MOE_CHECK(ffn.f % out.d_expert == 0, "upcycle --mode fine_grained: the dense d_ff = ", ffn.f, " of layer ",
             job.layer, " in ", job.source, " is not a multiple of the expert width ", out.d_expert,
             " (moe.d_expert / moe.granularity)");
@@ -294,7 +293,7 @@ UpcycledLayer upcycle_layer(const DenseFfnWeights& ffn, Model& target, const Moe
   out.num_experts = store.info(down_id).shape[0];
   out.d_expert = store.info(down_id).shape[1];
   out.d_dense = ffn.f;
-  out.top_k = moe.top_k * moe.granularity;
+  out.top_k = moe_shape(moe).top_k;
   std::vector<float> w_up = host_values(store, up_id), w_down = host_values(store, down_id);
   out.expert_entries = static_cast<int64_t>(w_up.size() + w_down.size());
   switch (options.mode) {
@@ -340,10 +339,7 @@ const char* upcycle_mode_name(UpcycleMode mode) {
   return "?";
 }
 
-bool router_renormalizes(const MoeConfig& moe) {
-  return moe.router == "topk_softmax" || moe.router == "noisy_topk" || moe.router == "sigmoid" ||
-         (moe.router == "softmax_topk" && moe.renormalize);
-}
+bool router_renormalizes(const MoeConfig& moe) { return renormalizes(router_kind(moe.router), moe); }
 
 double fine_grained_scale(const MoeConfig& moe, int64_t num_experts, int64_t groups, int64_t top_k) {
   MOE_CHECK(groups > 0 && num_experts % groups == 0 && top_k > 0, "fine_grained_scale: E = ", num_experts,
@@ -392,15 +388,14 @@ UpcycleResult upcycle_weights(const std::map<std::string, Tensor>& dense, const 
             "' differs from the dense FFN's '", source_activation, "' in ", source_name,
             " (set moe.activation = \"", source_activation, "\")");
   const ops::Activation act = ops::activation_from_name(source_activation);
-  size_t moe_index = 0;
+  int64_t moe_index = 0;
   for (int64_t layer = 0; layer < mc.num_layers; ++layer) {
     if (!is_moe_layer(mc, moe, layer)) continue;
     DenseFfnWeights ffn = load_dense_ffn(dense, layer, act, mc.d_model, source_name);
     used.insert(layer_prefix(layer) + ".ffn.w_up");
     used.insert(layer_prefix(layer) + ".ffn.w_down");
     MoeConfig layer_moe = moe;  // as Model does: moe.layer_routers picks this layer's router
-    if (!moe.layer_routers.empty()) layer_moe.router = moe.layer_routers.at(moe_index);
-    ++moe_index;
+    layer_moe.router = moe_layer_router(moe, moe_index++).name;
     result.layers.push_back(upcycle_layer(ffn, target, layer_moe, layer, options, source_name, result.warnings));
   }
   for (const auto& name : names) {

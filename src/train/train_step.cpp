@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "routing/balancing_terms.h"
+#include "src/config/moe_shape.h"
 #include "src/ops/ops.h"
 #include "src/train/lr_schedule.h"
 #include "src/train/pipeline_schedule.h"
@@ -136,7 +137,7 @@ std::vector<LayerRoutingStats> Trainer::empty_routing_stats() const {
     if (!is_moe_layer(config_.model, config_.moe, layer)) continue;
     LayerRoutingStats s;
     s.layer = static_cast<int>(layer);
-    s.tokens_per_expert.assign(static_cast<size_t>(config_.moe.num_experts * config_.moe.granularity), 0);
+    s.tokens_per_expert.assign(static_cast<size_t>(moe_shape(config_.moe).num_experts), 0);
     all.push_back(s);
   }
   return all;

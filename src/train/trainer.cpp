@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include "routing/balancing.h"
+#include "src/config/router_kinds.h"
 #include "src/ops/op_profile.h"
 #include "src/ops/ops.h"
 #include "src/train/checkpoint.h"
@@ -71,7 +72,7 @@ Trainer::Trainer(const Config& config, int local_rank, Communicator& world)
       acquire ? optimizer_->gather(unit(name)) : optimizer_->release(unit(name));
     });
   }
-  oracle_ = config.moe.num_experts > 0 && config.moe.router == "hash" && config.moe.hash_kind == "oracle";
+  oracle_ = routes_on_targets(config.moe);
 
   const TrainConfig& t = config.train;
   int64_t global_batch = t.micro_batch_size * t.grad_accum * topology_.dp;

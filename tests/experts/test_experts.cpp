@@ -10,7 +10,7 @@
 
 #include "experts/experts_registry.h"
 #include "experts/moe_layer.h"
-#include "routing/router_factory.h"
+#include "routing/router_registry.h"
 #include "src/config/config.h"
 #include "src/nn/dense_ffn.h"
 #include "tests/test_util.h"

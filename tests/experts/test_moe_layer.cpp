@@ -15,7 +15,7 @@
 
 #include "experts/moe_layer.h"
 #include "routing/hash_router.h"
-#include "routing/router_factory.h"
+#include "routing/router_registry.h"
 #include "tests/test_util.h"
 
 using namespace moe;

@@ -152,15 +152,15 @@ TEST_CASE("top-k router: selection and weights in each mode, gradients match fin
   if (m.bias) {
     // The bias starts at zero; set it by hand, large against the sigmoid scores, and require
     // that it changes the selection.
-    REQUIRE(router.bias_id() >= 0);
+    REQUIRE(router.expert_bias_id() >= 0);
     RouterSaved unbiased_saved;
     auto unbiased_ids = router.route(x, inputs, unbiased_saved).ids.to_vector<int32_t>();
     for (int64_t i = 0; i < E; ++i) bias.push_back((i % 2 == 0 ? 0.3 : -0.3) + 0.02 * static_cast<double>(i));
-    store.load_master_from_host(router.bias_id(), f64_tensor(bias, {E}));
+    store.load_master_from_host(router.expert_bias_id(), f64_tensor(bias, {E}));
     RouterSaved biased_saved;
     REQUIRE(router.route(x, inputs, biased_saved).ids.to_vector<int32_t>() != unbiased_ids);
   } else {
-    REQUIRE(router.bias_id() < 0);
+    REQUIRE(router.expert_bias_id() < 0);
   }
 
   store.zero_grads();

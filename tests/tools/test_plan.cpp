@@ -247,6 +247,34 @@ TEST_CASE("model state per ZeRO stage of a small config, by hand", "[train][plan
   REQUIRE(cpu.engine[3].params == 4 * 1288);  // one rank: the shard is everything
 }
 
+TEST_CASE("active parameters count the experts a router really routes to, by hand", "[train][plan]") {
+  // hand_config: dense 904 with the router weight 8*4 = 32, 4 experts of 96 parameters.
+  struct Case {
+    std::string router;
+    int64_t top_k;
+    double capacity_factor;
+    int64_t active;
+  };
+  const std::vector<Case> cases = {
+      {"softmax_topk", 1, 0.0, 904 + 96},
+      {"softmax_topk", 2, 0.0, 904 + 2 * 96},
+      {"hash", 2, 0.0, 904 - 32 + 96},              // one expert per token whatever moe.top_k says
+      {"expert_choice", 1, 1.5, 904 + 96 * 3 / 2},  // c*T/E tokens per expert: c experts per token
+  };
+  for (const Case& k : cases) {
+    INFO(k.router << " top_k " << k.top_k);
+    Config c = hand_config();
+    c.moe.router = k.router;
+    c.moe.top_k = k.top_k;
+    c.moe.capacity_factor = k.capacity_factor;
+    const ParamCounts p = count_params(c.model, c.moe);
+    REQUIRE(p.active == k.active);
+    REQUIRE(Model(c.model, c.moe).active_params() == k.active);  // what the trainer's MFU uses
+    // FLOPs per token (and so MFU): 6 N + 12 L d S with N the active parameters.
+    REQUIRE(flops_per_token(c.model, p).active == 6.0 * static_cast<double>(k.active) + 12.0 * 2 * 8 * 4);
+  }
+}
+
 TEST_CASE("activations of a small config, by hand", "[train][plan]") {
   Config c = hand_config();
   Plan plan = make_plan(c, 1);
