@@ -1,4 +1,4 @@
-// CPU reference causal scaled-dot-product attention with grouped-query heads.
+// CPU reference scaled-dot-product attention (causal or not) with grouped-query heads.
 // Raw pointers only; forward saves the log-sum-exp per row, backward recomputes probabilities.
 #pragma once
 
@@ -8,10 +8,12 @@ namespace moe::cpu {
 
 struct AttentionDims {
   int64_t batch = 0, seq_len = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0;
+  bool causal = true;  // row i attends to keys 0..i; false: to every key of its sequence
 };
 
 // q[B*S, Hq*hd], k[B*S, Hkv*hd], v[B*S, Hkv*hd] -> out[B*S, Hq*hd], lse[B, Hq, S].
-// Query head h reads kv head h / (Hq / Hkv); row i attends to keys 0..i; scale 1/sqrt(hd).
+// Query head h reads kv head h / (Hq / Hkv); causal: row i attends to keys 0..i, else to keys
+// 0..S-1; scale 1/sqrt(hd).
 template <typename T>
 void attention_forward(const T* q, const T* k, const T* v, T* out, T* lse, const AttentionDims& dims);
 
