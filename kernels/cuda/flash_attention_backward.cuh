@@ -56,8 +56,9 @@ struct BackwardSmem {
   }
 };
 
-// Q and dO tiles of query rows q0.. of `head`, with their lse (times log2 e; +inf past the
-// sequence, so P = 0 there) and delta, into buffer `buf`. Leaves the cp.async group open.
+// Q and dO tiles of query rows q0.. of `head`, with their lse and delta, into buffer `buf`, all by
+// cp.async (the group is left open). Rows past the sequence are zeros: Q, dO = 0 make their P
+// harmless (dV += P^T 0, dS = P (0 - 0)), and their dQ is never stored.
 template <class T>
 MOE_FLASH_FN void load_query_step(const Params& p, const BackwardSmem<T>& sm, int buf, int head, int q0,
                                   int batch_index, int tid) {
@@ -66,105 +67,75 @@ MOE_FLASH_FN void load_query_step(const Params& p, const BackwardSmem<T>& sm, in
   load_tile_async<BM, D, T::kThreads>(sm.q + buf * BM * D, p.q + off, p.q_row, q0, p.seq_len, tid);
   load_tile_async<BM, D, T::kThreads>(sm.dout + buf * BM * D, p.dout + off, p.q_row, q0, p.seq_len, tid);
   const int64_t stat = (static_cast<int64_t>(batch_index) * p.num_heads + head) * p.seq_len;
-  for (int r = tid; r < BM; r += T::kThreads) {
-    const int i = q0 + r;
-    sm.lse[buf * BM + r] = i < p.seq_len ? p.lse_in[stat + i] * k_log2e : INFINITY;
-    sm.delta[buf * BM + r] = i < p.seq_len ? p.delta[stat + i] : 0.0f;
+  static_assert(BM <= T::kThreads, "one thread per row statistic");
+  if (tid < BM) {
+    const int i = q0 + tid;
+    const bool valid = i < p.seq_len;
+    cp_async_4(sm.lse + buf * BM + tid, p.lse_in + stat + (valid ? i : 0), valid);
+    cp_async_4(sm.delta + buf * BM + tid, p.delta + stat + (valid ? i : 0), valid);
   }
 }
 
-// One query step for this warp's keys: S^T = K Q^T and dP^T = V dO^T, then P^T and dS^T in
-// place (s, dp), dV += P^T dO, dK += dS^T Q, and dS^T (bf16) into shared memory for dQ.
+// P^T = exp(scale s - lse) = exp2(scale_log2 s - log2(e) lse), 0 where masked, and
+// dS^T = P^T (dP^T - delta), in place in s and dp. Rows are this warp's keys, columns the queries.
 template <class T>
-MOE_FLASH_FN void key_step(const Params& p, const BackwardSmem<T>& sm, int buf, int k0, int key_row0, int q0,
-                           float (&dk)[T::kNTiles][T::kHeadDim / 8][4], float (&dv)[T::kNTiles][T::kHeadDim / 8][4],
-                           int lane) {
-  constexpr int D = T::kHeadDim, BM = T::kBlockM, NTL = T::kNTiles, QT = BM / 8, DT = D / 8, KT = D / 16;
-  const bf16_bits* sq = sm.q + buf * BM * D;
-  const bf16_bits* sdo = sm.dout + buf * BM * D;
-  const float* lse = sm.lse + buf * BM;
-  const float* delta = sm.delta + buf * BM;
-  float s[NTL][QT][4], dp[NTL][QT][4];
-  MOE_FLASH_UNROLL
-  for (int nt = 0; nt < NTL; ++nt) {
-    MOE_FLASH_UNROLL
-    for (int qt = 0; qt < QT; ++qt) {
-      MOE_FLASH_UNROLL
-      for (int e = 0; e < 4; ++e) s[nt][qt][e] = dp[nt][qt][e] = 0.0f;
-    }
-  }
-  MOE_FLASH_UNROLL_2  // fully unrolled, ptxas schedules every fragment early and spills
-  for (int kt = 0; kt < KT; ++kt) {
-    uint32_t ak[NTL][4], av[NTL][4];
-    MOE_FLASH_UNROLL
-    for (int nt = 0; nt < NTL; ++nt) {
-      load_a<D>(ak[nt], sm.k, key_row0 + nt * 16, kt * 16, lane);
-      load_a<D>(av[nt], sm.v, key_row0 + nt * 16, kt * 16, lane);
-    }
-    MOE_FLASH_UNROLL
-    for (int qp = 0; qp < QT / 2; ++qp) {
-      uint32_t bq[4], bo[4];
-      load_b_nk<D>(bq, sq, qp * 16, kt * 16, lane);
-      load_b_nk<D>(bo, sdo, qp * 16, kt * 16, lane);
-      MOE_FLASH_UNROLL
-      for (int nt = 0; nt < NTL; ++nt) {
-        mma_bf16_16816(s[nt][2 * qp], ak[nt], bq[0], bq[1]);
-        mma_bf16_16816(s[nt][2 * qp + 1], ak[nt], bq[2], bq[3]);
-        mma_bf16_16816(dp[nt][2 * qp], av[nt], bo[0], bo[1]);
-        mma_bf16_16816(dp[nt][2 * qp + 1], av[nt], bo[2], bo[3]);
-      }
-    }
-  }
-  // P^T = exp(scale s - lse) (0 where masked), dS^T = P^T (dP^T - delta). Rows are keys, columns queries.
-  const int last_key = k0 + key_row0 + NTL * 16 - 1;
+MOE_FLASH_FN void probabilities(const Params& p, float (&s)[T::kNTiles][T::kBlockM / 8][4],
+                                float (&dp)[T::kNTiles][T::kBlockM / 8][4], const float* lse, const float* delta,
+                                int first_key, int q0, int lane) {
+  const int last_key = first_key + T::kNTiles * 16 - 1;
   const bool need_mask = last_key >= p.seq_len || (p.causal && last_key > q0);
   MOE_FLASH_UNROLL
-  for (int nt = 0; nt < NTL; ++nt) {
+  for (int nt = 0; nt < T::kNTiles; ++nt) {
     MOE_FLASH_UNROLL
-    for (int qt = 0; qt < QT; ++qt) {
+    for (int qt = 0; qt < T::kBlockM / 8; ++qt) {
       MOE_FLASH_UNROLL
       for (int e = 0; e < 4; ++e) {
         const int r = qt * 8 + 2 * (lane & 3) + (e & 1);
-        const int j = k0 + key_row0 + nt * 16 + (lane >> 2) + (e >> 1) * 8;
-        float pv = fast_exp2(fmaf(s[nt][qt][e], p.scale_log2, -lse[r]));
+        const int j = first_key + nt * 16 + (lane >> 2) + (e >> 1) * 8;
+        float pv = fast_exp2(fmaf(s[nt][qt][e], p.scale_log2, -lse[r] * k_log2e));
         if (need_mask && (j >= p.seq_len || (p.causal && j > q0 + r))) pv = 0.0f;
         s[nt][qt][e] = pv;
         dp[nt][qt][e] = pv * (dp[nt][qt][e] - delta[r]);
       }
     }
   }
+}
+
+// dS^T (bf16) of this warp's keys into the shared [kBlockN][kBlockM] tile, for dQ.
+template <class T>
+MOE_FLASH_FN void store_ds(const BackwardSmem<T>& sm, const float (&ds)[T::kNTiles][T::kBlockM / 8][4],
+                           int key_row0, int lane) {
+  constexpr int BM = T::kBlockM;
   MOE_FLASH_UNROLL
-  for (int j = 0; j < BM / 16; ++j) {
-    uint32_t pa[NTL][4], da[NTL][4];
-    MOE_FLASH_UNROLL
-    for (int nt = 0; nt < NTL; ++nt) {
-      pack_a_from_c(pa[nt], s[nt][2 * j], s[nt][2 * j + 1]);
-      pack_a_from_c(da[nt], dp[nt][2 * j], dp[nt][2 * j + 1]);
-    }
-    MOE_FLASH_UNROLL
-    for (int d2 = 0; d2 < DT / 2; ++d2) {
-      uint32_t bo[4], bq[4];
-      load_b_kn<D>(bo, sdo, j * 16, d2 * 16, lane);
-      load_b_kn<D>(bq, sq, j * 16, d2 * 16, lane);
-      MOE_FLASH_UNROLL
-      for (int nt = 0; nt < NTL; ++nt) {
-        mma_bf16_16816(dv[nt][2 * d2], pa[nt], bo[0], bo[1]);
-        mma_bf16_16816(dv[nt][2 * d2 + 1], pa[nt], bo[2], bo[3]);
-        mma_bf16_16816(dk[nt][2 * d2], da[nt], bq[0], bq[1]);
-        mma_bf16_16816(dk[nt][2 * d2 + 1], da[nt], bq[2], bq[3]);
-      }
-    }
-  }
-  MOE_FLASH_UNROLL
-  for (int nt = 0; nt < NTL; ++nt) {
+  for (int nt = 0; nt < T::kNTiles; ++nt) {
     const int row = key_row0 + nt * 16 + (lane >> 2);
     MOE_FLASH_UNROLL
-    for (int qt = 0; qt < QT; ++qt) {
+    for (int qt = 0; qt < BM / 8; ++qt) {
       const int col = qt * 8 + 2 * (lane & 3);
-      *reinterpret_cast<uint32_t*>(sm.ds + swizzle<BM>(row, col)) = pack_bf16x2(dp[nt][qt][0], dp[nt][qt][1]);
-      *reinterpret_cast<uint32_t*>(sm.ds + swizzle<BM>(row + 8, col)) = pack_bf16x2(dp[nt][qt][2], dp[nt][qt][3]);
+      *reinterpret_cast<uint32_t*>(sm.ds + swizzle<BM>(row, col)) = pack_bf16x2(ds[nt][qt][0], ds[nt][qt][1]);
+      *reinterpret_cast<uint32_t*>(sm.ds + swizzle<BM>(row + 8, col)) = pack_bf16x2(ds[nt][qt][2], ds[nt][qt][3]);
     }
   }
+}
+
+// One query step for this warp's keys: S^T = K Q^T and dP^T = V dO^T, P^T and dS^T from them,
+// dV += P^T dO, dK += dS^T Q, and dS^T into shared memory for dQ.
+template <class T>
+MOE_FLASH_FN void key_step(const Params& p, const BackwardSmem<T>& sm, int buf, int k0, int key_row0, int q0,
+                           float (&dk)[T::kNTiles][T::kHeadDim / 8][4], float (&dv)[T::kNTiles][T::kHeadDim / 8][4],
+                           int lane) {
+  constexpr int D = T::kHeadDim, BM = T::kBlockM;
+  const bf16_bits* sq = sm.q + buf * BM * D;
+  const bf16_bits* sdo = sm.dout + buf * BM * D;
+  float s[T::kNTiles][BM / 8][4], dp[T::kNTiles][BM / 8][4];
+  zero_fill(s);
+  zero_fill(dp);
+  gemm_abt<D, D, D>(s, sm.k, key_row0, sq, lane);
+  gemm_abt<D, D, D>(dp, sm.v, key_row0, sdo, lane);
+  probabilities<T>(p, s, dp, sm.lse + buf * BM, sm.delta + buf * BM, k0 + key_row0, q0, lane);
+  gemm_pb<D>(dv, s, sdo, 0, lane);
+  gemm_pb<D>(dk, dp, sq, 0, lane);
+  store_ds<T>(sm, dp, key_row0, lane);
 }
 
 // This warp's rows of dS^T are zero (a causal step where all its keys come after every query).
@@ -183,8 +154,7 @@ MOE_FLASH_FN void dq_step(const Params& p, const BackwardSmem<T>& sm, int head, 
   constexpr int D = T::kHeadDim, BM = T::kBlockM, BN = T::kBlockN, C = T::kDqCols;
   const int rt = warp / T::kDqWarps, col0 = (warp % T::kDqWarps) * C;
   float dq[C / 8][4];
-  MOE_FLASH_UNROLL
-  for (int c = 0; c < C / 8; ++c) dq[c][0] = dq[c][1] = dq[c][2] = dq[c][3] = 0.0f;
+  zero_fill(dq);
   MOE_FLASH_UNROLL_2
   for (int kk = 0; kk < BN / 16; ++kk) {
     uint32_t a[4];
@@ -258,14 +228,8 @@ MOE_FLASH_FN void backward_block(const Params& p, int n_block, int kv_head, int 
   cp_async_commit();
 
   float dk[T::kNTiles][DT][4], dv[T::kNTiles][DT][4];
-  MOE_FLASH_UNROLL
-  for (int nt = 0; nt < T::kNTiles; ++nt) {
-    MOE_FLASH_UNROLL
-    for (int dt = 0; dt < DT; ++dt) {
-      MOE_FLASH_UNROLL
-      for (int e = 0; e < 4; ++e) dk[nt][dt][e] = dv[nt][dt][e] = 0.0f;
-    }
-  }
+  zero_fill(dk);
+  zero_fill(dv);
   for (int step = 0; step < num_steps; ++step) {
     const int buf = step & 1;
     const int head = head0 + step / num_m, q0 = (m_begin + step % num_m) * BM;

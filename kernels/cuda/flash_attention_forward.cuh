@@ -123,7 +123,7 @@ MOE_FLASH_FN void store_forward(const Params& p, float (&acc)[T::kMTiles][T::kHe
 template <class T>
 MOE_FLASH_FN void forward_block(const Params& p, int m_block, int head, int batch_index, int tid, char* smem) {
   constexpr int D = T::kHeadDim, BM = T::kBlockM, BN = T::kBlockN, MT = T::kMTiles;
-  constexpr int NT = BN / 8, DT = D / 8, KT = D / 16;
+  constexpr int NT = BN / 8, DT = D / 8;
   bf16_bits* sq = reinterpret_cast<bf16_bits*>(smem);
   bf16_bits* sk = sq + BM * D;
   bf16_bits* sv = sk + 2 * BN * D;
@@ -142,15 +142,11 @@ MOE_FLASH_FN void forward_block(const Params& p, int m_block, int head, int batc
   load_tile_async<BN, D, T::kThreads>(sv, v, p.kv_row, 0, p.seq_len, tid);
   cp_async_commit();
 
-  float acc[MT][DT][4];
-  float row_max[MT][2], row_sum[MT][2];
+  float acc[MT][DT][4], row_max[MT][2], row_sum[MT][2];
+  zero_fill(acc);
+  zero_fill(row_sum);
   MOE_FLASH_UNROLL
-  for (int mt = 0; mt < MT; ++mt) {
-    MOE_FLASH_UNROLL
-    for (int dt = 0; dt < DT; ++dt) acc[mt][dt][0] = acc[mt][dt][1] = acc[mt][dt][2] = acc[mt][dt][3] = 0.0f;
-    row_max[mt][0] = row_max[mt][1] = -INFINITY;
-    row_sum[mt][0] = row_sum[mt][1] = 0.0f;
-  }
+  for (int mt = 0; mt < MT; ++mt) row_max[mt][0] = row_max[mt][1] = -INFINITY;
 
   for (int n = 0; n < num_tiles; ++n) {
     const int buf = n & 1;
@@ -163,50 +159,12 @@ MOE_FLASH_FN void forward_block(const Params& p, int m_block, int head, int batc
     cp_async_commit();
     const int key0 = n * BN;
     if (p.causal && key0 > row0 + MT * 16 - 1) continue;  // the whole tile is after this warp's rows
-    const bf16_bits* skb = sk + buf * BN * D;
-    const bf16_bits* svb = sv + buf * BN * D;
-
     float s[MT][NT][4];
-    MOE_FLASH_UNROLL
-    for (int mt = 0; mt < MT; ++mt) {
-      MOE_FLASH_UNROLL
-      for (int nt = 0; nt < NT; ++nt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.0f;
-    }
-    MOE_FLASH_UNROLL_2  // fully unrolled, the kt loop spills (ptxas schedules every fragment early)
-    for (int kt = 0; kt < KT; ++kt) {
-      uint32_t a[MT][4];
-      MOE_FLASH_UNROLL
-      for (int mt = 0; mt < MT; ++mt) load_a<D>(a[mt], sq, row0 - q0 + mt * 16, kt * 16, lane);
-      MOE_FLASH_UNROLL
-      for (int np = 0; np < NT / 2; ++np) {
-        uint32_t b[4];
-        load_b_nk<D>(b, skb, np * 16, kt * 16, lane);
-        MOE_FLASH_UNROLL
-        for (int mt = 0; mt < MT; ++mt) {
-          mma_bf16_16816(s[mt][2 * np], a[mt], b[0], b[1]);
-          mma_bf16_16816(s[mt][2 * np + 1], a[mt], b[2], b[3]);
-        }
-      }
-    }
+    zero_fill(s);
+    gemm_abt<D, D, D>(s, sq, row0 - q0, sk + buf * BN * D, lane);
     if (key0 + BN > p.seq_len || (p.causal && key0 + BN - 1 > row0)) detail::mask_scores(s, row0, key0, lane, p);
     detail::softmax_update(s, acc, row_max, row_sum, p.scale_log2);
-
-    MOE_FLASH_UNROLL
-    for (int j = 0; j < BN / 16; ++j) {
-      uint32_t pa[MT][4];
-      MOE_FLASH_UNROLL
-      for (int mt = 0; mt < MT; ++mt) pack_a_from_c(pa[mt], s[mt][2 * j], s[mt][2 * j + 1]);
-      MOE_FLASH_UNROLL
-      for (int dp = 0; dp < DT / 2; ++dp) {
-        uint32_t b[4];
-        load_b_kn<D>(b, svb, j * 16, dp * 16, lane);
-        MOE_FLASH_UNROLL
-        for (int mt = 0; mt < MT; ++mt) {
-          mma_bf16_16816(acc[mt][2 * dp], pa[mt], b[0], b[1]);
-          mma_bf16_16816(acc[mt][2 * dp + 1], pa[mt], b[2], b[3]);
-        }
-      }
-    }
+    gemm_pb<D>(acc, s, sv + buf * BN * D, 0, lane);
   }
   detail::store_forward<T>(p, acc, row_max, row_sum, row0, head, batch_index, lane);
 }

@@ -49,6 +49,12 @@ MOE_FLASH_FN void cp_async_16(bf16_bits* smem, const bf16_bits* gmem, bool valid
   const int src_bytes = valid ? 16 : 0;
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(addr), "l"(gmem), "r"(src_bytes));
 }
+// 4 bytes global -> shared (through L1), valid = false writes zeros.
+MOE_FLASH_FN void cp_async_4(void* smem, const void* gmem, bool valid) {
+  const auto addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  const int src_bytes = valid ? 4 : 0;
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(addr), "l"(gmem), "r"(src_bytes));
+}
 MOE_FLASH_FN void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 // Waits until at most kPending of this thread's committed groups are still in flight.
 template <int kPending>

@@ -119,6 +119,65 @@ MOE_FLASH_FN void pack_a_from_c(uint32_t (&a)[4], const float (&lo)[4], const fl
   a[3] = pack_bf16x2(hi[2], hi[3]);
 }
 
+// Every float of a (multi-dimensional) register array set to 0.
+template <class Array>
+MOE_FLASH_FN void zero_fill(Array& a) {
+  float* f = reinterpret_cast<float*>(&a);
+  MOE_FLASH_UNROLL
+  for (int i = 0; i < static_cast<int>(sizeof(Array) / sizeof(float)); ++i) f[i] = 0.0f;
+}
+
+// Warp-level GEMMs on m16n8k16 tiles. A warp owns kMTiles row tiles of 16 and kNTiles column
+// tiles of 8 of its accumulator acc[mt][nt] (the C layout).
+
+// acc += A B^T over k = 0 .. kK: A rows a_row0 + 16 mt .. of a [.][kACols] tile, B rows 0 ..
+// 8 kNTiles of a [.][kBCols] tile, both with k contiguous (Q K^T, K Q^T, V dO^T).
+template <int kK, int kACols, int kBCols, int kMTiles, int kNTiles>
+MOE_FLASH_FN void gemm_abt(float (&acc)[kMTiles][kNTiles][4], const bf16_bits* a_tile, int a_row0,
+                           const bf16_bits* b_tile, int lane) {
+  static_assert(kNTiles % 2 == 0 && kK % 16 == 0, "B is loaded 16 rows at a time");
+  MOE_FLASH_UNROLL_2  // fully unrolled, ptxas loads every fragment early and spills
+  for (int kt = 0; kt < kK / 16; ++kt) {
+    uint32_t a[kMTiles][4];
+    MOE_FLASH_UNROLL
+    for (int mt = 0; mt < kMTiles; ++mt) load_a<kACols>(a[mt], a_tile, a_row0 + mt * 16, kt * 16, lane);
+    MOE_FLASH_UNROLL
+    for (int np = 0; np < kNTiles / 2; ++np) {
+      uint32_t b[4];
+      load_b_nk<kBCols>(b, b_tile, np * 16, kt * 16, lane);
+      MOE_FLASH_UNROLL
+      for (int mt = 0; mt < kMTiles; ++mt) {
+        mma_bf16_16816(acc[mt][2 * np], a[mt], b[0], b[1]);
+        mma_bf16_16816(acc[mt][2 * np + 1], a[mt], b[2], b[3]);
+      }
+    }
+  }
+}
+
+// acc += P B: P in registers in the accumulator layout (its column tiles 2j, 2j + 1 are k step j),
+// rounded to bf16; B a [k][kBCols] tile, columns b_col0 .. + 8 kNTiles (P V, P^T dO, dS^T Q).
+template <int kBCols, int kMTiles, int kKTiles, int kNTiles>
+MOE_FLASH_FN void gemm_pb(float (&acc)[kMTiles][kNTiles][4], const float (&p)[kMTiles][kKTiles][4],
+                          const bf16_bits* b_tile, int b_col0, int lane) {
+  static_assert(kNTiles % 2 == 0 && kKTiles % 2 == 0, "k and n in steps of 16");
+  MOE_FLASH_UNROLL
+  for (int j = 0; j < kKTiles / 2; ++j) {
+    uint32_t pa[kMTiles][4];
+    MOE_FLASH_UNROLL
+    for (int mt = 0; mt < kMTiles; ++mt) pack_a_from_c(pa[mt], p[mt][2 * j], p[mt][2 * j + 1]);
+    MOE_FLASH_UNROLL
+    for (int np = 0; np < kNTiles / 2; ++np) {
+      uint32_t b[4];
+      load_b_kn<kBCols>(b, b_tile, j * 16, b_col0 + np * 16, lane);
+      MOE_FLASH_UNROLL
+      for (int mt = 0; mt < kMTiles; ++mt) {
+        mma_bf16_16816(acc[mt][2 * np], pa[mt], b[0], b[1]);
+        mma_bf16_16816(acc[mt][2 * np + 1], pa[mt], b[2], b[3]);
+      }
+    }
+  }
+}
+
 // Bytes of a [rows][cols] bf16 tile.
 constexpr int tile_bytes(int rows, int cols) { return rows * cols * 2; }
 

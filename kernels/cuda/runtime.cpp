@@ -61,4 +61,21 @@ void memset_zero(void* ptr, size_t bytes) {
 
 void synchronize() { CUDA_CHECK(cudaStreamSynchronize(compute_stream())); }
 
+cudaEvent_t event_create() {
+  cudaEvent_t event;
+  CUDA_CHECK(cudaEventCreate(&event));
+  return event;
+}
+
+void event_destroy(cudaEvent_t event) { cudaEventDestroy(event); }  // no throw: called from destructors
+
+void event_record(cudaEvent_t event) { CUDA_CHECK(cudaEventRecord(event, compute_stream())); }
+
+float event_elapsed_ms(cudaEvent_t start, cudaEvent_t stop) {
+  CUDA_CHECK(cudaEventSynchronize(stop));
+  float ms = 0.0f;
+  CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+  return ms;
+}
+
 }  // namespace moe::cuda

@@ -17,4 +17,10 @@ void copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind);  // sy
 void memset_zero(void* ptr, size_t bytes);
 void synchronize();
 
+// Timing in the compute stream's order: events with timing enabled.
+cudaEvent_t event_create();
+void event_destroy(cudaEvent_t event);
+void event_record(cudaEvent_t event);
+float event_elapsed_ms(cudaEvent_t start, cudaEvent_t stop);  // waits for `stop` to complete
+
 }  // namespace moe::cuda

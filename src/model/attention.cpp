@@ -27,7 +27,8 @@ Attention::Attention(ParamStore& store, const std::string& prefix, const Attenti
 }
 
 ops::AttentionShape Attention::shape(int64_t batch) const {
-  return {batch, config_.seq_len, local_heads_, local_kv_heads_, head_dim_};
+  // Next-token prediction: query i sees keys 0..i (a bidirectional objective would pass false).
+  return {batch, config_.seq_len, local_heads_, local_kv_heads_, head_dim_, /*causal=*/true};
 }
 
 Tensor Attention::forward(const Tensor& x, int64_t batch, Saved& saved) const {

@@ -153,6 +153,8 @@ void check_case(const Case& c, uint64_t seed) {
   p.dv = dv.data();
   std::vector<emu::Range> globals = inputs;
   globals.push_back(dq_accum.range());
+  globals.push_back({saved_lse.data(), saved_lse.size() * sizeof(float)});
+  globals.push_back({delta.data(), delta.size() * sizeof(float)});
   emu::run_grid({cuda::flash::backward_key_blocks<B>(p), c.kv_heads, c.batch}, B::kThreads, B::kSmemBytes, globals,
                 seed + 7, [&](emu::Dim3 blk, int tid, char* smem) {
                   cuda::flash::backward_block<B>(p, blk.x, blk.y, blk.z, tid, smem);

@@ -24,10 +24,13 @@ constexpr unsigned char k_canary = 0xa5;
 enum class Op { run, ldsm, ldsm_trans, mma, shfl, barrier, done, failed };
 
 struct Copy {
-  bf16_bits* dst;
-  const bf16_bits* src;
+  void* dst;
+  const void* src;
+  size_t bytes;
   bool valid;
+  void land() const { valid ? std::memcpy(dst, src, bytes) : std::memset(dst, 0, bytes); }
 };
+
 
 struct Thread {
   ucontext_t ctx{};
@@ -85,6 +88,18 @@ void check_global(const void* p, size_t bytes, const char* what) {
     if (c >= begin && c + bytes <= begin + r.bytes) return;
   }
   fail(std::string(what) + ": outside every global buffer");
+}
+
+// Issues a cp.async copy: it lands now or when a wait covers it, at random.
+void issue_copy(const Copy& copy) {
+  check_shared(copy.dst, copy.bytes, copy.bytes, "cp.async destination");
+  if (reinterpret_cast<uintptr_t>(copy.src) % copy.bytes != 0) fail("cp.async: misaligned global source");
+  check_global(copy.src, copy.bytes, "cp.async source");
+  if (g_block->rng() % 2 == 0) {
+    copy.land();
+  } else {
+    g_current->open.push_back(copy);
+  }
 }
 
 void thread_entry() {
@@ -299,16 +314,10 @@ void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t
 }
 
 void cp_async_16(bf16_bits* smem, const bf16_bits* gmem, bool valid) {
-  check_shared(smem, 16, 16, "cp.async destination");
-  if (reinterpret_cast<uintptr_t>(gmem) % 16 != 0) moe::test::emu::fail("cp.async: misaligned global source");
-  check_global(gmem, 16, "cp.async source");
-  const moe::test::emu::Copy copy{smem, gmem, valid};
-  if (g_block->rng() % 2 == 0) {
-    valid ? std::memcpy(smem, gmem, 16) : std::memset(smem, 0, 16);
-  } else {
-    g_current->open.push_back(copy);
-  }
+  moe::test::emu::issue_copy({smem, gmem, 16, valid});
 }
+
+void cp_async_4(void* smem, const void* gmem, bool valid) { moe::test::emu::issue_copy({smem, gmem, 4, valid}); }
 
 void cp_async_commit() {
   g_current->groups.push_back(std::move(g_current->open));
@@ -318,7 +327,7 @@ void cp_async_commit() {
 void cp_async_wait_pending(int pending) {
   auto& groups = g_current->groups;
   while (static_cast<int>(groups.size()) > pending) {
-    for (const auto& c : groups.front()) c.valid ? std::memcpy(c.dst, c.src, 16) : std::memset(c.dst, 0, 16);
+    for (const auto& c : groups.front()) c.land();
     groups.erase(groups.begin());
   }
 }

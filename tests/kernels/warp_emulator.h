@@ -28,6 +28,7 @@ void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t
 // A copy lands at issue or at the wait that covers it (chosen at random per copy), so a kernel
 // that reads a buffer before waiting, or refills one that others still read, shows it.
 void cp_async_16(bf16_bits* smem, const bf16_bits* gmem, bool valid);
+void cp_async_4(void* smem, const void* gmem, bool valid);
 void cp_async_commit();
 void cp_async_wait_pending(int pending);
 template <int kPending>
