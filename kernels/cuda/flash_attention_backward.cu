@@ -96,10 +96,7 @@ void flash_attention_backward(const __nv_bfloat16* q, const __nv_bfloat16* k, co
                               const __nv_bfloat16* out, const float* lse, const __nv_bfloat16* dout,
                               __nv_bfloat16* dq, __nv_bfloat16* dk, __nv_bfloat16* dv, float* delta, float* dq_accum,
                               const AttentionDims& dims, cudaStream_t stream) {
-  flash::Params p = flash::params_of(dims);
-  p.q = flash::bits(q);
-  p.k = flash::bits(k);
-  p.v = flash::bits(v);
+  flash::Params p = flash::params_of(dims, q, k, v);
   p.dout = flash::bits(dout);
   p.lse_in = lse;
   p.delta = delta;

@@ -43,10 +43,7 @@ bool flash_attention_supported(const AttentionDims& dims, std::initializer_list<
 
 void flash_attention_forward(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
                              __nv_bfloat16* out, float* lse, const AttentionDims& dims, cudaStream_t stream) {
-  flash::Params p = flash::params_of(dims);
-  p.q = flash::bits(q);
-  p.k = flash::bits(k);
-  p.v = flash::bits(v);
+  flash::Params p = flash::params_of(dims, q, k, v);
   p.out = flash::bits(out);
   p.lse = lse;
   switch (dims.head_dim) {

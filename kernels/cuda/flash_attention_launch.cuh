@@ -8,14 +8,19 @@
 
 namespace moe::cuda::flash {
 
-// Sizes of a launch (the dims were checked by attention*.cu's make_geometry first).
-inline Params params_of(const AttentionDims& d) {
-  return make_params(static_cast<int>(d.batch), static_cast<int>(d.seq_len), static_cast<int>(d.num_heads),
-                     static_cast<int>(d.num_kv_heads), static_cast<int>(d.head_dim), d.causal);
-}
-
 inline const bf16_bits* bits(const __nv_bfloat16* p) { return reinterpret_cast<const bf16_bits*>(p); }
 inline bf16_bits* bits(__nv_bfloat16* p) { return reinterpret_cast<bf16_bits*>(p); }
+
+// Sizes and inputs of a launch (the dims were checked by attention*.cu's make_geometry first).
+inline Params params_of(const AttentionDims& d, const __nv_bfloat16* q, const __nv_bfloat16* k,
+                        const __nv_bfloat16* v) {
+  Params p = make_params(static_cast<int>(d.batch), static_cast<int>(d.seq_len), static_cast<int>(d.num_heads),
+                         static_cast<int>(d.num_kv_heads), static_cast<int>(d.head_dim), d.causal);
+  p.q = bits(q);
+  p.k = bits(k);
+  p.v = bits(v);
+  return p;
+}
 
 // Opt a kernel into its dynamic shared memory (above the default 48 KB).
 template <class Kernel>

@@ -4,6 +4,9 @@
 #include <catch2/catch.hpp>
 
 #include <cstring>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "tests/kernels/warp_emulator.h"
 
@@ -78,85 +81,107 @@ std::vector<double> as_doubles(const uint16_t* bits, size_t n) {
   return out;
 }
 
-// Forward and backward of one case through traits F and B against cpu::attention_* in double.
-template <class F, class B>
-void check_case(const Case& c, uint64_t seed) {
-  static_assert(F::kHeadDim == B::kHeadDim);
-  constexpr int hd = F::kHeadDim;
-  const std::string what = describe(c, hd);
-  INFO(what);
-  const int64_t tokens = static_cast<int64_t>(c.batch) * c.seq_len;
-  const int64_t q_numel = tokens * c.heads * hd, kv_numel = tokens * c.kv_heads * hd;
-  const int64_t stat_numel = static_cast<int64_t>(c.batch) * c.heads * c.seq_len;
-  Bf16Values q = random_bf16(q_numel, seed, -2.0, 2.0), k = random_bf16(kv_numel, seed + 1, -2.0, 2.0);
-  Bf16Values v = random_bf16(kv_numel, seed + 2, -1.0, 1.0), dout = random_bf16(q_numel, seed + 3, -1.0, 1.0);
-  const cpu::AttentionDims dims{c.batch, c.seq_len, c.heads, c.kv_heads, hd, c.causal};
+// One case: bf16 inputs (bits for the kernels, values for the reference) and the launch sizes.
+struct Problem {
+  Case c;
+  int head_dim;
+  int64_t q_numel, kv_numel, stat_numel;
+  Bf16Values q, k, v, dout;
+  cpu::AttentionDims dims;
+  Params params;
+  std::vector<emu::Range> inputs;  // what cp.async may read
 
-  std::vector<double> out_ref(static_cast<size_t>(q_numel)), lse_ref(static_cast<size_t>(stat_numel));
-  cpu::attention_forward<double>(q.values.data(), k.values.data(), v.values.data(), out_ref.data(), lse_ref.data(),
-                                 dims);
+  Problem(const Case& cs, int hd, uint64_t seed) : c(cs), head_dim(hd) {
+    const int64_t tokens = static_cast<int64_t>(c.batch) * c.seq_len;
+    q_numel = tokens * c.heads * hd;
+    kv_numel = tokens * c.kv_heads * hd;
+    stat_numel = static_cast<int64_t>(c.batch) * c.heads * c.seq_len;
+    q = random_bf16(q_numel, seed, -2.0, 2.0);
+    k = random_bf16(kv_numel, seed + 1, -2.0, 2.0);
+    v = random_bf16(kv_numel, seed + 2, -1.0, 1.0);
+    dout = random_bf16(q_numel, seed + 3, -1.0, 1.0);
+    dims = {c.batch, c.seq_len, c.heads, c.kv_heads, hd, c.causal};
+    params = cuda::flash::make_params(c.batch, c.seq_len, c.heads, c.kv_heads, hd, c.causal);
+    params.q = q.bits.data();
+    params.k = k.bits.data();
+    params.v = v.bits.data();
+    params.dout = dout.bits.data();
+    for (const Bf16Values* x : {&q, &k, &v, &dout}) inputs.push_back({x->bits.data(), x->bits.size() * 2});
+  }
+};
 
-  Params p = cuda::flash::make_params(c.batch, c.seq_len, c.heads, c.kv_heads, hd, c.causal);
-  p.q = q.bits.data();
-  p.k = k.bits.data();
-  p.v = v.bits.data();
-  Guarded<uint16_t> out(static_cast<size_t>(q_numel), 0x7fc0, 0x1234);  // bf16 NaN inside
-  Guarded<float> lse(static_cast<size_t>(stat_numel), NAN, -7.5f);
+// The emulated forward against cpu::attention_forward in double; returns the reference out, lse.
+template <class F>
+std::pair<std::vector<double>, std::vector<double>> check_forward(const Problem& pr, uint64_t seed) {
+  const std::string what = describe(pr.c, pr.head_dim);
+  std::vector<double> out_ref(static_cast<size_t>(pr.q_numel)), lse_ref(static_cast<size_t>(pr.stat_numel));
+  cpu::attention_forward<double>(pr.q.values.data(), pr.k.values.data(), pr.v.values.data(), out_ref.data(),
+                                 lse_ref.data(), pr.dims);
+  Params p = pr.params;
+  Guarded<uint16_t> out(static_cast<size_t>(pr.q_numel), 0x7fc0, 0x1234);  // bf16 NaN inside
+  Guarded<float> lse(static_cast<size_t>(pr.stat_numel), NAN, -7.5f);
   p.out = out.data();
   p.lse = lse.data();
-  const std::vector<emu::Range> inputs = {{q.bits.data(), q.bits.size() * 2},
-                                          {k.bits.data(), k.bits.size() * 2},
-                                          {v.bits.data(), v.bits.size() * 2},
-                                          {dout.bits.data(), dout.bits.size() * 2}};
-  emu::run_grid({cuda::flash::forward_query_blocks<F>(p), c.heads, c.batch}, F::kThreads, F::kSmemBytes, inputs, seed,
-                [&](emu::Dim3 blk, int tid, char* smem) {
+  emu::run_grid({cuda::flash::forward_query_blocks<F>(p), pr.c.heads, pr.c.batch}, F::kThreads, F::kSmemBytes,
+                pr.inputs, seed, [&](emu::Dim3 blk, int tid, char* smem) {
                   cuda::flash::forward_block<F>(p, blk.x, blk.y, blk.z, tid, smem);
                 });
   CHECK(out.guards_intact());
   CHECK(lse.guards_intact());
   require_close(as_doubles(out.data(), out.size()), out_ref, 2e-2, 2e-2, "out " + what);
   require_close(std::vector<double>(lse.data(), lse.data() + lse.size()), lse_ref, 1e-3, 1e-3, "lse " + what);
+  return {out_ref, lse_ref};
+}
 
-  // Backward from the reference forward's out (bf16-rounded) and lse on both sides.
-  Bf16Values saved_out = bf16_of(out_ref);
-  std::vector<float> saved_lse(lse_ref.begin(), lse_ref.end());
-  std::vector<double> lse_in(saved_lse.begin(), saved_lse.end());
-  std::vector<double> dq_ref(static_cast<size_t>(q_numel)), dk_ref(static_cast<size_t>(kv_numel)),
-      dv_ref(static_cast<size_t>(kv_numel));
-  cpu::attention_backward<double>(q.values.data(), k.values.data(), v.values.data(), saved_out.values.data(),
-                                  lse_in.data(), dout.values.data(), dq_ref.data(), dk_ref.data(), dv_ref.data(),
-                                  dims);
-  // delta = rowsum(dout * out) per (batch, head, row): the preprocessing kernel's job on the GPU.
-  std::vector<float> delta(static_cast<size_t>(stat_numel));
+// delta = rowsum(dout * out) per (batch, head, row): the GPU preprocessing kernel's job.
+std::vector<float> delta_of(const Problem& pr, const std::vector<double>& out) {
+  const Case& c = pr.c;
+  std::vector<float> delta(static_cast<size_t>(pr.stat_numel));
   for (int b = 0; b < c.batch; ++b) {
     for (int h = 0; h < c.heads; ++h) {
       for (int i = 0; i < c.seq_len; ++i) {
-        const int64_t at = ((static_cast<int64_t>(b) * c.seq_len + i) * c.heads + h) * hd;
+        const int64_t at = ((static_cast<int64_t>(b) * c.seq_len + i) * c.heads + h) * pr.head_dim;
         float sum = 0.0f;
-        for (int d = 0; d < hd; ++d) {
-          sum += static_cast<float>(dout.values[static_cast<size_t>(at + d)] *
-                                    saved_out.values[static_cast<size_t>(at + d)]);
+        for (int d = 0; d < pr.head_dim; ++d) {
+          sum += static_cast<float>(pr.dout.values[static_cast<size_t>(at + d)] * out[static_cast<size_t>(at + d)]);
         }
         delta[static_cast<size_t>((static_cast<int64_t>(b) * c.heads + h) * c.seq_len + i)] = sum;
       }
     }
   }
-  Guarded<float> dq_accum(static_cast<size_t>(q_numel), 0.0f, -3.25f);
-  Guarded<uint16_t> dk(static_cast<size_t>(kv_numel), 0x7fc0, 0x1234), dv(static_cast<size_t>(kv_numel), 0x7fc0, 0x1234);
-  p.out = nullptr;
-  p.lse = nullptr;
-  p.dout = dout.bits.data();
+  return delta;
+}
+
+// The emulated backward (then dq = scale * accumulator) against cpu::attention_backward in
+// double, both fed the reference forward's out (bf16-rounded) and lse.
+template <class B>
+void check_backward(const Problem& pr, const std::vector<double>& out_ref, const std::vector<double>& lse_ref,
+                    uint64_t seed) {
+  const std::string what = describe(pr.c, pr.head_dim);
+  const Bf16Values saved_out = bf16_of(out_ref);
+  std::vector<float> saved_lse(lse_ref.begin(), lse_ref.end());
+  const std::vector<double> lse_in(saved_lse.begin(), saved_lse.end());
+  std::vector<double> dq_ref(static_cast<size_t>(pr.q_numel)), dk_ref(static_cast<size_t>(pr.kv_numel)),
+      dv_ref(static_cast<size_t>(pr.kv_numel));
+  cpu::attention_backward<double>(pr.q.values.data(), pr.k.values.data(), pr.v.values.data(), saved_out.values.data(),
+                                  lse_in.data(), pr.dout.values.data(), dq_ref.data(), dk_ref.data(), dv_ref.data(),
+                                  pr.dims);
+  std::vector<float> delta = delta_of(pr, saved_out.values);
+  Guarded<float> dq_accum(static_cast<size_t>(pr.q_numel), 0.0f, -3.25f);
+  Guarded<uint16_t> dk(static_cast<size_t>(pr.kv_numel), 0x7fc0, 0x1234);
+  Guarded<uint16_t> dv(static_cast<size_t>(pr.kv_numel), 0x7fc0, 0x1234);
+  Params p = pr.params;
   p.lse_in = saved_lse.data();
   p.delta = delta.data();
   p.dq_accum = dq_accum.data();
   p.dk = dk.data();
   p.dv = dv.data();
-  std::vector<emu::Range> globals = inputs;
+  std::vector<emu::Range> globals = pr.inputs;
   globals.push_back(dq_accum.range());
   globals.push_back({saved_lse.data(), saved_lse.size() * sizeof(float)});
   globals.push_back({delta.data(), delta.size() * sizeof(float)});
-  emu::run_grid({cuda::flash::backward_key_blocks<B>(p), c.kv_heads, c.batch}, B::kThreads, B::kSmemBytes, globals,
-                seed + 7, [&](emu::Dim3 blk, int tid, char* smem) {
+  emu::run_grid({cuda::flash::backward_key_blocks<B>(p), pr.c.kv_heads, pr.c.batch}, B::kThreads, B::kSmemBytes,
+                globals, seed, [&](emu::Dim3 blk, int tid, char* smem) {
                   cuda::flash::backward_block<B>(p, blk.x, blk.y, blk.z, tid, smem);
                 });
   CHECK(dq_accum.guards_intact());
@@ -167,6 +192,16 @@ void check_case(const Case& c, uint64_t seed) {
   require_close(dq, dq_ref, 2e-2, 2e-2, "dq " + what);
   require_close(as_doubles(dk.data(), dk.size()), dk_ref, 2e-2, 2e-2, "dk " + what);
   require_close(as_doubles(dv.data(), dv.size()), dv_ref, 2e-2, 2e-2, "dv " + what);
+}
+
+// Forward and backward of one case through traits F and B.
+template <class F, class B>
+void check_case(const Case& c, uint64_t seed) {
+  static_assert(F::kHeadDim == B::kHeadDim);
+  INFO(describe(c, F::kHeadDim));
+  const Problem pr(c, F::kHeadDim, seed);
+  const auto [out_ref, lse_ref] = check_forward<F>(pr, seed);
+  check_backward<B>(pr, out_ref, lse_ref, seed + 7);
 }
 
 template <class F, class B>
@@ -180,14 +215,15 @@ TEST_CASE("emulated flash attention, head dim 64, matches the CPU reference", "[
   using namespace cuda::flash;
   // Sequences of 1, 7 and not multiples of the tiles; GQA 3:1, MQA; causal and not.
   check_cases<ForwardHd64, BackwardHd64>({Case{1, 1, 1, 1, true}, Case{2, 7, 3, 1, true}, Case{1, 7, 2, 2, false},
-                                          Case{1, 139, 2, 1, true}, Case{1, 139, 3, 3, false}},
+                                          Case{1, 139, 2, 1, true}, Case{1, 139, 3, 3, false},
+                                          Case{1, 300, 2, 1, true}},
                                          101);
 }
 
 TEST_CASE("emulated flash attention, head dim 128, matches the CPU reference", "[kernels][flash]") {
   using namespace cuda::flash;
   check_cases<ForwardHd128, BackwardHd128>({Case{1, 1, 2, 1, false}, Case{1, 7, 2, 2, true}, Case{1, 150, 2, 1, true},
-                                            Case{1, 70, 3, 1, false}},
+                                            Case{1, 70, 3, 1, false}, Case{1, 260, 1, 1, false}},
                                            202);
 }
 
