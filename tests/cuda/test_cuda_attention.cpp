@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include "src/ops/ops.h"
+#include "src/tools/bench_op.h"
 #include "tests/cuda/cuda_test_util.h"
 
 namespace moe::test {
@@ -107,6 +108,21 @@ TEST_CASE("cuda attention backward takes a caller workspace and names a short on
   REQUIRE_THROWS_WITH(ops::attention_backward(q.gpu, k.gpu, v.gpu, out, lse, dout.gpu, dq, dk, dv, shape, short_ws),
                       Catch::Contains("attention workspace: " + std::to_string(numel - 1) +
                                       " elements, the backward needs " + std::to_string(numel)));
+}
+
+TEST_CASE("bench op attention times the flash kernels with CUDA events", "[cuda][attention][bench]") {
+  OpBenchOptions o;
+  o.batch = 2;
+  o.seq_len = 256;
+  o.heads = 4;
+  o.head_dim = 128;
+  o.warmup = 1;
+  o.iters = 3;
+  const nlohmann::json r = bench_op("attention", o, gpu());
+  CHECK(r["device"] == gpu().str());
+  for (const char* key : {"fwd_ms", "bwd_ms", "fwd_bwd_ms", "fwd_tflops", "bwd_tflops", "fwd_bwd_tflops"}) {
+    CHECK(r[key].get<double>() > 0);
+  }
 }
 
 TEST_CASE("cuda attention at GPT-2-small training shape matches the CPU on the last sequence",
