@@ -23,6 +23,7 @@ constexpr bool is_gated(Activation act) { return act == Activation::geglu || act
 // h / (num_heads / num_kv_heads); head_dim is the width of one head.
 struct AttentionShape {
   int64_t batch = 0, seq_len = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0;
+  bool causal = true;  // query i sees keys 0..i; false: every key of its sequence
 };
 
 // The router's score function over the expert logits.

@@ -1,5 +1,5 @@
-// CPU reference causal GQA attention, blocked over query rows: each block of rows does its
-// score, probability and gradient products as GEMMs over the keys it can see (no S^2 mask waste).
+// CPU reference GQA attention (causal or not), blocked over query rows: each block of rows does
+// its score, probability and gradient products as GEMMs over the keys it can see (no S^2 mask waste).
 #include "kernels/cpu/attention.h"
 
 #include <algorithm>
@@ -28,19 +28,23 @@ HeadSlice head_slice(const AttentionShape& d, int64_t b, int64_t h) {
   return {b * d.seq_len * q_stride + h * d.head_dim, b * d.seq_len * kv_stride + g * d.head_dim, q_stride, kv_stride};
 }
 
-// scores[rows, keys] = scale * q[i0 : i0+rows] @ k[0 : keys]^T, with keys = i0 + rows.
+// Keys a block of query rows i0 .. i0 + rows - 1 can see (causal: up to its last row).
+int64_t block_keys(const kernels::AttentionShape& d, int64_t i0, int64_t rows) { return d.causal ? i0 + rows : d.seq_len; }
+// One past the last key query i sees.
+int64_t visible_end(const kernels::AttentionShape& d, int64_t i) { return d.causal ? i + 1 : d.seq_len; }
+
+// scores[rows, keys] = scale * q[i0 : i0+rows] @ k[0 : keys]^T.
 template <typename T>
-void block_scores(const T* q, const T* k, const HeadSlice& hs, int64_t i0, int64_t rows, int64_t hd, double scale,
-                  T* scores) {
-  const int64_t keys = i0 + rows;
+void block_scores(const T* q, const T* k, const HeadSlice& hs, int64_t i0, int64_t rows, int64_t keys, int64_t hd,
+                  double scale, T* scores) {
   gemm_strided<T>(q + hs.q_offset + i0 * hs.q_stride, hs.q_stride, false, k + hs.kv_offset, hs.kv_stride, true, scores,
                   keys, rows, keys, hd, static_cast<T>(scale), T(0));
 }
 
-// Row r of a [rows, keys] block is query i0 + r: keys beyond it are masked to probability 0.
+// Keys from `end` on (not visible to this row) get probability 0.
 template <typename T>
-void mask_row(T* row, int64_t i, int64_t keys) {
-  std::fill(row + i + 1, row + keys, T(0));
+void mask_row(T* row, int64_t end, int64_t keys) {
+  std::fill(row + end, row + keys, T(0));
 }
 
 }  // namespace
@@ -55,16 +59,16 @@ void attention_forward(const T* q, const T* k, const T* v, T* out, T* lse, const
       const HeadSlice hs = head_slice(d, b, h);
       T* lse_h = lse + (b * d.num_heads + h) * S;
       for (int64_t i0 = 0; i0 < S; i0 += k_block_rows) {
-        const int64_t rows = std::min(k_block_rows, S - i0), keys = i0 + rows;
-        block_scores(q, k, hs, i0, rows, hd, scale, probs.data());
+        const int64_t rows = std::min(k_block_rows, S - i0), keys = block_keys(d, i0, rows);
+        block_scores(q, k, hs, i0, rows, keys, hd, scale, probs.data());
         for (int64_t r = 0; r < rows; ++r) {
-          const int64_t i = i0 + r;
+          const int64_t i = i0 + r, end = visible_end(d, i);
           T* row = probs.data() + r * keys;
-          const double mx = static_cast<double>(*std::max_element(row, row + i + 1));
+          const double mx = static_cast<double>(*std::max_element(row, row + end));
           double denom = 0;
-          for (int64_t j = 0; j <= i; ++j) denom += std::exp(static_cast<double>(row[j]) - mx);
-          for (int64_t j = 0; j <= i; ++j) row[j] = static_cast<T>(std::exp(static_cast<double>(row[j]) - mx) / denom);
-          mask_row(row, i, keys);
+          for (int64_t j = 0; j < end; ++j) denom += std::exp(static_cast<double>(row[j]) - mx);
+          for (int64_t j = 0; j < end; ++j) row[j] = static_cast<T>(std::exp(static_cast<double>(row[j]) - mx) / denom);
+          mask_row(row, end, keys);
           lse_h[i] = static_cast<T>(mx + std::log(denom));
         }
         gemm_strided<T>(probs.data(), keys, false, v + hs.kv_offset, hs.kv_stride, false,
@@ -95,27 +99,27 @@ void attention_backward(const T* q, const T* k, const T* v, const T* out, const 
         const HeadSlice hs = head_slice(d, b, h);
         const T* lse_h = lse + (b * d.num_heads + h) * S;
         for (int64_t i0 = 0; i0 < S; i0 += k_block_rows) {
-          const int64_t rows = std::min(k_block_rows, S - i0), keys = i0 + rows;
+          const int64_t rows = std::min(k_block_rows, S - i0), keys = block_keys(d, i0, rows);
           const T* q_blk = q + hs.q_offset + i0 * hs.q_stride;
           const T* do_blk = dout + hs.q_offset + i0 * hs.q_stride;
-          block_scores(q, k, hs, i0, rows, hd, scale, probs.data());
+          block_scores(q, k, hs, i0, rows, keys, hd, scale, probs.data());
           gemm_strided<T>(do_blk, hs.q_stride, false, v + hs.kv_offset, hs.kv_stride, true, dprobs.data(), keys, rows,
                           keys, hd, T(1), T(0));
           for (int64_t r = 0; r < rows; ++r) {
-            const int64_t i = i0 + r;
+            const int64_t i = i0 + r, end = visible_end(d, i);
             T* p = probs.data() + r * keys;
             T* ds = dprobs.data() + r * keys;
             const T* o_i = out + hs.q_offset + i * hs.q_stride;
             const T* do_i = do_blk + r * hs.q_stride;
             double d_i = 0;
             for (int64_t c = 0; c < hd; ++c) d_i += static_cast<double>(do_i[c]) * static_cast<double>(o_i[c]);
-            for (int64_t j = 0; j <= i; ++j) {
+            for (int64_t j = 0; j < end; ++j) {
               const double pj = std::exp(static_cast<double>(p[j]) - static_cast<double>(lse_h[i]));
               p[j] = static_cast<T>(pj);
               ds[j] = static_cast<T>(pj * (static_cast<double>(ds[j]) - d_i));
             }
-            mask_row(p, i, keys);
-            mask_row(ds, i, keys);
+            mask_row(p, end, keys);
+            mask_row(ds, end, keys);
           }
           gemm_strided<T>(dprobs.data(), keys, false, k + hs.kv_offset, hs.kv_stride, false,
                           dq + hs.q_offset + i0 * hs.q_stride, hs.q_stride, rows, hd, keys, static_cast<T>(scale),

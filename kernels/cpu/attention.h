@@ -1,4 +1,4 @@
-// CPU reference causal scaled-dot-product attention with grouped-query heads.
+// CPU reference scaled-dot-product attention (causal or not) with grouped-query heads.
 // Raw pointers only; forward saves the log-sum-exp per row, backward recomputes probabilities.
 #pragma once
 
@@ -9,7 +9,8 @@
 namespace moe::cpu {
 
 // q[B*S, Hq*hd], k[B*S, Hkv*hd], v[B*S, Hkv*hd] -> out[B*S, Hq*hd], lse[B, Hq, S].
-// Query head h reads kv head h / (Hq / Hkv); row i attends to keys 0..i; scale 1/sqrt(hd).
+// Query head h reads kv head h / (Hq / Hkv); causal: row i attends to keys 0..i, else to keys
+// 0..S-1; scale 1/sqrt(hd).
 template <typename T>
 void attention_forward(const T* q, const T* k, const T* v, T* out, T* lse, const kernels::AttentionShape& dims);
 

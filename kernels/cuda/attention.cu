@@ -1,6 +1,8 @@
-// Causal GQA attention forward: one block per (query tile of 32 rows, head, batch), K/V tiles
-// of 32 keys staged in fp32 shared memory, online softmax per row (lane = key, then lane = dim).
+// GQA attention forward: the public entry point (flash kernels for head dims 64 and 128) and the
+// fp32 fallback: one block per (query tile of 32 rows, head, batch), K/V tiles of 32 keys in fp32
+// shared memory, online softmax per row (lane = key, then lane = dim).
 #include "kernels/cuda/attention_common.cuh"
+#include "kernels/cuda/flash_attention.h"
 
 namespace moe::cuda {
 
@@ -33,8 +35,8 @@ __global__ void __launch_bounds__(k_threads) attention_forward_kernel(const bf16
 #pragma unroll
     for (int c = 0; c < kPerLane; ++c) acc[rr][c] = 0.0f;
   }
-  const int last_row = min(q0 + k_tile, g.seq_len) - 1;
-  for (int k0 = 0; k0 <= last_row; k0 += k_tile) {
+  const int key_end = g.causal ? min(q0 + k_tile, g.seq_len) : g.seq_len;  // causal: none after the last row
+  for (int k0 = 0; k0 < key_end; k0 += k_tile) {
     __syncthreads();  // previous tile fully consumed (and qs loaded on the first pass)
     load_tile(ks, ks_stride, k, g.num_kv_heads, hk, g, b, k0, 1.0f);
     load_tile(vs, hd, v, g.num_kv_heads, hk, g, b, k0, 1.0f);
@@ -52,7 +54,7 @@ __global__ void __launch_bounds__(k_threads) attention_forward_kernel(const bf16
 #pragma unroll
     for (int rr = 0; rr < R; ++rr) {
       const int i = q0 + warp * R + rr;
-      const bool visible = i < g.seq_len && k0 + lane <= i;
+      const bool visible = g.visible(i, k0 + lane);
       const float sv = visible ? s[rr] : -INFINITY;
       const float tile_max = warp_max(sv);
       if (tile_max == -INFINITY) {  // warp-uniform: nothing visible for this row in this tile
@@ -120,6 +122,7 @@ void attention_forward(const __nv_bfloat16* q, const __nv_bfloat16* k, const __n
                        float* lse, const kernels::AttentionShape& dims, cudaStream_t stream) {
   const attn::Geometry g = attn::make_geometry(dims);
   if (dims.batch == 0 || dims.seq_len == 0) return;
+  if (flash_attention_supported(dims, {q, k, v, out})) return flash_attention_forward(q, k, v, out, lse, dims, stream);
   const int batch = static_cast<int>(dims.batch);
   switch (attn::per_lane_for(g.head_dim)) {
     case 1: return attn::launch_forward<1>(q, k, v, out, lse, g, batch, stream);

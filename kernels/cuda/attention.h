@@ -1,5 +1,6 @@
-// Causal grouped-query attention on the GPU: bf16 q/k/v/out, fp32 softmax statistics, no
-// S x S matrix in memory (online softmax forward, two-kernel recomputing backward).
+// Grouped-query attention on the GPU, causal or not: bf16 q/k/v/out, fp32 softmax statistics, no
+// S x S matrix in memory. Head dims 64 and 128 run tensor-core flash kernels (flash_attention_*.cu),
+// other head dims (<= 256) fp32 kernels on CUDA cores (attention.cu, attention_backward.cu).
 #pragma once
 
 #include <cstdint>
@@ -13,14 +14,21 @@ namespace moe::cuda {
 
 // q[B*S, Hq*hd], k,v[B*S, Hkv*hd] -> out[B*S, Hq*hd], lse[B, Hq, S] (f32, natural log of the
 // softmax denominator of the scaled scores). Query head h reads kv head h / (Hq / Hkv); scores
-// are q.k / sqrt(hd); key j is visible to query i when j <= i. head_dim <= 256.
+// are q.k / sqrt(hd). head_dim <= 256.
 void attention_forward(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, __nv_bfloat16* out,
                        float* lse, const kernels::AttentionShape& dims, cudaStream_t stream);
 
-// dq, dk, dv (shapes of q, k, v) written. dk/dv sum over the query heads sharing a kv head
-// inside one block (no atomics: deterministic).
+// Bytes of device scratch attention_backward needs: the row statistics delta[B, Hq, S] (f32),
+// and for the flash kernels (head dims 64, 128) an fp32 dQ accumulator [B*S, Hq*hd] before it.
+size_t attention_backward_workspace_bytes(const kernels::AttentionShape& dims);
+
+// dq, dk, dv (shapes of q, k, v) written; workspace: at least attention_backward_workspace_bytes,
+// 256-byte aligned, contents ignored. dk/dv sum over the query heads sharing a kv head inside one
+// block (no atomics: deterministic); the flash kernels add dq with fp32 atomics (order varies
+// from run to run, in the last bits).
 void attention_backward(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
                         const __nv_bfloat16* out, const float* lse, const __nv_bfloat16* dout, __nv_bfloat16* dq,
-                        __nv_bfloat16* dk, __nv_bfloat16* dv, const kernels::AttentionShape& dims, cudaStream_t stream);
+                        __nv_bfloat16* dk, __nv_bfloat16* dv, void* workspace, const kernels::AttentionShape& dims,
+                        cudaStream_t stream);
 
 }  // namespace moe::cuda

@@ -1,7 +1,9 @@
-// Causal GQA attention backward (FlashAttention-2 recurrences, recomputing P from lse):
-// delta = rowsum(dout * out); a dq kernel per query tile; a dk/dv kernel per key tile that
-// loops over the query heads of its kv group, so nothing is accumulated atomically.
+// GQA attention backward: the public entry point (flash kernels for head dims 64 and 128) and the
+// fp32 fallback (FlashAttention-2 recurrences, recomputing P from lse): delta = rowsum(dout * out);
+// a dq kernel per query tile; a dk/dv kernel per key tile that loops over the query heads of its
+// kv group, so nothing is accumulated atomically.
 #include "kernels/cuda/attention_common.cuh"
+#include "kernels/cuda/flash_attention.h"
 
 namespace moe::cuda {
 
@@ -52,8 +54,8 @@ __global__ void __launch_bounds__(k_threads) attention_dq_kernel(const bf16* q, 
 #pragma unroll
     for (int c = 0; c < kPerLane; ++c) acc[rr][c] = 0.0f;
   }
-  const int last_row = min(q0 + k_tile, g.seq_len) - 1;
-  for (int k0 = 0; k0 <= last_row; k0 += k_tile) {
+  const int key_end = g.causal ? min(q0 + k_tile, g.seq_len) : g.seq_len;
+  for (int k0 = 0; k0 < key_end; k0 += k_tile) {
     __syncthreads();
     load_tile(ks, pad, k, g.num_kv_heads, hk, g, b, k0, 1.0f);
     load_tile(vs, pad, v, g.num_kv_heads, hk, g, b, k0, 1.0f);
@@ -71,7 +73,7 @@ __global__ void __launch_bounds__(k_threads) attention_dq_kernel(const bf16* q, 
 #pragma unroll
     for (int rr = 0; rr < R; ++rr) {
       const int i = q0 + warp * R + rr;
-      const bool visible = i < g.seq_len && k0 + lane <= i;
+      const bool visible = g.visible(i, k0 + lane);
       const float p = visible ? __expf(s[rr] * g.scale - row_lse[rr]) : 0.0f;
       ds[rr] = p * (dp[rr] - row_delta[rr]);
     }
@@ -131,7 +133,8 @@ __global__ void __launch_bounds__(k_threads) attention_dkdv_kernel(const bf16* q
     for (int c = 0; c < kPerLane; ++c) dk_acc[rr][c] = dv_acc[rr][c] = 0.0f;
   }
   for (int h = hk * g.group; h < (hk + 1) * g.group; ++h) {
-    for (int q0 = k0; q0 < g.seq_len; q0 += k_tile) {  // queries before k0 see none of these keys
+    // Causal: queries before k0 see none of these keys.
+    for (int q0 = g.causal ? k0 : 0; q0 < g.seq_len; q0 += k_tile) {
       __syncthreads();
       load_tile(qs, pad, q, g.num_heads, h, g, b, q0, 1.0f);
       load_tile(dos, pad, dout, g.num_heads, h, g, b, q0, 1.0f);
@@ -156,7 +159,7 @@ __global__ void __launch_bounds__(k_threads) attention_dkdv_kernel(const bf16* q
 #pragma unroll
       for (int rr = 0; rr < R; ++rr) {
         const int j = k0 + warp * R + rr;
-        const bool visible = i < g.seq_len && j <= i;  // j <= i < seq_len
+        const bool visible = g.visible(i, j);
         p[rr] = visible ? __expf(s[rr] * g.scale - lse_s[lane]) : 0.0f;
         ds[rr] = p[rr] * (dp[rr] - delta_s[lane]);
       }
@@ -216,24 +219,45 @@ void launch_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* do
 
 }  // namespace attn
 
+namespace {
+
+// Workspace layout: delta [B, Hq, S] first (padded to 256 bytes), then the flash dQ accumulator.
+size_t delta_bytes(const kernels::AttentionShape& dims) {
+  const size_t bytes = static_cast<size_t>(dims.batch * dims.num_heads * dims.seq_len) * sizeof(float);
+  return (bytes + 255) / 256 * 256;
+}
+
+bool flash_head_dim(const kernels::AttentionShape& dims) { return dims.head_dim == 64 || dims.head_dim == 128; }
+
+}  // namespace
+
+size_t attention_backward_workspace_bytes(const kernels::AttentionShape& dims) {
+  return delta_bytes(dims) + (flash_head_dim(dims) ? flash_attention_dq_accum_numel(dims) * sizeof(float) : 0);
+}
+
 void attention_backward(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
                         const __nv_bfloat16* out, const float* lse, const __nv_bfloat16* dout, __nv_bfloat16* dq,
-                        __nv_bfloat16* dk, __nv_bfloat16* dv, const kernels::AttentionShape& dims,
+                        __nv_bfloat16* dk, __nv_bfloat16* dv, void* workspace, const kernels::AttentionShape& dims,
                         cudaStream_t stream) {
   const attn::Geometry g = attn::make_geometry(dims);
   if (dims.batch == 0 || dims.seq_len == 0) return;
+  MOE_CHECK(workspace != nullptr && aligned_to(workspace, 256), "attention backward: workspace missing or misaligned");
+  float* delta = static_cast<float*>(workspace);
+  if (flash_head_dim(dims) && flash_attention_supported(dims, {q, k, v, out, dout, dq, dk, dv})) {
+    float* dq_accum = reinterpret_cast<float*>(static_cast<char*>(workspace) + delta_bytes(dims));
+    return flash_attention_backward(q, k, v, out, lse, dout, dq, dk, dv, delta, dq_accum, dims, stream);
+  }
   const int batch = static_cast<int>(dims.batch);
   const int64_t rows = dims.batch * dims.seq_len * dims.num_heads;
-  Scratch delta(static_cast<size_t>(rows) * sizeof(float), stream);
   constexpr int delta_warps = 8;
   attn::attention_delta_kernel<<<static_cast<unsigned>(ceil_div(rows, delta_warps)), delta_warps * k_warp, 0,
-                                 stream>>>(out, dout, delta.as<float>(), rows, g);
+                                 stream>>>(out, dout, delta, rows, g);
   CUDA_CHECK_LAUNCH();
   switch (attn::per_lane_for(g.head_dim)) {
-    case 1: return attn::launch_backward<1>(q, k, v, dout, lse, delta.as<float>(), dq, dk, dv, g, batch, stream);
-    case 2: return attn::launch_backward<2>(q, k, v, dout, lse, delta.as<float>(), dq, dk, dv, g, batch, stream);
-    case 4: return attn::launch_backward<4>(q, k, v, dout, lse, delta.as<float>(), dq, dk, dv, g, batch, stream);
-    default: return attn::launch_backward<8>(q, k, v, dout, lse, delta.as<float>(), dq, dk, dv, g, batch, stream);
+    case 1: return attn::launch_backward<1>(q, k, v, dout, lse, delta, dq, dk, dv, g, batch, stream);
+    case 2: return attn::launch_backward<2>(q, k, v, dout, lse, delta, dq, dk, dv, g, batch, stream);
+    case 4: return attn::launch_backward<4>(q, k, v, dout, lse, delta, dq, dk, dv, g, batch, stream);
+    default: return attn::launch_backward<8>(q, k, v, dout, lse, delta, dq, dk, dv, g, batch, stream);
   }
 }
 

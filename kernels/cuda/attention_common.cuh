@@ -1,5 +1,5 @@
-// Shared pieces of the attention kernels: tile sizes, the per-launch geometry, tile loads
-// into fp32 shared memory, and the head-dim dispatch. Included only from attention*.cu.
+// Shared pieces of the fp32 (CUDA-core) attention kernels: tile sizes, the per-launch geometry,
+// tile loads into fp32 shared memory, and the head-dim dispatch. Included only from attention*.cu.
 #pragma once
 
 #include <climits>
@@ -22,6 +22,11 @@ struct Geometry {
   int seq_len, num_heads, num_kv_heads, head_dim;
   int group;  // query heads per kv head
   float scale;  // 1 / sqrt(head_dim)
+  bool causal;  // key j visible to query i only when j <= i
+  // Whether key j counts for query i (both inside the sequence).
+  __device__ __forceinline__ bool visible(int i, int j) const {
+    return i < seq_len && j < seq_len && (!causal || j <= i);
+  }
   __device__ __forceinline__ int64_t q_index(int b, int i, int h, int d) const {
     return (static_cast<int64_t>(b) * seq_len + i) * num_heads * head_dim + static_cast<int64_t>(h) * head_dim + d;
   }
@@ -65,6 +70,7 @@ inline Geometry make_geometry(const kernels::AttentionShape& s) {
   g.head_dim = static_cast<int>(s.head_dim);
   g.group = g.num_heads / g.num_kv_heads;
   g.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(s.head_dim)));
+  g.causal = s.causal;
   return g;
 }
 

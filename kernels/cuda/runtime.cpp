@@ -75,7 +75,7 @@ cudaEvent_t event_create() {
   return event;
 }
 
-void event_destroy(cudaEvent_t event) { cudaEventDestroy(event); }
+void event_destroy(cudaEvent_t event) { cudaEventDestroy(event); }  // no throw: called from destructors
 
 void event_record(cudaEvent_t event) { CUDA_CHECK(cudaEventRecord(event, compute_stream())); }
 
@@ -85,5 +85,6 @@ float event_elapsed_ms(cudaEvent_t start, cudaEvent_t stop) {
   CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
   return ms;
 }
+
 
 }  // namespace moe::cuda

@@ -1,12 +1,14 @@
 // `moe bench train CONFIG [--warmup N] [--steps N] [--breakdown]`: tokens/s, MFU and peak memory over timed
 // steps after warm-up, printed by rank 0 as one JSON line. Without data.train_path the batches
-// are random tokens (speed does not depend on the values).
+// are random tokens (speed does not depend on the values). `moe bench dispatch` and `moe bench op`
+// time one piece alone.
 #include <cstdio>
 
 #include "src/cli/commands.h"
 #include "parallel/topology.h"
 #include "src/cli/run_setup.h"
 #include "src/tools/bench_dispatch.h"
+#include "src/tools/bench_op.h"
 #include "src/train/device_select.h"
 
 namespace moe {
@@ -40,6 +42,36 @@ void add_dispatch_bench(CLI::App& bench, CommandRunner& run) {
   });
 }
 
+// `moe bench op NAME [--batch B --seq S --heads H --kv-heads H --head-dim D --causal|--no-causal
+// --warmup N --iters N --device D]`: one kernel at one shape; one JSON line (median times, TFLOP/s).
+void add_op_bench(CLI::App& bench, CommandRunner& run) {
+  std::string names;
+  for (const OpBench& b : op_benches()) names += (names.empty() ? "" : "; ") + b.name + ": " + b.what;
+  auto* cmd = bench.add_subcommand("op", "time one kernel at a given shape (" + names + ")");
+  auto o = std::make_shared<OpBenchOptions>();
+  auto name = std::make_shared<std::string>();
+  auto device = std::make_shared<std::string>("auto");
+  cmd->add_option("op", *name, "the op to time")->required();
+  cmd->add_option("--batch", o->batch, "sequences")->check(CLI::PositiveNumber);
+  cmd->add_option("--seq", o->seq_len, "tokens per sequence")->check(CLI::PositiveNumber);
+  cmd->add_option("--heads", o->heads, "query heads")->check(CLI::PositiveNumber);
+  cmd->add_option("--kv-heads", o->kv_heads, "key/value heads (default: --heads)")->check(CLI::PositiveNumber);
+  cmd->add_option("--head-dim", o->head_dim, "head dimension")->check(CLI::PositiveNumber);
+  cmd->add_flag("--causal,!--no-causal", o->causal, "causal mask (default) or none");
+  cmd->add_option("--warmup", o->warmup, "untimed iterations first")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--iters", o->iters, "timed iterations (the median is reported)")->check(CLI::PositiveNumber);
+  cmd->add_option("--device", *device, "auto | cpu | cuda")->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+  cmd->callback([&run, o, name, device] {
+    run = [o, name, device](MpiEnv&) {
+      TrainConfig train;
+      train.device = *device;
+      const nlohmann::json result = bench_op(*name, *o, select_device(train, 0));
+      std::printf("%s\n", result.dump().c_str());
+      return 0;
+    };
+  });
+}
+
 }  // namespace
 
 void add_bench_command(CLI::App& app, CommandRunner& run) {
@@ -57,6 +89,7 @@ void add_bench_command(CLI::App& app, CommandRunner& run) {
   cmd->add_option("--warmup", *warmup, "untimed steps first")->check(CLI::NonNegativeNumber);
   cmd->add_option("--steps", *steps, "timed steps")->check(CLI::PositiveNumber);
   add_dispatch_bench(*bench, run);
+  add_op_bench(*bench, run);
   cmd->callback([&run, options, warmup, steps, breakdown] {
     run = [options, warmup, steps, breakdown](MpiEnv& env) {
       RunContext ctx = setup_run(*options, env, false);

@@ -17,8 +17,8 @@ const char* attention_mask_name(AttentionMask mask) {
 
 Attention::Attention(ParamStore& store, const std::string& prefix, const AttentionConfig& config, TpGroup tp)
     : store_(&store), config_(config), tp_(tp) {
-  MOE_CHECK(config.mask == AttentionMask::causal, "attention '", prefix, "': the ", attention_mask_name(config.mask),
-            " mask is not implemented yet (the attention kernels are causal)");
+  MOE_CHECK(config.mask != AttentionMask::encoder_decoder, "attention '", prefix, "': the ",
+            attention_mask_name(config.mask), " mask is not implemented yet (causal and bidirectional are)");
   const int64_t d = config.d_model;
   MOE_CHECK(config.num_heads > 0 && config.num_kv_heads > 0 && d % config.num_heads == 0 &&
                 config.num_heads % config.num_kv_heads == 0,
@@ -38,7 +38,8 @@ Attention::Attention(ParamStore& store, const std::string& prefix, const Attenti
 }
 
 ops::AttentionShape Attention::shape(int64_t batch) const {
-  return {batch, config_.seq_len, local_heads_, local_kv_heads_, head_dim_};
+  // Causal: query i sees keys 0..i (next-token prediction); bidirectional: every key of its sequence.
+  return {batch, config_.seq_len, local_heads_, local_kv_heads_, head_dim_, config_.mask == AttentionMask::causal};
 }
 
 Tensor Attention::forward(const Tensor& x, int64_t batch, Saved& saved) const {

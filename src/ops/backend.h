@@ -34,9 +34,11 @@ class Backend {
   virtual void rope(Tensor& x, int64_t num_heads, int64_t seq_len, float theta, bool inverse) = 0;
   virtual void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse,
                                  const AttentionShape& shape) = 0;
+  virtual int64_t attention_workspace_numel(const AttentionShape& shape) = 0;
+  // workspace: checked by ops.cpp (f32, on q's device, large enough) or undefined
   virtual void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                                   const Tensor& lse, const Tensor& dout, Tensor& dq, Tensor& dk, Tensor& dv,
-                                  const AttentionShape& shape) = 0;
+                                  const AttentionShape& shape, const Tensor& workspace) = 0;
   virtual void activation_forward(Activation act, const Tensor& x, Tensor& y) = 0;
   virtual void activation_backward(Activation act, const Tensor& x, const Tensor& dy, Tensor& dx) = 0;
   virtual void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor& lse,

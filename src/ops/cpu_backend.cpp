@@ -167,9 +167,11 @@ class CpuBackend final : public Backend {
     });
   }
 
+  int64_t attention_workspace_numel(const AttentionShape&) override { return 0; }  // scratch lives inside
+
   void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
-                          const Tensor& dout, Tensor& dq, Tensor& dk, Tensor& dv,
-                          const AttentionShape& shape) override {
+                          const Tensor& dout, Tensor& dq, Tensor& dk, Tensor& dv, const AttentionShape& shape,
+                          const Tensor&) override {
     dispatch_float(q.dtype(), "attention backward", [&](auto tag) {
       using T = decltype(tag);
       cpu::attention_backward<T>(ptr<T>(q), ptr<T>(k), ptr<T>(v), ptr<T>(out), ptr<T>(lse), ptr<T>(dout), ptr<T>(dq),

@@ -138,14 +138,23 @@ class CudaBackend : public Backend {
     cuda::attention_forward(bf(q), bf(k), bf(v), bf_mut(out), f32_mut(lse), shape, stream);
   }
 
+  int64_t attention_workspace_numel(const AttentionShape& shape) override {
+    const size_t bytes = cuda::attention_backward_workspace_bytes(shape);
+    return static_cast<int64_t>((bytes + sizeof(float) - 1) / sizeof(float));
+  }
+
   void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
-                          const Tensor& dout, Tensor& dq, Tensor& dk, Tensor& dv,
-                          const AttentionShape& shape) override {
+                          const Tensor& dout, Tensor& dq, Tensor& dk, Tensor& dv, const AttentionShape& shape,
+                          const Tensor& workspace) override {
     cudaStream_t stream = on_device(q, k, v, out, lse, dout, dq, dk, dv);
     check_shape(lse, {shape.batch, shape.num_heads, shape.seq_len}, "attention lse");
     check_dtype(lse, DType::f32, "attention lse");
+    // The caller's workspace, or one from the stream-ordered pool for this call.
+    const Tensor scratch = workspace.defined()
+                               ? workspace
+                               : Tensor::empty({attention_workspace_numel(shape)}, DType::f32, q.device());
     cuda::attention_backward(bf(q), bf(k), bf(v), bf(out), f32(lse), bf(dout), bf_mut(dq), bf_mut(dk), bf_mut(dv),
-                             shape, stream);
+                             scratch.data(), shape, stream);
   }
 
   void activation_forward(Activation act, const Tensor& x, Tensor& y) override {

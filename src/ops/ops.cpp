@@ -9,14 +9,16 @@ namespace moe::ops {
 
 namespace {
 
-Backend& backend_for(const Tensor& t) {
-  if (!t.is_cuda()) return cpu_backend();
+Backend& backend_for_device(Device device) {
+  if (!device.is_cuda()) return cpu_backend();
 #if MOE_WITH_CUDA
   return cuda_backend();
 #else
-  MOE_FAIL("tensor on ", t.device().str(), " but this build has no CUDA backend");
+  MOE_FAIL("tensor on ", device.str(), " but this build has no CUDA backend");
 #endif
 }
+
+Backend& backend_for(const Tensor& t) { return backend_for_device(t.device()); }
 
 void check_compute(const Tensor& t, const char* name) {
   MOE_CHECK(t.defined(), name, " is undefined");
@@ -210,15 +212,27 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor
   run_on(q, OpKind::attention_forward)->attention_forward(q, k, v, out, lse, shape);
 }
 
+int64_t attention_workspace_numel(const AttentionShape& shape, Device device) {
+  return backend_for_device(device).attention_workspace_numel(shape);
+}
+
 void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
-                        const Tensor& dout, Tensor& dq, Tensor& dk, Tensor& dv, const AttentionShape& shape) {
+                        const Tensor& dout, Tensor& dq, Tensor& dk, Tensor& dv, const AttentionShape& shape,
+                        const Tensor& workspace) {
   check_attention(q, k, v, shape);
   check_like(out, q, "attention out");
   check_like(dout, q, "attention dout");
   check_like(dq, q, "attention dq");
   check_like(dk, k, "attention dk");
   check_like(dv, v, "attention dv");
-  run_on(q, OpKind::attention_backward)->attention_backward(q, k, v, out, lse, dout, dq, dk, dv, shape);
+  if (workspace.defined()) {
+    check_dtype(workspace, DType::f32, "attention workspace");
+    check_same_device(q, workspace, "attention workspace");
+    const int64_t needed = attention_workspace_numel(shape, q.device());
+    MOE_CHECK(workspace.numel() >= needed, "attention workspace: ", workspace.numel(), " elements, the backward needs ",
+              needed);
+  }
+  run_on(q, OpKind::attention_backward)->attention_backward(q, k, v, out, lse, dout, dq, dk, dv, shape, workspace);
 }
 
 static void check_activation(Activation act, const Tensor& x, const Tensor& y) {

@@ -65,14 +65,19 @@ void layernorm_backward(const Tensor& x, const Tensor& w, const Tensor& mean, co
 // the backward of the forward rotation.
 void rope(Tensor& x, int64_t num_heads, int64_t seq_len, float theta, bool inverse);
 
-// Causal scaled-dot-product attention with grouped-query heads (query head h reads kv head
-// h / (Hq / Hkv)). q[B*S, Hq*hd], k,v[B*S, Hkv*hd] -> out[B*S, Hq*hd], lse[B, Hq, S] (accum),
-// the log-sum-exp of each softmax row, kept for backward.
+// Scaled-dot-product attention (scale 1/sqrt(hd)), causal or not, with grouped-query heads
+// (query head h reads kv head h / (Hq / Hkv)). q[B*S, Hq*hd], k,v[B*S, Hkv*hd] -> out[B*S, Hq*hd],
+// lse[B, Hq, S] (accum), the log-sum-exp of each softmax row, kept for backward.
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse,
                        const AttentionShape& shape);
-// dq, dk, dv written (same shapes as q, k, v).
+// f32 elements of scratch attention_backward uses on `device` (0 on the CPU; on CUDA the fp32 dQ
+// accumulator [B*S, Hq*hd] of the flash kernels and the row statistics delta [B, Hq, S]).
+int64_t attention_workspace_numel(const AttentionShape& shape, Device device);
+// dq, dk, dv written (same shapes as q, k, v). workspace: f32 on q's device with at least
+// attention_workspace_numel elements, or undefined (then allocated for this call from the pool).
 void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
-                        const Tensor& dout, Tensor& dq, Tensor& dk, Tensor& dv, const AttentionShape& shape);
+                        const Tensor& dout, Tensor& dq, Tensor& dk, Tensor& dv, const AttentionShape& shape,
+                        const Tensor& workspace = Tensor());
 
 // Activations. relu/gelu(tanh approximation): x[T,f] -> y[T,f]. geglu/swiglu: x[T,2f] holds
 // [gate | up] -> y[T,f] = act(gate) * up.

@@ -1,10 +1,12 @@
-// CUDA causal GQA attention vs the CPU reference, forward (out, lse) and backward (dq, dk, dv),
-// over awkward sequence lengths and head dims, plus the GPT-2-small training shape.
+// CUDA GQA attention vs the CPU reference, forward (out, lse) and backward (dq, dk, dv), causal
+// and not: the tensor-core flash kernels (head dims 64, 128) and the fp32 fallback (other head
+// dims) over awkward sequence lengths, head counts and GQA ratios, plus the GPT-2-small training shape.
 #include <catch2/catch.hpp>
 
 #include <cuda_runtime.h>
 
 #include "src/ops/ops.h"
+#include "src/tools/bench_op.h"
 #include "tests/cuda/cuda_test_util.h"
 
 namespace moe::test {
@@ -12,15 +14,18 @@ namespace {
 
 struct Case {
   int64_t batch, seq_len, heads, kv_heads, head_dim;
+  bool causal = true;
 };
 
-ops::AttentionShape shape_of(const Case& c) { return {c.batch, c.seq_len, c.heads, c.kv_heads, c.head_dim}; }
+ops::AttentionShape shape_of(const Case& c) {
+  return {c.batch, c.seq_len, c.heads, c.kv_heads, c.head_dim, c.causal};
+}
 
 // Forward and backward on both backends from identical inputs. The backward is fed the CPU
 // forward's out (bf16-rounded) and lse on both sides.
 void check_case(const Case& c, uint64_t seed) {
   INFO("batch " << c.batch << " seq " << c.seq_len << " heads " << c.heads << "/" << c.kv_heads << " hd "
-                << c.head_dim);
+                << c.head_dim << (c.causal ? " causal" : " non-causal"));
   const ops::AttentionShape shape = shape_of(c);
   const int64_t tokens = c.batch * c.seq_len;
   Mirror q = random_mirror({tokens, c.heads * c.head_dim}, DType::bf16, seed, -2.0, 2.0);
@@ -55,6 +60,71 @@ TEST_CASE("cuda attention matches the CPU over awkward shapes and GQA", "[cuda][
   }
 }
 
+TEST_CASE("cuda flash attention (head dims 64, 128) matches the CPU, causal and not", "[cuda][attention]") {
+  // Sequences of 1, 7, one tile, not a multiple of any tile (989) and 1024; heads 3 and 6; GQA
+  // ratios 1, 2, 3 and MQA (6 query heads on one kv head).
+  for (Case c : {Case{1, 1, 1, 1, 64, true}, Case{1, 1, 2, 1, 128, false}, Case{2, 7, 3, 1, 64, true},
+                 Case{2, 7, 6, 3, 128, false}, Case{1, 64, 6, 6, 64, false}, Case{1, 64, 3, 3, 128, true},
+                 Case{1, 989, 3, 1, 64, true}, Case{1, 989, 6, 2, 128, false}, Case{1, 989, 6, 3, 64, false},
+                 Case{1, 1024, 6, 1, 64, false}, Case{1, 1024, 6, 1, 128, true}, Case{2, 1024, 3, 3, 128, false},
+                 Case{2, 1024, 6, 2, 64, true}}) {
+    check_case(c, seed_of(23, {c.batch, c.seq_len, c.heads, c.kv_heads, c.head_dim, c.causal}));
+  }
+}
+
+TEST_CASE("cuda attention fallback head dims (40, 96) match the CPU, causal and not", "[cuda][attention]") {
+  for (Case c : {Case{1, 989, 3, 1, 40, false}, Case{2, 7, 6, 2, 96, false}, Case{1, 100, 6, 2, 96, true},
+                 Case{1, 130, 3, 3, 40, true}}) {
+    check_case(c, seed_of(24, {c.batch, c.seq_len, c.heads, c.kv_heads, c.head_dim, c.causal}));
+  }
+}
+
+TEST_CASE("cuda attention backward takes a caller workspace and names a short one", "[cuda][attention]") {
+  const Case c{2, 77, 6, 2, 64, true};
+  const ops::AttentionShape shape = shape_of(c);
+  const int64_t tokens = c.batch * c.seq_len;
+  // The flash backward's scratch: the fp32 dQ accumulator [B*S, Hq*hd] and delta [B, Hq, S]
+  // (padded to 256 bytes): linear in S, never S x S.
+  const int64_t numel = ops::attention_workspace_numel(shape, gpu());
+  CHECK(numel == tokens * c.heads * c.head_dim + (c.batch * c.heads * c.seq_len + 63) / 64 * 64);
+  Mirror q = random_mirror({tokens, c.heads * c.head_dim}, DType::bf16, 41, -2.0, 2.0);
+  Mirror k = random_mirror({tokens, c.kv_heads * c.head_dim}, DType::bf16, 42, -2.0, 2.0);
+  Mirror v = random_mirror({tokens, c.kv_heads * c.head_dim}, DType::bf16, 43);
+  Mirror dout = random_mirror({tokens, c.heads * c.head_dim}, DType::bf16, 44);
+  Tensor out = poisoned_on(q.gpu.shape(), DType::bf16, gpu()), lse = poisoned_on({2, 6, 77}, DType::f32, gpu());
+  ops::attention_forward(q.gpu, k.gpu, v.gpu, out, lse, shape);
+  Tensor dq = poisoned_on(q.gpu.shape(), DType::bf16, gpu()), dk = poisoned_on(k.gpu.shape(), DType::bf16, gpu()),
+         dv = poisoned_on(v.gpu.shape(), DType::bf16, gpu());
+  // A workspace full of NaN: its contents must not matter.
+  Tensor workspace = poisoned_on({numel}, DType::f32, gpu());
+  ops::attention_backward(q.gpu, k.gpu, v.gpu, out, lse, dout.gpu, dq, dk, dv, shape, workspace);
+  Tensor dq_ref = poisoned_on(q.gpu.shape(), DType::bf16, gpu()), dk_ref = poisoned_on(k.gpu.shape(), DType::bf16, gpu()),
+         dv_ref = poisoned_on(v.gpu.shape(), DType::bf16, gpu());
+  ops::attention_backward(q.gpu, k.gpu, v.gpu, out, lse, dout.gpu, dq_ref, dk_ref, dv_ref, shape);
+  require_close(dq, dq_ref, 1e-2, 1e-2, "dq with a caller workspace");  // dq: atomics add in varying order
+  require_close(dk, dk_ref, 0.0, 0.0, "dk with a caller workspace");
+  require_close(dv, dv_ref, 0.0, 0.0, "dv with a caller workspace");
+  Tensor short_ws = Tensor::empty({numel - 1}, DType::f32, gpu());
+  REQUIRE_THROWS_WITH(ops::attention_backward(q.gpu, k.gpu, v.gpu, out, lse, dout.gpu, dq, dk, dv, shape, short_ws),
+                      Catch::Contains("attention workspace: " + std::to_string(numel - 1) +
+                                      " elements, the backward needs " + std::to_string(numel)));
+}
+
+TEST_CASE("bench op attention times the flash kernels with CUDA events", "[cuda][attention][bench]") {
+  OpBenchOptions o;
+  o.batch = 2;
+  o.seq_len = 256;
+  o.heads = 4;
+  o.head_dim = 128;
+  o.warmup = 1;
+  o.iters = 3;
+  const nlohmann::json r = bench_op("attention", o, gpu());
+  CHECK(r["device"] == gpu().str());
+  for (const char* key : {"fwd_ms", "bwd_ms", "fwd_bwd_ms", "fwd_tflops", "bwd_tflops", "fwd_bwd_tflops"}) {
+    CHECK(r[key].get<double>() > 0);
+  }
+}
+
 TEST_CASE("cuda attention at GPT-2-small training shape matches the CPU on the last sequence",
           "[cuda][attention][slow]") {
   // B 16, S 1024, 12 heads of 64: the GPU runs the whole batch; the CPU checks the last
@@ -72,8 +142,10 @@ TEST_CASE("cuda attention at GPT-2-small training shape matches the CPU on the l
   Tensor dq = poisoned_on({tokens, width}, DType::bf16, gpu());
   Tensor dk = poisoned_on({tokens, width}, DType::bf16, gpu());
   Tensor dv = poisoned_on({tokens, width}, DType::bf16, gpu());
-  // Extra device memory beyond inputs and outputs (stream-ordered pool high-water mark): no
-  // [S, S] score matrix may appear (12 heads x 1024^2 floats per sequence would be 48 MiB).
+  // The backward's documented scratch (fp32 dQ accumulator and delta), allocated by the caller.
+  Tensor workspace = Tensor::empty({ops::attention_workspace_numel(shape, gpu())}, DType::f32, gpu());
+  // Extra device memory beyond inputs, outputs and that workspace (stream-ordered pool high-water
+  // mark): no [S, S] score matrix may appear (12 heads x 1024^2 floats per sequence would be 48 MiB).
   cuda_synchronize();
   cudaMemPool_t pool;
   REQUIRE(cudaDeviceGetDefaultMemPool(&pool, 0) == cudaSuccess);
@@ -81,7 +153,7 @@ TEST_CASE("cuda attention at GPT-2-small training shape matches the CPU on the l
   REQUIRE(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemCurrent, &used_before) == cudaSuccess);
   REQUIRE(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &high) == cudaSuccess);  // reset
   ops::attention_forward(q.gpu, k.gpu, v.gpu, out, lse, shape);
-  ops::attention_backward(q.gpu, k.gpu, v.gpu, out, lse, dout.gpu, dq, dk, dv, shape);
+  ops::attention_backward(q.gpu, k.gpu, v.gpu, out, lse, dout.gpu, dq, dk, dv, shape, workspace);
   cuda_synchronize();
   REQUIRE(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &high) == cudaSuccess);
   const uint64_t extra = high > used_before ? high - used_before : 0;

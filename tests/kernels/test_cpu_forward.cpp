@@ -157,7 +157,7 @@ TEST_CASE("rope rotates half-split pairs by pos * theta^(-2i/hd) and inverse und
 
 namespace {
 
-// Naive causal GQA attention: full score matrix with a -inf mask, softmax, P @ V.
+// Naive GQA attention: full score matrix (with a -inf mask above the diagonal when causal), softmax, P @ V.
 void naive_attention(const std::vector<double>& q, const std::vector<double>& k, const std::vector<double>& v,
                      const ops::AttentionShape& s, std::vector<double>& out, std::vector<double>& lse) {
   const int64_t S = s.seq_len, hd = s.head_dim, qw = s.num_heads * hd, kw = s.num_kv_heads * hd;
@@ -171,7 +171,8 @@ void naive_attention(const std::vector<double>& q, const std::vector<double>& k,
         for (int64_t j = 0; j < S; ++j) {
           double dot = 0;
           for (int64_t c = 0; c < hd; ++c) dot += q[(b * S + i) * qw + h * hd + c] * k[(b * S + j) * kw + g * hd + c];
-          score[j] = j <= i ? dot / std::sqrt(static_cast<double>(hd)) : -std::numeric_limits<double>::infinity();
+          const bool visible = !s.causal || j <= i;
+          score[j] = visible ? dot / std::sqrt(static_cast<double>(hd)) : -std::numeric_limits<double>::infinity();
         }
         double total = 0;
         for (double sc : score) total += std::exp(sc);
@@ -187,11 +188,13 @@ void naive_attention(const std::vector<double>& q, const std::vector<double>& k,
 
 }  // namespace
 
-TEST_CASE("attention matches a naive masked softmax(QK^T/sqrt(hd)) V", "[kernels][cpu]") {
+TEST_CASE("attention matches a naive (masked) softmax(QK^T/sqrt(hd)) V, causal and not", "[kernels][cpu]") {
   for (DType dt : k_float_types) {
     for (ops::AttentionShape s :
          {ops::AttentionShape{2, 7, 4, 2, 8}, ops::AttentionShape{1, 1, 1, 1, 4}, ops::AttentionShape{1, 19, 3, 3, 6},
-          ops::AttentionShape{3, 5, 4, 1, 2}, ops::AttentionShape{2, 150, 2, 1, 4}}) {  // 150: several row blocks
+          ops::AttentionShape{3, 5, 4, 1, 2}, ops::AttentionShape{2, 150, 2, 1, 4},  // 150: several row blocks
+          ops::AttentionShape{2, 7, 4, 2, 8, false}, ops::AttentionShape{1, 1, 1, 1, 4, false},
+          ops::AttentionShape{3, 5, 4, 1, 2, false}, ops::AttentionShape{2, 150, 2, 1, 4, false}}) {
       Tensor q = random_tensor({s.batch * s.seq_len, s.num_heads * s.head_dim}, dt, 12, Device::cpu(), -2.0, 2.0);
       Tensor k = random_tensor({s.batch * s.seq_len, s.num_kv_heads * s.head_dim}, dt, 13, Device::cpu(), -2.0, 2.0);
       Tensor v = random_tensor({s.batch * s.seq_len, s.num_kv_heads * s.head_dim}, dt, 14);
@@ -200,7 +203,7 @@ TEST_CASE("attention matches a naive masked softmax(QK^T/sqrt(hd)) V", "[kernels
       std::vector<double> ref_out, ref_lse;
       naive_attention(values_of(q), values_of(k), values_of(v), s, ref_out, ref_lse);
       std::string what = "attention S=" + std::to_string(s.seq_len) + " Hq=" + std::to_string(s.num_heads) +
-                         " Hkv=" + std::to_string(s.num_kv_heads);
+                         " Hkv=" + std::to_string(s.num_kv_heads) + (s.causal ? " causal" : " non-causal");
       check(out, ref_out, what + " out");
       check(lse, ref_lse, what + " lse");
     }

@@ -105,9 +105,11 @@ TEST_CASE("rope backward is the inverse rotation", "[kernels][cpu][grad]") {
   check_gradient(x, f, values_of(dx), "rope dx");
 }
 
-TEST_CASE("attention backward, with grouped-query heads", "[kernels][cpu][grad]") {
+TEST_CASE("attention backward, with grouped-query heads, causal and not", "[kernels][cpu][grad]") {
   for (ops::AttentionShape s : {ops::AttentionShape{2, 7, 4, 2, 4}, ops::AttentionShape{1, 19, 2, 1, 3},
-                                ops::AttentionShape{1, 1, 2, 2, 2}, ops::AttentionShape{1, 70, 2, 1, 2}}) {
+                                ops::AttentionShape{1, 1, 2, 2, 2}, ops::AttentionShape{1, 70, 2, 1, 2},
+                                ops::AttentionShape{2, 7, 4, 2, 4, false}, ops::AttentionShape{1, 19, 2, 1, 3, false},
+                                ops::AttentionShape{1, 1, 2, 2, 2, false}, ops::AttentionShape{1, 70, 2, 1, 2, false}}) {
     const int64_t tokens = s.batch * s.seq_len;
     Tensor q = random_tensor({tokens, s.num_heads * s.head_dim}, k_f64, 21, Device::cpu(), -1.5, 1.5);
     Tensor k = random_tensor({tokens, s.num_kv_heads * s.head_dim}, k_f64, 22, Device::cpu(), -1.5, 1.5);
@@ -122,11 +124,23 @@ TEST_CASE("attention backward, with grouped-query heads", "[kernels][cpu][grad]"
     Tensor dq = poisoned(q.shape(), k_f64), dk = poisoned(k.shape(), k_f64), dv = poisoned(v.shape(), k_f64);
     ops::attention_backward(q, k, v, out, lse, values_tensor(r, q.shape(), k_f64), dq, dk, dv, s);
     std::string what = " S=" + std::to_string(s.seq_len) + " Hq=" + std::to_string(s.num_heads) +
-                       " Hkv=" + std::to_string(s.num_kv_heads);
+                       " Hkv=" + std::to_string(s.num_kv_heads) + (s.causal ? " causal" : " non-causal");
     check_gradient(q, f, values_of(dq), "attention dq" + what);
     check_gradient(k, f, values_of(dk), "attention dk" + what);
     check_gradient(v, f, values_of(dv), "attention dv" + what);
   }
+}
+
+TEST_CASE("attention backward names a bad workspace", "[kernels][cpu]") {
+  const ops::AttentionShape s{1, 3, 2, 1, 4};
+  Tensor q = random_tensor({3, 8}, k_f64, 31), k = random_tensor({3, 4}, k_f64, 32), v = random_tensor({3, 4}, k_f64, 33);
+  Tensor out = Tensor::empty(q.shape(), k_f64), lse = Tensor::empty({1, 2, 3}, k_f64);
+  ops::attention_forward(q, k, v, out, lse, s);
+  Tensor dq = Tensor::empty(q.shape(), k_f64), dk = Tensor::empty(k.shape(), k_f64), dv = Tensor::empty(v.shape(), k_f64);
+  CHECK(ops::attention_workspace_numel(s, Device::cpu()) == 0);
+  Tensor wrong = Tensor::empty({16}, k_f64);
+  REQUIRE_THROWS_WITH(ops::attention_backward(q, k, v, out, lse, out, dq, dk, dv, s, wrong),
+                      Catch::Contains("attention workspace has dtype f64, expected f32"));
 }
 
 TEST_CASE("activation backward for relu, gelu, geglu and swiglu", "[kernels][cpu][grad]") {

@@ -75,7 +75,9 @@ struct AttentionVariant {
 TEST_CASE("attention gradients match finite differences", "[model][gradcheck][module]") {
   auto v = GENERATE(AttentionVariant{4, 4, true}, AttentionVariant{4, 4, false}, AttentionVariant{4, 2, true},
                     AttentionVariant{4, 2, false}, AttentionVariant{4, 1, true});
-  INFO("heads " << v.num_heads << " kv heads " << v.num_kv_heads << " rope " << v.rope);
+  auto mask = GENERATE(AttentionMask::causal, AttentionMask::bidirectional);
+  INFO("heads " << v.num_heads << " kv heads " << v.num_kv_heads << " rope " << v.rope << " mask "
+                << attention_mask_name(mask));
   const int64_t batch = 2, seq = 5, d = 16, tokens = batch * seq;
   AttentionConfig cfg;
   cfg.d_model = d;
@@ -83,6 +85,7 @@ TEST_CASE("attention gradients match finite differences", "[model][gradcheck][mo
   cfg.num_kv_heads = v.num_kv_heads;
   cfg.seq_len = seq;
   cfg.rope = v.rope;
+  cfg.mask = mask;
   cfg.init_std = k_init_std;
   cfg.out_init_std = k_init_std;
   ParamStore store;

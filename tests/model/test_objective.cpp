@@ -122,13 +122,39 @@ TEST_CASE("objective names: unknown ones and declared-but-unbuilt kinds are erro
   Config c = hash_config();
   c.model.objective = "masked_lm";
   REQUIRE_THROWS_WITH(Model(c.model, c.moe), Contains("'masked_lm' is not implemented yet"));
-  // The attention module refuses the masks it has no kernels for.
+  // The attention module refuses the masks it has no kernels for; bidirectional has them.
   ParamStore store;
   AttentionConfig attn{8, 2, 2, 6};
-  attn.mask = AttentionMask::bidirectional;
+  attn.mask = AttentionMask::encoder_decoder;
   REQUIRE_THROWS_WITH(Attention(store, "attn", attn),
-                      StartsWith("attention 'attn': the bidirectional mask is not implemented yet (the attention "
-                                 "kernels are causal)"));
+                      StartsWith("attention 'attn': the encoder-decoder mask is not implemented yet (causal and "
+                                 "bidirectional are)"));
+}
+
+TEST_CASE("a bidirectional attention mask lets a token see later tokens; causal does not", "[model][objective]") {
+  for (AttentionMask mask : {AttentionMask::causal, AttentionMask::bidirectional}) {
+    ParamStore store;
+    AttentionConfig cfg{8, 2, 2, 6};
+    cfg.mask = mask;
+    Attention attn(store, "attn", cfg);
+    store.allocate(Device::cpu(), DType::f64);
+    store.initialize(5);
+    Tensor x = test::random_tensor({6, 8}, DType::f64, 6);
+    Attention::Saved saved;
+    const std::vector<double> before = attn.forward(x, 1, saved).to_vector<double>();
+    std::vector<double> xv = x.to_vector<double>();
+    for (size_t c = 0; c < 8; ++c) xv[5 * 8 + c] += 1.0;  // change the last token only
+    const std::vector<double> after =
+        attn.forward(Tensor::from_vector(xv, {6, 8}, DType::f64), 1, saved).to_vector<double>();
+    double first_token_change = 0;
+    for (size_t c = 0; c < 8; ++c) first_token_change += std::abs(after[c] - before[c]);
+    INFO(attention_mask_name(mask));
+    if (mask == AttentionMask::causal) {
+      REQUIRE(first_token_change == 0.0);
+    } else {
+      REQUIRE(first_token_change > 1e-6);
+    }
+  }
 }
 
 TEST_CASE("a batch keeps its host ids and the model routes on them as given", "[model][objective][batch]") {

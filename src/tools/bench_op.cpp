@@ -1,0 +1,124 @@
+// `moe bench op`: the registry of single-op benchmarks, and the attention bench (the flash
+// kernels on the GPU for head dims 64 and 128), timed forward, backward and forward + backward.
+#include "src/tools/bench_op.h"
+
+#include <algorithm>
+#include <random>
+
+#include "src/ops/ops.h"
+#include "src/tensor/device_timer.h"
+#include "src/train/metrics.h"
+
+namespace moe {
+
+namespace {
+
+Tensor random_on(const Shape& shape, DType dtype, Device device, uint64_t seed, float lo, float hi) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> values(static_cast<size_t>(shape_numel(shape)));
+  for (float& x : values) x = dist(rng);
+  return Tensor::from_vector(values, shape, dtype, device);
+}
+
+// Median milliseconds of `iters` calls of fn, each between two device timer marks, after
+// `warmup` untimed calls.
+template <class Fn>
+double median_ms(Device device, int64_t warmup, int64_t iters, Fn&& fn) {
+  for (int64_t i = 0; i < warmup; ++i) fn();
+  DeviceTimer timer(device);
+  std::vector<double> ms;
+  for (int64_t i = 0; i < iters; ++i) {
+    timer.start();
+    fn();
+    timer.stop();
+    ms.push_back(timer.elapsed_ms());
+  }
+  return median_of(ms);
+}
+
+nlohmann::json bench_attention(const OpBenchOptions& o, Device device) {
+  const int64_t kv_heads = o.kv_heads > 0 ? o.kv_heads : o.heads;
+  MOE_CHECK(o.batch > 0 && o.seq_len > 0 && o.heads > 0 && o.head_dim > 0 && o.heads % kv_heads == 0,
+            "bench op attention: --batch, --seq, --heads, --head-dim must be positive and --heads a multiple of "
+            "--kv-heads (got batch ",
+            o.batch, ", seq ", o.seq_len, ", heads ", o.heads, "/", kv_heads, ", head dim ", o.head_dim, ")");
+  const ops::AttentionShape shape{o.batch, o.seq_len, o.heads, kv_heads, o.head_dim, o.causal};
+  const DType dtype = device.is_cuda() ? DType::bf16 : DType::f32;
+  const int64_t tokens = o.batch * o.seq_len;
+  const Shape q_shape{tokens, o.heads * o.head_dim}, kv_shape{tokens, kv_heads * o.head_dim};
+  Tensor q = random_on(q_shape, dtype, device, o.seed, -2.0f, 2.0f);
+  Tensor k = random_on(kv_shape, dtype, device, o.seed + 1, -2.0f, 2.0f);
+  Tensor v = random_on(kv_shape, dtype, device, o.seed + 2, -1.0f, 1.0f);
+  Tensor dout = random_on(q_shape, dtype, device, o.seed + 3, -1.0f, 1.0f);
+  Tensor out = Tensor::empty(q_shape, dtype, device);
+  Tensor lse = Tensor::empty({o.batch, o.heads, o.seq_len}, ops::accum_dtype(dtype), device);
+  Tensor dq = Tensor::empty(q_shape, dtype, device), dk = Tensor::empty(kv_shape, dtype, device);
+  Tensor dv = Tensor::empty(kv_shape, dtype, device);
+  const int64_t workspace_numel = ops::attention_workspace_numel(shape, device);
+  const Tensor workspace = workspace_numel > 0 ? Tensor::empty({workspace_numel}, DType::f32, device) : Tensor();
+  auto forward = [&] { ops::attention_forward(q, k, v, out, lse, shape); };
+  auto backward = [&] { ops::attention_backward(q, k, v, out, lse, dout, dq, dk, dv, shape, workspace); };
+
+  const double fwd_ms = median_ms(device, o.warmup, o.iters, forward);
+  const double bwd_ms = median_ms(device, o.warmup, o.iters, backward);  // out, lse from the forward runs
+  const double fwd_bwd_ms = median_ms(device, o.warmup, o.iters, [&] {
+    forward();
+    backward();
+  });
+  const double fwd_flops = attention_forward_flops(o.batch, o.seq_len, o.heads, o.head_dim, o.causal);
+  auto tflops = [](double flops, double ms) { return flops / (ms * 1e-3) / 1e12; };
+  nlohmann::json r;
+  r["op"] = "attention";
+  r["device"] = device.str();
+  r["batch"] = o.batch;
+  r["seq"] = o.seq_len;
+  r["heads"] = o.heads;
+  r["kv_heads"] = kv_heads;
+  r["head_dim"] = o.head_dim;
+  r["causal"] = o.causal;
+  r["iters"] = o.iters;
+  r["fwd_ms"] = fwd_ms;
+  r["bwd_ms"] = bwd_ms;
+  r["fwd_bwd_ms"] = fwd_bwd_ms;
+  r["fwd_tflops"] = tflops(fwd_flops, fwd_ms);
+  r["bwd_tflops"] = tflops(2.5 * fwd_flops, bwd_ms);
+  r["fwd_bwd_tflops"] = tflops(3.5 * fwd_flops, fwd_bwd_ms);
+  r["fwd_bwd_fraction_of_peak"] = tflops(3.5 * fwd_flops, fwd_bwd_ms) * 1e12 / k_h200_peak_flops;
+  r["flops"] = "fwd 4*B*H*S^2*D (/2 causal), bwd 2.5x fwd; peak 775 TFLOP/s (measured bf16 GEMM, H200)";
+  return r;
+}
+
+}  // namespace
+
+double attention_forward_flops(int64_t batch, int64_t seq_len, int64_t heads, int64_t head_dim, bool causal) {
+  const double full = 4.0 * static_cast<double>(batch) * static_cast<double>(heads) * static_cast<double>(seq_len) *
+                      static_cast<double>(seq_len) * static_cast<double>(head_dim);
+  return causal ? full / 2 : full;
+}
+
+double median_of(std::vector<double> values) {
+  MOE_CHECK(!values.empty(), "median of no values");
+  std::sort(values.begin(), values.end());
+  const size_t n = values.size();
+  return n % 2 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
+}
+
+const std::vector<OpBench>& op_benches() {
+  static const std::vector<OpBench> benches = {
+      {"attention", "attention forward, backward and both (--batch --seq --heads --kv-heads --head-dim --causal)",
+       &bench_attention},
+  };
+  return benches;
+}
+
+nlohmann::json bench_op(const std::string& name, const OpBenchOptions& options, Device device) {
+  std::string known;
+  for (const OpBench& b : op_benches()) {
+    if (b.name == name) return b.run(options, device);
+    known += (known.empty() ? "" : ", ") + b.name;
+  }
+  MOE_FAIL("bench op: unknown op '", name, "' (known: ", known, ")");
+}
+
+}  // namespace moe

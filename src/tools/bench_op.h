@@ -1,0 +1,44 @@
+// `moe bench op NAME`: one kernel at a given shape, timed on its device (CUDA events; median of
+// the timed iterations after warm-up), reported as one JSON line with its TFLOP/s or GB/s.
+// Ops register in bench_op.cpp: a name, what it times, and a function from the options to JSON.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "src/tensor/tensor.h"
+
+namespace moe {
+
+// Shape flags of all op benches (each op reads the ones it needs).
+struct OpBenchOptions {
+  int64_t batch = 4, seq_len = 4096, heads = 16, kv_heads = 0, head_dim = 64;  // kv_heads 0 = heads
+  bool causal = true;
+  int64_t warmup = 5, iters = 20;
+  uint64_t seed = 1;
+};
+
+struct OpBench {
+  std::string name;
+  std::string what;
+  nlohmann::json (*run)(const OpBenchOptions& options, Device device);
+};
+
+// Every op `moe bench op` knows, in the order the help lists them.
+const std::vector<OpBench>& op_benches();
+
+// Runs the named op bench (an unknown name is an error listing the known ones).
+nlohmann::json bench_op(const std::string& name, const OpBenchOptions& options, Device device);
+
+// Attention FLOPs counted the FlashAttention way (also used by experiments/perf/anchors/
+// attention_anchor.py): forward 4 B Hq S^2 hd (two GEMMs of 2 B Hq S^2 hd), halved when causal;
+// backward 2.5 x forward (five GEMMs of that size).
+double attention_forward_flops(int64_t batch, int64_t seq_len, int64_t heads, int64_t head_dim, bool causal);
+
+// The median of `values` (not empty).
+double median_of(std::vector<double> values);
+
+}  // namespace moe

@@ -1,0 +1,61 @@
+// `moe bench op`: the attention bench on the CPU at a tiny shape (what it reports and how its
+// TFLOP/s follow from the times), the FLOP count, the median, and the errors for bad input.
+#include <catch2/catch.hpp>
+
+#include "src/tools/bench_op.h"
+
+namespace moe::test {
+namespace {
+
+TEST_CASE("attention FLOPs follow the FlashAttention count", "[tools][bench]") {
+  // 4 B H S^2 D: two S x S x D GEMMs per head; causal halves it.
+  CHECK(attention_forward_flops(2, 8, 3, 4, false) == 4.0 * 2 * 3 * 64 * 4);
+  CHECK(attention_forward_flops(2, 8, 3, 4, true) == 2.0 * 2 * 3 * 64 * 4);
+}
+
+TEST_CASE("median of odd and even counts", "[tools][bench]") {
+  CHECK(median_of({3.0, 1.0, 2.0}) == 2.0);
+  CHECK(median_of({4.0, 1.0, 3.0, 2.0}) == 2.5);
+  REQUIRE_THROWS_WITH(median_of({}), Catch::Contains("median of no values"));
+}
+
+TEST_CASE("bench op attention reports times and TFLOP/s on the CPU", "[tools][bench]") {
+  OpBenchOptions o;
+  o.batch = 2;
+  o.seq_len = 33;
+  o.heads = 4;
+  o.kv_heads = 2;
+  o.head_dim = 8;
+  o.causal = false;
+  o.warmup = 1;
+  o.iters = 3;
+  const nlohmann::json r = bench_op("attention", o, Device::cpu());
+  CHECK(r["op"] == "attention");
+  CHECK(r["device"] == "cpu");
+  CHECK(r["kv_heads"] == 2);
+  CHECK(r["causal"] == false);
+  for (const char* key : {"fwd_ms", "bwd_ms", "fwd_bwd_ms"}) CHECK(r[key].get<double>() > 0);
+  const double flops = attention_forward_flops(2, 33, 4, 8, false);
+  CHECK(r["fwd_tflops"].get<double>() == Approx(flops / (r["fwd_ms"].get<double>() * 1e-3) / 1e12));
+  CHECK(r["bwd_tflops"].get<double>() == Approx(2.5 * flops / (r["bwd_ms"].get<double>() * 1e-3) / 1e12));
+  CHECK(r["fwd_bwd_tflops"].get<double>() == Approx(3.5 * flops / (r["fwd_bwd_ms"].get<double>() * 1e-3) / 1e12));
+
+  o.kv_heads = 0;  // default: as many kv heads as query heads
+  o.causal = true;
+  const nlohmann::json mha = bench_op("attention", o, Device::cpu());
+  CHECK(mha["kv_heads"] == 4);
+  CHECK(mha["causal"] == true);
+}
+
+TEST_CASE("bench op names an unknown op and a bad attention shape", "[tools][bench]") {
+  OpBenchOptions o;
+  REQUIRE_THROWS_WITH(bench_op("matmul", o, Device::cpu()),
+                      Catch::Contains("bench op: unknown op 'matmul' (known: attention)"));
+  o.heads = 6;
+  o.kv_heads = 4;
+  REQUIRE_THROWS_WITH(bench_op("attention", o, Device::cpu()),
+                      Catch::Contains("--heads a multiple of --kv-heads (got batch 4, seq 4096, heads 6/4"));
+}
+
+}  // namespace
+}  // namespace moe::test
