@@ -14,6 +14,11 @@
 
 namespace moe::test {
 
+// Finite-difference tolerances of the f64 module checks, and large initial weights: gradients far
+// from zero, routing far from ties.
+inline constexpr double k_atol = 1e-7, k_rtol = 1e-5;
+inline constexpr double k_init_std = 0.5;
+
 inline double sigmoid(double z) { return 1.0 / (1.0 + std::exp(-z)); }
 
 inline std::vector<std::vector<double>> snapshot_grads(const ParamStore& store) {

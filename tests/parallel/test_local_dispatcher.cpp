@@ -16,23 +16,11 @@
 #include "tests/test_util.h"
 
 using namespace moe;
-
-namespace {
-
 using test::check_gradient;
-using test::check_param_gradients;
 using test::distinct_ids;
 using test::f64_tensor;
-using test::max_abs;
-using test::randomize_param;
-using test::require_grads_doubled;
-using test::snapshot_grads;
 using test::weighted_sum;
-
-constexpr double k_atol = 1e-7, k_rtol = 1e-5;
-constexpr double k_init_std = 0.5;  // large weights: gradients far from zero, routing far from ties
-
-}  // namespace
+using test::k_init_std;
 
 namespace {
 struct DispatchVariant {
