@@ -32,6 +32,16 @@ using test::weighted_sum;
 constexpr double k_atol = 1e-7, k_rtol = 1e-5;
 constexpr double k_init_std = 0.5;  // large weights: gradients far from zero, routing far from ties
 
+// A norm over `width` in f64 with weights (and bias) away from their ones (zeros) init.
+Norm random_norm(ParamStore& store, NormKind kind, int64_t width) {
+  Norm norm(store, "norm", width, kind, 1e-5f);
+  store.allocate(Device::cpu(), DType::f64);
+  store.initialize(3);
+  randomize_param(store, store.find("norm.weight"), 4, 0.5, 1.5);
+  if (kind == NormKind::layernorm) randomize_param(store, store.find("norm.bias"), 5, -1.0, 1.0);
+  return norm;
+}
+
 }  // namespace
 
 TEST_CASE("norm gradients match finite differences", "[model][gradcheck][module]") {
@@ -39,11 +49,7 @@ TEST_CASE("norm gradients match finite differences", "[model][gradcheck][module]
   INFO("norm " << (kind == NormKind::rmsnorm ? "rmsnorm" : "layernorm"));
   const int64_t tokens = 5, width = 7;
   ParamStore store;
-  Norm norm(store, "norm", width, kind, 1e-5f);
-  store.allocate(Device::cpu(), DType::f64);
-  store.initialize(3);
-  randomize_param(store, store.find("norm.weight"), 4, 0.5, 1.5);
-  if (kind == NormKind::layernorm) randomize_param(store, store.find("norm.bias"), 5, -1.0, 1.0);
+  Norm norm = random_norm(store, kind, width);
 
   Tensor x = test::random_tensor({tokens, width}, DType::f64, 6, Device::cpu(), -2.0, 2.0);
   auto w = test::random_values(tokens * width, 7);
@@ -70,11 +76,7 @@ TEST_CASE("fused residual add + norm gradients match finite differences", "[mode
   INFO("norm " << (kind == NormKind::rmsnorm ? "rmsnorm" : "layernorm"));
   const int64_t tokens = 5, width = 7;
   ParamStore store;
-  Norm norm(store, "norm", width, kind, 1e-5f);
-  store.allocate(Device::cpu(), DType::f64);
-  store.initialize(3);
-  randomize_param(store, store.find("norm.weight"), 4, 0.5, 1.5);
-  if (kind == NormKind::layernorm) randomize_param(store, store.find("norm.bias"), 5, -1.0, 1.0);
+  Norm norm = random_norm(store, kind, width);
 
   Tensor x = test::random_tensor({tokens, width}, DType::f64, 6, Device::cpu(), -2.0, 2.0);
   Tensor delta = test::random_tensor({tokens, width}, DType::f64, 8, Device::cpu(), -1.0, 1.0);
