@@ -3,7 +3,9 @@
 # engine's benches and their PyTorch anchors side by side, in the same run.
 # Usage (repo root on the H200 host, .devdeps carried):
 #   experiments/perf/run_speed.sh OUT_DIR [PARTS]   PARTS: comma list of build,tests,train,anchor,attention
-#                                                    (default all of them)
+#                                                    (default all of them), and ab: MoE-small with an
+#                                                    older tree carried in .ab/ (AB_DIR) built beside
+#                                                    this one, benched back to back in the same call
 # Writes OUT_DIR/*.json|log and prints a short table last.
 set -uo pipefail
 out=${1:?out dir}
@@ -39,5 +41,17 @@ if has anchor; then
 fi
 if has attention && [[ -x experiments/perf/run_attention.sh ]]; then
   experiments/perf/run_attention.sh "$out" 2>&1 | tail -20
+fi
+if has ab && [[ -d ${AB_DIR:-.ab} ]]; then
+  ab=${AB_DIR:-.ab}
+  (cd "$ab" && cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$D" -DMOE_TESTS=OFF \
+     > "$out/ab_configure.log" 2>&1 && cmake --build build -j "$(nproc)" --target moe > "$out/ab_build.log" 2>&1) \
+    || { tail -20 "$out/ab_build.log"; }
+  for run in 1 2; do
+    "$ab/build/moe" bench train experiments/perf/moe_small.toml --warmup 3 --steps 10 2>&1 | tail -1 \
+      | tee -a "$out/ab_old_moe_small.jsonl"
+    build/moe bench train experiments/perf/moe_small.toml --warmup 3 --steps 10 2>&1 | tail -1 \
+      | tee -a "$out/ab_new_moe_small.jsonl"
+  done
 fi
 python3 experiments/perf/summarize_speed.py "$out" || true

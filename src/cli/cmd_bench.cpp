@@ -43,7 +43,7 @@ void add_dispatch_bench(CLI::App& bench, CommandRunner& run) {
 }
 
 // `moe bench op NAME [--batch B --seq S --heads H --kv-heads H --head-dim D --causal|--no-causal
-// --warmup N --iters N --device D]`: one kernel at one shape; one JSON line (median times, TFLOP/s).
+// --width W --warmup N --iters N --device D]`: one kernel at one shape; one JSON line (median times, TFLOP/s).
 void add_op_bench(CLI::App& bench, CommandRunner& run) {
   std::string names;
   for (const OpBench& b : op_benches()) names += (names.empty() ? "" : "; ") + b.name + ": " + b.what;
@@ -58,6 +58,7 @@ void add_op_bench(CLI::App& bench, CommandRunner& run) {
   cmd->add_option("--kv-heads", o->kv_heads, "key/value heads (default: --heads)")->check(CLI::PositiveNumber);
   cmd->add_option("--head-dim", o->head_dim, "head dimension")->check(CLI::PositiveNumber);
   cmd->add_flag("--causal,!--no-causal", o->causal, "causal mask (default) or none");
+  cmd->add_option("--width", o->width, "model width (the add + norm benches)")->check(CLI::PositiveNumber);
   cmd->add_option("--warmup", o->warmup, "untimed iterations first")->check(CLI::NonNegativeNumber);
   cmd->add_option("--iters", o->iters, "timed iterations (the median is reported)")->check(CLI::PositiveNumber);
   cmd->add_option("--device", *device, "auto | cpu | cuda")->check(CLI::IsMember({"auto", "cpu", "cuda"}));

@@ -19,9 +19,8 @@ Tensor Block::forward(const Tensor& x, int64_t batch, const RouteInputs& inputs,
                       bool collect_stats) const {
   saved.input = x;
   Tensor attn_out = attn_.forward(attn_norm_.forward(x, saved.attn_norm), batch, saved.attn);
-  Tensor h = Tensor::empty(x.shape(), x.dtype(), x.device());
-  ops::add(x, attn_out, h);
-  Tensor normed = ffn_norm_.forward(h, saved.ffn_norm);
+  Tensor h;  // the residual stream x + attn_out, written by the fused add + norm
+  Tensor normed = ffn_norm_.forward_add(x, attn_out, h, saved.ffn_norm);
   Tensor ffn_out = moe_ ? moe_->forward(normed, inputs, saved.moe, collect_stats) : dense_->forward(normed, saved.ffn);
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
   ops::add(h, ffn_out, y);
@@ -30,12 +29,9 @@ Tensor Block::forward(const Tensor& x, int64_t batch, const RouteInputs& inputs,
 
 Tensor Block::backward(const BlockSaved& saved, const Tensor& dy, int64_t batch, float aux_scale) const {
   Tensor dnormed = moe_ ? moe_->backward(saved.moe, dy, aux_scale) : dense_->backward(saved.ffn, dy);
-  Tensor dh = ffn_norm_.backward(saved.ffn_norm, dnormed);
-  ops::accumulate(dh, dy);  // residual path
+  Tensor dh = ffn_norm_.backward(saved.ffn_norm, dnormed, dy);  // + dy: the residual path, fused
   Tensor dattn_in = attn_.backward(saved.attn, dh, batch);
-  Tensor dx = attn_norm_.backward(saved.attn_norm, dattn_in);
-  ops::accumulate(dx, dh);  // residual path
-  return dx;
+  return attn_norm_.backward(saved.attn_norm, dattn_in, dh);  // + dh: the residual path, fused
 }
 
 }  // namespace moe

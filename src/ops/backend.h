@@ -24,13 +24,15 @@ class Backend {
   virtual void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable, VocabShard shard) = 0;
   virtual void position_add_forward(Tensor& x, const Tensor& pos, int64_t seq_len) = 0;
   virtual void position_add_backward(const Tensor& dx, Tensor& dpos, int64_t seq_len) = 0;
-  virtual void rmsnorm_forward(const Tensor& x, const Tensor& w, Tensor& y, Tensor& rstd, float eps) = 0;
-  virtual void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, Tensor& dx,
-                                Tensor& dw) = 0;
-  virtual void layernorm_forward(const Tensor& x, const Tensor& w, const Tensor& b, Tensor& y, Tensor& mean,
-                                 Tensor& rstd, float eps) = 0;
+  // delta, h: undefined for a plain norm; dresidual: undefined when there is none.
+  virtual void rmsnorm_forward(const Tensor& x, const Tensor& delta, Tensor& h, const Tensor& w, Tensor& y,
+                               Tensor& rstd, float eps) = 0;
+  virtual void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy,
+                                const Tensor& dresidual, Tensor& dx, Tensor& dw) = 0;
+  virtual void layernorm_forward(const Tensor& x, const Tensor& delta, Tensor& h, const Tensor& w, const Tensor& b,
+                                 Tensor& y, Tensor& mean, Tensor& rstd, float eps) = 0;
   virtual void layernorm_backward(const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& rstd,
-                                  const Tensor& dy, Tensor& dx, Tensor& dw, Tensor& db) = 0;
+                                  const Tensor& dy, const Tensor& dresidual, Tensor& dx, Tensor& dw, Tensor& db) = 0;
   virtual void rope(Tensor& x, int64_t num_heads, int64_t seq_len, float theta, bool inverse) = 0;
   virtual void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse,
                                  const AttentionShape& shape) = 0;

@@ -57,6 +57,10 @@ template <typename T>
 const T* optional_ptr(const Tensor& t) {
   return t.defined() ? t.data_as<const T>() : nullptr;
 }
+template <typename T>
+T* optional_mut(const Tensor& t) {
+  return t.defined() ? t.data_as<T>() : nullptr;
+}
 
 // bf16 tensors can live on the host (checkpoints, tests); casts to and from them go through f32.
 void cast_with_bf16(const Tensor& src, Tensor& dst) {
@@ -118,37 +122,40 @@ class CpuBackend final : public Backend {
     });
   }
 
-  void rmsnorm_forward(const Tensor& x, const Tensor& w, Tensor& y, Tensor& rstd, float eps) override {
+  void rmsnorm_forward(const Tensor& x, const Tensor& delta, Tensor& h, const Tensor& w, Tensor& y, Tensor& rstd,
+                       float eps) override {
     dispatch_float(x.dtype(), "rmsnorm", [&](auto tag) {
       using T = decltype(tag);
-      cpu::rmsnorm_forward<T>(ptr<T>(x), ptr<T>(w), ptr<T>(y), ptr<T>(rstd), x.size(0), x.size(1), eps);
+      cpu::rmsnorm_forward<T>(ptr<T>(x), optional_ptr<T>(delta), optional_mut<T>(h), ptr<T>(w), ptr<T>(y),
+                              ptr<T>(rstd), x.size(0), x.size(1), eps);
     });
   }
 
-  void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, Tensor& dx,
-                        Tensor& dw) override {
+  void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy,
+                        const Tensor& dresidual, Tensor& dx, Tensor& dw) override {
     dispatch_float(x.dtype(), "rmsnorm backward", [&](auto tag) {
       using T = decltype(tag);
-      cpu::rmsnorm_backward<T>(ptr<T>(x), ptr<T>(w), ptr<T>(rstd), ptr<T>(dy), ptr<T>(dx), ptr<T>(dw), x.size(0),
-                               x.size(1));
+      cpu::rmsnorm_backward<T>(ptr<T>(x), ptr<T>(w), ptr<T>(rstd), ptr<T>(dy), optional_ptr<T>(dresidual), ptr<T>(dx),
+                               ptr<T>(dw), x.size(0), x.size(1));
     });
   }
 
-  void layernorm_forward(const Tensor& x, const Tensor& w, const Tensor& b, Tensor& y, Tensor& mean, Tensor& rstd,
-                         float eps) override {
+  void layernorm_forward(const Tensor& x, const Tensor& delta, Tensor& h, const Tensor& w, const Tensor& b, Tensor& y,
+                         Tensor& mean, Tensor& rstd, float eps) override {
     dispatch_float(x.dtype(), "layernorm", [&](auto tag) {
       using T = decltype(tag);
-      cpu::layernorm_forward<T>(ptr<T>(x), ptr<T>(w), ptr<T>(b), ptr<T>(y), ptr<T>(mean), ptr<T>(rstd), x.size(0),
-                                x.size(1), eps);
+      cpu::layernorm_forward<T>(ptr<T>(x), optional_ptr<T>(delta), optional_mut<T>(h), ptr<T>(w), ptr<T>(b),
+                                ptr<T>(y), ptr<T>(mean), ptr<T>(rstd), x.size(0), x.size(1), eps);
     });
   }
 
   void layernorm_backward(const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& rstd, const Tensor& dy,
-                          Tensor& dx, Tensor& dw, Tensor& db) override {
+                          const Tensor& dresidual, Tensor& dx, Tensor& dw, Tensor& db) override {
     dispatch_float(x.dtype(), "layernorm backward", [&](auto tag) {
       using T = decltype(tag);
-      cpu::layernorm_backward<T>(ptr<T>(x), ptr<T>(w), ptr<T>(mean), ptr<T>(rstd), ptr<T>(dy), ptr<T>(dx), ptr<T>(dw),
-                                 ptr<T>(db), x.size(0), x.size(1));
+      cpu::layernorm_backward<T>(ptr<T>(x), ptr<T>(w), ptr<T>(mean), ptr<T>(rstd), ptr<T>(dy),
+                                 optional_ptr<T>(dresidual), ptr<T>(dx), ptr<T>(dw), ptr<T>(db), x.size(0),
+                                 x.size(1));
     });
   }
 

@@ -58,6 +58,10 @@ const float* optional_f32(const Tensor& t, const char* what) {
   return f32(t);
 }
 
+// An optional bf16 tensor (ops.cpp checked its shape, dtype and device) as a pointer: nullptr when undefined.
+const bf16* optional_bf16(const Tensor& t) { return t.defined() ? bf(t) : nullptr; }
+bf16* optional_bf16_mut(const Tensor& t) { return t.defined() ? bf_mut(t) : nullptr; }
+
 class CudaBackend : public Backend {
  public:
   void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha,
@@ -94,36 +98,39 @@ class CudaBackend : public Backend {
     cuda::position_add_backward(bf(dx), f32_mut(dpos), dx.size(0), dx.size(1), seq_len, stream);
   }
 
-  void rmsnorm_forward(const Tensor& x, const Tensor& w, Tensor& y, Tensor& rstd, float eps) override {
+  void rmsnorm_forward(const Tensor& x, const Tensor& delta, Tensor& h, const Tensor& w, Tensor& y, Tensor& rstd,
+                       float eps) override {
     cudaStream_t stream = on_device(x, w, y, rstd);
-    cuda::rmsnorm_forward(bf(x), bf(w), bf_mut(y), f32_mut(rstd), x.size(0), x.size(1), eps, stream);
+    cuda::rmsnorm_forward(bf(x), optional_bf16(delta), optional_bf16_mut(h), bf(w), bf_mut(y), f32_mut(rstd),
+                          x.size(0), x.size(1), eps, stream);
   }
 
-  void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, Tensor& dx,
-                        Tensor& dw) override {
+  void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy,
+                        const Tensor& dresidual, Tensor& dx, Tensor& dw) override {
     cudaStream_t stream = on_device(x, w, rstd, dy, dx, dw);
     check_dtype(rstd, DType::f32, "rmsnorm rstd");
     check_dtype(w, DType::bf16, "rmsnorm w");
-    cuda::rmsnorm_backward(bf(x), bf(w), f32(rstd), bf(dy), bf_mut(dx), f32_mut(dw), x.size(0), x.size(1), stream);
+    cuda::rmsnorm_backward(bf(x), bf(w), f32(rstd), bf(dy), optional_bf16(dresidual), bf_mut(dx), f32_mut(dw),
+                           x.size(0), x.size(1), stream);
   }
 
-  void layernorm_forward(const Tensor& x, const Tensor& w, const Tensor& b, Tensor& y, Tensor& mean, Tensor& rstd,
-                         float eps) override {
+  void layernorm_forward(const Tensor& x, const Tensor& delta, Tensor& h, const Tensor& w, const Tensor& b, Tensor& y,
+                         Tensor& mean, Tensor& rstd, float eps) override {
     cudaStream_t stream = on_device(x, w, b, y, mean, rstd);
-    cuda::layernorm_forward(bf(x), bf(w), bf(b), bf_mut(y), f32_mut(mean), f32_mut(rstd), x.size(0), x.size(1), eps,
-                            stream);
+    cuda::layernorm_forward(bf(x), optional_bf16(delta), optional_bf16_mut(h), bf(w), bf(b), bf_mut(y),
+                            f32_mut(mean), f32_mut(rstd), x.size(0), x.size(1), eps, stream);
   }
 
   void layernorm_backward(const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& rstd, const Tensor& dy,
-                          Tensor& dx, Tensor& dw, Tensor& db) override {
+                          const Tensor& dresidual, Tensor& dx, Tensor& dw, Tensor& db) override {
     cudaStream_t stream = on_device(x, w, mean, rstd, dy, dx, dw, db);
     check_shape(mean, {x.size(0)}, "layernorm mean");
     check_shape(rstd, {x.size(0)}, "layernorm rstd");
     check_dtype(mean, DType::f32, "layernorm mean");
     check_dtype(rstd, DType::f32, "layernorm rstd");
     check_dtype(w, DType::bf16, "layernorm w");
-    cuda::layernorm_backward(bf(x), bf(w), f32(mean), f32(rstd), bf(dy), bf_mut(dx), f32_mut(dw), f32_mut(db),
-                             x.size(0), x.size(1), stream);
+    cuda::layernorm_backward(bf(x), bf(w), f32(mean), f32(rstd), bf(dy), optional_bf16(dresidual), bf_mut(dx),
+                             f32_mut(dw), f32_mut(db), x.size(0), x.size(1), stream);
   }
 
   void rope(Tensor& x, int64_t num_heads, int64_t seq_len, float theta, bool inverse) override {

@@ -139,49 +139,85 @@ void position_add_backward(const Tensor& dx, Tensor& dpos, int64_t seq_len) {
   run_on(dx, OpKind::embedding)->position_add_backward(dx, dpos, seq_len);
 }
 
-void rmsnorm_forward(const Tensor& x, const Tensor& w, Tensor& y, Tensor& rstd, float eps) {
-  check_compute(x, "rmsnorm x");
-  MOE_CHECK(x.ndim() == 2, "rmsnorm x must be [T,d]");
-  check_shape(w, {x.size(1)}, "rmsnorm w");
-  check_dtype(w, x.dtype(), "rmsnorm w");
-  check_like(y, x, "rmsnorm y");
-  check_shape(rstd, {x.size(0)}, "rmsnorm rstd");
-  check_accum(rstd, x, "rmsnorm rstd");
-  run_on(x, OpKind::norm)->rmsnorm_forward(x, w, y, rstd, eps);
+namespace {
+
+// The shapes common to the norms' forward: x[T,d] compute, w[d] (and b), y like x, statistics [T] accum.
+void check_norm_forward(const Tensor& x, const Tensor& w, const Tensor& y, const Tensor& rstd, const char* op) {
+  const std::string name(op);
+  check_compute(x, (name + " x").c_str());
+  MOE_CHECK(x.ndim() == 2, op, " x must be [T,d]");
+  check_shape(w, {x.size(1)}, (name + " w").c_str());
+  check_dtype(w, x.dtype(), (name + " w").c_str());
+  check_like(y, x, (name + " y").c_str());
+  check_shape(rstd, {x.size(0)}, (name + " rstd").c_str());
+  check_accum(rstd, x, (name + " rstd").c_str());
 }
 
-void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, Tensor& dx, Tensor& dw) {
-  check_compute(x, "rmsnorm x");
-  check_like(dy, x, "rmsnorm dy");
-  check_like(dx, x, "rmsnorm dx");
-  check_shape(dw, w.shape(), "rmsnorm dw");
-  check_accum(dw, x, "rmsnorm dw");
+// The fused residual add: delta and h shaped like x.
+void check_residual(const Tensor& x, const Tensor& delta, const Tensor& h, const char* op) {
+  const std::string name(op);
+  MOE_CHECK(delta.defined(), op, " delta is undefined");
+  MOE_CHECK(h.defined(), op, " h is undefined");
+  check_like(delta, x, (name + " delta").c_str());
+  check_like(h, x, (name + " h").c_str());
+}
+
+void check_norm_backward(const Tensor& x, const Tensor& w, const Tensor& dy, const Tensor& dx, const Tensor& dw,
+                         const Tensor& dresidual, const char* op) {
+  const std::string name(op);
+  check_compute(x, (name + " x").c_str());
+  check_like(dy, x, (name + " dy").c_str());
+  check_like(dx, x, (name + " dx").c_str());
+  check_shape(dw, w.shape(), (name + " dw").c_str());
+  check_accum(dw, x, (name + " dw").c_str());
+  if (dresidual.defined()) check_like(dresidual, x, (name + " dresidual").c_str());
+}
+
+}  // namespace
+
+void rmsnorm_forward(const Tensor& x, const Tensor& w, Tensor& y, Tensor& rstd, float eps) {
+  check_norm_forward(x, w, y, rstd, "rmsnorm");
+  Tensor none;
+  run_on(x, OpKind::norm)->rmsnorm_forward(x, Tensor(), none, w, y, rstd, eps);
+}
+
+void add_rmsnorm_forward(const Tensor& x, const Tensor& delta, const Tensor& w, Tensor& h, Tensor& y, Tensor& rstd,
+                         float eps) {
+  check_norm_forward(x, w, y, rstd, "add_rmsnorm");
+  check_residual(x, delta, h, "add_rmsnorm");
+  run_on(x, OpKind::norm)->rmsnorm_forward(x, delta, h, w, y, rstd, eps);
+}
+
+void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, Tensor& dx, Tensor& dw,
+                      const Tensor& dresidual) {
+  check_norm_backward(x, w, dy, dx, dw, dresidual, "rmsnorm");
   check_shape(rstd, {x.size(0)}, "rmsnorm rstd");
-  run_on(x, OpKind::norm)->rmsnorm_backward(x, w, rstd, dy, dx, dw);
+  run_on(x, OpKind::norm)->rmsnorm_backward(x, w, rstd, dy, dresidual, dx, dw);
 }
 
 void layernorm_forward(const Tensor& x, const Tensor& w, const Tensor& b, Tensor& y, Tensor& mean, Tensor& rstd,
                        float eps) {
-  check_compute(x, "layernorm x");
-  MOE_CHECK(x.ndim() == 2, "layernorm x must be [T,d]");
-  check_shape(w, {x.size(1)}, "layernorm w");
+  check_norm_forward(x, w, y, rstd, "layernorm");
   check_like(b, w, "layernorm b");
-  check_like(y, x, "layernorm y");
-  check_shape(mean, {x.size(0)}, "layernorm mean");
-  check_accum(mean, x, "layernorm mean");
-  check_like(rstd, mean, "layernorm rstd");
-  run_on(x, OpKind::norm)->layernorm_forward(x, w, b, y, mean, rstd, eps);
+  check_like(mean, rstd, "layernorm mean");
+  Tensor none;
+  run_on(x, OpKind::norm)->layernorm_forward(x, Tensor(), none, w, b, y, mean, rstd, eps);
+}
+
+void add_layernorm_forward(const Tensor& x, const Tensor& delta, const Tensor& w, const Tensor& b, Tensor& h,
+                           Tensor& y, Tensor& mean, Tensor& rstd, float eps) {
+  check_norm_forward(x, w, y, rstd, "add_layernorm");
+  check_like(b, w, "add_layernorm b");
+  check_like(mean, rstd, "add_layernorm mean");
+  check_residual(x, delta, h, "add_layernorm");
+  run_on(x, OpKind::norm)->layernorm_forward(x, delta, h, w, b, y, mean, rstd, eps);
 }
 
 void layernorm_backward(const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& rstd, const Tensor& dy,
-                        Tensor& dx, Tensor& dw, Tensor& db) {
-  check_compute(x, "layernorm x");
-  check_like(dy, x, "layernorm dy");
-  check_like(dx, x, "layernorm dx");
-  check_shape(dw, w.shape(), "layernorm dw");
-  check_accum(dw, x, "layernorm dw");
+                        Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dresidual) {
+  check_norm_backward(x, w, dy, dx, dw, dresidual, "layernorm");
   check_like(db, dw, "layernorm db");
-  run_on(x, OpKind::norm)->layernorm_backward(x, w, mean, rstd, dy, dx, dw, db);
+  run_on(x, OpKind::norm)->layernorm_backward(x, w, mean, rstd, dy, dresidual, dx, dw, db);
 }
 
 void rope(Tensor& x, int64_t num_heads, int64_t seq_len, float theta, bool inverse) {

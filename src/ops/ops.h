@@ -50,15 +50,23 @@ void position_add_backward(const Tensor& dx, Tensor& dpos, int64_t seq_len);
 
 // RMSNorm: x[T,d], w[d] -> y[T,d], rstd[T] (accum)
 void rmsnorm_forward(const Tensor& x, const Tensor& w, Tensor& y, Tensor& rstd, float eps);
-// dx[T,d] written, dw[d] (accum) accumulated
+// Residual add fused with RMSNorm, one pass: x[T,d], delta[T,d], w[d] -> h[T,d] = x + delta (the
+// residual stream, rounded to the compute dtype; h may be x itself), y[T,d] = rmsnorm(h), rstd[T]
+void add_rmsnorm_forward(const Tensor& x, const Tensor& delta, const Tensor& w, Tensor& h, Tensor& y, Tensor& rstd,
+                         float eps);
+// dx[T,d] written (+ dresidual[T,d] when defined: the residual path's gradient, fused; it may be
+// dx itself), dw[d] (accum) accumulated
 void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, Tensor& dx,
-                      Tensor& dw);
+                      Tensor& dw, const Tensor& dresidual = Tensor());
 // LayerNorm: x[T,d], w[d], b[d] -> y[T,d], mean[T], rstd[T] (accum)
 void layernorm_forward(const Tensor& x, const Tensor& w, const Tensor& b, Tensor& y, Tensor& mean, Tensor& rstd,
                        float eps);
-// dx[T,d] written, dw[d], db[d] (accum) accumulated
+// Residual add fused with LayerNorm: x, delta[T,d], w, b[d] -> h = x + delta, y = layernorm(h), mean, rstd[T]
+void add_layernorm_forward(const Tensor& x, const Tensor& delta, const Tensor& w, const Tensor& b, Tensor& h,
+                           Tensor& y, Tensor& mean, Tensor& rstd, float eps);
+// dx[T,d] written (+ dresidual[T,d] when defined, may be dx itself), dw[d], db[d] (accum) accumulated
 void layernorm_backward(const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& rstd, const Tensor& dy,
-                        Tensor& dx, Tensor& dw, Tensor& db);
+                        Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dresidual = Tensor());
 
 // Rotary embedding in place on x[T, H*hd], position t % seq_len, pairs (i, i + hd/2) rotated by
 // angle pos * theta^(-2i/hd) (the Llama/GPT-NeoX layout). inverse=true rotates back, which is

@@ -1,5 +1,5 @@
-// `moe bench op`: the registry of single-op benchmarks, and the attention bench (the flash
-// kernels on the GPU for head dims 64 and 128), timed forward, backward and forward + backward.
+// `moe bench op`: the registry of single-op benchmarks, the attention bench (the flash kernels on
+// the GPU for head dims 64 and 128) and the fused residual add + norm bench.
 #include "src/tools/bench_op.h"
 
 #include <algorithm>
@@ -12,6 +12,9 @@
 namespace moe {
 
 namespace {
+
+// The copy ceiling memory-bound ops are quoted against (H200, measured: 4.3 TB/s).
+constexpr double k_h200_copy_bytes_per_s = 4.3e12;
 
 Tensor random_on(const Shape& shape, DType dtype, Device device, uint64_t seed, float lo, float hi) {
   std::mt19937_64 rng(seed);
@@ -89,6 +92,81 @@ nlohmann::json bench_attention(const OpBenchOptions& o, Device device) {
   return r;
 }
 
+// The fused residual add + norm at [B*S, width]: forward (h = x + delta, y = norm(h)) and backward
+// (dx = norm backward + dresidual), each against the unfused ops it replaces, in GB/s of the
+// fused op's own traffic (4 activation-sized tensors each way) against the device's copy peak.
+nlohmann::json bench_add_norm(const OpBenchOptions& o, Device device, bool layernorm) {
+  MOE_CHECK(o.batch > 0 && o.seq_len > 0 && o.width > 0, "bench op add_norm: --batch, --seq and --width must be ",
+            "positive (got batch ", o.batch, ", seq ", o.seq_len, ", width ", o.width, ")");
+  const DType dtype = device.is_cuda() ? DType::bf16 : DType::f32, stat = ops::accum_dtype(dtype);
+  const int64_t tokens = o.batch * o.seq_len;
+  const Shape act{tokens, o.width};
+  Tensor x = random_on(act, dtype, device, o.seed, -2.0f, 2.0f);
+  Tensor delta = random_on(act, dtype, device, o.seed + 1, -1.0f, 1.0f);
+  Tensor dy = random_on(act, dtype, device, o.seed + 2, -1.0f, 1.0f);
+  Tensor dres = random_on(act, dtype, device, o.seed + 3, -1.0f, 1.0f);
+  Tensor w = random_on({o.width}, dtype, device, o.seed + 4, 0.5f, 1.5f);
+  Tensor b = random_on({o.width}, dtype, device, o.seed + 5, -0.5f, 0.5f);
+  Tensor h = Tensor::empty(act, dtype, device), y = Tensor::empty(act, dtype, device);
+  Tensor dx = Tensor::empty(act, dtype, device);
+  Tensor mean = Tensor::empty({tokens}, stat, device), rstd = Tensor::empty({tokens}, stat, device);
+  Tensor dw = Tensor::zeros({o.width}, stat, device), db = Tensor::zeros({o.width}, stat, device);
+  auto norm = [&](const Tensor& in) {
+    if (layernorm) {
+      ops::layernorm_forward(in, w, b, y, mean, rstd, 1e-5f);
+    } else {
+      ops::rmsnorm_forward(in, w, y, rstd, 1e-5f);
+    }
+  };
+  auto fused_fwd = [&] {
+    if (layernorm) {
+      ops::add_layernorm_forward(x, delta, w, b, h, y, mean, rstd, 1e-5f);
+    } else {
+      ops::add_rmsnorm_forward(x, delta, w, h, y, rstd, 1e-5f);
+    }
+  };
+  auto backward = [&](const Tensor& dresidual) {
+    if (layernorm) {
+      ops::layernorm_backward(h, w, mean, rstd, dy, dx, dw, db, dresidual);
+    } else {
+      ops::rmsnorm_backward(h, w, rstd, dy, dx, dw, dresidual);
+    }
+  };
+  const double fwd_ms = median_ms(device, o.warmup, o.iters, fused_fwd);
+  const double unfused_fwd_ms = median_ms(device, o.warmup, o.iters, [&] {
+    ops::add(x, delta, h);
+    norm(h);
+  });
+  const double bwd_ms = median_ms(device, o.warmup, o.iters, [&] { backward(dres); });
+  const double unfused_bwd_ms = median_ms(device, o.warmup, o.iters, [&] {
+    backward(Tensor());
+    ops::accumulate(dx, dres);
+  });
+  const double act_bytes = static_cast<double>(tokens * o.width) * static_cast<double>(dtype_size(dtype));
+  const double bytes = 4 * act_bytes;  // forward: x, delta in, h, y out; backward: h, dy, dres in, dx out
+  auto gbps = [&](double ms) { return bytes / (ms * 1e-3) / 1e9; };
+  nlohmann::json r;
+  r["op"] = layernorm ? "add_layernorm" : "add_rmsnorm";
+  r["device"] = device.str();
+  r["tokens"] = tokens;
+  r["width"] = o.width;
+  r["iters"] = o.iters;
+  r["fwd_ms"] = fwd_ms;
+  r["unfused_fwd_ms"] = unfused_fwd_ms;
+  r["bwd_ms"] = bwd_ms;
+  r["unfused_bwd_ms"] = unfused_bwd_ms;
+  r["fwd_gbps"] = gbps(fwd_ms);
+  r["bwd_gbps"] = gbps(bwd_ms);
+  r["fwd_fraction_of_copy_peak"] = gbps(fwd_ms) * 1e9 / k_h200_copy_bytes_per_s;
+  r["bwd_fraction_of_copy_peak"] = gbps(bwd_ms) * 1e9 / k_h200_copy_bytes_per_s;
+  r["bytes"] = "4 x tokens x width x element size each way (the backward's weight-gradient reduction re-reads "
+               "h and dy on top); copy peak 4.3 TB/s (measured, H200)";
+  return r;
+}
+
+nlohmann::json bench_add_rmsnorm(const OpBenchOptions& o, Device device) { return bench_add_norm(o, device, false); }
+nlohmann::json bench_add_layernorm(const OpBenchOptions& o, Device device) { return bench_add_norm(o, device, true); }
+
 }  // namespace
 
 double attention_forward_flops(int64_t batch, int64_t seq_len, int64_t heads, int64_t head_dim, bool causal) {
@@ -108,6 +186,10 @@ const std::vector<OpBench>& op_benches() {
   static const std::vector<OpBench> benches = {
       {"attention", "attention forward, backward and both (--batch --seq --heads --kv-heads --head-dim --causal)",
        &bench_attention},
+      {"add_rmsnorm", "residual add + RMSNorm forward, backward with the residual gradient (--batch --seq --width)",
+       &bench_add_rmsnorm},
+      {"add_layernorm", "residual add + LayerNorm forward, backward with the residual gradient (--batch --seq --width)",
+       &bench_add_layernorm},
   };
   return benches;
 }

@@ -17,6 +17,7 @@ namespace moe {
 struct OpBenchOptions {
   int64_t batch = 4, seq_len = 4096, heads = 16, kv_heads = 0, head_dim = 64;  // kv_heads 0 = heads
   bool causal = true;
+  int64_t width = 768;  // the model width of the add + norm benches (tokens = batch * seq)
   int64_t warmup = 5, iters = 20;
   uint64_t seed = 1;
 };

@@ -25,16 +25,26 @@ using test::snapshot_grads;
 using test::weighted_sum;
 using test::k_init_std;
 
-TEST_CASE("norm gradients match finite differences", "[model][gradcheck][module]") {
-  auto kind = GENERATE(NormKind::rmsnorm, NormKind::layernorm);
-  INFO("norm " << (kind == NormKind::rmsnorm ? "rmsnorm" : "layernorm"));
-  const int64_t tokens = 5, width = 7;
-  ParamStore store;
+namespace {
+
+// A norm over `width` in f64 with weights (and bias) away from their ones (zeros) init.
+Norm random_norm(ParamStore& store, NormKind kind, int64_t width) {
   Norm norm(store, "norm", width, kind, 1e-5f);
   store.allocate(Device::cpu(), DType::f64);
   store.initialize(3);
   randomize_param(store, store.find("norm.weight"), 4, 0.5, 1.5);
   if (kind == NormKind::layernorm) randomize_param(store, store.find("norm.bias"), 5, -1.0, 1.0);
+  return norm;
+}
+
+}  // namespace
+
+TEST_CASE("norm gradients match finite differences", "[model][gradcheck][module]") {
+  auto kind = GENERATE(NormKind::rmsnorm, NormKind::layernorm);
+  INFO("norm " << (kind == NormKind::rmsnorm ? "rmsnorm" : "layernorm"));
+  const int64_t tokens = 5, width = 7;
+  ParamStore store;
+  Norm norm = random_norm(store, kind, width);
 
   Tensor x = test::random_tensor({tokens, width}, DType::f64, 6, Device::cpu(), -2.0, 2.0);
   auto w = test::random_values(tokens * width, 7);
@@ -54,6 +64,34 @@ TEST_CASE("norm gradients match finite differences", "[model][gradcheck][module]
   auto first = snapshot_grads(store);
   norm.backward(saved, dy);
   require_grads_doubled(store, first);
+}
+
+TEST_CASE("fused residual add + norm gradients match finite differences", "[model][gradcheck][module]") {
+  auto kind = GENERATE(NormKind::rmsnorm, NormKind::layernorm);
+  INFO("norm " << (kind == NormKind::rmsnorm ? "rmsnorm" : "layernorm"));
+  const int64_t tokens = 5, width = 7;
+  ParamStore store;
+  Norm norm = random_norm(store, kind, width);
+
+  Tensor x = test::random_tensor({tokens, width}, DType::f64, 6, Device::cpu(), -2.0, 2.0);
+  Tensor delta = test::random_tensor({tokens, width}, DType::f64, 8, Device::cpu(), -1.0, 1.0);
+  auto wy = test::random_values(tokens * width, 7), wh = test::random_values(tokens * width, 9);
+  // Both outputs carry gradient, as in a block: y feeds the FFN, h the residual stream.
+  auto objective = [&]() {
+    Norm::Saved s;
+    Tensor h;
+    Tensor y = norm.forward_add(x, delta, h, s);
+    return weighted_sum(y, wy) + weighted_sum(h, wh);
+  };
+
+  store.zero_grads();
+  Norm::Saved saved;
+  Tensor h;
+  norm.forward_add(x, delta, h, saved);
+  Tensor dx = norm.backward(saved, f64_tensor(wy, {tokens, width}), f64_tensor(wh, {tokens, width}));
+  check_gradient(dx.to_vector<double>(), x, objective, "dx");
+  check_gradient(dx.to_vector<double>(), delta, objective, "ddelta");  // d(x + delta)/d delta = 1
+  check_param_gradients(store, objective);
 }
 
 namespace {

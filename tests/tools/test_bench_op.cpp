@@ -47,10 +47,34 @@ TEST_CASE("bench op attention reports times and TFLOP/s on the CPU", "[tools][be
   CHECK(mha["causal"] == true);
 }
 
+TEST_CASE("bench op add_rmsnorm and add_layernorm report fused and unfused times and GB/s", "[tools][bench]") {
+  OpBenchOptions o;
+  o.batch = 2;
+  o.seq_len = 7;
+  o.width = 37;
+  o.warmup = 1;
+  o.iters = 3;
+  for (const char* name : {"add_rmsnorm", "add_layernorm"}) {
+    INFO(name);
+    const nlohmann::json r = bench_op(name, o, Device::cpu());
+    CHECK(r["op"] == name);
+    CHECK(r["tokens"] == 14);
+    CHECK(r["width"] == 37);
+    for (const char* key : {"fwd_ms", "unfused_fwd_ms", "bwd_ms", "unfused_bwd_ms"}) CHECK(r[key].get<double>() > 0);
+    const double bytes = 4.0 * 14 * 37 * sizeof(float);  // f32 on the CPU
+    CHECK(r["fwd_gbps"].get<double>() == Approx(bytes / (r["fwd_ms"].get<double>() * 1e-3) / 1e9));
+    CHECK(r["bwd_gbps"].get<double>() == Approx(bytes / (r["bwd_ms"].get<double>() * 1e-3) / 1e9));
+    CHECK(r["bwd_fraction_of_copy_peak"].get<double>() == Approx(r["bwd_gbps"].get<double>() * 1e9 / 4.3e12));
+  }
+  o.width = 0;
+  REQUIRE_THROWS_WITH(bench_op("add_rmsnorm", o, Device::cpu()),
+                      Catch::Contains("--batch, --seq and --width must be positive (got batch 2, seq 7, width 0)"));
+}
+
 TEST_CASE("bench op names an unknown op and a bad attention shape", "[tools][bench]") {
   OpBenchOptions o;
   REQUIRE_THROWS_WITH(bench_op("matmul", o, Device::cpu()),
-                      Catch::Contains("bench op: unknown op 'matmul' (known: attention)"));
+                      Catch::Contains("bench op: unknown op 'matmul' (known: attention, add_rmsnorm, add_layernorm)"));
   o.heads = 6;
   o.kv_heads = 4;
   REQUIRE_THROWS_WITH(bench_op("attention", o, Device::cpu()),

@@ -1,0 +1,111 @@
+// CUDA vs CPU reference for the fused residual add + RMSNorm/LayerNorm (forward) and the norm
+// backward with the residual gradient added: rows 1, 7, 989, widths 768 (16-byte vector path)
+// and 37 (scalar path), poisoned outputs, and in place (h = x, dresidual = dx).
+#include <catch2/catch.hpp>
+
+#include "src/ops/ops.h"
+#include "tests/cuda/cuda_test_util.h"
+
+namespace moe::test {
+namespace {
+
+const int64_t k_rows[] = {1, 7, 989};
+const int64_t k_widths[] = {768, 37};
+
+// The same values again (a copy on each side), for the in-place variants.
+Mirror copy_of(const Mirror& m) { return {m.cpu.clone(), m.gpu.clone()}; }
+
+TEST_CASE("cuda add + rmsnorm forward and backward with the residual gradient match the CPU",
+          "[cuda][norms][fused]") {
+  for (int64_t dim : k_widths) {
+    for (int64_t rows : k_rows) {
+      INFO("rows " << rows << " dim " << dim);
+      const uint64_t seed = seed_of(31, {rows, dim});
+      Mirror x = random_mirror({rows, dim}, DType::bf16, seed, -2.0, 2.0);
+      Mirror delta = random_mirror({rows, dim}, DType::bf16, seed + 1);
+      Mirror w = random_mirror({dim}, DType::bf16, seed + 2, 0.5, 1.5);
+      Mirror h = poisoned_pair({rows, dim}, DType::bf16), y = poisoned_pair({rows, dim}, DType::bf16);
+      Mirror rstd = poisoned_pair({rows}, DType::f32);
+      ops::add_rmsnorm_forward(x.cpu, delta.cpu, w.cpu, h.cpu, y.cpu, rstd.cpu, 1e-5f);
+      ops::add_rmsnorm_forward(x.gpu, delta.gpu, w.gpu, h.gpu, y.gpu, rstd.gpu, 1e-5f);
+      require_match(h, bf16_tol(), "add_rmsnorm h");
+      require_match(y, bf16_tol(), "add_rmsnorm y");
+      require_match(rstd, accum_tol(), "add_rmsnorm rstd");
+
+      Mirror in_place = copy_of(x);  // h = x: the GPU writes the residual stream over its input
+      ops::add_rmsnorm_forward(in_place.gpu, delta.gpu, w.gpu, in_place.gpu, y.gpu, rstd.gpu, 1e-5f);
+      require_close(in_place.gpu, h.cpu, bf16_tol().atol, bf16_tol().rtol, "add_rmsnorm h in place");
+      require_match(y, bf16_tol(), "add_rmsnorm y in place");
+
+      // Backward from the GPU's own h (bf16) on both sides, so only the kernels differ.
+      Mirror saved_h = mirror_values(h.gpu.to_vector<float>(), {rows, dim}, DType::bf16);
+      Mirror saved = mirror_of(rstd.cpu, DType::f32);
+      Mirror dy = random_mirror({rows, dim}, DType::bf16, seed + 3);
+      Mirror dres = random_mirror({rows, dim}, DType::bf16, seed + 4);
+      Mirror dx = poisoned_pair({rows, dim}, DType::bf16);
+      Mirror dw = random_mirror({dim}, DType::f32, seed + 5);
+      ops::rmsnorm_backward(saved_h.cpu, w.cpu, saved.cpu, dy.cpu, dx.cpu, dw.cpu, dres.cpu);
+      ops::rmsnorm_backward(saved_h.gpu, w.gpu, saved.gpu, dy.gpu, dx.gpu, dw.gpu, dres.gpu);
+      require_match(dx, bf16_tol(), "rmsnorm dx + dresidual");
+      require_match(dw, accum_tol(), "rmsnorm dw");
+
+      Mirror acc = copy_of(dres);  // dresidual = dx: the residual gradient accumulated into
+      ops::rmsnorm_backward(saved_h.gpu, w.gpu, saved.gpu, dy.gpu, acc.gpu, dw.gpu, acc.gpu);
+      require_close(acc.gpu, dx.cpu, bf16_tol().atol, bf16_tol().rtol, "rmsnorm dx in place");
+    }
+  }
+}
+
+TEST_CASE("cuda add + layernorm forward and backward with the residual gradient match the CPU",
+          "[cuda][norms][fused]") {
+  for (int64_t dim : k_widths) {
+    for (int64_t rows : k_rows) {
+      INFO("rows " << rows << " dim " << dim);
+      const uint64_t seed = seed_of(32, {rows, dim});
+      Mirror x = random_mirror({rows, dim}, DType::bf16, seed, 1.0, 4.0);  // a large mean
+      Mirror delta = random_mirror({rows, dim}, DType::bf16, seed + 1);
+      Mirror w = random_mirror({dim}, DType::bf16, seed + 2, 0.5, 1.5);
+      Mirror b = random_mirror({dim}, DType::bf16, seed + 3);
+      Mirror h = poisoned_pair({rows, dim}, DType::bf16), y = poisoned_pair({rows, dim}, DType::bf16);
+      Mirror mean = poisoned_pair({rows}, DType::f32), rstd = poisoned_pair({rows}, DType::f32);
+      ops::add_layernorm_forward(x.cpu, delta.cpu, w.cpu, b.cpu, h.cpu, y.cpu, mean.cpu, rstd.cpu, 1e-5f);
+      ops::add_layernorm_forward(x.gpu, delta.gpu, w.gpu, b.gpu, h.gpu, y.gpu, mean.gpu, rstd.gpu, 1e-5f);
+      require_match(h, bf16_tol(), "add_layernorm h");
+      require_match(y, bf16_tol(), "add_layernorm y");
+      require_match(mean, bf16_tol(), "add_layernorm mean");  // of h, which the GPU rounds to bf16
+      require_match(rstd, bf16_tol(), "add_layernorm rstd");
+
+      Mirror in_place = copy_of(x);
+      ops::add_layernorm_forward(in_place.gpu, delta.gpu, w.gpu, b.gpu, in_place.gpu, y.gpu, mean.gpu, rstd.gpu,
+                                 1e-5f);
+      require_close(in_place.gpu, h.cpu, bf16_tol().atol, bf16_tol().rtol, "add_layernorm h in place");
+      require_match(y, bf16_tol(), "add_layernorm y in place");
+
+      // The statistics of the GPU's bf16 h, computed on the CPU, feed both backwards.
+      Mirror saved_h = mirror_values(h.gpu.to_vector<float>(), {rows, dim}, DType::bf16);
+      Tensor y_ref = Tensor::empty({rows, dim}, DType::f32);
+      Tensor mean_ref = Tensor::empty({rows}, DType::f32), rstd_ref = Tensor::empty({rows}, DType::f32);
+      ops::layernorm_forward(saved_h.cpu, w.cpu, b.cpu, y_ref, mean_ref, rstd_ref, 1e-5f);
+      Mirror saved_mean = mirror_of(mean_ref, DType::f32), saved_rstd = mirror_of(rstd_ref, DType::f32);
+      Mirror dy = random_mirror({rows, dim}, DType::bf16, seed + 4);
+      Mirror dres = random_mirror({rows, dim}, DType::bf16, seed + 5);
+      Mirror dx = poisoned_pair({rows, dim}, DType::bf16);
+      Mirror dw = random_mirror({dim}, DType::f32, seed + 6), db = random_mirror({dim}, DType::f32, seed + 7);
+      ops::layernorm_backward(saved_h.cpu, w.cpu, saved_mean.cpu, saved_rstd.cpu, dy.cpu, dx.cpu, dw.cpu, db.cpu,
+                              dres.cpu);
+      ops::layernorm_backward(saved_h.gpu, w.gpu, saved_mean.gpu, saved_rstd.gpu, dy.gpu, dx.gpu, dw.gpu, db.gpu,
+                              dres.gpu);
+      require_match(dx, bf16_tol(), "layernorm dx + dresidual");
+      require_match(dw, accum_tol(), "layernorm dw");
+      require_match(db, accum_tol(), "layernorm db");
+
+      Mirror acc = copy_of(dres);
+      ops::layernorm_backward(saved_h.gpu, w.gpu, saved_mean.gpu, saved_rstd.gpu, dy.gpu, acc.gpu, dw.gpu, db.gpu,
+                              acc.gpu);
+      require_close(acc.gpu, dx.cpu, bf16_tol().atol, bf16_tol().rtol, "layernorm dx in place");
+    }
+  }
+}
+
+}  // namespace
+}  // namespace moe::test
