@@ -98,9 +98,10 @@ StepResult Trainer::train_step() {
   }
   r.loss = sums[0] / std::max(sums[1], 1.0);
   r.aux_loss = sums[2];
-  r.grad_norm = optimizer_->clip_grad_norm(config_.optim.grad_clip);
+  optimizer_->clip_grads(config_.optim.grad_clip);  // norm and clip scale stay on the device
   double lr = learning_rate(config_.schedule, config_.optim, step_, t.steps);
   optimizer_->step(lr, step_ + 1);
+  if (collect) r.grad_norm = optimizer_->grad_norm();  // read on logging steps only (a host wait)
   update_expert_biases(r);
   ++step_;
   return r;
