@@ -66,9 +66,9 @@ void adamw_fused(T* master, const T* grad, T* m, T* v, int64_t n, const kernels:
 }
 
 template <typename T>
-void sum_squares_accumulate(const T* x, int64_t n, double weight, double* acc) {
+void sum_accumulate(const T* x, int64_t n, bool squares, double weight, double* acc) {
   double s = 0;
-  for (int64_t i = 0; i < n; ++i) s += static_cast<double>(x[i]) * static_cast<double>(x[i]);
+  for (int64_t i = 0; i < n; ++i) s += squares ? static_cast<double>(x[i]) * static_cast<double>(x[i]) : static_cast<double>(x[i]);
   acc[0] += weight * s;
 }
 
@@ -87,7 +87,7 @@ template void adamw_fused<double, double>(double*, const double*, double*, doubl
                                           int64_t, const float*, const kernels::AdamWParams&, double*);
 template void adamw_fused<double, float>(double*, const double*, double*, double*, int64_t, const kernels::AdamWRun*,
                                          int64_t, const float*, const kernels::AdamWParams&, float*);
-template void sum_squares_accumulate<float>(const float*, int64_t, double, double*);
-template void sum_squares_accumulate<double>(const double*, int64_t, double, double*);
+template void sum_accumulate<float>(const float*, int64_t, bool, double, double*);
+template void sum_accumulate<double>(const double*, int64_t, bool, double, double*);
 
 }  // namespace moe::cpu

@@ -22,9 +22,9 @@ template <typename T, typename Out>
 void adamw_fused(T* master, const T* grad, T* m, T* v, int64_t n, const kernels::AdamWRun* runs, int64_t num_runs,
                  const float* grad_scale, const kernels::AdamWParams& p, Out* out);
 
-// acc[0] += weight * sum(x[n]^2), summed in double in index order.
+// acc[0] += weight * sum(x[n]^2) (or of x[n] when !squares), summed in double in index order.
 template <typename T>
-void sum_squares_accumulate(const T* x, int64_t n, double weight, double* acc);
+void sum_accumulate(const T* x, int64_t n, bool squares, double weight, double* acc);
 
 // sum_sq[num] -> norm = sqrt(sum of sum_sq, in order); scale[0] = max_norm / norm (as float) when
 // max_norm > 0 and norm > max_norm, else 1.

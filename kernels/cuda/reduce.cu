@@ -150,12 +150,16 @@ double sum_to_host(const void* x, FloatType type, int64_t n, bool squares, cudaS
   return total;
 }
 
-void sum_squares_accumulate(const void* x, FloatType type, int64_t n, double weight, double* acc,
-                            cudaStream_t stream) {
+void sum_accumulate(const void* x, FloatType type, int64_t n, bool squares, double weight, double* acc,
+                    cudaStream_t stream) {
   if (n <= 0) return;
   const unsigned blocks = grid_for(n, k_sum_threads, k_sum_max_blocks);
   Scratch partial(blocks * sizeof(double), stream);
-  launch_sum_partials<true>(x, type, n, blocks, partial.as<double>(), stream);
+  if (squares) {
+    launch_sum_partials<true>(x, type, n, blocks, partial.as<double>(), stream);
+  } else {
+    launch_sum_partials<false>(x, type, n, blocks, partial.as<double>(), stream);
+  }
   accumulate_partials_kernel<<<1, k_sum_threads, 0, stream>>>(partial.as<double>(), blocks, weight, acc);
   CUDA_CHECK_LAUNCH();
 }

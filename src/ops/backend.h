@@ -79,7 +79,7 @@ class Backend {
   virtual void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWParams& p) = 0;
   virtual void adamw_fused(Tensor& master, const Tensor& grad, Tensor& m, Tensor& v, const Tensor& runs,
                            const Tensor& grad_scale, const AdamWParams& p, Tensor& params) = 0;
-  virtual void sum_squares_accumulate(const Tensor& x, Tensor& acc, double weight) = 0;
+  virtual void sum_accumulate(const Tensor& x, Tensor& acc, bool squares, double weight) = 0;
   virtual void clip_scale(const Tensor& sum_sq, double max_norm, Tensor& scale) = 0;
 };
 

@@ -406,10 +406,10 @@ class CpuBackend final : public Backend {
     if (params.defined() && !same && !to_f32) cast_with_bf16(master, params);
   }
 
-  void sum_squares_accumulate(const Tensor& x, Tensor& acc, double weight) override {
-    dispatch_float(x.dtype(), "sum_squares_accumulate", [&](auto tag) {
+  void sum_accumulate(const Tensor& x, Tensor& acc, bool squares, double weight) override {
+    dispatch_float(x.dtype(), "sum_accumulate", [&](auto tag) {
       using T = decltype(tag);
-      cpu::sum_squares_accumulate<T>(ptr<T>(x), x.numel(), weight, ptr<double>(acc));
+      cpu::sum_accumulate<T>(ptr<T>(x), x.numel(), squares, weight, ptr<double>(acc));
     });
   }
 

@@ -351,10 +351,10 @@ class CudaBackend : public Backend {
                       runs.size(0), optional_f32(grad_scale, "adamw_fused grad_scale"), p, out, out_type, stream);
   }
 
-  void sum_squares_accumulate(const Tensor& x, Tensor& acc, double weight) override {
+  void sum_accumulate(const Tensor& x, Tensor& acc, bool squares, double weight) override {
     cudaStream_t stream = on_device(x, acc);
-    cuda::sum_squares_accumulate(x.data(), float_type(x, "sum_squares_accumulate"), x.numel(), weight,
-                                 acc.data_as<double>(), stream);
+    cuda::sum_accumulate(x.data(), float_type(x, "sum_accumulate"), x.numel(), squares, weight, acc.data_as<double>(),
+                         stream);
   }
 
   void clip_scale(const Tensor& sum_sq, double max_norm, Tensor& scale) override {

@@ -525,11 +525,24 @@ void adamw_fused(Tensor& master, const Tensor& grad, Tensor& m, Tensor& v, const
   run_on(master, OpKind::optimizer)->adamw_fused(master, grad, m, v, runs, grad_scale, p, params);
 }
 
+namespace {
+
+void check_sum_acc(const Tensor& x, const Tensor& acc, const char* op) {
+  check_shape(acc, {1}, op);
+  check_dtype(acc, DType::f64, op);
+  check_same_device(acc, x, op);
+}
+
+}  // namespace
+
 void sum_squares_accumulate(const Tensor& x, Tensor& acc, double weight) {
-  check_shape(acc, {1}, "sum_squares_accumulate acc");
-  check_dtype(acc, DType::f64, "sum_squares_accumulate acc");
-  check_same_device(acc, x, "sum_squares_accumulate");
-  run_on(x, OpKind::optimizer)->sum_squares_accumulate(x, acc, weight);
+  check_sum_acc(x, acc, "sum_squares_accumulate acc");
+  run_on(x, OpKind::optimizer)->sum_accumulate(x, acc, true, weight);
+}
+
+void sum_accumulate(const Tensor& x, Tensor& acc, double weight) {
+  check_sum_acc(x, acc, "sum_accumulate acc");
+  run_on(x, OpKind::loss)->sum_accumulate(x, acc, false, weight);
 }
 
 void clip_scale(const Tensor& sum_sq, double max_norm, Tensor& scale) {

@@ -188,9 +188,11 @@ void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const A
 // separate cast pass follows).
 void adamw_fused(Tensor& master, const Tensor& grad, Tensor& m, Tensor& v, const Tensor& runs,
                  const Tensor& grad_scale, const AdamWParams& p, Tensor& params);
-// Gradient norm on the device, no host copy: acc f64[1] += weight * sum(x^2) (x f32/f64, summed
-// in double in a fixed order, so run-to-run deterministic).
+// Sums on the device, no host copy: acc f64[1] += weight * sum(x^2) (sum_squares_accumulate:
+// gradient norms) or weight * sum(x) (sum_accumulate: loss sums); x f32/f64 (bf16 on CUDA),
+// summed in double in a fixed order, so run-to-run deterministic.
 void sum_squares_accumulate(const Tensor& x, Tensor& acc, double weight = 1.0);
+void sum_accumulate(const Tensor& x, Tensor& acc, double weight = 1.0);
 // sum_sq f64[k] -> scale f32[1] = max_norm / norm where max_norm > 0 and norm = sqrt(sum of
 // sum_sq) > max_norm, else 1 (computed on the device of the tensors).
 void clip_scale(const Tensor& sum_sq, double max_norm, Tensor& scale);
