@@ -54,6 +54,15 @@ void launch_sum_partials(const void* x, FloatType type, int64_t n, unsigned bloc
   CUDA_CHECK_LAUNCH();
 }
 
+void launch_sum_partials(const void* x, FloatType type, int64_t n, bool squares, unsigned blocks, double* partial,
+                         cudaStream_t stream) {
+  if (squares) {
+    launch_sum_partials<true>(x, type, n, blocks, partial, stream);
+  } else {
+    launch_sum_partials<false>(x, type, n, blocks, partial, stream);
+  }
+}
+
 constexpr int k_col_tile = 32;  // columns per block (threadIdx.x)
 constexpr int k_col_rows = 8;   // row lanes per block (threadIdx.y)
 
@@ -136,11 +145,7 @@ double sum_to_host(const void* x, FloatType type, int64_t n, bool squares, cudaS
   if (n <= 0) return 0.0;
   const unsigned blocks = grid_for(n, k_sum_threads, k_sum_max_blocks);
   Scratch partial(blocks * sizeof(double), stream);
-  if (squares) {
-    launch_sum_partials<true>(x, type, n, blocks, partial.as<double>(), stream);
-  } else {
-    launch_sum_partials<false>(x, type, n, blocks, partial.as<double>(), stream);
-  }
+  launch_sum_partials(x, type, n, squares, blocks, partial.as<double>(), stream);
   std::vector<double> host(blocks);
   CUDA_CHECK(cudaMemcpyAsync(host.data(), partial.as<double>(), blocks * sizeof(double), cudaMemcpyDeviceToHost,
                              stream));
@@ -155,11 +160,7 @@ void sum_accumulate(const void* x, FloatType type, int64_t n, bool squares, doub
   if (n <= 0) return;
   const unsigned blocks = grid_for(n, k_sum_threads, k_sum_max_blocks);
   Scratch partial(blocks * sizeof(double), stream);
-  if (squares) {
-    launch_sum_partials<true>(x, type, n, blocks, partial.as<double>(), stream);
-  } else {
-    launch_sum_partials<false>(x, type, n, blocks, partial.as<double>(), stream);
-  }
+  launch_sum_partials(x, type, n, squares, blocks, partial.as<double>(), stream);
   accumulate_partials_kernel<<<1, k_sum_threads, 0, stream>>>(partial.as<double>(), blocks, weight, acc);
   CUDA_CHECK_LAUNCH();
 }
