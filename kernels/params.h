@@ -60,4 +60,16 @@ struct AdamWParams {
   int64_t step = 1;  // 1-based, for bias correction
 };
 
+// What the fused AdamW does with one run of a flat range: update without or with weight decay,
+// or only copy the master value to the compute copy (buffers, gaps between parameters).
+enum class AdamWRunKind : int64_t { no_decay = 0, decay = 1, copy = 2 };
+
+// One run of the fused AdamW's table: elements [begin, end) of the range, one kind. A table
+// covers [0, n) in order without gaps (the ops layer holds it as an i64[R,3] tensor).
+struct AdamWRun {
+  int64_t begin = 0, end = 0;
+  AdamWRunKind kind = AdamWRunKind::no_decay;
+};
+static_assert(sizeof(AdamWRun) == 3 * sizeof(int64_t), "AdamWRun is read from an i64[R,3] tensor");
+
 }  // namespace moe::kernels

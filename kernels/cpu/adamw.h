@@ -1,5 +1,5 @@
-// CPU reference AdamW (decoupled weight decay) over one contiguous parameter range.
-// Raw pointers only; hyperparameters come in a POD struct.
+// CPU reference AdamW (decoupled weight decay) over one contiguous parameter range, the fused
+// multi-run update with the clip scale and the compute copy, and the gradient-norm reductions.
 #pragma once
 
 #include <cstdint>
@@ -13,5 +13,21 @@ namespace moe::cpu {
 // param -= lr * (mhat / (sqrt(vhat) + eps) + weight_decay * param)
 template <typename T>
 void adamw_step(T* param, const T* grad, T* m, T* v, int64_t n, const kernels::AdamWParams& p);
+
+// The fused update over a flat range: master[n], m[n], v[n] (updated), grad[n] times *grad_scale
+// (rounded to T first, as an in-place clip would; null = 1). runs[num_runs] cover [0, n) in
+// order: each run is updated as adamw_step with p.weight_decay (decay) or 0 (no_decay), or left
+// alone (copy). out[n] (may be null) = the master cast to Out, every element.
+template <typename T, typename Out>
+void adamw_fused(T* master, const T* grad, T* m, T* v, int64_t n, const kernels::AdamWRun* runs, int64_t num_runs,
+                 const float* grad_scale, const kernels::AdamWParams& p, Out* out);
+
+// acc[0] += weight * sum(x[n]^2) (or of x[n] when !squares), summed in double in index order.
+template <typename T>
+void sum_accumulate(const T* x, int64_t n, bool squares, double weight, double* acc);
+
+// sum_sq[num] -> norm = sqrt(sum of sum_sq, in order); scale[0] = max_norm / norm (as float) when
+// max_norm > 0 and norm > max_norm, else 1.
+void clip_scale(const double* sum_sq, int64_t num, double max_norm, float* scale);
 
 }  // namespace moe::cpu

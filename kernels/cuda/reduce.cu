@@ -32,6 +32,37 @@ __global__ void sum_partials_kernel(const T* x, int64_t n, double* partial) {
   if (threadIdx.x == 0) partial[blockIdx.x] = acc;
 }
 
+// partial[num] -> acc[0] += weight * (their sum), one block, fixed order.
+__global__ void accumulate_partials_kernel(const double* partial, int64_t num, double weight, double* acc) {
+  __shared__ double scratch[k_warp];
+  double s = 0;
+  for (int64_t i = threadIdx.x; i < num; i += blockDim.x) s += partial[i];
+  s = block_sum(s, scratch);
+  if (threadIdx.x == 0) acc[0] += weight * s;
+}
+
+template <bool kSquares>
+void launch_sum_partials(const void* x, FloatType type, int64_t n, unsigned blocks, double* partial,
+                         cudaStream_t stream) {
+  if (type == FloatType::f32) {
+    sum_partials_kernel<float, kSquares><<<blocks, k_sum_threads, 0, stream>>>(static_cast<const float*>(x), n,
+                                                                               partial);
+  } else {
+    sum_partials_kernel<__nv_bfloat16, kSquares><<<blocks, k_sum_threads, 0, stream>>>(
+        static_cast<const __nv_bfloat16*>(x), n, partial);
+  }
+  CUDA_CHECK_LAUNCH();
+}
+
+void launch_sum_partials(const void* x, FloatType type, int64_t n, bool squares, unsigned blocks, double* partial,
+                         cudaStream_t stream) {
+  if (squares) {
+    launch_sum_partials<true>(x, type, n, blocks, partial, stream);
+  } else {
+    launch_sum_partials<false>(x, type, n, blocks, partial, stream);
+  }
+}
+
 constexpr int k_col_tile = 32;  // columns per block (threadIdx.x)
 constexpr int k_col_rows = 8;   // row lanes per block (threadIdx.y)
 
@@ -114,23 +145,7 @@ double sum_to_host(const void* x, FloatType type, int64_t n, bool squares, cudaS
   if (n <= 0) return 0.0;
   const unsigned blocks = grid_for(n, k_sum_threads, k_sum_max_blocks);
   Scratch partial(blocks * sizeof(double), stream);
-  if (type == FloatType::f32) {
-    if (squares) {
-      sum_partials_kernel<float, true><<<blocks, k_sum_threads, 0, stream>>>(static_cast<const float*>(x), n,
-                                                                             partial.as<double>());
-    } else {
-      sum_partials_kernel<float, false><<<blocks, k_sum_threads, 0, stream>>>(static_cast<const float*>(x), n,
-                                                                              partial.as<double>());
-    }
-  } else {
-    const auto* xb = static_cast<const __nv_bfloat16*>(x);
-    if (squares) {
-      sum_partials_kernel<__nv_bfloat16, true><<<blocks, k_sum_threads, 0, stream>>>(xb, n, partial.as<double>());
-    } else {
-      sum_partials_kernel<__nv_bfloat16, false><<<blocks, k_sum_threads, 0, stream>>>(xb, n, partial.as<double>());
-    }
-  }
-  CUDA_CHECK_LAUNCH();
+  launch_sum_partials(x, type, n, squares, blocks, partial.as<double>(), stream);
   std::vector<double> host(blocks);
   CUDA_CHECK(cudaMemcpyAsync(host.data(), partial.as<double>(), blocks * sizeof(double), cudaMemcpyDeviceToHost,
                              stream));
@@ -138,6 +153,16 @@ double sum_to_host(const void* x, FloatType type, int64_t n, bool squares, cudaS
   double total = 0;
   for (double v : host) total += v;
   return total;
+}
+
+void sum_accumulate(const void* x, FloatType type, int64_t n, bool squares, double weight, double* acc,
+                    cudaStream_t stream) {
+  if (n <= 0) return;
+  const unsigned blocks = grid_for(n, k_sum_threads, k_sum_max_blocks);
+  Scratch partial(blocks * sizeof(double), stream);
+  launch_sum_partials(x, type, n, squares, blocks, partial.as<double>(), stream);
+  accumulate_partials_kernel<<<1, k_sum_threads, 0, stream>>>(partial.as<double>(), blocks, weight, acc);
+  CUDA_CHECK_LAUNCH();
 }
 
 void column_reduce(const ColumnReduce& p, cudaStream_t stream) {

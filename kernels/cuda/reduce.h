@@ -13,6 +13,12 @@ namespace moe::cuda {
 // Sum of x[n] (or of x^2 when squares), accumulated in double; synchronises the stream.
 double sum_to_host(const void* x, kernels::FloatType type, int64_t n, bool squares, cudaStream_t stream);
 
+// acc[0] += weight * sum(x[n]^2) (of x[n] when !squares; acc: device f64), summed in double:
+// per-block partials, then one block adds them in a fixed order (run-to-run deterministic). No
+// host copy, no wait.
+void sum_accumulate(const void* x, kernels::FloatType type, int64_t n, bool squares, double weight, double* acc,
+                    cudaStream_t stream);
+
 // Column reduction over rows of a[R,C] (type `in_type`; b the same type when given):
 //   v[t,c] = a[t,c]                                  when b is null
 //   v[t,c] = a[t,c] * (b[t,c] - shift[t]) * scale[t]  otherwise (shift may be null = 0)

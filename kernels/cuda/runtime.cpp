@@ -53,7 +53,10 @@ void pool_free(void* ptr) {
 void copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
   if (bytes == 0) return;
   CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, kind, compute_stream()));
-  wait_stream(compute_stream());
+  // From pageable host memory (the engine pins none) cudaMemcpyAsync returns once the source is
+  // staged, so the host may reuse it at once and later kernels on the stream see the data: an
+  // upload (a batch's tokens) needs no wait. Reads back and device copies still wait.
+  if (kind != cudaMemcpyHostToDevice) wait_stream(compute_stream());
 }
 
 void memset_zero(void* ptr, size_t bytes) {

@@ -14,7 +14,8 @@ void set_device(int ordinal);   // also selects the stream and the cuBLAS handle
 cudaStream_t compute_stream();  // the one stream all engine kernels run on
 void* pool_alloc(size_t bytes);  // stream-ordered (cudaMallocAsync on compute_stream)
 void pool_free(void* ptr);
-void copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind);  // synchronous on the stream
+// Synchronous on the stream, except uploads from (pageable) host memory: no host wait.
+void copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind);
 void memset_zero(void* ptr, size_t bytes);
 void synchronize();
 

@@ -228,9 +228,10 @@ ForwardOutput Model::forward(const Batch& batch, ModelSaved& saved, const Tensor
   ForwardOutput out;
   if (is_last_stage()) {
     head_forward(x, saved);
-    VocabParallelLoss loss = vocab_parallel_cross_entropy(saved.logits, batch.targets, config_.vocab_size, tp_.comm);
+    VocabParallelLoss loss = vocab_parallel_cross_entropy(saved.logits, batch.targets, config_.vocab_size, tp_.comm,
+                                                          &batch.host_targets);
     saved.lse = loss.lse;
-    out.loss_sum = loss.loss_sum;
+    out.loss = loss.loss;
     out.num_targets = loss.num_targets;
   } else {
     saved.output = x;

@@ -13,6 +13,7 @@
 #include "src/model/block.h"
 #include "src/model/objective.h"
 #include "src/nn/tensor_parallel.h"
+#include "src/ops/ops.h"
 
 namespace moe {
 
@@ -40,8 +41,12 @@ std::pair<int64_t, int64_t> stage_layer_range(int64_t num_layers, int pp, int st
                                               const std::vector<int64_t>& stage_layers);
 
 struct ForwardOutput {
-  double loss_sum = 0;     // sum of per-token cross-entropy over non-ignored targets
-  int64_t num_targets = 0;
+  // Per-token cross-entropy [T] (accum, 0 where ignored) on the device, last stage only: the
+  // trainer sums it on the device (ops::sum_accumulate) and reads the sum on logging steps.
+  Tensor loss;
+  int64_t num_targets = 0;  // from the batch's host targets: no copy from the device
+  // The sum of `loss` read to the host (a host wait on the GPU); 0 on an earlier stage.
+  double host_loss_sum() const { return loss.defined() ? ops::sum(loss) : 0.0; }
   double aux_loss = 0;     // sum over MoE layers of their balancing losses
   std::vector<MoeLayerStats> moe_stats;  // one per MoE layer, in layer order
   std::vector<int> moe_layer_index;      // the layer number of each entry above

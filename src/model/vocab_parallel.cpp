@@ -1,5 +1,6 @@
 // Vocabulary-parallel embedding (sharded lookup + all-reduce) and cross-entropy (sharded
-// logits; the per-rank log-sum-exps and target losses are combined on the host in f64).
+// logits: the per-rank log-sum-exps and target losses are combined on the host in f64; one rank
+// keeps its per-row losses on the device).
 #include "src/model/vocab_parallel.h"
 
 #include <algorithm>
@@ -23,7 +24,7 @@ void check_local(int64_t local, int64_t vocab_size, const Communicator* tp, cons
 Tensor upload_accum(const std::vector<double>& values, DType accum, Device device) {
   const Shape shape{static_cast<int64_t>(values.size())};
   if (accum == DType::f64) return Tensor::from_vector(values, shape, accum, device);
-  MOE_CHECK(accum == DType::f32, "vocab-parallel lse: unexpected accum dtype ", dtype_name(accum));
+  MOE_CHECK(accum == DType::f32, "vocab-parallel cross-entropy: unexpected accum dtype ", dtype_name(accum));
   return Tensor::from_vector(std::vector<float>(values.begin(), values.end()), shape, accum, device);
 }
 
@@ -75,7 +76,7 @@ void vocab_parallel_embedding_backward(const Tensor& ids, const Tensor& dout, Te
 }
 
 VocabParallelLoss vocab_parallel_cross_entropy(const Tensor& logits_local, const Tensor& targets, int64_t vocab_size,
-                                               Communicator* tp) {
+                                               Communicator* tp, const std::vector<int32_t>* host_targets) {
   const ops::VocabShard shard = vocab_shard(vocab_size, tp);
   MOE_CHECK(logits_local.ndim() == 2, "vocab-parallel logits must be [T, V/tp], got ",
             shape_str(logits_local.shape()));
@@ -84,12 +85,15 @@ VocabParallelLoss vocab_parallel_cross_entropy(const Tensor& logits_local, const
   const DType accum = ops::accum_dtype(logits_local.dtype());
   const Device device = logits_local.device();
   Tensor loss = Tensor::empty({rows}, accum, device), lse = Tensor::empty({rows}, accum, device);
-  const std::vector<int32_t> tv = targets.to_vector<int32_t>();
+  MOE_CHECK(host_targets == nullptr || static_cast<int64_t>(host_targets->size()) == targets.numel(),
+            "vocab-parallel cross-entropy: ", host_targets ? host_targets->size() : 0, " host targets for ",
+            targets.numel(), " device targets");
+  const std::vector<int32_t> tv = host_targets ? *host_targets : targets.to_vector<int32_t>();
   VocabParallelLoss out;
   out.num_targets = count_targets(tv);
   if (!is_sharded(tp)) {
     ops::cross_entropy_forward(logits_local, targets, loss, lse);
-    out.loss_sum = ops::sum(loss);
+    out.loss = loss;
     out.lse = lse;
     return out;
   }
@@ -112,7 +116,8 @@ VocabParallelLoss vocab_parallel_cross_entropy(const Tensor& logits_local, const
     if (owner) row_loss[t] = loss_local[t] + (lse_global[t] - lse_local[t]);
   }
   tp->all_reduce_sum(row_loss);
-  for (size_t t = 0; t < row_loss.size(); ++t) out.loss_sum += tv[t] >= 0 ? row_loss[t] : 0.0;
+  for (size_t t = 0; t < row_loss.size(); ++t) row_loss[t] = tv[t] >= 0 ? row_loss[t] : 0.0;
+  out.loss = upload_accum(row_loss, accum, device);
   out.lse = upload_accum(lse_global, accum, device);
   return out;
 }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "parallel/communicator.h"
 #include "src/ops/ops.h"
@@ -25,16 +26,20 @@ void vocab_parallel_embedding_backward(const Tensor& ids, const Tensor& dout, Te
                                        int64_t vocab_size, Communicator* tp);
 
 struct VocabParallelLoss {
-  double loss_sum = 0;      // sum over rows with target >= 0 of lse - logit[target]
+  Tensor loss;              // [T] lse - logit[target] per row, 0 where target < 0 (accum, logits' device)
   int64_t num_targets = 0;  // rows with target >= 0
   Tensor lse;               // [T] global log-sum-exp, accum dtype, on the logits' device
+  // The sum of `loss` read to the host (a host wait on the GPU; the trainer sums on the device).
+  double loss_sum() const { return ops::sum(loss); }
 };
 
 // logits_local[T, V/tp], targets i32[T] (negative = ignored) -> the cross-entropy over the
 // whole vocabulary, identical on every rank of the group. One all-gather of the local lse and
-// one host all-reduce of the target logits (T numbers each). Targets >= vocab_size are an error.
+// one host all-reduce of the target logits (T numbers each). Targets >= vocab_size are an error
+// (checked on the host when sharded). host_targets: the targets on the host (moe::Batch keeps
+// them) so that one rank copies nothing back; null = copy them from the device.
 VocabParallelLoss vocab_parallel_cross_entropy(const Tensor& logits_local, const Tensor& targets, int64_t vocab_size,
-                                               Communicator* tp);
+                                               Communicator* tp, const std::vector<int32_t>* host_targets = nullptr);
 
 // logits_local[T, V/tp], lse[T] (the global lse of the forward) -> dlogits_local[T, V/tp] =
 // scale * (softmax over the whole vocabulary - onehot(target)) on the local columns; zero rows

@@ -284,15 +284,19 @@ void ParamStore::zero_grads() {
 void ParamStore::sync_params_from_master() {
   if (!separate_master_) return;
   for (int g = 0; g < k_num_param_groups; ++g) {
-    if (!shard_[g].master) {
-      ops::cast(master_[g], params_[g]);
-    } else if (shard_[g].params) {
-      ops::cast(master_shard_[g], param_shard_[g]);
-    } else {
-      Tensor own = params_[g].rows(shard_[g].range.begin, shard_[g].range.end);
-      ops::cast(master_shard_[g], own);
-    }
+    const auto group = static_cast<ParamGroup>(g);
+    Tensor target = compute_copy_of_master(group);
+    ops::cast(master_shard(group), target);
   }
+}
+
+Tensor ParamStore::compute_copy_of_master(ParamGroup group) {
+  MOE_CHECK(allocated_, "parameters used before allocation");
+  if (!separate_master_) return {};
+  const int g = static_cast<int>(group);
+  if (!shard_[g].master) return params_[g];
+  if (shard_[g].params) return param_shard_[g];
+  return params_[g].rows(shard_[g].range.begin, shard_[g].range.end);
 }
 
 Tensor ParamStore::master_to_host_f32(ParamId id) const {

@@ -127,6 +127,9 @@ class ParamStore {
   void zero_grads();
   // After an optimizer step on the master copy: refresh the compute copy (bf16 cast).
   void sync_params_from_master();
+  // What sync_params_from_master writes for group g: the compute copy of master_shard(g)
+  // (undefined where the master is the compute copy). The fused AdamW writes it in its pass.
+  Tensor compute_copy_of_master(ParamGroup g);
   // Host copies of the master values as f32 (checkpoints) and loading them back.
   Tensor master_to_host_f32(ParamId id) const;
   void load_master_from_host(ParamId id, const Tensor& host_values);

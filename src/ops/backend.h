@@ -79,6 +79,10 @@ class Backend {
   virtual void moe_combine_backward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights,
                                     const Tensor& dout, Tensor& dy_sorted, Tensor& dweights) = 0;
   virtual void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWParams& p) = 0;
+  virtual void adamw_fused(Tensor& master, const Tensor& grad, Tensor& m, Tensor& v, const Tensor& runs,
+                           const Tensor& grad_scale, const AdamWParams& p, Tensor& params) = 0;
+  virtual void sum_accumulate(const Tensor& x, Tensor& acc, bool squares, double weight) = 0;
+  virtual void clip_scale(const Tensor& sum_sq, double max_norm, Tensor& scale) = 0;
 };
 
 Backend& cpu_backend();

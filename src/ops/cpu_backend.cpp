@@ -392,6 +392,38 @@ class CpuBackend final : public Backend {
     });
   }
 
+  void adamw_fused(Tensor& master, const Tensor& grad, Tensor& m, Tensor& v, const Tensor& runs,
+                   const Tensor& grad_scale, const AdamWParams& p, Tensor& params) override {
+    const auto* table = runs.data_as<const AdamWRun>();
+    const float* scale = optional_ptr<float>(grad_scale);
+    const bool same = params.defined() && params.dtype() == master.dtype();
+    const bool to_f32 = params.defined() && master.dtype() == DType::f64 && params.dtype() == DType::f32;
+    dispatch_float(master.dtype(), "adamw_fused", [&](auto tag) {
+      using T = decltype(tag);
+      T* out = same ? ptr<T>(params) : nullptr;
+      if (to_f32) {
+        cpu::adamw_fused<double, float>(ptr<double>(master), ptr<double>(grad), ptr<double>(m), ptr<double>(v),
+                                        master.numel(), table, runs.size(0), scale, p, ptr<float>(params));
+      } else {
+        cpu::adamw_fused<T, T>(ptr<T>(master), ptr<T>(grad), ptr<T>(m), ptr<T>(v), master.numel(), table,
+                               runs.size(0), scale, p, out);
+      }
+    });
+    // Other compute dtypes on the host (bf16) take the cast the kernel does not write.
+    if (params.defined() && !same && !to_f32) cast_with_bf16(master, params);
+  }
+
+  void sum_accumulate(const Tensor& x, Tensor& acc, bool squares, double weight) override {
+    dispatch_float(x.dtype(), "sum_accumulate", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::sum_accumulate<T>(ptr<T>(x), x.numel(), squares, weight, ptr<double>(acc));
+    });
+  }
+
+  void clip_scale(const Tensor& sum_sq, double max_norm, Tensor& scale) override {
+    cpu::clip_scale(ptr<double>(sum_sq), sum_sq.numel(), max_norm, ptr<float>(scale));
+  }
+
   void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWParams& p) override {
     dispatch_float(param.dtype(), "adamw", [&](auto tag) {
       using T = decltype(tag);

@@ -348,6 +348,27 @@ class CudaBackend : public Backend {
     cuda::adamw_step(f32_mut(param), f32(grad), f32_mut(m), f32_mut(v), param.numel(), p, stream);
   }
 
+  void adamw_fused(Tensor& master, const Tensor& grad, Tensor& m, Tensor& v, const Tensor& runs,
+                   const Tensor& grad_scale, const AdamWParams& p, Tensor& params) override {
+    cudaStream_t stream = on_device(master, grad, m, v, runs);
+    check_dtype(master, DType::f32, "adamw_fused master on CUDA");
+    void* out = params.defined() ? params.data() : nullptr;
+    const kernels::FloatType out_type = params.defined() ? float_type(params, "adamw_fused params") : kernels::FloatType::f32;
+    cuda::adamw_fused(f32_mut(master), f32(grad), f32_mut(m), f32_mut(v), master.numel(), runs.data_as<const AdamWRun>(),
+                      runs.size(0), optional_f32(grad_scale, "adamw_fused grad_scale"), p, out, out_type, stream);
+  }
+
+  void sum_accumulate(const Tensor& x, Tensor& acc, bool squares, double weight) override {
+    cudaStream_t stream = on_device(x, acc);
+    cuda::sum_accumulate(x.data(), float_type(x, "sum_accumulate"), x.numel(), squares, weight, acc.data_as<double>(),
+                         stream);
+  }
+
+  void clip_scale(const Tensor& sum_sq, double max_norm, Tensor& scale) override {
+    cudaStream_t stream = on_device(sum_sq, scale);
+    cuda::clip_scale(sum_sq.data_as<const double>(), sum_sq.numel(), max_norm, f32_mut(scale), stream);
+  }
+
  private:
   static void check_index(const Tensor& slot_pos, const Tensor& weights) {
     check_shape(slot_pos, {weights.numel()}, "combine slot_pos");

@@ -537,4 +537,57 @@ void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const A
   run_on(param, OpKind::optimizer)->adamw_step(param, grad, m, v, p);
 }
 
+void adamw_fused(Tensor& master, const Tensor& grad, Tensor& m, Tensor& v, const Tensor& runs,
+                 const Tensor& grad_scale, const AdamWParams& p, Tensor& params) {
+  MOE_CHECK(master.dtype() == DType::f32 || master.dtype() == DType::f64, "adamw_fused master must be f32 or f64, got ",
+            dtype_name(master.dtype()));
+  MOE_CHECK(master.ndim() == 1, "adamw_fused master must be flat, got ", shape_str(master.shape()));
+  check_like(grad, master, "adamw_fused grad");
+  check_like(m, master, "adamw_fused m");
+  check_like(v, master, "adamw_fused v");
+  MOE_CHECK(runs.ndim() == 2 && runs.size(1) == 3, "adamw_fused runs must be i64[R,3], got ", shape_str(runs.shape()));
+  check_dtype(runs, DType::i64, "adamw_fused runs");
+  check_same_device(runs, master, "adamw_fused runs");
+  if (grad_scale.defined()) {
+    check_shape(grad_scale, {1}, "adamw_fused grad_scale");
+    check_dtype(grad_scale, DType::f32, "adamw_fused grad_scale");
+    check_same_device(grad_scale, master, "adamw_fused grad_scale");
+  }
+  if (params.defined()) {
+    check_shape(params, master.shape(), "adamw_fused params");
+    MOE_CHECK(is_floating(params.dtype()), "adamw_fused params must be floating, got ", dtype_name(params.dtype()));
+    check_same_device(params, master, "adamw_fused params");
+  }
+  run_on(master, OpKind::optimizer)->adamw_fused(master, grad, m, v, runs, grad_scale, p, params);
+}
+
+namespace {
+
+void check_sum_acc(const Tensor& x, const Tensor& acc, const char* op) {
+  check_shape(acc, {1}, op);
+  check_dtype(acc, DType::f64, op);
+  check_same_device(acc, x, op);
+}
+
+}  // namespace
+
+void sum_squares_accumulate(const Tensor& x, Tensor& acc, double weight) {
+  check_sum_acc(x, acc, "sum_squares_accumulate acc");
+  run_on(x, OpKind::optimizer)->sum_accumulate(x, acc, true, weight);
+}
+
+void sum_accumulate(const Tensor& x, Tensor& acc, double weight) {
+  check_sum_acc(x, acc, "sum_accumulate acc");
+  run_on(x, OpKind::loss)->sum_accumulate(x, acc, false, weight);
+}
+
+void clip_scale(const Tensor& sum_sq, double max_norm, Tensor& scale) {
+  MOE_CHECK(sum_sq.ndim() == 1, "clip_scale sum_sq must be f64[k], got ", shape_str(sum_sq.shape()));
+  check_dtype(sum_sq, DType::f64, "clip_scale sum_sq");
+  check_shape(scale, {1}, "clip_scale scale");
+  check_dtype(scale, DType::f32, "clip_scale scale");
+  check_same_device(scale, sum_sq, "clip_scale");
+  run_on(sum_sq, OpKind::optimizer)->clip_scale(sum_sq, max_norm, scale);
+}
+
 }  // namespace moe::ops

@@ -13,6 +13,8 @@ namespace moe::ops {
 // The kernels' parameter types are the ops layer's (one definition, kernels/params.h).
 using kernels::Activation;
 using kernels::AdamWParams;
+using kernels::AdamWRun;
+using kernels::AdamWRunKind;
 using kernels::AttentionShape;
 using kernels::DropOrder;
 using kernels::is_gated;
@@ -185,5 +187,22 @@ void moe_combine_backward(const Tensor& y_sorted, const Tensor& slot_pos, const 
 
 // AdamW (decoupled weight decay) on one contiguous range; param, grad, m, v same accum dtype.
 void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWParams& p);
+
+// The fused AdamW over one flat range, one launch: master, m, v [n] (f32, or f64 on the CPU;
+// updated), grad [n] (master's dtype) times grad_scale (f32[1] on the device: the clip scale;
+// undefined = 1), runs i64[R,3] rows (begin, end, AdamWRunKind) covering [0, n) in order: update
+// with p.weight_decay (decay) or 0 (no_decay), or leave alone (copy). params [n] (undefined =
+// none; compute dtype) <- the master after the update, every element (the compute copy, so no
+// separate cast pass follows).
+void adamw_fused(Tensor& master, const Tensor& grad, Tensor& m, Tensor& v, const Tensor& runs,
+                 const Tensor& grad_scale, const AdamWParams& p, Tensor& params);
+// Sums on the device, no host copy: acc f64[1] += weight * sum(x^2) (sum_squares_accumulate:
+// gradient norms) or weight * sum(x) (sum_accumulate: loss sums); x f32/f64 (bf16 on CUDA),
+// summed in double in a fixed order, so run-to-run deterministic.
+void sum_squares_accumulate(const Tensor& x, Tensor& acc, double weight = 1.0);
+void sum_accumulate(const Tensor& x, Tensor& acc, double weight = 1.0);
+// sum_sq f64[k] -> scale f32[1] = max_norm / norm where max_norm > 0 and norm = sqrt(sum of
+// sum_sq) > max_norm, else 1 (computed on the device of the tensors).
+void clip_scale(const Tensor& sum_sq, double max_norm, Tensor& scale);
 
 }  // namespace moe::ops

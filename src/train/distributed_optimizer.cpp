@@ -110,6 +110,8 @@ DistributedOptimizer::DistributedOptimizer(ParamStore& store, const OptimConfig&
     v_[i] = Tensor::zeros({l.own.numel()}, store.master_dtype(), store.device());
     update_[i] = AdamWUpdate(store, config, g, l.own);
   }
+  norm_sq_ = Tensor::zeros({k_num_param_groups}, DType::f64, store.device());
+  clip_scale_ = Tensor::zeros({1}, DType::f32, store.device());
 }
 
 bool DistributedOptimizer::decays(const ParamInfo& p) const { return adamw_decays(p, config_); }
@@ -233,16 +235,19 @@ void DistributedOptimizer::set_model_parallel_norm(Communicator* group, std::vec
   norm_weights_ = std::move(weights);
 }
 
-// Sum of squares of `held` (flat elements held_range of group g), each parameter's part
-// weighted; runs of neighbours with the same weight are summed at once.
-double DistributedOptimizer::weighted_sum_squares(ParamGroup g, const Tensor& held, FlatRange held_range) const {
-  if (held.numel() == 0) return 0.0;
-  if (norm_weights_.empty()) return ops::sum_squares(held);
-  double total = 0;
+// acc f64[1] (device) += sum of squares of `held` (flat elements held_range of group g), each
+// parameter's part weighted; runs of neighbours with the same weight are summed at once.
+void DistributedOptimizer::weighted_sum_squares(ParamGroup g, const Tensor& held, FlatRange held_range,
+                                                Tensor acc) const {
+  if (held.numel() == 0) return;
+  if (norm_weights_.empty()) {
+    ops::sum_squares_accumulate(held, acc);
+    return;
+  }
   FlatRange run;
   double run_weight = -1;
   auto flush = [&] {
-    if (!run.empty() && run_weight != 0) total += run_weight * ops::sum_squares(rows_at(held, held_range.begin, run));
+    if (!run.empty() && run_weight != 0) ops::sum_squares_accumulate(rows_at(held, held_range.begin, run), acc, run_weight);
   };
   for (size_t i = 0; i < store_->infos().size(); ++i) {
     const ParamInfo& p = store_->infos()[i];
@@ -258,49 +263,60 @@ double DistributedOptimizer::weighted_sum_squares(ParamGroup g, const Tensor& he
     run_weight = norm_weights_[i];
   }
   flush();
-  return total;
 }
 
-double DistributedOptimizer::clip_grad_norm(double max_norm) {
-  double sum_sq[k_num_param_groups] = {0, 0};
-  Tensor held[k_num_param_groups];
+void DistributedOptimizer::clip_grads(double max_norm) {
+  norm_sq_.zero_();
   for (int i = 0; i < k_num_param_groups; ++i) {
     Tensor& flat = store_->flat_grads(static_cast<ParamGroup>(i));
     const FlatRange range = stage_ >= 2 ? layouts_[i].own : FlatRange{0, flat.numel()};
-    held[i] = rows_of(flat, range);
-    sum_sq[i] = weighted_sum_squares(static_cast<ParamGroup>(i), held[i], range);
+    weighted_sum_squares(static_cast<ParamGroup>(i), rows_of(flat, range), range, norm_sq_.rows(i, i + 1));
   }
   const Layout& dense = layouts_[0];
   const Layout& expert = layouts_[1];
   // With expert parallelism the DP group holds ep different sets of experts.
   const bool expert_parallel = expert.size != dense.size;
-  double total = 0;
-  if (stage_ >= 2) {
-    // Shards partition each group's parameters; summing over the DP group covers every dense
-    // shard once and every expert shard of every EP rank once.
-    std::vector<double> partial{sum_sq[0] + sum_sq[1]};
-    if (dense.size > 1) dense.comm->all_reduce_sum(partial);
-    total = partial[0];
-  } else if (!expert_parallel) {
-    total = sum_sq[0] + sum_sq[1];  // full, identical gradients on every rank (plain clip_grad_norm's sum)
-  } else {
-    // Expert gradients are replicated over the expert-DP group: its first rank speaks for it.
-    std::vector<double> partial{expert.rank == 0 ? sum_sq[1] : 0.0};
-    dense.comm->all_reduce_sum(partial);
-    total = sum_sq[0] + partial[0];
-  }
-  if (model_parallel_ != nullptr && model_parallel_->size() > 1) {
-    std::vector<double> replica{total};
-    model_parallel_->all_reduce_sum(replica);
-    total = replica[0];
-  }
-  double norm = std::sqrt(total);
-  if (max_norm > 0 && norm > max_norm) {
-    for (auto& t : held) {
-      if (t.numel() > 0) ops::scale(t, static_cast<float>(max_norm / norm));
+  const bool model_parallel = model_parallel_ != nullptr && model_parallel_->size() > 1;
+  // Full, identical gradients on every rank (stage 0/1 without EP) or one rank's shards: the
+  // norm is this rank's sums and stays on the device.
+  const bool local = (stage_ >= 2 ? dense.size == 1 : !expert_parallel) && !model_parallel;
+  if (!local) {
+    // Sums over ranks go through the host in double (one wait), then back to the device.
+    const std::vector<double> sum_sq = norm_sq_.to_vector<double>();
+    double total = 0;
+    if (stage_ >= 2) {
+      // Shards partition each group's parameters; summing over the DP group covers every dense
+      // shard once and every expert shard of every EP rank once.
+      std::vector<double> partial{sum_sq[0] + sum_sq[1]};
+      if (dense.size > 1) dense.comm->all_reduce_sum(partial);
+      total = partial[0];
+    } else if (!expert_parallel) {
+      total = sum_sq[0] + sum_sq[1];
+    } else {
+      // Expert gradients are replicated over the expert-DP group: its first rank speaks for it.
+      std::vector<double> partial{expert.rank == 0 ? sum_sq[1] : 0.0};
+      dense.comm->all_reduce_sum(partial);
+      total = sum_sq[0] + partial[0];
     }
+    if (model_parallel) {
+      std::vector<double> replica{total};
+      model_parallel_->all_reduce_sum(replica);
+      total = replica[0];
+    }
+    norm_sq_.copy_from(Tensor::from_vector(std::vector<double>{total, 0.0}, {k_num_param_groups}, DType::f64));
   }
-  return norm;
+  ops::clip_scale(norm_sq_, max_norm, clip_scale_);
+  clip_pending_ = true;
+}
+
+double DistributedOptimizer::grad_norm() const {
+  const std::vector<double> sum_sq = norm_sq_.to_vector<double>();
+  return std::sqrt(sum_sq[0] + sum_sq[1]);
+}
+
+double DistributedOptimizer::clip_grad_norm(double max_norm) {
+  clip_grads(max_norm);
+  return grad_norm();
 }
 
 void DistributedOptimizer::step(double lr, int64_t step) {
@@ -310,9 +326,11 @@ void DistributedOptimizer::step(double lr, int64_t step) {
   }
   for (int i = 0; i < k_num_param_groups; ++i) {
     auto g = static_cast<ParamGroup>(i);
-    update_[i].apply(store_->master_shard(g), store_->flat_grads(g), m_[i], v_[i], lr, step);
+    // The compute copy of this rank's range (the whole at stage 0) is written in the same pass.
+    update_[i].apply(store_->master_shard(g), store_->flat_grads(g), m_[i], v_[i], lr, step,
+                     clip_pending_ ? clip_scale_ : Tensor{}, store_->compute_copy_of_master(g));
   }
-  store_->sync_params_from_master();  // the whole compute copy at stage 0, this rank's range above
+  clip_pending_ = false;
   if (stage_ == 1 || stage_ == 2) {
     for (int i = 0; i < k_num_param_groups; ++i) {
       if (layouts_[i].size > 1 && layouts_[i].numel > 0) all_gather_params(static_cast<ParamGroup>(i));

@@ -75,10 +75,16 @@ class DistributedOptimizer {
   // A factor applied to the expert gradients before they are reduced (1/ep under expert
   // parallelism: each expert's gradient already sums its EP group's tokens).
   void set_expert_grad_scale(float scale) { expert_grad_scale_ = scale; }
-  // The global L2 norm of the reduced gradients, every parameter counted once; when max_norm
-  // > 0 and the norm exceeds it, scales the gradients this rank holds (its shard at stage 2/3)
-  // by max_norm / norm. Returns the norm before clipping, the same value on every rank.
+  // The global L2 norm of the reduced gradients, every parameter counted once, and the clip
+  // scale min(1, max_norm / norm) (1 when max_norm <= 0), both kept on the device: the next
+  // step() multiplies the gradients by the scale as it reads them (the buffers stay unscaled).
+  // One rank's norm (stage 0/1 without expert parallelism, or a single-rank DP group at stage
+  // 2/3, without TP/PP) never leaves the device; sums over ranks go through the host (one wait).
   // Collective over the data-parallel group at stage 2/3 or with expert parallelism.
+  void clip_grads(double max_norm);
+  // The norm of the last clip_grads (reads it from the device: a host wait). Same on every rank.
+  double grad_norm() const;
+  // clip_grads then grad_norm.
   double clip_grad_norm(double max_norm);
   // Tensor and pipeline parallelism: the norm also sums over `group` (the ranks of one
   // data-parallel replica), each parameter's squares weighted by weights[id]: 1 for a part only
@@ -86,7 +92,8 @@ class DistributedOptimizer {
   // 0 for a pipeline copy counted by its owner.
   void set_model_parallel_norm(Communicator* group, std::vector<double> weights);
   // AdamW (decoupled weight decay by parameter kind, buffers skipped) on this rank's range of
-  // the master weights; then stage 1/2 all-gather the compute copy so every rank holds the
+  // the master weights, with the clip scale of clip_grads when it ran this step, writing the
+  // compute copy of the range in the same launch; then stage 1/2 all-gather the compute copy so every rank holds the
   // full parameters, stage 3 refreshes only the local parameter shard. `step` is 1-based.
   // Collective at stage 1/2. At stage 3 every gathered range must be released first.
   void step(double lr, int64_t step);
@@ -142,7 +149,10 @@ class DistributedOptimizer {
   float expert_grad_scale_ = 1.0f;
   Communicator* model_parallel_ = nullptr;
   std::vector<double> norm_weights_;  // per parameter; empty = all 1
-  double weighted_sum_squares(ParamGroup g, const Tensor& held, FlatRange held_range) const;
+  void weighted_sum_squares(ParamGroup g, const Tensor& held, FlatRange held_range, Tensor acc) const;
+  Tensor norm_sq_;     // f64[groups] on the device: this step's sums of squares
+  Tensor clip_scale_;  // f32[1] on the device: the factor step() applies to the gradients
+  bool clip_pending_ = false;  // clip_grads ran since the last step()
   std::vector<FlatRange> reduced_[k_num_param_groups];  // ranges reduce_unit_async started this step
   void scale_expert_grads(FlatRange range);
   Layout layouts_[k_num_param_groups];

@@ -18,35 +18,61 @@ bool adamw_decays(const ParamInfo& p, const OptimConfig& config) {
   return true;
 }
 
-AdamWUpdate::AdamWUpdate(const ParamStore& store, const OptimConfig& config, ParamGroup g, FlatRange own)
-    : config_(config), own_(own) {
+namespace {
+
+// The runs of `own` in flat order, relative to own.begin: merged maximal runs of one kind.
+std::vector<int64_t> adamw_runs(const ParamStore& store, const OptimConfig& config, ParamGroup g, FlatRange own) {
+  std::vector<ops::AdamWRun> runs;
+  auto push = [&](int64_t begin, int64_t end, ops::AdamWRunKind kind) {
+    if (begin == end) return;
+    if (!runs.empty() && runs.back().end == begin && runs.back().kind == kind) {
+      runs.back().end = end;
+    } else {
+      runs.push_back({begin, end, kind});
+    }
+  };
+  int64_t at = own.begin;
   for (const ParamInfo& p : store.infos()) {
-    if (p.group != g || p.kind == ParamKind::buffer) continue;
+    if (p.group != g) continue;
     FlatRange part = intersect({p.offset, p.offset + p.numel()}, own);
     if (part.empty()) continue;
-    const bool decay = adamw_decays(p, config);
-    if (!runs_.empty() && runs_.back().range.end == part.begin && runs_.back().decay == decay) {
-      runs_.back().range.end = part.end;
-    } else {
-      runs_.push_back({part, decay});
-    }
+    MOE_CHECK(part.begin >= at, "AdamW: parameter '", p.name, "' at flat offset ", p.offset,
+              " is not in offset order within its group");
+    push(at, part.begin, ops::AdamWRunKind::copy);  // a gap the compute copy still mirrors
+    const ops::AdamWRunKind kind = p.kind == ParamKind::buffer ? ops::AdamWRunKind::copy
+                                   : adamw_decays(p, config)   ? ops::AdamWRunKind::decay
+                                                               : ops::AdamWRunKind::no_decay;
+    push(part.begin, part.end, kind);
+    at = part.end;
   }
+  push(at, own.end, ops::AdamWRunKind::copy);
+  std::vector<int64_t> flat;
+  for (const ops::AdamWRun& r : runs) {
+    flat.insert(flat.end(), {r.begin - own.begin, r.end - own.begin, static_cast<int64_t>(r.kind)});
+  }
+  return flat;
+}
+
+}  // namespace
+
+AdamWUpdate::AdamWUpdate(const ParamStore& store, const OptimConfig& config, ParamGroup g, FlatRange own)
+    : config_(config), own_(own) {
+  std::vector<int64_t> flat = adamw_runs(store, config, g, own);
+  runs_ = Tensor::from_vector(flat, {static_cast<int64_t>(flat.size() / 3), 3}, DType::i64, store.device());
 }
 
 void AdamWUpdate::apply(const Tensor& master, const Tensor& grads, const Tensor& m, const Tensor& v, double lr,
-                        int64_t step) const {
+                        int64_t step, const Tensor& grad_scale, Tensor params) const {
+  if (own_.empty()) return;
   ops::AdamWParams h;
   h.lr = static_cast<float>(lr);
   h.beta1 = static_cast<float>(config_.beta1);
   h.beta2 = static_cast<float>(config_.beta2);
   h.eps = static_cast<float>(config_.eps);
+  h.weight_decay = static_cast<float>(config_.weight_decay);
   h.step = step;
-  for (const Run& run : runs_) {
-    h.weight_decay = run.decay ? static_cast<float>(config_.weight_decay) : 0.0f;
-    const int64_t begin = run.range.begin - own_.begin, end = run.range.end - own_.begin;
-    Tensor p = master.rows(begin, end), mr = m.rows(begin, end), vr = v.rows(begin, end);
-    ops::adamw_step(p, grads.rows(run.range.begin, run.range.end), mr, vr, h);
-  }
+  Tensor p = master, mr = m, vr = v;
+  ops::adamw_fused(p, grads.rows(own_.begin, own_.end), mr, vr, runs_, grad_scale, h, params);
 }
 
 AdamW::AdamW(ParamStore& store, const OptimConfig& config) : store_(&store), config_(config) {
@@ -69,9 +95,9 @@ Tensor AdamW::view(const Tensor (&buffers)[k_num_param_groups], ParamId id) cons
 void AdamW::step(double lr, int64_t step) {
   for (int g = 0; g < k_num_param_groups; ++g) {
     const auto group = static_cast<ParamGroup>(g);
-    update_[g].apply(store_->flat_master(group), store_->flat_grads(group), m_[g], v_[g], lr, step);
+    update_[g].apply(store_->flat_master(group), store_->flat_grads(group), m_[g], v_[g], lr, step, {},
+                     store_->compute_copy_of_master(group));
   }
-  store_->sync_params_from_master();
 }
 
 double clip_grad_norm(ParamStore& store, double max_norm) {

@@ -14,26 +14,27 @@ bool adamw_decays(const ParamInfo& p, const OptimConfig& config);
 
 // The one AdamW update of both optimizers (AdamW here, DistributedOptimizer on a ZeRO shard):
 // the op's hyper-parameters at a step (the scheduled lr, betas, eps, the weight decay of each
-// parameter's kind) applied by ops::adamw_step, which computes the bias corrections from the
-// 1-based step, over maximal runs of a range's elements with one decay setting. Parameters may
-// straddle the range's ends: each part inside keeps its parameter's setting. Buffers are skipped.
+// parameter's kind) applied by one ops::adamw_fused launch, which computes the bias corrections
+// from the 1-based step, over a device table of the range's maximal runs of one setting (decay,
+// no decay, or copy only: buffers and gaps). Parameters may straddle the range's ends: each part
+// inside keeps its parameter's setting.
 class AdamWUpdate {
  public:
   AdamWUpdate() = default;
   // Updates flat elements `own` of group g (registration order = offset order within a group).
   AdamWUpdate(const ParamStore& store, const OptimConfig& config, ParamGroup g, FlatRange own);
-  // master, m, v: flat elements `own` (own.begin at row 0); grads: the group's whole flat buffer.
-  void apply(const Tensor& master, const Tensor& grads, const Tensor& m, const Tensor& v, double lr,
-             int64_t step) const;
+  // master, m, v: flat elements `own` (own.begin at row 0); grads: the group's whole flat buffer;
+  // grad_scale: the clip scale, f32[1] on the device (undefined = 1); params: the compute copy of
+  // `own` (undefined = none), written in the same pass (ParamStore::compute_copy_of_master).
+  void apply(const Tensor& master, const Tensor& grads, const Tensor& m, const Tensor& v, double lr, int64_t step,
+             const Tensor& grad_scale = {}, Tensor params = {}) const;
+  // The runs as (begin, end, kind) rows relative to own.begin (tests).
+  const Tensor& runs() const { return runs_; }
 
  private:
-  struct Run {
-    FlatRange range;  // flat elements
-    bool decay = false;
-  };
   OptimConfig config_;
   FlatRange own_;
-  std::vector<Run> runs_;
+  Tensor runs_;  // i64[R,3] on the store's device: kernels::AdamWRun rows covering own
 };
 
 class AdamW {
@@ -41,7 +42,7 @@ class AdamW {
   AdamW(ParamStore& store, const OptimConfig& config);
   // Whether this parameter gets weight decay under the config.
   bool decays(const ParamInfo& p) const;
-  // One update at learning rate lr; `step` is 1-based. Refreshes the compute copy.
+  // One update at learning rate lr; `step` is 1-based. Refreshes the compute copy in the same pass.
   void step(double lr, int64_t step);
 
   Tensor& moment1(ParamGroup g) { return m_[static_cast<int>(g)]; }

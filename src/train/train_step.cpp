@@ -13,6 +13,11 @@
 
 namespace moe {
 
+bool Trainer::reads_loss(int64_t completed) const {
+  const int64_t save_every = config_.train.save_every;
+  return is_log_step(completed) || completed == read_loss_at_ || (save_every > 0 && completed % save_every == 0);
+}
+
 StepResult Trainer::train_step() {
   const TrainConfig& t = config_.train;
   const int micro_batches = static_cast<int>(t.grad_accum);
@@ -22,6 +27,9 @@ StepResult Trainer::train_step() {
   StepResult r;
   r.routing = empty_routing_stats();
   std::vector<double> sums(3, 0.0);  // loss_sum, targets, aux_loss: reduced over ranks at once
+  // The loss sum stays on the device (f64, summed in micro-batch order) until a step reads it.
+  const bool read_loss = reads_loss(step_ + 1);
+  Tensor loss_sum = Tensor::zeros({1}, DType::f64, device_);
   const float aux_scale = 1.0f / static_cast<float>(t.grad_accum);
   // The objective says how many positions of a sequence count in the loss (causal LM: all).
   const int64_t loss_positions = model_->objective().loss_positions(config_.model.seq_len);
@@ -45,9 +53,9 @@ StepResult Trainer::train_step() {
     auto start = Clock::now();
     ForwardOutput& out = outs[static_cast<size_t>(micro)];
     out = model_->forward(batches[static_cast<size_t>(micro)], saves[static_cast<size_t>(micro)], input);
-    MOE_CHECK(std::isfinite(out.loss_sum) && std::isfinite(out.aux_loss), "loss is ",
-              std::isfinite(out.loss_sum) ? out.aux_loss : out.loss_sum, " at step ", step_ + 1, " (micro-batch ",
+    MOE_CHECK(std::isfinite(out.aux_loss), "balancing loss is ", out.aux_loss, " at step ", step_ + 1, " (micro-batch ",
               micro, " on rank ", world_->rank(), "): training diverged; lower optim.lr or check the data");
+    if (out.loss.defined()) ops::sum_accumulate(out.loss, loss_sum);
     if (timed) cuda_synchronize();
     busy_seconds += seconds_since(start);
     return saves[static_cast<size_t>(micro)].output;
@@ -72,7 +80,6 @@ StepResult Trainer::train_step() {
     model_->set_grad_hook(nullptr);
     saves[m] = ModelSaved{};  // free the activations
     const ForwardOutput& out = outs[m];
-    sums[0] += out.loss_sum;
     sums[1] += static_cast<double>(out.num_targets);
     sums[2] += out.aux_loss / static_cast<double>(t.grad_accum);
     accumulate_routing_stats(r.routing, out.moe_stats, out.moe_layer_index, 1.0 / static_cast<double>(t.grad_accum));
@@ -90,17 +97,28 @@ StepResult Trainer::train_step() {
   sum_tp_partial_grads(nullptr);
   sum_tied_embedding_grads();
   optimizer_->reduce_gradients();
+  if (read_loss) sums[0] = loss_sum.to_vector<double>()[0];  // the one host wait of a logging step
   if (world_->size() > 1) {
     world_->all_reduce_sum(sums);
     // Every stage adds its layers' balancing losses; the TP ranks of a stage hold the same value.
     sums[2] /= topology_.dp * topology_.tp;
     reduce_routing_stats(r.routing, *world_, topology_.dp * topology_.tp);
   }
-  r.loss = sums[0] / std::max(sums[1], 1.0);
+  r.loss = read_loss ? sums[0] / std::max(sums[1], 1.0) : std::nan("");
   r.aux_loss = sums[2];
-  r.grad_norm = optimizer_->clip_grad_norm(config_.optim.grad_clip);
+  optimizer_->clip_grads(config_.optim.grad_clip);  // norm and clip scale stay on the device
   double lr = learning_rate(config_.schedule, config_.optim, step_, t.steps);
   optimizer_->step(lr, step_ + 1);
+  r.grad_norm = std::nan("");
+  if (read_loss) {
+    // Divergence shows where the values are read: logging steps and every step a checkpoint
+    // follows (reads_loss), so a non-finite loss or gradient norm is never saved.
+    r.grad_norm = optimizer_->grad_norm();
+    const bool loss_ok = std::isfinite(r.loss);
+    MOE_CHECK(loss_ok && std::isfinite(r.grad_norm), loss_ok ? "gradient norm is " : "loss is ",
+              loss_ok ? r.grad_norm : r.loss, " at step ", step_ + 1, " (rank ", world_->rank(),
+              "): training diverged; lower optim.lr or check the data");
+  }
   update_expert_biases(r);
   ++step_;
   return r;

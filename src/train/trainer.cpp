@@ -121,6 +121,7 @@ EvalResult Trainer::evaluate(int64_t max_batches) {
   int64_t max_windows = max_batches > 0 ? max_batches * t.micro_batch_size * replicas : 0;
   data::EvalIterator it(*val_data_, t.micro_batch_size, config_.model.seq_len, max_windows, replica, replicas);
   std::vector<double> sums(2, 0.0);
+  Tensor loss_sum = Tensor::zeros({1}, DType::f64, device_);  // on the device until the end
   data::TokenWindows b;
   while (it.next(b)) {
     Batch batch = to_device(b);
@@ -129,13 +130,14 @@ EvalResult Trainer::evaluate(int64_t max_batches) {
     StageCallbacks stage;
     stage.forward = [&](int, const Tensor& input) {
       ForwardOutput out = model_->forward(batch, saved, input);
-      sums[0] += out.loss_sum;
+      if (out.loss.defined()) ops::sum_accumulate(out.loss, loss_sum);
       sums[1] += static_cast<double>(out.num_targets);
       return saved.output;
     };
     run_pipeline({{PipeOp::forward, 0}}, topology_.pp > 1 ? groups_.pp.get() : nullptr,
                  {b.rows * config_.model.seq_len, config_.model.d_model}, dtype_, device_, stage, false);
   }
+  sums[0] = loss_sum.to_vector<double>()[0];
   if (topology_.coords.tp != 0) sums = {0.0, 0.0};  // the TP ranks of the last stage hold the same loss
   world_->all_reduce_sum(sums);  // over the last stage's data-parallel replicas
   MOE_CHECK(sums[1] > 0, "the validation data ", config_.data.val_path, " is shorter than one sequence of ",
@@ -188,6 +190,7 @@ void Trainer::train() {
   }
   auto start = Clock::now();
   int64_t first_step = step_;
+  read_loss_at(first_step + 1);  // the first step of a run is logged
   while (step_ < t.steps) {
     auto step_start = Clock::now();
     double lr = learning_rate(config_.schedule, config_.optim, step_, t.steps);
@@ -220,10 +223,19 @@ nlohmann::json Trainer::bench(int64_t warmup_steps, int64_t timed_steps, bool br
   reset_peak_memory(device_.kind);
   auto start = Clock::now();
   const int64_t waits_before = ops::host_waits();
+  // The last timed step reads its loss (final_loss); the waits are counted over the steps
+  // before it, which read nothing unless one is a logging step.
+  read_loss_at(step_ + timed_steps);
   StepResult last;
-  for (int64_t i = 0; i < timed_steps; ++i) last = train_step();
+  int64_t waits_end = waits_before;
+  for (int64_t i = 0; i < timed_steps; ++i) {
+    if (i == timed_steps - 1 && timed_steps > 1) waits_end = ops::host_waits();
+    last = train_step();
+  }
+  if (timed_steps == 1) waits_end = ops::host_waits();
   const double loss = last.loss;
-  const double waits_per_step = static_cast<double>(ops::host_waits() - waits_before) / static_cast<double>(timed_steps);
+  const double waits_per_step =
+      static_cast<double>(waits_end - waits_before) / static_cast<double>(std::max<int64_t>(timed_steps - 1, 1));
   cuda_synchronize();
   world_->barrier();
   double seconds = seconds_since(start);

@@ -22,6 +22,8 @@
 
 namespace moe {
 
+// loss and grad_norm are read from the device on logging steps, the last step, steps a
+// checkpoint follows and the step after a resume (Trainer::reads_loss); NaN on other steps.
 struct StepResult {
   double loss = 0;       // mean cross-entropy over the global batch
   double aux_loss = 0;   // balancing losses, mean over micro-batches and ranks
@@ -57,6 +59,8 @@ class Trainer {
   void save_checkpoint();
   // One optimizer step over the global batch (all micro-batches of all ranks).
   StepResult train_step();
+  // Also read the loss and gradient norm (a host wait) after the step that completes `step`.
+  void read_loss_at(int64_t step) { read_loss_at_ = step; }
 
   Model& model() { return *model_; }
   int64_t step() const { return step_; }
@@ -68,6 +72,7 @@ class Trainer {
   Batch to_device(const data::TokenWindows& windows) const;  // through the model's objective
   void log_step(const StepResult& r, double lr, double step_seconds, double elapsed);
   bool is_log_step(int64_t step) const;
+  bool reads_loss(int64_t completed) const;  // whether the step completing `completed` reads its loss
   void apply_global_switch(std::vector<ModelSaved>& saves, std::vector<ForwardOutput>& outs);
   std::vector<LayerRoutingStats> empty_routing_stats() const;
   std::vector<Batch> step_batches(bool collect_stats) const;  // the step's micro-batches on the device
@@ -95,6 +100,7 @@ class Trainer {
   std::unique_ptr<data::BatchSampler> sampler_;
   std::unique_ptr<MetricsWriter> metrics_;
   int64_t step_ = 0;  // completed optimizer steps
+  int64_t read_loss_at_ = -1;  // a step whose loss is read besides reads_loss's rule
   bool oracle_ = false;  // the future-token oracle hash: every log line says so
   double tokens_per_step_ = 0;
   int64_t active_params_ = 0, total_params_ = 0;  // the whole model's (all stages)

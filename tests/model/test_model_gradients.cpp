@@ -113,7 +113,7 @@ TEST_CASE("model gradients match finite differences", "[model][gradcheck]") {
     ModelSaved s;
     ForwardOutput o = model.forward(batch, s);
     if (routing_of(s) != ref_routing) routing_changed = true;
-    return loss_scale * o.loss_sum + aux_scale * o.aux_loss;
+    return loss_scale * o.host_loss_sum() + aux_scale * o.aux_loss;
   };
 
   for (size_t i = 0; i < store.infos().size(); ++i) {

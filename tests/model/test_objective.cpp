@@ -174,7 +174,7 @@ TEST_CASE("a batch keeps its host ids and the model routes on them as given", "[
     model.params().zero_grads();
     ModelSaved saved;
     Run r;
-    r.loss = model.forward(batch, saved).loss_sum;
+    r.loss = model.forward(batch, saved).host_loss_sum();
     r.routing = routing_of(saved);
     model.backward(batch, saved, 0.5f, 1.0f);
     for (ParamGroup g : {ParamGroup::dense, ParamGroup::expert}) {

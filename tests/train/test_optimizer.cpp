@@ -5,6 +5,7 @@
 #include <cmath>
 #include <vector>
 
+#include "src/ops/ops.h"
 #include "src/train/optimizer.h"
 #include "tests/test_util.h"
 
@@ -132,4 +133,43 @@ TEST_CASE("AdamW and AdamWUpdate on a cut range follow the formula by hand", "[t
                         1e-15, 1e-13, "cut m");
   }
   REQUIRE(whole.master(whole.find("buf")).to_vector<double>() == std::vector<double>(3, 0.0));
+}
+
+TEST_CASE("AdamWUpdate's run table covers the range: decay, no decay, buffers copied", "[train][optimizer]") {
+  ParamStore store;
+  build_store(store);
+  const OptimConfig c = optim_config();
+  AdamWUpdate whole(store, c, ParamGroup::dense, {0, store.group_numel(ParamGroup::dense)});
+  // w decays, norm does not, buf is only copied, emb decays (decay_embeddings).
+  REQUIRE(whole.runs().to_vector<int64_t>() == std::vector<int64_t>{0, 6, 1, 6, 10, 0, 10, 13, 2, 13, 21, 1});
+  AdamWUpdate cut(store, c, ParamGroup::dense, {3, 16});  // rows relative to the range's start
+  REQUIRE(cut.runs().to_vector<int64_t>() == std::vector<int64_t>{0, 3, 1, 3, 7, 0, 7, 10, 2, 10, 13, 1});
+}
+
+TEST_CASE("the fused AdamW with a clip scale equals AdamW on gradients scaled in place", "[train][optimizer]") {
+  const OptimConfig c = optim_config();
+  ParamStore scaled, fused;
+  build_store(scaled);
+  build_store(fused);
+  const int64_t n = scaled.group_numel(ParamGroup::dense);
+  AdamWUpdate update(fused, c, ParamGroup::dense, {0, n});
+  AdamWUpdate reference(scaled, c, ParamGroup::dense, {0, n});
+  Tensor m = Tensor::zeros({n}, DType::f64), v = Tensor::zeros({n}, DType::f64);
+  Tensor m_ref = Tensor::zeros({n}, DType::f64), v_ref = Tensor::zeros({n}, DType::f64);
+  Tensor scale = Tensor::from_vector(std::vector<float>{0.3f}, {1}, DType::f32);
+  const auto g = test::random_values(n, 11, -2.0, 2.0);
+  fused.flat_grads(ParamGroup::dense).copy_from(test::f64_tensor(g, {n}));
+  scaled.flat_grads(ParamGroup::dense).copy_from(test::f64_tensor(g, {n}));
+  ops::scale(scaled.flat_grads(ParamGroup::dense), 0.3f);
+  Tensor compute_copy = Tensor::zeros({n}, DType::f32);  // f64 master -> f32 copy in the same pass
+  update.apply(fused.flat_master(ParamGroup::dense), fused.flat_grads(ParamGroup::dense), m, v, 0.0625, 2, scale,
+               compute_copy);
+  reference.apply(scaled.flat_master(ParamGroup::dense), scaled.flat_grads(ParamGroup::dense), m_ref, v_ref, 0.0625, 2);
+  const auto got = fused.flat_master(ParamGroup::dense).to_vector<double>();
+  REQUIRE(got == scaled.flat_master(ParamGroup::dense).to_vector<double>());  // bit-identical
+  REQUIRE(m.to_vector<double>() == m_ref.to_vector<double>());
+  const auto copy = compute_copy.to_vector<double>();
+  for (size_t i = 0; i < got.size(); ++i) REQUIRE(copy[i] == static_cast<double>(static_cast<float>(got[i])));
+  // The gradients themselves stay unscaled.
+  REQUIRE(fused.flat_grads(ParamGroup::dense).to_vector<double>() == test::f64_tensor(g, {n}).to_vector<double>());
 }

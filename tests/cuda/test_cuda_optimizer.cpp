@@ -1,0 +1,104 @@
+// The optimizer kernels on the GPU against the CPU reference (fused AdamW over a run table with
+// the clip scale and the bf16 compute copy; device sums and the clip scale), and the count of
+// host waits of a dense training step that does not log (0: nothing is read back).
+#include <catch2/catch.hpp>
+
+#include <vector>
+
+#include "parallel/communicator.h"
+#include "parallel/mpi_env.h"
+#include "src/ops/op_profile.h"
+#include "src/ops/ops.h"
+#include "src/train/trainer.h"
+#include "tests/cuda/cuda_test_util.h"
+#include "tests/train/train_test_util.h"
+
+using namespace moe;
+using test::gpu;
+
+namespace {
+
+// Runs covering [0, n): decay, no_decay and copy in turn, lengths 1, 2, 3, ... (awkward cuts).
+std::vector<int64_t> run_table(int64_t n) {
+  std::vector<int64_t> flat;
+  int64_t at = 0, len = 1, kind = 0;
+  while (at < n) {
+    const int64_t end = std::min(n, at + len);
+    flat.insert(flat.end(), {at, end, kind});
+    at = end;
+    ++len;
+    kind = (kind + 1) % 3;
+  }
+  return flat;
+}
+
+}  // namespace
+
+TEST_CASE("cuda fused AdamW matches the CPU reference with runs, clip scale and the bf16 copy", "[cuda][optimizer]") {
+  for (int64_t n : {1, 7, 989, 20000}) {
+    INFO("n " << n);
+    auto master = test::random_mirror({n}, DType::f32, test::seed_of(1, {n}));
+    auto grad = test::random_mirror({n}, DType::f32, test::seed_of(2, {n}));
+    auto m = test::random_mirror({n}, DType::f32, test::seed_of(3, {n}), -0.1, 0.1);
+    auto v = test::random_mirror({n}, DType::f32, test::seed_of(4, {n}), 0.0, 0.1);
+    const std::vector<int64_t> flat = run_table(n);
+    const Shape table_shape{static_cast<int64_t>(flat.size() / 3), 3};
+    Tensor runs_cpu = Tensor::from_vector(flat, table_shape, DType::i64);
+    Tensor runs_gpu = Tensor::from_vector(flat, table_shape, DType::i64, gpu());
+    Tensor scale_cpu = Tensor::from_vector(std::vector<float>{0.375f}, {1}, DType::f32);
+    Tensor scale_gpu = Tensor::from_vector(std::vector<float>{0.375f}, {1}, DType::f32, gpu());
+    Tensor copy_cpu = test::poisoned_on({n}, DType::f32, Device::cpu());
+    Tensor copy_gpu = test::poisoned_on({n}, DType::bf16, gpu());
+    AdamWParams p;
+    p.lr = 1e-2f;
+    p.weight_decay = 0.1f;
+    p.step = 3;
+    ops::adamw_fused(master.cpu, grad.cpu, m.cpu, v.cpu, runs_cpu, scale_cpu, p, copy_cpu);
+    ops::adamw_fused(master.gpu, grad.gpu, m.gpu, v.gpu, runs_gpu, scale_gpu, p, copy_gpu);
+    test::require_match(master, test::accum_tol(), "master");
+    test::require_match(m, test::accum_tol(), "m");
+    test::require_match(v, test::accum_tol(), "v");
+    test::require_close(copy_gpu, copy_cpu, test::bf16_tol().atol, test::bf16_tol().rtol, "bf16 copy");
+  }
+}
+
+TEST_CASE("cuda device sums and the clip scale match the CPU", "[cuda][optimizer]") {
+  for (int64_t n : {1, 7, 989, 300000}) {
+    auto x = test::random_mirror({n}, DType::f32, test::seed_of(5, {n}));
+    Tensor acc_cpu = Tensor::from_vector(std::vector<double>{0.5}, {1}, DType::f64);
+    Tensor acc_gpu = Tensor::from_vector(std::vector<double>{0.5}, {1}, DType::f64, gpu());
+    ops::sum_squares_accumulate(x.cpu, acc_cpu, 2.0);
+    ops::sum_squares_accumulate(x.gpu, acc_gpu, 2.0);
+    ops::sum_accumulate(x.cpu, acc_cpu);
+    ops::sum_accumulate(x.gpu, acc_gpu);
+    test::require_close(acc_gpu, acc_cpu, 1e-9, 1e-9, "sums");
+    for (double max_norm : {0.0, 0.25, 1e9}) {
+      Tensor s_cpu = test::poisoned_on({1}, DType::f32, Device::cpu());
+      Tensor s_gpu = test::poisoned_on({1}, DType::f32, gpu());
+      ops::clip_scale(acc_cpu, max_norm, s_cpu);
+      ops::clip_scale(acc_gpu, max_norm, s_gpu);
+      test::require_close(s_gpu, s_cpu, 0.0, 1e-6, "clip scale");
+    }
+  }
+}
+
+TEST_CASE("a dense CUDA step that does not log waits for the host 0 times", "[cuda][train]") {
+  static MpiEnv env;
+  test::TempDir dir("moe-cuda-waits");
+  Config c = test::tiny_train_config(dir);
+  c.moe.num_experts = 0;  // dense: MoE dispatch needs its counts on the host
+  c.train.device = "cuda";
+  c.train.steps = 10;
+  c.train.log_every = 5;
+  c.train.grad_accum = 2;
+  c.optim.grad_clip = 0.5;
+  auto world = make_world_communicator(Device::cuda(0));
+  Trainer trainer(c, 0, *world);
+  REQUIRE(trainer.device().is_cuda());
+  StepResult first = trainer.train_step();  // step 1 logs
+  REQUIRE(std::isfinite(first.loss));
+  const int64_t before = ops::host_waits();
+  StepResult quiet = trainer.train_step();  // step 2: no log, no checkpoint
+  REQUIRE(ops::host_waits() - before == 0);
+  REQUIRE(std::isnan(quiet.loss));
+}
