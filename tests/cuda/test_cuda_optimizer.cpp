@@ -49,7 +49,7 @@ TEST_CASE("cuda fused AdamW matches the CPU reference with runs, clip scale and 
     Tensor scale_gpu = Tensor::from_vector(std::vector<float>{0.375f}, {1}, DType::f32, gpu());
     Tensor copy_cpu = test::poisoned_on({n}, DType::f32, Device::cpu());
     Tensor copy_gpu = test::poisoned_on({n}, DType::bf16, gpu());
-    AdamWParams p;
+    ops::AdamWParams p;
     p.lr = 1e-2f;
     p.weight_decay = 0.1f;
     p.step = 3;
