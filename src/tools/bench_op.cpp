@@ -1,5 +1,5 @@
-// `moe bench op`: the registry of single-op benchmarks, and the attention bench (the flash
-// kernels on the GPU for head dims 64 and 128), timed forward, backward and forward + backward.
+// `moe bench op`: the registry of single-op benchmarks, the attention bench (the flash kernels)
+// and the grouped GEMM bench (the experts' GEMMs), timed forward, backward and both.
 #include "src/tools/bench_op.h"
 
 #include <algorithm>
@@ -89,7 +89,68 @@ nlohmann::json bench_attention(const OpBenchOptions& o, Device device) {
   return r;
 }
 
+// The experts' GEMM chain without the activation: h = x @ w_up[e], y = h @ w_down[e] forward; the
+// two input gradients and two weight gradients backward; one grouped launch each.
+nlohmann::json bench_grouped_gemm(const OpBenchOptions& o, Device device) {
+  MOE_CHECK(o.experts > 0 && o.tokens_per_expert > 0 && o.d_model > 0 && o.d_expert > 0,
+            "bench op grouped_gemm: --experts, --tokens-per-expert, --d-model, --d-expert must be positive (got ",
+            o.experts, ", ", o.tokens_per_expert, ", ", o.d_model, ", ", o.d_expert, ")");
+  const DType dtype = device.is_cuda() ? DType::bf16 : DType::f32;
+  const int64_t rows = o.experts * o.tokens_per_expert, d = o.d_model, f = o.d_expert;
+  std::vector<int32_t> ends(static_cast<size_t>(o.experts + 1));
+  for (int64_t e = 0; e <= o.experts; ++e) ends[static_cast<size_t>(e)] = static_cast<int32_t>(e * o.tokens_per_expert);
+  Tensor offsets = Tensor::from_vector(ends, {o.experts + 1}, DType::i32, device);
+  Tensor x = random_on({rows, d}, dtype, device, o.seed, -1.0f, 1.0f);
+  Tensor w_up = random_on({o.experts, d, f}, dtype, device, o.seed + 1, -0.05f, 0.05f);
+  Tensor w_down = random_on({o.experts, f, d}, dtype, device, o.seed + 2, -0.05f, 0.05f);
+  Tensor dy = random_on({rows, d}, dtype, device, o.seed + 3, -1.0f, 1.0f);
+  Tensor h = Tensor::empty({rows, f}, dtype, device), y = Tensor::empty({rows, d}, dtype, device);
+  Tensor dh = Tensor::empty({rows, f}, dtype, device), dx = Tensor::empty({rows, d}, dtype, device);
+  Tensor dw_up = Tensor::zeros(w_up.shape(), ops::accum_dtype(dtype), device);
+  Tensor dw_down = Tensor::zeros(w_down.shape(), ops::accum_dtype(dtype), device);
+  auto forward = [&] {
+    ops::grouped_matmul(x, offsets, w_up, false, h);
+    ops::grouped_matmul(h, offsets, w_down, false, y);
+  };
+  auto backward = [&] {
+    ops::grouped_matmul(dy, offsets, w_down, true, dh);
+    ops::grouped_matmul_weight_grad(h, offsets, dy, dw_down);
+    ops::grouped_matmul(dh, offsets, w_up, true, dx);
+    ops::grouped_matmul_weight_grad(x, offsets, dh, dw_up);
+  };
+  const double fwd_ms = median_ms(device, o.warmup, o.iters, forward);
+  const double bwd_ms = median_ms(device, o.warmup, o.iters, backward);
+  const double fwd_bwd_ms = median_ms(device, o.warmup, o.iters, [&] {
+    forward();
+    backward();
+  });
+  const double fwd_flops = grouped_ffn_forward_flops(rows, d, f);
+  auto tflops = [](double flops, double ms) { return flops / (ms * 1e-3) / 1e12; };
+  nlohmann::json r;
+  r["op"] = "grouped_gemm";
+  r["device"] = device.str();
+  r["experts"] = o.experts;
+  r["tokens_per_expert"] = o.tokens_per_expert;
+  r["rows"] = rows;
+  r["d_model"] = d;
+  r["d_expert"] = f;
+  r["iters"] = o.iters;
+  r["fwd_ms"] = fwd_ms;
+  r["bwd_ms"] = bwd_ms;
+  r["fwd_bwd_ms"] = fwd_bwd_ms;
+  r["fwd_tflops"] = tflops(fwd_flops, fwd_ms);
+  r["bwd_tflops"] = tflops(2 * fwd_flops, bwd_ms);
+  r["fwd_bwd_tflops"] = tflops(3 * fwd_flops, fwd_bwd_ms);
+  r["fwd_bwd_fraction_of_peak"] = tflops(3 * fwd_flops, fwd_bwd_ms) * 1e12 / k_h200_peak_flops;
+  r["flops"] = "fwd 2 GEMMs of 2*rows*d*f, bwd 4; peak 775 TFLOP/s (measured bf16 GEMM, H200)";
+  return r;
+}
+
 }  // namespace
+
+double grouped_ffn_forward_flops(int64_t rows, int64_t d_model, int64_t d_expert) {
+  return 4.0 * static_cast<double>(rows) * static_cast<double>(d_model) * static_cast<double>(d_expert);
+}
 
 double attention_forward_flops(int64_t batch, int64_t seq_len, int64_t heads, int64_t head_dim, bool causal) {
   const double full = 4.0 * static_cast<double>(batch) * static_cast<double>(heads) * static_cast<double>(seq_len) *
@@ -108,6 +169,9 @@ const std::vector<OpBench>& op_benches() {
   static const std::vector<OpBench> benches = {
       {"attention", "attention forward, backward and both (--batch --seq --heads --kv-heads --head-dim --causal)",
        &bench_attention},
+      {"grouped_gemm", "the experts' grouped GEMMs, forward, backward and both (--experts --tokens-per-expert "
+                       "--d-model --d-expert)",
+       &bench_grouped_gemm},
   };
   return benches;
 }
