@@ -37,6 +37,28 @@ double median_ms(Device device, int64_t warmup, int64_t iters, Fn&& fn) {
   return median_of(ms);
 }
 
+// Times forward, backward and both (median ms) and writes them, their TFLOP/s and the fraction
+// of the H200 peak into r; flops counts forward and backward once each.
+template <class Fwd, class Bwd>
+void time_fwd_bwd(const OpBenchOptions& o, Device device, Fwd&& forward, Bwd&& backward, double fwd_flops,
+                  double bwd_flops, nlohmann::json& r) {
+  const double fwd_ms = median_ms(device, o.warmup, o.iters, forward);
+  const double bwd_ms = median_ms(device, o.warmup, o.iters, backward);  // reads what the forward runs left
+  const double fwd_bwd_ms = median_ms(device, o.warmup, o.iters, [&] {
+    forward();
+    backward();
+  });
+  auto tflops = [](double flops, double ms) { return flops / (ms * 1e-3) / 1e12; };
+  r["iters"] = o.iters;
+  r["fwd_ms"] = fwd_ms;
+  r["bwd_ms"] = bwd_ms;
+  r["fwd_bwd_ms"] = fwd_bwd_ms;
+  r["fwd_tflops"] = tflops(fwd_flops, fwd_ms);
+  r["bwd_tflops"] = tflops(bwd_flops, bwd_ms);
+  r["fwd_bwd_tflops"] = tflops(fwd_flops + bwd_flops, fwd_bwd_ms);
+  r["fwd_bwd_fraction_of_peak"] = tflops(fwd_flops + bwd_flops, fwd_bwd_ms) * 1e12 / k_h200_peak_flops;
+}
+
 nlohmann::json bench_attention(const OpBenchOptions& o, Device device) {
   const int64_t kv_heads = o.kv_heads > 0 ? o.kv_heads : o.heads;
   MOE_CHECK(o.batch > 0 && o.seq_len > 0 && o.heads > 0 && o.head_dim > 0 && o.heads % kv_heads == 0,
@@ -60,14 +82,7 @@ nlohmann::json bench_attention(const OpBenchOptions& o, Device device) {
   auto forward = [&] { ops::attention_forward(q, k, v, out, lse, shape); };
   auto backward = [&] { ops::attention_backward(q, k, v, out, lse, dout, dq, dk, dv, shape, workspace); };
 
-  const double fwd_ms = median_ms(device, o.warmup, o.iters, forward);
-  const double bwd_ms = median_ms(device, o.warmup, o.iters, backward);  // out, lse from the forward runs
-  const double fwd_bwd_ms = median_ms(device, o.warmup, o.iters, [&] {
-    forward();
-    backward();
-  });
   const double fwd_flops = attention_forward_flops(o.batch, o.seq_len, o.heads, o.head_dim, o.causal);
-  auto tflops = [](double flops, double ms) { return flops / (ms * 1e-3) / 1e12; };
   nlohmann::json r;
   r["op"] = "attention";
   r["device"] = device.str();
@@ -77,14 +92,7 @@ nlohmann::json bench_attention(const OpBenchOptions& o, Device device) {
   r["kv_heads"] = kv_heads;
   r["head_dim"] = o.head_dim;
   r["causal"] = o.causal;
-  r["iters"] = o.iters;
-  r["fwd_ms"] = fwd_ms;
-  r["bwd_ms"] = bwd_ms;
-  r["fwd_bwd_ms"] = fwd_bwd_ms;
-  r["fwd_tflops"] = tflops(fwd_flops, fwd_ms);
-  r["bwd_tflops"] = tflops(2.5 * fwd_flops, bwd_ms);
-  r["fwd_bwd_tflops"] = tflops(3.5 * fwd_flops, fwd_bwd_ms);
-  r["fwd_bwd_fraction_of_peak"] = tflops(3.5 * fwd_flops, fwd_bwd_ms) * 1e12 / k_h200_peak_flops;
+  time_fwd_bwd(o, device, forward, backward, fwd_flops, 2.5 * fwd_flops, r);
   r["flops"] = "fwd 4*B*H*S^2*D (/2 causal), bwd 2.5x fwd; peak 775 TFLOP/s (measured bf16 GEMM, H200)";
   return r;
 }
@@ -118,14 +126,7 @@ nlohmann::json bench_grouped_gemm(const OpBenchOptions& o, Device device) {
     ops::grouped_matmul(dh, offsets, w_up, true, dx);
     ops::grouped_matmul_weight_grad(x, offsets, dh, dw_up);
   };
-  const double fwd_ms = median_ms(device, o.warmup, o.iters, forward);
-  const double bwd_ms = median_ms(device, o.warmup, o.iters, backward);
-  const double fwd_bwd_ms = median_ms(device, o.warmup, o.iters, [&] {
-    forward();
-    backward();
-  });
   const double fwd_flops = grouped_ffn_forward_flops(rows, d, f);
-  auto tflops = [](double flops, double ms) { return flops / (ms * 1e-3) / 1e12; };
   nlohmann::json r;
   r["op"] = "grouped_gemm";
   r["device"] = device.str();
@@ -134,14 +135,7 @@ nlohmann::json bench_grouped_gemm(const OpBenchOptions& o, Device device) {
   r["rows"] = rows;
   r["d_model"] = d;
   r["d_expert"] = f;
-  r["iters"] = o.iters;
-  r["fwd_ms"] = fwd_ms;
-  r["bwd_ms"] = bwd_ms;
-  r["fwd_bwd_ms"] = fwd_bwd_ms;
-  r["fwd_tflops"] = tflops(fwd_flops, fwd_ms);
-  r["bwd_tflops"] = tflops(2 * fwd_flops, bwd_ms);
-  r["fwd_bwd_tflops"] = tflops(3 * fwd_flops, fwd_bwd_ms);
-  r["fwd_bwd_fraction_of_peak"] = tflops(3 * fwd_flops, fwd_bwd_ms) * 1e12 / k_h200_peak_flops;
+  time_fwd_bwd(o, device, forward, backward, fwd_flops, 2 * fwd_flops, r);
   r["flops"] = "fwd 2 GEMMs of 2*rows*d*f, bwd 4; peak 775 TFLOP/s (measured bf16 GEMM, H200)";
   return r;
 }
