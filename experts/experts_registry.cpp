@@ -2,11 +2,20 @@
 // nothing references, so the list is explicit: one line per implementation.
 #include "experts/experts_registry.h"
 
+#include "experts/grouped_experts.h"
 #include "experts/loop_experts.h"
 
 namespace moe {
 
 namespace {
+
+// "auto" picks grouped in builds with CUDA (its GPU kernels are the fast path) and the loop
+// otherwise, where both run the same reference GEMM per expert and the loop needs no offsets.
+#if MOE_WITH_CUDA
+constexpr int k_grouped_auto_rank = 2;
+#else
+constexpr int k_grouped_auto_rank = 0;
+#endif
 
 template <typename Impl>
 std::unique_ptr<Experts> make(ParamStore& store, const std::string& prefix, const ExpertsSpec& spec) {
@@ -18,6 +27,8 @@ std::unique_ptr<Experts> make(ParamStore& store, const std::string& prefix, cons
 const std::vector<ExpertsKind>& experts_kinds() {
   static const std::vector<ExpertsKind> kinds = {
       {"loop", "one GEMM chain per local expert over its row block (the reference)", 1, &make<LoopExperts>},
+      {"grouped", "one grouped GEMM launch per projection over all local experts, offsets on the device",
+       k_grouped_auto_rank, &make<GroupedExperts>},
   };
   return kinds;
 }

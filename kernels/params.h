@@ -54,6 +54,14 @@ constexpr bool renormalizes(const TopKOptions& o) {
 // GShard).
 enum class DropOrder : int { by_probability = 0, by_position = 1 };
 
+// A grouped GEMM over rows sorted by expert: rows [offsets[e], offsets[e+1]) of x[rows, k]
+// belong to expert e of num_experts (offsets i32[num_experts+1], offsets[num_experts] = rows).
+// Forward: y[rows, n] = x @ w[e] with w[E, k, n] (or w[E, n, k] read transposed). Weight
+// gradient: dw[E, k, n] += x_e^T @ dy_e with dy[rows, n].
+struct GroupedGemmShape {
+  int64_t num_experts = 0, rows = 0, k = 0, n = 0;
+};
+
 // AdamW hyperparameters of one step (decoupled weight decay).
 struct AdamWParams {
   float lr = 0, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, weight_decay = 0;

@@ -43,7 +43,8 @@ void add_dispatch_bench(CLI::App& bench, CommandRunner& run) {
 }
 
 // `moe bench op NAME [--batch B --seq S --heads H --kv-heads H --head-dim D --causal|--no-causal
-// --width W --warmup N --iters N --device D]`: one kernel at one shape; one JSON line (median times, TFLOP/s).
+// --width W --experts E --tokens-per-expert T --d-model D --d-expert F
+// --warmup N --iters N --device D]`: one kernel at one shape; one JSON line (median times, TFLOP/s).
 void add_op_bench(CLI::App& bench, CommandRunner& run) {
   std::string names;
   for (const OpBench& b : op_benches()) names += (names.empty() ? "" : "; ") + b.name + ": " + b.what;
@@ -59,6 +60,11 @@ void add_op_bench(CLI::App& bench, CommandRunner& run) {
   cmd->add_option("--head-dim", o->head_dim, "head dimension")->check(CLI::PositiveNumber);
   cmd->add_flag("--causal,!--no-causal", o->causal, "causal mask (default) or none");
   cmd->add_option("--width", o->width, "model width (the add + norm benches)")->check(CLI::PositiveNumber);
+  cmd->add_option("--experts", o->experts, "grouped_gemm: experts")->check(CLI::PositiveNumber);
+  cmd->add_option("--tokens-per-expert", o->tokens_per_expert, "grouped_gemm: rows per expert (balanced)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--d-model", o->d_model, "grouped_gemm: model width")->check(CLI::PositiveNumber);
+  cmd->add_option("--d-expert", o->d_expert, "grouped_gemm: expert width")->check(CLI::PositiveNumber);
   cmd->add_option("--warmup", o->warmup, "untimed iterations first")->check(CLI::NonNegativeNumber);
   cmd->add_option("--iters", o->iters, "timed iterations (the median is reported)")->check(CLI::PositiveNumber);
   cmd->add_option("--device", *device, "auto | cpu | cuda")->check(CLI::IsMember({"auto", "cpu", "cuda"}));

@@ -12,6 +12,7 @@
 #include "kernels/cpu/embedding.h"
 #include "kernels/cpu/gates.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/grouped_gemm.h"
 #include "kernels/cpu/norms.h"
 #include "kernels/cpu/permute.h"
 #include "kernels/cpu/positions.h"
@@ -89,6 +90,22 @@ class CpuBackend final : public Backend {
       using T = decltype(tag);
       cpu::gemm<T>(ptr<T>(a), trans_a, ptr<T>(b), trans_b, ptr<T>(c), m, n, k, static_cast<T>(alpha),
                    static_cast<T>(beta));
+    });
+  }
+
+  void grouped_matmul(const Tensor& x, const Tensor& offsets, const Tensor& w, bool trans_w, Tensor& y) override {
+    const kernels::GroupedGemmShape shape{offsets.size(0) - 1, x.size(0), x.size(1), y.size(1)};
+    dispatch_float(x.dtype(), "grouped_matmul", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::grouped_gemm<T>(ptr<T>(x), index_ptr(offsets), ptr<T>(w), trans_w, ptr<T>(y), shape);
+    });
+  }
+
+  void grouped_matmul_weight_grad(const Tensor& x, const Tensor& offsets, const Tensor& dy, Tensor& dw) override {
+    const kernels::GroupedGemmShape shape{offsets.size(0) - 1, x.size(0), x.size(1), dy.size(1)};
+    dispatch_float(x.dtype(), "grouped_matmul_weight_grad", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::grouped_gemm_weight_grad<T>(ptr<T>(x), index_ptr(offsets), ptr<T>(dy), ptr<T>(dw), shape);
     });
   }
 

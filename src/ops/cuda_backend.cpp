@@ -13,6 +13,7 @@
 #include "kernels/cuda/embedding.h"
 #include "kernels/cuda/gates.h"
 #include "kernels/cuda/gemm.h"
+#include "kernels/cuda/grouped_gemm.h"
 #include "kernels/cuda/norms.h"
 #include "kernels/cuda/permute.h"
 #include "kernels/cuda/reduce.h"
@@ -74,6 +75,18 @@ class CudaBackend : public Backend {
     shape.trans_a = trans_a;
     shape.trans_b = trans_b;
     cuda::gemm_bf16(bf(a), bf(b), c.data(), float_type(c, "matmul c"), shape, alpha, beta, stream);
+  }
+
+  void grouped_matmul(const Tensor& x, const Tensor& offsets, const Tensor& w, bool trans_w, Tensor& y) override {
+    cudaStream_t stream = on_device(x, offsets, w, y);
+    const kernels::GroupedGemmShape shape{offsets.size(0) - 1, x.size(0), x.size(1), y.size(1)};
+    cuda::grouped_gemm_bf16(bf(x), i32(offsets), bf(w), trans_w, bf_mut(y), shape, stream);
+  }
+
+  void grouped_matmul_weight_grad(const Tensor& x, const Tensor& offsets, const Tensor& dy, Tensor& dw) override {
+    cudaStream_t stream = on_device(x, offsets, dy, dw);
+    const kernels::GroupedGemmShape shape{offsets.size(0) - 1, x.size(0), x.size(1), dy.size(1)};
+    cuda::grouped_gemm_weight_grad_bf16(bf(x), i32(offsets), bf(dy), f32_mut(dw), shape, stream);
   }
 
   void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out, VocabShard shard) override {

@@ -103,6 +103,59 @@ void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor
   run_on(a, OpKind::gemm)->matmul(a, trans_a, b, trans_b, c, alpha, beta);
 }
 
+namespace {
+
+// offsets i32[E+1] on x's device; returns E.
+int64_t check_offsets(const Tensor& offsets, const Tensor& x, const char* op) {
+  MOE_CHECK(offsets.defined() && offsets.ndim() == 1 && offsets.size(0) >= 2, op,
+            ": offsets must be i32[E+1] with E >= 1, got ",
+            offsets.defined() ? shape_str(offsets.shape()) : std::string("undefined"));
+  check_dtype(offsets, DType::i32, op);
+  check_same_device(offsets, x, op);
+  return offsets.size(0) - 1;
+}
+
+// Tensor-core tiles move 16-byte chunks: the widths of the GPU grouped GEMM are multiples of 8.
+void check_grouped_widths(const Tensor& x, int64_t k, int64_t m, const char* op) {
+  if (!x.is_cuda()) return;
+  MOE_CHECK(k % 8 == 0 && m % 8 == 0, op, " on CUDA: widths ", k, " and ", m, " must be multiples of 8");
+}
+
+}  // namespace
+
+void grouped_matmul(const Tensor& x, const Tensor& offsets, const Tensor& w, bool trans_w, Tensor& y) {
+  check_compute(x, "grouped_matmul x");
+  const int64_t num_experts = check_offsets(offsets, x, "grouped_matmul");
+  check_dtype(w, x.dtype(), "grouped_matmul w");
+  check_same_device(w, x, "grouped_matmul w");
+  MOE_CHECK(x.ndim() == 2 && w.ndim() == 3 && w.size(0) == num_experts, "grouped_matmul: x[N,K] and w[E,K,M] for ",
+            num_experts, " experts, got x", shape_str(x.shape()), " w", shape_str(w.shape()));
+  const int64_t k = trans_w ? w.size(2) : w.size(1), m = trans_w ? w.size(1) : w.size(2);
+  MOE_CHECK(x.size(1) == k, "grouped_matmul: x", shape_str(x.shape()), " does not match w", shape_str(w.shape()),
+            trans_w ? " (transposed)" : "");
+  check_shape(y, {x.size(0), m}, "grouped_matmul y");
+  check_dtype(y, x.dtype(), "grouped_matmul y");
+  check_same_device(y, x, "grouped_matmul y");
+  check_grouped_widths(x, k, m, "grouped_matmul");
+  if (x.size(0) == 0 || m == 0) return;
+  run_on(x, OpKind::gemm)->grouped_matmul(x, offsets, w, trans_w, y);
+}
+
+void grouped_matmul_weight_grad(const Tensor& x, const Tensor& offsets, const Tensor& dy, Tensor& dw) {
+  check_compute(x, "grouped_matmul_weight_grad x");
+  const int64_t num_experts = check_offsets(offsets, x, "grouped_matmul_weight_grad");
+  check_dtype(dy, x.dtype(), "grouped_matmul_weight_grad dy");
+  check_same_device(dy, x, "grouped_matmul_weight_grad dy");
+  check_accum(dw, x, "grouped_matmul_weight_grad dw");
+  MOE_CHECK(x.ndim() == 2 && dy.ndim() == 2 && x.size(0) == dy.size(0),
+            "grouped_matmul_weight_grad: x[N,K] and dy[N,M], got x", shape_str(x.shape()), " dy",
+            shape_str(dy.shape()));
+  check_shape(dw, {num_experts, x.size(1), dy.size(1)}, "grouped_matmul_weight_grad dw");
+  check_grouped_widths(x, x.size(1), dy.size(1), "grouped_matmul_weight_grad");
+  if (x.size(0) == 0 || x.size(1) == 0 || dy.size(1) == 0) return;
+  run_on(x, OpKind::gemm)->grouped_matmul_weight_grad(x, offsets, dy, dw);
+}
+
 void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out, VocabShard shard) {
   check_compute(table, "embedding table");
   MOE_CHECK(table.ndim() == 2, "embedding table must be [V,d]");

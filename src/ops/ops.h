@@ -31,6 +31,15 @@ inline DType accum_dtype(DType compute) { return compute == DType::bf16 ? DType:
 void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha = 1.0f,
             float beta = 0.0f);
 
+// Grouped matmul over rows sorted by expert: offsets i32[E+1] on x's device (rows
+// [offsets[e], offsets[e+1]) belong to expert e, offsets[E] = N), x[N,K], w[E,K,M] (or [E,M,K]
+// when trans_w) -> y[N,M], y rows of e = x rows of e @ op(w[e]). y is x's dtype. The offsets stay
+// on the device (no host sync); on CUDA, K and M must be multiples of 8.
+void grouped_matmul(const Tensor& x, const Tensor& offsets, const Tensor& w, bool trans_w, Tensor& y);
+// Its weight gradient: x[N,K], dy[N,M], offsets i32[E+1] -> dw[E,K,M] (accum dtype) +=
+// x rows of e ^T @ dy rows of e; an expert with no rows leaves dw[e] unchanged.
+void grouped_matmul_weight_grad(const Tensor& x, const Tensor& offsets, const Tensor& dy, Tensor& dw);
+
 // One shard of a vocabulary split over tensor-parallel ranks: the local table rows / logit
 // columns are ids [start, start + local size) of `full` ids. full == 0: not sharded (start 0).
 struct VocabShard {

@@ -1,5 +1,5 @@
-// `moe bench op`: the registry of single-op benchmarks, the attention bench (the flash kernels on
-// the GPU for head dims 64 and 128) and the fused residual add + norm bench.
+// `moe bench op`: the registry of single-op benchmarks: attention (the flash kernels), the fused
+// residual add + norm, and the grouped GEMM (the experts' GEMMs), timed forward, backward and both.
 #include "src/tools/bench_op.h"
 
 #include <algorithm>
@@ -40,6 +40,28 @@ double median_ms(Device device, int64_t warmup, int64_t iters, Fn&& fn) {
   return median_of(ms);
 }
 
+// Times forward, backward and both (median ms) and writes them, their TFLOP/s and the fraction
+// of the H200 peak into r; flops counts forward and backward once each.
+template <class Fwd, class Bwd>
+void time_fwd_bwd(const OpBenchOptions& o, Device device, Fwd&& forward, Bwd&& backward, double fwd_flops,
+                  double bwd_flops, nlohmann::json& r) {
+  const double fwd_ms = median_ms(device, o.warmup, o.iters, forward);
+  const double bwd_ms = median_ms(device, o.warmup, o.iters, backward);  // reads what the forward runs left
+  const double fwd_bwd_ms = median_ms(device, o.warmup, o.iters, [&] {
+    forward();
+    backward();
+  });
+  auto tflops = [](double flops, double ms) { return flops / (ms * 1e-3) / 1e12; };
+  r["iters"] = o.iters;
+  r["fwd_ms"] = fwd_ms;
+  r["bwd_ms"] = bwd_ms;
+  r["fwd_bwd_ms"] = fwd_bwd_ms;
+  r["fwd_tflops"] = tflops(fwd_flops, fwd_ms);
+  r["bwd_tflops"] = tflops(bwd_flops, bwd_ms);
+  r["fwd_bwd_tflops"] = tflops(fwd_flops + bwd_flops, fwd_bwd_ms);
+  r["fwd_bwd_fraction_of_peak"] = tflops(fwd_flops + bwd_flops, fwd_bwd_ms) * 1e12 / k_h200_peak_flops;
+}
+
 nlohmann::json bench_attention(const OpBenchOptions& o, Device device) {
   const int64_t kv_heads = o.kv_heads > 0 ? o.kv_heads : o.heads;
   MOE_CHECK(o.batch > 0 && o.seq_len > 0 && o.heads > 0 && o.head_dim > 0 && o.heads % kv_heads == 0,
@@ -63,14 +85,7 @@ nlohmann::json bench_attention(const OpBenchOptions& o, Device device) {
   auto forward = [&] { ops::attention_forward(q, k, v, out, lse, shape); };
   auto backward = [&] { ops::attention_backward(q, k, v, out, lse, dout, dq, dk, dv, shape, workspace); };
 
-  const double fwd_ms = median_ms(device, o.warmup, o.iters, forward);
-  const double bwd_ms = median_ms(device, o.warmup, o.iters, backward);  // out, lse from the forward runs
-  const double fwd_bwd_ms = median_ms(device, o.warmup, o.iters, [&] {
-    forward();
-    backward();
-  });
   const double fwd_flops = attention_forward_flops(o.batch, o.seq_len, o.heads, o.head_dim, o.causal);
-  auto tflops = [](double flops, double ms) { return flops / (ms * 1e-3) / 1e12; };
   nlohmann::json r;
   r["op"] = "attention";
   r["device"] = device.str();
@@ -80,14 +95,7 @@ nlohmann::json bench_attention(const OpBenchOptions& o, Device device) {
   r["kv_heads"] = kv_heads;
   r["head_dim"] = o.head_dim;
   r["causal"] = o.causal;
-  r["iters"] = o.iters;
-  r["fwd_ms"] = fwd_ms;
-  r["bwd_ms"] = bwd_ms;
-  r["fwd_bwd_ms"] = fwd_bwd_ms;
-  r["fwd_tflops"] = tflops(fwd_flops, fwd_ms);
-  r["bwd_tflops"] = tflops(2.5 * fwd_flops, bwd_ms);
-  r["fwd_bwd_tflops"] = tflops(3.5 * fwd_flops, fwd_bwd_ms);
-  r["fwd_bwd_fraction_of_peak"] = tflops(3.5 * fwd_flops, fwd_bwd_ms) * 1e12 / k_h200_peak_flops;
+  time_fwd_bwd(o, device, forward, backward, fwd_flops, 2.5 * fwd_flops, r);
   r["flops"] = "fwd 4*B*H*S^2*D (/2 causal), bwd 2.5x fwd; peak 775 TFLOP/s (measured bf16 GEMM, H200)";
   return r;
 }
@@ -167,7 +175,54 @@ nlohmann::json bench_add_norm(const OpBenchOptions& o, Device device, bool layer
 nlohmann::json bench_add_rmsnorm(const OpBenchOptions& o, Device device) { return bench_add_norm(o, device, false); }
 nlohmann::json bench_add_layernorm(const OpBenchOptions& o, Device device) { return bench_add_norm(o, device, true); }
 
+// The experts' GEMM chain without the activation: h = x @ w_up[e], y = h @ w_down[e] forward; the
+// two input gradients and two weight gradients backward; one grouped launch each.
+nlohmann::json bench_grouped_gemm(const OpBenchOptions& o, Device device) {
+  MOE_CHECK(o.experts > 0 && o.tokens_per_expert > 0 && o.d_model > 0 && o.d_expert > 0,
+            "bench op grouped_gemm: --experts, --tokens-per-expert, --d-model, --d-expert must be positive (got ",
+            o.experts, ", ", o.tokens_per_expert, ", ", o.d_model, ", ", o.d_expert, ")");
+  const DType dtype = device.is_cuda() ? DType::bf16 : DType::f32;
+  const int64_t rows = o.experts * o.tokens_per_expert, d = o.d_model, f = o.d_expert;
+  std::vector<int32_t> ends(static_cast<size_t>(o.experts + 1));
+  for (int64_t e = 0; e <= o.experts; ++e) ends[static_cast<size_t>(e)] = static_cast<int32_t>(e * o.tokens_per_expert);
+  Tensor offsets = Tensor::from_vector(ends, {o.experts + 1}, DType::i32, device);
+  Tensor x = random_on({rows, d}, dtype, device, o.seed, -1.0f, 1.0f);
+  Tensor w_up = random_on({o.experts, d, f}, dtype, device, o.seed + 1, -0.05f, 0.05f);
+  Tensor w_down = random_on({o.experts, f, d}, dtype, device, o.seed + 2, -0.05f, 0.05f);
+  Tensor dy = random_on({rows, d}, dtype, device, o.seed + 3, -1.0f, 1.0f);
+  Tensor h = Tensor::empty({rows, f}, dtype, device), y = Tensor::empty({rows, d}, dtype, device);
+  Tensor dh = Tensor::empty({rows, f}, dtype, device), dx = Tensor::empty({rows, d}, dtype, device);
+  Tensor dw_up = Tensor::zeros(w_up.shape(), ops::accum_dtype(dtype), device);
+  Tensor dw_down = Tensor::zeros(w_down.shape(), ops::accum_dtype(dtype), device);
+  auto forward = [&] {
+    ops::grouped_matmul(x, offsets, w_up, false, h);
+    ops::grouped_matmul(h, offsets, w_down, false, y);
+  };
+  auto backward = [&] {
+    ops::grouped_matmul(dy, offsets, w_down, true, dh);
+    ops::grouped_matmul_weight_grad(h, offsets, dy, dw_down);
+    ops::grouped_matmul(dh, offsets, w_up, true, dx);
+    ops::grouped_matmul_weight_grad(x, offsets, dh, dw_up);
+  };
+  const double fwd_flops = grouped_ffn_forward_flops(rows, d, f);
+  nlohmann::json r;
+  r["op"] = "grouped_gemm";
+  r["device"] = device.str();
+  r["experts"] = o.experts;
+  r["tokens_per_expert"] = o.tokens_per_expert;
+  r["rows"] = rows;
+  r["d_model"] = d;
+  r["d_expert"] = f;
+  time_fwd_bwd(o, device, forward, backward, fwd_flops, 2 * fwd_flops, r);
+  r["flops"] = "fwd 2 GEMMs of 2*rows*d*f, bwd 4; peak 775 TFLOP/s (measured bf16 GEMM, H200)";
+  return r;
+}
+
 }  // namespace
+
+double grouped_ffn_forward_flops(int64_t rows, int64_t d_model, int64_t d_expert) {
+  return 4.0 * static_cast<double>(rows) * static_cast<double>(d_model) * static_cast<double>(d_expert);
+}
 
 double attention_forward_flops(int64_t batch, int64_t seq_len, int64_t heads, int64_t head_dim, bool causal) {
   const double full = 4.0 * static_cast<double>(batch) * static_cast<double>(heads) * static_cast<double>(seq_len) *
@@ -190,6 +245,9 @@ const std::vector<OpBench>& op_benches() {
        &bench_add_rmsnorm},
       {"add_layernorm", "residual add + LayerNorm forward, backward with the residual gradient (--batch --seq --width)",
        &bench_add_layernorm},
+      {"grouped_gemm", "the experts' grouped GEMMs, forward, backward and both (--experts --tokens-per-expert "
+                       "--d-model --d-expert)",
+       &bench_grouped_gemm},
   };
   return benches;
 }

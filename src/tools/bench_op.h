@@ -18,6 +18,8 @@ struct OpBenchOptions {
   int64_t batch = 4, seq_len = 4096, heads = 16, kv_heads = 0, head_dim = 64;  // kv_heads 0 = heads
   bool causal = true;
   int64_t width = 768;  // the model width of the add + norm benches (tokens = batch * seq)
+  // grouped_gemm: experts, rows per expert (a balanced split), d_model, d_expert (MoE-small's layer)
+  int64_t experts = 64, tokens_per_expert = 1536, d_model = 768, d_expert = 384;
   int64_t warmup = 5, iters = 20;
   uint64_t seed = 1;
 };
@@ -38,6 +40,10 @@ nlohmann::json bench_op(const std::string& name, const OpBenchOptions& options, 
 // attention_anchor.py): forward 4 B Hq S^2 hd (two GEMMs of 2 B Hq S^2 hd), halved when causal;
 // backward 2.5 x forward (five GEMMs of that size).
 double attention_forward_flops(int64_t batch, int64_t seq_len, int64_t heads, int64_t head_dim, bool causal);
+
+// Grouped GEMM FLOPs of one expert FFN pass: two GEMMs of 2 * rows * d_model * d_expert forward
+// (up, down), four backward (two input gradients, two weight gradients).
+double grouped_ffn_forward_flops(int64_t rows, int64_t d_model, int64_t d_expert);
 
 // The median of `values` (not empty).
 double median_of(std::vector<double> values);

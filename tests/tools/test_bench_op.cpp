@@ -71,10 +71,33 @@ TEST_CASE("bench op add_rmsnorm and add_layernorm report fused and unfused times
                       Catch::Contains("--batch, --seq and --width must be positive (got batch 2, seq 7, width 0)"));
 }
 
+TEST_CASE("bench op grouped_gemm reports times and TFLOP/s of the six expert GEMMs on the CPU", "[tools][bench]") {
+  CHECK(grouped_ffn_forward_flops(10, 6, 4) == 2 * 2.0 * 10 * 6 * 4);
+  OpBenchOptions o;
+  o.experts = 3;
+  o.tokens_per_expert = 5;
+  o.d_model = 8;
+  o.d_expert = 16;
+  o.warmup = 1;
+  o.iters = 3;
+  const nlohmann::json r = bench_op("grouped_gemm", o, Device::cpu());
+  CHECK(r["op"] == "grouped_gemm");
+  CHECK(r["rows"] == 15);
+  for (const char* key : {"fwd_ms", "bwd_ms", "fwd_bwd_ms"}) CHECK(r[key].get<double>() > 0);
+  const double flops = grouped_ffn_forward_flops(15, 8, 16);
+  CHECK(r["fwd_tflops"].get<double>() == Approx(flops / (r["fwd_ms"].get<double>() * 1e-3) / 1e12));
+  CHECK(r["bwd_tflops"].get<double>() == Approx(2 * flops / (r["bwd_ms"].get<double>() * 1e-3) / 1e12));
+  CHECK(r["fwd_bwd_tflops"].get<double>() == Approx(3 * flops / (r["fwd_bwd_ms"].get<double>() * 1e-3) / 1e12));
+  o.d_expert = 0;
+  REQUIRE_THROWS_WITH(bench_op("grouped_gemm", o, Device::cpu()),
+                      Catch::Contains("bench op grouped_gemm: --experts, --tokens-per-expert, --d-model, --d-expert "
+                                      "must be positive (got 3, 5, 8, 0)"));
+}
+
 TEST_CASE("bench op names an unknown op and a bad attention shape", "[tools][bench]") {
   OpBenchOptions o;
   REQUIRE_THROWS_WITH(bench_op("matmul", o, Device::cpu()),
-                      Catch::Contains("bench op: unknown op 'matmul' (known: attention, add_rmsnorm, add_layernorm)"));
+                      Catch::Contains("bench op: unknown op 'matmul' (known: attention, add_rmsnorm, add_layernorm, grouped_gemm)"));
   o.heads = 6;
   o.kv_heads = 4;
   REQUIRE_THROWS_WITH(bench_op("attention", o, Device::cpu()),

@@ -1,0 +1,61 @@
+// The grouped implementation: four grouped GEMM launches per step and direction in all, whatever
+// the number of experts; experts with no rows cost one early-exiting tile each.
+#include "experts/grouped_experts.h"
+
+#include <numeric>
+
+#include "src/nn/dense_ffn.h"
+#include "src/nn/linear.h"
+
+namespace moe {
+
+GroupedExperts::GroupedExperts(ParamStore& store, const std::string& prefix, const ExpertsSpec& spec)
+    : store_(&store),
+      num_local_(spec.num_local),
+      d_expert_(spec.d_expert),
+      act_(spec.activation),
+      w_(add_expert_weights(store, prefix, spec)) {}
+
+Tensor GroupedExperts::forward(const Tensor& x_sorted, const ExpertRows& rows, ExpertsSaved& saved) const {
+  MOE_CHECK(rows.num_experts() == num_local_, "experts (grouped): ", rows.num_experts(), " expert row ranges for ",
+            num_local_, " experts");
+  if (!rows.counts.empty()) {  // host counts are free to check; device offsets are trusted (checked on the CPU)
+    const int64_t total = std::accumulate(rows.counts.begin(), rows.counts.end(), int64_t{0});
+    MOE_CHECK(total == x_sorted.size(0), "expert counts sum to ", total, " but ", x_sorted.size(0),
+              " rows were given");
+  }
+  auto state = std::make_shared<State>();
+  state->offsets = rows.device_offsets(x_sorted.device());
+  state->x = x_sorted;
+  const int64_t n = x_sorted.size(0);
+  const Tensor w_up = store_->param(w_.w_up), w_down = store_->param(w_.w_down);
+  state->h = Tensor::empty({n, ffn_up_width(act_, d_expert_)}, x_sorted.dtype(), x_sorted.device());
+  state->a = Tensor::empty({n, d_expert_}, x_sorted.dtype(), x_sorted.device());
+  Tensor y_sorted = empty_like(x_sorted);
+  if (n > 0) {
+    ops::grouped_matmul(x_sorted, state->offsets, w_up, false, state->h);
+    ops::activation_forward(act_, state->h, state->a);
+    ops::grouped_matmul(state->a, state->offsets, w_down, false, y_sorted);
+  }
+  saved.rows = rows;
+  saved.state = std::move(state);
+  return y_sorted;
+}
+
+Tensor GroupedExperts::backward(const ExpertsSaved& saved, const Tensor& dy_sorted) const {
+  const State& s = saved.state_as<State>(name());
+  Tensor dx_sorted = empty_like(s.x);
+  if (s.x.size(0) == 0) return dx_sorted;
+  const Tensor w_up = store_->param(w_.w_up), w_down = store_->param(w_.w_down);
+  Tensor dw_up = store_->grad(w_.w_up), dw_down = store_->grad(w_.w_down);
+  Tensor da = empty_like(s.a);
+  ops::grouped_matmul(dy_sorted, s.offsets, w_down, true, da);  // dy @ w_down[e]^T
+  ops::grouped_matmul_weight_grad(s.a, s.offsets, dy_sorted, dw_down);
+  Tensor dh = empty_like(s.h);
+  ops::activation_backward(act_, s.h, da, dh);
+  ops::grouped_matmul(dh, s.offsets, w_up, true, dx_sorted);  // dh @ w_up[e]^T
+  ops::grouped_matmul_weight_grad(s.x, s.offsets, dh, dw_up);
+  return dx_sorted;
+}
+
+}  // namespace moe

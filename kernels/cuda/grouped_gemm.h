@@ -1,0 +1,24 @@
+// Grouped GEMM on the GPU over rows sorted by expert: one launch for all experts, per-expert row
+// offsets read from device memory (no host synchronisation), bf16 tensor cores, fp32 accumulation.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include "kernels/params.h"
+
+namespace moe::cuda {
+
+// offsets i32[E+1] (device), x[rows,k], w[E,k,n] (or [E,n,k] when trans_w) -> y[rows,n] bf16:
+// y rows of e = x rows of e @ op(w[e]). k and n multiples of 8, pointers 16-byte aligned.
+void grouped_gemm_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __nv_bfloat16* w, bool trans_w,
+                       __nv_bfloat16* y, const kernels::GroupedGemmShape& shape, cudaStream_t stream);
+
+// offsets i32[E+1] (device), x[rows,k], dy[rows,n] -> dw[E,k,n] f32 += x_e^T @ dy_e (an expert
+// with no rows leaves dw[e] unchanged). k and n multiples of 8, pointers 16-byte aligned.
+void grouped_gemm_weight_grad_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __nv_bfloat16* dy,
+                                   float* dw, const kernels::GroupedGemmShape& shape, cudaStream_t stream);
+
+}  // namespace moe::cuda
