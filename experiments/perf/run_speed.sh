@@ -3,7 +3,7 @@
 # engine's benches and their PyTorch anchors side by side, in the same run.
 # Usage (repo root on the H200 host, .devdeps carried):
 #   experiments/perf/run_speed.sh OUT_DIR [PARTS]   PARTS: comma list of build,tests,train,anchor,attention
-#                                                    (default all of them), and ab: MoE-small with an
+#                                                    (default all of them), moeloop, ops, and ab: MoE-small with an
 #                                                    older tree carried in .ab/ (AB_DIR) built beside
 #                                                    this one, benched back to back in the same call
 # Writes OUT_DIR/*.json|log and prints a short table last.
@@ -35,6 +35,15 @@ if has train; then
     build/moe bench train experiments/perf/$cfg.toml --warmup 3 --steps 10 --breakdown 2>&1 | tail -1 \
       | tee "$out/bench_$cfg.json"
   done
+fi
+if has moeloop; then  # MoE-small with the per-expert loop, against the default (grouped on CUDA)
+  build/moe bench train experiments/perf/moe_small.toml --warmup 3 --steps 10 --breakdown \
+    --set moe.experts_impl=loop 2>&1 | tail -1 | tee "$out/bench_moe_small_loop.json"
+fi
+if has ops; then
+  build/moe bench op grouped_gemm --warmup 5 --iters 20 2>&1 | tail -1 | tee "$out/op_grouped_gemm.json"
+  build/moe bench op add_layernorm --batch 16 --seq 1024 --width 768 --warmup 5 --iters 20 2>&1 | tail -1 \
+    | tee "$out/op_add_layernorm.json"
 fi
 if has anchor; then
   python3 experiments/perf/anchors/gpt2_anchor.py --warmup 3 --steps 10 2>&1 | grep '^{' | tee "$out/anchor_gpt2.jsonl"
