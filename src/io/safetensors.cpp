@@ -113,7 +113,7 @@ void check_layout(const std::string& where, std::vector<SafetensorsEntry>& entri
 
 }  // namespace
 
-void write_safetensors(const fs::path& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
+uint64_t write_safetensors(const fs::path& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
                        const SafetensorsMetadata& metadata) {
   json header = json::object();
   std::vector<Tensor> host;
@@ -142,6 +142,7 @@ void write_safetensors(const fs::path& path, const std::vector<std::pair<std::st
   file.write(text.data(), text.size());
   for (const Tensor& t : host) file.write(t.data(), t.nbytes());
   file.commit();
+  return sizeof(length) + text.size() + offset;
 }
 
 SafetensorsHeader read_safetensors_header(const fs::path& path) {

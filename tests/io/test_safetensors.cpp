@@ -297,5 +297,36 @@ TEST_CASE("write_file_atomically replaces a file's contents", "[train]") {
   REQUIRE(names_in(dir.path()) == std::vector<std::string>{"latest"});
 }
 
+// A real write failure: the temporary is a symlink to /dev/full (every write fails with
+// ENOSPC), as on a full disk. The error names the file and the target keeps its old contents.
+TEST_CASE("a write failing with ENOSPC is one clear error and replaces nothing", "[train]") {
+  if (!fs::exists("/dev/full")) {  // Linux has it; a container without it cannot run this case
+    WARN("no /dev/full: skipped");
+    return;
+  }
+  ScratchDir dir;
+  fs::path file = dir.path() / "trainer_state.json";
+  write_file_atomically(file, "old");
+  fs::path temp = dir.path() / ("trainer_state.json.tmp-" + std::to_string(::getpid()));
+  fs::create_symlink("/dev/full", temp);
+  REQUIRE_THROWS_WITH(write_file_atomically(file, "{\"step\": 2}\n"),
+                      Contains("cannot write " + temp.string()) && Contains("No space left on device"));
+  REQUIRE(read_file(file) == "old");
+  REQUIRE(names_in(dir.path()) == std::vector<std::string>{"trainer_state.json"});  // the symlink removed
+
+  fs::path weights = dir.path() / "model.safetensors";
+  fs::create_symlink("/dev/full", dir.path() / ("model.safetensors.tmp-" + std::to_string(::getpid())));
+  Tensor t = Tensor::from_vector(std::vector<float>{1, 2}, {2}, DType::f32);
+  REQUIRE_THROWS_WITH(write_safetensors(weights, {{"w", t}}), Contains("No space left on device"));
+  REQUIRE(!fs::exists(weights));
+}
+
+TEST_CASE("write_safetensors returns the size of the file it wrote", "[train]") {
+  ScratchDir dir;
+  Tensor t = Tensor::from_vector(std::vector<float>{1, 2, 3}, {3}, DType::f32);
+  uint64_t bytes = write_safetensors(dir.path() / "a.safetensors", {{"w", t}}, {{"format", "x"}});
+  REQUIRE(bytes == fs::file_size(dir.path() / "a.safetensors"));
+}
+
 }  // namespace
 }  // namespace moe
