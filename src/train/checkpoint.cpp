@@ -1,6 +1,7 @@
 // Checkpoint writing and reading through safetensors and an atomic directory swap.
 #include "src/train/checkpoint.h"
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <regex>
@@ -40,17 +41,61 @@ const Tensor& find_tensor(const SafetensorsFile& file, const std::string& name, 
 
 }  // namespace
 
+void check_finite_for_save(const std::string& dir, const std::string& name, const Tensor& t, int64_t step) {
+  if (t.dtype() != DType::f32 && t.dtype() != DType::f64) return;
+  const bool f32 = t.dtype() == DType::f32;
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    const double v = f32 ? t.data_as<float>()[i] : t.data_as<double>()[i];
+    MOE_CHECK(std::isfinite(v), "not saving checkpoint ", dir, ": '", name, "' holds ", v, " (element ", i,
+              ") at step ", step, ": training diverged; lower optim.lr or check the data");
+  }
+}
+
+void verify_staged_checkpoint(const std::string& dir, const std::vector<std::pair<std::string, uint64_t>>& sizes,
+                              int64_t step) {
+  for (const auto& [file, expected] : sizes) {
+    const fs::path path = fs::path(dir) / file;
+    std::error_code error;
+    const uint64_t size = fs::file_size(path, error);
+    MOE_CHECK(!error, "checkpoint file ", path.string(), " is missing after writing: ", error.message(),
+              "; the checkpoint is not committed");
+    MOE_CHECK(size == expected && size > 0, "checkpoint file ", path.string(), " has ", size, " bytes after writing, ",
+              expected, " were written (disk full?); the checkpoint is not committed");
+    if (path.extension() == ".safetensors") read_safetensors_header(path);  // the header parses, sizes agree
+  }
+  const std::string state_path = (fs::path(dir) / "trainer_state.json").string();
+  std::ifstream in(state_path);
+  nlohmann::json state = nlohmann::json::parse(in, nullptr, false);
+  const bool step_ok = state.is_object() && state.contains("step") && state["step"].is_number_integer() &&
+                       state["step"].get<int64_t>() == step;
+  MOE_CHECK(step_ok,
+            "checkpoint file ", state_path, " does not read back as the trainer state of step ", step,
+            "; the checkpoint is not committed");
+}
+
 void write_checkpoint_tensors(const std::string& dir, const CheckpointTensors& tensors, const TrainerState& state,
                               const Config& config) {
+  for (const auto* list : {&tensors.weights, &tensors.moments}) {
+    for (const auto& [name, t] : *list) check_finite_for_save(dir, name, t, state.step);
+  }
   AtomicDir out(dir);
-  write_safetensors(out.path() / "model.safetensors", tensors.weights, {{"format", "moe-engine"}});
-  write_safetensors(out.path() / "optimizer.safetensors", tensors.moments, {{"step", std::to_string(state.step)}});
   nlohmann::json trainer = {{"step", state.step},
                             {"seed", state.seed},
                             {"world_size", state.world_size},
                             {"data", "batches are drawn from (seed, step): the next step's batch is the position"}};
-  std::ofstream(out.path() / "trainer_state.json") << trainer.dump(2) << '\n';
-  std::ofstream(out.path() / "config.toml") << to_toml(config);
+  const std::string trainer_text = trainer.dump(2) + "\n", config_text = to_toml(config);
+  // Every write is checked (AtomicFile: each write, fsync and close); the sizes are verified
+  // again before the rename that commits the checkpoint.
+  std::vector<std::pair<std::string, uint64_t>> sizes;
+  sizes.emplace_back("model.safetensors",
+                     write_safetensors(out.path() / "model.safetensors", tensors.weights, {{"format", "moe-engine"}}));
+  sizes.emplace_back("optimizer.safetensors", write_safetensors(out.path() / "optimizer.safetensors", tensors.moments,
+                                                                {{"step", std::to_string(state.step)}}));
+  write_file_atomically(out.path() / "trainer_state.json", trainer_text);
+  sizes.emplace_back("trainer_state.json", trainer_text.size());
+  write_file_atomically(out.path() / "config.toml", config_text);
+  sizes.emplace_back("config.toml", config_text.size());
+  verify_staged_checkpoint(out.path().string(), sizes, state.step);
   out.commit();
 }
 

@@ -5,6 +5,8 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "src/config/config.h"
 #include "src/nn/param_store.h"
@@ -24,8 +26,19 @@ struct TrainerState {
 struct CheckpointTensors {
   std::vector<std::pair<std::string, Tensor>> weights, moments;
 };
+// Refuses (throws naming dir and the tensor) a weight or moment holding NaN or Inf, before
+// anything is written; stages every file with checked writes and verifies the staged files
+// (verify_staged_checkpoint) before the rename that commits dir, so a failed save leaves
+// "latest" at the previous checkpoint.
 void write_checkpoint_tensors(const std::string& dir, const CheckpointTensors& tensors, const TrainerState& state,
                               const Config& config);
+// Throws "not saving checkpoint <dir>: '<name>' holds nan ..." unless every f32/f64 value is finite.
+void check_finite_for_save(const std::string& dir, const std::string& name, const Tensor& t, int64_t step);
+// Each (file, bytes written) under a staged checkpoint dir exists with exactly that size (and
+// more than 0 bytes), safetensors headers parse, trainer_state.json parses with this step;
+// otherwise throws naming the file.
+void verify_staged_checkpoint(const std::string& dir, const std::vector<std::pair<std::string, uint64_t>>& sizes,
+                              int64_t step);
 // One process's whole state (no sharding): the store's master weights and the AdamW moments.
 void write_checkpoint(const std::string& dir, const ParamStore& params, const AdamW& optimizer,
                       const TrainerState& state, const Config& config);
