@@ -142,7 +142,10 @@ EvalResult Trainer::evaluate(int64_t max_batches) {
   world_->all_reduce_sum(sums);  // over the last stage's data-parallel replicas
   MOE_CHECK(sums[1] > 0, "the validation data ", config_.data.val_path, " is shorter than one sequence of ",
             config_.model.seq_len + 1, " tokens");
-  return {sums[0] / sums[1], static_cast<int64_t>(sums[1])};
+  const double loss = sums[0] / sums[1];  // the same on every rank (all-reduced): all stop together
+  MOE_CHECK(std::isfinite(loss), "validation loss is ", loss, " on ", config_.data.val_path,
+            ": the model's weights have diverged (NaN or Inf); use an earlier checkpoint or a lower optim.lr");
+  return {loss, static_cast<int64_t>(sums[1])};
 }
 
 void Trainer::log_step(const StepResult& r, double lr, double step_seconds, double elapsed) {
