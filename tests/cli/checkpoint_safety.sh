@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Diverged weights through the CLI: one step at optim.lr = 1e30 ends with an error, not a
+# checkpoint (the final evaluation finds the NaN loss), and eval of diverged weights exits
+# non-zero instead of printing a null loss. (A failing checkpoint write is tested in
+# tests/train/test_checkpoint_safety.cpp: `ulimit -f` here would also break MPI's start-up.)
+# Usage: checkpoint_safety.sh MOE_BINARY
+set -euo pipefail
+moe=$1
+here=$(dirname "$0")
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+"$here/tiny_corpus.sh" "$work/corpus.txt" 400
+"$moe" tokenize --input "$work/corpus.txt" --out "$work/data" --vocab-size 300 > /dev/null
+cat > "$work/config.toml" <<TOML
+[model]
+vocab_size = 320
+d_model = 32
+num_layers = 2
+num_heads = 2
+num_kv_heads = 2
+seq_len = 16
+d_ff = 64
+[moe]
+num_experts = 4
+top_k = 2
+d_expert = 32
+[train]
+steps = 2
+micro_batch_size = 4
+log_every = 1
+eval_batches = 2
+run_dir = "$work/run"
+device = "cpu"
+[data]
+train_path = "$work/data/train.tok"
+val_path = "$work/data/val.tok"
+TOML
+# Training prints its steps before the error line.
+EXPECT_ANY_LINES=1 "$here/expect_error.sh" "validation loss is -?nan on .*val.tok: the model's weights have diverged" \
+  "$moe" train "$work/config.toml" --set optim.lr=1e30 --set train.steps=1 --set train.run_dir="$work/huge-lr"
+test ! -e "$work/huge-lr/checkpoints/step_1"
+
+# Diverged weights: saved only where nothing evaluates them (no validation data), refused by eval.
+"$moe" train "$work/config.toml" --set optim.lr=1e30 --set train.steps=1 --set 'data.val_path=""' \
+  --set train.run_dir="$work/diverged" > /dev/null
+EXPECT_ANY_LINES=1 "$here/expect_error.sh" "validation loss is -?nan on .*val.tok: the model's weights have diverged" \
+  "$moe" eval "$work/config.toml" --set train.run_dir="$work/diverged"
+echo "ok"
