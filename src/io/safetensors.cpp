@@ -114,7 +114,7 @@ void check_layout(const std::string& where, std::vector<SafetensorsEntry>& entri
 }  // namespace
 
 uint64_t write_safetensors(const fs::path& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
-                       const SafetensorsMetadata& metadata) {
+                           const SafetensorsMetadata& metadata) {
   json header = json::object();
   std::vector<Tensor> host;
   host.reserve(tensors.size());

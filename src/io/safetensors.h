@@ -19,8 +19,9 @@ using SafetensorsMetadata = std::map<std::string, std::string>;
 // metadata as "__metadata__", via a temporary file renamed over path (see AtomicFile). Names
 // must be unique and non-empty. The header is space-padded so the data starts 8-byte aligned.
 // Returns the number of bytes written (the file's size), for checks of the written file.
-uint64_t write_safetensors(const std::filesystem::path& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
-                       const SafetensorsMetadata& metadata = {});
+uint64_t write_safetensors(const std::filesystem::path& path,
+                           const std::vector<std::pair<std::string, Tensor>>& tensors,
+                           const SafetensorsMetadata& metadata = {});
 
 struct SafetensorsEntry {
   std::string name;

@@ -68,8 +68,7 @@ void verify_staged_checkpoint(const std::string& dir, const std::vector<std::pai
   nlohmann::json state = nlohmann::json::parse(in, nullptr, false);
   const bool step_ok = state.is_object() && state.contains("step") && state["step"].is_number_integer() &&
                        state["step"].get<int64_t>() == step;
-  MOE_CHECK(step_ok,
-            "checkpoint file ", state_path, " does not read back as the trainer state of step ", step,
+  MOE_CHECK(step_ok, "checkpoint file ", state_path, " does not read back as the trainer state of step ", step,
             "; the checkpoint is not committed");
 }
 

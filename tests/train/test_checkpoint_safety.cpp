@@ -139,7 +139,8 @@ TEST_CASE("non-finite weights are never saved", "[train][checkpoint][errors]") {
                       Contains("not saving checkpoint " + dir.str("step_3") + ": 'w' holds inf (element 1) at step 3"));
   t.weights.clear();
   t.moments.emplace_back("w.exp_avg_sq", Tensor::from_vector(std::vector<double>{std::nan("")}, {1}, DType::f64));
-  REQUIRE_THROWS_WITH(write_checkpoint_tensors(dir.str("step_3"), t, {3, 0, 1}, c), Contains("'w.exp_avg_sq' holds nan"));
+  REQUIRE_THROWS_WITH(write_checkpoint_tensors(dir.str("step_3"), t, {3, 0, 1}, c),
+                      Contains("'w.exp_avg_sq' holds nan"));
   REQUIRE(!fs::exists(dir.str("step_3")));
 }
 
