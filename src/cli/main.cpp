@@ -4,6 +4,23 @@
 
 #include "parallel/mpi_env.h"
 #include "src/cli/commands.h"
+#include "src/util/check.h"
+
+namespace {
+
+// `moe frobnicate`: CLI11 alone answers "A subcommand is required"; name the word and the commands.
+void check_command_name(CLI::App& app, int argc, char** argv) {
+  if (argc < 2 || argv[1][0] == '-') return;
+  std::string word = argv[1];
+  std::string names;
+  for (const CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) {
+    if (sub->check_name(word)) return;
+    names += (names.empty() ? "" : ", ") + sub->get_name();
+  }
+  MOE_FAIL("unknown command '", word, "' (commands: ", names, ")");
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   moe::MpiEnv env(&argc, &argv);
@@ -19,6 +36,10 @@ int main(int argc, char** argv) {
   moe::add_upcycle_command(app, run);
   moe::add_plan_command(app, run);
   moe::add_scaling_command(app, run);
+  moe::run_or_abort([&] {
+    check_command_name(app, argc, argv);
+    return 0;
+  });
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

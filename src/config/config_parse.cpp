@@ -3,7 +3,6 @@
 #include <toml++/toml.h>
 
 #include <algorithm>
-#include <filesystem>
 #include <fstream>
 #include <optional>
 #include <sstream>
@@ -271,9 +270,7 @@ Config parse_config(const std::string& toml_text, const std::string& source_name
 }
 
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
-  std::error_code error;
-  MOE_CHECK(std::filesystem::is_regular_file(path, error), path, ": cannot read config file (",
-            std::filesystem::exists(path, error) ? "not a regular file" : "no such file", ")");
+  require_regular_file(path, "cannot read config file");
   std::ifstream in(path, std::ios::binary);
   MOE_CHECK(in.good(), path, ": cannot open config file");
   std::ostringstream text;

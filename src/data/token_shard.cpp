@@ -118,6 +118,7 @@ void write_token_shard(const std::string& path, std::span<const uint32_t> tokens
 }
 
 TokenDataset TokenDataset::open(const std::string& path) {
+  require_regular_file(path, "cannot open token shard");  // before open(): a FIFO would block
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   MOE_CHECK(fd >= 0, path, ": cannot open token shard: ", errno_text());
   struct stat st {};

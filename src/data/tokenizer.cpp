@@ -115,6 +115,7 @@ Tokenizer Tokenizer::load(const std::string& model_path) {
   Tokenizer tok;
   tok.path_ = model_path;
   tok.processor_ = std::make_unique<sentencepiece::SentencePieceProcessor>();
+  require_regular_file(model_path, "cannot open tokenizer model");  // before opening: a FIFO would block
   {
     std::ifstream probe(model_path, std::ios::binary);
     MOE_CHECK(probe.good(), model_path, ": cannot open tokenizer model");

@@ -23,6 +23,37 @@ namespace {
 
 constexpr const char* k_metadata_key = "__metadata__";
 constexpr size_t k_header_alignment = 8;
+constexpr size_t k_max_header_depth = 64;      // real headers nest 3 deep
+constexpr size_t k_max_quoted_chars = 80;      // untrusted values quoted in messages are cut here
+constexpr size_t k_max_parser_chars = 240;     // the JSON parser's message quotes the bad token
+
+// Deepest nesting of JSON arrays and objects in `text`, brackets inside strings ignored. Checked
+// before parsing, so a hostile header nested 100,000 deep never reaches recursive code.
+size_t json_nesting_depth(const std::string& text) {
+  size_t depth = 0;
+  size_t deepest = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    char c = text[i];
+    if (in_string) {
+      if (c == '\\') ++i;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      deepest = std::max(deepest, ++depth);
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
+  }
+  return deepest;
+}
+
+// An untrusted value or message for an error line: at most `limit` characters.
+std::string clipped(std::string text, size_t limit = k_max_quoted_chars) {
+  if (text.size() > limit) text = text.substr(0, limit - 3) + "...";
+  return text;
+}
 
 const char* safetensors_dtype(DType dtype) {
   switch (dtype) {
@@ -64,11 +95,12 @@ SafetensorsEntry parse_entry(const std::string& where, const std::string& name, 
   MOE_CHECK(value.contains("shape") && value["shape"].is_array(), what, " has no \"shape\" array");
   uint64_t numel = 1;
   for (const json& dim : value["shape"]) {
-    MOE_CHECK(dim.is_number_unsigned(), what, " has a shape entry that is not a non-negative integer: ", dim.dump());
+    MOE_CHECK(dim.is_number_unsigned(), what, " has a shape entry that is not a non-negative integer: ",
+              clipped(dim.dump()));
     uint64_t d = dim.get<uint64_t>();
     MOE_CHECK(d <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) &&
                   (d == 0 || numel <= std::numeric_limits<uint64_t>::max() / d / 8),
-              what, " has an impossibly large shape ", value["shape"].dump());
+              what, " has an impossibly large shape ", clipped(value["shape"].dump()));
     numel *= d;
     entry.shape.push_back(static_cast<int64_t>(d));
   }
@@ -147,6 +179,7 @@ uint64_t write_safetensors(const fs::path& path, const std::vector<std::pair<std
 
 SafetensorsHeader read_safetensors_header(const fs::path& path) {
   std::string where = path.string();
+  require_regular_file(where, "cannot open checkpoint");  // before opening: a FIFO would block
   std::ifstream in(path, std::ios::binary);
   MOE_CHECK(in, "cannot open checkpoint ", where);
   std::error_code error;
@@ -164,11 +197,14 @@ SafetensorsHeader read_safetensors_header(const fs::path& path) {
   in.read(text.data(), static_cast<std::streamsize>(header_bytes));
   MOE_CHECK(in, "cannot read the header of checkpoint ", where);
 
+  size_t depth = json_nesting_depth(text);
+  MOE_CHECK(depth <= k_max_header_depth, "corrupt checkpoint ", where, ": header nests arrays/objects ", depth,
+            " deep (at most ", k_max_header_depth, " allowed)");
   json header;
   try {
     header = json::parse(text);
   } catch (const json::parse_error& e) {
-    MOE_FAIL("corrupt checkpoint ", where, ": header is not valid JSON (", e.what(), ")");
+    MOE_FAIL("corrupt checkpoint ", where, ": header is not valid JSON (", clipped(e.what(), k_max_parser_chars), ")");
   }
   MOE_CHECK(header.is_object(), "corrupt checkpoint ", where, ": header is not a JSON object");
 

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <regex>
+#include <type_traits>
 
 #include <nlohmann/json.hpp>
 
@@ -37,6 +38,18 @@ const Tensor& find_tensor(const SafetensorsFile& file, const std::string& name, 
   auto it = file.tensors.find(name);
   MOE_CHECK(it != file.tensors.end(), "checkpoint ", path, " has no tensor '", name, "'");
   return it->second;
+}
+
+// trainer_state.json's field `key` (the fallback when absent), its JSON type checked so a bad
+// value names the file and the field instead of surfacing a json.exception.
+template <typename T>
+T state_field(const nlohmann::json& state, const char* key, T fallback, const std::string& path) {
+  if (!state.contains(key)) return fallback;
+  const nlohmann::json& value = state[key];
+  bool fits = std::is_unsigned_v<T> ? value.is_number_unsigned() : value.is_number_integer();
+  MOE_CHECK(fits, "corrupt checkpoint ", path, ": field \"", key, "\" is a JSON ", value.type_name(), ", expected ",
+            std::is_unsigned_v<T> ? "a non-negative integer" : "an integer");
+  return value.get<T>();
 }
 
 }  // namespace
@@ -118,6 +131,7 @@ CheckpointFiles read_checkpoint_files(const std::string& dir, bool with_optimize
   files.weights = read_safetensors(dir + "/model.safetensors");
   if (with_optimizer) files.moments = read_safetensors(dir + "/optimizer.safetensors");
   std::string state_path = dir + "/trainer_state.json";
+  require_regular_file(state_path, "cannot open checkpoint state");  // before opening: a FIFO would block
   std::ifstream state_file(state_path);
   MOE_CHECK(state_file.good(), "checkpoint ", dir, " has no trainer_state.json");
   nlohmann::json state_json;
@@ -126,9 +140,11 @@ CheckpointFiles read_checkpoint_files(const std::string& dir, bool with_optimize
   } catch (const nlohmann::json::exception& e) {
     MOE_FAIL("corrupt checkpoint ", state_path, ": ", e.what());
   }
-  files.state.step = state_json.value("step", int64_t{0});
-  files.state.seed = state_json.value("seed", uint64_t{0});
-  files.state.world_size = state_json.value("world_size", int64_t{1});
+  MOE_CHECK(state_json.is_object(), "corrupt checkpoint ", state_path, ": not a JSON object but a JSON ",
+            state_json.type_name());
+  files.state.step = state_field(state_json, "step", int64_t{0}, state_path);
+  files.state.seed = state_field(state_json, "seed", uint64_t{0}, state_path);
+  files.state.world_size = state_field(state_json, "world_size", int64_t{1}, state_path);
   return files;
 }
 

@@ -23,6 +23,10 @@ std::string concat(const Args&... args) {
 [[noreturn]] void throw_error(const char* file, int line, const std::string& what);
 }  // namespace detail
 
+// Throws "<path>: <action> (no such file | not a regular file)" unless `path` names a regular
+// file. Call it before opening a user-given path: opening a FIFO or a device would block forever.
+void require_regular_file(const std::string& path, const std::string& action);
+
 }  // namespace moe
 
 // MOE_FAIL(...) throws moe::Error with the message and the source location.

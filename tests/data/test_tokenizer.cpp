@@ -2,6 +2,8 @@
 // unseen words, non-ASCII, control bytes), reproducible training, and failures with messages.
 #include <catch2/catch.hpp>
 
+#include <sys/stat.h>
+
 #include <filesystem>
 
 #include "src/data/tokenizer.h"
@@ -87,6 +89,12 @@ TEST_CASE("tokenizer errors name the file and the fault", "[data][tokenizer][err
   SECTION("missing model") {
     const auto path = dir.file("missing.model");
     REQUIRE_THROWS_WITH(Tokenizer::load(path), Catch::Contains(path) && Catch::Contains("cannot open tokenizer model"));
+  }
+  SECTION("a FIFO is refused before it is opened, so the load does not block") {
+    const auto path = dir.file("fifo.model");
+    REQUIRE(::mkfifo(path.c_str(), 0600) == 0);
+    REQUIRE_THROWS_WITH(Tokenizer::load(path),
+                        Catch::Contains(path + ": cannot open tokenizer model (not a regular file)"));
   }
   SECTION("not a model") {
     const auto path = dir.file("junk.model");

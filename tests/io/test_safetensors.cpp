@@ -2,6 +2,7 @@
 // atomic replacement of checkpoint directories and files leaving no temporaries behind.
 #include <catch2/catch.hpp>
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -220,6 +221,33 @@ TEST_CASE("corrupt and truncated safetensors files fail with one clear line", "[
     require_read_error(dir, with_header(offsets, "xxxx"), "needs \"data_offsets\" as two non-negative integers");
     std::string metadata = R"({"__metadata__":{"step":3}})";
     require_read_error(dir, with_header(metadata, ""), "__metadata__ value of 'step' is not a string");
+  }
+  SECTION("a header nested 100,000 deep is refused before parsing, the value never quoted whole") {
+    std::string deep = R"({"w":{"dtype":"F32","shape":)" + std::string(100000, '[') + std::string(100000, ']') +
+                       R"(,"data_offsets":[0,0]}})";
+    require_read_error(dir, with_header(deep, ""), "header nests arrays/objects 100002 deep (at most 64 allowed)");
+    // Brackets inside strings are text, not nesting: this header is read.
+    fs::path quoted = dir.path() / "quoted.safetensors";
+    write_bytes(quoted, with_header(R"({"__metadata__":{"note":")" + std::string(1000, '[') + R"(\"{"}})", ""));
+    REQUIRE(read_safetensors(quoted).metadata.at("note") == std::string(1000, '[') + "\"{");
+    // A bad value 60 deep is within the limit; the message quotes at most 80 characters of it.
+    std::string nested = R"({"w":{"dtype":"F32","shape":[)" + std::string(60, '[') + std::string(60, ']') +
+                         R"(],"data_offsets":[0,0]}})";
+    fs::path file = dir.path() / "nested.safetensors";
+    write_bytes(file, with_header(nested, ""));
+    try {
+      read_safetensors(file);
+      FAIL("read_safetensors accepted the file");
+    } catch (const Error& e) {
+      std::string message = e.what();
+      REQUIRE_THAT(message, Contains("shape entry that is not a non-negative integer: [[[[") && Contains("]]]..."));
+      REQUIRE(message.size() < file.string().size() + 200);
+    }
+  }
+  SECTION("a FIFO is refused before it is opened, so the read does not block") {
+    fs::path fifo = dir.path() / "fifo.safetensors";
+    REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+    REQUIRE_THROWS_WITH(read_safetensors(fifo), Contains(fifo.string() + ": cannot open checkpoint (not a regular file)"));
   }
   SECTION("a missing file") {
     REQUIRE_THROWS_WITH(read_safetensors(dir.path() / "absent.safetensors"), Contains("cannot open checkpoint"));

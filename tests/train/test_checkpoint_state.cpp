@@ -1,0 +1,64 @@
+// trainer_state.json read back from a checkpoint: a field of the wrong JSON type, a state that is
+// not an object, and a FIFO in its place each fail with one line naming the file and the fault.
+#include <catch2/catch.hpp>
+
+#include <sys/stat.h>
+
+#include <fstream>
+
+#include "src/train/checkpoint.h"
+#include "tests/test_util.h"
+#include "tests/train/train_test_util.h"
+
+namespace moe {
+namespace {
+
+using Catch::Matchers::Contains;
+
+// A one-tensor checkpoint at dir/"ckpt" whose trainer_state.json is then replaced by `state`.
+std::string checkpoint_with_state(const test::TempDir& dir, const std::string& state) {
+  std::string ckpt = dir.str("ckpt");
+  CheckpointTensors tensors;
+  tensors.weights.emplace_back("w", test::random_tensor({4}, DType::f32, 3));
+  write_checkpoint_tensors(ckpt, tensors, TrainerState{7, 11, 1}, Config{});
+  std::ofstream(ckpt + "/trainer_state.json") << state;
+  return ckpt;
+}
+
+TEST_CASE("a well-formed trainer_state.json is read back", "[train][checkpoint]") {
+  test::TempDir dir("moe-checkpoint-state-good");
+  std::string ckpt = checkpoint_with_state(dir, R"({"step": 5, "seed": 9, "world_size": 2})");
+  TrainerState state = read_checkpoint_files(ckpt, false).state;
+  REQUIRE(state.step == 5);
+  REQUIRE(state.seed == 9);
+  REQUIRE(state.world_size == 2);
+}
+
+TEST_CASE("a bad trainer_state.json names the file and the field", "[train][checkpoint][errors]") {
+  test::TempDir dir("moe-checkpoint-state-bad");
+  auto require_error = [&](const std::string& state, const std::string& problem) {
+    std::string ckpt = checkpoint_with_state(dir, state);
+    std::string path = ckpt + "/trainer_state.json";
+    INFO("state: " << state);
+    REQUIRE_THROWS_WITH(read_checkpoint_files(ckpt, false),
+                        Contains("corrupt checkpoint " + path + ": " + problem) && !Contains("json.exception"));
+  };
+  require_error(R"({"step": "five"})", "field \"step\" is a JSON string, expected an integer");
+  require_error(R"({"step": 2.5})", "field \"step\" is a JSON number, expected an integer");
+  require_error(R"({"seed": -1})", "field \"seed\" is a JSON number, expected a non-negative integer");
+  require_error(R"({"world_size": [1]})", "field \"world_size\" is a JSON array, expected an integer");
+  require_error("[1, 2]", "not a JSON object but a JSON array");
+}
+
+TEST_CASE("a FIFO as trainer_state.json is refused before it is opened", "[train][checkpoint][errors]") {
+  test::TempDir dir("moe-checkpoint-state-fifo");
+  std::string ckpt = checkpoint_with_state(dir, "{}");
+  std::string path = ckpt + "/trainer_state.json";
+  std::filesystem::remove(path);
+  REQUIRE(::mkfifo(path.c_str(), 0600) == 0);
+  REQUIRE_THROWS_WITH(read_checkpoint_files(ckpt, false),
+                      Contains(path + ": cannot open checkpoint state (not a regular file)"));
+}
+
+}  // namespace
+}  // namespace moe
