@@ -23,7 +23,7 @@ struct ModelConfig {              // [model]
   int64_t d_ff = 512;
   bool tie_embeddings = true;
   double init_std = 0.02;
-  std::string objective = "causal_lm";  // causal_lm (masked_lm, span_corruption: not implemented yet)
+  std::string objective = "causal_lm";  // causal_lm (next-token prediction)
 
   bool operator==(const ModelConfig&) const = default;
 };

@@ -10,15 +10,12 @@ const char* attention_mask_name(AttentionMask mask) {
   switch (mask) {
     case AttentionMask::causal: return "causal";
     case AttentionMask::bidirectional: return "bidirectional";
-    case AttentionMask::encoder_decoder: return "encoder-decoder";
   }
   return "?";
 }
 
 Attention::Attention(ParamStore& store, const std::string& prefix, const AttentionConfig& config, TpGroup tp)
     : store_(&store), config_(config), tp_(tp) {
-  MOE_CHECK(config.mask != AttentionMask::encoder_decoder, "attention '", prefix, "': the ",
-            attention_mask_name(config.mask), " mask is not implemented yet (causal and bidirectional are)");
   const int64_t d = config.d_model;
   MOE_CHECK(config.num_heads > 0 && config.num_kv_heads > 0 && d % config.num_heads == 0 &&
                 config.num_heads % config.num_kv_heads == 0,

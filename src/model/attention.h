@@ -11,9 +11,8 @@
 namespace moe {
 
 // Which keys a query sees; the objective picks it (src/model/objective.h). causal: the
-// positions up to its own; bidirectional: every position of its sequence; encoder_decoder: a
-// bidirectional encoder, a causal decoder and cross-attention. Only causal has kernels so far.
-enum class AttentionMask { causal, bidirectional, encoder_decoder };
+// positions up to its own; bidirectional: every position of its sequence.
+enum class AttentionMask { causal, bidirectional };
 const char* attention_mask_name(AttentionMask mask);
 
 struct AttentionConfig {

@@ -9,8 +9,7 @@ namespace moe {
 
 namespace {
 
-constexpr ObjectiveKind k_kinds[] = {ObjectiveKind::causal_lm, ObjectiveKind::masked_lm,
-                                     ObjectiveKind::span_corruption};
+constexpr ObjectiveKind k_kinds[] = {ObjectiveKind::causal_lm};
 
 class CausalLm final : public Objective {
  public:
@@ -36,8 +35,6 @@ class CausalLm final : public Objective {
 const char* objective_name(ObjectiveKind kind) {
   switch (kind) {
     case ObjectiveKind::causal_lm: return "causal_lm";
-    case ObjectiveKind::masked_lm: return "masked_lm";
-    case ObjectiveKind::span_corruption: return "span_corruption";
   }
   return "?";
 }
@@ -46,12 +43,14 @@ ObjectiveKind objective_kind(const std::string& name) {
   for (ObjectiveKind kind : k_kinds) {
     if (name == objective_name(kind)) return kind;
   }
-  MOE_FAIL("unknown model.objective '", name, "' (expected causal_lm, masked_lm or span_corruption)");
+  MOE_FAIL("unknown model.objective '", name, "' (expected causal_lm)");
 }
 
 std::unique_ptr<Objective> make_objective(ObjectiveKind kind) {
-  if (kind == ObjectiveKind::causal_lm) return std::make_unique<CausalLm>();
-  MOE_FAIL("model.objective = '", objective_name(kind), "' is not implemented yet (only 'causal_lm' is)");
+  switch (kind) {
+    case ObjectiveKind::causal_lm: return std::make_unique<CausalLm>();
+  }
+  MOE_FAIL("unknown objective kind ", static_cast<int>(kind));
 }
 
 Batch Objective::make_batch(const data::TokenWindows& windows, int64_t vocab_size, Device device) const {

@@ -13,10 +13,9 @@
 
 namespace moe {
 
-// model.objective. causal_lm: next-token prediction (GPT). masked_lm (BERT: bidirectional,
-// loss on the masked positions) and span_corruption (T5: encoder-decoder) are declared for the
-// objectives to come and rejected as not implemented yet.
-enum class ObjectiveKind { causal_lm, masked_lm, span_corruption };
+// model.objective. causal_lm: next-token prediction (GPT). A new objective (masked LM, span
+// corruption) is a kind here, a class in objective.cpp and its name in config validation.
+enum class ObjectiveKind { causal_lm };
 const char* objective_name(ObjectiveKind kind);
 // The kind of a model.objective value; an unknown name is an error naming the key.
 ObjectiveKind objective_kind(const std::string& name);
@@ -40,7 +39,7 @@ class Objective {
   Batch make_batch(const data::TokenWindows& windows, int64_t vocab_size, Device device) const;
 };
 
-// The objective of this kind; a kind that is only declared is an error ("not implemented yet").
+// The objective of this kind.
 std::unique_ptr<Objective> make_objective(ObjectiveKind kind);
 
 }  // namespace moe
