@@ -14,7 +14,8 @@
 namespace moe {
 
 // How the sorted rows split over the L local experts: rows [offsets[e], offsets[e+1]) of
-// x_sorted go to local expert e, counts[e] = offsets[e+1] - offsets[e]. Either form may be given,
+// x_sorted go to local expert e, counts[e] = offsets[e+1] - offsets[e]. Rows past the last
+// expert's (offsets[L] <= N) are padding: their outputs and input gradients are unspecified. Either form may be given,
 // or both (then they describe the same split). An implementation asks for the form it needs:
 // host_counts() copies device offsets to the host (a wait on the device), device_offsets()
 // uploads host counts (no wait). A grouped GEMM that reads offsets on the device is therefore

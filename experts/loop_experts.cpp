@@ -2,6 +2,8 @@
 // row blocks of the sorted tokens; an expert with no rows costs nothing and gets no gradient.
 #include "experts/loop_experts.h"
 
+#include <numeric>
+
 #include "src/nn/linear.h"
 
 namespace moe {
@@ -20,6 +22,9 @@ Tensor LoopExperts::forward(const Tensor& x_sorted, const ExpertRows& rows, Expe
   const std::vector<int64_t>& counts = state->counts;
   MOE_CHECK(static_cast<int64_t>(counts.size()) == num_local_, "experts (loop): ", counts.size(), " counts for ",
             num_local_, " experts");
+  const int64_t total = std::accumulate(counts.begin(), counts.end(), int64_t{0});
+  MOE_CHECK(total <= x_sorted.size(0), "expert counts sum to ", total, " but only ", x_sorted.size(0),
+            " rows were given");
   Tensor y_sorted = empty_like(x_sorted);
   state->per_expert.assign(static_cast<size_t>(num_local_), FfnSaved{});
   int64_t begin = 0;
@@ -32,7 +37,6 @@ Tensor LoopExperts::forward(const Tensor& x_sorted, const ExpertRows& rows, Expe
     }
     begin = end;
   }
-  MOE_CHECK(begin == x_sorted.size(0), "expert counts sum to ", begin, " but ", x_sorted.size(0), " rows were given");
   saved.rows = rows;
   saved.state = std::move(state);
   return y_sorted;

@@ -1,8 +1,9 @@
 // MoE layer: the router under "<prefix>.router", experts "<prefix>.experts.*", shared experts
 // "<prefix>.shared.*". The balancing terms (routing/balancing_terms.h) run on the host in f64 from
-// copies of the router outputs they read, or from per-expert sums made on the device (Switch).
+// copies of the router outputs they read, or wholly on the device from per-expert sums (Switch).
 #include "experts/moe_layer.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "experts/experts_registry.h"
@@ -83,25 +84,42 @@ Tensor MoeLayer::routed_forward(const Tensor& x, const RouteInputs& inputs, MoeL
   saved.ids = routing.ids;
   saved.weights = routing.weights;
   saved.stats = {};
+  // Statistics cross to the host when collected or needed every step (free on the CPU).
+  const bool read_stats = collect_stats || host_counts_every_step() || !x.is_cuda();
+  int64_t max_kept = x.size(0) * router_->slots_per_token();
   // Token-choice routers drop beyond C*k*T/E; expert choice has its capacity built in.
-  if (config_.capacity_factor > 0 && router_->capacity_dropping()) {
+  if (drops_slots()) {
     const int64_t tokens = x.size(0), k = router_->slots_per_token();
     auto capacity = static_cast<int64_t>(
         std::ceil(config_.capacity_factor * static_cast<double>(k * tokens) / static_cast<double>(config_.num_experts)));
     saved.ids = routing.ids.clone();
     saved.weights = routing.weights.clone();
-    saved.stats.dropped = ops::apply_capacity(saved.ids, saved.weights, config_.num_experts, capacity,
-                                              config_.drop_order);
+    max_kept = std::min(max_kept, capacity * config_.num_experts);
+    Tensor dropped = Tensor::empty({1}, DType::i64, x.device());
+    ops::apply_capacity(saved.ids, saved.weights, config_.num_experts, capacity, config_.drop_order, dropped);
+    if (read_stats) saved.stats.dropped = dropped.to_vector<int64_t>()[0];
   }
+  // The rows the experts may receive: the router's bound, or the capacity's (E * capacity).
+  saved.dispatch.max_rows = std::min(router_->max_routed_slots(x.size(0)), max_kept);
   Tensor x_local = dispatcher_->dispatch(x, saved.ids, saved.dispatch);
-  saved.y_sorted = experts_->forward(x_local, ExpertRows::from_counts(saved.dispatch.counts), saved.experts);
+  const DispatchSaved& d = saved.dispatch;
+  const ExpertRows rows = d.offsets.defined() ? ExpertRows::from_offsets(d.offsets) : ExpertRows::from_counts(d.counts);
+  saved.y_sorted = experts_->forward(x_local, rows, saved.experts);
   Tensor y = dispatcher_->combine(saved.dispatch, saved.y_sorted, saved.weights);
   // Load statistics are this rank's routed slots per expert (not what its experts received).
-  saved.stats.tokens_per_expert = saved.dispatch.routed_counts;
-  for (int64_t c : saved.dispatch.routed_counts) saved.stats.slots += c;
-  saved.stats.slots += saved.stats.dropped;
+  if (read_stats) {
+    saved.stats.tokens_per_expert = saved.dispatch.host_routed_counts();
+    for (int64_t c : saved.stats.tokens_per_expert) saved.stats.slots += c;
+    saved.stats.slots += saved.stats.dropped;
+  }
   compute_balancing_terms(routing, saved.router, inputs, saved, collect_stats);
   return y;
+}
+
+bool MoeLayer::drops_slots() const { return config_.capacity_factor > 0 && router_->capacity_dropping(); }
+
+bool MoeLayer::host_counts_every_step() const {
+  return router_->expert_bias_id() >= 0 || config_.pool_balance_sums;
 }
 
 void MoeLayer::compute_balancing_terms(const Routing& routing, const RouterSaved& router_saved,
@@ -119,13 +137,43 @@ void MoeLayer::compute_balancing_terms(const Routing& routing, const RouterSaved
   if (!host_terms.empty() || collect_stats) {
     host_balancing(routing, router_saved, inputs, only_terms(b, host_terms), saved, collect_stats);
   }
-  if (!sum_terms.empty()) switch_on_device(routing, only_terms(b, sum_terms), saved);
+  if (sum_terms.empty()) return;
+  // Tensor parallelism and pooled sums add the sums over ranks or micro-batches on the host.
+  const bool on_device = !TpGroup{config_.tp_group}.active() && !config_.pool_balance_sums &&
+                         std::all_of(sum_terms.begin(), sum_terms.end(), [](auto* t) { return t->on_device; });
+  if (on_device) {
+    sums_on_device(routing, sum_terms, saved, collect_stats);
+  } else {
+    sums_on_host(routing, only_terms(b, sum_terms), saved);
+  }
 }
 
-// Slots per expert before capacity dropping: the kept counts when nothing was dropped, else a count
-// of the router's own ids (T*k ids to the host; capacity dropping has synchronised on them already).
-std::vector<int64_t> MoeLayer::counts_before_capacity(const Routing& routing, const MoeLayerSaved& saved) const {
-  if (saved.stats.dropped == 0) return saved.dispatch.routed_counts;
+void MoeLayer::sums_on_device(const Routing& routing, const std::vector<const BalancingTerm*>& terms,
+                              MoeLayerSaved& saved, bool collect_stats) const {
+  const Tensor& scores = routing.scores;
+  const int64_t experts = scores.size(1);
+  DeviceSums in{Tensor::empty({experts}, scores.dtype(), scores.device()), saved.ids, routing.ids};
+  ops::column_sum(scores, in.score_sums);
+  saved.switch_grad_row = Tensor::zeros({experts}, scores.dtype(), scores.device());
+  Tensor value = Tensor::empty({1}, DType::f64, scores.device());
+  Tensor grad_row = empty_like(saved.switch_grad_row);
+  // The values cross to the host only for the statistics (free on the CPU).
+  const bool read = collect_stats || !scores.is_cuda();
+  for (const BalancingTerm* term : terms) {
+    term->on_device(in, config_.balancing, value, grad_row);
+    ops::accumulate(saved.switch_grad_row, grad_row);
+    if (read) {
+      const double v = value.to_vector<double>()[0];
+      saved.stats.balance[term->name] = v;
+      saved.stats.aux_loss += v;
+    }
+  }
+}
+
+// Slots per expert before capacity dropping: the kept counts when no capacity applies, else a
+// count of the router's own ids (T*k ids to the host; this runs only for host-side terms).
+std::vector<int64_t> MoeLayer::counts_before_capacity(const Routing& routing, MoeLayerSaved& saved) const {
+  if (!drops_slots()) return saved.dispatch.host_routed_counts();
   std::vector<int64_t> counts(static_cast<size_t>(config_.num_experts), 0);
   for (int32_t e : routing.ids.to_vector<int32_t>())
     if (e >= 0) ++counts[static_cast<size_t>(e)];
@@ -143,7 +191,7 @@ void MoeLayer::host_balancing(const Routing& routing, const RouterSaved& router_
   in.experts = config_.num_experts;
   in.slots = saved.ids.size(1);
   in.seq_len = inputs.seq_len;
-  in.counts = saved.dispatch.routed_counts;
+  in.counts = saved.dispatch.host_routed_counts();
   if ((reads & bi::scores) || collect_stats) in.scores = routing.scores.to_vector<double>();
   if (collect_stats) saved.stats.entropy = load_stats(in.counts, in.scores, in.experts).entropy;
   if (enabled.empty()) return;
@@ -186,7 +234,7 @@ void MoeLayer::host_balancing(const Routing& routing, const RouterSaved& router_
 // P_i from a column sum on the device and f_i from the counts: E numbers to the host (summed
 // over the tensor-parallel group, whose slices make up the micro-batch), and the per-expert
 // gradient applied to every token's row in backward.
-void MoeLayer::switch_on_device(const Routing& routing, const BalancingConfig& terms, MoeLayerSaved& saved) const {
+void MoeLayer::sums_on_host(const Routing& routing, const BalancingConfig& terms, MoeLayerSaved& saved) const {
   const Tensor& scores = routing.scores;
   const int64_t tokens = scores.size(0), experts = scores.size(1);
   const std::vector<const BalancingTerm*> enabled = enabled_balancing_terms(terms);
@@ -194,7 +242,7 @@ void MoeLayer::switch_on_device(const Routing& routing, const BalancingConfig& t
   ops::column_sum(scores, column_sums);
   ExpertSums& sums = saved.stats.sums;
   sums.score_sums = column_sums.to_vector<double>();
-  sums.counts = saved.dispatch.routed_counts;
+  sums.counts = saved.dispatch.host_routed_counts();
   bool reads_routed_counts = false;
   for (const BalancingTerm* term : enabled) reads_routed_counts |= term->reads(terms, balance_input::routed_counts);
   if (reads_routed_counts) sums.routed_counts = counts_before_capacity(routing, saved);
@@ -216,7 +264,7 @@ void MoeLayer::switch_on_device(const Routing& routing, const BalancingConfig& t
   }
   saved.stats.aux_loss = 0;
   for (const auto& [name, term] : saved.stats.balance) saved.stats.aux_loss += term;
-  saved.switch_grad_per_expert = row;
+  saved.switch_grad_row = to_device_like(row, scores.rows(0, 1).view({experts}));
 }
 
 void MoeLayer::set_switch_gradient(MoeLayerSaved& saved, const std::vector<double>& grad_per_expert,
@@ -230,7 +278,8 @@ void MoeLayer::set_switch_gradient(MoeLayerSaved& saved, const std::vector<doubl
   saved.stats.balance["switch"] = value;
   saved.stats.aux_loss = 0;
   for (const auto& [name, term] : saved.stats.balance) saved.stats.aux_loss += term;
-  saved.switch_grad_per_expert = grad_per_expert;
+  const Tensor& scores = saved.router.routing.scores;
+  saved.switch_grad_row = to_device_like(grad_per_expert, scores.rows(0, 1).view({scores.size(1)}));
 }
 
 Tensor MoeLayer::backward(const MoeLayerSaved& saved, const Tensor& dy, float aux_scale) const {
@@ -264,19 +313,17 @@ Tensor MoeLayer::routed_backward(const MoeLayerSaved& saved, const Tensor& dy, f
   grads.dlogits = scaled(b.dlogits, aux_scale);
   grads.dclean = scaled(b.dclean, aux_scale);
   grads.draw_noise = scaled(b.draw_noise, aux_scale);
-  if (!saved.switch_grad_per_expert.empty()) {
+  if (saved.switch_grad_row.defined()) {
     // The Switch gradient is one row of E numbers, the same for every token.
     const Tensor& scores = saved.router.routing.scores;
     const int64_t tokens = scores.size(0), experts = scores.size(1);
-    std::vector<double> row(saved.switch_grad_per_expert);
-    for (double& v : row) v *= aux_scale;
-    Tensor grad_row = to_device_like(row, scores.rows(0, 1).view({experts})).view({1, experts});
     Tensor every_row_is_row_0 = Tensor::zeros({tokens}, DType::i32, scores.device());
     Tensor dswitch = empty_like(scores);
-    ops::gather_rows(grad_row, every_row_is_row_0, dswitch);
+    ops::gather_rows(saved.switch_grad_row.view({1, experts}), every_row_is_row_0, dswitch);
     if (grads.dscores.defined()) {
-      ops::accumulate(grads.dscores, dswitch);
+      ops::accumulate(grads.dscores, dswitch, aux_scale);
     } else {
+      ops::scale(dswitch, aux_scale);
       grads.dscores = dswitch;
     }
   }

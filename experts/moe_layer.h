@@ -14,6 +14,7 @@
 #include "parallel/communicator.h"
 #include "parallel/dispatcher.h"
 #include "routing/balancing.h"
+#include "routing/balancing_terms.h"
 #include "routing/router.h"
 
 namespace moe {
@@ -39,14 +40,22 @@ struct MoeLayerConfig {
   // like a dense FFN. nullptr (or a group of one) = no tensor parallelism. (Each balancing term
   // declares its rule: routing/balancing_terms.h.)
   Communicator* tp_group = nullptr;
+  // moe.balance_scope = "global_batch": the trainer pools the layers' ExpertSums (host) over the
+  // global batch, so the sum-statistics terms keep their sums on the host.
+  bool pool_balance_sums = false;
 };
 
 // What one forward of one MoE layer reports.
 struct MoeLayerStats {
-  std::vector<int64_t> tokens_per_expert;  // kept slots per expert (after capacity dropping)
+  // Kept slots per expert (after capacity dropping) and the routed slots before capacity: read
+  // from the device only when stats are collected or something needs them every step (the
+  // aux-loss-free bias, pooled sums); empty and 0 otherwise.
+  std::vector<int64_t> tokens_per_expert;
   int64_t slots = 0, dropped = 0;          // routed slots before capacity, and those dropped
-  std::map<std::string, double> balance;   // each enabled balancing term (coefficients applied)
-  double aux_loss = 0;                     // their sum
+  // Each enabled balancing term (coefficients applied) and their sum. Terms that run on the GPU
+  // are read from it only when stats are collected (absent otherwise).
+  std::map<std::string, double> balance;
+  double aux_loss = 0;
   double entropy = 0;                      // mean router entropy (when stats were collected)
   // This rank's per-expert sums when a sum-statistics term (Switch) is on, for balance_scope =
   // global_batch (the trainer pools them); empty otherwise.
@@ -61,9 +70,9 @@ struct MoeLayerSaved {
   SharedExpertsSaved shared;
   Tensor y_sorted;
   RouterGrads balance_grads;  // gradients of the host-computed balancing terms (unscaled)
-  // d (sum-statistics terms: Switch) / d scores[t,i], the same for every token t (unscaled);
-  // empty = no such term.
-  std::vector<double> switch_grad_per_expert;
+  // d (sum-statistics terms: Switch) / d scores[t,i], the same for every token t (unscaled):
+  // accum[E] on the scores' device; undefined = no such term.
+  Tensor switch_grad_row;
   MoeLayerStats stats;
 };
 
@@ -92,9 +101,17 @@ class MoeLayer {
                                MoeLayerSaved& saved, bool collect_stats) const;
   void host_balancing(const Routing& routing, const RouterSaved& router_saved, const RouteInputs& inputs,
                       const BalancingConfig& terms, MoeLayerSaved& saved, bool collect_stats) const;
-  // The sum-statistics terms (Switch) from per-expert sums computed on the device.
-  void switch_on_device(const Routing& routing, const BalancingConfig& terms, MoeLayerSaved& saved) const;
-  std::vector<int64_t> counts_before_capacity(const Routing& routing, const MoeLayerSaved& saved) const;
+  // The sum-statistics terms (Switch) from per-expert sums made on the device and brought to the
+  // host (tensor parallelism, pooled sums).
+  void sums_on_host(const Routing& routing, const BalancingConfig& terms, MoeLayerSaved& saved) const;
+  // The same terms wholly on the device: no host wait unless stats are collected.
+  void sums_on_device(const Routing& routing, const std::vector<const BalancingTerm*>& terms, MoeLayerSaved& saved,
+                      bool collect_stats) const;
+  // Whether every forward needs the host counts (the aux-loss-free bias update, pooled sums).
+  bool host_counts_every_step() const;
+  // Whether a token-choice capacity drops this layer's slots (moe.capacity_factor > 0).
+  bool drops_slots() const;
+  std::vector<int64_t> counts_before_capacity(const Routing& routing, MoeLayerSaved& saved) const;
 
   MoeLayerConfig config_;
   std::unique_ptr<Router> router_;

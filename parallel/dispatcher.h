@@ -14,14 +14,24 @@ namespace moe {
 // are what this rank's experts process, grouped by local expert (for the local dispatcher the
 // two are the same rows).
 struct DispatchSaved {
+  // Input to dispatch: at most this many slots are routed (a capacity's bound; -1 = every slot).
+  // A dispatcher that keeps its counts on the device sizes its rows by it.
+  int64_t max_rows = -1;
   Tensor sorted_tokens;         // i32[N]: the token of each expert-sorted row (N = sum of routed_counts)
   Tensor slot_pos;              // i32[T*k]: the sorted row of slot t*k+s, -1 if it has none
-  std::vector<int64_t> counts;  // rows per local expert, the experts' input (host)
+  // Rows per local expert, the experts' input: on the host (counts) or on the device (offsets
+  // i32[L+1], rows [offsets[e], offsets[e+1]) for expert e; then the experts' input has a row for
+  // every slot and those past offsets[L] are padding). rows() gives whichever is set.
+  std::vector<int64_t> counts;
+  Tensor offsets;
   int64_t num_tokens = 0;
   // This rank's routed (kept) slots per global expert [E] (host): the load statistics. Equal to
   // counts for the local dispatcher; with expert parallelism counts are what this rank's experts
-  // receive from the whole EP group instead.
+  // receive from the whole EP group instead. Empty until host_routed_counts() asks when the
+  // dispatcher keeps its counts on the device.
   std::vector<int64_t> routed_counts;
+  // routed_counts, copied from the device offsets on first use (a wait on the device).
+  const std::vector<int64_t>& host_routed_counts();
 
   // Expert parallelism only (empty or undefined for the local dispatcher).
   std::vector<int64_t> send_counts;         // [ep] sorted rows sent to each EP rank

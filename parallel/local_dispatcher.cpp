@@ -6,25 +6,29 @@
 
 namespace moe {
 
+// The per-expert split stays on the device (offsets): every slot that may be routed gets a row
+// (saved.max_rows bounds them), the unused ones zero padding past offsets[E], so nothing waits
+// for the counts.
 Tensor LocalDispatcher::dispatch(const Tensor& x, const Tensor& ids, DispatchSaved& saved) const {
-  int64_t slots = ids.numel();
+  const int64_t slots = ids.numel();
   saved.num_tokens = x.size(0);
   saved.sorted_tokens = Tensor::empty({slots}, DType::i32, x.device());
   saved.slot_pos = Tensor::empty({slots}, DType::i32, x.device());
-  saved.counts = ops::moe_sort_by_expert(ids, num_experts_, saved.sorted_tokens, saved.slot_pos);
-  int64_t rows = 0;
-  for (int64_t c : saved.counts) rows += c;  // slots with id -1 (dropped) get no row
-  saved.routed_counts = saved.counts;
-  saved.sorted_tokens = saved.sorted_tokens.rows(0, rows);
+  saved.offsets = Tensor::empty({num_experts_ + 1}, DType::i32, x.device());
+  ops::moe_sort_by_expert(ids, num_experts_, saved.sorted_tokens, saved.slot_pos, saved.offsets);
+  saved.counts.clear();
+  saved.routed_counts.clear();
+  const int64_t rows = saved.max_rows >= 0 && saved.max_rows < slots ? saved.max_rows : slots;
   Tensor x_sorted = Tensor::empty({rows, x.size(1)}, x.dtype(), x.device());
   // An empty gather is skipped: the ops' checks read a zero-row tensor as having no columns.
-  if (rows > 0) ops::gather_rows(x, saved.sorted_tokens, x_sorted);
+  if (rows > 0) ops::gather_rows(x, saved.sorted_tokens.rows(0, rows), x_sorted);
   return x_sorted;
 }
 
+// dx[t] = the sum of its slots' rows, gathered in slot order (no atomics, fp32 sums).
 Tensor LocalDispatcher::dispatch_backward(const DispatchSaved& saved, const Tensor& dx_sorted) const {
-  Tensor dx = Tensor::zeros({saved.num_tokens, dx_sorted.size(1)}, dx_sorted.dtype(), dx_sorted.device());
-  if (dx_sorted.size(0) > 0) ops::scatter_add_rows(dx_sorted, saved.sorted_tokens, dx);
+  Tensor dx = Tensor::empty({saved.num_tokens, dx_sorted.size(1)}, dx_sorted.dtype(), dx_sorted.device());
+  if (saved.num_tokens > 0) ops::moe_unpermute_sum(dx_sorted, saved.slot_pos, dx);
   return dx;
 }
 

@@ -9,7 +9,8 @@
 
 namespace moe {
 
-// Every expert is local: x_local is the expert-sorted copy of x, counts are per expert.
+// Every expert is local: x_local is the expert-sorted copy of x (a row per slot), its split over
+// the experts the device offsets in saved (no host wait).
 class LocalDispatcher : public Dispatcher {
  public:
   explicit LocalDispatcher(int64_t num_experts) : num_experts_(num_experts) {}

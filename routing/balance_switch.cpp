@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "routing/balancing_terms.h"
+#include "src/ops/ops.h"
 #include "src/util/check.h"
 
 namespace moe {
@@ -57,10 +58,16 @@ SwitchLoss switch_loss(const ExpertSums& sums, const BalancingConfig& config) {
                      config.switch_coef);
 }
 
+// The counts come from the ids the term reads (kept, or routed before capacity dropping).
+void switch_on_device(const DeviceSums& in, const BalancingConfig& c, Tensor& value, Tensor& grad_row) {
+  const Tensor& ids = c.aux_count == AuxCount::routed ? in.routed_ids : in.kept_ids;
+  ops::switch_balance(in.score_sums, ids, c.switch_coef, value, grad_row);
+}
+
 BalancingTerm switch_balancing_term() {
   return {.name = "switch", .coef_name = "switch_coef", .config_key = "moe.aux_loss_coef",
           .coef = &BalancingConfig::switch_coef, .config_coef = &MoeConfig::aux_loss_coef, .inputs = inputs,
-          .tp = TpRule::sum_statistics, .compute = compute, .from_sums = switch_loss};
+          .tp = TpRule::sum_statistics, .compute = compute, .from_sums = switch_loss, .on_device = switch_on_device};
 }
 
 }  // namespace moe

@@ -9,6 +9,7 @@
 
 #include "routing/balancing.h"
 #include "src/config/config.h"
+#include "src/tensor/tensor.h"
 
 namespace moe {
 
@@ -23,6 +24,13 @@ constexpr uint32_t routed_counts = 1u << 5;  // [E] slots routed before capacity
 constexpr uint32_t noise = 1u << 6;          // [T,E] noisy gating clean, raw_noise, normal (grads: dclean, draw_noise)
 constexpr uint32_t seq_len = 1u << 7;        // tokens per sequence
 }  // namespace balance_input
+
+// What a sum-statistics term reads when it runs on the device (nothing crosses to the host).
+struct DeviceSums {
+  Tensor score_sums;  // accum[E]: scores summed over the micro-batch's tokens
+  Tensor kept_ids;    // i32[T,k]: experts after capacity dropping (-1 = dropped)
+  Tensor routed_ids;  // i32[T,k]: experts the router chose, before capacity dropping
+};
 
 // How a term's value on a micro-batch is made from the tensor-parallel ranks' token slices.
 enum class TpRule {
@@ -49,6 +57,9 @@ struct BalancingTerm {
   double (*compute)(const BalanceInputs&, const BalancingConfig&, BalanceResult& out) = nullptr;
   // sum_statistics terms: value and d/dscores[t,i] (the same for every token t) from the sums.
   SwitchLoss (*from_sums)(const ExpertSums&, const BalancingConfig&) = nullptr;
+  // The same on the device: value f64[1] and grad_row accum[E] written, no host wait; nullptr =
+  // the term runs from host sums only.
+  void (*on_device)(const DeviceSums&, const BalancingConfig&, Tensor& value, Tensor& grad_row) = nullptr;
 
   double coefficient(const BalancingConfig& c) const { return c.*coef; }
   bool reads(const BalancingConfig& c, uint32_t input) const { return (inputs(c) & input) != 0; }

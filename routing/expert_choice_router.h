@@ -16,6 +16,7 @@ class ExpertChoiceRouter : public Router {
   // c*T/E tokens per expert are c experts per token on average.
   double experts_per_token() const override { return capacity_factor_; }
   bool capacity_dropping() const override { return false; }  // its capacity is built in
+  int64_t max_routed_slots(int64_t tokens) const override { return num_experts_ * capacity(tokens); }
   std::string name() const override { return "expert_choice"; }
   // Tokens per expert for a batch of T tokens: ceil(c * T / E), at most T.
   int64_t capacity(int64_t tokens) const;

@@ -61,6 +61,8 @@ class Router {
   // Whether a token-choice capacity (moe.capacity_factor > 0) drops slots of this router; false
   // where the router has a capacity of its own (expert choice).
   virtual bool capacity_dropping() const { return true; }
+  // At most this many of the T * slots_per_token() slots get an expert (expert choice: its capacity).
+  virtual int64_t max_routed_slots(int64_t tokens) const { return tokens * slots_per_token(); }
   // The aux-loss-free selection-bias buffer [E] (moe.expert_bias_rate), or -1 where there is none.
   virtual ParamId expert_bias_id() const { return -1; }
   virtual std::string name() const = 0;

@@ -3,7 +3,8 @@
 # engine's benches and their PyTorch anchors side by side, in the same run.
 # Usage (repo root on the H200 host, .devdeps carried):
 #   experiments/perf/run_speed.sh OUT_DIR [PARTS]   PARTS: comma list of build,tests,train,anchor,attention
-#                                                    (default all of them), moeloop, ops, and ab: MoE-small with an
+#                                                    (default all of them), layer (moe bench layer at the
+#                                                    standard shapes), moe64, moeloop, ops, and ab: MoE-small with an
 #                                                    older tree carried in .ab/ (AB_DIR) built beside
 #                                                    this one, benched back to back in the same call
 # Writes OUT_DIR/*.json|log and prints a short table last.
@@ -35,6 +36,16 @@ if has train; then
     build/moe bench train experiments/perf/$cfg.toml --warmup 3 --steps 10 --breakdown 2>&1 | tail -1 \
       | tee "$out/bench_$cfg.json"
   done
+fi
+if has layer; then  # one MoE layer at the anchor shapes and MoE-small's, against the dense chain of equal FLOPs
+  for cfg in layers/fine_grained layers/mixtral layers/switch moe_small; do
+    build/moe bench layer experiments/perf/$cfg.toml --tokens 16384 --warmup 3 --iters 10 --breakdown 2>&1 \
+      | tail -1 | tee -a "$out/bench_layer.jsonl"
+  done
+fi
+if has moe64; then  # GPT-2 small with 64 x 384 top-6 experts in every FFN
+  build/moe bench train experiments/perf/gpt2_small_moe64.toml --warmup 3 --steps 10 --breakdown 2>&1 | tail -1 \
+    | tee "$out/bench_gpt2_small_moe64.json"
 fi
 if has moeloop; then  # MoE-small with the per-expert loop, against the default (grouped on CUDA)
   build/moe bench train experiments/perf/moe_small.toml --warmup 3 --steps 10 --breakdown \

@@ -56,7 +56,7 @@ void moe_combine_forward(const T* y_sorted, const int32_t* slot_pos, const T* we
       const int32_t row = slot_pos[t * k + s];
       check_slot_row(row, t * k + s, num_rows);
       if (row < 0) continue;
-      const double w = weights[t * k + s];
+      const double w = weights != nullptr ? static_cast<double>(weights[t * k + s]) : 1.0;
       const T* y = y_sorted + static_cast<int64_t>(row) * dim;
       for (int64_t c = 0; c < dim; ++c) acc[static_cast<size_t>(c)] += w * static_cast<double>(y[c]);
     }

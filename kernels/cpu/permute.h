@@ -14,7 +14,7 @@ namespace moe::cpu {
 void moe_sort_by_expert(const int32_t* ids, int64_t num_tokens, int64_t k, int64_t num_experts, int32_t* sorted_tokens,
                         int32_t* slot_pos, int64_t* counts);
 
-// y_sorted[N,d], slot_pos i32[T*k] (a row in [0, N), or -1), weights[T,k]
+// y_sorted[N,d], slot_pos i32[T*k] (a row in [0, N), or -1), weights[T,k] or nullptr (all 1)
 // -> out[T,d] = sum over slots with a row of w[t,s] y_sorted[slot_pos[t*k+s]]
 template <typename T>
 void moe_combine_forward(const T* y_sorted, const int32_t* slot_pos, const T* weights, T* out, int64_t num_tokens,

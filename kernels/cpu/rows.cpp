@@ -20,6 +20,10 @@ void check_row(int32_t row, int64_t i, int64_t num_rows, const char* op) {
 template <typename T>
 void gather_rows(const T* src, const int32_t* index, T* dst, int64_t num_index, int64_t src_rows, int64_t cols) {
   for (int64_t i = 0; i < num_index; ++i) {
+    if (index[i] == -1) {  // no row: zeros
+      std::fill(dst + i * cols, dst + (i + 1) * cols, T(0));
+      continue;
+    }
     check_row(index[i], i, src_rows, "gather_rows");
     const T* row = src + static_cast<int64_t>(index[i]) * cols;
     std::copy(row, row + cols, dst + i * cols);

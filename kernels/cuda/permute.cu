@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstring>
 #include <vector>
 
 #include "kernels/cuda/common.cuh"
@@ -44,14 +45,13 @@ __global__ void count_kernel(const int32_t* ids, int64_t num_slots, int num_expe
 }
 
 // One block. chunk_counts[chunks, E] -> (in place) chunk offsets: the sorted row where chunk b's
-// first slot of expert e goes; counts[E] = tokens per expert (int64 for the host).
-__global__ void scan_kernel(int32_t* chunk_counts, int64_t chunks, int num_experts, long long* counts) {
+// first slot of expert e goes; offsets[E+1] = where each expert's rows begin (offsets[E] = rows used).
+__global__ void scan_kernel(int32_t* chunk_counts, int64_t chunks, int num_experts, int32_t* offsets) {
   extern __shared__ int32_t offset[];  // [E]
   for (int e = threadIdx.x; e < num_experts; e += blockDim.x) {
     int32_t total = 0;
     for (int64_t b = 0; b < chunks; ++b) total += chunk_counts[b * num_experts + e];
     offset[e] = total;
-    counts[e] = total;
   }
   __syncthreads();
   if (threadIdx.x == 0) {  // exclusive scan over experts (E is small: serial is fine)
@@ -59,8 +59,10 @@ __global__ void scan_kernel(int32_t* chunk_counts, int64_t chunks, int num_exper
     for (int e = 0; e < num_experts; ++e) {
       const int32_t v = offset[e];
       offset[e] = run;
+      offsets[e] = run;
       run += v;
     }
+    offsets[num_experts] = run;
   }
   __syncthreads();
   for (int e = threadIdx.x; e < num_experts; e += blockDim.x) {
@@ -119,7 +121,7 @@ __global__ void combine_forward_kernel(const bf16* y_sorted, const int32_t* slot
     for (int s = 0; s < k; ++s) {
       const int64_t row = slot_pos[t * k + s];
       if (row < 0) continue;
-      const float w = weights[t * k + s];
+      const float w = weights != nullptr ? weights[t * k + s] : 1.0f;
       float v[N];
       load_n<N>(y_sorted + row * dim + c, v);
 #pragma unroll
@@ -175,8 +177,11 @@ __global__ void zero_unused_rows_kernel(bf16* dy_sorted, const uint8_t* used, in
 
 }  // namespace
 
-void moe_sort_by_expert(const int32_t* ids, int64_t tokens, int64_t k, int64_t num_experts, int32_t* sorted_tokens,
-                        int32_t* slot_pos, int64_t* host_counts, cudaStream_t stream) {
+namespace {
+
+// Launches the sort; bad ids (outside [-1, E)) take no row and are reported in *bad.
+void launch_sort(const int32_t* ids, int64_t tokens, int64_t k, int64_t num_experts, int32_t* sorted_tokens,
+                 int32_t* slot_pos, int32_t* offsets, unsigned long long* bad, cudaStream_t stream) {
   MOE_CHECK(tokens >= 0 && k >= 1 && num_experts >= 1, "moe_sort_by_expert: bad shape (tokens ", tokens, ", k ", k,
             ", experts ", num_experts, ")");
   const int64_t num_slots = tokens * k;
@@ -184,40 +189,49 @@ void moe_sort_by_expert(const int32_t* ids, int64_t tokens, int64_t k, int64_t n
   MOE_CHECK(num_experts * 4 <= 48 * 1024, "moe_sort_by_expert: at most 12288 experts, got ", num_experts);
   const int E = static_cast<int>(num_experts);
   const int64_t chunks = std::max<int64_t>(ceil_div(num_slots, k_chunk), 1);
-  // Scratch: chunk counts [chunks, E] i32, then counts[E] and the bad-id word as 8-byte values.
-  const size_t counts_bytes = static_cast<size_t>(chunks * E) * sizeof(int32_t);
-  const size_t counts_offset = (counts_bytes + 15) / 16 * 16;
-  Scratch scratch(counts_offset + static_cast<size_t>(E + 1) * 8, stream);
+  Scratch scratch(static_cast<size_t>(chunks * E) * sizeof(int32_t), stream);
   auto* chunk_counts = scratch.as<int32_t>();
-  auto* counts = reinterpret_cast<long long*>(scratch.as<char>() + counts_offset);
-  auto* bad = reinterpret_cast<unsigned long long*>(counts + E);
   CUDA_CHECK(cudaMemsetAsync(bad, 0, sizeof(*bad), stream));
+  // Rows past the used ones (dropped slots) keep token -1.
+  if (num_slots > 0) CUDA_CHECK(cudaMemsetAsync(sorted_tokens, 0xff, static_cast<size_t>(num_slots) * 4, stream));
   const size_t smem = static_cast<size_t>(E) * sizeof(int32_t);
   count_kernel<<<static_cast<unsigned>(chunks), k_count_threads, smem, stream>>>(ids, num_slots, E, chunk_counts,
                                                                                  bad);
   CUDA_CHECK_LAUNCH();
-  scan_kernel<<<1, k_scan_threads, smem, stream>>>(chunk_counts, chunks, E, counts);
+  scan_kernel<<<1, k_scan_threads, smem, stream>>>(chunk_counts, chunks, E, offsets);
   CUDA_CHECK_LAUNCH();
   if (num_slots > 0) {
     place_kernel<<<static_cast<unsigned>(chunks), k_warp, smem, stream>>>(ids, num_slots, static_cast<int>(k), E,
                                                                           chunk_counts, sorted_tokens, slot_pos);
     CUDA_CHECK_LAUNCH();
   }
-  std::vector<long long> host(static_cast<size_t>(E) + 1);
-  CUDA_CHECK(cudaMemcpyAsync(host.data(), counts, host.size() * 8, cudaMemcpyDeviceToHost, stream));
+}
+
+}  // namespace
+
+void moe_sort_by_expert(const int32_t* ids, int64_t tokens, int64_t k, int64_t num_experts, int32_t* sorted_tokens,
+                        int32_t* slot_pos, int32_t* offsets, cudaStream_t stream) {
+  Scratch bad(sizeof(unsigned long long), stream);
+  launch_sort(ids, tokens, k, num_experts, sorted_tokens, slot_pos, offsets, bad.as<unsigned long long>(), stream);
+}
+
+void moe_sort_by_expert(const int32_t* ids, int64_t tokens, int64_t k, int64_t num_experts, int32_t* sorted_tokens,
+                        int32_t* slot_pos, int64_t* host_counts, cudaStream_t stream) {
+  // offsets[E+1] then the bad-id word, read back in one copy.
+  const size_t offsets_bytes = (static_cast<size_t>(num_experts + 1) * 4 + 7) / 8 * 8;
+  Scratch scratch(offsets_bytes + 8, stream);
+  auto* offsets = scratch.as<int32_t>();
+  auto* bad = reinterpret_cast<unsigned long long*>(scratch.as<char>() + offsets_bytes);
+  launch_sort(ids, tokens, k, num_experts, sorted_tokens, slot_pos, offsets, bad, stream);
+  std::vector<char> host(offsets_bytes + 8);
+  CUDA_CHECK(cudaMemcpyAsync(host.data(), scratch.as<char>(), host.size(), cudaMemcpyDeviceToHost, stream));
   wait_stream(stream);
-  const unsigned long long flag = static_cast<unsigned long long>(host[static_cast<size_t>(E)]);
+  unsigned long long flag = 0;
+  std::memcpy(&flag, host.data() + offsets_bytes, 8);
   MOE_CHECK(flag == 0, "moe_sort_by_expert: expert id ", static_cast<int32_t>(flag & 0xffffffffull),
             " outside [0, ", num_experts, ")");
-  int64_t used = 0;
-  for (int e = 0; e < E; ++e) {
-    host_counts[e] = host[static_cast<size_t>(e)];
-    used += host_counts[e];
-  }
-  if (used < num_slots) {  // rows past the used ones: -1 (stream-ordered, after the placement)
-    CUDA_CHECK(cudaMemsetAsync(sorted_tokens + used, 0xff, static_cast<size_t>(num_slots - used) * sizeof(int32_t),
-                               stream));
-  }
+  const auto* ends = reinterpret_cast<const int32_t*>(host.data());
+  for (int64_t e = 0; e < num_experts; ++e) host_counts[e] = ends[e + 1] - ends[e];
 }
 
 void moe_combine_forward(const bf16* y_sorted, const int32_t* slot_pos, const float* weights, bf16* out,

@@ -17,10 +17,15 @@ namespace moe::cuda {
 // when one is outside [-1, num_experts).
 void moe_sort_by_expert(const int32_t* ids, int64_t tokens, int64_t k, int64_t num_experts, int32_t* sorted_tokens,
                         int32_t* slot_pos, int64_t* host_counts, cudaStream_t stream);
+// The same sort without a host wait: offsets i32[num_experts+1] (device) = where each expert's
+// rows begin, offsets[E] = rows used. An id outside [-1, num_experts) takes no row (it is not
+// reported: the routers that feed this variant produce ids in range by construction).
+void moe_sort_by_expert(const int32_t* ids, int64_t tokens, int64_t k, int64_t num_experts, int32_t* sorted_tokens,
+                        int32_t* slot_pos, int32_t* offsets, cudaStream_t stream);
 
 // out[t,:] = sum_s weights[t,s] * y_sorted[slot_pos[t*k+s], :] over slots with slot_pos >= 0;
-// y_sorted[N, dim] bf16 (N >= the rows used), weights f32[tokens,k], out[tokens,dim] bf16
-// (fp32 sum). Rows are not range-checked (that would need a sync).
+// y_sorted[N, dim] bf16 (N >= the rows used), weights f32[tokens,k] or nullptr (all 1: the
+// un-permute sum), out[tokens,dim] bf16 (fp32 sum). Rows are not range-checked (that would need a sync).
 void moe_combine_forward(const __nv_bfloat16* y_sorted, const int32_t* slot_pos, const float* weights,
                          __nv_bfloat16* out, int64_t tokens, int64_t k, int64_t dim, cudaStream_t stream);
 // dy_sorted[N, dim]: row slot_pos[t*k+s] = weights[t,s] * dout[t,:], rows no slot uses are

@@ -26,6 +26,8 @@ __global__ void gather_rows_kernel(const W* src, int64_t src_rows, const int32_t
     W value;
     if (r >= 0 && r < src_rows) {
       value = src[r * words + w];
+    } else if (r == -1) {  // no row: zeros
+      memset(&value, 0, sizeof(W));
     } else {
       memset(&value, 0xff, sizeof(W));
     }

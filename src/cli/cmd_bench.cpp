@@ -1,13 +1,14 @@
 // `moe bench train CONFIG [--warmup N] [--steps N] [--breakdown]`: tokens/s, MFU and peak memory over timed
 // steps after warm-up, printed by rank 0 as one JSON line. Without data.train_path the batches
-// are random tokens (speed does not depend on the values). `moe bench dispatch` and `moe bench op`
-// time one piece alone.
+// are random tokens (speed does not depend on the values). `moe bench dispatch`, `moe bench layer`
+// and `moe bench op` time one piece alone.
 #include <cstdio>
 
 #include "src/cli/commands.h"
 #include "parallel/topology.h"
 #include "src/cli/run_setup.h"
 #include "src/tools/bench_dispatch.h"
+#include "src/tools/bench_layer.h"
 #include "src/tools/bench_op.h"
 #include "src/train/device_select.h"
 
@@ -79,6 +80,28 @@ void add_op_bench(CLI::App& bench, CommandRunner& run) {
   });
 }
 
+// `moe bench layer CONFIG [--tokens N --warmup N --iters N --breakdown]`: one MoE layer of the
+// config (its [model] width and [moe] section) against the dense GEMM chain of equal FLOPs.
+void add_layer_bench(CLI::App& bench, CommandRunner& run) {
+  auto* cmd = bench.add_subcommand("layer", "time one MoE layer of a config against the dense GEMM chain of equal FLOPs");
+  auto options = std::make_shared<RunOptions>();
+  auto o = std::make_shared<LayerBenchOptions>();
+  add_run_options(*cmd, *options);
+  cmd->add_option("--tokens", o->tokens, "tokens through the layer (default 16384)")->check(CLI::PositiveNumber);
+  cmd->add_option("--warmup", o->warmup, "untimed iterations first")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--iters", o->iters, "timed iterations (the median is reported)")->check(CLI::PositiveNumber);
+  cmd->add_flag("--breakdown", o->breakdown, "then time as many iterations again with every op timed by kind");
+  cmd->callback([&run, options, o] {
+    run = [options, o](MpiEnv& env) {
+      Config config = load_config(options->config_path, options->overrides);
+      nlohmann::json out = bench_layer(config, select_device(config.train, env.local_rank()), *o);
+      out["config"] = options->config_path;
+      std::printf("%s\n", out.dump().c_str());
+      return 0;
+    };
+  });
+}
+
 }  // namespace
 
 void add_bench_command(CLI::App& app, CommandRunner& run) {
@@ -97,6 +120,7 @@ void add_bench_command(CLI::App& app, CommandRunner& run) {
   cmd->add_option("--steps", *steps, "timed steps")->check(CLI::PositiveNumber);
   add_dispatch_bench(*bench, run);
   add_op_bench(*bench, run);
+  add_layer_bench(*bench, run);
   cmd->callback([&run, options, warmup, steps, breakdown] {
     run = [options, warmup, steps, breakdown](MpiEnv& env) {
       RunContext ctx = setup_run(*options, env, false);

@@ -32,6 +32,7 @@ MoeLayerConfig moe_layer_config(const ModelConfig& c, const MoeConfig& moe, ops:
   mc.init_std = c.init_std;
   mc.out_init_std = out_std;
   mc.experts_impl = moe.experts_impl;
+  mc.pool_balance_sums = moe.balance_scope == "global_batch";
   return mc;
 }
 
@@ -199,7 +200,7 @@ Tensor Model::run_blocks(const Tensor& x_in, const Batch& batch, ModelSaved& sav
       kept.input = b.input;
       kept.moe.stats = std::move(b.moe.stats);
       kept.moe.balance_grads = std::move(b.moe.balance_grads);
-      kept.moe.switch_grad_per_expert = std::move(b.moe.switch_grad_per_expert);
+      kept.moe.switch_grad_row = std::move(b.moe.switch_grad_row);
       b = std::move(kept);
     }
   }
@@ -274,7 +275,7 @@ Tensor Model::block_backward(size_t i, const Batch& batch, const BlockSaved& sav
   blocks_[i]->forward(saved.input, batch.batch_size, route_inputs(batch, i), rebuilt, false);
   rebuilt.moe.stats = saved.moe.stats;
   rebuilt.moe.balance_grads = saved.moe.balance_grads;
-  rebuilt.moe.switch_grad_per_expert = saved.moe.switch_grad_per_expert;
+  rebuilt.moe.switch_grad_row = saved.moe.switch_grad_row;
   return blocks_[i]->backward(rebuilt, dy, batch.batch_size, aux_scale);
 }
 

@@ -65,6 +65,8 @@ class Backend {
                                     const TopKOptions& options, Tensor& dlogits) = 0;
   virtual void expert_choice_forward(const Tensor& scores, int64_t capacity, Tensor& ids, Tensor& weights) = 0;
   virtual void expert_choice_backward(const Tensor& ids, const Tensor& dweights, Tensor& dscores) = 0;
+  virtual void apply_capacity_on_device(Tensor& ids, Tensor& weights, int64_t num_experts, int64_t capacity,
+                                        DropOrder order, Tensor& dropped) = 0;
   virtual int64_t apply_capacity(Tensor& ids, Tensor& weights, int64_t num_experts, int64_t capacity,
                                  DropOrder order) = 0;
   virtual void noisy_logits_forward(const Tensor& clean, const Tensor& raw_noise, const Tensor& normal,
@@ -76,6 +78,10 @@ class Backend {
                                  Tensor& dgate) = 0;
   virtual std::vector<int64_t> moe_sort_by_expert(const Tensor& ids, int64_t num_experts, Tensor& sorted_tokens,
                                                   Tensor& slot_pos) = 0;
+  virtual void moe_sort_by_expert_offsets(const Tensor& ids, int64_t num_experts, Tensor& sorted_tokens,
+                                          Tensor& slot_pos, Tensor& offsets) = 0;
+  virtual void switch_balance(const Tensor& score_sums, const Tensor& ids, int64_t tokens, double alpha,
+                              Tensor& value, Tensor& grad_row) = 0;
   virtual void moe_combine_forward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights,
                                    Tensor& out) = 0;
   virtual void moe_combine_backward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights,

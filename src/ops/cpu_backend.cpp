@@ -6,6 +6,7 @@
 #include "kernels/cpu/activations.h"
 #include "kernels/cpu/adamw.h"
 #include "kernels/cpu/attention.h"
+#include "kernels/cpu/balance.h"
 #include "kernels/cpu/capacity.h"
 #include "kernels/cpu/cross_entropy.h"
 #include "kernels/cpu/elementwise.h"
@@ -351,6 +352,11 @@ class CpuBackend final : public Backend {
     });
   }
 
+  void apply_capacity_on_device(Tensor& ids, Tensor& weights, int64_t num_experts, int64_t capacity, DropOrder order,
+                                Tensor& dropped) override {
+    ptr<int64_t>(dropped)[0] = apply_capacity(ids, weights, num_experts, capacity, order);
+  }
+
   void noisy_logits_forward(const Tensor& clean, const Tensor& raw_noise, const Tensor& normal, Tensor& h) override {
     dispatch_float(clean.dtype(), "noisy logits", [&](auto tag) {
       using T = decltype(tag);
@@ -390,12 +396,31 @@ class CpuBackend final : public Backend {
     return counts;
   }
 
+  void moe_sort_by_expert_offsets(const Tensor& ids, int64_t num_experts, Tensor& sorted_tokens, Tensor& slot_pos,
+                                  Tensor& offsets) override {
+    std::vector<int64_t> counts = moe_sort_by_expert(ids, num_experts, sorted_tokens, slot_pos);
+    int32_t* ends = ptr<int32_t>(offsets);
+    ends[0] = 0;
+    for (size_t e = 0; e < counts.size(); ++e) ends[e + 1] = ends[e] + static_cast<int32_t>(counts[e]);
+  }
+
+  void switch_balance(const Tensor& score_sums, const Tensor& ids, int64_t tokens, double alpha, Tensor& value,
+                      Tensor& grad_row) override {
+    dispatch_float(score_sums.dtype(), "switch_balance", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::switch_balance<T>(ptr<T>(score_sums), index_ptr(ids), tokens, ids.size(1), score_sums.size(0), alpha,
+                             ptr<double>(value), ptr<T>(grad_row));
+    });
+  }
+
+  // weights undefined: all 1 (the un-permute sum); k from slot_pos and the output's rows.
   void moe_combine_forward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights,
                            Tensor& out) override {
+    const int64_t tokens = out.size(0), k = weights.defined() ? weights.size(1) : slot_pos.numel() / tokens;
     dispatch_float(y_sorted.dtype(), "moe_combine", [&](auto tag) {
       using T = decltype(tag);
-      cpu::moe_combine_forward<T>(ptr<T>(y_sorted), index_ptr(slot_pos), ptr<T>(weights), ptr<T>(out), weights.size(0),
-                                  weights.size(1), y_sorted.size(1), y_sorted.size(0));
+      cpu::moe_combine_forward<T>(ptr<T>(y_sorted), index_ptr(slot_pos), weights.defined() ? ptr<T>(weights) : nullptr,
+                                  ptr<T>(out), tokens, k, y_sorted.size(1), y_sorted.size(0));
     });
   }
 

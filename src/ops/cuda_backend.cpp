@@ -7,6 +7,7 @@
 #include "kernels/cuda/activations.h"
 #include "kernels/cuda/adamw.h"
 #include "kernels/cuda/attention.h"
+#include "kernels/cuda/balance.h"
 #include "kernels/cuda/capacity.h"
 #include "kernels/cuda/cross_entropy.h"
 #include "kernels/cuda/elementwise.h"
@@ -297,6 +298,14 @@ class CudaBackend : public Backend {
     cuda::expert_choice_backward(i32(ids), f32(dweights), f32_mut(dscores), dweights.numel(), stream);
   }
 
+  void apply_capacity_on_device(Tensor& ids, Tensor& weights, int64_t num_experts, int64_t capacity, DropOrder order,
+                                Tensor& dropped) override {
+    cudaStream_t stream = on_device(ids, weights, dropped);
+    check_dtype(weights, DType::f32, "capacity weights on CUDA");
+    cuda::apply_capacity(i32_mut(ids), f32_mut(weights), ids.size(0), ids.size(1), num_experts, capacity, order,
+                         dropped.data_as<unsigned long long>(), nullptr, stream);
+  }
+
   int64_t apply_capacity(Tensor& ids, Tensor& weights, int64_t num_experts, int64_t capacity,
                          DropOrder order) override {
     cudaStream_t stream = on_device(ids, weights);
@@ -338,11 +347,29 @@ class CudaBackend : public Backend {
     return counts;
   }
 
+  void moe_sort_by_expert_offsets(const Tensor& ids, int64_t num_experts, Tensor& sorted_tokens, Tensor& slot_pos,
+                                  Tensor& offsets) override {
+    cudaStream_t stream = on_device(ids, sorted_tokens, slot_pos, offsets);
+    cuda::moe_sort_by_expert(i32(ids), ids.size(0), ids.size(1), num_experts, i32_mut(sorted_tokens),
+                             i32_mut(slot_pos), i32_mut(offsets), stream);
+  }
+
+  void switch_balance(const Tensor& score_sums, const Tensor& ids, int64_t tokens, double alpha, Tensor& value,
+                      Tensor& grad_row) override {
+    cudaStream_t stream = on_device(score_sums, ids, value, grad_row);
+    check_dtype(score_sums, DType::f32, "switch_balance score_sums");
+    cuda::switch_balance(f32(score_sums), i32(ids), tokens, ids.size(1), score_sums.size(0), alpha,
+                         value.data_as<double>(), f32_mut(grad_row), stream);
+  }
+
+  // weights undefined: all 1 (the un-permute sum); k from slot_pos and the output's rows.
   void moe_combine_forward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights,
                            Tensor& out) override {
-    cudaStream_t stream = on_device(y_sorted, slot_pos, weights, out);
-    cuda::moe_combine_forward(bf(y_sorted), i32(slot_pos), f32(weights), bf_mut(out), weights.size(0),
-                              weights.size(1), y_sorted.size(1), stream);
+    cudaStream_t stream = weights.defined() ? on_device(y_sorted, slot_pos, weights, out)
+                                            : on_device(y_sorted, slot_pos, out);
+    const int64_t tokens = out.size(0), k = weights.defined() ? weights.size(1) : slot_pos.numel() / tokens;
+    cuda::moe_combine_forward(bf(y_sorted), i32(slot_pos), weights.defined() ? f32(weights) : nullptr, bf_mut(out),
+                              tokens, k, y_sorted.size(1), stream);
   }
 
   void moe_combine_backward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights,

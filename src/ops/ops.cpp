@@ -495,14 +495,31 @@ void expert_choice_backward(const Tensor& ids, const Tensor& dweights, Tensor& d
   run_on(dweights, OpKind::routing)->expert_choice_backward(ids, dweights, dscores);
 }
 
-int64_t apply_capacity(Tensor& ids, Tensor& weights, int64_t num_experts, int64_t capacity, DropOrder order) {
+namespace {
+
+void check_capacity(const Tensor& ids, const Tensor& weights, int64_t num_experts, int64_t capacity) {
   MOE_CHECK(ids.defined() && ids.ndim() == 2 && ids.dtype() == DType::i32, "capacity: expert ids must be i32[T,k]");
   check_router_float(weights, "capacity weights");
   check_shape(weights, ids.shape(), "capacity weights");
   check_same_device(weights, ids, "capacity weights");
   MOE_CHECK(num_experts >= 1, "capacity: expert count must be positive, got ", num_experts);
   MOE_CHECK(capacity >= 0, "capacity must be non-negative, got ", capacity);
+}
+
+}  // namespace
+
+int64_t apply_capacity(Tensor& ids, Tensor& weights, int64_t num_experts, int64_t capacity, DropOrder order) {
+  check_capacity(ids, weights, num_experts, capacity);
   return run_on(ids, OpKind::routing)->apply_capacity(ids, weights, num_experts, capacity, order);
+}
+
+void apply_capacity(Tensor& ids, Tensor& weights, int64_t num_experts, int64_t capacity, DropOrder order,
+                    Tensor& dropped) {
+  check_capacity(ids, weights, num_experts, capacity);
+  check_shape(dropped, {1}, "capacity dropped count");
+  check_dtype(dropped, DType::i64, "capacity dropped count");
+  check_same_device(dropped, ids, "capacity dropped count");
+  run_on(ids, OpKind::routing)->apply_capacity_on_device(ids, weights, num_experts, capacity, order, dropped);
 }
 
 void noisy_logits_forward(const Tensor& clean, const Tensor& raw_noise, const Tensor& normal, Tensor& h) {
@@ -553,6 +570,47 @@ std::vector<int64_t> moe_sort_by_expert(const Tensor& ids, int64_t num_experts, 
   check_index(sorted_tokens, {ids.numel()}, ids, "sorted_tokens");
   check_index(slot_pos, {ids.numel()}, ids, "slot_pos");
   return run_on(ids, OpKind::permute)->moe_sort_by_expert(ids, num_experts, sorted_tokens, slot_pos);
+}
+
+void moe_sort_by_expert(const Tensor& ids, int64_t num_experts, Tensor& sorted_tokens, Tensor& slot_pos,
+                        Tensor& offsets) {
+  MOE_CHECK(ids.ndim() == 2 && ids.dtype() == DType::i32, "expert ids must be i32[T,k]");
+  MOE_CHECK(num_experts >= 1, "moe_sort_by_expert: expert count must be positive, got ", num_experts);
+  check_index(sorted_tokens, {ids.numel()}, ids, "sorted_tokens");
+  check_index(slot_pos, {ids.numel()}, ids, "slot_pos");
+  check_index(offsets, {num_experts + 1}, ids, "expert offsets");
+  run_on(ids, OpKind::permute)->moe_sort_by_expert_offsets(ids, num_experts, sorted_tokens, slot_pos, offsets);
+}
+
+std::vector<int64_t> counts_from_offsets(const Tensor& offsets) {
+  MOE_CHECK(offsets.ndim() == 1 && offsets.dtype() == DType::i32 && offsets.numel() >= 1,
+            "expert offsets must be i32[E+1]");
+  const std::vector<int32_t> ends = offsets.to_vector<int32_t>();
+  std::vector<int64_t> counts;
+  for (size_t e = 1; e < ends.size(); ++e) counts.push_back(ends[e] - ends[e - 1]);
+  return counts;
+}
+
+void moe_unpermute_sum(const Tensor& x_sorted, const Tensor& slot_pos, Tensor& out) {
+  check_compute(x_sorted, "unpermute x_sorted");
+  MOE_CHECK(x_sorted.ndim() == 2 && out.ndim() == 2 && out.size(0) > 0 && slot_pos.numel() % out.size(0) == 0,
+            "unpermute: x_sorted", shape_str(x_sorted.shape()), " slot_pos", shape_str(slot_pos.shape()), " out",
+            shape_str(out.shape()));
+  check_index(slot_pos, {slot_pos.numel()}, x_sorted, "unpermute slot_pos");
+  check_shape(out, {out.size(0), x_sorted.size(1)}, "unpermute out");
+  check_dtype(out, x_sorted.dtype(), "unpermute out");
+  run_on(x_sorted, OpKind::permute)->moe_combine_forward(x_sorted, slot_pos, Tensor(), out);
+}
+
+void switch_balance(const Tensor& score_sums, const Tensor& ids, double alpha, Tensor& value, Tensor& grad_row) {
+  MOE_CHECK(score_sums.ndim() == 1 && ids.ndim() == 2 && ids.dtype() == DType::i32,
+            "switch_balance: score_sums must be [E] and ids i32[T,k]");
+  check_index(ids, {ids.size(0), ids.size(1)}, score_sums, "switch_balance ids");
+  check_shape(value, {1}, "switch_balance value");
+  check_dtype(value, DType::f64, "switch_balance value");
+  check_same_device(value, score_sums, "switch_balance value");
+  check_like(grad_row, score_sums, "switch_balance grad_row");
+  run_on(score_sums, OpKind::routing)->switch_balance(score_sums, ids, ids.size(0), alpha, value, grad_row);
 }
 
 void moe_combine_forward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights, Tensor& out) {

@@ -134,7 +134,7 @@ double sum_squares(const Tensor& x);
 // x[R,C] (accum) -> out[C] (accum): column sums
 void column_sum(const Tensor& x, Tensor& out);
 
-// Rows by index: dst[i] = src[index[i]]; index i32[N], src[R,d], dst[N,d].
+// Rows by index: dst[i] = src[index[i]]; index i32[N], src[R,d], dst[N,d]; index -1 = a row of zeros.
 void gather_rows(const Tensor& src, const Tensor& index, Tensor& dst);
 // dst[index[i]] += src[i]; src[N,d], dst[R,d] (indices may repeat).
 void scatter_add_rows(const Tensor& src, const Tensor& index, Tensor& dst);
@@ -165,6 +165,10 @@ void expert_choice_backward(const Tensor& ids, const Tensor& dweights, Tensor& d
 // choice, as GShard). Slots already -1 stay so and do not count. Returns the number of slots
 // dropped by this call (host, synchronising).
 int64_t apply_capacity(Tensor& ids, Tensor& weights, int64_t num_experts, int64_t capacity, DropOrder order);
+// The same with no host wait: dropped i64[1] on ids' device = the slots dropped. The CPU checks
+// ids (error naming the slot); on the GPU an id outside [-1, E) is left alone, unreported.
+void apply_capacity(Tensor& ids, Tensor& weights, int64_t num_experts, int64_t capacity, DropOrder order,
+                    Tensor& dropped);
 
 // Noisy top-k gating (Shazeer et al. 2017): h = clean + normal * softplus(raw_noise); all
 // [T,E] accum; normal holds standard normal draws (zeros at evaluation).
@@ -186,9 +190,26 @@ void row_gate_backward(const Tensor& x, const Tensor& gate, const Tensor& dy, Te
 // rows per expert (host, synchronising).
 std::vector<int64_t> moe_sort_by_expert(const Tensor& ids, int64_t num_experts, Tensor& sorted_tokens,
                                         Tensor& slot_pos);
+// The same sort with no host wait: offsets i32[E+1] on ids' device (offsets[e] = first row of
+// expert e, offsets[E] = rows used; rows past it have sorted_tokens -1). The CPU checks ids
+// (error naming the slot); on the GPU an id outside [-1, E) takes no row, unreported (the
+// routers produce ids in range by construction; the host-count form above checks them).
+void moe_sort_by_expert(const Tensor& ids, int64_t num_experts, Tensor& sorted_tokens, Tensor& slot_pos,
+                        Tensor& offsets);
+// Rows per expert from offsets i32[E+1] (a host copy: waits for the device).
+std::vector<int64_t> counts_from_offsets(const Tensor& offsets);
 // out[T,d] = sum_s weights[t,s] * y_sorted[slot_pos[t*k+s]] over slots with slot_pos >= 0;
 // y_sorted[N,d] with N >= the rows used, weights[T,k] (accum)
 void moe_combine_forward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights, Tensor& out);
+// The un-permute: out[T,d] = sum_s x_sorted[slot_pos[t*k+s]] over slots with a row (k =
+// slot_pos.numel() / T); fp32 sums in slot order (deterministic, unlike a scatter-add).
+void moe_unpermute_sum(const Tensor& x_sorted, const Tensor& slot_pos, Tensor& out);
+
+// The Switch loss from sums: score_sums accum[E] (router scores summed over the T tokens), ids
+// i32[T,k] (-1 = none) -> value f64[1] = alpha E sum_i f_i P_i, grad_row accum[E] = alpha E f_i / T
+// (d value / d scores[t,i], the same for every t), f_i = count_i / (k T), P_i = score_sums_i / T.
+// No host wait.
+void switch_balance(const Tensor& score_sums, const Tensor& ids, double alpha, Tensor& value, Tensor& grad_row);
 // dy_sorted[N,d] (written; rows no slot uses are zero), dweights[T,k] (accum, written; 0 for
 // dropped slots)
 void moe_combine_backward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights,

@@ -6,7 +6,7 @@
 #include <random>
 
 #include "src/ops/ops.h"
-#include "src/tensor/device_timer.h"
+#include "src/tools/bench_timing.h"
 #include "src/train/metrics.h"
 
 namespace moe {
@@ -15,30 +15,6 @@ namespace {
 
 // The copy ceiling memory-bound ops are quoted against (H200, measured: 4.3 TB/s).
 constexpr double k_h200_copy_bytes_per_s = 4.3e12;
-
-Tensor random_on(const Shape& shape, DType dtype, Device device, uint64_t seed, float lo, float hi) {
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::vector<float> values(static_cast<size_t>(shape_numel(shape)));
-  for (float& x : values) x = dist(rng);
-  return Tensor::from_vector(values, shape, dtype, device);
-}
-
-// Median milliseconds of `iters` calls of fn, each between two device timer marks, after
-// `warmup` untimed calls.
-template <class Fn>
-double median_ms(Device device, int64_t warmup, int64_t iters, Fn&& fn) {
-  for (int64_t i = 0; i < warmup; ++i) fn();
-  DeviceTimer timer(device);
-  std::vector<double> ms;
-  for (int64_t i = 0; i < iters; ++i) {
-    timer.start();
-    fn();
-    timer.stop();
-    ms.push_back(timer.elapsed_ms());
-  }
-  return median_of(ms);
-}
 
 // Times forward, backward and both (median ms) and writes them, their TFLOP/s and the fraction
 // of the H200 peak into r; flops counts forward and backward once each.

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "src/tensor/tensor.h"
+#include "src/tools/bench_timing.h"
 
 namespace moe {
 
@@ -45,7 +46,5 @@ double attention_forward_flops(int64_t batch, int64_t seq_len, int64_t heads, in
 // (up, down), four backward (two input gradients, two weight gradients).
 double grouped_ffn_forward_flops(int64_t rows, int64_t d_model, int64_t d_expert);
 
-// The median of `values` (not empty).
-double median_of(std::vector<double> values);
 
 }  // namespace moe

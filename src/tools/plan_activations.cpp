@@ -60,7 +60,7 @@ MoeFootprint moe_footprint(const Config& config, const RouterKind& router, int64
   const int64_t up_e = up_width(act, f), f_e = f;
 
   // Balancing gradients the forward keeps (MoeLayerSaved::balance_grads), [T,E] accum each; the
-  // Switch gradient is one row of E numbers (MoeLayerSaved::switch_grad_per_expert).
+  // Switch gradient is one row of E numbers (MoeLayerSaved::switch_grad_row).
   int64_t balance_te = 0, balance_slots = 0;
   if (learned) {
     balance_te += (moe.seq_aux_loss_coef > 0 || moe.device_loss_coef > 0) ? 1 : 0;  // dscores

@@ -187,6 +187,75 @@ TEST_CASE("cuda moe_sort_by_expert with dropped slots matches the CPU exactly", 
                       Catch::Contains("expert id -2") && Catch::Contains("outside [0, 4)"));
 }
 
+TEST_CASE("cuda moe_sort_by_expert into device offsets matches the CPU, skewed and empty experts", "[cuda][permute]") {
+  for (int64_t experts : {1, 4, 64, 300}) {
+    for (int64_t k : {1, 6}) {
+      for (int64_t tokens : {1, 19, 3000}) {
+        for (int skew = 0; skew < 3; ++skew) {  // random with drops; every slot to expert 0; all dropped
+          INFO("experts " << experts << " k " << k << " tokens " << tokens << " skew " << skew);
+          std::vector<int32_t> v = ids_with_drops(tokens * k, experts, seed_of(38, {experts, k, tokens}));
+          if (skew > 0) std::fill(v.begin(), v.end(), skew == 1 ? 0 : -1);
+          Mirror ids = mirror_ids(v, {tokens, k});
+          Mirror sorted = poisoned_pair({tokens * k}, DType::i32), pos = poisoned_pair({tokens * k}, DType::i32);
+          Mirror offsets = poisoned_pair({experts + 1}, DType::i32);
+          ops::moe_sort_by_expert(ids.cpu, experts, sorted.cpu, pos.cpu, offsets.cpu);
+          ops::moe_sort_by_expert(ids.gpu, experts, sorted.gpu, pos.gpu, offsets.gpu);
+          require_equal(offsets.gpu, offsets.cpu, "offsets");
+          require_equal(sorted.gpu, sorted.cpu, "sorted_tokens (rows past offsets[E] are -1 on both)");
+          require_equal(pos.gpu, pos.cpu, "slot_pos");
+          REQUIRE(ops::counts_from_offsets(offsets.gpu) == ops::moe_sort_by_expert(ids.cpu, experts, sorted.cpu,
+                                                                                   pos.cpu));
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("cuda un-permute sum matches the CPU, dropped slots adding nothing", "[cuda][permute]") {
+  for (int64_t dim : {1, 37, 64}) {
+    for (int64_t k : {1, 6}) {
+      for (int64_t tokens : {1, 19, 989}) {
+        INFO("dim " << dim << " k " << k << " tokens " << tokens);
+        const uint64_t seed = seed_of(39, {dim, k, tokens});
+        Mirror ids = mirror_ids(ids_with_drops(tokens * k, 8, seed), {tokens, k});
+        Mirror sorted = poisoned_pair({tokens * k}, DType::i32), pos = poisoned_pair({tokens * k}, DType::i32);
+        Mirror offsets = poisoned_pair({9}, DType::i32);
+        ops::moe_sort_by_expert(ids.cpu, 8, sorted.cpu, pos.cpu, offsets.cpu);
+        ops::moe_sort_by_expert(ids.gpu, 8, sorted.gpu, pos.gpu, offsets.gpu);
+        Mirror rows = random_mirror({tokens * k, dim}, DType::bf16, seed + 1);
+        Mirror out = poisoned_pair({tokens, dim}, DType::bf16);
+        ops::moe_unpermute_sum(rows.cpu, pos.cpu, out.cpu);
+        ops::moe_unpermute_sum(rows.gpu, pos.gpu, out.gpu);
+        require_match(out, bf16_tol(), "un-permuted sum");
+      }
+    }
+  }
+}
+
+TEST_CASE("cuda Switch balance from device sums matches the CPU, skewed and empty experts", "[cuda][router]") {
+  for (int64_t experts : {1, 8, 64, 300}) {
+    for (int64_t k : {1, 6}) {
+      for (int64_t tokens : {1, 989}) {
+        for (int skew = 0; skew < 3; ++skew) {
+          INFO("experts " << experts << " k " << k << " tokens " << tokens << " skew " << skew);
+          const uint64_t seed = seed_of(40, {experts, k, tokens});
+          std::vector<int32_t> v = ids_with_drops(tokens * k, experts, seed);
+          if (skew > 0) std::fill(v.begin(), v.end(), skew == 1 ? experts - 1 : -1);
+          Mirror ids = mirror_ids(v, {tokens, k});
+          Mirror sums = random_mirror({experts}, DType::f32, seed + 1, 0.0, 50.0);
+          Mirror value{Tensor::zeros({1}, DType::f64), Tensor::zeros({1}, DType::f64, gpu())};
+          Mirror row = poisoned_pair({experts}, DType::f32);
+          ops::switch_balance(sums.cpu, ids.cpu, 0.01, value.cpu, row.cpu);
+          ops::switch_balance(sums.gpu, ids.gpu, 0.01, value.gpu, row.gpu);
+          REQUIRE(std::abs(value.gpu.to_vector<double>()[0] - value.cpu.to_vector<double>()[0]) <=
+                  1e-6 * std::max(1.0, std::abs(value.cpu.to_vector<double>()[0])));
+          require_match(row, accum_tol(), "Switch gradient row");
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("cuda moe_combine with dropped slots matches the CPU, spare rows zero", "[cuda][permute]") {
   for (int64_t dim : {1, 37, 64}) {
     for (int64_t k : {1, 2, 6}) {

@@ -48,6 +48,7 @@ struct LayerSpec {
   bool shared_gate = false;
   BalancingConfig balancing;
   bool bias = false;  // an expert bias buffer, set by hand to nonzero values
+  bool pool_sums = false;  // sum-statistics terms from host sums (as balance_scope = global_batch)
 };
 
 struct TestLayer {
@@ -82,6 +83,7 @@ std::unique_ptr<TestLayer> build_layer(const LayerSpec& s, uint64_t seed) {
   c.balancing = s.balancing;
   c.init_std = k_init_std;
   c.out_init_std = k_init_std;
+  c.pool_balance_sums = s.pool_sums;
   layer->moe = std::make_unique<MoeLayer>(layer->store, "moe", c, make_router(layer->store, "moe.router", mc, spec));
   ParamStore& store = layer->store;
   store.allocate(Device::cpu(), DType::f64);
@@ -450,16 +452,17 @@ TEST_CASE("MoE layer statistics: slots, drops, tokens per expert, balance terms,
     in.slots = saved.ids.size(1);
     in.seq_len = inputs.seq_len;
     in.scores = saved.router.routing.scores.to_vector<double>();
-    in.counts = saved.dispatch.routed_counts;
+    in.counts = saved.dispatch.host_routed_counts();
     BalanceResult host = compute_balancing(in, spec.balancing);
     REQUIRE(std::abs(saved.stats.aux_loss - host.terms.at("switch")) < 1e-14);
     // The Switch gradient is the same row for every token.
-    REQUIRE(saved.switch_grad_per_expert.size() == static_cast<size_t>(k_experts));
+    const std::vector<double> grad_row = saved.switch_grad_row.to_vector<double>();
+    REQUIRE(grad_row.size() == static_cast<size_t>(k_experts));
     REQUIRE(!saved.balance_grads.dscores.defined());
     for (int64_t t = 0; t < k_tokens; ++t) {
       for (int64_t e = 0; e < k_experts; ++e) {
-        REQUIRE(std::abs(host.dscores[static_cast<size_t>(t * k_experts + e)] -
-                         saved.switch_grad_per_expert[static_cast<size_t>(e)]) < 1e-12);
+        REQUIRE(std::abs(host.dscores[static_cast<size_t>(t * k_experts + e)] - grad_row[static_cast<size_t>(e)]) <
+                1e-12);
       }
     }
   }
@@ -516,25 +519,33 @@ TEST_CASE("aux_count: the Switch loss counts the routed or the kept slots under 
     const bool routed = aux_count == AuxCount::routed;
     INFO((routed ? "routed" : "kept"));
     // Capacity ceil(0.5 * 2 * 12 / 4) = 3 of 24 slots per expert; seq and z ride along on the host.
-    LayerSpec spec{.capacity_factor = 0.5,
-                   .balancing = {.switch_coef = 0.1, .z_coef = 0.01, .seq_coef = 0.1, .aux_count = aux_count}};
-    auto layer = build_layer(spec, 143);
-    MoeLayerSaved saved;
-    layer->moe->forward(x, inputs, saved);
-    REQUIRE(saved.stats.dropped > 0);
-    const auto routed_counts = count_ids(saved.router.routing.ids.to_vector<int32_t>());
-    const auto kept_counts = count_ids(saved.ids.to_vector<int32_t>());
-    REQUIRE(routed_counts != kept_counts);
-    REQUIRE(saved.stats.tokens_per_expert == kept_counts);  // the load metric stays the kept slots
-    REQUIRE(saved.stats.sums.counts == kept_counts);
-    REQUIRE(saved.stats.sums.routed_counts == (routed ? routed_counts : std::vector<int64_t>{}));
-    std::vector<double> row;
-    const double expected =
-        by_hand(routed ? routed_counts : kept_counts, saved.router.routing.scores.to_vector<double>(), row);
-    REQUIRE(std::abs(saved.stats.balance.at("switch") - expected) < 1e-14);
-    test::require_close(saved.switch_grad_per_expert, row, 1e-15, 1e-12, "Switch gradient row");
-    REQUIRE(keys(saved.stats.balance) == std::vector<std::string>{"seq", "switch", "z"});
-    values[aux_count] = saved.stats.balance.at("switch");
+    for (bool pool : {false, true}) {  // the on-device term, and the one from host sums
+      INFO((pool ? "host sums" : "on the device"));
+      LayerSpec spec{.capacity_factor = 0.5,
+                     .balancing = {.switch_coef = 0.1, .z_coef = 0.01, .seq_coef = 0.1, .aux_count = aux_count},
+                     .pool_sums = pool};
+      auto layer = build_layer(spec, 143);
+      MoeLayerSaved saved;
+      layer->moe->forward(x, inputs, saved, true);
+      REQUIRE(saved.stats.dropped > 0);
+      const auto routed_counts = count_ids(saved.router.routing.ids.to_vector<int32_t>());
+      const auto kept_counts = count_ids(saved.ids.to_vector<int32_t>());
+      REQUIRE(routed_counts != kept_counts);
+      REQUIRE(saved.stats.tokens_per_expert == kept_counts);  // the load metric stays the kept slots
+      if (pool) {
+        REQUIRE(saved.stats.sums.counts == kept_counts);
+        REQUIRE(saved.stats.sums.routed_counts == (routed ? routed_counts : std::vector<int64_t>{}));
+      } else {
+        REQUIRE(saved.stats.sums.counts.empty());  // nothing crossed to the host for the term
+      }
+      std::vector<double> row;
+      const double expected =
+          by_hand(routed ? routed_counts : kept_counts, saved.router.routing.scores.to_vector<double>(), row);
+      REQUIRE(std::abs(saved.stats.balance.at("switch") - expected) < 1e-14);
+      test::require_close(saved.switch_grad_row.to_vector<double>(), row, 1e-15, 1e-12, "Switch gradient row");
+      REQUIRE(keys(saved.stats.balance) == std::vector<std::string>{"seq", "switch", "z"});
+      values[aux_count] = saved.stats.balance.at("switch");
+    }
   }
   // Every expert is full (3 kept slots each): the kept counts look perfectly balanced, and the
   // kept-slot term is 0.1 * E * sum_i (3 / 24) P_i = 0.05 whatever the scores; the routed one sees

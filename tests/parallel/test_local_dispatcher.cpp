@@ -57,7 +57,7 @@ TEST_CASE("local dispatcher dispatch and combine gradients match finite differen
   Tensor weights = test::random_tensor({tokens, k}, DType::f64, 43, Device::cpu(), 0.2, 1.0);
   // Stand-in for the experts: a fixed multiplier per sorted row and column, so a wrong
   // permutation in either direction changes the answer.
-  auto m = test::random_values(rows * d, 44, 0.5, 2.0);
+  auto m = test::random_values(tokens * k * d, 44, 0.5, 2.0);  // every slot has a row (dropped: padding)
   auto w = test::random_values(tokens * d, 45);
   auto apply_m = [&](const Tensor& t) {
     auto vals = t.to_vector<double>();
@@ -73,8 +73,13 @@ TEST_CASE("local dispatcher dispatch and combine gradients match finite differen
 
   DispatchSaved saved;
   Tensor x_sorted = dispatcher.dispatch(x, ids, saved);
-  REQUIRE(x_sorted.size(0) == rows);
-  REQUIRE(std::accumulate(saved.counts.begin(), saved.counts.end(), int64_t{0}) == rows);
+  // A row per slot; the used rows, as the device offsets say, then zero padding for the dropped.
+  REQUIRE(x_sorted.size(0) == tokens * k);
+  REQUIRE(saved.offsets.to_vector<int32_t>().back() == rows);
+  const std::vector<int64_t> counts = saved.host_routed_counts();
+  REQUIRE(std::accumulate(counts.begin(), counts.end(), int64_t{0}) == rows);
+  const std::vector<double> sorted_values = x_sorted.to_vector<double>();
+  for (size_t i = static_cast<size_t>(rows * d); i < sorted_values.size(); ++i) REQUIRE(sorted_values[i] == 0.0);
   auto slot_pos = saved.slot_pos.to_vector<int32_t>();
   for (size_t s : dropped) REQUIRE(slot_pos[s] == -1);
   Tensor y_sorted = apply_m(x_sorted);
@@ -137,7 +142,7 @@ TEST_CASE("dispatch then combine with unit weights returns k * x; payload rows c
           ++expected_counts[static_cast<size_t>(e)];
         }
   REQUIRE(static_cast<int64_t>(expected_tokens.size()) == rows);
-  REQUIRE(saved.counts == expected_counts);
+  REQUIRE(saved.host_routed_counts() == expected_counts);
   REQUIRE(saved.sorted_tokens.to_vector<int32_t>() == expected_tokens);
   auto xs = x_sorted.to_vector<double>();
   for (int64_t r = 0; r < rows; ++r)
@@ -192,8 +197,11 @@ TEST_CASE("dropped slots (id -1) get no row and pass nothing through the combine
   LocalDispatcher dispatcher(experts);
   DispatchSaved saved;
   Tensor x_sorted = dispatcher.dispatch(x, ids, saved);
-  REQUIRE(saved.counts == std::vector<int64_t>{4, 0, 5});
-  REQUIRE(x_sorted.size(0) == 9);
+  REQUIRE(saved.host_routed_counts() == std::vector<int64_t>{4, 0, 5});
+  REQUIRE(saved.offsets.to_vector<int32_t>() == std::vector<int32_t>{0, 4, 4, 9});
+  REQUIRE(x_sorted.size(0) == tokens * k);  // 9 used rows, then 3 rows of padding
+  const std::vector<int32_t> sorted_tokens = saved.sorted_tokens.to_vector<int32_t>();
+  REQUIRE(std::vector<int32_t>(sorted_tokens.begin() + 9, sorted_tokens.end()) == std::vector<int32_t>{-1, -1, -1});
   Tensor out = dispatcher.combine(saved, x_sorted, weights);  // experts = identity
   auto xv = x.to_vector<double>(), wv = weights.to_vector<double>(), ov = out.to_vector<double>();
   for (int64_t t = 0; t < tokens; ++t)

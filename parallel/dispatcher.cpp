@@ -1,0 +1,13 @@
+// What every dispatcher's saved state shares: the host copy of the load statistics on demand.
+#include "parallel/dispatcher.h"
+
+#include "src/ops/ops.h"
+
+namespace moe {
+
+const std::vector<int64_t>& DispatchSaved::host_routed_counts() {
+  if (routed_counts.empty() && offsets.defined()) routed_counts = ops::counts_from_offsets(offsets);
+  return routed_counts;
+}
+
+}  // namespace moe
