@@ -1,5 +1,5 @@
-"""The MoE pieces the PyTorch MoE anchors share (moe_layer_anchor.py, moe_small_anchor.py): softmax top-k
-routing, SwiGLU, and the routed experts as a PyTorch user writes them today with torch._grouped_mm.
+"""What the PyTorch MoE anchors share (moe_layer_anchor.py, moe_small_anchor.py): softmax top-k routing,
+SwiGLU, the routed experts as a PyTorch user writes them today with torch._grouped_mm, and the timing.
 
 Shapes: T tokens, d model width, E experts, f expert width, k experts per token.
 """
@@ -50,3 +50,28 @@ def switch_aux_loss(probs, ids):
     num_experts = probs.shape[1]
     counts = torch.histc(ids.reshape(-1).float(), bins=num_experts, min=0, max=num_experts)
     return num_experts * (counts / ids.numel() * probs.mean(dim=0)).sum()
+
+
+def time_cuda_ms(step, warmup, iters):
+    """Runs step() warmup times, then iters times between CUDA events; the peak-memory counter restarts after
+    the warm-up. -> (ms per timed iteration, what the last step returned)."""
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        last = step()
+    stop.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(stop) / iters, last
+
+
+def split_choices(parser, flag, value, known):
+    """'a,b' -> ['a', 'b'], or a parser error naming the flag and the first unknown name."""
+    names = value.split(",")
+    for name in names:
+        if name not in known:
+            parser.error(f"{flag}: unknown name '{name}' (known: {', '.join(known)})")
+    return names

@@ -38,7 +38,7 @@ import traceback
 import torch
 import torch.nn.functional as F
 
-from moe_anchor_ops import grouped_swiglu_experts, route_softmax_topk, swiglu
+from moe_anchor_ops import grouped_swiglu_experts, route_softmax_topk, split_choices, swiglu, time_cuda_ms
 
 SHAPES = {
     "fine_grained": dict(d=1024, experts=64, d_expert=512, top_k=6, d_shared=0),
@@ -144,19 +144,6 @@ def build_qwen2_block(s, x, hf_experts):
     return forward, [x, *block.parameters()], info
 
 
-def time_ms(step, warmup, iters):
-    for _ in range(warmup):
-        step()
-    torch.cuda.synchronize()
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        step()
-    stop.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(stop) / iters
-
-
 def bench(name, s, impl, args):
     torch.manual_seed(1234)
     forward, inputs, info = build(impl, s, args.tokens, args.hf_experts)
@@ -165,9 +152,7 @@ def bench(name, s, impl, args):
     def step():
         torch.autograd.grad(forward(), inputs, dout, allow_unused=True)
 
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    ms = time_ms(step, args.warmup, args.iters)
+    ms, _ = time_cuda_ms(step, args.warmup, args.iters)
     flops = expert_flops(s, args.tokens)
     return {"anchor": "moe_layer", "shape": name, "impl": impl, "ms": round(ms, 4),
             "expert_tflops": round(flops / (ms * 1e-3) / 1e12, 2), "tokens": args.tokens, **s,
@@ -200,22 +185,18 @@ def main():
     p.add_argument("--hf-experts", default="grouped_mm", help="transformers' experts implementation")
     p.add_argument("--smoke", action="store_true", help="tiny shapes, 1 iteration, grouped_mm-vs-loop check")
     args = p.parse_args()
-    unknown = [n for n in args.shapes.split(",") if n not in SHAPES]
-    if unknown:
-        p.error(f"--shapes: unknown shape '{unknown[0]}' (known: {', '.join(SHAPES)})")
-    unknown = [n for n in args.impls.split(",") if n not in IMPLS]
-    if unknown:
-        p.error(f"--impls: unknown implementation '{unknown[0]}' (known: {', '.join(IMPLS)})")
+    shapes = split_choices(p, "--shapes", args.shapes, list(SHAPES))
+    impls = split_choices(p, "--impls", args.impls, IMPLS)
     if args.smoke:
         args.tokens, args.warmup, args.iters = 256, 1, 1
     failed = False
-    for name in args.shapes.split(","):
+    for name in shapes:
         s = smoke_shape(SHAPES[name]) if args.smoke else SHAPES[name]
         if args.smoke:
             result = check_grouped_matches_loop(name, s, args.tokens)
             failed |= not result["ok"]
             print(json.dumps(result), flush=True)
-        for impl in args.impls.split(","):
+        for impl in impls:
             try:
                 print(json.dumps(bench(name, s, impl, args)), flush=True)
             except Exception as e:  # report and go on with the other implementations

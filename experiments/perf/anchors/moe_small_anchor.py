@@ -37,7 +37,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from moe_anchor_ops import grouped_swiglu_experts, route_softmax_topk, swiglu, switch_aux_loss
+from moe_anchor_ops import (grouped_swiglu_experts, route_softmax_topk, split_choices, swiglu, switch_aux_loss,
+                            time_cuda_ms)
 
 MODES = ("eager", "compile", "transformers")
 
@@ -206,23 +207,13 @@ def run(mode, c, args):
         opt.zero_grad(set_to_none=True)
         return loss
 
-    for _ in range(args.warmup):
-        step()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(args.steps):
-        loss = step()
-    stop.record()
-    torch.cuda.synchronize()
-    seconds = start.elapsed_time(stop) / 1000.0
-    tps = args.batch * args.seq * args.steps / seconds
+    step_ms, loss = time_cuda_ms(step, args.warmup, args.steps)
+    tps = args.batch * args.seq * 1000.0 / step_ms
     active = active_params(n_params, c)
     peak = torch.cuda.max_memory_allocated()
     return {
         "anchor": "pytorch_moe_small", "mode": mode, "tokens_per_s": round(tps),
-        "step_ms": round(1000 * seconds / args.steps, 2), "peak_memory_bytes": peak,
+        "step_ms": round(step_ms, 2), "peak_memory_bytes": peak,
         "peak_memory_gb": round(peak / 1e9, 2), "params": n_params, "active_params": active,
         "mfu_775": round(tps * (6 * active + 12 * c.layers * c.d * args.seq) / 775e12, 4),
         "loss": float(loss), "batch": args.batch, "seq": args.seq, "warmup": args.warmup, "steps": args.steps,
@@ -240,14 +231,12 @@ def main():
     ap.add_argument("--hf-experts", default="grouped_mm", help="transformers' experts implementation")
     ap.add_argument("--smoke", action="store_true", help="tiny model, seq 128, batch 2, 1 step")
     args = ap.parse_args()
-    unknown = [m for m in args.modes.split(",") if m not in MODES]
-    if unknown:
-        ap.error(f"--modes: unknown mode '{unknown[0]}' (known: {', '.join(MODES)})")
+    modes = split_choices(ap, "--modes", args.modes, MODES)
     c = Shape()
     if args.smoke:
         c, args.seq, args.batch, args.warmup, args.steps = SMOKE, 128, 2, 1, 1
     failed = False
-    for mode in args.modes.split(","):
+    for mode in modes:
         t0 = time.time()
         try:
             result = run(mode, c, args)
