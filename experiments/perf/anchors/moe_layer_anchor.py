@@ -165,7 +165,7 @@ def check_grouped_matches_loop(name, s, tokens):
     """grouped_mm and the loop from the same weights: the largest difference relative to the largest output."""
     torch.manual_seed(99)
     d, num_experts, f, k = s["d"], s["experts"], s["d_expert"], s["top_k"]
-    x, router, shared = weight(tokens, d), weight(num_experts, d), shared_weights(s)
+    x, router, shared = torch.randn(tokens, d, device=DEV, dtype=DTYPE), weight(num_experts, d), shared_weights(s)
     gate_up, down = weight(num_experts, d, 2 * f), weight(num_experts, f, d)
     with torch.no_grad():
         grouped = grouped_forward(x, router, gate_up, down, k, shared).float()
