@@ -4,10 +4,13 @@
 # Usage (repo root on the H200 host, .devdeps carried):
 #   experiments/perf/run_speed.sh OUT_DIR [PARTS]   PARTS: comma list of build,tests,train,anchor,attention
 #                                                    (default all of them), layer (moe bench layer at the
-#                                                    standard shapes), moe64, moeloop, ops, and ab: MoE-small with an
-#                                                    older tree carried in .ab/ (AB_DIR) built beside
-#                                                    this one, benched back to back in the same call
-# Writes OUT_DIR/*.json|log and prints a short table last.
+#                                                    standard shapes), moe64, moeloop, ops, layer_anchor
+#                                                    (PyTorch MoE layer anchor), moe_anchor (PyTorch MoE-small
+#                                                    anchor), and ab: MoE-small with an older tree carried in
+#                                                    .ab/ (AB_DIR) built beside this one, benched back
+#                                                    to back in the same call
+# ANCHOR_ARGS (e.g. --smoke) goes to the two MoE anchor scripts. Writes OUT_DIR/*.json|log and prints a short
+# table last.
 set -uo pipefail
 out=${1:?out dir}
 parts=${2:-build,tests,train,anchor,attention}
@@ -58,6 +61,14 @@ if has ops; then
 fi
 if has anchor; then
   python3 experiments/perf/anchors/gpt2_anchor.py --warmup 3 --steps 10 2>&1 | grep '^{' | tee "$out/anchor_gpt2.jsonl"
+fi
+if has layer_anchor; then  # one MoE layer fwd+bwd at the standard shapes: loop, grouped_mm, Qwen2-MoE block, dense
+  python3 experiments/perf/anchors/moe_layer_anchor.py --warmup 3 --iters 10 ${ANCHOR_ARGS:-} \
+    2> "$out/anchor_moe_layer.log" | tee "$out/anchor_moe_layer.jsonl" || tail -20 "$out/anchor_moe_layer.log"
+fi
+if has moe_anchor; then  # MoE-small training: torchtitan-style eager and compile, transformers' Qwen2-MoE
+  python3 experiments/perf/anchors/moe_small_anchor.py --warmup 3 --steps 10 ${ANCHOR_ARGS:-} \
+    2> "$out/anchor_moe_small.log" | tee "$out/anchor_moe_small.jsonl" || tail -20 "$out/anchor_moe_small.log"
 fi
 if has attention && [[ -x experiments/perf/run_attention.sh ]]; then
   experiments/perf/run_attention.sh "$out" 2>&1 | tail -20

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Prints the speed table of one run_speed.sh output folder: the engine's benches with their
-breakdown, and the PyTorch anchors of the same run with the ratios.
+breakdown, and the PyTorch anchors of the same run (with the ratios for GPT-2; the MoE layer and
+MoE-small anchors as they ran).
 
 Usage: summarize_speed.py OUT_DIR
 """
@@ -40,6 +41,14 @@ def main():
             parts = sorted(b["ms_per_step"].items(), key=lambda kv: -kv[1])
             print(f"  breakdown (step {b['step_ms']:.1f} ms, {b['ops_per_step']:.0f} ops, idle {b['idle_ms_per_step']:.1f} ms): "
                   + ", ".join(f"{k} {v:.1f}" for k, v in parts))
+    for r in read_json_lines(out / "anchor_moe_layer.jsonl"):
+        if "impl" in r:
+            what = r.get("error") or f"{r['ms']:.3f} ms, {r['expert_tflops']:.1f} expert TFLOP/s"
+            print(f"PyTorch MoE layer {r['shape']} {r['impl']}: {what}")
+    for r in read_json_lines(out / "anchor_moe_small.jsonl"):
+        what = r.get("error") or (f"{r['tokens_per_s']:,} tok/s, step {r['step_ms']:.1f} ms, "
+                                  f"peak {r['peak_memory_bytes'] / 1e9:.2f} GB")
+        print(f"PyTorch MoE-small {r['mode']}: {what}")
 
 
 if __name__ == "__main__":
