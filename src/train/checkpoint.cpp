@@ -157,17 +157,17 @@ CheckpointFiles read_checkpoint_files(const std::string& dir, bool with_optimize
 }
 
 void CheckpointFiles::check_names(const std::set<std::string>& names) const {
-  std::set<std::string> expected;  // every name the checkpoint must hold, in both files
+  std::set<std::string> expected;  // "0 <weight>", "1 <moment>": weights sort first
   for (const std::string& name : names) {
-    expected.insert("w " + name);
+    expected.insert("0 " + name);
     if (!moments.tensors.empty()) {
-      expected.insert("m " + name + ".exp_avg");
-      expected.insert("m " + name + ".exp_avg_sq");
+      expected.insert("1 " + name + ".exp_avg");
+      expected.insert("1 " + name + ".exp_avg_sq");
     }
   }
   std::set<std::string> held;
-  for (const auto& [name, t] : weights.tensors) held.insert("w " + name);
-  for (const auto& [name, t] : moments.tensors) held.insert("m " + name);
+  for (const auto& [name, t] : weights.tensors) held.insert("0 " + name);
+  for (const auto& [name, t] : moments.tensors) held.insert("1 " + name);
   std::vector<std::string> missing, extra;
   for (const std::string& key : expected) if (!held.count(key)) missing.push_back(key);
   for (const std::string& key : held) if (!expected.count(key)) extra.push_back(key);
