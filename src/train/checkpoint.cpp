@@ -178,10 +178,12 @@ void CheckpointFiles::check_names(const std::set<std::string>& names) const {
     if (keys.size() > 8) out += " and " + std::to_string(keys.size() - 8) + " more";
     return out;
   };
-  MOE_FAIL("checkpoint ", dir, " does not match the model: ",
-           missing.empty() ? "" : std::to_string(missing.size()) + " tensor(s) missing (" + list(missing) + ")",
-           !missing.empty() && !extra.empty() ? "; " : "",
-           extra.empty() ? "" : std::to_string(extra.size()) + " tensor(s) the model does not have (" + list(extra) + ")",
+  std::string what = missing.empty() ? "" : std::to_string(missing.size()) + " tensor(s) missing (" + list(missing) + ")";
+  if (!extra.empty()) {
+    what += (what.empty() ? "" : "; ") + std::to_string(extra.size()) + " tensor(s) the model does not have (" +
+            list(extra) + ")";
+  }
+  MOE_FAIL("checkpoint ", dir, " does not match the model: ", what,
            "; was it saved from another model shape (model.num_layers, moe.*)?");
 }
 

@@ -37,8 +37,9 @@ TEST_CASE("a locked directory is refused naming it and the holder's pid, then fr
   std::getline(std::ifstream(dir.path / ".lock"), text);
   REQUIRE(text == pid);
   // flock locks an open file: a second open, even in the same process, is refused.
-  REQUIRE_THROWS_WITH(DirLock(dir.path), Contains("run directory " + dir.path.string() + " is in use by another run (pid " +
-                                                  pid + " holds " + (dir.path / ".lock").string() + ")"));
+  const std::string lock_file = (dir.path / ".lock").string();
+  REQUIRE_THROWS_WITH(DirLock(dir.path), Contains("run directory " + dir.path.string() +
+                                                  " is in use by another run (pid " + pid + " holds " + lock_file + ")"));
   DirLock moved(std::move(*first));  // a moved lock is still held
   first.reset();
   REQUIRE_THROWS_WITH(DirLock(dir.path), Contains("is in use"));

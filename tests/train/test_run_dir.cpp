@@ -43,7 +43,8 @@ std::vector<std::string> keys(const std::vector<ConfigChange>& changes) {
 TEST_CASE("staging left by killed saves is removed; an only copy is restored", "[train][run_dir]") {
   test::TempDir dir("moe-run-dir-staging");
   const std::string run = dir.str("run"), root = run + "/checkpoints";
-  for (const char* name : {"step_1", "step_2", "step_3.tmp-11", "step_2.old-12", "step_4.old-13", "step_5.deleting-14"}) {
+  for (const char* name :
+       {"step_1", "step_2", "step_3.tmp-11", "step_2.old-12", "step_4.old-13", "step_5.deleting-14"}) {
     fs::create_directories(root + "/" + name);
   }
   std::ofstream(root + "/step_4.old-13/model.safetensors") << "x";
