@@ -28,7 +28,8 @@ fi
 if [[ $what == dp || $what == all ]]; then
   # Two GPUs with one micro-batch each against one GPU accumulating two (the same global batch).
   q=experiments/quickstart/config.toml
-  common=(--set train.steps=20 --set train.log_every=1 --set train.eval_every=0 --set train.micro_batch_size=8)
+  common=(--set train.steps=20 --set train.log_every=1 --set train.eval_every=0 --set train.micro_batch_size=8
+          --set train.overwrite=true)
   build/moe train $q "${common[@]}" --set train.grad_accum=2 --set train.run_dir=runs/dp1 > "$out/dp1.log" 2>&1
   mpirun --oversubscribe -np 2 -x LD_LIBRARY_PATH -x NCCL_NVLS_ENABLE build/moe train $q "${common[@]}" \
     --set train.grad_accum=1 --set train.run_dir=runs/dp2 > "$out/dp2.log" 2>&1
@@ -38,7 +39,7 @@ if [[ $what == parallel ]]; then
   # Issue 4 on two GPUs: the one-GPU run (2 micro-batches accumulated) against each layout.
   q=experiments/quickstart/config.toml
   common=(--set train.steps=20 --set train.log_every=1 --set train.eval_every=0 --set train.micro_batch_size=8
-          --set optim.lr=1e-3 --set train.save_every=0)
+          --set optim.lr=1e-3 --set train.save_every=0 --set train.overwrite=true)
   build/moe train $q "${common[@]}" --set train.grad_accum=2 --set train.run_dir=runs/ref > /tmp/ref.log 2>&1
   mpi=(mpirun --oversubscribe -np 2 -x LD_LIBRARY_PATH -x NCCL_NVLS_ENABLE)
   : > "$out/layouts.txt"
@@ -68,7 +69,7 @@ if [[ $what == mp2 ]]; then
   # steps (4 micro-batches of 8 sequences per step), then MoE-small's speed in each layout.
   q=experiments/quickstart/config.toml
   common=(--set train.steps=20 --set train.log_every=1 --set train.eval_every=0 --set train.micro_batch_size=8
-          --set train.grad_accum=4 --set optim.lr=1e-3 --set train.save_every=0)
+          --set train.grad_accum=4 --set optim.lr=1e-3 --set train.save_every=0 --set train.overwrite=true)
   build/moe train $q "${common[@]}" --set train.run_dir=runs/mp_ref > "$out/mp_ref.log" 2>&1 || tail -5 "$out/mp_ref.log"
   : > "$out/layouts_mp2.txt"
   IFS=, read -ra mp_layouts <<< "${MP_LAYOUTS:-tp=2,pp=2,pp=2 pp_schedule=gpipe,tp=2 recompute,pp=2 recompute}"

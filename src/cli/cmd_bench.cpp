@@ -123,7 +123,7 @@ void add_bench_command(CLI::App& app, CommandRunner& run) {
   add_layer_bench(*bench, run);
   cmd->callback([&run, options, warmup, steps, breakdown] {
     run = [options, warmup, steps, breakdown](MpiEnv& env) {
-      RunContext ctx = setup_run(*options, env, false);
+      RunContext ctx = setup_run(*options, env);
       nlohmann::json result = ctx.trainer->bench(*warmup, *steps, *breakdown);
       result["config"] = options->config_path;
       if (ctx.world->rank() == 0) std::printf("%s\n", result.dump().c_str());

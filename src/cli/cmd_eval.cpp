@@ -18,7 +18,7 @@ void add_eval_command(CLI::App& app, CommandRunner& run) {
   cmd->add_option("--batches", *batches, "batches per rank (0 = the whole validation split)");
   cmd->callback([&run, options, checkpoint, batches] {
     run = [options, checkpoint, batches](MpiEnv& env) {
-      RunContext ctx = setup_run(*options, env, false);
+      RunContext ctx = setup_run(*options, env);
       ctx.trainer->load_checkpoint(resolve_checkpoint(ctx.config.train.run_dir, *checkpoint), false);
       EvalResult r = ctx.trainer->evaluate(*batches);
       nlohmann::json out = {{"val_loss", r.loss}, {"val_ppl", std::exp(r.loss)}, {"val_tokens", r.tokens}};

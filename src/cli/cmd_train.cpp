@@ -13,7 +13,7 @@ void add_train_command(CLI::App& app, CommandRunner& run) {
   add_run_options(*cmd, *options);
   cmd->callback([&run, options] {
     run = [options](MpiEnv& env) {
-      RunContext ctx = setup_run(*options, env, true);
+      RunContext ctx = setup_run(*options, env);
       ctx.trainer->train();
       return 0;
     };

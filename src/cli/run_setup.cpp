@@ -1,9 +1,6 @@
 // Shared set-up of train / bench / eval: config, communicator on the run's device, trainer.
 #include "src/cli/run_setup.h"
 
-#include <filesystem>
-
-#include "src/io/atomic_dir.h"
 #include "src/train/device_select.h"
 
 namespace moe {
@@ -13,15 +10,11 @@ void add_run_options(CLI::App& cmd, RunOptions& options) {
   cmd.add_option("--set", options.overrides, "override a key: section.key=value (repeatable)");
 }
 
-RunContext setup_run(const RunOptions& options, MpiEnv& env, bool write_resolved) {
+RunContext setup_run(const RunOptions& options, MpiEnv& env) {
   RunContext ctx;
   ctx.config = load_config(options.config_path, options.overrides);
   Device device = select_device(ctx.config.train, env.local_rank());
   ctx.world = make_world_communicator(device);
-  if (write_resolved && ctx.world->rank() == 0) {
-    std::filesystem::create_directories(ctx.config.train.run_dir);
-    write_file_atomically(ctx.config.train.run_dir + "/config.toml", to_toml(ctx.config));
-  }
   ctx.trainer = std::make_unique<Trainer>(ctx.config, env.local_rank(), *ctx.world);
   return ctx;
 }

@@ -1,5 +1,5 @@
-// What the training-like commands share: reading the config with overrides, writing the
-// resolved config into the run directory, and building the communicator and the trainer.
+// What the training-like commands share: reading the config with overrides and building the
+// communicator and the trainer.
 #pragma once
 
 #include <memory>
@@ -26,7 +26,7 @@ struct RunContext {
   std::unique_ptr<Communicator> world;
   std::unique_ptr<Trainer> trainer;
 };
-// write_resolved: rank 0 writes <run_dir>/config.toml (atomically).
-RunContext setup_run(const RunOptions& options, MpiEnv& env, bool write_resolved);
+// The resolved config is written into the run directory by Trainer::train (after its lock and checks).
+RunContext setup_run(const RunOptions& options, MpiEnv& env);
 
 }  // namespace moe

@@ -79,6 +79,8 @@ struct TrainConfig {              // [train]
   int64_t save_every = 0;         // 0 = only at the end
   std::string run_dir = "runs/default";
   std::string resume = "";        // "" | "latest" | a checkpoint directory
+  bool overwrite = false;         // a fresh run may clear run_dir's old checkpoints and metrics
+  int64_t keep_last = 0;          // checkpoints kept after each save (0 = all)
   std::string device = "auto";    // auto | cpu | cuda
   std::string dtype = "";         // "" = f32 on cpu, bf16 on cuda; f64 allowed on cpu
   bool recompute = false;         // activation recomputation: keep only each block's input, rerun its forward in backward
@@ -155,5 +157,13 @@ Config parse_config(const std::string& toml_text, const std::string& source_name
 void validate_config(const Config& config);
 // The resolved config as TOML (every key, defaults included); parse_config(to_toml(c)) == c.
 std::string to_toml(const Config& config);
+
+// One key whose value differs between two configs, the values as TOML text ("4", "\"rope\"").
+struct ConfigChange {
+  std::string key;  // "train.steps"
+  std::string before, after;
+};
+// Every key that differs, in declaration order (source_path is not a key).
+std::vector<ConfigChange> config_changes(const Config& before, const Config& after);
 
 }  // namespace moe

@@ -49,7 +49,8 @@ void add_train_fields(TrainConfig& t, std::vector<Field>& out) {
                          {s, "grad_accum", &t.grad_accum}, {s, "log_every", &t.log_every},
                          {s, "eval_every", &t.eval_every}, {s, "eval_batches", &t.eval_batches},
                          {s, "save_every", &t.save_every}, {s, "run_dir", &t.run_dir},
-                         {s, "resume", &t.resume},         {s, "device", &t.device},
+                         {s, "resume", &t.resume},         {s, "overwrite", &t.overwrite},
+                         {s, "keep_last", &t.keep_last},   {s, "device", &t.device},
                          {s, "dtype", &t.dtype},           {s, "recompute", &t.recompute}});
 }
 

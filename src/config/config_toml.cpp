@@ -1,5 +1,6 @@
 // Config -> TOML: every key of every section in declaration order, doubles in their shortest
-// round-trip form, so that parse_config(to_toml(c)) reproduces c exactly (the run-dir copy).
+// round-trip form, so that parse_config(to_toml(c)) reproduces c exactly (the run-dir copy); and
+// the keys two configs differ in, as that text (what a resume compares).
 #include <charconv>
 #include <cstdio>
 #include <sstream>
@@ -87,6 +88,19 @@ std::string to_toml(const Config& config) {
     out << field.key << " = " << std::visit(FormatValue{}, field.target) << "\n";
   }
   return out.str();
+}
+
+std::vector<ConfigChange> config_changes(const Config& before, const Config& after) {
+  Config a = before, b = after;
+  std::vector<config_internal::Field> fields_a = config_internal::config_fields(a);
+  std::vector<config_internal::Field> fields_b = config_internal::config_fields(b);
+  std::vector<ConfigChange> changes;
+  for (size_t i = 0; i < fields_a.size(); ++i) {
+    std::string old_text = std::visit(FormatValue{}, fields_a[i].target);
+    std::string new_text = std::visit(FormatValue{}, fields_b[i].target);
+    if (old_text != new_text) changes.push_back({fields_a[i].name(), old_text, new_text});
+  }
+  return changes;
 }
 
 }  // namespace moe

@@ -1,10 +1,12 @@
 // Checkpoint writing and reading through safetensors and an atomic directory swap.
 #include "src/train/checkpoint.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <regex>
+#include <set>
 #include <type_traits>
 
 #include <nlohmann/json.hpp>
@@ -124,12 +126,7 @@ void write_checkpoint(const std::string& dir, const ParamStore& params, const Ad
   write_checkpoint_tensors(dir, t, state, config);
 }
 
-CheckpointFiles read_checkpoint_files(const std::string& dir, bool with_optimizer) {
-  MOE_CHECK(fs::is_directory(dir), "checkpoint directory ", dir, " does not exist");
-  CheckpointFiles files;
-  files.dir = dir;
-  files.weights = read_safetensors(dir + "/model.safetensors");
-  if (with_optimizer) files.moments = read_safetensors(dir + "/optimizer.safetensors");
+TrainerState read_trainer_state(const std::string& dir) {
   std::string state_path = dir + "/trainer_state.json";
   require_regular_file(state_path, "cannot open checkpoint state");  // before opening: a FIFO would block
   std::ifstream state_file(state_path);
@@ -142,10 +139,52 @@ CheckpointFiles read_checkpoint_files(const std::string& dir, bool with_optimize
   }
   MOE_CHECK(state_json.is_object(), "corrupt checkpoint ", state_path, ": not a JSON object but a JSON ",
             state_json.type_name());
-  files.state.step = state_field(state_json, "step", int64_t{0}, state_path);
-  files.state.seed = state_field(state_json, "seed", uint64_t{0}, state_path);
-  files.state.world_size = state_field(state_json, "world_size", int64_t{1}, state_path);
+  TrainerState state;
+  state.step = state_field(state_json, "step", int64_t{0}, state_path);
+  state.seed = state_field(state_json, "seed", uint64_t{0}, state_path);
+  state.world_size = state_field(state_json, "world_size", int64_t{1}, state_path);
+  return state;
+}
+
+CheckpointFiles read_checkpoint_files(const std::string& dir, bool with_optimizer) {
+  MOE_CHECK(fs::is_directory(dir), "checkpoint directory ", dir, " does not exist");
+  CheckpointFiles files;
+  files.dir = dir;
+  files.weights = read_safetensors(dir + "/model.safetensors");
+  if (with_optimizer) files.moments = read_safetensors(dir + "/optimizer.safetensors");
+  files.state = read_trainer_state(dir);
   return files;
+}
+
+void CheckpointFiles::check_names(const std::set<std::string>& names) const {
+  std::set<std::string> expected;  // "0 <weight>", "1 <moment>": weights sort first
+  for (const std::string& name : names) {
+    expected.insert("0 " + name);
+    if (!moments.tensors.empty()) {
+      expected.insert("1 " + name + ".exp_avg");
+      expected.insert("1 " + name + ".exp_avg_sq");
+    }
+  }
+  std::set<std::string> held;
+  for (const auto& [name, t] : weights.tensors) held.insert("0 " + name);
+  for (const auto& [name, t] : moments.tensors) held.insert("1 " + name);
+  std::vector<std::string> missing, extra;
+  for (const std::string& key : expected) if (!held.count(key)) missing.push_back(key);
+  for (const std::string& key : held) if (!expected.count(key)) extra.push_back(key);
+  if (missing.empty() && extra.empty()) return;
+  auto list = [](const std::vector<std::string>& keys) {  // the first 8 names, then a count
+    std::string out;
+    for (size_t i = 0; i < keys.size() && i < 8; ++i) out += (i ? ", '" : "'") + keys[i].substr(2) + "'";
+    if (keys.size() > 8) out += " and " + std::to_string(keys.size() - 8) + " more";
+    return out;
+  };
+  std::string what = missing.empty() ? "" : std::to_string(missing.size()) + " tensor(s) missing (" + list(missing) + ")";
+  if (!extra.empty()) {
+    what += (what.empty() ? "" : "; ") + std::to_string(extra.size()) + " tensor(s) the model does not have (" +
+            list(extra) + ")";
+  }
+  MOE_FAIL("checkpoint ", dir, " does not match the model: ", what,
+           "; was it saved from another model shape (model.num_layers, moe.*)?");
 }
 
 Tensor CheckpointFiles::take(const ParamInfo& info, const std::string& name, bool from_moments) const {
@@ -160,6 +199,9 @@ Tensor CheckpointFiles::take(const ParamInfo& info, const std::string& name, boo
 
 TrainerState read_checkpoint(const std::string& dir, ParamStore& params, AdamW* optimizer) {
   CheckpointFiles files = read_checkpoint_files(dir, optimizer != nullptr);
+  std::set<std::string> names;
+  for (const ParamInfo& info : params.infos()) names.insert(info.name);
+  files.check_names(names);
   for (size_t i = 0; i < params.infos().size(); ++i) {
     auto id = static_cast<ParamId>(i);
     const ParamInfo& info = params.info(id);
@@ -172,23 +214,30 @@ TrainerState read_checkpoint(const std::string& dir, ParamStore& params, AdamW* 
   return files.state;
 }
 
+std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string& run_dir) {
+  std::vector<std::pair<int64_t, std::string>> out;
+  fs::path root = fs::path(run_dir) / "checkpoints";
+  std::error_code error;
+  if (!fs::is_directory(root, error)) return out;
+  static const std::regex pattern("step_([0-9]{1,18})");
+  for (const auto& entry : fs::directory_iterator(root)) {
+    std::smatch m;
+    std::string name = entry.path().filename().string();
+    if (entry.is_directory() && std::regex_match(name, m, pattern)) {
+      out.emplace_back(std::stoll(m[1]), entry.path().string());
+    }
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
 std::string resolve_checkpoint(const std::string& run_dir, const std::string& resume) {
   if (resume != "latest") return resume;
   fs::path root = fs::path(run_dir) / "checkpoints";
   MOE_CHECK(fs::is_directory(root), "train.resume = \"latest\" but ", root.string(), " does not exist");
-  static const std::regex pattern("step_([0-9]+)");
-  int64_t best = -1;
-  std::string best_path;
-  for (const auto& entry : fs::directory_iterator(root)) {
-    std::smatch m;
-    std::string name = entry.path().filename().string();
-    if (entry.is_directory() && std::regex_match(name, m, pattern) && std::stoll(m[1]) > best) {
-      best = std::stoll(m[1]);
-      best_path = entry.path().string();
-    }
-  }
-  MOE_CHECK(best >= 0, "train.resume = \"latest\" but ", root.string(), " holds no step_<N> checkpoint");
-  return best_path;
+  auto steps = list_checkpoints(run_dir);
+  MOE_CHECK(!steps.empty(), "train.resume = \"latest\" but ", root.string(), " holds no step_<N> checkpoint");
+  return steps.back().second;
 }
 
 }  // namespace moe

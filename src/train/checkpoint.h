@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -51,11 +52,19 @@ struct CheckpointFiles {
   // The canonical tensor `name` (from moments when from_moments), rows [row_offset,
   // row_offset + shape[0]) of it when `info` is a row shard; its shape checked against info.
   Tensor take(const ParamInfo& info, const std::string& name, bool from_moments) const;
+  // Throws unless the weights hold exactly `names` (the whole model's canonical names) and, when
+  // moments were read, the moments exactly their ".exp_avg" and ".exp_avg_sq": a checkpoint of
+  // more or fewer layers is refused, naming the missing and the extra tensors.
+  void check_names(const std::set<std::string>& names) const;
 };
 CheckpointFiles read_checkpoint_files(const std::string& dir, bool with_optimizer);
-// Loads weights into params (every parameter must be present with its shape); with an
+// <dir>/trainer_state.json alone (its fields type-checked, errors naming the file).
+TrainerState read_trainer_state(const std::string& dir);
+// Loads weights into params (every parameter present with its shape, no other tensor); with an
 // optimizer also its moments. Returns the trainer state.
 TrainerState read_checkpoint(const std::string& dir, ParamStore& params, AdamW* optimizer);
+// The committed <run_dir>/checkpoints/step_<N> directories as (N, path), by step; none when absent.
+std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string& run_dir);
 // "latest" -> the highest checkpoints/step_<N> under run_dir; anything else is a directory path.
 std::string resolve_checkpoint(const std::string& run_dir, const std::string& resume);
 

@@ -16,6 +16,7 @@
 #include "src/train/lr_schedule.h"
 #include "src/train/distributed_optimizer.h"
 #include "src/train/pipeline_schedule.h"
+#include "src/train/run_dir.h"
 
 namespace moe {
 
@@ -182,6 +183,11 @@ void Trainer::log_step(const StepResult& r, double lr, double step_seconds, doub
 void Trainer::train() {
   const TrainConfig& t = config_.train;
   MOE_CHECK(sampler_, "data.train_path is empty: training needs a token shard (see `moe tokenize`)");
+  // Rank 0 alone writes the run directory, so it alone holds the lock (docs/config.md, "Run
+  // directories"); an error there aborts every rank.
+  std::optional<DirLock> lock;
+  if (is_root()) lock.emplace(prepare_run_dir(config_, sampler_->global_batch()));
+  world_->barrier();  // staging cleaned, resume checked before any rank reads a checkpoint
   if (!t.resume.empty()) load_checkpoint(resolve_checkpoint(t.run_dir, t.resume), true);
   metrics_ = std::make_unique<MetricsWriter>(is_root() ? t.run_dir + "/metrics.jsonl" : "");
   if (is_root()) {

@@ -6,6 +6,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -84,6 +85,9 @@ class Trainer {
   void sum_tp_partial_grads(const ParamUnit* only);
   bool is_root() const { return world_->rank() == 0; }
   Tensor full_tensor(const ParamInfo& info, const Tensor& host_local);
+  // Every parameter's canonical name: on the first pipeline stage the whole model's (the other
+  // stages send theirs; collective over the pipeline group), elsewhere this stage's.
+  std::set<std::string> model_param_names();
 
   Config config_;
   Communicator* world_;

@@ -2,9 +2,11 @@
 // EP or TP shards, each pipeline stage's root sends its stage's tensors to rank 0, which writes
 // the one checkpoint; loading takes each rank's part of the canonical tensors.
 #include <cstdio>
+#include <set>
 #include <sstream>
 
 #include "src/train/checkpoint.h"
+#include "src/train/run_dir.h"
 #include "src/train/trainer.h"
 
 namespace moe {
@@ -20,6 +22,19 @@ Tensor recv_host(Communicator& comm, const Shape& shape, DType dtype, int peer) 
   Tensor t = Tensor::empty(shape, dtype, comm.device());
   comm.recv(t, peer);
   return t.to(Device::cpu());
+}
+
+// Text as a length then its characters (i32), for the same reason.
+void send_text(Communicator& comm, const std::string& text, int peer) {
+  std::vector<int32_t> chars(text.begin(), text.end());
+  send_host(comm, Tensor::from_vector(std::vector<int64_t>{static_cast<int64_t>(chars.size())}, {1}, DType::i64), peer);
+  send_host(comm, Tensor::from_vector(chars, {static_cast<int64_t>(chars.size())}, DType::i32), peer);
+}
+
+std::string recv_text(Communicator& comm, int peer) {
+  const int64_t length = recv_host(comm, {1}, DType::i64, peer).to_vector<int64_t>()[0];
+  std::vector<int32_t> chars = recv_host(comm, {length}, DType::i32, peer).to_vector<int32_t>();
+  return std::string(chars.begin(), chars.end());
 }
 
 // One line per tensor: "w|m <name> <dim> <dim> ...". Names hold no spaces.
@@ -40,17 +55,12 @@ std::string describe(const CheckpointTensors& tensors) {
 void gather_stage_tensors(Communicator& pp, CheckpointTensors& tensors) {
   for (int stage = 1; stage < pp.size(); ++stage) {
     if (pp.rank() == stage) {
-      std::string header = describe(tensors);
-      std::vector<int32_t> chars(header.begin(), header.end());
-      send_host(pp, Tensor::from_vector(std::vector<int64_t>{static_cast<int64_t>(chars.size())}, {1}, DType::i64), 0);
-      send_host(pp, Tensor::from_vector(chars, {static_cast<int64_t>(chars.size())}, DType::i32), 0);
+      send_text(pp, describe(tensors), 0);
       for (const auto* list : {&tensors.weights, &tensors.moments}) {
         for (const auto& entry : *list) send_host(pp, entry.second, 0);
       }
     } else if (pp.rank() == 0) {
-      const int64_t length = recv_host(pp, {1}, DType::i64, stage).to_vector<int64_t>()[0];
-      std::vector<int32_t> chars = recv_host(pp, {length}, DType::i32, stage).to_vector<int32_t>();
-      std::istringstream lines(std::string(chars.begin(), chars.end()));
+      std::istringstream lines(recv_text(pp, stage));
       std::string line;
       while (std::getline(lines, line)) {
         std::istringstream fields(line);
@@ -112,13 +122,38 @@ void Trainer::save_checkpoint() {
   if (is_root()) {
     write_checkpoint_tensors(dir, tensors, {step_, config_.train.seed, world_->size()}, config_);
     std::printf("saved checkpoint %s\n", dir.c_str());
+    for (const std::string& old : prune_checkpoints(config_.train.run_dir, config_.train.keep_last, dir)) {
+      std::printf("removed checkpoint %s (train.keep_last = %lld)\n", old.c_str(),
+                  static_cast<long long>(config_.train.keep_last));
+    }
   }
   world_->barrier();
+}
+
+std::set<std::string> Trainer::model_param_names() {
+  std::set<std::string> names;
+  for (const ParamInfo& info : model_->params().infos()) names.insert(info.name);
+  if (topology_.pp == 1) return names;
+  Communicator& pp = *groups_.pp;
+  if (pp.rank() != 0) {
+    std::string text;
+    for (const std::string& name : names) text += name + "\n";
+    send_text(pp, text, 0);
+    return names;
+  }
+  for (int stage = 1; stage < pp.size(); ++stage) {
+    std::istringstream lines(recv_text(pp, stage));
+    for (std::string name; std::getline(lines, name);) names.insert(name);
+  }
+  return names;
 }
 
 void Trainer::load_checkpoint(const std::string& dir, bool with_optimizer) {
   // Any layout loads any checkpoint: each rank takes its part of the canonical tensors.
   CheckpointFiles files = read_checkpoint_files(dir, with_optimizer);
+  std::set<std::string> names = model_param_names();  // collective over the pipeline group
+  // The first stage knows every stage's names; the others miss only what take() names.
+  if (topology_.coords.pp == 0) files.check_names(names);
   ParamStore& store = model_->params();
   for (size_t i = 0; i < store.infos().size(); ++i) {
     auto id = static_cast<ParamId>(i);

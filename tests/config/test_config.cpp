@@ -478,6 +478,7 @@ TEST_CASE("every range rule has its message") {
       {"train.eval_every=-1", "train.eval_every = -1 must be at least 0"},
       {"train.eval_batches=0", "train.eval_batches = 0 must be at least 1"},
       {"train.save_every=-5", "train.save_every = -5 must be at least 0"},
+      {"train.keep_last=-1", "train.keep_last = -1 must be at least 0"},
       {"train.run_dir=", "train.run_dir must not be empty"},
       {"train.device=gpu", "train.device = 'gpu' is not one of: auto, cpu, cuda"},
       {"train.dtype=fp16", "train.dtype = 'fp16' is not one of: \"\", f32, f64, bf16"},
@@ -521,6 +522,31 @@ TEST_CASE("every range rule has its message") {
   CHECK_NOTHROW(parse_set({"model.objective=causal_lm"}));
   CHECK_NOTHROW(parse_set({"moe.activation=", "train.dtype=bf16", "train.resume=runs/x/step_100",
                            "moe.first_dense=2", "moe.num_experts=4", "moe.top_k=4", "optim.min_lr=0.003"}));
+}
+
+TEST_CASE("run-directory keys and config_changes (what a resume compares)") {
+  moe::Config d;
+  CHECK(d.train.overwrite == false);
+  CHECK(d.train.keep_last == 0);
+  moe::Config c = parse_set({"train.overwrite=true", "train.keep_last=3"});
+  CHECK(c.train.overwrite);
+  CHECK(c.train.keep_last == 3);
+  CHECK(moe::config_changes(c, c).empty());
+  moe::Config other = c;
+  other.source_path = "elsewhere.toml";  // not a key
+  other.model.rope_theta = 5e5;
+  other.moe.layer_routers = {"hash"};
+  other.train.run_dir = "runs/b";
+  const std::vector<moe::ConfigChange> changes = moe::config_changes(c, other);
+  REQUIRE(changes.size() == 3);
+  CHECK(changes[0].key == "model.rope_theta");
+  CHECK(changes[0].before == "10000.0");
+  CHECK(changes[0].after == "5e+05");  // as to_toml writes it
+  CHECK(changes[1].key == "moe.layer_routers");
+  CHECK(changes[1].before == "[]");
+  CHECK(changes[1].after == "[\"hash\"]");
+  CHECK(changes[2].key == "train.run_dir");
+  CHECK(changes[2].after == "\"runs/b\"");
 }
 
 TEST_CASE("docs/config.md documents every key and its example parses") {

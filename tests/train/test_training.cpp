@@ -203,6 +203,25 @@ TEST_CASE("truncated and corrupt checkpoints are rejected with a clear message",
     Trainer trainer(other, 0, *world);
     REQUIRE_THROWS_WITH(trainer.load_checkpoint(ckpt, true), Contains("but the model expects"));
   }
+  SECTION("a checkpoint of more layers (its extra tensors were ignored)") {
+    Config fewer = c;
+    fewer.model.num_layers = 1;
+    fewer.moe.first_dense = 0;
+    Trainer trainer(fewer, 0, *world);
+    REQUIRE_THROWS_WITH(trainer.load_checkpoint(ckpt, true),
+                        Contains("checkpoint " + ckpt + " does not match the model: ") &&
+                            Contains("tensor(s) missing ('layers.0.moe.") &&
+                            Contains("tensor(s) the model does not have ('layers.0.ffn.") &&
+                            Contains("'layers.1.attn.wk'"));
+    REQUIRE_THROWS_WITH(trainer.load_checkpoint(ckpt, false), Contains("does not match the model"));
+  }
+  SECTION("a checkpoint of fewer layers") {
+    Config more = c;
+    more.model.num_layers = 3;
+    Trainer trainer(more, 0, *world);
+    REQUIRE_THROWS_WITH(trainer.load_checkpoint(ckpt, false),
+                        Contains("tensor(s) missing ('layers.2.attn.wk'") && !Contains("does not have"));
+  }
   SECTION("latest without checkpoints") {
     REQUIRE_THROWS_WITH(resolve_checkpoint(dir.str("empty-run"), "latest"), Contains("does not exist"));
   }
