@@ -51,6 +51,7 @@ void add_train_fields(TrainConfig& t, std::vector<Field>& out) {
                          {s, "save_every", &t.save_every}, {s, "run_dir", &t.run_dir},
                          {s, "resume", &t.resume},         {s, "device", &t.device},
                          {s, "dtype", &t.dtype},           {s, "recompute", &t.recompute}});
+  out.push_back({s, "verify_checkpoints", &t.verify_checkpoints});
 }
 
 void add_optim_fields(OptimConfig& o, std::vector<Field>& out) {

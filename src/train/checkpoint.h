@@ -1,6 +1,6 @@
 // Checkpoints: checkpoints/step_<N>/ holds model.safetensors (master weights by canonical
-// name), optimizer.safetensors (AdamW moments), trainer_state.json and the resolved
-// config.toml; the directory is written atomically (temp directory + rename).
+// name), optimizer.safetensors (AdamW moments), trainer_state.json, the resolved config.toml
+// and checksums.json (each file's size and CRC-32C); the directory is written atomically.
 #pragma once
 
 #include <cstdint>
@@ -52,10 +52,12 @@ struct CheckpointFiles {
   // row_offset + shape[0]) of it when `info` is a row shard; its shape checked against info.
   Tensor take(const ParamInfo& info, const std::string& name, bool from_moments) const;
 };
-CheckpointFiles read_checkpoint_files(const std::string& dir, bool with_optimizer);
-// Loads weights into params (every parameter must be present with its shape); with an
-// optimizer also its moments. Returns the trainer state.
-TrainerState read_checkpoint(const std::string& dir, ParamStore& params, AdamW* optimizer);
+// verify: each file's CRC-32C is compared with the checkpoint's checksums.json (sizes always are,
+// where it has one); a mismatch throws naming the file (train.verify_checkpoints).
+CheckpointFiles read_checkpoint_files(const std::string& dir, bool with_optimizer, bool verify = true);
+// Loads weights into params (every parameter must be present with its shape and a floating-point
+// dtype); with an optimizer also its moments. Returns the trainer state.
+TrainerState read_checkpoint(const std::string& dir, ParamStore& params, AdamW* optimizer, bool verify = true);
 // "latest" -> the highest checkpoints/step_<N> under run_dir; anything else is a directory path.
 std::string resolve_checkpoint(const std::string& run_dir, const std::string& resume);
 

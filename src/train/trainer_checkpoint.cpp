@@ -118,7 +118,7 @@ void Trainer::save_checkpoint() {
 
 void Trainer::load_checkpoint(const std::string& dir, bool with_optimizer) {
   // Any layout loads any checkpoint: each rank takes its part of the canonical tensors.
-  CheckpointFiles files = read_checkpoint_files(dir, with_optimizer);
+  CheckpointFiles files = read_checkpoint_files(dir, with_optimizer, config_.train.verify_checkpoints);
   ParamStore& store = model_->params();
   for (size_t i = 0; i < store.infos().size(); ++i) {
     auto id = static_cast<ParamId>(i);

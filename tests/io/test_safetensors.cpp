@@ -352,8 +352,13 @@ TEST_CASE("a write failing with ENOSPC is one clear error and replaces nothing",
 TEST_CASE("write_safetensors returns the size of the file it wrote", "[train]") {
   ScratchDir dir;
   Tensor t = Tensor::from_vector(std::vector<float>{1, 2, 3}, {3}, DType::f32);
-  uint64_t bytes = write_safetensors(dir.path() / "a.safetensors", {{"w", t}}, {{"format", "x"}});
-  REQUIRE(bytes == fs::file_size(dir.path() / "a.safetensors"));
+  FileDigest written = write_safetensors(dir.path() / "a.safetensors", {{"w", t}}, {{"format", "x"}});
+  REQUIRE(written.num_bytes == fs::file_size(dir.path() / "a.safetensors"));
+  // The checksum is of the bytes on disk, and reading the file back with_checksum agrees.
+  std::ifstream in(dir.path() / "a.safetensors", std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  REQUIRE(written.crc32c == crc32c(bytes.data(), bytes.size()));
+  REQUIRE(read_safetensors(dir.path() / "a.safetensors", true).digest == written);
 }
 
 }  // namespace
