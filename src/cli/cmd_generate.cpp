@@ -25,10 +25,10 @@ struct GenerateOptions {
 };
 
 int run_generate(const GenerateOptions& o) {
-  MOE_CHECK(std::filesystem::is_directory(o.checkpoint), "checkpoint directory ", o.checkpoint, " does not exist");
-  Config config = load_config(o.checkpoint + "/config.toml");
   MOE_CHECK(o.device == "auto" || o.device == "cpu" || o.device == "cuda", "--device '", o.device,
             "' is not a known device (choices: auto, cpu, cuda)");
+  MOE_CHECK(std::filesystem::is_directory(o.checkpoint), "checkpoint directory ", o.checkpoint, " does not exist");
+  Config config = load_config(o.checkpoint + "/config.toml");
   config.train.device = o.device;
   Device device = select_device(config.train, 0);
   Model model(config.model, config.moe);
