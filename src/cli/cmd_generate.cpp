@@ -45,7 +45,9 @@ int run_generate(const GenerateOptions& o) {
   MOE_CHECK(!tokens.empty(), "the prompt encodes to no tokens");
   std::mt19937_64 rng(o.seed);
   const int64_t seq = config.model.seq_len;
-  for (int64_t i = 0; i < o.max_new_tokens; ++i) {
+  const size_t num_prompt = tokens.size();
+  bool eos = false;
+  for (int64_t i = 0; i < o.max_new_tokens && !eos; ++i) {
     // The last seq_len tokens, right-padded: causal attention makes the padding invisible.
     size_t begin = tokens.size() > static_cast<size_t>(seq) ? tokens.size() - seq : 0;
     std::vector<int32_t> window(tokens.begin() + static_cast<std::ptrdiff_t>(begin), tokens.end());
@@ -54,10 +56,13 @@ int run_generate(const GenerateOptions& o) {
     Tensor logits = model.logits(window, 1);
     std::vector<float> row = logits.rows(last, last + 1).to_vector<float>();
     int32_t next = sample_token(row, o.sampling, rng);
-    if (next == tokenizer.eos_id()) break;
-    tokens.push_back(next);
+    eos = next == tokenizer.eos_id();
+    if (!eos) tokens.push_back(next);
   }
   std::printf("%s\n", tokenizer.decode(tokens).c_str());
+  // On stderr, so stdout stays the text alone: how much was generated and why it stopped.
+  std::fprintf(stderr, "generate: %zu new tokens after a %zu-token prompt (%s)\n", tokens.size() - num_prompt,
+               num_prompt, eos ? "stopped at the end-of-sequence token" : "--max-new-tokens reached");
   return 0;
 }
 
