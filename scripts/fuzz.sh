@@ -23,9 +23,10 @@ if ((${#missing[@]})); then
 fi
 
 build=build-fuzz
+mkdir -p "$build"
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOE_CUDA=OFF -DMOE_FUZZ=ON \
-  -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ > "$build.configure.log" 2>&1 || {
-  cat "$build.configure.log"; exit 1; }
+  -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ > "$build/configure.log" 2>&1 || {
+  cat "$build/configure.log"; exit 1; }
 ninja -C "$build" -j "${MOE_FUZZ_JOBS:-$(nproc)}" "${targets[@]/#/fuzz_}"
 
 status=0

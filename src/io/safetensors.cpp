@@ -203,7 +203,7 @@ SafetensorsHeader read_safetensors_header(const fs::path& path) {
   json header;
   try {
     header = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for numbers like 1E4611686
     MOE_FAIL("corrupt checkpoint ", where, ": header is not valid JSON (", clipped(e.what(), k_max_parser_chars), ")");
   }
   MOE_CHECK(header.is_object(), "corrupt checkpoint ", where, ": header is not a JSON object");

@@ -176,6 +176,8 @@ TEST_CASE("corrupt and truncated safetensors files fail with one clear line", "[
   SECTION("header is not JSON") {
     require_read_error(dir, with_header("{\"a\": [1, 2", ""), "corrupt checkpoint ");
     require_read_error(dir, with_header("{\"a\": [1, 2", ""), "header is not valid JSON");
+    // A number too large for a double is the parser's out_of_range, not a parse_error (found by fuzzing).
+    require_read_error(dir, with_header("{\"a\": 4611E4611686}", ""), "header is not valid JSON");
   }
   SECTION("header is JSON but not an object") {
     require_read_error(dir, with_header("[1, 2]", ""), "header is not a JSON object");
