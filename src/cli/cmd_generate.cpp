@@ -1,5 +1,5 @@
 // `moe generate --checkpoint DIR [--prompt TEXT]`: continues a prompt with a trained model
-// (greedy with --temperature 0, else temperature and top-p sampling).
+// (greedy with --temperature 0, else temperature, top-k and top-p sampling).
 #include <cstdio>
 #include <filesystem>
 #include <random>
@@ -19,11 +19,14 @@ namespace {
 struct GenerateOptions {
   std::string checkpoint, prompt = "The", tokenizer, device = "auto";
   int64_t max_new_tokens = 64;
-  SamplingOptions sampling{0.8, 0.95};
+  SamplingOptions sampling{0.8, 0.95, 0};
   uint64_t seed = 1;
+  bool verify = true;  // the checkpoint's checksums
 };
 
 int run_generate(const GenerateOptions& o) {
+  MOE_CHECK(o.device == "auto" || o.device == "cpu" || o.device == "cuda", "--device '", o.device,
+            "' is not a known device (choices: auto, cpu, cuda)");
   MOE_CHECK(std::filesystem::is_directory(o.checkpoint), "checkpoint directory ", o.checkpoint, " does not exist");
   Config config = load_config(o.checkpoint + "/config.toml");
   config.train.device = o.device;
@@ -31,7 +34,7 @@ int run_generate(const GenerateOptions& o) {
   Model model(config.model, config.moe);
   if (device.is_cuda()) config.train.dtype = "";  // a CPU run's f64 becomes bf16 on the GPU
   model.allocate(device, select_dtype(config.train, device));
-  read_checkpoint(o.checkpoint, model.params(), nullptr);
+  read_checkpoint(o.checkpoint, model.params(), nullptr, o.verify);
 
   std::string tokenizer_path = o.tokenizer.empty() ? config.data.tokenizer : o.tokenizer;
   MOE_CHECK(!tokenizer_path.empty(), "no tokenizer: set data.tokenizer in the config or pass --tokenizer");
@@ -42,7 +45,9 @@ int run_generate(const GenerateOptions& o) {
   MOE_CHECK(!tokens.empty(), "the prompt encodes to no tokens");
   std::mt19937_64 rng(o.seed);
   const int64_t seq = config.model.seq_len;
-  for (int64_t i = 0; i < o.max_new_tokens; ++i) {
+  const size_t num_prompt = tokens.size();
+  bool eos = false;
+  for (int64_t i = 0; i < o.max_new_tokens && !eos; ++i) {
     // The last seq_len tokens, right-padded: causal attention makes the padding invisible.
     size_t begin = tokens.size() > static_cast<size_t>(seq) ? tokens.size() - seq : 0;
     std::vector<int32_t> window(tokens.begin() + static_cast<std::ptrdiff_t>(begin), tokens.end());
@@ -51,10 +56,13 @@ int run_generate(const GenerateOptions& o) {
     Tensor logits = model.logits(window, 1);
     std::vector<float> row = logits.rows(last, last + 1).to_vector<float>();
     int32_t next = sample_token(row, o.sampling, rng);
-    if (next == tokenizer.eos_id()) break;
-    tokens.push_back(next);
+    eos = next == tokenizer.eos_id();
+    if (!eos) tokens.push_back(next);
   }
   std::printf("%s\n", tokenizer.decode(tokens).c_str());
+  // On stderr, so stdout stays the text alone: how much was generated and why it stopped.
+  std::fprintf(stderr, "generate: %zu new tokens after a %zu-token prompt (%s)\n", tokens.size() - num_prompt,
+               num_prompt, eos ? "stopped at the end-of-sequence token" : "--max-new-tokens reached");
   return 0;
 }
 
@@ -68,9 +76,12 @@ void add_generate_command(CLI::App& app, CommandRunner& run) {
   cmd->add_option("--max-new-tokens", o->max_new_tokens, "tokens to generate")->check(CLI::PositiveNumber);
   cmd->add_option("--temperature", o->sampling.temperature, "0 = greedy")->check(CLI::NonNegativeNumber);
   cmd->add_option("--top-p", o->sampling.top_p, "nucleus sampling mass")->check(CLI::Range(1e-6, 1.0));
+  cmd->add_option("--top-k", o->sampling.top_k, "sample among the k likeliest tokens (0 = all)")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--seed", o->seed, "sampling seed");
   cmd->add_option("--tokenizer", o->tokenizer, "SentencePiece model (default: data.tokenizer of the config)");
   cmd->add_option("--device", o->device, "auto | cpu | cuda");
+  cmd->add_flag("!--no-verify", o->verify, "skip the checkpoint files' CRC-32C check (very large checkpoints)");
   cmd->callback([&run, o] { run = [o](MpiEnv&) { return run_generate(*o); }; });
 }
 

@@ -84,6 +84,7 @@ struct TrainConfig {              // [train]
   std::string device = "auto";    // auto | cpu | cuda
   std::string dtype = "";         // "" = f32 on cpu, bf16 on cuda; f64 allowed on cpu
   bool recompute = false;         // activation recomputation: keep only each block's input, rerun its forward in backward
+  bool verify_checkpoints = true; // check each loaded checkpoint file's CRC-32C against its checksums.json
 
   bool operator==(const TrainConfig&) const = default;
 };

@@ -52,6 +52,7 @@ void add_train_fields(TrainConfig& t, std::vector<Field>& out) {
                          {s, "resume", &t.resume},         {s, "overwrite", &t.overwrite},
                          {s, "keep_last", &t.keep_last},   {s, "device", &t.device},
                          {s, "dtype", &t.dtype},           {s, "recompute", &t.recompute}});
+  out.push_back({s, "verify_checkpoints", &t.verify_checkpoints});
 }
 
 void add_optim_fields(OptimConfig& o, std::vector<Field>& out) {

@@ -45,6 +45,8 @@ struct KeyOrigins {
 
 // validate_config with error messages located through `origins`.
 void validate_config_at(const Config& config, const KeyOrigins& origins);
+// Upper limits on sizes and on their products (config_limits.cpp), before anything multiplies them.
+void validate_sizes(const Config& config, const KeyOrigins& origins);
 // The rules that depend on what the MoE layers' router kinds can do (`kinds`: those in use,
 // router_kinds_in_use), part of validate_config_at for MoE models.
 void validate_router_kinds(const std::vector<const RouterKind*>& kinds, const Config& config,

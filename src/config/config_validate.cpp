@@ -72,9 +72,7 @@ void check_finite(Config config, const KeyOrigins& at) {
 }
 
 void validate_model(const ModelConfig& m, const KeyOrigins& at) {
-  check_positive(at, "model.vocab_size", m.vocab_size);
-  MOE_CHECK(m.vocab_size <= std::numeric_limits<int32_t>::max(), at.prefix({"model.vocab_size"}),
-            "model.vocab_size = ", m.vocab_size, " does not fit 32-bit token ids");
+  check_positive(at, "model.vocab_size", m.vocab_size);  // its upper limit is in validate_sizes
   check_positive(at, "model.d_model", m.d_model);
   check_positive(at, "model.num_layers", m.num_layers);
   check_positive(at, "model.num_heads", m.num_heads);
@@ -369,6 +367,7 @@ void validate_router_kinds(const std::vector<const RouterKind*>& kinds, const Co
 
 void validate_config_at(const Config& config, const KeyOrigins& origins) {
   check_finite(config, origins);
+  validate_sizes(config, origins);
   validate_model(config.model, origins);
   validate_moe(config.moe, config.model, origins);
   if (config.moe.num_experts > 0) validate_router_kinds(router_kinds_in_use(config.moe), config, origins);

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <bit>
 #include <cerrno>
 #include <cstdio>
@@ -247,6 +248,36 @@ void TokenDataset::copy_tokens(int64_t begin, int64_t count, int32_t* out) const
               v, " does not fit in int32");
     out[k] = static_cast<int32_t>(v);
   }
+}
+
+namespace {
+
+// The first index in [0, count) whose id is >= bound, or -1. A max per chunk keeps the hot loop
+// branch-free (it vectorises); the mapping is page-aligned and the headers keep tokens aligned.
+template <typename T>
+int64_t first_id_at_least(const T* ids, int64_t count, uint64_t bound) {
+  constexpr int64_t k_chunk = 1 << 16;
+  for (int64_t begin = 0; begin < count; begin += k_chunk) {
+    const int64_t n = std::min(k_chunk, count - begin);
+    T largest = 0;
+    for (int64_t k = 0; k < n; ++k) largest = std::max(largest, ids[begin + k]);
+    if (largest < bound) continue;
+    for (int64_t k = 0; k < n; ++k) {
+      if (ids[begin + k] >= bound) return begin + k;
+    }
+  }
+  return -1;
+}
+
+}  // namespace
+
+void TokenDataset::check_ids_below(int64_t vocab_size, const std::string& key) const {
+  MOE_CHECK(vocab_size > 0, path_, ": check_ids_below needs a positive vocabulary size, got ", vocab_size);
+  const uint64_t bound = static_cast<uint64_t>(vocab_size);
+  const int64_t bad = dtype_ == TokenDType::u16 ? first_id_at_least(data_u16(), num_tokens_, bound)
+                                                : first_id_at_least(data_u32(), num_tokens_, bound);
+  MOE_CHECK(bad < 0, path_, ": token id ", bad < 0 ? 0 : token(bad), " at position ", bad,
+            " is outside the vocabulary (", key, " = ", vocab_size, "): the shard was made with a larger tokenizer");
 }
 
 const uint16_t* TokenDataset::data_u16() const {

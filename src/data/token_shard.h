@@ -63,6 +63,10 @@ class TokenDataset {
   // out[k] = token(begin + k) for k < count, as int32 (the model's id type); checks the range
   // and that each id fits in int32.
   void copy_tokens(int64_t begin, int64_t count, int32_t* out) const;
+  // One pass over the mapping (a vectorisable max per chunk): throws "<path>: token id V at
+  // position P is outside the vocabulary (<key> = N)" for the first id >= vocab_size, so a bad id
+  // anywhere in a shard is found when it is opened, not at the step that reads it.
+  void check_ids_below(int64_t vocab_size, const std::string& key = "model.vocab_size") const;
   // Raw token arrays inside the mapping; each checks that the dtype matches.
   const uint16_t* data_u16() const;
   const uint32_t* data_u32() const;

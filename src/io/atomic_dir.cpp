@@ -122,6 +122,8 @@ AtomicFile::~AtomicFile() {
 void AtomicFile::write(const void* data, size_t num_bytes) {
   MOE_CHECK(fd_ >= 0, "AtomicFile: ", final_path_.string(), " is already committed");
   auto* bytes = static_cast<const char*>(data);
+  crc_.update(data, num_bytes);
+  num_bytes_ += num_bytes;
   while (num_bytes > 0) {
     ssize_t written = ::write(fd_, bytes, num_bytes);
     if (written < 0 && errno == EINTR) continue;
@@ -142,10 +144,11 @@ void AtomicFile::commit() {
   fsync_path(parent_or_dot(final_path_), true);
 }
 
-void write_file_atomically(const fs::path& path, std::string_view contents) {
+FileDigest write_file_atomically(const fs::path& path, std::string_view contents) {
   AtomicFile file(path);
   file.write(contents.data(), contents.size());
   file.commit();
+  return file.digest();
 }
 
 }  // namespace moe

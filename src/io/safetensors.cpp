@@ -145,7 +145,7 @@ void check_layout(const std::string& where, std::vector<SafetensorsEntry>& entri
 
 }  // namespace
 
-uint64_t write_safetensors(const fs::path& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
+FileDigest write_safetensors(const fs::path& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
                            const SafetensorsMetadata& metadata) {
   json header = json::object();
   std::vector<Tensor> host;
@@ -174,7 +174,7 @@ uint64_t write_safetensors(const fs::path& path, const std::vector<std::pair<std
   file.write(text.data(), text.size());
   for (const Tensor& t : host) file.write(t.data(), t.nbytes());
   file.commit();
-  return sizeof(length) + text.size() + offset;
+  return file.digest();
 }
 
 SafetensorsHeader read_safetensors_header(const fs::path& path) {
@@ -203,7 +203,7 @@ SafetensorsHeader read_safetensors_header(const fs::path& path) {
   json header;
   try {
     header = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for numbers like 1E4611686
     MOE_FAIL("corrupt checkpoint ", where, ": header is not valid JSON (", clipped(e.what(), k_max_parser_chars), ")");
   }
   MOE_CHECK(header.is_object(), "corrupt checkpoint ", where, ": header is not a JSON object");
@@ -226,19 +226,30 @@ SafetensorsHeader read_safetensors_header(const fs::path& path) {
   return result;
 }
 
-SafetensorsFile read_safetensors(const fs::path& path) {
+SafetensorsFile read_safetensors(const fs::path& path, bool with_checksum) {
   SafetensorsHeader header = read_safetensors_header(path);
   std::ifstream in(path, std::ios::binary);
   MOE_CHECK(in, "cannot open checkpoint ", path.string());
+  Crc32c crc;
+  if (with_checksum) {  // the length and header bytes; the entries below follow in data order
+    std::string head(header.data_start, '\0');
+    in.read(head.data(), static_cast<std::streamsize>(head.size()));
+    MOE_CHECK(in, "cannot read the header of checkpoint ", path.string());
+    crc.update(head.data(), head.size());
+  }
   SafetensorsFile result;
   result.metadata = std::move(header.metadata);
+  uint64_t data_bytes = 0;
   for (const auto& e : header.entries) {
     Tensor t = Tensor::empty(e.shape, e.dtype);
     in.seekg(static_cast<std::streamoff>(header.data_start + e.begin));
     in.read(static_cast<char*>(t.data()), static_cast<std::streamsize>(e.end - e.begin));
     MOE_CHECK(in, "checkpoint truncated: ", path.string(), ": cannot read the data of tensor '", e.name, "'");
+    if (with_checksum) crc.update(t.data(), e.end - e.begin);
+    data_bytes += e.end - e.begin;
     result.tensors.emplace(e.name, std::move(t));
   }
+  result.digest = {header.data_start + data_bytes, with_checksum ? crc.value() : 0};
   return result;
 }
 

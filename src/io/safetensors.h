@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "src/io/atomic_dir.h"
 #include "src/tensor/tensor.h"
 
 namespace moe {
@@ -18,8 +19,8 @@ using SafetensorsMetadata = std::map<std::string, std::string>;
 // Writes the tensors in list order (CUDA tensors are copied to the host first) with the
 // metadata as "__metadata__", via a temporary file renamed over path (see AtomicFile). Names
 // must be unique and non-empty. The header is space-padded so the data starts 8-byte aligned.
-// Returns the number of bytes written (the file's size), for checks of the written file.
-uint64_t write_safetensors(const std::filesystem::path& path,
+// Returns the file's size and CRC-32C as written, for checks of the written file and manifests.
+FileDigest write_safetensors(const std::filesystem::path& path,
                            const std::vector<std::pair<std::string, Tensor>>& tensors,
                            const SafetensorsMetadata& metadata = {});
 
@@ -44,9 +45,11 @@ SafetensorsHeader read_safetensors_header(const std::filesystem::path& path);
 struct SafetensorsFile {
   std::map<std::string, Tensor> tensors;  // CPU tensors
   SafetensorsMetadata metadata;
+  FileDigest digest;  // num_bytes always; crc32c of every byte of the file when read with_checksum
 };
 
-// Reads every tensor onto the CPU after the header checks above.
-SafetensorsFile read_safetensors(const std::filesystem::path& path);
+// Reads every tensor onto the CPU after the header checks above. with_checksum also computes
+// the CRC-32C of the whole file as it is read (the header and data tile the file exactly).
+SafetensorsFile read_safetensors(const std::filesystem::path& path, bool with_checksum = false);
 
 }  // namespace moe

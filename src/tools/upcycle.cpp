@@ -17,6 +17,7 @@
 #include "src/io/atomic_dir.h"
 #include "src/train/checkpoint.h"
 #include "src/train/optimizer.h"
+#include "src/io/checksum_manifest.h"
 #include "src/io/safetensors.h"
 
 namespace moe {
@@ -429,7 +430,8 @@ UpcycleResult upcycle_checkpoint(const std::string& from_dir, const Config& targ
                                                                  fs::exists(fs::path(out_dir) / "model.safetensors"))),
             "upcycle --out ", out_dir, " exists and is not a checkpoint directory: refusing to replace it");
   const Config source = load_config(config_path.string());
-  SafetensorsFile weights = read_safetensors(model_path);
+  SafetensorsFile weights =
+      read_verified_safetensors(from_dir, "model.safetensors", checkpoint_manifest(from_dir, true), true);
 
   Model model(target.model, target.moe);
   model.allocate(Device::cpu(), DType::f32);

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "src/io/atomic_dir.h"
+#include "src/io/checksum_manifest.h"
 #include "src/io/safetensors.h"
 
 namespace moe {
@@ -77,6 +78,7 @@ void verify_staged_checkpoint(const std::string& dir, const std::vector<std::pai
     MOE_CHECK(size == expected && size > 0, "checkpoint file ", path.string(), " has ", size, " bytes after writing, ",
               expected, " were written (disk full?); the checkpoint is not committed");
     if (path.extension() == ".safetensors") read_safetensors_header(path);  // the header parses, sizes agree
+    if (file == k_checksum_manifest) read_checksum_manifest(dir);             // the manifest parses
   }
   const std::string state_path = (fs::path(dir) / "trainer_state.json").string();
   std::ifstream in(state_path);
@@ -99,16 +101,18 @@ void write_checkpoint_tensors(const std::string& dir, const CheckpointTensors& t
                             {"data", "batches are drawn from (seed, step): the next step's batch is the position"}};
   const std::string trainer_text = trainer.dump(2) + "\n", config_text = to_toml(config);
   // Every write is checked (AtomicFile: each write, fsync and close); the sizes are verified
-  // again before the rename that commits the checkpoint.
+  // again before the rename that commits the checkpoint. checksums.json records each file's
+  // size and CRC-32C as written, for the loader to compare.
+  ChecksumManifest manifest;
+  manifest["model.safetensors"] =
+      write_safetensors(out.path() / "model.safetensors", tensors.weights, {{"format", "moe-engine"}});
+  manifest["optimizer.safetensors"] = write_safetensors(out.path() / "optimizer.safetensors", tensors.moments,
+                                                        {{"step", std::to_string(state.step)}});
+  manifest["trainer_state.json"] = write_file_atomically(out.path() / "trainer_state.json", trainer_text);
+  manifest["config.toml"] = write_file_atomically(out.path() / "config.toml", config_text);
   std::vector<std::pair<std::string, uint64_t>> sizes;
-  sizes.emplace_back("model.safetensors",
-                     write_safetensors(out.path() / "model.safetensors", tensors.weights, {{"format", "moe-engine"}}));
-  sizes.emplace_back("optimizer.safetensors", write_safetensors(out.path() / "optimizer.safetensors", tensors.moments,
-                                                                {{"step", std::to_string(state.step)}}));
-  write_file_atomically(out.path() / "trainer_state.json", trainer_text);
-  sizes.emplace_back("trainer_state.json", trainer_text.size());
-  write_file_atomically(out.path() / "config.toml", config_text);
-  sizes.emplace_back("config.toml", config_text.size());
+  for (const auto& [file, digest] : manifest) sizes.emplace_back(file, digest.num_bytes);
+  sizes.emplace_back(k_checksum_manifest, write_checksum_manifest(out.path(), manifest).num_bytes);
   verify_staged_checkpoint(out.path().string(), sizes, state.step);
   out.commit();
 }
@@ -126,14 +130,12 @@ void write_checkpoint(const std::string& dir, const ParamStore& params, const Ad
   write_checkpoint_tensors(dir, t, state, config);
 }
 
-TrainerState read_trainer_state(const std::string& dir) {
-  std::string state_path = dir + "/trainer_state.json";
-  require_regular_file(state_path, "cannot open checkpoint state");  // before opening: a FIFO would block
-  std::ifstream state_file(state_path);
-  MOE_CHECK(state_file.good(), "checkpoint ", dir, " has no trainer_state.json");
+namespace {
+
+TrainerState parse_trainer_state(const std::string& state_text, const std::string& state_path) {
   nlohmann::json state_json;
   try {
-    state_file >> state_json;
+    state_json = nlohmann::json::parse(state_text);
   } catch (const nlohmann::json::exception& e) {
     MOE_FAIL("corrupt checkpoint ", state_path, ": ", e.what());
   }
@@ -146,13 +148,23 @@ TrainerState read_trainer_state(const std::string& dir) {
   return state;
 }
 
-CheckpointFiles read_checkpoint_files(const std::string& dir, bool with_optimizer) {
+}  // namespace
+
+TrainerState read_trainer_state(const std::string& dir, bool verify) {
+  const std::optional<ChecksumManifest> manifest = checkpoint_manifest(dir, verify);
+  return parse_trainer_state(read_verified_text(dir, "trainer_state.json", "checkpoint state", manifest, verify),
+                             dir + "/trainer_state.json");
+}
+
+CheckpointFiles read_checkpoint_files(const std::string& dir, bool with_optimizer, bool verify) {
   MOE_CHECK(fs::is_directory(dir), "checkpoint directory ", dir, " does not exist");
   CheckpointFiles files;
   files.dir = dir;
-  files.weights = read_safetensors(dir + "/model.safetensors");
-  if (with_optimizer) files.moments = read_safetensors(dir + "/optimizer.safetensors");
-  files.state = read_trainer_state(dir);
+  const std::optional<ChecksumManifest> manifest = checkpoint_manifest(dir, verify);
+  files.weights = read_verified_safetensors(dir, "model.safetensors", manifest, verify);
+  if (with_optimizer) files.moments = read_verified_safetensors(dir, "optimizer.safetensors", manifest, verify);
+  files.state = parse_trainer_state(read_verified_text(dir, "trainer_state.json", "checkpoint state", manifest, verify),
+                                    dir + "/trainer_state.json");
   return files;
 }
 
@@ -192,13 +204,17 @@ Tensor CheckpointFiles::take(const ParamInfo& info, const std::string& name, boo
   std::string path = dir + (from_moments ? "/optimizer.safetensors" : "/model.safetensors");
   const Tensor& full = find_tensor(file, name, path);
   const Shape& expected = info.is_split() ? info.full_shape : info.shape;
+  // Weights and moments are saved in the master dtype: an integer dtype is a relabelled tensor.
+  MOE_CHECK(full.dtype() == DType::f32 || full.dtype() == DType::f64 || full.dtype() == DType::bf16, "checkpoint ",
+            path, ": '", name, "' has dtype ", dtype_name(full.dtype()),
+            " but the model expects floating-point weights (F32, F64 or BF16)");
   MOE_CHECK(full.shape() == expected, "checkpoint ", path, ": '", name, "' has shape ", shape_str(full.shape()),
             " but the model expects ", shape_str(expected));
   return local_part(info, full);
 }
 
-TrainerState read_checkpoint(const std::string& dir, ParamStore& params, AdamW* optimizer) {
-  CheckpointFiles files = read_checkpoint_files(dir, optimizer != nullptr);
+TrainerState read_checkpoint(const std::string& dir, ParamStore& params, AdamW* optimizer, bool verify) {
+  CheckpointFiles files = read_checkpoint_files(dir, optimizer != nullptr, verify);
   std::set<std::string> names;
   for (const ParamInfo& info : params.infos()) names.insert(info.name);
   files.check_names(names);

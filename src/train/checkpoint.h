@@ -1,6 +1,6 @@
 // Checkpoints: checkpoints/step_<N>/ holds model.safetensors (master weights by canonical
-// name), optimizer.safetensors (AdamW moments), trainer_state.json and the resolved
-// config.toml; the directory is written atomically (temp directory + rename).
+// name), optimizer.safetensors (AdamW moments), trainer_state.json, the resolved config.toml
+// and checksums.json (each file's size and CRC-32C); the directory is written atomically.
 #pragma once
 
 #include <cstdint>
@@ -57,12 +57,14 @@ struct CheckpointFiles {
   // more or fewer layers is refused, naming the missing and the extra tensors.
   void check_names(const std::set<std::string>& names) const;
 };
-CheckpointFiles read_checkpoint_files(const std::string& dir, bool with_optimizer);
+// verify: each file's CRC-32C is compared with the checkpoint's checksums.json (sizes always are,
+// where it has one); a mismatch throws naming the file (train.verify_checkpoints).
+CheckpointFiles read_checkpoint_files(const std::string& dir, bool with_optimizer, bool verify = true);
 // <dir>/trainer_state.json alone (its fields type-checked, errors naming the file).
-TrainerState read_trainer_state(const std::string& dir);
-// Loads weights into params (every parameter present with its shape, no other tensor); with an
-// optimizer also its moments. Returns the trainer state.
-TrainerState read_checkpoint(const std::string& dir, ParamStore& params, AdamW* optimizer);
+TrainerState read_trainer_state(const std::string& dir, bool verify = true);
+// Loads weights into params (every parameter present with its shape and a floating-point dtype, no
+// other tensor); with an optimizer also its moments. Returns the trainer state.
+TrainerState read_checkpoint(const std::string& dir, ParamStore& params, AdamW* optimizer, bool verify = true);
 // The committed <run_dir>/checkpoints/step_<N> directories as (N, path), by step; none when absent.
 std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string& run_dir);
 // "latest" -> the highest checkpoints/step_<N> under run_dir; anything else is a directory path.

@@ -32,6 +32,12 @@ double ideal_bubble_fraction(int stages, int micro_batches) {
   return static_cast<double>(stages - 1) / static_cast<double>(micro_batches + stages - 1);
 }
 
+double bubble_fraction(const std::vector<double>& stage_busy, double wall) {
+  double mean_busy = 0;
+  for (double b : stage_busy) mean_busy += b / static_cast<double>(stage_busy.size());
+  return wall > 0 ? std::max(0.0, 1.0 - mean_busy / wall) : 0.0;
+}
+
 void run_pipeline(const std::vector<PipeAction>& actions, Communicator* pp, const Shape& activation_shape, DType dtype,
                   Device device, const StageCallbacks& stage, bool paired) {
   const int stages = pp != nullptr ? pp->size() : 1, me = pp != nullptr ? pp->rank() : 0;

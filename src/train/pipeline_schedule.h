@@ -28,6 +28,9 @@ std::vector<PipeAction> pipeline_actions(const std::string& schedule, int stages
 // The idle fraction of an ideal pipeline with equal stages: (p - 1) / (m + p - 1), the same
 // for both schedules.
 double ideal_bubble_fraction(int stages, int micro_batches);
+// The measured bubble of a step: 1 - mean(stage_busy) / wall, the fraction of stage-time spent
+// waiting (0 when wall is 0; clamped at 0 against timer noise).
+double bubble_fraction(const std::vector<double>& stage_busy, double wall);
 
 // One stage's side of a step. forward(micro, input) returns the stage's output activations
 // (undefined on the last stage); backward(micro, d_output) returns the gradient of the stage's

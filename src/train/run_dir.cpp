@@ -127,7 +127,7 @@ ResumeChanges resume_changes(const Config& saved, int64_t saved_global_batch, co
 }
 
 int64_t check_resume(const std::string& checkpoint, const Config& now, int64_t global_batch) {
-  const TrainerState state = read_trainer_state(checkpoint);
+  const TrainerState state = read_trainer_state(checkpoint, now.train.verify_checkpoints);
   MOE_CHECK(state.step < now.train.steps, "cannot resume from ", checkpoint, ": it is at step ", state.step,
             " and train.steps = ", now.train.steps, ", so nothing is left to train (raise train.steps)");
   const std::string saved_path = checkpoint + "/config.toml";

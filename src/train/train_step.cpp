@@ -186,9 +186,7 @@ void Trainer::record_pipeline_times(StepResult& r, double busy_seconds, double p
   std::vector<double> wall{pipeline_seconds};
   groups_.pp->all_reduce_max(wall);
   r.stage_seconds = busy;
-  double mean_busy = 0;
-  for (double b : busy) mean_busy += b / static_cast<double>(busy.size());
-  r.bubble = wall[0] > 0 ? std::max(0.0, 1.0 - mean_busy / wall[0]) : 0.0;
+  r.bubble = bubble_fraction(busy, wall[0]);
 }
 
 void Trainer::sum_tp_partial_grads(const ParamUnit* only) {

@@ -36,6 +36,29 @@ data::TokenWindows synthetic_windows(uint64_t seed, int64_t step, int64_t index,
   return w;
 }
 
+// A data file checked when it is opened, not when a step first reads its bad part: every id below
+// model.vocab_size (one scan of the mapping), and for the validation file at least one evaluation
+// window of seq_len + 1 tokens per data-parallel replica (what EvalIterator needs). A file shorter
+// than train.eval_batches asks for is only noted: evaluations then use the windows it has.
+void check_data_file(const data::TokenDataset& data, const char* key, const Config& config, int64_t replicas,
+                     bool root) {
+  try {
+    data.check_ids_below(config.model.vocab_size);
+    if (std::string(key) != "data.val_path") return;
+    const int64_t seq = config.model.seq_len;
+    data::EvalIterator windows(data, config.train.micro_batch_size, seq, 0, 0, replicas);
+    const int64_t asked = config.train.eval_batches * config.train.micro_batch_size * replicas;
+    if (root && windows.num_windows() < asked) {
+      std::fprintf(stderr, "note: %s = %s holds %lld evaluation windows of %lld tokens, fewer than the %lld that "
+                   "train.eval_batches asks for; evaluations use all of them\n", key, data.path().c_str(),
+                   static_cast<long long>(windows.num_windows()), static_cast<long long>(seq),
+                   static_cast<long long>(asked));
+    }
+  } catch (const Error& e) {
+    throw Error(std::string(key) + " " + e.what());  // the message already names the file and line
+  }
+}
+
 }  // namespace
 
 Trainer::Trainer(const Config& config, int local_rank, Communicator& world)
@@ -87,9 +110,13 @@ Trainer::Trainer(const Config& config, int local_rank, Communicator& world)
                                            config.model.seq_len);
   if (!config.data.train_path.empty()) {
     train_data_.emplace(data::TokenDataset::open(config.data.train_path));
+    check_data_file(*train_data_, "data.train_path", config, topology_.dp, is_root());
     sampler_ = std::make_unique<data::BatchSampler>(*train_data_, t.seed, global_batch, config.model.seq_len);
   }
-  if (!config.data.val_path.empty()) val_data_.emplace(data::TokenDataset::open(config.data.val_path));
+  if (!config.data.val_path.empty()) {
+    val_data_.emplace(data::TokenDataset::open(config.data.val_path));
+    check_data_file(*val_data_, "data.val_path", config, topology_.dp, is_root());
+  }
   if (is_root()) std::filesystem::create_directories(t.run_dir);
 }
 

@@ -150,7 +150,7 @@ std::set<std::string> Trainer::model_param_names() {
 
 void Trainer::load_checkpoint(const std::string& dir, bool with_optimizer) {
   // Any layout loads any checkpoint: each rank takes its part of the canonical tensors.
-  CheckpointFiles files = read_checkpoint_files(dir, with_optimizer);
+  CheckpointFiles files = read_checkpoint_files(dir, with_optimizer, config_.train.verify_checkpoints);
   std::set<std::string> names = model_param_names();  // collective over the pipeline group
   // The first stage knows every stage's names; the others miss only what take() names.
   if (topology_.coords.pp == 0) files.check_names(names);

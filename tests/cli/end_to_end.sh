@@ -16,9 +16,32 @@ grep -q "loaded checkpoint .*step_4" "$work/resume.log"
 grep -q "step 6/6" "$work/resume.log"
 "$moe" eval "$work/config.toml" --checkpoint latest | tee "$work/eval.log"
 grep -q '"val_ppl"' "$work/eval.log"
-"$moe" generate --checkpoint "$work/run/checkpoints/step_6" --prompt "The quick" --max-new-tokens 8 --temperature 0 \
-  | tee "$work/sample.log"
+# Generation must add tokens after the prompt (the prompt is echoed, so matching it alone proves
+# nothing): greedy decoding runs to --max-new-tokens and the text grows past the prompt; the same
+# greedy run twice gives the same text; sampling with top-k and top-p also generates.
+ckpt="$work/run/checkpoints/step_6"
+"$moe" generate --checkpoint "$ckpt" --prompt "The quick" --max-new-tokens 8 --temperature 0 \
+  > "$work/sample.log" 2> "$work/sample.err"
+cat "$work/sample.log" "$work/sample.err"
 grep -q "^The quick" "$work/sample.log"
+grep -qE "^generate: [1-8] new tokens after a [0-9]+-token prompt" "$work/sample.err"
+[[ $(tr -d '\n' < "$work/sample.log") != "The quick" ]]
+"$moe" generate --checkpoint "$ckpt" --prompt "The quick" --max-new-tokens 8 --temperature 0 2> /dev/null \
+  | cmp - "$work/sample.log"
+"$moe" generate --checkpoint "$ckpt" --prompt "The quick" --max-new-tokens 8 --temperature 0.8 --top-k 5 \
+  --top-p 0.9 --seed 3 2> "$work/sampled.err" | tee "$work/sampled.log"
+grep -qE "^generate: [1-8] new tokens" "$work/sampled.err"
+# A flipped byte in the checkpoint's tensor data is refused, naming the file; --no-verify loads it.
+cp -r "$ckpt" "$work/flipped"
+file="$work/flipped/model.safetensors"
+at=$(($(stat -c %s "$file") - 3))
+byte=$(od -An -tu1 -j "$at" -N1 "$file" | tr -d ' ')
+printf "\\x$(printf %02x $((byte ^ 64)))" | dd of="$file" bs=1 seek="$at" conv=notrunc status=none
+if "$moe" generate --checkpoint "$work/flipped" --max-new-tokens 2 > "$work/flipped.log" 2>&1; then
+  echo "generate accepted a corrupt checkpoint"; cat "$work/flipped.log"; exit 1
+fi
+grep -q "checkpoint file $work/flipped/model.safetensors fails its checksum" "$work/flipped.log"
+"$moe" generate --checkpoint "$work/flipped" --max-new-tokens 2 --no-verify > /dev/null 2>&1
 # The benchmark, with the per-kind breakdown of the op time and the host waits per step.
 "$moe" bench train "$work/config.toml" --warmup 1 --steps 2 --breakdown | tee "$work/bench.json"
 grep -q '"tokens_per_s":' "$work/bench.json"

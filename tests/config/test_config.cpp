@@ -577,3 +577,29 @@ TEST_CASE("docs/config.md documents every key and its example parses") {
   moe::Config config = moe::parse_config(example, "docs/config.md");
   CHECK(config.moe.num_experts > 0);
 }
+
+TEST_CASE("huge sizes fail naming the key, and products naming every factor", "[config][errors]") {
+  using Catch::Matchers::Contains;
+  const std::string huge = "4611686018427387904";  // 2^62: products of it overflow 64 bits
+  for (const char* key : {"model.d_model", "model.d_ff", "model.seq_len", "model.num_layers", "moe.d_expert",
+                          "moe.num_experts", "train.micro_batch_size", "train.grad_accum", "train.eval_batches"}) {
+    INFO(key);
+    REQUIRE_THROWS_WITH(parse_set({std::string(key) + "=" + huge}),
+                        Contains(std::string(key) + " = " + huge + " is larger than the limit of 2^") &&
+                            !Contains("max_size"));
+  }
+  // Each factor within its own limit, the product not.
+  REQUIRE_THROWS_WITH(parse_set({"model.vocab_size=16777216", "model.d_model=131072", "model.num_heads=1",
+                                 "model.num_kv_heads=1"}),
+                      Contains("model.vocab_size * model.d_model = 16777216 * 131072 = ") &&
+                          Contains("embedding elements is larger than the limit of 2^40"));
+  REQUIRE_THROWS_WITH(parse_set({"moe.num_experts=4096", "moe.granularity=64", "moe.d_expert=256"}),
+                      Contains("moe.num_experts * moe.granularity = 4096 * 64 = ") &&
+                          Contains("routed experts per layer is larger than the limit of 2^16"));
+  REQUIRE_THROWS_WITH(parse_set({"train.micro_batch_size=65536", "model.seq_len=65536", "model.vocab_size=65536"}),
+                      Contains("train.micro_batch_size * model.seq_len * model.vocab_size = 65536 * 65536 * 65536") &&
+                          Contains("logits per micro-batch"));
+  REQUIRE_NOTHROW(parse_set({"model.vocab_size=262144", "model.d_model=8192", "model.d_ff=32768",
+                             "model.seq_len=131072", "model.num_layers=128", "model.num_heads=64",
+                             "model.num_kv_heads=8", "train.micro_batch_size=1"}));
+}

@@ -225,3 +225,29 @@ TEST_CASE("malformed shards fail with a message naming the file and the fault", 
                         Catch::Contains(path + ": cannot open token shard (not a regular file)"));
   }
 }
+
+TEST_CASE("check_ids_below finds the first out-of-vocabulary id, naming the file and position", "[data][shard][errors]") {
+  TempDir dir;
+  using Catch::Matchers::Contains;
+  // Past several scan chunks (65536 tokens each), so the bad id is found late in the file.
+  for (TokenDType dtype : {TokenDType::u16, TokenDType::u32}) {
+    INFO(token_dtype_name(dtype));
+    const auto path = dir.file(std::string("ids_") + token_dtype_name(dtype) + ".tok");
+    std::vector<uint32_t> tokens = random_tokens(200003, 1000, 3);
+    write_token_shard(path, tokens, dtype);
+    auto ds = TokenDataset::open(path);
+    REQUIRE_NOTHROW(ds.check_ids_below(1000));
+    REQUIRE_THROWS_WITH(ds.check_ids_below(999), Contains(path + ": token id 999 at position "));
+    tokens[150001] = 1000;
+    tokens[199999] = 4000;
+    write_token_shard(path, tokens, dtype);
+    ds = TokenDataset::open(path);
+    REQUIRE_THROWS_WITH(ds.check_ids_below(1000),
+                        Contains(path + ": token id 1000 at position 150001 is outside the vocabulary "
+                                        "(model.vocab_size = 1000)"));
+    REQUIRE_NOTHROW(ds.check_ids_below(4001));
+  }
+  const auto empty = dir.file("empty.tok");
+  write_token_shard(empty, {}, TokenDType::u16);
+  REQUIRE_NOTHROW(TokenDataset::open(empty).check_ids_below(1));
+}

@@ -176,6 +176,8 @@ TEST_CASE("corrupt and truncated safetensors files fail with one clear line", "[
   SECTION("header is not JSON") {
     require_read_error(dir, with_header("{\"a\": [1, 2", ""), "corrupt checkpoint ");
     require_read_error(dir, with_header("{\"a\": [1, 2", ""), "header is not valid JSON");
+    // A number too large for a double is the parser's out_of_range, not a parse_error (found by fuzzing).
+    require_read_error(dir, with_header("{\"a\": 4611E4611686}", ""), "header is not valid JSON");
   }
   SECTION("header is JSON but not an object") {
     require_read_error(dir, with_header("[1, 2]", ""), "header is not a JSON object");
@@ -352,8 +354,13 @@ TEST_CASE("a write failing with ENOSPC is one clear error and replaces nothing",
 TEST_CASE("write_safetensors returns the size of the file it wrote", "[train]") {
   ScratchDir dir;
   Tensor t = Tensor::from_vector(std::vector<float>{1, 2, 3}, {3}, DType::f32);
-  uint64_t bytes = write_safetensors(dir.path() / "a.safetensors", {{"w", t}}, {{"format", "x"}});
-  REQUIRE(bytes == fs::file_size(dir.path() / "a.safetensors"));
+  FileDigest written = write_safetensors(dir.path() / "a.safetensors", {{"w", t}}, {{"format", "x"}});
+  REQUIRE(written.num_bytes == fs::file_size(dir.path() / "a.safetensors"));
+  // The checksum is of the bytes on disk, and reading the file back with_checksum agrees.
+  std::ifstream in(dir.path() / "a.safetensors", std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  REQUIRE(written.crc32c == crc32c(bytes.data(), bytes.size()));
+  REQUIRE(read_safetensors(dir.path() / "a.safetensors", true).digest == written);
 }
 
 }  // namespace

@@ -15,13 +15,15 @@ namespace {
 
 using Catch::Matchers::Contains;
 
-// A one-tensor checkpoint at dir/"ckpt" whose trainer_state.json is then replaced by `state`.
+// A one-tensor checkpoint at dir/"ckpt" whose trainer_state.json is then replaced by `state`,
+// without its checksums.json (as written before checksums), so the fields themselves are checked.
 std::string checkpoint_with_state(const test::TempDir& dir, const std::string& state) {
   std::string ckpt = dir.str("ckpt");
   CheckpointTensors tensors;
   tensors.weights.emplace_back("w", test::random_tensor({4}, DType::f32, 3));
   write_checkpoint_tensors(ckpt, tensors, TrainerState{7, 11, 1}, Config{});
   std::ofstream(ckpt + "/trainer_state.json") << state;
+  std::filesystem::remove(ckpt + "/checksums.json");
   return ckpt;
 }
 

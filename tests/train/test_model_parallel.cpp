@@ -77,8 +77,10 @@ void run_layout(Communicator& world, Communicator& self, const Layout& layout, c
     INFO("step " << step);
     test::require_same_step(p, r);
     if (layout.pp > 1) {
+      // Measured times are noisy (the expected bubble of each schedule is asserted exactly in
+      // test_pipeline_bubble.cpp): every stage computed, and not all of the step was waiting.
       REQUIRE(p.stage_seconds.size() == static_cast<size_t>(layout.pp));
-      REQUIRE(p.bubble >= 0);
+      for (double busy : p.stage_seconds) REQUIRE(busy > 0);
       REQUIRE(p.bubble < 1);
     }
   }

@@ -145,13 +145,44 @@ TEST_CASE("a NaN loss stops training with a message naming the step", "[train][e
   REQUIRE_THROWS_WITH(trainer.train(), Contains("loss is nan at step 1"));
 }
 
-TEST_CASE("data with ids beyond the model vocabulary is rejected", "[train][errors]") {
+TEST_CASE("data with ids beyond the model vocabulary is rejected when opened", "[train][errors]") {
   test::TempDir dir("moe-train-vocab");
   Config c = test::tiny_train_config(dir, 32);
   c.model.vocab_size = 16;  // the shard holds ids up to 31: a tokenizer larger than the model
   auto world = make_world_communicator(Device::cpu());
-  Trainer trainer(c, 0, *world);
-  REQUIRE_THROWS_WITH(trainer.train(), Contains("outside the model vocabulary (model.vocab_size = 16)"));
+  REQUIRE_THROWS_WITH(Trainer(c, 0, *world),
+                      Contains("data.train_path " + c.data.train_path + ": token id ") &&
+                          Contains("is outside the vocabulary (model.vocab_size = 16)"));
+}
+
+TEST_CASE("one bad id late in a data file is found when the file is opened", "[train][errors]") {
+  test::TempDir dir("moe-train-late-id");
+  Config c = test::tiny_train_config(dir, 32);
+  auto world = make_world_communicator(Device::cpu());
+  for (const char* key : {"data.train_path", "data.val_path"}) {
+    const std::string path = dir.str(std::string(key) + ".tok");
+    std::vector<uint32_t> tokens(3000, 5);
+    tokens[2990] = 32;  // one id past the vocabulary, near the end
+    data::write_token_shard(path, tokens, data::TokenDType::u16);
+    Config v = c;
+    (std::string(key) == "data.train_path" ? v.data.train_path : v.data.val_path) = path;
+    INFO(key);
+    REQUIRE_THROWS_WITH(Trainer(v, 0, *world),
+                        Contains(std::string(key) + " " + path + ": token id 32 at position 2990 is outside the "
+                                 "vocabulary (model.vocab_size = 32)"));
+  }
+}
+
+TEST_CASE("a validation file shorter than one evaluation window is rejected when opened", "[train][errors]") {
+  test::TempDir dir("moe-train-short-val");
+  Config c = test::tiny_train_config(dir);  // seq_len 8: a window is 9 tokens
+  test::write_pattern_shard(dir.str("short_val.tok"), 8, 32, 3);
+  c.data.val_path = dir.str("short_val.tok");
+  auto world = make_world_communicator(Device::cpu());
+  REQUIRE_THROWS_WITH(Trainer(c, 0, *world),
+                      Contains("data.val_path " + c.data.val_path + ": has 8 tokens, fewer than seq_len + 1 = 9"));
+  test::write_pattern_shard(dir.str("short_val.tok"), 9, 32, 3);  // exactly one window
+  REQUIRE_NOTHROW(Trainer(c, 0, *world));
 }
 
 TEST_CASE("a missing data file is named", "[train][errors]") {
