@@ -50,7 +50,9 @@ void add_train_fields(TrainConfig& t, std::vector<Field>& out) {
                          {s, "eval_every", &t.eval_every}, {s, "eval_batches", &t.eval_batches},
                          {s, "save_every", &t.save_every}, {s, "run_dir", &t.run_dir},
                          {s, "resume", &t.resume},         {s, "device", &t.device},
-                         {s, "dtype", &t.dtype},           {s, "recompute", &t.recompute}});
+                         {s, "dtype", &t.dtype},           {s, "recompute", &t.recompute},
+                         {s, "nonfinite", &t.nonfinite},   {s, "max_skipped_steps", &t.max_skipped_steps},
+                         {s, "loss_spike_factor", &t.loss_spike_factor}});
 }
 
 void add_optim_fields(OptimConfig& o, std::vector<Field>& out) {
