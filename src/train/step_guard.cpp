@@ -21,8 +21,8 @@ std::string StepGuard::judge(double loss, double grad_norm) const {
   if (spike_factor_ > 0 && !recent_.empty()) {
     const double mean = recent_sum_ / static_cast<double>(recent_.size());
     if (loss > spike_factor_ * mean) {
-      return detail::concat("loss is ", loss, ", above train.loss_spike_factor = ", spike_factor_, " x the mean ", mean,
-                            " of the last ", recent_.size(), " steps");
+      return detail::concat("loss is ", loss, " (above train.loss_spike_factor = ", spike_factor_, " x the mean ", mean,
+                            " of the last ", recent_.size(), " steps)");
     }
   }
   return "";

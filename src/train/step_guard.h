@@ -28,8 +28,8 @@ class StepGuard {
 
   bool skips() const { return skip_step_; }
   // Why a step's loss and gradient norm (read from the device) must not update the weights:
-  // "loss is nan", "gradient norm is inf", "loss is 1.2e+13, above train.loss_spike_factor = 100
-  // x the mean 5.31 of the last 20 steps"; "" when fine.
+  // "loss is nan", "gradient norm is inf", "loss is 1.2e+13 (above train.loss_spike_factor = 100
+  // x the mean 5.31 of the last 20 steps)"; "" when fine.
   std::string judge(double loss, double grad_norm) const;
   // A loss that passed judge joins the running mean.
   void accept(double loss);
