@@ -109,6 +109,13 @@ StepResult Trainer::train_step() {
   r.loss = read_loss ? sums[0] / std::max(sums[1], 1.0) : std::nan("");
   r.aux_loss = sums[2];
   if (before_update_hook_) before_update_hook_(step_ + 1, store);
+  guarded_update(r, read_loss);
+  update_expert_biases(r);
+  ++step_;
+  return r;
+}
+
+void Trainer::guarded_update(StepResult& r, bool read_loss) {
   // Norm and clip scale stay on the device; a non-finite norm makes the scale NaN, and the fused
   // AdamW then leaves weights and moments alone on any step, read or not.
   optimizer_->clip_grads(config_.optim.grad_clip);
@@ -123,13 +130,9 @@ StepResult Trainer::train_step() {
   } else if (read_loss) {
     guard_->accept(r.loss);
   }
-  double lr = learning_rate(config_.schedule, config_.optim, step_, t.steps);
-  optimizer_->step(lr, step_ + 1);
+  optimizer_->step(learning_rate(config_.schedule, config_.optim, step_, config_.train.steps), step_ + 1);
   guard_->record(optimizer_->clip_scale(), step_ + 1);
   if (read_loss) report_skips(r, bad);
-  update_expert_biases(r);
-  ++step_;
-  return r;
 }
 
 void Trainer::report_skips(StepResult& r, const std::string& reason) {

@@ -83,6 +83,8 @@ class Trainer {
   data::TokenWindows micro_batch(int64_t step, int64_t micro) const;
   Batch to_device(const data::TokenWindows& windows) const;  // through the model's objective
   void log_step(const StepResult& r, double lr, double step_seconds, double elapsed);
+  // Clipping, the NaN/Inf policy (step_guard.h) and AdamW for the step completing step_ + 1.
+  void guarded_update(StepResult& r, bool read_loss);
   void report_skips(StepResult& r, const std::string& reason);  // reads the skip record (step_guard.h)
   int agreed_stop_signal() const;  // the stop signal of any rank (an all-reduce max), or 0
   bool is_log_step(int64_t step) const;
