@@ -2,7 +2,9 @@
 // f32 and f64 parameters see the same update up to their storage rounding.
 #include "kernels/cpu/adamw.h"
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "src/util/check.h"
 
@@ -44,6 +46,8 @@ template <typename T, typename Out>
 void adamw_fused(T* master, const T* grad, T* m, T* v, int64_t n, const kernels::AdamWRun* runs, int64_t num_runs,
                  const float* grad_scale, const kernels::AdamWParams& p, Out* out) {
   const Corrections c = corrections(p);
+  // A NaN scale (a non-finite gradient norm, or a step the trainer skips) leaves everything as it is.
+  if (grad_scale != nullptr && std::isnan(*grad_scale)) return;
   // The same rounding as scaling the gradient buffer in place (cpu::scale) before the update.
   const T scale = static_cast<T>(grad_scale ? *grad_scale : 1.0f);
   int64_t next = 0;
@@ -76,7 +80,23 @@ void clip_scale(const double* sum_sq, int64_t num, double max_norm, float* scale
   double total = 0;
   for (int64_t i = 0; i < num; ++i) total += sum_sq[i];
   const double norm = std::sqrt(total);
+  if (!std::isfinite(norm)) {
+    scale[0] = std::numeric_limits<float>::quiet_NaN();  // adamw_fused skips the update
+    return;
+  }
   scale[0] = max_norm > 0 && norm > max_norm ? static_cast<float>(max_norm / norm) : 1.0f;
+}
+
+void record_skipped_step(const float* scale, double* state, int64_t step) {
+  if (!std::isnan(scale[0])) {
+    state[1] = 0;  // the run of consecutive skips ends
+    return;
+  }
+  state[0] += 1;
+  state[1] += 1;
+  state[2] = std::max(state[2], state[1]);
+  if (state[3] == 0) state[3] = static_cast<double>(step);
+  state[4] = static_cast<double>(step);
 }
 
 template void adamw_step<float>(float*, const float*, float*, float*, int64_t, const kernels::AdamWParams&);

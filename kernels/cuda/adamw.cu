@@ -91,6 +91,9 @@ __global__ void adamw_fused_kernel(float* master, const float* grad, float* m, f
                                    Out* out) {
   __shared__ int64_t tile_run;
   const float scale = grad_scale != nullptr ? *grad_scale : 1.0f;
+  // A NaN scale (a non-finite gradient norm, or a step the trainer skips) leaves everything as it
+  // is. Every thread reads the same value, so the whole grid returns before any barrier.
+  if (isnan(scale)) return;
   for (int64_t tile = static_cast<int64_t>(blockIdx.x) * k_fused_tile; tile < n;
        tile += static_cast<int64_t>(gridDim.x) * k_fused_tile) {
     if (threadIdx.x == 0) tile_run = find_run(runs, num_runs, tile);
@@ -161,7 +164,24 @@ __global__ void clip_scale_kernel(const double* sum_sq, int64_t num, double max_
   double total = 0;
   for (int64_t i = 0; i < num; ++i) total += sum_sq[i];
   const double norm = sqrt(total);
+  if (!isfinite(norm)) {
+    scale[0] = __int_as_float(0x7fc00000);  // quiet NaN: adamw_fused skips the update
+    return;
+  }
   scale[0] = max_norm > 0 && norm > max_norm ? static_cast<float>(max_norm / norm) : 1.0f;
+}
+
+// The same arithmetic as cpu::record_skipped_step (one thread).
+__global__ void record_skipped_step_kernel(const float* scale, double* state, int64_t step) {
+  if (!isnan(scale[0])) {
+    state[1] = 0;
+    return;
+  }
+  state[0] += 1;
+  state[1] += 1;
+  state[2] = fmax(state[2], state[1]);
+  if (state[3] == 0) state[3] = static_cast<double>(step);
+  state[4] = static_cast<double>(step);
 }
 
 }  // namespace
@@ -194,6 +214,11 @@ void adamw_fused(float* master, const float* grad, float* m, float* v, int64_t n
 
 void clip_scale(const double* sum_sq, int64_t num, double max_norm, float* scale, cudaStream_t stream) {
   clip_scale_kernel<<<1, 1, 0, stream>>>(sum_sq, num, max_norm, scale);
+  CUDA_CHECK_LAUNCH();
+}
+
+void record_skipped_step(const float* scale, double* state, int64_t step, cudaStream_t stream) {
+  record_skipped_step_kernel<<<1, 1, 0, stream>>>(scale, state, step);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -18,6 +18,8 @@ void add_eval_command(CLI::App& app, CommandRunner& run) {
   cmd->add_option("--batches", *batches, "batches per rank (0 = the whole validation split)");
   cmd->callback([&run, options, checkpoint, batches] {
     run = [options, checkpoint, batches](MpiEnv& env) {
+      MOE_CHECK(*batches >= 0, "--batches must be 0 (the whole validation split) or a positive number of batches "
+                "per rank, got ", *batches);
       RunContext ctx = setup_run(*options, env);
       ctx.trainer->load_checkpoint(resolve_checkpoint(ctx.config.train.run_dir, *checkpoint), false);
       EvalResult r = ctx.trainer->evaluate(*batches);

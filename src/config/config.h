@@ -85,6 +85,9 @@ struct TrainConfig {              // [train]
   std::string dtype = "";         // "" = f32 on cpu, bf16 on cuda; f64 allowed on cpu
   bool recompute = false;         // activation recomputation: keep only each block's input, rerun its forward in backward
   bool verify_checkpoints = true; // check each loaded checkpoint file's CRC-32C against its checksums.json
+  std::string nonfinite = "stop";  // a non-finite or spiking loss / gradient norm: "stop" | "skip_step" (the update)
+  int64_t max_skipped_steps = 10;  // skip_step: the run stops after this many consecutive skipped steps
+  double loss_spike_factor = 100;  // a loss above factor x the mean of the last 20 is treated as non-finite; 0 = off
 
   bool operator==(const TrainConfig&) const = default;
 };

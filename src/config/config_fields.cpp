@@ -51,7 +51,9 @@ void add_train_fields(TrainConfig& t, std::vector<Field>& out) {
                          {s, "save_every", &t.save_every}, {s, "run_dir", &t.run_dir},
                          {s, "resume", &t.resume},         {s, "overwrite", &t.overwrite},
                          {s, "keep_last", &t.keep_last},   {s, "device", &t.device},
-                         {s, "dtype", &t.dtype},           {s, "recompute", &t.recompute}});
+                         {s, "dtype", &t.dtype},           {s, "recompute", &t.recompute},
+                         {s, "nonfinite", &t.nonfinite},   {s, "max_skipped_steps", &t.max_skipped_steps},
+                         {s, "loss_spike_factor", &t.loss_spike_factor}});
   out.push_back({s, "verify_checkpoints", &t.verify_checkpoints});
 }
 

@@ -265,6 +265,11 @@ void validate_train(const TrainConfig& t, const KeyOrigins& at) {
   MOE_CHECK(!t.run_dir.empty(), at.prefix({"train.run_dir"}), "train.run_dir must not be empty");
   check_choice(at, "train.device", t.device, {"auto", "cpu", "cuda"});
   check_choice(at, "train.dtype", t.dtype, {"", "f32", "f64", "bf16"});
+  check_choice(at, "train.nonfinite", t.nonfinite, {"stop", "skip_step"});
+  check_at_least(at, "train.max_skipped_steps", t.max_skipped_steps, 1);
+  MOE_CHECK(t.loss_spike_factor == 0 || t.loss_spike_factor > 1, at.prefix({"train.loss_spike_factor"}),
+            "train.loss_spike_factor = ", t.loss_spike_factor,
+            " must be 0 (off) or above 1 (a loss above factor x the recent mean)");
   MOE_CHECK(!(t.dtype == "f64" && t.device == "cuda"), at.prefix({"train.dtype", "train.device"}),
             "train.dtype = 'f64' is CPU only, but train.device = 'cuda'");
 }

@@ -91,6 +91,7 @@ class Backend {
                            const Tensor& grad_scale, const AdamWParams& p, Tensor& params) = 0;
   virtual void sum_accumulate(const Tensor& x, Tensor& acc, bool squares, double weight) = 0;
   virtual void clip_scale(const Tensor& sum_sq, double max_norm, Tensor& scale) = 0;
+  virtual void record_skipped_step(const Tensor& scale, Tensor& state, int64_t step) = 0;
 };
 
 Backend& cpu_backend();

@@ -466,6 +466,10 @@ class CpuBackend final : public Backend {
     cpu::clip_scale(ptr<double>(sum_sq), sum_sq.numel(), max_norm, ptr<float>(scale));
   }
 
+  void record_skipped_step(const Tensor& scale, Tensor& state, int64_t step) override {
+    cpu::record_skipped_step(ptr<float>(scale), ptr<double>(state), step);
+  }
+
   void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWParams& p) override {
     dispatch_float(param.dtype(), "adamw", [&](auto tag) {
       using T = decltype(tag);

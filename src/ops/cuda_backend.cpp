@@ -409,6 +409,11 @@ class CudaBackend : public Backend {
     cuda::clip_scale(sum_sq.data_as<const double>(), sum_sq.numel(), max_norm, f32_mut(scale), stream);
   }
 
+  void record_skipped_step(const Tensor& scale, Tensor& state, int64_t step) override {
+    cudaStream_t stream = on_device(scale, state);
+    cuda::record_skipped_step(scale.data_as<const float>(), state.data_as<double>(), step, stream);
+  }
+
  private:
   static void check_index(const Tensor& slot_pos, const Tensor& weights) {
     check_shape(slot_pos, {weights.numel()}, "combine slot_pos");

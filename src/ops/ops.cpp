@@ -701,4 +701,14 @@ void clip_scale(const Tensor& sum_sq, double max_norm, Tensor& scale) {
   run_on(sum_sq, OpKind::optimizer)->clip_scale(sum_sq, max_norm, scale);
 }
 
+void record_skipped_step(const Tensor& scale, Tensor& state, int64_t step) {
+  check_shape(scale, {1}, "record_skipped_step scale");
+  check_dtype(scale, DType::f32, "record_skipped_step scale");
+  check_shape(state, {5}, "record_skipped_step state");
+  check_dtype(state, DType::f64, "record_skipped_step state");
+  check_same_device(state, scale, "record_skipped_step");
+  MOE_CHECK(step >= 1, "record_skipped_step: step must be 1-based, got ", step);
+  run_on(scale, OpKind::optimizer)->record_skipped_step(scale, state, step);
+}
+
 }  // namespace moe::ops

@@ -223,7 +223,7 @@ void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const A
 // undefined = 1), runs i64[R,3] rows (begin, end, AdamWRunKind) covering [0, n) in order: update
 // with p.weight_decay (decay) or 0 (no_decay), or leave alone (copy). params [n] (undefined =
 // none; compute dtype) <- the master after the update, every element (the compute copy, so no
-// separate cast pass follows).
+// separate cast pass follows). A NaN grad_scale skips the update: nothing is written.
 void adamw_fused(Tensor& master, const Tensor& grad, Tensor& m, Tensor& v, const Tensor& runs,
                  const Tensor& grad_scale, const AdamWParams& p, Tensor& params);
 // Sums on the device, no host copy: acc f64[1] += weight * sum(x^2) (sum_squares_accumulate:
@@ -232,7 +232,12 @@ void adamw_fused(Tensor& master, const Tensor& grad, Tensor& m, Tensor& v, const
 void sum_squares_accumulate(const Tensor& x, Tensor& acc, double weight = 1.0);
 void sum_accumulate(const Tensor& x, Tensor& acc, double weight = 1.0);
 // sum_sq f64[k] -> scale f32[1] = max_norm / norm where max_norm > 0 and norm = sqrt(sum of
-// sum_sq) > max_norm, else 1 (computed on the device of the tensors).
+// sum_sq) > max_norm, else 1; NaN when the norm is not finite, which makes adamw_fused skip the
+// update (computed on the device of the tensors).
 void clip_scale(const Tensor& sum_sq, double max_norm, Tensor& scale);
+// scale f32[1], state f64[5] (same device; updated, no host copy): the skip record of a run,
+// (skipped steps, current run of consecutive skips, longest run, first skipped step, last
+// skipped step; 0 = none). `step` (1-based) counts as skipped when scale is NaN.
+void record_skipped_step(const Tensor& scale, Tensor& state, int64_t step);
 
 }  // namespace moe::ops

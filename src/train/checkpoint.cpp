@@ -5,6 +5,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <regex>
 #include <set>
 #include <type_traits>
@@ -43,15 +44,21 @@ const Tensor& find_tensor(const SafetensorsFile& file, const std::string& name, 
   return it->second;
 }
 
-// trainer_state.json's field `key` (the fallback when absent), its JSON type checked so a bad
-// value names the file and the field instead of surfacing a json.exception.
+// trainer_state.json's field `key`, required, its JSON type and range [lo, hi] checked so a bad
+// value names the file and the field instead of surfacing a json.exception (or, as `{}` did,
+// silently restarting at step 0 and overwriting the run's checkpoints).
 template <typename T>
-T state_field(const nlohmann::json& state, const char* key, T fallback, const std::string& path) {
-  if (!state.contains(key)) return fallback;
+T state_field(const nlohmann::json& state, const char* key, T lo, T hi, const std::string& path) {
+  MOE_CHECK(state.contains(key), "corrupt checkpoint ", path, ": field \"", key, "\" is missing");
   const nlohmann::json& value = state[key];
   bool fits = std::is_unsigned_v<T> ? value.is_number_unsigned() : value.is_number_integer();
   MOE_CHECK(fits, "corrupt checkpoint ", path, ": field \"", key, "\" is a JSON ", value.type_name(), ", expected ",
             std::is_unsigned_v<T> ? "a non-negative integer" : "an integer");
+  // An unsigned JSON value above the signed range would wrap in get<int64_t>.
+  const bool wraps = !std::is_unsigned_v<T> && value.is_number_unsigned() &&
+                     value.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
+  MOE_CHECK(!wraps && value.get<T>() >= lo && value.get<T>() <= hi, "corrupt checkpoint ", path, ": field \"", key,
+            "\" = ", value.dump(), " is out of range [", lo, ", ", hi, "]");
   return value.get<T>();
 }
 
@@ -142,9 +149,11 @@ TrainerState parse_trainer_state(const std::string& state_text, const std::strin
   MOE_CHECK(state_json.is_object(), "corrupt checkpoint ", state_path, ": not a JSON object but a JSON ",
             state_json.type_name());
   TrainerState state;
-  state.step = state_field(state_json, "step", int64_t{0}, state_path);
-  state.seed = state_field(state_json, "seed", uint64_t{0}, state_path);
-  state.world_size = state_field(state_json, "world_size", int64_t{1}, state_path);
+  // Steps up to 2^53 (exact in a double: the metrics and the skip record hold steps as doubles);
+  // seeds below 2^63 as train.seed; any world size a job could have.
+  state.step = state_field(state_json, "step", int64_t{0}, int64_t{1} << 53, state_path);
+  state.seed = state_field(state_json, "seed", uint64_t{0}, (uint64_t{1} << 63) - 1, state_path);
+  state.world_size = state_field(state_json, "world_size", int64_t{1}, int64_t{1} << 31, state_path);
   return state;
 }
 

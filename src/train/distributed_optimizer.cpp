@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <limits>
 #include <set>
 
 #include "parallel/grad_sync.h"
@@ -312,6 +313,12 @@ void DistributedOptimizer::clip_grads(double max_norm) {
 double DistributedOptimizer::grad_norm() const {
   const std::vector<double> sum_sq = norm_sq_.to_vector<double>();
   return std::sqrt(sum_sq[0] + sum_sq[1]);
+}
+
+void DistributedOptimizer::cancel_update() {
+  MOE_CHECK(clip_pending_, "cancel_update: clip_grads has not run since the last step");
+  clip_scale_.copy_from(
+      Tensor::from_vector(std::vector<float>{std::numeric_limits<float>::quiet_NaN()}, {1}, DType::f32));
 }
 
 double DistributedOptimizer::clip_grad_norm(double max_norm) {

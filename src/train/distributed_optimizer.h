@@ -86,6 +86,12 @@ class DistributedOptimizer {
   double grad_norm() const;
   // clip_grads then grad_norm.
   double clip_grad_norm(double max_norm);
+  // The clip scale of the last clip_grads (f32[1] on the device): NaN when the norm was not
+  // finite or the update was cancelled, and then step() leaves weights and moments untouched.
+  const Tensor& clip_scale() const { return clip_scale_; }
+  // Makes the next step() a no-op on weights and moments (the clip scale becomes NaN; an upload,
+  // no host wait). After clip_grads only.
+  void cancel_update();
   // Tensor and pipeline parallelism: the norm also sums over `group` (the ranks of one
   // data-parallel replica), each parameter's squares weighted by weights[id]: 1 for a part only
   // this rank holds (a TP shard, a stage's layer), 1/tp for one replicated over the TP group,

@@ -14,6 +14,7 @@
 namespace moe {
 
 bool Trainer::reads_loss(int64_t completed) const {
+  if (!device_.is_cuda()) return true;  // free on the CPU: the NaN/Inf policy judges every step
   const int64_t save_every = config_.train.save_every;
   return is_log_step(completed) || completed == read_loss_at_ || (save_every > 0 && completed % save_every == 0);
 }
@@ -53,7 +54,8 @@ StepResult Trainer::train_step() {
     auto start = Clock::now();
     ForwardOutput& out = outs[static_cast<size_t>(micro)];
     out = model_->forward(batches[static_cast<size_t>(micro)], saves[static_cast<size_t>(micro)], input);
-    MOE_CHECK(std::isfinite(out.aux_loss), "balancing loss is ", out.aux_loss, " at step ", step_ + 1, " (micro-batch ",
+    // Under skip_step a non-finite balancing loss shows again as a non-finite gradient norm.
+    MOE_CHECK(std::isfinite(out.aux_loss) || guard_->skips(), "balancing loss is ", out.aux_loss, " at step ", step_ + 1, " (micro-batch ",
               micro, " on rank ", world_->rank(), "): training diverged; lower optim.lr or check the data");
     if (out.loss.defined()) ops::sum_accumulate(out.loss, loss_sum);
     if (timed) cuda_synchronize();
@@ -106,22 +108,45 @@ StepResult Trainer::train_step() {
   }
   r.loss = read_loss ? sums[0] / std::max(sums[1], 1.0) : std::nan("");
   r.aux_loss = sums[2];
-  optimizer_->clip_grads(config_.optim.grad_clip);  // norm and clip scale stay on the device
-  double lr = learning_rate(config_.schedule, config_.optim, step_, t.steps);
-  optimizer_->step(lr, step_ + 1);
-  r.grad_norm = std::nan("");
-  if (read_loss) {
-    // Divergence shows where the values are read: logging steps and every step a checkpoint
-    // follows (reads_loss), so a non-finite loss or gradient norm is never saved.
-    r.grad_norm = optimizer_->grad_norm();
-    const bool loss_ok = std::isfinite(r.loss);
-    MOE_CHECK(loss_ok && std::isfinite(r.grad_norm), loss_ok ? "gradient norm is " : "loss is ",
-              loss_ok ? r.grad_norm : r.loss, " at step ", step_ + 1, " (rank ", world_->rank(),
-              "): training diverged; lower optim.lr or check the data");
-  }
+  if (before_update_hook_) before_update_hook_(step_ + 1, store);
+  guarded_update(r, read_loss);
   update_expert_biases(r);
   ++step_;
   return r;
+}
+
+void Trainer::guarded_update(StepResult& r, bool read_loss) {
+  // Norm and clip scale stay on the device; a non-finite norm makes the scale NaN, and the fused
+  // AdamW then leaves weights and moments alone on any step, read or not.
+  optimizer_->clip_grads(config_.optim.grad_clip);
+  r.grad_norm = read_loss ? optimizer_->grad_norm() : std::nan("");
+  // The NaN/Inf policy judges the values where they are read: every CPU step, the GPU's logging
+  // steps and every step a checkpoint follows (reads_loss). All ranks hold the same values.
+  const std::string bad = read_loss ? guard_->judge(r.loss, r.grad_norm) : "";
+  if (!bad.empty()) {
+    MOE_CHECK(guard_->skips(), bad, " at step ", step_ + 1, " (rank ", world_->rank(),
+              "): training diverged; lower optim.lr or check the data (or set train.nonfinite = \"skip_step\")");
+    optimizer_->cancel_update();
+  } else if (read_loss) {
+    guard_->accept(r.loss);
+  }
+  optimizer_->step(learning_rate(config_.schedule, config_.optim, step_, config_.train.steps), step_ + 1);
+  guard_->record(optimizer_->clip_scale(), step_ + 1);
+  if (read_loss) report_skips(r, bad);
+}
+
+void Trainer::report_skips(StepResult& r, const std::string& reason) {
+  const SkipRecord record = guard_->check(step_ + 1, world_->rank());
+  r.skipped = record.last == step_ + 1;
+  r.skipped_steps = record.skipped;
+  if (record.skipped > reported_skips_ && is_root()) {
+    std::printf("skipped the update of step %lld: %s (train.nonfinite = \"skip_step\"; %lld skipped in all, %lld in a "
+                "row)\n",
+                static_cast<long long>(record.last), reason.empty() ? "gradient norm is not finite" : reason.c_str(),
+                static_cast<long long>(record.skipped), static_cast<long long>(record.consecutive));
+    std::fflush(stdout);
+  }
+  reported_skips_ = record.skipped;
 }
 
 std::vector<Batch> Trainer::step_batches(bool collect_stats) const {
@@ -168,7 +193,7 @@ void Trainer::update_expert_biases(StepResult& r) {
   for (auto& s : r.routing) {
     if (s.layer >= first && s.layer < last) own.push_back(&s);
   }
-  if (config_.moe.expert_bias_rate > 0) {
+  if (config_.moe.expert_bias_rate > 0 && !r.skipped) {  // a skipped step updates nothing
     std::vector<std::vector<int64_t>> loads;
     for (const auto* s : own) loads.push_back(s->tokens_per_expert);
     model_->update_expert_biases(loads, config_.moe.expert_bias_rate);

@@ -17,6 +17,7 @@
 #include "src/train/distributed_optimizer.h"
 #include "src/train/pipeline_schedule.h"
 #include "src/train/run_dir.h"
+#include "src/util/stop_signal.h"
 
 namespace moe {
 
@@ -65,6 +66,7 @@ Trainer::Trainer(const Config& config, int local_rank, Communicator& world)
     : config_(config), world_(&world), topology_(Topology::from_config(config, world.size(), world.rank())) {
   device_ = select_device(config.train, local_rank);
   dtype_ = select_dtype(config.train, device_);
+  guard_ = std::make_unique<StepGuard>(config.train, device_);
   MOE_CHECK(world.device().is_cuda() == device_.is_cuda(), "the communicator is for ", world.device().str(),
             " but the model runs on ", device_.str());
   groups_ = make_process_groups(world, topology_, config.model.tie_embeddings);
@@ -184,6 +186,7 @@ void Trainer::log_step(const StepResult& r, double lr, double step_seconds, doub
   if (device_.is_cuda()) record["mfu"] = tokens_per_s * flops_per_token_ / k_h200_peak_flops / world_->size();
   for (const auto& layer : r.routing) record["moe"].push_back(routing_stats_json(layer));
   if (oracle_) record["oracle_hash"] = true;
+  if (guard_->skips()) record["skipped_steps"] = r.skipped_steps;
   std::string pipeline;
   if (!r.stage_seconds.empty()) {
     std::vector<double> stage_ms;
@@ -207,15 +210,26 @@ void Trainer::log_step(const StepResult& r, double lr, double step_seconds, doub
   std::fflush(stdout);
 }
 
-void Trainer::train() {
+int Trainer::agreed_stop_signal() const {
+  std::vector<double> signal{static_cast<double>(stop_signal())};
+  if (world_->size() > 1) world_->all_reduce_max(signal);  // one number: every rank stops together
+  return static_cast<int>(signal[0]);
+}
+
+int Trainer::train() {
   const TrainConfig& t = config_.train;
   MOE_CHECK(sampler_, "data.train_path is empty: training needs a token shard (see `moe tokenize`)");
   // Rank 0 alone writes the run directory, so it alone holds the lock (docs/config.md, "Run
-  // directories"); an error there aborts every rank.
+  // directories"); an error there aborts every rank. A resume past train.steps is refused there.
   std::optional<DirLock> lock;
   if (is_root()) lock.emplace(prepare_run_dir(config_, sampler_->global_batch()));
   world_->barrier();  // staging cleaned, resume checked before any rank reads a checkpoint
-  if (!t.resume.empty()) load_checkpoint(resolve_checkpoint(t.run_dir, t.resume), true);
+  if (!t.resume.empty()) {
+    const std::string dir = resolve_checkpoint(t.run_dir, t.resume);
+    load_checkpoint(dir, true);
+    MOE_CHECK(step_ < t.steps, "checkpoint ", dir, " is at step ", step_, " but train.steps = ", t.steps,
+              ": nothing to train (raise train.steps to continue the run)");
+  }
   metrics_ = std::make_unique<MetricsWriter>(is_root() ? t.run_dir + "/metrics.jsonl" : "");
   if (is_root()) {
     std::printf("moe-engine: %lld parameters (%lld active per token), %lld MoE layers, %s %s, %d rank(s), "
@@ -246,8 +260,23 @@ void Trainer::train() {
       if (is_root()) std::printf("%seval step %lld | val_loss %.4f | val_ppl %.2f\n", oracle_ ? "[ORACLE HASH] " : "", static_cast<long long>(step_), e.loss,
                                  std::exp(e.loss));
     }
-    if ((t.save_every > 0 && step_ % t.save_every == 0) || last) save_checkpoint();
+    const bool saved = (t.save_every > 0 && step_ % t.save_every == 0) || last;
+    if (saved) save_checkpoint();
+    // A preempted job: finish the step, save, and say why (the CLI exits with 128 + signal).
+    const int signal = last ? 0 : agreed_stop_signal();
+    if (signal != 0) {
+      if (!saved) save_checkpoint();
+      if (is_root()) {
+        std::printf("stopped by %s after step %lld of %lld: checkpoint %s/checkpoints/step_%lld saved; continue with "
+                    "train.resume = \"latest\"\n",
+                    stop_signal_name(signal), static_cast<long long>(step_), static_cast<long long>(t.steps),
+                    t.run_dir.c_str(), static_cast<long long>(step_));
+        std::fflush(stdout);
+      }
+      return signal;
+    }
   }
+  return 0;
 }
 
 nlohmann::json Trainer::bench(int64_t warmup_steps, int64_t timed_steps, bool breakdown) {

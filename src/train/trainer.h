@@ -3,6 +3,7 @@
 // and checkpoints; plus the benchmark and evaluation entry points the CLI calls.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -20,15 +21,21 @@
 #include "src/train/moe_stats.h"
 #include "src/train/distributed_optimizer.h"
 #include "src/train/optimizer.h"
+#include "src/train/step_guard.h"
 
 namespace moe {
 
 // loss and grad_norm are read from the device on logging steps, the last step, steps a
-// checkpoint follows and the step after a resume (Trainer::reads_loss); NaN on other steps.
+// checkpoint follows and the step after a resume (Trainer::reads_loss; every step on the CPU);
+// NaN on other steps.
 struct StepResult {
   double loss = 0;       // mean cross-entropy over the global batch
   double aux_loss = 0;   // balancing losses, mean over micro-batches and ranks
   double grad_norm = 0;  // before clipping
+  // train.nonfinite = "skip_step": whether this step's update was skipped, and the run's skipped
+  // steps in all (known on the steps that read their loss; false / the last count elsewhere).
+  bool skipped = false;
+  int64_t skipped_steps = 0;
   std::vector<LayerRoutingStats> routing;  // per MoE layer, over micro-batches and ranks
   // Pipeline parallelism: each stage's compute seconds in this step, and the bubble (the
   // fraction of stage-time spent waiting: 1 - mean(stage_seconds) / step wall time).
@@ -47,8 +54,10 @@ class Trainer {
   Trainer(const Config& config, int local_rank, Communicator& world);
   ~Trainer();
 
-  // The whole run: resume if asked, train to train.steps, evaluate, checkpoint.
-  void train();
+  // The whole run: resume if asked, train to train.steps, evaluate, checkpoint. Returns 0, or the
+  // stop signal (SIGTERM, SIGINT, SIGHUP; src/util/stop_signal.h) that any rank received before
+  // the last step: every rank then stops after the same step, saves a checkpoint and returns it.
+  int train();
   // Warm-up then timed steps (no evaluation, no checkpoints); one JSON object of results.
   // Times `timed_steps` steps after `warmup_steps`; with `breakdown`, as many more steps with every
   // op timed by kind (moe bench train --breakdown), so the headline numbers carry no event cost.
@@ -62,6 +71,9 @@ class Trainer {
   StepResult train_step();
   // Also read the loss and gradient norm (a host wait) after the step that completes `step`.
   void read_loss_at(int64_t step) { read_loss_at_ = step; }
+  // Tests: called every step with the 1-based step and the store once the gradients are reduced,
+  // before clipping (where a test injects a non-finite gradient).
+  void set_before_update_hook(std::function<void(int64_t, ParamStore&)> hook) { before_update_hook_ = std::move(hook); }
 
   Model& model() { return *model_; }
   int64_t step() const { return step_; }
@@ -72,6 +84,10 @@ class Trainer {
   data::TokenWindows micro_batch(int64_t step, int64_t micro) const;
   Batch to_device(const data::TokenWindows& windows) const;  // through the model's objective
   void log_step(const StepResult& r, double lr, double step_seconds, double elapsed);
+  // Clipping, the NaN/Inf policy (step_guard.h) and AdamW for the step completing step_ + 1.
+  void guarded_update(StepResult& r, bool read_loss);
+  void report_skips(StepResult& r, const std::string& reason);  // reads the skip record (step_guard.h)
+  int agreed_stop_signal() const;  // the stop signal of any rank (an all-reduce max), or 0
   bool is_log_step(int64_t step) const;
   bool reads_loss(int64_t completed) const;  // whether the step completing `completed` reads its loss
   void apply_global_switch(std::vector<ModelSaved>& saves, std::vector<ForwardOutput>& outs);
@@ -105,6 +121,9 @@ class Trainer {
   std::unique_ptr<MetricsWriter> metrics_;
   int64_t step_ = 0;  // completed optimizer steps
   int64_t read_loss_at_ = -1;  // a step whose loss is read besides reads_loss's rule
+  std::unique_ptr<StepGuard> guard_;  // the NaN/Inf policy
+  int64_t reported_skips_ = 0;        // skipped steps already printed
+  std::function<void(int64_t, ParamStore&)> before_update_hook_;
   bool oracle_ = false;  // the future-token oracle hash: every log line says so
   double tokens_per_step_ = 0;
   int64_t active_params_ = 0, total_params_ = 0;  // the whole model's (all stages)

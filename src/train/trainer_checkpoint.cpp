@@ -102,6 +102,7 @@ Tensor Trainer::full_tensor(const ParamInfo& info, const Tensor& host_local) {
 }
 
 void Trainer::save_checkpoint() {
+  guard_->check(step_, world_->rank());  // the GPU may have skipped a non-finite step no one read
   std::string dir = config_.train.run_dir + "/checkpoints/step_" + std::to_string(step_);
   ParamStore& store = model_->params();
   // Each stage's first rank (tp 0, dp 0) keeps its stage's canonical tensors.

@@ -3,6 +3,8 @@
 // host waits of a dense training step that does not log (0: nothing is read back).
 #include <catch2/catch.hpp>
 
+#include <cmath>
+#include <limits>
 #include <vector>
 
 #include "parallel/communicator.h"
@@ -82,6 +84,47 @@ TEST_CASE("cuda device sums and the clip scale match the CPU", "[cuda][optimizer
   }
 }
 
+TEST_CASE("cuda: a non-finite norm makes a NaN clip scale, the fused AdamW skips, the skip is recorded",
+          "[cuda][optimizer]") {
+  const int64_t n = 989;
+  auto master = test::random_mirror({n}, DType::f32, test::seed_of(6, {n}));
+  auto grad = test::random_mirror({n}, DType::f32, test::seed_of(7, {n}));
+  auto m = test::random_mirror({n}, DType::f32, test::seed_of(8, {n}), -0.1, 0.1);
+  auto v = test::random_mirror({n}, DType::f32, test::seed_of(9, {n}), 0.0, 0.1);
+  const std::vector<float> master_before = master.gpu.to_vector<float>(), m_before = m.gpu.to_vector<float>(),
+                           v_before = v.gpu.to_vector<float>();
+  const std::vector<int64_t> flat = run_table(n);
+  Tensor runs = Tensor::from_vector(flat, {static_cast<int64_t>(flat.size() / 3), 3}, DType::i64, gpu());
+  Tensor copy = test::poisoned_on({n}, DType::bf16, gpu());
+  const std::vector<float> copy_before = copy.to_vector<float>();
+  for (double bad : {std::nan(""), std::numeric_limits<double>::infinity()}) {
+    Tensor sum_sq = Tensor::from_vector(std::vector<double>{1.0, bad}, {2}, DType::f64, gpu());
+    Tensor scale = test::poisoned_on({1}, DType::f32, gpu());
+    ops::clip_scale(sum_sq, 1.0, scale);
+    REQUIRE(std::isnan(scale.to_vector<float>()[0]));
+    ops::AdamWParams p;
+    p.lr = 1e-2f;
+    p.step = 3;
+    ops::adamw_fused(master.gpu, grad.gpu, m.gpu, v.gpu, runs, scale, p, copy);
+    REQUIRE(master.gpu.to_vector<float>() == master_before);
+    REQUIRE(m.gpu.to_vector<float>() == m_before);
+    REQUIRE(v.gpu.to_vector<float>() == v_before);
+    REQUIRE(copy.to_vector<float>() == copy_before);
+  }
+  Tensor state_gpu = Tensor::zeros({5}, DType::f64, gpu());
+  Tensor state_cpu = Tensor::zeros({5}, DType::f64);
+  const std::vector<float> scales{0.5f, std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::quiet_NaN(),
+                                  1.0f, std::numeric_limits<float>::quiet_NaN()};
+  for (size_t i = 0; i < scales.size(); ++i) {
+    ops::record_skipped_step(Tensor::from_vector(std::vector<float>{scales[i]}, {1}, DType::f32, gpu()), state_gpu,
+                             static_cast<int64_t>(i + 1));
+    ops::record_skipped_step(Tensor::from_vector(std::vector<float>{scales[i]}, {1}, DType::f32), state_cpu,
+                             static_cast<int64_t>(i + 1));
+  }
+  REQUIRE(state_gpu.to_vector<double>() == state_cpu.to_vector<double>());
+  REQUIRE(state_cpu.to_vector<double>() == std::vector<double>{3, 1, 2, 2, 5});
+}
+
 TEST_CASE("a dense CUDA step that does not log waits for the host 0 times", "[cuda][train]") {
   static MpiEnv env;
   test::TempDir dir("moe-cuda-waits");
@@ -101,4 +144,38 @@ TEST_CASE("a dense CUDA step that does not log waits for the host 0 times", "[cu
   StepResult quiet = trainer.train_step();  // step 2: no log, no checkpoint
   REQUIRE(ops::host_waits() - before == 0);
   REQUIRE(std::isnan(quiet.loss));
+}
+
+TEST_CASE("cuda: a non-finite gradient on a step that reads nothing is skipped on the device and found later",
+          "[cuda][train]") {
+  static MpiEnv env;
+  test::TempDir dir("moe-cuda-nonfinite");
+  Config c = test::tiny_train_config(dir);
+  c.train.device = "cuda";
+  c.train.steps = 5;
+  c.train.log_every = 5;  // steps 2-4 read nothing
+  c.train.eval_every = 0;
+  c.data.val_path.clear();
+  auto poison_step_2 = [](int64_t step, ParamStore& store) {
+    if (step != 2) return;
+    Tensor one = store.flat_grads(ParamGroup::dense).rows(3, 4);
+    one.copy_from(Tensor::from_vector(std::vector<float>{std::numeric_limits<float>::quiet_NaN()}, {1}, DType::f32));
+  };
+  auto world = make_world_communicator(Device::cuda(0));
+  SECTION("stop names the skipped step at the next step that reads") {
+    Trainer trainer(c, 0, *world);
+    trainer.set_before_update_hook(poison_step_2);
+    REQUIRE_THROWS_WITH(trainer.train(), Catch::Matchers::Contains("gradient norm is not finite at step 2") &&
+                                             Catch::Matchers::Contains("found at step 5"));
+  }
+  SECTION("skip_step counts it and finishes") {
+    c.train.nonfinite = "skip_step";
+    Trainer trainer(c, 0, *world);
+    trainer.set_before_update_hook(poison_step_2);
+    StepResult r;
+    for (int i = 0; i < 5; ++i) r = trainer.train_step();
+    REQUIRE(r.skipped_steps == 1);
+    REQUIRE(!r.skipped);
+    REQUIRE(std::isfinite(r.loss));
+  }
 }
