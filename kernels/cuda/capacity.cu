@@ -67,7 +67,7 @@ __global__ void capacity_keys_kernel(const int32_t* ids, const float* weights, i
     const int32_t e = ids[i];
     slots[i] = static_cast<int32_t>(i);
     if (e < 0 || e >= num_experts) {
-      if (e != -1) *bad = (1ull << 32) | static_cast<uint32_t>(e);
+      if (e != -1) *bad = (static_cast<unsigned long long>(i + 1) << 32) | static_cast<uint32_t>(e);
       keys[i] = k_no_expert;
       continue;
     }
@@ -193,8 +193,9 @@ int64_t apply_capacity(int32_t* ids, float* weights, int64_t tokens, int64_t k, 
   unsigned long long host[2] = {0, 0};
   CUDA_CHECK(cudaMemcpyAsync(host, dropped, sizeof(host), cudaMemcpyDeviceToHost, stream));
   wait_stream(stream);
-  MOE_CHECK(host[1] == 0, "apply_capacity: expert id ", static_cast<int32_t>(host[1] & 0xffffffffull),
-            " outside [0,", num_experts, ")");
+  const auto slot = static_cast<int64_t>(host[1] >> 32) - 1;  // the word holds (slot + 1, id)
+  MOE_CHECK(host[1] == 0, "apply_capacity: expert id ", static_cast<int32_t>(host[1] & 0xffffffffull), " of token ",
+            slot / k, " (slot ", slot % k, ") is outside [0,", num_experts, ")");
   return static_cast<int64_t>(host[0]);
 }
 

@@ -20,8 +20,8 @@ void expert_choice_backward(const int32_t* ids, const float* dweights, float* ds
 
 // ids i32[T,k], weights[T,k] in place: each expert keeps at most `capacity` of its slots (by
 // weight, ties to the lower token then slot; or slot-major by position), the rest become -1 and
-// 0. *dropped (device) = the slots dropped; *bad (device, may be null) = (1 << 32) | id for an id
-// outside [-1, E) (such slots are left alone), else 0. No host wait.
+// 0. *dropped (device) = the slots dropped; *bad (device, may be null) = ((slot + 1) << 32) | id
+// for an id outside [-1, E) (such slots are left alone), else 0. No host wait.
 void apply_capacity(int32_t* ids, float* weights, int64_t tokens, int64_t k, int64_t num_experts, int64_t capacity,
                     kernels::DropOrder order, unsigned long long* dropped, unsigned long long* bad,
                     cudaStream_t stream);

@@ -22,9 +22,14 @@ void accumulate_routing_stats(std::vector<LayerRoutingStats>& step, const std::v
       it = step.end() - 1;
     }
     LayerRoutingStats& s = *it;
-    MOE_CHECK(s.tokens_per_expert.size() == micro[i].tokens_per_expert.size(), "layer ", layers[i], ": ",
-              micro[i].tokens_per_expert.size(), " experts added to ", s.tokens_per_expert.size());
-    for (size_t e = 0; e < s.tokens_per_expert.size(); ++e) s.tokens_per_expert[e] += micro[i].tokens_per_expert[e];
+    // A GPU forward that collected no statistics brings no counts (they stayed on the device).
+    if (s.tokens_per_expert.empty()) s.tokens_per_expert.assign(micro[i].tokens_per_expert.size(), 0);
+    MOE_CHECK(micro[i].tokens_per_expert.empty() || s.tokens_per_expert.size() == micro[i].tokens_per_expert.size(),
+              "layer ", layers[i], ": ", micro[i].tokens_per_expert.size(), " experts added to ",
+              s.tokens_per_expert.size());
+    for (size_t e = 0; e < micro[i].tokens_per_expert.size(); ++e) {
+      s.tokens_per_expert[e] += micro[i].tokens_per_expert[e];
+    }
     s.slots += micro[i].slots;
     s.dropped += micro[i].dropped;
     for (const auto& [name, value] : micro[i].balance) s.balance[name] += value * mean_weight;

@@ -71,8 +71,13 @@ TEST_CASE("grouped matmul weight gradient accumulates x_e^T dy_e and leaves empt
 TEST_CASE("grouped matmul rejects bad offsets and shapes with their messages", "[kernels][grouped][errors]") {
   Tensor x = test::random_tensor({5, 3}, DType::f64, 21), w = test::random_tensor({2, 3, 4}, DType::f64, 22);
   Tensor y = Tensor::empty({5, 4}, DType::f64);
-  REQUIRE_THROWS_WITH(ops::grouped_matmul(x, offsets_of({2, 2}), w, false, y),
-                      Contains("grouped gemm: offsets end at 4 but x has 5 rows"));
+  REQUIRE_THROWS_WITH(ops::grouped_matmul(x, offsets_of({3, 3}), w, false, y),
+                      Contains("grouped gemm: offsets end at 6 but x has only 5 rows"));
+  // Rows past the offsets' end are padding: computed for no expert, left as they were.
+  Tensor padded = Tensor::zeros({5, 4}, DType::f64);
+  ops::grouped_matmul(x, offsets_of({2, 2}), w, false, padded);
+  REQUIRE(padded.rows(4, 5).to_vector<double>() == std::vector<double>(4, 0.0));
+  REQUIRE(padded.rows(0, 4).to_vector<double>() != std::vector<double>(16, 0.0));
   REQUIRE_THROWS_WITH(ops::grouped_matmul(x, Tensor::from_vector(std::vector<int32_t>{0, 4, 3}, {3}, DType::i32), w,
                                           false, y),
                       Contains("grouped gemm: offsets decrease at expert 1 (4 then 3)"));
