@@ -227,8 +227,6 @@ int Trainer::train() {
   if (!t.resume.empty()) {
     const std::string dir = resolve_checkpoint(t.run_dir, t.resume);
     load_checkpoint(dir, true);
-    MOE_CHECK(step_ < t.steps, "checkpoint ", dir, " is at step ", step_, " but train.steps = ", t.steps,
-              ": nothing to train (raise train.steps to continue the run)");
   }
   metrics_ = std::make_unique<MetricsWriter>(is_root() ? t.run_dir + "/metrics.jsonl" : "");
   if (is_root()) {

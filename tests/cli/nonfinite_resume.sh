@@ -35,14 +35,21 @@ test -d "$work/skip/checkpoints/step_2"  # a skipped step's (unchanged, finite) 
 "$moe" train "$work/config.toml" "${quiet[@]}" --set optim.lr=1e4 --set train.steps=2 --set train.loss_spike_factor=0 \
   --set train.run_dir="$work/unguarded" > /dev/null
 
-# Resuming the step-4 checkpoint with train.steps = 3 (or 4): nothing to train.
+# Resuming the step-4 checkpoint with train.steps = 3 (or 4): nothing to train (run_dir.cpp, check_resume).
 for steps in 3 4; do
-  "$here/expect_error.sh" "checkpoint .*/run/checkpoints/step_4 is at step 4 but train.steps = $steps: nothing to train" \
+  "$here/expect_error.sh" \
+    "cannot resume from .*/run/checkpoints/step_4: it is at step 4 and train.steps = $steps, so nothing is left to train" \
     "$moe" train "$work/config.toml" --set train.steps=$steps --set train.resume=latest > /dev/null
 done
-# A trainer_state.json of {} no longer restarts at step 0 over the run's checkpoints.
+# A trainer_state.json of {} no longer restarts at step 0 over the run's checkpoints. The edit is
+# deliberate, so the checkpoint's checksums.json goes too (the documented way to load a hand-edited
+# file; with it, the checksum would refuse the file before its fields are read).
 cp -r "$work/run/checkpoints/step_4" "$work/empty_state"
 echo '{}' > "$work/empty_state/trainer_state.json"
-"$here/expect_error.sh" "corrupt checkpoint .*/empty_state/trainer_state.json: field \"step\" is missing" \
-  "$moe" train "$work/config.toml" --set train.steps=8 --set train.resume="$work/empty_state" > /dev/null
+rm "$work/empty_state/checksums.json"
+out=$(EXPECT_ANY_LINES=1 "$here/expect_error.sh" "corrupt checkpoint .*/empty_state/trainer_state.json: field \"step\" is missing" \
+  "$moe" train "$work/config.toml" --set train.steps=8 --set train.resume="$work/empty_state") || { echo "$out"; exit 1; }
+# Besides the error line, exactly one: the warning that a checkpoint without checksums.json is not verified.
+test "$(grep -c . <<< "$out")" -eq 2 || { echo "$out"; exit 1; }
+grep -q "warning: checkpoint .*/empty_state has no checksums.json" <<< "$out"
 echo "ok"
