@@ -95,7 +95,9 @@ TEST_CASE("cuda: a non-finite norm makes a NaN clip scale, the fused AdamW skips
                            v_before = v.gpu.to_vector<float>();
   const std::vector<int64_t> flat = run_table(n);
   Tensor runs = Tensor::from_vector(flat, {static_cast<int64_t>(flat.size() / 3), 3}, DType::i64, gpu());
-  Tensor copy = test::poisoned_on({n}, DType::bf16, gpu());
+  // The bf16 compute copy starts finite and unlike the master (a NaN poison would never compare
+  // equal to itself), so a skipped update that wrote it would show.
+  Tensor copy = test::random_mirror({n}, DType::bf16, test::seed_of(10, {n}), 2.0, 3.0).gpu;
   const std::vector<float> copy_before = copy.to_vector<float>();
   for (double bad : {std::nan(""), std::numeric_limits<double>::infinity()}) {
     Tensor sum_sq = Tensor::from_vector(std::vector<double>{1.0, bad}, {2}, DType::f64, gpu());
@@ -111,6 +113,16 @@ TEST_CASE("cuda: a non-finite norm makes a NaN clip scale, the fused AdamW skips
     REQUIRE(v.gpu.to_vector<float>() == v_before);
     REQUIRE(copy.to_vector<float>() == copy_before);
   }
+  // A finite scale then updates the master and writes its bf16 copy (the kernel writes the copy).
+  Tensor one = Tensor::from_vector(std::vector<float>{1.0f}, {1}, DType::f32, gpu());
+  ops::AdamWParams p;
+  p.lr = 1e-2f;
+  p.step = 3;
+  ops::adamw_fused(master.gpu, grad.gpu, m.gpu, v.gpu, runs, one, p, copy);
+  REQUIRE(master.gpu.to_vector<float>() != master_before);
+  const std::vector<float> updated = master.gpu.to_vector<float>();
+  test::require_close(copy, Tensor::from_vector(updated, {n}, DType::f32), test::bf16_tol().atol,
+                      test::bf16_tol().rtol, "bf16 copy after a finite scale");
   Tensor state_gpu = Tensor::zeros({5}, DType::f64, gpu());
   Tensor state_cpu = Tensor::zeros({5}, DType::f64);
   const std::vector<float> scales{0.5f, std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::quiet_NaN(),
