@@ -237,3 +237,35 @@ TEST_CASE("the skip record counts skipped steps and runs of them", "[train][nonf
   REQUIRE(state.to_vector<double>() == std::vector<double>{5, 0, 3, 2, 7});
   REQUIRE_THROWS_WITH(ops::record_skipped_step(ok_scale, state, 0), Contains("step must be 1-based"));
 }
+
+TEST_CASE("the step guard names a skip no step read: stop at the next reading step, skip_step counts it",
+          "[train][nonfinite][errors]") {
+  // What a GPU run goes through when a non-finite gradient norm falls on a step that reads
+  // nothing: the device skips it (NaN clip scale) and the record says so at the next reading step.
+  Tensor nan_scale = Tensor::from_vector(std::vector<float>{k_nan}, {1}, DType::f32);
+  Tensor ok_scale = Tensor::from_vector(std::vector<float>{1.0f}, {1}, DType::f32);
+  TrainConfig t;
+  t.max_skipped_steps = 2;
+  for (const char* policy : {"stop", "skip_step"}) {
+    INFO(policy);
+    t.nonfinite = policy;
+    StepGuard guard(t, Device::cpu());
+    for (int64_t step = 1; step <= 5; ++step) guard.record(step == 2 ? nan_scale : ok_scale, step);
+    if (t.nonfinite == "stop") {
+      REQUIRE_THROWS_WITH(guard.check(5, 3),
+                          Contains("gradient norm is not finite at step 2 (rank 3): training diverged") &&
+                              Contains("train.nonfinite = \"stop\"; found at step 5, the update of step 2 was not "
+                                       "applied"));
+      continue;
+    }
+    SkipRecord r = guard.check(5, 3);
+    REQUIRE(r.skipped == 1);
+    REQUIRE(r.first == 2);
+    REQUIRE(r.last == 2);
+    REQUIRE(r.consecutive == 0);
+    guard.record(nan_scale, 6);
+    guard.record(nan_scale, 7);  // a second skip in a row reaches max_skipped_steps = 2
+    REQUIRE_THROWS_WITH(guard.check(7, 3), Contains("2 consecutive steps skipped (the last at step 7, "
+                                                    "train.max_skipped_steps = 2) (rank 3)"));
+  }
+}
