@@ -1,0 +1,65 @@
+// Read-only file mappings (mmap) with the checks a reader of untrusted paths needs: regular file
+// first, then open, stat and map, each failure one line naming the file.
+#include "src/io/mapped_file.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "src/util/check.h"
+
+namespace moe {
+
+namespace {
+
+// The whole pages inside [begin, end) of a mapping at `base`, as (start, length); length 0 if none.
+std::pair<unsigned char*, size_t> whole_pages(unsigned char* base, uint64_t begin, uint64_t end) {
+  const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  const uint64_t first = (begin + page - 1) / page * page, last = end / page * page;
+  if (base == nullptr || last <= first) return {nullptr, 0};
+  return {base + first, static_cast<size_t>(last - first)};
+}
+
+}  // namespace
+
+MappedFile::MappedFile(const std::filesystem::path& path, const std::string& what) {
+  const std::string where = path.string();
+  require_regular_file(where, "cannot open " + what);  // before opening: a FIFO would block
+  const int fd = ::open(where.c_str(), O_RDONLY | O_CLOEXEC);
+  MOE_CHECK(fd >= 0, "cannot open ", what, " ", where, ": ", std::strerror(errno));
+  struct stat info {};
+  if (::fstat(fd, &info) != 0) {
+    const int error = errno;
+    ::close(fd);
+    MOE_FAIL("cannot stat ", what, " ", where, ": ", std::strerror(error));
+  }
+  size_ = static_cast<uint64_t>(info.st_size);
+  if (size_ > 0) {  // mmap refuses a length of 0
+    void* mapped = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    const int error = errno;
+    ::close(fd);  // the mapping keeps the file open
+    MOE_CHECK(mapped != MAP_FAILED, "cannot map ", what, " ", where, ": ", std::strerror(error));
+    data_ = static_cast<unsigned char*>(mapped);
+  } else {
+    ::close(fd);
+  }
+}
+
+MappedFile::~MappedFile() {
+  if (data_ != nullptr) ::munmap(data_, size_);
+}
+
+void MappedFile::advise_sequential() const {
+  if (data_ != nullptr) ::madvise(data_, size_, MADV_SEQUENTIAL);  // a hint: failure is harmless
+}
+
+void MappedFile::release(uint64_t begin, uint64_t end) const {
+  auto [start, length] = whole_pages(data_, begin, end);
+  if (length > 0) ::madvise(start, length, MADV_DONTNEED);  // read-only private pages: refetched if touched
+}
+
+}  // namespace moe
