@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -15,6 +16,8 @@
 namespace moe {
 
 namespace {
+
+constexpr uint64_t k_copy_chunk_bytes = uint64_t{4} << 20;  // within any read-ahead window cap
 
 // The whole pages inside [begin, end) of a mapping at `base`, as (start, length); length 0 if none.
 std::pair<unsigned char*, size_t> whole_pages(unsigned char* base, uint64_t begin, uint64_t end) {
@@ -44,6 +47,7 @@ MappedFile::MappedFile(const std::filesystem::path& path, const std::string& wha
     ::close(fd);  // the mapping keeps the file open
     MOE_CHECK(mapped != MAP_FAILED, "cannot map ", what, " ", where, ": ", std::strerror(error));
     data_ = static_cast<unsigned char*>(mapped);
+    advise_random();
   } else {
     ::close(fd);
   }
@@ -53,8 +57,29 @@ MappedFile::~MappedFile() {
   if (data_ != nullptr) ::munmap(data_, size_);
 }
 
+// The hints below may fail (an old kernel): harmless, the reads are then only less exact.
 void MappedFile::advise_sequential() const {
-  if (data_ != nullptr) ::madvise(data_, size_, MADV_SEQUENTIAL);  // a hint: failure is harmless
+  if (data_ != nullptr) ::madvise(data_, size_, MADV_SEQUENTIAL);
+}
+
+void MappedFile::advise_random() const {
+  if (data_ != nullptr) ::madvise(data_, size_, MADV_RANDOM);
+}
+
+void MappedFile::copy_out(uint64_t begin, uint64_t end, void* out) const {
+  MOE_CHECK(begin <= end && end <= size_, "MappedFile: bytes [", begin, ", ", end, ") of a ", size_, "-byte file");
+  const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  auto request = [&](uint64_t from, uint64_t to) {  // the pages holding [from, to)
+    if (to > from) ::madvise(data_ + from / page * page, static_cast<size_t>(to - from / page * page), MADV_WILLNEED);
+  };
+  auto* target = static_cast<unsigned char*>(out);
+  request(begin, std::min(end, begin + k_copy_chunk_bytes));
+  for (uint64_t at = begin; at < end; at += k_copy_chunk_bytes) {
+    const uint64_t chunk_end = std::min(end, at + k_copy_chunk_bytes);
+    request(chunk_end, std::min(end, chunk_end + k_copy_chunk_bytes));
+    std::memcpy(target + (at - begin), data_ + at, static_cast<size_t>(chunk_end - at));
+    release(at, chunk_end);  // the copy is what the caller keeps
+  }
 }
 
 void MappedFile::release(uint64_t begin, uint64_t end) const {

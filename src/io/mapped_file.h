@@ -23,8 +23,17 @@ class MappedFile {
 
   const unsigned char* data() const { return data_; }  // nullptr for an empty file
   uint64_t size() const { return size_; }
-  // Hints that the whole file will be read once, front to back (more read-ahead).
+  // How the pages will be touched: sequential (aggressive read-ahead) for one pass over the
+  // whole file; random (no read-ahead on faults: a fault reads just its page) for byte ranges
+  // copied by copy_out(). Mappings start random: with the default read-around a fault reads up
+  // to read_ahead_kb (8 MiB on this machine) around it, so slices would drag in their neighbours.
   void advise_sequential() const;
+  void advise_random() const;
+  // Copies bytes [begin, end) of the file to `out`, reading exactly those pages: chunk by chunk,
+  // the next chunk's read requested (MADV_WILLNEED) before the current one is copied, and each
+  // chunk released after. (One WILLNEED of the whole range would not do: the kernel caps it at
+  // the read-ahead window, and the rest would fault in page by page, ten times slower.)
+  void copy_out(uint64_t begin, uint64_t end, void* out) const;
   // Drops this process's mapping of the whole pages inside [begin, end) after they were read:
   // the data stays in the page cache, but no longer counts in this process's resident set, so
   // a pass over a file larger than memory does not crowd out the rest.

@@ -44,7 +44,7 @@ std::span<const unsigned char> MappedSafetensors::bytes(const SafetensorsEntry& 
 Tensor MappedSafetensors::copy(const SafetensorsEntry& e) const {
   if (e.shape.empty()) {  // a scalar has no rows
     Tensor t = Tensor::empty(e.shape, e.dtype);
-    std::memcpy(t.data(), bytes(e).data(), t.nbytes());
+    std::memcpy(t.data(), bytes(e).data(), t.nbytes());  // a few bytes: a fault reads their page
     return t;
   }
   return copy_rows(e, 0, e.shape[0]);
@@ -60,10 +60,8 @@ Tensor MappedSafetensors::copy_rows(const SafetensorsEntry& e, int64_t row_begin
   if (t.nbytes() == 0) return t;
   const uint64_t row_bytes = (e.end - e.begin) / static_cast<uint64_t>(e.shape[0]);
   const uint64_t from = static_cast<uint64_t>(row_begin) * row_bytes;
-  std::memcpy(t.data(), bytes(e).data() + from, t.nbytes());
-  // The copy is what the caller keeps: the mapped pages need not stay resident as well.
   const uint64_t at = header_.data_start + e.begin + from;
-  file_->release(at, at + t.nbytes());
+  file_->copy_out(at, at + t.nbytes(), t.data());  // exactly these bytes, not kept resident twice
   return t;
 }
 
@@ -82,6 +80,7 @@ FileDigest MappedSafetensors::digest(bool with_checksum) const {
     crc.update(file_->data() + at, end - at);
     file_->release(at, end);
   }
+  file_->advise_random();  // back to exact reads for the copies that follow
   return {file_->size(), crc.value()};
 }
 
