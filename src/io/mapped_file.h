@@ -31,8 +31,8 @@ class MappedFile {
   void advise_random() const;
   // Copies bytes [begin, end) of the file to `out`, reading exactly those pages: chunk by chunk,
   // the next chunk's read requested (MADV_WILLNEED) before the current one is copied, and each
-  // chunk released after. (One WILLNEED of the whole range would not do: the kernel caps it at
-  // the read-ahead window, and the rest would fault in page by page, ten times slower.)
+  // chunk released after. (One WILLNEED of the whole range would not do: the kernel caps each
+  // call at the read-ahead window, and the rest would fault in page by page, 20 times slower.)
   void copy_out(uint64_t begin, uint64_t end, void* out) const;
   // Drops this process's mapping of the whole pages inside [begin, end) after they were read:
   // the data stays in the page cache, but no longer counts in this process's resident set, so
