@@ -1,5 +1,5 @@
 // Checkpoint manifests: written with the checkpoint's other files inside its atomic directory,
-// read and compared on load. The CRC-32C is computed while the file is read anyway (no second pass).
+// read and compared on load. The CRC-32C is one sequential pass over the file's mapping.
 #include "src/io/checksum_manifest.h"
 
 #include <cstdio>
@@ -91,11 +91,17 @@ std::optional<ChecksumManifest> checkpoint_manifest(const fs::path& dir, bool ve
   return manifest;
 }
 
+MappedSafetensors open_verified_safetensors(const fs::path& dir, const std::string& file,
+                                            const std::optional<ChecksumManifest>& manifest, bool verify) {
+  MappedSafetensors mapped(dir / file);
+  if (manifest) check_file_digest(*manifest, dir, file, mapped.digest(verify), verify);
+  return mapped;
+}
+
 SafetensorsFile read_verified_safetensors(const fs::path& dir, const std::string& file,
                                           const std::optional<ChecksumManifest>& manifest, bool verify) {
-  SafetensorsFile result = read_safetensors(dir / file, verify && manifest.has_value());
-  if (manifest) check_file_digest(*manifest, dir, file, result.digest, verify);
-  return result;
+  MappedSafetensors mapped = open_verified_safetensors(dir, file, manifest, verify);
+  return {mapped.copy_all(), mapped.metadata(), mapped.digest(false)};
 }
 
 std::string read_verified_text(const fs::path& dir, const std::string& file, const std::string& what,

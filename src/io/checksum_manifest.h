@@ -30,8 +30,12 @@ void check_file_digest(const ChecksumManifest& manifest, const std::filesystem::
 
 // read_checksum_manifest, with one warning on stderr when verify is set and the directory has none.
 std::optional<ChecksumManifest> checkpoint_manifest(const std::filesystem::path& dir, bool verify);
-// A checkpoint's safetensors file <dir>/<file>, checked against the manifest when there is one:
-// the size always, the CRC-32C (computed as the file is read) when verify is set.
+// A checkpoint's safetensors file <dir>/<file> mapped (tensor data not yet read), checked against
+// the manifest when there is one: the size always; the CRC-32C when verify is set, which reads
+// every byte of the file once, sequentially. Without verify only the bytes later copied are read.
+MappedSafetensors open_verified_safetensors(const std::filesystem::path& dir, const std::string& file,
+                                            const std::optional<ChecksumManifest>& manifest, bool verify);
+// The same, every tensor copied onto the CPU.
 SafetensorsFile read_verified_safetensors(const std::filesystem::path& dir, const std::string& file,
                                           const std::optional<ChecksumManifest>& manifest, bool verify);
 // The same for a small text file read whole (trainer_state.json); `what` names it in errors.

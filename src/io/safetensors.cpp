@@ -1,10 +1,9 @@
-// safetensors writer and validating reader. The reader trusts nothing in the file: every
-// length, offset and field is checked before it sizes an allocation or a read.
+// safetensors writer and header validation (the memory-mapped reader is safetensors_reader.cpp).
+// The validation trusts nothing in the file: every length, offset and field is checked before use.
 #include "src/io/safetensors.h"
 
 #include <algorithm>
 #include <bit>
-#include <fstream>
 #include <limits>
 #include <set>
 
@@ -177,25 +176,13 @@ FileDigest write_safetensors(const fs::path& path, const std::vector<std::pair<s
   return file.digest();
 }
 
-SafetensorsHeader read_safetensors_header(const fs::path& path) {
-  std::string where = path.string();
-  require_regular_file(where, "cannot open checkpoint");  // before opening: a FIFO would block
-  std::ifstream in(path, std::ios::binary);
-  MOE_CHECK(in, "cannot open checkpoint ", where);
-  std::error_code error;
-  uint64_t file_bytes = fs::file_size(path, error);
-  MOE_CHECK(!error, "cannot stat checkpoint ", where, ": ", error.message());
+SafetensorsHeader parse_safetensors_header(const std::string& where, const unsigned char* file, uint64_t file_bytes) {
   MOE_CHECK(file_bytes >= 8, "checkpoint truncated: ", where, " has ", file_bytes,
             " bytes, fewer than the 8-byte header length");
-  unsigned char length[8];
-  in.read(reinterpret_cast<char*>(length), 8);
-  MOE_CHECK(in, "cannot read checkpoint ", where);
-  uint64_t header_bytes = read_u64_le(length);
+  uint64_t header_bytes = read_u64_le(file);
   MOE_CHECK(header_bytes <= file_bytes - 8, "checkpoint truncated: ", where, " declares a ", header_bytes,
             "-byte header but only ", file_bytes - 8, " bytes follow");
-  std::string text(header_bytes, '\0');
-  in.read(text.data(), static_cast<std::streamsize>(header_bytes));
-  MOE_CHECK(in, "cannot read the header of checkpoint ", where);
+  const std::string text(reinterpret_cast<const char*>(file) + 8, header_bytes);
 
   size_t depth = json_nesting_depth(text);
   MOE_CHECK(depth <= k_max_header_depth, "corrupt checkpoint ", where, ": header nests arrays/objects ", depth,
@@ -223,33 +210,6 @@ SafetensorsHeader read_safetensors_header(const fs::path& path) {
     result.entries.push_back(parse_entry(where, key, value));
   }
   check_layout(where, result.entries, file_bytes - result.data_start);
-  return result;
-}
-
-SafetensorsFile read_safetensors(const fs::path& path, bool with_checksum) {
-  SafetensorsHeader header = read_safetensors_header(path);
-  std::ifstream in(path, std::ios::binary);
-  MOE_CHECK(in, "cannot open checkpoint ", path.string());
-  Crc32c crc;
-  if (with_checksum) {  // the length and header bytes; the entries below follow in data order
-    std::string head(header.data_start, '\0');
-    in.read(head.data(), static_cast<std::streamsize>(head.size()));
-    MOE_CHECK(in, "cannot read the header of checkpoint ", path.string());
-    crc.update(head.data(), head.size());
-  }
-  SafetensorsFile result;
-  result.metadata = std::move(header.metadata);
-  uint64_t data_bytes = 0;
-  for (const auto& e : header.entries) {
-    Tensor t = Tensor::empty(e.shape, e.dtype);
-    in.seekg(static_cast<std::streamoff>(header.data_start + e.begin));
-    in.read(static_cast<char*>(t.data()), static_cast<std::streamsize>(e.end - e.begin));
-    MOE_CHECK(in, "checkpoint truncated: ", path.string(), ": cannot read the data of tensor '", e.name, "'");
-    if (with_checksum) crc.update(t.data(), e.end - e.begin);
-    data_bytes += e.end - e.begin;
-    result.tensors.emplace(e.name, std::move(t));
-  }
-  result.digest = {header.data_start + data_bytes, with_checksum ? crc.value() : 0};
   return result;
 }
 

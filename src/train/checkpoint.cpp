@@ -38,12 +38,6 @@ void load_into(Tensor target, const Tensor& host, const std::string& name, const
   }
 }
 
-const Tensor& find_tensor(const SafetensorsFile& file, const std::string& name, const std::string& path) {
-  auto it = file.tensors.find(name);
-  MOE_CHECK(it != file.tensors.end(), "checkpoint ", path, " has no tensor '", name, "'");
-  return it->second;
-}
-
 // trainer_state.json's field `key`, required, its JSON type and range [lo, hi] checked so a bad
 // value names the file and the field instead of surfacing a json.exception (or, as `{}` did,
 // silently restarting at step 0 and overwriting the run's checkpoints).
@@ -170,8 +164,8 @@ CheckpointFiles read_checkpoint_files(const std::string& dir, bool with_optimize
   CheckpointFiles files;
   files.dir = dir;
   const std::optional<ChecksumManifest> manifest = checkpoint_manifest(dir, verify);
-  files.weights = read_verified_safetensors(dir, "model.safetensors", manifest, verify);
-  if (with_optimizer) files.moments = read_verified_safetensors(dir, "optimizer.safetensors", manifest, verify);
+  files.weights = open_verified_safetensors(dir, "model.safetensors", manifest, verify);
+  if (with_optimizer) files.moments = open_verified_safetensors(dir, "optimizer.safetensors", manifest, verify);
   files.state = parse_trainer_state(read_verified_text(dir, "trainer_state.json", "checkpoint state", manifest, verify),
                                     dir + "/trainer_state.json");
   return files;
@@ -181,14 +175,14 @@ void CheckpointFiles::check_names(const std::set<std::string>& names) const {
   std::set<std::string> expected;  // "0 <weight>", "1 <moment>": weights sort first
   for (const std::string& name : names) {
     expected.insert("0 " + name);
-    if (!moments.tensors.empty()) {
+    if (moments.is_open()) {
       expected.insert("1 " + name + ".exp_avg");
       expected.insert("1 " + name + ".exp_avg_sq");
     }
   }
   std::set<std::string> held;
-  for (const auto& [name, t] : weights.tensors) held.insert("0 " + name);
-  for (const auto& [name, t] : moments.tensors) held.insert("1 " + name);
+  for (const SafetensorsEntry& e : weights.entries()) held.insert("0 " + e.name);
+  for (const SafetensorsEntry& e : moments.entries()) held.insert("1 " + e.name);
   std::vector<std::string> missing, extra;
   for (const std::string& key : expected) if (!held.count(key)) missing.push_back(key);
   for (const std::string& key : held) if (!expected.count(key)) extra.push_back(key);
@@ -209,17 +203,19 @@ void CheckpointFiles::check_names(const std::set<std::string>& names) const {
 }
 
 Tensor CheckpointFiles::take(const ParamInfo& info, const std::string& name, bool from_moments) const {
-  const SafetensorsFile& file = from_moments ? moments : weights;
+  const MappedSafetensors& file = from_moments ? moments : weights;
   std::string path = dir + (from_moments ? "/optimizer.safetensors" : "/model.safetensors");
-  const Tensor& full = find_tensor(file, name, path);
+  const SafetensorsEntry* entry = file.find(name);
+  MOE_CHECK(entry != nullptr, "checkpoint ", path, " has no tensor '", name, "'");
   const Shape& expected = info.is_split() ? info.full_shape : info.shape;
   // Weights and moments are saved in the master dtype: an integer dtype is a relabelled tensor.
-  MOE_CHECK(full.dtype() == DType::f32 || full.dtype() == DType::f64 || full.dtype() == DType::bf16, "checkpoint ",
-            path, ": '", name, "' has dtype ", dtype_name(full.dtype()),
+  MOE_CHECK(entry->dtype == DType::f32 || entry->dtype == DType::f64 || entry->dtype == DType::bf16, "checkpoint ",
+            path, ": '", name, "' has dtype ", dtype_name(entry->dtype),
             " but the model expects floating-point weights (F32, F64 or BF16)");
-  MOE_CHECK(full.shape() == expected, "checkpoint ", path, ": '", name, "' has shape ", shape_str(full.shape()),
+  MOE_CHECK(entry->shape == expected, "checkpoint ", path, ": '", name, "' has shape ", shape_str(entry->shape),
             " but the model expects ", shape_str(expected));
-  return local_part(info, full);
+  if (info.is_row_shard()) return file.copy_rows(*entry, info.row_offset, info.row_offset + info.shape[0]);
+  return local_part(info, file.copy(*entry));
 }
 
 TrainerState read_checkpoint(const std::string& dir, ParamStore& params, AdamW* optimizer, bool verify) {

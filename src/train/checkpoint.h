@@ -44,13 +44,15 @@ void verify_staged_checkpoint(const std::string& dir, const std::vector<std::pai
 void write_checkpoint(const std::string& dir, const ParamStore& params, const AdamW& optimizer,
                       const TrainerState& state, const Config& config);
 
-// The files of a checkpoint directory, validated (any layout can take what it needs).
+// The files of a checkpoint directory, validated and memory-mapped: a rank copies out only the
+// tensors and rows it holds (any layout can take what it needs), so the rest is never read.
 struct CheckpointFiles {
-  SafetensorsFile weights, moments;  // moments empty unless asked for
+  MappedSafetensors weights, moments;  // moments not open unless asked for
   TrainerState state;
   std::string dir;
-  // The canonical tensor `name` (from moments when from_moments), rows [row_offset,
-  // row_offset + shape[0]) of it when `info` is a row shard; its shape checked against info.
+  // The canonical tensor `name` (from moments when from_moments), its dtype and whole shape
+  // checked against info; of a row shard (expert parallelism) only rows [row_offset, row_offset +
+  // shape[0]) are read; a column shard (tensor parallelism) reads the whole tensor and cuts it.
   Tensor take(const ParamInfo& info, const std::string& name, bool from_moments) const;
   // Throws unless the weights hold exactly `names` (the whole model's canonical names) and, when
   // moments were read, the moments exactly their ".exp_avg" and ".exp_avg_sq": a checkpoint of
@@ -58,7 +60,8 @@ struct CheckpointFiles {
   void check_names(const std::set<std::string>& names) const;
 };
 // verify: each file's CRC-32C is compared with the checkpoint's checksums.json (sizes always are,
-// where it has one); a mismatch throws naming the file (train.verify_checkpoints).
+// where it has one); a mismatch throws naming the file (train.verify_checkpoints). The CRC reads
+// each file whole, once and sequentially; without verify only what take() copies is read.
 CheckpointFiles read_checkpoint_files(const std::string& dir, bool with_optimizer, bool verify = true);
 // <dir>/trainer_state.json alone (its fields type-checked, errors naming the file).
 TrainerState read_trainer_state(const std::string& dir, bool verify = true);
