@@ -27,15 +27,7 @@ int64_t ExpertRows::num_experts() const {
 
 std::vector<int64_t> ExpertRows::host_counts() const {
   if (!counts.empty() || !offsets.defined()) return counts;
-  const std::vector<int32_t> ends = offsets.to_vector<int32_t>();
-  MOE_CHECK(ends.front() == 0, "expert rows: offsets[0] is ", ends.front(), ", not 0");
-  std::vector<int64_t> out;
-  for (size_t e = 1; e < ends.size(); ++e) {
-    MOE_CHECK(ends[e] >= ends[e - 1], "expert rows: offsets decrease at expert ", e - 1, " (", ends[e - 1], " then ",
-              ends[e], ")");
-    out.push_back(ends[e] - ends[e - 1]);
-  }
-  return out;
+  return ops::counts_from_offsets(offsets, "expert rows");
 }
 
 Tensor ExpertRows::device_offsets(Device device) const {

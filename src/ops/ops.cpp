@@ -582,12 +582,17 @@ void moe_sort_by_expert(const Tensor& ids, int64_t num_experts, Tensor& sorted_t
   run_on(ids, OpKind::permute)->moe_sort_by_expert_offsets(ids, num_experts, sorted_tokens, slot_pos, offsets);
 }
 
-std::vector<int64_t> counts_from_offsets(const Tensor& offsets) {
-  MOE_CHECK(offsets.ndim() == 1 && offsets.dtype() == DType::i32 && offsets.numel() >= 1,
-            "expert offsets must be i32[E+1]");
+std::vector<int64_t> counts_from_offsets(const Tensor& offsets, const char* who) {
+  MOE_CHECK(offsets.ndim() == 1 && offsets.dtype() == DType::i32 && offsets.numel() >= 1, who,
+            ": offsets must be i32[E+1]");
   const std::vector<int32_t> ends = offsets.to_vector<int32_t>();
+  MOE_CHECK(ends.front() == 0, who, ": offsets[0] is ", ends.front(), ", not 0");
   std::vector<int64_t> counts;
-  for (size_t e = 1; e < ends.size(); ++e) counts.push_back(ends[e] - ends[e - 1]);
+  for (size_t e = 1; e < ends.size(); ++e) {
+    MOE_CHECK(ends[e] >= ends[e - 1], who, ": offsets decrease at expert ", e - 1, " (", ends[e - 1], " then ",
+              ends[e], ")");
+    counts.push_back(ends[e] - ends[e - 1]);
+  }
   return counts;
 }
 

@@ -196,8 +196,9 @@ std::vector<int64_t> moe_sort_by_expert(const Tensor& ids, int64_t num_experts, 
 // routers produce ids in range by construction; the host-count form above checks them).
 void moe_sort_by_expert(const Tensor& ids, int64_t num_experts, Tensor& sorted_tokens, Tensor& slot_pos,
                         Tensor& offsets);
-// Rows per expert from offsets i32[E+1] (a host copy: waits for the device).
-std::vector<int64_t> counts_from_offsets(const Tensor& offsets);
+// Rows per expert from offsets i32[E+1] (a host copy: waits for the device); offsets that do not
+// start at 0 or decrease are an error prefixed by `who`.
+std::vector<int64_t> counts_from_offsets(const Tensor& offsets, const char* who = "expert offsets");
 // out[T,d] = sum_s weights[t,s] * y_sorted[slot_pos[t*k+s]] over slots with slot_pos >= 0;
 // y_sorted[N,d] with N >= the rows used, weights[T,k] (accum)
 void moe_combine_forward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights, Tensor& out);
