@@ -42,8 +42,10 @@ if has train; then
 fi
 if has layer; then  # one MoE layer at the anchor shapes and MoE-small's, against the dense chain of equal FLOPs
   for cfg in layers/fine_grained layers/mixtral layers/switch moe_small; do
-    build/moe bench layer experiments/perf/$cfg.toml --tokens 16384 --warmup 3 --iters 10 --breakdown 2>&1 \
-      | tail -1 | tee -a "$out/bench_layer.jsonl"
+    for kernel in ${GROUPED_KERNELS:-wgmma mma_sync}; do
+      build/moe bench layer experiments/perf/$cfg.toml --tokens 16384 --warmup 3 --iters 10 --breakdown \
+        --grouped-kernel "$kernel" 2>&1 | tail -1 | tee -a "$out/bench_layer.jsonl"
+    done
   done
 fi
 if has moe64; then  # GPT-2 small with 64 x 384 top-6 experts in every FFN

@@ -4,6 +4,7 @@
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/flash_attention_ptx.cuh"
+#include "kernels/cuda/grouped_gemm_sm90.h"
 #include "src/util/check.h"
 
 namespace moe::cuda {
@@ -231,12 +232,28 @@ void check_grouped_shape(const kernels::GroupedGemmShape& s, const void* x, cons
   MOE_CHECK(s.num_experts >= 1, "grouped gemm on CUDA: no experts");
 }
 
+GroupedGemmKernel g_kernel = GroupedGemmKernel::automatic;
+
+bool use_wgmma() {
+  return g_kernel == GroupedGemmKernel::wgmma ||
+         (g_kernel == GroupedGemmKernel::automatic && sm90::grouped_gemm_available());
+}
+
 }  // namespace
+
+void set_grouped_gemm_kernel(GroupedGemmKernel kernel) {
+  MOE_CHECK(kernel != GroupedGemmKernel::wgmma || sm90::grouped_gemm_available(),
+            "grouped gemm on CUDA: the wgmma kernel needs a compute capability 9.0 GPU and an sm_90a build");
+  g_kernel = kernel;
+}
+
+const char* grouped_gemm_kernel_name() { return use_wgmma() ? "wgmma" : "mma_sync"; }
 
 void grouped_gemm_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __nv_bfloat16* w, bool trans_w,
                        __nv_bfloat16* y, const kernels::GroupedGemmShape& s, cudaStream_t stream) {
   check_grouped_shape(s, x, w, y);
   if (s.rows == 0 || s.n == 0) return;
+  if (use_wgmma() && s.k > 0) return sm90::grouped_gemm_bf16(x, offsets, w, trans_w, y, s, stream);
   const int64_t row_tiles = ceil_div(s.rows, k_bm) + s.num_experts;
   MOE_CHECK(row_tiles <= 65535, "grouped gemm on CUDA: ", s.rows, " rows over ", s.num_experts,
             " experts need more than 65535 row tiles");
@@ -256,6 +273,7 @@ void grouped_gemm_weight_grad_bf16(const __nv_bfloat16* x, const int32_t* offset
                                    float* dw, const kernels::GroupedGemmShape& s, cudaStream_t stream) {
   check_grouped_shape(s, x, dy, dw);
   if (s.rows == 0 || s.k == 0 || s.n == 0) return;
+  if (use_wgmma()) return sm90::grouped_gemm_weight_grad_bf16(x, offsets, dy, dw, s, stream);
   MOE_CHECK(ceil_div(s.k, k_bm) <= 65535 && s.num_experts <= 65535, "grouped gemm on CUDA: too many tiles");
   const dim3 grid(static_cast<unsigned>(ceil_div(s.n, k_bn)), static_cast<unsigned>(ceil_div(s.k, k_bm)),
                   static_cast<unsigned>(s.num_experts));

@@ -11,6 +11,15 @@
 
 namespace moe::cuda {
 
+// Which kernel the grouped GEMMs use: the Hopper one (bulk tensor copies + wgmma, compute
+// capability 9.0 only) or the portable one (mma.sync + cp.async). automatic = Hopper where it runs.
+enum class GroupedGemmKernel { automatic, mma_sync, wgmma };
+// Chooses the kernel for later calls (tests and benchmarks compare the two); wgmma on a GPU that
+// cannot run it is an error.
+void set_grouped_gemm_kernel(GroupedGemmKernel kernel);
+// The kernel the next call runs: "wgmma" or "mma_sync".
+const char* grouped_gemm_kernel_name();
+
 // offsets i32[E+1] (device), x[rows,k], w[E,k,n] (or [E,n,k] when trans_w) -> y[rows,n] bf16:
 // y rows of e = x rows of e @ op(w[e]). k and n multiples of 8, pointers 16-byte aligned.
 void grouped_gemm_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __nv_bfloat16* w, bool trans_w,

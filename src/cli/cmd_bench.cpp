@@ -7,6 +7,7 @@
 #include "src/cli/commands.h"
 #include "parallel/topology.h"
 #include "src/cli/run_setup.h"
+#include "src/ops/ops.h"
 #include "src/tools/bench_dispatch.h"
 #include "src/tools/bench_layer.h"
 #include "src/tools/bench_op.h"
@@ -91,9 +92,12 @@ void add_layer_bench(CLI::App& bench, CommandRunner& run) {
   cmd->add_option("--warmup", o->warmup, "untimed iterations first")->check(CLI::NonNegativeNumber);
   cmd->add_option("--iters", o->iters, "timed iterations (the median is reported)")->check(CLI::PositiveNumber);
   cmd->add_flag("--breakdown", o->breakdown, "then time as many iterations again with every op timed by kind");
+  cmd->add_option("--grouped-kernel", o->grouped_kernel, "CUDA grouped matmul kernel: auto | mma_sync | wgmma")
+      ->check(CLI::IsMember({"auto", "mma_sync", "wgmma"}));
   cmd->callback([&run, options, o] {
     run = [options, o](MpiEnv& env) {
       Config config = load_config(options->config_path, options->overrides);
+      ops::set_grouped_matmul_kernel(o->grouped_kernel);
       nlohmann::json out = bench_layer(config, select_device(config.train, env.local_rank()), *o);
       out["config"] = options->config_path;
       std::printf("%s\n", out.dump().c_str());

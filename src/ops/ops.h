@@ -39,6 +39,12 @@ void grouped_matmul(const Tensor& x, const Tensor& offsets, const Tensor& w, boo
 // Its weight gradient: x[N,K], dy[N,M], offsets i32[E+1] -> dw[E,K,M] (accum dtype) +=
 // x rows of e ^T @ dy rows of e; an expert with no rows leaves dw[e] unchanged.
 void grouped_matmul_weight_grad(const Tensor& x, const Tensor& offsets, const Tensor& dy, Tensor& dw);
+// The CUDA kernel of both: "auto" (default: the Hopper wgmma kernel where the GPU runs it, else
+// mma_sync), "mma_sync" or "wgmma"; benchmarks and tests name one to compare them. An unknown
+// name, or wgmma on a GPU without it, is an error.
+void set_grouped_matmul_kernel(const std::string& name);
+// The kernel they run on `device`: "cpu", "mma_sync" or "wgmma".
+std::string grouped_matmul_kernel(Device device);
 
 // One shard of a vocabulary split over tensor-parallel ranks: the local table rows / logit
 // columns are ids [start, start + local size) of `full` ids. full == 0: not sharded (start 0).

@@ -83,7 +83,8 @@ nlohmann::json bench_layer(const Config& config, Device device, const LayerBench
                       {"d_model", m.d_model}, {"experts", shape.num_experts}, {"d_expert", shape.d_expert},
                       {"experts_per_token", layer.router().experts_per_token()}, {"router", config.moe.router},
                       {"shared_experts", shape.num_shared}, {"d_shared", shape.d_shared},
-                      {"experts_impl", layer.experts().name()}, {"iters", o.iters}, {"expert_flops", flops},
+                      {"experts_impl", layer.experts().name()},
+                      {"grouped_kernel", ops::grouped_matmul_kernel(device)}, {"iters", o.iters}, {"expert_flops", flops},
                       {"layer_ms", layer_ms}, {"expert_tflops", tflops(flops, layer_ms)}, {"dense_ms", dense_ms},
                       {"dense_tflops", tflops(flops, dense_ms)}, {"vs_dense", dense_ms / layer_ms}};
   if (o.breakdown) {

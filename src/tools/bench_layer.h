@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include <nlohmann/json.hpp>
 
@@ -16,6 +17,7 @@ struct LayerBenchOptions {
   int64_t tokens = 16384;  // rows of the layer's input (the anchors' 16 x 1024)
   int64_t warmup = 3, iters = 10;
   bool breakdown = false;  // then time as many iterations again with every op timed by kind
+  std::string grouped_kernel = "auto";  // the CUDA grouped matmul kernel (ops::set_grouped_matmul_kernel)
 };
 
 // Expert matmul FLOPs of one forward + backward: three times the forward's

@@ -1,11 +1,15 @@
 // The CUDA grouped GEMM against the CPU reference (forward, transposed-weight forward = the input
 // gradient, weight gradient) over awkward and skewed expert loads, and the "grouped" Experts
 // implementation against the "loop" reference on the GPU (forward, dx, dW on the same weights).
+// Every case runs on each grouped kernel the GPU can run (mma_sync everywhere, wgmma on Hopper).
 #include <catch2/catch.hpp>
 
+#include <cmath>
 #include <vector>
 
 #include "experts/experts_registry.h"
+#include "kernels/cuda/grouped_gemm.h"
+#include "kernels/cuda/grouped_gemm_sm90.h"
 #include "src/ops/ops.h"
 #include "tests/cuda/cuda_test_util.h"
 
@@ -35,6 +39,26 @@ std::vector<std::vector<int32_t>> loads() {
   return {{989}, {1}, {7}, {0, 1, 989}, {7, 0, 1}, random64, skewed64, sparse64};
 }
 
+// The kernels this GPU can run; each test selects them in turn and restores automatic after.
+std::vector<cuda::GroupedGemmKernel> kernels_here() {
+  std::vector<cuda::GroupedGemmKernel> k{cuda::GroupedGemmKernel::mma_sync};
+  if (cuda::sm90::grouped_gemm_available()) k.push_back(cuda::GroupedGemmKernel::wgmma);
+  return k;
+}
+
+struct KernelChoice {
+  explicit KernelChoice(cuda::GroupedGemmKernel k) { cuda::set_grouped_gemm_kernel(k); }
+  ~KernelChoice() { cuda::set_grouped_gemm_kernel(cuda::GroupedGemmKernel::automatic); }
+};
+
+// Appends `pad` rows of NaN after the rows of x (the padding a bound-sized buffer carries).
+Mirror with_nan_rows(const Mirror& m, int64_t pad) {
+  const int64_t rows = m.cpu.size(0), cols = m.cpu.size(1);
+  auto v = m.cpu.to_vector<float>();
+  v.resize(static_cast<size_t>((rows + pad) * cols), std::nanf(""));
+  return mirror_values(v, {rows + pad, cols}, DType::bf16);
+}
+
 struct Widths {
   int64_t k, n;
 };
@@ -43,6 +67,9 @@ const std::vector<Widths> k_widths = {{64, 384}, {384, 768}, {768, 64}, {768, 76
 }  // namespace
 
 TEST_CASE("cuda grouped matmul matches the CPU reference, plain and transposed weights", "[cuda][grouped]") {
+  for (auto kernel : kernels_here()) {
+  KernelChoice choice(kernel);
+  INFO("kernel " << cuda::grouped_gemm_kernel_name());
   for (const auto& counts : loads()) {
     for (const Widths& wd : k_widths) {
       for (bool trans_w : {false, true}) {
@@ -60,9 +87,13 @@ TEST_CASE("cuda grouped matmul matches the CPU reference, plain and transposed w
       }
     }
   }
+  }
 }
 
 TEST_CASE("cuda grouped weight gradient matches the CPU reference and skips empty experts", "[cuda][grouped]") {
+  for (auto kernel : kernels_here()) {
+  KernelChoice choice(kernel);
+  INFO("kernel " << cuda::grouped_gemm_kernel_name());
   for (const auto& counts : loads()) {
     for (const Widths& wd : k_widths) {
       const int64_t e_num = static_cast<int64_t>(counts.size()), rows = total_of(counts);
@@ -73,6 +104,32 @@ TEST_CASE("cuda grouped weight gradient matches the CPU reference and skips empt
       Mirror dy = random_mirror({rows, wd.n}, DType::bf16, seed + 1);
       // dw starts from random values: the kernel adds, and experts without rows keep them.
       Mirror dw = random_mirror({e_num, wd.k, wd.n}, DType::f32, seed + 2);
+      ops::grouped_matmul_weight_grad(x.cpu, offsets.cpu, dy.cpu, dw.cpu);
+      ops::grouped_matmul_weight_grad(x.gpu, offsets.gpu, dy.gpu, dw.gpu);
+      require_match(dw, accum_tol(), "dw");
+    }
+  }
+  }
+}
+
+// Buffers sized by a bound carry rows past offsets[E]: the forward must not write them and the
+// weight gradient must not read them (NaN there would poison the last expert's sums).
+TEST_CASE("cuda grouped gemms ignore the padding rows past the last offset", "[cuda][grouped]") {
+  for (auto kernel : kernels_here()) {
+    KernelChoice choice(kernel);
+    for (const auto& counts : {std::vector<int32_t>{5, 0, 130}, std::vector<int32_t>{64, 1, 63}, loads()[5]}) {
+      const int64_t e_num = static_cast<int64_t>(counts.size()), rows = total_of(counts), k = 128, n = 256;
+      INFO("kernel " << cuda::grouped_gemm_kernel_name() << " experts " << e_num << " rows " << rows);
+      const uint64_t seed = seed_of(95, {e_num, rows});
+      Mirror offsets = offsets_of(counts);
+      Mirror x = with_nan_rows(random_mirror({rows, k}, DType::bf16, seed), 70);
+      Mirror dy = with_nan_rows(random_mirror({rows, n}, DType::bf16, seed + 1), 70);
+      Mirror w = random_mirror({e_num, k, n}, DType::bf16, seed + 2);
+      Mirror y = poisoned_pair({rows + 70, n}, DType::bf16);
+      ops::grouped_matmul(x.cpu, offsets.cpu, w.cpu, false, y.cpu);
+      ops::grouped_matmul(x.gpu, offsets.gpu, w.gpu, false, y.gpu);
+      require_close(y.gpu.rows(0, rows), y.cpu.rows(0, rows), bf16_tol().atol, bf16_tol().rtol, "y");
+      Mirror dw = random_mirror({e_num, k, n}, DType::f32, seed + 3);
       ops::grouped_matmul_weight_grad(x.cpu, offsets.cpu, dy.cpu, dw.cpu);
       ops::grouped_matmul_weight_grad(x.gpu, offsets.gpu, dy.gpu, dw.gpu);
       require_match(dw, accum_tol(), "dw");
@@ -89,6 +146,9 @@ TEST_CASE("cuda grouped matmul rejects widths that are not multiples of 8", "[cu
 }
 
 TEST_CASE("cuda grouped experts equal the loop experts on the same weights", "[cuda][grouped][experts]") {
+  for (auto kernel : kernels_here()) {
+  KernelChoice choice(kernel);
+  INFO("kernel " << cuda::grouped_gemm_kernel_name());
   for (ops::Activation act : {ops::Activation::swiglu, ops::Activation::gelu}) {
     for (const auto& counts : {std::vector<int32_t>{0, 1, 989}, loads()[5]}) {
       const int64_t e_num = static_cast<int64_t>(counts.size()), rows = total_of(counts), d = 384, f = 64;
@@ -116,6 +176,7 @@ TEST_CASE("cuda grouped experts equal the loop experts on the same weights", "[c
                       bf16_tol().atol, bf16_tol().rtol, name);
       }
     }
+  }
   }
 }
 

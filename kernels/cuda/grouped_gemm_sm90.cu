@@ -1,0 +1,362 @@
+// The Hopper grouped GEMM: 128 x BN output tiles, one warpgroup loading 64-deep k-slices with bulk
+// tensor copies into a ring of shared-memory stages (128-byte swizzle), two warpgroups each
+// multiplying 64 rows with wgmma from shared memory, fp32 accumulators, epilogue staged through
+// shared memory into 16-byte stores. Row tiles are scheduled over (expert, row tile, column tile)
+// from the device offsets, so experts with few rows cost few tiles and the host never waits.
+#include "kernels/cuda/grouped_gemm_sm90.h"
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/hopper_ptx.cuh"
+#include "kernels/cuda/wgmma_ptx.cuh"
+#include "src/util/check.h"
+
+namespace moe::cuda::sm90 {
+
+namespace {
+
+// forward: y = x @ w[e] (w MN-major); forward_trans_w: y = x @ w[e]^T (w K-major);
+// weight_grad: dw[e] += x_e^T @ dy_e (both operands MN-major, the reduction runs over rows).
+enum class Mode { forward, forward_trans_w, weight_grad };
+
+constexpr int k_bm = 128, k_bk = 64;
+constexpr int k_box = 64;               // 64 bf16 = 128 bytes: the span of the 128-byte swizzle
+constexpr int k_box_bytes = 64 * 128;   // a [64 rows][64] box
+constexpr int k_threads = 384;          // warpgroup 0 loads, warpgroups 1 and 2 multiply
+constexpr int k_consumer_threads = 256;
+constexpr uint32_t k_consumer_barrier = 1;
+
+template <Mode kMode, int kBN>
+struct Tile {
+  static constexpr bool a_mn = kMode == Mode::weight_grad;
+  static constexpr bool b_mn = kMode != Mode::forward_trans_w;
+  static constexpr int a_bytes = k_bm * k_bk * 2;
+  static constexpr int b_bytes = kBN * k_bk * 2;
+  static constexpr int stage_bytes = a_bytes + b_bytes;
+  static constexpr int stages = kBN == 128 ? 6 : 4;
+  static constexpr int pipe_bytes = stages * stage_bytes;
+  static constexpr int out_stride = kBN + 8;  // staged output row, in elements (bank spread)
+  static constexpr int out_bytes = k_bm * out_stride * (kMode == Mode::weight_grad ? 4 : 2);
+  static constexpr int smem_bytes = 1024 + pipe_bytes + 2 * stages * 8 + 32;
+  static_assert(out_bytes <= pipe_bytes, "the staged output reuses the pipeline's shared memory");
+  static_assert(smem_bytes <= 227 * 1024, "shared memory per block");
+};
+
+struct Args {
+  const int32_t* offsets;
+  kernels::GroupedGemmShape shape;
+  void* out;  // bf16 y[rows,n] or f32 dw[E,k,n]
+};
+
+// The block's expert and its reduction or output rows; false when the block has nothing to do.
+struct Work {
+  int64_t expert, row_begin, row_end;
+};
+
+__device__ bool find_work(const Args& args, bool per_expert_grid, Work& w) {
+  const kernels::GroupedGemmShape& s = args.shape;
+  if (per_expert_grid) {  // weight gradient: blockIdx.z is the expert
+    const int64_t e = blockIdx.z;
+    w.expert = e;
+    w.row_begin = min(max(static_cast<int64_t>(args.offsets[e]), int64_t{0}), s.rows);
+    w.row_end = min(max(static_cast<int64_t>(args.offsets[e + 1]), w.row_begin), s.rows);
+    return w.row_end > w.row_begin;
+  }
+  int64_t t = blockIdx.y, begin = 0;  // forward: blockIdx.y counts row tiles over the experts in order
+  for (int64_t e = 0; e < s.num_experts; ++e) {
+    const int64_t end = min(max(static_cast<int64_t>(args.offsets[e + 1]), begin), s.rows);
+    const int64_t tiles = (end - begin + k_bm - 1) / k_bm;
+    if (t < tiles) {
+      w.expert = e;
+      w.row_begin = begin + t * k_bm;
+      w.row_end = end;
+      return true;
+    }
+    t -= tiles;
+    begin = end;
+  }
+  return false;
+}
+
+// Issues the bulk copies of k-slice `it` into one stage (producer thread only).
+template <Mode kMode, int kBN>
+__device__ __forceinline__ void load_stage(uint8_t* a, uint8_t* b, uint64_t* full, const CUtensorMap* map_a,
+                                           const CUtensorMap* map_b, const Work& w, const Args& args, int it) {
+  using T = Tile<kMode, kBN>;
+  const kernels::GroupedGemmShape& s = args.shape;
+  const int32_t k0 = it * k_bk, n0 = static_cast<int32_t>(blockIdx.x) * kBN;
+  mbar_arrive_expect_tx(full, T::stage_bytes);
+  if constexpr (kMode == Mode::weight_grad) {
+    const int32_t r = static_cast<int32_t>(w.row_begin) + k0, m0 = static_cast<int32_t>(blockIdx.y) * k_bm;
+#pragma unroll
+    for (int h = 0; h < k_bm / k_box; ++h) tma_load_2d(a + h * k_box_bytes, map_a, full, m0 + h * k_box, r);
+#pragma unroll
+    for (int h = 0; h < kBN / k_box; ++h) tma_load_2d(b + h * k_box_bytes, map_b, full, n0 + h * k_box, r);
+  } else {
+    tma_load_2d(a, map_a, full, k0, static_cast<int32_t>(w.row_begin));
+    if constexpr (T::b_mn) {  // w[e] is [k, n]: boxes of 64 columns, rows e*k + k0...
+      const int32_t r = static_cast<int32_t>(w.expert * s.k) + k0;
+#pragma unroll
+      for (int h = 0; h < kBN / k_box; ++h) tma_load_2d(b + h * k_box_bytes, map_b, full, n0 + h * k_box, r);
+    } else {  // w[e] is [n, k]: one box of kBN rows e*n + n0...
+      tma_load_2d(b, map_b, full, k0, static_cast<int32_t>(w.expert * s.n) + n0);
+    }
+  }
+}
+
+// Zeroes the rows [valid, 64) of every box of a stage: the reduction rows past the expert's end.
+template <int kBN>
+__device__ __forceinline__ void zero_tail_rows(uint8_t* stage, int valid, int t) {
+  constexpr int boxes = (k_bm + kBN) / k_box;
+  const int rows = k_bk - valid, chunks = boxes * rows * 8;
+  for (int i = t; i < chunks; i += k_consumer_threads) {
+    const int box = i / (rows * 8), rem = i % (rows * 8);
+    *reinterpret_cast<uint4*>(stage + box * k_box_bytes + (valid + rem / 8) * 128 + (rem % 8) * 16) =
+        make_uint4(0, 0, 0, 0);
+  }
+  fence_proxy_async();
+  named_barrier(k_consumer_barrier, k_consumer_threads);
+}
+
+// The four 16-deep MMAs of one stage for consumer warpgroup `cw` (rows 64*cw...).
+template <Mode kMode, int kBN>
+__device__ __forceinline__ void mma_stage(float (&acc)[kBN / 2], const uint8_t* a, const uint8_t* b, int cw) {
+  using T = Tile<kMode, kBN>;
+  const uint32_t a_addr = smem_addr(a) + cw * k_box_bytes, b_addr = smem_addr(b);
+#pragma unroll
+  for (int kk = 0; kk < k_bk / 16; ++kk) {
+    // K-major: 16 columns = 32 bytes along the swizzled row; MN-major: 16 rows = 2048 bytes.
+    const uint64_t da = T::a_mn ? smem_desc_sw128(a_addr + kk * 2048, k_box_bytes, 1024)
+                                : smem_desc_sw128(a_addr + kk * 32, 16, 1024);
+    const uint64_t db = T::b_mn ? smem_desc_sw128(b_addr + kk * 2048, k_box_bytes, 1024)
+                                : smem_desc_sw128(b_addr + kk * 32, 16, 1024);
+    Wgmma<kBN, T::a_mn ? 1 : 0, T::b_mn ? 1 : 0>::mma(acc, da, db);
+  }
+}
+
+// Writes the accumulators (rows 64*cw + ..., the wgmma fragment layout) into the staged tile.
+template <typename Out, int kBN>
+__device__ __forceinline__ void stage_accumulators(Out* tile, const float (&acc)[kBN / 2], int cw, int t) {
+  constexpr int stride = kBN + 8;
+  const int warp = (t % 128) / 32, lane = t % 32;
+  const int r0 = cw * 64 + warp * 16 + lane / 4;
+#pragma unroll
+  for (int j = 0; j < kBN / 8; ++j) {
+    const int c = j * 8 + (lane % 4) * 2;
+    if constexpr (sizeof(Out) == 4) {
+      *reinterpret_cast<float2*>(tile + r0 * stride + c) = make_float2(acc[4 * j], acc[4 * j + 1]);
+      *reinterpret_cast<float2*>(tile + (r0 + 8) * stride + c) = make_float2(acc[4 * j + 2], acc[4 * j + 3]);
+    } else {
+      *reinterpret_cast<__nv_bfloat162*>(tile + r0 * stride + c) = __floats2bfloat162_rn(acc[4 * j], acc[4 * j + 1]);
+      *reinterpret_cast<__nv_bfloat162*>(tile + (r0 + 8) * stride + c) =
+          __floats2bfloat162_rn(acc[4 * j + 2], acc[4 * j + 3]);
+    }
+  }
+}
+
+template <Mode kMode, int kBN>
+__device__ __forceinline__ void epilogue(uint8_t* smem, const float (&acc)[kBN / 2], const Work& w, const Args& args,
+                                         int cw, int t) {
+  constexpr int stride = kBN + 8;
+  const kernels::GroupedGemmShape& s = args.shape;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kBN;
+  named_barrier(k_consumer_barrier, k_consumer_threads);  // both warpgroups are done with the stages
+  if constexpr (kMode == Mode::weight_grad) {
+    auto* tile = reinterpret_cast<float*>(smem);
+    stage_accumulators<float, kBN>(tile, acc, cw, t);
+    named_barrier(k_consumer_barrier, k_consumer_threads);
+    const int64_t m0 = static_cast<int64_t>(blockIdx.y) * k_bm;
+    float* dw = static_cast<float*>(args.out) + w.expert * s.k * s.n;
+    for (int i = t; i < k_bm * kBN / 4; i += k_consumer_threads) {
+      const int r = i / (kBN / 4), c = (i % (kBN / 4)) * 4;
+      const int64_t row = m0 + r, col = n0 + c;
+      if (row < s.k && col < s.n) {
+        float4* p = reinterpret_cast<float4*>(dw + row * s.n + col);
+        const float4 add = *reinterpret_cast<const float4*>(tile + r * stride + c);
+        float4 v = *p;
+        v.x += add.x, v.y += add.y, v.z += add.z, v.w += add.w;
+        *p = v;
+      }
+    }
+  } else {
+    auto* tile = reinterpret_cast<__nv_bfloat16*>(smem);
+    stage_accumulators<__nv_bfloat16, kBN>(tile, acc, cw, t);
+    named_barrier(k_consumer_barrier, k_consumer_threads);
+    auto* y = static_cast<__nv_bfloat16*>(args.out);
+    for (int i = t; i < k_bm * kBN / 8; i += k_consumer_threads) {
+      const int r = i / (kBN / 8), c = (i % (kBN / 8)) * 8;
+      const int64_t row = w.row_begin + r, col = n0 + c;
+      if (row < w.row_end && col < s.n) {
+        *reinterpret_cast<uint4*>(y + row * s.n + col) = *reinterpret_cast<const uint4*>(tile + r * stride + c);
+      }
+    }
+  }
+}
+
+template <Mode kMode, int kBN>
+__global__ void __launch_bounds__(k_threads, 1)
+    grouped_gemm_sm90_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
+                             Args args) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using T = Tile<kMode, kBN>;
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
+  auto* full = reinterpret_cast<uint64_t*>(smem + T::pipe_bytes);
+  uint64_t* empty = full + T::stages;
+  auto* shared_work = reinterpret_cast<Work*>(empty + T::stages);
+  if (threadIdx.x == 0) {
+    Work w{};
+    if (!find_work(args, kMode == Mode::weight_grad, w)) w.expert = -1;
+    *shared_work = w;
+    for (int s = 0; s < T::stages; ++s) {
+      mbar_init(&full[s], 1);
+      mbar_init(&empty[s], 2);  // one arrival per consumer warpgroup
+    }
+    fence_barrier_init();
+  }
+  __syncthreads();
+  const Work w = *shared_work;
+  if (w.expert < 0) return;
+  const int iters = kMode == Mode::weight_grad ? static_cast<int>((w.row_end - w.row_begin + k_bk - 1) / k_bk)
+                                               : static_cast<int>((args.shape.k + k_bk - 1) / k_bk);
+  const int wg = static_cast<int>(threadIdx.x) / 128;
+  if (wg == 0) {  // the loader
+    if constexpr (kBN == 256) setmaxnreg_dec<40>();
+    if (threadIdx.x == 0) {
+      for (int it = 0; it < iters; ++it) {
+        const int s = it % T::stages;
+        mbar_wait(&empty[s], ((it / T::stages) & 1) ^ 1);
+        uint8_t* a = smem + s * T::stage_bytes;
+        load_stage<kMode, kBN>(a, a + T::a_bytes, &full[s], &map_a, &map_b, w, args, it);
+      }
+    }
+    return;
+  }
+  if constexpr (kBN == 256) setmaxnreg_inc<232>();
+  const int cw = wg - 1, t = static_cast<int>(threadIdx.x) - 128;
+  float acc[kBN / 2];
+#pragma unroll
+  for (int i = 0; i < kBN / 2; ++i) acc[i] = 0.f;
+  for (int it = 0; it < iters; ++it) {
+    const int s = it % T::stages;
+    mbar_wait(&full[s], (it / T::stages) & 1);
+    uint8_t* a = smem + s * T::stage_bytes;
+    if constexpr (kMode == Mode::weight_grad) {
+      const int64_t valid = w.row_end - w.row_begin - static_cast<int64_t>(it) * k_bk;
+      if (valid < k_bk) zero_tail_rows<kBN>(a, static_cast<int>(valid), t);
+    }
+    fence_registers(acc);
+    wgmma_fence();
+    mma_stage<kMode, kBN>(acc, a, a + T::a_bytes, cw);
+    wgmma_commit();
+    wgmma_wait<1>();
+    fence_registers(acc);
+    if (it > 0 && t % 128 == 0) mbar_arrive(&empty[(it - 1) % T::stages]);
+  }
+  wgmma_wait<0>();
+  fence_registers(acc);
+  epilogue<kMode, kBN>(smem, acc, w, args, cw, t);
+#endif
+}
+
+// ---- host side ----
+
+using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                 const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                 CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+EncodeTiled encode_tiled() {
+  static const EncodeTiled fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &found));
+    MOE_CHECK(found == cudaDriverEntryPointSuccess && p != nullptr,
+              "grouped gemm on CUDA: the driver has no cuTensorMapEncodeTiled");
+    return reinterpret_cast<EncodeTiled>(p);
+  }();
+  return fn;
+}
+
+// A 2-D bf16 tensor map over a row-major [outer, inner] matrix, boxes of [box_outer, 64] with the
+// 128-byte swizzle; reads outside the matrix return zeros.
+CUtensorMap tensor_map(const void* base, int64_t inner, int64_t outer, int box_outer) {
+  CUtensorMap map{};
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(inner), static_cast<cuuint64_t>(outer)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(inner) * 2};
+  const cuuint32_t box[2] = {k_box, static_cast<cuuint32_t>(box_outer)};
+  const cuuint32_t element_strides[2] = {1, 1};
+  const CUresult r = encode_tiled()(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(base), dims,
+                                    strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                                    CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                    CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  MOE_CHECK(r == CUDA_SUCCESS, "grouped gemm on CUDA: cuTensorMapEncodeTiled failed (", static_cast<int>(r),
+            ") for a [", outer, ", ", inner, "] matrix");
+  return map;
+}
+
+template <Mode kMode, int kBN>
+void launch(const CUtensorMap& a, const CUtensorMap& b, const Args& args, dim3 grid, cudaStream_t stream) {
+  using T = Tile<kMode, kBN>;
+  static const bool configured = [] {
+    CUDA_CHECK(cudaFuncSetAttribute(grouped_gemm_sm90_kernel<kMode, kBN>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    T::smem_bytes));
+    return true;
+  }();
+  (void)configured;
+  grouped_gemm_sm90_kernel<kMode, kBN><<<grid, k_threads, T::smem_bytes, stream>>>(a, b, args);
+  CUDA_CHECK_LAUNCH();
+}
+
+// Wide column tiles halve the loads of A per FLOP; narrow outputs waste less of them.
+bool wide_columns(int64_t n) { return n >= 512 && n % 256 == 0; }
+
+}  // namespace
+
+bool grouped_gemm_available() {
+#if defined(MOE_WITH_SM90A)
+  static const bool available = [] {
+    int device = 0, major = 0, minor = 0;
+    if (cudaGetDevice(&device) != cudaSuccess) return false;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+    return major == 9 && minor == 0;
+  }();
+  return available;
+#else
+  return false;
+#endif
+}
+
+void grouped_gemm_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __nv_bfloat16* w, bool trans_w,
+                       __nv_bfloat16* y, const kernels::GroupedGemmShape& s, cudaStream_t stream) {
+  const Args args{offsets, s, y};
+  const bool wide = wide_columns(s.n);
+  const int bn = wide ? 256 : 128;
+  const dim3 grid(static_cast<unsigned>(ceil_div(s.n, bn)), static_cast<unsigned>(ceil_div(s.rows, k_bm) + s.num_experts));
+  const CUtensorMap map_x = tensor_map(x, s.k, s.rows, k_bm);
+  if (trans_w) {
+    const CUtensorMap map_w = tensor_map(w, s.k, s.num_experts * s.n, bn);
+    if (wide) {
+      launch<Mode::forward_trans_w, 256>(map_x, map_w, args, grid, stream);
+    } else {
+      launch<Mode::forward_trans_w, 128>(map_x, map_w, args, grid, stream);
+    }
+  } else {
+    const CUtensorMap map_w = tensor_map(w, s.n, s.num_experts * s.k, k_bk);
+    if (wide) {
+      launch<Mode::forward, 256>(map_x, map_w, args, grid, stream);
+    } else {
+      launch<Mode::forward, 128>(map_x, map_w, args, grid, stream);
+    }
+  }
+}
+
+void grouped_gemm_weight_grad_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __nv_bfloat16* dy,
+                                   float* dw, const kernels::GroupedGemmShape& s, cudaStream_t stream) {
+  const Args args{offsets, s, dw};
+  const CUtensorMap map_x = tensor_map(x, s.k, s.rows, k_bk), map_dy = tensor_map(dy, s.n, s.rows, k_bk);
+  const dim3 grid128(static_cast<unsigned>(ceil_div(s.n, 128)), static_cast<unsigned>(ceil_div(s.k, k_bm)),
+                     static_cast<unsigned>(s.num_experts));
+  launch<Mode::weight_grad, 128>(map_x, map_dy, args, grid128, stream);
+}
+
+}  // namespace moe::cuda::sm90

@@ -1,0 +1,25 @@
+// The Hopper grouped GEMM (sm_90a: bulk tensor copies + warpgroup MMA), the fast path behind
+// grouped_gemm.h on compute capability 9.0; same contracts as the functions there.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include "kernels/params.h"
+
+namespace moe::cuda::sm90 {
+
+// Whether this build carries the sm_90a kernels and the current device can run them.
+bool grouped_gemm_available();
+
+// offsets i32[E+1] (device), x[rows,k], w[E,k,n] (or [E,n,k] when trans_w) -> y[rows,n] bf16.
+void grouped_gemm_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __nv_bfloat16* w, bool trans_w,
+                       __nv_bfloat16* y, const kernels::GroupedGemmShape& shape, cudaStream_t stream);
+
+// offsets i32[E+1] (device), x[rows,k], dy[rows,n] -> dw[E,k,n] f32 += x_e^T @ dy_e.
+void grouped_gemm_weight_grad_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __nv_bfloat16* dy,
+                                   float* dw, const kernels::GroupedGemmShape& shape, cudaStream_t stream);
+
+}  // namespace moe::cuda::sm90
