@@ -13,6 +13,7 @@
 
 #include "routing/balancing_terms.h"
 #include "src/ops/ops.h"
+#include "tests/routing/balancing_test_util.h"
 #include "tests/test_util.h"
 
 using namespace moe;
@@ -22,60 +23,38 @@ namespace {
 
 // How the slots are spread over the experts.
 enum class Spread {
-  random,     // top-k of the scores
-  one_expert, // k = 1: every token to expert 0, the other experts empty
-  two_experts,// k = 2: every token to experts 0 and 1, the other experts empty
-  dropped,    // top-k, then every third kept slot dropped (-1); routed counts see them
+  random,       // top-k of the scores
+  one_expert,   // k = 1: every token to expert 0, the other experts empty
+  two_experts,  // k = 2: every token to experts 0 and 1, the other experts empty
+  dropped,      // top-k, then every third slot dropped (-1); the routed counts still see them
 };
 
-// T tokens over E experts with k slots; scores are softmax of random logits, weights positive,
-// the noisy-gating inputs random with expert 0 far ahead under `skewed` spreads.
-BalanceInputs routing_inputs(int64_t T, int64_t E, int64_t k, int64_t seq_len, Spread spread, uint64_t seed) {
+// T tokens over E experts with k slots (test::random_routing), then spread as asked; under a
+// skewed spread expert 0 is far ahead in the noisy gating too. `routed` keeps the ids before
+// dropping (the Switch term's with aux_count = routed).
+struct Routed {
   BalanceInputs in;
-  in.tokens = T, in.experts = E, in.slots = k, in.seq_len = seq_len;
-  in.logits = test::random_values(T * E, seed, -2, 2);
-  in.clean = test::random_values(T * E, seed + 1, -2, 2);
-  in.raw_noise = test::random_values(T * E, seed + 2, -1, 1);
-  in.normal = test::random_values(T * E, seed + 3, -1.5, 1.5);
-  const bool skewed = spread == Spread::one_expert || spread == Spread::two_experts;
-  for (int64_t t = 0; t < T && skewed; ++t) in.clean[static_cast<size_t>(t * E)] += 6.0;
-  in.counts.assign(static_cast<size_t>(E), 0);
-  in.routed_counts.assign(static_cast<size_t>(E), 0);
-  for (int64_t t = 0; t < T; ++t) {
-    const double* z = &in.logits[static_cast<size_t>(t * E)];
-    const double m = *std::max_element(z, z + E);
-    double sum = 0;
-    for (int64_t j = 0; j < E; ++j) sum += std::exp(z[j] - m);
-    std::vector<double> s(static_cast<size_t>(E));
-    for (int64_t j = 0; j < E; ++j) s[static_cast<size_t>(j)] = std::exp(z[j] - m) / sum;
-    in.scores.insert(in.scores.end(), s.begin(), s.end());
-    std::vector<int32_t> order(static_cast<size_t>(E));
-    std::iota(order.begin(), order.end(), 0);
-    if (!skewed) std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return s[a] > s[b]; });
-    for (int64_t q = 0; q < k; ++q) {
-      int32_t id = order[static_cast<size_t>(q)];
-      ++in.routed_counts[static_cast<size_t>(id)];
-      if (spread == Spread::dropped && (t * k + q) % 3 == 2) id = -1;
-      in.ids.push_back(id);
-      in.weights.push_back(id >= 0 ? 0.2 + 0.6 * s[static_cast<size_t>(order[static_cast<size_t>(q)])] : 0.0);
-      if (id >= 0) ++in.counts[static_cast<size_t>(id)];
+  std::vector<int32_t> routed;
+};
+Routed routing_inputs(int64_t T, int64_t E, int64_t k, int64_t seq_len, Spread spread, uint64_t seed) {
+  BalanceInputs in = test::random_routing(T, E, k, seq_len, seed);
+  if (spread == Spread::one_expert || spread == Spread::two_experts) {
+    for (int64_t t = 0; t < T; ++t) {
+      in.clean[static_cast<size_t>(t * E)] += 6.0;
+      for (int64_t q = 0; q < k; ++q) in.ids[static_cast<size_t>(t * k + q)] = static_cast<int32_t>(q);
     }
   }
-  return in;
-}
-
-// The routed ids before dropping, for the Switch term with aux_count = routed.
-std::vector<int32_t> routed_ids(const BalanceInputs& in, Spread spread) {
-  std::vector<int32_t> ids = in.ids;
-  if (spread != Spread::dropped) return ids;
-  for (int64_t t = 0; t < in.tokens; ++t) {
-    const double* s = &in.scores[static_cast<size_t>(t * in.experts)];
-    std::vector<int32_t> order(static_cast<size_t>(in.experts));
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return s[a] > s[b]; });
-    for (int64_t q = 0; q < in.slots; ++q) ids[static_cast<size_t>(t * in.slots + q)] = order[static_cast<size_t>(q)];
+  const std::vector<int32_t> routed = in.ids;
+  if (spread == Spread::dropped) {
+    for (size_t n = 2; n < in.ids.size(); n += 3) in.ids[n] = -1, in.weights[n] = 0.0;
   }
-  return ids;
+  in.counts.assign(static_cast<size_t>(E), 0);
+  in.routed_counts.assign(static_cast<size_t>(E), 0);
+  for (size_t n = 0; n < in.ids.size(); ++n) {
+    if (in.ids[n] >= 0) ++in.counts[static_cast<size_t>(in.ids[n])];
+    ++in.routed_counts[static_cast<size_t>(routed[n])];
+  }
+  return {in, routed};
 }
 
 // Every floating input rounded through `dtype` (f32: both paths then read the same numbers).
@@ -147,8 +126,9 @@ void compare_term(const BalancingTerm& term, Spread spread, int64_t T, int64_t E
   config.device_groups = E % 2 == 0 ? 2 : 1;
   config.aux_count = aux_count;
   config.*term.coef = 0.3;
-  const BalanceInputs raw = routing_inputs(T, E, k, seq_len, spread, seed);
-  const std::vector<int32_t> routed = routed_ids(raw, spread);
+  const Routed r = routing_inputs(T, E, k, seq_len, spread, seed);
+  const BalanceInputs& raw = r.in;
+  const std::vector<int32_t>& routed = r.routed;
   for (DType dtype : {DType::f32, DType::f64}) {
     INFO(term.name << " " << dtype_name(dtype));
     BalanceInputs in = rounded(raw, dtype);
