@@ -18,13 +18,15 @@ namespace balancing_detail {
 std::vector<double> score_sums(const BalanceInputs& in) {
   std::vector<double> sums(static_cast<size_t>(in.experts), 0.0);
   for (int64_t r = 0; r < in.tokens; ++r)
-    for (int64_t i = 0; i < in.experts; ++i) sums[static_cast<size_t>(i)] += in.scores[static_cast<size_t>(r * in.experts + i)];
+    for (int64_t i = 0; i < in.experts; ++i)
+      sums[static_cast<size_t>(i)] += in.scores[static_cast<size_t>(r * in.experts + i)];
   return sums;
 }
 
 void add_to_every_token(const std::vector<double>& row, const BalanceInputs& in, std::vector<double>& dscores) {
   for (int64_t r = 0; r < in.tokens; ++r)
-    for (int64_t i = 0; i < in.experts; ++i) dscores[static_cast<size_t>(r * in.experts + i)] += row[static_cast<size_t>(i)];
+    for (int64_t i = 0; i < in.experts; ++i)
+      dscores[static_cast<size_t>(r * in.experts + i)] += row[static_cast<size_t>(i)];
 }
 
 Tensor score_sums_on_device(const Tensor& scores) {

@@ -119,7 +119,8 @@ void z_balance(const T* logits, int64_t tokens, int64_t num_experts, double coef
   std::vector<double> row(static_cast<size_t>(num_experts));
   double total = 0;
   for (int64_t r = 0; r < tokens; ++r) {
-    for (int64_t j = 0; j < num_experts; ++j) row[static_cast<size_t>(j)] = static_cast<double>(logits[at(r, num_experts, j)]);
+    for (int64_t j = 0; j < num_experts; ++j)
+      row[static_cast<size_t>(j)] = static_cast<double>(logits[at(r, num_experts, j)]);
     const double m = *std::max_element(row.begin(), row.end());
     double sum = 0;
     for (double x : row) sum += std::exp(x - m);

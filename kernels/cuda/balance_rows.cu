@@ -43,8 +43,10 @@ __global__ void z_rows_kernel(const float* logits, int64_t tokens, int num_exper
   double sum = 0;
   for (int j = lane; j < num_experts; j += k_warp) sum += exp(static_cast<double>(x[j]) - m);
   const double lse = m + log(warp_sum(sum));
-  for (int j = lane; j < num_experts; j += k_warp)
-    dx[j] = static_cast<float>(static_cast<double>(dx[j]) + coef * 2.0 * lse * exp(static_cast<double>(x[j]) - lse) / t);
+  for (int j = lane; j < num_experts; j += k_warp) {
+    const double softmax = exp(static_cast<double>(x[j]) - lse);
+    dx[j] = static_cast<float>(static_cast<double>(dx[j]) + coef * 2.0 * lse * softmax / t);
+  }
   if (lane == 0) row_values[row] = coef * lse * lse / t;
 }
 
@@ -56,7 +58,8 @@ __global__ void seq_rows_kernel(const float* scores, const int32_t* ids, int num
   int* counts = reinterpret_cast<int*>(a + num_experts);  // [E]
   const int64_t first = static_cast<int64_t>(blockIdx.x) * seq_len;
   block_histogram(ids, first * slots, (first + seq_len) * slots, num_experts, counts);
-  const double per_slot = static_cast<double>(num_experts) / (static_cast<double>(slots) * static_cast<double>(seq_len));
+  const double per_slot =
+      static_cast<double>(num_experts) / (static_cast<double>(slots) * static_cast<double>(seq_len));
   for (int e = threadIdx.x; e < num_experts; e += blockDim.x)
     a[e] = scale * (per_slot * static_cast<double>(counts[e])) / static_cast<double>(seq_len);
   __syncthreads();
@@ -159,7 +162,8 @@ __global__ void load_grad_kernel(const float* clean, const float* raw_noise, con
 
 size_t row_shared_bytes(const char* op, int64_t num_experts) {
   const size_t bytes = static_cast<size_t>(num_experts) * (sizeof(double) + sizeof(int));
-  MOE_CHECK(num_experts >= 1 && bytes <= 40 * 1024, op, ": ", num_experts, " experts do not fit a row in shared memory");
+  MOE_CHECK(num_experts >= 1 && bytes <= 40 * 1024, op, ": ", num_experts,
+            " experts do not fit a row in shared memory");
   return bytes;
 }
 

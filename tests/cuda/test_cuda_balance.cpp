@@ -210,7 +210,8 @@ TEST_CASE("cuda PinnedBuffer reads device values into page-locked memory with on
   REQUIRE(again == read);
   REQUIRE(again[0] == -1);
   REQUIRE(again[1] == 42);
-  REQUIRE_THROWS_WITH(buffer.read<int32_t>(device_values), Catch::Contains("PinnedBuffer::read: a i64 tensor read as 4-byte values"));
+  REQUIRE_THROWS_WITH(buffer.read<int32_t>(device_values),
+                      Catch::Contains("PinnedBuffer::read: a i64 tensor read as 4-byte values"));
 }
 
 }  // namespace moe::test

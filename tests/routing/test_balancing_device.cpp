@@ -214,7 +214,8 @@ TEST_CASE("balancing ops reject bad shapes, naming the op and what is wrong", "[
   REQUIRE_THROWS_WITH(ops::seq_balance(scores, ids, 3, 0.1, value, dscores),
                       Contains("seq_balance: seq_len = 3 does not divide tokens = 4"));
   REQUIRE_THROWS_WITH(ops::load_balance(scores, scores, scores, 4, 0.1, value, dscores, dscores),
-                      Contains("load_balance: needs 1 <= k < E (the k-th largest of the other E-1 experts), got k = 4"));
+                      Contains("load_balance: needs 1 <= k < E (the k-th largest of the other E-1 "
+                               "experts), got k = 4"));
   Tensor sums = Tensor::zeros({4}, DType::f32), row = Tensor::zeros({4}, DType::f32);
   REQUIRE_THROWS_WITH(ops::device_balance(sums, ids, 3, 0.1, value, row),
                       Contains("device_balance: groups = 3 does not divide experts = 4"));
