@@ -25,7 +25,8 @@ TEST_CASE("PinnedBuffer reads CPU values, reusing its storage until a read needs
   REQUIRE(buffer.capacity() == 80);
   REQUIRE(std::vector<double>(grown, grown + 10) == more);
   REQUIRE_NOTHROW(buffer.read<int32_t>(Tensor::empty({0}, DType::i32)));
-  REQUIRE_THROWS_WITH(buffer.read<int32_t>(t), Catch::Contains("PinnedBuffer::read: a i64 tensor read as 4-byte values"));
+  REQUIRE_THROWS_WITH(buffer.read<int32_t>(t),
+                      Catch::Contains("PinnedBuffer::read: a i64 tensor read as 4-byte values"));
 }
 
 }  // namespace moe
