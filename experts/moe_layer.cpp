@@ -1,6 +1,5 @@
 // MoE layer: the router under "<prefix>.router", experts "<prefix>.experts.*", shared experts
-// "<prefix>.shared.*". The balancing terms (routing/balancing_terms.h) run on the host in f64 from
-// copies of the router outputs they read, or wholly on the device from per-expert sums (Switch).
+// "<prefix>.shared.*". The balancing terms (routing/balancing_terms.h) run on the scores' device.
 #include "experts/moe_layer.h"
 
 #include <algorithm>
@@ -25,11 +24,18 @@ Tensor to_device_like(const std::vector<double>& values, const Tensor& like) {
   return like.is_cuda() ? host.to(like.device()) : host;
 }
 
+// factor * t in a new tensor (kernels only: a device copy would wait for the device).
 Tensor scaled(const Tensor& t, float factor) {
   if (!t.defined()) return t;
-  Tensor out = t.clone();
-  ops::scale(out, factor);
+  Tensor out = Tensor::zeros(t.shape(), t.dtype(), t.device());
+  ops::accumulate(out, t, factor);
   return out;
+}
+
+// aux_loss = the sum of the terms' values, in the map's order.
+void sum_balance_terms(MoeLayerStats& stats) {
+  stats.aux_loss = 0;
+  for (const auto& [name, value] : stats.balance) stats.aux_loss += value;
 }
 
 std::unique_ptr<Dispatcher> make_dispatcher(const MoeLayerConfig& config) {
@@ -113,122 +119,113 @@ Tensor MoeLayer::routed_forward(const Tensor& x, const RouteInputs& inputs, MoeL
     saved.stats.slots += saved.stats.dropped;
   }
   compute_balancing_terms(routing, saved.router, inputs, saved, collect_stats);
+  if (router_->expert_bias_id() >= 0) saved.stats.kept_ids = saved.ids;  // the bias loads, counted on the device
   return y;
 }
 
 bool MoeLayer::drops_slots() const { return config_.capacity_factor > 0 && router_->capacity_dropping(); }
 
-bool MoeLayer::host_counts_every_step() const {
-  return router_->expert_bias_id() >= 0 || config_.pool_balance_sums;
-}
+bool MoeLayer::host_counts_every_step() const { return config_.pool_balance_sums; }
 
 void MoeLayer::compute_balancing_terms(const Routing& routing, const RouterSaved& router_saved,
                                        const RouteInputs& inputs, MoeLayerSaved& saved, bool collect_stats) const {
   if (!routing.scores.defined()) return;  // hash routers: nothing to balance
+  // The entropy metric reads every score on the host: logging steps only.
+  if (collect_stats) {
+    saved.stats.entropy =
+        load_stats(saved.stats.tokens_per_expert, routing.scores.to_vector<double>(), config_.num_experts).entropy;
+  }
   // A term is off on a forward whose router drew nothing it reads: noisy gating draws its noise
-  // only in training. Sum-statistics terms (Switch) need only per-expert sums: a column sum on the
-  // device, E numbers to the host. The others (and the entropy metric) read every token on the host.
+  // only in training. Every term runs on the scores' device, except the sum-statistics terms
+  // (Switch) under tensor parallelism or pooled sums, whose per-expert sums are added over ranks
+  // or micro-batches on the host.
   const BalancingConfig& b = config_.balancing;
-  std::vector<const BalancingTerm*> host_terms, sum_terms;
+  const bool pool_sums = TpGroup{config_.tp_group}.active() || config_.pool_balance_sums;
+  std::vector<const BalancingTerm*> device_terms, sum_terms;
   for (const BalancingTerm* term : enabled_balancing_terms(b)) {
     if (term->reads(b, balance_input::noise) && !router_saved.clean.defined()) continue;
-    (term->from_sums != nullptr ? sum_terms : host_terms).push_back(term);
+    (pool_sums && term->from_sums != nullptr ? sum_terms : device_terms).push_back(term);
   }
-  if (!host_terms.empty() || collect_stats) {
-    host_balancing(routing, router_saved, inputs, only_terms(b, host_terms), saved, collect_stats);
-  }
-  if (sum_terms.empty()) return;
-  // Tensor parallelism and pooled sums add the sums over ranks or micro-batches on the host.
-  const bool on_device = !TpGroup{config_.tp_group}.active() && !config_.pool_balance_sums &&
-                         std::all_of(sum_terms.begin(), sum_terms.end(), [](auto* t) { return t->on_device; });
-  if (on_device) {
-    sums_on_device(routing, sum_terms, saved, collect_stats);
-  } else {
-    sums_on_host(routing, only_terms(b, sum_terms), saved);
-  }
+  if (!device_terms.empty()) terms_on_device(routing, router_saved, inputs, device_terms, saved, collect_stats);
+  if (!sum_terms.empty()) sums_on_host(routing, only_terms(b, sum_terms), saved);
 }
 
-void MoeLayer::sums_on_device(const Routing& routing, const std::vector<const BalancingTerm*>& terms,
-                              MoeLayerSaved& saved, bool collect_stats) const {
+void MoeLayer::terms_on_device(const Routing& routing, const RouterSaved& router_saved, const RouteInputs& inputs,
+                               const std::vector<const BalancingTerm*>& terms, MoeLayerSaved& saved,
+                               bool collect_stats) const {
+  namespace bi = balance_input;
+  const BalancingConfig& b = config_.balancing;
   const Tensor& scores = routing.scores;
-  const int64_t experts = scores.size(1);
-  DeviceSums in{Tensor::empty({experts}, scores.dtype(), scores.device()), saved.ids, routing.ids};
-  ops::column_sum(scores, in.score_sums);
-  saved.switch_grad_row = Tensor::zeros({experts}, scores.dtype(), scores.device());
-  Tensor value = Tensor::empty({1}, DType::f64, scores.device());
-  Tensor grad_row = empty_like(saved.switch_grad_row);
-  // The values cross to the host only for the statistics (free on the CPU).
-  const bool read = collect_stats || !scores.is_cuda();
+  BalanceInputs shape;
+  shape.tokens = scores.size(0);
+  shape.experts = scores.size(1);
+  shape.slots = saved.ids.size(1);
+  shape.seq_len = inputs.seq_len;
+  check_balancing_shape(shape, only_terms(b, terms));
+  // Zero-filled gradients for the inputs the terms differentiate.
+  uint32_t reads = 0;
+  bool per_token_scores = false, per_expert = false;
   for (const BalancingTerm* term : terms) {
-    term->on_device(in, config_.balancing, value, grad_row);
-    ops::accumulate(saved.switch_grad_row, grad_row);
-    if (read) {
-      const double v = value.to_vector<double>()[0];
-      saved.stats.balance[term->name] = v;
-      saved.stats.aux_loss += v;
+    reads |= term->inputs(b);
+    per_token_scores |= term->reads(b, bi::scores) && !term->grad_per_expert;
+    per_expert |= term->grad_per_expert;
+  }
+  auto zeros_like = [](const Tensor& t) { return Tensor::zeros(t.shape(), t.dtype(), t.device()); };
+  DeviceBalanceGrads grads;
+  if (per_token_scores) grads.dscores = zeros_like(scores);
+  if (per_expert) grads.score_row = Tensor::zeros({shape.experts}, scores.dtype(), scores.device());
+  if (reads & bi::logits) grads.dlogits = zeros_like(routing.logits);
+  if (reads & bi::weights) grads.dweights = zeros_like(saved.weights);
+  if (reads & bi::noise) {
+    grads.dclean = zeros_like(router_saved.clean);
+    grads.draw_noise = zeros_like(router_saved.raw_noise);
+  }
+  DeviceBalanceInputs in;
+  in.scores = scores;
+  in.logits = routing.logits;
+  in.weights = saved.weights;
+  in.kept_ids = saved.ids;
+  in.routed_ids = routing.ids;
+  in.clean = router_saved.clean;
+  in.raw_noise = router_saved.raw_noise;
+  in.normal = router_saved.normal;
+  in.seq_len = inputs.seq_len;
+  Tensor values = Tensor::empty({static_cast<int64_t>(terms.size())}, DType::f64, scores.device());
+  for (size_t i = 0; i < terms.size(); ++i) {
+    Tensor value = values.rows(static_cast<int64_t>(i), static_cast<int64_t>(i) + 1);
+    terms[i]->on_device(in, b, value, grads);
+  }
+  // Under tensor parallelism the terms here are means over tokens or sequences (check_balancing_tp
+  // rejects the rest; sum-statistics terms run from pooled sums): the micro-batch's term is the
+  // mean of the equal slices' terms, and each slice's gradient carries 1/tp of its own.
+  const TpGroup tp{config_.tp_group};
+  if (tp.active()) {
+    for (Tensor* g : {&grads.dscores, &grads.score_row, &grads.dlogits, &grads.dweights, &grads.dclean,
+                      &grads.draw_noise}) {
+      if (g->defined()) ops::scale(*g, 1.0f / static_cast<float>(tp.size()));
     }
   }
+  saved.balance_grads = RouterGrads{grads.dweights, grads.dscores, grads.dlogits, grads.dclean, grads.draw_noise};
+  saved.score_grad_row = grads.score_row;
+  // The values cross to the host only for the statistics (free on the CPU).
+  if (!collect_stats && scores.is_cuda()) return;
+  std::vector<double> host = values.to_vector<double>();
+  if (tp.active()) {
+    for (double& v : host) v /= tp.size();
+    tp.comm->all_reduce_sum(host);
+  }
+  for (size_t i = 0; i < terms.size(); ++i) saved.stats.balance[terms[i]->name] = host[i];
+  sum_balance_terms(saved.stats);
 }
 
 // Slots per expert before capacity dropping: the kept counts when no capacity applies, else a
-// count of the router's own ids (T*k ids to the host; this runs only for host-side terms).
+// count of the router's own ids (T*k ids to the host; this runs only for host-side sums).
 std::vector<int64_t> MoeLayer::counts_before_capacity(const Routing& routing, MoeLayerSaved& saved) const {
   if (!drops_slots()) return saved.dispatch.host_routed_counts();
   std::vector<int64_t> counts(static_cast<size_t>(config_.num_experts), 0);
   for (int32_t e : routing.ids.to_vector<int32_t>())
     if (e >= 0) ++counts[static_cast<size_t>(e)];
   return counts;
-}
-
-void MoeLayer::host_balancing(const Routing& routing, const RouterSaved& router_saved, const RouteInputs& inputs,
-                              const BalancingConfig& terms, MoeLayerSaved& saved, bool collect_stats) const {
-  namespace bi = balance_input;
-  const std::vector<const BalancingTerm*> enabled = enabled_balancing_terms(terms);
-  uint32_t reads = 0;
-  for (const BalancingTerm* term : enabled) reads |= term->inputs(terms);
-  BalanceInputs in;
-  in.tokens = routing.ids.size(0);
-  in.experts = config_.num_experts;
-  in.slots = saved.ids.size(1);
-  in.seq_len = inputs.seq_len;
-  in.counts = saved.dispatch.host_routed_counts();
-  if ((reads & bi::scores) || collect_stats) in.scores = routing.scores.to_vector<double>();
-  if (collect_stats) saved.stats.entropy = load_stats(in.counts, in.scores, in.experts).entropy;
-  if (enabled.empty()) return;
-  // Only what the enabled terms read crosses to the host.
-  if (reads & bi::logits) in.logits = routing.logits.to_vector<double>();
-  if (reads & bi::weights) in.weights = saved.weights.to_vector<double>();
-  if (reads & bi::ids) in.ids = saved.ids.to_vector<int32_t>();
-  if (reads & bi::routed_counts) in.routed_counts = counts_before_capacity(routing, saved);
-  if (reads & bi::noise) {
-    in.clean = router_saved.clean.to_vector<double>();
-    in.raw_noise = router_saved.raw_noise.to_vector<double>();
-    in.normal = router_saved.normal.to_vector<double>();
-  }
-  BalanceResult r = compute_balancing(in, terms);
-  const TpGroup tp{config_.tp_group};
-  if (tp.active()) {
-    // Host terms under TP are means over tokens or sequences (check_balancing_tp rejects the
-    // rest; sum-statistics terms run from sums): the micro-batch's term is the mean of the
-    // equal slices' terms, and each slice's gradient carries 1/tp of its own.
-    std::vector<double> values;
-    for (const auto& [name, value] : r.terms) values.push_back(value / tp.size());
-    tp.comm->all_reduce_sum(values);
-    size_t next = 0;
-    for (auto& [name, value] : r.terms) value = values[next++];
-    for (auto* g : {&r.dscores, &r.dlogits, &r.dweights, &r.dclean, &r.draw_noise}) {
-      for (double& v : *g) v /= tp.size();
-    }
-  }
-  saved.stats.balance = r.terms;
-  saved.stats.aux_loss = 0;
-  for (const auto& [name, value] : r.terms) saved.stats.aux_loss += value;
-  RouterGrads& g = saved.balance_grads;
-  if (!r.dscores.empty()) g.dscores = to_device_like(r.dscores, routing.scores);
-  if (!r.dlogits.empty()) g.dlogits = to_device_like(r.dlogits, routing.logits);
-  if (!r.dweights.empty()) g.dweights = to_device_like(r.dweights, saved.weights);
-  if (!r.dclean.empty()) g.dclean = to_device_like(r.dclean, router_saved.clean);
-  if (!r.draw_noise.empty()) g.draw_noise = to_device_like(r.draw_noise, router_saved.raw_noise);
 }
 
 // P_i from a column sum on the device and f_i from the counts: E numbers to the host (summed
@@ -262,24 +259,27 @@ void MoeLayer::sums_on_host(const Routing& routing, const BalancingConfig& terms
     saved.stats.balance[term->name] = loss.value;
     for (size_t e = 0; e < row.size(); ++e) row[e] += loss.grad_per_expert[e];
   }
-  saved.stats.aux_loss = 0;
-  for (const auto& [name, term] : saved.stats.balance) saved.stats.aux_loss += term;
-  saved.switch_grad_row = to_device_like(row, scores.rows(0, 1).view({experts}));
+  sum_balance_terms(saved.stats);
+  Tensor grad_row = to_device_like(row, scores.rows(0, 1).view({experts}));
+  if (saved.score_grad_row.defined()) {
+    ops::accumulate(saved.score_grad_row, grad_row);
+  } else {
+    saved.score_grad_row = grad_row;
+  }
 }
 
 void MoeLayer::set_switch_gradient(MoeLayerSaved& saved, const std::vector<double>& grad_per_expert,
                                    double value) const {
-  // The row holds every sum-statistics term; replacing it is right while Switch is the only one on
+  // The row holds every per-expert term; replacing it is right while Switch is the only one on
   // (balance_scope = global_batch allows no other balancing term).
   for (const BalancingTerm* term : enabled_balancing_terms(config_.balancing)) {
-    MOE_CHECK(term->from_sums == nullptr || std::string(term->name) == "switch", "set_switch_gradient: the ",
+    MOE_CHECK(!term->grad_per_expert || std::string(term->name) == "switch", "set_switch_gradient: the ",
               term->name, " term shares the per-expert gradient row with the Switch term");
   }
   saved.stats.balance["switch"] = value;
-  saved.stats.aux_loss = 0;
-  for (const auto& [name, term] : saved.stats.balance) saved.stats.aux_loss += term;
+  sum_balance_terms(saved.stats);
   const Tensor& scores = saved.router.routing.scores;
-  saved.switch_grad_row = to_device_like(grad_per_expert, scores.rows(0, 1).view({scores.size(1)}));
+  saved.score_grad_row = to_device_like(grad_per_expert, scores.rows(0, 1).view({scores.size(1)}));
 }
 
 Tensor MoeLayer::backward(const MoeLayerSaved& saved, const Tensor& dy, float aux_scale) const {
@@ -313,13 +313,13 @@ Tensor MoeLayer::routed_backward(const MoeLayerSaved& saved, const Tensor& dy, f
   grads.dlogits = scaled(b.dlogits, aux_scale);
   grads.dclean = scaled(b.dclean, aux_scale);
   grads.draw_noise = scaled(b.draw_noise, aux_scale);
-  if (saved.switch_grad_row.defined()) {
-    // The Switch gradient is one row of E numbers, the same for every token.
+  if (saved.score_grad_row.defined()) {
+    // The per-expert terms' gradient is one row of E numbers, the same for every token.
     const Tensor& scores = saved.router.routing.scores;
     const int64_t tokens = scores.size(0), experts = scores.size(1);
     Tensor every_row_is_row_0 = Tensor::zeros({tokens}, DType::i32, scores.device());
     Tensor dswitch = empty_like(scores);
-    ops::gather_rows(saved.switch_grad_row.view({1, experts}), every_row_is_row_0, dswitch);
+    ops::gather_rows(saved.score_grad_row.view({1, experts}), every_row_is_row_0, dswitch);
     if (grads.dscores.defined()) {
       ops::accumulate(grads.dscores, dswitch, aux_scale);
     } else {

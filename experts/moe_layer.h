@@ -1,6 +1,5 @@
 // The MoE feed-forward layer: router -> capacity (optional dropping) -> dispatch (sort by
-// expert) -> experts -> combine, plus shared experts, the balancing losses and the per-layer
-// routing statistics for the metrics.
+// expert) -> experts -> combine, plus shared experts, the balancing losses and the routing statistics.
 #pragma once
 
 #include <map>
@@ -48,8 +47,8 @@ struct MoeLayerConfig {
 // What one forward of one MoE layer reports.
 struct MoeLayerStats {
   // Kept slots per expert (after capacity dropping) and the routed slots before capacity: read
-  // from the device only when stats are collected or something needs them every step (the
-  // aux-loss-free bias, pooled sums); empty and 0 otherwise.
+  // from the device only when stats are collected or something needs them every step (pooled
+  // sums); empty and 0 otherwise.
   std::vector<int64_t> tokens_per_expert;
   int64_t slots = 0, dropped = 0;          // routed slots before capacity, and those dropped
   // Each enabled balancing term (coefficients applied) and their sum. Terms that run on the GPU
@@ -60,6 +59,9 @@ struct MoeLayerStats {
   // This rank's per-expert sums when a sum-statistics term (Switch) is on, for balance_scope =
   // global_batch (the trainer pools them); empty otherwise.
   ExpertSums sums;
+  // i32[T,k] on the device: the experts after capacity dropping, which the trainer counts into the
+  // aux-loss-free bias loads without a host copy; defined when the router has an expert bias.
+  Tensor kept_ids;
 };
 
 struct MoeLayerSaved {
@@ -69,10 +71,10 @@ struct MoeLayerSaved {
   ExpertsSaved experts;
   SharedExpertsSaved shared;
   Tensor y_sorted;
-  RouterGrads balance_grads;  // gradients of the host-computed balancing terms (unscaled)
-  // d (sum-statistics terms: Switch) / d scores[t,i], the same for every token t (unscaled):
-  // accum[E] on the scores' device; undefined = no such term.
-  Tensor switch_grad_row;
+  RouterGrads balance_grads;  // gradients of the balancing terms on [T,*] inputs (unscaled)
+  // d (per-expert terms: Switch, device-level) / d scores[t,i], the same for every token t
+  // (unscaled): accum[E] on the scores' device; undefined = no such term.
+  Tensor score_grad_row;
   MoeLayerStats stats;
 };
 
@@ -99,15 +101,15 @@ class MoeLayer {
   Tensor routed_backward(const MoeLayerSaved& saved, const Tensor& dy, float aux_scale) const;
   void compute_balancing_terms(const Routing& routing, const RouterSaved& router_saved, const RouteInputs& inputs,
                                MoeLayerSaved& saved, bool collect_stats) const;
-  void host_balancing(const Routing& routing, const RouterSaved& router_saved, const RouteInputs& inputs,
-                      const BalancingConfig& terms, MoeLayerSaved& saved, bool collect_stats) const;
+  // The terms wholly on the scores' device (BalancingTerm::on_device): no host wait unless stats
+  // are collected.
+  void terms_on_device(const Routing& routing, const RouterSaved& router_saved, const RouteInputs& inputs,
+                       const std::vector<const BalancingTerm*>& terms, MoeLayerSaved& saved,
+                       bool collect_stats) const;
   // The sum-statistics terms (Switch) from per-expert sums made on the device and brought to the
   // host (tensor parallelism, pooled sums).
   void sums_on_host(const Routing& routing, const BalancingConfig& terms, MoeLayerSaved& saved) const;
-  // The same terms wholly on the device: no host wait unless stats are collected.
-  void sums_on_device(const Routing& routing, const std::vector<const BalancingTerm*>& terms, MoeLayerSaved& saved,
-                      bool collect_stats) const;
-  // Whether every forward needs the host counts (the aux-loss-free bias update, pooled sums).
+  // Whether every forward needs the host counts (pooled sums).
   bool host_counts_every_step() const;
   // Whether a token-choice capacity drops this layer's slots (moe.capacity_factor > 0).
   bool drops_slots() const;

@@ -83,19 +83,25 @@ Tensor AllToAllDispatcher::dispatch(const Tensor& x, const Tensor& ids, Dispatch
   saved.num_tokens = x.size(0);
   saved.sorted_tokens = Tensor::empty({ids.numel()}, DType::i32, device);
   saved.slot_pos = Tensor::empty({ids.numel()}, DType::i32, device);
-  saved.routed_counts = ops::moe_sort_by_expert(ids, num_experts_, saved.sorted_tokens, saved.slot_pos);
+  Tensor offsets = Tensor::empty({num_experts_ + 1}, DType::i32, device);
+  ops::moe_sort_by_expert(ids, num_experts_, saved.sorted_tokens, saved.slot_pos, offsets);
+  // [this rank's routed slots per expert | the slots every rank routes to this rank's experts],
+  // made on the device: each rank sends rank q its L counts of q's experts and receives L counts
+  // from every rank. Then the one host synchronisation of the dispatch: both halves in one copy
+  // into page-locked memory (nothing heavy is queued before it).
+  const int64_t E = num_experts_;
+  Tensor counts = Tensor::zeros({2 * E}, DType::i64, device);
+  Tensor counts_out = counts.rows(0, E), counts_in = counts.rows(E, 2 * E);
+  ops::count_experts(ids, E, counts_out);
+  const std::vector<int64_t> per_rank(static_cast<size_t>(ep), num_local_);
+  group_->all_to_all_v(counts_out, per_rank, counts_in, per_rank);
+  const int64_t* host_counts = counts_host_.read<int64_t>(counts);
+  saved.routed_counts.assign(host_counts, host_counts + E);
+  saved.recv_expert_counts.assign(host_counts + E, host_counts + 2 * E);
   const int64_t num_sorted = total(saved.routed_counts);  // dropped slots (id -1) get no row
   saved.sorted_tokens = saved.sorted_tokens.rows(0, num_sorted);
   // Global expert order groups the rows by owner: rank q's rows are experts [q*L, (q+1)*L).
   saved.send_counts = block_sums(saved.routed_counts, num_local_);
-
-  // Each rank sends rank q its L counts of q's experts and receives L counts from every rank.
-  // The one host synchronisation of the dispatch; nothing heavy is queued before it.
-  const std::vector<int64_t> per_rank(static_cast<size_t>(ep), num_local_);
-  Tensor counts_out = Tensor::from_vector(saved.routed_counts, {num_experts_}, DType::i64, device);
-  Tensor counts_in = Tensor::empty({num_experts_}, DType::i64, device);
-  group_->all_to_all_v(counts_out, per_rank, counts_in, per_rank);
-  saved.recv_expert_counts = counts_in.to_vector<int64_t>();
   saved.recv_counts = block_sums(saved.recv_expert_counts, num_local_);
   saved.counts.assign(static_cast<size_t>(num_local_), 0);
   for (size_t b = 0; b < saved.recv_expert_counts.size(); ++b)

@@ -6,12 +6,14 @@
 
 #include "parallel/communicator.h"
 #include "parallel/dispatcher.h"
+#include "src/tensor/pinned_buffer.h"
 
 namespace moe {
 
 // Rank r of the EP group owns experts [r*E/ep, (r+1)*E/ep). One dispatch:
 //   sort this rank's slots by global expert (rows for rank r are then contiguous)
-//   -> exchange per-expert counts (the one host synchronisation)
+//   -> exchange per-expert counts on the device, read them (and this rank's own) back in one
+//      copy into a page-locked buffer kept by the dispatcher (the one host synchronisation)
 //   -> all-to-all-v the rows -> reorder the received [src0: e0..eL | src1: ...] rows into
 //   local-expert-major [e0: src0, src1... | e1: ...] so the experts run on contiguous blocks.
 // Within an expert, rows are ordered by (source rank, token, slot): the order the local
@@ -49,6 +51,8 @@ class AllToAllDispatcher : public Dispatcher {
 
   Communicator* group_;
   int64_t num_experts_, num_local_, first_expert_;
+  // The count exchange's read back, reused by every dispatch of this layer.
+  mutable PinnedBuffer counts_host_;
 };
 
 }  // namespace moe

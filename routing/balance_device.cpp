@@ -1,6 +1,9 @@
 // DeepSeekMoE's device-level balance loss over device_groups contiguous expert groups: a product
-// of group sums, so not computable from a TP slice.
+// of group sums, so not computable from a TP slice. Its score gradient is one row per expert.
+#include "kernels/cpu/balance.h"
 #include "routing/balancing_terms.h"
+#include "src/nn/linear.h"
+#include "src/ops/ops.h"
 #include "src/util/check.h"
 
 namespace moe {
@@ -8,24 +11,21 @@ namespace moe {
 namespace {
 
 // alpha2 * sum_g f'_g P'_g with f'_g = mean of f_i = E/(kT) counts_i over g and
-// P'_g = sum of P_i = mean_t scores over g.
+// P'_g = sum of P_i = mean_t scores over g; d/dscores[t,i] = alpha2 f'_g / T.
 double compute(const BalanceInputs& in, const BalancingConfig& c, BalanceResult& out) {
-  const double alpha = c.device_coef;
-  const int64_t T = in.tokens, E = in.experts, groups = c.device_groups, G = E / groups;
-  const double t = static_cast<double>(T);
-  double value = 0;
-  for (int64_t g = 0; g < groups; ++g) {
-    double f_mean = 0, p_sum = 0;
-    for (int64_t i = g * G; i < (g + 1) * G; ++i) {
-      f_mean += static_cast<double>(E) / (static_cast<double>(in.slots) * t) * static_cast<double>(in.counts[i]);
-      for (int64_t r = 0; r < T; ++r) p_sum += in.scores[balancing_detail::idx(r, E, i)] / t;
-    }
-    f_mean /= static_cast<double>(G);
-    value += alpha * f_mean * p_sum;
-    for (int64_t i = g * G; i < (g + 1) * G; ++i)
-      for (int64_t r = 0; r < T; ++r) out.dscores[balancing_detail::idx(r, E, i)] += alpha * f_mean / t;
-  }
+  const std::vector<double> sums = balancing_detail::score_sums(in);
+  std::vector<double> row(sums.size());
+  const double value = cpu::device_balance_from_counts(sums.data(), in.counts.data(), in.tokens, in.slots, in.experts,
+                                                       c.device_groups, c.device_coef, row.data());
+  balancing_detail::add_to_every_token(row, in, out.dscores);
   return value;
+}
+
+void on_device(const DeviceBalanceInputs& in, const BalancingConfig& c, Tensor& value, DeviceBalanceGrads& grads) {
+  Tensor row = empty_like(grads.score_row);
+  ops::device_balance(balancing_detail::score_sums_on_device(in.scores), in.kept_ids, c.device_groups, c.device_coef,
+                      value, row);
+  ops::accumulate(grads.score_row, row);
 }
 
 uint32_t inputs(const BalancingConfig&) { return balance_input::scores | balance_input::counts; }
@@ -41,7 +41,8 @@ void check(const BalanceInputs& in, const BalancingConfig& c) {
 BalancingTerm device_balancing_term() {
   return {.name = "device", .coef_name = "device_coef", .config_key = "moe.device_loss_coef",
           .coef = &BalancingConfig::device_coef, .config_coef = &MoeConfig::device_loss_coef, .inputs = inputs,
-          .tp = TpRule::not_allowed, .check = check, .compute = compute};
+          .tp = TpRule::not_allowed, .check = check, .compute = compute, .grad_per_expert = true,
+          .on_device = on_device};
 }
 
 }  // namespace moe

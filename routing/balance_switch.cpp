@@ -1,8 +1,8 @@
 // The Switch / GShard load-balancing loss alpha * E * sum_i f_i P_i: registered as a
 // sum-statistics term (per-expert score sums and counts), so it runs from E numbers per layer.
-#include <algorithm>
-
+#include "kernels/cpu/balance.h"
 #include "routing/balancing_terms.h"
+#include "src/nn/linear.h"
 #include "src/ops/ops.h"
 #include "src/util/check.h"
 
@@ -12,19 +12,14 @@ namespace {
 
 // f_i = counts_i / (k T), P_i = mean_t scores[t,i]; d/dscores[t,i] = alpha * E * f_i / T.
 double compute(const BalanceInputs& in, const BalancingConfig& c, BalanceResult& out) {
-  using balancing_detail::idx;
-  const int64_t T = in.tokens, E = in.experts;
   ExpertSums sums;
-  sums.score_sums.assign(static_cast<size_t>(E), 0.0);
-  for (int64_t r = 0; r < T; ++r)
-    for (int64_t i = 0; i < E; ++i) sums.score_sums[static_cast<size_t>(i)] += in.scores[idx(r, E, i)];
+  sums.score_sums = balancing_detail::score_sums(in);
   sums.counts = in.counts;
   sums.routed_counts = in.routed_counts.empty() ? in.counts : in.routed_counts;  // empty: nothing dropped
-  sums.tokens = T;
+  sums.tokens = in.tokens;
   sums.slots = in.slots;
   SwitchLoss loss = switch_loss(sums, c);
-  for (int64_t r = 0; r < T; ++r)
-    for (int64_t i = 0; i < E; ++i) out.dscores[idx(r, E, i)] += loss.grad_per_expert[static_cast<size_t>(i)];
+  balancing_detail::add_to_every_token(loss.grad_per_expert, in, out.dscores);
   return loss.value;
 }
 
@@ -33,20 +28,24 @@ uint32_t inputs(const BalancingConfig& c) {
   return bi::scores | bi::counts | (c.aux_count == AuxCount::routed ? bi::routed_counts : 0u);
 }
 
+// The counts come from the ids the term reads (kept, or routed before capacity dropping).
+void on_device(const DeviceBalanceInputs& in, const BalancingConfig& c, Tensor& value, DeviceBalanceGrads& grads) {
+  const Tensor& ids = c.aux_count == AuxCount::routed ? in.routed_ids : in.kept_ids;
+  Tensor row = empty_like(grads.score_row);
+  ops::switch_balance(balancing_detail::score_sums_on_device(in.scores), ids, c.switch_coef, value, row);
+  ops::accumulate(grads.score_row, row);
+}
+
 }  // namespace
 
 SwitchLoss switch_loss(const std::vector<double>& score_sums, const std::vector<int64_t>& counts, int64_t tokens,
                        int64_t slots, double alpha) {
   MOE_CHECK(score_sums.size() == counts.size(), "switch_loss: ", score_sums.size(), " score sums for ", counts.size(),
             " experts");
-  const double t = static_cast<double>(std::max<int64_t>(tokens, 1)), e = static_cast<double>(counts.size());
   SwitchLoss out;
   out.grad_per_expert.resize(counts.size());
-  for (size_t i = 0; i < counts.size(); ++i) {
-    double f = static_cast<double>(counts[i]) / (static_cast<double>(slots) * t);
-    out.value += alpha * e * f * (score_sums[i] / t);
-    out.grad_per_expert[i] = alpha * e * f / t;
-  }
+  out.value = cpu::switch_balance_from_counts(score_sums.data(), counts.data(), tokens, slots,
+                                              static_cast<int64_t>(counts.size()), alpha, out.grad_per_expert.data());
   return out;
 }
 
@@ -58,16 +57,11 @@ SwitchLoss switch_loss(const ExpertSums& sums, const BalancingConfig& config) {
                      config.switch_coef);
 }
 
-// The counts come from the ids the term reads (kept, or routed before capacity dropping).
-void switch_on_device(const DeviceSums& in, const BalancingConfig& c, Tensor& value, Tensor& grad_row) {
-  const Tensor& ids = c.aux_count == AuxCount::routed ? in.routed_ids : in.kept_ids;
-  ops::switch_balance(in.score_sums, ids, c.switch_coef, value, grad_row);
-}
-
 BalancingTerm switch_balancing_term() {
   return {.name = "switch", .coef_name = "switch_coef", .config_key = "moe.aux_loss_coef",
           .coef = &BalancingConfig::switch_coef, .config_coef = &MoeConfig::aux_loss_coef, .inputs = inputs,
-          .tp = TpRule::sum_statistics, .compute = compute, .from_sums = switch_loss, .on_device = switch_on_device};
+          .tp = TpRule::sum_statistics, .compute = compute, .from_sums = switch_loss, .grad_per_expert = true,
+          .on_device = on_device};
 }
 
 }  // namespace moe

@@ -6,33 +6,38 @@
 #include <cmath>
 #include <numeric>
 
+#include "kernels/cpu/balance.h"
 #include "routing/balancing_terms.h"
+#include "src/ops/ops.h"
 #include "src/util/check.h"
 
 namespace moe {
 
 namespace balancing_detail {
 
-double cv_squared(const std::vector<double>& v, std::vector<double>& grad) {
-  const double n = static_cast<double>(v.size());
-  grad.assign(v.size(), 0.0);
-  double mean = std::accumulate(v.begin(), v.end(), 0.0) / n;
-  if (mean == 0) return 0;
-  double var = 0;
-  for (double x : v) var += (x - mean) * (x - mean);
-  var /= n;
-  // d var / d v_i = (2/n)(v_i - mean) (the mean's own derivative cancels: sum (v - mean) = 0);
-  // d mean^-2 / d v_i = -2 mean^-3 / n.
-  for (size_t i = 0; i < v.size(); ++i)
-    grad[i] = 2.0 / n * (v[i] - mean) / (mean * mean) - 2.0 * var / (n * mean * mean * mean);
-  return var / (mean * mean);
+std::vector<double> score_sums(const BalanceInputs& in) {
+  std::vector<double> sums(static_cast<size_t>(in.experts), 0.0);
+  for (int64_t r = 0; r < in.tokens; ++r)
+    for (int64_t i = 0; i < in.experts; ++i)
+      sums[static_cast<size_t>(i)] += in.scores[static_cast<size_t>(r * in.experts + i)];
+  return sums;
+}
+
+void add_to_every_token(const std::vector<double>& row, const BalanceInputs& in, std::vector<double>& dscores) {
+  for (int64_t r = 0; r < in.tokens; ++r)
+    for (int64_t i = 0; i < in.experts; ++i)
+      dscores[static_cast<size_t>(r * in.experts + i)] += row[static_cast<size_t>(i)];
+}
+
+Tensor score_sums_on_device(const Tensor& scores) {
+  Tensor sums = Tensor::empty({scores.size(1)}, scores.dtype(), scores.device());
+  ops::column_sum(scores, sums);
+  return sums;
 }
 
 }  // namespace balancing_detail
 
 namespace {
-
-using balancing_detail::cv_squared;
 
 void check_size(const char* field, size_t got, int64_t expected, const char* expected_what,
                 const char* who = "balancing") {
@@ -44,11 +49,15 @@ void check_coef(const char* name, double value) {
   MOE_CHECK(std::isfinite(value) && value >= 0, "balancing: ", name, " = ", value, ", expected a finite value >= 0");
 }
 
+void check_dims(const BalanceInputs& in) {
+  MOE_CHECK(in.tokens >= 0, "balancing: tokens = ", in.tokens, ", expected >= 0");
+  MOE_CHECK(in.experts >= 1, "balancing: experts = ", in.experts, ", expected >= 1");
+  MOE_CHECK(in.slots >= 1, "balancing: slots = ", in.slots, ", expected >= 1");
+}
+
 void check_sizes(const BalanceInputs& in) {
+  check_dims(in);
   const int64_t T = in.tokens, E = in.experts, k = in.slots;
-  MOE_CHECK(T >= 0, "balancing: tokens = ", T, ", expected >= 0");
-  MOE_CHECK(E >= 1, "balancing: experts = ", E, ", expected >= 1");
-  MOE_CHECK(k >= 1, "balancing: slots = ", k, ", expected >= 1");
   if (!in.scores.empty()) check_size("scores", in.scores.size(), T * E, "T*E");
   if (!in.logits.empty()) check_size("logits", in.logits.size(), T * E, "T*E");
   if (!in.weights.empty()) check_size("weights", in.weights.size(), T * k, "T*k");
@@ -92,9 +101,18 @@ void check_present(const BalancingTerm& term, const BalanceInputs& in, const Bal
               " needs the noisy-gating inputs clean, raw_noise and normal, but ", missing,
               " is empty: only a noisy top-k router provides them (in training)");
   }
-  if (reads & bi::seq_len) {
-    MOE_CHECK(in.seq_len >= 1 && T % in.seq_len == 0, "balancing: seq_len = ", in.seq_len,
-              ", expected >= 1 and dividing tokens = ", T);
+}
+
+// What needs no data: coefficients, T, E, k, seq_len where a term reads it, each term's own check.
+void check_shape(const BalanceInputs& in, const BalancingConfig& c, const std::vector<const BalancingTerm*>& enabled) {
+  for (const BalancingTerm& term : balancing_terms()) check_coef(term.coef_name, term.coefficient(c));
+  check_dims(in);
+  for (const BalancingTerm* term : enabled) {
+    if (term->reads(c, balance_input::seq_len)) {
+      MOE_CHECK(in.seq_len >= 1 && in.tokens % in.seq_len == 0, "balancing: seq_len = ", in.seq_len,
+                ", expected >= 1 and dividing tokens = ", in.tokens);
+    }
+    if (term->check != nullptr) term->check(in, c);
   }
 }
 
@@ -102,10 +120,8 @@ void check_present(const BalancingTerm& term, const BalanceInputs& in, const Bal
 void validate(const BalanceInputs& in, const BalancingConfig& c, const std::vector<const BalancingTerm*>& enabled) {
   for (const BalancingTerm& term : balancing_terms()) check_coef(term.coef_name, term.coefficient(c));
   check_sizes(in);
-  for (const BalancingTerm* term : enabled) {
-    check_present(*term, in, c);
-    if (term->check != nullptr) term->check(in, c);
-  }
+  for (const BalancingTerm* term : enabled) check_present(*term, in, c);
+  check_shape(in, c, enabled);
 }
 
 }  // namespace
@@ -131,6 +147,10 @@ BalanceResult compute_balancing(const BalanceInputs& in, const BalancingConfig& 
     out.terms[term->name] = in.tokens == 0 ? 0 : term->compute(in, config, out);
   for (const auto& [name, value] : out.terms) out.total += value;
   return out;
+}
+
+void check_balancing_shape(const BalanceInputs& shape, const BalancingConfig& config) {
+  check_shape(shape, config, enabled_balancing_terms(config));
 }
 
 void ExpertSums::add(const ExpertSums& other) {
@@ -168,10 +188,10 @@ LoadStats load_stats(const std::vector<int64_t>& counts, const std::vector<doubl
   MOE_CHECK(scores.size() % static_cast<size_t>(experts) == 0, "load_stats: scores has ", scores.size(),
             " values, expected a multiple of E = ", experts);
   LoadStats stats;
-  std::vector<double> c(counts.begin(), counts.end()), unused;
+  std::vector<double> c(counts.begin(), counts.end()), unused(counts.size());
   double mean = std::accumulate(c.begin(), c.end(), 0.0) / static_cast<double>(experts);
   if (mean > 0) {
-    stats.cv = std::sqrt(cv_squared(c, unused));
+    stats.cv = std::sqrt(cpu::cv_squared(c.data(), experts, unused.data()));
     stats.max_over_mean = *std::max_element(c.begin(), c.end()) / mean;
   }
   const size_t T = scores.size() / static_cast<size_t>(experts);
@@ -195,14 +215,7 @@ LoadStats load_stats(const std::vector<int64_t>& counts, const std::vector<doubl
 void update_expert_bias(std::vector<double>& bias, const std::vector<int64_t>& loads, double gamma) {
   MOE_CHECK(bias.size() == loads.size(), "update_expert_bias: bias has ", bias.size(), " values, loads has ",
             loads.size(), " (one per expert each)");
-  if (loads.empty()) return;
-  // sign(load_i - mean) = sign(E load_i - sum) in integers: exact, so a balanced expert moves 0.
-  const int64_t total = std::accumulate(loads.begin(), loads.end(), int64_t{0});
-  const auto n = static_cast<int64_t>(loads.size());
-  for (size_t i = 0; i < bias.size(); ++i) {
-    int64_t diff = n * loads[i] - total;
-    bias[i] -= gamma * static_cast<double>((diff > 0) - (diff < 0));
-  }
+  cpu::update_expert_bias(bias.data(), loads.data(), static_cast<int64_t>(bias.size()), gamma, nullptr);
 }
 
 }  // namespace moe

@@ -1,6 +1,5 @@
-// Balancing losses and routing statistics, computed on the host in f64 from the router's
-// outputs (E numbers per token): the terms' values and gradients (each term is registered in
-// routing/balancing_terms.h), the aux-loss-free bias update, the load metrics.
+// Balancing losses and routing statistics on the host in f64, the reference of the terms on the
+// device (formulas: kernels/cpu/balance.h): each term's value and gradient, the bias update, the load metrics.
 #pragma once
 
 #include <cstdint>
@@ -53,6 +52,10 @@ struct BalanceResult {
 // counts (a constant of the discrete routing, no gradient), P_i the scores.
 // Definitions and normalisations: ../shared/reference.md "Router losses".
 BalanceResult compute_balancing(const BalanceInputs& in, const BalancingConfig& config);
+// The checks of compute_balancing that read no data (the terms on the device run them first):
+// every coefficient finite and >= 0, T >= 0, E >= 1, k >= 1, seq_len where a term reads it, and
+// each enabled term's own preconditions. `shape` gives tokens, experts, slots and seq_len.
+void check_balancing_shape(const BalanceInputs& shape, const BalancingConfig& config);
 
 // Per-expert sums of a micro-batch (or of a TP slice, or pooled over a global batch): what a
 // sum-statistics term (Switch) reads. Everything but `slots` adds up over token slices,

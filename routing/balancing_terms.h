@@ -25,11 +25,24 @@ constexpr uint32_t noise = 1u << 6;          // [T,E] noisy gating clean, raw_no
 constexpr uint32_t seq_len = 1u << 7;        // tokens per sequence
 }  // namespace balance_input
 
-// What a sum-statistics term reads when it runs on the device (nothing crosses to the host).
-struct DeviceSums {
-  Tensor score_sums;  // accum[E]: scores summed over the micro-batch's tokens
-  Tensor kept_ids;    // i32[T,k]: experts after capacity dropping (-1 = dropped)
-  Tensor routed_ids;  // i32[T,k]: experts the router chose, before capacity dropping
+// What a term reads on the device: the router's tensors where they are (nothing crosses to the
+// host). Row-major, on the scores' device.
+struct DeviceBalanceInputs {
+  Tensor scores;                    // accum[T,E]
+  Tensor logits;                    // accum[T,E]: the logits of the scores (z-loss)
+  Tensor weights;                   // accum[T,k]: combine weights after capacity dropping
+  Tensor kept_ids;                  // i32[T,k]: experts after capacity dropping (-1 = dropped)
+  Tensor routed_ids;                // i32[T,k]: experts the router chose, before capacity dropping
+  Tensor clean, raw_noise, normal;  // accum[T,E]: noisy gating, undefined where no noise was drawn
+  int64_t seq_len = 0;              // tokens per sequence
+};
+
+// Where terms on the device add their gradients (accum, zero-filled by the caller, each defined
+// when an enabled term differentiates that input).
+struct DeviceBalanceGrads {
+  Tensor dscores, dlogits, dweights, dclean, draw_noise;  // shaped like their inputs
+  // accum[E]: d/dscores[t,i] of the terms with grad_per_expert, the same for every token t.
+  Tensor score_row;
 };
 
 // How a term's value on a micro-batch is made from the tensor-parallel ranks' token slices.
@@ -57,9 +70,13 @@ struct BalancingTerm {
   double (*compute)(const BalanceInputs&, const BalancingConfig&, BalanceResult& out) = nullptr;
   // sum_statistics terms: value and d/dscores[t,i] (the same for every token t) from the sums.
   SwitchLoss (*from_sums)(const ExpertSums&, const BalancingConfig&) = nullptr;
-  // The same on the device: value f64[1] and grad_row accum[E] written, no host wait; nullptr =
-  // the term runs from host sums only.
-  void (*on_device)(const DeviceSums&, const BalancingConfig&, Tensor& value, Tensor& grad_row) = nullptr;
+  // Its gradient on the scores is one row of E numbers, the same for every token (a function of
+  // per-expert sums: Switch, device-level): on the device it goes to DeviceBalanceGrads::score_row.
+  bool grad_per_expert = false;
+  // The term wholly on the device: value f64[1] written, its gradients added into `grads`, no
+  // host wait. Preconditions are checked first by check_device_balancing.
+  void (*on_device)(const DeviceBalanceInputs&, const BalancingConfig&, Tensor& value,
+                    DeviceBalanceGrads& grads) = nullptr;
 
   double coefficient(const BalancingConfig& c) const { return c.*coef; }
   bool reads(const BalancingConfig& c, uint32_t input) const { return (inputs(c) & input) != 0; }
@@ -84,10 +101,12 @@ AuxCount aux_count_from_name(const std::string& name);
 
 // Helpers the terms' sources share (routing/balance_*.cpp).
 namespace balancing_detail {
-inline size_t idx(int64_t row, int64_t cols, int64_t col) { return static_cast<size_t>(row * cols + col); }
-// CV(v)^2 = var(v) / mean(v)^2 (population variance); grad[i] = d CV^2 / d v_i. A zero mean
-// (nothing routed) gives 0 and a zero gradient.
-double cv_squared(const std::vector<double>& v, std::vector<double>& grad);
+// [E] sums over the tokens of the host scores [T,E].
+std::vector<double> score_sums(const BalanceInputs& in);
+// dscores[t,i] += row[i] for every token t (the gradient of a per-expert term).
+void add_to_every_token(const std::vector<double>& row, const BalanceInputs& in, std::vector<double>& dscores);
+// The scores summed over the tokens, accum[E] on their device.
+Tensor score_sums_on_device(const Tensor& scores);
 }  // namespace balancing_detail
 
 }  // namespace moe

@@ -63,6 +63,25 @@ void memset_zero(void* ptr, size_t bytes) {
   if (bytes) CUDA_CHECK(cudaMemsetAsync(ptr, 0, bytes, compute_stream()));
 }
 
+void* pinned_alloc(size_t bytes) {
+  void* ptr = nullptr;
+  if (bytes > 0) CUDA_CHECK(cudaMallocHost(&ptr, bytes));
+  return ptr;
+}
+
+void pinned_free(void* ptr) {
+  if (ptr) cudaFreeHost(ptr);  // no throw: called from destructors
+}
+
+bool is_pinned(const void* ptr) {
+  cudaPointerAttributes attributes{};
+  if (cudaPointerGetAttributes(&attributes, ptr) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return attributes.type == cudaMemoryTypeHost;
+}
+
 void synchronize() { wait_stream(compute_stream()); }
 
 void wait_stream(cudaStream_t stream) {

@@ -17,6 +17,10 @@ void pool_free(void* ptr);
 // Synchronous on the stream, except uploads from (pageable) host memory: no host wait.
 void copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind);
 void memset_zero(void* ptr, size_t bytes);
+// Page-locked host memory (cudaMallocHost): a read back into it is one DMA, no staging copy.
+void* pinned_alloc(size_t bytes);
+void pinned_free(void* ptr);
+bool is_pinned(const void* ptr);  // whether ptr lies in page-locked host memory of this process
 void synchronize();
 
 // The host waits for the device (cudaStreamSynchronize), counted: `moe bench train` reports the

@@ -45,7 +45,7 @@ void add_dispatch_bench(CLI::App& bench, CommandRunner& run) {
 }
 
 // `moe bench op NAME [--batch B --seq S --heads H --kv-heads H --head-dim D --causal|--no-causal
-// --width W --experts E --tokens-per-expert T --d-model D --d-expert F
+// --width W --experts E --tokens-per-expert T --d-model D --d-expert F --top-k K
 // --warmup N --iters N --device D]`: one kernel at one shape; one JSON line (median times, TFLOP/s).
 void add_op_bench(CLI::App& bench, CommandRunner& run) {
   std::string names;
@@ -67,6 +67,7 @@ void add_op_bench(CLI::App& bench, CommandRunner& run) {
       ->check(CLI::PositiveNumber);
   cmd->add_option("--d-model", o->d_model, "grouped_gemm: model width")->check(CLI::PositiveNumber);
   cmd->add_option("--d-expert", o->d_expert, "grouped_gemm: expert width")->check(CLI::PositiveNumber);
+  cmd->add_option("--top-k", o->top_k, "balance: slots per token")->check(CLI::PositiveNumber);
   cmd->add_option("--warmup", o->warmup, "untimed iterations first")->check(CLI::NonNegativeNumber);
   cmd->add_option("--iters", o->iters, "timed iterations (the median is reported)")->check(CLI::PositiveNumber);
   cmd->add_option("--device", *device, "auto | cpu | cuda")->check(CLI::IsMember({"auto", "cpu", "cuda"}));

@@ -200,7 +200,7 @@ Tensor Model::run_blocks(const Tensor& x_in, const Batch& batch, ModelSaved& sav
       kept.input = b.input;
       kept.moe.stats = std::move(b.moe.stats);
       kept.moe.balance_grads = std::move(b.moe.balance_grads);
-      kept.moe.switch_grad_row = std::move(b.moe.switch_grad_row);
+      kept.moe.score_grad_row = std::move(b.moe.score_grad_row);
       b = std::move(kept);
     }
   }
@@ -275,7 +275,7 @@ Tensor Model::block_backward(size_t i, const Batch& batch, const BlockSaved& sav
   blocks_[i]->forward(saved.input, batch.batch_size, route_inputs(batch, i), rebuilt, false);
   rebuilt.moe.stats = saved.moe.stats;
   rebuilt.moe.balance_grads = saved.moe.balance_grads;
-  rebuilt.moe.switch_grad_row = saved.moe.switch_grad_row;
+  rebuilt.moe.score_grad_row = saved.moe.score_grad_row;
   return blocks_[i]->backward(rebuilt, dy, batch.batch_size, aux_scale);
 }
 
@@ -333,16 +333,36 @@ std::vector<std::vector<double>> Model::expert_biases() const {
   return out;
 }
 
-void Model::update_expert_biases(const std::vector<std::vector<int64_t>>& loads, double rate) {
-  size_t next = 0;
+std::vector<std::pair<ParamId, int64_t>> Model::expert_bias_ids() const {
+  std::vector<std::pair<ParamId, int64_t>> out;
+  int64_t layer = 0;
   for (const auto& block : blocks_) {
     if (!block->is_moe()) continue;
-    const auto& loads_here = loads.at(next++);
     const ParamId id = block->moe().router().expert_bias_id();
-    if (id < 0) continue;
-    std::vector<double> bias = store_.master(id).to_vector<double>();
-    update_expert_bias(bias, loads_here, rate);
-    store_.load_master_from_host(id, Tensor::from_vector(bias, {static_cast<int64_t>(bias.size())}, DType::f64));
+    if (id >= 0) out.emplace_back(id, layer);
+    ++layer;
+  }
+  return out;
+}
+
+void Model::update_expert_bias(ParamId id, const Tensor& loads, double rate, const Tensor& skip) {
+  Tensor bias = store_.master(id);
+  ops::update_expert_bias(bias, loads, rate, skip);
+  store_.refresh_from_master(id);
+}
+
+void Model::update_expert_biases(const Tensor& loads, double rate, const Tensor& skip) {
+  MOE_CHECK(loads.ndim() == 2 && loads.size(0) == num_moe_layers(), "update_expert_biases: loads ",
+            shape_str(loads.shape()), " must have one row per MoE layer (", num_moe_layers(), ")");
+  for (auto [id, layer] : expert_bias_ids())
+    update_expert_bias(id, loads.rows(layer, layer + 1).view({loads.size(1)}), rate, skip);
+}
+
+void Model::update_expert_biases(const std::vector<std::vector<int64_t>>& loads, double rate) {
+  for (auto [id, layer] : expert_bias_ids()) {
+    const auto& host = loads.at(static_cast<size_t>(layer));
+    update_expert_bias(id, Tensor::from_vector(host, {static_cast<int64_t>(host.size())}, DType::i64, store_.device()),
+                       rate, Tensor());
   }
 }
 

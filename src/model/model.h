@@ -98,8 +98,12 @@ class Model {
   int64_t num_stage_layers() const { return static_cast<int64_t>(blocks_.size()); }
   // MoE layers of this stage.
   int64_t num_moe_layers() const;
-  // Aux-loss-free balancing: b <- b - rate * sign(load - mean) per MoE layer with a bias,
-  // from the step's global loads (one vector of tokens per expert per MoE layer, in order).
+  // Aux-loss-free balancing: b <- b - rate * sign(load - mean) per MoE layer with a bias, from
+  // the step's global loads i64[num_moe_layers, E] (this stage's MoE layers in order) on the
+  // device, in place with no host wait; a NaN skip (f32[1], the step's clip scale of a skipped
+  // update; undefined = none) leaves every bias alone.
+  void update_expert_biases(const Tensor& loads, double rate, const Tensor& skip = Tensor());
+  // The same from host loads (one vector of tokens per expert per MoE layer, in order).
   void update_expert_biases(const std::vector<std::vector<int64_t>>& loads, double rate);
   // balance_scope = global_batch: the Switch gradient of each MoE layer (in order) for one
   // micro-batch's saved forward, with the loss value of the whole step.
@@ -122,6 +126,9 @@ class Model {
   Tensor block_backward(size_t i, const Batch& batch, const BlockSaved& saved, const Tensor& dy,
                         float aux_scale) const;
   RouteInputs route_inputs(const Batch& batch, size_t block) const;
+  // (bias buffer, MoE layer number on this stage) of every MoE layer whose router has an expert bias.
+  std::vector<std::pair<ParamId, int64_t>> expert_bias_ids() const;
+  void update_expert_bias(ParamId id, const Tensor& loads, double rate, const Tensor& skip);
   std::string block_unit(size_t i) const { return "layers." + std::to_string(first_layer_ + static_cast<int64_t>(i)); }
 
   ModelConfig config_;

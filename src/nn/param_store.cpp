@@ -305,6 +305,36 @@ Tensor ParamStore::master_to_host_f32(ParamId id) const {
   return Tensor::from_vector(values, m.shape(), DType::f32);
 }
 
+void ParamStore::refresh_from_master(ParamId id) {
+  const ParamInfo& p = info(id);
+  const int g = static_cast<int>(p.group);
+  const ShardState& s = shard_[g];
+  const Tensor values = master(id);
+  if (!s.master) {
+    if (separate_master_) {
+      Tensor compute = param(id);
+      ops::cast(values, compute);
+    }
+    return;
+  }
+  MOE_CHECK(p.kind == ParamKind::buffer, "refresh_from_master: the master of '", p.name,
+            "' is sharded over ranks (ZeRO); only buffers keep a full master copy on every rank");
+  const FlatRange full = range(id), part = intersect(full, s.range);
+  if (!part.empty()) {
+    const Tensor own = values.view({p.numel()}).rows(part.begin - full.begin, part.end - full.begin);
+    Tensor target = master_shard_[g].rows(part.begin - s.range.begin, part.end - s.range.begin);
+    ops::cast(own, target);
+    if (s.params && separate_master_) {
+      Tensor compute = param_shard_[g].rows(part.begin - s.range.begin, part.end - s.range.begin);
+      ops::cast(own, compute);
+    }
+  }
+  if (!s.params) {  // the full compute copy (separate from the sharded master)
+    Tensor compute = view(params_, id);
+    ops::cast(values, compute);
+  }
+}
+
 void ParamStore::load_master_from_host(ParamId id, const Tensor& host_values) {
   const ParamInfo& p = info(id);
   MOE_CHECK(host_values.shape() == p.shape, "parameter '", p.name, "' has shape ", shape_str(p.shape),

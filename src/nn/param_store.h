@@ -133,6 +133,10 @@ class ParamStore {
   // Host copies of the master values as f32 (checkpoints) and loading them back.
   Tensor master_to_host_f32(ParamId id) const;
   void load_master_from_host(ParamId id, const Tensor& host_values);
+  // After master(id) was changed in place on the device (the aux-loss-free bias update): its other
+  // copies (a sharded master's range, the compute copy) are refreshed by device copies, no host
+  // wait. Under a sharded master only buffers (a full master on every rank) qualify.
+  void refresh_from_master(ParamId id);
 
   Device device() const { return device_; }
   DType compute_dtype() const { return compute_dtype_; }

@@ -2,6 +2,7 @@
 // backend of the tensors' device; a backend maps tensors to pointers and launches kernels.
 #pragma once
 
+#include "src/ops/op_profile.h"
 #include "src/ops/ops.h"
 
 namespace moe::ops {
@@ -82,6 +83,17 @@ class Backend {
                                           Tensor& slot_pos, Tensor& offsets) = 0;
   virtual void switch_balance(const Tensor& score_sums, const Tensor& ids, int64_t tokens, double alpha,
                               Tensor& value, Tensor& grad_row) = 0;
+  virtual void device_balance(const Tensor& score_sums, const Tensor& ids, int64_t groups, double alpha,
+                              Tensor& value, Tensor& grad_row) = 0;
+  virtual void importance_balance(const Tensor& weights, const Tensor& ids, int64_t num_experts, double coef,
+                                  Tensor& value, Tensor& dweights) = 0;
+  virtual void z_balance(const Tensor& logits, double coef, Tensor& value, Tensor& dlogits) = 0;
+  virtual void seq_balance(const Tensor& scores, const Tensor& ids, int64_t seq_len, double coef, Tensor& value,
+                           Tensor& dscores) = 0;
+  virtual void load_balance(const Tensor& clean, const Tensor& raw_noise, const Tensor& normal, int64_t k,
+                            double coef, Tensor& value, Tensor& dclean, Tensor& draw_noise) = 0;
+  virtual void count_experts(const Tensor& ids, int64_t num_experts, Tensor& counts) = 0;
+  virtual void update_expert_bias(Tensor& bias, const Tensor& loads, double gamma, const Tensor& skip) = 0;
   virtual void moe_combine_forward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights,
                                    Tensor& out) = 0;
   virtual void moe_combine_backward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights,
@@ -98,5 +110,19 @@ Backend& cpu_backend();
 #if MOE_WITH_CUDA
 Backend& cuda_backend();
 #endif
+
+// Contract helpers of the op files (ops.cpp, balance_ops.cpp): t has like's shape, dtype and
+// device; t is i32 of `shape` on like's device.
+void check_like(const Tensor& t, const Tensor& like, const char* name);
+void check_index(const Tensor& t, const Shape& shape, const Tensor& like, const char* name);
+
+// The backend of t's device; the call it makes is timed as one op of `kind` while a profile is
+// installed (the temporary, and its scope, live until the end of the calling expression).
+struct TimedBackend {
+  OpScope scope;
+  Backend& backend;
+  Backend* operator->() { return &backend; }
+};
+TimedBackend run_on(const Tensor& t, OpKind kind);
 
 }  // namespace moe::ops

@@ -413,6 +413,60 @@ class CpuBackend final : public Backend {
     });
   }
 
+  void device_balance(const Tensor& score_sums, const Tensor& ids, int64_t groups, double alpha, Tensor& value,
+                      Tensor& grad_row) override {
+    dispatch_float(score_sums.dtype(), "device_balance", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::device_balance<T>(ptr<T>(score_sums), index_ptr(ids), ids.size(0), ids.size(1), score_sums.size(0), groups,
+                             alpha, ptr<double>(value), ptr<T>(grad_row));
+    });
+  }
+
+  void importance_balance(const Tensor& weights, const Tensor& ids, int64_t num_experts, double coef, Tensor& value,
+                          Tensor& dweights) override {
+    dispatch_float(weights.dtype(), "importance_balance", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::importance_balance<T>(ptr<T>(weights), index_ptr(ids), ids.numel(), num_experts, coef, ptr<double>(value),
+                                 ptr<T>(dweights));
+    });
+  }
+
+  void z_balance(const Tensor& logits, double coef, Tensor& value, Tensor& dlogits) override {
+    dispatch_float(logits.dtype(), "z_balance", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::z_balance<T>(ptr<T>(logits), logits.size(0), logits.size(1), coef, ptr<double>(value), ptr<T>(dlogits));
+    });
+  }
+
+  void seq_balance(const Tensor& scores, const Tensor& ids, int64_t seq_len, double coef, Tensor& value,
+                   Tensor& dscores) override {
+    dispatch_float(scores.dtype(), "seq_balance", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::seq_balance<T>(ptr<T>(scores), index_ptr(ids), scores.size(0), scores.size(1), ids.size(1), seq_len, coef,
+                          ptr<double>(value), ptr<T>(dscores));
+    });
+  }
+
+  void load_balance(const Tensor& clean, const Tensor& raw_noise, const Tensor& normal, int64_t k, double coef,
+                    Tensor& value, Tensor& dclean, Tensor& draw_noise) override {
+    dispatch_float(clean.dtype(), "load_balance", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::load_balance<T>(ptr<T>(clean), ptr<T>(raw_noise), ptr<T>(normal), clean.size(0), clean.size(1), k, coef,
+                           ptr<double>(value), ptr<T>(dclean), ptr<T>(draw_noise));
+    });
+  }
+
+  void count_experts(const Tensor& ids, int64_t num_experts, Tensor& counts) override {
+    cpu::count_experts(index_ptr(ids), ids.numel(), num_experts, ptr<int64_t>(counts));
+  }
+
+  void update_expert_bias(Tensor& bias, const Tensor& loads, double gamma, const Tensor& skip) override {
+    dispatch_float(bias.dtype(), "update_expert_bias", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::update_expert_bias<T>(ptr<T>(bias), ptr<int64_t>(loads), bias.numel(), gamma, optional_ptr<float>(skip));
+    });
+  }
+
   // weights undefined: all 1 (the un-permute sum); k from slot_pos and the output's rows.
   void moe_combine_forward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights,
                            Tensor& out) override {

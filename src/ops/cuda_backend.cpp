@@ -362,6 +362,57 @@ class CudaBackend : public Backend {
                          value.data_as<double>(), f32_mut(grad_row), stream);
   }
 
+  void device_balance(const Tensor& score_sums, const Tensor& ids, int64_t groups, double alpha, Tensor& value,
+                      Tensor& grad_row) override {
+    cudaStream_t stream = on_device(score_sums, ids, value, grad_row);
+    check_dtype(score_sums, DType::f32, "device_balance score_sums");
+    cuda::device_balance(f32(score_sums), i32(ids), ids.size(0), ids.size(1), score_sums.size(0), groups, alpha,
+                         value.data_as<double>(), f32_mut(grad_row), stream);
+  }
+
+  void importance_balance(const Tensor& weights, const Tensor& ids, int64_t num_experts, double coef, Tensor& value,
+                          Tensor& dweights) override {
+    cudaStream_t stream = on_device(weights, ids, value, dweights);
+    check_dtype(weights, DType::f32, "importance_balance weights");
+    cuda::importance_balance(f32(weights), i32(ids), ids.numel(), num_experts, coef, value.data_as<double>(),
+                             f32_mut(dweights), stream);
+  }
+
+  void z_balance(const Tensor& logits, double coef, Tensor& value, Tensor& dlogits) override {
+    cudaStream_t stream = on_device(logits, value, dlogits);
+    check_dtype(logits, DType::f32, "z_balance logits");
+    cuda::z_balance(f32(logits), logits.size(0), logits.size(1), coef, value.data_as<double>(), f32_mut(dlogits),
+                    stream);
+  }
+
+  void seq_balance(const Tensor& scores, const Tensor& ids, int64_t seq_len, double coef, Tensor& value,
+                   Tensor& dscores) override {
+    cudaStream_t stream = on_device(scores, ids, value, dscores);
+    check_dtype(scores, DType::f32, "seq_balance scores");
+    cuda::seq_balance(f32(scores), i32(ids), scores.size(0), scores.size(1), ids.size(1), seq_len, coef,
+                      value.data_as<double>(), f32_mut(dscores), stream);
+  }
+
+  void load_balance(const Tensor& clean, const Tensor& raw_noise, const Tensor& normal, int64_t k, double coef,
+                    Tensor& value, Tensor& dclean, Tensor& draw_noise) override {
+    cudaStream_t stream = on_device(clean, raw_noise, normal, value, dclean, draw_noise);
+    check_dtype(clean, DType::f32, "load_balance clean");
+    cuda::load_balance(f32(clean), f32(raw_noise), f32(normal), clean.size(0), clean.size(1), k, coef,
+                       value.data_as<double>(), f32_mut(dclean), f32_mut(draw_noise), stream);
+  }
+
+  void count_experts(const Tensor& ids, int64_t num_experts, Tensor& counts) override {
+    cudaStream_t stream = on_device(ids, counts);
+    cuda::count_experts(i32(ids), ids.numel(), num_experts, counts.data_as<int64_t>(), stream);
+  }
+
+  void update_expert_bias(Tensor& bias, const Tensor& loads, double gamma, const Tensor& skip) override {
+    cudaStream_t stream = skip.defined() ? on_device(bias, loads, skip) : on_device(bias, loads);
+    check_dtype(bias, DType::f32, "update_expert_bias bias on CUDA");
+    cuda::update_expert_bias(f32_mut(bias), loads.data_as<const int64_t>(), bias.numel(), gamma,
+                             optional_f32(skip, "update_expert_bias skip"), stream);
+  }
+
   // weights undefined: all 1 (the un-permute sum); k from slot_pos and the output's rows.
   void moe_combine_forward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights,
                            Tensor& out) override {

@@ -36,6 +36,18 @@ void check_accum(const Tensor& t, const Tensor& like, const char* name) {
   check_same_device(t, like, name);
 }
 
+// The shard covers ids [start, start + local) inside [0, full); unsharded: start 0.
+void check_shard(VocabShard shard, int64_t local, const char* op) {
+  if (shard.full == 0) {
+    MOE_CHECK(shard.start == 0, op, ": an unsharded vocabulary must start at 0, got start ", shard.start);
+    return;
+  }
+  MOE_CHECK(shard.full > 0 && shard.start >= 0 && shard.start + local <= shard.full, op, ": vocabulary shard [",
+            shard.start, ",", shard.start + local, ") is outside the vocabulary [0,", shard.full, ")");
+}
+
+}  // namespace
+
 void check_like(const Tensor& t, const Tensor& like, const char* name) {
   check_shape(t, like.shape(), name);
   check_dtype(t, like.dtype(), name);
@@ -48,26 +60,7 @@ void check_index(const Tensor& t, const Shape& shape, const Tensor& like, const 
   check_same_device(t, like, name);
 }
 
-// The shard covers ids [start, start + local) inside [0, full); unsharded: start 0.
-void check_shard(VocabShard shard, int64_t local, const char* op) {
-  if (shard.full == 0) {
-    MOE_CHECK(shard.start == 0, op, ": an unsharded vocabulary must start at 0, got start ", shard.start);
-    return;
-  }
-  MOE_CHECK(shard.full > 0 && shard.start >= 0 && shard.start + local <= shard.full, op, ": vocabulary shard [",
-            shard.start, ",", shard.start + local, ") is outside the vocabulary [0,", shard.full, ")");
-}
-
-// The backend of t's device; the call it makes is timed as one op of `kind` while a profile is
-// installed (the temporary, and its scope, live until the end of the calling expression).
-struct TimedBackend {
-  OpScope scope;
-  Backend& backend;
-  Backend* operator->() { return &backend; }
-};
 TimedBackend run_on(const Tensor& t, OpKind kind) { return {OpScope(kind, t), backend_for(t)}; }
-
-}  // namespace
 
 const char* activation_name(Activation act) {
   switch (act) {
@@ -605,17 +598,6 @@ void moe_unpermute_sum(const Tensor& x_sorted, const Tensor& slot_pos, Tensor& o
   check_shape(out, {out.size(0), x_sorted.size(1)}, "unpermute out");
   check_dtype(out, x_sorted.dtype(), "unpermute out");
   run_on(x_sorted, OpKind::permute)->moe_combine_forward(x_sorted, slot_pos, Tensor(), out);
-}
-
-void switch_balance(const Tensor& score_sums, const Tensor& ids, double alpha, Tensor& value, Tensor& grad_row) {
-  MOE_CHECK(score_sums.ndim() == 1 && ids.ndim() == 2 && ids.dtype() == DType::i32,
-            "switch_balance: score_sums must be [E] and ids i32[T,k]");
-  check_index(ids, {ids.size(0), ids.size(1)}, score_sums, "switch_balance ids");
-  check_shape(value, {1}, "switch_balance value");
-  check_dtype(value, DType::f64, "switch_balance value");
-  check_same_device(value, score_sums, "switch_balance value");
-  check_like(grad_row, score_sums, "switch_balance grad_row");
-  run_on(score_sums, OpKind::routing)->switch_balance(score_sums, ids, ids.size(0), alpha, value, grad_row);
 }
 
 void moe_combine_forward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights, Tensor& out) {

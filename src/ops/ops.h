@@ -212,15 +212,45 @@ void moe_combine_forward(const Tensor& y_sorted, const Tensor& slot_pos, const T
 // slot_pos.numel() / T); fp32 sums in slot order (deterministic, unlike a scatter-add).
 void moe_unpermute_sum(const Tensor& x_sorted, const Tensor& slot_pos, Tensor& out);
 
-// The Switch loss from sums: score_sums accum[E] (router scores summed over the T tokens), ids
-// i32[T,k] (-1 = none) -> value f64[1] = alpha E sum_i f_i P_i, grad_row accum[E] = alpha E f_i / T
-// (d value / d scores[t,i], the same for every t), f_i = count_i / (k T), P_i = score_sums_i / T.
-// No host wait.
-void switch_balance(const Tensor& score_sums, const Tensor& ids, double alpha, Tensor& value, Tensor& grad_row);
 // dy_sorted[N,d] (written; rows no slot uses are zero), dweights[T,k] (accum, written; 0 for
 // dropped slots)
 void moe_combine_backward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights,
                           const Tensor& dout, Tensor& dy_sorted, Tensor& dweights);
+
+// ---- Balancing losses and the aux-loss-free bias on the device (issue 14; docs/routing.md has
+// the definitions, kernels/cpu/balance.h the CPU references). Each term writes its value to value
+// f64[1] on the inputs' device and no host wait happens; ids are i32 with -1 = no expert (the CPU
+// names an id outside [-1, E) in an error, the GPU counts it for no expert). ----
+// Switch from sums: score_sums accum[E] (router scores summed over the T tokens), ids i32[T,k]
+// -> value = alpha E sum_i f_i P_i, grad_row accum[E] = alpha E f_i / T (written: d value /
+// d scores[t,i], the same for every t), f_i = count_i / (k T), P_i = score_sums_i / T.
+void switch_balance(const Tensor& score_sums, const Tensor& ids, double alpha, Tensor& value, Tensor& grad_row);
+// DeepSeekMoE device-level from sums: score_sums accum[E], ids i32[T,k], `groups` contiguous
+// groups of E/groups experts -> value = alpha sum_g f'_g P'_g, grad_row accum[E] = alpha f'_g / T
+// (written, the same for every token), f'_g = mean over g of E count_i / (k T), P'_g = sum over g
+// of score_sums_i / T.
+void device_balance(const Tensor& score_sums, const Tensor& ids, int64_t groups, double alpha, Tensor& value,
+                    Tensor& grad_row);
+// Importance: weights accum[T,k], ids i32[T,k] -> value = coef CV(I)^2, I_i = sum of the weights of
+// the slots with id i; dweights[T,k] += its gradient (0 at slots without an expert).
+void importance_balance(const Tensor& weights, const Tensor& ids, int64_t num_experts, double coef, Tensor& value,
+                        Tensor& dweights);
+// z-loss: logits accum[T,E] -> value = coef/T sum_t logsumexp(logits_t)^2; dlogits[T,E] += its gradient.
+void z_balance(const Tensor& logits, double coef, Tensor& value, Tensor& dlogits);
+// Sequence-level: scores accum[T,E], ids i32[T,k], seq_len dividing T -> value = coef * mean over
+// sequences of sum_i f_i P_i (per sequence, scores normalised per token); dscores[T,E] += its gradient.
+// A token whose scores sum to <= 0 is an error on the CPU and makes NaN on the GPU.
+void seq_balance(const Tensor& scores, const Tensor& ids, int64_t seq_len, double coef, Tensor& value,
+                 Tensor& dscores);
+// Load of noisy top-k gating: clean, raw_noise, normal accum[T,E], k < E -> value = coef CV(Load)^2
+// with the smooth estimator; dclean, draw_noise [T,E] += its gradients.
+void load_balance(const Tensor& clean, const Tensor& raw_noise, const Tensor& normal, int64_t k, double coef,
+                  Tensor& value, Tensor& dclean, Tensor& draw_noise);
+// counts i64[E] += the slots of ids i32[...] that went to each expert.
+void count_experts(const Tensor& ids, int64_t num_experts, Tensor& counts);
+// bias[E] (f32, or f64 on the CPU) -= gamma * sign(loads_i - mean load), loads i64[E] on bias's
+// device, in place. skip f32[1] (the step's clip scale; undefined = none): NaN leaves bias alone.
+void update_expert_bias(Tensor& bias, const Tensor& loads, double gamma, const Tensor& skip = Tensor());
 
 // AdamW (decoupled weight decay) on one contiguous range; param, grad, m, v same accum dtype.
 void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWParams& p);

@@ -1,9 +1,11 @@
 // `moe bench op`: the registry of single-op benchmarks: attention (the flash kernels), the fused
-// residual add + norm, and the grouped GEMM (the experts' GEMMs), timed forward, backward and both.
+// residual add + norm, the grouped GEMM (the experts' GEMMs), and the balancing terms.
 #include "src/tools/bench_op.h"
 
 #include <algorithm>
+#include <functional>
 #include <random>
+#include <utility>
 
 #include "src/ops/ops.h"
 #include "src/tools/bench_timing.h"
@@ -194,6 +196,58 @@ nlohmann::json bench_grouped_gemm(const OpBenchOptions& o, Device device) {
   return r;
 }
 
+// Each balancing term's op (value and gradients; Switch and device-level with their column sums)
+// at T = batch x seq tokens over E experts with k slots of random routing, the sequence-level
+// term per sequence of --seq tokens; median ms per term against a copy of one [T,E] f32 tensor
+// at the H200's copy peak (the floor of a term that reads the scores once).
+nlohmann::json bench_balance(const OpBenchOptions& o, Device device) {
+  MOE_CHECK(o.batch > 0 && o.seq_len > 0 && o.top_k > 0 && o.top_k < o.experts, "bench op balance: --batch, --seq ",
+            "and --top-k must be positive and --top-k below --experts (got batch ", o.batch, ", seq ", o.seq_len,
+            ", top-k ", o.top_k, ", experts ", o.experts, ")");
+  const int64_t tokens = o.batch * o.seq_len, E = o.experts, k = o.top_k;
+  const Shape te{tokens, E}, tk{tokens, k};
+  Tensor scores = random_on(te, DType::f32, device, o.seed, 0.01f, 1.0f);
+  Tensor logits = random_on(te, DType::f32, device, o.seed + 1, -3.0f, 3.0f);
+  Tensor raw = random_on(te, DType::f32, device, o.seed + 2, -1.0f, 1.0f);
+  Tensor normal = random_on(te, DType::f32, device, o.seed + 3, -1.5f, 1.5f);
+  Tensor weights = random_on(tk, DType::f32, device, o.seed + 4, 0.05f, 1.0f);
+  std::mt19937_64 rng(o.seed + 5);
+  std::vector<int32_t> id_values(static_cast<size_t>(tokens * k));
+  for (int32_t& id : id_values) id = static_cast<int32_t>(rng() % static_cast<uint64_t>(E));
+  const Tensor ids = Tensor::from_vector(id_values, tk, DType::i32, device);
+  Tensor d1 = Tensor::zeros(te, DType::f32, device), d2 = Tensor::zeros(te, DType::f32, device);
+  Tensor dweights = Tensor::zeros(tk, DType::f32, device), value = Tensor::zeros({1}, DType::f64, device);
+  Tensor sums = Tensor::empty({E}, DType::f32, device), row = Tensor::empty({E}, DType::f32, device);
+  const int64_t groups = E % 8 == 0 ? 8 : 1;
+  const std::vector<std::pair<const char*, std::function<void()>>> terms = {
+      {"switch",
+       [&] {
+         ops::column_sum(scores, sums);
+         ops::switch_balance(sums, ids, 0.01, value, row);
+       }},
+      {"device",
+       [&] {
+         ops::column_sum(scores, sums);
+         ops::device_balance(sums, ids, groups, 0.01, value, row);
+       }},
+      {"importance", [&] { ops::importance_balance(weights, ids, E, 0.01, value, dweights); }},
+      {"load", [&] { ops::load_balance(logits, raw, normal, k, 0.01, value, d1, d2); }},
+      {"z", [&] { ops::z_balance(logits, 0.001, value, d1); }},
+      {"seq", [&] { ops::seq_balance(scores, ids, o.seq_len, 0.01, value, d1); }},
+  };
+  nlohmann::json r;
+  r["op"] = "balance";
+  r["device"] = device.str();
+  r["tokens"] = tokens;
+  r["experts"] = E;
+  r["top_k"] = k;
+  r["seq"] = o.seq_len;
+  r["iters"] = o.iters;
+  for (const auto& [name, run] : terms) r[std::string(name) + "_ms"] = median_ms(device, o.warmup, o.iters, run);
+  r["te_copy_floor_ms"] = 2.0 * static_cast<double>(tokens * E) * 4.0 / k_h200_copy_bytes_per_s * 1e3;
+  return r;
+}
+
 }  // namespace
 
 double grouped_ffn_forward_flops(int64_t rows, int64_t d_model, int64_t d_expert) {
@@ -224,6 +278,7 @@ const std::vector<OpBench>& op_benches() {
       {"grouped_gemm", "the experts' grouped GEMMs, forward, backward and both (--experts --tokens-per-expert "
                        "--d-model --d-expert)",
        &bench_grouped_gemm},
+      {"balance", "each balancing term's value and gradients (--batch --seq --experts --top-k)", &bench_balance},
   };
   return benches;
 }

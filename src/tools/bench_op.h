@@ -21,6 +21,7 @@ struct OpBenchOptions {
   int64_t width = 768;  // the model width of the add + norm benches (tokens = batch * seq)
   // grouped_gemm: experts, rows per expert (a balanced split), d_model, d_expert (MoE-small's layer)
   int64_t experts = 64, tokens_per_expert = 1536, d_model = 768, d_expert = 384;
+  int64_t top_k = 6;  // balance: slots per token (tokens = batch * seq, experts as above)
   int64_t warmup = 5, iters = 20;
   uint64_t seed = 1;
 };

@@ -60,10 +60,10 @@ MoeFootprint moe_footprint(const Config& config, const RouterKind& router, int64
   const int64_t up_e = up_width(act, f), f_e = f;
 
   // Balancing gradients the forward keeps (MoeLayerSaved::balance_grads), [T,E] accum each; the
-  // Switch gradient is one row of E numbers (MoeLayerSaved::switch_grad_row).
+  // Switch and device-level gradients are one row of E numbers (MoeLayerSaved::score_grad_row).
   int64_t balance_te = 0, balance_slots = 0;
   if (learned) {
-    balance_te += (moe.seq_aux_loss_coef > 0 || moe.device_loss_coef > 0) ? 1 : 0;  // dscores
+    balance_te += moe.seq_aux_loss_coef > 0 ? 1 : 0;                          // dscores
     balance_te += moe.z_loss_coef > 0 ? 1 : 0;                                // dlogits
     balance_te += (moe.load_loss_coef > 0 && noisy) ? 2 : 0;                  // dclean, draw_noise
     balance_slots += moe.importance_loss_coef > 0 ? 1 : 0;                    // dweights [T,slots]

@@ -41,6 +41,12 @@ StepResult Trainer::train_step() {
   // The schedule is the same on every stage (a stage without MoE layers included).
   const bool global_scope = config_.moe.balance_scope == "global_batch" && !r.routing.empty();
   std::vector<Batch> batches = step_batches(collect);
+  // Aux-loss-free balancing: each MoE layer's kept slots per expert, counted on the device.
+  Tensor bias_loads;
+  if (config_.moe.expert_bias_rate > 0 && !r.routing.empty()) {
+    bias_loads = Tensor::zeros({static_cast<int64_t>(r.routing.size()), moe_shape(config_.moe).num_experts},
+                               DType::i64, device_);
+  }
   std::vector<ModelSaved> saves(batches.size());
   std::vector<ForwardOutput> outs(batches.size());
   const bool timed = topology_.pp > 1;  // per-stage busy time (a device sync around each compute call)
@@ -58,6 +64,7 @@ StepResult Trainer::train_step() {
     MOE_CHECK(std::isfinite(out.aux_loss) || guard_->skips(), "balancing loss is ", out.aux_loss, " at step ", step_ + 1, " (micro-batch ",
               micro, " on rank ", world_->rank(), "): training diverged; lower optim.lr or check the data");
     if (out.loss.defined()) ops::sum_accumulate(out.loss, loss_sum);
+    if (bias_loads.defined()) count_bias_loads(out, bias_loads);
     if (timed) cuda_synchronize();
     busy_seconds += seconds_since(start);
     return saves[static_cast<size_t>(micro)].output;
@@ -110,7 +117,7 @@ StepResult Trainer::train_step() {
   r.aux_loss = sums[2];
   if (before_update_hook_) before_update_hook_(step_ + 1, store);
   guarded_update(r, read_loss);
-  update_expert_biases(r);
+  update_expert_biases(r, bias_loads, collect);
   ++step_;
   return r;
 }
@@ -186,17 +193,36 @@ std::vector<LayerRoutingStats> Trainer::empty_routing_stats() const {
   return all;
 }
 
-void Trainer::update_expert_biases(StepResult& r) {
+int64_t Trainer::moe_layer_row(int64_t layer) const {
+  int64_t row = 0;
+  for (int64_t l = 0; l < layer; ++l) row += is_moe_layer(config_.model, config_.moe, l) ? 1 : 0;
+  return row;
+}
+
+void Trainer::count_bias_loads(const ForwardOutput& out, Tensor& loads) const {
+  for (size_t l = 0; l < out.moe_stats.size(); ++l) {
+    if (!out.moe_stats[l].kept_ids.defined()) continue;
+    const int64_t row = moe_layer_row(out.moe_layer_index[l]);
+    Tensor counts = loads.rows(row, row + 1).view({loads.size(1)});
+    ops::count_experts(out.moe_stats[l].kept_ids, loads.size(1), counts);
+  }
+}
+
+void Trainer::update_expert_biases(StepResult& r, Tensor& loads, bool collect) {
+  if (loads.defined()) {
+    // The loads of the whole global batch: every rank's micro-batches (other stages add zeros),
+    // as the statistics sum them. A skipped update (NaN clip scale) leaves the biases alone.
+    if (world_->size() > 1) world_->all_reduce_sum(loads);
+    const int64_t first = moe_layer_row(model_->first_layer());
+    model_->update_expert_biases(loads.rows(first, first + model_->num_moe_layers()), config_.moe.expert_bias_rate,
+                                 optimizer_->clip_scale());
+  }
+  if (!collect && device_.is_cuda()) return;  // read for the metrics only (free on the CPU)
   // This stage's MoE layers, in order.
   std::vector<LayerRoutingStats*> own;
   const int64_t first = model_->first_layer(), last = first + model_->num_stage_layers();
   for (auto& s : r.routing) {
     if (s.layer >= first && s.layer < last) own.push_back(&s);
-  }
-  if (config_.moe.expert_bias_rate > 0 && !r.skipped) {  // a skipped step updates nothing
-    std::vector<std::vector<int64_t>> loads;
-    for (const auto* s : own) loads.push_back(s->tokens_per_expert);
-    model_->update_expert_biases(loads, config_.moe.expert_bias_rate);
   }
   auto biases = model_->expert_biases();
   for (size_t i = 0; i < own.size() && i < biases.size(); ++i) own[i]->bias = biases[i];

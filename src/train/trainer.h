@@ -94,7 +94,12 @@ class Trainer {
   std::vector<LayerRoutingStats> empty_routing_stats() const;
   std::vector<Batch> step_batches(bool collect_stats) const;  // the step's micro-batches on the device
   void sum_tied_embedding_grads();
-  void update_expert_biases(StepResult& r);
+  // The aux-loss-free bias update from the step's loads (summed over the ranks here, on the
+  // device; see bias_loads), and the biases read into the statistics on logging steps.
+  void update_expert_biases(StepResult& r, Tensor& loads, bool collect);
+  // Adds a forward's kept slots per expert into loads i64[all MoE layers, E] on the device.
+  void count_bias_loads(const ForwardOutput& out, Tensor& loads) const;
+  int64_t moe_layer_row(int64_t layer) const;  // MoE layers of the whole model before `layer`
   void record_pipeline_times(StepResult& r, double busy_seconds, double pipeline_seconds);
   // Tensor parallelism: sums over the TP group the gradients that cover a token slice only
   // (ParamInfo::tp_partial_grad): those of one unit, or (nullptr) all not summed yet this step.

@@ -1,6 +1,6 @@
-// The optimizer kernels on the GPU against the CPU reference (fused AdamW over a run table with
-// the clip scale and the bf16 compute copy; device sums and the clip scale), and the count of
-// host waits of a dense training step that does not log (0: nothing is read back).
+// The optimizer kernels on the GPU against the CPU reference (fused AdamW over a run table with the clip
+// scale and the bf16 compute copy; device sums and the clip scale), and the host waits of a step that
+// does not log (0: nothing is read back), dense and MoE with every balancing term and the expert bias.
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -137,16 +137,41 @@ TEST_CASE("cuda: a non-finite norm makes a NaN clip scale, the fused AdamW skips
   REQUIRE(state_cpu.to_vector<double>() == std::vector<double>{3, 1, 2, 2, 5});
 }
 
-TEST_CASE("a dense CUDA step that does not log waits for the host 0 times", "[cuda][train]") {
+namespace {
+
+struct StepVariant {
+  const char* name;
+  void (*apply)(Config&);
+};
+
+}  // namespace
+
+TEST_CASE("a CUDA step that does not log waits for the host 0 times: dense, and MoE with every balancing term",
+          "[cuda][train]") {
   static MpiEnv env;
+  auto variant = GENERATE(
+      StepVariant{"dense", [](Config& c) { c.moe.num_experts = 0; }},
+      StepVariant{"noisy top-k MoE with every balancing term",
+                  [](Config& c) {
+                    c.moe.router = "noisy_topk";
+                    test::enable_balancing_terms(c, true);
+                  }},
+      StepVariant{"sigmoid MoE with the aux-loss-free expert bias and every term but load",
+                  [](Config& c) {
+                    c.moe.router = "sigmoid";
+                    c.moe.expert_bias_rate = 0.01;
+                    test::enable_balancing_terms(c, false);
+                  }});
+  INFO(variant.name);
   test::TempDir dir("moe-cuda-waits");
   Config c = test::tiny_train_config(dir);
-  c.moe.num_experts = 0;  // dense: MoE dispatch needs its counts on the host
+  variant.apply(c);
   c.train.device = "cuda";
   c.train.steps = 10;
   c.train.log_every = 5;
   c.train.grad_accum = 2;
   c.optim.grad_clip = 0.5;
+  validate_config(c);
   auto world = make_world_communicator(Device::cuda(0));
   Trainer trainer(c, 0, *world);
   REQUIRE(trainer.device().is_cuda());
@@ -156,6 +181,10 @@ TEST_CASE("a dense CUDA step that does not log waits for the host 0 times", "[cu
   StepResult quiet = trainer.train_step();  // step 2: no log, no checkpoint
   REQUIRE(ops::host_waits() - before == 0);
   REQUIRE(std::isnan(quiet.loss));
+  for (int step = 3; step <= 5; ++step) quiet = trainer.train_step();  // step 5 logs: the values are read
+  REQUIRE(std::isfinite(quiet.loss));
+  REQUIRE(std::isfinite(quiet.aux_loss));
+  if (c.moe.num_experts > 0) REQUIRE(quiet.aux_loss > 0);
 }
 
 TEST_CASE("cuda: a non-finite gradient on a step that reads nothing is skipped on the device and found later",

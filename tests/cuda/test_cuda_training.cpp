@@ -99,6 +99,15 @@ TEST_CASE("CUDA matches the CPU for every router and expert variant", "[cuda][tr
                       c.moe.importance_loss_coef = 0.01;
                       c.moe.load_loss_coef = 0.01;
                     }},
+      RouterVariant{"noisy_topk with every balancing term (each on the device)",
+                    [](Config& c) {
+                      c.moe.router = "noisy_topk";
+                      test::enable_balancing_terms(c, true);
+                    }},
+      RouterVariant{"softmax_topk, capacity by probability, every term but load", [](Config& c) {
+                      c.moe.capacity_factor = 1.0;
+                      test::enable_balancing_terms(c, false);
+                    }},
       RouterVariant{"expert_choice, z-loss", [](Config& c) {
                       c.moe.router = "expert_choice";
                       c.moe.capacity_factor = 2.0;

@@ -16,9 +16,11 @@
 #include "experts/moe_layer.h"
 #include "routing/hash_router.h"
 #include "routing/router_registry.h"
+#include "tests/experts/moe_layer_test_util.h"
 #include "tests/test_util.h"
 
 using namespace moe;
+using namespace moe::layer_test;
 
 namespace {
 
@@ -29,107 +31,7 @@ using test::max_abs;
 using test::weighted_sum;
 
 constexpr double k_atol = 1e-7, k_rtol = 1e-5;
-constexpr double k_init_std = 0.5;  // large weights: gradients far from zero, routing far from ties
-constexpr int64_t k_tokens = 12, k_seq_len = 4, k_d = 6, k_experts = 4, k_d_expert = 5, k_vocab = 11;
 
-
-// One MoE layer's options: the router by its moe.router name (built by make_router) and the
-// MoeLayerConfig fields under test.
-struct LayerSpec {
-  const char* name = "";
-  std::string router = "softmax_topk";
-  bool renormalize = true;
-  int64_t top_k = 2;
-  ops::Activation act = ops::Activation::swiglu;
-  int64_t num_groups = 0, top_groups = 0;
-  double capacity_factor = 0;
-  ops::DropOrder drop_order = ops::DropOrder::by_probability;
-  int64_t num_shared = 0, d_shared = 0;
-  bool shared_gate = false;
-  BalancingConfig balancing;
-  bool bias = false;  // an expert bias buffer, set by hand to nonzero values
-  bool pool_sums = false;  // sum-statistics terms from host sums (as balance_scope = global_batch)
-};
-
-struct TestLayer {
-  ParamStore store;
-  std::unique_ptr<MoeLayer> moe;
-};
-
-std::unique_ptr<TestLayer> build_layer(const LayerSpec& s, uint64_t seed) {
-  auto layer = std::make_unique<TestLayer>();
-  MoeConfig mc;
-  mc.num_experts = k_experts;
-  mc.top_k = s.top_k;
-  mc.renormalize = s.renormalize;
-  mc.router = s.router;
-  mc.num_groups = s.num_groups;
-  mc.top_groups = s.top_groups;
-  mc.capacity_factor = s.capacity_factor;
-  mc.expert_bias_rate = s.bias ? 0.01 : 0.0;
-  mc.hash_kind = "random";
-  mc.hash_seed = 3;
-  RouterSpec spec{k_d, k_vocab, k_experts, s.top_k, 0, k_init_std};
-  MoeLayerConfig c;
-  c.d_model = k_d;
-  c.num_experts = k_experts;
-  c.d_expert = k_d_expert;
-  c.activation = s.act;
-  c.capacity_factor = s.capacity_factor;
-  c.drop_order = s.drop_order;
-  c.num_shared = s.num_shared;
-  c.d_shared = s.d_shared;
-  c.shared_gate = s.shared_gate;
-  c.balancing = s.balancing;
-  c.init_std = k_init_std;
-  c.out_init_std = k_init_std;
-  c.pool_balance_sums = s.pool_sums;
-  layer->moe = std::make_unique<MoeLayer>(layer->store, "moe", c, make_router(layer->store, "moe.router", mc, spec));
-  ParamStore& store = layer->store;
-  store.allocate(Device::cpu(), DType::f64);
-  store.initialize(seed);
-  for (size_t i = 0; i < store.infos().size(); ++i) {
-    auto id = static_cast<ParamId>(i);
-    const ParamInfo& p = store.info(id);
-    if (p.name == "moe.router.noise_weight") {  // zero-initialised (Shazeer et al.): make it matter
-      store.load_master_from_host(id, f64_tensor(test::random_values(p.numel(), seed + 1, -0.5, 0.5), p.shape));
-    } else if (p.name == "moe.router.expert_bias") {
-      std::vector<double> b;
-      for (int64_t e = 0; e < k_experts; ++e) b.push_back((e % 2 == 0 ? 0.3 : -0.3) + 0.02 * static_cast<double>(e));
-      store.load_master_from_host(id, f64_tensor(b, p.shape));
-    }
-  }
-  return layer;
-}
-
-std::vector<int32_t> batch_tokens(uint64_t seed) {
-  return test::random_ids(k_tokens, k_vocab, seed).to_vector<int32_t>();
-}
-
-// Slots per expert of an ids list (-1 = no expert).
-std::vector<int64_t> count_ids(const std::vector<int32_t>& ids) {
-  std::vector<int64_t> c(static_cast<size_t>(k_experts), 0);
-  for (int32_t e : ids)
-    if (e >= 0) ++c[static_cast<size_t>(e)];
-  return c;
-}
-
-std::vector<std::string> enabled_terms(const BalancingConfig& b) {
-  std::vector<std::string> out;  // std::map order
-  if (b.device_coef > 0) out.push_back("device");
-  if (b.importance_coef > 0) out.push_back("importance");
-  if (b.load_coef > 0) out.push_back("load");
-  if (b.seq_coef > 0) out.push_back("seq");
-  if (b.switch_coef > 0) out.push_back("switch");
-  if (b.z_coef > 0) out.push_back("z");
-  return out;
-}
-
-std::vector<std::string> keys(const std::map<std::string, double>& m) {
-  std::vector<std::string> out;
-  for (const auto& [k, v] : m) out.push_back(k);
-  return out;
-}
 
 // Per-row argsort of a [T,E] tensor: the full expert ranking (the load estimator's thresholds
 // depend on more than the top k).
@@ -456,7 +358,7 @@ TEST_CASE("MoE layer statistics: slots, drops, tokens per expert, balance terms,
     BalanceResult host = compute_balancing(in, spec.balancing);
     REQUIRE(std::abs(saved.stats.aux_loss - host.terms.at("switch")) < 1e-14);
     // The Switch gradient is the same row for every token.
-    const std::vector<double> grad_row = saved.switch_grad_row.to_vector<double>();
+    const std::vector<double> grad_row = saved.score_grad_row.to_vector<double>();
     REQUIRE(grad_row.size() == static_cast<size_t>(k_experts));
     REQUIRE(!saved.balance_grads.dscores.defined());
     for (int64_t t = 0; t < k_tokens; ++t) {
@@ -493,65 +395,6 @@ TEST_CASE("MoE layer statistics: slots, drops, tokens per expert, balance terms,
     REQUIRE(saved.stats.balance.empty());
     REQUIRE(saved.stats.aux_loss == 0.0);
   }
-}
-
-TEST_CASE("aux_count: the Switch loss counts the routed or the kept slots under capacity dropping",
-          "[experts][moe][capacity][aux_count]") {
-  const auto tokens = batch_tokens(141);
-  const RouteInputs inputs{&tokens, nullptr, k_seq_len, true, 0};
-  Tensor x = test::random_tensor({k_tokens, k_d}, DType::f64, 142, Device::cpu(), -2.0, 2.0);
-  // The Switch term by hand from the layer's own routing: 0.1 * E * sum_i f_i P_i,
-  // f_i = counts_i / (k T), P_i = mean score; and its gradient row 0.1 * E * f_i / T.
-  auto by_hand = [](const std::vector<int64_t>& counts, const std::vector<double>& scores, std::vector<double>& row) {
-    double value = 0;
-    row.assign(static_cast<size_t>(k_experts), 0.0);
-    for (int64_t e = 0; e < k_experts; ++e) {
-      double p = 0;
-      for (int64_t t = 0; t < k_tokens; ++t) p += scores[static_cast<size_t>(t * k_experts + e)] / k_tokens;
-      const double f = static_cast<double>(counts[static_cast<size_t>(e)]) / (2.0 * k_tokens);
-      value += 0.1 * k_experts * f * p;
-      row[static_cast<size_t>(e)] = 0.1 * k_experts * f / k_tokens;
-    }
-    return value;
-  };
-  std::map<AuxCount, double> values;
-  for (AuxCount aux_count : {AuxCount::routed, AuxCount::kept}) {
-    const bool routed = aux_count == AuxCount::routed;
-    INFO((routed ? "routed" : "kept"));
-    // Capacity ceil(0.5 * 2 * 12 / 4) = 3 of 24 slots per expert; seq and z ride along on the host.
-    for (bool pool : {false, true}) {  // the on-device term, and the one from host sums
-      INFO((pool ? "host sums" : "on the device"));
-      LayerSpec spec{.capacity_factor = 0.5,
-                     .balancing = {.switch_coef = 0.1, .z_coef = 0.01, .seq_coef = 0.1, .aux_count = aux_count},
-                     .pool_sums = pool};
-      auto layer = build_layer(spec, 143);
-      MoeLayerSaved saved;
-      layer->moe->forward(x, inputs, saved, true);
-      REQUIRE(saved.stats.dropped > 0);
-      const auto routed_counts = count_ids(saved.router.routing.ids.to_vector<int32_t>());
-      const auto kept_counts = count_ids(saved.ids.to_vector<int32_t>());
-      REQUIRE(routed_counts != kept_counts);
-      REQUIRE(saved.stats.tokens_per_expert == kept_counts);  // the load metric stays the kept slots
-      if (pool) {
-        REQUIRE(saved.stats.sums.counts == kept_counts);
-        REQUIRE(saved.stats.sums.routed_counts == (routed ? routed_counts : std::vector<int64_t>{}));
-      } else {
-        REQUIRE(saved.stats.sums.counts.empty());  // nothing crossed to the host for the term
-      }
-      std::vector<double> row;
-      const double expected =
-          by_hand(routed ? routed_counts : kept_counts, saved.router.routing.scores.to_vector<double>(), row);
-      REQUIRE(std::abs(saved.stats.balance.at("switch") - expected) < 1e-14);
-      test::require_close(saved.switch_grad_row.to_vector<double>(), row, 1e-15, 1e-12, "Switch gradient row");
-      REQUIRE(keys(saved.stats.balance) == std::vector<std::string>{"seq", "switch", "z"});
-      values[aux_count] = saved.stats.balance.at("switch");
-    }
-  }
-  // Every expert is full (3 kept slots each): the kept counts look perfectly balanced, and the
-  // kept-slot term is 0.1 * E * sum_i (3 / 24) P_i = 0.05 whatever the scores; the routed one sees
-  // the imbalance.
-  REQUIRE(std::abs(values.at(AuxCount::kept) - 0.05) < 1e-14);
-  REQUIRE(values.at(AuxCount::routed) > 0.05 + 1e-3);
 }
 
 TEST_CASE("noisy top-k with the load loss evaluates without noise", "[experts][moe][noisy]") {

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "routing/balancing_terms.h"
+#include "tests/routing/balancing_test_util.h"
 #include "tests/test_util.h"
 
 using namespace moe;
@@ -19,29 +20,7 @@ namespace {
 
 // T tokens, E experts, top-k of softmax scores with every input filled (noisy-gating inputs random).
 BalanceInputs full_inputs(int64_t T, int64_t E, int64_t k, int64_t seq_len, uint64_t seed) {
-  BalanceInputs in;
-  in.tokens = T, in.experts = E, in.slots = k, in.seq_len = seq_len;
-  in.logits = test::random_values(T * E, seed, -2, 2);
-  in.clean = test::random_values(T * E, seed + 1, -2, 2);
-  in.raw_noise = test::random_values(T * E, seed + 2, -1, 1);
-  in.normal = test::random_values(T * E, seed + 3, -1.5, 1.5);
-  in.counts.assign(static_cast<size_t>(E), 0);
-  for (int64_t t = 0; t < T; ++t) {
-    const double* z = &in.logits[static_cast<size_t>(t * E)];
-    double m = *std::max_element(z, z + E), sum = 0;
-    for (int64_t j = 0; j < E; ++j) sum += std::exp(z[j] - m);
-    std::vector<double> s(static_cast<size_t>(E));
-    for (int64_t j = 0; j < E; ++j) s[static_cast<size_t>(j)] = std::exp(z[j] - m) / sum;
-    in.scores.insert(in.scores.end(), s.begin(), s.end());
-    std::vector<int32_t> order(static_cast<size_t>(E));
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return s[a] > s[b]; });
-    for (int64_t q = 0; q < k; ++q) {
-      in.ids.push_back(order[static_cast<size_t>(q)]);
-      in.weights.push_back(s[static_cast<size_t>(order[static_cast<size_t>(q)])]);
-      ++in.counts[static_cast<size_t>(order[static_cast<size_t>(q)])];
-    }
-  }
+  BalanceInputs in = test::random_routing(T, E, k, seq_len, seed);
   in.routed_counts = in.counts;
   in.routed_counts[0] += 3;  // as if three slots routed to expert 0 had been dropped
   return in;

@@ -94,10 +94,31 @@ TEST_CASE("bench op grouped_gemm reports times and TFLOP/s of the six expert GEM
                                       "must be positive (got 3, 5, 8, 0)"));
 }
 
+TEST_CASE("bench op balance times every balancing term on the CPU", "[tools][bench]") {
+  OpBenchOptions o;
+  o.batch = 2;
+  o.seq_len = 6;
+  o.experts = 8;
+  o.top_k = 2;
+  o.warmup = 1;
+  o.iters = 3;
+  const nlohmann::json r = bench_op("balance", o, Device::cpu());
+  CHECK(r["op"] == "balance");
+  CHECK(r["tokens"] == 12);
+  for (const char* key : {"switch_ms", "device_ms", "importance_ms", "load_ms", "z_ms", "seq_ms"})
+    CHECK(r[key].get<double>() > 0);
+  CHECK(r["te_copy_floor_ms"].get<double>() == Approx(2.0 * 12 * 8 * 4 / 4.3e12 * 1e3));
+  o.top_k = 8;
+  REQUIRE_THROWS_WITH(bench_op("balance", o, Device::cpu()),
+                      Catch::Contains("bench op balance: --batch, --seq and --top-k must be positive and --top-k below "
+                                      "--experts (got batch 2, seq 6, top-k 8, experts 8)"));
+}
+
 TEST_CASE("bench op names an unknown op and a bad attention shape", "[tools][bench]") {
   OpBenchOptions o;
   REQUIRE_THROWS_WITH(bench_op("matmul", o, Device::cpu()),
-                      Catch::Contains("bench op: unknown op 'matmul' (known: attention, add_rmsnorm, add_layernorm, grouped_gemm)"));
+                      Catch::Contains("bench op: unknown op 'matmul' (known: attention, add_rmsnorm, add_layernorm, "
+                                      "grouped_gemm, balance)"));
   o.heads = 6;
   o.kv_heads = 4;
   REQUIRE_THROWS_WITH(bench_op("attention", o, Device::cpu()),

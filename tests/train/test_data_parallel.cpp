@@ -24,9 +24,16 @@ TEST_CASE("N-rank data parallelism matches one rank at the same global batch", "
   Config c = test::tiny_train_config(dir);
   c.train.micro_batch_size = 2;
   c.train.grad_accum = 1;
-  // Both Switch scopes: per micro-batch (the default) and over the whole global batch.
-  c.moe.balance_scope = GENERATE(std::string("micro_batch"), std::string("global_batch"));
-  INFO("balance_scope " << c.moe.balance_scope);
+  // Both Switch scopes: per micro-batch (the default) and over the whole global batch; and the
+  // aux-loss-free expert bias, whose loads are summed over the ranks on the device.
+  const std::string variant = GENERATE(std::string("micro_batch"), std::string("global_batch"),
+                                       std::string("expert bias"));
+  INFO("variant " << variant);
+  c.moe.balance_scope = variant == "global_batch" ? "global_batch" : "micro_batch";
+  if (variant == "expert bias") {
+    c.moe.router = "sigmoid";
+    c.moe.expert_bias_rate = 0.05;
+  }
   Trainer parallel(c, 0, *world);
 
   Config single = c;
@@ -40,6 +47,7 @@ TEST_CASE("N-rank data parallelism matches one rank at the same global batch", "
     StepResult r = reference.train_step();
     INFO("step " << step << " rank " << rank);
     test::require_same_step(p, r);
+    if (variant == "expert bias") REQUIRE(!p.routing.at(0).bias.empty());
   }
   for (int g = 0; g < k_num_param_groups; ++g) {
     auto group = static_cast<ParamGroup>(g);

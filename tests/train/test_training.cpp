@@ -1,12 +1,12 @@
-// Training loop on the CPU: loss goes down, save/resume continues bit-identically, and bad
-// input (NaN loss, vocabulary too small, missing or short data, corrupt checkpoints) fails
-// with a message that names the problem.
+// Training loop on the CPU: loss goes down, save/resume continues bit-identically, the balancing
+// statistics and the expert bias follow the step, and bad input fails with a message naming the problem.
 #include <catch2/catch.hpp>
 
 #include <filesystem>
 #include <fstream>
 #include <limits>
 #include <map>
+#include <numeric>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -132,6 +132,37 @@ TEST_CASE("global_batch Switch under capacity dropping counts the slots moe.aux_
   CHECK(aux.at("routed global_batch") == Approx(aux.at("routed micro_batch")).epsilon(1e-12));
   CHECK(aux.at("kept global_batch") == Approx(aux.at("kept micro_batch")).epsilon(1e-12));
   CHECK(std::abs(aux.at("routed micro_batch") - aux.at("kept micro_batch")) > 1e-6);
+}
+
+TEST_CASE("aux-loss-free bias: each step moves it by its loads (counted on the device); a skipped step moves none",
+          "[train][balance][bias]") {
+  test::TempDir dir("moe-train-bias");
+  auto world = make_world_communicator(Device::cpu());
+  Config c = test::tiny_train_config(dir);
+  c.moe.router = "sigmoid";
+  c.moe.expert_bias_rate = 0.01;
+  c.train.grad_accum = 2;
+  c.train.nonfinite = "skip_step";
+  validate_config(c);
+  Trainer trainer(c, 0, *world);
+  // Step 3's gradient is poisoned: its update, and so its bias update, is skipped.
+  trainer.set_before_update_hook([](int64_t step, ParamStore& store) {
+    if (step == 3) store.flat_grads(ParamGroup::dense).data_as<float>()[3] = std::numeric_limits<float>::quiet_NaN();
+  });
+  std::vector<double> bias(static_cast<size_t>(c.moe.num_experts), 0.0);
+  for (int step = 1; step <= 5; ++step) {
+    INFO("step " << step);
+    const StepResult r = trainer.train_step();
+    REQUIRE(r.routing.size() == 1);
+    const LayerRoutingStats& s = r.routing[0];
+    // The loads are the step's kept slots per expert over both micro-batches (the host statistics).
+    REQUIRE(std::accumulate(s.tokens_per_expert.begin(), s.tokens_per_expert.end(), int64_t{0}) ==
+            2 * c.train.micro_batch_size * c.model.seq_len * c.moe.top_k);
+    REQUIRE(r.skipped == (step == 3));
+    if (!r.skipped) update_expert_bias(bias, s.tokens_per_expert, c.moe.expert_bias_rate);
+    test::require_close(s.bias, bias, 1e-7, 0, "bias after the step");
+  }
+  REQUIRE(test::max_abs(bias) > 0);
 }
 
 TEST_CASE("a NaN loss stops training with a message naming the step", "[train][errors]") {

@@ -65,4 +65,15 @@ inline Config tiny_train_config(const TempDir& dir, int64_t vocab = 32) {
   return c;
 }
 
+// Every balancing term besides the default Switch loss: importance, z, sequence-level and
+// device-level (2 groups), and the load loss when the router draws gating noise (noisy_topk).
+inline void enable_balancing_terms(Config& c, bool load) {
+  c.moe.importance_loss_coef = 0.01;
+  c.moe.load_loss_coef = load ? 0.01 : 0.0;
+  c.moe.z_loss_coef = 0.001;
+  c.moe.seq_aux_loss_coef = 0.01;
+  c.moe.device_loss_coef = 0.01;
+  c.moe.device_groups = 2;
+}
+
 }  // namespace moe::test
