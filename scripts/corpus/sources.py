@@ -45,7 +45,7 @@ def _read(path):
 
 def brown(root):
     """brown.txt as scripts/fetch_brown.sh writes it: one Brown text per blank-line block."""
-    return [block for block in formats.text_paragraphs(_read(_files(root, "brown.txt")[0]))]
+    return formats.text_paragraphs(_read(_files(root, "brown.txt")[0]))
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
@@ -114,7 +114,7 @@ def _bible(module):
     for testament in ("ot", "nt"):
         for _, _, raw in formats.read_sword(module, testament, "b", 10):
             markup = raw.decode("utf-8")
-            starts = 'type="book"' in markup and "sID=" in markup or "<chapter" in markup and "sID=" in markup
+            starts = "sID=" in markup and ('type="book"' in markup or "<chapter" in markup)
             if starts and has_verse:
                 docs.append(current)
                 current, has_verse = [], False
@@ -190,9 +190,10 @@ def gcide(root):
     return group_entries(entries)
 
 
-def _dictd_source(root, name, skip_first_line=False):
+def _dictd_source(root, name):
+    """A dictd database's entries (paragraphs as lines, wrapped lines joined), grouped."""
     entries = []
-    for headword, text in formats.read_dictd(_files(root, f"usr/share/dictd/{name}.index")[0],
+    for _, text in formats.read_dictd(_files(root, f"usr/share/dictd/{name}.index")[0],
                                              _files(root, f"usr/share/dictd/{name}.dict.dz")[0]):
         lines = [formats.join_wrapped(block).replace("{", "").replace("}", "")
                  for block in formats.text_paragraphs(text)]
