@@ -110,6 +110,8 @@ def web(root):
 
 
 def _bible(module):
+    """A zText Bible's chapters: a new document starts at a book or chapter marker that follows a
+    verse, so a book's titles open its first chapter. Verse lines keep no paragraph breaks."""
     docs, current, has_verse = [], [], False
     for testament in ("ot", "nt"):
         for _, _, raw in formats.read_sword(module, testament, "b", 10):
