@@ -64,7 +64,7 @@ std::vector<std::string> decode_documents(const std::string& shard, const Tokeni
 
 TokenizeOptions base_options(const TempDir& dir, const std::string& out) {
   TokenizeOptions opt;
-  opt.input = dir.file("corpus.txt");
+  opt.inputs = {dir.file("corpus.txt")};
   opt.out_dir = dir.file(out);
   opt.vocab_size = 400;
   opt.val_fraction = 0.1;
@@ -155,19 +155,19 @@ TEST_CASE("tokenize rejects bad inputs with clear messages", "[data][tokenize][e
 
   SECTION("missing corpus") {
     REQUIRE_THROWS_WITH(run_tokenize(opt, log),
-                        Catch::Contains(opt.input) && Catch::Contains("cannot open text corpus"));
+                        Catch::Contains(opt.inputs[0]) && Catch::Contains("cannot open text corpus"));
   }
   SECTION("blank corpus") {
-    write_bytes(opt.input, "\n  \n\t\n");
-    REQUIRE_THROWS_WITH(run_tokenize(opt, log), Catch::Contains(opt.input) && Catch::Contains("no documents"));
+    write_bytes(opt.inputs[0], "\n  \n\t\n");
+    REQUIRE_THROWS_WITH(run_tokenize(opt, log), Catch::Contains(opt.inputs[0]) && Catch::Contains("no documents"));
   }
   SECTION("one document cannot be split") {
-    write_bytes(opt.input, "just one paragraph\nof two lines\n");
+    write_bytes(opt.inputs[0], "just one paragraph\nof two lines\n");
     REQUIRE_THROWS_WITH(run_tokenize(opt, log),
                         Catch::Contains("1 document(s) cannot be split into train and validation"));
   }
   SECTION("bad options") {
-    write_corpus(opt.input);
+    write_corpus(opt.inputs[0]);
     opt.val_fraction = 1.0;
     REQUIRE_THROWS_WITH(run_tokenize(opt, log), Catch::Contains("val_fraction must be in [0, 1), got 1"));
     opt.val_fraction = 0.1;
