@@ -11,8 +11,10 @@
 #include "src/tools/tokenize_command.h"
 #include "src/data/tokenizer.h"
 #include "tests/data/data_test_util.h"
+#include "tests/tools/tokenize_test_util.h"
 
 using namespace moe::data;
+using moe::test::decode_documents;
 using moe::test::read_bytes;
 using moe::test::TempDir;
 using moe::test::write_bytes;
@@ -43,23 +45,6 @@ std::vector<std::string> write_corpus(const std::string& path) {
   }
   write_bytes(path, text);
   return paragraphs;
-}
-
-// Splits a shard at EOS and decodes every document.
-std::vector<std::string> decode_documents(const std::string& shard, const Tokenizer& tok) {
-  auto ds = TokenDataset::open(shard);
-  std::vector<std::string> docs;
-  std::vector<int32_t> current;
-  for (uint32_t t : read_all_tokens(ds)) {
-    if (static_cast<int32_t>(t) == tok.eos_id()) {
-      docs.push_back(tok.decode(current));
-      current.clear();
-    } else {
-      current.push_back(static_cast<int32_t>(t));
-    }
-  }
-  REQUIRE(current.empty());  // every document ends with EOS
-  return docs;
 }
 
 TokenizeOptions base_options(const TempDir& dir, const std::string& out) {
