@@ -45,6 +45,57 @@ double now_seconds() {
   return std::chrono::duration<double>(clock::now().time_since_epoch()).count();
 }
 
+// The reader thread: batches into `pending` while fewer than `max_in_flight` are unconsumed.
+void produce(OrderedQueue& q, CorpusReader& reader, uint64_t batch_bytes, int64_t max_in_flight) {
+  try {
+    while (true) {
+      {
+        std::unique_lock lock(q.mutex);
+        q.changed.wait(lock, [&] { return q.stop || q.produced - q.consumed < max_in_flight; });
+        if (q.stop) return;
+      }
+      RawBatch batch;
+      const bool more = reader.next(batch, batch_bytes);
+      std::lock_guard lock(q.mutex);
+      if (more) {
+        q.pending.push_back(std::move(batch));
+        ++q.produced;
+      } else {
+        q.input_done = true;
+      }
+      q.changed.notify_all();
+      if (!more) return;
+    }
+  } catch (...) {
+    q.fail(std::current_exception());
+  }
+}
+
+// A worker: takes any pending batch, files its result under the batch's index.
+void work_on(OrderedQueue& q, const std::function<void(RawBatch&, WorkResult&)>& work) {
+  while (true) {
+    RawBatch batch;
+    {
+      std::unique_lock lock(q.mutex);
+      q.changed.wait(lock, [&] { return q.stop || !q.pending.empty() || q.input_done; });
+      if (q.stop || q.pending.empty()) return;
+      batch = std::move(q.pending.front());
+      q.pending.pop_front();
+    }
+    WorkResult result;
+    result.input_bytes = batch.input_bytes;
+    try {
+      work(batch, result);
+    } catch (...) {
+      q.fail(std::current_exception());
+      return;
+    }
+    std::lock_guard lock(q.mutex);
+    q.finished.emplace(batch.index, std::move(result));
+    q.changed.notify_all();
+  }
+}
+
 }  // namespace
 
 void run_ordered(CorpusReader& reader, uint64_t batch_bytes, int64_t num_threads,
@@ -52,58 +103,10 @@ void run_ordered(CorpusReader& reader, uint64_t batch_bytes, int64_t num_threads
                  const std::function<void(WorkResult&)>& consume) {
   MOE_CHECK(num_threads > 0, "tokenize: the number of threads must be positive, got ", num_threads);
   OrderedQueue q;
-  const int64_t max_in_flight = 2 * num_threads + 2;
-  std::thread producer([&] {
-    try {
-      while (true) {
-        {
-          std::unique_lock lock(q.mutex);
-          q.changed.wait(lock, [&] { return q.stop || q.produced - q.consumed < max_in_flight; });
-          if (q.stop) return;
-        }
-        RawBatch batch;
-        const bool more = reader.next(batch, batch_bytes);
-        std::lock_guard lock(q.mutex);
-        if (more) {
-          q.pending.push_back(std::move(batch));
-          ++q.produced;
-        } else {
-          q.input_done = true;
-        }
-        q.changed.notify_all();
-        if (!more) return;
-      }
-    } catch (...) {
-      q.fail(std::current_exception());
-    }
-  });
+  std::thread producer(produce, std::ref(q), std::ref(reader), batch_bytes, 2 * num_threads + 2);
   std::vector<std::thread> workers;
-  for (int64_t t = 0; t < num_threads; ++t) {
-    workers.emplace_back([&] {
-      while (true) {
-        RawBatch batch;
-        {
-          std::unique_lock lock(q.mutex);
-          q.changed.wait(lock, [&] { return q.stop || !q.pending.empty() || q.input_done; });
-          if (q.stop || q.pending.empty()) return;
-          batch = std::move(q.pending.front());
-          q.pending.pop_front();
-        }
-        WorkResult result;
-        result.input_bytes = batch.input_bytes;
-        try {
-          work(batch, result);
-        } catch (...) {
-          q.fail(std::current_exception());
-          return;
-        }
-        std::lock_guard lock(q.mutex);
-        q.finished.emplace(batch.index, std::move(result));
-        q.changed.notify_all();
-      }
-    });
-  }
-  while (true) {
+  for (int64_t t = 0; t < num_threads; ++t) workers.emplace_back(work_on, std::ref(q), std::cref(work));
+  while (true) {  // the consumer: results in batch order
     WorkResult result;
     {
       std::unique_lock lock(q.mutex);
