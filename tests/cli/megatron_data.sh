@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Megatron data end to end: `moe tokenize --format megatron` over a glob of JSONL files, then
-# `moe train` reading the .bin/.idx pairs by prefix (train) and by .idx name (val), and a
-# vocabulary too small for the data refused naming the .bin. Usage: megatron_data.sh MOE_BINARY
+# `moe train` reading the .bin/.idx pairs by prefix (train) and by .idx name (val); a vocabulary
+# too small for the data and an empty split refused naming the .bin. Usage: megatron_data.sh MOE_BINARY
 set -euo pipefail
 moe=$1
 work=$(mktemp -d)
@@ -27,4 +27,13 @@ if "$moe" train "$work/config.toml" --set data.train_path="$work/mdata/train.bin
 fi
 grep -q "data.train_path $work/mdata/train.bin: token id [0-9]* at position [0-9]* is outside the vocabulary (model.vocab_size = 100)" \
   "$work/bad.log" || { cat "$work/bad.log"; exit 1; }
+# An empty split (no validation documents) is refused by name when a run would evaluate on it.
+"$moe" tokenize --input "$work/in/a.jsonl" --out "$work/noval" --tokenizer "$work/mdata/tokenizer.model" \
+  --format megatron --val-fraction 0 > /dev/null
+if "$moe" train "$work/config.toml" --set data.train_path="$work/noval/train" --set data.val_path="$work/noval/val" \
+    --set train.run_dir="$work/bad" > "$work/empty.log" 2>&1; then
+  echo "an empty validation split was accepted"; cat "$work/empty.log"; exit 1
+fi
+grep -q "data.val_path $work/noval/val.bin: has 0 tokens, fewer than seq_len + 1 = 17" "$work/empty.log" \
+  || { cat "$work/empty.log"; exit 1; }
 echo "megatron data ok"
