@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes the untrusted-input readers with libFuzzer (ASan + UBSan): the TOML config loader, the
-# safetensors reader and the token-shard reader, each for a fixed time. Not part of CI: CTest
-# replays the committed corpus (tests/fuzz/corpus) instead.
+# safetensors reader, the token-shard reader and the Megatron .idx reader, each for a fixed time.
+# Not part of CI: CTest replays the committed corpus (tests/fuzz/corpus) instead.
 # Usage: scripts/fuzz.sh [SECONDS_PER_TARGET (default 600)] [TARGET...]
 #   MOE_FUZZ_MERGE=1  also merge the inputs that add coverage into tests/fuzz/corpus/<target>/
 set -euo pipefail
@@ -10,7 +10,7 @@ cd "$root"
 seconds=${1:-600}
 shift || true
 targets=("$@")
-((${#targets[@]})) || targets=(config_toml safetensors token_shard)
+((${#targets[@]})) || targets=(config_toml safetensors token_shard megatron_idx)
 
 # clang brings libFuzzer (libclang-rt-dev) and, for Eigen's OpenMP, libomp-dev.
 missing=()

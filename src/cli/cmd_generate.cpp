@@ -55,6 +55,8 @@ int run_generate(const GenerateOptions& o) {
     window.resize(static_cast<size_t>(seq), 0);
     Tensor logits = model.logits(window, 1);
     std::vector<float> row = logits.rows(last, last + 1).to_vector<float>();
+    // Ids past the tokenizer's pieces (a model vocabulary padded beyond it) have no text: never drawn.
+    row.resize(static_cast<size_t>(tokenizer.vocab_size()));
     int32_t next = sample_token(row, o.sampling, rng);
     eos = next == tokenizer.eos_id();
     if (!eos) tokens.push_back(next);

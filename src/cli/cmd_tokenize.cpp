@@ -1,5 +1,5 @@
-// `moe tokenize --input TEXT --out DIR [--vocab-size N | --tokenizer MODEL]`: trains (or takes)
-// a SentencePiece tokenizer and writes train.tok / val.tok token shards.
+// `moe tokenize --input FILE|GLOB... --out DIR [--vocab-size N | --tokenizer MODEL]`: trains (or
+// takes) a SentencePiece tokenizer and writes train / val token shards (native or Megatron).
 #include <iostream>
 
 #include "src/cli/commands.h"
@@ -8,18 +8,33 @@
 namespace moe {
 
 void add_tokenize_command(CLI::App& app, CommandRunner& run) {
-  auto* cmd = app.add_subcommand("tokenize", "text corpus -> tokenizer + token shards");
+  auto* cmd = app.add_subcommand("tokenize", "text or JSONL corpora -> tokenizer + token shards");
   auto o = std::make_shared<data::TokenizeOptions>();
-  cmd->add_option("--input", o->input, "UTF-8 text corpus")->required();
-  cmd->add_option("--out", o->out_dir, "output directory (train.tok, val.tok, tokenizer.model)")->required();
+  auto sample_mb = std::make_shared<double>(100);
+  cmd->add_option("--input", o->inputs, "text or JSONL files, or globs (quoted); .jsonl/.ndjson/.json are JSONL")
+      ->required();
+  cmd->add_option("--jsonl-field", o->jsonl_field, "field of a JSONL record that holds the document (text)");
+  cmd->add_option("--out", o->out_dir, "output directory (shards, tokenizer.model, manifest.json)")->required();
   cmd->add_option("--tokenizer", o->tokenizer, "use this SentencePiece .model instead of training one");
   cmd->add_option("--vocab-size", o->vocab_size, "vocabulary of a trained tokenizer")->check(CLI::PositiveNumber);
-  cmd->add_option("--documents", o->documents, "paragraphs | lines");
+  cmd->add_option("--documents", o->documents, "text files: paragraphs | lines");
   cmd->add_option("--val-fraction", o->val_fraction, "fraction of documents for validation")->check(CLI::Range(0.0, 0.9));
-  cmd->add_option("--seed", o->seed, "split and tokenizer-training seed");
-  cmd->callback([&run, o] {
+  cmd->add_option("--seed", o->seed, "split, tokenizer sample and tokenizer-training seed");
+  cmd->add_option("--format", o->format, "native (.tok) | megatron (.bin/.idx, Megatron-LM's IndexedDataset)");
+  cmd->add_option("--shard-tokens", o->shard_tokens, "shards of whole documents of at least N tokens (0: one file)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--threads", o->num_threads, "encoding threads (0: every core); the output does not depend on it")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--train-threads", o->train_threads, "tokenizer training threads (1: byte-identical models)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--sample-mb", *sample_mb, "tokenizer training text sampled from the corpus, MB (0: all of it)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--progress-seconds", o->progress_seconds, "a progress line on stderr at most this often")
+      ->check(CLI::NonNegativeNumber);
+  cmd->callback([&run, o, sample_mb] {
+    o->sample_bytes = static_cast<int64_t>(*sample_mb * 1e6);
     run = [o](MpiEnv&) {
-      data::run_tokenize(*o, std::cout);
+      data::run_tokenize(*o, std::cout, &std::cerr);
       return 0;
     };
   });

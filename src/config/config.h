@@ -117,7 +117,7 @@ struct ScheduleConfig {           // [schedule]
 };
 
 struct DataConfig {               // [data]
-  std::string train_path = "";    // a token shard (.tok native or llm.c .bin)
+  std::string train_path = "";    // a token shard (.tok native, llm.c .bin) or Megatron .bin/.idx/prefix
   std::string val_path = "";
   std::string tokenizer = "";     // SentencePiece .model (needed by generate)
 

@@ -42,24 +42,17 @@ TokenDType token_dtype_for_vocab(int64_t vocab_size) {
 }
 
 const char* shard_format_name(ShardFormat format) {
-  return format == ShardFormat::native ? "native" : "llm.c";
+  switch (format) {
+    case ShardFormat::native: return "native";
+    case ShardFormat::llmc: return "llm.c";
+    case ShardFormat::megatron: return "Megatron .bin";
+  }
+  return "?";
 }
 
 namespace {
 
 std::string errno_text() { return std::strerror(errno); }
-
-// Writes all bytes or throws; short writes are retried.
-void write_all(int fd, const void* bytes, size_t count, const std::string& path) {
-  const char* p = static_cast<const char*>(bytes);
-  while (count > 0) {
-    ssize_t n = ::write(fd, p, count);
-    if (n < 0 && errno == EINTR) continue;
-    MOE_CHECK(n > 0, path, ": write failed: ", errno_text());
-    p += n;
-    count -= static_cast<size_t>(n);
-  }
-}
 
 template <typename T>
 T load_le(const unsigned char* p) {
@@ -70,63 +63,55 @@ T load_le(const unsigned char* p) {
 
 }  // namespace
 
-void write_token_shard(const std::string& path, std::span<const uint32_t> tokens, TokenDType dtype) {
-  const size_t width = token_dtype_size(dtype);
-  if (dtype == TokenDType::u16) {
+TokenShardWriter::TokenShardWriter(const std::string& path, TokenDType dtype) : file_(path), dtype_(dtype) {
+  token_dtype_size(dtype);  // refuses an unknown code
+  const unsigned char header[k_native_header_bytes] = {};
+  file_.append(header, sizeof(header));  // filled in by commit(), when the count is known
+}
+
+void TokenShardWriter::append(std::span<const uint32_t> tokens) {
+  if (dtype_ == TokenDType::u32) {
+    file_.append(tokens.data(), tokens.size() * sizeof(uint32_t));
+  } else {
+    narrow_.resize(tokens.size());
     for (size_t i = 0; i < tokens.size(); ++i) {
-      MOE_CHECK(tokens[i] <= 0xFFFF, path, ": token ", i, " = ", tokens[i], " does not fit in u16 (use u32)");
+      MOE_CHECK(tokens[i] <= 0xFFFF, file_.path(), ": token ", num_tokens_ + static_cast<int64_t>(i), " = ",
+                tokens[i], " does not fit in u16 (use u32)");
+      narrow_[i] = static_cast<uint16_t>(tokens[i]);
     }
+    file_.append(narrow_.data(), narrow_.size() * sizeof(uint16_t));
   }
+  num_tokens_ += static_cast<int64_t>(tokens.size());
+}
+
+void TokenShardWriter::commit() {
   unsigned char header[k_native_header_bytes] = {};
   std::memcpy(header, k_native_magic, sizeof(k_native_magic));
   const uint32_t version = k_native_version;
-  const uint32_t code = static_cast<uint32_t>(dtype);
-  const uint64_t count = tokens.size();
+  const uint32_t code = static_cast<uint32_t>(dtype_);
+  const uint64_t count = static_cast<uint64_t>(num_tokens_);
   std::memcpy(header + 8, &version, 4);
   std::memcpy(header + 12, &code, 4);
   std::memcpy(header + 16, &count, 8);
-
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  MOE_CHECK(fd >= 0, tmp, ": cannot create: ", errno_text());
-  try {
-    write_all(fd, header, sizeof(header), tmp);
-    // Convert in chunks so a u16 shard never needs a second full copy of the tokens.
-    constexpr size_t k_chunk = 1 << 16;
-    std::vector<unsigned char> buffer(k_chunk * width);
-    for (size_t begin = 0; begin < tokens.size(); begin += k_chunk) {
-      size_t n = std::min(k_chunk, tokens.size() - begin);
-      if (dtype == TokenDType::u16) {
-        auto* out = reinterpret_cast<uint16_t*>(buffer.data());
-        for (size_t k = 0; k < n; ++k) out[k] = static_cast<uint16_t>(tokens[begin + k]);
-      } else {
-        std::memcpy(buffer.data(), tokens.data() + begin, n * width);
-      }
-      write_all(fd, buffer.data(), n * width, tmp);
-    }
-    MOE_CHECK(::fsync(fd) == 0, tmp, ": fsync failed: ", errno_text());
-  } catch (...) {
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    throw;
-  }
-  MOE_CHECK(::close(fd) == 0, tmp, ": close failed: ", errno_text());
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::string why = errno_text();
-    ::unlink(tmp.c_str());
-    MOE_FAIL(path, ": cannot rename ", tmp, " into place: ", why);
-  }
+  file_.write_at(0, header, sizeof(header));
+  file_.commit();
 }
 
-TokenDataset TokenDataset::open(const std::string& path) {
-  require_regular_file(path, "cannot open token shard");  // before open(): a FIFO would block
+void write_token_shard(const std::string& path, std::span<const uint32_t> tokens, TokenDType dtype) {
+  TokenShardWriter writer(path, dtype);
+  writer.append(tokens);
+  writer.commit();
+}
+
+TokenDataset TokenDataset::map_file(const std::string& path, const char* what) {
+  require_regular_file(path, std::string("cannot open ") + what);  // before open(): a FIFO would block
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  MOE_CHECK(fd >= 0, path, ": cannot open token shard: ", errno_text());
+  MOE_CHECK(fd >= 0, path, ": cannot open ", what, ": ", errno_text());
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
     std::string why = errno_text();
     ::close(fd);
-    MOE_FAIL(path, ": cannot stat token shard: ", why);
+    MOE_FAIL(path, ": cannot stat ", what, ": ", why);
   }
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
@@ -145,7 +130,25 @@ TokenDataset TokenDataset::open(const std::string& path) {
   ds.path_ = path;
   ds.mapping_ = mapping;
   ds.mapping_bytes_ = file_bytes;
-  const auto* bytes = static_cast<const unsigned char*>(mapping);
+  return ds;
+}
+
+TokenDataset TokenDataset::open_raw(const std::string& path, TokenDType dtype) {
+  TokenDataset ds = map_file(path, "token data file");
+  const size_t width = token_dtype_size(dtype);
+  MOE_CHECK(ds.mapping_bytes_ % width == 0, path, ": ", ds.mapping_bytes_, " bytes is not a whole number of ",
+            token_dtype_name(dtype), " tokens");
+  ds.format_ = ShardFormat::megatron;
+  ds.dtype_ = dtype;
+  ds.num_tokens_ = static_cast<int64_t>(ds.mapping_bytes_ / width);
+  ds.tokens_ = static_cast<const unsigned char*>(ds.mapping_);
+  return ds;
+}
+
+TokenDataset TokenDataset::open(const std::string& path) {
+  TokenDataset ds = map_file(path, "token shard");
+  const size_t file_bytes = ds.mapping_bytes_;
+  const auto* bytes = static_cast<const unsigned char*>(ds.mapping_);
 
   // Recognise the format by its magic; anything else is reported with the bytes found.
   size_t header_bytes = 0;

@@ -1,5 +1,5 @@
 // Token shards on disk: the native format (MOETOK header + u16/u32 tokens), llm.c .bin shards,
-// an atomic writer and a memory-mapped, read-only TokenDataset that opens either by its magic.
+// atomic writers and a memory-mapped, read-only TokenDataset that opens either by its magic.
 #pragma once
 
 #include <cstddef>
@@ -7,6 +7,8 @@
 #include <span>
 #include <string>
 #include <vector>
+
+#include "src/data/staged_file.h"
 
 namespace moe::data {
 
@@ -33,11 +35,31 @@ inline constexpr size_t k_native_header_bytes = 64;
 inline constexpr int32_t k_llmc_magic = 20240520;
 inline constexpr size_t k_llmc_header_bytes = 256 * sizeof(int32_t);
 
-enum class ShardFormat { native, llmc };
+// megatron: a Megatron-LM .bin, tokens only; its .idx says how many and of what type
+// (src/data/indexed_dataset.h).
+enum class ShardFormat { native, llmc, megatron };
 const char* shard_format_name(ShardFormat format);
 
-// Writes a native shard atomically: the bytes go to "<path>.tmp.<pid>", then rename(2) over
+// Streams a native shard: tokens are appended as they come (memory does not grow with the
+// shard) and commit() writes the count into the header and renames "<path>.tmp.<pid>" over
 // `path`, so readers never see a half-written file. Every token must fit in `dtype`.
+class TokenShardWriter {
+ public:
+  TokenShardWriter(const std::string& path, TokenDType dtype);
+
+  void append(std::span<const uint32_t> tokens);
+  int64_t num_tokens() const { return num_tokens_; }
+  uint64_t num_bytes() const { return file_.size(); }
+  void commit();
+
+ private:
+  StagedFile file_;
+  TokenDType dtype_;
+  int64_t num_tokens_ = 0;
+  std::vector<uint16_t> narrow_;  // u16 conversion buffer
+};
+
+// The whole shard at once, through TokenShardWriter.
 void write_token_shard(const std::string& path, std::span<const uint32_t> tokens, TokenDType dtype);
 
 // A read-only view of one shard file, memory-mapped for its whole lifetime. Move-only.
@@ -45,6 +67,9 @@ void write_token_shard(const std::string& path, std::span<const uint32_t> tokens
 class TokenDataset {
  public:
   static TokenDataset open(const std::string& path);
+  // Maps a file that holds tokens only (a Megatron .bin), their dtype known from elsewhere; its
+  // size must be a whole number of tokens. Format megatron.
+  static TokenDataset open_raw(const std::string& path, TokenDType dtype);
 
   TokenDataset() = default;
   TokenDataset(TokenDataset&& other) noexcept;
@@ -73,6 +98,8 @@ class TokenDataset {
 
  private:
   void release();
+  // Maps `path` read-only into a dataset with no format yet; what names the file in messages.
+  static TokenDataset map_file(const std::string& path, const char* what);
 
   std::string path_;
   ShardFormat format_ = ShardFormat::native;

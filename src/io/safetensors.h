@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "src/io/atomic_dir.h"
-#include "src/io/mapped_file.h"
+#include "src/util/mapped_file.h"
 #include "src/tensor/tensor.h"
 
 namespace moe {

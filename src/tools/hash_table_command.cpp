@@ -7,7 +7,7 @@
 #include <sstream>
 
 #include "routing/hash_clustering.h"
-#include "src/data/token_shard.h"
+#include "src/data/indexed_dataset.h"
 #include "src/util/check.h"
 
 namespace moe {
@@ -48,7 +48,7 @@ HashTable run_hash_table_command(const HashTableCommandOptions& o, std::ostream&
   }
   std::optional<std::vector<int64_t>> counts;
   if (!o.data.empty()) {
-    auto shard = data::TokenDataset::open(o.data);
+    auto shard = data::open_token_source(o.data);
     counts = count_token_frequencies(shard, from_checkpoint ? table.vocab_size : o.vocab_size);
   }
   if (kind == HashKind::random) table = build_random_hash_table(o.vocab_size, o.experts, o.seed);

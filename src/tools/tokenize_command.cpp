@@ -1,21 +1,20 @@
-// The tokenize pipeline: read documents, split train/val by a seeded shuffle of documents,
-// train (on the train split only) or load the tokenizer, encode with EOS after each document.
+// The tokenize pipeline in two passes over the inputs: a scan (documents counted, the tokenizer's
+// sample drawn), then the encoding, each document going to train or validation as it comes.
 #include "src/tools/tokenize_command.h"
 
-#include <sys/stat.h>
-
 #include <algorithm>
-#include <cerrno>
-#include <cmath>
-#include <cstring>
+#include <chrono>
+#include <cstdio>
 #include <filesystem>
-#include <fstream>
+#include <nlohmann/json.hpp>
 #include <ostream>
-#include <sstream>
+#include <thread>
 
-#include "src/data/batch_sampler.h"
-#include "src/data/token_shard.h"
 #include "src/data/tokenizer.h"
+#include "src/io/atomic_dir.h"
+#include "src/tools/tokenize_inputs.h"
+#include "src/tools/tokenize_output.h"
+#include "src/tools/tokenize_pipeline.h"
 #include "src/util/check.h"
 
 namespace moe::data {
@@ -24,65 +23,33 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  MOE_CHECK(in.good(), path, ": cannot open text corpus: ", std::strerror(errno));
-  std::ostringstream buffer;
-  buffer << in.rdbuf();
-  MOE_CHECK(!in.bad(), path, ": read failed");
-  return buffer.str();
+void check_options(const TokenizeOptions& o) {
+  MOE_CHECK(!o.out_dir.empty(), "tokenize: no output directory given");
+  MOE_CHECK(o.documents == "paragraphs" || o.documents == "lines", "tokenize: unknown document mode '", o.documents,
+            "' (expected paragraphs or lines)");
+  MOE_CHECK(o.val_fraction >= 0 && o.val_fraction < 1, "tokenize: val_fraction must be in [0, 1), got ",
+            o.val_fraction);
+  MOE_CHECK(!o.jsonl_field.empty(), "tokenize: the JSONL field name is empty");
+  MOE_CHECK(o.num_threads >= 0, "tokenize: threads must be >= 0 (0 = every core), got ", o.num_threads);
+  MOE_CHECK(o.train_threads > 0, "tokenize: tokenizer training threads must be positive, got ", o.train_threads);
+  MOE_CHECK(o.sample_bytes >= 0, "tokenize: the tokenizer sample must be >= 0 bytes (0 = every line), got ",
+            o.sample_bytes);
+  MOE_CHECK(o.batch_bytes > 0, "tokenize: batch_bytes must be positive, got ", o.batch_bytes);
+  MOE_CHECK(o.progress_seconds >= 0, "tokenize: progress_seconds must be >= 0, got ", o.progress_seconds);
+  parse_output_format(o.format);
 }
 
-bool is_blank(std::string_view line) {
-  return line.find_first_not_of(" \t\r\f\v") == std::string_view::npos;
+std::string describe_inputs(const std::vector<InputFile>& files) {
+  return files.size() == 1 ? files[0].path : std::to_string(files.size()) + " inputs";
 }
 
-// Documents are paragraphs (runs of non-blank lines, joined by '\n') or single non-blank lines.
-// A trailing '\r' (CRLF files) is dropped from every line.
-std::vector<std::string> split_documents(const std::string& text, bool paragraphs) {
-  std::vector<std::string> docs;
-  std::string current;
-  bool open = false;
-  size_t pos = 0;
-  while (pos <= text.size()) {
-    size_t end = text.find('\n', pos);
-    if (end == std::string::npos) end = text.size();
-    std::string_view line(text.data() + pos, end - pos);
-    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-    if (is_blank(line)) {
-      if (open) docs.push_back(std::move(current));
-      current.clear();
-      open = false;
-    } else if (!paragraphs) {
-      docs.emplace_back(line);
-    } else {
-      if (open) current += '\n';
-      current += line;
-      open = true;
-    }
-    pos = end + 1;
-  }
-  if (open) docs.push_back(std::move(current));
-  return docs;
-}
-
-// true for documents that go to validation: exactly round(fraction * n) of them (at least one
-// when fraction > 0), chosen by a Fisher-Yates shuffle of document indices seeded by `seed`.
-std::vector<bool> choose_validation(int64_t num_docs, double fraction, uint64_t seed, const std::string& input) {
-  std::vector<bool> is_val(static_cast<size_t>(num_docs), false);
-  if (fraction <= 0) return is_val;
-  MOE_CHECK(num_docs >= 2, input, ": ", num_docs, " document(s) cannot be split into train and validation");
-  int64_t num_val = static_cast<int64_t>(std::llround(fraction * static_cast<double>(num_docs)));
-  num_val = std::clamp<int64_t>(num_val, 1, num_docs - 1);
-  std::vector<int64_t> order(static_cast<size_t>(num_docs));
-  for (int64_t i = 0; i < num_docs; ++i) order[static_cast<size_t>(i)] = i;
-  SplitMix64 rng(seed ^ 0x5EEDDA7A5EEDDA7Aull);
-  for (int64_t i = num_docs - 1; i > 0; --i) {
-    auto j = static_cast<int64_t>(rng.below(static_cast<uint64_t>(i + 1)));
-    std::swap(order[static_cast<size_t>(i)], order[static_cast<size_t>(j)]);
-  }
-  for (int64_t k = 0; k < num_val; ++k) is_val[static_cast<size_t>(order[static_cast<size_t>(k)])] = true;
-  return is_val;
+// "paragraphs", "JSONL field 'text'", or both for mixed inputs.
+std::string describe_documents(const std::vector<InputFile>& files, const TokenizeOptions& o) {
+  const bool text = std::any_of(files.begin(), files.end(), [](auto& f) { return f.kind == InputKind::text; });
+  const bool jsonl = std::any_of(files.begin(), files.end(), [](auto& f) { return f.kind == InputKind::jsonl; });
+  std::string out = text ? o.documents : "";
+  if (jsonl) out += std::string(text ? "; " : "") + "JSONL field '" + o.jsonl_field + "'";
+  return out;
 }
 
 void copy_file_atomic(const std::string& from, const std::string& to) {
@@ -95,81 +62,233 @@ void copy_file_atomic(const std::string& from, const std::string& to) {
   MOE_CHECK(!ec, to, ": cannot rename ", tmp, " into place: ", ec.message());
 }
 
+struct Scan {
+  int64_t num_documents = 0;
+  uint64_t candidate_lines = 0;
+  uint64_t candidate_bytes = 0;
+  std::vector<std::string> training_lines;  // the sample, training documents only
+};
+
+// Pass 1: counts the documents (the split needs N) and, when a tokenizer is to be trained,
+// draws its sample. Every JSONL record is parsed here, so a bad line fails before any output.
+Scan scan_corpus(const std::vector<InputFile>& files, const TokenizeOptions& o, int64_t threads, bool sample,
+                 std::ostream* progress, uint64_t total_bytes) {
+  const int64_t max_line = TokenizerTrainOptions{}.max_sentence_bytes;  // longer lines SentencePiece skips
+  SentenceSample kept(static_cast<uint64_t>(o.sample_bytes));
+  auto work = [&](RawBatch& batch, WorkResult& r) {
+    std::string doc;
+    for (RawRecord& record : batch.records) {
+      if (!record_document(record, files[record.file], o.jsonl_field, doc)) continue;
+      for (size_t pos = 0, line = 0; sample && pos <= doc.size(); ++line) {
+        const size_t end = std::min(doc.find('\n', pos), doc.size());
+        const std::string_view text(doc.data() + pos, end - pos);
+        pos = end + 1;
+        if (text.empty() || static_cast<int64_t>(text.size()) > max_line) continue;
+        r.num_lines += 1;
+        r.line_bytes += text.size();
+        const uint64_t key = sample_key(o.seed, record.file, record.line, static_cast<uint32_t>(line));
+        if (key < kept.threshold()) {
+          r.lines.push_back({key, r.num_documents, static_cast<uint32_t>(line), std::string(text)});
+        }
+      }
+      r.num_documents += 1;
+    }
+  };
+  Scan scan;
+  uint64_t bytes = 0;
+  ProgressLine meter(progress, o.progress_seconds, total_bytes, "scan");
+  auto consume = [&](WorkResult& r) {
+    for (SampleLine& line : r.lines) {
+      line.document += scan.num_documents;
+      kept.offer(std::move(line));
+    }
+    scan.num_documents += r.num_documents;
+    scan.candidate_lines += r.num_lines;
+    scan.candidate_bytes += r.line_bytes;
+    bytes += r.input_bytes;
+    meter.update(bytes, scan.num_documents);
+  };
+  CorpusReader reader(files, o.documents == "paragraphs");
+  run_ordered(reader, static_cast<uint64_t>(o.batch_bytes), threads, work, consume);
+  meter.finish(bytes, scan.num_documents);
+  MOE_CHECK(scan.num_documents > 0, describe_inputs(files), ": no documents (the inputs are empty or blank)");
+  if (sample) {
+    ValidationPicker replay(scan.num_documents, o.val_fraction, o.seed, describe_inputs(files));
+    scan.training_lines = kept.take_training_lines(replay, scan.num_documents);
+  }
+  return scan;
+}
+
+// Pass 2: encodes every document (EOS after each) on the workers; the caller's thread sends each
+// to its split in corpus order.
+void encode_corpus(const std::vector<InputFile>& files, const TokenizeOptions& o, int64_t threads,
+                   const Tokenizer& tokenizer, int64_t num_documents, SplitWriter& train, SplitWriter& val,
+                   std::ostream* progress, uint64_t total_bytes) {
+  const auto eos = static_cast<uint32_t>(tokenizer.eos_id());
+  auto work = [&](RawBatch& batch, WorkResult& r) {
+    std::string doc;
+    for (RawRecord& record : batch.records) {
+      if (!record_document(record, files[record.file], o.jsonl_field, doc)) continue;
+      for (int32_t id : tokenizer.encode(doc)) r.tokens.push_back(static_cast<uint32_t>(id));
+      r.tokens.push_back(eos);
+      r.document_ends.push_back(r.tokens.size());
+      r.num_documents += 1;
+    }
+  };
+  ValidationPicker picker(num_documents, o.val_fraction, o.seed, describe_inputs(files));
+  int64_t seen = 0;
+  uint64_t bytes = 0;
+  ProgressLine meter(progress, o.progress_seconds, total_bytes, "encode");
+  auto consume = [&](WorkResult& r) {
+    uint64_t begin = 0;
+    for (uint64_t end : r.document_ends) {
+      const std::span<const uint32_t> doc(r.tokens.data() + begin, end - begin);
+      (picker.next() ? val : train).add_document(doc);
+      begin = end;
+    }
+    seen += r.num_documents;
+    bytes += r.input_bytes;
+    meter.update(bytes, seen);
+  };
+  CorpusReader reader(files, o.documents == "paragraphs");
+  run_ordered(reader, static_cast<uint64_t>(o.batch_bytes), threads, work, consume);
+  meter.finish(bytes, seen);
+  MOE_CHECK(seen == num_documents, describe_inputs(files), ": ", seen, " documents on the second pass, ",
+            num_documents, " on the first: did an input change while it was being read?");
+  train.finish();
+  val.finish();
+}
+
+nlohmann::ordered_json split_json(const SplitWriter& split) {
+  nlohmann::ordered_json shards = nlohmann::ordered_json::array();
+  for (const ShardRecord& s : split.shards()) {
+    shards.push_back({{"name", s.name}, {"files", s.files}, {"documents", s.documents}, {"tokens", s.tokens},
+                      {"bytes", s.bytes}});
+  }
+  return {{"documents", split.num_documents()}, {"tokens", split.num_tokens()}, {"shards", shards}};
+}
+
+// manifest.json: what was read and how, and every shard written. The same inputs and options give
+// the same bytes (no times, no thread counts).
+std::string manifest_text(const TokenizeOptions& o, const std::vector<InputFile>& files, const Tokenizer& tokenizer,
+                          const Scan& scan, bool trained, const SplitWriter& train, const SplitWriter& val) {
+  nlohmann::ordered_json inputs = nlohmann::ordered_json::array();
+  for (const InputFile& f : files) {
+    inputs.push_back({{"path", f.path}, {"kind", f.kind == InputKind::jsonl ? "jsonl" : "text"}, {"bytes", f.bytes}});
+  }
+  nlohmann::ordered_json sample = nullptr;
+  if (trained) {
+    uint64_t bytes = 0;
+    for (const auto& line : scan.training_lines) bytes += line.size();
+    sample = {{"lines", scan.training_lines.size()}, {"bytes", bytes}, {"of_lines", scan.candidate_lines},
+              {"of_bytes", scan.candidate_bytes}};
+  }
+  nlohmann::ordered_json m = {
+      {"format", o.format}, {"dtype", train.dtype_name()}, {"vocab_size", tokenizer.vocab_size()},
+      {"eos_id", tokenizer.eos_id()}, {"tokenizer", "tokenizer.model"}, {"tokenizer_trained", trained},
+      {"tokenizer_sample", sample}, {"seed", o.seed}, {"val_fraction", o.val_fraction},
+      {"documents", o.documents}, {"jsonl_field", o.jsonl_field}, {"shard_tokens", o.shard_tokens},
+      {"inputs", inputs}, {"num_documents", scan.num_documents},
+      {"splits", {{"train", split_json(train)}, {"val", split_json(val)}}}};
+  return m.dump(2) + "\n";
+}
+
+std::vector<std::string> shard_paths(const std::string& out_dir, const SplitWriter& split) {
+  std::vector<std::string> paths;
+  for (const ShardRecord& s : split.shards()) paths.push_back((fs::path(out_dir) / s.name).string());
+  return paths;
+}
+
+// Trains on the scan's sample (kept in `scan` for the manifest's counts); returns the model path.
+std::string train_tokenizer(const TokenizeOptions& o, Scan& scan, const std::string& out_model,
+                            TokenizeSummary& summary) {
+  TokenizerTrainOptions train;
+  train.model_path = o.model_out.empty() ? out_model : o.model_out;
+  train.vocab_size = o.vocab_size;
+  train.seed = o.seed;
+  train.num_threads = o.train_threads;
+  train.sentences = std::move(scan.training_lines);
+  Tokenizer::train(train);
+  scan.training_lines = std::move(train.sentences);
+  summary.sample_lines = static_cast<int64_t>(scan.training_lines.size());
+  for (const auto& line : scan.training_lines) summary.sample_bytes += static_cast<int64_t>(line.size());
+  return train.model_path;
+}
+
+void print_summary(std::ostream& log, const TokenizeOptions& o, const std::vector<InputFile>& files,
+                   const TokenizeSummary& s, const Scan& scan, bool trained, const SplitWriter& train,
+                   const SplitWriter& val, int64_t threads) {
+  const double mb = static_cast<double>(s.input_bytes) / 1e6;
+  char rate[160];
+  std::snprintf(rate, sizeof(rate), "%.2f MB in %.1f s (%.2f MB/s; encoding %.2f MB/s) on %lld threads", mb,
+                s.seconds, mb / std::max(s.seconds, 1e-9), mb / std::max(s.encode_seconds, 1e-9),
+                static_cast<long long>(threads));
+  log << "tokenize: " << describe_inputs(files) << ": " << s.num_documents << " documents ("
+      << describe_documents(files, o) << ") -> train " << s.train_documents << " docs / " << s.train_tokens
+      << " tokens, val " << s.val_documents << " docs / " << s.val_tokens << " tokens; vocab " << s.vocab_size
+      << " (" << (trained ? "trained" : "loaded") << ", " << train.dtype_name() << ") -> " << o.out_dir << " ("
+      << o.format << ", " << train.shards().size() << " + " << val.shards().size() << " shards)";
+  if (trained) {
+    log << "; tokenizer sample " << s.sample_lines << " of " << scan.candidate_lines << " lines (" << s.sample_bytes
+        << " of " << scan.candidate_bytes << " bytes)";
+  }
+  log << "; " << rate << "\n";
+}
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
 }  // namespace
 
-TokenizeSummary run_tokenize(const TokenizeOptions& options, std::ostream& log) {
-  MOE_CHECK(!options.input.empty(), "tokenize: no input corpus given");
-  MOE_CHECK(!options.out_dir.empty(), "tokenize: no output directory given");
-  MOE_CHECK(options.documents == "paragraphs" || options.documents == "lines", "tokenize: unknown document mode '",
-            options.documents, "' (expected paragraphs or lines)");
-  MOE_CHECK(options.val_fraction >= 0 && options.val_fraction < 1, "tokenize: val_fraction must be in [0, 1), got ",
-            options.val_fraction);
+TokenizeSummary run_tokenize(const TokenizeOptions& options, std::ostream& log, std::ostream* progress) {
+  const TokenizeOptions& o = options;
+  const auto start = std::chrono::steady_clock::now();
+  check_options(o);
+  const std::vector<InputFile> files = expand_inputs(o.inputs);
+  const int64_t threads = o.num_threads > 0 ? o.num_threads : std::max(1u, std::thread::hardware_concurrency());
+  TokenizeSummary summary;
+  summary.num_inputs = static_cast<int64_t>(files.size());
+  for (const InputFile& f : files) summary.input_bytes += f.bytes;
+  const bool trained = o.tokenizer.empty();
+  if (!trained) Tokenizer::load(o.tokenizer);  // a bad model fails before the corpus is read
 
-  const std::string text = read_text(options.input);
-  const auto docs = split_documents(text, options.documents == "paragraphs");
-  MOE_CHECK(!docs.empty(), options.input, ": no documents (the file is empty or blank)");
-  const auto num_docs = static_cast<int64_t>(docs.size());
-  const auto is_val = choose_validation(num_docs, options.val_fraction, options.seed, options.input);
-
+  Scan scan = scan_corpus(files, o, threads, trained, progress, summary.input_bytes);
   std::error_code ec;
-  fs::create_directories(options.out_dir, ec);
-  MOE_CHECK(!ec, options.out_dir, ": cannot create output directory: ", ec.message());
-  const std::string out_model = (fs::path(options.out_dir) / "tokenizer.model").string();
-
-  std::string model_path;
-  bool trained = false;
-  if (options.tokenizer.empty()) {
-    TokenizerTrainOptions train;
-    train.model_path = options.model_out.empty() ? out_model : options.model_out;
-    train.vocab_size = options.vocab_size;
-    train.seed = options.seed;
-    train.num_threads = options.num_threads;
-    // Train on the train split only, one sentence per line, so validation text stays unseen.
-    for (size_t d = 0; d < docs.size(); ++d) {
-      if (is_val[d]) continue;
-      std::string_view doc = docs[d];
-      size_t pos = 0;
-      while (pos <= doc.size()) {
-        size_t end = std::min(doc.find('\n', pos), doc.size());
-        train.sentences.emplace_back(doc.substr(pos, end - pos));
-        pos = end + 1;
-      }
-    }
-    Tokenizer::train(train);
-    model_path = train.model_path;
-    trained = true;
-  } else {
-    model_path = options.tokenizer;
-  }
+  fs::create_directories(o.out_dir, ec);
+  MOE_CHECK(!ec, o.out_dir, ": cannot create output directory: ", ec.message());
+  const std::string out_model = (fs::path(o.out_dir) / "tokenizer.model").string();
+  const std::string model_path = trained ? train_tokenizer(o, scan, out_model, summary) : o.tokenizer;
   const Tokenizer tokenizer = Tokenizer::load(model_path);
   if (model_path != out_model) copy_file_atomic(model_path, out_model);
-  const int32_t eos = tokenizer.eos_id();
-  MOE_CHECK(eos >= 0, model_path, ": the tokenizer has no EOS piece (needed between documents)");
+  MOE_CHECK(tokenizer.eos_id() >= 0, model_path, ": the tokenizer has no EOS piece (needed between documents)");
 
-  std::vector<uint32_t> train_tokens, val_tokens;
-  TokenizeSummary summary;
-  for (size_t d = 0; d < docs.size(); ++d) {
-    auto& out = is_val[d] ? val_tokens : train_tokens;
-    for (int32_t id : tokenizer.encode(docs[d])) out.push_back(static_cast<uint32_t>(id));
-    out.push_back(static_cast<uint32_t>(eos));
-    (is_val[d] ? summary.val_documents : summary.train_documents) += 1;
-  }
+  const OutputFormat format = parse_output_format(o.format);
+  SplitWriter train(o.out_dir, "train", format, tokenizer.vocab_size(), o.shard_tokens);
+  SplitWriter val(o.out_dir, "val", format, tokenizer.vocab_size(), o.shard_tokens);
+  const auto encode_start = std::chrono::steady_clock::now();
+  encode_corpus(files, o, threads, tokenizer, scan.num_documents, train, val, progress, summary.input_bytes);
+  summary.encode_seconds = seconds_since(encode_start);
+  remove_stale_shards(o.out_dir, "train", train.shards());
+  remove_stale_shards(o.out_dir, "val", val.shards());
+  summary.manifest_path = (fs::path(o.out_dir) / "manifest.json").string();
+  write_file_atomically(summary.manifest_path, manifest_text(o, files, tokenizer, scan, trained, train, val));
 
-  const TokenDType dtype = token_dtype_for_vocab(tokenizer.vocab_size());
-  summary.num_documents = num_docs;
-  summary.train_tokens = static_cast<int64_t>(train_tokens.size());
-  summary.val_tokens = static_cast<int64_t>(val_tokens.size());
+  summary.num_documents = scan.num_documents;
+  summary.train_documents = train.num_documents();
+  summary.val_documents = val.num_documents();
+  summary.train_tokens = train.num_tokens();
+  summary.val_tokens = val.num_tokens();
   summary.vocab_size = tokenizer.vocab_size();
-  summary.train_path = (fs::path(options.out_dir) / "train.tok").string();
-  summary.val_path = (fs::path(options.out_dir) / "val.tok").string();
+  summary.train_shards = shard_paths(o.out_dir, train);
+  summary.val_shards = shard_paths(o.out_dir, val);
+  if (o.shard_tokens == 0) {
+    summary.train_path = summary.train_shards.front();
+    summary.val_path = summary.val_shards.front();
+  }
   summary.model_path = out_model;
-  write_token_shard(summary.train_path, train_tokens, dtype);
-  write_token_shard(summary.val_path, val_tokens, dtype);
-
-  log << "tokenize: " << options.input << ": " << num_docs << " documents (" << options.documents << ") -> train "
-      << summary.train_documents << " docs / " << summary.train_tokens << " tokens, val " << summary.val_documents
-      << " docs / " << summary.val_tokens << " tokens; vocab " << summary.vocab_size << " ("
-      << (trained ? "trained" : "loaded") << ", " << token_dtype_name(dtype) << ") -> " << options.out_dir << "\n";
+  summary.seconds = seconds_since(start);
+  print_summary(log, o, files, summary, scan, trained, train, val, threads);
   return summary;
 }
 

@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include "routing/balancing.h"
+#include "src/data/indexed_dataset.h"
 #include "src/config/router_kinds.h"
 #include "src/ops/op_profile.h"
 #include "src/ops/ops.h"
@@ -111,12 +112,12 @@ Trainer::Trainer(const Config& config, int local_rank, Communicator& world)
   flops_per_token_ = train_flops_per_token(active_params_, config.model.num_layers, config.model.d_model,
                                            config.model.seq_len);
   if (!config.data.train_path.empty()) {
-    train_data_.emplace(data::TokenDataset::open(config.data.train_path));
+    train_data_.emplace(data::open_token_source(config.data.train_path));
     check_data_file(*train_data_, "data.train_path", config, topology_.dp, is_root());
     sampler_ = std::make_unique<data::BatchSampler>(*train_data_, t.seed, global_batch, config.model.seq_len);
   }
   if (!config.data.val_path.empty()) {
-    val_data_.emplace(data::TokenDataset::open(config.data.val_path));
+    val_data_.emplace(data::open_token_source(config.data.val_path));
     check_data_file(*val_data_, "data.val_path", config, topology_.dp, is_root());
   }
   if (is_root()) std::filesystem::create_directories(t.run_dir);

@@ -1,5 +1,6 @@
-// Fuzz entry points over untrusted input: the TOML config loader, the safetensors reader and the
-// token-shard reader. libFuzzer drives them (MOE_FUZZ=ON, scripts/fuzz.sh); CTest replays the corpus.
+// Fuzz entry points over untrusted input: the TOML config loader, the safetensors reader, the
+// token-shard reader and the Megatron .idx/.bin reader. libFuzzer drives them (MOE_FUZZ=ON,
+// scripts/fuzz.sh); CTest replays the corpus.
 #pragma once
 
 #include <cstddef>
@@ -14,6 +15,8 @@ namespace moe::fuzz {
 void fuzz_config_toml(const uint8_t* data, size_t size);
 void fuzz_safetensors(const uint8_t* data, size_t size);
 void fuzz_token_shard(const uint8_t* data, size_t size);
+// Input: [u16 n][n bytes: the .bin][the rest: the .idx], written as a pair and opened by prefix.
+void fuzz_megatron_idx(const uint8_t* data, size_t size);
 
 struct FuzzTarget {
   const char* name;  // also the corpus folder: tests/fuzz/corpus/<name>/

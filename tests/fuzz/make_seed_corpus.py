@@ -117,8 +117,49 @@ def token_seeds():
     put("token_shard", "empty", b"")
 
 
+def megatron_seeds():
+    """Inputs of fuzz_megatron_idx: [u16 n][n bytes of .bin][.idx], by Megatron-Core's layout."""
+    def idx(code, lengths, docs, itemsize=None, pointers=None, version=1, count=None, magic=b"MMIDIDX\0\0"):
+        size = itemsize or {8: 2, 4: 4}.get(code, 2)
+        if pointers is None:
+            pointers, at = [], 0
+            for n in lengths:
+                pointers.append(at)
+                at += n * size
+        head = magic + struct.pack("<QBQQ", version, code, len(lengths) if count is None else count, len(docs))
+        return (head + struct.pack("<%di" % len(lengths), *lengths) + struct.pack("<%dq" % len(pointers), *pointers)
+                + struct.pack("<%dq" % len(docs), *docs))
+
+    def pair(bin_bytes, idx_bytes):
+        return struct.pack("<H", len(bin_bytes)) + bin_bytes + idx_bytes
+
+    u16 = struct.pack("<11H", 5, 6, 7, 2, 8, 9, 2, 1000, 65535, 0, 2)
+    put("megatron_idx", "u16", pair(u16, idx(8, [4, 3, 4], [0, 1, 2, 3])))
+    i32 = struct.pack("<10i", 10, 11, 12, 13, 14, 70000, 2, 3, 2**31 - 1, 2)
+    put("megatron_idx", "sentences_i32", pair(i32, idx(4, [2, 3, 2, 1, 2], [0, 2, 4, 4, 5])))
+    put("megatron_idx", "empty_dataset", pair(b"", idx(8, [], [0])))
+    put("megatron_idx", "bin_truncated", pair(u16[:-3], idx(8, [4, 3, 4], [0, 1, 2, 3])))
+    put("megatron_idx", "bin_longer", pair(u16 + b"\0\0", idx(8, [4, 3, 4], [0, 1, 2, 3])))
+    put("megatron_idx", "bad_magic", pair(u16, idx(8, [4, 3, 4], [0, 1, 2, 3], magic=b"MMIDIDY\0\0")))
+    put("megatron_idx", "header_cut", pair(u16, idx(8, [4, 3, 4], [0, 1, 2, 3])[:20]))
+    put("megatron_idx", "arrays_cut", pair(u16, idx(8, [4, 3, 4], [0, 1, 2, 3])[:-5]))
+    put("megatron_idx", "version_2", pair(u16, idx(8, [4, 3, 4], [0, 1, 2, 3], version=2)))
+    put("megatron_idx", "float32", pair(u16 + u16, idx(7, [4, 3, 4], [0, 1, 2, 3], itemsize=4)))
+    put("megatron_idx", "unknown_dtype", pair(u16, idx(42, [4, 3, 4], [0, 1, 2, 3])))
+    put("megatron_idx", "huge_count", pair(u16, idx(8, [4, 3, 4], [0, 1, 2, 3], count=2**62)))
+    put("megatron_idx", "pointer_gap", pair(u16, idx(8, [4, 3, 4], [0, 1, 2, 3], pointers=[0, 10, 14])))
+    put("megatron_idx", "negative_length", pair(u16, idx(8, [4, -3, 4], [0, 1, 2, 3], pointers=[0, 8, 2])))
+    put("megatron_idx", "docs_decrease", pair(u16, idx(8, [4, 3, 4], [0, 2, 1, 3])))
+    put("megatron_idx", "docs_short", pair(u16, idx(8, [4, 3, 4], [0, 1, 2])))
+    put("megatron_idx", "no_docs", pair(u16, idx(8, [4, 3, 4], [])))
+    put("megatron_idx", "multimodal", pair(u16, idx(8, [4, 3, 4], [0, 1, 2, 3]) + b"\0\1\0"))
+    put("megatron_idx", "trailing", pair(u16, idx(8, [4, 3, 4], [0, 1, 2, 3]) + b"\0"))
+    put("megatron_idx", "short", b"\x05")
+
+
 if __name__ == "__main__":
     config_seeds()
     safetensors_seeds()
     token_seeds()
+    megatron_seeds()
     print("seed corpus written to", root, file=sys.stderr)

@@ -11,8 +11,10 @@
 #include "src/tools/tokenize_command.h"
 #include "src/data/tokenizer.h"
 #include "tests/data/data_test_util.h"
+#include "tests/tools/tokenize_test_util.h"
 
 using namespace moe::data;
+using moe::test::decode_documents;
 using moe::test::read_bytes;
 using moe::test::TempDir;
 using moe::test::write_bytes;
@@ -45,26 +47,9 @@ std::vector<std::string> write_corpus(const std::string& path) {
   return paragraphs;
 }
 
-// Splits a shard at EOS and decodes every document.
-std::vector<std::string> decode_documents(const std::string& shard, const Tokenizer& tok) {
-  auto ds = TokenDataset::open(shard);
-  std::vector<std::string> docs;
-  std::vector<int32_t> current;
-  for (uint32_t t : read_all_tokens(ds)) {
-    if (static_cast<int32_t>(t) == tok.eos_id()) {
-      docs.push_back(tok.decode(current));
-      current.clear();
-    } else {
-      current.push_back(static_cast<int32_t>(t));
-    }
-  }
-  REQUIRE(current.empty());  // every document ends with EOS
-  return docs;
-}
-
 TokenizeOptions base_options(const TempDir& dir, const std::string& out) {
   TokenizeOptions opt;
-  opt.input = dir.file("corpus.txt");
+  opt.inputs = {dir.file("corpus.txt")};
   opt.out_dir = dir.file(out);
   opt.vocab_size = 400;
   opt.val_fraction = 0.1;
@@ -155,19 +140,19 @@ TEST_CASE("tokenize rejects bad inputs with clear messages", "[data][tokenize][e
 
   SECTION("missing corpus") {
     REQUIRE_THROWS_WITH(run_tokenize(opt, log),
-                        Catch::Contains(opt.input) && Catch::Contains("cannot open text corpus"));
+                        Catch::Contains(opt.inputs[0]) && Catch::Contains("cannot open text corpus"));
   }
   SECTION("blank corpus") {
-    write_bytes(opt.input, "\n  \n\t\n");
-    REQUIRE_THROWS_WITH(run_tokenize(opt, log), Catch::Contains(opt.input) && Catch::Contains("no documents"));
+    write_bytes(opt.inputs[0], "\n  \n\t\n");
+    REQUIRE_THROWS_WITH(run_tokenize(opt, log), Catch::Contains(opt.inputs[0]) && Catch::Contains("no documents"));
   }
   SECTION("one document cannot be split") {
-    write_bytes(opt.input, "just one paragraph\nof two lines\n");
+    write_bytes(opt.inputs[0], "just one paragraph\nof two lines\n");
     REQUIRE_THROWS_WITH(run_tokenize(opt, log),
                         Catch::Contains("1 document(s) cannot be split into train and validation"));
   }
   SECTION("bad options") {
-    write_corpus(opt.input);
+    write_corpus(opt.inputs[0]);
     opt.val_fraction = 1.0;
     REQUIRE_THROWS_WITH(run_tokenize(opt, log), Catch::Contains("val_fraction must be in [0, 1), got 1"));
     opt.val_fraction = 0.1;

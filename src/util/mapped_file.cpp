@@ -1,6 +1,6 @@
 // Read-only file mappings (mmap) with the checks a reader of untrusted paths needs: regular file
 // first, then open, stat and map, each failure one line naming the file.
-#include "src/io/mapped_file.h"
+#include "src/util/mapped_file.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
