@@ -1,4 +1,4 @@
-// The Hopper grouped GEMM: 128 x BN output tiles, one warpgroup loading 64-deep k-slices with bulk
+// The Hopper grouped GEMM: 128 x BN output tiles, one warp loading 64-deep k-slices with bulk
 // tensor copies into a ring of shared-memory stages (128-byte swizzle), two warpgroups each
 // multiplying 64 rows with wgmma from shared memory, fp32 accumulators, epilogue staged through
 // shared memory into 16-byte stores. Row tiles are scheduled over (expert, row tile, column tile)
@@ -21,8 +21,8 @@ enum class Mode { forward, forward_trans_w, weight_grad };
 constexpr int k_bm = 128, k_bk = 64;
 constexpr int k_box = 64;               // 64 bf16 = 128 bytes: the span of the 128-byte swizzle
 constexpr int k_box_bytes = 64 * 128;   // a [64 rows][64] box
-constexpr int k_threads = 384;          // warpgroup 0 loads, warpgroups 1 and 2 multiply
-constexpr int k_consumer_threads = 256;
+constexpr int k_consumer_threads = 256;  // warpgroups 0 and 1 multiply (64 rows each)
+constexpr int k_threads = k_consumer_threads + 32;  // warp 8 loads
 constexpr uint32_t k_consumer_barrier = 1;
 
 template <Mode kMode, int kBN>
@@ -32,7 +32,11 @@ struct Tile {
   static constexpr int a_bytes = k_bm * k_bk * 2;
   static constexpr int b_bytes = kBN * k_bk * 2;
   static constexpr int stage_bytes = a_bytes + b_bytes;
-  static constexpr int stages = kBN == 128 ? 6 : 4;
+  // Narrow tiles run two blocks per multiprocessor (3 stages each, at most 112 registers a thread),
+  // so that one block's epilogue overlaps the other's loads: the weight gradient's reduction is one
+  // expert's rows, often only a few k-slices. Wide tiles need the registers of a whole multiprocessor.
+  static constexpr int blocks_per_sm = kBN == 128 ? 2 : 1;
+  static constexpr int stages = kBN == 128 ? 3 : 4;
   static constexpr int pipe_bytes = stages * stage_bytes;
   static constexpr int out_stride = kBN + 8;  // staged output row, in elements (bank spread)
   static constexpr int out_bytes = k_bm * out_stride * (kMode == Mode::weight_grad ? 4 : 2);
@@ -193,7 +197,7 @@ __device__ __forceinline__ void epilogue(uint8_t* smem, const float (&acc)[kBN /
 }
 
 template <Mode kMode, int kBN>
-__global__ void __launch_bounds__(k_threads, 1)
+__global__ void __launch_bounds__(k_threads, Tile<kMode, kBN>::blocks_per_sm)
     grouped_gemm_sm90_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
                              Args args) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -218,10 +222,8 @@ __global__ void __launch_bounds__(k_threads, 1)
   if (w.expert < 0) return;
   const int iters = kMode == Mode::weight_grad ? static_cast<int>((w.row_end - w.row_begin + k_bk - 1) / k_bk)
                                                : static_cast<int>((args.shape.k + k_bk - 1) / k_bk);
-  const int wg = static_cast<int>(threadIdx.x) / 128;
-  if (wg == 0) {  // the loader
-    if constexpr (kBN == 256) setmaxnreg_dec<40>();
-    if (threadIdx.x == 0) {
+  if (threadIdx.x >= k_consumer_threads) {  // the loader warp
+    if (threadIdx.x == k_consumer_threads) {
       for (int it = 0; it < iters; ++it) {
         const int s = it % T::stages;
         mbar_wait(&empty[s], ((it / T::stages) & 1) ^ 1);
@@ -231,8 +233,7 @@ __global__ void __launch_bounds__(k_threads, 1)
     }
     return;
   }
-  if constexpr (kBN == 256) setmaxnreg_inc<232>();
-  const int cw = wg - 1, t = static_cast<int>(threadIdx.x) - 128;
+  const int t = static_cast<int>(threadIdx.x), cw = t / 128;
   float acc[kBN / 2];
 #pragma unroll
   for (int i = 0; i < kBN / 2; ++i) acc[i] = 0.f;

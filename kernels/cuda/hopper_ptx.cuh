@@ -72,15 +72,6 @@ __device__ __forceinline__ void fence_registers(float (&d)[N]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 
-template <uint32_t kRegs>
-__device__ __forceinline__ void setmaxnreg_inc() {
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(kRegs));
-}
-template <uint32_t kRegs>
-__device__ __forceinline__ void setmaxnreg_dec() {
-  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(kRegs));
-}
-
 // A shared-memory matrix descriptor for the 128-byte swizzle (tiles 1024-byte aligned). K-major:
 // `stride` bytes between groups of 8 rows (lead unused). MN-major: `lead` bytes between 64-element
 // blocks along M/N, `stride` bytes between groups of 8 rows along K.

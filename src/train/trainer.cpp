@@ -292,8 +292,14 @@ nlohmann::json Trainer::bench(int64_t warmup_steps, int64_t timed_steps, bool br
   read_loss_at(step_ + timed_steps);
   StepResult last;
   int64_t waits_end = waits_before;
+  // Host time to enqueue the steps before the last (which waits for its loss): near the step time
+  // means the host, not the GPU, sets the pace.
+  double enqueue_seconds = 0;
   for (int64_t i = 0; i < timed_steps; ++i) {
-    if (i == timed_steps - 1 && timed_steps > 1) waits_end = ops::host_waits();
+    if (i == timed_steps - 1 && timed_steps > 1) {
+      waits_end = ops::host_waits();
+      enqueue_seconds = seconds_since(start);
+    }
     last = train_step();
   }
   if (timed_steps == 1) waits_end = ops::host_waits();
@@ -317,7 +323,9 @@ nlohmann::json Trainer::bench(int64_t warmup_steps, int64_t timed_steps, bool br
                         {"flops_per_token", flops_per_token_},
                         {"peak_memory_bytes", memory_stats(device_.kind).peak_bytes},
                         {"final_loss", loss},
-                        {"host_waits_per_step", waits_per_step}};
+                        {"host_waits_per_step", waits_per_step},
+                        {"host_enqueue_ms_per_step",
+                         1000.0 * enqueue_seconds / static_cast<double>(std::max<int64_t>(timed_steps - 1, 1))}};
   if (breakdown) out["breakdown"] = bench_breakdown(timed_steps);
   if (device_.is_cuda()) out["mfu"] = tokens_per_s * flops_per_token_ / k_h200_peak_flops / world_->size();
   if (!last.stage_seconds.empty()) {  // pipeline parallelism: the last timed step's stages
