@@ -24,6 +24,11 @@ struct ModelConfig {              // [model]
   bool tie_embeddings = true;
   double init_std = 0.02;
   std::string objective = "causal_lm";  // causal_lm (next-token prediction)
+  // Documents packed into a sequence end with eos_id (docs/data.md): positions (rope or learned)
+  // can restart at 0 after each, and attention can stay inside each token's document.
+  bool reset_positions = false;
+  bool reset_attention = false;
+  int64_t eos_id = 2;             // </s> of `moe tokenize` (SentencePiece); read when a reset is on
 
   bool operator==(const ModelConfig&) const = default;
 };

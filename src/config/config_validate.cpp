@@ -95,6 +95,12 @@ void validate_model(const ModelConfig& m, const KeyOrigins& at) {
   check_positive(at, "model.norm_eps", m.norm_eps);
   check_positive(at, "model.rope_theta", m.rope_theta);
   check_positive(at, "model.init_std", m.init_std);
+  if (m.reset_positions || m.reset_attention) {
+    MOE_CHECK(m.eos_id >= 0 && m.eos_id < m.vocab_size,
+              at.prefix({"model.eos_id", "model.reset_positions", "model.reset_attention"}), "model.eos_id = ",
+              m.eos_id, " is outside the vocabulary [0, model.vocab_size = ", m.vocab_size,
+              "), but documents end with it (model.reset_positions / model.reset_attention)");
+  }
 }
 
 void check_router_name(const KeyOrigins& at, const char* key, const std::string& value) {
