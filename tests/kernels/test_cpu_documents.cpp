@@ -1,5 +1,5 @@
-// Document masking and document positions on the CPU (ops doc_starts): attention, rope and learned
-// positions of a packed sequence equal those of each document alone, f64 gradients, bad starts.
+// Document masking and positions on the CPU (ops doc_starts): a packed document computes what it
+// computes alone, position gradients, bad starts (masked attention gradients: test_cpu_gradients.cpp).
 #include "src/ops/ops.h"
 #include "tests/kernels/kernel_checks.h"
 
@@ -91,36 +91,6 @@ TEST_CASE("document positions restart rope and learned positions at each documen
     }
     ops::rope(rotated, heads, k_seq, 500.0f, true, starts);
     check(values_of(rotated), values_of(x), dt, "rope inverse with document positions");
-  }
-}
-
-TEST_CASE("document-masked attention backward, f64 finite differences", "[kernels][cpu][grad][documents]") {
-  struct Case {
-    ops::AttentionShape s;
-    std::vector<std::vector<int>> docs;
-  };
-  for (const Case& c : {Case{{2, 7, 4, 2, 4}, {{3, 1, 3}, {1, 6}}}, Case{{1, 19, 2, 1, 3}, {{5, 1, 9, 4}}},
-                        Case{{1, 70, 2, 1, 2}, {{30, 25, 15}}}, Case{{1, 1, 2, 2, 2}, {{1}}}}) {
-    const ops::AttentionShape& s = c.s;
-    const int64_t tokens = s.batch * s.seq_len;
-    Tensor starts = starts_tensor(c.docs, s.seq_len);
-    Tensor q = random_tensor({tokens, s.num_heads * s.head_dim}, k_f64, 51, Device::cpu(), -1.5, 1.5);
-    Tensor k = random_tensor({tokens, s.num_kv_heads * s.head_dim}, k_f64, 52, Device::cpu(), -1.5, 1.5);
-    Tensor v = random_tensor({tokens, s.num_kv_heads * s.head_dim}, k_f64, 53);
-    auto r = random_values(q.numel(), 54);
-    Tensor out = Tensor::empty(q.shape(), k_f64), lse = Tensor::empty({s.batch, s.num_heads, s.seq_len}, k_f64);
-    auto f = [&] {
-      ops::attention_forward(q, k, v, out, lse, s, starts);
-      return functional(out, r);
-    };
-    f();
-    Tensor dq = poisoned(q.shape(), k_f64), dk = poisoned(k.shape(), k_f64), dv = poisoned(v.shape(), k_f64);
-    ops::attention_backward(q, k, v, out, lse, values_tensor(r, q.shape(), k_f64), dq, dk, dv, s, Tensor(), starts);
-    const std::string what = " S=" + std::to_string(s.seq_len) + " Hq=" + std::to_string(s.num_heads) +
-                             " Hkv=" + std::to_string(s.num_kv_heads) + " documents";
-    check_gradient(q, f, values_of(dq), "attention dq" + what);
-    check_gradient(k, f, values_of(dk), "attention dk" + what);
-    check_gradient(v, f, values_of(dv), "attention dv" + what);
   }
 }
 
