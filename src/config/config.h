@@ -121,10 +121,22 @@ struct ScheduleConfig {           // [schedule]
   bool operator==(const ScheduleConfig&) const = default;
 };
 
+// One dataset of a split, an entry of data.train or data.val: { path = "..." } or
+// { paths = ["...", ...] } (files or glob patterns), and for training a blending weight.
+struct DataSource {
+  std::vector<std::string> paths;
+  double weight = 1.0;
+
+  bool operator==(const DataSource&) const = default;
+};
+
 struct DataConfig {               // [data]
-  std::string train_path = "";    // a token shard (.tok native or llm.c .bin)
-  std::string val_path = "";
+  std::string train_path = "";    // one token shard (.tok native or llm.c .bin); or data.train
+  std::string val_path = "";      // or data.val
   std::string tokenizer = "";     // SentencePiece .model (needed by generate)
+  std::vector<DataSource> train;  // datasets blended by weight, each of one or more shards
+  std::vector<DataSource> val;    // validation datasets: every window of every shard, in order
+  std::string sampling = "epochs";  // epochs (shuffled windows, epoch by epoch) | random_windows
 
   bool operator==(const DataConfig&) const = default;
 };

@@ -80,7 +80,8 @@ void add_schedule_fields(ScheduleConfig& c, std::vector<Field>& out) {
 void add_data_fields(DataConfig& d, std::vector<Field>& out) {
   const char* s = "data";
   out.insert(out.end(), {{s, "train_path", &d.train_path}, {s, "val_path", &d.val_path},
-                         {s, "tokenizer", &d.tokenizer}});
+                         {s, "tokenizer", &d.tokenizer},   {s, "train", &d.train},
+                         {s, "val", &d.val},               {s, "sampling", &d.sampling}});
 }
 
 void add_parallel_fields(ParallelConfig& p, std::vector<Field>& out) {
