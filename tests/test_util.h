@@ -40,6 +40,22 @@ inline Tensor random_ids(int64_t n, int64_t bound, uint64_t seed, Device device 
   return Tensor::from_vector(ids, {n}, DType::i32, device);
 }
 
+// Document starts (ops.h, doc_starts) of sequences cut into documents: lengths[b] lists the
+// document lengths of sequence b (summing to seq_len), so token t of a document beginning at
+// position s gets s.
+inline std::vector<int32_t> document_starts_of(const std::vector<std::vector<int>>& lengths, int64_t seq_len) {
+  std::vector<int32_t> starts;
+  for (const auto& row : lengths) {
+    int32_t begin = 0;
+    for (int length : row) {
+      starts.insert(starts.end(), static_cast<size_t>(length), begin);
+      begin += length;
+    }
+    REQUIRE(begin == seq_len);
+  }
+  return starts;
+}
+
 // The one tolerance rule: |got - ref| <= atol + rtol * |ref| elementwise. Reports the worst.
 inline void require_close(const std::vector<double>& got, const std::vector<double>& ref, double atol, double rtol,
                           const std::string& what) {

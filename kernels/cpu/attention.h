@@ -8,15 +8,18 @@
 
 namespace moe::cpu {
 
-// q[B*S, Hq*hd], k[B*S, Hkv*hd], v[B*S, Hkv*hd] -> out[B*S, Hq*hd], lse[B, Hq, S].
-// Query head h reads kv head h / (Hq / Hkv); causal: row i attends to keys 0..i, else to keys
-// 0..S-1; scale 1/sqrt(hd).
+// q[B*S, Hq*hd], k[B*S, Hkv*hd], v[B*S, Hkv*hd] (, doc_starts i32[B*S]) -> out[B*S, Hq*hd],
+// lse[B, Hq, S]. Query head h reads kv head h / (Hq / Hkv); causal: row i attends to keys 0..i,
+// else to keys 0..S-1; scale 1/sqrt(hd). Document masking (causal only; doc_starts null = off):
+// row i of sequence b attends to keys doc_starts[b*S + i] .. i, the tokens of its own document.
 template <typename T>
-void attention_forward(const T* q, const T* k, const T* v, T* out, T* lse, const kernels::AttentionShape& dims);
+void attention_forward(const T* q, const T* k, const T* v, T* out, T* lse, const kernels::AttentionShape& dims,
+                       const int32_t* doc_starts = nullptr);
 
-// q, k, v, out, lse (from forward), dout[B*S, Hq*hd] -> dq, dk, dv (written, shapes of q, k, v)
+// q, k, v, out, lse (from forward), dout[B*S, Hq*hd] (, doc_starts as in forward) -> dq, dk, dv
+// (written, shapes of q, k, v)
 template <typename T>
 void attention_backward(const T* q, const T* k, const T* v, const T* out, const T* lse, const T* dout, T* dq, T* dk,
-                        T* dv, const kernels::AttentionShape& dims);
+                        T* dv, const kernels::AttentionShape& dims, const int32_t* doc_starts = nullptr);
 
 }  // namespace moe::cpu

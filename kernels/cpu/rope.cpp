@@ -9,7 +9,8 @@
 namespace moe::cpu {
 
 template <typename T>
-void rope(T* x, int64_t rows, int64_t num_heads, int64_t head_dim, int64_t seq_len, double theta, bool inverse) {
+void rope(T* x, int64_t rows, int64_t num_heads, int64_t head_dim, int64_t seq_len, double theta, bool inverse,
+          const int32_t* doc_starts) {
   const int64_t half = head_dim / 2;
   std::vector<double> inv_freq(static_cast<size_t>(half)), cos_t(static_cast<size_t>(half)),
       sin_t(static_cast<size_t>(half));
@@ -18,7 +19,7 @@ void rope(T* x, int64_t rows, int64_t num_heads, int64_t head_dim, int64_t seq_l
   }
   const double sign = inverse ? -1.0 : 1.0;
   for (int64_t r = 0; r < rows; ++r) {
-    const double pos = static_cast<double>(r % seq_len);
+    const double pos = static_cast<double>(r % seq_len - (doc_starts ? doc_starts[r] : 0));
     for (int64_t i = 0; i < half; ++i) {
       double angle = pos * inv_freq[static_cast<size_t>(i)];
       cos_t[static_cast<size_t>(i)] = std::cos(angle);
@@ -36,7 +37,7 @@ void rope(T* x, int64_t rows, int64_t num_heads, int64_t head_dim, int64_t seq_l
   }
 }
 
-template void rope<float>(float*, int64_t, int64_t, int64_t, int64_t, double, bool);
-template void rope<double>(double*, int64_t, int64_t, int64_t, int64_t, double, bool);
+template void rope<float>(float*, int64_t, int64_t, int64_t, int64_t, double, bool, const int32_t*);
+template void rope<double>(double*, int64_t, int64_t, int64_t, int64_t, double, bool, const int32_t*);
 
 }  // namespace moe::cpu

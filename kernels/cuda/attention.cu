@@ -28,15 +28,19 @@ __global__ void __launch_bounds__(k_threads) attention_forward_kernel(const bf16
   load_tile(qs, hd, q, g.num_heads, h, g, b, q0, g.scale);
 
   float m[R], l[R], acc[R][kPerLane];
+  int lo[R];
 #pragma unroll
   for (int rr = 0; rr < R; ++rr) {
     m[rr] = -INFINITY;
     l[rr] = 0.0f;
+    lo[rr] = g.doc_start(b, q0 + warp * R + rr);
 #pragma unroll
     for (int c = 0; c < kPerLane; ++c) acc[rr][c] = 0.0f;
   }
   const int key_end = g.causal ? min(q0 + k_tile, g.seq_len) : g.seq_len;  // causal: none after the last row
-  for (int k0 = 0; k0 < key_end; k0 += k_tile) {
+  // Document masking: none before the document of the tile's first row (starts grow along a sequence).
+  const int key_begin = g.doc_start(b, q0) / k_tile * k_tile;
+  for (int k0 = key_begin; k0 < key_end; k0 += k_tile) {
     __syncthreads();  // previous tile fully consumed (and qs loaded on the first pass)
     load_tile(ks, ks_stride, k, g.num_kv_heads, hk, g, b, k0, 1.0f);
     load_tile(vs, hd, v, g.num_kv_heads, hk, g, b, k0, 1.0f);
@@ -54,7 +58,7 @@ __global__ void __launch_bounds__(k_threads) attention_forward_kernel(const bf16
 #pragma unroll
     for (int rr = 0; rr < R; ++rr) {
       const int i = q0 + warp * R + rr;
-      const bool visible = g.visible(i, k0 + lane);
+      const bool visible = g.visible(i, k0 + lane, lo[rr]);
       const float sv = visible ? s[rr] : -INFINITY;
       const float tile_max = warp_max(sv);
       if (tile_max == -INFINITY) {  // warp-uniform: nothing visible for this row in this tile
@@ -119,10 +123,13 @@ void launch_forward(const bf16* q, const bf16* k, const bf16* v, bf16* out, floa
 }  // namespace attn
 
 void attention_forward(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, __nv_bfloat16* out,
-                       float* lse, const kernels::AttentionShape& dims, cudaStream_t stream) {
-  const attn::Geometry g = attn::make_geometry(dims);
+                       float* lse, const kernels::AttentionShape& dims, const int32_t* doc_starts,
+                       cudaStream_t stream) {
+  const attn::Geometry g = attn::make_geometry(dims, doc_starts);
   if (dims.batch == 0 || dims.seq_len == 0) return;
-  if (flash_attention_supported(dims, {q, k, v, out})) return flash_attention_forward(q, k, v, out, lse, dims, stream);
+  if (flash_attention_supported(dims, {q, k, v, out})) {
+    return flash_attention_forward(q, k, v, out, lse, dims, doc_starts, stream);
+  }
   const int batch = static_cast<int>(dims.batch);
   switch (attn::per_lane_for(g.head_dim)) {
     case 1: return attn::launch_forward<1>(q, k, v, out, lse, g, batch, stream);

@@ -46,16 +46,19 @@ __global__ void __launch_bounds__(k_threads) attention_dq_kernel(const bf16* q, 
   load_tile(qs, hd, q, g.num_heads, h, g, b, q0, 1.0f);
   load_tile(dos, hd, dout, g.num_heads, h, g, b, q0, 1.0f);
   float row_lse[R], row_delta[R], acc[R][kPerLane];
+  int lo[R];
 #pragma unroll
   for (int rr = 0; rr < R; ++rr) {
     const int i = q0 + warp * R + rr;
     row_lse[rr] = i < g.seq_len ? lse[g.stat_index(b, h, i)] : 0.0f;
     row_delta[rr] = i < g.seq_len ? delta[g.stat_index(b, h, i)] : 0.0f;
+    lo[rr] = g.doc_start(b, i);
 #pragma unroll
     for (int c = 0; c < kPerLane; ++c) acc[rr][c] = 0.0f;
   }
   const int key_end = g.causal ? min(q0 + k_tile, g.seq_len) : g.seq_len;
-  for (int k0 = 0; k0 < key_end; k0 += k_tile) {
+  const int key_begin = g.doc_start(b, q0) / k_tile * k_tile;  // document masking: none before it
+  for (int k0 = key_begin; k0 < key_end; k0 += k_tile) {
     __syncthreads();
     load_tile(ks, pad, k, g.num_kv_heads, hk, g, b, k0, 1.0f);
     load_tile(vs, pad, v, g.num_kv_heads, hk, g, b, k0, 1.0f);
@@ -73,7 +76,7 @@ __global__ void __launch_bounds__(k_threads) attention_dq_kernel(const bf16* q, 
 #pragma unroll
     for (int rr = 0; rr < R; ++rr) {
       const int i = q0 + warp * R + rr;
-      const bool visible = g.visible(i, k0 + lane);
+      const bool visible = g.visible(i, k0 + lane, lo[rr]);
       const float p = visible ? __expf(s[rr] * g.scale - row_lse[rr]) : 0.0f;
       ds[rr] = p * (dp[rr] - row_delta[rr]);
     }
@@ -133,8 +136,9 @@ __global__ void __launch_bounds__(k_threads) attention_dkdv_kernel(const bf16* q
     for (int c = 0; c < kPerLane; ++c) dk_acc[rr][c] = dv_acc[rr][c] = 0.0f;
   }
   for (int h = hk * g.group; h < (hk + 1) * g.group; ++h) {
-    // Causal: queries before k0 see none of these keys.
-    for (int q0 = g.causal ? k0 : 0; q0 < g.seq_len; q0 += k_tile) {
+    // Causal: queries before k0 see none of these keys. Document masking: a query tile whose first
+    // row's document starts after the last key sees none of them, and nor does any later tile.
+    for (int q0 = g.causal ? k0 : 0; q0 < g.seq_len && g.doc_start(b, q0) < k0 + k_tile; q0 += k_tile) {
       __syncthreads();
       load_tile(qs, pad, q, g.num_heads, h, g, b, q0, 1.0f);
       load_tile(dos, pad, dout, g.num_heads, h, g, b, q0, 1.0f);
@@ -154,12 +158,12 @@ __global__ void __launch_bounds__(k_threads) attention_dkdv_kernel(const bf16* q
           dp[rr] += dod * vs[(warp * R + rr) * hd + d];
         }
       }
-      const int i = q0 + lane;
+      const int i = q0 + lane, lo = g.doc_start(b, i);
       float p[R], ds[R];
 #pragma unroll
       for (int rr = 0; rr < R; ++rr) {
         const int j = k0 + warp * R + rr;
-        const bool visible = g.visible(i, j);
+        const bool visible = g.visible(i, j, lo);
         p[rr] = visible ? __expf(s[rr] * g.scale - lse_s[lane]) : 0.0f;
         ds[rr] = p[rr] * (dp[rr] - delta_s[lane]);
       }
@@ -238,14 +242,14 @@ size_t attention_backward_workspace_bytes(const kernels::AttentionShape& dims) {
 void attention_backward(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
                         const __nv_bfloat16* out, const float* lse, const __nv_bfloat16* dout, __nv_bfloat16* dq,
                         __nv_bfloat16* dk, __nv_bfloat16* dv, void* workspace, const kernels::AttentionShape& dims,
-                        cudaStream_t stream) {
-  const attn::Geometry g = attn::make_geometry(dims);
+                        const int32_t* doc_starts, cudaStream_t stream) {
+  const attn::Geometry g = attn::make_geometry(dims, doc_starts);
   if (dims.batch == 0 || dims.seq_len == 0) return;
   MOE_CHECK(workspace != nullptr && aligned_to(workspace, 256), "attention backward: workspace missing or misaligned");
   float* delta = static_cast<float*>(workspace);
   if (flash_head_dim(dims) && flash_attention_supported(dims, {q, k, v, out, dout, dq, dk, dv})) {
     float* dq_accum = reinterpret_cast<float*>(static_cast<char*>(workspace) + delta_bytes(dims));
-    return flash_attention_backward(q, k, v, out, lse, dout, dq, dk, dv, delta, dq_accum, dims, stream);
+    return flash_attention_backward(q, k, v, out, lse, dout, dq, dk, dv, delta, dq_accum, dims, doc_starts, stream);
   }
   const int batch = static_cast<int>(dims.batch);
   const int64_t rows = dims.batch * dims.seq_len * dims.num_heads;

@@ -23,9 +23,14 @@ struct Geometry {
   int group;  // query heads per kv head
   float scale;  // 1 / sqrt(head_dim)
   bool causal;  // key j visible to query i only when j <= i
-  // Whether key j counts for query i (both inside the sequence).
-  __device__ __forceinline__ bool visible(int i, int j) const {
-    return i < seq_len && j < seq_len && (!causal || j <= i);
+  const int32_t* doc_starts;  // [B*S] document masking (causal only): query i sees keys doc_starts[i]..i; or null
+  // Whether key j counts for query i (both inside the sequence); lo: doc_start(b, i).
+  __device__ __forceinline__ bool visible(int i, int j, int lo) const {
+    return i < seq_len && j < seq_len && (!causal || j <= i) && j >= lo;
+  }
+  // The first key query i of sequence b may see (0 without document masking or past the sequence).
+  __device__ __forceinline__ int doc_start(int b, int i) const {
+    return doc_starts != nullptr && i < seq_len ? doc_starts[static_cast<int64_t>(b) * seq_len + i] : 0;
   }
   __device__ __forceinline__ int64_t q_index(int b, int i, int h, int d) const {
     return (static_cast<int64_t>(b) * seq_len + i) * num_heads * head_dim + static_cast<int64_t>(h) * head_dim + d;
@@ -56,7 +61,7 @@ __device__ __forceinline__ void load_tile(float* tile, int stride, const bf16* s
   }
 }
 
-inline Geometry make_geometry(const kernels::AttentionShape& s) {
+inline Geometry make_geometry(const kernels::AttentionShape& s, const int32_t* doc_starts) {
   MOE_CHECK(s.batch >= 0 && s.seq_len >= 0 && s.num_heads > 0 && s.num_kv_heads > 0 &&
                 s.num_heads % s.num_kv_heads == 0,
             "attention: bad heads (", s.num_heads, " query, ", s.num_kv_heads, " kv)");
@@ -71,6 +76,8 @@ inline Geometry make_geometry(const kernels::AttentionShape& s) {
   g.group = g.num_heads / g.num_kv_heads;
   g.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(s.head_dim)));
   g.causal = s.causal;
+  MOE_CHECK(doc_starts == nullptr || s.causal, "attention: document masking needs the causal mask");
+  g.doc_starts = doc_starts;
   return g;
 }
 

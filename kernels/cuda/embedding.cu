@@ -64,9 +64,11 @@ void check_shard(int64_t vocab, int64_t vocab_start, int64_t vocab_full) {
             "embedding: vocabulary shard [", vocab_start, ",", vocab_start + vocab, ") of ", vocab_full, " ids");
 }
 
-// x[tokens,dim] += pos[t % seq_len]; N values per thread (8 when rows are 16-byte aligned).
+// x[tokens,dim] += pos[p(t)], p(t) = t % seq_len (- doc_starts[t]); N values per thread (8 when
+// rows are 16-byte aligned).
 template <int N>
-__global__ void position_add_forward_kernel(bf16* x, const bf16* pos, int64_t tokens, int64_t dim, int64_t seq_len) {
+__global__ void position_add_forward_kernel(bf16* x, const bf16* pos, int64_t tokens, int64_t dim, int64_t seq_len,
+                                            const int32_t* doc_starts) {
   const int64_t per_row = dim / N;
   const int64_t total = tokens * per_row;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -74,7 +76,8 @@ __global__ void position_add_forward_kernel(bf16* x, const bf16* pos, int64_t to
     const int64_t t = g / per_row, c = (g - t * per_row) * N;
     float xv[N], pv[N];
     load_n<N>(x + t * dim + c, xv);
-    load_n<N>(pos + (t % seq_len) * dim + c, pv);
+    const int64_t p = t % seq_len - (doc_starts ? doc_starts[t] : 0);
+    load_n<N>(pos + p * dim + c, pv);
 #pragma unroll
     for (int i = 0; i < N; ++i) xv[i] += pv[i];
     store_n<N>(x + t * dim + c, xv);
@@ -91,6 +94,18 @@ __global__ void position_add_backward_kernel(const bf16* dx, float* dpos, int64_
     float acc = 0;
     for (int64_t b = 0; b < num_seqs; ++b) acc += to_float(dx[b * total + g]);
     dpos[g] += acc;
+  }
+}
+
+// Document positions: several tokens of one sequence share a position, so each (token, column)
+// adds its value to dpos[t % seq_len - doc_starts[t], c] atomically.
+__global__ void position_add_backward_docs_kernel(const bf16* dx, float* dpos, int64_t tokens, int64_t dim,
+                                                  int64_t seq_len, const int32_t* doc_starts) {
+  const int64_t total = tokens * dim;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < total; g += stride) {
+    const int64_t t = g / dim, c = g - t * dim;
+    atomicAdd(dpos + (t % seq_len - doc_starts[t]) * dim + c, to_float(dx[g]));
   }
 }
 
@@ -128,25 +143,31 @@ void embedding_backward(const int32_t* ids, const bf16* dout, float* dtable, int
 }
 
 void position_add_forward(bf16* x, const bf16* pos, int64_t tokens, int64_t dim, int64_t seq_len,
-                          cudaStream_t stream) {
+                          const int32_t* doc_starts, cudaStream_t stream) {
   MOE_CHECK(seq_len > 0 && tokens % seq_len == 0, "position_add_forward: ", tokens, " rows, seq_len ", seq_len);
   if (tokens == 0 || dim == 0) return;
   constexpr int threads = 256;
   if (dim % 8 == 0 && aligned_to(x, 16) && aligned_to(pos, 16)) {
     position_add_forward_kernel<8><<<grid_for(tokens * dim / 8, threads), threads, 0, stream>>>(x, pos, tokens, dim,
-                                                                                                seq_len);
+                                                                                                seq_len, doc_starts);
   } else {
     position_add_forward_kernel<1><<<grid_for(tokens * dim, threads), threads, 0, stream>>>(x, pos, tokens, dim,
-                                                                                            seq_len);
+                                                                                            seq_len, doc_starts);
   }
   CUDA_CHECK_LAUNCH();
 }
 
 void position_add_backward(const bf16* dx, float* dpos, int64_t tokens, int64_t dim, int64_t seq_len,
-                           cudaStream_t stream) {
+                           const int32_t* doc_starts, cudaStream_t stream) {
   MOE_CHECK(seq_len > 0 && tokens % seq_len == 0, "position_add_backward: ", tokens, " rows, seq_len ", seq_len);
   if (tokens == 0 || dim == 0) return;
   constexpr int threads = 256;
+  if (doc_starts) {
+    position_add_backward_docs_kernel<<<grid_for(tokens * dim, threads), threads, 0, stream>>>(dx, dpos, tokens, dim,
+                                                                                              seq_len, doc_starts);
+    CUDA_CHECK_LAUNCH();
+    return;
+  }
   position_add_backward_kernel<<<grid_for(seq_len * dim, threads), threads, 0, stream>>>(dx, dpos, tokens, dim,
                                                                                          seq_len);
   CUDA_CHECK_LAUNCH();

@@ -22,11 +22,13 @@ void embedding_forward(const int32_t* ids, const __nv_bfloat16* table, __nv_bflo
 void embedding_backward(const int32_t* ids, const __nv_bfloat16* dout, float* dtable, int64_t tokens, int64_t vocab,
                         int64_t dim, int64_t vocab_start, int64_t vocab_full, cudaStream_t stream);
 
-// x[tokens,dim] += pos[t % seq_len, :]
+// x[tokens,dim] += pos[p(t), :] with p(t) = t % seq_len, or t % seq_len - doc_starts[t] (the
+// position inside the token's document) when doc_starts i32[tokens] is given (nullptr = none)
 void position_add_forward(__nv_bfloat16* x, const __nv_bfloat16* pos, int64_t tokens, int64_t dim, int64_t seq_len,
-                          cudaStream_t stream);
-// dpos[s,:] (f32) += sum over sequences b of dx[b*seq_len + s, :], for s < seq_len (no atomics)
+                          const int32_t* doc_starts, cudaStream_t stream);
+// dpos[s,:] (f32) += the dx rows of the tokens at position s. Without doc_starts: the sum over
+// sequences b of dx[b*seq_len + s, :] in order (no atomics); with them, f32 atomics per token.
 void position_add_backward(const __nv_bfloat16* dx, float* dpos, int64_t tokens, int64_t dim, int64_t seq_len,
-                           cudaStream_t stream);
+                           const int32_t* doc_starts, cudaStream_t stream);
 
 }  // namespace moe::cuda

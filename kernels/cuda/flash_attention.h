@@ -15,7 +15,8 @@ bool flash_attention_supported(const kernels::AttentionShape& dims, std::initial
 
 // Contract of attention_forward (attention.h).
 void flash_attention_forward(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
-                             __nv_bfloat16* out, float* lse, const kernels::AttentionShape& dims, cudaStream_t stream);
+                             __nv_bfloat16* out, float* lse, const kernels::AttentionShape& dims,
+                             const int32_t* doc_starts, cudaStream_t stream);
 
 // f32 elements of the dQ accumulator [B*S, Hq*hd].
 size_t flash_attention_dq_accum_numel(const kernels::AttentionShape& dims);
@@ -26,6 +27,6 @@ size_t flash_attention_dq_accum_numel(const kernels::AttentionShape& dims);
 void flash_attention_backward(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
                               const __nv_bfloat16* out, const float* lse, const __nv_bfloat16* dout,
                               __nv_bfloat16* dq, __nv_bfloat16* dk, __nv_bfloat16* dv, float* delta, float* dq_accum,
-                              const kernels::AttentionShape& dims, cudaStream_t stream);
+                              const kernels::AttentionShape& dims, const int32_t* doc_starts, cudaStream_t stream);
 
 }  // namespace moe::cuda

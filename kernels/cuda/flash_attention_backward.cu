@@ -95,8 +95,9 @@ size_t flash_attention_dq_accum_numel(const kernels::AttentionShape& dims) {
 void flash_attention_backward(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
                               const __nv_bfloat16* out, const float* lse, const __nv_bfloat16* dout,
                               __nv_bfloat16* dq, __nv_bfloat16* dk, __nv_bfloat16* dv, float* delta, float* dq_accum,
-                              const kernels::AttentionShape& dims, cudaStream_t stream) {
+                              const kernels::AttentionShape& dims, const int32_t* doc_starts, cudaStream_t stream) {
   flash::Params p = flash::params_of(dims, q, k, v);
+  p.doc_starts = doc_starts;
   p.dout = flash::bits(dout);
   p.lse_in = lse;
   p.delta = delta;

@@ -17,9 +17,10 @@ struct BackwardTraits {
   static constexpr int kNTiles = kBlockN / (16 * kWarps);
   static constexpr int kDqWarps = kWarps / (kBlockM / 16);
   static constexpr int kDqCols = kHeadDim / kDqWarps;
-  // K, V [kBlockN][hd]; Q, dO [2][kBlockM][hd]; dS^T [kBlockN][kBlockM]; lse, delta f32 [2][kBlockM].
+  // K, V [kBlockN][hd]; Q, dO [2][kBlockM][hd]; dS^T [kBlockN][kBlockM]; lse, delta f32 and the
+  // document starts i32 [2][kBlockM].
   static constexpr int kSmemBytes = 2 * tile_bytes(kBlockN, kHeadDim) + 4 * tile_bytes(kBlockM, kHeadDim) +
-                                    tile_bytes(kBlockN, kBlockM) + 4 * kBlockM * 4;
+                                    tile_bytes(kBlockN, kBlockM) + 6 * kBlockM * 4;
   static_assert(kNTiles >= 1 && kNTiles * 16 * kWarps == kBlockN, "kBlockN = 16 x warps x tiles per warp");
   static_assert(kBlockM % 64 == 0 && kHeadDim % 64 == 0, "query steps and head dims of 64s");
   static_assert(kDqWarps >= 1 && kDqWarps * (kBlockM / 16) == kWarps && kDqCols % 16 == 0,
@@ -44,6 +45,9 @@ template <class T>
 struct BackwardSmem {
   bf16_bits *k, *v, *q, *dout, *ds;
   float *lse, *delta;
+  // The document start of each query row (document masking; zeros when off), after delta: computed
+  // where used, not held (a pointer more spilled the head-dim 128 kernel).
+  MOE_FLASH_FN int32_t* doc() const { return reinterpret_cast<int32_t*>(delta + 2 * T::kBlockM); }
   MOE_FLASH_FN explicit BackwardSmem(char* smem) {
     constexpr int D = T::kHeadDim, BM = T::kBlockM, BN = T::kBlockN;
     k = reinterpret_cast<bf16_bits*>(smem);
@@ -73,17 +77,27 @@ MOE_FLASH_FN void load_query_step(const Params& p, const BackwardSmem<T>& sm, in
     const bool valid = i < p.seq_len;
     cp_async_4(sm.lse + buf * BM + tid, p.lse_in + stat + (valid ? i : 0), valid);
     cp_async_4(sm.delta + buf * BM + tid, p.delta + stat + (valid ? i : 0), valid);
+    if (p.doc_starts != nullptr) {
+      const int32_t* starts = p.doc_starts + static_cast<int64_t>(batch_index) * p.seq_len;
+      cp_async_4(sm.doc() + buf * BM + tid, starts + (valid ? i : 0), valid);
+    } else {
+      sm.doc()[buf * BM + tid] = 0;
+    }
   }
 }
 
-// P^T = exp(scale s - lse) = exp2(scale_log2 s - log2(e) lse), 0 where masked, and
-// dS^T = P^T (dP^T - delta), in place in s and dp. Rows are this warp's keys, columns the queries.
+// P^T = exp(scale s - lse) = exp2(scale_log2 s - log2(e) lse), 0 where masked (also keys before
+// the query's document start, doc), and dS^T = P^T (dP^T - delta), in place in s and dp. Rows are
+// this warp's keys, columns the queries.
 template <class T>
 MOE_FLASH_FN void probabilities(const Params& p, float (&s)[T::kNTiles][T::kBlockM / 8][4],
                                 float (&dp)[T::kNTiles][T::kBlockM / 8][4], const float* lse, const float* delta,
                                 int first_key, int q0, int lane) {
+  // The step's document starts follow its lse and delta in shared memory (BackwardSmem).
+  const int32_t* doc = reinterpret_cast<const int32_t*>(lse + 4 * T::kBlockM);
   const int last_key = first_key + T::kNTiles * 16 - 1;
-  const bool need_mask = last_key >= p.seq_len || (p.causal && last_key > q0);
+  const int last_row = min_int(T::kBlockM, p.seq_len - q0) - 1;  // document starts grow up to it
+  const bool need_mask = last_key >= p.seq_len || (p.causal && last_key > q0) || first_key < doc[last_row];
   MOE_FLASH_UNROLL
   for (int nt = 0; nt < T::kNTiles; ++nt) {
     MOE_FLASH_UNROLL
@@ -93,7 +107,7 @@ MOE_FLASH_FN void probabilities(const Params& p, float (&s)[T::kNTiles][T::kBloc
         const int r = qt * 8 + 2 * (lane & 3) + (e & 1);
         const int j = first_key + nt * 16 + (lane >> 2) + (e >> 1) * 8;
         float pv = fast_exp2(fmaf(s[nt][qt][e], p.scale_log2, -lse[r] * k_log2e));
-        if (need_mask && (j >= p.seq_len || (p.causal && j > q0 + r))) pv = 0.0f;
+        if (need_mask && (j >= p.seq_len || (p.causal && j > q0 + r) || j < doc[r])) pv = 0.0f;
         s[nt][qt][e] = pv;
         dp[nt][qt][e] = pv * (dp[nt][qt][e] - delta[r]);
       }
@@ -205,6 +219,24 @@ MOE_FLASH_FN void store_dkdv(const Params& p, const float (&dk)[T::kNTiles][T::k
   }
 }
 
+// Document masking: one past the last query block that sees any of the keys up to last_key, the
+// first block from m_begin whose first row's document starts after last_key (starts only grow
+// along a sequence, so every later block sees none either). A binary search every thread runs alike.
+MOE_FLASH_FN int query_block_end(const Params& p, int batch_index, int block_rows, int m_begin, int last_key) {
+  int lo = m_begin, hi = ceil_div_int(p.seq_len, block_rows);
+  if (p.doc_starts == nullptr) return hi;
+  const int32_t* starts = p.doc_starts + static_cast<int64_t>(batch_index) * p.seq_len;
+  while (lo < hi) {
+    const int mid = (lo + hi) >> 1;
+    if (starts[mid * block_rows] > last_key) {
+      hi = mid;
+    } else {
+      lo = mid + 1;
+    }
+  }
+  return lo;
+}
+
 }  // namespace detail
 
 // One block: keys k0 = n_block * kBlockN .. + kBlockN of `kv_head` in sequence `batch_index`,
@@ -219,9 +251,10 @@ MOE_FLASH_FN void backward_block(const Params& p, int n_block, int kv_head, int 
   const int64_t kv_off = slice_offset(batch_index, p.seq_len, p.kv_row, kv_head, D);
   load_tile_async<BN, D, T::kThreads>(sm.k, p.k + kv_off, p.kv_row, k0, p.seq_len, tid);
   load_tile_async<BN, D, T::kThreads>(sm.v, p.v + kv_off, p.kv_row, k0, p.seq_len, tid);
-  // Causal: query blocks that end before k0 see none of these keys.
+  // Causal: query blocks that end before k0 see none of these keys; under document masking
+  // neither do those whose documents all start after the block's last key.
   const int m_begin = p.causal ? k0 / BM : 0;
-  const int num_m = ceil_div_int(p.seq_len, BM) - m_begin;
+  const int num_m = detail::query_block_end(p, batch_index, BM, m_begin, min_int(k0 + BN, p.seq_len) - 1) - m_begin;
   const int num_steps = num_m * p.group;
   const int head0 = kv_head * p.group;
   detail::load_query_step<T>(p, sm, 0, head0, m_begin * BM, batch_index, tid);
@@ -241,7 +274,10 @@ MOE_FLASH_FN void backward_block(const Params& p, int n_block, int kv_head, int 
                                  tid);
     }
     cp_async_commit();
-    if (!p.causal || k0 + key_row0 <= q0 + BM - 1) {
+    // This warp's keys are after every query of the step (causal), or before all their documents.
+    const bool after = p.causal && k0 + key_row0 > q0 + BM - 1;
+    const bool before = k0 + key_row0 + T::kNTiles * 16 <= sm.doc()[buf * BM];
+    if (!after && !before) {
       detail::key_step<T>(p, sm, buf, k0, key_row0, q0, dk, dv, lane);
     } else {
       detail::clear_ds_rows<T>(sm, key_row0, lane);

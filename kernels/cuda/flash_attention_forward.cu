@@ -42,10 +42,12 @@ bool flash_attention_supported(const kernels::AttentionShape& dims, std::initial
 }
 
 void flash_attention_forward(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
-                             __nv_bfloat16* out, float* lse, const kernels::AttentionShape& dims, cudaStream_t stream) {
+                             __nv_bfloat16* out, float* lse, const kernels::AttentionShape& dims,
+                             const int32_t* doc_starts, cudaStream_t stream) {
   flash::Params p = flash::params_of(dims, q, k, v);
   p.out = flash::bits(out);
   p.lse = lse;
+  p.doc_starts = doc_starts;
   switch (dims.head_dim) {
     case 64: return flash::launch_forward<flash::ForwardHd64>(p, stream);
     case 128: return flash::launch_forward<flash::ForwardHd128>(p, stream);

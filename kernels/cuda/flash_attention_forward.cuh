@@ -31,19 +31,23 @@ int forward_query_blocks(const Params& p) {
 
 namespace detail {
 
-// Scores that must not count become -inf: keys beyond the sequence, and under the causal mask
-// keys after the query. Row r of tile mt holds queries row0 + 16 mt + g (+8 for half 1).
+// Scores that must not count become -inf: keys beyond the sequence, under the causal mask keys
+// after the query, under document masking keys before the query's document (its start read here,
+// on the tiles that need a mask only: registers kept for it spilled). Row r of tile mt holds
+// queries row0 + 16 mt + g (+8 for half 1).
 template <int kMTiles, int kNTiles>
-MOE_FLASH_FN void mask_scores(float (&s)[kMTiles][kNTiles][4], int row0, int key0, int lane, const Params& p) {
+MOE_FLASH_FN void mask_scores(float (&s)[kMTiles][kNTiles][4], int row0, int key0, int batch_index, int lane,
+                              const Params& p) {
   MOE_FLASH_UNROLL
   for (int mt = 0; mt < kMTiles; ++mt) {
     MOE_FLASH_UNROLL
     for (int e = 0; e < 4; ++e) {
       const int i = row0 + mt * 16 + (lane >> 2) + (e >> 1) * 8;
+      const int lo = doc_start_of(p, batch_index, i);
       MOE_FLASH_UNROLL
       for (int nt = 0; nt < kNTiles; ++nt) {
         const int j = key0 + nt * 8 + 2 * (lane & 3) + (e & 1);
-        if (j >= p.seq_len || (p.causal && j > i)) s[mt][nt][e] = -INFINITY;
+        if (j >= p.seq_len || (p.causal && j > i) || j < lo) s[mt][nt][e] = -INFINITY;
       }
     }
   }
@@ -133,13 +137,15 @@ MOE_FLASH_FN void forward_block(const Params& p, int m_block, int head, int batc
   const bf16_bits* q = p.q + slice_offset(batch_index, p.seq_len, p.q_row, head, D);
   const bf16_bits* k = p.k + slice_offset(batch_index, p.seq_len, p.kv_row, kv_head, D);
   const bf16_bits* v = p.v + slice_offset(batch_index, p.seq_len, p.kv_row, kv_head, D);
-  // Causal: keys beyond the block's last row are never visible, their tiles are skipped.
+  // Causal: keys beyond the block's last row are never visible, their tiles are skipped; so are
+  // the tiles before the document of the block's first row (starts only grow along a sequence).
   const int key_end = p.causal ? min_int(q0 + BM, p.seq_len) : p.seq_len;
   const int num_tiles = ceil_div_int(key_end, BN);
+  const int first_tile = doc_start_of(p, batch_index, q0) / BN;
 
   load_tile_async<BM, D, T::kThreads>(sq, q, p.q_row, q0, p.seq_len, tid);
-  load_tile_async<BN, D, T::kThreads>(sk, k, p.kv_row, 0, p.seq_len, tid);
-  load_tile_async<BN, D, T::kThreads>(sv, v, p.kv_row, 0, p.seq_len, tid);
+  load_tile_async<BN, D, T::kThreads>(sk, k, p.kv_row, first_tile * BN, p.seq_len, tid);
+  load_tile_async<BN, D, T::kThreads>(sv, v, p.kv_row, first_tile * BN, p.seq_len, tid);
   cp_async_commit();
 
   float acc[MT][DT][4], row_max[MT][2], row_sum[MT][2];
@@ -148,8 +154,8 @@ MOE_FLASH_FN void forward_block(const Params& p, int m_block, int head, int batc
   MOE_FLASH_UNROLL
   for (int mt = 0; mt < MT; ++mt) row_max[mt][0] = row_max[mt][1] = -INFINITY;
 
-  for (int n = 0; n < num_tiles; ++n) {
-    const int buf = n & 1;
+  for (int n = first_tile; n < num_tiles; ++n) {
+    const int buf = (n - first_tile) & 1;
     cp_async_wait<0>();  // tile n (and Q) landed for this thread ...
     sync_block();        // ... for every thread, and tile n - 1's buffer is free again
     if (n + 1 < num_tiles) {
@@ -159,10 +165,17 @@ MOE_FLASH_FN void forward_block(const Params& p, int m_block, int head, int batc
     cp_async_commit();
     const int key0 = n * BN;
     if (p.causal && key0 > row0 + MT * 16 - 1) continue;  // the whole tile is after this warp's rows
+    // Document starts grow along a sequence: the warp's first row has the earliest, its last
+    // row (inside the sequence) the latest.
+    const bool docs = p.doc_starts != nullptr;
+    if (docs && key0 + BN <= doc_start_of(p, batch_index, row0)) continue;  // before all their documents
     float s[MT][NT][4];
     zero_fill(s);
     gemm_abt<D, D, D>(s, sq, row0 - q0, sk + buf * BN * D, lane);
-    if (key0 + BN > p.seq_len || (p.causal && key0 + BN - 1 > row0)) detail::mask_scores(s, row0, key0, lane, p);
+    if (key0 + BN > p.seq_len || (p.causal && key0 + BN - 1 > row0) ||
+        (docs && key0 < doc_start_of(p, batch_index, min_int(row0 + MT * 16, p.seq_len) - 1))) {
+      detail::mask_scores(s, row0, key0, batch_index, lane, p);
+    }
     detail::softmax_update(s, acc, row_max, row_sum, p.scale_log2);
     gemm_pb<D>(acc, s, sv + buf * BN * D, 0, lane);
   }

@@ -18,7 +18,8 @@ constexpr float k_log2e = 1.4426950408889634f;
 
 // One launch. q[B*S, Hq*hd], k,v[B*S, Hkv*hd] (rows q_row / kv_row elements apart), out like q,
 // lse[B,Hq,S] (natural log); backward: dout like q, delta[B,Hq,S] = rowsum(dout * out),
-// dq_accum f32 like q (zeroed first, summed with atomics), dk, dv like k, v.
+// dq_accum f32 like q (zeroed first, summed with atomics), dk, dv like k, v. doc_starts i32[B*S]
+// (causal only; null = off): query i sees keys doc_starts[i] .. i, non-decreasing along a sequence.
 struct Params {
   const bf16_bits* q = nullptr;
   const bf16_bits* k = nullptr;
@@ -31,6 +32,7 @@ struct Params {
   float* dq_accum = nullptr;
   bf16_bits* dk = nullptr;
   bf16_bits* dv = nullptr;
+  const int32_t* doc_starts = nullptr;
   int batch = 0, seq_len = 0, num_heads = 0, num_kv_heads = 0, group = 1;
   int64_t q_row = 0, kv_row = 0;
   float scale = 1.0f;       // 1 / sqrt(hd)
@@ -57,6 +59,13 @@ inline Params make_params(int batch, int seq_len, int num_heads, int num_kv_head
 // Host and device (the kernels build with --expt-relaxed-constexpr).
 constexpr int ceil_div_int(int a, int b) { return (a + b - 1) / b; }
 constexpr int min_int(int a, int b) { return a < b ? a : b; }
+
+// The first key query i of sequence batch_index may see: its document's first token (0 without
+// document masking, and for rows past the sequence).
+MOE_FLASH_FN int doc_start_of(const Params& p, int batch_index, int i) {
+  return p.doc_starts != nullptr && i < p.seq_len ? p.doc_starts[static_cast<int64_t>(batch_index) * p.seq_len + i]
+                                                  : 0;
+}
 
 // Element offset of (row, col) in a [rows][kCols] bf16 tile whose 16-byte chunks are XOR-swizzled
 // by row % 8: the 8 rows an ldmatrix (or a column of 4-byte stores) touches at one logical chunk

@@ -10,7 +10,7 @@ namespace {
 
 // x[rows, H*hd]: for each head h, (x[h*hd + i], x[h*hd + i + hd/2]) rotated by pos * theta^(-2i/hd)
 __global__ void rope_kernel(__nv_bfloat16* x, int64_t rows, int num_heads, int head_dim, int64_t seq_len,
-                            double log_theta, float sign) {
+                            double log_theta, float sign, const int32_t* doc_starts) {
   const int half = head_dim / 2;
   const int64_t total = rows * half;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -18,7 +18,8 @@ __global__ void rope_kernel(__nv_bfloat16* x, int64_t rows, int num_heads, int h
     const int64_t t = g / half;
     const int i = static_cast<int>(g - t * half);
     const double inv_freq = exp(-2.0 * i / head_dim * log_theta);
-    double angle = static_cast<double>(t % seq_len) * inv_freq;
+    const int64_t pos = t % seq_len - (doc_starts ? doc_starts[t] : 0);
+    double angle = static_cast<double>(pos) * inv_freq;
     angle -= 2.0 * M_PI * rint(angle / (2.0 * M_PI));  // exact-enough reduction before fp32 trig
     float s, c;
     sincosf(static_cast<float>(angle), &s, &c);
@@ -35,7 +36,8 @@ __global__ void rope_kernel(__nv_bfloat16* x, int64_t rows, int num_heads, int h
 
 }  // namespace
 
-void rope(__nv_bfloat16* x, const RopeShape& s, float theta, bool inverse, cudaStream_t stream) {
+void rope(__nv_bfloat16* x, const RopeShape& s, float theta, bool inverse, const int32_t* doc_starts,
+          cudaStream_t stream) {
   MOE_CHECK(s.rows >= 0 && s.num_heads > 0 && s.head_dim > 0 && s.head_dim % 2 == 0 && s.seq_len > 0,
             "rope: bad shape (rows ", s.rows, ", heads ", s.num_heads, ", head_dim ", s.head_dim, ", seq_len ",
             s.seq_len, ")");
@@ -45,7 +47,7 @@ void rope(__nv_bfloat16* x, const RopeShape& s, float theta, bool inverse, cudaS
   constexpr int threads = 256;
   rope_kernel<<<grid_for(s.rows * (s.head_dim / 2), threads), threads, 0, stream>>>(
       x, s.rows, static_cast<int>(s.num_heads), static_cast<int>(s.head_dim), s.seq_len,
-      std::log(static_cast<double>(theta)), inverse ? -1.0f : 1.0f);
+      std::log(static_cast<double>(theta)), inverse ? -1.0f : 1.0f, doc_starts);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -13,7 +13,9 @@ struct RopeShape {
   int64_t rows = 0, num_heads = 0, head_dim = 0, seq_len = 0;  // position of row t is t % seq_len
 };
 
-// x[rows, num_heads*head_dim] rotated in place; inverse rotates by the negative angle.
-void rope(__nv_bfloat16* x, const RopeShape& shape, float theta, bool inverse, cudaStream_t stream);
+// x[rows, num_heads*head_dim] rotated in place; inverse rotates by the negative angle. With
+// doc_starts i32[rows] (nullptr = none) the position of row t is t % seq_len - doc_starts[t].
+void rope(__nv_bfloat16* x, const RopeShape& shape, float theta, bool inverse, const int32_t* doc_starts,
+          cudaStream_t stream);
 
 }  // namespace moe::cuda

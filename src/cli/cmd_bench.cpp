@@ -61,6 +61,8 @@ void add_op_bench(CLI::App& bench, CommandRunner& run) {
   cmd->add_option("--kv-heads", o->kv_heads, "key/value heads (default: --heads)")->check(CLI::PositiveNumber);
   cmd->add_option("--head-dim", o->head_dim, "head dimension")->check(CLI::PositiveNumber);
   cmd->add_flag("--causal,!--no-causal", o->causal, "causal mask (default) or none");
+  cmd->add_option("--doc-len", o->doc_len, "attention: documents of this many tokens (document masking; 0 = none)")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--width", o->width, "model width (the add + norm benches)")->check(CLI::PositiveNumber);
   cmd->add_option("--experts", o->experts, "grouped_gemm: experts")->check(CLI::PositiveNumber);
   cmd->add_option("--tokens-per-expert", o->tokens_per_expert, "grouped_gemm: rows per expert (balanced)")

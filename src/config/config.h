@@ -24,6 +24,11 @@ struct ModelConfig {              // [model]
   bool tie_embeddings = true;
   double init_std = 0.02;
   std::string objective = "causal_lm";  // causal_lm (next-token prediction)
+  // Documents packed into a sequence end with eos_id (docs/data.md): positions (rope or learned)
+  // can restart at 0 after each, and attention can stay inside each token's document.
+  bool reset_positions = false;
+  bool reset_attention = false;
+  int64_t eos_id = 2;             // </s> of `moe tokenize` (SentencePiece); read when a reset is on
 
   bool operator==(const ModelConfig&) const = default;
 };
@@ -116,10 +121,22 @@ struct ScheduleConfig {           // [schedule]
   bool operator==(const ScheduleConfig&) const = default;
 };
 
+// One dataset of a split, an entry of data.train or data.val: { path = "..." } or
+// { paths = ["...", ...] } (files or glob patterns), and for training a blending weight.
+struct DataSource {
+  std::vector<std::string> paths;
+  double weight = 1.0;
+
+  bool operator==(const DataSource&) const = default;
+};
+
 struct DataConfig {               // [data]
-  std::string train_path = "";    // a token shard (.tok native, llm.c .bin) or Megatron .bin/.idx/prefix
-  std::string val_path = "";
+  std::string train_path = "";    // one token shard (.tok native, llm.c .bin, Megatron .bin/.idx/prefix); or data.train
+  std::string val_path = "";      // or data.val
   std::string tokenizer = "";     // SentencePiece .model (needed by generate)
+  std::vector<DataSource> train;  // datasets blended by weight, each of one or more shards
+  std::vector<DataSource> val;    // validation datasets: every window of every shard, in order
+  std::string sampling = "epochs";  // epochs (shuffled windows, epoch by epoch) | random_windows
 
   bool operator==(const DataConfig&) const = default;
 };

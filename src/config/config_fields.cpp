@@ -16,7 +16,8 @@ void add_model_fields(ModelConfig& m, std::vector<Field>& out) {
                          {s, "positions", &m.positions},       {s, "rope_theta", &m.rope_theta},
                          {s, "activation", &m.activation},     {s, "d_ff", &m.d_ff},
                          {s, "tie_embeddings", &m.tie_embeddings}, {s, "init_std", &m.init_std},
-                         {s, "objective", &m.objective}});
+                         {s, "objective", &m.objective},       {s, "reset_positions", &m.reset_positions},
+                         {s, "reset_attention", &m.reset_attention}, {s, "eos_id", &m.eos_id}});
 }
 
 void add_moe_fields(MoeConfig& m, std::vector<Field>& out) {
@@ -79,7 +80,8 @@ void add_schedule_fields(ScheduleConfig& c, std::vector<Field>& out) {
 void add_data_fields(DataConfig& d, std::vector<Field>& out) {
   const char* s = "data";
   out.insert(out.end(), {{s, "train_path", &d.train_path}, {s, "val_path", &d.val_path},
-                         {s, "tokenizer", &d.tokenizer}});
+                         {s, "tokenizer", &d.tokenizer},   {s, "train", &d.train},
+                         {s, "val", &d.val},               {s, "sampling", &d.sampling}});
 }
 
 void add_parallel_fields(ParallelConfig& p, std::vector<Field>& out) {

@@ -16,7 +16,7 @@
 namespace moe::config_internal {
 
 using FieldTarget = std::variant<int64_t*, uint64_t*, double*, bool*, std::string*, std::vector<int64_t>*,
-                                 std::vector<double>*, std::vector<std::string>*>;
+                                 std::vector<double>*, std::vector<std::string>*, std::vector<DataSource>*>;
 
 struct Field {
   const char* section;  // "model"

@@ -50,6 +50,9 @@ std::string expected_of(const Field& field) {
     std::string operator()(std::vector<int64_t>*) const { return "an array of integers"; }
     std::string operator()(std::vector<double>*) const { return "an array of numbers"; }
     std::string operator()(std::vector<std::string>*) const { return "an array of strings"; }
+    std::string operator()(std::vector<DataSource>*) const {
+      return "an array of tables like { path = \"shard.tok\", weight = 1.0 }";
+    }
   };
   return std::visit(Names{}, field.target);
 }
@@ -130,9 +133,56 @@ std::string assign_to(std::vector<std::string>* target, const toml::node& node) 
   return "";
 }
 
+// One data source table: path (a string) or paths (an array of strings), and weight (a number).
+std::string assign_source(DataSource& source, const toml::table& table) {
+  bool has_paths = false;
+  for (const auto& [key, value] : table) {
+    const std::string name(key.str());
+    std::string problem;
+    if (name == "path" || name == "paths") {
+      if (has_paths) return "give path or paths, not both";
+      has_paths = true;
+      if (name == "paths") {
+        problem = assign_to(&source.paths, value);
+      } else {
+        source.paths.emplace_back();
+        problem = assign_to(&source.paths.back(), value);
+      }
+    } else if (name == "weight") {
+      problem = assign_to(&source.weight, value);
+    } else {
+      return "unknown key '" + name + "' (keys: path, paths, weight)";
+    }
+    if (!problem.empty()) {
+      const char* expected = name == "weight" ? "a number" : name == "path" ? "a string" : "an array of strings";
+      return name + ": expected " + expected + ", " + problem;
+    }
+  }
+  return has_paths ? "" : "needs path = \"...\" or paths = [...]";
+}
+
+std::string assign_to(std::vector<DataSource>* target, const toml::node& node) {
+  const toml::array* array = node.as_array();
+  if (!array) return "got " + describe(node);
+  std::vector<DataSource> values;
+  for (const auto& element : *array) {
+    const std::string at = "entry [" + std::to_string(values.size()) + "] ";
+    if (!element.is_table()) return at + "is " + describe(element) + ", not a table";
+    DataSource source;
+    std::string problem = assign_source(source, *element.as_table());
+    if (!problem.empty()) return at + problem;
+    values.push_back(std::move(source));
+  }
+  *target = std::move(values);
+  return "";
+}
+
 std::string assign_node(const Field& field, const toml::node& node) {
   std::string problem = std::visit([&](auto* target) { return assign_to(target, node); }, field.target);
-  return problem.empty() ? "" : "expected " + expected_of(field) + ", " + problem;
+  if (problem.empty()) return "";
+  // A data source's own problem is named as is; a value of the wrong type says what was expected.
+  const bool inside_entry = std::holds_alternative<std::vector<DataSource>*>(field.target) && node.is_array();
+  return inside_entry ? problem : "expected " + expected_of(field) + ", " + problem;
 }
 
 toml::table parse_document(const std::string& text, const std::string& source_name) {

@@ -66,6 +66,16 @@ struct FormatValue {
     for (size_t i = 0; i < v->size(); ++i) out += (i ? ", " : "") + quote((*v)[i]);
     return out + "]";
   }
+  // An array of inline tables: [{ paths = ["a.tok"], weight = 1.0 }, ...].
+  std::string operator()(const std::vector<DataSource>* v) const {
+    std::string out = "[";
+    for (size_t i = 0; i < v->size(); ++i) {
+      const DataSource& source = (*v)[i];
+      out += std::string(i ? ", " : "") + "{ paths = " + (*this)(&source.paths) +
+             ", weight = " + format_double(source.weight) + " }";
+    }
+    return out + "]";
+  }
 };
 
 }  // namespace

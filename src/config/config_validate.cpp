@@ -95,6 +95,51 @@ void validate_model(const ModelConfig& m, const KeyOrigins& at) {
   check_positive(at, "model.norm_eps", m.norm_eps);
   check_positive(at, "model.rope_theta", m.rope_theta);
   check_positive(at, "model.init_std", m.init_std);
+  if (m.reset_positions || m.reset_attention) {
+    MOE_CHECK(m.eos_id >= 0 && m.eos_id < m.vocab_size,
+              at.prefix({"model.eos_id", "model.reset_positions", "model.reset_attention"}), "model.eos_id = ",
+              m.eos_id, " is outside the vocabulary [0, model.vocab_size = ", m.vocab_size,
+              "), but documents end with it (model.reset_positions / model.reset_attention)");
+  }
+}
+
+// data.train / data.val entries: shard paths given; training weights positive and finite;
+// validation datasets are not blended, so their weight stays 1.
+void check_sources(const KeyOrigins& at, const char* key, const std::vector<DataSource>& sources, bool training) {
+  for (size_t i = 0; i < sources.size(); ++i) {
+    const std::string entry = std::string(key) + "[" + std::to_string(i) + "]";
+    const DataSource& source = sources[i];
+    MOE_CHECK(!source.paths.empty(), at.prefix({key}), entry,
+              ": no shard paths (give path = \"...\" or paths = [...])");
+    for (const std::string& path : source.paths) {
+      MOE_CHECK(!path.empty(), at.prefix({key}), entry, ": an empty shard path");
+    }
+    if (training) {
+      MOE_CHECK(std::isfinite(source.weight) && source.weight > 0, at.prefix({key}), entry, ".weight = ",
+                source.weight, " must be positive: it is the dataset's share of the training samples");
+    } else {
+      MOE_CHECK(source.weight == 1.0, at.prefix({key}), entry, ".weight = ", source.weight,
+                ": validation datasets are not blended (every window of every shard is evaluated); remove it");
+    }
+  }
+}
+
+void validate_data(const DataConfig& d, const KeyOrigins& at) {
+  check_choice(at, "data.sampling", d.sampling, {"epochs", "random_windows"});
+  MOE_CHECK(d.train_path.empty() || d.train.empty(), at.prefix({"data.train", "data.train_path"}),
+            "data.train_path and data.train are both set: give the training data once (data.train_path = \"x\" is "
+            "data.train = [{ path = \"x\" }])");
+  MOE_CHECK(d.val_path.empty() || d.val.empty(), at.prefix({"data.val", "data.val_path"}),
+            "data.val_path and data.val are both set: give the validation data once");
+  check_sources(at, "data.train", d.train, true);
+  check_sources(at, "data.val", d.val, false);
+  size_t paths = 0;
+  for (const DataSource& source : d.train) paths += source.paths.size();
+  const bool one_shard = d.train.empty() || (d.train.size() == 1 && paths == 1);
+  MOE_CHECK(d.sampling != "random_windows" || one_shard, at.prefix({"data.sampling", "data.train"}),
+            "data.sampling = 'random_windows' draws from one shard, but data.train lists ", d.train.size(),
+            " datasets with ", paths, " shard paths: use data.sampling = 'epochs' to blend datasets and read "
+            "several shards");
 }
 
 void check_router_name(const KeyOrigins& at, const char* key, const std::string& value) {
@@ -380,6 +425,7 @@ void validate_config_at(const Config& config, const KeyOrigins& origins) {
   validate_optim(config.optim, origins);
   validate_schedule(config.schedule, origins);
   validate_parallel(config, origins);
+  validate_data(config.data, origins);
 }
 
 }  // namespace config_internal

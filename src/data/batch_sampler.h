@@ -1,10 +1,11 @@
-// Deterministic training windows (random, keyed by seed, step and sequence index) and the
-// sequential evaluation iterator over fixed, non-overlapping windows of a validation shard.
+// Training samplers (the global batch of a step as token windows, sliced per data-parallel rank),
+// the random-window rule, and the sequential evaluation iterator over fixed windows of shards.
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
+#include "src/data/sample_index.h"
 #include "src/data/token_shard.h"
 
 namespace moe::data {
@@ -32,57 +33,71 @@ struct DataParallelSlice {
   int64_t grad_accum = 1;   // micro-batches per step per rank
 };
 
-// SplitMix64 (Steele, Lea, Flood 2014): the engine's seeded, platform-independent generator.
-struct SplitMix64 {
-  uint64_t state;
-  explicit SplitMix64(uint64_t seed) : state(seed) {}
-  uint64_t next();
-  // Uniform in [0, bound) without modulo bias (Lemire's multiply-and-reject); bound > 0.
-  uint64_t below(uint64_t bound);
-};
-
-// The sampling rule. Sequence j of step s of the global batch starts at
-//   uniform in [0, size - (seq_len + 1)], drawn from SplitMix64(key(seed, s, j)),
-// so it depends on (seed, step, j) only: never on the number of ranks, on micro-batching or
-// on which sequences were read before. Rank r takes the contiguous sequences
+// What the trainer draws batches from. Sequence j of the global batch of step s is global sample
+// s * global_batch + j, chosen from (seed, s, j) only: never from the number of ranks, from
+// micro-batching or from the sequences read before. Rank r takes the contiguous sequences
 //   [r * m * a, (r + 1) * m * a) and its micro-batch k is [r*m*a + k*m, r*m*a + (k+1)*m),
 // so concatenating the ranks' micro-batches in (rank, micro) order gives the global batch.
-class BatchSampler {
+class TrainSampler {
  public:
-  // `data` must outlive the sampler. Throws if the shard is shorter than seq_len + 1 tokens.
-  BatchSampler(const TokenDataset& data, uint64_t seed, int64_t global_batch, int64_t seq_len);
+  TrainSampler(int64_t global_batch, int64_t seq_len);
+  virtual ~TrainSampler() = default;
 
   int64_t global_batch() const { return global_batch_; }
   int64_t seq_len() const { return seq_len_; }
 
-  // Shard offset of the first input token of global sequence `index` at `step`.
-  int64_t sequence_start(int64_t step, int64_t index) const;
   // The windows of global sequences [first, first + count) of `step`.
-  TokenWindows sequences(int64_t step, int64_t first, int64_t count) const;
+  virtual TokenWindows sequences(int64_t step, int64_t first, int64_t count) const = 0;
   // All global_batch sequences of `step` (what a single rank with no accumulation sees).
-  TokenWindows global(int64_t step) const;
+  TokenWindows global(int64_t step) const { return sequences(step, 0, global_batch_); }
   // Micro-batch `micro` (0 <= micro < grad_accum) of `slice.rank` at `step`.
   TokenWindows micro_batch(int64_t step, const DataParallelSlice& slice, int64_t micro) const;
   // Checks the slice against the global batch; the message names all four numbers.
   void check_slice(const DataParallelSlice& slice) const;
 
+ protected:
+  // Sequences [first, first + count) of `step` lie in the global batch (the message names them).
+  void check_sequences(int64_t step, int64_t first, int64_t count) const;
+
+ private:
+  int64_t global_batch_;
+  int64_t seq_len_;
+};
+
+// The random-window rule (data.sampling = "random_windows", the rule before epochs existed): one
+// shard; sequence j of step s starts at
+//   uniform in [0, size - (seq_len + 1)], drawn from SplitMix64(key(seed, s, j)),
+// so windows may overlap and an epoch means nothing.
+class BatchSampler final : public TrainSampler {
+ public:
+  // `data` must outlive the sampler. Throws if the shard is shorter than seq_len + 1 tokens.
+  BatchSampler(const TokenDataset& data, uint64_t seed, int64_t global_batch, int64_t seq_len);
+
+  // Shard offset of the first input token of global sequence `index` at `step`.
+  int64_t sequence_start(int64_t step, int64_t index) const;
+  TokenWindows sequences(int64_t step, int64_t first, int64_t count) const override;
+
  private:
   const TokenDataset* data_;
   uint64_t seed_;
-  int64_t global_batch_;
-  int64_t seq_len_;
   uint64_t num_starts_;  // size - seq_len: the number of valid start offsets
 };
 
-// Fixed evaluation windows: window w holds tokens [w*S, w*S + S + 1) (S positions and the token
-// after them; consecutive windows share one token), so there are (size - 1) / S windows. With
-// num_ranks > 1, rank r evaluates windows r, r + N, r + 2N, ... and the window count is first
-// cut to a multiple of N (and to max_windows when that is > 0) so every rank runs the same
-// number of batches.
+// The windows of seq_len + 1 tokens of `data` starting at `starts` (the objective's input).
+TokenWindows read_windows(const TokenDataset& data, int64_t seq_len, std::vector<int64_t> starts);
+
+// Fixed evaluation windows: window w of a shard holds tokens [w*S, w*S + S + 1) (S positions and
+// the token after them; consecutive windows share one token), so a shard has (size - 1) / S
+// windows; with several shards their windows follow one another in shard order. With num_ranks
+// > 1, rank r evaluates windows r, r + N, r + 2N, ... and the window count is first cut to a
+// multiple of N (and to max_windows when that is > 0) so every rank runs the same number of batches.
 class EvalIterator {
  public:
   EvalIterator(const TokenDataset& data, int64_t batch_rows, int64_t seq_len, int64_t max_windows = 0,
                int64_t rank = 0, int64_t num_ranks = 1);
+  // Several shards (outliving the iterator); a shard shorter than seq_len + 1 tokens has no window.
+  EvalIterator(std::vector<const TokenDataset*> shards, int64_t batch_rows, int64_t seq_len,
+               int64_t max_windows = 0, int64_t rank = 0, int64_t num_ranks = 1);
 
   int64_t num_windows() const { return num_windows_; }          // over all ranks
   int64_t windows_per_rank() const { return num_windows_ / num_ranks_; }
@@ -92,7 +107,8 @@ class EvalIterator {
   void reset() { next_local_ = 0; }
 
  private:
-  const TokenDataset* data_;
+  std::vector<const TokenDataset*> shards_;
+  std::vector<int64_t> first_window_;  // per shard: the global index of its first window; then the total
   int64_t batch_rows_;
   int64_t seq_len_;
   int64_t rank_;

@@ -24,6 +24,9 @@ Attention::Attention(ParamStore& store, const std::string& prefix, const Attenti
   MOE_CHECK(config.num_heads % tp.size() == 0 && config.num_kv_heads % tp.size() == 0, "attention '", prefix,
             "': tensor parallelism splits whole heads, but ", config.num_heads, " query heads and ",
             config.num_kv_heads, " kv heads do not both divide by parallel.tp = ", tp.size());
+  MOE_CHECK(!config.document_mask || config.mask == AttentionMask::causal, "attention '", prefix,
+            "': model.reset_attention keeps attention inside documents of a causal model, but the objective's mask "
+            "is ", attention_mask_name(config.mask));
   head_dim_ = d / config.num_heads;
   local_heads_ = config.num_heads / tp.size();
   local_kv_heads_ = config.num_kv_heads / tp.size();
@@ -39,19 +42,23 @@ ops::AttentionShape Attention::shape(int64_t batch) const {
   return {batch, config_.seq_len, local_heads_, local_kv_heads_, head_dim_, config_.mask == AttentionMask::causal};
 }
 
-Tensor Attention::forward(const Tensor& x, int64_t batch, Saved& saved) const {
+Tensor Attention::forward(const Tensor& x, int64_t batch, Saved& saved, const Tensor& doc_starts) const {
+  MOE_CHECK(doc_starts.defined() || !(config_.document_positions || config_.document_mask),
+            "attention: document positions or masking (model.reset_positions / reset_attention) need the batch's "
+            "document starts");
   saved.x = x;
+  saved.doc_starts = doc_starts;
   saved.q = linear_forward(x, store_->param(wq_));
   saved.k = linear_forward(x, store_->param(wk_));
   saved.v = linear_forward(x, store_->param(wv_));
   if (config_.rope) {
     // Rotary angles depend on the position and the index within a head, never on the head.
-    ops::rope(saved.q, local_heads_, config_.seq_len, config_.rope_theta, false);
-    ops::rope(saved.k, local_kv_heads_, config_.seq_len, config_.rope_theta, false);
+    ops::rope(saved.q, local_heads_, config_.seq_len, config_.rope_theta, false, rope_starts(saved));
+    ops::rope(saved.k, local_kv_heads_, config_.seq_len, config_.rope_theta, false, rope_starts(saved));
   }
   saved.out = empty_like(saved.q);
   saved.lse = Tensor::empty({batch, local_heads_, config_.seq_len}, ops::accum_dtype(x.dtype()), x.device());
-  ops::attention_forward(saved.q, saved.k, saved.v, saved.out, saved.lse, shape(batch));
+  ops::attention_forward(saved.q, saved.k, saved.v, saved.out, saved.lse, shape(batch), mask_starts(saved));
   Tensor y = linear_forward(saved.out, store_->param(wo_));
   tp_.all_reduce(y);  // the row-parallel partial products summed over the group
   return y;
@@ -63,11 +70,12 @@ Tensor Attention::backward(const Saved& saved, const Tensor& dy, int64_t batch) 
   linear_backward(saved.out, store_->param(wo_), dy, dwo, dout);
 
   Tensor dq = empty_like(saved.q), dk = empty_like(saved.k), dv = empty_like(saved.v);
-  ops::attention_backward(saved.q, saved.k, saved.v, saved.out, saved.lse, dout, dq, dk, dv, shape(batch));
+  ops::attention_backward(saved.q, saved.k, saved.v, saved.out, saved.lse, dout, dq, dk, dv, shape(batch), Tensor(),
+                          mask_starts(saved));
   if (config_.rope) {
     // The rotation is orthogonal: its transpose (the backward) is the inverse rotation.
-    ops::rope(dq, local_heads_, config_.seq_len, config_.rope_theta, true);
-    ops::rope(dk, local_kv_heads_, config_.seq_len, config_.rope_theta, true);
+    ops::rope(dq, local_heads_, config_.seq_len, config_.rope_theta, true, rope_starts(saved));
+    ops::rope(dk, local_kv_heads_, config_.seq_len, config_.rope_theta, true, rope_starts(saved));
   }
   Tensor dx = empty_like(saved.x);
   Tensor dwq = store_->grad(wq_), dwk = store_->grad(wk_), dwv = store_->grad(wv_);

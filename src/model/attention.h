@@ -21,6 +21,9 @@ struct AttentionConfig {
   float rope_theta = 10000.0f;
   double init_std = 0.02, out_init_std = 0.02;
   AttentionMask mask = AttentionMask::causal;
+  // Documents packed into a sequence (model.reset_positions / reset_attention): rope positions
+  // count from each token's document start, and a token attends only inside its document.
+  bool document_positions = false, document_mask = false;
 };
 
 // Tensor parallelism (Megatron): rank r of the tp group holds query heads [r*H/tp, (r+1)*H/tp)
@@ -32,12 +35,13 @@ class Attention {
  public:
   struct Saved {
     Tensor x, q, k, v, out, lse;
+    Tensor doc_starts;  // the forward's document starts (undefined without documents)
   };
 
   // Requires num_heads and num_kv_heads divisible by tp.size().
   Attention(ParamStore& store, const std::string& prefix, const AttentionConfig& config, TpGroup tp = {});
-  // x[B*S, d] -> y[B*S, d]
-  Tensor forward(const Tensor& x, int64_t batch, Saved& saved) const;
+  // x[B*S, d] (, doc_starts i32[B*S]: ops.h, needed with document positions or masking) -> y[B*S, d]
+  Tensor forward(const Tensor& x, int64_t batch, Saved& saved, const Tensor& doc_starts = Tensor()) const;
   // dy[B*S, d] -> dx[B*S, d]; accumulates the projection gradients
   Tensor backward(const Saved& saved, const Tensor& dy, int64_t batch) const;
 
@@ -46,6 +50,9 @@ class Attention {
 
  private:
   ops::AttentionShape shape(int64_t batch) const;
+  // The document starts rope and the attention kernel read (undefined where the option is off).
+  Tensor rope_starts(const Saved& saved) const { return config_.document_positions ? saved.doc_starts : Tensor(); }
+  Tensor mask_starts(const Saved& saved) const { return config_.document_mask ? saved.doc_starts : Tensor(); }
 
   ParamStore* store_;
   AttentionConfig config_;

@@ -31,4 +31,16 @@ void check_host_ids(const Batch& batch) {
             "host ids)");
 }
 
+std::vector<int32_t> document_starts(const std::vector<int32_t>& tokens, int64_t seq_len, int64_t eos_id) {
+  const auto n = static_cast<int64_t>(tokens.size());
+  MOE_CHECK(seq_len > 0 && n % seq_len == 0, "document starts: ", n, " token ids are not sequences of ", seq_len);
+  std::vector<int32_t> starts(tokens.size());
+  for (int64_t t = 0; t < n; ++t) {
+    const int64_t i = t % seq_len;
+    const size_t at = static_cast<size_t>(t);
+    starts[at] = i == 0 ? 0 : tokens[at - 1] == eos_id ? static_cast<int32_t>(i) : starts[at - 1];
+  }
+  return starts;
+}
+
 }  // namespace moe

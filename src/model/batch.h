@@ -29,4 +29,9 @@ Batch make_batch(std::vector<int32_t> inputs, std::vector<int32_t> targets, int6
 // read back): the error names what is missing.
 void check_host_ids(const Batch& batch);
 
+// The document starts (ops.h doc_starts) of token ids [B*S], sequences of seq_len: a document
+// ends with eos_id, so the token after an EOS begins a new one at its position, and a sequence's
+// first token begins one at 0. [B*S] values in [0, seq_len).
+std::vector<int32_t> document_starts(const std::vector<int32_t>& tokens, int64_t seq_len, int64_t eos_id);
+
 }  // namespace moe

@@ -16,9 +16,9 @@ Block::Block(ParamStore& store, const std::string& prefix, NormKind norm, float 
 }
 
 Tensor Block::forward(const Tensor& x, int64_t batch, const RouteInputs& inputs, BlockSaved& saved,
-                      bool collect_stats) const {
+                      bool collect_stats, const Tensor& doc_starts) const {
   saved.input = x;
-  Tensor attn_out = attn_.forward(attn_norm_.forward(x, saved.attn_norm), batch, saved.attn);
+  Tensor attn_out = attn_.forward(attn_norm_.forward(x, saved.attn_norm), batch, saved.attn, doc_starts);
   Tensor h;  // the residual stream x + attn_out, written by the fused add + norm
   Tensor normed = ffn_norm_.forward_add(x, attn_out, h, saved.ffn_norm);
   Tensor ffn_out = moe_ ? moe_->forward(normed, inputs, saved.moe, collect_stats) : dense_->forward(normed, saved.ffn);

@@ -24,9 +24,9 @@ class Block {
  public:
   Block(ParamStore& store, const std::string& prefix, NormKind norm, float norm_eps, const AttentionConfig& attn,
         std::unique_ptr<DenseFfn> dense, std::unique_ptr<MoeLayer> moe, TpGroup tp = {});
-  // x[B*S,d] -> y[B*S,d]
+  // x[B*S,d] -> y[B*S,d]; doc_starts: the batch's document starts (Attention::forward)
   Tensor forward(const Tensor& x, int64_t batch, const RouteInputs& inputs, BlockSaved& saved,
-                 bool collect_stats = false) const;
+                 bool collect_stats = false, const Tensor& doc_starts = Tensor()) const;
   // dy[B*S,d] -> dx[B*S,d]
   Tensor backward(const BlockSaved& saved, const Tensor& dy, int64_t batch, float aux_scale) const;
   bool is_moe() const { return moe_ != nullptr; }

@@ -87,6 +87,8 @@ Model::Model(const ModelConfig& model, const MoeConfig& moe, const ModelParallel
   NormKind norm = norm_kind_from_name(c.norm);
   AttentionConfig attn{c.d_model, c.num_heads, c.num_kv_heads, c.seq_len, c.positions == "rope",
                        static_cast<float>(c.rope_theta), c.init_std, out_std, objective_->attention_mask()};
+  attn.document_positions = c.reset_positions && c.positions == "rope";
+  attn.document_mask = c.reset_attention;
   ops::Activation dense_act = ops::activation_from_name(c.activation);
   ops::Activation expert_act = ops::activation_from_name(moe.activation.empty() ? c.activation : moe.activation);
   size_t moe_index = 0;  // moe.layer_routers counts the MoE layers of the whole model
@@ -168,12 +170,22 @@ int64_t Model::total_params() const {
   return total;
 }
 
-Tensor Model::embed(const Tensor& inputs) const {
+Tensor Model::embed(const Tensor& inputs, const Tensor& doc_starts) const {
   acquire("embed");
   Tensor x = vocab_parallel_embedding(inputs, store_.param(tokens_), config_.vocab_size, tp_.comm);
-  if (positions_ >= 0) ops::position_add_forward(x, store_.param(positions_), config_.seq_len);
+  if (positions_ >= 0) {
+    ops::position_add_forward(x, store_.param(positions_), config_.seq_len,
+                              config_.reset_positions ? doc_starts : Tensor());
+  }
   release("embed");
   return x;
+}
+
+Tensor Model::document_starts_of(const Batch& batch) const {
+  if (!config_.reset_positions && !config_.reset_attention) return {};
+  // From the host ids the batch carries (no device -> host copy), uploaded once per forward.
+  std::vector<int32_t> starts = document_starts(batch.host_inputs, config_.seq_len, config_.eos_id);
+  return Tensor::from_vector(starts, {static_cast<int64_t>(starts.size())}, DType::i32, batch.inputs.device());
 }
 
 RouteInputs Model::route_inputs(const Batch& batch, size_t block) const {
@@ -191,7 +203,7 @@ Tensor Model::run_blocks(const Tensor& x_in, const Batch& batch, ModelSaved& sav
   for (size_t i = 0; i < blocks_.size(); ++i) {
     acquire(block_unit(i));
     BlockSaved& b = saved.blocks[i];
-    x = blocks_[i]->forward(x, batch.batch_size, route_inputs(batch, i), b, batch.collect_stats);
+    x = blocks_[i]->forward(x, batch.batch_size, route_inputs(batch, i), b, batch.collect_stats, saved.doc_starts);
     release(block_unit(i));
     if (recompute_) {
       // Keep the input and the MoE layer's statistics and balancing gradients (the trainer may
@@ -225,7 +237,8 @@ ForwardOutput Model::forward(const Batch& batch, ModelSaved& saved, const Tensor
   MOE_CHECK(is_first_stage() || input.defined(), "pipeline stage ", parallel_.stage,
             " needs the previous stage's activations");
   check_host_ids(batch);
-  Tensor x = run_blocks(is_first_stage() ? embed(batch.inputs) : input, batch, saved);
+  saved.doc_starts = document_starts_of(batch);
+  Tensor x = run_blocks(is_first_stage() ? embed(batch.inputs, saved.doc_starts) : input, batch, saved);
   ForwardOutput out;
   if (is_last_stage()) {
     head_forward(x, saved);
@@ -269,10 +282,10 @@ Tensor Model::head_backward(const Batch& batch, const ModelSaved& saved, float l
 }
 
 Tensor Model::block_backward(size_t i, const Batch& batch, const BlockSaved& saved, const Tensor& dy,
-                             float aux_scale) const {
+                             float aux_scale, const Tensor& doc_starts) const {
   if (!recompute_) return blocks_[i]->backward(saved, dy, batch.batch_size, aux_scale);
   BlockSaved rebuilt;
-  blocks_[i]->forward(saved.input, batch.batch_size, route_inputs(batch, i), rebuilt, false);
+  blocks_[i]->forward(saved.input, batch.batch_size, route_inputs(batch, i), rebuilt, false, doc_starts);
   rebuilt.moe.stats = saved.moe.stats;
   rebuilt.moe.balance_grads = saved.moe.balance_grads;
   rebuilt.moe.score_grad_row = saved.moe.score_grad_row;
@@ -287,14 +300,14 @@ Tensor Model::backward(const Batch& batch, const ModelSaved& saved, float loss_s
   if (recompute_) check_host_ids(batch);  // recomputation reroutes each block from the host ids
   for (size_t i = blocks_.size(); i-- > 0;) {
     acquire(block_unit(i));
-    dx = block_backward(i, batch, saved.blocks[i], dx, aux_scale);
+    dx = block_backward(i, batch, saved.blocks[i], dx, aux_scale, saved.doc_starts);
     release(block_unit(i));
     if (grad_hook_) grad_hook_(block_unit(i));
   }
   if (!is_first_stage()) return dx;
   if (positions_ >= 0) {
     Tensor dpos = store_.grad(positions_);
-    ops::position_add_backward(dx, dpos, config_.seq_len);
+    ops::position_add_backward(dx, dpos, config_.seq_len, config_.reset_positions ? saved.doc_starts : Tensor());
   }
   Tensor dtable = store_.grad(tokens_);
   vocab_parallel_embedding_backward(batch.inputs, dx, dtable, config_.vocab_size, tp_.comm);
@@ -309,7 +322,8 @@ Tensor Model::logits(const std::vector<int32_t>& tokens, int64_t batch_size) con
   ModelSaved saved;
   Batch batch = make_batch(tokens, {}, batch_size, store_.device());
   batch.training = false;
-  head_forward(run_blocks(embed(batch.inputs), batch, saved), saved);
+  saved.doc_starts = document_starts_of(batch);
+  head_forward(run_blocks(embed(batch.inputs, saved.doc_starts), batch, saved), saved);
   return saved.logits;
 }
 

@@ -25,6 +25,8 @@ struct ModelSaved {
   // gradient), lse over all of V
   Tensor logits, lse;
   Tensor output;  // a stage before the last: its output activations [B*S,d] for the next stage
+  // i32[B*S]: each token's document start (model.reset_positions / reset_attention), else undefined
+  Tensor doc_starts;
 };
 
 // Where this rank's model sits in the parallel layout (each group nullptr = not split that way).
@@ -119,12 +121,14 @@ class Model {
   int64_t total_params() const;
 
  private:
-  Tensor embed(const Tensor& inputs) const;
+  Tensor embed(const Tensor& inputs, const Tensor& doc_starts) const;
+  // The batch's document starts on the model's device when a reset option needs them, else undefined.
+  Tensor document_starts_of(const Batch& batch) const;
   Tensor run_blocks(const Tensor& x, const Batch& batch, ModelSaved& saved) const;
   void head_forward(const Tensor& x, ModelSaved& saved) const;
   Tensor head_backward(const Batch& batch, const ModelSaved& saved, float loss_scale) const;
-  Tensor block_backward(size_t i, const Batch& batch, const BlockSaved& saved, const Tensor& dy,
-                        float aux_scale) const;
+  Tensor block_backward(size_t i, const Batch& batch, const BlockSaved& saved, const Tensor& dy, float aux_scale,
+                        const Tensor& doc_starts) const;
   RouteInputs route_inputs(const Batch& batch, size_t block) const;
   // (bias buffer, MoE layer number on this stage) of every MoE layer whose router has an expert bias.
   std::vector<std::pair<ParamId, int64_t>> expert_bias_ids() const;

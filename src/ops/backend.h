@@ -25,8 +25,9 @@ class Backend {
   virtual void grouped_matmul_weight_grad(const Tensor& x, const Tensor& offsets, const Tensor& dy, Tensor& dw) = 0;
   virtual void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out, VocabShard shard) = 0;
   virtual void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable, VocabShard shard) = 0;
-  virtual void position_add_forward(Tensor& x, const Tensor& pos, int64_t seq_len) = 0;
-  virtual void position_add_backward(const Tensor& dx, Tensor& dpos, int64_t seq_len) = 0;
+  // doc_starts: checked by ops.cpp, or undefined (so for rope and attention).
+  virtual void position_add_forward(Tensor& x, const Tensor& pos, int64_t seq_len, const Tensor& doc_starts) = 0;
+  virtual void position_add_backward(const Tensor& dx, Tensor& dpos, int64_t seq_len, const Tensor& doc_starts) = 0;
   // delta, h: undefined for a plain norm; dresidual: undefined when there is none.
   virtual void rmsnorm_forward(const Tensor& x, const Tensor& delta, Tensor& h, const Tensor& w, Tensor& y,
                                Tensor& rstd, float eps) = 0;
@@ -36,14 +37,16 @@ class Backend {
                                  Tensor& y, Tensor& mean, Tensor& rstd, float eps) = 0;
   virtual void layernorm_backward(const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& rstd,
                                   const Tensor& dy, const Tensor& dresidual, Tensor& dx, Tensor& dw, Tensor& db) = 0;
-  virtual void rope(Tensor& x, int64_t num_heads, int64_t seq_len, float theta, bool inverse) = 0;
+  virtual void rope(Tensor& x, int64_t num_heads, int64_t seq_len, float theta, bool inverse,
+                    const Tensor& doc_starts) = 0;
   virtual void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse,
-                                 const AttentionShape& shape) = 0;
+                                 const AttentionShape& shape, const Tensor& doc_starts) = 0;
   virtual int64_t attention_workspace_numel(const AttentionShape& shape) = 0;
   // workspace: checked by ops.cpp (f32, on q's device, large enough) or undefined
   virtual void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                                   const Tensor& lse, const Tensor& dout, Tensor& dq, Tensor& dk, Tensor& dv,
-                                  const AttentionShape& shape, const Tensor& workspace) = 0;
+                                  const AttentionShape& shape, const Tensor& workspace,
+                                  const Tensor& doc_starts) = 0;
   virtual void activation_forward(Activation act, const Tensor& x, Tensor& y) = 0;
   virtual void activation_backward(Activation act, const Tensor& x, const Tensor& dy, Tensor& dx) = 0;
   virtual void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor& lse,

@@ -126,17 +126,19 @@ class CpuBackend final : public Backend {
     });
   }
 
-  void position_add_forward(Tensor& x, const Tensor& pos, int64_t seq_len) override {
+  void position_add_forward(Tensor& x, const Tensor& pos, int64_t seq_len, const Tensor& doc_starts) override {
     dispatch_float(x.dtype(), "positions", [&](auto tag) {
       using T = decltype(tag);
-      cpu::position_add_forward<T>(ptr<T>(x), ptr<T>(pos), x.size(0), x.size(1), seq_len);
+      cpu::position_add_forward<T>(ptr<T>(x), ptr<T>(pos), x.size(0), x.size(1), seq_len,
+                                   optional_ptr<int32_t>(doc_starts));
     });
   }
 
-  void position_add_backward(const Tensor& dx, Tensor& dpos, int64_t seq_len) override {
+  void position_add_backward(const Tensor& dx, Tensor& dpos, int64_t seq_len, const Tensor& doc_starts) override {
     dispatch_float(dx.dtype(), "positions backward", [&](auto tag) {
       using T = decltype(tag);
-      cpu::position_add_backward<T>(ptr<T>(dx), ptr<T>(dpos), dx.size(0), dx.size(1), seq_len);
+      cpu::position_add_backward<T>(ptr<T>(dx), ptr<T>(dpos), dx.size(0), dx.size(1), seq_len,
+                                    optional_ptr<int32_t>(doc_starts));
     });
   }
 
@@ -177,18 +179,21 @@ class CpuBackend final : public Backend {
     });
   }
 
-  void rope(Tensor& x, int64_t num_heads, int64_t seq_len, float theta, bool inverse) override {
+  void rope(Tensor& x, int64_t num_heads, int64_t seq_len, float theta, bool inverse,
+            const Tensor& doc_starts) override {
     dispatch_float(x.dtype(), "rope", [&](auto tag) {
       using T = decltype(tag);
-      cpu::rope<T>(ptr<T>(x), x.size(0), num_heads, x.size(1) / num_heads, seq_len, theta, inverse);
+      cpu::rope<T>(ptr<T>(x), x.size(0), num_heads, x.size(1) / num_heads, seq_len, theta, inverse,
+                   optional_ptr<int32_t>(doc_starts));
     });
   }
 
   void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse,
-                         const AttentionShape& shape) override {
+                         const AttentionShape& shape, const Tensor& doc_starts) override {
     dispatch_float(q.dtype(), "attention", [&](auto tag) {
       using T = decltype(tag);
-      cpu::attention_forward<T>(ptr<T>(q), ptr<T>(k), ptr<T>(v), ptr<T>(out), ptr<T>(lse), shape);
+      cpu::attention_forward<T>(ptr<T>(q), ptr<T>(k), ptr<T>(v), ptr<T>(out), ptr<T>(lse), shape,
+                                optional_ptr<int32_t>(doc_starts));
     });
   }
 
@@ -196,11 +201,11 @@ class CpuBackend final : public Backend {
 
   void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
                           const Tensor& dout, Tensor& dq, Tensor& dk, Tensor& dv, const AttentionShape& shape,
-                          const Tensor&) override {
+                          const Tensor&, const Tensor& doc_starts) override {
     dispatch_float(q.dtype(), "attention backward", [&](auto tag) {
       using T = decltype(tag);
       cpu::attention_backward<T>(ptr<T>(q), ptr<T>(k), ptr<T>(v), ptr<T>(out), ptr<T>(lse), ptr<T>(dout), ptr<T>(dq),
-                                 ptr<T>(dk), ptr<T>(dv), shape);
+                                 ptr<T>(dk), ptr<T>(dv), shape, optional_ptr<int32_t>(doc_starts));
     });
   }
 

@@ -62,6 +62,7 @@ const float* optional_f32(const Tensor& t, const char* what) {
 
 // An optional bf16 tensor (ops.cpp checked its shape, dtype and device) as a pointer: nullptr when undefined.
 const bf16* optional_bf16(const Tensor& t) { return t.defined() ? bf(t) : nullptr; }
+const int32_t* optional_i32(const Tensor& t) { return t.defined() ? i32(t) : nullptr; }
 bf16* optional_bf16_mut(const Tensor& t) { return t.defined() ? bf_mut(t) : nullptr; }
 
 class CudaBackend : public Backend {
@@ -102,14 +103,15 @@ class CudaBackend : public Backend {
                              shard.start, shard.full, stream);
   }
 
-  void position_add_forward(Tensor& x, const Tensor& pos, int64_t seq_len) override {
+  void position_add_forward(Tensor& x, const Tensor& pos, int64_t seq_len, const Tensor& doc_starts) override {
     cudaStream_t stream = on_device(x, pos);
-    cuda::position_add_forward(bf_mut(x), bf(pos), x.size(0), x.size(1), seq_len, stream);
+    cuda::position_add_forward(bf_mut(x), bf(pos), x.size(0), x.size(1), seq_len, optional_i32(doc_starts), stream);
   }
 
-  void position_add_backward(const Tensor& dx, Tensor& dpos, int64_t seq_len) override {
+  void position_add_backward(const Tensor& dx, Tensor& dpos, int64_t seq_len, const Tensor& doc_starts) override {
     cudaStream_t stream = on_device(dx, dpos);
-    cuda::position_add_backward(bf(dx), f32_mut(dpos), dx.size(0), dx.size(1), seq_len, stream);
+    cuda::position_add_backward(bf(dx), f32_mut(dpos), dx.size(0), dx.size(1), seq_len, optional_i32(doc_starts),
+                                stream);
   }
 
   void rmsnorm_forward(const Tensor& x, const Tensor& delta, Tensor& h, const Tensor& w, Tensor& y, Tensor& rstd,
@@ -147,16 +149,17 @@ class CudaBackend : public Backend {
                              f32_mut(dw), f32_mut(db), x.size(0), x.size(1), stream);
   }
 
-  void rope(Tensor& x, int64_t num_heads, int64_t seq_len, float theta, bool inverse) override {
+  void rope(Tensor& x, int64_t num_heads, int64_t seq_len, float theta, bool inverse,
+            const Tensor& doc_starts) override {
     cudaStream_t stream = on_device(x);
     cuda::RopeShape shape{x.size(0), num_heads, x.size(1) / num_heads, seq_len};
-    cuda::rope(bf_mut(x), shape, theta, inverse, stream);
+    cuda::rope(bf_mut(x), shape, theta, inverse, optional_i32(doc_starts), stream);
   }
 
   void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse,
-                         const AttentionShape& shape) override {
+                         const AttentionShape& shape, const Tensor& doc_starts) override {
     cudaStream_t stream = on_device(q, k, v, out, lse);
-    cuda::attention_forward(bf(q), bf(k), bf(v), bf_mut(out), f32_mut(lse), shape, stream);
+    cuda::attention_forward(bf(q), bf(k), bf(v), bf_mut(out), f32_mut(lse), shape, optional_i32(doc_starts), stream);
   }
 
   int64_t attention_workspace_numel(const AttentionShape& shape) override {
@@ -166,7 +169,7 @@ class CudaBackend : public Backend {
 
   void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
                           const Tensor& dout, Tensor& dq, Tensor& dk, Tensor& dv, const AttentionShape& shape,
-                          const Tensor& workspace) override {
+                          const Tensor& workspace, const Tensor& doc_starts) override {
     cudaStream_t stream = on_device(q, k, v, out, lse, dout, dq, dk, dv);
     check_shape(lse, {shape.batch, shape.num_heads, shape.seq_len}, "attention lse");
     check_dtype(lse, DType::f32, "attention lse");
@@ -175,7 +178,7 @@ class CudaBackend : public Backend {
                                ? workspace
                                : Tensor::empty({attention_workspace_numel(shape)}, DType::f32, q.device());
     cuda::attention_backward(bf(q), bf(k), bf(v), bf(out), f32(lse), bf(dout), bf_mut(dq), bf_mut(dk), bf_mut(dv),
-                             scratch.data(), shape, stream);
+                             scratch.data(), shape, optional_i32(doc_starts), stream);
   }
 
   void activation_forward(Activation act, const Tensor& x, Tensor& y) override {

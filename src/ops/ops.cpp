@@ -168,21 +168,44 @@ void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable, V
   run_on(dout, OpKind::embedding)->embedding_backward(ids, dout, dtable, shard);
 }
 
-void position_add_forward(Tensor& x, const Tensor& pos, int64_t seq_len) {
+namespace {
+
+// doc_starts (when defined): i32[tokens] on like's device; on the CPU also its structure (ops.h):
+// 0 at a sequence's first token, then the previous token's value or the token's own position.
+void check_doc_starts(const Tensor& doc_starts, int64_t tokens, int64_t seq_len, const Tensor& like, const char* op) {
+  if (!doc_starts.defined()) return;
+  const std::string name = std::string(op) + " doc_starts";
+  check_index(doc_starts, {tokens}, like, name.c_str());
+  if (doc_starts.is_cuda()) return;  // built by the model; reading it here would wait for the device
+  const int32_t* starts = doc_starts.data_as<int32_t>();
+  for (int64_t t = 0; t < tokens; ++t) {
+    const int64_t i = t % seq_len, v = starts[t];
+    const bool ok = i == 0 ? v == 0 : (v == starts[t - 1] || v == i);
+    MOE_CHECK(ok, name, "[", t, "] = ", v, " at position ", i, " of its sequence: expected ",
+              i == 0 ? "0" : "the previous token's start or " + std::to_string(i));
+  }
+}
+
+}  // namespace
+
+void position_add_forward(Tensor& x, const Tensor& pos, int64_t seq_len, const Tensor& doc_starts) {
   check_compute(x, "positions x");
   check_dtype(pos, x.dtype(), "positions table");
   MOE_CHECK(pos.ndim() == 2 && pos.size(1) == x.size(1) && seq_len <= pos.size(0) && seq_len > 0 &&
                 x.size(0) % seq_len == 0,
             "positions: x", shape_str(x.shape()), " table", shape_str(pos.shape()), " seq_len ", seq_len);
-  run_on(x, OpKind::embedding)->position_add_forward(x, pos, seq_len);
+  check_doc_starts(doc_starts, x.size(0), seq_len, x, "positions");
+  run_on(x, OpKind::embedding)->position_add_forward(x, pos, seq_len, doc_starts);
 }
 
-void position_add_backward(const Tensor& dx, Tensor& dpos, int64_t seq_len) {
+void position_add_backward(const Tensor& dx, Tensor& dpos, int64_t seq_len, const Tensor& doc_starts) {
   check_compute(dx, "positions dx");
   check_accum(dpos, dx, "positions dtable");
-  MOE_CHECK(dpos.ndim() == 2 && dpos.size(1) == dx.size(1) && seq_len <= dpos.size(0) && dx.size(0) % seq_len == 0,
+  MOE_CHECK(dpos.ndim() == 2 && dpos.size(1) == dx.size(1) && seq_len <= dpos.size(0) && seq_len > 0 &&
+                dx.size(0) % seq_len == 0,
             "positions backward shapes");
-  run_on(dx, OpKind::embedding)->position_add_backward(dx, dpos, seq_len);
+  check_doc_starts(doc_starts, dx.size(0), seq_len, dx, "positions backward");
+  run_on(dx, OpKind::embedding)->position_add_backward(dx, dpos, seq_len, doc_starts);
 }
 
 namespace {
@@ -266,15 +289,17 @@ void layernorm_backward(const Tensor& x, const Tensor& w, const Tensor& mean, co
   run_on(x, OpKind::norm)->layernorm_backward(x, w, mean, rstd, dy, dresidual, dx, dw, db);
 }
 
-void rope(Tensor& x, int64_t num_heads, int64_t seq_len, float theta, bool inverse) {
+void rope(Tensor& x, int64_t num_heads, int64_t seq_len, float theta, bool inverse, const Tensor& doc_starts) {
   check_compute(x, "rope x");
   MOE_CHECK(x.ndim() == 2 && num_heads > 0 && x.size(1) % num_heads == 0 && (x.size(1) / num_heads) % 2 == 0,
             "rope: x", shape_str(x.shape()), " with ", num_heads, " heads needs an even head dim");
   MOE_CHECK(seq_len > 0 && x.size(0) % seq_len == 0, "rope: ", x.size(0), " rows are not whole sequences of ", seq_len);
-  run_on(x, OpKind::elementwise)->rope(x, num_heads, seq_len, theta, inverse);
+  check_doc_starts(doc_starts, x.size(0), seq_len, x, "rope");
+  run_on(x, OpKind::elementwise)->rope(x, num_heads, seq_len, theta, inverse, doc_starts);
 }
 
-static void check_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionShape& s) {
+static void check_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionShape& s,
+                            const Tensor& doc_starts) {
   check_compute(q, "attention q");
   MOE_CHECK(s.num_heads > 0 && s.num_kv_heads > 0 && s.num_heads % s.num_kv_heads == 0,
             "attention: num_heads ", s.num_heads, " must be a multiple of num_kv_heads ", s.num_kv_heads);
@@ -283,15 +308,17 @@ static void check_attention(const Tensor& q, const Tensor& k, const Tensor& v, c
   check_shape(k, {tokens, s.num_kv_heads * s.head_dim}, "attention k");
   check_dtype(k, q.dtype(), "attention k");
   check_like(v, k, "attention v");
+  MOE_CHECK(!doc_starts.defined() || s.causal, "attention: document masking (doc_starts) needs the causal mask");
+  if (s.seq_len > 0) check_doc_starts(doc_starts, tokens, s.seq_len, q, "attention");
 }
 
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse,
-                       const AttentionShape& shape) {
-  check_attention(q, k, v, shape);
+                       const AttentionShape& shape, const Tensor& doc_starts) {
+  check_attention(q, k, v, shape, doc_starts);
   check_like(out, q, "attention out");
   check_shape(lse, {shape.batch, shape.num_heads, shape.seq_len}, "attention lse");
   check_accum(lse, q, "attention lse");
-  run_on(q, OpKind::attention_forward)->attention_forward(q, k, v, out, lse, shape);
+  run_on(q, OpKind::attention_forward)->attention_forward(q, k, v, out, lse, shape, doc_starts);
 }
 
 int64_t attention_workspace_numel(const AttentionShape& shape, Device device) {
@@ -300,8 +327,8 @@ int64_t attention_workspace_numel(const AttentionShape& shape, Device device) {
 
 void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
                         const Tensor& dout, Tensor& dq, Tensor& dk, Tensor& dv, const AttentionShape& shape,
-                        const Tensor& workspace) {
-  check_attention(q, k, v, shape);
+                        const Tensor& workspace, const Tensor& doc_starts) {
+  check_attention(q, k, v, shape, doc_starts);
   check_like(out, q, "attention out");
   check_like(dout, q, "attention dout");
   check_like(dq, q, "attention dq");
@@ -314,7 +341,8 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
     MOE_CHECK(workspace.numel() >= needed, "attention workspace: ", workspace.numel(), " elements, the backward needs ",
               needed);
   }
-  run_on(q, OpKind::attention_backward)->attention_backward(q, k, v, out, lse, dout, dq, dk, dv, shape, workspace);
+  run_on(q, OpKind::attention_backward)
+      ->attention_backward(q, k, v, out, lse, dout, dq, dk, dv, shape, workspace, doc_starts);
 }
 
 static void check_activation(Activation act, const Tensor& x, const Tensor& y) {

@@ -60,10 +60,18 @@ void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out, Voca
 // dtable[V,d] (accum) += rows of dout[T,d] at ids (sharded: at the local ids only)
 void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable, VocabShard shard = {});
 
-// Learned positions: x[T,d] += pos[t % seq_len] where pos[S_max,d], seq_len <= S_max.
-void position_add_forward(Tensor& x, const Tensor& pos, int64_t seq_len);
-// dpos[S_max,d] (accum) += sum over sequences of dx[T,d]
-void position_add_backward(const Tensor& dx, Tensor& dpos, int64_t seq_len);
+// Document starts (document masking and positions): doc_starts i32[T] on the tensors' device
+// holds, for token t of a sequence of seq_len, the position (0 .. t % seq_len) where t's
+// document begins: 0 at a sequence's first token, then unchanged or t % seq_len itself (a new
+// document). Undefined = one document per sequence. The CPU checks this structure (an error
+// naming the token); on the GPU it is trusted (the model builds it, model/batch.h).
+
+// Learned positions: x[T,d] += pos[p(t)] where pos[S_max,d], seq_len <= S_max, p(t) = t % seq_len
+// (less doc_starts[t] when defined: the position inside the document).
+void position_add_forward(Tensor& x, const Tensor& pos, int64_t seq_len, const Tensor& doc_starts = Tensor());
+// dpos[S_max,d] (accum) += the rows of dx[T,d] at each position p(t). With doc_starts the CUDA
+// sums are atomic (their order, so the last bits, vary from run to run).
+void position_add_backward(const Tensor& dx, Tensor& dpos, int64_t seq_len, const Tensor& doc_starts = Tensor());
 
 // RMSNorm: x[T,d], w[d] -> y[T,d], rstd[T] (accum)
 void rmsnorm_forward(const Tensor& x, const Tensor& w, Tensor& y, Tensor& rstd, float eps);
@@ -85,24 +93,27 @@ void add_layernorm_forward(const Tensor& x, const Tensor& delta, const Tensor& w
 void layernorm_backward(const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& rstd, const Tensor& dy,
                         Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dresidual = Tensor());
 
-// Rotary embedding in place on x[T, H*hd], position t % seq_len, pairs (i, i + hd/2) rotated by
-// angle pos * theta^(-2i/hd) (the Llama/GPT-NeoX layout). inverse=true rotates back, which is
-// the backward of the forward rotation.
-void rope(Tensor& x, int64_t num_heads, int64_t seq_len, float theta, bool inverse);
+// Rotary embedding in place on x[T, H*hd], position t % seq_len (less doc_starts[t] when defined),
+// pairs (i, i + hd/2) rotated by angle pos * theta^(-2i/hd) (the Llama/GPT-NeoX layout).
+// inverse=true rotates back, which is the backward of the forward rotation.
+void rope(Tensor& x, int64_t num_heads, int64_t seq_len, float theta, bool inverse,
+          const Tensor& doc_starts = Tensor());
 
 // Scaled-dot-product attention (scale 1/sqrt(hd)), causal or not, with grouped-query heads
 // (query head h reads kv head h / (Hq / Hkv)). q[B*S, Hq*hd], k,v[B*S, Hkv*hd] -> out[B*S, Hq*hd],
-// lse[B, Hq, S] (accum), the log-sum-exp of each softmax row, kept for backward.
+// lse[B, Hq, S] (accum), the log-sum-exp of each softmax row, kept for backward. doc_starts
+// i32[B*S] (causal only; undefined = off): query i sees only keys doc_starts[i] .. i, its document.
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse,
-                       const AttentionShape& shape);
+                       const AttentionShape& shape, const Tensor& doc_starts = Tensor());
 // f32 elements of scratch attention_backward uses on `device` (0 on the CPU; on CUDA the fp32 dQ
 // accumulator [B*S, Hq*hd] of the flash kernels and the row statistics delta [B, Hq, S]).
 int64_t attention_workspace_numel(const AttentionShape& shape, Device device);
 // dq, dk, dv written (same shapes as q, k, v). workspace: f32 on q's device with at least
 // attention_workspace_numel elements, or undefined (then allocated for this call from the pool).
+// doc_starts: the forward's.
 void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
                         const Tensor& dout, Tensor& dq, Tensor& dk, Tensor& dv, const AttentionShape& shape,
-                        const Tensor& workspace = Tensor());
+                        const Tensor& workspace = Tensor(), const Tensor& doc_starts = Tensor());
 
 // Activations. relu/gelu(tanh approximation): x[T,f] -> y[T,f]. geglu/swiglu: x[T,2f] holds
 // [gate | up] -> y[T,f] = act(gate) * up.

@@ -18,6 +18,7 @@ namespace moe {
 struct OpBenchOptions {
   int64_t batch = 4, seq_len = 4096, heads = 16, kv_heads = 0, head_dim = 64;  // kv_heads 0 = heads
   bool causal = true;
+  int64_t doc_len = 0;  // attention: documents of doc_len tokens each (document masking); 0 = none
   int64_t width = 768;  // the model width of the add + norm benches (tokens = batch * seq)
   // grouped_gemm: experts, rows per expert (a balanced split), d_model, d_expert (MoE-small's layer)
   int64_t experts = 64, tokens_per_expert = 1536, d_model = 768, d_expert = 384;

@@ -96,10 +96,8 @@ void write_checkpoint_tensors(const std::string& dir, const CheckpointTensors& t
     for (const auto& [name, t] : *list) check_finite_for_save(dir, name, t, state.step);
   }
   AtomicDir out(dir);
-  nlohmann::json trainer = {{"step", state.step},
-                            {"seed", state.seed},
-                            {"world_size", state.world_size},
-                            {"data", "batches are drawn from (seed, step): the next step's batch is the position"}};
+  nlohmann::json trainer = {{"step", state.step}, {"seed", state.seed}, {"world_size", state.world_size}};
+  if (state.data.is_object()) trainer["data"] = state.data;
   const std::string trainer_text = trainer.dump(2) + "\n", config_text = to_toml(config);
   // Every write is checked (AtomicFile: each write, fsync and close); the sizes are verified
   // again before the rename that commits the checkpoint. checksums.json records each file's
@@ -148,6 +146,7 @@ TrainerState parse_trainer_state(const std::string& state_text, const std::strin
   state.step = state_field(state_json, "step", int64_t{0}, int64_t{1} << 53, state_path);
   state.seed = state_field(state_json, "seed", uint64_t{0}, (uint64_t{1} << 63) - 1, state_path);
   state.world_size = state_field(state_json, "world_size", int64_t{1}, int64_t{1} << 31, state_path);
+  if (state_json.contains("data") && state_json["data"].is_object()) state.data = state_json["data"];
   return state;
 }
 

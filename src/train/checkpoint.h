@@ -9,6 +9,8 @@
 #include <utility>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "src/config/config.h"
 #include "src/nn/param_store.h"
 #include "src/train/optimizer.h"
@@ -20,6 +22,10 @@ struct TrainerState {
   int64_t step = 0;        // completed optimizer steps; the data position is derived from it
   uint64_t seed = 0;
   int64_t world_size = 1;  // the layout it was saved from (informational)
+  // The training data as the sampler saw it (an object, trainer_data_state in src/train/
+  // data_state.h), null when none was recorded (checkpoints of `moe upcycle`, and those written
+  // before data.sampling existed, whose "data" was a sentence).
+  nlohmann::json data;
 };
 
 // Full (canonical) host tensors by name: weights and AdamW moments ("<name>.exp_avg",

@@ -13,6 +13,7 @@
 #include "src/ops/op_profile.h"
 #include "src/ops/ops.h"
 #include "src/train/checkpoint.h"
+#include "src/train/data_state.h"
 #include "src/train/device_select.h"
 #include "src/train/lr_schedule.h"
 #include "src/train/distributed_optimizer.h"
@@ -36,29 +37,6 @@ data::TokenWindows synthetic_windows(uint64_t seed, int64_t step, int64_t index,
   }
   w.starts.assign(static_cast<size_t>(rows), 0);
   return w;
-}
-
-// A data file checked when it is opened, not when a step first reads its bad part: every id below
-// model.vocab_size (one scan of the mapping), and for the validation file at least one evaluation
-// window of seq_len + 1 tokens per data-parallel replica (what EvalIterator needs). A file shorter
-// than train.eval_batches asks for is only noted: evaluations then use the windows it has.
-void check_data_file(const data::TokenDataset& data, const char* key, const Config& config, int64_t replicas,
-                     bool root) {
-  try {
-    data.check_ids_below(config.model.vocab_size);
-    if (std::string(key) != "data.val_path") return;
-    const int64_t seq = config.model.seq_len;
-    data::EvalIterator windows(data, config.train.micro_batch_size, seq, 0, 0, replicas);
-    const int64_t asked = config.train.eval_batches * config.train.micro_batch_size * replicas;
-    if (root && windows.num_windows() < asked) {
-      std::fprintf(stderr, "note: %s = %s holds %lld evaluation windows of %lld tokens, fewer than the %lld that "
-                   "train.eval_batches asks for; evaluations use all of them\n", key, data.path().c_str(),
-                   static_cast<long long>(windows.num_windows()), static_cast<long long>(seq),
-                   static_cast<long long>(asked));
-    }
-  } catch (const Error& e) {
-    throw Error(std::string(key) + " " + e.what());  // the message already names the file and line
-  }
 }
 
 }  // namespace
@@ -111,14 +89,19 @@ Trainer::Trainer(const Config& config, int local_rank, Communicator& world)
   total_params_ = static_cast<int64_t>(counts[1]);
   flops_per_token_ = train_flops_per_token(active_params_, config.model.num_layers, config.model.d_model,
                                            config.model.seq_len);
-  if (!config.data.train_path.empty()) {
-    train_data_.emplace(data::open_token_source(config.data.train_path));
-    check_data_file(*train_data_, "data.train_path", config, topology_.dp, is_root());
-    sampler_ = std::make_unique<data::BatchSampler>(*train_data_, t.seed, global_batch, config.model.seq_len);
+  // The data is checked when opened (ids, sizes), so a bad file fails before the first step.
+  if (const auto specs = train_dataset_specs(config.data); !specs.empty()) {
+    train_split_.emplace(data::TokenSplit::open(specs));
+    check_train_split(*train_split_, config);
+    sampler_ = make_train_sampler(*train_split_, config.data, t.seed, global_batch, config.model.seq_len);
   }
-  if (!config.data.val_path.empty()) {
-    val_data_.emplace(data::open_token_source(config.data.val_path));
-    check_data_file(*val_data_, "data.val_path", config, topology_.dp, is_root());
+  if (const auto specs = val_dataset_specs(config.data); !specs.empty()) {
+    val_split_.emplace(data::TokenSplit::open(specs));
+    check_val_split(*val_split_, config, topology_.dp, is_root());
+    const size_t shards = val_split_->shards().size();
+    val_name_ = !config.data.val_path.empty() ? config.data.val_path
+                                              : "data.val (" + std::to_string(shards) + " shard" +
+                                                    (shards == 1 ? "" : "s") + ")";
   }
   if (is_root()) std::filesystem::create_directories(t.run_dir);
 }
@@ -145,12 +128,13 @@ bool Trainer::is_log_step(int64_t completed) const {
 }
 
 EvalResult Trainer::evaluate(int64_t max_batches) {
-  MOE_CHECK(val_data_.has_value(), "evaluation needs data.val_path");
+  MOE_CHECK(val_split_.has_value(), "evaluation needs validation data: set data.val_path or data.val");
   const TrainConfig& t = config_.train;
   // Data-parallel replicas split the windows; the TP ranks and stages of one replica share them.
   const int replicas = topology_.dp, replica = topology_.coords.dp;
   int64_t max_windows = max_batches > 0 ? max_batches * t.micro_batch_size * replicas : 0;
-  data::EvalIterator it(*val_data_, t.micro_batch_size, config_.model.seq_len, max_windows, replica, replicas);
+  data::EvalIterator it(val_split_->shards(), t.micro_batch_size, config_.model.seq_len, max_windows, replica,
+                        replicas);
   std::vector<double> sums(2, 0.0);
   Tensor loss_sum = Tensor::zeros({1}, DType::f64, device_);  // on the device until the end
   data::TokenWindows b;
@@ -171,10 +155,10 @@ EvalResult Trainer::evaluate(int64_t max_batches) {
   sums[0] = loss_sum.to_vector<double>()[0];
   if (topology_.coords.tp != 0) sums = {0.0, 0.0};  // the TP ranks of the last stage hold the same loss
   world_->all_reduce_sum(sums);  // over the last stage's data-parallel replicas
-  MOE_CHECK(sums[1] > 0, "the validation data ", config_.data.val_path, " is shorter than one sequence of ",
+  MOE_CHECK(sums[1] > 0, "the validation data ", val_name_, " is shorter than one sequence of ",
             config_.model.seq_len + 1, " tokens");
   const double loss = sums[0] / sums[1];  // the same on every rank (all-reduced): all stop together
-  MOE_CHECK(std::isfinite(loss), "validation loss is ", loss, " on ", config_.data.val_path,
+  MOE_CHECK(std::isfinite(loss), "validation loss is ", loss, " on ", val_name_,
             ": the model's weights have diverged (NaN or Inf); use an earlier checkpoint or a lower optim.lr");
   return {loss, static_cast<int64_t>(sums[1])};
 }
@@ -219,7 +203,7 @@ int Trainer::agreed_stop_signal() const {
 
 int Trainer::train() {
   const TrainConfig& t = config_.train;
-  MOE_CHECK(sampler_, "data.train_path is empty: training needs a token shard (see `moe tokenize`)");
+  MOE_CHECK(sampler_, "no training data: set data.train_path or data.train (token shards; see `moe tokenize`)");
   // Rank 0 alone writes the run directory, so it alone holds the lock (docs/config.md, "Run
   // directories"); an error there aborts every rank. A resume past train.steps is refused there.
   std::optional<DirLock> lock;
@@ -236,6 +220,7 @@ int Trainer::train() {
                 static_cast<long long>(total_params_), static_cast<long long>(active_params_),
                 static_cast<long long>(empty_routing_stats().size()), device_.str().c_str(), dtype_name(dtype_),
                 world_->size(), tokens_per_step_);
+    std::printf("%s\n", describe_training_data(*train_split_, *sampler_, config_.data.sampling).c_str());
   }
   auto start = Clock::now();
   int64_t first_step = step_;
@@ -250,7 +235,7 @@ int Trainer::train() {
     if (is_log_step(step_) || step_ == first_step + 1) {
       log_step(r, lr, step_seconds, seconds_since(start) * static_cast<double>(step_) / (step_ - first_step));
     }
-    if (val_data_ && ((t.eval_every > 0 && step_ % t.eval_every == 0) || last)) {
+    if (val_split_ && ((t.eval_every > 0 && step_ % t.eval_every == 0) || last)) {
       EvalResult e = evaluate(t.eval_batches);
       nlohmann::json record = {{"step", step_}, {"val_loss", e.loss}, {"val_ppl", std::exp(e.loss)},
                                {"val_tokens", e.tokens}};

@@ -16,6 +16,7 @@
 #include "parallel/topology.h"
 #include "src/config/config.h"
 #include "src/data/batch_sampler.h"
+#include "src/data/token_split.h"
 #include "src/model/model.h"
 #include "src/train/metrics.h"
 #include "src/train/moe_stats.h"
@@ -121,8 +122,10 @@ class Trainer {
   std::unique_ptr<DistributedOptimizer> optimizer_;
   std::map<std::string, ParamUnit> units_;  // the model's parameter units by name (ZeRO-3, overlap)
   const ParamUnit& unit(const std::string& name) const;
-  std::optional<data::TokenDataset> train_data_, val_data_;
-  std::unique_ptr<data::BatchSampler> sampler_;
+  std::optional<data::TokenSplit> train_split_, val_split_;
+  std::unique_ptr<data::TrainSampler> sampler_;  // data.sampling over train_split_
+  std::string val_name_;  // the validation data in messages: data.val_path, or "data.val (N shards)"
+  nlohmann::json data_state(int64_t step) const;  // what a checkpoint at `step` records (data_state.h)
   std::unique_ptr<MetricsWriter> metrics_;
   int64_t step_ = 0;  // completed optimizer steps
   int64_t read_loss_at_ = -1;  // a step whose loss is read besides reads_loss's rule

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "src/train/checkpoint.h"
+#include "src/train/data_state.h"
 #include "src/train/run_dir.h"
 #include "src/train/trainer.h"
 
@@ -121,7 +122,7 @@ void Trainer::save_checkpoint() {
   }
   if (topology_.pp > 1 && stage_root) gather_stage_tensors(*groups_.pp, tensors);
   if (is_root()) {
-    write_checkpoint_tensors(dir, tensors, {step_, config_.train.seed, world_->size()}, config_);
+    write_checkpoint_tensors(dir, tensors, {step_, config_.train.seed, world_->size(), data_state(step_)}, config_);
     std::printf("saved checkpoint %s\n", dir.c_str());
     for (const std::string& old : prune_checkpoints(config_.train.run_dir, config_.train.keep_last, dir)) {
       std::printf("removed checkpoint %s (train.keep_last = %lld)\n", old.c_str(),
@@ -129,6 +130,11 @@ void Trainer::save_checkpoint() {
     }
   }
   world_->barrier();
+}
+
+nlohmann::json Trainer::data_state(int64_t step) const {
+  if (!train_split_ || !sampler_) return nullptr;
+  return trainer_data_state(*train_split_, *sampler_, config_.data.sampling, step * sampler_->global_batch());
 }
 
 std::set<std::string> Trainer::model_param_names() {
@@ -165,7 +171,11 @@ void Trainer::load_checkpoint(const std::string& dir, bool with_optimizer) {
                                     files.take(info, info.name + ".exp_avg_sq", true));
     }
   }
-  if (with_optimizer) step_ = files.state.step;
+  if (with_optimizer) {
+    // A resumed run must read the same data, or its sample order silently changes.
+    if (sampler_) check_resume_data(files.state.data, data_state(files.state.step), dir, files.state.step);
+    step_ = files.state.step;
+  }
   if (is_root()) std::printf("loaded checkpoint %s (step %lld)\n", dir.c_str(), static_cast<long long>(files.state.step));
 }
 

@@ -94,6 +94,29 @@ inline void require_equal(const Tensor& got, const Tensor& ref, const std::strin
 inline Tolerance bf16_tol() { return tolerance_for(DType::bf16); }
 inline Tolerance accum_tol() { return {1e-3, 1e-3}; }
 
+// Document lengths cutting each of `seqs` sequences of seq_len (document masking tests): seeded,
+// between 1 and 2 * mean, with one-token documents mixed in.
+inline std::vector<std::vector<int>> random_documents(int64_t seqs, int64_t seq_len, int64_t mean, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<std::vector<int>> docs(static_cast<size_t>(seqs));
+  for (auto& row : docs) {
+    int64_t left = seq_len;
+    while (left > 0) {
+      const int64_t want = rng() % 5 == 0 ? 1 : 1 + static_cast<int64_t>(rng() % static_cast<uint64_t>(2 * mean));
+      const int64_t length = std::min(want, left);
+      row.push_back(static_cast<int>(length));
+      left -= length;
+    }
+  }
+  return docs;
+}
+
+// Their document starts (ops.h doc_starts) on both devices.
+inline Mirror document_starts_mirror(const std::vector<std::vector<int>>& docs, int64_t seq_len) {
+  std::vector<int32_t> starts = document_starts_of(docs, seq_len);
+  return mirror_ids(starts, {static_cast<int64_t>(starts.size())});
+}
+
 // Distinct seeds per case: mixes the case's sizes into a base seed.
 inline uint64_t seed_of(uint64_t base, std::initializer_list<int64_t> sizes) {
   uint64_t s = base * 0x9e3779b97f4a7c15ull;

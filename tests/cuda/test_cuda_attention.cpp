@@ -1,6 +1,6 @@
-// CUDA GQA attention vs the CPU reference, forward (out, lse) and backward (dq, dk, dv), causal
-// and not: the tensor-core flash kernels (head dims 64, 128) and the fp32 fallback (other head
-// dims) over awkward sequence lengths, head counts and GQA ratios, plus the GPT-2-small training shape.
+// CUDA GQA attention vs the CPU reference, forward (out, lse) and backward (dq, dk, dv), causal,
+// not, and masked to documents: the tensor-core flash kernels (head dims 64, 128) and the fp32 fallback
+// (other head dims) over awkward sequence lengths, head counts and GQA ratios, plus GPT-2-small's shape.
 #include <catch2/catch.hpp>
 
 #include <cuda_runtime.h>
@@ -21,20 +21,21 @@ ops::AttentionShape shape_of(const Case& c) {
   return {c.batch, c.seq_len, c.heads, c.kv_heads, c.head_dim, c.causal};
 }
 
-// Forward and backward on both backends from identical inputs. The backward is fed the CPU
-// forward's out (bf16-rounded) and lse on both sides.
-void check_case(const Case& c, uint64_t seed) {
+// Forward and backward on both backends from identical inputs (and documents: their lengths per
+// sequence, or none). The backward is fed the CPU forward's out (bf16-rounded) and lse on both sides.
+void check_case(const Case& c, uint64_t seed, const std::vector<std::vector<int>>& docs = {}) {
   INFO("batch " << c.batch << " seq " << c.seq_len << " heads " << c.heads << "/" << c.kv_heads << " hd "
-                << c.head_dim << (c.causal ? " causal" : " non-causal"));
+                << c.head_dim << (c.causal ? " causal" : " non-causal") << (docs.empty() ? "" : " documents"));
   const ops::AttentionShape shape = shape_of(c);
   const int64_t tokens = c.batch * c.seq_len;
+  const Mirror starts = docs.empty() ? Mirror{} : document_starts_mirror(docs, c.seq_len);
   Mirror q = random_mirror({tokens, c.heads * c.head_dim}, DType::bf16, seed, -2.0, 2.0);
   Mirror k = random_mirror({tokens, c.kv_heads * c.head_dim}, DType::bf16, seed + 1, -2.0, 2.0);
   Mirror v = random_mirror({tokens, c.kv_heads * c.head_dim}, DType::bf16, seed + 2);
   Mirror out = poisoned_pair({tokens, c.heads * c.head_dim}, DType::bf16);
   Mirror lse = poisoned_pair({c.batch, c.heads, c.seq_len}, DType::f32);
-  ops::attention_forward(q.cpu, k.cpu, v.cpu, out.cpu, lse.cpu, shape);
-  ops::attention_forward(q.gpu, k.gpu, v.gpu, out.gpu, lse.gpu, shape);
+  ops::attention_forward(q.cpu, k.cpu, v.cpu, out.cpu, lse.cpu, shape, starts.cpu);
+  ops::attention_forward(q.gpu, k.gpu, v.gpu, out.gpu, lse.gpu, shape, starts.gpu);
   require_match(out, bf16_tol(), "attention out");
   require_match(lse, accum_tol(), "attention lse");
 
@@ -44,8 +45,10 @@ void check_case(const Case& c, uint64_t seed) {
   Mirror dq = poisoned_pair(q.cpu.shape(), DType::bf16);
   Mirror dk = poisoned_pair(k.cpu.shape(), DType::bf16);
   Mirror dv = poisoned_pair(v.cpu.shape(), DType::bf16);
-  ops::attention_backward(q.cpu, k.cpu, v.cpu, saved_out.cpu, saved_lse.cpu, dout.cpu, dq.cpu, dk.cpu, dv.cpu, shape);
-  ops::attention_backward(q.gpu, k.gpu, v.gpu, saved_out.gpu, saved_lse.gpu, dout.gpu, dq.gpu, dk.gpu, dv.gpu, shape);
+  ops::attention_backward(q.cpu, k.cpu, v.cpu, saved_out.cpu, saved_lse.cpu, dout.cpu, dq.cpu, dk.cpu, dv.cpu, shape,
+                          Tensor(), starts.cpu);
+  ops::attention_backward(q.gpu, k.gpu, v.gpu, saved_out.gpu, saved_lse.gpu, dout.gpu, dq.gpu, dk.gpu, dv.gpu, shape,
+                          Tensor(), starts.gpu);
   require_match(dq, bf16_tol(), "attention dq");
   require_match(dk, bf16_tol(), "attention dk");
   require_match(dv, bf16_tol(), "attention dv");
@@ -76,6 +79,36 @@ TEST_CASE("cuda attention fallback head dims (40, 96) match the CPU, causal and 
   for (Case c : {Case{1, 989, 3, 1, 40, false}, Case{2, 7, 6, 2, 96, false}, Case{1, 100, 6, 2, 96, true},
                  Case{1, 130, 3, 3, 40, true}}) {
     check_case(c, seed_of(24, {c.batch, c.seq_len, c.heads, c.kv_heads, c.head_dim, c.causal}));
+  }
+}
+
+TEST_CASE("cuda document-masked attention matches the CPU (flash head dims 64, 128)", "[cuda][attention][documents]") {
+  // Documents of ~mean tokens: short ones (many per key block), long ones (whole key blocks
+  // skipped); GQA and MQA; sequences of 1, 7, not a multiple of any tile, and 1024.
+  struct Documents {
+    Case c;
+    int64_t mean;
+  };
+  for (const Documents& d : {Documents{{1, 1, 2, 1, 64}, 1}, Documents{{2, 7, 3, 1, 64}, 2},
+                             Documents{{1, 989, 6, 2, 64}, 40}, Documents{{2, 1024, 3, 3, 64}, 300},
+                             Documents{{1, 989, 6, 3, 128}, 150}, Documents{{2, 1024, 6, 1, 128}, 30},
+                             Documents{{1, 300, 2, 2, 128}, 500}}) {
+    const Case& c = d.c;
+    const uint64_t seed = seed_of(61, {c.batch, c.seq_len, c.heads, c.kv_heads, c.head_dim, d.mean});
+    check_case(c, seed, random_documents(c.batch, c.seq_len, d.mean, seed));
+  }
+}
+
+TEST_CASE("cuda document-masked attention fallback head dims (16, 40, 96) match the CPU",
+          "[cuda][attention][documents]") {
+  for (const auto& [c, mean] : {std::pair<Case, int64_t>{{2, 7, 4, 2, 16}, 2}, {{1, 989, 3, 1, 40}, 60},
+                                {{1, 130, 6, 2, 96}, 20}, {{2, 100, 3, 3, 40}, 200}}) {
+    const uint64_t seed = seed_of(62, {c.batch, c.seq_len, c.heads, c.kv_heads, c.head_dim, mean});
+    check_case(c, seed, random_documents(c.batch, c.seq_len, mean, seed));
+  }
+  // Every token its own document: each attends to itself alone (out = its v), both kernel kinds.
+  for (int64_t head_dim : {64, 40}) {
+    check_case({1, 65, 2, 1, head_dim}, seed_of(63, {head_dim}), {std::vector<int>(65, 1)});
   }
 }
 

@@ -166,6 +166,35 @@ TEST_CASE("cuda rope matches the CPU forward and inverse", "[cuda][rope]") {
   }
 }
 
+TEST_CASE("cuda rope and learned positions with document positions match the CPU", "[cuda][rope][positions]") {
+  struct Case {
+    int64_t seqs, seq_len, heads, head_dim, mean_doc;
+  };
+  for (Case c : {Case{1, 7, 3, 8, 2}, Case{2, 19, 2, 40, 5}, Case{3, 33, 12, 64, 10}, Case{1, 1024, 2, 64, 200}}) {
+    INFO("seqs " << c.seqs << " seq_len " << c.seq_len << " heads " << c.heads << " hd " << c.head_dim);
+    const uint64_t seed = seed_of(64, {c.seqs, c.seq_len, c.heads, c.head_dim});
+    const Mirror starts = document_starts_mirror(random_documents(c.seqs, c.seq_len, c.mean_doc, seed), c.seq_len);
+    const int64_t tokens = c.seqs * c.seq_len, dim = c.heads * c.head_dim;
+    for (bool inverse : {false, true}) {
+      Mirror x = random_mirror({tokens, dim}, DType::bf16, seed + (inverse ? 1 : 0));
+      ops::rope(x.cpu, c.heads, c.seq_len, 10000.0f, inverse, starts.cpu);
+      ops::rope(x.gpu, c.heads, c.seq_len, 10000.0f, inverse, starts.gpu);
+      require_match(x, bf16_tol(), inverse ? "rope inverse, document positions" : "rope, document positions");
+    }
+    // Positions: a table longer than seq_len; the backward's atomic sums over the documents' tokens.
+    Mirror x = random_mirror({tokens, dim}, DType::bf16, seed + 2);
+    Mirror pos = random_mirror({c.seq_len + 3, dim}, DType::bf16, seed + 3);
+    ops::position_add_forward(x.cpu, pos.cpu, c.seq_len, starts.cpu);
+    ops::position_add_forward(x.gpu, pos.gpu, c.seq_len, starts.gpu);
+    require_match(x, bf16_tol(), "x + document positions");
+    Mirror dx = random_mirror({tokens, dim}, DType::bf16, seed + 4);
+    Mirror dpos = random_mirror({c.seq_len + 3, dim}, DType::f32, seed + 5);
+    ops::position_add_backward(dx.cpu, dpos.cpu, c.seq_len, starts.cpu);
+    ops::position_add_backward(dx.gpu, dpos.gpu, c.seq_len, starts.gpu);
+    require_match(dpos, accum_tol(), "dpos, document positions");
+  }
+}
+
 TEST_CASE("cuda activations forward and backward match the CPU", "[cuda][activations]") {
   for (ops::Activation act :
        {ops::Activation::relu, ops::Activation::gelu, ops::Activation::geglu, ops::Activation::swiglu}) {

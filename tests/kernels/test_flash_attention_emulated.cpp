@@ -23,12 +23,13 @@ using cuda::flash::Params;
 struct Case {
   int batch, seq_len, heads, kv_heads;
   bool causal;
+  std::vector<std::vector<int>> docs = {};  // document lengths per sequence (document masking), or none
 };
 
 std::string describe(const Case& c, int head_dim) {
   return "batch " + std::to_string(c.batch) + " seq " + std::to_string(c.seq_len) + " heads " +
          std::to_string(c.heads) + "/" + std::to_string(c.kv_heads) + " hd " + std::to_string(head_dim) +
-         (c.causal ? " causal" : " non-causal");
+         (c.causal ? " causal" : " non-causal") + (c.docs.empty() ? "" : " documents");
 }
 
 // A device-style buffer: values inside `guard` elements of canary on each side, which must
@@ -87,9 +88,11 @@ struct Problem {
   int head_dim;
   int64_t q_numel, kv_numel, stat_numel;
   Bf16Values q, k, v, dout;
+  std::vector<int32_t> doc_starts;  // empty: no document masking
   kernels::AttentionShape dims;
   Params params;
   std::vector<emu::Range> inputs;  // what cp.async may read
+  const int32_t* starts() const { return doc_starts.empty() ? nullptr : doc_starts.data(); }
 
   Problem(const Case& cs, int hd, uint64_t seed) : c(cs), head_dim(hd) {
     const int64_t tokens = static_cast<int64_t>(c.batch) * c.seq_len;
@@ -107,6 +110,11 @@ struct Problem {
     params.v = v.bits.data();
     params.dout = dout.bits.data();
     for (const Bf16Values* x : {&q, &k, &v, &dout}) inputs.push_back({x->bits.data(), x->bits.size() * 2});
+    if (!c.docs.empty()) {
+      doc_starts = document_starts_of(c.docs, c.seq_len);
+      params.doc_starts = doc_starts.data();
+      inputs.push_back({doc_starts.data(), doc_starts.size() * sizeof(int32_t)});
+    }
   }
 };
 
@@ -116,7 +124,7 @@ std::pair<std::vector<double>, std::vector<double>> check_forward(const Problem&
   const std::string what = describe(pr.c, pr.head_dim);
   std::vector<double> out_ref(static_cast<size_t>(pr.q_numel)), lse_ref(static_cast<size_t>(pr.stat_numel));
   cpu::attention_forward<double>(pr.q.values.data(), pr.k.values.data(), pr.v.values.data(), out_ref.data(),
-                                 lse_ref.data(), pr.dims);
+                                 lse_ref.data(), pr.dims, pr.starts());
   Params p = pr.params;
   Guarded<uint16_t> out(static_cast<size_t>(pr.q_numel), 0x7fc0, 0x1234);  // bf16 NaN inside
   Guarded<float> lse(static_cast<size_t>(pr.stat_numel), NAN, -7.5f);
@@ -165,7 +173,7 @@ void check_backward(const Problem& pr, const std::vector<double>& out_ref, const
       dv_ref(static_cast<size_t>(pr.kv_numel));
   cpu::attention_backward<double>(pr.q.values.data(), pr.k.values.data(), pr.v.values.data(), saved_out.values.data(),
                                   lse_in.data(), pr.dout.values.data(), dq_ref.data(), dk_ref.data(), dv_ref.data(),
-                                  pr.dims);
+                                  pr.dims, pr.starts());
   std::vector<float> delta = delta_of(pr, saved_out.values);
   Guarded<float> dq_accum(static_cast<size_t>(pr.q_numel), 0.0f, -3.25f);
   Guarded<uint16_t> dk(static_cast<size_t>(pr.kv_numel), 0x7fc0, 0x1234);
@@ -205,7 +213,7 @@ void check_case(const Case& c, uint64_t seed) {
 }
 
 template <class F, class B>
-void check_cases(std::initializer_list<Case> cases, uint64_t base_seed) {
+void check_cases(const std::vector<Case>& cases, uint64_t base_seed) {
   for (const Case& c : cases) {
     check_case<F, B>(c, base_seed + static_cast<uint64_t>(c.seq_len * 131 + c.heads * 17 + c.kv_heads + c.causal));
   }
@@ -234,6 +242,20 @@ TEST_CASE("emulated flash attention with other tile shapes (one 16-row tile per 
   using F = ForwardTraits<64, 64, 64, 4>;
   using B = BackwardTraits<64, 64, 128, 4>;
   check_cases<F, B>({Case{1, 100, 2, 1, true}, Case{2, 37, 1, 1, false}}, 303);
+}
+
+TEST_CASE("emulated flash attention with document masking matches the CPU reference", "[kernels][flash][documents]") {
+  using namespace cuda::flash;
+  // Documents of one token, documents crossing the forward's 128-row and the backward's 128-key
+  // blocks (and their 64-row steps), key tiles wholly before a block's documents (skipped), a
+  // document that is the whole sequence; GQA; two sequences cut differently.
+  const std::vector<Case> hd64 = {Case{1, 300, 2, 1, true, {{1, 150, 7, 100, 42}}},
+                                  Case{2, 139, 3, 1, true, {{64, 64, 11}, {1, 1, 137}}},
+                                  Case{1, 7, 2, 2, true, {{7}}}};
+  check_cases<ForwardHd64, BackwardHd64>(hd64, 404);
+  check_cases<ForwardHd128, BackwardHd128>({Case{1, 260, 2, 1, true, {{3, 200, 57}}}}, 505);
+  check_cases<ForwardTraits<64, 64, 64, 4>, BackwardTraits<64, 64, 128, 4>>({Case{1, 100, 2, 1, true, {{40, 1, 59}}}},
+                                                                            606);
 }
 
 }  // namespace

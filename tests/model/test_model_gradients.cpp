@@ -23,6 +23,7 @@ struct Variant {
   bool shared_gate = false;
   double z_loss = 0;
   int64_t granularity = 1;
+  bool documents = false;  // model.reset_positions and reset_attention, with EOS in the batch
 };
 
 Config tiny_config(const Variant& v) {
@@ -50,6 +51,7 @@ Config tiny_config(const Variant& v) {
   c.moe.shared_gate = v.shared_gate;
   c.moe.z_loss_coef = v.z_loss;
   c.moe.granularity = v.granularity;
+  c.model.reset_positions = c.model.reset_attention = v.documents;
   validate_config(c);
   return c;
 }
@@ -57,6 +59,9 @@ Config tiny_config(const Variant& v) {
 Batch tiny_batch(const Config& c, uint64_t seed) {
   int64_t n = 2 * c.model.seq_len;
   auto inputs = test::random_ids(n, c.model.vocab_size, seed).to_vector<int32_t>();
+  if (c.model.reset_attention) {
+    inputs[1] = inputs[6] = static_cast<int32_t>(c.model.eos_id);  // documents of 2 + 2 and 3 + 1 tokens at least
+  }
   auto targets = test::random_ids(n, c.model.vocab_size, seed + 1).to_vector<int32_t>();
   targets[3] = -1;  // one ignored target
   return make_batch(inputs, targets, 2, Device::cpu());
@@ -79,10 +84,12 @@ TEST_CASE("model gradients match finite differences", "[model][gradcheck]") {
   auto v = GENERATE(Variant{"rmsnorm", "rope", "swiglu", true, 1}, Variant{"layernorm", "learned", "gelu", false, 2},
                     Variant{"rmsnorm", "rope", "geglu", false, 2}, Variant{"layernorm", "rope", "relu", true, 1},
                     Variant{"rmsnorm", "rope", "swiglu", false, 1, "sigmoid", 1, true, 0.01},
-                    Variant{"rmsnorm", "learned", "gelu", true, 2, "softmax_topk", 0, false, 0, 2});
+                    Variant{"rmsnorm", "learned", "gelu", true, 2, "softmax_topk", 0, false, 0, 2},
+                    Variant{"rmsnorm", "rope", "swiglu", true, 1, "softmax_topk", 0, false, 0, 1, true},
+                    Variant{"layernorm", "learned", "gelu", false, 2, "softmax_topk", 0, false, 0, 1, true});
   INFO("norm " << v.norm << " positions " << v.positions << " activation " << v.activation << " tied " << v.tie
                << " router " << v.router << " shared " << v.num_shared << " gate " << v.shared_gate << " z "
-               << v.z_loss << " granularity " << v.granularity);
+               << v.z_loss << " granularity " << v.granularity << " documents " << v.documents);
   Config c = tiny_config(v);
   Model model(c.model, c.moe);
   REQUIRE(model.num_moe_layers() == 1);

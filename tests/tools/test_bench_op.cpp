@@ -45,6 +45,18 @@ TEST_CASE("bench op attention reports times and TFLOP/s on the CPU", "[tools][be
   const nlohmann::json mha = bench_op("attention", o, Device::cpu());
   CHECK(mha["kv_heads"] == 4);
   CHECK(mha["causal"] == true);
+  CHECK(mha["doc_len"] == 0);
+
+  o.doc_len = 10;  // documents of 10 tokens: the masked kernels, the same FLOP count
+  const nlohmann::json docs = bench_op("attention", o, Device::cpu());
+  CHECK(docs["doc_len"] == 10);
+  CHECK(docs["fwd_ms"].get<double>() > 0);
+  CHECK(docs["fwd_tflops"].get<double>() ==
+        Approx(attention_forward_flops(2, 33, 4, 8, true) / (docs["fwd_ms"].get<double>() * 1e-3) / 1e12));
+  o.causal = false;
+  REQUIRE_THROWS_WITH(bench_op("attention", o, Device::cpu()),
+                      Catch::Contains("bench op attention: --doc-len 10 must be >= 0, and documents need the causal "
+                                      "mask"));
 }
 
 TEST_CASE("bench op add_rmsnorm and add_layernorm report fused and unfused times and GB/s", "[tools][bench]") {

@@ -117,6 +117,14 @@ TEST_CASE("resume refuses changes to the model and the data order and allows the
   REQUIRE(is_resume_safe_key("schedule.kind"));
   REQUIRE(!is_resume_safe_key("moe.aux_loss_coef"));
   REQUIRE(!is_resume_safe_key("model.d_model"));
+  // The datasets: validation may change, what training reads and how it samples may not; nor may
+  // the document options (they change what the model computes).
+  REQUIRE(is_resume_safe_key("data.val"));
+  for (const char* key : {"data.train", "data.sampling", "model.reset_positions", "model.reset_attention",
+                          "model.eos_id"}) {
+    INFO(key);
+    REQUIRE(!is_resume_safe_key(key));
+  }
 }
 
 TEST_CASE("check_resume reads the checkpoint's config and step", "[train][run_dir]") {
