@@ -2,6 +2,7 @@
 // freed memory for reuse (release threshold = unlimited), so steady-state steps never cudaMalloc.
 #include "kernels/cuda/runtime.h"
 
+#include <chrono>
 #include <cstdint>
 
 #include "kernels/cuda/cuda_check.h"
@@ -12,6 +13,7 @@ namespace {
 cudaStream_t g_stream = nullptr;
 int g_device = -1;
 int64_t g_host_waits = 0;
+double g_host_wait_seconds = 0;
 }  // namespace
 
 int device_count() {
@@ -55,8 +57,9 @@ void copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
   CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, kind, compute_stream()));
   // From pageable host memory (the engine pins none) cudaMemcpyAsync returns once the source is
   // staged, so the host may reuse it at once and later kernels on the stream see the data: an
-  // upload (a batch's tokens) needs no wait. Reads back and device copies still wait.
-  if (kind != cudaMemcpyHostToDevice) wait_stream(compute_stream());
+  // upload (a batch's tokens) needs no wait. A device-to-device copy is ordered on the stream like
+  // a kernel and needs none either; only reads back to the host wait.
+  if (kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDefault) wait_stream(compute_stream());
 }
 
 void memset_zero(void* ptr, size_t bytes) {
@@ -86,10 +89,14 @@ void synchronize() { wait_stream(compute_stream()); }
 
 void wait_stream(cudaStream_t stream) {
   ++g_host_waits;
+  const auto start = std::chrono::steady_clock::now();
   CUDA_CHECK(cudaStreamSynchronize(stream));
+  g_host_wait_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
 int64_t host_wait_count() { return g_host_waits; }
+
+double host_wait_seconds() { return g_host_wait_seconds; }
 
 cudaEvent_t event_create() {
   cudaEvent_t event;

@@ -27,6 +27,8 @@ void synchronize();
 // count per step. Every engine wait goes through wait_stream (copies to the host included).
 void wait_stream(cudaStream_t stream);
 int64_t host_wait_count();
+// Seconds the host spent in those waits.
+double host_wait_seconds();
 
 // Timing events on the compute stream (`moe bench train --breakdown`).
 cudaEvent_t event_create();

@@ -113,6 +113,14 @@ int64_t host_waits() {
 #endif
 }
 
+double host_wait_seconds() {
+#if MOE_WITH_CUDA
+  return cuda::host_wait_seconds();
+#else
+  return 0;
+#endif
+}
+
 OpScope::OpScope(OpKind kind, const Tensor& on) {
   if (g_profile == nullptr) return;
   counted_ = true;

@@ -42,6 +42,8 @@ class OpProfile {
 
 // Host waits for the device so far (0 on the CPU): each one stalls the step's launch queue.
 int64_t host_waits();
+// Seconds the host spent in those waits so far (0 on the CPU).
+double host_wait_seconds();
 
 // Installs `profile` for this process's ops; nullptr turns timing off (the default: no cost).
 void set_op_profile(OpProfile* profile);

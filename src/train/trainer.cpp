@@ -272,18 +272,19 @@ nlohmann::json Trainer::bench(int64_t warmup_steps, int64_t timed_steps, bool br
   reset_peak_memory(device_.kind);
   auto start = Clock::now();
   const int64_t waits_before = ops::host_waits();
+  const double wait_seconds_before = ops::host_wait_seconds();
   // The last timed step reads its loss (final_loss); the waits are counted over the steps
   // before it, which read nothing unless one is a logging step.
   read_loss_at(step_ + timed_steps);
   StepResult last;
   int64_t waits_end = waits_before;
-  // Host time to enqueue the steps before the last (which waits for its loss): near the step time
-  // means the host, not the GPU, sets the pace.
+  // Host time to enqueue the steps before the last (which waits for its loss), less the time spent
+  // waiting for the device: near the step time means the host, not the GPU, sets the pace.
   double enqueue_seconds = 0;
   for (int64_t i = 0; i < timed_steps; ++i) {
     if (i == timed_steps - 1 && timed_steps > 1) {
       waits_end = ops::host_waits();
-      enqueue_seconds = seconds_since(start);
+      enqueue_seconds = seconds_since(start) - (ops::host_wait_seconds() - wait_seconds_before);
     }
     last = train_step();
   }
