@@ -256,7 +256,7 @@ int Trainer::train() {
     if (val_split_ && ((t.eval_every > 0 && step_ % t.eval_every == 0) || last)) {
       EvalResult e = evaluate(t.eval_batches);
       nlohmann::json record = {{"step", step_}, {"val_loss", e.loss}, {"val_ppl", std::exp(e.loss)},
-                               {"val_tokens", e.tokens}};
+                               {"val_tokens", e.tokens}, {"time", utc_timestamp()}};
       if (oracle_) record["oracle_hash"] = true;
       metrics_->write(record);
       if (is_root()) std::printf("%seval step %lld | val_loss %.4f | val_ppl %.2f\n", oracle_ ? "[ORACLE HASH] " : "", static_cast<long long>(step_), e.loss,
