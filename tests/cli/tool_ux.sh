@@ -18,7 +18,13 @@ fail() { echo "FAIL: $*"; exit 1; }
 if "$moe" upcycle --help | grep -qE -- 'REQUIRED.*=|=\[\]'; then fail "noise defaults in upcycle --help"; fi
 
 "$(dirname "$0")/tiny_run.sh" "$moe" "$work"
-"$moe" train "$work/config.toml" > /dev/null
+"$moe" train "$work/config.toml" > "$work/train.log"
+# The progress line and metrics.jsonl (docs/metrics.md): grad norm, tokens seen, memory, a timestamp.
+grep -qE '^step 4/4 \| loss [0-9.]+ \| aux [0-9.]+ \| lr [0-9.e+-]+ \| gnorm [0-9.e+-]+ \| [0-9]+ tok/s \| 256 tokens \| mem [0-9.]+ [KMG]?i?B \(peak [0-9.]+ [KMG]?i?B\) \| eta 0s \| [0-9-]+T[0-9:]+Z$' \
+  "$work/train.log" || { cat "$work/train.log"; fail "progress line"; }
+jq -se 'map(select(.loss)) | last | .tokens_seen == 256 and .memory_peak_bytes >= .memory_allocated_bytes
+        and .memory_allocated_bytes > 0 and (.time | test("^[0-9-]+T[0-9:]+Z$")) and .grad_norm > 0' \
+  "$work/run/metrics.jsonl" > /dev/null || fail "metrics.jsonl fields"
 # eval from the run directory alone (the checkpoint carries its config): stdout is one JSON line.
 "$moe" eval --checkpoint "$work/run" > "$work/eval.json" 2> "$work/eval.err"
 [[ $(wc -l < "$work/eval.json") -eq 1 ]] || { cat "$work/eval.json"; fail "eval stdout is not one line"; }
