@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <exception>
 #include <filesystem>
 
 #include "src/train/checkpoint.h"
@@ -44,14 +45,16 @@ std::string resolve_checkpoint_arg(const std::string& flag, const std::string& a
   return steps.back().second;
 }
 
-StdoutToStderr::StdoutToStderr() {
+StdoutToStderr::StdoutToStderr() : uncaught_(std::uncaught_exceptions()) {
   std::fflush(stdout);
   saved_stdout_ = dup(STDOUT_FILENO);
   MOE_CHECK(saved_stdout_ >= 0 && dup2(STDERR_FILENO, STDOUT_FILENO) >= 0, "cannot redirect stdout to stderr");
 }
 
 StdoutToStderr::~StdoutToStderr() {
-  std::fflush(stdout);
+  // Unwinding to an error: its one line stays alone (buffered human text is not flushed here,
+  // as without the redirection).
+  if (std::uncaught_exceptions() <= uncaught_) std::fflush(stdout);
   dup2(saved_stdout_, STDOUT_FILENO);
   close(saved_stdout_);
 }

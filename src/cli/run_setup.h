@@ -46,6 +46,7 @@ class StdoutToStderr {
 
  private:
   int saved_stdout_ = -1;
+  int uncaught_ = 0;  // exceptions in flight at construction
 };
 
 }  // namespace moe
