@@ -13,6 +13,8 @@ command -v npm > /dev/null || packages+=(nodejs npm)
 # python3, curl and dpkg-deb build the English corpus (scripts/fetch_corpus.sh) and test its pipeline.
 command -v python3 > /dev/null || packages+=(python3)
 command -v curl > /dev/null || packages+=(curl)
+# jq reads `moe eval`'s JSON in the CLI tests (tests/cli/tool_ux.sh) and in docs/cli.md's examples.
+command -v jq > /dev/null || packages+=(jq)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" > /dev/null 2>&1 || missing+=("$p")

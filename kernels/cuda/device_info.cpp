@@ -22,4 +22,12 @@ int multiprocessor_count() {
   return count;
 }
 
+std::string device_name() {
+  int device = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  cudaDeviceProp prop{};
+  CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  return prop.name;
+}
+
 }  // namespace moe::cuda

@@ -91,7 +91,7 @@ void add_layer_bench(CLI::App& bench, CommandRunner& run) {
   auto options = std::make_shared<RunOptions>();
   auto o = std::make_shared<LayerBenchOptions>();
   add_run_options(*cmd, *options);
-  cmd->add_option("--tokens", o->tokens, "tokens through the layer (default 16384)")->check(CLI::PositiveNumber);
+  cmd->add_option("--tokens", o->tokens, "tokens through the layer")->check(CLI::PositiveNumber);
   cmd->add_option("--warmup", o->warmup, "untimed iterations first")->check(CLI::NonNegativeNumber);
   cmd->add_option("--iters", o->iters, "timed iterations (the median is reported)")->check(CLI::PositiveNumber);
   cmd->add_flag("--breakdown", o->breakdown, "then time as many iterations again with every op timed by kind");

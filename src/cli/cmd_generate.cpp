@@ -1,10 +1,11 @@
-// `moe generate --checkpoint DIR [--prompt TEXT]`: continues a prompt with a trained model
-// (greedy with --temperature 0, else temperature, top-k and top-p sampling).
+// `moe generate --checkpoint DIR|RUN_DIR|latest [--prompt TEXT]`: continues a prompt with a trained
+// model (greedy with --temperature 0, else temperature, top-k and top-p sampling).
 #include <cstdio>
 #include <filesystem>
 #include <random>
 
 #include "src/cli/commands.h"
+#include "src/cli/run_setup.h"
 #include "src/data/tokenizer.h"
 #include "src/model/model.h"
 #include "src/model/sampling.h"
@@ -17,7 +18,7 @@ namespace moe {
 namespace {
 
 struct GenerateOptions {
-  std::string checkpoint, prompt = "The", tokenizer, device = "auto";
+  std::string checkpoint, run_dir = TrainConfig{}.run_dir, prompt = "The", tokenizer, device = "auto";
   int64_t max_new_tokens = 64;
   SamplingOptions sampling{0.8, 0.95, 0};
   uint64_t seed = 1;
@@ -27,14 +28,15 @@ struct GenerateOptions {
 int run_generate(const GenerateOptions& o) {
   MOE_CHECK(o.device == "auto" || o.device == "cpu" || o.device == "cuda", "--device '", o.device,
             "' is not a known device (choices: auto, cpu, cuda)");
-  MOE_CHECK(std::filesystem::is_directory(o.checkpoint), "checkpoint directory ", o.checkpoint, " does not exist");
-  Config config = load_config(o.checkpoint + "/config.toml");
+  const std::string checkpoint = resolve_checkpoint_arg("--checkpoint", o.checkpoint, o.run_dir);
+  MOE_CHECK(std::filesystem::is_directory(checkpoint), "checkpoint directory ", checkpoint, " does not exist");
+  Config config = load_config(checkpoint + "/config.toml");
   config.train.device = o.device;
   Device device = select_device(config.train, 0);
   Model model(config.model, config.moe);
   if (device.is_cuda()) config.train.dtype = "";  // a CPU run's f64 becomes bf16 on the GPU
   model.allocate(device, select_dtype(config.train, device));
-  read_checkpoint(o.checkpoint, model.params(), nullptr, o.verify);
+  read_checkpoint(checkpoint, model.params(), nullptr, o.verify);
 
   std::string tokenizer_path = o.tokenizer.empty() ? config.data.tokenizer : o.tokenizer;
   MOE_CHECK(!tokenizer_path.empty(), "no tokenizer: set data.tokenizer in the config or pass --tokenizer");
@@ -73,7 +75,10 @@ int run_generate(const GenerateOptions& o) {
 void add_generate_command(CLI::App& app, CommandRunner& run) {
   auto* cmd = app.add_subcommand("generate", "continue a prompt with a trained checkpoint");
   auto o = std::make_shared<GenerateOptions>();
-  cmd->add_option("--checkpoint", o->checkpoint, "checkpoint directory (holds config.toml)")->required();
+  cmd->add_option("--checkpoint", o->checkpoint,
+                  "checkpoint directory (holds config.toml), a run directory (its newest checkpoint), or 'latest'")
+      ->required();
+  cmd->add_option("--run-dir", o->run_dir, "run directory where --checkpoint latest looks");
   cmd->add_option("--prompt", o->prompt, "text to continue");
   cmd->add_option("--max-new-tokens", o->max_new_tokens, "tokens to generate")->check(CLI::PositiveNumber);
   cmd->add_option("--temperature", o->sampling.temperature, "0 = greedy")->check(CLI::NonNegativeNumber);

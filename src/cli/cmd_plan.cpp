@@ -28,7 +28,7 @@ void add_plan_command(CLI::App& app, CommandRunner& run) {
   auto options = std::make_shared<PlanOptions>();
   cmd->add_option("config", options->config_path, "TOML config file");
   cmd->add_option("--set", options->overrides, "override a key: section.key=value (repeatable)");
-  cmd->add_option("--world", options->world, "number of ranks to plan for (default 1)");
+  cmd->add_option("--world", options->world, "number of ranks to plan for");
   cmd->add_option("--device", options->device, "plan for cpu or cuda (default: train.device; auto plans cuda)");
   cmd->add_flag("--zero-table", options->zero_table, "print the ZeRO paper's model-state table (7.5B, 128B, 1T)");
   cmd->callback([&run, options] {

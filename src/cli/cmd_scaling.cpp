@@ -178,9 +178,9 @@ void add_scaling_command(CLI::App& app, CommandRunner& run) {
   auto* fit = cmd->add_subcommand("fit", "fit E, A, B, alpha, beta to (params, tokens, loss) rows");
   fit->add_option("file", o->path, "JSON lines or CSV with params, tokens, loss");
   fit->add_option("--flops", o->flops, "budget for the allocation (default: the largest run's 6 N D)");
-  fit->add_option("--params-column", o->columns.params, "name of N's field or column (default params)");
-  fit->add_option("--tokens-column", o->columns.tokens, "name of D's field or column (default tokens)");
-  fit->add_option("--loss-column", o->columns.loss, "name of the loss's field or column (default loss)");
+  fit->add_option("--params-column", o->columns.params, "name of N's field or column");
+  fit->add_option("--tokens-column", o->columns.tokens, "name of D's field or column");
+  fit->add_option("--loss-column", o->columns.loss, "name of the loss's field or column");
   // Pure arithmetic on one process: under mpirun rank 0 prints and the others do nothing.
   auto on_rank0 = [&run](std::function<int(const ScalingOptions&)> body, std::shared_ptr<ScalingOptions> o) {
     return [&run, body, o] {

@@ -1,4 +1,4 @@
-// `moe upcycle --from DENSE_CHECKPOINT --config MOE.toml --out DIR [--mode ...]`: turns a dense
+// `moe upcycle MOE.toml --from DENSE_CHECKPOINT --out DIR [--mode ...] [--set k=v]`: turns a dense
 // checkpoint into a step-0 MoE checkpoint that `moe train` resumes (src/tools/upcycle.h).
 #include <cstdio>
 #include <memory>
@@ -6,6 +6,7 @@
 #include "src/tools/upcycle.h"
 #include "parallel/mpi_env.h"
 #include "src/cli/commands.h"
+#include "src/cli/run_setup.h"
 
 namespace moe {
 
@@ -18,8 +19,26 @@ struct UpcycleCommandOptions {
   uint64_t seed = 0;
 };
 
-void print_result(const std::string& from, const std::string& out, const UpcycleOptions& o, const UpcycleResult& r,
-                  const std::string& config_path) {
+// One shell word: left bare when it holds only safe characters, else in single quotes.
+std::string shell_quote(const std::string& word) {
+  const bool safe = !word.empty() && word.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                                            "0123456789_./=:,+-@%") == std::string::npos;
+  if (safe) return word;
+  std::string quoted = "'";
+  for (char c : word) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return quoted + "'";
+}
+
+// The `moe train` command that resumes the upcycled checkpoint: the same config and --set overrides.
+std::string resume_command(const UpcycleCommandOptions& o) {
+  std::string command = "moe train " + shell_quote(o.config_path);
+  for (const std::string& kv : o.overrides) command += " --set " + shell_quote(kv);
+  return command + " --set " + shell_quote("train.resume=" + o.out);
+}
+
+void print_result(const UpcycleCommandOptions& c, const std::string& from, const UpcycleOptions& o,
+                  const UpcycleResult& r) {
+  const std::string& out = c.out;
   std::printf("upcycle: %s -> %s (mode %s, seed %llu): %zu parameters copied, %zu MoE layers built\n", from.c_str(),
               out.c_str(), upcycle_mode_name(o.mode), static_cast<unsigned long long>(o.seed), r.copied.size(),
               r.layers.size());
@@ -37,7 +56,7 @@ void print_result(const std::string& from, const std::string& out, const Upcycle
     std::printf("\n");
   }
   for (const std::string& w : r.warnings) std::printf("warning: %s\n", w.c_str());
-  std::printf("resume with: moe train %s --set train.resume=%s\n", config_path.c_str(), out.c_str());
+  std::printf("resume with: %s\n", resume_command(c).c_str());
   std::fflush(stdout);
 }
 
@@ -46,15 +65,17 @@ void print_result(const std::string& from, const std::string& out, const Upcycle
 void add_upcycle_command(CLI::App& app, CommandRunner& run) {
   auto* cmd = app.add_subcommand("upcycle", "build an MoE checkpoint from a dense one (sparse upcycling)");
   auto o = std::make_shared<UpcycleCommandOptions>();
-  cmd->add_option("--from", o->from, "dense checkpoint directory (checkpoints/step_<N>)")->required();
-  cmd->add_option("--config", o->config_path, "TOML config of the MoE model to build")->required();
+  // CONFIG is positional like every command's; --config stays accepted for older scripts.
+  cmd->add_option("config,--config", o->config_path, "TOML config of the MoE model to build")->required();
+  cmd->add_option("--from", o->from, "dense checkpoint directory (checkpoints/step_<N>) or its run directory")
+      ->required();
   cmd->add_option("--out", o->out, "MoE checkpoint directory to write")->required();
   cmd->add_option("--mode", o->mode, "copy | fine_grained | partial_reinit")
       ->check(CLI::IsMember({"copy", "fine_grained", "partial_reinit"}));
   auto* fraction = cmd->add_option("--reinit-fraction", o->reinit_fraction,
-                                   "partial_reinit: share of each expert matrix re-initialised (default 0.5)")
+                                   "partial_reinit: share of each expert matrix re-initialised")
                        ->check(CLI::Range(0.0, 1.0));
-  auto* seed = cmd->add_option("--seed", o->seed, "initialisation and shuffle seed (default: train.seed)");
+  auto* seed = cmd->add_option("--seed", o->seed, "initialisation and shuffle seed")->default_str("train.seed");
   cmd->add_option("--set", o->overrides, "override a key of the MoE config: section.key=value (repeatable)");
   cmd->callback([&run, o, fraction, seed] {
     const bool fraction_given = fraction->count() > 0, seed_given = seed->count() > 0;
@@ -67,8 +88,9 @@ void add_upcycle_command(CLI::App& app, CommandRunner& run) {
       if (env.world_rank() != 0) return 0;  // one writer under mpirun
       Config target = load_config(o->config_path, o->overrides);
       options.seed = seed_given ? o->seed : target.train.seed;
-      UpcycleResult result = upcycle_checkpoint(o->from, target, o->out, options);
-      print_result(o->from, o->out, options, result, o->config_path);
+      const std::string from = resolve_checkpoint_arg("--from", o->from, "");
+      UpcycleResult result = upcycle_checkpoint(from, target, o->out, options);
+      print_result(*o, from, options, result);
       return 0;
     };
   });

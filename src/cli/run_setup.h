@@ -1,5 +1,5 @@
-// What the training-like commands share: reading the config with overrides and building the
-// communicator and the trainer.
+// What the training-like commands share: reading the config with overrides, building the
+// communicator and the trainer, resolving a --checkpoint argument, keeping stdout for JSON.
 #pragma once
 
 #include <memory>
@@ -19,7 +19,8 @@ struct RunOptions {
   std::string config_path;
   std::vector<std::string> overrides;
 };
-void add_run_options(CLI::App& cmd, RunOptions& options);
+// CONFIG (positional; required unless `required` is false) and --set.
+void add_run_options(CLI::App& cmd, RunOptions& options, bool required = true);
 
 struct RunContext {
   Config config;
@@ -28,5 +29,24 @@ struct RunContext {
 };
 // The resolved config is written into the run directory by Trainer::train (after its lock and checks).
 RunContext setup_run(const RunOptions& options, MpiEnv& env);
+RunContext setup_run(Config config, MpiEnv& env);
+
+// A --checkpoint argument (`flag` names it in errors): 'latest' is the newest step_<N> of run_dir;
+// a run directory (one that holds checkpoints/) is its newest checkpoint; anything else is taken as is.
+std::string resolve_checkpoint_arg(const std::string& flag, const std::string& arg, const std::string& run_dir);
+
+// While alive, what the process writes to stdout goes to stderr: a command whose stdout carries
+// JSON (`moe eval ... | jq`) keeps the human lines of the layers below it off that stream.
+class StdoutToStderr {
+ public:
+  StdoutToStderr();
+  ~StdoutToStderr();
+  StdoutToStderr(const StdoutToStderr&) = delete;
+  StdoutToStderr& operator=(const StdoutToStderr&) = delete;
+
+ private:
+  int saved_stdout_ = -1;
+  int uncaught_ = 0;  // exceptions in flight at construction
+};
 
 }  // namespace moe

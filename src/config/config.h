@@ -93,6 +93,7 @@ struct TrainConfig {              // [train]
   std::string nonfinite = "stop";  // a non-finite or spiking loss / gradient norm: "stop" | "skip_step" (the update)
   int64_t max_skipped_steps = 10;  // skip_step: the run stops after this many consecutive skipped steps
   double loss_spike_factor = 100;  // a loss above factor x the mean of the last 20 is treated as non-finite; 0 = off
+  double peak_tflops = 0;          // MFU's peak per GPU, dense bf16 TFLOP/s; 0 = the datasheet's for the device name
 
   bool operator==(const TrainConfig&) const = default;
 };

@@ -56,6 +56,7 @@ void add_train_fields(TrainConfig& t, std::vector<Field>& out) {
                          {s, "nonfinite", &t.nonfinite},   {s, "max_skipped_steps", &t.max_skipped_steps},
                          {s, "loss_spike_factor", &t.loss_spike_factor}});
   out.push_back({s, "verify_checkpoints", &t.verify_checkpoints});
+  out.push_back({s, "peak_tflops", &t.peak_tflops});
 }
 
 void add_optim_fields(OptimConfig& o, std::vector<Field>& out) {

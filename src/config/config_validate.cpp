@@ -307,6 +307,8 @@ void validate_train(const TrainConfig& t, const KeyOrigins& at) {
   check_at_least(at, "train.eval_batches", t.eval_batches, 1);
   check_at_least(at, "train.save_every", t.save_every, 0);
   check_at_least(at, "train.keep_last", t.keep_last, 0);
+  MOE_CHECK(t.peak_tflops >= 0, at.prefix({"train.peak_tflops"}),
+            "train.peak_tflops = ", t.peak_tflops, " must be 0 (the datasheet peak of the device) or positive");
   MOE_CHECK(!t.run_dir.empty(), at.prefix({"train.run_dir"}), "train.run_dir must not be empty");
   check_choice(at, "train.device", t.device, {"auto", "cpu", "cuda"});
   check_choice(at, "train.dtype", t.dtype, {"", "f32", "f64", "bf16"});

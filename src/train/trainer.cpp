@@ -12,6 +12,7 @@
 #include "src/config/router_kinds.h"
 #include "src/ops/op_profile.h"
 #include "src/ops/ops.h"
+#include "src/tensor/device_name.h"
 #include "src/train/checkpoint.h"
 #include "src/train/data_state.h"
 #include "src/train/device_select.h"
@@ -89,6 +90,7 @@ Trainer::Trainer(const Config& config, int local_rank, Communicator& world)
   total_params_ = static_cast<int64_t>(counts[1]);
   flops_per_token_ = train_flops_per_token(active_params_, config.model.num_layers, config.model.d_model,
                                            config.model.seq_len);
+  if (device_.is_cuda()) peak_ = lookup_device_peak(cuda_device_name(), config.train.peak_tflops);
   // The data is checked when opened (ids, sizes), so a bad file fails before the first step.
   if (const auto specs = train_dataset_specs(config.data); !specs.empty()) {
     train_split_.emplace(data::TokenSplit::open(specs));
@@ -163,12 +165,21 @@ EvalResult Trainer::evaluate(int64_t max_batches) {
   return {loss, static_cast<int64_t>(sums[1])};
 }
 
+void Trainer::add_mfu(nlohmann::json& record, double tokens_per_s) const {
+  if (!device_.is_cuda()) return;
+  record.update(mfu_fields(tokens_per_s * flops_per_token_ / world_->size(), peak_));
+}
+
 void Trainer::log_step(const StepResult& r, double lr, double step_seconds, double elapsed) {
   double tokens_per_s = tokens_per_step_ / std::max(step_seconds, 1e-9);
+  const MemoryStats memory = memory_stats(device_.kind);
+  const double tokens_seen = tokens_per_step_ * static_cast<double>(step_);
   nlohmann::json record = {{"step", step_},       {"loss", r.loss},           {"lr", lr},
                            {"grad_norm", r.grad_norm}, {"tokens_per_s", tokens_per_s}, {"aux_loss", r.aux_loss},
-                           {"elapsed_s", elapsed}};
-  if (device_.is_cuda()) record["mfu"] = tokens_per_s * flops_per_token_ / k_h200_peak_flops / world_->size();
+                           {"elapsed_s", elapsed}, {"tokens_seen", static_cast<int64_t>(tokens_seen)},
+                           {"memory_allocated_bytes", memory.current_bytes}, {"memory_peak_bytes", memory.peak_bytes},
+                           {"time", utc_timestamp()}};
+  add_mfu(record, tokens_per_s);
   for (const auto& layer : r.routing) record["moe"].push_back(routing_stats_json(layer));
   if (oracle_) record["oracle_hash"] = true;
   if (guard_->skips()) record["skipped_steps"] = r.skipped_steps;
@@ -186,12 +197,15 @@ void Trainer::log_step(const StepResult& r, double lr, double step_seconds, doub
   metrics_->write(record);
   if (!is_root()) return;
   double eta = elapsed / static_cast<double>(step_) * static_cast<double>(config_.train.steps - step_);
-  std::string mfu = device_.is_cuda() ? " | mfu " + std::to_string(record["mfu"].get<double>() * 100).substr(0, 4) + "%"
-                                      : "";
-  std::printf("%sstep %lld/%lld | loss %.4f | aux %.4f | lr %.2e | %.0f tok/s%s%s | eta %s\n",
+  std::string mfu = record.contains("mfu") ? " | mfu " + std::to_string(record["mfu"].get<double>() * 100).substr(0, 4) + "%"
+                                           : "";
+  std::printf("%sstep %lld/%lld | loss %.4f | aux %.4f | lr %.2e | gnorm %.3g | %.0f tok/s%s | %s tokens | mem %s "
+              "(peak %s)%s | eta %s | %s\n",
               oracle_ ? "[ORACLE HASH: routes on the target token] " : "", static_cast<long long>(step_),
-              static_cast<long long>(config_.train.steps), r.loss, r.aux_loss, lr, tokens_per_s, mfu.c_str(),
-              pipeline.c_str(), format_duration(eta).c_str());
+              static_cast<long long>(config_.train.steps), r.loss, r.aux_loss, lr, r.grad_norm, tokens_per_s,
+              mfu.c_str(), format_count(tokens_seen).c_str(), format_bytes(static_cast<double>(memory.current_bytes)).c_str(),
+              format_bytes(static_cast<double>(memory.peak_bytes)).c_str(), pipeline.c_str(),
+              format_duration(eta).c_str(), record["time"].get<std::string>().c_str());
   std::fflush(stdout);
 }
 
@@ -221,6 +235,10 @@ int Trainer::train() {
                 static_cast<long long>(empty_routing_stats().size()), device_.str().c_str(), dtype_name(dtype_),
                 world_->size(), tokens_per_step_);
     std::printf("%s\n", describe_training_data(*train_split_, *sampler_, config_.data.sampling).c_str());
+    if (device_.is_cuda() && peak_.datasheet_flops == 0) {
+      std::printf("mfu: no datasheet peak known for '%s': set train.peak_tflops (dense bf16 TFLOP/s per GPU) "
+                  "to report it\n", peak_.device.c_str());
+    }
   }
   auto start = Clock::now();
   int64_t first_step = step_;
@@ -238,7 +256,7 @@ int Trainer::train() {
     if (val_split_ && ((t.eval_every > 0 && step_ % t.eval_every == 0) || last)) {
       EvalResult e = evaluate(t.eval_batches);
       nlohmann::json record = {{"step", step_}, {"val_loss", e.loss}, {"val_ppl", std::exp(e.loss)},
-                               {"val_tokens", e.tokens}};
+                               {"val_tokens", e.tokens}, {"time", utc_timestamp()}};
       if (oracle_) record["oracle_hash"] = true;
       metrics_->write(record);
       if (is_root()) std::printf("%seval step %lld | val_loss %.4f | val_ppl %.2f\n", oracle_ ? "[ORACLE HASH] " : "", static_cast<long long>(step_), e.loss,
@@ -313,7 +331,8 @@ nlohmann::json Trainer::bench(int64_t warmup_steps, int64_t timed_steps, bool br
                         {"host_enqueue_ms_per_step",
                          1000.0 * enqueue_seconds / static_cast<double>(std::max<int64_t>(timed_steps - 1, 1))}};
   if (breakdown) out["breakdown"] = bench_breakdown(timed_steps);
-  if (device_.is_cuda()) out["mfu"] = tokens_per_s * flops_per_token_ / k_h200_peak_flops / world_->size();
+  add_mfu(out, tokens_per_s);
+  if (device_.is_cuda()) out["peak_tflops"] = peak_.datasheet_flops / 1e12;
   if (!last.stage_seconds.empty()) {  // pipeline parallelism: the last timed step's stages
     std::vector<double> stage_ms;
     for (double s : last.stage_seconds) stage_ms.push_back(1000.0 * s);

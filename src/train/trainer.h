@@ -136,6 +136,9 @@ class Trainer {
   double tokens_per_step_ = 0;
   int64_t active_params_ = 0, total_params_ = 0;  // the whole model's (all stages)
   double flops_per_token_ = 0;
+  DevicePeak peak_;  // MFU's denominators (CUDA runs): train.peak_tflops or the device's datasheet
+  // Adds "mfu" / "mfu_measured_ceiling" at this rate (CUDA runs where a peak is known).
+  void add_mfu(nlohmann::json& record, double tokens_per_s) const;
 };
 
 }  // namespace moe

@@ -486,6 +486,7 @@ TEST_CASE("every range rule has its message") {
       {"train.max_skipped_steps=0", "train.max_skipped_steps = 0 must be at least 1"},
       {"train.loss_spike_factor=1", "train.loss_spike_factor = 1 must be 0 (off) or above 1"},
       {"train.loss_spike_factor=-2", "train.loss_spike_factor = -2 must be 0 (off) or above 1"},
+      {"train.peak_tflops=-1", "train.peak_tflops = -1 must be 0 (the datasheet peak of the device) or positive"},
       {"train.loss_spike_factor=nan", "train.loss_spike_factor = nan must be a finite number"},
       {"optim.lr=0", "optim.lr = 0 must be positive"},
       {"optim.lr=nan", "optim.lr = nan must be a finite number"},
