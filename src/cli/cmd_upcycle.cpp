@@ -1,8 +1,9 @@
-// `moe upcycle --from DENSE_CHECKPOINT --config MOE.toml --out DIR [--mode ...]`: turns a dense
-// checkpoint into a step-0 MoE checkpoint that `moe train` resumes (src/tools/upcycle.h).
+// `moe upcycle --from DENSE_CHECKPOINT | --from-hf HF_DIR --config MOE.toml --out DIR [--mode ...]`:
+// turns a dense checkpoint (or HF model) into a step-0 MoE checkpoint that `moe train` resumes.
 #include <cstdio>
 #include <memory>
 
+#include "src/tools/hf_import.h"
 #include "src/tools/upcycle.h"
 #include "parallel/mpi_env.h"
 #include "src/cli/commands.h"
@@ -12,7 +13,7 @@ namespace moe {
 namespace {
 
 struct UpcycleCommandOptions {
-  std::string from, config_path, out, mode = "copy";
+  std::string from, from_hf, config_path, out, mode = "copy";
   std::vector<std::string> overrides;
   double reinit_fraction = 0.5;
   uint64_t seed = 0;
@@ -46,7 +47,10 @@ void print_result(const std::string& from, const std::string& out, const Upcycle
 void add_upcycle_command(CLI::App& app, CommandRunner& run) {
   auto* cmd = app.add_subcommand("upcycle", "build an MoE checkpoint from a dense one (sparse upcycling)");
   auto o = std::make_shared<UpcycleCommandOptions>();
-  cmd->add_option("--from", o->from, "dense checkpoint directory (checkpoints/step_<N>)")->required();
+  auto* from = cmd->add_option("--from", o->from, "dense checkpoint directory (checkpoints/step_<N>)");
+  auto* from_hf = cmd->add_option("--from-hf", o->from_hf, "dense Hugging Face directory (llama, mistral, qwen2)");
+  from->excludes(from_hf);
+  from_hf->excludes(from);
   cmd->add_option("--config", o->config_path, "TOML config of the MoE model to build")->required();
   cmd->add_option("--out", o->out, "MoE checkpoint directory to write")->required();
   cmd->add_option("--mode", o->mode, "copy | fine_grained | partial_reinit")
@@ -67,8 +71,10 @@ void add_upcycle_command(CLI::App& app, CommandRunner& run) {
       if (env.world_rank() != 0) return 0;  // one writer under mpirun
       Config target = load_config(o->config_path, o->overrides);
       options.seed = seed_given ? o->seed : target.train.seed;
-      UpcycleResult result = upcycle_checkpoint(o->from, target, o->out, options);
-      print_result(o->from, o->out, options, result, o->config_path);
+      MOE_CHECK(!o->from.empty() || !o->from_hf.empty(), "upcycle needs --from CHECKPOINT or --from-hf DIR");
+      UpcycleResult result = o->from.empty() ? upcycle_from_hf(o->from_hf, target, o->out, options)
+                                             : upcycle_checkpoint(o->from, target, o->out, options);
+      print_result(o->from.empty() ? o->from_hf : o->from, o->out, options, result, o->config_path);
       return 0;
     };
   });
