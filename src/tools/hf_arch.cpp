@@ -334,7 +334,10 @@ nlohmann::json hf_config_from_engine(const Config& c, HfFamily family, const nlo
     out["attention_bias"] = false;
     out["mlp_bias"] = false;
   }
-  if (family == HfFamily::mistral || family == HfFamily::mixtral) out["sliding_window"] = nullptr;
+  // An imported window was at least model.seq_len long (import refuses shorter ones): kept as it was.
+  if ((family == HfFamily::mistral || family == HfFamily::mixtral) && !out.contains("sliding_window")) {
+    out["sliding_window"] = nullptr;
+  }
   if (family == HfFamily::qwen2 || family == HfFamily::qwen2_moe) out["use_sliding_window"] = false;
   const MoeShape shape = moe_shape(c.moe);
   if (family == HfFamily::mixtral) {

@@ -134,13 +134,26 @@ HfModel read_hf_model(const std::string& hf_dir, int64_t seq_len, const std::str
   return out;
 }
 
-HfImportResult import_hf(const std::string& hf_dir, const std::string& run_dir, int64_t seq_len) {
+HfImportResult import_hf(const std::string& hf_dir, const std::string& run_dir, int64_t seq_len,
+                         const std::vector<std::string>& overrides) {
   MOE_CHECK(!run_dir.empty(), "convert --out is empty");
   MOE_CHECK(!fs::exists(run_dir) || (fs::is_directory(run_dir) && fs::is_empty(run_dir)), "convert --out ", run_dir,
             " exists and is not empty: refusing to write a run directory over it");
   HfImportResult result;
   result.model = read_hf_model(hf_dir, seq_len, run_dir);
-  const Config& c = result.model.spec.config;
+  Config& c = result.model.spec.config;
+  if (!overrides.empty()) {
+    Config changed = parse_config(to_toml(c), "convert --set", overrides);
+    changed.source_path = c.source_path;
+    static const std::set<std::string> moe_shape_keys = {"moe.num_experts", "moe.d_expert", "moe.granularity",
+        "moe.num_shared_experts", "moe.d_shared", "moe.shared_gate", "moe.every", "moe.first_dense", "moe.router",
+        "moe.layer_routers", "moe.expert_bias_rate", "moe.top_k"};
+    for (const ConfigChange& change : config_changes(c, changed)) {
+      MOE_CHECK(!change.key.starts_with("model.") && moe_shape_keys.count(change.key) == 0, "convert --set ",
+                change.key, ": the model comes from ", hf_dir, "/config.json (use --seq-len for model.seq_len)");
+    }
+    c = changed;
+  }
   Model model(c.model, c.moe);
   model.allocate(Device::cpu(), DType::f32);
   ParamStore& store = model.params();

@@ -34,9 +34,12 @@ struct HfImportResult {
 };
 
 // Writes run_dir (which must not exist or be empty): config.toml (train.run_dir = run_dir,
-// train.resume = "latest"), hf_config.json (the source config.json, which export reuses) and
-// the step-0 checkpoint (zero AdamW moments).
-HfImportResult import_hf(const std::string& hf_dir, const std::string& run_dir, int64_t seq_len);
+// train.resume = "latest", then `overrides` "section.key=value" applied: the data, training and
+// optimizer settings a later `moe train` resumes with), hf_config.json (the source config.json,
+// which export reuses) and the step-0 checkpoint (zero AdamW moments). Overrides of [model] keys
+// and of the [moe] keys that shape the parameters are refused by name (config.json sets them).
+HfImportResult import_hf(const std::string& hf_dir, const std::string& run_dir, int64_t seq_len,
+                         const std::vector<std::string>& overrides = {});
 
 // `moe upcycle --from-hf`: the dense HF model of hf_dir upcycled into target (upcycle_from_weights).
 // target's [model] must be the imported one (model.seq_len aside): a differing key is refused by name.
