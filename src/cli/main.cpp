@@ -35,6 +35,7 @@ int main(int argc, char** argv) {
   moe::add_hash_table_command(app, run);
   moe::add_upcycle_command(app, run);
   moe::add_convert_command(app, run);
+  moe::add_logits_command(app, run);
   moe::add_plan_command(app, run);
   moe::add_scaling_command(app, run);
   moe::run_or_abort([&] {

@@ -247,7 +247,8 @@ std::string run_binary(const std::string& args, const std::string& log, int* sta
 TEST_CASE("moe convert end to end: import, eval, train --resume, export", "[hf][cli]") {
   TempDir tmp("hf_cli");
   const json c = hf_test::tiny_config("mixtral");
-  hf_test::write_hf_dir(tmp.path / "hf", c, hf_test::random_weights(c, "BF16", 4), true);
+  const hf_test::StMap w = hf_test::random_weights(c, "BF16", 4);
+  hf_test::write_hf_dir(tmp.path / "hf", c, w, true);
   test::write_pattern_shard(tmp.str("train.tok"), 2000, 40, 1);
   test::write_pattern_shard(tmp.str("val.tok"), 400, 40, 2);
   const std::string log = tmp.str("log.txt"), run = tmp.str("run");
@@ -262,6 +263,16 @@ TEST_CASE("moe convert end to end: import, eval, train --resume, export", "[hf][
   INFO(out);
   REQUIRE(status == 0);
   REQUIRE_THAT(out, Contains("(mixtral, bfloat16)"));
+  out = run_binary("logits " + run + " --tokens 5,0,39,12,7 --out " + tmp.str("logits.json"), log, &status);
+  REQUIRE(status == 0);
+  std::ifstream logits_file(tmp.str("logits.json"));
+  const json dumped = json::parse(logits_file);
+  std::vector<double> got;
+  for (const auto& row : dumped["logits"]) got.insert(got.end(), row.begin(), row.end());
+  test::require_close(got, hf_test::reference_logits(w, c, {5, 0, 39, 12, 7}), 1e-4, 1e-4, "moe logits");
+  out = run_binary("logits " + run + " --tokens 5,40", log, &status);
+  CHECK(status != 0);
+  CHECK_THAT(out, Contains("token 40 is outside the vocabulary [0, 40)"));
   out = run_binary("eval " + run + "/config.toml --batches 2", log, &status);
   INFO(out);
   REQUIRE(status == 0);
