@@ -75,6 +75,53 @@ Tensor assemble(const HfTensorMap& map, const std::map<std::string, HfTensor>& h
   return Tensor::from_vector(values, shape, DType::f32);
 }
 
+// transformers 5's fused expert layout (save_original_format=False): "<layer>mlp.experts.gate_up_proj"
+// [E, 2f, d] (gate rows, then up rows) and "...down_proj" [E, d, f], Mixtral's router under
+// "mlp.gate": renamed and cut into the Hub's per-expert tensors, which the name map reads.
+void unfuse_experts(std::map<std::string, HfTensor>& hf, HfFamily family) {
+  if (!hf_family_is_moe(family)) return;
+  const bool mixtral = family == HfFamily::mixtral;
+  const std::string block = mixtral ? "block_sparse_moe." : "mlp.";
+  std::vector<std::string> fused;
+  for (const auto& [name, t] : hf) {
+    for (const char* tail : {"mlp.experts.gate_up_proj", "mlp.experts.down_proj"}) {
+      if (name.ends_with(tail) || name.ends_with(std::string(tail) + ".weight")) fused.push_back(name);
+    }
+  }
+  for (const std::string& name : fused) {
+    const HfTensor t = std::move(hf.at(name));
+    hf.erase(name);
+    MOE_CHECK(t.shape.size() == 3, "Hugging Face tensor '", name, "' has ", t.shape.size(),
+              " dimensions (fused experts are [experts, out, in])");
+    const bool gate_up = name.find("gate_up_proj") != std::string::npos;
+    const std::string prefix = name.substr(0, name.find("mlp.experts.")) + block + "experts.";
+    const int64_t num_experts = t.shape[0], rows = t.shape[1], cols = t.shape[2], parts = gate_up ? 2 : 1;
+    MOE_CHECK(rows % parts == 0, "Hugging Face tensor '", name, "' has an odd number of gate and up rows");
+    const char* mixtral_names[] = {"w1", "w3"};
+    const char* qwen_names[] = {"gate_proj", "up_proj"};
+    for (int64_t e = 0; e < num_experts; ++e) {
+      for (int64_t p = 0; p < parts; ++p) {
+        const int64_t part_rows = rows / parts;
+        const std::string part = gate_up ? (mixtral ? mixtral_names[p] : qwen_names[p]) : (mixtral ? "w2" : "down_proj");
+        HfTensor piece{{part_rows, cols}, t.dtype, {}};
+        const auto begin = t.values.begin() + (e * rows + p * part_rows) * cols;
+        piece.values.assign(begin, begin + part_rows * cols);
+        hf[prefix + std::to_string(e) + "." + part + ".weight"] = std::move(piece);
+      }
+    }
+  }
+  if (!mixtral) return;
+  std::vector<std::string> routers;
+  for (const auto& [name, t] : hf) {
+    if (name.ends_with(".mlp.gate.weight")) routers.push_back(name);
+  }
+  for (const std::string& name : routers) {
+    HfTensor t = std::move(hf.at(name));
+    hf.erase(name);
+    hf[name.substr(0, name.size() - 15) + "block_sparse_moe.gate.weight"] = std::move(t);
+  }
+}
+
 nlohmann::json read_json(const fs::path& path) {
   std::ifstream in(path);
   MOE_CHECK(in.good(), "cannot open ", path.string());
@@ -93,6 +140,7 @@ HfModel read_hf_model(const std::string& hf_dir, int64_t seq_len, const std::str
   out.hf_config = read_json(config_path);
   out.spec = hf_spec_from_config(out.hf_config, seq_len, run_dir);
   std::map<std::string, HfTensor> hf = read_hf_tensors(hf_dir);
+  unfuse_experts(hf, out.spec.family);
   std::set<std::string> used;
   for (const std::string& name : out.spec.zero_tensors) {
     auto it = hf.find(name);

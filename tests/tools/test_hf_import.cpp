@@ -68,6 +68,56 @@ TEST_CASE("mixtral and qwen2_moe: imported logits equal the reference forward of
   check_family("qwen2_moe", "BF16", true, renorm);
 }
 
+// transformers 5 with save_original_format=False: experts fused into [E, 2f, d] and [E, d, f],
+// Mixtral's block under "mlp.".
+hf_test::StMap fuse_experts(const hf_test::StMap& w, const json& c) {
+  const bool mixtral = c["model_type"] == "mixtral";
+  const std::string block = mixtral ? "block_sparse_moe." : "mlp.";
+  const int64_t num_experts = mixtral ? c["num_local_experts"].get<int64_t>() : c["num_experts"].get<int64_t>();
+  hf_test::StMap out;
+  for (const auto& [name, t] : w) {
+    if (name.find(block + "experts.") == std::string::npos) {
+      std::string renamed = name;
+      if (mixtral && name.find(".block_sparse_moe.gate.") != std::string::npos) {
+        renamed.replace(renamed.find("block_sparse_moe."), 17, "mlp.");
+      }
+      out[renamed] = t;
+    }
+  }
+  for (int64_t i = 0; i < c["num_hidden_layers"].get<int64_t>(); ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    if (w.count(p + block + "experts.0." + (mixtral ? "w2" : "down_proj") + ".weight") == 0) continue;
+    hf_test::StTensor gate_up, down;
+    for (int64_t e = 0; e < num_experts; ++e) {
+      const std::string x = p + block + "experts." + std::to_string(e) + ".";
+      const auto& g = w.at(x + (mixtral ? "w1" : "gate_proj") + ".weight");
+      const auto& u = w.at(x + (mixtral ? "w3" : "up_proj") + ".weight");
+      const auto& d = w.at(x + (mixtral ? "w2" : "down_proj") + ".weight");
+      gate_up.dtype = down.dtype = g.dtype;
+      gate_up.shape = {num_experts, 2 * g.shape[0], g.shape[1]};
+      down.shape = {num_experts, d.shape[0], d.shape[1]};
+      gate_up.values.insert(gate_up.values.end(), g.values.begin(), g.values.end());
+      gate_up.values.insert(gate_up.values.end(), u.values.begin(), u.values.end());
+      down.values.insert(down.values.end(), d.values.begin(), d.values.end());
+    }
+    out[p + "mlp.experts.gate_up_proj"] = gate_up;
+    out[p + "mlp.experts.down_proj"] = down;
+  }
+  return out;
+}
+
+TEST_CASE("the fused expert layout of transformers 5 imports to the same logits", "[hf]") {
+  for (const std::string type : {"mixtral", "qwen2_moe"}) {
+    TempDir tmp("hf_import_fused_" + type);
+    const json c = hf_test::tiny_config(type);
+    const hf_test::StMap w = hf_test::random_weights(c, "BF16", 13);
+    hf_test::write_hf_dir(tmp.path / "hf", c, fuse_experts(w, c), false);
+    REQUIRE(hf_test::read_raw(tmp.path / "hf" / "model.safetensors").count("model.layers.1.mlp.experts.gate_up_proj") == 1);
+    require_close(engine_logits(tmp.str("hf"), tmp.str("run")), hf_test::reference_logits(w, c, k_tokens), 1e-4, 1e-4,
+                  type + " fused logits");
+  }
+}
+
 TEST_CASE("the imported config maps every HF field", "[hf]") {
   TempDir tmp("hf_import_config");
   json c = hf_test::tiny_config("qwen2_moe");
