@@ -32,10 +32,11 @@ std::map<std::string, hf_test::RawTensor> raw_dir(const fs::path& dir) {
   return all;
 }
 
-void check_round_trip(const std::string& type, const std::string& dtype, bool sharded) {
-  INFO(type << " " << dtype << (sharded ? " sharded" : ""));
+void check_round_trip(const std::string& type, const std::string& dtype, bool sharded, bool tied = false) {
+  INFO(type << " " << dtype << (sharded ? " sharded" : "") << (tied ? " tied" : ""));
   TempDir tmp("hf_round_trip");
   json c = hf_test::tiny_config(type);
+  c["tie_word_embeddings"] = tied;
   c["torch_dtype"] = dtype == "F32" ? "float32" : dtype == "BF16" ? "bfloat16" : "float16";
   hf_test::write_hf_dir(tmp.path / "hf", c, hf_test::random_weights(c, dtype, 21), sharded);
   import_hf(tmp.str("hf"), tmp.str("run"), 8);
@@ -59,6 +60,7 @@ void check_round_trip(const std::string& type, const std::string& dtype, bool sh
 TEST_CASE("import -> export is bit-exact for every family, dtype and file layout", "[hf]") {
   check_round_trip("llama", "BF16", false);
   check_round_trip("llama", "F16", true);
+  check_round_trip("llama", "F32", false, true);
   check_round_trip("mistral", "F32", false);
   check_round_trip("qwen2", "BF16", true);
   check_round_trip("mixtral", "F16", false);
