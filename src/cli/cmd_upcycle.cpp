@@ -1,8 +1,10 @@
-// `moe upcycle MOE.toml --from DENSE_CHECKPOINT --out DIR [--mode ...] [--set k=v]`: turns a dense
-// checkpoint into a step-0 MoE checkpoint that `moe train` resumes (src/tools/upcycle.h).
+// `moe upcycle MOE.toml --from DENSE_CHECKPOINT | --from-hf HF_DIR --out DIR [--mode ...] [--set k=v]`:
+// turns a dense checkpoint (or Hugging Face model) into a step-0 MoE checkpoint that `moe train`
+// resumes (src/tools/upcycle.h).
 #include <cstdio>
 #include <memory>
 
+#include "src/tools/hf_import.h"
 #include "src/tools/upcycle.h"
 #include "parallel/mpi_env.h"
 #include "src/cli/commands.h"
@@ -13,7 +15,7 @@ namespace moe {
 namespace {
 
 struct UpcycleCommandOptions {
-  std::string from, config_path, out, mode = "copy";
+  std::string from, from_hf, config_path, out, mode = "copy";
   std::vector<std::string> overrides;
   double reinit_fraction = 0.5;
   uint64_t seed = 0;
@@ -67,8 +69,10 @@ void add_upcycle_command(CLI::App& app, CommandRunner& run) {
   auto o = std::make_shared<UpcycleCommandOptions>();
   // CONFIG is positional like every command's; --config stays accepted for older scripts.
   cmd->add_option("config,--config", o->config_path, "TOML config of the MoE model to build")->required();
-  cmd->add_option("--from", o->from, "dense checkpoint directory (checkpoints/step_<N>) or its run directory")
-      ->required();
+  auto* from = cmd->add_option("--from", o->from, "dense checkpoint directory (checkpoints/step_<N>) or its run directory");
+  auto* from_hf = cmd->add_option("--from-hf", o->from_hf, "dense Hugging Face directory (llama, mistral, qwen2)");
+  from->excludes(from_hf);
+  from_hf->excludes(from);
   cmd->add_option("--out", o->out, "MoE checkpoint directory to write")->required();
   cmd->add_option("--mode", o->mode, "copy | fine_grained | partial_reinit")
       ->check(CLI::IsMember({"copy", "fine_grained", "partial_reinit"}));
@@ -88,8 +92,10 @@ void add_upcycle_command(CLI::App& app, CommandRunner& run) {
       if (env.world_rank() != 0) return 0;  // one writer under mpirun
       Config target = load_config(o->config_path, o->overrides);
       options.seed = seed_given ? o->seed : target.train.seed;
-      const std::string from = resolve_checkpoint_arg("--from", o->from, "");
-      UpcycleResult result = upcycle_checkpoint(from, target, o->out, options);
+      MOE_CHECK(!o->from.empty() || !o->from_hf.empty(), "upcycle needs --from CHECKPOINT or --from-hf DIR");
+      const std::string from = o->from.empty() ? o->from_hf : resolve_checkpoint_arg("--from", o->from, "");
+      UpcycleResult result = o->from.empty() ? upcycle_from_hf(o->from_hf, target, o->out, options)
+                                             : upcycle_checkpoint(from, target, o->out, options);
       print_result(*o, from, options, result);
       return 0;
     };

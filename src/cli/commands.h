@@ -19,6 +19,8 @@ void add_generate_command(CLI::App& app, CommandRunner& run);
 void add_tokenize_command(CLI::App& app, CommandRunner& run);
 void add_hash_table_command(CLI::App& app, CommandRunner& run);
 void add_upcycle_command(CLI::App& app, CommandRunner& run);
+void add_convert_command(CLI::App& app, CommandRunner& run);
+void add_logits_command(CLI::App& app, CommandRunner& run);
 void add_plan_command(CLI::App& app, CommandRunner& run);
 void add_scaling_command(CLI::App& app, CommandRunner& run);
 

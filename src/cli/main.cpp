@@ -50,6 +50,8 @@ int main(int argc, char** argv) {
   moe::add_tokenize_command(app, run);
   moe::add_hash_table_command(app, run);
   moe::add_upcycle_command(app, run);
+  moe::add_convert_command(app, run);
+  moe::add_logits_command(app, run);
   moe::add_plan_command(app, run);
   moe::add_scaling_command(app, run);
   tidy_help_defaults(app);

@@ -419,28 +419,33 @@ UpcycleResult upcycle_checkpoint(const std::string& from_dir, const Config& targ
   check_dense_names(names, from_dir);
   MOE_CHECK(fs::is_regular_file(config_path), "upcycle source ", from_dir,
             " has no config.toml (its dense FFN activation is read from there)");
+  const Config source = load_config(config_path.string());
+  SafetensorsFile weights =
+      read_verified_safetensors(from_dir, "model.safetensors", checkpoint_manifest(from_dir, true), true);
+  return upcycle_from_weights(weights.tensors, source.model.activation, target, out_dir, options, from_dir);
+}
+
+UpcycleResult upcycle_from_weights(const std::map<std::string, Tensor>& dense, const std::string& source_activation,
+                                   const Config& target, const std::string& out_dir, const UpcycleOptions& options,
+                                   const std::string& source_name) {
   MOE_CHECK(target.moe.num_experts > 0, "upcycle target config ", target.source_path,
             " has moe.num_experts = 0: there is no MoE layer to build");
   MOE_CHECK(!out_dir.empty(), "upcycle --out is empty");
   std::error_code ec;
-  MOE_CHECK(!fs::equivalent(from_dir, out_dir, ec), "upcycle --out ", out_dir,
+  MOE_CHECK(!fs::equivalent(source_name, out_dir, ec), "upcycle --out ", out_dir,
             " is the source checkpoint: write the MoE checkpoint to another directory");
   // write_checkpoint replaces out_dir as a whole: never an unrelated directory.
   MOE_CHECK(!fs::exists(out_dir) || (fs::is_directory(out_dir) && (fs::is_empty(out_dir) ||
                                                                  fs::exists(fs::path(out_dir) / "model.safetensors"))),
             "upcycle --out ", out_dir, " exists and is not a checkpoint directory: refusing to replace it");
-  const Config source = load_config(config_path.string());
-  SafetensorsFile weights =
-      read_verified_safetensors(from_dir, "model.safetensors", checkpoint_manifest(from_dir, true), true);
-
   Model model(target.model, target.moe);
   model.allocate(Device::cpu(), DType::f32);
   model.initialize(options.seed);
-  UpcycleResult result = upcycle_weights(weights.tensors, source.model.activation, model, options, from_dir);
+  UpcycleResult result = upcycle_weights(dense, source_activation, model, options, source_name);
   // A fresh optimizer: zero AdamW moments, and step 0 so the schedule starts with its warmup.
   AdamW fresh(model.params(), target.optim);
-  write_checkpoint(out_dir, model.params(), fresh, TrainerState{0, target.train.seed, 1}, target);
-  write_file_atomically(fs::path(out_dir) / "upcycle.json", result_json(from_dir, options, result).dump(2) + "\n");
+  write_checkpoint(out_dir, model.params(), fresh, TrainerState{0, target.train.seed, 1, nullptr}, target);
+  write_file_atomically(fs::path(out_dir) / "upcycle.json", result_json(source_name, options, result).dump(2) + "\n");
   return result;
 }
 

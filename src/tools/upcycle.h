@@ -69,4 +69,11 @@ UpcycleResult upcycle_weights(const std::map<std::string, Tensor>& dense, const 
 UpcycleResult upcycle_checkpoint(const std::string& from_dir, const Config& target, const std::string& out_dir,
                                  const UpcycleOptions& options);
 
+// The part of upcycle_checkpoint after the source is read: dense (canonical name -> host
+// tensor, e.g. from read_hf_model for `moe upcycle --from-hf`) upcycled into target, written
+// to out_dir with upcycle.json; source_name names the source in messages and upcycle.json.
+UpcycleResult upcycle_from_weights(const std::map<std::string, Tensor>& dense, const std::string& source_activation,
+                                   const Config& target, const std::string& out_dir, const UpcycleOptions& options,
+                                   const std::string& source_name);
+
 }  // namespace moe
