@@ -12,6 +12,7 @@
 #include "src/tools/bench_layer.h"
 #include "src/tools/bench_op.h"
 #include "src/train/device_select.h"
+#include "src/util/log.h"
 
 namespace moe {
 
@@ -29,6 +30,7 @@ void add_dispatch_bench(CLI::App& bench, CommandRunner& run) {
   cmd->add_option("--steps", *steps, "timed iterations")->check(CLI::PositiveNumber);
   cmd->callback([&run, options, warmup, steps] {
     run = [options, warmup, steps](MpiEnv& env) {
+      log::human_to_stderr();  // stdout carries the JSON line alone
       Config config = load_config(options->config_path, options->overrides);
       auto world = make_world_communicator(select_device(config.train, env.local_rank()));
       Topology topology = Topology::from_config(config, world->size(), world->rank());
@@ -75,6 +77,7 @@ void add_op_bench(CLI::App& bench, CommandRunner& run) {
   cmd->add_option("--device", *device, "auto | cpu | cuda")->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   cmd->callback([&run, o, name, device] {
     run = [o, name, device](MpiEnv&) {
+      log::human_to_stderr();  // stdout carries the JSON line alone
       TrainConfig train;
       train.device = *device;
       const nlohmann::json result = bench_op(*name, *o, select_device(train, 0));
@@ -99,6 +102,7 @@ void add_layer_bench(CLI::App& bench, CommandRunner& run) {
       ->check(CLI::IsMember({"auto", "mma_sync", "wgmma"}));
   cmd->callback([&run, options, o] {
     run = [options, o](MpiEnv& env) {
+      log::human_to_stderr();  // stdout carries the JSON line alone
       Config config = load_config(options->config_path, options->overrides);
       ops::set_grouped_matmul_kernel(o->grouped_kernel);
       nlohmann::json out = bench_layer(config, select_device(config.train, env.local_rank()), *o);
@@ -130,6 +134,7 @@ void add_bench_command(CLI::App& app, CommandRunner& run) {
   add_layer_bench(*bench, run);
   cmd->callback([&run, options, warmup, steps, breakdown] {
     run = [options, warmup, steps, breakdown](MpiEnv& env) {
+      log::human_to_stderr();  // stdout carries the JSON line alone
       RunContext ctx = setup_run(*options, env);
       nlohmann::json result = ctx.trainer->bench(*warmup, *steps, *breakdown);
       result["config"] = options->config_path;

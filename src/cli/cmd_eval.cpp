@@ -7,6 +7,7 @@
 #include "src/cli/commands.h"
 #include "src/cli/run_setup.h"
 #include "src/train/checkpoint.h"
+#include "src/util/log.h"
 
 namespace moe {
 
@@ -21,6 +22,7 @@ struct EvalOptions {
 int run_eval(const EvalOptions& o, MpiEnv& env) {
   MOE_CHECK(o.batches >= 0, "--batches must be 0 (the whole validation split) or a positive number of batches "
             "per rank, got ", o.batches);
+  log::human_to_stderr();
   nlohmann::json out;
   int rank = 0;
   {

@@ -12,6 +12,7 @@
 #include "src/ops/ops.h"
 #include "src/train/checkpoint.h"
 #include "src/train/device_select.h"
+#include "src/util/log.h"
 
 namespace moe {
 
@@ -28,6 +29,7 @@ struct GenerateOptions {
 int run_generate(const GenerateOptions& o) {
   MOE_CHECK(o.device == "auto" || o.device == "cpu" || o.device == "cuda", "--device '", o.device,
             "' is not a known device (choices: auto, cpu, cuda)");
+  log::human_to_stderr();  // stdout is the generated text alone
   const std::string checkpoint = resolve_checkpoint_arg("--checkpoint", o.checkpoint, o.run_dir);
   MOE_CHECK(std::filesystem::is_directory(checkpoint), "checkpoint directory ", checkpoint, " does not exist");
   Config config = load_config(checkpoint + "/config.toml");
@@ -65,8 +67,8 @@ int run_generate(const GenerateOptions& o) {
   }
   std::printf("%s\n", tokenizer.decode(tokens).c_str());
   // On stderr, so stdout stays the text alone: how much was generated and why it stopped.
-  std::fprintf(stderr, "generate: %zu new tokens after a %zu-token prompt (%s)\n", tokens.size() - num_prompt,
-               num_prompt, eos ? "stopped at the end-of-sequence token" : "--max-new-tokens reached");
+  log::info("generate: {} new tokens after a {}-token prompt ({})", tokens.size() - num_prompt, num_prompt,
+            eos ? "stopped at the end-of-sequence token" : "--max-new-tokens reached");
   return 0;
 }
 

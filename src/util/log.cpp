@@ -145,6 +145,29 @@ void write(Level level, std::string_view text) {
   state().logger.log(to_spdlog(level), spdlog::string_view_t(text.data(), text.size()));
 }
 
+void write_file_only(Level level, std::string_view text) {
+  state().file->log(spdlog::details::log_msg("moe", to_spdlog(level), spdlog::string_view_t(text.data(), text.size())));
+}
+
+LineStream::LineStream(Level level) : std::ostream(nullptr), buffer_(level) { rdbuf(&buffer_); }
+
+LineStream::~LineStream() { buffer_.flush_line(); }
+
+void LineStream::Buffer::flush_line() {
+  if (!line_.empty()) moe::log::write(level_, line_);
+  line_.clear();
+}
+
+LineStream::Buffer::int_type LineStream::Buffer::overflow(int_type c) {
+  if (traits_type::eq_int_type(c, traits_type::eof())) return traits_type::not_eof(c);
+  if (traits_type::to_char_type(c) == '\n') {
+    flush_line();
+  } else {
+    line_ += traits_type::to_char_type(c);
+  }
+  return c;
+}
+
 Progress::Progress(double interval_seconds) : interval_(interval_seconds), start_(Clock::now()), last_(start_) {}
 
 bool Progress::due() {

@@ -5,6 +5,8 @@
 #include <fmt/format.h>
 
 #include <chrono>
+#include <ostream>
+#include <streambuf>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -28,6 +30,8 @@ void open_file(const std::string& path, bool append);
 void close_file();
 
 void write(Level level, std::string_view text);
+// To the file alone (the terminal has its own line): the error that ends the job.
+void write_file_only(Level level, std::string_view text);
 
 template <typename... Args>
 void debug(fmt::format_string<Args...> format, Args&&... args) {
@@ -45,6 +49,29 @@ template <typename... Args>
 void error(fmt::format_string<Args...> format, Args&&... args) {
   write(Level::error, fmt::format(format, std::forward<Args>(args)...));
 }
+
+// An std::ostream whose each complete line becomes one log line at `level`: for the layers that
+// report through a stream (tokenize, hash-table), so tests can pass an std::ostringstream instead.
+class LineStream : public std::ostream {
+ public:
+  explicit LineStream(Level level);
+  ~LineStream() override;
+
+ private:
+  class Buffer : public std::streambuf {
+   public:
+    explicit Buffer(Level level) : level_(level) {}
+    void flush_line();
+
+   protected:
+    int_type overflow(int_type c) override;
+
+   private:
+    Level level_;
+    std::string line_;
+  };
+  Buffer buffer_;
+};
 
 // Paces the progress lines of a long operation: due() is true at most every `interval_seconds`
 // (0: always), so a loop logs "every few seconds" whatever its speed.
