@@ -29,8 +29,8 @@ void add_dispatch_bench(CLI::App& bench, CommandRunner& run) {
   cmd->add_option("--warmup", *warmup, "untimed iterations first")->check(CLI::NonNegativeNumber);
   cmd->add_option("--steps", *steps, "timed iterations")->check(CLI::PositiveNumber);
   cmd->callback([&run, options, warmup, steps] {
+    log::human_to_stderr();  // at parse time: stdout carries the JSON line alone
     run = [options, warmup, steps](MpiEnv& env) {
-      log::human_to_stderr();  // stdout carries the JSON line alone
       Config config = load_config(options->config_path, options->overrides);
       auto world = make_world_communicator(select_device(config.train, env.local_rank()));
       Topology topology = Topology::from_config(config, world->size(), world->rank());
@@ -76,8 +76,8 @@ void add_op_bench(CLI::App& bench, CommandRunner& run) {
   cmd->add_option("--iters", o->iters, "timed iterations (the median is reported)")->check(CLI::PositiveNumber);
   cmd->add_option("--device", *device, "auto | cpu | cuda")->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   cmd->callback([&run, o, name, device] {
+    log::human_to_stderr();  // at parse time: stdout carries the JSON line alone
     run = [o, name, device](MpiEnv&) {
-      log::human_to_stderr();  // stdout carries the JSON line alone
       TrainConfig train;
       train.device = *device;
       const nlohmann::json result = bench_op(*name, *o, select_device(train, 0));
@@ -101,8 +101,8 @@ void add_layer_bench(CLI::App& bench, CommandRunner& run) {
   cmd->add_option("--grouped-kernel", o->grouped_kernel, "CUDA grouped matmul kernel: auto | mma_sync | wgmma")
       ->check(CLI::IsMember({"auto", "mma_sync", "wgmma"}));
   cmd->callback([&run, options, o] {
+    log::human_to_stderr();  // at parse time: stdout carries the JSON line alone
     run = [options, o](MpiEnv& env) {
-      log::human_to_stderr();  // stdout carries the JSON line alone
       Config config = load_config(options->config_path, options->overrides);
       ops::set_grouped_matmul_kernel(o->grouped_kernel);
       nlohmann::json out = bench_layer(config, select_device(config.train, env.local_rank()), *o);
@@ -133,8 +133,8 @@ void add_bench_command(CLI::App& app, CommandRunner& run) {
   add_op_bench(*bench, run);
   add_layer_bench(*bench, run);
   cmd->callback([&run, options, warmup, steps, breakdown] {
+    log::human_to_stderr();  // at parse time: stdout carries the JSON line alone
     run = [options, warmup, steps, breakdown](MpiEnv& env) {
-      log::human_to_stderr();  // stdout carries the JSON line alone
       RunContext ctx = setup_run(*options, env);
       nlohmann::json result = ctx.trainer->bench(*warmup, *steps, *breakdown);
       result["config"] = options->config_path;

@@ -29,7 +29,6 @@ struct GenerateOptions {
 int run_generate(const GenerateOptions& o) {
   MOE_CHECK(o.device == "auto" || o.device == "cpu" || o.device == "cuda", "--device '", o.device,
             "' is not a known device (choices: auto, cpu, cuda)");
-  log::human_to_stderr();  // stdout is the generated text alone
   const std::string checkpoint = resolve_checkpoint_arg("--checkpoint", o.checkpoint, o.run_dir);
   MOE_CHECK(std::filesystem::is_directory(checkpoint), "checkpoint directory ", checkpoint, " does not exist");
   Config config = load_config(checkpoint + "/config.toml");
@@ -91,7 +90,10 @@ void add_generate_command(CLI::App& app, CommandRunner& run) {
   cmd->add_option("--tokenizer", o->tokenizer, "SentencePiece model (default: data.tokenizer of the config)");
   cmd->add_option("--device", o->device, "auto | cpu | cuda");
   cmd->add_flag("!--no-verify", o->verify, "skip the checkpoint files' CRC-32C check (very large checkpoints)");
-  cmd->callback([&run, o] { run = [o](MpiEnv&) { return run_generate(*o); }; });
+  cmd->callback([&run, o] {
+    log::human_to_stderr();  // at parse time: stdout is the generated text alone
+    run = [o](MpiEnv&) { return run_generate(*o); };
+  });
 }
 
 }  // namespace moe

@@ -7,6 +7,7 @@
 #include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/base_sink.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <deque>
 #include <memory>
@@ -41,14 +42,22 @@ class ConsoleSink final : public spdlog::sinks::base_sink<std::mutex> {
     const bool loud = msg.level >= spdlog::level::warn;
     if (msg.level < to_spdlog(level)) return;
     if (!loud && rank != 0 && level != Level::debug) return;  // one info stream under mpirun
-    std::string line = world_size > 1 ? fmt::format("[rank {}] ", rank) : std::string();
-    if (msg.level == spdlog::level::debug) line += "debug: ";
-    if (msg.level == spdlog::level::warn) line += "warning: ";
-    if (msg.level == spdlog::level::err) line += "error: ";
-    line.append(msg.payload.data(), msg.payload.size());
-    line += '\n';
+    std::string prefix = world_size > 1 ? fmt::format("[rank {}] ", rank) : std::string();
+    if (msg.level == spdlog::level::debug) prefix += "debug: ";
+    if (msg.level == spdlog::level::warn) prefix += "warning: ";
+    if (msg.level == spdlog::level::err) prefix += "error: ";
+    // Each line of a multi-line message carries the prefix (grep by rank sees all of it).
+    const std::string_view text(msg.payload.data(), msg.payload.size());
+    std::string lines;
+    for (size_t begin = 0; begin <= text.size();) {
+      const size_t end = std::min(text.find('\n', begin), text.size());
+      lines += prefix;
+      lines.append(text.substr(begin, end - begin));
+      lines += '\n';
+      begin = end + 1;
+    }
     std::FILE* out = loud || human_to_stderr ? stderr : stdout;
-    std::fwrite(line.data(), 1, line.size(), out);
+    std::fwrite(lines.data(), 1, lines.size(), out);
     std::fflush(out);
   }
   void flush_() override {

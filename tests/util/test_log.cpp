@@ -1,5 +1,5 @@
-// The logger: the run file holds every level with timestamps, lines logged before it opened
-// included; progress pacing.
+// The logger: the run file holds every level with timestamps (lines logged before it opened
+// included), LineStream, progress pacing.
 #include <catch2/catch.hpp>
 
 #include <filesystem>
@@ -45,6 +45,21 @@ TEST_CASE("the log file holds debug lines, timestamped, and what was logged befo
   REQUIRE_THAT(read_text(path), !Catch::Contains("before the file"));
   std::filesystem::remove(path);
   moe::log::configure(moe::log::Level::info, 0, 1);
+}
+
+TEST_CASE("a LineStream logs each complete line, and the last one when it ends", "[log]") {
+  const auto path = std::filesystem::temp_directory_path() / "moe_test_log_stream.log";
+  moe::log::configure(moe::log::Level::error, 0, 1);
+  moe::log::open_file(path.string(), false);
+  {
+    moe::log::LineStream lines(moe::log::Level::warn);
+    lines << "first " << 1 << "\nsecond";
+  }
+  moe::log::close_file();
+  moe::log::configure(moe::log::Level::info, 0, 1);
+  const std::string text = read_text(path);
+  REQUIRE_THAT(text, Catch::Contains("[warning] first 1\n") && Catch::Contains("[warning] second\n"));
+  std::filesystem::remove(path);
 }
 
 TEST_CASE("an unwritable log file is named", "[log]") {
