@@ -53,6 +53,20 @@ EXPECT_CODE=1 "$here/expect_error.sh" "^\[rank 0\] error: .*no-such-shard.tok" \
 grep -q "^debug: loading checkpoint .*step_4" "$work/verbose.err" || { cat "$work/verbose.err"; fail "--verbose: no debug lines"; }
 grep -q "^loaded checkpoint .*step_4 (step 4): " "$work/verbose.err" || fail "eval's info lines are not on stderr"
 
+# Progress of the long operations: tokenize's rates; k-means and upcycle at debug level when quick.
+"$moe" tokenize --input "$work/corpus.txt" --out "$work/data2" --vocab-size 300 --progress-seconds 0 > "$work/tok.out"
+grep -qE "^tokenize: encode 100.0% \(.* documents, [0-9]+ documents/s, [0-9]+ tokens, [0-9]+ tokens/s\)$" "$work/tok.out" \
+  || { cat "$work/tok.out"; fail "tokenize progress line"; }
+"$moe" hash-table --kind clustering --experts 4 --checkpoint "$work/plain/checkpoints/step_4" --out "$work/t.safetensors" \
+  --verbose > "$work/kmeans.out"
+grep -qE "^debug: k-means: iteration [0-9]+/[0-9]+, inertia [0-9.e+-]+ " "$work/kmeans.out" \
+  || { cat "$work/kmeans.out"; fail "k-means progress"; }
+grep -q "^hash-table: clustering" "$work/kmeans.out" || fail "hash-table summary line"
+"$moe" train "$cfg" --quiet --set moe.num_experts=0 --set train.run_dir="$work/dense"
+"$moe" upcycle "$cfg" --from "$work/dense" --out "$work/up" --set moe.d_expert=64 -v > "$work/up.out"
+grep -qE "^debug: upcycle: model initialised in [0-9.]+ s" "$work/up.out" || { cat "$work/up.out"; fail "upcycle debug lines"; }
+grep -q "^resume with: moe train " "$work/up.out" || fail "upcycle's resume line"
+
 # Two ranks: the warning from each rank, prefixed; info lines from rank 0 alone.
 two=("$mpiexec" --oversubscribe -np 2 "$moe")
 "${two[@]}" eval --checkpoint "$work/nock" > "$work/two.json" 2> "$work/two.err" || { cat "$work/two.err"; fail "2-rank eval"; }
