@@ -12,6 +12,7 @@
 #include "src/ops/ops.h"
 #include "src/train/checkpoint.h"
 #include "src/train/device_select.h"
+#include "src/util/log.h"
 
 namespace moe {
 
@@ -65,8 +66,8 @@ int run_generate(const GenerateOptions& o) {
   }
   std::printf("%s\n", tokenizer.decode(tokens).c_str());
   // On stderr, so stdout stays the text alone: how much was generated and why it stopped.
-  std::fprintf(stderr, "generate: %zu new tokens after a %zu-token prompt (%s)\n", tokens.size() - num_prompt,
-               num_prompt, eos ? "stopped at the end-of-sequence token" : "--max-new-tokens reached");
+  log::info("generate: {} new tokens after a {}-token prompt ({})", tokens.size() - num_prompt, num_prompt,
+            eos ? "stopped at the end-of-sequence token" : "--max-new-tokens reached");
   return 0;
 }
 
@@ -89,7 +90,10 @@ void add_generate_command(CLI::App& app, CommandRunner& run) {
   cmd->add_option("--tokenizer", o->tokenizer, "SentencePiece model (default: data.tokenizer of the config)");
   cmd->add_option("--device", o->device, "auto | cpu | cuda");
   cmd->add_flag("!--no-verify", o->verify, "skip the checkpoint files' CRC-32C check (very large checkpoints)");
-  cmd->callback([&run, o] { run = [o](MpiEnv&) { return run_generate(*o); }; });
+  cmd->callback([&run, o] {
+    log::human_to_stderr();  // at parse time: stdout is the generated text alone
+    run = [o](MpiEnv&) { return run_generate(*o); };
+  });
 }
 
 }  // namespace moe

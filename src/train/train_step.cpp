@@ -10,6 +10,7 @@
 #include "src/train/lr_schedule.h"
 #include "src/train/pipeline_schedule.h"
 #include "src/train/trainer.h"
+#include "src/util/log.h"
 
 namespace moe {
 
@@ -168,11 +169,8 @@ void Trainer::report_skips(StepResult& r, const std::string& reason) {
   r.skipped = record.last == step_ + 1;
   r.skipped_steps = record.skipped;
   if (record.skipped > reported_skips_ && is_root()) {
-    std::printf("skipped the update of step %lld: %s (train.nonfinite = \"skip_step\"; %lld skipped in all, %lld in a "
-                "row)\n",
-                static_cast<long long>(record.last), reason.empty() ? "gradient norm is not finite" : reason.c_str(),
-                static_cast<long long>(record.skipped), static_cast<long long>(record.consecutive));
-    std::fflush(stdout);
+    log::info("skipped the update of step {}: {} (train.nonfinite = \"skip_step\"; {} skipped in all, {} in a row)",
+              record.last, reason.empty() ? "gradient norm is not finite" : reason, record.skipped, record.consecutive);
   }
   reported_skips_ = record.skipped;
 }
