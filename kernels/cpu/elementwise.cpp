@@ -53,6 +53,24 @@ void column_sum(const T* x, T* out, int64_t rows, int64_t cols) {
   for (int64_t c = 0; c < cols; ++c) out[c] = static_cast<T>(acc[static_cast<size_t>(c)]);
 }
 
+template <typename T>
+void column_sum_accumulate(const T* x, T* out, int64_t rows, int64_t cols) {
+  std::vector<double> acc(static_cast<size_t>(cols), 0.0);
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * cols;
+    for (int64_t c = 0; c < cols; ++c) acc[static_cast<size_t>(c)] += static_cast<double>(xr[c]);
+  }
+  for (int64_t c = 0; c < cols; ++c) out[c] = static_cast<T>(static_cast<double>(out[c]) + acc[static_cast<size_t>(c)]);
+}
+
+template <typename T>
+void add_bias(T* y, const T* b, int64_t rows, int64_t cols) {
+  for (int64_t r = 0; r < rows; ++r) {
+    T* yr = y + r * cols;
+    for (int64_t c = 0; c < cols; ++c) yr[c] += b[c];
+  }
+}
+
 template void add<float>(const float*, const float*, float*, int64_t);
 template void add<double>(const double*, const double*, double*, int64_t);
 template void accumulate<float>(float*, const float*, double, int64_t);
@@ -69,5 +87,9 @@ template double sum_squares<float>(const float*, int64_t);
 template double sum_squares<double>(const double*, int64_t);
 template void column_sum<float>(const float*, float*, int64_t, int64_t);
 template void column_sum<double>(const double*, double*, int64_t, int64_t);
+template void column_sum_accumulate<float>(const float*, float*, int64_t, int64_t);
+template void column_sum_accumulate<double>(const double*, double*, int64_t, int64_t);
+template void add_bias<float>(float*, const float*, int64_t, int64_t);
+template void add_bias<double>(double*, const double*, int64_t, int64_t);
 
 }  // namespace moe::cpu

@@ -34,4 +34,12 @@ double sum_squares(const T* x, int64_t n);
 template <typename T>
 void column_sum(const T* x, T* out, int64_t rows, int64_t cols);
 
+// x[R,C] -> out[C] += sum over rows (each column summed in double, then added): bias gradients
+template <typename T>
+void column_sum_accumulate(const T* x, T* out, int64_t rows, int64_t cols);
+
+// y[R,C] += b[C] (linear biases), in place
+template <typename T>
+void add_bias(T* y, const T* b, int64_t rows, int64_t cols);
+
 }  // namespace moe::cpu

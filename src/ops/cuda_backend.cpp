@@ -149,11 +149,11 @@ class CudaBackend : public Backend {
                              f32_mut(dw), f32_mut(db), x.size(0), x.size(1), stream);
   }
 
-  void rope(Tensor& x, int64_t num_heads, int64_t seq_len, float theta, bool inverse,
-            const Tensor& doc_starts) override {
+  void rope(Tensor& x, int64_t num_heads, int64_t seq_len, float theta, bool inverse, const Tensor& doc_starts,
+            const RopeScaling& scaling) override {
     cudaStream_t stream = on_device(x);
     cuda::RopeShape shape{x.size(0), num_heads, x.size(1) / num_heads, seq_len};
-    cuda::rope(bf_mut(x), shape, theta, inverse, optional_i32(doc_starts), stream);
+    cuda::rope(bf_mut(x), shape, theta, inverse, optional_i32(doc_starts), scaling, stream);
   }
 
   void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse,
@@ -248,6 +248,24 @@ class CudaBackend : public Backend {
     p.out = out.data();
     p.out_type = float_type(out, "column_sum out");
     p.accumulate = false;
+    cuda::column_reduce(p, stream);
+  }
+
+  void add_bias(Tensor& y, const Tensor& b) override {
+    cudaStream_t stream = on_device(y, b);
+    cuda::add_bias(y.data(), b.data(), float_type(y, "add_bias"), y.size(0), y.size(1), stream);
+  }
+
+  void bias_backward(const Tensor& dy, Tensor& db) override {
+    cudaStream_t stream = on_device(dy, db);
+    cuda::ColumnReduce p;
+    p.a = dy.data();
+    p.in_type = float_type(dy, "bias_backward dy");
+    p.rows = dy.size(0);
+    p.cols = dy.size(1);
+    p.out = db.data();
+    p.out_type = float_type(db, "bias_backward db");
+    p.accumulate = true;
     cuda::column_reduce(p, stream);
   }
 
