@@ -55,12 +55,9 @@ void column_sum(const T* x, T* out, int64_t rows, int64_t cols) {
 
 template <typename T>
 void column_sum_accumulate(const T* x, T* out, int64_t rows, int64_t cols) {
-  std::vector<double> acc(static_cast<size_t>(cols), 0.0);
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* xr = x + r * cols;
-    for (int64_t c = 0; c < cols; ++c) acc[static_cast<size_t>(c)] += static_cast<double>(xr[c]);
-  }
-  for (int64_t c = 0; c < cols; ++c) out[c] = static_cast<T>(static_cast<double>(out[c]) + acc[static_cast<size_t>(c)]);
+  std::vector<T> sums(static_cast<size_t>(cols));
+  column_sum(x, sums.data(), rows, cols);
+  for (int64_t c = 0; c < cols; ++c) out[c] += sums[static_cast<size_t>(c)];
 }
 
 template <typename T>

@@ -238,7 +238,8 @@ class CudaBackend : public Backend {
     return cuda::sum_to_host(x.data(), float_type(x, "sum_squares"), x.numel(), true, stream);
   }
 
-  void column_sum(const Tensor& x, Tensor& out) override {
+  // out[C] (= or +=) the column sums of x[R,C]
+  static void column_sums(const Tensor& x, Tensor& out, bool accumulate) {
     cudaStream_t stream = on_device(x, out);
     cuda::ColumnReduce p;
     p.a = x.data();
@@ -247,27 +248,18 @@ class CudaBackend : public Backend {
     p.cols = x.size(1);
     p.out = out.data();
     p.out_type = float_type(out, "column_sum out");
-    p.accumulate = false;
+    p.accumulate = accumulate;
     cuda::column_reduce(p, stream);
   }
+
+  void column_sum(const Tensor& x, Tensor& out) override { column_sums(x, out, false); }
 
   void add_bias(Tensor& y, const Tensor& b) override {
     cudaStream_t stream = on_device(y, b);
     cuda::add_bias(y.data(), b.data(), float_type(y, "add_bias"), y.size(0), y.size(1), stream);
   }
 
-  void bias_backward(const Tensor& dy, Tensor& db) override {
-    cudaStream_t stream = on_device(dy, db);
-    cuda::ColumnReduce p;
-    p.a = dy.data();
-    p.in_type = float_type(dy, "bias_backward dy");
-    p.rows = dy.size(0);
-    p.cols = dy.size(1);
-    p.out = db.data();
-    p.out_type = float_type(db, "bias_backward db");
-    p.accumulate = true;
-    cuda::column_reduce(p, stream);
-  }
+  void bias_backward(const Tensor& dy, Tensor& db) override { column_sums(dy, db, true); }
 
   void gather_rows(const Tensor& src, const Tensor& index, Tensor& dst) override {
     cudaStream_t stream = on_device(src, index, dst);

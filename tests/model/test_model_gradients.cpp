@@ -209,18 +209,7 @@ TEST_CASE("dense models with biases, QK-norm and rope scaling: gradients match f
                     DenseFeatures{"llama mlp_bias", "rmsnorm", "rope", "swiglu", "all", "llama3", true, false},
                     DenseFeatures{"olmoe-like", "rmsnorm", "rope", "swiglu", "none", "none", false, true});
   INFO(f.name);
-  Config c;
-  c.model.vocab_size = 13;
-  c.model.d_model = 8;
-  c.model.num_layers = 2;
-  c.model.num_heads = 2;
-  c.model.num_kv_heads = 1;
-  c.model.seq_len = 4;
-  c.model.norm = f.norm;
-  c.model.positions = f.positions;
-  c.model.activation = f.activation;
-  c.model.d_ff = 12;
-  c.model.init_std = 0.5;
+  Config c = tiny_config(Variant{f.norm, f.positions, f.activation, false, 1});
   c.model.attention_bias = f.attention_bias;
   c.model.ffn_bias = f.ffn_bias;
   c.model.qk_norm = f.qk_norm;

@@ -95,6 +95,28 @@ TEST_CASE("fused residual add + norm gradients match finite differences", "[mode
 }
 
 namespace {
+// dx and every parameter gradient of attn (f64, batch sequences of seq tokens, x[T, d]) against finite
+// differences of a weighted sum of its output; a second backward doubles the gradients.
+void check_attention_gradients(const Attention& attn, ParamStore& store, int64_t batch, int64_t seq, int64_t d) {
+  const int64_t tokens = batch * seq;
+  Tensor x = test::random_tensor({tokens, d}, DType::f64, 12);
+  auto w = test::random_values(tokens * d, 13);
+  auto objective = [&]() {
+    Attention::Saved s;
+    return weighted_sum(attn.forward(x, batch, s), w);
+  };
+  store.zero_grads();
+  Attention::Saved saved;
+  attn.forward(x, batch, saved);
+  Tensor dy = f64_tensor(w, {tokens, d});
+  Tensor dx = attn.backward(saved, dy, batch);
+  check_gradient(dx.to_vector<double>(), x, objective, "dx");
+  check_param_gradients(store, objective);
+  auto first = snapshot_grads(store);
+  attn.backward(saved, dy, batch);
+  require_grads_doubled(store, first);
+}
+
 struct AttentionVariant {
   int64_t num_heads, num_kv_heads;
   bool rope;
@@ -107,7 +129,7 @@ TEST_CASE("attention gradients match finite differences", "[model][gradcheck][mo
   auto mask = GENERATE(AttentionMask::causal, AttentionMask::bidirectional);
   INFO("heads " << v.num_heads << " kv heads " << v.num_kv_heads << " rope " << v.rope << " mask "
                 << attention_mask_name(mask));
-  const int64_t batch = 2, seq = 5, d = 16, tokens = batch * seq;
+  const int64_t batch = 2, seq = 5, d = 16;
   AttentionConfig cfg;
   cfg.d_model = d;
   cfg.num_heads = v.num_heads;
@@ -122,24 +144,7 @@ TEST_CASE("attention gradients match finite differences", "[model][gradcheck][mo
   store.allocate(Device::cpu(), DType::f64);
   store.initialize(11);
 
-  Tensor x = test::random_tensor({tokens, d}, DType::f64, 12);
-  auto w = test::random_values(tokens * d, 13);
-  auto objective = [&]() {
-    Attention::Saved s;
-    return weighted_sum(attn.forward(x, batch, s), w);
-  };
-
-  store.zero_grads();
-  Attention::Saved saved;
-  attn.forward(x, batch, saved);
-  Tensor dy = f64_tensor(w, {tokens, d});
-  Tensor dx = attn.backward(saved, dy, batch);
-  check_gradient(dx.to_vector<double>(), x, objective, "dx");
-  check_param_gradients(store, objective);
-
-  auto first = snapshot_grads(store);
-  attn.backward(saved, dy, batch);
-  require_grads_doubled(store, first);
+  check_attention_gradients(attn, store, batch, seq, d);
 }
 
 namespace {
@@ -159,7 +164,7 @@ TEST_CASE("attention with biases, QK-norm and rope scaling: gradients match fini
                     AttentionFeatures{"qk_norm + biases + linear rope", true, true, true, K::linear},
                     AttentionFeatures{"llama3 rope", false, false, false, K::llama3});
   INFO(f.name);
-  const int64_t batch = 2, seq = 5, d = 16, tokens = batch * seq;
+  const int64_t batch = 2, seq = 5, d = 16;
   AttentionConfig cfg;
   cfg.d_model = d;
   cfg.num_heads = 4;
@@ -194,20 +199,5 @@ TEST_CASE("attention with biases, QK-norm and rope scaling: gradients match fini
   if (f.out_bias) REQUIRE(store.info(store.find("attn.bo")).numel() == d);
   if (f.qk_norm) REQUIRE(store.info(store.find("attn.k_norm.weight")).numel() == 2 * 4);
 
-  Tensor x = test::random_tensor({tokens, d}, DType::f64, 12);
-  auto w = test::random_values(tokens * d, 13);
-  auto objective = [&]() {
-    Attention::Saved s;
-    return weighted_sum(attn.forward(x, batch, s), w);
-  };
-  store.zero_grads();
-  Attention::Saved saved;
-  attn.forward(x, batch, saved);
-  Tensor dy = f64_tensor(w, {tokens, d});
-  Tensor dx = attn.backward(saved, dy, batch);
-  check_gradient(dx.to_vector<double>(), x, objective, "dx");
-  check_param_gradients(store, objective);
-  auto first = snapshot_grads(store);
-  attn.backward(saved, dy, batch);
-  require_grads_doubled(store, first);
+  check_attention_gradients(attn, store, batch, seq, d);
 }

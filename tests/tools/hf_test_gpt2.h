@@ -18,11 +18,7 @@ inline StMap random_gpt2_weights(const json& c, const std::string& dtype, uint64
   std::mt19937_64 rng(seed);
   StMap w;
   auto add = [&](const std::string& name, std::vector<int64_t> shape, double scale, double offset = 0.0) {
-    StTensor t{dtype, shape, {}};
-    int64_t n = 1;
-    for (int64_t s : shape) n *= s;
-    for (int64_t i = 0; i < n; ++i) t.values.push_back(static_cast<float>(offset) + grid_value(rng, scale));
-    w[name] = t;
+    add_random(w, rng, name, dtype, shape, scale, offset);
   };
   const int64_t d = c["n_embd"], f = c["n_inner"].is_null() ? 4 * d : c["n_inner"].get<int64_t>();
   add("transformer.wte.weight", {c["vocab_size"].get<int64_t>(), d}, 1.0);

@@ -100,16 +100,22 @@ inline std::map<std::string, RawTensor> read_raw(const std::filesystem::path& pa
   return out;
 }
 
+// w[name] = a tensor of random grid values (plus offset) of that shape and dtype.
+inline void add_random(StMap& w, std::mt19937_64& rng, const std::string& name, const std::string& dtype,
+                       const std::vector<int64_t>& shape, double scale, double offset = 0.0) {
+  StTensor t{dtype, shape, {}};
+  int64_t n = 1;
+  for (int64_t s : shape) n *= s;
+  for (int64_t i = 0; i < n; ++i) t.values.push_back(static_cast<float>(offset) + grid_value(rng, scale));
+  w[name] = t;
+}
+
 // The HF-named weights of a model described by config.json `c`, random on the exact grid.
 inline StMap random_weights(const json& c, const std::string& dtype, uint64_t seed) {
   std::mt19937_64 rng(seed);
   StMap w;
   auto add = [&](const std::string& name, std::vector<int64_t> shape, double scale, double offset = 0.0) {
-    StTensor t{dtype, shape, {}};
-    int64_t n = 1;
-    for (int64_t s : shape) n *= s;
-    for (int64_t i = 0; i < n; ++i) t.values.push_back(static_cast<float>(offset) + grid_value(rng, scale));
-    w[name] = t;
+    add_random(w, rng, name, dtype, shape, scale, offset);
   };
   const std::string type = c["model_type"];
   const int64_t d = c["hidden_size"], layers = c["num_hidden_layers"], heads = c["num_attention_heads"];
