@@ -153,7 +153,8 @@ void randomize_biases(ParamStore& tp_store, ParamStore& ref_store) {
     if (info.kind != ParamKind::norm_or_bias) continue;
     Tensor full = test::random_tensor(info.shape, DType::f64, ++seed);
     ref_store.load_master_from_host(static_cast<ParamId>(i), full);
-    tp_store.load_master_from_host(tp_store.find(info.name), full);
+    const ParamId tp_id = tp_store.find(info.name);
+    tp_store.load_master_from_host(tp_id, local_part(tp_store.info(tp_id), full));
   }
 }
 
