@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Verify `moe convert` against transformers (the reference) on the GPU host: one command, one table.
 
-For each family (llama, mistral, qwen2, mixtral, qwen2_moe) and dtype (float32, bfloat16), a tiny
-random model is created with transformers and saved (one case sharded); then
+For each family (llama, mistral, qwen2 with its q/k/v biases, gpt2, mixtral, qwen2_moe, olmoe) and
+dtype (float32, bfloat16), plus llama with attention and MLP biases and llama with llama3 and linear
+rope scaling, a tiny random model (biases random too) is created with transformers and saved (some
+cases sharded); then
   import   `moe convert --from-hf`, and `moe logits` compared with transformers' fp32 logits
            (the bf16 models are loaded in fp32: both sides compute in fp32 from the same values);
   export   `moe convert --to-hf` of the imported run: every tensor byte-identical to the source,
@@ -10,8 +12,8 @@ random model is created with transformers and saved (one case sharded); then
   trained  (mixtral and llama, fp32) 3 training steps of the engine on random tokens, exported,
            reloaded with from_pretrained and compared with `moe logits` of the trained run.
 One Mixtral and one Qwen2-MoE model are also saved in transformers 5's fused expert layout
-(save_original_format=False) and compared by logits. OLMoE and GPT-2 are checked to be refused
-with a message naming what is missing.
+(save_original_format=False) and compared by logits. A Llama with rope_type "yarn" is checked to
+be refused with a message naming the field.
 Needs only PyTorch, transformers (5) and its safetensors dependency.
 
 usage: python3 experiments/interop/verify_hf.py [--moe build/moe] [--work DIR] [--keep]
@@ -33,10 +35,30 @@ TOKENS = [3, 17, 99, 0, 5, 5, 64, 11, 120, 7, 42, 42, 1, 2, 90, 33]
 TOL = 1e-4  # max |engine - reference| / max |reference|
 
 
+def rope_kwargs(theta, scaling):
+    """rope_theta and a scaling dict in the form this transformers takes (5: rope_parameters)."""
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        return dict(rope_parameters=dict(rope_type="default", rope_theta=theta, **(scaling or {})))
+    return dict(rope_theta=theta, rope_scaling=scaling)
+
+
+# Variants "family+feature": llama+bias (attention_bias, mlp_bias), llama+llama3 (head_dim 16, theta
+# 500000, original 64 positions: pair 0 kept, pair 1 in the smoothed band, the rest divided),
+# llama+linear, llama+yarn (refused).
+SCALINGS = {"llama3": dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                           original_max_position_embeddings=64),
+            "linear": dict(rope_type="linear", factor=2.0),
+            "yarn": dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=16)}
+
+
 def tiny_config(family):
     common = dict(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, intermediate_size=96, max_position_embeddings=64,
                   rms_norm_eps=1e-5, tie_word_embeddings=False, hidden_act="silu")
+    if family == "llama+bias":
+        return transformers.LlamaConfig(rope_theta=500000.0, attention_bias=True, mlp_bias=True, **common)
+    if family.startswith("llama+"):
+        return transformers.LlamaConfig(**rope_kwargs(500000.0, SCALINGS[family[6:]]), **common)
     if family == "llama":
         return transformers.LlamaConfig(rope_theta=500000.0, **common)
     if family == "mistral":
@@ -51,8 +73,9 @@ def tiny_config(family):
                                            decoder_sparse_step=1, mlp_only_layers=[], **common)
     if family == "olmoe":
         return transformers.OlmoeConfig(num_experts=4, num_experts_per_tok=2, **common)
-    if family == "gpt2":
-        return transformers.GPT2Config(vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_positions=64)
+    if family == "gpt2":  # the engine's learned position table has model.seq_len rows: n_positions = len(TOKENS)
+        return transformers.GPT2Config(vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_positions=len(TOKENS),
+                                       activation_function="gelu_new")
     raise ValueError(family)
 
 
@@ -63,9 +86,7 @@ def make_model(family, seed):
         for name, p in model.named_parameters():
             if "norm" in name or "ln_" in name:
                 p.copy_(1.0 + 0.1 * torch.randn_like(p))
-            elif name.endswith(".bias"):
-                p.zero_()
-            else:
+            else:  # biases too (Qwen2's q/k/v, GPT-2's, Llama's attention_bias / mlp_bias)
                 p.normal_(0.0, 0.1)
     return model.eval()
 
@@ -119,7 +140,7 @@ def write_llmc_tokens(path, n, vocab, seed):
 
 
 def check_case(moe, work, family, dtype, sharded, trained, fused=False):
-    name = (f"{family}-{'bf16' if dtype == torch.bfloat16 else 'fp32'}{'-sharded' if sharded else ''}"
+    name = (f"{family.replace('+', '-')}-{'bf16' if dtype == torch.bfloat16 else 'fp32'}{'-sharded' if sharded else ''}"
             f"{'-fused' if fused else ''}")
     case = os.path.join(work, name)
     hf, run_dir, exp = (os.path.join(case, x) for x in ("hf", "run", "export"))
@@ -153,9 +174,9 @@ def check_case(moe, work, family, dtype, sharded, trained, fused=False):
 
 
 def check_refused(moe, work, family, expect):
-    hf = os.path.join(work, family)
+    hf = os.path.join(work, family.replace("+", "-"))
     make_model(family, 1).save_pretrained(hf)
-    p = run([moe, "convert", "--from-hf", hf, "--out", os.path.join(work, family + "-run")], check=False)
+    p = run([moe, "convert", "--from-hf", hf, "--out", hf + "-run"], check=False)
     msg = (p.stdout + p.stderr).strip().splitlines()[-1] if (p.stdout + p.stderr).strip() else ""
     ok = p.returncode != 0 and expect in msg
     return [family, "-", "-", "-", "-", ("ok" if ok else "FAIL") + f" (refused: {msg[:70]})"]
@@ -177,15 +198,19 @@ def main():
              ("qwen2", torch.float32, True, False), ("qwen2", torch.bfloat16, False, False),
              ("mixtral", torch.float32, False, True), ("mixtral", torch.bfloat16, True, False),
              ("qwen2_moe", torch.float32, True, False), ("qwen2_moe", torch.bfloat16, False, False),
-             ("mixtral", torch.float32, False, False, True), ("qwen2_moe", torch.bfloat16, False, False, True)]
+             ("gpt2", torch.float32, False, True), ("gpt2", torch.bfloat16, True, False),
+             ("olmoe", torch.float32, False, True), ("olmoe", torch.bfloat16, True, False),
+             ("llama+bias", torch.float32, False, True), ("llama+llama3", torch.float32, False, False),
+             ("llama+llama3", torch.bfloat16, False, False), ("llama+linear", torch.float32, False, False),
+             ("mixtral", torch.float32, False, False, True), ("qwen2_moe", torch.bfloat16, False, False, True),
+             ("olmoe", torch.float32, False, False, True)]
     for case in cases:
         family, dtype = case[0], case[1]
         try:
             rows.append(check_case(moe, work, *case))
         except Exception as e:  # one failing family does not hide the others
             rows.append([f"{family}-{dtype}", "-", "-", "-", "-", "FAIL: " + str(e).strip().splitlines()[-1][:90]])
-    rows.append(check_refused(moe, work, "olmoe", "QK-norm"))
-    rows.append(check_refused(moe, work, "gpt2", "gpt2"))
+    rows.append(check_refused(moe, work, "llama+yarn", "rope_type 'yarn'"))
     head = ["case", "import rel err", "export rel err", "round trip bit-exact", "trained rel err", "result"]
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
     for r in [head, ["-" * w for w in widths]] + rows:

@@ -69,6 +69,21 @@ void row_entropy_accumulate(const T* x, int64_t rows, int64_t cols, double weigh
   acc[0] += weight * total;
 }
 
+template <typename T>
+void column_sum_accumulate(const T* x, T* out, int64_t rows, int64_t cols) {
+  std::vector<T> sums(static_cast<size_t>(cols));
+  column_sum(x, sums.data(), rows, cols);
+  for (int64_t c = 0; c < cols; ++c) out[c] += sums[static_cast<size_t>(c)];
+}
+
+template <typename T>
+void add_bias(T* y, const T* b, int64_t rows, int64_t cols) {
+  for (int64_t r = 0; r < rows; ++r) {
+    T* yr = y + r * cols;
+    for (int64_t c = 0; c < cols; ++c) yr[c] += b[c];
+  }
+}
+
 template void add<float>(const float*, const float*, float*, int64_t);
 template void add<double>(const double*, const double*, double*, int64_t);
 template void accumulate<float>(float*, const float*, double, int64_t);
@@ -87,5 +102,9 @@ template void column_sum<float>(const float*, float*, int64_t, int64_t);
 template void column_sum<double>(const double*, double*, int64_t, int64_t);
 template void row_entropy_accumulate<float>(const float*, int64_t, int64_t, double, double*);
 template void row_entropy_accumulate<double>(const double*, int64_t, int64_t, double, double*);
+template void column_sum_accumulate<float>(const float*, float*, int64_t, int64_t);
+template void column_sum_accumulate<double>(const double*, double*, int64_t, int64_t);
+template void add_bias<float>(float*, const float*, int64_t, int64_t);
+template void add_bias<double>(double*, const double*, int64_t, int64_t);
 
 }  // namespace moe::cpu

@@ -10,12 +10,12 @@ namespace moe::cpu {
 
 template <typename T>
 void rope(T* x, int64_t rows, int64_t num_heads, int64_t head_dim, int64_t seq_len, double theta, bool inverse,
-          const int32_t* doc_starts) {
+          const int32_t* doc_starts, const kernels::RopeScaling& scaling) {
   const int64_t half = head_dim / 2;
   std::vector<double> inv_freq(static_cast<size_t>(half)), cos_t(static_cast<size_t>(half)),
       sin_t(static_cast<size_t>(half));
   for (int64_t i = 0; i < half; ++i) {
-    inv_freq[static_cast<size_t>(i)] = std::pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(head_dim));
+    inv_freq[static_cast<size_t>(i)] = kernels::rope_inv_freq(i, head_dim, theta, scaling);
   }
   const double sign = inverse ? -1.0 : 1.0;
   for (int64_t r = 0; r < rows; ++r) {
@@ -37,7 +37,9 @@ void rope(T* x, int64_t rows, int64_t num_heads, int64_t head_dim, int64_t seq_l
   }
 }
 
-template void rope<float>(float*, int64_t, int64_t, int64_t, int64_t, double, bool, const int32_t*);
-template void rope<double>(double*, int64_t, int64_t, int64_t, int64_t, double, bool, const int32_t*);
+template void rope<float>(float*, int64_t, int64_t, int64_t, int64_t, double, bool, const int32_t*,
+                          const kernels::RopeScaling&);
+template void rope<double>(double*, int64_t, int64_t, int64_t, int64_t, double, bool, const int32_t*,
+                          const kernels::RopeScaling&);
 
 }  // namespace moe::cpu

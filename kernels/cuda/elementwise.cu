@@ -87,6 +87,32 @@ void accumulate(void* dst, FloatType dst_type, const void* src, FloatType src_ty
   }
 }
 
+namespace {
+
+template <typename T>
+__global__ void add_bias_kernel(T* y, const T* b, int64_t rows, int64_t cols) {
+  const int64_t n = rows * cols, stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    y[i] = from_float<T>(to_float(y[i]) + to_float(b[i % cols]));
+  }
+}
+
+}  // namespace
+
+void add_bias(void* y, const void* b, FloatType type, int64_t rows, int64_t cols, cudaStream_t stream) {
+  if (rows <= 0 || cols <= 0) return;
+  constexpr int threads = 256;
+  const unsigned blocks = grid_for(rows * cols, threads, 8192);
+  if (type == FloatType::f32) {
+    add_bias_kernel<float><<<blocks, threads, 0, stream>>>(static_cast<float*>(y), static_cast<const float*>(b), rows,
+                                                            cols);
+  } else {
+    add_bias_kernel<bf16><<<blocks, threads, 0, stream>>>(static_cast<bf16*>(y), static_cast<const bf16*>(b), rows,
+                                                           cols);
+  }
+  CUDA_CHECK_LAUNCH();
+}
+
 void scale_inplace(void* x, FloatType type, int64_t n, float alpha, cudaStream_t stream) {
   if (type == FloatType::f32) {
     launch<EwOp::scale, float, float>(x, nullptr, nullptr, alpha, n, stream);

@@ -15,6 +15,8 @@ void add_tensors(const void* a, const void* b, void* out, kernels::FloatType typ
 // dst[n] += alpha * src[n]; (dst, src) types: (f32, f32), (f32, bf16), (bf16, bf16).
 void accumulate(void* dst, kernels::FloatType dst_type, const void* src, kernels::FloatType src_type, int64_t n,
                 float alpha, cudaStream_t stream);
+// y[rows, cols] += b[cols] (linear biases), in place; y and b of `type`, fp32 arithmetic.
+void add_bias(void* y, const void* b, kernels::FloatType type, int64_t rows, int64_t cols, cudaStream_t stream);
 // x[n] *= alpha
 void scale_inplace(void* x, kernels::FloatType type, int64_t n, float alpha, cudaStream_t stream);
 // dst[n] = src[n] converted (round to nearest even into bf16); same type is a copy.

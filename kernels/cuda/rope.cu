@@ -10,14 +10,15 @@ namespace {
 
 // x[rows, H*hd]: for each head h, (x[h*hd + i], x[h*hd + i + hd/2]) rotated by pos * theta^(-2i/hd)
 __global__ void rope_kernel(__nv_bfloat16* x, int64_t rows, int num_heads, int head_dim, int64_t seq_len,
-                            double log_theta, float sign, const int32_t* doc_starts) {
+                            double theta, float sign, const int32_t* doc_starts,
+                            kernels::RopeScaling scaling) {
   const int half = head_dim / 2;
   const int64_t total = rows * half;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < total; g += stride) {
     const int64_t t = g / half;
     const int i = static_cast<int>(g - t * half);
-    const double inv_freq = exp(-2.0 * i / head_dim * log_theta);
+    const double inv_freq = kernels::rope_inv_freq(i, head_dim, theta, scaling);
     const int64_t pos = t % seq_len - (doc_starts ? doc_starts[t] : 0);
     double angle = static_cast<double>(pos) * inv_freq;
     angle -= 2.0 * M_PI * rint(angle / (2.0 * M_PI));  // exact-enough reduction before fp32 trig
@@ -37,7 +38,7 @@ __global__ void rope_kernel(__nv_bfloat16* x, int64_t rows, int num_heads, int h
 }  // namespace
 
 void rope(__nv_bfloat16* x, const RopeShape& s, float theta, bool inverse, const int32_t* doc_starts,
-          cudaStream_t stream) {
+          const kernels::RopeScaling& scaling, cudaStream_t stream) {
   MOE_CHECK(s.rows >= 0 && s.num_heads > 0 && s.head_dim > 0 && s.head_dim % 2 == 0 && s.seq_len > 0,
             "rope: bad shape (rows ", s.rows, ", heads ", s.num_heads, ", head_dim ", s.head_dim, ", seq_len ",
             s.seq_len, ")");
@@ -47,7 +48,7 @@ void rope(__nv_bfloat16* x, const RopeShape& s, float theta, bool inverse, const
   constexpr int threads = 256;
   rope_kernel<<<grid_for(s.rows * (s.head_dim / 2), threads), threads, 0, stream>>>(
       x, s.rows, static_cast<int>(s.num_heads), static_cast<int>(s.head_dim), s.seq_len,
-      std::log(static_cast<double>(theta)), inverse ? -1.0f : 1.0f, doc_starts);
+      static_cast<double>(theta), inverse ? -1.0f : 1.0f, doc_starts, scaling);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -7,6 +7,8 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include "kernels/rope_freq.h"
+
 namespace moe::cuda {
 
 struct RopeShape {
@@ -15,7 +17,8 @@ struct RopeShape {
 
 // x[rows, num_heads*head_dim] rotated in place; inverse rotates by the negative angle. With
 // doc_starts i32[rows] (nullptr = none) the position of row t is t % seq_len - doc_starts[t].
+// The frequencies are kernels::rope_inv_freq's (the CPU reference's), scaled by `scaling`.
 void rope(__nv_bfloat16* x, const RopeShape& shape, float theta, bool inverse, const int32_t* doc_starts,
-          cudaStream_t stream);
+          const kernels::RopeScaling& scaling, cudaStream_t stream);
 
 }  // namespace moe::cuda

@@ -48,7 +48,7 @@ void add_convert_command(CLI::App& app, CommandRunner& run) {
   cmd->add_option("--seq-len", o->seq_len, "import: model.seq_len (default min(max_position_embeddings, 4096))");
   cmd->add_option("--set", o->overrides, "import: a key of the written config.toml, section.key=value (data, train, "
                   "optim, ...; repeatable)");
-  cmd->add_option("--arch", o->arch, "export: llama | mistral | qwen2 | mixtral | qwen2_moe (default: as imported)");
+  cmd->add_option("--arch", o->arch, "export: llama | mistral | qwen2 | gpt2 | mixtral | qwen2_moe | olmoe (default: as imported)");
   cmd->add_option("--dtype", o->dtype, "export: float32 | bfloat16 | float16 (default: as imported, else float32)");
   cmd->callback([&run, o] {
     run = [o](MpiEnv& env) { return env.world_rank() == 0 ? run_convert(*o) : 0; };

@@ -19,6 +19,16 @@ struct ModelConfig {              // [model]
   double norm_eps = 1e-5;
   std::string positions = "rope"; // rope | learned
   double rope_theta = 10000.0;
+  // Rope scaling (Hugging Face rope_scaling): none | linear (frequencies / factor) | llama3
+  // (Llama 3.1: long wavelengths / factor, a smooth band between low and high_freq_factor).
+  std::string rope_scaling = "none";
+  double rope_factor = 1.0;
+  double rope_low_freq_factor = 1.0;          // llama3
+  double rope_high_freq_factor = 4.0;         // llama3
+  int64_t rope_original_max_positions = 8192; // llama3: original_max_position_embeddings
+  std::string attention_bias = "none";  // none | qkv (Qwen2) | all (q, k, v and output: GPT-2, Llama)
+  bool ffn_bias = false;          // biases on the dense FFN's up (gate|up) and down projections
+  bool qk_norm = false;           // RMSNorm over the whole q and k projections before rope (OLMoE)
   std::string activation = "swiglu";  // relu | gelu | geglu | swiglu (dense FFNs)
   int64_t d_ff = 512;
   bool tie_embeddings = true;

@@ -17,7 +17,13 @@ void add_model_fields(ModelConfig& m, std::vector<Field>& out) {
                          {s, "activation", &m.activation},     {s, "d_ff", &m.d_ff},
                          {s, "tie_embeddings", &m.tie_embeddings}, {s, "init_std", &m.init_std},
                          {s, "objective", &m.objective},       {s, "reset_positions", &m.reset_positions},
-                         {s, "reset_attention", &m.reset_attention}, {s, "eos_id", &m.eos_id}});
+                         {s, "reset_attention", &m.reset_attention}, {s, "eos_id", &m.eos_id},
+                         {s, "rope_scaling", &m.rope_scaling}, {s, "rope_factor", &m.rope_factor},
+                         {s, "rope_low_freq_factor", &m.rope_low_freq_factor},
+                         {s, "rope_high_freq_factor", &m.rope_high_freq_factor},
+                         {s, "rope_original_max_positions", &m.rope_original_max_positions},
+                         {s, "attention_bias", &m.attention_bias}, {s, "ffn_bias", &m.ffn_bias},
+                         {s, "qk_norm", &m.qk_norm}});
 }
 
 void add_moe_fields(MoeConfig& m, std::vector<Field>& out) {

@@ -95,6 +95,21 @@ void validate_model(const ModelConfig& m, const KeyOrigins& at) {
   check_positive(at, "model.norm_eps", m.norm_eps);
   check_positive(at, "model.rope_theta", m.rope_theta);
   check_positive(at, "model.init_std", m.init_std);
+  check_choice(at, "model.attention_bias", m.attention_bias, {"none", "qkv", "all"});
+  check_choice(at, "model.rope_scaling", m.rope_scaling, {"none", "linear", "llama3"});
+  if (m.rope_scaling != "none") {
+    MOE_CHECK(m.positions == "rope", at.prefix({"model.rope_scaling", "model.positions"}), "model.rope_scaling = '",
+              m.rope_scaling, "' scales rotary positions, but model.positions = '", m.positions, "'");
+    check_positive(at, "model.rope_factor", m.rope_factor);
+  }
+  if (m.rope_scaling == "llama3") {
+    check_positive(at, "model.rope_low_freq_factor", m.rope_low_freq_factor);
+    check_positive(at, "model.rope_original_max_positions", m.rope_original_max_positions);
+    MOE_CHECK(m.rope_high_freq_factor > m.rope_low_freq_factor,
+              at.prefix({"model.rope_high_freq_factor", "model.rope_low_freq_factor"}),
+              "model.rope_high_freq_factor = ", m.rope_high_freq_factor, " must exceed model.rope_low_freq_factor = ",
+              m.rope_low_freq_factor, " (llama3 rope scaling interpolates between them)");
+  }
   if (m.reset_positions || m.reset_attention) {
     MOE_CHECK(m.eos_id >= 0 && m.eos_id < m.vocab_size,
               at.prefix({"model.eos_id", "model.reset_positions", "model.reset_attention"}), "model.eos_id = ",
@@ -207,6 +222,8 @@ void validate_moe(const MoeConfig& e, const ModelConfig& m, const KeyOrigins& at
   MOE_CHECK(e.first_dense >= 0 && e.first_dense <= m.num_layers, at.prefix({"moe.first_dense", "model.num_layers"}),
             "moe.first_dense = ", e.first_dense, " is outside [0, model.num_layers = ", m.num_layers, "]");
   check_non_negative(at, "moe.aux_loss_coef", e.aux_loss_coef);
+  MOE_CHECK(!m.ffn_bias || e.num_experts == 0, at.prefix({"model.ffn_bias", "moe.num_experts"}),
+            "model.ffn_bias = true needs a dense model (moe.num_experts = 0): the MoE experts have no biases");
   validate_routing(e, m, at);
 }
 
@@ -251,6 +268,8 @@ void validate_tensor_parallel(const Config& c, const KeyOrigins& at) {
   const ModelConfig& m = c.model;
   const MoeConfig& e = c.moe;
   check_tp_divides(at, "model.vocab_size", m.vocab_size, tp, "the embedding and the LM head are split by vocabulary");
+  MOE_CHECK(!m.qk_norm, at.prefix({"model.qk_norm", "parallel.tp"}), "model.qk_norm = true needs parallel.tp = 1 "
+            "(it normalises the whole q and k projections, which tensor parallelism splits over ranks)");
   check_tp_divides(at, "model.num_heads", m.num_heads, tp, "attention heads are split over the tensor-parallel ranks");
   check_tp_divides(at, "model.num_kv_heads", m.num_kv_heads, tp,
                    "attention heads are split over the tensor-parallel ranks");

@@ -1,5 +1,5 @@
-// Self-attention module: parameters "<prefix>.wq/.wk/.wv" [d, heads*hd] and "<prefix>.wo", whole
-// or split by heads over the tensor-parallel group.
+// Self-attention module: parameters "<prefix>.wq/.wk/.wv" [d, heads*hd] and "<prefix>.wo" (biases
+// ".bq/.bk/.bv/.bo", QK-norm ".q_norm/.k_norm.weight"), whole or split by heads over the TP group.
 #include "src/model/attention.h"
 
 #include "src/nn/linear.h"
@@ -35,6 +35,43 @@ Attention::Attention(ParamStore& store, const std::string& prefix, const Attenti
   wk_ = add_column_parallel(store, prefix + ".wk", {d, kv_cols}, 1, head_dim_, ParamKind::weight, config.init_std, tp);
   wv_ = add_column_parallel(store, prefix + ".wv", {d, kv_cols}, 1, head_dim_, ParamKind::weight, config.init_std, tp);
   wo_ = add_row_parallel(store, prefix + ".wo", {q_cols, d}, head_dim_, ParamKind::weight, config.out_init_std, tp);
+  if (config.qkv_bias || config.out_bias) {
+    bq_ = add_column_parallel_bias(store, prefix + ".bq", q_cols, 1, head_dim_, tp);
+    bk_ = add_column_parallel_bias(store, prefix + ".bk", kv_cols, 1, head_dim_, tp);
+    bv_ = add_column_parallel_bias(store, prefix + ".bv", kv_cols, 1, head_dim_, tp);
+  }
+  if (config.out_bias) {  // replicated: added once, after the row-parallel all-reduce
+    bo_ = store.add(prefix + ".bo", {d}, ParamGroup::dense, ParamKind::norm_or_bias, ParamInit::zeros);
+  }
+  if (config.qk_norm) {
+    MOE_CHECK(!tp.active(), "attention '", prefix, "': model.qk_norm normalises the whole q and k projections, "
+              "which parallel.tp = ", tp.size(), " splits");
+    q_norm_ = std::make_unique<Norm>(store, prefix + ".q_norm", q_cols, NormKind::rmsnorm, config.qk_norm_eps);
+    k_norm_ = std::make_unique<Norm>(store, prefix + ".k_norm", kv_cols, NormKind::rmsnorm, config.qk_norm_eps);
+  }
+}
+
+void Attention::project(const Tensor& x, Saved& saved) const {
+  saved.q = linear_forward(x, store_->param(wq_));
+  saved.k = linear_forward(x, store_->param(wk_));
+  saved.v = linear_forward(x, store_->param(wv_));
+  if (bq_ >= 0) {
+    ops::add_bias(saved.q, store_->param(bq_));
+    ops::add_bias(saved.k, store_->param(bk_));
+    ops::add_bias(saved.v, store_->param(bv_));
+  }
+  if (q_norm_) {
+    saved.q = q_norm_->forward(saved.q, saved.q_norm);
+    saved.k = k_norm_->forward(saved.k, saved.k_norm);
+  }
+}
+
+void Attention::rotate(Tensor& q, Tensor& k, const Saved& saved, bool inverse) const {
+  if (!config_.rope) return;
+  // Rotary angles depend on the position and the index within a head, never on the head.
+  ops::rope(q, local_heads_, config_.seq_len, config_.rope_theta, inverse, rope_starts(saved), config_.rope_scaling);
+  ops::rope(k, local_kv_heads_, config_.seq_len, config_.rope_theta, inverse, rope_starts(saved),
+            config_.rope_scaling);
 }
 
 ops::AttentionShape Attention::shape(int64_t batch) const {
@@ -48,23 +85,22 @@ Tensor Attention::forward(const Tensor& x, int64_t batch, Saved& saved, const Te
             "document starts");
   saved.x = x;
   saved.doc_starts = doc_starts;
-  saved.q = linear_forward(x, store_->param(wq_));
-  saved.k = linear_forward(x, store_->param(wk_));
-  saved.v = linear_forward(x, store_->param(wv_));
-  if (config_.rope) {
-    // Rotary angles depend on the position and the index within a head, never on the head.
-    ops::rope(saved.q, local_heads_, config_.seq_len, config_.rope_theta, false, rope_starts(saved));
-    ops::rope(saved.k, local_kv_heads_, config_.seq_len, config_.rope_theta, false, rope_starts(saved));
-  }
+  project(x, saved);
+  rotate(saved.q, saved.k, saved, false);
   saved.out = empty_like(saved.q);
   saved.lse = Tensor::empty({batch, local_heads_, config_.seq_len}, ops::accum_dtype(x.dtype()), x.device());
   ops::attention_forward(saved.q, saved.k, saved.v, saved.out, saved.lse, shape(batch), mask_starts(saved));
   Tensor y = linear_forward(saved.out, store_->param(wo_));
   tp_.all_reduce(y);  // the row-parallel partial products summed over the group
+  if (bo_ >= 0) ops::add_bias(y, store_->param(bo_));
   return y;
 }
 
 Tensor Attention::backward(const Saved& saved, const Tensor& dy, int64_t batch) const {
+  if (bo_ >= 0) {
+    Tensor dbo = store_->grad(bo_);
+    ops::bias_backward(dy, dbo);
+  }
   Tensor dout = empty_like(saved.out);
   Tensor dwo = store_->grad(wo_);
   linear_backward(saved.out, store_->param(wo_), dy, dwo, dout);
@@ -72,10 +108,17 @@ Tensor Attention::backward(const Saved& saved, const Tensor& dy, int64_t batch) 
   Tensor dq = empty_like(saved.q), dk = empty_like(saved.k), dv = empty_like(saved.v);
   ops::attention_backward(saved.q, saved.k, saved.v, saved.out, saved.lse, dout, dq, dk, dv, shape(batch), Tensor(),
                           mask_starts(saved));
-  if (config_.rope) {
-    // The rotation is orthogonal: its transpose (the backward) is the inverse rotation.
-    ops::rope(dq, local_heads_, config_.seq_len, config_.rope_theta, true, rope_starts(saved));
-    ops::rope(dk, local_kv_heads_, config_.seq_len, config_.rope_theta, true, rope_starts(saved));
+  // The rotation is orthogonal: its transpose (the backward) is the inverse rotation.
+  rotate(dq, dk, saved, true);
+  if (q_norm_) {
+    dq = q_norm_->backward(saved.q_norm, dq);
+    dk = k_norm_->backward(saved.k_norm, dk);
+  }
+  if (bq_ >= 0) {
+    Tensor dbq = store_->grad(bq_), dbk = store_->grad(bk_), dbv = store_->grad(bv_);
+    ops::bias_backward(dq, dbq);
+    ops::bias_backward(dk, dbk);
+    ops::bias_backward(dv, dbv);
   }
   Tensor dx = empty_like(saved.x);
   Tensor dwq = store_->grad(wq_), dwk = store_->grad(wk_), dwv = store_->grad(wv_);

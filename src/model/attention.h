@@ -1,9 +1,11 @@
 // Causal multi-head / grouped-query self-attention with optional rotary positions:
-// x[T,d] -> q,k,v projections -> rope -> attention -> output projection -> y[T,d].
+// x[T,d] -> q,k,v projections (+ biases) -> QK-norm -> rope -> attention -> output projection -> y[T,d].
 #pragma once
 
+#include <memory>
 #include <string>
 
+#include "src/model/norm.h"
 #include "src/nn/param_store.h"
 #include "src/nn/tensor_parallel.h"
 #include "src/ops/ops.h"
@@ -24,6 +26,12 @@ struct AttentionConfig {
   // Documents packed into a sequence (model.reset_positions / reset_attention): rope positions
   // count from each token's document start, and a token attends only inside its document.
   bool document_positions = false, document_mask = false;
+  ops::RopeScaling rope_scaling;
+  // Biases: on the q/k/v projections (Qwen2), and on the output projection too (GPT-2, Llama's
+  // attention_bias). QK-norm (OLMoE): RMSNorm over the whole q and the whole k projection
+  // (widths H*hd and KV*hd, eps qk_norm_eps), before rope; needs tp = 1.
+  bool qkv_bias = false, out_bias = false, qk_norm = false;
+  float qk_norm_eps = 1e-5f;
 };
 
 // Tensor parallelism (Megatron): rank r of the tp group holds query heads [r*H/tp, (r+1)*H/tp)
@@ -35,6 +43,7 @@ class Attention {
  public:
   struct Saved {
     Tensor x, q, k, v, out, lse;
+    Norm::Saved q_norm, k_norm;  // QK-norm's statistics (unused without it)
     Tensor doc_starts;  // the forward's document starts (undefined without documents)
   };
 
@@ -54,11 +63,18 @@ class Attention {
   Tensor rope_starts(const Saved& saved) const { return config_.document_positions ? saved.doc_starts : Tensor(); }
   Tensor mask_starts(const Saved& saved) const { return config_.document_mask ? saved.doc_starts : Tensor(); }
 
+  // q, k, v of x: the projections, their biases and QK-norm (rope not yet applied).
+  void project(const Tensor& x, Saved& saved) const;
+  // Rotary positions on q and k (inverse: the backward's rotation back).
+  void rotate(Tensor& q, Tensor& k, const Saved& saved, bool inverse) const;
+
   ParamStore* store_;
   AttentionConfig config_;
   TpGroup tp_;
   int64_t head_dim_, local_heads_, local_kv_heads_;
   ParamId wq_, wk_, wv_, wo_;
+  ParamId bq_ = -1, bk_ = -1, bv_ = -1, bo_ = -1;
+  std::unique_ptr<Norm> q_norm_, k_norm_;
 };
 
 }  // namespace moe

@@ -61,6 +61,19 @@ std::pair<int64_t, int64_t> stage_layer_range(int64_t num_layers, int pp, int st
   return {first, first + counts[static_cast<size_t>(stage)]};
 }
 
+ops::RopeScaling rope_scaling_of(const ModelConfig& c) {
+  ops::RopeScaling s;
+  if (c.rope_scaling == "none") return s;
+  MOE_CHECK(c.rope_scaling == "linear" || c.rope_scaling == "llama3", "model.rope_scaling = '", c.rope_scaling,
+            "' (expected none, linear or llama3)");
+  s.kind = c.rope_scaling == "linear" ? ops::RopeScalingKind::linear : ops::RopeScalingKind::llama3;
+  s.factor = c.rope_factor;
+  s.low_freq_factor = c.rope_low_freq_factor;
+  s.high_freq_factor = c.rope_high_freq_factor;
+  s.original_max_positions = static_cast<double>(c.rope_original_max_positions);
+  return s;
+}
+
 Model::Model(const ModelConfig& model, const MoeConfig& moe, const ModelParallel& parallel)
     : config_(model),
       moe_config_(moe),
@@ -89,6 +102,11 @@ Model::Model(const ModelConfig& model, const MoeConfig& moe, const ModelParallel
                        static_cast<float>(c.rope_theta), c.init_std, out_std, objective_->attention_mask()};
   attn.document_positions = c.reset_positions && c.positions == "rope";
   attn.document_mask = c.reset_attention;
+  attn.rope_scaling = rope_scaling_of(c);
+  attn.qkv_bias = c.attention_bias != "none";
+  attn.out_bias = c.attention_bias == "all";
+  attn.qk_norm = c.qk_norm;
+  attn.qk_norm_eps = static_cast<float>(c.norm_eps);
   ops::Activation dense_act = ops::activation_from_name(c.activation);
   ops::Activation expert_act = ops::activation_from_name(moe.activation.empty() ? c.activation : moe.activation);
   size_t moe_index = 0;  // moe.layer_routers counts the MoE layers of the whole model
@@ -114,7 +132,7 @@ Model::Model(const ModelConfig& model, const MoeConfig& moe, const ModelParallel
       }
     } else {
       dense = std::make_unique<DenseFfn>(store_, prefix + ".ffn", c.d_model, c.d_ff, dense_act, c.init_std, out_std,
-                                         tp_);
+                                         tp_, c.ffn_bias);
     }
     blocks_.push_back(std::make_unique<Block>(store_, prefix, norm, static_cast<float>(c.norm_eps), attn,
                                               std::move(dense), std::move(moe_layer), tp_));

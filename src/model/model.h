@@ -153,6 +153,8 @@ class Model {
   std::string head_unit() const { return lm_head_ >= 0 ? "lm_head" : "embed"; }
 };
 
+// The rotary frequency scaling of model.rope_scaling and its parameters.
+ops::RopeScaling rope_scaling_of(const ModelConfig& model);
 // Whether layer i (0-based) of this config is an MoE layer.
 bool is_moe_layer(const ModelConfig& model, const MoeConfig& moe, int64_t layer);
 // The MoE layer shape and options of this config (fine-grained segmentation applied).

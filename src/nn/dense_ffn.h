@@ -14,20 +14,24 @@ namespace moe {
 struct FfnSaved {
   Tensor x, h, a;  // input, pre-activation, post-activation
 };
-Tensor ffn_forward(const Tensor& x, const Tensor& w_up, const Tensor& w_down, ops::Activation act, FfnSaved& saved);
-// Accumulates dw_up, dw_down; writes dx (or adds into it when accumulate_dx).
+// b_up[f or 2f] (undefined = none): the up projection's bias, added before the activation.
+Tensor ffn_forward(const Tensor& x, const Tensor& w_up, const Tensor& w_down, ops::Activation act, FfnSaved& saved,
+                   const Tensor& b_up = Tensor());
+// Accumulates dw_up, dw_down (and db_up when defined); writes dx (or adds into it when accumulate_dx).
 void ffn_backward(const FfnSaved& saved, const Tensor& w_up, const Tensor& w_down, ops::Activation act,
-                  const Tensor& dy, Tensor& dw_up, Tensor& dw_down, Tensor& dx, bool accumulate_dx = false);
+                  const Tensor& dy, Tensor& dw_up, Tensor& dw_down, Tensor& dx, bool accumulate_dx = false,
+                  Tensor db_up = Tensor());
 inline int64_t ffn_up_width(ops::Activation act, int64_t d_ff) { return ops::is_gated(act) ? 2 * d_ff : d_ff; }
 
 // Tensor parallelism (Megatron): rank r holds hidden units [r*f/tp, (r+1)*f/tp): w_up a column
 // shard (a GLU rank keeps its gate and up columns, stored [gate | up] as ffn_forward expects),
-// w_down a row shard; one all-reduce of y forward and of dx backward.
+// w_down a row shard; one all-reduce of y forward and of dx backward. With biases (model.ffn_bias)
+// b_up is sharded with w_up's columns and b_down, replicated, is added once after the all-reduce.
 class DenseFfn {
  public:
   // Requires d_ff divisible by tp.size().
   DenseFfn(ParamStore& store, const std::string& prefix, int64_t d_model, int64_t d_ff, ops::Activation act,
-           double init_std, double out_init_std, TpGroup tp = {});
+           double init_std, double out_init_std, TpGroup tp = {}, bool bias = false);
   Tensor forward(const Tensor& x, FfnSaved& saved) const;
   Tensor backward(const FfnSaved& saved, const Tensor& dy) const;
 
@@ -36,6 +40,7 @@ class DenseFfn {
   ops::Activation act_;
   TpGroup tp_;
   ParamId w_up_, w_down_;
+  ParamId b_up_ = -1, b_down_ = -1;
 };
 
 }  // namespace moe

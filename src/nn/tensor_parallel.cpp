@@ -19,6 +19,14 @@ ParamId add_column_parallel(ParamStore& store, const std::string& name, const Sh
                              ParamInit::normal, init_std);
 }
 
+ParamId add_column_parallel_bias(ParamStore& store, const std::string& name, int64_t width, int64_t col_blocks,
+                                 int64_t units, const TpGroup& tp) {
+  if (!tp.active()) return store.add(name, {width}, ParamGroup::dense, ParamKind::norm_or_bias, ParamInit::zeros);
+  const int64_t cols = tp.part(width / col_blocks / units, "'" + name + "': the column units") * units;
+  return store.add_col_shard(name, {width}, tp.rank() * cols, cols, col_blocks, ParamGroup::dense,
+                             ParamKind::norm_or_bias, ParamInit::zeros, 0.0);
+}
+
 ParamId add_row_parallel(ParamStore& store, const std::string& name, const Shape& full_shape, int64_t units,
                          ParamKind kind, double init_std, const TpGroup& tp) {
   if (!tp.active()) return store.add(name, full_shape, ParamGroup::dense, kind, ParamInit::normal, init_std);

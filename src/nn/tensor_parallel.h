@@ -33,5 +33,10 @@ ParamId add_column_parallel(ParamStore& store, const std::string& name, const Sh
 // W[in, out] row-parallel: this rank keeps in/size rows (cut in whole units of `units` rows).
 ParamId add_row_parallel(ParamStore& store, const std::string& name, const Shape& full_shape, int64_t units,
                          ParamKind kind, double init_std, const TpGroup& tp);
+// The bias b[width] of a column-parallel weight (zeros, ParamKind::norm_or_bias): sharded with its
+// columns (the same col_blocks and units). A row-parallel weight's bias is a plain replicated
+// parameter, added once after the all-reduce.
+ParamId add_column_parallel_bias(ParamStore& store, const std::string& name, int64_t width, int64_t col_blocks,
+                                 int64_t units, const TpGroup& tp);
 
 }  // namespace moe

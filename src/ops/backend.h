@@ -38,7 +38,7 @@ class Backend {
   virtual void layernorm_backward(const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& rstd,
                                   const Tensor& dy, const Tensor& dresidual, Tensor& dx, Tensor& dw, Tensor& db) = 0;
   virtual void rope(Tensor& x, int64_t num_heads, int64_t seq_len, float theta, bool inverse,
-                    const Tensor& doc_starts) = 0;
+                    const Tensor& doc_starts, const RopeScaling& scaling) = 0;
   virtual void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse,
                                  const AttentionShape& shape, const Tensor& doc_starts) = 0;
   virtual int64_t attention_workspace_numel(const AttentionShape& shape) = 0;
@@ -61,6 +61,8 @@ class Backend {
   virtual double sum_squares(const Tensor& x) = 0;
   virtual void column_sum(const Tensor& x, Tensor& out) = 0;
   virtual void row_entropy_accumulate(const Tensor& scores, Tensor& acc, double weight) = 0;
+  virtual void add_bias(Tensor& y, const Tensor& b) = 0;
+  virtual void bias_backward(const Tensor& dy, Tensor& db) = 0;
   virtual void gather_rows(const Tensor& src, const Tensor& index, Tensor& dst) = 0;
   virtual void scatter_add_rows(const Tensor& src, const Tensor& index, Tensor& dst) = 0;
   virtual void router_topk_forward(const Tensor& logits, const Tensor& bias, const TopKOptions& options,

@@ -179,12 +179,12 @@ class CpuBackend final : public Backend {
     });
   }
 
-  void rope(Tensor& x, int64_t num_heads, int64_t seq_len, float theta, bool inverse,
-            const Tensor& doc_starts) override {
+  void rope(Tensor& x, int64_t num_heads, int64_t seq_len, float theta, bool inverse, const Tensor& doc_starts,
+            const RopeScaling& scaling) override {
     dispatch_float(x.dtype(), "rope", [&](auto tag) {
       using T = decltype(tag);
       cpu::rope<T>(ptr<T>(x), x.size(0), num_heads, x.size(1) / num_heads, seq_len, theta, inverse,
-                   optional_ptr<int32_t>(doc_starts));
+                   optional_ptr<int32_t>(doc_starts), scaling);
     });
   }
 
@@ -303,6 +303,17 @@ class CpuBackend final : public Backend {
     dispatch_float(scores.dtype(), "row_entropy_accumulate", [&](auto tag) {
       using T = decltype(tag);
       cpu::row_entropy_accumulate<T>(ptr<T>(scores), scores.size(0), scores.size(1), weight, ptr<double>(acc));
+  void add_bias(Tensor& y, const Tensor& b) override {
+    dispatch_float(y.dtype(), "add_bias", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::add_bias<T>(ptr<T>(y), ptr<T>(b), y.size(0), y.size(1));
+    });
+  }
+
+  void bias_backward(const Tensor& dy, Tensor& db) override {
+    dispatch_float(dy.dtype(), "bias_backward", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::column_sum_accumulate<T>(ptr<T>(dy), ptr<T>(db), dy.size(0), dy.size(1));
     });
   }
 

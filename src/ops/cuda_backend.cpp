@@ -149,11 +149,11 @@ class CudaBackend : public Backend {
                              f32_mut(dw), f32_mut(db), x.size(0), x.size(1), stream);
   }
 
-  void rope(Tensor& x, int64_t num_heads, int64_t seq_len, float theta, bool inverse,
-            const Tensor& doc_starts) override {
+  void rope(Tensor& x, int64_t num_heads, int64_t seq_len, float theta, bool inverse, const Tensor& doc_starts,
+            const RopeScaling& scaling) override {
     cudaStream_t stream = on_device(x);
     cuda::RopeShape shape{x.size(0), num_heads, x.size(1) / num_heads, seq_len};
-    cuda::rope(bf_mut(x), shape, theta, inverse, optional_i32(doc_starts), stream);
+    cuda::rope(bf_mut(x), shape, theta, inverse, optional_i32(doc_starts), scaling, stream);
   }
 
   void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse,
@@ -238,7 +238,8 @@ class CudaBackend : public Backend {
     return cuda::sum_to_host(x.data(), float_type(x, "sum_squares"), x.numel(), true, stream);
   }
 
-  void column_sum(const Tensor& x, Tensor& out) override {
+  // out[C] (= or +=) the column sums of x[R,C]
+  static void column_sums(const Tensor& x, Tensor& out, bool accumulate) {
     cudaStream_t stream = on_device(x, out);
     cuda::ColumnReduce p;
     p.a = x.data();
@@ -247,7 +248,7 @@ class CudaBackend : public Backend {
     p.cols = x.size(1);
     p.out = out.data();
     p.out_type = float_type(out, "column_sum out");
-    p.accumulate = false;
+    p.accumulate = accumulate;
     cuda::column_reduce(p, stream);
   }
 
@@ -256,6 +257,15 @@ class CudaBackend : public Backend {
     cuda::row_entropy_accumulate(scores.data(), float_type(scores, "row_entropy_accumulate"), scores.size(0),
                                  scores.size(1), weight, acc.data_as<double>(), stream);
   }
+
+  void column_sum(const Tensor& x, Tensor& out) override { column_sums(x, out, false); }
+
+  void add_bias(Tensor& y, const Tensor& b) override {
+    cudaStream_t stream = on_device(y, b);
+    cuda::add_bias(y.data(), b.data(), float_type(y, "add_bias"), y.size(0), y.size(1), stream);
+  }
+
+  void bias_backward(const Tensor& dy, Tensor& db) override { column_sums(dy, db, true); }
 
   void gather_rows(const Tensor& src, const Tensor& index, Tensor& dst) override {
     cudaStream_t stream = on_device(src, index, dst);

@@ -289,13 +289,20 @@ void layernorm_backward(const Tensor& x, const Tensor& w, const Tensor& mean, co
   run_on(x, OpKind::norm)->layernorm_backward(x, w, mean, rstd, dy, dresidual, dx, dw, db);
 }
 
-void rope(Tensor& x, int64_t num_heads, int64_t seq_len, float theta, bool inverse, const Tensor& doc_starts) {
+void rope(Tensor& x, int64_t num_heads, int64_t seq_len, float theta, bool inverse, const Tensor& doc_starts,
+          const RopeScaling& scaling) {
   check_compute(x, "rope x");
   MOE_CHECK(x.ndim() == 2 && num_heads > 0 && x.size(1) % num_heads == 0 && (x.size(1) / num_heads) % 2 == 0,
             "rope: x", shape_str(x.shape()), " with ", num_heads, " heads needs an even head dim");
   MOE_CHECK(seq_len > 0 && x.size(0) % seq_len == 0, "rope: ", x.size(0), " rows are not whole sequences of ", seq_len);
   check_doc_starts(doc_starts, x.size(0), seq_len, x, "rope");
-  run_on(x, OpKind::elementwise)->rope(x, num_heads, seq_len, theta, inverse, doc_starts);
+  MOE_CHECK(scaling.kind == RopeScalingKind::none || scaling.factor > 0, "rope: scaling factor ", scaling.factor,
+            " must be positive");
+  MOE_CHECK(scaling.kind != RopeScalingKind::llama3 ||
+                (scaling.high_freq_factor > scaling.low_freq_factor && scaling.low_freq_factor > 0 &&
+                 scaling.original_max_positions > 0),
+            "rope: llama3 scaling needs 0 < low_freq_factor < high_freq_factor and original_max_positions > 0");
+  run_on(x, OpKind::elementwise)->rope(x, num_heads, seq_len, theta, inverse, doc_starts, scaling);
 }
 
 static void check_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionShape& s,
@@ -427,6 +434,22 @@ void row_entropy_accumulate(const Tensor& scores, Tensor& acc, double weight) {
   check_dtype(acc, DType::f64, "row_entropy_accumulate acc");
   check_same_device(acc, scores, "row_entropy_accumulate");
   run_on(scores, OpKind::routing)->row_entropy_accumulate(scores, acc, weight);
+void add_bias(Tensor& y, const Tensor& b) {
+  check_compute(y, "add_bias y");
+  MOE_CHECK(y.ndim() == 2, "add_bias: y", shape_str(y.shape()), " must be [T,C]");
+  check_shape(b, {y.size(1)}, "add_bias b");
+  check_dtype(b, y.dtype(), "add_bias b");
+  check_same_device(y, b, "add_bias");
+  run_on(y, OpKind::elementwise)->add_bias(y, b);
+}
+
+void bias_backward(const Tensor& dy, Tensor& db) {
+  check_compute(dy, "bias_backward dy");
+  MOE_CHECK(dy.ndim() == 2, "bias_backward: dy", shape_str(dy.shape()), " must be [T,C]");
+  check_shape(db, {dy.size(1)}, "bias_backward db");
+  check_dtype(db, accum_dtype(dy.dtype()), "bias_backward db");
+  check_same_device(dy, db, "bias_backward");
+  run_on(dy, OpKind::elementwise)->bias_backward(dy, db);
 }
 
 void gather_rows(const Tensor& src, const Tensor& index, Tensor& dst) {

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "kernels/params.h"
+#include "kernels/rope_freq.h"
 #include "src/tensor/tensor.h"
 
 namespace moe::ops {
@@ -18,6 +19,8 @@ using kernels::AdamWRunKind;
 using kernels::AttentionShape;
 using kernels::DropOrder;
 using kernels::is_gated;
+using kernels::RopeScaling;
+using kernels::RopeScalingKind;
 using kernels::ScoreFunction;
 using kernels::TopKOptions;
 
@@ -94,10 +97,11 @@ void layernorm_backward(const Tensor& x, const Tensor& w, const Tensor& mean, co
                         Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dresidual = Tensor());
 
 // Rotary embedding in place on x[T, H*hd], position t % seq_len (less doc_starts[t] when defined),
-// pairs (i, i + hd/2) rotated by angle pos * theta^(-2i/hd) (the Llama/GPT-NeoX layout).
+// pairs (i, i + hd/2) rotated by angle pos * theta^(-2i/hd) (the Llama/GPT-NeoX layout), the
+// frequencies scaled as `scaling` says (kernels/rope_freq.h: linear, llama3).
 // inverse=true rotates back, which is the backward of the forward rotation.
 void rope(Tensor& x, int64_t num_heads, int64_t seq_len, float theta, bool inverse,
-          const Tensor& doc_starts = Tensor());
+          const Tensor& doc_starts = Tensor(), const RopeScaling& scaling = {});
 
 // Scaled-dot-product attention (scale 1/sqrt(hd)), causal or not, with grouped-query heads
 // (query head h reads kv head h / (Hq / Hkv)). q[B*S, Hq*hd], k,v[B*S, Hkv*hd] -> out[B*S, Hq*hd],
@@ -153,6 +157,10 @@ void column_sum(const Tensor& x, Tensor& out);
 // scores[T,E] (accum, non-negative) -> acc f64[1] += weight * sum over rows of the entropy of the
 // row normalised to sum 1, on the scores' device without a host wait (the router-entropy metric).
 void row_entropy_accumulate(const Tensor& scores, Tensor& acc, double weight);
+// Linear biases: y[T,C] += b[C] (same dtype: compute), in place.
+void add_bias(Tensor& y, const Tensor& b);
+// Their gradient: db[C] (accum_dtype(dy)) += column sums of dy[T,C] (accumulated).
+void bias_backward(const Tensor& dy, Tensor& db);
 
 // Rows by index: dst[i] = src[index[i]]; index i32[N], src[R,d], dst[N,d]; index -1 = a row of zeros.
 void gather_rows(const Tensor& src, const Tensor& index, Tensor& dst);

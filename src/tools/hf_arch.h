@@ -1,18 +1,20 @@
-// Hugging Face architectures the engine represents (Llama, Mistral, Qwen2 dense; Mixtral,
-// Qwen2-MoE): config.json <-> Config, and where each engine parameter's values sit in HF tensors.
+// Hugging Face architectures the engine represents (Llama, Mistral, Qwen2, GPT-2 dense; Mixtral,
+// Qwen2-MoE, OLMoE): config.json <-> Config, and where each engine parameter's values sit in HF tensors.
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "src/config/config.h"
+#include "src/tools/hf_tensors.h"
 
 namespace moe {
 
-enum class HfFamily { llama, mistral, qwen2, mixtral, qwen2_moe };
+enum class HfFamily { llama, mistral, qwen2, mixtral, qwen2_moe, olmoe, gpt2 };
 HfFamily hf_family_from_name(const std::string& model_type);  // refuses the rest naming model_type
 const char* hf_family_name(HfFamily family);                  // the config.json model_type
 bool hf_family_is_moe(HfFamily family);
@@ -21,9 +23,6 @@ bool hf_family_is_moe(HfFamily family);
 struct HfModelSpec {
   HfFamily family = HfFamily::llama;
   Config config;
-  // Tensors of the HF checkpoint the engine has no parameter for, accepted only when all zero
-  // (Qwen2's q/k/v biases); written as zeros on export.
-  std::vector<std::string> zero_tensors;
 };
 
 // config.json -> the engine's [model] and [moe] (the rest default, train.run_dir = run_dir).
@@ -38,7 +37,7 @@ HfModelSpec hf_spec_from_config(const nlohmann::json& hf, int64_t seq_len, const
 nlohmann::json hf_config_from_engine(const Config& config, HfFamily family, const nlohmann::json& base,
                                      const std::string& torch_dtype);
 // The family a run exports to by default: base's model_type when given, else llama for a dense
-// model, qwen2_moe with shared experts, mixtral without.
+// model (gpt2 with learned positions), qwen2_moe with shared experts, mixtral without.
 HfFamily default_export_family(const Config& config, const nlohmann::json& base);
 
 // Where an engine parameter's values are in the HF checkpoint: the engine tensor is
@@ -54,7 +53,28 @@ struct HfTensorMap {
 // One map per parameter of the model described by config (tensor-parallel and pipeline
 // splits aside), in the Model's naming.
 std::vector<HfTensorMap> hf_tensor_maps(const Config& config, HfFamily family);
-// The zero-valued extra tensors `family` carries for `config` (Qwen2's attention biases).
+// The zero-valued extra tensors `family` carries for `config` (Qwen2's attention biases of a run
+// without them).
 std::vector<std::string> hf_zero_tensors(const Config& config, HfFamily family);
+
+// config.json fields, read with an error naming the key (missing, or of the wrong type); the _or
+// forms give `fallback` for a missing or null key.
+const nlohmann::json& hf_field(const nlohmann::json& hf, const std::string& key);
+int64_t hf_int_field(const nlohmann::json& hf, const std::string& key);
+int64_t hf_int_field_or(const nlohmann::json& hf, const std::string& key, int64_t fallback);
+double hf_number_field_or(const nlohmann::json& hf, const std::string& key, double fallback);
+bool hf_bool_field_or(const nlohmann::json& hf, const std::string& key, bool fallback);
+
+// GPT-2 (src/tools/hf_gpt2.cpp): config.json (n_embd, n_layer, n_head, n_positions, n_inner,
+// activation_function, layer_norm_epsilon) <-> the engine's [model], and its tensor maps (Conv1D
+// weights are [in, out] like the engine's: no transpose).
+void read_gpt2_config(const nlohmann::json& hf, ModelConfig& m, int64_t seq_len);
+void write_gpt2_config(const Config& config, nlohmann::json& out);
+std::vector<HfTensorMap> hf_gpt2_tensor_maps(const Config& config);
+// Checkpoint names <-> the maps' names: import drops the "transformer." prefix's absence (older
+// checkpoints), the attention mask buffers (attn.bias, attn.masked_bias) and cuts the fused
+// attn.c_attn.{weight,bias} [d, 3d] / [3d] into q, k, v parts; export joins them back.
+void gpt2_unfuse_qkv(std::map<std::string, HfTensor>& hf);
+void gpt2_fuse_qkv(std::map<std::string, HfTensor>& hf);
 
 }  // namespace moe

@@ -23,8 +23,9 @@ void split(const HfTensorMap& map, const Tensor& t, std::map<std::string, HfTens
   const size_t first_dim = map.stacked ? 1 : 0;
   MOE_CHECK(s.size() >= first_dim + 1 && (!map.stacked || s[0] == static_cast<int64_t>(map.slices.size())),
             "checkpoint tensor '", map.engine, "' has shape ", shape_str(s), ", not what the config implies");
-  const int64_t rows = s[first_dim], cols = s.size() > first_dim + 1 ? s[first_dim + 1] : 1;
+  // A vector (norm gain, bias) is one row: its parts (a GLU bias's gate | up) are column ranges.
   const bool vector = s.size() == first_dim + 1;
+  const int64_t rows = vector ? 1 : s[first_dim], cols = vector ? s[first_dim] : s[first_dim + 1];
   for (size_t e = 0; e < map.slices.size(); ++e) {
     const auto& parts = map.slices[e];
     const int64_t width = cols / static_cast<int64_t>(parts.size());
@@ -34,7 +35,7 @@ void split(const HfTensorMap& map, const Tensor& t, std::map<std::string, HfTens
     for (size_t p = 0; p < parts.size(); ++p) {
       HfTensor h;
       if (vector) {
-        h.shape = {rows};
+        h.shape = {width};
       } else {
         h.shape = map.transpose ? std::vector<int64_t>{width, rows} : std::vector<int64_t>{rows, width};
       }
@@ -93,6 +94,7 @@ HfExportResult export_hf(const std::string& from, const std::string& out_dir, co
   // Every other parameter (an expert bias, a noise gate) belongs to a feature refused above.
   MOE_CHECK(used == weights.tensors.size(), "checkpoint ", result.checkpoint_dir, " holds ", weights.tensors.size(),
             " tensors, of which ", used, " have a place in ", hf_family_name(result.family));
+  if (result.family == HfFamily::gpt2) gpt2_fuse_qkv(hf);
   for (const std::string& name : hf_zero_tensors(config, result.family)) {
     const std::string proj = name.substr(0, name.size() - 5) + ".weight";  // ".bias" -> ".weight"
     hf[name] = HfTensor{{hf.at(proj).shape[0]}, result.dtype, std::vector<float>(static_cast<size_t>(hf.at(proj).shape[0]))};

@@ -37,8 +37,10 @@ Tensor assemble(const HfTensorMap& map, const std::map<std::string, HfTensor>& h
       dtype = t.dtype;
       MOE_CHECK(t.shape.size() == (map.transpose ? 2u : t.shape.size()) && !t.shape.empty() && t.shape.size() <= 2,
                 "Hugging Face tensor '", name, "' has ", t.shape.size(), " dimensions");
-      const int64_t r = map.transpose ? t.shape[1] : t.shape[0];
-      const int64_t c = map.transpose ? t.shape[0] : (t.shape.size() == 2 ? t.shape[1] : 1);
+      // A vector (norm gain, bias) is one row, so the parts of a GLU bias sit side by side.
+      const bool vector = t.shape.size() == 1;
+      const int64_t r = map.transpose ? t.shape[1] : (vector ? 1 : t.shape[0]);
+      const int64_t c = map.transpose ? t.shape[0] : t.shape.back();
       MOE_CHECK(slice_rows < 0 || r == slice_rows, "Hugging Face tensor '", name, "' has input width ", r,
                 " but '", slice.front(), "' has ", slice_rows);
       slice_rows = r;
@@ -53,7 +55,7 @@ Tensor assemble(const HfTensorMap& map, const std::map<std::string, HfTensor>& h
     values.resize(base + static_cast<size_t>(rows * cols));
     int64_t col0 = 0;
     for (const HfTensor* t : parts) {
-      const int64_t c = map.transpose ? t->shape[0] : cols;
+      const int64_t c = map.transpose ? t->shape[0] : t->shape.back();
       for (int64_t i = 0; i < rows; ++i) {
         for (int64_t j = 0; j < c; ++j) {
           const int64_t src = map.transpose ? j * rows + i : i * c + j;
@@ -67,7 +69,7 @@ Tensor assemble(const HfTensorMap& map, const std::map<std::string, HfTensor>& h
   if (map.stacked) shape.push_back(static_cast<int64_t>(map.slices.size()));
   const HfTensor& first = hf.at(map.slices.front().front());
   if (!map.transpose && first.shape.size() == 1) {
-    shape.push_back(rows);
+    shape.push_back(cols);
   } else {
     shape.push_back(rows);
     shape.push_back(cols);
@@ -141,16 +143,8 @@ HfModel read_hf_model(const std::string& hf_dir, int64_t seq_len, const std::str
   out.spec = hf_spec_from_config(out.hf_config, seq_len, run_dir);
   std::map<std::string, HfTensor> hf = read_hf_tensors(hf_dir);
   unfuse_experts(hf, out.spec.family);
+  if (out.spec.family == HfFamily::gpt2) gpt2_unfuse_qkv(hf);
   std::set<std::string> used;
-  for (const std::string& name : out.spec.zero_tensors) {
-    auto it = hf.find(name);
-    if (it == hf.end()) continue;
-    for (float v : it->second.values) {
-      MOE_CHECK(v == 0.0f, "Hugging Face tensor '", name, "' is not zero: the engine's attention has no biases (",
-                hf_family_name(out.spec.family), " checkpoints are imported only with zero q/k/v biases)");
-    }
-    used.insert(name);
-  }
   const Config& c = out.spec.config;
   Model model(c.model, c.moe);  // the parameter list and shapes the weights must match
   std::map<std::string, Shape> expected;
@@ -168,9 +162,10 @@ HfModel read_hf_model(const std::string& hf_dir, int64_t seq_len, const std::str
     MOE_CHECK(out.weights.count(name) > 0, "internal: no HF map for the engine's '", name, "'");
   }
   // Tied heads: a copy of the embedding under lm_head.weight is accepted, anything else refused.
+  const std::string embed = out.spec.family == HfFamily::gpt2 ? "transformer.wte.weight" : "model.embed_tokens.weight";
   if (c.model.tie_embeddings && hf.count("lm_head.weight") > 0) {
-    MOE_CHECK(hf.at("lm_head.weight").values == hf.at("model.embed_tokens.weight").values,
-              "config.json: 'tie_word_embeddings' is true but lm_head.weight differs from model.embed_tokens.weight");
+    MOE_CHECK(hf.at("lm_head.weight").values == hf.at(embed).values,
+              "config.json: 'tie_word_embeddings' is true but lm_head.weight differs from ", embed);
     used.insert("lm_head.weight");
   }
   for (const auto& [name, t] : hf) {

@@ -10,6 +10,7 @@
 #include "parallel/communicator.h"
 #include "parallel/mpi_env.h"
 #include "src/train/trainer.h"
+#include "tests/cuda/cuda_train_util.h"
 #include "tests/train/train_test_util.h"
 
 using namespace moe;
@@ -21,22 +22,7 @@ struct RouterVariant {
   void (*apply)(Config&);
 };
 
-// Ten steps of `c` on the CPU and on the GPU side by side; `check` compares each step's results.
-void train_side_by_side(const Config& c, const std::function<void(const StepResult&, const StepResult&)>& check) {
-  Config gpu = c;
-  gpu.train.device = "cuda";
-  auto cpu_world = make_world_communicator(Device::cpu());
-  auto gpu_world = make_world_communicator(Device::cuda(0));
-  Trainer cpu_trainer(c, 0, *cpu_world);
-  Trainer gpu_trainer(gpu, 0, *gpu_world);
-  REQUIRE(gpu_trainer.device().is_cuda());
-  for (int step = 1; step <= 10; ++step) {
-    StepResult r_cpu = cpu_trainer.train_step();
-    StepResult r_gpu = gpu_trainer.train_step();
-    INFO("step " << step << " cpu " << r_cpu.loss << " gpu " << r_gpu.loss);
-    check(r_cpu, r_gpu);
-  }
-}
+using test::train_side_by_side;
 
 }  // namespace
 

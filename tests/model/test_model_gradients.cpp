@@ -193,3 +193,60 @@ TEST_CASE("expert-bias update moves each bias by -rate * sign(load - mean) and s
   REQUIRE_NOTHROW(unbiased.update_expert_biases({{5, 1, 3, 3}}, 0.1));
   REQUIRE(unbiased.expert_biases() == std::vector<std::vector<double>>{{}});
 }
+
+namespace {
+struct DenseFeatures {
+  const char* name;
+  std::string norm, positions, activation, attention_bias, rope_scaling;
+  bool ffn_bias, qk_norm;
+};
+}  // namespace
+
+TEST_CASE("dense models with biases, QK-norm and rope scaling: gradients match finite differences",
+          "[model][gradcheck]") {
+  auto f = GENERATE(DenseFeatures{"gpt2", "layernorm", "learned", "gelu", "all", "none", true, false},
+                    DenseFeatures{"qwen2", "rmsnorm", "rope", "swiglu", "qkv", "linear", false, false},
+                    DenseFeatures{"llama mlp_bias", "rmsnorm", "rope", "swiglu", "all", "llama3", true, false},
+                    DenseFeatures{"olmoe-like", "rmsnorm", "rope", "swiglu", "none", "none", false, true});
+  INFO(f.name);
+  Config c = tiny_config(Variant{f.norm, f.positions, f.activation, false, 1});
+  c.model.attention_bias = f.attention_bias;
+  c.model.ffn_bias = f.ffn_bias;
+  c.model.qk_norm = f.qk_norm;
+  c.model.rope_scaling = f.rope_scaling;
+  c.model.rope_factor = 3.0;
+  c.model.rope_original_max_positions = 8;
+  c.model.rope_theta = 16.0;  // head_dim 4: pair 1 (wavelength 25) in llama3's smoothed band
+  c.model.rope_low_freq_factor = 0.25;
+  c.moe.num_experts = 0;
+  validate_config(c);
+  Model model(c.model, c.moe);
+  model.allocate(Device::cpu(), DType::f64);
+  model.initialize(7);
+  ParamStore& store = model.params();
+  int num_biases = 0;
+  for (size_t i = 0; i < store.infos().size(); ++i) {  // biases and norm weights away from 0 and 1
+    const ParamInfo& p = store.info(static_cast<ParamId>(i));
+    if (p.kind != ParamKind::norm_or_bias) continue;
+    for (const char* b : {".bq", ".bk", ".bv", ".bo", ".b_up", ".b_down"}) num_biases += p.name.ends_with(b);
+    store.load_master_from_host(static_cast<ParamId>(i),
+                                test::f64_tensor(test::random_values(p.numel(), 100 + i, 0.5, 1.5), p.shape));
+  }
+  const int per_layer = (f.attention_bias == "all" ? 4 : f.attention_bias == "qkv" ? 3 : 0) + (f.ffn_bias ? 2 : 0);
+  REQUIRE(num_biases == 2 * per_layer);
+  Batch batch = tiny_batch(c, 11);
+  store.zero_grads();
+  ModelSaved saved;
+  model.forward(batch, saved);
+  model.backward(batch, saved, 0.25f, 0.0f);
+  auto objective = [&]() {
+    ModelSaved s;
+    return 0.25 * model.forward(batch, s).host_loss_sum();
+  };
+  for (size_t i = 0; i < store.infos().size(); ++i) {
+    auto id = static_cast<ParamId>(i);
+    Tensor p = store.param(id);
+    auto numeric = test::numeric_gradient(p, objective);
+    test::require_close(store.grad(id).to_vector<double>(), numeric, 1e-7, 1e-5, store.info(id).name);
+  }
+}

@@ -141,6 +141,93 @@ TEST_CASE("tensor-parallel dense FFN equals the single-rank FFN", "[parallel][tp
   }
 }
 
+namespace {
+
+// Gives every bias (zeros at init) the same random full values in both stores, and returns the
+// gradient check for stores with replicated parameters: split ones against their slice of the
+// reference gradient, replicated ones (the row-parallel biases) against the whole of it.
+void randomize_biases(ParamStore& tp_store, ParamStore& ref_store) {
+  uint64_t seed = 60;
+  for (size_t i = 0; i < ref_store.infos().size(); ++i) {
+    const ParamInfo& info = ref_store.infos()[i];
+    if (info.kind != ParamKind::norm_or_bias) continue;
+    Tensor full = test::random_tensor(info.shape, DType::f64, ++seed);
+    ref_store.load_master_from_host(static_cast<ParamId>(i), full);
+    const ParamId tp_id = tp_store.find(info.name);
+    tp_store.load_master_from_host(tp_id, local_part(tp_store.info(tp_id), full));
+  }
+}
+
+void check_grads_with_replicated(const ParamStore& tp_store, const ParamStore& ref_store) {
+  for (size_t i = 0; i < tp_store.infos().size(); ++i) {
+    const ParamInfo& info = tp_store.infos()[i];
+    Tensor ref = ref_store.grad(ref_store.find(info.name));
+    Tensor want = info.is_split() ? local_part(info, ref.view(info.full_shape)) : ref;
+    test::require_close(tp_store.grad(static_cast<ParamId>(i)), want, k_tol, 0, "gradient of " + info.name);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("tensor-parallel attention and FFN with biases equal the single-rank modules", "[parallel][tp]") {
+  auto world = make_world_communicator(Device::cpu());
+  auto groups = test::tp_groups(*world, false);
+  for (auto& group : groups) {
+    Communicator& tp = *group;
+    const int64_t batch = 2, seq = 5, d = 32, tokens = batch * seq;
+    for (bool out_bias : {false, true}) {
+      INFO("tp " << tp.size() << " attention, output bias " << out_bias);
+      AttentionConfig cfg;
+      cfg.d_model = d;
+      cfg.num_heads = 8;
+      cfg.num_kv_heads = 4;
+      cfg.seq_len = seq;
+      cfg.init_std = 0.3;
+      cfg.out_init_std = 0.2;
+      cfg.qkv_bias = true;
+      cfg.out_bias = out_bias;
+      ParamStore ref_store, tp_store;
+      Attention ref(ref_store, "layers.0.attn", cfg);
+      Attention par(tp_store, "layers.0.attn", cfg, TpGroup{&tp});
+      ref_store.allocate(Device::cpu(), DType::f64);
+      tp_store.allocate(Device::cpu(), DType::f64);
+      ref_store.initialize(31);
+      tp_store.initialize(31);
+      randomize_biases(tp_store, ref_store);
+      REQUIRE(tp_store.info(tp_store.find("layers.0.attn.bk")).shape == Shape{4 * 4 / tp.size()});
+      Tensor x = test::random_tensor({tokens, d}, DType::f64, 32);
+      Tensor dy = test::random_tensor({tokens, d}, DType::f64, 33);
+      ref_store.zero_grads();
+      tp_store.zero_grads();
+      Attention::Saved ref_saved, tp_saved;
+      test::require_close(par.forward(x, batch, tp_saved), ref.forward(x, batch, ref_saved), k_tol, 0, "y");
+      test::require_close(par.backward(tp_saved, dy, batch), ref.backward(ref_saved, dy, batch), k_tol, 0, "dx");
+      check_grads_with_replicated(tp_store, ref_store);
+    }
+    for (auto act : {ops::Activation::gelu, ops::Activation::swiglu}) {
+      INFO("tp " << tp.size() << " FFN with biases, activation " << ops::activation_name(act));
+      ParamStore ref_store, tp_store;
+      DenseFfn ref(ref_store, "layers.0.ffn", 6, 12, act, 0.4, 0.3, {}, true);
+      DenseFfn par(tp_store, "layers.0.ffn", 6, 12, act, 0.4, 0.3, TpGroup{&tp}, true);
+      ref_store.allocate(Device::cpu(), DType::f64);
+      tp_store.allocate(Device::cpu(), DType::f64);
+      ref_store.initialize(41);
+      tp_store.initialize(41);
+      randomize_biases(tp_store, ref_store);
+      const ParamInfo& b_up = tp_store.info(tp_store.find("layers.0.ffn.b_up"));
+      REQUIRE(b_up.col_blocks == (ops::is_gated(act) ? 2 : 1));  // a GLU rank keeps [gate | up] of its slice
+      Tensor x = test::random_tensor({7, 6}, DType::f64, 42);
+      Tensor dy = test::random_tensor({7, 6}, DType::f64, 43);
+      ref_store.zero_grads();
+      tp_store.zero_grads();
+      FfnSaved ref_saved, tp_saved;
+      test::require_close(par.forward(x, tp_saved), ref.forward(x, ref_saved), k_tol, 0, "y");
+      test::require_close(par.backward(tp_saved, dy), ref.backward(ref_saved, dy), k_tol, 0, "dx");
+      check_grads_with_replicated(tp_store, ref_store);
+    }
+  }
+}
+
 TEST_CASE("tensor-parallel shared experts equal the single-rank shared experts", "[parallel][tp]") {
   auto world = make_world_communicator(Device::cpu());
   auto groups = test::tp_groups(*world, false);

@@ -1,6 +1,8 @@
 // Synthetic Hugging Face directories for the interop tests, built without the converter's code:
 // a minimal safetensors writer and reader, HF-named random weights, and a double-precision
-// reference forward of Llama / Mistral / Qwen2 / Mixtral / Qwen2-MoE straight from HF tensors.
+// reference forward of Llama / Mistral / Qwen2 / Mixtral / Qwen2-MoE / OLMoE straight from HF
+// tensors (with attention and MLP biases, QK-norm and linear / llama3 rope scaling; GPT-2:
+// hf_test_gpt2.h).
 #pragma once
 
 #include <algorithm>
@@ -98,16 +100,22 @@ inline std::map<std::string, RawTensor> read_raw(const std::filesystem::path& pa
   return out;
 }
 
+// w[name] = a tensor of random grid values (plus offset) of that shape and dtype.
+inline void add_random(StMap& w, std::mt19937_64& rng, const std::string& name, const std::string& dtype,
+                       const std::vector<int64_t>& shape, double scale, double offset = 0.0) {
+  StTensor t{dtype, shape, {}};
+  int64_t n = 1;
+  for (int64_t s : shape) n *= s;
+  for (int64_t i = 0; i < n; ++i) t.values.push_back(static_cast<float>(offset) + grid_value(rng, scale));
+  w[name] = t;
+}
+
 // The HF-named weights of a model described by config.json `c`, random on the exact grid.
 inline StMap random_weights(const json& c, const std::string& dtype, uint64_t seed) {
   std::mt19937_64 rng(seed);
   StMap w;
   auto add = [&](const std::string& name, std::vector<int64_t> shape, double scale, double offset = 0.0) {
-    StTensor t{dtype, shape, {}};
-    int64_t n = 1;
-    for (int64_t s : shape) n *= s;
-    for (int64_t i = 0; i < n; ++i) t.values.push_back(static_cast<float>(offset) + grid_value(rng, scale));
-    w[name] = t;
+    add_random(w, rng, name, dtype, shape, scale, offset);
   };
   const std::string type = c["model_type"];
   const int64_t d = c["hidden_size"], layers = c["num_hidden_layers"], heads = c["num_attention_heads"];
@@ -123,19 +131,30 @@ inline StMap random_weights(const json& c, const std::string& dtype, uint64_t se
     add(p + "self_attn.k_proj.weight", {kv * hd, d}, 0.5);
     add(p + "self_attn.v_proj.weight", {kv * hd, d}, 0.5);
     add(p + "self_attn.o_proj.weight", {d, heads * hd}, 0.5);
-    if (type == "qwen2" || type == "qwen2_moe") {
-      for (const char* b : {"q_proj", "k_proj", "v_proj"}) {
-        const int64_t rows = std::string(b) == "q_proj" ? heads * hd : kv * hd;
-        w[p + "self_attn." + b + ".bias"] = StTensor{dtype, {rows}, std::vector<float>(rows, 0.0f)};
-      }
+    const bool all_biases = c.value("attention_bias", false);
+    if (type == "qwen2" || type == "qwen2_moe" || all_biases) {
+      add(p + "self_attn.q_proj.bias", {heads * hd}, 0.5);
+      add(p + "self_attn.k_proj.bias", {kv * hd}, 0.5);
+      add(p + "self_attn.v_proj.bias", {kv * hd}, 0.5);
+      if (all_biases) add(p + "self_attn.o_proj.bias", {d}, 0.5);
     }
+    if (type == "olmoe") {
+      add(p + "self_attn.q_norm.weight", {heads * hd}, 0.25, 1.0);
+      add(p + "self_attn.k_norm.weight", {kv * hd}, 0.25, 1.0);
+    }
+    const bool mlp_bias = c.value("mlp_bias", false);
     auto mlp = [&](const std::string& q, int64_t f, const char* g, const char* u, const char* dn) {
       add(q + g + ".weight", {f, d}, 0.5);
       add(q + u + ".weight", {f, d}, 0.5);
       add(q + dn + ".weight", {d, f}, 0.5);
+      if (mlp_bias) {
+        add(q + g + ".bias", {f}, 0.5);
+        add(q + u + ".bias", {f}, 0.5);
+        add(q + dn + ".bias", {d}, 0.5);
+      }
     };
     bool sparse = false;
-    if (type == "mixtral") sparse = true;
+    if (type == "mixtral" || type == "olmoe") sparse = true;
     if (type == "qwen2_moe") {
       const auto dense_layers = c.value("mlp_only_layers", std::vector<int64_t>{});
       sparse = std::find(dense_layers.begin(), dense_layers.end(), i) == dense_layers.end() &&
@@ -150,12 +169,14 @@ inline StMap random_weights(const json& c, const std::string& dtype, uint64_t se
       }
     } else {
       add(p + "mlp.gate.weight", {c["num_experts"].get<int64_t>(), d}, 1.0);
+      const int64_t f = type == "olmoe" ? c["intermediate_size"] : c["moe_intermediate_size"];
       for (int64_t e = 0; e < c["num_experts"].get<int64_t>(); ++e) {
-        mlp(p + "mlp.experts." + std::to_string(e) + ".", c["moe_intermediate_size"], "gate_proj", "up_proj",
-            "down_proj");
+        mlp(p + "mlp.experts." + std::to_string(e) + ".", f, "gate_proj", "up_proj", "down_proj");
       }
-      mlp(p + "mlp.shared_expert.", c["shared_expert_intermediate_size"], "gate_proj", "up_proj", "down_proj");
-      add(p + "mlp.shared_expert_gate.weight", {1, d}, 0.5);
+      if (type == "qwen2_moe") {
+        mlp(p + "mlp.shared_expert.", c["shared_expert_intermediate_size"], "gate_proj", "up_proj", "down_proj");
+        add(p + "mlp.shared_expert_gate.weight", {1, d}, 0.5);
+      }
     }
   }
   return w;
@@ -173,6 +194,16 @@ inline Vec matvec(const StTensor& w, const Vec& x) {
   return y;
 }
 
+// nn.Linear "<name>.weight" (+ "<name>.bias" when the checkpoint has one).
+inline Vec linear(const std::map<std::string, StTensor>& w, const std::string& name, const Vec& x) {
+  Vec y = matvec(w.at(name + ".weight"), x);
+  auto b = w.find(name + ".bias");
+  if (b != w.end()) {
+    for (size_t i = 0; i < y.size(); ++i) y[i] += b->second.values[i];
+  }
+  return y;
+}
+
 inline Vec rmsnorm(const Vec& x, const StTensor& w, double eps) {
   double ms = 0;
   for (double v : x) ms += v * v;
@@ -186,15 +217,33 @@ inline double silu(double v) { return v / (1.0 + std::exp(-v)); }
 
 inline Vec swiglu_mlp(const StMap& w, const std::string& p, const std::string& g, const std::string& u,
                       const std::string& dn, const Vec& x) {
-  Vec a = matvec(w.at(p + g + ".weight"), x), b = matvec(w.at(p + u + ".weight"), x);
+  Vec a = linear(w, p + g, x), b = linear(w, p + u, x);
   for (size_t i = 0; i < a.size(); ++i) a[i] = silu(a[i]) * b[i];
-  return matvec(w.at(p + dn + ".weight"), a);
+  return linear(w, p + dn, a);
 }
 
-inline void rope(Vec& v, int64_t heads, int64_t hd, int64_t pos, double theta) {
+// transformers' inverse frequency of pair i with config.json's rope_scaling (default, linear,
+// llama3; _compute_llama3_parameters written out).
+inline double inv_freq(const json& c, int64_t i, int64_t hd) {
+  const double base = std::pow(c.value("rope_theta", 10000.0), -2.0 * i / hd);
+  if (!c.contains("rope_scaling") || c["rope_scaling"].is_null()) return base;
+  const json& r = c["rope_scaling"];
+  const std::string type = r.value("rope_type", r.value("type", std::string("default")));  // "type": older configs
+  if (type == "linear") return base / r["factor"].get<double>();
+  if (type != "llama3") return base;
+  const double factor = r["factor"], low = r["low_freq_factor"], high = r["high_freq_factor"];
+  const double old_len = r["original_max_position_embeddings"];
+  const double wavelen = 2 * M_PI / base;
+  if (wavelen < old_len / high) return base;
+  if (wavelen > old_len / low) return base / factor;
+  const double smooth = (old_len / wavelen - low) / (high - low);
+  return (1 - smooth) * base / factor + smooth * base;
+}
+
+inline void rope(Vec& v, int64_t heads, int64_t hd, int64_t pos, const json& config) {
   for (int64_t h = 0; h < heads; ++h) {
     for (int64_t i = 0; i < hd / 2; ++i) {
-      const double a = pos * std::pow(theta, -2.0 * i / hd), c = std::cos(a), s = std::sin(a);
+      const double a = pos * inv_freq(config, i, hd), c = std::cos(a), s = std::sin(a);
       double& x1 = v[h * hd + i];
       double& x2 = v[h * hd + i + hd / 2];
       const double y1 = x1 * c - x2 * s, y2 = x1 * s + x2 * c;
@@ -226,7 +275,7 @@ inline Vec moe_block(const StMap& w, const json& c, const std::string& p, const 
     const double weight = logits[order[j]] / (renorm ? sel : z);
     for (size_t i = 0; i < y.size(); ++i) y[i] += weight * out[i];
   }
-  if (!mixtral) {
+  if (w.count(b + "shared_expert_gate.weight") > 0) {
     const Vec s = swiglu_mlp(w, b + "shared_expert.", "gate_proj", "up_proj", "down_proj", x);
     const double g = 1.0 / (1.0 + std::exp(-matvec(w.at(b + "shared_expert_gate.weight"), x)[0]));
     for (size_t i = 0; i < y.size(); ++i) y[i] += g * s[i];
@@ -239,7 +288,7 @@ inline std::vector<double> reference_logits(const StMap& w, const json& c, const
   const int64_t d = c["hidden_size"], layers = c["num_hidden_layers"], heads = c["num_attention_heads"];
   const int64_t kv = c["num_key_value_heads"], hd = d / heads, vocab = c["vocab_size"];
   const int64_t S = static_cast<int64_t>(tokens.size());
-  const double eps = c["rms_norm_eps"], theta = c.value("rope_theta", 10000.0);
+  const double eps = c["rms_norm_eps"];
   const std::string type = c["model_type"];
   std::vector<Vec> x(S);
   for (int64_t t = 0; t < S; ++t) {
@@ -251,11 +300,15 @@ inline std::vector<double> reference_logits(const StMap& w, const json& c, const
     std::vector<Vec> q(S), k(S), v(S);
     for (int64_t t = 0; t < S; ++t) {
       const Vec h = rmsnorm(x[t], w.at(p + "input_layernorm.weight"), eps);
-      q[t] = matvec(w.at(p + "self_attn.q_proj.weight"), h);
-      k[t] = matvec(w.at(p + "self_attn.k_proj.weight"), h);
-      v[t] = matvec(w.at(p + "self_attn.v_proj.weight"), h);
-      rope(q[t], heads, hd, t, theta);
-      rope(k[t], kv, hd, t, theta);
+      q[t] = linear(w, p + "self_attn.q_proj", h);
+      k[t] = linear(w, p + "self_attn.k_proj", h);
+      v[t] = linear(w, p + "self_attn.v_proj", h);
+      if (type == "olmoe") {  // QK-norm over the whole projections, before rope
+        q[t] = rmsnorm(q[t], w.at(p + "self_attn.q_norm.weight"), eps);
+        k[t] = rmsnorm(k[t], w.at(p + "self_attn.k_norm.weight"), eps);
+      }
+      rope(q[t], heads, hd, t, c);
+      rope(k[t], kv, hd, t, c);
     }
     for (int64_t t = 0; t < S; ++t) {
       Vec att(heads * hd, 0.0);
@@ -273,7 +326,7 @@ inline std::vector<double> reference_logits(const StMap& w, const json& c, const
           for (int64_t i = 0; i < hd; ++i) att[h * hd + i] += s[u] / z * v[u][g * hd + i];
         }
       }
-      const Vec o = matvec(w.at(p + "self_attn.o_proj.weight"), att);
+      const Vec o = linear(w, p + "self_attn.o_proj", att);
       for (int64_t i = 0; i < d; ++i) x[t][i] += o[i];
       const Vec h2 = rmsnorm(x[t], w.at(p + "post_attention_layernorm.weight"), eps);
       const bool sparse = w.count(p + "mlp.gate.weight") > 0 || w.count(p + "block_sparse_moe.gate.weight") > 0;
@@ -304,6 +357,14 @@ inline json tiny_config(const std::string& type) {
     c["num_local_experts"] = 4;
     c["num_experts_per_tok"] = 2;
     c["router_aux_loss_coef"] = 0.02;
+  }
+  if (type == "olmoe") {
+    c["num_experts"] = 4;
+    c["num_experts_per_tok"] = 2;
+    c["intermediate_size"] = 8;
+    c["norm_topk_prob"] = false;
+    c["router_aux_loss_coef"] = 0.01;
+    c["clip_qkv"] = nullptr;
   }
   if (type == "qwen2_moe") {
     c["num_hidden_layers"] = 3;

@@ -13,6 +13,7 @@
 #include "src/train/checkpoint.h"
 #include "src/train/optimizer.h"
 #include "tests/test_util.h"
+#include "tests/tools/hf_test_gpt2.h"
 #include "tests/tools/hf_test_util.h"
 #include "tests/train/train_test_util.h"
 
@@ -32,13 +33,16 @@ std::map<std::string, hf_test::RawTensor> raw_dir(const fs::path& dir) {
   return all;
 }
 
-void check_round_trip(const std::string& type, const std::string& dtype, bool sharded, bool tied = false) {
+void check_round_trip(const std::string& type, const std::string& dtype, bool sharded, bool tied = false,
+                      json c = json()) {
   INFO(type << " " << dtype << (sharded ? " sharded" : "") << (tied ? " tied" : ""));
   TempDir tmp("hf_round_trip");
-  json c = hf_test::tiny_config(type);
+  if (c.is_null()) c = type == "gpt2" ? hf_test::tiny_gpt2_config() : hf_test::tiny_config(type);
   c["tie_word_embeddings"] = tied;
   c["torch_dtype"] = dtype == "F32" ? "float32" : dtype == "BF16" ? "bfloat16" : "float16";
-  hf_test::write_hf_dir(tmp.path / "hf", c, hf_test::random_weights(c, dtype, 21), sharded);
+  hf_test::write_hf_dir(tmp.path / "hf", c,
+                        type == "gpt2" ? hf_test::random_gpt2_weights(c, dtype, 21) : hf_test::random_weights(c, dtype, 21),
+                        sharded);
   import_hf(tmp.str("hf"), tmp.str("run"), 8);
   const HfExportResult r = export_hf(tmp.str("run"), tmp.str("out"), {});
   CHECK(hf_family_name(r.family) == type);
@@ -65,6 +69,18 @@ TEST_CASE("import -> export is bit-exact for every family, dtype and file layout
   check_round_trip("qwen2", "BF16", true);
   check_round_trip("mixtral", "F16", false);
   check_round_trip("qwen2_moe", "BF16", true);
+  check_round_trip("olmoe", "BF16", false);
+  check_round_trip("gpt2", "F32", false, true);
+  check_round_trip("gpt2", "BF16", true, false);
+  json llama = hf_test::tiny_config("llama");
+  llama["attention_bias"] = true;
+  llama["mlp_bias"] = true;
+  llama["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},
+                           {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 64}};
+  check_round_trip("llama", "BF16", false, false, llama);
+  json mistral = hf_test::tiny_config("mistral");  // transformers 5: rope_parameters
+  mistral["rope_parameters"] = {{"rope_type", "linear"}, {"factor", 2.0}, {"rope_theta", 500000.0}};
+  check_round_trip("mistral", "F32", false, false, mistral);
 }
 
 Config engine_config(bool shared) {
@@ -116,14 +132,23 @@ TEST_CASE("an engine run exports to mixtral / qwen2_moe and re-imports to the sa
     const HfModel back = read_hf_model(tmp.str("out"), 8, "x");
     Config got = c;
     got.model = back.spec.config.model;
+    // Qwen2-MoE always has q/k/v biases: a run without them exports zeros, which import reads back.
+    CHECK(got.model.attention_bias == (shared ? "qkv" : "none"));
+    got.model.attention_bias = c.model.attention_bias;
     for (const ConfigChange& change : config_changes(c, got)) FAIL_CHECK(change.key << ": " << change.before << " -> " << change.after);
     CHECK(back.spec.config.moe.num_experts == 4);
     CHECK(back.spec.config.moe.num_shared_experts == (shared ? 1 : 0));
     const SafetensorsFile original = read_safetensors(fs::path(ckpt) / "model.safetensors");
-    REQUIRE(original.tensors.size() == back.weights.size());
-    for (const auto& [name, t] : original.tensors) {
+    REQUIRE(original.tensors.size() + (shared ? 3 * c.model.num_layers : 0) == back.weights.size());
+    for (const auto& [name, t] : back.weights) {
       INFO(name);
-      CHECK(back.weights.at(name).to_vector<float>() == t.to_vector<float>());
+      auto it = original.tensors.find(name);
+      if (it == original.tensors.end()) {
+        CHECK((name.ends_with(".attn.bq") || name.ends_with(".attn.bk") || name.ends_with(".attn.bv")));
+        for (float v : t.to_vector<float>()) CHECK(v == 0.0f);
+        continue;
+      }
+      CHECK(t.to_vector<float>() == it->second.to_vector<float>());
     }
   }
 }
@@ -142,6 +167,30 @@ TEST_CASE("export in bf16 rounds each f32 master weight to nearest even", "[hf]"
     std::memcpy(&bits, norm.bytes.data() + 2 * i, 2);
     CHECK(bits == f32_to_bf16_bits(master[i]));
   }
+}
+
+TEST_CASE("an engine run with rope scaling and biases exports the config.json transformers reads", "[hf]") {
+  TempDir tmp("hf_export_rope");
+  Config c = engine_config(false);
+  c.moe.num_experts = 0;
+  c.model.rope_scaling = "llama3";
+  c.model.rope_factor = 8.0;
+  c.model.rope_original_max_positions = 64;
+  c.model.attention_bias = "all";
+  c.model.ffn_bias = true;
+  validate_config(c);
+  write_engine_run(c, tmp.path / "run");
+  const HfExportResult r = export_hf(tmp.str("run"), tmp.str("out"), {});
+  CHECK(r.family == HfFamily::llama);
+  std::ifstream in(tmp.path / "out" / "config.json");
+  const json exported = json::parse(in);
+  CHECK(exported["rope_scaling"] == json({{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},
+                                          {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 64}}));
+  CHECK(exported["attention_bias"] == true);
+  CHECK(exported["mlp_bias"] == true);
+  const HfModel back = read_hf_model(tmp.str("out"), 8, "x");
+  CHECK(back.spec.config.model == c.model);
+  CHECK(hf_test::read_raw(tmp.path / "out" / "model.safetensors").count("model.layers.1.mlp.gate_proj.bias") == 1);
 }
 
 template <typename Edit>
@@ -190,7 +239,22 @@ TEST_CASE("what the target cannot express is refused naming the engine key", "[h
   CHECK_THAT(export_error([](Config&) {}, "llama"), Contains("an MoE run cannot be exported as a dense model"));
   CHECK_THAT(export_error([](Config& c) { c.moe.num_experts = 0; }, "mixtral"),
              Contains("a dense run cannot be exported as an MoE model"));
-  CHECK_THAT(export_error([](Config&) {}, "gpt2"), Contains("\"gpt2\""));
+  CHECK_THAT(export_error([](Config&) {}, "gpt2"), Contains("cannot be exported to gpt2"));
+  const auto dense = [](auto edit) {
+    return [edit](Config& c) {
+      c.moe.num_experts = 0;
+      edit(c);
+    };
+  };
+  CHECK_THAT(export_error(dense([](Config& c) { c.model.attention_bias = "qkv"; }), "llama"),
+             Contains("model.attention_bias = \"qkv\" cannot be exported"));
+  CHECK_THAT(export_error(dense([](Config& c) { c.model.attention_bias = "all"; }), "qwen2"),
+             Contains("model.attention_bias = \"all\" cannot be exported: the target has q/k/v biases only"));
+  CHECK_THAT(export_error(dense([](Config& c) { c.model.ffn_bias = true; }), "mistral"),
+             Contains("model.ffn_bias = true cannot be exported"));
+  CHECK_THAT(export_error(dense([](Config& c) { c.model.qk_norm = true; }), "llama"),
+             Contains("model.qk_norm = true cannot be exported"));
+  CHECK_THAT(export_error([](Config&) {}, "olmoe"), Contains("model.qk_norm = false cannot be exported: OLMoE always"));
 }
 
 // The dense reference of tests/tools/hf_test_util.h against an upcycled MoE (copy mode keeps it).

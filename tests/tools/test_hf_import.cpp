@@ -8,6 +8,7 @@
 #include "src/tools/hf_import.h"
 #include "src/train/checkpoint.h"
 #include "tests/test_util.h"
+#include "tests/tools/hf_test_gpt2.h"
 #include "tests/tools/hf_test_util.h"
 #include "tests/train/train_test_util.h"
 
@@ -58,7 +59,58 @@ TEST_CASE("llama, mistral, qwen2: imported logits equal the reference forward of
   check_family("mistral", "F32", false, mha);
 }
 
-TEST_CASE("mixtral and qwen2_moe: imported logits equal the reference forward of the HF tensors", "[hf]") {
+TEST_CASE("attention and MLP biases and rope scaling: imported logits equal the reference forward", "[hf]") {
+  json biased = hf_test::tiny_config("llama");
+  biased["attention_bias"] = true;
+  biased["mlp_bias"] = true;
+  check_family("llama", "BF16", false, biased);
+  // head_dim 4, theta 100: pair 0 (wavelength 6.3) kept, pair 1 (62.8) in the smoothed band.
+  json llama3 = hf_test::tiny_config("llama");
+  llama3["rope_theta"] = 100.0;
+  llama3["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},
+                            {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 64}};
+  check_family("llama", "F32", false, llama3);
+  llama3["rope_theta"] = 500000.0;  // pair 1 (wavelength 4443) divided by the factor
+  check_family("llama", "F32", false, llama3);
+  json linear = hf_test::tiny_config("qwen2");
+  linear["rope_scaling"] = {{"type", "linear"}, {"factor", 2.0}};
+  check_family("qwen2", "F32", false, linear);
+}
+
+TEST_CASE("gpt2: imported logits equal the reference forward of the HF tensors", "[hf]") {
+  const json c = hf_test::tiny_gpt2_config();
+  for (const std::string dtype : {"F32", "BF16"}) {
+    TempDir tmp("hf_import_gpt2" + dtype);
+    const hf_test::StMap w = hf_test::random_gpt2_weights(c, dtype, 17);
+    hf_test::write_hf_dir(tmp.path / "hf", c, w, false);
+    const std::vector<double> ref = hf_test::gpt2_reference_logits(w, c, k_tokens);
+    require_close(engine_logits(tmp.str("hf"), tmp.str("run")), ref, 1e-4, 1e-4, "gpt2 logits " + dtype);
+    // The original Hub layout: no "transformer." prefix, the causal-mask buffers saved.
+    hf_test::StMap old;
+    for (const auto& [name, t] : w) old[name.substr(12)] = t;
+    old["h.0.attn.bias"] = hf_test::StTensor{dtype, {1, 1, 8, 8}, std::vector<float>(64, 1.0f)};
+    hf_test::write_hf_dir(tmp.path / "old", c, old, false);
+    require_close(engine_logits(tmp.str("old"), tmp.str("run_old")), ref, 1e-4, 1e-4, "gpt2 Hub-layout logits");
+  }
+  TempDir tmp("hf_import_gpt2_config");
+  hf_test::write_hf_dir(tmp.path / "hf", c, hf_test::random_gpt2_weights(c, "F32", 3), false);
+  const Config e = import_hf(tmp.str("hf"), tmp.str("run"), 0).model.spec.config;
+  CHECK(e.model.seq_len == 8);
+  CHECK(e.model.norm == "layernorm");
+  CHECK(e.model.positions == "learned");
+  CHECK(e.model.activation == "gelu");
+  CHECK(e.model.d_ff == 64);
+  CHECK(e.model.attention_bias == "all");
+  CHECK(e.model.ffn_bias);
+  CHECK(e.model.tie_embeddings);
+}
+
+TEST_CASE("mixtral, qwen2_moe, olmoe: imported logits equal the reference forward of the HF tensors", "[hf]") {
+  check_family("olmoe", "F32", false);
+  json olmoe = hf_test::tiny_config("olmoe");
+  olmoe["norm_topk_prob"] = true;
+  olmoe["attention_bias"] = true;
+  check_family("olmoe", "BF16", true, olmoe);
   check_family("mixtral", "BF16", true);
   check_family("mixtral", "F32", false);
   check_family("qwen2_moe", "F16", false);
@@ -107,7 +159,7 @@ hf_test::StMap fuse_experts(const hf_test::StMap& w, const json& c) {
 }
 
 TEST_CASE("the fused expert layout of transformers 5 imports to the same logits", "[hf]") {
-  for (const std::string type : {"mixtral", "qwen2_moe"}) {
+  for (const std::string type : {"mixtral", "qwen2_moe", "olmoe"}) {
     TempDir tmp("hf_import_fused_" + type);
     const json c = hf_test::tiny_config(type);
     const hf_test::StMap w = hf_test::random_weights(c, "BF16", 13);
@@ -164,12 +216,25 @@ std::string config_error(const std::string& type, Edit edit) {
 }
 
 TEST_CASE("what the engine cannot represent is refused naming the config.json field", "[hf]") {
-  CHECK_THAT(config_error("llama", [](json& c) { c["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}}; }),
-             Contains("'rope_scaling' asks for rope_type 'llama3'"));
+  CHECK_THAT(config_error("llama", [](json& c) { c["rope_scaling"] = {{"rope_type", "dynamic"}, {"factor", 8.0}}; }),
+             Contains("'rope_scaling' asks for rope_type 'dynamic'"));
   CHECK_THAT(config_error("llama", [](json& c) { c["rope_parameters"] = {{"rope_type", "yarn"}}; }),
              Contains("'rope_parameters' asks for rope_type 'yarn'"));
-  CHECK_THAT(config_error("llama", [](json& c) { c["attention_bias"] = true; }), Contains("'attention_bias' is true"));
-  CHECK_THAT(config_error("llama", [](json& c) { c["mlp_bias"] = true; }), Contains("'mlp_bias' is true"));
+  CHECK_THAT(config_error("llama", [](json& c) { c["rope_scaling"] = {{"rope_type", "linear"}}; }),
+             Contains("'rope_scaling'.factor must be positive"));
+  CHECK_THAT(config_error("llama", [](json& c) {
+               c["rope_scaling"] = {{"rope_type", "linear"}, {"factor", 2.0}, {"attention_factor", 0.5}};
+             }),
+             Contains("'rope_scaling'.attention_factor = 0.5"));
+  CHECK_THAT(config_error("llama", [](json& c) {
+               c["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},
+                                    {"high_freq_factor", 4.0}};
+             }),
+             Contains("no 'original_max_position_embeddings'"));
+  CHECK_THAT(config_error("mistral", [](json& c) { c["attention_bias"] = true; }), Contains("'attention_bias' is true"));
+  CHECK_THAT(config_error("qwen2", [](json& c) { c["mlp_bias"] = true; }), Contains("'mlp_bias' is true"));
+  CHECK_THAT(config_error("olmoe", [](json& c) { c["clip_qkv"] = 8.0; }), Contains("'clip_qkv' = 8.0"));
+  CHECK_THAT(config_error("llama", [](json& c) { c["use_qk_norm"] = true; }), Contains("'use_qk_norm' is true"));
   CHECK_THAT(config_error("llama", [](json& c) { c["head_dim"] = 8; }), Contains("'head_dim' = 8"));
   CHECK_THAT(config_error("llama", [](json& c) { c["hidden_act"] = "gelu"; }), Contains("'hidden_act' = \"gelu\""));
   CHECK_THAT(config_error("llama", [](json& c) { c["partial_rotary_factor"] = 0.5; }),
@@ -184,8 +249,7 @@ TEST_CASE("what the engine cannot represent is refused naming the config.json fi
   CHECK_THAT(config_error("mixtral", [](json& c) { c["router_jitter_noise"] = 0.1; }),
              Contains("'router_jitter_noise' = 0.1"));
   CHECK_THAT(config_error("qwen2_moe", [](json& c) { c["mlp_only_layers"] = {1}; }), Contains("'mlp_only_layers'"));
-  CHECK_THAT(config_error("llama", [](json& c) { c["model_type"] = "olmoe"; }), Contains("QK-norm"));
-  CHECK_THAT(config_error("llama", [](json& c) { c["model_type"] = "gpt2"; }), Contains("\"gpt2\""));
+  CHECK_THAT(config_error("llama", [](json& c) { c["model_type"] = "olmoe"; }), Contains("no 'num_experts_per_tok'"));
   CHECK_THAT(config_error("llama", [](json& c) { c["model_type"] = "bert"; }),
              Contains("'model_type' = \"bert\" is not supported"));
   CHECK_THAT(config_error("llama", [](json& c) { c.erase("hidden_size"); }), Contains("no 'hidden_size'"));
@@ -194,9 +258,10 @@ TEST_CASE("what the engine cannot represent is refused naming the config.json fi
 
 TEST_CASE("bad weights are refused naming the tensor", "[hf]") {
   const auto none = [](json&) {};
-  CHECK_THAT(import_error("qwen2", none,
-                          [](hf_test::StMap& w) { w["model.layers.1.self_attn.k_proj.bias"].values[3] = 0.5f; }),
-             Contains("'model.layers.1.self_attn.k_proj.bias' is not zero"));
+  CHECK_THAT(import_error("qwen2", none, [](hf_test::StMap& w) { w.erase("model.layers.1.self_attn.k_proj.bias"); }),
+             Contains("no tensor 'model.layers.1.self_attn.k_proj.bias'"));
+  CHECK_THAT(import_error("olmoe", none, [](hf_test::StMap& w) { w.erase("model.layers.0.self_attn.q_norm.weight"); }),
+             Contains("no tensor 'model.layers.0.self_attn.q_norm.weight'"));
   CHECK_THAT(import_error("llama", none, [](hf_test::StMap& w) { w.erase("model.layers.1.mlp.up_proj.weight"); }),
              Contains("no tensor 'model.layers.1.mlp.up_proj.weight'"));
   CHECK_THAT(import_error("llama", none, [](hf_test::StMap& w) { w["model.extra.weight"] = w["model.norm.weight"]; }),
@@ -207,6 +272,32 @@ TEST_CASE("bad weights are refused naming the tensor", "[hf]") {
              Contains("config.json implies"));
   CHECK_THAT(import_error("llama", [](json& c) { c["tie_word_embeddings"] = true; }, [](hf_test::StMap&) {}),
              Contains("lm_head.weight differs from model.embed_tokens.weight"));
+}
+
+TEST_CASE("what GPT-2 import cannot represent is refused naming the config.json field", "[hf]") {
+  auto gpt2_error = [](auto edit, int64_t seq_len = 0) {
+    TempDir tmp("hf_import_gpt2_err");
+    json c = hf_test::tiny_gpt2_config();
+    hf_test::StMap w = hf_test::random_gpt2_weights(c, "F32", 5);
+    edit(c, w);
+    hf_test::write_hf_dir(tmp.path / "hf", c, w, false);
+    try {
+      import_hf(tmp.str("hf"), tmp.str("run"), seq_len);
+    } catch (const std::exception& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  using W = hf_test::StMap;
+  CHECK_THAT(gpt2_error([](json& c, W&) { c["activation_function"] = "gelu"; }),
+             Contains("'activation_function' = \"gelu\""));
+  CHECK_THAT(gpt2_error([](json& c, W&) { c["scale_attn_by_inverse_layer_idx"] = true; }),
+             Contains("'scale_attn_by_inverse_layer_idx' is true"));
+  CHECK_THAT(gpt2_error([](json&, W&) {}, 4), Contains("'n_positions' = 8 but model.seq_len = 4"));
+  CHECK_THAT(gpt2_error([](json&, W& w) { w.erase("transformer.h.1.mlp.c_fc.bias"); }),
+             Contains("no tensor 'transformer.h.1.mlp.c_fc.bias'"));
+  CHECK_THAT(gpt2_error([](json&, W& w) { w["transformer.h.0.attn.c_attn.bias"].shape = {47}; }),
+             Contains("'transformer.h.0.attn.c_attn.bias'"));
 }
 
 TEST_CASE("a sharded index naming a missing shard is refused", "[hf]") {
