@@ -38,6 +38,7 @@ void column_sum(const T* x, T* out, int64_t rows, int64_t cols);
 // sum 1 (log z - sum x log x / z; zeros add nothing), in double
 template <typename T>
 void row_entropy_accumulate(const T* x, int64_t rows, int64_t cols, double weight, double* acc);
+
 // x[R,C] -> out[C] += sum over rows (each column summed in double, then added): bias gradients
 template <typename T>
 void column_sum_accumulate(const T* x, T* out, int64_t rows, int64_t cols);

@@ -303,6 +303,9 @@ class CpuBackend final : public Backend {
     dispatch_float(scores.dtype(), "row_entropy_accumulate", [&](auto tag) {
       using T = decltype(tag);
       cpu::row_entropy_accumulate<T>(ptr<T>(scores), scores.size(0), scores.size(1), weight, ptr<double>(acc));
+    });
+  }
+
   void add_bias(Tensor& y, const Tensor& b) override {
     dispatch_float(y.dtype(), "add_bias", [&](auto tag) {
       using T = decltype(tag);

@@ -434,6 +434,8 @@ void row_entropy_accumulate(const Tensor& scores, Tensor& acc, double weight) {
   check_dtype(acc, DType::f64, "row_entropy_accumulate acc");
   check_same_device(acc, scores, "row_entropy_accumulate");
   run_on(scores, OpKind::routing)->row_entropy_accumulate(scores, acc, weight);
+}
+
 void add_bias(Tensor& y, const Tensor& b) {
   check_compute(y, "add_bias y");
   MOE_CHECK(y.ndim() == 2, "add_bias: y", shape_str(y.shape()), " must be [T,C]");

@@ -157,6 +157,7 @@ void column_sum(const Tensor& x, Tensor& out);
 // scores[T,E] (accum, non-negative) -> acc f64[1] += weight * sum over rows of the entropy of the
 // row normalised to sum 1, on the scores' device without a host wait (the router-entropy metric).
 void row_entropy_accumulate(const Tensor& scores, Tensor& acc, double weight);
+
 // Linear biases: y[T,C] += b[C] (same dtype: compute), in place.
 void add_bias(Tensor& y, const Tensor& b);
 // Their gradient: db[C] (accum_dtype(dy)) += column sums of dy[T,C] (accumulated).
