@@ -17,5 +17,8 @@ struct RopeShape {
 // doc_starts i32[rows] (nullptr = none) the position of row t is t % seq_len - doc_starts[t].
 void rope(__nv_bfloat16* x, const RopeShape& shape, float theta, bool inverse, const int32_t* doc_starts,
           cudaStream_t stream);
+// The forward rotation with row t at position positions[t] (i32[rows]; cached decoding).
+void rope_at(__nv_bfloat16* x, int64_t rows, int64_t num_heads, int64_t head_dim, const int32_t* positions,
+             float theta, cudaStream_t stream);
 
 }  // namespace moe::cuda
