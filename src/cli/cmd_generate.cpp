@@ -1,7 +1,6 @@
 // `moe generate --checkpoint DIR|RUN_DIR|latest [--prompt TEXT | --prompts FILE]`: continues prompts
 // with a trained model, KV-cached (or --no-cache: the full window every token), greedy or sampled.
 #include <cstdio>
-#include <filesystem>
 
 #include <nlohmann/json.hpp>
 
@@ -10,8 +9,6 @@
 #include "src/data/tokenizer.h"
 #include "src/model/generation.h"
 #include "src/tools/generate_text.h"
-#include "src/train/checkpoint.h"
-#include "src/train/device_select.h"
 
 namespace moe {
 
@@ -26,28 +23,19 @@ struct GenerateOptions {
 };
 
 struct LoadedModel {
-  Config config;
-  std::unique_ptr<Model> model;
+  InferenceModel inference;
   data::Tokenizer tokenizer;
 };
 
 LoadedModel load_model(const GenerateOptions& o) {
-  MOE_CHECK(o.device == "auto" || o.device == "cpu" || o.device == "cuda", "--device '", o.device,
-            "' is not a known device (choices: auto, cpu, cuda)");
   const std::string checkpoint = resolve_checkpoint_arg("--checkpoint", o.checkpoint, o.run_dir);
-  MOE_CHECK(std::filesystem::is_directory(checkpoint), "checkpoint directory ", checkpoint, " does not exist");
-  LoadedModel m{load_config(checkpoint + "/config.toml"), nullptr, {}};
-  m.config.train.device = o.device;
-  Device device = select_device(m.config.train, 0);
-  m.model = std::make_unique<Model>(m.config.model, m.config.moe);
-  if (device.is_cuda()) m.config.train.dtype = "";  // a CPU run's f64 becomes bf16 on the GPU
-  m.model->allocate(device, select_dtype(m.config.train, device));
-  read_checkpoint(checkpoint, m.model->params(), nullptr, o.verify);
-  std::string tokenizer_path = o.tokenizer.empty() ? m.config.data.tokenizer : o.tokenizer;
+  LoadedModel m{load_inference_model(checkpoint, o.device, o.verify), {}};
+  const Config& config = m.inference.config;
+  std::string tokenizer_path = o.tokenizer.empty() ? config.data.tokenizer : o.tokenizer;
   MOE_CHECK(!tokenizer_path.empty(), "no tokenizer: set data.tokenizer in the config or pass --tokenizer");
   m.tokenizer = data::Tokenizer::load(tokenizer_path);
-  MOE_CHECK(m.tokenizer.vocab_size() <= m.config.model.vocab_size, "the tokenizer has ", m.tokenizer.vocab_size(),
-            " tokens but model.vocab_size is ", m.config.model.vocab_size);
+  MOE_CHECK(m.tokenizer.vocab_size() <= config.model.vocab_size, "the tokenizer has ", m.tokenizer.vocab_size(),
+            " tokens but model.vocab_size is ", config.model.vocab_size);
   return m;
 }
 
@@ -100,7 +88,7 @@ int run_generate(const GenerateOptions& o) {
     if (!batch) show(stops[b].take_printable(false));
     return !stop;
   };
-  std::vector<Generated> out = generate(*m.model, prompts, g, sink);
+  std::vector<Generated> out = generate(*m.inference.model, prompts, g, sink);
   for (size_t b = 0; b < out.size(); ++b) {
     if (!batch) {
       show(stops[b].take_printable(true) + "\n");

@@ -62,6 +62,11 @@ if [[ ${#cont} -ge 3 ]]; then
   [[ $(cat "$work/stopped.log") == "The quick${cont%%"$stop"*}" ]]
   grep -q "stopped at a --stop string" "$work/stopped.err"
 fi
+# Generation speed, cached and not, from the trained run and from the config (random weights).
+"$moe" bench generate "$work/run" --batch 2 --prompt-len 4 --new-tokens 4 2> /dev/null | tee "$work/bench_gen.json"
+jq -e '.cached.decode_tokens_per_s > 0 and .uncached.prefill_tokens_per_s > 0 and .batch == 2' \
+  "$work/bench_gen.json" > /dev/null
+"$moe" bench generate "$work/config.toml" 2> /dev/null | jq -e '.prompt_len + .new_tokens == 16' > /dev/null
 # A flipped byte in the checkpoint's tensor data is refused, naming the file; --no-verify loads it.
 cp -r "$ckpt" "$work/flipped"
 file="$work/flipped/model.safetensors"
