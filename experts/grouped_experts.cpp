@@ -30,12 +30,14 @@ Tensor GroupedExperts::forward(const Tensor& x_sorted, const ExpertRows& rows, E
   const int64_t n = x_sorted.size(0);
   const Tensor w_up = store_->param(w_.w_up), w_down = store_->param(w_.w_down);
   state->h = Tensor::empty({n, ffn_up_width(act_, d_expert_)}, x_sorted.dtype(), x_sorted.device());
-  state->a = Tensor::empty({n, d_expert_}, x_sorted.dtype(), x_sorted.device());
   Tensor y_sorted = empty_like(x_sorted);
   if (n > 0) {
+    // The activation's output is not kept: backward recomputes it from h (one elementwise pass
+    // instead of N x d_expert values held per layer until then).
+    Tensor a = Tensor::empty({n, d_expert_}, x_sorted.dtype(), x_sorted.device());
     ops::grouped_matmul(x_sorted, state->offsets, w_up, false, state->h);
-    ops::activation_forward(act_, state->h, state->a);
-    ops::grouped_matmul(state->a, state->offsets, w_down, false, y_sorted);
+    ops::activation_forward(act_, state->h, a);
+    ops::grouped_matmul(a, state->offsets, w_down, false, y_sorted);
   }
   saved.rows = rows;
   saved.state = std::move(state);
@@ -48,9 +50,13 @@ Tensor GroupedExperts::backward(const ExpertsSaved& saved, const Tensor& dy_sort
   if (s.x.size(0) == 0) return dx_sorted;
   const Tensor w_up = store_->param(w_.w_up), w_down = store_->param(w_.w_down);
   Tensor dw_up = store_->grad(w_.w_up), dw_down = store_->grad(w_.w_down);
-  Tensor da = empty_like(s.a);
+  const int64_t n = s.x.size(0);
+  Tensor a = Tensor::empty({n, d_expert_}, s.x.dtype(), s.x.device());
+  ops::activation_forward(act_, s.h, a);
+  Tensor da = empty_like(a);
   ops::grouped_matmul(dy_sorted, s.offsets, w_down, true, da);  // dy @ w_down[e]^T
-  ops::grouped_matmul_weight_grad(s.a, s.offsets, dy_sorted, dw_down);
+  ops::grouped_matmul_weight_grad(a, s.offsets, dy_sorted, dw_down);
+  a = Tensor();
   Tensor dh = empty_like(s.h);
   ops::activation_backward(act_, s.h, da, dh);
   ops::grouped_matmul(dh, s.offsets, w_up, true, dx_sorted);  // dh @ w_up[e]^T

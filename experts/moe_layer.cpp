@@ -38,6 +38,26 @@ void sum_balance_terms(MoeLayerStats& stats) {
   for (const auto& [name, value] : stats.balance) stats.aux_loss += value;
 }
 
+}  // namespace
+
+void read_device_stats(MoeLayerStats& stats) {
+  MoeLayerStats::OnDevice& d = stats.on_device;
+  if (!d.pending) return;
+  if (d.dropped.defined()) stats.dropped = d.dropped.to_vector<int64_t>()[0];
+  if (d.offsets.defined()) stats.tokens_per_expert = ops::counts_from_offsets(d.offsets);
+  stats.slots = stats.dropped;
+  for (int64_t c : stats.tokens_per_expert) stats.slots += c;
+  if (d.balance.defined()) {
+    const std::vector<double> values = d.balance.to_vector<double>();
+    for (size_t i = 0; i < values.size(); ++i) stats.balance[d.balance_names[i]] = values[i];
+    sum_balance_terms(stats);
+  }
+  if (d.entropy.defined()) stats.entropy = d.entropy.to_vector<double>()[0];
+  d = {};
+}
+
+namespace {
+
 std::unique_ptr<Dispatcher> make_dispatcher(const MoeLayerConfig& config) {
   if (config.ep_group != nullptr && config.ep_group->size() > 1) {
     return std::make_unique<AllToAllDispatcher>(config.num_experts, *config.ep_group);
@@ -90,8 +110,11 @@ Tensor MoeLayer::routed_forward(const Tensor& x, const RouteInputs& inputs, MoeL
   saved.ids = routing.ids;
   saved.weights = routing.weights;
   saved.stats = {};
-  // Statistics cross to the host when collected or needed every step (free on the CPU).
-  const bool read_stats = collect_stats || host_counts_every_step() || !x.is_cuda();
+  // Statistics cross to the host when needed every step (pooled sums; free on the CPU); a CUDA
+  // forward that collects them leaves them on the device for read_device_stats.
+  MoeLayerStats::OnDevice& later = saved.stats.on_device;
+  later.pending = collect_stats && x.is_cuda() && !host_counts_every_step() && !TpGroup{config_.tp_group}.active();
+  const bool read_stats = (collect_stats && !later.pending) || host_counts_every_step() || !x.is_cuda();
   int64_t max_kept = x.size(0) * router_->slots_per_token();
   // Token-choice routers drop beyond C*k*T/E; expert choice has its capacity built in.
   if (drops_slots()) {
@@ -104,6 +127,7 @@ Tensor MoeLayer::routed_forward(const Tensor& x, const RouteInputs& inputs, MoeL
     Tensor dropped = Tensor::empty({1}, DType::i64, x.device());
     ops::apply_capacity(saved.ids, saved.weights, config_.num_experts, capacity, config_.drop_order, dropped);
     if (read_stats) saved.stats.dropped = dropped.to_vector<int64_t>()[0];
+    if (later.pending) later.dropped = dropped;
   }
   // The rows the experts may receive: the router's bound, or the capacity's (E * capacity).
   saved.dispatch.max_rows = std::min(router_->max_routed_slots(x.size(0)), max_kept);
@@ -117,6 +141,13 @@ Tensor MoeLayer::routed_forward(const Tensor& x, const RouteInputs& inputs, MoeL
     saved.stats.tokens_per_expert = saved.dispatch.host_routed_counts();
     for (int64_t c : saved.stats.tokens_per_expert) saved.stats.slots += c;
     saved.stats.slots += saved.stats.dropped;
+  } else if (later.pending) {
+    // Counts the dispatcher already has on the host (expert parallelism) are taken as they are.
+    if (d.routed_counts.empty() && d.offsets.defined()) {
+      later.offsets = d.offsets;
+    } else {
+      saved.stats.tokens_per_expert = saved.dispatch.host_routed_counts();
+    }
   }
   compute_balancing_terms(routing, saved.router, inputs, saved, collect_stats);
   if (router_->expert_bias_id() >= 0) saved.stats.kept_ids = saved.ids;  // the bias loads, counted on the device
@@ -130,8 +161,13 @@ bool MoeLayer::host_counts_every_step() const { return config_.pool_balance_sums
 void MoeLayer::compute_balancing_terms(const Routing& routing, const RouterSaved& router_saved,
                                        const RouteInputs& inputs, MoeLayerSaved& saved, bool collect_stats) const {
   if (!routing.scores.defined()) return;  // hash routers: nothing to balance
-  // The entropy metric reads every score on the host: logging steps only.
-  if (collect_stats) {
+  // The entropy metric: on the device when the statistics wait there, else every score on the host
+  // (logging steps only).
+  if (saved.stats.on_device.pending) {
+    Tensor entropy = Tensor::zeros({1}, DType::f64, routing.scores.device());
+    ops::row_entropy_accumulate(routing.scores, entropy, 1.0 / static_cast<double>(std::max<int64_t>(routing.scores.size(0), 1)));
+    saved.stats.on_device.entropy = entropy;
+  } else if (collect_stats) {
     saved.stats.entropy =
         load_stats(saved.stats.tokens_per_expert, routing.scores.to_vector<double>(), config_.num_experts).entropy;
   }
@@ -207,8 +243,14 @@ void MoeLayer::terms_on_device(const Routing& routing, const RouterSaved& router
   }
   saved.balance_grads = RouterGrads{grads.dweights, grads.dscores, grads.dlogits, grads.dclean, grads.draw_noise};
   saved.score_grad_row = grads.score_row;
-  // The values cross to the host only for the statistics (free on the CPU).
+  // The values cross to the host only for the statistics (free on the CPU), at the step's end
+  // when the statistics wait on the device.
   if (!collect_stats && scores.is_cuda()) return;
+  if (saved.stats.on_device.pending) {
+    saved.stats.on_device.balance = values;
+    for (const BalancingTerm* term : terms) saved.stats.on_device.balance_names.push_back(term->name);
+    return;
+  }
   std::vector<double> host = values.to_vector<double>();
   if (tp.active()) {
     for (double& v : host) v /= tp.size();

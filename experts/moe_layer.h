@@ -62,7 +62,21 @@ struct MoeLayerStats {
   // i32[T,k] on the device: the experts after capacity dropping, which the trainer counts into the
   // aux-loss-free bias loads without a host copy; defined when the router has an expert bias.
   Tensor kept_ids;
+  // A CUDA forward that collects statistics leaves them here, on the device, instead of waiting for
+  // them mid-forward; read_device_stats copies them into the fields above once the step is queued.
+  struct OnDevice {
+    Tensor dropped;   // i64[1]: slots dropped by the capacity
+    Tensor offsets;   // i32[E+1]: routed slots per expert as offsets (counts still on the device)
+    Tensor balance;   // f64[n]: the values of balance_names
+    std::vector<std::string> balance_names;
+    Tensor entropy;   // f64[1]: mean router entropy
+    bool pending = false;
+  } on_device;
 };
+
+// Copies statistics a CUDA forward left on the device (stats.on_device) into stats' host fields
+// and releases them (a wait for the device; nothing happens when none are pending).
+void read_device_stats(MoeLayerStats& stats);
 
 struct MoeLayerSaved {
   RouterSaved router;

@@ -7,6 +7,7 @@
 #include <cstdlib>
 
 #include "parallel/mpi_check.h"
+#include "src/util/log.h"
 
 namespace moe {
 
@@ -64,6 +65,7 @@ void abort_job(const std::string& message) {
     MPI_Comm_size(MPI_COMM_WORLD, &size);
   }
   if (!reported.exchange(true)) {
+    log::write_file_only(log::Level::error, message);  // train.log ends with why the run ended
     std::fprintf(stderr, "[rank %d] error: %s\n", rank, message.c_str());
     std::fflush(stderr);
   }

@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "kernels/cpu/balance.h"
+#include "kernels/cpu/elementwise.h"
 #include "routing/balancing_terms.h"
 #include "src/ops/ops.h"
 #include "src/util/check.h"
@@ -204,11 +205,9 @@ LoadStats load_stats(const std::vector<int64_t>& counts, const std::vector<doubl
       z += row[i];
     }
     MOE_CHECK(!(z <= 0), "load_stats: scores of token ", r, " sum to 0, cannot normalise them");
-    double h = 0;
-    for (int64_t i = 0; i < experts; ++i)
-      if (row[i] > 0) h -= row[i] / z * std::log(row[i] / z);
-    stats.entropy += h / static_cast<double>(T);
   }
+  if (T > 0) cpu::row_entropy_accumulate(scores.data(), static_cast<int64_t>(T), experts, 1.0 / static_cast<double>(T),
+                                         &stats.entropy);
   return stats;
 }
 

@@ -4,10 +4,12 @@
 
 #include <fstream>
 #include <limits>
+#include <numeric>
 
 #include "src/ops/ops.h"
 #include "src/tensor/tensor.h"
 #include "src/io/safetensors.h"
+#include "src/util/log.h"
 
 namespace moe {
 
@@ -134,6 +136,7 @@ std::vector<int32_t> kmeans_labels(const EmbeddingRows& p, int64_t k, uint64_t s
   std::vector<int32_t> labels, next;
   std::vector<double> best;
   assign(squared_distances(points, norms, centres, k), n, k, labels, best);
+  log::Progress progress;
   for (int64_t it = 0; it < iterations; ++it) {
     std::vector<double> sums(static_cast<size_t>(k * d), 0.0);
     std::vector<int64_t> sizes(static_cast<size_t>(k), 0);
@@ -157,6 +160,13 @@ std::vector<int32_t> kmeans_labels(const EmbeddingRows& p, int64_t k, uint64_t s
     assign(squared_distances(points, norms, centres, k), n, k, next, best);
     bool changed = next != labels;
     labels.swap(next);
+    const bool done = !changed || it + 1 == iterations;
+    if (progress.due() || done) {
+      log::write(done ? log::Level::debug : log::Level::info,
+                 fmt::format("k-means: iteration {}/{}, inertia {:.6g} ({:.0f} s){}", it + 1, iterations,
+                             std::accumulate(best.begin(), best.end(), 0.0), progress.seconds(),
+                             changed ? "" : ", converged"));
+    }
     if (!changed) break;
   }
   return labels;

@@ -3,7 +3,8 @@
 # engine's benches and their PyTorch anchors side by side, in the same run.
 # Usage (repo root on the H200 host, .devdeps carried):
 #   experiments/perf/run_speed.sh OUT_DIR [PARTS]   PARTS: comma list of build,tests,train,anchor,attention
-#                                                    (default all of them), layer (moe bench layer at the
+#                                                    (default all of them), nolog (MoE-small without a
+#                                                    logging step in the window), layer (moe bench layer at the
 #                                                    standard shapes), moe64, moeloop, ops, layer_anchor
 #                                                    (PyTorch MoE layer anchor), moe_anchor (PyTorch MoE-small
 #                                                    anchor), and ab: MoE-small with an older tree carried in
@@ -39,6 +40,10 @@ if has train; then
     build/moe bench train experiments/perf/$cfg.toml --warmup 3 --steps 10 --breakdown 2>&1 | tail -1 \
       | tee "$out/bench_$cfg.json"
   done
+fi
+if has nolog; then  # MoE-small with no logging step among the timed ones (train.log_every past the window)
+  build/moe bench train experiments/perf/moe_small.toml --warmup 3 --steps 10 --set train.log_every=1000 2>&1 \
+    | tail -1 | tee "$out/bench_moe_small_nolog.json"
 fi
 if has layer; then  # one MoE layer at the anchor shapes and MoE-small's, against the dense chain of equal FLOPs
   for cfg in layers/fine_grained layers/mixtral layers/switch moe_small; do

@@ -24,7 +24,7 @@ def read_json_lines(path):
 def main():
     out = pathlib.Path(sys.argv[1])
     anchors = {r["mode"]: r for r in read_json_lines(out / "anchor_gpt2.jsonl")}
-    for name in ("gpt2_small_dense", "moe_small"):
+    for name in ("gpt2_small_dense", "moe_small", "moe_small_nolog", "gpt2_small_moe64"):
         rows = read_json_lines(out / f"bench_{name}.json")
         if not rows:
             continue

@@ -2,6 +2,7 @@
 // of millions of elements keep their precision (gradient norms, loss sums).
 #include "kernels/cpu/elementwise.h"
 
+#include <cmath>
 #include <cstddef>
 #include <vector>
 
@@ -53,6 +54,21 @@ void column_sum(const T* x, T* out, int64_t rows, int64_t cols) {
   for (int64_t c = 0; c < cols; ++c) out[c] = static_cast<T>(acc[static_cast<size_t>(c)]);
 }
 
+template <typename T>
+void row_entropy_accumulate(const T* x, int64_t rows, int64_t cols, double weight, double* acc) {
+  double total = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    double z = 0, plogp = 0;
+    for (int64_t c = 0; c < cols; ++c) {
+      const auto v = static_cast<double>(x[r * cols + c]);
+      z += v;
+      if (v > 0) plogp += v * std::log(v);
+    }
+    total += std::log(z) - plogp / z;
+  }
+  acc[0] += weight * total;
+}
+
 template void add<float>(const float*, const float*, float*, int64_t);
 template void add<double>(const double*, const double*, double*, int64_t);
 template void accumulate<float>(float*, const float*, double, int64_t);
@@ -69,5 +85,7 @@ template double sum_squares<float>(const float*, int64_t);
 template double sum_squares<double>(const double*, int64_t);
 template void column_sum<float>(const float*, float*, int64_t, int64_t);
 template void column_sum<double>(const double*, double*, int64_t, int64_t);
+template void row_entropy_accumulate<float>(const float*, int64_t, int64_t, double, double*);
+template void row_entropy_accumulate<double>(const double*, int64_t, int64_t, double, double*);
 
 }  // namespace moe::cpu

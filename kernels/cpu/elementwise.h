@@ -34,4 +34,9 @@ double sum_squares(const T* x, int64_t n);
 template <typename T>
 void column_sum(const T* x, T* out, int64_t rows, int64_t cols);
 
+// x[R,C] non-negative -> acc[0] += weight * sum over rows of the entropy of the row normalised to
+// sum 1 (log z - sum x log x / z; zeros add nothing), in double
+template <typename T>
+void row_entropy_accumulate(const T* x, int64_t rows, int64_t cols, double weight, double* acc);
+
 }  // namespace moe::cpu

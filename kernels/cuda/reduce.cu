@@ -41,6 +41,32 @@ __global__ void accumulate_partials_kernel(const double* partial, int64_t num, d
   if (threadIdx.x == 0) acc[0] += weight * s;
 }
 
+// x[rows, cols] -> partial[gridDim.x]: sum over a block's rows of the entropy of the row
+// normalised to sum 1, H = log z - (1/z) sum x log x (z = sum x; zeros add nothing). One warp
+// per row, rows strided over the grid.
+template <typename T>
+__global__ void row_entropy_partials_kernel(const T* x, int64_t rows, int64_t cols, double* partial) {
+  __shared__ double scratch[k_warp];
+  const int warp = static_cast<int>(threadIdx.x) / k_warp, lane = static_cast<int>(threadIdx.x) % k_warp;
+  const int warps = static_cast<int>(blockDim.x) / k_warp;
+  double acc = 0;
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * warps + warp; r < rows; r += static_cast<int64_t>(gridDim.x) * warps) {
+    double z = 0, plogp = 0;
+    for (int64_t c = lane; c < cols; c += k_warp) {
+      const double v = to_float(x[r * cols + c]);
+      z += v;
+      if (v > 0) plogp += v * log(v);
+    }
+    for (int offset = k_warp / 2; offset > 0; offset /= 2) {
+      z += __shfl_xor_sync(0xffffffffu, z, offset);
+      plogp += __shfl_xor_sync(0xffffffffu, plogp, offset);
+    }
+    if (lane == 0) acc += log(z) - plogp / z;
+  }
+  acc = block_sum(acc, scratch);
+  if (threadIdx.x == 0) partial[blockIdx.x] = acc;
+}
+
 template <bool kSquares>
 void launch_sum_partials(const void* x, FloatType type, int64_t n, unsigned blocks, double* partial,
                          cudaStream_t stream) {
@@ -161,6 +187,24 @@ void sum_accumulate(const void* x, FloatType type, int64_t n, bool squares, doub
   const unsigned blocks = grid_for(n, k_sum_threads, k_sum_max_blocks);
   Scratch partial(blocks * sizeof(double), stream);
   launch_sum_partials(x, type, n, squares, blocks, partial.as<double>(), stream);
+  accumulate_partials_kernel<<<1, k_sum_threads, 0, stream>>>(partial.as<double>(), blocks, weight, acc);
+  CUDA_CHECK_LAUNCH();
+}
+
+void row_entropy_accumulate(const void* x, FloatType type, int64_t rows, int64_t cols, double weight, double* acc,
+                            cudaStream_t stream) {
+  if (rows <= 0 || cols <= 0) return;
+  constexpr int rows_per_block = k_sum_threads / k_warp;
+  const auto blocks = static_cast<unsigned>(std::min<int64_t>(ceil_div(rows, rows_per_block), k_sum_max_blocks));
+  Scratch partial(blocks * sizeof(double), stream);
+  if (type == FloatType::f32) {
+    row_entropy_partials_kernel<float><<<blocks, k_sum_threads, 0, stream>>>(static_cast<const float*>(x), rows, cols,
+                                                                              partial.as<double>());
+  } else {
+    row_entropy_partials_kernel<__nv_bfloat16><<<blocks, k_sum_threads, 0, stream>>>(
+        static_cast<const __nv_bfloat16*>(x), rows, cols, partial.as<double>());
+  }
+  CUDA_CHECK_LAUNCH();
   accumulate_partials_kernel<<<1, k_sum_threads, 0, stream>>>(partial.as<double>(), blocks, weight, acc);
   CUDA_CHECK_LAUNCH();
 }

@@ -19,6 +19,12 @@ double sum_to_host(const void* x, kernels::FloatType type, int64_t n, bool squar
 void sum_accumulate(const void* x, kernels::FloatType type, int64_t n, bool squares, double weight, double* acc,
                     cudaStream_t stream);
 
+// acc[0] += weight * sum over rows r of H(x[r,:] / z_r), z_r = sum_c x[r,c]: the entropy of each
+// row of non-negative scores normalised to sum 1 (zeros add nothing; a zero row gives NaN), in
+// double, in a fixed order (run-to-run deterministic). No host copy, no wait.
+void row_entropy_accumulate(const void* x, kernels::FloatType type, int64_t rows, int64_t cols, double weight,
+                            double* acc, cudaStream_t stream);
+
 // Column reduction over rows of a[R,C] (type `in_type`; b the same type when given):
 //   v[t,c] = a[t,c]                                  when b is null
 //   v[t,c] = a[t,c] * (b[t,c] - shift[t]) * scale[t]  otherwise (shift may be null = 0)

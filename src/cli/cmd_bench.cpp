@@ -14,6 +14,7 @@
 #include "src/tools/bench_layer.h"
 #include "src/tools/bench_op.h"
 #include "src/train/device_select.h"
+#include "src/util/log.h"
 
 namespace moe {
 
@@ -30,6 +31,7 @@ void add_dispatch_bench(CLI::App& bench, CommandRunner& run) {
   cmd->add_option("--warmup", *warmup, "untimed iterations first")->check(CLI::NonNegativeNumber);
   cmd->add_option("--steps", *steps, "timed iterations")->check(CLI::PositiveNumber);
   cmd->callback([&run, options, warmup, steps] {
+    log::human_to_stderr();  // at parse time: stdout carries the JSON line alone
     run = [options, warmup, steps](MpiEnv& env) {
       Config config = load_config(options->config_path, options->overrides);
       auto world = make_world_communicator(select_device(config.train, env.local_rank()));
@@ -76,6 +78,7 @@ void add_op_bench(CLI::App& bench, CommandRunner& run) {
   cmd->add_option("--iters", o->iters, "timed iterations (the median is reported)")->check(CLI::PositiveNumber);
   cmd->add_option("--device", *device, "auto | cpu | cuda")->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   cmd->callback([&run, o, name, device] {
+    log::human_to_stderr();  // at parse time: stdout carries the JSON line alone
     run = [o, name, device](MpiEnv&) {
       TrainConfig train;
       train.device = *device;
@@ -100,6 +103,7 @@ void add_layer_bench(CLI::App& bench, CommandRunner& run) {
   cmd->add_option("--grouped-kernel", o->grouped_kernel, "CUDA grouped matmul kernel: auto | mma_sync | wgmma")
       ->check(CLI::IsMember({"auto", "mma_sync", "wgmma"}));
   cmd->callback([&run, options, o] {
+    log::human_to_stderr();  // at parse time: stdout carries the JSON line alone
     run = [options, o](MpiEnv& env) {
       Config config = load_config(options->config_path, options->overrides);
       ops::set_grouped_matmul_kernel(o->grouped_kernel);
@@ -130,6 +134,7 @@ void add_generate_bench(CLI::App& bench, CommandRunner& run) {
   cmd->add_option("--seed", o->seed, "seed of the random prompt tokens");
   cmd->add_option("--device", *device, "auto | cpu | cuda");
   cmd->callback([&run, source, device, o] {
+    log::human_to_stderr();  // at parse time: stdout carries the JSON line alone
     run = [source, device, o](MpiEnv&) {
       const bool from_run = std::filesystem::is_directory(*source);
       InferenceModel m = from_run ? load_inference_model(resolve_checkpoint_arg("source", *source, ""), *device, true)
@@ -162,6 +167,7 @@ void add_bench_command(CLI::App& app, CommandRunner& run) {
   add_layer_bench(*bench, run);
   add_generate_bench(*bench, run);
   cmd->callback([&run, options, warmup, steps, breakdown] {
+    log::human_to_stderr();  // at parse time: stdout carries the JSON line alone
     run = [options, warmup, steps, breakdown](MpiEnv& env) {
       RunContext ctx = setup_run(*options, env);
       nlohmann::json result = ctx.trainer->bench(*warmup, *steps, *breakdown);

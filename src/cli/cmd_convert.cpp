@@ -1,12 +1,12 @@
 // `moe convert --from-hf DIR --out RUN_DIR` and `moe convert --to-hf RUN_OR_CHECKPOINT --out DIR`:
 // Hugging Face interoperability (src/tools/hf_import.h, hf_export.h; docs/interop.md).
-#include <cstdio>
 #include <memory>
 
 #include "parallel/mpi_env.h"
 #include "src/cli/commands.h"
 #include "src/tools/hf_export.h"
 #include "src/tools/hf_import.h"
+#include "src/util/log.h"
 
 namespace moe {
 
@@ -24,18 +24,16 @@ int run_convert(const ConvertOptions& o) {
     MOE_CHECK(o.arch.empty() && o.dtype.empty(), "--arch and --dtype apply to --to-hf only");
     const HfImportResult r = import_hf(o.from_hf, o.out, o.seq_len, o.overrides);
     const Config& c = r.model.spec.config;
-    std::printf("convert: %s (%s, %s) -> %s: %zu parameters, %lld layers%s\n", o.from_hf.c_str(),
-                hf_family_name(r.model.spec.family), hf_dtype_torch_name(r.model.dtype), r.checkpoint_dir.c_str(),
-                r.model.weights.size(), static_cast<long long>(c.model.num_layers),
-                c.moe.num_experts > 0 ? (", " + std::to_string(c.moe.num_experts) + " experts").c_str() : "");
-    std::printf("evaluate with: moe eval %s/config.toml; train with: moe train %s/config.toml\n", o.out.c_str(),
-                o.out.c_str());
+    log::info("convert: {} ({}, {}) -> {}: {} parameters, {} layers{}", o.from_hf, hf_family_name(r.model.spec.family),
+              hf_dtype_torch_name(r.model.dtype), r.checkpoint_dir, r.model.weights.size(), c.model.num_layers,
+              c.moe.num_experts > 0 ? fmt::format(", {} experts", c.moe.num_experts) : "");
+    log::info("evaluate with: moe eval {}/config.toml; train with: moe train {}/config.toml", o.out, o.out);
     return 0;
   }
   MOE_CHECK(o.seq_len == 0 && o.overrides.empty(), "--seq-len and --set apply to --from-hf only");
   const HfExportResult r = export_hf(o.to_hf, o.out, HfExportOptions{o.arch, o.dtype});
-  std::printf("convert: %s -> %s (%s, %s): %zu tensors\n", r.checkpoint_dir.c_str(), o.out.c_str(),
-              hf_family_name(r.family), hf_dtype_torch_name(r.dtype), r.num_tensors);
+  log::info("convert: {} -> {} ({}, {}): {} tensors", r.checkpoint_dir, o.out, hf_family_name(r.family),
+            hf_dtype_torch_name(r.dtype), r.num_tensors);
   return 0;
 }
 

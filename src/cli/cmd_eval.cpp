@@ -7,6 +7,7 @@
 #include "src/cli/commands.h"
 #include "src/cli/run_setup.h"
 #include "src/train/checkpoint.h"
+#include "src/util/log.h"
 
 namespace moe {
 
@@ -56,7 +57,10 @@ void add_eval_command(CLI::App& app, CommandRunner& run) {
                   "checkpoint directory, a run directory (its newest checkpoint), or 'latest' in the run directory");
   cmd->add_option("--run-dir", o->run_dir, "where 'latest' looks without CONFIG (with CONFIG: its train.run_dir)");
   cmd->add_option("--batches", o->batches, "batches per rank (0 = the whole validation split)");
-  cmd->callback([&run, o] { run = [o](MpiEnv& env) { return run_eval(*o, env); }; });
+  cmd->callback([&run, o] {
+    log::human_to_stderr();  // at parse time, before any line: stdout carries the JSON alone
+    run = [o](MpiEnv& env) { return run_eval(*o, env); };
+  });
 }
 
 }  // namespace moe

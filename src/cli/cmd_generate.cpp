@@ -9,6 +9,7 @@
 #include "src/data/tokenizer.h"
 #include "src/model/generation.h"
 #include "src/tools/generate_text.h"
+#include "src/util/log.h"
 
 namespace moe {
 
@@ -93,8 +94,8 @@ int run_generate(const GenerateOptions& o) {
     if (!batch) {
       show(stops[b].take_printable(true) + "\n");
       // On stderr, so stdout stays the text alone: how much was generated and why it stopped.
-      std::fprintf(stderr, "generate: %zu new tokens after a %zu-token prompt (%s)\n", out[b].tokens.size(),
-                   prompts[b].size(), stop_reason_text(out[b].reason));
+      log::info("generate: {} new tokens after a {}-token prompt ({})", out[b].tokens.size(), prompts[b].size(),
+                stop_reason_text(out[b].reason));
       continue;
     }
     nlohmann::json line{{"index", b},           {"prompt", texts[b]},
@@ -103,7 +104,7 @@ int run_generate(const GenerateOptions& o) {
     if (out[b].reason == StopReason::stop) line["stop"] = stops[b].stop_found();
     std::printf("%s\n", line.dump().c_str());
   }
-  if (batch) std::fprintf(stderr, "generate: %zu prompts from %s\n", out.size(), o.prompts_file.c_str());
+  if (batch) log::info("generate: {} prompts from {}", out.size(), o.prompts_file);
   return 0;
 }
 
@@ -133,7 +134,10 @@ void add_generate_command(CLI::App& app, CommandRunner& run) {
   cmd->add_option("--tokenizer", o->tokenizer, "SentencePiece model (default: data.tokenizer of the config)");
   cmd->add_option("--device", o->device, "auto | cpu | cuda");
   cmd->add_flag("!--no-verify", o->verify, "skip the checkpoint files' CRC-32C check (very large checkpoints)");
-  cmd->callback([&run, o] { run = [o](MpiEnv&) { return run_generate(*o); }; });
+  cmd->callback([&run, o] {
+    log::human_to_stderr();  // at parse time: stdout is the generated text alone
+    run = [o](MpiEnv&) { return run_generate(*o); };
+  });
 }
 
 }  // namespace moe

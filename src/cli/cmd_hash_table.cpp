@@ -1,12 +1,12 @@
 // `moe hash-table --kind balanced|random|clustering|dispersed --experts E --out FILE ...`:
 // builds a hash-routing table for moe.hash_table (src/tools/hash_table_command.h does the work).
-#include <iostream>
 #include <memory>
 
 #include "parallel/mpi_env.h"
 #include "src/tools/hash_table_command.h"
 #include "src/cli/commands.h"
 #include "src/cli/run_setup.h"
+#include "src/util/log.h"
 
 namespace moe {
 
@@ -26,7 +26,8 @@ void add_hash_table_command(CLI::App& app, CommandRunner& run) {
   cmd->callback([&run, o] {
     run = [o](MpiEnv& env) {
       if (!o->checkpoint.empty()) o->checkpoint = resolve_checkpoint_arg("--checkpoint", o->checkpoint, "");
-      if (env.world_rank() == 0) run_hash_table_command(*o, std::cout);  // one writer under mpirun
+      log::LineStream lines(log::Level::info);
+      if (env.world_rank() == 0) run_hash_table_command(*o, lines);  // one writer under mpirun
       return 0;
     };
   });

@@ -1,9 +1,10 @@
 // `moe tokenize --input FILE|GLOB... --out DIR [--vocab-size N | --tokenizer MODEL]`: trains (or
 // takes) a SentencePiece tokenizer and writes train / val token shards (native or Megatron).
-#include <iostream>
+#include <memory>
 
 #include "src/cli/commands.h"
 #include "src/tools/tokenize_command.h"
+#include "src/util/log.h"
 
 namespace moe {
 
@@ -29,12 +30,13 @@ void add_tokenize_command(CLI::App& app, CommandRunner& run) {
       ->check(CLI::PositiveNumber);
   cmd->add_option("--sample-mb", *sample_mb, "tokenizer training text sampled from the corpus, MB (0: all of it)")
       ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--progress-seconds", o->progress_seconds, "a progress line on stderr at most this often")
+  cmd->add_option("--progress-seconds", o->progress_seconds, "a progress line at most this often")
       ->check(CLI::NonNegativeNumber);
   cmd->callback([&run, o, sample_mb] {
     o->sample_bytes = static_cast<int64_t>(*sample_mb * 1e6);
     run = [o](MpiEnv&) {
-      data::run_tokenize(*o, std::cout, &std::cerr);
+      log::LineStream lines(log::Level::info);  // summary and progress lines through the logger
+      data::run_tokenize(*o, lines, &lines);
       return 0;
     };
   });

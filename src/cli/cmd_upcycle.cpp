@@ -1,7 +1,6 @@
 // `moe upcycle MOE.toml --from DENSE_CHECKPOINT | --from-hf HF_DIR --out DIR [--mode ...] [--set k=v]`:
 // turns a dense checkpoint (or Hugging Face model) into a step-0 MoE checkpoint that `moe train`
 // resumes (src/tools/upcycle.h).
-#include <cstdio>
 #include <memory>
 
 #include "src/tools/hf_import.h"
@@ -9,6 +8,7 @@
 #include "parallel/mpi_env.h"
 #include "src/cli/commands.h"
 #include "src/cli/run_setup.h"
+#include "src/util/log.h"
 
 namespace moe {
 
@@ -41,25 +41,20 @@ std::string resume_command(const UpcycleCommandOptions& o) {
 void print_result(const UpcycleCommandOptions& c, const std::string& from, const UpcycleOptions& o,
                   const UpcycleResult& r) {
   const std::string& out = c.out;
-  std::printf("upcycle: %s -> %s (mode %s, seed %llu): %zu parameters copied, %zu MoE layers built\n", from.c_str(),
-              out.c_str(), upcycle_mode_name(o.mode), static_cast<unsigned long long>(o.seed), r.copied.size(),
-              r.layers.size());
+  log::info("upcycle: {} -> {} (mode {}, seed {}): {} parameters copied, {} MoE layers built", from, out,
+            upcycle_mode_name(o.mode), o.seed, r.copied.size(), r.layers.size());
   for (const UpcycledLayer& l : r.layers) {
-    std::printf("  layer %lld: %lld experts of width %lld from d_ff %lld", static_cast<long long>(l.layer),
-                static_cast<long long>(l.num_experts), static_cast<long long>(l.d_expert),
-                static_cast<long long>(l.d_dense));
+    std::string line = fmt::format("  layer {}: {} experts of width {} from d_ff {}", l.layer, l.num_experts,
+                                   l.d_expert, l.d_dense);
     if (o.mode == UpcycleMode::fine_grained) {
-      std::printf(", G = %lld segments, R = %lld virtual groups, s = %g", static_cast<long long>(l.groups),
-                  static_cast<long long>(l.replicas), l.scale);
+      line += fmt::format(", G = {} segments, R = {} virtual groups, s = {:g}", l.groups, l.replicas, l.scale);
     } else if (o.mode == UpcycleMode::partial_reinit) {
-      std::printf(", %lld of %lld expert entries re-initialised", static_cast<long long>(l.reinit_entries),
-                  static_cast<long long>(l.expert_entries));
+      line += fmt::format(", {} of {} expert entries re-initialised", l.reinit_entries, l.expert_entries);
     }
-    std::printf("\n");
+    log::info("{}", line);
   }
-  for (const std::string& w : r.warnings) std::printf("warning: %s\n", w.c_str());
-  std::printf("resume with: %s\n", resume_command(c).c_str());
-  std::fflush(stdout);
+  for (const std::string& w : r.warnings) log::warn("{}", w);
+  log::info("resume with: {}", resume_command(c));
 }
 
 }  // namespace

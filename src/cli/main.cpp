@@ -6,6 +6,7 @@
 
 #include "parallel/mpi_env.h"
 #include "src/cli/commands.h"
+#include "src/util/log.h"
 
 namespace {
 
@@ -33,6 +34,16 @@ void tidy_help_defaults(CLI::App& app) {
   for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) tidy_help_defaults(*sub);
 }
 
+// -q/--quiet and -v/--verbose on every command and subcommand (docs/cli.md, "Logging").
+void add_log_flags(CLI::App& app, bool& quiet, bool& verbose) {
+  for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) {
+    CLI::Option* q = sub->add_flag("-q,--quiet", quiet, "warnings and errors only");
+    CLI::Option* v = sub->add_flag("-v,--verbose", verbose, "debug lines too (from every rank under mpirun)");
+    q->excludes(v);
+    add_log_flags(*sub, quiet, verbose);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -54,10 +65,12 @@ int main(int argc, char** argv) {
   moe::add_logits_command(app, run);
   moe::add_plan_command(app, run);
   moe::add_scaling_command(app, run);
+  bool quiet = false, verbose = false;
+  add_log_flags(app, quiet, verbose);
   tidy_help_defaults(app);
   if (std::string message = check_command_name(app, argc, argv); !message.empty()) {
     if (env.world_size() > 1) moe::abort_job(message);
-    std::fprintf(stderr, "error: %s\n", message.c_str());
+    moe::log::error("{}", message);
     return usage_exit_code;
   }
   try {
@@ -68,5 +81,9 @@ int main(int argc, char** argv) {
     if (env.world_size() > 1 && code != 0) moe::abort_job("bad command line");
     return code;
   }
+  moe::log::configure(quiet ? moe::log::Level::warn : verbose ? moe::log::Level::debug : moe::log::Level::info,
+                      env.world_rank(), env.world_size());
+  moe::log::debug("moe-engine {}: {} rank(s), this is rank {} (local rank {})", MOE_VERSION, env.world_size(),
+                  env.world_rank(), env.local_rank());
   return moe::run_or_abort([&] { return run(env); });
 }

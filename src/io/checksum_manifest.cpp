@@ -2,7 +2,6 @@
 // read and compared on load. The CRC-32C is one sequential pass over the file's mapping.
 #include "src/io/checksum_manifest.h"
 
-#include <cstdio>
 #include <fstream>
 #include <iterator>
 
@@ -10,6 +9,7 @@
 
 #include "src/util/check.h"
 #include "src/util/crc32c.h"
+#include "src/util/log.h"
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
@@ -85,8 +85,8 @@ void check_file_digest(const ChecksumManifest& manifest, const fs::path& dir, co
 std::optional<ChecksumManifest> checkpoint_manifest(const fs::path& dir, bool verify) {
   std::optional<ChecksumManifest> manifest = read_checksum_manifest(dir);
   if (!manifest && verify) {
-    std::fprintf(stderr, "warning: checkpoint %s has no %s (written before checksums): its files are not verified\n",
-                 dir.string().c_str(), k_checksum_manifest);
+    log::warn("checkpoint {} has no {} (written before checksums): its files are not verified", dir.string(),
+              k_checksum_manifest);
   }
   return manifest;
 }

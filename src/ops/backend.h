@@ -65,6 +65,7 @@ class Backend {
   virtual double sum(const Tensor& x) = 0;
   virtual double sum_squares(const Tensor& x) = 0;
   virtual void column_sum(const Tensor& x, Tensor& out) = 0;
+  virtual void row_entropy_accumulate(const Tensor& scores, Tensor& acc, double weight) = 0;
   virtual void gather_rows(const Tensor& src, const Tensor& index, Tensor& dst) = 0;
   virtual void scatter_add_rows(const Tensor& src, const Tensor& index, Tensor& dst) = 0;
   virtual void router_topk_forward(const Tensor& logits, const Tensor& bias, const TopKOptions& options,

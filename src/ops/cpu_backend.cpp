@@ -328,6 +328,13 @@ class CpuBackend final : public Backend {
     });
   }
 
+  void row_entropy_accumulate(const Tensor& scores, Tensor& acc, double weight) override {
+    dispatch_float(scores.dtype(), "row_entropy_accumulate", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::row_entropy_accumulate<T>(ptr<T>(scores), scores.size(0), scores.size(1), weight, ptr<double>(acc));
+    });
+  }
+
   void gather_rows(const Tensor& src, const Tensor& index, Tensor& dst) override {
     dispatch_rows(src.dtype(), "gather_rows", [&](auto tag) {
       using T = decltype(tag);

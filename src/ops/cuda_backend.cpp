@@ -274,6 +274,12 @@ class CudaBackend : public Backend {
     cuda::column_reduce(p, stream);
   }
 
+  void row_entropy_accumulate(const Tensor& scores, Tensor& acc, double weight) override {
+    cudaStream_t stream = on_device(scores, acc);
+    cuda::row_entropy_accumulate(scores.data(), float_type(scores, "row_entropy_accumulate"), scores.size(0),
+                                 scores.size(1), weight, acc.data_as<double>(), stream);
+  }
+
   void gather_rows(const Tensor& src, const Tensor& index, Tensor& dst) override {
     cudaStream_t stream = on_device(src, index, dst);
     const int64_t row_bytes = cols_of(dst) * static_cast<int64_t>(dtype_size(dst.dtype()));

@@ -421,6 +421,14 @@ void column_sum(const Tensor& x, Tensor& out) {
   run_on(x, OpKind::elementwise)->column_sum(x, out);
 }
 
+void row_entropy_accumulate(const Tensor& scores, Tensor& acc, double weight) {
+  MOE_CHECK(scores.ndim() == 2, "row_entropy_accumulate scores must be 2-d, got ", shape_str(scores.shape()));
+  check_shape(acc, {1}, "row_entropy_accumulate acc");
+  check_dtype(acc, DType::f64, "row_entropy_accumulate acc");
+  check_same_device(acc, scores, "row_entropy_accumulate");
+  run_on(scores, OpKind::routing)->row_entropy_accumulate(scores, acc, weight);
+}
+
 void gather_rows(const Tensor& src, const Tensor& index, Tensor& dst) {
   check_index(index, {index.numel()}, src, "gather index");
   MOE_CHECK(dst.size(0) == index.numel() && cols_of(dst) == cols_of(src), "gather: src", shape_str(src.shape()),

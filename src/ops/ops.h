@@ -150,6 +150,9 @@ double sum(const Tensor& x);
 double sum_squares(const Tensor& x);
 // x[R,C] (accum) -> out[C] (accum): column sums
 void column_sum(const Tensor& x, Tensor& out);
+// scores[T,E] (accum, non-negative) -> acc f64[1] += weight * sum over rows of the entropy of the
+// row normalised to sum 1, on the scores' device without a host wait (the router-entropy metric).
+void row_entropy_accumulate(const Tensor& scores, Tensor& acc, double weight);
 
 // Rows by index: dst[i] = src[index[i]]; index i32[N], src[R,d], dst[N,d]; index -1 = a row of zeros.
 void gather_rows(const Tensor& src, const Tensor& index, Tensor& dst);

@@ -136,7 +136,7 @@ void encode_corpus(const std::vector<InputFile>& files, const TokenizeOptions& o
     }
   };
   ValidationPicker picker(num_documents, o.val_fraction, o.seed, describe_inputs(files));
-  int64_t seen = 0;
+  int64_t seen = 0, num_tokens = 0;
   uint64_t bytes = 0;
   ProgressLine meter(progress, o.progress_seconds, total_bytes, "encode");
   auto consume = [&](WorkResult& r) {
@@ -147,12 +147,13 @@ void encode_corpus(const std::vector<InputFile>& files, const TokenizeOptions& o
       begin = end;
     }
     seen += r.num_documents;
+    num_tokens += static_cast<int64_t>(r.tokens.size());
     bytes += r.input_bytes;
-    meter.update(bytes, seen);
+    meter.update(bytes, seen, num_tokens);
   };
   CorpusReader reader(files, o.documents == "paragraphs");
   run_ordered(reader, static_cast<uint64_t>(o.batch_bytes), threads, work, consume);
-  meter.finish(bytes, seen);
+  meter.finish(bytes, seen, num_tokens);
   MOE_CHECK(seen == num_documents, describe_inputs(files), ": ", seen, " documents on the second pass, ",
             num_documents, " on the first: did an input change while it was being read?");
   train.finish();

@@ -6,13 +6,14 @@
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
-#include <cstdio>
 #include <deque>
 #include <exception>
 #include <map>
 #include <mutex>
 #include <ostream>
 #include <thread>
+
+#include <fmt/format.h>
 
 #include "src/util/check.h"
 
@@ -205,26 +206,27 @@ ProgressLine::ProgressLine(std::ostream* out, double interval_seconds, uint64_t 
 
 double ProgressLine::seconds() const { return now_seconds() - start_; }
 
-void ProgressLine::update(uint64_t bytes, int64_t documents) {
+void ProgressLine::update(uint64_t bytes, int64_t documents, int64_t tokens) {
   if (out_ == nullptr || now_seconds() - last_ < interval_) return;
-  print(bytes, documents);
+  print(bytes, documents, tokens);
 }
 
-void ProgressLine::finish(uint64_t bytes, int64_t documents) {
-  if (out_ != nullptr && (bytes != printed_bytes_ || documents != printed_documents_)) print(bytes, documents);
+void ProgressLine::finish(uint64_t bytes, int64_t documents, int64_t tokens) {
+  if (out_ != nullptr && (bytes != printed_bytes_ || documents != printed_documents_)) print(bytes, documents, tokens);
 }
 
-void ProgressLine::print(uint64_t bytes, int64_t documents) {
+void ProgressLine::print(uint64_t bytes, int64_t documents, int64_t tokens) {
   last_ = now_seconds();
   printed_bytes_ = bytes;
   printed_documents_ = documents;
   const double mb = static_cast<double>(bytes) / 1e6;
   const double elapsed = std::max(last_ - start_, 1e-9);
-  char text[256];
-  std::snprintf(text, sizeof(text), "tokenize: %s %.1f%% (%.2f of %.2f MB, %.2f MB/s, %lld documents)\n",
-                phase_.c_str(), total_ > 0 ? 100.0 * static_cast<double>(bytes) / static_cast<double>(total_) : 100.0,
-                mb, static_cast<double>(total_) / 1e6, mb / elapsed, static_cast<long long>(documents));
-  *out_ << text << std::flush;
+  std::string text = fmt::format("tokenize: {} {:.1f}% ({:.2f} of {:.2f} MB, {:.2f} MB/s, {} documents, {:.0f} "
+                                 "documents/s", phase_, total_ > 0 ? 100.0 * static_cast<double>(bytes) /
+                                 static_cast<double>(total_) : 100.0, mb, static_cast<double>(total_) / 1e6,
+                                 mb / elapsed, documents, static_cast<double>(documents) / elapsed);
+  if (tokens >= 0) text += fmt::format(", {} tokens, {:.0f} tokens/s", tokens, static_cast<double>(tokens) / elapsed);
+  *out_ << text << ")\n" << std::flush;
 }
 
 }  // namespace moe::data

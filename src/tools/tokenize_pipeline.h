@@ -86,17 +86,18 @@ class SentenceSample {
 // The key of one candidate line.
 uint64_t sample_key(uint64_t seed, uint32_t file, uint64_t record_line, uint32_t line);
 
-// "tokenize: encode 42.0% (12.30 of 29.30 MB, 5.10 MB/s, 1234 documents)" on `out` at most every
-// `interval_seconds` (0: after every batch), and once at 100%. `out` may be null (silent).
+// "tokenize: encode 42.0% (12.30 of 29.30 MB, 5.10 MB/s, 1234 documents, 2900 documents/s, 1500000 tokens,
+// 350000 tokens/s)" on `out` at most every `interval_seconds` (0: after every batch), and once at
+// 100%; the token counts when known (tokens >= 0: the encode pass). `out` may be null (silent).
 class ProgressLine {
  public:
   ProgressLine(std::ostream* out, double interval_seconds, uint64_t total_bytes, std::string phase);
-  void update(uint64_t bytes, int64_t documents);
-  void finish(uint64_t bytes, int64_t documents);
+  void update(uint64_t bytes, int64_t documents, int64_t tokens = -1);
+  void finish(uint64_t bytes, int64_t documents, int64_t tokens = -1);
   double seconds() const;
 
  private:
-  void print(uint64_t bytes, int64_t documents);
+  void print(uint64_t bytes, int64_t documents, int64_t tokens);
 
   std::ostream* out_;
   double interval_;

@@ -19,6 +19,7 @@
 #include "src/train/optimizer.h"
 #include "src/io/checksum_manifest.h"
 #include "src/io/safetensors.h"
+#include "src/util/log.h"
 
 namespace moe {
 
@@ -390,8 +391,10 @@ UpcycleResult upcycle_weights(const std::map<std::string, Tensor>& dense, const 
             " (set moe.activation = \"", source_activation, "\")");
   const ops::Activation act = ops::activation_from_name(source_activation);
   int64_t moe_index = 0;
+  log::Progress progress;
   for (int64_t layer = 0; layer < mc.num_layers; ++layer) {
     if (!is_moe_layer(mc, moe, layer)) continue;
+    if (progress.due()) log::info("upcycle: layer {} of {} ({:.0f} s)", layer, mc.num_layers, progress.seconds());
     DenseFfnWeights ffn = load_dense_ffn(dense, layer, act, mc.d_model, source_name);
     used.insert(layer_prefix(layer) + ".ffn.w_up");
     used.insert(layer_prefix(layer) + ".ffn.w_down");
@@ -438,13 +441,17 @@ UpcycleResult upcycle_from_weights(const std::map<std::string, Tensor>& dense, c
   MOE_CHECK(!fs::exists(out_dir) || (fs::is_directory(out_dir) && (fs::is_empty(out_dir) ||
                                                                  fs::exists(fs::path(out_dir) / "model.safetensors"))),
             "upcycle --out ", out_dir, " exists and is not a checkpoint directory: refusing to replace it");
+  log::Progress timer;
   Model model(target.model, target.moe);
+  log::debug("upcycle: initialising the MoE model ({} parameters)", model.total_params());
   model.allocate(Device::cpu(), DType::f32);
   model.initialize(options.seed);
+  log::debug("upcycle: model initialised in {:.1f} s", timer.seconds());
   UpcycleResult result = upcycle_weights(dense, source_activation, model, options, source_name);
   // A fresh optimizer: zero AdamW moments, and step 0 so the schedule starts with its warmup.
   AdamW fresh(model.params(), target.optim);
   write_checkpoint(out_dir, model.params(), fresh, TrainerState{0, target.train.seed, 1, nullptr}, target);
+  log::debug("upcycle: wrote {} after {:.1f} s", out_dir, timer.seconds());
   write_file_atomically(fs::path(out_dir) / "upcycle.json", result_json(source_name, options, result).dump(2) + "\n");
   return result;
 }

@@ -6,6 +6,7 @@
 
 #include "src/data/epoch_sampler.h"
 #include "src/util/check.h"
+#include "src/util/log.h"
 
 namespace moe {
 
@@ -65,11 +66,9 @@ void check_val_split(const data::TokenSplit& split, const Config& config, int64_
     data::EvalIterator windows(split.shards(), config.train.micro_batch_size, seq, 0, 0, replicas);
     const int64_t asked = config.train.eval_batches * config.train.micro_batch_size * replicas;
     if (root && windows.num_windows() < asked) {
-      std::fprintf(stderr, "note: %s holds %lld evaluation windows of %lld tokens, fewer than the %lld that "
-                   "train.eval_batches asks for; evaluations use all of them\n",
-                   (key + " = " + split.shards().front()->path() + (split.shards().size() > 1 ? ", ..." : "")).c_str(),
-                   static_cast<long long>(windows.num_windows()), static_cast<long long>(seq),
-                   static_cast<long long>(asked));
+      log::warn("{} = {}{} holds {} evaluation windows of {} tokens, fewer than the {} that train.eval_batches "
+                "asks for; evaluations use all of them", key, split.shards().front()->path(),
+                split.shards().size() > 1 ? ", ..." : "", windows.num_windows(), seq, asked);
     }
   } catch (const Error& e) {
     throw Error((split.datasets().size() == 1 ? key : std::string("data.val")) + " " + e.what());

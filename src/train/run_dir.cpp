@@ -5,7 +5,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <regex>
@@ -15,6 +14,7 @@
 #include "src/io/atomic_dir.h"
 #include "src/train/checkpoint.h"
 #include "src/util/check.h"
+#include "src/util/log.h"
 
 namespace moe {
 
@@ -99,7 +99,7 @@ void check_fresh_run_dir(const std::string& run_dir, bool overwrite) {
             "metrics, or choose another train.run_dir");
   for (const auto& step : steps) remove_checkpoint_dir(step.second);
   if (has_metrics) fs::remove(metrics);
-  std::printf("train.overwrite: removed %s from %s\n", held.c_str(), run_dir.c_str());
+  log::info("train.overwrite: removed {} from {}", held, run_dir);
 }
 
 bool is_resume_safe_key(const std::string& key) {
@@ -144,7 +144,7 @@ int64_t check_resume(const std::string& checkpoint, const Config& now, int64_t g
             ": the config changes the model or the data order: ", join_changes(changes.refused),
             "; keep them as in ", saved_path, " or start a new train.run_dir");
   if (!changes.allowed.empty()) {
-    std::printf("resume: config changes from %s: %s\n", saved_path.c_str(), join_changes(changes.allowed).c_str());
+    log::info("resume: config changes from {}: {}", saved_path, join_changes(changes.allowed));
   }
   return state.step;
 }
@@ -194,7 +194,7 @@ DirLock prepare_run_dir(const Config& config, int64_t global_batch) {
   MOE_CHECK(!error, "cannot create train.run_dir = ", t.run_dir, ": ", error.message());
   DirLock lock(t.run_dir);
   for (const std::string& path : remove_abandoned_staging(t.run_dir)) {
-    std::printf("removed %s (left by a killed save)\n", path.c_str());
+    log::info("removed {} (left by a killed save)", path);
   }
   if (t.resume.empty()) {
     check_fresh_run_dir(t.run_dir, t.overwrite);
@@ -203,12 +203,10 @@ DirLock prepare_run_dir(const Config& config, int64_t global_batch) {
     const int64_t step = check_resume(checkpoint, config, global_batch);
     const int64_t dropped = truncate_metrics(t.run_dir + "/metrics.jsonl", step);
     if (dropped > 0) {
-      std::printf("metrics.jsonl: dropped %lld records after step %lld (the run resumes from there)\n",
-                  static_cast<long long>(dropped), static_cast<long long>(step));
+      log::info("metrics.jsonl: dropped {} records after step {} (the run resumes from there)", dropped, step);
     }
   }
   write_file_atomically(t.run_dir + "/config.toml", to_toml(config));
-  std::fflush(stdout);
   return lock;
 }
 

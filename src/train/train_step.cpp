@@ -10,6 +10,7 @@
 #include "src/train/lr_schedule.h"
 #include "src/train/pipeline_schedule.h"
 #include "src/train/trainer.h"
+#include "src/util/log.h"
 
 namespace moe {
 
@@ -60,9 +61,7 @@ StepResult Trainer::train_step() {
     auto start = Clock::now();
     ForwardOutput& out = outs[static_cast<size_t>(micro)];
     out = model_->forward(batches[static_cast<size_t>(micro)], saves[static_cast<size_t>(micro)], input);
-    // Under skip_step a non-finite balancing loss shows again as a non-finite gradient norm.
-    MOE_CHECK(std::isfinite(out.aux_loss) || guard_->skips(), "balancing loss is ", out.aux_loss, " at step ", step_ + 1, " (micro-batch ",
-              micro, " on rank ", world_->rank(), "): training diverged; lower optim.lr or check the data");
+    check_balancing_loss(out, micro);
     if (out.loss.defined()) ops::sum_accumulate(out.loss, loss_sum);
     if (bias_loads.defined()) count_bias_loads(out, bias_loads);
     if (timed) cuda_synchronize();
@@ -88,10 +87,7 @@ StepResult Trainer::train_step() {
     Tensor d_input = model_->backward(batches[m], saves[m], loss_scale, aux_scale, d_output);
     model_->set_grad_hook(nullptr);
     saves[m] = ModelSaved{};  // free the activations
-    const ForwardOutput& out = outs[m];
-    sums[1] += static_cast<double>(out.num_targets);
-    sums[2] += out.aux_loss / static_cast<double>(t.grad_accum);
-    accumulate_routing_stats(r.routing, out.moe_stats, out.moe_layer_index, 1.0 / static_cast<double>(t.grad_accum));
+    sums[1] += static_cast<double>(outs[m].num_targets);
     if (timed) cuda_synchronize();
     busy_seconds += seconds_since(start);
     return d_input;
@@ -107,6 +103,15 @@ StepResult Trainer::train_step() {
   sum_tied_embedding_grads();
   optimizer_->reduce_gradients();
   if (read_loss) sums[0] = loss_sum.to_vector<double>()[0];  // the one host wait of a logging step
+  // The routing statistics of every micro-batch, read now that the whole step is queued (those a
+  // CUDA logging step left on the device cost no further wait).
+  for (int m = 0; m < micro_batches; ++m) {
+    ForwardOutput& out = outs[static_cast<size_t>(m)];
+    read_routing_stats(out);
+    check_balancing_loss(out, m);
+    sums[2] += out.aux_loss / static_cast<double>(t.grad_accum);
+    accumulate_routing_stats(r.routing, out.moe_stats, out.moe_layer_index, 1.0 / static_cast<double>(t.grad_accum));
+  }
   if (world_->size() > 1) {
     world_->all_reduce_sum(sums);
     // Every stage adds its layers' balancing losses; the TP ranks of a stage hold the same value.
@@ -120,6 +125,23 @@ StepResult Trainer::train_step() {
   update_expert_biases(r, bias_loads, collect);
   ++step_;
   return r;
+}
+
+void Trainer::check_balancing_loss(const ForwardOutput& out, int micro) const {
+  // Under skip_step a non-finite balancing loss shows again as a non-finite gradient norm.
+  MOE_CHECK(std::isfinite(out.aux_loss) || guard_->skips(), "balancing loss is ", out.aux_loss, " at step ", step_ + 1,
+            " (micro-batch ", micro, " on rank ", world_->rank(), "): training diverged; lower optim.lr or check the data");
+}
+
+void Trainer::read_routing_stats(ForwardOutput& out) {
+  bool any = false;
+  for (MoeLayerStats& s : out.moe_stats) {
+    any |= s.on_device.pending;
+    read_device_stats(s);
+  }
+  if (!any) return;
+  out.aux_loss = 0;
+  for (const MoeLayerStats& s : out.moe_stats) out.aux_loss += s.aux_loss;
 }
 
 void Trainer::guarded_update(StepResult& r, bool read_loss) {
@@ -147,11 +169,8 @@ void Trainer::report_skips(StepResult& r, const std::string& reason) {
   r.skipped = record.last == step_ + 1;
   r.skipped_steps = record.skipped;
   if (record.skipped > reported_skips_ && is_root()) {
-    std::printf("skipped the update of step %lld: %s (train.nonfinite = \"skip_step\"; %lld skipped in all, %lld in a "
-                "row)\n",
-                static_cast<long long>(record.last), reason.empty() ? "gradient norm is not finite" : reason.c_str(),
-                static_cast<long long>(record.skipped), static_cast<long long>(record.consecutive));
-    std::fflush(stdout);
+    log::info("skipped the update of step {}: {} (train.nonfinite = \"skip_step\"; {} skipped in all, {} in a row)",
+              record.last, reason.empty() ? "gradient norm is not finite" : reason, record.skipped, record.consecutive);
   }
   reported_skips_ = record.skipped;
 }

@@ -4,7 +4,6 @@
 
 #include <chrono>
 #include <cmath>
-#include <cstdio>
 #include <filesystem>
 
 #include "routing/balancing.h"
@@ -20,11 +19,16 @@
 #include "src/train/distributed_optimizer.h"
 #include "src/train/pipeline_schedule.h"
 #include "src/train/run_dir.h"
+#include "src/util/log.h"
 #include "src/util/stop_signal.h"
 
 namespace moe {
 
 namespace {
+
+// Start-up lines at info level (else debug): models this large, or an initialisation this slow.
+constexpr int64_t k_large_model_params = 100'000'000;
+constexpr double k_slow_start_seconds = 2.0;
 
 // Random token windows for benchmarks without a dataset: speed does not depend on the values.
 data::TokenWindows synthetic_windows(uint64_t seed, int64_t step, int64_t index, int64_t rows, int64_t seq_len,
@@ -51,12 +55,22 @@ Trainer::Trainer(const Config& config, int local_rank, Communicator& world)
             " but the model runs on ", device_.str());
   groups_ = make_process_groups(world, topology_, config.model.tie_embeddings);
   const RankCoords& at = topology_.coords;
-  if (is_root() && world.size() > 1) std::printf("%s\n", topology_.describe().c_str());
+  if (is_root() && world.size() > 1) log::info("{}", topology_.describe());
   ModelParallel layout{groups_.ep.get(), groups_.tp.get(), topology_.pp, at.pp, config.parallel.pp_layers};
+  log::Progress init_time;
   model_ = std::make_unique<Model>(config.model, config.moe, layout);
+  // Start-up of a large model takes a while: say so before, and how long after. Small ones stay
+  // quiet at info level, so a run that fails later still prints its one error line alone.
+  const bool large = model_->total_params() >= k_large_model_params;
+  log::write(large ? log::Level::info : log::Level::debug,
+             fmt::format("model: initialising {} parameters ({} tensors on this rank) on {} ({})", model_->total_params(),
+                         model_->params().infos().size(), device_.str(), dtype_name(dtype_)));
   model_->set_recompute(config.train.recompute);
   model_->allocate(device_, dtype_);
   model_->initialize(config.train.seed);
+  const double init_seconds = init_time.seconds();
+  log::write(large || init_seconds >= k_slow_start_seconds ? log::Level::info : log::Level::debug,
+             fmt::format("model: initialised in {:.1f} s", init_seconds));
   tp_partial_done_.assign(model_->params().infos().size(), false);
   optimizer_ = std::make_unique<DistributedOptimizer>(model_->params(), config.optim,
                                                       static_cast<int>(config.parallel.zero), *groups_.dp,
@@ -140,7 +154,11 @@ EvalResult Trainer::evaluate(int64_t max_batches) {
   std::vector<double> sums(2, 0.0);
   Tensor loss_sum = Tensor::zeros({1}, DType::f64, device_);  // on the device until the end
   data::TokenWindows b;
+  log::Progress progress;
+  int64_t num_batches = 0;
   while (it.next(b)) {
+    if (progress.due()) log::info("eval: {} batches in {:.0f} s", num_batches, progress.seconds());
+    ++num_batches;
     Batch batch = to_device(b);
     batch.training = false;
     ModelSaved saved;
@@ -199,14 +217,12 @@ void Trainer::log_step(const StepResult& r, double lr, double step_seconds, doub
   double eta = elapsed / static_cast<double>(step_) * static_cast<double>(config_.train.steps - step_);
   std::string mfu = record.contains("mfu") ? " | mfu " + std::to_string(record["mfu"].get<double>() * 100).substr(0, 4) + "%"
                                            : "";
-  std::printf("%sstep %lld/%lld | loss %.4f | aux %.4f | lr %.2e | gnorm %.3g | %.0f tok/s%s | %s tokens | mem %s "
-              "(peak %s)%s | eta %s | %s\n",
-              oracle_ ? "[ORACLE HASH: routes on the target token] " : "", static_cast<long long>(step_),
-              static_cast<long long>(config_.train.steps), r.loss, r.aux_loss, lr, r.grad_norm, tokens_per_s,
-              mfu.c_str(), format_count(tokens_seen).c_str(), format_bytes(static_cast<double>(memory.current_bytes)).c_str(),
-              format_bytes(static_cast<double>(memory.peak_bytes)).c_str(), pipeline.c_str(),
-              format_duration(eta).c_str(), record["time"].get<std::string>().c_str());
-  std::fflush(stdout);
+  log::info("{}step {}/{} | loss {:.4f} | aux {:.4f} | lr {:.2e} | gnorm {:.3g} | {:.0f} tok/s{} | {} tokens | mem {} "
+            "(peak {}){} | eta {} | {}",
+            oracle_ ? "[ORACLE HASH: routes on the target token] " : "", step_, config_.train.steps, r.loss,
+            r.aux_loss, lr, r.grad_norm, tokens_per_s, mfu, format_count(tokens_seen),
+            format_bytes(static_cast<double>(memory.current_bytes)), format_bytes(static_cast<double>(memory.peak_bytes)),
+            pipeline, format_duration(eta), record["time"].get<std::string>());
 }
 
 int Trainer::agreed_stop_signal() const {
@@ -222,6 +238,8 @@ int Trainer::train() {
   // directories"); an error there aborts every rank. A resume past train.steps is refused there.
   std::optional<DirLock> lock;
   if (is_root()) lock.emplace(prepare_run_dir(config_, sampler_->global_batch()));
+  // train.log: every line this rank printed (and the debug ones), from start-up on; a resume appends.
+  if (is_root()) log::open_file(t.run_dir + "/train.log", !t.resume.empty());
   world_->barrier();  // staging cleaned, resume checked before any rank reads a checkpoint
   if (!t.resume.empty()) {
     const std::string dir = resolve_checkpoint(t.run_dir, t.resume);
@@ -229,15 +247,13 @@ int Trainer::train() {
   }
   metrics_ = std::make_unique<MetricsWriter>(is_root() ? t.run_dir + "/metrics.jsonl" : "");
   if (is_root()) {
-    std::printf("moe-engine: %lld parameters (%lld active per token), %lld MoE layers, %s %s, %d rank(s), "
-                "%.0f tokens per step\n",
-                static_cast<long long>(total_params_), static_cast<long long>(active_params_),
-                static_cast<long long>(empty_routing_stats().size()), device_.str().c_str(), dtype_name(dtype_),
-                world_->size(), tokens_per_step_);
-    std::printf("%s\n", describe_training_data(*train_split_, *sampler_, config_.data.sampling).c_str());
+    log::info("moe-engine: {} parameters ({} active per token), {} MoE layers, {} {}, {} rank(s), {:.0f} tokens "
+              "per step", total_params_, active_params_, empty_routing_stats().size(), device_.str(), dtype_name(dtype_),
+              world_->size(), tokens_per_step_);
+    log::info("{}", describe_training_data(*train_split_, *sampler_, config_.data.sampling));
     if (device_.is_cuda() && peak_.datasheet_flops == 0) {
-      std::printf("mfu: no datasheet peak known for '%s': set train.peak_tflops (dense bf16 TFLOP/s per GPU) "
-                  "to report it\n", peak_.device.c_str());
+      log::warn("mfu: no datasheet peak known for '{}': set train.peak_tflops (dense bf16 TFLOP/s per GPU) to "
+                "report it", peak_.device);
     }
   }
   auto start = Clock::now();
@@ -259,8 +275,10 @@ int Trainer::train() {
                                {"val_tokens", e.tokens}, {"time", utc_timestamp()}};
       if (oracle_) record["oracle_hash"] = true;
       metrics_->write(record);
-      if (is_root()) std::printf("%seval step %lld | val_loss %.4f | val_ppl %.2f\n", oracle_ ? "[ORACLE HASH] " : "", static_cast<long long>(step_), e.loss,
-                                 std::exp(e.loss));
+      if (is_root()) {
+        log::info("{}eval step {} | val_loss {:.4f} | val_ppl {:.2f}", oracle_ ? "[ORACLE HASH] " : "", step_, e.loss,
+                  std::exp(e.loss));
+      }
     }
     const bool saved = (t.save_every > 0 && step_ % t.save_every == 0) || last;
     if (saved) save_checkpoint();
@@ -269,11 +287,8 @@ int Trainer::train() {
     if (signal != 0) {
       if (!saved) save_checkpoint();
       if (is_root()) {
-        std::printf("stopped by %s after step %lld of %lld: checkpoint %s/checkpoints/step_%lld saved; continue with "
-                    "train.resume = \"latest\"\n",
-                    stop_signal_name(signal), static_cast<long long>(step_), static_cast<long long>(t.steps),
-                    t.run_dir.c_str(), static_cast<long long>(step_));
-        std::fflush(stdout);
+        log::info("stopped by {} after step {} of {}: checkpoint {}/checkpoints/step_{} saved; continue with "
+                  "train.resume = \"latest\"", stop_signal_name(signal), step_, t.steps, t.run_dir, step_);
       }
       return signal;
     }

@@ -87,6 +87,10 @@ class Trainer {
   void log_step(const StepResult& r, double lr, double step_seconds, double elapsed);
   // Clipping, the NaN/Inf policy (step_guard.h) and AdamW for the step completing step_ + 1.
   void guarded_update(StepResult& r, bool read_loss);
+  // A micro-batch's balancing loss must be finite (unless the step is skipped by the guard).
+  void check_balancing_loss(const ForwardOutput& out, int micro) const;
+  // Reads the routing statistics a CUDA forward left on the device and sums out.aux_loss again.
+  static void read_routing_stats(ForwardOutput& out);
   void report_skips(StepResult& r, const std::string& reason);  // reads the skip record (step_guard.h)
   int agreed_stop_signal() const;  // the stop signal of any rank (an all-reduce max), or 0
   bool is_log_step(int64_t step) const;

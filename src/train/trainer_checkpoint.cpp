@@ -1,14 +1,16 @@
 // Trainer checkpoints in any layout: each parameter's canonical tensor is gathered from its
 // EP or TP shards, each pipeline stage's root sends its stage's tensors to rank 0, which writes
 // the one checkpoint; loading takes each rank's part of the canonical tensors.
-#include <cstdio>
+#include <filesystem>
 #include <set>
 #include <sstream>
 
 #include "src/train/checkpoint.h"
 #include "src/train/data_state.h"
+#include "src/train/metrics.h"
 #include "src/train/run_dir.h"
 #include "src/train/trainer.h"
+#include "src/util/log.h"
 
 namespace moe {
 
@@ -76,6 +78,14 @@ void gather_stage_tensors(Communicator& pp, CheckpointTensors& tensors) {
   }
 }
 
+// The size of a checkpoint's tensor files, for the save/load lines (bytes and seconds).
+double checkpoint_bytes(const std::string& dir, bool with_optimizer) {
+  std::error_code error;
+  double bytes = static_cast<double>(std::filesystem::file_size(dir + "/model.safetensors", error));
+  if (with_optimizer) bytes += static_cast<double>(std::filesystem::file_size(dir + "/optimizer.safetensors", error));
+  return error ? 0.0 : bytes;
+}
+
 }  // namespace
 
 // A split parameter's canonical tensor: the all-gather of its shards over the group it is split
@@ -105,6 +115,7 @@ Tensor Trainer::full_tensor(const ParamInfo& info, const Tensor& host_local) {
 void Trainer::save_checkpoint() {
   guard_->check(step_, world_->rank());  // the GPU may have skipped a non-finite step no one read
   std::string dir = config_.train.run_dir + "/checkpoints/step_" + std::to_string(step_);
+  log::Progress timer;
   ParamStore& store = model_->params();
   // Each stage's first rank (tp 0, dp 0) keeps its stage's canonical tensors.
   const bool stage_root = topology_.coords.tp == 0 && topology_.coords.dp == 0;
@@ -123,10 +134,9 @@ void Trainer::save_checkpoint() {
   if (topology_.pp > 1 && stage_root) gather_stage_tensors(*groups_.pp, tensors);
   if (is_root()) {
     write_checkpoint_tensors(dir, tensors, {step_, config_.train.seed, world_->size(), data_state(step_)}, config_);
-    std::printf("saved checkpoint %s\n", dir.c_str());
+    log::info("saved checkpoint {} ({} in {:.1f} s)", dir, format_bytes(checkpoint_bytes(dir, true)), timer.seconds());
     for (const std::string& old : prune_checkpoints(config_.train.run_dir, config_.train.keep_last, dir)) {
-      std::printf("removed checkpoint %s (train.keep_last = %lld)\n", old.c_str(),
-                  static_cast<long long>(config_.train.keep_last));
+      log::info("removed checkpoint {} (train.keep_last = {})", old, config_.train.keep_last);
     }
   }
   world_->barrier();
@@ -157,6 +167,8 @@ std::set<std::string> Trainer::model_param_names() {
 
 void Trainer::load_checkpoint(const std::string& dir, bool with_optimizer) {
   // Any layout loads any checkpoint: each rank takes its part of the canonical tensors.
+  log::Progress timer;
+  log::debug("loading checkpoint {} ({})", dir, with_optimizer ? "weights and optimizer state" : "weights");
   CheckpointFiles files = read_checkpoint_files(dir, with_optimizer, config_.train.verify_checkpoints);
   std::set<std::string> names = model_param_names();  // collective over the pipeline group
   // The first stage knows every stage's names; the others miss only what take() names.
@@ -176,7 +188,10 @@ void Trainer::load_checkpoint(const std::string& dir, bool with_optimizer) {
     if (sampler_) check_resume_data(files.state.data, data_state(files.state.step), dir, files.state.step);
     step_ = files.state.step;
   }
-  if (is_root()) std::printf("loaded checkpoint %s (step %lld)\n", dir.c_str(), static_cast<long long>(files.state.step));
+  if (is_root()) {
+    log::info("loaded checkpoint {} (step {}): {} in {:.1f} s", dir, files.state.step,
+              format_bytes(checkpoint_bytes(dir, with_optimizer)), timer.seconds());
+  }
 }
 
 }  // namespace moe

@@ -18,6 +18,9 @@ test ! -e "$work/huge-lr/checkpoints/step_1"
 # Diverged weights: saved only where nothing evaluates them (no validation data), refused by eval.
 "$moe" train "$work/config.toml" --set optim.lr=1e30 --set train.steps=1 --set 'data.val_path=""' \
   --set train.run_dir="$work/diverged" > /dev/null
-"$here/expect_error.sh" "validation loss is -?nan on .*val.tok: the model's weights have diverged" \
-  "$moe" eval "$work/config.toml" --set train.run_dir="$work/diverged"
+# Exactly two lines: the checkpoint's load line (an info line, printed as it happens), then the error.
+out=$(EXPECT_ANY_LINES=1 "$here/expect_error.sh" "validation loss is -?nan on .*val.tok: the model's weights have diverged" \
+  "$moe" eval "$work/config.toml" --set train.run_dir="$work/diverged") || { echo "$out"; exit 1; }
+test "$(grep -c . <<< "$out")" -eq 2 || { echo "$out"; exit 1; }
+grep -q "^ok (exit 1): loaded checkpoint .*/diverged/checkpoints/step_1 (step 1)" <<< "$out" || { echo "$out"; exit 1; }
 echo "ok"

@@ -12,6 +12,7 @@ trap 'rm -rf "$work"' EXIT
 "$here/tiny_run.sh" "$moe" "$work" > /dev/null
 long=(--set train.steps=1000000 --set train.eval_every=0 --set train.save_every=0)
 
+# Under mpirun every line starts "[rank R] " (docs/cli.md, "Logging"): rank 0 prints the info lines.
 # start NAME LAUNCHER...: a long run into $work/NAME in the background, logging to $work/NAME.log;
 # returns once its first step is logged. The launcher's pid is in $pid.
 start() {
@@ -20,7 +21,7 @@ start() {
   "$@" "$moe" train "$work/config.toml" "${long[@]}" --set train.run_dir="$work/$name" > "$work/$name.log" 2>&1 &
   pid=$!
   for _ in $(seq 600); do
-    grep -q "^step 1/" "$work/$name.log" && return 0
+    grep -qE "^(\[rank 0\] )?step 1/" "$work/$name.log" && return 0
     kill -0 "$pid" 2> /dev/null || break
     sleep 0.1
   done
@@ -34,7 +35,7 @@ finish() {
   wait "$pid" || code=$?
   if [[ $code -ne $expected ]]; then echo "$name: exit $code, expected $expected"; cat "$work/$name.log"; exit 1; fi
   local line
-  line=$(grep -E "^stopped by $signame after step [0-9]+ of 1000000: checkpoint .*/checkpoints/step_[0-9]+ saved; continue with train.resume = \"latest\"$" "$work/$name.log") ||
+  line=$(grep -E "^(\[rank 0\] )?stopped by $signame after step [0-9]+ of 1000000: checkpoint .*/checkpoints/step_[0-9]+ saved; continue with train.resume = \"latest\"$" "$work/$name.log") ||
     { echo "$name: no stop line"; cat "$work/$name.log"; exit 1; }
   local step
   step=$(sed -E 's/.*after step ([0-9]+) of.*/\1/' <<< "$line")
@@ -80,7 +81,7 @@ next=$((stopped + 1))
 "$mpiexec" --oversubscribe -np 2 "$moe" train "$work/config.toml" --set train.steps=$((stopped + 2)) \
   --set train.eval_every=0 --set train.save_every=0 --set train.run_dir="$work/mpi_one_rank" --set train.resume=latest \
   > "$work/resume.log" 2>&1 || { cat "$work/resume.log"; exit 1; }
-grep -q "^loaded checkpoint .*/step_$stopped (step $stopped)" "$work/resume.log"
-grep -q "^step $next/$((stopped + 2)) " "$work/resume.log" || { cat "$work/resume.log"; exit 1; }
-grep -q "^saved checkpoint .*/step_$((stopped + 2))" "$work/resume.log"
+grep -q "^\[rank 0\] loaded checkpoint .*/step_$stopped (step $stopped)" "$work/resume.log"
+grep -q "^\[rank 0\] step $next/$((stopped + 2)) " "$work/resume.log" || { cat "$work/resume.log"; exit 1; }
+grep -q "^\[rank 0\] saved checkpoint .*/step_$((stopped + 2))" "$work/resume.log"
 echo "ok"

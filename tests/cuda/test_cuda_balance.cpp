@@ -125,6 +125,38 @@ TEST_CASE("cuda load balance of noisy gating matches the CPU, one expert far ahe
   }
 }
 
+// The router-entropy metric of a logging step, computed on the device: softmax-like rows, rows
+// with zeros, one-hot rows (entropy 0) and unnormalised sigmoid-like rows.
+TEST_CASE("cuda row entropy matches the CPU, zeros and one-hot rows included", "[cuda][balance]") {
+  for (const Shape4& s : k_shapes) {
+    for (Skew skew : k_skews) {
+      INFO(label(s, skew));
+      const uint64_t seed = seed_of(90, {s.tokens, s.experts, static_cast<int64_t>(skew)});
+      const std::vector<double> drawn = random_values(s.tokens * s.experts, seed, 0.0, 1.0);
+      std::vector<float> scores(drawn.begin(), drawn.end());
+      for (int64_t t = 0; t < s.tokens; ++t) {
+        float* row = &scores[static_cast<size_t>(t * s.experts)];
+        if (skew == Skew::one_expert) {
+          for (int64_t e = 0; e < s.experts; ++e) row[e] = e == s.experts - 1 ? 1.0f : 0.0f;
+        } else if (skew == Skew::all_dropped) {
+          for (int64_t e = 0; e < s.experts; e += 2) row[e] = 0.0f;  // every other expert never scored
+        }
+      }
+      const Mirror x = mirror_values(scores, {s.tokens, s.experts}, DType::f32);
+      Mirror acc{Tensor::from_vector(std::vector<double>{0.5}, {1}, DType::f64),
+                 Tensor::from_vector(std::vector<double>{0.5}, {1}, DType::f64, gpu())};
+      const double weight = 1.0 / static_cast<double>(s.tokens);
+      ops::row_entropy_accumulate(x.cpu, acc.cpu, weight);
+      ops::row_entropy_accumulate(x.gpu, acc.gpu, weight);
+      const double ref = acc.cpu.to_vector<double>()[0], got = acc.gpu.to_vector<double>()[0];
+      INFO("gpu " << got << " cpu " << ref);
+      REQUIRE(std::abs(got - ref) <= 1e-9 * std::abs(ref));
+      if (skew == Skew::one_expert) REQUIRE(ref == 0.5);  // one-hot rows add nothing to the 0.5 it held
+      if (skew != Skew::one_expert) REQUIRE(ref > 0.5);
+    }
+  }
+}
+
 TEST_CASE("cuda expert counts and the bias update match the CPU exactly", "[cuda][balance]") {
   for (const Shape4& s : k_shapes) {
     for (Skew skew : k_skews) {

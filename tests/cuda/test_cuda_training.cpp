@@ -142,6 +142,15 @@ TEST_CASE("CUDA matches the CPU for every router and expert variant", "[cuda][tr
     for (size_t i = 0; i < r_cpu.routing.size(); ++i) {
       REQUIRE(r_gpu.routing[i].balance.size() == r_cpu.routing[i].balance.size());
       REQUIRE(r_gpu.routing[i].aux_loss == Approx(r_cpu.routing[i].aux_loss).epsilon(0.1).margin(1e-4));
+      // A GPU logging step keeps its statistics on the device and reads them at the step's end:
+      // every slot is counted once (kept or dropped), the entropy agrees within bf16 tolerance.
+      const LayerRoutingStats &cpu = r_cpu.routing[i], &gpu = r_gpu.routing[i];
+      REQUIRE(gpu.tokens_per_expert.size() == cpu.tokens_per_expert.size());
+      REQUIRE(gpu.slots == cpu.slots);
+      int64_t kept = 0;
+      for (int64_t n : gpu.tokens_per_expert) kept += n;
+      REQUIRE(kept + gpu.dropped == gpu.slots);
+      REQUIRE(gpu.entropy == Approx(cpu.entropy).epsilon(0.02).margin(1e-6));
     }
   });
 }

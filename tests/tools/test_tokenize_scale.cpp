@@ -218,7 +218,7 @@ TEST_CASE("the tokenizer is trained on a sample; progress lines report the rate"
   REQUIRE(manifest["tokenizer_sample"]["bytes"] == summary.sample_bytes);
   REQUIRE(manifest["tokenizer_sample"]["of_bytes"] > 4 * summary.sample_bytes);
   REQUIRE_THAT(progress.str(), Contains("tokenize: scan 100.0% (") && Contains("tokenize: encode 100.0% (") &&
-                                   Contains(" MB/s, 130 documents)"));
+                                   Contains(" MB/s, 130 documents, ") && Contains(" tokens/s)\n"));
   REQUIRE_THAT(log.str(), Contains(" MB/s; encoding ") && Contains(" MB/s) on "));
 }
 
