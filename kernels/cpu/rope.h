@@ -15,4 +15,10 @@ template <typename T>
 void rope(T* x, int64_t rows, int64_t num_heads, int64_t head_dim, int64_t seq_len, double theta, bool inverse,
           const int32_t* doc_starts = nullptr, const kernels::RopeScaling& scaling = {});
 
+// The same rotation at given positions: row t of x[T, H*hd] is at position positions[t] (i32[T];
+// cached decoding, where each row is one sequence's newest token).
+template <typename T>
+void rope_at(T* x, int64_t rows, int64_t num_heads, int64_t head_dim, const int32_t* positions, double theta,
+             const kernels::RopeScaling& scaling);
+
 }  // namespace moe::cpu

@@ -10,7 +10,7 @@ namespace {
 
 // x[rows, H*hd]: for each head h, (x[h*hd + i], x[h*hd + i + hd/2]) rotated by pos * theta^(-2i/hd)
 __global__ void rope_kernel(__nv_bfloat16* x, int64_t rows, int num_heads, int head_dim, int64_t seq_len,
-                            double theta, float sign, const int32_t* doc_starts,
+                            double theta, float sign, const int32_t* doc_starts, const int32_t* positions,
                             kernels::RopeScaling scaling) {
   const int half = head_dim / 2;
   const int64_t total = rows * half;
@@ -19,7 +19,7 @@ __global__ void rope_kernel(__nv_bfloat16* x, int64_t rows, int num_heads, int h
     const int64_t t = g / half;
     const int i = static_cast<int>(g - t * half);
     const double inv_freq = kernels::rope_inv_freq(i, head_dim, theta, scaling);
-    const int64_t pos = t % seq_len - (doc_starts ? doc_starts[t] : 0);
+    const int64_t pos = positions ? positions[t] : t % seq_len - (doc_starts ? doc_starts[t] : 0);
     double angle = static_cast<double>(pos) * inv_freq;
     angle -= 2.0 * M_PI * rint(angle / (2.0 * M_PI));  // exact-enough reduction before fp32 trig
     float s, c;
@@ -48,7 +48,20 @@ void rope(__nv_bfloat16* x, const RopeShape& s, float theta, bool inverse, const
   constexpr int threads = 256;
   rope_kernel<<<grid_for(s.rows * (s.head_dim / 2), threads), threads, 0, stream>>>(
       x, s.rows, static_cast<int>(s.num_heads), static_cast<int>(s.head_dim), s.seq_len,
-      static_cast<double>(theta), inverse ? -1.0f : 1.0f, doc_starts, scaling);
+      static_cast<double>(theta), inverse ? -1.0f : 1.0f, doc_starts, nullptr, scaling);
+  CUDA_CHECK_LAUNCH();
+}
+
+void rope_at(__nv_bfloat16* x, int64_t rows, int64_t num_heads, int64_t head_dim, const int32_t* positions,
+             float theta, const kernels::RopeScaling& scaling, cudaStream_t stream) {
+  MOE_CHECK(rows >= 0 && num_heads > 0 && head_dim > 0 && head_dim % 2 == 0 && num_heads * head_dim <= (int64_t{1} << 30),
+            "rope_at: bad shape (rows ", rows, ", heads ", num_heads, ", head_dim ", head_dim, ")");
+  MOE_CHECK(theta > 0, "rope_at: theta must be positive, got ", theta);
+  if (rows == 0) return;
+  constexpr int threads = 256;
+  rope_kernel<<<grid_for(rows * (head_dim / 2), threads), threads, 0, stream>>>(
+      x, rows, static_cast<int>(num_heads), static_cast<int>(head_dim), 1, static_cast<double>(theta), 1.0f,
+      nullptr, positions, scaling);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -20,5 +20,8 @@ struct RopeShape {
 // The frequencies are kernels::rope_inv_freq's (the CPU reference's), scaled by `scaling`.
 void rope(__nv_bfloat16* x, const RopeShape& shape, float theta, bool inverse, const int32_t* doc_starts,
           const kernels::RopeScaling& scaling, cudaStream_t stream);
+// The forward rotation with row t at position positions[t] (i32[rows]; cached decoding).
+void rope_at(__nv_bfloat16* x, int64_t rows, int64_t num_heads, int64_t head_dim, const int32_t* positions,
+             float theta, const kernels::RopeScaling& scaling, cudaStream_t stream);
 
 }  // namespace moe::cuda

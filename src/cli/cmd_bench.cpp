@@ -1,14 +1,16 @@
 // `moe bench train CONFIG [--warmup N] [--steps N] [--breakdown]`: tokens/s, MFU and peak memory over timed
 // steps after warm-up, printed by rank 0 as one JSON line. Without data.train_path the batches
 // are random tokens (speed does not depend on the values). `moe bench dispatch`, `moe bench layer`
-// and `moe bench op` time one piece alone.
+// and `moe bench op` time one piece alone; `moe bench generate` times generation.
 #include <cstdio>
+#include <filesystem>
 
 #include "src/cli/commands.h"
 #include "parallel/topology.h"
 #include "src/cli/run_setup.h"
 #include "src/ops/ops.h"
 #include "src/tools/bench_dispatch.h"
+#include "src/tools/bench_generate.h"
 #include "src/tools/bench_layer.h"
 #include "src/tools/bench_op.h"
 #include "src/train/device_select.h"
@@ -115,6 +117,37 @@ void add_layer_bench(CLI::App& bench, CommandRunner& run) {
 
 }  // namespace
 
+// `moe bench generate CONFIG|RUN [--batch B --prompt-len P --new-tokens N --device D]`: prefill and
+// decode tokens/s with and without the KV cache; a config's model gets random weights, a run
+// directory or checkpoint its trained ones. One JSON line.
+void add_generate_bench(CLI::App& bench, CommandRunner& run) {
+  auto* cmd = bench.add_subcommand("generate", "time generation (prefill and decode tokens/s, with and without the KV cache)");
+  auto source = std::make_shared<std::string>();
+  auto device = std::make_shared<std::string>("auto");
+  auto o = std::make_shared<GenerateBenchOptions>();
+  cmd->add_option("source", *source, "a config file (random weights) or a run/checkpoint directory")->required();
+  cmd->add_option("--batch", o->batch, "prompts generated together")->check(CLI::PositiveNumber);
+  cmd->add_option("--prompt-len", o->prompt_len, "tokens per prompt (0 = half of model.seq_len)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--new-tokens", o->new_tokens, "tokens generated per prompt (0 = the rest of model.seq_len)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--seed", o->seed, "seed of the random prompt tokens");
+  cmd->add_option("--device", *device, "auto | cpu | cuda");
+  cmd->callback([&run, source, device, o] {
+    log::human_to_stderr();  // at parse time: stdout carries the JSON line alone
+    run = [source, device, o](MpiEnv&) {
+      const bool from_run = std::filesystem::is_directory(*source);
+      InferenceModel m = from_run ? load_inference_model(resolve_checkpoint_arg("source", *source, ""), *device, true)
+                                  : init_inference_model(load_config(*source), *device);
+      nlohmann::json out = bench_generate(*m.model, *o);
+      out["source"] = *source;
+      out["device"] = m.model->params().device().str();
+      std::printf("%s\n", out.dump().c_str());
+      return 0;
+    };
+  });
+}
+
 void add_bench_command(CLI::App& app, CommandRunner& run) {
   auto* bench = app.add_subcommand("bench", "measure speed and memory");
   bench->require_subcommand(1);
@@ -132,6 +165,7 @@ void add_bench_command(CLI::App& app, CommandRunner& run) {
   add_dispatch_bench(*bench, run);
   add_op_bench(*bench, run);
   add_layer_bench(*bench, run);
+  add_generate_bench(*bench, run);
   cmd->callback([&run, options, warmup, steps, breakdown] {
     log::human_to_stderr();  // at parse time: stdout carries the JSON line alone
     run = [options, warmup, steps, breakdown](MpiEnv& env) {

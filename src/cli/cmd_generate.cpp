@@ -1,17 +1,14 @@
-// `moe generate --checkpoint DIR|RUN_DIR|latest [--prompt TEXT]`: continues a prompt with a trained
-// model (greedy with --temperature 0, else temperature, top-k and top-p sampling).
+// `moe generate --checkpoint DIR|RUN_DIR|latest [--prompt TEXT | --prompts FILE]`: continues prompts
+// with a trained model, KV-cached (or --no-cache: the full window every token), greedy or sampled.
 #include <cstdio>
-#include <filesystem>
-#include <random>
+
+#include <nlohmann/json.hpp>
 
 #include "src/cli/commands.h"
 #include "src/cli/run_setup.h"
 #include "src/data/tokenizer.h"
-#include "src/model/model.h"
-#include "src/model/sampling.h"
-#include "src/ops/ops.h"
-#include "src/train/checkpoint.h"
-#include "src/train/device_select.h"
+#include "src/model/generation.h"
+#include "src/tools/generate_text.h"
 #include "src/util/log.h"
 
 namespace moe {
@@ -19,74 +16,121 @@ namespace moe {
 namespace {
 
 struct GenerateOptions {
-  std::string checkpoint, run_dir = TrainConfig{}.run_dir, prompt = "The", tokenizer, device = "auto";
-  int64_t max_new_tokens = 64;
-  SamplingOptions sampling{0.8, 0.95, 0};
-  uint64_t seed = 1;
+  std::string checkpoint, run_dir = TrainConfig{}.run_dir, prompt = "The", prompts_file, jsonl_field, tokenizer,
+      device = "auto";
+  std::vector<std::string> stops;
+  GenerationOptions generation{64, {0.8, 0.95, 0}, 1, true};
   bool verify = true;  // the checkpoint's checksums
 };
 
-int run_generate(const GenerateOptions& o) {
-  MOE_CHECK(o.device == "auto" || o.device == "cpu" || o.device == "cuda", "--device '", o.device,
-            "' is not a known device (choices: auto, cpu, cuda)");
-  const std::string checkpoint = resolve_checkpoint_arg("--checkpoint", o.checkpoint, o.run_dir);
-  MOE_CHECK(std::filesystem::is_directory(checkpoint), "checkpoint directory ", checkpoint, " does not exist");
-  Config config = load_config(checkpoint + "/config.toml");
-  config.train.device = o.device;
-  Device device = select_device(config.train, 0);
-  Model model(config.model, config.moe);
-  if (device.is_cuda()) config.train.dtype = "";  // a CPU run's f64 becomes bf16 on the GPU
-  model.allocate(device, select_dtype(config.train, device));
-  read_checkpoint(checkpoint, model.params(), nullptr, o.verify);
+struct LoadedModel {
+  InferenceModel inference;
+  data::Tokenizer tokenizer;
+};
 
+LoadedModel load_model(const GenerateOptions& o) {
+  const std::string checkpoint = resolve_checkpoint_arg("--checkpoint", o.checkpoint, o.run_dir);
+  LoadedModel m{load_inference_model(checkpoint, o.device, o.verify), {}};
+  const Config& config = m.inference.config;
   std::string tokenizer_path = o.tokenizer.empty() ? config.data.tokenizer : o.tokenizer;
   MOE_CHECK(!tokenizer_path.empty(), "no tokenizer: set data.tokenizer in the config or pass --tokenizer");
-  data::Tokenizer tokenizer = data::Tokenizer::load(tokenizer_path);
-  MOE_CHECK(tokenizer.vocab_size() <= config.model.vocab_size, "the tokenizer has ", tokenizer.vocab_size(),
+  m.tokenizer = data::Tokenizer::load(tokenizer_path);
+  MOE_CHECK(m.tokenizer.vocab_size() <= config.model.vocab_size, "the tokenizer has ", m.tokenizer.vocab_size(),
             " tokens but model.vocab_size is ", config.model.vocab_size);
-  std::vector<int32_t> tokens = tokenizer.encode(o.prompt);
-  MOE_CHECK(!tokens.empty(), "the prompt encodes to no tokens");
-  std::mt19937_64 rng(o.seed);
-  const int64_t seq = config.model.seq_len;
-  const size_t num_prompt = tokens.size();
-  bool eos = false;
-  for (int64_t i = 0; i < o.max_new_tokens && !eos; ++i) {
-    // The last seq_len tokens, right-padded: causal attention makes the padding invisible.
-    size_t begin = tokens.size() > static_cast<size_t>(seq) ? tokens.size() - seq : 0;
-    std::vector<int32_t> window(tokens.begin() + static_cast<std::ptrdiff_t>(begin), tokens.end());
-    int64_t last = static_cast<int64_t>(window.size()) - 1;
-    window.resize(static_cast<size_t>(seq), 0);
-    Tensor logits = model.logits(window, 1);
-    std::vector<float> row = logits.rows(last, last + 1).to_vector<float>();
-    // Ids past the tokenizer's pieces (a model vocabulary padded beyond it) have no text: never drawn.
-    row.resize(static_cast<size_t>(tokenizer.vocab_size()));
-    int32_t next = sample_token(row, o.sampling, rng);
-    eos = next == tokenizer.eos_id();
-    if (!eos) tokens.push_back(next);
+  return m;
+}
+
+const char* stop_reason_text(StopReason reason) {
+  switch (reason) {
+    case StopReason::eos: return "stopped at the end-of-sequence token";
+    case StopReason::stop: return "stopped at a --stop string";
+    case StopReason::length: return "--max-new-tokens reached";
   }
-  std::printf("%s\n", tokenizer.decode(tokens).c_str());
-  // On stderr, so stdout stays the text alone: how much was generated and why it stopped.
-  log::info("generate: {} new tokens after a {}-token prompt ({})", tokens.size() - num_prompt, num_prompt,
-            eos ? "stopped at the end-of-sequence token" : "--max-new-tokens reached");
+  return "?";
+}
+
+int run_generate(const GenerateOptions& o) {
+  const bool batch = !o.prompts_file.empty();
+  MOE_CHECK(o.jsonl_field.empty() || batch, "--jsonl-field reads the records of --prompts FILE, but no --prompts was given");
+  const bool jsonl = !o.jsonl_field.empty() || o.prompts_file.ends_with(".jsonl");
+  const std::vector<std::string> texts =
+      batch ? read_prompts(o.prompts_file, jsonl, o.jsonl_field.empty() ? "text" : o.jsonl_field)
+            : std::vector<std::string>{o.prompt};
+  std::vector<StopText> stops(texts.size(), StopText(o.stops));
+  LoadedModel m = load_model(o);
+  std::vector<std::vector<int32_t>> prompts, generated(texts.size());
+  std::vector<std::string> prompt_texts;
+  for (size_t i = 0; i < texts.size(); ++i) {
+    prompts.push_back(m.tokenizer.encode(texts[i]));
+    MOE_CHECK(!prompts.back().empty(), batch ? "prompt " + std::to_string(i + 1) + " of --prompts" : std::string("the prompt"),
+              " encodes to no tokens");
+    prompt_texts.push_back(m.tokenizer.decode(prompts.back()));
+  }
+  GenerationOptions g = o.generation;
+  g.eos_id = m.tokenizer.eos_id();
+  g.vocab_limit = m.tokenizer.vocab_size();  // ids past the tokenizer's pieces have no text: never drawn
+  // Streaming (one prompt): the prompt once the first token is in (an error before it leaves stdout
+  // empty), then each piece of text as it is decoded.
+  bool prompt_shown = false;
+  auto show = [&](const std::string& text) {
+    if (!prompt_shown) std::fputs(prompt_texts[0].c_str(), stdout);
+    prompt_shown = true;
+    std::fputs(text.c_str(), stdout);
+    std::fflush(stdout);
+  };
+  auto sink = [&](size_t b, int32_t token) {
+    generated[b].push_back(token);
+    std::vector<int32_t> all = prompts[b];
+    all.insert(all.end(), generated[b].begin(), generated[b].end());
+    const std::string full = m.tokenizer.decode(all);
+    // The continuation is the text past the prompt's (decoding keeps that prefix in practice).
+    const bool stop = stops[b].update(full.compare(0, prompt_texts[b].size(), prompt_texts[b]) == 0
+                                          ? full.substr(prompt_texts[b].size()) : full);
+    if (!batch) show(stops[b].take_printable(false));
+    return !stop;
+  };
+  std::vector<Generated> out = generate(*m.inference.model, prompts, g, sink);
+  for (size_t b = 0; b < out.size(); ++b) {
+    if (!batch) {
+      show(stops[b].take_printable(true) + "\n");
+      // On stderr, so stdout stays the text alone: how much was generated and why it stopped.
+      log::info("generate: {} new tokens after a {}-token prompt ({})", out[b].tokens.size(), prompts[b].size(),
+                stop_reason_text(out[b].reason));
+      continue;
+    }
+    nlohmann::json line{{"index", b},           {"prompt", texts[b]},
+                        {"text", stops[b].text()}, {"new_tokens", out[b].tokens.size()},
+                        {"stop_reason", stop_reason_name(out[b].reason)}};
+    if (out[b].reason == StopReason::stop) line["stop"] = stops[b].stop_found();
+    std::printf("%s\n", line.dump().c_str());
+  }
+  if (batch) log::info("generate: {} prompts from {}", out.size(), o.prompts_file);
   return 0;
 }
 
 }  // namespace
 
 void add_generate_command(CLI::App& app, CommandRunner& run) {
-  auto* cmd = app.add_subcommand("generate", "continue a prompt with a trained checkpoint");
+  auto* cmd = app.add_subcommand("generate", "continue prompts with a trained checkpoint");
   auto o = std::make_shared<GenerateOptions>();
   cmd->add_option("--checkpoint", o->checkpoint,
                   "checkpoint directory (holds config.toml), a run directory (its newest checkpoint), or 'latest'")
       ->required();
   cmd->add_option("--run-dir", o->run_dir, "run directory where --checkpoint latest looks");
-  cmd->add_option("--prompt", o->prompt, "text to continue");
-  cmd->add_option("--max-new-tokens", o->max_new_tokens, "tokens to generate")->check(CLI::PositiveNumber);
-  cmd->add_option("--temperature", o->sampling.temperature, "0 = greedy")->check(CLI::NonNegativeNumber);
-  cmd->add_option("--top-p", o->sampling.top_p, "nucleus sampling mass")->check(CLI::Range(1e-6, 1.0));
-  cmd->add_option("--top-k", o->sampling.top_k, "sample among the k likeliest tokens (0 = all)")
+  auto* prompt = cmd->add_option("--prompt", o->prompt, "text to continue (streamed to stdout as it is generated)");
+  cmd->add_option("--prompts", o->prompts_file,
+                  "a batch: one prompt per line, or JSONL (a .jsonl file or --jsonl-field); one JSON line per prompt out")
+      ->excludes(prompt);
+  cmd->add_option("--jsonl-field", o->jsonl_field, "the string field of each --prompts JSONL record (default: text)");
+  cmd->add_option("--max-new-tokens", o->generation.max_new_tokens, "tokens to generate")->check(CLI::PositiveNumber);
+  cmd->add_option("--temperature", o->generation.sampling.temperature, "0 = greedy")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--top-p", o->generation.sampling.top_p, "nucleus sampling mass")->check(CLI::Range(1e-6, 1.0));
+  cmd->add_option("--top-k", o->generation.sampling.top_k, "sample among the k likeliest tokens (0 = all)")
       ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--seed", o->seed, "sampling seed");
+  cmd->add_option("--stop", o->stops, "end a sequence where this text appears (repeatable; the text is cut before it)");
+  cmd->add_option("--seed", o->generation.seed, "sampling seed (prompt i of a batch uses seed + i)");
+  cmd->add_flag("!--no-cache", o->generation.use_cache,
+                "rerun the model on the whole window for every token (the reference path; no KV cache)");
   cmd->add_option("--tokenizer", o->tokenizer, "SentencePiece model (default: data.tokenizer of the config)");
   cmd->add_option("--device", o->device, "auto | cpu | cuda");
   cmd->add_flag("!--no-verify", o->verify, "skip the checkpoint files' CRC-32C check (very large checkpoints)");

@@ -33,6 +33,39 @@ RunContext setup_run(Config config, MpiEnv& env) {
   return ctx;
 }
 
+namespace {
+
+void check_device_name(const std::string& device_name) {
+  MOE_CHECK(device_name == "auto" || device_name == "cpu" || device_name == "cuda", "--device '", device_name,
+            "' is not a known device (choices: auto, cpu, cuda)");
+}
+
+InferenceModel place_model(Config config, const std::string& device_name) {
+  check_device_name(device_name);
+  config.train.device = device_name;
+  Device device = select_device(config.train, 0);
+  InferenceModel m{config, std::make_unique<Model>(config.model, config.moe)};
+  if (device.is_cuda()) m.config.train.dtype = "";  // a CPU run's f64 becomes bf16 on the GPU
+  m.model->allocate(device, select_dtype(m.config.train, device));
+  return m;
+}
+
+}  // namespace
+
+InferenceModel load_inference_model(const std::string& checkpoint, const std::string& device, bool verify) {
+  check_device_name(device);
+  MOE_CHECK(std::filesystem::is_directory(checkpoint), "checkpoint directory ", checkpoint, " does not exist");
+  InferenceModel m = place_model(load_config(checkpoint + "/config.toml"), device);
+  read_checkpoint(checkpoint, m.model->params(), nullptr, verify);
+  return m;
+}
+
+InferenceModel init_inference_model(Config config, const std::string& device) {
+  InferenceModel m = place_model(std::move(config), device);
+  m.model->initialize(m.config.train.seed);
+  return m;
+}
+
 std::string resolve_checkpoint_arg(const std::string& flag, const std::string& arg, const std::string& run_dir) {
   namespace fs = std::filesystem;
   const bool latest = arg == "latest";

@@ -35,6 +35,16 @@ RunContext setup_run(Config config, MpiEnv& env);
 // a run directory (one that holds checkpoints/) is its newest checkpoint; anything else is taken as is.
 std::string resolve_checkpoint_arg(const std::string& flag, const std::string& arg, const std::string& run_dir);
 
+// A model for inference (`moe generate`, `moe bench generate`): the config and weights of a
+// checkpoint directory, on --device ("auto", "cpu" or "cuda"; a CPU run's f64 becomes bf16 on a GPU).
+struct InferenceModel {
+  Config config;
+  std::unique_ptr<Model> model;
+};
+InferenceModel load_inference_model(const std::string& checkpoint, const std::string& device, bool verify);
+// The same model built from a config, its weights drawn from train.seed (speed runs).
+InferenceModel init_inference_model(Config config, const std::string& device);
+
 // While alive, what the process writes to stdout goes to stderr: a command whose stdout carries
 // JSON (`moe eval ... | jq`) keeps the human lines of the layers below it off that stream.
 class StdoutToStderr {

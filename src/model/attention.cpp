@@ -3,6 +3,7 @@
 #include "src/model/attention.h"
 
 #include "src/nn/linear.h"
+#include "src/ops/kv_cache_ops.h"
 
 namespace moe {
 
@@ -93,6 +94,27 @@ Tensor Attention::forward(const Tensor& x, int64_t batch, Saved& saved, const Te
   Tensor y = linear_forward(saved.out, store_->param(wo_));
   tp_.all_reduce(y);  // the row-parallel partial products summed over the group
   if (bo_ >= 0) ops::add_bias(y, store_->param(bo_));
+  return y;
+}
+
+Tensor Attention::decode(const Tensor& x, const Tensor& positions, const Tensor& lengths, Tensor& k_cache,
+                         Tensor& v_cache) const {
+  MOE_CHECK(!config_.document_positions && !config_.document_mask,
+            "attention: cached decoding does not support document positions or masking (model.reset_positions / "
+            "reset_attention)");
+  Tensor q = linear_forward(x, store_->param(wq_));
+  Tensor k = linear_forward(x, store_->param(wk_));
+  Tensor v = linear_forward(x, store_->param(wv_));
+  if (config_.rope) {
+    ops::rope_at(q, local_heads_, positions, config_.rope_theta, config_.rope_scaling);
+    ops::rope_at(k, local_kv_heads_, positions, config_.rope_theta, config_.rope_scaling);
+  }
+  ops::kv_cache_write(k, positions, k_cache);
+  ops::kv_cache_write(v, positions, v_cache);
+  Tensor out = empty_like(q);
+  ops::decode_attention(q, k_cache, v_cache, lengths, out);
+  Tensor y = linear_forward(out, store_->param(wo_));
+  tp_.all_reduce(y);  // the row-parallel partial products summed over the group
   return y;
 }
 

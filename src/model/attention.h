@@ -54,6 +54,13 @@ class Attention {
   // dy[B*S, d] -> dx[B*S, d]; accumulates the projection gradients
   Tensor backward(const Saved& saved, const Tensor& dy, int64_t batch) const;
 
+  // Cached decoding: x[B, d], one new token per sequence at positions i32[B] -> y[B, d]. Writes the
+  // token's (rotated) key and value into k_cache, v_cache [B, local_kv_heads, L, hd] at its position,
+  // then attends to the first lengths[b] (i32[B], = position + 1) cached keys of its sequence.
+  Tensor decode(const Tensor& x, const Tensor& positions, const Tensor& lengths, Tensor& k_cache,
+                Tensor& v_cache) const;
+
+  int64_t head_dim() const { return head_dim_; }
   int64_t local_heads() const { return local_heads_; }
   int64_t local_kv_heads() const { return local_kv_heads_; }
 

@@ -19,6 +19,18 @@ Tensor Block::forward(const Tensor& x, int64_t batch, const RouteInputs& inputs,
                       bool collect_stats, const Tensor& doc_starts) const {
   saved.input = x;
   Tensor attn_out = attn_.forward(attn_norm_.forward(x, saved.attn_norm), batch, saved.attn, doc_starts);
+  return ffn_residual(x, attn_out, inputs, saved, collect_stats);
+}
+
+Tensor Block::decode(const Tensor& x, const RouteInputs& inputs, const Tensor& positions, const Tensor& lengths,
+                     Tensor& k_cache, Tensor& v_cache) const {
+  BlockSaved saved;  // nothing is kept: no backward follows
+  Tensor attn_out = attn_.decode(attn_norm_.forward(x, saved.attn_norm), positions, lengths, k_cache, v_cache);
+  return ffn_residual(x, attn_out, inputs, saved, false);
+}
+
+Tensor Block::ffn_residual(const Tensor& x, const Tensor& attn_out, const RouteInputs& inputs, BlockSaved& saved,
+                           bool collect_stats) const {
   Tensor h;  // the residual stream x + attn_out, written by the fused add + norm
   Tensor normed = ffn_norm_.forward_add(x, attn_out, h, saved.ffn_norm);
   Tensor ffn_out = moe_ ? moe_->forward(normed, inputs, saved.moe, collect_stats) : dense_->forward(normed, saved.ffn);

@@ -29,10 +29,19 @@ class Block {
                  bool collect_stats = false, const Tensor& doc_starts = Tensor()) const;
   // dy[B*S,d] -> dx[B*S,d]
   Tensor backward(const BlockSaved& saved, const Tensor& dy, int64_t batch, float aux_scale) const;
+  // Cached decoding: x[B,d] (one new token per sequence) -> y[B,d]; Attention::decode with this
+  // block's caches, then the FFN as in forward (routers see each new token alone).
+  Tensor decode(const Tensor& x, const RouteInputs& inputs, const Tensor& positions, const Tensor& lengths,
+                Tensor& k_cache, Tensor& v_cache) const;
   bool is_moe() const { return moe_ != nullptr; }
+  const Attention& attention() const { return attn_; }
   const MoeLayer& moe() const { return *moe_; }
 
  private:
+  // The second half of the block: h = x + attn_out, then h + FFN(Norm(h)).
+  Tensor ffn_residual(const Tensor& x, const Tensor& attn_out, const RouteInputs& inputs, BlockSaved& saved,
+                      bool collect_stats) const;
+
   Norm attn_norm_, ffn_norm_;
   Attention attn_;
   std::unique_ptr<DenseFfn> dense_;

@@ -332,11 +332,15 @@ Tensor Model::backward(const Batch& batch, const ModelSaved& saved, float loss_s
   return {};
 }
 
-Tensor Model::logits(const std::vector<int32_t>& tokens, int64_t batch_size) const {
+void Model::check_generation() const {
   MOE_CHECK(parallel_.pp == 1 && !tp_.active(), "generation runs on one rank holding the whole model (parallel.tp = 1, "
             "parallel.pp = 1)");
   MOE_CHECK(objective_->attention_mask() == AttentionMask::causal,
             "generation needs a causal model, but model.objective = '", objective_name(objective_->kind()), "'");
+}
+
+Tensor Model::logits(const std::vector<int32_t>& tokens, int64_t batch_size) const {
+  check_generation();
   ModelSaved saved;
   Batch batch = make_batch(tokens, {}, batch_size, store_.device());
   batch.training = false;

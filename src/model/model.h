@@ -54,6 +54,12 @@ struct ForwardOutput {
   std::vector<int> moe_layer_index;      // the layer number of each entry above
 };
 
+// The keys and values of every block for KV-cached generation (Model::make_kv_cache).
+struct KvCache {
+  std::vector<Tensor> k, v;  // per block: [batch, local kv heads, max_len, head_dim]
+  int64_t batch = 0, max_len = 0;
+};
+
 class Model {
  public:
   Model(const ModelConfig& model, const MoeConfig& moe, const ModelParallel& parallel = {});
@@ -77,6 +83,16 @@ class Model {
   // Logits [B*S, V] of the token ids (B sequences of seq_len) for generation (no loss); one
   // rank holding the whole model, causal objectives only.
   Tensor logits(const std::vector<int32_t>& tokens, int64_t batch_size) const;
+  // KV-cached generation (src/model/model_decode.cpp), under logits()'s conditions and with no
+  // document resets and routers that route each token alone (throws naming what is missing): a
+  // zeroed cache for `batch` sequences of up to seq_len tokens.
+  KvCache make_kv_cache(int64_t batch) const;
+  // logits() of the cache's B sequences of seq_len, writing every position's keys and values.
+  Tensor prefill(const std::vector<int32_t>& tokens, KvCache& cache) const;
+  // One new token per sequence: tokens[B] at positions[B] in [0, seq_len) (the cache holds each
+  // sequence's earlier positions) -> logits [B, V] of the tokens that follow them.
+  Tensor decode_step(const std::vector<int32_t>& tokens, const std::vector<int32_t>& positions,
+                     KvCache& cache) const;
 
   // ZeRO-3: called with (unit, true) before a unit's parameters are read and (unit, false)
   // after; units are "embed", "layers.<i>", "final_norm", "lm_head" (the registration groups).
@@ -122,6 +138,8 @@ class Model {
 
  private:
   Tensor embed(const Tensor& inputs, const Tensor& doc_starts) const;
+  // logits()'s conditions: one rank holding the whole model, a causal objective.
+  void check_generation() const;
   // The batch's document starts on the model's device when a reset option needs them, else undefined.
   Tensor document_starts_of(const Batch& batch) const;
   Tensor run_blocks(const Tensor& x, const Batch& batch, ModelSaved& saved) const;

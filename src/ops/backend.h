@@ -41,6 +41,12 @@ class Backend {
                     const Tensor& doc_starts, const RopeScaling& scaling) = 0;
   virtual void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse,
                                  const AttentionShape& shape, const Tensor& doc_starts) = 0;
+  // Cached decoding (kv_cache_ops.h; shapes checked there).
+  virtual void rope_at(Tensor& x, int64_t num_heads, const Tensor& positions, float theta,
+                       const RopeScaling& scaling) = 0;
+  virtual void kv_cache_write(const Tensor& rows, const Tensor& positions, Tensor& cache) = 0;
+  virtual void decode_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& lengths,
+                                Tensor& out) = 0;
   virtual int64_t attention_workspace_numel(const AttentionShape& shape) = 0;
   // workspace: checked by ops.cpp (f32, on q's device, large enough) or undefined
   virtual void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,

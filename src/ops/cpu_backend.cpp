@@ -6,6 +6,7 @@
 #include "kernels/cpu/activations.h"
 #include "kernels/cpu/adamw.h"
 #include "kernels/cpu/attention.h"
+#include "kernels/cpu/kv_cache.h"
 #include "kernels/cpu/balance.h"
 #include "kernels/cpu/capacity.h"
 #include "kernels/cpu/cross_entropy.h"
@@ -80,6 +81,10 @@ void cast_with_bf16(const Tensor& src, Tensor& dst) {
       for (int64_t i = 0; i < n; ++i) ptr<uint16_t>(dst)[i] = f32_to_bf16_bits(static_cast<float>(ptr<T>(src)[i]));
     });
   }
+}
+
+cpu::KvCacheShape cpu_cache_shape(const Tensor& cache) {
+  return {cache.size(0), cache.size(1), cache.size(2), cache.size(3)};
 }
 
 class CpuBackend final : public Backend {
@@ -194,6 +199,31 @@ class CpuBackend final : public Backend {
       using T = decltype(tag);
       cpu::attention_forward<T>(ptr<T>(q), ptr<T>(k), ptr<T>(v), ptr<T>(out), ptr<T>(lse), shape,
                                 optional_ptr<int32_t>(doc_starts));
+    });
+  }
+
+  void rope_at(Tensor& x, int64_t num_heads, const Tensor& positions, float theta,
+               const RopeScaling& scaling) override {
+    dispatch_float(x.dtype(), "rope_at", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::rope_at<T>(ptr<T>(x), x.size(0), num_heads, x.size(1) / num_heads, index_ptr(positions), theta, scaling);
+    });
+  }
+
+  void kv_cache_write(const Tensor& rows, const Tensor& positions, Tensor& cache) override {
+    dispatch_float(rows.dtype(), "kv_cache_write", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::kv_cache_write<T>(ptr<T>(rows), index_ptr(positions), rows.size(0), ptr<T>(cache), cpu_cache_shape(cache));
+    });
+  }
+
+  void decode_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& lengths,
+                        Tensor& out) override {
+    dispatch_float(q.dtype(), "decode_attention", [&](auto tag) {
+      using T = decltype(tag);
+      const cpu::KvCacheShape shape = cpu_cache_shape(k_cache);
+      cpu::decode_attention<T>(ptr<T>(q), ptr<T>(k_cache), ptr<T>(v_cache), index_ptr(lengths), ptr<T>(out),
+                               q.size(1) / shape.head_dim, shape);
     });
   }
 

@@ -18,6 +18,7 @@
 #include "kernels/cuda/norms.h"
 #include "kernels/cuda/permute.h"
 #include "kernels/cuda/reduce.h"
+#include "kernels/cuda/kv_cache.h"
 #include "kernels/cuda/rope.h"
 #include "kernels/cuda/router.h"
 #include "kernels/cuda/rows.h"
@@ -63,6 +64,10 @@ const float* optional_f32(const Tensor& t, const char* what) {
 // An optional bf16 tensor (ops.cpp checked its shape, dtype and device) as a pointer: nullptr when undefined.
 const bf16* optional_bf16(const Tensor& t) { return t.defined() ? bf(t) : nullptr; }
 const int32_t* optional_i32(const Tensor& t) { return t.defined() ? i32(t) : nullptr; }
+
+cuda::KvCacheShape cuda_cache_shape(const Tensor& cache) {
+  return {cache.size(0), cache.size(1), cache.size(2), cache.size(3)};
+}
 bf16* optional_bf16_mut(const Tensor& t) { return t.defined() ? bf_mut(t) : nullptr; }
 
 class CudaBackend : public Backend {
@@ -160,6 +165,25 @@ class CudaBackend : public Backend {
                          const AttentionShape& shape, const Tensor& doc_starts) override {
     cudaStream_t stream = on_device(q, k, v, out, lse);
     cuda::attention_forward(bf(q), bf(k), bf(v), bf_mut(out), f32_mut(lse), shape, optional_i32(doc_starts), stream);
+  }
+
+  void rope_at(Tensor& x, int64_t num_heads, const Tensor& positions, float theta,
+               const RopeScaling& scaling) override {
+    cudaStream_t stream = on_device(x, positions);
+    cuda::rope_at(bf_mut(x), x.size(0), num_heads, x.size(1) / num_heads, i32(positions), theta, scaling, stream);
+  }
+
+  void kv_cache_write(const Tensor& rows, const Tensor& positions, Tensor& cache) override {
+    cudaStream_t stream = on_device(rows, positions, cache);
+    cuda::kv_cache_write(bf(rows), i32(positions), rows.size(0), bf_mut(cache), cuda_cache_shape(cache), stream);
+  }
+
+  void decode_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& lengths,
+                        Tensor& out) override {
+    cudaStream_t stream = on_device(q, k_cache, v_cache, lengths, out);
+    const cuda::KvCacheShape shape = cuda_cache_shape(k_cache);
+    cuda::decode_attention(bf(q), bf(k_cache), bf(v_cache), i32(lengths), bf_mut(out), q.size(1) / shape.head_dim,
+                           shape, stream);
   }
 
   int64_t attention_workspace_numel(const AttentionShape& shape) override {

@@ -31,6 +31,42 @@ grep -qE "^generate: [1-8] new tokens after a [0-9]+-token prompt" "$work/sample
 "$moe" generate --checkpoint "$ckpt" --prompt "The quick" --max-new-tokens 8 --temperature 0.8 --top-k 5 \
   --top-p 0.9 --seed 3 2> "$work/sampled.err" | tee "$work/sampled.log"
 grep -qE "^generate: [1-8] new tokens" "$work/sampled.err"
+# The KV cache gives the full-window tokens (--no-cache), greedy and sampled alike; 20 new tokens
+# after the prompt also outgrow seq_len = 16 (the window then slides on both paths).
+for flags in "--temperature 0" "--temperature 1.2 --top-k 40 --seed 5"; do
+  "$moe" generate --checkpoint "$ckpt" --prompt "The quick" --max-new-tokens 20 $flags 2> /dev/null > "$work/cached.log"
+  "$moe" generate --checkpoint "$ckpt" --prompt "The quick" --max-new-tokens 20 $flags --no-cache 2> /dev/null \
+    | cmp - "$work/cached.log"
+done
+# A batch from a file (one prompt per line; JSONL with --jsonl-field): one JSON line per prompt, each
+# the text its prompt gives alone.
+printf 'The quick\n\nA b\n' > "$work/prompts.txt"
+printf '{"body": "The quick"}\n{"body": "A b"}\n' > "$work/prompts.jsonl"
+"$moe" generate --checkpoint "$ckpt" --prompts "$work/prompts.txt" --max-new-tokens 8 --temperature 0 \
+  2> /dev/null > "$work/batch.jsonl"
+"$moe" generate --checkpoint "$ckpt" --prompts "$work/prompts.jsonl" --jsonl-field body --max-new-tokens 8 \
+  --temperature 0 2> /dev/null | cmp - "$work/batch.jsonl"
+[[ $(wc -l < "$work/batch.jsonl") -eq 2 ]]
+jq -se '.[0].index == 0 and .[0].prompt == "The quick" and .[0].new_tokens >= 1' "$work/batch.jsonl" > /dev/null
+for i in 0 1; do
+  prompt=$(jq -r "select(.index == $i) | .prompt" "$work/batch.jsonl")
+  alone=$("$moe" generate --checkpoint "$ckpt" --prompt "$prompt" --max-new-tokens 8 --temperature 0 2> /dev/null)
+  [[ "$alone" == "$prompt$(jq -r "select(.index == $i) | .text" "$work/batch.jsonl")" ]]
+done
+# --stop cuts the text before the stop string and ends the sequence there.
+cont=$(jq -r 'select(.index == 0) | .text' "$work/batch.jsonl")
+if [[ ${#cont} -ge 3 ]]; then
+  stop=${cont:2:1}
+  "$moe" generate --checkpoint "$ckpt" --prompt "The quick" --max-new-tokens 8 --temperature 0 --stop "$stop" \
+    > "$work/stopped.log" 2> "$work/stopped.err"
+  [[ $(cat "$work/stopped.log") == "The quick${cont%%"$stop"*}" ]]
+  grep -q "stopped at a --stop string" "$work/stopped.err"
+fi
+# Generation speed, cached and not, from the trained run and from the config (random weights).
+"$moe" bench generate "$work/run" --batch 2 --prompt-len 4 --new-tokens 4 2> /dev/null | tee "$work/bench_gen.json"
+jq -e '.cached.decode_tokens_per_s > 0 and .uncached.prefill_tokens_per_s > 0 and .batch == 2' \
+  "$work/bench_gen.json" > /dev/null
+"$moe" bench generate "$work/config.toml" 2> /dev/null | jq -e '.prompt_len + .new_tokens == 16' > /dev/null
 # A flipped byte in the checkpoint's tensor data is refused, naming the file; --no-verify loads it.
 cp -r "$ckpt" "$work/flipped"
 file="$work/flipped/model.safetensors"
