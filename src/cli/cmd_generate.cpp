@@ -31,6 +31,9 @@ int run_generate(const GenerateOptions& o) {
   const std::string checkpoint = resolve_checkpoint_arg("--checkpoint", o.checkpoint, o.run_dir);
   MOE_CHECK(std::filesystem::is_directory(checkpoint), "checkpoint directory ", checkpoint, " does not exist");
   Config config = load_config(checkpoint + "/config.toml");
+  MOE_CHECK(config.model.objective == "causal_lm", "moe generate continues text with a causal model, but ", checkpoint,
+            " has model.objective = '", config.model.objective, "', an encoder only (bidirectional attention) that "
+            "fills masked positions; evaluate it with `moe eval`");
   config.train.device = o.device;
   Device device = select_device(config.train, 0);
   Model model(config.model, config.moe);
