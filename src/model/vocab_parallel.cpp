@@ -147,10 +147,7 @@ int64_t vocab_parallel_correct(const Tensor& logits_local, const std::vector<int
   const auto n = static_cast<int64_t>(rows.size());
   Tensor picked = Tensor::empty({n, local}, logits_local.dtype(), logits_local.device());
   ops::gather_rows(logits_local, Tensor::from_vector(rows, {n}, DType::i32, logits_local.device()), picked);
-  Tensor picked_f64 = Tensor::empty({n, local}, DType::f64, Device::cpu());
-  Tensor host = picked.to(Device::cpu());
-  ops::cast(host, picked_f64);
-  const std::vector<double> values = picked_f64.to_vector<double>();
+  const std::vector<double> values = picked.to_vector<double>();  // bf16 or f32, on any device
   // Per row: the local maximum, and the target's logit where this rank holds the target.
   std::vector<double> stats(static_cast<size_t>(2 * n), 0.0);
   const int parts = is_sharded(tp) ? tp->size() : 1;

@@ -255,7 +255,8 @@ TokenizeSummary run_tokenize(const TokenizeOptions& options, std::ostream& log, 
   const bool trained = o.tokenizer.empty();
   if (!trained) {
     const Tokenizer given = Tokenizer::load(o.tokenizer);  // a bad model fails before the corpus is read
-    for (const std::string& name : o.special_tokens ? special_token_names(o.num_sentinels) : std::vector<std::string>{}) {
+    const auto reserved = o.special_tokens ? special_token_names(o.num_sentinels) : std::vector<std::string>{};
+    for (const std::string& name : reserved) {
       MOE_CHECK(given.piece_id(name) >= 0, o.tokenizer, ": --special-tokens needs the piece ", name,
                 ", which the given tokenizer does not have (train a new one: leave out --tokenizer)");
     }
