@@ -105,7 +105,7 @@ TEST_CASE("expert parallelism and ZeRO match one rank; checkpoints cross layouts
     layouts.push_back({ep, 2});
   }
   if (ranks >= 4) layouts.push_back({2, 3});
-  layouts.push_back({2, 2, true});
+  layouts.push_back({2, 2, true});  // masked LM under EP 2 x ZeRO-2
   // One run directory all ranks can read (rank 0 writes the checkpoints there).
   const std::string shared = std::filesystem::temp_directory_path() / ("moe-ep-shared-" + std::to_string(ranks));
   for (const Layout& layout : layouts) {
