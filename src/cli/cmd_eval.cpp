@@ -41,6 +41,7 @@ int run_eval(const EvalOptions& o, MpiEnv& env) {
     ctx.trainer->load_checkpoint(dir, false);
     EvalResult r = ctx.trainer->evaluate(o.batches);
     out = {{"val_loss", r.loss}, {"val_ppl", std::exp(r.loss)}, {"val_tokens", r.tokens}, {"checkpoint", dir}};
+    if (r.accuracy >= 0) out["val_accuracy"] = r.accuracy;
     rank = ctx.world->rank();
   }
   if (rank == 0) std::printf("%s\n", out.dump().c_str());

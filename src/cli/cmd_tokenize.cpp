@@ -18,6 +18,10 @@ void add_tokenize_command(CLI::App& app, CommandRunner& run) {
   cmd->add_option("--out", o->out_dir, "output directory (shards, tokenizer.model, manifest.json)")->required();
   cmd->add_option("--tokenizer", o->tokenizer, "use this SentencePiece .model instead of training one");
   cmd->add_option("--vocab-size", o->vocab_size, "vocabulary of a trained tokenizer")->check(CLI::PositiveNumber);
+  cmd->add_flag("--special-tokens", o->special_tokens,
+                "reserve [MASK], [CLS], [SEP] and the T5 sentinels <extra_id_i> (ids 3, 4, ...)");
+  cmd->add_option("--sentinels", o->num_sentinels, "T5 sentinels reserved by --special-tokens")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--documents", o->documents, "text files: paragraphs | lines");
   cmd->add_option("--val-fraction", o->val_fraction, "fraction of documents for validation")->check(CLI::Range(0.0, 0.9));
   cmd->add_option("--seed", o->seed, "split, tokenizer sample and tokenizer-training seed");

@@ -33,7 +33,7 @@ struct ModelConfig {              // [model]
   int64_t d_ff = 512;
   bool tie_embeddings = true;
   double init_std = 0.02;
-  std::string objective = "causal_lm";  // causal_lm (next-token prediction)
+  std::string objective = "causal_lm";  // causal_lm (next-token prediction) | masked_lm (BERT); [objective]
   // Documents packed into a sequence end with eos_id (docs/data.md): positions (rope or learned)
   // can restart at 0 after each, and attention can stay inside each token's document.
   bool reset_positions = false;
@@ -41,6 +41,18 @@ struct ModelConfig {              // [model]
   int64_t eos_id = 2;             // </s> of `moe tokenize` (SentencePiece); read when a reset is on
 
   bool operator==(const ModelConfig&) const = default;
+};
+
+// The choices of model.objective (docs/objectives.md).
+struct ObjectiveConfig {          // [objective]
+  // masked_lm: round(mask_rate * seq_len) positions of each sequence (at least 1) are selected
+  // and predicted; of those, each becomes [MASK] with probability mask_token_rate, a uniformly
+  // random token with random_token_rate, else stays unchanged (BERT: 0.15, 0.8, 0.1).
+  double mask_rate = 0.15;
+  double mask_token_rate = 0.8;
+  double random_token_rate = 0.1;
+
+  bool operator==(const ObjectiveConfig&) const = default;
 };
 
 struct MoeConfig {                // [moe]
@@ -169,6 +181,7 @@ struct ParallelConfig {           // [parallel]
 
 struct Config {
   ModelConfig model;
+  ObjectiveConfig objective;
   MoeConfig moe;
   TrainConfig train;
   OptimConfig optim;

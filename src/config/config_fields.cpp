@@ -26,6 +26,12 @@ void add_model_fields(ModelConfig& m, std::vector<Field>& out) {
                          {s, "qk_norm", &m.qk_norm}});
 }
 
+void add_objective_fields(ObjectiveConfig& o, std::vector<Field>& out) {
+  const char* s = "objective";
+  out.insert(out.end(), {{s, "mask_rate", &o.mask_rate}, {s, "mask_token_rate", &o.mask_token_rate},
+                         {s, "random_token_rate", &o.random_token_rate}});
+}
+
 void add_moe_fields(MoeConfig& m, std::vector<Field>& out) {
   const char* s = "moe";
   out.insert(out.end(), {{s, "num_experts", &m.num_experts}, {s, "top_k", &m.top_k},
@@ -120,6 +126,7 @@ size_t edit_distance(std::string_view a, std::string_view b) {
 std::vector<Field> config_fields(Config& config) {
   std::vector<Field> out;
   add_model_fields(config.model, out);
+  add_objective_fields(config.objective, out);
   add_moe_fields(config.moe, out);
   add_train_fields(config.train, out);
   add_optim_fields(config.optim, out);
@@ -130,7 +137,7 @@ std::vector<Field> config_fields(Config& config) {
 }
 
 const std::vector<std::string>& config_sections() {
-  static const std::vector<std::string> sections = {"model", "moe", "train", "optim", "schedule", "data",
+  static const std::vector<std::string> sections = {"model", "objective", "moe", "train", "optim", "schedule", "data",
                                                         "parallel"};
   return sections;
 }

@@ -86,7 +86,7 @@ void validate_model(const ModelConfig& m, const KeyOrigins& at) {
   check_choice(at, "model.norm", m.norm, {"rmsnorm", "layernorm"});
   check_choice(at, "model.positions", m.positions, {"rope", "learned"});
   check_choice(at, "model.activation", m.activation, {"relu", "gelu", "geglu", "swiglu"});
-  check_choice(at, "model.objective", m.objective, {"causal_lm"});
+  check_choice(at, "model.objective", m.objective, {"causal_lm", "masked_lm"});
   int64_t head_dim = m.d_model / m.num_heads;
   MOE_CHECK(m.positions != "rope" || head_dim % 2 == 0,
             at.prefix({"model.positions", "model.num_heads", "model.d_model"}),
@@ -116,6 +116,27 @@ void validate_model(const ModelConfig& m, const KeyOrigins& at) {
               m.eos_id, " is outside the vocabulary [0, model.vocab_size = ", m.vocab_size,
               "), but documents end with it (model.reset_positions / model.reset_attention)");
   }
+}
+
+// [objective] and what the objective needs from the rest of the config (docs/objectives.md).
+void validate_objective(const Config& c, const KeyOrigins& at) {
+  const ObjectiveConfig& o = c.objective;
+  check_unit(at, "objective.mask_rate", o.mask_rate, true, true);
+  check_unit(at, "objective.mask_token_rate", o.mask_token_rate, false, false);
+  check_unit(at, "objective.random_token_rate", o.random_token_rate, false, false);
+  MOE_CHECK(o.mask_token_rate + o.random_token_rate <= 1.0,
+            at.prefix({"objective.random_token_rate", "objective.mask_token_rate"}), "objective.mask_token_rate + "
+            "objective.random_token_rate = ", o.mask_token_rate + o.random_token_rate, " must be at most 1");
+  if (c.model.objective != "masked_lm") return;
+  MOE_CHECK(!c.model.reset_attention, at.prefix({"model.reset_attention", "model.objective"}),
+            "model.reset_attention keeps attention inside documents of a causal model, but model.objective = "
+            "'masked_lm' attends both ways; set model.reset_attention = false");
+  MOE_CHECK(!c.data.tokenizer.empty(), at.prefix({"data.tokenizer", "model.objective"}),
+            "model.objective = 'masked_lm' finds [MASK] by name in the tokenizer: set data.tokenizer to a "
+            "SentencePiece model made by `moe tokenize --special-tokens`");
+  MOE_CHECK(c.moe.num_experts == 0 || c.moe.hash_kind != "oracle", at.prefix({"moe.hash_kind", "model.objective"}),
+            "moe.hash_kind = \"oracle\" routes on the next token, which model.objective = 'masked_lm' does not "
+            "predict");
 }
 
 // data.train / data.val entries: shard paths given; training weights positive and finite;
@@ -440,6 +461,7 @@ void validate_config_at(const Config& config, const KeyOrigins& origins) {
   check_finite(config, origins);
   validate_sizes(config, origins);
   validate_model(config.model, origins);
+  validate_objective(config, origins);
   validate_moe(config.moe, config.model, origins);
   if (config.moe.num_experts > 0) validate_router_kinds(router_kinds_in_use(config.moe), config, origins);
   validate_train(config.train, origins);

@@ -20,6 +20,9 @@ uint64_t sequence_key(uint64_t seed, int64_t step, int64_t index) {
 
 }  // namespace
 
+uint64_t global_sample_key(int64_t sample) { return mix64(static_cast<uint64_t>(sample) ^ 0x6A09E667F3BCC909ull); }
+uint64_t eval_window_key(int64_t window) { return mix64(static_cast<uint64_t>(window) ^ 0xBB67AE8584CAA73Bull); }
+
 TokenWindows read_windows(const TokenDataset& data, int64_t seq_len, std::vector<int64_t> starts) {
   TokenWindows w;
   w.rows = static_cast<int64_t>(starts.size());
@@ -41,6 +44,11 @@ void TrainSampler::check_sequences(int64_t step, int64_t first, int64_t count) c
   MOE_CHECK(step >= 0, "batch sampler: step must be >= 0, got ", step);
   MOE_CHECK(count > 0 && first >= 0 && first + count <= global_batch_, "batch sampler: sequences [", first, ", ",
             first + count, ") out of the global batch [0, ", global_batch_, ")");
+}
+
+void TrainSampler::set_keys(TokenWindows& w, int64_t step, int64_t first) const {
+  w.keys.resize(static_cast<size_t>(w.rows));
+  for (int64_t r = 0; r < w.rows; ++r) w.keys[static_cast<size_t>(r)] = global_sample_key(step * global_batch_ + first + r);
 }
 
 void TrainSampler::check_slice(const DataParallelSlice& slice) const {
@@ -82,7 +90,9 @@ TokenWindows BatchSampler::sequences(int64_t step, int64_t first, int64_t count)
   check_sequences(step, first, count);
   std::vector<int64_t> starts(static_cast<size_t>(count));
   for (int64_t r = 0; r < count; ++r) starts[static_cast<size_t>(r)] = sequence_start(step, first + r);
-  return read_windows(*data_, seq_len(), std::move(starts));
+  TokenWindows w = read_windows(*data_, seq_len(), std::move(starts));
+  set_keys(w, step, first);
+  return w;
 }
 
 EvalIterator::EvalIterator(const TokenDataset& data, int64_t batch_rows, int64_t seq_len, int64_t max_windows,
@@ -138,6 +148,7 @@ bool EvalIterator::next(TokenWindows& batch) {
     const int64_t start = (w - first_window_[shard]) * seq_len_;
     shards_[shard]->copy_tokens(start, batch.window_length(), batch.tokens.data() + r * batch.window_length());
     batch.starts.push_back(start);
+    batch.keys.push_back(eval_window_key(w));
   }
   next_local_ += rows;
   return true;

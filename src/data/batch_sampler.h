@@ -18,10 +18,20 @@ struct TokenWindows {
   int64_t seq_len = 0;
   std::vector<int32_t> tokens;
   std::vector<int64_t> starts;  // shard offset of each window's first token
+  // Per window, the key of an objective's random choices (masked LM masking): a function of the
+  // global sample alone (training: global_sample_key(step * global_batch + j); evaluation:
+  // eval_window_key(window)), never of ranks or micro-batching, so masks are layout-independent
+  // and a resumed run draws the ones it would have drawn.
+  std::vector<uint64_t> keys;
 
   int64_t window_length() const { return seq_len + 1; }
   const int32_t* window(int64_t row) const { return tokens.data() + row * window_length(); }
 };
+
+// The keys of TokenWindows::keys: training sample n (step * global_batch + j) and evaluation
+// window w draw from disjoint streams.
+uint64_t global_sample_key(int64_t sample);
+uint64_t eval_window_key(int64_t window);
 
 // How one data-parallel rank takes its part of the global batch. Only the data-parallel rank
 // matters: tensor/pipeline/expert peers of one DP rank read the same data.
@@ -58,6 +68,8 @@ class TrainSampler {
  protected:
   // Sequences [first, first + count) of `step` lie in the global batch (the message names them).
   void check_sequences(int64_t step, int64_t first, int64_t count) const;
+  // Sets w.keys for sequences [first, first + w.rows) of `step`.
+  void set_keys(TokenWindows& w, int64_t step, int64_t first) const;
 
  private:
   int64_t global_batch_;

@@ -76,6 +76,7 @@ TokenWindows EpochSampler::sequences(int64_t step, int64_t first, int64_t count)
                                                                 w.tokens.data() + r * w.window_length());
     w.starts.push_back(at.start);
   }
+  set_keys(w, step, first);
   return w;
 }
 

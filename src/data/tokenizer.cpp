@@ -66,8 +66,16 @@ void Tokenizer::train(const TokenizerTrainOptions& options) {
             options.num_threads);
   MOE_CHECK(!options.sentences.empty(), options.model_path, ": no training text (0 sentences)");
   // 3 specials + 256 bytes are always present; SentencePiece needs learned pieces beyond them.
-  MOE_CHECK(options.vocab_size > 259, options.model_path, ": vocab size ", options.vocab_size,
-            " too small: byte fallback alone takes 259 ids (<unk>, <s>, </s> and 256 bytes)");
+  const auto num_control = static_cast<int64_t>(options.control_symbols.size());
+  MOE_CHECK(options.vocab_size > 259 + num_control, options.model_path, ": vocab size ", options.vocab_size,
+            " too small: byte fallback alone takes 259 ids (<unk>, <s>, </s> and 256 bytes)",
+            num_control > 0 ? " and the reserved special tokens " + std::to_string(num_control) + " more" : "");
+  std::string control;
+  for (const std::string& piece : options.control_symbols) {
+    MOE_CHECK(!piece.empty() && piece.find(',') == std::string::npos, options.model_path,
+              ": a reserved special token must be non-empty and without commas, got '", piece, "'");
+    control += (control.empty() ? "" : ",") + piece;
+  }
 
   const std::unordered_map<std::string, std::string> kwargs = {
       {"model_type", options.model_type},
@@ -85,6 +93,7 @@ void Tokenizer::train(const TokenizerTrainOptions& options) {
       {"bos_id", "1"},
       {"eos_id", "2"},
       {"pad_id", "-1"},
+      {"control_symbols", control},
       {"minloglevel", options.verbose ? "0" : "2"},
   };
   // UINT_MAX is reserved by SentencePiece for "seed from std::random_device".
@@ -176,6 +185,18 @@ std::string Tokenizer::id_to_piece(int32_t id) const {
   MOE_CHECK(id >= 0 && id < processor_->GetPieceSize(), path_, ": id ", id, " is outside the vocabulary [0, ",
             processor_->GetPieceSize(), ")");
   return processor_->IdToPiece(id);
+}
+
+int32_t Tokenizer::piece_id(const std::string& piece) const {
+  MOE_CHECK(processor_ != nullptr, "tokenizer: no model loaded");
+  const int id = processor_->PieceToId(piece);  // <unk>'s id when there is no such piece
+  return id >= 0 && processor_->IdToPiece(id) == piece ? id : -1;
+}
+
+std::vector<std::string> special_token_names(int64_t num_sentinels) {
+  std::vector<std::string> names = {"[MASK]", "[CLS]", "[SEP]"};
+  for (int64_t i = 0; i < num_sentinels; ++i) names.push_back("<extra_id_" + std::to_string(i) + ">");
+  return names;
 }
 
 }  // namespace moe::data

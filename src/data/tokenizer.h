@@ -25,10 +25,18 @@ struct TokenizerTrainOptions {
   int64_t num_threads = 1;       // 1 gives bit-identical models run to run
   int64_t max_sentence_bytes = 1 << 16;
   bool verbose = false;          // SentencePiece's own progress log on stderr
+  // Pieces reserved with their own ids (SentencePiece control symbols: never produced by
+  // encoding text, decoded to nothing), e.g. special_token_names(): ids 3, 4, ... in order.
+  std::vector<std::string> control_symbols;
 };
 
-// Special ids of trained models: <unk> = 0, <s> (BOS) = 1, </s> (EOS) = 2, then 256 byte
-// pieces <0x00>..<0xFF>, then the learned pieces. vocab_size counts all of them.
+// The special tokens `moe tokenize --special-tokens` reserves, in id order: [MASK], [CLS], [SEP]
+// (masked LM, next-sentence pairs), then the T5 sentinels <extra_id_0> .. <extra_id_{n-1}>.
+std::vector<std::string> special_token_names(int64_t num_sentinels);
+
+// Special ids of trained models: <unk> = 0, <s> (BOS) = 1, </s> (EOS) = 2, then the control
+// symbols (none unless reserved), then 256 byte pieces <0x00>..<0xFF>, then the learned pieces.
+// vocab_size counts all of them.
 class Tokenizer {
  public:
   // Trains a model and writes options.model_path (and the .vocab). Throws with SentencePiece's
@@ -50,6 +58,8 @@ class Tokenizer {
   std::vector<int32_t> encode(std::string_view text) const;
   std::string decode(const std::vector<int32_t>& ids) const;
   std::string id_to_piece(int32_t id) const;
+  // The id of the piece named `piece` ("[MASK]"), -1 when the vocabulary has none.
+  int32_t piece_id(const std::string& piece) const;
 
  private:
   std::string path_;

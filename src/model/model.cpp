@@ -332,11 +332,19 @@ Tensor Model::backward(const Batch& batch, const ModelSaved& saved, float loss_s
   return {};
 }
 
+void Model::set_objective(std::unique_ptr<Objective> objective) {
+  MOE_CHECK(objective != nullptr && objective->kind() == objective_->kind(), "model: the objective ",
+            objective ? objective_name(objective->kind()) : "(none)", " replaces one of another kind (",
+            objective_name(objective_->kind()), "): the blocks were built for its attention mask");
+  objective_ = std::move(objective);
+}
+
 void Model::check_generation() const {
   MOE_CHECK(parallel_.pp == 1 && !tp_.active(), "generation runs on one rank holding the whole model (parallel.tp = 1, "
             "parallel.pp = 1)");
   MOE_CHECK(objective_->attention_mask() == AttentionMask::causal,
-            "generation needs a causal model, but model.objective = '", objective_name(objective_->kind()), "'");
+            "generation needs a causal model, but model.objective = '", objective_name(objective_->kind()),
+            "' is an encoder only (bidirectional attention): it fills masked positions, it cannot continue a text");
 }
 
 Tensor Model::logits(const std::vector<int32_t>& tokens, int64_t batch_size) const {

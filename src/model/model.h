@@ -108,6 +108,9 @@ class Model {
   const ModelConfig& config() const { return config_; }
   // model.objective: targets, attention mask and loss positions (the trainer makes its batches here).
   const Objective& objective() const { return *objective_; }
+  // Replaces the objective with one of the same kind built with its options (special token ids,
+  // rates, seed: objective_options); the constructor's has the defaults and no token ids.
+  void set_objective(std::unique_ptr<Objective> objective);
   const MoeConfig& moe_config() const { return moe_config_; }
   const ModelParallel& parallel() const { return parallel_; }
   bool is_first_stage() const { return parallel_.stage == 0; }

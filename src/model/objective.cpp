@@ -1,15 +1,18 @@
 // Objectives: the causal language model (inputs are a window's first seq_len tokens, targets
-// the token after each, every position counts, causal attention) and the kind names.
+// the token after each, every position counts, causal attention), the kind names and options.
 #include "src/model/objective.h"
 
 #include <algorithm>
 #include <utility>
 
+#include "src/data/tokenizer.h"
+#include "src/model/masked_lm.h"
+
 namespace moe {
 
 namespace {
 
-constexpr ObjectiveKind k_kinds[] = {ObjectiveKind::causal_lm};
+constexpr ObjectiveKind k_kinds[] = {ObjectiveKind::causal_lm, ObjectiveKind::masked_lm};
 
 class CausalLm final : public Objective {
  public:
@@ -35,6 +38,7 @@ class CausalLm final : public Objective {
 const char* objective_name(ObjectiveKind kind) {
   switch (kind) {
     case ObjectiveKind::causal_lm: return "causal_lm";
+    case ObjectiveKind::masked_lm: return "masked_lm";
   }
   return "?";
 }
@@ -43,14 +47,35 @@ ObjectiveKind objective_kind(const std::string& name) {
   for (ObjectiveKind kind : k_kinds) {
     if (name == objective_name(kind)) return kind;
   }
-  MOE_FAIL("unknown model.objective '", name, "' (expected causal_lm)");
+  MOE_FAIL("unknown model.objective '", name, "' (expected causal_lm or masked_lm)");
 }
 
-std::unique_ptr<Objective> make_objective(ObjectiveKind kind) {
+std::unique_ptr<Objective> make_objective(ObjectiveKind kind, const ObjectiveOptions& options) {
   switch (kind) {
     case ObjectiveKind::causal_lm: return std::make_unique<CausalLm>();
+    case ObjectiveKind::masked_lm: return std::make_unique<MaskedLm>(options);
   }
   MOE_FAIL("unknown objective kind ", static_cast<int>(kind));
+}
+
+ObjectiveOptions objective_options(const Config& config, const data::Tokenizer* tokenizer) {
+  ObjectiveOptions o;
+  o.rates = config.objective;
+  o.vocab_size = config.model.vocab_size;
+  o.seed = config.train.seed;
+  const std::string& name = config.model.objective;
+  for (const std::string& piece : make_objective(objective_kind(name), o)->special_tokens()) {
+    MOE_CHECK(tokenizer != nullptr, "model.objective = '", name, "' needs the id of ", piece,
+              ": set data.tokenizer to a tokenizer made by `moe tokenize --special-tokens`");
+    const int32_t id = tokenizer->piece_id(piece);
+    MOE_CHECK(id >= 0, tokenizer->path(), " (data.tokenizer) has no ", piece, " piece, which model.objective = '",
+              name, "' needs: make the tokenizer with `moe tokenize --special-tokens`");
+    MOE_CHECK(id < config.model.vocab_size, tokenizer->path(), ": ", piece, " = ", id,
+              " is outside the model vocabulary (model.vocab_size = ", config.model.vocab_size, ")");
+    MOE_CHECK(piece == "[MASK]" || piece == "[CLS]" || piece == "[SEP]", "objective: unknown special token ", piece);
+    (piece == "[MASK]" ? o.tokens.mask : piece == "[CLS]" ? o.tokens.cls : o.tokens.sep) = id;
+  }
+  return o;
 }
 
 Batch Objective::make_batch(const data::TokenWindows& windows, int64_t vocab_size, Device device) const {

@@ -7,18 +7,40 @@
 #include <string>
 #include <vector>
 
+#include "src/config/config.h"
 #include "src/data/batch_sampler.h"
 #include "src/model/attention.h"
 #include "src/model/batch.h"
 
 namespace moe {
 
-// model.objective. causal_lm: next-token prediction (GPT). A new objective (masked LM, span
-// corruption) is a kind here, a class in objective.cpp and its name in config validation.
-enum class ObjectiveKind { causal_lm };
+namespace data {
+class Tokenizer;
+}
+
+// model.objective. causal_lm: next-token prediction (GPT); masked_lm: BERT's masked language
+// model (bidirectional). A new objective is a kind here, a class in its own file, a case in
+// make_objective and its name in config validation (docs/objectives.md).
+enum class ObjectiveKind { causal_lm, masked_lm };
 const char* objective_name(ObjectiveKind kind);
 // The kind of a model.objective value; an unknown name is an error naming the key.
 ObjectiveKind objective_kind(const std::string& name);
+
+// Special token ids an objective writes into its inputs (-1: none), found by name in the
+// tokenizer (`moe tokenize --special-tokens` reserves them).
+struct SpecialTokens {
+  int32_t mask = -1;  // [MASK]
+  int32_t cls = -1;   // [CLS]
+  int32_t sep = -1;   // [SEP]
+};
+
+// What an objective's construction takes besides its kind.
+struct ObjectiveOptions {
+  ObjectiveConfig rates;    // [objective]
+  SpecialTokens tokens;
+  int64_t vocab_size = 0;   // random replacement tokens are drawn from [0, vocab_size)
+  uint64_t seed = 0;        // train.seed: with the windows' keys, every random choice
+};
 
 class Objective {
  public:
@@ -26,8 +48,13 @@ class Objective {
   virtual ObjectiveKind kind() const = 0;
   // The mask of the model's self-attention.
   virtual AttentionMask attention_mask() const = 0;
+  // Whether evaluation reports the accuracy of its predictions (masked LM: of the masked tokens).
+  virtual bool reports_accuracy() const { return false; }
+  // Special tokens it needs, by name ("[MASK]"); objective_options finds their ids.
+  virtual std::vector<std::string> special_tokens() const { return {}; }
   // windows (rows x (seq_len + 1) tokens) -> inputs, targets [rows * seq_len] on the host. A
-  // negative target marks a position that does not count in the loss (the loss mask).
+  // negative target marks a position that does not count in the loss (the loss mask). Random
+  // choices come from the windows' keys (TokenWindows::keys) and the seed only.
   virtual void build(const data::TokenWindows& windows, std::vector<int32_t>& inputs,
                      std::vector<int32_t>& targets) const = 0;
   // Positions of a sequence of seq_len that count in the loss: the loss gradient is the token
@@ -40,6 +67,10 @@ class Objective {
 };
 
 // The objective of this kind.
-std::unique_ptr<Objective> make_objective(ObjectiveKind kind);
+std::unique_ptr<Objective> make_objective(ObjectiveKind kind, const ObjectiveOptions& options = {});
+
+// The options of config's objective: [objective], train.seed, model.vocab_size, and the ids of
+// the special tokens it needs, found by name in `tokenizer` (an error names a missing piece).
+ObjectiveOptions objective_options(const Config& config, const data::Tokenizer* tokenizer);
 
 }  // namespace moe

@@ -132,4 +132,49 @@ Tensor vocab_parallel_cross_entropy_backward(Tensor logits_local, const Tensor& 
   return logits_local;
 }
 
+int64_t vocab_parallel_correct(const Tensor& logits_local, const std::vector<int32_t>& host_targets,
+                               int64_t vocab_size, Communicator* tp) {
+  MOE_CHECK(logits_local.ndim() == 2 && logits_local.size(0) == static_cast<int64_t>(host_targets.size()),
+            "prediction accuracy: ", host_targets.size(), " targets for logits of ", logits_local.size(0), " rows");
+  const int64_t local = logits_local.size(1);
+  check_local(local, vocab_size, tp, "prediction accuracy: the logits");
+  const ops::VocabShard shard = vocab_shard(vocab_size, tp);
+  std::vector<int32_t> rows;
+  for (size_t t = 0; t < host_targets.size(); ++t) {
+    if (host_targets[t] >= 0) rows.push_back(static_cast<int32_t>(t));
+  }
+  if (rows.empty()) return 0;
+  const auto n = static_cast<int64_t>(rows.size());
+  Tensor picked = Tensor::empty({n, local}, logits_local.dtype(), logits_local.device());
+  ops::gather_rows(logits_local, Tensor::from_vector(rows, {n}, DType::i32, logits_local.device()), picked);
+  const std::vector<double> values = picked.to_vector<double>();  // bf16 or f32, on any device
+  // Per row: the local maximum, and the target's logit where this rank holds the target.
+  std::vector<double> stats(static_cast<size_t>(2 * n), 0.0);
+  const int parts = is_sharded(tp) ? tp->size() : 1;
+  for (int64_t i = 0; i < n; ++i) {
+    const double* row = values.data() + i * local;
+    const int32_t target = host_targets[static_cast<size_t>(rows[static_cast<size_t>(i)])];
+    const int64_t at = target - shard.start;
+    stats[static_cast<size_t>(2 * i)] = *std::max_element(row, row + local);
+    if (at >= 0 && at < local) stats[static_cast<size_t>(2 * i + 1)] = row[at];
+  }
+  if (parts > 1) {
+    // Every rank's maxima side by side, and the target logit from its owner, in one sum.
+    std::vector<double> all(static_cast<size_t>(n * (parts + 1)), 0.0);
+    for (int64_t i = 0; i < n; ++i) {
+      all[static_cast<size_t>(i * (parts + 1) + tp->rank())] = stats[static_cast<size_t>(2 * i)];
+      all[static_cast<size_t>(i * (parts + 1) + parts)] = stats[static_cast<size_t>(2 * i + 1)];
+    }
+    tp->all_reduce_sum(all);
+    for (int64_t i = 0; i < n; ++i) {
+      const double* r = all.data() + i * (parts + 1);
+      stats[static_cast<size_t>(2 * i)] = *std::max_element(r, r + parts);
+      stats[static_cast<size_t>(2 * i + 1)] = r[parts];
+    }
+  }
+  int64_t correct = 0;
+  for (int64_t i = 0; i < n; ++i) correct += stats[static_cast<size_t>(2 * i + 1)] >= stats[static_cast<size_t>(2 * i)];
+  return correct;
+}
+
 }  // namespace moe

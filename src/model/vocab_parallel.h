@@ -48,4 +48,11 @@ VocabParallelLoss vocab_parallel_cross_entropy(const Tensor& logits_local, const
 Tensor vocab_parallel_cross_entropy_backward(Tensor logits_local, const Tensor& targets, const Tensor& lse,
                                              float scale, int64_t vocab_size, Communicator* tp);
 
+// logits_local[T, V/tp], host_targets [T] (negative = ignored) -> how many counted rows predict
+// their target: its logit is the largest over the whole vocabulary (a tie counts as correct).
+// Copies the counted rows (only) to the host; one host all-reduce of 2 numbers per counted row
+// when sharded. The same on every rank of the group.
+int64_t vocab_parallel_correct(const Tensor& logits_local, const std::vector<int32_t>& host_targets,
+                               int64_t vocab_size, Communicator* tp);
+
 }  // namespace moe

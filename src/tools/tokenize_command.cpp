@@ -35,6 +35,7 @@ void check_options(const TokenizeOptions& o) {
   MOE_CHECK(o.sample_bytes >= 0, "tokenize: the tokenizer sample must be >= 0 bytes (0 = every line), got ",
             o.sample_bytes);
   MOE_CHECK(o.batch_bytes > 0, "tokenize: batch_bytes must be positive, got ", o.batch_bytes);
+  MOE_CHECK(o.num_sentinels >= 0, "tokenize: the number of sentinels must be >= 0, got ", o.num_sentinels);
   MOE_CHECK(o.progress_seconds >= 0, "tokenize: progress_seconds must be >= 0, got ", o.progress_seconds);
   parse_output_format(o.format);
 }
@@ -208,6 +209,7 @@ std::string train_tokenizer(const TokenizeOptions& o, Scan& scan, const std::str
   train.vocab_size = o.vocab_size;
   train.seed = o.seed;
   train.num_threads = o.train_threads;
+  if (o.special_tokens) train.control_symbols = special_token_names(o.num_sentinels);
   train.sentences = std::move(scan.training_lines);
   Tokenizer::train(train);
   scan.training_lines = std::move(train.sentences);
@@ -252,7 +254,14 @@ TokenizeSummary run_tokenize(const TokenizeOptions& options, std::ostream& log, 
   summary.num_inputs = static_cast<int64_t>(files.size());
   for (const InputFile& f : files) summary.input_bytes += f.bytes;
   const bool trained = o.tokenizer.empty();
-  if (!trained) Tokenizer::load(o.tokenizer);  // a bad model fails before the corpus is read
+  if (!trained) {
+    const Tokenizer given = Tokenizer::load(o.tokenizer);  // a bad model fails before the corpus is read
+    const auto reserved = o.special_tokens ? special_token_names(o.num_sentinels) : std::vector<std::string>{};
+    for (const std::string& name : reserved) {
+      MOE_CHECK(given.piece_id(name) >= 0, o.tokenizer, ": --special-tokens needs the piece ", name,
+                ", which the given tokenizer does not have (train a new one: leave out --tokenizer)");
+    }
+  }
 
   Scan scan = scan_corpus(files, o, threads, trained, progress, summary.input_bytes);
   std::error_code ec;

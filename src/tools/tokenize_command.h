@@ -16,6 +16,10 @@ struct TokenizeOptions {
   std::string tokenizer;            // existing .model to use; "" = train a new one
   std::string model_out;            // where a trained model goes; "" = <out_dir>/tokenizer.model
   int64_t vocab_size = 8192;        // when training
+  // Reserve special_token_names(num_sentinels) ([MASK], [CLS], [SEP], <extra_id_i>) in a trained
+  // tokenizer; with a given one, require that it has them all.
+  bool special_tokens = false;
+  int64_t num_sentinels = 100;      // T5 sentinels reserved with special_tokens
   std::string documents = "paragraphs";  // text files: paragraphs (blocks split by blank lines) | lines
   double val_fraction = 0.05;       // fraction of documents for validation; 0 = an empty validation split
   uint64_t seed = 1234;             // the train/val choice and the tokenizer's sample and trainer

@@ -8,6 +8,8 @@
 
 #include "routing/balancing.h"
 #include "src/data/indexed_dataset.h"
+#include "src/data/tokenizer.h"
+#include "src/model/vocab_parallel.h"
 #include "src/config/router_kinds.h"
 #include "src/ops/op_profile.h"
 #include "src/ops/ops.h"
@@ -31,8 +33,9 @@ constexpr int64_t k_large_model_params = 100'000'000;
 constexpr double k_slow_start_seconds = 2.0;
 
 // Random token windows for benchmarks without a dataset: speed does not depend on the values.
+// first_sample: the global sample number of the first row (the objective's keys).
 data::TokenWindows synthetic_windows(uint64_t seed, int64_t step, int64_t index, int64_t rows, int64_t seq_len,
-                                     int64_t vocab) {
+                                     int64_t vocab, int64_t first_sample) {
   data::TokenWindows w;
   w.rows = rows;
   w.seq_len = seq_len;
@@ -41,7 +44,17 @@ data::TokenWindows synthetic_windows(uint64_t seed, int64_t step, int64_t index,
     w.tokens.push_back(static_cast<int32_t>(rng.below(static_cast<uint64_t>(vocab))));
   }
   w.starts.assign(static_cast<size_t>(rows), 0);
+  for (int64_t r = 0; r < rows; ++r) w.keys.push_back(data::global_sample_key(first_sample + r));
   return w;
+}
+
+// The config's objective with its options; the tokenizer is read only when it needs special tokens.
+std::unique_ptr<Objective> configured_objective(const Config& config, const Objective& defaults) {
+  std::optional<data::Tokenizer> tokenizer;
+  if (!defaults.special_tokens().empty() && !config.data.tokenizer.empty()) {
+    tokenizer = data::Tokenizer::load(config.data.tokenizer);
+  }
+  return make_objective(defaults.kind(), objective_options(config, tokenizer ? &*tokenizer : nullptr));
 }
 
 }  // namespace
@@ -65,6 +78,7 @@ Trainer::Trainer(const Config& config, int local_rank, Communicator& world)
   log::write(large ? log::Level::info : log::Level::debug,
              fmt::format("model: initialising {} parameters ({} tensors on this rank) on {} ({})", model_->total_params(),
                          model_->params().infos().size(), device_.str(), dtype_name(dtype_)));
+  model_->set_objective(configured_objective(config, model_->objective()));
   model_->set_recompute(config.train.recompute);
   model_->allocate(device_, dtype_);
   model_->initialize(config.train.seed);
@@ -128,8 +142,9 @@ data::TokenWindows Trainer::micro_batch(int64_t step, int64_t micro) const {
   const TrainConfig& t = config_.train;
   if (!sampler_) {
     int64_t index = groups_.dp->rank() * t.grad_accum + micro;
+    const int64_t global_batch = t.micro_batch_size * t.grad_accum * groups_.dp->size();
     return synthetic_windows(t.seed, step, index, t.micro_batch_size, config_.model.seq_len,
-                             config_.model.vocab_size);
+                             config_.model.vocab_size, step * global_batch + index * t.micro_batch_size);
   }
   data::DataParallelSlice slice{groups_.dp->rank(), groups_.dp->size(), t.micro_batch_size, t.grad_accum};
   return sampler_->micro_batch(step, slice, micro);
@@ -151,7 +166,8 @@ EvalResult Trainer::evaluate(int64_t max_batches) {
   int64_t max_windows = max_batches > 0 ? max_batches * t.micro_batch_size * replicas : 0;
   data::EvalIterator it(val_split_->shards(), t.micro_batch_size, config_.model.seq_len, max_windows, replica,
                         replicas);
-  std::vector<double> sums(2, 0.0);
+  std::vector<double> sums(3, 0.0);  // loss sum, targets, correct predictions
+  const bool accuracy = model_->objective().reports_accuracy();
   Tensor loss_sum = Tensor::zeros({1}, DType::f64, device_);  // on the device until the end
   data::TokenWindows b;
   log::Progress progress;
@@ -167,20 +183,24 @@ EvalResult Trainer::evaluate(int64_t max_batches) {
       ForwardOutput out = model_->forward(batch, saved, input);
       if (out.loss.defined()) ops::sum_accumulate(out.loss, loss_sum);
       sums[1] += static_cast<double>(out.num_targets);
+      if (accuracy && model_->is_last_stage()) {
+        sums[2] += static_cast<double>(vocab_parallel_correct(saved.logits, batch.host_targets,
+                                                              config_.model.vocab_size, groups_.tp.get()));
+      }
       return saved.output;
     };
     run_pipeline({{PipeOp::forward, 0}}, topology_.pp > 1 ? groups_.pp.get() : nullptr,
                  {b.rows * config_.model.seq_len, config_.model.d_model}, dtype_, device_, stage, false);
   }
   sums[0] = loss_sum.to_vector<double>()[0];
-  if (topology_.coords.tp != 0) sums = {0.0, 0.0};  // the TP ranks of the last stage hold the same loss
+  if (topology_.coords.tp != 0) sums = {0.0, 0.0, 0.0};  // the TP ranks of the last stage hold the same loss
   world_->all_reduce_sum(sums);  // over the last stage's data-parallel replicas
   MOE_CHECK(sums[1] > 0, "the validation data ", val_name_, " is shorter than one sequence of ",
             config_.model.seq_len + 1, " tokens");
   const double loss = sums[0] / sums[1];  // the same on every rank (all-reduced): all stop together
   MOE_CHECK(std::isfinite(loss), "validation loss is ", loss, " on ", val_name_,
             ": the model's weights have diverged (NaN or Inf); use an earlier checkpoint or a lower optim.lr");
-  return {loss, static_cast<int64_t>(sums[1])};
+  return {loss, static_cast<int64_t>(sums[1]), accuracy ? sums[2] / sums[1] : -1.0};
 }
 
 void Trainer::add_mfu(nlohmann::json& record, double tokens_per_s) const {
@@ -274,10 +294,12 @@ int Trainer::train() {
       nlohmann::json record = {{"step", step_}, {"val_loss", e.loss}, {"val_ppl", std::exp(e.loss)},
                                {"val_tokens", e.tokens}, {"time", utc_timestamp()}};
       if (oracle_) record["oracle_hash"] = true;
+      if (e.accuracy >= 0) record["val_accuracy"] = e.accuracy;
       metrics_->write(record);
       if (is_root()) {
-        log::info("{}eval step {} | val_loss {:.4f} | val_ppl {:.2f}", oracle_ ? "[ORACLE HASH] " : "", step_, e.loss,
-                  std::exp(e.loss));
+        const std::string acc = e.accuracy >= 0 ? fmt::format(" | val_accuracy {:.4f}", e.accuracy) : "";
+        log::info("{}eval step {} | val_loss {:.4f} | val_ppl {:.2f}{}", oracle_ ? "[ORACLE HASH] " : "", step_, e.loss,
+                  std::exp(e.loss), acc);
       }
     }
     const bool saved = (t.save_every > 0 && step_ % t.save_every == 0) || last;

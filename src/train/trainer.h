@@ -47,6 +47,9 @@ struct StepResult {
 struct EvalResult {
   double loss = 0;
   int64_t tokens = 0;
+  // Objectives with Objective::reports_accuracy (masked LM): the fraction of counted positions
+  // whose target has the largest logit; -1 for the others.
+  double accuracy = -1;
 };
 
 class Trainer {

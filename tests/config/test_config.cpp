@@ -357,7 +357,7 @@ TEST_CASE("unknown keys and sections name the file line") {
   REQUIRE_THROWS_WITH(parse("[model]\nwhatever = 1\n"),
                       StartsWith("bad.toml:2: unknown key 'model.whatever'") && !Contains("did you mean"));
   REQUIRE_THROWS_WITH(parse("[train]\nsteps = 1\n\n[modle]\nd_model = 1\n"),
-                      StartsWith("bad.toml:4: unknown section [modle] (sections: model, moe, train, optim, "
+                      StartsWith("bad.toml:4: unknown section [modle] (sections: model, objective, moe, train, optim, "
                                  "schedule, data, parallel)"));
   REQUIRE_THROWS_WITH(parse("seed = 3\n"),
                       StartsWith("bad.toml:1: unknown key 'seed' outside any section (did you mean 'train.seed'?)"));
@@ -461,8 +461,11 @@ TEST_CASE("every range rule has its message") {
       {"model.rope_theta=-1", "model.rope_theta = -1 must be positive"},
       {"model.init_std=0", "model.init_std = 0 must be positive"},
       {"model.objective=prefix_lm",
-       "model.objective = 'prefix_lm' is not one of: causal_lm"},
-      {"model.objective=masked_lm", "model.objective = 'masked_lm' is not one of: causal_lm"},
+       "model.objective = 'prefix_lm' is not one of: causal_lm, masked_lm"},
+      {"objective.mask_rate=0", "objective.mask_rate = 0 must be in (0, 1)"},
+      {"objective.mask_rate=1", "objective.mask_rate = 1 must be in (0, 1)"},
+      {"objective.mask_token_rate=1.5", "objective.mask_token_rate = 1.5 must be in [0, 1]"},
+      {"objective.random_token_rate=-0.1", "objective.random_token_rate = -0.1 must be in [0, 1]"},
       {"moe.num_experts=-1", "moe.num_experts = -1 must be at least 0"},
       {"moe.d_expert=0", "moe.d_expert = 0 must be positive"},
       {"moe.activation=tanh", "moe.activation = 'tanh' is not one of: \"\", relu, gelu, geglu, swiglu"},
@@ -526,6 +529,24 @@ TEST_CASE("every range rule has its message") {
   REQUIRE_THROWS_WITH(parse_set({"train.device=cuda", "train.dtype=f64"}),
                       StartsWith("--set train.dtype=f64: train.dtype = 'f64' is CPU only, but train.device = 'cuda'"));
   CHECK_NOTHROW(parse_set({"model.objective=causal_lm"}));
+  // masked_lm: its rates add up, [MASK] comes from a tokenizer, and what it cannot combine with.
+  REQUIRE_THROWS_WITH(parse_set({"objective.mask_token_rate=0.9", "objective.random_token_rate=0.2"}),
+                      Contains("objective.mask_token_rate + objective.random_token_rate = 1.1 must be at most 1"));
+  REQUIRE_THROWS_WITH(parse_set({"model.objective=masked_lm"}),
+                      Contains("model.objective = 'masked_lm' finds [MASK] by name in the tokenizer: set "
+                               "data.tokenizer to a SentencePiece model made by `moe tokenize --special-tokens`"));
+  REQUIRE_THROWS_WITH(parse_set({"data.tokenizer=t.model", "model.reset_attention=true", "model.objective=masked_lm"}),
+                      Contains("model.reset_attention keeps attention inside documents of a causal model, but "
+                               "model.objective = 'masked_lm' attends both ways"));
+  REQUIRE_THROWS_WITH(parse_set({"data.tokenizer=t.model", "moe.num_experts=4", "moe.router=hash",
+                                 "moe.hash_kind=oracle", "moe.hash_allow_oracle=true", "model.objective=masked_lm"}),
+                      Contains("moe.hash_kind = \"oracle\" routes on the next token, which model.objective = "
+                               "'masked_lm' does not predict"));
+  const moe::Config mlm = parse_set({"data.tokenizer=t.model", "model.objective=masked_lm",
+                                     "objective.mask_rate=0.2", "objective.mask_token_rate=1",
+                                     "objective.random_token_rate=0"});
+  CHECK(mlm.objective.mask_rate == 0.2);
+  CHECK(mlm.objective.mask_token_rate == 1.0);
   CHECK_NOTHROW(parse_set({"moe.activation=", "train.dtype=bf16", "train.resume=runs/x/step_100",
                            "moe.first_dense=2", "moe.num_experts=4", "moe.top_k=4", "optim.min_lr=0.003"}));
 }

@@ -1,5 +1,5 @@
 // The objective seam: causal-LM targets from sampled windows (the next token), its attention
-// mask and loss positions, the declared-but-unbuilt kinds; and batches that keep their host ids,
+// mask and loss positions, the unknown kinds; and batches that keep their host ids,
 // which the model routes on as given (never re-read from the device).
 #include <catch2/catch.hpp>
 
@@ -111,11 +111,14 @@ TEST_CASE("causal LM: inputs are the windows' tokens and targets the next ones",
 TEST_CASE("objective names: known ones round-trip, unknown ones are errors", "[model][objective][errors]") {
   REQUIRE(objective_kind("causal_lm") == ObjectiveKind::causal_lm);
   REQUIRE(std::string(objective_name(ObjectiveKind::causal_lm)) == "causal_lm");
-  REQUIRE_THROWS_WITH(objective_kind("prefix_lm"), StartsWith("unknown model.objective 'prefix_lm' (expected causal_lm)"));
+  REQUIRE(objective_kind("masked_lm") == ObjectiveKind::masked_lm);
+  REQUIRE(std::string(objective_name(ObjectiveKind::masked_lm)) == "masked_lm");
+  REQUIRE_THROWS_WITH(objective_kind("prefix_lm"),
+                      StartsWith("unknown model.objective 'prefix_lm' (expected causal_lm or masked_lm)"));
   // A model built from a config that skipped validation meets the same error.
   Config c = hash_config();
-  c.model.objective = "masked_lm";
-  REQUIRE_THROWS_WITH(Model(c.model, c.moe), Contains("unknown model.objective 'masked_lm'"));
+  c.model.objective = "span_corruption";
+  REQUIRE_THROWS_WITH(Model(c.model, c.moe), Contains("unknown model.objective 'span_corruption'"));
 }
 
 TEST_CASE("a bidirectional attention mask lets a token see later tokens; causal does not", "[model][objective]") {

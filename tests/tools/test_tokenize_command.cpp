@@ -164,3 +164,42 @@ TEST_CASE("tokenize rejects bad inputs with clear messages", "[data][tokenize][e
                         Catch::Contains(opt.tokenizer) && Catch::Contains("cannot open tokenizer model"));
   }
 }
+
+TEST_CASE("--special-tokens reserves [MASK], [CLS], [SEP] and the sentinels; the documents still decode",
+          "[data][tokenize][special]") {
+  TempDir dir;
+  const auto paragraphs = write_corpus(dir.file("corpus.txt"));
+  std::ostringstream log;
+  auto opt = base_options(dir, "special");
+  opt.special_tokens = true;
+  opt.num_sentinels = 3;
+  const auto summary = run_tokenize(opt, log);
+  REQUIRE(summary.vocab_size == 400);
+  const Tokenizer tok = Tokenizer::load(summary.model_path);
+  const std::vector<std::string> names = special_token_names(3);
+  REQUIRE(names == std::vector<std::string>{"[MASK]", "[CLS]", "[SEP]", "<extra_id_0>", "<extra_id_1>",
+                                            "<extra_id_2>"});
+  for (size_t i = 0; i < names.size(); ++i) REQUIRE(tok.piece_id(names[i]) == 3 + static_cast<int32_t>(i));
+  REQUIRE(tok.piece_id("<extra_id_3>") == -1);
+  REQUIRE(tok.eos_id() == 2);
+  // No data token is a reserved id, and the documents decode as before.
+  for (const auto& path : {summary.train_path, summary.val_path}) {
+    const TokenDataset ds = TokenDataset::open(path);
+    for (int64_t i = 0; i < ds.size(); ++i) REQUIRE((ds.token(i) < 3 || ds.token(i) > 8));
+  }
+  const auto train_docs = decode_documents(summary.train_path, tok);
+  REQUIRE(std::find(paragraphs.begin(), paragraphs.end(), train_docs.front()) != paragraphs.end());
+
+  // A given tokenizer must already hold them: the first missing piece is named.
+  auto plain = base_options(dir, "plain");
+  const auto without = run_tokenize(plain, log);
+  auto reuse = base_options(dir, "reuse");
+  reuse.tokenizer = without.model_path;
+  reuse.special_tokens = true;
+  REQUIRE_THROWS_WITH(run_tokenize(reuse, log),
+                      Catch::Contains("--special-tokens needs the piece [MASK], which the given tokenizer does not "
+                                      "have"));
+  reuse.tokenizer = summary.model_path;
+  reuse.num_sentinels = 3;
+  CHECK_NOTHROW(run_tokenize(reuse, log));
+}

@@ -27,13 +27,14 @@ TEST_CASE("N-rank data parallelism matches one rank at the same global batch", "
   // Both Switch scopes: per micro-batch (the default) and over the whole global batch; and the
   // aux-loss-free expert bias, whose loads are summed over the ranks on the device.
   const std::string variant = GENERATE(std::string("micro_batch"), std::string("global_batch"),
-                                       std::string("expert bias"));
+                                       std::string("expert bias"), std::string("masked_lm"));
   INFO("variant " << variant);
   c.moe.balance_scope = variant == "global_batch" ? "global_batch" : "micro_batch";
   if (variant == "expert bias") {
     c.moe.router = "sigmoid";
     c.moe.expert_bias_rate = 0.05;
   }
+  if (variant == "masked_lm") test::use_masked_lm(c, dir);  // each rank masks its own sequences
   Trainer parallel(c, 0, *world);
 
   Config single = c;
@@ -86,6 +87,7 @@ namespace {
 
 struct Layout {
   int64_t ep, zero;
+  bool masked_lm = false;  // model.objective = masked_lm
 };
 
 }  // namespace
@@ -103,10 +105,12 @@ TEST_CASE("expert parallelism and ZeRO match one rank; checkpoints cross layouts
     layouts.push_back({ep, 2});
   }
   if (ranks >= 4) layouts.push_back({2, 3});
+  layouts.push_back({2, 2, true});  // masked LM under EP 2 x ZeRO-2
   // One run directory all ranks can read (rank 0 writes the checkpoints there).
   const std::string shared = std::filesystem::temp_directory_path() / ("moe-ep-shared-" + std::to_string(ranks));
   for (const Layout& layout : layouts) {
-    INFO("ep " << layout.ep << " zero " << layout.zero << " on " << ranks << " ranks");
+    INFO("ep " << layout.ep << " zero " << layout.zero << (layout.masked_lm ? " masked_lm" : "") << " on " << ranks
+               << " ranks");
     test::TempDir dir("moe-ep-rank" + std::to_string(world->rank()));
     Config c = test::tiny_train_config(dir);
     c.train.micro_batch_size = 2;
@@ -114,6 +118,7 @@ TEST_CASE("expert parallelism and ZeRO match one rank; checkpoints cross layouts
     c.parallel.ep = layout.ep;
     c.parallel.zero = layout.zero;
     c.parallel.overlap_grad_reduce = layout.zero != 1;  // both gradient-reduction paths
+    if (layout.masked_lm) test::use_masked_lm(c, dir);
     if (world->rank() == 0) std::filesystem::remove_all(shared);
     world->barrier();
     Trainer parallel(c, 0, *world);

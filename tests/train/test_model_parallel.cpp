@@ -24,9 +24,11 @@ struct Layout {
   std::string schedule = "1f1b";
   bool recompute = false;
   bool tied = true;
+  bool masked_lm = false;  // model.objective = masked_lm (bidirectional, masked targets)
   std::string name() const {
     return "tp " + std::to_string(tp) + " pp " + std::to_string(pp) + " ep " + std::to_string(ep) + " zero " +
-           std::to_string(zero) + " " + schedule + (recompute ? " recompute" : "") + (tied ? "" : " untied");
+           std::to_string(zero) + " " + schedule + (recompute ? " recompute" : "") + (tied ? "" : " untied") +
+           (masked_lm ? " masked_lm" : "");
   }
 };
 
@@ -58,6 +60,7 @@ void run_layout(Communicator& world, Communicator& self, const Layout& layout, c
   c.parallel.ep = layout.ep;
   c.parallel.zero = layout.zero;
   c.parallel.pp_schedule = layout.schedule;
+  if (layout.masked_lm) test::use_masked_lm(c, dir);
   validate_config(c);
   if (world.rank() == 0) std::filesystem::remove_all(shared);
   world.barrier();
@@ -88,6 +91,7 @@ void run_layout(Communicator& world, Communicator& self, const Layout& layout, c
   EvalResult pe = parallel.evaluate(0), re = reference.evaluate(0);
   REQUIRE(pe.tokens == re.tokens);
   REQUIRE(pe.loss == Approx(re.loss).epsilon(1e-5));
+  REQUIRE(pe.accuracy == Approx(re.accuracy).margin(1e-12));  // masked LM: over the whole vocabulary; else -1
   // The layout's weights, gathered into a checkpoint, are the reference's; and the layout loads
   // the reference's checkpoint and takes the same next step.
   parallel.save_checkpoint();
@@ -127,7 +131,9 @@ TEST_CASE("tensor and pipeline parallel layouts train the one-rank model", "[par
                {.tp = 2, .tied = false},
                {.pp = 2},
                {.pp = 2, .schedule = "gpipe"},
-               {.pp = 2, .recompute = true, .tied = false}};
+               {.pp = 2, .recompute = true, .tied = false},
+               {.tp = 2, .masked_lm = true},
+               {.pp = 2, .masked_lm = true}};
   } else if (n == 4) {
     layouts = {{.tp = 4},
                {.tp = 2, .ep = 2},                    // TP 2 x DP 2 with EP 2
@@ -136,7 +142,8 @@ TEST_CASE("tensor and pipeline parallel layouts train the one-rank model", "[par
                {.pp = 2, .ep = 2, .zero = 1},         // PP 2 x DP 2 with EP 2
                {.tp = 2, .ep = 2, .zero = 3},         // ZeRO-3 gathers TP shards per unit
                {.pp = 2, .zero = 2, .schedule = "gpipe"},
-               {.tp = 2, .pp = 2, .recompute = true}};
+               {.tp = 2, .pp = 2, .recompute = true},
+               {.tp = 2, .ep = 2, .zero = 1, .masked_lm = true}};
   } else if (n == 8) {
     layouts = {{.tp = 2, .pp = 2, .ep = 2, .zero = 1},   // PP 2 x TP 2 x DP 2 with EP 2 and ZeRO-1
                {.tp = 2, .pp = 2, .ep = 2, .zero = 3, .recompute = true}};

@@ -9,6 +9,7 @@
 
 #include "src/config/config.h"
 #include "src/data/token_shard.h"
+#include "src/data/tokenizer.h"
 
 namespace moe::test {
 
@@ -74,6 +75,35 @@ inline void enable_balancing_terms(Config& c, bool load) {
   c.moe.seq_aux_loss_coef = 0.01;
   c.moe.device_loss_coef = 0.01;
   c.moe.device_groups = 2;
+}
+
+// A small SentencePiece model trained on made-up words in well under a second; with
+// special_tokens, those of `moe tokenize --special-tokens` (and 2 sentinels) at ids 3, 4, 5, ...
+// ([MASK] = 3), else none.
+inline std::string write_special_tokenizer(const TempDir& dir, bool special_tokens = true) {
+  data::TokenizerTrainOptions o;
+  o.model_path = dir.str(special_tokens ? "special.model" : "plain.model");
+  o.vocab_size = 300;
+  if (special_tokens) o.control_symbols = data::special_token_names(2);
+  std::mt19937_64 rng(7);
+  const char* syllables[] = {"ka", "lo", "mi", "ne", "su", "ta", "ri", "po"};
+  for (int line = 0; line < 400; ++line) {
+    std::string text;
+    for (int word = 0; word < 8; ++word) {
+      for (int s = 0; s < 1 + static_cast<int>(rng() % 3); ++s) text += syllables[rng() % 8];
+      text += ' ';
+    }
+    o.sentences.push_back(text);
+  }
+  data::Tokenizer::train(o);
+  return o.model_path;
+}
+
+// The config as a masked LM (BERT) over the same data, [MASK] from write_special_tokenizer.
+inline void use_masked_lm(Config& c, const TempDir& dir) {
+  c.model.objective = "masked_lm";
+  c.data.tokenizer = write_special_tokenizer(dir);
+  validate_config(c);
 }
 
 }  // namespace moe::test
