@@ -142,6 +142,18 @@ void DistributedOptimizer::reduce_unit_async(const ParamUnit& unit) {
 }
 
 void DistributedOptimizer::reduce_gradients() {
+  if (gradients_sharded()) {
+    // Every module's gradients were reduce-scattered into the shards as their backward ended;
+    // what is still open (modules whose gradients live through the step) goes now, in order.
+    for (int i = 0; i < k_num_param_groups; ++i) {
+      while (!open_[i].empty()) {
+        ParamUnit unit{"open", {}};
+        unit.range[i] = open_[i].front();
+        reduce_unit_grads(unit);
+      }
+    }
+    return;
+  }
   for (int i = 0; i < k_num_param_groups; ++i) {
     const Layout& l = layouts_[i];
     auto& done = reduced_[i];
@@ -166,40 +178,93 @@ void DistributedOptimizer::reduce_gradients() {
       }
       l.comm->wait_async();
     } else {
-      reduce_scatter_avg(static_cast<ParamGroup>(i));
+      Tensor flat = store_->flat_grads(static_cast<ParamGroup>(i));
+      reduce_scatter_range(static_cast<ParamGroup>(i), flat, {0, l.numel}, rows_of(flat, l.own), false);
     }
   }
 }
 
-// Round k reduces chunk k (c elements) of every rank's range: the chunks are packed rank by
-// rank into a staging buffer (zero past n) and reduce-scattered into this rank's slot, which
-// goes back to its place in the flat buffer. One round over an evenly divisible buffer needs
-// no staging: the flat buffer is already rank-major.
-void DistributedOptimizer::reduce_scatter_avg(ParamGroup g) {
+// Round k reduces chunk k (c elements) of every rank's part of `range`: the chunks are packed
+// rank by rank into a staging buffer (zero past each part) and reduce-scattered into this rank's
+// slot, which is scaled by 1/N and written (or added) to its place in `dst` (this rank's range).
+// Over the whole buffer the parts are the ranks' ranges; one round over an evenly divisible
+// buffer needs no staging: the flat buffer is already rank-major.
+void DistributedOptimizer::reduce_scatter_range(ParamGroup g, const Tensor& values, FlatRange range, Tensor dst,
+                                                bool add) {
   const Layout& l = layout(g);
-  Tensor flat = store_->flat_grads(g);
-  const int64_t n = l.numel, s = l.shard, c = std::max<int64_t>(1, bucket_numel(flat.dtype()) / l.size);
-  if (s * l.size == n && s <= c) {
-    Tensor own = flat.rows(l.rank * s, (l.rank + 1) * s);
-    l.comm->reduce_scatter_sum(flat, own);
+  const int64_t n = l.numel, s = l.shard, c = std::max<int64_t>(1, bucket_numel(values.dtype()) / l.size);
+  const FlatRange own_part = intersect(range, l.own);
+  if (!add && range == FlatRange{0, n} && s * l.size == n && s <= c) {
+    l.comm->reduce_scatter_sum(values, dst);
   } else {
-    Tensor staging = Tensor::empty({l.size * std::min(c, s)}, flat.dtype(), flat.device());
-    for (int64_t k0 = 0; k0 < s; k0 += c) {
-      const int64_t len = std::min(c, s - k0);
+    int64_t longest = 0;
+    for (int q = 0; q < l.size; ++q) longest = std::max(longest, intersect(range, l.owned_by(q)).numel());
+    Tensor staging = Tensor::empty({l.size * std::min(c, longest)}, values.dtype(), values.device());
+    for (int64_t k0 = 0; k0 < longest; k0 += c) {
+      const int64_t len = std::min(c, longest - k0);
       Tensor window = staging.rows(0, l.size * len);
       for (int q = 0; q < l.size; ++q) {
-        FlatRange src = intersect({q * s + k0, q * s + k0 + len}, {0, n});
+        const FlatRange part = intersect(range, l.owned_by(q));
+        const FlatRange src = intersect({part.begin + k0, part.begin + k0 + len}, part);
         Tensor slot = window.rows(q * len, (q + 1) * len);
         if (src.numel() < len) slot.rows(src.numel(), len).zero_();
-        copy_elements(rows_of(flat, src), slot.rows(0, src.numel()));
+        copy_elements(rows_at(values, range.begin, src), slot.rows(0, src.numel()));
       }
       Tensor mine = window.rows(l.rank * len, (l.rank + 1) * len);
       l.comm->reduce_scatter_sum(window, mine);
-      FlatRange dst = intersect({l.rank * s + k0, l.rank * s + k0 + len}, {0, n});
-      copy_elements(mine.rows(0, dst.numel()), rows_of(flat, dst));
+      const FlatRange at = intersect({own_part.begin + k0, own_part.begin + k0 + len}, own_part);
+      Tensor reduced = mine.rows(0, at.numel());
+      Tensor target = rows_at(dst, l.own.begin, at);
+      if (add) {
+        scale_exact(reduced, 1.0 / l.size);
+        if (at.numel() > 0) ops::accumulate(target, reduced);
+      } else {
+        copy_elements(reduced, target);
+      }
     }
   }
-  scale_exact(rows_of(flat, l.own), 1.0 / l.size);
+  if (!add) scale_exact(rows_at(dst, l.own.begin, own_part), 1.0 / l.size);
+}
+
+void DistributedOptimizer::shard_gradients() {
+  MOE_CHECK(stage_ >= 2, "sharded gradients need ZeRO stage 2 or 3, not ", stage_);
+  for (int i = 0; i < k_num_param_groups; ++i) {
+    const auto g = static_cast<ParamGroup>(i);
+    if (!store_->grads_sharded(g)) store_->shard_grads(g, layouts_[i].own);
+  }
+}
+
+bool DistributedOptimizer::gradients_sharded() const { return store_->grads_sharded(ParamGroup::dense); }
+
+void DistributedOptimizer::open_grads(const ParamUnit& unit) {
+  if (!gradients_sharded()) return;
+  for (int i = 0; i < k_num_param_groups; ++i) {
+    const auto g = static_cast<ParamGroup>(i);
+    const FlatRange range = unit.range[i];
+    if (range.empty() || store_->attached_grads(g, range).defined()) continue;
+    store_->attach_grads(g, range, Tensor::zeros({range.numel()}, store_->master_dtype(), store_->device()));
+    open_[i].push_back(range);
+  }
+}
+
+void DistributedOptimizer::reduce_unit_grads(const ParamUnit& unit) {
+  if (!gradients_sharded()) return;
+  for (int i = 0; i < k_num_param_groups; ++i) {
+    const auto g = static_cast<ParamGroup>(i);
+    const FlatRange range = unit.range[i];
+    auto it = std::find(open_[i].begin(), open_[i].end(), range);
+    if (range.empty() || it == open_[i].end()) continue;
+    open_[i].erase(it);
+    Tensor values = store_->attached_grads(g, range);
+    if (g == ParamGroup::expert && expert_grad_scale_ != 1.0f) ops::scale(values, expert_grad_scale_);
+    Tensor shard = store_->grad_shard(g);
+    if (layouts_[i].size == 1) {
+      ops::accumulate(shard, rows_at(values, range.begin, intersect(range, layouts_[i].own)));
+    } else {
+      reduce_scatter_range(g, values, range, shard, true);
+    }
+    store_->detach_grads(g, range);  // the module's gradient buffer is freed with its last view
+  }
 }
 
 // The mirror of reduce_scatter_avg on the compute copy: round k all-gathers chunk k of every
@@ -269,9 +334,10 @@ void DistributedOptimizer::weighted_sum_squares(ParamGroup g, const Tensor& held
 void DistributedOptimizer::clip_grads(double max_norm) {
   norm_sq_.zero_();
   for (int i = 0; i < k_num_param_groups; ++i) {
-    Tensor& flat = store_->flat_grads(static_cast<ParamGroup>(i));
-    const FlatRange range = stage_ >= 2 ? layouts_[i].own : FlatRange{0, flat.numel()};
-    weighted_sum_squares(static_cast<ParamGroup>(i), rows_of(flat, range), range, norm_sq_.rows(i, i + 1));
+    const auto g = static_cast<ParamGroup>(i);
+    const Tensor held = stage_ >= 2 ? store_->grad_shard(g) : store_->flat_grads(g);
+    const FlatRange range = stage_ >= 2 ? layouts_[i].own : FlatRange{0, held.numel()};
+    weighted_sum_squares(g, held, range, norm_sq_.rows(i, i + 1));
   }
   const Layout& dense = layouts_[0];
   const Layout& expert = layouts_[1];
@@ -334,7 +400,7 @@ void DistributedOptimizer::step(double lr, int64_t step) {
   for (int i = 0; i < k_num_param_groups; ++i) {
     auto g = static_cast<ParamGroup>(i);
     // The compute copy of this rank's range (the whole at stage 0) is written in the same pass.
-    update_[i].apply(store_->master_shard(g), store_->flat_grads(g), m_[i], v_[i], lr, step,
+    update_[i].apply(store_->master_shard(g), store_->grad_shard(g), m_[i], v_[i], lr, step,
                      clip_pending_ ? clip_scale_ : Tensor{}, store_->compute_copy_of_master(g));
   }
   clip_pending_ = false;

@@ -86,6 +86,7 @@ namespace {
 
 struct Layout {
   int64_t ep, zero;
+  int64_t grad_accum = 1;  // micro-batches per rank: ZeRO-2/3 reduce-scatter after each one's backward
 };
 
 }  // namespace
@@ -99,27 +100,30 @@ TEST_CASE("expert parallelism and ZeRO match one rank; checkpoints cross layouts
   auto self = world->split(world->rank(), 0);
   std::vector<Layout> layouts = {{1, 1}, {1, 2}, {1, 3}};
   for (int64_t ep = 2; ep <= ranks; ep *= 2) {
-    layouts.push_back({ep, 0});
-    layouts.push_back({ep, 2});
+    for (int64_t zero = 0; zero <= 3; ++zero) layouts.push_back({ep, zero});
+    layouts.push_back({ep, 2, 2});
+    layouts.push_back({ep, 3, 2});
   }
   if (ranks >= 4) layouts.push_back({2, 3});
   // One run directory all ranks can read (rank 0 writes the checkpoints there).
   const std::string shared = std::filesystem::temp_directory_path() / ("moe-ep-shared-" + std::to_string(ranks));
   for (const Layout& layout : layouts) {
-    INFO("ep " << layout.ep << " zero " << layout.zero << " on " << ranks << " ranks");
+    INFO("ep " << layout.ep << " zero " << layout.zero << " grad_accum " << layout.grad_accum << " on " << ranks
+               << " ranks");
     test::TempDir dir("moe-ep-rank" + std::to_string(world->rank()));
     Config c = test::tiny_train_config(dir);
     c.train.micro_batch_size = 2;
     c.train.run_dir = shared;
     c.parallel.ep = layout.ep;
     c.parallel.zero = layout.zero;
+    c.train.grad_accum = layout.grad_accum;
     c.parallel.overlap_grad_reduce = layout.zero != 1;  // both gradient-reduction paths
     if (world->rank() == 0) std::filesystem::remove_all(shared);
     world->barrier();
     Trainer parallel(c, 0, *world);
 
     Config single = c;
-    single.train.grad_accum = ranks;
+    single.train.grad_accum = ranks * layout.grad_accum;
     single.train.run_dir = dir.str("reference");
     single.parallel = ParallelConfig{};
     Trainer reference(single, 0, *self);
