@@ -259,7 +259,8 @@ void DistributedOptimizer::reduce_unit_grads(const ParamUnit& unit) {
     if (g == ParamGroup::expert && expert_grad_scale_ != 1.0f) ops::scale(values, expert_grad_scale_);
     Tensor shard = store_->grad_shard(g);
     if (layouts_[i].size == 1) {
-      ops::accumulate(shard, rows_at(values, range.begin, intersect(range, layouts_[i].own)));
+      Tensor target = rows_at(shard, layouts_[i].own.begin, range);  // one rank owns everything
+      ops::accumulate(target, values);
     } else {
       reduce_scatter_range(g, values, range, shard, true);
     }
