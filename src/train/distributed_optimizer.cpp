@@ -178,52 +178,40 @@ void DistributedOptimizer::reduce_gradients() {
       }
       l.comm->wait_async();
     } else {
-      Tensor flat = store_->flat_grads(static_cast<ParamGroup>(i));
-      reduce_scatter_range(static_cast<ParamGroup>(i), flat, {0, l.numel}, rows_of(flat, l.own), false);
+      reduce_scatter_avg(static_cast<ParamGroup>(i));
     }
   }
 }
 
-// Round k reduces chunk k (c elements) of every rank's part of `range`: the chunks are packed
-// rank by rank into a staging buffer (zero past each part) and reduce-scattered into this rank's
-// slot, which is scaled by 1/N and written (or added) to its place in `dst` (this rank's range).
-// Over the whole buffer the parts are the ranks' ranges; one round over an evenly divisible
-// buffer needs no staging: the flat buffer is already rank-major.
-void DistributedOptimizer::reduce_scatter_range(ParamGroup g, const Tensor& values, FlatRange range, Tensor dst,
-                                                bool add) {
+// Round k reduces chunk k (c elements) of every rank's range: the chunks are packed rank by
+// rank into a staging buffer (zero past n) and reduce-scattered into this rank's slot, which
+// goes back to its place in the flat buffer. One round over an evenly divisible buffer needs
+// no staging: the flat buffer is already rank-major.
+void DistributedOptimizer::reduce_scatter_avg(ParamGroup g) {
   const Layout& l = layout(g);
-  const int64_t n = l.numel, s = l.shard, c = std::max<int64_t>(1, bucket_numel(values.dtype()) / l.size);
-  const FlatRange own_part = intersect(range, l.own);
-  if (!add && range == FlatRange{0, n} && s * l.size == n && s <= c) {
-    l.comm->reduce_scatter_sum(values, dst);
+  Tensor flat = store_->flat_grads(g);
+  const int64_t n = l.numel, s = l.shard, c = std::max<int64_t>(1, bucket_numel(flat.dtype()) / l.size);
+  if (s * l.size == n && s <= c) {
+    Tensor own = flat.rows(l.rank * s, (l.rank + 1) * s);
+    l.comm->reduce_scatter_sum(flat, own);
   } else {
-    int64_t longest = 0;
-    for (int q = 0; q < l.size; ++q) longest = std::max(longest, intersect(range, l.owned_by(q)).numel());
-    Tensor staging = Tensor::empty({l.size * std::min(c, longest)}, values.dtype(), values.device());
-    for (int64_t k0 = 0; k0 < longest; k0 += c) {
-      const int64_t len = std::min(c, longest - k0);
+    Tensor staging = Tensor::empty({l.size * std::min(c, s)}, flat.dtype(), flat.device());
+    for (int64_t k0 = 0; k0 < s; k0 += c) {
+      const int64_t len = std::min(c, s - k0);
       Tensor window = staging.rows(0, l.size * len);
       for (int q = 0; q < l.size; ++q) {
-        const FlatRange part = intersect(range, l.owned_by(q));
-        const FlatRange src = intersect({part.begin + k0, part.begin + k0 + len}, part);
+        FlatRange src = intersect({q * s + k0, q * s + k0 + len}, {0, n});
         Tensor slot = window.rows(q * len, (q + 1) * len);
         if (src.numel() < len) slot.rows(src.numel(), len).zero_();
-        copy_elements(rows_at(values, range.begin, src), slot.rows(0, src.numel()));
+        copy_elements(rows_of(flat, src), slot.rows(0, src.numel()));
       }
       Tensor mine = window.rows(l.rank * len, (l.rank + 1) * len);
       l.comm->reduce_scatter_sum(window, mine);
-      const FlatRange at = intersect({own_part.begin + k0, own_part.begin + k0 + len}, own_part);
-      Tensor reduced = mine.rows(0, at.numel());
-      Tensor target = rows_at(dst, l.own.begin, at);
-      if (add) {
-        scale_exact(reduced, 1.0 / l.size);
-        if (at.numel() > 0) ops::accumulate(target, reduced);
-      } else {
-        copy_elements(reduced, target);
-      }
+      FlatRange dst = intersect({l.rank * s + k0, l.rank * s + k0 + len}, {0, n});
+      copy_elements(mine.rows(0, dst.numel()), rows_of(flat, dst));
     }
   }
-  if (!add) scale_exact(rows_at(dst, l.own.begin, own_part), 1.0 / l.size);
+  scale_exact(rows_of(flat, l.own), 1.0 / l.size);
 }
 
 void DistributedOptimizer::shard_gradients() {
@@ -257,13 +245,16 @@ void DistributedOptimizer::reduce_unit_grads(const ParamUnit& unit) {
     open_[i].erase(it);
     Tensor values = store_->attached_grads(g, range);
     if (g == ParamGroup::expert && expert_grad_scale_ != 1.0f) ops::scale(values, expert_grad_scale_);
+    // Shards are contiguous ranges of the flat buffer, so a module lies in one or two ranks'
+    // ranges: a reduce-scatter into equal per-rank parts would pad every part to the longest
+    // (N times the module staged and about N/2 times the bytes of an all-reduce). The module's
+    // own buffer is averaged in place instead, bucket by bucket, and this rank keeps its part.
+    const Layout& l = layouts_[i];
+    average_gradients(*l.comm, values, bucket_bytes_);
+    const FlatRange part = intersect(range, l.own);
     Tensor shard = store_->grad_shard(g);
-    if (layouts_[i].size == 1) {
-      Tensor target = rows_at(shard, layouts_[i].own.begin, range);  // one rank owns everything
-      ops::accumulate(target, values);
-    } else {
-      reduce_scatter_range(g, values, range, shard, true);
-    }
+    Tensor target = rows_at(shard, l.own.begin, part);
+    if (!part.empty()) ops::accumulate(target, rows_at(values, range.begin, part));
     store_->detach_grads(g, range);  // the module's gradient buffer is freed with its last view
   }
 }

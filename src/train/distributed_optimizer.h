@@ -75,8 +75,9 @@ class DistributedOptimizer {
   void reduce_unit_async(const ParamUnit& unit);
   // ZeRO-2/3 without the full gradient buffer: from now on each rank keeps only its shard of the
   // reduced gradients (ParamStore::shard_grads). A module's gradients exist from open_grads (call
-  // it before the module's backward writes them) to reduce_unit_grads, which reduce-scatters
-  // them bucket by bucket (the mean over the group, expert scale applied), adds this rank's part
+  // it before the module's backward writes them) to reduce_unit_grads, which reduces
+  // them (the mean over the group by a bucketed in-place all-reduce of the module's buffer,
+  // expert scale applied), adds this rank's part
   // to its shard and frees them; a module used by several micro-batches is reduced after each
   // one's backward. reduce_gradients() then reduces what is still open, in opening order.
   // open_grads is local and idempotent; reduce_unit_grads is collective over the module's
@@ -153,9 +154,7 @@ class DistributedOptimizer {
     FlatRange owned_by(int r) const;
   };
   const Layout& layout(ParamGroup g) const { return layouts_[static_cast<int>(g)]; }
-  // dst (this rank's range, [own.numel()]) <- (or +=, with add) the group's mean of `values`,
-  // the gradients of flat elements `range`, over the part of `range` this rank owns.
-  void reduce_scatter_range(ParamGroup g, const Tensor& values, FlatRange range, Tensor dst, bool add);
+  void reduce_scatter_avg(ParamGroup g);
   void all_gather_params(ParamGroup g);
   // out[range.numel()] <- flat elements `range` from the ranks' local ranges `local`
   // ([own.numel()] on each rank); collective over the group when sharded.
