@@ -143,7 +143,7 @@ void DistributedOptimizer::reduce_unit_async(const ParamUnit& unit) {
 
 void DistributedOptimizer::reduce_gradients() {
   if (gradients_sharded()) {
-    // Every module's gradients were reduce-scattered into the shards as their backward ended;
+    // Every block's gradients were reduced into the shards as its backward ended;
     // what is still open (modules whose gradients live through the step) goes now, in order.
     for (int i = 0; i < k_num_param_groups; ++i) {
       while (!open_[i].empty()) {

@@ -77,7 +77,7 @@ StepResult Trainer::train_step() {
       switched = true;
     }
     if (optimizer_->gradients_sharded()) {
-      // ZeRO-2/3: every micro-batch reduce-scatters each block's gradients as soon as the block
+      // ZeRO-2/3: every micro-batch reduces each block's gradients into the shard as soon as the block
       // is done and frees them; only the shard and the modules in flight hold gradients.
       open_edge_grads();
       model_->set_grad_hook([this](const std::string& name) {

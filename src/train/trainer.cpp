@@ -74,7 +74,7 @@ Trainer::Trainer(const Config& config, int local_rank, Communicator& world)
   for (ParamUnit& unit : param_units(model_->params())) units_[unit.name] = unit;
   if (config.parallel.zero >= 2) {
     // ZeRO-2/3: each rank keeps only its shard of the gradients; a module's gradients exist from
-    // its backward until they are reduce-scattered, and (ZeRO-3) its parameters from just
+    // its backward until they are reduced into the shard, and (ZeRO-3) its parameters from just
     // before it is used until just after.
     optimizer_->shard_gradients();
     model_->set_param_hook([this](const std::string& name, bool acquire) { on_param_unit(name, acquire); });
