@@ -159,12 +159,10 @@ Tensor ParamStore::param(ParamId id) const {
   const ParamInfo& p = info(id);
   int g = static_cast<int>(p.group);
   if (!shard_[g].params) return view(params_, id);
-  FlatRange r = range(id);
-  for (const Attached& a : attached_[g]) {
-    if (a.range.contains(r)) return a.values.rows(r.begin - a.range.begin, r.end - a.range.begin).view(p.shape);
-  }
-  MOE_FAIL("parameter '", p.name, "' is not gathered on this rank: under ZeRO-3 gather its block ",
-           "(DistributedOptimizer::gather) before using it");
+  Tensor values = attached_view(attached_[g], p);
+  MOE_CHECK(values.defined(), "parameter '", p.name, "' is not gathered on this rank: under ZeRO-3 gather its block ",
+            "(DistributedOptimizer::gather) before using it");
+  return values;
 }
 
 Tensor ParamStore::master(ParamId id) const {
@@ -225,26 +223,107 @@ void ParamStore::shard(ParamGroup g, FlatRange range, bool params) {
   if (params) params_[i] = Tensor();
 }
 
+namespace {
+
+const char* group_label(ParamGroup g) { return g == ParamGroup::dense ? "dense" : "expert"; }
+
+}  // namespace
+
+void ParamStore::check_attachable(const char* what, ParamGroup g, FlatRange range, const Tensor& values,
+                                  DType dtype) const {
+  const int i = static_cast<int>(g);
+  MOE_CHECK(range.begin >= 0 && range.begin <= range.end && range.end <= group_numel_[i], what, ": range [",
+            range.begin, ",", range.end, ") is outside the ", group_label(g), " group's ", group_numel_[i], " elements");
+  MOE_CHECK(values.numel() == range.numel() && values.dtype() == dtype && values.device() == device_, what,
+            ": expected ", range.numel(), " ", dtype_name(dtype), " values on ", device_.str(), ", got ",
+            values.numel(), " ", dtype_name(values.dtype()), " on ", values.device().str());
+}
+
 void ParamStore::attach_params(ParamGroup g, FlatRange range, Tensor values) {
   int i = static_cast<int>(g);
   MOE_CHECK(shard_[i].params, "attach_params: the group's parameters are not sharded (ZeRO-3 only)");
-  MOE_CHECK(range.begin >= 0 && range.begin <= range.end && range.end <= group_numel_[i], "attach_params: range [",
-            range.begin, ",", range.end, ") is outside the group's ", group_numel_[i], " elements");
-  MOE_CHECK(values.numel() == range.numel() && values.dtype() == compute_dtype_ && values.device() == device_,
-            "attach_params: expected ", range.numel(), " ", dtype_name(compute_dtype_), " values on ", device_.str(),
-            ", got ", values.numel(), " ", dtype_name(values.dtype()), " on ", values.device().str());
+  check_attachable("attach_params", g, range, values, compute_dtype_);
   attached_[i].push_back({range, values.view({values.numel()})});
 }
 
 void ParamStore::detach_params(ParamGroup g, FlatRange range) {
-  auto& list = attached_[static_cast<int>(g)];
+  MOE_CHECK(detach(attached_[static_cast<int>(g)], range), "detach_params: range [", range.begin, ",", range.end,
+            ") is not attached");
+}
+
+bool ParamStore::detach(std::vector<Attached>& list, FlatRange range) {
   for (auto it = list.begin(); it != list.end(); ++it) {
     if (it->range == range) {
       list.erase(it);
-      return;
+      return true;
     }
   }
-  MOE_FAIL("detach_params: range [", range.begin, ",", range.end, ") is not attached");
+  return false;
+}
+
+Tensor ParamStore::attached_view(const std::vector<Attached>& list, const ParamInfo& p) const {
+  const FlatRange r{p.offset, p.offset + p.numel()};
+  for (const Attached& a : list) {
+    if (a.range.contains(r)) return a.values.rows(r.begin - a.range.begin, r.end - a.range.begin).view(p.shape);
+  }
+  return {};
+}
+
+void ParamStore::shard_grads(ParamGroup g, FlatRange range) {
+  const int i = static_cast<int>(g);
+  MOE_CHECK(shard_[i].active && shard_[i].range == range, "shard_grads: the ", group_label(g),
+            " group's gradients are sharded over the range its weights are sharded over (ParamStore::shard first)");
+  MOE_CHECK(!grads_sharded_[i], "the ", group_label(g), " group's gradients are already sharded");
+  grad_shard_[i] = Tensor::zeros({range.numel()}, master_dtype(), device_);
+  grads_[i] = Tensor();  // the full gradient buffer is never allocated again
+  grads_sharded_[i] = true;
+}
+
+Tensor ParamStore::grad_shard(ParamGroup g) const {
+  MOE_CHECK(allocated_, "parameters used before allocation");
+  const int i = static_cast<int>(g);
+  if (grads_sharded_[i]) return grad_shard_[i];
+  const FlatRange r = shard_range(g);
+  return grads_[i].rows(r.begin, r.end);
+}
+
+void ParamStore::attach_grads(ParamGroup g, FlatRange range, Tensor values) {
+  const int i = static_cast<int>(g);
+  MOE_CHECK(grads_sharded_[i], "attach_grads: the ", group_label(g), " group's gradients are not sharded (ZeRO-2/3 only)");
+  check_attachable("attach_grads", g, range, values, master_dtype());
+  for (const Attached& a : attached_grads_[i]) {
+    MOE_CHECK(intersect(a.range, range).empty(), "attach_grads: range [", range.begin, ",", range.end,
+              ") overlaps the attached range [", a.range.begin, ",", a.range.end, ")");
+  }
+  attached_grads_[i].push_back({range, values.view({values.numel()})});
+}
+
+void ParamStore::detach_grads(ParamGroup g, FlatRange range) {
+  MOE_CHECK(detach(attached_grads_[static_cast<int>(g)], range), "detach_grads: range [", range.begin, ",",
+            range.end, ") is not attached");
+}
+
+Tensor ParamStore::attached_grads(ParamGroup g, FlatRange range) const {
+  for (const Attached& a : attached_grads_[static_cast<int>(g)]) {
+    if (a.range == range) return a.values;
+  }
+  return {};
+}
+
+Tensor& ParamStore::flat_grads(ParamGroup g) {
+  MOE_CHECK(!grads_sharded(g), "the gradients of the ", group_label(g), " group are sharded over ranks (ZeRO-2/3): ",
+            "this rank holds only its shard (ParamStore::grad_shard)");
+  return grads_[static_cast<int>(g)];
+}
+
+Tensor ParamStore::grad(ParamId id) const {
+  const ParamInfo& p = info(id);
+  const int g = static_cast<int>(p.group);
+  if (!grads_sharded_[g]) return view(grads_, id);
+  Tensor values = attached_view(attached_grads_[g], p);
+  MOE_CHECK(values.defined(), "the gradient of '", p.name, "' is not open on this rank: under ZeRO-2/3 a module's ",
+            "gradients exist from its backward until they are reduce-scattered (DistributedOptimizer::open_grads)");
+  return values;
 }
 
 Tensor ParamStore::view(const Tensor (&buffers)[k_num_param_groups], ParamId id) const {
@@ -278,7 +357,14 @@ void ParamStore::initialize(uint64_t seed) {
 }
 
 void ParamStore::zero_grads() {
-  for (auto& g : grads_) g.zero_();
+  for (int g = 0; g < k_num_param_groups; ++g) {
+    if (!grads_sharded_[g]) {
+      grads_[g].zero_();
+      continue;
+    }
+    grad_shard_[g].zero_();
+    for (Attached& a : attached_grads_[g]) a.values.zero_();
+  }
 }
 
 void ParamStore::sync_params_from_master() {

@@ -115,15 +115,17 @@ class ParamStore {
   int64_t total_numel() const;
 
   Tensor param(ParamId id) const;
-  Tensor grad(ParamId id) const { return view(grads_, id); }
+  Tensor grad(ParamId id) const;
   Tensor master(ParamId id) const;
   FlatRange range(ParamId id) const { return {info(id).offset, info(id).offset + info(id).numel()}; }
 
   Tensor& flat_params(ParamGroup g);
-  Tensor& flat_grads(ParamGroup g) { return grads_[static_cast<int>(g)]; }
+  // The group's whole gradient buffer; throws once the gradients are sharded (shard_grads).
+  Tensor& flat_grads(ParamGroup g);
   Tensor& flat_master(ParamGroup g);
   bool has_separate_master() const { return separate_master_; }
 
+  // Zeroes every gradient this rank holds (the full buffers, or the shards and attached ranges).
   void zero_grads();
   // After an optimizer step on the master copy: refresh the compute copy (bf16 cast).
   void sync_params_from_master();
@@ -169,6 +171,21 @@ class ParamStore {
   void detach_params(ParamGroup g, FlatRange range);
   int64_t num_attached(ParamGroup g) const { return static_cast<int64_t>(attached_[static_cast<int>(g)].size()); }
 
+  // ZeRO-2/3 gradients: from now on this rank keeps group g's gradients only for flat elements
+  // `range` (grad_shard, the reduced values) and the full gradient buffer is freed. During the
+  // backward grad(id) reads the ranges attached with attach_grads (a module's gradients, from
+  // its backward until DistributedOptimizer reduce-scatters them) and throws for any other.
+  void shard_grads(ParamGroup g, FlatRange range);
+  bool grads_sharded(ParamGroup g) const { return grads_sharded_[static_cast<int>(g)]; }
+  // The gradients of shard_range(g) (a view of the full buffer until shard_grads).
+  Tensor grad_shard(ParamGroup g) const;
+  // values[range.numel()] (accumulation dtype, the store's device) hold the gradients of flat
+  // elements `range` of group g until detached. Sharded gradients only.
+  void attach_grads(ParamGroup g, FlatRange range, Tensor values);
+  void detach_grads(ParamGroup g, FlatRange range);
+  // The attached gradient values of exactly `range` (undefined when none is attached).
+  Tensor attached_grads(ParamGroup g, FlatRange range) const;
+
  private:
   struct ShardState {
     bool active = false, master = false, params = false;
@@ -179,6 +196,10 @@ class ParamStore {
     Tensor values;
   };
   Tensor view(const Tensor (&buffers)[k_num_param_groups], ParamId id) const;
+  void check_attachable(const char* what, ParamGroup g, FlatRange range, const Tensor& values, DType dtype) const;
+  static bool detach(std::vector<Attached>& list, FlatRange range);
+  // The view of p inside an attached range of `list` (undefined when none holds it).
+  Tensor attached_view(const std::vector<Attached>& list, const ParamInfo& p) const;
   const Tensor (&master_or_params() const)[k_num_param_groups] { return separate_master_ ? master_ : params_; }
 
   std::vector<ParamInfo> infos_;
@@ -193,6 +214,9 @@ class ParamStore {
   Tensor master_shard_[k_num_param_groups], param_shard_[k_num_param_groups];
   std::map<ParamId, Tensor> buffer_master_;  // full master values of buffers in sharded groups
   std::vector<Attached> attached_[k_num_param_groups];
+  bool grads_sharded_[k_num_param_groups] = {false, false};
+  Tensor grad_shard_[k_num_param_groups];
+  std::vector<Attached> attached_grads_[k_num_param_groups];
   Device device_;
   DType compute_dtype_ = DType::f32;
 };

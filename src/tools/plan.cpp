@@ -33,7 +33,9 @@ ModelState group_state(int64_t n, int64_t b, int ranks, int stage, int64_t cb, i
   const int64_t shard = stage >= 1 ? ceil_div(n, ranks) : n;
   ModelState s;
   s.params = cb * (stage == 3 ? shard : n);
-  s.grads = ab * n;  // one full flat buffer at every stage (the reduced shard is a range of it)
+  // Stage 0/1: one full flat buffer; stage 2/3: the reduced shard (the modules' gradients in
+  // flight are ModelState::open_grads, set with the peak).
+  s.grads = ab * (stage >= 2 ? shard : n);
   s.master = separate_master ? ab * shard : 0;
   // Sharded master weights keep full copies of the buffers (ParamStore::shard).
   if (stage >= 1 && (separate_master || stage == 3)) s.master += ab * b;
@@ -65,6 +67,59 @@ std::string table_value(double gbytes) {
   while (!s.empty() && s.back() == '0') s.pop_back();
   if (!s.empty() && s.back() == '.') s.pop_back();
   return s;
+}
+
+// Bytes DistributedOptimizer::all_gather_params stages for a group of n elements over `ranks`:
+// N chunks of one bucket round, none when the ranks' ranges are equal and fit one round.
+int64_t gather_staging(int64_t n, int ranks, int64_t bucket_bytes, int64_t cb) {
+  if (ranks <= 1 || n == 0) return 0;
+  const int64_t shard = ceil_div(n, ranks), chunk = std::max<int64_t>(1, bucket_bytes / cb / ranks);
+  if (shard * ranks == n && shard <= chunk) return 0;
+  return cb * ranks * std::min(chunk, shard);
+}
+
+// The parameter modules of the planned rank, in registration order (Model's constructor).
+struct RankModules {
+  int64_t embed = 0;                   // dense, registered first: the token table (or its pipeline copy), positions
+  int64_t tail = 0;                    // dense, registered last: final norm and untied LM head
+  std::vector<int64_t> dense, expert;  // per stage layer
+  int64_t edge() const { return embed + tail; }
+};
+
+// ZeRO-2/3 as the trainer runs them (Trainer::on_param_unit, DistributedOptimizer::
+// reduce_unit_grads): the embedding and head modules' gradients are open from the first
+// backward to the step's end; a block's from its backward until they are reduced (in place)
+// right after it; ZeRO-3 gathers the block in use and
+// prefetches the next one of the pass. The peak is the moment with the most bytes besides the
+// sharded state: the forward's end, each block's backward and reduction, the head's backward, or
+// the reduction of the edge modules at the step's end.
+void plan_sharded_peak(Plan& p, const RankModules& r, const Config& config, bool last, int64_t cb, int64_t ab) {
+  const ActivationPlan& a = p.activations;
+  const Topology& t = p.topology;
+  const int64_t edge = ab * r.edge();
+  const bool gpipe = config.parallel.pp_schedule == "gpipe" ||
+                     (config.moe.balance_scope == "global_batch" && a.moe_ffn > 0);
+  const bool forward_after_backward = !gpipe && config.train.grad_accum > t.pp - p.stage;
+  const int64_t dx = a.tokens * config.model.d_model * cb;
+  for (int z = 2; z <= 3; ++z) {
+    int64_t best = -1;
+    auto consider = [&](int64_t act, int64_t gathered, int64_t open) {
+      if (act + gathered + open <= best) return;
+      best = act + gathered + open;
+      p.sharded_activations[z] = act;
+      p.engine[z].gathered = z == 3 ? gathered : 0;
+      p.engine[z].open_grads = open;
+    };
+    consider(a.forward_peak, 0, forward_after_backward ? edge : 0);
+    for (size_t i = 0; i < r.dense.size(); ++i) {
+      const int64_t block = r.dense[i] + r.expert[i];
+      const int64_t prefetched = i > 0 ? cb * (r.dense[i - 1] + r.expert[i - 1]) : 0;
+      consider(a.backward_base + a.layer_working[i], cb * block + prefetched, edge + ab * block);
+      consider(a.backward_base + dx, prefetched, edge + ab * block);  // its reduction (in place)
+    }
+    if (last) consider(a.backward_base + a.logits_grad, cb * p.head_module, edge);
+    consider(config.train.grad_accum * a.batch, 0, edge);
+  }
 }
 
 }  // namespace
@@ -162,10 +217,11 @@ std::string format_zero_table() {
 
 int64_t Plan::peak_at(int z) const {
   const ModelState& s = engine[z];
-  // Forward/backward: model state, the activations and (ZeRO-3) the module in use gathered in
-  // full; gradient reduction and the optimizer step: model state and one staged bucket.
-  const int64_t compute = s.total() + (z == 3 ? zero3_activations : activations.peak);
-  return std::max(compute, s.total() - s.gathered + (z >= 1 ? reduce_staging : 0));
+  // Forward/backward: model state, the activations and (ZeRO-2/3) the modules' gradients in
+  // flight and (ZeRO-3) the modules gathered in full; the optimizer step: model state and one
+  // staged bucket.
+  const int64_t compute = s.total() + (z >= 2 ? sharded_activations[z] : activations.peak);
+  return std::max(compute, s.total() - s.gathered - s.open_grads + (z == 1 || z == 2 ? reduce_staging : 0));
 }
 
 Plan make_plan(const Config& config, int world_size, const std::string& device) {
@@ -205,6 +261,7 @@ Plan make_plan(const Config& config, int world_size, const std::string& device) 
     // Parameters of this rank: its stage's layers, its TP slice, its EP share of the experts
     // (whole over TP: each TP rank routes its own tokens through them).
     int64_t largest_unit = 0;
+    RankModules modules;
     for (int64_t i = first_layer; i < first_layer + count; ++i) {
       const LayerParams& l = params.layers[static_cast<size_t>(i)];
       p.stage_layers.push_back(static_cast<int>(i));
@@ -213,12 +270,15 @@ Plan make_plan(const Config& config, int world_size, const std::string& device) 
       p.rank_expert += expert;
       p.rank_buffers += l.buffers;
       p.layer_modules.push_back(dense + expert);
+      modules.dense.push_back(dense);
+      modules.expert.push_back(expert);
       largest_unit = std::max(largest_unit, dense + expert);
     }
     first_layer += count;
     if (first) {
       p.rank_dense += ceil_div(params.embedding, tp) + params.positions;
       largest_unit = std::max(largest_unit, ceil_div(params.embedding, tp) + params.positions);
+      modules.embed = ceil_div(params.embedding, tp) + params.positions;
     }
     if (last) {
       // The LM head: untied, or (tied, several stages) the last stage's copy of the token table.
@@ -226,6 +286,12 @@ Plan make_plan(const Config& config, int world_size, const std::string& device) 
       p.rank_dense += params.final_norm + head;
       p.head_module = params.lm_head > 0 || pp > 1 ? head : ceil_div(params.embedding, tp) + params.positions;
       largest_unit = std::max(largest_unit, head);
+      if (params.lm_head > 0) {
+        modules.tail = params.final_norm + head;
+      } else {
+        modules.tail = params.final_norm;
+        if (pp > 1) modules.embed = head;  // the tied table's pipeline copy, registered first
+      }
     }
     p.largest_module = largest_unit;
     for (int z = 0; z <= 3; ++z) {
@@ -239,31 +305,11 @@ Plan make_plan(const Config& config, int world_size, const std::string& device) 
       p.paper[z] = zero_paper_bytes(static_cast<double>(p.rank_dense), z, t.dp) +
                    zero_paper_bytes(static_cast<double>(p.rank_expert), z, t.edp);
     }
-    // Sharded collectives stage one bucket (parallel.bucket_mb) of fp32 gradients or parameters.
+    // Stage 1/2 all-gather the compute copy after the step through one staged bucket round.
     const auto bucket = static_cast<int64_t>(config.parallel.bucket_mb * 1024 * 1024);
-    if (t.dp > 1 || t.edp > 1) p.reduce_staging = std::min(bucket / ab * ab, ab * std::max(p.rank_dense, p.rank_expert));
+    p.reduce_staging = std::max(gather_staging(p.rank_dense, t.dp, bucket, cb), gather_staging(p.rank_expert, t.edp, bucket, cb));
     p.activations = plan_activations(config, t, compute, p.stage_layers, first, last, stage);
-    // ZeRO-3 (Model's acquire/release hook): one module is gathered at a time, just for its
-    // forward or backward. The backward is the peak: each layer's module with its working set,
-    // and on the last stage the LM head's module with the logit gradients.
-    const ActivationPlan& a = p.activations;
-    int64_t best_extra = -1;
-    for (size_t i = 0; i < p.layer_modules.size(); ++i) {
-      const int64_t act = a.backward_base + a.layer_working[i], gathered = cb * p.layer_modules[i];
-      if (act + gathered > best_extra) {
-        best_extra = act + gathered;
-        p.zero3_activations = act;
-        p.engine[3].gathered = gathered;
-      }
-    }
-    if (last && a.backward_base + a.logits_grad + cb * p.head_module > best_extra) {
-      p.zero3_activations = a.backward_base + a.logits_grad;
-      p.engine[3].gathered = cb * p.head_module;
-    }
-    if (a.peak > p.zero3_activations + p.engine[3].gathered) {  // the forward's end (no module gathered)
-      p.zero3_activations = a.peak;
-      p.engine[3].gathered = 0;
-    }
+    plan_sharded_peak(p, modules, config, last, cb, ab);
     p.peak = p.peak_at(p.zero);
     if (p.peak > best.peak) best = p;
   }
@@ -291,7 +337,7 @@ std::string format_plan(const Plan& p, const Config& config) {
       << ") and " << millions(p.rank_expert) << " expert parameters (over expert-dp " << t.edp << ")\n";
 
   out << "\nmodel state per rank, by ZeRO stage (this engine: " << dtype_name(p.compute) << " parameters, "
-      << dtype_name(p.accum) << " gradients in a full buffer"
+      << dtype_name(p.accum) << " gradients (stage 2/3: the reduced shard)"
       << (p.compute != p.accum ? ", fp32 master" : ", the parameters are the master") << ", fp32 Adam m and v):\n";
   std::snprintf(line, sizeof line, "  %-26s %12s %12s %12s %12s\n", "", "stage 0", "stage 1", "stage 2", "stage 3");
   out << line;
@@ -305,13 +351,16 @@ std::string format_plan(const Plan& p, const Config& config) {
     out << "\n";
   };
   row("parameters", [&](int z) { return p.engine[z].params; });
-  row("gathered module (ZeRO-3)", [&](int z) { return p.engine[z].gathered; });
+  row("gathered modules (ZeRO-3)", [&](int z) { return p.engine[z].gathered; });
   row("gradients", [&](int z) { return p.engine[z].grads; });
+  row("gradients in flight", [&](int z) { return p.engine[z].open_grads; });
   row("master weights", [&](int z) { return p.engine[z].master; });
   row("optimizer moments", [&](int z) { return p.engine[z].moments; });
   row("total (this engine)", [&](int z) { return p.engine[z].total(); });
   row("paper model (2+2+12)", [&](int z) { return static_cast<int64_t>(p.paper[z]); });
-  out << "  (ZeRO-3 gathers one module at a time for its forward and backward; the largest holds "
+  out << "  (ZeRO-2/3 keep a block's gradients from its backward until they are reduce-scattered, and the\n"
+         "   embedding and head modules' through the step; ZeRO-3 gathers the module in use and prefetches\n"
+         "   the next block; the largest module holds "
       << millions(p.largest_module) << " parameters here)\n";
 
   out << "\nactivations per micro-batch (" << config.train.micro_batch_size << " x " << m.seq_len << " = " << a.tokens

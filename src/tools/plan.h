@@ -61,16 +61,19 @@ std::string format_zero_table();
 // ---- memory of this engine, per rank ----
 
 // Model state of one rank in bytes. This engine (src/train/distributed_optimizer.h): compute-dtype
-// parameters, accumulation-dtype (fp32) gradients in one full flat buffer at every stage, a
-// separate fp32 master only when the compute dtype is narrower (bf16), fp32 Adam moments.
+// parameters, accumulation-dtype (fp32) gradients (one full flat buffer at stage 0/1, the
+// reduced shard at stage 2/3), a separate fp32 master only when the compute dtype is narrower
+// (bf16), fp32 Adam moments.
 struct ModelState {
-  int64_t params = 0;    // compute copy (stage 3: this rank's shard)
-  int64_t gathered = 0;  // stage 3: the one module gathered in full at the peak (its forward/backward)
-  int64_t grads = 0;
-  int64_t master = 0;    // separate fp32 master (bf16 compute), sharded from stage 1; with sharded
-                         // master weights, full copies of the buffers
-  int64_t moments = 0;   // Adam m and v; sharded from stage 1
-  int64_t total() const { return params + gathered + grads + master + moments; }
+  int64_t params = 0;      // compute copy (stage 3: this rank's shard)
+  int64_t gathered = 0;    // stage 3: the modules gathered in full at the peak (one in use, the next prefetched)
+  int64_t grads = 0;       // the full buffer (stage 0/1) or this rank's reduced shard (stage 2/3)
+  int64_t open_grads = 0;  // stage 2/3 at the peak: the gradients of the modules in their backward (the
+                           // embedding and head modules through the step, one block)
+  int64_t master = 0;      // separate fp32 master (bf16 compute), sharded from stage 1; with sharded
+                           // master weights, full copies of the buffers
+  int64_t moments = 0;     // Adam m and v; sharded from stage 1
+  int64_t total() const { return params + gathered + grads + open_grads + master + moments; }
 };
 
 // What the forward of one micro-batch keeps for its backward and what backward adds on top
@@ -90,7 +93,8 @@ struct ActivationPlan {
   int64_t backward_working = 0;  // the largest block-backward working set (gradients in flight)
   std::vector<int64_t> layer_working;  // that working set of each of the stage's layers, in order
   int64_t backward_base = 0;     // live through the backward: micro_batches * kept + batches
-  int64_t peak = 0;              // backward_base + max(backward_working, logits_grad), or the forward's end
+  int64_t forward_peak = 0;      // the forward's end: micro_batches * kept, the step's ids, per-token losses
+  int64_t peak = 0;              // backward_base + max(backward_working, logits_grad), or forward_peak
 };
 
 struct Plan {
@@ -107,10 +111,10 @@ struct Plan {
   int64_t largest_module = 0;           // the largest module on this rank ("layers.<i>", "embed", ...)
   std::vector<int64_t> layer_modules;   // parameters of each stage layer on this rank (ZeRO-3 gathers one)
   int64_t head_module = 0;              // the LM head's module ("embed" when tied) on the last stage
-  int64_t zero3_activations = 0;        // activations live while the peak's module is gathered
+  int64_t sharded_activations[4] = {0, 0, 0, 0};  // stage 2/3: activations live at that stage's peak moment
   ModelState engine[4];                 // this engine's model state at ZeRO stage 0..3
   double paper[4] = {0, 0, 0, 0};       // the paper's 2 + 2 + 12 bytes model on the same shards
-  int64_t reduce_staging = 0;           // stage >= 1: one bucket staged by reduce-scatter / all-gather
+  int64_t reduce_staging = 0;           // stage 1/2: what the compute copy's all-gather after the step stages
   ActivationPlan activations;
   int zero = 0;                         // parallel.zero of the config
   int64_t peak = 0;                     // estimated allocator high-water mark at parallel.zero

@@ -206,8 +206,8 @@ ActivationPlan plan_activations(const Config& config, const Topology& topology, 
   // The logit and hidden gradients live through the head's backward only (Model::head_backward).
   a.backward_base = a.micro_batches * a.kept + batches;
   const int64_t backward_peak = a.backward_base + std::max(a.backward_working, a.logits_grad);
-  const int64_t forward_peak = a.micro_batches * a.kept + batches + (last ? T * s.ab : 0);  // + per-token losses
-  a.peak = std::max(backward_peak, forward_peak);
+  a.forward_peak = a.micro_batches * a.kept + batches + (last ? T * s.ab : 0);  // + per-token losses
+  a.peak = std::max(backward_peak, a.forward_peak);
   return a;
 }
 

@@ -142,6 +142,18 @@ void DistributedOptimizer::reduce_unit_async(const ParamUnit& unit) {
 }
 
 void DistributedOptimizer::reduce_gradients() {
+  if (gradients_sharded()) {
+    // Every block's gradients were reduced into the shards as its backward ended;
+    // what is still open (modules whose gradients live through the step) goes now, in order.
+    for (int i = 0; i < k_num_param_groups; ++i) {
+      while (!open_[i].empty()) {
+        ParamUnit unit{"open", {}};
+        unit.range[i] = open_[i].front();
+        reduce_unit_grads(unit);
+      }
+    }
+    return;
+  }
   for (int i = 0; i < k_num_param_groups; ++i) {
     const Layout& l = layouts_[i];
     auto& done = reduced_[i];
@@ -200,6 +212,51 @@ void DistributedOptimizer::reduce_scatter_avg(ParamGroup g) {
     }
   }
   scale_exact(rows_of(flat, l.own), 1.0 / l.size);
+}
+
+void DistributedOptimizer::shard_gradients() {
+  MOE_CHECK(stage_ >= 2, "sharded gradients need ZeRO stage 2 or 3, not ", stage_);
+  for (int i = 0; i < k_num_param_groups; ++i) {
+    const auto g = static_cast<ParamGroup>(i);
+    if (!store_->grads_sharded(g)) store_->shard_grads(g, layouts_[i].own);
+  }
+}
+
+bool DistributedOptimizer::gradients_sharded() const { return store_->grads_sharded(ParamGroup::dense); }
+
+void DistributedOptimizer::open_grads(const ParamUnit& unit) {
+  if (!gradients_sharded()) return;
+  for (int i = 0; i < k_num_param_groups; ++i) {
+    const auto g = static_cast<ParamGroup>(i);
+    const FlatRange range = unit.range[i];
+    if (range.empty() || store_->attached_grads(g, range).defined()) continue;
+    store_->attach_grads(g, range, Tensor::zeros({range.numel()}, store_->master_dtype(), store_->device()));
+    open_[i].push_back(range);
+  }
+}
+
+void DistributedOptimizer::reduce_unit_grads(const ParamUnit& unit) {
+  if (!gradients_sharded()) return;
+  for (int i = 0; i < k_num_param_groups; ++i) {
+    const auto g = static_cast<ParamGroup>(i);
+    const FlatRange range = unit.range[i];
+    auto it = std::find(open_[i].begin(), open_[i].end(), range);
+    if (range.empty() || it == open_[i].end()) continue;
+    open_[i].erase(it);
+    Tensor values = store_->attached_grads(g, range);
+    if (g == ParamGroup::expert && expert_grad_scale_ != 1.0f) ops::scale(values, expert_grad_scale_);
+    // Shards are contiguous ranges of the flat buffer, so a module lies in one or two ranks'
+    // ranges: a reduce-scatter into equal per-rank parts would pad every part to the longest
+    // (N times the module staged and about N/2 times the bytes of an all-reduce). The module's
+    // own buffer is averaged in place instead, bucket by bucket, and this rank keeps its part.
+    const Layout& l = layouts_[i];
+    average_gradients(*l.comm, values, bucket_bytes_);
+    const FlatRange part = intersect(range, l.own);
+    Tensor shard = store_->grad_shard(g);
+    Tensor target = rows_at(shard, l.own.begin, part);
+    if (!part.empty()) ops::accumulate(target, rows_at(values, range.begin, part));
+    store_->detach_grads(g, range);  // the module's gradient buffer is freed with its last view
+  }
 }
 
 // The mirror of reduce_scatter_avg on the compute copy: round k all-gathers chunk k of every
@@ -269,9 +326,10 @@ void DistributedOptimizer::weighted_sum_squares(ParamGroup g, const Tensor& held
 void DistributedOptimizer::clip_grads(double max_norm) {
   norm_sq_.zero_();
   for (int i = 0; i < k_num_param_groups; ++i) {
-    Tensor& flat = store_->flat_grads(static_cast<ParamGroup>(i));
-    const FlatRange range = stage_ >= 2 ? layouts_[i].own : FlatRange{0, flat.numel()};
-    weighted_sum_squares(static_cast<ParamGroup>(i), rows_of(flat, range), range, norm_sq_.rows(i, i + 1));
+    const auto g = static_cast<ParamGroup>(i);
+    const Tensor held = stage_ >= 2 ? store_->grad_shard(g) : store_->flat_grads(g);
+    const FlatRange range = stage_ >= 2 ? layouts_[i].own : FlatRange{0, held.numel()};
+    weighted_sum_squares(g, held, range, norm_sq_.rows(i, i + 1));
   }
   const Layout& dense = layouts_[0];
   const Layout& expert = layouts_[1];
@@ -334,7 +392,7 @@ void DistributedOptimizer::step(double lr, int64_t step) {
   for (int i = 0; i < k_num_param_groups; ++i) {
     auto g = static_cast<ParamGroup>(i);
     // The compute copy of this rank's range (the whole at stage 0) is written in the same pass.
-    update_[i].apply(store_->master_shard(g), store_->flat_grads(g), m_[i], v_[i], lr, step,
+    update_[i].apply(store_->master_shard(g), store_->grad_shard(g), m_[i], v_[i], lr, step,
                      clip_pending_ ? clip_scale_ : Tensor{}, store_->compute_copy_of_master(g));
   }
   clip_pending_ = false;

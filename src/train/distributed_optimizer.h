@@ -29,7 +29,8 @@ std::vector<ParamUnit> param_units(const ParamStore& store);
 // Shard layout (stage >= 1), per group of n elements over a group of N ranks:
 //   S = ceil(n / N); rank r owns flat elements [r*S, min((r+1)*S, n)) -- contiguous equal
 //   ranges of the flat buffer, the last ones shorter (or empty) where N does not divide n.
-// The moments (stage >= 1), the reduced gradients (stage >= 2), a separate fp32 master
+// The moments (stage >= 1), the reduced gradients (stage >= 2; with shard_gradients() the
+// only gradients held between modules' backwards), a separate fp32 master
 // (stage >= 1) and the parameters (stage 3) of a group exist on this rank for that range only.
 // Collectives move the flat buffers in buckets of bucket_mb: stage 0/1 all-reduce buckets in
 // place; stage 2/3 reduce-scatter and stage 1/2 all-gather round k take chunk k of every rank's
@@ -72,6 +73,19 @@ class DistributedOptimizer {
   // then reduces what no unit covered and waits for all of it. Collective, in the same unit
   // order on every rank. A no-op at stage 2/3 (their reduce-scatter runs in reduce_gradients).
   void reduce_unit_async(const ParamUnit& unit);
+  // ZeRO-2/3 without the full gradient buffer: from now on each rank keeps only its shard of the
+  // reduced gradients (ParamStore::shard_grads). A module's gradients exist from open_grads (call
+  // it before the module's backward writes them) to reduce_unit_grads, which reduces
+  // them (the mean over the group by a bucketed in-place all-reduce of the module's buffer,
+  // expert scale applied), adds this rank's part
+  // to its shard and frees them; a module used by several micro-batches is reduced after each
+  // one's backward. reduce_gradients() then reduces what is still open, in opening order.
+  // open_grads is local and idempotent; reduce_unit_grads is collective over the module's
+  // groups, in the same order on every rank. Both are no-ops until shard_gradients().
+  void shard_gradients();
+  bool gradients_sharded() const;
+  void open_grads(const ParamUnit& unit);
+  void reduce_unit_grads(const ParamUnit& unit);
   // A factor applied to the expert gradients before they are reduced (1/ep under expert
   // parallelism: each expert's gradient already sums its EP group's tokens).
   void set_expert_grad_scale(float scale) { expert_grad_scale_ = scale; }
@@ -160,6 +174,7 @@ class DistributedOptimizer {
   Tensor clip_scale_;  // f32[1] on the device: the factor step() applies to the gradients
   bool clip_pending_ = false;  // clip_grads ran since the last step()
   std::vector<FlatRange> reduced_[k_num_param_groups];  // ranges reduce_unit_async started this step
+  std::vector<FlatRange> open_[k_num_param_groups];     // sharded gradients: open module ranges, in order
   void scale_expert_grads(FlatRange range);
   Layout layouts_[k_num_param_groups];
   AdamWUpdate update_[k_num_param_groups];  // AdamW on this rank's range

@@ -72,7 +72,7 @@ void AdamWUpdate::apply(const Tensor& master, const Tensor& grads, const Tensor&
   h.weight_decay = static_cast<float>(config_.weight_decay);
   h.step = step;
   Tensor p = master, mr = m, vr = v;
-  ops::adamw_fused(p, grads.rows(own_.begin, own_.end), mr, vr, runs_, grad_scale, h, params);
+  ops::adamw_fused(p, grads, mr, vr, runs_, grad_scale, h, params);
 }
 
 AdamW::AdamW(ParamStore& store, const OptimConfig& config) : store_(&store), config_(config) {

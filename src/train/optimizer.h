@@ -23,7 +23,7 @@ class AdamWUpdate {
   AdamWUpdate() = default;
   // Updates flat elements `own` of group g (registration order = offset order within a group).
   AdamWUpdate(const ParamStore& store, const OptimConfig& config, ParamGroup g, FlatRange own);
-  // master, m, v: flat elements `own` (own.begin at row 0); grads: the group's whole flat buffer;
+  // master, m, v, grads: flat elements `own` (own.begin at row 0);
   // grad_scale: the clip scale, f32[1] on the device (undefined = 1); params: the compute copy of
   // `own` (undefined = none), written in the same pass (ParamStore::compute_copy_of_master).
   void apply(const Tensor& master, const Tensor& grads, const Tensor& m, const Tensor& v, double lr, int64_t step,

@@ -75,16 +75,26 @@ StepResult Trainer::train_step() {
       if (model_->num_moe_layers() > 0) apply_global_switch(saves, outs);
       switched = true;
     }
-    // The last micro-batch's backward starts each block's gradient reduction as soon as the
-    // block is done, overlapping the rest of the backward (stage 0/1).
-    if (micro == micro_batches - 1 && world_->size() > 1 && config_.parallel.overlap_grad_reduce) {
+    if (optimizer_->gradients_sharded()) {
+      // ZeRO-2/3: every micro-batch reduces each block's gradients into the shard as soon as the block
+      // is done and frees them; only the shard and the modules in flight hold gradients.
+      open_edge_grads();
+      model_->set_grad_hook([this](const std::string& name) {
+        sum_tp_partial_grads(&unit(name), true);
+        optimizer_->reduce_unit_grads(unit(name));
+      });
+    } else if (micro == micro_batches - 1 && world_->size() > 1 && config_.parallel.overlap_grad_reduce) {
+      // The last micro-batch's backward starts each block's gradient reduction as soon as the
+      // block is done, overlapping the rest of the backward (stage 0/1).
       model_->set_grad_hook([this](const std::string& name) {
         sum_tp_partial_grads(&unit(name));
         optimizer_->reduce_unit_async(unit(name));
       });
     }
     const auto m = static_cast<size_t>(micro);
+    in_backward_ = true;
     Tensor d_input = model_->backward(batches[m], saves[m], loss_scale, aux_scale, d_output);
+    in_backward_ = false;
     model_->set_grad_hook(nullptr);
     saves[m] = ModelSaved{};  // free the activations
     sums[1] += static_cast<double>(outs[m].num_targets);
@@ -259,12 +269,12 @@ void Trainer::record_pipeline_times(StepResult& r, double busy_seconds, double p
   r.bubble = bubble_fraction(busy, wall[0]);
 }
 
-void Trainer::sum_tp_partial_grads(const ParamUnit* only) {
+void Trainer::sum_tp_partial_grads(const ParamUnit* only, bool again) {
   if (topology_.tp == 1) return;
   ParamStore& store = model_->params();
   for (size_t i = 0; i < store.infos().size(); ++i) {
     const ParamInfo& p = store.infos()[i];
-    if (!p.tp_partial_grad || tp_partial_done_[i]) continue;
+    if (!p.tp_partial_grad || (tp_partial_done_[i] && !again)) continue;
     const auto id = static_cast<ParamId>(i);
     if (only != nullptr && !only->range[static_cast<int>(p.group)].contains(store.range(id))) continue;
     Tensor grad = store.grad(id);
@@ -314,6 +324,31 @@ void Trainer::apply_global_switch(std::vector<ModelSaved>& saves, std::vector<Fo
       outs[m].moe_stats[l].balance["switch"] = values[l];
       outs[m].aux_loss += values[l];
     }
+  }
+}
+
+void Trainer::on_param_unit(const std::string& name, bool acquire) {
+  const ParamUnit& u = unit(name);
+  if (!acquire) {
+    optimizer_->release(u);
+    return;
+  }
+  if (in_backward_) optimizer_->open_grads(u);
+  if (optimizer_->zero_stage() < 3) return;
+  if (prefetched_.erase(name) == 0) optimizer_->gather(u);  // a prefetched block already holds its reference
+  // Prefetch the block this pass uses next (forward: the following layer, backward: the one before).
+  constexpr const char* k_prefix = "layers.";
+  if (name.rfind(k_prefix, 0) != 0) return;
+  const int64_t layer = std::stoll(name.substr(std::char_traits<char>::length(k_prefix)));
+  const int64_t next = layer + (in_backward_ ? -1 : 1);
+  if (next < model_->first_layer() || next >= model_->first_layer() + model_->num_stage_layers()) return;
+  const std::string next_name = k_prefix + std::to_string(next);
+  if (prefetched_.insert(next_name).second) optimizer_->gather(unit(next_name));
+}
+
+void Trainer::open_edge_grads() {
+  for (const auto& [name, u] : units_) {
+    if (name.rfind("layers.", 0) != 0) optimizer_->open_grads(u);
   }
 }
 

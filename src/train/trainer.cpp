@@ -100,11 +100,12 @@ Trainer::Trainer(const Config& config, int local_rank, Communicator& world)
     optimizer_->set_model_parallel_norm(groups_.replica.get(), weights);
   }
   for (ParamUnit& unit : param_units(model_->params())) units_[unit.name] = unit;
-  if (config.parallel.zero == 3) {
-    // ZeRO-3: each unit's parameters are gathered just before the model reads them and freed after.
-    model_->set_param_hook([this](const std::string& name, bool acquire) {
-      acquire ? optimizer_->gather(unit(name)) : optimizer_->release(unit(name));
-    });
+  if (config.parallel.zero >= 2) {
+    // ZeRO-2/3: each rank keeps only its shard of the gradients; a module's gradients exist from
+    // its backward until they are reduced into the shard, and (ZeRO-3) its parameters from just
+    // before it is used until just after.
+    optimizer_->shard_gradients();
+    model_->set_param_hook([this](const std::string& name, bool acquire) { on_param_unit(name, acquire); });
   }
   oracle_ = routes_on_targets(config.moe);
 

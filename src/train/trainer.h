@@ -111,7 +111,17 @@ class Trainer {
   void record_pipeline_times(StepResult& r, double busy_seconds, double pipeline_seconds);
   // Tensor parallelism: sums over the TP group the gradients that cover a token slice only
   // (ParamInfo::tp_partial_grad): those of one unit, or (nullptr) all not summed yet this step.
-  void sum_tp_partial_grads(const ParamUnit* only);
+  // again: sum the unit's even if done this step (ZeRO-2/3 reduce a block after every micro-batch).
+  void sum_tp_partial_grads(const ParamUnit* only, bool again = false);
+  // The model's acquire/release hook under ZeRO-2/3 (train_step.cpp): in a backward, a module's
+  // gradients are opened before it writes them; at stage 3 a module is gathered just before use,
+  // the next block's (in the pass's direction) prefetched, and released after.
+  void on_param_unit(const std::string& name, bool acquire);
+  // Opens the gradients of the modules that are not blocks (embedding, final norm, LM head): they
+  // live through the step (tied embeddings sum over stages at its end) and reduce with the rest.
+  void open_edge_grads();
+  bool in_backward_ = false;              // a micro-batch's backward is running (ZeRO-2/3 hook)
+  std::set<std::string> prefetched_;      // stage 3: blocks gathered ahead of their use
   bool is_root() const { return world_->rank() == 0; }
   Tensor full_tensor(const ParamInfo& info, const Tensor& host_local);
   // Every parameter's canonical name: on the first pipeline stage the whole model's (the other
@@ -127,7 +137,7 @@ class Trainer {
   ProcessGroups groups_;  // every communicator but the world (topology.h)
   std::vector<bool> tp_partial_done_;             // per parameter, this step
   std::unique_ptr<DistributedOptimizer> optimizer_;
-  std::map<std::string, ParamUnit> units_;  // the model's parameter units by name (ZeRO-3, overlap)
+  std::map<std::string, ParamUnit> units_;  // the model's parameter units by name (ZeRO-2/3, overlap)
   const ParamUnit& unit(const std::string& name) const;
   std::optional<data::TokenSplit> train_split_, val_split_;
   std::unique_ptr<data::TrainSampler> sampler_;  // data.sampling over train_split_

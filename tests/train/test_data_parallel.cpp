@@ -87,6 +87,7 @@ namespace {
 
 struct Layout {
   int64_t ep, zero;
+  int64_t grad_accum = 1;  // micro-batches per rank: ZeRO-2/3 reduce after each one's backward
   bool masked_lm = false;  // model.objective = masked_lm
 };
 
@@ -101,15 +102,17 @@ TEST_CASE("expert parallelism and ZeRO match one rank; checkpoints cross layouts
   auto self = world->split(world->rank(), 0);
   std::vector<Layout> layouts = {{1, 1}, {1, 2}, {1, 3}};
   for (int64_t ep = 2; ep <= ranks; ep *= 2) {
-    layouts.push_back({ep, 0});
-    layouts.push_back({ep, 2});
+    for (int64_t zero = 0; zero <= 3; ++zero) layouts.push_back({ep, zero});
+    layouts.push_back({ep, 2, 2});
+    layouts.push_back({ep, 3, 2});
   }
   if (ranks >= 4) layouts.push_back({2, 3});
-  layouts.push_back({2, 2, true});  // masked LM under EP 2 x ZeRO-2
+  layouts.push_back({2, 2, 1, true});  // masked LM under EP 2 x ZeRO-2
   // One run directory all ranks can read (rank 0 writes the checkpoints there).
-  const std::string shared = std::filesystem::temp_directory_path() / ("moe-ep-shared-" + std::to_string(ranks));
+  const std::string shared = test::shared_run_dir("moe-ep-shared-" + std::to_string(ranks));
   for (const Layout& layout : layouts) {
-    INFO("ep " << layout.ep << " zero " << layout.zero << (layout.masked_lm ? " masked_lm" : "") << " on " << ranks
+    INFO("ep " << layout.ep << " zero " << layout.zero << " grad_accum " << layout.grad_accum
+                << (layout.masked_lm ? " masked_lm" : "") << " on " << ranks
                << " ranks");
     test::TempDir dir("moe-ep-rank" + std::to_string(world->rank()));
     Config c = test::tiny_train_config(dir);
@@ -117,6 +120,7 @@ TEST_CASE("expert parallelism and ZeRO match one rank; checkpoints cross layouts
     c.train.run_dir = shared;
     c.parallel.ep = layout.ep;
     c.parallel.zero = layout.zero;
+    c.train.grad_accum = layout.grad_accum;
     c.parallel.overlap_grad_reduce = layout.zero != 1;  // both gradient-reduction paths
     if (layout.masked_lm) test::use_masked_lm(c, dir);
     if (world->rank() == 0) std::filesystem::remove_all(shared);
@@ -124,7 +128,7 @@ TEST_CASE("expert parallelism and ZeRO match one rank; checkpoints cross layouts
     Trainer parallel(c, 0, *world);
 
     Config single = c;
-    single.train.grad_accum = ranks;
+    single.train.grad_accum = ranks * layout.grad_accum;
     single.train.run_dir = dir.str("reference");
     single.parallel = ParallelConfig{};
     Trainer reference(single, 0, *self);

@@ -114,7 +114,7 @@ void run_layouts(const std::vector<Layout>& layouts) {
   auto world = make_world_communicator(Device::cpu());
   auto self = world->split(world->rank(), 0);
   const std::string shared =
-      std::filesystem::temp_directory_path() / ("moe-mp-shared-" + std::to_string(world->size()));
+      test::shared_run_dir("moe-mp-shared-" + std::to_string(world->size()));
   for (const Layout& layout : layouts) run_layout(*world, *self, layout, shared);
   if (world->rank() == 0) std::filesystem::remove_all(shared);
 }

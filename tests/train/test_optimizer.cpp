@@ -118,8 +118,8 @@ TEST_CASE("AdamW and AdamWUpdate on a cut range follow the formula by hand", "[t
       s->flat_grads(ParamGroup::expert).copy_from(test::f64_tensor(ge, {expert_n}));
     }
     adamw.step(lr, step);
-    update.apply(cut.flat_master(ParamGroup::dense).rows(own.begin, own.end), cut.flat_grads(ParamGroup::dense), m, v,
-                 lr, step);
+    update.apply(cut.flat_master(ParamGroup::dense).rows(own.begin, own.end),
+                 cut.flat_grads(ParamGroup::dense).rows(own.begin, own.end), m, v, lr, step);
     reference_step(p_ref, m_ref, v_ref, g, wd, 0, dense_n, lr, step, c);
     reference_step(e_ref, me_ref, ve_ref, ge, wd_expert, 0, expert_n, lr, step, c);
     reference_step(cut_ref, m_cut, v_cut, g, wd, own.begin, own.end, lr, step, c);

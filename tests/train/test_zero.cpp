@@ -446,6 +446,56 @@ TEST_CASE("ZeRO shards cut parameters of different decay kinds; the norm counts 
   }
 }
 
+TEST_CASE("sharded ZeRO-2/3 gradients: units reduced after each backward hold the shard of the mean",
+          "[parallel][zero]") {
+  // The trainer's protocol by hand: each micro-batch opens every unit's gradients, runs its
+  // backward, then reduces the units (last first) into the shard; two micro-batches accumulate.
+  auto world = make_world_communicator(Device::cpu());
+  const int ranks = world->size(), rank = world->rank();
+  const Tolerances tol = tolerances(DType::f64);
+  Config c = tiny_config(0.5);
+  auto expert_comm = world->split(0, rank);
+  for (int stage : {2, 3}) {
+    INFO("ZeRO-" << stage << " on " << ranks << " ranks");
+    Model model(c.model, c.moe), ref(c.model, c.moe);
+    for (Model* m : {&model, &ref}) {
+      m->allocate(Device::cpu(), DType::f64);
+      m->initialize(7);
+    }
+    // 64-byte buckets: every unit's all-reduce takes several rounds.
+    DistributedOptimizer opt(model.params(), c.optim, stage, *world, *expert_comm, 64.0 / (1024 * 1024));
+    opt.shard_gradients();
+    ParamStore& store = model.params();
+    ParamStore& ref_store = ref.params();
+    const std::vector<ParamUnit> units = param_units(store);
+    ref_store.zero_grads();
+    for (int q = 0; q < ranks; ++q) {
+      for (int micro = 0; micro < 2; ++micro) backprop(ref, rank_batch(c.model, q, 10 + micro));
+    }
+    store.zero_grads();
+    for (int micro = 0; micro < 2; ++micro) {
+      for (const ParamUnit& u : units) {
+        opt.gather(u);
+        opt.open_grads(u);
+      }
+      backprop(model, rank_batch(c.model, rank, 10 + micro));
+      for (auto u = units.rbegin(); u != units.rend(); ++u) {
+        opt.release(*u);
+        opt.reduce_unit_grads(*u);
+      }
+    }
+    opt.reduce_gradients();  // nothing is open any more
+    for (ParamGroup g : k_groups) {
+      REQUIRE_THROWS_WITH(store.flat_grads(g), Catch::Contains("sharded over ranks (ZeRO-2/3)"));
+      std::vector<double> mean = ref_store.flat_grads(g).to_vector<double>();
+      for (double& v : mean) v /= ranks;
+      test::require_close(store.grad_shard(g).to_vector<double>(), slice(mean, opt.shard_range(g)), tol.grad_atol,
+                          tol.grad_rtol, "the gradient shard");
+    }
+    REQUIRE_THROWS_WITH(store.grad(0), Catch::Contains("is not open on this rank"));
+  }
+}
+
 TEST_CASE("DistributedOptimizer rejects bad arguments with a message", "[parallel][zero]") {
   auto world = make_world_communicator(Device::cpu());
   ParamStore store;
@@ -476,4 +526,9 @@ TEST_CASE("DistributedOptimizer rejects bad arguments with a message", "[paralle
     some_straddle = true;
   }
   REQUIRE((some_straddle || world->size() == 1));
+  // Sharded gradients need a stage that shards them.
+  ParamStore stage1_store;
+  init_store(stage1_store, DType::f32, 0);
+  DistributedOptimizer stage1(stage1_store, oc, 1, *world, *world, 25.0);
+  REQUIRE_THROWS_WITH(stage1.shard_gradients(), Catch::Contains("sharded gradients need ZeRO stage 2 or 3, not 1"));
 }

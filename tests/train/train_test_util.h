@@ -3,6 +3,7 @@
 #pragma once
 
 #include <filesystem>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -33,6 +34,13 @@ inline void write_pattern_shard(const std::string& path, int64_t num_tokens, int
     tokens[i] = rng() % 5 == 0 ? static_cast<uint32_t>(rng() % vocab) : static_cast<uint32_t>((i * 7) % vocab);
   }
   data::write_token_shard(path, tokens, data::TokenDType::u16);
+}
+
+// A run directory every rank of one mpirun names alike (ranks share the working directory) and
+// that concurrent test runs from other build trees do not share.
+inline std::string shared_run_dir(const std::string& name) {
+  const size_t tree = std::hash<std::string>{}(std::filesystem::current_path().string()) % 1000000;
+  return (std::filesystem::temp_directory_path() / (name + "-" + std::to_string(tree))).string();
 }
 
 inline Config tiny_train_config(const TempDir& dir, int64_t vocab = 32) {
