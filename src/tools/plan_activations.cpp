@@ -201,6 +201,13 @@ ActivationPlan plan_activations(const Config& config, const Topology& topology, 
   a.micro_batches = 1;
   if (config.moe.balance_scope == "global_batch" && moe_layers > 0) a.micro_batches = micro;
   if (topology.pp > 1) a.micro_batches = std::max(a.micro_batches, std::min<int64_t>(topology.pp - pp_stage, micro));
+  // Interleaved 1F1B: min(v m, 2 (p - s - 1) + (v - 1) p + 1) chunk activations in flight, each
+  // 1/v of the stage's (pipeline_actions), counted as whole micro-batches rounding up.
+  if (topology.pp > 1 && config.parallel.pp_virtual > 1) {
+    const int64_t v = config.parallel.pp_virtual, p = topology.pp;
+    const int64_t chunks = std::min(v * micro, 2 * (p - pp_stage - 1) + (v - 1) * p + 1);
+    a.micro_batches = std::max<int64_t>(1, ceil_div(chunks, v));
+  }
   // The trainer keeps every micro-batch's ids of the step (Trainer::train_step's batches).
   const int64_t batches = micro * a.batch;
   // The logit and hidden gradients live through the head's backward only (Model::head_backward).
