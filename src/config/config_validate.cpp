@@ -225,7 +225,7 @@ void validate_virtual_stages(const Config& c, const KeyOrigins& at) {
             "parallel.pp_virtual = ", p.pp_virtual, " needs train.grad_accum (", c.train.grad_accum,
             ") to be a multiple of parallel.pp (", p.pp, ")");
   MOE_CHECK(p.pp * p.pp_virtual <= c.model.num_layers,
-            at.prefix({"parallel.pp", "parallel.pp_virtual", "model.num_layers"}), "parallel.pp = ", p.pp,
+            at.prefix({"parallel.pp_virtual", "parallel.pp", "model.num_layers"}), "parallel.pp = ", p.pp,
             " x parallel.pp_virtual = ", p.pp_virtual, " virtual stages is more than model.num_layers = ",
             c.model.num_layers, " (every virtual stage needs at least one layer)");
 }
