@@ -240,7 +240,8 @@ void validate_pipeline(const Config& c, const KeyOrigins& at) {
   const int64_t stages = p.pp * p.pp_virtual;  // virtual stages
   const char* key = "parallel.pp_layers";
   if (!p.pp_layers.empty()) {
-    MOE_CHECK(static_cast<int64_t>(p.pp_layers.size()) == stages, at.prefix({key, "parallel.pp", "parallel.pp_virtual"}),
+    MOE_CHECK(static_cast<int64_t>(p.pp_layers.size()) == stages,
+              at.prefix({key, "parallel.pp", "parallel.pp_virtual"}),
               key, " has ", p.pp_layers.size(), " entries but parallel.pp = ", p.pp,
               p.pp_virtual > 1 ? " x parallel.pp_virtual = " + std::to_string(p.pp_virtual) : std::string(),
               " (one layer count per ", p.pp_virtual > 1 ? "virtual " : "", "pipeline stage)");

@@ -134,6 +134,32 @@ MoeFootprint moe_footprint(const Config& config, const RouterKind& router, int64
   return out;
 }
 
+// Interleaved 1F1B: min(v m, 2 (p - s - 1) + (v - 1) p + 1) chunk activations in flight
+// (pipeline_actions), each chunk keeping its input, its layers' and, the model's last, the
+// logits: the most held at once (kept_in_flight), played from the stage's schedule.
+void keep_interleaved(const Config& config, int p, int pp_stage, const std::vector<int64_t>& kept_of_layer,
+                      ActivationPlan& a) {
+  const int v = static_cast<int>(config.parallel.pp_virtual);
+  std::vector<int64_t> chunk_kept(static_cast<size_t>(v), a.embedding);
+  for (int c = 0; c < v; ++c) {
+    const auto [from, to] =
+        stage_layer_range(config.model.num_layers, p * v, c * p + pp_stage, config.parallel.pp_layers);
+    for (int64_t i = from; i < to; ++i) chunk_kept[static_cast<size_t>(c)] += kept_of_layer[static_cast<size_t>(i)];
+  }
+  chunk_kept.back() += a.logits;
+  int64_t held = 0, chunks = 0, most_chunks = 0;
+  a.kept_in_flight = 0;
+  const auto micro = static_cast<int>(config.train.grad_accum);
+  for (const PipeAction& act : pipeline_actions("1f1b", p, pp_stage, micro, v)) {
+    const int sign = act.op == PipeOp::forward ? 1 : -1;
+    held += sign * chunk_kept[static_cast<size_t>(act.chunk)];
+    chunks += sign;
+    a.kept_in_flight = std::max(a.kept_in_flight, held);
+    most_chunks = std::max(most_chunks, chunks);
+  }
+  a.micro_batches = ceil_div(most_chunks, v);
+}
+
 }  // namespace
 
 ActivationPlan plan_activations(const Config& config, const Topology& topology, DType compute,
@@ -206,27 +232,8 @@ ActivationPlan plan_activations(const Config& config, const Topology& topology, 
   if (config.moe.balance_scope == "global_batch" && moe_layers > 0) a.micro_batches = micro;
   if (topology.pp > 1) a.micro_batches = std::max(a.micro_batches, std::min<int64_t>(topology.pp - pp_stage, micro));
   a.kept_in_flight = a.micro_batches * a.kept;
-  // Interleaved 1F1B: min(v m, 2 (p - s - 1) + (v - 1) p + 1) chunk activations in flight
-  // (pipeline_actions), each chunk keeping its input, its layers' and, the model's last, the
-  // logits: the most held at once, played from the stage's schedule.
   if (topology.pp > 1 && config.parallel.pp_virtual > 1) {
-    const int v = static_cast<int>(config.parallel.pp_virtual), p = topology.pp;
-    std::vector<int64_t> chunk_kept(static_cast<size_t>(v), a.embedding);
-    for (int c = 0; c < v; ++c) {
-      const auto [from, to] = stage_layer_range(m.num_layers, p * v, c * p + pp_stage, config.parallel.pp_layers);
-      for (int64_t i = from; i < to; ++i) chunk_kept[static_cast<size_t>(c)] += kept_of_layer[static_cast<size_t>(i)];
-    }
-    chunk_kept.back() += a.logits;
-    int64_t held = 0, chunks = 0, most_chunks = 0;
-    a.kept_in_flight = 0;
-    for (const PipeAction& act : pipeline_actions("1f1b", p, pp_stage, static_cast<int>(micro), v)) {
-      const int sign = act.op == PipeOp::forward ? 1 : -1;
-      held += sign * chunk_kept[static_cast<size_t>(act.chunk)];
-      chunks += sign;
-      a.kept_in_flight = std::max(a.kept_in_flight, held);
-      most_chunks = std::max(most_chunks, chunks);
-    }
-    a.micro_batches = ceil_div(most_chunks, v);
+    keep_interleaved(config, topology.pp, pp_stage, kept_of_layer, a);
   }
   // The trainer keeps every micro-batch's ids of the step (Trainer::train_step's batches).
   const int64_t batches = micro * a.batch;

@@ -320,7 +320,8 @@ TEST_CASE("pipeline and tensor-parallel rules have their messages") {
       {{"train.grad_accum=2", "parallel.pp=2", "parallel.pp_virtual=2"},
        "parallel.pp = 2 x parallel.pp_virtual = 2 virtual stages is more than model.num_layers = 2 (every virtual "
        "stage needs at least one layer)"},
-      {{"model.num_layers=4", "train.grad_accum=2", "parallel.pp=2", "parallel.pp_virtual=2", "parallel.pp_layers=[2, 2]"},
+      {{"model.num_layers=4", "train.grad_accum=2", "parallel.pp=2", "parallel.pp_virtual=2",
+        "parallel.pp_layers=[2, 2]"},
        "parallel.pp_layers has 2 entries but parallel.pp = 2 x parallel.pp_virtual = 2 (one layer count per virtual "
        "pipeline stage)"},
       {{"moe.num_experts=4", "moe.balance_scope=global_batch", "parallel.pp=2"},

@@ -33,7 +33,9 @@ struct Timeline {
 Timeline simulate(const std::string& schedule, int stages, int micro_batches, double t_fwd, double t_bwd,
                   int virtual_stages = 1) {
   std::vector<Ops> actions;
-  for (int s = 0; s < stages; ++s) actions.push_back(pipeline_actions(schedule, stages, s, micro_batches, virtual_stages));
+  for (int s = 0; s < stages; ++s) {
+    actions.push_back(pipeline_actions(schedule, stages, s, micro_batches, virtual_stages));
+  }
   const int num_virtual = stages * virtual_stages;
   std::vector<size_t> next(static_cast<size_t>(stages), 0);
   std::vector<double> clock(static_cast<size_t>(stages), 0.0);
@@ -164,7 +166,8 @@ TEST_CASE("interleaved 1F1B: Megatron's order of chunks and micro-batches", "[tr
                                                     {F, 2, 1}, {B, 2, 1}, {F, 3, 1}, {B, 3, 1},
                                                     {B, 2, 0}, {B, 3, 0}});
   CHECK_THROWS_WITH(pipeline_actions("1f1b", 4, 0, 6, 2),
-                    Catch::Contains("parallel.pp_virtual = 2 needs train.grad_accum (6) to be a multiple of parallel.pp (4)"));
+                    Catch::Contains("parallel.pp_virtual = 2 needs train.grad_accum (6) to be a multiple of "
+                                    "parallel.pp (4)"));
   CHECK_THROWS_WITH(pipeline_actions("gpipe", 2, 0, 4, 2),
                     Catch::Contains("parallel.pp_virtual = 2 (interleaved 1F1B) needs parallel.pp_schedule = \"1f1b\", "
                                     "not \"gpipe\""));
