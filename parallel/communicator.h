@@ -17,6 +17,13 @@ namespace moe {
 // Completion: the MPI backend returns when the call has completed. The NCCL backend enqueues
 // the collective on moe::cuda::compute_stream() and returns; later work on that stream (all
 // engine kernels and copies) sees the result. Host-vector calls are synchronous on both.
+
+// One point-to-point transfer of batch_send_recv: `tensor` goes to (send) or comes from `peer`.
+struct P2pOp {
+  Tensor tensor;
+  int peer = 0;
+  bool send = false;
+};
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -68,6 +75,10 @@ class Communicator {
   // Send to one peer and receive from another (or the same) as one step, so that ranks that
   // exchange in a ring or pipeline cannot deadlock on ordering.
   virtual void send_recv(const Tensor& send, int send_peer, Tensor& recv, int recv_peer) = 0;
+  // Every send and receive of `ops` posted at once (one NCCL group) and then awaited: ranks that
+  // exchange with several peers in one step cannot deadlock on ordering. Between a pair of ranks
+  // the messages match in list order.
+  virtual void batch_send_recv(std::vector<P2pOp>& ops) = 0;
 
   // Returns when every rank has entered (NCCL: after this rank's queued GPU work finished).
   virtual void barrier() = 0;

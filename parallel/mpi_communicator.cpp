@@ -231,25 +231,30 @@ void MpiCommunicator::recv(Tensor& x, int peer) {
 }
 
 void MpiCommunicator::send_recv(const Tensor& send, int send_peer, Tensor& recv, int recv_peer) {
-  detail::check_comm_tensor(send, device(), "send_recv");
-  detail::check_comm_tensor(recv, device(), "send_recv");
-  check_peer(send_peer, "send_recv", /*allow_self=*/true);
-  check_peer(recv_peer, "send_recv", /*allow_self=*/true);
   MOE_CHECK(!overlaps(send, recv) || send.nbytes() == 0 || recv.nbytes() == 0, "send_recv: send and recv overlap");
-  // Post every chunk of both directions before waiting, so no ordering of peers can deadlock.
+  std::vector<P2pOp> ops{{recv, recv_peer, false}, {send, send_peer, true}};
+  post_and_wait(ops, "send_recv");
+}
+
+void MpiCommunicator::batch_send_recv(std::vector<P2pOp>& ops) { post_and_wait(ops, "batch_send_recv"); }
+
+void MpiCommunicator::post_and_wait(std::vector<P2pOp>& ops, const char* what) {
+  // Post every chunk of every transfer before waiting, so no ordering of peers can deadlock.
   std::vector<MPI_Request> requests;
-  auto post = [&](char* bytes, int64_t total, bool is_send, int peer) {
+  for (P2pOp& op : ops) {
+    detail::check_comm_tensor(op.tensor, device(), what);
+    check_peer(op.peer, what, /*allow_self=*/true);
+    auto* bytes = static_cast<char*>(op.tensor.data());
+    const auto total = static_cast<int64_t>(op.tensor.nbytes());
     int64_t begin = 0;
     do {
       int n = static_cast<int>(std::min(k_max_chunk_bytes, total - begin));
       requests.emplace_back();
-      if (is_send) MPI_CHECK(MPI_Isend(bytes + begin, n, MPI_BYTE, peer, k_p2p_tag, comm_, &requests.back()));
-      else MPI_CHECK(MPI_Irecv(bytes + begin, n, MPI_BYTE, peer, k_p2p_tag, comm_, &requests.back()));
+      if (op.send) MPI_CHECK(MPI_Isend(bytes + begin, n, MPI_BYTE, op.peer, k_p2p_tag, comm_, &requests.back()));
+      else MPI_CHECK(MPI_Irecv(bytes + begin, n, MPI_BYTE, op.peer, k_p2p_tag, comm_, &requests.back()));
       begin += n;
     } while (begin < total);
-  };
-  post(static_cast<char*>(recv.data()), static_cast<int64_t>(recv.nbytes()), false, recv_peer);
-  post(static_cast<char*>(send.data()), static_cast<int64_t>(send.nbytes()), true, send_peer);
+  }
   MPI_CHECK(MPI_Waitall(static_cast<int>(requests.size()), requests.data(), MPI_STATUSES_IGNORE));
 }
 

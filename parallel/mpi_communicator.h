@@ -33,11 +33,14 @@ class MpiCommunicator final : public Communicator {
   void send(const Tensor& x, int peer) override;
   void recv(Tensor& x, int peer) override;
   void send_recv(const Tensor& send, int send_peer, Tensor& recv, int recv_peer) override;
+  void batch_send_recv(std::vector<P2pOp>& ops) override;
   void barrier() override;
   std::unique_ptr<Communicator> split(int color, int key) override;
 
  private:
   void check_peer(int peer, const char* call, bool allow_self) const;
+  // Posts every transfer of ops (Isend/Irecv, in list order) and waits for all of them.
+  void post_and_wait(std::vector<P2pOp>& ops, const char* what);
 
   MPI_Comm comm_;
   bool owns_;

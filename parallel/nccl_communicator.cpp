@@ -199,6 +199,22 @@ void NcclCommunicator::send_recv(const Tensor& send, int send_peer, Tensor& recv
   NCCL_CHECK(ncclGroupEnd());
 }
 
+void NcclCommunicator::batch_send_recv(std::vector<P2pOp>& ops) {
+  if (ops.empty()) return;
+  ops::OpScope timed(ops::OpKind::communication, ops.front().tensor);
+  cudaStream_t stream = cuda::compute_stream();
+  for (const P2pOp& op : ops) {
+    detail::check_comm_tensor(op.tensor, device_, "batch_send_recv");
+    check_peer(op.peer, "batch_send_recv", /*allow_self=*/true);
+  }
+  NCCL_CHECK(ncclGroupStart());
+  for (P2pOp& op : ops) {
+    if (op.send) NCCL_CHECK(ncclSend(op.tensor.data(), op.tensor.nbytes(), ncclUint8, op.peer, nccl_, stream));
+    else NCCL_CHECK(ncclRecv(op.tensor.data(), op.tensor.nbytes(), ncclUint8, op.peer, nccl_, stream));
+  }
+  NCCL_CHECK(ncclGroupEnd());
+}
+
 void NcclCommunicator::barrier() {
   cuda::wait_stream(cuda::compute_stream());
   host_.barrier();

@@ -36,6 +36,7 @@ class NcclCommunicator final : public Communicator {
   void send(const Tensor& x, int peer) override;
   void recv(Tensor& x, int peer) override;
   void send_recv(const Tensor& send, int send_peer, Tensor& recv, int recv_peer) override;
+  void batch_send_recv(std::vector<P2pOp>& ops) override;
   void barrier() override;
   std::unique_ptr<Communicator> split(int color, int key) override;
 

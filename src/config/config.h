@@ -170,6 +170,7 @@ struct ParallelConfig {           // [parallel]
   std::vector<int64_t> pp_layers; // layers per stage, pp entries summing to model.num_layers; [] = balanced
                                   // (as even as possible, the extra layers on the first stages)
   std::string pp_schedule = "1f1b";  // 1f1b | gpipe (all forwards, then all backwards)
+  int64_t pp_virtual = 1;         // model chunks per stage: > 1 = interleaved 1F1B (Megatron's virtual stages)
   int64_t ep = 1;                 // expert-parallel group size, carved out of the data-parallel ranks
   int64_t zero = 0;               // ZeRO stage: 0 (plain DP), 1 (optimizer state), 2 (+gradients), 3 (+parameters)
   std::string order = "tp-dp-pp"; // rank order, fastest-varying dimension first

@@ -248,16 +248,41 @@ void validate_moe(const MoeConfig& e, const ModelConfig& m, const KeyOrigins& at
   validate_routing(e, m, at);
 }
 
-// Stage layout and schedule. Each stage holds a contiguous run of at least one layer.
+// Interleaved 1F1B (parallel.pp_virtual): Megatron's schedule needs pipeline stages, 1F1B, whole
+// groups of pp micro-batches and a layer per virtual stage.
+void validate_virtual_stages(const Config& c, const KeyOrigins& at) {
+  const ParallelConfig& p = c.parallel;
+  check_at_least(at, "parallel.pp_virtual", p.pp_virtual, 1);
+  if (p.pp_virtual == 1) return;
+  MOE_CHECK(p.pp > 1, at.prefix({"parallel.pp_virtual", "parallel.pp"}), "parallel.pp_virtual = ", p.pp_virtual,
+            " needs parallel.pp > 1 (virtual stages interleave the chunks of several pipeline stages)");
+  MOE_CHECK(p.pp_schedule == "1f1b", at.prefix({"parallel.pp_virtual", "parallel.pp_schedule"}),
+            "parallel.pp_virtual = ", p.pp_virtual, " (interleaved 1F1B) needs parallel.pp_schedule = \"1f1b\", not \"",
+            p.pp_schedule, "\"");
+  MOE_CHECK(c.train.grad_accum % p.pp == 0, at.prefix({"parallel.pp_virtual", "train.grad_accum", "parallel.pp"}),
+            "parallel.pp_virtual = ", p.pp_virtual, " needs train.grad_accum (", c.train.grad_accum,
+            ") to be a multiple of parallel.pp (", p.pp, ")");
+  MOE_CHECK(p.pp * p.pp_virtual <= c.model.num_layers,
+            at.prefix({"parallel.pp_virtual", "parallel.pp", "model.num_layers"}), "parallel.pp = ", p.pp,
+            " x parallel.pp_virtual = ", p.pp_virtual, " virtual stages is more than model.num_layers = ",
+            c.model.num_layers, " (every virtual stage needs at least one layer)");
+}
+
+// Stage layout and schedule. Each (virtual) stage holds a contiguous run of at least one layer.
 void validate_pipeline(const Config& c, const KeyOrigins& at) {
   const ParallelConfig& p = c.parallel;
   const int64_t layers = c.model.num_layers;
   MOE_CHECK(p.pp <= layers, at.prefix({"parallel.pp", "model.num_layers"}), "parallel.pp = ", p.pp,
             " is more than model.num_layers = ", layers, " (every pipeline stage needs at least one layer)");
+  validate_virtual_stages(c, at);
+  const int64_t stages = p.pp * p.pp_virtual;  // virtual stages
   const char* key = "parallel.pp_layers";
   if (!p.pp_layers.empty()) {
-    MOE_CHECK(static_cast<int64_t>(p.pp_layers.size()) == p.pp, at.prefix({key, "parallel.pp"}), key, " has ",
-              p.pp_layers.size(), " entries but parallel.pp = ", p.pp, " (one layer count per pipeline stage)");
+    MOE_CHECK(static_cast<int64_t>(p.pp_layers.size()) == stages,
+              at.prefix({key, "parallel.pp", "parallel.pp_virtual"}),
+              key, " has ", p.pp_layers.size(), " entries but parallel.pp = ", p.pp,
+              p.pp_virtual > 1 ? " x parallel.pp_virtual = " + std::to_string(p.pp_virtual) : std::string(),
+              " (one layer count per ", p.pp_virtual > 1 ? "virtual " : "", "pipeline stage)");
     int64_t total = 0;  // saturating, so absurd entries cannot overflow
     for (size_t i = 0; i < p.pp_layers.size(); ++i) {
       const int64_t n = p.pp_layers[i];

@@ -81,8 +81,14 @@ Model::Model(const ModelConfig& model, const MoeConfig& moe, const ModelParallel
       objective_(make_objective(objective_kind(model.objective))),
       tp_{parallel.tp} {
   const ModelConfig& c = model;
-  const auto [first, last] = stage_layer_range(c.num_layers, parallel.pp, parallel.stage, parallel.stage_layers);
-  first_layer_ = first;
+  MOE_CHECK(parallel.virtual_stages >= 1, "parallel.pp_virtual = ", parallel.virtual_stages, " must be at least 1");
+  for (int chunk = 0; chunk < parallel.virtual_stages; ++chunk) {
+    chunk_begin_.push_back(layers_.size());
+    const auto [first, last] = stage_layer_range(c.num_layers, parallel.pp * parallel.virtual_stages,
+                                                 chunk * parallel.pp + parallel.stage, parallel.stage_layers);
+    for (int64_t i = first; i < last; ++i) layers_.push_back(i);
+  }
+  chunk_begin_.push_back(layers_.size());
   double out_std = c.init_std / std::sqrt(2.0 * static_cast<double>(c.num_layers));  // GPT-2 residual scaling
   tp_.part(c.vocab_size, "model.vocab_size (the vocabulary-parallel embedding and head)");
   // The token table: on the first stage, and with tied embeddings a copy on the last (its
@@ -109,9 +115,9 @@ Model::Model(const ModelConfig& model, const MoeConfig& moe, const ModelParallel
   attn.qk_norm_eps = static_cast<float>(c.norm_eps);
   ops::Activation dense_act = ops::activation_from_name(c.activation);
   ops::Activation expert_act = ops::activation_from_name(moe.activation.empty() ? c.activation : moe.activation);
-  size_t moe_index = 0;  // moe.layer_routers counts the MoE layers of the whole model
-  for (int64_t i = 0; i < first; ++i) moe_index += is_moe_layer(c, moe, i) ? 1 : 0;
-  for (int64_t i = first; i < last; ++i) {
+  for (int64_t i : layers_) {
+    size_t moe_index = 0;  // moe.layer_routers counts the MoE layers of the whole model
+    for (int64_t l = 0; l < i; ++l) moe_index += is_moe_layer(c, moe, l) ? 1 : 0;
     std::string prefix = "layers." + std::to_string(i);
     std::unique_ptr<DenseFfn> dense;
     std::unique_ptr<MoeLayer> moe_layer;
@@ -122,7 +128,6 @@ Model::Model(const ModelConfig& model, const MoeConfig& moe, const ModelParallel
       RouterSpec spec{c.d_model, c.vocab_size, mc.num_experts, moe_shape(moe).top_k, i, c.init_std};
       MoeConfig layer_moe = moe;  // moe.layer_routers picks this layer's router
       layer_moe.router = moe_layer_router(moe, static_cast<int64_t>(moe_index)).name;
-      ++moe_index;
       moe_layer = std::make_unique<MoeLayer>(store_, prefix + ".moe", mc,
                                              make_router(store_, prefix + ".moe.router", layer_moe, spec));
       if (tp_.active()) {
@@ -173,7 +178,7 @@ int64_t Model::active_params() const {
   for (size_t i = 0; i < blocks_.size(); ++i) {
     if (!blocks_[i]->is_moe()) continue;
     const Router& router = blocks_[i]->moe().router();
-    const double per_expert = static_cast<double>(expert_numel["layers." + std::to_string(first_layer_ + i)]) /
+    const double per_expert = static_cast<double>(expert_numel["layers." + std::to_string(layers_[i])]) /
                               static_cast<double>(router.num_experts());
     total += std::llround(per_expert * router.experts_per_token());
   }
@@ -211,16 +216,16 @@ RouteInputs Model::route_inputs(const Batch& batch, size_t block) const {
   RouteInputs route{&batch.host_inputs, batch.host_targets.empty() ? nullptr : &batch.host_targets, config_.seq_len,
                     batch.training, 0};
   // Distinct gating noise per layer.
-  route.noise_seed = batch.noise_seed * 1000003ull + static_cast<uint64_t>(first_layer_) + block;
+  route.noise_seed = batch.noise_seed * 1000003ull + static_cast<uint64_t>(layers_[block]);
   return route;
 }
 
-Tensor Model::run_blocks(const Tensor& x_in, const Batch& batch, ModelSaved& saved) const {
-  saved.blocks.assign(blocks_.size(), BlockSaved{});
+Tensor Model::run_blocks(const Tensor& x_in, const Batch& batch, ModelSaved& saved, size_t begin, size_t end) const {
+  saved.blocks.assign(end - begin, BlockSaved{});
   Tensor x = x_in;
-  for (size_t i = 0; i < blocks_.size(); ++i) {
+  for (size_t i = begin; i < end; ++i) {
     acquire(block_unit(i));
-    BlockSaved& b = saved.blocks[i];
+    BlockSaved& b = saved.blocks[i - begin];
     x = blocks_[i]->forward(x, batch.batch_size, route_inputs(batch, i), b, batch.collect_stats, saved.doc_starts);
     release(block_unit(i));
     if (recompute_) {
@@ -249,16 +254,19 @@ void Model::head_forward(const Tensor& x, ModelSaved& saved) const {
   release(head_unit());
 }
 
-ForwardOutput Model::forward(const Batch& batch, ModelSaved& saved, const Tensor& input) const {
+ForwardOutput Model::forward(const Batch& batch, ModelSaved& saved, const Tensor& input, int chunk) const {
   MOE_CHECK(batch.inputs.numel() == batch.batch_size * config_.seq_len, "batch of ", batch.inputs.numel(),
             " tokens is not ", batch.batch_size, " sequences of ", config_.seq_len);
-  MOE_CHECK(is_first_stage() || input.defined(), "pipeline stage ", parallel_.stage,
-            " needs the previous stage's activations");
+  MOE_CHECK(chunk >= 0 && chunk < num_chunks(), "model chunk ", chunk, " outside the stage's ", num_chunks());
+  const bool embeds = is_first_stage() && chunk == 0, ends = is_last_stage() && chunk == num_chunks() - 1;
+  MOE_CHECK(embeds || input.defined(), "pipeline stage ", parallel_.stage, " (chunk ", chunk,
+            ") needs the previous stage's activations");
   check_host_ids(batch);
   saved.doc_starts = document_starts_of(batch);
-  Tensor x = run_blocks(is_first_stage() ? embed(batch.inputs, saved.doc_starts) : input, batch, saved);
+  const size_t begin = chunk_begin_[static_cast<size_t>(chunk)], end = chunk_begin_[static_cast<size_t>(chunk) + 1];
+  Tensor x = run_blocks(embeds ? embed(batch.inputs, saved.doc_starts) : input, batch, saved, begin, end);
   ForwardOutput out;
-  if (is_last_stage()) {
+  if (ends) {
     head_forward(x, saved);
     VocabParallelLoss loss = vocab_parallel_cross_entropy(saved.logits, batch.targets, config_.vocab_size, tp_.comm,
                                                           &batch.host_targets);
@@ -268,11 +276,11 @@ ForwardOutput Model::forward(const Batch& batch, ModelSaved& saved, const Tensor
   } else {
     saved.output = x;
   }
-  for (size_t i = 0; i < blocks_.size(); ++i) {
+  for (size_t i = begin; i < end; ++i) {
     if (!blocks_[i]->is_moe()) continue;
-    out.moe_stats.push_back(saved.blocks[i].moe.stats);
-    out.moe_layer_index.push_back(static_cast<int>(first_layer_ + static_cast<int64_t>(i)));
-    out.aux_loss += saved.blocks[i].moe.stats.aux_loss;
+    out.moe_stats.push_back(saved.blocks[i - begin].moe.stats);
+    out.moe_layer_index.push_back(static_cast<int>(layers_[i]));
+    out.aux_loss += saved.blocks[i - begin].moe.stats.aux_loss;
   }
   return out;
 }
@@ -311,18 +319,21 @@ Tensor Model::block_backward(size_t i, const Batch& batch, const BlockSaved& sav
 }
 
 Tensor Model::backward(const Batch& batch, const ModelSaved& saved, float loss_scale, float aux_scale,
-                       const Tensor& d_output) const {
-  MOE_CHECK(is_last_stage() || d_output.defined(), "pipeline stage ", parallel_.stage,
-            " needs the gradient of its output from the next stage");
-  Tensor dx = is_last_stage() ? head_backward(batch, saved, loss_scale) : d_output;
+                       const Tensor& d_output, int chunk) const {
+  MOE_CHECK(chunk >= 0 && chunk < num_chunks(), "model chunk ", chunk, " outside the stage's ", num_chunks());
+  const bool embeds = is_first_stage() && chunk == 0, ends = is_last_stage() && chunk == num_chunks() - 1;
+  MOE_CHECK(ends || d_output.defined(), "pipeline stage ", parallel_.stage, " (chunk ", chunk,
+            ") needs the gradient of its output from the next stage");
+  Tensor dx = ends ? head_backward(batch, saved, loss_scale) : d_output;
   if (recompute_) check_host_ids(batch);  // recomputation reroutes each block from the host ids
-  for (size_t i = blocks_.size(); i-- > 0;) {
+  const size_t begin = chunk_begin_[static_cast<size_t>(chunk)], end = chunk_begin_[static_cast<size_t>(chunk) + 1];
+  for (size_t i = end; i-- > begin;) {
     acquire(block_unit(i));
-    dx = block_backward(i, batch, saved.blocks[i], dx, aux_scale, saved.doc_starts);
+    dx = block_backward(i, batch, saved.blocks[i - begin], dx, aux_scale, saved.doc_starts);
     release(block_unit(i));
     if (grad_hook_) grad_hook_(block_unit(i));
   }
-  if (!is_first_stage()) return dx;
+  if (!embeds) return dx;
   if (positions_ >= 0) {
     Tensor dpos = store_.grad(positions_);
     ops::position_add_backward(dx, dpos, config_.seq_len, config_.reset_positions ? saved.doc_starts : Tensor());
@@ -353,12 +364,13 @@ Tensor Model::logits(const std::vector<int32_t>& tokens, int64_t batch_size) con
   Batch batch = make_batch(tokens, {}, batch_size, store_.device());
   batch.training = false;
   saved.doc_starts = document_starts_of(batch);
-  head_forward(run_blocks(embed(batch.inputs, saved.doc_starts), batch, saved), saved);
+  head_forward(run_blocks(embed(batch.inputs, saved.doc_starts), batch, saved, 0, blocks_.size()), saved);
   return saved.logits;
 }
 
 void Model::set_switch_gradients(ModelSaved& saved, const std::vector<std::vector<double>>& grad_per_expert,
                                  const std::vector<double>& values) const {
+  MOE_CHECK(num_chunks() == 1, "balance_scope = global_batch runs GPipe, not interleaved model chunks");
   size_t next = 0;
   for (size_t i = 0; i < blocks_.size(); ++i) {
     if (!blocks_[i]->is_moe()) continue;
@@ -377,14 +389,16 @@ std::vector<std::vector<double>> Model::expert_biases() const {
   return out;
 }
 
-std::vector<std::pair<ParamId, int64_t>> Model::expert_bias_ids() const {
-  std::vector<std::pair<ParamId, int64_t>> out;
-  int64_t layer = 0;
-  for (const auto& block : blocks_) {
-    if (!block->is_moe()) continue;
-    const ParamId id = block->moe().router().expert_bias_id();
-    if (id >= 0) out.emplace_back(id, layer);
-    ++layer;
+std::vector<Model::BiasId> Model::expert_bias_ids() const {
+  std::vector<BiasId> out;
+  int64_t own = 0;
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    if (!blocks_[i]->is_moe()) continue;
+    int64_t model_row = 0;
+    for (int64_t l = 0; l < layers_[i]; ++l) model_row += is_moe_layer(config_, moe_config_, l) ? 1 : 0;
+    const ParamId id = blocks_[i]->moe().router().expert_bias_id();
+    if (id >= 0) out.push_back({id, own, model_row});
+    ++own;
   }
   return out;
 }
@@ -396,16 +410,18 @@ void Model::update_expert_bias(ParamId id, const Tensor& loads, double rate, con
 }
 
 void Model::update_expert_biases(const Tensor& loads, double rate, const Tensor& skip) {
-  MOE_CHECK(loads.ndim() == 2 && loads.size(0) == num_moe_layers(), "update_expert_biases: loads ",
-            shape_str(loads.shape()), " must have one row per MoE layer (", num_moe_layers(), ")");
-  for (auto [id, layer] : expert_bias_ids())
-    update_expert_bias(id, loads.rows(layer, layer + 1).view({loads.size(1)}), rate, skip);
+  int64_t model_moe_layers = 0;
+  for (int64_t l = 0; l < config_.num_layers; ++l) model_moe_layers += is_moe_layer(config_, moe_config_, l) ? 1 : 0;
+  MOE_CHECK(loads.ndim() == 2 && loads.size(0) == model_moe_layers, "update_expert_biases: loads ",
+            shape_str(loads.shape()), " must have one row per MoE layer of the model (", model_moe_layers, ")");
+  for (const BiasId& b : expert_bias_ids())
+    update_expert_bias(b.id, loads.rows(b.model_row, b.model_row + 1).view({loads.size(1)}), rate, skip);
 }
 
 void Model::update_expert_biases(const std::vector<std::vector<int64_t>>& loads, double rate) {
-  for (auto [id, layer] : expert_bias_ids()) {
-    const auto& host = loads.at(static_cast<size_t>(layer));
-    update_expert_bias(id, Tensor::from_vector(host, {static_cast<int64_t>(host.size())}, DType::i64, store_.device()),
+  for (const BiasId& b : expert_bias_ids()) {
+    const auto& host = loads.at(static_cast<size_t>(b.own_row));
+    update_expert_bias(b.id, Tensor::from_vector(host, {static_cast<int64_t>(host.size())}, DType::i64, store_.device()),
                        rate, Tensor());
   }
 }

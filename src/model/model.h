@@ -18,7 +18,7 @@
 namespace moe {
 
 struct ModelSaved {
-  std::vector<BlockSaved> blocks;  // this stage's blocks
+  std::vector<BlockSaved> blocks;  // the blocks of this stage (of the chunk with virtual stages)
   Norm::Saved final_norm;
   Tensor hidden;  // final normed hidden states [B*S,d]
   // logits [B*S, V/tp] (this rank's vocabulary shard; backward overwrites them with their
@@ -34,7 +34,11 @@ struct ModelParallel {
   Communicator* ep = nullptr;  // expert parallelism: the routed experts split over the group
   Communicator* tp = nullptr;  // tensor parallelism: heads, FFN widths and the vocabulary split
   int pp = 1, stage = 0;       // pipeline parallelism: this rank builds stage `stage` of pp
-  std::vector<int64_t> stage_layers;  // layers per stage (sums to num_layers); empty = balanced
+  // Interleaved pipelines: the stage holds virtual_stages model chunks, chunk c being virtual
+  // stage c * pp + stage of pp * virtual_stages (the layers in that order).
+  int virtual_stages = 1;
+  // layers per (virtual) stage (sums to num_layers); empty = balanced
+  std::vector<int64_t> stage_layers;
 };
 
 // The layers [first, last) of a pipeline stage: stage_layers when given, else as even as
@@ -71,12 +75,14 @@ class Model {
   // last stage ends with the head and the loss (loss_sum, num_targets); an earlier one leaves
   // its output activations in saved.output. Every stage reports its MoE layers. Routers read
   // the batch's host ids (check_host_ids); nothing is copied back from the device.
-  ForwardOutput forward(const Batch& batch, ModelSaved& saved, const Tensor& input = {}) const;
+  // With virtual stages each call runs one chunk: the first stage's chunk 0 embeds, the last
+  // stage's last chunk ends with the head.
+  ForwardOutput forward(const Batch& batch, ModelSaved& saved, const Tensor& input = {}, int chunk = 0) const;
   // Accumulates parameter gradients of  loss_scale * loss_sum + aux_scale * aux_loss: the last
   // stage from its loss, an earlier one from d_output (the gradient of its output activations).
   // Returns the gradient of the stage's input (undefined on the first stage).
   Tensor backward(const Batch& batch, const ModelSaved& saved, float loss_scale, float aux_scale,
-                  const Tensor& d_output = {}) const;
+                  const Tensor& d_output = {}, int chunk = 0) const;
   // Activation recomputation: forward keeps each block's input only and backward runs the
   // block's forward again before its backward.
   void set_recompute(bool on) { recompute_ = on; }
@@ -115,14 +121,16 @@ class Model {
   const ModelParallel& parallel() const { return parallel_; }
   bool is_first_stage() const { return parallel_.stage == 0; }
   bool is_last_stage() const { return parallel_.stage == parallel_.pp - 1; }
-  int64_t first_layer() const { return first_layer_; }
-  int64_t num_stage_layers() const { return static_cast<int64_t>(blocks_.size()); }
+  // The layer numbers of this stage's blocks, in order (chunk by chunk with virtual stages).
+  const std::vector<int64_t>& layers() const { return layers_; }
+  int num_chunks() const { return parallel_.virtual_stages; }
   // MoE layers of this stage.
   int64_t num_moe_layers() const;
   // Aux-loss-free balancing: b <- b - rate * sign(load - mean) per MoE layer with a bias, from
-  // the step's global loads i64[num_moe_layers, E] (this stage's MoE layers in order) on the
-  // device, in place with no host wait; a NaN skip (f32[1], the step's clip scale of a skipped
-  // update; undefined = none) leaves every bias alone.
+  // the step's global loads i64[MoE layers of the whole model, E] (row i: the model's i-th MoE
+  // layer, so each stage reads its own rows) on the device, in place with no host wait; a NaN
+  // skip (f32[1], the step's clip scale of a skipped update; undefined = none) leaves every bias
+  // alone.
   void update_expert_biases(const Tensor& loads, double rate, const Tensor& skip = Tensor());
   // The same from host loads (one vector of tokens per expert per MoE layer, in order).
   void update_expert_biases(const std::vector<std::vector<int64_t>>& loads, double rate);
@@ -145,23 +153,31 @@ class Model {
   void check_generation() const;
   // The batch's document starts on the model's device when a reset option needs them, else undefined.
   Tensor document_starts_of(const Batch& batch) const;
-  Tensor run_blocks(const Tensor& x, const Batch& batch, ModelSaved& saved) const;
+  // Blocks [begin, end) of this stage; saved.blocks[i - begin] keeps block i.
+  Tensor run_blocks(const Tensor& x, const Batch& batch, ModelSaved& saved, size_t begin, size_t end) const;
   void head_forward(const Tensor& x, ModelSaved& saved) const;
   Tensor head_backward(const Batch& batch, const ModelSaved& saved, float loss_scale) const;
   Tensor block_backward(size_t i, const Batch& batch, const BlockSaved& saved, const Tensor& dy, float aux_scale,
                         const Tensor& doc_starts) const;
   RouteInputs route_inputs(const Batch& batch, size_t block) const;
-  // (bias buffer, MoE layer number on this stage) of every MoE layer whose router has an expert bias.
-  std::vector<std::pair<ParamId, int64_t>> expert_bias_ids() const;
+  // Every MoE layer whose router has an expert bias: its bias buffer, its MoE layer number on this
+  // stage and in the whole model.
+  struct BiasId {
+    ParamId id;
+    int64_t own_row, model_row;
+  };
+  std::vector<BiasId> expert_bias_ids() const;
   void update_expert_bias(ParamId id, const Tensor& loads, double rate, const Tensor& skip);
-  std::string block_unit(size_t i) const { return "layers." + std::to_string(first_layer_ + static_cast<int64_t>(i)); }
+  std::string block_unit(size_t i) const { return "layers." + std::to_string(layers_[i]); }
+  // The first block of each chunk, and blocks_.size() last (num_chunks() + 1 entries).
+  std::vector<size_t> chunk_begin_;
 
   ModelConfig config_;
   MoeConfig moe_config_;
   ModelParallel parallel_;
   std::unique_ptr<Objective> objective_;
   TpGroup tp_;
-  int64_t first_layer_ = 0;
+  std::vector<int64_t> layers_;  // the layer number of each block
   bool recompute_ = false;
   ParamStore store_;
   ParamId tokens_ = -1, positions_ = -1, lm_head_ = -1;

@@ -245,10 +245,16 @@ Plan make_plan(const Config& config, int world_size, const std::string& device) 
   const int tp = t.tp, pp = t.pp;
 
   best.peak = -1;
-  int64_t first_layer = 0;
+  const int virtual_stages = static_cast<int>(config.parallel.pp_virtual);
   for (int stage = 0; stage < pp; ++stage) {
-    const auto [stage_first, stage_last] = stage_layer_range(m.num_layers, pp, stage, config.parallel.pp_layers);
-    const int64_t count = stage_last - stage_first;
+    // The stage's layers: its one run, or with interleaved 1F1B those of its chunks (virtual
+    // stages c * pp + stage), as Model builds them.
+    std::vector<int64_t> layers_here;
+    for (int chunk = 0; chunk < virtual_stages; ++chunk) {
+      const auto [from, to] = stage_layer_range(m.num_layers, pp * virtual_stages, chunk * pp + stage,
+                                                config.parallel.pp_layers);
+      for (int64_t i = from; i < to; ++i) layers_here.push_back(i);
+    }
     const bool first = stage == 0, last = stage == pp - 1;
     Plan p(t);
     p.cuda = cuda;
@@ -262,7 +268,7 @@ Plan make_plan(const Config& config, int world_size, const std::string& device) 
     // (whole over TP: each TP rank routes its own tokens through them).
     int64_t largest_unit = 0;
     RankModules modules;
-    for (int64_t i = first_layer; i < first_layer + count; ++i) {
+    for (int64_t i : layers_here) {
       const LayerParams& l = params.layers[static_cast<size_t>(i)];
       p.stage_layers.push_back(static_cast<int>(i));
       const int64_t dense = ceil_div(l.tp_split, tp) + l.replicated, expert = ceil_div(l.expert, int64_t{t.ep});
@@ -274,7 +280,6 @@ Plan make_plan(const Config& config, int world_size, const std::string& device) 
       modules.expert.push_back(expert);
       largest_unit = std::max(largest_unit, dense + expert);
     }
-    first_layer += count;
     if (first) {
       p.rank_dense += ceil_div(params.embedding, tp) + params.positions;
       largest_unit = std::max(largest_unit, ceil_div(params.embedding, tp) + params.positions);

@@ -88,12 +88,14 @@ struct ActivationPlan {
   int64_t logits = 0;            // last stage: final norm output, logits [T,V], their lse
   int64_t batch = 0;             // input and target ids of one micro-batch
   int64_t kept = 0;              // one micro-batch of this stage: everything above, summed over its layers
-  int64_t micro_batches = 1;     // kept at once (1F1B in flight, or global_batch balance scope)
+  int64_t micro_batches = 1;     // kept at once (1F1B in flight, or global_batch balance scope; interleaved:
+                                 // the chunks in flight in micro-batches, rounded up)
+  int64_t kept_in_flight = 0;    // the most kept at once: micro_batches * kept, or the interleaved chunks'
   int64_t logits_grad = 0;       // last stage: d logits and d hidden (live through the head's backward)
   int64_t backward_working = 0;  // the largest block-backward working set (gradients in flight)
   std::vector<int64_t> layer_working;  // that working set of each of the stage's layers, in order
-  int64_t backward_base = 0;     // live through the backward: micro_batches * kept + batches
-  int64_t forward_peak = 0;      // the forward's end: micro_batches * kept, the step's ids, per-token losses
+  int64_t backward_base = 0;     // live through the backward: kept_in_flight + batches
+  int64_t forward_peak = 0;      // the forward's end: kept_in_flight, the step's ids, per-token losses
   int64_t peak = 0;              // backward_base + max(backward_working, logits_grad), or forward_peak
 };
 

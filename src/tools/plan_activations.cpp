@@ -6,8 +6,10 @@
 
 #include "src/config/moe_shape.h"
 #include "src/config/router_kinds.h"
+#include "src/model/model.h"
 #include "src/ops/ops.h"
 #include "src/tools/plan.h"
+#include "src/train/pipeline_schedule.h"
 
 namespace moe {
 
@@ -132,6 +134,32 @@ MoeFootprint moe_footprint(const Config& config, const RouterKind& router, int64
   return out;
 }
 
+// Interleaved 1F1B: min(v m, 2 (p - s - 1) + (v - 1) p + 1) chunk activations in flight
+// (pipeline_actions), each chunk keeping its input, its layers' and, the model's last, the
+// logits: the most held at once (kept_in_flight), played from the stage's schedule.
+void keep_interleaved(const Config& config, int p, int pp_stage, const std::vector<int64_t>& kept_of_layer,
+                      ActivationPlan& a) {
+  const int v = static_cast<int>(config.parallel.pp_virtual);
+  std::vector<int64_t> chunk_kept(static_cast<size_t>(v), a.embedding);
+  for (int c = 0; c < v; ++c) {
+    const auto [from, to] =
+        stage_layer_range(config.model.num_layers, p * v, c * p + pp_stage, config.parallel.pp_layers);
+    for (int64_t i = from; i < to; ++i) chunk_kept[static_cast<size_t>(c)] += kept_of_layer[static_cast<size_t>(i)];
+  }
+  chunk_kept.back() += a.logits;
+  int64_t held = 0, chunks = 0, most_chunks = 0;
+  a.kept_in_flight = 0;
+  const auto micro = static_cast<int>(config.train.grad_accum);
+  for (const PipeAction& act : pipeline_actions("1f1b", p, pp_stage, micro, v)) {
+    const int sign = act.op == PipeOp::forward ? 1 : -1;
+    held += sign * chunk_kept[static_cast<size_t>(act.chunk)];
+    chunks += sign;
+    a.kept_in_flight = std::max(a.kept_in_flight, held);
+    most_chunks = std::max(most_chunks, chunks);
+  }
+  a.micro_batches = ceil_div(most_chunks, v);
+}
+
 }  // namespace
 
 ActivationPlan plan_activations(const Config& config, const Topology& topology, DType compute,
@@ -168,8 +196,10 @@ ActivationPlan plan_activations(const Config& config, const Topology& topology, 
   int64_t kept = a.embedding;
   // Activation recomputation: a block keeps its output only (the next block's input) and its
   // backward first rebuilds everything else the block keeps.
-  auto keep_layer = [&](int64_t layer_kept, int64_t working) {
-    kept += config.train.recompute ? T * d * s.cb : layer_kept;
+  std::vector<int64_t> kept_of_layer(static_cast<size_t>(m.num_layers), 0);
+  auto keep_layer = [&](int64_t layer, int64_t layer_kept, int64_t working) {
+    kept_of_layer[static_cast<size_t>(layer)] = config.train.recompute ? T * d * s.cb : layer_kept;
+    kept += kept_of_layer[static_cast<size_t>(layer)];
     a.layer_working.push_back(config.train.recompute ? layer_kept + working : working);
   };
   int64_t moe_index = 0, moe_layers = 0;
@@ -184,9 +214,9 @@ ActivationPlan plan_activations(const Config& config, const Topology& topology, 
       ++moe_layers;
       a.moe_ffn = std::max(a.moe_ffn, f.kept);
       a.all_to_all = std::max(a.all_to_all, f.all_to_all);
-      keep_layer(a.attention_layer + f.kept, std::max(attention_backward, f.backward));
+      keep_layer(i, a.attention_layer + f.kept, std::max(attention_backward, f.backward));
     } else if (here) {
-      keep_layer(a.attention_layer + a.dense_ffn, std::max(attention_backward, dense_backward));
+      keep_layer(i, a.attention_layer + a.dense_ffn, std::max(attention_backward, dense_backward));
     }
   }
   a.kept = kept + a.logits;
@@ -201,12 +231,16 @@ ActivationPlan plan_activations(const Config& config, const Topology& topology, 
   a.micro_batches = 1;
   if (config.moe.balance_scope == "global_batch" && moe_layers > 0) a.micro_batches = micro;
   if (topology.pp > 1) a.micro_batches = std::max(a.micro_batches, std::min<int64_t>(topology.pp - pp_stage, micro));
+  a.kept_in_flight = a.micro_batches * a.kept;
+  if (topology.pp > 1 && config.parallel.pp_virtual > 1) {
+    keep_interleaved(config, topology.pp, pp_stage, kept_of_layer, a);
+  }
   // The trainer keeps every micro-batch's ids of the step (Trainer::train_step's batches).
   const int64_t batches = micro * a.batch;
   // The logit and hidden gradients live through the head's backward only (Model::head_backward).
-  a.backward_base = a.micro_batches * a.kept + batches;
+  a.backward_base = a.kept_in_flight + batches;
   const int64_t backward_peak = a.backward_base + std::max(a.backward_working, a.logits_grad);
-  a.forward_peak = a.micro_batches * a.kept + batches + (last ? T * s.ab : 0);  // + per-token losses
+  a.forward_peak = a.kept_in_flight + batches + (last ? T * s.ab : 0);  // + per-token losses
   a.peak = std::max(backward_peak, a.forward_peak);
   return a;
 }

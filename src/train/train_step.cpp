@@ -2,6 +2,7 @@
 // micro-batches in the schedule's order (pipeline_schedule.h); then the model-parallel gradient
 // sums (tensor-parallel token slices, tied embeddings across stages), the data-parallel
 // reduction, clipping and AdamW.
+#include <algorithm>
 #include <cmath>
 
 #include "routing/balancing_terms.h"
@@ -48,29 +49,31 @@ StepResult Trainer::train_step() {
     bias_loads = Tensor::zeros({static_cast<int64_t>(r.routing.size()), moe_shape(config_.moe).num_experts},
                                DType::i64, device_);
   }
-  std::vector<ModelSaved> saves(batches.size());
-  std::vector<ForwardOutput> outs(batches.size());
-  const bool timed = topology_.pp > 1;  // per-stage busy time (a device sync around each compute call)
-  double busy_seconds = 0;
+  // One saved forward and output per micro-batch and model chunk (micro * chunks + chunk).
+  const int chunks = model_->num_chunks();
+  std::vector<ModelSaved> saves(batches.size() * static_cast<size_t>(chunks));
+  std::vector<ForwardOutput> outs(saves.size());
+  // Per-stage busy time: marks on the stream around each compute call, read at the step's end.
+  // A mark after a receive is queued runs when the received tensor arrived, so the wait for a
+  // stage's input (or output gradient) is bubble, not compute; no host wait in between.
+  const bool timed = topology_.pp > 1;
+  if (timed && !stage_times_) stage_times_ = std::make_unique<DeviceIntervals>(device_);
+  if (timed) stage_times_->reset();
   bool switched = false;
   StageCallbacks stage;
-  // A stage's compute is timed from an idle device: the NCCL receive of its input (or output
-  // gradient) is only queued on the stream, and waiting for it is bubble, not compute.
-  stage.forward = [&](int micro, const Tensor& input) {
-    if (timed) cuda_synchronize();
-    auto start = Clock::now();
-    ForwardOutput& out = outs[static_cast<size_t>(micro)];
-    out = model_->forward(batches[static_cast<size_t>(micro)], saves[static_cast<size_t>(micro)], input);
+  stage.forward = [&](int micro, int chunk, const Tensor& input) {
+    if (timed) stage_times_->begin();
+    const auto at = static_cast<size_t>(micro * chunks + chunk);
+    ForwardOutput& out = outs[at];
+    out = model_->forward(batches[static_cast<size_t>(micro)], saves[at], input, chunk);
     check_balancing_loss(out, micro);
     if (out.loss.defined()) ops::sum_accumulate(out.loss, loss_sum);
     if (bias_loads.defined()) count_bias_loads(out, bias_loads);
-    if (timed) cuda_synchronize();
-    busy_seconds += seconds_since(start);
-    return saves[static_cast<size_t>(micro)].output;
+    if (timed) stage_times_->end();
+    return saves[at].output;
   };
-  stage.backward = [&](int micro, const Tensor& d_output) {
-    if (timed) cuda_synchronize();
-    auto start = Clock::now();
+  stage.backward = [&](int micro, int chunk, const Tensor& d_output) {
+    if (timed) stage_times_->begin();
     if (global_scope && !switched) {
       if (model_->num_moe_layers() > 0) apply_global_switch(saves, outs);
       switched = true;
@@ -91,23 +94,28 @@ StepResult Trainer::train_step() {
         optimizer_->reduce_unit_async(unit(name));
       });
     }
-    const auto m = static_cast<size_t>(micro);
+    const auto at = static_cast<size_t>(micro * chunks + chunk);
     in_backward_ = true;
-    Tensor d_input = model_->backward(batches[m], saves[m], loss_scale, aux_scale, d_output);
+    Tensor d_input = model_->backward(batches[static_cast<size_t>(micro)], saves[at], loss_scale, aux_scale, d_output,
+                                      chunk);
     in_backward_ = false;
     model_->set_grad_hook(nullptr);
-    saves[m] = ModelSaved{};  // free the activations
-    sums[1] += static_cast<double>(outs[m].num_targets);
-    if (timed) cuda_synchronize();
-    busy_seconds += seconds_since(start);
+    saves[at] = ModelSaved{};  // free the activations
+    sums[1] += static_cast<double>(outs[at].num_targets);
+    if (timed) stage_times_->end();
     return d_input;
   };
   const std::string schedule = global_scope ? "gpipe" : config_.parallel.pp_schedule;
-  auto pipeline_start = Clock::now();
-  run_pipeline(pipeline_actions(schedule, topology_.pp, topology_.coords.pp, micro_batches),
-               topology_.pp > 1 ? groups_.pp.get() : nullptr, {t.micro_batch_size * config_.model.seq_len,
-               config_.model.d_model}, dtype_, device_, stage, schedule == "1f1b");
-  if (timed) record_pipeline_times(r, busy_seconds, seconds_since(pipeline_start));
+  if (timed) stage_times_->start();
+  Communicator* pp = topology_.pp > 1 ? groups_.pp.get() : nullptr;
+  const Shape activations{t.micro_batch_size * config_.model.seq_len, config_.model.d_model};
+  if (chunks > 1) {
+    run_pipeline_rounds(schedule, micro_batches, chunks, pp, activations, dtype_, device_, stage);
+  } else {
+    run_pipeline(pipeline_actions(schedule, topology_.pp, topology_.coords.pp, micro_batches), pp, activations, dtype_,
+                 device_, stage, schedule == "1f1b");
+  }
+  if (timed) stage_times_->stop();
 
   sum_tp_partial_grads(nullptr);
   sum_tied_embedding_grads();
@@ -115,10 +123,10 @@ StepResult Trainer::train_step() {
   if (read_loss) sums[0] = loss_sum.to_vector<double>()[0];  // the one host wait of a logging step
   // The routing statistics of every micro-batch, read now that the whole step is queued (those a
   // CUDA logging step left on the device cost no further wait).
-  for (int m = 0; m < micro_batches; ++m) {
-    ForwardOutput& out = outs[static_cast<size_t>(m)];
+  for (size_t at = 0; at < outs.size(); ++at) {
+    ForwardOutput& out = outs[at];
     read_routing_stats(out);
-    check_balancing_loss(out, m);
+    check_balancing_loss(out, static_cast<int>(at) / chunks);
     sums[2] += out.aux_loss / static_cast<double>(t.grad_accum);
     accumulate_routing_stats(r.routing, out.moe_stats, out.moe_layer_index, 1.0 / static_cast<double>(t.grad_accum));
   }
@@ -133,6 +141,7 @@ StepResult Trainer::train_step() {
   if (before_update_hook_) before_update_hook_(step_ + 1, store);
   guarded_update(r, read_loss);
   update_expert_biases(r, bias_loads, collect);
+  if (timed) record_pipeline_times(r);
   ++step_;
   return r;
 }
@@ -242,28 +251,26 @@ void Trainer::update_expert_biases(StepResult& r, Tensor& loads, bool collect) {
     // The loads of the whole global batch: every rank's micro-batches (other stages add zeros),
     // as the statistics sum them. A skipped update (NaN clip scale) leaves the biases alone.
     if (world_->size() > 1) world_->all_reduce_sum(loads);
-    const int64_t first = moe_layer_row(model_->first_layer());
-    model_->update_expert_biases(loads.rows(first, first + model_->num_moe_layers()), config_.moe.expert_bias_rate,
-                                 optimizer_->clip_scale());
+    model_->update_expert_biases(loads, config_.moe.expert_bias_rate, optimizer_->clip_scale());
   }
   if (!collect && device_.is_cuda()) return;  // read for the metrics only (free on the CPU)
   // This stage's MoE layers, in order.
   std::vector<LayerRoutingStats*> own;
-  const int64_t first = model_->first_layer(), last = first + model_->num_stage_layers();
+  const std::vector<int64_t>& layers = model_->layers();
   for (auto& s : r.routing) {
-    if (s.layer >= first && s.layer < last) own.push_back(&s);
+    if (std::find(layers.begin(), layers.end(), s.layer) != layers.end()) own.push_back(&s);
   }
   auto biases = model_->expert_biases();
   for (size_t i = 0; i < own.size() && i < biases.size(); ++i) own[i]->bias = biases[i];
 }
 
-void Trainer::record_pipeline_times(StepResult& r, double busy_seconds, double pipeline_seconds) {
+void Trainer::record_pipeline_times(StepResult& r) {
   // Each stage's compute time (its ranks of this pipeline) and the step's wall time, from which
   // the bubble: the fraction of stage-time spent waiting.
   std::vector<double> busy(static_cast<size_t>(topology_.pp), 0.0);
-  busy[static_cast<size_t>(topology_.coords.pp)] = busy_seconds;
+  busy[static_cast<size_t>(topology_.coords.pp)] = stage_times_->busy_ms() / 1000.0;
   groups_.pp->all_reduce_sum(busy);
-  std::vector<double> wall{pipeline_seconds};
+  std::vector<double> wall{stage_times_->wall_ms() / 1000.0};
   groups_.pp->all_reduce_max(wall);
   r.stage_seconds = busy;
   r.bubble = bubble_fraction(busy, wall[0]);

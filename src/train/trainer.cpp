@@ -69,7 +69,12 @@ Trainer::Trainer(const Config& config, int local_rank, Communicator& world)
   groups_ = make_process_groups(world, topology_, config.model.tie_embeddings);
   const RankCoords& at = topology_.coords;
   if (is_root() && world.size() > 1) log::info("{}", topology_.describe());
-  ModelParallel layout{groups_.ep.get(), groups_.tp.get(), topology_.pp, at.pp, config.parallel.pp_layers};
+  ModelParallel layout{groups_.ep.get(),
+                       groups_.tp.get(),
+                       topology_.pp,
+                       at.pp,
+                       static_cast<int>(config.parallel.pp_virtual),
+                       config.parallel.pp_layers};
   log::Progress init_time;
   model_ = std::make_unique<Model>(config.model, config.moe, layout);
   // Start-up of a large model takes a while: say so before, and how long after. Small ones stay
@@ -178,20 +183,26 @@ EvalResult Trainer::evaluate(int64_t max_batches) {
     ++num_batches;
     Batch batch = to_device(b);
     batch.training = false;
-    ModelSaved saved;
-    StageCallbacks stage;
-    stage.forward = [&](int, const Tensor& input) {
-      ForwardOutput out = model_->forward(batch, saved, input);
+    // The forward through the virtual stages in order: chunk c of stage s is virtual stage c * pp + s.
+    const int stages = topology_.pp, me = topology_.coords.pp, num_virtual = stages * model_->num_chunks();
+    Tensor x;
+    for (int chunk = 0; chunk < model_->num_chunks(); ++chunk) {
+      const int vs = chunk * stages + me;
+      if (vs > 0 && stages > 1) {
+        x = Tensor::empty({b.rows * config_.model.seq_len, config_.model.d_model}, dtype_, device_);
+        groups_.pp->recv(x, (vs - 1) % stages);
+      }
+      ModelSaved saved;
+      ForwardOutput out = model_->forward(batch, saved, x, chunk);
       if (out.loss.defined()) ops::sum_accumulate(out.loss, loss_sum);
       sums[1] += static_cast<double>(out.num_targets);
-      if (accuracy && model_->is_last_stage()) {
+      if (accuracy && vs == num_virtual - 1) {
         sums[2] += static_cast<double>(vocab_parallel_correct(saved.logits, batch.host_targets,
                                                               config_.model.vocab_size, groups_.tp.get()));
       }
-      return saved.output;
-    };
-    run_pipeline({{PipeOp::forward, 0}}, topology_.pp > 1 ? groups_.pp.get() : nullptr,
-                 {b.rows * config_.model.seq_len, config_.model.d_model}, dtype_, device_, stage, false);
+      x = saved.output;
+      if (vs < num_virtual - 1 && stages > 1) groups_.pp->send(x, (vs + 1) % stages);
+    }
   }
   sums[0] = loss_sum.to_vector<double>()[0];
   if (topology_.coords.tp != 0) sums = {0.0, 0.0, 0.0};  // the TP ranks of the last stage hold the same loss

@@ -18,6 +18,7 @@
 #include "src/data/batch_sampler.h"
 #include "src/data/token_split.h"
 #include "src/model/model.h"
+#include "src/tensor/device_timer.h"
 #include "src/train/metrics.h"
 #include "src/train/moe_stats.h"
 #include "src/train/distributed_optimizer.h"
@@ -108,7 +109,8 @@ class Trainer {
   // Adds a forward's kept slots per expert into loads i64[all MoE layers, E] on the device.
   void count_bias_loads(const ForwardOutput& out, Tensor& loads) const;
   int64_t moe_layer_row(int64_t layer) const;  // MoE layers of the whole model before `layer`
-  void record_pipeline_times(StepResult& r, double busy_seconds, double pipeline_seconds);
+  // Reads this step's stage marks (the one wait for them, after the step is queued).
+  void record_pipeline_times(StepResult& r);
   // Tensor parallelism: sums over the TP group the gradients that cover a token slice only
   // (ParamInfo::tp_partial_grad): those of one unit, or (nullptr) all not summed yet this step.
   // again: sum the unit's even if done this step (ZeRO-2/3 reduce a block after every micro-batch).
@@ -136,6 +138,8 @@ class Trainer {
   Topology topology_;
   ProcessGroups groups_;  // every communicator but the world (topology.h)
   std::vector<bool> tp_partial_done_;             // per parameter, this step
+  // Pipeline parallelism: device marks around each stage compute of a step (no host wait).
+  std::unique_ptr<DeviceIntervals> stage_times_;
   std::unique_ptr<DistributedOptimizer> optimizer_;
   std::map<std::string, ParamUnit> units_;  // the model's parameter units by name (ZeRO-2/3, overlap)
   const ParamUnit& unit(const std::string& name) const;

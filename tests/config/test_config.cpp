@@ -248,6 +248,7 @@ TEST_CASE("to_toml round trips through parse_config exactly") {
   CHECK_THAT(text, Contains("recompute = true\n"));
   CHECK_THAT(text, Contains("pp = 3\npp_layers = [1, 3, 2]\npp_schedule = \"gpipe\"\n"));
   CHECK_THAT(moe::to_toml(defaults), Contains("pp_layers = []\npp_schedule = \"1f1b\"\n"));
+  CHECK_THAT(moe::to_toml(defaults), Contains("pp_schedule = \"1f1b\"\npp_virtual = 1\n"));
 }
 
 TEST_CASE("pipeline, tensor-parallel and recompute keys: defaults, file, overrides") {
@@ -308,6 +309,21 @@ TEST_CASE("pipeline and tensor-parallel rules have their messages") {
       {{"model.num_layers=4", "parallel.pp=2", "parallel.pp_layers=[9223372036854775807, 9223372036854775807]"},
        "parallel.pp_layers sums to 9223372036854775807 layers but model.num_layers = 4"},
       {{"parallel.pp_schedule=interleaved"}, "parallel.pp_schedule = 'interleaved' is not one of: 1f1b, gpipe"},
+      {{"parallel.pp_virtual=0"}, "parallel.pp_virtual = 0 must be at least 1"},
+      {{"parallel.pp_virtual=2"}, "parallel.pp_virtual = 2 needs parallel.pp > 1 (virtual stages interleave the "
+                                  "chunks of several pipeline stages)"},
+      {{"model.num_layers=4", "train.grad_accum=2", "parallel.pp=2", "parallel.pp_schedule=gpipe",
+        "parallel.pp_virtual=2"},
+       "parallel.pp_virtual = 2 (interleaved 1F1B) needs parallel.pp_schedule = \"1f1b\", not \"gpipe\""},
+      {{"model.num_layers=4", "parallel.pp=2", "train.grad_accum=3", "parallel.pp_virtual=2"},
+       "parallel.pp_virtual = 2 needs train.grad_accum (3) to be a multiple of parallel.pp (2)"},
+      {{"train.grad_accum=2", "parallel.pp=2", "parallel.pp_virtual=2"},
+       "parallel.pp = 2 x parallel.pp_virtual = 2 virtual stages is more than model.num_layers = 2 (every virtual "
+       "stage needs at least one layer)"},
+      {{"model.num_layers=4", "train.grad_accum=2", "parallel.pp=2", "parallel.pp_virtual=2",
+        "parallel.pp_layers=[2, 2]"},
+       "parallel.pp_layers has 2 entries but parallel.pp = 2 x parallel.pp_virtual = 2 (one layer count per virtual "
+       "pipeline stage)"},
       {{"moe.num_experts=4", "moe.balance_scope=global_batch", "parallel.pp=2"},
        "parallel.pp = 2 with moe.balance_scope = \"global_batch\" needs parallel.pp_schedule = \"gpipe\""},
       {{"parallel.tp=2", "model.vocab_size=511"}, "model.vocab_size = 511 is not divisible by parallel.tp = 2"},

@@ -277,6 +277,25 @@ TEST_CASE("send and recv move tensors around a ring", "[parallel]") {
   comm->send_recv(mine, prev, back, next);
   values = back.to_vector<int64_t>();
   for (int64_t i = 0; i < n; ++i) REQUIRE(values[i] == next * 100 + i);
+
+  // batch_send_recv: both ways round the ring at once, two messages to each neighbour (matched
+  // in list order); with 2 ranks both neighbours are the same rank.
+  Tensor twice = filled<int64_t>(n, DType::i64, [&](int64_t i) { return me * 1000 + i; });
+  Tensor from_prev = zeros({n}, DType::i64), from_next = zeros({n}, DType::i64);
+  Tensor from_prev2 = zeros({n}, DType::i64), from_next2 = zeros({n}, DType::i64);
+  std::vector<P2pOp> ops{{mine, next, true},      {from_prev, prev, false}, {mine, prev, true},
+                         {from_next, next, false}, {twice, next, true},      {from_prev2, prev, false},
+                         {twice, prev, true},      {from_next2, next, false}};
+  comm->batch_send_recv(ops);
+  // With 2 ranks prev == next: the four messages from that rank arrive in its list order.
+  const std::vector<int64_t> a = from_prev.to_vector<int64_t>(), b = from_next.to_vector<int64_t>();
+  const std::vector<int64_t> c = from_prev2.to_vector<int64_t>(), d = from_next2.to_vector<int64_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    REQUIRE(a[i] == prev * 100 + i);
+    REQUIRE(b[i] == next * 100 + i);
+    REQUIRE(c[i] == prev * 1000 + i);
+    REQUIRE(d[i] == next * 1000 + i);
+  }
   comm->barrier();
 }
 

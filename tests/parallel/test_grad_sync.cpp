@@ -43,6 +43,7 @@ class RecordingCommunicator final : public Communicator {
   void send(const Tensor& x, int peer) override { inner_.send(x, peer); }
   void recv(Tensor& x, int peer) override { inner_.recv(x, peer); }
   void send_recv(const Tensor& s, int sp, Tensor& r, int rp) override { inner_.send_recv(s, sp, r, rp); }
+  void batch_send_recv(std::vector<P2pOp>& ops) override { inner_.batch_send_recv(ops); }
   void barrier() override { inner_.barrier(); }
   std::unique_ptr<Communicator> split(int color, int key) override { return inner_.split(color, key); }
 

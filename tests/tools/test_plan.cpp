@@ -520,6 +520,11 @@ TEST_CASE("the CPU estimate matches the allocator's high-water mark of real step
     cases.emplace_back("pp 2", pp);
     pp.train.recompute = true;
     cases.emplace_back("pp 2, recompute", pp);
+    // Interleaved 1F1B: stage 0 holds layers 0 and 2, up to 4 chunk activations in flight.
+    Config interleaved = split;
+    interleaved.parallel.pp = 2;
+    interleaved.parallel.pp_virtual = 2;
+    cases.emplace_back("pp 2, interleaved over 2 virtual stages", interleaved);
   }
   for (auto& [name, config] : cases) {
     validate_config(config);
@@ -604,6 +609,21 @@ TEST_CASE("pipeline and tensor parallelism split the layers and the matrices", "
   Plan five = make_plan(c, 5);
   REQUIRE(five.stage_layers.size() >= 2);
   REQUIRE(five.stage_layers.size() <= 3);
+  // Interleaved over 2 virtual stages: 12 layers in 4 runs of 3; stage 0 holds 0-2 and 6-8 and
+  // at most 2 (p - s - 1) + (v - 1) p + 1 = 5 chunk activations (3 micro-batches' worth), stage 1
+  // holds 3-5 and 9-11 and 3 (2 micro-batches' worth, with the head).
+  Config v = gpt2_small_moe64();
+  v.parallel.pp = 2;
+  v.parallel.pp_virtual = 2;
+  v.train.grad_accum = 4;
+  Plan interleaved = make_plan(v, 2);
+  if (interleaved.stage == 0) {
+    REQUIRE(interleaved.stage_layers == std::vector<int>{0, 1, 2, 6, 7, 8});
+    REQUIRE(interleaved.activations.micro_batches == 3);
+  } else {
+    REQUIRE(interleaved.stage_layers == std::vector<int>{3, 4, 5, 9, 10, 11});
+    REQUIRE(interleaved.activations.micro_batches == 2);
+  }
 }
 
 TEST_CASE("bad plan input names the problem", "[train][plan]") {

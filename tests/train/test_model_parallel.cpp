@@ -2,7 +2,7 @@
 // layout of the world trains the same model as one rank over 5 steps (losses, balancing losses,
 // gradient norms, routing counts, validation loss, and the weights after the steps via a
 // checkpoint loaded into one rank); checkpoints cross layouts both ways; activation
-// recomputation changes nothing.
+// recomputation changes nothing. Interleaved 1F1B (parallel.pp_virtual) trains the same model too.
 #include <catch2/catch.hpp>
 
 #include <filesystem>
@@ -21,13 +21,16 @@ namespace {
 
 struct Layout {
   int64_t tp = 1, pp = 1, ep = 1, zero = 0;
+  int64_t pp_virtual = 1;  // > 1: interleaved 1F1B
+  int64_t layers = 4;
   std::string schedule = "1f1b";
   bool recompute = false;
   bool tied = true;
   bool masked_lm = false;  // model.objective = masked_lm (bidirectional, masked targets)
   std::string name() const {
     return "tp " + std::to_string(tp) + " pp " + std::to_string(pp) + " ep " + std::to_string(ep) + " zero " +
-           std::to_string(zero) + " " + schedule + (recompute ? " recompute" : "") + (tied ? "" : " untied") +
+           std::to_string(zero) + " " + schedule + (pp_virtual > 1 ? " virtual " + std::to_string(pp_virtual) : "") +
+           " layers " + std::to_string(layers) + (recompute ? " recompute" : "") + (tied ? "" : " untied") +
            (masked_lm ? " masked_lm" : "");
   }
 };
@@ -61,6 +64,8 @@ void run_layout(Communicator& world, Communicator& self, const Layout& layout, c
   c.parallel.zero = layout.zero;
   c.parallel.pp_schedule = layout.schedule;
   if (layout.masked_lm) test::use_masked_lm(c, dir);
+  c.parallel.pp_virtual = layout.pp_virtual;
+  c.model.num_layers = layout.layers;
   validate_config(c);
   if (world.rank() == 0) std::filesystem::remove_all(shared);
   world.barrier();
@@ -133,7 +138,9 @@ TEST_CASE("tensor and pipeline parallel layouts train the one-rank model", "[par
                {.pp = 2, .schedule = "gpipe"},
                {.pp = 2, .recompute = true, .tied = false},
                {.tp = 2, .masked_lm = true},
-               {.pp = 2, .masked_lm = true}};
+               {.pp = 2, .masked_lm = true},
+               {.pp = 2, .pp_virtual = 2},  // interleaved: chunks of layers 0, 2 and 1, 3
+               {.pp = 2, .pp_virtual = 2, .recompute = true, .tied = false}};
   } else if (n == 4) {
     layouts = {{.tp = 4},
                {.tp = 2, .ep = 2},                    // TP 2 x DP 2 with EP 2
@@ -143,10 +150,13 @@ TEST_CASE("tensor and pipeline parallel layouts train the one-rank model", "[par
                {.tp = 2, .ep = 2, .zero = 3},         // ZeRO-3 gathers TP shards per unit
                {.pp = 2, .zero = 2, .schedule = "gpipe"},
                {.tp = 2, .pp = 2, .recompute = true},
-               {.tp = 2, .ep = 2, .zero = 1, .masked_lm = true}};
+               {.tp = 2, .ep = 2, .zero = 1, .masked_lm = true},
+               {.pp = 4, .pp_virtual = 2, .layers = 8},   // interleaved over 8 virtual stages
+               {.pp = 2, .ep = 2, .zero = 1, .pp_virtual = 2}};
   } else if (n == 8) {
     layouts = {{.tp = 2, .pp = 2, .ep = 2, .zero = 1},   // PP 2 x TP 2 x DP 2 with EP 2 and ZeRO-1
-               {.tp = 2, .pp = 2, .ep = 2, .zero = 3, .recompute = true}};
+               {.tp = 2, .pp = 2, .ep = 2, .zero = 3, .recompute = true},
+               {.tp = 2, .pp = 2, .ep = 2, .zero = 1, .pp_virtual = 2}};
   }
   REQUIRE(!layouts.empty());
   run_layouts(layouts);
