@@ -177,9 +177,10 @@ def study_plot(summary, out):
         ax2.set_yticks(ys, names)
         ax2.invert_yaxis()
         finite = [p for p in papers if not math.isnan(p)]
-        span = max(finite) - min(finite) + 1e-3
-        ax2.set_xlim(min(finite) - 0.1 * span, max(finite) + 0.1 * span)
-        ax2.set_xlabel("the paper's number")
+        span = max(max(finite) - min(finite), 0.05 * max(abs(p) for p in finite), 1e-3)
+        ax2.set_xlim(min(finite) - 0.2 * span, max(finite) + 0.2 * span)
+        ax2.ticklabel_format(axis="x", useOffset=False)
+        ax2.set_xlabel("the paper's number (its own metric: loss or perplexity)")
         ax2.set_title("paper")
     fig.tight_layout()
     path = os.path.join(out, "study.png")

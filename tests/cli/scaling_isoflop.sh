@@ -25,6 +25,19 @@ awk '/^approach 3: / { gsub(/,/, ""); if ($10 > 0.336 && $10 < 0.344 && $13 > 0.
   END { exit ok ? 0 : 1 }' <<<"$out" || fail "approach 3 did not recover alpha 0.34, beta 0.28: $out"
 [[ -s $work/fit.json ]] || fail "no --json file"
 
+# experiments/isoflop's sweep: every variant is a valid config whose 6 N D is its budget (within 1%).
+while read -r verb name rest; do
+  [[ $verb == run ]] || continue
+  read -ra keys <<< "$rest"
+  sets=() steps=""
+  for kv in "${keys[@]}"; do sets+=(--set "$kv"); [[ $kv == train.steps=* ]] && steps=${kv#train.steps=}; done
+  out=$($moe scaling optimal "$src/experiments/isoflop/base.toml" "${sets[@]}" --tokens $((steps * 4096)) 2>&1) \
+    || fail "isoflop variant $name: $out"
+  budget=${name#c}; budget=${budget%%_*}
+  awk -v want="${budget/e/e+}" '/^compute C:/ && !done { done = 1; if ($3 / want < 0.99 || $3 / want > 1.01) exit 1 }' <<<"$out" \
+    || fail "isoflop variant $name: C is not $budget: $out"
+done < "$src/experiments/isoflop/variants.txt"
+
 python=""
 for p in ${PYTHON:-} python3 /usr/bin/python3; do
   if "$p" -c "import matplotlib" 2> /dev/null; then python=$p; break; fi
