@@ -71,18 +71,8 @@ def line_plot(runs, out, name, ylabel, series, log_y=False):
     if not drawn:
         plt.close(fig)
         return None
-    ax.set_xlabel("tokens" if all(r["x_is_tokens"] for r in runs) else "step")
-    ax.set_ylabel(ylabel)
-    if log_y:
-        ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    if drawn <= 16:
-        ax.legend(fontsize=7)
-    path = os.path.join(out, name + ".png")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    xlabel = "tokens" if all(r["x_is_tokens"] for r in runs) else "step"
+    return finish(fig, ax, out, name, xlabel, ylabel, log_y=log_y, legend=drawn <= 16)
 
 
 def field(records, key):
@@ -189,12 +179,28 @@ def study_plot(summary, out):
     return path
 
 
-def scaling_plots(path, out):
-    """The three fits of `moe scaling isoflop --json`: parabolas per budget, N_opt(C), L(N, D)."""
-    if not os.path.isfile(path):
-        fail(f"no scaling fit {path}")
-    fit = json.load(open(path))
-    written = []
+def finish(fig, ax, out, name, xlabel, ylabel, log_x=False, log_y=False, title=None, legend=True):
+    """Labels, scales, grid and legend of one axis, then the figure saved as OUT/NAME.png."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if log_x:
+        ax.set_xscale("log")
+    if log_y:
+        ax.set_yscale("log")
+    if title:
+        ax.set_title(title)
+    if legend:
+        ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = os.path.join(out, name + ".png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def isoflop_plot(fit, out):
+    """Each budget's runs (loss against N), its parabola in ln N and its minimum."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for budget in fit["budgets"]:
         ns = [r["params"] for r in budget["runs"]]
@@ -205,55 +211,47 @@ def scaling_plots(path, out):
             grid = [lo + (hi - lo) * i / 50 for i in range(51)]
             ax.plot([math.exp(x) for x in grid], [a * x * x + b * x + c for x in grid], color=line.get_color())
             ax.plot([budget["params_opt"]], [budget["loss_opt"]], "*", ms=12, color=line.get_color())
-    ax.set_xscale("log")
-    ax.set_xlabel("parameters N")
-    ax.set_ylabel("loss")
-    ax.set_title("IsoFLOP profiles (approach 2)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    written.append(os.path.join(out, "isoflop.png"))
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
+    return finish(fig, ax, out, "isoflop", "parameters N", "loss", log_x=True, title="IsoFLOP profiles (approach 2)")
 
+
+def optimal_params_plot(fit, out):
+    """N_opt against C: approach 2's minima and approach 1's envelope, each with its power law."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for key, marker, label in (("approach2", "*", "IsoFLOP minima"), ("approach1", "o", "envelope")):
         law = fit.get(key)
         if not law:
             continue
         cs = [p["flops"] for p in law["points"]]
-        line = ax.plot(cs, [p["params"] for p in law["points"]], marker, label=f"{label}: N_opt ∝ C^{law['exponent']:.3f}")[0]
+        line = ax.plot(cs, [p["params"] for p in law["points"]], marker,
+                       label=f"{label}: N_opt ∝ C^{law['exponent']:.3f}")[0]
         grid = [min(cs) * (max(cs) / min(cs)) ** (i / 20) for i in range(21)]
         ax.plot(grid, [law["coefficient"] * c ** law["exponent"] for c in grid], color=line.get_color())
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("compute C (FLOPs)")
-    ax.set_ylabel("compute-optimal parameters N_opt")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    written.append(os.path.join(out, "optimal_params.png"))
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
+    return finish(fig, ax, out, "optimal_params", "compute C (FLOPs)", "compute-optimal parameters N_opt",
+                  log_x=True, log_y=True)
 
+
+def loss_fit_plot(fit, out):
+    """Approach 3: the Huber fit's L(N, D) against every run's observed loss."""
     law = fit.get("approach3")
-    if law:
-        fig, ax = plt.subplots(figsize=(5.5, 5))
-        runs = [r for b in fit["budgets"] for r in b["runs"]]
-        observed = [r["loss"] for r in runs]
-        predicted = [law["e"] + law["a"] / r["params"] ** law["alpha"] + law["b"] / r["tokens"] ** law["beta"] for r in runs]
-        ax.plot(observed, predicted, "o")
-        lo, hi = min(observed + predicted), max(observed + predicted)
-        ax.plot([lo, hi], [lo, hi], "k--", lw=1)
-        ax.set_xlabel("observed loss")
-        ax.set_ylabel("L(N, D) of the Huber fit")
-        ax.set_title(f"approach 3: α = {law['alpha']:.3f}, β = {law['beta']:.3f}, E = {law['e']:.3f}")
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        written.append(os.path.join(out, "loss_fit.png"))
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
-    return written
+    if not law:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    runs = [r for b in fit["budgets"] for r in b["runs"]]
+    observed = [r["loss"] for r in runs]
+    predicted = [law["e"] + law["a"] / r["params"] ** law["alpha"] + law["b"] / r["tokens"] ** law["beta"] for r in runs]
+    ax.plot(observed, predicted, "o")
+    lo, hi = min(observed + predicted), max(observed + predicted)
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+    return finish(fig, ax, out, "loss_fit", "observed loss", "L(N, D) of the Huber fit", legend=False,
+                  title=f"approach 3: α = {law['alpha']:.3f}, β = {law['beta']:.3f}, E = {law['e']:.3f}")
+
+
+def scaling_plots(path, out):
+    """The three fits of `moe scaling isoflop --json`."""
+    if not os.path.isfile(path):
+        fail(f"no scaling fit {path}")
+    fit = json.load(open(path))
+    return [isoflop_plot(fit, out), optimal_params_plot(fit, out), loss_fit_plot(fit, out)]
 
 
 def main():
