@@ -21,7 +21,7 @@ grep -qF "runs:            36" <<<"$out" || fail "not 36 runs: $out"
 grep -qE "^approach 2: +N_opt = [0-9.e+]+ C\^0\.451[5-7], D_opt = [0-9.e+-]+ C\^0\.548[3-5]" <<<"$out" \
   || fail "approach 2 did not recover the exponent 0.4516: $out"
 grep -qE "^approach 1: +N_opt = [0-9.e+]+ C\^0\.4[0-9]" <<<"$out" || fail "approach 1: $out"
-awk '/^approach 3: / { gsub(/,/, ""); if ($10 > 0.336 && $10 < 0.344 && $13 > 0.277 && $13 < 0.283) ok = 1 }
+awk '/^approach 3: / { gsub(/,/, ""); if ($14 > 0.336 && $14 < 0.344 && $17 > 0.277 && $17 < 0.283) ok = 1 }
   END { exit ok ? 0 : 1 }' <<<"$out" || fail "approach 3 did not recover alpha 0.34, beta 0.28: $out"
 [[ -s $work/fit.json ]] || fail "no --json file"
 

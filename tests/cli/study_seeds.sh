@@ -55,7 +55,7 @@ assert rows["hash"]["paper"] == "3.40" and rows["dense"]["diff_vs_dense"] == "",
 EOF
 }
 check_summary
-[[ $(grep -c '^| ' "$work/out/summary.md") -eq 4 ]] || fail "summary.md: $(cat "$work/out/summary.md")"
+[[ $(grep -c '^| ' "$work/out/summary.md") -eq 3 ]] || fail "summary.md: $(cat "$work/out/summary.md")"
 
 # A second call skips all four runs and leaves their metrics alone.
 before=$(md5sum "$work"/out/work/runs/*/seed_*/metrics.jsonl)

@@ -120,7 +120,7 @@ TEST_CASE("a run directory gives N from its config, its curve and its final vali
   CHECK_THROWS_WITH(read_scaling_run(dir.string()), Contains("has no config.toml"));
   // tests/cli/scaling.sh's model by hand: 108704 parameters, all used by every token.
   std::ofstream(dir / "config.toml") << "[model]\nvocab_size = 64\nd_model = 32\nnum_layers = 2\nnum_heads = 2\n"
-                                        "d_ff = 512\n";
+                                        "num_kv_heads = 2\nd_ff = 512\n";
   CHECK_THROWS_WITH(read_scaling_run(dir.string()), Contains("has no metrics.jsonl"));
   std::ofstream(dir / "metrics.jsonl") << "{\"step\":1,\"loss\":5.0,\"tokens_seen\":100}\n";
   CHECK_THROWS_WITH(read_scaling_run(dir.string()), Contains("has no val_loss record"));
