@@ -4,7 +4,8 @@
 # Usage: experiments/run_study.sh [--seeds 1,2,3] [--parallel N] [--gpus 0,1] [--fresh] STUDY_DIR OUT_DIR
 #   --seeds S,...  every run once per seed (train.seed = S; the data order follows train.seed), in
 #                  WORK/runs/NAME/seed_S; without it one run per variant in WORK/runs/NAME (base seed)
-#   --parallel N   up to N `moe train` processes at once (a table step waits for all of them)
+#   --parallel N   up to N `moe train` processes at once (a table step waits for all of them);
+#                  default 1, or one per GPU of --gpus
 #   --gpus 0,1     process slot k sees only GPU gpus[k mod count] (CUDA_VISIBLE_DEVICES)
 #   --fresh        delete OUT's earlier runs instead of resuming them
 # Re-running on the same OUT resumes: a finished run (WORK/runs/.../study_done) is skipped, an
@@ -27,7 +28,7 @@
 # seed's); {section.key} = that key of the resolved config of the last run (e.g. {model.vocab_size}).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-seeds=() parallel=1 gpus=() fresh=0
+seeds=() parallel="" gpus=() fresh=0
 while [[ $# -gt 0 && $1 == --* ]]; do
   case $1 in
     --seeds) IFS=, read -ra seeds <<< "${2:?--seeds needs a list, e.g. 1,2,3}"; shift 2 ;;
@@ -40,6 +41,7 @@ done
 for s in "${seeds[@]}"; do
   [[ $s =~ ^[0-9]+$ ]] || { echo "run_study: --seeds: '$s' is not a non-negative integer" >&2; exit 2; }
 done
+[[ -n $parallel ]] || parallel=$((${#gpus[@]} > 0 ? ${#gpus[@]} : 1))  # one run per GPU by default
 [[ $parallel =~ ^[1-9][0-9]*$ ]] || { echo "run_study: --parallel: '$parallel' is not a positive integer" >&2; exit 2; }
 for g in "${gpus[@]}"; do
   [[ $g =~ ^[0-9]+$ ]] || { echo "run_study: --gpus: '$g' is not a GPU index" >&2; exit 2; }
