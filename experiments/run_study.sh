@@ -15,7 +15,8 @@
 #   val_loss, val_ppl, seed), OUT/summary.csv and summary.md (experiments/study_table.sh: per
 #   variant the mean, sample standard deviation and number of seeds of the final validation loss,
 #   the difference to the baseline (the first run) with its Welch standard error, the paper's
-#   number), OUT/log.txt (the last lines of every run's log).
+#   number; the Spearman correlation with the paper's numbers), OUT/log.txt (the last lines of
+#   every run's log).
 # Environment: MOE=build/moe; EXTRA="--set k=v ..." (applied to every run before the variant's
 #   own keys, e.g. a smaller model or other data); LAUNCH="mpirun -np 2" (a prefix for moe train);
 #   WORK=OUT/work (run directories with their checkpoints, hash tables, full logs);

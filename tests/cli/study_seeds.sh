@@ -31,7 +31,8 @@ study --seeds 1,2 --parallel 2 --gpus 0,1 || { cat "$work/study.out"; fail "the 
 [[ $(sort -u "$work/gpus.txt" | tr '\n' ' ') == "0 1 " ]] || fail "GPUs given: $(sort "$work/gpus.txt" | tr '\n' ' ')"
 grep -q '^seed = 2$' "$work/out/work/runs/hash/seed_2/config.toml" || fail "seed_2 did not train with seed 2"
 [[ $(grep -c '^dense,.*,[12]$' "$work/out/results.csv") -eq 2 ]] || fail "results.csv: $(cat "$work/out/results.csv")"
-# The summary against the metrics: mean, sample std, seeds, difference and its Welch standard error.
+# The summary against the metrics: mean, sample std, seeds, difference and its Welch standard error,
+# the Spearman correlation with the paper's numbers.
 check_summary() {
   python3 - "$work/out" <<'EOF' || fail "the summary does not match the runs' metrics"
 import csv, json, math, statistics, sys
@@ -52,6 +53,10 @@ se = math.sqrt(statistics.variance(h) / 2 + statistics.variance(d) / 2)
 assert abs(float(rows["hash"]["diff_vs_dense"]) - (statistics.mean(h) - statistics.mean(d))) < 2e-6, rows["hash"]
 assert abs(float(rows["hash"]["diff_se"]) - se) < 2e-6, (rows["hash"], se)
 assert rows["hash"]["paper"] == "3.40" and rows["dense"]["diff_vs_dense"] == "", rows
+# Two variants: the ranks agree (rho 1) when the lower mean is hash's, as the paper's 3.40 < 3.50.
+rho = "1.000" if statistics.mean(h) < statistics.mean(d) else "-1.000"
+want = f"Spearman rank correlation of the mean validation losses with the paper's numbers (2 variants): {rho}"
+assert want in open(f"{out}/summary.md").read(), want
 EOF
 }
 check_summary
