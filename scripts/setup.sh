@@ -15,6 +15,9 @@ command -v python3 > /dev/null || packages+=(python3)
 command -v curl > /dev/null || packages+=(curl)
 # jq reads `moe eval`'s JSON in the CLI tests (tests/cli/tool_ux.sh) and in docs/cli.md's examples.
 command -v jq > /dev/null || packages+=(jq)
+# matplotlib draws experiments/report.py's plots of runs, studies and scaling fits (Debian's, for
+# /usr/bin/python3: no pip environment to keep).
+packages+=(python3-matplotlib)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" > /dev/null 2>&1 || missing+=("$p")

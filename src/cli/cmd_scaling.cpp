@@ -5,14 +5,20 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "parallel/mpi_env.h"
 #include "src/cli/commands.h"
 #include "src/tools/plan.h"
+#include "src/tools/scaling_isoflop.h"
 #include "src/tools/scaling_law.h"
 #include "src/util/check.h"
 
@@ -25,6 +31,8 @@ struct ScalingOptions {
   std::string flops, params, tokens, tokens_per_param;  // numbers, parsed here for one-line errors
   std::string path;                                     // the fit's FILE, or optimal's CONFIG
   LossColumns columns;                                  // the fit's column names
+  std::vector<std::string> inputs;                      // isoflop: run directories or loss files
+  std::string tolerance = "0.1", json;                  // isoflop: budget grouping, the plot data file
   std::vector<std::string> overrides;
 };
 
@@ -75,7 +83,7 @@ void optimal_for_config(const ScalingOptions& o, const ChinchillaLaw& law) {
   Config config = load_config(o.path, o.overrides);
   ParamCounts counts = count_params(config.model, config.moe);
   double tokens = parse_positive(o.tokens, "--tokens");
-  int64_t used = counts.total - counts.buffers - (counts.matmul_total - counts.active);
+  int64_t used = params_used_per_token(counts);
   double n = static_cast<double>(used);
   bool moe = counts.expert > 0;
   std::printf("config:          %s (%s)\n", o.path.c_str(), moe ? "MoE" : "dense");
@@ -155,6 +163,108 @@ int run_fit(const ScalingOptions& o) {
   return 0;
 }
 
+// The runs of `moe scaling isoflop`: final rows, and curves (a run directory's training loss;
+// a file's row is a one-point curve).
+void read_isoflop_inputs(const ScalingOptions& o, std::vector<LossObservation>& rows, std::vector<LossCurve>& curves) {
+  for (const std::string& input : o.inputs) {
+    if (std::filesystem::is_directory(input)) {
+      RunScalingData run = read_scaling_run(input);
+      rows.push_back(run.final_row);
+      curves.push_back(std::move(run.curve));
+      continue;
+    }
+    for (const LossObservation& row : read_loss_observations(input, o.columns)) {
+      rows.push_back(row);
+      curves.push_back({input, {row}});
+    }
+  }
+}
+
+nlohmann::json power_law_json(const PowerLaw& law, nlohmann::json points) {
+  return {{"coefficient", law.coefficient}, {"exponent", law.exponent}, {"points", std::move(points)}};
+}
+
+void print_power_law(const char* name, const PowerLaw& n_opt, const PowerLaw& d_opt) {
+  std::printf("%s N_opt = %.5g C^%.4f, D_opt = %.5g C^%.4f\n", name, n_opt.coefficient, n_opt.exponent,
+              d_opt.coefficient, d_opt.exponent);
+}
+
+// Approach 2, with its budgets printed; the JSON's budgets and approach2.
+void report_isoflop(const IsoflopFit& fit, nlohmann::json& out) {
+  nlohmann::json budgets = nlohmann::json::array(), optima = nlohmann::json::array();
+  for (const IsoflopBudget& b : fit.budgets) {
+    nlohmann::json runs = nlohmann::json::array();
+    for (const LossObservation& r : b.runs) runs.push_back({{"params", r.params}, {"tokens", r.tokens}, {"loss", r.loss}});
+    nlohmann::json budget = {{"flops", b.flops}, {"runs", runs}, {"parabola", nullptr}};
+    if (b.has_optimum) {
+      budget["parabola"] = {b.a, b.b, b.c};
+      budget["params_opt"] = b.params_opt;
+      budget["loss_opt"] = b.loss_opt;
+      optima.push_back({{"flops", b.flops}, {"params", b.params_opt}});
+      std::printf("budget:          C = %.4g, %zu runs, N_opt = %.4g, D_opt = %.4g, loss %.4f\n", b.flops, b.runs.size(),
+                  b.params_opt, b.flops / (6 * b.params_opt), b.loss_opt);
+    } else {
+      std::printf("budget:          C = %.4g, %zu runs, no optimum (%s)\n", b.flops, b.runs.size(),
+                  b.runs.size() < 3 ? "fewer than 3 model sizes" : "the parabola opens downward");
+    }
+    budgets.push_back(std::move(budget));
+  }
+  out["budgets"] = std::move(budgets);
+  out["approach2"] = nullptr;
+  if (fit.num_optima < 2) {
+    std::printf("approach 2:      no power law (%d budget(s) with an optimum; it needs 2)\n", fit.num_optima);
+    return;
+  }
+  print_power_law("approach 2:     ", fit.params_opt, fit.tokens_opt);
+  out["approach2"] = power_law_json(fit.params_opt, std::move(optima));
+}
+
+void report_envelope(const EnvelopeFit& fit, nlohmann::json& out) {
+  out["approach1"] = nullptr;
+  if (fit.num_sizes < 2) {
+    std::printf("approach 1:      no power law (the envelope has %d model size(s); it needs 2)\n", fit.num_sizes);
+    return;
+  }
+  nlohmann::json points = nlohmann::json::array();
+  for (const EnvelopePoint& p : fit.points) {
+    points.push_back({{"flops", p.flops}, {"params", p.params}, {"loss", p.loss}, {"run", p.run}});
+  }
+  print_power_law("approach 1:     ", fit.params_opt, fit.tokens_opt);
+  out["approach1"] = power_law_json(fit.params_opt, std::move(points));
+}
+
+int run_isoflop(const ScalingOptions& o) {
+  MOE_CHECK(!o.inputs.empty(), "moe scaling isoflop needs run directories or files of (params, tokens, loss) rows");
+  double tolerance = parse_positive(o.tolerance, "--tolerance");
+  std::vector<LossObservation> rows;
+  std::vector<LossCurve> curves;
+  read_isoflop_inputs(o, rows, curves);
+  std::printf("runs:            %zu\n", rows.size());
+  nlohmann::json out;
+  report_isoflop(fit_isoflop(rows, tolerance), out);
+  report_envelope(fit_envelope(curves, 40, tolerance), out);
+  std::set<double> ns, ds;
+  for (const LossObservation& r : rows) ns.insert(r.params), ds.insert(r.tokens);
+  out["approach3"] = nullptr;
+  if (rows.size() < 5 || ns.size() < 2 || ds.size() < 2) {
+    std::printf("approach 3:      no fit (it needs 5 runs, 2 distinct N and 2 distinct D)\n");
+  } else {
+    FitResult fit = fit_chinchilla(rows);
+    const ChinchillaLaw& law = fit.law;
+    std::printf("approach 3:      E = %.6g, A = %.6g, B = %.6g, alpha = %.6g, beta = %.6g (huber %.3g)\n", law.e,
+                law.a, law.b, law.alpha, law.beta, fit.objective);
+    if (law.alpha > 0 && law.beta > 0) print_optimum_rule(law);
+    out["approach3"] = {{"e", law.e}, {"a", law.a}, {"b", law.b}, {"alpha", law.alpha}, {"beta", law.beta}};
+  }
+  if (!o.json.empty()) {
+    std::ofstream file(o.json);
+    MOE_CHECK(file.good(), "--json: cannot write ", o.json);
+    file << out.dump(1) << "\n";
+    std::printf("json:            %s (experiments/report.py --scaling plots it)\n", o.json.c_str());
+  }
+  return 0;
+}
+
 CLI::App* add_law_option(CLI::App* cmd, ScalingOptions& o) {
   cmd->add_option("--law", o.law, "chinchilla (default), besiroglu, or kaplan (loss only)");
   return cmd;
@@ -181,6 +291,13 @@ void add_scaling_command(CLI::App& app, CommandRunner& run) {
   fit->add_option("--params-column", o->columns.params, "name of N's field or column");
   fit->add_option("--tokens-column", o->columns.tokens, "name of D's field or column");
   fit->add_option("--loss-column", o->columns.loss, "name of the loss's field or column");
+  auto* isoflop = cmd->add_subcommand("isoflop", "Chinchilla approaches 1, 2 and 3 on the same runs");
+  isoflop->add_option("inputs", o->inputs, "run directories (config.toml, metrics.jsonl) or loss files")->required();
+  isoflop->add_option("--tolerance", o->tolerance, "runs within C (1 + tolerance) of a budget's smallest share it");
+  isoflop->add_option("--json", o->json, "write the fits and their points here (for experiments/report.py)");
+  isoflop->add_option("--params-column", o->columns.params, "name of N's field or column");
+  isoflop->add_option("--tokens-column", o->columns.tokens, "name of D's field or column");
+  isoflop->add_option("--loss-column", o->columns.loss, "name of the loss's field or column");
   // Pure arithmetic on one process: under mpirun rank 0 prints and the others do nothing.
   auto on_rank0 = [&run](std::function<int(const ScalingOptions&)> body, std::shared_ptr<ScalingOptions> o) {
     return [&run, body, o] {
@@ -190,6 +307,7 @@ void add_scaling_command(CLI::App& app, CommandRunner& run) {
   optimal->callback(on_rank0(run_optimal, o));
   loss->callback(on_rank0(run_loss, o));
   fit->callback(on_rank0(run_fit, o));
+  isoflop->callback(on_rank0(run_isoflop, o));
 }
 
 }  // namespace moe

@@ -19,9 +19,10 @@ for study in hash_layers deepseekmoe; do
   "$src/experiments/run_study.sh" "$src/experiments/$study" "$work/$study" > "$work/$study.out" 2>&1 \
     || { cat "$work/$study.out"; exit 1; }
   runs=$(grep -c "^run " "$src/experiments/$study/variants.txt")
-  rows=$(grep -cE '^[a-z0-9_]+,[0-9]+,[0-9]+,128,[0-9.]+,[0-9.]+$' "$work/$study/results.csv")  # 2 steps x 4 x 16 tokens
+  rows=$(grep -cE '^[a-z0-9_]+,[0-9]+,[0-9]+,128,[0-9.]+,[0-9.]+,$' "$work/$study/results.csv")  # 2 steps x 4 x 16 tokens; no seed
   [[ $rows -eq $runs ]] || { echo "$study: $rows result rows for $runs runs"; cat "$work/$study/results.csv"; exit 1; }
   [[ $(grep -c '^| ' "$work/$study/results.md") -eq $((runs + 1)) ]] || { echo "$study: bad table"; exit 1; }
+  [[ $(grep -c '^| ' "$work/$study/summary.md") -eq $((runs + 1)) ]] || { echo "$study: bad summary"; exit 1; }
 done
 for table in balanced clustering dispersed; do
   [[ -s $work/hash_layers/work/tables/$table.safetensors ]] || { echo "no $table table"; exit 1; }
