@@ -348,7 +348,8 @@ void Trainer::on_param_unit(const std::string& name, bool acquire) {
   if (name.rfind(k_prefix, 0) != 0) return;
   const int64_t layer = std::stoll(name.substr(std::char_traits<char>::length(k_prefix)));
   const int64_t next = layer + (in_backward_ ? -1 : 1);
-  if (next < model_->first_layer() || next >= model_->first_layer() + model_->num_stage_layers()) return;
+  const std::vector<int64_t>& held = model_->layers();  // this stage's layers (its chunks' under interleaving)
+  if (std::find(held.begin(), held.end(), next) == held.end()) return;
   const std::string next_name = k_prefix + std::to_string(next);
   if (prefetched_.insert(next_name).second) optimizer_->gather(unit(next_name));
 }
