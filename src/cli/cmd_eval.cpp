@@ -28,6 +28,19 @@ struct EvalOptions {
   int64_t dump_layer = -1;
 };
 
+// CONFIG, else the checkpoint's own config.toml; dir <- the resolved checkpoint directory.
+Config load_eval_config(const EvalOptions& o, std::string& dir) {
+  if (!o.run.config_path.empty()) {
+    Config config = load_config(o.run.config_path, o.run.overrides);
+    dir = resolve_checkpoint_arg("--checkpoint", o.checkpoint, config.train.run_dir);
+    return config;
+  }
+  dir = resolve_checkpoint_arg("--checkpoint", o.checkpoint, o.run_dir);
+  MOE_CHECK(std::filesystem::is_regular_file(dir + "/config.toml"), "moe eval without CONFIG reads the "
+            "checkpoint's config, but ", dir, "/config.toml does not exist");
+  return load_config(dir + "/config.toml", o.run.overrides);
+}
+
 std::string read_whole_file(const std::string& flag, const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   MOE_CHECK(in.good(), flag, ": cannot read ", path);
@@ -48,15 +61,8 @@ std::vector<int32_t> read_scored_tokens(const EvalOptions& o, const Config& conf
 // {"tokens","mean_loss","ppl"}; --dump-layer L writes layer L's first-window hidden states.
 int run_score(const EvalOptions& o, MpiEnv& env) {
   if (env.world_rank() != 0) return 0;
-  Config config;
   std::string dir;
-  if (!o.run.config_path.empty()) {
-    config = load_config(o.run.config_path, o.run.overrides);
-    dir = resolve_checkpoint_arg("--checkpoint", o.checkpoint, config.train.run_dir);
-  } else {
-    dir = resolve_checkpoint_arg("--checkpoint", o.checkpoint, o.run_dir);
-    config = load_config(dir + "/config.toml", o.run.overrides);
-  }
+  const Config config = load_eval_config(o, dir);
   const std::vector<int32_t> tokens = read_scored_tokens(o, config);
   const std::string source = o.text_file.empty() ? o.tokens_file : o.text_file;
   MOE_CHECK(tokens.size() >= 2, source, " has ", tokens.size(), " token(s): scoring needs at least 2 (every token "
@@ -88,17 +94,8 @@ int run_eval(const EvalOptions& o, MpiEnv& env) {
   int rank = 0;
   {
     StdoutToStderr human_text_to_stderr;  // stdout carries the JSON alone: `moe eval ... | jq`
-    Config config;
     std::string dir;
-    if (!o.run.config_path.empty()) {
-      config = load_config(o.run.config_path, o.run.overrides);
-      dir = resolve_checkpoint_arg("--checkpoint", o.checkpoint, config.train.run_dir);
-    } else {
-      dir = resolve_checkpoint_arg("--checkpoint", o.checkpoint, o.run_dir);
-      MOE_CHECK(std::filesystem::is_regular_file(dir + "/config.toml"), "moe eval without CONFIG reads the "
-                "checkpoint's config, but ", dir, "/config.toml does not exist");
-      config = load_config(dir + "/config.toml", o.run.overrides);
-    }
+    Config config = load_eval_config(o, dir);
     RunContext ctx = setup_run(std::move(config), env);
     ctx.trainer->load_checkpoint(dir, false);
     EvalResult r = ctx.trainer->evaluate(o.batches);
