@@ -25,6 +25,15 @@ jq -se --slurpfile l "$work/logits.json" '
   (.[-1].mean_loss - $mean | fabs) < 1e-4 and (.[-1].ppl - (.[-1].mean_loss | exp) | fabs) < 1e-6 and
   ((.[0:15] | map(.loss) | add / 15) - .[-1].mean_loss | fabs) < 1e-9' "$work/one.jsonl" > /dev/null \
   || fail "mean loss differs from moe logits'"
+# Two windows (20 ids): the second one's inputs start at position 16, its first target (pos 17) is scored
+# from id 16 (30) alone, as `moe logits` of positions 16..19 gives it.
+echo "5 17 42 7 100 3 9 250 11 12 13 14 15 16 200 8 30 31 32 33" > "$work/two.txt"
+"$moe" eval --checkpoint "$ckpt" --tokens "$work/two.txt" 2> /dev/null > "$work/two.jsonl"
+"$moe" logits "$ckpt" --tokens 30,31,32,33 > "$work/logits2.json"
+jq -se --slurpfile l "$work/logits2.json" '
+  ($l[0].logits[0]) as $r | ($r | max) as $m | (($m + ($r | map(. - $m | exp) | add | log)) - $r[31]) as $loss |
+  .[-1].tokens == 19 and .[16].pos == 17 and .[16].token == 31 and (.[16].loss - $loss | fabs) < 1e-4 and
+  .[15].pos == 16 and .[15].token == 30' "$work/two.jsonl" > /dev/null || fail "the second window"
 # A text past one window: every token but the first is scored once.
 "$moe" eval --checkpoint "$ckpt" --text "$work/corpus.txt" > "$work/text.jsonl" 2> /dev/null
 jq -se 'length > 40 and (.[0:-1] | map(.pos) == [range(1; length + 1)]) and .[-1].tokens == length - 1' \
