@@ -368,6 +368,17 @@ Tensor Model::logits(const std::vector<int32_t>& tokens, int64_t batch_size) con
   return saved.logits;
 }
 
+Tensor Model::layer_output(const std::vector<int32_t>& tokens, int64_t batch_size, int64_t layer) const {
+  check_generation();
+  MOE_CHECK(layer >= 0 && layer < static_cast<int64_t>(blocks_.size()), "layer ", layer,
+            " is outside the model's layers [0, ", blocks_.size(), ")");
+  ModelSaved saved;
+  Batch batch = make_batch(tokens, {}, batch_size, store_.device());
+  batch.training = false;
+  saved.doc_starts = document_starts_of(batch);
+  return run_blocks(embed(batch.inputs, saved.doc_starts), batch, saved, 0, static_cast<size_t>(layer) + 1);
+}
+
 void Model::set_switch_gradients(ModelSaved& saved, const std::vector<std::vector<double>>& grad_per_expert,
                                  const std::vector<double>& values) const {
   MOE_CHECK(num_chunks() == 1, "balance_scope = global_batch runs GPipe, not interleaved model chunks");

@@ -89,6 +89,9 @@ class Model {
   // Logits [B*S, V] of the token ids (B sequences of seq_len) for generation (no loss); one
   // rank holding the whole model, causal objectives only.
   Tensor logits(const std::vector<int32_t>& tokens, int64_t batch_size) const;
+  // Under logits()'s conditions: the output hidden states [B*S, d] of block `layer` (0-based, before
+  // the final norm) for the same token ids, running the blocks up to it only.
+  Tensor layer_output(const std::vector<int32_t>& tokens, int64_t batch_size, int64_t layer) const;
   // KV-cached generation (src/model/model_decode.cpp), under logits()'s conditions and with no
   // document resets and routers that route each token alone (throws naming what is missing): a
   // zeroed cache for `batch` sequences of up to seq_len tokens.

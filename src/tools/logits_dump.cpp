@@ -4,12 +4,18 @@
 
 #include <filesystem>
 
-#include "src/model/model.h"
 #include "src/train/checkpoint.h"
 
 namespace moe {
 
 namespace fs = std::filesystem;
+
+std::unique_ptr<Model> load_cpu_model(const std::string& ckpt, const Config& c, bool use_f64) {
+  auto model = std::make_unique<Model>(c.model, c.moe);
+  model->allocate(Device::cpu(), use_f64 ? DType::f64 : DType::f32);
+  read_checkpoint(ckpt, model->params(), nullptr);
+  return model;
+}
 
 nlohmann::json checkpoint_logits(const std::string& from, const std::vector<int32_t>& tokens, bool use_f64) {
   MOE_CHECK(fs::is_directory(from), "logits: ", from, " is not a run or checkpoint directory");
@@ -22,12 +28,10 @@ nlohmann::json checkpoint_logits(const std::string& from, const std::vector<int3
     MOE_CHECK(t >= 0 && t < c.model.vocab_size, "logits: token ", t, " is outside the vocabulary [0, ",
               c.model.vocab_size, ")");
   }
-  Model model(c.model, c.moe);
-  model.allocate(Device::cpu(), use_f64 ? DType::f64 : DType::f32);
-  read_checkpoint(ckpt, model.params(), nullptr);
+  const std::unique_ptr<Model> model = load_cpu_model(ckpt, c, use_f64);
   std::vector<int32_t> window(static_cast<size_t>(c.model.seq_len), 0);
   std::copy(tokens.begin(), tokens.end(), window.begin());
-  const std::vector<double> all = model.logits(window, 1).to_vector<double>();
+  const std::vector<double> all = model->logits(window, 1).to_vector<double>();
   nlohmann::json rows = nlohmann::json::array();
   for (int64_t t = 0; t < n; ++t) {
     rows.push_back(std::vector<double>(all.begin() + t * c.model.vocab_size, all.begin() + (t + 1) * c.model.vocab_size));

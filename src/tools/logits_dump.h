@@ -8,7 +8,13 @@
 
 #include <nlohmann/json.hpp>
 
+#include "src/model/model.h"
+
 namespace moe {
+
+// The model of checkpoint directory `ckpt` under its config c, built on the CPU (f32, or f64 with
+// use_f64) with the checkpoint's weights loaded.
+std::unique_ptr<Model> load_cpu_model(const std::string& ckpt, const Config& c, bool use_f64);
 
 // from: a run directory (its latest checkpoint) or a checkpoint directory. tokens: 1 to
 // model.seq_len ids below model.vocab_size (the rest of the window is padded with id 0, which a
