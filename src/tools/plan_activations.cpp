@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "experts/experts_registry.h"
 #include "src/config/moe_shape.h"
 #include "src/config/router_kinds.h"
 #include "src/model/model.h"
@@ -83,9 +84,10 @@ MoeFootprint moe_footprint(const Config& config, const RouterKind& router, int64
   if (dropping) kept += T * slots * (s.ib + s.ab);  // dropped copies
   kept += balance_te * T * E * s.ab + balance_slots * T * slots * s.ab;
   kept += 2 * T * slots * s.ib;  // DispatchSaved: sorted_tokens, slot_pos
-  // Experts (ExpertsSaved, the loop's FFN rows, + MoeLayerSaved::y_sorted): input, pre-/post-activation,
-  // output rows.
-  kept += local_rows * s.cb * (2 * d + up_e + f_e);
+  // Experts (ExpertsSaved + MoeLayerSaved::y_sorted): input, pre-activation, output rows, and the
+  // post-activation where the implementation keeps it (the loop; the grouped one recomputes it).
+  const bool grouped = std::string(experts_kind(moe.experts_impl).name) == "grouped";
+  kept += local_rows * s.cb * (2 * d + up_e + (grouped ? 0 : f_e));
   // Expert parallelism: the outputs back on this rank (combine_rows) and the row maps.
   if (ep > 1) {
     out.all_to_all = rows * d * s.cb + (local_experts > 1 ? 2 * local_rows * s.ib : 0);
@@ -100,7 +102,10 @@ MoeFootprint moe_footprint(const Config& config, const RouterKind& router, int64
   // Backward (MoeLayer::backward): combine -> experts -> dispatch -> shared -> router, with dy
   // [T,d] live throughout and d weights [T,slots] from the combine onwards.
   const int64_t row_bytes = d * s.cb, dy = T * row_bytes, dweights = T * slots * s.ab;
-  const int64_t expert_temps = max_expert_rows * s.cb * (up_e + f_e);  // da, dh of one expert
+  // da, dh of one expert (loop); the grouped backward holds them for every local row, and first the
+  // recomputed post-activation beside da.
+  const int64_t expert_temps = grouped ? local_rows * s.cb * std::max(2 * f_e, up_e + f_e)
+                                       : max_expert_rows * s.cb * (up_e + f_e);
   int64_t after_dispatch = 0;
   if (ep == 1) {
     const int64_t experts_stage = dy + 2 * rows * row_bytes + dweights + expert_temps;
