@@ -25,7 +25,7 @@
 #   run NAME KEY=VALUE ...    moe train base.toml --set KEY=VALUE ... into WORK/runs/NAME[/seed_S]
 #                             (a word paper=X is the paper's number for the table, not a key)
 #   table FILE ARGS ...       moe hash-table ARGS --out WORK/tables/FILE
-# Placeholders: {tables} = WORK/tables; {checkpoint:NAME} = run NAME's last checkpoint (its first
+# Substitutions in a run line: {tables} = WORK/tables; {checkpoint:NAME} = run NAME's last checkpoint (its first
 # seed's); {section.key} = that key of the resolved config of the last run (e.g. {model.vocab_size}).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -144,7 +144,7 @@ run_variant() {  # run_variant NAME WORDS...: every seed of one variant, each in
   shift
   for word in "$@"; do
     [[ $word == paper=* ]] && continue
-    [[ $word == *\{*\}* && $word != *\{tables\}* ]] && wait_all  # the placeholder reads finished runs
+    [[ $word == *\{*\}* && $word != *\{tables\}* ]] && wait_all  # a substitution reads finished runs
     args+=(--set "$(expand "$word")") || return 1
   done
   for seed in "${seeds[@]}"; do

@@ -72,7 +72,7 @@ class Generator {
     return static_cast<int64_t>(flat.size());
   }
   int64_t decode(const std::vector<size_t>& which) {
-    // Every cache row steps; rows of finished or windowed sequences feed a placeholder at
+    // Every cache row steps; rows of finished or windowed sequences feed token 0 at
     // position 0 (their cache is never read again).
     std::vector<int32_t> ids(tokens_.size(), 0), positions(tokens_.size(), 0);
     for (size_t b : which) {
