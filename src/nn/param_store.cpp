@@ -4,24 +4,11 @@
 
 #include <cmath>
 #include <cstring>
-#include <random>
 
+#include "src/nn/param_init.h"
 #include "src/ops/ops.h"
 
 namespace moe {
-
-namespace {
-
-uint64_t fnv1a(const std::string& s) {
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : s) {
-    h ^= c;
-    h *= 1099511628211ull;
-  }
-  return h;
-}
-
-}  // namespace
 
 ParamId ParamStore::add(const std::string& name, const Shape& shape, ParamGroup group, ParamKind kind, ParamInit init,
                         double init_std) {
@@ -332,27 +319,32 @@ Tensor ParamStore::view(const Tensor (&buffers)[k_num_param_groups], ParamId id)
   return buffers[static_cast<int>(p.group)].rows(p.offset, p.offset + p.numel()).view(p.shape);
 }
 
-void ParamStore::initialize(uint64_t seed) {
+void ParamStore::initialize(uint64_t seed, int num_threads) {
+  MOE_CHECK(allocated_, "parameters initialised before allocation");
+  const DType dtype = master_dtype();
   for (size_t i = 0; i < infos_.size(); ++i) {
+    const auto id = static_cast<ParamId>(i);
     const ParamInfo& p = infos_[i];
-    // A row or column shard draws the whole parameter and keeps its part: every layout, the
-    // same model.
-    const Shape& drawn = p.is_split() ? p.full_shape : p.shape;
-    std::vector<double> values(static_cast<size_t>(shape_numel(drawn)));
-    if (p.init == ParamInit::ones) {
-      std::fill(values.begin(), values.end(), 1.0);
-    } else if (p.init == ParamInit::normal) {
-      std::mt19937_64 rng(seed ^ fnv1a(p.name));
-      std::normal_distribution<double> dist(0.0, p.init_std);
-      for (auto& v : values) v = dist(rng);
+    // Each element is a pure function of (seed, name, index in the whole parameter): a shard
+    // evaluates its own elements only, and under ZeRO-3 (master and compute copy sharded) only
+    // the flat range this rank keeps. Everything else needs the whole local parameter.
+    const ShardState& s = shard_[static_cast<int>(p.group)];
+    FlatRange local{0, p.numel()};
+    if (s.master && s.params && p.kind != ParamKind::buffer) {
+      const FlatRange part = intersect(range(id), s.range);
+      local = {part.begin - p.offset, part.end - p.offset};
     }
-    if (p.is_row_shard()) {
-      const int64_t row = shape_numel(drawn) / drawn[0];
-      values = std::vector<double>(values.begin() + p.row_offset * row, values.begin() + (p.row_offset + p.shape[0]) * row);
+    Tensor values = Tensor::empty({local.numel()}, dtype);
+    if (dtype == DType::f64) {
+      init_local_values(p, seed, local.begin, local.end, values.data_as<double>(), num_threads);
+    } else {
+      init_local_values(p, seed, local.begin, local.end, values.data_as<float>(), num_threads);
     }
-    Tensor host = p.is_col_shard() ? local_part(p, Tensor::from_vector(values, p.full_shape, DType::f64))
-                                   : Tensor::from_vector(values, p.shape, DType::f64);
-    load_master_from_host(static_cast<ParamId>(i), host);
+    if (local.numel() == p.numel()) {
+      store_master(id, values.view(p.shape));
+    } else if (!local.empty()) {
+      store_master_shard_part(id, {p.offset + local.begin, p.offset + local.end}, values);
+    }
   }
 }
 
@@ -432,6 +424,11 @@ void ParamStore::load_master_from_host(ParamId id, const Tensor& host_values) {
   } else {
     converted = Tensor::from_vector(host_values.to_vector<float>(), p.shape, DType::f32);
   }
+  store_master(id, converted);
+}
+
+void ParamStore::store_master(ParamId id, const Tensor& converted) {
+  const ParamInfo& p = info(id);
   const ShardState& s = shard_[static_cast<int>(p.group)];
   if (!s.master) {
     Tensor target = master(id);
@@ -446,17 +443,24 @@ void ParamStore::load_master_from_host(ParamId id, const Tensor& host_values) {
   if (p.kind == ParamKind::buffer) buffer_master_.at(id).copy_from(converted);
   FlatRange full = range(id), part = intersect(full, s.range);
   if (!part.empty()) {
-    int g = static_cast<int>(p.group);
-    Tensor target = master_shard_[g].rows(part.begin - s.range.begin, part.end - s.range.begin);
-    target.copy_from(converted.view({p.numel()}).rows(part.begin - full.begin, part.end - full.begin));
-    if (s.params && separate_master_) {
-      Tensor compute = param_shard_[g].rows(part.begin - s.range.begin, part.end - s.range.begin);
-      ops::cast(target, compute);
-    }
+    store_master_shard_part(id, part, converted.view({p.numel()}).rows(part.begin - full.begin, part.end - full.begin));
   }
   if (!s.params) {  // the full compute copy (separate from the sharded master)
     Tensor compute = view(params_, id);
     ops::cast(converted.to(device_), compute);
+  }
+}
+
+void ParamStore::store_master_shard_part(ParamId id, FlatRange part, const Tensor& values) {
+  const int g = static_cast<int>(info(id).group);
+  const ShardState& s = shard_[g];
+  MOE_CHECK(s.master && s.range.contains(part) && range(id).contains(part) && values.numel() == part.numel(),
+            "parameter '", info(id).name, "': flat range [", part.begin, ",", part.end, ") is not in this rank's shard");
+  Tensor target = master_shard_[g].rows(part.begin - s.range.begin, part.end - s.range.begin);
+  target.copy_from(values);
+  if (s.params && separate_master_) {
+    Tensor compute = param_shard_[g].rows(part.begin - s.range.begin, part.end - s.range.begin);
+    ops::cast(target, compute);
   }
 }
 

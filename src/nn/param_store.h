@@ -101,9 +101,11 @@ class ParamStore {
                         int64_t col_blocks, ParamGroup group, ParamKind kind, ParamInit init = ParamInit::normal,
                         double init_std = 0.02);
   void allocate(Device device, DType compute_dtype);
-  // Deterministic initialisation: each parameter's values depend only on (seed, name), so
-  // any parallel layout builds the same model.
-  void initialize(uint64_t seed);
+  // Deterministic initialisation: each element's value is a pure function of (seed, name, its
+  // index in the whole parameter) (src/nn/param_init.h), so any parallel layout, ZeRO stage and
+  // thread count builds the same model. A rank evaluates only the elements it holds (under ZeRO-3
+  // only its flat range), over num_threads OpenMP threads (<= 0: the OpenMP default).
+  void initialize(uint64_t seed, int num_threads = 0);
 
   const std::vector<ParamInfo>& infos() const { return infos_; }
   const ParamInfo& info(ParamId id) const { return infos_.at(static_cast<size_t>(id)); }
@@ -196,6 +198,10 @@ class ParamStore {
     Tensor values;
   };
   Tensor view(const Tensor (&buffers)[k_num_param_groups], ParamId id) const;
+  // Writes host values already in the master dtype: the whole parameter (store_master; a sharded
+  // master keeps its part) or flat elements `part` of the rank's shard range.
+  void store_master(ParamId id, const Tensor& converted);
+  void store_master_shard_part(ParamId id, FlatRange part, const Tensor& values);
   void check_attachable(const char* what, ParamGroup g, FlatRange range, const Tensor& values, DType dtype) const;
   static bool detach(std::vector<Attached>& list, FlatRange range);
   // The view of p inside an attached range of `list` (undefined when none holds it).
