@@ -41,7 +41,7 @@ void normal_block(uint64_t seed, uint64_t name_hash, uint64_t block, double z[4]
 }  // namespace
 
 uint64_t param_name_hash(const std::string& name) {
-  uint64_t h = 1469598103934665603ull;
+  uint64_t h = 0xcbf29ce484222325ull;  // the FNV-1a 64-bit offset basis
   for (unsigned char c : name) {
     h ^= c;
     h *= 1099511628211ull;

@@ -332,7 +332,7 @@ void ParamStore::initialize(uint64_t seed, int num_threads) {
     FlatRange local{0, p.numel()};
     if (s.master && s.params && p.kind != ParamKind::buffer) {
       const FlatRange part = intersect(range(id), s.range);
-      local = {part.begin - p.offset, part.end - p.offset};
+      local = part.empty() ? FlatRange{0, 0} : FlatRange{part.begin - p.offset, part.end - p.offset};
     }
     Tensor values = Tensor::empty({local.numel()}, dtype);
     if (dtype == DType::f64) {
