@@ -10,6 +10,7 @@
 #include "src/tensor/tensor.h"
 #include "src/io/safetensors.h"
 #include "src/util/log.h"
+#include "src/util/progress.h"
 
 namespace moe {
 
@@ -136,7 +137,7 @@ std::vector<int32_t> kmeans_labels(const EmbeddingRows& p, int64_t k, uint64_t s
   std::vector<int32_t> labels, next;
   std::vector<double> best;
   assign(squared_distances(points, norms, centres, k), n, k, labels, best);
-  log::Progress progress;
+  ProgressDisplay progress;
   for (int64_t it = 0; it < iterations; ++it) {
     std::vector<double> sums(static_cast<size_t>(k * d), 0.0);
     std::vector<int64_t> sizes(static_cast<size_t>(k), 0);
@@ -162,10 +163,14 @@ std::vector<int32_t> kmeans_labels(const EmbeddingRows& p, int64_t k, uint64_t s
     labels.swap(next);
     const bool done = !changed || it + 1 == iterations;
     if (progress.due() || done) {
-      log::write(done ? log::Level::debug : log::Level::info,
-                 fmt::format("k-means: iteration {}/{}, inertia {:.6g} ({:.0f} s){}", it + 1, iterations,
-                             std::accumulate(best.begin(), best.end(), 0.0), progress.seconds(),
-                             changed ? "" : ", converged"));
+      const std::string text = fmt::format("k-means: iteration {}/{}, inertia {:.6g} ({:.0f} s){}", it + 1, iterations,
+                                           std::accumulate(best.begin(), best.end(), 0.0), progress.seconds(),
+                                           changed ? "" : ", converged");
+      if (done) {
+        progress.finish(text, log::Level::debug);
+      } else {
+        progress.show(text);
+      }
     }
     if (!changed) break;
   }

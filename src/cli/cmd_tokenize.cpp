@@ -5,6 +5,7 @@
 #include "src/cli/commands.h"
 #include "src/tools/tokenize_command.h"
 #include "src/util/log.h"
+#include "src/util/progress.h"
 
 namespace moe {
 
@@ -39,8 +40,13 @@ void add_tokenize_command(CLI::App& app, CommandRunner& run) {
   cmd->callback([&run, o, sample_mb] {
     o->sample_bytes = static_cast<int64_t>(*sample_mb * 1e6);
     run = [o](MpiEnv&) {
-      log::LineStream lines(log::Level::info);  // summary and progress lines through the logger
-      data::run_tokenize(*o, lines, &lines);
+      // The summary through the logger; the progress lines through the display (one line
+      // rewritten in place on a terminal, refreshed often; else the paced lines logged).
+      ProgressDisplay display;
+      if (display.mode() == ProgressDisplay::Mode::terminal) o->progress_seconds = ProgressDisplay::k_refresh_seconds;
+      log::LineStream progress([&display](std::string_view line) { display.show(line); });
+      log::LineStream lines(log::Level::info);
+      data::run_tokenize(*o, lines, &progress);
       return 0;
     };
   });

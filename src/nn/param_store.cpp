@@ -2,11 +2,13 @@
 // master/compute copies used by mixed precision.
 #include "src/nn/param_store.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
 #include "src/nn/param_init.h"
 #include "src/ops/ops.h"
+#include "src/util/progress.h"
 
 namespace moe {
 
@@ -322,9 +324,17 @@ Tensor ParamStore::view(const Tensor (&buffers)[k_num_param_groups], ParamId id)
 void ParamStore::initialize(uint64_t seed, int num_threads) {
   MOE_CHECK(allocated_, "parameters initialised before allocation");
   const DType dtype = master_dtype();
+  ProgressDisplay progress;
+  int64_t done = 0;
   for (size_t i = 0; i < infos_.size(); ++i) {
     const auto id = static_cast<ParamId>(i);
     const ParamInfo& p = infos_[i];
+    if (progress.due()) {
+      progress.show(fmt::format("init: {:.0f}% of this rank's parameters ({} of {} tensors, {:.0f} s)",
+                                100.0 * static_cast<double>(done) / static_cast<double>(std::max<int64_t>(total_numel(), 1)),
+                                i, infos_.size(), progress.seconds()));
+    }
+    done += p.numel();
     // Each element is a pure function of (seed, name, index in the whole parameter): a shard
     // evaluates its own elements only, and under ZeRO-3 (master and compute copy sharded) only
     // the flat range this rank keeps. Everything else needs the whole local parameter.
@@ -346,6 +356,9 @@ void ParamStore::initialize(uint64_t seed, int num_threads) {
       store_master_shard_part(id, {p.offset + local.begin, p.offset + local.end}, values);
     }
   }
+  progress.finish(fmt::format("init: {} tensors, {} elements on this rank in {:.2f} s", infos_.size(), total_numel(),
+                              progress.seconds()),
+                  log::Level::debug);
 }
 
 void ParamStore::zero_grads() {

@@ -20,6 +20,7 @@
 #include "src/io/checksum_manifest.h"
 #include "src/io/safetensors.h"
 #include "src/util/log.h"
+#include "src/util/progress.h"
 
 namespace moe {
 
@@ -391,10 +392,10 @@ UpcycleResult upcycle_weights(const std::map<std::string, Tensor>& dense, const 
             " (set moe.activation = \"", source_activation, "\")");
   const ops::Activation act = ops::activation_from_name(source_activation);
   int64_t moe_index = 0;
-  log::Progress progress;
+  ProgressDisplay progress;
   for (int64_t layer = 0; layer < mc.num_layers; ++layer) {
     if (!is_moe_layer(mc, moe, layer)) continue;
-    if (progress.due()) log::info("upcycle: layer {} of {} ({:.0f} s)", layer, mc.num_layers, progress.seconds());
+    if (progress.due()) progress.show(fmt::format("upcycle: layer {} of {} ({:.0f} s)", layer, mc.num_layers, progress.seconds()));
     DenseFfnWeights ffn = load_dense_ffn(dense, layer, act, mc.d_model, source_name);
     used.insert(layer_prefix(layer) + ".ffn.w_up");
     used.insert(layer_prefix(layer) + ".ffn.w_down");
@@ -402,6 +403,8 @@ UpcycleResult upcycle_weights(const std::map<std::string, Tensor>& dense, const 
     layer_moe.router = moe_layer_router(moe, moe_index++).name;
     result.layers.push_back(upcycle_layer(ffn, target, layer_moe, layer, options, source_name, result.warnings));
   }
+  progress.finish(fmt::format("upcycle: {} MoE layers in {:.1f} s", result.layers.size(), progress.seconds()),
+                  log::Level::debug);
   for (const auto& name : names) {
     MOE_CHECK(used.count(name) > 0, "upcycle: the dense checkpoint's parameter '", name, "' (", source_name,
               ") has no place in the target model (the [model] sections differ)");

@@ -22,6 +22,7 @@
 #include "src/train/pipeline_schedule.h"
 #include "src/train/run_dir.h"
 #include "src/util/log.h"
+#include "src/util/progress.h"
 #include "src/util/stop_signal.h"
 
 namespace moe {
@@ -176,10 +177,10 @@ EvalResult Trainer::evaluate(int64_t max_batches) {
   const bool accuracy = model_->objective().reports_accuracy();
   Tensor loss_sum = Tensor::zeros({1}, DType::f64, device_);  // on the device until the end
   data::TokenWindows b;
-  log::Progress progress;
+  ProgressDisplay progress;
   int64_t num_batches = 0;
   while (it.next(b)) {
-    if (progress.due()) log::info("eval: {} batches in {:.0f} s", num_batches, progress.seconds());
+    if (progress.due()) progress.show(fmt::format("eval: {} batches in {:.0f} s", num_batches, progress.seconds()));
     ++num_batches;
     Batch batch = to_device(b);
     batch.training = false;
@@ -204,6 +205,7 @@ EvalResult Trainer::evaluate(int64_t max_batches) {
       if (vs < num_virtual - 1 && stages > 1) groups_.pp->send(x, (vs + 1) % stages);
     }
   }
+  progress.finish(fmt::format("eval: {} batches in {:.1f} s", num_batches, progress.seconds()), log::Level::debug);
   sums[0] = loss_sum.to_vector<double>()[0];
   if (topology_.coords.tp != 0) sums = {0.0, 0.0, 0.0};  // the TP ranks of the last stage hold the same loss
   world_->all_reduce_sum(sums);  // over the last stage's data-parallel replicas

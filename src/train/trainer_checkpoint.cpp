@@ -11,6 +11,7 @@
 #include "src/train/run_dir.h"
 #include "src/train/trainer.h"
 #include "src/util/log.h"
+#include "src/util/progress.h"
 
 namespace moe {
 
@@ -115,7 +116,7 @@ Tensor Trainer::full_tensor(const ParamInfo& info, const Tensor& host_local) {
 void Trainer::save_checkpoint() {
   guard_->check(step_, world_->rank());  // the GPU may have skipped a non-finite step no one read
   std::string dir = config_.train.run_dir + "/checkpoints/step_" + std::to_string(step_);
-  log::Progress timer;
+  ProgressDisplay progress;
   ParamStore& store = model_->params();
   // Each stage's first rank (tp 0, dp 0) keeps its stage's canonical tensors.
   const bool stage_root = topology_.coords.tp == 0 && topology_.coords.dp == 0;
@@ -123,6 +124,7 @@ void Trainer::save_checkpoint() {
   for (size_t i = 0; i < store.infos().size(); ++i) {  // collective: every rank, every parameter, in order
     auto id = static_cast<ParamId>(i);
     const ParamInfo& info = store.info(id);
+    if (progress.due()) progress.show(fmt::format("checkpoint: gathering tensor {} of {}", i + 1, store.infos().size()));
     Tensor weight = full_tensor(info, optimizer_->full_master(id));
     Tensor m1 = full_tensor(info, optimizer_->full_moment1(id));
     Tensor m2 = full_tensor(info, optimizer_->full_moment2(id));
@@ -133,8 +135,10 @@ void Trainer::save_checkpoint() {
   }
   if (topology_.pp > 1 && stage_root) gather_stage_tensors(*groups_.pp, tensors);
   if (is_root()) {
+    if (progress.mode() == ProgressDisplay::Mode::terminal) progress.show("checkpoint: writing " + dir);
     write_checkpoint_tensors(dir, tensors, {step_, config_.train.seed, world_->size(), data_state(step_)}, config_);
-    log::info("saved checkpoint {} ({} in {:.1f} s)", dir, format_bytes(checkpoint_bytes(dir, true)), timer.seconds());
+    progress.finish(fmt::format("saved checkpoint {} ({} in {:.1f} s)", dir, format_bytes(checkpoint_bytes(dir, true)),
+                                progress.seconds()));
     for (const std::string& old : prune_checkpoints(config_.train.run_dir, config_.train.keep_last, dir)) {
       log::info("removed checkpoint {} (train.keep_last = {})", old, config_.train.keep_last);
     }
@@ -167,7 +171,7 @@ std::set<std::string> Trainer::model_param_names() {
 
 void Trainer::load_checkpoint(const std::string& dir, bool with_optimizer) {
   // Any layout loads any checkpoint: each rank takes its part of the canonical tensors.
-  log::Progress timer;
+  ProgressDisplay progress;
   log::debug("loading checkpoint {} ({})", dir, with_optimizer ? "weights and optimizer state" : "weights");
   CheckpointFiles files = read_checkpoint_files(dir, with_optimizer, config_.train.verify_checkpoints);
   std::set<std::string> names = model_param_names();  // collective over the pipeline group
@@ -177,6 +181,7 @@ void Trainer::load_checkpoint(const std::string& dir, bool with_optimizer) {
   for (size_t i = 0; i < store.infos().size(); ++i) {
     auto id = static_cast<ParamId>(i);
     const ParamInfo& info = store.info(id);
+    if (progress.due()) progress.show(fmt::format("checkpoint: loading tensor {} of {}", i + 1, store.infos().size()));
     store.load_master_from_host(id, files.take(info, info.name, false));
     if (with_optimizer) {
       optimizer_->load_full_moments(id, files.take(info, info.name + ".exp_avg", true),
@@ -189,8 +194,8 @@ void Trainer::load_checkpoint(const std::string& dir, bool with_optimizer) {
     step_ = files.state.step;
   }
   if (is_root()) {
-    log::info("loaded checkpoint {} (step {}): {} in {:.1f} s", dir, files.state.step,
-              format_bytes(checkpoint_bytes(dir, with_optimizer)), timer.seconds());
+    progress.finish(fmt::format("loaded checkpoint {} (step {}): {} in {:.1f} s", dir, files.state.step,
+                                format_bytes(checkpoint_bytes(dir, with_optimizer)), progress.seconds()));
   }
 }
 

@@ -8,6 +8,7 @@
 #include <spdlog/sinks/base_sink.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <deque>
 #include <memory>
@@ -36,12 +37,22 @@ class ConsoleSink final : public spdlog::sinks::base_sink<std::mutex> {
   Level level = Level::info;
   int rank = 0, world_size = 1;
   bool human_to_stderr = false;
+  std::atomic<bool> open_line{false};  // a progress line on stderr waits for its newline
+
+  bool shows(Level l) const {
+    if (l < level) return false;
+    return l >= Level::warn || rank == 0 || level == Level::debug;  // one info stream under mpirun
+  }
 
  protected:
   void sink_it_(const spdlog::details::log_msg& msg) override {
     const bool loud = msg.level >= spdlog::level::warn;
     if (msg.level < to_spdlog(level)) return;
     if (!loud && rank != 0 && level != Level::debug) return;  // one info stream under mpirun
+    if (open_line) {
+      std::fputc('\n', stderr);
+      open_line = false;
+    }
     std::string prefix = world_size > 1 ? fmt::format("[rank {}] ", rank) : std::string();
     if (msg.level == spdlog::level::debug) prefix += "debug: ";
     if (msg.level == spdlog::level::warn) prefix += "warning: ";
@@ -146,6 +157,12 @@ Level console_level() { return state().console->level; }
 
 void human_to_stderr() { state().console->human_to_stderr = true; }
 
+bool shows(Level level) { return state().console->shows(level); }
+
+void set_open_line(bool open) { state().console->open_line = open; }
+
+bool open_line() { return state().console->open_line; }
+
 void open_file(const std::string& path, bool append) { state().file->open(path, append); }
 
 void close_file() { state().file->close_file(); }
@@ -158,12 +175,16 @@ void write_file_only(Level level, std::string_view text) {
   state().file->log(spdlog::details::log_msg("moe", to_spdlog(level), spdlog::string_view_t(text.data(), text.size())));
 }
 
-LineStream::LineStream(Level level) : std::ostream(nullptr), buffer_(level) { rdbuf(&buffer_); }
+LineStream::LineStream(Level level) : LineStream([level](std::string_view line) { moe::log::write(level, line); }) {}
+
+LineStream::LineStream(std::function<void(std::string_view)> sink) : std::ostream(nullptr), buffer_(std::move(sink)) {
+  rdbuf(&buffer_);
+}
 
 LineStream::~LineStream() { buffer_.flush_line(); }
 
 void LineStream::Buffer::flush_line() {
-  if (!line_.empty()) moe::log::write(level_, line_);
+  if (!line_.empty()) sink_(line_);
   line_.clear();
 }
 

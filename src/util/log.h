@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <chrono>
+#include <functional>
 #include <ostream>
 #include <streambuf>
 #include <string>
@@ -22,6 +23,13 @@ void configure(Level console_level, int rank, int world_size);
 Level console_level();
 // For commands whose stdout carries JSON or data (eval, bench, plan --json, generate...).
 void human_to_stderr();
+// Whether this rank's terminal shows messages of `level` (--quiet hides info, other ranks than
+// 0 show info and debug only under --verbose).
+bool shows(Level level);
+// A progress display (src/util/progress.h) left its line on stderr open (no newline yet): the
+// next terminal message ends that line first.
+void set_open_line(bool open);
+bool open_line();  // false again once a message ended it
 
 // Every line from now on (debug included, with a UTC timestamp) also goes to `path`; the lines
 // logged before the first call since the last open (up to a few thousand) are written first.
@@ -55,19 +63,21 @@ void error(fmt::format_string<Args...> format, Args&&... args) {
 class LineStream : public std::ostream {
  public:
   explicit LineStream(Level level);
+  // Each complete line goes to `sink` instead (a progress display's line).
+  explicit LineStream(std::function<void(std::string_view)> sink);
   ~LineStream() override;
 
  private:
   class Buffer : public std::streambuf {
    public:
-    explicit Buffer(Level level) : level_(level) {}
+    explicit Buffer(std::function<void(std::string_view)> sink) : sink_(std::move(sink)) {}
     void flush_line();
 
    protected:
     int_type overflow(int_type c) override;
 
    private:
-    Level level_;
+    std::function<void(std::string_view)> sink_;
     std::string line_;
   };
   Buffer buffer_;
