@@ -25,11 +25,7 @@ struct Layout {
 };
 
 Config init_config(const test::TempDir& dir, const Layout& layout) {
-  Config c = test::tiny_train_config(dir);
-  c.model.num_layers = 4;
-  c.model.num_heads = 4;
-  c.model.num_kv_heads = 2;
-  c.moe.num_shared_experts = 1;
+  Config c = test::model_parallel_config(dir);
   c.train.seed = 31;
   if (layout.tp == 4) c.model.num_kv_heads = 4;
   c.parallel.tp = layout.tp;

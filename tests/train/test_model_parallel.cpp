@@ -35,25 +35,10 @@ struct Layout {
   }
 };
 
-// The tiny model with whole heads, widths and vocabulary for up to 4 TP ranks, 4 layers for up
-// to 4 stages (the first dense, three MoE layers with a shared expert), 4 micro-batches.
-Config model_parallel_config(const test::TempDir& dir) {
-  Config c = test::tiny_train_config(dir);
-  c.model.num_layers = 4;
-  c.model.num_heads = 4;
-  c.model.num_kv_heads = 2;
-  c.moe.num_shared_experts = 1;
-  c.moe.aux_loss_coef = 0.01;
-  c.moe.z_loss_coef = 0.001;
-  c.train.micro_batch_size = 2;
-  c.train.grad_accum = 4;
-  return c;
-}
-
 void run_layout(Communicator& world, Communicator& self, const Layout& layout, const std::string& shared) {
   INFO(layout.name() << " on " << world.size() << " ranks");
   test::TempDir dir("moe-mp-rank" + std::to_string(world.rank()));
-  Config c = model_parallel_config(dir);
+  Config c = test::model_parallel_config(dir);
   if (layout.tp == 4) c.model.num_kv_heads = 4;
   c.model.tie_embeddings = layout.tied;
   c.train.run_dir = shared;
@@ -167,7 +152,7 @@ TEST_CASE("global_batch balancing under pipeline parallelism runs the GPipe orde
   if (world->size() != 2) return;
   auto self = world->split(world->rank(), 0);
   test::TempDir dir("moe-mp-global-rank" + std::to_string(world->rank()));
-  Config c = model_parallel_config(dir);
+  Config c = test::model_parallel_config(dir);
   c.moe.balance_scope = "global_batch";
   c.moe.z_loss_coef = 0;
   c.parallel.pp = 2;

@@ -74,6 +74,21 @@ inline Config tiny_train_config(const TempDir& dir, int64_t vocab = 32) {
   return c;
 }
 
+// The tiny model with whole heads, widths and vocabulary for up to 4 TP ranks, 4 layers for up
+// to 4 stages (the first dense, three MoE layers with a shared expert), 4 micro-batches.
+inline Config model_parallel_config(const TempDir& dir) {
+  Config c = tiny_train_config(dir);
+  c.model.num_layers = 4;
+  c.model.num_heads = 4;
+  c.model.num_kv_heads = 2;
+  c.moe.num_shared_experts = 1;
+  c.moe.aux_loss_coef = 0.01;
+  c.moe.z_loss_coef = 0.001;
+  c.train.micro_batch_size = 2;
+  c.train.grad_accum = 4;
+  return c;
+}
+
 // Every balancing term besides the default Switch loss: importance, z, sequence-level and
 // device-level (2 groups), and the load loss when the router draws gating noise (noisy_topk).
 inline void enable_balancing_terms(Config& c, bool load) {
