@@ -66,6 +66,18 @@ grep -q "^hash-table: clustering" "$work/kmeans.out" || fail "hash-table summary
 "$moe" upcycle "$cfg" --from "$work/dense" --out "$work/up" --set moe.d_expert=64 -v > "$work/up.out"
 grep -qE "^debug: upcycle: model initialised in [0-9.]+ s" "$work/up.out" || { cat "$work/up.out"; fail "upcycle debug lines"; }
 grep -q "^resume with: moe train " "$work/up.out" || fail "upcycle's resume line"
+# Off a terminal (these outputs are files) progress is plain lines: no carriage return.
+if grep -q $'\r' "$work/tok.out" "$work/kmeans.out" "$work/up.out"; then fail "a carriage return off a terminal"; fi
+# On a terminal (script(1) gives the command a pseudo-terminal) one line is rewritten with '\r'
+# and ended before the summary line; --quiet silences it.
+if command -v script > /dev/null; then
+  tok=("$moe" tokenize --input "$work/corpus.txt" --vocab-size 300)
+  script -qec "${tok[*]} --out $work/data3" /dev/null > "$work/tty.out"
+  grep -q $'\rtokenize: encode 100.0% (' "$work/tty.out" || { cat -A "$work/tty.out"; fail "no '\\r' progress line on a terminal"; }
+  grep -qE "^tokenize: .*: [0-9]+ documents" "$work/tty.out" || { cat -A "$work/tty.out"; fail "summary not on its own line after the progress line"; }
+  script -qec "${tok[*]} --out $work/data4 --quiet" /dev/null > "$work/ttyq.out"
+  if grep -q "tokenize" "$work/ttyq.out"; then cat -A "$work/ttyq.out"; fail "progress under --quiet"; fi
+fi
 
 # Two ranks: the warning from each rank, prefixed; info lines from rank 0 alone.
 two=("$mpiexec" --oversubscribe -np 2 "$moe")
