@@ -20,10 +20,15 @@ ProgressDisplay::Mode automatic_mode() {
 ProgressDisplay::ProgressDisplay(double interval_seconds)
     : mode_(automatic_mode()),
       pacing_(mode_ == Mode::terminal ? k_refresh_seconds : interval_seconds),
-      clock_(0.0) {}
+      clock_(0.0),
+      file_pacing_(interval_seconds) {}
 
 ProgressDisplay::ProgressDisplay(Mode mode, std::ostream& out, double interval_seconds, double refresh_seconds)
-    : mode_(mode), out_(&out), pacing_(mode == Mode::terminal ? refresh_seconds : interval_seconds), clock_(0.0) {}
+    : mode_(mode),
+      out_(&out),
+      pacing_(mode == Mode::terminal ? refresh_seconds : interval_seconds),
+      clock_(0.0),
+      file_pacing_(interval_seconds) {}
 
 ProgressDisplay::~ProgressDisplay() {
   // An unfinished line (an error ended the operation) keeps its text and gets its newline,
@@ -38,6 +43,7 @@ double ProgressDisplay::seconds() const { return clock_.seconds(); }
 void ProgressDisplay::show(std::string_view text) {
   if (mode_ == Mode::terminal) {
     write_terminal(text, false);
+    if (out_ == nullptr && file_pacing_.due()) log::write_file_only(log::Level::info, text);
   } else if (out_ != nullptr) {
     *out_ << text << '\n' << std::flush;
   } else {

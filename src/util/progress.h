@@ -25,7 +25,8 @@ class ProgressDisplay {
 
   // Whether an update is due now (callers format the text only then); restarts the pacing.
   bool due();
-  // Shows `text` now: the terminal line becomes `text`, or one info line is logged.
+  // Shows `text` now: the terminal line becomes `text` (and the log file gets it every
+  // interval_seconds), or one info line is logged.
   void show(std::string_view text);
   // The operation's last line: on the terminal it replaces the line and ends it (and goes to the
   // log file); in lines mode it is logged at `level`.
@@ -42,6 +43,7 @@ class ProgressDisplay {
   std::ostream* out_ = nullptr;  // null: the logger (lines) or stderr (terminal)
   bool shown_ = false;           // a terminal line is open
   log::Progress pacing_, clock_;
+  log::Progress file_pacing_;  // terminal mode: the log file still gets a line every interval
 };
 
 }  // namespace moe
