@@ -39,9 +39,9 @@ Config masked_lm_config(const test::TempDir& dir) {
 TEST_CASE("a masked LM MoE encoder lowers its loss and raises its masked-token accuracy", "[train][masked_lm]") {
   test::TempDir dir("moe-mlm-train");
   Config c = masked_lm_config(dir);
-  c.train.steps = 400;
+  c.train.steps = 800;
   c.train.micro_batch_size = 16;  // 32 masked positions a step
-  c.train.eval_every = 200;
+  c.train.eval_every = 400;
   c.train.eval_batches = 2;
   auto world = make_world_communicator(Device::cpu());
   Trainer trainer(c, 0, *world);
@@ -52,10 +52,10 @@ TEST_CASE("a masked LM MoE encoder lowers its loss and raises its masked-token a
   REQUIRE(untrained.accuracy >= 0);
   trainer.train();
   const auto steps = read_records(c.train.run_dir + "/metrics.jsonl", "loss");
-  REQUIRE(steps.size() == 400);
+  REQUIRE(steps.size() == 800);
   double first10 = 0, last10 = 0;
   for (size_t i = 0; i < 10; ++i) first10 += steps[i]["loss"].get<double>() / 10;
-  for (size_t i = 390; i < 400; ++i) last10 += steps[i]["loss"].get<double>() / 10;
+  for (size_t i = 790; i < 800; ++i) last10 += steps[i]["loss"].get<double>() / 10;
   REQUIRE(last10 < first10 - 0.5);
   const auto evals = read_records(c.train.run_dir + "/metrics.jsonl", "val_loss");
   REQUIRE(evals.size() == 2);

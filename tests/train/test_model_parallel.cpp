@@ -90,8 +90,10 @@ void run_layout(Communicator& world, Communicator& self, const Layout& layout, c
   loaded.load_checkpoint(shared + "/checkpoints/step_5", true);
   for (int g = 0; g < k_num_param_groups; ++g) {
     auto group = static_cast<ParamGroup>(g);
+    // atol 1e-4 = 1% of the peak lr: Adam divides by sqrt(v), so an element whose gradient is
+    // near zero turns the layouts' float reassociation into a visible share of an lr step.
     test::require_close(loaded.model().params().flat_master(group), reference.model().params().flat_master(group),
-                        1e-5, 1e-4, "weights after 5 steps, loaded into one rank");
+                        1e-4, 1e-4, "weights after 5 steps, loaded into one rank");
   }
   Trainer from_single(c, 0, world);
   from_single.load_checkpoint(single.train.run_dir + "/checkpoints/step_5", true);

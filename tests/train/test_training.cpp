@@ -154,6 +154,7 @@ TEST_CASE("aux-loss-free bias: each step moves it by its loads (counted on the d
     if (step == 3) store.flat_grads(ParamGroup::dense).data_as<float>()[3] = std::numeric_limits<float>::quiet_NaN();
   });
   std::vector<double> bias(static_cast<size_t>(c.moe.num_experts), 0.0);
+  double moved = 0;
   for (int step = 1; step <= 5; ++step) {
     INFO("step " << step);
     const StepResult r = trainer.train_step();
@@ -165,8 +166,10 @@ TEST_CASE("aux-loss-free bias: each step moves it by its loads (counted on the d
     REQUIRE(r.skipped == (step == 3));
     if (!r.skipped) update_expert_bias(bias, s.tokens_per_expert, c.moe.expert_bias_rate);
     test::require_close(s.bias, bias, 1e-7, 0, "bias after the step");
+    moved = std::max(moved, test::max_abs(bias));
   }
-  REQUIRE(test::max_abs(bias) > 0);
+  // The bias moved at some step (+-rate steps can also bring it back to exactly 0 by step 5).
+  REQUIRE(moved > 0);
 }
 
 TEST_CASE("a NaN loss stops training with a message naming the step", "[train][errors]") {
