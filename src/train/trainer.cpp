@@ -74,7 +74,8 @@ Trainer::Trainer(const Config& config, int local_rank, Communicator& world)
                        topology_.pp,
                        at.pp,
                        static_cast<int>(config.parallel.pp_virtual),
-                       config.parallel.pp_layers};
+                       config.parallel.pp_layers,
+                       config.parallel.sequence_parallel};
   log::Progress init_time;
   model_ = std::make_unique<Model>(config.model, config.moe, layout);
   // Start-up of a large model takes a while: say so before, and how long after. Small ones stay

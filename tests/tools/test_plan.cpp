@@ -520,6 +520,15 @@ TEST_CASE("the CPU estimate matches the allocator's high-water mark of real step
     Config tp = split;
     tp.parallel.tp = 2;
     cases.emplace_back("tp 2", tp);
+    // Sequence parallelism: norms and residuals on half the tokens, gathered around the matrices.
+    tp.parallel.sequence_parallel = true;
+    cases.emplace_back("tp 2, sequence parallel", tp);
+    Config sp_dense = dense;
+    sp_dense.parallel.tp = 2;
+    sp_dense.parallel.sequence_parallel = true;
+    cases.emplace_back("dense, tp 2, sequence parallel", sp_dense);
+    tp.train.recompute = true;
+    cases.emplace_back("tp 2, sequence parallel, recompute", tp);
     Config pp = split;
     pp.parallel.pp = 2;
     cases.emplace_back("pp 2", pp);
@@ -592,6 +601,54 @@ TEST_CASE("ZeRO-2 and ZeRO-3 save the memory the plan predicts on CPU ranks", "[
     REQUIRE(saved > 0);
     REQUIRE(std::abs(static_cast<double>(saved - predicted)) <= 0.05 * static_cast<double>(predicted));
   }
+}
+
+TEST_CASE("sequence parallelism saves the activation memory the plan predicts on CPU ranks", "[train][plan][tp]") {
+  // Activations outweigh the model state (4 sequences of 32 tokens, d 64): tensor parallelism over
+  // every rank of the job without and with sequence parallelism, whose norms, residuals and FFN
+  // inputs hold 1/tp of the tokens. Each peak against the plan, and the saving against the plan's.
+  auto world = make_world_communicator(Device::cpu());
+  const int ranks = world->size();
+  if (ranks == 1) return;  // nothing to split over one rank
+  test::TempDir dir("moe-plan-sp");
+  Config c;
+  c.model.vocab_size = 64;
+  c.model.d_model = 64;
+  c.model.num_layers = 4;
+  c.model.num_heads = 4;
+  c.model.num_kv_heads = 4;
+  c.model.seq_len = 32;
+  c.model.d_ff = 64;
+  c.moe.num_experts = 4;
+  c.moe.top_k = 1;
+  c.moe.d_expert = 32;
+  c.moe.first_dense = 1;
+  c.moe.router = "hash";
+  c.moe.hash_kind = "position";  // balanced expert rows, as the plan assumes
+  c.moe.num_shared_experts = 1;
+  c.train.micro_batch_size = 4;
+  c.train.grad_accum = 1;
+  c.train.device = "cpu";
+  c.train.run_dir = dir.str("run");
+  c.parallel.tp = ranks;
+  std::vector<int64_t> measured(2), planned(2);
+  for (int sp = 0; sp <= 1; ++sp) {
+    Config s = c;
+    s.parallel.sequence_parallel = sp == 1;
+    validate_config(s);
+    std::vector<double> busiest{static_cast<double>(measured_cpu_peak(s, *world))};
+    world->all_reduce_max(busiest);
+    measured[sp] = static_cast<int64_t>(busiest[0]);
+    planned[sp] = make_plan(s, ranks).peak;
+    INFO("tp " << ranks << (sp ? " with" : " without") << " sequence parallelism: estimate " << planned[sp]
+               << ", measured " << measured[sp]);
+    REQUIRE(std::abs(static_cast<double>(planned[sp] - measured[sp])) <= 0.02 * static_cast<double>(measured[sp]));
+  }
+  const int64_t saved = measured[0] - measured[1], predicted = planned[0] - planned[1];
+  INFO("sequence parallelism saves " << saved << " bytes, the plan " << predicted);
+  REQUIRE(predicted > 0);
+  REQUIRE(saved > 0);
+  REQUIRE(std::abs(static_cast<double>(saved - predicted)) <= 0.05 * static_cast<double>(predicted));
 }
 
 TEST_CASE("pipeline and tensor parallelism split the layers and the matrices", "[train][plan]") {
