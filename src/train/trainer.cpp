@@ -190,7 +190,7 @@ EvalResult Trainer::evaluate(int64_t max_batches) {
     for (int chunk = 0; chunk < model_->num_chunks(); ++chunk) {
       const int vs = chunk * stages + me;
       if (vs > 0 && stages > 1) {
-        x = Tensor::empty({b.rows * config_.model.seq_len, config_.model.d_model}, dtype_, device_);
+        x = Tensor::empty({stage_rows(b.rows), config_.model.d_model}, dtype_, device_);
         groups_.pp->recv(x, (vs - 1) % stages);
       }
       ModelSaved saved;
