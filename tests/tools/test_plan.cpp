@@ -725,6 +725,13 @@ TEST_CASE("the moe plan command prints the plan and the table, and rejects bad u
   REQUIRE_THAT(out, Contains("topology: 4 ranks = pp 1 x dp 4 x tp 1"));
   REQUIRE_THAT(out, Contains("<- parallel.zero"));
   REQUIRE_THAT(out, Contains("ZeRO-2"));
+  out = run_binary("plan " + dir.str("c.toml") + " --world 2 --set parallel.tp=2 --set parallel.sequence_parallel=true",
+                   status);
+  REQUIRE(status == 0);
+  REQUIRE_THAT(out, Contains("(sequence parallelism: norms, residual stream and stage input hold 32 tokens per TP rank)"));
+  out = run_binary("plan " + dir.str("c.toml") + " --set parallel.sequence_parallel=true", status);
+  REQUIRE(status != 0);
+  REQUIRE_THAT(out, Contains("parallel.sequence_parallel = true needs parallel.tp > 1"));
   out = run_binary("plan --zero-table", status);
   REQUIRE(status == 0);
   REQUIRE_THAT(out, Contains("| 16 | 35.62 | 21.56 | 7.5 | 608 | 368 | 128 | 4750 | 2875 | 1000 |"));
