@@ -158,6 +158,20 @@ void randomize_biases(ParamStore& tp_store, ParamStore& ref_store) {
   }
 }
 
+// 8 query and 4 kv heads with q/k/v biases (and the output bias when out_bias).
+AttentionConfig biased_attention_config(int64_t d, int64_t seq, bool out_bias) {
+  AttentionConfig cfg;
+  cfg.d_model = d;
+  cfg.num_heads = 8;
+  cfg.num_kv_heads = 4;
+  cfg.seq_len = seq;
+  cfg.init_std = 0.3;
+  cfg.out_init_std = 0.2;
+  cfg.qkv_bias = true;
+  cfg.out_bias = out_bias;
+  return cfg;
+}
+
 void check_grads_with_replicated(const ParamStore& tp_store, const ParamStore& ref_store) {
   for (size_t i = 0; i < tp_store.infos().size(); ++i) {
     const ParamInfo& info = tp_store.infos()[i];
@@ -177,15 +191,7 @@ TEST_CASE("tensor-parallel attention and FFN with biases equal the single-rank m
     const int64_t batch = 2, seq = 5, d = 32, tokens = batch * seq;
     for (bool out_bias : {false, true}) {
       INFO("tp " << tp.size() << " attention, output bias " << out_bias);
-      AttentionConfig cfg;
-      cfg.d_model = d;
-      cfg.num_heads = 8;
-      cfg.num_kv_heads = 4;
-      cfg.seq_len = seq;
-      cfg.init_std = 0.3;
-      cfg.out_init_std = 0.2;
-      cfg.qkv_bias = true;
-      cfg.out_bias = out_bias;
+      const AttentionConfig cfg = biased_attention_config(d, seq, out_bias);
       ParamStore ref_store, tp_store;
       Attention ref(ref_store, "layers.0.attn", cfg);
       Attention par(tp_store, "layers.0.attn", cfg, TpGroup{&tp});
@@ -304,14 +310,7 @@ TEST_CASE("sequence-parallel attention, FFN and shared experts equal the single-
     Tensor dy = test::random_tensor({tokens, d}, DType::f64, 73);
     {
       INFO("tp " << tp.size() << " attention with biases");
-      AttentionConfig cfg;
-      cfg.d_model = d;
-      cfg.num_heads = 8;
-      cfg.num_kv_heads = 4;
-      cfg.seq_len = seq;
-      cfg.init_std = 0.3;
-      cfg.out_init_std = 0.2;
-      cfg.qkv_bias = cfg.out_bias = true;
+      const AttentionConfig cfg = biased_attention_config(d, seq, true);
       ParamStore ref_store, tp_store;
       Attention ref(ref_store, "layers.0.attn", cfg);
       Attention par(tp_store, "layers.0.attn", cfg, sp);

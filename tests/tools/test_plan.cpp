@@ -96,6 +96,30 @@ int64_t measured_cpu_peak(const Config& config, Communicator& world) {
   return trainer.bench(1, 2)["peak_memory_bytes"].get<int64_t>();
 }
 
+// The busiest rank's measured peak and the plan's estimate for config on this job's ranks; the
+// estimate must land within 2% of the measurement.
+struct PeakPair {
+  int64_t measured = 0, planned = 0;
+};
+PeakPair require_planned_peak(const Config& config, Communicator& world, const std::string& what) {
+  validate_config(config);
+  std::vector<double> busiest{static_cast<double>(measured_cpu_peak(config, world))};
+  world.all_reduce_max(busiest);
+  const PeakPair p{static_cast<int64_t>(busiest[0]), make_plan(config, world.size()).peak};
+  INFO(what << " on " << world.size() << " ranks: estimate " << p.planned << ", measured " << p.measured);
+  REQUIRE(std::abs(static_cast<double>(p.planned - p.measured)) <= 0.02 * static_cast<double>(p.measured));
+  return p;
+}
+
+// What `lean` saves against `full`, measured and planned: both positive, the plan's within 5%.
+void require_planned_saving(const PeakPair& full, const PeakPair& lean, const std::string& what) {
+  const int64_t saved = full.measured - lean.measured, predicted = full.planned - lean.planned;
+  INFO(what << " saves " << saved << " bytes, the plan " << predicted);
+  REQUIRE(predicted > 0);
+  REQUIRE(saved > 0);
+  REQUIRE(std::abs(static_cast<double>(saved - predicted)) <= 0.05 * static_cast<double>(predicted));
+}
+
 std::string run_binary(const std::string& args, int& status) {
   const char* binary = std::getenv("MOE_BINARY");
   std::string log = (std::filesystem::temp_directory_path() / ("moe-plan-" + std::to_string(::getpid()) + ".log")).string();
@@ -582,24 +606,15 @@ TEST_CASE("ZeRO-2 and ZeRO-3 save the memory the plan predicts on CPU ranks", "[
   c.train.grad_accum = 2;
   c.train.device = "cpu";
   c.train.run_dir = dir.str("run");
-  std::vector<int64_t> measured(4), planned(4);
+  std::vector<PeakPair> peaks(4);
   for (int zero = 1; zero <= 3; ++zero) {
     Config z = c;
     z.parallel.zero = zero;
-    validate_config(z);
-    std::vector<double> busiest{static_cast<double>(measured_cpu_peak(z, *world))};
-    world->all_reduce_max(busiest);
-    measured[zero] = static_cast<int64_t>(busiest[0]);
-    planned[zero] = make_plan(z, ranks).peak;
-    INFO("ZeRO-" << zero << " on " << ranks << " ranks: estimate " << planned[zero] << ", measured " << measured[zero]);
-    REQUIRE(std::abs(static_cast<double>(planned[zero] - measured[zero])) <= 0.02 * static_cast<double>(measured[zero]));
+    peaks[zero] = require_planned_peak(z, *world, "ZeRO-" + std::to_string(zero));
   }
   for (int zero = 2; zero <= 3; ++zero) {
-    const int64_t saved = measured[zero - 1] - measured[zero], predicted = planned[zero - 1] - planned[zero];
-    INFO("ZeRO-" << zero << " saves " << saved << " bytes against ZeRO-" << zero - 1 << ", the plan " << predicted);
-    REQUIRE(predicted > 0);
-    REQUIRE(saved > 0);
-    REQUIRE(std::abs(static_cast<double>(saved - predicted)) <= 0.05 * static_cast<double>(predicted));
+    require_planned_saving(peaks[zero - 1], peaks[zero],
+                           "ZeRO-" + std::to_string(zero) + " against ZeRO-" + std::to_string(zero - 1));
   }
 }
 
@@ -631,24 +646,10 @@ TEST_CASE("sequence parallelism saves the activation memory the plan predicts on
   c.train.device = "cpu";
   c.train.run_dir = dir.str("run");
   c.parallel.tp = ranks;
-  std::vector<int64_t> measured(2), planned(2);
-  for (int sp = 0; sp <= 1; ++sp) {
-    Config s = c;
-    s.parallel.sequence_parallel = sp == 1;
-    validate_config(s);
-    std::vector<double> busiest{static_cast<double>(measured_cpu_peak(s, *world))};
-    world->all_reduce_max(busiest);
-    measured[sp] = static_cast<int64_t>(busiest[0]);
-    planned[sp] = make_plan(s, ranks).peak;
-    INFO("tp " << ranks << (sp ? " with" : " without") << " sequence parallelism: estimate " << planned[sp]
-               << ", measured " << measured[sp]);
-    REQUIRE(std::abs(static_cast<double>(planned[sp] - measured[sp])) <= 0.02 * static_cast<double>(measured[sp]));
-  }
-  const int64_t saved = measured[0] - measured[1], predicted = planned[0] - planned[1];
-  INFO("sequence parallelism saves " << saved << " bytes, the plan " << predicted);
-  REQUIRE(predicted > 0);
-  REQUIRE(saved > 0);
-  REQUIRE(std::abs(static_cast<double>(saved - predicted)) <= 0.05 * static_cast<double>(predicted));
+  const PeakPair tp = require_planned_peak(c, *world, "tp " + std::to_string(ranks));
+  c.parallel.sequence_parallel = true;
+  const PeakPair sp = require_planned_peak(c, *world, "tp " + std::to_string(ranks) + " with sequence parallelism");
+  require_planned_saving(tp, sp, "sequence parallelism");
 }
 
 TEST_CASE("pipeline and tensor parallelism split the layers and the matrices", "[train][plan]") {
