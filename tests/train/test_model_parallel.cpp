@@ -176,7 +176,8 @@ TEST_CASE("tensor and pipeline parallel layouts train the one-rank model", "[par
                {.tp = 4, .sp = true},
                {.tp = 2, .ep = 2, .sp = true},
                {.tp = 2, .ep = 2, .zero = 3, .sp = true},
-               {.tp = 2, .pp = 2, .recompute = true, .sp = true}};
+               {.tp = 2, .pp = 2, .recompute = true, .sp = true},
+               {.tp = 2, .pp = 2, .pp_virtual = 2, .sp = true}};  // interleaved chunks pass [T/tp, d]
   } else if (n == 8) {
     layouts = {{.tp = 2, .pp = 2, .ep = 2, .zero = 1},   // PP 2 x TP 2 x DP 2 with EP 2 and ZeRO-1
                {.tp = 2, .pp = 2, .ep = 2, .zero = 3, .recompute = true},
