@@ -78,7 +78,7 @@ MoeLayer::MoeLayer(ParamStore& store, const std::string& prefix, const MoeLayerC
                              config.out_init_std})) {
   MOE_CHECK(router_->num_experts() == config.num_experts, "router has ", router_->num_experts(), " experts, layer ",
             config.num_experts);
-  const TpGroup tp{config.tp_group};
+  const TpGroup tp = this->tp();
   check_balancing_tp(config.balancing, tp.active() ? tp.size() : 1, "MoE layer '" + prefix + "'");
   if (config.num_shared > 0) {
     shared_ = std::make_unique<SharedExperts>(store, prefix + ".shared", config.d_model, config.num_shared,
@@ -88,10 +88,14 @@ MoeLayer::MoeLayer(ParamStore& store, const std::string& prefix, const MoeLayerC
 }
 
 Tensor MoeLayer::forward(const Tensor& x, const RouteInputs& inputs, MoeLayerSaved& saved, bool collect_stats) const {
-  const TpGroup tp{config_.tp_group};
+  const TpGroup tp = this->tp();
   Tensor y;
   if (!tp.active()) {
     y = routed_forward(x, inputs, saved, collect_stats);
+  } else if (tp.sequence_sharded()) {
+    RouteInputs slice = inputs;  // x is already this rank's slice of the micro-batch
+    slice.first_token += tp.rank() * x.size(0);
+    y = routed_forward(x, slice, saved, collect_stats);
   } else {
     const int64_t rows = tp.part(x.size(0), "the MoE layer's tokens per micro-batch");
     RouteInputs slice = inputs;
@@ -325,9 +329,9 @@ void MoeLayer::set_switch_gradient(MoeLayerSaved& saved, const std::vector<doubl
 }
 
 Tensor MoeLayer::backward(const MoeLayerSaved& saved, const Tensor& dy, float aux_scale) const {
-  const TpGroup tp{config_.tp_group};
+  const TpGroup tp = this->tp();
   Tensor dx;
-  if (!tp.active()) {
+  if (!tp.active() || tp.sequence_sharded()) {
     dx = routed_backward(saved, dy, aux_scale);
   } else {
     const int64_t rows = dy.size(0) / tp.size();

@@ -39,6 +39,10 @@ struct MoeLayerConfig {
   // like a dense FFN. nullptr (or a group of one) = no tensor parallelism. (Each balancing term
   // declares its rule: routing/balancing_terms.h.)
   Communicator* tp_group = nullptr;
+  // Sequence parallelism (parallel.sequence_parallel, with tp_group): x and y are already this
+  // rank's slice [T/tp, d], so the routed part runs on them with no communication; the shared
+  // experts gather and reduce-scatter the tokens (SharedExperts).
+  bool sequence_parallel = false;
   // moe.balance_scope = "global_batch": the trainer pools the layers' ExpertSums (host) over the
   // global batch, so the sum-statistics terms keep their sums on the host.
   bool pool_balance_sums = false;
@@ -110,6 +114,7 @@ class MoeLayer {
   const Experts& experts() const { return *experts_; }
 
  private:
+  TpGroup tp() const { return {config_.tp_group, config_.sequence_parallel}; }
   // The routed part (router, capacity, dispatch, experts, combine) on this rank's tokens.
   Tensor routed_forward(const Tensor& x, const RouteInputs& inputs, MoeLayerSaved& saved, bool collect_stats) const;
   Tensor routed_backward(const MoeLayerSaved& saved, const Tensor& dy, float aux_scale) const;

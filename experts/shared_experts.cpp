@@ -23,8 +23,9 @@ SharedExperts::SharedExperts(ParamStore& store, const std::string& prefix, int64
 }
 
 Tensor SharedExperts::forward(const Tensor& x, SharedExpertsSaved& saved) const {
-  saved.ffn_out = ffn_forward(x, store_->param(w_up_), store_->param(w_down_), act_, saved.ffn);
-  tp_.all_reduce(saved.ffn_out);  // the gate multiplies the whole FFN output
+  Tensor partial = ffn_forward(tp_.gather_tokens(x), store_->param(w_up_), store_->param(w_down_), act_, saved.ffn);
+  saved.ffn.x = x;  // sequence parallelism: this rank's tokens only, gathered again in backward
+  saved.ffn_out = tp_.reduce_tokens(partial);  // the gate multiplies the whole FFN output
   if (gate_ < 0) return saved.ffn_out;
   saved.gate_logit = linear_forward(x, store_->param(gate_));
   Tensor y = empty_like(saved.ffn_out);
@@ -47,11 +48,14 @@ void SharedExperts::backward(const SharedExpertsSaved& saved, const Tensor& dy, 
     return;
   }
   // This rank's hidden units give part of the FFN's input gradient: summed over the group
-  // before it joins dx (the gate's part above is already whole on every rank).
-  Tensor dx_ffn = empty_like(dx);
-  ffn_backward(saved.ffn, store_->param(w_up_), store_->param(w_down_), act_, dffn_out, dw_up, dw_down, dx_ffn);
-  tp_.all_reduce(dx_ffn);
-  ops::accumulate(dx, dx_ffn);
+  // before it joins dx (the gate's part above is already whole on every rank). Sequence
+  // parallelism: the FFN runs on the gathered tokens and its input gradient is reduce-scattered.
+  FfnSaved whole = saved.ffn;
+  whole.x = tp_.gather_tokens(saved.ffn.x);
+  Tensor dx_ffn = empty_like(whole.x);
+  ffn_backward(whole, store_->param(w_up_), store_->param(w_down_), act_, tp_.gather_tokens(dffn_out), dw_up, dw_down,
+               dx_ffn);
+  ops::accumulate(dx, tp_.reduce_tokens(dx_ffn));
 }
 
 }  // namespace moe

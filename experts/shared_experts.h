@@ -2,7 +2,9 @@
 // width f computed for every token. They are stored as one FFN of width K_s*f, which equals
 // the sum of the K_s expert FFNs; optionally gated per token by sigmoid(x . w_gate) (Qwen2-MoE).
 // Under tensor parallelism the concatenated FFN splits like a dense FFN (w_up column-, w_down
-// row-parallel, one all-reduce each way); the gate [d, 1] is replicated.
+// row-parallel, one all-reduce each way); the gate [d, 1] is replicated. Sequence parallelism:
+// x, y and dx are this rank's tokens, the FFN's input all-gathered and its output reduce-scattered
+// (the gate then sees this rank's tokens only: its gradient is a partial sum over the group).
 #pragma once
 
 #include <string>

@@ -166,6 +166,7 @@ struct DataConfig {               // [data]
 
 struct ParallelConfig {           // [parallel]
   int64_t tp = 1;                 // tensor-parallel group size (heads, FFN width and vocabulary split over it)
+  bool sequence_parallel = false; // with tp > 1: norms and residuals on 1/tp of the tokens (Megatron's SP)
   int64_t pp = 1;                 // pipeline stages (each holds a contiguous run of layers)
   std::vector<int64_t> pp_layers; // layers per stage, pp entries summing to model.num_layers; [] = balanced
                                   // (as even as possible, the extra layers on the first stages)

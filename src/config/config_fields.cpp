@@ -99,7 +99,7 @@ void add_data_fields(DataConfig& d, std::vector<Field>& out) {
 
 void add_parallel_fields(ParallelConfig& p, std::vector<Field>& out) {
   const char* s = "parallel";
-  out.insert(out.end(), {{s, "tp", &p.tp}, {s, "pp", &p.pp}, {s, "pp_layers", &p.pp_layers},
+  out.insert(out.end(), {{s, "tp", &p.tp}, {s, "sequence_parallel", &p.sequence_parallel}, {s, "pp", &p.pp}, {s, "pp_layers", &p.pp_layers},
                          {s, "pp_schedule", &p.pp_schedule}, {s, "pp_virtual", &p.pp_virtual},
                          {s, "ep", &p.ep}, {s, "zero", &p.zero},
                          {s, "order", &p.order}, {s, "bucket_mb", &p.bucket_mb},

@@ -310,8 +310,17 @@ void check_tp_divides(const KeyOrigins& at, const char* key, int64_t value, int6
 // MoE layers, the micro-batch's tokens (each TP rank routes a slice of them).
 void validate_tensor_parallel(const Config& c, const KeyOrigins& at) {
   const int64_t tp = c.parallel.tp;
-  if (tp == 1) return;
   const ModelConfig& m = c.model;
+  MOE_CHECK(!c.parallel.sequence_parallel || tp > 1, at.prefix({"parallel.sequence_parallel", "parallel.tp"}),
+            "parallel.sequence_parallel = true needs parallel.tp > 1 (it shards the tensor-parallel group's "
+            "replicated activations along the sequence), but parallel.tp = ", tp);
+  if (tp == 1) return;
+  const int64_t rows = c.train.micro_batch_size * m.seq_len;
+  MOE_CHECK(!c.parallel.sequence_parallel || rows % tp == 0,
+            at.prefix({"parallel.sequence_parallel", "train.micro_batch_size", "model.seq_len", "parallel.tp"}),
+            "parallel.sequence_parallel = true needs train.micro_batch_size * model.seq_len = ",
+            c.train.micro_batch_size, " * ", m.seq_len, " = ", rows, " tokens divisible by parallel.tp = ", tp,
+            " (each tensor-parallel rank holds an equal share of the micro-batch's tokens)");
   const MoeConfig& e = c.moe;
   check_tp_divides(at, "model.vocab_size", m.vocab_size, tp, "the embedding and the LM head are split by vocabulary");
   MOE_CHECK(!m.qk_norm, at.prefix({"model.qk_norm", "parallel.tp"}), "model.qk_norm = true needs parallel.tp = 1 "

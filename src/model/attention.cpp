@@ -84,15 +84,17 @@ Tensor Attention::forward(const Tensor& x, int64_t batch, Saved& saved, const Te
   MOE_CHECK(doc_starts.defined() || !(config_.document_positions || config_.document_mask),
             "attention: document positions or masking (model.reset_positions / reset_attention) need the batch's "
             "document starts");
-  saved.x = x;
+  saved.x = x;  // sequence parallelism: this rank's tokens only, gathered again in backward
   saved.doc_starts = doc_starts;
-  project(x, saved);
+  project(tp_.gather_tokens(x), saved);
   rotate(saved.q, saved.k, saved, false);
   saved.out = empty_like(saved.q);
   saved.lse = Tensor::empty({batch, local_heads_, config_.seq_len}, ops::accum_dtype(x.dtype()), x.device());
   ops::attention_forward(saved.q, saved.k, saved.v, saved.out, saved.lse, shape(batch), mask_starts(saved));
-  Tensor y = linear_forward(saved.out, store_->param(wo_));
-  tp_.all_reduce(y);  // the row-parallel partial products summed over the group
+  Tensor partial = linear_forward(saved.out, store_->param(wo_));
+  // The row-parallel partial products summed over the group (sequence parallelism: each rank
+  // keeps the sums of its tokens).
+  Tensor y = tp_.reduce_tokens(partial);
   if (bo_ >= 0) ops::add_bias(y, store_->param(bo_));
   return y;
 }
@@ -124,8 +126,10 @@ Tensor Attention::backward(const Saved& saved, const Tensor& dy, int64_t batch) 
     ops::bias_backward(dy, dbo);
   }
   Tensor dout = empty_like(saved.out);
-  Tensor dwo = store_->grad(wo_);
-  linear_backward(saved.out, store_->param(wo_), dy, dwo, dout);
+  {
+    Tensor dwo = store_->grad(wo_);
+    linear_backward(saved.out, store_->param(wo_), tp_.gather_tokens(dy), dwo, dout);
+  }
 
   Tensor dq = empty_like(saved.q), dk = empty_like(saved.k), dv = empty_like(saved.v);
   ops::attention_backward(saved.q, saved.k, saved.v, saved.out, saved.lse, dout, dq, dk, dv, shape(batch), Tensor(),
@@ -142,13 +146,15 @@ Tensor Attention::backward(const Saved& saved, const Tensor& dy, int64_t batch) 
     ops::bias_backward(dk, dbk);
     ops::bias_backward(dv, dbv);
   }
-  Tensor dx = empty_like(saved.x);
+  const Tensor x = tp_.gather_tokens(saved.x);
+  Tensor dx = empty_like(x);
   Tensor dwq = store_->grad(wq_), dwk = store_->grad(wk_), dwv = store_->grad(wv_);
-  linear_backward(saved.x, store_->param(wq_), dq, dwq, dx, false);
-  linear_backward(saved.x, store_->param(wk_), dk, dwk, dx, true);
-  linear_backward(saved.x, store_->param(wv_), dv, dwv, dx, true);
-  tp_.all_reduce(dx);  // each rank's heads contribute part of the replicated input's gradient
-  return dx;
+  linear_backward(x, store_->param(wq_), dq, dwq, dx, false);
+  linear_backward(x, store_->param(wk_), dk, dwk, dx, true);
+  linear_backward(x, store_->param(wv_), dv, dwv, dx, true);
+  // Each rank's heads contribute part of the input's gradient: summed over the group (sequence
+  // parallelism: reduce-scattered to each rank's tokens).
+  return tp_.reduce_tokens(dx);
 }
 
 }  // namespace moe

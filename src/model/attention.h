@@ -39,6 +39,9 @@ struct AttentionConfig {
 // reads a local kv head. wq/wk/wv are column shards of the rank's heads, wo a row shard; the
 // parameters keep their canonical names and whole shapes. The input is replicated over the group
 // (backward: all-reduce of dx) and so is the output (forward: all-reduce of the partial products).
+// Under sequence parallelism (TpGroup::sequence_parallel) x and y are this rank's tokens
+// [T/tp, d]: the input is all-gathered (saved as the local part, gathered again in backward), the
+// output reduce-scattered, and the backward runs the conjugates.
 class Attention {
  public:
   struct Saved {

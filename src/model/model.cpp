@@ -79,7 +79,7 @@ Model::Model(const ModelConfig& model, const MoeConfig& moe, const ModelParallel
       moe_config_(moe),
       parallel_(parallel),
       objective_(make_objective(objective_kind(model.objective))),
-      tp_{parallel.tp} {
+      tp_{parallel.tp, parallel.sequence_parallel} {
   const ModelConfig& c = model;
   MOE_CHECK(parallel.virtual_stages >= 1, "parallel.pp_virtual = ", parallel.virtual_stages, " must be at least 1");
   for (int chunk = 0; chunk < parallel.virtual_stages; ++chunk) {
@@ -125,6 +125,7 @@ Model::Model(const ModelConfig& model, const MoeConfig& moe, const ModelParallel
       MoeLayerConfig mc = moe_layer_config(c, moe, expert_act, out_std);
       mc.ep_group = parallel.ep;
       mc.tp_group = parallel.tp;
+      mc.sequence_parallel = parallel.sequence_parallel;
       RouterSpec spec{c.d_model, c.vocab_size, mc.num_experts, moe_shape(moe).top_k, i, c.init_std};
       MoeConfig layer_moe = moe;  // moe.layer_routers picks this layer's router
       layer_moe.router = moe_layer_router(moe, static_cast<int64_t>(moe_index)).name;
@@ -149,6 +150,17 @@ Model::Model(const ModelConfig& model, const MoeConfig& moe, const ModelParallel
                                      c.init_std, tp_);
     }
   }
+  if (tp_.sequence_sharded()) mark_sequence_parallel_grads();
+}
+
+void Model::mark_sequence_parallel_grads() {
+  for (int64_t i : layers_) {
+    const std::string prefix = "layers." + std::to_string(i);
+    for (const char* part : {".attn_norm.", ".ffn_norm.", ".attn.bo", ".ffn.b_down", ".moe.shared.gate"}) {
+      store_.mark_tp_partial_grad(prefix + part);
+    }
+  }
+  store_.mark_tp_partial_grad("final_norm.");
 }
 
 void Model::allocate(Device device, DType compute_dtype) { store_.allocate(device, compute_dtype); }
@@ -195,11 +207,16 @@ int64_t Model::total_params() const {
 
 Tensor Model::embed(const Tensor& inputs, const Tensor& doc_starts) const {
   acquire("embed");
-  Tensor x = vocab_parallel_embedding(inputs, store_.param(tokens_), config_.vocab_size, tp_.comm);
-  if (positions_ >= 0) {
+  const bool sharded = tp_.sequence_sharded();
+  Tensor x = sharded ? vocab_parallel_embedding_partial(inputs, store_.param(tokens_), config_.vocab_size, tp_.comm)
+                     : vocab_parallel_embedding(inputs, store_.param(tokens_), config_.vocab_size, tp_.comm);
+  // Sequence parallelism: the positions join one rank's partial rows, so that the reduce-scatter
+  // in place of the embedding's all-reduce adds them once.
+  if (positions_ >= 0 && (!sharded || tp_.rank() == 0)) {
     ops::position_add_forward(x, store_.param(positions_), config_.seq_len,
                               config_.reset_positions ? doc_starts : Tensor());
   }
+  if (sharded) x = tp_.reduce_tokens(x);
   release("embed");
   return x;
 }
@@ -249,8 +266,9 @@ void Model::head_forward(const Tensor& x, ModelSaved& saved) const {
   acquire(head_unit());
   Tensor head = lm_head_ >= 0 ? store_.param(lm_head_) : store_.param(tokens_);
   const int64_t vocab_local = config_.vocab_size / tp_.size();
-  saved.logits = Tensor::empty({x.size(0), vocab_local}, x.dtype(), x.device());
-  ops::matmul(saved.hidden, false, head, lm_head_ < 0, saved.logits);
+  const Tensor hidden = tp_.gather_tokens(saved.hidden);  // the head's column-parallel input
+  saved.logits = Tensor::empty({hidden.size(0), vocab_local}, x.dtype(), x.device());
+  ops::matmul(hidden, false, head, lm_head_ < 0, saved.logits);
   release(head_unit());
 }
 
@@ -288,18 +306,21 @@ ForwardOutput Model::forward(const Batch& batch, ModelSaved& saved, const Tensor
 Tensor Model::head_backward(const Batch& batch, const ModelSaved& saved, float loss_scale) const {
   Tensor dlogits = vocab_parallel_cross_entropy_backward(saved.logits, batch.targets, saved.lse, loss_scale,
                                                          config_.vocab_size, tp_.comm);
-  Tensor dhidden = empty_like(saved.hidden);
+  const Tensor hidden = tp_.gather_tokens(saved.hidden);
+  Tensor dhidden = empty_like(hidden);
   acquire(head_unit());
   if (lm_head_ >= 0) {
     Tensor dhead = store_.grad(lm_head_);
-    linear_backward(saved.hidden, store_.param(lm_head_), dlogits, dhead, dhidden);
+    linear_backward(hidden, store_.param(lm_head_), dlogits, dhead, dhidden);
   } else {
     // logits = h @ E^T: dE += dlogits^T @ h, dh = dlogits @ E
     Tensor dtable = store_.grad(tokens_);
-    ops::matmul(dlogits, true, saved.hidden, false, dtable, 1.0f, 1.0f);
+    ops::matmul(dlogits, true, hidden, false, dtable, 1.0f, 1.0f);
     ops::matmul(dlogits, false, store_.param(tokens_), false, dhidden);
   }
-  tp_.all_reduce(dhidden);  // each rank's vocabulary shard gives part of the hidden states' gradient
+  // Each rank's vocabulary shard gives part of the hidden states' gradient (sequence parallelism:
+  // reduce-scattered to this rank's tokens).
+  dhidden = tp_.reduce_tokens(dhidden);
   release(head_unit());
   acquire("final_norm");
   Tensor dx = final_norm_->backward(saved.final_norm, dhidden);
@@ -334,6 +355,7 @@ Tensor Model::backward(const Batch& batch, const ModelSaved& saved, float loss_s
     if (grad_hook_) grad_hook_(block_unit(i));
   }
   if (!embeds) return dx;
+  dx = tp_.gather_tokens(dx);  // sequence parallelism: the conjugate of the embedding's reduce-scatter
   if (positions_ >= 0) {
     Tensor dpos = store_.grad(positions_);
     ops::position_add_backward(dx, dpos, config_.seq_len, config_.reset_positions ? saved.doc_starts : Tensor());

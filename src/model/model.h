@@ -20,11 +20,13 @@ namespace moe {
 struct ModelSaved {
   std::vector<BlockSaved> blocks;  // the blocks of this stage (of the chunk with virtual stages)
   Norm::Saved final_norm;
-  Tensor hidden;  // final normed hidden states [B*S,d]
+  Tensor hidden;  // final normed hidden states [B*S,d] ([B*S/tp,d] under sequence parallelism)
   // logits [B*S, V/tp] (this rank's vocabulary shard; backward overwrites them with their
   // gradient), lse over all of V
   Tensor logits, lse;
-  Tensor output;  // a stage before the last: its output activations [B*S,d] for the next stage
+  // A stage before the last: its output activations [B*S,d] for the next stage ([B*S/tp,d] under
+  // sequence parallelism).
+  Tensor output;
   // i32[B*S]: each token's document start (model.reset_positions / reset_attention), else undefined
   Tensor doc_starts;
 };
@@ -39,6 +41,9 @@ struct ModelParallel {
   int virtual_stages = 1;
   // layers per (virtual) stage (sums to num_layers); empty = balanced
   std::vector<int64_t> stage_layers;
+  // Sequence parallelism (with tp): the residual stream, the norms and a stage's input and output
+  // hold this rank's tokens [B*S/tp, d] (rows [r*B*S/tp, (r+1)*B*S/tp)); see TpGroup.
+  bool sequence_parallel = false;
 };
 
 // The layers [first, last) of a pipeline stage: stage_layers when given, else as even as
@@ -152,6 +157,9 @@ class Model {
 
  private:
   Tensor embed(const Tensor& inputs, const Tensor& doc_starts) const;
+  // Sequence parallelism: the parameters whose gradients are partial sums over the TP group's
+  // tokens (norms, the biases added after a reduce-scatter, the shared experts' gate).
+  void mark_sequence_parallel_grads();
   // logits()'s conditions: one rank holding the whole model, a causal objective.
   void check_generation() const;
   // The batch's document starts on the model's device when a reset option needs them, else undefined.

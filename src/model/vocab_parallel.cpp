@@ -56,13 +56,19 @@ ops::VocabShard vocab_shard(int64_t vocab_size, const Communicator* tp) {
 }
 
 Tensor vocab_parallel_embedding(const Tensor& ids, const Tensor& table_local, int64_t vocab_size, Communicator* tp) {
+  Tensor out = vocab_parallel_embedding_partial(ids, table_local, vocab_size, tp);
+  if (is_sharded(tp)) tp->all_reduce_sum(out);  // one owner per id, zeros elsewhere: exact
+  return out;
+}
+
+Tensor vocab_parallel_embedding_partial(const Tensor& ids, const Tensor& table_local, int64_t vocab_size,
+                                        const Communicator* tp) {
   const ops::VocabShard shard = vocab_shard(vocab_size, tp);
   MOE_CHECK(table_local.ndim() == 2, "vocab-parallel embedding table must be [V/tp, d], got ",
             shape_str(table_local.shape()));
   check_local(table_local.size(0), vocab_size, tp, "the embedding table");
   Tensor out = Tensor::empty({ids.numel(), table_local.size(1)}, table_local.dtype(), table_local.device());
   ops::embedding_forward(ids, table_local, out, shard);
-  if (is_sharded(tp)) tp->all_reduce_sum(out);  // one owner per id, zeros elsewhere: exact
   return out;
 }
 

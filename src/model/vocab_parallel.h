@@ -19,6 +19,10 @@ ops::VocabShard vocab_shard(int64_t vocab_size, const Communicator* tp);
 // ids i32[T], table_local[V/tp, d] -> out[T, d], the same on every rank of the group (each id's
 // row comes from its owner, the others contribute zeros: one all-reduce).
 Tensor vocab_parallel_embedding(const Tensor& ids, const Tensor& table_local, int64_t vocab_size, Communicator* tp);
+// The same before the all-reduce: this rank's rows, zeros for the ids it does not own (summed
+// over the group they give vocab_parallel_embedding; sequence parallelism reduce-scatters them).
+Tensor vocab_parallel_embedding_partial(const Tensor& ids, const Tensor& table_local, int64_t vocab_size,
+                                        const Communicator* tp);
 
 // dout[T, d] (the same on every rank) -> dtable_local[V/tp, d] (accum) += rows of the local ids.
 // No communication.

@@ -43,24 +43,26 @@ DenseFfn::DenseFfn(ParamStore& store, const std::string& prefix, int64_t d_model
 }
 
 Tensor DenseFfn::forward(const Tensor& x, FfnSaved& saved) const {
-  Tensor y = ffn_forward(x, store_->param(w_up_), store_->param(w_down_), act_, saved,
-                         b_up_ >= 0 ? store_->param(b_up_) : Tensor());
-  tp_.all_reduce(y);
+  Tensor partial = ffn_forward(tp_.gather_tokens(x), store_->param(w_up_), store_->param(w_down_), act_, saved,
+                               b_up_ >= 0 ? store_->param(b_up_) : Tensor());
+  saved.x = x;  // sequence parallelism: this rank's tokens only, gathered again in backward
+  Tensor y = tp_.reduce_tokens(partial);
   if (b_down_ >= 0) ops::add_bias(y, store_->param(b_down_));
   return y;
 }
 
 Tensor DenseFfn::backward(const FfnSaved& saved, const Tensor& dy) const {
-  Tensor dx = empty_like(saved.x);
   Tensor dw_up = store_->grad(w_up_), dw_down = store_->grad(w_down_);
   if (b_down_ >= 0) {
     Tensor db_down = store_->grad(b_down_);
     ops::bias_backward(dy, db_down);
   }
-  ffn_backward(saved, store_->param(w_up_), store_->param(w_down_), act_, dy, dw_up, dw_down, dx, false,
-               b_up_ >= 0 ? store_->grad(b_up_) : Tensor());
-  tp_.all_reduce(dx);
-  return dx;
+  FfnSaved whole = saved;
+  whole.x = tp_.gather_tokens(saved.x);
+  Tensor dx = empty_like(whole.x);
+  ffn_backward(whole, store_->param(w_up_), store_->param(w_down_), act_, tp_.gather_tokens(dy), dw_up, dw_down, dx,
+               false, b_up_ >= 0 ? store_->grad(b_up_) : Tensor());
+  return tp_.reduce_tokens(dx);
 }
 
 }  // namespace moe

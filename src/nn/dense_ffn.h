@@ -27,6 +27,8 @@ inline int64_t ffn_up_width(ops::Activation act, int64_t d_ff) { return ops::is_
 // shard (a GLU rank keeps its gate and up columns, stored [gate | up] as ffn_forward expects),
 // w_down a row shard; one all-reduce of y forward and of dx backward. With biases (model.ffn_bias)
 // b_up is sharded with w_up's columns and b_down, replicated, is added once after the all-reduce.
+// Sequence parallelism: x and y are this rank's tokens [T/tp, d], all-gathered before w_up
+// (FfnSaved::x keeps the local part) and reduce-scattered after w_down; backward the conjugates.
 class DenseFfn {
  public:
   // Requires d_ff divisible by tp.size().

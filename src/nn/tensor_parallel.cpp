@@ -10,6 +10,29 @@ int64_t TpGroup::part(int64_t n, const std::string& what) const {
   return n / size();
 }
 
+Tensor TpGroup::gather_tokens(const Tensor& x) const {
+  if (!sequence_sharded()) return x;
+  Shape shape = x.shape();
+  shape[0] *= size();
+  Tensor out = Tensor::empty(shape, x.dtype(), x.device());
+  comm->all_gather(x, out);
+  return out;
+}
+
+Tensor TpGroup::reduce_tokens(Tensor& y) const {
+  if (!sequence_sharded()) {
+    all_reduce(y);
+    return y;
+  }
+  Shape shape = y.shape();
+  MOE_CHECK(!shape.empty() && shape[0] % size() == 0, "sequence parallelism: ", shape.empty() ? 0 : shape[0],
+            " token rows do not divide by parallel.tp = ", size());
+  shape[0] /= size();
+  Tensor out = Tensor::empty(shape, y.dtype(), y.device());
+  comm->reduce_scatter_sum(y, out);
+  return out;
+}
+
 ParamId add_column_parallel(ParamStore& store, const std::string& name, const Shape& full_shape, int64_t col_blocks,
                             int64_t units, ParamKind kind, double init_std, const TpGroup& tp) {
   if (!tp.active()) return store.add(name, full_shape, ParamGroup::dense, kind, ParamInit::normal, init_std);

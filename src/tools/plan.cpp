@@ -370,6 +370,10 @@ std::string format_plan(const Plan& p, const Config& config) {
 
   out << "\nactivations per micro-batch (" << config.train.micro_batch_size << " x " << m.seq_len << " = " << a.tokens
       << " tokens, " << dtype_name(p.compute) << "):\n";
+  if (config.parallel.sequence_parallel && t.tp > 1) {
+    out << "  (sequence parallelism: norms, residual stream and stage input hold " << a.tokens / t.tp
+        << " tokens per TP rank)\n";
+  }
   auto item = [&](const char* name, int64_t bytes, const char* note) {
     std::snprintf(line, sizeof line, "  %-34s %12s  %s\n", name, gb(static_cast<double>(bytes)).c_str(), note);
     out << line;

@@ -36,8 +36,12 @@ struct MoeFootprint {
 MoeFootprint moe_footprint(const Config& config, const RouterKind& router, int64_t T_layer, int tp, int ep, Sizes s) {
   const ModelConfig& m = config.model;
   // Tensor parallelism: this rank routes its slice of the layer's T_layer tokens through the
-  // whole experts; the shared experts see every token with their width split.
+  // whole experts; the shared experts see every token with their width split. Sequence
+  // parallelism: the layer's input and output are this rank's slice (T_seq rows), and the shared
+  // experts gather their input along the tokens and reduce-scatter their output.
   const int64_t T = ceil_div(T_layer, tp);
+  const bool sp = config.parallel.sequence_parallel && tp > 1;
+  const int64_t T_seq = sp ? T : T_layer;
   const MoeConfig& moe = config.moe;
   const MoeShape shape = moe_shape(moe);
   const int64_t d = m.d_model, E = shape.num_experts, f = shape.d_expert;
@@ -75,7 +79,7 @@ MoeFootprint moe_footprint(const Config& config, const RouterKind& router, int64
   MoeFootprint out;
   // The FFN-norm output: routers with a projection keep it (RouterSaved::x), and so do shared
   // experts; a hash router reads token ids only and the dispatch copies the rows it needs.
-  int64_t kept = (learned || moe.num_shared_experts > 0) ? T_layer * d * s.cb : 0;
+  int64_t kept = (learned || moe.num_shared_experts > 0) ? T_seq * d * s.cb : 0;
   // Router (RouterSaved): logits and scores [T,E]; noisy gating also clean, raw noise, normal
   // draws; ids i32 and weights [T,slots]; expert choice also its top-1 pair [T,1].
   if (learned) kept += (noisy ? 5 : 2) * T * E * s.ab;
@@ -96,7 +100,9 @@ MoeFootprint moe_footprint(const Config& config, const RouterKind& router, int64
   // Shared experts (SharedExpertsSaved): FFN h and a, the FFN output, the gate logit.
   const int64_t shared_width = shape.shared_width();
   const int64_t shared_up = up_width(act, shared_width) / tp, shared_mid = shared_width / tp;
-  if (moe.num_shared_experts > 0) kept += T_layer * s.cb * (shared_up + shared_mid + d + (moe.shared_gate ? 1 : 0));
+  if (moe.num_shared_experts > 0) {
+    kept += T_layer * s.cb * (shared_up + shared_mid) + T_seq * s.cb * (d + (moe.shared_gate ? 1 : 0));
+  }
   out.kept = kept;
 
   // Backward (MoeLayer::backward): combine -> experts -> dispatch -> shared -> router, with dy
@@ -122,8 +128,11 @@ MoeFootprint moe_footprint(const Config& config, const RouterKind& router, int64
   }
   if (moe.num_shared_experts > 0) {
     // With the gate, d ffn_out [T,d] stays through the FFN backward (d gate [T,1] is freed before).
-    const int64_t gate = moe.shared_gate ? T_layer * s.cb * d : 0;
-    out.backward = std::max(out.backward, after_dispatch + gate + T_layer * s.cb * (shared_up + shared_mid));
+    const int64_t gate = moe.shared_gate ? T_seq * s.cb * d : 0;
+    // Sequence parallelism: the gathered input, its gradient and the gathered output gradient.
+    const int64_t gathered = sp ? 3 * T_layer * s.cb * d : 0;
+    out.backward =
+        std::max(out.backward, after_dispatch + gate + gathered + T_layer * s.cb * (shared_up + shared_mid));
   }
   if (learned) {
     // MoeLayer::backward scales copies of the kept balancing gradients; the router adds its own.
@@ -178,6 +187,10 @@ ActivationPlan plan_activations(const Config& config, const Topology& topology, 
   const int64_t head_dim = m.d_model / m.num_heads;
   const int64_t q_width = m.num_heads * head_dim / tp, kv_width = m.num_kv_heads * head_dim / tp;
   const int64_t norm_stats = m.norm == "layernorm" ? 2 : 1;  // mean and rstd, or rstd: [T] accum
+  // Sequence parallelism: the norms, their outputs and the residual stream hold this rank's Ts
+  // tokens; the attention and FFN inside keep their whole-sequence tensors.
+  const bool sp = config.parallel.sequence_parallel && tp > 1;
+  const int64_t Ts = sp ? ceil_div(T, tp) : T;
 
   ActivationPlan a;
   a.tokens = T;
@@ -185,25 +198,30 @@ ActivationPlan plan_activations(const Config& config, const Topology& topology, 
   // the residual after attention, the block output (the next block's input); the norms'
   // statistics and the attention log-sum-exp [B,H,S] in the accumulation dtype. The FFN-norm
   // output belongs to the FFN: it lives on only where the FFN keeps it.
-  a.attention_layer = T * s.cb * (3 * d + 2 * q_width + 2 * kv_width) + T * s.ab * (2 * norm_stats + m.num_heads / tp);
+  a.attention_layer = Ts * s.cb * 3 * d + T * s.cb * (2 * q_width + 2 * kv_width) +
+                      Ts * s.ab * 2 * norm_stats + T * s.ab * (m.num_heads / tp);
   const int64_t dense_up = up_width(m.activation, m.d_ff) / tp, dense_mid = m.d_ff / tp;
-  a.dense_ffn = T * s.cb * (d + dense_up + dense_mid);  // FfnSaved x (the FFN-norm output), h, a
-  a.embedding = T * d * s.cb;                       // the first block's input
+  a.dense_ffn = Ts * s.cb * d + T * s.cb * (dense_up + dense_mid);  // FfnSaved x (the FFN-norm output), h, a
+  a.embedding = Ts * d * s.cb;                      // the first block's input
   a.batch = 2 * T * s.ib;
-  if (last) a.logits = T * d * s.cb + T * norm_stats * s.ab + T * ceil_div(m.vocab_size, tp) * s.cb + T * s.ab;
+  if (last) a.logits = Ts * (d * s.cb + norm_stats * s.ab) + T * ceil_div(m.vocab_size, tp) * s.cb + T * s.ab;
 
   // Backward working sets of a block, besides what the forward kept: the FFN backward with dy
   // and d x live; the attention backward with dy, the FFN-input and residual gradients, d out,
   // d q, d k, d v and d x.
-  const int64_t attention_backward = T * s.cb * (4 * d + 2 * q_width + 2 * kv_width);
-  const int64_t dense_backward = T * s.cb * (2 * d + dense_up + dense_mid);
+  // Sequence parallelism: dy, the FFN-input and residual gradients are this rank's tokens; the
+  // input gathered again and its gradient whole, then reduce-scattered (the FFN also gathers dy).
+  const int64_t attention_backward = sp ? T * s.cb * (2 * d + 2 * q_width + 2 * kv_width) + 4 * Ts * s.cb * d
+                                        : T * s.cb * (4 * d + 2 * q_width + 2 * kv_width);
+  const int64_t dense_backward = sp ? T * s.cb * (3 * d + dense_up + dense_mid) + Ts * s.cb * d
+                                    : T * s.cb * (2 * d + dense_up + dense_mid);
 
   int64_t kept = a.embedding;
   // Activation recomputation: a block keeps its output only (the next block's input) and its
   // backward first rebuilds everything else the block keeps.
   std::vector<int64_t> kept_of_layer(static_cast<size_t>(m.num_layers), 0);
   auto keep_layer = [&](int64_t layer, int64_t layer_kept, int64_t working) {
-    kept_of_layer[static_cast<size_t>(layer)] = config.train.recompute ? T * d * s.cb : layer_kept;
+    kept_of_layer[static_cast<size_t>(layer)] = config.train.recompute ? Ts * d * s.cb : layer_kept;
     kept += kept_of_layer[static_cast<size_t>(layer)];
     a.layer_working.push_back(config.train.recompute ? layer_kept + working : working);
   };
@@ -227,7 +245,8 @@ ActivationPlan plan_activations(const Config& config, const Topology& topology, 
   a.kept = kept + a.logits;
   a.backward_working = attention_backward;
   for (int64_t w : a.layer_working) a.backward_working = std::max(a.backward_working, w);
-  if (last) a.logits_grad = T * ceil_div(m.vocab_size, tp) * s.cb + T * d * s.cb;  // d logits, d hidden
+  // d logits, d hidden (sequence parallelism: the gathered hidden states, d hidden reduce-scattered)
+  if (last) a.logits_grad = T * ceil_div(m.vocab_size, tp) * s.cb + (sp ? 2 * T + Ts : T) * d * s.cb;
 
   // Micro-batches whose activations are alive together: one (backward follows each forward);
   // all of the step's with the global_batch balance scope (forwards first); under 1F1B stage s

@@ -108,7 +108,7 @@ StepResult Trainer::train_step() {
   const std::string schedule = global_scope ? "gpipe" : config_.parallel.pp_schedule;
   if (timed) stage_times_->start();
   Communicator* pp = topology_.pp > 1 ? groups_.pp.get() : nullptr;
-  const Shape activations{t.micro_batch_size * config_.model.seq_len, config_.model.d_model};
+  const Shape activations{stage_rows(t.micro_batch_size), config_.model.d_model};
   if (chunks > 1) {
     run_pipeline_rounds(schedule, micro_batches, chunks, pp, activations, dtype_, device_, stage);
   } else {

@@ -75,7 +75,8 @@ Trainer::Trainer(const Config& config, int local_rank, Communicator& world)
                        topology_.pp,
                        at.pp,
                        static_cast<int>(config.parallel.pp_virtual),
-                       config.parallel.pp_layers};
+                       config.parallel.pp_layers,
+                       config.parallel.sequence_parallel};
   log::Progress init_time;
   model_ = std::make_unique<Model>(config.model, config.moe, layout);
   // Start-up of a large model takes a while: say so before, and how long after. Small ones stay
@@ -190,7 +191,7 @@ EvalResult Trainer::evaluate(int64_t max_batches) {
     for (int chunk = 0; chunk < model_->num_chunks(); ++chunk) {
       const int vs = chunk * stages + me;
       if (vs > 0 && stages > 1) {
-        x = Tensor::empty({b.rows * config_.model.seq_len, config_.model.d_model}, dtype_, device_);
+        x = Tensor::empty({stage_rows(b.rows), config_.model.d_model}, dtype_, device_);
         groups_.pp->recv(x, (vs - 1) % stages);
       }
       ModelSaved saved;

@@ -111,6 +111,11 @@ class Trainer {
   int64_t moe_layer_row(int64_t layer) const;  // MoE layers of the whole model before `layer`
   // Reads this step's stage marks (the one wait for them, after the step is queued).
   void record_pipeline_times(StepResult& r);
+  // Rows of the activations a pipeline stage sends for `sequences` sequences: all their tokens, or
+  // this TP rank's share under sequence parallelism.
+  int64_t stage_rows(int64_t sequences) const {
+    return sequences * config_.model.seq_len / (config_.parallel.sequence_parallel ? topology_.tp : 1);
+  }
   // Tensor parallelism: sums over the TP group the gradients that cover a token slice only
   // (ParamInfo::tp_partial_grad): those of one unit, or (nullptr) all not summed yet this step.
   // again: sum the unit's even if done this step (ZeRO-2/3 reduce a block after every micro-batch).

@@ -337,6 +337,12 @@ TEST_CASE("pipeline and tensor-parallel rules have their messages") {
       {{"moe.num_experts=4", "moe.d_expert=6", "moe.granularity=2", "parallel.tp=2", "moe.num_shared_experts=1"},
        "the shared experts' width moe.num_shared_experts * (moe.d_expert / moe.granularity) = 1 * 3 = 3 is not "
        "divisible by parallel.tp = 2"},
+      {{"parallel.sequence_parallel=true"},
+       "parallel.sequence_parallel = true needs parallel.tp > 1 (it shards the tensor-parallel group's replicated "
+       "activations along the sequence), but parallel.tp = 1"},
+      {{"model.seq_len=3", "parallel.tp=2", "train.micro_batch_size=1", "parallel.sequence_parallel=true"},
+       "parallel.sequence_parallel = true needs train.micro_batch_size * model.seq_len = 1 * 3 = 3 tokens divisible "
+       "by parallel.tp = 2 (each tensor-parallel rank holds an equal share of the micro-batch's tokens)"},
       {{"moe.num_experts=4", "model.seq_len=3", "parallel.tp=2", "train.micro_batch_size=1"},
        "train.micro_batch_size * model.seq_len = 1 * 3 = 3 tokens is not divisible by parallel.tp = 2"},
       {{"moe.num_experts=4", "parallel.tp=2", "moe.importance_loss_coef=0.1"},

@@ -2,7 +2,7 @@
 // as two TP groups of 2): f64 forward output, input gradient and every rank's parameter
 // gradients equal the single-rank module's (same seed) and the matching slice of its gradients;
 // the ranks' parameters reassemble into the single-rank module's; bad head / width splits fail
-// with a message naming them.
+// with a message naming them. Sequence parallelism: the same modules on each rank's token rows.
 #include <catch2/catch.hpp>
 
 #include <memory>
@@ -158,6 +158,20 @@ void randomize_biases(ParamStore& tp_store, ParamStore& ref_store) {
   }
 }
 
+// 8 query and 4 kv heads with q/k/v biases (and the output bias when out_bias).
+AttentionConfig biased_attention_config(int64_t d, int64_t seq, bool out_bias) {
+  AttentionConfig cfg;
+  cfg.d_model = d;
+  cfg.num_heads = 8;
+  cfg.num_kv_heads = 4;
+  cfg.seq_len = seq;
+  cfg.init_std = 0.3;
+  cfg.out_init_std = 0.2;
+  cfg.qkv_bias = true;
+  cfg.out_bias = out_bias;
+  return cfg;
+}
+
 void check_grads_with_replicated(const ParamStore& tp_store, const ParamStore& ref_store) {
   for (size_t i = 0; i < tp_store.infos().size(); ++i) {
     const ParamInfo& info = tp_store.infos()[i];
@@ -177,15 +191,7 @@ TEST_CASE("tensor-parallel attention and FFN with biases equal the single-rank m
     const int64_t batch = 2, seq = 5, d = 32, tokens = batch * seq;
     for (bool out_bias : {false, true}) {
       INFO("tp " << tp.size() << " attention, output bias " << out_bias);
-      AttentionConfig cfg;
-      cfg.d_model = d;
-      cfg.num_heads = 8;
-      cfg.num_kv_heads = 4;
-      cfg.seq_len = seq;
-      cfg.init_std = 0.3;
-      cfg.out_init_std = 0.2;
-      cfg.qkv_bias = true;
-      cfg.out_bias = out_bias;
+      const AttentionConfig cfg = biased_attention_config(d, seq, out_bias);
       ParamStore ref_store, tp_store;
       Attention ref(ref_store, "layers.0.attn", cfg);
       Attention par(tp_store, "layers.0.attn", cfg, TpGroup{&tp});
@@ -261,6 +267,100 @@ TEST_CASE("tensor-parallel shared experts equal the single-rank shared experts",
         test::require_close(tp_store.grad(static_cast<ParamId>(i)), local_part(info, ref_grad), k_tol, 0,
                             "gradient of " + info.name);
       }
+    }
+  }
+}
+
+namespace {
+
+// This rank's rows [r*T/tp, (r+1)*T/tp) of t[T, d] (sequence parallelism's share of the tokens).
+Tensor token_rows(const Tensor& t, const Communicator& tp) {
+  const int64_t n = t.size(0) / tp.size();
+  return t.rows(tp.rank() * n, (tp.rank() + 1) * n).clone();
+}
+
+// Sequence parallelism: a split parameter's gradient is its slice of the reference's; a replicated
+// one's covers the rank's tokens only, and its sum over the group is the reference's.
+void check_sequence_parallel_grads(const ParamStore& tp_store, const ParamStore& ref_store, Communicator& tp) {
+  for (size_t i = 0; i < tp_store.infos().size(); ++i) {
+    const ParamInfo& info = tp_store.infos()[i];
+    Tensor ref = ref_store.grad(ref_store.find(info.name));
+    Tensor got = tp_store.grad(static_cast<ParamId>(i)).clone();
+    if (!info.is_split()) tp.all_reduce_sum(got);
+    Tensor want = info.is_split() ? local_part(info, ref.view(info.full_shape)) : ref;
+    test::require_close(got, want, k_tol, 0, "gradient of " + info.name);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("sequence-parallel attention, FFN and shared experts equal the single-rank modules on their rows",
+          "[parallel][tp]") {
+  // Each rank passes its rows of x and dy: the outputs and input gradients are its rows of the
+  // single-rank module's (all-gather before the column-parallel weights, reduce-scatter after the
+  // row-parallel ones, the conjugates backward), in f64.
+  auto world = make_world_communicator(Device::cpu());
+  auto groups = test::tp_groups(*world, false);
+  for (auto& group : groups) {
+    Communicator& tp = *group;
+    const TpGroup sp{&tp, true};
+    REQUIRE(sp.sequence_sharded());
+    const int64_t batch = 2, seq = 4, d = 32, tokens = batch * seq;
+    Tensor x = test::random_tensor({tokens, d}, DType::f64, 72);
+    Tensor dy = test::random_tensor({tokens, d}, DType::f64, 73);
+    {
+      INFO("tp " << tp.size() << " attention with biases");
+      const AttentionConfig cfg = biased_attention_config(d, seq, true);
+      ParamStore ref_store, tp_store;
+      Attention ref(ref_store, "layers.0.attn", cfg);
+      Attention par(tp_store, "layers.0.attn", cfg, sp);
+      ref_store.allocate(Device::cpu(), DType::f64);
+      tp_store.allocate(Device::cpu(), DType::f64);
+      ref_store.initialize(31);
+      tp_store.initialize(31);
+      randomize_biases(tp_store, ref_store);
+      Attention::Saved ref_saved, tp_saved;
+      Tensor y = par.forward(token_rows(x, tp), batch, tp_saved);
+      REQUIRE(tp_saved.x.size(0) == tokens / tp.size());  // the input is kept as this rank's rows
+      test::require_close(y, token_rows(ref.forward(x, batch, ref_saved), tp), k_tol, 0, "y");
+      test::require_close(par.backward(tp_saved, token_rows(dy, tp), batch),
+                          token_rows(ref.backward(ref_saved, dy, batch), tp), k_tol, 0, "dx");
+      check_sequence_parallel_grads(tp_store, ref_store, tp);
+    }
+    for (auto act : {ops::Activation::gelu, ops::Activation::swiglu}) {
+      INFO("tp " << tp.size() << " FFN with biases, activation " << ops::activation_name(act));
+      ParamStore ref_store, tp_store;
+      DenseFfn ref(ref_store, "layers.0.ffn", d, 16, act, 0.4, 0.3, {}, true);
+      DenseFfn par(tp_store, "layers.0.ffn", d, 16, act, 0.4, 0.3, sp, true);
+      ref_store.allocate(Device::cpu(), DType::f64);
+      tp_store.allocate(Device::cpu(), DType::f64);
+      ref_store.initialize(41);
+      tp_store.initialize(41);
+      randomize_biases(tp_store, ref_store);
+      FfnSaved ref_saved, tp_saved;
+      test::require_close(par.forward(token_rows(x, tp), tp_saved), token_rows(ref.forward(x, ref_saved), tp), k_tol,
+                          0, "y");
+      test::require_close(par.backward(tp_saved, token_rows(dy, tp)), token_rows(ref.backward(ref_saved, dy), tp),
+                          k_tol, 0, "dx");
+      check_sequence_parallel_grads(tp_store, ref_store, tp);
+    }
+    for (bool gated : {false, true}) {
+      INFO("tp " << tp.size() << " shared experts, gated " << gated);
+      ParamStore ref_store, tp_store;
+      SharedExperts ref(ref_store, "shared", d, 2, 4, ops::Activation::swiglu, gated, 0.4, 0.3);
+      SharedExperts par(tp_store, "shared", d, 2, 4, ops::Activation::swiglu, gated, 0.4, 0.3, sp);
+      ref_store.allocate(Device::cpu(), DType::f64);
+      tp_store.allocate(Device::cpu(), DType::f64);
+      ref_store.initialize(51);
+      tp_store.initialize(51);
+      SharedExpertsSaved ref_saved, tp_saved;
+      test::require_close(par.forward(token_rows(x, tp), tp_saved), token_rows(ref.forward(x, ref_saved), tp), k_tol,
+                          0, "y");
+      Tensor dx_ref = test::random_tensor({tokens, d}, DType::f64, 54), dx_tp = token_rows(dx_ref, tp);
+      ref.backward(ref_saved, dy, dx_ref);
+      par.backward(tp_saved, token_rows(dy, tp), dx_tp);
+      test::require_close(dx_tp, token_rows(dx_ref, tp), k_tol, 0, "dx");
+      check_sequence_parallel_grads(tp_store, ref_store, tp);
     }
   }
 }

@@ -96,6 +96,30 @@ int64_t measured_cpu_peak(const Config& config, Communicator& world) {
   return trainer.bench(1, 2)["peak_memory_bytes"].get<int64_t>();
 }
 
+// The busiest rank's measured peak and the plan's estimate for config on this job's ranks; the
+// estimate must land within 2% of the measurement.
+struct PeakPair {
+  int64_t measured = 0, planned = 0;
+};
+PeakPair require_planned_peak(const Config& config, Communicator& world, const std::string& what) {
+  validate_config(config);
+  std::vector<double> busiest{static_cast<double>(measured_cpu_peak(config, world))};
+  world.all_reduce_max(busiest);
+  const PeakPair p{static_cast<int64_t>(busiest[0]), make_plan(config, world.size()).peak};
+  INFO(what << " on " << world.size() << " ranks: estimate " << p.planned << ", measured " << p.measured);
+  REQUIRE(std::abs(static_cast<double>(p.planned - p.measured)) <= 0.02 * static_cast<double>(p.measured));
+  return p;
+}
+
+// What `lean` saves against `full`, measured and planned: both positive, the plan's within 5%.
+void require_planned_saving(const PeakPair& full, const PeakPair& lean, const std::string& what) {
+  const int64_t saved = full.measured - lean.measured, predicted = full.planned - lean.planned;
+  INFO(what << " saves " << saved << " bytes, the plan " << predicted);
+  REQUIRE(predicted > 0);
+  REQUIRE(saved > 0);
+  REQUIRE(std::abs(static_cast<double>(saved - predicted)) <= 0.05 * static_cast<double>(predicted));
+}
+
 std::string run_binary(const std::string& args, int& status) {
   const char* binary = std::getenv("MOE_BINARY");
   std::string log = (std::filesystem::temp_directory_path() / ("moe-plan-" + std::to_string(::getpid()) + ".log")).string();
@@ -520,6 +544,15 @@ TEST_CASE("the CPU estimate matches the allocator's high-water mark of real step
     Config tp = split;
     tp.parallel.tp = 2;
     cases.emplace_back("tp 2", tp);
+    // Sequence parallelism: norms and residuals on half the tokens, gathered around the matrices.
+    tp.parallel.sequence_parallel = true;
+    cases.emplace_back("tp 2, sequence parallel", tp);
+    Config sp_dense = dense;
+    sp_dense.parallel.tp = 2;
+    sp_dense.parallel.sequence_parallel = true;
+    cases.emplace_back("dense, tp 2, sequence parallel", sp_dense);
+    tp.train.recompute = true;
+    cases.emplace_back("tp 2, sequence parallel, recompute", tp);
     Config pp = split;
     pp.parallel.pp = 2;
     cases.emplace_back("pp 2", pp);
@@ -573,25 +606,50 @@ TEST_CASE("ZeRO-2 and ZeRO-3 save the memory the plan predicts on CPU ranks", "[
   c.train.grad_accum = 2;
   c.train.device = "cpu";
   c.train.run_dir = dir.str("run");
-  std::vector<int64_t> measured(4), planned(4);
+  std::vector<PeakPair> peaks(4);
   for (int zero = 1; zero <= 3; ++zero) {
     Config z = c;
     z.parallel.zero = zero;
-    validate_config(z);
-    std::vector<double> busiest{static_cast<double>(measured_cpu_peak(z, *world))};
-    world->all_reduce_max(busiest);
-    measured[zero] = static_cast<int64_t>(busiest[0]);
-    planned[zero] = make_plan(z, ranks).peak;
-    INFO("ZeRO-" << zero << " on " << ranks << " ranks: estimate " << planned[zero] << ", measured " << measured[zero]);
-    REQUIRE(std::abs(static_cast<double>(planned[zero] - measured[zero])) <= 0.02 * static_cast<double>(measured[zero]));
+    peaks[zero] = require_planned_peak(z, *world, "ZeRO-" + std::to_string(zero));
   }
   for (int zero = 2; zero <= 3; ++zero) {
-    const int64_t saved = measured[zero - 1] - measured[zero], predicted = planned[zero - 1] - planned[zero];
-    INFO("ZeRO-" << zero << " saves " << saved << " bytes against ZeRO-" << zero - 1 << ", the plan " << predicted);
-    REQUIRE(predicted > 0);
-    REQUIRE(saved > 0);
-    REQUIRE(std::abs(static_cast<double>(saved - predicted)) <= 0.05 * static_cast<double>(predicted));
+    require_planned_saving(peaks[zero - 1], peaks[zero],
+                           "ZeRO-" + std::to_string(zero) + " against ZeRO-" + std::to_string(zero - 1));
   }
+}
+
+TEST_CASE("sequence parallelism saves the activation memory the plan predicts on CPU ranks", "[train][plan][tp]") {
+  // Activations outweigh the model state (4 sequences of 32 tokens, d 64): tensor parallelism over
+  // every rank of the job without and with sequence parallelism, whose norms, residuals and FFN
+  // inputs hold 1/tp of the tokens. Each peak against the plan, and the saving against the plan's.
+  auto world = make_world_communicator(Device::cpu());
+  const int ranks = world->size();
+  if (ranks == 1) return;  // nothing to split over one rank
+  test::TempDir dir("moe-plan-sp");
+  Config c;
+  c.model.vocab_size = 64;
+  c.model.d_model = 64;
+  c.model.num_layers = 4;
+  c.model.num_heads = 4;
+  c.model.num_kv_heads = 4;
+  c.model.seq_len = 32;
+  c.model.d_ff = 64;
+  c.moe.num_experts = 4;
+  c.moe.top_k = 1;
+  c.moe.d_expert = 32;
+  c.moe.first_dense = 1;
+  c.moe.router = "hash";
+  c.moe.hash_kind = "position";  // balanced expert rows, as the plan assumes
+  c.moe.num_shared_experts = 1;
+  c.train.micro_batch_size = 4;
+  c.train.grad_accum = 1;
+  c.train.device = "cpu";
+  c.train.run_dir = dir.str("run");
+  c.parallel.tp = ranks;
+  const PeakPair tp = require_planned_peak(c, *world, "tp " + std::to_string(ranks));
+  c.parallel.sequence_parallel = true;
+  const PeakPair sp = require_planned_peak(c, *world, "tp " + std::to_string(ranks) + " with sequence parallelism");
+  require_planned_saving(tp, sp, "sequence parallelism");
 }
 
 TEST_CASE("pipeline and tensor parallelism split the layers and the matrices", "[train][plan]") {
@@ -668,6 +726,13 @@ TEST_CASE("the moe plan command prints the plan and the table, and rejects bad u
   REQUIRE_THAT(out, Contains("topology: 4 ranks = pp 1 x dp 4 x tp 1"));
   REQUIRE_THAT(out, Contains("<- parallel.zero"));
   REQUIRE_THAT(out, Contains("ZeRO-2"));
+  out = run_binary("plan " + dir.str("c.toml") + " --world 2 --set parallel.tp=2 --set parallel.sequence_parallel=true",
+                   status);
+  REQUIRE(status == 0);
+  REQUIRE_THAT(out, Contains("(sequence parallelism: norms, residual stream and stage input hold 32 tokens per TP rank)"));
+  out = run_binary("plan " + dir.str("c.toml") + " --set parallel.sequence_parallel=true", status);
+  REQUIRE(status != 0);
+  REQUIRE_THAT(out, Contains("parallel.sequence_parallel = true needs parallel.tp > 1"));
   out = run_binary("plan --zero-table", status);
   REQUIRE(status == 0);
   REQUIRE_THAT(out, Contains("| 16 | 35.62 | 21.56 | 7.5 | 608 | 368 | 128 | 4750 | 2875 | 1000 |"));

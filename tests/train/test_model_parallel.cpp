@@ -2,7 +2,8 @@
 // layout of the world trains the same model as one rank over 5 steps (losses, balancing losses,
 // gradient norms, routing counts, validation loss, and the weights after the steps via a
 // checkpoint loaded into one rank); checkpoints cross layouts both ways; activation
-// recomputation changes nothing. Interleaved 1F1B (parallel.pp_virtual) trains the same model too.
+// recomputation changes nothing. Interleaved 1F1B (parallel.pp_virtual) and sequence parallelism
+// (parallel.sequence_parallel) train the same model too.
 #include <catch2/catch.hpp>
 
 #include <filesystem>
@@ -27,11 +28,13 @@ struct Layout {
   bool recompute = false;
   bool tied = true;
   bool masked_lm = false;  // model.objective = masked_lm (bidirectional, masked targets)
+  bool sp = false;         // parallel.sequence_parallel
+  bool learned = false;    // learned positions, LayerNorm, untied GELU FFN with biases (dense model)
   std::string name() const {
     return "tp " + std::to_string(tp) + " pp " + std::to_string(pp) + " ep " + std::to_string(ep) + " zero " +
            std::to_string(zero) + " " + schedule + (pp_virtual > 1 ? " virtual " + std::to_string(pp_virtual) : "") +
            " layers " + std::to_string(layers) + (recompute ? " recompute" : "") + (tied ? "" : " untied") +
-           (masked_lm ? " masked_lm" : "");
+           (masked_lm ? " masked_lm" : "") + (sp ? " sequence_parallel" : "") + (learned ? " learned" : "");
   }
 };
 
@@ -49,6 +52,17 @@ void run_layout(Communicator& world, Communicator& self, const Layout& layout, c
   c.parallel.zero = layout.zero;
   c.parallel.pp_schedule = layout.schedule;
   if (layout.masked_lm) test::use_masked_lm(c, dir);
+  c.parallel.sequence_parallel = layout.sp;
+  if (layout.learned) {
+    // Every replicated parameter sequence parallelism turns into a partial gradient: LayerNorm
+    // weights and biases, the attention output and FFN down biases; the positions join once.
+    c.moe.num_experts = 0;
+    c.model.positions = "learned";
+    c.model.norm = "layernorm";
+    c.model.activation = "gelu";
+    c.model.ffn_bias = true;
+    c.model.attention_bias = "all";
+  }
   c.parallel.pp_virtual = layout.pp_virtual;
   c.model.num_layers = layout.layers;
   validate_config(c);
@@ -127,7 +141,12 @@ TEST_CASE("tensor and pipeline parallel layouts train the one-rank model", "[par
                {.tp = 2, .masked_lm = true},
                {.pp = 2, .masked_lm = true},
                {.pp = 2, .pp_virtual = 2},  // interleaved: chunks of layers 0, 2 and 1, 3
-               {.pp = 2, .pp_virtual = 2, .recompute = true, .tied = false}};
+               {.pp = 2, .pp_virtual = 2, .recompute = true, .tied = false},
+               // Sequence parallelism: norms and residuals on half the tokens each.
+               {.tp = 2, .sp = true},
+               {.tp = 2, .recompute = true, .tied = false, .sp = true},
+               {.tp = 2, .masked_lm = true, .sp = true},
+               {.tp = 2, .sp = true, .learned = true}};
   } else if (n == 4) {
     layouts = {{.tp = 4},
                {.tp = 2, .ep = 2},                    // TP 2 x DP 2 with EP 2
@@ -139,11 +158,18 @@ TEST_CASE("tensor and pipeline parallel layouts train the one-rank model", "[par
                {.tp = 2, .pp = 2, .recompute = true},
                {.tp = 2, .ep = 2, .zero = 1, .masked_lm = true},
                {.pp = 4, .pp_virtual = 2, .layers = 8},   // interleaved over 8 virtual stages
-               {.pp = 2, .ep = 2, .zero = 1, .pp_virtual = 2}};
+               {.pp = 2, .ep = 2, .zero = 1, .pp_virtual = 2},
+               // Sequence parallelism over 4 TP ranks, with DP 2 and EP 2 and ZeRO, and with stages.
+               {.tp = 4, .sp = true},
+               {.tp = 2, .ep = 2, .sp = true},
+               {.tp = 2, .ep = 2, .zero = 3, .sp = true},
+               {.tp = 2, .pp = 2, .recompute = true, .sp = true},
+               {.tp = 2, .pp = 2, .pp_virtual = 2, .sp = true}};  // interleaved chunks pass [T/tp, d]
   } else if (n == 8) {
     layouts = {{.tp = 2, .pp = 2, .ep = 2, .zero = 1},   // PP 2 x TP 2 x DP 2 with EP 2 and ZeRO-1
                {.tp = 2, .pp = 2, .ep = 2, .zero = 3, .recompute = true},
-               {.tp = 2, .pp = 2, .ep = 2, .zero = 1, .pp_virtual = 2}};
+               {.tp = 2, .pp = 2, .ep = 2, .zero = 1, .pp_virtual = 2},
+               {.tp = 2, .pp = 2, .ep = 2, .zero = 1, .sp = true}};
   }
   REQUIRE(!layouts.empty());
   run_layouts(layouts);
