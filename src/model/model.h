@@ -39,6 +39,8 @@ struct ModelParallel {
   int virtual_stages = 1;
   // layers per (virtual) stage (sums to num_layers); empty = balanced
   std::vector<int64_t> stage_layers;
+  // parallel.a2a_overlap: MoE layers overlap their all-to-alls with the shared experts
+  bool a2a_overlap = false;
 };
 
 // The layers [first, last) of a pipeline stage: stage_layers when given, else as even as
