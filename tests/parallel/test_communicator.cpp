@@ -262,8 +262,9 @@ TEST_CASE("reduce_scatter_v_sum gives rank r the sum of its part, uneven and emp
   // in_q[j] = 10000 q + j  =>  out_r[i] = 10000 * sum(q) + s * (begin_r + i)
   for (DType dtype : {DType::f32, DType::f64, DType::i64}) {
     INFO(dtype_name(dtype));
-    Tensor in = dtype == DType::i64 ? filled<int64_t>(n, dtype, [&](int64_t j) { return 10000 * me + j; })
-                                    : filled<double>(n, dtype, [&](int64_t j) { return 10000.0 * me + j; });
+    Tensor in = dtype == DType::i64   ? filled<int64_t>(n, dtype, [&](int64_t j) { return 10000 * me + j; })
+                : dtype == DType::f64 ? filled<double>(n, dtype, [&](int64_t j) { return 10000.0 * me + j; })
+                                      : filled<float>(n, dtype, [&](int64_t j) { return 10000.0f * me + j; });
     Tensor out = zeros({counts[static_cast<size_t>(me)]}, dtype);
     comm->reduce_scatter_v_sum(in, counts, out);
     auto got = out.to_vector<double>();
