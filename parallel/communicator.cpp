@@ -56,7 +56,7 @@ void Communicator::count_all_to_all(int64_t bytes_sent_elsewhere) { traffic_.all
 
 namespace detail {
 
-void check_reduce_scatter_v_args(const Tensor& in, const std::vector<int64_t>& counts, const Tensor& out, int size,
+bool check_reduce_scatter_v_args(const Tensor& in, const std::vector<int64_t>& counts, const Tensor& out, int size,
                                  int rank) {
   check_same_dtype(in, out, "reduce_scatter_v_sum");
   MOE_CHECK(static_cast<int>(counts.size()) == size, "reduce_scatter_v_sum: need one count per rank (", size,
@@ -69,10 +69,14 @@ void check_reduce_scatter_v_args(const Tensor& in, const std::vector<int64_t>& c
   MOE_CHECK(total == in.numel(), "reduce_scatter_v_sum: counts sum to ", total, " elements but in has ", in.numel());
   MOE_CHECK(out.numel() == counts[rank], "reduce_scatter_v_sum: out has ", out.numel(), " elements, this rank's count is ",
             counts[rank]);
+  if (in.nbytes() == 0 || out.nbytes() == 0) return false;
   auto* i0 = static_cast<const char*>(in.data());
   auto* o0 = static_cast<const char*>(out.data());
-  MOE_CHECK(in.nbytes() == 0 || out.nbytes() == 0 || !(i0 < o0 + out.nbytes() && o0 < i0 + in.nbytes()),
-            "reduce_scatter_v_sum: out overlaps in");
+  const int64_t begin = std::accumulate(counts.begin(), counts.begin() + rank, int64_t{0});
+  if (o0 == i0 + begin * static_cast<int64_t>(dtype_size(in.dtype()))) return true;
+  MOE_CHECK(!(i0 < o0 + out.nbytes() && o0 < i0 + in.nbytes()),
+            "reduce_scatter_v_sum: out overlaps in other than at this rank's part");
+  return false;
 }
 
 int64_t rows_sent_elsewhere(const std::vector<int64_t>& send_counts, int rank) {

@@ -77,8 +77,9 @@ class Communicator {
   // in[size * n] -> out[n] = sum over ranks of their in elements [rank*n, (rank+1)*n).
   virtual void reduce_scatter_sum(const Tensor& in, Tensor& out) = 0;
   // Variable parts: in[sum(counts)] -> out[counts[rank]] = sum over ranks of their in elements
-  // [sum(counts[:rank]), +counts[rank]). counts has one entry per rank, >= 0 (zeros allowed);
-  // out must not overlap in. (ZeRO: a bucket of the flat gradients cut at the shard borders.)
+  // [sum(counts[:rank]), +counts[rank]). counts has one entry per rank, >= 0 (zeros allowed).
+  // out is either apart from in, or exactly this rank's part of in (in place: the rest of in is
+  // then left undefined). (ZeRO: a bucket of the flat gradients cut at the shard borders.)
   virtual void reduce_scatter_v_sum(const Tensor& in, const std::vector<int64_t>& counts, Tensor& out) = 0;
 
   // Rows along dim 0: send[sum(send_counts), ...] -> recv[sum(recv_counts), ...], same row
@@ -165,8 +166,9 @@ void check_same_dtype(const Tensor& a, const Tensor& b, const char* call);
 void check_numel_ratio(const Tensor& small, const Tensor& large, int factor, const char* call);
 // Elements per row along dim 0 (the product of the remaining dims).
 int64_t row_numel(const Tensor& t);
-// counts: one per rank, each >= 0, summing to in's elements; out has counts[rank].
-void check_reduce_scatter_v_args(const Tensor& in, const std::vector<int64_t>& counts, const Tensor& out, int size,
+// counts: one per rank, each >= 0, summing to in's elements; out has counts[rank] and is apart
+// from in or exactly this rank's part of it. Returns whether out is in place.
+bool check_reduce_scatter_v_args(const Tensor& in, const std::vector<int64_t>& counts, const Tensor& out, int size,
                                  int rank);
 // Rows this rank sends to other ranks (its own block stays).
 int64_t rows_sent_elsewhere(const std::vector<int64_t>& send_counts, int rank);

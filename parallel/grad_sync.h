@@ -17,14 +17,14 @@ constexpr size_t k_default_bucket_bytes = size_t{25} << 20;  // 25 MiB, as in Py
 // least one). The buffer is the comm's device and a floating dtype. A single rank is a no-op.
 void average_gradients(Communicator& comm, Tensor& grads, size_t bucket_bytes = k_default_bucket_bytes);
 
-// Sharded reduction (ZeRO-2/3): grads[n] holds the flat elements [first, first+n) of a buffer
-// whose rank r owns the contiguous range [borders[r], borders[r+1]) (size+1 non-decreasing
-// borders). out[m] <- the sum over ranks of their grads on [first, first+n) ∩ this rank's range
-// (m elements, possibly 0), bucket by bucket: each bucket is cut at the borders into one part
-// per rank and reduce-scattered with reduce_scatter_v_sum, so a rank receives only its part
-// (N-1)/N of the bytes an all-reduce sends, half). Collective; out must not overlap grads.
-void reduce_scatter_sharded(Communicator& comm, const Tensor& grads, int64_t first,
-                            const std::vector<int64_t>& borders, Tensor& out,
+// Sharded reduction (ZeRO-2/3), in place: grads[n] holds the flat elements [first, first+n) of
+// a buffer whose rank r owns the contiguous range [borders[r], borders[r+1]) (size+1
+// non-decreasing borders). Afterwards grads on [first, first+n) ∩ this rank's range holds the
+// sum over ranks of their grads there; its other elements are left undefined. Bucket by bucket:
+// each bucket is cut at the borders into one part per rank and reduce-scattered with
+// reduce_scatter_v_sum, so a rank receives only its part ((N-1)/N of the bucket's bytes, half of
+// what an all-reduce sends) and nothing is staged. Collective.
+void reduce_scatter_sharded(Communicator& comm, Tensor& grads, int64_t first, const std::vector<int64_t>& borders,
                             size_t bucket_bytes = k_default_bucket_bytes);
 
 }  // namespace moe

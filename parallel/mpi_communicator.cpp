@@ -209,16 +209,36 @@ std::unique_ptr<MpiCommunicator::AllToAllPlan> MpiCommunicator::plan_all_to_all(
   return plan;
 }
 
-// in[sum(counts)] -> out[counts[rank]] = sum over ranks of their in part [sum(counts[:rank]), +counts[rank])
+// in[sum(counts)] -> out[counts[rank]] = sum over ranks of their in part [sum(counts[:rank]), +counts[rank]):
+// one non-blocking reduce of each non-empty part to its owner, all posted, then awaited. A rank
+// sends each part but its own once (a tree reduce), as a reduce-scatter does, and the sums are
+// made in the reduce's fixed order whatever the parts' sizes.
 void MpiCommunicator::reduce_scatter_v_sum(const Tensor& in, const std::vector<int64_t>& counts, Tensor& out) {
   detail::check_comm_tensor(in, device(), "reduce_scatter_v_sum");
   detail::check_comm_tensor(out, device(), "reduce_scatter_v_sum");
-  detail::check_reduce_scatter_v_args(in, counts, out, size_, rank_);
+  const bool in_place = detail::check_reduce_scatter_v_args(in, counts, out, size_, rank_);
   MPI_Datatype type = reduce_type(in.dtype(), "reduce_scatter_v_sum");
-  std::vector<int> recv_counts(static_cast<size_t>(size_));
-  for (int r = 0; r < size_; ++r) recv_counts[r] = checked_count(counts[r], "reduce_scatter_v_sum");
   count_reduce_scatter(static_cast<int64_t>(in.nbytes()), static_cast<int64_t>(out.nbytes()));
-  MPI_CHECK(MPI_Reduce_scatter(in.data(), out.data(), recv_counts.data(), type, MPI_SUM, comm_));
+  const size_t elem = dtype_size(in.dtype());
+  auto* base = static_cast<char*>(const_cast<void*>(in.data()));
+  std::vector<MPI_Request> requests;
+  int64_t at = 0;
+  for (int r = 0; r < size_; ++r) {
+    const int64_t n = counts[static_cast<size_t>(r)];
+    char* part = base + static_cast<size_t>(at) * elem;
+    at += n;
+    if (n == 0) continue;
+    const int count = checked_count(n, "reduce_scatter_v_sum");
+    requests.emplace_back();
+    if (r != rank_) {
+      MPI_CHECK(MPI_Ireduce(part, nullptr, count, type, MPI_SUM, r, comm_, &requests.back()));
+    } else if (in_place) {
+      MPI_CHECK(MPI_Ireduce(MPI_IN_PLACE, part, count, type, MPI_SUM, r, comm_, &requests.back()));
+    } else {
+      MPI_CHECK(MPI_Ireduce(part, out.data(), count, type, MPI_SUM, r, comm_, &requests.back()));
+    }
+  }
+  MPI_CHECK(MPI_Waitall(static_cast<int>(requests.size()), requests.data(), MPI_STATUSES_IGNORE));
 }
 
 // send[sum(send_counts), ...] -> recv[sum(recv_counts), ...] by rows

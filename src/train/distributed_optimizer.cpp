@@ -250,14 +250,12 @@ void DistributedOptimizer::reduce_unit_grads(const ParamUnit& unit) {
     // receives the sum of its part only, half the bytes of an all-reduce.
     const Layout& l = layouts_[i];
     const FlatRange part = intersect(range, l.own);
-    Tensor mine = Tensor::empty({part.numel()}, values.dtype(), values.device());
-    if (l.size == 1) {
-      copy_elements(rows_at(values, range.begin, part), mine);
-    } else {
+    Tensor mine = rows_at(values, range.begin, part);
+    if (l.size > 1) {
       std::vector<int64_t> borders(static_cast<size_t>(l.size) + 1);
       for (int r = 0; r < l.size; ++r) borders[static_cast<size_t>(r)] = l.owned_by(r).begin;
       borders.back() = l.numel;
-      reduce_scatter_sharded(*l.comm, values, range.begin, borders, mine, bucket_bytes_);
+      reduce_scatter_sharded(*l.comm, values, range.begin, borders, bucket_bytes_);
       scale_exact(mine, 1.0 / l.size);
     }
     Tensor shard = store_->grad_shard(g);

@@ -272,6 +272,20 @@ TEST_CASE("reduce_scatter_v_sum gives rank r the sum of its part, uneven and emp
     for (size_t i = 0; i < got.size(); ++i)
       REQUIRE(got[i] == static_cast<double>(10000 * rank_sum + s * (begin + static_cast<int64_t>(i))));
   }
+  SECTION("in place, into this rank's part of the input") {
+    Tensor in = filled<double>(n, DType::f64, [&](int64_t j) { return 10000.0 * me + j; });
+    Tensor part = in.rows(begin, begin + counts[static_cast<size_t>(me)]);
+    comm->reduce_scatter_v_sum(in, counts, part);
+    auto got = part.to_vector<double>();
+    for (size_t i = 0; i < got.size(); ++i)
+      REQUIRE(got[i] == static_cast<double>(10000 * rank_sum + s * (begin + static_cast<int64_t>(i))));
+    if (counts[static_cast<size_t>(me)] > 0 && (begin > 0 || n > counts[static_cast<size_t>(me)])) {
+      Tensor shifted = begin > 0 ? in.rows(begin - 1, begin - 1 + counts[static_cast<size_t>(me)])
+                                 : in.rows(1, 1 + counts[static_cast<size_t>(me)]);
+      REQUIRE_THROWS_WITH(comm->reduce_scatter_v_sum(in, counts, shifted),
+                          Contains("out overlaps in other than at this rank's part"));
+    }
+  }
   SECTION("equal parts") {
     std::vector<int64_t> equal(static_cast<size_t>(s), 4);
     Tensor in = filled<float>(4 * s, DType::f32, [&](int64_t j) { return 100.0f * me + j; });
