@@ -89,27 +89,34 @@ MoeLayer::MoeLayer(ParamStore& store, const std::string& prefix, const MoeLayerC
 
 Tensor MoeLayer::forward(const Tensor& x, const RouteInputs& inputs, MoeLayerSaved& saved, bool collect_stats) const {
   const TpGroup tp = this->tp();
+  Tensor shared_y;
+  auto shared = [&] {
+    if (!shared_) return;
+    shared_y = shared_->forward(x, saved.shared);
+    phase("shared_forward");
+  };
   Tensor y;
   if (!tp.active()) {
-    y = routed_forward(x, inputs, saved, collect_stats);
+    y = routed_forward(x, inputs, saved, collect_stats, shared);
   } else if (tp.sequence_sharded()) {
     RouteInputs slice = inputs;  // x is already this rank's slice of the micro-batch
     slice.first_token += tp.rank() * x.size(0);
-    y = routed_forward(x, slice, saved, collect_stats);
+    y = routed_forward(x, slice, saved, collect_stats, shared);
   } else {
     const int64_t rows = tp.part(x.size(0), "the MoE layer's tokens per micro-batch");
     RouteInputs slice = inputs;
     slice.first_token += tp.rank() * rows;
-    Tensor y_local = routed_forward(x.rows(tp.rank() * rows, (tp.rank() + 1) * rows), slice, saved, collect_stats);
+    Tensor y_local =
+        routed_forward(x.rows(tp.rank() * rows, (tp.rank() + 1) * rows), slice, saved, collect_stats, shared);
     y = Tensor::empty(x.shape(), y_local.dtype(), y_local.device());
     tp.comm->all_gather(y_local, y);
   }
-  if (shared_) ops::accumulate(y, shared_->forward(x, saved.shared));
+  if (shared_) ops::accumulate(y, shared_y);
   return y;
 }
 
-Tensor MoeLayer::routed_forward(const Tensor& x, const RouteInputs& inputs, MoeLayerSaved& saved,
-                                bool collect_stats) const {
+Tensor MoeLayer::routed_forward(const Tensor& x, const RouteInputs& inputs, MoeLayerSaved& saved, bool collect_stats,
+                                const std::function<void()>& meanwhile) const {
   const Routing& routing = router_->route(x, inputs, saved.router);
   saved.ids = routing.ids;
   saved.weights = routing.weights;
@@ -135,25 +142,44 @@ Tensor MoeLayer::routed_forward(const Tensor& x, const RouteInputs& inputs, MoeL
   }
   // The rows the experts may receive: the router's bound, or the capacity's (E * capacity).
   saved.dispatch.max_rows = std::min(router_->max_routed_slots(x.size(0)), max_kept);
-  Tensor x_local = dispatcher_->dispatch(x, saved.ids, saved.dispatch);
+  const bool overlap = config_.a2a_overlap;
+  dispatcher_->dispatch_start(x, saved.ids, saved.dispatch);
+  phase("dispatch_start");
+  if (overlap) meanwhile();
+  Tensor x_local = dispatcher_->dispatch_finish(saved.dispatch);
+  phase("dispatch_finish");
   const DispatchSaved& d = saved.dispatch;
+  // Load statistics are this rank's routed slots per expert (not what its experts received).
+  auto read_load_stats = [&] {
+    if (read_stats) {
+      saved.stats.tokens_per_expert = saved.dispatch.host_routed_counts();
+      for (int64_t c : saved.stats.tokens_per_expert) saved.stats.slots += c;
+      saved.stats.slots += saved.stats.dropped;
+    } else if (later.pending) {
+      // Counts the dispatcher already has on the host (expert parallelism) are taken as they are.
+      if (d.routed_counts.empty() && d.offsets.defined()) {
+        later.offsets = d.offsets;
+      } else {
+        saved.stats.tokens_per_expert = saved.dispatch.host_routed_counts();
+      }
+    }
+  };
   const ExpertRows rows = d.offsets.defined() ? ExpertRows::from_offsets(d.offsets) : ExpertRows::from_counts(d.counts);
   saved.y_sorted = experts_->forward(x_local, rows, saved.experts);
-  Tensor y = dispatcher_->combine(saved.dispatch, saved.y_sorted, saved.weights);
-  // Load statistics are this rank's routed slots per expert (not what its experts received).
-  if (read_stats) {
-    saved.stats.tokens_per_expert = saved.dispatch.host_routed_counts();
-    for (int64_t c : saved.stats.tokens_per_expert) saved.stats.slots += c;
-    saved.stats.slots += saved.stats.dropped;
-  } else if (later.pending) {
-    // Counts the dispatcher already has on the host (expert parallelism) are taken as they are.
-    if (d.routed_counts.empty() && d.offsets.defined()) {
-      later.offsets = d.offsets;
-    } else {
-      saved.stats.tokens_per_expert = saved.dispatch.host_routed_counts();
-    }
+  dispatcher_->combine_start(saved.dispatch, saved.y_sorted, saved.weights);
+  phase("combine_start");
+  if (overlap) {
+    // The statistics and balancing terms read the routing only: they run while the rows travel.
+    read_load_stats();
+    compute_balancing_terms(routing, saved.router, inputs, saved, collect_stats);
   }
-  compute_balancing_terms(routing, saved.router, inputs, saved, collect_stats);
+  Tensor y = dispatcher_->combine_finish(saved.dispatch, saved.weights);
+  phase("combine_finish");
+  if (!overlap) {
+    meanwhile();
+    read_load_stats();
+    compute_balancing_terms(routing, saved.router, inputs, saved, collect_stats);
+  }
   if (router_->expert_bias_id() >= 0) saved.stats.kept_ids = saved.ids;  // the bias loads, counted on the device
   return y;
 }
@@ -330,24 +356,43 @@ void MoeLayer::set_switch_gradient(MoeLayerSaved& saved, const std::vector<doubl
 
 Tensor MoeLayer::backward(const MoeLayerSaved& saved, const Tensor& dy, float aux_scale) const {
   const TpGroup tp = this->tp();
+  // With the overlap the shared experts' input gradient is made apart and added after the routed
+  // one; without it they add into the routed one.
+  Tensor dx_shared;
+  auto shared = [&] {
+    if (!shared_ || !config_.a2a_overlap) return;
+    dx_shared = Tensor::zeros(dy.shape(), dy.dtype(), dy.device());
+    shared_->backward(saved.shared, dy, dx_shared);
+    phase("shared_backward");
+  };
   Tensor dx;
   if (!tp.active() || tp.sequence_sharded()) {
-    dx = routed_backward(saved, dy, aux_scale);
+    dx = routed_backward(saved, dy, aux_scale, shared);
   } else {
     const int64_t rows = dy.size(0) / tp.size();
     // Each rank's tokens reach the output through its slice only: the slices' input gradients
     // make up the whole one.
-    Tensor dx_local = routed_backward(saved, dy.rows(tp.rank() * rows, (tp.rank() + 1) * rows), aux_scale);
+    Tensor dx_local =
+        routed_backward(saved, dy.rows(tp.rank() * rows, (tp.rank() + 1) * rows), aux_scale, shared);
     dx = Tensor::empty(dy.shape(), dx_local.dtype(), dx_local.device());
     tp.comm->all_gather(dx_local, dx);
   }
-  if (shared_) shared_->backward(saved.shared, dy, dx);
+  if (dx_shared.defined()) {
+    ops::accumulate(dx, dx_shared);
+  } else if (shared_) {
+    shared_->backward(saved.shared, dy, dx);
+  }
   return dx;
 }
 
-Tensor MoeLayer::routed_backward(const MoeLayerSaved& saved, const Tensor& dy, float aux_scale) const {
-  Tensor dy_sorted, dweights;
-  dispatcher_->combine_backward(saved.dispatch, saved.y_sorted, saved.weights, dy, dy_sorted, dweights);
+Tensor MoeLayer::routed_backward(const MoeLayerSaved& saved, const Tensor& dy, float aux_scale,
+                                 const std::function<void()>& meanwhile) const {
+  Tensor dweights;
+  dispatcher_->combine_backward_start(saved.dispatch, saved.y_sorted, saved.weights, dy, dweights);
+  phase("combine_backward_start");
+  meanwhile();
+  Tensor dy_sorted = dispatcher_->combine_backward_finish(saved.dispatch);
+  phase("combine_backward_finish");
   Tensor dx_sorted = experts_->backward(saved.experts, dy_sorted);
   Tensor dx = dispatcher_->dispatch_backward(saved.dispatch, dx_sorted);
 

@@ -2,6 +2,7 @@
 // expert) -> experts -> combine, plus shared experts, the balancing losses and the routing statistics.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -46,6 +47,15 @@ struct MoeLayerConfig {
   // moe.balance_scope = "global_batch": the trainer pools the layers' ExpertSums (host) over the
   // global batch, so the sum-statistics terms keep their sums on the host.
   bool pool_balance_sums = false;
+  // parallel.a2a_overlap: the shared experts run while the all-to-alls are in flight (forward:
+  // between dispatch_start and dispatch_finish; backward: between combine_backward_start and
+  // _finish), and the router's balancing terms between combine_start and combine_finish.
+  // Off: the phases run whole, the shared experts after the routed part.
+  bool a2a_overlap = false;
+  // Called at each step of a forward and backward ("dispatch_start", "shared_forward",
+  // "dispatch_finish", "combine_start", "combine_finish", "combine_backward_start",
+  // "shared_backward", "combine_backward_finish"), after it: tests read the order from it.
+  std::function<void(const char* phase)> on_phase;
 };
 
 // What one forward of one MoE layer reports.
@@ -116,8 +126,16 @@ class MoeLayer {
  private:
   TpGroup tp() const { return {config_.tp_group, config_.sequence_parallel}; }
   // The routed part (router, capacity, dispatch, experts, combine) on this rank's tokens.
-  Tensor routed_forward(const Tensor& x, const RouteInputs& inputs, MoeLayerSaved& saved, bool collect_stats) const;
-  Tensor routed_backward(const MoeLayerSaved& saved, const Tensor& dy, float aux_scale) const;
+  // `meanwhile` runs while the dispatch's all-to-all is in flight (a2a_overlap), or after the
+  // routed part.
+  Tensor routed_forward(const Tensor& x, const RouteInputs& inputs, MoeLayerSaved& saved, bool collect_stats,
+                        const std::function<void()>& meanwhile) const;
+  // `meanwhile` runs while the combine's backward all-to-all is in flight, or after.
+  Tensor routed_backward(const MoeLayerSaved& saved, const Tensor& dy, float aux_scale,
+                         const std::function<void()>& meanwhile) const;
+  void phase(const char* name) const {
+    if (config_.on_phase) config_.on_phase(name);
+  }
   void compute_balancing_terms(const Routing& routing, const RouterSaved& router_saved, const RouteInputs& inputs,
                                MoeLayerSaved& saved, bool collect_stats) const;
   // The terms wholly on the scores' device (BalancingTerm::on_device): no host wait unless stats

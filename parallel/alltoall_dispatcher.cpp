@@ -72,6 +72,11 @@ AllToAllDispatcher::AllToAllDispatcher(int64_t num_experts, Communicator& ep_gro
 }
 
 Tensor AllToAllDispatcher::dispatch(const Tensor& x, const Tensor& ids, DispatchSaved& saved) const {
+  dispatch_start(x, ids, saved);
+  return dispatch_finish(saved);
+}
+
+void AllToAllDispatcher::dispatch_start(const Tensor& x, const Tensor& ids, DispatchSaved& saved) const {
   MOE_CHECK(x.ndim() == 2, "AllToAllDispatcher::dispatch: x must be [T,d], got ", shape_str(x.shape()));
   MOE_CHECK(ids.ndim() == 2 && ids.size(0) == x.size(0), "AllToAllDispatcher::dispatch: ids ", shape_str(ids.shape()),
             " must be [T,k] for x ", shape_str(x.shape()));
@@ -87,15 +92,21 @@ Tensor AllToAllDispatcher::dispatch(const Tensor& x, const Tensor& ids, Dispatch
   ops::moe_sort_by_expert(ids, num_experts_, saved.sorted_tokens, saved.slot_pos, offsets);
   // [this rank's routed slots per expert | the slots every rank routes to this rank's experts],
   // made on the device: each rank sends rank q its L counts of q's experts and receives L counts
-  // from every rank. Then the one host synchronisation of the dispatch: both halves in one copy
-  // into page-locked memory (nothing heavy is queued before it).
+  // from every rank. Both halves go to the host in one copy into page-locked memory, the one
+  // host wait of the layer (combine and the backward reuse the counts).
   const int64_t E = num_experts_;
   Tensor counts = Tensor::zeros({2 * E}, DType::i64, device);
   Tensor counts_out = counts.rows(0, E), counts_in = counts.rows(E, 2 * E);
   ops::count_experts(ids, E, counts_out);
   const std::vector<int64_t> per_rank(static_cast<size_t>(ep), num_local_);
   group_->all_to_all_v(counts_out, per_rank, counts_in, per_rank);
-  const int64_t* host_counts = counts_host_.read<int64_t>(counts);
+  counts_host_.read_start(counts);
+  // The permutation writes the send buffer directly, queued behind the read: the device permutes
+  // while the host waits for the counts. Slots without an expert sort last as zero rows, which
+  // are not sent.
+  Tensor send = Tensor::empty({ids.numel(), x.size(1)}, x.dtype(), device);
+  gather_rows(x, saved.sorted_tokens, send);
+  const int64_t* host_counts = counts_host_.read_finish<int64_t>();
   saved.routed_counts.assign(host_counts, host_counts + E);
   saved.recv_expert_counts.assign(host_counts + E, host_counts + 2 * E);
   const int64_t num_sorted = total(saved.routed_counts);  // dropped slots (id -1) get no row
@@ -115,26 +126,47 @@ Tensor AllToAllDispatcher::dispatch(const Tensor& x, const Tensor& ids, Dispatch
     saved.local_rows = Tensor::from_vector(local_rows, {n}, DType::i32, device);
     saved.received_rows = Tensor::from_vector(received_rows, {n}, DType::i32, device);
   }
-
-  Tensor x_sorted = Tensor::empty({num_sorted, x.size(1)}, x.dtype(), device);
-  gather_rows(x, saved.sorted_tokens, x_sorted);
-  return to_experts(saved, x_sorted, "dispatch");
+  Exchange exchange = to_experts_start(saved, send.rows(0, num_sorted), "dispatch");
+  saved.pending = std::move(exchange.pending);
+  saved.pending_rows = exchange.rows;
 }
 
-Tensor AllToAllDispatcher::to_experts(const DispatchSaved& saved, const Tensor& sorted_rows, const char* call) const {
+Tensor AllToAllDispatcher::dispatch_finish(DispatchSaved& saved) const {
+  Exchange exchange{std::move(saved.pending), saved.pending_rows};
+  saved.pending_rows = Tensor();
+  return to_experts_finish(saved, exchange);
+}
+
+AllToAllDispatcher::Exchange AllToAllDispatcher::to_experts_start(const DispatchSaved& saved,
+                                                                  const Tensor& sorted_rows, const char* call) const {
   MOE_CHECK(saved.send_counts.size() == static_cast<size_t>(group_->size()), "AllToAllDispatcher::", call,
             ": saved does not come from AllToAllDispatcher::dispatch over this EP group");
   check_rows(sorted_rows, total(saved.send_counts), call, "the sorted rows");
-  Tensor received =
+  Exchange exchange;
+  exchange.rows =
       Tensor::empty({total(saved.recv_counts), sorted_rows.size(1)}, sorted_rows.dtype(), sorted_rows.device());
-  group_->all_to_all_v(sorted_rows, saved.send_counts, received, saved.recv_counts);
+  exchange.pending = group_->all_to_all_v_start(sorted_rows, saved.send_counts, exchange.rows, saved.recv_counts);
+  return exchange;
+}
+
+Tensor AllToAllDispatcher::to_experts_finish(const DispatchSaved& saved, Exchange& exchange) const {
+  MOE_CHECK(exchange.rows.defined(), "AllToAllDispatcher: a *_finish without its *_start");
+  if (exchange.pending) exchange.pending->wait();
+  exchange.pending.reset();
+  Tensor received = exchange.rows;
   if (!saved.local_rows.defined()) return received;
   Tensor local = Tensor::empty(received.shape(), received.dtype(), received.device());
   gather_rows(received, saved.local_rows, local);
   return local;
 }
 
-Tensor AllToAllDispatcher::from_experts(const DispatchSaved& saved, const Tensor& local_rows, const char* call) const {
+Tensor AllToAllDispatcher::to_experts(const DispatchSaved& saved, const Tensor& sorted_rows, const char* call) const {
+  Exchange exchange = to_experts_start(saved, sorted_rows, call);
+  return to_experts_finish(saved, exchange);
+}
+
+AllToAllDispatcher::Exchange AllToAllDispatcher::from_experts_start(const DispatchSaved& saved,
+                                                                    const Tensor& local_rows, const char* call) const {
   MOE_CHECK(saved.send_counts.size() == static_cast<size_t>(group_->size()), "AllToAllDispatcher::", call,
             ": saved does not come from AllToAllDispatcher::dispatch over this EP group");
   check_rows(local_rows, total(saved.counts), call, "the local rows");
@@ -143,10 +175,23 @@ Tensor AllToAllDispatcher::from_experts(const DispatchSaved& saved, const Tensor
     received = Tensor::empty(local_rows.shape(), local_rows.dtype(), local_rows.device());
     gather_rows(local_rows, saved.received_rows, received);
   }
-  Tensor sorted =
+  Exchange exchange;
+  exchange.rows =
       Tensor::empty({total(saved.send_counts), local_rows.size(1)}, local_rows.dtype(), local_rows.device());
-  group_->all_to_all_v(received, saved.recv_counts, sorted, saved.send_counts);
-  return sorted;
+  exchange.pending = group_->all_to_all_v_start(received, saved.recv_counts, exchange.rows, saved.send_counts);
+  return exchange;
+}
+
+Tensor AllToAllDispatcher::from_experts_finish(Exchange& exchange) const {
+  MOE_CHECK(exchange.rows.defined(), "AllToAllDispatcher: a *_finish without its *_start");
+  if (exchange.pending) exchange.pending->wait();
+  exchange.pending.reset();
+  return exchange.rows;
+}
+
+Tensor AllToAllDispatcher::from_experts(const DispatchSaved& saved, const Tensor& local_rows, const char* call) const {
+  Exchange exchange = from_experts_start(saved, local_rows, call);
+  return from_experts_finish(exchange);
 }
 
 Tensor AllToAllDispatcher::dispatch_backward(const DispatchSaved& saved, const Tensor& dx_local) const {
@@ -157,14 +202,35 @@ Tensor AllToAllDispatcher::dispatch_backward(const DispatchSaved& saved, const T
 }
 
 Tensor AllToAllDispatcher::combine(DispatchSaved& saved, const Tensor& y_local, const Tensor& weights) const {
-  saved.combine_rows = from_experts(saved, y_local, "combine");
-  Tensor out = Tensor::empty({saved.num_tokens, y_local.size(1)}, y_local.dtype(), y_local.device());
+  combine_start(saved, y_local, weights);
+  return combine_finish(saved, weights);
+}
+
+void AllToAllDispatcher::combine_start(DispatchSaved& saved, const Tensor& y_local, const Tensor& weights) const {
+  (void)weights;
+  Exchange exchange = from_experts_start(saved, y_local, "combine");
+  saved.pending = std::move(exchange.pending);
+  saved.pending_rows = exchange.rows;
+}
+
+Tensor AllToAllDispatcher::combine_finish(DispatchSaved& saved, const Tensor& weights) const {
+  Exchange exchange{std::move(saved.pending), saved.pending_rows};
+  saved.pending_rows = Tensor();
+  saved.combine_rows = from_experts_finish(exchange);
+  Tensor out = Tensor::empty({saved.num_tokens, saved.combine_rows.size(1)}, saved.combine_rows.dtype(),
+                             saved.combine_rows.device());
   ops::moe_combine_forward(saved.combine_rows, saved.slot_pos, weights, out);
   return out;
 }
 
 void AllToAllDispatcher::combine_backward(const DispatchSaved& saved, const Tensor& y_local, const Tensor& weights,
                                           const Tensor& dout, Tensor& dy_local, Tensor& dweights) const {
+  combine_backward_start(saved, y_local, weights, dout, dweights);
+  dy_local = combine_backward_finish(saved);
+}
+
+void AllToAllDispatcher::combine_backward_start(const DispatchSaved& saved, const Tensor& y_local,
+                                                const Tensor& weights, const Tensor& dout, Tensor& dweights) const {
   check_rows(y_local, total(saved.counts), "combine_backward", "y_local");
   // A caller that dropped combine_rows to save memory pays one more all-to-all instead.
   Tensor y_sorted =
@@ -173,7 +239,15 @@ void AllToAllDispatcher::combine_backward(const DispatchSaved& saved, const Tens
   Tensor dy_sorted = Tensor::empty(y_sorted.shape(), y_sorted.dtype(), y_sorted.device());
   dweights = Tensor::empty(weights.shape(), weights.dtype(), weights.device());
   ops::moe_combine_backward(y_sorted, saved.slot_pos, weights, dout, dy_sorted, dweights);
-  dy_local = to_experts(saved, dy_sorted, "combine_backward");
+  Exchange exchange = to_experts_start(saved, dy_sorted, "combine_backward");
+  saved.pending = std::move(exchange.pending);
+  saved.pending_rows = exchange.rows;
+}
+
+Tensor AllToAllDispatcher::combine_backward_finish(const DispatchSaved& saved) const {
+  Exchange exchange{std::move(saved.pending), saved.pending_rows};
+  saved.pending_rows = Tensor();
+  return to_experts_finish(saved, exchange);
 }
 
 }  // namespace moe

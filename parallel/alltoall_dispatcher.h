@@ -38,16 +38,38 @@ class AllToAllDispatcher : public Dispatcher {
   void combine_backward(const DispatchSaved& saved, const Tensor& y_local, const Tensor& weights, const Tensor& dout,
                         Tensor& dy_local, Tensor& dweights) const override;
 
+  // The split phases (Dispatcher): start returns once the rows' all-to-all is started
+  // (Communicator::all_to_all_v_start); the counts' exchange and read back happen in
+  // dispatch_start.
+  void dispatch_start(const Tensor& x, const Tensor& ids, DispatchSaved& saved) const override;
+  Tensor dispatch_finish(DispatchSaved& saved) const override;
+  void combine_start(DispatchSaved& saved, const Tensor& y_local, const Tensor& weights) const override;
+  Tensor combine_finish(DispatchSaved& saved, const Tensor& weights) const override;
+  void combine_backward_start(const DispatchSaved& saved, const Tensor& y_local, const Tensor& weights,
+                              const Tensor& dout, Tensor& dweights) const override;
+  Tensor combine_backward_finish(const DispatchSaved& saved) const override;
+
   int64_t num_experts() const override { return num_experts_; }
   int64_t num_local_experts() const override { return num_local_; }
   int64_t first_expert() const override { return first_expert_; }
   Communicator& group() const { return *group_; }
 
  private:
-  // Sorted rows on this rank [N,d] -> local-expert-major rows on the owners [N_local,d].
+  // An all-to-all in flight and the buffer it receives into.
+  struct Exchange {
+    std::shared_ptr<PendingCollective> pending;
+    Tensor rows;
+  };
+  // Sorted rows on this rank [N,d] -> local-expert-major rows on the owners [N_local,d]; start
+  // sends, finish waits and regroups by local expert.
   Tensor to_experts(const DispatchSaved& saved, const Tensor& sorted_rows, const char* call) const;
-  // Local-expert-major rows [N_local,d] -> this rank's sorted rows [N,d].
+  Exchange to_experts_start(const DispatchSaved& saved, const Tensor& sorted_rows, const char* call) const;
+  Tensor to_experts_finish(const DispatchSaved& saved, Exchange& exchange) const;
+  // Local-expert-major rows [N_local,d] -> this rank's sorted rows [N,d]; start regroups by
+  // source rank and sends, finish waits.
   Tensor from_experts(const DispatchSaved& saved, const Tensor& local_rows, const char* call) const;
+  Exchange from_experts_start(const DispatchSaved& saved, const Tensor& local_rows, const char* call) const;
+  Tensor from_experts_finish(Exchange& exchange) const;
 
   Communicator* group_;
   int64_t num_experts_, num_local_, first_expert_;

@@ -25,7 +25,65 @@ std::unique_ptr<Communicator> make_world_communicator(Device device) {
 #endif
 }
 
+namespace {
+
+// A collective that completed when it started.
+class CompletedCollective final : public PendingCollective {
+ public:
+  void wait() override {}
+};
+
+}  // namespace
+
+std::unique_ptr<PendingCollective> Communicator::all_to_all_v_start(const Tensor& send,
+                                                                    const std::vector<int64_t>& send_counts,
+                                                                    Tensor& recv,
+                                                                    const std::vector<int64_t>& recv_counts) {
+  all_to_all_v(send, send_counts, recv, recv_counts);
+  return std::make_unique<CompletedCollective>();
+}
+
+void Communicator::count_all_reduce(int64_t bytes) {
+  const int n = size();
+  if (n > 1) traffic_.reduction_bytes += 2 * (n - 1) * bytes / n;
+}
+
+void Communicator::count_reduce_scatter(int64_t total_bytes, int64_t own_bytes) {
+  if (size() > 1) traffic_.reduction_bytes += total_bytes - own_bytes;
+}
+
+void Communicator::count_all_to_all(int64_t bytes_sent_elsewhere) { traffic_.all_to_all_bytes += bytes_sent_elsewhere; }
+
 namespace detail {
+
+bool check_reduce_scatter_v_args(const Tensor& in, const std::vector<int64_t>& counts, const Tensor& out, int size,
+                                 int rank) {
+  check_same_dtype(in, out, "reduce_scatter_v_sum");
+  MOE_CHECK(static_cast<int>(counts.size()) == size, "reduce_scatter_v_sum: need one count per rank (", size,
+            "), got ", counts.size());
+  int64_t total = 0;
+  for (int r = 0; r < size; ++r) {
+    MOE_CHECK(counts[r] >= 0, "reduce_scatter_v_sum: negative count ", counts[r], " for rank ", r);
+    total += counts[r];
+  }
+  MOE_CHECK(total == in.numel(), "reduce_scatter_v_sum: counts sum to ", total, " elements but in has ", in.numel());
+  MOE_CHECK(out.numel() == counts[rank], "reduce_scatter_v_sum: out has ", out.numel(), " elements, this rank's count is ",
+            counts[rank]);
+  if (in.nbytes() == 0 || out.nbytes() == 0) return false;
+  auto* i0 = static_cast<const char*>(in.data());
+  auto* o0 = static_cast<const char*>(out.data());
+  const int64_t begin = std::accumulate(counts.begin(), counts.begin() + rank, int64_t{0});
+  if (o0 == i0 + begin * static_cast<int64_t>(dtype_size(in.dtype()))) return true;
+  MOE_CHECK(!(i0 < o0 + out.nbytes() && o0 < i0 + in.nbytes()),
+            "reduce_scatter_v_sum: out overlaps in other than at this rank's part");
+  return false;
+}
+
+int64_t rows_sent_elsewhere(const std::vector<int64_t>& send_counts, int rank) {
+  int64_t rows = 0;
+  for (size_t r = 0; r < send_counts.size(); ++r) rows += static_cast<int>(r) == rank ? 0 : send_counts[r];
+  return rows;
+}
 
 void check_comm_tensor(const Tensor& x, Device device, const char* call) {
   MOE_CHECK(x.defined(), call, ": tensor is undefined");

@@ -24,6 +24,25 @@ struct P2pOp {
   int peer = 0;
   bool send = false;
 };
+
+// A collective started by a *_start call and not yet awaited. wait() completes it (idempotent):
+// on MPI the host waits for the non-blocking call; on NCCL later compute-stream work waits for
+// the communication stream (no host wait). The handle keeps the tensors alive until then; one
+// dropped without wait() waits in its destructor.
+class PendingCollective {
+ public:
+  virtual ~PendingCollective() = default;
+  virtual void wait() = 0;
+};
+
+// Bytes this rank sends, counted per kind as a bandwidth-optimal (ring) algorithm sends them:
+// an all-reduce of n bytes over N ranks 2(N-1)/N * n, a reduce-scatter the bytes of the parts
+// other ranks keep, an all-to-all the rows that leave this rank. Groups of one rank send nothing.
+struct CommTraffic {
+  int64_t reduction_bytes = 0;  // all-reduce and reduce-scatter of tensors
+  int64_t all_to_all_bytes = 0;
+};
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -57,6 +76,11 @@ class Communicator {
   virtual void all_gather(const Tensor& in, Tensor& out) = 0;
   // in[size * n] -> out[n] = sum over ranks of their in elements [rank*n, (rank+1)*n).
   virtual void reduce_scatter_sum(const Tensor& in, Tensor& out) = 0;
+  // Variable parts: in[sum(counts)] -> out[counts[rank]] = sum over ranks of their in elements
+  // [sum(counts[:rank]), +counts[rank]). counts has one entry per rank, >= 0 (zeros allowed).
+  // out is either apart from in, or exactly this rank's part of in (in place: the rest of in is
+  // then left undefined). (ZeRO: a bucket of the flat gradients cut at the shard borders.)
+  virtual void reduce_scatter_v_sum(const Tensor& in, const std::vector<int64_t>& counts, Tensor& out) = 0;
 
   // Rows along dim 0: send[sum(send_counts), ...] -> recv[sum(recv_counts), ...], same row
   // shape and dtype. Rows [sum(send_counts[:r]), +send_counts[r]) go to rank r; rows from rank
@@ -67,6 +91,15 @@ class Communicator {
   // Host exchange of per-rank counts: returns recv_counts with recv_counts[r] = send_counts[me]
   // as given by rank r. Synchronous (the one host sync an all-to-all dispatch needs).
   virtual std::vector<int64_t> all_to_all_counts(const std::vector<int64_t>& send_counts) = 0;
+  // all_to_all_v split in two: starts the exchange (MPI: MPI_Ialltoallv; NCCL: on a
+  // communication stream of its own, ordered after the compute stream's work so far) and returns
+  // at once; the handle's wait() completes it. Work queued in between overlaps the exchange; it
+  // must not touch send or recv. The base implementation completes at once.
+  virtual std::unique_ptr<PendingCollective> all_to_all_v_start(const Tensor& send,
+                                                                const std::vector<int64_t>& send_counts, Tensor& recv,
+                                                                const std::vector<int64_t>& recv_counts);
+  // Collectives started and not yet awaited (the split is observable: tests read it).
+  int in_flight() const { return in_flight_; }
 
   // Point to point; the peer posts the matching call with a tensor of the same byte size.
   // Messages between a pair arrive in the order they were sent.
@@ -87,6 +120,38 @@ class Communicator {
   // A negative color takes part in the call but joins no group and gets nullptr. The new
   // communicator has the same backend and device.
   virtual std::unique_ptr<Communicator> split(int color, int key) = 0;
+
+  // What this rank has sent so far (see CommTraffic); reset_traffic() starts a new count.
+  const CommTraffic& traffic() const { return traffic_; }
+  void reset_traffic() { traffic_ = {}; }
+
+ protected:
+  // Bookkeeping the backends share.
+  void count_all_reduce(int64_t bytes);
+  void count_reduce_scatter(int64_t total_bytes, int64_t own_bytes);
+  void count_all_to_all(int64_t bytes_sent_elsewhere);
+  // The handles of *_start calls report their start and completion.
+  friend class PendingCounter;
+  int in_flight_ = 0;
+
+ private:
+  CommTraffic traffic_;
+};
+
+// Counts a started collective in its communicator's in_flight() until done() (or destruction).
+class PendingCounter {
+ public:
+  explicit PendingCounter(Communicator& comm) : comm_(&comm) { ++comm_->in_flight_; }
+  ~PendingCounter() { done(); }
+  PendingCounter(const PendingCounter&) = delete;
+  PendingCounter& operator=(const PendingCounter&) = delete;
+  void done() {
+    if (comm_ != nullptr) --comm_->in_flight_;
+    comm_ = nullptr;
+  }
+
+ private:
+  Communicator* comm_;
 };
 
 // The communicator over all ranks of the job for tensors on `device`: MPI for the CPU, NCCL
@@ -101,6 +166,12 @@ void check_same_dtype(const Tensor& a, const Tensor& b, const char* call);
 void check_numel_ratio(const Tensor& small, const Tensor& large, int factor, const char* call);
 // Elements per row along dim 0 (the product of the remaining dims).
 int64_t row_numel(const Tensor& t);
+// counts: one per rank, each >= 0, summing to in's elements; out has counts[rank] and is apart
+// from in or exactly this rank's part of it. Returns whether out is in place.
+bool check_reduce_scatter_v_args(const Tensor& in, const std::vector<int64_t>& counts, const Tensor& out, int size,
+                                 int rank);
+// Rows this rank sends to other ranks (its own block stays).
+int64_t rows_sent_elsewhere(const std::vector<int64_t>& send_counts, int rank);
 void check_all_to_all_args(const Tensor& send, const std::vector<int64_t>& send_counts, const Tensor& recv,
                            const std::vector<int64_t>& recv_counts, int size);
 }  // namespace detail

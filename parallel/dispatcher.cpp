@@ -10,4 +10,13 @@ const std::vector<int64_t>& DispatchSaved::host_routed_counts() {
   return routed_counts;
 }
 
+Tensor Dispatcher::take_pending(const DispatchSaved& saved) {
+  MOE_CHECK(saved.pending_rows.defined(), "Dispatcher: a *_finish without its *_start");
+  if (saved.pending) saved.pending->wait();
+  saved.pending.reset();
+  Tensor rows = saved.pending_rows;
+  saved.pending_rows = Tensor();
+  return rows;
+}
+
 }  // namespace moe

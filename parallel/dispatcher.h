@@ -3,8 +3,10 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
+#include "parallel/communicator.h"
 #include "src/tensor/tensor.h"
 
 namespace moe {
@@ -44,6 +46,12 @@ struct DispatchSaved {
   // [N, d]: the experts' outputs back on this rank in sorted order, as combine read them
   // (combine_backward needs them for dweights).
   Tensor combine_rows;
+
+  // Between a *_start and its *_finish: the exchange in flight (null when it completed at once)
+  // and the tensor the finish works on (its received rows, or the phase's whole result).
+  // (mutable: the backward's split phases take the saved state as const.)
+  mutable std::shared_ptr<PendingCollective> pending;
+  mutable Tensor pending_rows;
 };
 
 class Dispatcher {
@@ -62,9 +70,37 @@ class Dispatcher {
   virtual void combine_backward(const DispatchSaved& saved, const Tensor& y_local, const Tensor& weights,
                                 const Tensor& dout, Tensor& dy_local, Tensor& dweights) const = 0;
 
+  // The phases split around their exchange, so that independent compute (the shared experts)
+  // runs while the rows travel: *_start does everything up to starting the exchange and
+  // returns; *_finish waits for it and returns what the whole phase returns. Every start is
+  // followed by its finish before another phase of the same saved starts. The base versions run
+  // the whole phase in start (nothing overlaps). Same contracts as the phases above.
+  virtual void dispatch_start(const Tensor& x, const Tensor& ids, DispatchSaved& saved) const {
+    saved.pending_rows = dispatch(x, ids, saved);
+  }
+  virtual Tensor dispatch_finish(DispatchSaved& saved) const { return take_pending(saved); }
+  virtual void combine_start(DispatchSaved& saved, const Tensor& y_local, const Tensor& weights) const {
+    saved.pending_rows = combine(saved, y_local, weights);
+  }
+  virtual Tensor combine_finish(DispatchSaved& saved, const Tensor& weights) const {
+    (void)weights;
+    return take_pending(saved);
+  }
+  // combine_backward split: start computes dweights and starts sending dy back to the experts;
+  // finish returns dy_local.
+  virtual void combine_backward_start(const DispatchSaved& saved, const Tensor& y_local, const Tensor& weights,
+                                      const Tensor& dout, Tensor& dweights) const {
+    combine_backward(saved, y_local, weights, dout, saved.pending_rows, dweights);
+  }
+  virtual Tensor combine_backward_finish(const DispatchSaved& saved) const { return take_pending(saved); }
+
   virtual int64_t num_experts() const = 0;        // E, over the whole EP group
   virtual int64_t num_local_experts() const = 0;  // the experts this rank runs
   virtual int64_t first_expert() const = 0;       // global id of local expert 0
+
+ protected:
+  // Waits for saved's exchange in flight (if any) and hands over saved.pending_rows.
+  static Tensor take_pending(const DispatchSaved& saved);
 };
 
 }  // namespace moe

@@ -93,6 +93,7 @@ void MpiCommunicator::check_peer(int peer, const char* call, bool allow_self) co
 // x[n] <- sum over ranks of x[n]
 void MpiCommunicator::all_reduce_sum(Tensor& x) {
   detail::check_comm_tensor(x, device(), "all_reduce_sum");
+  count_all_reduce(static_cast<int64_t>(x.nbytes()));
   all_reduce_in_place(x.data(), x.numel(), x.dtype(), MPI_SUM, comm_, "all_reduce_sum");
 }
 
@@ -101,6 +102,7 @@ void MpiCommunicator::all_reduce_avg(Tensor& x) {
   detail::check_comm_tensor(x, device(), "all_reduce_avg");
   MOE_CHECK(x.dtype() == DType::f32 || x.dtype() == DType::f64,
             "all_reduce_avg: the MPI backend averages f32 or f64 tensors, got ", dtype_name(x.dtype()));
+  count_all_reduce(static_cast<int64_t>(x.nbytes()));
   all_reduce_in_place(x.data(), x.numel(), x.dtype(), MPI_SUM, comm_, "all_reduce_avg");
   if (x.dtype() == DType::f32) scale_host<float>(x, 1.0 / size_);
   else scale_host<double>(x, 1.0 / size_);
@@ -152,6 +154,7 @@ void MpiCommunicator::reduce_scatter_sum(const Tensor& in, Tensor& out) {
   detail::check_numel_ratio(out, in, size_, "reduce_scatter_sum");
   int count = checked_count(out.numel(), "reduce_scatter_sum");
   MPI_Datatype type = reduce_type(in.dtype(), "reduce_scatter_sum");
+  count_reduce_scatter(static_cast<int64_t>(in.nbytes()), static_cast<int64_t>(out.nbytes()));
   if (!overlaps(in, out)) {
     MPI_CHECK(MPI_Reduce_scatter_block(in.data(), out.data(), count, type, MPI_SUM, comm_));
     return;
@@ -162,34 +165,130 @@ void MpiCommunicator::reduce_scatter_sum(const Tensor& in, Tensor& out) {
   std::memcpy(out.data(), result.data(), out.nbytes());
 }
 
-// send[sum(send_counts), ...] -> recv[sum(recv_counts), ...] by rows
-void MpiCommunicator::all_to_all_v(const Tensor& send, const std::vector<int64_t>& send_counts, Tensor& recv,
-                                   const std::vector<int64_t>& recv_counts) {
+// The arguments of one MPI_Alltoallv: counts and offsets in rows of a derived row type, so
+// only row counts must fit an int. Frees the type on destruction.
+struct MpiCommunicator::AllToAllPlan {
+  MPI_Datatype row_type = MPI_DATATYPE_NULL;
+  std::vector<int> num_send, num_recv, send_offsets, recv_offsets;
+  AllToAllPlan() = default;
+  AllToAllPlan(const AllToAllPlan&) = delete;
+  AllToAllPlan& operator=(const AllToAllPlan&) = delete;
+  ~AllToAllPlan() {
+    if (row_type != MPI_DATATYPE_NULL && is_mpi_running()) MPI_Type_free(&row_type);
+  }
+};
+
+// Checks the arguments and builds the plan; nullptr when rows have zero width (nothing moves).
+std::unique_ptr<MpiCommunicator::AllToAllPlan> MpiCommunicator::plan_all_to_all(
+    const Tensor& send, const std::vector<int64_t>& send_counts, const Tensor& recv,
+    const std::vector<int64_t>& recv_counts) {
   detail::check_comm_tensor(send, device(), "all_to_all_v");
   detail::check_comm_tensor(recv, device(), "all_to_all_v");
   detail::check_all_to_all_args(send, send_counts, recv, recv_counts, size_);
   int64_t row_bytes = detail::row_numel(send) * static_cast<int64_t>(dtype_size(send.dtype()));
-  if (row_bytes == 0) return;  // rows of zero width: nothing to move on any rank
+  if (row_bytes == 0) return nullptr;  // rows of zero width: nothing to move on any rank
   MOE_CHECK(!overlaps(send, recv) || send.nbytes() == 0 || recv.nbytes() == 0,
             "all_to_all_v: send and recv overlap");
-  // One derived type per row keeps counts in rows, so only row counts must fit an int.
-  MPI_Datatype row_type;
-  MPI_CHECK(MPI_Type_contiguous(checked_count(row_bytes, "all_to_all_v"), MPI_BYTE, &row_type));
-  MPI_CHECK(MPI_Type_commit(&row_type));
-  std::vector<int> num_send(size_), num_recv(size_), send_offsets(size_), recv_offsets(size_);
+  count_all_to_all(detail::rows_sent_elsewhere(send_counts, rank_) * row_bytes);
+  auto plan = std::make_unique<AllToAllPlan>();
+  MPI_CHECK(MPI_Type_contiguous(checked_count(row_bytes, "all_to_all_v"), MPI_BYTE, &plan->row_type));
+  MPI_CHECK(MPI_Type_commit(&plan->row_type));
+  plan->num_send.resize(size_);
+  plan->num_recv.resize(size_);
+  plan->send_offsets.resize(size_);
+  plan->recv_offsets.resize(size_);
   int64_t send_at = 0, recv_at = 0;
   for (int r = 0; r < size_; ++r) {
-    num_send[r] = checked_count(send_counts[r], "all_to_all_v");
-    num_recv[r] = checked_count(recv_counts[r], "all_to_all_v");
-    send_offsets[r] = checked_count(send_at, "all_to_all_v");
-    recv_offsets[r] = checked_count(recv_at, "all_to_all_v");
+    plan->num_send[r] = checked_count(send_counts[r], "all_to_all_v");
+    plan->num_recv[r] = checked_count(recv_counts[r], "all_to_all_v");
+    plan->send_offsets[r] = checked_count(send_at, "all_to_all_v");
+    plan->recv_offsets[r] = checked_count(recv_at, "all_to_all_v");
     send_at += send_counts[r];
     recv_at += recv_counts[r];
   }
-  int status = MPI_Alltoallv(send.data(), num_send.data(), send_offsets.data(), row_type, recv.data(),
-                             num_recv.data(), recv_offsets.data(), row_type, comm_);
-  MPI_Type_free(&row_type);
-  MPI_CHECK(status);
+  return plan;
+}
+
+// in[sum(counts)] -> out[counts[rank]] = sum over ranks of their in part [sum(counts[:rank]), +counts[rank]):
+// one non-blocking reduce of each non-empty part to its owner, all posted, then awaited. A rank
+// sends each part but its own once (a tree reduce), as a reduce-scatter does, and the sums are
+// made in the reduce's fixed order whatever the parts' sizes.
+void MpiCommunicator::reduce_scatter_v_sum(const Tensor& in, const std::vector<int64_t>& counts, Tensor& out) {
+  detail::check_comm_tensor(in, device(), "reduce_scatter_v_sum");
+  detail::check_comm_tensor(out, device(), "reduce_scatter_v_sum");
+  const bool in_place = detail::check_reduce_scatter_v_args(in, counts, out, size_, rank_);
+  MPI_Datatype type = reduce_type(in.dtype(), "reduce_scatter_v_sum");
+  count_reduce_scatter(static_cast<int64_t>(in.nbytes()), static_cast<int64_t>(out.nbytes()));
+  const size_t elem = dtype_size(in.dtype());
+  auto* base = static_cast<char*>(const_cast<void*>(in.data()));
+  std::vector<MPI_Request> requests;
+  int64_t at = 0;
+  for (int r = 0; r < size_; ++r) {
+    const int64_t n = counts[static_cast<size_t>(r)];
+    char* part = base + static_cast<size_t>(at) * elem;
+    at += n;
+    if (n == 0) continue;
+    const int count = checked_count(n, "reduce_scatter_v_sum");
+    requests.emplace_back();
+    if (r != rank_) {
+      MPI_CHECK(MPI_Ireduce(part, nullptr, count, type, MPI_SUM, r, comm_, &requests.back()));
+    } else if (in_place) {
+      MPI_CHECK(MPI_Ireduce(MPI_IN_PLACE, part, count, type, MPI_SUM, r, comm_, &requests.back()));
+    } else {
+      MPI_CHECK(MPI_Ireduce(part, out.data(), count, type, MPI_SUM, r, comm_, &requests.back()));
+    }
+  }
+  MPI_CHECK(MPI_Waitall(static_cast<int>(requests.size()), requests.data(), MPI_STATUSES_IGNORE));
+}
+
+// send[sum(send_counts), ...] -> recv[sum(recv_counts), ...] by rows
+void MpiCommunicator::all_to_all_v(const Tensor& send, const std::vector<int64_t>& send_counts, Tensor& recv,
+                                   const std::vector<int64_t>& recv_counts) {
+  auto plan = plan_all_to_all(send, send_counts, recv, recv_counts);
+  if (!plan) return;
+  MPI_CHECK(MPI_Alltoallv(send.data(), plan->num_send.data(), plan->send_offsets.data(), plan->row_type, recv.data(),
+                          plan->num_recv.data(), plan->recv_offsets.data(), plan->row_type, comm_));
+}
+
+namespace {
+
+// An MPI_Ialltoallv in flight: MPI reads the counts and the buffers until it completes, so the
+// handle owns the plan and holds the tensors.
+class MpiPendingAllToAll final : public PendingCollective {
+ public:
+  MpiPendingAllToAll(Communicator& comm, std::unique_ptr<MpiCommunicator::AllToAllPlan> plan, Tensor send, Tensor recv)
+      : counter_(comm), plan_(std::move(plan)), send_(std::move(send)), recv_(std::move(recv)) {}
+  ~MpiPendingAllToAll() override {
+    if (request_ != MPI_REQUEST_NULL && is_mpi_running()) MPI_Wait(&request_, MPI_STATUS_IGNORE);
+  }
+  MPI_Request* request() { return &request_; }
+  void wait() override {
+    if (request_ != MPI_REQUEST_NULL) MPI_CHECK(MPI_Wait(&request_, MPI_STATUS_IGNORE));
+    counter_.done();
+  }
+
+ private:
+  PendingCounter counter_;
+  std::unique_ptr<MpiCommunicator::AllToAllPlan> plan_;
+  Tensor send_, recv_;
+  MPI_Request request_ = MPI_REQUEST_NULL;
+};
+
+}  // namespace
+
+std::unique_ptr<PendingCollective> MpiCommunicator::all_to_all_v_start(const Tensor& send,
+                                                                       const std::vector<int64_t>& send_counts,
+                                                                       Tensor& recv,
+                                                                       const std::vector<int64_t>& recv_counts) {
+  auto plan = plan_all_to_all(send, send_counts, recv, recv_counts);
+  const bool moves = plan != nullptr;
+  AllToAllPlan* p = plan.get();
+  auto pending = std::make_unique<MpiPendingAllToAll>(*this, std::move(plan), send, recv);
+  if (moves) {
+    MPI_CHECK(MPI_Ialltoallv(send.data(), p->num_send.data(), p->send_offsets.data(), p->row_type, recv.data(),
+                             p->num_recv.data(), p->recv_offsets.data(), p->row_type, comm_, pending->request()));
+  }
+  return pending;
 }
 
 std::vector<int64_t> MpiCommunicator::all_to_all_counts(const std::vector<int64_t>& send_counts) {

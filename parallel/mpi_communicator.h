@@ -27,9 +27,13 @@ class MpiCommunicator final : public Communicator {
   void broadcast(Tensor& x, int root) override;
   void all_gather(const Tensor& in, Tensor& out) override;
   void reduce_scatter_sum(const Tensor& in, Tensor& out) override;
+  void reduce_scatter_v_sum(const Tensor& in, const std::vector<int64_t>& counts, Tensor& out) override;
   void all_to_all_v(const Tensor& send, const std::vector<int64_t>& send_counts, Tensor& recv,
                     const std::vector<int64_t>& recv_counts) override;
   std::vector<int64_t> all_to_all_counts(const std::vector<int64_t>& send_counts) override;
+  // MPI_Ialltoallv; wait() is MPI_Wait.
+  std::unique_ptr<PendingCollective> all_to_all_v_start(const Tensor& send, const std::vector<int64_t>& send_counts,
+                                                        Tensor& recv, const std::vector<int64_t>& recv_counts) override;
   void send(const Tensor& x, int peer) override;
   void recv(Tensor& x, int peer) override;
   void send_recv(const Tensor& send, int send_peer, Tensor& recv, int recv_peer) override;
@@ -37,7 +41,11 @@ class MpiCommunicator final : public Communicator {
   void barrier() override;
   std::unique_ptr<Communicator> split(int color, int key) override;
 
+  struct AllToAllPlan;  // the counts, offsets and row type of one all-to-all-v
+
  private:
+  std::unique_ptr<AllToAllPlan> plan_all_to_all(const Tensor& send, const std::vector<int64_t>& send_counts,
+                                                const Tensor& recv, const std::vector<int64_t>& recv_counts);
   void check_peer(int peer, const char* call, bool allow_self) const;
   // Posts every transfer of ops (Isend/Irecv, in list order) and waits for all of them.
   void post_and_wait(std::vector<P2pOp>& ops, const char* what);

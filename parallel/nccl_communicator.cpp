@@ -49,12 +49,17 @@ NcclCommunicator::~NcclCommunicator() {
   if (nccl_) {
     cudaStreamSynchronize(cuda::compute_stream());
     if (async_stream_) cudaStreamSynchronize(async_stream_);
+    if (a2a_stream_) cudaStreamSynchronize(a2a_stream_);
     ncclCommDestroy(nccl_);
   }
   if (async_stream_) {
     cudaEventDestroy(ready_);
     cudaEventDestroy(done_);
     cudaStreamDestroy(async_stream_);
+  }
+  if (a2a_stream_) {
+    cudaEventDestroy(a2a_ready_);
+    cudaStreamDestroy(a2a_stream_);
   }
 }
 
@@ -67,6 +72,7 @@ void NcclCommunicator::check_peer(int peer, const char* call, bool allow_self) c
 void NcclCommunicator::all_reduce_sum(Tensor& x) {
   ops::OpScope timed(ops::OpKind::communication, x);
   detail::check_comm_tensor(x, device_, "all_reduce_sum");
+  count_all_reduce(static_cast<int64_t>(x.nbytes()));
   NCCL_CHECK(ncclAllReduce(x.data(), x.data(), static_cast<size_t>(x.numel()), nccl_type(x.dtype()), ncclSum,
                            nccl_, cuda::compute_stream()));
 }
@@ -84,6 +90,7 @@ cudaStream_t NcclCommunicator::async_stream() {
 void NcclCommunicator::all_reduce_avg_async(Tensor& x) {
   detail::check_comm_tensor(x, device_, "all_reduce_avg_async");
   MOE_CHECK(is_floating(x.dtype()), "all_reduce_avg_async: averages floating tensors, got ", dtype_name(x.dtype()));
+  count_all_reduce(static_cast<int64_t>(x.nbytes()));
   cudaStream_t stream = async_stream();
   // Start after the compute stream's work so far (the gradients being reduced).
   CUDA_CHECK(cudaEventRecord(ready_, cuda::compute_stream()));
@@ -102,6 +109,7 @@ void NcclCommunicator::all_reduce_avg(Tensor& x) {
   ops::OpScope timed(ops::OpKind::communication, x);
   detail::check_comm_tensor(x, device_, "all_reduce_avg");
   MOE_CHECK(is_floating(x.dtype()), "all_reduce_avg: averages floating tensors, got ", dtype_name(x.dtype()));
+  count_all_reduce(static_cast<int64_t>(x.nbytes()));
   NCCL_CHECK(ncclAllReduce(x.data(), x.data(), static_cast<size_t>(x.numel()), nccl_type(x.dtype()), ncclAvg,
                            nccl_, cuda::compute_stream()));
 }
@@ -138,13 +146,102 @@ void NcclCommunicator::reduce_scatter_sum(const Tensor& in, Tensor& out) {
   detail::check_numel_ratio(out, in, size(), "reduce_scatter_sum");
   bool in_place = out.data() == byte_at(in, static_cast<size_t>(rank()) * out.nbytes());
   MOE_CHECK(in_place || !overlaps(in, out), "reduce_scatter_sum: out overlaps in other than at this rank's slot");
+  count_reduce_scatter(static_cast<int64_t>(in.nbytes()), static_cast<int64_t>(out.nbytes()));
   NCCL_CHECK(ncclReduceScatter(in.data(), out.data(), static_cast<size_t>(out.numel()), nccl_type(in.dtype()),
                                ncclSum, nccl_, cuda::compute_stream()));
+}
+
+// in[sum(counts)] -> out[counts[rank]]: one ncclReduce per rank's part to that rank, grouped
+// (ncclReduceScatter when the parts are equal).
+void NcclCommunicator::reduce_scatter_v_sum(const Tensor& in, const std::vector<int64_t>& counts, Tensor& out) {
+  ops::OpScope timed(ops::OpKind::communication, in);
+  detail::check_comm_tensor(in, device_, "reduce_scatter_v_sum");
+  detail::check_comm_tensor(out, device_, "reduce_scatter_v_sum");
+  detail::check_reduce_scatter_v_args(in, counts, out, size(), rank());
+  count_reduce_scatter(static_cast<int64_t>(in.nbytes()), static_cast<int64_t>(out.nbytes()));
+  const ncclDataType_t type = nccl_type(in.dtype());
+  const size_t elem = dtype_size(in.dtype());
+  cudaStream_t stream = cuda::compute_stream();
+  bool equal = true;
+  for (int64_t c : counts) equal &= c == counts[0];
+  if (equal) {
+    if (counts[0] > 0)
+      NCCL_CHECK(ncclReduceScatter(in.data(), out.data(), static_cast<size_t>(counts[0]), type, ncclSum, nccl_, stream));
+    return;
+  }
+  size_t at = 0;
+  NCCL_CHECK(ncclGroupStart());
+  for (int r = 0; r < size(); ++r) {
+    const auto n = static_cast<size_t>(counts[r]);
+    const char* part = byte_at(in, at * elem);
+    // recvbuff is read on the root only; the others pass their own part.
+    void* dst = r == rank() ? out.data() : const_cast<char*>(part);
+    if (n > 0) NCCL_CHECK(ncclReduce(part, dst, n, type, ncclSum, r, nccl_, stream));
+    at += n;
+  }
+  NCCL_CHECK(ncclGroupEnd());
+}
+
+namespace {
+
+// An all-to-all queued on the communication stream: wait() makes the compute stream wait for it.
+class NcclPendingAllToAll final : public PendingCollective {
+ public:
+  NcclPendingAllToAll(Communicator& comm, Tensor send, Tensor recv)
+      : counter_(comm), send_(std::move(send)), recv_(std::move(recv)) {
+    CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
+  }
+  ~NcclPendingAllToAll() override {
+    if (!waited_) cudaStreamWaitEvent(cuda::compute_stream(), done_, 0);
+    cudaEventDestroy(done_);  // released once the event completes
+  }
+  cudaEvent_t done() const { return done_; }
+  void wait() override {
+    if (waited_) return;
+    CUDA_CHECK(cudaStreamWaitEvent(cuda::compute_stream(), done_, 0));
+    waited_ = true;
+    counter_.done();
+  }
+
+ private:
+  PendingCounter counter_;
+  Tensor send_, recv_;  // freed on the compute stream only after it waited for the exchange
+  cudaEvent_t done_ = nullptr;
+  bool waited_ = false;
+};
+
+}  // namespace
+
+cudaStream_t NcclCommunicator::a2a_stream() {
+  if (a2a_stream_ == nullptr) {
+    CUDA_CHECK(cudaStreamCreateWithFlags(&a2a_stream_, cudaStreamNonBlocking));
+    CUDA_CHECK(cudaEventCreateWithFlags(&a2a_ready_, cudaEventDisableTiming));
+  }
+  return a2a_stream_;
+}
+
+std::unique_ptr<PendingCollective> NcclCommunicator::all_to_all_v_start(const Tensor& send,
+                                                                        const std::vector<int64_t>& send_counts,
+                                                                        Tensor& recv,
+                                                                        const std::vector<int64_t>& recv_counts) {
+  cudaStream_t stream = a2a_stream();
+  // The rows were written by the compute stream: start after them.
+  CUDA_CHECK(cudaEventRecord(a2a_ready_, cuda::compute_stream()));
+  CUDA_CHECK(cudaStreamWaitEvent(stream, a2a_ready_, 0));
+  auto pending = std::make_unique<NcclPendingAllToAll>(*this, send, recv);
+  enqueue_all_to_all(send, send_counts, recv, recv_counts, stream);
+  CUDA_CHECK(cudaEventRecord(pending->done(), stream));
+  return pending;
 }
 
 // send[sum(send_counts), ...] -> recv[sum(recv_counts), ...] by rows, as grouped send/recv pairs
 void NcclCommunicator::all_to_all_v(const Tensor& send, const std::vector<int64_t>& send_counts, Tensor& recv,
                                     const std::vector<int64_t>& recv_counts) {
+  enqueue_all_to_all(send, send_counts, recv, recv_counts, cuda::compute_stream());
+}
+
+void NcclCommunicator::enqueue_all_to_all(const Tensor& send, const std::vector<int64_t>& send_counts, Tensor& recv,
+                                          const std::vector<int64_t>& recv_counts, cudaStream_t stream) {
   ops::OpScope timed(ops::OpKind::communication, send);
   detail::check_comm_tensor(send, device_, "all_to_all_v");
   detail::check_comm_tensor(recv, device_, "all_to_all_v");
@@ -153,7 +250,7 @@ void NcclCommunicator::all_to_all_v(const Tensor& send, const std::vector<int64_
   if (row_bytes == 0) return;
   MOE_CHECK(!overlaps(send, recv) || send.nbytes() == 0 || recv.nbytes() == 0,
             "all_to_all_v: send and recv overlap");
-  cudaStream_t stream = cuda::compute_stream();
+  count_all_to_all(detail::rows_sent_elsewhere(send_counts, rank()) * static_cast<int64_t>(row_bytes));
   size_t send_at = 0, recv_at = 0;
   NCCL_CHECK(ncclGroupStart());
   for (int r = 0; r < size(); ++r) {

@@ -30,9 +30,14 @@ class NcclCommunicator final : public Communicator {
   void broadcast(Tensor& x, int root) override;
   void all_gather(const Tensor& in, Tensor& out) override;
   void reduce_scatter_sum(const Tensor& in, Tensor& out) override;
+  void reduce_scatter_v_sum(const Tensor& in, const std::vector<int64_t>& counts, Tensor& out) override;
   void all_to_all_v(const Tensor& send, const std::vector<int64_t>& send_counts, Tensor& recv,
                     const std::vector<int64_t>& recv_counts) override;
   std::vector<int64_t> all_to_all_counts(const std::vector<int64_t>& send_counts) override;
+  // On the all-to-all stream, after the compute stream's work so far; wait() orders the compute
+  // stream after it (events, no host wait).
+  std::unique_ptr<PendingCollective> all_to_all_v_start(const Tensor& send, const std::vector<int64_t>& send_counts,
+                                                        Tensor& recv, const std::vector<int64_t>& recv_counts) override;
   void send(const Tensor& x, int peer) override;
   void recv(Tensor& x, int peer) override;
   void send_recv(const Tensor& send, int send_peer, Tensor& recv, int recv_peer) override;
@@ -44,6 +49,11 @@ class NcclCommunicator final : public Communicator {
   cudaStream_t async_stream();  // created on first use; reductions started by all_reduce_avg_async
   cudaStream_t async_stream_ = nullptr;
   cudaEvent_t ready_ = nullptr, done_ = nullptr;
+  cudaStream_t a2a_stream();  // created on first use; all-to-alls started by all_to_all_v_start
+  cudaStream_t a2a_stream_ = nullptr;
+  cudaEvent_t a2a_ready_ = nullptr;
+  void enqueue_all_to_all(const Tensor& send, const std::vector<int64_t>& send_counts, Tensor& recv,
+                          const std::vector<int64_t>& recv_counts, cudaStream_t stream);
   void check_peer(int peer, const char* call, bool allow_self) const;
 
   MpiCommunicator host_;  // the same group over MPI: bootstrap, host values, counts, split

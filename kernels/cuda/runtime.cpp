@@ -94,6 +94,18 @@ void wait_stream(cudaStream_t stream) {
   g_host_wait_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
+void copy_to_host_async(void* dst, const void* src, size_t bytes, cudaEvent_t done) {
+  if (bytes) CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, compute_stream()));
+  CUDA_CHECK(cudaEventRecord(done, compute_stream()));
+}
+
+void wait_event(cudaEvent_t event) {
+  ++g_host_waits;
+  const auto start = std::chrono::steady_clock::now();
+  CUDA_CHECK(cudaEventSynchronize(event));
+  g_host_wait_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
 int64_t host_wait_count() { return g_host_waits; }
 
 double host_wait_seconds() { return g_host_wait_seconds; }

@@ -22,6 +22,11 @@ void* pinned_alloc(size_t bytes);
 void pinned_free(void* ptr);
 bool is_pinned(const void* ptr);  // whether ptr lies in page-locked host memory of this process
 void synchronize();
+// A read back split in two: queue the device-to-host copy on the compute stream and record
+// `done` after it (no wait); then wait_event waits for that event only (counted as wait_stream),
+// while the work queued after the copy keeps running.
+void copy_to_host_async(void* dst, const void* src, size_t bytes, cudaEvent_t done);
+void wait_event(cudaEvent_t event);
 
 // The host waits for the device (cudaStreamSynchronize), counted: `moe bench train` reports the
 // count per step. Every engine wait goes through wait_stream (copies to the host included).

@@ -177,6 +177,7 @@ struct ParallelConfig {           // [parallel]
   std::string order = "tp-dp-pp"; // rank order, fastest-varying dimension first
   double bucket_mb = 25.0;        // gradient-reduction bucket size
   bool overlap_grad_reduce = true;  // start each block's gradient reduction during the backward (ZeRO 0/1)
+  bool a2a_overlap = false;       // run the shared experts while the expert all-to-alls are in flight (ep > 1)
 
   bool operator==(const ParallelConfig&) const = default;
 };

@@ -365,6 +365,9 @@ void validate_parallel(const Config& c, const KeyOrigins& at) {
             " is not a ZeRO stage (0, 1, 2 or 3)");
   check_choice(at, "parallel.order", p.order, {"tp-dp-pp", "dp-tp-pp", "tp-pp-dp", "pp-tp-dp", "dp-pp-tp", "pp-dp-tp"});
   check_positive(at, "parallel.bucket_mb", p.bucket_mb);
+  MOE_CHECK(!p.a2a_overlap || p.ep > 1, at.prefix({"parallel.a2a_overlap", "parallel.ep"}),
+            "parallel.a2a_overlap = true needs parallel.ep > 1, got parallel.ep = ", p.ep,
+            " (it overlaps the expert-parallel all-to-alls, which a single EP rank does not run)");
   validate_pipeline(c, at);
   validate_tensor_parallel(c, at);
 }

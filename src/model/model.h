@@ -44,6 +44,8 @@ struct ModelParallel {
   // Sequence parallelism (with tp): the residual stream, the norms and a stage's input and output
   // hold this rank's tokens [B*S/tp, d] (rows [r*B*S/tp, (r+1)*B*S/tp)); see TpGroup.
   bool sequence_parallel = false;
+  // parallel.a2a_overlap: MoE layers overlap their all-to-alls with the shared experts
+  bool a2a_overlap = false;
 };
 
 // The layers [first, last) of a pipeline stage: stage_layers when given, else as even as

@@ -11,7 +11,12 @@
 
 namespace moe {
 
-PinnedBuffer::~PinnedBuffer() { release(); }
+PinnedBuffer::~PinnedBuffer() {
+#if MOE_WITH_CUDA
+  if (done_) cuda::event_destroy(static_cast<cudaEvent_t>(done_));
+#endif
+  release();
+}
 
 void PinnedBuffer::release() {
 #if MOE_WITH_CUDA
@@ -23,7 +28,7 @@ void PinnedBuffer::release() {
   pinned_ = false;
 }
 
-const void* PinnedBuffer::read_bytes(const Tensor& src) {
+void PinnedBuffer::reserve(const Tensor& src) {
   const size_t bytes = src.nbytes();
   const bool from_gpu = src.is_cuda();
   if (bytes > capacity_ || from_gpu != pinned_) {
@@ -40,6 +45,12 @@ const void* PinnedBuffer::read_bytes(const Tensor& src) {
     MOE_CHECK(data_ != nullptr, "PinnedBuffer: out of host memory allocating ", size, " bytes");
     capacity_ = size;
   }
+}
+
+const void* PinnedBuffer::read_bytes(const Tensor& src) {
+  reserve(src);
+  const size_t bytes = src.nbytes();
+  const bool from_gpu = src.is_cuda();
   if (bytes == 0) return data_;
   if (!from_gpu) {
     std::memcpy(data_, src.data(), bytes);
@@ -48,6 +59,35 @@ const void* PinnedBuffer::read_bytes(const Tensor& src) {
 #if MOE_WITH_CUDA
   cuda::set_device(src.device().ordinal);
   cuda::copy(data_, src.data(), bytes, cudaMemcpyDeviceToHost);  // one DMA, one counted wait
+#endif
+  return data_;
+}
+
+void PinnedBuffer::read_start(const Tensor& src) {
+  MOE_CHECK(src.defined(), "PinnedBuffer::read_start: the tensor is undefined");
+  reserve(src);
+  started_ = true;
+  started_size_ = dtype_size(src.dtype());
+  if (!src.is_cuda()) {
+    if (src.nbytes() > 0) std::memcpy(data_, src.data(), src.nbytes());
+    return;
+  }
+#if MOE_WITH_CUDA
+  cuda::set_device(src.device().ordinal);
+  if (done_ == nullptr) {
+    cudaEvent_t event;
+    MOE_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming) == cudaSuccess,
+              "PinnedBuffer: cannot create a CUDA event");
+    done_ = event;
+  }
+  cuda::copy_to_host_async(data_, src.data(), src.nbytes(), static_cast<cudaEvent_t>(done_));
+#endif
+}
+
+const void* PinnedBuffer::finish_bytes() {
+  started_ = false;
+#if MOE_WITH_CUDA
+  if (pinned_) cuda::wait_event(static_cast<cudaEvent_t>(done_));
 #endif
   return data_;
 }

@@ -245,16 +245,22 @@ void DistributedOptimizer::reduce_unit_grads(const ParamUnit& unit) {
     open_[i].erase(it);
     Tensor values = store_->attached_grads(g, range);
     if (g == ParamGroup::expert && expert_grad_scale_ != 1.0f) ops::scale(values, expert_grad_scale_);
-    // Shards are contiguous ranges of the flat buffer, so a module lies in one or two ranks'
-    // ranges: a reduce-scatter into equal per-rank parts would pad every part to the longest
-    // (N times the module staged and about N/2 times the bytes of an all-reduce). The module's
-    // own buffer is averaged in place instead, bucket by bucket, and this rank keeps its part.
+    // Shards are contiguous ranges of the flat buffer, so each bucket of the module is cut at
+    // the shard borders and reduce-scattered in parts of unequal (or no) length: this rank
+    // receives the sum of its part only, half the bytes of an all-reduce.
     const Layout& l = layouts_[i];
-    average_gradients(*l.comm, values, bucket_bytes_);
     const FlatRange part = intersect(range, l.own);
+    Tensor mine = rows_at(values, range.begin, part);
+    if (l.size > 1) {
+      std::vector<int64_t> borders(static_cast<size_t>(l.size) + 1);
+      for (int r = 0; r < l.size; ++r) borders[static_cast<size_t>(r)] = l.owned_by(r).begin;
+      borders.back() = l.numel;
+      reduce_scatter_sharded(*l.comm, values, range.begin, borders, bucket_bytes_);
+      scale_exact(mine, 1.0 / l.size);
+    }
     Tensor shard = store_->grad_shard(g);
     Tensor target = rows_at(shard, l.own.begin, part);
-    if (!part.empty()) ops::accumulate(target, rows_at(values, range.begin, part));
+    if (!part.empty()) ops::accumulate(target, mine);
     store_->detach_grads(g, range);  // the module's gradient buffer is freed with its last view
   }
 }

@@ -76,9 +76,9 @@ class DistributedOptimizer {
   // ZeRO-2/3 without the full gradient buffer: from now on each rank keeps only its shard of the
   // reduced gradients (ParamStore::shard_grads). A module's gradients exist from open_grads (call
   // it before the module's backward writes them) to reduce_unit_grads, which reduces
-  // them (the mean over the group by a bucketed in-place all-reduce of the module's buffer,
-  // expert scale applied), adds this rank's part
-  // to its shard and frees them; a module used by several micro-batches is reduced after each
+  // them (the mean over the group of this rank's part only, by a bucketed variable reduce-scatter
+  // of the module's buffer cut at the shard borders, expert scale applied), adds that part to its
+  // shard and frees them; a module used by several micro-batches is reduced after each
   // one's backward. reduce_gradients() then reduces what is still open, in opening order.
   // open_grads is local and idempotent; reduce_unit_grads is collective over the module's
   // groups, in the same order on every rank. Both are no-ops until shard_gradients().

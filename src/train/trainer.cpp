@@ -77,6 +77,7 @@ Trainer::Trainer(const Config& config, int local_rank, Communicator& world)
                        static_cast<int>(config.parallel.pp_virtual),
                        config.parallel.pp_layers,
                        config.parallel.sequence_parallel};
+  layout.a2a_overlap = config.parallel.a2a_overlap;
   log::Progress init_time;
   model_ = std::make_unique<Model>(config.model, config.moe, layout);
   // Start-up of a large model takes a while: say so before, and how long after. Small ones stay

@@ -310,6 +310,8 @@ TEST_CASE("pipeline and tensor-parallel rules have their messages") {
        "parallel.pp_layers sums to 9223372036854775807 layers but model.num_layers = 4"},
       {{"parallel.pp_schedule=interleaved"}, "parallel.pp_schedule = 'interleaved' is not one of: 1f1b, gpipe"},
       {{"parallel.pp_virtual=0"}, "parallel.pp_virtual = 0 must be at least 1"},
+      {{"parallel.a2a_overlap=true"}, "parallel.a2a_overlap = true needs parallel.ep > 1, got parallel.ep = 1"},
+      {{"parallel.a2a_overlap=1"}, "parallel.a2a_overlap: expected a boolean"},
       {{"parallel.pp_virtual=2"}, "parallel.pp_virtual = 2 needs parallel.pp > 1 (virtual stages interleave the "
                                   "chunks of several pipeline stages)"},
       {{"model.num_layers=4", "train.grad_accum=2", "parallel.pp=2", "parallel.pp_schedule=gpipe",

@@ -249,6 +249,120 @@ TEST_CASE("all_to_all_v delivers each row from (source, index) to its place", "[
   }
 }
 
+TEST_CASE("reduce_scatter_v_sum gives rank r the sum of its part, uneven and empty parts included",
+          "[parallel]") {
+  auto comm = world();
+  const int s = comm->size(), me = comm->rank();
+  const int64_t rank_sum = int64_t{s} * (s - 1) / 2;
+  // Parts of 0, 3, 1, 5, ... elements (rank 0's part is empty).
+  std::vector<int64_t> counts(static_cast<size_t>(s));
+  for (int r = 0; r < s; ++r) counts[static_cast<size_t>(r)] = r == 0 ? 0 : (2 * r + 1) % 6;
+  const int64_t n = std::accumulate(counts.begin(), counts.end(), int64_t{0});
+  const int64_t begin = std::accumulate(counts.begin(), counts.begin() + me, int64_t{0});
+  // in_q[j] = 10000 q + j  =>  out_r[i] = 10000 * sum(q) + s * (begin_r + i)
+  for (DType dtype : {DType::f32, DType::f64, DType::i64}) {
+    INFO(dtype_name(dtype));
+    Tensor in = dtype == DType::i64   ? filled<int64_t>(n, dtype, [&](int64_t j) { return 10000 * me + j; })
+                : dtype == DType::f64 ? filled<double>(n, dtype, [&](int64_t j) { return 10000.0 * me + j; })
+                                      : filled<float>(n, dtype, [&](int64_t j) { return 10000.0f * me + j; });
+    Tensor out = zeros({counts[static_cast<size_t>(me)]}, dtype);
+    comm->reduce_scatter_v_sum(in, counts, out);
+    auto got = out.to_vector<double>();
+    REQUIRE(got.size() == static_cast<size_t>(counts[static_cast<size_t>(me)]));
+    for (size_t i = 0; i < got.size(); ++i)
+      REQUIRE(got[i] == static_cast<double>(10000 * rank_sum + s * (begin + static_cast<int64_t>(i))));
+  }
+  SECTION("in place, into this rank's part of the input") {
+    Tensor in = filled<double>(n, DType::f64, [&](int64_t j) { return 10000.0 * me + j; });
+    Tensor part = in.rows(begin, begin + counts[static_cast<size_t>(me)]);
+    comm->reduce_scatter_v_sum(in, counts, part);
+    auto got = part.to_vector<double>();
+    for (size_t i = 0; i < got.size(); ++i)
+      REQUIRE(got[i] == static_cast<double>(10000 * rank_sum + s * (begin + static_cast<int64_t>(i))));
+    if (counts[static_cast<size_t>(me)] > 0 && (begin > 0 || n > counts[static_cast<size_t>(me)])) {
+      Tensor shifted = begin > 0 ? in.rows(begin - 1, begin - 1 + counts[static_cast<size_t>(me)])
+                                 : in.rows(1, 1 + counts[static_cast<size_t>(me)]);
+      REQUIRE_THROWS_WITH(comm->reduce_scatter_v_sum(in, counts, shifted),
+                          Contains("out overlaps in other than at this rank's part"));
+    }
+  }
+  SECTION("equal parts") {
+    std::vector<int64_t> equal(static_cast<size_t>(s), 4);
+    Tensor in = filled<float>(4 * s, DType::f32, [&](int64_t j) { return 100.0f * me + j; });
+    Tensor out = zeros({4}, DType::f32);
+    comm->reduce_scatter_v_sum(in, equal, out);
+    auto got = out.to_vector<double>();
+    for (int64_t i = 0; i < 4; ++i) REQUIRE(got[i] == static_cast<double>(100 * rank_sum + s * (4 * me + i)));
+  }
+  SECTION("every part empty") {
+    Tensor in = zeros({0}, DType::f32), out = zeros({0}, DType::f32);
+    comm->reduce_scatter_v_sum(in, std::vector<int64_t>(static_cast<size_t>(s), 0), out);
+    REQUIRE(out.numel() == 0);
+  }
+  SECTION("counts that disagree with the tensors are errors") {
+    Tensor in = zeros({n}, DType::f32), out = zeros({counts[static_cast<size_t>(me)]}, DType::f32);
+    REQUIRE_THROWS_WITH(comm->reduce_scatter_v_sum(in, std::vector<int64_t>(static_cast<size_t>(s) + 1, 0), out),
+                        Contains("reduce_scatter_v_sum: need one count per rank"));
+    std::vector<int64_t> more = counts;
+    more[0] += 1;
+    REQUIRE_THROWS_WITH(comm->reduce_scatter_v_sum(in, more, out), Contains("counts sum to"));
+    std::vector<int64_t> negative = counts;
+    negative[static_cast<size_t>(s - 1)] = -1;
+    REQUIRE_THROWS_WITH(comm->reduce_scatter_v_sum(in, negative, out), Contains("negative count"));
+    Tensor wrong = zeros({counts[static_cast<size_t>(me)] + 1}, DType::f32);
+    REQUIRE_THROWS_WITH(comm->reduce_scatter_v_sum(in, counts, wrong), Contains("this rank's count is"));
+  }
+}
+
+TEST_CASE("traffic counts a reduce-scatter at half an all-reduce's bytes", "[parallel]") {
+  auto comm = world();
+  const int s = comm->size();
+  const int64_t n = 12 * s;
+  Tensor x = zeros({n}, DType::f32), out = zeros({12}, DType::f32);
+  comm->reset_traffic();
+  comm->all_reduce_sum(x);
+  const int64_t all_reduce = comm->traffic().reduction_bytes;
+  comm->reset_traffic();
+  comm->reduce_scatter_v_sum(x, std::vector<int64_t>(static_cast<size_t>(s), 12), out);
+  const int64_t reduce_scatter = comm->traffic().reduction_bytes;
+  REQUIRE(all_reduce == 2 * (s - 1) * n * 4 / s);
+  REQUIRE(reduce_scatter == (s - 1) * 12 * 4);
+  REQUIRE(2 * reduce_scatter == all_reduce);
+}
+
+TEST_CASE("all_to_all_v_start returns with the exchange in flight; wait completes it", "[parallel]") {
+  auto comm = world();
+  const int s = comm->size(), me = comm->rank();
+  std::vector<int64_t> send_counts(static_cast<size_t>(s));
+  for (int d = 0; d < s; ++d) send_counts[static_cast<size_t>(d)] = pair_rows(me, d);
+  const std::vector<int64_t> recv_counts = comm->all_to_all_counts(send_counts);
+  const int64_t num_send = std::accumulate(send_counts.begin(), send_counts.end(), int64_t{0});
+  const int64_t num_recv = std::accumulate(recv_counts.begin(), recv_counts.end(), int64_t{0});
+  std::vector<int64_t> payload;
+  for (int d = 0; d < s; ++d)
+    for (int64_t k = 0; k < send_counts[static_cast<size_t>(d)]; ++k) payload.push_back(pair_payload(me, d, k, 0));
+  Tensor send = from_vector(payload, {num_send, 1}, DType::i64);
+  Tensor recv = from_vector(std::vector<int64_t>(static_cast<size_t>(num_recv), -1), {num_recv, 1}, DType::i64);
+  comm->reset_traffic();
+  REQUIRE(comm->in_flight() == 0);
+  auto pending = comm->all_to_all_v_start(send, send_counts, recv, recv_counts);
+  REQUIRE(comm->in_flight() == 1);
+  pending->wait();
+  REQUIRE(comm->in_flight() == 0);
+  pending->wait();  // idempotent
+  REQUIRE(comm->in_flight() == 0);
+  auto got = recv.to_vector<int64_t>();
+  int64_t row = 0;
+  for (int q = 0; q < s; ++q)
+    for (int64_t k = 0; k < recv_counts[static_cast<size_t>(q)]; ++k, ++row)
+      REQUIRE(got[static_cast<size_t>(row)] == pair_payload(q, me, k, 0));
+  REQUIRE(comm->traffic().all_to_all_bytes == (num_send - send_counts[static_cast<size_t>(me)]) * 8);
+  SECTION("a handle dropped without wait completes in its destructor") {
+    { auto dropped = comm->all_to_all_v_start(send, send_counts, recv, recv_counts); }
+    REQUIRE(comm->in_flight() == 0);
+  }
+}
+
 TEST_CASE("send and recv move tensors around a ring", "[parallel]") {
   auto comm = world();
   int s = comm->size(), me = comm->rank();

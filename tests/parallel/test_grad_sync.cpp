@@ -19,6 +19,7 @@ class RecordingCommunicator final : public Communicator {
  public:
   explicit RecordingCommunicator(Communicator& inner) : inner_(inner) {}
   std::vector<int64_t> bucket_sizes;
+  std::vector<std::vector<int64_t>> part_counts;  // of every reduce_scatter_v_sum
 
   int rank() const override { return inner_.rank(); }
   int size() const override { return inner_.size(); }
@@ -33,6 +34,10 @@ class RecordingCommunicator final : public Communicator {
   void broadcast(Tensor& x, int root) override { inner_.broadcast(x, root); }
   void all_gather(const Tensor& in, Tensor& out) override { inner_.all_gather(in, out); }
   void reduce_scatter_sum(const Tensor& in, Tensor& out) override { inner_.reduce_scatter_sum(in, out); }
+  void reduce_scatter_v_sum(const Tensor& in, const std::vector<int64_t>& counts, Tensor& out) override {
+    part_counts.push_back(counts);
+    inner_.reduce_scatter_v_sum(in, counts, out);
+  }
   void all_to_all_v(const Tensor& send, const std::vector<int64_t>& send_counts, Tensor& recv,
                     const std::vector<int64_t>& recv_counts) override {
     inner_.all_to_all_v(send, send_counts, recv, recv_counts);
@@ -106,6 +111,42 @@ TEST_CASE("average_gradients rejects non-floating gradients", "[parallel]") {
   REQUIRE_THROWS_WITH(average_gradients(*world, ids), Contains("gradients must be floating point"));
   Tensor grads = Tensor::zeros({3}, DType::f32);
   REQUIRE_THROWS_WITH(average_gradients(*world, grads, 0), Contains("bucket size must be positive"));
+}
+
+TEST_CASE("reduce_scatter_sharded leaves each rank the sum of its shard's part, bucket by bucket", "[parallel]") {
+  auto world = make_world_communicator(Device::cpu());
+  RecordingCommunicator comm(*world);
+  const int size = comm.size(), me = comm.rank();
+  // A buffer of 23 elements in shards of ceil(23/size), the last ones short or empty; the
+  // reduced range [5, 20) crosses the borders; 4-element buckets (16 bytes of f32).
+  const int64_t numel = 23, shard = (numel + size - 1) / size, first = 5, last = 20;
+  std::vector<int64_t> borders(static_cast<size_t>(size) + 1);
+  for (int r = 0; r <= size; ++r) borders[static_cast<size_t>(r)] = std::min<int64_t>(r * shard, numel);
+  auto values = [&](int q) {
+    const std::vector<double> v = test::random_values(last - first, 500 + static_cast<uint64_t>(q));
+    return std::vector<float>(v.begin(), v.end());
+  };
+  Tensor grads = Tensor::from_vector(values(me), {last - first}, DType::f32);
+  reduce_scatter_sharded(comm, grads, first, borders, 16);
+  REQUIRE(comm.part_counts.size() == 4);  // ceil(15 / 4) buckets
+  for (const auto& counts : comm.part_counts) {
+    REQUIRE(counts.size() == static_cast<size_t>(size));
+    for (int64_t c : counts) REQUIRE(c >= 0);
+  }
+  const std::vector<float> got = grads.to_vector<float>();
+  for (int64_t i = std::max(first, borders[me]); i < std::min(last, borders[me + 1]); ++i) {
+    double sum = 0;
+    for (int q = 0; q < size; ++q) sum += values(q)[static_cast<size_t>(i - first)];
+    REQUIRE(got[static_cast<size_t>(i - first)] == Approx(sum).epsilon(1e-5).margin(1e-6));  // f32 sums
+  }
+  REQUIRE_THROWS_WITH(reduce_scatter_sharded(comm, grads, first, std::vector<int64_t>(2, 0), 16),
+                      Contains("reduce_scatter_sharded: need"));
+  if (size > 1) {
+    std::vector<int64_t> short_borders = borders;
+    short_borders.back() = first + 1;
+    REQUIRE_THROWS_WITH(reduce_scatter_sharded(comm, grads, first, short_borders, 16),
+                        Contains("lie outside the shards"));
+  }
 }
 
 }  // namespace

@@ -29,4 +29,17 @@ TEST_CASE("PinnedBuffer reads CPU values, reusing its storage until a read needs
                       Catch::Contains("PinnedBuffer::read: a i64 tensor read as 4-byte values"));
 }
 
+TEST_CASE("PinnedBuffer's split read returns the values at read_finish", "[tensor][pinned]") {
+  PinnedBuffer buffer;
+  const std::vector<int64_t> values = {7, -1, 12};
+  Tensor t = Tensor::from_vector(values, {3}, DType::i64);
+  REQUIRE_THROWS_WITH(buffer.read_finish<int64_t>(), Catch::Contains("no read of 8-byte values was started"));
+  buffer.read_start(t);
+  t.zero_();  // the source may change after the start: the read already took its values
+  REQUIRE_THROWS_WITH(buffer.read_finish<int32_t>(), Catch::Contains("no read of 4-byte values was started"));
+  const int64_t* got = buffer.read_finish<int64_t>();
+  REQUIRE(std::vector<int64_t>(got, got + 3) == values);
+  REQUIRE_THROWS_WITH(buffer.read_finish<int64_t>(), Catch::Contains("no read of 8-byte values was started"));
+}
+
 }  // namespace moe

@@ -181,4 +181,9 @@ TEST_CASE("the dispatcher benchmark counts the rows that cross ranks", "[paralle
   REQUIRE(totals[0] == totals[1]);
   if (world->size() > 1) REQUIRE(totals[0] > 0);
   REQUIRE(r.gb_per_s > 0);
+  // The phases alone, and the shared experts after the dispatch or during it: every time taken.
+  for (double ms : {r.dispatch_ms, r.combine_ms, r.shared_ms, r.sequential_ms, r.overlapped_ms}) REQUIRE(ms > 0);
+  const nlohmann::json out = to_json(r);
+  for (const char* key : {"dispatch_ms", "combine_ms", "shared_experts_ms", "sequential_ms", "overlapped_ms"})
+    REQUIRE(out.contains(key));
 }

@@ -473,6 +473,8 @@ TEST_CASE("sharded ZeRO-2/3 gradients: units reduced after each backward hold th
       for (int micro = 0; micro < 2; ++micro) backprop(ref, rank_batch(c.model, q, 10 + micro));
     }
     store.zero_grads();
+    world->reset_traffic();
+    expert_comm->reset_traffic();
     for (int micro = 0; micro < 2; ++micro) {
       for (const ParamUnit& u : units) {
         opt.gather(u);
@@ -493,6 +495,15 @@ TEST_CASE("sharded ZeRO-2/3 gradients: units reduced after each backward hold th
                           tol.grad_rtol, "the gradient shard");
     }
     REQUIRE_THROWS_WITH(store.grad(0), Catch::Contains("is not open on this rank"));
+    // Each bucket is reduce-scattered: summed over the ranks, (N-1) x its bytes are sent, half
+    // of the 2(N-1) x an all-reduce of every unit's buffer sends.
+    int64_t buffer_bytes = 0;
+    for (ParamGroup g : k_groups) buffer_bytes += store.group_numel(g) * 8;
+    std::vector<double> sent{
+        static_cast<double>(world->traffic().reduction_bytes + expert_comm->traffic().reduction_bytes)};
+    world->all_reduce_sum(sent);
+    const double all_reduce_bytes = 2.0 * (ranks - 1) * 2 /* micro-batches */ * static_cast<double>(buffer_bytes);
+    REQUIRE(sent[0] == all_reduce_bytes / 2);
   }
 }
 
