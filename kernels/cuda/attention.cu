@@ -10,7 +10,7 @@ namespace attn {
 
 namespace {
 
-// q[B*S, Hq*hd], k,v[B*S, Hkv*hd] -> out[B*S, Hq*hd], lse[B,Hq,S]. grid (ceil(S/32), Hq, B).
+// q[B*S, Hq*hd], k,v[B*Skv, Hkv*hd] -> out[B*S, Hq*hd], lse[B,Hq,S]. grid (ceil(S/32), Hq, B).
 // Shared: qs[32][hd] (pre-scaled), ks[32][hd+1] (padded: lanes read different rows), vs[32][hd].
 // Warp w owns query rows q0 + 4w .. q0 + 4w + 3; kPerLane values of the head dim per lane.
 template <int kPerLane>
@@ -25,7 +25,7 @@ __global__ void __launch_bounds__(k_threads) attention_forward_kernel(const bf16
   const int lane = threadIdx.x % k_warp, warp = threadIdx.x / k_warp;
   const int q0 = blockIdx.x * k_tile, h = blockIdx.y, b = blockIdx.z, hk = h / g.group;
 
-  load_tile(qs, hd, q, g.num_heads, h, g, b, q0, g.scale);
+  load_tile(qs, hd, q, g.num_heads, h, g, g.seq_len, b, q0, g.scale);
 
   float m[R], l[R], acc[R][kPerLane];
   int lo[R];
@@ -37,13 +37,13 @@ __global__ void __launch_bounds__(k_threads) attention_forward_kernel(const bf16
 #pragma unroll
     for (int c = 0; c < kPerLane; ++c) acc[rr][c] = 0.0f;
   }
-  const int key_end = g.causal ? min(q0 + k_tile, g.seq_len) : g.seq_len;  // causal: none after the last row
+  const int key_end = g.causal ? min(q0 + k_tile, g.seq_len) : g.kv_len;  // causal: none after the last row
   // Document masking: none before the document of the tile's first row (starts grow along a sequence).
   const int key_begin = g.doc_start(b, q0) / k_tile * k_tile;
   for (int k0 = key_begin; k0 < key_end; k0 += k_tile) {
     __syncthreads();  // previous tile fully consumed (and qs loaded on the first pass)
-    load_tile(ks, ks_stride, k, g.num_kv_heads, hk, g, b, k0, 1.0f);
-    load_tile(vs, hd, v, g.num_kv_heads, hk, g, b, k0, 1.0f);
+    load_tile(ks, ks_stride, k, g.num_kv_heads, hk, g, g.kv_len, b, k0, 1.0f);
+    load_tile(vs, hd, v, g.num_kv_heads, hk, g, g.kv_len, b, k0, 1.0f);
     __syncthreads();
 
     // Scores of this lane's key against the warp's rows.

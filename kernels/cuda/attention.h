@@ -12,8 +12,9 @@
 
 namespace moe::cuda {
 
-// q[B*S, Hq*hd], k,v[B*S, Hkv*hd] -> out[B*S, Hq*hd], lse[B, Hq, S] (f32, natural log of the
-// softmax denominator of the scaled scores). Query head h reads kv head h / (Hq / Hkv); scores
+// q[B*S, Hq*hd], k,v[B*Skv, Hkv*hd] -> out[B*S, Hq*hd], lse[B, Hq, S] (f32, natural log of the
+// softmax denominator of the scaled scores), Skv = dims.kv_len() (S but for cross-attention, which
+// is non-causal without doc_starts). Query head h reads kv head h / (Hq / Hkv); scores
 // are q.k / sqrt(hd). head_dim <= 256. doc_starts i32[B*S] (causal only; nullptr = off): query i
 // sees keys doc_starts[i] .. i (its document; the starts never decrease along a sequence), and
 // key blocks before the document of a block's first query are skipped.
@@ -25,8 +26,8 @@ void attention_forward(const __nv_bfloat16* q, const __nv_bfloat16* k, const __n
 // and for the flash kernels (head dims 64, 128) an fp32 dQ accumulator [B*S, Hq*hd] before it.
 size_t attention_backward_workspace_bytes(const kernels::AttentionShape& dims);
 
-// dq, dk, dv (shapes of q, k, v) written; workspace: at least attention_backward_workspace_bytes,
-// 256-byte aligned, contents ignored. dk/dv sum over the query heads sharing a kv head inside one
+// dq, dk, dv (shapes of q, k, v: dk, dv [B*Skv, Hkv*hd]) written; workspace: at least
+// attention_backward_workspace_bytes, 256-byte aligned, contents ignored. dk/dv sum over the query heads sharing a kv head inside one
 // block (no atomics: deterministic); the flash kernels add dq with fp32 atomics (order varies
 // from run to run, in the last bits). doc_starts: the forward's.
 void attention_backward(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,

@@ -43,8 +43,8 @@ __global__ void __launch_bounds__(k_threads) attention_dq_kernel(const bf16* q, 
   const int lane = threadIdx.x % k_warp, warp = threadIdx.x / k_warp;
   const int q0 = blockIdx.x * k_tile, h = blockIdx.y, b = blockIdx.z, hk = h / g.group;
 
-  load_tile(qs, hd, q, g.num_heads, h, g, b, q0, 1.0f);
-  load_tile(dos, hd, dout, g.num_heads, h, g, b, q0, 1.0f);
+  load_tile(qs, hd, q, g.num_heads, h, g, g.seq_len, b, q0, 1.0f);
+  load_tile(dos, hd, dout, g.num_heads, h, g, g.seq_len, b, q0, 1.0f);
   float row_lse[R], row_delta[R], acc[R][kPerLane];
   int lo[R];
 #pragma unroll
@@ -56,12 +56,12 @@ __global__ void __launch_bounds__(k_threads) attention_dq_kernel(const bf16* q, 
 #pragma unroll
     for (int c = 0; c < kPerLane; ++c) acc[rr][c] = 0.0f;
   }
-  const int key_end = g.causal ? min(q0 + k_tile, g.seq_len) : g.seq_len;
+  const int key_end = g.causal ? min(q0 + k_tile, g.seq_len) : g.kv_len;
   const int key_begin = g.doc_start(b, q0) / k_tile * k_tile;  // document masking: none before it
   for (int k0 = key_begin; k0 < key_end; k0 += k_tile) {
     __syncthreads();
-    load_tile(ks, pad, k, g.num_kv_heads, hk, g, b, k0, 1.0f);
-    load_tile(vs, pad, v, g.num_kv_heads, hk, g, b, k0, 1.0f);
+    load_tile(ks, pad, k, g.num_kv_heads, hk, g, g.kv_len, b, k0, 1.0f);
+    load_tile(vs, pad, v, g.num_kv_heads, hk, g, g.kv_len, b, k0, 1.0f);
     __syncthreads();
     float s[R] = {}, dp[R] = {};
     for (int d = 0; d < hd; ++d) {
@@ -108,7 +108,7 @@ __global__ void __launch_bounds__(k_threads) attention_dq_kernel(const bf16* q, 
 }
 
 // dk, dv for a tile of 32 keys of kv head hk, summed over the group's query heads and every
-// query i >= j: dv_j = sum P_ij dout_i, dk_j = scale * sum dS_ij q_i. grid (ceil(S/32), Hkv, B).
+// visible query i: dv_j = sum P_ij dout_i, dk_j = scale * sum dS_ij q_i. grid (ceil(Skv/32), Hkv, B).
 // Shared: ks, vs [32][hd] (broadcast reads), qs, dos [32][hd+1] (lane = query), lse_s, delta_s [32].
 template <int kPerLane>
 __global__ void __launch_bounds__(k_threads) attention_dkdv_kernel(const bf16* q, const bf16* k, const bf16* v,
@@ -127,8 +127,8 @@ __global__ void __launch_bounds__(k_threads) attention_dkdv_kernel(const bf16* q
   const int lane = threadIdx.x % k_warp, warp = threadIdx.x / k_warp;
   const int k0 = blockIdx.x * k_tile, hk = blockIdx.y, b = blockIdx.z;
 
-  load_tile(ks, hd, k, g.num_kv_heads, hk, g, b, k0, 1.0f);
-  load_tile(vs, hd, v, g.num_kv_heads, hk, g, b, k0, 1.0f);
+  load_tile(ks, hd, k, g.num_kv_heads, hk, g, g.kv_len, b, k0, 1.0f);
+  load_tile(vs, hd, v, g.num_kv_heads, hk, g, g.kv_len, b, k0, 1.0f);
   float dk_acc[R][kPerLane], dv_acc[R][kPerLane];
 #pragma unroll
   for (int rr = 0; rr < R; ++rr) {
@@ -140,8 +140,8 @@ __global__ void __launch_bounds__(k_threads) attention_dkdv_kernel(const bf16* q
     // row's document starts after the last key sees none of them, and nor does any later tile.
     for (int q0 = g.causal ? k0 : 0; q0 < g.seq_len && g.doc_start(b, q0) < k0 + k_tile; q0 += k_tile) {
       __syncthreads();
-      load_tile(qs, pad, q, g.num_heads, h, g, b, q0, 1.0f);
-      load_tile(dos, pad, dout, g.num_heads, h, g, b, q0, 1.0f);
+      load_tile(qs, pad, q, g.num_heads, h, g, g.seq_len, b, q0, 1.0f);
+      load_tile(dos, pad, dout, g.num_heads, h, g, g.seq_len, b, q0, 1.0f);
       if (threadIdx.x < k_tile) {
         const int i = q0 + threadIdx.x;
         lse_s[threadIdx.x] = i < g.seq_len ? lse[g.stat_index(b, h, i)] : 0.0f;
@@ -191,7 +191,7 @@ __global__ void __launch_bounds__(k_threads) attention_dkdv_kernel(const bf16* q
 #pragma unroll
   for (int rr = 0; rr < R; ++rr) {
     const int j = k0 + warp * R + rr;
-    if (j >= g.seq_len) continue;
+    if (j >= g.kv_len) continue;
 #pragma unroll
     for (int c = 0; c < kPerLane; ++c) {
       const int d = lane + c * k_warp;
@@ -208,13 +208,14 @@ void launch_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* do
                      const float* delta, bf16* dq, bf16* dk, bf16* dv, const Geometry& g, int batch,
                      cudaStream_t stream) {
   const size_t smem = static_cast<size_t>(k_tile) * (4 * g.head_dim + 2 + 2) * sizeof(float);
-  const unsigned tiles = static_cast<unsigned>(ceil_div(g.seq_len, k_tile));
+  const unsigned query_tiles = static_cast<unsigned>(ceil_div(g.seq_len, k_tile));
+  const unsigned key_tiles = static_cast<unsigned>(ceil_div(g.kv_len, k_tile));
   allow_shared(attention_dq_kernel<kPerLane>, smem);
-  attention_dq_kernel<kPerLane><<<dim3(tiles, g.num_heads, batch), k_threads, smem, stream>>>(q, k, v, dout, lse,
-                                                                                             delta, dq, g);
+  attention_dq_kernel<kPerLane><<<dim3(query_tiles, g.num_heads, batch), k_threads, smem, stream>>>(
+      q, k, v, dout, lse, delta, dq, g);
   CUDA_CHECK_LAUNCH();
   allow_shared(attention_dkdv_kernel<kPerLane>, smem);
-  attention_dkdv_kernel<kPerLane><<<dim3(tiles, g.num_kv_heads, batch), k_threads, smem, stream>>>(
+  attention_dkdv_kernel<kPerLane><<<dim3(key_tiles, g.num_kv_heads, batch), k_threads, smem, stream>>>(
       q, k, v, dout, lse, delta, dk, dv, g);
   CUDA_CHECK_LAUNCH();
 }

@@ -20,13 +20,14 @@ constexpr int k_max_head_dim = 256;
 // Geometry of one launch, passed by value to every kernel.
 struct Geometry {
   int seq_len, num_heads, num_kv_heads, head_dim;
+  int kv_len;  // keys/values per sequence (seq_len but for cross-attention)
   int group;  // query heads per kv head
   float scale;  // 1 / sqrt(head_dim)
   bool causal;  // key j visible to query i only when j <= i
   const int32_t* doc_starts;  // [B*S] document masking (causal only): query i sees keys doc_starts[i]..i; or null
-  // Whether key j counts for query i (both inside the sequence); lo: doc_start(b, i).
+  // Whether key j counts for query i (both inside their sequences); lo: doc_start(b, i).
   __device__ __forceinline__ bool visible(int i, int j, int lo) const {
-    return i < seq_len && j < seq_len && (!causal || j <= i) && j >= lo;
+    return i < seq_len && j < kv_len && (!causal || j <= i) && j >= lo;
   }
   // The first key query i of sequence b may see (0 without document masking or past the sequence).
   __device__ __forceinline__ int doc_start(int b, int i) const {
@@ -36,7 +37,7 @@ struct Geometry {
     return (static_cast<int64_t>(b) * seq_len + i) * num_heads * head_dim + static_cast<int64_t>(h) * head_dim + d;
   }
   __device__ __forceinline__ int64_t kv_index(int b, int j, int hk, int d) const {
-    return (static_cast<int64_t>(b) * seq_len + j) * num_kv_heads * head_dim + static_cast<int64_t>(hk) * head_dim +
+    return (static_cast<int64_t>(b) * kv_len + j) * num_kv_heads * head_dim + static_cast<int64_t>(hk) * head_dim +
            d;
   }
   __device__ __forceinline__ int64_t stat_index(int b, int h, int i) const {
@@ -44,17 +45,18 @@ struct Geometry {
   }
 };
 
-// tile[r][0..hd) (row stride `stride` floats) = mult * rows first_row + r of a [B*S, H*hd] bf16
-// tensor at head `head`; rows at or beyond seq_len are zero. Whole block participates.
+// tile[r][0..hd) (row stride `stride` floats) = mult * rows first_row + r of a [B*seq, H*hd] bf16
+// tensor at head `head` (seq: g.seq_len for q-shaped tensors, g.kv_len for k, v); rows at or
+// beyond seq are zero. Whole block participates.
 __device__ __forceinline__ void load_tile(float* tile, int stride, const bf16* src, int heads, int head,
-                                          const Geometry& g, int b, int first_row, float mult) {
+                                          const Geometry& g, int seq, int b, int first_row, float mult) {
   const int hd = g.head_dim;
   for (int idx = threadIdx.x; idx < k_tile * hd; idx += blockDim.x) {
     const int r = idx / hd, d = idx - r * hd;
     const int row = first_row + r;
     float value = 0.0f;
-    if (row < g.seq_len) {
-      const int64_t at = (static_cast<int64_t>(b) * g.seq_len + row) * heads * hd + static_cast<int64_t>(head) * hd + d;
+    if (row < seq) {
+      const int64_t at = (static_cast<int64_t>(b) * seq + row) * heads * hd + static_cast<int64_t>(head) * hd + d;
       value = __bfloat162float(src[at]) * mult;
     }
     tile[r * stride + d] = value;
@@ -67,9 +69,13 @@ inline Geometry make_geometry(const kernels::AttentionShape& s, const int32_t* d
             "attention: bad heads (", s.num_heads, " query, ", s.num_kv_heads, " kv)");
   MOE_CHECK(s.head_dim > 0 && s.head_dim <= k_max_head_dim, "attention: head_dim ", s.head_dim,
             " not supported (1..", k_max_head_dim, ")");
-  MOE_CHECK(s.seq_len <= INT_MAX / 2 && s.batch <= 65535 && s.num_heads <= 65535, "attention: sizes out of range");
+  MOE_CHECK(s.seq_len <= INT_MAX / 2 && s.kv_len() <= INT_MAX / 2 && s.batch <= 65535 && s.num_heads <= 65535,
+            "attention: sizes out of range");
+  MOE_CHECK(s.kv_len() == s.seq_len || (!s.causal && doc_starts == nullptr), "attention: kv_seq_len ", s.kv_seq_len,
+            " != seq_len ", s.seq_len, " (cross-attention) needs causal = false and no document masking");
   Geometry g;
   g.seq_len = static_cast<int>(s.seq_len);
+  g.kv_len = static_cast<int>(s.kv_len());
   g.num_heads = static_cast<int>(s.num_heads);
   g.num_kv_heads = static_cast<int>(s.num_kv_heads);
   g.head_dim = static_cast<int>(s.head_dim);

@@ -35,7 +35,7 @@ using BackwardHd128 = BackwardTraits<128, 64, 128, 8>;
 // Key blocks of one (kv head, batch); the grid is (key blocks, Hkv, B).
 template <class T>
 int backward_key_blocks(const Params& p) {
-  return ceil_div_int(p.seq_len, T::kBlockN);
+  return ceil_div_int(p.kv_len, T::kBlockN);
 }
 
 namespace detail {
@@ -97,7 +97,7 @@ MOE_FLASH_FN void probabilities(const Params& p, float (&s)[T::kNTiles][T::kBloc
   const int32_t* doc = reinterpret_cast<const int32_t*>(lse + 4 * T::kBlockM);
   const int last_key = first_key + T::kNTiles * 16 - 1;
   const int last_row = min_int(T::kBlockM, p.seq_len - q0) - 1;  // document starts grow up to it
-  const bool need_mask = last_key >= p.seq_len || (p.causal && last_key > q0) || first_key < doc[last_row];
+  const bool need_mask = last_key >= p.kv_len || (p.causal && last_key > q0) || first_key < doc[last_row];
   MOE_FLASH_UNROLL
   for (int nt = 0; nt < T::kNTiles; ++nt) {
     MOE_FLASH_UNROLL
@@ -107,7 +107,7 @@ MOE_FLASH_FN void probabilities(const Params& p, float (&s)[T::kNTiles][T::kBloc
         const int r = qt * 8 + 2 * (lane & 3) + (e & 1);
         const int j = first_key + nt * 16 + (lane >> 2) + (e >> 1) * 8;
         float pv = fast_exp2(fmaf(s[nt][qt][e], p.scale_log2, -lse[r] * k_log2e));
-        if (need_mask && (j >= p.seq_len || (p.causal && j > q0 + r) || j < doc[r])) pv = 0.0f;
+        if (need_mask && (j >= p.kv_len || (p.causal && j > q0 + r) || j < doc[r])) pv = 0.0f;
         s[nt][qt][e] = pv;
         dp[nt][qt][e] = pv * (dp[nt][qt][e] - delta[r]);
       }
@@ -201,13 +201,13 @@ MOE_FLASH_FN void store_dkdv(const Params& p, const float (&dk)[T::kNTiles][T::k
                              const float (&dv)[T::kNTiles][T::kHeadDim / 8][4], int key0, int kv_head,
                              int batch_index, int lane) {
   constexpr int D = T::kHeadDim;
-  const int64_t off = slice_offset(batch_index, p.seq_len, p.kv_row, kv_head, D);
+  const int64_t off = slice_offset(batch_index, p.kv_len, p.kv_row, kv_head, D);
   MOE_FLASH_UNROLL
   for (int nt = 0; nt < T::kNTiles; ++nt) {
     MOE_FLASH_UNROLL
     for (int half = 0; half < 2; ++half) {
       const int j = key0 + nt * 16 + (lane >> 2) + half * 8;
-      if (j >= p.seq_len) continue;
+      if (j >= p.kv_len) continue;
       const int64_t at = off + static_cast<int64_t>(j) * p.kv_row + 2 * (lane & 3);
       MOE_FLASH_UNROLL
       for (int dt = 0; dt < D / 8; ++dt) {
@@ -239,7 +239,7 @@ MOE_FLASH_FN int query_block_end(const Params& p, int batch_index, int block_row
 
 }  // namespace detail
 
-// One block: keys k0 = n_block * kBlockN .. + kBlockN of `kv_head` in sequence `batch_index`,
+// One block: keys k0 = n_block * kBlockN .. + kBlockN (of kv_len) of `kv_head` in sequence `batch_index`,
 // against every query block that can see them, for each query head of the group in turn (so dK,
 // dV sum over the group in registers, without atomics). Q/dO steps are double-buffered.
 template <class T>
@@ -248,13 +248,13 @@ MOE_FLASH_FN void backward_block(const Params& p, int n_block, int kv_head, int 
   const detail::BackwardSmem<T> sm(smem);
   const int lane = tid & 31, warp = tid >> 5;
   const int k0 = n_block * BN, key_row0 = warp * T::kNTiles * 16;
-  const int64_t kv_off = slice_offset(batch_index, p.seq_len, p.kv_row, kv_head, D);
-  load_tile_async<BN, D, T::kThreads>(sm.k, p.k + kv_off, p.kv_row, k0, p.seq_len, tid);
-  load_tile_async<BN, D, T::kThreads>(sm.v, p.v + kv_off, p.kv_row, k0, p.seq_len, tid);
+  const int64_t kv_off = slice_offset(batch_index, p.kv_len, p.kv_row, kv_head, D);
+  load_tile_async<BN, D, T::kThreads>(sm.k, p.k + kv_off, p.kv_row, k0, p.kv_len, tid);
+  load_tile_async<BN, D, T::kThreads>(sm.v, p.v + kv_off, p.kv_row, k0, p.kv_len, tid);
   // Causal: query blocks that end before k0 see none of these keys; under document masking
   // neither do those whose documents all start after the block's last key.
   const int m_begin = p.causal ? k0 / BM : 0;
-  const int num_m = detail::query_block_end(p, batch_index, BM, m_begin, min_int(k0 + BN, p.seq_len) - 1) - m_begin;
+  const int num_m = detail::query_block_end(p, batch_index, BM, m_begin, min_int(k0 + BN, p.kv_len) - 1) - m_begin;
   const int num_steps = num_m * p.group;
   const int head0 = kv_head * p.group;
   detail::load_query_step<T>(p, sm, 0, head0, m_begin * BM, batch_index, tid);

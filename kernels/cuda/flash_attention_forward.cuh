@@ -31,7 +31,7 @@ int forward_query_blocks(const Params& p) {
 
 namespace detail {
 
-// Scores that must not count become -inf: keys beyond the sequence, under the causal mask keys
+// Scores that must not count become -inf: keys beyond the sequence (kv_len keys), under the causal mask keys
 // after the query, under document masking keys before the query's document (its start read here,
 // on the tiles that need a mask only: registers kept for it spilled). Row r of tile mt holds
 // queries row0 + 16 mt + g (+8 for half 1).
@@ -47,7 +47,7 @@ MOE_FLASH_FN void mask_scores(float (&s)[kMTiles][kNTiles][4], int row0, int key
       MOE_FLASH_UNROLL
       for (int nt = 0; nt < kNTiles; ++nt) {
         const int j = key0 + nt * 8 + 2 * (lane & 3) + (e & 1);
-        if (j >= p.seq_len || (p.causal && j > i) || j < lo) s[mt][nt][e] = -INFINITY;
+        if (j >= p.kv_len || (p.causal && j > i) || j < lo) s[mt][nt][e] = -INFINITY;
       }
     }
   }
@@ -135,17 +135,17 @@ MOE_FLASH_FN void forward_block(const Params& p, int m_block, int head, int batc
   const int q0 = m_block * BM, row0 = q0 + warp * MT * 16;
   const int kv_head = head / p.group;
   const bf16_bits* q = p.q + slice_offset(batch_index, p.seq_len, p.q_row, head, D);
-  const bf16_bits* k = p.k + slice_offset(batch_index, p.seq_len, p.kv_row, kv_head, D);
-  const bf16_bits* v = p.v + slice_offset(batch_index, p.seq_len, p.kv_row, kv_head, D);
+  const bf16_bits* k = p.k + slice_offset(batch_index, p.kv_len, p.kv_row, kv_head, D);
+  const bf16_bits* v = p.v + slice_offset(batch_index, p.kv_len, p.kv_row, kv_head, D);
   // Causal: keys beyond the block's last row are never visible, their tiles are skipped; so are
   // the tiles before the document of the block's first row (starts only grow along a sequence).
-  const int key_end = p.causal ? min_int(q0 + BM, p.seq_len) : p.seq_len;
+  const int key_end = p.causal ? min_int(q0 + BM, p.seq_len) : p.kv_len;
   const int num_tiles = ceil_div_int(key_end, BN);
   const int first_tile = doc_start_of(p, batch_index, q0) / BN;
 
   load_tile_async<BM, D, T::kThreads>(sq, q, p.q_row, q0, p.seq_len, tid);
-  load_tile_async<BN, D, T::kThreads>(sk, k, p.kv_row, first_tile * BN, p.seq_len, tid);
-  load_tile_async<BN, D, T::kThreads>(sv, v, p.kv_row, first_tile * BN, p.seq_len, tid);
+  load_tile_async<BN, D, T::kThreads>(sk, k, p.kv_row, first_tile * BN, p.kv_len, tid);
+  load_tile_async<BN, D, T::kThreads>(sv, v, p.kv_row, first_tile * BN, p.kv_len, tid);
   cp_async_commit();
 
   float acc[MT][DT][4], row_max[MT][2], row_sum[MT][2];
@@ -159,8 +159,8 @@ MOE_FLASH_FN void forward_block(const Params& p, int m_block, int head, int batc
     cp_async_wait<0>();  // tile n (and Q) landed for this thread ...
     sync_block();        // ... for every thread, and tile n - 1's buffer is free again
     if (n + 1 < num_tiles) {
-      load_tile_async<BN, D, T::kThreads>(sk + (buf ^ 1) * BN * D, k, p.kv_row, (n + 1) * BN, p.seq_len, tid);
-      load_tile_async<BN, D, T::kThreads>(sv + (buf ^ 1) * BN * D, v, p.kv_row, (n + 1) * BN, p.seq_len, tid);
+      load_tile_async<BN, D, T::kThreads>(sk + (buf ^ 1) * BN * D, k, p.kv_row, (n + 1) * BN, p.kv_len, tid);
+      load_tile_async<BN, D, T::kThreads>(sv + (buf ^ 1) * BN * D, v, p.kv_row, (n + 1) * BN, p.kv_len, tid);
     }
     cp_async_commit();
     const int key0 = n * BN;
@@ -172,7 +172,7 @@ MOE_FLASH_FN void forward_block(const Params& p, int m_block, int head, int batc
     float s[MT][NT][4];
     zero_fill(s);
     gemm_abt<D, D, D>(s, sq, row0 - q0, sk + buf * BN * D, lane);
-    if (key0 + BN > p.seq_len || (p.causal && key0 + BN - 1 > row0) ||
+    if (key0 + BN > p.kv_len || (p.causal && key0 + BN - 1 > row0) ||
         (docs && key0 < doc_start_of(p, batch_index, min_int(row0 + MT * 16, p.seq_len) - 1))) {
       detail::mask_scores(s, row0, key0, batch_index, lane, p);
     }

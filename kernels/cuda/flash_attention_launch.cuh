@@ -15,7 +15,8 @@ inline bf16_bits* bits(__nv_bfloat16* p) { return reinterpret_cast<bf16_bits*>(p
 inline Params params_of(const kernels::AttentionShape& d, const __nv_bfloat16* q, const __nv_bfloat16* k,
                         const __nv_bfloat16* v) {
   Params p = make_params(static_cast<int>(d.batch), static_cast<int>(d.seq_len), static_cast<int>(d.num_heads),
-                         static_cast<int>(d.num_kv_heads), static_cast<int>(d.head_dim), d.causal);
+                         static_cast<int>(d.num_kv_heads), static_cast<int>(d.head_dim), d.causal,
+                         static_cast<int>(d.kv_len()));
   p.q = bits(q);
   p.k = bits(k);
   p.v = bits(v);

@@ -16,7 +16,8 @@ namespace moe::cuda::flash {
 
 constexpr float k_log2e = 1.4426950408889634f;
 
-// One launch. q[B*S, Hq*hd], k,v[B*S, Hkv*hd] (rows q_row / kv_row elements apart), out like q,
+// One launch. q[B*S, Hq*hd], k,v[B*Skv, Hkv*hd] (rows q_row / kv_row elements apart; Skv = kv_len,
+// S except for cross-attention, which is non-causal without documents), out like q,
 // lse[B,Hq,S] (natural log); backward: dout like q, delta[B,Hq,S] = rowsum(dout * out),
 // dq_accum f32 like q (zeroed first, summed with atomics), dk, dv like k, v. doc_starts i32[B*S]
 // (causal only; null = off): query i sees keys doc_starts[i] .. i, non-decreasing along a sequence.
@@ -34,6 +35,7 @@ struct Params {
   bf16_bits* dv = nullptr;
   const int32_t* doc_starts = nullptr;
   int batch = 0, seq_len = 0, num_heads = 0, num_kv_heads = 0, group = 1;
+  int kv_len = 0;  // keys/values per sequence
   int64_t q_row = 0, kv_row = 0;
   float scale = 1.0f;       // 1 / sqrt(hd)
   float scale_log2 = 1.0f;  // scale * log2(e): scores go through exp2
@@ -41,10 +43,13 @@ struct Params {
 };
 
 // The sizes of a launch (pointers left null). Sizes are validated by the caller.
-inline Params make_params(int batch, int seq_len, int num_heads, int num_kv_heads, int head_dim, bool causal) {
+// kv_seq_len: keys per sequence (0 = seq_len).
+inline Params make_params(int batch, int seq_len, int num_heads, int num_kv_heads, int head_dim, bool causal,
+                          int kv_seq_len = 0) {
   Params p;
   p.batch = batch;
   p.seq_len = seq_len;
+  p.kv_len = kv_seq_len != 0 ? kv_seq_len : seq_len;
   p.num_heads = num_heads;
   p.num_kv_heads = num_kv_heads;
   p.group = num_heads / num_kv_heads;

@@ -101,6 +101,10 @@ int run_eval(const EvalOptions& o, MpiEnv& env) {
     EvalResult r = ctx.trainer->evaluate(o.batches);
     out = {{"val_loss", r.loss}, {"val_ppl", std::exp(r.loss)}, {"val_tokens", r.tokens}, {"checkpoint", dir}};
     if (r.accuracy >= 0) out["val_accuracy"] = r.accuracy;
+    if (r.nsp_accuracy >= 0) {
+      out["val_nsp_loss"] = r.nsp_loss;
+      out["val_nsp_accuracy"] = r.nsp_accuracy;
+    }
     rank = ctx.world->rank();
   }
   if (rank == 0) std::printf("%s\n", out.dump().c_str());

@@ -51,6 +51,10 @@ struct ObjectiveConfig {          // [objective]
   double mask_rate = 0.15;
   double mask_token_rate = 0.8;
   double random_token_rate = 0.1;
+  // masked_lm: BERT's next-sentence prediction. Each sequence is [CLS] A [SEP] B [SEP]; B follows A
+  // in the data, or (half the time) comes from a random other place; a [d, 2] head on [CLS]'s
+  // final hidden state classifies the pair and its cross-entropy is added to the MLM loss.
+  bool nsp = false;
 
   bool operator==(const ObjectiveConfig&) const = default;
 };

@@ -29,7 +29,7 @@ void add_model_fields(ModelConfig& m, std::vector<Field>& out) {
 void add_objective_fields(ObjectiveConfig& o, std::vector<Field>& out) {
   const char* s = "objective";
   out.insert(out.end(), {{s, "mask_rate", &o.mask_rate}, {s, "mask_token_rate", &o.mask_token_rate},
-                         {s, "random_token_rate", &o.random_token_rate}});
+                         {s, "random_token_rate", &o.random_token_rate}, {s, "nsp", &o.nsp}});
 }
 
 void add_moe_fields(MoeConfig& m, std::vector<Field>& out) {

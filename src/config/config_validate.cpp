@@ -127,7 +127,17 @@ void validate_objective(const Config& c, const KeyOrigins& at) {
   MOE_CHECK(o.mask_token_rate + o.random_token_rate <= 1.0,
             at.prefix({"objective.random_token_rate", "objective.mask_token_rate"}), "objective.mask_token_rate + "
             "objective.random_token_rate = ", o.mask_token_rate + o.random_token_rate, " must be at most 1");
+  MOE_CHECK(!o.nsp || c.model.objective == "masked_lm", at.prefix({"objective.nsp", "model.objective"}),
+            "objective.nsp = true (next-sentence prediction) needs model.objective = 'masked_lm', not '",
+            c.model.objective, "'");
   if (c.model.objective != "masked_lm") return;
+  if (o.nsp) {
+    MOE_CHECK(c.model.seq_len >= 5, at.prefix({"model.seq_len", "objective.nsp"}), "objective.nsp = true lays out "
+              "[CLS] A [SEP] B [SEP]: model.seq_len = ", c.model.seq_len, " must be at least 5");
+    MOE_CHECK(c.parallel.tp == 1 && c.parallel.pp == 1, at.prefix({"objective.nsp", "parallel.tp", "parallel.pp"}),
+              "objective.nsp = true is not built for tensor or pipeline parallelism (parallel.tp = ", c.parallel.tp,
+              ", parallel.pp = ", c.parallel.pp, "): use data, expert and ZeRO parallelism");
+  }
   MOE_CHECK(!c.model.reset_attention, at.prefix({"model.reset_attention", "model.objective"}),
             "model.reset_attention keeps attention inside documents of a causal model, but model.objective = "
             "'masked_lm' attends both ways; set model.reset_attention = false");

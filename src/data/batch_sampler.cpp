@@ -35,6 +35,26 @@ TokenWindows read_windows(const TokenDataset& data, int64_t seq_len, std::vector
   return w;
 }
 
+void add_partner_windows(TokenWindows& w, const std::vector<const TokenDataset*>& shards, uint64_t seed) {
+  MOE_CHECK(static_cast<int64_t>(w.keys.size()) == w.rows, "partner windows: ", w.keys.size(), " window keys for ",
+            w.rows, " windows");
+  const int64_t length = w.window_length();
+  std::vector<uint64_t> first_start{0};  // per shard, its first start's index among all starts; then the total
+  for (const TokenDataset* shard : shards) {
+    first_start.push_back(first_start.back() + static_cast<uint64_t>(std::max<int64_t>(shard->size() - length + 1, 0)));
+  }
+  MOE_CHECK(first_start.back() > 0, "partner windows: no shard holds a window of ", length, " tokens");
+  w.partners.resize(static_cast<size_t>(w.rows * length));
+  for (int64_t r = 0; r < w.rows; ++r) {
+    SplitMix64 rng(mix64(seed ^ mix64(w.keys[static_cast<size_t>(r)])));
+    const uint64_t at = rng.below(first_start.back());
+    const size_t shard = static_cast<size_t>(std::upper_bound(first_start.begin(), first_start.end(), at) -
+                                             first_start.begin()) - 1;
+    shards[shard]->copy_tokens(static_cast<int64_t>(at - first_start[shard]), length,
+                               w.partners.data() + r * length);
+  }
+}
+
 TrainSampler::TrainSampler(int64_t global_batch, int64_t seq_len) : global_batch_(global_batch), seq_len_(seq_len) {
   MOE_CHECK(global_batch > 0, "batch sampler: global batch must be positive, got ", global_batch);
   MOE_CHECK(seq_len > 0, "batch sampler: seq_len must be positive, got ", seq_len);

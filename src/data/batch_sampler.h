@@ -23,10 +23,20 @@ struct TokenWindows {
   // eval_window_key(window)), never of ranks or micro-batching, so masks are layout-independent
   // and a resumed run draws the ones it would have drawn.
   std::vector<uint64_t> keys;
+  // Objectives that pair a window with text from elsewhere (next-sentence prediction): per window,
+  // window_length() tokens from a random place of the data (add_partner_windows); else empty.
+  std::vector<int32_t> partners;
 
   int64_t window_length() const { return seq_len + 1; }
   const int32_t* window(int64_t row) const { return tokens.data() + row * window_length(); }
+  const int32_t* partner(int64_t row) const { return partners.data() + row * window_length(); }
 };
+
+// Fills w.partners: window r's partner is the window_length() tokens at a start drawn uniformly
+// over every valid start of every shard (each shard weighted by its starts) from
+// SplitMix64(mix64(seed ^ mix64(keys[r]))) alone, so like the keys it does not depend on the
+// parallel layout or on what was read before. Shards shorter than a window have no start.
+void add_partner_windows(TokenWindows& w, const std::vector<const TokenDataset*>& shards, uint64_t seed);
 
 // The keys of TokenWindows::keys: training sample n (step * global_batch + j) and evaluation
 // window w draw from disjoint streams.

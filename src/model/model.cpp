@@ -1,6 +1,7 @@
 // Model assembly and the forward/backward of one pipeline stage (the whole model without
 // pipeline parallelism): parameters "embed.tokens", "embed.positions", "layers.<i>.*",
-// "final_norm.*", "lm_head.weight" (untied only), whole or split over the TP / EP groups.
+// "final_norm.*", "lm_head.weight" (untied only), "nsp_head.*" (objective.nsp), whole or split
+// over the TP / EP groups.
 #include "src/model/model.h"
 
 #include <cmath>
@@ -11,6 +12,7 @@
 #include "src/config/moe_shape.h"
 #include "src/config/router_kinds.h"
 #include "src/nn/linear.h"
+#include "src/model/masked_lm.h"
 #include "src/model/vocab_parallel.h"
 #include "src/ops/ops.h"
 
@@ -292,6 +294,7 @@ ForwardOutput Model::forward(const Batch& batch, ModelSaved& saved, const Tensor
     saved.lse = loss.lse;
     out.loss = loss.loss;
     out.num_targets = loss.num_targets;
+    if (nsp_) add_nsp_loss(batch, saved, out);
   } else {
     saved.output = x;
   }
@@ -302,6 +305,19 @@ ForwardOutput Model::forward(const Batch& batch, ModelSaved& saved, const Tensor
     out.aux_loss += saved.blocks[i - begin].moe.stats.aux_loss;
   }
   return out;
+}
+
+// Each pair loss, times the objective's loss positions, lands at its sequence's [CLS] position (outside
+// the MLM loss): the trainer's mean over loss positions then adds the mean pair loss to the MLM's.
+void Model::add_nsp_loss(const Batch& batch, ModelSaved& saved, ForwardOutput& out) const {
+  acquire("nsp_head");
+  out.nsp_loss = nsp_->forward(saved.hidden, config_.seq_len, nsp_labels(batch.host_targets, config_.seq_len),
+                               saved.nsp);
+  release("nsp_head");
+  Tensor weighted = out.nsp_loss.clone();
+  ops::scale(weighted, static_cast<float>(objective_->loss_positions(config_.seq_len)));
+  Tensor per_token = out.loss.view({out.loss.numel(), 1});
+  ops::scatter_add_rows(weighted.view({weighted.numel(), 1}), saved.nsp.rows, per_token);
 }
 
 Tensor Model::head_backward(const Batch& batch, const ModelSaved& saved, float loss_scale) const {
@@ -323,6 +339,11 @@ Tensor Model::head_backward(const Batch& batch, const ModelSaved& saved, float l
   // reduce-scattered to this rank's tokens).
   dhidden = tp_.reduce_tokens(dhidden);
   release(head_unit());
+  if (nsp_) {
+    acquire("nsp_head");
+    nsp_->backward(saved.nsp, loss_scale * static_cast<float>(objective_->loss_positions(config_.seq_len)), dhidden);
+    release("nsp_head");
+  }
   acquire("final_norm");
   Tensor dx = final_norm_->backward(saved.final_norm, dhidden);
   release("final_norm");
@@ -371,6 +392,11 @@ void Model::set_objective(std::unique_ptr<Objective> objective) {
             objective ? objective_name(objective->kind()) : "(none)", " replaces one of another kind (",
             objective_name(objective_->kind()), "): the blocks were built for its attention mask");
   objective_ = std::move(objective);
+  if (objective_->predicts_next_sentence() && is_last_stage() && !nsp_) {
+    MOE_CHECK(parallel_.pp == 1 && !tp_.active(), "next-sentence prediction (objective.nsp) is not built for tensor "
+              "or pipeline parallelism");
+    nsp_ = std::make_unique<NspHead>(store_, config_.d_model, config_.init_std);
+  }
 }
 
 void Model::check_generation() const {

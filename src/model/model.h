@@ -11,6 +11,7 @@
 #include "src/config/config.h"
 #include "src/model/batch.h"
 #include "src/model/block.h"
+#include "src/model/nsp_head.h"
 #include "src/model/objective.h"
 #include "src/nn/tensor_parallel.h"
 #include "src/ops/ops.h"
@@ -29,6 +30,7 @@ struct ModelSaved {
   Tensor output;
   // i32[B*S]: each token's document start (model.reset_positions / reset_attention), else undefined
   Tensor doc_starts;
+  NspSaved nsp;  // next-sentence prediction (objective.nsp), last stage
 };
 
 // Where this rank's model sits in the parallel layout (each group nullptr = not split that way).
@@ -61,6 +63,9 @@ struct ForwardOutput {
   // The sum of `loss` read to the host (a host wait on the GPU); 0 on an earlier stage.
   double host_loss_sum() const { return loss.defined() ? ops::sum(loss) : 0.0; }
   double aux_loss = 0;     // sum over MoE layers of their balancing losses
+  // Next-sentence prediction (objective.nsp), last stage: each sequence's pair loss [B] (accum),
+  // also counted in `loss` (added at its [CLS] position, times the objective's loss_positions).
+  Tensor nsp_loss;
   std::vector<MoeLayerStats> moe_stats;  // one per MoE layer, in layer order
   std::vector<int> moe_layer_index;      // the layer number of each entry above
 };
@@ -125,7 +130,8 @@ class Model {
   // model.objective: targets, attention mask and loss positions (the trainer makes its batches here).
   const Objective& objective() const { return *objective_; }
   // Replaces the objective with one of the same kind built with its options (special token ids,
-  // rates, seed: objective_options); the constructor's has the defaults and no token ids.
+  // rates, seed: objective_options); the constructor's has the defaults and no token ids. One that
+  // predicts the next sentence adds the nsp_head parameters to the last stage (before allocate).
   void set_objective(std::unique_ptr<Objective> objective);
   const MoeConfig& moe_config() const { return moe_config_; }
   const ModelParallel& parallel() const { return parallel_; }
@@ -170,6 +176,7 @@ class Model {
   Tensor run_blocks(const Tensor& x, const Batch& batch, ModelSaved& saved, size_t begin, size_t end) const;
   void head_forward(const Tensor& x, ModelSaved& saved) const;
   Tensor head_backward(const Batch& batch, const ModelSaved& saved, float loss_scale) const;
+  void add_nsp_loss(const Batch& batch, ModelSaved& saved, ForwardOutput& out) const;
   Tensor block_backward(size_t i, const Batch& batch, const BlockSaved& saved, const Tensor& dy, float aux_scale,
                         const Tensor& doc_starts) const;
   RouteInputs route_inputs(const Batch& batch, size_t block) const;
@@ -196,6 +203,7 @@ class Model {
   ParamId tokens_ = -1, positions_ = -1, lm_head_ = -1;
   std::vector<std::unique_ptr<Block>> blocks_;
   std::unique_ptr<Norm> final_norm_;
+  std::unique_ptr<NspHead> nsp_;  // objective.nsp, last stage
   ParamHook param_hook_;
   GradHook grad_hook_;
   void acquire(const std::string& unit) const { if (param_hook_) param_hook_(unit, true); }

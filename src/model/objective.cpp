@@ -63,6 +63,7 @@ ObjectiveOptions objective_options(const Config& config, const data::Tokenizer* 
   o.rates = config.objective;
   o.vocab_size = config.model.vocab_size;
   o.seed = config.train.seed;
+  o.eos_id = static_cast<int32_t>(config.model.eos_id);
   const std::string& name = config.model.objective;
   for (const std::string& piece : make_objective(objective_kind(name), o)->special_tokens()) {
     MOE_CHECK(tokenizer != nullptr, "model.objective = '", name, "' needs the id of ", piece,

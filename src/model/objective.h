@@ -40,6 +40,7 @@ struct ObjectiveOptions {
   SpecialTokens tokens;
   int64_t vocab_size = 0;   // random replacement tokens are drawn from [0, vocab_size)
   uint64_t seed = 0;        // train.seed: with the windows' keys, every random choice
+  int32_t eos_id = -1;      // model.eos_id: where documents end (next-sentence prediction's pairs)
 };
 
 class Objective {
@@ -50,6 +51,9 @@ class Objective {
   virtual AttentionMask attention_mask() const = 0;
   // Whether evaluation reports the accuracy of its predictions (masked LM: of the masked tokens).
   virtual bool reports_accuracy() const { return false; }
+  // Next-sentence prediction (masked LM with objective.nsp): the windows need partner windows
+  // (data::add_partner_windows) and the model a sentence-pair head on the first position.
+  virtual bool predicts_next_sentence() const { return false; }
   // Special tokens it needs, by name ("[MASK]"); objective_options finds their ids.
   virtual std::vector<std::string> special_tokens() const { return {}; }
   // windows (rows x (seq_len + 1) tokens) -> inputs, targets [rows * seq_len] on the host. A

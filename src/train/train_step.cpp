@@ -29,7 +29,8 @@ StepResult Trainer::train_step() {
   std::fill(tp_partial_done_.begin(), tp_partial_done_.end(), false);
   StepResult r;
   r.routing = empty_routing_stats();
-  std::vector<double> sums(3, 0.0);  // loss_sum, targets, aux_loss: reduced over ranks at once
+  // loss_sum, targets, aux_loss; next-sentence prediction: pair loss sum, correct pairs, pairs. Reduced at once.
+  std::vector<double> sums(6, 0.0);
   // The loss sum stays on the device (f64, summed in micro-batch order) until a step reads it.
   const bool read_loss = reads_loss(step_ + 1);
   Tensor loss_sum = Tensor::zeros({1}, DType::f64, device_);
@@ -128,6 +129,11 @@ StepResult Trainer::train_step() {
     read_routing_stats(out);
     check_balancing_loss(out, static_cast<int>(at) / chunks);
     sums[2] += out.aux_loss / static_cast<double>(t.grad_accum);
+    if (read_loss && out.nsp_loss.defined()) {
+      sums[3] += ops::sum(out.nsp_loss);
+      sums[4] += static_cast<double>(nsp_correct(out.nsp_loss));
+      sums[5] += static_cast<double>(out.nsp_loss.numel());
+    }
     accumulate_routing_stats(r.routing, out.moe_stats, out.moe_layer_index, 1.0 / static_cast<double>(t.grad_accum));
   }
   if (world_->size() > 1) {
@@ -138,6 +144,10 @@ StepResult Trainer::train_step() {
   }
   r.loss = read_loss ? sums[0] / std::max(sums[1], 1.0) : std::nan("");
   r.aux_loss = sums[2];
+  if (sums[5] > 0) {
+    r.nsp_loss = sums[3] / sums[5];
+    r.nsp_accuracy = sums[4] / sums[5];
+  }
   if (before_update_hook_) before_update_hook_(step_ + 1, store);
   guarded_update(r, read_loss);
   update_expert_biases(r, bias_loads, collect);

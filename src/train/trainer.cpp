@@ -149,14 +149,22 @@ Trainer::~Trainer() = default;
 
 data::TokenWindows Trainer::micro_batch(int64_t step, int64_t micro) const {
   const TrainConfig& t = config_.train;
+  const bool pairs = model_->objective().predicts_next_sentence();
   if (!sampler_) {
     int64_t index = groups_.dp->rank() * t.grad_accum + micro;
-    const int64_t global_batch = t.micro_batch_size * t.grad_accum * groups_.dp->size();
-    return synthetic_windows(t.seed, step, index, t.micro_batch_size, config_.model.seq_len,
-                             config_.model.vocab_size, step * global_batch + index * t.micro_batch_size);
+    const int64_t global_batch = t.micro_batch_size * t.grad_accum * groups_.dp->size(), first = step * global_batch;
+    data::TokenWindows w = synthetic_windows(t.seed, step, index, t.micro_batch_size, config_.model.seq_len,
+                                             config_.model.vocab_size, first + index * t.micro_batch_size);
+    if (pairs) {  // next-sentence prediction's partners: windows of another synthetic stream
+      w.partners = synthetic_windows(~t.seed, step, index, t.micro_batch_size, config_.model.seq_len,
+                                     config_.model.vocab_size, first + index * t.micro_batch_size).tokens;
+    }
+    return w;
   }
   data::DataParallelSlice slice{groups_.dp->rank(), groups_.dp->size(), t.micro_batch_size, t.grad_accum};
-  return sampler_->micro_batch(step, slice, micro);
+  data::TokenWindows w = sampler_->micro_batch(step, slice, micro);
+  if (pairs) data::add_partner_windows(w, train_split_->shards(), t.seed);
+  return w;
 }
 
 Batch Trainer::to_device(const data::TokenWindows& windows) const {
@@ -175,8 +183,10 @@ EvalResult Trainer::evaluate(int64_t max_batches) {
   int64_t max_windows = max_batches > 0 ? max_batches * t.micro_batch_size * replicas : 0;
   data::EvalIterator it(val_split_->shards(), t.micro_batch_size, config_.model.seq_len, max_windows, replica,
                         replicas);
-  std::vector<double> sums(3, 0.0);  // loss sum, targets, correct predictions
+  // loss sum, targets, correct predictions; next-sentence prediction: pair loss sum, correct pairs, pairs
+  std::vector<double> sums(6, 0.0);
   const bool accuracy = model_->objective().reports_accuracy();
+  const bool pairs = model_->objective().predicts_next_sentence();
   Tensor loss_sum = Tensor::zeros({1}, DType::f64, device_);  // on the device until the end
   data::TokenWindows b;
   ProgressDisplay progress;
@@ -184,6 +194,7 @@ EvalResult Trainer::evaluate(int64_t max_batches) {
   while (it.next(b)) {
     if (progress.due()) progress.show(fmt::format("eval: {} batches in {:.0f} s", num_batches, progress.seconds()));
     ++num_batches;
+    if (pairs) data::add_partner_windows(b, val_split_->shards(), t.seed);
     Batch batch = to_device(b);
     batch.training = false;
     // The forward through the virtual stages in order: chunk c of stage s is virtual stage c * pp + s.
@@ -199,6 +210,11 @@ EvalResult Trainer::evaluate(int64_t max_batches) {
       ForwardOutput out = model_->forward(batch, saved, x, chunk);
       if (out.loss.defined()) ops::sum_accumulate(out.loss, loss_sum);
       sums[1] += static_cast<double>(out.num_targets);
+      if (out.nsp_loss.defined()) {
+        sums[3] += ops::sum(out.nsp_loss);
+        sums[4] += static_cast<double>(nsp_correct(out.nsp_loss));
+        sums[5] += static_cast<double>(out.nsp_loss.numel());
+      }
       if (accuracy && vs == num_virtual - 1) {
         sums[2] += static_cast<double>(vocab_parallel_correct(saved.logits, batch.host_targets,
                                                               config_.model.vocab_size, groups_.tp.get()));
@@ -209,14 +225,19 @@ EvalResult Trainer::evaluate(int64_t max_batches) {
   }
   progress.finish(fmt::format("eval: {} batches in {:.1f} s", num_batches, progress.seconds()), log::Level::debug);
   sums[0] = loss_sum.to_vector<double>()[0];
-  if (topology_.coords.tp != 0) sums = {0.0, 0.0, 0.0};  // the TP ranks of the last stage hold the same loss
+  if (topology_.coords.tp != 0) std::fill(sums.begin(), sums.end(), 0.0);  // the TP ranks hold the same loss
   world_->all_reduce_sum(sums);  // over the last stage's data-parallel replicas
   MOE_CHECK(sums[1] > 0, "the validation data ", val_name_, " is shorter than one sequence of ",
             config_.model.seq_len + 1, " tokens");
   const double loss = sums[0] / sums[1];  // the same on every rank (all-reduced): all stop together
   MOE_CHECK(std::isfinite(loss), "validation loss is ", loss, " on ", val_name_,
             ": the model's weights have diverged (NaN or Inf); use an earlier checkpoint or a lower optim.lr");
-  return {loss, static_cast<int64_t>(sums[1]), accuracy ? sums[2] / sums[1] : -1.0};
+  EvalResult result{loss, static_cast<int64_t>(sums[1]), accuracy ? sums[2] / sums[1] : -1.0};
+  if (pairs && sums[5] > 0) {
+    result.nsp_loss = sums[3] / sums[5];
+    result.nsp_accuracy = sums[4] / sums[5];
+  }
+  return result;
 }
 
 void Trainer::add_mfu(nlohmann::json& record, double tokens_per_s) const {
@@ -237,6 +258,10 @@ void Trainer::log_step(const StepResult& r, double lr, double step_seconds, doub
   for (const auto& layer : r.routing) record["moe"].push_back(routing_stats_json(layer));
   if (oracle_) record["oracle_hash"] = true;
   if (guard_->skips()) record["skipped_steps"] = r.skipped_steps;
+  if (r.nsp_accuracy >= 0) {
+    record["nsp_loss"] = r.nsp_loss;
+    record["nsp_accuracy"] = r.nsp_accuracy;
+  }
   std::string pipeline;
   if (!r.stage_seconds.empty()) {
     std::vector<double> stage_ms;
@@ -311,6 +336,10 @@ int Trainer::train() {
                                {"val_tokens", e.tokens}, {"time", utc_timestamp()}};
       if (oracle_) record["oracle_hash"] = true;
       if (e.accuracy >= 0) record["val_accuracy"] = e.accuracy;
+      if (e.nsp_accuracy >= 0) {
+        record["val_nsp_loss"] = e.nsp_loss;
+        record["val_nsp_accuracy"] = e.nsp_accuracy;
+      }
       metrics_->write(record);
       if (is_root()) {
         const std::string acc = e.accuracy >= 0 ? fmt::format(" | val_accuracy {:.4f}", e.accuracy) : "";

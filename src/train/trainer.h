@@ -43,6 +43,9 @@ struct StepResult {
   // fraction of stage-time spent waiting: 1 - mean(stage_seconds) / step wall time).
   std::vector<double> stage_seconds;
   double bubble = 0;
+  // Next-sentence prediction (objective.nsp), on steps that read their loss: the mean pair loss
+  // (also part of `loss`) and the share of pairs classified correctly; -1 otherwise.
+  double nsp_loss = -1, nsp_accuracy = -1;
 };
 
 struct EvalResult {
@@ -51,6 +54,8 @@ struct EvalResult {
   // Objectives with Objective::reports_accuracy (masked LM): the fraction of counted positions
   // whose target has the largest logit; -1 for the others.
   double accuracy = -1;
+  // Next-sentence prediction (objective.nsp): mean pair loss (part of `loss`) and accuracy; else -1.
+  double nsp_loss = -1, nsp_accuracy = -1;
 };
 
 class Trainer {

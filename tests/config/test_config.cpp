@@ -571,6 +571,19 @@ TEST_CASE("every range rule has its message") {
                                      "objective.random_token_rate=0"});
   CHECK(mlm.objective.mask_rate == 0.2);
   CHECK(mlm.objective.mask_token_rate == 1.0);
+  // Next-sentence prediction: masked LM only, room for [CLS] A [SEP] B [SEP], no TP or PP.
+  REQUIRE_THROWS_WITH(parse_set({"objective.nsp=true"}),
+                      Contains("objective.nsp = true (next-sentence prediction) needs model.objective = 'masked_lm', "
+                               "not 'causal_lm'"));
+  REQUIRE_THROWS_WITH(parse_set({"data.tokenizer=t.model", "model.objective=masked_lm", "objective.nsp=true",
+                                 "model.seq_len=4"}),
+                      Contains("objective.nsp = true lays out [CLS] A [SEP] B [SEP]: model.seq_len = 4 must be at "
+                               "least 5"));
+  for (const char* layout : {"parallel.tp=2", "parallel.pp=2"}) {
+    REQUIRE_THROWS_WITH(parse_set({"data.tokenizer=t.model", "model.objective=masked_lm", "objective.nsp=true", layout}),
+                        Contains("objective.nsp = true is not built for tensor or pipeline parallelism"));
+  }
+  CHECK(parse_set({"data.tokenizer=t.model", "model.objective=masked_lm", "objective.nsp=true"}).objective.nsp);
   CHECK_NOTHROW(parse_set({"moe.activation=", "train.dtype=bf16", "train.resume=runs/x/step_100",
                            "moe.first_dense=2", "moe.num_experts=4", "moe.top_k=4", "optim.min_lr=0.003"}));
 }

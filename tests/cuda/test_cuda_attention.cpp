@@ -1,6 +1,7 @@
 // CUDA GQA attention vs the CPU reference, forward (out, lse) and backward (dq, dk, dv), causal,
-// not, and masked to documents: the tensor-core flash kernels (head dims 64, 128) and the fp32 fallback
-// (other head dims) over awkward sequence lengths, head counts and GQA ratios, plus GPT-2-small's shape.
+// not, masked to documents, and cross-attention: the tensor-core flash kernels (head dims 64, 128)
+// and the fp32 fallback (other head dims) over awkward sequence lengths, head counts and GQA ratios,
+// plus GPT-2-small's shape.
 #include <catch2/catch.hpp>
 
 #include <cuda_runtime.h>
@@ -15,23 +16,25 @@ namespace {
 struct Case {
   int64_t batch, seq_len, heads, kv_heads, head_dim;
   bool causal = true;
+  int64_t kv_seq_len = 0;  // cross-attention: keys per sequence (0 = seq_len)
 };
 
 ops::AttentionShape shape_of(const Case& c) {
-  return {c.batch, c.seq_len, c.heads, c.kv_heads, c.head_dim, c.causal};
+  return {c.batch, c.seq_len, c.heads, c.kv_heads, c.head_dim, c.causal, c.kv_seq_len};
 }
 
 // Forward and backward on both backends from identical inputs (and documents: their lengths per
 // sequence, or none). The backward is fed the CPU forward's out (bf16-rounded) and lse on both sides.
 void check_case(const Case& c, uint64_t seed, const std::vector<std::vector<int>>& docs = {}) {
   INFO("batch " << c.batch << " seq " << c.seq_len << " heads " << c.heads << "/" << c.kv_heads << " hd "
-                << c.head_dim << (c.causal ? " causal" : " non-causal") << (docs.empty() ? "" : " documents"));
+                << c.head_dim << (c.causal ? " causal" : " non-causal") << (docs.empty() ? "" : " documents")
+                << " kv_seq_len " << c.kv_seq_len);
   const ops::AttentionShape shape = shape_of(c);
-  const int64_t tokens = c.batch * c.seq_len;
+  const int64_t tokens = c.batch * c.seq_len, kv_tokens = c.batch * shape.kv_len();
   const Mirror starts = docs.empty() ? Mirror{} : document_starts_mirror(docs, c.seq_len);
   Mirror q = random_mirror({tokens, c.heads * c.head_dim}, DType::bf16, seed, -2.0, 2.0);
-  Mirror k = random_mirror({tokens, c.kv_heads * c.head_dim}, DType::bf16, seed + 1, -2.0, 2.0);
-  Mirror v = random_mirror({tokens, c.kv_heads * c.head_dim}, DType::bf16, seed + 2);
+  Mirror k = random_mirror({kv_tokens, c.kv_heads * c.head_dim}, DType::bf16, seed + 1, -2.0, 2.0);
+  Mirror v = random_mirror({kv_tokens, c.kv_heads * c.head_dim}, DType::bf16, seed + 2);
   Mirror out = poisoned_pair({tokens, c.heads * c.head_dim}, DType::bf16);
   Mirror lse = poisoned_pair({c.batch, c.heads, c.seq_len}, DType::f32);
   ops::attention_forward(q.cpu, k.cpu, v.cpu, out.cpu, lse.cpu, shape, starts.cpu);
@@ -79,6 +82,18 @@ TEST_CASE("cuda attention fallback head dims (40, 96) match the CPU, causal and 
   for (Case c : {Case{1, 989, 3, 1, 40, false}, Case{2, 7, 6, 2, 96, false}, Case{1, 100, 6, 2, 96, true},
                  Case{1, 130, 3, 3, 40, true}}) {
     check_case(c, seed_of(24, {c.batch, c.seq_len, c.heads, c.kv_heads, c.head_dim, c.causal}));
+  }
+}
+
+TEST_CASE("cuda cross-attention (kv_seq_len != seq_len) matches the CPU, flash and fallback head dims",
+          "[cuda][attention]") {
+  // Fewer and more keys than queries, key counts off every tile (32/64 forward, 128 backward,
+  // 32 fallback); GQA and MQA; head dims 64 and 128 (flash) and 40 (fp32 fallback).
+  for (Case c : {Case{2, 19, 4, 2, 64, false, 53}, Case{2, 19, 4, 2, 128, false, 53},
+                 Case{1, 128, 6, 2, 64, false, 300}, Case{1, 128, 6, 3, 128, false, 300},
+                 Case{1, 1000, 6, 1, 64, false, 77}, Case{1, 1000, 4, 2, 128, false, 77},
+                 Case{3, 7, 2, 1, 64, false, 1}, Case{2, 19, 3, 1, 40, false, 53}, Case{1, 1000, 4, 2, 40, false, 77}}) {
+    check_case(c, seed_of(25, {c.batch, c.seq_len, c.heads, c.kv_heads, c.head_dim, c.kv_seq_len}));
   }
 }
 

@@ -174,9 +174,11 @@ TEST_CASE("CUDA training with packed documents matches the CPU reference", "[cud
 }
 
 // Masked LM: the bidirectional (non-causal) flash kernels, masked targets and the masked-token
-// accuracy train and evaluate as on the CPU.
+// accuracy train and evaluate as on the CPU; with next-sentence prediction, its head and loss too.
 TEST_CASE("CUDA masked LM training matches the CPU reference", "[cuda][train][masked_lm]") {
   static MpiEnv env;
+  const bool nsp = GENERATE(false, true);
+  INFO((nsp ? "with" : "without") << " next-sentence prediction");
   test::TempDir dir("moe-cuda-mlm");
   Config c = test::tiny_train_config(dir);
   c.model.d_model = 128;
@@ -187,11 +189,14 @@ TEST_CASE("CUDA masked LM training matches the CPU reference", "[cuda][train][ma
   c.train.steps = 10;
   c.train.micro_batch_size = 8;
   c.optim.lr = 3e-3;
+  c.objective.nsp = nsp;
   test::use_masked_lm(c, dir);
   // Step 1 checks the forward; later steps the backward through the non-causal kernels (a masked
   // LM learns too slowly for 10 steps to show a falling loss: train_masked_lm shows that).
   train_side_by_side(c, [&](const StepResult& r_cpu, const StepResult& r_gpu) {
     REQUIRE(r_gpu.loss == Approx(r_cpu.loss).epsilon(3e-2));
     REQUIRE(r_gpu.aux_loss == Approx(r_cpu.aux_loss).epsilon(5e-2));
+    REQUIRE((r_gpu.nsp_loss >= 0) == nsp);
+    if (nsp) REQUIRE(r_gpu.nsp_loss == Approx(r_cpu.nsp_loss).epsilon(3e-2));
   });
 }

@@ -143,3 +143,24 @@ TEST_CASE("document starts that are not documents are refused, naming the token"
   // A valid structure is accepted: a new document may start at any position.
   ops::attention_forward(q, k, v, out, lse, s, starts({0, 1, 1, 3}));
 }
+
+TEST_CASE("cross-attention (kv_seq_len != seq_len) refuses the causal mask and document masking",
+          "[kernels][cpu][documents]") {
+  Tensor q = random_tensor({4, 2}, k_f64, 64), k = random_tensor({6, 2}, k_f64, 65);
+  Tensor v = random_tensor({6, 2}, k_f64, 66);
+  Tensor out = Tensor::empty(q.shape(), k_f64), lse = Tensor::empty({1, 1, 4}, k_f64);
+  const ops::AttentionShape causal{1, 4, 1, 1, 2, true, 6}, cross{1, 4, 1, 1, 2, false, 6};
+  const std::string needs_noncausal = "attention: kv_seq_len 6 != seq_len 4 (cross-attention) needs causal = false";
+  REQUIRE_THROWS_WITH(ops::attention_forward(q, k, v, out, lse, causal), Catch::StartsWith(needs_noncausal));
+  Tensor starts = Tensor::from_vector(std::vector<int32_t>{0, 0, 0, 0}, {4}, DType::i32);
+  REQUIRE_THROWS_WITH(ops::attention_forward(q, k, v, out, lse, cross, starts),
+                      Catch::StartsWith("attention: kv_seq_len 6 != seq_len 4 (cross-attention) cannot take document "
+                                        "masking (doc_starts)"));
+  Tensor dq = Tensor::empty(q.shape(), k_f64), dk = Tensor::empty(k.shape(), k_f64);
+  Tensor dv = Tensor::empty(v.shape(), k_f64);
+  REQUIRE_THROWS_WITH(ops::attention_backward(q, k, v, out, lse, out, dq, dk, dv, causal),
+                      Catch::StartsWith(needs_noncausal));
+  // k with the query count of rows instead of kv_seq_len: named.
+  REQUIRE_THROWS_WITH(ops::attention_forward(q, q, q, out, lse, cross), Catch::StartsWith("attention k"));
+  ops::attention_forward(q, k, v, out, lse, cross);  // the valid call runs
+}

@@ -158,28 +158,29 @@ TEST_CASE("rope rotates half-split pairs by pos * theta^(-2i/hd) and inverse und
 namespace {
 
 // Naive GQA attention: full score matrix (with a -inf mask above the diagonal when causal), softmax, P @ V.
+// Cross-attention when s.kv_len() != S: the S queries of sequence b read its Skv keys.
 void naive_attention(const std::vector<double>& q, const std::vector<double>& k, const std::vector<double>& v,
                      const ops::AttentionShape& s, std::vector<double>& out, std::vector<double>& lse) {
-  const int64_t S = s.seq_len, hd = s.head_dim, qw = s.num_heads * hd, kw = s.num_kv_heads * hd;
+  const int64_t S = s.seq_len, Skv = s.kv_len(), hd = s.head_dim, qw = s.num_heads * hd, kw = s.num_kv_heads * hd;
   out.assign(static_cast<size_t>(s.batch * S * qw), 0.0);
   lse.assign(static_cast<size_t>(s.batch * s.num_heads * S), 0.0);
   for (int64_t b = 0; b < s.batch; ++b) {
     for (int64_t h = 0; h < s.num_heads; ++h) {
       int64_t g = h / (s.num_heads / s.num_kv_heads);
       for (int64_t i = 0; i < S; ++i) {
-        std::vector<double> score(static_cast<size_t>(S));
-        for (int64_t j = 0; j < S; ++j) {
+        std::vector<double> score(static_cast<size_t>(Skv));
+        for (int64_t j = 0; j < Skv; ++j) {
           double dot = 0;
-          for (int64_t c = 0; c < hd; ++c) dot += q[(b * S + i) * qw + h * hd + c] * k[(b * S + j) * kw + g * hd + c];
+          for (int64_t c = 0; c < hd; ++c) dot += q[(b * S + i) * qw + h * hd + c] * k[(b * Skv + j) * kw + g * hd + c];
           const bool visible = !s.causal || j <= i;
           score[j] = visible ? dot / std::sqrt(static_cast<double>(hd)) : -std::numeric_limits<double>::infinity();
         }
         double total = 0;
         for (double sc : score) total += std::exp(sc);
         lse[(b * s.num_heads + h) * S + i] = std::log(total);
-        for (int64_t j = 0; j < S; ++j) {
+        for (int64_t j = 0; j < Skv; ++j) {
           double p = std::exp(score[j]) / total;
-          for (int64_t c = 0; c < hd; ++c) out[(b * S + i) * qw + h * hd + c] += p * v[(b * S + j) * kw + g * hd + c];
+          for (int64_t c = 0; c < hd; ++c) out[(b * S + i) * qw + h * hd + c] += p * v[(b * Skv + j) * kw + g * hd + c];
         }
       }
     }
@@ -188,25 +189,51 @@ void naive_attention(const std::vector<double>& q, const std::vector<double>& k,
 
 }  // namespace
 
-TEST_CASE("attention matches a naive (masked) softmax(QK^T/sqrt(hd)) V, causal and not", "[kernels][cpu]") {
+TEST_CASE("attention matches a naive (masked) softmax(QK^T/sqrt(hd)) V, causal, not, and cross", "[kernels][cpu]") {
   for (DType dt : k_float_types) {
     for (ops::AttentionShape s :
          {ops::AttentionShape{2, 7, 4, 2, 8}, ops::AttentionShape{1, 1, 1, 1, 4}, ops::AttentionShape{1, 19, 3, 3, 6},
           ops::AttentionShape{3, 5, 4, 1, 2}, ops::AttentionShape{2, 150, 2, 1, 4},  // 150: several row blocks
           ops::AttentionShape{2, 7, 4, 2, 8, false}, ops::AttentionShape{1, 1, 1, 1, 4, false},
-          ops::AttentionShape{3, 5, 4, 1, 2, false}, ops::AttentionShape{2, 150, 2, 1, 4, false}}) {
+          ops::AttentionShape{3, 5, 4, 1, 2, false}, ops::AttentionShape{2, 150, 2, 1, 4, false},
+          // cross-attention: fewer and more keys than queries, several row blocks, one key
+          ops::AttentionShape{2, 7, 4, 2, 8, false, 19}, ops::AttentionShape{2, 19, 4, 1, 4, false, 7},
+          ops::AttentionShape{1, 150, 2, 1, 4, false, 3}, ops::AttentionShape{2, 3, 2, 2, 4, false, 1}}) {
+      const int64_t kv_rows = s.batch * s.kv_len();
       Tensor q = random_tensor({s.batch * s.seq_len, s.num_heads * s.head_dim}, dt, 12, Device::cpu(), -2.0, 2.0);
-      Tensor k = random_tensor({s.batch * s.seq_len, s.num_kv_heads * s.head_dim}, dt, 13, Device::cpu(), -2.0, 2.0);
-      Tensor v = random_tensor({s.batch * s.seq_len, s.num_kv_heads * s.head_dim}, dt, 14);
+      Tensor k = random_tensor({kv_rows, s.num_kv_heads * s.head_dim}, dt, 13, Device::cpu(), -2.0, 2.0);
+      Tensor v = random_tensor({kv_rows, s.num_kv_heads * s.head_dim}, dt, 14);
       Tensor out = poisoned(q.shape(), dt), lse = poisoned({s.batch, s.num_heads, s.seq_len}, dt);
       ops::attention_forward(q, k, v, out, lse, s);
       std::vector<double> ref_out, ref_lse;
       naive_attention(values_of(q), values_of(k), values_of(v), s, ref_out, ref_lse);
       std::string what = "attention S=" + std::to_string(s.seq_len) + " Hq=" + std::to_string(s.num_heads) +
-                         " Hkv=" + std::to_string(s.num_kv_heads) + (s.causal ? " causal" : " non-causal");
+                         " Hkv=" + std::to_string(s.num_kv_heads) + (s.causal ? " causal" : " non-causal") +
+                         " Skv=" + std::to_string(s.kv_len());
       check(out, ref_out, what + " out");
       check(lse, ref_lse, what + " lse");
     }
+  }
+}
+
+TEST_CASE("attention with kv_seq_len = seq_len is self-attention, bit for bit", "[kernels][cpu]") {
+  for (DType dt : k_float_types) {
+    ops::AttentionShape self{2, 70, 4, 2, 8, false}, cross = self;
+    cross.kv_seq_len = self.seq_len;
+    const int64_t rows = self.batch * self.seq_len;
+    Tensor q = random_tensor({rows, 32}, dt, 16, Device::cpu(), -2.0, 2.0);
+    Tensor k = random_tensor({rows, 16}, dt, 17, Device::cpu(), -2.0, 2.0), v = random_tensor({rows, 16}, dt, 18);
+    Tensor dout = random_tensor({rows, 32}, dt, 19);
+    std::vector<std::vector<double>> results[2];
+    for (int run = 0; run < 2; ++run) {
+      const ops::AttentionShape& s = run == 0 ? self : cross;
+      Tensor out = poisoned(q.shape(), dt), lse = poisoned({2, 4, 70}, dt);
+      Tensor dq = poisoned(q.shape(), dt), dk = poisoned(k.shape(), dt), dv = poisoned(v.shape(), dt);
+      ops::attention_forward(q, k, v, out, lse, s);
+      ops::attention_backward(q, k, v, out, lse, dout, dq, dk, dv, s);
+      results[run] = {values_of(out), values_of(lse), values_of(dq), values_of(dk), values_of(dv)};
+    }
+    for (size_t i = 0; i < results[0].size(); ++i) CHECK(results[0][i] == results[1][i]);
   }
 }
 

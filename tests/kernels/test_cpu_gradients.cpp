@@ -105,7 +105,7 @@ TEST_CASE("rope backward is the inverse rotation", "[kernels][cpu][grad]") {
   check_gradient(x, f, values_of(dx), "rope dx");
 }
 
-TEST_CASE("attention backward, with grouped-query heads, causal and not, and within documents",
+TEST_CASE("attention backward, with grouped-query heads, causal and not, within documents, and cross",
           "[kernels][cpu][grad]") {
   struct Case {
     ops::AttentionShape s;
@@ -115,14 +115,17 @@ TEST_CASE("attention backward, with grouped-query heads, causal and not, and wit
                         Case{{2, 7, 4, 2, 4, false}}, Case{{1, 19, 2, 1, 3, false}}, Case{{1, 1, 2, 2, 2, false}},
                         Case{{1, 70, 2, 1, 2, false}}, Case{{2, 7, 4, 2, 4}, {{3, 1, 3}, {1, 6}}},
                         Case{{1, 19, 2, 1, 3}, {{5, 1, 9, 4}}}, Case{{1, 70, 2, 1, 2}, {{30, 25, 15}}},
-                        Case{{1, 1, 2, 2, 2}, {{1}}}}) {
+                        Case{{1, 1, 2, 2, 2}, {{1}}},
+                        // cross-attention (kv_seq_len != seq_len): fewer, more, and several row blocks
+                        Case{{1, 7, 4, 2, 3, false, 19}}, Case{{2, 19, 4, 2, 3, false, 7}},
+                        Case{{1, 70, 2, 1, 2, false, 5}}, Case{{2, 1, 2, 1, 2, false, 3}}}) {
     const ops::AttentionShape& s = c.s;
-    const int64_t tokens = s.batch * s.seq_len;
+    const int64_t tokens = s.batch * s.seq_len, kv_rows = s.batch * s.kv_len();
     Tensor starts;
     if (!c.docs.empty()) starts = Tensor::from_vector(document_starts_of(c.docs, s.seq_len), {tokens}, DType::i32);
     Tensor q = random_tensor({tokens, s.num_heads * s.head_dim}, k_f64, 21, Device::cpu(), -1.5, 1.5);
-    Tensor k = random_tensor({tokens, s.num_kv_heads * s.head_dim}, k_f64, 22, Device::cpu(), -1.5, 1.5);
-    Tensor v = random_tensor({tokens, s.num_kv_heads * s.head_dim}, k_f64, 23);
+    Tensor k = random_tensor({kv_rows, s.num_kv_heads * s.head_dim}, k_f64, 22, Device::cpu(), -1.5, 1.5);
+    Tensor v = random_tensor({kv_rows, s.num_kv_heads * s.head_dim}, k_f64, 23);
     auto r = random_values(q.numel(), 24);
     Tensor out = Tensor::empty(q.shape(), k_f64), lse = Tensor::empty({s.batch, s.num_heads, s.seq_len}, k_f64);
     auto f = [&] {
@@ -134,7 +137,7 @@ TEST_CASE("attention backward, with grouped-query heads, causal and not, and wit
     ops::attention_backward(q, k, v, out, lse, values_tensor(r, q.shape(), k_f64), dq, dk, dv, s, Tensor(), starts);
     std::string what = " S=" + std::to_string(s.seq_len) + " Hq=" + std::to_string(s.num_heads) +
                        " Hkv=" + std::to_string(s.num_kv_heads) + (s.causal ? " causal" : " non-causal") +
-                       (c.docs.empty() ? "" : " documents");
+                       (c.docs.empty() ? "" : " documents") + " Skv=" + std::to_string(s.kv_len());
     check_gradient(q, f, values_of(dq), "attention dq" + what);
     check_gradient(k, f, values_of(dk), "attention dk" + what);
     check_gradient(v, f, values_of(dv), "attention dv" + what);

@@ -24,12 +24,15 @@ struct Case {
   int batch, seq_len, heads, kv_heads;
   bool causal;
   std::vector<std::vector<int>> docs = {};  // document lengths per sequence (document masking), or none
+  int kv_seq_len = 0;                         // keys per sequence (cross-attention), 0 = seq_len
+  int kv_len() const { return kv_seq_len != 0 ? kv_seq_len : seq_len; }
 };
 
 std::string describe(const Case& c, int head_dim) {
   return "batch " + std::to_string(c.batch) + " seq " + std::to_string(c.seq_len) + " heads " +
          std::to_string(c.heads) + "/" + std::to_string(c.kv_heads) + " hd " + std::to_string(head_dim) +
-         (c.causal ? " causal" : " non-causal") + (c.docs.empty() ? "" : " documents");
+         (c.causal ? " causal" : " non-causal") + (c.docs.empty() ? "" : " documents") +
+         (c.kv_seq_len != 0 ? " kv " + std::to_string(c.kv_seq_len) : "");
 }
 
 // A device-style buffer: values inside `guard` elements of canary on each side, which must
@@ -97,14 +100,14 @@ struct Problem {
   Problem(const Case& cs, int hd, uint64_t seed) : c(cs), head_dim(hd) {
     const int64_t tokens = static_cast<int64_t>(c.batch) * c.seq_len;
     q_numel = tokens * c.heads * hd;
-    kv_numel = tokens * c.kv_heads * hd;
+    kv_numel = static_cast<int64_t>(c.batch) * c.kv_len() * c.kv_heads * hd;
     stat_numel = static_cast<int64_t>(c.batch) * c.heads * c.seq_len;
     q = random_bf16(q_numel, seed, -2.0, 2.0);
     k = random_bf16(kv_numel, seed + 1, -2.0, 2.0);
     v = random_bf16(kv_numel, seed + 2, -1.0, 1.0);
     dout = random_bf16(q_numel, seed + 3, -1.0, 1.0);
-    dims = {c.batch, c.seq_len, c.heads, c.kv_heads, hd, c.causal};
-    params = cuda::flash::make_params(c.batch, c.seq_len, c.heads, c.kv_heads, hd, c.causal);
+    dims = {c.batch, c.seq_len, c.heads, c.kv_heads, hd, c.causal, c.kv_seq_len};
+    params = cuda::flash::make_params(c.batch, c.seq_len, c.heads, c.kv_heads, hd, c.causal, c.kv_seq_len);
     params.q = q.bits.data();
     params.k = k.bits.data();
     params.v = v.bits.data();
@@ -256,6 +259,17 @@ TEST_CASE("emulated flash attention with document masking matches the CPU refere
   check_cases<ForwardHd128, BackwardHd128>({Case{1, 260, 2, 1, true, {{3, 200, 57}}}}, 505);
   check_cases<ForwardTraits<64, 64, 64, 4>, BackwardTraits<64, 64, 128, 4>>({Case{1, 100, 2, 1, true, {{40, 1, 59}}}},
                                                                             606);
+}
+
+TEST_CASE("emulated flash attention, cross-attention (kv_seq_len != seq_len), matches the CPU reference",
+          "[kernels][flash]") {
+  using namespace cuda::flash;
+  // Fewer and more keys than queries, key counts that are not multiples of the key tiles (64, 32
+  // forward; 128 backward), one key, several key blocks in the backward; GQA; two sequences.
+  const std::vector<Case> hd64 = {Case{2, 19, 4, 2, false, {}, 53}, Case{1, 128, 2, 1, false, {}, 300},
+                                  Case{1, 200, 2, 2, false, {}, 77}, Case{1, 7, 2, 1, false, {}, 1}};
+  check_cases<ForwardHd64, BackwardHd64>(hd64, 707);
+  check_cases<ForwardHd128, BackwardHd128>({Case{2, 19, 2, 1, false, {}, 53}, Case{1, 130, 3, 1, false, {}, 45}}, 808);
 }
 
 }  // namespace

@@ -27,14 +27,16 @@ TEST_CASE("N-rank data parallelism matches one rank at the same global batch", "
   // Both Switch scopes: per micro-batch (the default) and over the whole global batch; and the
   // aux-loss-free expert bias, whose loads are summed over the ranks on the device.
   const std::string variant = GENERATE(std::string("micro_batch"), std::string("global_batch"),
-                                       std::string("expert bias"), std::string("masked_lm"));
+                                       std::string("expert bias"), std::string("masked_lm"),
+                                       std::string("masked_lm nsp"));
   INFO("variant " << variant);
   c.moe.balance_scope = variant == "global_batch" ? "global_batch" : "micro_batch";
   if (variant == "expert bias") {
     c.moe.router = "sigmoid";
     c.moe.expert_bias_rate = 0.05;
   }
-  if (variant == "masked_lm") test::use_masked_lm(c, dir);  // each rank masks its own sequences
+  c.objective.nsp = variant == "masked_lm nsp";  // each rank pairs its own sequences
+  if (variant.rfind("masked_lm", 0) == 0) test::use_masked_lm(c, dir);  // each rank masks its own sequences
   Trainer parallel(c, 0, *world);
 
   Config single = c;
@@ -49,6 +51,11 @@ TEST_CASE("N-rank data parallelism matches one rank at the same global batch", "
     INFO("step " << step << " rank " << rank);
     test::require_same_step(p, r);
     if (variant == "expert bias") REQUIRE(!p.routing.at(0).bias.empty());
+    if (c.objective.nsp) {
+      REQUIRE(p.nsp_accuracy >= 0);
+      REQUIRE(p.nsp_accuracy == r.nsp_accuracy);
+      REQUIRE(p.nsp_loss == Approx(r.nsp_loss).epsilon(1e-5));
+    }
   }
   for (int g = 0; g < k_num_param_groups; ++g) {
     auto group = static_cast<ParamGroup>(g);
@@ -89,6 +96,7 @@ struct Layout {
   int64_t ep, zero;
   int64_t grad_accum = 1;  // micro-batches per rank: ZeRO-2/3 reduce after each one's backward
   bool masked_lm = false;  // model.objective = masked_lm
+  bool nsp = false;        // with next-sentence prediction
 };
 
 }  // namespace
@@ -108,11 +116,12 @@ TEST_CASE("expert parallelism and ZeRO match one rank; checkpoints cross layouts
   }
   if (ranks >= 4) layouts.push_back({2, 3});
   layouts.push_back({2, 2, 1, true});  // masked LM under EP 2 x ZeRO-2
+  layouts.push_back({2, 3, 1, true, true});  // and with next-sentence prediction under ZeRO-3
   // One run directory all ranks can read (rank 0 writes the checkpoints there).
   const std::string shared = test::shared_run_dir("moe-ep-shared-" + std::to_string(ranks));
   for (const Layout& layout : layouts) {
     INFO("ep " << layout.ep << " zero " << layout.zero << " grad_accum " << layout.grad_accum
-                << (layout.masked_lm ? " masked_lm" : "") << " on " << ranks
+                << (layout.masked_lm ? " masked_lm" : "") << (layout.nsp ? " nsp" : "") << " on " << ranks
                << " ranks");
     test::TempDir dir("moe-ep-rank" + std::to_string(world->rank()));
     Config c = test::tiny_train_config(dir);
@@ -122,6 +131,7 @@ TEST_CASE("expert parallelism and ZeRO match one rank; checkpoints cross layouts
     c.parallel.zero = layout.zero;
     c.train.grad_accum = layout.grad_accum;
     c.parallel.overlap_grad_reduce = layout.zero != 1;  // both gradient-reduction paths
+    c.objective.nsp = layout.nsp;
     if (layout.masked_lm) test::use_masked_lm(c, dir);
     if (world->rank() == 0) std::filesystem::remove_all(shared);
     world->barrier();

@@ -4,10 +4,12 @@
 #include <catch2/catch.hpp>
 
 #include <fstream>
+#include <random>
 
 #include <nlohmann/json.hpp>
 
 #include "parallel/communicator.h"
+#include "src/data/token_shard.h"
 #include "src/train/trainer.h"
 #include "tests/train/train_test_util.h"
 
@@ -34,7 +36,51 @@ Config masked_lm_config(const test::TempDir& dir) {
   return c;
 }
 
+// Documents of 64 tokens that end with </s> (id 2), each drawn from one of 4 topics (ids 8 + 6t ..
+// 8 + 6t + 5): a pair's B shares A's topic when it follows A, and only by chance (1 in 4) when it
+// starts another document, so next-sentence prediction is learnable.
+void write_topic_shard(const std::string& path, int64_t num_docs, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<uint32_t> tokens;
+  for (int64_t d = 0; d < num_docs; ++d) {
+    const uint32_t topic = static_cast<uint32_t>(rng() % 4);
+    for (int i = 0; i < 63; ++i) tokens.push_back(8 + 6 * topic + static_cast<uint32_t>(rng() % 6));
+    tokens.push_back(2);
+  }
+  data::write_token_shard(path, tokens, data::TokenDType::u16);
+}
+
 }  // namespace
+
+TEST_CASE("next-sentence prediction learns which pairs follow one another", "[train][masked_lm][nsp]") {
+  test::TempDir dir("moe-nsp-train");
+  Config c = masked_lm_config(dir);
+  write_topic_shard(dir.str("train.tok"), 200, 3);
+  write_topic_shard(dir.str("val.tok"), 40, 4);
+  c.objective.nsp = true;
+  c.model.eos_id = 2;
+  c.train.steps = 300;
+  c.train.micro_batch_size = 16;
+  c.train.log_every = 10;
+  c.train.eval_every = 300;
+  c.train.eval_batches = 8;
+  validate_config(c);
+  auto world = make_world_communicator(Device::cpu());
+  Trainer trainer(c, 0, *world);
+  const EvalResult untrained = trainer.evaluate(8);
+  REQUIRE(untrained.nsp_accuracy >= 0);
+  trainer.train();
+  const auto steps = read_records(c.train.run_dir + "/metrics.jsonl", "loss");
+  REQUIRE(steps.front().contains("nsp_accuracy"));
+  REQUIRE(steps.front()["nsp_loss"].get<double>() < steps.front()["loss"].get<double>());  // part of the loss
+  const EvalResult trained = trainer.evaluate(8);
+  INFO("nsp accuracy " << untrained.nsp_accuracy << " -> " << trained.nsp_accuracy << ", loss " << untrained.nsp_loss
+                       << " -> " << trained.nsp_loss);
+  REQUIRE(trained.nsp_accuracy > 0.65);  // 128 pairs: chance is 0.5 +- 0.045
+  REQUIRE(trained.nsp_loss < untrained.nsp_loss - 0.1);
+  const auto evals = read_records(c.train.run_dir + "/metrics.jsonl", "val_loss");
+  REQUIRE(evals.back()["val_nsp_accuracy"].get<double>() == Approx(trained.nsp_accuracy));
+}
 
 TEST_CASE("a masked LM MoE encoder lowers its loss and raises its masked-token accuracy", "[train][masked_lm]") {
   test::TempDir dir("moe-mlm-train");
