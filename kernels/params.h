@@ -19,11 +19,15 @@ enum class Activation : int { relu = 0, gelu = 1, geglu = 2, swiglu = 3 };
 // device code and `if constexpr` can use it.
 constexpr bool is_gated(Activation act) { return act == Activation::geglu || act == Activation::swiglu; }
 
-// Grouped-query attention over batch sequences of seq_len tokens: query head h reads kv head
-// h / (num_heads / num_kv_heads); head_dim is the width of one head.
+// Grouped-query attention over batch sequences of seq_len queries: query head h reads kv head
+// h / (num_heads / num_kv_heads); head_dim is the width of one head. Cross-attention: each
+// sequence's queries read kv_seq_len keys/values of their own batch entry (non-causal only).
 struct AttentionShape {
   int64_t batch = 0, seq_len = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0;
   bool causal = true;  // query i sees keys 0..i; false: every key of its sequence
+  int64_t kv_seq_len = 0;  // keys/values per sequence; 0 = seq_len
+  // Keys/values per sequence (seq_len for self-attention).
+  constexpr int64_t kv_len() const { return kv_seq_len ? kv_seq_len : seq_len; }
 };
 
 // The router's score function over the expert logits.

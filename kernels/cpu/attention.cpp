@@ -1,5 +1,5 @@
-// CPU reference GQA attention (causal or not, or masked to each token's document), blocked over query
-// rows: each block of rows does its score, probability and gradient products as GEMMs over its keys.
+// CPU reference GQA attention (causal or not, or masked to each token's document; cross-attention
+// when kv_len != seq_len), blocked over query rows: each block of rows does its score, probability and gradient products as GEMMs over its keys.
 #include "kernels/cpu/attention.h"
 
 #include <algorithm>
@@ -25,13 +25,13 @@ struct HeadSlice {
 HeadSlice head_slice(const AttentionShape& d, int64_t b, int64_t h) {
   const int64_t g = h / (d.num_heads / d.num_kv_heads);
   const int64_t q_stride = d.num_heads * d.head_dim, kv_stride = d.num_kv_heads * d.head_dim;
-  return {b * d.seq_len * q_stride + h * d.head_dim, b * d.seq_len * kv_stride + g * d.head_dim, q_stride, kv_stride};
+  return {b * d.seq_len * q_stride + h * d.head_dim, b * d.kv_len() * kv_stride + g * d.head_dim, q_stride, kv_stride};
 }
 
 // Keys a block of query rows i0 .. i0 + rows - 1 can see (causal: up to its last row).
-int64_t block_keys(const kernels::AttentionShape& d, int64_t i0, int64_t rows) { return d.causal ? i0 + rows : d.seq_len; }
+int64_t block_keys(const kernels::AttentionShape& d, int64_t i0, int64_t rows) { return d.causal ? i0 + rows : d.kv_len(); }
 // One past the last key query i sees.
-int64_t visible_end(const kernels::AttentionShape& d, int64_t i) { return d.causal ? i + 1 : d.seq_len; }
+int64_t visible_end(const kernels::AttentionShape& d, int64_t i) { return d.causal ? i + 1 : d.kv_len(); }
 // The first key query i of sequence b sees: its document's first token under document masking.
 int64_t visible_begin(const int32_t* doc_starts, const kernels::AttentionShape& d, int64_t b, int64_t i) {
   return doc_starts ? doc_starts[b * d.seq_len + i] : 0;
@@ -59,7 +59,7 @@ void attention_forward(const T* q, const T* k, const T* v, T* out, T* lse, const
                        const int32_t* doc_starts) {
   const int64_t S = d.seq_len, hd = d.head_dim;
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
-  std::vector<T> probs(static_cast<size_t>(std::min(k_block_rows, S) * S));
+  std::vector<T> probs(static_cast<size_t>(std::min(k_block_rows, S) * d.kv_len()));
   for (int64_t b = 0; b < d.batch; ++b) {
     for (int64_t h = 0; h < d.num_heads; ++h) {
       const HeadSlice hs = head_slice(d, b, h);
@@ -94,12 +94,12 @@ void attention_backward(const T* q, const T* k, const T* v, const T* out, const 
                         T* dv, const AttentionShape& d, const int32_t* doc_starts) {
   const int64_t S = d.seq_len, hd = d.head_dim, group = d.num_heads / d.num_kv_heads;
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
-  const size_t block = static_cast<size_t>(std::min(k_block_rows, S) * S);
+  const size_t block = static_cast<size_t>(std::min(k_block_rows, S) * d.kv_len());
   std::vector<T> probs(block), dprobs(block);
   for (int64_t b = 0; b < d.batch; ++b) {
     for (int64_t g = 0; g < d.num_kv_heads; ++g) {
       const HeadSlice first = head_slice(d, b, g * group);
-      for (int64_t j = 0; j < S; ++j) {
+      for (int64_t j = 0; j < d.kv_len(); ++j) {
         std::fill_n(dk + first.kv_offset + j * first.kv_stride, hd, T(0));
         std::fill_n(dv + first.kv_offset + j * first.kv_stride, hd, T(0));
       }

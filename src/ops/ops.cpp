@@ -310,9 +310,15 @@ static void check_attention(const Tensor& q, const Tensor& k, const Tensor& v, c
   check_compute(q, "attention q");
   MOE_CHECK(s.num_heads > 0 && s.num_kv_heads > 0 && s.num_heads % s.num_kv_heads == 0,
             "attention: num_heads ", s.num_heads, " must be a multiple of num_kv_heads ", s.num_kv_heads);
+  MOE_CHECK(s.kv_seq_len >= 0, "attention: kv_seq_len ", s.kv_seq_len, " must be >= 0 (0 = seq_len)");
+  const bool cross = s.kv_len() != s.seq_len;
+  MOE_CHECK(!cross || !s.causal, "attention: kv_seq_len ", s.kv_seq_len, " != seq_len ", s.seq_len,
+            " (cross-attention) needs causal = false");
+  MOE_CHECK(!cross || !doc_starts.defined(), "attention: kv_seq_len ", s.kv_seq_len, " != seq_len ", s.seq_len,
+            " (cross-attention) cannot take document masking (doc_starts)");
   int64_t tokens = s.batch * s.seq_len;
   check_shape(q, {tokens, s.num_heads * s.head_dim}, "attention q");
-  check_shape(k, {tokens, s.num_kv_heads * s.head_dim}, "attention k");
+  check_shape(k, {s.batch * s.kv_len(), s.num_kv_heads * s.head_dim}, "attention k");
   check_dtype(k, q.dtype(), "attention k");
   check_like(v, k, "attention v");
   MOE_CHECK(!doc_starts.defined() || s.causal, "attention: document masking (doc_starts) needs the causal mask");

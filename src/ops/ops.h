@@ -104,15 +104,17 @@ void rope(Tensor& x, int64_t num_heads, int64_t seq_len, float theta, bool inver
           const Tensor& doc_starts = Tensor(), const RopeScaling& scaling = {});
 
 // Scaled-dot-product attention (scale 1/sqrt(hd)), causal or not, with grouped-query heads
-// (query head h reads kv head h / (Hq / Hkv)). q[B*S, Hq*hd], k,v[B*S, Hkv*hd] -> out[B*S, Hq*hd],
-// lse[B, Hq, S] (accum), the log-sum-exp of each softmax row, kept for backward. doc_starts
+// (query head h reads kv head h / (Hq / Hkv)). q[B*S, Hq*hd], k,v[B*Skv, Hkv*hd] -> out[B*S, Hq*hd],
+// lse[B, Hq, S] (accum), the log-sum-exp of each softmax row, kept for backward. Skv =
+// shape.kv_len(): S for self-attention; cross-attention (kv_seq_len != S: the queries of batch
+// entry b read its Skv keys) needs causal = false and no doc_starts. doc_starts
 // i32[B*S] (causal only; undefined = off): query i sees only keys doc_starts[i] .. i, its document.
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse,
                        const AttentionShape& shape, const Tensor& doc_starts = Tensor());
 // f32 elements of scratch attention_backward uses on `device` (0 on the CPU; on CUDA the fp32 dQ
 // accumulator [B*S, Hq*hd] of the flash kernels and the row statistics delta [B, Hq, S]).
 int64_t attention_workspace_numel(const AttentionShape& shape, Device device);
-// dq, dk, dv written (same shapes as q, k, v). workspace: f32 on q's device with at least
+// dq, dk, dv written (same shapes as q, k, v; dk, dv [B*Skv, Hkv*hd]). workspace: f32 on q's device with at least
 // attention_workspace_numel elements, or undefined (then allocated for this call from the pool).
 // doc_starts: the forward's.
 void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
