@@ -62,7 +62,10 @@ std::unique_ptr<Objective> make_objective(ObjectiveKind kind, const ObjectiveOpt
   MOE_FAIL("unknown objective kind ", static_cast<int>(kind));
 }
 
-ObjectiveOptions objective_options(const Config& config, const data::Tokenizer* tokenizer) {
+namespace {
+
+// The options of config's objective without special token ids.
+ObjectiveOptions base_options(const Config& config) {
   ObjectiveOptions o;
   o.rates = config.objective;
   o.vocab_size = config.model.vocab_size;
@@ -70,8 +73,19 @@ ObjectiveOptions objective_options(const Config& config, const data::Tokenizer* 
   o.seq_len = config.model.seq_len;
   o.decoder_seq_len = config.model.decoder_seq_len;
   o.eos = static_cast<int32_t>(config.model.eos_id);
+  return o;
+}
+
+}  // namespace
+
+std::vector<std::string> objective_special_tokens(const Config& config) {
+  return make_objective(objective_kind(config.model.objective), base_options(config))->special_tokens();
+}
+
+ObjectiveOptions objective_options(const Config& config, const data::Tokenizer* tokenizer) {
+  ObjectiveOptions o = base_options(config);
   const std::string& name = config.model.objective;
-  for (const std::string& piece : make_objective(objective_kind(name), o)->special_tokens()) {
+  for (const std::string& piece : objective_special_tokens(config)) {
     MOE_CHECK(tokenizer != nullptr, "model.objective = '", name, "' needs the id of ", piece,
               ": set data.tokenizer to a tokenizer made by `moe tokenize --special-tokens`");
     const int32_t id = tokenizer->piece_id(piece);

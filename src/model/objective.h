@@ -82,6 +82,9 @@ class Objective {
 // The objective of this kind.
 std::unique_ptr<Objective> make_objective(ObjectiveKind kind, const ObjectiveOptions& options = {});
 
+// The special tokens config's objective needs, by name (empty: none, no tokenizer read).
+std::vector<std::string> objective_special_tokens(const Config& config);
+
 // The options of config's objective: [objective], train.seed, model.vocab_size, and the ids of
 // the special tokens it needs, found by name in `tokenizer` (an error names a missing piece).
 ObjectiveOptions objective_options(const Config& config, const data::Tokenizer* tokenizer);

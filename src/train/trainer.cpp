@@ -51,7 +51,7 @@ data::TokenWindows synthetic_windows(uint64_t seed, int64_t step, int64_t index,
 // The config's objective with its options; the tokenizer is read only when it needs special tokens.
 std::unique_ptr<Objective> configured_objective(const Config& config, const Objective& defaults) {
   std::optional<data::Tokenizer> tokenizer;
-  if (!defaults.special_tokens().empty() && !config.data.tokenizer.empty()) {
+  if (!objective_special_tokens(config).empty() && !config.data.tokenizer.empty()) {
     tokenizer = data::Tokenizer::load(config.data.tokenizer);
   }
   return make_objective(defaults.kind(), objective_options(config, tokenizer ? &*tokenizer : nullptr));

@@ -27,7 +27,8 @@ TEST_CASE("N-rank data parallelism matches one rank at the same global batch", "
   // Both Switch scopes: per micro-batch (the default) and over the whole global batch; and the
   // aux-loss-free expert bias, whose loads are summed over the ranks on the device.
   const std::string variant = GENERATE(std::string("micro_batch"), std::string("global_batch"),
-                                       std::string("expert bias"), std::string("masked_lm"));
+                                       std::string("expert bias"), std::string("masked_lm"),
+                                       std::string("span_corruption"));
   INFO("variant " << variant);
   c.moe.balance_scope = variant == "global_batch" ? "global_batch" : "micro_batch";
   if (variant == "expert bias") {
@@ -35,6 +36,7 @@ TEST_CASE("N-rank data parallelism matches one rank at the same global batch", "
     c.moe.expert_bias_rate = 0.05;
   }
   if (variant == "masked_lm") test::use_masked_lm(c, dir);  // each rank masks its own sequences
+  if (variant == "span_corruption") test::use_span_corruption(c, dir);  // an encoder-decoder
   Trainer parallel(c, 0, *world);
 
   Config single = c;
@@ -89,6 +91,7 @@ struct Layout {
   int64_t ep, zero;
   int64_t grad_accum = 1;  // micro-batches per rank: ZeRO-2/3 reduce after each one's backward
   bool masked_lm = false;  // model.objective = masked_lm
+  bool span_corruption = false;  // model.objective = span_corruption (the encoder-decoder)
 };
 
 }  // namespace
@@ -108,11 +111,14 @@ TEST_CASE("expert parallelism and ZeRO match one rank; checkpoints cross layouts
   }
   if (ranks >= 4) layouts.push_back({2, 3});
   layouts.push_back({2, 2, 1, true});  // masked LM under EP 2 x ZeRO-2
+  layouts.push_back({2, 2, 2, false, true});  // the encoder-decoder under EP 2 x ZeRO-2 (reduce per micro-batch)
+  layouts.push_back({1, 3, 1, false, true});  // and under ZeRO-3 (parameters gathered per unit)
   // One run directory all ranks can read (rank 0 writes the checkpoints there).
   const std::string shared = test::shared_run_dir("moe-ep-shared-" + std::to_string(ranks));
   for (const Layout& layout : layouts) {
     INFO("ep " << layout.ep << " zero " << layout.zero << " grad_accum " << layout.grad_accum
-                << (layout.masked_lm ? " masked_lm" : "") << " on " << ranks
+                << (layout.masked_lm ? " masked_lm" : "") << (layout.span_corruption ? " span_corruption" : "") << " on "
+                << ranks
                << " ranks");
     test::TempDir dir("moe-ep-rank" + std::to_string(world->rank()));
     Config c = test::tiny_train_config(dir);
@@ -123,6 +129,7 @@ TEST_CASE("expert parallelism and ZeRO match one rank; checkpoints cross layouts
     c.train.grad_accum = layout.grad_accum;
     c.parallel.overlap_grad_reduce = layout.zero != 1;  // both gradient-reduction paths
     if (layout.masked_lm) test::use_masked_lm(c, dir);
+    if (layout.span_corruption) test::use_span_corruption(c, dir);
     if (world->rank() == 0) std::filesystem::remove_all(shared);
     world->barrier();
     Trainer parallel(c, 0, *world);
