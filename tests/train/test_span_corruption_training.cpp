@@ -8,6 +8,8 @@
 #include <nlohmann/json.hpp>
 
 #include "parallel/communicator.h"
+#include "src/model/span_filling.h"
+#include "src/tools/span_text.h"
 #include "src/train/trainer.h"
 #include "tests/train/train_test_util.h"
 
@@ -66,6 +68,52 @@ TEST_CASE("a span-corruption MoE encoder-decoder lowers its loss", "[train][span
   const EvalResult trained = trainer.evaluate(2);
   REQUIRE(trained.loss == Approx(evals.back()["val_loss"].get<double>()));
   REQUIRE(trained.loss < untrained.loss - 0.5);
+
+  // Span filling: greedy decoding of validation inputs. Every target starts with <extra_id_0>, which
+  // the trained decoder has learned; a batch decodes as each input alone.
+  const data::Tokenizer tokenizer = data::Tokenizer::load(c.data.tokenizer);
+  const int32_t sentinel0 = tokenizer.piece_id("<extra_id_0>");
+  const Objective& objective = trainer.model().objective();
+  const data::TokenDataset val = data::TokenDataset::open(dir.str("val.tok"));
+  data::TokenWindows windows = data::read_windows(val, objective.window_seq_len(c.model.seq_len), {0, 40, 80, 120});
+  windows.keys = {data::eval_window_key(0), data::eval_window_key(1), data::eval_window_key(2), data::eval_window_key(3)};
+  std::vector<int32_t> in, tg;
+  objective.build(windows, in, tg);
+  std::vector<std::vector<int32_t>> inputs;
+  for (int64_t w = 0; w < 4; ++w) inputs.emplace_back(in.begin() + w * c.model.seq_len, in.begin() + (w + 1) * c.model.seq_len);
+  GenerationOptions greedy;
+  greedy.sampling.temperature = 0;
+  greedy.eos_id = static_cast<int32_t>(c.model.eos_id);
+  const std::vector<Generated> batch = fill_spans(trainer.model(), inputs, greedy);
+  REQUIRE(batch.size() == 4);
+  for (size_t b = 0; b < batch.size(); ++b) {
+    REQUIRE(!batch[b].tokens.empty());
+    REQUIRE(batch[b].tokens.size() <= static_cast<size_t>(c.model.decoder_seq_len));
+    REQUIRE(batch[b].tokens[0] == sentinel0);
+    REQUIRE(fill_spans(trainer.model(), {inputs[b]}, greedy)[0].tokens == batch[b].tokens);
+  }
+  REQUIRE_THROWS_WITH(trainer.model().logits(inputs[0], 1), Contains("makes an encoder-decoder: it fills the sentinel "
+                                                                     "spans of a corrupted input"));
+}
+
+TEST_CASE("span-filling text: markers become sentinels, spans replace the markers", "[train][span][generate]") {
+  test::TempDir dir("moe-span-text");
+  const data::Tokenizer tokenizer = data::Tokenizer::load(test::write_special_tokenizer(dir));
+  const CorruptedText c = encode_corrupted(tokenizer, "kalo <extra_id_0> mine <extra_id_1>", 2);
+  REQUIRE(c.sentinels == std::vector<int32_t>{6, 7});
+  std::vector<int32_t> expected = tokenizer.encode("kalo ");
+  expected.push_back(6);
+  const std::vector<int32_t> middle = tokenizer.encode(" mine ");
+  expected.insert(expected.end(), middle.begin(), middle.end());
+  expected.push_back(7);
+  expected.push_back(2);
+  REQUIRE(c.ids == expected);
+  const auto spans = target_spans({6, 10, 11, 7, 12, 2}, c.sentinels);
+  REQUIRE(spans == std::vector<std::vector<int32_t>>{{10, 11}, {12}});
+  REQUIRE(fill_markers(tokenizer, "kalo <extra_id_0> mine <extra_id_1>.", {tokenizer.encode("su"), {}}) ==
+          "kalo " + tokenizer.decode(tokenizer.encode("su")) + " mine .");
+  REQUIRE_THROWS_WITH(encode_corrupted(tokenizer, "kalo mine", 2), Contains("has none"));
+  REQUIRE_THROWS_WITH(encode_corrupted(tokenizer, "kalo <extra_id_5>", 2), Contains("has no <extra_id_5> piece"));
 }
 
 TEST_CASE("a resumed span-corruption run draws the same spans and continues bit-identically", "[train][span]") {
