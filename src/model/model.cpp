@@ -92,6 +92,9 @@ Model::Model(const ModelConfig& model, const MoeConfig& moe, const ModelParallel
             "model: model.encoder_layers = ", c.encoder_layers, " builds an encoder-decoder, which needs "
             "model.objective = 'span_corruption', model.decoder_seq_len > 0, fewer encoder layers than "
             "model.num_layers and parallel.tp = parallel.pp = 1");
+  MOE_CHECK(c.encoder_layers > 0 || objective_->kind() != ObjectiveKind::span_corruption,
+            "model: model.objective = 'span_corruption' trains an encoder-decoder; set model.encoder_layers and "
+            "model.decoder_seq_len");
   MOE_CHECK(parallel.virtual_stages >= 1, "parallel.pp_virtual = ", parallel.virtual_stages, " must be at least 1");
   for (int chunk = 0; chunk < parallel.virtual_stages; ++chunk) {
     chunk_begin_.push_back(layers_.size());

@@ -3,31 +3,16 @@
 // tokenizer without the sentinels is refused naming the piece; the encoder-decoder generates.
 #include <catch2/catch.hpp>
 
-#include <fstream>
-
-#include <nlohmann/json.hpp>
-
 #include "parallel/communicator.h"
 #include "src/model/span_filling.h"
 #include "src/tools/span_text.h"
 #include "src/train/trainer.h"
-#include "tests/train/train_test_util.h"
+#include "tests/train/objective_train_util.h"
 
 using namespace moe;
 using Catch::Matchers::Contains;
 
 namespace {
-
-std::vector<nlohmann::json> read_records(const std::string& path, const char* key) {
-  std::vector<nlohmann::json> out;
-  std::ifstream in(path);
-  std::string line;
-  while (std::getline(in, line)) {
-    auto record = nlohmann::json::parse(line);
-    if (record.contains(key)) out.push_back(record);
-  }
-  return out;
-}
 
 // 1 + 1 MoE layers; 16 encoder positions read raw windows of 17 tokens with 3 noise tokens in 1
 // span: a target of 5 (sentinel, 3 tokens, EOS).
@@ -56,14 +41,14 @@ TEST_CASE("a span-corruption MoE encoder-decoder lowers its loss", "[train][span
   REQUIRE(untrained.tokens == 2 * 8 * 5);  // 2 batches of 8 windows, 5 target positions each
   REQUIRE(untrained.accuracy < 0);  // not reported
   trainer.train();
-  const auto steps = read_records(c.train.run_dir + "/metrics.jsonl", "loss");
+  const auto steps = test::read_records(c.train.run_dir + "/metrics.jsonl", "loss");
   REQUIRE(steps.size() == 300);
   REQUIRE(steps[0]["moe"].size() == 2);  // the encoder's MoE layer and the decoder's
   double first10 = 0, last10 = 0;
   for (size_t i = 0; i < 10; ++i) first10 += steps[i]["loss"].get<double>() / 10;
   for (size_t i = 290; i < 300; ++i) last10 += steps[i]["loss"].get<double>() / 10;
   REQUIRE(last10 < first10 - 0.5);
-  const auto evals = read_records(c.train.run_dir + "/metrics.jsonl", "val_loss");
+  const auto evals = test::read_records(c.train.run_dir + "/metrics.jsonl", "val_loss");
   REQUIRE(evals.size() == 2);
   const EvalResult trained = trainer.evaluate(2);
   REQUIRE(trained.loss == Approx(evals.back()["val_loss"].get<double>()));
@@ -108,7 +93,7 @@ TEST_CASE("span-filling text: markers become sentinels, spans replace the marker
   expected.push_back(7);
   expected.push_back(2);
   REQUIRE(c.ids == expected);
-  const auto spans = target_spans({6, 10, 11, 7, 12, 2}, c.sentinels);
+  const auto spans = target_spans({6, 10, 11, 7, 12}, c.sentinels);  // fill_spans drops the EOS
   REQUIRE(spans == std::vector<std::vector<int32_t>>{{10, 11}, {12}});
   REQUIRE(fill_markers(tokenizer, "kalo <extra_id_0> mine <extra_id_1>.", {tokenizer.encode("su"), {}}) ==
           "kalo " + tokenizer.decode(tokenizer.encode("su")) + " mine .");
@@ -119,24 +104,7 @@ TEST_CASE("span-filling text: markers become sentinels, spans replace the marker
 TEST_CASE("a resumed span-corruption run draws the same spans and continues bit-identically", "[train][span]") {
   test::TempDir dir("moe-span-resume");
   Config c = span_config(dir);
-  c.train.grad_accum = 2;
-  c.train.save_every = 3;
-  auto world = make_world_communicator(Device::cpu());
-  std::vector<double> full;
-  {
-    Trainer trainer(c, 0, *world);
-    trainer.train();
-    for (const auto& r : read_records(c.train.run_dir + "/metrics.jsonl", "loss")) full.push_back(r["loss"]);
-  }
-  REQUIRE(full.size() == 6);
-  Config resumed = c;
-  resumed.train.run_dir = dir.str("run2");
-  resumed.train.resume = c.train.run_dir + "/checkpoints/step_3";
-  Trainer trainer(resumed, 0, *world);
-  trainer.train();
-  const auto losses = read_records(resumed.train.run_dir + "/metrics.jsonl", "loss");
-  REQUIRE(losses.size() == 3);
-  for (size_t i = 0; i < 3; ++i) REQUIRE(losses[i]["loss"].get<double>() == full[i + 3]);  // exact
+  test::require_bit_identical_resume(c, dir);
 }
 
 TEST_CASE("span corruption refuses a tokenizer without the sentinels, naming the piece", "[train][span][errors]") {
