@@ -398,9 +398,9 @@ void Model::set_objective(std::unique_ptr<Objective> objective) {
 void Model::check_generation() const {
   MOE_CHECK(parallel_.pp == 1 && !tp_.active(), "generation runs on one rank holding the whole model (parallel.tp = 1, "
             "parallel.pp = 1)");
-  MOE_CHECK(!is_encoder_decoder(), "generation of a continuation needs a decoder-only model, but model.encoder_layers = ",
+  MOE_CHECK(!is_encoder_decoder(), "scoring or continuing text needs a decoder-only model, but model.encoder_layers = ",
             config_.encoder_layers, " makes an encoder-decoder: it fills the sentinel spans of a corrupted input "
-            "(Model::seq2seq_logits, `moe generate` does it)");
+            "(`moe generate` does that)");
   MOE_CHECK(objective_->attention_mask() == AttentionMask::causal,
             "generation needs a causal model, but model.objective = '", objective_name(objective_->kind()),
             "' is an encoder only (bidirectional attention): it fills masked positions, it cannot continue a text");
