@@ -1,5 +1,5 @@
-// CPU reference GQA attention (causal or not, or masked to each token's document; cross-attention
-// when kv_len != seq_len), blocked over query rows: each block of rows does its score, probability and gradient products as GEMMs over its keys.
+// CPU reference GQA attention (causal or not, masked to each token's document, or cross-attention), blocked
+// over query rows: each block of rows does its score, probability and gradient products as GEMMs over its keys.
 #include "kernels/cpu/attention.h"
 
 #include <algorithm>
@@ -29,7 +29,9 @@ HeadSlice head_slice(const AttentionShape& d, int64_t b, int64_t h) {
 }
 
 // Keys a block of query rows i0 .. i0 + rows - 1 can see (causal: up to its last row).
-int64_t block_keys(const kernels::AttentionShape& d, int64_t i0, int64_t rows) { return d.causal ? i0 + rows : d.kv_len(); }
+int64_t block_keys(const kernels::AttentionShape& d, int64_t i0, int64_t rows) {
+  return d.causal ? i0 + rows : d.kv_len();
+}
 // One past the last key query i sees.
 int64_t visible_end(const kernels::AttentionShape& d, int64_t i) { return d.causal ? i + 1 : d.kv_len(); }
 // The first key query i of sequence b sees: its document's first token under document masking.
