@@ -1,5 +1,6 @@
 // `moe generate --checkpoint DIR|RUN_DIR|latest [--prompt TEXT | --prompts FILE]`: continues prompts
-// with a trained model, KV-cached (or --no-cache: the full window every token), greedy or sampled.
+// with a trained model, KV-cached (or --no-cache: the full window every token), greedy or sampled;
+// an encoder-decoder (span corruption) fills the <extra_id_i> spans of its prompts instead.
 #include <cstdio>
 
 #include <nlohmann/json.hpp>
@@ -8,7 +9,9 @@
 #include "src/cli/run_setup.h"
 #include "src/data/tokenizer.h"
 #include "src/model/generation.h"
+#include "src/model/span_filling.h"
 #include "src/tools/generate_text.h"
+#include "src/tools/span_text.h"
 #include "src/util/log.h"
 
 namespace moe {
@@ -49,6 +52,38 @@ const char* stop_reason_text(StopReason reason) {
   return "?";
 }
 
+// An encoder-decoder fills the marked spans of each prompt: the filled text on stdout (one prompt)
+// or one JSON line per prompt with the text and the spans.
+int run_fill_spans(const GenerateOptions& o, const LoadedModel& m, const std::vector<std::string>& texts, bool batch) {
+  const Config& config = m.inference.config;
+  std::vector<std::vector<int32_t>> inputs;
+  std::vector<std::vector<int32_t>> sentinels;
+  for (const std::string& text : texts) {
+    CorruptedText corrupted = encode_corrupted(m.tokenizer, text, static_cast<int32_t>(config.model.eos_id));
+    inputs.push_back(std::move(corrupted.ids));
+    sentinels.push_back(std::move(corrupted.sentinels));
+  }
+  GenerationOptions g = o.generation;
+  g.eos_id = static_cast<int32_t>(config.model.eos_id);
+  g.vocab_limit = m.tokenizer.vocab_size();
+  const std::vector<Generated> out = fill_spans(*m.inference.model, inputs, g);
+  for (size_t b = 0; b < out.size(); ++b) {
+    const auto spans = target_spans(out[b].tokens, sentinels[b]);
+    const std::string filled = fill_markers(m.tokenizer, texts[b], spans);
+    if (!batch) {
+      std::printf("%s\n", filled.c_str());
+      log::info("generate: filled {} span(s) with {} target tokens ({}; an encoder-decoder fills the <extra_id_i> "
+                "spans of its input)", spans.size(), out[b].tokens.size(), stop_reason_text(out[b].reason));
+      continue;
+    }
+    nlohmann::json line{{"index", b}, {"prompt", texts[b]}, {"text", filled}, {"new_tokens", out[b].tokens.size()},
+                        {"stop_reason", stop_reason_name(out[b].reason)}};
+    for (const auto& span : spans) line["spans"].push_back(m.tokenizer.decode(span));
+    std::printf("%s\n", line.dump().c_str());
+  }
+  return 0;
+}
+
 int run_generate(const GenerateOptions& o) {
   const bool batch = !o.prompts_file.empty();
   MOE_CHECK(o.jsonl_field.empty() || batch, "--jsonl-field reads the records of --prompts FILE, but no --prompts was given");
@@ -58,6 +93,10 @@ int run_generate(const GenerateOptions& o) {
             : std::vector<std::string>{o.prompt};
   std::vector<StopText> stops(texts.size(), StopText(o.stops));
   LoadedModel m = load_model(o);
+  if (m.inference.model->is_encoder_decoder()) {
+    MOE_CHECK(o.stops.empty(), "--stop: an encoder-decoder fills the marked spans of its prompt and stops at EOS");
+    return run_fill_spans(o, m, texts, batch);
+  }
   std::vector<std::vector<int32_t>> prompts, generated(texts.size());
   std::vector<std::string> prompt_texts;
   for (size_t i = 0; i < texts.size(); ++i) {

@@ -33,7 +33,12 @@ struct ModelConfig {              // [model]
   int64_t d_ff = 512;
   bool tie_embeddings = true;
   double init_std = 0.02;
-  std::string objective = "causal_lm";  // causal_lm (next-token prediction) | masked_lm (BERT); [objective]
+  std::string objective = "causal_lm";  // causal_lm (next-token prediction) | masked_lm (BERT) | span_corruption (T5); [objective]
+  // Encoder-decoder (span_corruption): layers [0, encoder_layers) of num_layers are the encoder
+  // (bidirectional, over seq_len positions), the rest the decoder (causal self-attention and
+  // cross-attention, over decoder_seq_len positions). 0 = a single stack.
+  int64_t encoder_layers = 0;
+  int64_t decoder_seq_len = 0;
   // Documents packed into a sequence end with eos_id (docs/data.md): positions (rope or learned)
   // can restart at 0 after each, and attention can stay inside each token's document.
   bool reset_positions = false;
@@ -55,6 +60,10 @@ struct ObjectiveConfig {          // [objective]
   // in the data, or (half the time) comes from a random other place; a [d, 2] head on [CLS]'s
   // final hidden state classifies the pair and its cross-entropy is added to the MLM loss.
   bool nsp = false;
+  // span_corruption (T5's random_spans_noise_mask): round(noise_density * L) tokens of a raw
+  // window of L are dropped, in round(noise / mean_span_length) spans.
+  double noise_density = 0.15;
+  double mean_span_length = 3.0;
 
   bool operator==(const ObjectiveConfig&) const = default;
 };
@@ -66,7 +75,8 @@ struct MoeConfig {                // [moe]
   bool renormalize = true;        // renormalise the selected top-k weights to sum to 1
   std::string activation = "";    // expert activation; "" = model.activation
   int64_t every = 1;              // MoE at every n-th layer (layer i with (i+1-first_dense) % every == 0)
-  int64_t first_dense = 0;        // the first k layers stay dense
+  int64_t first_dense = 0;        // the first k layers stay dense (of each stack in an encoder-decoder)
+  int64_t decoder_every = 0;      // encoder-decoder: MoE at every n-th decoder layer; 0 = moe.every
   double aux_loss_coef = 0.01;    // Switch load-balancing loss alpha
   std::string balance_scope = "micro_batch";  // Switch f_i, P_i over: micro_batch (per rank) | global_batch
   std::string aux_count = "routed";  // Switch f_i counts: routed (before capacity dropping) | kept

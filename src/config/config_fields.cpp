@@ -23,13 +23,15 @@ void add_model_fields(ModelConfig& m, std::vector<Field>& out) {
                          {s, "rope_high_freq_factor", &m.rope_high_freq_factor},
                          {s, "rope_original_max_positions", &m.rope_original_max_positions},
                          {s, "attention_bias", &m.attention_bias}, {s, "ffn_bias", &m.ffn_bias},
-                         {s, "qk_norm", &m.qk_norm}});
+                         {s, "qk_norm", &m.qk_norm},           {s, "encoder_layers", &m.encoder_layers},
+                         {s, "decoder_seq_len", &m.decoder_seq_len}});
 }
 
 void add_objective_fields(ObjectiveConfig& o, std::vector<Field>& out) {
   const char* s = "objective";
   out.insert(out.end(), {{s, "mask_rate", &o.mask_rate}, {s, "mask_token_rate", &o.mask_token_rate},
-                         {s, "random_token_rate", &o.random_token_rate}, {s, "nsp", &o.nsp}});
+                         {s, "random_token_rate", &o.random_token_rate}, {s, "nsp", &o.nsp},
+                         {s, "noise_density", &o.noise_density}, {s, "mean_span_length", &o.mean_span_length}});
 }
 
 void add_moe_fields(MoeConfig& m, std::vector<Field>& out) {
@@ -38,6 +40,7 @@ void add_moe_fields(MoeConfig& m, std::vector<Field>& out) {
                          {s, "d_expert", &m.d_expert},       {s, "renormalize", &m.renormalize},
                          {s, "activation", &m.activation},   {s, "every", &m.every},
                          {s, "first_dense", &m.first_dense}, {s, "aux_loss_coef", &m.aux_loss_coef},
+                         {s, "decoder_every", &m.decoder_every},
                          {s, "balance_scope", &m.balance_scope}, {s, "aux_count", &m.aux_count},
                          {s, "router", &m.router},           {s, "layer_routers", &m.layer_routers},
                          {s, "num_groups", &m.num_groups},

@@ -45,6 +45,10 @@ struct KeyOrigins {
 
 // validate_config with error messages located through `origins`.
 void validate_config_at(const Config& config, const KeyOrigins& origins);
+// The encoder-decoder and span corruption (config_encoder_decoder.cpp): model.encoder_layers,
+// model.decoder_seq_len, moe.decoder_every, objective.noise_density / mean_span_length, and the
+// layouts and options the encoder-decoder refuses.
+void validate_encoder_decoder(const Config& config, const KeyOrigins& origins);
 // Upper limits on sizes and on their products (config_limits.cpp), before anything multiplies them.
 void validate_sizes(const Config& config, const KeyOrigins& origins);
 // The rules that depend on what the MoE layers' router kinds can do (`kinds`: those in use,

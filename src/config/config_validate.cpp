@@ -86,7 +86,7 @@ void validate_model(const ModelConfig& m, const KeyOrigins& at) {
   check_choice(at, "model.norm", m.norm, {"rmsnorm", "layernorm"});
   check_choice(at, "model.positions", m.positions, {"rope", "learned"});
   check_choice(at, "model.activation", m.activation, {"relu", "gelu", "geglu", "swiglu"});
-  check_choice(at, "model.objective", m.objective, {"causal_lm", "masked_lm"});
+  check_choice(at, "model.objective", m.objective, {"causal_lm", "masked_lm", "span_corruption"});
   int64_t head_dim = m.d_model / m.num_heads;
   MOE_CHECK(m.positions != "rope" || head_dim % 2 == 0,
             at.prefix({"model.positions", "model.num_heads", "model.d_model"}),
@@ -509,6 +509,7 @@ void validate_config_at(const Config& config, const KeyOrigins& origins) {
   validate_sizes(config, origins);
   validate_model(config.model, origins);
   validate_objective(config, origins);
+  validate_encoder_decoder(config, origins);
   validate_moe(config.moe, config.model, origins);
   if (config.moe.num_experts > 0) validate_router_kinds(router_kinds_in_use(config.moe), config, origins);
   validate_train(config.train, origins);

@@ -21,7 +21,26 @@ Batch make_batch(std::vector<int32_t> inputs, std::vector<int32_t> targets, int6
   return b;
 }
 
+Batch make_seq2seq_batch(std::vector<int32_t> inputs, std::vector<int32_t> decoder_inputs, std::vector<int32_t> targets,
+                         int64_t batch_size, Device device) {
+  const auto n = static_cast<int64_t>(decoder_inputs.size());
+  MOE_CHECK(batch_size > 0 && n > 0 && n % batch_size == 0, "batch: ", n, " decoder ids are not ", batch_size,
+            " sequences of equal length");
+  MOE_CHECK(targets.empty() || targets.size() == decoder_inputs.size(), "batch: ", targets.size(), " targets for ", n,
+            " decoder ids");
+  Batch b = make_batch(std::move(inputs), {}, batch_size, device);
+  b.decoder_inputs = Tensor::from_vector(decoder_inputs, {n}, DType::i32, device);
+  if (!targets.empty()) b.targets = Tensor::from_vector(targets, {n}, DType::i32, device);
+  b.host_decoder_inputs = std::move(decoder_inputs);
+  b.host_targets = std::move(targets);
+  return b;
+}
+
 void check_host_ids(const Batch& batch) {
+  const int64_t num_decoder = batch.decoder_inputs.defined() ? batch.decoder_inputs.numel() : 0;
+  MOE_CHECK(static_cast<int64_t>(batch.host_decoder_inputs.size()) == num_decoder, "batch: ",
+            batch.host_decoder_inputs.size(), " host decoder ids for ", num_decoder,
+            " device ids (make batches with make_seq2seq_batch, which keeps the host ids)");
   MOE_CHECK(static_cast<int64_t>(batch.host_inputs.size()) == batch.inputs.numel(), "batch: ",
             batch.host_inputs.size(), " host token ids for ", batch.inputs.numel(),
             " device ids (make batches with make_batch, which keeps the host ids)");

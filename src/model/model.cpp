@@ -4,7 +4,9 @@
 // over the TP / EP groups.
 #include "src/model/model.h"
 
+#include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <map>
 
 #include "routing/balancing_terms.h"
@@ -39,8 +41,12 @@ MoeLayerConfig moe_layer_config(const ModelConfig& c, const MoeConfig& moe, ops:
 }
 
 bool is_moe_layer(const ModelConfig& model, const MoeConfig& moe, int64_t layer) {
-  if (moe.num_experts <= 0 || layer < moe.first_dense || layer >= model.num_layers) return false;
-  return (layer - moe.first_dense + 1) % moe.every == 0;
+  if (moe.num_experts <= 0 || layer < 0 || layer >= model.num_layers) return false;
+  // An encoder-decoder counts each stack from its first layer (the decoder's with decoder_every).
+  const bool decoder = model.encoder_layers > 0 && layer >= model.encoder_layers;
+  const int64_t i = decoder ? layer - model.encoder_layers : layer;
+  const int64_t every = decoder && moe.decoder_every > 0 ? moe.decoder_every : moe.every;
+  return i >= moe.first_dense && (i - moe.first_dense + 1) % every == 0;
 }
 
 std::pair<int64_t, int64_t> stage_layer_range(int64_t num_layers, int pp, int stage,
@@ -83,6 +89,14 @@ Model::Model(const ModelConfig& model, const MoeConfig& moe, const ModelParallel
       objective_(make_objective(objective_kind(model.objective))),
       tp_{parallel.tp, parallel.sequence_parallel} {
   const ModelConfig& c = model;
+  MOE_CHECK(c.encoder_layers == 0 || (c.encoder_layers < c.num_layers && c.decoder_seq_len > 0 && parallel.pp == 1 &&
+                                      !tp_.active() && objective_->kind() == ObjectiveKind::span_corruption),
+            "model: model.encoder_layers = ", c.encoder_layers, " builds an encoder-decoder, which needs "
+            "model.objective = 'span_corruption', model.decoder_seq_len > 0, fewer encoder layers than "
+            "model.num_layers and parallel.tp = parallel.pp = 1");
+  MOE_CHECK(c.encoder_layers > 0 || objective_->kind() != ObjectiveKind::span_corruption,
+            "model: model.objective = 'span_corruption' trains an encoder-decoder; set model.encoder_layers and "
+            "model.decoder_seq_len");
   MOE_CHECK(parallel.virtual_stages >= 1, "parallel.pp_virtual = ", parallel.virtual_stages, " must be at least 1");
   for (int chunk = 0; chunk < parallel.virtual_stages; ++chunk) {
     chunk_begin_.push_back(layers_.size());
@@ -123,6 +137,14 @@ Model::Model(const ModelConfig& model, const MoeConfig& moe, const ModelParallel
     std::string prefix = "layers." + std::to_string(i);
     std::unique_ptr<DenseFfn> dense;
     std::unique_ptr<MoeLayer> moe_layer;
+    const bool decoder = is_encoder_decoder() && i >= c.encoder_layers;
+    AttentionConfig layer_attn = attn;
+    CrossAttentionConfig cross{c.d_model, c.num_heads, c.num_kv_heads, c.decoder_seq_len, c.seq_len, c.init_std,
+                               out_std};
+    if (decoder) {  // causal self-attention over the decoder's positions
+      layer_attn.mask = AttentionMask::causal;
+      layer_attn.seq_len = c.decoder_seq_len;
+    }
     if (is_moe_layer(c, moe, i)) {
       MoeLayerConfig mc = moe_layer_config(c, moe, expert_act, out_std);
       mc.ep_group = parallel.ep;
@@ -143,8 +165,12 @@ Model::Model(const ModelConfig& model, const MoeConfig& moe, const ModelParallel
       dense = std::make_unique<DenseFfn>(store_, prefix + ".ffn", c.d_model, c.d_ff, dense_act, c.init_std, out_std,
                                          tp_, c.ffn_bias);
     }
-    blocks_.push_back(std::make_unique<Block>(store_, prefix, norm, static_cast<float>(c.norm_eps), attn,
-                                              std::move(dense), std::move(moe_layer), tp_));
+    blocks_.push_back(std::make_unique<Block>(store_, prefix, norm, static_cast<float>(c.norm_eps), layer_attn,
+                                              std::move(dense), std::move(moe_layer), tp_,
+                                              decoder ? &cross : nullptr));
+    if (is_encoder_decoder() && i == c.encoder_layers - 1) {
+      encoder_norm_ = std::make_unique<Norm>(store_, "encoder_norm", c.d_model, norm, static_cast<float>(c.norm_eps));
+    }
   }
   if (is_last_stage()) {
     final_norm_ = std::make_unique<Norm>(store_, "final_norm", c.d_model, norm, static_cast<float>(c.norm_eps));
@@ -208,7 +234,7 @@ int64_t Model::total_params() const {
   return total;
 }
 
-Tensor Model::embed(const Tensor& inputs, const Tensor& doc_starts) const {
+Tensor Model::embed(const Tensor& inputs, const Tensor& doc_starts, int64_t seq_len) const {
   acquire("embed");
   const bool sharded = tp_.sequence_sharded();
   Tensor x = sharded ? vocab_parallel_embedding_partial(inputs, store_.param(tokens_), config_.vocab_size, tp_.comm)
@@ -216,12 +242,22 @@ Tensor Model::embed(const Tensor& inputs, const Tensor& doc_starts) const {
   // Sequence parallelism: the positions join one rank's partial rows, so that the reduce-scatter
   // in place of the embedding's all-reduce adds them once.
   if (positions_ >= 0 && (!sharded || tp_.rank() == 0)) {
-    ops::position_add_forward(x, store_.param(positions_), config_.seq_len,
-                              config_.reset_positions ? doc_starts : Tensor());
+    ops::position_add_forward(x, store_.param(positions_), seq_len, config_.reset_positions ? doc_starts : Tensor());
   }
   if (sharded) x = tp_.reduce_tokens(x);
   release("embed");
   return x;
+}
+
+void Model::embed_backward(const Tensor& inputs, const Tensor& dx_tokens, const Tensor& doc_starts,
+                           int64_t seq_len) const {
+  const Tensor dx = tp_.gather_tokens(dx_tokens);  // sequence parallelism: the conjugate of embed's reduce-scatter
+  if (positions_ >= 0) {
+    Tensor dpos = store_.grad(positions_);
+    ops::position_add_backward(dx, dpos, seq_len, config_.reset_positions ? doc_starts : Tensor());
+  }
+  Tensor dtable = store_.grad(tokens_);
+  vocab_parallel_embedding_backward(inputs, dx, dtable, config_.vocab_size, tp_.comm);
 }
 
 Tensor Model::document_starts_of(const Batch& batch) const {
@@ -235,18 +271,28 @@ RouteInputs Model::route_inputs(const Batch& batch, size_t block) const {
   // The host ids the batch carries (no device -> host copy per micro-batch).
   RouteInputs route{&batch.host_inputs, batch.host_targets.empty() ? nullptr : &batch.host_targets, config_.seq_len,
                     batch.training, 0};
+  if (is_encoder_decoder()) {  // the encoder's ids have no targets; the decoder's are aligned with them
+    const bool decoder = layers_[block] >= config_.encoder_layers;
+    if (decoder) route.tokens = &batch.host_decoder_inputs;
+    if (!decoder) route.targets = nullptr;
+    route.seq_len = decoder ? config_.decoder_seq_len : config_.seq_len;
+  }
   // Distinct gating noise per layer.
   route.noise_seed = batch.noise_seed * 1000003ull + static_cast<uint64_t>(layers_[block]);
   return route;
 }
 
-Tensor Model::run_blocks(const Tensor& x_in, const Batch& batch, ModelSaved& saved, size_t begin, size_t end) const {
-  saved.blocks.assign(end - begin, BlockSaved{});
+Tensor Model::run_blocks(const Tensor& x_in, const Batch& batch, ModelSaved& saved, size_t begin, size_t end,
+                         const Tensor& memory) const {
+  const size_t base = *std::prev(std::upper_bound(chunk_begin_.begin(), chunk_begin_.end() - 1, begin));
+  if (begin == base) saved.blocks.assign(end - base, BlockSaved{});
+  saved.blocks.resize(std::max(saved.blocks.size(), end - base));
   Tensor x = x_in;
   for (size_t i = begin; i < end; ++i) {
     acquire(block_unit(i));
-    BlockSaved& b = saved.blocks[i - begin];
-    x = blocks_[i]->forward(x, batch.batch_size, route_inputs(batch, i), b, batch.collect_stats, saved.doc_starts);
+    BlockSaved& b = saved.blocks[i - base];
+    x = blocks_[i]->forward(x, batch.batch_size, route_inputs(batch, i), b, batch.collect_stats, saved.doc_starts,
+                            memory);
     release(block_unit(i));
     if (recompute_) {
       // Keep the input and the MoE layer's statistics and balancing gradients (the trainer may
@@ -283,9 +329,11 @@ ForwardOutput Model::forward(const Batch& batch, ModelSaved& saved, const Tensor
   MOE_CHECK(embeds || input.defined(), "pipeline stage ", parallel_.stage, " (chunk ", chunk,
             ") needs the previous stage's activations");
   check_host_ids(batch);
+  if (is_encoder_decoder()) return forward_encoder_decoder(batch, saved);
   saved.doc_starts = document_starts_of(batch);
   const size_t begin = chunk_begin_[static_cast<size_t>(chunk)], end = chunk_begin_[static_cast<size_t>(chunk) + 1];
-  Tensor x = run_blocks(embeds ? embed(batch.inputs, saved.doc_starts) : input, batch, saved, begin, end);
+  Tensor x = run_blocks(embeds ? embed(batch.inputs, saved.doc_starts, config_.seq_len) : input, batch, saved, begin,
+                        end);
   ForwardOutput out;
   if (ends) {
     head_forward(x, saved);
@@ -351,8 +399,8 @@ Tensor Model::head_backward(const Batch& batch, const ModelSaved& saved, float l
 }
 
 Tensor Model::block_backward(size_t i, const Batch& batch, const BlockSaved& saved, const Tensor& dy,
-                             float aux_scale, const Tensor& doc_starts) const {
-  if (!recompute_) return blocks_[i]->backward(saved, dy, batch.batch_size, aux_scale);
+                             float aux_scale, const Tensor& doc_starts, Tensor* d_memory) const {
+  if (!recompute_) return blocks_[i]->backward(saved, dy, batch.batch_size, aux_scale, d_memory);
   BlockSaved rebuilt;
   blocks_[i]->forward(saved.input, batch.batch_size, route_inputs(batch, i), rebuilt, false, doc_starts);
   rebuilt.moe.stats = saved.moe.stats;
@@ -367,6 +415,10 @@ Tensor Model::backward(const Batch& batch, const ModelSaved& saved, float loss_s
   const bool embeds = is_first_stage() && chunk == 0, ends = is_last_stage() && chunk == num_chunks() - 1;
   MOE_CHECK(ends || d_output.defined(), "pipeline stage ", parallel_.stage, " (chunk ", chunk,
             ") needs the gradient of its output from the next stage");
+  if (is_encoder_decoder()) {
+    backward_encoder_decoder(batch, saved, loss_scale, aux_scale);
+    return {};
+  }
   Tensor dx = ends ? head_backward(batch, saved, loss_scale) : d_output;
   if (recompute_) check_host_ids(batch);  // recomputation reroutes each block from the host ids
   const size_t begin = chunk_begin_[static_cast<size_t>(chunk)], end = chunk_begin_[static_cast<size_t>(chunk) + 1];
@@ -377,13 +429,7 @@ Tensor Model::backward(const Batch& batch, const ModelSaved& saved, float loss_s
     if (grad_hook_) grad_hook_(block_unit(i));
   }
   if (!embeds) return dx;
-  dx = tp_.gather_tokens(dx);  // sequence parallelism: the conjugate of the embedding's reduce-scatter
-  if (positions_ >= 0) {
-    Tensor dpos = store_.grad(positions_);
-    ops::position_add_backward(dx, dpos, config_.seq_len, config_.reset_positions ? saved.doc_starts : Tensor());
-  }
-  Tensor dtable = store_.grad(tokens_);
-  vocab_parallel_embedding_backward(batch.inputs, dx, dtable, config_.vocab_size, tp_.comm);
+  embed_backward(batch.inputs, dx, saved.doc_starts, config_.seq_len);
   return {};
 }
 
@@ -402,6 +448,9 @@ void Model::set_objective(std::unique_ptr<Objective> objective) {
 void Model::check_generation() const {
   MOE_CHECK(parallel_.pp == 1 && !tp_.active(), "generation runs on one rank holding the whole model (parallel.tp = 1, "
             "parallel.pp = 1)");
+  MOE_CHECK(!is_encoder_decoder(), "scoring or continuing text needs a decoder-only model, but model.encoder_layers = ",
+            config_.encoder_layers, " makes an encoder-decoder: it fills the sentinel spans of a corrupted input "
+            "(`moe generate` does that)");
   MOE_CHECK(objective_->attention_mask() == AttentionMask::causal,
             "generation needs a causal model, but model.objective = '", objective_name(objective_->kind()),
             "' is an encoder only (bidirectional attention): it fills masked positions, it cannot continue a text");
@@ -413,7 +462,8 @@ Tensor Model::logits(const std::vector<int32_t>& tokens, int64_t batch_size) con
   Batch batch = make_batch(tokens, {}, batch_size, store_.device());
   batch.training = false;
   saved.doc_starts = document_starts_of(batch);
-  head_forward(run_blocks(embed(batch.inputs, saved.doc_starts), batch, saved, 0, blocks_.size()), saved);
+  head_forward(run_blocks(embed(batch.inputs, saved.doc_starts, config_.seq_len), batch, saved, 0, blocks_.size()),
+               saved);
   return saved.logits;
 }
 
@@ -425,7 +475,8 @@ Tensor Model::layer_output(const std::vector<int32_t>& tokens, int64_t batch_siz
   Batch batch = make_batch(tokens, {}, batch_size, store_.device());
   batch.training = false;
   saved.doc_starts = document_starts_of(batch);
-  return run_blocks(embed(batch.inputs, saved.doc_starts), batch, saved, 0, static_cast<size_t>(layer) + 1);
+  return run_blocks(embed(batch.inputs, saved.doc_starts, config_.seq_len), batch, saved, 0,
+                    static_cast<size_t>(layer) + 1);
 }
 
 void Model::set_switch_gradients(ModelSaved& saved, const std::vector<std::vector<double>>& grad_per_expert,

@@ -31,6 +31,9 @@ struct ModelSaved {
   // i32[B*S]: each token's document start (model.reset_positions / reset_attention), else undefined
   Tensor doc_starts;
   NspSaved nsp;  // next-sentence prediction (objective.nsp), last stage
+  // Encoder-decoder: the encoder's normed output [B*S,d] that every cross-attention reads.
+  Norm::Saved encoder_norm;
+  Tensor memory;
 };
 
 // Where this rank's model sits in the parallel layout (each group nullptr = not split that way).
@@ -115,8 +118,17 @@ class Model {
   Tensor decode_step(const std::vector<int32_t>& tokens, const std::vector<int32_t>& positions,
                      KvCache& cache) const;
 
+  // Encoder-decoder (model.encoder_layers > 0, src/model/model_seq2seq.cpp): logits [B*Sd, V] of
+  // the decoder ids (B sequences of decoder_seq_len) given the encoder ids (B of seq_len), for
+  // span filling; one rank holding the whole model. Every decoder position attends to its own
+  // and earlier ones only, so the logits of a position do not depend on the ids after it.
+  Tensor seq2seq_logits(const std::vector<int32_t>& encoder_tokens, const std::vector<int32_t>& decoder_tokens,
+                        int64_t batch_size) const;
+  bool is_encoder_decoder() const { return config_.encoder_layers > 0; }
+
   // ZeRO-3: called with (unit, true) before a unit's parameters are read and (unit, false)
-  // after; units are "embed", "layers.<i>", "final_norm", "lm_head" (the registration groups).
+  // after; units are "embed", "layers.<i>", "encoder_norm" (encoder-decoder), "final_norm",
+  // "lm_head" (the registration groups).
   using ParamHook = std::function<void(const std::string& unit, bool acquire)>;
   void set_param_hook(ParamHook hook) { param_hook_ = std::move(hook); }
   // Called with "layers.<i>" as soon as block i's backward has produced its gradients (the
@@ -164,21 +176,30 @@ class Model {
   int64_t total_params() const;
 
  private:
-  Tensor embed(const Tensor& inputs, const Tensor& doc_starts) const;
   // Sequence parallelism: the parameters whose gradients are partial sums over the TP group's
   // tokens (norms, the biases added after a reduce-scatter, the shared experts' gate).
   void mark_sequence_parallel_grads();
+  // ids of sequences of seq_len (model.seq_len, or the decoder's length) -> x[T,d]
+  Tensor embed(const Tensor& inputs, const Tensor& doc_starts, int64_t seq_len) const;
+  void embed_backward(const Tensor& inputs, const Tensor& dx, const Tensor& doc_starts, int64_t seq_len) const;
+  // Encoder-decoder forward and backward (the whole model on one stage).
+  ForwardOutput forward_encoder_decoder(const Batch& batch, ModelSaved& saved) const;
+  void backward_encoder_decoder(const Batch& batch, const ModelSaved& saved, float loss_scale, float aux_scale) const;
+  // The encoder's normed output for the batch's inputs, keeping the blocks' state in saved.
+  Tensor encode(const Batch& batch, ModelSaved& saved) const;
   // logits()'s conditions: one rank holding the whole model, a causal objective.
   void check_generation() const;
   // The batch's document starts on the model's device when a reset option needs them, else undefined.
   Tensor document_starts_of(const Batch& batch) const;
-  // Blocks [begin, end) of this stage; saved.blocks[i - begin] keeps block i.
-  Tensor run_blocks(const Tensor& x, const Batch& batch, ModelSaved& saved, size_t begin, size_t end) const;
+  // Blocks [begin, end) of this stage; saved.blocks[i - c] keeps block i, c the first block of its
+  // chunk (saved.blocks is reset when begin is one). Decoder blocks read memory.
+  Tensor run_blocks(const Tensor& x, const Batch& batch, ModelSaved& saved, size_t begin, size_t end,
+                    const Tensor& memory = Tensor()) const;
   void head_forward(const Tensor& x, ModelSaved& saved) const;
   Tensor head_backward(const Batch& batch, const ModelSaved& saved, float loss_scale) const;
   void add_nsp_loss(const Batch& batch, ModelSaved& saved, ForwardOutput& out) const;
   Tensor block_backward(size_t i, const Batch& batch, const BlockSaved& saved, const Tensor& dy, float aux_scale,
-                        const Tensor& doc_starts) const;
+                        const Tensor& doc_starts, Tensor* d_memory = nullptr) const;
   RouteInputs route_inputs(const Batch& batch, size_t block) const;
   // Every MoE layer whose router has an expert bias: its bias buffer, its MoE layer number on this
   // stage and in the whole model.
@@ -204,6 +225,7 @@ class Model {
   std::vector<std::unique_ptr<Block>> blocks_;
   std::unique_ptr<Norm> final_norm_;
   std::unique_ptr<NspHead> nsp_;  // objective.nsp, last stage
+  std::unique_ptr<Norm> encoder_norm_;  // encoder-decoder: after the encoder's blocks
   ParamHook param_hook_;
   GradHook grad_hook_;
   void acquire(const std::string& unit) const { if (param_hook_) param_hook_(unit, true); }

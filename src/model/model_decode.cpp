@@ -56,7 +56,7 @@ Tensor Model::prefill(const std::vector<int32_t>& tokens, KvCache& cache) const 
   ModelSaved saved;
   Batch batch = make_batch(tokens, {}, cache.batch, store_.device());
   batch.training = false;
-  head_forward(run_blocks(embed(batch.inputs, Tensor()), batch, saved, 0, blocks_.size()), saved);
+  head_forward(run_blocks(embed(batch.inputs, Tensor(), config_.seq_len), batch, saved, 0, blocks_.size()), saved);
   std::vector<int32_t> positions(tokens.size());
   for (size_t n = 0; n < positions.size(); ++n) positions[n] = static_cast<int32_t>(static_cast<int64_t>(n) % seq);
   const Tensor where = i32_tensor(positions, store_.device());

@@ -7,12 +7,14 @@
 
 #include "src/data/tokenizer.h"
 #include "src/model/masked_lm.h"
+#include "src/model/span_corruption.h"
 
 namespace moe {
 
 namespace {
 
-constexpr ObjectiveKind k_kinds[] = {ObjectiveKind::causal_lm, ObjectiveKind::masked_lm};
+constexpr ObjectiveKind k_kinds[] = {ObjectiveKind::causal_lm, ObjectiveKind::masked_lm,
+                                     ObjectiveKind::span_corruption};
 
 class CausalLm final : public Objective {
  public:
@@ -39,6 +41,7 @@ const char* objective_name(ObjectiveKind kind) {
   switch (kind) {
     case ObjectiveKind::causal_lm: return "causal_lm";
     case ObjectiveKind::masked_lm: return "masked_lm";
+    case ObjectiveKind::span_corruption: return "span_corruption";
   }
   return "?";
 }
@@ -47,25 +50,42 @@ ObjectiveKind objective_kind(const std::string& name) {
   for (ObjectiveKind kind : k_kinds) {
     if (name == objective_name(kind)) return kind;
   }
-  MOE_FAIL("unknown model.objective '", name, "' (expected causal_lm or masked_lm)");
+  MOE_FAIL("unknown model.objective '", name, "' (expected causal_lm, masked_lm or span_corruption)");
 }
 
 std::unique_ptr<Objective> make_objective(ObjectiveKind kind, const ObjectiveOptions& options) {
   switch (kind) {
     case ObjectiveKind::causal_lm: return std::make_unique<CausalLm>();
     case ObjectiveKind::masked_lm: return std::make_unique<MaskedLm>(options);
+    case ObjectiveKind::span_corruption: return std::make_unique<SpanCorruption>(options);
   }
   MOE_FAIL("unknown objective kind ", static_cast<int>(kind));
 }
 
-ObjectiveOptions objective_options(const Config& config, const data::Tokenizer* tokenizer) {
+namespace {
+
+// The options of config's objective without special token ids.
+ObjectiveOptions base_options(const Config& config) {
   ObjectiveOptions o;
   o.rates = config.objective;
   o.vocab_size = config.model.vocab_size;
   o.seed = config.train.seed;
+  o.seq_len = config.model.seq_len;
+  o.decoder_seq_len = config.model.decoder_seq_len;
   o.eos_id = static_cast<int32_t>(config.model.eos_id);
+  return o;
+}
+
+}  // namespace
+
+std::vector<std::string> objective_special_tokens(const Config& config) {
+  return make_objective(objective_kind(config.model.objective), base_options(config))->special_tokens();
+}
+
+ObjectiveOptions objective_options(const Config& config, const data::Tokenizer* tokenizer) {
+  ObjectiveOptions o = base_options(config);
   const std::string& name = config.model.objective;
-  for (const std::string& piece : make_objective(objective_kind(name), o)->special_tokens()) {
+  for (const std::string& piece : objective_special_tokens(config)) {
     MOE_CHECK(tokenizer != nullptr, "model.objective = '", name, "' needs the id of ", piece,
               ": set data.tokenizer to a tokenizer made by `moe tokenize --special-tokens`");
     const int32_t id = tokenizer->piece_id(piece);
@@ -73,6 +93,10 @@ ObjectiveOptions objective_options(const Config& config, const data::Tokenizer* 
               name, "' needs: make the tokenizer with `moe tokenize --special-tokens`");
     MOE_CHECK(id < config.model.vocab_size, tokenizer->path(), ": ", piece, " = ", id,
               " is outside the model vocabulary (model.vocab_size = ", config.model.vocab_size, ")");
+    if (piece.rfind(k_sentinel_prefix, 0) == 0) {
+      o.tokens.sentinels.push_back(id);  // special_tokens() lists them in order
+      continue;
+    }
     MOE_CHECK(piece == "[MASK]" || piece == "[CLS]" || piece == "[SEP]", "objective: unknown special token ", piece);
     (piece == "[MASK]" ? o.tokens.mask : piece == "[CLS]" ? o.tokens.cls : o.tokens.sep) = id;
   }
@@ -88,6 +112,10 @@ Batch Objective::make_batch(const data::TokenWindows& windows, int64_t vocab_siz
   }
   std::vector<int32_t> inputs, targets;
   build(windows, inputs, targets);
+  std::vector<int32_t> decoder = decoder_inputs(targets);
+  if (!decoder.empty()) {
+    return make_seq2seq_batch(std::move(inputs), std::move(decoder), std::move(targets), windows.rows, device);
+  }
   return moe::make_batch(std::move(inputs), std::move(targets), windows.rows, device);
 }
 

@@ -227,6 +227,9 @@ int64_t Plan::peak_at(int z) const {
 Plan make_plan(const Config& config, int world_size, const std::string& device) {
   MOE_CHECK(world_size >= 1, "--world ", world_size, " must be at least 1");
   const ModelConfig& m = config.model;
+  MOE_CHECK(m.encoder_layers == 0, "moe plan models decoder-only and encoder-only models; model.encoder_layers = ",
+            m.encoder_layers, " (an encoder-decoder, with cross-attention and a decoder of model.decoder_seq_len) is "
+            "not modelled");
   Plan best(Topology::from_config(config, world_size, 0));
   const Topology& t = best.topology;
   MOE_CHECK(m.num_layers >= t.pp, "model.num_layers = ", m.num_layers, " cannot fill parallel.pp = ", t.pp,

@@ -58,10 +58,11 @@ void check_train_split(const data::TokenSplit& split, const Config& config) {
   split.check_ids_below(config.model.vocab_size);
 }
 
-void check_val_split(const data::TokenSplit& split, const Config& config, int64_t replicas, bool root) {
+void check_val_split(const data::TokenSplit& split, const Config& config, int64_t replicas, bool root,
+                     int64_t window_seq_len) {
   split.check_ids_below(config.model.vocab_size);
   const std::string key = split.datasets().front().key;
-  const int64_t seq = config.model.seq_len;
+  const int64_t seq = window_seq_len;  // the objective's windows (Trainer::window_seq_len)
   try {
     data::EvalIterator windows(split.shards(), config.train.micro_batch_size, seq, 0, 0, replicas);
     const int64_t asked = config.train.eval_batches * config.train.micro_batch_size * replicas;

@@ -26,11 +26,12 @@ std::unique_ptr<data::TrainSampler> make_train_sampler(const data::TokenSplit& s
                                                        uint64_t seed, int64_t global_batch, int64_t seq_len);
 
 // The checks of a split when it is opened, so a bad file fails before the first step: every id
-// below model.vocab_size; for validation, one evaluation window of seq_len + 1 tokens per
+// below model.vocab_size; for validation, one evaluation window of window_seq_len + 1 tokens per
 // data-parallel replica (a note on stderr, root only, when fewer windows than train.eval_batches
 // asks for exist).
 void check_train_split(const data::TokenSplit& split, const Config& config);
-void check_val_split(const data::TokenSplit& split, const Config& config, int64_t replicas, bool root);
+void check_val_split(const data::TokenSplit& split, const Config& config, int64_t replicas, bool root,
+                     int64_t window_seq_len);
 
 // One line for the start of a run: each dataset's key, weight, shards, tokens and (epochs) samples.
 std::string describe_training_data(const data::TokenSplit& split, const data::TrainSampler& sampler,

@@ -52,7 +52,7 @@ data::TokenWindows synthetic_windows(uint64_t seed, int64_t step, int64_t index,
 // The config's objective with its options; the tokenizer is read only when it needs special tokens.
 std::unique_ptr<Objective> configured_objective(const Config& config, const Objective& defaults) {
   std::optional<data::Tokenizer> tokenizer;
-  if (!defaults.special_tokens().empty() && !config.data.tokenizer.empty()) {
+  if (!objective_special_tokens(config).empty() && !config.data.tokenizer.empty()) {
     tokenizer = data::Tokenizer::load(config.data.tokenizer);
   }
   return make_objective(defaults.kind(), objective_options(config, tokenizer ? &*tokenizer : nullptr));
@@ -132,11 +132,11 @@ Trainer::Trainer(const Config& config, int local_rank, Communicator& world)
   if (const auto specs = train_dataset_specs(config.data); !specs.empty()) {
     train_split_.emplace(data::TokenSplit::open(specs));
     check_train_split(*train_split_, config);
-    sampler_ = make_train_sampler(*train_split_, config.data, t.seed, global_batch, config.model.seq_len);
+    sampler_ = make_train_sampler(*train_split_, config.data, t.seed, global_batch, window_seq_len());
   }
   if (const auto specs = val_dataset_specs(config.data); !specs.empty()) {
     val_split_.emplace(data::TokenSplit::open(specs));
-    check_val_split(*val_split_, config, topology_.dp, is_root());
+    check_val_split(*val_split_, config, topology_.dp, is_root(), window_seq_len());
     const size_t shards = val_split_->shards().size();
     val_name_ = !config.data.val_path.empty() ? config.data.val_path
                                               : "data.val (" + std::to_string(shards) + " shard" +
@@ -153,10 +153,10 @@ data::TokenWindows Trainer::micro_batch(int64_t step, int64_t micro) const {
   if (!sampler_) {
     int64_t index = groups_.dp->rank() * t.grad_accum + micro;
     const int64_t global_batch = t.micro_batch_size * t.grad_accum * groups_.dp->size(), first = step * global_batch;
-    data::TokenWindows w = synthetic_windows(t.seed, step, index, t.micro_batch_size, config_.model.seq_len,
+    data::TokenWindows w = synthetic_windows(t.seed, step, index, t.micro_batch_size, window_seq_len(),
                                              config_.model.vocab_size, first + index * t.micro_batch_size);
     if (pairs) {  // next-sentence prediction's partners: windows of another synthetic stream
-      w.partners = synthetic_windows(~t.seed, step, index, t.micro_batch_size, config_.model.seq_len,
+      w.partners = synthetic_windows(~t.seed, step, index, t.micro_batch_size, window_seq_len(),
                                      config_.model.vocab_size, first + index * t.micro_batch_size).tokens;
     }
     return w;
@@ -166,6 +166,8 @@ data::TokenWindows Trainer::micro_batch(int64_t step, int64_t micro) const {
   if (pairs) data::add_partner_windows(w, train_split_->shards(), t.seed);
   return w;
 }
+
+int64_t Trainer::window_seq_len() const { return model_->objective().window_seq_len(config_.model.seq_len); }
 
 Batch Trainer::to_device(const data::TokenWindows& windows) const {
   return model_->objective().make_batch(windows, config_.model.vocab_size, device_);
@@ -181,7 +183,7 @@ EvalResult Trainer::evaluate(int64_t max_batches) {
   // Data-parallel replicas split the windows; the TP ranks and stages of one replica share them.
   const int replicas = topology_.dp, replica = topology_.coords.dp;
   int64_t max_windows = max_batches > 0 ? max_batches * t.micro_batch_size * replicas : 0;
-  data::EvalIterator it(val_split_->shards(), t.micro_batch_size, config_.model.seq_len, max_windows, replica,
+  data::EvalIterator it(val_split_->shards(), t.micro_batch_size, window_seq_len(), max_windows, replica,
                         replicas);
   // loss sum, targets, correct predictions; next-sentence prediction: pair loss sum, correct pairs, pairs
   std::vector<double> sums(6, 0.0);
@@ -228,7 +230,7 @@ EvalResult Trainer::evaluate(int64_t max_batches) {
   if (topology_.coords.tp != 0) std::fill(sums.begin(), sums.end(), 0.0);  // the TP ranks hold the same loss
   world_->all_reduce_sum(sums);  // over the last stage's data-parallel replicas
   MOE_CHECK(sums[1] > 0, "the validation data ", val_name_, " is shorter than one sequence of ",
-            config_.model.seq_len + 1, " tokens");
+            window_seq_len() + 1, " tokens");
   const double loss = sums[0] / sums[1];  // the same on every rank (all-reduced): all stop together
   MOE_CHECK(std::isfinite(loss), "validation loss is ", loss, " on ", val_name_,
             ": the model's weights have diverged (NaN or Inf); use an earlier checkpoint or a lower optim.lr");

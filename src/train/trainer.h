@@ -93,6 +93,8 @@ class Trainer {
   nlohmann::json bench_breakdown(int64_t steps);
   data::TokenWindows micro_batch(int64_t step, int64_t micro) const;
   Batch to_device(const data::TokenWindows& windows) const;  // through the model's objective
+  // The sampled windows' seq_len: model.seq_len, or the objective's longer raw windows.
+  int64_t window_seq_len() const;
   void log_step(const StepResult& r, double lr, double step_seconds, double elapsed);
   // Clipping, the NaN/Inf policy (step_guard.h) and AdamW for the step completing step_ + 1.
   void guarded_update(StepResult& r, bool read_loss);

@@ -485,7 +485,7 @@ TEST_CASE("every range rule has its message") {
       {"model.rope_theta=-1", "model.rope_theta = -1 must be positive"},
       {"model.init_std=0", "model.init_std = 0 must be positive"},
       {"model.objective=prefix_lm",
-       "model.objective = 'prefix_lm' is not one of: causal_lm, masked_lm"},
+       "model.objective = 'prefix_lm' is not one of: causal_lm, masked_lm, span_corruption"},
       {"objective.mask_rate=0", "objective.mask_rate = 0 must be in (0, 1)"},
       {"objective.mask_rate=1", "objective.mask_rate = 1 must be in (0, 1)"},
       {"objective.mask_token_rate=1.5", "objective.mask_token_rate = 1.5 must be in [0, 1]"},

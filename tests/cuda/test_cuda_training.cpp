@@ -1,6 +1,7 @@
 // Ten training steps of a tiny MoE model on the GPU (bf16, fp32 master weights) against the
 // CPU reference (f32): the same data and initial weights give the same loss curve within
-// bf16 tolerance; also with packed documents (document positions and masking) and as a masked LM.
+// bf16 tolerance; also with packed documents (document positions and masking), as a masked LM and
+// as a span-corruption encoder-decoder.
 #include <catch2/catch.hpp>
 
 #include <functional>
@@ -198,5 +199,31 @@ TEST_CASE("CUDA masked LM training matches the CPU reference", "[cuda][train][ma
     REQUIRE(r_gpu.aux_loss == Approx(r_cpu.aux_loss).epsilon(5e-2));
     REQUIRE((r_gpu.nsp_loss >= 0) == nsp);
     if (nsp) REQUIRE(r_gpu.nsp_loss == Approx(r_cpu.nsp_loss).epsilon(3e-2));
+  });
+}
+
+// Span corruption: the encoder-decoder's bidirectional encoder, causal decoder and the
+// cross-attention kernels (queries of the decoder's 8 positions over the encoder's 32), the
+// memory gradient summed over the decoder layers, MoE in both stacks, as on the CPU.
+TEST_CASE("CUDA span-corruption encoder-decoder training matches the CPU reference", "[cuda][train][span]") {
+  static MpiEnv env;
+  test::TempDir dir("moe-cuda-span");
+  Config c = test::tiny_train_config(dir);
+  c.model.d_model = 128;
+  c.model.num_layers = 4;
+  c.model.num_heads = 2;
+  c.model.num_kv_heads = 1;
+  c.model.seq_len = 32;
+  c.moe.d_expert = 64;
+  c.moe.every = 2;
+  c.train.steps = 10;
+  c.train.micro_batch_size = 8;
+  c.optim.lr = 3e-3;
+  test::use_span_corruption(c, dir);  // 2 + 2 layers; raw windows of 34 tokens, a target of 8
+  REQUIRE(c.model.decoder_seq_len == 8);
+  train_side_by_side(c, [&](const StepResult& r_cpu, const StepResult& r_gpu) {
+    REQUIRE(r_gpu.loss == Approx(r_cpu.loss).epsilon(3e-2));
+    REQUIRE(r_gpu.aux_loss == Approx(r_cpu.aux_loss).epsilon(5e-2));
+    REQUIRE(r_gpu.routing.size() == 2);  // the encoder's MoE layer and the decoder's
   });
 }

@@ -222,8 +222,8 @@ TEST_CASE("masked LM errors name what is missing", "[model][objective][masked_lm
   REQUIRE_THROWS_WITH(objective_options(c, nullptr), StartsWith("model.objective = 'masked_lm' needs the id of "
                                                                   "[MASK]: set data.tokenizer"));
   REQUIRE(objective_kind("masked_lm") == ObjectiveKind::masked_lm);
-  REQUIRE_THROWS_WITH(objective_kind("span"), StartsWith("unknown model.objective 'span' (expected causal_lm or "
-                                                         "masked_lm)"));
+  REQUIRE_THROWS_WITH(objective_kind("span"), StartsWith("unknown model.objective 'span' (expected causal_lm, "
+                                                         "masked_lm or span_corruption)"));
 }
 
 TEST_CASE("a masked LM model attends both ways and refuses to generate", "[model][objective][masked_lm]") {

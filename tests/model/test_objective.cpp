@@ -114,11 +114,15 @@ TEST_CASE("objective names: known ones round-trip, unknown ones are errors", "[m
   REQUIRE(objective_kind("masked_lm") == ObjectiveKind::masked_lm);
   REQUIRE(std::string(objective_name(ObjectiveKind::masked_lm)) == "masked_lm");
   REQUIRE_THROWS_WITH(objective_kind("prefix_lm"),
-                      StartsWith("unknown model.objective 'prefix_lm' (expected causal_lm or masked_lm)"));
+                      StartsWith("unknown model.objective 'prefix_lm' (expected causal_lm, masked_lm or "
+                                 "span_corruption)"));
   // A model built from a config that skipped validation meets the same error.
   Config c = hash_config();
-  c.model.objective = "span_corruption";
-  REQUIRE_THROWS_WITH(Model(c.model, c.moe), Contains("unknown model.objective 'span_corruption'"));
+  c.model.objective = "prefix_lm";
+  REQUIRE_THROWS_WITH(Model(c.model, c.moe), Contains("unknown model.objective 'prefix_lm'"));
+  c.model.objective = "span_corruption";  // without its encoder
+  REQUIRE_THROWS_WITH(Model(c.model, c.moe), Contains("model.objective = 'span_corruption' trains an encoder-decoder; "
+                                                      "set model.encoder_layers"));
 }
 
 TEST_CASE("a bidirectional attention mask lets a token see later tokens; causal does not", "[model][objective]") {

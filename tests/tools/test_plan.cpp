@@ -704,6 +704,9 @@ TEST_CASE("bad plan input names the problem", "[train][plan]") {
   REQUIRE_THROWS_WITH(make_plan(c, 16), Contains("model.num_layers = 12 cannot fill parallel.pp = 16"));
   REQUIRE_THROWS_WITH(make_plan(gpt2_small(), 1, "tpu"), Contains("unknown device \"tpu\""));
   c = gpt2_small();
+  c.model.encoder_layers = 6;  // an encoder-decoder: not modelled (checked before validation would)
+  REQUIRE_THROWS_WITH(make_plan(c, 1), Contains("model.encoder_layers = 6 (an encoder-decoder, with cross-attention"));
+  c = gpt2_small();
   c.train.dtype = "f64";
   REQUIRE_THROWS_WITH(make_plan(c, 1), Contains("train.dtype = \"f64\" is not supported on CUDA"));
   REQUIRE_THROWS_WITH(zero_paper_bytes(1e9, 4, 8), Contains("ZeRO stage 4 is not 0, 1, 2 or 3"));

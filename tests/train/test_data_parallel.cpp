@@ -28,7 +28,7 @@ TEST_CASE("N-rank data parallelism matches one rank at the same global batch", "
   // aux-loss-free expert bias, whose loads are summed over the ranks on the device.
   const std::string variant = GENERATE(std::string("micro_batch"), std::string("global_batch"),
                                        std::string("expert bias"), std::string("masked_lm"),
-                                       std::string("masked_lm nsp"));
+                                       std::string("masked_lm nsp"), std::string("span_corruption"));
   INFO("variant " << variant);
   c.moe.balance_scope = variant == "global_batch" ? "global_batch" : "micro_batch";
   if (variant == "expert bias") {
@@ -37,6 +37,7 @@ TEST_CASE("N-rank data parallelism matches one rank at the same global batch", "
   }
   c.objective.nsp = variant == "masked_lm nsp";  // each rank pairs its own sequences
   if (variant.rfind("masked_lm", 0) == 0) test::use_masked_lm(c, dir);  // each rank masks its own sequences
+  if (variant == "span_corruption") test::use_span_corruption(c, dir);  // an encoder-decoder
   Trainer parallel(c, 0, *world);
 
   Config single = c;
@@ -97,6 +98,7 @@ struct Layout {
   int64_t grad_accum = 1;  // micro-batches per rank: ZeRO-2/3 reduce after each one's backward
   bool masked_lm = false;  // model.objective = masked_lm
   bool nsp = false;        // with next-sentence prediction
+  bool span_corruption = false;  // model.objective = span_corruption (the encoder-decoder)
 };
 
 }  // namespace
@@ -116,12 +118,16 @@ TEST_CASE("expert parallelism and ZeRO match one rank; checkpoints cross layouts
   }
   if (ranks >= 4) layouts.push_back({2, 3});
   layouts.push_back({2, 2, 1, true});  // masked LM under EP 2 x ZeRO-2
-  layouts.push_back({2, 3, 1, true, true});  // and with next-sentence prediction under ZeRO-3
+  layouts.push_back({.ep = 2, .zero = 3, .masked_lm = true, .nsp = true});  // and with next-sentence prediction under ZeRO-3
+  // the encoder-decoder under EP 2 x ZeRO-2 (reduce per micro-batch), and under ZeRO-3 (parameters gathered per unit)
+  layouts.push_back({.ep = 2, .zero = 2, .grad_accum = 2, .span_corruption = true});
+  layouts.push_back({.ep = 1, .zero = 3, .span_corruption = true});
   // One run directory all ranks can read (rank 0 writes the checkpoints there).
   const std::string shared = test::shared_run_dir("moe-ep-shared-" + std::to_string(ranks));
   for (const Layout& layout : layouts) {
     INFO("ep " << layout.ep << " zero " << layout.zero << " grad_accum " << layout.grad_accum
-                << (layout.masked_lm ? " masked_lm" : "") << (layout.nsp ? " nsp" : "") << " on " << ranks
+                << (layout.masked_lm ? " masked_lm" : "") << (layout.nsp ? " nsp" : "")
+                << (layout.span_corruption ? " span_corruption" : "") << " on " << ranks
                << " ranks");
     test::TempDir dir("moe-ep-rank" + std::to_string(world->rank()));
     Config c = test::tiny_train_config(dir);
@@ -133,6 +139,7 @@ TEST_CASE("expert parallelism and ZeRO match one rank; checkpoints cross layouts
     c.parallel.overlap_grad_reduce = layout.zero != 1;  // both gradient-reduction paths
     c.objective.nsp = layout.nsp;
     if (layout.masked_lm) test::use_masked_lm(c, dir);
+    if (layout.span_corruption) test::use_span_corruption(c, dir);
     if (world->rank() == 0) std::filesystem::remove_all(shared);
     world->barrier();
     Trainer parallel(c, 0, *world);

@@ -3,31 +3,18 @@
 // tokenizer without [MASK] is refused naming the piece.
 #include <catch2/catch.hpp>
 
-#include <fstream>
 #include <random>
-
-#include <nlohmann/json.hpp>
+#include <vector>
 
 #include "parallel/communicator.h"
 #include "src/data/token_shard.h"
 #include "src/train/trainer.h"
-#include "tests/train/train_test_util.h"
+#include "tests/train/objective_train_util.h"
 
 using namespace moe;
 using Catch::Matchers::Contains;
 
 namespace {
-
-std::vector<nlohmann::json> read_records(const std::string& path, const char* key) {
-  std::vector<nlohmann::json> out;
-  std::ifstream in(path);
-  std::string line;
-  while (std::getline(in, line)) {
-    auto record = nlohmann::json::parse(line);
-    if (record.contains(key)) out.push_back(record);
-  }
-  return out;
-}
 
 Config masked_lm_config(const test::TempDir& dir) {
   Config c = test::tiny_train_config(dir);
@@ -70,7 +57,7 @@ TEST_CASE("next-sentence prediction learns which pairs follow one another", "[tr
   const EvalResult untrained = trainer.evaluate(8);
   REQUIRE(untrained.nsp_accuracy >= 0);
   trainer.train();
-  const auto steps = read_records(c.train.run_dir + "/metrics.jsonl", "loss");
+  const auto steps = test::read_records(c.train.run_dir + "/metrics.jsonl", "loss");
   REQUIRE(steps.front().contains("nsp_accuracy"));
   REQUIRE(steps.front()["nsp_loss"].get<double>() < steps.front()["loss"].get<double>());  // part of the loss
   const EvalResult trained = trainer.evaluate(8);
@@ -78,7 +65,7 @@ TEST_CASE("next-sentence prediction learns which pairs follow one another", "[tr
                        << " -> " << trained.nsp_loss);
   REQUIRE(trained.nsp_accuracy > 0.65);  // 128 pairs: chance is 0.5 +- 0.045
   REQUIRE(trained.nsp_loss < untrained.nsp_loss - 0.1);
-  const auto evals = read_records(c.train.run_dir + "/metrics.jsonl", "val_loss");
+  const auto evals = test::read_records(c.train.run_dir + "/metrics.jsonl", "val_loss");
   REQUIRE(evals.back()["val_nsp_accuracy"].get<double>() == Approx(trained.nsp_accuracy));
 }
 
@@ -97,13 +84,13 @@ TEST_CASE("a masked LM MoE encoder lowers its loss and raises its masked-token a
   REQUIRE(untrained.tokens == 2 * 16 * 2);
   REQUIRE(untrained.accuracy >= 0);
   trainer.train();
-  const auto steps = read_records(c.train.run_dir + "/metrics.jsonl", "loss");
+  const auto steps = test::read_records(c.train.run_dir + "/metrics.jsonl", "loss");
   REQUIRE(steps.size() == 800);
   double first10 = 0, last10 = 0;
   for (size_t i = 0; i < 10; ++i) first10 += steps[i]["loss"].get<double>() / 10;
   for (size_t i = 790; i < 800; ++i) last10 += steps[i]["loss"].get<double>() / 10;
   REQUIRE(last10 < first10 - 0.5);
-  const auto evals = read_records(c.train.run_dir + "/metrics.jsonl", "val_loss");
+  const auto evals = test::read_records(c.train.run_dir + "/metrics.jsonl", "val_loss");
   REQUIRE(evals.size() == 2);
   REQUIRE(evals.back().contains("val_accuracy"));
   const EvalResult trained = trainer.evaluate(2);
@@ -115,24 +102,7 @@ TEST_CASE("a masked LM MoE encoder lowers its loss and raises its masked-token a
 TEST_CASE("a resumed masked LM run draws the same masks and continues bit-identically", "[train][masked_lm]") {
   test::TempDir dir("moe-mlm-resume");
   Config c = masked_lm_config(dir);
-  c.train.grad_accum = 2;
-  c.train.save_every = 3;
-  auto world = make_world_communicator(Device::cpu());
-  std::vector<double> full;
-  {
-    Trainer trainer(c, 0, *world);
-    trainer.train();
-    for (const auto& r : read_records(c.train.run_dir + "/metrics.jsonl", "loss")) full.push_back(r["loss"]);
-  }
-  REQUIRE(full.size() == 6);
-  Config resumed = c;
-  resumed.train.run_dir = dir.str("run2");
-  resumed.train.resume = c.train.run_dir + "/checkpoints/step_3";
-  Trainer trainer(resumed, 0, *world);
-  trainer.train();
-  const auto losses = read_records(resumed.train.run_dir + "/metrics.jsonl", "loss");
-  REQUIRE(losses.size() == 3);
-  for (size_t i = 0; i < 3; ++i) REQUIRE(losses[i]["loss"].get<double>() == full[i + 3]);  // exact
+  test::require_bit_identical_resume(c, dir);
 }
 
 TEST_CASE("masked LM refuses a tokenizer without [MASK], naming the piece", "[train][masked_lm][errors]") {

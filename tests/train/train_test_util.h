@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "src/config/config.h"
+#include "src/config/span_lengths.h"
 #include "src/data/token_shard.h"
 #include "src/data/tokenizer.h"
 
@@ -125,6 +126,19 @@ inline std::string write_special_tokenizer(const TempDir& dir, bool special_toke
 // The config as a masked LM (BERT) over the same data, [MASK] from write_special_tokenizer.
 inline void use_masked_lm(Config& c, const TempDir& dir) {
   c.model.objective = "masked_lm";
+  c.data.tokenizer = write_special_tokenizer(dir);
+  validate_config(c);
+}
+
+// The config as a T5 encoder-decoder trained with span corruption over the same data, the
+// sentinels from write_special_tokenizer: the first half of the layers the encoder, the rest the
+// decoder, MoE in every layer of both stacks; the decoder exactly as long as the target.
+inline void use_span_corruption(Config& c, const TempDir& dir) {
+  c.model.objective = "span_corruption";
+  c.model.encoder_layers = c.model.num_layers / 2;
+  c.model.decoder_seq_len =
+      span_lengths_for_inputs(c.model.seq_len, c.objective.noise_density, c.objective.mean_span_length).targets;
+  c.moe.first_dense = 0;
   c.data.tokenizer = write_special_tokenizer(dir);
   validate_config(c);
 }
