@@ -23,7 +23,12 @@
 #   VARIANTS=STUDY_DIR/variants.txt (another list of steps over the same base.toml).
 # variants.txt, one step per line, in order (# starts a comment):
 #   run NAME KEY=VALUE ...    moe train base.toml --set KEY=VALUE ... into WORK/runs/NAME[/seed_S]
-#                             (a word paper=X is the paper's number for the table, not a key)
+#                             (a word paper=X is the paper's number for the table, not a key;
+#                             upcycle_from=RUN [upcycle_mode=copy|fine_grained|partial_reinit]
+#                             starts each seed from `moe upcycle` of run RUN's last checkpoint of the
+#                             same seed (its first seed's without --seeds), into WORK/upcycled/;
+#                             init_from=RUN starts each seed from the weights of run RUN's last
+#                             checkpoint of the same seed: train.init_from, a fresh optimizer)
 #   table FILE ARGS ...       moe hash-table ARGS --out WORK/tables/FILE
 # Substitutions in a run line: {tables} = WORK/tables; {checkpoint:NAME} = run NAME's last checkpoint (its first
 # seed's); {section.key} = that key of the resolved config of the last run (e.g. {model.vocab_size}).
@@ -105,12 +110,14 @@ free_slot() {  # sets slot to a free process slot, waiting for one when all N ar
 }
 
 train_one() {  # train_one NAME SEED ARGS...: one run, resumed or skipped as its directory says
-  local name=$1 seed=$2 id dir log status sig mode=()
+  local name=$1 seed=$2 id dir log status sig src mode=()
   shift 2
   id=$(run_id "$name" "$seed") dir=$work/runs/$(run_id "$name" "$seed")
   log=$work/logs/$(log_name "$name" "$seed").log
   status=$work/status/$(log_name "$name" "$seed")
   sig=$(printf '%s\n' "${extra[@]}" "$@" "seed=$seed")
+  [[ -n ${up_from:-} ]] && sig+=$'\n'"upcycle_from=$up_from upcycle_mode=$up_mode"
+  [[ -n ${init_from:-} ]] && sig+=$'\n'"init_from=$init_from"
   if [[ -f $dir/study_args ]] && [[ $(< "$dir/study_args") != "$sig" ]]; then
     echo "run_study: run $id in $work/runs was made with other settings (--fresh or another OUT to redo it)" >&2
     echo failed > "$status"; return 1
@@ -119,17 +126,24 @@ train_one() {  # train_one NAME SEED ARGS...: one run, resumed or skipped as its
     echo "[$(date +%T)] skip $id (finished)" >&2
     echo ok > "$status"; return 0
   fi
+  local seed_arg=()
+  [[ -n $seed ]] && seed_arg=(--set "train.seed=$seed")
   if ls -d "$dir/checkpoints/step_"* > /dev/null 2>&1; then
     echo "[$(date +%T)] resume $id" >&2
     mode=(--set train.resume=latest)
+  elif [[ -n ${up_from:-} ]]; then
+    upcycle_one "$id" "$seed" "$@" "${seed_arg[@]}" || { echo failed > "$status"; return 1; }
+    mode=(--set train.overwrite=true --set train.resume="$work/upcycled/$id")
+  elif [[ -n ${init_from:-} ]]; then
+    src=$(last_checkpoint "$init_from" "$seed") || { echo failed > "$status"; return 1; }
+    echo "[$(date +%T)] run $id from the weights of $src" >&2
+    mode=(--set train.overwrite=true --set train.init_from="$src")
   else
     echo "[$(date +%T)] run $id" >&2
     mode=(--set train.overwrite=true)
   fi
   mkdir -p "$dir"
   printf '%s\n' "$sig" > "$dir/study_args"
-  local seed_arg=()
-  [[ -n $seed ]] && seed_arg=(--set "train.seed=$seed")
   if ! "${launch[@]}" "$moe" train "$study/base.toml" "${extra[@]}" "$@" "${seed_arg[@]}" \
       --set train.run_dir="$dir" "${mode[@]}" > "$log" 2>&1; then
     echo "run_study: run $id failed: $(grep -v '^\s*$' "$log" | tail -1)" >&2
@@ -139,11 +153,34 @@ train_one() {  # train_one NAME SEED ARGS...: one run, resumed or skipped as its
   echo ok > "$status"
 }
 
+last_checkpoint() {  # last_checkpoint RUN SEED: the newest checkpoint of that run's seed
+  local dir
+  dir=$(ls -d "$work/runs/$(run_id "$1" "$2")/checkpoints/step_"* 2> /dev/null | sort -V | tail -1)
+  [[ -n $dir ]] || { echo "run_study: run $(run_id "$1" "$2") has no checkpoint to start from" >&2; return 1; }
+  printf '%s' "$dir"
+}
+
+upcycle_one() {  # upcycle_one ID SEED ARGS...: WORK/upcycled/ID from run $up_from's last checkpoint
+  local id=$1 seed=$2 src log
+  shift 2
+  src=$(last_checkpoint "$up_from" "$seed") || return 1
+  log=$work/logs/upcycle_${id//\//.}.log
+  echo "[$(date +%T)] upcycle $id from $src ($up_mode)" >&2
+  rm -rf "$work/upcycled/$id"
+  mkdir -p "$(dirname "$work/upcycled/$id")"
+  "$moe" upcycle "$study/base.toml" "${extra[@]}" "$@" --from "$src" --mode "$up_mode" \
+      --out "$work/upcycled/$id" > "$log" 2>&1 \
+    || { echo "run_study: upcycle for $id failed: $(grep -v '^\s*$' "$log" | tail -1)" >&2; return 1; }
+}
+
 run_variant() {  # run_variant NAME WORDS...: every seed of one variant, each in a free slot
-  local name=$1 word args=() seed slot
+  local name=$1 word args=() seed slot up_from="" up_mode=copy init_from=""
   shift
   for word in "$@"; do
     [[ $word == paper=* ]] && continue
+    if [[ $word == upcycle_from=* ]]; then up_from=${word#upcycle_from=}; wait_all; continue; fi
+    [[ $word == upcycle_mode=* ]] && { up_mode=${word#upcycle_mode=}; continue; }
+    if [[ $word == init_from=* ]]; then init_from=${word#init_from=}; wait_all; continue; fi
     [[ $word == *\{*\}* && $word != *\{tables\}* ]] && wait_all  # a substitution reads finished runs
     args+=(--set "$(expand "$word")") || return 1
   done

@@ -120,6 +120,7 @@ struct TrainConfig {              // [train]
   int64_t save_every = 0;         // 0 = only at the end
   std::string run_dir = "runs/default";
   std::string resume = "";        // "" | "latest" | a checkpoint directory
+  std::string init_from = "";     // a fresh run starts from these weights (a checkpoint or run directory)
   bool overwrite = false;         // a fresh run may clear run_dir's old checkpoints and metrics
   int64_t keep_last = 0;          // checkpoints kept after each save (0 = all)
   std::string device = "auto";    // auto | cpu | cuda
@@ -174,6 +175,9 @@ struct DataConfig {               // [data]
   std::vector<DataSource> train;  // datasets blended by weight, each of one or more shards
   std::vector<DataSource> val;    // validation datasets: every window of every shard, in order
   std::string sampling = "epochs";  // epochs (shuffled windows, epoch by epoch) | random_windows
+  // Training step s reads the global batch s + skip_batches of the sample order: a run continued
+  // from another's weights (train.init_from, `moe upcycle`) reads what its source did not.
+  int64_t skip_batches = 0;
 
   bool operator==(const DataConfig&) const = default;
 };

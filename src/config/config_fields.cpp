@@ -71,6 +71,7 @@ void add_train_fields(TrainConfig& t, std::vector<Field>& out) {
                          {s, "nonfinite", &t.nonfinite},   {s, "max_skipped_steps", &t.max_skipped_steps},
                          {s, "loss_spike_factor", &t.loss_spike_factor}});
   out.push_back({s, "verify_checkpoints", &t.verify_checkpoints});
+  out.push_back({s, "init_from", &t.init_from});
   out.push_back({s, "peak_tflops", &t.peak_tflops});
 }
 
@@ -97,7 +98,8 @@ void add_data_fields(DataConfig& d, std::vector<Field>& out) {
   const char* s = "data";
   out.insert(out.end(), {{s, "train_path", &d.train_path}, {s, "val_path", &d.val_path},
                          {s, "tokenizer", &d.tokenizer},   {s, "train", &d.train},
-                         {s, "val", &d.val},               {s, "sampling", &d.sampling}});
+                         {s, "val", &d.val},               {s, "sampling", &d.sampling},
+                         {s, "skip_batches", &d.skip_batches}});
 }
 
 void add_parallel_fields(ParallelConfig& p, std::vector<Field>& out) {

@@ -172,6 +172,7 @@ void check_sources(const KeyOrigins& at, const char* key, const std::vector<Data
 
 void validate_data(const DataConfig& d, const KeyOrigins& at) {
   check_choice(at, "data.sampling", d.sampling, {"epochs", "random_windows"});
+  check_at_least(at, "data.skip_batches", d.skip_batches, 0);
   MOE_CHECK(d.train_path.empty() || d.train.empty(), at.prefix({"data.train", "data.train_path"}),
             "data.train_path and data.train are both set: give the training data once (data.train_path = \"x\" is "
             "data.train = [{ path = \"x\" }])");

@@ -260,4 +260,12 @@ std::string resolve_checkpoint(const std::string& run_dir, const std::string& re
   return steps.back().second;
 }
 
+std::string resolve_init_from(const std::string& path) {
+  MOE_CHECK(fs::is_directory(path), "train.init_from = \"", path, "\" is not a directory");
+  if (!fs::is_directory(fs::path(path) / "checkpoints")) return path;
+  auto steps = list_checkpoints(path);
+  MOE_CHECK(!steps.empty(), "train.init_from = \"", path, "\" is a run directory without a step_<N> checkpoint");
+  return steps.back().second;
+}
+
 }  // namespace moe

@@ -78,5 +78,8 @@ TrainerState read_checkpoint(const std::string& dir, ParamStore& params, AdamW* 
 std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string& run_dir);
 // "latest" -> the highest checkpoints/step_<N> under run_dir; anything else is a directory path.
 std::string resolve_checkpoint(const std::string& run_dir, const std::string& resume);
+// train.init_from: a checkpoint directory as is; a run directory (one with checkpoints/): its
+// newest checkpoint. An error names the key and the path.
+std::string resolve_init_from(const std::string& path);
 
 }  // namespace moe

@@ -147,8 +147,9 @@ Trainer::Trainer(const Config& config, int local_rank, Communicator& world)
 
 Trainer::~Trainer() = default;
 
-data::TokenWindows Trainer::micro_batch(int64_t step, int64_t micro) const {
+data::TokenWindows Trainer::micro_batch(int64_t train_step, int64_t micro) const {
   const TrainConfig& t = config_.train;
+  const int64_t step = train_step + config_.data.skip_batches;  // the batch of the sample order
   const bool pairs = model_->objective().predicts_next_sentence();
   if (!sampler_) {
     int64_t index = groups_.dp->rank() * t.grad_accum + micro;
@@ -307,6 +308,9 @@ int Trainer::train() {
   if (!t.resume.empty()) {
     const std::string dir = resolve_checkpoint(t.run_dir, t.resume);
     load_checkpoint(dir, true);
+  } else if (!t.init_from.empty()) {
+    // Megatron's --finetune: the weights only; step 0, fresh optimizer moments and schedule.
+    load_checkpoint(resolve_init_from(t.init_from), false);
   }
   metrics_ = std::make_unique<MetricsWriter>(is_root() ? t.run_dir + "/metrics.jsonl" : "");
   if (is_root()) {

@@ -148,7 +148,8 @@ void Trainer::save_checkpoint() {
 
 nlohmann::json Trainer::data_state(int64_t step) const {
   if (!train_split_ || !sampler_) return nullptr;
-  return trainer_data_state(*train_split_, *sampler_, config_.data.sampling, step * sampler_->global_batch());
+  return trainer_data_state(*train_split_, *sampler_, config_.data.sampling,
+                            (step + config_.data.skip_batches) * sampler_->global_batch());
 }
 
 std::set<std::string> Trainer::model_param_names() {

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # experiments/run_study.sh on a tiny generated corpus: both ablation studies (hash_layers,
 # deepseekmoe) run every variant of their variants.txt (a 2-step model), build the hash tables
-# from the data and from the dense run's checkpoint, and tabulate one row per run; a broken
-# variant fails the study naming the run. Usage: run_study.sh MOE_BINARY SOURCE_DIR
+# from the data and from the dense run's checkpoint, and tabulate one row per run; the upcycling
+# study continues each seed's dense run (upcycled and dense); a broken variant fails the study
+# naming the run. Usage: run_study.sh MOE_BINARY SOURCE_DIR
 set -euo pipefail
 moe=$1
 src=$2
@@ -32,6 +33,27 @@ dense=$(awk -F, '$1 == "dense" {print $2}' "$work/hash_layers/results.csv")
 hashed=$(awk -F, '$1 == "hash_random" {print $2}' "$work/hash_layers/results.csv")
 [[ $((hashed - dense)) -eq $((16 * 3 * 32 * 512 - 3 * 32 * 64)) ]] || { echo "hash_random has $hashed parameters, dense $dense"; exit 1; }
 
+# The upcycling study at toy size (2 steps each, experts of the toy FFN's width), over two seeds:
+# each continuation starts from its own seed's dense run (upcycled, or its weights).
+mkdir -p "$work/upcycling_study"
+cp "$src/experiments/upcycling/base.toml" "$work/upcycling_study/"
+sed -E 's/(train\.steps|train\.save_every|data\.skip_batches)=[0-9]+/\1=2/g' "$src/experiments/upcycling/variants.txt" \
+  > "$work/upcycling_study/variants.txt"
+EXTRA="$EXTRA --set moe.d_expert=64" "$src/experiments/run_study.sh" --seeds 1,2 "$work/upcycling_study" \
+  "$work/upcycling" > "$work/upcycling.out" 2>&1 || { cat "$work/upcycling.out"; exit 1; }
+for run in dense_continued upcycled_copy upcycled_fine moe_scratch; do
+  [[ $(grep -c "^$run," "$work/upcycling/results.csv") -eq 2 ]] || { echo "upcycling: no 2 rows of $run"; cat "$work/upcycling/results.csv"; exit 1; }
+done
+for seed in 1 2; do
+  grep -q "upcycle upcycled_copy/seed_$seed from $work/upcycling/work/runs/dense_base/seed_$seed/checkpoints/step_2 (copy)" \
+    "$work/upcycling.out" || { echo "upcycling: seed $seed not upcycled from its own dense run"; cat "$work/upcycling.out"; exit 1; }
+  grep -q "run dense_continued/seed_$seed from the weights of $work/upcycling/work/runs/dense_base/seed_$seed/checkpoints/step_2" \
+    "$work/upcycling.out" || { echo "upcycling: dense_continued seed $seed"; cat "$work/upcycling.out"; exit 1; }
+done
+# The fine-grained upcycle cut each layer's FFN into 4 segments: 32 experts of 16 units.
+grep -q "layer 1: 32 experts of width 16 from d_ff 64, G = 4 segments" "$work/upcycling/work/logs/upcycle_upcycled_fine.seed_1.log" \
+  || { echo "upcycling: the fine-grained model is not 32 experts of 16"; exit 1; }
+
 # A variant the trainer rejects fails the study with its name; an unknown step is refused.
 mkdir -p "$work/broken"
 cp "$src/experiments/hash_layers/base.toml" "$work/broken/"
@@ -52,4 +74,4 @@ printf 'run dense moe.num_experts=0' > "$work/broken/variants.txt"
 "$src/experiments/run_study.sh" "$work/broken" "$work/last_line_out" > "$work/broken.out" 2>&1 \
   || { cat "$work/broken.out"; exit 1; }
 [[ $(grep -c '^dense,' "$work/last_line_out/results.csv") -eq 1 ]] || { echo "the last line did not run"; exit 1; }
-echo "run_study: both studies ran every variant"
+echo "run_study: the studies ran every variant"

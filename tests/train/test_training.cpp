@@ -2,6 +2,8 @@
 // statistics and the expert bias follow the step, and bad input fails with a message naming the problem.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -106,6 +108,82 @@ TEST_CASE("a resumed run continues bit-identically", "[train][checkpoint]") {
   REQUIRE(losses.size() == 3);
   for (size_t i = 0; i < 3; ++i) REQUIRE(losses[i] == full_losses[i + 3]);  // exact, not approximate
   REQUIRE(all_master_values(trainer.model()) == full_params);
+}
+
+TEST_CASE("train.init_from starts a fresh run from another run's weights", "[train][checkpoint]") {
+  test::TempDir dir("moe-train-init-from");
+  Config c = test::tiny_train_config(dir);
+  c.train.steps = 3;
+  auto world = make_world_communicator(Device::cpu());
+  std::vector<float> source_params;
+  {
+    Trainer source(c, 0, *world);
+    source.train();
+    source_params = all_master_values(source.model());
+  }
+  // At a learning rate of 1e-30 a step leaves the weights where they start (within 1e-20), so the
+  // run's final weights show where it started.
+  Config tuned = c;
+  tuned.train.run_dir = dir.str("tuned");
+  tuned.train.steps = 2;
+  tuned.optim.lr = 1e-30;
+  tuned.optim.min_lr = 0;
+  auto max_difference = [&](const Config& config) {
+    Trainer trainer(config, 0, *world);
+    trainer.train();
+    std::vector<float> params = all_master_values(trainer.model());
+    REQUIRE(params.size() == source_params.size());
+    double most = 0;
+    for (size_t i = 0; i < params.size(); ++i) most = std::max(most, std::abs(double(params[i]) - source_params[i]));
+    return most;
+  };
+  REQUIRE(max_difference(tuned) > 1e-3);  // without init_from: the run's own initial weights
+  tuned.train.overwrite = true;
+  for (const std::string& from : {c.train.run_dir, c.train.run_dir + "/checkpoints/step_3"}) {
+    INFO("init_from " << from);
+    tuned.train.init_from = from;  // a run directory (its newest checkpoint) or a checkpoint
+    REQUIRE(max_difference(tuned) < 1e-20);
+    // A fresh run: steps 1 and 2 of its own, checkpointed in its own directory.
+    auto records = read_metrics(tuned.train.run_dir + "/metrics.jsonl");
+    REQUIRE(step_losses(records).size() == 2);
+    REQUIRE(std::filesystem::is_directory(tuned.train.run_dir + "/checkpoints/step_2"));
+    auto first = std::find_if(records.begin(), records.end(), [](const auto& r) { return r.contains("loss"); });
+    REQUIRE((*first)["step"] == 1);
+  }
+  tuned.train.init_from = dir.str("missing");
+  REQUIRE_THROWS_WITH(Trainer(tuned, 0, *world).train(),
+                      Catch::Matchers::Contains("train.init_from = \"" + dir.str("missing") + "\" is not a directory"));
+  std::filesystem::create_directories(dir.str("empty_run/checkpoints"));
+  tuned.train.init_from = dir.str("empty_run");
+  REQUIRE_THROWS_WITH(Trainer(tuned, 0, *world).train(),
+                      Catch::Matchers::Contains("is a run directory without a step_<N> checkpoint"));
+}
+
+TEST_CASE("data.skip_batches: step s reads the batch s + skip_batches of the sample order", "[train][data]") {
+  test::TempDir dir("moe-train-skip-batches");
+  Config c = test::tiny_train_config(dir);
+  // At a learning rate of 1e-30 the weights stay where they start, so a step's loss shows its batch.
+  c.optim.lr = 1e-30;
+  c.optim.min_lr = 0;
+  c.train.eval_every = 0;
+  auto world = make_world_communicator(Device::cpu());
+  auto losses = [&](const Config& config) {
+    Trainer trainer(config, 0, *world);
+    trainer.train();
+    return step_losses(read_metrics(config.train.run_dir + "/metrics.jsonl"));
+  };
+  const std::vector<double> all = losses(c);
+  REQUIRE(all.size() == 6);
+  Config skipped = c;
+  skipped.train.run_dir = dir.str("skipped");
+  skipped.train.steps = 3;
+  skipped.data.skip_batches = 3;
+  const std::vector<double> later = losses(skipped);
+  REQUIRE(later.size() == 3);
+  for (size_t i = 0; i < 3; ++i) REQUIRE(later[i] == Approx(all[i + 3]).epsilon(1e-6));
+  REQUIRE(later[0] != Approx(all[0]).epsilon(1e-6));  // not the first batch again
+  skipped.data.skip_batches = -1;
+  REQUIRE_THROWS_WITH(validate_config(skipped), Contains("data.skip_batches = -1 must be at least 0"));
 }
 
 TEST_CASE("global_batch Switch under capacity dropping counts the slots moe.aux_count names",
