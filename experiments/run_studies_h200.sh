@@ -6,10 +6,13 @@
 # is already in data/corpus.
 # Usage: experiments/run_studies_h200.sh OUT PART...
 #   PART: tests (build everything, the cuda-labelled tests) | hash_layers | deepseekmoe |
-#         upcycling | isoflop. Each study part writes OUT/<study>/ (results, summary, every run's
-#         metrics.jsonl and config.toml, the run logs); an interrupted part resumes where it was
-#         when run again on the same host.
+#         upcycling | isoflop. Each study part writes OUT/<study><TAG>.tgz (results, summary,
+#         every run's metrics.jsonl and config.toml, the run logs: one file, as the host returns
+#         few); an interrupted part resumes where it was when run again on the same host.
+# Environment: EXTRA (run_study.sh's overrides for every run, e.g. "--set train.steps=2000"),
+#   TAG (a suffix for the study's directories, so that runs with other EXTRA stay apart).
 set -uo pipefail
+TAG=${TAG:-}
 out=${1:?usage: run_studies_h200.sh OUT PART...}
 shift
 D=$PWD/.devdeps/usr
@@ -39,9 +42,9 @@ build() {  # build TARGET: configure once, then build TARGET (all, or moe for th
   stamp "built $1"
 }
 
-collect() {  # collect STUDY WORK: the tables, each run's metrics and config, the logs -> OUT/STUDY
+collect() {  # collect STUDY WORK: the tables, each run's metrics and config, the logs -> OUT/STUDY.tgz
   local study=$1 work=$2 run
-  mkdir -p "$out/$study"
+  rm -rf "${out:?}/$study" && mkdir -p "$out/$study"
   cp "$work"/*.csv "$work"/*.md "$out/$study/" 2> /dev/null
   for run in "$work"/work/runs/*/ "$work"/work/runs/*/seed_*/; do
     [[ -f $run/metrics.jsonl ]] || continue
@@ -50,17 +53,17 @@ collect() {  # collect STUDY WORK: the tables, each run's metrics and config, th
     cp "$run/metrics.jsonl" "$run/config.toml" "$out/$study/runs/$rel" 2> /dev/null
   done
   mkdir -p "$out/$study/logs" && cp "$work"/work/logs/*.log "$out/$study/logs/" 2> /dev/null
-  return 0
+  tar czf "$out/$study.tgz" -C "$out" "$study" && rm -rf "${out:?}/$study"
 }
 
-study() {  # study NAME RUN_STUDY_ARGS...: run_study.sh over experiments/NAME into runs/studies/NAME
-  local name=$1 work=runs/studies/$1
+study() {  # study NAME RUN_STUDY_ARGS...: run_study.sh over experiments/NAME into runs/studies/NAME$TAG
+  local name=$1 work=runs/studies/$1${TAG:-}
   shift
-  stamp "study $name $*"
-  experiments/run_study.sh "$@" "experiments/$name" "$work" > "$out/$name.out" 2>&1
+  stamp "study $name$TAG $* (EXTRA: ${EXTRA:-none})"
+  experiments/run_study.sh "$@" "experiments/$name" "$work" > "$out/$name${TAG:-}.out" 2>&1
   local rc=$?
-  collect "$name" "$work"
-  stamp "study $name done (rc $rc)"
+  collect "$name${TAG:-}" "$work"
+  stamp "study $name${TAG:-} done (rc $rc)"
   return $rc
 }
 
@@ -83,8 +86,8 @@ for part in "$@"; do
     isoflop)
       unpack_corpus && build moe || exit 1
       study isoflop --seeds 1 --parallel 5
-      build/moe scaling isoflop runs/studies/isoflop/work/runs/*/seed_1 --json "$out/isoflop/fit.json" \
-        > "$out/isoflop/fit.txt" 2>&1
+      build/moe scaling isoflop runs/studies/isoflop${TAG:-}/work/runs/*/seed_1 --json "$out/isoflop_fit.json" \
+        > "$out/isoflop_fit.txt" 2>&1
       ;;
     *) echo "run_studies_h200.sh: unknown part '$part'" >&2; exit 2 ;;
   esac
