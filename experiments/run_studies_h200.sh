@@ -10,7 +10,8 @@
 #         every run's metrics.jsonl and config.toml, the run logs: one file, as the host returns
 #         few); an interrupted part resumes where it was when run again on the same host.
 # Environment: EXTRA (run_study.sh's overrides for every run, e.g. "--set train.steps=2000"),
-#   TAG (a suffix for the study's directories, so that runs with other EXTRA stay apart).
+#   TAG (a suffix for the study's directories, so that runs with other EXTRA stay apart),
+#   ISOFLOP_SEEDS (the sweep's seeds, default 1; the fit takes every seed's runs).
 set -uo pipefail
 TAG=${TAG:-}
 out=${1:?usage: run_studies_h200.sh OUT PART...}
@@ -85,8 +86,8 @@ for part in "$@"; do
       ;;
     isoflop)
       unpack_corpus && build moe || exit 1
-      study isoflop --seeds 1 --parallel 5
-      build/moe scaling isoflop runs/studies/isoflop${TAG:-}/work/runs/*/seed_1 --json "$out/isoflop_fit.json" \
+      study isoflop --seeds "${ISOFLOP_SEEDS:-1}" --parallel 5
+      build/moe scaling isoflop runs/studies/isoflop${TAG:-}/work/runs/*/seed_* --json "$out/isoflop_fit.json" \
         > "$out/isoflop_fit.txt" 2>&1
       ;;
     *) echo "run_studies_h200.sh: unknown part '$part'" >&2; exit 2 ;;
