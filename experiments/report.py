@@ -2,17 +2,21 @@
 # Plots of training runs (their metrics.jsonl, docs/metrics.md), of a study's summary table
 # (experiments/run_study.sh) and of `moe scaling isoflop` fits, as PNG files (matplotlib).
 """Usage:
-  report.py RUN_DIR... --out DIR [--summary SUMMARY_CSV] [--scaling ISOFLOP_JSON]
+  report.py RUN_DIR... --out DIR [--summary SUMMARY_CSV] [--results RESULTS_CSV] [--scaling ISOFLOP_JSON]
 Writes into DIR: loss.png (training loss against tokens), val_loss.png, lr.png, tokens_per_s.png,
 dropped_fraction.png and balance.png (MoE runs: per layer), expert_load_<run>.png (per run with
 MoE layers: each layer's share of tokens per expert over the logged steps, a heatmap);
 with --summary: study.png (each variant's mean validation loss with its standard deviation over
-seeds, beside the paper's numbers); with --scaling: isoflop.png, optimal_params.png, loss_fit.png.
+seeds, beside the paper's numbers); with --results (a study's results.csv): val_loss_flops.png, each
+run's validation loss against its training compute 6 x active parameters x tokens (runs of unequal
+active size compared at equal compute, as in the upcycling study); with --scaling: isoflop.png,
+optimal_params.png, loss_fit.png.
 """
 import argparse
 import csv
 import json
 import math
+import re
 import os
 import sys
 
@@ -179,6 +183,35 @@ def study_plot(summary, out):
     return path
 
 
+def flops_plot(runs, results, out):
+    """Validation loss against training FLOPs, 6 x active parameters (results.csv) x tokens, per run."""
+    if not os.path.isfile(results):
+        fail(f"no results table {results}")
+    active = {}
+    for row in csv.DictReader(open(results)):
+        if "name" not in row or "active_params" not in row:
+            fail(f"{results} is not a run_study.sh results.csv (no name or active_params column)")
+        seed = row.get("seed") or ""
+        active[row["name"] + (f"_seed_{seed}" if seed else "")] = float(row["active_params"])
+    missing = [r["label"] for r in runs if r["label"] not in active]
+    if missing:
+        fail(f"{results} has no row for run {missing[0]}")
+    # One line per variant: the seeds' mean at each evaluation (a run's label less its _seed_N).
+    variants = {}
+    for run in runs:
+        name = re.sub(r"_seed_\d+$", "", run["label"])
+        for x, y in zip(*field(run["evals"], "val_loss")):
+            variants.setdefault(name, {}).setdefault(6 * active[run["label"]] * x, []).append(y)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, points in variants.items():
+        xs = sorted(points)
+        seeds = max(len(points[x]) for x in xs)
+        ax.plot(xs, [sum(points[x]) / len(points[x]) for x in xs], marker=".",
+                label=name + (f" (mean of {seeds} seeds)" if seeds > 1 else ""))
+    return finish(fig, ax, out, "val_loss_flops", "training compute (FLOPs: 6 x active parameters x tokens)",
+                  "validation loss", legend=len(variants) <= 16)
+
+
 def finish(fig, ax, out, name, xlabel, ylabel, log_x=False, log_y=False, title=None, legend=True):
     """Labels, scales, grid and legend of one axis, then the figure saved as OUT/NAME.png."""
     ax.set_xlabel(xlabel)
@@ -259,8 +292,11 @@ def main():
     parser.add_argument("runs", nargs="*", help="run directories (each with a metrics.jsonl)")
     parser.add_argument("--out", required=True, help="directory for the PNG files")
     parser.add_argument("--summary", help="a study's summary.csv (experiments/run_study.sh)")
+    parser.add_argument("--results", help="a study's results.csv: validation loss against training FLOPs")
     parser.add_argument("--scaling", help="the JSON of `moe scaling isoflop --json FILE`")
     args = parser.parse_args()
+    if args.results and not args.runs:
+        fail("--results plots runs: give their run directories")
     if not args.runs and not args.summary and not args.scaling:
         fail("nothing to plot: give run directories, --summary or --scaling")
     runs = [read_run(path) for path in args.runs]
@@ -278,6 +314,8 @@ def main():
         for name, ylabel, series, log_y in plots:
             written.append(line_plot(runs, args.out, name, ylabel, series, log_y))
         written += [expert_load(run, args.out) for run in runs]
+    if args.results:
+        written.append(flops_plot(runs, args.results, args.out))
     if args.summary:
         written.append(study_plot(args.summary, args.out))
     if args.scaling:

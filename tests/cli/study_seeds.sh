@@ -81,6 +81,7 @@ grep -q 'resum.*step_2\|step_2.*resum' "$work/out/work/logs/hash.seed_2.log" \
 [[ -d $work/out/work/runs/hash/seed_2/checkpoints/step_4 && -f $work/out/work/runs/hash/seed_2/study_done ]] \
   || fail "the resumed run did not finish"
 check_summary
+cp "$work/out/results.csv" "$work/finished_results.csv"  # for the report below
 
 # Other settings on the same OUT are refused, naming the run; bad options are refused.
 if EXTRA="$EXTRA --set optim.lr=1e-2" study --seeds 1,2; then fail "a run with other settings was resumed"; fi
@@ -97,12 +98,20 @@ for p in ${PYTHON:-} python3 /usr/bin/python3; do
 done
 if [[ -z $python ]]; then echo "study_seeds: no python3 with matplotlib (scripts/setup.sh installs it): report skipped"; exit 77; fi
 "$python" "$src/experiments/report.py" "$work"/out/work/runs/*/seed_* --summary "$work/out/summary.csv" \
-  --out "$work/plots" > "$work/report.out" 2>&1 || { cat "$work/report.out"; fail "report.py failed"; }
-for png in loss val_loss lr tokens_per_s dropped_fraction balance expert_load_hash_seed_1 study; do
+  --results "$work/finished_results.csv" --out "$work/plots" > "$work/report.out" 2>&1 \
+  || { cat "$work/report.out"; fail "report.py failed"; }
+for png in loss val_loss lr tokens_per_s dropped_fraction balance expert_load_hash_seed_1 study val_loss_flops; do
   f=$work/plots/$png.png
   [[ -s $f ]] || { ls "$work/plots"; fail "no $png.png"; }
   [[ $(head -c 8 "$f" | od -An -tx1 | tr -d ' \n') == 89504e470d0a1a0a ]] || fail "$png.png is not a PNG"
 done
+# A results table without a row for one of the runs is refused naming the run.
+grep -v '^hash,.*,2$' "$work/finished_results.csv" > "$work/partial.csv"
+if "$python" "$src/experiments/report.py" "$work"/out/work/runs/*/seed_* --results "$work/partial.csv" \
+    --out "$work/plots3" > "$work/report.out" 2>&1; then
+  fail "report.py accepted a results table without hash seed 2"
+fi
+grep -q "report: $work/partial.csv has no row for run hash_seed_2" "$work/report.out" || fail "$(cat "$work/report.out")"
 mkdir -p "$work/empty_run"
 if "$python" "$src/experiments/report.py" "$work/empty_run" --out "$work/plots2" > "$work/report.out" 2>&1; then
   fail "report.py accepted a directory without metrics"
