@@ -260,12 +260,19 @@ std::string resolve_checkpoint(const std::string& run_dir, const std::string& re
   return steps.back().second;
 }
 
-std::string resolve_init_from(const std::string& path) {
+std::string resolve_init_from(const std::string& path, const std::string& run_dir) {
   MOE_CHECK(fs::is_directory(path), "train.init_from = \"", path, "\" is not a directory");
-  if (!fs::is_directory(fs::path(path) / "checkpoints")) return path;
-  auto steps = list_checkpoints(path);
-  MOE_CHECK(!steps.empty(), "train.init_from = \"", path, "\" is a run directory without a step_<N> checkpoint");
-  return steps.back().second;
+  std::string dir = path;
+  if (fs::is_directory(fs::path(path) / "checkpoints")) {
+    auto steps = list_checkpoints(path);
+    MOE_CHECK(!steps.empty(), "train.init_from = \"", path, "\" is a run directory without a step_<N> checkpoint");
+    dir = steps.back().second;
+  }
+  // A fresh run clears its run directory's checkpoints (train.overwrite): not the ones it starts from.
+  const std::string inside = fs::weakly_canonical(dir).string(), run = fs::weakly_canonical(run_dir).string();
+  MOE_CHECK(inside != run && inside.rfind(run + "/", 0) != 0, "train.init_from = \"", path, "\" lies inside "
+            "train.run_dir = \"", run_dir, "\", which a fresh run clears: start from a checkpoint outside it");
+  return dir;
 }
 
 }  // namespace moe

@@ -79,7 +79,8 @@ std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string&
 // "latest" -> the highest checkpoints/step_<N> under run_dir; anything else is a directory path.
 std::string resolve_checkpoint(const std::string& run_dir, const std::string& resume);
 // train.init_from: a checkpoint directory as is; a run directory (one with checkpoints/): its
-// newest checkpoint. An error names the key and the path.
-std::string resolve_init_from(const std::string& path);
+// newest checkpoint. Refused inside run_dir (a fresh run clears it). An error names the key and
+// the path.
+std::string resolve_init_from(const std::string& path, const std::string& run_dir);
 
 }  // namespace moe

@@ -211,7 +211,9 @@ std::vector<Batch> Trainer::step_batches(bool collect_stats) const {
     Batch& batch = batches[static_cast<size_t>(micro)];
     batch = to_device(micro_batch(step_, micro));
     // Gating noise differs per data-parallel rank; the stages and TP ranks of one pipeline share it.
-    batch.noise_seed = t.seed ^ ((static_cast<uint64_t>(step_) * t.grad_accum + static_cast<uint64_t>(micro)) *
+    // Keyed by the batch of the sample order (data.skip_batches), as the data is.
+    const auto batch_index = static_cast<uint64_t>(step_ + config_.data.skip_batches);
+    batch.noise_seed = t.seed ^ ((batch_index * t.grad_accum + static_cast<uint64_t>(micro)) *
                                      static_cast<uint64_t>(topology_.dp) + static_cast<uint64_t>(topology_.coords.dp)) *
                                     0x9E3779B97F4A7C15ull;
     batch.collect_stats = collect_stats;

@@ -168,6 +168,11 @@ data::TokenWindows Trainer::micro_batch(int64_t train_step, int64_t micro) const
   return w;
 }
 
+double Trainer::ideal_bubble() const {
+  return ideal_bubble_fraction(topology_.pp, static_cast<int>(config_.train.grad_accum),
+                               static_cast<int>(config_.parallel.pp_virtual));
+}
+
 int64_t Trainer::window_seq_len() const { return model_->objective().window_seq_len(config_.model.seq_len); }
 
 Batch Trainer::to_device(const data::TokenWindows& windows) const {
@@ -271,7 +276,7 @@ void Trainer::log_step(const StepResult& r, double lr, double step_seconds, doub
     for (double s : r.stage_seconds) stage_ms.push_back(1000.0 * s);
     record["stage_ms"] = stage_ms;
     record["bubble"] = r.bubble;
-    record["bubble_ideal"] = ideal_bubble_fraction(topology_.pp, static_cast<int>(config_.train.grad_accum));
+    record["bubble_ideal"] = ideal_bubble();
     pipeline = " | stages";
     for (size_t i = 0; i < stage_ms.size(); ++i) pipeline += (i ? "/" : " ") + std::to_string(std::lround(stage_ms[i]));
     pipeline += " ms | bubble " + std::to_string(std::lround(100 * r.bubble)) + "%";
@@ -301,6 +306,10 @@ int Trainer::train() {
   // Rank 0 alone writes the run directory, so it alone holds the lock (docs/config.md, "Run
   // directories"); an error there aborts every rank. A resume past train.steps is refused there.
   std::optional<DirLock> lock;
+  // train.init_from is resolved by rank 0 alone (one checkpoint for every rank), before the run
+  // directory is prepared: a mistyped path must fail before train.overwrite clears anything.
+  std::string init_dir;
+  if (t.resume.empty() && !t.init_from.empty() && is_root()) init_dir = resolve_init_from(t.init_from, t.run_dir);
   if (is_root()) lock.emplace(prepare_run_dir(config_, sampler_->global_batch()));
   // train.log: every line this rank printed (and the debug ones), from start-up on; a resume appends.
   if (is_root()) log::open_file(t.run_dir + "/train.log", !t.resume.empty());
@@ -310,7 +319,7 @@ int Trainer::train() {
     load_checkpoint(dir, true);
   } else if (!t.init_from.empty()) {
     // Megatron's --finetune: the weights only; step 0, fresh optimizer moments and schedule.
-    load_checkpoint(resolve_init_from(t.init_from), false);
+    load_checkpoint(root_text(init_dir), false);
   }
   metrics_ = std::make_unique<MetricsWriter>(is_root() ? t.run_dir + "/metrics.jsonl" : "");
   if (is_root()) {
@@ -426,7 +435,7 @@ nlohmann::json Trainer::bench(int64_t warmup_steps, int64_t timed_steps, bool br
     for (double s : last.stage_seconds) stage_ms.push_back(1000.0 * s);
     out["stage_ms"] = stage_ms;
     out["bubble"] = last.bubble;
-    out["bubble_ideal"] = ideal_bubble_fraction(topology_.pp, static_cast<int>(config_.train.grad_accum));
+    out["bubble_ideal"] = ideal_bubble();
   }
   return out;
 }

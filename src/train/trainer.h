@@ -76,6 +76,8 @@ class Trainer {
   EvalResult evaluate(int64_t max_batches);
   // Loads weights (and optimizer + step when with_optimizer) from a checkpoint directory.
   void load_checkpoint(const std::string& dir, bool with_optimizer);
+  // Rank 0's text on every rank of the world (its value elsewhere is ignored).
+  std::string root_text(const std::string& text) const;
   void save_checkpoint();
   // One optimizer step over the global batch (all micro-batches of all ranks).
   StepResult train_step();
@@ -87,6 +89,9 @@ class Trainer {
 
   Model& model() { return *model_; }
   int64_t step() const { return step_; }
+  // The schedule's ideal bubble for this layout: (p - 1) / (v m + p - 1) with v = parallel.pp_virtual
+  // (interleaved 1F1B), m = train.grad_accum; what bubble_ideal reports beside the measured bubble.
+  double ideal_bubble() const;
   Device device() const { return device_; }
 
  private:

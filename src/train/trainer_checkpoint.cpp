@@ -170,6 +170,21 @@ std::set<std::string> Trainer::model_param_names() {
   return names;
 }
 
+std::string Trainer::root_text(const std::string& text) const {
+  if (world_->size() == 1) return text;
+  Communicator& comm = *world_;
+  Tensor length = Tensor::from_vector(std::vector<int64_t>{static_cast<int64_t>(text.size())}, {1}, DType::i64)
+                      .to(comm.device());
+  comm.broadcast(length, 0);
+  const int64_t size = length.to(Device::cpu()).to_vector<int64_t>()[0];
+  std::vector<int32_t> chars(text.begin(), text.end());
+  chars.resize(static_cast<size_t>(size));
+  Tensor body = Tensor::from_vector(chars, {size}, DType::i32).to(comm.device());
+  if (size > 0) comm.broadcast(body, 0);
+  chars = body.to(Device::cpu()).to_vector<int32_t>();
+  return std::string(chars.begin(), chars.end());
+}
+
 void Trainer::load_checkpoint(const std::string& dir, bool with_optimizer) {
   // Any layout loads any checkpoint: each rank takes its part of the canonical tensors.
   ProgressDisplay progress;

@@ -183,6 +183,56 @@ TEST_CASE("expert parallelism and ZeRO match one rank; checkpoints cross layouts
   if (world->rank() == 0) std::filesystem::remove_all(shared);
 }
 
+// train.init_from under mpirun: rank 0 resolves the source run's newest checkpoint and every rank
+// loads its part of it (here under EP x ZeRO-3, each rank a shard), so the fresh run starts from
+// the source's weights (at a learning rate of 1e-30 they stay there; compared on one rank).
+TEST_CASE("train.init_from: every rank starts from the source run's weights", "[parallel][train][checkpoint]") {
+  auto world = make_world_communicator(Device::cpu());
+  const int ranks = world->size();
+  auto self = world->split(world->rank(), 0);
+  test::TempDir dir("moe-init-from-rank" + std::to_string(world->rank()));
+  const std::string source = test::shared_run_dir("moe-init-from-source-" + std::to_string(ranks));
+  const std::string tuned_dir = test::shared_run_dir("moe-init-from-tuned-" + std::to_string(ranks));
+  if (world->rank() == 0) {
+    std::filesystem::remove_all(source);
+    std::filesystem::remove_all(tuned_dir);
+  }
+  world->barrier();
+  Config c = test::tiny_train_config(dir);
+  c.train.micro_batch_size = 2;
+  c.train.steps = 3;
+  c.train.run_dir = source;
+  c.parallel.ep = 2;
+  c.parallel.zero = 3;
+  Trainer(c, 0, *world).train();
+
+  Config tuned = c;
+  tuned.train.run_dir = tuned_dir;
+  tuned.train.init_from = source;
+  tuned.train.steps = 1;
+  tuned.optim.lr = 1e-30;
+  tuned.optim.min_lr = 0;
+  Trainer(tuned, 0, *world).train();
+  world->barrier();
+
+  Config single = c;
+  single.parallel = ParallelConfig{};
+  single.train.run_dir = dir.str("single");
+  Trainer from_source(single, 0, *self), from_tuned(single, 0, *self);
+  from_source.load_checkpoint(source + "/checkpoints/step_3", false);
+  from_tuned.load_checkpoint(tuned_dir + "/checkpoints/step_1", false);
+  for (int g = 0; g < k_num_param_groups; ++g) {
+    auto group = static_cast<ParamGroup>(g);
+    test::require_close(from_tuned.model().params().flat_master(group), from_source.model().params().flat_master(group),
+                        1e-12, 0, "the fresh run's weights against its source's");
+  }
+  world->barrier();
+  if (world->rank() == 0) {
+    std::filesystem::remove_all(source);
+    std::filesystem::remove_all(tuned_dir);
+  }
+}
+
 TEST_CASE("the dispatcher benchmark counts the rows that cross ranks", "[parallel][bench]") {
   auto world = make_world_communicator(Device::cpu());
   test::TempDir dir("moe-bench-dispatch-rank" + std::to_string(world->rank()));

@@ -89,6 +89,10 @@ void run_layout(Communicator& world, Communicator& self, const Layout& layout, c
       REQUIRE(p.stage_seconds.size() == static_cast<size_t>(layout.pp));
       for (double busy : p.stage_seconds) REQUIRE(busy > 0);
       REQUIRE(p.bubble < 1);
+      // The ideal it is reported beside: the interleaved schedule's (p - 1) / (v m + p - 1).
+      const double p_1 = static_cast<double>(layout.pp - 1);
+      REQUIRE(parallel.ideal_bubble() ==
+              Approx(p_1 / (static_cast<double>(layout.pp_virtual * c.train.grad_accum) + p_1)));
     }
   }
   // Evaluation runs the forward through the stages: the whole validation split, the same loss.

@@ -150,9 +150,19 @@ TEST_CASE("train.init_from starts a fresh run from another run's weights", "[tra
     auto first = std::find_if(records.begin(), records.end(), [](const auto& r) { return r.contains("loss"); });
     REQUIRE((*first)["step"] == 1);
   }
+  // A mistyped source fails before train.overwrite clears the run directory.
   tuned.train.init_from = dir.str("missing");
   REQUIRE_THROWS_WITH(Trainer(tuned, 0, *world).train(),
                       Catch::Matchers::Contains("train.init_from = \"" + dir.str("missing") + "\" is not a directory"));
+  REQUIRE(std::filesystem::is_directory(tuned.train.run_dir + "/checkpoints/step_2"));
+  // A source inside the run directory would be cleared before it is read.
+  for (const std::string& inside : {tuned.train.run_dir, tuned.train.run_dir + "/checkpoints/step_2"}) {
+    tuned.train.init_from = inside;
+    REQUIRE_THROWS_WITH(Trainer(tuned, 0, *world).train(),
+                        Catch::Matchers::Contains("lies inside train.run_dir") &&
+                            Catch::Matchers::Contains("which a fresh run clears"));
+    REQUIRE(std::filesystem::is_directory(tuned.train.run_dir + "/checkpoints/step_2"));
+  }
   std::filesystem::create_directories(dir.str("empty_run/checkpoints"));
   tuned.train.init_from = dir.str("empty_run");
   REQUIRE_THROWS_WITH(Trainer(tuned, 0, *world).train(),
