@@ -16,6 +16,7 @@ results=${1:?results.csv}
 paper=${2:?paper.csv}
 summary=${3:?summary.csv}
 awk -F, -v summary="$summary" '
+  { sub(/\r$/, "") }  # CSV files with CRLF line ends (as the csv module of Python writes) read the same
   FILENAME == ARGV[1] { if (NF >= 2) paper_of[$1] = $2; next }
   FNR == 1 {
     for (c = 1; c <= NF; c++) col[$c] = c

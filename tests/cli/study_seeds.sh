@@ -64,6 +64,10 @@ EOF
 }
 check_summary
 [[ $(grep -c '^| ' "$work/out/summary.md") -eq 3 ]] || fail "summary.md: $(cat "$work/out/summary.md")"
+# A results table with CRLF line ends (as Python's csv module writes) gives the same summary.
+sed 's/$/\r/' "$work/out/results.csv" > "$work/crlf.csv"
+"$src/experiments/study_table.sh" "$work/crlf.csv" "$work/out/paper.csv" "$work/crlf_summary.csv" > /dev/null
+cmp -s "$work/crlf_summary.csv" "$work/out/summary.csv" || fail "a CRLF results table gives another summary"
 
 # A second call skips all four runs and leaves their metrics alone.
 before=$(md5sum "$work"/out/work/runs/*/seed_*/metrics.jsonl)
