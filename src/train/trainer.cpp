@@ -300,6 +300,29 @@ int Trainer::agreed_stop_signal() const {
   return static_cast<int>(signal[0]);
 }
 
+namespace {
+
+// train.init_from: where this run starts in the sample order against what its source had read
+// (data.skip_batches counts this run's global batches; the source's position is in samples).
+void note_continued_data(const nlohmann::json& source_data, int64_t skip_batches, int64_t global_batch) {
+  if (!source_data.is_object() || !source_data.contains("consumed_samples")) return;
+  const auto read = source_data["consumed_samples"].get<int64_t>();
+  const int64_t start = skip_batches * global_batch;
+  if (read == start) {
+    log::info("train.init_from: the run reads the data after the source's {} samples (data.skip_batches = {})", read,
+              skip_batches);
+    return;
+  }
+  log::warn("train.init_from: the source read {} training samples and this run starts at sample {} (data.skip_batches "
+            "= {} x {} per step): it {}; data.skip_batches = {} continues where the source stopped",
+            read, start, skip_batches, global_batch,
+            start < read ? "reads part of the source's data again" : "skips data neither run reads",
+            global_batch > 0 && read % global_batch == 0 ? std::to_string(read / global_batch) : "(none: not a whole "
+                                                                                                   "number of steps)");
+}
+
+}  // namespace
+
 int Trainer::train() {
   const TrainConfig& t = config_.train;
   MOE_CHECK(sampler_, "no training data: set data.train_path or data.train (token shards; see `moe tokenize`)");
@@ -319,7 +342,8 @@ int Trainer::train() {
     load_checkpoint(dir, true);
   } else if (!t.init_from.empty()) {
     // Megatron's --finetune: the weights only; step 0, fresh optimizer moments and schedule.
-    load_checkpoint(root_text(init_dir), false);
+    const TrainerState source = load_checkpoint(root_text(init_dir), false);
+    if (is_root()) note_continued_data(source.data, config_.data.skip_batches, sampler_->global_batch());
   }
   metrics_ = std::make_unique<MetricsWriter>(is_root() ? t.run_dir + "/metrics.jsonl" : "");
   if (is_root()) {

@@ -21,6 +21,7 @@
 #include "src/tensor/device_timer.h"
 #include "src/train/metrics.h"
 #include "src/train/moe_stats.h"
+#include "src/train/checkpoint.h"
 #include "src/train/distributed_optimizer.h"
 #include "src/train/optimizer.h"
 #include "src/train/step_guard.h"
@@ -75,7 +76,8 @@ class Trainer {
   // Loss over the validation split (train.eval_batches batches per rank; 0 = all).
   EvalResult evaluate(int64_t max_batches);
   // Loads weights (and optimizer + step when with_optimizer) from a checkpoint directory.
-  void load_checkpoint(const std::string& dir, bool with_optimizer);
+  // Returns the checkpoint's trainer state (its step and the data its run had read).
+  TrainerState load_checkpoint(const std::string& dir, bool with_optimizer);
   // Rank 0's text on every rank of the world (its value elsewhere is ignored).
   std::string root_text(const std::string& text) const;
   void save_checkpoint();

@@ -185,7 +185,7 @@ std::string Trainer::root_text(const std::string& text) const {
   return std::string(chars.begin(), chars.end());
 }
 
-void Trainer::load_checkpoint(const std::string& dir, bool with_optimizer) {
+TrainerState Trainer::load_checkpoint(const std::string& dir, bool with_optimizer) {
   // Any layout loads any checkpoint: each rank takes its part of the canonical tensors.
   ProgressDisplay progress;
   log::debug("loading checkpoint {} ({})", dir, with_optimizer ? "weights and optimizer state" : "weights");
@@ -213,6 +213,7 @@ void Trainer::load_checkpoint(const std::string& dir, bool with_optimizer) {
     progress.finish(fmt::format("loaded checkpoint {} (step {}): {} in {:.1f} s", dir, files.state.step,
                                 format_bytes(checkpoint_bytes(dir, with_optimizer)), progress.seconds()));
   }
+  return files.state;
 }
 
 }  // namespace moe

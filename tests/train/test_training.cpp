@@ -6,6 +6,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <limits>
 #include <map>
 #include <numeric>
@@ -24,6 +25,11 @@ using namespace moe;
 using Catch::Matchers::Contains;
 
 namespace {
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
 
 std::vector<nlohmann::json> read_metrics(const std::string& path) {
   std::vector<nlohmann::json> out;
@@ -149,7 +155,18 @@ TEST_CASE("train.init_from starts a fresh run from another run's weights", "[tra
     REQUIRE(std::filesystem::is_directory(tuned.train.run_dir + "/checkpoints/step_2"));
     auto first = std::find_if(records.begin(), records.end(), [](const auto& r) { return r.contains("loss"); });
     REQUIRE((*first)["step"] == 1);
+    // The source read 3 steps of 4 sequences; this run starts at the first again, and says so.
+    const std::string log = read_text(tuned.train.run_dir + "/train.log");
+    REQUIRE_THAT(log, Contains("train.init_from: the source read 12 training samples and this run starts at sample 0 "
+                               "(data.skip_batches = 0 x 4 per step): it reads part of the source's data again; "
+                               "data.skip_batches = 3 continues where the source stopped"));
   }
+  tuned.train.init_from = c.train.run_dir;
+  tuned.data.skip_batches = 3;
+  REQUIRE(max_difference(tuned) < 1e-20);
+  REQUIRE_THAT(read_text(tuned.train.run_dir + "/train.log"),
+               Contains("train.init_from: the run reads the data after the source's 12 samples (data.skip_batches = 3)"));
+  tuned.data.skip_batches = 0;
   // A mistyped source fails before train.overwrite clears the run directory.
   tuned.train.init_from = dir.str("missing");
   REQUIRE_THROWS_WITH(Trainer(tuned, 0, *world).train(),
