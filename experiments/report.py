@@ -2,12 +2,13 @@
 # Plots of training runs (their metrics.jsonl, docs/metrics.md), of a study's summary table
 # (experiments/run_study.sh) and of `moe scaling isoflop` fits, as PNG files (matplotlib).
 """Usage:
-  report.py RUN_DIR... --out DIR [--summary SUMMARY_CSV] [--results RESULTS_CSV] [--scaling ISOFLOP_JSON]
+  report.py RUN_DIR... --out DIR [--summary SUMMARY_CSV [--exclude VARIANTS]] [--results RESULTS_CSV]
+            [--scaling ISOFLOP_JSON]
 Writes into DIR: loss.png (training loss against tokens), val_loss.png, lr.png, tokens_per_s.png,
 dropped_fraction.png and balance.png (MoE runs: per layer), expert_load_<run>.png (per run with
 MoE layers: each layer's share of tokens per expert over the logged steps, a heatmap);
 with --summary: study.png (each variant's mean validation loss with its standard deviation over
-seeds, beside the paper's numbers); with --results (a study's results.csv): val_loss_flops.png, each
+seeds, beside the paper's numbers; --exclude A,B leaves variants out of it); with --results (a study's results.csv): val_loss_flops.png, each
 run's validation loss against its training compute 6 x active parameters x tokens (runs of unequal
 active size compared at equal compute, as in the upcycling study); with --scaling: isoflop.png,
 optimal_params.png, loss_fit.png.
@@ -141,13 +142,18 @@ def expert_load(run, out):
     return path
 
 
-def study_plot(summary, out):
-    """Bars of each variant's mean validation loss with its std over seeds; the paper's numbers beside."""
+def study_plot(summary, out, exclude=()):
+    """Bars of each variant's mean validation loss with its std over seeds; the paper's numbers beside.
+    Variants in `exclude` are left out (one far from the rest, as an oracle, flattens the others)."""
     if not os.path.isfile(summary):
         fail(f"no summary table {summary}")
     rows = list(csv.DictReader(open(summary)))
     if not rows or "val_loss_mean" not in rows[0]:
         fail(f"{summary} is not a run_study.sh summary.csv (no val_loss_mean column)")
+    unknown = [v for v in exclude if v not in {r["variant"] for r in rows}]
+    if unknown:
+        fail(f"--exclude: {summary} has no variant {unknown[0]}")
+    rows = [r for r in rows if r["variant"] not in exclude]
     names = [r["variant"] for r in rows]
     means = [float(r["val_loss_mean"]) for r in rows]
     stds = [float(r["val_loss_std"]) if r["val_loss_std"] else 0.0 for r in rows]
@@ -293,6 +299,7 @@ def main():
     parser.add_argument("--out", required=True, help="directory for the PNG files")
     parser.add_argument("--summary", help="a study's summary.csv (experiments/run_study.sh)")
     parser.add_argument("--results", help="a study's results.csv: validation loss against training FLOPs")
+    parser.add_argument("--exclude", default="", help="variants (comma-separated) left out of study.png")
     parser.add_argument("--scaling", help="the JSON of `moe scaling isoflop --json FILE`")
     args = parser.parse_args()
     if args.results and not args.runs:
@@ -317,7 +324,7 @@ def main():
     if args.results:
         written.append(flops_plot(runs, args.results, args.out))
     if args.summary:
-        written.append(study_plot(args.summary, args.out))
+        written.append(study_plot(args.summary, args.out, [v for v in args.exclude.split(",") if v]))
     if args.scaling:
         written += scaling_plots(args.scaling, args.out)
     for path in written:

@@ -109,6 +109,15 @@ for png in loss val_loss lr tokens_per_s dropped_fraction balance expert_load_ha
   [[ -s $f ]] || { ls "$work/plots"; fail "no $png.png"; }
   [[ $(head -c 8 "$f" | od -An -tx1 | tr -d ' \n') == 89504e470d0a1a0a ]] || fail "$png.png is not a PNG"
 done
+# --exclude leaves a variant out of study.png; an unknown one is refused by name.
+"$python" "$src/experiments/report.py" --summary "$work/out/summary.csv" --exclude hash --out "$work/plots4" \
+  > "$work/report.out" 2>&1 || { cat "$work/report.out"; fail "report.py --exclude hash failed"; }
+[[ -s $work/plots4/study.png ]] || fail "no study.png without hash"
+if "$python" "$src/experiments/report.py" --summary "$work/out/summary.csv" --exclude oracle --out "$work/plots4" \
+    > "$work/report.out" 2>&1; then
+  fail "report.py accepted --exclude of an unknown variant"
+fi
+grep -q "report: --exclude: $work/out/summary.csv has no variant oracle" "$work/report.out" || fail "$(cat "$work/report.out")"
 # A results table without a row for one of the runs is refused naming the run.
 grep -v '^hash,.*,2$' "$work/finished_results.csv" > "$work/partial.csv"
 if "$python" "$src/experiments/report.py" "$work"/out/work/runs/*/seed_* --results "$work/partial.csv" \
