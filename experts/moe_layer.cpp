@@ -87,13 +87,19 @@ MoeLayer::MoeLayer(ParamStore& store, const std::string& prefix, const MoeLayerC
   }
 }
 
-Tensor MoeLayer::forward(const Tensor& x, const RouteInputs& inputs, MoeLayerSaved& saved, bool collect_stats) const {
+Tensor MoeLayer::forward(const Tensor& x, const RouteInputs& inputs, MoeLayerSaved& saved, bool collect_stats,
+                         const std::function<void()>& other) const {
   const TpGroup tp = this->tp();
   Tensor shared_y;
   auto shared = [&] {
-    if (!shared_) return;
-    shared_y = shared_->forward(x, saved.shared);
-    phase("shared_forward");
+    if (shared_) {
+      shared_y = shared_->forward(x, saved.shared);
+      phase("shared_forward");
+    }
+    if (other) {
+      other();
+      phase("other_forward");
+    }
   };
   Tensor y;
   if (!tp.active()) {
@@ -354,16 +360,22 @@ void MoeLayer::set_switch_gradient(MoeLayerSaved& saved, const std::vector<doubl
   saved.score_grad_row = to_device_like(grad_per_expert, scores.rows(0, 1).view({scores.size(1)}));
 }
 
-Tensor MoeLayer::backward(const MoeLayerSaved& saved, const Tensor& dy, float aux_scale) const {
+Tensor MoeLayer::backward(const MoeLayerSaved& saved, const Tensor& dy, float aux_scale,
+                          const std::function<void()>& other) const {
   const TpGroup tp = this->tp();
   // With the overlap the shared experts' input gradient is made apart and added after the routed
   // one; without it they add into the routed one.
   Tensor dx_shared;
   auto shared = [&] {
-    if (!shared_ || !config_.a2a_overlap) return;
-    dx_shared = Tensor::zeros(dy.shape(), dy.dtype(), dy.device());
-    shared_->backward(saved.shared, dy, dx_shared);
-    phase("shared_backward");
+    if (shared_ && config_.a2a_overlap) {
+      dx_shared = Tensor::zeros(dy.shape(), dy.dtype(), dy.device());
+      shared_->backward(saved.shared, dy, dx_shared);
+      phase("shared_backward");
+    }
+    if (other) {
+      other();
+      phase("other_backward");
+    }
   };
   Tensor dx;
   if (!tp.active() || tp.sequence_sharded()) {

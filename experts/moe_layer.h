@@ -109,11 +109,16 @@ struct MoeLayerSaved {
 class MoeLayer {
  public:
   MoeLayer(ParamStore& store, const std::string& prefix, const MoeLayerConfig& config, std::unique_ptr<Router> router);
-  // x[T,d] -> y[T,d]; statistics in saved.stats (entropy only when collect_stats)
-  Tensor forward(const Tensor& x, const RouteInputs& inputs, MoeLayerSaved& saved, bool collect_stats = false) const;
+  // x[T,d] -> y[T,d]; statistics in saved.stats (entropy only when collect_stats). `other`:
+  // independent work (another micro-batch's attention) run once, beside the shared experts: while
+  // the dispatch's all-to-all is in flight under a2a_overlap, else after the routed part.
+  Tensor forward(const Tensor& x, const RouteInputs& inputs, MoeLayerSaved& saved, bool collect_stats = false,
+                 const std::function<void()>& other = {}) const;
   // dy[T,d] -> dx[T,d]. aux_scale multiplies the balancing losses' gradients (the factor the
-  // trainer applies to this micro-batch's share of the loss).
-  Tensor backward(const MoeLayerSaved& saved, const Tensor& dy, float aux_scale) const;
+  // trainer applies to this micro-batch's share of the loss). `other` runs once, while the
+  // combine's backward all-to-all is in flight (always: the routed backward has that window).
+  Tensor backward(const MoeLayerSaved& saved, const Tensor& dy, float aux_scale,
+                  const std::function<void()>& other = {}) const;
 
   // Replaces the Switch term of a forward (balance_scope = global_batch): d aux / d scores[t,i]
   // = grad_per_expert[i] for every token t of this micro-batch, the loss value given.

@@ -109,7 +109,8 @@ void add_parallel_fields(ParallelConfig& p, std::vector<Field>& out) {
                          {s, "ep", &p.ep}, {s, "zero", &p.zero},
                          {s, "order", &p.order}, {s, "bucket_mb", &p.bucket_mb},
                          {s, "overlap_grad_reduce", &p.overlap_grad_reduce},
-                         {s, "a2a_overlap", &p.a2a_overlap}});
+                         {s, "a2a_overlap", &p.a2a_overlap},
+                         {s, "a2a_overlap_microbatches", &p.a2a_overlap_microbatches}});
 }
 
 // Levenshtein distance; keys are short, so the quadratic table is fine.

@@ -367,6 +367,24 @@ void validate_tensor_parallel(const Config& c, const KeyOrigins& at) {
             " divisible by parallel.tp = ", tp, " (each tensor-parallel rank's slice of tokens must be whole sequences)");
 }
 
+// parallel.a2a_overlap_microbatches: two micro-batches through one stage together (Model::forward_pair).
+void validate_microbatch_pairs(const Config& c, const KeyOrigins& at) {
+  const ParallelConfig& p = c.parallel;
+  const std::string key = "parallel.a2a_overlap_microbatches = true";
+  MOE_CHECK(p.a2a_overlap, at.prefix({"parallel.a2a_overlap_microbatches", "parallel.a2a_overlap"}), key,
+            " overlaps the all-to-alls with another micro-batch's attention: it needs parallel.a2a_overlap = true");
+  MOE_CHECK(c.train.grad_accum % 2 == 0, at.prefix({"parallel.a2a_overlap_microbatches", "train.grad_accum"}), key,
+            " runs the micro-batches in pairs: train.grad_accum = ", c.train.grad_accum, " must be even");
+  MOE_CHECK(p.pp == 1 && p.tp == 1, at.prefix({"parallel.a2a_overlap_microbatches", "parallel.pp", "parallel.tp"}), key,
+            " runs on one pipeline stage without tensor parallelism (parallel.pp = ", p.pp, ", parallel.tp = ", p.tp, ")");
+  MOE_CHECK(!c.train.recompute, at.prefix({"parallel.a2a_overlap_microbatches", "train.recompute"}), key,
+            " keeps both micro-batches' activations: train.recompute must be false");
+  MOE_CHECK(c.model.encoder_layers == 0, at.prefix({"parallel.a2a_overlap_microbatches", "model.encoder_layers"}), key,
+            " is not built for the encoder-decoder (model.encoder_layers = ", c.model.encoder_layers, ")");
+  MOE_CHECK(c.moe.balance_scope == "micro_batch", at.prefix({"parallel.a2a_overlap_microbatches", "moe.balance_scope"}),
+            key, " needs moe.balance_scope = 'micro_batch' (the global-batch scope runs every forward first)");
+}
+
 void validate_parallel(const Config& c, const KeyOrigins& at) {
   const ParallelConfig& p = c.parallel;
   check_at_least(at, "parallel.tp", p.tp, 1);
@@ -379,6 +397,7 @@ void validate_parallel(const Config& c, const KeyOrigins& at) {
   MOE_CHECK(!p.a2a_overlap || p.ep > 1, at.prefix({"parallel.a2a_overlap", "parallel.ep"}),
             "parallel.a2a_overlap = true needs parallel.ep > 1, got parallel.ep = ", p.ep,
             " (it overlaps the expert-parallel all-to-alls, which a single EP rank does not run)");
+  if (p.a2a_overlap_microbatches) validate_microbatch_pairs(c, at);
   validate_pipeline(c, at);
   validate_tensor_parallel(c, at);
 }

@@ -24,28 +24,38 @@ Block::Block(ParamStore& store, const std::string& prefix, NormKind norm, float 
 
 Tensor Block::forward(const Tensor& x, int64_t batch, const RouteInputs& inputs, BlockSaved& saved,
                       bool collect_stats, const Tensor& doc_starts, const Tensor& memory) const {
-  saved.input = x;
-  Tensor attn_out = attn_.forward(attn_norm_.forward(x, saved.attn_norm), batch, saved.attn, doc_starts);
-  if (!cross_) return ffn_residual(x, attn_out, inputs, saved, collect_stats);
+  Tensor attn_out = attention_forward(x, batch, saved, doc_starts);
+  if (!cross_) return ffn_forward(x, attn_out, inputs, saved, collect_stats);
   MOE_CHECK(memory.defined(), "block: cross-attention needs the encoder's output");
   Tensor h;  // x + attn_out, written by the fused add + norm
   Tensor normed = cross_norm_->forward_add(x, attn_out, h, saved.cross_norm);
   Tensor cross_out = cross_->forward(normed, memory, batch, saved.cross);
-  return ffn_residual(h, cross_out, inputs, saved, collect_stats);
+  return ffn_forward(h, cross_out, inputs, saved, collect_stats);
+}
+
+Tensor Block::attention_forward(const Tensor& x, int64_t batch, BlockSaved& saved, const Tensor& doc_starts) const {
+  saved.input = x;
+  return attn_.forward(attn_norm_.forward(x, saved.attn_norm), batch, saved.attn, doc_starts);
 }
 
 Tensor Block::decode(const Tensor& x, const RouteInputs& inputs, const Tensor& positions, const Tensor& lengths,
                      Tensor& k_cache, Tensor& v_cache) const {
   BlockSaved saved;  // nothing is kept: no backward follows
   Tensor attn_out = attn_.decode(attn_norm_.forward(x, saved.attn_norm), positions, lengths, k_cache, v_cache);
-  return ffn_residual(x, attn_out, inputs, saved, false);
+  return ffn_forward(x, attn_out, inputs, saved, false);
 }
 
-Tensor Block::ffn_residual(const Tensor& x, const Tensor& attn_out, const RouteInputs& inputs, BlockSaved& saved,
-                           bool collect_stats) const {
+Tensor Block::ffn_forward(const Tensor& x, const Tensor& attn_out, const RouteInputs& inputs, BlockSaved& saved,
+                          bool collect_stats, const std::function<void()>& other) const {
   Tensor h;  // the residual stream x + attn_out, written by the fused add + norm
   Tensor normed = ffn_norm_.forward_add(x, attn_out, h, saved.ffn_norm);
-  Tensor ffn_out = moe_ ? moe_->forward(normed, inputs, saved.moe, collect_stats) : dense_->forward(normed, saved.ffn);
+  Tensor ffn_out;
+  if (moe_) {
+    ffn_out = moe_->forward(normed, inputs, saved.moe, collect_stats, other);
+  } else {
+    ffn_out = dense_->forward(normed, saved.ffn);
+    if (other) other();
+  }
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
   ops::add(h, ffn_out, y);
   return y;
@@ -53,14 +63,29 @@ Tensor Block::ffn_residual(const Tensor& x, const Tensor& attn_out, const RouteI
 
 Tensor Block::backward(const BlockSaved& saved, const Tensor& dy, int64_t batch, float aux_scale,
                        Tensor* d_memory) const {
-  Tensor dnormed = moe_ ? moe_->backward(saved.moe, dy, aux_scale) : dense_->backward(saved.ffn, dy);
-  Tensor dh = ffn_norm_.backward(saved.ffn_norm, dnormed, dy);  // + dy: the residual path, fused
+  Tensor dh = ffn_backward(saved, dy, aux_scale);
   if (cross_) {
     MOE_CHECK(d_memory != nullptr && d_memory->defined(), "block: cross-attention's backward needs the memory's "
               "gradient to add to");
     Tensor dcross_in = cross_->backward(saved.cross, dh, batch, *d_memory);
     dh = cross_norm_->backward(saved.cross_norm, dcross_in, dh);  // + dh: the residual path, fused
   }
+  return attention_backward(saved, dh, batch);
+}
+
+Tensor Block::ffn_backward(const BlockSaved& saved, const Tensor& dy, float aux_scale,
+                           const std::function<void()>& other) const {
+  Tensor dnormed;
+  if (moe_) {
+    dnormed = moe_->backward(saved.moe, dy, aux_scale, other);
+  } else {
+    dnormed = dense_->backward(saved.ffn, dy);
+    if (other) other();
+  }
+  return ffn_norm_.backward(saved.ffn_norm, dnormed, dy);  // + dy: the residual path, fused
+}
+
+Tensor Block::attention_backward(const BlockSaved& saved, const Tensor& dh, int64_t batch) const {
   Tensor dattn_in = attn_.backward(saved.attn, dh, batch);
   return attn_norm_.backward(saved.attn_norm, dattn_in, dh);  // + dh: the residual path, fused
 }

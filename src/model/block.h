@@ -3,6 +3,7 @@
 // sublayer between them: h + CrossAttention(Norm(h), memory).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -36,6 +37,18 @@ class Block {
   // dy[B*S,d] -> dx[B*S,d]; a block with cross-attention adds the memory's gradient to *d_memory
   Tensor backward(const BlockSaved& saved, const Tensor& dy, int64_t batch, float aux_scale,
                   Tensor* d_memory = nullptr) const;
+  // The two halves of forward and backward (a block without cross-attention), for running two
+  // micro-batches interleaved (Model::forward_pair). attention_forward: x -> the attention's output
+  // (before the residual add); ffn_forward: x + attn_out, then + FFN(Norm(.)) -> y. `other` runs
+  // once inside the FFN: while an MoE layer's all-to-all is in flight, after a dense FFN.
+  Tensor attention_forward(const Tensor& x, int64_t batch, BlockSaved& saved, const Tensor& doc_starts) const;
+  Tensor ffn_forward(const Tensor& x, const Tensor& attn_out, const RouteInputs& inputs, BlockSaved& saved,
+                     bool collect_stats, const std::function<void()>& other = {}) const;
+  // ffn_backward: dy -> dh, the gradient of x + attn_out (`other` as in ffn_forward);
+  // attention_backward: dh -> dx.
+  Tensor ffn_backward(const BlockSaved& saved, const Tensor& dy, float aux_scale,
+                      const std::function<void()>& other = {}) const;
+  Tensor attention_backward(const BlockSaved& saved, const Tensor& dh, int64_t batch) const;
   // Cached decoding: x[B,d] (one new token per sequence) -> y[B,d]; Attention::decode with this
   // block's caches, then the FFN as in forward (routers see each new token alone).
   Tensor decode(const Tensor& x, const RouteInputs& inputs, const Tensor& positions, const Tensor& lengths,
@@ -46,10 +59,6 @@ class Block {
   const MoeLayer& moe() const { return *moe_; }
 
  private:
-  // The second half of the block: h = x + attn_out, then h + FFN(Norm(h)).
-  Tensor ffn_residual(const Tensor& x, const Tensor& attn_out, const RouteInputs& inputs, BlockSaved& saved,
-                      bool collect_stats) const;
-
   Norm attn_norm_, ffn_norm_;
   Attention attn_;
   std::unique_ptr<DenseFfn> dense_;

@@ -334,6 +334,11 @@ ForwardOutput Model::forward(const Batch& batch, ModelSaved& saved, const Tensor
   const size_t begin = chunk_begin_[static_cast<size_t>(chunk)], end = chunk_begin_[static_cast<size_t>(chunk) + 1];
   Tensor x = run_blocks(embeds ? embed(batch.inputs, saved.doc_starts, config_.seq_len) : input, batch, saved, begin,
                         end);
+  return finish_forward(batch, saved, x, begin, end, ends);
+}
+
+ForwardOutput Model::finish_forward(const Batch& batch, ModelSaved& saved, const Tensor& x, size_t begin, size_t end,
+                                    bool ends) const {
   ForwardOutput out;
   if (ends) {
     head_forward(x, saved);

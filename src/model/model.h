@@ -3,6 +3,7 @@
 #pragma once
 
 #include <functional>
+#include <array>
 #include <memory>
 #include <string>
 #include <utility>
@@ -98,6 +99,17 @@ class Model {
   // Returns the gradient of the stage's input (undefined on the first stage).
   Tensor backward(const Batch& batch, const ModelSaved& saved, float loss_scale, float aux_scale,
                   const Tensor& d_output = {}, int chunk = 0) const;
+  // Two micro-batches A and B through the model together (parallel.a2a_overlap_microbatches): the
+  // blocks interleave so that each MoE layer's all-to-all is in flight while the other
+  // micro-batch's attention runs (forward: B's attention of block i inside A's MoE layer i, A's
+  // attention of block i+1 inside B's; backward mirrored). The same results as forward and backward
+  // of A then B (each parameter's gradient still adds A's part before B's). One stage, one chunk,
+  // no recomputation, no tensor parallelism, a decoder-only or encoder-only model.
+  std::array<ForwardOutput, 2> forward_pair(const std::array<const Batch*, 2>& batches,
+                                            const std::array<ModelSaved*, 2>& saved) const;
+  void backward_pair(const std::array<const Batch*, 2>& batches, const std::array<const ModelSaved*, 2>& saved,
+                     float loss_scale, float aux_scale) const;
+  int64_t pair_forwards() const { return pair_forwards_; }  // forward_pair calls so far
   // Activation recomputation: forward keeps each block's input only and backward runs the
   // block's forward again before its backward.
   void set_recompute(bool on) { recompute_ = on; }
@@ -196,6 +208,11 @@ class Model {
   Tensor run_blocks(const Tensor& x, const Batch& batch, ModelSaved& saved, size_t begin, size_t end,
                     const Tensor& memory = Tensor()) const;
   void head_forward(const Tensor& x, ModelSaved& saved) const;
+  // After the blocks [begin, end): the head and loss (ends) or the stage's output, and the MoE
+  // layers' statistics.
+  ForwardOutput finish_forward(const Batch& batch, ModelSaved& saved, const Tensor& x, size_t begin, size_t end,
+                               bool ends) const;
+  void check_pairable() const;
   Tensor head_backward(const Batch& batch, const ModelSaved& saved, float loss_scale) const;
   void add_nsp_loss(const Batch& batch, ModelSaved& saved, ForwardOutput& out) const;
   Tensor block_backward(size_t i, const Batch& batch, const BlockSaved& saved, const Tensor& dy, float aux_scale,
@@ -227,6 +244,7 @@ class Model {
   std::unique_ptr<NspHead> nsp_;  // objective.nsp, last stage
   std::unique_ptr<Norm> encoder_norm_;  // encoder-decoder: after the encoder's blocks
   ParamHook param_hook_;
+  mutable int64_t pair_forwards_ = 0;
   GradHook grad_hook_;
   void acquire(const std::string& unit) const { if (param_hook_) param_hook_(unit, true); }
   void release(const std::string& unit) const { if (param_hook_) param_hook_(unit, false); }

@@ -207,12 +207,12 @@ ActivationPlan plan_activations(const Config& config, const Topology& topology, 
   if (last) a.logits = Ts * (d * s.cb + norm_stats * s.ab) + T * ceil_div(m.vocab_size, tp) * s.cb + T * s.ab;
 
   // Backward working sets of a block, besides what the forward kept: the FFN backward with dy
-  // and d x live; the attention backward with dy, the FFN-input and residual gradients, d out,
-  // d q, d k, d v and d x.
-  // Sequence parallelism: dy, the FFN-input and residual gradients are this rank's tokens; the
-  // input gathered again and its gradient whole, then reduce-scattered (the FFN also gathers dy).
-  const int64_t attention_backward = sp ? T * s.cb * (2 * d + 2 * q_width + 2 * kv_width) + 4 * Ts * s.cb * d
-                                        : T * s.cb * (4 * d + 2 * q_width + 2 * kv_width);
+  // and d x live; the attention backward with dy, the residual gradient, d out, d q, d k, d v and
+  // d x (the FFN-input gradient is freed when the FFN half's backward returns: Block::ffn_backward).
+  // Sequence parallelism: dy and the residual gradient are this rank's tokens; the input gathered
+  // again and its gradient whole, then reduce-scattered (the FFN also gathers dy).
+  const int64_t attention_backward = sp ? T * s.cb * (2 * d + 2 * q_width + 2 * kv_width) + 3 * Ts * s.cb * d
+                                        : T * s.cb * (3 * d + 2 * q_width + 2 * kv_width);
   const int64_t dense_backward = sp ? T * s.cb * (3 * d + dense_up + dense_mid) + Ts * s.cb * d
                                     : T * s.cb * (2 * d + dense_up + dense_mid);
 
@@ -249,10 +249,11 @@ ActivationPlan plan_activations(const Config& config, const Topology& topology, 
   if (last) a.logits_grad = T * ceil_div(m.vocab_size, tp) * s.cb + (sp ? 2 * T + Ts : T) * d * s.cb;
 
   // Micro-batches whose activations are alive together: one (backward follows each forward);
-  // all of the step's with the global_batch balance scope (forwards first); under 1F1B stage s
-  // of p holds min(p - s, micro-batches) in flight.
+  // two with micro-batch pairs (parallel.a2a_overlap_microbatches); all of the step's with the
+  // global_batch balance scope (forwards first); under 1F1B stage s of p holds min(p - s,
+  // micro-batches) in flight.
   const int64_t micro = config.train.grad_accum;
-  a.micro_batches = 1;
+  a.micro_batches = config.parallel.a2a_overlap_microbatches ? 2 : 1;
   if (config.moe.balance_scope == "global_batch" && moe_layers > 0) a.micro_batches = micro;
   if (topology.pp > 1) a.micro_batches = std::max(a.micro_batches, std::min<int64_t>(topology.pp - pp_stage, micro));
   a.kept_in_flight = a.micro_batches * a.kept;
@@ -261,10 +262,15 @@ ActivationPlan plan_activations(const Config& config, const Topology& topology, 
   }
   // The trainer keeps every micro-batch's ids of the step (Trainer::train_step's batches).
   const int64_t batches = micro * a.batch;
+  // Micro-batch pairs (Model::forward_pair / backward_pair): the other micro-batch's attention
+  // output waits for its FFN half in forward; in backward its output gradient and the gradient
+  // inside its block are alive beside this one's working set.
+  const bool pairs = config.parallel.a2a_overlap_microbatches;
   // The logit and hidden gradients live through the head's backward only (Model::head_backward).
-  a.backward_base = a.kept_in_flight + batches;
+  a.backward_base = a.kept_in_flight + batches + (pairs ? 2 * T * d * s.cb : 0);
   const int64_t backward_peak = a.backward_base + std::max(a.backward_working, a.logits_grad);
-  a.forward_peak = a.kept_in_flight + batches + (last ? T * s.ab : 0);  // + per-token losses
+  a.forward_peak = a.kept_in_flight + batches + (last ? T * s.ab : 0)  // + per-token losses
+                   + (pairs ? T * d * s.cb : 0);
   a.peak = std::max(backward_peak, a.forward_peak);
   return a;
 }

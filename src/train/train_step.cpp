@@ -61,24 +61,15 @@ StepResult Trainer::train_step() {
   if (timed && !stage_times_) stage_times_ = std::make_unique<DeviceIntervals>(device_);
   if (timed) stage_times_->reset();
   bool switched = false;
-  StageCallbacks stage;
-  stage.forward = [&](int micro, int chunk, const Tensor& input) {
-    if (timed) stage_times_->begin();
-    const auto at = static_cast<size_t>(micro * chunks + chunk);
+  // What follows each forward: the loss sum, the balancing check, the aux-loss-free loads.
+  auto after_forward = [&](size_t at, int micro) {
     ForwardOutput& out = outs[at];
-    out = model_->forward(batches[static_cast<size_t>(micro)], saves[at], input, chunk);
     check_balancing_loss(out, micro);
     if (out.loss.defined()) ops::sum_accumulate(out.loss, loss_sum);
     if (bias_loads.defined()) count_bias_loads(out, bias_loads);
-    if (timed) stage_times_->end();
-    return saves[at].output;
   };
-  stage.backward = [&](int micro, int chunk, const Tensor& d_output) {
-    if (timed) stage_times_->begin();
-    if (global_scope && !switched) {
-      if (model_->num_moe_layers() > 0) apply_global_switch(saves, outs);
-      switched = true;
-    }
+  // The gradient hooks of a backward whose last micro-batch is `micro`.
+  auto set_grad_hooks = [&](int micro) {
     if (optimizer_->gradients_sharded()) {
       // ZeRO-2/3: every micro-batch reduces each block's gradients into the shard as soon as the block
       // is done and frees them; only the shard and the modules in flight hold gradients.
@@ -95,6 +86,23 @@ StepResult Trainer::train_step() {
         optimizer_->reduce_unit_async(unit(name));
       });
     }
+  };
+  StageCallbacks stage;
+  stage.forward = [&](int micro, int chunk, const Tensor& input) {
+    if (timed) stage_times_->begin();
+    const auto at = static_cast<size_t>(micro * chunks + chunk);
+    outs[at] = model_->forward(batches[static_cast<size_t>(micro)], saves[at], input, chunk);
+    after_forward(at, micro);
+    if (timed) stage_times_->end();
+    return saves[at].output;
+  };
+  stage.backward = [&](int micro, int chunk, const Tensor& d_output) {
+    if (timed) stage_times_->begin();
+    if (global_scope && !switched) {
+      if (model_->num_moe_layers() > 0) apply_global_switch(saves, outs);
+      switched = true;
+    }
+    set_grad_hooks(micro);
     const auto at = static_cast<size_t>(micro * chunks + chunk);
     in_backward_ = true;
     Tensor d_input = model_->backward(batches[static_cast<size_t>(micro)], saves[at], loss_scale, aux_scale, d_output,
@@ -110,7 +118,27 @@ StepResult Trainer::train_step() {
   if (timed) stage_times_->start();
   Communicator* pp = topology_.pp > 1 ? groups_.pp.get() : nullptr;
   const Shape activations{stage_rows(t.micro_batch_size), config_.model.d_model};
-  if (chunks > 1) {
+  if (config_.parallel.a2a_overlap_microbatches) {
+    // Micro-batches in pairs, each one's attention while the other's all-to-all is in flight
+    // (Model::forward_pair); one stage, one chunk (validated).
+    for (int a = 0; a + 1 < micro_batches; a += 2) {
+      const auto ia = static_cast<size_t>(a), ib = ia + 1;
+      std::array<ForwardOutput, 2> pair = model_->forward_pair({&batches[ia], &batches[ib]}, {&saves[ia], &saves[ib]});
+      outs[ia] = std::move(pair[0]);
+      outs[ib] = std::move(pair[1]);
+      after_forward(ia, a);
+      after_forward(ib, a + 1);
+      set_grad_hooks(a + 1);
+      in_backward_ = true;
+      model_->backward_pair({&batches[ia], &batches[ib]}, {&saves[ia], &saves[ib]}, loss_scale, aux_scale);
+      in_backward_ = false;
+      model_->set_grad_hook(nullptr);
+      for (size_t at : {ia, ib}) {
+        saves[at] = ModelSaved{};
+        sums[1] += static_cast<double>(outs[at].num_targets);
+      }
+    }
+  } else if (chunks > 1) {
     run_pipeline_rounds(schedule, micro_batches, chunks, pp, activations, dtype_, device_, stage);
   } else {
     run_pipeline(pipeline_actions(schedule, topology_.pp, topology_.coords.pp, micro_batches), pp, activations, dtype_,

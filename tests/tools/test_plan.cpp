@@ -327,9 +327,10 @@ TEST_CASE("activations of a small config, by hand", "[train][plan]") {
   REQUIRE(a.logits == 8 * 8 * 2 + 8 * 4 + 8 * 16 * 2 + 8 * 4);  // final norm out + rstd, logits, lse
   REQUIRE(a.kept == 8 * 8 * 2 + (1024 + 512) + (1024 + 960) + 448);
   REQUIRE(a.logits_grad == 8 * 16 * 2 + 8 * 8 * 2);
-  REQUIRE(a.backward_working == 8 * 2 * (4 * 8 + 2 * 8 + 2 * 8));  // the attention backward
-  REQUIRE(a.peak == 4096 + 64 + 1024);  // the logit gradients (384) are freed before the blocks' backward
-  REQUIRE(plan.peak == 18 * 1288 + 5184);
+  // The attention backward: dy, the residual gradient, d out and d x [T,8], d q, d k, d v.
+  REQUIRE(a.backward_working == 8 * 2 * (3 * 8 + 2 * 8 + 2 * 8));
+  REQUIRE(a.peak == 4096 + 64 + 896);  // the logit gradients (384) are freed before the blocks' backward
+  REQUIRE(plan.peak == 18 * 1288 + 5056);
 }
 
 TEST_CASE("the GPU estimate lands within 10% of the peaks measured on an H200", "[train][plan]") {
@@ -535,6 +536,13 @@ TEST_CASE("the CPU estimate matches the allocator's high-water mark of real step
         cases.emplace_back("ep " + std::to_string(ep) + ", ZeRO-" + std::to_string(zero), e);
       }
     }
+    // Micro-batch pairs: both micro-batches' activations alive at once.
+    Config pairs = balanced;
+    pairs.parallel.ep = 2;
+    pairs.parallel.a2a_overlap = true;
+    pairs.parallel.a2a_overlap_microbatches = true;
+    pairs.moe.num_shared_experts = 1;
+    cases.emplace_back("ep 2, micro-batch pairs", pairs);
     // Tensor and pipeline parallelism (issue 5): heads, widths and vocabulary split; the MoE
     // layer routes half the tokens per TP rank through whole experts; stages of 2 layers.
     Config split = balanced;

@@ -1,7 +1,8 @@
 // The expert all-to-all overlap (parallel.a2a_overlap) under mpirun on CPU ranks: the MoE layer
-// starts each all-to-all, runs the shared experts while it is in flight (MPI_Ialltoallv) and
-// finishes it after; training with the overlap equals training without it and one rank, with
-// expert parallelism, shared experts and each ZeRO stage, over several steps.
+// starts each all-to-all, runs the shared experts (and another micro-batch's work) while it is in
+// flight (MPI_Ialltoallv) and finishes it after; training with the overlap, and with micro-batch
+// pairs (parallel.a2a_overlap_microbatches), equals training without it and one rank, with expert
+// parallelism, shared experts and each ZeRO stage, over several steps.
 #include <catch2/catch.hpp>
 
 #include <filesystem>
@@ -145,6 +146,68 @@ TEST_CASE("training with the all-to-all overlap equals training without it and o
       test::require_close(a.master_sharded(group) ? a.master_shard(group) : a.flat_master(group),
                           b.master_sharded(group) ? b.master_shard(group) : b.flat_master(group), 1e-6, 1e-5,
                           "weights after 4 steps with and without the overlap");
+    }
+  }
+}
+
+TEST_CASE("the other micro-batch's work runs while the all-to-all is in flight", "[parallel][moe]") {
+  auto world = make_world_communicator(Device::cpu());
+  if (world->size() < 2) return;
+  auto layer = traced_layer(*world, true);
+  const int64_t tokens = 8, d = 6;
+  Tensor x = test::f64_tensor(test::random_values(tokens * d, 100 + static_cast<uint64_t>(world->rank())), {tokens, d});
+  Tensor dy = test::f64_tensor(test::random_values(tokens * d, 200 + static_cast<uint64_t>(world->rank())), {tokens, d});
+  MoeLayerSaved saved;
+  RouteInputs inputs;
+  inputs.seq_len = tokens;
+  int ran = 0;
+  layer->moe->forward(x, inputs, saved, false, [&] { ++ran; });
+  layer->store.zero_grads();
+  layer->moe->backward(saved, dy, 1.0f, [&] { ++ran; });
+  REQUIRE(ran == 2);
+  const std::vector<Phase> expected = {
+      {"dispatch_start", 1},         {"shared_forward", 1},  {"other_forward", 1},          {"dispatch_finish", 0},
+      {"combine_start", 1},          {"combine_finish", 0},  {"combine_backward_start", 1}, {"shared_backward", 1},
+      {"other_backward", 1},         {"combine_backward_finish", 0}};
+  REQUIRE(layer->phases == expected);
+}
+
+TEST_CASE("training with micro-batch pairs equals training without them and one rank", "[parallel][train][moe]") {
+  auto world = make_world_communicator(Device::cpu());
+  const int n = world->size();
+  if (n < 2) return;
+  auto self = world->split(world->rank(), 0);
+  std::vector<Layout> layouts = {{.ep = 2}, {.ep = 2, .zero = 2}, {.ep = 2, .zero = 3, .grad_accum = 4}};
+  if (n == 4) layouts = {{.ep = 4}, {.ep = 2, .zero = 1}};
+  for (const Layout& layout : layouts) {
+    INFO(layout.name() << " on " << n << " ranks");
+    test::TempDir dir("moe-pairs-rank" + std::to_string(world->rank()));
+    Config paired = overlap_config(dir, layout, true), plain = overlap_config(dir, layout, true);
+    paired.parallel.a2a_overlap_microbatches = true;
+    paired.train.run_dir = dir.str("paired");
+    plain.train.run_dir = dir.str("plain");
+    validate_config(paired);
+    Trainer with_pairs(paired, 0, *world), without(plain, 0, *world);
+    Config single = plain;
+    single.train.grad_accum = layout.grad_accum * n;
+    single.train.run_dir = dir.str("single");
+    single.parallel = ParallelConfig{};
+    Trainer reference(single, 0, *self);
+    for (int step = 1; step <= 4; ++step) {
+      INFO("step " << step);
+      StepResult p = with_pairs.train_step(), s = without.train_step(), r = reference.train_step();
+      test::require_same_step(p, s);
+      test::require_same_step(p, r);
+    }
+    REQUIRE(with_pairs.model().pair_forwards() == 4 * layout.grad_accum / 2);  // every micro-batch in a pair
+    REQUIRE(without.model().pair_forwards() == 0);
+    for (int g = 0; g < k_num_param_groups; ++g) {
+      auto group = static_cast<ParamGroup>(g);
+      ParamStore& a = with_pairs.model().params();
+      ParamStore& b = without.model().params();
+      test::require_close(a.master_sharded(group) ? a.master_shard(group) : a.flat_master(group),
+                          b.master_sharded(group) ? b.master_shard(group) : b.flat_master(group), 1e-6, 1e-5,
+                          "weights after 4 steps with and without micro-batch pairs");
     }
   }
 }
