@@ -231,6 +231,10 @@ section_scaling() {
     measure scaling "${name}_ep2_overlap" model="$name" layout="EP 2, a2a_overlap" ranks:=2 -- \
       "${mpi[@]}" "$MOE" bench train "$cfg" "${shape[@]}" --set parallel.ep=2 --set parallel.a2a_overlap=true \
       "${bench_iters[@]}"
+    # Micro-batch pairs need 2 micro-batches a step: the step holds twice the tokens (tokens/s compares).
+    measure scaling "${name}_ep2_pairs" model="$name" layout="EP 2, a2a_overlap + micro-batch pairs (2 micro-batches)" \
+      ranks:=2 -- "${mpi[@]}" "$MOE" bench train "$cfg" "${shape[@]}" --set parallel.ep=2 --set parallel.a2a_overlap=true \
+      --set parallel.a2a_overlap_microbatches=true --set train.grad_accum=2 "${bench_iters[@]}"
   done
 }
 
@@ -302,6 +306,7 @@ section_equivalence() {
   local spec name layout ga run log steps rel
   for spec in "dp2|zero=0|2" "zero1|zero=1|2" "zero2|zero=2|2" "zero3|zero=3|2" "ep2|ep=2|2" \
               "ep2_overlap|ep=2 a2a_overlap=true|2" "ep2_zero3_overlap|ep=2 zero=3 a2a_overlap=true|2" \
+              "ep2_pairs|ep=2 a2a_overlap=true a2a_overlap_microbatches=true|2" \
               "tp2|tp=2|4" "tp2_sp|tp=2 sequence_parallel=true|4" "pp2_1f1b|pp=2|4" \
               "pp2_interleaved|pp=2 pp_virtual=2|4"; do
     IFS='|' read -r name layout ga <<< "$spec"
