@@ -119,6 +119,7 @@ TEST_CASE("training with the all-to-all overlap equals training without it and o
   auto self = world->split(world->rank(), 0);
   std::vector<Layout> layouts = {{.ep = 2}, {.ep = 2, .zero = 2}};
   if (n == 4) layouts = {{.ep = 4}, {.ep = 2, .zero = 1}, {.ep = 4, .zero = 3, .grad_accum = 1}};
+  if (n == 8) layouts = {{.ep = 4, .zero = 3}, {.ep = 2, .zero = 2}};  // EP x DP 2 and 4
   for (const Layout& layout : layouts) {
     INFO(layout.name() << " on " << n << " ranks");
     test::TempDir dir("moe-a2a-rank" + std::to_string(world->rank()));
@@ -179,6 +180,7 @@ TEST_CASE("training with micro-batch pairs equals training without them and one 
   auto self = world->split(world->rank(), 0);
   std::vector<Layout> layouts = {{.ep = 2}, {.ep = 2, .zero = 2}, {.ep = 2, .zero = 3, .grad_accum = 4}};
   if (n == 4) layouts = {{.ep = 4}, {.ep = 2, .zero = 1}};
+  if (n == 8) layouts = {{.ep = 4, .zero = 3}, {.ep = 2, .zero = 2}};
   for (const Layout& layout : layouts) {
     INFO(layout.name() << " on " << n << " ranks");
     test::TempDir dir("moe-pairs-rank" + std::to_string(world->rank()));
