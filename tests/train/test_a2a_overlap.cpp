@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -55,8 +56,9 @@ std::unique_ptr<TracedLayer> traced_layer(Communicator& ep, bool overlap) {
   return layer;
 }
 
-// Runs one forward and backward over this rank's 8 tokens; returns the phases it went through.
-std::vector<Phase> run_traced(Communicator& ep, bool overlap) {
+// Runs one forward and backward over this rank's 8 tokens, `other` beside the all-to-alls;
+// returns the phases it went through.
+std::vector<Phase> run_traced(Communicator& ep, bool overlap, const std::function<void()>& other = {}) {
   auto layer = traced_layer(ep, overlap);
   const int64_t tokens = 8, d = 6;
   Tensor x = test::f64_tensor(test::random_values(tokens * d, 100 + static_cast<uint64_t>(ep.rank())), {tokens, d});
@@ -64,9 +66,9 @@ std::vector<Phase> run_traced(Communicator& ep, bool overlap) {
   MoeLayerSaved saved;
   RouteInputs inputs;
   inputs.seq_len = tokens;
-  layer->moe->forward(x, inputs, saved);
+  layer->moe->forward(x, inputs, saved, false, other);
   layer->store.zero_grads();
-  layer->moe->backward(saved, dy, 1.0f);
+  layer->moe->backward(saved, dy, 1.0f, other);
   return layer->phases;
 }
 
@@ -154,23 +156,14 @@ TEST_CASE("training with the all-to-all overlap equals training without it and o
 TEST_CASE("the other micro-batch's work runs while the all-to-all is in flight", "[parallel][moe]") {
   auto world = make_world_communicator(Device::cpu());
   if (world->size() < 2) return;
-  auto layer = traced_layer(*world, true);
-  const int64_t tokens = 8, d = 6;
-  Tensor x = test::f64_tensor(test::random_values(tokens * d, 100 + static_cast<uint64_t>(world->rank())), {tokens, d});
-  Tensor dy = test::f64_tensor(test::random_values(tokens * d, 200 + static_cast<uint64_t>(world->rank())), {tokens, d});
-  MoeLayerSaved saved;
-  RouteInputs inputs;
-  inputs.seq_len = tokens;
   int ran = 0;
-  layer->moe->forward(x, inputs, saved, false, [&] { ++ran; });
-  layer->store.zero_grads();
-  layer->moe->backward(saved, dy, 1.0f, [&] { ++ran; });
+  const std::vector<Phase> phases = run_traced(*world, true, [&] { ++ran; });
   REQUIRE(ran == 2);
   const std::vector<Phase> expected = {
       {"dispatch_start", 1},         {"shared_forward", 1},  {"other_forward", 1},          {"dispatch_finish", 0},
       {"combine_start", 1},          {"combine_finish", 0},  {"combine_backward_start", 1}, {"shared_backward", 1},
       {"other_backward", 1},         {"combine_backward_finish", 0}};
-  REQUIRE(layer->phases == expected);
+  REQUIRE(phases == expected);
 }
 
 TEST_CASE("training with micro-batch pairs equals training without them and one rank", "[parallel][train][moe]") {
