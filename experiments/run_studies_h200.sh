@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
-# The studies of issue 21 on one H200, in parts that each fit one call to the GPU host (the host
-# is handed back after each call, so each part builds what it needs and copies what it made to
-# OUT). Run from the repo root with .devdeps carried; the corpus comes as data/corpus_xz (the
-# token shards of scripts/fetch_corpus.sh, train.tok xz-compressed to fit the 64 MiB carry), or
-# is already in data/corpus.
+# The ablation studies on one H200, in parts of under ten minutes each; each part builds what it
+# needs (build/moe, with the libraries of scripts/setup.sh or a .devdeps prefix) and copies what
+# it made to OUT. Run from the repo root. The corpus is data/corpus (scripts/fetch_corpus.sh), or
+# data/corpus_xz: the same token shards with train.tok xz-compressed, unpacked on first use.
 # Usage: experiments/run_studies_h200.sh OUT PART...
 #   PART: tests (build everything, the cuda-labelled tests) | hash_layers | deepseekmoe |
 #         upcycling | isoflop. Each study part writes OUT/<study><TAG>.tgz (results, summary,
-#         every run's metrics.jsonl and config.toml, the run logs: one file, as the host returns
-#         few); an interrupted part resumes where it was when run again on the same host.
+#         every run's metrics.jsonl and config.toml, the run logs, in one file); an interrupted
+#         part resumes where it was when run again on the same machine.
 # Environment: EXTRA (run_study.sh's overrides for every run, e.g. "--set train.steps=2000"),
 #   TAG (a suffix for the study's directories, so that runs with other EXTRA stay apart),
 #   ISOFLOP_SEEDS (the sweep's seeds, default 1; the fit takes every seed's runs).
