@@ -81,8 +81,7 @@ expand() {  # the placeholders of one word
   word=${word//\{tables\}/$work/tables}
   while [[ $word =~ \{checkpoint:([A-Za-z0-9_]+)\} ]]; do
     name=${BASH_REMATCH[1]}
-    key=$(ls -d "$work/runs/$(run_id "$name" "${seeds[0]}")/checkpoints/step_"* 2> /dev/null | sort -V | tail -1)
-    [[ -n $key ]] || { echo "run_study: {checkpoint:$name}: run $name has no checkpoint" >&2; return 1; }
+    key=$(last_checkpoint "$name" "${seeds[0]}") || return 1
     word=${word//\{checkpoint:$name\}/$key}
   done
   while [[ $word =~ \{([a-z_0-9]+)\.([a-z_0-9]+)\} ]]; do
@@ -156,7 +155,7 @@ train_one() {  # train_one NAME SEED ARGS...: one run, resumed or skipped as its
 last_checkpoint() {  # last_checkpoint RUN SEED: the newest checkpoint of that run's seed
   local dir
   dir=$(ls -d "$work/runs/$(run_id "$1" "$2")/checkpoints/step_"* 2> /dev/null | sort -V | tail -1)
-  [[ -n $dir ]] || { echo "run_study: run $(run_id "$1" "$2") has no checkpoint to start from" >&2; return 1; }
+  [[ -n $dir ]] || { echo "run_study: run $(run_id "$1" "$2") has no checkpoint" >&2; return 1; }
   printf '%s' "$dir"
 }
 

@@ -91,7 +91,7 @@ Tensor MoeLayer::forward(const Tensor& x, const RouteInputs& inputs, MoeLayerSav
                          const std::function<void()>& other) const {
   const TpGroup tp = this->tp();
   Tensor shared_y;
-  auto shared = [&] {
+  auto meanwhile = [&] {
     if (shared_) {
       shared_y = shared_->forward(x, saved.shared);
       phase("shared_forward");
@@ -103,17 +103,17 @@ Tensor MoeLayer::forward(const Tensor& x, const RouteInputs& inputs, MoeLayerSav
   };
   Tensor y;
   if (!tp.active()) {
-    y = routed_forward(x, inputs, saved, collect_stats, shared);
+    y = routed_forward(x, inputs, saved, collect_stats, meanwhile);
   } else if (tp.sequence_sharded()) {
     RouteInputs slice = inputs;  // x is already this rank's slice of the micro-batch
     slice.first_token += tp.rank() * x.size(0);
-    y = routed_forward(x, slice, saved, collect_stats, shared);
+    y = routed_forward(x, slice, saved, collect_stats, meanwhile);
   } else {
     const int64_t rows = tp.part(x.size(0), "the MoE layer's tokens per micro-batch");
     RouteInputs slice = inputs;
     slice.first_token += tp.rank() * rows;
     Tensor y_local =
-        routed_forward(x.rows(tp.rank() * rows, (tp.rank() + 1) * rows), slice, saved, collect_stats, shared);
+        routed_forward(x.rows(tp.rank() * rows, (tp.rank() + 1) * rows), slice, saved, collect_stats, meanwhile);
     y = Tensor::empty(x.shape(), y_local.dtype(), y_local.device());
     tp.comm->all_gather(y_local, y);
   }
@@ -366,7 +366,7 @@ Tensor MoeLayer::backward(const MoeLayerSaved& saved, const Tensor& dy, float au
   // With the overlap the shared experts' input gradient is made apart and added after the routed
   // one; without it they add into the routed one.
   Tensor dx_shared;
-  auto shared = [&] {
+  auto meanwhile = [&] {
     if (shared_ && config_.a2a_overlap) {
       dx_shared = Tensor::zeros(dy.shape(), dy.dtype(), dy.device());
       shared_->backward(saved.shared, dy, dx_shared);
@@ -379,13 +379,13 @@ Tensor MoeLayer::backward(const MoeLayerSaved& saved, const Tensor& dy, float au
   };
   Tensor dx;
   if (!tp.active() || tp.sequence_sharded()) {
-    dx = routed_backward(saved, dy, aux_scale, shared);
+    dx = routed_backward(saved, dy, aux_scale, meanwhile);
   } else {
     const int64_t rows = dy.size(0) / tp.size();
     // Each rank's tokens reach the output through its slice only: the slices' input gradients
     // make up the whole one.
     Tensor dx_local =
-        routed_backward(saved, dy.rows(tp.rank() * rows, (tp.rank() + 1) * rows), aux_scale, shared);
+        routed_backward(saved, dy.rows(tp.rank() * rows, (tp.rank() + 1) * rows), aux_scale, meanwhile);
     dx = Tensor::empty(dy.shape(), dx_local.dtype(), dx_local.device());
     tp.comm->all_gather(dx_local, dx);
   }

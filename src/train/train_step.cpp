@@ -4,6 +4,8 @@
 // reduction, clipping and AdamW.
 #include <algorithm>
 #include <cmath>
+#include <functional>
+#include <initializer_list>
 
 #include "routing/balancing_terms.h"
 #include "src/config/moe_shape.h"
@@ -68,8 +70,9 @@ StepResult Trainer::train_step() {
     if (out.loss.defined()) ops::sum_accumulate(out.loss, loss_sum);
     if (bias_loads.defined()) count_bias_loads(out, bias_loads);
   };
-  // The gradient hooks of a backward whose last micro-batch is `micro`.
-  auto set_grad_hooks = [&](int micro) {
+  // A backward whose last micro-batch is `micro` (run_it), with its gradient hooks; then the
+  // activations of micro-batches `done` are freed and their targets counted.
+  auto backward_of = [&](int micro, std::initializer_list<size_t> done, const std::function<void()>& run_it) {
     if (optimizer_->gradients_sharded()) {
       // ZeRO-2/3: every micro-batch reduces each block's gradients into the shard as soon as the block
       // is done and frees them; only the shard and the modules in flight hold gradients.
@@ -85,6 +88,14 @@ StepResult Trainer::train_step() {
         sum_tp_partial_grads(&unit(name));
         optimizer_->reduce_unit_async(unit(name));
       });
+    }
+    in_backward_ = true;
+    run_it();
+    in_backward_ = false;
+    model_->set_grad_hook(nullptr);
+    for (size_t at : done) {
+      saves[at] = ModelSaved{};  // free the activations
+      sums[1] += static_cast<double>(outs[at].num_targets);
     }
   };
   StageCallbacks stage;
@@ -102,15 +113,11 @@ StepResult Trainer::train_step() {
       if (model_->num_moe_layers() > 0) apply_global_switch(saves, outs);
       switched = true;
     }
-    set_grad_hooks(micro);
     const auto at = static_cast<size_t>(micro * chunks + chunk);
-    in_backward_ = true;
-    Tensor d_input = model_->backward(batches[static_cast<size_t>(micro)], saves[at], loss_scale, aux_scale, d_output,
-                                      chunk);
-    in_backward_ = false;
-    model_->set_grad_hook(nullptr);
-    saves[at] = ModelSaved{};  // free the activations
-    sums[1] += static_cast<double>(outs[at].num_targets);
+    Tensor d_input;
+    backward_of(micro, {at}, [&] {
+      d_input = model_->backward(batches[static_cast<size_t>(micro)], saves[at], loss_scale, aux_scale, d_output, chunk);
+    });
     if (timed) stage_times_->end();
     return d_input;
   };
@@ -128,15 +135,9 @@ StepResult Trainer::train_step() {
       outs[ib] = std::move(pair[1]);
       after_forward(ia, a);
       after_forward(ib, a + 1);
-      set_grad_hooks(a + 1);
-      in_backward_ = true;
-      model_->backward_pair({&batches[ia], &batches[ib]}, {&saves[ia], &saves[ib]}, loss_scale, aux_scale);
-      in_backward_ = false;
-      model_->set_grad_hook(nullptr);
-      for (size_t at : {ia, ib}) {
-        saves[at] = ModelSaved{};
-        sums[1] += static_cast<double>(outs[at].num_targets);
-      }
+      backward_of(a + 1, {ia, ib}, [&] {
+        model_->backward_pair({&batches[ia], &batches[ib]}, {&saves[ia], &saves[ib]}, loss_scale, aux_scale);
+      });
     }
   } else if (chunks > 1) {
     run_pipeline_rounds(schedule, micro_batches, chunks, pp, activations, dtype_, device_, stage);
@@ -239,8 +240,7 @@ std::vector<Batch> Trainer::step_batches(bool collect_stats) const {
     Batch& batch = batches[static_cast<size_t>(micro)];
     batch = to_device(micro_batch(step_, micro));
     // Gating noise differs per data-parallel rank; the stages and TP ranks of one pipeline share it.
-    // Keyed by the batch of the sample order (data.skip_batches), as the data is.
-    const auto batch_index = static_cast<uint64_t>(step_ + config_.data.skip_batches);
+    const auto batch_index = static_cast<uint64_t>(data_batch(step_));
     batch.noise_seed = t.seed ^ ((batch_index * t.grad_accum + static_cast<uint64_t>(micro)) *
                                      static_cast<uint64_t>(topology_.dp) + static_cast<uint64_t>(topology_.coords.dp)) *
                                     0x9E3779B97F4A7C15ull;

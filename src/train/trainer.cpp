@@ -149,7 +149,7 @@ Trainer::~Trainer() = default;
 
 data::TokenWindows Trainer::micro_batch(int64_t train_step, int64_t micro) const {
   const TrainConfig& t = config_.train;
-  const int64_t step = train_step + config_.data.skip_batches;  // the batch of the sample order
+  const int64_t step = data_batch(train_step);
   const bool pairs = model_->objective().predicts_next_sentence();
   if (!sampler_) {
     int64_t index = groups_.dp->rank() * t.grad_accum + micro;

@@ -99,6 +99,9 @@ class Trainer {
  private:
   nlohmann::json bench_breakdown(int64_t steps);
   data::TokenWindows micro_batch(int64_t step, int64_t micro) const;
+  // The global batch of the sample order that training step `step` (0-based) reads: the data,
+  // the data state of a checkpoint and the gating noise are keyed by it (data.skip_batches).
+  int64_t data_batch(int64_t step) const { return step + config_.data.skip_batches; }
   Batch to_device(const data::TokenWindows& windows) const;  // through the model's objective
   // The sampled windows' seq_len: model.seq_len, or the objective's longer raw windows.
   int64_t window_seq_len() const;

@@ -28,17 +28,40 @@ Tensor recv_host(Communicator& comm, const Shape& shape, DType dtype, int peer) 
   return t.to(Device::cpu());
 }
 
-// Text as a length then its characters (i32), for the same reason.
-void send_text(Communicator& comm, const std::string& text, int peer) {
+// Text as a length (i64) then its characters (i32), for the same reason.
+Tensor length_of(const std::string& text) {
+  return Tensor::from_vector(std::vector<int64_t>{static_cast<int64_t>(text.size())}, {1}, DType::i64);
+}
+
+Tensor chars_of(const std::string& text, int64_t length) {
   std::vector<int32_t> chars(text.begin(), text.end());
-  send_host(comm, Tensor::from_vector(std::vector<int64_t>{static_cast<int64_t>(chars.size())}, {1}, DType::i64), peer);
-  send_host(comm, Tensor::from_vector(chars, {static_cast<int64_t>(chars.size())}, DType::i32), peer);
+  chars.resize(static_cast<size_t>(length));
+  return Tensor::from_vector(chars, {length}, DType::i32);
+}
+
+std::string text_of(const Tensor& chars) {
+  const std::vector<int32_t> values = chars.to(Device::cpu()).to_vector<int32_t>();
+  return std::string(values.begin(), values.end());
+}
+
+void send_text(Communicator& comm, const std::string& text, int peer) {
+  send_host(comm, length_of(text), peer);
+  send_host(comm, chars_of(text, static_cast<int64_t>(text.size())), peer);
 }
 
 std::string recv_text(Communicator& comm, int peer) {
   const int64_t length = recv_host(comm, {1}, DType::i64, peer).to_vector<int64_t>()[0];
-  std::vector<int32_t> chars = recv_host(comm, {length}, DType::i32, peer).to_vector<int32_t>();
-  return std::string(chars.begin(), chars.end());
+  return text_of(recv_host(comm, {length}, DType::i32, peer));
+}
+
+// Rank `root`'s text on every rank of comm.
+std::string broadcast_text(Communicator& comm, const std::string& text, int root) {
+  Tensor length = length_of(text).to(comm.device());
+  comm.broadcast(length, root);
+  const int64_t size = length.to(Device::cpu()).to_vector<int64_t>()[0];
+  Tensor chars = chars_of(text, size).to(comm.device());
+  if (size > 0) comm.broadcast(chars, root);
+  return text_of(chars);
 }
 
 // One line per tensor: "w|m <name> <dim> <dim> ...". Names hold no spaces.
@@ -148,8 +171,7 @@ void Trainer::save_checkpoint() {
 
 nlohmann::json Trainer::data_state(int64_t step) const {
   if (!train_split_ || !sampler_) return nullptr;
-  return trainer_data_state(*train_split_, *sampler_, config_.data.sampling,
-                            (step + config_.data.skip_batches) * sampler_->global_batch());
+  return trainer_data_state(*train_split_, *sampler_, config_.data.sampling, data_batch(step) * sampler_->global_batch());
 }
 
 std::set<std::string> Trainer::model_param_names() {
@@ -171,18 +193,7 @@ std::set<std::string> Trainer::model_param_names() {
 }
 
 std::string Trainer::root_text(const std::string& text) const {
-  if (world_->size() == 1) return text;
-  Communicator& comm = *world_;
-  Tensor length = Tensor::from_vector(std::vector<int64_t>{static_cast<int64_t>(text.size())}, {1}, DType::i64)
-                      .to(comm.device());
-  comm.broadcast(length, 0);
-  const int64_t size = length.to(Device::cpu()).to_vector<int64_t>()[0];
-  std::vector<int32_t> chars(text.begin(), text.end());
-  chars.resize(static_cast<size_t>(size));
-  Tensor body = Tensor::from_vector(chars, {size}, DType::i32).to(comm.device());
-  if (size > 0) comm.broadcast(body, 0);
-  chars = body.to(Device::cpu()).to_vector<int32_t>();
-  return std::string(chars.begin(), chars.end());
+  return world_->size() == 1 ? text : broadcast_text(*world_, text, 0);
 }
 
 TrainerState Trainer::load_checkpoint(const std::string& dir, bool with_optimizer) {
