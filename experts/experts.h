@@ -59,6 +59,10 @@ struct ExpertsState {
 struct ExpertsSaved {
   ExpertRows rows;  // as forward was given them
   std::shared_ptr<ExpertsState> state;
+  // x_sorted as forward was given it, for an implementation that reads it in backward (grouped;
+  // undefined for the others). A caller that can rebuild the rows may drop it after forward to
+  // free them, and must set it again (the same values) before backward.
+  Tensor input;
 
   // The state as the implementation `impl` saved it; throws when it is missing or another's.
   template <typename State>

@@ -26,7 +26,6 @@ Tensor GroupedExperts::forward(const Tensor& x_sorted, const ExpertRows& rows, E
   }
   auto state = std::make_shared<State>();
   state->offsets = rows.device_offsets(x_sorted.device());
-  state->x = x_sorted;
   const int64_t n = x_sorted.size(0);
   const Tensor w_up = store_->param(w_.w_up), w_down = store_->param(w_.w_down);
   state->h = Tensor::empty({n, ffn_up_width(act_, d_expert_)}, x_sorted.dtype(), x_sorted.device());
@@ -41,17 +40,21 @@ Tensor GroupedExperts::forward(const Tensor& x_sorted, const ExpertRows& rows, E
   }
   saved.rows = rows;
   saved.state = std::move(state);
+  saved.input = x_sorted;
   return y_sorted;
 }
 
 Tensor GroupedExperts::backward(const ExpertsSaved& saved, const Tensor& dy_sorted) const {
   const State& s = saved.state_as<State>(name());
-  Tensor dx_sorted = empty_like(s.x);
-  if (s.x.size(0) == 0) return dx_sorted;
+  const Tensor& x = saved.input;
+  MOE_CHECK(x.defined() && x.size(0) == s.h.size(0), "experts (grouped): backward needs forward's input rows (",
+            s.h.size(0), ") in ExpertsSaved::input");
+  Tensor dx_sorted = empty_like(x);
+  if (x.size(0) == 0) return dx_sorted;
   const Tensor w_up = store_->param(w_.w_up), w_down = store_->param(w_.w_down);
   Tensor dw_up = store_->grad(w_.w_up), dw_down = store_->grad(w_.w_down);
-  const int64_t n = s.x.size(0);
-  Tensor a = Tensor::empty({n, d_expert_}, s.x.dtype(), s.x.device());
+  const int64_t n = x.size(0);
+  Tensor a = Tensor::empty({n, d_expert_}, x.dtype(), x.device());
   ops::activation_forward(act_, s.h, a);
   Tensor da = empty_like(a);
   ops::grouped_matmul(dy_sorted, s.offsets, w_down, true, da);  // dy @ w_down[e]^T
@@ -60,7 +63,7 @@ Tensor GroupedExperts::backward(const ExpertsSaved& saved, const Tensor& dy_sort
   Tensor dh = empty_like(s.h);
   ops::activation_backward(act_, s.h, da, dh);
   ops::grouped_matmul(dh, s.offsets, w_up, true, dx_sorted);  // dh @ w_up[e]^T
-  ops::grouped_matmul_weight_grad(s.x, s.offsets, dh, dw_up);
+  ops::grouped_matmul_weight_grad(x, s.offsets, dh, dw_up);
   return dx_sorted;
 }
 

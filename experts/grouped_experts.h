@@ -23,7 +23,7 @@ class GroupedExperts final : public Experts {
  private:
   struct State : ExpertsState {
     Tensor offsets;  // i32[L+1] on the rows' device
-    Tensor x, h;  // input, pre-activation [N, f or 2f] (backward recomputes the activation from h)
+    Tensor h;  // pre-activation [N, f or 2f] (backward recomputes the activation from h; the input is ExpertsSaved::input)
   };
 
   ParamStore* store_;

@@ -172,6 +172,10 @@ Tensor MoeLayer::routed_forward(const Tensor& x, const RouteInputs& inputs, MoeL
   };
   const ExpertRows rows = d.offsets.defined() ? ExpertRows::from_offsets(d.offsets) : ExpertRows::from_counts(d.counts);
   saved.y_sorted = experts_->forward(x_local, rows, saved.experts);
+  if (saved.experts.input.defined() && dispatcher_->can_redispatch()) {
+    saved.experts.input = Tensor();  // made again in backward from x, which the layer keeps anyway
+    saved.routed_input = x;
+  }
   dispatcher_->combine_start(saved.dispatch, saved.y_sorted, saved.weights);
   phase("combine_start");
   if (overlap) {
@@ -405,7 +409,10 @@ Tensor MoeLayer::routed_backward(const MoeLayerSaved& saved, const Tensor& dy, f
   meanwhile();
   Tensor dy_sorted = dispatcher_->combine_backward_finish(saved.dispatch);
   phase("combine_backward_finish");
-  Tensor dx_sorted = experts_->backward(saved.experts, dy_sorted);
+  ExpertsSaved experts = saved.experts;
+  if (saved.routed_input.defined()) experts.input = dispatcher_->redispatch(saved.dispatch, saved.routed_input);
+  Tensor dx_sorted = experts_->backward(experts, dy_sorted);
+  experts.input = Tensor();
   Tensor dx = dispatcher_->dispatch_backward(saved.dispatch, dx_sorted);
 
   const RouterGrads& b = saved.balance_grads;

@@ -97,6 +97,9 @@ struct MoeLayerSaved {
   Tensor ids, weights;  // after capacity dropping (what dispatch and combine used)
   DispatchSaved dispatch;
   ExpertsSaved experts;
+  // The routed part's input x[T,d] when the experts' input rows (experts.input) were dropped after
+  // forward: backward dispatches it again (a gather) instead of keeping [T*k, d] rows per layer.
+  Tensor routed_input;
   SharedExpertsSaved shared;
   Tensor y_sorted;
   RouterGrads balance_grads;  // gradients of the balancing terms on [T,*] inputs (unscaled)

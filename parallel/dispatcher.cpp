@@ -19,4 +19,11 @@ Tensor Dispatcher::take_pending(const DispatchSaved& saved) {
   return rows;
 }
 
+Tensor Dispatcher::redispatch(const DispatchSaved& saved, const Tensor& x) const {
+  (void)saved;
+  (void)x;
+  MOE_CHECK(false, "this dispatcher cannot make the experts' input rows again (can_redispatch() is false)");
+  return {};
+}
+
 }  // namespace moe

@@ -94,6 +94,12 @@ class Dispatcher {
   }
   virtual Tensor combine_backward_finish(const DispatchSaved& saved) const { return take_pending(saved); }
 
+  // x[T,d] (the tensor dispatch was given) -> the experts' input rows dispatch returned, made again
+  // (the same values), for a backward that did not keep them. Only where can_redispatch(): a
+  // dispatcher whose rows travel between ranks cannot make them without another exchange.
+  virtual bool can_redispatch() const { return false; }
+  virtual Tensor redispatch(const DispatchSaved& saved, const Tensor& x) const;
+
   virtual int64_t num_experts() const = 0;        // E, over the whole EP group
   virtual int64_t num_local_experts() const = 0;  // the experts this rank runs
   virtual int64_t first_expert() const = 0;       // global id of local expert 0

@@ -18,6 +18,13 @@ Tensor LocalDispatcher::dispatch(const Tensor& x, const Tensor& ids, DispatchSav
   ops::moe_sort_by_expert(ids, num_experts_, saved.sorted_tokens, saved.slot_pos, saved.offsets);
   saved.counts.clear();
   saved.routed_counts.clear();
+  return redispatch(saved, x);
+}
+
+Tensor LocalDispatcher::redispatch(const DispatchSaved& saved, const Tensor& x) const {
+  const int64_t slots = saved.sorted_tokens.numel();
+  MOE_CHECK(x.ndim() == 2 && x.size(0) == saved.num_tokens, "local dispatcher: redispatch of ", shape_str(x.shape()),
+            " rows, dispatch had ", saved.num_tokens, " tokens");
   const int64_t rows = saved.max_rows >= 0 && saved.max_rows < slots ? saved.max_rows : slots;
   Tensor x_sorted = Tensor::empty({rows, x.size(1)}, x.dtype(), x.device());
   // An empty gather is skipped: the ops' checks read a zero-row tensor as having no columns.

@@ -24,6 +24,10 @@ class LocalDispatcher : public Dispatcher {
   void combine_backward(const DispatchSaved& saved, const Tensor& y_sorted, const Tensor& weights, const Tensor& dout,
                         Tensor& dy_sorted, Tensor& dweights) const override;
 
+  // The gather of dispatch again, from the saved sort.
+  bool can_redispatch() const override { return true; }
+  Tensor redispatch(const DispatchSaved& saved, const Tensor& x) const override;
+
   int64_t num_experts() const override { return num_experts_; }
   int64_t num_local_experts() const override { return num_experts_; }
   int64_t first_expert() const override { return 0; }

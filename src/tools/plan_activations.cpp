@@ -90,8 +90,11 @@ MoeFootprint moe_footprint(const Config& config, const RouterKind& router, int64
   kept += 2 * T * slots * s.ib;  // DispatchSaved: sorted_tokens, slot_pos
   // Experts (ExpertsSaved + MoeLayerSaved::y_sorted): input, pre-activation, output rows, and the
   // post-activation where the implementation keeps it (the loop; the grouped one recomputes it).
+  // The grouped experts' input rows are dispatched again in backward where the dispatcher can
+  // (one rank: LocalDispatcher::redispatch), so they are not kept.
   const bool grouped = std::string(experts_kind(moe.experts_impl).name) == "grouped";
-  kept += local_rows * s.cb * (2 * d + up_e + (grouped ? 0 : f_e));
+  const bool redispatched = grouped && ep == 1;
+  kept += local_rows * s.cb * ((redispatched ? 1 : 2) * d + up_e + (grouped ? 0 : f_e));
   // Expert parallelism: the outputs back on this rank (combine_rows) and the row maps.
   if (ep > 1) {
     out.all_to_all = rows * d * s.cb + (local_experts > 1 ? 2 * local_rows * s.ib : 0);
@@ -114,7 +117,7 @@ MoeFootprint moe_footprint(const Config& config, const RouterKind& router, int64
                                        : max_expert_rows * s.cb * (up_e + f_e);
   int64_t after_dispatch = 0;
   if (ep == 1) {
-    const int64_t experts_stage = dy + 2 * rows * row_bytes + dweights + expert_temps;
+    const int64_t experts_stage = dy + (redispatched ? 3 : 2) * rows * row_bytes + dweights + expert_temps;
     after_dispatch = 2 * dy + 2 * rows * row_bytes + dweights;
     out.backward = std::max(experts_stage, after_dispatch);
   } else {

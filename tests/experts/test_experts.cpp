@@ -193,6 +193,13 @@ TEST_CASE("bad row splits and a backward without its forward have their messages
   REQUIRE_THROWS_WITH(ExpertRows::from_counts({3, -1, 4}).device_offsets(Device::cpu()), Contains("negative count -1"));
   REQUIRE_THROWS_WITH(b->experts->backward(ExpertsSaved{}, x),
                       Contains("experts 'loop': backward was given no forward state of this implementation"));
+  // The grouped experts read their input rows in backward: dropped and not given again, a message.
+  auto g = build("grouped", ops::Activation::gelu);
+  ExpertsSaved grouped;
+  g->experts->forward(x, ExpertRows::from_counts(k_counts), grouped);
+  REQUIRE(grouped.input.defined());
+  grouped.input = Tensor();
+  REQUIRE_THROWS_WITH(g->experts->backward(grouped, x), Contains("backward needs forward's input rows (7)"));
 }
 
 TEST_CASE("the MoE layer runs the configured experts implementation", "[experts][moe][registry]") {
@@ -226,13 +233,18 @@ TEST_CASE("the MoE layer runs the configured experts implementation", "[experts]
   MoeLayerSaved ref_saved;
   const auto y_ref = ref->forward(x, inputs, ref_saved).to_vector<double>();
   const auto dx_ref = ref->backward(ref_saved, dy, 1.0f).to_vector<double>();
-  for (const std::string impl : {"auto", "loop"}) {
+  for (const std::string impl : {"auto", "loop", "grouped"}) {
     INFO("experts_impl " << impl);
     ParamStore store;
     auto layer = build_layer(impl, store);
     REQUIRE(std::string(layer->experts().name()) == experts_kind(impl).name);
     MoeLayerSaved saved;
     test::require_close(layer->forward(x, inputs, saved).to_vector<double>(), y_ref, 1e-12, 1e-12, "y");
+    // The grouped experts' input rows are not kept: the layer keeps x and dispatches it again in
+    // backward (the loop keeps views of its own).
+    const bool grouped = std::string(layer->experts().name()) == "grouped";
+    REQUIRE(saved.experts.input.defined() == false);
+    REQUIRE(saved.routed_input.defined() == grouped);
     test::require_close(layer->backward(saved, dy, 1.0f).to_vector<double>(), dx_ref, 1e-12, 1e-12, "dx");
     for (const char* name : {"moe.experts.w_up", "moe.experts.w_down", "moe.router.weight"}) {
       test::require_close(store.grad(store.find(name)).to_vector<double>(),

@@ -486,6 +486,11 @@ TEST_CASE("the CPU estimate matches the allocator's high-water mark of real step
   shared.moe.shared_gate = true;
   shared.moe.z_loss_coef = 1e-3;
   cases.emplace_back("shared + gate + z-loss", shared);
+  // The grouped experts (the GPU default) recompute their activation and have their input rows
+  // dispatched again in backward.
+  Config grouped = shared;
+  grouped.moe.experts_impl = "grouped";
+  cases.emplace_back("grouped experts", grouped);
   Config noisy = base;
   noisy.moe.router = "noisy_topk";
   noisy.moe.load_loss_coef = 1e-2;
