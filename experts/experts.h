@@ -84,6 +84,15 @@ class Experts {
   virtual Tensor forward(const Tensor& x_sorted, const ExpertRows& rows, ExpertsSaved& saved) const = 0;
   // dy_sorted[N,d] -> dx_sorted[N,d]; accumulates into the expert weight gradients
   virtual Tensor backward(const ExpertsSaved& saved, const Tensor& dy_sorted) const = 0;
+  // Whether backward_weighted is implemented.
+  virtual bool applies_row_weights() const { return false; }
+  // The backward with the combine's weights applied here, so that nobody keeps the expert outputs
+  // for the weights' gradient: dy_sorted[N,d] the unweighted gradient of each row's output (its
+  // token's output gradient), row_weights[N] (accum) each row's slot weight -> dx_sorted[N,d], the
+  // weight gradients accumulated as by backward(saved, row_weights * dy_sorted), and
+  // drow_weights[N] (accum, written) = <dy_sorted[i], y_sorted[i]>: each row weight's gradient.
+  virtual Tensor backward_weighted(const ExpertsSaved& saved, const Tensor& dy_sorted, const Tensor& row_weights,
+                                   Tensor& drow_weights) const;
 };
 
 }  // namespace moe

@@ -19,8 +19,19 @@ class GroupedExperts final : public Experts {
   // Uses ExpertRows::device_offsets (uploads host counts; never reads device offsets back).
   Tensor forward(const Tensor& x_sorted, const ExpertRows& rows, ExpertsSaved& saved) const override;
   Tensor backward(const ExpertsSaved& saved, const Tensor& dy_sorted) const override;
+  // The weights enter with the recomputed activation (ops::activation_backward_weighted): the
+  // down projection's input gradient g = dy @ w_down^T gives <g, a> = <dy, y> for the weights,
+  // and w * a feeds w_down's gradient.
+  bool applies_row_weights() const override { return true; }
+  Tensor backward_weighted(const ExpertsSaved& saved, const Tensor& dy_sorted, const Tensor& row_weights,
+                           Tensor& drow_weights) const override;
 
  private:
+  // The input rows backward reads (ExpertsSaved::input), checked against the saved state.
+  const Tensor& input_of(const ExpertsSaved& saved) const;
+  // dh -> dx_sorted and w_up's gradient (both backwards end alike).
+  Tensor up_backward(const ExpertsSaved& saved, const Tensor& dh) const;
+
   struct State : ExpertsState {
     Tensor offsets;  // i32[L+1] on the rows' device
     Tensor h;  // pre-activation [N, f or 2f] (backward recomputes the activation from h; the input is ExpertsSaved::input)

@@ -172,10 +172,12 @@ Tensor MoeLayer::routed_forward(const Tensor& x, const RouteInputs& inputs, MoeL
   };
   const ExpertRows rows = d.offsets.defined() ? ExpertRows::from_offsets(d.offsets) : ExpertRows::from_counts(d.counts);
   saved.y_sorted = experts_->forward(x_local, rows, saved.experts);
-  if (saved.experts.input.defined() && dispatcher_->can_redispatch()) {
+  if (saved.experts.input.defined() && dispatcher_->rows_are_local()) {
     saved.experts.input = Tensor();  // made again in backward from x, which the layer keeps anyway
     saved.routed_input = x;
   }
+  // The experts that apply the combine's weights in backward need no outputs kept for them.
+  const bool weights_in_experts = dispatcher_->rows_are_local() && experts_->applies_row_weights();
   dispatcher_->combine_start(saved.dispatch, saved.y_sorted, saved.weights);
   phase("combine_start");
   if (overlap) {
@@ -191,6 +193,7 @@ Tensor MoeLayer::routed_forward(const Tensor& x, const RouteInputs& inputs, MoeL
     compute_balancing_terms(routing, saved.router, inputs, saved, collect_stats);
   }
   if (router_->expert_bias_id() >= 0) saved.stats.kept_ids = saved.ids;  // the bias loads, counted on the device
+  if (weights_in_experts) saved.y_sorted = Tensor();
   return y;
 }
 
@@ -403,16 +406,33 @@ Tensor MoeLayer::backward(const MoeLayerSaved& saved, const Tensor& dy, float au
 
 Tensor MoeLayer::routed_backward(const MoeLayerSaved& saved, const Tensor& dy, float aux_scale,
                                  const std::function<void()>& meanwhile) const {
-  Tensor dweights;
-  dispatcher_->combine_backward_start(saved.dispatch, saved.y_sorted, saved.weights, dy, dweights);
-  phase("combine_backward_start");
-  meanwhile();
-  Tensor dy_sorted = dispatcher_->combine_backward_finish(saved.dispatch);
+  // Without kept expert outputs (forward dropped y_sorted) the experts apply the weights: their
+  // rows get dy unweighted, and the weights' gradient comes back per row.
+  const bool weights_in_experts = !saved.y_sorted.defined();
+  Tensor dweights, dy_sorted, row_weights;
+  if (weights_in_experts) {
+    dispatcher_->combine_backward_unweighted(saved.dispatch, saved.weights, dy, dy_sorted, row_weights);
+    phase("combine_backward_start");
+    meanwhile();
+  } else {
+    dispatcher_->combine_backward_start(saved.dispatch, saved.y_sorted, saved.weights, dy, dweights);
+    phase("combine_backward_start");
+    meanwhile();
+    dy_sorted = dispatcher_->combine_backward_finish(saved.dispatch);
+  }
   phase("combine_backward_finish");
   ExpertsSaved experts = saved.experts;
   if (saved.routed_input.defined()) experts.input = dispatcher_->redispatch(saved.dispatch, saved.routed_input);
-  Tensor dx_sorted = experts_->backward(experts, dy_sorted);
+  Tensor dx_sorted;
+  if (weights_in_experts) {
+    Tensor drow_weights;
+    dx_sorted = experts_->backward_weighted(experts, dy_sorted, row_weights, drow_weights);
+    dweights = dispatcher_->slot_weight_grads(saved.dispatch, drow_weights);
+  } else {
+    dx_sorted = experts_->backward(experts, dy_sorted);
+  }
   experts.input = Tensor();
+  dy_sorted = Tensor();
   Tensor dx = dispatcher_->dispatch_backward(saved.dispatch, dx_sorted);
 
   const RouterGrads& b = saved.balance_grads;

@@ -19,10 +19,27 @@ Tensor Dispatcher::take_pending(const DispatchSaved& saved) {
   return rows;
 }
 
-Tensor Dispatcher::redispatch(const DispatchSaved& saved, const Tensor& x) const {
-  (void)saved;
-  (void)x;
-  MOE_CHECK(false, "this dispatcher cannot make the experts' input rows again (can_redispatch() is false)");
+namespace {
+
+void refuse_local_rows(const char* what) {
+  MOE_CHECK(false, "this dispatcher's expert rows come from an exchange between ranks: it cannot ", what,
+            " (rows_are_local() is false)");
+}
+
+}  // namespace
+
+Tensor Dispatcher::redispatch(const DispatchSaved&, const Tensor&) const {
+  refuse_local_rows("make the experts' input rows again");
+  return {};
+}
+
+void Dispatcher::combine_backward_unweighted(const DispatchSaved&, const Tensor&, const Tensor&, Tensor&,
+                                             Tensor&) const {
+  refuse_local_rows("leave the combine's weights to the experts");
+}
+
+Tensor Dispatcher::slot_weight_grads(const DispatchSaved&, const Tensor&) const {
+  refuse_local_rows("leave the combine's weights to the experts");
   return {};
 }
 

@@ -94,11 +94,19 @@ class Dispatcher {
   }
   virtual Tensor combine_backward_finish(const DispatchSaved& saved) const { return take_pending(saved); }
 
-  // x[T,d] (the tensor dispatch was given) -> the experts' input rows dispatch returned, made again
-  // (the same values), for a backward that did not keep them. Only where can_redispatch(): a
-  // dispatcher whose rows travel between ranks cannot make them without another exchange.
-  virtual bool can_redispatch() const { return false; }
+  // Whether the experts' rows are this rank's expert-sorted rows, made without an exchange (one
+  // rank). Then a backward may make them again instead of keeping them (redispatch: x[T,d], the
+  // tensor dispatch was given -> the rows dispatch returned, the same values), and the combine's
+  // weights may be applied in the experts' backward instead (Experts::backward_weighted), which
+  // keeps no expert outputs: combine_backward_unweighted gives dout[T,d] to the rows unweighted
+  // (dy_local[N,d]) with each row's slot weight (row_weights[N], accum; rows no slot uses: zero),
+  // and slot_weight_grads turns the experts' row gradients drow_weights[N] into dweights[T,k].
+  // A dispatcher whose rows travel between ranks refuses these (its rows_are_local() is false).
+  virtual bool rows_are_local() const { return false; }
   virtual Tensor redispatch(const DispatchSaved& saved, const Tensor& x) const;
+  virtual void combine_backward_unweighted(const DispatchSaved& saved, const Tensor& weights, const Tensor& dout,
+                                           Tensor& dy_local, Tensor& row_weights) const;
+  virtual Tensor slot_weight_grads(const DispatchSaved& saved, const Tensor& drow_weights) const;
 
   virtual int64_t num_experts() const = 0;        // E, over the whole EP group
   virtual int64_t num_local_experts() const = 0;  // the experts this rank runs

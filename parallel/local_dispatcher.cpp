@@ -2,9 +2,21 @@
 // and the weighted combine.
 #include "parallel/local_dispatcher.h"
 
+#include <algorithm>
+
 #include "src/ops/ops.h"
 
 namespace moe {
+
+namespace {
+
+// The experts' rows: one per slot that may be routed (saved.max_rows bounds them).
+int64_t rows_of(const DispatchSaved& saved) {
+  const int64_t slots = saved.slot_pos.numel();
+  return saved.max_rows >= 0 && saved.max_rows < slots ? saved.max_rows : slots;
+}
+
+}  // namespace
 
 // The per-expert split stays on the device (offsets): every slot that may be routed gets a row
 // (saved.max_rows bounds them), the unused ones zero padding past offsets[E], so nothing waits
@@ -22,10 +34,9 @@ Tensor LocalDispatcher::dispatch(const Tensor& x, const Tensor& ids, DispatchSav
 }
 
 Tensor LocalDispatcher::redispatch(const DispatchSaved& saved, const Tensor& x) const {
-  const int64_t slots = saved.sorted_tokens.numel();
   MOE_CHECK(x.ndim() == 2 && x.size(0) == saved.num_tokens, "local dispatcher: redispatch of ", shape_str(x.shape()),
             " rows, dispatch had ", saved.num_tokens, " tokens");
-  const int64_t rows = saved.max_rows >= 0 && saved.max_rows < slots ? saved.max_rows : slots;
+  const int64_t rows = rows_of(saved);
   Tensor x_sorted = Tensor::empty({rows, x.size(1)}, x.dtype(), x.device());
   // An empty gather is skipped: the ops' checks read a zero-row tensor as having no columns.
   if (rows > 0) ops::gather_rows(x, saved.sorted_tokens.rows(0, rows), x_sorted);
@@ -50,6 +61,21 @@ void LocalDispatcher::combine_backward(const DispatchSaved& saved, const Tensor&
   dy_sorted = Tensor::empty(y_sorted.shape(), y_sorted.dtype(), y_sorted.device());
   dweights = Tensor::empty(weights.shape(), weights.dtype(), weights.device());
   ops::moe_combine_backward(y_sorted, saved.slot_pos, weights, dout, dy_sorted, dweights);
+}
+
+void LocalDispatcher::combine_backward_unweighted(const DispatchSaved& saved, const Tensor& weights, const Tensor& dout,
+                                                  Tensor& dy_sorted, Tensor& row_weights) const {
+  const int64_t rows = rows_of(saved);
+  dy_sorted = Tensor::empty({rows, dout.size(1)}, dout.dtype(), dout.device());
+  row_weights = Tensor::empty({rows}, weights.dtype(), weights.device());
+  ops::moe_combine_backward_unweighted(saved.slot_pos, weights, dout, dy_sorted, row_weights);
+}
+
+Tensor LocalDispatcher::slot_weight_grads(const DispatchSaved& saved, const Tensor& drow_weights) const {
+  Tensor dweights = Tensor::empty({saved.num_tokens, saved.slot_pos.numel() / std::max<int64_t>(saved.num_tokens, 1)},
+                                  drow_weights.dtype(), drow_weights.device());
+  ops::moe_gather_slots(drow_weights, saved.slot_pos, dweights);
+  return dweights;
 }
 
 }  // namespace moe

@@ -24,9 +24,12 @@ class LocalDispatcher : public Dispatcher {
   void combine_backward(const DispatchSaved& saved, const Tensor& y_sorted, const Tensor& weights, const Tensor& dout,
                         Tensor& dy_sorted, Tensor& dweights) const override;
 
-  // The gather of dispatch again, from the saved sort.
-  bool can_redispatch() const override { return true; }
+  // The rows are x's rows in sorted order: redispatch is dispatch's gather again, from the saved sort.
+  bool rows_are_local() const override { return true; }
   Tensor redispatch(const DispatchSaved& saved, const Tensor& x) const override;
+  void combine_backward_unweighted(const DispatchSaved& saved, const Tensor& weights, const Tensor& dout,
+                                   Tensor& dy_sorted, Tensor& row_weights) const override;
+  Tensor slot_weight_grads(const DispatchSaved& saved, const Tensor& drow_weights) const override;
 
   int64_t num_experts() const override { return num_experts_; }
   int64_t num_local_experts() const override { return num_experts_; }

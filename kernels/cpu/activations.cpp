@@ -85,6 +85,34 @@ void activation_backward(Activation act, const T* x, const T* dy, T* dx, int64_t
   }
 }
 
+template <typename T>
+void activation_backward_weighted(Activation act, const T* x, const T* g, const T* row_weights, T* dx, T* a_weighted,
+                                  T* drow_weights, int64_t rows, int64_t width) {
+  const bool gated = kernels::is_gated(act);
+  const int64_t in_width = gated ? 2 * width : width;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * in_width;
+    const T* gr = g + r * width;
+    T* dxr = dx + r * in_width;
+    T* ar = a_weighted + r * width;
+    const double w = row_weights[r];
+    double dot = 0;
+    for (int64_t i = 0; i < width; ++i) {
+      const double gate = xr[i], up = gated ? static_cast<double>(xr[width + i]) : 1.0, gi = gr[i];
+      const double a = act_value(act, gate) * up;
+      dot += gi * a;
+      ar[i] = static_cast<T>(w * a);
+      dxr[i] = static_cast<T>(w * gi * up * act_grad(act, gate));
+      if (gated) dxr[width + i] = static_cast<T>(w * gi * act_value(act, gate));
+    }
+    drow_weights[r] = static_cast<T>(dot);
+  }
+}
+
+template void activation_backward_weighted<float>(Activation, const float*, const float*, const float*, float*, float*,
+                                                  float*, int64_t, int64_t);
+template void activation_backward_weighted<double>(Activation, const double*, const double*, const double*, double*,
+                                                   double*, double*, int64_t, int64_t);
 template void activation_forward<float>(Activation, const float*, float*, int64_t, int64_t);
 template void activation_forward<double>(Activation, const double*, double*, int64_t, int64_t);
 template void activation_backward<float>(Activation, const float*, const float*, float*, int64_t, int64_t);

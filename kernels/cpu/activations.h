@@ -17,4 +17,12 @@ void activation_forward(kernels::Activation act, const T* x, T* y, int64_t rows,
 template <typename T>
 void activation_backward(kernels::Activation act, const T* x, const T* dy, T* dx, int64_t rows, int64_t width);
 
+// The backward of y = w_r * act(x) per row r with the row weight w_r folded in, given g[T,f] = the
+// gradient of act(x) before weighting (dy of the unweighted output): dx = act'(x) * (w_r g),
+// a_weighted[T,f] = w_r * act(x) (what the weight gradient of the next matmul reads) and
+// drow_weights[r] = <g[r], act(x[r])> (the row weight's gradient, summed in double).
+template <typename T>
+void activation_backward_weighted(kernels::Activation act, const T* x, const T* g, const T* row_weights, T* dx,
+                                  T* a_weighted, T* drow_weights, int64_t rows, int64_t width);
+
 }  // namespace moe::cpu

@@ -91,6 +91,35 @@ void moe_combine_backward(const T* y_sorted, const int32_t* slot_pos, const T* w
   }
 }
 
+template <typename T>
+void moe_combine_backward_unweighted(const int32_t* slot_pos, const T* weights, const T* dout, T* dy_sorted,
+                                     T* row_weights, int64_t num_tokens, int64_t k, int64_t dim, int64_t num_rows) {
+  std::fill(dy_sorted, dy_sorted + num_rows * dim, T(0));
+  std::fill(row_weights, row_weights + num_rows, T(0));
+  for (int64_t n = 0; n < num_tokens * k; ++n) {
+    const int32_t row = slot_pos[n];
+    check_slot_row(row, n, num_rows);
+    if (row < 0) continue;
+    std::copy(dout + (n / k) * dim, dout + (n / k + 1) * dim, dy_sorted + static_cast<int64_t>(row) * dim);
+    row_weights[row] = weights[n];
+  }
+}
+
+template <typename T>
+void moe_gather_slots(const T* row_values, const int32_t* slot_pos, T* slot_values, int64_t num_slots,
+                      int64_t num_rows) {
+  for (int64_t n = 0; n < num_slots; ++n) {
+    check_slot_row(slot_pos[n], n, num_rows);
+    slot_values[n] = slot_pos[n] >= 0 ? row_values[slot_pos[n]] : T(0);
+  }
+}
+
+template void moe_combine_backward_unweighted<float>(const int32_t*, const float*, const float*, float*, float*,
+                                                     int64_t, int64_t, int64_t, int64_t);
+template void moe_combine_backward_unweighted<double>(const int32_t*, const double*, const double*, double*, double*,
+                                                      int64_t, int64_t, int64_t, int64_t);
+template void moe_gather_slots<float>(const float*, const int32_t*, float*, int64_t, int64_t);
+template void moe_gather_slots<double>(const double*, const int32_t*, double*, int64_t, int64_t);
 template void moe_combine_forward<float>(const float*, const int32_t*, const float*, float*, int64_t, int64_t, int64_t,
                                          int64_t);
 template void moe_combine_forward<double>(const double*, const int32_t*, const double*, double*, int64_t, int64_t,

@@ -27,4 +27,15 @@ template <typename T>
 void moe_combine_backward(const T* y_sorted, const int32_t* slot_pos, const T* weights, const T* dout, T* dy_sorted,
                           T* dweights, int64_t num_tokens, int64_t k, int64_t dim, int64_t num_rows);
 
+// The combine's backward with its weights left to the experts (an expert backward that applies
+// them: Experts::backward_weighted): dy_sorted[slot_pos[t*k+s]] = dout[t] and row_weights[that row]
+// = weights[t,s] for every slot with a row; rows no slot points at get zeros in both.
+template <typename T>
+void moe_combine_backward_unweighted(const int32_t* slot_pos, const T* weights, const T* dout, T* dy_sorted,
+                                     T* row_weights, int64_t num_tokens, int64_t k, int64_t dim, int64_t num_rows);
+
+// slot_values[n] = row_values[slot_pos[n]] for n < num_slots, 0 where slot_pos[n] = -1
+template <typename T>
+void moe_gather_slots(const T* row_values, const int32_t* slot_pos, T* slot_values, int64_t num_slots, int64_t num_rows);
+
 }  // namespace moe::cpu

@@ -91,6 +91,73 @@ __global__ void activation_backward_kernel(const bf16* x, const bf16* dy, bf16* 
   }
 }
 
+// A warp per row: a = act(gate) (* up), drow_weights[row] = <g, a>, a_weighted = w a, and dx the
+// backward of w * act applied to g.
+template <Activation kind, int N>
+__global__ void activation_backward_weighted_kernel(const bf16* x, const bf16* g, const float* row_weights, bf16* dx,
+                                                    bf16* a_weighted, float* drow_weights, int64_t rows,
+                                                    int64_t width) {
+  const int lane = threadIdx.x % k_warp;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / k_warp) + threadIdx.x / k_warp;
+  if (row >= rows) return;
+  constexpr bool gated = kernels::is_gated(kind);
+  const int64_t in_width = gated ? 2 * width : width;
+  const bf16* xr = x + row * in_width;
+  const bf16* gr = g + row * width;
+  bf16* dxr = dx + row * in_width;
+  bf16* ar = a_weighted + row * width;
+  const float w = row_weights[row];
+  float dot = 0.0f;
+  for (int64_t c = static_cast<int64_t>(lane) * N; c < width; c += k_warp * N) {
+    float v[N], d[N], a[N];
+    load_n<N>(xr + c, v);
+    load_n<N>(gr + c, d);
+    if constexpr (gated) {
+      float u[N], du[N];
+      load_n<N>(xr + width + c, u);
+#pragma unroll
+      for (int i = 0; i < N; ++i) {
+        const float f = act<kind>(v[i]);
+        a[i] = f * u[i];
+        dot += d[i] * a[i];
+        du[i] = w * d[i] * f;
+        v[i] = w * d[i] * u[i] * act_grad<kind>(v[i]);
+        a[i] *= w;
+      }
+      store_n<N>(dxr + width + c, du);
+    } else {
+#pragma unroll
+      for (int i = 0; i < N; ++i) {
+        a[i] = act<kind>(v[i]);
+        dot += d[i] * a[i];
+        v[i] = w * d[i] * act_grad<kind>(v[i]);
+        a[i] *= w;
+      }
+    }
+    store_n<N>(dxr + c, v);
+    store_n<N>(ar + c, a);
+  }
+  dot = warp_sum(dot);
+  if (lane == 0) drow_weights[row] = dot;
+}
+
+template <Activation kind>
+void launch_weighted(const bf16* x, const bf16* g, const float* row_weights, bf16* dx, bf16* a_weighted,
+                     float* drow_weights, int64_t rows, int64_t width, cudaStream_t stream) {
+  constexpr int warps = 8;
+  const bool vec = width % 8 == 0 && aligned_to(x, 16) && aligned_to(g, 16) && aligned_to(dx, 16) &&
+                   aligned_to(a_weighted, 16);
+  const auto blocks = static_cast<unsigned>(ceil_div(rows, warps));
+  if (vec) {
+    activation_backward_weighted_kernel<kind, 8><<<blocks, warps * k_warp, 0, stream>>>(
+        x, g, row_weights, dx, a_weighted, drow_weights, rows, width);
+  } else {
+    activation_backward_weighted_kernel<kind, 1><<<blocks, warps * k_warp, 0, stream>>>(
+        x, g, row_weights, dx, a_weighted, drow_weights, rows, width);
+  }
+  CUDA_CHECK_LAUNCH();
+}
+
 template <Activation kind>
 void launch(bool backward, const bf16* x, const bf16* dy, bf16* out, int64_t rows, int64_t width,
             cudaStream_t stream) {
@@ -119,6 +186,25 @@ void dispatch(Activation kind, bool backward, const bf16* x, const bf16* dy, bf1
 }
 
 }  // namespace
+
+void activation_backward_weighted(Activation kind, const bf16* x, const bf16* g, const float* row_weights, bf16* dx,
+                                  bf16* a_weighted, float* drow_weights, int64_t rows, int64_t width,
+                                  cudaStream_t stream) {
+  MOE_CHECK(rows >= 0 && width >= 0, "weighted activation: negative size");
+  if (rows == 0) return;
+  switch (kind) {
+    case Activation::relu:
+      return launch_weighted<Activation::relu>(x, g, row_weights, dx, a_weighted, drow_weights, rows, width, stream);
+    case Activation::gelu:
+      return launch_weighted<Activation::gelu>(x, g, row_weights, dx, a_weighted, drow_weights, rows, width, stream);
+    case Activation::geglu:
+      return launch_weighted<Activation::geglu>(x, g, row_weights, dx, a_weighted, drow_weights, rows, width, stream);
+    case Activation::swiglu:
+      return launch_weighted<Activation::swiglu>(x, g, row_weights, dx, a_weighted, drow_weights, rows, width,
+                                                 stream);
+  }
+  MOE_FAIL("weighted activation: unknown kind ", static_cast<int>(kind));
+}
 
 void activation_forward(Activation kind, const bf16* x, bf16* y, int64_t rows, int64_t width, cudaStream_t stream) {
   dispatch(kind, false, x, nullptr, y, rows, width, stream);

@@ -19,4 +19,12 @@ void activation_forward(kernels::Activation kind, const __nv_bfloat16* x, __nv_b
 void activation_backward(kernels::Activation kind, const __nv_bfloat16* x, const __nv_bfloat16* dy, __nv_bfloat16* dx,
                          int64_t rows, int64_t width, cudaStream_t stream);
 
+// The backward of w[r] * act(x[r]) per row with the row weight folded in: g[rows,width] the
+// gradient of the unweighted act(x), row_weights f32[rows] -> dx (shape of x) = the backward of
+// w * act applied to g, a_weighted[rows,width] = w * act(x), drow_weights f32[rows] = <g, act(x)>
+// (fp32 sums). A warp per row.
+void activation_backward_weighted(kernels::Activation kind, const __nv_bfloat16* x, const __nv_bfloat16* g,
+                                  const float* row_weights, __nv_bfloat16* dx, __nv_bfloat16* a_weighted,
+                                  float* drow_weights, int64_t rows, int64_t width, cudaStream_t stream);
+
 }  // namespace moe::cuda

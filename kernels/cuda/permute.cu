@@ -163,15 +163,51 @@ __global__ void combine_backward_kernel(const bf16* y_sorted, const int32_t* slo
   if (lane == 0) dweights[n] = dot;
 }
 
-// dy_sorted[N, dim]: rows with used[row] = 0 set to zero (the rows no slot wrote)
+// Warp per slot n = t*k + s: dy_sorted[slot_pos[n]] = dout[t], row_weights[that row] = weights[n],
+// used[row] = 1. A slot without a row (slot_pos -1) writes nothing.
 template <int N>
-__global__ void zero_unused_rows_kernel(bf16* dy_sorted, const uint8_t* used, int64_t num_rows, int64_t dim) {
+__global__ void combine_backward_unweighted_kernel(const int32_t* slot_pos, const float* weights, const bf16* dout,
+                                                   bf16* dy_sorted, float* row_weights, uint8_t* used,
+                                                   int64_t num_slots, int k, int64_t dim) {
+  const int lane = threadIdx.x % k_warp;
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * (blockDim.x / k_warp) + threadIdx.x / k_warp;
+  if (n >= num_slots) return;
+  const int64_t t = n / k, row = slot_pos[n];
+  if (row < 0) return;  // warp-uniform
+  if (lane == 0) {
+    used[row] = 1;
+    row_weights[row] = weights[n];
+  }
+  for (int64_t c = static_cast<int64_t>(lane) * N; c < dim; c += k_warp * N) {
+    float d[N];
+    load_n<N>(dout + t * dim + c, d);
+    store_n<N>(dy_sorted + row * dim + c, d);
+  }
+}
+
+// slot_values[n] = row_values[slot_pos[n]], 0 for a slot without a row
+__global__ void gather_slots_kernel(const float* row_values, const int32_t* slot_pos, float* slot_values,
+                                    int64_t num_slots) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; n < num_slots; n += stride) {
+    const int32_t row = slot_pos[n];
+    slot_values[n] = row >= 0 ? row_values[row] : 0.0f;
+  }
+}
+
+// dy_sorted[N, dim]: rows with used[row] = 0 set to zero (the rows no slot wrote), and so is
+// row_values[row] when given
+template <int N>
+__global__ void zero_unused_rows_kernel(bf16* dy_sorted, float* row_values, const uint8_t* used, int64_t num_rows,
+                                        int64_t dim) {
   const int64_t per_row = dim / N, total = num_rows * per_row;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const float zeros[N] = {};
   for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < total; g += stride) {
-    const int64_t row = g / per_row;
-    if (!used[row]) store_n<N>(dy_sorted + row * dim + (g - row * per_row) * N, zeros);
+    const int64_t row = g / per_row, chunk = g - row * per_row;
+    if (used[row]) continue;
+    store_n<N>(dy_sorted + row * dim + chunk * N, zeros);
+    if (row_values != nullptr && chunk == 0) row_values[row] = 0.0f;
   }
 }
 
@@ -276,13 +312,56 @@ void moe_combine_backward(const bf16* y_sorted, const int32_t* slot_pos, const f
     constexpr int threads = 256;
     if (vec) {
       zero_unused_rows_kernel<8><<<grid_for(num_rows * dim / 8, threads), threads, 0, stream>>>(
-          dy_sorted, used.as<uint8_t>(), num_rows, dim);
+          dy_sorted, nullptr, used.as<uint8_t>(), num_rows, dim);
     } else {
       zero_unused_rows_kernel<1><<<grid_for(num_rows * dim, threads), threads, 0, stream>>>(
-          dy_sorted, used.as<uint8_t>(), num_rows, dim);
+          dy_sorted, nullptr, used.as<uint8_t>(), num_rows, dim);
     }
     CUDA_CHECK_LAUNCH();
   }
+}
+
+void moe_combine_backward_unweighted(const int32_t* slot_pos, const float* weights, const bf16* dout, bf16* dy_sorted,
+                                     float* row_weights, int64_t tokens, int64_t k, int64_t dim, int64_t num_rows,
+                                     cudaStream_t stream) {
+  MOE_CHECK(tokens >= 0 && k >= 1 && dim >= 1 && num_rows >= 0 && k <= INT_MAX,
+            "moe_combine_backward_unweighted: bad shape");
+  const int64_t num_slots = tokens * k;
+  if (num_rows == 0) return;
+  Scratch used(static_cast<size_t>(num_rows), stream);
+  CUDA_CHECK(cudaMemsetAsync(used.as<uint8_t>(), 0, static_cast<size_t>(num_rows), stream));
+  const bool vec = dim % 8 == 0 && aligned_to(dout, 16) && aligned_to(dy_sorted, 16);
+  if (num_slots > 0) {
+    constexpr int warps = 8;
+    const auto blocks = static_cast<unsigned>(ceil_div(num_slots, warps));
+    if (vec) {
+      combine_backward_unweighted_kernel<8><<<blocks, warps * k_warp, 0, stream>>>(
+          slot_pos, weights, dout, dy_sorted, row_weights, used.as<uint8_t>(), num_slots, static_cast<int>(k), dim);
+    } else {
+      combine_backward_unweighted_kernel<1><<<blocks, warps * k_warp, 0, stream>>>(
+          slot_pos, weights, dout, dy_sorted, row_weights, used.as<uint8_t>(), num_slots, static_cast<int>(k), dim);
+    }
+    CUDA_CHECK_LAUNCH();
+  }
+  constexpr int threads = 256;
+  if (vec) {
+    zero_unused_rows_kernel<8><<<grid_for(num_rows * dim / 8, threads), threads, 0, stream>>>(
+        dy_sorted, row_weights, used.as<uint8_t>(), num_rows, dim);
+  } else {
+    zero_unused_rows_kernel<1><<<grid_for(num_rows * dim, threads), threads, 0, stream>>>(
+        dy_sorted, row_weights, used.as<uint8_t>(), num_rows, dim);
+  }
+  CUDA_CHECK_LAUNCH();
+}
+
+void moe_gather_slots(const float* row_values, const int32_t* slot_pos, float* slot_values, int64_t num_slots,
+                      cudaStream_t stream) {
+  MOE_CHECK(num_slots >= 0, "moe_gather_slots: negative slot count");
+  if (num_slots == 0) return;
+  constexpr int threads = 256;
+  gather_slots_kernel<<<grid_for(num_slots, threads), threads, 0, stream>>>(row_values, slot_pos, slot_values,
+                                                                           num_slots);
+  CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace moe::cuda

@@ -35,4 +35,14 @@ void moe_combine_backward(const __nv_bfloat16* y_sorted, const int32_t* slot_pos
                           const __nv_bfloat16* dout, __nv_bfloat16* dy_sorted, float* dweights, int64_t tokens,
                           int64_t k, int64_t dim, int64_t num_rows, cudaStream_t stream);
 
+// The combine's backward without its weights: dy_sorted[slot_pos[n]] = dout[n / k] (bf16 copy),
+// row_weights[slot_pos[n]] = weights[n] for every slot with a row; rows no slot uses are zero in
+// both (written). Distinct slots must use distinct rows.
+void moe_combine_backward_unweighted(const int32_t* slot_pos, const float* weights, const __nv_bfloat16* dout,
+                                     __nv_bfloat16* dy_sorted, float* row_weights, int64_t tokens, int64_t k,
+                                     int64_t dim, int64_t num_rows, cudaStream_t stream);
+// slot_values[n] = row_values[slot_pos[n]] (0 where slot_pos[n] = -1), n < num_slots
+void moe_gather_slots(const float* row_values, const int32_t* slot_pos, float* slot_values, int64_t num_slots,
+                      cudaStream_t stream);
+
 }  // namespace moe::cuda

@@ -126,6 +126,7 @@ struct TrainConfig {              // [train]
   std::string device = "auto";    // auto | cpu | cuda
   std::string dtype = "";         // "" = f32 on cpu, bf16 on cuda; f64 allowed on cpu
   bool recompute = false;         // activation recomputation: keep only each block's input, rerun its forward in backward
+  int64_t head_chunk_tokens = 4096;  // LM head + loss in chunks of this many tokens, gradient made in forward; 0 = keep logits
   bool verify_checkpoints = true; // check each loaded checkpoint file's CRC-32C against its checksums.json
   std::string nonfinite = "stop";  // a non-finite or spiking loss / gradient norm: "stop" | "skip_step" (the update)
   int64_t max_skipped_steps = 10;  // skip_step: the run stops after this many consecutive skipped steps

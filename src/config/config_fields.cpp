@@ -73,6 +73,7 @@ void add_train_fields(TrainConfig& t, std::vector<Field>& out) {
   out.push_back({s, "verify_checkpoints", &t.verify_checkpoints});
   out.push_back({s, "init_from", &t.init_from});
   out.push_back({s, "peak_tflops", &t.peak_tflops});
+  out.push_back({s, "head_chunk_tokens", &t.head_chunk_tokens});
 }
 
 void add_optim_fields(OptimConfig& o, std::vector<Field>& out) {

@@ -421,6 +421,7 @@ void validate_train(const TrainConfig& t, const KeyOrigins& at) {
   check_choice(at, "train.dtype", t.dtype, {"", "f32", "f64", "bf16"});
   check_choice(at, "train.nonfinite", t.nonfinite, {"stop", "skip_step"});
   check_at_least(at, "train.max_skipped_steps", t.max_skipped_steps, 1);
+  check_at_least(at, "train.head_chunk_tokens", t.head_chunk_tokens, 0);
   MOE_CHECK(t.loss_spike_factor == 0 || t.loss_spike_factor > 1, at.prefix({"train.loss_spike_factor"}),
             "train.loss_spike_factor = ", t.loss_spike_factor,
             " must be 0 (off) or above 1 (a loss above factor x the recent mean)");

@@ -340,7 +340,11 @@ ForwardOutput Model::forward(const Batch& batch, ModelSaved& saved, const Tensor
 ForwardOutput Model::finish_forward(const Batch& batch, ModelSaved& saved, const Tensor& x, size_t begin, size_t end,
                                     bool ends) const {
   ForwardOutput out;
-  if (ends) {
+  if (ends && fuses_head(saved)) {
+    fused_head_forward(x, batch, saved, out);
+    if (nsp_) add_nsp_loss(batch, saved, out);
+    saved.hidden = Tensor();  // the head's backward was made: nothing reads the hidden states again
+  } else if (ends) {
     head_forward(x, saved);
     VocabParallelLoss loss = vocab_parallel_cross_entropy(saved.logits, batch.targets, config_.vocab_size, tp_.comm,
                                                           &batch.host_targets);
@@ -374,19 +378,28 @@ void Model::add_nsp_loss(const Batch& batch, ModelSaved& saved, ForwardOutput& o
 }
 
 Tensor Model::head_backward(const Batch& batch, const ModelSaved& saved, float loss_scale) const {
-  Tensor dlogits = vocab_parallel_cross_entropy_backward(saved.logits, batch.targets, saved.lse, loss_scale,
-                                                         config_.vocab_size, tp_.comm);
-  const Tensor hidden = tp_.gather_tokens(saved.hidden);
-  Tensor dhidden = empty_like(hidden);
+  Tensor dhidden;
   acquire(head_unit());
-  if (lm_head_ >= 0) {
-    Tensor dhead = store_.grad(lm_head_);
-    linear_backward(hidden, store_.param(lm_head_), dlogits, dhead, dhidden);
+  if (saved.d_hidden.defined()) {  // made in forward (fused_head_forward)
+    MOE_CHECK(loss_scale == saved.head_grad_scale, "model: backward with loss scale ", loss_scale,
+              ", but the head's gradient was made in forward with ", saved.head_grad_scale);
+    Tensor dhead = store_.grad(lm_head_ >= 0 ? lm_head_ : tokens_);
+    ops::accumulate(dhead, saved.d_head);
+    dhidden = saved.d_hidden;
   } else {
-    // logits = h @ E^T: dE += dlogits^T @ h, dh = dlogits @ E
-    Tensor dtable = store_.grad(tokens_);
-    ops::matmul(dlogits, true, hidden, false, dtable, 1.0f, 1.0f);
-    ops::matmul(dlogits, false, store_.param(tokens_), false, dhidden);
+    Tensor dlogits = vocab_parallel_cross_entropy_backward(saved.logits, batch.targets, saved.lse, loss_scale,
+                                                           config_.vocab_size, tp_.comm);
+    const Tensor hidden = tp_.gather_tokens(saved.hidden);
+    dhidden = empty_like(hidden);
+    if (lm_head_ >= 0) {
+      Tensor dhead = store_.grad(lm_head_);
+      linear_backward(hidden, store_.param(lm_head_), dlogits, dhead, dhidden);
+    } else {
+      // logits = h @ E^T: dE += dlogits^T @ h, dh = dlogits @ E
+      Tensor dtable = store_.grad(tokens_);
+      ops::matmul(dlogits, true, hidden, false, dtable, 1.0f, 1.0f);
+      ops::matmul(dlogits, false, store_.param(tokens_), false, dhidden);
+    }
   }
   // Each rank's vocabulary shard gives part of the hidden states' gradient (sequence parallelism:
   // reduce-scattered to this rank's tokens).

@@ -26,6 +26,12 @@ struct ModelSaved {
   // logits [B*S, V/tp] (this rank's vocabulary shard; backward overwrites them with their
   // gradient), lse over all of V
   Tensor logits, lse;
+  // Set by the trainer before a training forward: the loss scale its backward will use. With it
+  // (and Model::set_head_chunk) the last stage makes the head's gradients already in forward,
+  // chunk by chunk, and keeps them instead of the logits: d hidden [B*S,d] and the head weight's
+  // gradient d_head (accum dtype, added to the parameter's gradient in backward).
+  float head_grad_scale = 0;
+  Tensor d_hidden, d_head;
   // A stage before the last: its output activations [B*S,d] for the next stage ([B*S/tp,d] under
   // sequence parallelism).
   Tensor output;
@@ -113,6 +119,11 @@ class Model {
   // Activation recomputation: forward keeps each block's input only and backward runs the
   // block's forward again before its backward.
   void set_recompute(bool on) { recompute_ = on; }
+  // train.head_chunk_tokens: a training forward given ModelSaved::head_grad_scale runs the LM head
+  // and its loss over chunks of this many tokens and makes their gradient at once, so that only
+  // one chunk's logits [chunk, V] exist at a time; 0 = the logits [B*S, V] are kept for backward.
+  // Tensor parallelism (vocabulary-parallel loss) and the encoder-decoder keep the logits.
+  void set_head_chunk(int64_t tokens);
   // Logits [B*S, V] of the token ids (B sequences of seq_len) for generation (no loss); one
   // rank holding the whole model, causal objectives only.
   Tensor logits(const std::vector<int32_t>& tokens, int64_t batch_size) const;
@@ -208,6 +219,10 @@ class Model {
   Tensor run_blocks(const Tensor& x, const Batch& batch, ModelSaved& saved, size_t begin, size_t end,
                     const Tensor& memory = Tensor()) const;
   void head_forward(const Tensor& x, ModelSaved& saved) const;
+  // The final norm, the head and the loss in chunks with their gradients (set_head_chunk):
+  // out.loss and out.num_targets, saved.d_hidden and saved.d_head (src/model/model_fused_head.cpp).
+  void fused_head_forward(const Tensor& x, const Batch& batch, ModelSaved& saved, ForwardOutput& out) const;
+  bool fuses_head(const ModelSaved& saved) const;
   // After the blocks [begin, end): the head and loss (ends) or the stage's output, and the MoE
   // layers' statistics.
   ForwardOutput finish_forward(const Batch& batch, ModelSaved& saved, const Tensor& x, size_t begin, size_t end,
@@ -237,6 +252,7 @@ class Model {
   TpGroup tp_;
   std::vector<int64_t> layers_;  // the layer number of each block
   bool recompute_ = false;
+  int64_t head_chunk_ = 0;
   ParamStore store_;
   ParamId tokens_ = -1, positions_ = -1, lm_head_ = -1;
   std::vector<std::unique_ptr<Block>> blocks_;

@@ -42,11 +42,15 @@ std::vector<double> combine_lse(const std::vector<double>& gathered, int64_t row
   return out;
 }
 
-int64_t count_targets(const std::vector<int32_t>& targets) {
-  return std::count_if(targets.begin(), targets.end(), [](int32_t t) { return t >= 0; });
-}
-
 }  // namespace
+
+int64_t count_loss_targets(const Tensor& targets, const std::vector<int32_t>* host_targets) {
+  MOE_CHECK(host_targets == nullptr || static_cast<int64_t>(host_targets->size()) == targets.numel(),
+            "cross-entropy: ", host_targets ? host_targets->size() : 0, " host targets for ", targets.numel(),
+            " device targets");
+  const std::vector<int32_t> tv = host_targets ? *host_targets : targets.to_vector<int32_t>();
+  return std::count_if(tv.begin(), tv.end(), [](int32_t t) { return t >= 0; });
+}
 
 ops::VocabShard vocab_shard(int64_t vocab_size, const Communicator* tp) {
   if (!is_sharded(tp)) return {};
@@ -91,12 +95,8 @@ VocabParallelLoss vocab_parallel_cross_entropy(const Tensor& logits_local, const
   const DType accum = ops::accum_dtype(logits_local.dtype());
   const Device device = logits_local.device();
   Tensor loss = Tensor::empty({rows}, accum, device), lse = Tensor::empty({rows}, accum, device);
-  MOE_CHECK(host_targets == nullptr || static_cast<int64_t>(host_targets->size()) == targets.numel(),
-            "vocab-parallel cross-entropy: ", host_targets ? host_targets->size() : 0, " host targets for ",
-            targets.numel(), " device targets");
-  const std::vector<int32_t> tv = host_targets ? *host_targets : targets.to_vector<int32_t>();
   VocabParallelLoss out;
-  out.num_targets = count_targets(tv);
+  out.num_targets = count_loss_targets(targets, host_targets);
   if (!is_sharded(tp)) {
     ops::cross_entropy_forward(logits_local, targets, loss, lse);
     out.loss = loss;
@@ -104,6 +104,7 @@ VocabParallelLoss vocab_parallel_cross_entropy(const Tensor& logits_local, const
     return out;
   }
   // The CUDA kernel cannot report a bad target without a sync; the host copy is here anyway.
+  const std::vector<int32_t> tv = host_targets ? *host_targets : targets.to_vector<int32_t>();
   for (size_t t = 0; t < tv.size(); ++t) {
     MOE_CHECK(tv[t] < vocab_size, "cross-entropy: target ", tv[t], " of row ", t, " is outside the vocabulary [0,",
               vocab_size, ")");

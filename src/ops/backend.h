@@ -55,6 +55,9 @@ class Backend {
                                   const Tensor& doc_starts) = 0;
   virtual void activation_forward(Activation act, const Tensor& x, Tensor& y) = 0;
   virtual void activation_backward(Activation act, const Tensor& x, const Tensor& dy, Tensor& dx) = 0;
+  virtual void activation_backward_weighted(Activation act, const Tensor& x, const Tensor& g,
+                                            const Tensor& row_weights, Tensor& dx, Tensor& a_weighted,
+                                            Tensor& drow_weights) = 0;
   virtual void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor& lse,
                                      VocabShard shard) = 0;
   virtual void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, float scale,
@@ -110,6 +113,9 @@ class Backend {
                                    Tensor& out) = 0;
   virtual void moe_combine_backward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights,
                                     const Tensor& dout, Tensor& dy_sorted, Tensor& dweights) = 0;
+  virtual void moe_combine_backward_unweighted(const Tensor& slot_pos, const Tensor& weights, const Tensor& dout,
+                                               Tensor& dy_sorted, Tensor& row_weights) = 0;
+  virtual void moe_gather_slots(const Tensor& row_values, const Tensor& slot_pos, Tensor& slot_values) = 0;
   virtual void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWParams& p) = 0;
   virtual void adamw_fused(Tensor& master, const Tensor& grad, Tensor& m, Tensor& v, const Tensor& runs,
                            const Tensor& grad_scale, const AdamWParams& p, Tensor& params) = 0;

@@ -253,6 +253,15 @@ class CpuBackend final : public Backend {
     });
   }
 
+  void activation_backward_weighted(Activation act, const Tensor& x, const Tensor& g, const Tensor& row_weights,
+                                    Tensor& dx, Tensor& a_weighted, Tensor& drow_weights) override {
+    dispatch_float(x.dtype(), activation_name(act), [&](auto tag) {
+      using T = decltype(tag);
+      cpu::activation_backward_weighted<T>(act, ptr<T>(x), ptr<T>(g), ptr<T>(row_weights), ptr<T>(dx),
+                                           ptr<T>(a_weighted), ptr<T>(drow_weights), g.size(0), g.size(1));
+    });
+  }
+
   void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor& lse,
                              VocabShard shard) override {
     dispatch_float(logits.dtype(), "cross-entropy", [&](auto tag) {
@@ -541,6 +550,24 @@ class CpuBackend final : public Backend {
       cpu::moe_combine_backward<T>(ptr<T>(y_sorted), index_ptr(slot_pos), ptr<T>(weights), ptr<T>(dout),
                                    ptr<T>(dy_sorted), ptr<T>(dweights), weights.size(0), weights.size(1),
                                    y_sorted.size(1), y_sorted.size(0));
+    });
+  }
+
+  void moe_combine_backward_unweighted(const Tensor& slot_pos, const Tensor& weights, const Tensor& dout,
+                                       Tensor& dy_sorted, Tensor& row_weights) override {
+    dispatch_float(dout.dtype(), "moe_combine backward", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::moe_combine_backward_unweighted<T>(index_ptr(slot_pos), ptr<T>(weights), ptr<T>(dout), ptr<T>(dy_sorted),
+                                              ptr<T>(row_weights), weights.size(0), weights.size(1), dout.size(1),
+                                              dy_sorted.size(0));
+    });
+  }
+
+  void moe_gather_slots(const Tensor& row_values, const Tensor& slot_pos, Tensor& slot_values) override {
+    dispatch_float(row_values.dtype(), "moe_gather_slots", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::moe_gather_slots<T>(ptr<T>(row_values), index_ptr(slot_pos), ptr<T>(slot_values), slot_pos.numel(),
+                               row_values.numel());
     });
   }
 

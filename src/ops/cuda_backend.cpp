@@ -215,6 +215,13 @@ class CudaBackend : public Backend {
     cuda::activation_backward(act, bf(x), bf(dy), bf_mut(dx), dy.size(0), dy.size(1), stream);
   }
 
+  void activation_backward_weighted(Activation act, const Tensor& x, const Tensor& g, const Tensor& row_weights,
+                                    Tensor& dx, Tensor& a_weighted, Tensor& drow_weights) override {
+    cudaStream_t stream = on_device(x, g, row_weights, dx, a_weighted, drow_weights);
+    cuda::activation_backward_weighted(act, bf(x), bf(g), f32(row_weights), bf_mut(dx), bf_mut(a_weighted),
+                                       f32_mut(drow_weights), g.size(0), g.size(1), stream);
+  }
+
   void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor& lse,
                              VocabShard shard) override {
     cudaStream_t stream = on_device(logits, targets, loss, lse);
@@ -474,6 +481,20 @@ class CudaBackend : public Backend {
     cuda::moe_combine_backward(bf(y_sorted), i32(slot_pos), f32(weights), bf(dout), bf_mut(dy_sorted),
                                f32_mut(dweights), weights.size(0), weights.size(1), y_sorted.size(1),
                                y_sorted.size(0), stream);
+  }
+
+  void moe_combine_backward_unweighted(const Tensor& slot_pos, const Tensor& weights, const Tensor& dout,
+                                       Tensor& dy_sorted, Tensor& row_weights) override {
+    cudaStream_t stream = on_device(slot_pos, weights, dout, dy_sorted, row_weights);
+    check_index(slot_pos, weights);
+    cuda::moe_combine_backward_unweighted(i32(slot_pos), f32(weights), bf(dout), bf_mut(dy_sorted),
+                                          f32_mut(row_weights), weights.size(0), weights.size(1), dout.size(1),
+                                          dy_sorted.size(0), stream);
+  }
+
+  void moe_gather_slots(const Tensor& row_values, const Tensor& slot_pos, Tensor& slot_values) override {
+    cudaStream_t stream = on_device(row_values, slot_pos, slot_values);
+    cuda::moe_gather_slots(f32(row_values), i32(slot_pos), f32_mut(slot_values), slot_pos.numel(), stream);
   }
 
   void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWParams& p) override {

@@ -378,6 +378,17 @@ void activation_backward(Activation act, const Tensor& x, const Tensor& dy, Tens
   run_on(x, OpKind::activation)->activation_backward(act, x, dy, dx);
 }
 
+void activation_backward_weighted(Activation act, const Tensor& x, const Tensor& g, const Tensor& row_weights,
+                                  Tensor& dx, Tensor& a_weighted, Tensor& drow_weights) {
+  check_activation(act, x, g);
+  check_like(dx, x, "weighted activation dx");
+  check_like(a_weighted, g, "weighted activation a_weighted");
+  check_shape(row_weights, {g.size(0)}, "weighted activation row_weights");
+  check_accum(row_weights, x, "weighted activation row_weights");
+  check_like(drow_weights, row_weights, "weighted activation drow_weights");
+  run_on(x, OpKind::activation)->activation_backward_weighted(act, x, g, row_weights, dx, a_weighted, drow_weights);
+}
+
 void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor& lse,
                            VocabShard shard) {
   check_compute(logits, "cross-entropy logits");
@@ -692,6 +703,29 @@ void moe_combine_backward(const Tensor& y_sorted, const Tensor& slot_pos, const 
   check_like(dy_sorted, y_sorted, "combine dy_sorted");
   check_like(dweights, weights, "combine dweights");
   run_on(y_sorted, OpKind::permute)->moe_combine_backward(y_sorted, slot_pos, weights, dout, dy_sorted, dweights);
+}
+
+void moe_combine_backward_unweighted(const Tensor& slot_pos, const Tensor& weights, const Tensor& dout,
+                                     Tensor& dy_sorted, Tensor& row_weights) {
+  check_compute(dout, "combine dout");
+  MOE_CHECK(weights.ndim() == 2 && dout.ndim() == 2 && dy_sorted.ndim() == 2, "combine: weights",
+            shape_str(weights.shape()), " dout", shape_str(dout.shape()), " dy_sorted", shape_str(dy_sorted.shape()));
+  check_accum(weights, dout, "combine weights");
+  check_index(slot_pos, {weights.numel()}, dout, "combine slot_pos");
+  check_shape(dout, {weights.size(0), dy_sorted.size(1)}, "combine dout");
+  check_dtype(dy_sorted, dout.dtype(), "combine dy_sorted");
+  check_shape(row_weights, {dy_sorted.size(0)}, "combine row_weights");
+  check_dtype(row_weights, weights.dtype(), "combine row_weights");
+  run_on(dout, OpKind::permute)->moe_combine_backward_unweighted(slot_pos, weights, dout, dy_sorted, row_weights);
+}
+
+void moe_gather_slots(const Tensor& row_values, const Tensor& slot_pos, Tensor& slot_values) {
+  MOE_CHECK(row_values.ndim() == 1, "gather slots: row_values must be [N], got ", shape_str(row_values.shape()));
+  MOE_CHECK(row_values.dtype() == DType::f32 || row_values.dtype() == DType::f64,
+            "gather slots: row_values must be f32 or f64, got ", dtype_name(row_values.dtype()));
+  check_index(slot_pos, {slot_values.numel()}, row_values, "gather slots slot_pos");
+  check_dtype(slot_values, row_values.dtype(), "gather slots slot_values");
+  run_on(row_values, OpKind::permute)->moe_gather_slots(row_values, slot_pos, slot_values);
 }
 
 void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWParams& p) {

@@ -128,6 +128,12 @@ Activation activation_from_name(const std::string& name);  // throws naming the 
 void activation_forward(Activation act, const Tensor& x, Tensor& y);
 // dx (shape of x) written
 void activation_backward(Activation act, const Tensor& x, const Tensor& dy, Tensor& dx);
+// The backward of y[r] = w[r] * act(x[r]) with the row weights folded in (the experts' backward that
+// applies the combine's weights): x as above [T, f or 2f], g[T,f] the gradient of the unweighted
+// act(x), row_weights[T] (accum) -> dx[T, f or 2f] = d(w act(x))/dx applied to g (written),
+// a_weighted[T,f] = w * act(x) (written), drow_weights[T] (accum, written) = <g[r], act(x[r])>.
+void activation_backward_weighted(Activation act, const Tensor& x, const Tensor& g, const Tensor& row_weights,
+                                  Tensor& dx, Tensor& a_weighted, Tensor& drow_weights);
 
 // Softmax cross-entropy: logits[T,V], targets i32[T] (negative = ignored) -> loss[T] (accum;
 // 0 where ignored), lse[T] (accum). Sharded (logits[T,V/tp], the shard's columns): lse is the
@@ -241,6 +247,15 @@ void moe_unpermute_sum(const Tensor& x_sorted, const Tensor& slot_pos, Tensor& o
 // dropped slots)
 void moe_combine_backward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights,
                           const Tensor& dout, Tensor& dy_sorted, Tensor& dweights);
+
+// The combine's backward without its weights: dy_sorted[N,d] row slot_pos[t*k+s] = dout[t],
+// row_weights[N] (accum) at that row = weights[t,s]; rows no slot uses are zero in both (written).
+// The weights' gradient then comes from the rows (activation_backward_weighted, moe_gather_slots).
+void moe_combine_backward_unweighted(const Tensor& slot_pos, const Tensor& weights, const Tensor& dout,
+                                     Tensor& dy_sorted, Tensor& row_weights);
+// row_values[N] (accum) -> slot_values[T,k] (accum, written): slot n gets row_values[slot_pos[n]],
+// 0 where slot_pos[n] = -1.
+void moe_gather_slots(const Tensor& row_values, const Tensor& slot_pos, Tensor& slot_values);
 
 // ---- Balancing losses and the aux-loss-free bias on the device (issue 14; docs/routing.md has
 // the definitions, kernels/cpu/balance.h the CPU references). Each term writes its value to value

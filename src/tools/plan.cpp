@@ -392,8 +392,13 @@ std::string format_plan(const Plan& p, const Config& config) {
            "   rows than the average holds more)\n";
   }
   item("stage input (embedding)", a.embedding, "");
-  if (a.logits > 0) item("logits and loss buffers", a.logits, "final norm, logits [T,V], log-sum-exp");
+  if (a.head_chunked) {
+    item("head gradients made in forward", a.logits, "d hidden, d head weight (train.head_chunk_tokens)");
+  } else if (a.logits > 0) {
+    item("logits and loss buffers", a.logits, "final norm, logits [T,V], log-sum-exp");
+  }
   item("kept for backward, this stage", a.kept, "");
+  if (a.head_forward > 0) item("chunked head, while it runs", a.head_forward, "hidden, one chunk's logits, lse");
   std::snprintf(line, sizeof line, "  %-34s %12lld  %s\n", "micro-batches kept at once", static_cast<long long>(a.micro_batches),
                 "(1F1B in flight, or balance_scope = global_batch)");
   out << line;

@@ -85,7 +85,11 @@ struct ActivationPlan {
   int64_t moe_ffn = 0;           // per MoE FFN: router, slots, expert rows, shared experts
   int64_t all_to_all = 0;        // per MoE FFN with ep > 1: the returned rows and row maps (in moe_ffn)
   int64_t embedding = 0;         // stage input: embedding output (or the received activations)
-  int64_t logits = 0;            // last stage: final norm output, logits [T,V], their lse
+  int64_t logits = 0;            // last stage: final norm output, logits [T,V], their lse; or, with the
+                                 // chunked head (train.head_chunk_tokens), the norm statistics, d hidden
+                                 // and the head weight's gradient made in forward
+  bool head_chunked = false;     // the chunked head: its gradients made in forward
+  int64_t head_forward = 0;      // the chunked head's forward working set: hidden, one chunk's logits, lse
   int64_t batch = 0;             // input and target ids of one micro-batch
   int64_t kept = 0;              // one micro-batch of this stage: everything above, summed over its layers
   int64_t micro_batches = 1;     // kept at once (1F1B in flight, or global_batch balance scope; interleaved:

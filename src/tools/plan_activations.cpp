@@ -90,11 +90,12 @@ MoeFootprint moe_footprint(const Config& config, const RouterKind& router, int64
   kept += 2 * T * slots * s.ib;  // DispatchSaved: sorted_tokens, slot_pos
   // Experts (ExpertsSaved + MoeLayerSaved::y_sorted): input, pre-activation, output rows, and the
   // post-activation where the implementation keeps it (the loop; the grouped one recomputes it).
-  // The grouped experts' input rows are dispatched again in backward where the dispatcher can
-  // (one rank: LocalDispatcher::redispatch), so they are not kept.
+  // On one rank (the dispatcher's rows are local) the grouped experts keep neither: their input
+  // rows are dispatched again in backward (LocalDispatcher::redispatch) and they apply the
+  // combine's weights in their backward, which needs no outputs (Experts::backward_weighted).
   const bool grouped = std::string(experts_kind(moe.experts_impl).name) == "grouped";
-  const bool redispatched = grouped && ep == 1;
-  kept += local_rows * s.cb * ((redispatched ? 1 : 2) * d + up_e + (grouped ? 0 : f_e));
+  const bool local_rows_only = grouped && ep == 1;
+  kept += local_rows * s.cb * ((local_rows_only ? 0 : 2) * d + up_e + (grouped ? 0 : f_e));
   // Expert parallelism: the outputs back on this rank (combine_rows) and the row maps.
   if (ep > 1) {
     out.all_to_all = rows * d * s.cb + (local_experts > 1 ? 2 * local_rows * s.ib : 0);
@@ -116,9 +117,18 @@ MoeFootprint moe_footprint(const Config& config, const RouterKind& router, int64
   const int64_t expert_temps = grouped ? local_rows * s.cb * std::max(2 * f_e, up_e + f_e)
                                        : max_expert_rows * s.cb * (up_e + f_e);
   int64_t after_dispatch = 0;
-  if (ep == 1) {
-    const int64_t experts_stage = dy + (redispatched ? 3 : 2) * rows * row_bytes + dweights + expert_temps;
-    after_dispatch = 2 * dy + 2 * rows * row_bytes + dweights;
+  if (local_rows_only) {
+    // dy unweighted to the rows (dy_sorted) with their weights, the input rows made again, then
+    // g, w * a and dh (GroupedExperts::backward_weighted), then dh and dx_sorted (up_backward);
+    // after it the rows' weight gradients become d weights and dispatch_backward sums dx.
+    const int64_t row_weights = 2 * rows * s.ab;  // row_weights, drow_weights
+    const int64_t experts_stage = dy + 2 * rows * row_bytes + row_weights +
+                                  rows * s.cb * std::max(2 * f_e + up_e, up_e + d);
+    after_dispatch = 2 * dy + rows * row_bytes + dweights + row_weights;
+    out.backward = std::max(experts_stage, after_dispatch);
+  } else if (ep == 1) {
+    const int64_t experts_stage = dy + 2 * rows * row_bytes + dweights + expert_temps;
+    after_dispatch = 2 * dy + rows * row_bytes + dweights;  // dy_sorted is freed before dispatch_backward
     out.backward = std::max(experts_stage, after_dispatch);
   } else {
     const int64_t reorder = local_experts > 1 ? local_rows * row_bytes : 0;
@@ -207,7 +217,16 @@ ActivationPlan plan_activations(const Config& config, const Topology& topology, 
   a.dense_ffn = Ts * s.cb * d + T * s.cb * (dense_up + dense_mid);  // FfnSaved x (the FFN-norm output), h, a
   a.embedding = Ts * d * s.cb;                      // the first block's input
   a.batch = 2 * T * s.ib;
-  if (last) a.logits = Ts * (d * s.cb + norm_stats * s.ab) + T * ceil_div(m.vocab_size, tp) * s.cb + T * s.ab;
+  // The chunked head (Model::fused_head_forward) keeps d hidden and the head weight's gradient
+  // [V,d] (accum) instead of the hidden states and the logits, and holds one chunk's logits
+  // beside the hidden states and the lse while it runs.
+  a.head_chunked = last && config.train.head_chunk_tokens > 0 && tp == 1 && m.encoder_layers == 0;
+  if (a.head_chunked) {
+    a.logits = Ts * norm_stats * s.ab + T * d * s.cb + m.vocab_size * d * s.ab;
+    a.head_forward = T * d * s.cb + std::min(config.train.head_chunk_tokens, T) * m.vocab_size * s.cb + T * s.ab;
+  } else if (last) {
+    a.logits = Ts * (d * s.cb + norm_stats * s.ab) + T * ceil_div(m.vocab_size, tp) * s.cb + T * s.ab;
+  }
 
   // Backward working sets of a block, besides what the forward kept: the FFN backward with dy
   // and d x live; the attention backward with dy, the residual gradient, d out, d q, d k, d v and
@@ -249,7 +268,7 @@ ActivationPlan plan_activations(const Config& config, const Topology& topology, 
   a.backward_working = attention_backward;
   for (int64_t w : a.layer_working) a.backward_working = std::max(a.backward_working, w);
   // d logits, d hidden (sequence parallelism: the gathered hidden states, d hidden reduce-scattered)
-  if (last) a.logits_grad = T * ceil_div(m.vocab_size, tp) * s.cb + (sp ? 2 * T + Ts : T) * d * s.cb;
+  if (last && !a.head_chunked) a.logits_grad = T * ceil_div(m.vocab_size, tp) * s.cb + (sp ? 2 * T + Ts : T) * d * s.cb;
 
   // Micro-batches whose activations are alive together: one (backward follows each forward);
   // two with micro-batch pairs (parallel.a2a_overlap_microbatches); all of the step's with the
@@ -273,7 +292,7 @@ ActivationPlan plan_activations(const Config& config, const Topology& topology, 
   a.backward_base = a.kept_in_flight + batches + (pairs ? 2 * T * d * s.cb : 0);
   const int64_t backward_peak = a.backward_base + std::max(a.backward_working, a.logits_grad);
   a.forward_peak = a.kept_in_flight + batches + (last ? T * s.ab : 0)  // + per-token losses
-                   + (pairs ? T * d * s.cb : 0);
+                   + (pairs ? T * d * s.cb : 0) + a.head_forward;
   a.peak = std::max(backward_peak, a.forward_peak);
   return a;
 }

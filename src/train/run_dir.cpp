@@ -29,7 +29,7 @@ const char* const k_resume_safe_keys[] = {
     "train.steps",     "train.log_every", "train.eval_every",       "train.eval_batches", "train.save_every",
     "train.keep_last", "train.run_dir",   "train.resume",           "train.overwrite",    "train.device",
     "train.dtype",     "train.recompute", "train.micro_batch_size", "train.grad_accum",   "data.val_path",
-    "data.val",        "data.tokenizer",  "moe.experts_impl", "train.peak_tflops",
+    "data.val",        "data.tokenizer",  "moe.experts_impl", "train.peak_tflops", "train.head_chunk_tokens",
     "train.init_from"};  // a resumed run reads its own checkpoint, never init_from
 const char* const k_resume_safe_sections[] = {"parallel.", "optim.", "schedule."};
 

@@ -102,6 +102,7 @@ StepResult Trainer::train_step() {
   stage.forward = [&](int micro, int chunk, const Tensor& input) {
     if (timed) stage_times_->begin();
     const auto at = static_cast<size_t>(micro * chunks + chunk);
+    saves[at].head_grad_scale = loss_scale;  // the head may make its gradient in forward
     outs[at] = model_->forward(batches[static_cast<size_t>(micro)], saves[at], input, chunk);
     after_forward(at, micro);
     if (timed) stage_times_->end();
@@ -130,6 +131,7 @@ StepResult Trainer::train_step() {
     // (Model::forward_pair); one stage, one chunk (validated).
     for (int a = 0; a + 1 < micro_batches; a += 2) {
       const auto ia = static_cast<size_t>(a), ib = ia + 1;
+      saves[ia].head_grad_scale = saves[ib].head_grad_scale = loss_scale;
       std::array<ForwardOutput, 2> pair = model_->forward_pair({&batches[ia], &batches[ib]}, {&saves[ia], &saves[ib]});
       outs[ia] = std::move(pair[0]);
       outs[ib] = std::move(pair[1]);

@@ -88,6 +88,7 @@ Trainer::Trainer(const Config& config, int local_rank, Communicator& world)
                          model_->params().infos().size(), device_.str(), dtype_name(dtype_)));
   model_->set_objective(configured_objective(config, model_->objective()));
   model_->set_recompute(config.train.recompute);
+  model_->set_head_chunk(config.train.head_chunk_tokens);
   model_->allocate(device_, dtype_);
   model_->initialize(config.train.seed);
   const double init_seconds = init_time.seconds();

@@ -219,6 +219,30 @@ TEST_CASE("cuda activations forward and backward match the CPU", "[cuda][activat
   }
 }
 
+TEST_CASE("cuda weighted activation backward matches the CPU", "[cuda][activations]") {
+  for (ops::Activation act :
+       {ops::Activation::relu, ops::Activation::gelu, ops::Activation::geglu, ops::Activation::swiglu}) {
+    for (int64_t width : {1, 37, 64, 384}) {
+      for (int64_t rows : k_rows) {
+        INFO(ops::activation_name(act) << " rows " << rows << " width " << width);
+        const uint64_t seed = seed_of(9, {static_cast<int64_t>(act), rows, width});
+        const int64_t in_width = ops::is_gated(act) ? 2 * width : width;
+        Mirror x = random_mirror({rows, in_width}, DType::bf16, seed, -3.0, 3.0);
+        Mirror g = random_mirror({rows, width}, DType::bf16, seed + 1);
+        Mirror w = random_mirror({rows}, DType::f32, seed + 2, 0.0, 1.0);
+        Mirror dx = poisoned_pair({rows, in_width}, DType::bf16), aw = poisoned_pair({rows, width}, DType::bf16);
+        Mirror dw = poisoned_pair({rows}, DType::f32);
+        ops::activation_backward_weighted(act, x.cpu, g.cpu, w.cpu, dx.cpu, aw.cpu, dw.cpu);
+        ops::activation_backward_weighted(act, x.gpu, g.gpu, w.gpu, dx.gpu, aw.gpu, dw.gpu);
+        require_match(dx, bf16_tol(), "weighted activation dx");
+        require_match(aw, bf16_tol(), "weighted activation w * a");
+        // <g, a> over up to 384 terms of bf16-rounded inputs, summed in fp32 on the GPU
+        require_match(dw, Tolerance{2e-2, 1e-2}, "weighted activation <g, a>");
+      }
+    }
+  }
+}
+
 TEST_CASE("cuda cross-entropy forward and backward match the CPU", "[cuda][cross_entropy]") {
   struct Case {
     int64_t rows, vocab;

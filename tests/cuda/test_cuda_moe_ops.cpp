@@ -150,6 +150,18 @@ TEST_CASE("cuda moe_combine forward and backward match the CPU", "[cuda][permute
         ops::moe_combine_backward(y.gpu, slot_pos.gpu, weights.gpu, dout.gpu, dy.gpu, dweights.gpu);
         require_match(dy, bf16_tol(), "combine dy_sorted");
         require_match(dweights, accum_tol(), "combine dweights");
+
+        // Without the weights: dout copied to the rows, the weights per row, and back to the slots.
+        Mirror dy_plain = poisoned_pair({tokens * k, dim}, DType::bf16), row_w = poisoned_pair({tokens * k}, DType::f32);
+        ops::moe_combine_backward_unweighted(slot_pos.cpu, weights.cpu, dout.cpu, dy_plain.cpu, row_w.cpu);
+        ops::moe_combine_backward_unweighted(slot_pos.gpu, weights.gpu, dout.gpu, dy_plain.gpu, row_w.gpu);
+        require_match(dy_plain, bf16_tol(), "unweighted combine dy_sorted");
+        require_match(row_w, accum_tol(), "unweighted combine row weights");
+        Mirror row_values = random_mirror({tokens * k}, DType::f32, seed + 4);
+        Mirror slots = poisoned_pair({tokens, k}, DType::f32);
+        ops::moe_gather_slots(row_values.cpu, slot_pos.cpu, slots.cpu);
+        ops::moe_gather_slots(row_values.gpu, slot_pos.gpu, slots.gpu);
+        require_match(slots, accum_tol(), "gathered slots");
       }
     }
   }
@@ -288,6 +300,18 @@ TEST_CASE("cuda moe_combine with dropped slots matches the CPU, spare rows zero"
           require_match(dweights, accum_tol(), "combine dweights");
           auto spare_rows = dy.gpu.rows(used, rows).to_vector<float>();
           REQUIRE(std::all_of(spare_rows.begin(), spare_rows.end(), [](float v) { return v == 0.0f; }));
+
+          // Without the weights: the spare rows and their weights zero too; dropped slots get 0 back.
+          Mirror dy_plain = poisoned_pair({rows, dim}, DType::bf16), row_w = poisoned_pair({rows}, DType::f32);
+          ops::moe_combine_backward_unweighted(slot_pos.cpu, weights.cpu, dout.cpu, dy_plain.cpu, row_w.cpu);
+          ops::moe_combine_backward_unweighted(slot_pos.gpu, weights.gpu, dout.gpu, dy_plain.gpu, row_w.gpu);
+          require_match(dy_plain, bf16_tol(), "unweighted combine dy_sorted");
+          require_match(row_w, accum_tol(), "unweighted combine row weights");
+          Mirror row_values = random_mirror({rows}, DType::f32, seed + 4);
+          Mirror slots = poisoned_pair({tokens, k}, DType::f32);
+          ops::moe_gather_slots(row_values.cpu, slot_pos.cpu, slots.cpu);
+          ops::moe_gather_slots(row_values.gpu, slot_pos.gpu, slots.gpu);
+          require_match(slots, accum_tol(), "gathered slots");
         }
       }
     }

@@ -223,6 +223,76 @@ TEST_CASE("dropped slots (id -1) take no row in the sort and add nothing in the 
   }
 }
 
+TEST_CASE("the combine's backward without weights, then the rows' gradients back to the slots, with drops",
+          "[kernels][cpu][routing]") {
+  // The slots of the test above: t0 -> {2, dropped}, t1 -> {0, 2}, t2 -> {dropped, dropped}, t3 -> {0, 1}.
+  Tensor slot_pos = ids_tensor({3, -1, 0, 4, -1, -1, 1, 2}, {8});
+  const int64_t dim = 3;
+  for (DType dt : k_float_types) {
+    for (int64_t rows : {5, 7}) {  // exactly the rows used, and two spare rows
+      Tensor weights = values_tensor({0.5, 0.25, 0.75, 2.0, 0.125, 4.0, 1.5, -1.0}, {4, 2}, dt);
+      Tensor dout = random_tensor({4, dim}, dt, 48);
+      Tensor dy = poisoned({rows, dim}, dt), row_weights = poisoned({rows}, dt);
+      ops::moe_combine_backward_unweighted(slot_pos, weights, dout, dy, row_weights);
+      auto g = values_of(dout);
+      std::vector<double> ref_dy(static_cast<size_t>(rows * dim), 0.0), ref_w(static_cast<size_t>(rows), 0.0);
+      const int32_t pos[8] = {3, -1, 0, 4, -1, -1, 1, 2};
+      const double w[8] = {0.5, 0.25, 0.75, 2.0, 0.125, 4.0, 1.5, -1.0};
+      for (int64_t n = 0; n < 8; ++n) {
+        if (pos[n] < 0) continue;
+        ref_w[static_cast<size_t>(pos[n])] = w[n];
+        for (int64_t c = 0; c < dim; ++c) ref_dy[pos[n] * dim + c] = g[(n / 2) * dim + c];
+      }
+      check(dy, ref_dy, "unweighted dy_sorted, rows " + std::to_string(rows));
+      check(row_weights, ref_w, "row weights, rows " + std::to_string(rows));
+
+      Tensor row_values = random_tensor({rows}, dt, 49), slots = poisoned({4, 2}, dt);
+      ops::moe_gather_slots(row_values, slot_pos, slots);
+      auto v = values_of(row_values);
+      std::vector<double> ref_slots(8, 0.0);  // dropped slots get 0
+      for (int64_t n = 0; n < 8; ++n) ref_slots[n] = pos[n] >= 0 ? v[static_cast<size_t>(pos[n])] : 0.0;
+      check(slots, ref_slots, "gathered slots, rows " + std::to_string(rows));
+    }
+  }
+  Tensor too_few = poisoned({4}, DType::f64);
+  REQUIRE_THROWS_WITH(ops::moe_gather_slots(values_tensor({1, 2, 3, 4}, {4}, DType::f64), slot_pos, too_few),
+                      Contains("gather slots slot_pos"));
+}
+
+TEST_CASE("the weighted activation backward is the backward of w * act, with <g, act> for the weights",
+          "[kernels][cpu][activations]") {
+  const int64_t rows = 5, width = 7;
+  for (ops::Activation act :
+       {ops::Activation::relu, ops::Activation::gelu, ops::Activation::geglu, ops::Activation::swiglu}) {
+    for (DType dt : k_float_types) {
+      INFO(ops::activation_name(act) << " " << dtype_name(dt));
+      const int64_t in_width = ops::is_gated(act) ? 2 * width : width;
+      Tensor x = random_tensor({rows, in_width}, dt, 50), g = random_tensor({rows, width}, dt, 51);
+      Tensor w = values_tensor({0.5, -1.25, 0.0, 2.0, 0.75}, {rows}, dt);
+      Tensor dx = poisoned({rows, in_width}, dt), aw = poisoned({rows, width}, dt), dw = poisoned({rows}, dt);
+      ops::activation_backward_weighted(act, x, g, w, dx, aw, dw);
+      // The reference from the plain ops: a = act(x); w * g through activation_backward; <g, a>.
+      Tensor a = poisoned({rows, width}, dt), wg = poisoned({rows, width}, dt), ref_dx = poisoned({rows, in_width}, dt);
+      ops::activation_forward(act, x, a);
+      const auto av = values_of(a), gv = values_of(g), wv = values_of(w);
+      std::vector<double> wgv(gv.size()), ref_aw(av.size()), ref_dw(static_cast<size_t>(rows), 0.0);
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t c = 0; c < width; ++c) {
+          const size_t i = static_cast<size_t>(r * width + c);
+          wgv[i] = wv[r] * gv[i];
+          ref_aw[i] = wv[r] * av[i];
+          ref_dw[static_cast<size_t>(r)] += gv[i] * av[i];
+        }
+      }
+      wg = values_tensor(wgv, {rows, width}, dt);
+      ops::activation_backward(act, x, wg, ref_dx);
+      check(dx, values_of(ref_dx), "dx");
+      check(aw, ref_aw, "w * act(x)");
+      check(dw, ref_dw, "<g, act(x)>");
+    }
+  }
+}
+
 TEST_CASE("adamw matches a step computed by hand", "[kernels][cpu][optim]") {
   for (DType dt : k_float_types) {
     ops::AdamWParams p;

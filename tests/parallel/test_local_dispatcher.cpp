@@ -149,7 +149,7 @@ TEST_CASE("dispatch then combine with unit weights returns k * x; payload rows c
     for (int64_t c = 0; c < d; ++c)
       REQUIRE(xs[static_cast<size_t>(r * d + c)] == xv[static_cast<size_t>(expected_tokens[static_cast<size_t>(r)] * d + c)]);
   // A backward that dropped the rows makes the same ones again from x.
-  REQUIRE(dispatcher.can_redispatch());
+  REQUIRE(dispatcher.rows_are_local());
   REQUIRE(dispatcher.redispatch(saved, x).to_vector<double>() == xs);
   REQUIRE_THROWS_WITH(dispatcher.redispatch(saved, x.rows(0, tokens - 1)),
                       Catch::Matchers::Contains("redispatch of [" + std::to_string(tokens - 1)));

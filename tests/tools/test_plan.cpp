@@ -40,6 +40,8 @@ Config gpt2_small() {
   c.model.tie_embeddings = true;
   c.train.micro_batch_size = 16;
   c.train.device = "cuda";
+  // The GPU peaks below were recorded while the head kept its logits for backward.
+  c.train.head_chunk_tokens = 0;
   return c;
 }
 
@@ -312,6 +314,7 @@ TEST_CASE("active parameters count the experts a router really routes to, by han
 TEST_CASE("activations of a small config, by hand", "[train][plan]") {
   Config c = hand_config();
   c.moe.experts_impl = "loop";  // the count below is the loop's, which keeps the post-activation a
+  c.train.head_chunk_tokens = 0;  // the head that keeps its logits (the chunked one: below)
   Plan plan = make_plan(c, 1);
   const ActivationPlan& a = plan.activations;
   // T = 2 sequences x 4 = 8 tokens; bf16 (2 bytes) activations, f32 (4) statistics.
@@ -331,6 +334,19 @@ TEST_CASE("activations of a small config, by hand", "[train][plan]") {
   REQUIRE(a.backward_working == 8 * 2 * (3 * 8 + 2 * 8 + 2 * 8));
   REQUIRE(a.peak == 4096 + 64 + 896);  // the logit gradients (384) are freed before the blocks' backward
   REQUIRE(plan.peak == 18 * 1288 + 5056);
+
+  // The chunked head keeps the final norm's rstd [T] f32, d hidden [T,8] and the tied head's
+  // gradient [16,8] f32 instead; while it runs, the hidden states, one chunk's logits (all 8
+  // tokens here) and the lse; nothing of it is left for the backward's peak.
+  c.train.head_chunk_tokens = 4096;
+  const ActivationPlan chunked = make_plan(c, 1).activations;
+  REQUIRE(chunked.head_chunked);
+  REQUIRE(chunked.logits == 8 * 4 + 8 * 8 * 2 + 16 * 8 * 4);
+  REQUIRE(chunked.head_forward == 8 * 8 * 2 + 8 * 16 * 2 + 8 * 4);
+  REQUIRE(chunked.logits_grad == 0);
+  REQUIRE(chunked.kept == a.kept - a.logits + chunked.logits);
+  REQUIRE(chunked.forward_peak == chunked.kept + 64 + 8 * 4 + chunked.head_forward);
+  REQUIRE(chunked.peak == chunked.kept + 64 + 896);
 }
 
 TEST_CASE("the GPU estimate lands within 10% of the peaks measured on an H200", "[train][plan]") {
@@ -437,6 +453,7 @@ TEST_CASE("the GPU estimate lands within 2% of the peaks measured on four H200s"
     std::vector<std::string> overrides = r.layout;
     overrides.push_back("train.grad_accum=" + std::to_string(r.grad_accum));
     overrides.push_back("moe.experts_impl=loop");  // recorded when the experts kept the post-activation
+    overrides.push_back("train.head_chunk_tokens=0");  // and the head its logits
     const Config config = load_config(root + "/" + r.config, overrides);
     const int64_t estimate = make_plan(config, r.world, "cuda").peak;
     const double error = static_cast<double>(estimate - r.measured) / static_cast<double>(r.measured);
