@@ -59,7 +59,7 @@ ExpertWeights add_expert_weights(ParamStore& store, const std::string& prefix, c
   return w;
 }
 
-Tensor Experts::backward_weighted(const ExpertsSaved&, const Tensor&, const Tensor&, Tensor&) const {
+Tensor Experts::backward_weighted(const ExpertsSaved&, Tensor, const Tensor&, Tensor&) const {
   MOE_CHECK(false, "experts '", name(), "' do not apply the combine's weights in their backward");
   return {};
 }

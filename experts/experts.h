@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -61,8 +62,10 @@ struct ExpertsSaved {
   std::shared_ptr<ExpertsState> state;
   // x_sorted as forward was given it, for an implementation that reads it in backward (grouped;
   // undefined for the others). A caller that can rebuild the rows may drop it after forward to
-  // free them, and must set it again (the same values) before backward.
+  // free them, and then sets remake_input, which backward calls when it needs them (so that they
+  // exist only from then on).
   Tensor input;
+  std::function<Tensor()> remake_input;
 
   // The state as the implementation `impl` saved it; throws when it is missing or another's.
   template <typename State>
@@ -91,7 +94,8 @@ class Experts {
   // token's output gradient), row_weights[N] (accum) each row's slot weight -> dx_sorted[N,d], the
   // weight gradients accumulated as by backward(saved, row_weights * dy_sorted), and
   // drow_weights[N] (accum, written) = <dy_sorted[i], y_sorted[i]>: each row weight's gradient.
-  virtual Tensor backward_weighted(const ExpertsSaved& saved, const Tensor& dy_sorted, const Tensor& row_weights,
+  // dy_sorted is taken: it is released as soon as it is read for the last time.
+  virtual Tensor backward_weighted(const ExpertsSaved& saved, Tensor dy_sorted, const Tensor& row_weights,
                                    Tensor& drow_weights) const;
 };
 

@@ -44,9 +44,9 @@ Tensor GroupedExperts::forward(const Tensor& x_sorted, const ExpertRows& rows, E
   return y_sorted;
 }
 
-const Tensor& GroupedExperts::input_of(const ExpertsSaved& saved) const {
+Tensor GroupedExperts::input_of(const ExpertsSaved& saved) const {
   const State& s = saved.state_as<State>(name());
-  const Tensor& x = saved.input;
+  const Tensor x = saved.input.defined() || !saved.remake_input ? saved.input : saved.remake_input();
   MOE_CHECK(x.defined() && x.size(0) == s.h.size(0), "experts (grouped): backward needs forward's input rows (",
             s.h.size(0), ") in ExpertsSaved::input");
   return x;
@@ -54,7 +54,7 @@ const Tensor& GroupedExperts::input_of(const ExpertsSaved& saved) const {
 
 Tensor GroupedExperts::up_backward(const ExpertsSaved& saved, const Tensor& dh) const {
   const State& s = saved.state_as<State>(name());
-  const Tensor& x = input_of(saved);
+  const Tensor x = input_of(saved);
   Tensor dx_sorted = empty_like(x);
   Tensor dw_up = store_->grad(w_.w_up);
   ops::grouped_matmul(dh, s.offsets, store_->param(w_.w_up), true, dx_sorted);  // dh @ w_up[e]^T
@@ -64,11 +64,10 @@ Tensor GroupedExperts::up_backward(const ExpertsSaved& saved, const Tensor& dh) 
 
 Tensor GroupedExperts::backward(const ExpertsSaved& saved, const Tensor& dy_sorted) const {
   const State& s = saved.state_as<State>(name());
-  const Tensor& x = input_of(saved);
-  if (x.size(0) == 0) return empty_like(x);
+  const int64_t n = s.h.size(0);
+  if (n == 0) return empty_like(input_of(saved));
   Tensor dw_down = store_->grad(w_.w_down);
-  const int64_t n = x.size(0);
-  Tensor a = Tensor::empty({n, d_expert_}, x.dtype(), x.device());
+  Tensor a = Tensor::empty({n, d_expert_}, s.h.dtype(), s.h.device());
   ops::activation_forward(act_, s.h, a);
   Tensor da = empty_like(a);
   ops::grouped_matmul(dy_sorted, s.offsets, store_->param(w_.w_down), true, da);  // dy @ w_down[e]^T
@@ -80,22 +79,23 @@ Tensor GroupedExperts::backward(const ExpertsSaved& saved, const Tensor& dy_sort
   return up_backward(saved, dh);
 }
 
-Tensor GroupedExperts::backward_weighted(const ExpertsSaved& saved, const Tensor& dy_sorted, const Tensor& row_weights,
+Tensor GroupedExperts::backward_weighted(const ExpertsSaved& saved, Tensor dy_sorted, const Tensor& row_weights,
                                          Tensor& drow_weights) const {
   const State& s = saved.state_as<State>(name());
-  const Tensor& x = input_of(saved);
-  const int64_t n = x.size(0);
+  const int64_t n = s.h.size(0);
   drow_weights = Tensor::empty({n}, row_weights.dtype(), row_weights.device());
-  if (n == 0) return empty_like(x);
+  if (n == 0) return empty_like(input_of(saved));
   Tensor dw_down = store_->grad(w_.w_down);
   // g = dy @ w_down[e]^T, the gradient of the unweighted activation a; then <g, a> = <dy, a w_down>.
-  Tensor g = Tensor::empty({n, d_expert_}, x.dtype(), x.device());
+  // w * a overwrites g (the kernel reads each element before writing it); dy and w * a are freed
+  // before the input rows are needed, so those three never coexist with dx_sorted.
+  Tensor g = Tensor::empty({n, d_expert_}, s.h.dtype(), s.h.device());
   ops::grouped_matmul(dy_sorted, s.offsets, store_->param(w_.w_down), true, g);
-  Tensor a_weighted = empty_like(g), dh = empty_like(s.h);
-  ops::activation_backward_weighted(act_, s.h, g, row_weights, dh, a_weighted, drow_weights);
+  Tensor dh = empty_like(s.h);
+  ops::activation_backward_weighted(act_, s.h, g, row_weights, dh, g, drow_weights);
+  ops::grouped_matmul_weight_grad(g, s.offsets, dy_sorted, dw_down);  // (w a)^T dy = a^T (w dy)
   g = Tensor();
-  ops::grouped_matmul_weight_grad(a_weighted, s.offsets, dy_sorted, dw_down);  // (w a)^T dy = a^T (w dy)
-  a_weighted = Tensor();
+  dy_sorted = Tensor();
   return up_backward(saved, dh);
 }
 

@@ -23,12 +23,13 @@ class GroupedExperts final : public Experts {
   // down projection's input gradient g = dy @ w_down^T gives <g, a> = <dy, y> for the weights,
   // and w * a feeds w_down's gradient.
   bool applies_row_weights() const override { return true; }
-  Tensor backward_weighted(const ExpertsSaved& saved, const Tensor& dy_sorted, const Tensor& row_weights,
+  Tensor backward_weighted(const ExpertsSaved& saved, Tensor dy_sorted, const Tensor& row_weights,
                            Tensor& drow_weights) const override;
 
  private:
-  // The input rows backward reads (ExpertsSaved::input), checked against the saved state.
-  const Tensor& input_of(const ExpertsSaved& saved) const;
+  // The input rows backward reads (ExpertsSaved::input, or made again by remake_input), checked
+  // against the saved state.
+  Tensor input_of(const ExpertsSaved& saved) const;
   // dh -> dx_sorted and w_up's gradient (both backwards end alike).
   Tensor up_backward(const ExpertsSaved& saved, const Tensor& dh) const;
 

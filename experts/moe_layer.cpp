@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 
 #include "experts/experts_registry.h"
 #include "parallel/alltoall_dispatcher.h"
@@ -422,17 +423,18 @@ Tensor MoeLayer::routed_backward(const MoeLayerSaved& saved, const Tensor& dy, f
   }
   phase("combine_backward_finish");
   ExpertsSaved experts = saved.experts;
-  if (saved.routed_input.defined()) experts.input = dispatcher_->redispatch(saved.dispatch, saved.routed_input);
+  if (saved.routed_input.defined()) {
+    experts.remake_input = [&] { return dispatcher_->redispatch(saved.dispatch, saved.routed_input); };
+  }
   Tensor dx_sorted;
   if (weights_in_experts) {
     Tensor drow_weights;
-    dx_sorted = experts_->backward_weighted(experts, dy_sorted, row_weights, drow_weights);
+    dx_sorted = experts_->backward_weighted(experts, std::move(dy_sorted), row_weights, drow_weights);
     dweights = dispatcher_->slot_weight_grads(saved.dispatch, drow_weights);
   } else {
     dx_sorted = experts_->backward(experts, dy_sorted);
+    dy_sorted = Tensor();
   }
-  experts.input = Tensor();
-  dy_sorted = Tensor();
   Tensor dx = dispatcher_->dispatch_backward(saved.dispatch, dx_sorted);
 
   const RouterGrads& b = saved.balance_grads;

@@ -95,7 +95,7 @@ void activation_backward_weighted(Activation act, const T* x, const T* g, const 
     const T* gr = g + r * width;
     T* dxr = dx + r * in_width;
     T* ar = a_weighted + r * width;
-    const double w = row_weights[r];
+    const double w = row_weights != nullptr ? static_cast<double>(row_weights[r]) : 1.0;
     double dot = 0;
     for (int64_t i = 0; i < width; ++i) {
       const double gate = xr[i], up = gated ? static_cast<double>(xr[width + i]) : 1.0, gi = gr[i];
@@ -105,7 +105,7 @@ void activation_backward_weighted(Activation act, const T* x, const T* g, const 
       dxr[i] = static_cast<T>(w * gi * up * act_grad(act, gate));
       if (gated) dxr[width + i] = static_cast<T>(w * gi * act_value(act, gate));
     }
-    drow_weights[r] = static_cast<T>(dot);
+    if (drow_weights != nullptr) drow_weights[r] = static_cast<T>(dot);
   }
 }
 

@@ -106,7 +106,7 @@ __global__ void activation_backward_weighted_kernel(const bf16* x, const bf16* g
   const bf16* gr = g + row * width;
   bf16* dxr = dx + row * in_width;
   bf16* ar = a_weighted + row * width;
-  const float w = row_weights[row];
+  const float w = row_weights != nullptr ? row_weights[row] : 1.0f;
   float dot = 0.0f;
   for (int64_t c = static_cast<int64_t>(lane) * N; c < width; c += k_warp * N) {
     float v[N], d[N], a[N];
@@ -137,6 +137,7 @@ __global__ void activation_backward_weighted_kernel(const bf16* x, const bf16* g
     store_n<N>(dxr + c, v);
     store_n<N>(ar + c, a);
   }
+  if (drow_weights == nullptr) return;  // warp-uniform
   dot = warp_sum(dot);
   if (lane == 0) drow_weights[row] = dot;
 }

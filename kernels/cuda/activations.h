@@ -22,7 +22,8 @@ void activation_backward(kernels::Activation kind, const __nv_bfloat16* x, const
 // The backward of w[r] * act(x[r]) per row with the row weight folded in: g[rows,width] the
 // gradient of the unweighted act(x), row_weights f32[rows] -> dx (shape of x) = the backward of
 // w * act applied to g, a_weighted[rows,width] = w * act(x), drow_weights f32[rows] = <g, act(x)>
-// (fp32 sums). A warp per row.
+// (fp32 sums). A warp per row. row_weights nullptr: all 1; drow_weights nullptr: not computed
+// (then dx is activation_backward's and a_weighted the forward's output, made again).
 void activation_backward_weighted(kernels::Activation kind, const __nv_bfloat16* x, const __nv_bfloat16* g,
                                   const float* row_weights, __nv_bfloat16* dx, __nv_bfloat16* a_weighted,
                                   float* drow_weights, int64_t rows, int64_t width, cudaStream_t stream);

@@ -11,17 +11,22 @@ Tensor ffn_forward(const Tensor& x, const Tensor& w_up, const Tensor& w_down, op
   saved.x = x;
   saved.h = linear_forward(x, w_up);
   if (b_up.defined()) ops::add_bias(saved.h, b_up);
-  saved.a = Tensor::empty({x.size(0), w_down.size(0)}, x.dtype(), x.device());
-  ops::activation_forward(act, saved.h, saved.a);
-  return linear_forward(saved.a, w_down);
+  Tensor a = Tensor::empty({x.size(0), w_down.size(0)}, x.dtype(), x.device());
+  ops::activation_forward(act, saved.h, a);
+  return linear_forward(a, w_down);
 }
 
+// The post-activation a is not kept: the activation's backward makes it again (one pass with dh),
+// before w_down's gradient reads it.
 void ffn_backward(const FfnSaved& saved, const Tensor& w_up, const Tensor& w_down, ops::Activation act,
                   const Tensor& dy, Tensor& dw_up, Tensor& dw_down, Tensor& dx, bool accumulate_dx, Tensor db_up) {
-  Tensor da = empty_like(saved.a);
-  linear_backward(saved.a, w_down, dy, dw_down, da);
-  Tensor dh = empty_like(saved.h);
-  ops::activation_backward(act, saved.h, da, dh);
+  Tensor da = Tensor::empty({dy.size(0), w_down.size(0)}, dy.dtype(), dy.device());
+  ops::matmul(dy, false, w_down, true, da);  // da = dy @ w_down^T
+  Tensor dh = empty_like(saved.h), a = empty_like(da);
+  ops::activation_backward_and_output(act, saved.h, da, dh, a);
+  da = Tensor();
+  ops::matmul(a, true, dy, false, dw_down, 1.0f, 1.0f);  // dw_down += a^T @ dy
+  a = Tensor();
   if (db_up.defined()) ops::bias_backward(dh, db_up);
   linear_backward(saved.x, w_up, dh, dw_up, dx, accumulate_dx);
 }

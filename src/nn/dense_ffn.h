@@ -12,7 +12,7 @@ namespace moe {
 // One FFN's weights and math, shared by the dense FFN and by each expert of an MoE layer:
 // w_up[d, f] (or [d, 2f] = [gate | up] for GLU activations), w_down[f, d].
 struct FfnSaved {
-  Tensor x, h, a;  // input, pre-activation, post-activation
+  Tensor x, h;  // input, pre-activation (backward makes the post-activation again from h)
 };
 // b_up[f or 2f] (undefined = none): the up projection's bias, added before the activation.
 Tensor ffn_forward(const Tensor& x, const Tensor& w_up, const Tensor& w_down, ops::Activation act, FfnSaved& saved,

@@ -55,6 +55,7 @@ class Backend {
                                   const Tensor& doc_starts) = 0;
   virtual void activation_forward(Activation act, const Tensor& x, Tensor& y) = 0;
   virtual void activation_backward(Activation act, const Tensor& x, const Tensor& dy, Tensor& dx) = 0;
+  // row_weights / drow_weights undefined: all 1 / not computed (activation_backward_and_output)
   virtual void activation_backward_weighted(Activation act, const Tensor& x, const Tensor& g,
                                             const Tensor& row_weights, Tensor& dx, Tensor& a_weighted,
                                             Tensor& drow_weights) = 0;

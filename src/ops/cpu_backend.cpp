@@ -257,8 +257,8 @@ class CpuBackend final : public Backend {
                                     Tensor& dx, Tensor& a_weighted, Tensor& drow_weights) override {
     dispatch_float(x.dtype(), activation_name(act), [&](auto tag) {
       using T = decltype(tag);
-      cpu::activation_backward_weighted<T>(act, ptr<T>(x), ptr<T>(g), ptr<T>(row_weights), ptr<T>(dx),
-                                           ptr<T>(a_weighted), ptr<T>(drow_weights), g.size(0), g.size(1));
+      cpu::activation_backward_weighted<T>(act, ptr<T>(x), ptr<T>(g), optional_ptr<T>(row_weights), ptr<T>(dx),
+                                           ptr<T>(a_weighted), optional_mut<T>(drow_weights), g.size(0), g.size(1));
     });
   }
 

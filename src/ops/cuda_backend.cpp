@@ -217,9 +217,11 @@ class CudaBackend : public Backend {
 
   void activation_backward_weighted(Activation act, const Tensor& x, const Tensor& g, const Tensor& row_weights,
                                     Tensor& dx, Tensor& a_weighted, Tensor& drow_weights) override {
-    cudaStream_t stream = on_device(x, g, row_weights, dx, a_weighted, drow_weights);
-    cuda::activation_backward_weighted(act, bf(x), bf(g), f32(row_weights), bf_mut(dx), bf_mut(a_weighted),
-                                       f32_mut(drow_weights), g.size(0), g.size(1), stream);
+    cudaStream_t stream = on_device(x, g, dx, a_weighted);
+    const float* weights = row_weights.defined() ? f32(row_weights) : nullptr;
+    float* dweights = drow_weights.defined() ? f32_mut(drow_weights) : nullptr;
+    cuda::activation_backward_weighted(act, bf(x), bf(g), weights, bf_mut(dx), bf_mut(a_weighted), dweights,
+                                       g.size(0), g.size(1), stream);
   }
 
   void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor& lse,

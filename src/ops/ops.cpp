@@ -389,6 +389,14 @@ void activation_backward_weighted(Activation act, const Tensor& x, const Tensor&
   run_on(x, OpKind::activation)->activation_backward_weighted(act, x, g, row_weights, dx, a_weighted, drow_weights);
 }
 
+void activation_backward_and_output(Activation act, const Tensor& x, const Tensor& dy, Tensor& dx, Tensor& y) {
+  check_activation(act, x, dy);
+  check_like(dx, x, "activation dx");
+  check_like(y, dy, "activation y");
+  Tensor none;
+  run_on(x, OpKind::activation)->activation_backward_weighted(act, x, dy, none, dx, y, none);
+}
+
 void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor& lse,
                            VocabShard shard) {
   check_compute(logits, "cross-entropy logits");

@@ -131,9 +131,13 @@ void activation_backward(Activation act, const Tensor& x, const Tensor& dy, Tens
 // The backward of y[r] = w[r] * act(x[r]) with the row weights folded in (the experts' backward that
 // applies the combine's weights): x as above [T, f or 2f], g[T,f] the gradient of the unweighted
 // act(x), row_weights[T] (accum) -> dx[T, f or 2f] = d(w act(x))/dx applied to g (written),
-// a_weighted[T,f] = w * act(x) (written), drow_weights[T] (accum, written) = <g[r], act(x[r])>.
+// a_weighted[T,f] = w * act(x) (written; may be g itself), drow_weights[T] (accum, written) =
+// <g[r], act(x[r])>.
 void activation_backward_weighted(Activation act, const Tensor& x, const Tensor& g, const Tensor& row_weights,
                                   Tensor& dx, Tensor& a_weighted, Tensor& drow_weights);
+// activation_backward that also makes the forward's output again: dx as activation_backward(act,
+// x, dy, dx), y[T,f] = act(x) (written), for a backward whose forward did not keep y (one pass).
+void activation_backward_and_output(Activation act, const Tensor& x, const Tensor& dy, Tensor& dx, Tensor& y);
 
 // Softmax cross-entropy: logits[T,V], targets i32[T] (negative = ignored) -> loss[T] (accum;
 // 0 where ignored), lse[T] (accum). Sharded (logits[T,V/tp], the shard's columns): lse is the

@@ -99,6 +99,8 @@ struct ActivationPlan {
   int64_t backward_working = 0;  // the largest block-backward working set (gradients in flight)
   std::vector<int64_t> layer_working;  // that working set of each of the stage's layers, in order
   int64_t backward_base = 0;     // live through the backward: kept_in_flight + batches
+  int64_t backward_in_flight = 0;  // interleaved pipelines: the most kept while a chunk's backward runs,
+                                   // plus that chunk's largest working set (0 otherwise)
   int64_t forward_peak = 0;      // the forward's end: kept_in_flight, the step's ids, per-token losses
   int64_t peak = 0;              // backward_base + max(backward_working, logits_grad), or forward_peak
 };

@@ -88,42 +88,42 @@ MoeFootprint moe_footprint(const Config& config, const RouterKind& router, int64
   if (dropping) kept += T * slots * (s.ib + s.ab);  // dropped copies
   kept += balance_te * T * E * s.ab + balance_slots * T * slots * s.ab;
   kept += 2 * T * slots * s.ib;  // DispatchSaved: sorted_tokens, slot_pos
-  // Experts (ExpertsSaved + MoeLayerSaved::y_sorted): input, pre-activation, output rows, and the
-  // post-activation where the implementation keeps it (the loop; the grouped one recomputes it).
+  // Experts (ExpertsSaved + MoeLayerSaved::y_sorted): input, pre-activation and output rows (the
+  // post-activation is made again in backward).
   // On one rank (the dispatcher's rows are local) the grouped experts keep neither: their input
   // rows are dispatched again in backward (LocalDispatcher::redispatch) and they apply the
   // combine's weights in their backward, which needs no outputs (Experts::backward_weighted).
   const bool grouped = std::string(experts_kind(moe.experts_impl).name) == "grouped";
   const bool local_rows_only = grouped && ep == 1;
-  kept += local_rows * s.cb * ((local_rows_only ? 0 : 2) * d + up_e + (grouped ? 0 : f_e));
+  kept += local_rows * s.cb * ((local_rows_only ? 0 : 2) * d + up_e);
   // Expert parallelism: the outputs back on this rank (combine_rows) and the row maps.
   if (ep > 1) {
     out.all_to_all = rows * d * s.cb + (local_experts > 1 ? 2 * local_rows * s.ib : 0);
     kept += out.all_to_all;
   }
-  // Shared experts (SharedExpertsSaved): FFN h and a, the FFN output, the gate logit.
+  // Shared experts (SharedExpertsSaved): FFN h, the FFN output, the gate logit.
   const int64_t shared_width = shape.shared_width();
   const int64_t shared_up = up_width(act, shared_width) / tp, shared_mid = shared_width / tp;
   if (moe.num_shared_experts > 0) {
-    kept += T_layer * s.cb * (shared_up + shared_mid) + T_seq * s.cb * (d + (moe.shared_gate ? 1 : 0));
+    kept += T_layer * s.cb * shared_up + T_seq * s.cb * (d + (moe.shared_gate ? 1 : 0));
   }
   out.kept = kept;
 
   // Backward (MoeLayer::backward): combine -> experts -> dispatch -> shared -> router, with dy
   // [T,d] live throughout and d weights [T,slots] from the combine onwards.
   const int64_t row_bytes = d * s.cb, dy = T * row_bytes, dweights = T * slots * s.ab;
-  // da, dh of one expert (loop); the grouped backward holds them for every local row, and first the
-  // recomputed post-activation beside da.
+  // da, dh and the post-activation made again, of one expert (loop, ffn_backward); the grouped
+  // backward holds them for every local row (first a beside da, then da beside dh).
   const int64_t expert_temps = grouped ? local_rows * s.cb * std::max(2 * f_e, up_e + f_e)
-                                       : max_expert_rows * s.cb * (up_e + f_e);
+                                       : max_expert_rows * s.cb * (up_e + 2 * f_e);
   int64_t after_dispatch = 0;
   if (local_rows_only) {
-    // dy unweighted to the rows (dy_sorted) with their weights, the input rows made again, then
-    // g, w * a and dh (GroupedExperts::backward_weighted), then dh and dx_sorted (up_backward);
-    // after it the rows' weight gradients become d weights and dispatch_backward sums dx.
+    // dy unweighted to the rows (dy_sorted) with their weights; g (overwritten by w * a) and dh
+    // (GroupedExperts::backward_weighted); dy_sorted and g freed, the input rows made again beside
+    // dh and dx_sorted (up_backward); after it the rows' weight gradients become d weights and
+    // dispatch_backward sums dx.
     const int64_t row_weights = 2 * rows * s.ab;  // row_weights, drow_weights
-    const int64_t experts_stage = dy + 2 * rows * row_bytes + row_weights +
-                                  rows * s.cb * std::max(2 * f_e + up_e, up_e + d);
+    const int64_t experts_stage = dy + row_weights + rows * s.cb * std::max(d + f_e + up_e, up_e + 2 * d);
     after_dispatch = 2 * dy + rows * row_bytes + dweights + row_weights;
     out.backward = std::max(experts_stage, after_dispatch);
   } else if (ep == 1) {
@@ -145,7 +145,7 @@ MoeFootprint moe_footprint(const Config& config, const RouterKind& router, int64
     // Sequence parallelism: the gathered input, its gradient and the gathered output gradient.
     const int64_t gathered = sp ? 3 * T_layer * s.cb * d : 0;
     out.backward =
-        std::max(out.backward, after_dispatch + gate + gathered + T_layer * s.cb * (shared_up + shared_mid));
+        std::max(out.backward, after_dispatch + gate + gathered + T_layer * s.cb * (shared_up + 2 * shared_mid));
   }
   if (learned) {
     // MoeLayer::backward scales copies of the kept balancing gradients; the router adds its own.
@@ -163,22 +163,31 @@ MoeFootprint moe_footprint(const Config& config, const RouterKind& router, int64
 
 // Interleaved 1F1B: min(v m, 2 (p - s - 1) + (v - 1) p + 1) chunk activations in flight
 // (pipeline_actions), each chunk keeping its input, its layers' and, the model's last, the
-// logits: the most held at once (kept_in_flight), played from the stage's schedule.
+// logits: the most held at once (kept_in_flight), played from the stage's schedule; and the most
+// held while a chunk's backward runs, with that chunk's largest working set on top
+// (backward_in_flight).
 void keep_interleaved(const Config& config, int p, int pp_stage, const std::vector<int64_t>& kept_of_layer,
-                      ActivationPlan& a) {
+                      const std::vector<int64_t>& working_of_layer, ActivationPlan& a) {
   const int v = static_cast<int>(config.parallel.pp_virtual);
-  std::vector<int64_t> chunk_kept(static_cast<size_t>(v), a.embedding);
+  std::vector<int64_t> chunk_kept(static_cast<size_t>(v), a.embedding), chunk_working(static_cast<size_t>(v), 0);
   for (int c = 0; c < v; ++c) {
     const auto [from, to] =
         stage_layer_range(config.model.num_layers, p * v, c * p + pp_stage, config.parallel.pp_layers);
-    for (int64_t i = from; i < to; ++i) chunk_kept[static_cast<size_t>(c)] += kept_of_layer[static_cast<size_t>(i)];
+    for (int64_t i = from; i < to; ++i) {
+      chunk_kept[static_cast<size_t>(c)] += kept_of_layer[static_cast<size_t>(i)];
+      chunk_working[static_cast<size_t>(c)] =
+          std::max(chunk_working[static_cast<size_t>(c)], working_of_layer[static_cast<size_t>(i)]);
+    }
   }
   chunk_kept.back() += a.logits;
+  chunk_working.back() = std::max(chunk_working.back(), a.logits_grad);
   int64_t held = 0, chunks = 0, most_chunks = 0;
   a.kept_in_flight = 0;
   const auto micro = static_cast<int>(config.train.grad_accum);
+  a.backward_in_flight = 0;
   for (const PipeAction& act : pipeline_actions("1f1b", p, pp_stage, micro, v)) {
     const int sign = act.op == PipeOp::forward ? 1 : -1;
+    if (sign < 0) a.backward_in_flight = std::max(a.backward_in_flight, held + chunk_working[static_cast<size_t>(act.chunk)]);
     held += sign * chunk_kept[static_cast<size_t>(act.chunk)];
     chunks += sign;
     a.kept_in_flight = std::max(a.kept_in_flight, held);
@@ -214,7 +223,7 @@ ActivationPlan plan_activations(const Config& config, const Topology& topology, 
   a.attention_layer = Ts * s.cb * 3 * d + T * s.cb * (2 * q_width + 2 * kv_width) +
                       Ts * s.ab * 2 * norm_stats + T * s.ab * (m.num_heads / tp);
   const int64_t dense_up = up_width(m.activation, m.d_ff) / tp, dense_mid = m.d_ff / tp;
-  a.dense_ffn = Ts * s.cb * d + T * s.cb * (dense_up + dense_mid);  // FfnSaved x (the FFN-norm output), h, a
+  a.dense_ffn = Ts * s.cb * d + T * s.cb * dense_up;  // FfnSaved x (the FFN-norm output), h
   a.embedding = Ts * d * s.cb;                      // the first block's input
   a.batch = 2 * T * s.ib;
   // The chunked head (Model::fused_head_forward) keeps d hidden and the head weight's gradient
@@ -235,17 +244,20 @@ ActivationPlan plan_activations(const Config& config, const Topology& topology, 
   // again and its gradient whole, then reduce-scattered (the FFN also gathers dy).
   const int64_t attention_backward = sp ? T * s.cb * (2 * d + 2 * q_width + 2 * kv_width) + 3 * Ts * s.cb * d
                                         : T * s.cb * (3 * d + 2 * q_width + 2 * kv_width);
-  const int64_t dense_backward = sp ? T * s.cb * (3 * d + dense_up + dense_mid) + Ts * s.cb * d
-                                    : T * s.cb * (2 * d + dense_up + dense_mid);
+  // The dense FFN's backward (DenseFfn::backward, ffn_backward): da, dh and the post-activation
+  // made again, then dh beside dx (sequence parallelism: the gathered input, dy and dx throughout).
+  const int64_t dense_backward = sp ? T * s.cb * (3 * d + 2 * dense_mid + dense_up) + Ts * s.cb * d
+                                    : T * s.cb * std::max(d + 2 * dense_mid + dense_up, 2 * d + dense_up);
 
   int64_t kept = a.embedding;
   // Activation recomputation: a block keeps its output only (the next block's input) and its
   // backward first rebuilds everything else the block keeps.
-  std::vector<int64_t> kept_of_layer(static_cast<size_t>(m.num_layers), 0);
+  std::vector<int64_t> kept_of_layer(static_cast<size_t>(m.num_layers), 0), working_of_layer = kept_of_layer;
   auto keep_layer = [&](int64_t layer, int64_t layer_kept, int64_t working) {
     kept_of_layer[static_cast<size_t>(layer)] = config.train.recompute ? Ts * d * s.cb : layer_kept;
     kept += kept_of_layer[static_cast<size_t>(layer)];
     a.layer_working.push_back(config.train.recompute ? layer_kept + working : working);
+    working_of_layer[static_cast<size_t>(layer)] = a.layer_working.back();
   };
   int64_t moe_index = 0, moe_layers = 0;
   for (int64_t i = 0; i < m.num_layers; ++i) {
@@ -280,7 +292,7 @@ ActivationPlan plan_activations(const Config& config, const Topology& topology, 
   if (topology.pp > 1) a.micro_batches = std::max(a.micro_batches, std::min<int64_t>(topology.pp - pp_stage, micro));
   a.kept_in_flight = a.micro_batches * a.kept;
   if (topology.pp > 1 && config.parallel.pp_virtual > 1) {
-    keep_interleaved(config, topology.pp, pp_stage, kept_of_layer, a);
+    keep_interleaved(config, topology.pp, pp_stage, kept_of_layer, working_of_layer, a);
   }
   // The trainer keeps every micro-batch's ids of the step (Trainer::train_step's batches).
   const int64_t batches = micro * a.batch;
@@ -290,7 +302,9 @@ ActivationPlan plan_activations(const Config& config, const Topology& topology, 
   const bool pairs = config.parallel.a2a_overlap_microbatches;
   // The logit and hidden gradients live through the head's backward only (Model::head_backward).
   a.backward_base = a.kept_in_flight + batches + (pairs ? 2 * T * d * s.cb : 0);
-  const int64_t backward_peak = a.backward_base + std::max(a.backward_working, a.logits_grad);
+  const int64_t backward_peak = a.backward_in_flight > 0
+                                    ? a.backward_in_flight + (a.backward_base - a.kept_in_flight)
+                                    : a.backward_base + std::max(a.backward_working, a.logits_grad);
   a.forward_peak = a.kept_in_flight + batches + (last ? T * s.ab : 0)  // + per-token losses
                    + (pairs ? T * d * s.cb : 0) + a.head_forward;
   a.peak = std::max(backward_peak, a.forward_peak);
