@@ -12,6 +12,7 @@
 #include "routing/balancing_terms.h"
 #include "src/nn/linear.h"
 #include "src/ops/ops.h"
+#include "src/tensor/side_stream.h"
 
 namespace moe {
 
@@ -88,12 +89,23 @@ MoeLayer::MoeLayer(ParamStore& store, const std::string& prefix, const MoeLayerC
   }
 }
 
+bool MoeLayer::shared_on_side_stream(const Tensor& x) const {
+  return config_.shared_stream && shared_ && x.is_cuda() && !tp().active() && dispatcher_->rows_are_local();
+}
+
 Tensor MoeLayer::forward(const Tensor& x, const RouteInputs& inputs, MoeLayerSaved& saved, bool collect_stats,
                          const std::function<void()>& other) const {
   const TpGroup tp = this->tp();
   Tensor shared_y;
+  SideStream side(x.device(), shared_on_side_stream(x));
+  if (side.active()) {  // the shared experts beside the routed part
+    side.begin();
+    shared_y = shared_->forward(x, saved.shared);
+    side.end();
+    phase("shared_forward");
+  }
   auto meanwhile = [&] {
-    if (shared_) {
+    if (shared_ && !side.active()) {
       shared_y = shared_->forward(x, saved.shared);
       phase("shared_forward");
     }
@@ -118,6 +130,7 @@ Tensor MoeLayer::forward(const Tensor& x, const RouteInputs& inputs, MoeLayerSav
     y = Tensor::empty(x.shape(), y_local.dtype(), y_local.device());
     tp.comm->all_gather(y_local, y);
   }
+  side.join();
   if (shared_) ops::accumulate(y, shared_y);
   return y;
 }
@@ -371,11 +384,19 @@ void MoeLayer::set_switch_gradient(MoeLayerSaved& saved, const std::vector<doubl
 Tensor MoeLayer::backward(const MoeLayerSaved& saved, const Tensor& dy, float aux_scale,
                           const std::function<void()>& other) const {
   const TpGroup tp = this->tp();
-  // With the overlap the shared experts' input gradient is made apart and added after the routed
-  // one; without it they add into the routed one.
+  // With the overlap or the side stream the shared experts' input gradient is made apart and added
+  // after the routed one; without them they add into the routed one.
   Tensor dx_shared;
+  SideStream side(dy.device(), shared_on_side_stream(dy));
+  if (side.active()) {
+    side.begin();
+    dx_shared = Tensor::zeros(dy.shape(), dy.dtype(), dy.device());
+    shared_->backward(saved.shared, dy, dx_shared);
+    side.end();
+    phase("shared_backward");
+  }
   auto meanwhile = [&] {
-    if (shared_ && config_.a2a_overlap) {
+    if (shared_ && config_.a2a_overlap && !side.active()) {
       dx_shared = Tensor::zeros(dy.shape(), dy.dtype(), dy.device());
       shared_->backward(saved.shared, dy, dx_shared);
       phase("shared_backward");
@@ -397,6 +418,7 @@ Tensor MoeLayer::backward(const MoeLayerSaved& saved, const Tensor& dy, float au
     dx = Tensor::empty(dy.shape(), dx_local.dtype(), dx_local.device());
     tp.comm->all_gather(dx_local, dx);
   }
+  side.join();
   if (dx_shared.defined()) {
     ops::accumulate(dx, dx_shared);
   } else if (shared_) {

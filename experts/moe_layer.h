@@ -52,6 +52,11 @@ struct MoeLayerConfig {
   // _finish), and the router's balancing terms between combine_start and combine_finish.
   // Off: the phases run whole, the shared experts after the routed part.
   bool a2a_overlap = false;
+  // parallel.shared_expert_stream: on a GPU, with the routed experts on this rank (no expert
+  // parallelism, which has a2a_overlap for this) and no tensor parallelism, the shared experts run
+  // on a second stream (SideStream) while the routed part runs on the compute stream; their output
+  // and input gradient are added once both are done.
+  bool shared_stream = false;
   // Called at each step of a forward and backward ("dispatch_start", "shared_forward",
   // "dispatch_finish", "combine_start", "combine_finish", "combine_backward_start",
   // "shared_backward", "combine_backward_finish"), after it: tests read the order from it.
@@ -135,6 +140,8 @@ class MoeLayer {
 
  private:
   TpGroup tp() const { return {config_.tp_group, config_.sequence_parallel}; }
+  // Whether the shared experts run on the side stream for input x (MoeLayerConfig::shared_stream).
+  bool shared_on_side_stream(const Tensor& x) const;
   // The routed part (router, capacity, dispatch, experts, combine) on this rank's tokens.
   // `meanwhile` runs while the dispatch's all-to-all is in flight (a2a_overlap), or after the
   // routed part.

@@ -4,7 +4,8 @@
 # Usage (repo root on the H200 host, .devdeps carried):
 #   experiments/perf/run_speed.sh OUT_DIR [PARTS]   PARTS: comma list of build,tests,train,anchor,attention
 #                                                    (default all of them), nolog (MoE-small without a
-#                                                    logging step in the window), layer (moe bench layer at the
+#                                                    logging step in the window), noside (nolog with the shared
+#                                                    experts on the compute stream), layer (moe bench layer at the
 #                                                    standard shapes), moe64, moeloop, ops, layer_anchor
 #                                                    (PyTorch MoE layer anchor), moe_anchor (PyTorch MoE-small
 #                                                    anchor), and ab: MoE-small with an older tree carried in
@@ -44,6 +45,10 @@ fi
 if has nolog; then  # MoE-small with no logging step among the timed ones (train.log_every past the window)
   build/moe bench train experiments/perf/moe_small.toml --warmup 3 --steps 10 --set train.log_every=1000 2>&1 \
     | tail -1 | tee "$out/bench_moe_small_nolog.json"
+fi
+if has noside; then  # MoE-small as nolog, the shared experts on the compute stream (parallel.shared_expert_stream off)
+  build/moe bench train experiments/perf/moe_small.toml --warmup 3 --steps 10 --set train.log_every=1000 \
+    --set parallel.shared_expert_stream=false 2>&1 | tail -1 | tee "$out/bench_moe_small_nolog_noside.json"
 fi
 if has layer; then  # one MoE layer at the anchor shapes and MoE-small's, against the dense chain of equal FLOPs
   for cfg in layers/fine_grained layers/mixtral layers/switch moe_small; do

@@ -11,7 +11,9 @@ namespace moe::cuda {
 
 namespace {
 constexpr int k_max_devices = 64;
-std::array<cublasHandle_t, k_max_devices> g_handles{};
+// One handle per device and stream (main, side): a handle's default workspace is not shared
+// between GEMMs running at once on two streams.
+std::array<std::array<cublasHandle_t, 2>, k_max_devices> g_handles{};
 }  // namespace
 
 cublasHandle_t cublas_handle() {
@@ -19,7 +21,7 @@ cublasHandle_t cublas_handle() {
   int device = 0;
   CUDA_CHECK(cudaGetDevice(&device));
   MOE_CHECK(device >= 0 && device < k_max_devices, "CUDA device ordinal ", device, " out of range");
-  cublasHandle_t& handle = g_handles[static_cast<size_t>(device)];
+  cublasHandle_t& handle = g_handles[static_cast<size_t>(device)][on_side_stream() ? 1 : 0];
   if (!handle) {
     CUBLAS_CHECK(cublasCreate(&handle));
     // bf16 inputs with CUBLAS_COMPUTE_32F: tensor cores, fp32 accumulation; no TF32 downgrade

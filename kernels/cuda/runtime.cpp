@@ -10,7 +10,10 @@
 namespace moe::cuda {
 
 namespace {
-cudaStream_t g_stream = nullptr;
+cudaStream_t g_stream = nullptr;  // the main stream
+cudaStream_t g_side = nullptr;    // the side stream
+cudaStream_t g_current = nullptr;
+cudaEvent_t g_fork = nullptr, g_join = nullptr;
 int g_device = -1;
 int64_t g_host_waits = 0;
 double g_host_wait_seconds = 0;
@@ -33,13 +36,38 @@ void set_device(int ordinal) {
   uint64_t threshold = UINT64_MAX;
   CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
   CUDA_CHECK(cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking));
+  CUDA_CHECK(cudaStreamCreateWithFlags(&g_side, cudaStreamNonBlocking));
+  CUDA_CHECK(cudaEventCreateWithFlags(&g_fork, cudaEventDisableTiming));
+  CUDA_CHECK(cudaEventCreateWithFlags(&g_join, cudaEventDisableTiming));
+  g_current = g_stream;
   g_device = ordinal;
 }
 
 cudaStream_t compute_stream() {
   if (g_device < 0) set_device(0);
-  return g_stream;
+  return g_current;
 }
+
+void side_stream_begin() {
+  cudaStream_t main = compute_stream();
+  MOE_CHECK(main == g_stream, "side_stream_begin: already on the side stream");
+  CUDA_CHECK(cudaEventRecord(g_fork, g_stream));
+  CUDA_CHECK(cudaStreamWaitEvent(g_side, g_fork, 0));
+  g_current = g_side;
+}
+
+void side_stream_end() {
+  MOE_CHECK(g_current == g_side, "side_stream_end: not on the side stream");
+  g_current = g_stream;
+}
+
+void side_stream_join() {
+  MOE_CHECK(g_current == g_stream, "side_stream_join: still on the side stream");
+  CUDA_CHECK(cudaEventRecord(g_join, g_side));
+  CUDA_CHECK(cudaStreamWaitEvent(g_stream, g_join, 0));
+}
+
+bool on_side_stream() { return g_device >= 0 && g_current == g_side; }
 
 void* pool_alloc(size_t bytes) {
   void* ptr = nullptr;

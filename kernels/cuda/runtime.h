@@ -11,7 +11,16 @@ namespace moe::cuda {
 
 int device_count();             // 0 when no driver or no GPU
 void set_device(int ordinal);   // also selects the stream and the cuBLAS handles below
-cudaStream_t compute_stream();  // the one stream all engine kernels run on
+cudaStream_t compute_stream();  // the stream engine kernels run on: the main one, or the side one (below)
+// A second stream for work independent of the main stream's (the shared experts beside the
+// routed ones). side_stream_begin: the side stream waits for the work queued on the main one so
+// far, and compute_stream() (kernels, cuBLAS, pool allocations and frees) is the side stream until
+// side_stream_end. side_stream_join: the main stream waits for the side work queued so far. A
+// tensor the side work reads must outlive the join (frees are ordered on the stream that frees).
+void side_stream_begin();
+void side_stream_end();
+void side_stream_join();
+bool on_side_stream();
 void* pool_alloc(size_t bytes);  // stream-ordered (cudaMallocAsync on compute_stream)
 void pool_free(void* ptr);
 // Synchronous on the stream, except uploads from (pageable) host memory: no host wait.

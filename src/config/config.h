@@ -197,6 +197,7 @@ struct ParallelConfig {           // [parallel]
   double bucket_mb = 25.0;        // gradient-reduction bucket size
   bool overlap_grad_reduce = true;  // start each block's gradient reduction during the backward (ZeRO 0/1)
   bool a2a_overlap = false;       // run the shared experts while the expert all-to-alls are in flight (ep > 1)
+  bool shared_expert_stream = true;  // one rank: the shared experts on a second CUDA stream beside the routed ones
   // with a2a_overlap: micro-batches in pairs, each one's attention while the other's all-to-all is in flight
   bool a2a_overlap_microbatches = false;
 

@@ -111,6 +111,7 @@ void add_parallel_fields(ParallelConfig& p, std::vector<Field>& out) {
                          {s, "order", &p.order}, {s, "bucket_mb", &p.bucket_mb},
                          {s, "overlap_grad_reduce", &p.overlap_grad_reduce},
                          {s, "a2a_overlap", &p.a2a_overlap},
+                         {s, "shared_expert_stream", &p.shared_expert_stream},
                          {s, "a2a_overlap_microbatches", &p.a2a_overlap_microbatches}});
 }
 

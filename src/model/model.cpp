@@ -149,6 +149,7 @@ Model::Model(const ModelConfig& model, const MoeConfig& moe, const ModelParallel
       MoeLayerConfig mc = moe_layer_config(c, moe, expert_act, out_std);
       mc.ep_group = parallel.ep;
       mc.a2a_overlap = parallel.a2a_overlap;
+      mc.shared_stream = parallel.shared_expert_stream;
       mc.tp_group = parallel.tp;
       mc.sequence_parallel = parallel.sequence_parallel;
       RouterSpec spec{c.d_model, c.vocab_size, mc.num_experts, moe_shape(moe).top_k, i, c.init_std};

@@ -58,6 +58,9 @@ struct ModelParallel {
   bool sequence_parallel = false;
   // parallel.a2a_overlap: MoE layers overlap their all-to-alls with the shared experts
   bool a2a_overlap = false;
+  // parallel.shared_expert_stream: without expert or tensor parallelism, MoE layers run their
+  // shared experts on a second CUDA stream beside the routed part
+  bool shared_expert_stream = false;
 };
 
 // The layers [first, last) of a pipeline stage: stage_layers when given, else as even as

@@ -41,6 +41,7 @@ nlohmann::json bench_layer(const Config& config, Device device, const LayerBench
 
   ParamStore store;
   MoeLayerConfig layer_config = moe_layer_config(m, config.moe, act, out_std);
+  layer_config.shared_stream = config.parallel.shared_expert_stream;
   RouterSpec spec{m.d_model, m.vocab_size, shape.num_experts, shape.top_k, 0, m.init_std};
   MoeLayer layer(store, "moe", layer_config, make_router(store, "moe.router", config.moe, spec));
   // The dense chain: one FFN over as many rows as the experts process in all.

@@ -78,6 +78,7 @@ Trainer::Trainer(const Config& config, int local_rank, Communicator& world)
                        config.parallel.pp_layers,
                        config.parallel.sequence_parallel};
   layout.a2a_overlap = config.parallel.a2a_overlap;
+  layout.shared_expert_stream = config.parallel.shared_expert_stream;
   log::Progress init_time;
   model_ = std::make_unique<Model>(config.model, config.moe, layout);
   // Start-up of a large model takes a while: say so before, and how long after. Small ones stay
