@@ -144,8 +144,17 @@ MoeFootprint moe_footprint(const Config& config, const RouterKind& router, int64
     const int64_t gate = moe.shared_gate ? T_seq * s.cb * d : 0;
     // Sequence parallelism: the gathered input, its gradient and the gathered output gradient.
     const int64_t gathered = sp ? 3 * T_layer * s.cb * d : 0;
-    out.backward =
-        std::max(out.backward, after_dispatch + gate + gathered + T_layer * s.cb * (shared_up + 2 * shared_mid));
+    const int64_t shared_temps = gate + gathered + T_layer * s.cb * (shared_up + 2 * shared_mid);
+    // On the side stream (bf16 = a GPU; parallel.shared_expert_stream) the shared backward is queued
+    // first, into its own d x [T,d] that lives through the routed backward; its temporaries are
+    // freed (in stream order) before the routed part allocates.
+    const bool side_stream =
+        s.cb == 2 && config.parallel.shared_expert_stream && tp == 1 && ep == 1;
+    if (side_stream) {
+      out.backward = std::max(out.backward + dy, 2 * dy + shared_temps);
+    } else {
+      out.backward = std::max(out.backward, after_dispatch + shared_temps);
+    }
   }
   if (learned) {
     // MoeLayer::backward scales copies of the kept balancing gradients; the router adds its own.

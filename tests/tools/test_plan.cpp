@@ -352,8 +352,9 @@ TEST_CASE("activations of a small config, by hand", "[train][plan]") {
 TEST_CASE("the GPU estimate matches the peaks measured on an H200", "[train][plan]") {
   // peak_memory_bytes of `moe bench train CONFIG --warmup 3 --steps 10 --breakdown` on one H200
   // (bf16; experiments/perf/results/speed_2026-12-04_memory/), the engine as the plan models it:
-  // grouped experts (the CUDA default), the chunked head, no kept post-activations. Each estimate
-  // was within 80 KB of its measurement.
+  // grouped experts (the CUDA default), the chunked head, no kept post-activations; MoE-small with
+  // its shared experts on the side stream (run4; 19777776084 bytes on one stream, run2). Each
+  // estimate was within 80 KB of its measurement.
   struct Case {
     const char* name;
     Config config;
@@ -366,7 +367,7 @@ TEST_CASE("the GPU estimate matches the peaks measured on an H200", "[train][pla
   };
   const Case cases[] = {{"gpt2_small_dense", current(gpt2_small()), 6518050508},
                         {"gpt2_small_moe64", current(gpt2_small_moe64()), 13480732628},
-                        {"moe_small", current(moe_small()), 19777776084}};
+                        {"moe_small", current(moe_small()), 19802941908}};
   for (const Case& k : cases) {
     const int64_t estimate = make_plan(k.config, 1).peak;
     const double error = static_cast<double>(estimate - k.measured) / static_cast<double>(k.measured);
