@@ -88,7 +88,7 @@ Tensor GroupedExperts::backward_weighted(const ExpertsSaved& saved, Tensor dy_so
   Tensor dw_down = store_->grad(w_.w_down);
   // g = dy @ w_down[e]^T, the gradient of the unweighted activation a; then <g, a> = <dy, a w_down>.
   // w * a overwrites g (the kernel reads each element before writing it); dy and w * a are freed
-  // before the input rows are needed, so those three never coexist with dx_sorted.
+  // before the input rows are made again, so neither coexists with them or with dx_sorted.
   Tensor g = Tensor::empty({n, d_expert_}, s.h.dtype(), s.h.device());
   ops::grouped_matmul(dy_sorted, s.offsets, store_->param(w_.w_down), true, g);
   Tensor dh = empty_like(s.h);

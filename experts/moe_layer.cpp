@@ -187,7 +187,9 @@ Tensor MoeLayer::routed_forward(const Tensor& x, const RouteInputs& inputs, MoeL
   const ExpertRows rows = d.offsets.defined() ? ExpertRows::from_offsets(d.offsets) : ExpertRows::from_counts(d.counts);
   saved.y_sorted = experts_->forward(x_local, rows, saved.experts);
   if (saved.experts.input.defined() && dispatcher_->rows_are_local()) {
-    saved.experts.input = Tensor();  // made again in backward from x, which the layer keeps anyway
+    // Made again in backward from x, which the router and the shared experts keep anyway (a hash
+    // router without shared experts: x [T,d] is kept for this alone, instead of [T*k,d]).
+    saved.experts.input = Tensor();
     saved.routed_input = x;
   }
   // The experts that apply the combine's weights in backward need no outputs kept for them.
@@ -207,6 +209,7 @@ Tensor MoeLayer::routed_forward(const Tensor& x, const RouteInputs& inputs, MoeL
     compute_balancing_terms(routing, saved.router, inputs, saved, collect_stats);
   }
   if (router_->expert_bias_id() >= 0) saved.stats.kept_ids = saved.ids;  // the bias loads, counted on the device
+  saved.weights_in_experts = weights_in_experts;
   if (weights_in_experts) saved.y_sorted = Tensor();
   return y;
 }
@@ -429,9 +432,9 @@ Tensor MoeLayer::backward(const MoeLayerSaved& saved, const Tensor& dy, float au
 
 Tensor MoeLayer::routed_backward(const MoeLayerSaved& saved, const Tensor& dy, float aux_scale,
                                  const std::function<void()>& meanwhile) const {
-  // Without kept expert outputs (forward dropped y_sorted) the experts apply the weights: their
-  // rows get dy unweighted, and the weights' gradient comes back per row.
-  const bool weights_in_experts = !saved.y_sorted.defined();
+  // Without kept expert outputs the experts apply the weights: their rows get dy unweighted, and
+  // the weights' gradient comes back per row.
+  const bool weights_in_experts = saved.weights_in_experts;
   Tensor dweights, dy_sorted, row_weights;
   if (weights_in_experts) {
     dispatcher_->combine_backward_unweighted(saved.dispatch, saved.weights, dy, dy_sorted, row_weights);

@@ -106,9 +106,11 @@ struct MoeLayerSaved {
   // forward: backward dispatches it again (a gather) instead of keeping [T*k, d] rows per layer.
   Tensor routed_input;
   SharedExpertsSaved shared;
-  // The experts' outputs, for the combine's backward (the weights' gradient); undefined when the
-  // experts apply the weights in their backward (Experts::backward_weighted on one rank).
+  // The experts' outputs, for the combine's backward (the weights' gradient); not kept when the
+  // experts apply the weights in their backward (weights_in_experts: Experts::backward_weighted,
+  // on one rank).
   Tensor y_sorted;
+  bool weights_in_experts = false;
   RouterGrads balance_grads;  // gradients of the balancing terms on [T,*] inputs (unscaled)
   // d (per-expert terms: Switch, device-level) / d scores[t,i], the same for every token t
   // (unscaled): accum[E] on the scores' device; undefined = no such term.

@@ -1,5 +1,6 @@
-// CUDA runtime services: one compute stream per process and a stream-ordered pool that keeps
-// freed memory for reuse (release threshold = unlimited), so steady-state steps never cudaMalloc.
+// CUDA runtime services: the compute stream (the main one per process, or the side one inside a
+// side-stream scope) and a stream-ordered pool that keeps freed memory for reuse (release
+// threshold = unlimited), so steady-state steps never cudaMalloc.
 #include "kernels/cuda/runtime.h"
 
 #include <chrono>

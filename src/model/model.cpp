@@ -341,7 +341,7 @@ ForwardOutput Model::forward(const Batch& batch, ModelSaved& saved, const Tensor
 ForwardOutput Model::finish_forward(const Batch& batch, ModelSaved& saved, const Tensor& x, size_t begin, size_t end,
                                     bool ends) const {
   ForwardOutput out;
-  if (ends && fuses_head(saved)) {
+  if (ends && fuses_head(saved, x.size(0), x.dtype())) {
     fused_head_forward(x, batch, saved, out);
     if (nsp_) add_nsp_loss(batch, saved, out);
     saved.hidden = Tensor();  // the head's backward was made: nothing reads the hidden states again

@@ -125,7 +125,8 @@ class Model {
   // train.head_chunk_tokens: a training forward given ModelSaved::head_grad_scale runs the LM head
   // and its loss over chunks of this many tokens and makes their gradient at once, so that only
   // one chunk's logits [chunk, V] exist at a time; 0 = the logits [B*S, V] are kept for backward.
-  // Tensor parallelism (vocabulary-parallel loss) and the encoder-decoder keep the logits.
+  // Tensor parallelism (vocabulary-parallel loss), the encoder-decoder and micro-batches too small
+  // to gain from it (fuses_head) keep the logits.
   void set_head_chunk(int64_t tokens);
   // Logits [B*S, V] of the token ids (B sequences of seq_len) for generation (no loss); one
   // rank holding the whole model, causal objectives only.
@@ -225,7 +226,10 @@ class Model {
   // The final norm, the head and the loss in chunks with their gradients (set_head_chunk):
   // out.loss and out.num_targets, saved.d_hidden and saved.d_head (src/model/model_fused_head.cpp).
   void fused_head_forward(const Tensor& x, const Batch& batch, ModelSaved& saved, ForwardOutput& out) const;
-  bool fuses_head(const ModelSaved& saved) const;
+  // Whether the training forward of `tokens` rows runs the chunked head: set up for it, and the
+  // logits it avoids keeping, [tokens, V] in the compute dtype, outweigh what it keeps instead,
+  // the head weight's gradient [V, d] in the accumulation dtype and d hidden [tokens, d].
+  bool fuses_head(const ModelSaved& saved, int64_t tokens, DType compute) const;
   // After the blocks [begin, end): the head and loss (ends) or the stage's output, and the MoE
   // layers' statistics.
   ForwardOutput finish_forward(const Batch& batch, ModelSaved& saved, const Tensor& x, size_t begin, size_t end,
@@ -274,6 +278,14 @@ class Model {
 ops::RopeScaling rope_scaling_of(const ModelConfig& model);
 // Whether layer i (0-based) of this config is an MoE layer.
 bool is_moe_layer(const ModelConfig& model, const MoeConfig& moe, int64_t layer);
+
+// Whether the chunked head (Model::set_head_chunk) saves memory on a micro-batch of `tokens`: the
+// logits [tokens, vocab] it does not keep (compute bytes cb) outweigh the head weight's gradient
+// [vocab, d] (accumulation bytes ab) and d hidden [tokens, d] it keeps instead. The plan asks the same.
+inline bool head_chunk_gains(int64_t tokens, int64_t vocab, int64_t d, size_t cb, size_t ab) {
+  const auto c = static_cast<int64_t>(cb), a = static_cast<int64_t>(ab);
+  return tokens * vocab * c > vocab * d * a + tokens * d * c;
+}
 // The MoE layer shape and options of this config (fine-grained segmentation applied).
 MoeLayerConfig moe_layer_config(const ModelConfig& model, const MoeConfig& moe, ops::Activation act,
                                 double out_init_std);

@@ -10,7 +10,6 @@
 
 #include "src/model/model.h"
 #include "src/model/vocab_parallel.h"
-#include "src/nn/linear.h"
 #include "src/ops/ops.h"
 
 namespace moe {
@@ -20,8 +19,10 @@ void Model::set_head_chunk(int64_t tokens) {
   head_chunk_ = tokens;
 }
 
-bool Model::fuses_head(const ModelSaved& saved) const {
-  return saved.head_grad_scale > 0 && head_chunk_ > 0 && !tp_.active() && !is_encoder_decoder();
+bool Model::fuses_head(const ModelSaved& saved, int64_t tokens, DType compute) const {
+  if (saved.head_grad_scale <= 0 || head_chunk_ <= 0 || tp_.active() || is_encoder_decoder()) return false;
+  return head_chunk_gains(tokens, config_.vocab_size, config_.d_model, dtype_size(compute),
+                          dtype_size(ops::accum_dtype(compute)));
 }
 
 void Model::fused_head_forward(const Tensor& x, const Batch& batch, ModelSaved& saved, ForwardOutput& out) const {

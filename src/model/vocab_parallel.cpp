@@ -48,8 +48,10 @@ int64_t count_loss_targets(const Tensor& targets, const std::vector<int32_t>* ho
   MOE_CHECK(host_targets == nullptr || static_cast<int64_t>(host_targets->size()) == targets.numel(),
             "cross-entropy: ", host_targets ? host_targets->size() : 0, " host targets for ", targets.numel(),
             " device targets");
-  const std::vector<int32_t> tv = host_targets ? *host_targets : targets.to_vector<int32_t>();
-  return std::count_if(tv.begin(), tv.end(), [](int32_t t) { return t >= 0; });
+  auto counted = [](const std::vector<int32_t>& tv) {
+    return std::count_if(tv.begin(), tv.end(), [](int32_t t) { return t >= 0; });
+  };
+  return host_targets ? counted(*host_targets) : counted(targets.to_vector<int32_t>());
 }
 
 ops::VocabShard vocab_shard(int64_t vocab_size, const Communicator* tp) {

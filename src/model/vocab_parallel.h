@@ -37,15 +37,15 @@ struct VocabParallelLoss {
   double loss_sum() const { return ops::sum(loss); }
 };
 
+// The targets that count in the loss (>= 0) of targets i32[T], from the host copy when given
+// (its size checked against targets), else read from the device.
+int64_t count_loss_targets(const Tensor& targets, const std::vector<int32_t>* host_targets);
+
 // logits_local[T, V/tp], targets i32[T] (negative = ignored) -> the cross-entropy over the
 // whole vocabulary, identical on every rank of the group. One all-gather of the local lse and
 // one host all-reduce of the target logits (T numbers each). Targets >= vocab_size are an error
 // (checked on the host when sharded). host_targets: the targets on the host (moe::Batch keeps
 // them) so that one rank copies nothing back; null = copy them from the device.
-// The targets that count in the loss (>= 0) of targets i32[T], from the host copy when given
-// (its size checked against targets), else read from the device.
-int64_t count_loss_targets(const Tensor& targets, const std::vector<int32_t>* host_targets);
-
 VocabParallelLoss vocab_parallel_cross_entropy(const Tensor& logits_local, const Tensor& targets, int64_t vocab_size,
                                                Communicator* tp, const std::vector<int32_t>* host_targets = nullptr);
 

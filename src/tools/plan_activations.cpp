@@ -77,9 +77,16 @@ MoeFootprint moe_footprint(const Config& config, const RouterKind& router, int64
   }
 
   MoeFootprint out;
+  // On one rank (the dispatcher's rows are local) the grouped experts keep neither their input nor
+  // their output rows: the input is dispatched again in backward (LocalDispatcher::redispatch)
+  // and they apply the combine's weights in their backward, which needs no outputs
+  // (Experts::backward_weighted).
+  const bool grouped = std::string(experts_kind(moe.experts_impl).name) == "grouped";
+  const bool local_rows_only = grouped && ep == 1;
   // The FFN-norm output: routers with a projection keep it (RouterSaved::x), and so do shared
-  // experts; a hash router reads token ids only and the dispatch copies the rows it needs.
-  int64_t kept = (learned || moe.num_shared_experts > 0) ? T_seq * d * s.cb : 0;
+  // experts; a hash router reads token ids only and the dispatch copies the rows it needs, unless
+  // the layer keeps x to dispatch it again (MoeLayerSaved::routed_input: this rank's T rows).
+  int64_t kept = (learned || moe.num_shared_experts > 0) ? T_seq * d * s.cb : local_rows_only ? T * d * s.cb : 0;
   // Router (RouterSaved): logits and scores [T,E]; noisy gating also clean, raw noise, normal
   // draws; ids i32 and weights [T,slots]; expert choice also its top-1 pair [T,1].
   if (learned) kept += (noisy ? 5 : 2) * T * E * s.ab;
@@ -89,12 +96,7 @@ MoeFootprint moe_footprint(const Config& config, const RouterKind& router, int64
   kept += balance_te * T * E * s.ab + balance_slots * T * slots * s.ab;
   kept += 2 * T * slots * s.ib;  // DispatchSaved: sorted_tokens, slot_pos
   // Experts (ExpertsSaved + MoeLayerSaved::y_sorted): input, pre-activation and output rows (the
-  // post-activation is made again in backward).
-  // On one rank (the dispatcher's rows are local) the grouped experts keep neither: their input
-  // rows are dispatched again in backward (LocalDispatcher::redispatch) and they apply the
-  // combine's weights in their backward, which needs no outputs (Experts::backward_weighted).
-  const bool grouped = std::string(experts_kind(moe.experts_impl).name) == "grouped";
-  const bool local_rows_only = grouped && ep == 1;
+  // post-activation is made again in backward; see local_rows_only above).
   kept += local_rows * s.cb * ((local_rows_only ? 0 : 2) * d + up_e);
   // Expert parallelism: the outputs back on this rank (combine_rows) and the row maps.
   if (ep > 1) {
@@ -238,7 +240,8 @@ ActivationPlan plan_activations(const Config& config, const Topology& topology, 
   // The chunked head (Model::fused_head_forward) keeps d hidden and the head weight's gradient
   // [V,d] (accum) instead of the hidden states and the logits, and holds one chunk's logits
   // beside the hidden states and the lse while it runs.
-  a.head_chunked = last && config.train.head_chunk_tokens > 0 && tp == 1 && m.encoder_layers == 0;
+  a.head_chunked = last && config.train.head_chunk_tokens > 0 && tp == 1 && m.encoder_layers == 0 &&
+                   head_chunk_gains(T, m.vocab_size, d, static_cast<size_t>(s.cb), static_cast<size_t>(s.ab));
   if (a.head_chunked) {
     a.logits = Ts * norm_stats * s.ab + T * d * s.cb + m.vocab_size * d * s.ab;
     a.head_forward = T * d * s.cb + std::min(config.train.head_chunk_tokens, T) * m.vocab_size * s.cb + T * s.ab;

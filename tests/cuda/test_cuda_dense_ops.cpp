@@ -238,6 +238,20 @@ TEST_CASE("cuda weighted activation backward matches the CPU", "[cuda][activatio
         require_match(aw, bf16_tol(), "weighted activation w * a");
         // <g, a> over up to 384 terms of bf16-rounded inputs, summed in fp32 on the GPU
         require_match(dw, Tolerance{2e-2, 1e-2}, "weighted activation <g, a>");
+        // In place, as the grouped experts call it: w * a written over g.
+        Tensor g_in_place = g.gpu.clone(), dx_in_place = poisoned_on({rows, in_width}, DType::bf16, gpu());
+        Tensor dw_in_place = poisoned_on({rows}, DType::f32, gpu());
+        ops::activation_backward_weighted(act, x.gpu, g_in_place, w.gpu, dx_in_place, g_in_place, dw_in_place);
+        require_close(g_in_place, aw.gpu, 0, 0, "in-place w * a");
+        require_close(dx_in_place, dx.gpu, 0, 0, "in-place dx");
+        require_close(dw_in_place, dw.gpu, 0, 0, "in-place <g, a>");
+        // Unit weights and no row gradient (activation_backward_and_output): activation_backward's
+        // dx and the forward's output.
+        Mirror dx_plain = poisoned_pair({rows, in_width}, DType::bf16), y_again = poisoned_pair({rows, width}, DType::bf16);
+        ops::activation_backward_and_output(act, x.cpu, g.cpu, dx_plain.cpu, y_again.cpu);
+        ops::activation_backward_and_output(act, x.gpu, g.gpu, dx_plain.gpu, y_again.gpu);
+        require_match(dx_plain, bf16_tol(), "activation_backward_and_output dx");
+        require_match(y_again, bf16_tol(), "activation_backward_and_output y");
       }
     }
   }

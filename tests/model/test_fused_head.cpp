@@ -18,7 +18,7 @@ namespace {
 
 Config head_config(bool tied) {
   Config c;
-  c.model.vocab_size = 19;
+  c.model.vocab_size = 64;  // 10 tokens x 64 logits outweigh the [64, 8] head gradient (head_chunk_gains)
   c.model.d_model = 8;
   c.model.num_layers = 2;
   c.model.num_heads = 2;
@@ -39,8 +39,8 @@ Config head_config(bool tied) {
 Batch head_batch(const Config& c, uint64_t seed) {
   const int64_t n = 2 * c.model.seq_len;
   std::vector<int32_t> inputs, targets;
-  for (double v : test::random_values(n, seed)) inputs.push_back(static_cast<int32_t>(std::abs(v) * 1000) % 19);
-  for (double v : test::random_values(n, seed + 1)) targets.push_back(static_cast<int32_t>(std::abs(v) * 1000) % 19);
+  for (double v : test::random_values(n, seed)) inputs.push_back(static_cast<int32_t>(std::abs(v) * 1000) % 64);
+  for (double v : test::random_values(n, seed + 1)) targets.push_back(static_cast<int32_t>(std::abs(v) * 1000) % 64);
   for (size_t i = 0; i < targets.size(); i += 3) targets[i] = -1;
   return make_batch(inputs, targets, 2, Device::cpu());
 }
@@ -114,4 +114,24 @@ TEST_CASE("a head gradient made in forward is not used with another loss scale",
   REQUIRE(eval.logits.defined());
   REQUIRE_FALSE(eval.d_hidden.defined());
   REQUIRE_THROWS_WITH(model.set_head_chunk(-1), Contains("train.head_chunk_tokens must be >= 0"));
+}
+
+TEST_CASE("the chunked head is not used where it would keep more than the logits", "[model][head]") {
+  // 10 tokens x 64 logits in f64 (5120 bytes) against a [64, 8] head gradient and d hidden (4736):
+  // chunked; a vocabulary of 16 (1280 against 1664): the logits are kept.
+  REQUIRE(head_chunk_gains(10, 64, 8, 8, 8));
+  REQUIRE_FALSE(head_chunk_gains(10, 16, 8, 8, 8));
+  Config c = head_config(true);
+  c.model.vocab_size = 16;
+  Model model(c.model, c.moe);
+  model.allocate(Device::cpu(), DType::f64);
+  model.initialize(5);
+  model.set_head_chunk(4);
+  std::vector<int32_t> ids(10, 3);
+  const Batch batch = make_batch(ids, ids, 2, Device::cpu());
+  ModelSaved saved;
+  saved.head_grad_scale = 0.25f;
+  model.forward(batch, saved);
+  REQUIRE(saved.logits.defined());
+  REQUIRE_FALSE(saved.d_hidden.defined());
 }

@@ -335,18 +335,28 @@ TEST_CASE("activations of a small config, by hand", "[train][plan]") {
   REQUIRE(a.peak == 3904 + 64 + 896);  // the logit gradients (384) are freed before the blocks' backward
   REQUIRE(plan.peak == 18 * 1288 + 4864);
 
-  // The chunked head keeps the final norm's rstd [T] f32, d hidden [T,8] and the tied head's
-  // gradient [16,8] f32 instead; while it runs, the hidden states, one chunk's logits (all 8
-  // tokens here) and the lse; nothing of it is left for the backward's peak.
+  // The chunked head does not pay here: 8 tokens x 16 logits in bf16 (256 bytes) against the tied
+  // head's f32 gradient [16,8] and d hidden (640): the logits are kept (head_chunk_gains).
+  c.train.head_chunk_tokens = 4096;
+  REQUIRE_FALSE(make_plan(c, 1).activations.head_chunked);
+  // With 32 tokens and a vocabulary of 64 (4096 bytes of logits against 2560) it keeps the final
+  // norm's rstd [T] f32, d hidden [T,8] and the head's gradient [64,8] f32 instead; while it runs,
+  // the hidden states, one chunk's logits (all 32 tokens here) and the lse; nothing of it is left
+  // for the backward's peak.
+  c.model.vocab_size = 64;
+  c.train.micro_batch_size = 8;
+  c.train.head_chunk_tokens = 0;
+  const ActivationPlan whole = make_plan(c, 1).activations;
   c.train.head_chunk_tokens = 4096;
   const ActivationPlan chunked = make_plan(c, 1).activations;
   REQUIRE(chunked.head_chunked);
-  REQUIRE(chunked.logits == 8 * 4 + 8 * 8 * 2 + 16 * 8 * 4);
-  REQUIRE(chunked.head_forward == 8 * 8 * 2 + 8 * 16 * 2 + 8 * 4);
+  REQUIRE(chunked.logits == 32 * 4 + 32 * 8 * 2 + 64 * 8 * 4);
+  REQUIRE(chunked.head_forward == 32 * 8 * 2 + 32 * 64 * 2 + 32 * 4);
   REQUIRE(chunked.logits_grad == 0);
-  REQUIRE(chunked.kept == a.kept - a.logits + chunked.logits);
-  REQUIRE(chunked.forward_peak == chunked.kept + 64 + 8 * 4 + chunked.head_forward);
-  REQUIRE(chunked.peak == chunked.kept + 64 + 896);
+  REQUIRE(chunked.kept == whole.kept - whole.logits + chunked.logits);
+  const int64_t ids = 2 * 32 * 4;
+  REQUIRE(chunked.forward_peak == chunked.kept + ids + 32 * 4 + chunked.head_forward);
+  REQUIRE(chunked.peak == std::max(chunked.forward_peak, chunked.kept + ids + whole.backward_working));
 }
 
 TEST_CASE("the GPU estimate matches the peaks measured on an H200", "[train][plan]") {
