@@ -392,15 +392,9 @@ Tensor Model::head_backward(const Batch& batch, const ModelSaved& saved, float l
                                                            config_.vocab_size, tp_.comm);
     const Tensor hidden = tp_.gather_tokens(saved.hidden);
     dhidden = empty_like(hidden);
-    if (lm_head_ >= 0) {
-      Tensor dhead = store_.grad(lm_head_);
-      linear_backward(hidden, store_.param(lm_head_), dlogits, dhead, dhidden);
-    } else {
-      // logits = h @ E^T: dE += dlogits^T @ h, dh = dlogits @ E
-      Tensor dtable = store_.grad(tokens_);
-      ops::matmul(dlogits, true, hidden, false, dtable, 1.0f, 1.0f);
-      ops::matmul(dlogits, false, store_.param(tokens_), false, dhidden);
-    }
+    const bool tied = lm_head_ < 0;
+    Tensor dhead = store_.grad(tied ? tokens_ : lm_head_);
+    head_backward_gemms(dlogits, hidden, store_.param(tied ? tokens_ : lm_head_), tied, dhead, 1.0f, dhidden);
   }
   // Each rank's vocabulary shard gives part of the hidden states' gradient (sequence parallelism:
   // reduce-scattered to this rank's tokens).

@@ -282,6 +282,11 @@ bool is_moe_layer(const ModelConfig& model, const MoeConfig& moe, int64_t layer)
 // Whether the chunked head (Model::set_head_chunk) saves memory on a micro-batch of `tokens`: the
 // logits [tokens, vocab] it does not keep (compute bytes cb) outweigh the head weight's gradient
 // [vocab, d] (accumulation bytes ab) and d hidden [tokens, d] it keeps instead. The plan asks the same.
+// The LM head's backward GEMMs for logits = hidden @ head^T (tied: the embedding table [V, d]) or
+// hidden @ head (untied: [d, V]): dhead = beta * dhead + the head's gradient, dhidden written.
+void head_backward_gemms(const Tensor& dlogits, const Tensor& hidden, const Tensor& head, bool tied, Tensor& dhead,
+                         float beta, Tensor& dhidden);
+
 inline bool head_chunk_gains(int64_t tokens, int64_t vocab, int64_t d, size_t cb, size_t ab) {
   const auto c = static_cast<int64_t>(cb), a = static_cast<int64_t>(ab);
   return tokens * vocab * c > vocab * d * a + tokens * d * c;

@@ -14,6 +14,17 @@
 
 namespace moe {
 
+void head_backward_gemms(const Tensor& dlogits, const Tensor& hidden, const Tensor& head, bool tied, Tensor& dhead,
+                         float beta, Tensor& dhidden) {
+  if (tied) {
+    ops::matmul(dlogits, true, hidden, false, dhead, 1.0f, beta);  // dE = d logits^T @ h
+    ops::matmul(dlogits, false, head, false, dhidden);              // dh = d logits @ E
+  } else {
+    ops::matmul(hidden, true, dlogits, false, dhead, 1.0f, beta);  // dW = h^T @ d logits
+    ops::matmul(dlogits, false, head, true, dhidden);              // dh = d logits @ W^T
+  }
+}
+
 void Model::set_head_chunk(int64_t tokens) {
   MOE_CHECK(tokens >= 0, "model: head chunk of ", tokens, " tokens (train.head_chunk_tokens must be >= 0)");
   head_chunk_ = tokens;
@@ -51,14 +62,8 @@ void Model::fused_head_forward(const Tensor& x, const Batch& batch, ModelSaved& 
     ops::cross_entropy_forward(logits, targets, chunk_loss, chunk_lse);
     ops::cross_entropy_backward(logits, targets, chunk_lse, saved.head_grad_scale, logits);  // d logits, in place
     Tensor dh = saved.d_hidden.rows(begin, end);
-    const float beta = begin == 0 ? 0.0f : 1.0f;  // the first chunk writes d_head, the others add
-    if (tied) {
-      ops::matmul(logits, true, h, false, saved.d_head, 1.0f, beta);  // dE += d logits^T @ h
-      ops::matmul(logits, false, head, false, dh);                     // dh = d logits @ E
-    } else {
-      ops::matmul(h, true, logits, false, saved.d_head, 1.0f, beta);  // dW += h^T @ d logits
-      ops::matmul(logits, false, head, true, dh);                      // dh = d logits @ W^T
-    }
+    // The first chunk writes d_head, the others add.
+    head_backward_gemms(logits, h, head, tied, saved.d_head, begin == 0 ? 0.0f : 1.0f, dh);
   }
   release(head_unit());
   out.loss = loss;

@@ -31,6 +31,7 @@ struct Sizes {
 // One MoE FFN: its kept bytes, all-to-all part, and the largest working set of its backward.
 struct MoeFootprint {
   int64_t kept = 0, all_to_all = 0, backward = 0;
+  int64_t forward = 0;  // what its forward holds beyond `kept` at its fullest
 };
 
 MoeFootprint moe_footprint(const Config& config, const RouterKind& router, int64_t T_layer, int tp, int ep, Sizes s) {
@@ -110,6 +111,9 @@ MoeFootprint moe_footprint(const Config& config, const RouterKind& router, int64
     kept += T_layer * s.cb * shared_up + T_seq * s.cb * (d + (moe.shared_gate ? 1 : 0));
   }
   out.kept = kept;
+  // Rows the forward makes and does not keep (one rank, grouped): the input and output rows, both
+  // alive until the combine is done.
+  out.forward = local_rows_only ? 2 * local_rows * d * s.cb : 0;
 
   // Backward (MoeLayer::backward): combine -> experts -> dispatch -> shared -> router, with dy
   // [T,d] live throughout and d weights [T,slots] from the combine onwards.
@@ -256,10 +260,10 @@ ActivationPlan plan_activations(const Config& config, const Topology& topology, 
   // again and its gradient whole, then reduce-scattered (the FFN also gathers dy).
   const int64_t attention_backward = sp ? T * s.cb * (2 * d + 2 * q_width + 2 * kv_width) + 3 * Ts * s.cb * d
                                         : T * s.cb * (3 * d + 2 * q_width + 2 * kv_width);
-  // The dense FFN's backward (DenseFfn::backward, ffn_backward): da, dh and the post-activation
-  // made again, then dh beside dx (sequence parallelism: the gathered input, dy and dx throughout).
+  // The dense FFN's backward (DenseFfn::backward, ffn_backward): dy and dx, with da, dh and the
+  // post-activation made again (sequence parallelism: the gathered input too).
   const int64_t dense_backward = sp ? T * s.cb * (3 * d + 2 * dense_mid + dense_up) + Ts * s.cb * d
-                                    : T * s.cb * std::max(d + 2 * dense_mid + dense_up, 2 * d + dense_up);
+                                    : T * s.cb * (2 * d + 2 * dense_mid + dense_up);
 
   int64_t kept = a.embedding;
   // Activation recomputation: a block keeps its output only (the next block's input) and its
@@ -271,7 +275,7 @@ ActivationPlan plan_activations(const Config& config, const Topology& topology, 
     a.layer_working.push_back(config.train.recompute ? layer_kept + working : working);
     working_of_layer[static_cast<size_t>(layer)] = a.layer_working.back();
   };
-  int64_t moe_index = 0, moe_layers = 0;
+  int64_t moe_index = 0, moe_layers = 0, moe_forward = 0;
   for (int64_t i = 0; i < m.num_layers; ++i) {
     const bool is_moe = config.moe.num_experts > 0 && i >= config.moe.first_dense &&
                         (i - config.moe.first_dense + 1) % config.moe.every == 0;
@@ -282,6 +286,7 @@ ActivationPlan plan_activations(const Config& config, const Topology& topology, 
       if (!here) continue;
       ++moe_layers;
       a.moe_ffn = std::max(a.moe_ffn, f.kept);
+      moe_forward = std::max(moe_forward, f.forward);
       a.all_to_all = std::max(a.all_to_all, f.all_to_all);
       keep_layer(i, a.attention_layer + f.kept, std::max(attention_backward, f.backward));
     } else if (here) {
@@ -318,7 +323,7 @@ ActivationPlan plan_activations(const Config& config, const Topology& topology, 
                                     ? a.backward_in_flight + (a.backward_base - a.kept_in_flight)
                                     : a.backward_base + std::max(a.backward_working, a.logits_grad);
   a.forward_peak = a.kept_in_flight + batches + (last ? T * s.ab : 0)  // + per-token losses
-                   + (pairs ? T * d * s.cb : 0) + a.head_forward;
+                   + (pairs ? T * d * s.cb : 0) + std::max(a.head_forward, moe_forward);
   a.peak = std::max(backward_peak, a.forward_peak);
   return a;
 }
