@@ -67,14 +67,13 @@ Tensor GroupedExperts::backward(const ExpertsSaved& saved, const Tensor& dy_sort
   const int64_t n = s.h.size(0);
   if (n == 0) return empty_like(input_of(saved));
   Tensor dw_down = store_->grad(w_.w_down);
-  Tensor a = Tensor::empty({n, d_expert_}, s.h.dtype(), s.h.device());
-  ops::activation_forward(act_, s.h, a);
-  Tensor da = empty_like(a);
-  ops::grouped_matmul(dy_sorted, s.offsets, store_->param(w_.w_down), true, da);  // dy @ w_down[e]^T
-  ops::grouped_matmul_weight_grad(a, s.offsets, dy_sorted, dw_down);
-  a = Tensor();
+  // da = dy @ w_down[e]^T; one pass then writes dh and the activation a over da (made again for
+  // w_down's gradient).
+  Tensor da = Tensor::empty({n, d_expert_}, s.h.dtype(), s.h.device());
+  ops::grouped_matmul(dy_sorted, s.offsets, store_->param(w_.w_down), true, da);
   Tensor dh = empty_like(s.h);
-  ops::activation_backward(act_, s.h, da, dh);
+  ops::activation_backward_and_output(act_, s.h, da, dh, da);
+  ops::grouped_matmul_weight_grad(da, s.offsets, dy_sorted, dw_down);
   da = Tensor();
   return up_backward(saved, dh);
 }

@@ -136,7 +136,8 @@ void activation_backward(Activation act, const Tensor& x, const Tensor& dy, Tens
 void activation_backward_weighted(Activation act, const Tensor& x, const Tensor& g, const Tensor& row_weights,
                                   Tensor& dx, Tensor& a_weighted, Tensor& drow_weights);
 // activation_backward that also makes the forward's output again: dx as activation_backward(act,
-// x, dy, dx), y[T,f] = act(x) (written), for a backward whose forward did not keep y (one pass).
+// x, dy, dx), y[T,f] = act(x) (written; may be dy itself), for a backward whose forward did not
+// keep y (one pass).
 void activation_backward_and_output(Activation act, const Tensor& x, const Tensor& dy, Tensor& dx, Tensor& y);
 
 // Softmax cross-entropy: logits[T,V], targets i32[T] (negative = ignored) -> loss[T] (accum;

@@ -119,8 +119,8 @@ MoeFootprint moe_footprint(const Config& config, const RouterKind& router, int64
   // [T,d] live throughout and d weights [T,slots] from the combine onwards.
   const int64_t row_bytes = d * s.cb, dy = T * row_bytes, dweights = T * slots * s.ab;
   // da, dh and the post-activation made again, of one expert (loop, ffn_backward); the grouped
-  // backward holds them for every local row (first a beside da, then da beside dh).
-  const int64_t expert_temps = grouped ? local_rows * s.cb * std::max(2 * f_e, up_e + f_e)
+  // backward holds da and dh for every local row (the activation is written over da).
+  const int64_t expert_temps = grouped ? local_rows * s.cb * (up_e + f_e)
                                        : max_expert_rows * s.cb * (up_e + 2 * f_e);
   int64_t after_dispatch = 0;
   if (local_rows_only) {
