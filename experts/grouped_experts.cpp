@@ -14,7 +14,12 @@ GroupedExperts::GroupedExperts(ParamStore& store, const std::string& prefix, con
       num_local_(spec.num_local),
       d_expert_(spec.d_expert),
       act_(spec.activation),
-      w_(add_expert_weights(store, prefix, spec)) {}
+      w_(add_expert_weights(store, prefix, spec)) {
+  // One weight-gradient GEMM writes each of them whole: the step's first writes store (no memset,
+  // no fp32 read-modify-write of E x d x d_expert values).
+  store.write_grad_first(w_.w_up);
+  store.write_grad_first(w_.w_down);
+}
 
 Tensor GroupedExperts::forward(const Tensor& x_sorted, const ExpertRows& rows, ExpertsSaved& saved) const {
   MOE_CHECK(rows.num_experts() == num_local_, "experts (grouped): ", rows.num_experts(), " expert row ranges for ",
@@ -56,9 +61,9 @@ Tensor GroupedExperts::up_backward(const ExpertsSaved& saved, const Tensor& dh) 
   const State& s = saved.state_as<State>(name());
   const Tensor x = input_of(saved);
   Tensor dx_sorted = empty_like(x);
-  Tensor dw_up = store_->grad(w_.w_up);
+  ParamStore::GradWrite dw_up = store_->grad_for_write(w_.w_up);
   ops::grouped_matmul(dh, s.offsets, store_->param(w_.w_up), true, dx_sorted);  // dh @ w_up[e]^T
-  ops::grouped_matmul_weight_grad(x, s.offsets, dh, dw_up);
+  ops::grouped_matmul_weight_grad(x, s.offsets, dh, dw_up.grad, dw_up.accumulate);
   return dx_sorted;
 }
 
@@ -66,14 +71,14 @@ Tensor GroupedExperts::backward(const ExpertsSaved& saved, const Tensor& dy_sort
   const State& s = saved.state_as<State>(name());
   const int64_t n = s.h.size(0);
   if (n == 0) return empty_like(input_of(saved));
-  Tensor dw_down = store_->grad(w_.w_down);
+  ParamStore::GradWrite dw_down = store_->grad_for_write(w_.w_down);
   // da = dy @ w_down[e]^T; one pass then writes dh and the activation a over da (made again for
   // w_down's gradient).
   Tensor da = Tensor::empty({n, d_expert_}, s.h.dtype(), s.h.device());
   ops::grouped_matmul(dy_sorted, s.offsets, store_->param(w_.w_down), true, da);
   Tensor dh = empty_like(s.h);
   ops::activation_backward_and_output(act_, s.h, da, dh, da);
-  ops::grouped_matmul_weight_grad(da, s.offsets, dy_sorted, dw_down);
+  ops::grouped_matmul_weight_grad(da, s.offsets, dy_sorted, dw_down.grad, dw_down.accumulate);
   da = Tensor();
   return up_backward(saved, dh);
 }
@@ -84,7 +89,7 @@ Tensor GroupedExperts::backward_weighted(const ExpertsSaved& saved, Tensor dy_so
   const int64_t n = s.h.size(0);
   drow_weights = Tensor::empty({n}, row_weights.dtype(), row_weights.device());
   if (n == 0) return empty_like(input_of(saved));
-  Tensor dw_down = store_->grad(w_.w_down);
+  ParamStore::GradWrite dw_down = store_->grad_for_write(w_.w_down);
   // g = dy @ w_down[e]^T, the gradient of the unweighted activation a; then <g, a> = <dy, a w_down>.
   // w * a overwrites g (the kernel reads each element before writing it); dy and w * a are freed
   // before the input rows are made again, so neither coexists with them or with dx_sorted.
@@ -92,7 +97,7 @@ Tensor GroupedExperts::backward_weighted(const ExpertsSaved& saved, Tensor dy_so
   ops::grouped_matmul(dy_sorted, s.offsets, store_->param(w_.w_down), true, g);
   Tensor dh = empty_like(s.h);
   ops::activation_backward_weighted(act_, s.h, g, row_weights, dh, g, drow_weights);
-  ops::grouped_matmul_weight_grad(g, s.offsets, dy_sorted, dw_down);  // (w a)^T dy = a^T (w dy)
+  ops::grouped_matmul_weight_grad(g, s.offsets, dy_sorted, dw_down.grad, dw_down.accumulate);  // (w a)^T dy = a^T (w dy)
   g = Tensor();
   dy_sorted = Tensor();
   return up_backward(saved, dh);

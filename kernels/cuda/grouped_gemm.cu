@@ -196,14 +196,14 @@ __global__ void __launch_bounds__(k_threads, 2) grouped_gemm_kernel(const bf16_b
   });
 }
 
-// dw[e] += x_e^T @ dy_e; grid (n / k_bn, k / k_bm, E), each block loops over its expert's rows.
+// dw[e] (+)= x_e^T @ dy_e; grid (n / k_bn, k / k_bm, E), each block loops over its expert's rows.
 __global__ void __launch_bounds__(k_threads, 2) grouped_weight_grad_kernel(const bf16_bits* x, const int32_t* offsets,
                                                                         const bf16_bits* dy, float* dw,
-                                                                        kernels::GroupedGemmShape s) {
+                                                                        kernels::GroupedGemmShape s, bool accumulate) {
   const int64_t e = blockIdx.z;
   const int64_t row_begin = min(max(static_cast<int64_t>(offsets[e]), int64_t{0}), s.rows);
   const int64_t row_end = min(max(static_cast<int64_t>(offsets[e + 1]), row_begin), s.rows);
-  if (row_end == row_begin) return;  // no rows: dw[e] stays as it is
+  if (row_end == row_begin && accumulate) return;  // no rows: dw[e] stays as it is (else: zeros written)
   __shared__ alignas(128) bf16_bits smem[k_stages * 2 * k_tile_elems];
   const int64_t m0 = static_cast<int64_t>(blockIdx.y) * k_bm, n0 = static_cast<int64_t>(blockIdx.x) * k_bn;
   Accum acc = {};
@@ -218,7 +218,7 @@ __global__ void __launch_bounds__(k_threads, 2) grouped_weight_grad_kernel(const
     const int64_t row = m0 + r, col = n0 + c;
     if (row < s.k && col < s.n) {
       auto* p = reinterpret_cast<float2*>(dw_e + row * s.n + col);
-      float2 old = *p;
+      const float2 old = accumulate ? *p : make_float2(0.f, 0.f);
       *p = make_float2(old.x + v0, old.y + v1);
     }
   });
@@ -270,15 +270,21 @@ void grouped_gemm_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __n
 }
 
 void grouped_gemm_weight_grad_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __nv_bfloat16* dy,
-                                   float* dw, const kernels::GroupedGemmShape& s, cudaStream_t stream) {
+                                   float* dw, const kernels::GroupedGemmShape& s, bool accumulate,
+                                   cudaStream_t stream) {
   check_grouped_shape(s, x, dy, dw);
-  if (s.rows == 0 || s.k == 0 || s.n == 0) return;
-  if (use_wgmma()) return sm90::grouped_gemm_weight_grad_bf16(x, offsets, dy, dw, s, stream);
+  if (s.k == 0 || s.n == 0) return;
+  if (s.rows == 0) {
+    if (!accumulate) CUDA_CHECK(cudaMemsetAsync(dw, 0, static_cast<size_t>(s.num_experts * s.k * s.n) * 4, stream));
+    return;
+  }
+  if (use_wgmma()) return sm90::grouped_gemm_weight_grad_bf16(x, offsets, dy, dw, s, accumulate, stream);
   MOE_CHECK(ceil_div(s.k, k_bm) <= 65535 && s.num_experts <= 65535, "grouped gemm on CUDA: too many tiles");
   const dim3 grid(static_cast<unsigned>(ceil_div(s.n, k_bn)), static_cast<unsigned>(ceil_div(s.k, k_bm)),
                   static_cast<unsigned>(s.num_experts));
   grouped_weight_grad_kernel<<<grid, k_threads, 0, stream>>>(reinterpret_cast<const bf16_bits*>(x), offsets,
-                                                             reinterpret_cast<const bf16_bits*>(dy), dw, s);
+                                                             reinterpret_cast<const bf16_bits*>(dy), dw, s,
+                                                             accumulate);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -26,8 +26,10 @@ void grouped_gemm_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __n
                        __nv_bfloat16* y, const kernels::GroupedGemmShape& shape, cudaStream_t stream);
 
 // offsets i32[E+1] (device), x[rows,k], dy[rows,n] -> dw[E,k,n] f32 += x_e^T @ dy_e (an expert
-// with no rows leaves dw[e] unchanged). k and n multiples of 8, pointers 16-byte aligned.
+// with no rows leaves dw[e] unchanged); with accumulate false dw[e] = x_e^T @ dy_e (zeros for an
+// expert with no rows), dw's old values never read. k and n multiples of 8, pointers 16-byte aligned.
 void grouped_gemm_weight_grad_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __nv_bfloat16* dy,
-                                   float* dw, const kernels::GroupedGemmShape& shape, cudaStream_t stream);
+                                   float* dw, const kernels::GroupedGemmShape& shape, bool accumulate,
+                                   cudaStream_t stream);
 
 }  // namespace moe::cuda

@@ -49,6 +49,7 @@ struct Args {
   const int32_t* offsets;
   kernels::GroupedGemmShape shape;
   void* out;  // bf16 y[rows,n] or f32 dw[E,k,n]
+  bool accumulate;  // weight gradient: add to dw (else store, zeros for an expert with no rows)
 };
 
 // The block's expert and its reduction or output rows; false when the block has nothing to do.
@@ -63,7 +64,7 @@ __device__ bool find_work(const Args& args, bool per_expert_grid, Work& w) {
     w.expert = e;
     w.row_begin = min(max(static_cast<int64_t>(args.offsets[e]), int64_t{0}), s.rows);
     w.row_end = min(max(static_cast<int64_t>(args.offsets[e + 1]), w.row_begin), s.rows);
-    return w.row_end > w.row_begin;
+    return w.row_end > w.row_begin || !args.accumulate;
   }
   int64_t t = blockIdx.y, begin = 0;  // forward: blockIdx.y counts row tiles over the experts in order
   for (int64_t e = 0; e < s.num_experts; ++e) {
@@ -175,9 +176,11 @@ __device__ __forceinline__ void epilogue(uint8_t* smem, const float (&acc)[kBN /
       const int64_t row = m0 + r, col = n0 + c;
       if (row < s.k && col < s.n) {
         float4* p = reinterpret_cast<float4*>(dw + row * s.n + col);
-        const float4 add = *reinterpret_cast<const float4*>(tile + r * stride + c);
-        float4 v = *p;
-        v.x += add.x, v.y += add.y, v.z += add.z, v.w += add.w;
+        float4 v = *reinterpret_cast<const float4*>(tile + r * stride + c);
+        if (args.accumulate) {
+          const float4 old = *p;
+          v.x += old.x, v.y += old.y, v.z += old.z, v.w += old.w;
+        }
         *p = v;
       }
     }
@@ -329,7 +332,7 @@ bool grouped_gemm_available() {
 
 void grouped_gemm_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __nv_bfloat16* w, bool trans_w,
                        __nv_bfloat16* y, const kernels::GroupedGemmShape& s, cudaStream_t stream) {
-  const Args args{offsets, s, y};
+  const Args args{offsets, s, y, false};
   const bool wide = wide_columns(s.n);
   const int bn = wide ? 256 : 128;
   const dim3 grid(static_cast<unsigned>(ceil_div(s.n, bn)), static_cast<unsigned>(ceil_div(s.rows, k_bm) + s.num_experts));
@@ -352,8 +355,9 @@ void grouped_gemm_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __n
 }
 
 void grouped_gemm_weight_grad_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __nv_bfloat16* dy,
-                                   float* dw, const kernels::GroupedGemmShape& s, cudaStream_t stream) {
-  const Args args{offsets, s, dw};
+                                   float* dw, const kernels::GroupedGemmShape& s, bool accumulate,
+                                   cudaStream_t stream) {
+  const Args args{offsets, s, dw, accumulate};
   const CUtensorMap map_x = tensor_map(x, s.k, s.rows, k_bk), map_dy = tensor_map(dy, s.n, s.rows, k_bk);
   const dim3 grid128(static_cast<unsigned>(ceil_div(s.n, 128)), static_cast<unsigned>(ceil_div(s.k, k_bm)),
                      static_cast<unsigned>(s.num_experts));

@@ -266,12 +266,16 @@ void ParamStore::shard_grads(ParamGroup g, FlatRange range) {
   grad_shard_[i] = Tensor::zeros({range.numel()}, master_dtype(), device_);
   grads_[i] = Tensor();  // the full gradient buffer is never allocated again
   grads_sharded_[i] = true;
+  for (ParamId id : first_write_) {  // sharded gradients are zeroed by zero_grads, never left unwritten
+    if (info(id).group == g && static_cast<size_t>(id) < unwritten_.size()) unwritten_[static_cast<size_t>(id)] = false;
+  }
 }
 
 Tensor ParamStore::grad_shard(ParamGroup g) const {
   MOE_CHECK(allocated_, "parameters used before allocation");
   const int i = static_cast<int>(g);
   if (grads_sharded_[i]) return grad_shard_[i];
+  zero_unwritten(g);
   const FlatRange r = shard_range(g);
   return grads_[i].rows(r.begin, r.end);
 }
@@ -302,13 +306,17 @@ Tensor ParamStore::attached_grads(ParamGroup g, FlatRange range) const {
 Tensor& ParamStore::flat_grads(ParamGroup g) {
   MOE_CHECK(!grads_sharded(g), "the gradients of the ", group_label(g), " group are sharded over ranks (ZeRO-2/3): ",
             "this rank holds only its shard (ParamStore::grad_shard)");
+  zero_unwritten(g);
   return grads_[static_cast<int>(g)];
 }
 
 Tensor ParamStore::grad(ParamId id) const {
   const ParamInfo& p = info(id);
   const int g = static_cast<int>(p.group);
-  if (!grads_sharded_[g]) return view(grads_, id);
+  if (!grads_sharded_[g]) {
+    zero_unwritten(id);
+    return view(grads_, id);
+  }
   Tensor values = attached_view(attached_grads_[g], p);
   MOE_CHECK(values.defined(), "the gradient of '", p.name, "' is not open on this rank: under ZeRO-2/3 a module's ",
             "gradients exist from its backward until they are reduce-scattered (DistributedOptimizer::open_grads)");
@@ -364,7 +372,7 @@ void ParamStore::initialize(uint64_t seed, int num_threads) {
 void ParamStore::zero_grads() {
   for (int g = 0; g < k_num_param_groups; ++g) {
     if (!grads_sharded_[g]) {
-      grads_[g].zero_();
+      zero_group_grads_but_first_write(static_cast<ParamGroup>(g));
       continue;
     }
     grad_shard_[g].zero_();

@@ -128,7 +128,21 @@ class ParamStore {
   bool has_separate_master() const { return separate_master_; }
 
   // Zeroes every gradient this rank holds (the full buffers, or the shards and attached ranges).
+  // Gradients marked with write_grad_first are not cleared here but recorded as unwritten.
   void zero_grads();
+  // First-write gradients: a parameter whose gradient one kernel writes whole (the grouped
+  // experts' weight GEMMs) skips zero_grads' memset, and its first writer of the step stores
+  // instead of adding (a read of the fp32 gradient and a memset saved, 8 bytes a parameter).
+  // grad(id), flat_grads and grad_shard zero an unwritten gradient before handing it out, so
+  // every other reader and writer sees a zeroed gradient as before. Unsharded gradients only
+  // (ZeRO-2/3 gradients keep zero_grads' memset).
+  void write_grad_first(ParamId id);
+  struct GradWrite {
+    Tensor grad;
+    bool accumulate = true;  // false: the first write of the step; store, do not add
+  };
+  // The gradient of id for a writer that covers all of it, and whether it must add to it.
+  GradWrite grad_for_write(ParamId id);
   // After an optimizer step on the master copy: refresh the compute copy (bf16 cast).
   void sync_params_from_master();
   // What sync_params_from_master writes for group g: the compute copy of master_shard(g)
@@ -207,6 +221,12 @@ class ParamStore {
   // The view of p inside an attached range of `list` (undefined when none holds it).
   Tensor attached_view(const std::vector<Attached>& list, const ParamInfo& p) const;
   const Tensor (&master_or_params() const)[k_num_param_groups] { return separate_master_ ? master_ : params_; }
+  // zero_grads of an unsharded group: a memset of everything but the first-write gradients,
+  // which are recorded as unwritten instead.
+  void zero_group_grads_but_first_write(ParamGroup g);
+  // Zeroes the unwritten first-write gradients (of one parameter, or of a group).
+  void zero_unwritten(ParamId id) const;
+  void zero_unwritten(ParamGroup g) const;
 
   std::vector<ParamInfo> infos_;
   std::map<std::string, ParamId> by_name_;
@@ -223,6 +243,10 @@ class ParamStore {
   bool grads_sharded_[k_num_param_groups] = {false, false};
   Tensor grad_shard_[k_num_param_groups];
   std::vector<Attached> attached_grads_[k_num_param_groups];
+  // First-write gradients (write_grad_first) and which of them are unwritten since zero_grads.
+  // Mutable: zeroing an unwritten gradient on first read does not change its value.
+  std::vector<ParamId> first_write_;
+  mutable std::vector<bool> unwritten_;
   Device device_;
   DType compute_dtype_ = DType::f32;
 };

@@ -22,7 +22,8 @@ class Backend {
   virtual void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha,
                       float beta) = 0;
   virtual void grouped_matmul(const Tensor& x, const Tensor& offsets, const Tensor& w, bool trans_w, Tensor& y) = 0;
-  virtual void grouped_matmul_weight_grad(const Tensor& x, const Tensor& offsets, const Tensor& dy, Tensor& dw) = 0;
+  virtual void grouped_matmul_weight_grad(const Tensor& x, const Tensor& offsets, const Tensor& dy, Tensor& dw,
+                                          bool accumulate) = 0;
   virtual void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out, VocabShard shard) = 0;
   virtual void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable, VocabShard shard) = 0;
   // doc_starts: checked by ops.cpp, or undefined (so for rope and attention).

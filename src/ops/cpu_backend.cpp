@@ -107,7 +107,9 @@ class CpuBackend final : public Backend {
     });
   }
 
-  void grouped_matmul_weight_grad(const Tensor& x, const Tensor& offsets, const Tensor& dy, Tensor& dw) override {
+  void grouped_matmul_weight_grad(const Tensor& x, const Tensor& offsets, const Tensor& dy, Tensor& dw,
+                                  bool accumulate) override {
+    if (!accumulate) dw.zero_();  // the reference adds into zeros
     const kernels::GroupedGemmShape shape{offsets.size(0) - 1, x.size(0), x.size(1), dy.size(1)};
     dispatch_float(x.dtype(), "grouped_matmul_weight_grad", [&](auto tag) {
       using T = decltype(tag);

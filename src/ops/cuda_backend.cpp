@@ -90,10 +90,11 @@ class CudaBackend : public Backend {
     cuda::grouped_gemm_bf16(bf(x), i32(offsets), bf(w), trans_w, bf_mut(y), shape, stream);
   }
 
-  void grouped_matmul_weight_grad(const Tensor& x, const Tensor& offsets, const Tensor& dy, Tensor& dw) override {
+  void grouped_matmul_weight_grad(const Tensor& x, const Tensor& offsets, const Tensor& dy, Tensor& dw,
+                                  bool accumulate) override {
     cudaStream_t stream = on_device(x, offsets, dy, dw);
     const kernels::GroupedGemmShape shape{offsets.size(0) - 1, x.size(0), x.size(1), dy.size(1)};
-    cuda::grouped_gemm_weight_grad_bf16(bf(x), i32(offsets), bf(dy), f32_mut(dw), shape, stream);
+    cuda::grouped_gemm_weight_grad_bf16(bf(x), i32(offsets), bf(dy), f32_mut(dw), shape, accumulate, stream);
   }
 
   void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out, VocabShard shard) override {

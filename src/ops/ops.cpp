@@ -134,7 +134,8 @@ void grouped_matmul(const Tensor& x, const Tensor& offsets, const Tensor& w, boo
   run_on(x, OpKind::gemm)->grouped_matmul(x, offsets, w, trans_w, y);
 }
 
-void grouped_matmul_weight_grad(const Tensor& x, const Tensor& offsets, const Tensor& dy, Tensor& dw) {
+void grouped_matmul_weight_grad(const Tensor& x, const Tensor& offsets, const Tensor& dy, Tensor& dw,
+                                bool accumulate) {
   check_compute(x, "grouped_matmul_weight_grad x");
   const int64_t num_experts = check_offsets(offsets, x, "grouped_matmul_weight_grad");
   check_dtype(dy, x.dtype(), "grouped_matmul_weight_grad dy");
@@ -145,8 +146,12 @@ void grouped_matmul_weight_grad(const Tensor& x, const Tensor& offsets, const Te
             shape_str(dy.shape()));
   check_shape(dw, {num_experts, x.size(1), dy.size(1)}, "grouped_matmul_weight_grad dw");
   check_grouped_widths(x, x.size(1), dy.size(1), "grouped_matmul_weight_grad");
-  if (x.size(0) == 0 || x.size(1) == 0 || dy.size(1) == 0) return;
-  run_on(x, OpKind::gemm)->grouped_matmul_weight_grad(x, offsets, dy, dw);
+  if (x.size(1) == 0 || dy.size(1) == 0) return;
+  if (x.size(0) == 0) {
+    if (!accumulate) dw.zero_();
+    return;
+  }
+  run_on(x, OpKind::gemm)->grouped_matmul_weight_grad(x, offsets, dy, dw, accumulate);
 }
 
 void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out, VocabShard shard) {

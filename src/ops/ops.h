@@ -40,8 +40,10 @@ void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor
 // on the device (no host sync); on CUDA, K and M must be multiples of 8.
 void grouped_matmul(const Tensor& x, const Tensor& offsets, const Tensor& w, bool trans_w, Tensor& y);
 // Its weight gradient: x[N,K], dy[N,M], offsets i32[E+1] -> dw[E,K,M] (accum dtype) +=
-// x rows of e ^T @ dy rows of e; an expert with no rows leaves dw[e] unchanged.
-void grouped_matmul_weight_grad(const Tensor& x, const Tensor& offsets, const Tensor& dy, Tensor& dw);
+// x rows of e ^T @ dy rows of e; an expert with no rows leaves dw[e] unchanged. With accumulate
+// false dw is overwritten (= instead of +=, zeros for an expert with no rows) and never read.
+void grouped_matmul_weight_grad(const Tensor& x, const Tensor& offsets, const Tensor& dy, Tensor& dw,
+                                bool accumulate = true);
 // The CUDA kernel of both: "auto" (default: the Hopper wgmma kernel where the GPU runs it, else
 // mma_sync), "mma_sync" or "wgmma"; benchmarks and tests name one to compare them. An unknown
 // name, or wgmma on a GPU without it, is an error.

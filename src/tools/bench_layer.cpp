@@ -47,12 +47,15 @@ nlohmann::json bench_layer(const Config& config, Device device, const LayerBench
   // The dense chain: one FFN over as many rows as the experts process in all.
   const auto rows = static_cast<int64_t>(std::llround(static_cast<double>(o.tokens) *
                                                        layer.router().experts_per_token()));
-  const ParamId w_up = store.add("dense.w_up", {m.d_model, ffn_up_width(act, shape.d_expert)}, ParamGroup::dense,
-                                 ParamKind::weight, ParamInit::normal, m.init_std);
-  const ParamId w_down = store.add("dense.w_down", {shape.d_expert, m.d_model}, ParamGroup::dense, ParamKind::weight,
-                                   ParamInit::normal, out_std);
-  store.allocate(device, dtype);
-  store.initialize(config.train.seed);
+  ParamStore dense_store;  // its own store: each side zeroes only its own gradients
+  const ParamId w_up = dense_store.add("dense.w_up", {m.d_model, ffn_up_width(act, shape.d_expert)},
+                                       ParamGroup::dense, ParamKind::weight, ParamInit::normal, m.init_std);
+  const ParamId w_down = dense_store.add("dense.w_down", {shape.d_expert, m.d_model}, ParamGroup::dense,
+                                         ParamKind::weight, ParamInit::normal, out_std);
+  for (ParamStore* s : {&store, &dense_store}) {
+    s->allocate(device, dtype);
+    s->initialize(config.train.seed);
+  }
 
   Tensor x = random_on({o.tokens, m.d_model}, dtype, device, 1, -1, 1);
   Tensor dy = random_on({o.tokens, m.d_model}, dtype, device, 2, -1, 1);
@@ -63,7 +66,9 @@ nlohmann::json bench_layer(const Config& config, Device device, const LayerBench
   inputs.tokens = &tokens;
   inputs.targets = &tokens;
   inputs.seq_len = std::min(m.seq_len, o.tokens);
+  // Each iteration is a training step of one micro-batch: zero the gradients, forward, backward.
   auto layer_step = [&] {
+    store.zero_grads();
     MoeLayerSaved saved;
     layer.forward(x, inputs, saved);
     layer.backward(saved, dy, 1.0f);
@@ -72,10 +77,11 @@ nlohmann::json bench_layer(const Config& config, Device device, const LayerBench
   Tensor dyd = random_on({rows, m.d_model}, dtype, device, 5, -1, 1);
   Tensor dxd = empty_like(xd);
   auto dense_step = [&] {
+    dense_store.zero_grads();
     FfnSaved saved;
-    ffn_forward(xd, store.param(w_up), store.param(w_down), act, saved);
-    Tensor dw_up = store.grad(w_up), dw_down = store.grad(w_down);
-    ffn_backward(saved, store.param(w_up), store.param(w_down), act, dyd, dw_up, dw_down, dxd);
+    ffn_forward(xd, dense_store.param(w_up), dense_store.param(w_down), act, saved);
+    Tensor dw_up = dense_store.grad(w_up), dw_down = dense_store.grad(w_down);
+    ffn_backward(saved, dense_store.param(w_up), dense_store.param(w_down), act, dyd, dw_up, dw_down, dxd);
   };
   const double layer_ms = median_ms(device, o.warmup, o.iters, layer_step);
   const double dense_ms = median_ms(device, o.warmup, o.iters, dense_step);

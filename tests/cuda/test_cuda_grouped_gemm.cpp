@@ -90,23 +90,27 @@ TEST_CASE("cuda grouped matmul matches the CPU reference, plain and transposed w
   }
 }
 
-TEST_CASE("cuda grouped weight gradient matches the CPU reference and skips empty experts", "[cuda][grouped]") {
+TEST_CASE("cuda grouped weight gradient matches the CPU reference, adding or overwriting", "[cuda][grouped]") {
   for (auto kernel : kernels_here()) {
   KernelChoice choice(kernel);
   INFO("kernel " << cuda::grouped_gemm_kernel_name());
   for (const auto& counts : loads()) {
     for (const Widths& wd : k_widths) {
-      const int64_t e_num = static_cast<int64_t>(counts.size()), rows = total_of(counts);
-      INFO("experts " << e_num << " rows " << rows << " k " << wd.k << " n " << wd.n);
-      const uint64_t seed = seed_of(92, {e_num, rows, wd.k, wd.n});
-      Mirror offsets = offsets_of(counts);
-      Mirror x = random_mirror({rows, wd.k}, DType::bf16, seed);
-      Mirror dy = random_mirror({rows, wd.n}, DType::bf16, seed + 1);
-      // dw starts from random values: the kernel adds, and experts without rows keep them.
-      Mirror dw = random_mirror({e_num, wd.k, wd.n}, DType::f32, seed + 2);
-      ops::grouped_matmul_weight_grad(x.cpu, offsets.cpu, dy.cpu, dw.cpu);
-      ops::grouped_matmul_weight_grad(x.gpu, offsets.gpu, dy.gpu, dw.gpu);
-      require_match(dw, accum_tol(), "dw");
+      for (bool accumulate : {true, false}) {
+        const int64_t e_num = static_cast<int64_t>(counts.size()), rows = total_of(counts);
+        INFO("experts " << e_num << " rows " << rows << " k " << wd.k << " n " << wd.n << " accumulate " << accumulate);
+        const uint64_t seed = seed_of(92, {e_num, rows, wd.k, wd.n});
+        Mirror offsets = offsets_of(counts);
+        Mirror x = random_mirror({rows, wd.k}, DType::bf16, seed);
+        Mirror dy = random_mirror({rows, wd.n}, DType::bf16, seed + 1);
+        // Adding: dw starts from random values, and experts without rows keep them. Overwriting:
+        // dw starts poisoned, which no expert may read, and experts without rows get zeros.
+        Mirror dw = accumulate ? random_mirror({e_num, wd.k, wd.n}, DType::f32, seed + 2)
+                               : poisoned_pair({e_num, wd.k, wd.n}, DType::f32);
+        ops::grouped_matmul_weight_grad(x.cpu, offsets.cpu, dy.cpu, dw.cpu, accumulate);
+        ops::grouped_matmul_weight_grad(x.gpu, offsets.gpu, dy.gpu, dw.gpu, accumulate);
+        require_match(dw, accum_tol(), "dw");
+      }
     }
   }
   }

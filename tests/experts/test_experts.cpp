@@ -174,6 +174,38 @@ TEST_CASE("every registered implementation matches the loop reference, given cou
   test::require_close(g.dw_down, r.dw_down, 1e-12, 1e-12, "dw_down");
 }
 
+TEST_CASE("every implementation's weight gradients start from zero each step and add over backwards",
+          "[experts][registry][grads]") {
+  auto kind = GENERATE(range(size_t{0}, experts_kinds().size()));
+  const char* impl = experts_kinds()[kind].name;
+  INFO("experts_impl " << impl);
+  Tensor x = test::random_tensor({k_rows, k_d}, DType::f64, 56, Device::cpu(), -2.0, 2.0);
+  Tensor dy = test::random_tensor({k_rows, k_d}, DType::f64, 57);
+  const ExpertRows rows = ExpertRows::from_counts(k_counts);
+  auto fresh = build(impl, ops::Activation::swiglu);
+  const Run once = run(*fresh, x, dy, rows);
+  // Stale gradients from an earlier step (the grouped experts' weight GEMMs store over them
+  // instead of zeroing and adding): the step's gradients are the same.
+  auto stale = build(impl, ops::Activation::swiglu);
+  Tensor& flat = stale->store.flat_grads(ParamGroup::expert);
+  flat.copy_from(Tensor::from_vector(std::vector<double>(static_cast<size_t>(flat.numel()), 7.0), flat.shape(),
+                                     DType::f64));
+  const Run again = run(*stale, x, dy, rows);
+  test::require_close(again.dw_up, once.dw_up, 0, 0, "dw_up over stale values");
+  test::require_close(again.dw_down, once.dw_down, 0, 0, "dw_down over stale values");
+  // A second micro-batch of the same step adds to the first.
+  ExpertsSaved saved;
+  stale->experts->forward(x, rows, saved);
+  stale->experts->backward(saved, dy);
+  std::vector<double> twice_up = once.dw_up, twice_down = once.dw_down;
+  for (double& v : twice_up) v *= 2;
+  for (double& v : twice_down) v *= 2;
+  test::require_close(stale->store.grad(stale->store.find("experts.w_up")).to_vector<double>(), twice_up, 1e-14,
+                      1e-14, "dw_up of two backwards");
+  test::require_close(stale->store.grad(stale->store.find("experts.w_down")).to_vector<double>(), twice_down,
+                      1e-14, 1e-14, "dw_down of two backwards");
+}
+
 TEST_CASE("bad row splits and a backward without its forward have their messages", "[experts][loop][errors]") {
   auto b = build("loop", ops::Activation::gelu);
   Tensor x = test::random_tensor({k_rows, k_d}, DType::f64, 62);

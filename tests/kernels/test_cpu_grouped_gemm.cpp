@@ -2,6 +2,7 @@
 // triple loop per expert, with experts of 0, 1 and 7 rows, and the messages of bad inputs.
 #include <catch2/catch.hpp>
 
+#include <cmath>
 #include <vector>
 
 #include "src/ops/ops.h"
@@ -92,4 +93,24 @@ TEST_CASE("grouped matmul rejects bad offsets and shapes with their messages", "
   Tensor dy = test::random_tensor({5, 4}, DType::f64, 23);
   REQUIRE_THROWS_WITH(ops::grouped_matmul_weight_grad(x, offsets_of({2, 3}), dy, dw),
                       Contains("grouped_matmul_weight_grad dw"));
+}
+
+TEST_CASE("grouped matmul weight gradient overwrites dw unread when not accumulating", "[kernels][grouped]") {
+  const std::vector<int32_t> counts = {0, 1, 7, 3};
+  const int64_t e_num = 4, n = 11, k = 3, m = 5;
+  Tensor offsets = offsets_of(counts);
+  Tensor x = test::random_tensor({n, k}, DType::f64, 21), dy = test::random_tensor({n, m}, DType::f64, 22);
+  Tensor fresh = Tensor::zeros({e_num, k, m}, DType::f64);
+  ops::grouped_matmul_weight_grad(x, offsets, dy, fresh);
+  Tensor dw = Tensor::from_vector(std::vector<double>(static_cast<size_t>(e_num * k * m), std::nan("")),
+                                  {e_num, k, m}, DType::f64);
+  ops::grouped_matmul_weight_grad(x, offsets, dy, dw, false);
+  test::require_close(dw.to_vector<double>(), fresh.to_vector<double>(), 0, 0, "dw");
+  REQUIRE(dw.rows(0, 1).to_vector<double>() == std::vector<double>(static_cast<size_t>(k * m), 0.0));
+  // No rows at all: zeros written.
+  Tensor none = Tensor::from_vector(std::vector<double>(static_cast<size_t>(e_num * k * m), 3.0), {e_num, k, m},
+                                    DType::f64);
+  ops::grouped_matmul_weight_grad(Tensor::zeros({0, k}, DType::f64), offsets_of({0, 0, 0, 0}),
+                                  Tensor::zeros({0, m}, DType::f64), none, false);
+  REQUIRE(none.to_vector<double>() == std::vector<double>(static_cast<size_t>(e_num * k * m), 0.0));
 }

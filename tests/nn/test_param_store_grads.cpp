@@ -1,5 +1,6 @@
-// ZeRO-2/3 gradient sharding in the parameter store: the full gradient buffer is freed, a
-// module's gradients are served from the range attached for its backward, and misuse is refused.
+// Gradients in the parameter store: ZeRO-2/3 sharding (the full gradient buffer is freed, a
+// module's gradients are served from the range attached for its backward, misuse is refused) and
+// first-write gradients (not cleared by zero_grads; stored by their first writer, else zeroed on use).
 #include <catch2/catch.hpp>
 
 #include <vector>
@@ -71,4 +72,57 @@ TEST_CASE("sharding gradients is refused without sharded weights, twice, or with
                       Catch::Contains("attach_grads: expected 6 f64 values"));
   REQUIRE_THROWS_WITH(store.attach_grads(ParamGroup::dense, {8, 12}, Tensor::zeros({4}, DType::f64)),
                       Catch::Contains("attach_grads: range [8,12) is outside the dense group's 10 elements"));
+}
+
+namespace {
+
+std::vector<double> values_of(const Tensor& t) { return t.to_vector<double>(); }
+void fill(Tensor t, double v) {
+  t.copy_from(Tensor::from_vector(std::vector<double>(static_cast<size_t>(t.numel()), v), t.shape(), DType::f64));
+}
+
+}  // namespace
+
+TEST_CASE("first-write gradients are stored by their first writer and zeroed for any other use", "[nn][grads]") {
+  ParamStore store = small_store();
+  const ParamId a = store.find("a.w"), b = store.find("b.w"), e = store.find("e.w");
+  store.write_grad_first(b);
+  store.write_grad_first(e);
+  fill(store.flat_grads(ParamGroup::dense), 7.0);
+  fill(store.flat_grads(ParamGroup::expert), 7.0);
+  store.zero_grads();
+  // zero_grads cleared a.w only; b.w and e.w are left for their writers.
+  ParamStore::GradWrite first = store.grad_for_write(b);
+  REQUIRE_FALSE(first.accumulate);
+  REQUIRE(values_of(first.grad) == std::vector<double>(4, 7.0));  // not cleared: the writer stores
+  REQUIRE(values_of(store.grad(a)) == std::vector<double>(6, 0.0));
+  fill(first.grad, 2.0);
+  ParamStore::GradWrite second = store.grad_for_write(b);  // later writers of the step add
+  REQUIRE(second.accumulate);
+  REQUIRE(values_of(second.grad) == std::vector<double>(4, 2.0));
+  // e.w was never written: the flat buffer (what the optimizer reads) shows zeros, and its
+  // writer then adds to them.
+  REQUIRE(values_of(store.flat_grads(ParamGroup::expert)) == std::vector<double>(3, 0.0));
+  REQUIRE(store.grad_for_write(e).accumulate);
+  // grad(id) zeroes an unwritten gradient too, and so does grad_shard.
+  store.zero_grads();
+  REQUIRE(values_of(store.grad(b)) == std::vector<double>(4, 0.0));
+  REQUIRE(store.grad_for_write(b).accumulate);
+  fill(store.flat_grads(ParamGroup::expert), 5.0);
+  store.zero_grads();
+  REQUIRE(values_of(store.grad_shard(ParamGroup::expert)) == std::vector<double>(3, 0.0));
+}
+
+TEST_CASE("first-write gradients of a sharded group are zeroed by zero_grads as before", "[nn][grads][zero]") {
+  ParamStore store = small_store();
+  const ParamId b = store.find("b.w");
+  store.write_grad_first(b);
+  store.zero_grads();  // b.w unwritten, then the group's gradients are sharded
+  store.shard(ParamGroup::dense, {0, 10}, false);
+  store.shard_grads(ParamGroup::dense, {0, 10});
+  fill(store.grad_shard(ParamGroup::dense), 7.0);
+  store.zero_grads();
+  REQUIRE(values_of(store.grad_shard(ParamGroup::dense)) == std::vector<double>(10, 0.0));
+  store.attach_grads(ParamGroup::dense, {6, 10}, Tensor::zeros({4}, DType::f64));
+  REQUIRE(store.grad_for_write(b).accumulate);
 }
