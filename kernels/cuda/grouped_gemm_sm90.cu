@@ -91,63 +91,45 @@ __device__ bool find_work(const Args& args, bool per_expert_grid, Work& w) {
   return false;
 }
 
-// Gathered A rows: each loader lane copies the 16-byte chunk lane % 8 of rows lane / 8 + 4 j of a
-// box (8 lanes per 128-byte row), so a lane holds the source rows of kRows / 4 box rows. They are
-// read once per tile (forward: the tile's 128 rows) or per k-slice (weight gradient: 64 reduction
-// rows), all loads issued before any copy: the index reads' latency is paid once, not per row.
-template <int kRows>
-__device__ __forceinline__ void load_gather_rows(int32_t (&src)[kRows / 4], const Args& args, int64_t row0, int lane) {
-  const int64_t last = args.shape.rows - 1;
-#pragma unroll
-  for (int j = 0; j < kRows / 4; ++j) src[j] = __ldg(args.a_rows + min(row0 + lane / 8 + 4 * j, last));
-}
-
-// A [kRows][64] box of gathered rows into a 128-byte-swizzled stage box: box row i =
-// a_src[src row of i][col0, col0 + 64); index -1 and columns past k read as zeros (rows past an
-// expert's end are never stored, or zeroed before use). The swizzle is the bulk copies': the
+// A [box_rows][64] box of gathered rows into a 128-byte-swizzled stage box, by the 32 loader
+// lanes (8 lanes per 128-byte row): box row i = a_src[a_rows[row0 + i]][col0, col0 + 64), the
+// sorted row clamped to the last one (rows past an expert's end are never stored or are zeroed
+// before use), index -1 and columns past k read as zeros. The swizzle is the bulk copies': the
 // 16-byte chunk c of row i lands at chunk c ^ (i % 8).
-template <int kRows>
-__device__ __forceinline__ void gather_box(uint8_t* box, const Args& args, const int32_t (&src)[kRows / 4],
-                                           int64_t col0, int lane) {
-  const int64_t k = args.shape.k;
+__device__ __forceinline__ void gather_box(uint8_t* box, const Args& args, int64_t row0, int box_rows, int64_t col0,
+                                           int lane) {
+  const int64_t k = args.shape.k, last = args.shape.rows - 1;
   const int c = lane % 8;
   const int64_t col = col0 + c * 8;
-#pragma unroll
-  for (int j = 0; j < kRows / 4; ++j) {
-    const int i = lane / 8 + 4 * j;
-    const bool valid = src[j] >= 0 && src[j] < args.a_src_rows && col < k;
-    const __nv_bfloat16* from = valid ? args.a_src + static_cast<int64_t>(src[j]) * k + col : args.a_src;
+  for (int i = lane / 8; i < box_rows; i += 4) {
+    const int64_t src = args.a_rows[min(row0 + i, last)];
+    const bool valid = src >= 0 && src < args.a_src_rows && col < k;
+    const __nv_bfloat16* from = valid ? args.a_src + src * k + col : args.a_src;
     cp_async_16_zfill(box + i * 128 + ((c ^ (i % 8)) * 16), from, valid ? 16 : 0);
   }
 }
 
-// The gathered A of k-slice `it` into one stage (every loader lane), then one arrival per lane
-// once its copies land. tile_rows: the forward tile's source rows (unused by the weight gradient).
-template <Mode kMode>
-__device__ __forceinline__ void gather_stage(uint8_t* a, uint64_t* full, const int32_t (&tile_rows)[k_bm / 4],
-                                             const Work& w, const Args& args, int it, int lane) {
-  const int64_t k0 = static_cast<int64_t>(it) * k_bk;
-  if constexpr (kMode == Mode::weight_grad) {
-    int32_t rows[k_bk / 4];
-    load_gather_rows<k_bk>(rows, args, w.row_begin + k0, lane);
-    const int64_t m0 = static_cast<int64_t>(blockIdx.y) * k_bm;
-#pragma unroll
-    for (int h = 0; h < k_bm / k_box; ++h) gather_box<k_bk>(a + h * k_box_bytes, args, rows, m0 + h * k_box, lane);
-  } else {
-    gather_box<k_bm>(a, args, tile_rows, k0, lane);
-  }
-  cp_async_mbar_arrive_noinc(full);
-}
-
-// Issues the bulk copies of k-slice `it` into one stage (lane 0 of the loader warp): B, and A
-// unless the lanes gather it.
+// Issues the copies of k-slice `it` into one stage: the bulk copies from lane 0, A's gathered rows
+// (when args.a_rows is set) from every lane of the loader warp.
 template <Mode kMode, int kBN>
 __device__ __forceinline__ void load_stage(uint8_t* a, uint8_t* b, uint64_t* full, const CUtensorMap* map_a,
-                                           const CUtensorMap* map_b, const Work& w, const Args& args, int it) {
+                                           const CUtensorMap* map_b, const Work& w, const Args& args, int it,
+                                           int lane) {
   using T = Tile<kMode, kBN>;
   const kernels::GroupedGemmShape& s = args.shape;
   const int32_t k0 = it * k_bk, n0 = static_cast<int32_t>(blockIdx.x) * kBN;
   const bool gather = args.a_rows != nullptr;
+  if (gather) {
+    if constexpr (kMode == Mode::weight_grad) {
+      const int64_t m0 = static_cast<int64_t>(blockIdx.y) * k_bm;
+#pragma unroll
+      for (int h = 0; h < k_bm / k_box; ++h) gather_box(a + h * k_box_bytes, args, w.row_begin + k0, k_bk, m0 + h * k_box, lane);
+    } else {
+      gather_box(a, args, w.row_begin, k_bm, k0, lane);
+    }
+    cp_async_mbar_arrive_noinc(full);
+  }
+  if (lane != 0) return;
   mbar_arrive_expect_tx(full, gather ? T::b_bytes : T::stage_bytes);
   if constexpr (kMode == Mode::weight_grad) {
     const int32_t r = static_cast<int32_t>(w.row_begin) + k0, m0 = static_cast<int32_t>(blockIdx.y) * k_bm;
@@ -290,14 +272,11 @@ __global__ void __launch_bounds__(k_threads, Tile<kMode, kBN>::blocks_per_sm)
   if (threadIdx.x >= k_consumer_threads) {  // the loader warp: lane 0, or all lanes when gathering
     const int lane = static_cast<int>(threadIdx.x) - k_consumer_threads;
     if (lane == 0 || gather) {
-      int32_t tile_rows[k_bm / 4] = {};
-      if (kMode != Mode::weight_grad && gather) load_gather_rows<k_bm>(tile_rows, args, w.row_begin, lane);
       for (int it = 0; it < iters; ++it) {
         const int s = it % T::stages;
         mbar_wait(&empty[s], ((it / T::stages) & 1) ^ 1);
         uint8_t* a = smem + s * T::stage_bytes;
-        if (lane == 0) load_stage<kMode, kBN>(a, a + T::a_bytes, &full[s], &map_a, &map_b, w, args, it);
-        if (gather) gather_stage<kMode>(a, &full[s], tile_rows, w, args, it, lane);
+        load_stage<kMode, kBN>(a, a + T::a_bytes, &full[s], &map_a, &map_b, w, args, it, lane);
       }
       if (gather) asm volatile("cp.async.wait_all;" ::: "memory");  // no copy outlives its thread
     }
