@@ -59,13 +59,6 @@ ExpertWeights add_expert_weights(ParamStore& store, const std::string& prefix, c
   return w;
 }
 
-Tensor Experts::forward_gathered(const Tensor& x, const Tensor& row_tokens, const ExpertRows& rows,
-                                 ExpertsSaved& saved) const {
-  Tensor x_sorted = Tensor::empty({row_tokens.numel(), x.size(1)}, x.dtype(), x.device());
-  if (row_tokens.numel() > 0) ops::gather_rows(x, row_tokens, x_sorted);
-  return forward(x_sorted, rows, saved);
-}
-
 Tensor Experts::backward_weighted(const ExpertsSaved&, Tensor, const Tensor&, Tensor&) const {
   MOE_CHECK(false, "experts '", name(), "' do not apply the combine's weights in their backward");
   return {};

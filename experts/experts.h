@@ -61,11 +61,11 @@ struct ExpertsSaved {
   ExpertRows rows;  // as forward was given them
   std::shared_ptr<ExpertsState> state;
   // x_sorted as forward was given it, for an implementation that reads it in backward (grouped;
-  // undefined for the others).
+  // undefined for the others). A caller that can rebuild the rows may drop it after forward to
+  // free them, and then sets remake_input, which backward calls when it needs them (so that they
+  // exist only from then on).
   Tensor input;
-  // forward_gathered: the input was x[T,d] (kept in `input`) read through input_rows i32[N], the
-  // token of each sorted row; backward reads it the same way (no rows made again).
-  Tensor input_rows;
+  std::function<Tensor()> remake_input;
 
   // The state as the implementation `impl` saved it; throws when it is missing or another's.
   template <typename State>
@@ -85,13 +85,6 @@ class Experts {
   // x_sorted[N,d], rows over the local experts (L = num_local_experts(), summing to N)
   //   -> y_sorted[N,d], row i = the FFN of its expert applied to x_sorted row i
   virtual Tensor forward(const Tensor& x_sorted, const ExpertRows& rows, ExpertsSaved& saved) const = 0;
-  // Whether forward_gathered reads the rows in place (else it gathers them and calls forward).
-  virtual bool gathers_rows() const { return false; }
-  // The same forward over x_sorted = x[row_tokens[i]]: x[T,d], row_tokens i32[N] on x's device
-  // (-1 for padding rows past the experts' rows). An implementation that gathers_rows() reads x
-  // through row_tokens inside its GEMMs (the permutation fused into their loads), never making x_sorted.
-  virtual Tensor forward_gathered(const Tensor& x, const Tensor& row_tokens, const ExpertRows& rows,
-                                  ExpertsSaved& saved) const;
   // dy_sorted[N,d] -> dx_sorted[N,d]; accumulates into the expert weight gradients
   virtual Tensor backward(const ExpertsSaved& saved, const Tensor& dy_sorted) const = 0;
   // Whether backward_weighted is implemented.

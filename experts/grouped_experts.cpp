@@ -22,49 +22,37 @@ GroupedExperts::GroupedExperts(ParamStore& store, const std::string& prefix, con
 }
 
 Tensor GroupedExperts::forward(const Tensor& x_sorted, const ExpertRows& rows, ExpertsSaved& saved) const {
-  return run_forward(x_sorted, Tensor(), rows, saved);
-}
-
-Tensor GroupedExperts::forward_gathered(const Tensor& x, const Tensor& row_tokens, const ExpertRows& rows,
-                                        ExpertsSaved& saved) const {
-  MOE_CHECK(row_tokens.defined(), "experts (grouped): forward_gathered needs the rows' tokens");
-  return run_forward(x, row_tokens, rows, saved);
-}
-
-Tensor GroupedExperts::run_forward(const Tensor& x, const Tensor& x_rows, const ExpertRows& rows,
-                                   ExpertsSaved& saved) const {
   MOE_CHECK(rows.num_experts() == num_local_, "experts (grouped): ", rows.num_experts(), " expert row ranges for ",
             num_local_, " experts");
-  const int64_t n = x_rows.defined() ? x_rows.numel() : x.size(0);
   if (!rows.counts.empty()) {  // host counts are free to check; device offsets are trusted (checked on the CPU)
     const int64_t total = std::accumulate(rows.counts.begin(), rows.counts.end(), int64_t{0});
-    MOE_CHECK(total <= n, "expert counts sum to ", total, " but only ", n, " rows were given");
+    MOE_CHECK(total <= x_sorted.size(0), "expert counts sum to ", total, " but only ", x_sorted.size(0),
+              " rows were given");
   }
   auto state = std::make_shared<State>();
-  state->offsets = rows.device_offsets(x.device());
+  state->offsets = rows.device_offsets(x_sorted.device());
+  const int64_t n = x_sorted.size(0);
   const Tensor w_up = store_->param(w_.w_up), w_down = store_->param(w_.w_down);
-  state->h = Tensor::empty({n, ffn_up_width(act_, d_expert_)}, x.dtype(), x.device());
-  Tensor y_sorted = Tensor::empty({n, x.size(1)}, x.dtype(), x.device());
+  state->h = Tensor::empty({n, ffn_up_width(act_, d_expert_)}, x_sorted.dtype(), x_sorted.device());
+  Tensor y_sorted = empty_like(x_sorted);
   if (n > 0) {
     // The activation's output is not kept: backward recomputes it from h (one elementwise pass
     // instead of N x d_expert values held per layer until then).
-    Tensor a = Tensor::empty({n, d_expert_}, x.dtype(), x.device());
-    ops::grouped_matmul(x, state->offsets, w_up, false, state->h, x_rows);
+    Tensor a = Tensor::empty({n, d_expert_}, x_sorted.dtype(), x_sorted.device());
+    ops::grouped_matmul(x_sorted, state->offsets, w_up, false, state->h);
     ops::activation_forward(act_, state->h, a);
     ops::grouped_matmul(a, state->offsets, w_down, false, y_sorted);
   }
   saved.rows = rows;
   saved.state = std::move(state);
-  saved.input = x;
-  saved.input_rows = x_rows;
+  saved.input = x_sorted;
   return y_sorted;
 }
 
 Tensor GroupedExperts::input_of(const ExpertsSaved& saved) const {
   const State& s = saved.state_as<State>(name());
-  const Tensor& x = saved.input;
-  const int64_t n = saved.input_rows.defined() ? saved.input_rows.numel() : x.defined() ? x.size(0) : -1;
-  MOE_CHECK(x.defined() && n == s.h.size(0), "experts (grouped): backward needs forward's input rows (",
+  const Tensor x = saved.input.defined() || !saved.remake_input ? saved.input : saved.remake_input();
+  MOE_CHECK(x.defined() && x.size(0) == s.h.size(0), "experts (grouped): backward needs forward's input rows (",
             s.h.size(0), ") in ExpertsSaved::input");
   return x;
 }
@@ -72,17 +60,17 @@ Tensor GroupedExperts::input_of(const ExpertsSaved& saved) const {
 Tensor GroupedExperts::up_backward(const ExpertsSaved& saved, const Tensor& dh) const {
   const State& s = saved.state_as<State>(name());
   const Tensor x = input_of(saved);
-  Tensor dx_sorted = Tensor::empty({dh.size(0), x.size(1)}, x.dtype(), x.device());
+  Tensor dx_sorted = empty_like(x);
   ParamStore::GradWrite dw_up = store_->grad_for_write(w_.w_up);
   ops::grouped_matmul(dh, s.offsets, store_->param(w_.w_up), true, dx_sorted);  // dh @ w_up[e]^T
-  ops::grouped_matmul_weight_grad(x, s.offsets, dh, dw_up.grad, dw_up.accumulate, saved.input_rows);
+  ops::grouped_matmul_weight_grad(x, s.offsets, dh, dw_up.grad, dw_up.accumulate);
   return dx_sorted;
 }
 
 Tensor GroupedExperts::backward(const ExpertsSaved& saved, const Tensor& dy_sorted) const {
   const State& s = saved.state_as<State>(name());
   const int64_t n = s.h.size(0);
-  if (n == 0) return Tensor::empty({0, dy_sorted.size(1)}, dy_sorted.dtype(), dy_sorted.device());
+  if (n == 0) return empty_like(input_of(saved));
   ParamStore::GradWrite dw_down = store_->grad_for_write(w_.w_down);
   // da = dy @ w_down[e]^T; one pass then writes dh and the activation a over da (made again for
   // w_down's gradient).
@@ -100,7 +88,7 @@ Tensor GroupedExperts::backward_weighted(const ExpertsSaved& saved, Tensor dy_so
   const State& s = saved.state_as<State>(name());
   const int64_t n = s.h.size(0);
   drow_weights = Tensor::empty({n}, row_weights.dtype(), row_weights.device());
-  if (n == 0) return Tensor::empty({0, dy_sorted.size(1)}, dy_sorted.dtype(), dy_sorted.device());
+  if (n == 0) return empty_like(input_of(saved));
   ParamStore::GradWrite dw_down = store_->grad_for_write(w_.w_down);
   // g = dy @ w_down[e]^T, the gradient of the unweighted activation a; then <g, a> = <dy, a w_down>.
   // w * a overwrites g (the kernel reads each element before writing it); dy and w * a are freed

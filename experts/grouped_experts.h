@@ -18,10 +18,6 @@ class GroupedExperts final : public Experts {
   int64_t num_local_experts() const override { return num_local_; }
   // Uses ExpertRows::device_offsets (uploads host counts; never reads device offsets back).
   Tensor forward(const Tensor& x_sorted, const ExpertRows& rows, ExpertsSaved& saved) const override;
-  // Reads the rows through the index where the grouped matmuls can (ops::grouped_matmul's x_rows).
-  bool gathers_rows() const override { return true; }
-  Tensor forward_gathered(const Tensor& x, const Tensor& row_tokens, const ExpertRows& rows,
-                          ExpertsSaved& saved) const override;
   Tensor backward(const ExpertsSaved& saved, const Tensor& dy_sorted) const override;
   // The weights enter with the recomputed activation (ops::activation_backward_weighted): the
   // down projection's input gradient g = dy @ w_down^T gives <g, a> = <dy, y> for the weights,
@@ -31,10 +27,8 @@ class GroupedExperts final : public Experts {
                            Tensor& drow_weights) const override;
 
  private:
-  // forward over x, or over x read through x_rows (undefined: x is x_sorted).
-  Tensor run_forward(const Tensor& x, const Tensor& x_rows, const ExpertRows& rows, ExpertsSaved& saved) const;
-  // The input backward reads (ExpertsSaved::input, read through ExpertsSaved::input_rows when
-  // those are defined), checked against the saved state.
+  // The input rows backward reads (ExpertsSaved::input, or made again by remake_input), checked
+  // against the saved state.
   Tensor input_of(const ExpertsSaved& saved) const;
   // dh -> dx_sorted and w_up's gradient (both backwards end alike).
   Tensor up_backward(const ExpertsSaved& saved, const Tensor& dh) const;

@@ -163,20 +163,10 @@ Tensor MoeLayer::routed_forward(const Tensor& x, const RouteInputs& inputs, MoeL
   // The rows the experts may receive: the router's bound, or the capacity's (E * capacity).
   saved.dispatch.max_rows = std::min(router_->max_routed_slots(x.size(0)), max_kept);
   const bool overlap = config_.a2a_overlap;
-  // On one rank, experts that gather rows read x through the sort's row tokens inside their GEMMs:
-  // the expert-sorted copy of x is never made (the permutation fused into the GEMM's loads).
-  const bool in_place = dispatcher_->rows_are_local() && experts_->gathers_rows();
-  Tensor x_local, row_tokens;
-  if (in_place) {
-    row_tokens = dispatcher_->dispatch_in_place(x, saved.ids, saved.dispatch);
-    phase("dispatch_start");
-    if (overlap) meanwhile();
-  } else {
-    dispatcher_->dispatch_start(x, saved.ids, saved.dispatch);
-    phase("dispatch_start");
-    if (overlap) meanwhile();
-    x_local = dispatcher_->dispatch_finish(saved.dispatch);
-  }
+  dispatcher_->dispatch_start(x, saved.ids, saved.dispatch);
+  phase("dispatch_start");
+  if (overlap) meanwhile();
+  Tensor x_local = dispatcher_->dispatch_finish(saved.dispatch);
   phase("dispatch_finish");
   const DispatchSaved& d = saved.dispatch;
   // Load statistics are this rank's routed slots per expert (not what its experts received).
@@ -195,8 +185,13 @@ Tensor MoeLayer::routed_forward(const Tensor& x, const RouteInputs& inputs, MoeL
     }
   };
   const ExpertRows rows = d.offsets.defined() ? ExpertRows::from_offsets(d.offsets) : ExpertRows::from_counts(d.counts);
-  saved.y_sorted = in_place ? experts_->forward_gathered(x, row_tokens, rows, saved.experts)
-                            : experts_->forward(x_local, rows, saved.experts);
+  saved.y_sorted = experts_->forward(x_local, rows, saved.experts);
+  if (saved.experts.input.defined() && dispatcher_->rows_are_local()) {
+    // Made again in backward from x, which the router and the shared experts keep anyway (a hash
+    // router without shared experts: x [T,d] is kept for this alone, instead of [T*k,d]).
+    saved.experts.input = Tensor();
+    saved.routed_input = x;
+  }
   // The experts that apply the combine's weights in backward need no outputs kept for them.
   const bool weights_in_experts = dispatcher_->rows_are_local() && experts_->applies_row_weights();
   dispatcher_->combine_start(saved.dispatch, saved.y_sorted, saved.weights);
@@ -452,7 +447,10 @@ Tensor MoeLayer::routed_backward(const MoeLayerSaved& saved, const Tensor& dy, f
     dy_sorted = dispatcher_->combine_backward_finish(saved.dispatch);
   }
   phase("combine_backward_finish");
-  const ExpertsSaved& experts = saved.experts;
+  ExpertsSaved experts = saved.experts;
+  if (saved.routed_input.defined()) {
+    experts.remake_input = [&] { return dispatcher_->redispatch(saved.dispatch, saved.routed_input); };
+  }
   Tensor dx_sorted;
   if (weights_in_experts) {
     Tensor drow_weights;

@@ -102,6 +102,9 @@ struct MoeLayerSaved {
   Tensor ids, weights;  // after capacity dropping (what dispatch and combine used)
   DispatchSaved dispatch;
   ExpertsSaved experts;
+  // The routed part's input x[T,d] when the experts' input rows (experts.input) were dropped after
+  // forward: backward dispatches it again (a gather) instead of keeping [T*k, d] rows per layer.
+  Tensor routed_input;
   SharedExpertsSaved shared;
   // The experts' outputs, for the combine's backward (the weights' gradient); not kept when the
   // experts apply the weights in their backward (weights_in_experts: Experts::backward_weighted,

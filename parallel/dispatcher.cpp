@@ -28,8 +28,8 @@ void refuse_local_rows(const char* what) {
 
 }  // namespace
 
-Tensor Dispatcher::dispatch_in_place(const Tensor&, const Tensor&, DispatchSaved&) const {
-  refuse_local_rows("leave the rows in place for the experts to gather");
+Tensor Dispatcher::redispatch(const DispatchSaved&, const Tensor&) const {
+  refuse_local_rows("make the experts' input rows again");
   return {};
 }
 

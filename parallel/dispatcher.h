@@ -95,18 +95,15 @@ class Dispatcher {
   virtual Tensor combine_backward_finish(const DispatchSaved& saved) const { return take_pending(saved); }
 
   // Whether the experts' rows are this rank's expert-sorted rows, made without an exchange (one
-  // rank). Then the experts may read x through the sort instead of being given rows
-  // (dispatch_in_place), and the combine's
+  // rank). Then a backward may make them again instead of keeping them (redispatch: x[T,d], the
+  // tensor dispatch was given -> the rows dispatch returned, the same values), and the combine's
   // weights may be applied in the experts' backward instead (Experts::backward_weighted), which
   // keeps no expert outputs: combine_backward_unweighted gives dout[T,d] to the rows unweighted
   // (dy_local[N,d]) with each row's slot weight (row_weights[N], accum; rows no slot uses: zero),
   // and slot_weight_grads turns the experts' row gradients drow_weights[N] into dweights[T,k].
   // A dispatcher whose rows travel between ranks refuses these (its rows_are_local() is false).
   virtual bool rows_are_local() const { return false; }
-  // dispatch without moving any row: records in saved what dispatch does and returns row_tokens
-  // i32[N], the token of each row dispatch would return (-1 for padding rows), for experts that
-  // read x through it (Experts::forward_gathered: the permutation fused into their GEMMs' loads).
-  virtual Tensor dispatch_in_place(const Tensor& x, const Tensor& ids, DispatchSaved& saved) const;
+  virtual Tensor redispatch(const DispatchSaved& saved, const Tensor& x) const;
   virtual void combine_backward_unweighted(const DispatchSaved& saved, const Tensor& weights, const Tensor& dout,
                                            Tensor& dy_local, Tensor& row_weights) const;
   virtual Tensor slot_weight_grads(const DispatchSaved& saved, const Tensor& drow_weights) const;

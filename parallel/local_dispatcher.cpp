@@ -22,14 +22,6 @@ int64_t rows_of(const DispatchSaved& saved) {
 // (saved.max_rows bounds them), the unused ones zero padding past offsets[E], so nothing waits
 // for the counts.
 Tensor LocalDispatcher::dispatch(const Tensor& x, const Tensor& ids, DispatchSaved& saved) const {
-  const Tensor row_tokens = dispatch_in_place(x, ids, saved);
-  Tensor x_sorted = Tensor::empty({row_tokens.numel(), x.size(1)}, x.dtype(), x.device());
-  // An empty gather is skipped: the ops' checks read a zero-row tensor as having no columns.
-  if (row_tokens.numel() > 0) ops::gather_rows(x, row_tokens, x_sorted);
-  return x_sorted;
-}
-
-Tensor LocalDispatcher::dispatch_in_place(const Tensor& x, const Tensor& ids, DispatchSaved& saved) const {
   const int64_t slots = ids.numel();
   saved.num_tokens = x.size(0);
   saved.sorted_tokens = Tensor::empty({slots}, DType::i32, x.device());
@@ -38,7 +30,17 @@ Tensor LocalDispatcher::dispatch_in_place(const Tensor& x, const Tensor& ids, Di
   ops::moe_sort_by_expert(ids, num_experts_, saved.sorted_tokens, saved.slot_pos, saved.offsets);
   saved.counts.clear();
   saved.routed_counts.clear();
-  return saved.sorted_tokens.rows(0, rows_of(saved));
+  return redispatch(saved, x);
+}
+
+Tensor LocalDispatcher::redispatch(const DispatchSaved& saved, const Tensor& x) const {
+  MOE_CHECK(x.ndim() == 2 && x.size(0) == saved.num_tokens, "local dispatcher: redispatch of ", shape_str(x.shape()),
+            " rows, dispatch had ", saved.num_tokens, " tokens");
+  const int64_t rows = rows_of(saved);
+  Tensor x_sorted = Tensor::empty({rows, x.size(1)}, x.dtype(), x.device());
+  // An empty gather is skipped: the ops' checks read a zero-row tensor as having no columns.
+  if (rows > 0) ops::gather_rows(x, saved.sorted_tokens.rows(0, rows), x_sorted);
+  return x_sorted;
 }
 
 // dx[t] = the sum of its slots' rows, gathered in slot order (no atomics, fp32 sums).

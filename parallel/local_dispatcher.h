@@ -24,10 +24,9 @@ class LocalDispatcher : public Dispatcher {
   void combine_backward(const DispatchSaved& saved, const Tensor& y_sorted, const Tensor& weights, const Tensor& dout,
                         Tensor& dy_sorted, Tensor& dweights) const override;
 
-  // The rows are x's rows in sorted order. dispatch_in_place is the sort alone: row_tokens is
-  // saved.sorted_tokens over the rows dispatch would make.
+  // The rows are x's rows in sorted order: redispatch is dispatch's gather again, from the saved sort.
   bool rows_are_local() const override { return true; }
-  Tensor dispatch_in_place(const Tensor& x, const Tensor& ids, DispatchSaved& saved) const override;
+  Tensor redispatch(const DispatchSaved& saved, const Tensor& x) const override;
   void combine_backward_unweighted(const DispatchSaved& saved, const Tensor& weights, const Tensor& dout,
                                    Tensor& dy_sorted, Tensor& row_weights) const override;
   Tensor slot_weight_grads(const DispatchSaved& saved, const Tensor& drow_weights) const override;

@@ -2,9 +2,6 @@
 // rows, so it computes exactly what the per-expert loop does.
 #include "kernels/cpu/grouped_gemm.h"
 
-#include <algorithm>
-#include <vector>
-
 #include "kernels/cpu/gemm.h"
 #include "src/util/check.h"
 
@@ -23,55 +20,37 @@ void check_offsets(const int32_t* offsets, const kernels::GroupedGemmShape& s) {
             s.rows, " rows");
 }
 
-// Rows [begin, begin + count) of the sorted input: x's own rows, or gathered into `block`.
-template <typename T>
-const T* expert_rows(const T* x, CpuRowGather x_rows, int64_t begin, int64_t count, int64_t k, std::vector<T>& block) {
-  if (x_rows.index == nullptr) return x + begin * k;
-  block.assign(static_cast<size_t>(count * k), T(0));
-  for (int64_t r = 0; r < count; ++r) {
-    const int64_t src = x_rows.index[begin + r];
-    MOE_CHECK(src >= -1 && src < x_rows.src_rows, "grouped gemm: row index ", src, " at sorted row ", begin + r,
-              " is outside [-1, ", x_rows.src_rows, ")");
-    if (src >= 0) std::copy(x + src * k, x + (src + 1) * k, block.begin() + r * k);
-  }
-  return block.data();
-}
-
 }  // namespace
 
 template <typename T>
 void grouped_gemm(const T* x, const int32_t* offsets, const T* w, bool trans_w, T* y,
-                  const kernels::GroupedGemmShape& s, CpuRowGather x_rows) {
+                  const kernels::GroupedGemmShape& s) {
   check_offsets(offsets, s);
-  std::vector<T> block;
   for (int64_t e = 0; e < s.num_experts; ++e) {
     const int64_t begin = offsets[e], count = offsets[e + 1] - begin;
     if (count == 0) continue;
-    const T* xe = expert_rows(x, x_rows, begin, count, s.k, block);
-    gemm<T>(xe, false, w + e * s.k * s.n, trans_w, y + begin * s.n, count, s.n, s.k, T(1), T(0));
+    gemm<T>(x + begin * s.k, false, w + e * s.k * s.n, trans_w, y + begin * s.n, count, s.n, s.k, T(1), T(0));
   }
 }
 
 template <typename T>
 void grouped_gemm_weight_grad(const T* x, const int32_t* offsets, const T* dy, T* dw,
-                              const kernels::GroupedGemmShape& s, CpuRowGather x_rows) {
+                              const kernels::GroupedGemmShape& s) {
   check_offsets(offsets, s);
-  std::vector<T> block;
   for (int64_t e = 0; e < s.num_experts; ++e) {
     const int64_t begin = offsets[e], count = offsets[e + 1] - begin;
     if (count == 0) continue;
-    const T* xe = expert_rows(x, x_rows, begin, count, s.k, block);
-    gemm<T>(xe, true, dy + begin * s.n, false, dw + e * s.k * s.n, s.k, s.n, count, T(1), T(1));
+    gemm<T>(x + begin * s.k, true, dy + begin * s.n, false, dw + e * s.k * s.n, s.k, s.n, count, T(1), T(1));
   }
 }
 
 template void grouped_gemm<float>(const float*, const int32_t*, const float*, bool, float*,
-                                  const kernels::GroupedGemmShape&, CpuRowGather);
+                                  const kernels::GroupedGemmShape&);
 template void grouped_gemm<double>(const double*, const int32_t*, const double*, bool, double*,
-                                   const kernels::GroupedGemmShape&, CpuRowGather);
+                                   const kernels::GroupedGemmShape&);
 template void grouped_gemm_weight_grad<float>(const float*, const int32_t*, const float*, float*,
-                                              const kernels::GroupedGemmShape&, CpuRowGather);
+                                              const kernels::GroupedGemmShape&);
 template void grouped_gemm_weight_grad<double>(const double*, const int32_t*, const double*, double*,
-                                               const kernels::GroupedGemmShape&, CpuRowGather);
+                                               const kernels::GroupedGemmShape&);
 
 }  // namespace moe::cpu

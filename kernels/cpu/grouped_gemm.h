@@ -8,23 +8,16 @@
 
 namespace moe::cpu {
 
-// x's rows by index: sorted row i is row index[i] of x[src_rows, k] (-1: zeros); a null index
-// means x's rows are the sorted rows. Each expert's rows are gathered into a block of its own.
-struct CpuRowGather {
-  const int32_t* index = nullptr;
-  int64_t src_rows = 0;
-};
-
 // offsets i32[E+1] (host), x[rows,k], w[E,k,n] (or [E,n,k] when trans_w) -> y[rows,n]:
 // y rows of e = x rows of e @ op(w[e]). Throws when the offsets do not split [0, rows).
 template <typename T>
 void grouped_gemm(const T* x, const int32_t* offsets, const T* w, bool trans_w, T* y,
-                  const kernels::GroupedGemmShape& shape, CpuRowGather x_rows = {});
+                  const kernels::GroupedGemmShape& shape);
 
 // offsets i32[E+1] (host), x[rows,k], dy[rows,n] -> dw[E,k,n] += x_e^T @ dy_e; an expert with no
 // rows leaves its dw[e] unchanged.
 template <typename T>
 void grouped_gemm_weight_grad(const T* x, const int32_t* offsets, const T* dy, T* dw,
-                              const kernels::GroupedGemmShape& shape, CpuRowGather x_rows = {});
+                              const kernels::GroupedGemmShape& shape);
 
 }  // namespace moe::cpu

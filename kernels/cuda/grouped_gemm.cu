@@ -249,15 +249,11 @@ void set_grouped_gemm_kernel(GroupedGemmKernel kernel) {
 
 const char* grouped_gemm_kernel_name() { return use_wgmma() ? "wgmma" : "mma_sync"; }
 
-bool grouped_gemm_gathers() { return use_wgmma(); }
-
 void grouped_gemm_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __nv_bfloat16* w, bool trans_w,
-                       __nv_bfloat16* y, const kernels::GroupedGemmShape& s, cudaStream_t stream,
-                       RowGather x_rows) {
+                       __nv_bfloat16* y, const kernels::GroupedGemmShape& s, cudaStream_t stream) {
   check_grouped_shape(s, x, w, y);
-  MOE_CHECK(x_rows.index == nullptr || use_wgmma(), "grouped gemm on CUDA: the mma_sync kernel reads sorted rows only");
   if (s.rows == 0 || s.n == 0) return;
-  if (use_wgmma() && s.k > 0) return sm90::grouped_gemm_bf16(x, offsets, w, trans_w, y, s, stream, x_rows);
+  if (use_wgmma() && s.k > 0) return sm90::grouped_gemm_bf16(x, offsets, w, trans_w, y, s, stream);
   const int64_t row_tiles = ceil_div(s.rows, k_bm) + s.num_experts;
   MOE_CHECK(row_tiles <= 65535, "grouped gemm on CUDA: ", s.rows, " rows over ", s.num_experts,
             " experts need more than 65535 row tiles");
@@ -275,15 +271,14 @@ void grouped_gemm_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __n
 
 void grouped_gemm_weight_grad_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __nv_bfloat16* dy,
                                    float* dw, const kernels::GroupedGemmShape& s, bool accumulate,
-                                   cudaStream_t stream, RowGather x_rows) {
+                                   cudaStream_t stream) {
   check_grouped_shape(s, x, dy, dw);
-  MOE_CHECK(x_rows.index == nullptr || use_wgmma(), "grouped gemm on CUDA: the mma_sync kernel reads sorted rows only");
   if (s.k == 0 || s.n == 0) return;
   if (s.rows == 0) {
     if (!accumulate) CUDA_CHECK(cudaMemsetAsync(dw, 0, static_cast<size_t>(s.num_experts * s.k * s.n) * 4, stream));
     return;
   }
-  if (use_wgmma()) return sm90::grouped_gemm_weight_grad_bf16(x, offsets, dy, dw, s, accumulate, stream, x_rows);
+  if (use_wgmma()) return sm90::grouped_gemm_weight_grad_bf16(x, offsets, dy, dw, s, accumulate, stream);
   MOE_CHECK(ceil_div(s.k, k_bm) <= 65535 && s.num_experts <= 65535, "grouped gemm on CUDA: too many tiles");
   const dim3 grid(static_cast<unsigned>(ceil_div(s.n, k_bn)), static_cast<unsigned>(ceil_div(s.k, k_bm)),
                   static_cast<unsigned>(s.num_experts));

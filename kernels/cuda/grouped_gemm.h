@@ -20,27 +20,16 @@ void set_grouped_gemm_kernel(GroupedGemmKernel kernel);
 // The kernel the next call runs: "wgmma" or "mma_sync".
 const char* grouped_gemm_kernel_name();
 
-// The x operand read through a row index (the MoE permutation fused into the GEMM's loads):
-// sorted row i is row index[i] of x[src_rows, k], index i32[rows] on the device (-1: a row of
-// zeros). A null index: x's rows are the sorted rows. Only the wgmma kernel reads gathered rows
-// (grouped_gemm_gathers()); the caller gathers them itself for the other.
-struct RowGather {
-  const int32_t* index = nullptr;
-  int64_t src_rows = 0;
-};
-bool grouped_gemm_gathers();
-
 // offsets i32[E+1] (device), x[rows,k], w[E,k,n] (or [E,n,k] when trans_w) -> y[rows,n] bf16:
 // y rows of e = x rows of e @ op(w[e]). k and n multiples of 8, pointers 16-byte aligned.
 void grouped_gemm_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __nv_bfloat16* w, bool trans_w,
-                       __nv_bfloat16* y, const kernels::GroupedGemmShape& shape, cudaStream_t stream,
-                       RowGather x_rows = {});
+                       __nv_bfloat16* y, const kernels::GroupedGemmShape& shape, cudaStream_t stream);
 
 // offsets i32[E+1] (device), x[rows,k], dy[rows,n] -> dw[E,k,n] f32 += x_e^T @ dy_e (an expert
 // with no rows leaves dw[e] unchanged); with accumulate false dw[e] = x_e^T @ dy_e (zeros for an
 // expert with no rows), dw's old values never read. k and n multiples of 8, pointers 16-byte aligned.
 void grouped_gemm_weight_grad_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __nv_bfloat16* dy,
                                    float* dw, const kernels::GroupedGemmShape& shape, bool accumulate,
-                                   cudaStream_t stream, RowGather x_rows = {});
+                                   cudaStream_t stream);
 
 }  // namespace moe::cuda

@@ -1,6 +1,5 @@
 // The Hopper grouped GEMM: 128 x BN output tiles, one warp loading 64-deep k-slices with bulk
-// tensor copies into a ring of shared-memory stages (128-byte swizzle; an A operand gathered by
-// row index comes in with cp.async from the whole warp instead, swizzled by hand), two warpgroups each
+// tensor copies into a ring of shared-memory stages (128-byte swizzle), two warpgroups each
 // multiplying 64 rows with wgmma from shared memory, fp32 accumulators, epilogue staged through
 // shared memory into 16-byte stores. Row tiles are scheduled over (expert, row tile, column tile)
 // from the device offsets, so experts with few rows cost few tiles and the host never waits.
@@ -51,15 +50,7 @@ struct Args {
   kernels::GroupedGemmShape shape;
   void* out;  // bf16 y[rows,n] or f32 dw[E,k,n]
   bool accumulate;  // weight gradient: add to dw (else store, zeros for an expert with no rows)
-  // A gathered (a_rows set): sorted row i of A is row a_rows[i] of a_src[a_src_rows, k] (-1: zeros).
-  const __nv_bfloat16* a_src = nullptr;
-  const int32_t* a_rows = nullptr;
-  int64_t a_src_rows = 0;
 };
-
-// The full barrier's arrivals per stage: the bulk copies' one, plus one per loader lane when the
-// lanes gather A with cp.async.
-constexpr uint32_t k_gather_arrivals = 32;
 
 // The block's expert and its reduction or output rows; false when the block has nothing to do.
 struct Work {
@@ -91,56 +82,22 @@ __device__ bool find_work(const Args& args, bool per_expert_grid, Work& w) {
   return false;
 }
 
-// A [box_rows][64] box of gathered rows into a 128-byte-swizzled stage box, by the 32 loader
-// lanes (8 lanes per 128-byte row): box row i = a_src[a_rows[row0 + i]][col0, col0 + 64), the
-// sorted row clamped to the last one (rows past an expert's end are never stored or are zeroed
-// before use), index -1 and columns past k read as zeros. The swizzle is the bulk copies': the
-// 16-byte chunk c of row i lands at chunk c ^ (i % 8).
-__device__ __forceinline__ void gather_box(uint8_t* box, const Args& args, int64_t row0, int box_rows, int64_t col0,
-                                           int lane) {
-  const int64_t k = args.shape.k, last = args.shape.rows - 1;
-  const int c = lane % 8;
-  const int64_t col = col0 + c * 8;
-  for (int i = lane / 8; i < box_rows; i += 4) {
-    const int64_t src = args.a_rows[min(row0 + i, last)];
-    const bool valid = src >= 0 && src < args.a_src_rows && col < k;
-    const __nv_bfloat16* from = valid ? args.a_src + src * k + col : args.a_src;
-    cp_async_16_zfill(box + i * 128 + ((c ^ (i % 8)) * 16), from, valid ? 16 : 0);
-  }
-}
-
-// Issues the copies of k-slice `it` into one stage: the bulk copies from lane 0, A's gathered rows
-// (when args.a_rows is set) from every lane of the loader warp.
+// Issues the bulk copies of k-slice `it` into one stage (producer thread only).
 template <Mode kMode, int kBN>
 __device__ __forceinline__ void load_stage(uint8_t* a, uint8_t* b, uint64_t* full, const CUtensorMap* map_a,
-                                           const CUtensorMap* map_b, const Work& w, const Args& args, int it,
-                                           int lane) {
+                                           const CUtensorMap* map_b, const Work& w, const Args& args, int it) {
   using T = Tile<kMode, kBN>;
   const kernels::GroupedGemmShape& s = args.shape;
   const int32_t k0 = it * k_bk, n0 = static_cast<int32_t>(blockIdx.x) * kBN;
-  const bool gather = args.a_rows != nullptr;
-  if (gather) {
-    if constexpr (kMode == Mode::weight_grad) {
-      const int64_t m0 = static_cast<int64_t>(blockIdx.y) * k_bm;
-#pragma unroll
-      for (int h = 0; h < k_bm / k_box; ++h) gather_box(a + h * k_box_bytes, args, w.row_begin + k0, k_bk, m0 + h * k_box, lane);
-    } else {
-      gather_box(a, args, w.row_begin, k_bm, k0, lane);
-    }
-    cp_async_mbar_arrive_noinc(full);
-  }
-  if (lane != 0) return;
-  mbar_arrive_expect_tx(full, gather ? T::b_bytes : T::stage_bytes);
+  mbar_arrive_expect_tx(full, T::stage_bytes);
   if constexpr (kMode == Mode::weight_grad) {
     const int32_t r = static_cast<int32_t>(w.row_begin) + k0, m0 = static_cast<int32_t>(blockIdx.y) * k_bm;
-    if (!gather) {
 #pragma unroll
-      for (int h = 0; h < k_bm / k_box; ++h) tma_load_2d(a + h * k_box_bytes, map_a, full, m0 + h * k_box, r);
-    }
+    for (int h = 0; h < k_bm / k_box; ++h) tma_load_2d(a + h * k_box_bytes, map_a, full, m0 + h * k_box, r);
 #pragma unroll
     for (int h = 0; h < kBN / k_box; ++h) tma_load_2d(b + h * k_box_bytes, map_b, full, n0 + h * k_box, r);
   } else {
-    if (!gather) tma_load_2d(a, map_a, full, k0, static_cast<int32_t>(w.row_begin));
+    tma_load_2d(a, map_a, full, k0, static_cast<int32_t>(w.row_begin));
     if constexpr (T::b_mn) {  // w[e] is [k, n]: boxes of 64 columns, rows e*k + k0...
       const int32_t r = static_cast<int32_t>(w.expert * s.k) + k0;
 #pragma unroll
@@ -258,7 +215,7 @@ __global__ void __launch_bounds__(k_threads, Tile<kMode, kBN>::blocks_per_sm)
     if (!find_work(args, kMode == Mode::weight_grad, w)) w.expert = -1;
     *shared_work = w;
     for (int s = 0; s < T::stages; ++s) {
-      mbar_init(&full[s], args.a_rows != nullptr ? 1 + k_gather_arrivals : 1);
+      mbar_init(&full[s], 1);
       mbar_init(&empty[s], 2);  // one arrival per consumer warpgroup
     }
     fence_barrier_init();
@@ -268,17 +225,14 @@ __global__ void __launch_bounds__(k_threads, Tile<kMode, kBN>::blocks_per_sm)
   if (w.expert < 0) return;
   const int iters = kMode == Mode::weight_grad ? static_cast<int>((w.row_end - w.row_begin + k_bk - 1) / k_bk)
                                                : static_cast<int>((args.shape.k + k_bk - 1) / k_bk);
-  const bool gather = args.a_rows != nullptr;
-  if (threadIdx.x >= k_consumer_threads) {  // the loader warp: lane 0, or all lanes when gathering
-    const int lane = static_cast<int>(threadIdx.x) - k_consumer_threads;
-    if (lane == 0 || gather) {
+  if (threadIdx.x >= k_consumer_threads) {  // the loader warp
+    if (threadIdx.x == k_consumer_threads) {
       for (int it = 0; it < iters; ++it) {
         const int s = it % T::stages;
         mbar_wait(&empty[s], ((it / T::stages) & 1) ^ 1);
         uint8_t* a = smem + s * T::stage_bytes;
-        load_stage<kMode, kBN>(a, a + T::a_bytes, &full[s], &map_a, &map_b, w, args, it, lane);
+        load_stage<kMode, kBN>(a, a + T::a_bytes, &full[s], &map_a, &map_b, w, args, it);
       }
-      if (gather) asm volatile("cp.async.wait_all;" ::: "memory");  // no copy outlives its thread
     }
     return;
   }
@@ -289,7 +243,6 @@ __global__ void __launch_bounds__(k_threads, Tile<kMode, kBN>::blocks_per_sm)
   for (int it = 0; it < iters; ++it) {
     const int s = it % T::stages;
     mbar_wait(&full[s], (it / T::stages) & 1);
-    if (gather) fence_proxy_async();  // the cp.async rows (generic proxy) before wgmma reads them
     uint8_t* a = smem + s * T::stage_bytes;
     if constexpr (kMode == Mode::weight_grad) {
       const int64_t valid = w.row_end - w.row_begin - static_cast<int64_t>(it) * k_bk;
@@ -378,14 +331,12 @@ bool grouped_gemm_available() {
 }
 
 void grouped_gemm_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __nv_bfloat16* w, bool trans_w,
-                       __nv_bfloat16* y, const kernels::GroupedGemmShape& s, cudaStream_t stream,
-                       RowGather x_rows) {
-  const Args args{offsets, s, y, false, x, x_rows.index, x_rows.src_rows};
+                       __nv_bfloat16* y, const kernels::GroupedGemmShape& s, cudaStream_t stream) {
+  const Args args{offsets, s, y, false};
   const bool wide = wide_columns(s.n);
   const int bn = wide ? 256 : 128;
   const dim3 grid(static_cast<unsigned>(ceil_div(s.n, bn)), static_cast<unsigned>(ceil_div(s.rows, k_bm) + s.num_experts));
-  // Gathered rows do not use the map (it is made over the source rows, valid either way).
-  const CUtensorMap map_x = tensor_map(x, s.k, x_rows.index ? x_rows.src_rows : s.rows, k_bm);
+  const CUtensorMap map_x = tensor_map(x, s.k, s.rows, k_bm);
   if (trans_w) {
     const CUtensorMap map_w = tensor_map(w, s.k, s.num_experts * s.n, bn);
     if (wide) {
@@ -405,9 +356,9 @@ void grouped_gemm_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __n
 
 void grouped_gemm_weight_grad_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __nv_bfloat16* dy,
                                    float* dw, const kernels::GroupedGemmShape& s, bool accumulate,
-                                   cudaStream_t stream, RowGather x_rows) {
-  const Args args{offsets, s, dw, accumulate, x, x_rows.index, x_rows.src_rows};
-  const CUtensorMap map_x = tensor_map(x, s.k, x_rows.index ? x_rows.src_rows : s.rows, k_bk), map_dy = tensor_map(dy, s.n, s.rows, k_bk);
+                                   cudaStream_t stream) {
+  const Args args{offsets, s, dw, accumulate};
+  const CUtensorMap map_x = tensor_map(x, s.k, s.rows, k_bk), map_dy = tensor_map(dy, s.n, s.rows, k_bk);
   const dim3 grid128(static_cast<unsigned>(ceil_div(s.n, 128)), static_cast<unsigned>(ceil_div(s.k, k_bm)),
                      static_cast<unsigned>(s.num_experts));
   launch<Mode::weight_grad, 128>(map_x, map_dy, args, grid128, stream);

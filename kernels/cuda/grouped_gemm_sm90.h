@@ -7,7 +7,6 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
-#include "kernels/cuda/grouped_gemm.h"
 #include "kernels/params.h"
 
 namespace moe::cuda::sm90 {
@@ -17,13 +16,12 @@ bool grouped_gemm_available();
 
 // offsets i32[E+1] (device), x[rows,k], w[E,k,n] (or [E,n,k] when trans_w) -> y[rows,n] bf16.
 void grouped_gemm_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __nv_bfloat16* w, bool trans_w,
-                       __nv_bfloat16* y, const kernels::GroupedGemmShape& shape, cudaStream_t stream,
-                       RowGather x_rows);
+                       __nv_bfloat16* y, const kernels::GroupedGemmShape& shape, cudaStream_t stream);
 
 // offsets i32[E+1] (device), x[rows,k], dy[rows,n] -> dw[E,k,n] f32 += x_e^T @ dy_e
 // (accumulate false: dw[e] = x_e^T @ dy_e, zeros for an expert with no rows).
 void grouped_gemm_weight_grad_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __nv_bfloat16* dy,
                                    float* dw, const kernels::GroupedGemmShape& shape, bool accumulate,
-                                   cudaStream_t stream, RowGather x_rows);
+                                   cudaStream_t stream);
 
 }  // namespace moe::cuda::sm90

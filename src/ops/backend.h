@@ -21,13 +21,9 @@ class Backend {
   virtual ~Backend() = default;
   virtual void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha,
                       float beta) = 0;
-  // x_rows (defined only where grouped_matmul_gathers()): x's sorted rows are x[x_rows[i]].
-  virtual void grouped_matmul(const Tensor& x, const Tensor& offsets, const Tensor& w, bool trans_w, Tensor& y,
-                              const Tensor& x_rows) = 0;
+  virtual void grouped_matmul(const Tensor& x, const Tensor& offsets, const Tensor& w, bool trans_w, Tensor& y) = 0;
   virtual void grouped_matmul_weight_grad(const Tensor& x, const Tensor& offsets, const Tensor& dy, Tensor& dw,
-                                          bool accumulate, const Tensor& x_rows) = 0;
-  // Whether the grouped matmuls read x through a row index inside the GEMM (else ops gathers first).
-  virtual bool grouped_matmul_gathers() const { return false; }
+                                          bool accumulate) = 0;
   virtual void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out, VocabShard shard) = 0;
   virtual void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable, VocabShard shard) = 0;
   // doc_starts: checked by ops.cpp, or undefined (so for rope and attention).

@@ -54,10 +54,6 @@ T* ptr(const Tensor& t) {
 }
 
 const int32_t* index_ptr(const Tensor& t) { return t.data_as<int32_t>(); }
-// x read through x_rows by the reference grouped GEMM (no index: x's rows are the sorted rows).
-cpu::CpuRowGather row_gather(const Tensor& x, const Tensor& x_rows) {
-  return x_rows.defined() ? cpu::CpuRowGather{index_ptr(x_rows), x.size(0)} : cpu::CpuRowGather{};
-}
 
 // An optional tensor as a pointer: nullptr when undefined.
 template <typename T>
@@ -103,25 +99,21 @@ class CpuBackend final : public Backend {
     });
   }
 
-  bool grouped_matmul_gathers() const override { return true; }
-
-  void grouped_matmul(const Tensor& x, const Tensor& offsets, const Tensor& w, bool trans_w, Tensor& y,
-                      const Tensor& x_rows) override {
-    const kernels::GroupedGemmShape shape{offsets.size(0) - 1, y.size(0), x.size(1), y.size(1)};
+  void grouped_matmul(const Tensor& x, const Tensor& offsets, const Tensor& w, bool trans_w, Tensor& y) override {
+    const kernels::GroupedGemmShape shape{offsets.size(0) - 1, x.size(0), x.size(1), y.size(1)};
     dispatch_float(x.dtype(), "grouped_matmul", [&](auto tag) {
       using T = decltype(tag);
-      cpu::grouped_gemm<T>(ptr<T>(x), index_ptr(offsets), ptr<T>(w), trans_w, ptr<T>(y), shape, row_gather(x, x_rows));
+      cpu::grouped_gemm<T>(ptr<T>(x), index_ptr(offsets), ptr<T>(w), trans_w, ptr<T>(y), shape);
     });
   }
 
   void grouped_matmul_weight_grad(const Tensor& x, const Tensor& offsets, const Tensor& dy, Tensor& dw,
-                                  bool accumulate, const Tensor& x_rows) override {
+                                  bool accumulate) override {
     if (!accumulate) dw.zero_();  // the reference adds into zeros
-    const kernels::GroupedGemmShape shape{offsets.size(0) - 1, dy.size(0), x.size(1), dy.size(1)};
+    const kernels::GroupedGemmShape shape{offsets.size(0) - 1, x.size(0), x.size(1), dy.size(1)};
     dispatch_float(x.dtype(), "grouped_matmul_weight_grad", [&](auto tag) {
       using T = decltype(tag);
-      cpu::grouped_gemm_weight_grad<T>(ptr<T>(x), index_ptr(offsets), ptr<T>(dy), ptr<T>(dw), shape,
-                                       row_gather(x, x_rows));
+      cpu::grouped_gemm_weight_grad<T>(ptr<T>(x), index_ptr(offsets), ptr<T>(dy), ptr<T>(dw), shape);
     });
   }
 

@@ -64,10 +64,6 @@ const float* optional_f32(const Tensor& t, const char* what) {
 // An optional bf16 tensor (ops.cpp checked its shape, dtype and device) as a pointer: nullptr when undefined.
 const bf16* optional_bf16(const Tensor& t) { return t.defined() ? bf(t) : nullptr; }
 const int32_t* optional_i32(const Tensor& t) { return t.defined() ? i32(t) : nullptr; }
-// x read through x_rows inside the grouped GEMM (no index: x's rows are the sorted rows).
-cuda::RowGather row_gather(const Tensor& x, const Tensor& x_rows) {
-  return x_rows.defined() ? cuda::RowGather{i32(x_rows), x.size(0)} : cuda::RowGather{};
-}
 
 cuda::KvCacheShape cuda_cache_shape(const Tensor& cache) {
   return {cache.size(0), cache.size(1), cache.size(2), cache.size(3)};
@@ -88,21 +84,17 @@ class CudaBackend : public Backend {
     cuda::gemm_bf16(bf(a), bf(b), c.data(), float_type(c, "matmul c"), shape, alpha, beta, stream);
   }
 
-  bool grouped_matmul_gathers() const override { return cuda::grouped_gemm_gathers(); }
-
-  void grouped_matmul(const Tensor& x, const Tensor& offsets, const Tensor& w, bool trans_w, Tensor& y,
-                      const Tensor& x_rows) override {
+  void grouped_matmul(const Tensor& x, const Tensor& offsets, const Tensor& w, bool trans_w, Tensor& y) override {
     cudaStream_t stream = on_device(x, offsets, w, y);
-    const kernels::GroupedGemmShape shape{offsets.size(0) - 1, y.size(0), x.size(1), y.size(1)};
-    cuda::grouped_gemm_bf16(bf(x), i32(offsets), bf(w), trans_w, bf_mut(y), shape, stream, row_gather(x, x_rows));
+    const kernels::GroupedGemmShape shape{offsets.size(0) - 1, x.size(0), x.size(1), y.size(1)};
+    cuda::grouped_gemm_bf16(bf(x), i32(offsets), bf(w), trans_w, bf_mut(y), shape, stream);
   }
 
   void grouped_matmul_weight_grad(const Tensor& x, const Tensor& offsets, const Tensor& dy, Tensor& dw,
-                                  bool accumulate, const Tensor& x_rows) override {
+                                  bool accumulate) override {
     cudaStream_t stream = on_device(x, offsets, dy, dw);
-    const kernels::GroupedGemmShape shape{offsets.size(0) - 1, dy.size(0), x.size(1), dy.size(1)};
-    cuda::grouped_gemm_weight_grad_bf16(bf(x), i32(offsets), bf(dy), f32_mut(dw), shape, accumulate, stream,
-                                        row_gather(x, x_rows));
+    const kernels::GroupedGemmShape shape{offsets.size(0) - 1, x.size(0), x.size(1), dy.size(1)};
+    cuda::grouped_gemm_weight_grad_bf16(bf(x), i32(offsets), bf(dy), f32_mut(dw), shape, accumulate, stream);
   }
 
   void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out, VocabShard shard) override {

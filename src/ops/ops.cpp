@@ -108,17 +108,6 @@ int64_t check_offsets(const Tensor& offsets, const Tensor& x, const char* op) {
   return offsets.size(0) - 1;
 }
 
-// x read through x_rows: the sorted rows gathered here where the backend cannot read them inside
-// the GEMM, else undefined (the backend reads x through x_rows).
-Tensor gathered_unless_fused(const Tensor& x, const Tensor& x_rows, const char* op) {
-  check_index(x_rows, {x_rows.numel()}, x, op);
-  MOE_CHECK(x.ndim() == 2, op, ": x[R,K] read through x_rows, got x", shape_str(x.shape()));
-  if (backend_for(x).grouped_matmul_gathers()) return {};
-  Tensor sorted = Tensor::empty({x_rows.numel(), x.size(1)}, x.dtype(), x.device());
-  if (x_rows.numel() > 0) gather_rows(x, x_rows, sorted);
-  return sorted;
-}
-
 // Tensor-core tiles move 16-byte chunks: the widths of the GPU grouped GEMM are multiples of 8.
 void check_grouped_widths(const Tensor& x, int64_t k, int64_t m, const char* op) {
   if (!x.is_cuda()) return;
@@ -127,13 +116,7 @@ void check_grouped_widths(const Tensor& x, int64_t k, int64_t m, const char* op)
 
 }  // namespace
 
-void grouped_matmul(const Tensor& x, const Tensor& offsets, const Tensor& w, bool trans_w, Tensor& y,
-                    const Tensor& x_rows) {
-  if (x_rows.defined()) {
-    const Tensor sorted = gathered_unless_fused(x, x_rows, "grouped_matmul x_rows");
-    if (sorted.defined()) return grouped_matmul(sorted, offsets, w, trans_w, y);
-  }
-  const int64_t rows = x_rows.defined() ? x_rows.numel() : x.size(0);
+void grouped_matmul(const Tensor& x, const Tensor& offsets, const Tensor& w, bool trans_w, Tensor& y) {
   check_compute(x, "grouped_matmul x");
   const int64_t num_experts = check_offsets(offsets, x, "grouped_matmul");
   check_dtype(w, x.dtype(), "grouped_matmul w");
@@ -143,37 +126,32 @@ void grouped_matmul(const Tensor& x, const Tensor& offsets, const Tensor& w, boo
   const int64_t k = trans_w ? w.size(2) : w.size(1), m = trans_w ? w.size(1) : w.size(2);
   MOE_CHECK(x.size(1) == k, "grouped_matmul: x", shape_str(x.shape()), " does not match w", shape_str(w.shape()),
             trans_w ? " (transposed)" : "");
-  check_shape(y, {rows, m}, "grouped_matmul y");
+  check_shape(y, {x.size(0), m}, "grouped_matmul y");
   check_dtype(y, x.dtype(), "grouped_matmul y");
   check_same_device(y, x, "grouped_matmul y");
   check_grouped_widths(x, k, m, "grouped_matmul");
-  if (rows == 0 || m == 0) return;
-  run_on(x, OpKind::gemm)->grouped_matmul(x, offsets, w, trans_w, y, x_rows);
+  if (x.size(0) == 0 || m == 0) return;
+  run_on(x, OpKind::gemm)->grouped_matmul(x, offsets, w, trans_w, y);
 }
 
 void grouped_matmul_weight_grad(const Tensor& x, const Tensor& offsets, const Tensor& dy, Tensor& dw,
-                                bool accumulate, const Tensor& x_rows) {
-  if (x_rows.defined()) {
-    const Tensor sorted = gathered_unless_fused(x, x_rows, "grouped_matmul_weight_grad x_rows");
-    if (sorted.defined()) return grouped_matmul_weight_grad(sorted, offsets, dy, dw, accumulate);
-  }
-  const int64_t rows = x_rows.defined() ? x_rows.numel() : x.size(0);
+                                bool accumulate) {
   check_compute(x, "grouped_matmul_weight_grad x");
   const int64_t num_experts = check_offsets(offsets, x, "grouped_matmul_weight_grad");
   check_dtype(dy, x.dtype(), "grouped_matmul_weight_grad dy");
   check_same_device(dy, x, "grouped_matmul_weight_grad dy");
   check_accum(dw, x, "grouped_matmul_weight_grad dw");
-  MOE_CHECK(x.ndim() == 2 && dy.ndim() == 2 && rows == dy.size(0),
+  MOE_CHECK(x.ndim() == 2 && dy.ndim() == 2 && x.size(0) == dy.size(0),
             "grouped_matmul_weight_grad: x[N,K] and dy[N,M], got x", shape_str(x.shape()), " dy",
             shape_str(dy.shape()));
   check_shape(dw, {num_experts, x.size(1), dy.size(1)}, "grouped_matmul_weight_grad dw");
   check_grouped_widths(x, x.size(1), dy.size(1), "grouped_matmul_weight_grad");
   if (x.size(1) == 0 || dy.size(1) == 0) return;
-  if (rows == 0) {
+  if (x.size(0) == 0) {
     if (!accumulate) dw.zero_();
     return;
   }
-  run_on(x, OpKind::gemm)->grouped_matmul_weight_grad(x, offsets, dy, dw, accumulate, x_rows);
+  run_on(x, OpKind::gemm)->grouped_matmul_weight_grad(x, offsets, dy, dw, accumulate);
 }
 
 void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out, VocabShard shard) {

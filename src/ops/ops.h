@@ -38,17 +38,12 @@ void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor
 // [offsets[e], offsets[e+1]) belong to expert e, offsets[E] = N), x[N,K], w[E,K,M] (or [E,M,K]
 // when trans_w) -> y[N,M], y rows of e = x rows of e @ op(w[e]). y is x's dtype. The offsets stay
 // on the device (no host sync); on CUDA, K and M must be multiples of 8.
-// With x_rows i32[N] (on x's device), x[R,K] is read through it: row i of the sorted input is
-// x[x_rows[i]] (-1: zeros), the MoE permutation fused into the GEMM's loads where the backend can
-// (the Hopper kernel); elsewhere the rows are gathered first.
-void grouped_matmul(const Tensor& x, const Tensor& offsets, const Tensor& w, bool trans_w, Tensor& y,
-                    const Tensor& x_rows = {});
+void grouped_matmul(const Tensor& x, const Tensor& offsets, const Tensor& w, bool trans_w, Tensor& y);
 // Its weight gradient: x[N,K], dy[N,M], offsets i32[E+1] -> dw[E,K,M] (accum dtype) +=
 // x rows of e ^T @ dy rows of e; an expert with no rows leaves dw[e] unchanged. With accumulate
 // false dw is overwritten (= instead of +=, zeros for an expert with no rows) and never read.
-// x_rows as for grouped_matmul (then x[R,K] and dy[N,M] with N = x_rows' length).
 void grouped_matmul_weight_grad(const Tensor& x, const Tensor& offsets, const Tensor& dy, Tensor& dw,
-                                bool accumulate = true, const Tensor& x_rows = {});
+                                bool accumulate = true);
 // The CUDA kernel of both: "auto" (default: the Hopper wgmma kernel where the GPU runs it, else
 // mma_sync), "mma_sync" or "wgmma"; benchmarks and tests name one to compare them. An unknown
 // name, or wgmma on a GPU without it, is an error.

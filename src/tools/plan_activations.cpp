@@ -78,15 +78,15 @@ MoeFootprint moe_footprint(const Config& config, const RouterKind& router, int64
   }
 
   MoeFootprint out;
-  // On one rank (the dispatcher's rows are local) the grouped experts never have input rows made:
-  // they read x through the sort's row tokens inside their GEMMs, forward and backward
-  // (Experts::forward_gathered); and they keep no output rows: they apply the combine's weights in
-  // their backward, which needs no outputs (Experts::backward_weighted).
+  // On one rank (the dispatcher's rows are local) the grouped experts keep neither their input nor
+  // their output rows: the input is dispatched again in backward (LocalDispatcher::redispatch)
+  // and they apply the combine's weights in their backward, which needs no outputs
+  // (Experts::backward_weighted).
   const bool grouped = std::string(experts_kind(moe.experts_impl).name) == "grouped";
   const bool local_rows_only = grouped && ep == 1;
   // The FFN-norm output: routers with a projection keep it (RouterSaved::x), and so do shared
   // experts; a hash router reads token ids only and the dispatch copies the rows it needs, unless
-  // the grouped experts read x in place (ExpertsSaved::input: this rank's T rows).
+  // the layer keeps x to dispatch it again (MoeLayerSaved::routed_input: this rank's T rows).
   int64_t kept = (learned || moe.num_shared_experts > 0) ? T_seq * d * s.cb : local_rows_only ? T * d * s.cb : 0;
   // Router (RouterSaved): logits and scores [T,E]; noisy gating also clean, raw noise, normal
   // draws; ids i32 and weights [T,slots]; expert choice also its top-1 pair [T,1].
@@ -111,9 +111,9 @@ MoeFootprint moe_footprint(const Config& config, const RouterKind& router, int64
     kept += T_layer * s.cb * shared_up + T_seq * s.cb * (d + (moe.shared_gate ? 1 : 0));
   }
   out.kept = kept;
-  // Rows the forward makes and does not keep (one rank, grouped): the output rows, alive until the
-  // combine is done, beside the activation the down projection reads.
-  out.forward = local_rows_only ? local_rows * (d + f_e) * s.cb : 0;
+  // Rows the forward makes and does not keep (one rank, grouped): the input and output rows, both
+  // alive until the combine is done.
+  out.forward = local_rows_only ? 2 * local_rows * d * s.cb : 0;
 
   // Backward (MoeLayer::backward): combine -> experts -> dispatch -> shared -> router, with dy
   // [T,d] live throughout and d weights [T,slots] from the combine onwards.
@@ -125,11 +125,11 @@ MoeFootprint moe_footprint(const Config& config, const RouterKind& router, int64
   int64_t after_dispatch = 0;
   if (local_rows_only) {
     // dy unweighted to the rows (dy_sorted) with their weights; g (overwritten by w * a) and dh
-    // (GroupedExperts::backward_weighted); dy_sorted and g freed, dx_sorted beside dh (up_backward,
-    // x read in place); after it the rows' weight gradients become d weights and dispatch_backward
-    // sums dx.
+    // (GroupedExperts::backward_weighted); dy_sorted and g freed, the input rows made again beside
+    // dh and dx_sorted (up_backward); after it the rows' weight gradients become d weights and
+    // dispatch_backward sums dx.
     const int64_t row_weights = 2 * rows * s.ab;  // row_weights, drow_weights
-    const int64_t experts_stage = dy + row_weights + rows * s.cb * (d + f_e + up_e);
+    const int64_t experts_stage = dy + row_weights + rows * s.cb * std::max(d + f_e + up_e, up_e + 2 * d);
     after_dispatch = 2 * dy + rows * row_bytes + dweights + row_weights;
     out.backward = std::max(experts_stage, after_dispatch);
   } else if (ep == 1) {

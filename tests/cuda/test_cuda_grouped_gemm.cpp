@@ -4,7 +4,6 @@
 // Every case runs on each grouped kernel the GPU can run (mma_sync everywhere, wgmma on Hopper).
 #include <catch2/catch.hpp>
 
-#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -114,45 +113,6 @@ TEST_CASE("cuda grouped weight gradient matches the CPU reference, adding or ove
       }
     }
   }
-  }
-}
-
-// The MoE permutation fused into the loads: x[T,k] read through a row index (tokens repeated, in
-// any order, -1 for the padding rows past offsets[E]) against the CPU reference reading it the
-// same way, for the forward, the transposed-weight forward and the weight gradient.
-TEST_CASE("cuda grouped gemms read x through a row index like the CPU reference", "[cuda][grouped]") {
-  for (auto kernel : kernels_here()) {
-    KernelChoice choice(kernel);
-    INFO("kernel " << cuda::grouped_gemm_kernel_name());
-    for (const auto& counts : loads()) {
-      for (const Widths& wd : {Widths{64, 384}, Widths{384, 768}, Widths{768, 64}}) {
-        const int64_t e_num = static_cast<int64_t>(counts.size()), used = total_of(counts), rows = used + 37;
-        const int64_t tokens = std::max<int64_t>(used / 3, 1);
-        INFO("experts " << e_num << " rows " << used << " tokens " << tokens << " k " << wd.k << " n " << wd.n);
-        const uint64_t seed = seed_of(97, {e_num, used, wd.k, wd.n});
-        std::vector<int32_t> index = random_int_values(rows, static_cast<int32_t>(tokens), seed);
-        for (int64_t r = used; r < rows; ++r) index[static_cast<size_t>(r)] = -1;
-        Mirror x_rows = mirror_ids(index, {rows});
-        Mirror offsets = offsets_of(counts);
-        Mirror x = random_mirror({tokens, wd.k}, DType::bf16, seed + 1);
-        for (bool trans_w : {false, true}) {
-          Mirror w = random_mirror(trans_w ? Shape{e_num, wd.n, wd.k} : Shape{e_num, wd.k, wd.n}, DType::bf16, seed + 2);
-          Mirror y = poisoned_pair({rows, wd.n}, DType::bf16);
-          ops::grouped_matmul(x.cpu, offsets.cpu, w.cpu, trans_w, y.cpu, x_rows.cpu);
-          ops::grouped_matmul(x.gpu, offsets.gpu, w.gpu, trans_w, y.gpu, x_rows.gpu);
-          require_close(y.gpu.rows(0, used), y.cpu.rows(0, used), bf16_tol().atol, bf16_tol().rtol, "y");
-        }
-        Mirror dy = random_mirror({rows, wd.n}, DType::bf16, seed + 3);
-        for (bool accumulate : {true, false}) {
-          INFO("accumulate " << accumulate);
-          Mirror dw = accumulate ? random_mirror({e_num, wd.k, wd.n}, DType::f32, seed + 4)
-                                 : poisoned_pair({e_num, wd.k, wd.n}, DType::f32);
-          ops::grouped_matmul_weight_grad(x.cpu, offsets.cpu, dy.cpu, dw.cpu, accumulate, x_rows.cpu);
-          ops::grouped_matmul_weight_grad(x.gpu, offsets.gpu, dy.gpu, dw.gpu, accumulate, x_rows.gpu);
-          require_match(dw, accum_tol(), "dw");
-        }
-      }
-    }
   }
 }
 

@@ -272,15 +272,11 @@ TEST_CASE("the MoE layer runs the configured experts implementation", "[experts]
     REQUIRE(std::string(layer->experts().name()) == experts_kind(impl).name);
     MoeLayerSaved saved;
     test::require_close(layer->forward(x, inputs, saved).to_vector<double>(), y_ref, 1e-12, 1e-12, "y");
-    // The grouped experts never have input rows made: they read x itself through the sort's row
-    // tokens, in forward and backward (the loop keeps views of its own rows).
+    // The grouped experts' input rows are not kept: the layer keeps x and dispatches it again in
+    // backward (the loop keeps views of its own).
     const bool grouped = std::string(layer->experts().name()) == "grouped";
-    REQUIRE(saved.experts.input.defined() == grouped);
-    REQUIRE(saved.experts.input_rows.defined() == grouped);
-    if (grouped) {
-      REQUIRE(saved.experts.input.data_as<const double>() == x.data_as<const double>());
-      REQUIRE(saved.experts.input_rows.numel() == tokens * 2);  // a row per slot (top-2)
-    }
+    REQUIRE(saved.experts.input.defined() == false);
+    REQUIRE(saved.routed_input.defined() == grouped);
     test::require_close(layer->backward(saved, dy, 1.0f).to_vector<double>(), dx_ref, 1e-12, 1e-12, "dx");
     for (const char* name : {"moe.experts.w_up", "moe.experts.w_down", "moe.router.weight"}) {
       test::require_close(store.grad(store.find(name)).to_vector<double>(),

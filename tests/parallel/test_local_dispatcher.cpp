@@ -148,12 +148,11 @@ TEST_CASE("dispatch then combine with unit weights returns k * x; payload rows c
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = 0; c < d; ++c)
       REQUIRE(xs[static_cast<size_t>(r * d + c)] == xv[static_cast<size_t>(expected_tokens[static_cast<size_t>(r)] * d + c)]);
-  // The dispatch in place moves no rows: its row tokens are the rows' tokens, with the same sort saved.
+  // A backward that dropped the rows makes the same ones again from x.
   REQUIRE(dispatcher.rows_are_local());
-  DispatchSaved in_place;
-  REQUIRE(dispatcher.dispatch_in_place(x, routing.ids, in_place).to_vector<int32_t>() == expected_tokens);
-  REQUIRE(in_place.slot_pos.to_vector<int32_t>() == saved.slot_pos.to_vector<int32_t>());
-  REQUIRE(in_place.offsets.to_vector<int32_t>() == saved.offsets.to_vector<int32_t>());
+  REQUIRE(dispatcher.redispatch(saved, x).to_vector<double>() == xs);
+  REQUIRE_THROWS_WITH(dispatcher.redispatch(saved, x.rows(0, tokens - 1)),
+                      Catch::Matchers::Contains("redispatch of [" + std::to_string(tokens - 1)));
   // slot t*k+s points at a row of expert ids[t,s] that carries token t.
   auto slot_pos = saved.slot_pos.to_vector<int32_t>();
   std::vector<int64_t> expert_begin(static_cast<size_t>(experts) + 1, 0);
