@@ -5,7 +5,8 @@
 #   experiments/perf/run_speed.sh OUT_DIR [PARTS]   PARTS: comma list of build,tests,train,anchor,attention
 #                                                    (default all of them), nolog (MoE-small without a
 #                                                    logging step in the window), noside (nolog with the shared
-#                                                    experts on the compute stream), layer (moe bench layer at the
+#                                                    experts on the compute stream), nolog_kernels (nolog once per
+#                                                    kernel of GROUPED_KERNELS), layer (moe bench layer at the
 #                                                    standard shapes), moe64, moeloop, ops, layer_anchor
 #                                                    (PyTorch MoE layer anchor), moe_anchor (PyTorch MoE-small
 #                                                    anchor), and ab: MoE-small with an older tree carried in
@@ -45,6 +46,12 @@ fi
 if has nolog; then  # MoE-small with no logging step among the timed ones (train.log_every past the window)
   build/moe bench train experiments/perf/moe_small.toml --warmup 3 --steps 10 --set train.log_every=1000 2>&1 \
     | tail -1 | tee "$out/bench_moe_small_nolog.json"
+fi
+if has nolog_kernels; then  # MoE-small as nolog, once per grouped kernel of GROUPED_KERNELS (tile widths compared)
+  for kernel in ${GROUPED_KERNELS:-wgmma wgmma_narrow}; do
+    build/moe bench train experiments/perf/moe_small.toml --warmup 3 --steps 10 --set train.log_every=1000 \
+      --grouped-kernel "$kernel" 2>&1 | tail -1 | tee "$out/bench_moe_small_nolog_$kernel.json"
+  done
 fi
 if has noside; then  # MoE-small as nolog, the shared experts on the compute stream (parallel.shared_expert_stream off)
   build/moe bench train experiments/perf/moe_small.toml --warmup 3 --steps 10 --set train.log_every=1000 \

@@ -235,25 +235,31 @@ void check_grouped_shape(const kernels::GroupedGemmShape& s, const void* x, cons
 GroupedGemmKernel g_kernel = GroupedGemmKernel::automatic;
 
 bool use_wgmma() {
-  return g_kernel == GroupedGemmKernel::wgmma ||
+  return g_kernel == GroupedGemmKernel::wgmma || g_kernel == GroupedGemmKernel::wgmma_narrow ||
          (g_kernel == GroupedGemmKernel::automatic && sm90::grouped_gemm_available());
 }
 
 }  // namespace
 
 void set_grouped_gemm_kernel(GroupedGemmKernel kernel) {
-  MOE_CHECK(kernel != GroupedGemmKernel::wgmma || sm90::grouped_gemm_available(),
+  MOE_CHECK((kernel != GroupedGemmKernel::wgmma && kernel != GroupedGemmKernel::wgmma_narrow) ||
+                sm90::grouped_gemm_available(),
             "grouped gemm on CUDA: the wgmma kernel needs a compute capability 9.0 GPU and an sm_90a build");
   g_kernel = kernel;
 }
 
-const char* grouped_gemm_kernel_name() { return use_wgmma() ? "wgmma" : "mma_sync"; }
+const char* grouped_gemm_kernel_name() {
+  if (g_kernel == GroupedGemmKernel::wgmma_narrow) return "wgmma_narrow";
+  return use_wgmma() ? "wgmma" : "mma_sync";
+}
 
 void grouped_gemm_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __nv_bfloat16* w, bool trans_w,
                        __nv_bfloat16* y, const kernels::GroupedGemmShape& s, cudaStream_t stream) {
   check_grouped_shape(s, x, w, y);
   if (s.rows == 0 || s.n == 0) return;
-  if (use_wgmma() && s.k > 0) return sm90::grouped_gemm_bf16(x, offsets, w, trans_w, y, s, stream);
+  if (use_wgmma() && s.k > 0) {
+    return sm90::grouped_gemm_bf16(x, offsets, w, trans_w, y, s, g_kernel != GroupedGemmKernel::wgmma_narrow, stream);
+  }
   const int64_t row_tiles = ceil_div(s.rows, k_bm) + s.num_experts;
   MOE_CHECK(row_tiles <= 65535, "grouped gemm on CUDA: ", s.rows, " rows over ", s.num_experts,
             " experts need more than 65535 row tiles");

@@ -13,11 +13,13 @@ namespace moe::cuda {
 
 // Which kernel the grouped GEMMs use: the Hopper one (bulk tensor copies + wgmma, compute
 // capability 9.0 only) or the portable one (mma.sync + cp.async). automatic = Hopper where it runs.
-enum class GroupedGemmKernel { automatic, mma_sync, wgmma };
+// wgmma_narrow is the Hopper kernel with 128-wide output tiles only (two blocks per multiprocessor
+// everywhere), to compare tile widths on the same shapes.
+enum class GroupedGemmKernel { automatic, mma_sync, wgmma, wgmma_narrow };
 // Chooses the kernel for later calls (tests and benchmarks compare the two); wgmma on a GPU that
 // cannot run it is an error.
 void set_grouped_gemm_kernel(GroupedGemmKernel kernel);
-// The kernel the next call runs: "wgmma" or "mma_sync".
+// The kernel the next call runs: "wgmma", "wgmma_narrow" or "mma_sync".
 const char* grouped_gemm_kernel_name();
 
 // offsets i32[E+1] (device), x[rows,k], w[E,k,n] (or [E,n,k] when trans_w) -> y[rows,n] bf16:

@@ -331,9 +331,10 @@ bool grouped_gemm_available() {
 }
 
 void grouped_gemm_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __nv_bfloat16* w, bool trans_w,
-                       __nv_bfloat16* y, const kernels::GroupedGemmShape& s, cudaStream_t stream) {
+                       __nv_bfloat16* y, const kernels::GroupedGemmShape& s, bool wide_tiles,
+                       cudaStream_t stream) {
   const Args args{offsets, s, y, false};
-  const bool wide = wide_columns(s.n);
+  const bool wide = wide_tiles && wide_columns(s.n);
   const int bn = wide ? 256 : 128;
   const dim3 grid(static_cast<unsigned>(ceil_div(s.n, bn)), static_cast<unsigned>(ceil_div(s.rows, k_bm) + s.num_experts));
   const CUtensorMap map_x = tensor_map(x, s.k, s.rows, k_bm);

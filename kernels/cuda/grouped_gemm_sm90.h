@@ -15,8 +15,10 @@ namespace moe::cuda::sm90 {
 bool grouped_gemm_available();
 
 // offsets i32[E+1] (device), x[rows,k], w[E,k,n] (or [E,n,k] when trans_w) -> y[rows,n] bf16.
+// wide_tiles false: 128-wide output tiles whatever n is.
 void grouped_gemm_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __nv_bfloat16* w, bool trans_w,
-                       __nv_bfloat16* y, const kernels::GroupedGemmShape& shape, cudaStream_t stream);
+                       __nv_bfloat16* y, const kernels::GroupedGemmShape& shape, bool wide_tiles,
+                       cudaStream_t stream);
 
 // offsets i32[E+1] (device), x[rows,k], dy[rows,n] -> dw[E,k,n] f32 += x_e^T @ dy_e
 // (accumulate false: dw[e] = x_e^T @ dy_e, zeros for an expert with no rows).

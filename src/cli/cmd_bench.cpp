@@ -89,6 +89,13 @@ void add_op_bench(CLI::App& bench, CommandRunner& run) {
   });
 }
 
+// --grouped-kernel: which CUDA grouped matmul kernel the bench runs (benches compare them).
+void add_grouped_kernel_option(CLI::App& cmd, std::string& kernel) {
+  cmd.add_option("--grouped-kernel", kernel,
+                 "CUDA grouped matmul kernel: auto | mma_sync | wgmma | wgmma_narrow (wgmma with 128-wide tiles only)")
+      ->check(CLI::IsMember({"auto", "mma_sync", "wgmma", "wgmma_narrow"}));
+}
+
 // `moe bench layer CONFIG [--tokens N --warmup N --iters N --breakdown]`: one MoE layer of the
 // config (its [model] width and [moe] section) against the dense GEMM chain of equal FLOPs.
 void add_layer_bench(CLI::App& bench, CommandRunner& run) {
@@ -100,8 +107,7 @@ void add_layer_bench(CLI::App& bench, CommandRunner& run) {
   cmd->add_option("--warmup", o->warmup, "untimed iterations first")->check(CLI::NonNegativeNumber);
   cmd->add_option("--iters", o->iters, "timed iterations (the median is reported)")->check(CLI::PositiveNumber);
   cmd->add_flag("--breakdown", o->breakdown, "then time as many iterations again with every op timed by kind");
-  cmd->add_option("--grouped-kernel", o->grouped_kernel, "CUDA grouped matmul kernel: auto | mma_sync | wgmma")
-      ->check(CLI::IsMember({"auto", "mma_sync", "wgmma"}));
+  add_grouped_kernel_option(*cmd, o->grouped_kernel);
   cmd->callback([&run, options, o] {
     log::human_to_stderr();  // at parse time: stdout carries the JSON line alone
     run = [options, o](MpiEnv& env) {
@@ -156,7 +162,9 @@ void add_bench_command(CLI::App& app, CommandRunner& run) {
   auto warmup = std::make_shared<int64_t>(3);
   auto steps = std::make_shared<int64_t>(10);
   auto breakdown = std::make_shared<bool>(false);
+  auto grouped_kernel = std::make_shared<std::string>("auto");
   add_run_options(*cmd, *options);
+  add_grouped_kernel_option(*cmd, *grouped_kernel);
   cmd->add_flag("--breakdown", *breakdown,
                 "then time as many steps again with every op timed by kind (CUDA events): ms per kind, "
                 "device idle time, ops per step");
@@ -166,12 +174,14 @@ void add_bench_command(CLI::App& app, CommandRunner& run) {
   add_op_bench(*bench, run);
   add_layer_bench(*bench, run);
   add_generate_bench(*bench, run);
-  cmd->callback([&run, options, warmup, steps, breakdown] {
+  cmd->callback([&run, options, warmup, steps, breakdown, grouped_kernel] {
     log::human_to_stderr();  // at parse time: stdout carries the JSON line alone
-    run = [options, warmup, steps, breakdown](MpiEnv& env) {
+    run = [options, warmup, steps, breakdown, grouped_kernel](MpiEnv& env) {
+      ops::set_grouped_matmul_kernel(*grouped_kernel);
       RunContext ctx = setup_run(*options, env);
       nlohmann::json result = ctx.trainer->bench(*warmup, *steps, *breakdown);
       result["config"] = options->config_path;
+      result["grouped_kernel"] = *grouped_kernel;
       if (ctx.world->rank() == 0) std::printf("%s\n", result.dump().c_str());
       return 0;
     };

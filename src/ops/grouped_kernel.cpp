@@ -12,12 +12,13 @@
 namespace moe::ops {
 
 void set_grouped_matmul_kernel(const std::string& name) {
-  MOE_CHECK(name == "auto" || name == "mma_sync" || name == "wgmma", "grouped matmul kernel '", name,
-            "' is not one of auto, mma_sync, wgmma");
+  MOE_CHECK(name == "auto" || name == "mma_sync" || name == "wgmma" || name == "wgmma_narrow",
+            "grouped matmul kernel '", name, "' is not one of auto, mma_sync, wgmma, wgmma_narrow");
 #if MOE_WITH_CUDA
-  cuda::set_grouped_gemm_kernel(name == "wgmma"      ? cuda::GroupedGemmKernel::wgmma
-                                : name == "mma_sync" ? cuda::GroupedGemmKernel::mma_sync
-                                                     : cuda::GroupedGemmKernel::automatic);
+  cuda::set_grouped_gemm_kernel(name == "wgmma"          ? cuda::GroupedGemmKernel::wgmma
+                                : name == "wgmma_narrow" ? cuda::GroupedGemmKernel::wgmma_narrow
+                                : name == "mma_sync"     ? cuda::GroupedGemmKernel::mma_sync
+                                                         : cuda::GroupedGemmKernel::automatic);
 #else
   MOE_CHECK(name == "auto", "grouped matmul kernel '", name, "' needs a CUDA build");
 #endif

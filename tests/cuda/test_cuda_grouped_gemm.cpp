@@ -42,7 +42,10 @@ std::vector<std::vector<int32_t>> loads() {
 // The kernels this GPU can run; each test selects them in turn and restores automatic after.
 std::vector<cuda::GroupedGemmKernel> kernels_here() {
   std::vector<cuda::GroupedGemmKernel> k{cuda::GroupedGemmKernel::mma_sync};
-  if (cuda::sm90::grouped_gemm_available()) k.push_back(cuda::GroupedGemmKernel::wgmma);
+  if (cuda::sm90::grouped_gemm_available()) {
+    k.push_back(cuda::GroupedGemmKernel::wgmma);
+    k.push_back(cuda::GroupedGemmKernel::wgmma_narrow);
+  }
   return k;
 }
 

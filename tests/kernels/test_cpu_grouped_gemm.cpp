@@ -114,3 +114,11 @@ TEST_CASE("grouped matmul weight gradient overwrites dw unread when not accumula
                                   Tensor::zeros({0, m}, DType::f64), none, false);
   REQUIRE(none.to_vector<double>() == std::vector<double>(static_cast<size_t>(e_num * k * m), 0.0));
 }
+
+TEST_CASE("the grouped matmul kernel is chosen by name, and an unknown name is refused", "[kernels][grouped]") {
+  ops::set_grouped_matmul_kernel("auto");
+  REQUIRE(ops::grouped_matmul_kernel(Device::cpu()) == "cpu");
+  REQUIRE_THROWS_WITH(ops::set_grouped_matmul_kernel("wgmma_wide"),
+                      Catch::Matchers::Contains("grouped matmul kernel 'wgmma_wide' is not one of auto, mma_sync, "
+                                                "wgmma, wgmma_narrow"));
+}
