@@ -1,5 +1,6 @@
 // Training loop on the CPU: loss goes down, save/resume continues bit-identically, the balancing
-// statistics and the expert bias follow the step, and bad input fails with a message naming the problem.
+// statistics and the expert bias follow the step, the grouped experts train as the loop does, and bad
+// input fails with a message naming the problem.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -114,6 +115,35 @@ TEST_CASE("a resumed run continues bit-identically", "[train][checkpoint]") {
   REQUIRE(losses.size() == 3);
   for (size_t i = 0; i < 3; ++i) REQUIRE(losses[i] == full_losses[i + 3]);  // exact, not approximate
   REQUIRE(all_master_values(trainer.model()) == full_params);
+}
+
+TEST_CASE("the grouped experts' first-write gradients train as the loop's zeroed ones over micro-batches",
+          "[train][experts]") {
+  // The grouped experts' weight gradients are stored by the step's first micro-batch and added by
+  // the second (ParamStore::write_grad_first); the loop's are zeroed and added to. In f64 the two
+  // runs match to rounding, step after step, weights included.
+  test::TempDir dir("moe-train-first-write");
+  Config c = test::tiny_train_config(dir);
+  c.train.grad_accum = 2;
+  c.train.steps = 4;
+  c.train.dtype = "f64";
+  auto world = make_world_communicator(Device::cpu());
+  std::map<std::string, std::vector<double>> losses, weights;
+  for (const std::string impl : {"loop", "grouped"}) {
+    Config k = c;
+    k.moe.experts_impl = impl;
+    k.train.run_dir = dir.str("run_" + impl);
+    Trainer trainer(k, 0, *world);
+    trainer.train();
+    losses[impl] = step_losses(read_metrics(k.train.run_dir + "/metrics.jsonl"));
+    for (int g = 0; g < k_num_param_groups; ++g) {
+      auto v = trainer.model().params().flat_master(static_cast<ParamGroup>(g)).to_vector<double>();
+      weights[impl].insert(weights[impl].end(), v.begin(), v.end());
+    }
+  }
+  REQUIRE(losses["loop"].size() == 4);
+  test::require_close(losses["grouped"], losses["loop"], 1e-12, 1e-10, "losses");
+  test::require_close(weights["grouped"], weights["loop"], 1e-12, 1e-10, "weights");
 }
 
 TEST_CASE("train.init_from starts a fresh run from another run's weights", "[train][checkpoint]") {
