@@ -17,8 +17,8 @@ GroupedExperts::GroupedExperts(ParamStore& store, const std::string& prefix, con
       w_(add_expert_weights(store, prefix, spec)) {
   // One weight-gradient GEMM writes each of them whole: the step's first writes store (no memset,
   // no fp32 read-modify-write of E x d x d_expert values).
-  store.write_grad_first(w_.w_up);
-  store.write_grad_first(w_.w_down);
+  store.mark_first_write_grad(w_.w_up);
+  store.mark_first_write_grad(w_.w_down);
 }
 
 Tensor GroupedExperts::forward(const Tensor& x_sorted, const ExpertRows& rows, ExpertsSaved& saved) const {

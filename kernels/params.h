@@ -61,7 +61,7 @@ enum class DropOrder : int { by_probability = 0, by_position = 1 };
 // A grouped GEMM over rows sorted by expert: rows [offsets[e], offsets[e+1]) of x[rows, k]
 // belong to expert e of num_experts (offsets i32[num_experts+1], offsets[num_experts] = rows).
 // Forward: y[rows, n] = x @ w[e] with w[E, k, n] (or w[E, n, k] read transposed). Weight
-// gradient: dw[E, k, n] += x_e^T @ dy_e with dy[rows, n].
+// gradient: dw[E, k, n] += x_e^T @ dy_e with dy[rows, n] (or =, for a gradient's first write).
 struct GroupedGemmShape {
   int64_t num_experts = 0, rows = 0, k = 0, n = 0;
 };

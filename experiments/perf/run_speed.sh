@@ -12,6 +12,8 @@
 #                                                    anchor), and ab: MoE-small with an older tree carried in
 #                                                    .ab/ (AB_DIR) built beside this one, benched back
 #                                                    to back in the same call
+# GROUPED_KERNELS (space-separated --grouped-kernel names) lists the kernels the layer part benches (default
+# "wgmma mma_sync") and the ones nolog_kernels runs MoE-small with (default "wgmma wgmma_narrow").
 # ANCHOR_ARGS (e.g. --smoke) goes to the two MoE anchor scripts. Writes OUT_DIR/*.json|log and prints a short
 # table last.
 set -uo pipefail

@@ -244,7 +244,8 @@ bool use_wgmma() {
 void set_grouped_gemm_kernel(GroupedGemmKernel kernel) {
   MOE_CHECK((kernel != GroupedGemmKernel::wgmma && kernel != GroupedGemmKernel::wgmma_narrow) ||
                 sm90::grouped_gemm_available(),
-            "grouped gemm on CUDA: the wgmma kernel needs a compute capability 9.0 GPU and an sm_90a build");
+            "grouped gemm on CUDA: the wgmma kernels (wgmma, wgmma_narrow) need a compute capability 9.0 GPU and ",
+            "an sm_90a build");
   g_kernel = kernel;
 }
 

@@ -16,8 +16,8 @@ namespace moe::cuda {
 // wgmma_narrow is the Hopper kernel with 128-wide output tiles only (two blocks per multiprocessor
 // everywhere), to compare tile widths on the same shapes.
 enum class GroupedGemmKernel { automatic, mma_sync, wgmma, wgmma_narrow };
-// Chooses the kernel for later calls (tests and benchmarks compare the two); wgmma on a GPU that
-// cannot run it is an error.
+// Chooses the kernel for later calls (tests and benchmarks compare them); a wgmma kernel on a GPU
+// that cannot run it is an error.
 void set_grouped_gemm_kernel(GroupedGemmKernel kernel);
 // The kernel the next call runs: "wgmma", "wgmma_narrow" or "mma_sync".
 const char* grouped_gemm_kernel_name();

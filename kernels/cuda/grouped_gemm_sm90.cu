@@ -15,7 +15,8 @@ namespace moe::cuda::sm90 {
 namespace {
 
 // forward: y = x @ w[e] (w MN-major); forward_trans_w: y = x @ w[e]^T (w K-major);
-// weight_grad: dw[e] += x_e^T @ dy_e (both operands MN-major, the reduction runs over rows).
+// weight_grad: dw[e] += x_e^T @ dy_e, or = when Args::accumulate is false (both operands
+// MN-major, the reduction runs over rows).
 enum class Mode { forward, forward_trans_w, weight_grad };
 
 constexpr int k_bm = 128, k_bk = 64;

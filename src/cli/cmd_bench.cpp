@@ -1,4 +1,4 @@
-// `moe bench train CONFIG [--warmup N] [--steps N] [--breakdown]`: tokens/s, MFU and peak memory over timed
+// `moe bench train CONFIG [--warmup N] [--steps N] [--breakdown] [--grouped-kernel K]`: tokens/s, MFU and peak memory over timed
 // steps after warm-up, printed by rank 0 as one JSON line. Without data.train_path the batches
 // are random tokens (speed does not depend on the values). `moe bench dispatch`, `moe bench layer`
 // and `moe bench op` time one piece alone; `moe bench generate` times generation.
@@ -181,7 +181,7 @@ void add_bench_command(CLI::App& app, CommandRunner& run) {
       RunContext ctx = setup_run(*options, env);
       nlohmann::json result = ctx.trainer->bench(*warmup, *steps, *breakdown);
       result["config"] = options->config_path;
-      result["grouped_kernel"] = *grouped_kernel;
+      result["grouped_kernel"] = ops::grouped_matmul_kernel(ctx.trainer->device());
       if (ctx.world->rank() == 0) std::printf("%s\n", result.dump().c_str());
       return 0;
     };

@@ -122,13 +122,15 @@ class ParamStore {
   FlatRange range(ParamId id) const { return {info(id).offset, info(id).offset + info(id).numel()}; }
 
   Tensor& flat_params(ParamGroup g);
-  // The group's whole gradient buffer; throws once the gradients are sharded (shard_grads).
+  // The group's whole gradient buffer; throws once the gradients are sharded (shard_grads). Its
+  // first-write gradients are zeroed here if unwritten: take it again after each zero_grads rather
+  // than keeping a view across one.
   Tensor& flat_grads(ParamGroup g);
   Tensor& flat_master(ParamGroup g);
   bool has_separate_master() const { return separate_master_; }
 
   // Zeroes every gradient this rank holds (the full buffers, or the shards and attached ranges).
-  // Gradients marked with write_grad_first are not cleared here but recorded as unwritten.
+  // Gradients marked with mark_first_write_grad are not cleared here but recorded as unwritten.
   void zero_grads();
   // First-write gradients: a parameter whose gradient one kernel writes whole (the grouped
   // experts' weight GEMMs) skips zero_grads' memset, and its first writer of the step stores
@@ -136,7 +138,7 @@ class ParamStore {
   // grad(id), flat_grads and grad_shard zero an unwritten gradient before handing it out, so
   // every other reader and writer sees a zeroed gradient as before. Unsharded gradients only
   // (ZeRO-2/3 gradients keep zero_grads' memset).
-  void write_grad_first(ParamId id);
+  void mark_first_write_grad(ParamId id);
   struct GradWrite {
     Tensor grad;
     bool accumulate = true;  // false: the first write of the step; store, do not add
@@ -243,7 +245,7 @@ class ParamStore {
   bool grads_sharded_[k_num_param_groups] = {false, false};
   Tensor grad_shard_[k_num_param_groups];
   std::vector<Attached> attached_grads_[k_num_param_groups];
-  // First-write gradients (write_grad_first) and which of them are unwritten since zero_grads.
+  // First-write gradients (mark_first_write_grad) and which of them are unwritten since zero_grads.
   // Mutable: zeroing an unwritten gradient on first read does not change its value.
   std::vector<ParamId> first_write_;
   mutable std::vector<bool> unwritten_;

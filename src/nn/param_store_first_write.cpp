@@ -3,11 +3,10 @@
 #include <algorithm>
 
 #include "src/nn/param_store.h"
-#include "src/util/check.h"
 
 namespace moe {
 
-void ParamStore::write_grad_first(ParamId id) {
+void ParamStore::mark_first_write_grad(ParamId id) {
   (void)info(id);  // a valid id
   if (std::find(first_write_.begin(), first_write_.end(), id) == first_write_.end()) first_write_.push_back(id);
 }

@@ -1,5 +1,5 @@
-// Which kernel the CUDA grouped matmuls run (the Hopper wgmma kernel or the portable mma.sync
-// one): chosen automatically, or named by benchmarks and tests that compare the two.
+// Which kernel the CUDA grouped matmuls run (the Hopper wgmma kernel, its 128-wide-tile variant, or
+// the portable mma.sync one): chosen automatically, or named by benchmarks and tests that compare them.
 #include <string>
 
 #include "src/ops/ops.h"

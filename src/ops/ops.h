@@ -45,10 +45,11 @@ void grouped_matmul(const Tensor& x, const Tensor& offsets, const Tensor& w, boo
 void grouped_matmul_weight_grad(const Tensor& x, const Tensor& offsets, const Tensor& dy, Tensor& dw,
                                 bool accumulate = true);
 // The CUDA kernel of both: "auto" (default: the Hopper wgmma kernel where the GPU runs it, else
-// mma_sync), "mma_sync" or "wgmma"; benchmarks and tests name one to compare them. An unknown
-// name, or wgmma on a GPU without it, is an error.
+// mma_sync), "mma_sync", "wgmma" or "wgmma_narrow" (wgmma with 128-wide tiles only); benchmarks
+// and tests name one to compare them. An unknown name, or a wgmma kernel on a GPU without it, is
+// an error.
 void set_grouped_matmul_kernel(const std::string& name);
-// The kernel they run on `device`: "cpu", "mma_sync" or "wgmma".
+// The kernel they run on `device`: "cpu", "mma_sync", "wgmma" or "wgmma_narrow".
 std::string grouped_matmul_kernel(Device device);
 
 // One shard of a vocabulary split over tensor-parallel ranks: the local table rows / logit

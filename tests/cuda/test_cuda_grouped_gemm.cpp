@@ -1,7 +1,8 @@
 // The CUDA grouped GEMM against the CPU reference (forward, transposed-weight forward = the input
 // gradient, weight gradient) over awkward and skewed expert loads, and the "grouped" Experts
 // implementation against the "loop" reference on the GPU (forward, dx, dW on the same weights).
-// Every case runs on each grouped kernel the GPU can run (mma_sync everywhere, wgmma on Hopper).
+// Every case runs on each grouped kernel the GPU can run (mma_sync everywhere, wgmma and
+// wgmma_narrow on Hopper).
 #include <catch2/catch.hpp>
 
 #include <cmath>

@@ -204,6 +204,16 @@ TEST_CASE("every implementation's weight gradients start from zero each step and
                       1e-14, "dw_up of two backwards");
   test::require_close(stale->store.grad(stale->store.find("experts.w_down")).to_vector<double>(), twice_down,
                       1e-14, 1e-14, "dw_down of two backwards");
+  // A step whose backward has no rows at all (an expert-parallel rank that received none) writes
+  // no gradient: the stale values still read as zeros.
+  auto idle = build(impl, ops::Activation::swiglu);
+  Tensor& idle_flat = idle->store.flat_grads(ParamGroup::expert);
+  idle_flat.copy_from(Tensor::from_vector(std::vector<double>(static_cast<size_t>(idle_flat.numel()), 7.0),
+                                          idle_flat.shape(), DType::f64));
+  const Run none = run(*idle, Tensor::zeros({0, k_d}, DType::f64), Tensor::zeros({0, k_d}, DType::f64),
+                       ExpertRows::from_counts({0, 0, 0}));
+  REQUIRE(none.dw_up == std::vector<double>(once.dw_up.size(), 0.0));
+  REQUIRE(none.dw_down == std::vector<double>(once.dw_down.size(), 0.0));
 }
 
 TEST_CASE("bad row splits and a backward without its forward have their messages", "[experts][loop][errors]") {

@@ -86,8 +86,8 @@ void fill(Tensor t, double v) {
 TEST_CASE("first-write gradients are stored by their first writer and zeroed for any other use", "[nn][grads]") {
   ParamStore store = small_store();
   const ParamId a = store.find("a.w"), b = store.find("b.w"), e = store.find("e.w");
-  store.write_grad_first(b);
-  store.write_grad_first(e);
+  store.mark_first_write_grad(b);
+  store.mark_first_write_grad(e);
   fill(store.flat_grads(ParamGroup::dense), 7.0);
   fill(store.flat_grads(ParamGroup::expert), 7.0);
   store.zero_grads();
@@ -116,7 +116,7 @@ TEST_CASE("first-write gradients are stored by their first writer and zeroed for
 TEST_CASE("first-write gradients of a sharded group are zeroed by zero_grads as before", "[nn][grads][zero]") {
   ParamStore store = small_store();
   const ParamId b = store.find("b.w");
-  store.write_grad_first(b);
+  store.mark_first_write_grad(b);
   store.zero_grads();  // b.w unwritten, then the group's gradients are sharded
   store.shard(ParamGroup::dense, {0, 10}, false);
   store.shard_grads(ParamGroup::dense, {0, 10});

@@ -99,6 +99,9 @@ struct Layout {
   bool masked_lm = false;  // model.objective = masked_lm
   bool nsp = false;        // with next-sentence prediction
   bool span_corruption = false;  // model.objective = span_corruption (the encoder-decoder)
+  // moe.experts_impl = grouped in the parallel run (first-write expert gradients through the
+  // data-parallel reductions, ZeRO and expert parallelism; the reference keeps the default)
+  bool grouped = false;
 };
 
 }  // namespace
@@ -122,12 +125,16 @@ TEST_CASE("expert parallelism and ZeRO match one rank; checkpoints cross layouts
   // the encoder-decoder under EP 2 x ZeRO-2 (reduce per micro-batch), and under ZeRO-3 (parameters gathered per unit)
   layouts.push_back({.ep = 2, .zero = 2, .grad_accum = 2, .span_corruption = true});
   layouts.push_back({.ep = 1, .zero = 3, .span_corruption = true});
+  // the grouped experts: reductions overlapped with the backward (ZeRO-0), ZeRO-1, sharded ZeRO-3
+  layouts.push_back({.ep = 2, .zero = 0, .grad_accum = 2, .grouped = true});
+  layouts.push_back({.ep = 1, .zero = 1, .grouped = true});
+  layouts.push_back({.ep = 2, .zero = 3, .grad_accum = 2, .grouped = true});
   // One run directory all ranks can read (rank 0 writes the checkpoints there).
   const std::string shared = test::shared_run_dir("moe-ep-shared-" + std::to_string(ranks));
   for (const Layout& layout : layouts) {
     INFO("ep " << layout.ep << " zero " << layout.zero << " grad_accum " << layout.grad_accum
                 << (layout.masked_lm ? " masked_lm" : "") << (layout.nsp ? " nsp" : "")
-                << (layout.span_corruption ? " span_corruption" : "") << " on " << ranks
+                << (layout.span_corruption ? " span_corruption" : "") << (layout.grouped ? " grouped" : "") << " on " << ranks
                << " ranks");
     test::TempDir dir("moe-ep-rank" + std::to_string(world->rank()));
     Config c = test::tiny_train_config(dir);
@@ -138,6 +145,7 @@ TEST_CASE("expert parallelism and ZeRO match one rank; checkpoints cross layouts
     c.train.grad_accum = layout.grad_accum;
     c.parallel.overlap_grad_reduce = layout.zero != 1;  // both gradient-reduction paths
     c.objective.nsp = layout.nsp;
+    if (layout.grouped) c.moe.experts_impl = "grouped";
     if (layout.masked_lm) test::use_masked_lm(c, dir);
     if (layout.span_corruption) test::use_span_corruption(c, dir);
     if (world->rank() == 0) std::filesystem::remove_all(shared);
@@ -148,6 +156,7 @@ TEST_CASE("expert parallelism and ZeRO match one rank; checkpoints cross layouts
     single.train.grad_accum = ranks * layout.grad_accum;
     single.train.run_dir = dir.str("reference");
     single.parallel = ParallelConfig{};
+    single.moe.experts_impl = "auto";
     Trainer reference(single, 0, *self);
     for (int step = 1; step <= 5; ++step) {
       StepResult p = parallel.train_step();

@@ -120,7 +120,7 @@ TEST_CASE("a resumed run continues bit-identically", "[train][checkpoint]") {
 TEST_CASE("the grouped experts' first-write gradients train as the loop's zeroed ones over micro-batches",
           "[train][experts]") {
   // The grouped experts' weight gradients are stored by the step's first micro-batch and added by
-  // the second (ParamStore::write_grad_first); the loop's are zeroed and added to. In f64 the two
+  // the second (ParamStore::mark_first_write_grad); the loop's are zeroed and added to. In f64 the two
   // runs match to rounding, step after step, weights included.
   test::TempDir dir("moe-train-first-write");
   Config c = test::tiny_train_config(dir);
