@@ -168,6 +168,11 @@ TEST_CASE("cuda grouped experts equal the loop experts on the same weights", "[c
       for (ParamStore* store : {&loop_store, &grouped_store}) {
         store->allocate(gpu(), DType::bf16);
         store->initialize(17);
+        // Stale gradients of an earlier step: the grouped experts' first write stores over them
+        // (ParamStore::mark_first_write_grad), the loop's are zeroed first.
+        Tensor& grads = store->flat_grads(ParamGroup::expert);
+        grads.copy_from(Tensor::from_vector(std::vector<float>(static_cast<size_t>(grads.numel()), 7.0f),
+                                            grads.shape(), DType::f32));
         store->zero_grads();
       }
       Tensor x = random_mirror({rows, d}, DType::bf16, seed_of(93, {e_num, rows})).gpu;
