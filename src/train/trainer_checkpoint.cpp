@@ -64,12 +64,13 @@ std::string broadcast_text(Communicator& comm, const std::string& text, int root
   return text_of(chars);
 }
 
-// One line per tensor: "w|m <name> <dim> <dim> ...". Names hold no spaces.
+// One line per tensor: "w|m <name> <dtype> <dim> <dim> ...". Names hold no spaces. The dtype
+// travels too: the moments are in the master dtype (f64 in an f64 run), the weights in f32.
 std::string describe(const CheckpointTensors& tensors) {
   std::ostringstream out;
   for (int list = 0; list < 2; ++list) {
     for (const auto& [name, t] : list == 0 ? tensors.weights : tensors.moments) {
-      out << (list == 0 ? "w " : "m ") << name;
+      out << (list == 0 ? "w " : "m ") << name << " " << dtype_name(t.dtype());
       for (int64_t d : t.shape()) out << " " << d;
       out << "\n";
     }
@@ -91,11 +92,11 @@ void gather_stage_tensors(Communicator& pp, CheckpointTensors& tensors) {
       std::string line;
       while (std::getline(lines, line)) {
         std::istringstream fields(line);
-        std::string kind, name;
-        fields >> kind >> name;
+        std::string kind, name, dtype;
+        fields >> kind >> name >> dtype;
         Shape shape;
         for (int64_t d; fields >> d;) shape.push_back(d);
-        Tensor t = recv_host(pp, shape, DType::f32, stage);
+        Tensor t = recv_host(pp, shape, dtype_from_name(dtype), stage);
         (kind == "w" ? tensors.weights : tensors.moments).emplace_back(name, t);
       }
     }

@@ -30,11 +30,13 @@ struct Layout {
   bool masked_lm = false;  // model.objective = masked_lm (bidirectional, masked targets)
   bool sp = false;         // parallel.sequence_parallel
   bool learned = false;    // learned positions, LayerNorm, untied GELU FFN with biases (dense model)
+  bool f64 = false;        // train.dtype = f64 (the moments, f64, cross the stages into the checkpoint)
   std::string name() const {
     return "tp " + std::to_string(tp) + " pp " + std::to_string(pp) + " ep " + std::to_string(ep) + " zero " +
            std::to_string(zero) + " " + schedule + (pp_virtual > 1 ? " virtual " + std::to_string(pp_virtual) : "") +
            " layers " + std::to_string(layers) + (recompute ? " recompute" : "") + (tied ? "" : " untied") +
-           (masked_lm ? " masked_lm" : "") + (sp ? " sequence_parallel" : "") + (learned ? " learned" : "");
+           (masked_lm ? " masked_lm" : "") + (sp ? " sequence_parallel" : "") + (learned ? " learned" : "") +
+           (f64 ? " f64" : "");
   }
 };
 
@@ -65,6 +67,7 @@ void run_layout(Communicator& world, Communicator& self, const Layout& layout, c
   }
   c.parallel.pp_virtual = layout.pp_virtual;
   c.model.num_layers = layout.layers;
+  if (layout.f64) c.train.dtype = "f64";
   validate_config(c);
   if (world.rank() == 0) std::filesystem::remove_all(shared);
   world.barrier();
@@ -141,6 +144,7 @@ TEST_CASE("tensor and pipeline parallel layouts train the one-rank model", "[par
                {.tp = 2, .tied = false},
                {.pp = 2},
                {.pp = 2, .schedule = "gpipe"},
+               {.pp = 2, .f64 = true},
                {.pp = 2, .recompute = true, .tied = false},
                {.tp = 2, .masked_lm = true},
                {.pp = 2, .masked_lm = true},
