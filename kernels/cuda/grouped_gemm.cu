@@ -258,7 +258,8 @@ void grouped_gemm_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __n
                        __nv_bfloat16* y, const kernels::GroupedGemmShape& s, cudaStream_t stream) {
   check_grouped_shape(s, x, w, y);
   if (s.rows == 0 || s.n == 0) return;
-  if (use_wgmma() && s.k > 0) {
+  // More experts than the Hopper forward schedules (~2000) take the portable kernel.
+  if (use_wgmma() && s.k > 0 && s.num_experts <= sm90::max_forward_experts()) {
     return sm90::grouped_gemm_bf16(x, offsets, w, trans_w, y, s, g_kernel != GroupedGemmKernel::wgmma_narrow, stream);
   }
   const int64_t row_tiles = ceil_div(s.rows, k_bm) + s.num_experts;

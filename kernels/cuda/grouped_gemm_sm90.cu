@@ -3,9 +3,16 @@
 // multiplying 64 rows with wgmma from shared memory, fp32 accumulators, epilogue staged through
 // shared memory into 16-byte stores. Row tiles are scheduled over (expert, row tile, column tile)
 // from the device offsets, so experts with few rows cost few tiles and the host never waits.
+// Wide forward tiles run persistently (one block per multiprocessor walking the tiles): the loader
+// runs on into the next tile while the multiplying warpgroups store the last one, so a short
+// reduction (k = 384: six k-slices) does not pay the pipeline's fill and the block's start per tile.
 #include "kernels/cuda/grouped_gemm_sm90.h"
 
+#include <algorithm>
+#include <climits>
+
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/device_info.h"
 #include "kernels/cuda/hopper_ptx.cuh"
 #include "kernels/cuda/wgmma_ptx.cuh"
 #include "src/util/check.h"
@@ -35,16 +42,25 @@ struct Tile {
   static constexpr int stage_bytes = a_bytes + b_bytes;
   // Narrow tiles run two blocks per multiprocessor (3 stages each, at most 112 registers a thread),
   // so that one block's epilogue overlaps the other's loads: the weight gradient's reduction is one
-  // expert's rows, often only a few k-slices. Wide tiles need the registers of a whole multiprocessor.
+  // expert's rows, often only a few k-slices. Wide tiles need the registers of a whole multiprocessor;
+  // in the forward they run persistently, staging their output in a buffer of its own (the loader
+  // fills the stages with the next tile meanwhile). Every other tile has a block to itself and
+  // stages its output in the pipeline's memory.
   static constexpr int blocks_per_sm = kBN == 128 ? 2 : 1;
-  static constexpr int stages = kBN == 128 ? 3 : 4;
+  static constexpr bool persistent = kMode != Mode::weight_grad && kBN == 256;
+  static constexpr int stages = 3;
   static constexpr int pipe_bytes = stages * stage_bytes;
   static constexpr int out_stride = kBN + 8;  // staged output row, in elements (bank spread)
   static constexpr int out_bytes = k_bm * out_stride * (kMode == Mode::weight_grad ? 4 : 2);
-  static constexpr int smem_bytes = 1024 + pipe_bytes + 2 * stages * 8 + 32;
-  static_assert(out_bytes <= pipe_bytes, "the staged output reuses the pipeline's shared memory");
-  static_assert(smem_bytes <= 227 * 1024, "shared memory per block");
+  static constexpr int out_offset = persistent ? pipe_bytes : 0;
+  static constexpr int barrier_offset = persistent ? pipe_bytes + out_bytes : pipe_bytes;
+  // + the row-tile schedule: 2 * (E + 1) int32 (forward modes), sized at launch
+  static constexpr int fixed_smem_bytes = 1024 + barrier_offset + 2 * stages * 8;
+  static_assert(out_bytes <= pipe_bytes, "the staged output fits the pipeline's shared memory");
+  static_assert(fixed_smem_bytes <= 227 * 1024, "shared memory per block");
 };
+
+constexpr int k_max_smem = 227 * 1024;
 
 struct Args {
   const int32_t* offsets;
@@ -53,34 +69,92 @@ struct Args {
   bool accumulate;  // weight gradient: add to dw (else store, zeros for an expert with no rows)
 };
 
-// The block's expert and its reduction or output rows; false when the block has nothing to do.
+// One output tile: its expert, its rows (the reduction's rows for the weight gradient), its first
+// output column n0 and, for the weight gradient, its first row m0 of dw[e]. 32-bit: the launchers
+// check that rows fit (the bulk copies take 32-bit coordinates anyway).
 struct Work {
-  int64_t expert, row_begin, row_end;
+  int32_t expert, row_begin, row_end, n0, m0;
 };
 
-__device__ bool find_work(const Args& args, bool per_expert_grid, Work& w) {
-  const kernels::GroupedGemmShape& s = args.shape;
-  if (per_expert_grid) {  // weight gradient: blockIdx.z is the expert
-    const int64_t e = blockIdx.z;
-    w.expert = e;
-    w.row_begin = min(max(static_cast<int64_t>(args.offsets[e]), int64_t{0}), s.rows);
-    w.row_end = min(max(static_cast<int64_t>(args.offsets[e + 1]), w.row_begin), s.rows);
-    return w.row_end > w.row_begin || !args.accumulate;
-  }
-  int64_t t = blockIdx.y, begin = 0;  // forward: blockIdx.y counts row tiles over the experts in order
-  for (int64_t e = 0; e < s.num_experts; ++e) {
-    const int64_t end = min(max(static_cast<int64_t>(args.offsets[e + 1]), begin), s.rows);
-    const int64_t tiles = (end - begin + k_bm - 1) / k_bm;
-    if (t < tiles) {
-      w.expert = e;
-      w.row_begin = begin + t * k_bm;
-      w.row_end = end;
-      return true;
+// The forward's row tiles over the experts in order, in shared memory: row_end[e + 1] = where
+// expert e's rows end (row_end[0] = 0), tile_start[e] = its first row tile, tile_start[E] = all of
+// them. The offsets are read clamped to [0, rows] and made non-decreasing.
+struct Schedule {
+  int32_t* row_end;     // [E + 1]
+  int32_t* tile_start;  // [E + 1]
+};
+
+// Built by one warp, 32 experts at a time (running max of the ends, sum of the tiles).
+__device__ void build_schedule(const Args& args, const Schedule& sch, int lane) {
+  const int64_t num_experts = args.shape.num_experts;
+  const auto rows = static_cast<int32_t>(args.shape.rows);
+  int32_t end_carry = 0, tile_carry = 0;
+  for (int64_t base = 0; base < num_experts; base += k_warp) {
+    const int64_t e = base + lane;
+    int32_t end = e < num_experts ? min(max(args.offsets[e + 1], 0), rows) : 0;
+#pragma unroll
+    for (int o = 1; o < k_warp; o <<= 1) {
+      const int32_t lower = __shfl_up_sync(k_full_mask, end, o);
+      if (lane >= o) end = max(end, lower);
     }
-    t -= tiles;
-    begin = end;
+    end = max(end, end_carry);
+    int32_t begin = __shfl_up_sync(k_full_mask, end, 1);
+    if (lane == 0) begin = end_carry;
+    const int32_t tiles = e < num_experts ? (end - begin + k_bm - 1) / k_bm : 0;
+    int32_t upto = tiles;  // inclusive sum over the lanes
+#pragma unroll
+    for (int o = 1; o < k_warp; o <<= 1) {
+      const int32_t lower = __shfl_up_sync(k_full_mask, upto, o);
+      if (lane >= o) upto += lower;
+    }
+    if (e < num_experts) {
+      sch.row_end[e + 1] = end;
+      sch.tile_start[e] = tile_carry + upto - tiles;
+    }
+    end_carry = __shfl_sync(k_full_mask, end, k_warp - 1);
+    tile_carry += __shfl_sync(k_full_mask, upto, k_warp - 1);
   }
-  return false;
+  if (lane == 0) {
+    sch.row_end[0] = 0;
+    sch.tile_start[num_experts] = tile_carry;
+  }
+}
+
+// Forward tile `tile` = row tile * column tiles + column tile; false past the last row tile.
+template <int kBN>
+__device__ bool forward_work(const Args& args, const Schedule& sch, int64_t tile, int64_t col_tiles, Work& w) {
+  const int64_t num_experts = args.shape.num_experts;
+  const int64_t row_tile = tile / col_tiles;
+  if (row_tile >= sch.tile_start[num_experts]) return false;
+  int64_t lo = 0, hi = num_experts;  // tile_start[lo] <= row_tile < tile_start[hi]
+  while (hi - lo > 1) {
+    const int64_t mid = (lo + hi) / 2;
+    if (sch.tile_start[mid] <= row_tile) {
+      lo = mid;
+    } else {
+      hi = mid;
+    }
+  }
+  w.expert = static_cast<int32_t>(lo);
+  w.row_begin = sch.row_end[lo] + static_cast<int32_t>(row_tile - sch.tile_start[lo]) * k_bm;
+  w.row_end = sch.row_end[lo + 1];
+  w.n0 = static_cast<int32_t>((tile % col_tiles) * kBN);
+  w.m0 = 0;
+  return true;
+}
+
+// Weight gradient: blockIdx.z is the expert, (x, y) the tile of dw[e]; false when there is
+// nothing to add.
+template <int kBN>
+__device__ bool weight_grad_work(const Args& args, Work& w) {
+  const kernels::GroupedGemmShape& s = args.shape;
+  const auto rows = static_cast<int32_t>(s.rows);
+  w.expert = static_cast<int32_t>(blockIdx.z);
+  w.row_begin = min(max(args.offsets[w.expert], 0), rows);
+  w.row_end = min(max(args.offsets[w.expert + 1], w.row_begin), rows);
+  w.n0 = static_cast<int32_t>(blockIdx.x) * kBN;
+  w.m0 = static_cast<int32_t>(blockIdx.y) * k_bm;
+  return w.row_end > w.row_begin || !args.accumulate;
 }
 
 // Issues the bulk copies of k-slice `it` into one stage (producer thread only).
@@ -89,22 +163,22 @@ __device__ __forceinline__ void load_stage(uint8_t* a, uint8_t* b, uint64_t* ful
                                            const CUtensorMap* map_b, const Work& w, const Args& args, int it) {
   using T = Tile<kMode, kBN>;
   const kernels::GroupedGemmShape& s = args.shape;
-  const int32_t k0 = it * k_bk, n0 = static_cast<int32_t>(blockIdx.x) * kBN;
+  const int32_t k0 = it * k_bk, n0 = w.n0;
   mbar_arrive_expect_tx(full, T::stage_bytes);
   if constexpr (kMode == Mode::weight_grad) {
-    const int32_t r = static_cast<int32_t>(w.row_begin) + k0, m0 = static_cast<int32_t>(blockIdx.y) * k_bm;
+    const int32_t r = w.row_begin + k0, m0 = w.m0;
 #pragma unroll
     for (int h = 0; h < k_bm / k_box; ++h) tma_load_2d(a + h * k_box_bytes, map_a, full, m0 + h * k_box, r);
 #pragma unroll
     for (int h = 0; h < kBN / k_box; ++h) tma_load_2d(b + h * k_box_bytes, map_b, full, n0 + h * k_box, r);
   } else {
-    tma_load_2d(a, map_a, full, k0, static_cast<int32_t>(w.row_begin));
+    tma_load_2d(a, map_a, full, k0, w.row_begin);
     if constexpr (T::b_mn) {  // w[e] is [k, n]: boxes of 64 columns, rows e*k + k0...
-      const int32_t r = static_cast<int32_t>(w.expert * s.k) + k0;
+      const int32_t r = static_cast<int32_t>(w.expert * s.k + k0);
 #pragma unroll
       for (int h = 0; h < kBN / k_box; ++h) tma_load_2d(b + h * k_box_bytes, map_b, full, n0 + h * k_box, r);
     } else {  // w[e] is [n, k]: one box of kBN rows e*n + n0...
-      tma_load_2d(b, map_b, full, k0, static_cast<int32_t>(w.expert * s.n) + n0);
+      tma_load_2d(b, map_b, full, k0, static_cast<int32_t>(w.expert * s.n + n0));
     }
   }
 }
@@ -164,14 +238,16 @@ __device__ __forceinline__ void epilogue(uint8_t* smem, const float (&acc)[kBN /
                                          int cw, int t) {
   constexpr int stride = kBN + 8;
   const kernels::GroupedGemmShape& s = args.shape;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kBN;
-  named_barrier(k_consumer_barrier, k_consumer_threads);  // both warpgroups are done with the stages
+  const int64_t n0 = w.n0;
+  // Both warpgroups are done with the stages (a block of one tile stages its output there) and
+  // with the last tile's staged output (a persistent block).
+  named_barrier(k_consumer_barrier, k_consumer_threads);
   if constexpr (kMode == Mode::weight_grad) {
     auto* tile = reinterpret_cast<float*>(smem);
     stage_accumulators<float, kBN>(tile, acc, cw, t);
     named_barrier(k_consumer_barrier, k_consumer_threads);
-    const int64_t m0 = static_cast<int64_t>(blockIdx.y) * k_bm;
-    float* dw = static_cast<float*>(args.out) + w.expert * s.k * s.n;
+    const int64_t m0 = w.m0;
+    float* dw = static_cast<float*>(args.out) + static_cast<int64_t>(w.expert) * s.k * s.n;
     for (int i = t; i < k_bm * kBN / 4; i += k_consumer_threads) {
       const int r = i / (kBN / 4), c = (i % (kBN / 4)) * 4;
       const int64_t row = m0 + r, col = n0 + c;
@@ -200,54 +276,45 @@ __device__ __forceinline__ void epilogue(uint8_t* smem, const float (&acc)[kBN /
   }
 }
 
+// The k-slices of a tile: the inner dimension (forward) or the expert's rows (weight gradient).
+template <Mode kMode>
+__device__ __forceinline__ int k_slices(const Work& w, const Args& args) {
+  return kMode != Mode::weight_grad ? static_cast<int>((args.shape.k + k_bk - 1) / k_bk)
+                                    : (w.row_end - w.row_begin + k_bk - 1) / k_bk;
+}
+
+// The loader's side of one tile: each k-slice into the next free stage of the ring.
 template <Mode kMode, int kBN>
-__global__ void __launch_bounds__(k_threads, Tile<kMode, kBN>::blocks_per_sm)
-    grouped_gemm_sm90_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
-                             Args args) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+__device__ __forceinline__ void load_tile(uint8_t* smem, uint64_t* full, uint64_t* empty, const CUtensorMap* map_a,
+                                          const CUtensorMap* map_b, const Work& w, const Args& args, int& ring) {
   using T = Tile<kMode, kBN>;
-  extern __shared__ uint8_t smem_raw[];
-  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
-  auto* full = reinterpret_cast<uint64_t*>(smem + T::pipe_bytes);
-  uint64_t* empty = full + T::stages;
-  auto* shared_work = reinterpret_cast<Work*>(empty + T::stages);
-  if (threadIdx.x == 0) {
-    Work w{};
-    if (!find_work(args, kMode == Mode::weight_grad, w)) w.expert = -1;
-    *shared_work = w;
-    for (int s = 0; s < T::stages; ++s) {
-      mbar_init(&full[s], 1);
-      mbar_init(&empty[s], 2);  // one arrival per consumer warpgroup
-    }
-    fence_barrier_init();
+  const int slices = k_slices<kMode>(w, args);
+  for (int it = 0; it < slices; ++it, ++ring) {
+    const int s = ring % T::stages;
+    mbar_wait(&empty[s], ((ring / T::stages) & 1) ^ 1);
+    uint8_t* a = smem + s * T::stage_bytes;
+    load_stage<kMode, kBN>(a, a + T::a_bytes, &full[s], map_a, map_b, w, args, it);
   }
-  __syncthreads();
-  const Work w = *shared_work;
-  if (w.expert < 0) return;
-  const int iters = kMode == Mode::weight_grad ? static_cast<int>((w.row_end - w.row_begin + k_bk - 1) / k_bk)
-                                               : static_cast<int>((args.shape.k + k_bk - 1) / k_bk);
-  if (threadIdx.x >= k_consumer_threads) {  // the loader warp
-    if (threadIdx.x == k_consumer_threads) {
-      for (int it = 0; it < iters; ++it) {
-        const int s = it % T::stages;
-        mbar_wait(&empty[s], ((it / T::stages) & 1) ^ 1);
-        uint8_t* a = smem + s * T::stage_bytes;
-        load_stage<kMode, kBN>(a, a + T::a_bytes, &full[s], &map_a, &map_b, w, args, it);
-      }
-    }
-    return;
-  }
+}
+
+// The multiplying warpgroups' side of one tile: the k-slices from the ring, then the epilogue.
+template <Mode kMode, int kBN>
+__device__ __forceinline__ void multiply_tile(uint8_t* smem, uint8_t* out_tile, uint64_t* full, uint64_t* empty,
+                                              const Work& w, const Args& args, int& ring) {
+  using T = Tile<kMode, kBN>;
   const int t = static_cast<int>(threadIdx.x), cw = t / 128;
   float acc[kBN / 2];
 #pragma unroll
-  for (int i = 0; i < kBN / 2; ++i) acc[i] = 0.f;
-  for (int it = 0; it < iters; ++it) {
-    const int s = it % T::stages;
-    mbar_wait(&full[s], (it / T::stages) & 1);
+  for (int j = 0; j < kBN / 2; ++j) acc[j] = 0.f;
+  fence_registers(acc);
+  const int slices = k_slices<kMode>(w, args);
+  for (int it = 0; it < slices; ++it, ++ring) {
+    const int s = ring % T::stages;
+    mbar_wait(&full[s], (ring / T::stages) & 1);
     uint8_t* a = smem + s * T::stage_bytes;
     if constexpr (kMode == Mode::weight_grad) {
-      const int64_t valid = w.row_end - w.row_begin - static_cast<int64_t>(it) * k_bk;
-      if (valid < k_bk) zero_tail_rows<kBN>(a, static_cast<int>(valid), t);
+      const int valid = w.row_end - w.row_begin - it * k_bk;
+      if (valid < k_bk) zero_tail_rows<kBN>(a, valid, t);
     }
     fence_registers(acc);
     wgmma_fence();
@@ -255,11 +322,67 @@ __global__ void __launch_bounds__(k_threads, Tile<kMode, kBN>::blocks_per_sm)
     wgmma_commit();
     wgmma_wait<1>();
     fence_registers(acc);
-    if (it > 0 && t % 128 == 0) mbar_arrive(&empty[(it - 1) % T::stages]);
+    if (it > 0 && t % 128 == 0) mbar_arrive(&empty[(ring - 1) % T::stages]);
   }
   wgmma_wait<0>();
   fence_registers(acc);
-  epilogue<kMode, kBN>(smem, acc, w, args, cw, t);
+  if (slices > 0 && t % 128 == 0) mbar_arrive(&empty[(ring - 1) % T::stages]);  // the tile's last stage
+  epilogue<kMode, kBN>(out_tile, acc, w, args, cw, t);
+}
+
+template <Mode kMode, int kBN>
+__global__ void __launch_bounds__(k_threads, Tile<kMode, kBN>::blocks_per_sm)
+    grouped_gemm_sm90_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
+                             Args args) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using T = Tile<kMode, kBN>;
+  constexpr bool forward = kMode != Mode::weight_grad;
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
+  uint8_t* out_tile = smem + T::out_offset;
+  auto* full = reinterpret_cast<uint64_t*>(smem + T::barrier_offset);
+  uint64_t* empty = full + T::stages;
+  auto* schedule_words = reinterpret_cast<int32_t*>(empty + T::stages);
+  const Schedule sch{schedule_words, schedule_words + args.shape.num_experts + 1};
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < T::stages; ++s) {
+      mbar_init(&full[s], 1);
+      mbar_init(&empty[s], 2);  // one arrival per consumer warpgroup
+    }
+    fence_barrier_init();
+  }
+  if (forward && threadIdx.x < k_warp) build_schedule(args, sch, static_cast<int>(threadIdx.x));
+  __syncthreads();
+  // The block's i-th tile: blockIdx.x + i * gridDim.x in the forward (a persistent grid walks
+  // many), the one tile of blockIdx for the weight gradient.
+  const int64_t col_tiles = (args.shape.n + kBN - 1) / kBN;
+  auto work = [&](int64_t i, Work& w) {
+    if constexpr (T::persistent) {
+      return forward_work<kBN>(args, sch, blockIdx.x + i * static_cast<int64_t>(gridDim.x), col_tiles, w);
+    } else if constexpr (forward) {
+      return i == 0 && forward_work<kBN>(args, sch, blockIdx.x, col_tiles, w);
+    } else {
+      return i == 0 && weight_grad_work<kBN>(args, w);
+    }
+  };
+  // Both sides count the k-slices they have passed through the ring (`ring`), over all tiles.
+  Work w{};
+  int ring = 0;
+  if (threadIdx.x >= k_consumer_threads) {  // the loader warp
+    if (threadIdx.x == k_consumer_threads) {
+      if constexpr (T::persistent) {
+        for (int64_t i = 0; work(i, w); ++i) load_tile<kMode, kBN>(smem, full, empty, &map_a, &map_b, w, args, ring);
+      } else if (work(0, w)) {
+        load_tile<kMode, kBN>(smem, full, empty, &map_a, &map_b, w, args, ring);
+      }
+    }
+    return;
+  }
+  if constexpr (T::persistent) {
+    for (int64_t i = 0; work(i, w); ++i) multiply_tile<kMode, kBN>(smem, out_tile, full, empty, w, args, ring);
+  } else if (work(0, w)) {
+    multiply_tile<kMode, kBN>(smem, out_tile, full, empty, w, args, ring);
+  }
 #endif
 }
 
@@ -298,23 +421,51 @@ CUtensorMap tensor_map(const void* base, int64_t inner, int64_t outer, int box_o
   return map;
 }
 
+// Shared memory of a launch: the tile's fixed part and the forward's row-tile schedule.
+template <Mode kMode, int kBN>
+int smem_bytes(int64_t num_experts) {
+  const int64_t schedule = kMode == Mode::weight_grad ? 0 : 2 * (num_experts + 1) * 4;
+  return Tile<kMode, kBN>::fixed_smem_bytes + static_cast<int>(schedule);
+}
+
 template <Mode kMode, int kBN>
 void launch(const CUtensorMap& a, const CUtensorMap& b, const Args& args, dim3 grid, cudaStream_t stream) {
-  using T = Tile<kMode, kBN>;
   static const bool configured = [] {
     CUDA_CHECK(cudaFuncSetAttribute(grouped_gemm_sm90_kernel<kMode, kBN>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    T::smem_bytes));
+                                    k_max_smem));
     return true;
   }();
   (void)configured;
-  grouped_gemm_sm90_kernel<kMode, kBN><<<grid, k_threads, T::smem_bytes, stream>>>(a, b, args);
+  const int smem = smem_bytes<kMode, kBN>(args.shape.num_experts);
+  MOE_CHECK(smem <= k_max_smem, "grouped gemm on CUDA: ", args.shape.num_experts,
+            " experts overflow the Hopper kernel's shared memory");
+  grouped_gemm_sm90_kernel<kMode, kBN><<<grid, k_threads, smem, stream>>>(a, b, args);
   CUDA_CHECK_LAUNCH();
+}
+
+// The forward's grid: every (row tile, column tile) the offsets may produce, or one block per
+// multiprocessor when the tiles are persistent.
+template <Mode kMode, int kBN>
+dim3 forward_grid(const kernels::GroupedGemmShape& s) {
+  const int64_t tiles = ceil_div(s.n, kBN) * (ceil_div(s.rows, k_bm) + s.num_experts);
+  const int64_t blocks = Tile<kMode, kBN>::persistent ? std::min<int64_t>(tiles, multiprocessor_count()) : tiles;
+  MOE_CHECK(blocks <= INT32_MAX, "grouped gemm on CUDA: ", tiles, " output tiles");
+  return dim3(static_cast<unsigned>(blocks));
+}
+
+template <Mode kMode, int kBN>
+void launch_forward(const CUtensorMap& a, const CUtensorMap& b, const Args& args, cudaStream_t stream) {
+  launch<kMode, kBN>(a, b, args, forward_grid<kMode, kBN>(args.shape), stream);
 }
 
 // Wide column tiles halve the loads of A per FLOP; narrow outputs waste less of them.
 bool wide_columns(int64_t n) { return n >= 512 && n % 256 == 0; }
 
 }  // namespace
+
+int64_t max_forward_experts() {
+  return (k_max_smem - Tile<Mode::forward, 256>::fixed_smem_bytes) / 8 - 1;
+}
 
 bool grouped_gemm_available() {
 #if defined(MOE_WITH_SM90A)
@@ -334,24 +485,26 @@ bool grouped_gemm_available() {
 void grouped_gemm_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __nv_bfloat16* w, bool trans_w,
                        __nv_bfloat16* y, const kernels::GroupedGemmShape& s, bool wide_tiles,
                        cudaStream_t stream) {
+  MOE_CHECK(s.rows <= INT32_MAX && s.num_experts <= max_forward_experts(), "grouped gemm on CUDA: ", s.rows,
+            " rows over ", s.num_experts, " experts exceed the Hopper kernel (at most 2^31 - 1 rows and ",
+            max_forward_experts(), " experts)");
   const Args args{offsets, s, y, false};
   const bool wide = wide_tiles && wide_columns(s.n);
   const int bn = wide ? 256 : 128;
-  const dim3 grid(static_cast<unsigned>(ceil_div(s.n, bn)), static_cast<unsigned>(ceil_div(s.rows, k_bm) + s.num_experts));
   const CUtensorMap map_x = tensor_map(x, s.k, s.rows, k_bm);
   if (trans_w) {
     const CUtensorMap map_w = tensor_map(w, s.k, s.num_experts * s.n, bn);
     if (wide) {
-      launch<Mode::forward_trans_w, 256>(map_x, map_w, args, grid, stream);
+      launch_forward<Mode::forward_trans_w, 256>(map_x, map_w, args, stream);
     } else {
-      launch<Mode::forward_trans_w, 128>(map_x, map_w, args, grid, stream);
+      launch_forward<Mode::forward_trans_w, 128>(map_x, map_w, args, stream);
     }
   } else {
     const CUtensorMap map_w = tensor_map(w, s.n, s.num_experts * s.k, k_bk);
     if (wide) {
-      launch<Mode::forward, 256>(map_x, map_w, args, grid, stream);
+      launch_forward<Mode::forward, 256>(map_x, map_w, args, stream);
     } else {
-      launch<Mode::forward, 128>(map_x, map_w, args, grid, stream);
+      launch_forward<Mode::forward, 128>(map_x, map_w, args, stream);
     }
   }
 }
@@ -359,6 +512,7 @@ void grouped_gemm_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __n
 void grouped_gemm_weight_grad_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __nv_bfloat16* dy,
                                    float* dw, const kernels::GroupedGemmShape& s, bool accumulate,
                                    cudaStream_t stream) {
+  MOE_CHECK(s.rows <= INT32_MAX, "grouped gemm on CUDA: ", s.rows, " rows exceed the Hopper kernel (2^31 - 1)");
   const Args args{offsets, s, dw, accumulate};
   const CUtensorMap map_x = tensor_map(x, s.k, s.rows, k_bk), map_dy = tensor_map(dy, s.n, s.rows, k_bk);
   const dim3 grid128(static_cast<unsigned>(ceil_div(s.n, 128)), static_cast<unsigned>(ceil_div(s.k, k_bm)),

@@ -145,6 +145,55 @@ TEST_CASE("cuda grouped gemms ignore the padding rows past the last offset", "[c
   }
 }
 
+// Wide tiles run persistently: one block per multiprocessor walks several tiles, its loader
+// filling the ring with the next tile while the last one is stored. Thousands of rows over 64
+// experts give each block several tiles; 5 and 6 k-slices per tile (not multiples of the 3 stages)
+// carry the ring's phase across tiles. Rows past the last offset stay unwritten.
+TEST_CASE("cuda grouped matmul walks many tiles per block", "[cuda][grouped]") {
+  std::vector<int32_t> counts = random_int_values(64, 400, 11);
+  for (int e = 0; e < 64; e += 9) counts[static_cast<size_t>(e)] = 0;
+  counts[5] = 1;
+  counts[6] = 3000;  // one expert with many row tiles in a row
+  const int64_t e_num = 64, rows = total_of(counts), pad = 100;
+  for (auto kernel : kernels_here()) {
+    KernelChoice choice(kernel);
+    for (const Widths& wd : {Widths{320, 512}, Widths{384, 768}, Widths{768, 1024}}) {
+      for (bool trans_w : {false, true}) {
+        INFO("kernel " << cuda::grouped_gemm_kernel_name() << " rows " << rows << " k " << wd.k << " n " << wd.n
+                       << " trans_w " << trans_w);
+        const uint64_t seed = seed_of(96, {rows, wd.k, wd.n, trans_w});
+        Mirror offsets = offsets_of(counts);
+        Mirror x = with_nan_rows(random_mirror({rows, wd.k}, DType::bf16, seed), pad);
+        Mirror w = random_mirror(trans_w ? Shape{e_num, wd.n, wd.k} : Shape{e_num, wd.k, wd.n}, DType::bf16, seed + 1);
+        Mirror y = poisoned_pair({rows + pad, wd.n}, DType::bf16);
+        ops::grouped_matmul(x.cpu, offsets.cpu, w.cpu, trans_w, y.cpu);
+        ops::grouped_matmul(x.gpu, offsets.gpu, w.gpu, trans_w, y.gpu);
+        require_close(y.gpu.rows(0, rows), y.cpu.rows(0, rows), bf16_tol().atol, bf16_tol().rtol, "y");
+        const std::vector<float> tail = y.gpu.rows(rows, rows + pad).to(Device::cpu()).to_vector<float>();
+        size_t written = 0;
+        for (float v : tail) written += std::isnan(v) ? 0 : 1;
+        REQUIRE(written == 0);
+      }
+    }
+  }
+}
+
+// The Hopper forward keeps its row-tile schedule in shared memory; more experts than it holds
+// take the portable kernel, with the same results.
+TEST_CASE("cuda grouped matmul over more experts than the Hopper schedule holds", "[cuda][grouped]") {
+  if (!cuda::sm90::grouped_gemm_available()) return;  // only the portable kernel here
+  const int64_t e_num = cuda::sm90::max_forward_experts() + 3, k = 64, n = 512;
+  std::vector<int32_t> counts = random_int_values(e_num, 3, 12);
+  const int64_t rows = total_of(counts);
+  Mirror offsets = offsets_of(counts);
+  Mirror x = random_mirror({rows, k}, DType::bf16, 97);
+  Mirror w = random_mirror({e_num, k, n}, DType::bf16, 98);
+  Mirror y = poisoned_pair({rows, n}, DType::bf16);
+  ops::grouped_matmul(x.cpu, offsets.cpu, w.cpu, false, y.cpu);
+  ops::grouped_matmul(x.gpu, offsets.gpu, w.gpu, false, y.gpu);
+  require_match(y, bf16_tol(), "y");
+}
+
 TEST_CASE("cuda grouped matmul rejects widths that are not multiples of 8", "[cuda][grouped][errors]") {
   Mirror offsets = offsets_of({3, 4});
   Mirror x = random_mirror({7, 12}, DType::bf16, 5), w = random_mirror({2, 12, 16}, DType::bf16, 6);
