@@ -1,8 +1,9 @@
 // The Hopper grouped GEMM: 128 x BN output tiles, one warp loading 64-deep k-slices with bulk
 // tensor copies into a ring of shared-memory stages (128-byte swizzle), two warpgroups each
-// multiplying 64 rows with wgmma from shared memory, fp32 accumulators, epilogue staged through
-// shared memory into 16-byte stores. Row tiles are scheduled over (expert, row tile, column tile)
-// from the device offsets, so experts with few rows cost few tiles and the host never waits.
+// multiplying 64 rows with wgmma from shared memory, fp32 accumulators, the output staged in
+// shared memory (the forward's whole tiles leave it by bulk tensor stores, the rest by 16-byte
+// stores). Row tiles are scheduled over (expert, row tile, column tile) from the device offsets,
+// so experts with few rows cost few tiles and the host never waits.
 // Wide forward tiles run persistently (one block per multiprocessor walking the tiles): the loader
 // runs on into the next tile while the multiplying warpgroups store the last one, so a short
 // reduction (k = 384: six k-slices) does not pay the pipeline's fill and the block's start per tile.
@@ -50,8 +51,8 @@ struct Tile {
   static constexpr bool persistent = kMode != Mode::weight_grad && kBN == 256;
   static constexpr int stages = 3;
   static constexpr int pipe_bytes = stages * stage_bytes;
-  static constexpr int out_stride = kBN + 8;  // staged output row, in elements (bank spread)
-  static constexpr int out_bytes = k_bm * out_stride * (kMode == Mode::weight_grad ? 4 : 2);
+  // Staged output: f32 rows of kBN + 8 (bank spread), or bf16 boxes for the bulk store (below).
+  static constexpr int out_bytes = kMode == Mode::weight_grad ? k_bm * (kBN + 8) * 4 : k_bm * kBN * 2;
   static constexpr int out_offset = persistent ? pipe_bytes : 0;
   static constexpr int barrier_offset = persistent ? pipe_bytes + out_bytes : pipe_bytes;
   // + the row-tile schedule: 2 * (E + 1) int32 (forward modes), sized at launch
@@ -213,9 +214,18 @@ __device__ __forceinline__ void mma_stage(float (&acc)[kBN / 2], const uint8_t* 
   }
 }
 
-// Writes the accumulators (rows 64*cw + ..., the wgmma fragment layout) into the staged tile.
+// The forward's staged output: kBN / 64 boxes of [128 rows][64 columns] bf16 with the 128-byte
+// swizzle, the layout the bulk tensor store reads: row r's 16-byte chunk j sits at chunk j ^ (r % 8)
+// (so the fragment writes below hit 32 distinct banks). Byte offset of (row r, column c).
+constexpr int k_out_box_bytes = k_bm * 128;
+__device__ __forceinline__ int staged_offset(int r, int c) {
+  return (c / k_box) * k_out_box_bytes + r * 128 + ((((c % k_box) / 8) ^ (r % 8)) * 16) + (c % 8) * 2;
+}
+
+// Writes the accumulators (rows 64*cw + ..., the wgmma fragment layout) into the staged tile:
+// f32 rows of kBN + 8, or the bf16 boxes above.
 template <typename Out, int kBN>
-__device__ __forceinline__ void stage_accumulators(Out* tile, const float (&acc)[kBN / 2], int cw, int t) {
+__device__ __forceinline__ void stage_accumulators(uint8_t* tile, const float (&acc)[kBN / 2], int cw, int t) {
   constexpr int stride = kBN + 8;
   const int warp = (t % 128) / 32, lane = t % 32;
   const int r0 = cw * 64 + warp * 16 + lane / 4;
@@ -223,28 +233,33 @@ __device__ __forceinline__ void stage_accumulators(Out* tile, const float (&acc)
   for (int j = 0; j < kBN / 8; ++j) {
     const int c = j * 8 + (lane % 4) * 2;
     if constexpr (sizeof(Out) == 4) {
-      *reinterpret_cast<float2*>(tile + r0 * stride + c) = make_float2(acc[4 * j], acc[4 * j + 1]);
-      *reinterpret_cast<float2*>(tile + (r0 + 8) * stride + c) = make_float2(acc[4 * j + 2], acc[4 * j + 3]);
+      auto* f = reinterpret_cast<float*>(tile);
+      *reinterpret_cast<float2*>(f + r0 * stride + c) = make_float2(acc[4 * j], acc[4 * j + 1]);
+      *reinterpret_cast<float2*>(f + (r0 + 8) * stride + c) = make_float2(acc[4 * j + 2], acc[4 * j + 3]);
     } else {
-      *reinterpret_cast<__nv_bfloat162*>(tile + r0 * stride + c) = __floats2bfloat162_rn(acc[4 * j], acc[4 * j + 1]);
-      *reinterpret_cast<__nv_bfloat162*>(tile + (r0 + 8) * stride + c) =
+      *reinterpret_cast<__nv_bfloat162*>(tile + staged_offset(r0, c)) = __floats2bfloat162_rn(acc[4 * j], acc[4 * j + 1]);
+      *reinterpret_cast<__nv_bfloat162*>(tile + staged_offset(r0 + 8, c)) =
           __floats2bfloat162_rn(acc[4 * j + 2], acc[4 * j + 3]);
     }
   }
 }
 
+// The weight gradient adds (or stores) f32 rows; the forward's whole tiles leave through bulk tensor
+// stores issued by one thread (the warpgroups go on at once), an expert's last, partial tile
+// through 16-byte stores of its own rows (the rows past them are the next expert's).
 template <Mode kMode, int kBN>
-__device__ __forceinline__ void epilogue(uint8_t* smem, const float (&acc)[kBN / 2], const Work& w, const Args& args,
-                                         int cw, int t) {
+__device__ __forceinline__ void epilogue(uint8_t* smem, const CUtensorMap* map_out, const float (&acc)[kBN / 2],
+                                         const Work& w, const Args& args, int cw, int t) {
   constexpr int stride = kBN + 8;
   const kernels::GroupedGemmShape& s = args.shape;
   const int64_t n0 = w.n0;
+  if (kMode != Mode::weight_grad && t == 0) bulk_wait_group_read();  // the last tile's stores have left
   // Both warpgroups are done with the stages (a block of one tile stages its output there) and
   // with the last tile's staged output (a persistent block).
   named_barrier(k_consumer_barrier, k_consumer_threads);
   if constexpr (kMode == Mode::weight_grad) {
     auto* tile = reinterpret_cast<float*>(smem);
-    stage_accumulators<float, kBN>(tile, acc, cw, t);
+    stage_accumulators<float, kBN>(smem, acc, cw, t);
     named_barrier(k_consumer_barrier, k_consumer_threads);
     const int64_t m0 = w.m0;
     float* dw = static_cast<float*>(args.out) + static_cast<int64_t>(w.expert) * s.k * s.n;
@@ -262,15 +277,25 @@ __device__ __forceinline__ void epilogue(uint8_t* smem, const float (&acc)[kBN /
       }
     }
   } else {
-    auto* tile = reinterpret_cast<__nv_bfloat16*>(smem);
-    stage_accumulators<__nv_bfloat16, kBN>(tile, acc, cw, t);
+    stage_accumulators<__nv_bfloat16, kBN>(smem, acc, cw, t);
+    fence_proxy_async();  // the staged tile is read by the bulk copy
     named_barrier(k_consumer_barrier, k_consumer_threads);
-    auto* y = static_cast<__nv_bfloat16*>(args.out);
-    for (int i = t; i < k_bm * kBN / 8; i += k_consumer_threads) {
-      const int r = i / (kBN / 8), c = (i % (kBN / 8)) * 8;
-      const int64_t row = w.row_begin + r, col = n0 + c;
-      if (row < w.row_end && col < s.n) {
-        *reinterpret_cast<uint4*>(y + row * s.n + col) = *reinterpret_cast<const uint4*>(tile + r * stride + c);
+    if (w.row_end - w.row_begin >= k_bm) {
+      if (t == 0) {
+#pragma unroll
+        for (int b = 0; b < kBN / k_box; ++b) {
+          tma_store_2d(map_out, smem + b * k_out_box_bytes, w.n0 + b * k_box, w.row_begin);
+        }
+        bulk_commit_group();
+      }
+    } else {
+      auto* y = static_cast<__nv_bfloat16*>(args.out);
+      for (int i = t; i < k_bm * kBN / 8; i += k_consumer_threads) {
+        const int r = i / (kBN / 8), c = (i % (kBN / 8)) * 8;
+        const int64_t row = w.row_begin + r, col = n0 + c;
+        if (row < w.row_end && col < s.n) {
+          *reinterpret_cast<uint4*>(y + row * s.n + col) = *reinterpret_cast<const uint4*>(smem + staged_offset(r, c));
+        }
       }
     }
   }
@@ -299,8 +324,9 @@ __device__ __forceinline__ void load_tile(uint8_t* smem, uint64_t* full, uint64_
 
 // The multiplying warpgroups' side of one tile: the k-slices from the ring, then the epilogue.
 template <Mode kMode, int kBN>
-__device__ __forceinline__ void multiply_tile(uint8_t* smem, uint8_t* out_tile, uint64_t* full, uint64_t* empty,
-                                              const Work& w, const Args& args, int& ring) {
+__device__ __forceinline__ void multiply_tile(uint8_t* smem, uint8_t* out_tile, const CUtensorMap* map_out,
+                                              uint64_t* full, uint64_t* empty, const Work& w, const Args& args,
+                                              int& ring) {
   using T = Tile<kMode, kBN>;
   const int t = static_cast<int>(threadIdx.x), cw = t / 128;
   float acc[kBN / 2];
@@ -327,13 +353,13 @@ __device__ __forceinline__ void multiply_tile(uint8_t* smem, uint8_t* out_tile, 
   wgmma_wait<0>();
   fence_registers(acc);
   if (slices > 0 && t % 128 == 0) mbar_arrive(&empty[(ring - 1) % T::stages]);  // the tile's last stage
-  epilogue<kMode, kBN>(out_tile, acc, w, args, cw, t);
+  epilogue<kMode, kBN>(out_tile, map_out, acc, w, args, cw, t);
 }
 
 template <Mode kMode, int kBN>
 __global__ void __launch_bounds__(k_threads, Tile<kMode, kBN>::blocks_per_sm)
     grouped_gemm_sm90_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
-                             Args args) {
+                             const __grid_constant__ CUtensorMap map_out, Args args) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using T = Tile<kMode, kBN>;
   constexpr bool forward = kMode != Mode::weight_grad;
@@ -379,10 +405,13 @@ __global__ void __launch_bounds__(k_threads, Tile<kMode, kBN>::blocks_per_sm)
     return;
   }
   if constexpr (T::persistent) {
-    for (int64_t i = 0; work(i, w); ++i) multiply_tile<kMode, kBN>(smem, out_tile, full, empty, w, args, ring);
+    for (int64_t i = 0; work(i, w); ++i) {
+      multiply_tile<kMode, kBN>(smem, out_tile, &map_out, full, empty, w, args, ring);
+    }
   } else if (work(0, w)) {
-    multiply_tile<kMode, kBN>(smem, out_tile, full, empty, w, args, ring);
+    multiply_tile<kMode, kBN>(smem, out_tile, &map_out, full, empty, w, args, ring);
   }
+  if (forward && threadIdx.x == 0) bulk_wait_group();  // the bulk stores are complete before the block ends
 #endif
 }
 
@@ -428,8 +457,10 @@ int smem_bytes(int64_t num_experts) {
   return Tile<kMode, kBN>::fixed_smem_bytes + static_cast<int>(schedule);
 }
 
+// map_out: the forward's y (bulk stores); unused by the weight gradient.
 template <Mode kMode, int kBN>
-void launch(const CUtensorMap& a, const CUtensorMap& b, const Args& args, dim3 grid, cudaStream_t stream) {
+void launch(const CUtensorMap& a, const CUtensorMap& b, const CUtensorMap& out, const Args& args, dim3 grid,
+            cudaStream_t stream) {
   static const bool configured = [] {
     CUDA_CHECK(cudaFuncSetAttribute(grouped_gemm_sm90_kernel<kMode, kBN>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     k_max_smem));
@@ -439,7 +470,7 @@ void launch(const CUtensorMap& a, const CUtensorMap& b, const Args& args, dim3 g
   const int smem = smem_bytes<kMode, kBN>(args.shape.num_experts);
   MOE_CHECK(smem <= k_max_smem, "grouped gemm on CUDA: ", args.shape.num_experts,
             " experts overflow the Hopper kernel's shared memory");
-  grouped_gemm_sm90_kernel<kMode, kBN><<<grid, k_threads, smem, stream>>>(a, b, args);
+  grouped_gemm_sm90_kernel<kMode, kBN><<<grid, k_threads, smem, stream>>>(a, b, out, args);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -455,7 +486,8 @@ dim3 forward_grid(const kernels::GroupedGemmShape& s) {
 
 template <Mode kMode, int kBN>
 void launch_forward(const CUtensorMap& a, const CUtensorMap& b, const Args& args, cudaStream_t stream) {
-  launch<kMode, kBN>(a, b, args, forward_grid<kMode, kBN>(args.shape), stream);
+  const CUtensorMap y = tensor_map(args.out, args.shape.n, args.shape.rows, k_bm);
+  launch<kMode, kBN>(a, b, y, args, forward_grid<kMode, kBN>(args.shape), stream);
 }
 
 // Wide column tiles halve the loads of A per FLOP; narrow outputs waste less of them.
@@ -517,7 +549,7 @@ void grouped_gemm_weight_grad_bf16(const __nv_bfloat16* x, const int32_t* offset
   const CUtensorMap map_x = tensor_map(x, s.k, s.rows, k_bk), map_dy = tensor_map(dy, s.n, s.rows, k_bk);
   const dim3 grid128(static_cast<unsigned>(ceil_div(s.n, 128)), static_cast<unsigned>(ceil_div(s.k, k_bm)),
                      static_cast<unsigned>(s.num_experts));
-  launch<Mode::weight_grad, 128>(map_x, map_dy, args, grid128, stream);
+  launch<Mode::weight_grad, 128>(map_x, map_dy, map_x, args, grid128, stream);
 }
 
 }  // namespace moe::cuda::sm90

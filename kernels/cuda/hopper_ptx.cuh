@@ -1,4 +1,4 @@
-// Hopper (sm_90) PTX wrappers: mbarriers, bulk tensor copies (TMA), warpgroup MMA fences and
+// Hopper (sm_90) PTX wrappers: mbarriers, bulk tensor copies (TMA) both ways, warpgroup MMA fences and
 // shared-memory matrix descriptors. Included only from .cu files built for sm_90a.
 #pragma once
 
@@ -48,6 +48,21 @@ __device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, u
       "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_addr(bar)), "r"(c0), "r"(c1)
       : "memory");
 }
+
+// ---- bulk tensor store: a box of shared memory to (c0 inner, c1 outer) of a 2-D tensor map ----
+__device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, const void* src, int32_t c0, int32_t c1) {
+  asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];" ::"l"(
+                   reinterpret_cast<uint64_t>(map)),
+               "r"(smem_addr(src)), "r"(c0), "r"(c1)
+               : "memory");
+}
+__device__ __forceinline__ void bulk_commit_group() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
+// Waits until this thread's committed bulk stores have read their shared memory (it may be reused).
+__device__ __forceinline__ void bulk_wait_group_read() {
+  asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
+}
+// Waits until this thread's committed bulk stores are complete.
+__device__ __forceinline__ void bulk_wait_group() { asm volatile("cp.async.bulk.wait_group 0;" ::: "memory"); }
 
 // Orders this thread's ordinary shared-memory writes before later reads by the async proxy
 // (tensor cores, bulk copies).
