@@ -1,5 +1,5 @@
-// Local dispatcher over the permutation ops: sort by expert, gather rows, scatter-add back,
-// and the weighted combine.
+// Local dispatcher over the permutation ops: sort by expert and move the rows (one op), gather
+// them again for a redispatch, sum them back per token, and the weighted combine.
 #include "parallel/local_dispatcher.h"
 
 #include <algorithm>
@@ -20,17 +20,19 @@ int64_t rows_of(const DispatchSaved& saved) {
 
 // The per-expert split stays on the device (offsets): every slot that may be routed gets a row
 // (saved.max_rows bounds them), the unused ones zero padding past offsets[E], so nothing waits
-// for the counts.
+// for the counts. The sort moves the rows as it places them (one pass; redispatch gathers).
 Tensor LocalDispatcher::dispatch(const Tensor& x, const Tensor& ids, DispatchSaved& saved) const {
+  MOE_CHECK(x.ndim() == 2, "local dispatcher: dispatch of ", shape_str(x.shape()), ", not [T,d]");
   const int64_t slots = ids.numel();
   saved.num_tokens = x.size(0);
   saved.sorted_tokens = Tensor::empty({slots}, DType::i32, x.device());
   saved.slot_pos = Tensor::empty({slots}, DType::i32, x.device());
   saved.offsets = Tensor::empty({num_experts_ + 1}, DType::i32, x.device());
-  ops::moe_sort_by_expert(ids, num_experts_, saved.sorted_tokens, saved.slot_pos, saved.offsets);
   saved.counts.clear();
   saved.routed_counts.clear();
-  return redispatch(saved, x);
+  Tensor x_sorted = Tensor::empty({rows_of(saved), x.size(1)}, x.dtype(), x.device());
+  ops::moe_permute_rows(ids, x, num_experts_, saved.sorted_tokens, saved.slot_pos, saved.offsets, x_sorted);
+  return x_sorted;
 }
 
 Tensor LocalDispatcher::redispatch(const DispatchSaved& saved, const Tensor& x) const {

@@ -29,6 +29,26 @@ inline unsigned grid_for(int64_t n, int threads, int64_t max_blocks = 65535) {
 // Whether a pointer is aligned for `bytes`-wide vector accesses.
 inline bool aligned_to(const void* ptr, size_t bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; }
 
+// Calls fn(W{}) with the widest copy word W (16, 8, 4, 2 or 1 bytes) that divides row_bytes and
+// to which src and dst are both aligned: every row of both then starts on a word.
+template <typename Fn>
+void with_row_word(int64_t row_bytes, const void* src, const void* dst, Fn&& fn) {
+  auto fits = [&](size_t w) {
+    return row_bytes % static_cast<int64_t>(w) == 0 && aligned_to(src, w) && aligned_to(dst, w);
+  };
+  if (fits(16)) {
+    fn(uint4{});
+  } else if (fits(8)) {
+    fn(uint2{});
+  } else if (fits(4)) {
+    fn(uint32_t{});
+  } else if (fits(2)) {
+    fn(uint16_t{});
+  } else {
+    fn(uint8_t{});
+  }
+}
+
 __device__ __forceinline__ float to_float(float x) { return x; }
 __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 template <typename T>

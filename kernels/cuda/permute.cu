@@ -1,5 +1,6 @@
 // Expert sort by counting: per-chunk histograms, one scan block turning them into per-chunk
-// offsets, then a stable in-order placement (warp match + rank); combine forward/backward.
+// offsets, then a stable in-order placement (warp match + rank) that can move the rows too (the
+// dispatch's permutation and gather in one pass); combine forward/backward.
 // Dropped slots (id -1) are skipped everywhere; unused rows of dy_sorted are zeroed by a
 // second pass over per-row "used" flags, so any slot_pos layout (prefix or padded) works.
 #include "kernels/cuda/permute.h"
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/device_info.h"
 #include "kernels/cuda/runtime.h"
 
 namespace moe::cuda {
@@ -17,12 +19,16 @@ namespace moe::cuda {
 namespace {
 
 using bf16 = __nv_bfloat16;
-constexpr int k_chunk = 1024;         // slots per chunk (one count block, one place block)
+constexpr int k_chunk = 256;  // slots per chunk (one count block, one place block): hundreds of blocks at MoE sizes
 constexpr int k_count_threads = 256;
 constexpr int k_scan_threads = 1024;
+constexpr int k_place_threads = 256;  // warp 0 places the chunk, all warps move its rows
+constexpr int64_t k_max_splits = 8;   // place blocks per chunk at most (each redoes the placement)
+// Shared memory per place block: a cursor per expert (dynamic) and the chunk's rows (static).
+constexpr int64_t k_max_experts = (48 * 1024 - k_chunk * static_cast<int64_t>(sizeof(int32_t))) / 4;
 
-// ids[n] for n in chunk b -> chunk_counts[b, e]; -1 is skipped, a bad id is recorded in *bad
-// as (1 << 32) | id.
+// ids[n] for n in chunk b -> chunk_counts[e, b] (expert-major, so the scan reads along chunks);
+// -1 is skipped, a bad id is recorded in *bad as (1 << 32) | id.
 __global__ void count_kernel(const int32_t* ids, int64_t num_slots, int num_experts, int32_t* chunk_counts,
                              unsigned long long* bad) {
   extern __shared__ int32_t hist[];
@@ -40,18 +46,28 @@ __global__ void count_kernel(const int32_t* ids, int64_t num_slots, int num_expe
   }
   __syncthreads();
   for (int e = threadIdx.x; e < num_experts; e += blockDim.x) {
-    chunk_counts[static_cast<int64_t>(blockIdx.x) * num_experts + e] = hist[e];
+    chunk_counts[static_cast<int64_t>(e) * gridDim.x + blockIdx.x] = hist[e];
   }
 }
 
-// One block. chunk_counts[chunks, E] -> (in place) chunk offsets: the sorted row where chunk b's
-// first slot of expert e goes; offsets[E+1] = where each expert's rows begin (offsets[E] = rows used).
+__device__ __forceinline__ int32_t warp_sum_i32(int32_t v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(k_full_mask, v, o);
+  return v;
+}
+
+// One block, a warp per expert. chunk_counts[E, chunks] -> (in place) chunk offsets: the sorted
+// row where chunk b's first slot of expert e goes; offsets[E+1] = where each expert's rows begin
+// (offsets[E] = rows used). Chunks are scanned 32 at a time (a warp scan), not one by one.
 __global__ void scan_kernel(int32_t* chunk_counts, int64_t chunks, int num_experts, int32_t* offsets) {
   extern __shared__ int32_t offset[];  // [E]
-  for (int e = threadIdx.x; e < num_experts; e += blockDim.x) {
+  const int lane = threadIdx.x % k_warp, warp = threadIdx.x / k_warp, num_warps = blockDim.x / k_warp;
+  for (int e = warp; e < num_experts; e += num_warps) {
+    const int32_t* counts = chunk_counts + static_cast<int64_t>(e) * chunks;
     int32_t total = 0;
-    for (int64_t b = 0; b < chunks; ++b) total += chunk_counts[b * num_experts + e];
-    offset[e] = total;
+    for (int64_t b = lane; b < chunks; b += k_warp) total += counts[b];
+    total = warp_sum_i32(total);
+    if (lane == 0) offset[e] = total;
   }
   __syncthreads();
   if (threadIdx.x == 0) {  // exclusive scan over experts (E is small: serial is fine)
@@ -65,46 +81,110 @@ __global__ void scan_kernel(int32_t* chunk_counts, int64_t chunks, int num_exper
     offsets[num_experts] = run;
   }
   __syncthreads();
-  for (int e = threadIdx.x; e < num_experts; e += blockDim.x) {
+  for (int e = warp; e < num_experts; e += num_warps) {
+    int32_t* counts = chunk_counts + static_cast<int64_t>(e) * chunks;
     int32_t run = offset[e];
-    for (int64_t b = 0; b < chunks; ++b) {
-      const int32_t v = chunk_counts[b * num_experts + e];
-      chunk_counts[b * num_experts + e] = run;
-      run += v;
+    for (int64_t base = 0; base < chunks; base += k_warp) {  // warp-uniform
+      const int64_t b = base + lane;
+      const int32_t v = b < chunks ? counts[b] : 0;
+      int32_t inclusive = v;
+#pragma unroll
+      for (int o = 1; o < k_warp; o <<= 1) {
+        const int32_t lower = __shfl_up_sync(k_full_mask, inclusive, o);
+        if (lane >= o) inclusive += lower;
+      }
+      if (b < chunks) counts[b] = run + inclusive - v;
+      run += __shfl_sync(k_full_mask, inclusive, k_warp - 1);
     }
   }
 }
 
-// One warp per chunk, walking it in order 32 slots at a time: a slot's row is its chunk's
-// cursor for its expert plus the number of lower lanes with the same expert (stable).
-__global__ void place_kernel(const int32_t* ids, int64_t num_slots, int k, int num_experts,
-                             const int32_t* chunk_offsets, int32_t* sorted_tokens, int32_t* slot_pos) {
-  extern __shared__ int32_t cursor[];  // [E]
-  const int lane = threadIdx.x;
-  for (int e = lane; e < num_experts; e += k_warp) {
-    cursor[e] = chunk_offsets[static_cast<int64_t>(blockIdx.x) * num_experts + e];
-  }
-  __syncwarp();
-  const int64_t begin = static_cast<int64_t>(blockIdx.x) * k_chunk;
-  const int64_t end = begin + k_chunk < num_slots ? begin + k_chunk : num_slots;
-  const unsigned lower_lanes = (1u << lane) - 1u;
-  for (int64_t base = begin; base < end; base += k_warp) {
-    const int64_t n = base + lane;
-    int32_t e = n < end ? ids[n] : -1;
-    if (e < 0 || e >= num_experts) e = -1;  // dropped, past the end, or bad (reported by count_kernel)
-    const unsigned same = __match_any_sync(k_full_mask, e);
-    int32_t next = 0;
-    if (e >= 0) {
-      const int32_t pos = cursor[e] + __popc(same & lower_lanes);
-      sorted_tokens[pos] = static_cast<int32_t>(n / k);
-      slot_pos[n] = pos;
-      next = cursor[e] + __popc(same);
-    } else if (n < end) {
-      slot_pos[n] = -1;
+// A warp copies one row of `words` W-words: four loads in flight per lane before their stores
+// (the row of MoE-small, 768 bf16 = 96 16-byte words, is one round of three).
+template <typename W>
+__device__ __forceinline__ void copy_row(const W* __restrict__ src, W* __restrict__ dst, int64_t words, int lane) {
+  constexpr int k_batch = 4;
+  for (int64_t base = lane; base < words; base += k_batch * k_warp) {
+    W v[k_batch];
+#pragma unroll
+    for (int j = 0; j < k_batch; ++j) {
+      if (base + j * k_warp < words) v[j] = src[base + j * k_warp];
     }
-    __syncwarp();
-    if (e >= 0 && lane == __ffs(same) - 1) cursor[e] = next;
-    __syncwarp();
+#pragma unroll
+    for (int j = 0; j < k_batch; ++j) {
+      if (base + j * k_warp < words) dst[base + j * k_warp] = v[j];
+    }
+  }
+}
+
+// Blocks (chunk blockIdx.x, split blockIdx.y) of k_place_threads threads. Each stages its chunk's
+// ids in shared memory and warp 0 walks them in order 32 at a time: a slot's row is its chunk's
+// cursor for its expert plus the number of lower lanes with the same expert (stable: by expert,
+// then token, then slot). After a barrier split 0 writes slot_pos and sorted_tokens and, when there
+// are rows to move (x != nullptr), the chunk's gridDim.y splits share its rows, a row per warp in
+// W-wide words (x[token] to x_sorted[row]), and the padding rows [offsets[E], num_rows) chunk b
+// zeroes (what a gather of token -1 gives). Splits redo the cheap placement to add copying warps
+// where there are few chunks (top-1, small batches) without changing the chunk size.
+template <typename W>
+__global__ void __launch_bounds__(k_place_threads)
+    place_kernel(const int32_t* ids, int64_t num_slots, int k, int num_experts, const int32_t* chunk_offsets,
+                 const int32_t* offsets, int32_t* sorted_tokens, int32_t* slot_pos, const W* __restrict__ x,
+                 int64_t words, W* __restrict__ x_sorted, int64_t num_rows) {
+  extern __shared__ int32_t cursor[];  // [E]: the next row of each expert in this chunk
+  __shared__ int32_t row_of[k_chunk];  // the chunk's expert ids, then each slot's row (-1: none)
+  const int64_t begin = static_cast<int64_t>(blockIdx.x) * k_chunk;
+  const int len = static_cast<int>(num_slots - begin < k_chunk ? num_slots - begin : k_chunk);
+  for (int e = threadIdx.x; e < num_experts; e += blockDim.x) {
+    cursor[e] = chunk_offsets[static_cast<int64_t>(e) * gridDim.x + blockIdx.x];
+  }
+  for (int i = threadIdx.x; i < k_chunk; i += blockDim.x) {
+    const int32_t e = i < len ? ids[begin + i] : -1;
+    row_of[i] = e >= 0 && e < num_experts ? e : -1;  // dropped, past the end, or bad (count_kernel reports it)
+  }
+  __syncthreads();
+  if (threadIdx.x < k_warp) {
+    const int lane = threadIdx.x;
+    const unsigned lower_lanes = (1u << lane) - 1u;
+    for (int base = 0; base < len; base += k_warp) {  // base + lane < k_chunk: k_chunk is a multiple of 32
+      const int32_t e = row_of[base + lane];
+      const unsigned same = __match_any_sync(k_full_mask, e);
+      int32_t row = -1, next = 0;
+      if (e >= 0) {
+        row = cursor[e] + __popc(same & lower_lanes);
+        next = cursor[e] + __popc(same);
+      }
+      __syncwarp();  // every lane has read its cursor before the group's leader moves it
+      if (e >= 0 && lane == __ffs(same) - 1) cursor[e] = next;
+      row_of[base + lane] = row;
+      __syncwarp();
+    }
+  }
+  __syncthreads();  // row_of, written by warp 0, is read by every warp below
+  if (blockIdx.y == 0) {
+    for (int i = threadIdx.x; i < len; i += blockDim.x) {
+      const int32_t row = row_of[i];
+      slot_pos[begin + i] = row;
+      if (row >= 0) sorted_tokens[row] = static_cast<int32_t>((begin + i) / k);
+    }
+  }
+  if (x == nullptr) return;
+  const int lane = threadIdx.x % k_warp;
+  // This block's warps among the chunk's gridDim.y * (blockDim.x / 32) copying warps.
+  const int warp = static_cast<int>(blockIdx.y * blockDim.x + threadIdx.x) / k_warp;
+  const int num_warps = static_cast<int>(gridDim.y * blockDim.x) / k_warp;
+  for (int i = warp; i < len; i += num_warps) {
+    const int64_t row = row_of[i];
+    if (row < 0 || row >= num_rows) continue;  // warp-uniform; rows past num_rows are not kept
+    copy_row(x + (begin + i) / k * words, x_sorted + row * words, words, lane);
+  }
+  // Chunk b zeroes padding rows [used + b*k_chunk, used + (b+1)*k_chunk): there are at most
+  // num_slots - used of them, so the chunks cover them all.
+  const W zero{};
+  const int64_t pad_begin = offsets[num_experts] + begin;
+  const int64_t pad_end = pad_begin + k_chunk < num_rows ? pad_begin + k_chunk : num_rows;
+  for (int64_t row = pad_begin + warp; row < pad_end; row += num_warps) {
+#pragma unroll 4
+    for (int64_t w = lane; w < words; w += k_warp) x_sorted[row * words + w] = zero;
   }
 }
 
@@ -215,14 +295,27 @@ __global__ void zero_unused_rows_kernel(bf16* dy_sorted, float* row_values, cons
 
 namespace {
 
-// Launches the sort; bad ids (outside [-1, E)) take no row and are reported in *bad.
+// The rows the placement moves, x[tokens, row_bytes] -> x_sorted[num_rows, row_bytes]; none when
+// x is null.
+struct RowMove {
+  const void* x = nullptr;
+  int64_t row_bytes = 0;
+  void* x_sorted = nullptr;
+  int64_t num_rows = 0;
+};
+
+// Launches the sort (and the row move); bad ids (outside [-1, E)) take no row and are reported in *bad.
 void launch_sort(const int32_t* ids, int64_t tokens, int64_t k, int64_t num_experts, int32_t* sorted_tokens,
-                 int32_t* slot_pos, int32_t* offsets, unsigned long long* bad, cudaStream_t stream) {
+                 int32_t* slot_pos, int32_t* offsets, unsigned long long* bad, const RowMove& move,
+                 cudaStream_t stream) {
   MOE_CHECK(tokens >= 0 && k >= 1 && num_experts >= 1, "moe_sort_by_expert: bad shape (tokens ", tokens, ", k ", k,
             ", experts ", num_experts, ")");
   const int64_t num_slots = tokens * k;
   MOE_CHECK(num_slots <= INT32_MAX, "moe_sort_by_expert: ", num_slots, " slots exceed i32 row indices");
-  MOE_CHECK(num_experts * 4 <= 48 * 1024, "moe_sort_by_expert: at most 12288 experts, got ", num_experts);
+  MOE_CHECK(num_experts <= k_max_experts, "moe_sort_by_expert: at most ", k_max_experts, " experts, got ",
+            num_experts);
+  MOE_CHECK(move.num_rows >= 0 && move.num_rows <= num_slots && move.row_bytes >= 0, "moe_permute_rows: ",
+            move.num_rows, " rows of ", move.row_bytes, " bytes for ", num_slots, " slots");
   const int E = static_cast<int>(num_experts);
   const int64_t chunks = std::max<int64_t>(ceil_div(num_slots, k_chunk), 1);
   Scratch scratch(static_cast<size_t>(chunks * E) * sizeof(int32_t), stream);
@@ -236,11 +329,24 @@ void launch_sort(const int32_t* ids, int64_t tokens, int64_t k, int64_t num_expe
   CUDA_CHECK_LAUNCH();
   scan_kernel<<<1, k_scan_threads, smem, stream>>>(chunk_counts, chunks, E, offsets);
   CUDA_CHECK_LAUNCH();
-  if (num_slots > 0) {
-    place_kernel<<<static_cast<unsigned>(chunks), k_warp, smem, stream>>>(ids, num_slots, static_cast<int>(k), E,
-                                                                          chunk_counts, sorted_tokens, slot_pos);
-    CUDA_CHECK_LAUNCH();
+  if (num_slots == 0) return;  // and so num_rows == 0
+  const int ki = static_cast<int>(k);
+  if (move.x == nullptr || move.num_rows == 0 || move.row_bytes == 0) {
+    place_kernel<uint4><<<static_cast<unsigned>(chunks), k_place_threads, smem, stream>>>(
+        ids, num_slots, ki, E, chunk_counts, offsets, sorted_tokens, slot_pos, nullptr, 0, nullptr, 0);
+  } else {
+    // Enough blocks to fill every multiprocessor (8 blocks of 256 threads each) when chunks are few.
+    const int64_t want = static_cast<int64_t>(multiprocessor_count()) * (2048 / k_place_threads);
+    const int64_t splits = std::clamp<int64_t>(ceil_div(want, chunks), 1, k_max_splits);
+    const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(splits));
+    with_row_word(move.row_bytes, move.x, move.x_sorted, [&](auto word) {
+      using W = decltype(word);
+      place_kernel<W><<<grid, k_place_threads, smem, stream>>>(
+          ids, num_slots, ki, E, chunk_counts, offsets, sorted_tokens, slot_pos, static_cast<const W*>(move.x),
+          move.row_bytes / static_cast<int64_t>(sizeof(W)), static_cast<W*>(move.x_sorted), move.num_rows);
+    });
   }
+  CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
@@ -248,7 +354,16 @@ void launch_sort(const int32_t* ids, int64_t tokens, int64_t k, int64_t num_expe
 void moe_sort_by_expert(const int32_t* ids, int64_t tokens, int64_t k, int64_t num_experts, int32_t* sorted_tokens,
                         int32_t* slot_pos, int32_t* offsets, cudaStream_t stream) {
   Scratch bad(sizeof(unsigned long long), stream);
-  launch_sort(ids, tokens, k, num_experts, sorted_tokens, slot_pos, offsets, bad.as<unsigned long long>(), stream);
+  launch_sort(ids, tokens, k, num_experts, sorted_tokens, slot_pos, offsets, bad.as<unsigned long long>(), RowMove{},
+              stream);
+}
+
+void moe_permute_rows(const int32_t* ids, int64_t tokens, int64_t k, int64_t num_experts, const void* x,
+                      int64_t row_bytes, int32_t* sorted_tokens, int32_t* slot_pos, int32_t* offsets, void* x_sorted,
+                      int64_t num_rows, cudaStream_t stream) {
+  Scratch bad(sizeof(unsigned long long), stream);
+  launch_sort(ids, tokens, k, num_experts, sorted_tokens, slot_pos, offsets, bad.as<unsigned long long>(),
+              RowMove{x, row_bytes, x_sorted, num_rows}, stream);
 }
 
 void moe_sort_by_expert(const int32_t* ids, int64_t tokens, int64_t k, int64_t num_experts, int32_t* sorted_tokens,
@@ -258,7 +373,7 @@ void moe_sort_by_expert(const int32_t* ids, int64_t tokens, int64_t k, int64_t n
   Scratch scratch(offsets_bytes + 8, stream);
   auto* offsets = scratch.as<int32_t>();
   auto* bad = reinterpret_cast<unsigned long long*>(scratch.as<char>() + offsets_bytes);
-  launch_sort(ids, tokens, k, num_experts, sorted_tokens, slot_pos, offsets, bad, stream);
+  launch_sort(ids, tokens, k, num_experts, sorted_tokens, slot_pos, offsets, bad, RowMove{}, stream);
   std::vector<char> host(offsets_bytes + 8);
   CUDA_CHECK(cudaMemcpyAsync(host.data(), scratch.as<char>(), host.size(), cudaMemcpyDeviceToHost, stream));
   wait_stream(stream);

@@ -22,6 +22,13 @@ void moe_sort_by_expert(const int32_t* ids, int64_t tokens, int64_t k, int64_t n
 // reported: the routers that feed this variant produce ids in range by construction).
 void moe_sort_by_expert(const int32_t* ids, int64_t tokens, int64_t k, int64_t num_experts, int32_t* sorted_tokens,
                         int32_t* slot_pos, int32_t* offsets, cudaStream_t stream);
+// The no-wait sort with the rows moved in the same pass (one block per chunk of slots places them
+// and copies their rows): also x_sorted[r,:] = x[sorted_tokens[r],:] for r < num_rows, and rows
+// [offsets[E], num_rows) zero, as a gather of token -1 gives. x[tokens, row_bytes] and
+// x_sorted[num_rows, row_bytes] hold any element type (rows are copied as bytes), num_rows <= tokens*k.
+void moe_permute_rows(const int32_t* ids, int64_t tokens, int64_t k, int64_t num_experts, const void* x,
+                      int64_t row_bytes, int32_t* sorted_tokens, int32_t* slot_pos, int32_t* offsets, void* x_sorted,
+                      int64_t num_rows, cudaStream_t stream);
 
 // out[t,:] = sum_s weights[t,s] * y_sorted[slot_pos[t*k+s], :] over slots with slot_pos >= 0;
 // y_sorted[N, dim] bf16 (N >= the rows used), weights f32[tokens,k] or nullptr (all 1: the

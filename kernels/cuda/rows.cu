@@ -98,18 +98,9 @@ void gather_rows(const void* src, int64_t src_rows, const int32_t* index, int64_
                  void* dst, cudaStream_t stream) {
   MOE_CHECK(num_index >= 0 && row_bytes >= 0, "gather_rows: negative size");
   if (num_index == 0 || row_bytes == 0) return;
-  auto fits = [&](size_t w) { return row_bytes % static_cast<int64_t>(w) == 0 && aligned_to(src, w) && aligned_to(dst, w); };
-  if (fits(16)) {
-    launch_gather<uint4>(src, src_rows, index, num_index, row_bytes, dst, stream);
-  } else if (fits(8)) {
-    launch_gather<uint2>(src, src_rows, index, num_index, row_bytes, dst, stream);
-  } else if (fits(4)) {
-    launch_gather<uint32_t>(src, src_rows, index, num_index, row_bytes, dst, stream);
-  } else if (fits(2)) {
-    launch_gather<uint16_t>(src, src_rows, index, num_index, row_bytes, dst, stream);
-  } else {
-    launch_gather<uint8_t>(src, src_rows, index, num_index, row_bytes, dst, stream);
-  }
+  with_row_word(row_bytes, src, dst, [&](auto word) {
+    launch_gather<decltype(word)>(src, src_rows, index, num_index, row_bytes, dst, stream);
+  });
 }
 
 void scatter_add_rows(const void* src, FloatType src_type, const int32_t* index, int64_t num_index, int64_t cols,

@@ -68,12 +68,12 @@ void add_op_bench(CLI::App& bench, CommandRunner& run) {
   cmd->add_option("--doc-len", o->doc_len, "attention: documents of this many tokens (document masking; 0 = none)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--width", o->width, "model width (the add + norm benches)")->check(CLI::PositiveNumber);
-  cmd->add_option("--experts", o->experts, "grouped_gemm: experts")->check(CLI::PositiveNumber);
+  cmd->add_option("--experts", o->experts, "grouped_gemm, balance, permute: experts")->check(CLI::PositiveNumber);
   cmd->add_option("--tokens-per-expert", o->tokens_per_expert, "grouped_gemm: rows per expert (balanced)")
       ->check(CLI::PositiveNumber);
-  cmd->add_option("--d-model", o->d_model, "grouped_gemm: model width")->check(CLI::PositiveNumber);
+  cmd->add_option("--d-model", o->d_model, "grouped_gemm, permute: model width")->check(CLI::PositiveNumber);
   cmd->add_option("--d-expert", o->d_expert, "grouped_gemm: expert width")->check(CLI::PositiveNumber);
-  cmd->add_option("--top-k", o->top_k, "balance: slots per token")->check(CLI::PositiveNumber);
+  cmd->add_option("--top-k", o->top_k, "balance, permute: slots per token")->check(CLI::PositiveNumber);
   cmd->add_option("--warmup", o->warmup, "untimed iterations first")->check(CLI::NonNegativeNumber);
   cmd->add_option("--iters", o->iters, "timed iterations (the median is reported)")->check(CLI::PositiveNumber);
   cmd->add_option("--device", *device, "auto | cpu | cuda")->check(CLI::IsMember({"auto", "cpu", "cuda"}));

@@ -98,6 +98,8 @@ class Backend {
                                                   Tensor& slot_pos) = 0;
   virtual void moe_sort_by_expert_offsets(const Tensor& ids, int64_t num_experts, Tensor& sorted_tokens,
                                           Tensor& slot_pos, Tensor& offsets) = 0;
+  virtual void moe_permute_rows(const Tensor& ids, const Tensor& x, int64_t num_experts, Tensor& sorted_tokens,
+                                Tensor& slot_pos, Tensor& offsets, Tensor& x_sorted) = 0;
   virtual void switch_balance(const Tensor& score_sums, const Tensor& ids, int64_t tokens, double alpha,
                               Tensor& value, Tensor& grad_row) = 0;
   virtual void device_balance(const Tensor& score_sums, const Tensor& ids, int64_t groups, double alpha,

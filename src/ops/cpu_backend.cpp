@@ -471,6 +471,13 @@ class CpuBackend final : public Backend {
     for (size_t e = 0; e < counts.size(); ++e) ends[e + 1] = ends[e] + static_cast<int32_t>(counts[e]);
   }
 
+  // The reference is the two passes it fuses: the sort, then the gather (token -1 gathers zeros).
+  void moe_permute_rows(const Tensor& ids, const Tensor& x, int64_t num_experts, Tensor& sorted_tokens,
+                        Tensor& slot_pos, Tensor& offsets, Tensor& x_sorted) override {
+    moe_sort_by_expert_offsets(ids, num_experts, sorted_tokens, slot_pos, offsets);
+    if (x_sorted.size(0) > 0) gather_rows(x, sorted_tokens.rows(0, x_sorted.size(0)), x_sorted);
+  }
+
   void switch_balance(const Tensor& score_sums, const Tensor& ids, int64_t tokens, double alpha, Tensor& value,
                       Tensor& grad_row) override {
     dispatch_float(score_sums.dtype(), "switch_balance", [&](auto tag) {

@@ -407,6 +407,15 @@ class CudaBackend : public Backend {
                              i32_mut(slot_pos), i32_mut(offsets), stream);
   }
 
+  void moe_permute_rows(const Tensor& ids, const Tensor& x, int64_t num_experts, Tensor& sorted_tokens,
+                        Tensor& slot_pos, Tensor& offsets, Tensor& x_sorted) override {
+    cudaStream_t stream = on_device(ids, x, sorted_tokens, slot_pos, offsets, x_sorted);
+    const int64_t row_bytes = x.size(1) * static_cast<int64_t>(dtype_size(x.dtype()));
+    cuda::moe_permute_rows(i32(ids), ids.size(0), ids.size(1), num_experts, x.data(), row_bytes,
+                           i32_mut(sorted_tokens), i32_mut(slot_pos), i32_mut(offsets), x_sorted.data(),
+                           x_sorted.size(0), stream);
+  }
+
   void switch_balance(const Tensor& score_sums, const Tensor& ids, int64_t tokens, double alpha, Tensor& value,
                       Tensor& grad_row) override {
     cudaStream_t stream = on_device(score_sums, ids, value, grad_row);

@@ -656,14 +656,37 @@ std::vector<int64_t> moe_sort_by_expert(const Tensor& ids, int64_t num_experts, 
   return run_on(ids, OpKind::permute)->moe_sort_by_expert(ids, num_experts, sorted_tokens, slot_pos);
 }
 
-void moe_sort_by_expert(const Tensor& ids, int64_t num_experts, Tensor& sorted_tokens, Tensor& slot_pos,
-                        Tensor& offsets) {
+namespace {
+
+void check_sort_offsets(const Tensor& ids, int64_t num_experts, const Tensor& sorted_tokens, const Tensor& slot_pos,
+                        const Tensor& offsets) {
   MOE_CHECK(ids.ndim() == 2 && ids.dtype() == DType::i32, "expert ids must be i32[T,k]");
   MOE_CHECK(num_experts >= 1, "moe_sort_by_expert: expert count must be positive, got ", num_experts);
   check_index(sorted_tokens, {ids.numel()}, ids, "sorted_tokens");
   check_index(slot_pos, {ids.numel()}, ids, "slot_pos");
   check_index(offsets, {num_experts + 1}, ids, "expert offsets");
+}
+
+}  // namespace
+
+void moe_sort_by_expert(const Tensor& ids, int64_t num_experts, Tensor& sorted_tokens, Tensor& slot_pos,
+                        Tensor& offsets) {
+  check_sort_offsets(ids, num_experts, sorted_tokens, slot_pos, offsets);
   run_on(ids, OpKind::permute)->moe_sort_by_expert_offsets(ids, num_experts, sorted_tokens, slot_pos, offsets);
+}
+
+void moe_permute_rows(const Tensor& ids, const Tensor& x, int64_t num_experts, Tensor& sorted_tokens,
+                      Tensor& slot_pos, Tensor& offsets, Tensor& x_sorted) {
+  check_sort_offsets(ids, num_experts, sorted_tokens, slot_pos, offsets);
+  MOE_CHECK(x.ndim() == 2 && x.size(0) == ids.size(0), "moe_permute_rows: x", shape_str(x.shape()),
+            " must be [T,d] with T = ", ids.size(0), " (the ids' tokens)");
+  MOE_CHECK(x_sorted.ndim() == 2 && x_sorted.size(1) == x.size(1) && x_sorted.size(0) <= ids.numel(),
+            "moe_permute_rows: x_sorted", shape_str(x_sorted.shape()), " must be [N,", x.size(1), "] with N <= ",
+            ids.numel(), " slots");
+  check_dtype(x_sorted, x.dtype(), "moe_permute_rows x_sorted");
+  check_same_device(x, ids, "moe_permute_rows x");
+  check_same_device(x_sorted, ids, "moe_permute_rows x_sorted");
+  run_on(x, OpKind::permute)->moe_permute_rows(ids, x, num_experts, sorted_tokens, slot_pos, offsets, x_sorted);
 }
 
 std::vector<int64_t> counts_from_offsets(const Tensor& offsets, const char* who) {

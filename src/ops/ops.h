@@ -45,9 +45,9 @@ void grouped_matmul(const Tensor& x, const Tensor& offsets, const Tensor& w, boo
 void grouped_matmul_weight_grad(const Tensor& x, const Tensor& offsets, const Tensor& dy, Tensor& dw,
                                 bool accumulate = true);
 // The CUDA kernel of both: "auto" (default: the Hopper wgmma kernel where the GPU runs it, else
-// mma_sync), "mma_sync", "wgmma" or "wgmma_narrow" (wgmma with 128-wide tiles only); benchmarks
-// and tests name one to compare them. An unknown name, or a wgmma kernel on a GPU without it, is
-// an error.
+// mma_sync), "mma_sync", "wgmma" or "wgmma_narrow" (wgmma with 128-wide tiles only, a block per
+// tile); benchmarks and tests name one to compare them. An unknown name, or a wgmma kernel on a GPU
+// without it, is an error.
 void set_grouped_matmul_kernel(const std::string& name);
 // The kernel they run on `device`: "cpu", "mma_sync", "wgmma" or "wgmma_narrow".
 std::string grouped_matmul_kernel(Device device);
@@ -241,6 +241,12 @@ std::vector<int64_t> moe_sort_by_expert(const Tensor& ids, int64_t num_experts, 
 // routers produce ids in range by construction; the host-count form above checks them).
 void moe_sort_by_expert(const Tensor& ids, int64_t num_experts, Tensor& sorted_tokens, Tensor& slot_pos,
                         Tensor& offsets);
+// The dispatch's permutation in one pass: the no-wait sort above, and x_sorted[r] = x[sorted_tokens[r]]
+// for r < N (a zero row where sorted_tokens is -1: rows [offsets[E], N) are zero), bit for bit the
+// sort followed by gather_rows(x, sorted_tokens.rows(0, N), x_sorted). x[T,d] (any dtype gather_rows
+// takes), x_sorted[N,d] with N <= T*k (rows routed past N are not kept); ids checked as above.
+void moe_permute_rows(const Tensor& ids, const Tensor& x, int64_t num_experts, Tensor& sorted_tokens,
+                      Tensor& slot_pos, Tensor& offsets, Tensor& x_sorted);
 // Rows per expert from offsets i32[E+1] (a host copy: waits for the device); offsets that do not
 // start at 0 or decrease are an error prefixed by `who`.
 std::vector<int64_t> counts_from_offsets(const Tensor& offsets, const char* who = "expert offsets");

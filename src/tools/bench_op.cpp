@@ -1,5 +1,6 @@
 // `moe bench op`: the registry of single-op benchmarks: attention (the flash kernels), the fused
-// residual add + norm, the grouped GEMM (the experts' GEMMs), and the balancing terms.
+// residual add + norm, the grouped GEMM (the experts' GEMMs), the balancing terms, and the
+// dispatch's permutation.
 #include "src/tools/bench_op.h"
 
 #include <algorithm>
@@ -262,6 +263,53 @@ nlohmann::json bench_balance(const OpBenchOptions& o, Device device) {
   return r;
 }
 
+// The dispatch's permutation at T = batch x seq tokens, each sent to top_k of E experts (random
+// ids, dropless) with rows of d_model: the fused sort and row move against the sort then the
+// gather it replaces, in GB/s of the rows' traffic (T*k rows read and written) against the copy
+// peak (the sort's own traffic, ids and indices, is left out: it is d_model times smaller).
+nlohmann::json bench_permute(const OpBenchOptions& o, Device device) {
+  MOE_CHECK(o.batch > 0 && o.seq_len > 0 && o.top_k > 0 && o.top_k <= o.experts && o.d_model > 0,
+            "bench op permute: --batch, --seq, --top-k and --d-model must be positive and --top-k at most --experts "
+            "(got batch ",
+            o.batch, ", seq ", o.seq_len, ", top-k ", o.top_k, ", experts ", o.experts, ", d-model ", o.d_model, ")");
+  const int64_t tokens = o.batch * o.seq_len, slots = tokens * o.top_k, E = o.experts;
+  const DType dtype = device.is_cuda() ? DType::bf16 : DType::f32;
+  std::mt19937_64 rng(o.seed);
+  std::vector<int32_t> id_values(static_cast<size_t>(slots));
+  for (int32_t& id : id_values) id = static_cast<int32_t>(rng() % static_cast<uint64_t>(E));
+  const Tensor ids = Tensor::from_vector(id_values, {tokens, o.top_k}, DType::i32, device);
+  const Tensor x = random_on({tokens, o.d_model}, dtype, device, o.seed + 1, -1.0f, 1.0f);
+  Tensor sorted_tokens = Tensor::empty({slots}, DType::i32, device);
+  Tensor slot_pos = Tensor::empty({slots}, DType::i32, device);
+  Tensor offsets = Tensor::empty({E + 1}, DType::i32, device);
+  Tensor x_sorted = Tensor::empty({slots, o.d_model}, dtype, device);
+  const double fused_ms = median_ms(device, o.warmup, o.iters, [&] {
+    ops::moe_permute_rows(ids, x, E, sorted_tokens, slot_pos, offsets, x_sorted);
+  });
+  const double unfused_ms = median_ms(device, o.warmup, o.iters, [&] {
+    ops::moe_sort_by_expert(ids, E, sorted_tokens, slot_pos, offsets);
+    ops::gather_rows(x, sorted_tokens, x_sorted);
+  });
+  const double bytes = 2.0 * static_cast<double>(slots * o.d_model) * static_cast<double>(dtype_size(dtype));
+  auto gbps = [&](double ms) { return bytes / (ms * 1e-3) / 1e9; };
+  nlohmann::json r;
+  r["op"] = "permute";
+  r["device"] = device.str();
+  r["tokens"] = tokens;
+  r["experts"] = E;
+  r["top_k"] = o.top_k;
+  r["d_model"] = o.d_model;
+  r["iters"] = o.iters;
+  r["fused_ms"] = fused_ms;
+  r["unfused_ms"] = unfused_ms;
+  r["fused_gbps"] = gbps(fused_ms);
+  r["unfused_gbps"] = gbps(unfused_ms);
+  r["fused_fraction_of_copy_peak"] = gbps(fused_ms) * 1e9 / k_h200_copy_bytes_per_s;
+  r["bytes"] = "2 x tokens x top_k x d_model x element size (rows read and written); copy peak 4.3 TB/s (measured, "
+               "H200)";
+  return r;
+}
+
 }  // namespace
 
 double grouped_ffn_forward_flops(int64_t rows, int64_t d_model, int64_t d_expert) {
@@ -293,6 +341,9 @@ const std::vector<OpBench>& op_benches() {
                        "--d-model --d-expert)",
        &bench_grouped_gemm},
       {"balance", "each balancing term's value and gradients (--batch --seq --experts --top-k)", &bench_balance},
+      {"permute", "the dispatch's sort into expert order with its row move, fused and unfused (--batch --seq "
+                  "--experts --top-k --d-model)",
+       &bench_permute},
   };
   return benches;
 }

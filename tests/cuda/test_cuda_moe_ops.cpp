@@ -223,6 +223,97 @@ TEST_CASE("cuda moe_sort_by_expert into device offsets matches the CPU, skewed a
   }
 }
 
+// Exact comparison of moved rows (bf16 on the GPU holds the CPU's f32 values exactly); a NaN
+// (a row left poisoned) never compares equal.
+void require_same_rows(const Tensor& got, const Tensor& ref, int64_t dim, const std::string& what) {
+  const std::vector<float> g = got.to_vector<float>(), r = ref.to_vector<float>();
+  REQUIRE(g.size() == r.size());
+  for (size_t i = 0; i < g.size(); ++i) {
+    if (!(g[i] == r[i])) {
+      FAIL(what << ": row " << static_cast<int64_t>(i) / dim << " column " << static_cast<int64_t>(i) % dim << " got "
+                << g[i] << " ref " << r[i]);
+    }
+  }
+}
+
+// The sort with its rows moved, on both backends from the same inputs: every output exact.
+void check_permute_rows(const std::vector<int32_t>& ids_values, int64_t tokens, int64_t k, int64_t experts, int64_t dim,
+                        int64_t rows, DType dtype, uint64_t seed) {
+  const int64_t slots = tokens * k;
+  Mirror ids = mirror_ids(ids_values, {tokens, k});
+  Mirror x = random_mirror({tokens, dim}, dtype, seed, -4.0, 4.0);
+  Mirror sorted = poisoned_pair({slots}, DType::i32), pos = poisoned_pair({slots}, DType::i32);
+  Mirror offsets = poisoned_pair({experts + 1}, DType::i32), x_sorted = poisoned_pair({rows, dim}, dtype);
+  ops::moe_permute_rows(ids.cpu, x.cpu, experts, sorted.cpu, pos.cpu, offsets.cpu, x_sorted.cpu);
+  ops::moe_permute_rows(ids.gpu, x.gpu, experts, sorted.gpu, pos.gpu, offsets.gpu, x_sorted.gpu);
+  require_equal(offsets.gpu, offsets.cpu, "offsets");
+  require_equal(sorted.gpu, sorted.cpu, "sorted_tokens");
+  require_equal(pos.gpu, pos.cpu, "slot_pos");
+  require_same_rows(x_sorted.gpu, x_sorted.cpu, dim, "x_sorted (padding rows zero on both)");
+}
+
+TEST_CASE("cuda moe_permute_rows matches the CPU sort and gather exactly: skewed loads, chunk edges, padding",
+          "[cuda][permute]") {
+  // Slot counts around the 256-slot chunks: 1, 43*6 = 258, 171*6 = 1026, 256 and 257 (k 1), 2731*6 = 16386.
+  for (DType dtype : {DType::bf16, DType::f32}) {
+    for (int64_t dim : {768, 37, 4, 6}) {  // 16-byte words, then 2/8 (bf16) or 4/8 (f32) byte words
+      for (int64_t k : {1, 6}) {
+        for (int64_t tokens : {1, 43, 171, 256, 257, 2731}) {
+          for (int pattern = 0; pattern < 4; ++pattern) {  // random with drops; odd experts; all to one; all dropped
+            const int64_t experts = pattern == 1 ? 8 : (tokens % 3 == 0 ? 300 : 64);
+            const int64_t slots = tokens * k;
+            const uint64_t seed = seed_of(41, {static_cast<int64_t>(dtype), dim, k, tokens, pattern});
+            std::vector<int32_t> v = ids_with_drops(slots, experts, seed);
+            for (int32_t& id : v) {
+              if (pattern == 1) id = id < 0 ? id : id | 1;
+              if (pattern == 2) id = static_cast<int32_t>(experts - 1);
+              if (pattern == 3) id = -1;
+            }
+            // every slot (dropless), and a capacity-like bound (may cut routed rows when skewed)
+            for (int64_t rows : {slots, slots * 3 / 4}) {
+              INFO(dtype_name(dtype) << " dim " << dim << " k " << k << " tokens " << tokens << " pattern " << pattern
+                                     << " experts " << experts << " rows " << rows);
+              check_permute_rows(v, tokens, k, experts, dim, rows, dtype, seed + 1);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("cuda moe_permute_rows at MoE-small's shape, past one block per chunk, on a misaligned row view",
+          "[cuda][permute]") {
+  const int64_t tokens = 16384, k = 6, experts = 64;
+  check_permute_rows(ids_with_drops(tokens * k, experts, 42), tokens, k, experts, 768, tokens * k, DType::bf16, 43);
+  // 360,000 slots make 1407 chunks: more than 8 blocks per multiprocessor, so one block per chunk.
+  check_permute_rows(ids_with_drops(60000 * k, experts, 46), 60000, k, experts, 64, 60000 * k, DType::bf16, 47);
+  // Rows of x starting 2 bytes past a 16-byte boundary take the narrow copy words.
+  Mirror ids = mirror_ids(random_int_values(19 * 2, 4, 44), {19, 2});
+  Mirror x = random_mirror({20, 8}, DType::bf16, 45);
+  Tensor x_cpu = x.cpu.view({160}).rows(1, 153).view({19, 8}), x_gpu = x.gpu.view({160}).rows(1, 153).view({19, 8});
+  Mirror sorted = poisoned_pair({38}, DType::i32), pos = poisoned_pair({38}, DType::i32);
+  Mirror offsets = poisoned_pair({5}, DType::i32), x_sorted = poisoned_pair({38, 8}, DType::bf16);
+  ops::moe_permute_rows(ids.cpu, x_cpu, 4, sorted.cpu, pos.cpu, offsets.cpu, x_sorted.cpu);
+  ops::moe_permute_rows(ids.gpu, x_gpu, 4, sorted.gpu, pos.gpu, offsets.gpu, x_sorted.gpu);
+  require_equal(sorted.gpu, sorted.cpu, "sorted_tokens");
+  require_same_rows(x_sorted.gpu, x_sorted.cpu, 8, "x_sorted from a misaligned view");
+}
+
+TEST_CASE("cuda moe_permute_rows gives an id out of range no row, unreported, like the offsets sort",
+          "[cuda][permute]") {
+  Tensor ids = Tensor::from_vector(std::vector<int32_t>{0, 7, 1, -1, 3, 1}, {3, 2}, DType::i32, gpu());
+  Tensor x = Tensor::from_vector(std::vector<float>{1, 2, 3, 4, 5, 6}, {3, 2}, DType::f32, gpu());
+  Tensor sorted = Tensor::empty({6}, DType::i32, gpu()), pos = Tensor::empty({6}, DType::i32, gpu());
+  Tensor offsets = Tensor::empty({5}, DType::i32, gpu());
+  Tensor x_sorted = poisoned_on({6, 2}, DType::f32, gpu());
+  ops::moe_permute_rows(ids, x, 4, sorted, pos, offsets, x_sorted);
+  CHECK(offsets.to_vector<int32_t>() == std::vector<int32_t>{0, 1, 3, 3, 4});
+  CHECK(sorted.to_vector<int32_t>() == std::vector<int32_t>{0, 1, 2, 2, -1, -1});
+  CHECK(pos.to_vector<int32_t>() == std::vector<int32_t>{0, -1, 1, -1, 3, 2});
+  CHECK(x_sorted.to_vector<float>() == std::vector<float>{1, 2, 3, 4, 5, 6, 5, 6, 0, 0, 0, 0});
+}
+
 TEST_CASE("cuda un-permute sum matches the CPU, dropped slots adding nothing", "[cuda][permute]") {
   for (int64_t dim : {1, 37, 64}) {
     for (int64_t k : {1, 6}) {

@@ -223,6 +223,113 @@ TEST_CASE("dropped slots (id -1) take no row in the sort and add nothing in the 
   }
 }
 
+namespace {
+
+// The dispatch's permutation written out independently of the ops: slots with a row sorted by
+// (expert, token, slot); sorted_tokens padded with -1, slot_pos -1 for dropped slots.
+struct PermuteRef {
+  std::vector<int32_t> sorted_tokens, slot_pos, offsets;
+};
+
+PermuteRef permute_reference(const std::vector<int32_t>& ids, int64_t k, int64_t experts) {
+  const auto slots = static_cast<int64_t>(ids.size());
+  std::vector<std::tuple<int32_t, int64_t, int64_t>> order;  // (expert, token, slot)
+  for (int64_t n = 0; n < slots; ++n) {
+    if (ids[n] >= 0) order.emplace_back(ids[n], n / k, n % k);
+  }
+  std::sort(order.begin(), order.end());
+  PermuteRef ref{std::vector<int32_t>(slots, -1), std::vector<int32_t>(slots, -1),
+                 std::vector<int32_t>(experts + 1, 0)};
+  for (size_t r = 0; r < order.size(); ++r) {
+    const auto [e, t, s] = order[r];
+    ref.sorted_tokens[r] = static_cast<int32_t>(t);
+    ref.slot_pos[t * k + s] = static_cast<int32_t>(r);
+    ++ref.offsets[e + 1];
+  }
+  for (int64_t e = 0; e < experts; ++e) ref.offsets[e + 1] += ref.offsets[e];
+  return ref;
+}
+
+}  // namespace
+
+TEST_CASE("moe_permute_rows on a hand-made example: rows in (expert, token, slot) order, zero padding",
+          "[kernels][cpu][routing]") {
+  // t0 -> {2, dropped}, t1 -> {0, 2}, t2 -> {dropped, dropped}, t3 -> {0, 1}; expert 3 gets nothing
+  Tensor ids = ids_tensor({2, -1, 0, 2, -1, -1, 0, 1}, {4, 2});
+  for (DType dt : k_float_types) {
+    Tensor x = values_tensor({0, 1, 10, 11, 20, 21, 30, 31}, {4, 2}, dt);  // row t = (10t, 10t+1)
+    Tensor sorted_tokens = poisoned({8}, DType::i32), slot_pos = poisoned({8}, DType::i32);
+    Tensor offsets = poisoned({5}, DType::i32), x_sorted = poisoned({7, 2}, dt);  // 5 rows used, 2 padding
+    ops::moe_permute_rows(ids, x, 4, sorted_tokens, slot_pos, offsets, x_sorted);
+    CHECK(offsets.to_vector<int32_t>() == std::vector<int32_t>{0, 2, 3, 5, 5});
+    CHECK(sorted_tokens.to_vector<int32_t>() == std::vector<int32_t>{1, 3, 3, 0, 1, -1, -1, -1});
+    CHECK(slot_pos.to_vector<int32_t>() == std::vector<int32_t>{3, -1, 0, 4, -1, -1, 1, 2});
+    CHECK(values_of(x_sorted) == std::vector<double>{10, 11, 30, 31, 30, 31, 0, 1, 10, 11, 0, 0, 0, 0});
+  }
+  Tensor x = random_tensor({2, 3}, DType::f32, 60);
+  Tensor sorted_tokens = Tensor::empty({4}, DType::i32), slot_pos = Tensor::empty({4}, DType::i32);
+  Tensor offsets = Tensor::empty({5}, DType::i32), x_sorted = Tensor::empty({4, 3}, DType::f32);
+  REQUIRE_THROWS_WITH(ops::moe_permute_rows(ids_tensor({0, 1, 4, 2}, {2, 2}), x, 4, sorted_tokens, slot_pos, offsets,
+                                            x_sorted),
+                      Contains("expert id 4 of token 1 (slot 0) is outside [0,4)"));
+  Tensor too_many = Tensor::empty({5, 3}, DType::f32);
+  REQUIRE_THROWS_WITH(ops::moe_permute_rows(ids_tensor({0, 1, 3, 2}, {2, 2}), x, 4, sorted_tokens, slot_pos, offsets,
+                                            too_many),
+                      Contains("must be [N,3] with N <= 4 slots"));
+}
+
+TEST_CASE("moe_permute_rows equals the sort then the gather: drops, empty and overloaded experts, padding",
+          "[kernels][cpu][routing]") {
+  const int64_t dim = 5;
+  for (int64_t k : {1, 3}) {
+    for (int64_t tokens : {1, 19, 300}) {
+      for (int pattern = 0; pattern < 4; ++pattern) {  // random with drops; odd experts only; all to one; all dropped
+        const int64_t experts = 6, slots = tokens * k;
+        const auto seed = static_cast<uint64_t>(61 + 100 * tokens + 10 * k + pattern);
+        std::vector<int32_t> iv = random_ids(slots, experts, seed).to_vector<int32_t>();
+        for (size_t n = 0; n < iv.size(); ++n) {
+          if (pattern == 0 && n % 4 == 1) iv[n] = -1;
+          if (pattern == 1) iv[n] |= 1;
+          if (pattern == 2) iv[n] = static_cast<int32_t>(experts - 1);
+          if (pattern == 3) iv[n] = -1;
+        }
+        const PermuteRef ref = permute_reference(iv, k, experts);
+        const int64_t used = ref.offsets.back();
+        // every slot; a capacity-like bound above the rows used; exactly the rows used; fewer (not kept); none
+        for (int64_t rows : {slots, std::min(slots, used + 2), used, used / 2, int64_t{0}}) {
+          for (DType dt : k_float_types) {
+            INFO("k " << k << " tokens " << tokens << " pattern " << pattern << " rows " << rows << " "
+                      << dtype_name(dt));
+            Tensor ids = ids_tensor(iv, {tokens, k});
+            Tensor x = random_tensor({tokens, dim}, dt, static_cast<uint64_t>(62 + 100 * tokens + k));
+            Tensor sorted_tokens = poisoned({slots}, DType::i32), slot_pos = poisoned({slots}, DType::i32);
+            Tensor offsets = poisoned({experts + 1}, DType::i32), x_sorted = poisoned({rows, dim}, dt);
+            ops::moe_permute_rows(ids, x, experts, sorted_tokens, slot_pos, offsets, x_sorted);
+            REQUIRE(sorted_tokens.to_vector<int32_t>() == ref.sorted_tokens);
+            REQUIRE(slot_pos.to_vector<int32_t>() == ref.slot_pos);
+            REQUIRE(offsets.to_vector<int32_t>() == ref.offsets);
+            const std::vector<double> xv = values_of(x), got = values_of(x_sorted);
+            for (int64_t r = 0; r < rows; ++r) {
+              const int32_t t = ref.sorted_tokens[static_cast<size_t>(r)];
+              for (int64_t c = 0; c < dim; ++c) {
+                INFO("row " << r << " token " << t << " column " << c);
+                REQUIRE(got[static_cast<size_t>(r * dim + c)] == (t < 0 ? 0.0 : xv[static_cast<size_t>(t * dim + c)]));
+              }
+            }
+
+            // Bit for bit the two ops it fuses.
+            Tensor sorted2 = poisoned({slots}, DType::i32), pos2 = poisoned({slots}, DType::i32);
+            Tensor offsets2 = poisoned({experts + 1}, DType::i32), gathered = poisoned({rows, dim}, dt);
+            ops::moe_sort_by_expert(ids, experts, sorted2, pos2, offsets2);
+            if (rows > 0) ops::gather_rows(x, sorted2.rows(0, rows), gathered);
+            REQUIRE(values_of(gathered) == got);
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("the combine's backward without weights, then the rows' gradients back to the slots, with drops",
           "[kernels][cpu][routing]") {
   // The slots of the test above: t0 -> {2, dropped}, t1 -> {0, 2}, t2 -> {dropped, dropped}, t3 -> {0, 1}.

@@ -126,11 +126,25 @@ TEST_CASE("bench op balance times every balancing term on the CPU", "[tools][ben
                                       "--experts (got batch 2, seq 6, top-k 8, experts 8)"));
 }
 
+TEST_CASE("bench op permute times the fused and unfused permutation on the CPU", "[tools][bench]") {
+  OpBenchOptions o{.batch = 2, .seq_len = 5, .experts = 4, .d_model = 8, .top_k = 3, .warmup = 1, .iters = 3};
+  const nlohmann::json r = bench_op("permute", o, Device::cpu());
+  CHECK(r["op"] == "permute");
+  CHECK(r["tokens"] == 10);
+  CHECK(r["fused_ms"].get<double>() > 0);
+  CHECK(r["unfused_ms"].get<double>() > 0);
+  CHECK(r["fused_gbps"].get<double>() == Approx(2.0 * 30 * 8 * 4 / (r["fused_ms"].get<double>() * 1e-3) / 1e9));
+  o.top_k = 5;
+  REQUIRE_THROWS_WITH(bench_op("permute", o, Device::cpu()),
+                      Catch::Contains("bench op permute: --batch, --seq, --top-k and --d-model must be positive and "
+                                      "--top-k at most --experts (got batch 2, seq 5, top-k 5, experts 4, d-model 8)"));
+}
+
 TEST_CASE("bench op names an unknown op and a bad attention shape", "[tools][bench]") {
   OpBenchOptions o;
   REQUIRE_THROWS_WITH(bench_op("matmul", o, Device::cpu()),
                       Catch::Contains("bench op: unknown op 'matmul' (known: attention, add_rmsnorm, add_layernorm, "
-                                      "grouped_gemm, balance)"));
+                                      "grouped_gemm, balance, permute)"));
   o.heads = 6;
   o.kv_heads = 4;
   REQUIRE_THROWS_WITH(bench_op("attention", o, Device::cpu()),
