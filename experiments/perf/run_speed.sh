@@ -14,6 +14,8 @@
 #                                                    to back in the same call
 # GROUPED_KERNELS (space-separated --grouped-kernel names) lists the kernels the layer part benches (default
 # "wgmma mma_sync") and the ones nolog_kernels runs MoE-small with (default "wgmma wgmma_narrow").
+# CUDA_TESTS_EXCLUDE (a ctest -E regex) leaves cuda tests out of the tests part (ones already run on this tree);
+# TRAIN_CONFIGS (default "gpt2_small_dense moe_small") lists the configs the train part benches with --breakdown.
 # ANCHOR_ARGS (e.g. --smoke) goes to the two MoE anchor scripts. Writes OUT_DIR/*.json|log and prints a short
 # table last.
 set -uo pipefail
@@ -36,11 +38,12 @@ if has build; then
     || { grep -E "error|FAILED" -A5 "$out/build.log" | head -60; exit 1; }
 fi
 if has tests; then
-  ctest --test-dir build -L cuda --output-on-failure --timeout 300 > "$out/ctest_cuda.log" 2>&1
+  ctest --test-dir build -L cuda ${CUDA_TESTS_EXCLUDE:+-E "$CUDA_TESTS_EXCLUDE"} --output-on-failure --timeout 300 \
+    > "$out/ctest_cuda.log" 2>&1
   grep -E "tests passed|tests failed|Failed|\*\*\*" "$out/ctest_cuda.log" | tail -15
 fi
 if has train; then
-  for cfg in gpt2_small_dense moe_small; do
+  for cfg in ${TRAIN_CONFIGS:-gpt2_small_dense moe_small}; do
     build/moe bench train experiments/perf/$cfg.toml --warmup 3 --steps 10 --breakdown 2>&1 | tail -1 \
       | tee "$out/bench_$cfg.json"
   done
