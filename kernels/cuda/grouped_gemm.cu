@@ -258,8 +258,13 @@ void grouped_gemm_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __n
                        __nv_bfloat16* y, const kernels::GroupedGemmShape& s, cudaStream_t stream) {
   check_grouped_shape(s, x, w, y);
   if (s.rows == 0 || s.n == 0) return;
-  // More experts than the Hopper forward schedules (~2000) take the portable kernel.
-  if (use_wgmma() && s.k > 0 && s.num_experts <= sm90::max_forward_experts()) {
+  // More experts than the Hopper forward schedules (2297) take the portable kernel when the choice
+  // is automatic; a named wgmma kernel refuses them (a comparison must run what it names).
+  const bool fits_wgmma = s.num_experts <= sm90::max_forward_experts();
+  MOE_CHECK(fits_wgmma || g_kernel == GroupedGemmKernel::automatic || g_kernel == GroupedGemmKernel::mma_sync,
+            "grouped gemm on CUDA: the ", grouped_gemm_kernel_name(), " kernel takes at most ",
+            sm90::max_forward_experts(), " experts, got ", s.num_experts, " (choose auto or mma_sync)");
+  if (use_wgmma() && s.k > 0 && fits_wgmma) {
     return sm90::grouped_gemm_bf16(x, offsets, w, trans_w, y, s, g_kernel != GroupedGemmKernel::wgmma_narrow, stream);
   }
   const int64_t row_tiles = ceil_div(s.rows, k_bm) + s.num_experts;

@@ -1,12 +1,6 @@
-// The Hopper grouped GEMM: 128 x BN output tiles, one warp loading 64-deep k-slices with bulk
-// tensor copies into a ring of shared-memory stages (128-byte swizzle), two warpgroups each
-// multiplying 64 rows with wgmma from shared memory, fp32 accumulators, the output staged in
-// shared memory (the forward's whole tiles leave it by bulk tensor stores, the rest by 16-byte
-// stores). Row tiles are scheduled over (expert, row tile, column tile) from the device offsets,
-// so experts with few rows cost few tiles and the host never waits.
-// Wide forward tiles run persistently (one block per multiprocessor walking the tiles): the loader
-// runs on into the next tile while the multiplying warpgroups store the last one, so a short
-// reduction (k = 384: six k-slices) does not pay the pipeline's fill and the block's start per tile.
+// The Hopper grouped GEMM: bulk tensor copies into a ring of shared-memory stages, wgmma, and tiles
+// scheduled over (expert, row tile, column tile) from the device offsets (the host never waits).
+// Layout, schedule and epilogue choices: docs/decisions.md, "Issue 14, the Hopper grouped GEMM".
 #include "kernels/cuda/grouped_gemm_sm90.h"
 
 #include <algorithm>
@@ -62,6 +56,8 @@ struct Tile {
 };
 
 constexpr int k_max_smem = 227 * 1024;
+// Rows in 32-bit coordinates, with room for a tile's rounding (row + 127 must not overflow).
+constexpr int64_t k_max_rows = INT32_MAX - k_bm;
 
 struct Args {
   const int32_t* offsets;
@@ -517,8 +513,8 @@ bool grouped_gemm_available() {
 void grouped_gemm_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __nv_bfloat16* w, bool trans_w,
                        __nv_bfloat16* y, const kernels::GroupedGemmShape& s, bool wide_tiles,
                        cudaStream_t stream) {
-  MOE_CHECK(s.rows <= INT32_MAX && s.num_experts <= max_forward_experts(), "grouped gemm on CUDA: ", s.rows,
-            " rows over ", s.num_experts, " experts exceed the Hopper kernel (at most 2^31 - 1 rows and ",
+  MOE_CHECK(s.rows <= k_max_rows && s.num_experts <= max_forward_experts(), "grouped gemm on CUDA: ", s.rows,
+            " rows over ", s.num_experts, " experts exceed the Hopper kernel (at most ", k_max_rows, " rows and ",
             max_forward_experts(), " experts)");
   const Args args{offsets, s, y, false};
   const bool wide = wide_tiles && wide_columns(s.n);
@@ -544,11 +540,13 @@ void grouped_gemm_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __n
 void grouped_gemm_weight_grad_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __nv_bfloat16* dy,
                                    float* dw, const kernels::GroupedGemmShape& s, bool accumulate,
                                    cudaStream_t stream) {
-  MOE_CHECK(s.rows <= INT32_MAX, "grouped gemm on CUDA: ", s.rows, " rows exceed the Hopper kernel (2^31 - 1)");
+  MOE_CHECK(s.rows <= k_max_rows, "grouped gemm on CUDA: ", s.rows, " rows exceed the Hopper kernel (", k_max_rows,
+            ")");
   const Args args{offsets, s, dw, accumulate};
   const CUtensorMap map_x = tensor_map(x, s.k, s.rows, k_bk), map_dy = tensor_map(dy, s.n, s.rows, k_bk);
   const dim3 grid128(static_cast<unsigned>(ceil_div(s.n, 128)), static_cast<unsigned>(ceil_div(s.k, k_bm)),
                      static_cast<unsigned>(s.num_experts));
+  // The weight gradient adds into dw with ordinary stores: map_x only fills the unused output map.
   launch<Mode::weight_grad, 128>(map_x, map_dy, map_x, args, grid128, stream);
 }
 

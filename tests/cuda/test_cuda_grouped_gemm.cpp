@@ -55,13 +55,15 @@ struct KernelChoice {
   ~KernelChoice() { cuda::set_grouped_gemm_kernel(cuda::GroupedGemmKernel::automatic); }
 };
 
-// Appends `pad` rows of NaN after the rows of x (the padding a bound-sized buffer carries).
-Mirror with_nan_rows(const Mirror& m, int64_t pad) {
+// Appends `pad` rows of `value` after the rows of x (the padding a bound-sized buffer carries).
+Mirror with_extra_rows(const Mirror& m, int64_t pad, float value) {
   const int64_t rows = m.cpu.size(0), cols = m.cpu.size(1);
   auto v = m.cpu.to_vector<float>();
-  v.resize(static_cast<size_t>((rows + pad) * cols), std::nanf(""));
+  v.resize(static_cast<size_t>((rows + pad) * cols), value);
   return mirror_values(v, {rows + pad, cols}, DType::bf16);
 }
+
+Mirror with_nan_rows(const Mirror& m, int64_t pad) { return with_extra_rows(m, pad, std::nanf("")); }
 
 struct Widths {
   int64_t k, n;
@@ -146,52 +148,69 @@ TEST_CASE("cuda grouped gemms ignore the padding rows past the last offset", "[c
 }
 
 // Wide tiles run persistently: one block per multiprocessor walks several tiles, its loader
-// filling the ring with the next tile while the last one is stored. Thousands of rows over 64
-// experts give each block several tiles; 5 and 6 k-slices per tile (not multiples of the 3 stages)
-// carry the ring's phase across tiles. Rows past the last offset stay unwritten.
+// filling the ring with the next tile while the last one is stored. Thousands of rows give each
+// block several tiles; 1, 4, 5, 6 and 12 k-slices per tile (k = 200 ends in a partial slice) carry
+// the ring's phase across tiles; 45 experts leave a partial warp in the schedule's scan. The last
+// expert ends 1 row past a whole tile, so its partial tile must not be stored whole: the padding
+// rows of x are finite and the rows of y past the last offset must stay poisoned.
 TEST_CASE("cuda grouped matmul walks many tiles per block", "[cuda][grouped]") {
-  std::vector<int32_t> counts = random_int_values(64, 400, 11);
-  for (int e = 0; e < 64; e += 9) counts[static_cast<size_t>(e)] = 0;
-  counts[5] = 1;
-  counts[6] = 3000;  // one expert with many row tiles in a row
-  const int64_t e_num = 64, rows = total_of(counts), pad = 100;
-  for (auto kernel : kernels_here()) {
-    KernelChoice choice(kernel);
-    for (const Widths& wd : {Widths{320, 512}, Widths{384, 768}, Widths{768, 1024}}) {
+  std::vector<int32_t> counts64 = random_int_values(64, 400, 11), counts45 = random_int_values(45, 600, 13);
+  for (int e = 0; e < 64; e += 9) counts64[static_cast<size_t>(e)] = 0;
+  counts64[5] = 1;
+  counts64[6] = 3000;  // one expert with many row tiles in a row
+  counts64[63] = 129;
+  counts45[44] = 129;
+  const int64_t pad = 100;
+  for (const auto& counts : {counts64, counts45}) {
+    const int64_t e_num = static_cast<int64_t>(counts.size()), rows = total_of(counts);
+    Mirror offsets = offsets_of(counts);
+    for (const Widths& wd : {Widths{64, 512}, Widths{200, 512}, Widths{320, 512}, Widths{384, 768}, Widths{768, 1024}}) {
       for (bool trans_w : {false, true}) {
-        INFO("kernel " << cuda::grouped_gemm_kernel_name() << " rows " << rows << " k " << wd.k << " n " << wd.n
-                       << " trans_w " << trans_w);
-        const uint64_t seed = seed_of(96, {rows, wd.k, wd.n, trans_w});
-        Mirror offsets = offsets_of(counts);
-        Mirror x = with_nan_rows(random_mirror({rows, wd.k}, DType::bf16, seed), pad);
+        const uint64_t seed = seed_of(96, {e_num, rows, wd.k, wd.n, trans_w});
+        Mirror x = with_extra_rows(random_mirror({rows, wd.k}, DType::bf16, seed), pad, 1.0f);
         Mirror w = random_mirror(trans_w ? Shape{e_num, wd.n, wd.k} : Shape{e_num, wd.k, wd.n}, DType::bf16, seed + 1);
-        Mirror y = poisoned_pair({rows + pad, wd.n}, DType::bf16);
-        ops::grouped_matmul(x.cpu, offsets.cpu, w.cpu, trans_w, y.cpu);
-        ops::grouped_matmul(x.gpu, offsets.gpu, w.gpu, trans_w, y.gpu);
-        require_close(y.gpu.rows(0, rows), y.cpu.rows(0, rows), bf16_tol().atol, bf16_tol().rtol, "y");
-        const std::vector<float> tail = y.gpu.rows(rows, rows + pad).to(Device::cpu()).to_vector<float>();
-        size_t written = 0;
-        for (float v : tail) written += std::isnan(v) ? 0 : 1;
-        REQUIRE(written == 0);
+        Tensor y_cpu = poisoned_on({rows + pad, wd.n}, DType::f32, Device::cpu());
+        ops::grouped_matmul(x.cpu, offsets.cpu, w.cpu, trans_w, y_cpu);
+        for (auto kernel : kernels_here()) {
+          KernelChoice choice(kernel);
+          INFO("kernel " << cuda::grouped_gemm_kernel_name() << " experts " << e_num << " rows " << rows << " k "
+                         << wd.k << " n " << wd.n << " trans_w " << trans_w);
+          Tensor y = poisoned_on({rows + pad, wd.n}, DType::bf16, gpu());
+          ops::grouped_matmul(x.gpu, offsets.gpu, w.gpu, trans_w, y);
+          require_close(y.rows(0, rows), y_cpu.rows(0, rows), bf16_tol().atol, bf16_tol().rtol, "y");
+          const std::vector<float> tail = y.rows(rows, rows + pad).to(Device::cpu()).to_vector<float>();
+          size_t written = 0;
+          for (float v : tail) written += std::isnan(v) ? 0 : 1;
+          REQUIRE(written == 0);
+        }
       }
     }
   }
 }
 
-// The Hopper forward keeps its row-tile schedule in shared memory; more experts than it holds
-// take the portable kernel, with the same results.
-TEST_CASE("cuda grouped matmul over more experts than the Hopper schedule holds", "[cuda][grouped]") {
+// The Hopper forward keeps its row-tile schedule in shared memory: at its limit it runs (all of
+// its shared memory in use); past it, the automatic choice takes the portable kernel with the same
+// results and a named wgmma kernel refuses.
+TEST_CASE("cuda grouped matmul at and past the most experts the Hopper schedule holds", "[cuda][grouped]") {
   if (!cuda::sm90::grouped_gemm_available()) return;  // only the portable kernel here
-  const int64_t e_num = cuda::sm90::max_forward_experts() + 3, k = 64, n = 512;
-  std::vector<int32_t> counts = random_int_values(e_num, 3, 12);
-  const int64_t rows = total_of(counts);
-  Mirror offsets = offsets_of(counts);
-  Mirror x = random_mirror({rows, k}, DType::bf16, 97);
-  Mirror w = random_mirror({e_num, k, n}, DType::bf16, 98);
-  Mirror y = poisoned_pair({rows, n}, DType::bf16);
-  ops::grouped_matmul(x.cpu, offsets.cpu, w.cpu, false, y.cpu);
-  ops::grouped_matmul(x.gpu, offsets.gpu, w.gpu, false, y.gpu);
-  require_match(y, bf16_tol(), "y");
+  const int64_t most = cuda::sm90::max_forward_experts(), k = 64, n = 512;
+  for (int64_t e_num : {most, most + 3}) {
+    INFO("experts " << e_num << " (most " << most << ")");
+    std::vector<int32_t> counts = random_int_values(e_num, 3, 12);
+    const int64_t rows = total_of(counts);
+    Mirror offsets = offsets_of(counts);
+    Mirror x = random_mirror({rows, k}, DType::bf16, 97);
+    Mirror w = random_mirror({e_num, k, n}, DType::bf16, 98);
+    Mirror y = poisoned_pair({rows, n}, DType::bf16);
+    ops::grouped_matmul(x.cpu, offsets.cpu, w.cpu, false, y.cpu);
+    ops::grouped_matmul(x.gpu, offsets.gpu, w.gpu, false, y.gpu);
+    require_match(y, bf16_tol(), "y");
+    if (e_num > most) {
+      KernelChoice choice(cuda::GroupedGemmKernel::wgmma);
+      REQUIRE_THROWS_WITH(ops::grouped_matmul(x.gpu, offsets.gpu, w.gpu, false, y.gpu),
+                          Catch::Contains("takes at most"));
+    }
+  }
 }
 
 TEST_CASE("cuda grouped matmul rejects widths that are not multiples of 8", "[cuda][grouped][errors]") {
