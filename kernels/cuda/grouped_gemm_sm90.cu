@@ -98,12 +98,7 @@ __device__ void build_schedule(const Args& args, const Schedule& sch, int lane) 
     int32_t begin = __shfl_up_sync(k_full_mask, end, 1);
     if (lane == 0) begin = end_carry;
     const int32_t tiles = e < num_experts ? (end - begin + k_bm - 1) / k_bm : 0;
-    int32_t upto = tiles;  // inclusive sum over the lanes
-#pragma unroll
-    for (int o = 1; o < k_warp; o <<= 1) {
-      const int32_t lower = __shfl_up_sync(k_full_mask, upto, o);
-      if (lane >= o) upto += lower;
-    }
+    const int32_t upto = warp_inclusive_sum(tiles, lane);
     if (e < num_experts) {
       sch.row_end[e + 1] = end;
       sch.tile_start[e] = tile_carry + upto - tiles;
@@ -379,10 +374,8 @@ __global__ void __launch_bounds__(k_threads, Tile<kMode, kBN>::blocks_per_sm)
   // many), the one tile of blockIdx for the weight gradient.
   const int64_t col_tiles = (args.shape.n + kBN - 1) / kBN;
   auto work = [&](int64_t i, Work& w) {
-    if constexpr (T::persistent) {
+    if constexpr (forward) {
       return forward_work<kBN>(args, sch, blockIdx.x + i * static_cast<int64_t>(gridDim.x), col_tiles, w);
-    } else if constexpr (forward) {
-      return i == 0 && forward_work<kBN>(args, sch, blockIdx.x, col_tiles, w);
     } else {
       return i == 0 && weight_grad_work<kBN>(args, w);
     }

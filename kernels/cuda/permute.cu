@@ -50,12 +50,6 @@ __global__ void count_kernel(const int32_t* ids, int64_t num_slots, int num_expe
   }
 }
 
-__device__ __forceinline__ int32_t warp_sum_i32(int32_t v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(k_full_mask, v, o);
-  return v;
-}
-
 // One block, a warp per expert. chunk_counts[E, chunks] -> (in place) chunk offsets: the sorted
 // row where chunk b's first slot of expert e goes; offsets[E+1] = where each expert's rows begin
 // (offsets[E] = rows used). Chunks are scanned 32 at a time (a warp scan), not one by one.
@@ -66,7 +60,7 @@ __global__ void scan_kernel(int32_t* chunk_counts, int64_t chunks, int num_exper
     const int32_t* counts = chunk_counts + static_cast<int64_t>(e) * chunks;
     int32_t total = 0;
     for (int64_t b = lane; b < chunks; b += k_warp) total += counts[b];
-    total = warp_sum_i32(total);
+    total = warp_sum(total);
     if (lane == 0) offset[e] = total;
   }
   __syncthreads();
@@ -87,12 +81,7 @@ __global__ void scan_kernel(int32_t* chunk_counts, int64_t chunks, int num_exper
     for (int64_t base = 0; base < chunks; base += k_warp) {  // warp-uniform
       const int64_t b = base + lane;
       const int32_t v = b < chunks ? counts[b] : 0;
-      int32_t inclusive = v;
-#pragma unroll
-      for (int o = 1; o < k_warp; o <<= 1) {
-        const int32_t lower = __shfl_up_sync(k_full_mask, inclusive, o);
-        if (lane >= o) inclusive += lower;
-      }
+      const int32_t inclusive = warp_inclusive_sum(v, lane);
       if (b < chunks) counts[b] = run + inclusive - v;
       run += __shfl_sync(k_full_mask, inclusive, k_warp - 1);
     }
