@@ -286,6 +286,9 @@ void MoeLayer::terms_on_device(const Routing& routing, const RouterSaved& router
   in.raw_noise = router_saved.raw_noise;
   in.normal = router_saved.normal;
   in.seq_len = inputs.seq_len;
+  in.score_sums = routing.score_sums;
+  in.routed_counts = routing.counts;
+  if (!drops_slots()) in.kept_counts = routing.counts;  // the kept ids are the routed ones
   Tensor values = Tensor::empty({static_cast<int64_t>(terms.size())}, DType::f64, scores.device());
   for (size_t i = 0; i < terms.size(); ++i) {
     Tensor value = values.rows(static_cast<int64_t>(i), static_cast<int64_t>(i) + 1);
@@ -324,21 +327,22 @@ void MoeLayer::terms_on_device(const Routing& routing, const RouterSaved& router
 // count of the router's own ids (T*k ids to the host; this runs only for host-side sums).
 std::vector<int64_t> MoeLayer::counts_before_capacity(const Routing& routing, MoeLayerSaved& saved) const {
   if (!drops_slots()) return saved.dispatch.host_routed_counts();
+  if (routing.counts.defined()) return routing.counts.to_vector<int64_t>();
   std::vector<int64_t> counts(static_cast<size_t>(config_.num_experts), 0);
   for (int32_t e : routing.ids.to_vector<int32_t>())
     if (e >= 0) ++counts[static_cast<size_t>(e)];
   return counts;
 }
 
-// P_i from a column sum on the device and f_i from the counts: E numbers to the host (summed
+// P_i from the router's score sums (or a column sum) and f_i from the counts: E numbers to the host (summed
 // over the tensor-parallel group, whose slices make up the micro-batch), and the per-expert
 // gradient applied to every token's row in backward.
 void MoeLayer::sums_on_host(const Routing& routing, const BalancingConfig& terms, MoeLayerSaved& saved) const {
   const Tensor& scores = routing.scores;
   const int64_t tokens = scores.size(0), experts = scores.size(1);
   const std::vector<const BalancingTerm*> enabled = enabled_balancing_terms(terms);
-  Tensor column_sums = Tensor::empty({experts}, scores.dtype(), scores.device());
-  ops::column_sum(scores, column_sums);
+  const Tensor column_sums =
+      routing.score_sums.defined() ? routing.score_sums : balancing_detail::score_sums_on_device(scores);
   ExpertSums& sums = saved.stats.sums;
   sums.score_sums = column_sums.to_vector<double>();
   sums.counts = saved.dispatch.host_routed_counts();
@@ -470,20 +474,9 @@ Tensor MoeLayer::routed_backward(const MoeLayerSaved& saved, const Tensor& dy, f
   grads.dlogits = scaled(b.dlogits, aux_scale);
   grads.dclean = scaled(b.dclean, aux_scale);
   grads.draw_noise = scaled(b.draw_noise, aux_scale);
-  if (saved.score_grad_row.defined()) {
-    // The per-expert terms' gradient is one row of E numbers, the same for every token.
-    const Tensor& scores = saved.router.routing.scores;
-    const int64_t tokens = scores.size(0), experts = scores.size(1);
-    Tensor every_row_is_row_0 = Tensor::zeros({tokens}, DType::i32, scores.device());
-    Tensor dswitch = empty_like(scores);
-    ops::gather_rows(saved.score_grad_row.view({1, experts}), every_row_is_row_0, dswitch);
-    if (grads.dscores.defined()) {
-      ops::accumulate(grads.dscores, dswitch, aux_scale);
-    } else {
-      ops::scale(dswitch, aux_scale);
-      grads.dscores = dswitch;
-    }
-  }
+  // The per-expert terms' gradient is one row of E numbers, the same for every token: the router
+  // adds it to each token's score gradient itself.
+  grads.dscore_row = scaled(saved.score_grad_row, aux_scale);
   router_->backward(saved.router, grads, dx);
   return dx;
 }

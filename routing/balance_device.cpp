@@ -21,10 +21,16 @@ double compute(const BalanceInputs& in, const BalancingConfig& c, BalanceResult&
   return value;
 }
 
+// The kept slots' counts: the router's own where nothing can be dropped, else counted from the ids.
 void on_device(const DeviceBalanceInputs& in, const BalancingConfig& c, Tensor& value, DeviceBalanceGrads& grads) {
+  const Tensor sums = balancing_detail::score_sums_of(in);
   Tensor row = empty_like(grads.score_row);
-  ops::device_balance(balancing_detail::score_sums_on_device(in.scores), in.kept_ids, c.device_groups, c.device_coef,
-                      value, row);
+  if (in.kept_counts.defined()) {
+    ops::device_balance_from_counts(sums, in.kept_counts, in.kept_ids.size(0), in.kept_ids.size(1), c.device_groups,
+                                    c.device_coef, value, row);
+  } else {
+    ops::device_balance(sums, in.kept_ids, c.device_groups, c.device_coef, value, row);
+  }
   ops::accumulate(grads.score_row, row);
 }
 

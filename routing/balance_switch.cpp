@@ -28,11 +28,19 @@ uint32_t inputs(const BalancingConfig& c) {
   return bi::scores | bi::counts | (c.aux_count == AuxCount::routed ? bi::routed_counts : 0u);
 }
 
-// The counts come from the ids the term reads (kept, or routed before capacity dropping).
+// The counts of the slots the term reads (kept, or routed before capacity dropping): the router's
+// own where it made them, else counted from the ids.
 void on_device(const DeviceBalanceInputs& in, const BalancingConfig& c, Tensor& value, DeviceBalanceGrads& grads) {
-  const Tensor& ids = c.aux_count == AuxCount::routed ? in.routed_ids : in.kept_ids;
+  const bool routed = c.aux_count == AuxCount::routed;
+  const Tensor& ids = routed ? in.routed_ids : in.kept_ids;
+  const Tensor& counts = routed ? in.routed_counts : in.kept_counts;
+  const Tensor sums = balancing_detail::score_sums_of(in);
   Tensor row = empty_like(grads.score_row);
-  ops::switch_balance(balancing_detail::score_sums_on_device(in.scores), ids, c.switch_coef, value, row);
+  if (counts.defined()) {
+    ops::switch_balance_from_counts(sums, counts, ids.size(0), ids.size(1), c.switch_coef, value, row);
+  } else {
+    ops::switch_balance(sums, ids, c.switch_coef, value, row);
+  }
   ops::accumulate(grads.score_row, row);
 }
 

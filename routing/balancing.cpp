@@ -36,6 +36,10 @@ Tensor score_sums_on_device(const Tensor& scores) {
   return sums;
 }
 
+Tensor score_sums_of(const DeviceBalanceInputs& in) {
+  return in.score_sums.defined() ? in.score_sums : score_sums_on_device(in.scores);
+}
+
 }  // namespace balancing_detail
 
 namespace {

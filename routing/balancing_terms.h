@@ -35,6 +35,10 @@ struct DeviceBalanceInputs {
   Tensor routed_ids;                // i32[T,k]: experts the router chose, before capacity dropping
   Tensor clean, raw_noise, normal;  // accum[T,E]: noisy gating, undefined where no noise was drawn
   int64_t seq_len = 0;              // tokens per sequence
+  // What the router counted in its own pass (Routing::score_sums, counts), or undefined:
+  Tensor score_sums;     // accum[E]: the scores summed over the tokens
+  Tensor routed_counts;  // i64[E]: the slots of routed_ids per expert
+  Tensor kept_counts;    // i64[E]: the slots of kept_ids per expert (defined where nothing can be dropped)
 };
 
 // Where terms on the device add their gradients (accum, zero-filled by the caller, each defined
@@ -107,6 +111,8 @@ std::vector<double> score_sums(const BalanceInputs& in);
 void add_to_every_token(const std::vector<double>& row, const BalanceInputs& in, std::vector<double>& dscores);
 // The scores summed over the tokens, accum[E] on their device.
 Tensor score_sums_on_device(const Tensor& scores);
+// The score sums the router made, else a column sum of the scores.
+Tensor score_sums_of(const DeviceBalanceInputs& in);
 }  // namespace balancing_detail
 
 }  // namespace moe

@@ -62,7 +62,7 @@ void ExpertChoiceRouter::backward(const RouterSaved& saved, const RouterGrads& g
   Tensor no_dweights = zeros_like(saved.top1_weights);
   Tensor dlogits = empty_like(r.logits);
   ops::router_topk_backward(r.logits, r.scores, saved.top1_ids, saved.top1_weights, no_dweights, dscores,
-                            softmax_only(), dlogits);
+                            grads.dscore_row, softmax_only(), dlogits);
   if (grads.dlogits.defined()) ops::accumulate(dlogits, grads.dlogits);
   Tensor dw = store_->grad(weight_);
   router_projection_backward(saved.x, store_->param(weight_), dlogits, dw, dx);

@@ -30,6 +30,10 @@ struct Routing {
   Tensor weights;  // accum[T,k]: combine weights (0 where ids = -1)
   Tensor scores;   // accum[T,E]: softmax/sigmoid scores (undefined for hash routers)
   Tensor logits;   // accum[T,E]: the logits the scores come from (z-loss); undefined for hash
+  // The Switch statistics, where the router makes them in its own pass (top-k routers; else
+  // undefined): score_sums accum[E] = the scores summed over the T tokens, counts i64[E] = the
+  // slots of `ids` that went to each expert (before any capacity dropping).
+  Tensor score_sums, counts;
 };
 
 // What backward needs; each router fills the fields it uses.
@@ -47,6 +51,7 @@ struct RouterGrads {
   Tensor dlogits;    // [T,E] (z-loss)
   Tensor dclean;     // [T,E] (the noisy gate's load loss, on the noise-free logits)
   Tensor draw_noise; // [T,E] (the noisy gate's load loss, on the noise projection)
+  Tensor dscore_row; // [E]: a score gradient the same for every token (the per-expert terms: Switch, device-level)
 };
 
 class Router {

@@ -120,7 +120,9 @@ Routing TopKRouter::route(const Tensor& x, const RouteInputs& inputs, RouterSave
     bias = Tensor::empty({e}, accum, x.device());
     ops::cast(store_->param(bias_), bias);
   }
-  ops::router_topk_forward(logits, bias, options_.topk, r.scores, r.ids, r.weights);
+  r.score_sums = Tensor::empty({e}, accum, x.device());
+  r.counts = Tensor::empty({e}, DType::i64, x.device());
+  ops::router_topk_forward(logits, bias, options_.topk, r.scores, r.ids, r.weights, r.score_sums, r.counts);
   return r;
 }
 
@@ -128,7 +130,8 @@ void TopKRouter::backward(const RouterSaved& saved, const RouterGrads& grads, Te
   const Routing& r = saved.routing;
   Tensor dweights = grads.dweights.defined() ? grads.dweights : zeros_like(r.weights);
   Tensor dlogits = empty_like(r.logits);
-  ops::router_topk_backward(r.logits, r.scores, r.ids, r.weights, dweights, grads.dscores, options_.topk, dlogits);
+  ops::router_topk_backward(r.logits, r.scores, r.ids, r.weights, dweights, grads.dscores, grads.dscore_row,
+                            options_.topk, dlogits);
   if (grads.dlogits.defined()) ops::accumulate(dlogits, grads.dlogits);
   Tensor dclean = dlogits;
   if (saved.clean.defined()) {  // noisy gating in training: back through h = clean + n * softplus(raw)

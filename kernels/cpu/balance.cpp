@@ -20,12 +20,6 @@ void check_id(int32_t id, int64_t slot, int64_t num_experts, const char* who) {
             num_experts, ")");
 }
 
-std::vector<int64_t> counts_of(const int32_t* ids, int64_t num_ids, int64_t num_experts) {
-  std::vector<int64_t> counts(static_cast<size_t>(num_experts), 0);
-  count_experts(ids, num_ids, num_experts, counts.data());
-  return counts;
-}
-
 }  // namespace
 
 void count_experts(const int32_t* ids, int64_t num_ids, int64_t num_experts, int64_t* counts) {
@@ -64,13 +58,6 @@ double switch_balance_from_counts(const T* score_sums, const int64_t* counts, in
 }
 
 template <typename T>
-void switch_balance(const T* score_sums, const int32_t* ids, int64_t tokens, int64_t slots, int64_t num_experts,
-                    double alpha, double* value, T* grad_row) {
-  const std::vector<int64_t> counts = counts_of(ids, tokens * slots, num_experts);
-  value[0] = switch_balance_from_counts(score_sums, counts.data(), tokens, slots, num_experts, alpha, grad_row);
-}
-
-template <typename T>
 double device_balance_from_counts(const T* score_sums, const int64_t* counts, int64_t tokens, int64_t slots,
                                   int64_t num_experts, int64_t groups, double alpha, T* grad_row) {
   MOE_CHECK(groups >= 1 && num_experts % groups == 0, "device_balance: ", groups, " groups do not divide ",
@@ -89,14 +76,6 @@ double device_balance_from_counts(const T* score_sums, const int64_t* counts, in
     for (int64_t i = g * size; i < (g + 1) * size; ++i) grad_row[i] = static_cast<T>(alpha * f_mean / t);
   }
   return total;
-}
-
-template <typename T>
-void device_balance(const T* score_sums, const int32_t* ids, int64_t tokens, int64_t slots, int64_t num_experts,
-                    int64_t groups, double alpha, double* value, T* grad_row) {
-  const std::vector<int64_t> counts = counts_of(ids, tokens * slots, num_experts);
-  value[0] =
-      device_balance_from_counts(score_sums, counts.data(), tokens, slots, num_experts, groups, alpha, grad_row);
 }
 
 template <typename T>
@@ -181,11 +160,8 @@ void update_expert_bias(T* bias, const int64_t* loads, int64_t num_experts, doub
 
 #define MOE_BALANCE_INSTANTIATE(T)                                                                                   \
   template double switch_balance_from_counts<T>(const T*, const int64_t*, int64_t, int64_t, int64_t, double, T*);   \
-  template void switch_balance<T>(const T*, const int32_t*, int64_t, int64_t, int64_t, double, double*, T*);        \
   template double device_balance_from_counts<T>(const T*, const int64_t*, int64_t, int64_t, int64_t, int64_t,       \
                                                 double, T*);                                                       \
-  template void device_balance<T>(const T*, const int32_t*, int64_t, int64_t, int64_t, int64_t, double, double*,   \
-                                  T*);                                                                             \
   template void importance_balance<T>(const T*, const int32_t*, int64_t, int64_t, double, double*, T*);             \
   template void z_balance<T>(const T*, int64_t, int64_t, double, double*, T*);                                      \
   template void seq_balance<T>(const T*, const int32_t*, int64_t, int64_t, int64_t, int64_t, double, double*, T*);  \

@@ -23,10 +23,6 @@ double cv_squared(const double* v, int64_t n, double* grad);
 template <typename T>
 double switch_balance_from_counts(const T* score_sums, const int64_t* counts, int64_t tokens, int64_t slots,
                                   int64_t num_experts, double alpha, T* grad_row);
-// The same with the counts taken from ids i32[tokens*slots].
-template <typename T>
-void switch_balance(const T* score_sums, const int32_t* ids, int64_t tokens, int64_t slots, int64_t num_experts,
-                    double alpha, double* value, T* grad_row);
 
 // DeepSeekMoE device-level: alpha * sum_g f'_g P'_g over `groups` contiguous groups of E/groups
 // experts, f'_g = mean over g of E/(slots T) counts_i, P'_g = sum over g of score_sums_i / T,
@@ -35,10 +31,6 @@ void switch_balance(const T* score_sums, const int32_t* ids, int64_t tokens, int
 template <typename T>
 double device_balance_from_counts(const T* score_sums, const int64_t* counts, int64_t tokens, int64_t slots,
                                   int64_t num_experts, int64_t groups, double alpha, T* grad_row);
-// The same with the counts taken from ids i32[tokens*slots].
-template <typename T>
-void device_balance(const T* score_sums, const int32_t* ids, int64_t tokens, int64_t slots, int64_t num_experts,
-                    int64_t groups, double alpha, double* value, T* grad_row);
 
 // Shazeer et al.'s importance: coef * CV(I)^2, I_i = sum of weights[n] over the slots with
 // ids[n] = i (n < num_slots); dweights[n] += coef * dCV^2/dI_{ids[n]} (slots without an expert: 0).

@@ -69,8 +69,10 @@ void allowed_experts(const std::vector<T>& key, const TopKOptions& o, int64_t nu
 
 template <typename T>
 void router_topk_forward(const T* logits, const T* bias, T* scores, int32_t* ids, T* weights, int64_t tokens,
-                         int64_t num_experts, const TopKOptions& o) {
+                         int64_t num_experts, const TopKOptions& o, T* score_sums, int64_t* counts) {
   const int64_t E = num_experts, k = o.k;
+  std::vector<double> sums(score_sums ? static_cast<size_t>(E) : 0, 0.0);
+  if (counts) std::fill(counts, counts + E, int64_t{0});
   std::vector<T> key(static_cast<size_t>(E));
   std::vector<int32_t> order, group_order(static_cast<size_t>(std::max<int64_t>(o.num_groups, 1)));
   std::vector<T> group_max(group_order.size());
@@ -90,6 +92,10 @@ void router_topk_forward(const T* logits, const T* bias, T* scores, int32_t* ids
     int32_t* it = ids + t * k;
     T* wt = weights + t * k;
     for (int64_t s = 0; s < k; ++s) it[s] = order[static_cast<size_t>(s)];
+    if (score_sums)
+      for (int64_t i = 0; i < E; ++i) sums[static_cast<size_t>(i)] += static_cast<double>(st[i]);
+    if (counts)
+      for (int64_t s = 0; s < k; ++s) ++counts[it[s]];
     if (o.softmax_after_topk) {
       double mx = -INFINITY, denom = 0;
       for (int64_t s = 0; s < k; ++s) mx = std::max(mx, static_cast<double>(lt[it[s]]));
@@ -103,6 +109,8 @@ void router_topk_forward(const T* logits, const T* bias, T* scores, int32_t* ids
       for (int64_t s = 0; s < k; ++s) wt[s] = st[it[s]];
     }
   }
+  if (score_sums)
+    for (int64_t i = 0; i < E; ++i) score_sums[i] = static_cast<T>(sums[static_cast<size_t>(i)]);
 }
 
 // Through the weights into dscores (or, Mixtral, straight into the selected logits):
@@ -112,7 +120,7 @@ void router_topk_forward(const T* logits, const T* bias, T* scores, int32_t* ids
 template <typename T>
 void router_topk_backward(const T* logits, const T* scores, const int32_t* ids, const T* weights, const T* dweights,
                           const T* dscores, T* dlogits, int64_t tokens, int64_t num_experts,
-                          const TopKOptions& o) {
+                          const TopKOptions& o, const T* dscore_row) {
   const int64_t E = num_experts, k = o.k;
   std::vector<double> dp(static_cast<size_t>(E)), direct(static_cast<size_t>(E));
   for (int64_t t = 0; t < tokens; ++t) {
@@ -125,7 +133,10 @@ void router_topk_backward(const T* logits, const T* scores, const int32_t* ids, 
       MOE_CHECK(it[s] >= 0 && it[s] < E, "router backward: expert id ", it[s], " of token ", t, " is outside [0,", E,
                 ")");
     }
-    for (int64_t i = 0; i < E; ++i) dp[static_cast<size_t>(i)] = dscores ? static_cast<double>(dscores[t * E + i]) : 0.0;
+    for (int64_t i = 0; i < E; ++i) {
+      dp[static_cast<size_t>(i)] = (dscores ? static_cast<double>(dscores[t * E + i]) : 0.0) +
+                                   (dscore_row ? static_cast<double>(dscore_row[i]) : 0.0);
+    }
     std::fill(direct.begin(), direct.end(), 0.0);
     if (o.softmax_after_topk) {
       double dw_dot_w = 0;
@@ -157,13 +168,13 @@ void router_topk_backward(const T* logits, const T* scores, const int32_t* ids, 
 }
 
 template void router_topk_forward<float>(const float*, const float*, float*, int32_t*, float*, int64_t, int64_t,
-                                         const TopKOptions&);
+                                         const TopKOptions&, float*, int64_t*);
 template void router_topk_forward<double>(const double*, const double*, double*, int32_t*, double*, int64_t, int64_t,
-                                          const TopKOptions&);
+                                          const TopKOptions&, double*, int64_t*);
 template void router_topk_backward<float>(const float*, const float*, const int32_t*, const float*, const float*,
-                                          const float*, float*, int64_t, int64_t, const TopKOptions&);
+                                          const float*, float*, int64_t, int64_t, const TopKOptions&, const float*);
 template void router_topk_backward<double>(const double*, const double*, const int32_t*, const double*,
                                            const double*, const double*, double*, int64_t, int64_t,
-                                           const TopKOptions&);
+                                           const TopKOptions&, const double*);
 
 }  // namespace moe::cpu

@@ -76,11 +76,23 @@ using balance_detail::k_block;
 constexpr int k_sums_threads = 1024;  // one block reads all T*k ids
 constexpr int k_chunk = 2048;         // slots per block of the importance partial sums
 
-__global__ void switch_balance_kernel(const float* score_sums, const int32_t* ids, int64_t num_ids, int num_experts,
-                                      double t, double slots, double alpha, double* value, float* grad_row) {
+// counts[E] (shared) = given[E] when given, else the block histogram of ids[num_ids]; ends with a barrier.
+__device__ __forceinline__ void slot_counts(const int32_t* ids, const int64_t* given, int64_t num_ids, int num_experts,
+                                            int* counts) {
+  if (given == nullptr) {
+    block_histogram(ids, 0, num_ids, num_experts, counts);
+    return;
+  }
+  for (int e = threadIdx.x; e < num_experts; e += blockDim.x) counts[e] = static_cast<int>(given[e]);
+  __syncthreads();
+}
+
+__global__ void switch_balance_kernel(const float* score_sums, const int32_t* ids, const int64_t* given,
+                                      int64_t num_ids, int num_experts, double t, double slots, double alpha,
+                                      double* value, float* grad_row) {
   extern __shared__ int counts[];  // [E]
   __shared__ double scratch[k_warp];
-  block_histogram(ids, 0, num_ids, num_experts, counts);
+  slot_counts(ids, given, num_ids, num_experts, counts);
   const double experts = static_cast<double>(num_experts);
   double mine = 0;
   for (int e = threadIdx.x; e < num_experts; e += blockDim.x) {
@@ -93,12 +105,12 @@ __global__ void switch_balance_kernel(const float* score_sums, const int32_t* id
 }
 
 // A thread per group g: f'_g, P'_g and the gradient of its experts.
-__global__ void device_balance_kernel(const float* score_sums, const int32_t* ids, int64_t num_ids, int num_experts,
-                                      int groups, double t, double slots, double alpha, double* value,
-                                      float* grad_row) {
+__global__ void device_balance_kernel(const float* score_sums, const int32_t* ids, const int64_t* given,
+                                      int64_t num_ids, int num_experts, int groups, double t, double slots,
+                                      double alpha, double* value, float* grad_row) {
   extern __shared__ int counts[];  // [E]
   __shared__ double scratch[k_warp];
-  block_histogram(ids, 0, num_ids, num_experts, counts);
+  slot_counts(ids, given, num_ids, num_experts, counts);
   const int size = num_experts / groups;
   double mine = 0;
   for (int g = threadIdx.x; g < groups; g += blockDim.x) {
@@ -176,31 +188,34 @@ __global__ void update_expert_bias_kernel(float* bias, const int64_t* loads, int
   }
 }
 
+// The shared histogram holds E ints, each at most tokens * slots.
 void check_sums_shape(const char* op, int64_t tokens, int64_t slots, int64_t num_experts) {
-  MOE_CHECK(num_experts >= 1 && num_experts * 4 <= 40 * 1024 && slots >= 1 && tokens >= 0, op,
-            ": bad shape (tokens ", tokens, ", slots ", slots, ", experts ", num_experts, ")");
+  MOE_CHECK(num_experts >= 1 && num_experts * 4 <= 40 * 1024 && slots >= 1 && tokens >= 0 &&
+                tokens <= INT32_MAX / slots,
+            op, ": bad shape (tokens ", tokens, ", slots ", slots, ", experts ", num_experts, ")");
 }
 
 }  // namespace
 
-void switch_balance(const float* score_sums, const int32_t* ids, int64_t tokens, int64_t slots, int64_t num_experts,
-                    double alpha, double* value, float* grad_row, cudaStream_t stream) {
+void switch_balance(const float* score_sums, const int32_t* ids, const int64_t* counts, int64_t tokens, int64_t slots,
+                    int64_t num_experts, double alpha, double* value, float* grad_row, cudaStream_t stream) {
   check_sums_shape("switch_balance", tokens, slots, num_experts);
   const double t = static_cast<double>(tokens > 0 ? tokens : 1);
-  switch_balance_kernel<<<1, k_sums_threads, static_cast<size_t>(num_experts) * 4, stream>>>(
-      score_sums, ids, tokens * slots, static_cast<int>(num_experts), t, static_cast<double>(slots), alpha, value,
-      grad_row);
+  switch_balance_kernel<<<1, counts ? k_block : k_sums_threads, static_cast<size_t>(num_experts) * 4, stream>>>(
+      score_sums, ids, counts, tokens * slots, static_cast<int>(num_experts), t, static_cast<double>(slots), alpha,
+      value, grad_row);
   CUDA_CHECK_LAUNCH();
 }
 
-void device_balance(const float* score_sums, const int32_t* ids, int64_t tokens, int64_t slots, int64_t num_experts,
-                    int64_t groups, double alpha, double* value, float* grad_row, cudaStream_t stream) {
+void device_balance(const float* score_sums, const int32_t* ids, const int64_t* counts, int64_t tokens, int64_t slots,
+                    int64_t num_experts, int64_t groups, double alpha, double* value, float* grad_row,
+                    cudaStream_t stream) {
   check_sums_shape("device_balance", tokens, slots, num_experts);
   MOE_CHECK(groups >= 1 && num_experts % groups == 0, "device_balance: ", groups, " groups do not divide ",
             num_experts, " experts");
   const double t = static_cast<double>(tokens > 0 ? tokens : 1);
-  device_balance_kernel<<<1, k_sums_threads, static_cast<size_t>(num_experts) * 4, stream>>>(
-      score_sums, ids, tokens * slots, static_cast<int>(num_experts), static_cast<int>(groups), t,
+  device_balance_kernel<<<1, counts ? k_block : k_sums_threads, static_cast<size_t>(num_experts) * 4, stream>>>(
+      score_sums, ids, counts, tokens * slots, static_cast<int>(num_experts), static_cast<int>(groups), t,
       static_cast<double>(slots), alpha, value, grad_row);
   CUDA_CHECK_LAUNCH();
 }

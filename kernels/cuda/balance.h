@@ -12,15 +12,17 @@ namespace moe::cuda {
 // written, gradients added (+=); ids i32 with -1 = no expert (an id outside [-1, E) counts for no
 // expert); no host wait.
 
-// score_sums f32[E], ids i32[tokens*slots] -> value = alpha * E * sum_i f_i P_i, grad_row f32[E]
-// = alpha * E * f_i / T (written), f_i = count_i / (slots T), P_i = score_sums_i / T, T = max(tokens, 1).
-void switch_balance(const float* score_sums, const int32_t* ids, int64_t tokens, int64_t slots, int64_t num_experts,
-                    double alpha, double* value, float* grad_row, cudaStream_t stream);
-// The same sums -> value = alpha * sum_g f'_g P'_g over `groups` contiguous groups, grad_row f32[E]
-// = alpha f'_{g(i)} / T (written); f'_g = mean over g of E count_i / (slots T), P'_g = sum over g
-// of score_sums_i / T. groups divides E.
-void device_balance(const float* score_sums, const int32_t* ids, int64_t tokens, int64_t slots, int64_t num_experts,
-                    int64_t groups, double alpha, double* value, float* grad_row, cudaStream_t stream);
+// score_sums f32[E] and the slots per expert, count_i: counts i64[E], or (counts = nullptr) counted
+// from ids i32[tokens*slots] -> value = alpha * E * sum_i f_i P_i, grad_row f32[E] = alpha * E * f_i / T
+// (written), f_i = count_i / (slots T), P_i = score_sums_i / T, T = max(tokens, 1).
+void switch_balance(const float* score_sums, const int32_t* ids, const int64_t* counts, int64_t tokens, int64_t slots,
+                    int64_t num_experts, double alpha, double* value, float* grad_row, cudaStream_t stream);
+// The same sums and counts -> value = alpha * sum_g f'_g P'_g over `groups` contiguous groups,
+// grad_row f32[E] = alpha f'_{g(i)} / T (written); f'_g = mean over g of E count_i / (slots T),
+// P'_g = sum over g of score_sums_i / T. groups divides E.
+void device_balance(const float* score_sums, const int32_t* ids, const int64_t* counts, int64_t tokens, int64_t slots,
+                    int64_t num_experts, int64_t groups, double alpha, double* value, float* grad_row,
+                    cudaStream_t stream);
 // counts i64[E] += the slots of ids[num_ids] per expert.
 void count_experts(const int32_t* ids, int64_t num_ids, int64_t num_experts, int64_t* counts, cudaStream_t stream);
 // weights f32[num_slots], ids -> value = coef CV(I)^2 (I_i = weights summed per expert),

@@ -1,23 +1,40 @@
 // Router kernels: a warp per token with the token's selection keys in shared memory. Groups
 // are ranked by counting (rank = groups with a larger max, or an equal max and a lower index),
 // then the top-k are k rounds of warp argmax (value, then lower index) masking each winner.
+// With the Switch statistics, each warp walks several tokens adding their scores into its own
+// shared row; blocks write partial sums and counts, and the last block to finish (a ticket)
+// adds the partials in block order: one launch, the same result run to run.
 #include "kernels/cuda/router.h"
 
+#include <algorithm>
 #include <climits>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/device_info.h"
 
 namespace moe::cuda {
 
 namespace {
 
-constexpr int k_max_warps = 4;
+constexpr int k_max_warps = 4;         // tokens per block, one per warp (no statistics)
+constexpr int k_max_sum_warps = 16;    // warps per block that walk tokens (with statistics)
+constexpr int k_sum_blocks_per_sm = 2;  // blocks per multiprocessor (with statistics)
 constexpr int64_t k_max_smem = 48 * 1024;
 
 // Kernel-side copy of the options (32-bit sizes; the launcher checks they fit).
 struct Options {
   int tokens_per_block, num_experts, k, num_groups, top_groups;
   bool sigmoid, renormalize, softmax_after_topk;
+};
+
+// Where the Switch statistics go: per-block partials [gridDim.x, E], the ticket (zero before the
+// launch), the totals score_sums f32[E] and counts i64[E].
+struct SumsOut {
+  float* partial_sums;
+  int* partial_counts;
+  unsigned* ticket;
+  float* score_sums;
+  int64_t* counts;
 };
 
 // (value, index) argmax across the warp: larger value wins, equal values go to the lower index.
@@ -35,24 +52,22 @@ __device__ __forceinline__ void warp_argmax(float& v, int& i) {
 
 __device__ __forceinline__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-// Shared memory per warp: key[E] (scores + bias; -inf once excluded), then group_max[G].
-// logits[T,E], bias[E] or nullptr -> scores[T,E], ids[T,k], weights[T,k]
-__global__ void router_topk_forward_kernel(const float* logits, const float* bias, float* scores, int32_t* ids,
-                                           float* weights, int64_t tokens, Options o) {
-  extern __shared__ float smem[];
-  const int lane = threadIdx.x % k_warp, warp = threadIdx.x / k_warp;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * o.tokens_per_block + warp;
-  if (row >= tokens) return;
+// One token by one warp: logits[row] -> scores, ids, weights of the row. key[E] and group_max[G]
+// are the warp's shared scratch; acc[E] (nullptr = none) gets the row's scores added, lane l
+// owning the experts j = l mod 32.
+__device__ void route_token(const float* logits, const float* bias, float* scores, int32_t* ids, float* weights,
+                            int64_t row, const Options& o, float* key, float* group_max, float* acc) {
+  const int lane = threadIdx.x % k_warp;
   const int E = o.num_experts, G = o.num_groups, k = o.k;
-  float* key = smem + warp * (E + G);
-  float* group_max = key + E;
   const float* lr = logits + row * E;
   float* sr = scores + row * E;
+  __syncwarp();  // the previous token's reads of key and group_max are done
   if (o.sigmoid) {
     for (int j = lane; j < E; j += k_warp) {
       const float s = sigmoidf(lr[j]);
       sr[j] = s;
       key[j] = bias ? __fadd_rn(s, bias[j]) : s;  // _rn: never fused, so the key is exactly s + b
+      if (acc) acc[j] += s;
     }
   } else {
     float m = -INFINITY;
@@ -68,6 +83,7 @@ __global__ void router_topk_forward_kernel(const float* logits, const float* bia
       const float s = __fmul_rn(key[j], inv);
       sr[j] = s;
       key[j] = bias ? __fadd_rn(s, bias[j]) : s;
+      if (acc) acc[j] += s;
     }
   }
   __syncwarp();
@@ -125,11 +141,97 @@ __global__ void router_topk_forward_kernel(const float* logits, const float* bia
   }
 }
 
+// Shared memory per warp: key[E], group_max[G] (scratch of route_token). A warp per token.
+// logits[T,E], bias[E] or nullptr -> scores[T,E], ids[T,k], weights[T,k]
+__global__ void router_topk_forward_kernel(const float* logits, const float* bias, float* scores, int32_t* ids,
+                                           float* weights, int64_t tokens, Options o) {
+  extern __shared__ float smem[];
+  const int warp = threadIdx.x / k_warp;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * o.tokens_per_block + warp;
+  if (row >= tokens) return;
+  float* key = smem + warp * (o.num_experts + o.num_groups);
+  route_token(logits, bias, scores, ids, weights, row, o, key, key + o.num_experts, nullptr);
+}
+
+// The block's statistics into its partial row; then the last block adds the partial rows in
+// block order, split into `parts` runs of blocks whose sums meet in shared memory.
+// acc: the warps' rows (stride per_warp), block_counts[E]: the block's slots per expert.
+__device__ void finish_sums(const float* acc, int per_warp, const int* block_counts, const SumsOut& out,
+                            const Options& o, float* smem) {
+  const int E = o.num_experts, warps = o.tokens_per_block;
+  __syncthreads();
+  for (int j = threadIdx.x; j < E; j += blockDim.x) {
+    float s = 0;
+    for (int w = 0; w < warps; ++w) s += acc[w * per_warp + j];
+    out.partial_sums[static_cast<int64_t>(blockIdx.x) * E + j] = s;
+    out.partial_counts[static_cast<int64_t>(blockIdx.x) * E + j] = block_counts[j];
+  }
+  __threadfence();  // the partial row is visible to every block before the ticket is taken
+  __shared__ bool last;
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(out.ticket, 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  // parts * E * 2 words fit the warps' rows (parts <= warps, each row has 2E words or more).
+  const int parts = max(1, min(warps, static_cast<int>(blockDim.x) / E));
+  const int blocks = static_cast<int>(gridDim.x), run = (blocks + parts - 1) / parts;
+  float* part_sums = smem;
+  int* part_counts = reinterpret_cast<int*>(smem + parts * E);
+  for (int idx = threadIdx.x; idx < parts * E; idx += blockDim.x) {
+    const int p = idx / E, j = idx % E;
+    float s = 0;
+    int c = 0;
+    for (int b = p * run; b < min(blocks, (p + 1) * run); ++b) {
+      s += __ldcg(out.partial_sums + static_cast<int64_t>(b) * E + j);
+      c += __ldcg(out.partial_counts + static_cast<int64_t>(b) * E + j);
+    }
+    part_sums[idx] = s;
+    part_counts[idx] = c;
+  }
+  __syncthreads();
+  for (int j = threadIdx.x; j < E; j += blockDim.x) {
+    float s = 0;
+    int64_t c = 0;
+    for (int p = 0; p < parts; ++p) {
+      s += part_sums[p * E + j];
+      c += part_counts[p * E + j];
+    }
+    out.score_sums[j] = s;
+    out.counts[j] = c;
+  }
+}
+
+// The same routing with the Switch statistics: each warp walks tokens warp, warp + W * gridDim.x,
+// ... Shared memory per warp: key[E], group_max[G], acc[E]; then block_counts int[E].
+__global__ void router_topk_forward_sums_kernel(const float* logits, const float* bias, float* scores, int32_t* ids,
+                                                float* weights, int64_t tokens, Options o, SumsOut out) {
+  extern __shared__ float smem[];
+  const int lane = threadIdx.x % k_warp, warp = threadIdx.x / k_warp;
+  const int E = o.num_experts, per_warp = 2 * E + o.num_groups;
+  float* key = smem + warp * per_warp;
+  float* acc = key + E + o.num_groups;
+  int* block_counts = reinterpret_cast<int*>(smem + o.tokens_per_block * per_warp);
+  for (int j = lane; j < E; j += k_warp) acc[j] = 0;
+  for (int j = threadIdx.x; j < E; j += blockDim.x) block_counts[j] = 0;
+  __syncthreads();
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * o.tokens_per_block;
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * o.tokens_per_block + warp; row < tokens; row += stride) {
+    route_token(logits, bias, scores, ids, weights, row, o, key, key + E, acc);
+    const int32_t* row_ids = ids + row * o.k;
+    for (int r = lane; r < o.k; r += k_warp) {  // this lane's own id writes
+      if (row_ids[r] >= 0 && row_ids[r] < E) atomicAdd(&block_counts[row_ids[r]], 1);
+    }
+  }
+  finish_sums(smem + E + o.num_groups, per_warp, block_counts, out, o, smem);
+}
+
 // Shared memory per warp: dp[E], the gradient on the scores.
-// logits, scores[T,E], ids, weights, dweights[T,k], dscores[T,E] or nullptr -> dlogits[T,E]
+// logits, scores[T,E], ids, weights, dweights[T,k], dscores[T,E] or nullptr, dscore_row[E] or
+// nullptr -> dlogits[T,E]
 __global__ void router_topk_backward_kernel(const float* logits, const float* scores, const int32_t* ids,
                                             const float* weights, const float* dweights, const float* dscores,
-                                            float* dlogits, int64_t tokens, Options o) {
+                                            const float* dscore_row, float* dlogits, int64_t tokens, Options o) {
   extern __shared__ float smem[];
   const int lane = threadIdx.x % k_warp, warp = threadIdx.x / k_warp;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * o.tokens_per_block + warp;
@@ -142,7 +244,8 @@ __global__ void router_topk_backward_kernel(const float* logits, const float* sc
   const float* row_w = weights + row * k;
   const float* row_dw = dweights + row * k;
   float* dl = dlogits + row * E;
-  for (int j = lane; j < E; j += k_warp) dp[j] = dscores ? dscores[row * E + j] : 0.0f;
+  for (int j = lane; j < E; j += k_warp)
+    dp[j] = (dscores ? dscores[row * E + j] : 0.0f) + (dscore_row ? dscore_row[j] : 0.0f);
   float dw_dot_w = 0;  // sum_s dw_s w_s: used by both normalisations
   for (int r = lane; r < k; r += k_warp) dw_dot_w += row_dw[r] * row_w[r];
   dw_dot_w = warp_sum(dw_dot_w);
@@ -177,14 +280,17 @@ __global__ void router_topk_backward_kernel(const float* logits, const float* sc
   }
 }
 
-Options options_of(const kernels::TopKOptions& r, int64_t tokens, int64_t num_experts, int64_t floats_per_warp) {
+// Warps per block: at most max_warps, each with floats_per_warp floats of shared memory, beside
+// block_floats for the block; all within 48 KB.
+Options options_of(const kernels::TopKOptions& r, int64_t tokens, int64_t num_experts, int64_t floats_per_warp,
+                   int64_t block_floats, int max_warps) {
   MOE_CHECK(tokens >= 0 && r.k >= 1 && r.k <= num_experts, "router: bad shape (tokens ", tokens, ", experts ",
             num_experts, ", k ", r.k, ")");
-  MOE_CHECK(floats_per_warp * 4 <= k_max_smem, "router: ", num_experts, " experts and ", r.num_groups,
-            " groups exceed the supported maximum of ", k_max_smem / 4, " together");
+  MOE_CHECK((floats_per_warp + block_floats) * 4 <= k_max_smem, "router: ", num_experts, " experts and ",
+            r.num_groups, " groups exceed the supported maximum of ", k_max_smem / 4, " together");
   Options o;
-  const int64_t warps = k_max_smem / (floats_per_warp * 4);  // warps * E floats fit 48 KB
-  o.tokens_per_block = static_cast<int>(warps < k_max_warps ? warps : k_max_warps);
+  const int64_t warps = (k_max_smem / 4 - block_floats) / floats_per_warp;
+  o.tokens_per_block = static_cast<int>(warps < max_warps ? warps : max_warps);
   o.num_experts = static_cast<int>(num_experts);
   o.k = static_cast<int>(r.k);
   o.num_groups = static_cast<int>(r.num_groups);
@@ -195,16 +301,60 @@ Options options_of(const kernels::TopKOptions& r, int64_t tokens, int64_t num_ex
   return o;
 }
 
-}  // namespace
-
-void router_topk_forward(const float* logits, const float* bias, float* scores, int32_t* ids, float* weights,
-                         int64_t tokens, int64_t num_experts, const kernels::TopKOptions& r, cudaStream_t stream) {
+void check_groups(int64_t num_experts, const kernels::TopKOptions& r) {
   MOE_CHECK(r.num_groups == 0 || (r.num_groups > 0 && num_experts % r.num_groups == 0 && r.top_groups >= 1 &&
                                   r.top_groups <= r.num_groups && r.k <= r.top_groups * (num_experts / r.num_groups)),
             "router: bad groups (experts ", num_experts, ", groups ", r.num_groups, ", top ", r.top_groups, ", k ",
             r.k, ")");
+}
+
+// With the statistics: key, group_max and acc per warp; the block's counts.
+int64_t sums_floats_per_warp(int64_t num_experts, int64_t num_groups) { return 2 * num_experts + num_groups; }
+
+void forward_with_sums(const float* logits, const float* bias, float* scores, int32_t* ids, float* weights,
+                       int64_t tokens, int64_t num_experts, const kernels::TopKOptions& r, float* score_sums,
+                       int64_t* counts, cudaStream_t stream) {
+  const int64_t per_warp = sums_floats_per_warp(num_experts, r.num_groups);
+  const Options o = options_of(r, tokens, num_experts, per_warp, num_experts, k_max_sum_warps);
+  if (tokens == 0) {
+    CUDA_CHECK(cudaMemsetAsync(score_sums, 0, static_cast<size_t>(num_experts) * sizeof(float), stream));
+    CUDA_CHECK(cudaMemsetAsync(counts, 0, static_cast<size_t>(num_experts) * sizeof(int64_t), stream));
+    return;
+  }
+  const int64_t blocks = std::min<int64_t>(ceil_div(tokens, o.tokens_per_block),
+                                           int64_t{k_sum_blocks_per_sm} * multiprocessor_count());
+  // One allocation: the ticket (16 bytes, so the partials stay aligned), then the partial rows.
+  const size_t partial_bytes = static_cast<size_t>(blocks * num_experts) * 4;
+  Scratch scratch(16 + 2 * partial_bytes, stream);
+  char* base = scratch.as<char>();
+  SumsOut out{reinterpret_cast<float*>(base + 16), reinterpret_cast<int*>(base + 16 + partial_bytes),
+              reinterpret_cast<unsigned*>(base), score_sums, counts};
+  CUDA_CHECK(cudaMemsetAsync(out.ticket, 0, sizeof(unsigned), stream));
+  const size_t smem = static_cast<size_t>(o.tokens_per_block * per_warp + num_experts) * sizeof(float);
+  router_topk_forward_sums_kernel<<<static_cast<unsigned>(blocks), o.tokens_per_block * k_warp, smem, stream>>>(
+      logits, bias, scores, ids, weights, tokens, o, out);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+bool router_sums_fit(int64_t num_experts, int64_t num_groups) {
+  return (sums_floats_per_warp(num_experts, num_groups) + num_experts) * 4 <= k_max_smem;
+}
+
+void router_topk_forward(const float* logits, const float* bias, float* scores, int32_t* ids, float* weights,
+                         int64_t tokens, int64_t num_experts, const kernels::TopKOptions& r, cudaStream_t stream,
+                         float* score_sums, int64_t* counts) {
+  check_groups(num_experts, r);
+  MOE_CHECK((score_sums == nullptr) == (counts == nullptr), "router: score_sums and counts come together");
+  if (score_sums != nullptr) {
+    MOE_CHECK(router_sums_fit(num_experts, r.num_groups), "router: the statistics of ", num_experts,
+              " experts do not fit shared memory (router_sums_fit)");
+    forward_with_sums(logits, bias, scores, ids, weights, tokens, num_experts, r, score_sums, counts, stream);
+    return;
+  }
   const int64_t per_warp = num_experts + r.num_groups;
-  const Options o = options_of(r, tokens, num_experts, per_warp);
+  const Options o = options_of(r, tokens, num_experts, per_warp, 0, k_max_warps);
   if (tokens == 0) return;
   const size_t smem = static_cast<size_t>(o.tokens_per_block) * per_warp * sizeof(float);
   router_topk_forward_kernel<<<static_cast<unsigned>(ceil_div(tokens, o.tokens_per_block)),
@@ -214,14 +364,14 @@ void router_topk_forward(const float* logits, const float* bias, float* scores, 
 }
 
 void router_topk_backward(const float* logits, const float* scores, const int32_t* ids, const float* weights,
-                          const float* dweights, const float* dscores, float* dlogits, int64_t tokens,
-                          int64_t num_experts, const kernels::TopKOptions& r, cudaStream_t stream) {
-  const Options o = options_of(r, tokens, num_experts, num_experts);
+                          const float* dweights, const float* dscores, const float* dscore_row, float* dlogits,
+                          int64_t tokens, int64_t num_experts, const kernels::TopKOptions& r, cudaStream_t stream) {
+  const Options o = options_of(r, tokens, num_experts, num_experts, 0, k_max_warps);
   if (tokens == 0) return;
   const size_t smem = static_cast<size_t>(o.tokens_per_block) * num_experts * sizeof(float);
   router_topk_backward_kernel<<<static_cast<unsigned>(ceil_div(tokens, o.tokens_per_block)),
                                 o.tokens_per_block * k_warp, smem, stream>>>(logits, scores, ids, weights, dweights,
-                                                                             dscores, dlogits, tokens, o);
+                                                                             dscores, dscore_row, dlogits, tokens, o);
   CUDA_CHECK_LAUNCH();
 }
 

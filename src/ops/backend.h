@@ -16,6 +16,13 @@ inline int64_t cols_of(const Tensor& t) {
   return cols;
 }
 
+// The slots per expert a per-expert balancing term reads: counted from ids i32[T,k] (defined), or
+// given as counts i64[E] over `tokens` tokens of `slots` slots each.
+struct SlotCounts {
+  Tensor ids, counts;
+  int64_t tokens = 0, slots = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -76,11 +83,13 @@ class Backend {
   virtual void bias_backward(const Tensor& dy, Tensor& db) = 0;
   virtual void gather_rows(const Tensor& src, const Tensor& index, Tensor& dst) = 0;
   virtual void scatter_add_rows(const Tensor& src, const Tensor& index, Tensor& dst) = 0;
+  // score_sums, counts: both undefined (not wanted) or both to be written.
   virtual void router_topk_forward(const Tensor& logits, const Tensor& bias, const TopKOptions& options,
-                                   Tensor& scores, Tensor& ids, Tensor& weights) = 0;
+                                   Tensor& scores, Tensor& ids, Tensor& weights, Tensor& score_sums,
+                                   Tensor& counts) = 0;
   virtual void router_topk_backward(const Tensor& logits, const Tensor& scores, const Tensor& ids,
                                     const Tensor& weights, const Tensor& dweights, const Tensor& dscores,
-                                    const TopKOptions& options, Tensor& dlogits) = 0;
+                                    const Tensor& dscore_row, const TopKOptions& options, Tensor& dlogits) = 0;
   virtual void expert_choice_forward(const Tensor& scores, int64_t capacity, Tensor& ids, Tensor& weights) = 0;
   virtual void expert_choice_backward(const Tensor& ids, const Tensor& dweights, Tensor& dscores) = 0;
   virtual void apply_capacity_on_device(Tensor& ids, Tensor& weights, int64_t num_experts, int64_t capacity,
@@ -100,9 +109,9 @@ class Backend {
                                           Tensor& slot_pos, Tensor& offsets) = 0;
   virtual void moe_permute_rows(const Tensor& ids, const Tensor& x, int64_t num_experts, Tensor& sorted_tokens,
                                 Tensor& slot_pos, Tensor& offsets, Tensor& x_sorted) = 0;
-  virtual void switch_balance(const Tensor& score_sums, const Tensor& ids, int64_t tokens, double alpha,
-                              Tensor& value, Tensor& grad_row) = 0;
-  virtual void device_balance(const Tensor& score_sums, const Tensor& ids, int64_t groups, double alpha,
+  virtual void switch_balance(const Tensor& score_sums, const SlotCounts& counts, double alpha, Tensor& value,
+                              Tensor& grad_row) = 0;
+  virtual void device_balance(const Tensor& score_sums, const SlotCounts& counts, int64_t groups, double alpha,
                               Tensor& value, Tensor& grad_row) = 0;
   virtual void importance_balance(const Tensor& weights, const Tensor& ids, int64_t num_experts, double coef,
                                   Tensor& value, Tensor& dweights) = 0;

@@ -30,19 +30,53 @@ void check_sums_term(const Tensor& score_sums, const Tensor& ids, const Tensor& 
   check_like(grad_row, score_sums, op);
 }
 
+// score_sums [E], counts i64[E] on its device, tokens >= 0, slots >= 1, grad_row like score_sums.
+SlotCounts check_counts_term(const Tensor& score_sums, const Tensor& counts, int64_t tokens, int64_t slots,
+                             const Tensor& value, const Tensor& grad_row, const char* op) {
+  MOE_CHECK(score_sums.defined() && score_sums.ndim() == 1, op, ": score_sums must be [E]");
+  check_shape(counts, score_sums.shape(), op);
+  check_dtype(counts, DType::i64, op);
+  check_same_device(counts, score_sums, op);
+  MOE_CHECK(tokens >= 0 && slots >= 1, op, ": needs tokens >= 0 and slots >= 1, got ", tokens, " and ", slots);
+  check_value(value, score_sums, op);
+  check_like(grad_row, score_sums, op);
+  return {.ids = Tensor(), .counts = counts, .tokens = tokens, .slots = slots};
+}
+
+SlotCounts counted_from(const Tensor& ids) {
+  return {.ids = ids, .counts = Tensor(), .tokens = ids.size(0), .slots = ids.size(1)};
+}
+
+void check_groups(const Tensor& score_sums, int64_t groups) {
+  MOE_CHECK(groups >= 1 && score_sums.size(0) % groups == 0, "device_balance: groups = ", groups,
+            " does not divide experts = ", score_sums.size(0));
+}
+
 }  // namespace
 
 void switch_balance(const Tensor& score_sums, const Tensor& ids, double alpha, Tensor& value, Tensor& grad_row) {
   check_sums_term(score_sums, ids, value, grad_row, "switch_balance");
-  run_on(score_sums, OpKind::routing)->switch_balance(score_sums, ids, ids.size(0), alpha, value, grad_row);
+  run_on(score_sums, OpKind::routing)->switch_balance(score_sums, counted_from(ids), alpha, value, grad_row);
+}
+
+void switch_balance_from_counts(const Tensor& score_sums, const Tensor& counts, int64_t tokens, int64_t slots,
+                                double alpha, Tensor& value, Tensor& grad_row) {
+  const SlotCounts c = check_counts_term(score_sums, counts, tokens, slots, value, grad_row, "switch_balance");
+  run_on(score_sums, OpKind::routing)->switch_balance(score_sums, c, alpha, value, grad_row);
 }
 
 void device_balance(const Tensor& score_sums, const Tensor& ids, int64_t groups, double alpha, Tensor& value,
                     Tensor& grad_row) {
   check_sums_term(score_sums, ids, value, grad_row, "device_balance");
-  MOE_CHECK(groups >= 1 && score_sums.size(0) % groups == 0, "device_balance: groups = ", groups,
-            " does not divide experts = ", score_sums.size(0));
-  run_on(score_sums, OpKind::routing)->device_balance(score_sums, ids, groups, alpha, value, grad_row);
+  check_groups(score_sums, groups);
+  run_on(score_sums, OpKind::routing)->device_balance(score_sums, counted_from(ids), groups, alpha, value, grad_row);
+}
+
+void device_balance_from_counts(const Tensor& score_sums, const Tensor& counts, int64_t tokens, int64_t slots,
+                                int64_t groups, double alpha, Tensor& value, Tensor& grad_row) {
+  const SlotCounts c = check_counts_term(score_sums, counts, tokens, slots, value, grad_row, "device_balance");
+  check_groups(score_sums, groups);
+  run_on(score_sums, OpKind::routing)->device_balance(score_sums, c, groups, alpha, value, grad_row);
 }
 
 void importance_balance(const Tensor& weights, const Tensor& ids, int64_t num_experts, double coef, Tensor& value,

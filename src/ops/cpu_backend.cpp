@@ -65,6 +65,14 @@ T* optional_mut(const Tensor& t) {
   return t.defined() ? t.data_as<T>() : nullptr;
 }
 
+// The slots per expert of a per-expert balancing term: counted from its ids, or given.
+std::vector<int64_t> counts_of(const SlotCounts& c, int64_t experts) {
+  if (!c.ids.defined()) return {ptr<int64_t>(c.counts), ptr<int64_t>(c.counts) + experts};
+  std::vector<int64_t> counts(static_cast<size_t>(experts), 0);
+  cpu::count_experts(index_ptr(c.ids), c.ids.numel(), experts, counts.data());
+  return counts;
+}
+
 // bf16 tensors can live on the host (checkpoints, tests); casts to and from them go through f32.
 void cast_with_bf16(const Tensor& src, Tensor& dst) {
   const int64_t n = src.numel();
@@ -376,22 +384,23 @@ class CpuBackend final : public Backend {
   }
 
   void router_topk_forward(const Tensor& logits, const Tensor& bias, const TopKOptions& options, Tensor& scores,
-                           Tensor& ids, Tensor& weights) override {
+                           Tensor& ids, Tensor& weights, Tensor& score_sums, Tensor& counts) override {
     dispatch_float(logits.dtype(), "router", [&](auto tag) {
       using T = decltype(tag);
       cpu::router_topk_forward<T>(ptr<T>(logits), optional_ptr<T>(bias), ptr<T>(scores), ptr<int32_t>(ids),
-                                  ptr<T>(weights), logits.size(0), logits.size(1), options);
+                                  ptr<T>(weights), logits.size(0), logits.size(1), options,
+                                  optional_mut<T>(score_sums), optional_mut<int64_t>(counts));
     });
   }
 
   void router_topk_backward(const Tensor& logits, const Tensor& scores, const Tensor& ids, const Tensor& weights,
-                            const Tensor& dweights, const Tensor& dscores, const TopKOptions& options,
-                            Tensor& dlogits) override {
+                            const Tensor& dweights, const Tensor& dscores, const Tensor& dscore_row,
+                            const TopKOptions& options, Tensor& dlogits) override {
     dispatch_float(logits.dtype(), "router backward", [&](auto tag) {
       using T = decltype(tag);
       cpu::router_topk_backward<T>(ptr<T>(logits), ptr<T>(scores), index_ptr(ids), ptr<T>(weights), ptr<T>(dweights),
                                    optional_ptr<T>(dscores), ptr<T>(dlogits), logits.size(0), logits.size(1),
-                                   options);
+                                   options, optional_ptr<T>(dscore_row));
     });
   }
 
@@ -478,21 +487,23 @@ class CpuBackend final : public Backend {
     if (x_sorted.size(0) > 0) gather_rows(x, sorted_tokens.rows(0, x_sorted.size(0)), x_sorted);
   }
 
-  void switch_balance(const Tensor& score_sums, const Tensor& ids, int64_t tokens, double alpha, Tensor& value,
+  void switch_balance(const Tensor& score_sums, const SlotCounts& c, double alpha, Tensor& value,
                       Tensor& grad_row) override {
+    const std::vector<int64_t> counts = counts_of(c, score_sums.size(0));
     dispatch_float(score_sums.dtype(), "switch_balance", [&](auto tag) {
       using T = decltype(tag);
-      cpu::switch_balance<T>(ptr<T>(score_sums), index_ptr(ids), tokens, ids.size(1), score_sums.size(0), alpha,
-                             ptr<double>(value), ptr<T>(grad_row));
+      ptr<double>(value)[0] = cpu::switch_balance_from_counts<T>(ptr<T>(score_sums), counts.data(), c.tokens, c.slots,
+                                                                 score_sums.size(0), alpha, ptr<T>(grad_row));
     });
   }
 
-  void device_balance(const Tensor& score_sums, const Tensor& ids, int64_t groups, double alpha, Tensor& value,
+  void device_balance(const Tensor& score_sums, const SlotCounts& c, int64_t groups, double alpha, Tensor& value,
                       Tensor& grad_row) override {
+    const std::vector<int64_t> counts = counts_of(c, score_sums.size(0));
     dispatch_float(score_sums.dtype(), "device_balance", [&](auto tag) {
       using T = decltype(tag);
-      cpu::device_balance<T>(ptr<T>(score_sums), index_ptr(ids), ids.size(0), ids.size(1), score_sums.size(0), groups,
-                             alpha, ptr<double>(value), ptr<T>(grad_row));
+      ptr<double>(value)[0] = cpu::device_balance_from_counts<T>(ptr<T>(score_sums), counts.data(), c.tokens, c.slots,
+                                                                 score_sums.size(0), groups, alpha, ptr<T>(grad_row));
     });
   }
 

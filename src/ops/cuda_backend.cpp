@@ -65,6 +65,10 @@ const float* optional_f32(const Tensor& t, const char* what) {
 const bf16* optional_bf16(const Tensor& t) { return t.defined() ? bf(t) : nullptr; }
 const int32_t* optional_i32(const Tensor& t) { return t.defined() ? i32(t) : nullptr; }
 
+// A per-expert balancing term's slots: ids to count, or counts (the other nullptr).
+const int32_t* ids_of(const SlotCounts& c) { return optional_i32(c.ids); }
+const int64_t* counts_of(const SlotCounts& c) { return c.ids.defined() ? nullptr : c.counts.data_as<const int64_t>(); }
+
 cuda::KvCacheShape cuda_cache_shape(const Tensor& cache) {
   return {cache.size(0), cache.size(1), cache.size(2), cache.size(3)};
 }
@@ -318,24 +322,34 @@ class CudaBackend : public Backend {
                            dst.data(), float_type(dst, "scatter_add dst"), rows_of(dst), stream);
   }
 
+  // The statistics come out of the router's own pass where they fit its shared memory; beyond
+  // that (thousands of experts) from a column sum and a count after it.
   void router_topk_forward(const Tensor& logits, const Tensor& bias, const TopKOptions& options, Tensor& scores,
-                           Tensor& ids, Tensor& weights) override {
+                           Tensor& ids, Tensor& weights, Tensor& score_sums, Tensor& counts) override {
     cudaStream_t stream = on_device(logits, scores, ids, weights);
     if (bias.defined()) check_same_device(bias, logits, "router bias");
     check_dtype(logits, DType::f32, "router logits on CUDA");
+    const int64_t tokens = logits.size(0), experts = logits.size(1);
+    const bool fused = score_sums.defined() && cuda::router_sums_fit(experts, options.num_groups);
     cuda::router_topk_forward(f32(logits), optional_f32(bias, "router bias on CUDA"), f32_mut(scores), i32_mut(ids),
-                              f32_mut(weights), logits.size(0), logits.size(1), options, stream);
+                              f32_mut(weights), tokens, experts, options, stream,
+                              fused ? f32_mut(score_sums) : nullptr, fused ? counts.data_as<int64_t>() : nullptr);
+    if (fused || !score_sums.defined()) return;
+    column_sums(scores, score_sums, false);
+    cuda::memset_zero(counts.data(), static_cast<size_t>(experts) * sizeof(int64_t));
+    cuda::count_experts(i32(ids), ids.numel(), experts, counts.data_as<int64_t>(), stream);
   }
 
   void router_topk_backward(const Tensor& logits, const Tensor& scores, const Tensor& ids, const Tensor& weights,
-                            const Tensor& dweights, const Tensor& dscores, const TopKOptions& options,
-                            Tensor& dlogits) override {
+                            const Tensor& dweights, const Tensor& dscores, const Tensor& dscore_row,
+                            const TopKOptions& options, Tensor& dlogits) override {
     cudaStream_t stream = on_device(logits, scores, ids, weights, dweights, dlogits);
     if (dscores.defined()) check_same_device(dscores, logits, "router dscores");
     check_dtype(logits, DType::f32, "router logits on CUDA");
     cuda::router_topk_backward(f32(logits), f32(scores), i32(ids), f32(weights), f32(dweights),
-                               optional_f32(dscores, "router dscores on CUDA"), f32_mut(dlogits), logits.size(0),
-                               logits.size(1), options, stream);
+                               optional_f32(dscores, "router dscores on CUDA"),
+                               optional_f32(dscore_row, "router dscore_row on CUDA"), f32_mut(dlogits),
+                               logits.size(0), logits.size(1), options, stream);
   }
 
   void expert_choice_forward(const Tensor& scores, int64_t capacity, Tensor& ids, Tensor& weights) override {
@@ -416,20 +430,20 @@ class CudaBackend : public Backend {
                            x_sorted.size(0), stream);
   }
 
-  void switch_balance(const Tensor& score_sums, const Tensor& ids, int64_t tokens, double alpha, Tensor& value,
+  void switch_balance(const Tensor& score_sums, const SlotCounts& c, double alpha, Tensor& value,
                       Tensor& grad_row) override {
-    cudaStream_t stream = on_device(score_sums, ids, value, grad_row);
+    cudaStream_t stream = on_device(score_sums, c.ids.defined() ? c.ids : c.counts, value, grad_row);
     check_dtype(score_sums, DType::f32, "switch_balance score_sums");
-    cuda::switch_balance(f32(score_sums), i32(ids), tokens, ids.size(1), score_sums.size(0), alpha,
+    cuda::switch_balance(f32(score_sums), ids_of(c), counts_of(c), c.tokens, c.slots, score_sums.size(0), alpha,
                          value.data_as<double>(), f32_mut(grad_row), stream);
   }
 
-  void device_balance(const Tensor& score_sums, const Tensor& ids, int64_t groups, double alpha, Tensor& value,
+  void device_balance(const Tensor& score_sums, const SlotCounts& c, int64_t groups, double alpha, Tensor& value,
                       Tensor& grad_row) override {
-    cudaStream_t stream = on_device(score_sums, ids, value, grad_row);
+    cudaStream_t stream = on_device(score_sums, c.ids.defined() ? c.ids : c.counts, value, grad_row);
     check_dtype(score_sums, DType::f32, "device_balance score_sums");
-    cuda::device_balance(f32(score_sums), i32(ids), ids.size(0), ids.size(1), score_sums.size(0), groups, alpha,
-                         value.data_as<double>(), f32_mut(grad_row), stream);
+    cuda::device_balance(f32(score_sums), ids_of(c), counts_of(c), c.tokens, c.slots, score_sums.size(0), groups,
+                         alpha, value.data_as<double>(), f32_mut(grad_row), stream);
   }
 
   void importance_balance(const Tensor& weights, const Tensor& ids, int64_t num_experts, double coef, Tensor& value,

@@ -526,8 +526,10 @@ static void check_topk_options(const TopKOptions& o, int64_t num_experts) {
             " allowed groups");
 }
 
-void router_topk_forward(const Tensor& logits, const Tensor& bias, const TopKOptions& options, Tensor& scores,
-                         Tensor& ids, Tensor& weights) {
+namespace {
+
+void check_router_forward(const Tensor& logits, const Tensor& bias, const TopKOptions& options, const Tensor& scores,
+                          const Tensor& ids, const Tensor& weights) {
   check_router_float(logits, "router logits");
   MOE_CHECK(logits.ndim() == 2, "router logits must be [T,E], got ", shape_str(logits.shape()));
   const int64_t tokens = logits.size(0), experts = logits.size(1);
@@ -542,11 +544,38 @@ void router_topk_forward(const Tensor& logits, const Tensor& bias, const TopKOpt
   check_shape(weights, {tokens, options.k}, "router weights");
   check_dtype(weights, logits.dtype(), "router weights");
   check_same_device(weights, logits, "router weights");
-  run_on(logits, OpKind::routing)->router_topk_forward(logits, bias, options, scores, ids, weights);
+}
+
+}  // namespace
+
+void router_topk_forward(const Tensor& logits, const Tensor& bias, const TopKOptions& options, Tensor& scores,
+                         Tensor& ids, Tensor& weights) {
+  check_router_forward(logits, bias, options, scores, ids, weights);
+  Tensor none;
+  run_on(logits, OpKind::routing)->router_topk_forward(logits, bias, options, scores, ids, weights, none, none);
+}
+
+void router_topk_forward(const Tensor& logits, const Tensor& bias, const TopKOptions& options, Tensor& scores,
+                         Tensor& ids, Tensor& weights, Tensor& score_sums, Tensor& counts) {
+  check_router_forward(logits, bias, options, scores, ids, weights);
+  const int64_t experts = logits.size(1);
+  check_shape(score_sums, {experts}, "router score_sums");
+  check_dtype(score_sums, logits.dtype(), "router score_sums");
+  check_same_device(score_sums, logits, "router score_sums");
+  check_shape(counts, {experts}, "router counts");
+  check_dtype(counts, DType::i64, "router counts");
+  check_same_device(counts, logits, "router counts");
+  run_on(logits, OpKind::routing)->router_topk_forward(logits, bias, options, scores, ids, weights, score_sums, counts);
 }
 
 void router_topk_backward(const Tensor& logits, const Tensor& scores, const Tensor& ids, const Tensor& weights,
                           const Tensor& dweights, const Tensor& dscores, const TopKOptions& options, Tensor& dlogits) {
+  router_topk_backward(logits, scores, ids, weights, dweights, dscores, Tensor(), options, dlogits);
+}
+
+void router_topk_backward(const Tensor& logits, const Tensor& scores, const Tensor& ids, const Tensor& weights,
+                          const Tensor& dweights, const Tensor& dscores, const Tensor& dscore_row,
+                          const TopKOptions& options, Tensor& dlogits) {
   check_router_float(logits, "router logits");
   MOE_CHECK(logits.ndim() == 2, "router logits must be [T,E], got ", shape_str(logits.shape()));
   const int64_t tokens = logits.size(0), experts = logits.size(1);
@@ -558,8 +587,14 @@ void router_topk_backward(const Tensor& logits, const Tensor& scores, const Tens
   check_same_device(weights, logits, "router weights");
   check_like(dweights, weights, "router dweights");
   if (dscores.defined()) check_like(dscores, logits, "router dscores");
+  if (dscore_row.defined()) {
+    check_shape(dscore_row, {experts}, "router dscore_row");
+    check_dtype(dscore_row, logits.dtype(), "router dscore_row");
+    check_same_device(dscore_row, logits, "router dscore_row");
+  }
   check_like(dlogits, logits, "router dlogits");
-  run_on(logits, OpKind::routing)->router_topk_backward(logits, scores, ids, weights, dweights, dscores, options, dlogits);
+  run_on(logits, OpKind::routing)
+      ->router_topk_backward(logits, scores, ids, weights, dweights, dscores, dscore_row, options, dlogits);
 }
 
 void expert_choice_forward(const Tensor& scores, int64_t capacity, Tensor& ids, Tensor& weights) {

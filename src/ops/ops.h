@@ -191,10 +191,19 @@ void scatter_add_rows(const Tensor& src, const Tensor& index, Tensor& dst);
 // (aux-loss-free balancing).
 void router_topk_forward(const Tensor& logits, const Tensor& bias, const TopKOptions& options, Tensor& scores,
                          Tensor& ids, Tensor& weights);
+// The same pass also making the Switch statistics (written): score_sums accum[E] = the scores
+// summed over the T tokens, counts i64[E] = the slots routed to each expert.
+void router_topk_forward(const Tensor& logits, const Tensor& bias, const TopKOptions& options, Tensor& scores,
+                         Tensor& ids, Tensor& weights, Tensor& score_sums, Tensor& counts);
 // dlogits[T,E] (written) from dweights[T,k] and dscores[T,E] (gradient of the balancing
 // losses on the scores; undefined = none).
 void router_topk_backward(const Tensor& logits, const Tensor& scores, const Tensor& ids, const Tensor& weights,
                           const Tensor& dweights, const Tensor& dscores, const TopKOptions& options, Tensor& dlogits);
+// The same with dscore_row accum[E] (undefined = none) added to every token's score gradient: the
+// per-expert balancing terms' gradient, never spread into a [T,E] tensor.
+void router_topk_backward(const Tensor& logits, const Tensor& scores, const Tensor& ids, const Tensor& weights,
+                          const Tensor& dweights, const Tensor& dscores, const Tensor& dscore_row,
+                          const TopKOptions& options, Tensor& dlogits);
 
 // Expert choice (Zhou et al. 2022): scores[T,E] (accum) -> each expert e takes its `capacity`
 // highest-scoring tokens (ties to the lower token; every token when capacity >= T). ids
@@ -279,12 +288,19 @@ void moe_gather_slots(const Tensor& row_values, const Tensor& slot_pos, Tensor& 
 // -> value = alpha E sum_i f_i P_i, grad_row accum[E] = alpha E f_i / T (written: d value /
 // d scores[t,i], the same for every t), f_i = count_i / (k T), P_i = score_sums_i / T.
 void switch_balance(const Tensor& score_sums, const Tensor& ids, double alpha, Tensor& value, Tensor& grad_row);
+// The same from slots already counted per expert (the router's counts): counts i64[E] of `tokens`
+// tokens with `slots` slots each.
+void switch_balance_from_counts(const Tensor& score_sums, const Tensor& counts, int64_t tokens, int64_t slots,
+                                double alpha, Tensor& value, Tensor& grad_row);
 // DeepSeekMoE device-level from sums: score_sums accum[E], ids i32[T,k], `groups` contiguous
 // groups of E/groups experts -> value = alpha sum_g f'_g P'_g, grad_row accum[E] = alpha f'_g / T
 // (written, the same for every token), f'_g = mean over g of E count_i / (k T), P'_g = sum over g
 // of score_sums_i / T.
 void device_balance(const Tensor& score_sums, const Tensor& ids, int64_t groups, double alpha, Tensor& value,
                     Tensor& grad_row);
+// The same from counts i64[E] of `tokens` tokens with `slots` slots each.
+void device_balance_from_counts(const Tensor& score_sums, const Tensor& counts, int64_t tokens, int64_t slots,
+                                int64_t groups, double alpha, Tensor& value, Tensor& grad_row);
 // Importance: weights accum[T,k], ids i32[T,k] -> value = coef CV(I)^2, I_i = sum of the weights of
 // the slots with id i; dweights[T,k] += its gradient (0 at slots without an expert).
 void importance_balance(const Tensor& weights, const Tensor& ids, int64_t num_experts, double coef, Tensor& value,
