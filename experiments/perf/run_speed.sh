@@ -82,6 +82,9 @@ if has ops; then
   build/moe bench op grouped_gemm --warmup 5 --iters 20 2>&1 | tail -1 | tee "$out/op_grouped_gemm.json"
   build/moe bench op add_layernorm --batch 16 --seq 1024 --width 768 --warmup 5 --iters 20 2>&1 | tail -1 \
     | tee "$out/op_add_layernorm.json"
+  # MoE-small's router (16 x 1024 tokens, 64 experts, top-6) with the Switch statistics, fused and unfused
+  build/moe bench op router --batch 16 --seq 1024 --experts 64 --top-k 6 --warmup 5 --iters 50 2>&1 | tail -1 \
+    | tee "$out/op_router.json"
 fi
 if has anchor; then
   python3 experiments/perf/anchors/gpt2_anchor.py --warmup 3 --steps 10 2>&1 | grep '^{' | tee "$out/anchor_gpt2.jsonl"

@@ -1,6 +1,6 @@
 // `moe bench op`: the registry of single-op benchmarks: attention (the flash kernels), the fused
 // residual add + norm, the grouped GEMM (the experts' GEMMs), the balancing terms, and the
-// dispatch's permutation.
+// dispatch's permutation, the router with its Switch statistics.
 #include "src/tools/bench_op.h"
 
 #include <algorithm>
@@ -310,6 +310,52 @@ nlohmann::json bench_permute(const OpBenchOptions& o, Device device) {
   return r;
 }
 
+// The top-k router's forward with the Switch term, forward and backward, at T = batch x seq
+// tokens over E experts with k slots (softmax scores, random logits): fused, the router's pass
+// also making the score sums and counts and the backward taking the term's gradient row; against
+// unfused, a column sum of the scores and a count of the ids after the router, and the row spread
+// over a [T,E] score gradient before the backward. Median ms of each.
+nlohmann::json bench_router(const OpBenchOptions& o, Device device) {
+  MOE_CHECK(o.batch > 0 && o.seq_len > 0 && o.top_k > 0 && o.top_k <= o.experts, "bench op router: --batch, --seq ",
+            "and --top-k must be positive and --top-k at most --experts (got batch ", o.batch, ", seq ", o.seq_len,
+            ", top-k ", o.top_k, ", experts ", o.experts, ")");
+  const int64_t tokens = o.batch * o.seq_len, E = o.experts, k = o.top_k;
+  const DType accum = DType::f32;
+  const Tensor logits = random_on({tokens, E}, accum, device, o.seed, -3.0f, 3.0f);
+  const Tensor dweights = random_on({tokens, k}, accum, device, o.seed + 1, -1.0f, 1.0f);
+  Tensor scores = Tensor::empty({tokens, E}, accum, device), weights = Tensor::empty({tokens, k}, accum, device);
+  Tensor ids = Tensor::empty({tokens, k}, DType::i32, device), dlogits = Tensor::empty({tokens, E}, accum, device);
+  Tensor sums = Tensor::empty({E}, accum, device), counts = Tensor::empty({E}, DType::i64, device);
+  Tensor value = Tensor::zeros({1}, DType::f64, device), row = Tensor::empty({E}, accum, device);
+  ops::TopKOptions options;
+  options.k = k;
+  auto fused = [&] {
+    ops::router_topk_forward(logits, Tensor(), options, scores, ids, weights, sums, counts);
+    ops::switch_balance_from_counts(sums, counts, tokens, k, 0.01, value, row);
+    ops::router_topk_backward(logits, scores, ids, weights, dweights, Tensor(), row, options, dlogits);
+  };
+  const Tensor every_row_is_row_0 = Tensor::zeros({tokens}, DType::i32, device);
+  Tensor dscores = Tensor::empty({tokens, E}, accum, device);
+  auto unfused = [&] {
+    ops::router_topk_forward(logits, Tensor(), options, scores, ids, weights);
+    ops::column_sum(scores, sums);
+    ops::switch_balance(sums, ids, 0.01, value, row);
+    ops::gather_rows(row.view({1, E}), every_row_is_row_0, dscores);
+    ops::router_topk_backward(logits, scores, ids, weights, dweights, dscores, options, dlogits);
+  };
+  nlohmann::json r;
+  r["op"] = "router";
+  r["device"] = device.str();
+  r["tokens"] = tokens;
+  r["experts"] = E;
+  r["top_k"] = k;
+  r["iters"] = o.iters;
+  r["fused_ms"] = median_ms(device, o.warmup, o.iters, fused);
+  r["unfused_ms"] = median_ms(device, o.warmup, o.iters, unfused);
+  r["te_copy_floor_ms"] = 2.0 * static_cast<double>(tokens * E) * 4.0 / k_h200_copy_bytes_per_s * 1e3;
+  return r;
+}
+
 }  // namespace
 
 double grouped_ffn_forward_flops(int64_t rows, int64_t d_model, int64_t d_expert) {
@@ -344,6 +390,9 @@ const std::vector<OpBench>& op_benches() {
       {"permute", "the dispatch's sort into expert order with its row move, fused and unfused (--batch --seq "
                   "--experts --top-k --d-model)",
        &bench_permute},
+      {"router", "the top-k router with the Switch statistics, forward and backward, fused and unfused (--batch "
+                 "--seq --experts --top-k)",
+       &bench_router},
   };
   return benches;
 }

@@ -69,13 +69,32 @@ TEST_CASE("cuda importance and device-level balance match the CPU, skewed and em
       require_same(value, dweights, "importance");
 
       const Mirror sums = random_mirror({s.experts}, DType::f32, seed + 3, 0.0, 50.0);
+      // The same counts given (as the router makes them): the GPU's from-counts path against the CPU.
+      std::vector<int64_t> count_values(static_cast<size_t>(s.experts), 0);
+      for (int32_t id : ids.cpu.to_vector<int32_t>())
+        if (id >= 0) ++count_values[static_cast<size_t>(id)];
+      const Mirror counts{Tensor::from_vector(count_values, {s.experts}, DType::i64),
+                          Tensor::from_vector(count_values, {s.experts}, DType::i64, gpu())};
       for (int64_t groups : {int64_t{1}, s.experts % 2 == 0 ? int64_t{2} : int64_t{1}, s.experts}) {
         INFO("groups " << groups);
         Mirror device_value = value_pair(), row = poisoned_pair({s.experts}, DType::f32);
         ops::device_balance(sums.cpu, ids.cpu, groups, 0.1, device_value.cpu, row.cpu);
         ops::device_balance(sums.gpu, ids.gpu, groups, 0.1, device_value.gpu, row.gpu);
         require_same(device_value, row, "device-level");
+        Mirror given_value = value_pair(), given_row = poisoned_pair({s.experts}, DType::f32);
+        given_value.cpu = device_value.cpu, given_row.cpu = row.cpu;
+        ops::device_balance_from_counts(sums.gpu, counts.gpu, s.tokens, s.k, groups, 0.1, given_value.gpu,
+                                        given_row.gpu);
+        require_same(given_value, given_row, "device-level from counts");
       }
+      Mirror switch_value = value_pair(), switch_row = poisoned_pair({s.experts}, DType::f32);
+      ops::switch_balance(sums.cpu, ids.cpu, 0.1, switch_value.cpu, switch_row.cpu);
+      ops::switch_balance(sums.gpu, ids.gpu, 0.1, switch_value.gpu, switch_row.gpu);
+      require_same(switch_value, switch_row, "switch");
+      Mirror given_value = value_pair(), given_row = poisoned_pair({s.experts}, DType::f32);
+      given_value.cpu = switch_value.cpu, given_row.cpu = switch_row.cpu;
+      ops::switch_balance_from_counts(sums.gpu, counts.gpu, s.tokens, s.k, 0.1, given_value.gpu, given_row.gpu);
+      require_same(given_value, given_row, "switch from counts");
     }
   }
 }
@@ -193,36 +212,48 @@ TEST_CASE("cuda: every balancing term's on_device path matches the CPU's", "[cud
   const Mirror clean = random_mirror({s.tokens, s.experts}, DType::f32, seed + 5, -2.0, 2.0);
   const Mirror raw = random_mirror({s.tokens, s.experts}, DType::f32, seed + 6);
   const Mirror normal = random_mirror({s.tokens, s.experts}, DType::f32, seed + 7);
+  // Router statistics: 0 none; 1 the router's score sums and routed counts; 2 also kept = routed
+  // (nothing dropped), with the kept counts given too.
   for (const BalancingTerm& term : balancing_terms()) {
     for (AuxCount aux_count : {AuxCount::routed, AuxCount::kept}) {
-      INFO(term.name << (aux_count == AuxCount::routed ? " (routed)" : " (kept)"));
-      BalancingConfig config;
-      config.device_groups = 2;
-      config.aux_count = aux_count;
-      config.*term.coef = 0.2;
-      auto run = [&](bool on_gpu, Tensor& value) {
-        auto pick = [on_gpu](const Mirror& m) { return on_gpu ? m.gpu : m.cpu; };
-        const Device device = on_gpu ? gpu() : Device::cpu();
-        DeviceBalanceInputs in{pick(scores), pick(logits), pick(weights), pick(kept), pick(routed),
-                               pick(clean),  pick(raw),    pick(normal),  s.seq_len};
-        DeviceBalanceGrads g;
-        for (Tensor* t : {&g.dscores, &g.dlogits, &g.dclean, &g.draw_noise})
-          *t = Tensor::zeros({s.tokens, s.experts}, DType::f32, device);
-        g.dweights = Tensor::zeros({s.tokens, s.k}, DType::f32, device);
-        g.score_row = Tensor::zeros({s.experts}, DType::f32, device);
-        term.on_device(in, config, value, g);
-        std::vector<double> all;
-        for (const Tensor* t : {&g.dscores, &g.dlogits, &g.dweights, &g.dclean, &g.draw_noise, &g.score_row}) {
-          const std::vector<double> v = t->to_vector<double>();
-          all.insert(all.end(), v.begin(), v.end());
-        }
-        return all;
-      };
-      Mirror value = value_pair();
-      const std::vector<double> cpu_grads = run(false, value.cpu), gpu_grads = run(true, value.gpu);
-      const double ref = value.cpu.to_vector<double>()[0];
-      REQUIRE(std::abs(value.gpu.to_vector<double>()[0] - ref) <= 1e-5 * std::abs(ref));
-      require_close(gpu_grads, cpu_grads, 1e-5 * max_abs(cpu_grads), 1e-5, "gradients");
+      for (int sums_mode = 0; sums_mode < 3; ++sums_mode) {
+        INFO(term.name << (aux_count == AuxCount::routed ? " (routed)" : " (kept)") << " router sums " << sums_mode);
+        BalancingConfig config;
+        config.device_groups = 2;
+        config.aux_count = aux_count;
+        config.*term.coef = 0.2;
+        auto run = [&](bool on_gpu, Tensor& value) {
+          auto pick = [on_gpu](const Mirror& m) { return on_gpu ? m.gpu : m.cpu; };
+          const Device device = on_gpu ? gpu() : Device::cpu();
+          DeviceBalanceInputs in{pick(scores), pick(logits), pick(weights), pick(sums_mode == 2 ? routed : kept),
+                                 pick(routed), pick(clean),  pick(raw),     pick(normal),
+                                 s.seq_len};
+          if (sums_mode > 0) {
+            in.score_sums = Tensor::empty({s.experts}, DType::f32, device);
+            ops::column_sum(in.scores, in.score_sums);
+            in.routed_counts = Tensor::zeros({s.experts}, DType::i64, device);
+            ops::count_experts(in.routed_ids, s.experts, in.routed_counts);
+            if (sums_mode == 2) in.kept_counts = in.routed_counts;
+          }
+          DeviceBalanceGrads g;
+          for (Tensor* t : {&g.dscores, &g.dlogits, &g.dclean, &g.draw_noise})
+            *t = Tensor::zeros({s.tokens, s.experts}, DType::f32, device);
+          g.dweights = Tensor::zeros({s.tokens, s.k}, DType::f32, device);
+          g.score_row = Tensor::zeros({s.experts}, DType::f32, device);
+          term.on_device(in, config, value, g);
+          std::vector<double> all;
+          for (const Tensor* t : {&g.dscores, &g.dlogits, &g.dweights, &g.dclean, &g.draw_noise, &g.score_row}) {
+            const std::vector<double> v = t->to_vector<double>();
+            all.insert(all.end(), v.begin(), v.end());
+          }
+          return all;
+        };
+        Mirror value = value_pair();
+        const std::vector<double> cpu_grads = run(false, value.cpu), gpu_grads = run(true, value.gpu);
+        const double ref = value.cpu.to_vector<double>()[0];
+        REQUIRE(std::abs(value.gpu.to_vector<double>()[0] - ref) <= 1e-5 * std::abs(ref));
+        require_close(gpu_grads, cpu_grads, 1e-5 * max_abs(cpu_grads), 1e-5, "gradients");
+      }
     }
   }
 }

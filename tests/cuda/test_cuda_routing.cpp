@@ -101,13 +101,79 @@ TEST_CASE("cuda router top-k matches the CPU over its options, ids exactly", "[c
         // Backward from identical inputs: the CPU forward's outputs on both devices.
         Mirror dweights = random_mirror({tokens, o.k}, DType::f32, seed + 2);
         Mirror dscores = c.with_dscores ? random_mirror({tokens, experts}, DType::f32, seed + 3) : Mirror{};
+        // A per-expert score gradient (Switch, device-level) on the 8- and 160-expert shapes.
+        Mirror row = experts != 64 ? random_mirror({experts}, DType::f32, seed + 4) : Mirror{};
         Mirror saved_scores = mirror_of(scores.cpu, DType::f32), saved_weights = mirror_of(weights.cpu, DType::f32);
         Mirror dlogits = poisoned_pair({tokens, experts}, DType::f32);
         ops::router_topk_backward(logits.cpu, saved_scores.cpu, ids.cpu, saved_weights.cpu, dweights.cpu, dscores.cpu,
-                                  o, dlogits.cpu);
+                                  row.cpu, o, dlogits.cpu);
         ops::router_topk_backward(logits.gpu, saved_scores.gpu, ids.cpu.to(gpu()), saved_weights.gpu, dweights.gpu,
-                                  dscores.gpu, o, dlogits.gpu);
+                                  dscores.gpu, row.gpu, o, dlogits.gpu);
         require_match(dlogits, {1e-6, 1e-3}, "router dlogits");
+      }
+    }
+  }
+}
+
+// The Switch statistics of the router's pass: the same scores, ids and weights as without them;
+// counts exactly those of the ids; sums within rounding of a double column sum of the scores;
+// bit for bit the same on a second run. Shapes: one token, fewer tokens than a block's warps,
+// more tokens than the grid's warps (each warp then walks several), E not a multiple of 32,
+// E = 3000 (one warp per block) and E = 5000 (past shared memory: the column-sum fallback).
+TEST_CASE("cuda router statistics: sums and counts of the pass, the same run to run", "[cuda][router]") {
+  for (const Case& c : k_cases) {
+    for (int64_t experts : {8, 64, 160, 3000, 5000}) {
+      ops::TopKOptions o;
+      o.k = c.k == 0 ? experts : std::min<int64_t>(c.k, experts);
+      o.score = c.score;
+      o.renormalize = c.renormalize;
+      o.softmax_after_topk = c.softmax_after_topk;
+      if (c.grouped) {
+        o.num_groups = experts == 8 ? 4 : 8;
+        o.top_groups = o.num_groups / 2;
+        o.k = std::min(o.k, o.top_groups * (experts / o.num_groups));
+      }
+      const std::vector<int64_t> token_counts =
+          experts <= 160 ? std::vector<int64_t>{0, 1, 37, 20000} : std::vector<int64_t>{0, 5, 300};
+      for (int64_t tokens : token_counts) {
+        INFO(c.name << ": experts " << experts << " k " << o.k << " tokens " << tokens);
+        const uint64_t seed = seed_of(43, {experts, o.k, tokens, static_cast<int64_t>(&c - k_cases)});
+        const Tensor logits = random_mirror({tokens, experts}, DType::f32, seed, -3.0, 3.0).gpu;
+        const Tensor bias = c.biased ? random_mirror({experts}, DType::f32, seed + 1, -0.2, 0.2).gpu : Tensor();
+        auto out = [&] { return poisoned_on({tokens, o.k}, DType::f32, gpu()); };
+        Tensor scores = poisoned_on({tokens, experts}, DType::f32, gpu()), weights = out();
+        Tensor ids = poisoned_on({tokens, o.k}, DType::i32, gpu());
+        ops::router_topk_forward(logits, bias, o, scores, ids, weights);
+        std::vector<float> first_sums;
+        std::vector<int64_t> first_counts;
+        for (int run = 0; run < 2; ++run) {
+          Tensor s_scores = poisoned_on({tokens, experts}, DType::f32, gpu()), s_weights = out();
+          Tensor s_ids = poisoned_on({tokens, o.k}, DType::i32, gpu());
+          Tensor sums = poisoned_on({experts}, DType::f32, gpu());
+          Tensor counts = Tensor::from_vector(std::vector<int64_t>(experts, -7), {experts}, DType::i64, gpu());
+          ops::router_topk_forward(logits, bias, o, s_scores, s_ids, s_weights, sums, counts);
+          REQUIRE(s_scores.to_vector<float>() == scores.to_vector<float>());
+          require_equal(s_ids, ids, "ids with the statistics");
+          REQUIRE(s_weights.to_vector<float>() == weights.to_vector<float>());
+          if (run == 1) {
+            REQUIRE(sums.to_vector<float>() == first_sums);
+            REQUIRE(counts.to_vector<int64_t>() == first_counts);
+            continue;
+          }
+          first_sums = sums.to_vector<float>();
+          first_counts = counts.to_vector<int64_t>();
+          std::vector<int64_t> ref_counts(static_cast<size_t>(experts), 0);
+          for (int32_t id : ids.to_vector<int32_t>()) {
+            REQUIRE((id >= 0 && id < experts));
+            ++ref_counts[static_cast<size_t>(id)];
+          }
+          REQUIRE(first_counts == ref_counts);
+          const std::vector<double> score_values = scores.to_vector<double>();
+          std::vector<double> ref_sums(static_cast<size_t>(experts), 0.0);
+          for (int64_t t = 0; t < tokens; ++t)
+            for (int64_t e = 0; e < experts; ++e) ref_sums[static_cast<size_t>(e)] += score_values[t * experts + e];
+          require_close(sums.to_vector<double>(), ref_sums, 1e-5 * max_abs(ref_sums) + 1e-30, 1e-5, "score sums");
+        }
       }
     }
   }

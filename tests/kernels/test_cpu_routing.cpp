@@ -53,6 +53,18 @@ ops::TopKOptions options(int64_t k, ops::ScoreFunction score = ops::ScoreFunctio
   return o;
 }
 
+// The options of the brute-force test: 0 plain, 1 biased, 2 renormalised, 3 Mixtral order (softmax),
+// 4 four groups of 3 (top 2), 5 six groups of 2 (top 3), biased; k 1 or 3.
+ops::TopKOptions variant_options(int variant, ops::ScoreFunction score) {
+  ops::TopKOptions o = options(variant % 2 ? 3 : 1, score, variant == 2);
+  o.softmax_after_topk = variant == 3 && score == ops::ScoreFunction::softmax;
+  if (variant >= 4) {
+    o.num_groups = variant == 4 ? 4 : 6;
+    o.top_groups = variant == 4 ? 2 : 3;
+  }
+  return o;
+}
+
 // Brute force: keys in double, groups and experts ordered by std::stable_sort (ties to the
 // lower index), weights from the unbiased scores.
 struct Reference {
@@ -183,12 +195,7 @@ TEST_CASE("router options on random logits match a brute-force reference", "[ker
   for (DType dt : k_float_types) {
     for (auto score : {ops::ScoreFunction::softmax, ops::ScoreFunction::sigmoid}) {
       for (int variant = 0; variant < 6; ++variant) {
-        ops::TopKOptions o = options(variant % 2 ? 3 : 1, score, variant == 2);
-        o.softmax_after_topk = variant == 3 && score == ops::ScoreFunction::softmax;
-        if (variant >= 4) {  // 4: 4 groups of 3, top 2; 5: 6 groups of 2, top 3
-          o.num_groups = variant == 4 ? 4 : 6;
-          o.top_groups = variant == 4 ? 2 : 3;
-        }
+        const ops::TopKOptions o = variant_options(variant, score);
         const bool biased = variant == 1 || variant == 5;
         INFO("score " << static_cast<int>(score) << " variant " << variant);
         Tensor logits = random_tensor({tokens, experts}, dt, 60 + variant, Device::cpu(), -3.0, 3.0);
@@ -202,6 +209,90 @@ TEST_CASE("router options on random logits match a brute-force reference", "[ker
       }
     }
   }
+}
+
+TEST_CASE("router statistics: the pass's score sums and routed counts", "[kernels][cpu][routing]") {
+  const int64_t experts = 12;
+  for (DType dt : k_float_types) {
+    for (auto score : {ops::ScoreFunction::softmax, ops::ScoreFunction::sigmoid}) {
+      for (int variant = 0; variant < 6; ++variant) {
+        for (int64_t tokens : {0, 1, 19}) {
+          const ops::TopKOptions o = variant_options(variant, score);
+          const bool biased = variant == 1 || variant == 5;
+          INFO(dtype_name(dt) << " score " << static_cast<int>(score) << " variant " << variant << " tokens " << tokens);
+          Tensor logits = random_tensor({tokens, experts}, dt, 80 + variant, Device::cpu(), -3.0, 3.0);
+          Tensor bias = biased ? random_tensor({experts}, dt, 90 + variant, Device::cpu(), -0.3, 0.3) : Tensor();
+          TopK out{poisoned({tokens, experts}, dt), Tensor::empty({tokens, o.k}, DType::i32), poisoned({tokens, o.k}, dt)};
+          Tensor sums = poisoned({experts}, dt);
+          Tensor counts = Tensor::from_vector(std::vector<int64_t>(experts, -7), {experts}, DType::i64);
+          ops::router_topk_forward(logits, bias, o, out.scores, out.ids, out.weights, sums, counts);
+          const TopK plain = topk(logits, bias, o);  // the statistics change nothing else
+          CHECK(out.ids.to_vector<int32_t>() == plain.ids.to_vector<int32_t>());
+          CHECK(values_of(out.scores) == values_of(plain.scores));
+          CHECK(values_of(out.weights) == values_of(plain.weights));
+          const Reference ref = reference_topk(values_of(logits), biased ? values_of(bias) : std::vector<double>{},
+                                               tokens, experts, o);
+          std::vector<double> ref_sums(static_cast<size_t>(experts), 0.0);
+          std::vector<int64_t> ref_counts(static_cast<size_t>(experts), 0);
+          for (int64_t t = 0; t < tokens; ++t)
+            for (int64_t e = 0; e < experts; ++e) ref_sums[e] += ref.scores[t * experts + e];
+          for (int32_t id : ref.ids) ++ref_counts[static_cast<size_t>(id)];
+          check(sums, ref_sums, "score sums");
+          CHECK(counts.to_vector<int64_t>() == ref_counts);
+        }
+      }
+    }
+  }
+  // Shape, dtype and device of the statistics are checked.
+  Tensor logits = random_tensor({3, 6}, DType::f32, 91), scores = Tensor::empty({3, 6}, DType::f32);
+  Tensor ids = Tensor::empty({3, 2}, DType::i32), weights = Tensor::empty({3, 2}, DType::f32);
+  Tensor sums = Tensor::empty({6}, DType::f32), counts = Tensor::empty({6}, DType::i64);
+  Tensor short_sums = Tensor::empty({5}, DType::f32), f32_counts = Tensor::empty({6}, DType::f32);
+  REQUIRE_THROWS_WITH(ops::router_topk_forward(logits, Tensor(), options(2), scores, ids, weights, short_sums, counts),
+                      Contains("router score_sums has shape [5], expected [6]"));
+  REQUIRE_THROWS_WITH(ops::router_topk_forward(logits, Tensor(), options(2), scores, ids, weights, sums, f32_counts),
+                      Contains("router counts"));
+}
+
+TEST_CASE("router backward: a score-gradient row counts once for every token", "[kernels][cpu][routing]") {
+  const int64_t tokens = 9, experts = 8;
+  for (DType dt : k_float_types) {
+    for (auto score : {ops::ScoreFunction::softmax, ops::ScoreFunction::sigmoid}) {
+      for (int variant : {0, 2, 3, 4}) {
+        const ops::TopKOptions o = variant_options(variant, score);
+        INFO(dtype_name(dt) << " score " << static_cast<int>(score) << " variant " << variant);
+        Tensor logits = random_tensor({tokens, experts}, dt, 100 + variant, Device::cpu(), -3.0, 3.0);
+        const TopK out = topk(logits, Tensor(), o);
+        Tensor dweights = random_tensor({tokens, o.k}, dt, 110 + variant);
+        Tensor dscores = random_tensor({tokens, experts}, dt, 120 + variant);
+        Tensor row = random_tensor({experts}, dt, 130 + variant);
+        std::vector<double> spread = values_of(dscores), row_only(static_cast<size_t>(tokens * experts));
+        const std::vector<double> row_v = values_of(row);
+        for (int64_t t = 0; t < tokens; ++t) {
+          for (int64_t e = 0; e < experts; ++e) {
+            spread[t * experts + e] += row_v[e];
+            row_only[t * experts + e] = row_v[e];
+          }
+        }
+        auto backward = [&](const Tensor& ds, const Tensor& ds_row) {
+          Tensor dlogits = poisoned({tokens, experts}, dt);
+          ops::router_topk_backward(logits, out.scores, out.ids, out.weights, dweights, ds, ds_row, o, dlogits);
+          return values_of(dlogits);
+        };
+        const Tolerance tol = tolerance_for(dt);
+        require_close(backward(dscores, row), backward(values_tensor(spread, {tokens, experts}, dt), Tensor()),
+                      tol.atol, tol.rtol, "dscores + row");
+        require_close(backward(Tensor(), row), backward(values_tensor(row_only, {tokens, experts}, dt), Tensor()),
+                      tol.atol, tol.rtol, "row alone");
+      }
+    }
+  }
+  Tensor logits = random_tensor({3, 6}, DType::f64, 92);
+  const TopK out = topk(logits, Tensor(), options(2));
+  Tensor dlogits = Tensor::empty({3, 6}, DType::f64);
+  REQUIRE_THROWS_WITH(ops::router_topk_backward(logits, out.scores, out.ids, out.weights, out.weights, Tensor(),
+                                                Tensor::zeros({3, 6}, DType::f64), options(2), dlogits),
+                      Contains("router dscore_row has shape [3,6], expected [6]"));
 }
 
 TEST_CASE("expert choice takes each expert's top tokens", "[kernels][cpu][routing]") {

@@ -75,9 +75,19 @@ struct DeviceRun {
   std::vector<double> dscores, dlogits, dweights, dclean, draw_noise;  // dscores includes the per-expert row
 };
 
-// One term through its on_device function on CPU tensors of `dtype`.
+// counts i64[E] of the ids >= 0.
+Tensor counts_of(const std::vector<int32_t>& ids, int64_t experts) {
+  std::vector<int64_t> counts(static_cast<size_t>(experts), 0);
+  for (int32_t id : ids)
+    if (id >= 0) ++counts[static_cast<size_t>(id)];
+  return Tensor::from_vector(counts, {experts}, DType::i64);
+}
+
+// One term through its on_device function on CPU tensors of `dtype`. With router_sums the inputs
+// also carry what a top-k router makes in its own pass (score sums, routed counts, and the kept
+// counts where nothing was dropped), which the per-expert terms then read instead.
 DeviceRun run_on_device(const BalancingTerm& term, const BalanceInputs& in, const std::vector<int32_t>& routed,
-                        const BalancingConfig& config, DType dtype) {
+                        const BalancingConfig& config, DType dtype, bool router_sums = false) {
   const int64_t T = in.tokens, E = in.experts, k = in.slots;
   DeviceBalanceInputs d;
   d.scores = on_cpu(in.scores, {T, E}, dtype);
@@ -89,6 +99,12 @@ DeviceRun run_on_device(const BalancingTerm& term, const BalanceInputs& in, cons
   d.raw_noise = on_cpu(in.raw_noise, {T, E}, dtype);
   d.normal = on_cpu(in.normal, {T, E}, dtype);
   d.seq_len = in.seq_len;
+  if (router_sums) {
+    d.score_sums = Tensor::empty({E}, dtype);
+    ops::column_sum(d.scores, d.score_sums);
+    d.routed_counts = counts_of(routed, E);
+    if (routed == in.ids) d.kept_counts = d.routed_counts;
+  }
   DeviceBalanceGrads g;
   g.dscores = Tensor::zeros({T, E}, dtype);
   g.dlogits = Tensor::zeros({T, E}, dtype);
@@ -134,14 +150,17 @@ void compare_term(const BalancingTerm& term, Spread spread, int64_t T, int64_t E
     BalanceInputs in = rounded(raw, dtype);
     if (aux_count == AuxCount::kept || spread != Spread::dropped) in.routed_counts.clear();  // nothing else dropped
     const BalanceResult host = compute_balancing(in, config);
-    const DeviceRun dev = run_on_device(term, in, routed, config, dtype);
-    const double rtol = dtype == DType::f32 ? 1e-5 : 1e-12;
-    require_relative({dev.value}, {host.terms.at(term.name)}, rtol, "value");
-    require_relative(dev.dscores, host.dscores, rtol, "dscores");
-    require_relative(dev.dlogits, host.dlogits, rtol, "dlogits");
-    require_relative(dev.dweights, host.dweights, rtol, "dweights");
-    require_relative(dev.dclean, host.dclean, rtol, "dclean");
-    require_relative(dev.draw_noise, host.draw_noise, rtol, "draw_noise");
+    for (bool router_sums : {false, true}) {
+      INFO((router_sums ? "with" : "without") << " the router's sums and counts");
+      const DeviceRun dev = run_on_device(term, in, routed, config, dtype, router_sums);
+      const double rtol = dtype == DType::f32 ? 1e-5 : 1e-12;
+      require_relative({dev.value}, {host.terms.at(term.name)}, rtol, "value");
+      require_relative(dev.dscores, host.dscores, rtol, "dscores");
+      require_relative(dev.dlogits, host.dlogits, rtol, "dlogits");
+      require_relative(dev.dweights, host.dweights, rtol, "dweights");
+      require_relative(dev.dclean, host.dclean, rtol, "dclean");
+      require_relative(dev.draw_noise, host.draw_noise, rtol, "draw_noise");
+    }
   }
 }
 
@@ -219,6 +238,12 @@ TEST_CASE("balancing ops reject bad shapes, naming the op and what is wrong", "[
   Tensor sums = Tensor::zeros({4}, DType::f32), row = Tensor::zeros({4}, DType::f32);
   REQUIRE_THROWS_WITH(ops::device_balance(sums, ids, 3, 0.1, value, row),
                       Contains("device_balance: groups = 3 does not divide experts = 4"));
+  REQUIRE_THROWS_WITH(ops::switch_balance_from_counts(sums, Tensor::zeros({4}, DType::i32), 4, 2, 0.1, value, row),
+                      Contains("switch_balance"));
+  REQUIRE_THROWS_WITH(ops::device_balance_from_counts(sums, Tensor::zeros({3}, DType::i64), 4, 2, 2, 0.1, value, row),
+                      Contains("device_balance"));
+  REQUIRE_THROWS_WITH(ops::switch_balance_from_counts(sums, Tensor::zeros({4}, DType::i64), 4, 0, 0.1, value, row),
+                      Contains("switch_balance: needs tokens >= 0 and slots >= 1, got 4 and 0"));
   Tensor f32_value = Tensor::zeros({1}, DType::f32);
   REQUIRE_THROWS_WITH(ops::z_balance(scores, 0.1, f32_value, dscores), Contains("z_balance: value must be f64[1]"));
   Tensor zero_row = Tensor::zeros({4, 4}, DType::f32);

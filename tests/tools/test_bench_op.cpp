@@ -140,11 +140,26 @@ TEST_CASE("bench op permute times the fused and unfused permutation on the CPU",
                                       "--top-k at most --experts (got batch 2, seq 5, top-k 5, experts 4, d-model 8)"));
 }
 
+TEST_CASE("bench op router times the router with its Switch statistics, fused and unfused, on the CPU",
+          "[tools][bench]") {
+  OpBenchOptions o{.batch = 2, .seq_len = 5, .experts = 6, .top_k = 2, .warmup = 1, .iters = 3};
+  const nlohmann::json r = bench_op("router", o, Device::cpu());
+  CHECK(r["op"] == "router");
+  CHECK(r["tokens"] == 10);
+  CHECK(r["fused_ms"].get<double>() > 0);
+  CHECK(r["unfused_ms"].get<double>() > 0);
+  CHECK(r["te_copy_floor_ms"].get<double>() == Approx(2.0 * 10 * 6 * 4 / 4.3e12 * 1e3));
+  o.top_k = 7;
+  REQUIRE_THROWS_WITH(bench_op("router", o, Device::cpu()),
+                      Catch::Contains("bench op router: --batch, --seq and --top-k must be positive and --top-k at "
+                                      "most --experts (got batch 2, seq 5, top-k 7, experts 6)"));
+}
+
 TEST_CASE("bench op names an unknown op and a bad attention shape", "[tools][bench]") {
   OpBenchOptions o;
   REQUIRE_THROWS_WITH(bench_op("matmul", o, Device::cpu()),
                       Catch::Contains("bench op: unknown op 'matmul' (known: attention, add_rmsnorm, add_layernorm, "
-                                      "grouped_gemm, balance, permute)"));
+                                      "grouped_gemm, balance, permute, router)"));
   o.heads = 6;
   o.kv_heads = 4;
   REQUIRE_THROWS_WITH(bench_op("attention", o, Device::cpu()),
