@@ -304,7 +304,8 @@ void MoeLayer::terms_on_device(const Routing& routing, const RouterSaved& router
       if (g->defined()) ops::scale(*g, 1.0f / static_cast<float>(tp.size()));
     }
   }
-  saved.balance_grads = RouterGrads{grads.dweights, grads.dscores, grads.dlogits, grads.dclean, grads.draw_noise};
+  saved.balance_grads =
+      RouterGrads{grads.dweights, grads.dscores, grads.dlogits, grads.dclean, grads.draw_noise, Tensor()};
   saved.score_grad_row = grads.score_row;
   // The values cross to the host only for the statistics (free on the CPU), at the step's end
   // when the statistics wait on the device.
@@ -323,8 +324,8 @@ void MoeLayer::terms_on_device(const Routing& routing, const RouterSaved& router
   sum_balance_terms(saved.stats);
 }
 
-// Slots per expert before capacity dropping: the kept counts when no capacity applies, else a
-// count of the router's own ids (T*k ids to the host; this runs only for host-side sums).
+// Slots per expert before capacity dropping: the kept counts when no capacity applies, else the
+// router's own counts, or a count of its ids (T*k ids to the host; this runs only for host-side sums).
 std::vector<int64_t> MoeLayer::counts_before_capacity(const Routing& routing, MoeLayerSaved& saved) const {
   if (!drops_slots()) return saved.dispatch.host_routed_counts();
   if (routing.counts.defined()) return routing.counts.to_vector<int64_t>();

@@ -4,6 +4,7 @@
 
 #include <random>
 
+#include "routing/balancing_terms.h"
 #include "src/nn/linear.h"
 
 namespace moe {
@@ -39,6 +40,8 @@ TopKRouterOptions options_from(const MoeConfig& moe, const RouterSpec& spec) {
   o.topk.num_groups = moe.num_groups;
   o.topk.top_groups = moe.top_groups;
   o.expert_bias = moe.expert_bias_rate > 0;
+  for (const BalancingTerm* term : enabled_balancing_terms(balancing_config(moe)))
+    o.statistics |= term->grad_per_expert;
   return o;
 }
 
@@ -119,6 +122,10 @@ Routing TopKRouter::route(const Tensor& x, const RouteInputs& inputs, RouterSave
   if (bias_ >= 0) {
     bias = Tensor::empty({e}, accum, x.device());
     ops::cast(store_->param(bias_), bias);
+  }
+  if (!options_.statistics) {
+    ops::router_topk_forward(logits, bias, options_.topk, r.scores, r.ids, r.weights);
+    return r;
   }
   r.score_sums = Tensor::empty({e}, accum, x.device());
   r.counts = Tensor::empty({e}, DType::i64, x.device());

@@ -14,6 +14,9 @@ struct TopKRouterOptions {
   ops::TopKOptions topk;
   bool noisy = false;        // h = clean + N(0,1) * softplus(x @ W_noise) while training
   bool expert_bias = false;  // a selection-only bias buffer (aux-loss-free balancing)
+  // Also make the Switch statistics in the routing pass (Routing::score_sums, counts): on where a
+  // per-expert balancing term (Switch, device-level) reads them.
+  bool statistics = false;
   double init_std = 0.02;
 };
 

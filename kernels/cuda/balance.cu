@@ -1,5 +1,5 @@
 // Balancing losses from per-expert statistics on the GPU (Switch and device-level from score sums
-// and a block histogram of the ids, importance from per-expert weight sums), the expert counts,
+// and the counts, given or a block histogram of the ids; importance from per-expert weight sums), the expert counts,
 // the aux-loss-free bias update and the fixed-order f64 reductions the balancing kernels share.
 #include "kernels/cuda/balance.h"
 

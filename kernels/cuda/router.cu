@@ -19,7 +19,11 @@ namespace {
 constexpr int k_max_warps = 4;         // tokens per block, one per warp (no statistics)
 constexpr int k_max_sum_warps = 16;    // warps per block that walk tokens (with statistics)
 constexpr int k_sum_blocks_per_sm = 2;  // blocks per multiprocessor (with statistics)
+// With statistics: at most this many experts, so that the last block's sum of the partial rows
+// (2 x blocks x E words from L2) stays a few microseconds; more take the column-sum path.
+constexpr int64_t k_max_sum_experts = 256;
 constexpr int64_t k_max_smem = 48 * 1024;
+constexpr int64_t k_static_smem_floats = 4;  // finish_sums' `last` flag, static shared memory
 
 // Kernel-side copy of the options (32-bit sizes; the launcher checks they fit).
 struct Options {
@@ -182,6 +186,7 @@ __device__ void finish_sums(const float* acc, int per_warp, const int* block_cou
     const int p = idx / E, j = idx % E;
     float s = 0;
     int c = 0;
+#pragma unroll 8
     for (int b = p * run; b < min(blocks, (p + 1) * run); ++b) {
       s += __ldcg(out.partial_sums + static_cast<int64_t>(b) * E + j);
       c += __ldcg(out.partial_counts + static_cast<int64_t>(b) * E + j);
@@ -204,7 +209,8 @@ __device__ void finish_sums(const float* acc, int per_warp, const int* block_cou
 
 // The same routing with the Switch statistics: each warp walks tokens warp, warp + W * gridDim.x,
 // ... Shared memory per warp: key[E], group_max[G], acc[E]; then block_counts int[E].
-__global__ void router_topk_forward_sums_kernel(const float* logits, const float* bias, float* scores, int32_t* ids,
+__global__ void __launch_bounds__(k_max_sum_warps * k_warp, k_sum_blocks_per_sm)
+router_topk_forward_sums_kernel(const float* logits, const float* bias, float* scores, int32_t* ids,
                                                 float* weights, int64_t tokens, Options o, SumsOut out) {
   extern __shared__ float smem[];
   const int lane = threadIdx.x % k_warp, warp = threadIdx.x / k_warp;
@@ -314,8 +320,11 @@ int64_t sums_floats_per_warp(int64_t num_experts, int64_t num_groups) { return 2
 void forward_with_sums(const float* logits, const float* bias, float* scores, int32_t* ids, float* weights,
                        int64_t tokens, int64_t num_experts, const kernels::TopKOptions& r, float* score_sums,
                        int64_t* counts, cudaStream_t stream) {
+  MOE_CHECK(tokens <= INT32_MAX / r.k, "router: ", tokens, " tokens x ", r.k,
+            " slots overflow the statistics' 32-bit counts");
   const int64_t per_warp = sums_floats_per_warp(num_experts, r.num_groups);
-  const Options o = options_of(r, tokens, num_experts, per_warp, num_experts, k_max_sum_warps);
+  const Options o =
+      options_of(r, tokens, num_experts, per_warp, num_experts + k_static_smem_floats, k_max_sum_warps);
   if (tokens == 0) {
     CUDA_CHECK(cudaMemsetAsync(score_sums, 0, static_cast<size_t>(num_experts) * sizeof(float), stream));
     CUDA_CHECK(cudaMemsetAsync(counts, 0, static_cast<size_t>(num_experts) * sizeof(int64_t), stream));
@@ -338,8 +347,9 @@ void forward_with_sums(const float* logits, const float* bias, float* scores, in
 
 }  // namespace
 
-bool router_sums_fit(int64_t num_experts, int64_t num_groups) {
-  return (sums_floats_per_warp(num_experts, num_groups) + num_experts) * 4 <= k_max_smem;
+bool router_sums_fused(int64_t num_experts, int64_t num_groups) {
+  return num_experts <= k_max_sum_experts &&
+         (sums_floats_per_warp(num_experts, num_groups) + num_experts + k_static_smem_floats) * 4 <= k_max_smem;
 }
 
 void router_topk_forward(const float* logits, const float* bias, float* scores, int32_t* ids, float* weights,
@@ -348,8 +358,8 @@ void router_topk_forward(const float* logits, const float* bias, float* scores, 
   check_groups(num_experts, r);
   MOE_CHECK((score_sums == nullptr) == (counts == nullptr), "router: score_sums and counts come together");
   if (score_sums != nullptr) {
-    MOE_CHECK(router_sums_fit(num_experts, r.num_groups), "router: the statistics of ", num_experts,
-              " experts do not fit shared memory (router_sums_fit)");
+    MOE_CHECK(router_sums_fused(num_experts, r.num_groups), "router: the statistics of ", num_experts,
+              " experts are not made in the routing pass (router_sums_fused)");
     forward_with_sums(logits, bias, scores, ids, weights, tokens, num_experts, r, score_sums, counts, stream);
     return;
   }

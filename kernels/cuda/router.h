@@ -18,12 +18,13 @@ namespace moe::cuda {
 // scores. E + num_groups <= 12288.
 // With score_sums f32[E] and counts i64[E] (both or neither; written): the Switch statistics of
 // the same pass, the scores summed over the tokens and the slots routed to each expert, in a
-// fixed order (the same run to run on one GPU model). Needs router_sums_fit(E, num_groups).
+// fixed order (the same run to run on one GPU model). Needs router_sums_fused(E, num_groups).
 void router_topk_forward(const float* logits, const float* bias, float* scores, int32_t* ids, float* weights,
                          int64_t tokens, int64_t num_experts, const kernels::TopKOptions& options,
                          cudaStream_t stream, float* score_sums = nullptr, int64_t* counts = nullptr);
-// Whether the statistics fit the fused pass's shared memory (3E + num_groups <= 12288).
-bool router_sums_fit(int64_t num_experts, int64_t num_groups);
+// Whether the routing pass makes the statistics: E <= 256 (its last block adds every block's
+// partial row) within 48 KB of shared memory.
+bool router_sums_fused(int64_t num_experts, int64_t num_groups);
 // logits, scores[T,E], ids, weights, dweights[T,k], dscores[T,E] (nullptr = none), dscore_row[E]
 // (nullptr = none; added to every token's score gradient) -> dlogits[T,E] (written): dweights
 // through the weight normalisation into d scores (or, for softmax_after_topk, straight into the

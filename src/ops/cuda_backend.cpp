@@ -322,15 +322,15 @@ class CudaBackend : public Backend {
                            dst.data(), float_type(dst, "scatter_add dst"), rows_of(dst), stream);
   }
 
-  // The statistics come out of the router's own pass where they fit its shared memory; beyond
-  // that (thousands of experts) from a column sum and a count after it.
+  // The statistics come out of the router's own pass up to 256 experts; beyond that from a column
+  // sum and a count after it.
   void router_topk_forward(const Tensor& logits, const Tensor& bias, const TopKOptions& options, Tensor& scores,
                            Tensor& ids, Tensor& weights, Tensor& score_sums, Tensor& counts) override {
     cudaStream_t stream = on_device(logits, scores, ids, weights);
     if (bias.defined()) check_same_device(bias, logits, "router bias");
     check_dtype(logits, DType::f32, "router logits on CUDA");
     const int64_t tokens = logits.size(0), experts = logits.size(1);
-    const bool fused = score_sums.defined() && cuda::router_sums_fit(experts, options.num_groups);
+    const bool fused = score_sums.defined() && cuda::router_sums_fused(experts, options.num_groups);
     cuda::router_topk_forward(f32(logits), optional_f32(bias, "router bias on CUDA"), f32_mut(scores), i32_mut(ids),
                               f32_mut(weights), tokens, experts, options, stream,
                               fused ? f32_mut(score_sums) : nullptr, fused ? counts.data_as<int64_t>() : nullptr);

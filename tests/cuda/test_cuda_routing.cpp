@@ -119,10 +119,10 @@ TEST_CASE("cuda router top-k matches the CPU over its options, ids exactly", "[c
 // counts exactly those of the ids; sums within rounding of a double column sum of the scores;
 // bit for bit the same on a second run. Shapes: one token, fewer tokens than a block's warps,
 // more tokens than the grid's warps (each warp then walks several), E not a multiple of 32,
-// E = 3000 (one warp per block) and E = 5000 (past shared memory: the column-sum fallback).
+// E = 256 (the most the pass makes them for) and E = 320, 3000 (a column sum and a count after it).
 TEST_CASE("cuda router statistics: sums and counts of the pass, the same run to run", "[cuda][router]") {
   for (const Case& c : k_cases) {
-    for (int64_t experts : {8, 64, 160, 3000, 5000}) {
+    for (int64_t experts : {8, 64, 160, 256, 320, 3000}) {
       ops::TopKOptions o;
       o.k = c.k == 0 ? experts : std::min<int64_t>(c.k, experts);
       o.score = c.score;
@@ -134,7 +134,7 @@ TEST_CASE("cuda router statistics: sums and counts of the pass, the same run to 
         o.k = std::min(o.k, o.top_groups * (experts / o.num_groups));
       }
       const std::vector<int64_t> token_counts =
-          experts <= 160 ? std::vector<int64_t>{0, 1, 37, 20000} : std::vector<int64_t>{0, 5, 300};
+          experts <= 320 ? std::vector<int64_t>{0, 1, 37, 20000} : std::vector<int64_t>{0, 5, 300};
       for (int64_t tokens : token_counts) {
         INFO(c.name << ": experts " << experts << " k " << o.k << " tokens " << tokens);
         const uint64_t seed = seed_of(43, {experts, o.k, tokens, static_cast<int64_t>(&c - k_cases)});
