@@ -313,13 +313,17 @@ __device__ __forceinline__ void load_tile(uint8_t* smem, uint64_t* full, uint64_
   }
 }
 
-// The multiplying warpgroups' side of one tile: the k-slices from the ring, then the epilogue.
+// The multiplying warpgroups' side of one tile: the k-slices from the ring, then the epilogue. In
+// the forward modes a warpgroup whose 64 rows all lie past the expert's end (an expert's last tile
+// of 64 rows or fewer) issues no MMAs, leaving the tensor cores to the other; it still passes every
+// stage through the ring and stages its zeros, which no store reads.
 template <Mode kMode, int kBN>
 __device__ __forceinline__ void multiply_tile(uint8_t* smem, uint8_t* out_tile, const CUtensorMap* map_out,
                                               uint64_t* full, uint64_t* empty, const Work& w, const Args& args,
                                               int& ring) {
   using T = Tile<kMode, kBN>;
   const int t = static_cast<int>(threadIdx.x), cw = t / 128;
+  const bool idle = kMode != Mode::weight_grad && w.row_begin + cw * 64 >= w.row_end;
   float acc[kBN / 2];
 #pragma unroll
   for (int j = 0; j < kBN / 2; ++j) acc[j] = 0.f;
@@ -335,7 +339,7 @@ __device__ __forceinline__ void multiply_tile(uint8_t* smem, uint8_t* out_tile, 
     }
     fence_registers(acc);
     wgmma_fence();
-    mma_stage<kMode, kBN>(acc, a, a + T::a_bytes, cw);
+    if (!idle) mma_stage<kMode, kBN>(acc, a, a + T::a_bytes, cw);
     wgmma_commit();
     wgmma_wait<1>();
     fence_registers(acc);
