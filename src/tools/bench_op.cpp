@@ -211,6 +211,13 @@ nlohmann::json bench_grouped_gemm(const OpBenchOptions& o, Device device) {
   return r;
 }
 
+// The fields every routing bench reports first: the op, the device and the routing's shape.
+nlohmann::json routing_result(const char* op, Device device, int64_t tokens, int64_t experts, int64_t top_k,
+                              int64_t iters) {
+  return {{"op", op}, {"device", device.str()}, {"tokens", tokens}, {"experts", experts}, {"top_k", top_k},
+          {"iters", iters}};
+}
+
 // Each balancing term's op (value and gradients; Switch and device-level with their column sums)
 // at T = batch x seq tokens over E experts with k slots of random routing, the sequence-level
 // term per sequence of --seq tokens; median ms per term against a copy of one [T,E] f32 tensor
@@ -250,14 +257,8 @@ nlohmann::json bench_balance(const OpBenchOptions& o, Device device) {
       {"z", [&] { ops::z_balance(logits, 0.001, value, d1); }},
       {"seq", [&] { ops::seq_balance(scores, ids, o.seq_len, 0.01, value, d1); }},
   };
-  nlohmann::json r;
-  r["op"] = "balance";
-  r["device"] = device.str();
-  r["tokens"] = tokens;
-  r["experts"] = E;
-  r["top_k"] = k;
+  nlohmann::json r = routing_result("balance", device, tokens, E, k, o.iters);
   r["seq"] = o.seq_len;
-  r["iters"] = o.iters;
   for (const auto& [name, run] : terms) r[std::string(name) + "_ms"] = median_ms(device, o.warmup, o.iters, run);
   r["te_copy_floor_ms"] = 2.0 * static_cast<double>(tokens * E) * 4.0 / k_h200_copy_bytes_per_s * 1e3;
   return r;
@@ -292,14 +293,8 @@ nlohmann::json bench_permute(const OpBenchOptions& o, Device device) {
   });
   const double bytes = 2.0 * static_cast<double>(slots * o.d_model) * static_cast<double>(dtype_size(dtype));
   auto gbps = [&](double ms) { return bytes / (ms * 1e-3) / 1e9; };
-  nlohmann::json r;
-  r["op"] = "permute";
-  r["device"] = device.str();
-  r["tokens"] = tokens;
-  r["experts"] = E;
-  r["top_k"] = o.top_k;
+  nlohmann::json r = routing_result("permute", device, tokens, E, o.top_k, o.iters);
   r["d_model"] = o.d_model;
-  r["iters"] = o.iters;
   r["fused_ms"] = fused_ms;
   r["unfused_ms"] = unfused_ms;
   r["fused_gbps"] = gbps(fused_ms);
@@ -343,13 +338,7 @@ nlohmann::json bench_router(const OpBenchOptions& o, Device device) {
     ops::gather_rows(row.view({1, E}), every_row_is_row_0, dscores);
     ops::router_topk_backward(logits, scores, ids, weights, dweights, dscores, options, dlogits);
   };
-  nlohmann::json r;
-  r["op"] = "router";
-  r["device"] = device.str();
-  r["tokens"] = tokens;
-  r["experts"] = E;
-  r["top_k"] = k;
-  r["iters"] = o.iters;
+  nlohmann::json r = routing_result("router", device, tokens, E, k, o.iters);
   r["fused_ms"] = median_ms(device, o.warmup, o.iters, fused);
   r["unfused_ms"] = median_ms(device, o.warmup, o.iters, unfused);
   r["te_copy_floor_ms"] = 2.0 * static_cast<double>(tokens * E) * 4.0 / k_h200_copy_bytes_per_s * 1e3;
