@@ -94,7 +94,7 @@ bool MoeLayer::shared_on_side_stream(const Tensor& x) const {
 }
 
 Tensor MoeLayer::forward(const Tensor& x, const RouteInputs& inputs, MoeLayerSaved& saved, bool collect_stats,
-                         const std::function<void()>& other) const {
+                         const std::function<void()>& other, const Tensor& residual) const {
   const TpGroup tp = this->tp();
   Tensor shared_y;
   SideStream side(x.device(), shared_on_side_stream(x));
@@ -116,8 +116,18 @@ Tensor MoeLayer::forward(const Tensor& x, const RouteInputs& inputs, MoeLayerSav
   };
   Tensor y;
   if (!tp.active()) {
-    y = routed_forward(x, inputs, saved, collect_stats, meanwhile);
-  } else if (tp.sequence_sharded()) {
+    // The combine adds the shared experts' output and the residual: one pass over [T,d] instead of
+    // three (the combine, then two additions).
+    auto addends = [&] {
+      side.join();
+      std::vector<Tensor> add;
+      if (residual.defined()) add.push_back(residual);
+      if (shared_) add.push_back(shared_y);
+      return add;
+    };
+    return routed_forward(x, inputs, saved, collect_stats, meanwhile, addends);
+  }
+  if (tp.sequence_sharded()) {
     RouteInputs slice = inputs;  // x is already this rank's slice of the micro-batch
     slice.first_token += tp.rank() * x.size(0);
     y = routed_forward(x, slice, saved, collect_stats, meanwhile);
@@ -132,11 +142,13 @@ Tensor MoeLayer::forward(const Tensor& x, const RouteInputs& inputs, MoeLayerSav
   }
   side.join();
   if (shared_) ops::accumulate(y, shared_y);
+  if (residual.defined()) ops::accumulate(y, residual);
   return y;
 }
 
 Tensor MoeLayer::routed_forward(const Tensor& x, const RouteInputs& inputs, MoeLayerSaved& saved, bool collect_stats,
-                                const std::function<void()>& meanwhile) const {
+                                const std::function<void()>& meanwhile,
+                                const std::function<std::vector<Tensor>()>& addends) const {
   const Routing& routing = router_->route(x, inputs, saved.router);
   saved.ids = routing.ids;
   saved.weights = routing.weights;
@@ -163,9 +175,14 @@ Tensor MoeLayer::routed_forward(const Tensor& x, const RouteInputs& inputs, MoeL
   // The rows the experts may receive: the router's bound, or the capacity's (E * capacity).
   saved.dispatch.max_rows = std::min(router_->max_routed_slots(x.size(0)), max_kept);
   const bool overlap = config_.a2a_overlap;
+  bool meanwhile_ran = false;
+  auto run_meanwhile = [&] {
+    if (!meanwhile_ran) meanwhile();
+    meanwhile_ran = true;
+  };
   dispatcher_->dispatch_start(x, saved.ids, saved.dispatch);
   phase("dispatch_start");
-  if (overlap) meanwhile();
+  if (overlap) run_meanwhile();
   Tensor x_local = dispatcher_->dispatch_finish(saved.dispatch);
   phase("dispatch_finish");
   const DispatchSaved& d = saved.dispatch;
@@ -194,6 +211,10 @@ Tensor MoeLayer::routed_forward(const Tensor& x, const RouteInputs& inputs, MoeL
   }
   // The experts that apply the combine's weights in backward need no outputs kept for them.
   const bool weights_in_experts = dispatcher_->rows_are_local() && experts_->applies_row_weights();
+  if (addends) {
+    run_meanwhile();  // what the combine adds (the shared experts' output) is made by now
+    saved.dispatch.combine_addends = addends();
+  }
   dispatcher_->combine_start(saved.dispatch, saved.y_sorted, saved.weights);
   phase("combine_start");
   if (overlap) {
@@ -202,9 +223,10 @@ Tensor MoeLayer::routed_forward(const Tensor& x, const RouteInputs& inputs, MoeL
     compute_balancing_terms(routing, saved.router, inputs, saved, collect_stats);
   }
   Tensor y = dispatcher_->combine_finish(saved.dispatch, saved.weights);
+  saved.dispatch.combine_addends.clear();  // not kept until backward
   phase("combine_finish");
   if (!overlap) {
-    meanwhile();
+    run_meanwhile();
     read_load_stats();
     compute_balancing_terms(routing, saved.router, inputs, saved, collect_stats);
   }

@@ -50,7 +50,8 @@ struct MoeLayerConfig {
   // parallel.a2a_overlap: the shared experts run while the all-to-alls are in flight (forward:
   // between dispatch_start and dispatch_finish; backward: between combine_backward_start and
   // _finish), and the router's balancing terms between combine_start and combine_finish.
-  // Off: the phases run whole, the shared experts after the routed part.
+  // Off: the phases run whole, the shared experts before the combine (after the routed part under
+  // tensor parallelism).
   bool a2a_overlap = false;
   // parallel.shared_expert_stream: on a GPU, with the routed experts on this rank (no expert
   // parallelism, which has a2a_overlap for this) and no tensor parallelism, the shared experts run
@@ -121,11 +122,13 @@ struct MoeLayerSaved {
 class MoeLayer {
  public:
   MoeLayer(ParamStore& store, const std::string& prefix, const MoeLayerConfig& config, std::unique_ptr<Router> router);
-  // x[T,d] -> y[T,d]; statistics in saved.stats (entropy only when collect_stats). `other`:
-  // independent work (another micro-batch's attention) run once, beside the shared experts: while
-  // the dispatch's all-to-all is in flight under a2a_overlap, else after the routed part.
+  // x[T,d] -> y[T,d] (+ residual[T,d] when given: the block's residual stream); statistics in
+  // saved.stats (entropy only when collect_stats). `other`: independent work (another micro-batch's
+  // attention) run once, beside the shared experts: while the dispatch's all-to-all is in flight
+  // under a2a_overlap, else before the combine. Without tensor parallelism the combine adds the
+  // shared experts' output and the residual in its own pass.
   Tensor forward(const Tensor& x, const RouteInputs& inputs, MoeLayerSaved& saved, bool collect_stats = false,
-                 const std::function<void()>& other = {}) const;
+                 const std::function<void()>& other = {}, const Tensor& residual = Tensor()) const;
   // dy[T,d] -> dx[T,d]. aux_scale multiplies the balancing losses' gradients (the factor the
   // trainer applies to this micro-batch's share of the loss). `other` runs once, while the
   // combine's backward all-to-all is in flight (always: the routed backward has that window).
@@ -145,10 +148,12 @@ class MoeLayer {
   // Whether the shared experts run on the side stream for input x (MoeLayerConfig::shared_stream).
   bool shared_on_side_stream(const Tensor& x) const;
   // The routed part (router, capacity, dispatch, experts, combine) on this rank's tokens.
-  // `meanwhile` runs while the dispatch's all-to-all is in flight (a2a_overlap), or after the
-  // routed part.
+  // `meanwhile` runs while the dispatch's all-to-all is in flight (a2a_overlap), else before the
+  // combine when `addends` is given (it returns what the combine adds: DispatchSaved::combine_addends),
+  // else after the routed part.
   Tensor routed_forward(const Tensor& x, const RouteInputs& inputs, MoeLayerSaved& saved, bool collect_stats,
-                        const std::function<void()>& meanwhile) const;
+                        const std::function<void()>& meanwhile,
+                        const std::function<std::vector<Tensor>()>& addends = {}) const;
   // `meanwhile` runs while the combine's backward all-to-all is in flight, or after.
   Tensor routed_backward(const MoeLayerSaved& saved, const Tensor& dy, float aux_scale,
                          const std::function<void()>& meanwhile) const;

@@ -217,10 +217,7 @@ Tensor AllToAllDispatcher::combine_finish(DispatchSaved& saved, const Tensor& we
   Exchange exchange{std::move(saved.pending), saved.pending_rows};
   saved.pending_rows = Tensor();
   saved.combine_rows = from_experts_finish(exchange);
-  Tensor out = Tensor::empty({saved.num_tokens, saved.combine_rows.size(1)}, saved.combine_rows.dtype(),
-                             saved.combine_rows.device());
-  ops::moe_combine_forward(saved.combine_rows, saved.slot_pos, weights, out);
-  return out;
+  return combine_rows(saved, saved.combine_rows, weights);
 }
 
 void AllToAllDispatcher::combine_backward(const DispatchSaved& saved, const Tensor& y_local, const Tensor& weights,

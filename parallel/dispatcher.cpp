@@ -19,6 +19,15 @@ Tensor Dispatcher::take_pending(const DispatchSaved& saved) {
   return rows;
 }
 
+Tensor Dispatcher::combine_rows(const DispatchSaved& saved, const Tensor& rows, const Tensor& weights) {
+  const std::vector<Tensor>& add = saved.combine_addends;
+  MOE_CHECK(add.size() <= 2, "Dispatcher: the combine adds at most 2 tensors, got ", add.size());
+  Tensor out = Tensor::empty({saved.num_tokens, rows.size(1)}, rows.dtype(), rows.device());
+  ops::moe_combine_forward(rows, saved.slot_pos, weights, out, add.size() > 0 ? add[0] : Tensor(),
+                           add.size() > 1 ? add[1] : Tensor());
+  return out;
+}
+
 namespace {
 
 void refuse_local_rows(const char* what) {

@@ -19,6 +19,9 @@ struct DispatchSaved {
   // Input to dispatch: at most this many slots are routed (a capacity's bound; -1 = every slot).
   // A dispatcher that keeps its counts on the device sizes its rows by it.
   int64_t max_rows = -1;
+  // Input to combine: up to two [T,d] tensors it adds to its output in the same pass (the block's
+  // residual, the shared experts' output), set before the combine starts; empty = none.
+  std::vector<Tensor> combine_addends;
   Tensor sorted_tokens;         // i32[N]: the token of each expert-sorted row (N = sum of routed_counts)
   Tensor slot_pos;              // i32[T*k]: the sorted row of slot t*k+s, -1 if it has none
   // Rows per local expert, the experts' input: on the host (counts) or on the device (offsets
@@ -63,8 +66,8 @@ class Dispatcher {
   virtual Tensor dispatch(const Tensor& x, const Tensor& ids, DispatchSaved& saved) const = 0;
   // dx_local[N_local,d] -> dx[T,d] (sum over each token's copies)
   virtual Tensor dispatch_backward(const DispatchSaved& saved, const Tensor& dx_local) const = 0;
-  // y_local[N_local,d], weights[T,k] -> out[T,d] = sum over routed slots of weights[t,s] * y(t,s).
-  // Records in saved what combine_backward needs.
+  // y_local[N_local,d], weights[T,k] -> out[T,d] = sum over routed slots of weights[t,s] * y(t,s),
+  // plus saved.combine_addends. Records in saved what combine_backward needs.
   virtual Tensor combine(DispatchSaved& saved, const Tensor& y_local, const Tensor& weights) const = 0;
   // dout[T,d] -> dy_local[N_local,d], dweights[T,k] (0 for slots without an expert)
   virtual void combine_backward(const DispatchSaved& saved, const Tensor& y_local, const Tensor& weights,
@@ -115,6 +118,8 @@ class Dispatcher {
  protected:
   // Waits for saved's exchange in flight (if any) and hands over saved.pending_rows.
   static Tensor take_pending(const DispatchSaved& saved);
+  // The weighted combine of rows[N,d] (in sorted order) into a new out[T,d], with saved's addends.
+  static Tensor combine_rows(const DispatchSaved& saved, const Tensor& rows, const Tensor& weights);
 };
 
 }  // namespace moe

@@ -53,9 +53,7 @@ Tensor LocalDispatcher::dispatch_backward(const DispatchSaved& saved, const Tens
 }
 
 Tensor LocalDispatcher::combine(DispatchSaved& saved, const Tensor& y_sorted, const Tensor& weights) const {
-  Tensor out = Tensor::empty({saved.num_tokens, y_sorted.size(1)}, y_sorted.dtype(), y_sorted.device());
-  ops::moe_combine_forward(y_sorted, saved.slot_pos, weights, out);
-  return out;
+  return combine_rows(saved, y_sorted, weights);
 }
 
 void LocalDispatcher::combine_backward(const DispatchSaved& saved, const Tensor& y_sorted, const Tensor& weights,

@@ -48,10 +48,13 @@ void moe_sort_by_expert(const int32_t* ids, int64_t num_tokens, int64_t k, int64
 
 template <typename T>
 void moe_combine_forward(const T* y_sorted, const int32_t* slot_pos, const T* weights, T* out, int64_t num_tokens,
-                         int64_t k, int64_t dim, int64_t num_rows) {
+                         int64_t k, int64_t dim, int64_t num_rows, const T* add_a, const T* add_b) {
   std::vector<double> acc(static_cast<size_t>(dim));
   for (int64_t t = 0; t < num_tokens; ++t) {
-    std::fill(acc.begin(), acc.end(), 0.0);
+    for (int64_t c = 0; c < dim; ++c) {
+      acc[static_cast<size_t>(c)] = (add_a ? static_cast<double>(add_a[t * dim + c]) : 0.0) +
+                                    (add_b ? static_cast<double>(add_b[t * dim + c]) : 0.0);
+    }
     for (int64_t s = 0; s < k; ++s) {
       const int32_t row = slot_pos[t * k + s];
       check_slot_row(row, t * k + s, num_rows);
@@ -121,9 +124,9 @@ template void moe_combine_backward_unweighted<double>(const int32_t*, const doub
 template void moe_gather_slots<float>(const float*, const int32_t*, float*, int64_t, int64_t);
 template void moe_gather_slots<double>(const double*, const int32_t*, double*, int64_t, int64_t);
 template void moe_combine_forward<float>(const float*, const int32_t*, const float*, float*, int64_t, int64_t, int64_t,
-                                         int64_t);
+                                         int64_t, const float*, const float*);
 template void moe_combine_forward<double>(const double*, const int32_t*, const double*, double*, int64_t, int64_t,
-                                          int64_t, int64_t);
+                                          int64_t, int64_t, const double*, const double*);
 template void moe_combine_backward<float>(const float*, const int32_t*, const float*, const float*, float*, float*,
                                           int64_t, int64_t, int64_t, int64_t);
 template void moe_combine_backward<double>(const double*, const int32_t*, const double*, const double*, double*,

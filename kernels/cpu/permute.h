@@ -14,11 +14,12 @@ namespace moe::cpu {
 void moe_sort_by_expert(const int32_t* ids, int64_t num_tokens, int64_t k, int64_t num_experts, int32_t* sorted_tokens,
                         int32_t* slot_pos, int64_t* counts);
 
-// y_sorted[N,d], slot_pos i32[T*k] (a row in [0, N), or -1), weights[T,k] or nullptr (all 1)
-// -> out[T,d] = sum over slots with a row of w[t,s] y_sorted[slot_pos[t*k+s]]
+// y_sorted[N,d], slot_pos i32[T*k] (a row in [0, N), or -1), weights[T,k] or nullptr (all 1),
+// add_a, add_b [T,d] or nullptr -> out[T,d] = add_a[t] + add_b[t] + the sum over slots with a row
+// of w[t,s] y_sorted[slot_pos[t*k+s]] (one sum in double; out may be add_a or add_b)
 template <typename T>
 void moe_combine_forward(const T* y_sorted, const int32_t* slot_pos, const T* weights, T* out, int64_t num_tokens,
-                         int64_t k, int64_t dim, int64_t num_rows);
+                         int64_t k, int64_t dim, int64_t num_rows, const T* add_a = nullptr, const T* add_b = nullptr);
 
 // y_sorted, slot_pos, weights, dout[T,d] -> dy_sorted[N,d] = w[t,s] dout[t] at row slot_pos[t*k+s]
 // (written; rows no slot points at are zero), dweights[T,k] = dout[t] . y_sorted[slot_pos]

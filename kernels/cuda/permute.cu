@@ -177,16 +177,26 @@ __global__ void __launch_bounds__(k_place_threads)
   }
 }
 
-// out[t, c..c+N) = sum_s w[t,s] * y_sorted[slot_pos[t*k+s], c..c+N) over slots with a row
+// out[t, c..c+N) = add_a + add_b (each nullptr = none) + sum_s w[t,s] * y_sorted[slot_pos[t*k+s],
+// c..c+N) over slots with a row; each element is read before it is written, so out may be an addend.
 template <int N>
 __global__ void combine_forward_kernel(const bf16* y_sorted, const int32_t* slot_pos, const float* weights, bf16* out,
-                                       int64_t tokens, int k, int64_t dim) {
+                                       int64_t tokens, int k, int64_t dim, const bf16* add_a, const bf16* add_b) {
   const int64_t per_row = dim / N;
   const int64_t total = tokens * per_row;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < total; g += stride) {
     const int64_t t = g / per_row, c = (g - t * per_row) * N;
     float acc[N] = {};
+    const bf16* adds[2] = {add_a, add_b};
+#pragma unroll
+    for (int a = 0; a < 2; ++a) {
+      if (adds[a] == nullptr) continue;
+      float v[N];
+      load_n<N>(adds[a] + t * dim + c, v);
+#pragma unroll
+      for (int i = 0; i < N; ++i) acc[i] += v[i];
+    }
     for (int s = 0; s < k; ++s) {
       const int64_t row = slot_pos[t * k + s];
       if (row < 0) continue;
@@ -375,16 +385,18 @@ void moe_sort_by_expert(const int32_t* ids, int64_t tokens, int64_t k, int64_t n
 }
 
 void moe_combine_forward(const bf16* y_sorted, const int32_t* slot_pos, const float* weights, bf16* out,
-                         int64_t tokens, int64_t k, int64_t dim, cudaStream_t stream) {
+                         int64_t tokens, int64_t k, int64_t dim, cudaStream_t stream, const bf16* add_a,
+                         const bf16* add_b) {
   MOE_CHECK(tokens >= 0 && k >= 1 && dim >= 0 && k <= INT_MAX, "moe_combine_forward: bad shape");
   if (tokens == 0 || dim == 0) return;
   constexpr int threads = 256;
-  if (dim % 8 == 0 && aligned_to(y_sorted, 16) && aligned_to(out, 16)) {
+  auto aligned = [](const bf16* p) { return p == nullptr || aligned_to(p, 16); };
+  if (dim % 8 == 0 && aligned(y_sorted) && aligned(out) && aligned(add_a) && aligned(add_b)) {
     combine_forward_kernel<8><<<grid_for(tokens * dim / 8, threads), threads, 0, stream>>>(
-        y_sorted, slot_pos, weights, out, tokens, static_cast<int>(k), dim);
+        y_sorted, slot_pos, weights, out, tokens, static_cast<int>(k), dim, add_a, add_b);
   } else {
     combine_forward_kernel<1><<<grid_for(tokens * dim, threads), threads, 0, stream>>>(
-        y_sorted, slot_pos, weights, out, tokens, static_cast<int>(k), dim);
+        y_sorted, slot_pos, weights, out, tokens, static_cast<int>(k), dim, add_a, add_b);
   }
   CUDA_CHECK_LAUNCH();
 }

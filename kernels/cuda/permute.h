@@ -30,11 +30,13 @@ void moe_permute_rows(const int32_t* ids, int64_t tokens, int64_t k, int64_t num
                       int64_t row_bytes, int32_t* sorted_tokens, int32_t* slot_pos, int32_t* offsets, void* x_sorted,
                       int64_t num_rows, cudaStream_t stream);
 
-// out[t,:] = sum_s weights[t,s] * y_sorted[slot_pos[t*k+s], :] over slots with slot_pos >= 0;
-// y_sorted[N, dim] bf16 (N >= the rows used), weights f32[tokens,k] or nullptr (all 1: the
-// un-permute sum), out[tokens,dim] bf16 (fp32 sum). Rows are not range-checked (that would need a sync).
+// out[t,:] = add_a[t,:] + add_b[t,:] + sum_s weights[t,s] * y_sorted[slot_pos[t*k+s], :] over
+// slots with slot_pos >= 0; y_sorted[N, dim] bf16 (N >= the rows used), weights f32[tokens,k] or
+// nullptr (all 1: the un-permute sum), add_a, add_b bf16 [tokens,dim] or nullptr (none; out may be
+// one of them), out[tokens,dim] bf16 (one fp32 sum). Rows are not range-checked (that would need a sync).
 void moe_combine_forward(const __nv_bfloat16* y_sorted, const int32_t* slot_pos, const float* weights,
-                         __nv_bfloat16* out, int64_t tokens, int64_t k, int64_t dim, cudaStream_t stream);
+                         __nv_bfloat16* out, int64_t tokens, int64_t k, int64_t dim, cudaStream_t stream,
+                         const __nv_bfloat16* add_a = nullptr, const __nv_bfloat16* add_b = nullptr);
 // dy_sorted[N, dim]: row slot_pos[t*k+s] = weights[t,s] * dout[t,:], rows no slot uses are
 // zero (written); dweights[t,s] = <dout[t,:], y_sorted[slot_pos[t*k+s], :]> (f32), 0 for a
 // slot without a row. Distinct slots must use distinct rows.

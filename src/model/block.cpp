@@ -49,13 +49,9 @@ Tensor Block::ffn_forward(const Tensor& x, const Tensor& attn_out, const RouteIn
                           bool collect_stats, const std::function<void()>& other) const {
   Tensor h;  // the residual stream x + attn_out, written by the fused add + norm
   Tensor normed = ffn_norm_.forward_add(x, attn_out, h, saved.ffn_norm);
-  Tensor ffn_out;
-  if (moe_) {
-    ffn_out = moe_->forward(normed, inputs, saved.moe, collect_stats, other);
-  } else {
-    ffn_out = dense_->forward(normed, saved.ffn);
-    if (other) other();
-  }
+  if (moe_) return moe_->forward(normed, inputs, saved.moe, collect_stats, other, h);  // adds h itself
+  Tensor ffn_out = dense_->forward(normed, saved.ffn);
+  if (other) other();
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
   ops::add(h, ffn_out, y);
   return y;

@@ -122,8 +122,9 @@ class Backend {
                             double coef, Tensor& value, Tensor& dclean, Tensor& draw_noise) = 0;
   virtual void count_experts(const Tensor& ids, int64_t num_experts, Tensor& counts) = 0;
   virtual void update_expert_bias(Tensor& bias, const Tensor& loads, double gamma, const Tensor& skip) = 0;
+  // add_a, add_b: [T,d] like out, or undefined (none).
   virtual void moe_combine_forward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights,
-                                   Tensor& out) = 0;
+                                   Tensor& out, const Tensor& add_a, const Tensor& add_b) = 0;
   virtual void moe_combine_backward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights,
                                     const Tensor& dout, Tensor& dy_sorted, Tensor& dweights) = 0;
   virtual void moe_combine_backward_unweighted(const Tensor& slot_pos, const Tensor& weights, const Tensor& dout,

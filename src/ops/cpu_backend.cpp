@@ -553,13 +553,14 @@ class CpuBackend final : public Backend {
   }
 
   // weights undefined: all 1 (the un-permute sum); k from slot_pos and the output's rows.
-  void moe_combine_forward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights,
-                           Tensor& out) override {
+  void moe_combine_forward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights, Tensor& out,
+                           const Tensor& add_a, const Tensor& add_b) override {
     const int64_t tokens = out.size(0), k = weights.defined() ? weights.size(1) : slot_pos.numel() / tokens;
     dispatch_float(y_sorted.dtype(), "moe_combine", [&](auto tag) {
       using T = decltype(tag);
       cpu::moe_combine_forward<T>(ptr<T>(y_sorted), index_ptr(slot_pos), weights.defined() ? ptr<T>(weights) : nullptr,
-                                  ptr<T>(out), tokens, k, y_sorted.size(1), y_sorted.size(0));
+                                  ptr<T>(out), tokens, k, y_sorted.size(1), y_sorted.size(0), optional_ptr<T>(add_a),
+                                  optional_ptr<T>(add_b));
     });
   }
 

@@ -490,13 +490,13 @@ class CudaBackend : public Backend {
   }
 
   // weights undefined: all 1 (the un-permute sum); k from slot_pos and the output's rows.
-  void moe_combine_forward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights,
-                           Tensor& out) override {
+  void moe_combine_forward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights, Tensor& out,
+                           const Tensor& add_a, const Tensor& add_b) override {
     cudaStream_t stream = weights.defined() ? on_device(y_sorted, slot_pos, weights, out)
                                             : on_device(y_sorted, slot_pos, out);
     const int64_t tokens = out.size(0), k = weights.defined() ? weights.size(1) : slot_pos.numel() / tokens;
     cuda::moe_combine_forward(bf(y_sorted), i32(slot_pos), weights.defined() ? f32(weights) : nullptr, bf_mut(out),
-                              tokens, k, y_sorted.size(1), stream);
+                              tokens, k, y_sorted.size(1), stream, optional_bf16(add_a), optional_bf16(add_b));
   }
 
   void moe_combine_backward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights,

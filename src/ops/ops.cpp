@@ -746,10 +746,11 @@ void moe_unpermute_sum(const Tensor& x_sorted, const Tensor& slot_pos, Tensor& o
   check_index(slot_pos, {slot_pos.numel()}, x_sorted, "unpermute slot_pos");
   check_shape(out, {out.size(0), x_sorted.size(1)}, "unpermute out");
   check_dtype(out, x_sorted.dtype(), "unpermute out");
-  run_on(x_sorted, OpKind::permute)->moe_combine_forward(x_sorted, slot_pos, Tensor(), out);
+  run_on(x_sorted, OpKind::permute)->moe_combine_forward(x_sorted, slot_pos, Tensor(), out, Tensor(), Tensor());
 }
 
-void moe_combine_forward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights, Tensor& out) {
+void moe_combine_forward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights, Tensor& out,
+                         const Tensor& add_a, const Tensor& add_b) {
   check_compute(y_sorted, "combine y_sorted");
   // y_sorted may hold fewer rows than slots (dropped slots take none); the backend range-checks
   // the rows slot_pos names where it can without a device sync.
@@ -759,7 +760,9 @@ void moe_combine_forward(const Tensor& y_sorted, const Tensor& slot_pos, const T
   check_index(slot_pos, {weights.numel()}, y_sorted, "combine slot_pos");
   check_shape(out, {weights.size(0), y_sorted.size(1)}, "combine out");
   check_dtype(out, y_sorted.dtype(), "combine out");
-  run_on(y_sorted, OpKind::permute)->moe_combine_forward(y_sorted, slot_pos, weights, out);
+  if (add_a.defined()) check_like(add_a, out, "combine add_a");
+  if (add_b.defined()) check_like(add_b, out, "combine add_b");
+  run_on(y_sorted, OpKind::permute)->moe_combine_forward(y_sorted, slot_pos, weights, out, add_a, add_b);
 }
 
 void moe_combine_backward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights, const Tensor& dout,

@@ -260,8 +260,11 @@ void moe_permute_rows(const Tensor& ids, const Tensor& x, int64_t num_experts, T
 // start at 0 or decrease are an error prefixed by `who`.
 std::vector<int64_t> counts_from_offsets(const Tensor& offsets, const char* who = "expert offsets");
 // out[T,d] = sum_s weights[t,s] * y_sorted[slot_pos[t*k+s]] over slots with slot_pos >= 0;
-// y_sorted[N,d] with N >= the rows used, weights[T,k] (accum)
-void moe_combine_forward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights, Tensor& out);
+// y_sorted[N,d] with N >= the rows used, weights[T,k] (accum). add_a, add_b [T,d] like out (each
+// undefined = none; out may be one of them) are added in the same pass: out = add_a + add_b + the
+// combine, one sum rounded once (the block's residual and the shared experts' output).
+void moe_combine_forward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights, Tensor& out,
+                         const Tensor& add_a = Tensor(), const Tensor& add_b = Tensor());
 // The un-permute: out[T,d] = sum_s x_sorted[slot_pos[t*k+s]] over slots with a row (k =
 // slot_pos.numel() / T); fp32 sums in slot order (deterministic, unlike a scatter-add).
 void moe_unpermute_sum(const Tensor& x_sorted, const Tensor& slot_pos, Tensor& out);

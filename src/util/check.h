@@ -2,9 +2,11 @@
 // Library code throws moe::Error; `main` catches, prints one line and exits non-zero.
 #pragma once
 
+#include <cmath>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 namespace moe {
 
@@ -14,10 +16,21 @@ class Error : public std::runtime_error {
 };
 
 namespace detail {
+// One argument of a message; a NaN reads "nan" whatever its sign bit (which the order of a sum sets).
+template <typename T>
+void append(std::ostringstream& out, const T& value) {
+  if constexpr (std::is_floating_point_v<T>) {
+    if (std::isnan(value)) {
+      out << "nan";
+      return;
+    }
+  }
+  out << value;
+}
 template <typename... Args>
 std::string concat(const Args&... args) {
   std::ostringstream out;
-  (out << ... << args);
+  (append(out, args), ...);
   return out.str();
 }
 [[noreturn]] void throw_error(const char* file, int line, const std::string& what);

@@ -142,6 +142,16 @@ TEST_CASE("cuda moe_combine forward and backward match the CPU", "[cuda][permute
         ops::moe_combine_forward(y.cpu, slot_pos.cpu, weights.cpu, out.cpu);
         ops::moe_combine_forward(y.gpu, slot_pos.gpu, weights.gpu, out.gpu);
         require_match(out, bf16_tol(), "combine out");
+        // With the residual and the shared experts' output added in the same pass; in place too.
+        Mirror add_a = random_mirror({tokens, dim}, DType::bf16, seed + 5, -4.0, 4.0);
+        Mirror add_b = random_mirror({tokens, dim}, DType::bf16, seed + 6);
+        Mirror with_adds = poisoned_pair({tokens, dim}, DType::bf16);
+        ops::moe_combine_forward(y.cpu, slot_pos.cpu, weights.cpu, with_adds.cpu, add_a.cpu, add_b.cpu);
+        ops::moe_combine_forward(y.gpu, slot_pos.gpu, weights.gpu, with_adds.gpu, add_a.gpu, add_b.gpu);
+        require_match(with_adds, bf16_tol(), "combine out + addends");
+        ops::moe_combine_forward(y.cpu, slot_pos.cpu, weights.cpu, add_b.cpu, add_b.cpu);
+        ops::moe_combine_forward(y.gpu, slot_pos.gpu, weights.gpu, add_b.gpu, add_b.gpu);
+        require_match(add_b, bf16_tol(), "combine into its own addend");
 
         Mirror dout = random_mirror({tokens, dim}, DType::bf16, seed + 3);
         Mirror dy = poisoned_pair({tokens * k, dim}, DType::bf16);

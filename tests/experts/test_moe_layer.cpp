@@ -204,6 +204,27 @@ TEST_CASE("MoE layer gradients match finite differences", "[experts][gradcheck][
   REQUIRE(!routing_changed);
 }
 
+TEST_CASE("the residual given to the forward is added to its output, shared experts or not", "[experts][moe]") {
+  for (int64_t shared : {0, 2}) {
+    INFO("shared experts " << shared);
+    auto layer = build_layer(LayerSpec{.name = "residual", .num_shared = shared, .d_shared = shared ? 3 : 0,
+                                       .shared_gate = shared > 0, .balancing = {.switch_coef = 0.1}},
+                             95);
+    const auto tokens = batch_tokens(96);
+    const RouteInputs inputs{&tokens, nullptr, k_seq_len, true, 4242};
+    Tensor x = test::random_tensor({k_tokens, k_d}, DType::f64, 97, Device::cpu(), -2.0, 2.0);
+    Tensor residual = test::random_tensor({k_tokens, k_d}, DType::f64, 98, Device::cpu(), -3.0, 3.0);
+    MoeLayerSaved plain, with;
+    std::vector<double> expected = layer->moe->forward(x, inputs, plain).to_vector<double>();
+    const std::vector<double> r = residual.to_vector<double>();
+    for (size_t i = 0; i < expected.size(); ++i) expected[i] += r[i];
+    const Tensor y = layer->moe->forward(x, inputs, with, false, {}, residual);
+    test::require_close(y.to_vector<double>(), expected, 1e-13, 1e-13, "y with the residual");
+    REQUIRE(with.dispatch.combine_addends.empty());  // nothing kept for the backward
+    REQUIRE(residual.to_vector<double>() == r);       // the residual itself is left alone
+  }
+}
+
 TEST_CASE("capacity dropping keeps each expert's best slots; dropped slots pass nothing through",
           "[experts][moe][capacity]") {
   auto order = GENERATE(ops::DropOrder::by_probability, ops::DropOrder::by_position);

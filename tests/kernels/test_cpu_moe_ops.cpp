@@ -161,6 +161,21 @@ TEST_CASE("moe_combine forward weights and sums each token's expert rows", "[ker
     }
     check(out, ref, "combine out");
 
+    // Two addends in the same pass (the residual, the shared experts' output), also in place.
+    Tensor add_a = random_tensor({tokens, dim}, dt, 46), add_b = random_tensor({tokens, dim}, dt, 47);
+    std::vector<double> with_adds = ref;
+    const std::vector<double> av = values_of(add_a), bv = values_of(add_b);
+    for (size_t i = 0; i < with_adds.size(); ++i) with_adds[i] += av[i] + bv[i];
+    ops::moe_combine_forward(y_sorted, slot_pos, weights, out, add_a, add_b);
+    check(out, with_adds, "combine out + both addends");
+    Tensor in_place = add_a.clone();
+    ops::moe_combine_forward(y_sorted, slot_pos, weights, in_place, in_place);
+    std::vector<double> with_a = ref;
+    for (size_t i = 0; i < with_a.size(); ++i) with_a[i] += av[i];
+    check(in_place, with_a, "combine into its own addend");
+    REQUIRE_THROWS_WITH(ops::moe_combine_forward(y_sorted, slot_pos, weights, out, Tensor::zeros({tokens, dim + 1}, dt)),
+                        Contains("combine add_a"));
+
     // Unit weights after gathering rows by sorted_tokens return k copies of the input.
     Tensor x = random_tensor({tokens, dim}, dt, 45);
     Tensor gathered = poisoned({tokens * k, dim}, dt);
