@@ -415,7 +415,8 @@ Tensor MoeLayer::backward(const MoeLayerSaved& saved, const Tensor& dy, float au
                           const std::function<void()>& other) const {
   const TpGroup tp = this->tp();
   // With the overlap or the side stream the shared experts' input gradient is made apart and added
-  // after the routed one; without them they add into the routed one.
+  // by the dispatch's backward (after the routed one under tensor parallelism); without them they
+  // add into the routed one.
   Tensor dx_shared;
   SideStream side(dy.device(), shared_on_side_stream(dy));
   if (side.active()) {
@@ -437,7 +438,17 @@ Tensor MoeLayer::backward(const MoeLayerSaved& saved, const Tensor& dy, float au
     }
   };
   Tensor dx;
-  if (!tp.active() || tp.sequence_sharded()) {
+  if (!tp.active()) {
+    // The dispatch's backward adds the shared experts' input gradient in its own pass.
+    auto addend = [&] {
+      side.join();
+      return dx_shared;
+    };
+    dx = routed_backward(saved, dy, aux_scale, meanwhile, addend);
+    if (!dx_shared.defined() && shared_) shared_->backward(saved.shared, dy, dx);
+    return dx;
+  }
+  if (tp.sequence_sharded()) {
     dx = routed_backward(saved, dy, aux_scale, meanwhile);
   } else {
     const int64_t rows = dy.size(0) / tp.size();
@@ -458,7 +469,8 @@ Tensor MoeLayer::backward(const MoeLayerSaved& saved, const Tensor& dy, float au
 }
 
 Tensor MoeLayer::routed_backward(const MoeLayerSaved& saved, const Tensor& dy, float aux_scale,
-                                 const std::function<void()>& meanwhile) const {
+                                 const std::function<void()>& meanwhile,
+                                 const std::function<Tensor()>& addend) const {
   // Without kept expert outputs the experts apply the weights: their rows get dy unweighted, and
   // the weights' gradient comes back per row.
   const bool weights_in_experts = saved.weights_in_experts;
@@ -487,7 +499,7 @@ Tensor MoeLayer::routed_backward(const MoeLayerSaved& saved, const Tensor& dy, f
     dx_sorted = experts_->backward(experts, dy_sorted);
     dy_sorted = Tensor();
   }
-  Tensor dx = dispatcher_->dispatch_backward(saved.dispatch, dx_sorted);
+  Tensor dx = dispatcher_->dispatch_backward(saved.dispatch, dx_sorted, addend ? addend() : Tensor());
 
   const RouterGrads& b = saved.balance_grads;
   RouterGrads grads;

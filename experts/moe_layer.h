@@ -154,9 +154,10 @@ class MoeLayer {
   Tensor routed_forward(const Tensor& x, const RouteInputs& inputs, MoeLayerSaved& saved, bool collect_stats,
                         const std::function<void()>& meanwhile,
                         const std::function<std::vector<Tensor>()>& addends = {}) const;
-  // `meanwhile` runs while the combine's backward all-to-all is in flight, or after.
+  // `meanwhile` runs while the combine's backward all-to-all is in flight, or after; `addend`
+  // (after it) gives what the dispatch's backward adds to dx (the shared experts' input gradient).
   Tensor routed_backward(const MoeLayerSaved& saved, const Tensor& dy, float aux_scale,
-                         const std::function<void()>& meanwhile) const;
+                         const std::function<void()>& meanwhile, const std::function<Tensor()>& addend = {}) const;
   void phase(const char* name) const {
     if (config_.on_phase) config_.on_phase(name);
   }

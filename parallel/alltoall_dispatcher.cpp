@@ -194,10 +194,12 @@ Tensor AllToAllDispatcher::from_experts(const DispatchSaved& saved, const Tensor
   return from_experts_finish(exchange);
 }
 
-Tensor AllToAllDispatcher::dispatch_backward(const DispatchSaved& saved, const Tensor& dx_local) const {
+Tensor AllToAllDispatcher::dispatch_backward(const DispatchSaved& saved, const Tensor& dx_local,
+                                             const Tensor& add) const {
   Tensor dx_sorted = from_experts(saved, dx_local, "dispatch_backward");
   Tensor dx = Tensor::zeros({saved.num_tokens, dx_sorted.size(1)}, dx_sorted.dtype(), dx_sorted.device());
   scatter_add_rows(dx_sorted, saved.sorted_tokens, dx);
+  if (add.defined()) ops::accumulate(dx, add);
   return dx;
 }
 

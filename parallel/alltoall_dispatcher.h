@@ -29,7 +29,7 @@ class AllToAllDispatcher : public Dispatcher {
   // rows per local expert. Collective over the EP group.
   Tensor dispatch(const Tensor& x, const Tensor& ids, DispatchSaved& saved) const override;
   // dx_local[N_local,d] -> dx[T,d]. Collective.
-  Tensor dispatch_backward(const DispatchSaved& saved, const Tensor& dx_local) const override;
+  Tensor dispatch_backward(const DispatchSaved& saved, const Tensor& dx_local, const Tensor& add) const override;
   // y_local[N_local,d], weights[T,k] -> out[T,d]; keeps the returned rows in saved.combine_rows.
   // Collective.
   Tensor combine(DispatchSaved& saved, const Tensor& y_local, const Tensor& weights) const override;

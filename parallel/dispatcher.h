@@ -64,8 +64,9 @@ class Dispatcher {
   // x[T,d], ids i32[T,k] global expert ids (-1 = no expert) -> x_local[N_local,d] grouped by
   // local expert (saved.counts rows each, in local expert order)
   virtual Tensor dispatch(const Tensor& x, const Tensor& ids, DispatchSaved& saved) const = 0;
-  // dx_local[N_local,d] -> dx[T,d] (sum over each token's copies)
-  virtual Tensor dispatch_backward(const DispatchSaved& saved, const Tensor& dx_local) const = 0;
+  // dx_local[N_local,d] -> dx[T,d] (sum over each token's copies) + add[T,d] when defined (the
+  // shared experts' input gradient; the local dispatcher adds it in the same pass).
+  virtual Tensor dispatch_backward(const DispatchSaved& saved, const Tensor& dx_local, const Tensor& add) const = 0;
   // y_local[N_local,d], weights[T,k] -> out[T,d] = sum over routed slots of weights[t,s] * y(t,s),
   // plus saved.combine_addends. Records in saved what combine_backward needs.
   virtual Tensor combine(DispatchSaved& saved, const Tensor& y_local, const Tensor& weights) const = 0;

@@ -45,10 +45,11 @@ Tensor LocalDispatcher::redispatch(const DispatchSaved& saved, const Tensor& x) 
   return x_sorted;
 }
 
-// dx[t] = the sum of its slots' rows, gathered in slot order (no atomics, fp32 sums).
-Tensor LocalDispatcher::dispatch_backward(const DispatchSaved& saved, const Tensor& dx_sorted) const {
+// dx[t] = add[t] + the sum of its slots' rows, gathered in slot order (no atomics, fp32 sums).
+Tensor LocalDispatcher::dispatch_backward(const DispatchSaved& saved, const Tensor& dx_sorted,
+                                          const Tensor& add) const {
   Tensor dx = Tensor::empty({saved.num_tokens, dx_sorted.size(1)}, dx_sorted.dtype(), dx_sorted.device());
-  if (saved.num_tokens > 0) ops::moe_unpermute_sum(dx_sorted, saved.slot_pos, dx);
+  if (saved.num_tokens > 0) ops::moe_unpermute_sum(dx_sorted, saved.slot_pos, dx, add);
   return dx;
 }
 

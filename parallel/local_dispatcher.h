@@ -17,7 +17,7 @@ class LocalDispatcher : public Dispatcher {
   // x[T,d], ids i32[T,k] (-1 = no expert) -> x_sorted[N,d] grouped by expert (counts in saved)
   Tensor dispatch(const Tensor& x, const Tensor& ids, DispatchSaved& saved) const override;
   // dx_sorted[N,d] -> dx[T,d] (sum over each token's copies)
-  Tensor dispatch_backward(const DispatchSaved& saved, const Tensor& dx_sorted) const override;
+  Tensor dispatch_backward(const DispatchSaved& saved, const Tensor& dx_sorted, const Tensor& add) const override;
   // y_sorted[N,d], weights[T,k] -> out[T,d] = sum over routed slots of weights[t,s] * y(t,s)
   Tensor combine(DispatchSaved& saved, const Tensor& y_sorted, const Tensor& weights) const override;
   // dout[T,d] -> dy_sorted[N,d], dweights[T,k]

@@ -738,7 +738,7 @@ std::vector<int64_t> counts_from_offsets(const Tensor& offsets, const char* who)
   return counts;
 }
 
-void moe_unpermute_sum(const Tensor& x_sorted, const Tensor& slot_pos, Tensor& out) {
+void moe_unpermute_sum(const Tensor& x_sorted, const Tensor& slot_pos, Tensor& out, const Tensor& add) {
   check_compute(x_sorted, "unpermute x_sorted");
   MOE_CHECK(x_sorted.ndim() == 2 && out.ndim() == 2 && out.size(0) > 0 && slot_pos.numel() % out.size(0) == 0,
             "unpermute: x_sorted", shape_str(x_sorted.shape()), " slot_pos", shape_str(slot_pos.shape()), " out",
@@ -746,7 +746,8 @@ void moe_unpermute_sum(const Tensor& x_sorted, const Tensor& slot_pos, Tensor& o
   check_index(slot_pos, {slot_pos.numel()}, x_sorted, "unpermute slot_pos");
   check_shape(out, {out.size(0), x_sorted.size(1)}, "unpermute out");
   check_dtype(out, x_sorted.dtype(), "unpermute out");
-  run_on(x_sorted, OpKind::permute)->moe_combine_forward(x_sorted, slot_pos, Tensor(), out, Tensor(), Tensor());
+  if (add.defined()) check_like(add, out, "unpermute add");
+  run_on(x_sorted, OpKind::permute)->moe_combine_forward(x_sorted, slot_pos, Tensor(), out, add, Tensor());
 }
 
 void moe_combine_forward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights, Tensor& out,

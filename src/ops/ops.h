@@ -265,9 +265,10 @@ std::vector<int64_t> counts_from_offsets(const Tensor& offsets, const char* who 
 // combine, one sum rounded once (the block's residual and the shared experts' output).
 void moe_combine_forward(const Tensor& y_sorted, const Tensor& slot_pos, const Tensor& weights, Tensor& out,
                          const Tensor& add_a = Tensor(), const Tensor& add_b = Tensor());
-// The un-permute: out[T,d] = sum_s x_sorted[slot_pos[t*k+s]] over slots with a row (k =
-// slot_pos.numel() / T); fp32 sums in slot order (deterministic, unlike a scatter-add).
-void moe_unpermute_sum(const Tensor& x_sorted, const Tensor& slot_pos, Tensor& out);
+// The un-permute: out[T,d] = add[t] (undefined = none) + sum_s x_sorted[slot_pos[t*k+s]] over
+// slots with a row (k = slot_pos.numel() / T); fp32 sums in slot order (deterministic, unlike a
+// scatter-add).
+void moe_unpermute_sum(const Tensor& x_sorted, const Tensor& slot_pos, Tensor& out, const Tensor& add = Tensor());
 
 // dy_sorted[N,d] (written; rows no slot uses are zero), dweights[T,k] (accum, written; 0 for
 // dropped slots)

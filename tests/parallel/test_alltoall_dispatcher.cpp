@@ -191,7 +191,7 @@ void check_against_local(Communicator& group, const Scenario& s, uint64_t seed) 
   Tensor ref_out = local.combine(ref, ref_y, ref_w);
   Tensor ref_dy, ref_dw;
   local.combine_backward(ref, ref_y, ref_w, ref_dout, ref_dy, ref_dw);
-  Tensor ref_dx = local.dispatch_backward(ref, run_experts(ref_dy, ref_counts, 0, true));
+  Tensor ref_dx = local.dispatch_backward(ref, run_experts(ref_dy, ref_counts, 0, true), Tensor());
 
   Tensor x = make(mine.x, {mine.tokens, d}, dtype), w = make(mine.weights, {mine.tokens, k}, wdtype);
   DispatchSaved saved;
@@ -219,7 +219,7 @@ void check_against_local(Communicator& group, const Scenario& s, uint64_t seed) 
   for (size_t i = 0; i < mine.ids.size(); ++i)
     if (mine.ids[i] < 0) REQUIRE(dw_values[i] == 0.0);
 
-  Tensor dx = dispatcher.dispatch_backward(saved, run_experts(dy_local, saved.counts, first, true));
+  Tensor dx = dispatcher.dispatch_backward(saved, run_experts(dy_local, saved.counts, first, true), Tensor());
   REQUIRE(dx.shape() == Shape{mine.tokens, d});
   require_close(dx.to_vector<double>(), rows_of(ref_dx, offset, offset + mine.tokens), tol, "dx");
 
@@ -322,7 +322,7 @@ void check_payload(Communicator& group, const Scenario& s, uint64_t seed, DType 
   for (size_t i = 0; i < dout_values.size(); ++i) dout_values[i] = static_cast<double>(static_cast<int64_t>(i) % 9 - 4);
   Tensor dy_local, dw;
   dispatcher.combine_backward(saved, x_local, unit, make(dout_values, {tokens, d}, dtype), dy_local, dw);
-  auto dx = dispatcher.dispatch_backward(saved, dy_local).to_vector<double>();
+  auto dx = dispatcher.dispatch_backward(saved, dy_local, Tensor()).to_vector<double>();
   for (int64_t t = 0; t < tokens; ++t) {
     int64_t kept = 0;
     for (int64_t slot = 0; slot < k; ++slot) kept += mine.ids[static_cast<size_t>(t * k + slot)] >= 0;
@@ -410,7 +410,7 @@ TEST_CASE("all-to-all dispatch and combine gradients match central differences a
   dispatcher.combine(saved, y_local, w);
   Tensor dy_local, dw;
   dispatcher.combine_backward(saved, y_local, w, dout, dy_local, dw);
-  Tensor dx = dispatcher.dispatch_backward(saved, run_experts(dy_local, saved.counts, first, true));
+  Tensor dx = dispatcher.dispatch_backward(saved, run_experts(dy_local, saved.counts, first, true), Tensor());
 
   std::vector<double> numeric_dx, numeric_dw;
   for (int q = 0; q < ep; ++q) {
@@ -449,7 +449,8 @@ TEST_CASE("all-to-all dispatcher errors name the problem", "[parallel]") {
   Tensor wrong = make(test::random_values((x_local.size(0) + 1) * 3, 71), {x_local.size(0) + 1, 3}, dtype);
   Tensor w = make(test::random_values(8, 72), {4, 2}, weight_dtype(dtype));
   REQUIRE_THROWS_WITH(dispatcher.combine(saved, wrong, w), Contains("combine: the local rows must have"));
-  REQUIRE_THROWS_WITH(dispatcher.dispatch_backward(saved, wrong), Contains("dispatch_backward: the local rows"));
+  REQUIRE_THROWS_WITH(dispatcher.dispatch_backward(saved, wrong, Tensor()),
+                      Contains("dispatch_backward: the local rows"));
 
   LocalDispatcher local(num_experts);
   DispatchSaved local_saved;

@@ -88,8 +88,15 @@ TEST_CASE("local dispatcher dispatch and combine gradients match finite differen
   dispatcher.combine_backward(saved, y_sorted, weights, f64_tensor(w, {tokens, d}), dy_sorted, dweights);
   auto dw = dweights.to_vector<double>();
   for (size_t s : dropped) REQUIRE(dw[s] == 0.0);
-  Tensor dx = dispatcher.dispatch_backward(saved, apply_m(dy_sorted));
+  Tensor dx = dispatcher.dispatch_backward(saved, apply_m(dy_sorted), Tensor());
   check_gradient(dx.to_vector<double>(), x, objective, "dx");
+  // With an addend (the shared experts' input gradient) it lands in the same sum.
+  Tensor add = f64_tensor(test::random_values(tokens * d, 77), {tokens, d});
+  std::vector<double> dx_plus = dx.to_vector<double>();
+  const std::vector<double> add_v = add.to_vector<double>();
+  for (size_t i = 0; i < dx_plus.size(); ++i) dx_plus[i] += add_v[i];
+  test::require_close(dispatcher.dispatch_backward(saved, apply_m(dy_sorted), add).to_vector<double>(), dx_plus,
+                      1e-13, 1e-13, "dx + add");
   check_gradient(dw, weights, objective, "dweights");
 }
 
@@ -180,7 +187,7 @@ TEST_CASE("dispatch then combine with unit weights returns k * x; payload rows c
   auto dout_v = test::random_values(tokens * d, 53);
   Tensor dy_sorted, dweights;
   dispatcher.combine_backward(saved, x_sorted, ones, f64_tensor(dout_v, {tokens, d}), dy_sorted, dweights);
-  Tensor dx = dispatcher.dispatch_backward(saved, dy_sorted);
+  Tensor dx = dispatcher.dispatch_backward(saved, dy_sorted, Tensor());
   std::vector<double> k_dout(dout_v), expected_dw(static_cast<size_t>(rows));
   for (auto& val : k_dout) val *= static_cast<double>(k);
   for (int64_t t = 0; t < tokens; ++t) {
