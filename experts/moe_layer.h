@@ -55,8 +55,8 @@ struct MoeLayerConfig {
   bool a2a_overlap = false;
   // parallel.shared_expert_stream: on a GPU, with the routed experts on this rank (no expert
   // parallelism, which has a2a_overlap for this) and no tensor parallelism, the shared experts run
-  // on a second stream (SideStream) while the routed part runs on the compute stream; their output
-  // and input gradient are added once both are done.
+  // on a second stream (SideStream) while the routed part runs on the compute stream; the combine
+  // adds their output and the dispatch's backward their input gradient, after joining it.
   bool shared_stream = false;
   // Called at each step of a forward and backward ("dispatch_start", "shared_forward",
   // "dispatch_finish", "combine_start", "combine_finish", "combine_backward_start",

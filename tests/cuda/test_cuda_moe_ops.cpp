@@ -340,6 +340,21 @@ TEST_CASE("cuda un-permute sum matches the CPU, dropped slots adding nothing", "
         ops::moe_unpermute_sum(rows.cpu, pos.cpu, out.cpu);
         ops::moe_unpermute_sum(rows.gpu, pos.gpu, out.gpu);
         require_match(out, bf16_tol(), "un-permuted sum");
+        // With an addend (the shared experts' input gradient): a token whose slots were all
+        // dropped gets the addend alone.
+        Mirror add = random_mirror({tokens, dim}, DType::bf16, seed + 2, -2.0, 2.0);
+        Mirror with_add = poisoned_pair({tokens, dim}, DType::bf16);
+        ops::moe_unpermute_sum(rows.cpu, pos.cpu, with_add.cpu, add.cpu);
+        ops::moe_unpermute_sum(rows.gpu, pos.gpu, with_add.gpu, add.gpu);
+        require_match(with_add, bf16_tol(), "un-permuted sum + addend");
+        if (dim == 64 && tokens > 1) {  // an addend 16-byte misaligned: the scalar path
+          Mirror wide = random_mirror({tokens * dim + 1}, DType::bf16, seed + 3);
+          const Tensor shifted_cpu = wide.cpu.view({tokens * dim + 1}).rows(1, tokens * dim + 1).view({tokens, dim});
+          const Tensor shifted_gpu = wide.gpu.view({tokens * dim + 1}).rows(1, tokens * dim + 1).view({tokens, dim});
+          ops::moe_unpermute_sum(rows.cpu, pos.cpu, with_add.cpu, shifted_cpu);
+          ops::moe_unpermute_sum(rows.gpu, pos.gpu, with_add.gpu, shifted_gpu);
+          require_match(with_add, bf16_tol(), "un-permuted sum + misaligned addend");
+        }
       }
     }
   }

@@ -233,7 +233,7 @@ TEST_CASE("CUDA span-corruption encoder-decoder training matches the CPU referen
 
 // parallel.shared_expert_stream: the shared experts on a second stream beside the routed part give
 // the losses of the same steps with everything on one stream (the shared experts' input gradient is
-// added after the routed one instead of into it: bf16 rounding only).
+// added by the un-permute instead of into the routed one: bf16 rounding only).
 TEST_CASE("CUDA shared experts on the side stream train as on one stream", "[cuda][train][shared]") {
   static MpiEnv env;
   test::TempDir dir("moe-cuda-side-stream");

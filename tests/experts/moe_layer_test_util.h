@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "experts/moe_layer.h"
+#include "routing/balancing_terms.h"
 #include "routing/router_registry.h"
 #include "tests/test_util.h"
 
@@ -32,6 +33,7 @@ struct LayerSpec {
   BalancingConfig balancing;
   bool bias = false;  // an expert bias buffer, set by hand to nonzero values
   bool pool_sums = false;  // sum-statistics terms from host sums (as balance_scope = global_batch)
+  bool a2a_overlap = false;  // the phase order of parallel.a2a_overlap (on the local dispatcher here)
 };
 
 struct TestLayer {
@@ -52,6 +54,10 @@ inline std::unique_ptr<TestLayer> build_layer(const LayerSpec& s, uint64_t seed)
   mc.expert_bias_rate = s.bias ? 0.01 : 0.0;
   mc.hash_kind = "random";
   mc.hash_seed = 3;
+  // [moe] as a run config would hold the terms: a top-k router then makes the Switch statistics.
+  for (const BalancingTerm& term : balancing_terms()) mc.*term.config_coef = s.balancing.*term.coef;
+  mc.device_groups = s.balancing.device_groups;
+  mc.aux_count = s.balancing.aux_count == AuxCount::kept ? "kept" : "routed";
   RouterSpec spec{k_d, k_vocab, k_experts, s.top_k, 0, k_init_std};
   MoeLayerConfig c;
   c.d_model = k_d;
@@ -67,6 +73,7 @@ inline std::unique_ptr<TestLayer> build_layer(const LayerSpec& s, uint64_t seed)
   c.init_std = k_init_std;
   c.out_init_std = k_init_std;
   c.pool_balance_sums = s.pool_sums;
+  c.a2a_overlap = s.a2a_overlap;
   layer->moe = std::make_unique<MoeLayer>(layer->store, "moe", c, make_router(layer->store, "moe.router", mc, spec));
   ParamStore& store = layer->store;
   store.allocate(Device::cpu(), DType::f64);

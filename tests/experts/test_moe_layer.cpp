@@ -225,6 +225,41 @@ TEST_CASE("the residual given to the forward is added to its output, shared expe
   }
 }
 
+// The overlap's phase order (shared experts made apart while the rows would travel, their input
+// gradient added by the dispatch's backward) computes what the plain order does, the residual too.
+TEST_CASE("the shared experts made apart give the plain order's output and gradients", "[experts][moe]") {
+  const auto tokens = batch_tokens(99);
+  const RouteInputs inputs{&tokens, nullptr, k_seq_len, true, 4242};
+  Tensor x = test::random_tensor({k_tokens, k_d}, DType::f64, 100, Device::cpu(), -2.0, 2.0);
+  Tensor residual = test::random_tensor({k_tokens, k_d}, DType::f64, 101, Device::cpu(), -3.0, 3.0);
+  Tensor dy = test::random_tensor({k_tokens, k_d}, DType::f64, 102);
+  struct Run {
+    std::vector<double> y, dx;
+    std::vector<std::vector<double>> grads;
+    int others = 0;
+  };
+  auto run = [&](bool overlap) {
+    auto layer = build_layer(LayerSpec{.name = "shared apart", .num_shared = 2, .d_shared = 3, .shared_gate = true,
+                                       .balancing = {.switch_coef = 0.1}, .a2a_overlap = overlap},
+                             103);
+    Run r;
+    layer->store.zero_grads();
+    MoeLayerSaved saved;
+    r.y = layer->moe->forward(x, inputs, saved, false, [&] { ++r.others; }, residual).to_vector<double>();
+    r.dx = layer->moe->backward(saved, dy, 0.5f, [&] { ++r.others; }).to_vector<double>();
+    for (size_t i = 0; i < layer->store.infos().size(); ++i)
+      r.grads.push_back(layer->store.grad(static_cast<ParamId>(i)).to_vector<double>());
+    return r;
+  };
+  const Run plain = run(false), apart = run(true);
+  REQUIRE(plain.others == 2);
+  REQUIRE(apart.others == 2);
+  test::require_close(apart.y, plain.y, 1e-13, 1e-13, "y");
+  test::require_close(apart.dx, plain.dx, 1e-13, 1e-13, "dx");
+  for (size_t i = 0; i < plain.grads.size(); ++i)
+    test::require_close(apart.grads[i], plain.grads[i], 1e-13, 1e-13, "gradient " + std::to_string(i));
+}
+
 TEST_CASE("capacity dropping keeps each expert's best slots; dropped slots pass nothing through",
           "[experts][moe][capacity]") {
   auto order = GENERATE(ops::DropOrder::by_probability, ops::DropOrder::by_position);
