@@ -2,6 +2,8 @@
 // backend of the tensors' device; a backend maps tensors to pointers and launches kernels.
 #pragma once
 
+#include <source_location>
+
 #include "src/ops/op_profile.h"
 #include "src/ops/ops.h"
 
@@ -148,13 +150,14 @@ Backend& cuda_backend();
 void check_like(const Tensor& t, const Tensor& like, const char* name);
 void check_index(const Tensor& t, const Shape& shape, const Tensor& like, const char* name);
 
-// The backend of t's device; the call it makes is timed as one op of `kind` while a profile is
-// installed (the temporary, and its scope, live until the end of the calling expression).
+// The backend of t's device; the call it makes is timed as one op of `kind`, named after the
+// calling op's function, while a profile is installed (the temporary, and its scope, live until
+// the end of the calling expression).
 struct TimedBackend {
   OpScope scope;
   Backend& backend;
   Backend* operator->() { return &backend; }
 };
-TimedBackend run_on(const Tensor& t, OpKind kind);
+TimedBackend run_on(const Tensor& t, OpKind kind, std::source_location caller = std::source_location::current());
 
 }  // namespace moe::ops

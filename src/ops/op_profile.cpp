@@ -31,6 +31,7 @@ struct OpProfile::Impl {
   struct Record {
     OpKind kind;
     bool on_cuda;
+    const char* name;
     Clock::time_point host_start;
     double host_ms = 0;
   };
@@ -53,8 +54,8 @@ OpProfile::~OpProfile() {
 #endif
 }
 
-void OpProfile::begin(OpKind kind, bool on_cuda) {
-  impl_->records.push_back({kind, on_cuda, Clock::now(), 0});
+void OpProfile::begin(OpKind kind, bool on_cuda, const char* name) {
+  impl_->records.push_back({kind, on_cuda, name, Clock::now(), 0});
   impl_->open = impl_->records.size() - 1;
   ++num_ops_;
 #if MOE_WITH_CUDA
@@ -79,8 +80,9 @@ void OpProfile::end() {
   r.host_ms = std::chrono::duration<double, std::milli>(Clock::now() - r.host_start).count();
 }
 
-std::map<std::string, double> OpProfile::millis_by_kind() {
-  std::map<std::string, double> out;
+std::vector<double> OpProfile::millis() {
+  std::vector<double> out;
+  out.reserve(impl_->records.size());
   [[maybe_unused]] size_t event = 0;
   for (const Impl::Record& r : impl_->records) {
     double ms = r.host_ms;
@@ -90,7 +92,31 @@ std::map<std::string, double> OpProfile::millis_by_kind() {
       ms = cuda::event_elapsed_ms(a, b);
     }
 #endif
-    out[op_kind_name(r.kind)] += ms;
+    out.push_back(ms);
+  }
+  return out;
+}
+
+std::map<std::string, double> OpProfile::millis_by_kind() {
+  std::map<std::string, double> out;
+  const std::vector<double> ms = millis();
+  for (size_t i = 0; i < ms.size(); ++i) out[op_kind_name(impl_->records[i].kind)] += ms[i];
+  return out;
+}
+
+std::map<std::string, double> OpProfile::millis_by_op() {
+  std::map<std::string, double> out;
+  std::map<const char*, std::string> names;  // each signature shortened once
+  const std::vector<double> ms = millis();
+  for (size_t i = 0; i < ms.size(); ++i) {
+    const Impl::Record& r = impl_->records[i];
+    if (r.name == nullptr) {
+      out[op_kind_name(r.kind)] += ms[i];
+      continue;
+    }
+    auto it = names.find(r.name);
+    if (it == names.end()) it = names.emplace(r.name, op_name_from_signature(r.name)).first;
+    out[it->second] += ms[i];
   }
   return out;
 }
@@ -121,12 +147,24 @@ double host_wait_seconds() {
 #endif
 }
 
-OpScope::OpScope(OpKind kind, const Tensor& on) {
+std::string op_name_from_signature(const std::string& signature) {
+  // The qualified name ends at the parameter list's '('; the return type ends at the last space
+  // before it, the namespaces at the last "::".
+  const size_t paren = signature.find('(');
+  std::string name = signature.substr(0, paren);
+  const size_t space = name.rfind(' ');
+  if (space != std::string::npos) name = name.substr(space + 1);
+  const size_t scope = name.rfind("::");
+  if (scope != std::string::npos) name = name.substr(scope + 2);
+  return name.empty() ? signature : name;
+}
+
+OpScope::OpScope(OpKind kind, const Tensor& on, const char* name) {
   if (g_profile == nullptr) return;
   counted_ = true;
   if (g_depth++ > 0) return;
   active_ = true;
-  g_profile->begin(kind, on.is_cuda());
+  g_profile->begin(kind, on.is_cuda(), name);
 }
 
 OpScope::~OpScope() {

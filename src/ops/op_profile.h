@@ -7,6 +7,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "src/tensor/tensor.h"
 
@@ -27,14 +28,18 @@ class OpProfile {
 
   // Milliseconds per kind over everything recorded since the last reset (waits for the device).
   std::map<std::string, double> millis_by_kind();
+  // The same per op: the name each scope was given (an op's own function name, see run_on), or
+  // its kind's name where it was given none.
+  std::map<std::string, double> millis_by_op();
   int64_t ops() const { return num_ops_; }
   void reset();
 
   // Used by OpScope.
-  void begin(OpKind kind, bool on_cuda);
+  void begin(OpKind kind, bool on_cuda, const char* name);
   void end();
 
  private:
+  std::vector<double> millis();  // per record, in order
   struct Impl;
   std::unique_ptr<Impl> impl_;
   int64_t num_ops_ = 0;
@@ -45,14 +50,19 @@ int64_t host_waits();
 // Seconds the host spent in those waits so far (0 on the CPU).
 double host_wait_seconds();
 
+// An op's name from its function's signature as the compiler spells it
+// ("void moe::ops::grouped_matmul(const moe::Tensor&, ...)" -> "grouped_matmul").
+std::string op_name_from_signature(const std::string& signature);
+
 // Installs `profile` for this process's ops; nullptr turns timing off (the default: no cost).
 void set_op_profile(OpProfile* profile);
 
-// Times its lifetime as one op of `kind` on the device of `on`. Nested scopes count once (the
+// Times its lifetime as one op of `kind` on the device of `on`, under `name` (a string that lives
+// as long as the program, or nullptr for the kind's name). Nested scopes count once (the
 // outermost), so an op that calls another op is not counted twice.
 class OpScope {
  public:
-  OpScope(OpKind kind, const Tensor& on);
+  OpScope(OpKind kind, const Tensor& on, const char* name = nullptr);
   ~OpScope();
   OpScope(const OpScope&) = delete;
   OpScope& operator=(const OpScope&) = delete;

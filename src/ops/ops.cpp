@@ -60,7 +60,9 @@ void check_index(const Tensor& t, const Shape& shape, const Tensor& like, const 
   check_same_device(t, like, name);
 }
 
-TimedBackend run_on(const Tensor& t, OpKind kind) { return {OpScope(kind, t), backend_for(t)}; }
+TimedBackend run_on(const Tensor& t, OpKind kind, std::source_location caller) {
+  return {OpScope(kind, t, caller.function_name()), backend_for(t)};
+}
 
 const char* activation_name(Activation act) {
   switch (act) {

@@ -102,6 +102,9 @@ nlohmann::json bench_layer(const Config& config, Device device, const LayerBench
     nlohmann::json kinds;
     for (const auto& [kind, ms] : profile.millis_by_kind()) kinds[kind] = ms / static_cast<double>(o.iters);
     r["ms_by_kind"] = kinds;
+    nlohmann::json by_op;
+    for (const auto& [op, ms] : profile.millis_by_op()) by_op[op] = ms / static_cast<double>(o.iters);
+    r["ms_by_op"] = by_op;
     r["ops_per_iter"] = static_cast<double>(profile.ops()) / static_cast<double>(o.iters);
   }
   return r;

@@ -480,9 +480,12 @@ nlohmann::json Trainer::bench_breakdown(int64_t steps) {
     per_kind[kind] = ms / static_cast<double>(steps);
     timed_ms += ms / static_cast<double>(steps);
   }
+  nlohmann::json per_op = nlohmann::json::object();
+  for (const auto& [op, ms] : profile.millis_by_op()) per_op[op] = ms / static_cast<double>(steps);
   // The difference is time the device spent idle between ops (launch gaps, host work, waits).
   return {{"step_ms", step_ms},
           {"ms_per_step", per_kind},
+          {"ms_per_step_by_op", per_op},
           {"ops_ms_per_step", timed_ms},
           {"idle_ms_per_step", step_ms - timed_ms},
           {"ops_per_step", static_cast<double>(profile.ops()) / static_cast<double>(steps)}};

@@ -78,11 +78,12 @@ if "$moe" generate --checkpoint "$work/flipped" --max-new-tokens 2 > "$work/flip
 fi
 grep -q "checkpoint file $work/flipped/model.safetensors fails its checksum" "$work/flipped.log"
 "$moe" generate --checkpoint "$work/flipped" --max-new-tokens 2 --no-verify > /dev/null 2>&1
-# The benchmark, with the per-kind breakdown of the op time and the host waits per step.
+# The benchmark, with the per-kind and per-op breakdown of the op time and the host waits per step.
 "$moe" bench train "$work/config.toml" --warmup 1 --steps 2 --breakdown | tee "$work/bench.json"
 grep -q '"tokens_per_s":' "$work/bench.json"
 grep -q '"host_waits_per_step":' "$work/bench.json"
 grep -q '"breakdown":{.*"ms_per_step":{.*"gemm":' "$work/bench.json"
 grep -q '"attention_backward":' "$work/bench.json"
 grep -q '"optimizer":' "$work/bench.json"
+grep -q '"ms_per_step_by_op":{.*"matmul":' "$work/bench.json"
 echo "end-to-end ok"

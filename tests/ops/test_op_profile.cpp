@@ -33,10 +33,28 @@ TEST_CASE("op profile: ops are counted and timed by kind", "[ops][profile]") {
   REQUIRE(ms.count("elementwise") == 1);
   REQUIRE(ms.count("communication") == 1);
   for (const auto& [kind, t] : ms) REQUIRE(t >= 0.0);
+  // Per op: each op under its own function's name, a scope given no name under its kind's.
+  auto by_op = profile.millis_by_op();
+  REQUIRE(by_op.size() == 3);
+  REQUIRE(by_op.count("matmul") == 1);
+  REQUIRE(by_op.count("add") == 1);
+  REQUIRE(by_op.count("communication") == 1);
+  double total_kind = 0, total_op = 0;
+  for (const auto& [kind, t] : ms) total_kind += t;
+  for (const auto& [op, t] : by_op) total_op += t;
+  REQUIRE(total_op == Approx(total_kind));
 
   profile.reset();
   REQUIRE(profile.ops() == 0);
   REQUIRE(profile.millis_by_kind().empty());
+}
+
+TEST_CASE("op names come from function signatures", "[ops][profile]") {
+  REQUIRE(ops::op_name_from_signature("void moe::ops::grouped_matmul(const moe::Tensor&, bool)") ==
+          "grouped_matmul");
+  REQUIRE(ops::op_name_from_signature("moe::Tensor moe::ops::softmax(const moe::Tensor&)") == "softmax");
+  REQUIRE(ops::op_name_from_signature("void add(int)") == "add");
+  REQUIRE(ops::op_name_from_signature("main") == "main");
 }
 
 TEST_CASE("op kinds have names", "[ops][profile]") {

@@ -58,6 +58,14 @@ TEST_CASE("bench layer times an MoE layer and the dense chain of equal FLOPs on 
     REQUIRE(r.at("vs_dense").get<double>() == ratio);
     REQUIRE(r.at("ms_by_kind").contains("gemm"));
     REQUIRE(r.at("ms_by_kind").contains("permute"));
+    // Per op, under the ops' own names, the kinds' time split without loss.
+    const nlohmann::json& by_op = r.at("ms_by_op");
+    REQUIRE(by_op.contains("moe_permute_rows"));
+    REQUIRE(by_op.contains(r.at("experts_impl") == "grouped" ? "grouped_matmul_weight_grad" : "matmul"));
+    double kinds = 0, ops = 0;
+    for (const auto& [k, ms] : r.at("ms_by_kind").items()) kinds += ms.get<double>();
+    for (const auto& [k, ms] : by_op.items()) ops += ms.get<double>();
+    REQUIRE(ops == Approx(kinds));
   }
 }
 
