@@ -291,7 +291,10 @@ void grouped_gemm_weight_grad_bf16(const __nv_bfloat16* x, const int32_t* offset
     if (!accumulate) CUDA_CHECK(cudaMemsetAsync(dw, 0, static_cast<size_t>(s.num_experts * s.k * s.n) * 4, stream));
     return;
   }
-  if (use_wgmma()) return sm90::grouped_gemm_weight_grad_bf16(x, offsets, dy, dw, s, accumulate, stream);
+  if (use_wgmma()) {
+    return sm90::grouped_gemm_weight_grad_bf16(x, offsets, dy, dw, s, accumulate,
+                                               g_kernel != GroupedGemmKernel::wgmma_narrow, stream);
+  }
   MOE_CHECK(ceil_div(s.k, k_bm) <= 65535 && s.num_experts <= 65535, "grouped gemm on CUDA: too many tiles");
   const dim3 grid(static_cast<unsigned>(ceil_div(s.n, k_bn)), static_cast<unsigned>(ceil_div(s.k, k_bm)),
                   static_cast<unsigned>(s.num_experts));

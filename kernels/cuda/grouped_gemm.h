@@ -14,8 +14,8 @@ namespace moe::cuda {
 // Which kernel the grouped GEMMs use: the Hopper one (bulk tensor copies + wgmma, compute
 // capability 9.0 only) or the portable one (mma.sync + cp.async). automatic = Hopper where it runs.
 // wgmma_narrow is the Hopper kernel with 128-wide output tiles only (two blocks per multiprocessor
-// everywhere, a block per tile: none of wgmma's persistent wide forward tiles), to compare tile
-// widths and schedules on the same shapes.
+// everywhere, a block per tile: none of wgmma's persistent wide forward tiles or its persistent
+// weight gradient), to compare tile widths and schedules on the same shapes.
 enum class GroupedGemmKernel { automatic, mma_sync, wgmma, wgmma_narrow };
 // Chooses the kernel for later calls (tests and benchmarks compare them); a wgmma kernel on a GPU
 // that cannot run it is an error.

@@ -28,32 +28,47 @@ constexpr int k_consumer_threads = 256;  // warpgroups 0 and 1 multiply (64 rows
 constexpr int k_threads = k_consumer_threads + 32;  // warp 8 loads
 constexpr uint32_t k_consumer_barrier = 1;
 
-template <Mode kMode, int kBN>
+// A kernel's tile: its mode, its output width kBN and whether its blocks are persistent (one per
+// multiprocessor, walking many tiles) or have one tile each.
+template <Mode kMode, int kBN, bool kPersistent>
 struct Tile {
-  static constexpr bool a_mn = kMode == Mode::weight_grad;
+  static constexpr Mode mode = kMode;
+  static constexpr int bn = kBN;
+  static constexpr bool weight_grad = kMode == Mode::weight_grad;
+  static constexpr bool a_mn = weight_grad;
   static constexpr bool b_mn = kMode != Mode::forward_trans_w;
   static constexpr int a_bytes = k_bm * k_bk * 2;
   static constexpr int b_bytes = kBN * k_bk * 2;
   static constexpr int stage_bytes = a_bytes + b_bytes;
-  // Narrow tiles run two blocks per multiprocessor (3 stages each, at most 112 registers a thread),
-  // so that one block's epilogue overlaps the other's loads: the weight gradient's reduction is one
-  // expert's rows, often only a few k-slices. Wide tiles need the registers of a whole multiprocessor;
-  // in the forward they run persistently, staging their output in a buffer of its own (the loader
-  // fills the stages with the next tile meanwhile). Every other tile has a block to itself and
-  // stages its output in the pipeline's memory.
-  static constexpr int blocks_per_sm = kBN == 128 ? 2 : 1;
-  static constexpr bool persistent = kMode != Mode::weight_grad && kBN == 256;
-  static constexpr int stages = 3;
+  // A block of one narrow tile shares its multiprocessor with another (3 stages each, at most 112
+  // registers a thread), so that one block's epilogue overlaps the other's loads. A persistent block
+  // has the multiprocessor to itself and stages its output in a buffer of its own: the loader fills
+  // the stages with the next tile meanwhile, and the output leaves by bulk tensor stores. The
+  // persistent weight gradient (reductions of a few k-slices: one expert's rows) keeps 4 stages, so
+  // that the loader can fetch a whole next tile during the epilogue.
+  static constexpr bool persistent = kPersistent;
+  static constexpr int blocks_per_sm = !kPersistent && kBN == 128 ? 2 : 1;
+  static constexpr int stages = kPersistent && weight_grad ? 4 : 3;
   static constexpr int pipe_bytes = stages * stage_bytes;
-  // Staged output: f32 rows of kBN + 8 (bank spread), or bf16 boxes for the bulk store (below).
-  static constexpr int out_bytes = kMode == Mode::weight_grad ? k_bm * (kBN + 8) * 4 : k_bm * kBN * 2;
+  // Staged output: boxes for the bulk tensor stores (bf16, or f32 in a persistent weight gradient;
+  // below), or f32 rows of kBN + 8 (bank spread) that a block-per-tile weight gradient adds or
+  // stores with ordinary stores.
+  static constexpr bool boxed_out = !weight_grad || kPersistent;
+  static constexpr int out_bytes = !weight_grad ? k_bm * kBN * 2 : kPersistent ? k_bm * kBN * 4 : k_bm * (kBN + 8) * 4;
   static constexpr int out_offset = persistent ? pipe_bytes : 0;
   static constexpr int barrier_offset = persistent ? pipe_bytes + out_bytes : pipe_bytes;
   // + the row-tile schedule: 2 * (E + 1) int32 (forward modes), sized at launch
   static constexpr int fixed_smem_bytes = 1024 + barrier_offset + 2 * stages * 8;
-  static_assert(out_bytes <= pipe_bytes, "the staged output fits the pipeline's shared memory");
+  static_assert(persistent || out_bytes <= pipe_bytes, "the staged output fits the pipeline's shared memory");
   static_assert(fixed_smem_bytes <= 227 * 1024, "shared memory per block");
 };
+// The kernels built: the forward's wide tiles persistent, its narrow ones a block each; the weight
+// gradient's narrow tiles either way (`wgmma` persistent, `wgmma_narrow` a block each).
+template <Mode kMode>
+using WideTile = Tile<kMode, 256, true>;
+template <Mode kMode>
+using NarrowTile = Tile<kMode, 128, false>;
+using WeightGradPersistentTile = Tile<Mode::weight_grad, 128, true>;
 
 constexpr int k_max_smem = 227 * 1024;
 // Rows in 32-bit coordinates, with room for a tile's rounding (row + 127 must not overflow).
@@ -62,7 +77,7 @@ constexpr int64_t k_max_rows = INT32_MAX - k_bm;
 struct Args {
   const int32_t* offsets;
   kernels::GroupedGemmShape shape;
-  void* out;  // bf16 y[rows,n] or f32 dw[E,k,n]
+  void* out;  // bf16 y[rows,n] or f32 dw[E,k,n] (the bulk stores write through their tensor map)
   bool accumulate;  // weight gradient: add to dw (else store, zeros for an expert with no rows)
 };
 
@@ -135,25 +150,34 @@ __device__ bool forward_work(const Args& args, const Schedule& sch, int64_t tile
   return true;
 }
 
-// Weight gradient: blockIdx.z is the expert, (x, y) the tile of dw[e]; false when there is
-// nothing to add.
+// Weight-gradient tiles: expert-major (an expert's tiles run together and share its rows in L2),
+// then row tile of dw[e], then column tile.
 template <int kBN>
-__device__ bool weight_grad_work(const Args& args, Work& w) {
+__device__ __forceinline__ int64_t weight_grad_tiles(const kernels::GroupedGemmShape& s) {
+  return s.num_experts * ((s.k + k_bm - 1) / k_bm) * ((s.n + kBN - 1) / kBN);
+}
+
+// Weight-gradient tile `tile`; false when there is nothing to add (an expert with no rows).
+template <int kBN>
+__device__ bool weight_grad_work(const Args& args, int64_t tile, Work& w) {
   const kernels::GroupedGemmShape& s = args.shape;
   const auto rows = static_cast<int32_t>(s.rows);
-  w.expert = static_cast<int32_t>(blockIdx.z);
+  const int64_t col_tiles = (s.n + kBN - 1) / kBN, per_expert = ((s.k + k_bm - 1) / k_bm) * col_tiles;
+  const int64_t within = tile % per_expert;
+  w.expert = static_cast<int32_t>(tile / per_expert);
   w.row_begin = min(max(args.offsets[w.expert], 0), rows);
   w.row_end = min(max(args.offsets[w.expert + 1], w.row_begin), rows);
-  w.n0 = static_cast<int32_t>(blockIdx.x) * kBN;
-  w.m0 = static_cast<int32_t>(blockIdx.y) * k_bm;
+  w.n0 = static_cast<int32_t>(within % col_tiles) * kBN;
+  w.m0 = static_cast<int32_t>(within / col_tiles) * k_bm;
   return w.row_end > w.row_begin || !args.accumulate;
 }
 
 // Issues the bulk copies of k-slice `it` into one stage (producer thread only).
-template <Mode kMode, int kBN>
+template <class T>
 __device__ __forceinline__ void load_stage(uint8_t* a, uint8_t* b, uint64_t* full, const CUtensorMap* map_a,
                                            const CUtensorMap* map_b, const Work& w, const Args& args, int it) {
-  using T = Tile<kMode, kBN>;
+  constexpr Mode kMode = T::mode;
+  constexpr int kBN = T::bn;
   const kernels::GroupedGemmShape& s = args.shape;
   const int32_t k0 = it * k_bk, n0 = w.n0;
   mbar_arrive_expect_tx(full, T::stage_bytes);
@@ -190,9 +214,9 @@ __device__ __forceinline__ void zero_tail_rows(uint8_t* stage, int valid, int t)
 }
 
 // The four 16-deep MMAs of one stage for consumer warpgroup `cw` (rows 64*cw...).
-template <Mode kMode, int kBN>
-__device__ __forceinline__ void mma_stage(float (&acc)[kBN / 2], const uint8_t* a, const uint8_t* b, int cw) {
-  using T = Tile<kMode, kBN>;
+template <class T>
+__device__ __forceinline__ void mma_stage(float (&acc)[T::bn / 2], const uint8_t* a, const uint8_t* b, int cw) {
+  constexpr int kBN = T::bn;
   const uint32_t a_addr = smem_addr(a) + cw * k_box_bytes, b_addr = smem_addr(b);
 #pragma unroll
   for (int kk = 0; kk < k_bk / 16; ++kk) {
@@ -205,17 +229,20 @@ __device__ __forceinline__ void mma_stage(float (&acc)[kBN / 2], const uint8_t* 
   }
 }
 
-// The forward's staged output: kBN / 64 boxes of [128 rows][64 columns] bf16 with the 128-byte
-// swizzle, the layout the bulk tensor store reads: row r's 16-byte chunk j sits at chunk j ^ (r % 8)
-// (so the fragment writes below hit 32 distinct banks). Byte offset of (row r, column c).
+// Output staged for the bulk tensor store: boxes of [128 rows][128 bytes] (64 bf16 or 32 f32
+// columns) with the 128-byte swizzle, the layout the store reads: row r's 16-byte chunk j sits at
+// chunk j ^ (r % 8) (so the fragment writes below take the fewest shared-memory wavefronts). Byte
+// offset of (row r, column c) for elements of kElem bytes.
 constexpr int k_out_box_bytes = k_bm * 128;
+template <int kElem>
 __device__ __forceinline__ int staged_offset(int r, int c) {
-  return (c / k_box) * k_out_box_bytes + r * 128 + ((((c % k_box) / 8) ^ (r % 8)) * 16) + (c % 8) * 2;
+  constexpr int box_cols = 128 / kElem, chunk = 16 / kElem;
+  return (c / box_cols) * k_out_box_bytes + r * 128 + ((((c % box_cols) / chunk) ^ (r % 8)) * 16) + (c % chunk) * kElem;
 }
 
 // Writes the accumulators (rows 64*cw + ..., the wgmma fragment layout) into the staged tile:
-// f32 rows of kBN + 8, or the bf16 boxes above.
-template <typename Out, int kBN>
+// boxes as above (kBoxed), or f32 rows of kBN + 8.
+template <typename Out, int kBN, bool kBoxed>
 __device__ __forceinline__ void stage_accumulators(uint8_t* tile, const float (&acc)[kBN / 2], int cw, int t) {
   constexpr int stride = kBN + 8;
   const int warp = (t % 128) / 32, lane = t % 32;
@@ -223,34 +250,59 @@ __device__ __forceinline__ void stage_accumulators(uint8_t* tile, const float (&
 #pragma unroll
   for (int j = 0; j < kBN / 8; ++j) {
     const int c = j * 8 + (lane % 4) * 2;
-    if constexpr (sizeof(Out) == 4) {
+    if constexpr (sizeof(Out) == 4 && kBoxed) {
+      *reinterpret_cast<float2*>(tile + staged_offset<4>(r0, c)) = make_float2(acc[4 * j], acc[4 * j + 1]);
+      *reinterpret_cast<float2*>(tile + staged_offset<4>(r0 + 8, c)) = make_float2(acc[4 * j + 2], acc[4 * j + 3]);
+    } else if constexpr (sizeof(Out) == 4) {
       auto* f = reinterpret_cast<float*>(tile);
       *reinterpret_cast<float2*>(f + r0 * stride + c) = make_float2(acc[4 * j], acc[4 * j + 1]);
       *reinterpret_cast<float2*>(f + (r0 + 8) * stride + c) = make_float2(acc[4 * j + 2], acc[4 * j + 3]);
     } else {
-      *reinterpret_cast<__nv_bfloat162*>(tile + staged_offset(r0, c)) = __floats2bfloat162_rn(acc[4 * j], acc[4 * j + 1]);
-      *reinterpret_cast<__nv_bfloat162*>(tile + staged_offset(r0 + 8, c)) =
+      static_assert(kBoxed, "bf16 output is staged in boxes");
+      *reinterpret_cast<__nv_bfloat162*>(tile + staged_offset<2>(r0, c)) =
+          __floats2bfloat162_rn(acc[4 * j], acc[4 * j + 1]);
+      *reinterpret_cast<__nv_bfloat162*>(tile + staged_offset<2>(r0 + 8, c)) =
           __floats2bfloat162_rn(acc[4 * j + 2], acc[4 * j + 3]);
     }
   }
 }
 
-// The weight gradient adds (or stores) f32 rows; the forward's whole tiles leave through bulk tensor
-// stores issued by one thread (the warpgroups go on at once), an expert's last, partial tile
-// through 16-byte stores of its own rows (the rows past them are the next expert's).
-template <Mode kMode, int kBN>
-__device__ __forceinline__ void epilogue(uint8_t* smem, const CUtensorMap* map_out, const float (&acc)[kBN / 2],
+// A block-per-tile weight gradient adds (or stores) f32 rows with ordinary stores; a persistent one
+// stages f32 boxes that one thread adds (or stores) into dw[e] with bulk tensor reductions (or
+// stores), their tensor map clipping rows at k and columns at n. The forward's whole tiles leave
+// through bulk tensor stores issued by one thread (the warpgroups go on at once), an expert's last,
+// partial tile through 16-byte stores of its own rows (the rows past them are the next expert's).
+template <class T>
+__device__ __forceinline__ void epilogue(uint8_t* smem, const CUtensorMap* map_out, const float (&acc)[T::bn / 2],
                                          const Work& w, const Args& args, int cw, int t) {
+  constexpr int kBN = T::bn;
   constexpr int stride = kBN + 8;
   const kernels::GroupedGemmShape& s = args.shape;
   const int64_t n0 = w.n0;
-  if (kMode != Mode::weight_grad && t == 0) bulk_wait_group_read();  // the last tile's stores have left
+  if (T::boxed_out && t == 0) bulk_wait_group_read();  // the last tile's stores have left
   // Both warpgroups are done with the stages (a block of one tile stages its output there) and
   // with the last tile's staged output (a persistent block).
   named_barrier(k_consumer_barrier, k_consumer_threads);
-  if constexpr (kMode == Mode::weight_grad) {
+  if constexpr (T::weight_grad && T::persistent) {
+    stage_accumulators<float, kBN, true>(smem, acc, cw, t);
+    fence_proxy_async();  // the staged tile is read by the bulk copy
+    named_barrier(k_consumer_barrier, k_consumer_threads);
+    if (t == 0) {
+#pragma unroll
+      for (int b = 0; b < kBN / 32; ++b) {
+        const int32_t c0 = w.n0 + b * 32;
+        if (c0 >= s.n) break;
+        if (args.accumulate) {
+          tma_reduce_add_3d(map_out, smem + b * k_out_box_bytes, c0, w.m0, w.expert);
+        } else {
+          tma_store_3d(map_out, smem + b * k_out_box_bytes, c0, w.m0, w.expert);
+        }
+      }
+      bulk_commit_group();
+    }
+  } else if constexpr (T::weight_grad) {
     auto* tile = reinterpret_cast<float*>(smem);
-    stage_accumulators<float, kBN>(smem, acc, cw, t);
+    stage_accumulators<float, kBN, false>(smem, acc, cw, t);
     named_barrier(k_consumer_barrier, k_consumer_threads);
     const int64_t m0 = w.m0;
     float* dw = static_cast<float*>(args.out) + static_cast<int64_t>(w.expert) * s.k * s.n;
@@ -268,7 +320,7 @@ __device__ __forceinline__ void epilogue(uint8_t* smem, const CUtensorMap* map_o
       }
     }
   } else {
-    stage_accumulators<__nv_bfloat16, kBN>(smem, acc, cw, t);
+    stage_accumulators<__nv_bfloat16, kBN, true>(smem, acc, cw, t);
     fence_proxy_async();  // the staged tile is read by the bulk copy
     named_barrier(k_consumer_barrier, k_consumer_threads);
     if (w.row_end - w.row_begin >= k_bm) {
@@ -285,7 +337,7 @@ __device__ __forceinline__ void epilogue(uint8_t* smem, const CUtensorMap* map_o
         const int r = i / (kBN / 8), c = (i % (kBN / 8)) * 8;
         const int64_t row = w.row_begin + r, col = n0 + c;
         if (row < w.row_end && col < s.n) {
-          *reinterpret_cast<uint4*>(y + row * s.n + col) = *reinterpret_cast<const uint4*>(smem + staged_offset(r, c));
+          *reinterpret_cast<uint4*>(y + row * s.n + col) = *reinterpret_cast<const uint4*>(smem + staged_offset<2>(r, c));
         }
       }
     }
@@ -293,23 +345,22 @@ __device__ __forceinline__ void epilogue(uint8_t* smem, const CUtensorMap* map_o
 }
 
 // The k-slices of a tile: the inner dimension (forward) or the expert's rows (weight gradient).
-template <Mode kMode>
+template <class T>
 __device__ __forceinline__ int k_slices(const Work& w, const Args& args) {
-  return kMode != Mode::weight_grad ? static_cast<int>((args.shape.k + k_bk - 1) / k_bk)
-                                    : (w.row_end - w.row_begin + k_bk - 1) / k_bk;
+  return !T::weight_grad ? static_cast<int>((args.shape.k + k_bk - 1) / k_bk)
+                         : (w.row_end - w.row_begin + k_bk - 1) / k_bk;
 }
 
 // The loader's side of one tile: each k-slice into the next free stage of the ring.
-template <Mode kMode, int kBN>
+template <class T>
 __device__ __forceinline__ void load_tile(uint8_t* smem, uint64_t* full, uint64_t* empty, const CUtensorMap* map_a,
                                           const CUtensorMap* map_b, const Work& w, const Args& args, int& ring) {
-  using T = Tile<kMode, kBN>;
-  const int slices = k_slices<kMode>(w, args);
+  const int slices = k_slices<T>(w, args);
   for (int it = 0; it < slices; ++it, ++ring) {
     const int s = ring % T::stages;
     mbar_wait(&empty[s], ((ring / T::stages) & 1) ^ 1);
     uint8_t* a = smem + s * T::stage_bytes;
-    load_stage<kMode, kBN>(a, a + T::a_bytes, &full[s], map_a, map_b, w, args, it);
+    load_stage<T>(a, a + T::a_bytes, &full[s], map_a, map_b, w, args, it);
   }
 }
 
@@ -317,29 +368,29 @@ __device__ __forceinline__ void load_tile(uint8_t* smem, uint64_t* full, uint64_
 // the forward modes a warpgroup whose 64 rows all lie past the expert's end (an expert's last tile
 // of 64 rows or fewer) issues no MMAs, leaving the tensor cores to the other; it still passes every
 // stage through the ring and stages its zeros, which no store reads.
-template <Mode kMode, int kBN>
+template <class T>
 __device__ __forceinline__ void multiply_tile(uint8_t* smem, uint8_t* out_tile, const CUtensorMap* map_out,
                                               uint64_t* full, uint64_t* empty, const Work& w, const Args& args,
                                               int& ring) {
-  using T = Tile<kMode, kBN>;
+  constexpr int kBN = T::bn;
   const int t = static_cast<int>(threadIdx.x), cw = t / 128;
-  const bool idle = kMode != Mode::weight_grad && w.row_begin + cw * 64 >= w.row_end;
+  const bool idle = !T::weight_grad && w.row_begin + cw * 64 >= w.row_end;
   float acc[kBN / 2];
 #pragma unroll
   for (int j = 0; j < kBN / 2; ++j) acc[j] = 0.f;
   fence_registers(acc);
-  const int slices = k_slices<kMode>(w, args);
+  const int slices = k_slices<T>(w, args);
   for (int it = 0; it < slices; ++it, ++ring) {
     const int s = ring % T::stages;
     mbar_wait(&full[s], (ring / T::stages) & 1);
     uint8_t* a = smem + s * T::stage_bytes;
-    if constexpr (kMode == Mode::weight_grad) {
+    if constexpr (T::weight_grad) {
       const int valid = w.row_end - w.row_begin - it * k_bk;
       if (valid < k_bk) zero_tail_rows<kBN>(a, valid, t);
     }
     fence_registers(acc);
     wgmma_fence();
-    if (!idle) mma_stage<kMode, kBN>(acc, a, a + T::a_bytes, cw);
+    if (!idle) mma_stage<T>(acc, a, a + T::a_bytes, cw);
     wgmma_commit();
     wgmma_wait<1>();
     fence_registers(acc);
@@ -348,16 +399,16 @@ __device__ __forceinline__ void multiply_tile(uint8_t* smem, uint8_t* out_tile, 
   wgmma_wait<0>();
   fence_registers(acc);
   if (slices > 0 && t % 128 == 0) mbar_arrive(&empty[(ring - 1) % T::stages]);  // the tile's last stage
-  epilogue<kMode, kBN>(out_tile, map_out, acc, w, args, cw, t);
+  epilogue<T>(out_tile, map_out, acc, w, args, cw, t);
 }
 
-template <Mode kMode, int kBN>
-__global__ void __launch_bounds__(k_threads, Tile<kMode, kBN>::blocks_per_sm)
+template <class T>
+__global__ void __launch_bounds__(k_threads, T::blocks_per_sm)
     grouped_gemm_sm90_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
                              const __grid_constant__ CUtensorMap map_out, Args args) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using T = Tile<kMode, kBN>;
-  constexpr bool forward = kMode != Mode::weight_grad;
+  constexpr int kBN = T::bn;
+  constexpr bool forward = !T::weight_grad;
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
   uint8_t* out_tile = smem + T::out_offset;
@@ -374,14 +425,16 @@ __global__ void __launch_bounds__(k_threads, Tile<kMode, kBN>::blocks_per_sm)
   }
   if (forward && threadIdx.x < k_warp) build_schedule(args, sch, static_cast<int>(threadIdx.x));
   __syncthreads();
-  // The block's i-th tile: blockIdx.x + i * gridDim.x in the forward (a persistent grid walks
-  // many), the one tile of blockIdx for the weight gradient.
+  // The block's tiles: blockIdx.x, then every gridDim.x-th after it in a persistent grid; a
+  // block-per-tile grid (sized by a bound in the forward) has one tile or none each.
   const int64_t col_tiles = (args.shape.n + kBN - 1) / kBN;
-  auto work = [&](int64_t i, Work& w) {
+  const int64_t tiles = forward ? sch.tile_start[args.shape.num_experts] * col_tiles : weight_grad_tiles<kBN>(args.shape);
+  auto work = [&](int64_t tile, Work& w) {
+    if (tile >= tiles) return false;
     if constexpr (forward) {
-      return forward_work<kBN>(args, sch, blockIdx.x + i * static_cast<int64_t>(gridDim.x), col_tiles, w);
+      return forward_work<kBN>(args, sch, tile, col_tiles, w);
     } else {
-      return i == 0 && weight_grad_work<kBN>(args, w);
+      return weight_grad_work<kBN>(args, tile, w);
     }
   };
   // Both sides count the k-slices they have passed through the ring (`ring`), over all tiles.
@@ -390,21 +443,23 @@ __global__ void __launch_bounds__(k_threads, Tile<kMode, kBN>::blocks_per_sm)
   if (threadIdx.x >= k_consumer_threads) {  // the loader warp
     if (threadIdx.x == k_consumer_threads) {
       if constexpr (T::persistent) {
-        for (int64_t i = 0; work(i, w); ++i) load_tile<kMode, kBN>(smem, full, empty, &map_a, &map_b, w, args, ring);
-      } else if (work(0, w)) {
-        load_tile<kMode, kBN>(smem, full, empty, &map_a, &map_b, w, args, ring);
+        for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+          if (work(tile, w)) load_tile<T>(smem, full, empty, &map_a, &map_b, w, args, ring);
+        }
+      } else if (work(blockIdx.x, w)) {
+        load_tile<T>(smem, full, empty, &map_a, &map_b, w, args, ring);
       }
     }
     return;
   }
   if constexpr (T::persistent) {
-    for (int64_t i = 0; work(i, w); ++i) {
-      multiply_tile<kMode, kBN>(smem, out_tile, &map_out, full, empty, w, args, ring);
+    for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+      if (work(tile, w)) multiply_tile<T>(smem, out_tile, &map_out, full, empty, w, args, ring);
     }
-  } else if (work(0, w)) {
-    multiply_tile<kMode, kBN>(smem, out_tile, &map_out, full, empty, w, args, ring);
+  } else if (work(blockIdx.x, w)) {
+    multiply_tile<T>(smem, out_tile, &map_out, full, empty, w, args, ring);
   }
-  if (forward && threadIdx.x == 0) bulk_wait_group();  // the bulk stores are complete before the block ends
+  if (T::boxed_out && threadIdx.x == 0) bulk_wait_group();  // the bulk stores are complete before the block ends
 #endif
 }
 
@@ -443,44 +498,59 @@ CUtensorMap tensor_map(const void* base, int64_t inner, int64_t outer, int box_o
   return map;
 }
 
-// Shared memory of a launch: the tile's fixed part and the forward's row-tile schedule.
-template <Mode kMode, int kBN>
-int smem_bytes(int64_t num_experts) {
-  const int64_t schedule = kMode == Mode::weight_grad ? 0 : 2 * (num_experts + 1) * 4;
-  return Tile<kMode, kBN>::fixed_smem_bytes + static_cast<int>(schedule);
+// The 3-D f32 tensor map over dw[E, k, n] that the persistent weight gradient's bulk stores and
+// reductions write through: boxes of [128 rows][32 columns] with the 128-byte swizzle, clipped at
+// each expert's k rows and at n columns.
+CUtensorMap weight_grad_map(float* dw, const kernels::GroupedGemmShape& s) {
+  CUtensorMap map{};
+  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(s.n), static_cast<cuuint64_t>(s.k),
+                              static_cast<cuuint64_t>(s.num_experts)};
+  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(s.n) * 4, static_cast<cuuint64_t>(s.k * s.n) * 4};
+  const cuuint32_t box[3] = {32, static_cast<cuuint32_t>(k_bm), 1};
+  const cuuint32_t element_strides[3] = {1, 1, 1};
+  const CUresult r = encode_tiled()(&map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 3, dw, dims, strides, box,
+                                    element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                    CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  MOE_CHECK(r == CUDA_SUCCESS, "grouped gemm on CUDA: cuTensorMapEncodeTiled failed (", static_cast<int>(r),
+            ") for a [", s.num_experts, ", ", s.k, ", ", s.n, "] f32 weight gradient");
+  return map;
 }
 
-// map_out: the forward's y (bulk stores); unused by the weight gradient.
-template <Mode kMode, int kBN>
-void launch(const CUtensorMap& a, const CUtensorMap& b, const CUtensorMap& out, const Args& args, dim3 grid,
+// Shared memory of a launch: the tile's fixed part and the forward's row-tile schedule.
+template <class T>
+int smem_bytes(int64_t num_experts) {
+  const int64_t schedule = T::weight_grad ? 0 : 2 * (num_experts + 1) * 4;
+  return T::fixed_smem_bytes + static_cast<int>(schedule);
+}
+
+// map_out: the output the bulk stores write (the forward's y, a persistent weight gradient's dw);
+// unused by a block-per-tile weight gradient. `tiles`: the most output tiles the launch may have.
+template <class T>
+void launch(const CUtensorMap& a, const CUtensorMap& b, const CUtensorMap& out, const Args& args, int64_t tiles,
             cudaStream_t stream) {
   static const bool configured = [] {
-    CUDA_CHECK(cudaFuncSetAttribute(grouped_gemm_sm90_kernel<kMode, kBN>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    CUDA_CHECK(cudaFuncSetAttribute(grouped_gemm_sm90_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     k_max_smem));
     return true;
   }();
   (void)configured;
-  const int smem = smem_bytes<kMode, kBN>(args.shape.num_experts);
+  const int smem = smem_bytes<T>(args.shape.num_experts);
   MOE_CHECK(smem <= k_max_smem, "grouped gemm on CUDA: ", args.shape.num_experts,
             " experts overflow the Hopper kernel's shared memory");
-  grouped_gemm_sm90_kernel<kMode, kBN><<<grid, k_threads, smem, stream>>>(a, b, out, args);
+  // A block per tile, or one per multiprocessor walking them.
+  const int64_t blocks = T::persistent ? std::min<int64_t>(tiles, multiprocessor_count()) : tiles;
+  MOE_CHECK(tiles <= INT32_MAX, "grouped gemm on CUDA: ", tiles, " output tiles");
+  if (blocks == 0) return;
+  grouped_gemm_sm90_kernel<T><<<dim3(static_cast<unsigned>(blocks)), k_threads, smem, stream>>>(a, b, out, args);
   CUDA_CHECK_LAUNCH();
 }
 
-// The forward's grid: every (row tile, column tile) the offsets may produce, or one block per
-// multiprocessor when the tiles are persistent.
-template <Mode kMode, int kBN>
-dim3 forward_grid(const kernels::GroupedGemmShape& s) {
-  const int64_t tiles = ceil_div(s.n, kBN) * (ceil_div(s.rows, k_bm) + s.num_experts);
-  const int64_t blocks = Tile<kMode, kBN>::persistent ? std::min<int64_t>(tiles, multiprocessor_count()) : tiles;
-  MOE_CHECK(blocks <= INT32_MAX, "grouped gemm on CUDA: ", tiles, " output tiles");
-  return dim3(static_cast<unsigned>(blocks));
-}
-
-template <Mode kMode, int kBN>
+// The forward's tiles: every (row tile, column tile) the offsets may produce.
+template <class T>
 void launch_forward(const CUtensorMap& a, const CUtensorMap& b, const Args& args, cudaStream_t stream) {
-  const CUtensorMap y = tensor_map(args.out, args.shape.n, args.shape.rows, k_bm);
-  launch<kMode, kBN>(a, b, y, args, forward_grid<kMode, kBN>(args.shape), stream);
+  const kernels::GroupedGemmShape& s = args.shape;
+  const CUtensorMap y = tensor_map(args.out, s.n, s.rows, k_bm);
+  launch<T>(a, b, y, args, ceil_div(s.n, T::bn) * (ceil_div(s.rows, k_bm) + s.num_experts), stream);
 }
 
 // Wide column tiles halve the loads of A per FLOP; narrow outputs waste less of them.
@@ -489,7 +559,7 @@ bool wide_columns(int64_t n) { return n >= 512 && n % 256 == 0; }
 }  // namespace
 
 int64_t max_forward_experts() {
-  return (k_max_smem - Tile<Mode::forward, 256>::fixed_smem_bytes) / 8 - 1;
+  return (k_max_smem - WideTile<Mode::forward>::fixed_smem_bytes) / 8 - 1;
 }
 
 bool grouped_gemm_available() {
@@ -520,31 +590,34 @@ void grouped_gemm_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __n
   if (trans_w) {
     const CUtensorMap map_w = tensor_map(w, s.k, s.num_experts * s.n, bn);
     if (wide) {
-      launch_forward<Mode::forward_trans_w, 256>(map_x, map_w, args, stream);
+      launch_forward<WideTile<Mode::forward_trans_w>>(map_x, map_w, args, stream);
     } else {
-      launch_forward<Mode::forward_trans_w, 128>(map_x, map_w, args, stream);
+      launch_forward<NarrowTile<Mode::forward_trans_w>>(map_x, map_w, args, stream);
     }
   } else {
     const CUtensorMap map_w = tensor_map(w, s.n, s.num_experts * s.k, k_bk);
     if (wide) {
-      launch_forward<Mode::forward, 256>(map_x, map_w, args, stream);
+      launch_forward<WideTile<Mode::forward>>(map_x, map_w, args, stream);
     } else {
-      launch_forward<Mode::forward, 128>(map_x, map_w, args, stream);
+      launch_forward<NarrowTile<Mode::forward>>(map_x, map_w, args, stream);
     }
   }
 }
 
 void grouped_gemm_weight_grad_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __nv_bfloat16* dy,
-                                   float* dw, const kernels::GroupedGemmShape& s, bool accumulate,
+                                   float* dw, const kernels::GroupedGemmShape& s, bool accumulate, bool persistent,
                                    cudaStream_t stream) {
   MOE_CHECK(s.rows <= k_max_rows, "grouped gemm on CUDA: ", s.rows, " rows exceed the Hopper kernel (", k_max_rows,
             ")");
   const Args args{offsets, s, dw, accumulate};
   const CUtensorMap map_x = tensor_map(x, s.k, s.rows, k_bk), map_dy = tensor_map(dy, s.n, s.rows, k_bk);
-  const dim3 grid128(static_cast<unsigned>(ceil_div(s.n, 128)), static_cast<unsigned>(ceil_div(s.k, k_bm)),
-                     static_cast<unsigned>(s.num_experts));
-  // The weight gradient adds into dw with ordinary stores: map_x only fills the unused output map.
-  launch<Mode::weight_grad, 128>(map_x, map_dy, map_x, args, grid128, stream);
+  const int64_t tiles = s.num_experts * ceil_div(s.k, k_bm) * ceil_div(s.n, 128);
+  if (persistent) {
+    launch<WeightGradPersistentTile>(map_x, map_dy, weight_grad_map(dw, s), args, tiles, stream);
+  } else {
+    // A block per tile adds into dw with ordinary stores: map_x only fills the unused output map.
+    launch<NarrowTile<Mode::weight_grad>>(map_x, map_dy, map_x, args, tiles, stream);
+  }
 }
 
 }  // namespace moe::cuda::sm90

@@ -68,7 +68,9 @@ Mirror with_nan_rows(const Mirror& m, int64_t pad) { return with_extra_rows(m, p
 struct Widths {
   int64_t k, n;
 };
-const std::vector<Widths> k_widths = {{64, 384}, {384, 768}, {768, 64}, {768, 768}};
+// {136, 40}: a weight gradient whose last row tile and last column box the bulk stores clip (k and
+// n not multiples of the tile; n not of the 32-column box).
+const std::vector<Widths> k_widths = {{64, 384}, {384, 768}, {768, 64}, {768, 768}, {136, 40}};
 
 }  // namespace
 
