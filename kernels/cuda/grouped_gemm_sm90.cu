@@ -59,16 +59,17 @@ struct Tile {
   static constexpr int barrier_offset = persistent ? pipe_bytes + out_bytes : pipe_bytes;
   // + the row-tile schedule: 2 * (E + 1) int32 (forward modes), sized at launch
   static constexpr int fixed_smem_bytes = 1024 + barrier_offset + 2 * stages * 8;
+  static_assert(kBN % k_box == 0 && (kBN == 128 || kPersistent), "widths of 64s; wider than 128 only persistent");
   static_assert(persistent || out_bytes <= pipe_bytes, "the staged output fits the pipeline's shared memory");
   static_assert(fixed_smem_bytes <= 227 * 1024, "shared memory per block");
 };
-// The kernels built: the forward's wide tiles persistent, its narrow ones a block each; the weight
-// gradient's narrow tiles either way (`wgmma` persistent, `wgmma_narrow` a block each).
-template <Mode kMode>
-using WideTile = Tile<kMode, 256, true>;
+// The kernels built: the forward's 256- and 192-wide tiles persistent, its 128-wide ones a block
+// each; the weight gradient's 128-wide tiles either way (`wgmma` persistent, `wgmma_narrow` a
+// block each).
+template <Mode kMode, int kBN>
+using PersistentTile = Tile<kMode, kBN, true>;
 template <Mode kMode>
 using NarrowTile = Tile<kMode, 128, false>;
-using WeightGradPersistentTile = Tile<Mode::weight_grad, 128, true>;
 
 constexpr int k_max_smem = 227 * 1024;
 // Rows in 32-bit coordinates, with room for a tile's rounding (row + 127 must not overflow).
@@ -553,13 +554,28 @@ void launch_forward(const CUtensorMap& a, const CUtensorMap& b, const Args& args
   launch<T>(a, b, y, args, ceil_div(s.n, T::bn) * (ceil_div(s.rows, k_bm) + s.num_experts), stream);
 }
 
-// Wide column tiles halve the loads of A per FLOP; narrow outputs waste less of them.
-bool wide_columns(int64_t n) { return n >= 512 && n % 256 == 0; }
+// The forward's tile width for n output columns: wide tiles cut the loads of A per FLOP, so 256
+// where n is a multiple of it, else 192 where n is (n = 384: a 64 x 384 expert's input gradient),
+// else 128 (a block per tile); 128 everywhere without wide_tiles.
+int forward_tile_width(int64_t n, bool wide_tiles) {
+  if (wide_tiles && n >= 512 && n % 256 == 0) return 256;
+  if (wide_tiles && n >= 384 && n % 192 == 0) return 192;
+  return 128;
+}
+
+template <Mode kMode>
+void launch_forward_width(int bn, const CUtensorMap& a, const CUtensorMap& b, const Args& args, cudaStream_t stream) {
+  switch (bn) {
+    case 256: return launch_forward<PersistentTile<kMode, 256>>(a, b, args, stream);
+    case 192: return launch_forward<PersistentTile<kMode, 192>>(a, b, args, stream);
+    default: return launch_forward<NarrowTile<kMode>>(a, b, args, stream);
+  }
+}
 
 }  // namespace
 
 int64_t max_forward_experts() {
-  return (k_max_smem - WideTile<Mode::forward>::fixed_smem_bytes) / 8 - 1;
+  return (k_max_smem - PersistentTile<Mode::forward, 256>::fixed_smem_bytes) / 8 - 1;
 }
 
 bool grouped_gemm_available() {
@@ -584,23 +600,12 @@ void grouped_gemm_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __n
             " rows over ", s.num_experts, " experts exceed the Hopper kernel (at most ", k_max_rows, " rows and ",
             max_forward_experts(), " experts)");
   const Args args{offsets, s, y, false};
-  const bool wide = wide_tiles && wide_columns(s.n);
-  const int bn = wide ? 256 : 128;
+  const int bn = forward_tile_width(s.n, wide_tiles);
   const CUtensorMap map_x = tensor_map(x, s.k, s.rows, k_bm);
   if (trans_w) {
-    const CUtensorMap map_w = tensor_map(w, s.k, s.num_experts * s.n, bn);
-    if (wide) {
-      launch_forward<WideTile<Mode::forward_trans_w>>(map_x, map_w, args, stream);
-    } else {
-      launch_forward<NarrowTile<Mode::forward_trans_w>>(map_x, map_w, args, stream);
-    }
+    launch_forward_width<Mode::forward_trans_w>(bn, map_x, tensor_map(w, s.k, s.num_experts * s.n, bn), args, stream);
   } else {
-    const CUtensorMap map_w = tensor_map(w, s.n, s.num_experts * s.k, k_bk);
-    if (wide) {
-      launch_forward<WideTile<Mode::forward>>(map_x, map_w, args, stream);
-    } else {
-      launch_forward<NarrowTile<Mode::forward>>(map_x, map_w, args, stream);
-    }
+    launch_forward_width<Mode::forward>(bn, map_x, tensor_map(w, s.n, s.num_experts * s.k, k_bk), args, stream);
   }
 }
 
@@ -613,7 +618,7 @@ void grouped_gemm_weight_grad_bf16(const __nv_bfloat16* x, const int32_t* offset
   const CUtensorMap map_x = tensor_map(x, s.k, s.rows, k_bk), map_dy = tensor_map(dy, s.n, s.rows, k_bk);
   const int64_t tiles = s.num_experts * ceil_div(s.k, k_bm) * ceil_div(s.n, 128);
   if (persistent) {
-    launch<WeightGradPersistentTile>(map_x, map_dy, weight_grad_map(dw, s), args, tiles, stream);
+    launch<PersistentTile<Mode::weight_grad, 128>>(map_x, map_dy, weight_grad_map(dw, s), args, tiles, stream);
   } else {
     // A block per tile adds into dw with ordinary stores: map_x only fills the unused output map.
     launch<NarrowTile<Mode::weight_grad>>(map_x, map_dy, map_x, args, tiles, stream);

@@ -166,7 +166,9 @@ TEST_CASE("cuda grouped matmul walks many tiles per block", "[cuda][grouped]") {
   for (const auto& counts : {counts64, counts45}) {
     const int64_t e_num = static_cast<int64_t>(counts.size()), rows = total_of(counts);
     Mirror offsets = offsets_of(counts);
-    for (const Widths& wd : {Widths{64, 512}, Widths{200, 512}, Widths{320, 512}, Widths{384, 768}, Widths{768, 1024}}) {
+    // n = 384 takes the 192-wide tiles, 512 and more the 256-wide ones.
+    for (const Widths& wd : {Widths{64, 512}, Widths{200, 512}, Widths{320, 512}, Widths{384, 768}, Widths{768, 1024},
+                             Widths{768, 384}}) {
       for (bool trans_w : {false, true}) {
         const uint64_t seed = seed_of(96, {e_num, rows, wd.k, wd.n, trans_w});
         Mirror x = with_extra_rows(random_mirror({rows, wd.k}, DType::bf16, seed), pad, 1.0f);
@@ -185,6 +187,36 @@ TEST_CASE("cuda grouped matmul walks many tiles per block", "[cuda][grouped]") {
           for (float v : tail) written += std::isnan(v) ? 0 : 1;
           REQUIRE(written == 0);
         }
+      }
+    }
+  }
+}
+
+// The persistent weight gradient walks many tiles per block, its ring passing from one expert's
+// reduction (one to 47 k-slices here) to the next's, skipping experts with no rows when adding.
+TEST_CASE("cuda grouped weight gradient walks many tiles per block", "[cuda][grouped]") {
+  std::vector<int32_t> counts = random_int_values(64, 400, 17);
+  for (int e = 0; e < 64; e += 9) counts[static_cast<size_t>(e)] = 0;
+  counts[5] = 1;
+  counts[6] = 3000;
+  counts[63] = 129;
+  const int64_t e_num = 64, rows = total_of(counts);
+  Mirror offsets = offsets_of(counts);
+  for (const Widths& wd : {Widths{200, 512}, Widths{768, 384}}) {
+    const uint64_t seed = seed_of(97, {rows, wd.k, wd.n});
+    Mirror x = random_mirror({rows, wd.k}, DType::bf16, seed);
+    Mirror dy = random_mirror({rows, wd.n}, DType::bf16, seed + 1);
+    for (bool accumulate : {true, false}) {
+      Tensor start = test::random_tensor({e_num, wd.k, wd.n}, DType::f32, seed + 2);
+      Tensor dw_cpu = start.clone();
+      ops::grouped_matmul_weight_grad(x.cpu, offsets.cpu, dy.cpu, dw_cpu, accumulate);
+      for (auto kernel : kernels_here()) {
+        KernelChoice choice(kernel);
+        INFO("kernel " << cuda::grouped_gemm_kernel_name() << " k " << wd.k << " n " << wd.n << " accumulate "
+                       << accumulate);
+        Tensor dw = start.to(gpu());
+        ops::grouped_matmul_weight_grad(x.gpu, offsets.gpu, dy.gpu, dw, accumulate);
+        require_close(dw, dw_cpu, accum_tol().atol, accum_tol().rtol, "dw");
       }
     }
   }
