@@ -280,7 +280,9 @@ __device__ __forceinline__ void epilogue(uint8_t* smem, const CUtensorMap* map_o
   constexpr int stride = kBN + 8;
   const kernels::GroupedGemmShape& s = args.shape;
   const int64_t n0 = w.n0;
-  if (T::boxed_out && t == 0) bulk_wait_group_read();  // the last tile's stores have left
+  if constexpr (T::boxed_out) {
+    if (t == 0) bulk_wait_group_read();
+  }  // the last tile's stores have left
   // Both warpgroups are done with the stages (a block of one tile stages its output there) and
   // with the last tile's staged output (a persistent block).
   named_barrier(k_consumer_barrier, k_consumer_threads);
@@ -616,12 +618,15 @@ void grouped_gemm_weight_grad_bf16(const __nv_bfloat16* x, const int32_t* offset
             ")");
   const Args args{offsets, s, dw, accumulate};
   const CUtensorMap map_x = tensor_map(x, s.k, s.rows, k_bk), map_dy = tensor_map(dy, s.n, s.rows, k_bk);
-  const int64_t tiles = s.num_experts * ceil_div(s.k, k_bm) * ceil_div(s.n, 128);
+  using Persistent = PersistentTile<Mode::weight_grad, 128>;
+  using PerTile = NarrowTile<Mode::weight_grad>;
+  static_assert(Persistent::bn == PerTile::bn, "one tile count for both");
+  const int64_t tiles = s.num_experts * ceil_div(s.k, k_bm) * ceil_div(s.n, Persistent::bn);
   if (persistent) {
-    launch<PersistentTile<Mode::weight_grad, 128>>(map_x, map_dy, weight_grad_map(dw, s), args, tiles, stream);
+    launch<Persistent>(map_x, map_dy, weight_grad_map(dw, s), args, tiles, stream);
   } else {
     // A block per tile adds into dw with ordinary stores: map_x only fills the unused output map.
-    launch<NarrowTile<Mode::weight_grad>>(map_x, map_dy, map_x, args, tiles, stream);
+    launch<PerTile>(map_x, map_dy, map_x, args, tiles, stream);
   }
 }
 
