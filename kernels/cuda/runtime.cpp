@@ -3,8 +3,10 @@
 // threshold = unlimited), so steady-state steps never cudaMalloc.
 #include "kernels/cuda/runtime.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <vector>
 
 #include "kernels/cuda/cuda_check.h"
 
@@ -13,8 +15,12 @@ namespace moe::cuda {
 namespace {
 cudaStream_t g_stream = nullptr;  // the main stream
 cudaStream_t g_side = nullptr;    // the side stream
+cudaStream_t g_update = nullptr;  // the optimizer's update stream
 cudaStream_t g_current = nullptr;
-cudaEvent_t g_fork = nullptr, g_join = nullptr;
+cudaEvent_t g_fork = nullptr, g_join = nullptr, g_update_fork = nullptr, g_update_join = nullptr;
+std::vector<cudaEvent_t> g_update_marks;  // by slot, created on first use
+std::vector<bool> g_mark_pending;         // a mark recorded since the last join
+bool g_update_pending = false;
 int g_device = -1;
 int64_t g_host_waits = 0;
 double g_host_wait_seconds = 0;
@@ -38,8 +44,10 @@ void set_device(int ordinal) {
   CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
   CUDA_CHECK(cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking));
   CUDA_CHECK(cudaStreamCreateWithFlags(&g_side, cudaStreamNonBlocking));
-  CUDA_CHECK(cudaEventCreateWithFlags(&g_fork, cudaEventDisableTiming));
-  CUDA_CHECK(cudaEventCreateWithFlags(&g_join, cudaEventDisableTiming));
+  CUDA_CHECK(cudaStreamCreateWithFlags(&g_update, cudaStreamNonBlocking));
+  for (cudaEvent_t* e : {&g_fork, &g_join, &g_update_fork, &g_update_join}) {
+    CUDA_CHECK(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
+  }
   g_current = g_stream;
   g_device = ordinal;
 }
@@ -70,6 +78,51 @@ void side_stream_join() {
 
 bool on_side_stream() { return g_device >= 0 && g_current == g_side; }
 
+void update_stream_begin() {
+  cudaStream_t main = compute_stream();
+  MOE_CHECK(main == g_stream, "update_stream_begin: not on the main stream");
+  CUDA_CHECK(cudaEventRecord(g_update_fork, g_stream));
+  CUDA_CHECK(cudaStreamWaitEvent(g_update, g_update_fork, 0));
+  g_current = g_update;
+  g_update_pending = true;
+}
+
+void update_stream_end() {
+  MOE_CHECK(g_current == g_update, "update_stream_end: not on the update stream");
+  g_current = g_stream;
+}
+
+void update_stream_mark(int slot) {
+  MOE_CHECK(slot >= 0, "update_stream_mark: slot ", slot);
+  compute_stream();
+  const auto at = static_cast<size_t>(slot);
+  while (g_update_marks.size() <= at) {
+    cudaEvent_t e;
+    CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    g_update_marks.push_back(e);
+    g_mark_pending.push_back(false);
+  }
+  CUDA_CHECK(cudaEventRecord(g_update_marks[at], g_update));
+  g_mark_pending[at] = true;
+}
+
+void main_stream_wait(int slot) {
+  const auto at = static_cast<size_t>(slot);
+  if (!g_update_pending || slot < 0 || at >= g_mark_pending.size() || !g_mark_pending[at]) return;
+  CUDA_CHECK(cudaStreamWaitEvent(g_stream, g_update_marks[at], 0));
+  g_mark_pending[at] = false;  // waited once: later main-stream work is ordered after it
+}
+
+void update_stream_join() {
+  if (!g_update_pending) return;
+  CUDA_CHECK(cudaEventRecord(g_update_join, g_update));
+  CUDA_CHECK(cudaStreamWaitEvent(g_stream, g_update_join, 0));
+  g_update_pending = false;
+  std::fill(g_mark_pending.begin(), g_mark_pending.end(), false);
+}
+
+bool update_pending() { return g_update_pending; }
+
 void* pool_alloc(size_t bytes) {
   void* ptr = nullptr;
   if (bytes == 0) return nullptr;
@@ -83,6 +136,9 @@ void pool_free(void* ptr) {
 
 void copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
   if (bytes == 0) return;
+  // An upload writes fresh memory (a batch's tokens) and may overlap a pending update; anything
+  // reading device memory on the main stream sees the update finished.
+  if (kind != cudaMemcpyHostToDevice && compute_stream() == g_stream) update_stream_join();
   CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, kind, compute_stream()));
   // From pageable host memory (the engine pins none) cudaMemcpyAsync returns once the source is
   // staged, so the host may reuse it at once and later kernels on the stream see the data: an
@@ -117,6 +173,7 @@ bool is_pinned(const void* ptr) {
 void synchronize() { wait_stream(compute_stream()); }
 
 void wait_stream(cudaStream_t stream) {
+  if (stream == g_stream) update_stream_join();
   ++g_host_waits;
   const auto start = std::chrono::steady_clock::now();
   CUDA_CHECK(cudaStreamSynchronize(stream));

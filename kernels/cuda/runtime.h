@@ -21,6 +21,20 @@ void side_stream_begin();
 void side_stream_end();
 void side_stream_join();
 bool on_side_stream();
+// A third stream for the optimizer's update, overlapping the next step's forward.
+// update_stream_begin: the update stream waits for the work queued on the main one so far, and
+// compute_stream() is the update stream until update_stream_end. update_stream_mark(slot):
+// records event `slot` after the update work queued so far; main_stream_wait(slot): the main stream
+// waits for that event (nothing when no update is pending). update_stream_join: the main stream
+// waits for all update work queued so far, and no update is pending. Every read back to the host,
+// device-to-device copy and host wait on the main stream joins first, so what the host reads is
+// updated. A tensor the update reads must outlive the join.
+void update_stream_begin();
+void update_stream_end();
+void update_stream_mark(int slot);
+void main_stream_wait(int slot);
+void update_stream_join();
+bool update_pending();
 void* pool_alloc(size_t bytes);  // stream-ordered (cudaMallocAsync on compute_stream)
 void pool_free(void* ptr);
 // Synchronous on the stream, except uploads from (pageable) host memory: no host wait.

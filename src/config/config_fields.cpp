@@ -112,6 +112,7 @@ void add_parallel_fields(ParallelConfig& p, std::vector<Field>& out) {
                          {s, "overlap_grad_reduce", &p.overlap_grad_reduce},
                          {s, "a2a_overlap", &p.a2a_overlap},
                          {s, "shared_expert_stream", &p.shared_expert_stream},
+                         {s, "overlap_update", &p.overlap_update},
                          {s, "a2a_overlap_microbatches", &p.a2a_overlap_microbatches}});
 }
 

@@ -409,6 +409,44 @@ void DistributedOptimizer::step(double lr, int64_t step) {
   }
 }
 
+void DistributedOptimizer::prepare_unit_steps(const std::vector<ParamUnit>& units) {
+  MOE_CHECK(stage_ == 0, "the update by unit needs parallel.zero = 0 (got ", stage_, ")");
+  unit_updates_.clear();
+  int64_t covered[k_num_param_groups] = {};
+  for (const ParamUnit& u : units) {
+    UnitUpdate& uu = unit_updates_.emplace_back();
+    uu.unit = u;
+    for (int i = 0; i < k_num_param_groups; ++i) {
+      uu.update[i] = AdamWUpdate(*store_, config_, static_cast<ParamGroup>(i), u.range[i]);
+      covered[i] += u.range[i].numel();
+    }
+  }
+  for (int i = 0; i < k_num_param_groups; ++i) {
+    const int64_t n = store_->group_numel(static_cast<ParamGroup>(i));
+    MOE_CHECK(covered[i] == n, "the update by unit: the units cover ", covered[i], " of the ",
+              group_name(static_cast<ParamGroup>(i)), " group's ", n, " elements");
+  }
+}
+
+void DistributedOptimizer::step_by_unit(double lr, int64_t step,
+                                        const std::function<void(const ParamUnit&)>& after) {
+  MOE_CHECK(stage_ == 0 && !unit_updates_.empty(), "step_by_unit: prepare_unit_steps first (parallel.zero = 0)");
+  for (const UnitUpdate& uu : unit_updates_) {
+    for (int i = 0; i < k_num_param_groups; ++i) {
+      const FlatRange r = uu.unit.range[i];
+      if (r.empty()) continue;
+      const auto g = static_cast<ParamGroup>(i);
+      const Tensor compute = store_->compute_copy_of_master(g);
+      uu.update[i].apply(store_->master_shard(g).rows(r.begin, r.end), store_->grad_shard(g).rows(r.begin, r.end),
+                         m_[i].rows(r.begin, r.end), v_[i].rows(r.begin, r.end), lr, step,
+                         clip_pending_ ? clip_scale_ : Tensor{},
+                         compute.defined() ? compute.rows(r.begin, r.end) : Tensor{});
+    }
+    after(uu.unit);
+  }
+  clip_pending_ = false;
+}
+
 // Each rank broadcasts the part of `range` that lies in its own range: a block's parameters
 // usually sit in one or two ranks' ranges, so a gather is a few broadcasts of its size.
 void DistributedOptimizer::gather_range(ParamGroup g, const Tensor& local, FlatRange range, Tensor& out) {

@@ -2,6 +2,7 @@
 // and expert-data-parallel (expert) groups, global-norm clipping, AdamW on this rank's shard.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <string>
 #include <utility>
@@ -117,6 +118,11 @@ class DistributedOptimizer {
   // full parameters, stage 3 refreshes only the local parameter shard. `step` is 1-based.
   // Collective at stage 1/2. At stage 3 every gathered range must be released first.
   void step(double lr, int64_t step);
+  // Stage 0: the same update one unit at a time, in the order of `units` (which must cover every
+  // parameter), calling after(unit) once a unit's update is queued (where the trainer notes that
+  // the next forward may use it). AdamW is elementwise, so the values equal step()'s.
+  void prepare_unit_steps(const std::vector<ParamUnit>& units);
+  void step_by_unit(double lr, int64_t step, const std::function<void(const ParamUnit&)>& after);
 
   // ZeRO-3: make a unit's (or one group's range of) parameters readable through
   // ParamStore::param until released. Ranges are reference-counted: gathering a range that is
@@ -178,6 +184,11 @@ class DistributedOptimizer {
   void scale_expert_grads(FlatRange range);
   Layout layouts_[k_num_param_groups];
   AdamWUpdate update_[k_num_param_groups];  // AdamW on this rank's range
+  struct UnitUpdate {
+    ParamUnit unit;
+    AdamWUpdate update[k_num_param_groups];
+  };
+  std::vector<UnitUpdate> unit_updates_;  // prepare_unit_steps
   Tensor m_[k_num_param_groups], v_[k_num_param_groups];
   std::map<std::pair<int64_t, int64_t>, int> gathered_[k_num_param_groups];  // stage 3 reference counts
 };

@@ -27,7 +27,8 @@ StepResult Trainer::train_step() {
   const TrainConfig& t = config_.train;
   const int micro_batches = static_cast<int>(t.grad_accum);
   ParamStore& store = model_->params();
-  store.zero_grads();
+  if (!grads_zeroed_) store.zero_grads();  // else the last update zeroed them on its stream
+  grads_zeroed_ = false;
   std::fill(tp_partial_done_.begin(), tp_partial_done_.end(), false);
   StepResult r;
   r.routing = empty_routing_stats();
@@ -73,6 +74,7 @@ StepResult Trainer::train_step() {
   // A backward whose last micro-batch is `micro` (run_it), with its gradient hooks; then the
   // activations of micro-batches `done` are freed and their targets counted.
   auto backward_of = [&](int micro, std::initializer_list<size_t> done, const std::function<void()>& run_it) {
+    finish_update();  // the backward writes the gradients the last update read and zeroed
     if (optimizer_->gradients_sharded()) {
       // ZeRO-2/3: every micro-batch reduces each block's gradients into the shard as soon as the block
       // is done and frees them; only the shard and the modules in flight hold gradients.
@@ -180,8 +182,8 @@ StepResult Trainer::train_step() {
     r.nsp_accuracy = sums[4] / sums[5];
   }
   if (before_update_hook_) before_update_hook_(step_ + 1, store);
-  guarded_update(r, read_loss);
-  update_expert_biases(r, bias_loads, collect);
+  guarded_update(r, read_loss, bias_loads);
+  read_expert_biases(r, collect);
   if (timed) record_pipeline_times(r);
   ++step_;
   return r;
@@ -204,7 +206,7 @@ void Trainer::read_routing_stats(ForwardOutput& out) {
   for (const MoeLayerStats& s : out.moe_stats) out.aux_loss += s.aux_loss;
 }
 
-void Trainer::guarded_update(StepResult& r, bool read_loss) {
+void Trainer::guarded_update(StepResult& r, bool read_loss, Tensor& bias_loads) {
   // Norm and clip scale stay on the device; a non-finite norm makes the scale NaN, and the fused
   // AdamW then leaves weights and moments alone on any step, read or not.
   optimizer_->clip_grads(config_.optim.grad_clip);
@@ -219,7 +221,7 @@ void Trainer::guarded_update(StepResult& r, bool read_loss) {
   } else if (read_loss) {
     guard_->accept(r.loss);
   }
-  optimizer_->step(learning_rate(config_.schedule, config_.optim, step_, config_.train.steps), step_ + 1);
+  apply_update(learning_rate(config_.schedule, config_.optim, step_, config_.train.steps), bias_loads);
   guard_->record(optimizer_->clip_scale(), step_ + 1);
   if (read_loss) report_skips(r, bad);
 }
@@ -288,13 +290,34 @@ void Trainer::count_bias_loads(const ForwardOutput& out, Tensor& loads) const {
   }
 }
 
-void Trainer::update_expert_biases(StepResult& r, Tensor& loads, bool collect) {
-  if (loads.defined()) {
-    // The loads of the whole global batch: every rank's micro-batches (other stages add zeros),
-    // as the statistics sum them. A skipped update (NaN clip scale) leaves the biases alone.
-    if (world_->size() > 1) world_->all_reduce_sum(loads);
-    model_->update_expert_biases(loads, config_.moe.expert_bias_rate, optimizer_->clip_scale());
+void Trainer::apply_update(double lr, Tensor& bias_loads) {
+  // The loads of the whole global batch: every rank's micro-batches (other stages add zeros), as
+  // the statistics sum them; reduced on the main stream before the update begins.
+  if (bias_loads.defined() && world_->size() > 1) world_->all_reduce_sum(bias_loads);
+  update_stream_->begin();
+  // The expert biases first: the bias is a buffer, whose AdamW run only copies the master into
+  // the compute copy (the same values), so the order changes nothing, and each unit's update is
+  // whole when it is marked. A skipped update (NaN clip scale) leaves the biases alone.
+  if (bias_loads.defined()) {
+    model_->update_expert_biases(bias_loads, config_.moe.expert_bias_rate, optimizer_->clip_scale());
   }
+  if (update_stream_->active()) {
+    optimizer_->step_by_unit(lr, step_ + 1, [this](const ParamUnit& u) { update_stream_->mark(u.name); });
+    model_->params().zero_grads();
+    grads_zeroed_ = true;
+    update_reads_ = bias_loads;  // freed on the main stream only after the join
+  } else {
+    optimizer_->step(lr, step_ + 1);
+  }
+  update_stream_->end();
+}
+
+void Trainer::finish_update() {
+  update_stream_->join();
+  update_reads_ = Tensor();
+}
+
+void Trainer::read_expert_biases(StepResult& r, bool collect) {
   if (!collect && device_.is_cuda()) return;  // read for the metrics only (free on the CPU)
   // This stage's MoE layers, in order.
   std::vector<LayerRoutingStats*> own;
@@ -377,6 +400,7 @@ void Trainer::apply_global_switch(std::vector<ModelSaved>& saves, std::vector<Fo
 }
 
 void Trainer::on_param_unit(const std::string& name, bool acquire) {
+  if (acquire) update_stream_->wait(name);  // the last update of this unit is done (overlap_update)
   const ParamUnit& u = unit(name);
   if (!acquire) {
     optimizer_->release(u);

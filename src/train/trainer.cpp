@@ -109,7 +109,15 @@ Trainer::Trainer(const Config& config, int local_rank, Communicator& world)
     }
     optimizer_->set_model_parallel_norm(groups_.replica.get(), weights);
   }
-  for (ParamUnit& unit : param_units(model_->params())) units_[unit.name] = unit;
+  const std::vector<ParamUnit> units = param_units(model_->params());  // registration = forward order
+  for (const ParamUnit& unit : units) units_[unit.name] = unit;
+  // parallel.overlap_update (ZeRO-0 on a GPU): each unit's update is marked on the update stream
+  // and the next forward waits for a unit's mark when it acquires the unit (on_param_unit).
+  update_stream_ = std::make_unique<UpdateStream>(device_, config.parallel.overlap_update && config.parallel.zero == 0);
+  if (update_stream_->active()) {
+    optimizer_->prepare_unit_steps(units);
+    model_->set_param_hook([this](const std::string& name, bool acquire) { on_param_unit(name, acquire); });
+  }
   if (config.parallel.zero >= 2) {
     // ZeRO-2/3: each rank keeps only its shard of the gradients; a module's gradients exist from
     // its backward until they are reduced into the shard, and (ZeRO-3) its parameters from just
@@ -187,6 +195,7 @@ bool Trainer::is_log_step(int64_t completed) const {
 
 EvalResult Trainer::evaluate(int64_t max_batches) {
   MOE_CHECK(val_split_.has_value(), "evaluation needs validation data: set data.val_path or data.val");
+  finish_update();  // its forward would wait unit by unit; evaluation is rare, so all at once
   const TrainConfig& t = config_.train;
   // Data-parallel replicas split the windows; the TP ranks and stages of one replica share them.
   const int replicas = topology_.dp, replica = topology_.coords.dp;

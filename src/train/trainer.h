@@ -19,6 +19,7 @@
 #include "src/data/token_split.h"
 #include "src/model/model.h"
 #include "src/tensor/device_timer.h"
+#include "src/tensor/update_stream.h"
 #include "src/train/metrics.h"
 #include "src/train/moe_stats.h"
 #include "src/train/checkpoint.h"
@@ -107,7 +108,14 @@ class Trainer {
   int64_t window_seq_len() const;
   void log_step(const StepResult& r, double lr, double step_seconds, double elapsed);
   // Clipping, the NaN/Inf policy (step_guard.h) and AdamW for the step completing step_ + 1.
-  void guarded_update(StepResult& r, bool read_loss);
+  // bias_loads: the aux-loss-free loads of the step (undefined without that balancing), summed
+  // over the ranks here and applied to the expert biases before the weights' update.
+  void guarded_update(StepResult& r, bool read_loss, Tensor& bias_loads);
+  // The update: AdamW (and the expert biases), on the update stream by unit where it overlaps the
+  // next forward (parallel.overlap_update), then the gradients zeroed there for the next step.
+  void apply_update(double lr, Tensor& bias_loads);
+  // The main stream waits for a pending update (the gradients are written or the weights read).
+  void finish_update();
   // A micro-batch's balancing loss must be finite (unless the step is skipped by the guard).
   void check_balancing_loss(const ForwardOutput& out, int micro) const;
   // Reads the routing statistics a CUDA forward left on the device and sums out.aux_loss again.
@@ -122,7 +130,7 @@ class Trainer {
   void sum_tied_embedding_grads();
   // The aux-loss-free bias update from the step's loads (summed over the ranks here, on the
   // device; see bias_loads), and the biases read into the statistics on logging steps.
-  void update_expert_biases(StepResult& r, Tensor& loads, bool collect);
+  void read_expert_biases(StepResult& r, bool collect);  // the biases into the step's metrics
   // Adds a forward's kept slots per expert into loads i64[all MoE layers, E] on the device.
   void count_bias_loads(const ForwardOutput& out, Tensor& loads) const;
   int64_t moe_layer_row(int64_t layer) const;  // MoE layers of the whole model before `layer`
@@ -175,6 +183,11 @@ class Trainer {
   std::unique_ptr<StepGuard> guard_;  // the NaN/Inf policy
   int64_t reported_skips_ = 0;        // skipped steps already printed
   std::function<void(int64_t, ParamStore&)> before_update_hook_;
+  // parallel.overlap_update: the update's stream, the units in forward order, whether the last
+  // update already zeroed the gradients, and what it reads that the step would otherwise free.
+  std::unique_ptr<UpdateStream> update_stream_;
+  bool grads_zeroed_ = false;
+  Tensor update_reads_;
   bool oracle_ = false;  // the future-token oracle hash: every log line says so
   double tokens_per_step_ = 0;
   int64_t active_params_ = 0, total_params_ = 0;  // the whole model's (all stages)

@@ -138,6 +138,7 @@ Tensor Trainer::full_tensor(const ParamInfo& info, const Tensor& host_local) {
 }
 
 void Trainer::save_checkpoint() {
+  finish_update();  // the weights and moments it writes are the updated ones
   guard_->check(step_, world_->rank());  // the GPU may have skipped a non-finite step no one read
   std::string dir = config_.train.run_dir + "/checkpoints/step_" + std::to_string(step_);
   ProgressDisplay progress;
@@ -198,6 +199,7 @@ std::string Trainer::root_text(const std::string& text) const {
 }
 
 TrainerState Trainer::load_checkpoint(const std::string& dir, bool with_optimizer) {
+  finish_update();  // no update still writing what the load replaces
   // Any layout loads any checkpoint: each rank takes its part of the canonical tensors.
   ProgressDisplay progress;
   log::debug("loading checkpoint {} ({})", dir, with_optimizer ? "weights and optimizer state" : "weights");

@@ -543,3 +543,48 @@ TEST_CASE("DistributedOptimizer rejects bad arguments with a message", "[paralle
   DistributedOptimizer stage1(stage1_store, oc, 1, *world, *world, 25.0);
   REQUIRE_THROWS_WITH(stage1.shard_gradients(), Catch::Contains("sharded gradients need ZeRO stage 2 or 3, not 1"));
 }
+
+// parallel.overlap_update: at ZeRO-0 the update can run one unit at a time (on the update stream,
+// each unit marked as it is queued); AdamW is elementwise, so the weights, compute copy and
+// moments equal the whole-group update bit for bit, clipped or not, and every unit is reported
+// once, in order.
+TEST_CASE("the update by unit equals the update of whole groups", "[parallel][zero]") {
+  auto world = make_world_communicator(Device::cpu());
+  auto self = world->split(world->rank(), 0);  // one rank: ZeRO-0 on its own
+  OptimConfig oc;
+  oc.weight_decay = 0.5;
+  ParamStore whole, by_unit;
+  init_store(whole, DType::bf16, 0);
+  init_store(by_unit, DType::bf16, 0);
+  DistributedOptimizer a(whole, oc, 0, *self, *self, 25.0), b(by_unit, oc, 0, *self, *self, 25.0);
+  const std::vector<ParamUnit> units = param_units(by_unit);
+  REQUIRE_THROWS_WITH(b.step_by_unit(1e-2, 1, [](const ParamUnit&) {}), Catch::Contains("prepare_unit_steps first"));
+  b.prepare_unit_steps(units);
+  for (int t = 1; t <= 3; ++t) {
+    for (ParamStore* s : {&whole, &by_unit}) {
+      for (ParamGroup g : k_groups) set_values(s->flat_grads(g), fake_grads(*s, g, 0, t));
+    }
+    const double max_norm = t == 2 ? 100.0 : 1.0;  // clipped on steps 1 and 3
+    a.clip_grads(max_norm);
+    b.clip_grads(max_norm);
+    a.step(3e-2, t);
+    std::vector<std::string> seen;
+    b.step_by_unit(3e-2, t, [&](const ParamUnit& u) { seen.push_back(u.name); });
+    REQUIRE(seen == std::vector<std::string>{"embed", "layers.0", "layers.1", "final_norm"});
+    for (ParamGroup g : k_groups) {
+      INFO("step " << t << " group " << static_cast<int>(g));
+      REQUIRE(by_unit.flat_master(g).to_vector<double>() == whole.flat_master(g).to_vector<double>());
+      REQUIRE(by_unit.compute_copy_of_master(g).to_vector<double>() == whole.compute_copy_of_master(g).to_vector<double>());
+      REQUIRE(b.moment1(g).to_vector<double>() == a.moment1(g).to_vector<double>());
+      REQUIRE(b.moment2(g).to_vector<double>() == a.moment2(g).to_vector<double>());
+    }
+  }
+  // Units that miss parameters, and a sharded optimizer, are refused.
+  REQUIRE_THROWS_WITH(b.prepare_unit_steps({units.front()}), Catch::Contains("the units cover"));
+  if (world->size() > 1) {
+    ParamStore sharded;
+    init_store(sharded, DType::bf16, 0);
+    DistributedOptimizer z1(sharded, oc, 1, *world, *world, 25.0);
+    REQUIRE_THROWS_WITH(z1.prepare_unit_steps(units), Catch::Contains("needs parallel.zero = 0"));
+  }
+}

@@ -1,0 +1,35 @@
+// The optimizer's update beside the next step's forward on a GPU: between begin() and end() the
+// engine's kernels go to a stream of their own that first waits for everything queued before
+// begin(); mark(name) notes where the update of a named block ends, and wait(name) makes the
+// compute stream wait for that point only (a forward reaching the block), join() for all of it.
+// Reads back to the host and host waits join by themselves (kernels/cuda/runtime.h). Tensors the
+// update reads must stay alive until the join. Inactive (on the CPU, or when not enabled): every
+// call does nothing and the work runs in order.
+#pragma once
+
+#include <map>
+#include <string>
+
+#include "src/tensor/dtype.h"
+
+namespace moe {
+
+class UpdateStream {
+ public:
+  UpdateStream(Device device, bool enabled);
+  ~UpdateStream();  // a scope left open (an exception) is ended and joined
+  UpdateStream(const UpdateStream&) = delete;
+  UpdateStream& operator=(const UpdateStream&) = delete;
+  bool active() const { return active_; }
+  void begin();
+  void end();
+  void mark(const std::string& name);
+  void wait(const std::string& name);  // nothing when no mark of that name is pending
+  void join();
+
+ private:
+  bool active_ = false, open_ = false;
+  std::map<std::string, int> slots_;
+};
+
+}  // namespace moe
