@@ -5,7 +5,8 @@
 #   experiments/perf/run_speed.sh OUT_DIR [PARTS]   PARTS: comma list of build,tests,train,anchor,attention
 #                                                    (default all of them), nolog (MoE-small without a
 #                                                    logging step in the window), noside (nolog with the shared
-#                                                    experts on the compute stream), nolog_kernels (nolog once per
+#                                                    experts on the compute stream), noupdate (nolog with the
+#                                                    optimizer update on the compute stream), nolog_kernels (nolog once per
 #                                                    kernel of GROUPED_KERNELS), layer (moe bench layer at the
 #                                                    standard shapes), moe64, moeloop, ops, layer_anchor
 #                                                    (PyTorch MoE layer anchor), moe_anchor (PyTorch MoE-small
@@ -61,6 +62,10 @@ fi
 if has noside; then  # MoE-small as nolog, the shared experts on the compute stream (parallel.shared_expert_stream off)
   build/moe bench train experiments/perf/moe_small.toml --warmup 3 --steps 10 --set train.log_every=1000 \
     --set parallel.shared_expert_stream=false 2>&1 | tail -1 | tee "$out/bench_moe_small_nolog_noside.json"
+fi
+if has noupdate; then  # MoE-small as nolog, the update on the compute stream (parallel.overlap_update off)
+  build/moe bench train experiments/perf/moe_small.toml --warmup 3 --steps 10 --set train.log_every=1000 \
+    --set parallel.overlap_update=false 2>&1 | tail -1 | tee "$out/bench_moe_small_nolog_noupdate.json"
 fi
 if has layer; then  # one MoE layer at the anchor shapes and MoE-small's, against the dense chain of equal FLOPs
   for cfg in layers/fine_grained layers/mixtral layers/switch moe_small; do

@@ -24,7 +24,8 @@ def read_json_lines(path):
 def main():
     out = pathlib.Path(sys.argv[1])
     anchors = {r["mode"]: r for r in read_json_lines(out / "anchor_gpt2.jsonl")}
-    for name in ("gpt2_small_dense", "moe_small", "moe_small_nolog", "gpt2_small_moe64"):
+    for name in ("gpt2_small_dense", "moe_small", "moe_small_nolog", "moe_small_nolog_noupdate",
+                 "moe_small_nolog_noside", "moe_small_nolog_wgmma", "moe_small_nolog_wgmma_narrow", "gpt2_small_moe64"):
         rows = read_json_lines(out / f"bench_{name}.json")
         if not rows:
             continue
@@ -41,6 +42,14 @@ def main():
             parts = sorted(b["ms_per_step"].items(), key=lambda kv: -kv[1])
             print(f"  breakdown (step {b['step_ms']:.1f} ms, {b['ops_per_step']:.0f} ops, idle {b['idle_ms_per_step']:.1f} ms): "
                   + ", ".join(f"{k} {v:.1f}" for k, v in parts))
+            top = sorted(b.get("ms_per_step_by_op", {}).items(), key=lambda kv: -kv[1])[:12]
+            if top:
+                print("  top ops: " + ", ".join(f"{k} {v:.2f}" for k, v in top))
+    for r in read_json_lines(out / "bench_layer.jsonl"):
+        by_op = sorted(r.get("ms_by_op", {}).items(), key=lambda kv: -kv[1])[:6]
+        print(f"layer {pathlib.Path(r['config']).stem} [{r['grouped_kernel']}]: {r['expert_tflops']:.1f} expert TFLOP/s "
+              f"(dense chain {r['dense_tflops']:.1f}), layer {r['layer_ms']:.3f} ms"
+              + ("; " + ", ".join(f"{k} {v:.3f}" for k, v in by_op) if by_op else ""))
     for r in read_json_lines(out / "anchor_moe_layer.jsonl"):
         if "impl" in r:
             what = r.get("error") or f"{r['ms']:.3f} ms, {r['expert_tflops']:.1f} expert TFLOP/s"
