@@ -115,6 +115,7 @@ void main_stream_wait(int slot) {
 
 void update_stream_join() {
   if (!g_update_pending) return;
+  MOE_CHECK(g_current != g_update, "update_stream_join: still on the update stream");
   CUDA_CHECK(cudaEventRecord(g_update_join, g_update));
   CUDA_CHECK(cudaStreamWaitEvent(g_stream, g_update_join, 0));
   g_update_pending = false;
@@ -173,7 +174,7 @@ bool is_pinned(const void* ptr) {
 void synchronize() { wait_stream(compute_stream()); }
 
 void wait_stream(cudaStream_t stream) {
-  if (stream == g_stream) update_stream_join();
+  if (stream == g_stream && g_current != g_update) update_stream_join();
   ++g_host_waits;
   const auto start = std::chrono::steady_clock::now();
   CUDA_CHECK(cudaStreamSynchronize(stream));

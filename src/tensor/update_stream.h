@@ -32,4 +32,22 @@ class UpdateStream {
   std::map<std::string, int> slots_;
 };
 
+// begin() ... end() as a scope: an exception between them still ends it, so later work does not
+// stay on the update stream.
+class UpdateScope {
+ public:
+  explicit UpdateScope(UpdateStream& s) : s_(s) { s_.begin(); }
+  ~UpdateScope() {
+    try {
+      s_.end();
+    } catch (...) {
+    }
+  }
+  UpdateScope(const UpdateScope&) = delete;
+  UpdateScope& operator=(const UpdateScope&) = delete;
+
+ private:
+  UpdateStream& s_;
+};
+
 }  // namespace moe

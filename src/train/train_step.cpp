@@ -294,7 +294,7 @@ void Trainer::apply_update(double lr, Tensor& bias_loads) {
   // The loads of the whole global batch: every rank's micro-batches (other stages add zeros), as
   // the statistics sum them; reduced on the main stream before the update begins.
   if (bias_loads.defined() && world_->size() > 1) world_->all_reduce_sum(bias_loads);
-  update_stream_->begin();
+  UpdateScope scope(*update_stream_);
   // The expert biases first: the bias is a buffer, whose AdamW run only copies the master into
   // the compute copy (the same values), so the order changes nothing, and each unit's update is
   // whole when it is marked. A skipped update (NaN clip scale) leaves the biases alone.
@@ -309,7 +309,6 @@ void Trainer::apply_update(double lr, Tensor& bias_loads) {
   } else {
     optimizer_->step(lr, step_ + 1);
   }
-  update_stream_->end();
 }
 
 void Trainer::finish_update() {

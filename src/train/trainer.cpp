@@ -155,7 +155,12 @@ Trainer::Trainer(const Config& config, int local_rank, Communicator& world)
   if (is_root()) std::filesystem::create_directories(t.run_dir);
 }
 
-Trainer::~Trainer() = default;
+Trainer::~Trainer() {
+  try {
+    finish_update();  // nothing the update reads is freed before it is done
+  } catch (...) {  // no throw from a destructor
+  }
+}
 
 data::TokenWindows Trainer::micro_batch(int64_t train_step, int64_t micro) const {
   const TrainConfig& t = config_.train;
@@ -371,13 +376,18 @@ int Trainer::train() {
   int64_t first_step = step_;
   read_loss_at(first_step + 1);  // the first step of a run is logged
   while (step_ < t.steps) {
+    // Only a logged step is timed alone (the device drained before and after it); the others queue
+    // behind the last, so the update (parallel.overlap_update) overlaps the next forward and the
+    // host prepares the next step while the device runs this one.
+    const bool logged = is_log_step(step_ + 1) || step_ == first_step;
+    if (logged) cuda_synchronize();
     auto step_start = Clock::now();
     double lr = learning_rate(config_.schedule, config_.optim, step_, t.steps);
     StepResult r = train_step();
-    cuda_synchronize();
+    if (logged) cuda_synchronize();
     double step_seconds = seconds_since(step_start);
     bool last = step_ == t.steps;
-    if (is_log_step(step_) || step_ == first_step + 1) {
+    if (logged) {
       log_step(r, lr, step_seconds, seconds_since(start) * static_cast<double>(step_) / (step_ - first_step));
     }
     if (val_split_ && ((t.eval_every > 0 && step_ % t.eval_every == 0) || last)) {

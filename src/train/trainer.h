@@ -90,7 +90,12 @@ class Trainer {
   // before clipping (where a test injects a non-finite gradient).
   void set_before_update_hook(std::function<void(int64_t, ParamStore&)> hook) { before_update_hook_ = std::move(hook); }
 
-  Model& model() { return *model_; }
+  // The model as the host and tools see it: a pending update (parallel.overlap_update) is
+  // finished first, so GPU work queued on the model afterwards reads the updated weights.
+  Model& model() {
+    finish_update();
+    return *model_;
+  }
   int64_t step() const { return step_; }
   // The schedule's ideal bubble for this layout: (p - 1) / (v m + p - 1) with v = parallel.pp_virtual
   // (interleaved 1F1B), m = train.grad_accum; what bubble_ideal reports beside the measured bubble.
@@ -185,9 +190,9 @@ class Trainer {
   std::function<void(int64_t, ParamStore&)> before_update_hook_;
   // parallel.overlap_update: the update's stream, the units in forward order, whether the last
   // update already zeroed the gradients, and what it reads that the step would otherwise free.
+  Tensor update_reads_;  // declared before the stream: destroyed after its join
   std::unique_ptr<UpdateStream> update_stream_;
   bool grads_zeroed_ = false;
-  Tensor update_reads_;
   bool oracle_ = false;  // the future-token oracle hash: every log line says so
   double tokens_per_step_ = 0;
   int64_t active_params_ = 0, total_params_ = 0;  // the whole model's (all stages)

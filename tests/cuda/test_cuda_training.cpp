@@ -264,8 +264,9 @@ namespace moe::test {
 // parallel.overlap_update: the update by unit on its own stream, each unit waited for where the
 // next forward reaches it, gives the losses and weights of the update in one pass on the main
 // stream (the same arithmetic; only the order of atomic additions elsewhere differs), with the
-// aux-loss-free bias update inside it, gradient accumulation, clipping, and an evaluation and a
-// checkpoint between steps (both join the update first).
+// aux-loss-free bias update inside it, gradient accumulation and clipping. Only the first and
+// last steps read anything back (log_every past the run), so the steps between overlap the update
+// with the next forward; then an evaluation and a checkpoint join it.
 TEST_CASE("CUDA update overlapping the next forward trains as the update on the main stream",
           "[cuda][train][overlap_update]") {
   static MpiEnv env;
@@ -277,6 +278,8 @@ TEST_CASE("CUDA update overlapping the next forward trains as the update on the 
   c.moe.expert_bias_rate = 0.01;
   c.moe.num_shared_experts = 1;
   c.train.grad_accum = 2;
+  c.train.steps = 12;
+  c.train.log_every = 1000;
   c.optim.grad_clip = 0.05;  // small: every step clips
   c.train.device = "cuda";
   Config plain_config = c;
@@ -290,19 +293,21 @@ TEST_CASE("CUDA update overlapping the next forward trains as the update on the 
   for (int step = 1; step <= 10; ++step) {
     const StepResult a = overlapped.train_step(), b = plain.train_step();
     INFO("step " << step << " overlapped " << a.loss << " plain " << b.loss);
-    REQUIRE(std::isfinite(a.loss));
-    REQUIRE(a.loss == Approx(b.loss).epsilon(1e-4));
-    REQUIRE(a.grad_norm == Approx(b.grad_norm).epsilon(1e-3));
-    if (step == 4) {
-      REQUIRE(overlapped.evaluate(2).loss == Approx(plain.evaluate(2).loss).epsilon(1e-4));
-      overlapped.save_checkpoint();
-    }
+    REQUIRE(std::isnan(a.loss) == (step > 1));  // read back on the first step only
+    if (step == 1) REQUIRE(a.loss == Approx(b.loss).epsilon(1e-4));
   }
-  // Read straight after a step (no explicit join): the host sees the finished update.
+  // model() finishes the update; the weights after ten overlapped updates equal the plain ones.
   ParamStore &pa = overlapped.model().params(), &pb = plain.model().params();
   for (ParamGroup g : {ParamGroup::dense, ParamGroup::expert}) {
     test::require_close(pa.flat_master(g), pb.flat_master(g), 1e-4, 1e-3, "master weights");
   }
+  REQUIRE(overlapped.evaluate(2).loss == Approx(plain.evaluate(2).loss).epsilon(1e-4));
+  overlapped.save_checkpoint();
+  overlapped.train_step();
+  plain.train_step();
+  const StepResult a12 = overlapped.train_step(), b12 = plain.train_step();  // the last step reads its loss
+  REQUIRE(std::isfinite(a12.loss));
+  REQUIRE(a12.loss == Approx(b12.loss).epsilon(1e-4));
 }
 
 }  // namespace moe::test
