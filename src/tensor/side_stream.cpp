@@ -9,44 +9,29 @@
 
 namespace moe {
 
-SideStream::SideStream(Device device, bool enabled) {
 #if MOE_WITH_CUDA
-  active_ = enabled && device.is_cuda();
-  if (active_) cuda::set_device(device.ordinal);
+SideStream::SideStream(Device device, bool enabled)
+    : AuxStream(device, enabled, "SideStream", cuda::side_stream_begin, cuda::side_stream_end) {}
 #else
-  (void)device;
-  (void)enabled;
+SideStream::SideStream(Device device, bool enabled) : AuxStream(device, enabled, "SideStream", nullptr, nullptr) {}
 #endif
-}
 
 SideStream::~SideStream() {
   try {
-    if (open_) end();
-    if (pending_) join();
+    end();
+    join();
   } catch (...) {  // no throw from a destructor; a CUDA error resurfaces at the next call
   }
 }
 
 void SideStream::begin() {
-  if (!active_) return;
-  MOE_CHECK(!open_, "SideStream: begin() twice");
-#if MOE_WITH_CUDA
-  cuda::side_stream_begin();
-#endif
-  open_ = pending_ = true;
-}
-
-void SideStream::end() {
-  if (!open_) return;
-#if MOE_WITH_CUDA
-  cuda::side_stream_end();
-#endif
-  open_ = false;
+  enter();
+  pending_ = pending_ || open();
 }
 
 void SideStream::join() {
   if (!pending_) return;
-  MOE_CHECK(!open_, "SideStream: join() before end()");
+  MOE_CHECK(!open(), "SideStream: join() before end()");
 #if MOE_WITH_CUDA
   cuda::side_stream_join();
 #endif

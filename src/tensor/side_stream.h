@@ -5,23 +5,20 @@
 // not enabled): every call does nothing and the work runs in order.
 #pragma once
 
-#include "src/tensor/dtype.h"
+#include "src/tensor/aux_stream.h"
 
 namespace moe {
 
-class SideStream {
+class SideStream : public AuxStream {
  public:
   SideStream(Device device, bool enabled);
   ~SideStream();  // a scope left open (an exception) is ended and joined
-  SideStream(const SideStream&) = delete;
-  SideStream& operator=(const SideStream&) = delete;
-  bool active() const { return active_; }
   void begin();
-  void end();
+  void end() { leave(); }
   void join();
 
  private:
-  bool active_ = false, open_ = false, pending_ = false;
+  bool pending_ = false;
 };
 
 }  // namespace moe

@@ -9,44 +9,24 @@
 
 namespace moe {
 
-UpdateStream::UpdateStream(Device device, bool enabled) {
 #if MOE_WITH_CUDA
-  active_ = enabled && device.is_cuda();
-  if (active_) cuda::set_device(device.ordinal);
+UpdateStream::UpdateStream(Device device, bool enabled)
+    : AuxStream(device, enabled, "UpdateStream", cuda::update_stream_begin, cuda::update_stream_end) {}
 #else
-  (void)device;
-  (void)enabled;
+UpdateStream::UpdateStream(Device device, bool enabled) : AuxStream(device, enabled, "UpdateStream", nullptr, nullptr) {}
 #endif
-}
 
 UpdateStream::~UpdateStream() {
   try {
-    if (open_) end();
+    end();
     join();
   } catch (...) {  // no throw from a destructor; a CUDA error resurfaces at the next call
   }
 }
 
-void UpdateStream::begin() {
-  if (!active_) return;
-  MOE_CHECK(!open_, "UpdateStream: begin() twice");
-#if MOE_WITH_CUDA
-  cuda::update_stream_begin();
-#endif
-  open_ = true;
-}
-
-void UpdateStream::end() {
-  if (!open_) return;
-#if MOE_WITH_CUDA
-  cuda::update_stream_end();
-#endif
-  open_ = false;
-}
-
 void UpdateStream::mark(const std::string& name) {
-  if (!active_) return;
-  MOE_CHECK(open_, "UpdateStream: mark('", name, "') outside begin() ... end()");
+  if (!active()) return;
+  MOE_CHECK(open(), "UpdateStream: mark('", name, "') outside begin() ... end()");
   const int slot = slots_.emplace(name, static_cast<int>(slots_.size())).first->second;
 #if MOE_WITH_CUDA
   cuda::update_stream_mark(slot);
@@ -56,7 +36,7 @@ void UpdateStream::mark(const std::string& name) {
 }
 
 void UpdateStream::wait(const std::string& name) {
-  if (!active_) return;
+  if (!active()) return;
   auto it = slots_.find(name);
   if (it == slots_.end()) return;
 #if MOE_WITH_CUDA
@@ -65,8 +45,8 @@ void UpdateStream::wait(const std::string& name) {
 }
 
 void UpdateStream::join() {
-  if (!active_) return;
-  MOE_CHECK(!open_, "UpdateStream: join() before end()");
+  if (!active()) return;
+  MOE_CHECK(!open(), "UpdateStream: join() before end()");
 #if MOE_WITH_CUDA
   cuda::update_stream_join();
 #endif

@@ -10,25 +10,21 @@
 #include <map>
 #include <string>
 
-#include "src/tensor/dtype.h"
+#include "src/tensor/aux_stream.h"
 
 namespace moe {
 
-class UpdateStream {
+class UpdateStream : public AuxStream {
  public:
   UpdateStream(Device device, bool enabled);
   ~UpdateStream();  // a scope left open (an exception) is ended and joined
-  UpdateStream(const UpdateStream&) = delete;
-  UpdateStream& operator=(const UpdateStream&) = delete;
-  bool active() const { return active_; }
-  void begin();
-  void end();
+  void begin() { enter(); }
+  void end() { leave(); }
   void mark(const std::string& name);
   void wait(const std::string& name);  // nothing when no mark of that name is pending
   void join();
 
  private:
-  bool active_ = false, open_ = false;
   std::map<std::string, int> slots_;
 };
 
