@@ -254,11 +254,12 @@ void MoeLayer::compute_balancing_terms(const Routing& routing, const RouterSaved
         load_stats(saved.stats.tokens_per_expert, routing.scores.to_vector<double>(), config_.num_experts).entropy;
   }
   // A term is off on a forward whose router drew nothing it reads: noisy gating draws its noise
-  // only in training. Every term runs on the scores' device, except the sum-statistics terms
-  // (Switch) under tensor parallelism or pooled sums, whose per-expert sums are added over ranks
-  // or micro-batches on the host.
+  // only in training. Every term runs on the scores' device (under tensor parallelism the
+  // sum-statistics terms from sums pooled over the ranks there), except the sum-statistics terms
+  // (Switch) under balance_scope = global_batch, whose per-expert sums the trainer adds over
+  // micro-batches and ranks on the host.
   const BalancingConfig& b = config_.balancing;
-  const bool pool_sums = TpGroup{config_.tp_group}.active() || config_.pool_balance_sums;
+  const bool pool_sums = config_.pool_balance_sums;
   std::vector<const BalancingTerm*> device_terms, sum_terms;
   for (const BalancingTerm* term : enabled_balancing_terms(b)) {
     if (term->reads(b, balance_input::noise) && !router_saved.clean.defined()) continue;
@@ -311,18 +312,22 @@ void MoeLayer::terms_on_device(const Routing& routing, const RouterSaved& router
   in.score_sums = routing.score_sums;
   in.routed_counts = routing.counts;
   if (!drops_slots()) in.kept_counts = routing.counts;  // the kept ids are the routed ones
+  const TpGroup tp{config_.tp_group};
+  bool pooled = false;
+  for (const BalancingTerm* term : terms) pooled |= tp.active() && term->tp == TpRule::sum_statistics;
+  if (pooled) pool_sums_over_tp(in, b, tp);
   Tensor values = Tensor::empty({static_cast<int64_t>(terms.size())}, DType::f64, scores.device());
   for (size_t i = 0; i < terms.size(); ++i) {
     Tensor value = values.rows(static_cast<int64_t>(i), static_cast<int64_t>(i) + 1);
     terms[i]->on_device(in, b, value, grads);
   }
-  // Under tensor parallelism the terms here are means over tokens or sequences (check_balancing_tp
-  // rejects the rest; sum-statistics terms run from pooled sums): the micro-batch's term is the
-  // mean of the equal slices' terms, and each slice's gradient carries 1/tp of its own.
-  const TpGroup tp{config_.tp_group};
+  // Under tensor parallelism the other terms here are means over tokens or sequences
+  // (check_balancing_tp rejects the rest): the micro-batch's term is the mean of the equal slices'
+  // terms, and each slice's gradient carries 1/tp of its own. The per-expert row comes only from
+  // the sum-statistics terms (no other per-expert term is allowed there), made from the pooled
+  // sums: the micro-batch's own term and gradient on every rank, as is.
   if (tp.active()) {
-    for (Tensor* g : {&grads.dscores, &grads.score_row, &grads.dlogits, &grads.dweights, &grads.dclean,
-                      &grads.draw_noise}) {
+    for (Tensor* g : {&grads.dscores, &grads.dlogits, &grads.dweights, &grads.dclean, &grads.draw_noise}) {
       if (g->defined()) ops::scale(*g, 1.0f / static_cast<float>(tp.size()));
     }
   }
@@ -344,6 +349,31 @@ void MoeLayer::terms_on_device(const Routing& routing, const RouterSaved& router
   }
   for (size_t i = 0; i < terms.size(); ++i) saved.stats.balance[terms[i]->name] = host[i];
   sum_balance_terms(saved.stats);
+}
+
+// Tensor parallelism: each rank routes a slice of the micro-batch's tokens, and a sum-statistics
+// term (Switch) is a function of the whole micro-batch's per-expert sums. The score sums and the
+// slot counts the terms read are added over the ranks on the device (E numbers each, no host
+// copy), and the terms see the tokens of all the slices.
+void MoeLayer::pool_sums_over_tp(DeviceBalanceInputs& in, const BalancingConfig& b, const TpGroup& tp) const {
+  const int64_t experts = in.scores.size(1);
+  Tensor sums = balancing_detail::score_sums_of(in).clone();
+  tp.comm->all_reduce_sum(sums);
+  in.score_sums = sums;
+  auto pooled_counts = [&](const Tensor& counts, const Tensor& ids) {
+    Tensor out;
+    if (counts.defined()) {
+      out = counts.clone();
+    } else {
+      out = Tensor::zeros({experts}, DType::i64, ids.device());
+      ops::count_experts(ids, experts, out);
+    }
+    tp.comm->all_reduce_sum(out);
+    return out;
+  };
+  in.kept_counts = pooled_counts(in.kept_counts, in.kept_ids);
+  if (b.aux_count == AuxCount::routed) in.routed_counts = pooled_counts(in.routed_counts, in.routed_ids);
+  in.tokens = in.kept_ids.size(0) * tp.size();
 }
 
 // Slots per expert before capacity dropping: the kept counts when no capacity applies, else the

@@ -171,6 +171,9 @@ class MoeLayer {
   // The sum-statistics terms (Switch) from per-expert sums made on the device and brought to the
   // host (tensor parallelism, pooled sums).
   void sums_on_host(const Routing& routing, const BalancingConfig& terms, MoeLayerSaved& saved) const;
+  // Tensor parallelism: in's score sums and counts <- their sums over the group (device), in.tokens
+  // <- the tokens of all the slices.
+  void pool_sums_over_tp(DeviceBalanceInputs& in, const BalancingConfig& b, const TpGroup& tp) const;
   // Whether every forward needs the host counts (pooled sums).
   bool host_counts_every_step() const;
   // Whether a token-choice capacity drops this layer's slots (moe.capacity_factor > 0).

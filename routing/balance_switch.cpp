@@ -37,7 +37,8 @@ void on_device(const DeviceBalanceInputs& in, const BalancingConfig& c, Tensor& 
   const Tensor sums = balancing_detail::score_sums_of(in);
   Tensor row = empty_like(grads.score_row);
   if (counts.defined()) {
-    ops::switch_balance_from_counts(sums, counts, ids.size(0), ids.size(1), c.switch_coef, value, row);
+    const int64_t tokens = in.tokens > 0 ? in.tokens : ids.size(0);
+    ops::switch_balance_from_counts(sums, counts, tokens, ids.size(1), c.switch_coef, value, row);
   } else {
     ops::switch_balance(sums, ids, c.switch_coef, value, row);
   }

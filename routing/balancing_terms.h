@@ -39,6 +39,9 @@ struct DeviceBalanceInputs {
   Tensor score_sums;     // accum[E]: the scores summed over the tokens
   Tensor routed_counts;  // i64[E]: the slots of routed_ids per expert
   Tensor kept_counts;    // i64[E]: the slots of kept_ids per expert (defined where nothing can be dropped)
+  // The tokens score_sums and the counts cover: 0 = the rows of the ids; under tensor parallelism
+  // the sums and counts of a sum-statistics term are pooled over the ranks' slices (all of them).
+  int64_t tokens = 0;
 };
 
 // Where terms on the device add their gradients (accum, zero-filled by the caller, each defined
