@@ -153,11 +153,11 @@ Tensor MoeLayer::routed_forward(const Tensor& x, const RouteInputs& inputs, MoeL
   saved.ids = routing.ids;
   saved.weights = routing.weights;
   saved.stats = {};
-  // Statistics cross to the host when needed every step (pooled sums; free on the CPU); a CUDA
-  // forward that collects them leaves them on the device for read_device_stats.
+  // Statistics cross to the host when collected (free on the CPU); a CUDA forward that collects
+  // them leaves them on the device for read_device_stats.
   MoeLayerStats::OnDevice& later = saved.stats.on_device;
-  later.pending = collect_stats && x.is_cuda() && !host_counts_every_step() && !TpGroup{config_.tp_group}.active();
-  const bool read_stats = (collect_stats && !later.pending) || host_counts_every_step() || !x.is_cuda();
+  later.pending = collect_stats && x.is_cuda() && !TpGroup{config_.tp_group}.active();
+  const bool read_stats = (collect_stats && !later.pending) || !x.is_cuda();
   int64_t max_kept = x.size(0) * router_->slots_per_token();
   // Token-choice routers drop beyond C*k*T/E; expert choice has its capacity built in.
   if (drops_slots()) {
@@ -238,8 +238,6 @@ Tensor MoeLayer::routed_forward(const Tensor& x, const RouteInputs& inputs, MoeL
 
 bool MoeLayer::drops_slots() const { return config_.capacity_factor > 0 && router_->capacity_dropping(); }
 
-bool MoeLayer::host_counts_every_step() const { return config_.pool_balance_sums; }
-
 void MoeLayer::compute_balancing_terms(const Routing& routing, const RouterSaved& router_saved,
                                        const RouteInputs& inputs, MoeLayerSaved& saved, bool collect_stats) const {
   if (!routing.scores.defined()) return;  // hash routers: nothing to balance
@@ -255,18 +253,15 @@ void MoeLayer::compute_balancing_terms(const Routing& routing, const RouterSaved
   }
   // A term is off on a forward whose router drew nothing it reads: noisy gating draws its noise
   // only in training. Every term runs on the scores' device (under tensor parallelism the
-  // sum-statistics terms from sums pooled over the ranks there), except the sum-statistics terms
-  // (Switch) under balance_scope = global_batch, whose per-expert sums the trainer adds over
-  // micro-batches and ranks on the host.
+  // sum-statistics terms from sums pooled over the ranks there; under balance_scope =
+  // global_batch the trainer then replaces the Switch term by the global batch's).
   const BalancingConfig& b = config_.balancing;
-  const bool pool_sums = config_.pool_balance_sums;
-  std::vector<const BalancingTerm*> device_terms, sum_terms;
+  std::vector<const BalancingTerm*> terms;
   for (const BalancingTerm* term : enabled_balancing_terms(b)) {
     if (term->reads(b, balance_input::noise) && !router_saved.clean.defined()) continue;
-    (pool_sums && term->from_sums != nullptr ? sum_terms : device_terms).push_back(term);
+    terms.push_back(term);
   }
-  if (!device_terms.empty()) terms_on_device(routing, router_saved, inputs, device_terms, saved, collect_stats);
-  if (!sum_terms.empty()) sums_on_host(routing, only_terms(b, sum_terms), saved);
+  if (!terms.empty()) terms_on_device(routing, router_saved, inputs, terms, saved, collect_stats);
 }
 
 void MoeLayer::terms_on_device(const Routing& routing, const RouterSaved& router_saved, const RouteInputs& inputs,
@@ -313,9 +308,18 @@ void MoeLayer::terms_on_device(const Routing& routing, const RouterSaved& router
   in.routed_counts = routing.counts;
   if (!drops_slots()) in.kept_counts = routing.counts;  // the kept ids are the routed ones
   const TpGroup tp{config_.tp_group};
-  bool pooled = false;
-  for (const BalancingTerm* term : terms) pooled |= tp.active() && term->tp == TpRule::sum_statistics;
-  if (pooled) pool_sums_over_tp(in, b, tp);
+  bool sum_statistics = false;
+  for (const BalancingTerm* term : terms) sum_statistics |= term->tp == TpRule::sum_statistics;
+  if (sum_statistics && config_.pool_balance_sums) {
+    // This rank's own sums (a TP slice's, before the pooling below), for the trainer.
+    MoeLayerStats::PoolSums& pool = saved.stats.pool;
+    if (!in.score_sums.defined()) in.score_sums = balancing_detail::score_sums_of(in);
+    pool.score_sums = in.score_sums;
+    pool.ids = b.aux_count == AuxCount::routed ? in.routed_ids : in.kept_ids;
+    pool.tokens = pool.ids.size(0);
+    pool.slots = pool.ids.size(1);
+  }
+  if (sum_statistics && tp.active()) pool_sums_over_tp(in, b, tp);
   Tensor values = Tensor::empty({static_cast<int64_t>(terms.size())}, DType::f64, scores.device());
   for (size_t i = 0; i < terms.size(); ++i) {
     Tensor value = values.rows(static_cast<int64_t>(i), static_cast<int64_t>(i) + 1);
@@ -376,69 +380,17 @@ void MoeLayer::pool_sums_over_tp(DeviceBalanceInputs& in, const BalancingConfig&
   in.tokens = in.kept_ids.size(0) * tp.size();
 }
 
-// Slots per expert before capacity dropping: the kept counts when no capacity applies, else the
-// router's own counts, or a count of its ids (T*k ids to the host; this runs only for host-side sums).
-std::vector<int64_t> MoeLayer::counts_before_capacity(const Routing& routing, MoeLayerSaved& saved) const {
-  if (!drops_slots()) return saved.dispatch.host_routed_counts();
-  if (routing.counts.defined()) return routing.counts.to_vector<int64_t>();
-  std::vector<int64_t> counts(static_cast<size_t>(config_.num_experts), 0);
-  for (int32_t e : routing.ids.to_vector<int32_t>())
-    if (e >= 0) ++counts[static_cast<size_t>(e)];
-  return counts;
-}
-
-// P_i from the router's score sums (or a column sum) and f_i from the counts: E numbers to the host (summed
-// over the tensor-parallel group, whose slices make up the micro-batch), and the per-expert
-// gradient applied to every token's row in backward.
-void MoeLayer::sums_on_host(const Routing& routing, const BalancingConfig& terms, MoeLayerSaved& saved) const {
-  const Tensor& scores = routing.scores;
-  const int64_t tokens = scores.size(0), experts = scores.size(1);
-  const std::vector<const BalancingTerm*> enabled = enabled_balancing_terms(terms);
-  const Tensor column_sums =
-      routing.score_sums.defined() ? routing.score_sums : balancing_detail::score_sums_on_device(scores);
-  ExpertSums& sums = saved.stats.sums;
-  sums.score_sums = column_sums.to_vector<double>();
-  sums.counts = saved.dispatch.host_routed_counts();
-  bool reads_routed_counts = false;
-  for (const BalancingTerm* term : enabled) reads_routed_counts |= term->reads(terms, balance_input::routed_counts);
-  if (reads_routed_counts) sums.routed_counts = counts_before_capacity(routing, saved);
-  sums.tokens = tokens;
-  sums.slots = saved.ids.size(1);
-  ExpertSums micro_batch = sums;
-  const TpGroup tp{config_.tp_group};
-  if (tp.active()) {
-    std::vector<double> packed;
-    sums.pack(packed);
-    tp.comm->all_reduce_sum(packed);
-    micro_batch.unpack(packed, 0);
-  }
-  std::vector<double> row(static_cast<size_t>(experts), 0.0);
-  for (const BalancingTerm* term : enabled) {
-    SwitchLoss loss = term->from_sums(micro_batch, terms);
-    saved.stats.balance[term->name] = loss.value;
-    for (size_t e = 0; e < row.size(); ++e) row[e] += loss.grad_per_expert[e];
-  }
-  sum_balance_terms(saved.stats);
-  Tensor grad_row = to_device_like(row, scores.rows(0, 1).view({experts}));
-  if (saved.score_grad_row.defined()) {
-    ops::accumulate(saved.score_grad_row, grad_row);
-  } else {
-    saved.score_grad_row = grad_row;
-  }
-}
-
-void MoeLayer::set_switch_gradient(MoeLayerSaved& saved, const std::vector<double>& grad_per_expert,
-                                   double value) const {
+void MoeLayer::set_switch_gradient(MoeLayerSaved& saved, const Tensor& grad_row) const {
   // The row holds every per-expert term; replacing it is right while Switch is the only one on
   // (balance_scope = global_batch allows no other balancing term).
   for (const BalancingTerm* term : enabled_balancing_terms(config_.balancing)) {
     MOE_CHECK(!term->grad_per_expert || std::string(term->name) == "switch", "set_switch_gradient: the ",
               term->name, " term shares the per-expert gradient row with the Switch term");
   }
-  saved.stats.balance["switch"] = value;
-  sum_balance_terms(saved.stats);
   const Tensor& scores = saved.router.routing.scores;
-  saved.score_grad_row = to_device_like(grad_per_expert, scores.rows(0, 1).view({scores.size(1)}));
+  MOE_CHECK(grad_row.numel() == scores.size(1), "set_switch_gradient: a row of ", grad_row.numel(), " for ",
+            scores.size(1), " experts");
+  saved.score_grad_row = grad_row;
 }
 
 Tensor MoeLayer::backward(const MoeLayerSaved& saved, const Tensor& dy, float aux_scale,

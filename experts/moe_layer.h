@@ -44,8 +44,8 @@ struct MoeLayerConfig {
   // rank's slice [T/tp, d], so the routed part runs on them with no communication; the shared
   // experts gather and reduce-scatter the tokens (SharedExperts).
   bool sequence_parallel = false;
-  // moe.balance_scope = "global_batch": the trainer pools the layers' ExpertSums (host) over the
-  // global batch, so the sum-statistics terms keep their sums on the host.
+  // moe.balance_scope = "global_batch": the trainer pools the layers' Switch sums over the global
+  // batch (on the device), so each forward keeps them (MoeLayerStats::pool).
   bool pool_balance_sums = false;
   // parallel.a2a_overlap: the shared experts run while the all-to-alls are in flight (forward:
   // between dispatch_start and dispatch_finish; backward: between combine_backward_start and
@@ -76,9 +76,14 @@ struct MoeLayerStats {
   std::map<std::string, double> balance;
   double aux_loss = 0;
   double entropy = 0;                      // mean router entropy (when stats were collected)
-  // This rank's per-expert sums when a sum-statistics term (Switch) is on, for balance_scope =
-  // global_batch (the trainer pools them); empty otherwise.
-  ExpertSums sums;
+  // balance_scope = global_batch: what the trainer pools over micro-batches and ranks, on the device:
+  // this rank's score sums and the ids the Switch term counts (kept, or routed before capacity by
+  // moe.aux_count), with their tokens and slots; undefined otherwise.
+  struct PoolSums {
+    Tensor score_sums;  // accum[E]
+    Tensor ids;         // i32[T,k]
+    int64_t tokens = 0, slots = 0;
+  } pool;
   // i32[T,k] on the device: the experts after capacity dropping, which the trainer counts into the
   // aux-loss-free bias loads without a host copy; defined when the router has an expert bias.
   Tensor kept_ids;
@@ -137,7 +142,9 @@ class MoeLayer {
 
   // Replaces the Switch term of a forward (balance_scope = global_batch): d aux / d scores[t,i]
   // = grad_per_expert[i] for every token t of this micro-batch, the loss value given.
-  void set_switch_gradient(MoeLayerSaved& saved, const std::vector<double>& grad_per_expert, double value) const;
+  // balance_scope = global_batch: the per-expert gradient row of the Switch term pooled over the
+  // global batch (accum[E] on the device) replaces the micro-batch's own.
+  void set_switch_gradient(MoeLayerSaved& saved, const Tensor& grad_row) const;
 
   const MoeLayerConfig& config() const { return config_; }
   const Router& router() const { return *router_; }
@@ -170,15 +177,11 @@ class MoeLayer {
                        bool collect_stats) const;
   // The sum-statistics terms (Switch) from per-expert sums made on the device and brought to the
   // host (tensor parallelism, pooled sums).
-  void sums_on_host(const Routing& routing, const BalancingConfig& terms, MoeLayerSaved& saved) const;
   // Tensor parallelism: in's score sums and counts <- their sums over the group (device), in.tokens
   // <- the tokens of all the slices.
   void pool_sums_over_tp(DeviceBalanceInputs& in, const BalancingConfig& b, const TpGroup& tp) const;
-  // Whether every forward needs the host counts (pooled sums).
-  bool host_counts_every_step() const;
   // Whether a token-choice capacity drops this layer's slots (moe.capacity_factor > 0).
   bool drops_slots() const;
-  std::vector<int64_t> counts_before_capacity(const Routing& routing, MoeLayerSaved& saved) const;
 
   MoeLayerConfig config_;
   std::unique_ptr<Router> router_;

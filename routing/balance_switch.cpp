@@ -69,7 +69,7 @@ SwitchLoss switch_loss(const ExpertSums& sums, const BalancingConfig& config) {
 BalancingTerm switch_balancing_term() {
   return {.name = "switch", .coef_name = "switch_coef", .config_key = "moe.aux_loss_coef",
           .coef = &BalancingConfig::switch_coef, .config_coef = &MoeConfig::aux_loss_coef, .inputs = inputs,
-          .tp = TpRule::sum_statistics, .compute = compute, .from_sums = switch_loss, .grad_per_expert = true,
+          .tp = TpRule::sum_statistics, .compute = compute, .grad_per_expert = true,
           .on_device = on_device};
 }
 

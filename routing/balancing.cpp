@@ -158,35 +158,6 @@ void check_balancing_shape(const BalanceInputs& shape, const BalancingConfig& co
   check_shape(shape, config, enabled_balancing_terms(config));
 }
 
-void ExpertSums::add(const ExpertSums& other) {
-  MOE_CHECK(score_sums.size() == other.score_sums.size() && counts.size() == other.counts.size() &&
-                routed_counts.size() == other.routed_counts.size() && slots == other.slots,
-            "expert sums: adding sums of ", other.score_sums.size(), " experts (", other.routed_counts.size(),
-            " routed counts, ", other.slots, " slots per token) to sums of ", score_sums.size(), " (",
-            routed_counts.size(), ", ", slots, ")");
-  for (size_t e = 0; e < score_sums.size(); ++e) score_sums[e] += other.score_sums[e];
-  for (size_t e = 0; e < counts.size(); ++e) counts[e] += other.counts[e];
-  for (size_t e = 0; e < routed_counts.size(); ++e) routed_counts[e] += other.routed_counts[e];
-  tokens += other.tokens;
-}
-
-void ExpertSums::pack(std::vector<double>& out) const {
-  out.insert(out.end(), score_sums.begin(), score_sums.end());
-  for (int64_t c : counts) out.push_back(static_cast<double>(c));
-  for (int64_t c : routed_counts) out.push_back(static_cast<double>(c));
-  out.push_back(static_cast<double>(tokens));
-}
-
-size_t ExpertSums::unpack(const std::vector<double>& in, size_t offset) {
-  const size_t n = score_sums.size() + counts.size() + routed_counts.size() + 1;
-  MOE_CHECK(offset + n <= in.size(), "expert sums: ", n, " values to read at ", offset, " of ", in.size());
-  for (double& v : score_sums) v = in[offset++];
-  for (int64_t& c : counts) c = std::llround(in[offset++]);
-  for (int64_t& c : routed_counts) c = std::llround(in[offset++]);
-  tokens = std::llround(in[offset++]);
-  return offset;
-}
-
 LoadStats load_stats(const std::vector<int64_t>& counts, const std::vector<double>& scores, int64_t experts) {
   MOE_CHECK(experts >= 1, "load_stats: experts = ", experts, ", expected >= 1");
   check_size("counts", counts.size(), experts, "E", "load_stats");

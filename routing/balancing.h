@@ -57,9 +57,9 @@ BalanceResult compute_balancing(const BalanceInputs& in, const BalancingConfig& 
 // each enabled term's own preconditions. `shape` gives tokens, experts, slots and seq_len.
 void check_balancing_shape(const BalanceInputs& shape, const BalancingConfig& config);
 
-// Per-expert sums of a micro-batch (or of a TP slice, or pooled over a global batch): what a
-// sum-statistics term (Switch) reads. Everything but `slots` adds up over token slices,
-// micro-batches and ranks, so the MoE layer and the trainer pool them with one all-reduce.
+// Per-expert sums of a micro-batch: what a sum-statistics term (Switch) reads; everything but
+// `slots` adds up over token slices, micro-batches and ranks (which the MoE layer and the trainer
+// do on the device).
 struct ExpertSums {
   std::vector<double> score_sums;      // [E] sum over tokens of scores[:,i]
   std::vector<int64_t> counts;         // [E] slots each expert kept
@@ -67,11 +67,6 @@ struct ExpertSums {
   int64_t tokens = 0;                  // T
   int64_t slots = 0;                   // slots per token (k), the same everywhere
 
-  void add(const ExpertSums& other);   // pooling (slots must match)
-  // As doubles (score sums, counts, routed counts, tokens) appended to `out`, and read back from
-  // `in` at `offset` in the same layout (this object's sizes); returns the offset after them.
-  void pack(std::vector<double>& out) const;
-  size_t unpack(const std::vector<double>& in, size_t offset);
 };
 
 // The Switch term from per-expert sums: its value and d/dscores[t,i], the same for every token t.

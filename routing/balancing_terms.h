@@ -54,13 +54,13 @@ struct DeviceBalanceGrads {
 
 // How a term's value on a micro-batch is made from the tensor-parallel ranks' token slices.
 enum class TpRule {
-  sum_statistics,  // a function of ExpertSums: the slices' sums are added, then the term (from_sums)
+  sum_statistics,  // a function of ExpertSums: the slices' sums are added, then the term
   mean_of_slices,  // a mean over tokens or whole sequences: the slices' values and gradients are averaged
   not_allowed,     // neither (a CV over every token, products of group sums): rejected under TP
 };
 
 // One registered term. Over micro-batches every term is a value per micro-batch and the step's
-// loss is their mean; a term with from_sums may instead pool its sums over the whole global batch
+// loss is their mean; the Switch term may instead pool its sums over the whole global batch
 // (moe.balance_scope = "global_batch").
 struct BalancingTerm {
   const char* name = "";        // its key in BalanceResult::terms, the layer statistics and the metrics
@@ -75,8 +75,6 @@ struct BalancingTerm {
   // Its value (coefficient applied) on a non-empty micro-batch; adds its gradients into the
   // gradient vectors of `out` that match its differentiable inputs (already sized).
   double (*compute)(const BalanceInputs&, const BalancingConfig&, BalanceResult& out) = nullptr;
-  // sum_statistics terms: value and d/dscores[t,i] (the same for every token t) from the sums.
-  SwitchLoss (*from_sums)(const ExpertSums&, const BalancingConfig&) = nullptr;
   // Its gradient on the scores is one row of E numbers, the same for every token (a function of
   // per-expert sums: Switch, device-level): on the device it goes to DeviceBalanceGrads::score_row.
   bool grad_per_expert = false;

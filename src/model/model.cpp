@@ -492,13 +492,12 @@ Tensor Model::layer_output(const std::vector<int32_t>& tokens, int64_t batch_siz
                     static_cast<size_t>(layer) + 1);
 }
 
-void Model::set_switch_gradients(ModelSaved& saved, const std::vector<std::vector<double>>& grad_per_expert,
-                                 const std::vector<double>& values) const {
+void Model::set_switch_gradients(ModelSaved& saved, const std::vector<Tensor>& grad_rows) const {
   MOE_CHECK(num_chunks() == 1, "balance_scope = global_batch runs GPipe, not interleaved model chunks");
   size_t next = 0;
   for (size_t i = 0; i < blocks_.size(); ++i) {
     if (!blocks_[i]->is_moe()) continue;
-    blocks_[i]->moe().set_switch_gradient(saved.blocks[i].moe, grad_per_expert.at(next), values.at(next));
+    blocks_[i]->moe().set_switch_gradient(saved.blocks[i].moe, grad_rows.at(next));
     ++next;
   }
 }

@@ -189,10 +189,9 @@ class Model {
   void update_expert_biases(const Tensor& loads, double rate, const Tensor& skip = Tensor());
   // The same from host loads (one vector of tokens per expert per MoE layer, in order).
   void update_expert_biases(const std::vector<std::vector<int64_t>>& loads, double rate);
-  // balance_scope = global_batch: the Switch gradient of each MoE layer (in order) for one
-  // micro-batch's saved forward, with the loss value of the whole step.
-  void set_switch_gradients(ModelSaved& saved, const std::vector<std::vector<double>>& grad_per_expert,
-                            const std::vector<double>& values) const;
+  // balance_scope = global_batch: the Switch gradient row of each MoE layer (in order, accum[E] on
+  // the device) for one micro-batch's saved forward.
+  void set_switch_gradients(ModelSaved& saved, const std::vector<Tensor>& grad_rows) const;
   // The current expert biases, one vector per MoE layer (empty where the router has none).
   std::vector<std::vector<double>> expert_biases() const;
   // Parameters of this stage touched per token (the routed experts counted k of E times), for

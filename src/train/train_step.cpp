@@ -113,7 +113,7 @@ StepResult Trainer::train_step() {
   stage.backward = [&](int micro, int chunk, const Tensor& d_output) {
     if (timed) stage_times_->begin();
     if (global_scope && !switched) {
-      if (model_->num_moe_layers() > 0) apply_global_switch(saves, outs);
+      if (model_->num_moe_layers() > 0) apply_global_switch(saves, outs, collect);
       switched = true;
     }
     const auto at = static_cast<size_t>(micro * chunks + chunk);
@@ -354,46 +354,65 @@ void Trainer::sum_tp_partial_grads(const ParamUnit* only, bool again) {
   }
 }
 
-void Trainer::apply_global_switch(std::vector<ModelSaved>& saves, std::vector<ForwardOutput>& outs) {
-  // The per-expert sums (score sums, counts, tokens) of every MoE layer of this stage, summed over
-  // micro-batches and the stage's ranks (data-parallel ranks and the TP ranks' token slices).
+void Trainer::apply_global_switch(std::vector<ModelSaved>& saves, std::vector<ForwardOutput>& outs, bool collect) {
+  // The per-expert sums (score sums, slot counts, tokens) of every MoE layer of this stage, summed
+  // over micro-batches and the stage's ranks (data-parallel ranks and the TP ranks' token slices),
+  // on the device: two all-reduces of E numbers per layer, no host copy. Every rank of the stage
+  // group routes as many tokens per micro-batch (equal batches, equal TP slices), so the global
+  // batch's tokens are this rank's times the group's size.
   const auto& first = outs.front().moe_stats;
-  std::vector<ExpertSums> pooled;
-  std::vector<double> packed;
-  for (size_t l = 0; l < first.size(); ++l) {
-    ExpertSums layer = first[l].sums;
-    for (size_t m = 0; m < outs.size(); ++m) {
-      const MoeLayerStats& s = outs[m].moe_stats[l];
-      MOE_CHECK(s.sums.score_sums.size() == first[l].tokens_per_expert.size(),
-                "balance_scope = global_batch needs the Switch statistics of layer ", outs[m].moe_layer_index[l]);
-      if (m > 0) layer.add(s.sums);
-    }
-    layer.pack(packed);
-    pooled.push_back(layer);
-  }
-  groups_.stage->all_reduce_sum(packed);
+  const BalancingConfig balancing = balancing_config(config_.moe);
   // Each micro-batch's backward scales its balance gradient by 1/grad_accum, the TP ranks sum
   // their slices' and the data-parallel ranks average theirs: scale up by micro-batches x dp so
   // the step's gradient is d(global loss)/d(scores).
-  const double micro_batches = static_cast<double>(outs.size()) * topology_.dp;
-  const BalancingConfig balancing = balancing_config(config_.moe);
-  std::vector<std::vector<double>> grads;
-  std::vector<double> values;
-  size_t offset = 0;
-  for (ExpertSums& layer : pooled) {
-    offset = layer.unpack(packed, offset);
-    SwitchLoss loss = switch_loss(layer, balancing);
-    for (double& g : loss.grad_per_expert) g *= micro_batches;
-    grads.push_back(loss.grad_per_expert);
-    values.push_back(loss.value);
+  const auto micro_batches = static_cast<float>(static_cast<double>(outs.size()) * topology_.dp);
+  std::vector<Tensor> rows, values;
+  for (size_t l = 0; l < first.size(); ++l) {
+    const MoeLayerStats::PoolSums& p0 = first[l].pool;
+    Tensor sums, counts;
+    int64_t tokens = 0;
+    for (size_t m = 0; m < outs.size(); ++m) {
+      const MoeLayerStats::PoolSums& p = outs[m].moe_stats[l].pool;
+      MOE_CHECK(p.score_sums.defined() && p.ids.defined(),
+                "balance_scope = global_batch needs the Switch statistics of layer ", outs[m].moe_layer_index[l]);
+      if (m == 0) {
+        sums = p.score_sums.clone();
+        counts = Tensor::zeros({sums.size(0)}, DType::i64, sums.device());
+      } else {
+        ops::accumulate(sums, p.score_sums);
+      }
+      ops::count_experts(p.ids, sums.size(0), counts);
+      tokens += p.tokens;
+    }
+    groups_.stage->all_reduce_sum(sums);
+    groups_.stage->all_reduce_sum(counts);
+    tokens *= groups_.stage->size();
+    Tensor value = Tensor::empty({1}, DType::f64, sums.device());
+    Tensor row = Tensor::empty(sums.shape(), sums.dtype(), sums.device());
+    ops::switch_balance_from_counts(sums, counts, tokens, p0.slots, balancing.switch_coef, value, row);
+    ops::scale(row, micro_batches);
+    rows.push_back(row);
+    values.push_back(value);
   }
+  // The value: read now where the statistics are read at once (the CPU, or a collecting step
+  // under tensor parallelism), else left on the device beside the forward's own (read after the
+  // step on a collecting step, not at all otherwise).
+  std::vector<double> host(values.size(), std::nan(""));
   for (size_t m = 0; m < saves.size(); ++m) {
-    model_->set_switch_gradients(saves[m], grads, values);
+    model_->set_switch_gradients(saves[m], rows);
     outs[m].aux_loss = 0;
     for (size_t l = 0; l < values.size(); ++l) {
-      outs[m].moe_stats[l].aux_loss = values[l];
-      outs[m].moe_stats[l].balance["switch"] = values[l];
-      outs[m].aux_loss += values[l];
+      MoeLayerStats& s = outs[m].moe_stats[l];
+      if (s.on_device.pending) {
+        s.on_device.balance = values[l];
+        s.on_device.balance_names = {"switch"};
+        continue;
+      }
+      if (!collect && device_.is_cuda()) continue;
+      if (std::isnan(host[l])) host[l] = values[l].to_vector<double>()[0];
+      s.balance = {{"switch", host[l]}};
+      s.aux_loss = host[l];
+      outs[m].aux_loss += host[l];
     }
   }
 }

@@ -129,7 +129,9 @@ class Trainer {
   int agreed_stop_signal() const;  // the stop signal of any rank (an all-reduce max), or 0
   bool is_log_step(int64_t step) const;
   bool reads_loss(int64_t completed) const;  // whether the step completing `completed` reads its loss
-  void apply_global_switch(std::vector<ModelSaved>& saves, std::vector<ForwardOutput>& outs);
+  // balance_scope = global_batch: the Switch term of each MoE layer from the sums of every
+  // micro-batch and rank of the stage, replacing each micro-batch's own (collect: read its value).
+  void apply_global_switch(std::vector<ModelSaved>& saves, std::vector<ForwardOutput>& outs, bool collect);
   std::vector<LayerRoutingStats> empty_routing_stats() const;
   std::vector<Batch> step_batches(bool collect_stats) const;  // the step's micro-batches on the device
   void sum_tied_embedding_grads();

@@ -32,7 +32,7 @@ TEST_CASE("MoE layer: every balancing term runs on the device and equals the hos
                 .drop_order = D::by_position, .balancing = all_but_load},
       LayerSpec{.name = "capacity by probability, Switch on kept slots", .router = "topk_softmax",
                 .capacity_factor = 0.75, .balancing = kept},
-      LayerSpec{.name = "Switch from pooled host sums beside the device terms", .balancing = all_but_load,
+      LayerSpec{.name = "Switch with its sums kept for the global batch, beside the other terms", .balancing = all_but_load,
                 .pool_sums = true});
   INFO("variant: " << s.name);
   auto layer = build_layer(s, 151);
@@ -95,8 +95,8 @@ TEST_CASE("MoE layer: every balancing term runs on the device and equals the hos
   } else {
     REQUIRE(!g.dclean.defined());
   }
-  // Only the pooled sums cross to the host.
-  REQUIRE(saved.stats.sums.score_sums.empty() == !s.pool_sums);
+  // The sums the trainer pools (balance_scope = global_batch) are kept, on the device, only then.
+  REQUIRE(saved.stats.pool.score_sums.defined() == (s.pool_sums && s.balancing.switch_coef > 0));
 }
 
 TEST_CASE("MoE layer: a balancing term's precondition is checked before it runs on the device",
@@ -138,8 +138,8 @@ TEST_CASE("aux_count: the Switch loss counts the routed or the kept slots under 
     const bool routed = aux_count == AuxCount::routed;
     INFO((routed ? "routed" : "kept"));
     // Capacity ceil(0.5 * 2 * 12 / 4) = 3 of 24 slots per expert; seq and z ride along on the host.
-    for (bool pool : {false, true}) {  // the on-device term, and the one from host sums
-      INFO((pool ? "host sums" : "on the device"));
+    for (bool pool : {false, true}) {  // the term alone, and with its sums kept for the global batch
+      INFO((pool ? "sums kept" : "term alone"));
       LayerSpec spec{.capacity_factor = 0.5,
                      .balancing = {.switch_coef = 0.1, .z_coef = 0.01, .seq_coef = 0.1, .aux_count = aux_count},
                      .pool_sums = pool};
@@ -151,11 +151,18 @@ TEST_CASE("aux_count: the Switch loss counts the routed or the kept slots under 
       const auto kept_counts = count_ids(saved.ids.to_vector<int32_t>());
       REQUIRE(routed_counts != kept_counts);
       REQUIRE(saved.stats.tokens_per_expert == kept_counts);  // the load metric stays the kept slots
-      if (pool) {
-        REQUIRE(saved.stats.sums.counts == kept_counts);
-        REQUIRE(saved.stats.sums.routed_counts == (routed ? routed_counts : std::vector<int64_t>{}));
+      if (pool) {  // kept for the trainer: the score sums and the ids the term counts
+        const MoeLayerStats::PoolSums& p = saved.stats.pool;
+        REQUIRE(count_ids(p.ids.to_vector<int32_t>()) == (routed ? routed_counts : kept_counts));
+        REQUIRE(p.tokens == k_tokens);
+        REQUIRE(p.slots == 2);
+        std::vector<double> column(static_cast<size_t>(k_experts), 0.0);
+        const auto scores = saved.router.routing.scores.to_vector<double>();
+        for (int64_t t = 0; t < k_tokens; ++t)
+          for (int64_t e = 0; e < k_experts; ++e) column[static_cast<size_t>(e)] += scores[static_cast<size_t>(t * k_experts + e)];
+        test::require_close(p.score_sums.to_vector<double>(), column, 1e-14, 1e-12, "pooled score sums");
       } else {
-        REQUIRE(saved.stats.sums.counts.empty());  // nothing crossed to the host for the term
+        REQUIRE(!saved.stats.pool.score_sums.defined());
       }
       std::vector<double> row;
       const double expected =

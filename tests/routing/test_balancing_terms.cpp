@@ -64,7 +64,8 @@ TEST_CASE("registry: unique names and keys; a TP rule of sum_statistics exactly 
     REQUIRE(term.config_coef != nullptr);
     REQUIRE(term.inputs != nullptr);
     REQUIRE(term.compute != nullptr);
-    REQUIRE((term.tp == TpRule::sum_statistics) == (term.from_sums != nullptr));
+    // A sum-statistics term's gradient is one per-expert row (what the TP and global-batch pooling replace).
+    REQUIRE((term.tp != TpRule::sum_statistics || term.grad_per_expert));
     REQUIRE(&balancing_term(term.name) == &term);
   }
   REQUIRE(names == std::set<std::string>{"switch", "importance", "load", "z", "seq", "device"});
@@ -108,7 +109,7 @@ TEST_CASE("registry: each term reads only its declared inputs and writes only th
   }
 }
 
-TEST_CASE("registry: sum-statistics terms give the same value and gradient from their sums", "[balancing][registry]") {
+TEST_CASE("registry: the Switch term gives the same value and gradient from its sums", "[balancing][registry]") {
   const BalanceInputs in = full_inputs(7, 5, 2, 7, 81);
   auto at = [](int64_t t, int64_t e) { return static_cast<size_t>(t * 5 + e); };
   ExpertSums sums;
@@ -120,12 +121,13 @@ TEST_CASE("registry: sum-statistics terms give the same value and gradient from 
   sums.tokens = 7;
   sums.slots = 2;
   for (const BalancingTerm& term : balancing_terms()) {
-    if (term.from_sums == nullptr) continue;
+    if (term.tp != TpRule::sum_statistics) continue;
+    REQUIRE(std::string(term.name) == "switch");  // the one sum-statistics term switch_loss computes
     for (AuxCount aux_count : {AuxCount::routed, AuxCount::kept}) {
       INFO(term.name);
       const BalancingConfig config = only(term, aux_count);
       BalanceResult host = compute_balancing(in, config);
-      SwitchLoss from_sums = term.from_sums(sums, config);
+      SwitchLoss from_sums = switch_loss(sums, config);
       REQUIRE(std::abs(from_sums.value - host.terms.at(term.name)) < 1e-15);
       for (int64_t t = 0; t < 7; ++t)
         for (int64_t e = 0; e < 5; ++e)
@@ -234,25 +236,3 @@ TEST_CASE("only_terms keeps the named coefficients; check_balancing_tp follows e
   }
 }
 
-TEST_CASE("ExpertSums add, pack and unpack", "[balancing][sums]") {
-  ExpertSums a{{0.5, 1.5}, {1, 2}, {3, 2}, 4, 2};
-  ExpertSums b{{0.25, 0.75}, {2, 0}, {2, 1}, 3, 2};
-  a.add(b);
-  REQUIRE(a.score_sums == std::vector<double>{0.75, 2.25});
-  REQUIRE(a.counts == std::vector<int64_t>{3, 2});
-  REQUIRE(a.routed_counts == std::vector<int64_t>{5, 3});
-  REQUIRE(a.tokens == 7);
-  REQUIRE(a.slots == 2);
-  std::vector<double> packed = {9.0};  // appended after what is there
-  a.pack(packed);
-  REQUIRE(packed == std::vector<double>{9.0, 0.75, 2.25, 3, 2, 5, 3, 7});
-  ExpertSums c{{0, 0}, {0, 0}, {0, 0}, 0, 2};
-  REQUIRE(c.unpack(packed, 1) == packed.size());
-  REQUIRE(c.score_sums == a.score_sums);
-  REQUIRE(c.counts == a.counts);
-  REQUIRE(c.routed_counts == a.routed_counts);
-  REQUIRE(c.tokens == a.tokens);
-  ExpertSums no_routed{{0, 0}, {0, 0}, {}, 0, 2};
-  REQUIRE_THROWS_WITH(a.add(no_routed), Contains("expert sums: adding sums of 2 experts (0 routed counts"));
-  REQUIRE_THROWS_WITH(c.unpack(packed, 3), Contains("expert sums: 7 values to read at 3 of 8"));
-}
