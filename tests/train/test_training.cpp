@@ -273,6 +273,37 @@ TEST_CASE("global_batch Switch under capacity dropping counts the slots moe.aux_
   CHECK(std::abs(aux.at("routed micro_batch") - aux.at("kept micro_batch")) > 1e-6);
 }
 
+TEST_CASE("global_batch Switch over identical micro-batches gives the micro-batch term and gradient",
+          "[train][balance][global_batch]") {
+  // Every window of a one-token shard is the same, so both micro-batches of a step route alike:
+  // the global batch's f_i and P_i are each micro-batch's, and pooling must give the same value
+  // and the same gradient as the mean of the micro-batch terms (a pooled row scaled by anything
+  // but micro-batches x ranks, or over the wrong token count, does not).
+  test::TempDir dir("moe-train-global-identical");
+  auto world = make_world_communicator(Device::cpu());
+  Config c = test::tiny_train_config(dir);
+  data::write_token_shard(dir.str("same.tok"), std::vector<uint32_t>(4000, 5), data::TokenDType::u16);
+  c.data.train_path = dir.str("same.tok");
+  c.train.grad_accum = 2;
+  c.moe.aux_loss_coef = 1.0;  // large: the Switch part of the router's gradient is not small
+  std::map<std::string, std::vector<double>> grads;
+  std::map<std::string, double> aux;
+  for (const std::string scope : {"micro_batch", "global_batch"}) {
+    Config v = c;
+    v.moe.balance_scope = scope;
+    v.train.run_dir = dir.str("run-" + scope);
+    validate_config(v);
+    Trainer trainer(v, 0, *world);
+    trainer.set_before_update_hook([&](int64_t, ParamStore& store) {
+      grads[scope] = store.flat_grads(ParamGroup::dense).to_vector<double>();
+    });
+    aux[scope] = trainer.train_step().aux_loss;
+  }
+  REQUIRE(aux.at("micro_batch") > 0);
+  CHECK(aux.at("global_batch") == Approx(aux.at("micro_batch")).epsilon(1e-9));
+  test::require_close(grads.at("global_batch"), grads.at("micro_batch"), 1e-9, 1e-6, "dense gradients");
+}
+
 TEST_CASE("aux-loss-free bias: each step moves it by its loads (counted on the device); a skipped step moves none",
           "[train][balance][bias]") {
   test::TempDir dir("moe-train-bias");
