@@ -375,8 +375,12 @@ void MoeLayer::pool_sums_over_tp(DeviceBalanceInputs& in, const BalancingConfig&
     tp.comm->all_reduce_sum(out);
     return out;
   };
-  in.kept_counts = pooled_counts(in.kept_counts, in.kept_ids);
-  if (b.aux_count == AuxCount::routed) in.routed_counts = pooled_counts(in.routed_counts, in.routed_ids);
+  // Only the counts the terms read (moe.aux_count): the kept slots, or the routed ones.
+  if (b.aux_count == AuxCount::routed) {
+    in.routed_counts = pooled_counts(in.routed_counts, in.routed_ids);
+  } else {
+    in.kept_counts = pooled_counts(in.kept_counts, in.kept_ids);
+  }
   in.tokens = in.kept_ids.size(0) * tp.size();
 }
 
@@ -387,9 +391,9 @@ void MoeLayer::set_switch_gradient(MoeLayerSaved& saved, const Tensor& grad_row)
     MOE_CHECK(!term->grad_per_expert || std::string(term->name) == "switch", "set_switch_gradient: the ",
               term->name, " term shares the per-expert gradient row with the Switch term");
   }
-  const Tensor& scores = saved.router.routing.scores;
-  MOE_CHECK(grad_row.numel() == scores.size(1), "set_switch_gradient: a row of ", grad_row.numel(), " for ",
-            scores.size(1), " experts");
+  // (Under recompute the saved routing is gone by now: the row is checked against the config.)
+  MOE_CHECK(grad_row.numel() == config_.num_experts, "set_switch_gradient: a row of ", grad_row.numel(), " for ",
+            config_.num_experts, " experts");
   saved.score_grad_row = grad_row;
 }
 

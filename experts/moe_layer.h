@@ -140,10 +140,9 @@ class MoeLayer {
   Tensor backward(const MoeLayerSaved& saved, const Tensor& dy, float aux_scale,
                   const std::function<void()>& other = {}) const;
 
-  // Replaces the Switch term of a forward (balance_scope = global_batch): d aux / d scores[t,i]
-  // = grad_per_expert[i] for every token t of this micro-batch, the loss value given.
   // balance_scope = global_batch: the per-expert gradient row of the Switch term pooled over the
-  // global batch (accum[E] on the device) replaces the micro-batch's own.
+  // global batch (accum[E] on the device; d aux / d scores[t,i] = row[i] for every token t of this
+  // micro-batch) replaces the micro-batch's own.
   void set_switch_gradient(MoeLayerSaved& saved, const Tensor& grad_row) const;
 
   const MoeLayerConfig& config() const { return config_; }
@@ -175,8 +174,6 @@ class MoeLayer {
   void terms_on_device(const Routing& routing, const RouterSaved& router_saved, const RouteInputs& inputs,
                        const std::vector<const BalancingTerm*>& terms, MoeLayerSaved& saved,
                        bool collect_stats) const;
-  // The sum-statistics terms (Switch) from per-expert sums made on the device and brought to the
-  // host (tensor parallelism, pooled sums).
   // Tensor parallelism: in's score sums and counts <- their sums over the group (device), in.tokens
   // <- the tokens of all the slices.
   void pool_sums_over_tp(DeviceBalanceInputs& in, const BalancingConfig& b, const TpGroup& tp) const;

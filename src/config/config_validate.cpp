@@ -499,6 +499,9 @@ void validate_router_kinds(const std::vector<const RouterKind*>& kinds, const Co
             "moe.load_loss_coef needs a router with gating noise (", router_kind_names(noisy), ") in every MoE layer "
             "(the load estimator uses the gating noise), not ", in_use);
   auto token_scores = [](const RouterKind& k) { return k.token_choice && k.learned; };
+  MOE_CHECK(e.balance_scope == "micro_batch" || e.aux_loss_coef > 0, at.prefix({"moe.balance_scope"}),
+            "moe.balance_scope = \"global_batch\" pools the Switch loss over the global batch, but moe.aux_loss_coef = ",
+            e.aux_loss_coef, " turns it off: set it above 0, or use balance_scope = \"micro_batch\"");
   MOE_CHECK(e.balance_scope == "micro_batch" ||
                 (e.importance_loss_coef == 0 && e.load_loss_coef == 0 && e.z_loss_coef == 0 &&
                  e.seq_aux_loss_coef == 0 && e.device_loss_coef == 0 && all(token_scores)),

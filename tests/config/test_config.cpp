@@ -328,6 +328,9 @@ TEST_CASE("pipeline and tensor-parallel rules have their messages") {
        "pipeline stage)"},
       {{"moe.num_experts=4", "moe.balance_scope=global_batch", "parallel.pp=2"},
        "parallel.pp = 2 with moe.balance_scope = \"global_batch\" needs parallel.pp_schedule = \"gpipe\""},
+      {{"moe.num_experts=4", "moe.aux_loss_coef=0", "moe.balance_scope=global_batch"},
+       "moe.balance_scope = \"global_batch\" pools the Switch loss over the global batch, but moe.aux_loss_coef = 0 "
+       "turns it off"},
       {{"parallel.tp=2", "model.vocab_size=511"}, "model.vocab_size = 511 is not divisible by parallel.tp = 2"},
       {{"parallel.tp=2", "model.num_heads=2", "model.num_kv_heads=1"},
        "model.num_kv_heads = 1 is not divisible by parallel.tp = 2"},

@@ -32,7 +32,7 @@ struct LayerSpec {
   bool shared_gate = false;
   BalancingConfig balancing;
   bool bias = false;  // an expert bias buffer, set by hand to nonzero values
-  bool pool_sums = false;  // sum-statistics terms from host sums (as balance_scope = global_batch)
+  bool pool_sums = false;  // the Switch sums kept for the trainer to pool (as balance_scope = global_batch)
   bool a2a_overlap = false;  // the phase order of parallel.a2a_overlap (on the local dispatcher here)
 };
 

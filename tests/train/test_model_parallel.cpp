@@ -183,21 +183,61 @@ TEST_CASE("tensor and pipeline parallel layouts train the one-rank model", "[par
   run_layouts(layouts);
 }
 
-TEST_CASE("global_batch balancing under pipeline parallelism runs the GPipe order", "[parallel][train][pp]") {
+// balance_scope = global_batch pools the Switch sums of every micro-batch and rank of a stage on the
+// device (tensor-parallel slices, data-parallel replicas, stages in the GPipe order): each layout
+// takes the steps of one rank running all the micro-batches (grad_accum x dp), recompute included.
+TEST_CASE("global_batch balancing pools over stages, tensor slices and replicas as one rank",
+          "[parallel][train][tp][pp]") {
+  struct GlobalLayout {
+    int64_t tp = 1, pp = 1, ep = 1;
+    bool sp = false, recompute = false, drop = false;
+    std::string aux_count = "kept";
+  };
   auto world = make_world_communicator(Device::cpu());
-  if (world->size() != 2) return;
   auto self = world->split(world->rank(), 0);
-  test::TempDir dir("moe-mp-global-rank" + std::to_string(world->rank()));
-  Config c = test::model_parallel_config(dir);
-  c.moe.balance_scope = "global_batch";
-  c.moe.z_loss_coef = 0;
-  c.parallel.pp = 2;
-  c.parallel.pp_schedule = "gpipe";
-  Trainer parallel(c, 0, *world);
-  Config single = c;
-  single.parallel = ParallelConfig{};
-  Trainer reference(single, 0, *self);
-  for (int step = 1; step <= 3; ++step) {
-    test::require_same_step(parallel.train_step(), reference.train_step());
+  std::vector<GlobalLayout> layouts;
+  if (world->size() == 2) {
+    layouts = {{.pp = 2},
+               {.pp = 2, .recompute = true, .drop = true, .aux_count = "routed"},
+               {.tp = 2},
+               {.tp = 2, .sp = true, .recompute = true},
+               {.drop = true}};  // DP 2, capacity dropping, kept slots
+  } else if (world->size() == 4) {
+    layouts = {{.tp = 4}, {.tp = 2, .ep = 2}, {.tp = 2, .ep = 2, .sp = true}, {.tp = 2, .pp = 2}};
   }
+  const std::string shared = test::shared_run_dir("moe-mp-global-" + std::to_string(world->size()));
+  for (const GlobalLayout& l : layouts) {
+    INFO("tp " << l.tp << " pp " << l.pp << " ep " << l.ep << (l.sp ? " sequence_parallel" : "")
+               << (l.recompute ? " recompute" : "") << (l.drop ? " capacity " + l.aux_count : ""));
+    test::TempDir dir("moe-mp-global-rank" + std::to_string(world->rank()));
+    Config c = test::model_parallel_config(dir);
+    c.moe.balance_scope = "global_batch";
+    c.moe.z_loss_coef = 0;
+    c.moe.aux_loss_coef = 0.1;
+    if (l.drop) c.moe.capacity_factor = 0.75;
+    c.moe.aux_count = l.aux_count;
+    if (l.tp == 4) c.model.num_kv_heads = 4;
+    c.train.recompute = l.recompute;
+    c.train.run_dir = shared;
+    c.parallel.tp = l.tp;
+    c.parallel.pp = l.pp;
+    c.parallel.ep = l.ep;
+    c.parallel.sequence_parallel = l.sp;
+    c.parallel.pp_schedule = "gpipe";
+    validate_config(c);
+    if (world->rank() == 0) std::filesystem::remove_all(shared);
+    world->barrier();
+    Trainer parallel(c, 0, *world);
+    Config single = c;
+    single.train.grad_accum = c.train.grad_accum * (world->size() / (l.tp * l.pp));
+    single.train.run_dir = dir.str("reference");
+    single.parallel = ParallelConfig{};
+    Trainer reference(single, 0, *self);
+    for (int step = 1; step <= 3; ++step) {
+      INFO("step " << step);
+      test::require_same_step(parallel.train_step(), reference.train_step());
+    }
+    world->barrier();
+  }
+  if (world->rank() == 0) std::filesystem::remove_all(shared);
 }
