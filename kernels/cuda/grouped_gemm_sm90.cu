@@ -367,17 +367,13 @@ __device__ __forceinline__ void load_tile(uint8_t* smem, uint64_t* full, uint64_
   }
 }
 
-// The multiplying warpgroups' side of one tile: the k-slices from the ring, then the epilogue. In
-// the forward modes a warpgroup whose 64 rows all lie past the expert's end (an expert's last tile
-// of 64 rows or fewer) issues no MMAs, leaving the tensor cores to the other; it still passes every
-// stage through the ring and stages its zeros, which no store reads.
+// The multiplying warpgroups' side of one tile: the k-slices from the ring, then the epilogue.
 template <class T>
 __device__ __forceinline__ void multiply_tile(uint8_t* smem, uint8_t* out_tile, const CUtensorMap* map_out,
                                               uint64_t* full, uint64_t* empty, const Work& w, const Args& args,
                                               int& ring) {
   constexpr int kBN = T::bn;
   const int t = static_cast<int>(threadIdx.x), cw = t / 128;
-  const bool idle = !T::weight_grad && w.row_begin + cw * 64 >= w.row_end;
   float acc[kBN / 2];
 #pragma unroll
   for (int j = 0; j < kBN / 2; ++j) acc[j] = 0.f;
@@ -393,7 +389,7 @@ __device__ __forceinline__ void multiply_tile(uint8_t* smem, uint8_t* out_tile, 
     }
     fence_registers(acc);
     wgmma_fence();
-    if (!idle) mma_stage<T>(acc, a, a + T::a_bytes, cw);
+    mma_stage<T>(acc, a, a + T::a_bytes, cw);
     wgmma_commit();
     wgmma_wait<1>();
     fence_registers(acc);

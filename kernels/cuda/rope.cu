@@ -1,5 +1,7 @@
 // Rotary embedding: one thread per (row, pair index), the angle computed once in double,
-// reduced to [-pi, pi] and rotated in fp32 for every head of the row.
+// reduced to [-pi, pi] and rotated in fp32 for every head of the row. The heads go k_head_chunk at
+// a time, every load of a chunk issued before its stores: a thread's loads would otherwise each
+// wait for the store before them (they may alias), a global-memory latency per head.
 #include "kernels/cuda/rope.h"
 
 #include "kernels/cuda/common.cuh"
@@ -7,6 +9,8 @@
 namespace moe::cuda {
 
 namespace {
+
+constexpr int k_head_chunk = 4;
 
 // x[rows, H*hd]: for each head h, (x[h*hd + i], x[h*hd + i + hd/2]) rotated by pos * theta^(-2i/hd)
 __global__ void rope_kernel(__nv_bfloat16* x, int64_t rows, int num_heads, int head_dim, int64_t seq_len,
@@ -26,11 +30,22 @@ __global__ void rope_kernel(__nv_bfloat16* x, int64_t rows, int num_heads, int h
     sincosf(static_cast<float>(angle), &s, &c);
     s *= sign;
     __nv_bfloat16* row = x + t * static_cast<int64_t>(num_heads) * head_dim;
-    for (int h = 0; h < num_heads; ++h) {
-      __nv_bfloat16* head = row + h * head_dim;
-      const float x1 = __bfloat162float(head[i]), x2 = __bfloat162float(head[i + half]);
-      head[i] = __float2bfloat16_rn(x1 * c - x2 * s);
-      head[i + half] = __float2bfloat16_rn(x1 * s + x2 * c);
+    for (int h0 = 0; h0 < num_heads; h0 += k_head_chunk) {
+      float x1[k_head_chunk], x2[k_head_chunk];
+#pragma unroll
+      for (int j = 0; j < k_head_chunk; ++j) {
+        if (h0 + j >= num_heads) break;
+        const __nv_bfloat16* head = row + (h0 + j) * head_dim;
+        x1[j] = __bfloat162float(head[i]);
+        x2[j] = __bfloat162float(head[i + half]);
+      }
+#pragma unroll
+      for (int j = 0; j < k_head_chunk; ++j) {
+        if (h0 + j >= num_heads) break;
+        __nv_bfloat16* head = row + (h0 + j) * head_dim;
+        head[i] = __float2bfloat16_rn(x1[j] * c - x2[j] * s);
+        head[i + half] = __float2bfloat16_rn(x1[j] * s + x2[j] * c);
+      }
     }
   }
 }

@@ -153,7 +153,7 @@ TEST_CASE("cuda rope matches the CPU forward and inverse", "[cuda][rope]") {
     int64_t seqs, seq_len, heads, head_dim;
   };
   for (Case c : {Case{1, 1, 1, 2}, Case{1, 7, 3, 8}, Case{2, 19, 2, 40}, Case{1, 1024, 2, 64}, Case{3, 33, 12, 64},
-                 Case{1, 5, 1, 256}}) {
+                 Case{1, 5, 1, 256}, Case{2, 9, 6, 16}}) {
     for (bool inverse : {false, true}) {
       INFO("seqs " << c.seqs << " seq_len " << c.seq_len << " heads " << c.heads << " hd " << c.head_dim
                    << " inverse " << inverse);
