@@ -181,7 +181,8 @@ TEST_CASE("CUDA training with packed documents matches the CPU reference", "[cud
 TEST_CASE("CUDA masked LM training matches the CPU reference", "[cuda][train][masked_lm]") {
   static MpiEnv env;
   const bool nsp = GENERATE(false, true);
-  INFO((nsp ? "with" : "without") << " next-sentence prediction");
+  const bool overlap_update = GENERATE(true, false);
+  INFO((nsp ? "with" : "without") << " next-sentence prediction, update " << (overlap_update ? "on its own stream" : "on the main stream"));
   test::TempDir dir("moe-cuda-mlm");
   Config c = test::tiny_train_config(dir);
   c.model.d_model = 128;
@@ -193,6 +194,7 @@ TEST_CASE("CUDA masked LM training matches the CPU reference", "[cuda][train][ma
   c.train.micro_batch_size = 8;
   c.optim.lr = 3e-3;
   c.objective.nsp = nsp;
+  c.parallel.overlap_update = overlap_update;
   test::use_masked_lm(c, dir);
   // Step 1 checks the forward; later steps the backward through the non-causal kernels (a masked
   // LM learns too slowly for 10 steps to show a falling loss: train_masked_lm shows that).
