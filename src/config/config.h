@@ -198,7 +198,7 @@ struct ParallelConfig {           // [parallel]
   bool overlap_grad_reduce = true;  // start each block's gradient reduction during the backward (ZeRO 0/1)
   bool a2a_overlap = false;       // run the shared experts while the expert all-to-alls are in flight (ep > 1)
   bool shared_expert_stream = true;  // one rank: the shared experts on a second CUDA stream beside the routed ones
-  bool overlap_update = true;     // ZeRO-0 on a GPU: each block's AdamW update overlaps the next step's forward
+  bool overlap_update = false;    // ZeRO-0 on a GPU: each block's AdamW update beside the next step's forward (measured: no gain)
   // with a2a_overlap: micro-batches in pairs, each one's attention while the other's all-to-all is in flight
   bool a2a_overlap_microbatches = false;
 
