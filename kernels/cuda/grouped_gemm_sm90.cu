@@ -42,19 +42,20 @@ struct Tile {
   static constexpr int stage_bytes = a_bytes + b_bytes;
   // A block of one narrow tile shares its multiprocessor with another (3 stages each, at most 112
   // registers a thread), so that one block's epilogue overlaps the other's loads. A persistent block
-  // has the multiprocessor to itself and stages its output in a buffer of its own: the loader fills
-  // the stages with the next tile meanwhile, and the output leaves by bulk tensor stores. The
-  // persistent weight gradient (reductions of a few k-slices: one expert's rows) keeps 4 stages, so
-  // that the loader can fetch a whole next tile during the epilogue.
+  // has the multiprocessor to itself: the loader fills the stages with the next tile meanwhile. The
+  // persistent forward stages its bf16 output in a buffer of its own, which leaves by bulk tensor
+  // stores; the persistent weight gradient writes its f32 fragments straight from the registers
+  // (no staging: its 4 stages of ring, an expert's few k-slices, fetch a whole next tile during the
+  // epilogue).
   static constexpr bool persistent = kPersistent;
   static constexpr int blocks_per_sm = !kPersistent && kBN == 128 ? 2 : 1;
   static constexpr int stages = kPersistent && weight_grad ? 4 : 3;
   static constexpr int pipe_bytes = stages * stage_bytes;
-  // Staged output: boxes for the bulk tensor stores (bf16, or f32 in a persistent weight gradient;
-  // below), or f32 rows of kBN + 8 (bank spread) that a block-per-tile weight gradient adds or
-  // stores with ordinary stores.
-  static constexpr bool boxed_out = !weight_grad || kPersistent;
-  static constexpr int out_bytes = !weight_grad ? k_bm * kBN * 2 : kPersistent ? k_bm * kBN * 4 : k_bm * (kBN + 8) * 4;
+  // Staged output: bf16 boxes for the forward's bulk tensor stores, or f32 rows of kBN + 8 (bank
+  // spread) that a block-per-tile weight gradient adds or stores with ordinary stores.
+  static constexpr bool boxed_out = !weight_grad;
+  static constexpr bool fragment_out = weight_grad && kPersistent;
+  static constexpr int out_bytes = !weight_grad ? k_bm * kBN * 2 : kPersistent ? 0 : k_bm * (kBN + 8) * 4;
   static constexpr int out_offset = persistent ? pipe_bytes : 0;
   static constexpr int barrier_offset = persistent ? pipe_bytes + out_bytes : pipe_bytes;
   // + the row-tile schedule: 2 * (E + 1) int32 (forward modes), sized at launch
@@ -64,8 +65,8 @@ struct Tile {
   static_assert(fixed_smem_bytes <= 227 * 1024, "shared memory per block");
 };
 // The kernels built: the forward's 256- and 192-wide tiles persistent, its 128-wide ones a block
-// each; the weight gradient's 128-wide tiles either way (`wgmma` persistent, `wgmma_narrow` a
-// block each).
+// each; the weight gradient's persistent 256-wide tiles (`wgmma`; 128-wide where n < 256) and
+// block-per-tile 128-wide ones (`wgmma_narrow`).
 template <Mode kMode, int kBN>
 using PersistentTile = Tile<kMode, kBN, true>;
 template <Mode kMode>
@@ -230,20 +231,18 @@ __device__ __forceinline__ void mma_stage(float (&acc)[T::bn / 2], const uint8_t
   }
 }
 
-// Output staged for the bulk tensor store: boxes of [128 rows][128 bytes] (64 bf16 or 32 f32
-// columns) with the 128-byte swizzle, the layout the store reads: row r's 16-byte chunk j sits at
-// chunk j ^ (r % 8) (so the fragment writes below take the fewest shared-memory wavefronts). Byte
-// offset of (row r, column c) for elements of kElem bytes.
+// The forward's output staged for the bulk tensor store: boxes of [128 rows][64 bf16] with the
+// 128-byte swizzle, the layout the store reads: row r's 16-byte chunk j sits at chunk j ^ (r % 8)
+// (so the fragment writes below take the fewest shared-memory wavefronts). Byte offset of (row r,
+// column c).
 constexpr int k_out_box_bytes = k_bm * 128;
-template <int kElem>
 __device__ __forceinline__ int staged_offset(int r, int c) {
-  constexpr int box_cols = 128 / kElem, chunk = 16 / kElem;
-  return (c / box_cols) * k_out_box_bytes + r * 128 + ((((c % box_cols) / chunk) ^ (r % 8)) * 16) + (c % chunk) * kElem;
+  return (c / k_box) * k_out_box_bytes + r * 128 + ((((c % k_box) / 8) ^ (r % 8)) * 16) + (c % 8) * 2;
 }
 
 // Writes the accumulators (rows 64*cw + ..., the wgmma fragment layout) into the staged tile:
-// boxes as above (kBoxed), or f32 rows of kBN + 8.
-template <typename Out, int kBN, bool kBoxed>
+// bf16 boxes as above, or f32 rows of kBN + 8.
+template <typename Out, int kBN>
 __device__ __forceinline__ void stage_accumulators(uint8_t* tile, const float (&acc)[kBN / 2], int cw, int t) {
   constexpr int stride = kBN + 8;
   const int warp = (t % 128) / 32, lane = t % 32;
@@ -251,28 +250,54 @@ __device__ __forceinline__ void stage_accumulators(uint8_t* tile, const float (&
 #pragma unroll
   for (int j = 0; j < kBN / 8; ++j) {
     const int c = j * 8 + (lane % 4) * 2;
-    if constexpr (sizeof(Out) == 4 && kBoxed) {
-      *reinterpret_cast<float2*>(tile + staged_offset<4>(r0, c)) = make_float2(acc[4 * j], acc[4 * j + 1]);
-      *reinterpret_cast<float2*>(tile + staged_offset<4>(r0 + 8, c)) = make_float2(acc[4 * j + 2], acc[4 * j + 3]);
-    } else if constexpr (sizeof(Out) == 4) {
+    if constexpr (sizeof(Out) == 4) {
       auto* f = reinterpret_cast<float*>(tile);
       *reinterpret_cast<float2*>(f + r0 * stride + c) = make_float2(acc[4 * j], acc[4 * j + 1]);
       *reinterpret_cast<float2*>(f + (r0 + 8) * stride + c) = make_float2(acc[4 * j + 2], acc[4 * j + 3]);
     } else {
-      static_assert(kBoxed, "bf16 output is staged in boxes");
-      *reinterpret_cast<__nv_bfloat162*>(tile + staged_offset<2>(r0, c)) =
+      *reinterpret_cast<__nv_bfloat162*>(tile + staged_offset(r0, c)) =
           __floats2bfloat162_rn(acc[4 * j], acc[4 * j + 1]);
-      *reinterpret_cast<__nv_bfloat162*>(tile + staged_offset<2>(r0 + 8, c)) =
+      *reinterpret_cast<__nv_bfloat162*>(tile + staged_offset(r0 + 8, c)) =
           __floats2bfloat162_rn(acc[4 * j + 2], acc[4 * j + 3]);
     }
   }
 }
 
-// A block-per-tile weight gradient adds (or stores) f32 rows with ordinary stores; a persistent one
-// stages f32 boxes that one thread adds (or stores) into dw[e] with bulk tensor reductions (or
-// stores), their tensor map clipping rows at k and columns at n. The forward's whole tiles leave
-// through bulk tensor stores issued by one thread (the warpgroups go on at once), an expert's last,
-// partial tile through 16-byte stores of its own rows (the rows past them are the next expert's).
+// The persistent weight gradient's epilogue: each thread writes its fragments of dw[e] straight
+// from the registers (rows m0 + 64*cw + ..., clipped at k and n), float2 stores, or float2
+// reductions (`red.global.add.v2.f32`) with `accumulate`. A warp's store covers whole 32-byte
+// sectors of 8 rows; nothing is staged or waited for, so the warpgroup goes on to its next tile
+// while the stores drain.
+template <int kBN>
+__device__ __forceinline__ void write_weight_grad_fragments(const float (&acc)[kBN / 2], const Work& w,
+                                                            const Args& args, int cw, int t) {
+  const kernels::GroupedGemmShape& s = args.shape;
+  const int warp = (t % 128) / 32, lane = t % 32;
+  float* dw = static_cast<float*>(args.out) + static_cast<int64_t>(w.expert) * s.k * s.n;
+  const int64_t col0 = w.n0 + (lane % 4) * 2;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int64_t row = w.m0 + cw * 64 + warp * 16 + lane / 4 + half * 8;
+    if (row >= s.k) continue;
+    float* dw_row = dw + row * s.n;
+#pragma unroll
+    for (int j = 0; j < kBN / 8; ++j) {
+      const int64_t col = col0 + j * 8;  // n is a multiple of 8: col < n covers col + 1
+      if (col >= s.n) continue;
+      const float a = acc[4 * j + 2 * half], b = acc[4 * j + 2 * half + 1];
+      if (args.accumulate) {
+        red_add_f32x2(dw_row + col, a, b);
+      } else {
+        *reinterpret_cast<float2*>(dw_row + col) = make_float2(a, b);
+      }
+    }
+  }
+}
+
+// The persistent weight gradient writes its fragments (above); a block-per-tile one adds (or
+// stores) staged f32 rows with ordinary stores. The forward's whole tiles leave through bulk
+// tensor stores issued by one thread (the warpgroups go on at once), an expert's last, partial
+// tile through 16-byte stores of its own rows (the rows past them are the next expert's).
 template <class T>
 __device__ __forceinline__ void epilogue(uint8_t* smem, const CUtensorMap* map_out, const float (&acc)[T::bn / 2],
                                          const Work& w, const Args& args, int cw, int t) {
@@ -280,32 +305,19 @@ __device__ __forceinline__ void epilogue(uint8_t* smem, const CUtensorMap* map_o
   constexpr int stride = kBN + 8;
   const kernels::GroupedGemmShape& s = args.shape;
   const int64_t n0 = w.n0;
+  if constexpr (T::fragment_out) {
+    write_weight_grad_fragments<kBN>(acc, w, args, cw, t);
+    return;
+  }
   if constexpr (T::boxed_out) {
     if (t == 0) bulk_wait_group_read();
   }  // the last tile's stores have left
   // Both warpgroups are done with the stages (a block of one tile stages its output there) and
   // with the last tile's staged output (a persistent block).
   named_barrier(k_consumer_barrier, k_consumer_threads);
-  if constexpr (T::weight_grad && T::persistent) {
-    stage_accumulators<float, kBN, true>(smem, acc, cw, t);
-    fence_proxy_async();  // the staged tile is read by the bulk copy
-    named_barrier(k_consumer_barrier, k_consumer_threads);
-    if (t == 0) {
-#pragma unroll
-      for (int b = 0; b < kBN / 32; ++b) {
-        const int32_t c0 = w.n0 + b * 32;
-        if (c0 >= s.n) break;
-        if (args.accumulate) {
-          tma_reduce_add_3d(map_out, smem + b * k_out_box_bytes, c0, w.m0, w.expert);
-        } else {
-          tma_store_3d(map_out, smem + b * k_out_box_bytes, c0, w.m0, w.expert);
-        }
-      }
-      bulk_commit_group();
-    }
-  } else if constexpr (T::weight_grad) {
+  if constexpr (T::weight_grad) {
     auto* tile = reinterpret_cast<float*>(smem);
-    stage_accumulators<float, kBN, false>(smem, acc, cw, t);
+    stage_accumulators<float, kBN>(smem, acc, cw, t);
     named_barrier(k_consumer_barrier, k_consumer_threads);
     const int64_t m0 = w.m0;
     float* dw = static_cast<float*>(args.out) + static_cast<int64_t>(w.expert) * s.k * s.n;
@@ -323,7 +335,7 @@ __device__ __forceinline__ void epilogue(uint8_t* smem, const CUtensorMap* map_o
       }
     }
   } else {
-    stage_accumulators<__nv_bfloat16, kBN, true>(smem, acc, cw, t);
+    stage_accumulators<__nv_bfloat16, kBN>(smem, acc, cw, t);
     fence_proxy_async();  // the staged tile is read by the bulk copy
     named_barrier(k_consumer_barrier, k_consumer_threads);
     if (w.row_end - w.row_begin >= k_bm) {
@@ -340,7 +352,7 @@ __device__ __forceinline__ void epilogue(uint8_t* smem, const CUtensorMap* map_o
         const int r = i / (kBN / 8), c = (i % (kBN / 8)) * 8;
         const int64_t row = w.row_begin + r, col = n0 + c;
         if (row < w.row_end && col < s.n) {
-          *reinterpret_cast<uint4*>(y + row * s.n + col) = *reinterpret_cast<const uint4*>(smem + staged_offset<2>(r, c));
+          *reinterpret_cast<uint4*>(y + row * s.n + col) = *reinterpret_cast<const uint4*>(smem + staged_offset(r, c));
         }
       }
     }
@@ -497,24 +509,6 @@ CUtensorMap tensor_map(const void* base, int64_t inner, int64_t outer, int box_o
   return map;
 }
 
-// The 3-D f32 tensor map over dw[E, k, n] that the persistent weight gradient's bulk stores and
-// reductions write through: boxes of [128 rows][32 columns] with the 128-byte swizzle, clipped at
-// each expert's k rows and at n columns.
-CUtensorMap weight_grad_map(float* dw, const kernels::GroupedGemmShape& s) {
-  CUtensorMap map{};
-  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(s.n), static_cast<cuuint64_t>(s.k),
-                              static_cast<cuuint64_t>(s.num_experts)};
-  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(s.n) * 4, static_cast<cuuint64_t>(s.k * s.n) * 4};
-  const cuuint32_t box[3] = {32, static_cast<cuuint32_t>(k_bm), 1};
-  const cuuint32_t element_strides[3] = {1, 1, 1};
-  const CUresult r = encode_tiled()(&map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 3, dw, dims, strides, box,
-                                    element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                                    CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  MOE_CHECK(r == CUDA_SUCCESS, "grouped gemm on CUDA: cuTensorMapEncodeTiled failed (", static_cast<int>(r),
-            ") for a [", s.num_experts, ", ", s.k, ", ", s.n, "] f32 weight gradient");
-  return map;
-}
-
 // Shared memory of a launch: the tile's fixed part and the forward's row-tile schedule.
 template <class T>
 int smem_bytes(int64_t num_experts) {
@@ -522,8 +516,8 @@ int smem_bytes(int64_t num_experts) {
   return T::fixed_smem_bytes + static_cast<int>(schedule);
 }
 
-// map_out: the output the bulk stores write (the forward's y, a persistent weight gradient's dw);
-// unused by a block-per-tile weight gradient. `tiles`: the most output tiles the launch may have.
+// map_out: the output the bulk stores write (the forward's y); unused by the weight gradient.
+// `tiles`: the most output tiles the launch may have.
 template <class T>
 void launch(const CUtensorMap& a, const CUtensorMap& b, const CUtensorMap& out, const Args& args, int64_t tiles,
             cudaStream_t stream) {
@@ -542,6 +536,11 @@ void launch(const CUtensorMap& a, const CUtensorMap& b, const CUtensorMap& out, 
   if (blocks == 0) return;
   grouped_gemm_sm90_kernel<T><<<dim3(static_cast<unsigned>(blocks)), k_threads, smem, stream>>>(a, b, out, args);
   CUDA_CHECK_LAUNCH();
+}
+
+// The weight gradient's tiles of width bn: (expert, row tile of dw[e], column tile).
+int64_t weight_grad_tile_count(const kernels::GroupedGemmShape& s, int bn) {
+  return s.num_experts * ceil_div(s.k, k_bm) * ceil_div(s.n, bn);
 }
 
 // The forward's tiles: every (row tile, column tile) the offsets may produce.
@@ -614,15 +613,15 @@ void grouped_gemm_weight_grad_bf16(const __nv_bfloat16* x, const int32_t* offset
             ")");
   const Args args{offsets, s, dw, accumulate};
   const CUtensorMap map_x = tensor_map(x, s.k, s.rows, k_bk), map_dy = tensor_map(dy, s.n, s.rows, k_bk);
-  using Persistent = PersistentTile<Mode::weight_grad, 128>;
-  using PerTile = NarrowTile<Mode::weight_grad>;
-  static_assert(Persistent::bn == PerTile::bn, "one tile count for both");
-  const int64_t tiles = s.num_experts * ceil_div(s.k, k_bm) * ceil_div(s.n, Persistent::bn);
-  if (persistent) {
-    launch<Persistent>(map_x, map_dy, weight_grad_map(dw, s), args, tiles, stream);
+  // map_x also fills the output map, which the weight gradient does not use (it writes dw itself).
+  if (persistent && s.n >= 256) {
+    using Wide = PersistentTile<Mode::weight_grad, 256>;
+    launch<Wide>(map_x, map_dy, map_x, args, weight_grad_tile_count(s, Wide::bn), stream);
+  } else if (persistent) {
+    using Narrow = PersistentTile<Mode::weight_grad, 128>;
+    launch<Narrow>(map_x, map_dy, map_x, args, weight_grad_tile_count(s, Narrow::bn), stream);
   } else {
-    // A block per tile adds into dw with ordinary stores: map_x only fills the unused output map.
-    launch<PerTile>(map_x, map_dy, map_x, args, tiles, stream);
+    launch<NarrowTile<Mode::weight_grad>>(map_x, map_dy, map_x, args, weight_grad_tile_count(s, 128), stream);
   }
 }
 

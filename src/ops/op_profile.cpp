@@ -74,7 +74,6 @@ void OpProfile::end() {
   if (r.on_cuda) {
     cuda::event_record(impl_->events[impl_->events_used].second);
     ++impl_->events_used;
-    return;
   }
 #endif
   r.host_ms = std::chrono::duration<double, std::milli>(Clock::now() - r.host_start).count();
@@ -104,10 +103,18 @@ std::map<std::string, double> OpProfile::millis_by_kind() {
   return out;
 }
 
-std::map<std::string, double> OpProfile::millis_by_op() {
+std::map<std::string, double> OpProfile::millis_by_op() { return sum_by_op(millis()); }
+
+std::map<std::string, double> OpProfile::host_millis_by_op() {
+  std::vector<double> host;
+  host.reserve(impl_->records.size());
+  for (const Impl::Record& r : impl_->records) host.push_back(r.host_ms);
+  return sum_by_op(host);
+}
+
+std::map<std::string, double> OpProfile::sum_by_op(const std::vector<double>& ms) {
   std::map<std::string, double> out;
   std::map<const char*, std::string> names;  // each signature shortened once
-  const std::vector<double> ms = millis();
   for (size_t i = 0; i < ms.size(); ++i) {
     const Impl::Record& r = impl_->records[i];
     if (r.name == nullptr) {

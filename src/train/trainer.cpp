@@ -501,10 +501,20 @@ nlohmann::json Trainer::bench_breakdown(int64_t steps) {
   }
   nlohmann::json per_op = nlohmann::json::object();
   for (const auto& [op, ms] : profile.millis_by_op()) per_op[op] = ms / static_cast<double>(steps);
+  // Host time inside the ops (enqueueing them on CUDA); the rest of the host's step is the
+  // trainer's own work between them.
+  nlohmann::json host_per_op = nlohmann::json::object();
+  double host_ops_ms = 0;
+  for (const auto& [op, ms] : profile.host_millis_by_op()) {
+    host_per_op[op] = ms / static_cast<double>(steps);
+    host_ops_ms += ms / static_cast<double>(steps);
+  }
   // The difference is time the device spent idle between ops (launch gaps, host work, waits).
   return {{"step_ms", step_ms},
           {"ms_per_step", per_kind},
           {"ms_per_step_by_op", per_op},
+          {"host_ms_per_step_by_op", host_per_op},
+          {"host_ops_ms_per_step", host_ops_ms},
           {"ops_ms_per_step", timed_ms},
           {"idle_ms_per_step", step_ms - timed_ms},
           {"ops_per_step", static_cast<double>(profile.ops()) / static_cast<double>(steps)}};

@@ -68,8 +68,8 @@ Mirror with_nan_rows(const Mirror& m, int64_t pad) { return with_extra_rows(m, p
 struct Widths {
   int64_t k, n;
 };
-// {136, 40}: a weight gradient whose last row tile and last column box the bulk stores clip (k and
-// n not multiples of the tile; n not of the 32-column box).
+// {136, 40}: a weight gradient whose last row tile and column tile are clipped (k and n not
+// multiples of the tile).
 const std::vector<Widths> k_widths = {{64, 384}, {384, 768}, {768, 64}, {768, 768}, {136, 40}};
 
 }  // namespace
@@ -202,7 +202,8 @@ TEST_CASE("cuda grouped weight gradient walks many tiles per block", "[cuda][gro
   counts[63] = 129;
   const int64_t e_num = 64, rows = total_of(counts);
   Mirror offsets = offsets_of(counts);
-  // n = 168: a column tile at 128 whose second 32-column box the bulk stores clip.
+  // n = 384: the wide (256-column) tiles, the second clipped at n; n = 168: the persistent 128-wide
+  // tiles (n < 256), the second clipped at n; k = 200 and 136 clip the last row tile.
   for (const Widths& wd : {Widths{200, 512}, Widths{768, 384}, Widths{136, 168}}) {
     const uint64_t seed = seed_of(97, {rows, wd.k, wd.n});
     Mirror x = random_mirror({rows, wd.k}, DType::bf16, seed);

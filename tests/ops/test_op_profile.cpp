@@ -43,6 +43,10 @@ TEST_CASE("op profile: ops are counted and timed by kind", "[ops][profile]") {
   for (const auto& [kind, t] : ms) total_kind += t;
   for (const auto& [op, t] : by_op) total_op += t;
   REQUIRE(total_op == Approx(total_kind));
+  // Host time per op under the same names; on the CPU the ops run on the host, so it is their time.
+  auto host_by_op = profile.host_millis_by_op();
+  REQUIRE(host_by_op.size() == by_op.size());
+  for (const auto& [op, t] : by_op) REQUIRE(host_by_op.at(op) == Approx(t));
 
   profile.reset();
   REQUIRE(profile.ops() == 0);
