@@ -5,7 +5,8 @@
 #   experiments/perf/run_speed.sh OUT_DIR [PARTS]   PARTS: comma list of build,tests,train,anchor,attention
 #                                                    (default all of them), nolog (MoE-small without a
 #                                                    logging step in the window), noside (nolog with the shared
-#                                                    experts on the compute stream), noupdate (nolog with the
+#                                                    experts on the compute stream), train_noside (MoE-small's
+#                                                    breakdown with the shared experts on the compute stream), noupdate (nolog with the
 #                                                    optimizer update on the compute stream), nolog_kernels (nolog once per
 #                                                    kernel of GROUPED_KERNELS), layer (moe bench layer at the
 #                                                    standard shapes), moe64, moeloop, ops, layer_anchor
@@ -48,6 +49,10 @@ if has train; then
     build/moe bench train experiments/perf/$cfg.toml --warmup 3 --steps 10 --breakdown 2>&1 | tail -1 \
       | tee "$out/bench_$cfg.json"
   done
+fi
+if has train_noside; then  # MoE-small's breakdown with the shared experts on the compute stream (no overlap to blur it)
+  build/moe bench train experiments/perf/moe_small.toml --warmup 3 --steps 10 --breakdown \
+    --set parallel.shared_expert_stream=false 2>&1 | tail -1 | tee "$out/bench_moe_small_noside.json"
 fi
 if has nolog; then  # MoE-small with no logging step among the timed ones (train.log_every past the window)
   build/moe bench train experiments/perf/moe_small.toml --warmup 3 --steps 10 --set train.log_every=1000 2>&1 \
