@@ -6,7 +6,8 @@
 #                                                    (default all of them), nolog (MoE-small without a
 #                                                    logging step in the window), noside (nolog with the shared
 #                                                    experts on the compute stream), train_noside (MoE-small's
-#                                                    breakdown with the shared experts on the compute stream), noupdate (nolog with the
+#                                                    breakdown with the shared experts on the compute stream), host
+#                                                    (MoE-small's ops on 64 tokens: the host's own step time), noupdate (nolog with the
 #                                                    optimizer update on the compute stream), nolog_kernels (nolog once per
 #                                                    kernel of GROUPED_KERNELS), layer (moe bench layer at the
 #                                                    standard shapes), moe64, moeloop, ops, layer_anchor
@@ -53,6 +54,10 @@ fi
 if has train_noside; then  # MoE-small's breakdown with the shared experts on the compute stream (no overlap to blur it)
   build/moe bench train experiments/perf/moe_small.toml --warmup 3 --steps 10 --breakdown \
     --set parallel.shared_expert_stream=false 2>&1 | tail -1 | tee "$out/bench_moe_small_noside.json"
+fi
+if has host; then  # MoE-small's ops on one sequence of 64 tokens: the device has almost nothing to do, so the step time is the host's
+  build/moe bench train experiments/perf/moe_small.toml --warmup 3 --steps 10 --breakdown --set train.micro_batch_size=1 \
+    --set model.seq_len=64 --set train.log_every=1000 2>&1 | tail -1 | tee "$out/bench_moe_small_host.json"
 fi
 if has nolog; then  # MoE-small with no logging step among the timed ones (train.log_every past the window)
   build/moe bench train experiments/perf/moe_small.toml --warmup 3 --steps 10 --set train.log_every=1000 2>&1 \

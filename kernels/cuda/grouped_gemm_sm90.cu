@@ -543,18 +543,20 @@ int64_t weight_grad_tile_count(const kernels::GroupedGemmShape& s, int bn) {
   return s.num_experts * ceil_div(s.k, k_bm) * ceil_div(s.n, bn);
 }
 
-// The persistent weight gradient's tile width: 256 (a third fewer operand loads per output than
-// 128) unless n < 256, or its last round of tiles leaves clearly more multiprocessors idle than
-// 128's would (MoE-small's down projection: 576 wide tiles fill 4.36 rounds of 132, 1152 narrow
-// ones 8.73).
+// The persistent weight gradient's tile width: 256 (a quarter fewer operand loads per output than
+// 128) unless n < 256, or its share of useful work is clearly lower than 128's: the share of the
+// multiprocessors busy over the rounds of tiles times the share of the tiles' columns inside n
+// (MoE-small's down projection: 576 wide tiles fill 4.36 rounds of 132, 1152 narrow ones 8.73;
+// n = 384 leaves a quarter of the wide columns empty).
 int weight_grad_tile_width(const kernels::GroupedGemmShape& s) {
   if (s.n < 256) return 128;
   const int64_t sms = multiprocessor_count();
-  auto filled = [&](int bn) {
+  auto useful = [&](int bn) {
     const int64_t tiles = weight_grad_tile_count(s, bn);
-    return static_cast<double>(tiles) / static_cast<double>(ceil_div(tiles, sms) * sms);
+    const double busy = static_cast<double>(tiles) / static_cast<double>(ceil_div(tiles, sms) * sms);
+    return busy * static_cast<double>(s.n) / static_cast<double>(ceil_div(s.n, bn) * bn);
   };
-  return filled(256) + 0.05 >= filled(128) ? 256 : 128;
+  return useful(256) + 0.05 >= useful(128) ? 256 : 128;
 }
 
 // The forward's tiles: every (row tile, column tile) the offsets may produce.
