@@ -543,14 +543,15 @@ int64_t weight_grad_tile_count(const kernels::GroupedGemmShape& s, int bn) {
   return s.num_experts * ceil_div(s.k, k_bm) * ceil_div(s.n, bn);
 }
 
+}  // namespace
+
 // The persistent weight gradient's tile width: 256 (a quarter fewer operand loads per output than
 // 128) unless n < 256, or its share of useful work is clearly lower than 128's: the share of the
 // multiprocessors busy over the rounds of tiles times the share of the tiles' columns inside n
 // (MoE-small's down projection: 576 wide tiles fill 4.36 rounds of 132, 1152 narrow ones 8.73;
 // n = 384 leaves a quarter of the wide columns empty).
-int weight_grad_tile_width(const kernels::GroupedGemmShape& s) {
+int weight_grad_tile_width(const kernels::GroupedGemmShape& s, int64_t sms) {
   if (s.n < 256) return 128;
-  const int64_t sms = multiprocessor_count();
   auto useful = [&](int bn) {
     const int64_t tiles = weight_grad_tile_count(s, bn);
     const double busy = static_cast<double>(tiles) / static_cast<double>(ceil_div(tiles, sms) * sms);
@@ -558,6 +559,8 @@ int weight_grad_tile_width(const kernels::GroupedGemmShape& s) {
   };
   return useful(256) + 0.05 >= useful(128) ? 256 : 128;
 }
+
+namespace {
 
 // The forward's tiles: every (row tile, column tile) the offsets may produce.
 template <class T>
@@ -630,7 +633,7 @@ void grouped_gemm_weight_grad_bf16(const __nv_bfloat16* x, const int32_t* offset
   const Args args{offsets, s, dw, accumulate};
   const CUtensorMap map_x = tensor_map(x, s.k, s.rows, k_bk), map_dy = tensor_map(dy, s.n, s.rows, k_bk);
   // map_x also fills the output map, which the weight gradient does not use (it writes dw itself).
-  if (persistent && weight_grad_tile_width(s) == 256) {
+  if (persistent && weight_grad_tile_width(s, multiprocessor_count()) == 256) {
     using Wide = PersistentTile<Mode::weight_grad, 256>;
     launch<Wide>(map_x, map_dy, map_x, args, weight_grad_tile_count(s, Wide::bn), stream);
   } else if (persistent) {

@@ -24,6 +24,11 @@ void grouped_gemm_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __n
                        __nv_bfloat16* y, const kernels::GroupedGemmShape& shape, bool wide_tiles,
                        cudaStream_t stream);
 
+// The persistent weight gradient's output tile width (256 or 128) for a shape on a GPU of
+// `multiprocessors` multiprocessors: 256 unless its useful share of the work (busy multiprocessors
+// over the rounds of tiles, times the columns inside n) is clearly below 128's.
+int weight_grad_tile_width(const kernels::GroupedGemmShape& shape, int64_t multiprocessors);
+
 // offsets i32[E+1] (device), x[rows,k], dy[rows,n] -> dw[E,k,n] f32 += x_e^T @ dy_e
 // (accumulate false: dw[e] = x_e^T @ dy_e, zeros for an expert with no rows). persistent: a block
 // per multiprocessor walks 128 x 256 tiles (128 x 128 where n < 256) and writes dw from the MMA

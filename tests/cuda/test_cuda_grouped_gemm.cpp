@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "experts/experts_registry.h"
+#include "kernels/cuda/device_info.h"
 #include "kernels/cuda/grouped_gemm.h"
 #include "kernels/cuda/grouped_gemm_sm90.h"
 #include "src/ops/ops.h"
@@ -220,6 +221,47 @@ TEST_CASE("cuda grouped weight gradient walks many tiles per block", "[cuda][gro
         ops::grouped_matmul_weight_grad(x.gpu, offsets.gpu, dy.gpu, dw, accumulate);
         require_close(dw, dw_cpu, accum_tol().atol, accum_tol().rtol, "dw");
       }
+    }
+  }
+}
+
+// The persistent weight gradient's tile width on a GPU of 132 multiprocessors (H100/H200 SXM): wide
+// where its rounds of tiles fill as well as the narrow ones', narrow where they would not or where
+// the wide columns past n are many.
+TEST_CASE("cuda weight gradient tile width weighs idle multiprocessors and columns past n", "[cuda][grouped]") {
+  using cuda::sm90::weight_grad_tile_width;
+  auto shape = [](int64_t e, int64_t k, int64_t n) { return kernels::GroupedGemmShape{e, 0, k, n}; };
+  REQUIRE(weight_grad_tile_width(shape(64, 1024, 8192), 132) == 256);  // Switch-like, up
+  REQUIRE(weight_grad_tile_width(shape(64, 4096, 1024), 132) == 256);  // Switch-like, down
+  REQUIRE(weight_grad_tile_width(shape(64, 768, 768), 132) == 256);    // MoE-small, up: 8.73 rounds either way
+  REQUIRE(weight_grad_tile_width(shape(64, 384, 768), 132) == 128);    // MoE-small, down: 4.36 rounds against 8.73
+  REQUIRE(weight_grad_tile_width(shape(64, 768, 384), 132) == 128);    // n = 384: a quarter of the wide columns empty
+  REQUIRE(weight_grad_tile_width(shape(64, 768, 168), 132) == 128);    // n < 256
+  REQUIRE(weight_grad_tile_width(shape(66, 128, 448), 132) == 256);    // one round either way, as many columns past n
+  REQUIRE(weight_grad_tile_width(shape(1, 768, 768), 132) == 128);     // a few tiles: the narrow ones use more SMs
+}
+
+// Wide weight-gradient tiles whose last column tile runs past n (448 = 1.75 x 256) and whose row
+// tiles end at k: 66 experts x 1 x 2 tiles, one round on 132 multiprocessors.
+TEST_CASE("cuda grouped weight gradient clips wide tiles at n", "[cuda][grouped]") {
+  const int64_t e_num = 66, k = 120, n = 448;
+  std::vector<int32_t> counts = random_int_values(e_num, 70, 31);
+  counts[3] = 0;
+  const int64_t rows = total_of(counts);
+  Mirror offsets = offsets_of(counts);
+  Mirror x = random_mirror({rows, k}, DType::bf16, 33);
+  Mirror dy = random_mirror({rows, n}, DType::bf16, 34);
+  INFO("tile width on this GPU " << cuda::sm90::weight_grad_tile_width({e_num, rows, k, n}, cuda::multiprocessor_count()));
+  for (bool accumulate : {true, false}) {
+    Tensor start = test::random_tensor({e_num, k, n}, DType::f32, 35);
+    Tensor dw_cpu = start.clone();
+    ops::grouped_matmul_weight_grad(x.cpu, offsets.cpu, dy.cpu, dw_cpu, accumulate);
+    for (auto kernel : kernels_here()) {
+      KernelChoice choice(kernel);
+      INFO("kernel " << cuda::grouped_gemm_kernel_name() << " accumulate " << accumulate);
+      Tensor dw = start.to(gpu());
+      ops::grouped_matmul_weight_grad(x.gpu, offsets.gpu, dy.gpu, dw, accumulate);
+      require_close(dw, dw_cpu, accum_tol().atol, accum_tol().rtol, "dw");
     }
   }
 }
