@@ -1,5 +1,5 @@
 // `moe bench op`: the registry of single-op benchmarks: attention (the flash kernels), the fused
-// residual add + norm, the grouped GEMM (the experts' GEMMs), the balancing terms, and the
+// residual add + norm, the grouped GEMM (the experts' GEMMs), a dense layer's GEMMs, the balancing terms, and the
 // dispatch's permutation, the router with its Switch statistics.
 #include "src/tools/bench_op.h"
 
@@ -211,6 +211,33 @@ nlohmann::json bench_grouped_gemm(const OpBenchOptions& o, Device device) {
   return r;
 }
 
+// A dense linear layer's three GEMMs at tokens = batch * seq, in = --d-model, out = --d-expert, each
+// timed alone as the layer runs it (src/nn/linear.cpp): y = x w, dx = dy w^T, and dw += x^T dy into
+// the fp32 gradient. The weight gradient is the long-k one (k = tokens, a small output).
+nlohmann::json bench_dense_gemm(const OpBenchOptions& o, Device device) {
+  MOE_CHECK(o.batch > 0 && o.seq_len > 0 && o.d_model > 0 && o.d_expert > 0,
+            "bench op dense_gemm: --batch, --seq, --d-model, --d-expert must be positive");
+  const DType dtype = device.is_cuda() ? DType::bf16 : DType::f32;
+  const int64_t tokens = o.batch * o.seq_len, in = o.d_model, out = o.d_expert;
+  Tensor x = random_on({tokens, in}, dtype, device, o.seed, -1.0f, 1.0f);
+  Tensor w = random_on({in, out}, dtype, device, o.seed + 1, -0.05f, 0.05f);
+  Tensor dy = random_on({tokens, out}, dtype, device, o.seed + 2, -1.0f, 1.0f);
+  Tensor y = Tensor::empty({tokens, out}, dtype, device), dx = Tensor::empty({tokens, in}, dtype, device);
+  Tensor dw = Tensor::zeros({in, out}, ops::accum_dtype(dtype), device);
+  const double flops = 2.0 * static_cast<double>(tokens) * static_cast<double>(in) * static_cast<double>(out);
+  nlohmann::json r{{"op", "dense_gemm"}, {"device", device.str()}, {"tokens", tokens}, {"in", in}, {"out", out},
+                   {"iters", o.iters}};
+  auto time = [&](const char* name, auto&& run) {
+    const double ms = median_ms(device, o.warmup, o.iters, run);
+    r[std::string(name) + "_ms"] = ms;
+    r[std::string(name) + "_tflops"] = flops / (ms * 1e-3) / 1e12;
+  };
+  time("forward", [&] { ops::matmul(x, false, w, false, y); });
+  time("input_grad", [&] { ops::matmul(dy, false, w, true, dx); });
+  time("weight_grad", [&] { ops::matmul(x, true, dy, false, dw, 1.0f, 1.0f); });
+  return r;
+}
+
 // The fields every routing bench reports first: the op, the device and the routing's shape.
 nlohmann::json routing_result(const char* op, Device device, int64_t tokens, int64_t experts, int64_t top_k,
                               int64_t iters) {
@@ -375,6 +402,9 @@ const std::vector<OpBench>& op_benches() {
       {"grouped_gemm", "the experts' grouped GEMMs, forward, backward and both (--experts --tokens-per-expert "
                        "--d-model --d-expert)",
        &bench_grouped_gemm},
+      {"dense_gemm", "a dense linear layer's forward, input gradient and fp32 weight gradient GEMMs (--batch --seq "
+                     "--d-model in, --d-expert out)",
+       &bench_dense_gemm},
       {"balance", "each balancing term's value and gradients (--batch --seq --experts --top-k)", &bench_balance},
       {"permute", "the dispatch's sort into expert order with its row move, fused and unfused (--batch --seq "
                   "--experts --top-k --d-model)",

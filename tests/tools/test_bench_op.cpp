@@ -106,6 +106,27 @@ TEST_CASE("bench op grouped_gemm reports times and TFLOP/s of the six expert GEM
                                       "must be positive (got 3, 5, 8, 0)"));
 }
 
+TEST_CASE("bench op dense_gemm times a linear layer's three GEMMs on the CPU", "[tools][bench]") {
+  OpBenchOptions o;
+  o.batch = 2;
+  o.seq_len = 5;
+  o.d_model = 8;
+  o.d_expert = 12;
+  o.warmup = 1;
+  o.iters = 3;
+  const nlohmann::json r = bench_op("dense_gemm", o, Device::cpu());
+  CHECK(r["op"] == "dense_gemm");
+  CHECK(r["tokens"] == 10);
+  const double flops = 2.0 * 10 * 8 * 12;
+  for (const char* gemm : {"forward", "input_grad", "weight_grad"}) {
+    const double ms = r[std::string(gemm) + "_ms"].get<double>();
+    CHECK(ms > 0);
+    CHECK(r[std::string(gemm) + "_tflops"].get<double>() == Approx(flops / (ms * 1e-3) / 1e12));
+  }
+  o.d_model = 0;
+  REQUIRE_THROWS_WITH(bench_op("dense_gemm", o, Device::cpu()), Catch::Contains("bench op dense_gemm: --batch"));
+}
+
 TEST_CASE("bench op balance times every balancing term on the CPU", "[tools][bench]") {
   OpBenchOptions o;
   o.batch = 2;
@@ -159,7 +180,7 @@ TEST_CASE("bench op names an unknown op and a bad attention shape", "[tools][ben
   OpBenchOptions o;
   REQUIRE_THROWS_WITH(bench_op("matmul", o, Device::cpu()),
                       Catch::Contains("bench op: unknown op 'matmul' (known: attention, add_rmsnorm, add_layernorm, "
-                                      "grouped_gemm, balance, permute, router)"));
+                                      "grouped_gemm, dense_gemm, balance, permute, router)"));
   o.heads = 6;
   o.kv_heads = 4;
   REQUIRE_THROWS_WITH(bench_op("attention", o, Device::cpu()),
