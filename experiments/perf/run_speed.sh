@@ -7,7 +7,9 @@
 #                                                    logging step in the window), noside (nolog with the shared
 #                                                    experts on the compute stream), train_noside (MoE-small's
 #                                                    breakdown with the shared experts on the compute stream), host
-#                                                    (MoE-small's ops on 64 tokens: the host's own step time), noupdate (nolog with the
+#                                                    (MoE-small's ops on 64 tokens: the host's own step time), dense
+#                                                    (MoE-small's dense GEMMs, engine and torch.mm, and the fp32
+#                                                    write and copy rates), noupdate (nolog with the
 #                                                    optimizer update on the compute stream), nolog_kernels (nolog once per
 #                                                    kernel of GROUPED_KERNELS), layer (moe bench layer at the
 #                                                    standard shapes), moe64, moeloop, ops, layer_anchor
@@ -100,6 +102,14 @@ if has ops; then
   # MoE-small's router (16 x 1024 tokens, 64 experts, top-6) with the Switch statistics, fused and unfused
   build/moe bench op router --batch 16 --seq 1024 --experts 64 --top-k 6 --warmup 5 --iters 50 2>&1 | tail -1 \
     | tee "$out/op_router.json"
+fi
+if has dense; then  # MoE-small's dense layers' GEMMs, the engine's and torch.mm, and the fp32 write / copy rates
+  for shape in "768 2304" "768 768" "768 1536"; do
+    set -- $shape
+    build/moe bench op dense_gemm --batch 16 --seq 1024 --d-model "$1" --d-expert "$2" 2>&1 | tail -1 \
+      | tee -a "$out/dense_gemm.jsonl"
+  done
+  python3 experiments/perf/anchors/dense_gemm_anchor.py 2>&1 | grep '^{' | tee -a "$out/dense_gemm.jsonl"
 fi
 if has anchor; then
   python3 experiments/perf/anchors/gpt2_anchor.py --warmup 3 --steps 10 2>&1 | grep '^{' | tee "$out/anchor_gpt2.jsonl"
