@@ -27,11 +27,6 @@ constexpr int k_box_bytes = 64 * 128;   // a [64 rows][64] box
 constexpr int k_consumer_threads = 256;  // warpgroups 0 and 1 multiply (64 rows each)
 constexpr int k_threads = k_consumer_threads + 32;  // warp 8 loads
 constexpr uint32_t k_consumer_barrier = 1;
-// The persistent weight gradient passes its f32 fragments through shared memory a warp at a time:
-// 16 rows x 32 columns (one 128-byte line a row), rows padded to 40 floats so that the fragment
-// writes and the row reads both take the fewest wavefronts.
-constexpr int k_chunk_cols = 32, k_chunk_stride = 40;
-constexpr int k_warp_chunk_bytes = 16 * k_chunk_stride * 4;
 
 // A kernel's tile: its mode, its output width kBN and whether its blocks are persistent (one per
 // multiprocessor, walking many tiles) or have one tile each.
@@ -49,21 +44,18 @@ struct Tile {
   // registers a thread), so that one block's epilogue overlaps the other's loads. A persistent block
   // has the multiprocessor to itself: the loader fills the stages with the next tile meanwhile. The
   // persistent forward stages its bf16 output in a buffer of its own, which leaves by bulk tensor
-  // stores; the persistent weight gradient writes its f32 rows from each warp's small chunk buffer
-  // (below; its 4 stages of ring, an expert's few k-slices, fetch a whole next tile during the
+  // stores; the persistent weight gradient writes its f32 fragments straight from the registers
+  // (no staging: its 4 stages of ring, an expert's few k-slices, fetch a whole next tile during the
   // epilogue).
   static constexpr bool persistent = kPersistent;
   static constexpr int blocks_per_sm = !kPersistent && kBN == 128 ? 2 : 1;
   static constexpr int stages = kPersistent && weight_grad ? 4 : 3;
   static constexpr int pipe_bytes = stages * stage_bytes;
-  // Staged output: bf16 boxes for the forward's bulk tensor stores, a persistent weight gradient's
-  // per-warp chunks, or f32 rows of kBN + 8 (bank spread) that a block-per-tile weight gradient
-  // adds or stores with ordinary stores.
+  // Staged output: bf16 boxes for the forward's bulk tensor stores, or f32 rows of kBN + 8 (bank
+  // spread) that a block-per-tile weight gradient adds or stores with ordinary stores.
   static constexpr bool boxed_out = !weight_grad;
-  static constexpr bool chunked_out = weight_grad && kPersistent;
-  static constexpr int out_bytes = !weight_grad ? k_bm * kBN * 2
-                                   : kPersistent ? (k_consumer_threads / k_warp) * k_warp_chunk_bytes
-                                                 : k_bm * (kBN + 8) * 4;
+  static constexpr bool fragment_out = weight_grad && kPersistent;
+  static constexpr int out_bytes = !weight_grad ? k_bm * kBN * 2 : kPersistent ? 0 : k_bm * (kBN + 8) * 4;
   static constexpr int out_offset = persistent ? pipe_bytes : 0;
   static constexpr int barrier_offset = persistent ? pipe_bytes + out_bytes : pipe_bytes;
   // + the row-tile schedule: 2 * (E + 1) int32 (forward modes), sized at launch
@@ -271,53 +263,39 @@ __device__ __forceinline__ void stage_accumulators(uint8_t* tile, const float (&
   }
 }
 
-// The persistent weight gradient's epilogue, each warp on its own: 32 columns at a time, its
-// fragments (16 rows) go to its chunk buffer, and each lane reads back 16 bytes of a row, so one
-// store writes 4 whole 128-byte lines (float4 stores, or `red.global.add.v4.f32` with
-// `accumulate`; rows clipped at k, columns at n). Fragment stores straight from the registers wrote
-// 32-byte sectors of 8 rows each and reached half the device's write rate (experiments/perf/
-// README.md, issue 14 part 8). No block barrier: the warpgroups go on to the next tile at once.
+// The persistent weight gradient's epilogue: each thread writes its fragments of dw[e] straight
+// from the registers (rows m0 + 64*cw + ..., clipped at k and n), float2 stores, or float2
+// reductions (`red.global.add.v2.f32`) with `accumulate`. A warp's store covers whole 32-byte
+// sectors of 8 rows; nothing is staged or waited for, so the warpgroup goes on to its next tile
+// while the stores drain.
 template <int kBN>
-__device__ __forceinline__ void write_weight_grad_rows(const float (&acc)[kBN / 2], uint8_t* chunks, const Work& w,
-                                                       const Args& args, int cw, int t) {
+__device__ __forceinline__ void write_weight_grad_fragments(const float (&acc)[kBN / 2], const Work& w,
+                                                            const Args& args, int cw, int t) {
   const kernels::GroupedGemmShape& s = args.shape;
   const int warp = (t % 128) / 32, lane = t % 32;
-  float* chunk = reinterpret_cast<float*>(chunks + (t / k_warp) * k_warp_chunk_bytes);
   float* dw = static_cast<float*>(args.out) + static_cast<int64_t>(w.expert) * s.k * s.n;
-  const int64_t row0 = w.m0 + cw * 64 + warp * 16;
-  const int frag_row = lane / 4, frag_col = (lane % 4) * 2;  // the fragment layout, within 8 columns
-  const int read_row = lane / 8, read_col = (lane % 8) * 4;  // 4 rows of 8 lanes x 16 bytes
+  const int64_t col0 = w.n0 + (lane % 4) * 2;
 #pragma unroll
-  for (int c = 0; c < kBN / k_chunk_cols; ++c) {
+  for (int half = 0; half < 2; ++half) {
+    const int64_t row = w.m0 + cw * 64 + warp * 16 + lane / 4 + half * 8;
+    if (row >= s.k) continue;
+    float* dw_row = dw + row * s.n;
 #pragma unroll
-    for (int jj = 0; jj < k_chunk_cols / 8; ++jj) {
-      const int j = c * (k_chunk_cols / 8) + jj;
-      float* at = chunk + frag_row * k_chunk_stride + jj * 8 + frag_col;
-      *reinterpret_cast<float2*>(at) = make_float2(acc[4 * j], acc[4 * j + 1]);
-      *reinterpret_cast<float2*>(at + 8 * k_chunk_stride) = make_float2(acc[4 * j + 2], acc[4 * j + 3]);
-    }
-    __syncwarp();
-    const int64_t col = w.n0 + c * k_chunk_cols + read_col;  // n is a multiple of 8: col < n covers col + 3
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int r = i * 4 + read_row;
-      const float4 v = *reinterpret_cast<const float4*>(chunk + r * k_chunk_stride + read_col);
-      const int64_t row = row0 + r;
-      if (row < s.k && col < s.n) {
-        float* p = dw + row * s.n + col;
-        if (args.accumulate) {
-          red_add_f32x4(p, v);
-        } else {
-          *reinterpret_cast<float4*>(p) = v;
-        }
+    for (int j = 0; j < kBN / 8; ++j) {
+      const int64_t col = col0 + j * 8;  // n is a multiple of 8: col < n covers col + 1
+      if (col >= s.n) continue;
+      const float a = acc[4 * j + 2 * half], b = acc[4 * j + 2 * half + 1];
+      if (args.accumulate) {
+        red_add_f32x2(dw_row + col, a, b);
+      } else {
+        *reinterpret_cast<float2*>(dw_row + col) = make_float2(a, b);
       }
     }
-    __syncwarp();  // the chunk is read before the next one is written
   }
 }
 
-// The persistent weight gradient writes its rows through per-warp chunks (above); a block-per-tile
-// one adds (or stores) staged f32 rows with ordinary stores. The forward's whole tiles leave through bulk
+// The persistent weight gradient writes its fragments (above); a block-per-tile one adds (or
+// stores) staged f32 rows with ordinary stores. The forward's whole tiles leave through bulk
 // tensor stores issued by one thread (the warpgroups go on at once), an expert's last, partial
 // tile through 16-byte stores of its own rows (the rows past them are the next expert's).
 template <class T>
@@ -327,8 +305,8 @@ __device__ __forceinline__ void epilogue(uint8_t* smem, const CUtensorMap* map_o
   constexpr int stride = kBN + 8;
   const kernels::GroupedGemmShape& s = args.shape;
   const int64_t n0 = w.n0;
-  if constexpr (T::chunked_out) {
-    write_weight_grad_rows<kBN>(acc, smem, w, args, cw, t);
+  if constexpr (T::fragment_out) {
+    write_weight_grad_fragments<kBN>(acc, w, args, cw, t);
     return;
   }
   if constexpr (T::boxed_out) {
