@@ -105,8 +105,8 @@ if has ops; then
 fi
 if has dense; then  # MoE-small's dense layers' GEMMs, the engine's and torch.mm, and the fp32 write / copy rates
   for shape in "768 2304" "768 768" "768 1536"; do
-    set -- $shape
-    build/moe bench op dense_gemm --batch 16 --seq 1024 --d-model "$1" --d-expert "$2" 2>&1 | tail -1 \
+    read -r d_in d_out <<< "$shape"
+    build/moe bench op dense_gemm --batch 16 --seq 1024 --d-model "$d_in" --d-expert "$d_out" 2>&1 | tail -1 \
       | tee -a "$out/dense_gemm.jsonl"
   done
   python3 experiments/perf/anchors/dense_gemm_anchor.py 2>&1 | grep '^{' | tee -a "$out/dense_gemm.jsonl"

@@ -25,7 +25,8 @@ def main():
     out = pathlib.Path(sys.argv[1])
     anchors = {r["mode"]: r for r in read_json_lines(out / "anchor_gpt2.jsonl")}
     for name in ("gpt2_small_dense", "moe_small", "moe_small_nolog", "moe_small_nolog_noupdate",
-                 "moe_small_nolog_noside", "moe_small_nolog_wgmma", "moe_small_nolog_wgmma_narrow", "gpt2_small_moe64"):
+                 "moe_small_nolog_noside", "moe_small_nolog_wgmma", "moe_small_nolog_wgmma_narrow", "gpt2_small_moe64",
+                 "moe_small_noside", "moe_small_host"):
         rows = read_json_lines(out / f"bench_{name}.json")
         if not rows:
             continue
@@ -45,11 +46,22 @@ def main():
             top = sorted(b.get("ms_per_step_by_op", {}).items(), key=lambda kv: -kv[1])[:12]
             if top:
                 print("  top ops: " + ", ".join(f"{k} {v:.2f}" for k, v in top))
+            host = sorted(b.get("host_ms_per_step_by_op", {}).items(), key=lambda kv: -kv[1])[:6]
+            if host:
+                print(f"  host in ops {b['host_ops_ms_per_step']:.1f} ms/step (enqueue {r['host_enqueue_ms_per_step']:.1f}): "
+                      + ", ".join(f"{k} {v:.2f}" for k, v in host))
     for r in read_json_lines(out / "bench_layer.jsonl"):
         by_op = sorted(r.get("ms_by_op", {}).items(), key=lambda kv: -kv[1])[:6]
         print(f"layer {pathlib.Path(r['config']).stem} [{r['grouped_kernel']}]: {r['expert_tflops']:.1f} expert TFLOP/s "
               f"(dense chain {r['dense_tflops']:.1f}), layer {r['layer_ms']:.3f} ms"
               + ("; " + ", ".join(f"{k} {v:.3f}" for k, v in by_op) if by_op else ""))
+    for r in read_json_lines(out / "dense_gemm.jsonl"):
+        if r.get("op") == "dense_gemm" or r.get("anchor") == "torch_mm":
+            who = "engine" if r.get("op") == "dense_gemm" else "torch.mm"
+            print(f"dense GEMM {r['in']} -> {r['out']} ({who}): forward {r['forward_tflops']:.0f}, input grad "
+                  f"{r['input_grad_tflops']:.0f}, weight grad {r['weight_grad_tflops']:.0f} TFLOP/s")
+        elif r.get("anchor") == "memory":
+            print(f"memory: write {r['write_tb_per_s']:.2f} TB/s, copy {r['copy_tb_per_s']:.2f} TB/s")
     for r in read_json_lines(out / "anchor_moe_layer.jsonl"):
         if "impl" in r:
             what = r.get("error") or f"{r['ms']:.3f} ms, {r['expert_tflops']:.1f} expert TFLOP/s"

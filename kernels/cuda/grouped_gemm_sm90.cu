@@ -65,8 +65,8 @@ struct Tile {
   static_assert(fixed_smem_bytes <= 227 * 1024, "shared memory per block");
 };
 // The kernels built: the forward's 256- and 192-wide tiles persistent, its 128-wide ones a block
-// each; the weight gradient's persistent 256-wide tiles (`wgmma`; 128-wide where n < 256) and
-// block-per-tile 128-wide ones (`wgmma_narrow`).
+// each; the weight gradient's persistent 256-wide tiles (`wgmma`; 128-wide where n < 256 or where
+// weight_grad_tile_width says so) and block-per-tile 128-wide ones (`wgmma_narrow`).
 template <Mode kMode, int kBN>
 using PersistentTile = Tile<kMode, kBN, true>;
 template <Mode kMode>
@@ -79,7 +79,7 @@ constexpr int64_t k_max_rows = INT32_MAX - k_bm;
 struct Args {
   const int32_t* offsets;
   kernels::GroupedGemmShape shape;
-  void* out;  // bf16 y[rows,n] or f32 dw[E,k,n] (the bulk stores write through their tensor map)
+  void* out;  // bf16 y[rows,n] (bulk stores write it through its tensor map) or f32 dw[E,k,n] (written directly)
   bool accumulate;  // weight gradient: add to dw (else store, zeros for an expert with no rows)
 };
 
@@ -550,8 +550,9 @@ int64_t weight_grad_tile_count(const kernels::GroupedGemmShape& s, int bn) {
 // multiprocessors busy over the rounds of tiles times the share of the tiles' columns inside n
 // (MoE-small's down projection: 576 wide tiles fill 4.36 rounds of 132, 1152 narrow ones 8.73;
 // n = 384 leaves a quarter of the wide columns empty).
-int weight_grad_tile_width(const kernels::GroupedGemmShape& s, int64_t sms) {
+int weight_grad_tile_width(const kernels::GroupedGemmShape& s, int64_t multiprocessors) {
   if (s.n < 256) return 128;
+  const int64_t sms = multiprocessors;
   auto useful = [&](int bn) {
     const int64_t tiles = weight_grad_tile_count(s, bn);
     const double busy = static_cast<double>(tiles) / static_cast<double>(ceil_div(tiles, sms) * sms);

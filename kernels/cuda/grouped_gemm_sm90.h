@@ -31,8 +31,9 @@ int weight_grad_tile_width(const kernels::GroupedGemmShape& shape, int64_t multi
 
 // offsets i32[E+1] (device), x[rows,k], dy[rows,n] -> dw[E,k,n] f32 += x_e^T @ dy_e
 // (accumulate false: dw[e] = x_e^T @ dy_e, zeros for an expert with no rows). persistent: a block
-// per multiprocessor walks 128 x 256 tiles (128 x 128 where n < 256) and writes dw from the MMA
-// fragments (float2 stores, or reductions); else a block per 128 x 128 tile with ordinary stores.
+// per multiprocessor walks 128 x 256 tiles (128 x 128 where n < 256 or weight_grad_tile_width says
+// so) and writes dw from the MMA fragments (float2 stores, or reductions); else a block per 128 x 128
+// tile with ordinary stores.
 void grouped_gemm_weight_grad_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __nv_bfloat16* dy,
                                    float* dw, const kernels::GroupedGemmShape& shape, bool accumulate,
                                    bool persistent, cudaStream_t stream);

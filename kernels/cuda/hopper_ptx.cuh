@@ -1,5 +1,5 @@
-// Hopper (sm_90) PTX wrappers: mbarriers, bulk tensor copies (TMA) both ways, warpgroup MMA fences and
-// shared-memory matrix descriptors. Included only from .cu files built for sm_90a.
+// Hopper (sm_90) PTX wrappers: mbarriers, bulk tensor copies (TMA) both ways, vector reductions into
+// global memory, warpgroup MMA fences and shared-memory matrix descriptors. Included only from .cu files built for sm_90a.
 #pragma once
 
 #include <cstdint>
@@ -49,16 +49,18 @@ __device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, u
       : "memory");
 }
 
+// ---- vector reduction into global memory (sm_90) ----
+// dst[0..1] += {a, b}: done at L2, no value comes back.
+__device__ __forceinline__ void red_add_f32x2(float* dst, float a, float b) {
+  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(dst), "f"(a), "f"(b) : "memory");
+}
+
 // ---- bulk tensor store: a box of shared memory to (c0 inner, c1 outer) of a 2-D tensor map ----
 __device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, const void* src, int32_t c0, int32_t c1) {
   asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];" ::"l"(
                    reinterpret_cast<uint64_t>(map)),
                "r"(smem_addr(src)), "r"(c0), "r"(c1)
                : "memory");
-}
-// dst[0..1] += {a, b} in global memory: a vector reduction done at L2 (no value comes back).
-__device__ __forceinline__ void red_add_f32x2(float* dst, float a, float b) {
-  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(dst), "f"(a), "f"(b) : "memory");
 }
 __device__ __forceinline__ void bulk_commit_group() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
 // Waits until this thread's committed bulk stores have read their shared memory (it may be reused).

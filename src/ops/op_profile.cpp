@@ -1,5 +1,6 @@
 // Op timing for `moe bench train --breakdown`: pairs of CUDA events per op, read back once at the
-// end (no host wait between ops), or the host clock for CPU ops (they run synchronously).
+// end (no host wait between ops), or the host clock for CPU ops (they run synchronously); the host
+// clock also times every op's scope on the host (on CUDA, enqueueing it).
 #include "src/ops/op_profile.h"
 
 #include <chrono>

@@ -31,8 +31,9 @@ class OpProfile {
   // The same per op: the name each scope was given (an op's own function name, see run_on), or
   // its kind's name where it was given none.
   std::map<std::string, double> millis_by_op();
-  // Host milliseconds inside each op's scope, per op name: on CUDA the cost of enqueueing it (its
-  // checks, allocations and launches), which bounds the step when it nears the device time.
+  // Host milliseconds inside each op's scope, per op name: on CUDA enqueueing it (its checks,
+  // allocations and launches) plus any time blocked on a full launch queue or waiting for the
+  // device, so only a host-bound run (a tiny batch) reads the host's own cost.
   std::map<std::string, double> host_millis_by_op();
   int64_t ops() const { return num_ops_; }
   void reset();
@@ -43,7 +44,7 @@ class OpProfile {
 
  private:
   std::vector<double> millis();  // per record, in order
-  std::map<std::string, double> sum_by_op(const std::vector<double>& per_record);
+  std::map<std::string, double> sum_by_op(const std::vector<double>& ms);
   struct Impl;
   std::unique_ptr<Impl> impl_;
   int64_t num_ops_ = 0;

@@ -216,7 +216,8 @@ nlohmann::json bench_grouped_gemm(const OpBenchOptions& o, Device device) {
 // the fp32 gradient. The weight gradient is the long-k one (k = tokens, a small output).
 nlohmann::json bench_dense_gemm(const OpBenchOptions& o, Device device) {
   MOE_CHECK(o.batch > 0 && o.seq_len > 0 && o.d_model > 0 && o.d_expert > 0,
-            "bench op dense_gemm: --batch, --seq, --d-model, --d-expert must be positive");
+            "bench op dense_gemm: --batch, --seq, --d-model, --d-expert must be positive (got ", o.batch, ", ",
+            o.seq_len, ", ", o.d_model, ", ", o.d_expert, ")");
   const DType dtype = device.is_cuda() ? DType::bf16 : DType::f32;
   const int64_t tokens = o.batch * o.seq_len, in = o.d_model, out = o.d_expert;
   Tensor x = random_on({tokens, in}, dtype, device, o.seed, -1.0f, 1.0f);

@@ -124,7 +124,9 @@ TEST_CASE("bench op dense_gemm times a linear layer's three GEMMs on the CPU", "
     CHECK(r[std::string(gemm) + "_tflops"].get<double>() == Approx(flops / (ms * 1e-3) / 1e12));
   }
   o.d_model = 0;
-  REQUIRE_THROWS_WITH(bench_op("dense_gemm", o, Device::cpu()), Catch::Contains("bench op dense_gemm: --batch"));
+  REQUIRE_THROWS_WITH(bench_op("dense_gemm", o, Device::cpu()),
+                      Catch::Contains("bench op dense_gemm: --batch, --seq, --d-model, --d-expert must be positive "
+                                      "(got 2, 5, 0, 12)"));
 }
 
 TEST_CASE("bench op balance times every balancing term on the CPU", "[tools][bench]") {
