@@ -13,31 +13,17 @@ forward 4*B*H*S^2*D (halved when causal), backward 2.5x forward.
 """
 import argparse
 import json
-import statistics
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from moe_anchor_ops import median_ms
+
 
 def forward_flops(batch, seq, heads, head_dim, causal):
     full = 4.0 * batch * heads * seq * seq * head_dim
     return full / 2 if causal else full
-
-
-def median_ms(fn, warmup, iters):
-    for _ in range(warmup):
-        fn()
-    start = torch.cuda.Event(enable_timing=True)
-    stop = torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(iters):
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        times.append(start.elapsed_time(stop))
-    return statistics.median(times)
 
 
 def make_inputs(batch, seq, heads, kv_heads, head_dim, layout):

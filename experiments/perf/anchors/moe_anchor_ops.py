@@ -1,8 +1,11 @@
-"""What the PyTorch MoE anchors share (moe_layer_anchor.py, moe_small_anchor.py): softmax top-k routing,
-SwiGLU, the routed experts as a PyTorch user writes them today with torch._grouped_mm, and the timing.
+"""What the PyTorch anchors share (moe_layer_anchor.py, moe_small_anchor.py; attention_anchor.py and
+dense_gemm_anchor.py for the timing): softmax top-k routing, SwiGLU, the routed experts as a PyTorch user
+writes them today with torch._grouped_mm, and the timing.
 
 Shapes: T tokens, d model width, E experts, f expert width, k experts per token.
 """
+import statistics
+
 import torch
 import torch.nn.functional as F
 
@@ -66,6 +69,22 @@ def time_cuda_ms(step, warmup, iters):
     stop.record()
     torch.cuda.synchronize()
     return start.elapsed_time(stop) / iters, last
+
+
+def median_ms(fn, warmup, iters):
+    """Runs fn() warmup times, then iters times, each between its own CUDA events -> the median ms."""
+    for _ in range(warmup):
+        fn()
+    start = torch.cuda.Event(enable_timing=True)
+    stop = torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(iters):
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(start.elapsed_time(stop))
+    return statistics.median(times)
 
 
 def split_choices(parser, flag, value, known):
