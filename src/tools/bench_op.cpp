@@ -1,6 +1,6 @@
-// `moe bench op`: the registry of single-op benchmarks: attention (the flash kernels), the fused
-// residual add + norm, the grouped GEMM (the experts' GEMMs), a dense layer's GEMMs, the balancing terms, and the
-// dispatch's permutation, the router with its Switch statistics.
+// `moe bench op`: the registry of single-op benchmarks: attention (the flash kernels), rotary
+// embedding, the fused residual add + norm, the grouped GEMM (the experts' GEMMs), a dense layer's
+// GEMMs, the balancing terms, the dispatch's permutation, the router with its Switch statistics.
 #include "src/tools/bench_op.h"
 
 #include <algorithm>
@@ -90,6 +90,35 @@ nlohmann::json bench_attention(const OpBenchOptions& o, Device device) {
   if (o.doc_len > 0) {
     r["flops"] = r["flops"].get<std::string>() + "; with --doc-len the same count (blocks skipped show as speed)";
   }
+  return r;
+}
+
+// Rotary embedding as the attention applies it: q [B*S, heads*hd] and k [B*S, kv_heads*hd]
+// rotated in place, forward then inverse (the backward), in GB/s of their traffic (each tensor
+// read and written once per rotation) against the device's copy peak.
+nlohmann::json bench_rope(const OpBenchOptions& o, Device device) {
+  const int64_t kv_heads = o.kv_heads > 0 ? o.kv_heads : o.heads;
+  MOE_CHECK(o.batch > 0 && o.seq_len > 0 && o.heads > 0 && kv_heads > 0 && o.head_dim > 0 && o.head_dim % 2 == 0,
+            "bench op rope: --batch, --seq, --heads, --kv-heads must be positive and --head-dim positive and even ",
+            "(got batch ", o.batch, ", seq ", o.seq_len, ", heads ", o.heads, "/", kv_heads, ", head dim ", o.head_dim,
+            ")");
+  const DType dtype = device.is_cuda() ? DType::bf16 : DType::f32;
+  const int64_t tokens = o.batch * o.seq_len;
+  Tensor q = random_on({tokens, o.heads * o.head_dim}, dtype, device, o.seed, -2.0f, 2.0f);
+  Tensor k = random_on({tokens, kv_heads * o.head_dim}, dtype, device, o.seed + 1, -2.0f, 2.0f);
+  auto rotate = [&](bool inverse) {
+    ops::rope(q, o.heads, o.seq_len, 10000.0f, inverse);
+    ops::rope(k, kv_heads, o.seq_len, 10000.0f, inverse);
+  };
+  const double fwd_ms = median_ms(device, o.warmup, o.iters, [&] { rotate(false); });
+  const double bwd_ms = median_ms(device, o.warmup, o.iters, [&] { rotate(true); });
+  const double bytes = 2.0 * static_cast<double>(q.numel() + k.numel()) * static_cast<double>(dtype_size(dtype));
+  auto gbps = [&](double ms) { return bytes / (ms * 1e-3) / 1e9; };
+  nlohmann::json r{{"op", "rope"}, {"device", device.str()}, {"tokens", tokens}, {"heads", o.heads},
+                   {"kv_heads", kv_heads}, {"head_dim", o.head_dim}, {"iters", o.iters}, {"fwd_ms", fwd_ms},
+                   {"bwd_ms", bwd_ms}, {"fwd_gbps", gbps(fwd_ms)}, {"bwd_gbps", gbps(bwd_ms)},
+                   {"fwd_fraction_of_copy_peak", gbps(fwd_ms) * 1e9 / k_h200_copy_bytes_per_s},
+                   {"bytes", "q and k each read and written once; copy peak 4.3 TB/s (measured, H200)"}};
   return r;
 }
 
@@ -396,6 +425,8 @@ const std::vector<OpBench>& op_benches() {
   static const std::vector<OpBench> benches = {
       {"attention", "attention forward, backward and both (--batch --seq --heads --kv-heads --head-dim --causal)",
        &bench_attention},
+      {"rope", "rotary embedding of q and k, forward and inverse (--batch --seq --heads --kv-heads --head-dim)",
+       &bench_rope},
       {"add_rmsnorm", "residual add + RMSNorm forward, backward with the residual gradient (--batch --seq --width)",
        &bench_add_rmsnorm},
       {"add_layernorm", "residual add + LayerNorm forward, backward with the residual gradient (--batch --seq --width)",

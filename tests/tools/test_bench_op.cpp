@@ -83,6 +83,27 @@ TEST_CASE("bench op add_rmsnorm and add_layernorm report fused and unfused times
                       Catch::Contains("--batch, --seq and --width must be positive (got batch 2, seq 7, width 0)"));
 }
 
+TEST_CASE("bench op rope reports forward and inverse times and GB/s of q and k", "[tools][bench]") {
+  OpBenchOptions o;
+  o.batch = 2;
+  o.seq_len = 9;
+  o.heads = 4;
+  o.kv_heads = 2;
+  o.head_dim = 16;
+  o.warmup = 1;
+  o.iters = 3;
+  const nlohmann::json r = bench_op("rope", o, Device::cpu());
+  CHECK(r["op"] == "rope");
+  CHECK(r["tokens"] == 18);
+  CHECK(r["kv_heads"] == 2);
+  for (const char* key : {"fwd_ms", "bwd_ms"}) CHECK(r[key].get<double>() > 0);
+  const double bytes = 2.0 * 18 * (4 + 2) * 16 * sizeof(float);  // q and k read and written, f32 on the CPU
+  CHECK(r["fwd_gbps"].get<double>() == Approx(bytes / (r["fwd_ms"].get<double>() * 1e-3) / 1e9));
+  CHECK(r["bwd_gbps"].get<double>() == Approx(bytes / (r["bwd_ms"].get<double>() * 1e-3) / 1e9));
+  o.head_dim = 7;
+  REQUIRE_THROWS_WITH(bench_op("rope", o, Device::cpu()), Catch::Contains("--head-dim positive and even"));
+}
+
 TEST_CASE("bench op grouped_gemm reports times and TFLOP/s of the six expert GEMMs on the CPU", "[tools][bench]") {
   CHECK(grouped_ffn_forward_flops(10, 6, 4) == 2 * 2.0 * 10 * 6 * 4);
   OpBenchOptions o;
