@@ -28,9 +28,10 @@ constexpr int k_consumer_threads = 256;  // warpgroups 0 and 1 multiply (64 rows
 constexpr int k_threads = k_consumer_threads + 32;  // warp 8 loads
 constexpr uint32_t k_consumer_barrier = 1;
 
-// A kernel's tile: its mode, its output width kBN and whether its blocks are persistent (one per
-// multiprocessor, walking many tiles) or have one tile each.
-template <Mode kMode, int kBN, bool kPersistent>
+// A kernel's tile: its mode, its output width kBN, whether its blocks are persistent (one per
+// multiprocessor, walking many tiles) or have one tile each, and for a persistent weight gradient
+// whether it stages its f32 output for bulk stores (kStagedOut) or writes it from the registers.
+template <Mode kMode, int kBN, bool kPersistent, bool kStagedOut = false>
 struct Tile {
   static constexpr Mode mode = kMode;
   static constexpr int bn = kBN;
@@ -44,33 +45,42 @@ struct Tile {
   // registers a thread), so that one block's epilogue overlaps the other's loads. A persistent block
   // has the multiprocessor to itself: the loader fills the stages with the next tile meanwhile. The
   // persistent forward stages its bf16 output in a buffer of its own, which leaves by bulk tensor
-  // stores; the persistent weight gradient writes its f32 fragments straight from the registers
-  // (no staging: its 4 stages of ring, an expert's few k-slices, fetch a whole next tile during the
-  // epilogue).
+  // stores. The persistent weight gradient either writes its f32 fragments straight from the
+  // registers (4 stages of ring: an expert's k-slices, a whole next tile fetched during the
+  // epilogue) or, for short reductions, stages the whole f32 tile (128 KB at 256 wide) for bulk
+  // stores that drain while the next tile multiplies (2 stages: all the shared memory left).
   static constexpr bool persistent = kPersistent;
+  static constexpr bool staged_weight_grad = weight_grad && kStagedOut;
   static constexpr int blocks_per_sm = !kPersistent && kBN == 128 ? 2 : 1;
-  static constexpr int stages = kPersistent && weight_grad ? 4 : 3;
+  static constexpr int stages = !(kPersistent && weight_grad) ? 3 : kStagedOut ? 2 : 4;
   static constexpr int pipe_bytes = stages * stage_bytes;
-  // Staged output: bf16 boxes for the forward's bulk tensor stores, or f32 rows of kBN + 8 (bank
-  // spread) that a block-per-tile weight gradient adds or stores with ordinary stores.
-  static constexpr bool boxed_out = !weight_grad;
-  static constexpr bool fragment_out = weight_grad && kPersistent;
-  static constexpr int out_bytes = !weight_grad ? k_bm * kBN * 2 : kPersistent ? 0 : k_bm * (kBN + 8) * 4;
+  // Staged output: bf16 boxes for the forward's bulk tensor stores, f32 boxes for the staged weight
+  // gradient's, or f32 rows of kBN + 8 (bank spread) that a block-per-tile weight gradient adds or
+  // stores with ordinary stores.
+  static constexpr bool boxed_out = !weight_grad || kStagedOut;
+  static constexpr bool fragment_out = weight_grad && kPersistent && !kStagedOut;
+  static constexpr int out_bytes = !weight_grad ? k_bm * kBN * 2
+                                   : kStagedOut ? k_bm * kBN * 4
+                                   : kPersistent ? 0
+                                                 : k_bm * (kBN + 8) * 4;
   static constexpr int out_offset = persistent ? pipe_bytes : 0;
   static constexpr int barrier_offset = persistent ? pipe_bytes + out_bytes : pipe_bytes;
   // + the row-tile schedule: 2 * (E + 1) int32 (forward modes), sized at launch
   static constexpr int fixed_smem_bytes = 1024 + barrier_offset + 2 * stages * 8;
   static_assert(kBN % k_box == 0 && (kBN == 128 || kPersistent), "widths of 64s; wider than 128 only persistent");
+  static_assert(!kStagedOut || (weight_grad && kPersistent), "only the persistent weight gradient stages f32");
   static_assert(persistent || out_bytes <= pipe_bytes, "the staged output fits the pipeline's shared memory");
   static_assert(fixed_smem_bytes <= 227 * 1024, "shared memory per block");
 };
 // The kernels built: the forward's 256- and 192-wide tiles persistent, its 128-wide ones a block
-// each; the weight gradient's persistent 256-wide tiles (`wgmma`; 128-wide where n < 256 or where
-// weight_grad_tile_width says so) and block-per-tile 128-wide ones (`wgmma_narrow`).
+// each; the weight gradient's persistent 256-wide tiles, fragment-written or staged (`wgmma`;
+// 128-wide fragment-written where n < 256 or where weight_grad_tile_width says so) and
+// block-per-tile 128-wide ones (`wgmma_narrow`).
 template <Mode kMode, int kBN>
 using PersistentTile = Tile<kMode, kBN, true>;
 template <Mode kMode>
 using NarrowTile = Tile<kMode, 128, false>;
+using StagedWeightGradTile = Tile<Mode::weight_grad, 256, true, true>;
 
 constexpr int k_max_smem = 227 * 1024;
 // Rows in 32-bit coordinates, with room for a tile's rounding (row + 127 must not overflow).
@@ -79,7 +89,7 @@ constexpr int64_t k_max_rows = INT32_MAX - k_bm;
 struct Args {
   const int32_t* offsets;
   kernels::GroupedGemmShape shape;
-  void* out;  // bf16 y[rows,n] (bulk stores write it through its tensor map) or f32 dw[E,k,n] (written directly)
+  void* out;  // bf16 y[rows,n] or f32 dw[E,k,n]: bulk stores write it through its tensor map, or the threads directly
   bool accumulate;  // weight gradient: add to dw (else store, zeros for an expert with no rows)
 };
 
@@ -231,18 +241,20 @@ __device__ __forceinline__ void mma_stage(float (&acc)[T::bn / 2], const uint8_t
   }
 }
 
-// The forward's output staged for the bulk tensor store: boxes of [128 rows][64 bf16] with the
-// 128-byte swizzle, the layout the store reads: row r's 16-byte chunk j sits at chunk j ^ (r % 8)
-// (so the fragment writes below take the fewest shared-memory wavefronts). Byte offset of (row r,
-// column c).
+// Output staged for the bulk tensor store: boxes of [128 rows][128 bytes] (64 bf16 or 32 f32
+// columns) with the 128-byte swizzle, the layout the store reads: row r's 16-byte chunk j sits at
+// chunk j ^ (r % 8) (so the fragment writes below take the fewest shared-memory wavefronts). Byte
+// offset of (row r, column c) for elements of kElem bytes.
 constexpr int k_out_box_bytes = k_bm * 128;
+template <int kElem>
 __device__ __forceinline__ int staged_offset(int r, int c) {
-  return (c / k_box) * k_out_box_bytes + r * 128 + ((((c % k_box) / 8) ^ (r % 8)) * 16) + (c % 8) * 2;
+  constexpr int box_cols = 128 / kElem, chunk = 16 / kElem;
+  return (c / box_cols) * k_out_box_bytes + r * 128 + ((((c % box_cols) / chunk) ^ (r % 8)) * 16) + (c % chunk) * kElem;
 }
 
 // Writes the accumulators (rows 64*cw + ..., the wgmma fragment layout) into the staged tile:
-// bf16 boxes as above, or f32 rows of kBN + 8.
-template <typename Out, int kBN>
+// boxes as above (kBoxed: bf16, or f32 for the staged weight gradient), or f32 rows of kBN + 8.
+template <typename Out, int kBN, bool kBoxed>
 __device__ __forceinline__ void stage_accumulators(uint8_t* tile, const float (&acc)[kBN / 2], int cw, int t) {
   constexpr int stride = kBN + 8;
   const int warp = (t % 128) / 32, lane = t % 32;
@@ -250,14 +262,18 @@ __device__ __forceinline__ void stage_accumulators(uint8_t* tile, const float (&
 #pragma unroll
   for (int j = 0; j < kBN / 8; ++j) {
     const int c = j * 8 + (lane % 4) * 2;
-    if constexpr (sizeof(Out) == 4) {
+    if constexpr (sizeof(Out) == 4 && kBoxed) {
+      *reinterpret_cast<float2*>(tile + staged_offset<4>(r0, c)) = make_float2(acc[4 * j], acc[4 * j + 1]);
+      *reinterpret_cast<float2*>(tile + staged_offset<4>(r0 + 8, c)) = make_float2(acc[4 * j + 2], acc[4 * j + 3]);
+    } else if constexpr (sizeof(Out) == 4) {
       auto* f = reinterpret_cast<float*>(tile);
       *reinterpret_cast<float2*>(f + r0 * stride + c) = make_float2(acc[4 * j], acc[4 * j + 1]);
       *reinterpret_cast<float2*>(f + (r0 + 8) * stride + c) = make_float2(acc[4 * j + 2], acc[4 * j + 3]);
     } else {
-      *reinterpret_cast<__nv_bfloat162*>(tile + staged_offset(r0, c)) =
+      static_assert(kBoxed, "bf16 output is staged in boxes");
+      *reinterpret_cast<__nv_bfloat162*>(tile + staged_offset<2>(r0, c)) =
           __floats2bfloat162_rn(acc[4 * j], acc[4 * j + 1]);
-      *reinterpret_cast<__nv_bfloat162*>(tile + staged_offset(r0 + 8, c)) =
+      *reinterpret_cast<__nv_bfloat162*>(tile + staged_offset<2>(r0 + 8, c)) =
           __floats2bfloat162_rn(acc[4 * j + 2], acc[4 * j + 3]);
     }
   }
@@ -294,10 +310,12 @@ __device__ __forceinline__ void write_weight_grad_fragments(const float (&acc)[k
   }
 }
 
-// The persistent weight gradient writes its fragments (above); a block-per-tile one adds (or
-// stores) staged f32 rows with ordinary stores. The forward's whole tiles leave through bulk
-// tensor stores issued by one thread (the warpgroups go on at once), an expert's last, partial
-// tile through 16-byte stores of its own rows (the rows past them are the next expert's).
+// A persistent weight gradient writes its fragments (above), or stages f32 boxes that one thread
+// adds (or stores) into dw[e] with bulk tensor reductions (or stores) through map_out, whose 3-D
+// map over dw clips rows at k and columns at n; a block-per-tile one adds (or stores) staged f32
+// rows with ordinary stores. The forward's whole tiles leave through bulk tensor stores issued by
+// one thread (the warpgroups go on at once), an expert's last, partial tile through 16-byte stores
+// of its own rows (the rows past them are the next expert's).
 template <class T>
 __device__ __forceinline__ void epilogue(uint8_t* smem, const CUtensorMap* map_out, const float (&acc)[T::bn / 2],
                                          const Work& w, const Args& args, int cw, int t) {
@@ -315,9 +333,26 @@ __device__ __forceinline__ void epilogue(uint8_t* smem, const CUtensorMap* map_o
   // Both warpgroups are done with the stages (a block of one tile stages its output there) and
   // with the last tile's staged output (a persistent block).
   named_barrier(k_consumer_barrier, k_consumer_threads);
-  if constexpr (T::weight_grad) {
+  if constexpr (T::staged_weight_grad) {
+    stage_accumulators<float, kBN, true>(smem, acc, cw, t);
+    fence_proxy_async();  // the staged tile is read by the bulk copies
+    named_barrier(k_consumer_barrier, k_consumer_threads);
+    if (t == 0) {
+#pragma unroll
+      for (int b = 0; b < kBN / 32; ++b) {
+        const int32_t c0 = w.n0 + b * 32;
+        if (c0 >= s.n) break;
+        if (args.accumulate) {
+          tma_reduce_add_3d(map_out, smem + b * k_out_box_bytes, c0, w.m0, w.expert);
+        } else {
+          tma_store_3d(map_out, smem + b * k_out_box_bytes, c0, w.m0, w.expert);
+        }
+      }
+      bulk_commit_group();
+    }
+  } else if constexpr (T::weight_grad) {
     auto* tile = reinterpret_cast<float*>(smem);
-    stage_accumulators<float, kBN>(smem, acc, cw, t);
+    stage_accumulators<float, kBN, false>(smem, acc, cw, t);
     named_barrier(k_consumer_barrier, k_consumer_threads);
     const int64_t m0 = w.m0;
     float* dw = static_cast<float*>(args.out) + static_cast<int64_t>(w.expert) * s.k * s.n;
@@ -335,7 +370,7 @@ __device__ __forceinline__ void epilogue(uint8_t* smem, const CUtensorMap* map_o
       }
     }
   } else {
-    stage_accumulators<__nv_bfloat16, kBN>(smem, acc, cw, t);
+    stage_accumulators<__nv_bfloat16, kBN, true>(smem, acc, cw, t);
     fence_proxy_async();  // the staged tile is read by the bulk copy
     named_barrier(k_consumer_barrier, k_consumer_threads);
     if (w.row_end - w.row_begin >= k_bm) {
@@ -352,7 +387,7 @@ __device__ __forceinline__ void epilogue(uint8_t* smem, const CUtensorMap* map_o
         const int r = i / (kBN / 8), c = (i % (kBN / 8)) * 8;
         const int64_t row = w.row_begin + r, col = n0 + c;
         if (row < w.row_end && col < s.n) {
-          *reinterpret_cast<uint4*>(y + row * s.n + col) = *reinterpret_cast<const uint4*>(smem + staged_offset(r, c));
+          *reinterpret_cast<uint4*>(y + row * s.n + col) = *reinterpret_cast<const uint4*>(smem + staged_offset<2>(r, c));
         }
       }
     }
@@ -509,6 +544,24 @@ CUtensorMap tensor_map(const void* base, int64_t inner, int64_t outer, int box_o
   return map;
 }
 
+// The 3-D f32 tensor map over dw[E, k, n] that the staged weight gradient's bulk stores and
+// reductions write through: boxes of [128 rows][32 columns] with the 128-byte swizzle, clipped at
+// each expert's k rows and at n columns.
+CUtensorMap weight_grad_map(float* dw, const kernels::GroupedGemmShape& s) {
+  CUtensorMap map{};
+  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(s.n), static_cast<cuuint64_t>(s.k),
+                              static_cast<cuuint64_t>(s.num_experts)};
+  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(s.n) * 4, static_cast<cuuint64_t>(s.k * s.n) * 4};
+  const cuuint32_t box[3] = {32, static_cast<cuuint32_t>(k_bm), 1};
+  const cuuint32_t element_strides[3] = {1, 1, 1};
+  const CUresult r = encode_tiled()(&map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 3, dw, dims, strides, box,
+                                    element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                    CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  MOE_CHECK(r == CUDA_SUCCESS, "grouped gemm on CUDA: cuTensorMapEncodeTiled failed (", static_cast<int>(r),
+            ") for a [", s.num_experts, ", ", s.k, ", ", s.n, "] f32 weight gradient");
+  return map;
+}
+
 // Shared memory of a launch: the tile's fixed part and the forward's row-tile schedule.
 template <class T>
 int smem_bytes(int64_t num_experts) {
@@ -559,6 +612,15 @@ int weight_grad_tile_width(const kernels::GroupedGemmShape& s, int64_t multiproc
     return busy * static_cast<double>(s.n) / static_cast<double>(ceil_div(s.n, bn) * bn);
   };
   return useful(256) + 0.05 >= useful(128) ? 256 : 128;
+}
+
+// Whether the wide persistent weight gradient stages its f32 tiles for bulk stores: where the
+// experts' reductions are short (at most k_staged_rows_per_expert rows each on average), the tile's
+// 128 KB of writes take about as long as its multiply, and overlapping them with the next tile's
+// multiply is worth more than the two stages of ring it costs (the Switch-like layer: 256 rows an
+// expert). Long reductions keep 4 stages and write from the registers.
+bool weight_grad_stages_output(const kernels::GroupedGemmShape& s) {
+  return s.rows <= k_staged_rows_per_expert * s.num_experts;
 }
 
 namespace {
@@ -633,8 +695,11 @@ void grouped_gemm_weight_grad_bf16(const __nv_bfloat16* x, const int32_t* offset
             ")");
   const Args args{offsets, s, dw, accumulate};
   const CUtensorMap map_x = tensor_map(x, s.k, s.rows, k_bk), map_dy = tensor_map(dy, s.n, s.rows, k_bk);
-  // map_x also fills the output map, which the weight gradient does not use (it writes dw itself).
-  if (persistent && weight_grad_tile_width(s, multiprocessor_count()) == 256) {
+  // map_x also fills the output map where the kernel writes dw itself (all but the staged tiles).
+  const bool wide = persistent && weight_grad_tile_width(s, multiprocessor_count()) == 256;
+  if (wide && weight_grad_stages_output(s)) {
+    launch<StagedWeightGradTile>(map_x, map_dy, weight_grad_map(dw, s), args, weight_grad_tile_count(s, 256), stream);
+  } else if (wide) {
     using Wide = PersistentTile<Mode::weight_grad, 256>;
     launch<Wide>(map_x, map_dy, map_x, args, weight_grad_tile_count(s, Wide::bn), stream);
   } else if (persistent) {

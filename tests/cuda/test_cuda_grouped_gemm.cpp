@@ -273,6 +273,46 @@ TEST_CASE("cuda grouped weight gradient clips wide tiles at n", "[cuda][grouped]
   }
 }
 
+// The wide persistent weight gradient stages its f32 tiles for bulk stores where the experts'
+// reductions are short (at most 512 rows each on average) and writes them from the registers where
+// they are long. Both ways on 8 experts of k = 1000 (the last row tile clipped at k) and n = 968
+// (the last wide column tile clipped at n), an expert with no rows and one with a single row;
+// 2 x 132 wide tiles fill their rounds as well as the narrow ones, so the wide ones are chosen.
+TEST_CASE("cuda grouped weight gradient stages wide tiles for short reductions, not for long ones",
+          "[cuda][grouped]") {
+  using cuda::sm90::weight_grad_stages_output;
+  auto shape = [](int64_t e, int64_t rows) { return kernels::GroupedGemmShape{e, rows, 1024, 8192}; };
+  REQUIRE(weight_grad_stages_output(shape(64, 16384)));             // Switch-like: 256 rows an expert
+  REQUIRE_FALSE(weight_grad_stages_output(shape(64, 98304)));       // MoE-small: 1536
+  REQUIRE(weight_grad_stages_output(shape(64, 64 * 512)));          // the bound
+  REQUIRE_FALSE(weight_grad_stages_output(shape(64, 64 * 512 + 1)));
+  const int64_t e_num = 8, k = 1000, n = 968;
+  const std::vector<int32_t> long_counts{700, 1000, 0, 613, 900, 1, 840, 1100};  // 5154 rows > 8 x 512
+  const std::vector<int32_t> short_counts{70, 100, 0, 61, 90, 1, 84, 110};       // 516 rows
+  for (const std::vector<int32_t>& counts : {long_counts, short_counts}) {
+    const int64_t rows = total_of(counts);
+    const kernels::GroupedGemmShape s{e_num, rows, k, n};
+    if (cuda::multiprocessor_count() == 132) REQUIRE(cuda::sm90::weight_grad_tile_width(s, 132) == 256);
+    Mirror offsets = offsets_of(counts);
+    Mirror x = random_mirror({rows, k}, DType::bf16, seed_of(41, {rows}));
+    Mirror dy = random_mirror({rows, n}, DType::bf16, seed_of(42, {rows}));
+    for (bool accumulate : {true, false}) {
+      Tensor start = accumulate ? test::random_tensor({e_num, k, n}, DType::f32, 43)
+                                : poisoned_pair({e_num, k, n}, DType::f32).cpu;
+      Tensor dw_cpu = start.clone();
+      ops::grouped_matmul_weight_grad(x.cpu, offsets.cpu, dy.cpu, dw_cpu, accumulate);
+      for (auto kernel : kernels_here()) {
+        KernelChoice choice(kernel);
+        INFO("kernel " << cuda::grouped_gemm_kernel_name() << " rows " << rows << " staged "
+                       << weight_grad_stages_output(s) << " accumulate " << accumulate);
+        Tensor dw = start.to(gpu());
+        ops::grouped_matmul_weight_grad(x.gpu, offsets.gpu, dy.gpu, dw, accumulate);
+        require_close(dw, dw_cpu, accum_tol().atol, accum_tol().rtol, "dw");
+      }
+    }
+  }
+}
+
 // The Hopper forward keeps its row-tile schedule in shared memory: at its limit it runs (all of
 // its shared memory in use); past it, the automatic choice takes the portable kernel with the same
 // results and a named wgmma kernel refuses.
