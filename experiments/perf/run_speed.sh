@@ -96,9 +96,17 @@ if has moeloop; then  # MoE-small with the per-expert loop, against the default 
     --set moe.experts_impl=loop 2>&1 | tail -1 | tee "$out/bench_moe_small_loop.json"
 fi
 if has ops; then
-  build/moe bench op grouped_gemm --warmup 5 --iters 20 2>&1 | tail -1 | tee "$out/op_grouped_gemm.json"
+  # MoE-small's expert GEMMs (64 x 1536 rows, 768, 384), balanced and with uneven experts (skew 1, 2)
+  for skew in 0 1 2; do
+    build/moe bench op grouped_gemm --skew $skew --warmup 5 --iters 20 2>&1 | tail -1 | tee -a "$out/op_grouped_gemm.jsonl"
+  done
   build/moe bench op add_layernorm --batch 16 --seq 1024 --width 768 --warmup 5 --iters 20 2>&1 | tail -1 \
     | tee "$out/op_add_layernorm.json"
+  # MoE-small's residual add + RMSNorm and its rotary embedding of q and k (16 x 1024 tokens, 12 heads of 64)
+  build/moe bench op add_rmsnorm --batch 16 --seq 1024 --width 768 --warmup 5 --iters 20 2>&1 | tail -1 \
+    | tee "$out/op_add_rmsnorm.json"
+  build/moe bench op rope --batch 16 --seq 1024 --heads 12 --head-dim 64 --warmup 5 --iters 20 2>&1 | tail -1 \
+    | tee "$out/op_rope.json"
   # MoE-small's router (16 x 1024 tokens, 64 experts, top-6) with the Switch statistics, fused and unfused
   build/moe bench op router --batch 16 --seq 1024 --experts 64 --top-k 6 --warmup 5 --iters 50 2>&1 | tail -1 \
     | tee "$out/op_router.json"

@@ -49,7 +49,7 @@ void add_dispatch_bench(CLI::App& bench, CommandRunner& run) {
 }
 
 // `moe bench op NAME [--batch B --seq S --heads H --kv-heads H --head-dim D --causal|--no-causal
-// --width W --experts E --tokens-per-expert T --d-model D --d-expert F --top-k K
+// --width W --experts E --tokens-per-expert T --skew S --d-model D --d-expert F --top-k K
 // --warmup N --iters N --device D]`: one kernel at one shape; one JSON line (median times, TFLOP/s).
 void add_op_bench(CLI::App& bench, CommandRunner& run) {
   std::string names;
@@ -71,6 +71,8 @@ void add_op_bench(CLI::App& bench, CommandRunner& run) {
   cmd->add_option("--experts", o->experts, "grouped_gemm, balance, permute: experts")->check(CLI::PositiveNumber);
   cmd->add_option("--tokens-per-expert", o->tokens_per_expert, "grouped_gemm: rows per expert (balanced)")
       ->check(CLI::PositiveNumber);
+  cmd->add_option("--skew", o->skew, "grouped_gemm: uneven experts, rows as exp(skew (e/(E-1) - 1/2)); 0 = balanced")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--d-model", o->d_model, "grouped_gemm, permute: model width")->check(CLI::PositiveNumber);
   cmd->add_option("--d-expert", o->d_expert, "grouped_gemm: expert width")->check(CLI::PositiveNumber);
   cmd->add_option("--top-k", o->top_k, "balance, permute: slots per token")->check(CLI::PositiveNumber);

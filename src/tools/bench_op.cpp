@@ -4,6 +4,7 @@
 #include "src/tools/bench_op.h"
 
 #include <algorithm>
+#include <cmath>
 #include <functional>
 #include <random>
 #include <utility>
@@ -197,16 +198,45 @@ nlohmann::json bench_add_norm(const OpBenchOptions& o, Device device, bool layer
 nlohmann::json bench_add_rmsnorm(const OpBenchOptions& o, Device device) { return bench_add_norm(o, device, false); }
 nlohmann::json bench_add_layernorm(const OpBenchOptions& o, Device device) { return bench_add_norm(o, device, true); }
 
+}  // namespace
+
+std::vector<int64_t> skewed_expert_rows(int64_t experts, int64_t tokens_per_expert, double skew) {
+  MOE_CHECK(experts > 0 && tokens_per_expert > 0 && skew >= 0, "skewed expert rows: experts (", experts,
+            ") and rows per expert (", tokens_per_expert, ") must be positive and the skew (", skew, ") >= 0");
+  const int64_t total = experts * tokens_per_expert;
+  std::vector<double> weight(static_cast<size_t>(experts));
+  double sum = 0;
+  for (int64_t e = 0; e < experts; ++e) {
+    const double at = experts > 1 ? static_cast<double>(e) / static_cast<double>(experts - 1) - 0.5 : 0.0;
+    sum += weight[static_cast<size_t>(e)] = std::exp(skew * at);
+  }
+  std::vector<int64_t> rows(static_cast<size_t>(experts));
+  int64_t given = 0;
+  for (int64_t e = 0; e + 1 < experts; ++e) {
+    rows[static_cast<size_t>(e)] = std::llround(static_cast<double>(total) * weight[static_cast<size_t>(e)] / sum);
+    given += rows[static_cast<size_t>(e)];
+  }
+  rows.back() = total - given;
+  return rows;
+}
+
+namespace {
+
 // The experts' GEMM chain without the activation: h = x @ w_up[e], y = h @ w_down[e] forward; the
-// two input gradients and two weight gradients backward; one grouped launch each.
+// two input gradients and two weight gradients backward; one grouped launch each. The two weight
+// gradients are also timed alone (their tiles' cost follows their expert's rows, so --skew shows
+// how the schedule copes with uneven experts).
 nlohmann::json bench_grouped_gemm(const OpBenchOptions& o, Device device) {
   MOE_CHECK(o.experts > 0 && o.tokens_per_expert > 0 && o.d_model > 0 && o.d_expert > 0,
             "bench op grouped_gemm: --experts, --tokens-per-expert, --d-model, --d-expert must be positive (got ",
             o.experts, ", ", o.tokens_per_expert, ", ", o.d_model, ", ", o.d_expert, ")");
   const DType dtype = device.is_cuda() ? DType::bf16 : DType::f32;
   const int64_t rows = o.experts * o.tokens_per_expert, d = o.d_model, f = o.d_expert;
-  std::vector<int32_t> ends(static_cast<size_t>(o.experts + 1));
-  for (int64_t e = 0; e <= o.experts; ++e) ends[static_cast<size_t>(e)] = static_cast<int32_t>(e * o.tokens_per_expert);
+  const std::vector<int64_t> counts = skewed_expert_rows(o.experts, o.tokens_per_expert, o.skew);
+  std::vector<int32_t> ends(static_cast<size_t>(o.experts + 1), 0);
+  for (int64_t e = 0; e < o.experts; ++e) {
+    ends[static_cast<size_t>(e + 1)] = ends[static_cast<size_t>(e)] + static_cast<int32_t>(counts[static_cast<size_t>(e)]);
+  }
   Tensor offsets = Tensor::from_vector(ends, {o.experts + 1}, DType::i32, device);
   Tensor x = random_on({rows, d}, dtype, device, o.seed, -1.0f, 1.0f);
   Tensor w_up = random_on({o.experts, d, f}, dtype, device, o.seed + 1, -0.05f, 0.05f);
@@ -232,10 +262,18 @@ nlohmann::json bench_grouped_gemm(const OpBenchOptions& o, Device device) {
   r["device"] = device.str();
   r["experts"] = o.experts;
   r["tokens_per_expert"] = o.tokens_per_expert;
+  r["skew"] = o.skew;
+  r["largest_expert_rows"] = *std::max_element(counts.begin(), counts.end());
   r["rows"] = rows;
   r["d_model"] = d;
   r["d_expert"] = f;
   time_fwd_bwd(o, device, forward, backward, fwd_flops, 2 * fwd_flops, r);
+  const double wgrad_ms = median_ms(device, o.warmup, o.iters, [&] {
+    ops::grouped_matmul_weight_grad(h, offsets, dy, dw_down);
+    ops::grouped_matmul_weight_grad(x, offsets, dh, dw_up);
+  });
+  r["wgrad_ms"] = wgrad_ms;
+  r["wgrad_tflops"] = fwd_flops / (wgrad_ms * 1e-3) / 1e12;  // the two weight gradients: the forward's FLOPs
   r["flops"] = "fwd 2 GEMMs of 2*rows*d*f, bwd 4; peak 775 TFLOP/s (measured bf16 GEMM, H200)";
   return r;
 }
@@ -431,8 +469,8 @@ const std::vector<OpBench>& op_benches() {
        &bench_add_rmsnorm},
       {"add_layernorm", "residual add + LayerNorm forward, backward with the residual gradient (--batch --seq --width)",
        &bench_add_layernorm},
-      {"grouped_gemm", "the experts' grouped GEMMs, forward, backward and both (--experts --tokens-per-expert "
-                       "--d-model --d-expert)",
+      {"grouped_gemm", "the experts' grouped GEMMs, forward, backward, both and the weight gradients alone "
+                       "(--experts --tokens-per-expert --skew --d-model --d-expert)",
        &bench_grouped_gemm},
       {"dense_gemm", "a dense linear layer's forward, input gradient and fp32 weight gradient GEMMs (--batch --seq "
                      "--d-model in, --d-expert out)",

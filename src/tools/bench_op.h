@@ -22,6 +22,7 @@ struct OpBenchOptions {
   int64_t width = 768;  // the model width of the add + norm benches (tokens = batch * seq)
   // grouped_gemm: experts, rows per expert (a balanced split), d_model, d_expert (MoE-small's layer)
   int64_t experts = 64, tokens_per_expert = 1536, d_model = 768, d_expert = 384;
+  double skew = 0;  // grouped_gemm: uneven experts (skewed_expert_rows); 0 = balanced
   int64_t top_k = 6;  // balance: slots per token (tokens = batch * seq, experts as above)
   int64_t warmup = 5, iters = 20;
   uint64_t seed = 1;
@@ -43,6 +44,11 @@ nlohmann::json bench_op(const std::string& name, const OpBenchOptions& options, 
 // attention_anchor.py): forward 4 B Hq S^2 hd (two GEMMs of 2 B Hq S^2 hd), halved when causal;
 // backward 2.5 x forward (five GEMMs of that size).
 double attention_forward_flops(int64_t batch, int64_t seq_len, int64_t heads, int64_t head_dim, bool causal);
+
+// Rows of each of `experts` experts, experts x tokens_per_expert in all: expert e's share goes as
+// exp(skew (e / (E - 1) - 1/2)), rounded (the last takes the remainder); skew 0 is balanced, skew 2
+// gives the last expert e^2 = 7.4 times the first's rows.
+std::vector<int64_t> skewed_expert_rows(int64_t experts, int64_t tokens_per_expert, double skew);
 
 // Grouped GEMM FLOPs of one expert FFN pass: two GEMMs of 2 * rows * d_model * d_expert forward
 // (up, down), four backward (two input gradients, two weight gradients).

@@ -1,5 +1,7 @@
 // `moe bench op`: the attention bench on the CPU at a tiny shape (what it reports and how its
 // TFLOP/s follow from the times), the FLOP count, the median, and the errors for bad input.
+#include <cmath>
+
 #include <catch2/catch.hpp>
 
 #include "src/tools/bench_op.h"
@@ -121,10 +123,31 @@ TEST_CASE("bench op grouped_gemm reports times and TFLOP/s of the six expert GEM
   CHECK(r["fwd_tflops"].get<double>() == Approx(flops / (r["fwd_ms"].get<double>() * 1e-3) / 1e12));
   CHECK(r["bwd_tflops"].get<double>() == Approx(2 * flops / (r["bwd_ms"].get<double>() * 1e-3) / 1e12));
   CHECK(r["fwd_bwd_tflops"].get<double>() == Approx(3 * flops / (r["fwd_bwd_ms"].get<double>() * 1e-3) / 1e12));
+  CHECK(r["wgrad_tflops"].get<double>() == Approx(flops / (r["wgrad_ms"].get<double>() * 1e-3) / 1e12));
+  CHECK(r["skew"] == 0.0);
+  CHECK(r["largest_expert_rows"] == 5);
+  o.skew = 2;  // uneven experts, the same rows in all
+  const nlohmann::json skewed = bench_op("grouped_gemm", o, Device::cpu());
+  CHECK(skewed["rows"] == 15);
+  CHECK(skewed["largest_expert_rows"].get<int64_t>() > 5);
   o.d_expert = 0;
   REQUIRE_THROWS_WITH(bench_op("grouped_gemm", o, Device::cpu()),
                       Catch::Contains("bench op grouped_gemm: --experts, --tokens-per-expert, --d-model, --d-expert "
                                       "must be positive (got 3, 5, 8, 0)"));
+}
+
+TEST_CASE("skewed expert rows keep the total and grow as exp(skew) from first to last", "[tools][bench]") {
+  CHECK(skewed_expert_rows(4, 10, 0) == std::vector<int64_t>{10, 10, 10, 10});
+  CHECK(skewed_expert_rows(1, 7, 3) == std::vector<int64_t>{7});
+  const std::vector<int64_t> rows = skewed_expert_rows(64, 1536, 2);
+  int64_t total = 0;
+  for (size_t e = 0; e < rows.size(); ++e) {
+    total += rows[e];
+    if (e > 0) CHECK(rows[e] >= rows[e - 1]);
+  }
+  CHECK(total == 64 * 1536);
+  CHECK(static_cast<double>(rows.back()) / static_cast<double>(rows.front()) == Approx(std::exp(2.0)).epsilon(0.01));
+  REQUIRE_THROWS_WITH(skewed_expert_rows(4, 10, -1), Catch::Contains("the skew (-1) >= 0"));
 }
 
 TEST_CASE("bench op dense_gemm times a linear layer's three GEMMs on the CPU", "[tools][bench]") {
@@ -202,8 +225,8 @@ TEST_CASE("bench op router times the router with its Switch statistics, fused an
 TEST_CASE("bench op names an unknown op and a bad attention shape", "[tools][bench]") {
   OpBenchOptions o;
   REQUIRE_THROWS_WITH(bench_op("matmul", o, Device::cpu()),
-                      Catch::Contains("bench op: unknown op 'matmul' (known: attention, add_rmsnorm, add_layernorm, "
-                                      "grouped_gemm, dense_gemm, balance, permute, router)"));
+                      Catch::Contains("bench op: unknown op 'matmul' (known: attention, rope, add_rmsnorm, "
+                                      "add_layernorm, grouped_gemm, dense_gemm, balance, permute, router)"));
   o.heads = 6;
   o.kv_heads = 4;
   REQUIRE_THROWS_WITH(bench_op("attention", o, Device::cpu()),
