@@ -63,9 +63,12 @@ struct Tile {
                                    : kStagedOut ? k_bm * kBN * 4
                                    : kPersistent ? 0
                                                  : k_bm * (kBN + 8) * 4;
+  // The persistent weight gradient sorts its experts by rows (sort_experts_by_rows).
+  static constexpr bool sorted_experts = weight_grad && kPersistent;
   static constexpr int out_offset = persistent ? pipe_bytes : 0;
   static constexpr int barrier_offset = persistent ? pipe_bytes + out_bytes : pipe_bytes;
-  // + the row-tile schedule: 2 * (E + 1) int32 (forward modes), sized at launch
+  // + the row-tile schedule, 2 * (E + 1) int32 (forward modes), or the expert order and rows,
+  // 2 * E int32 (the persistent weight gradient), sized at launch
   static constexpr int fixed_smem_bytes = 1024 + barrier_offset + 2 * stages * 8;
   static_assert(kBN % k_box == 0 && (kBN == 128 || kPersistent), "widths of 64s; wider than 128 only persistent");
   static_assert(!kStagedOut || (weight_grad && kPersistent), "only the persistent weight gradient stages f32");
@@ -169,16 +172,52 @@ __device__ __forceinline__ int64_t weight_grad_tiles(const kernels::GroupedGemmS
   return s.num_experts * ((s.k + k_bm - 1) / k_bm) * ((s.n + kBN - 1) / kBN);
 }
 
-// Weight-gradient tile `tile`; false when there is nothing to add (an expert with no rows).
+// Expert e's rows [begin, end) of the reduction, its offsets clamped to [0, rows] and ordered.
+__device__ __forceinline__ int2 expert_rows(const Args& args, int64_t e) {
+  const auto rows = static_cast<int32_t>(args.shape.rows);
+  const int32_t begin = min(max(args.offsets[e], 0), rows);
+  return make_int2(begin, min(max(args.offsets[e + 1], begin), rows));
+}
+
+// A persistent weight gradient's tile costs follow its expert's rows. So that the blocks' shares
+// even out, every block sorts the experts by decreasing rows (ties by index) into order[E] (through
+// rows_of[E]), takes the tiles in that expert order, and walks the rounds of tiles in a snake
+// (block b takes tile b of even rounds, tile G - 1 - b of odd ones): the longest tiles go first,
+// and a block that had a longer tile in one round gets a shorter one in the next.
+__device__ void sort_experts_by_rows(const Args& args, int32_t* order, int32_t* rows_of) {
+  const int64_t num_experts = args.shape.num_experts;
+  for (int64_t e = threadIdx.x; e < num_experts; e += blockDim.x) {
+    const int2 r = expert_rows(args, e);
+    rows_of[e] = r.y - r.x;
+  }
+  __syncthreads();
+  for (int64_t e = threadIdx.x; e < num_experts; e += blockDim.x) {
+    const int32_t mine = rows_of[e];
+    int32_t rank = 0;
+    for (int64_t o = 0; o < num_experts; ++o) rank += rows_of[o] > mine || (rows_of[o] == mine && o < e);
+    order[rank] = static_cast<int32_t>(e);
+  }
+}
+
+// The i-th tile of this block: a plain stride for the forward (its row tiles cost alike), the
+// snake for the sorted weight gradient.
+template <bool kSnake>
+__device__ __forceinline__ int64_t block_tile(int i) {
+  const int b = static_cast<int>(blockIdx.x), g = static_cast<int>(gridDim.x);
+  return static_cast<int64_t>(i) * g + (kSnake && (i & 1) ? g - 1 - b : b);
+}
+
+// Weight-gradient tile `tile` (of the experts in `order`, or in index order where order is null);
+// false when there is nothing to add (an expert with no rows).
 template <int kBN>
-__device__ bool weight_grad_work(const Args& args, int64_t tile, Work& w) {
+__device__ bool weight_grad_work(const Args& args, const int32_t* order, int64_t tile, Work& w) {
   const kernels::GroupedGemmShape& s = args.shape;
-  const auto rows = static_cast<int32_t>(s.rows);
   const int64_t col_tiles = (s.n + kBN - 1) / kBN, per_expert = ((s.k + k_bm - 1) / k_bm) * col_tiles;
-  const int64_t within = tile % per_expert;
-  w.expert = static_cast<int32_t>(tile / per_expert);
-  w.row_begin = min(max(args.offsets[w.expert], 0), rows);
-  w.row_end = min(max(args.offsets[w.expert + 1], w.row_begin), rows);
+  const int64_t within = tile % per_expert, position = tile / per_expert;
+  w.expert = order != nullptr ? order[position] : static_cast<int32_t>(position);
+  const int2 r = expert_rows(args, w.expert);
+  w.row_begin = r.x;
+  w.row_end = r.y;
   w.n0 = static_cast<int32_t>(within % col_tiles) * kBN;
   w.m0 = static_cast<int32_t>(within / col_tiles) * k_bm;
   return w.row_end > w.row_begin || !args.accumulate;
@@ -462,6 +501,8 @@ __global__ void __launch_bounds__(k_threads, T::blocks_per_sm)
   uint64_t* empty = full + T::stages;
   auto* schedule_words = reinterpret_cast<int32_t*>(empty + T::stages);
   const Schedule sch{schedule_words, schedule_words + args.shape.num_experts + 1};
+  // The persistent weight gradient's expert order and the rows it is sorted by (sort_experts_by_rows).
+  int32_t* const expert_order = T::sorted_experts ? schedule_words : nullptr;
   if (threadIdx.x == 0) {
     for (int s = 0; s < T::stages; ++s) {
       mbar_init(&full[s], 1);
@@ -470,6 +511,7 @@ __global__ void __launch_bounds__(k_threads, T::blocks_per_sm)
     fence_barrier_init();
   }
   if (forward && threadIdx.x < k_warp) build_schedule(args, sch, static_cast<int>(threadIdx.x));
+  if constexpr (T::sorted_experts) sort_experts_by_rows(args, expert_order, schedule_words + args.shape.num_experts);
   __syncthreads();
   // The block's tiles: blockIdx.x, then every gridDim.x-th after it in a persistent grid; a
   // block-per-tile grid (sized by a bound in the forward) has one tile or none each.
@@ -480,7 +522,7 @@ __global__ void __launch_bounds__(k_threads, T::blocks_per_sm)
     if constexpr (forward) {
       return forward_work<kBN>(args, sch, tile, col_tiles, w);
     } else {
-      return weight_grad_work<kBN>(args, tile, w);
+      return weight_grad_work<kBN>(args, expert_order, tile, w);
     }
   };
   // Both sides count the k-slices they have passed through the ring (`ring`), over all tiles.
@@ -489,8 +531,8 @@ __global__ void __launch_bounds__(k_threads, T::blocks_per_sm)
   if (threadIdx.x >= k_consumer_threads) {  // the loader warp
     if (threadIdx.x == k_consumer_threads) {
       if constexpr (T::persistent) {
-        for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-          if (work(tile, w)) load_tile<T>(smem, full, empty, &map_a, &map_b, w, args, ring);
+        for (int i = 0; static_cast<int64_t>(i) * gridDim.x < tiles; ++i) {
+          if (work(block_tile<T::sorted_experts>(i), w)) load_tile<T>(smem, full, empty, &map_a, &map_b, w, args, ring);
         }
       } else if (work(blockIdx.x, w)) {
         load_tile<T>(smem, full, empty, &map_a, &map_b, w, args, ring);
@@ -499,8 +541,8 @@ __global__ void __launch_bounds__(k_threads, T::blocks_per_sm)
     return;
   }
   if constexpr (T::persistent) {
-    for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-      if (work(tile, w)) multiply_tile<T>(smem, out_tile, &map_out, full, empty, w, args, ring);
+    for (int i = 0; static_cast<int64_t>(i) * gridDim.x < tiles; ++i) {
+      if (work(block_tile<T::sorted_experts>(i), w)) multiply_tile<T>(smem, out_tile, &map_out, full, empty, w, args, ring);
     }
   } else if (work(blockIdx.x, w)) {
     multiply_tile<T>(smem, out_tile, &map_out, full, empty, w, args, ring);
@@ -564,9 +606,18 @@ CUtensorMap weight_grad_map(float* dw, const kernels::GroupedGemmShape& s) {
 
 // Shared memory of a launch: the tile's fixed part and the forward's row-tile schedule.
 template <class T>
-int smem_bytes(int64_t num_experts) {
-  const int64_t schedule = T::weight_grad ? 0 : 2 * (num_experts + 1) * 4;
-  return T::fixed_smem_bytes + static_cast<int>(schedule);
+int64_t smem_bytes(int64_t num_experts) {
+  const int64_t schedule = !T::weight_grad ? 2 * (num_experts + 1) * 4 : T::sorted_experts ? 2 * num_experts * 4 : 0;
+  return T::fixed_smem_bytes + schedule;
+}
+
+// The most experts a persistent weight gradient sorts (each block ranks them all: E^2 comparisons).
+constexpr int64_t k_max_sorted_experts = 1024;
+
+// Whether a launch of T for num_experts fits the shared memory (and the sort).
+template <class T>
+bool fits(int64_t num_experts) {
+  return smem_bytes<T>(num_experts) <= k_max_smem && (!T::sorted_experts || num_experts <= k_max_sorted_experts);
 }
 
 // map_out: the output the bulk stores write (the forward's y); unused by the weight gradient.
@@ -580,14 +631,15 @@ void launch(const CUtensorMap& a, const CUtensorMap& b, const CUtensorMap& out, 
     return true;
   }();
   (void)configured;
-  const int smem = smem_bytes<T>(args.shape.num_experts);
+  const int64_t smem = smem_bytes<T>(args.shape.num_experts);
   MOE_CHECK(smem <= k_max_smem, "grouped gemm on CUDA: ", args.shape.num_experts,
             " experts overflow the Hopper kernel's shared memory");
   // A block per tile, or one per multiprocessor walking them.
   const int64_t blocks = T::persistent ? std::min<int64_t>(tiles, multiprocessor_count()) : tiles;
   MOE_CHECK(tiles <= INT32_MAX, "grouped gemm on CUDA: ", tiles, " output tiles");
   if (blocks == 0) return;
-  grouped_gemm_sm90_kernel<T><<<dim3(static_cast<unsigned>(blocks)), k_threads, smem, stream>>>(a, b, out, args);
+  grouped_gemm_sm90_kernel<T><<<dim3(static_cast<unsigned>(blocks)), k_threads, static_cast<size_t>(smem), stream>>>(
+      a, b, out, args);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -696,14 +748,19 @@ void grouped_gemm_weight_grad_bf16(const __nv_bfloat16* x, const int32_t* offset
   const Args args{offsets, s, dw, accumulate};
   const CUtensorMap map_x = tensor_map(x, s.k, s.rows, k_bk), map_dy = tensor_map(dy, s.n, s.rows, k_bk);
   // map_x also fills the output map where the kernel writes dw itself (all but the staged tiles).
+  // The persistent tiles sort their experts in shared memory; where the experts overflow it (or
+  // number over k_max_sorted_experts), the staged tiles give way to the fragment-written ones, and
+  // those to a block per tile.
+  using Staged = StagedWeightGradTile;
+  using Wide = PersistentTile<Mode::weight_grad, 256>;
+  using Narrow = PersistentTile<Mode::weight_grad, 128>;
+  const int64_t e_num = s.num_experts;
   const bool wide = persistent && weight_grad_tile_width(s, multiprocessor_count()) == 256;
-  if (wide && weight_grad_stages_output(s)) {
-    launch<StagedWeightGradTile>(map_x, map_dy, weight_grad_map(dw, s), args, weight_grad_tile_count(s, 256), stream);
-  } else if (wide) {
-    using Wide = PersistentTile<Mode::weight_grad, 256>;
+  if (wide && weight_grad_stages_output(s) && fits<Staged>(e_num)) {
+    launch<Staged>(map_x, map_dy, weight_grad_map(dw, s), args, weight_grad_tile_count(s, Staged::bn), stream);
+  } else if (wide && fits<Wide>(e_num)) {
     launch<Wide>(map_x, map_dy, map_x, args, weight_grad_tile_count(s, Wide::bn), stream);
-  } else if (persistent) {
-    using Narrow = PersistentTile<Mode::weight_grad, 128>;
+  } else if (persistent && fits<Narrow>(e_num)) {
     launch<Narrow>(map_x, map_dy, map_x, args, weight_grad_tile_count(s, Narrow::bn), stream);
   } else {
     launch<NarrowTile<Mode::weight_grad>>(map_x, map_dy, map_x, args, weight_grad_tile_count(s, 128), stream);

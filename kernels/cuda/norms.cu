@@ -1,21 +1,25 @@
-// Norm kernels: one warp per row, rows re-read from L1/L2 between passes (no shared-memory
-// row cache), parameter gradients through the deterministic column reduction.
+// Norm kernels. Forward: one warp per row. Backward: a team of threads per row on a fixed grid,
+// the parameter gradients summed per block as dx is computed, then the block partials added in a
+// fixed order (deterministic, no atomics). Rows are re-read from L1/L2 between passes (no
+// shared-memory row cache).
 #include "kernels/cuda/norms.h"
 
+#include <algorithm>
 #include <climits>
 #include <initializer_list>
 
 #include "kernels/cuda/common.cuh"
-#include "kernels/cuda/reduce.h"
+#include "kernels/cuda/device_info.h"
 
 namespace moe::cuda {
-
-using kernels::FloatType;
 
 namespace {
 
 using bf16 = __nv_bfloat16;
-constexpr int k_warps = 8;  // rows per block
+constexpr int k_warps = 8;                  // forward: rows per block
+constexpr int k_block = 512;                // backward: threads per block (at most)
+constexpr int k_sm_threads = 2 * k_block;   // backward: threads resident per SM (__launch_bounds__)
+constexpr int k_finish_lanes = 16;          // param_grad_kernel: block partials summed side by side
 
 // Lane's columns: c = lane*N, lane*N + 32*N, ... (N = 8 when every row is 16-byte aligned).
 #define MOE_ROW_LOOP(c) for (int c = lane * N; c < dim; c += k_warp * N)
@@ -73,37 +77,6 @@ __global__ void rmsnorm_forward_kernel(const bf16* x, const bf16* delta, bf16* h
   }
 }
 
-// dx = rstd * (g - xhat * mean(g * xhat)) (+ dresidual), g = dy * w, xhat = x * rstd
-template <int N, bool Residual>
-__global__ void rmsnorm_backward_kernel(const bf16* x, const bf16* w, const float* rstd, const bf16* dy,
-                                        const bf16* dresidual, bf16* dx, int64_t rows, int dim) {
-  const int lane = threadIdx.x % k_warp;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * k_warps + threadIdx.x / k_warp;
-  if (row >= rows) return;
-  const bf16* xr = x + row * dim;
-  const bf16* dyr = dy + row * dim;
-  const float rs = rstd[row];
-  float dot = 0;
-  MOE_ROW_LOOP(c) {
-    float xv[N], gv[N], wv[N];
-    load_n<N>(xr + c, xv);
-    load_n<N>(dyr + c, gv);
-    load_n<N>(w + c, wv);
-#pragma unroll
-    for (int i = 0; i < N; ++i) dot += gv[i] * wv[i] * xv[i] * rs;
-  }
-  const float mean_dot = warp_sum(dot) / dim;
-  MOE_ROW_LOOP(c) {
-    float xv[N], gv[N], wv[N];
-    load_n<N>(xr + c, xv);
-    load_n<N>(dyr + c, gv);
-    load_n<N>(w + c, wv);
-#pragma unroll
-    for (int i = 0; i < N; ++i) xv[i] = rs * (gv[i] * wv[i] - xv[i] * rs * mean_dot);
-    store_dx<N, Residual>(dresidual, dx, row * dim + c, xv);
-  }
-}
-
 // x[rows,dim] (+ delta -> h), w, b -> y, mean[rows], rstd[rows]; two-pass variance
 template <int N, bool Add>
 __global__ void layernorm_forward_kernel(const bf16* x, const bf16* delta, bf16* h, const bf16* w, const bf16* b,
@@ -143,41 +116,204 @@ __global__ void layernorm_forward_kernel(const bf16* x, const bf16* delta, bf16*
   }
 }
 
-// dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) (+ dresidual), g = dy * w, xhat = (x - mean) * rstd
-template <int N, bool Residual>
-__global__ void layernorm_backward_kernel(const bf16* x, const bf16* w, const float* mean, const float* rstd,
-                                          const bf16* dy, const bf16* dresidual, bf16* dx, int64_t rows, int dim) {
-  const int lane = threadIdx.x % k_warp;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * k_warps + threadIdx.x / k_warp;
-  if (row >= rows) return;
-  const bf16* xr = x + row * dim;
-  const bf16* dyr = dy + row * dim;
-  const float mu = mean[row], rs = rstd[row];
-  float sum_g = 0, sum_gx = 0;
-  MOE_ROW_LOOP(c) {
-    float xv[N], gv[N], wv[N];
-    load_n<N>(xr + c, xv);
-    load_n<N>(dyr + c, gv);
-    load_n<N>(w + c, wv);
+// The backward's layout (BackwardGrid): blocks of `teams` teams of `size` threads (a multiple of
+// 32). Round by round, each team normalises one row; slice blockIdx.x of a row is its size * N
+// columns from blockIdx.x * size * N (one slice when the row fits), thread `rank` of a team owning
+// the N columns at `col` of it for every row the block takes.
+struct TeamPlace {
+  int team, size, rank, col;
+};
+
+template <int N>
+__device__ __forceinline__ TeamPlace team_place(int teams) {
+  const int size = static_cast<int>(blockDim.x) / teams, t = static_cast<int>(threadIdx.x);
+  return {t / size, size, t % size, (static_cast<int>(blockIdx.x) * size + t % size) * N};
+}
+
+// The block's rounds: in each, team t takes row first + t (past the end for some teams in the last
+// round; every thread still runs every round, for team_sum's barrier).
+#define MOE_ROUND_LOOP(first, round)                                                                    \
+  for (int64_t first = static_cast<int64_t>(blockIdx.y) * teams, round = 0; first < rows;             \
+       first += static_cast<int64_t>(gridDim.y) * teams, ++round)
+
+// The thread's columns of the whole row (every slice), in column order: each slice's block gets the
+// same row sums, bit for bit. Not unrolled: one trip unless the row is sliced (registers).
+#define MOE_TEAM_LOOP(c) _Pragma("unroll 1") for (int c = at.rank * N; c < dim; c += at.size * N)
+
+// v[S] summed over each team's threads, returned to all of them (lanes, then the team's warps in
+// order). Every thread of the block calls it once a round: one barrier. `red` holds
+// 2 * (blockDim.x / 32) * S floats, used by round parity so a round's writes never meet the
+// previous round's reads.
+template <int S>
+__device__ __forceinline__ void team_sum(float (&v)[S], int64_t round, const TeamPlace& at, float* red) {
+  const int warp = static_cast<int>(threadIdx.x) / k_warp, warps = static_cast<int>(blockDim.x) / k_warp;
+  float* buf = red + (round & 1) * warps * S;
 #pragma unroll
-    for (int i = 0; i < N; ++i) {
-      float g = gv[i] * wv[i];
-      sum_g += g;
-      sum_gx += g * (xv[i] - mu) * rs;
-    }
+  for (int s = 0; s < S; ++s) v[s] = warp_sum(v[s]);
+  if (threadIdx.x % k_warp == 0) {
+#pragma unroll
+    for (int s = 0; s < S; ++s) buf[warp * S + s] = v[s];
   }
-  const float mean_g = warp_sum(sum_g) / dim, mean_gx = warp_sum(sum_gx) / dim;
-  MOE_ROW_LOOP(c) {
-    float xv[N], gv[N], wv[N];
-    load_n<N>(xr + c, xv);
-    load_n<N>(dyr + c, gv);
-    load_n<N>(w + c, wv);
+  __syncthreads();
+  const int first = at.team * (at.size / k_warp);
 #pragma unroll
-    for (int i = 0; i < N; ++i) xv[i] = rs * (gv[i] * wv[i] - mean_g - (xv[i] - mu) * rs * mean_gx);
-    store_dx<N, Residual>(dresidual, dx, row * dim + c, xv);
+  for (int s = 0; s < S; ++s) {
+    v[s] = 0;
+    for (int i = 0; i < at.size / k_warp; ++i) v[s] += buf[(first + i) * S + s];
   }
 }
 
+// A backward block's dynamic shared memory: team_sum's 2 * warps * P floats (P row sums a round),
+// then store_partials' stage.
+template <int P>
+__device__ __forceinline__ float* partial_stage(float* shared) {
+  return shared + 2 * P * (blockDim.x / k_warp);
+}
+
+// The block's parameter-gradient partials: the teams' acc[P][N] summed in team order into
+// partial[blockIdx.y, q * dim + c] for the columns c of this slice (partial: f32 [gridDim.y,
+// P * dim]). `stage` holds P * blockDim.x * N floats.
+template <int N, int P>
+__device__ __forceinline__ void store_partials(const float (&acc)[P][N], const TeamPlace& at, int teams, int dim,
+                                               float* stage, float* partial) {
+  const int width = at.size * N, slice = static_cast<int>(blockIdx.x) * width;
+#pragma unroll
+  for (int q = 0; q < P; ++q) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) stage[(at.team * P + q) * width + at.rank * N + i] = acc[q][i];
+  }
+  __syncthreads();
+  float* out = partial + static_cast<int64_t>(blockIdx.y) * P * dim + slice;
+  for (int k = static_cast<int>(threadIdx.x); k < P * width; k += static_cast<int>(blockDim.x)) {
+    const int q = k / width, j = k % width;
+    if (slice + j >= dim) continue;
+    float s = 0;
+    for (int t = 0; t < teams; ++t) s += stage[(t * P + q) * width + j];
+    out[static_cast<int64_t>(q) * dim + j] = s;
+  }
+}
+
+// dx = rstd * (g - xhat * mean(g * xhat)) (+ dresidual), g = dy * w, xhat = x * rstd, for x, dy,
+// dresidual, dx [rows,dim], w [dim], rstd [rows]; and partial[blockIdx.y, c] = sum of dy * xhat
+// over the block's rows (f32 [gridDim.y, dim], c in slice blockIdx.x; param_grad_kernel adds
+// them into dw). Launched on a BackwardGrid with params = 1.
+template <int N, bool Residual>
+__global__ void __launch_bounds__(k_block, k_sm_threads / k_block)
+    rmsnorm_backward_kernel(const bf16* x, const bf16* w, const float* rstd, const bf16* dy, const bf16* dresidual,
+                            bf16* dx, float* partial, int64_t rows, int dim, int teams) {
+  extern __shared__ float shared[];  // team_sum's buffers, then store_partials' stage
+  const TeamPlace at = team_place<N>(teams);
+  const bool owner = at.col < dim;
+  float wv[N], acc[1][N] = {};
+  if (owner) load_n<N>(w + at.col, wv);
+  MOE_ROUND_LOOP(first, round) {
+    const int64_t row = first + at.team;
+    const bool live = row < rows;
+    const float rs = live ? rstd[row] : 0.0f;
+    float dot[1] = {0.0f};
+    if (live) {
+      MOE_TEAM_LOOP(c) {
+        float xv[N], gv[N], wc[N];
+        load_n<N>(x + row * dim + c, xv);
+        load_n<N>(dy + row * dim + c, gv);
+        load_n<N>(w + c, wc);
+#pragma unroll
+        for (int i = 0; i < N; ++i) dot[0] += gv[i] * wc[i] * xv[i] * rs;
+      }
+    }
+    team_sum(dot, round, at, shared);
+    if (!live || !owner) continue;
+    const int64_t off = row * dim + at.col;
+    const float mean_dot = dot[0] / dim;
+    float xv[N], gv[N];
+    load_n<N>(x + off, xv);
+    load_n<N>(dy + off, gv);
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      acc[0][i] += gv[i] * xv[i] * rs;
+      xv[i] = rs * (gv[i] * wv[i] - xv[i] * rs * mean_dot);
+    }
+    store_dx<N, Residual>(dresidual, dx, off, xv);
+  }
+  store_partials<N>(acc, at, teams, dim, partial_stage<1>(shared), partial);
+}
+
+// dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) (+ dresidual), g = dy * w, xhat = (x - mean)
+// * rstd, for x, dy, dresidual, dx [rows,dim], w [dim], mean and rstd [rows]; and the block's
+// partials (f32 [gridDim.y, 2 * dim], c in slice blockIdx.x): partial[blockIdx.y, c] = sum of
+// dy * xhat (dw), partial[blockIdx.y, dim + c] = sum of dy (db) over the block's rows
+// (param_grad_kernel adds them into dw, db). Launched on a BackwardGrid with params = 2.
+template <int N, bool Residual>
+__global__ void __launch_bounds__(k_block, k_sm_threads / k_block)
+    layernorm_backward_kernel(const bf16* x, const bf16* w, const float* mean, const float* rstd, const bf16* dy,
+                              const bf16* dresidual, bf16* dx, float* partial, int64_t rows, int dim, int teams) {
+  extern __shared__ float shared[];  // team_sum's buffers, then store_partials' stage
+  const TeamPlace at = team_place<N>(teams);
+  const bool owner = at.col < dim;
+  float wv[N], acc[2][N] = {};
+  if (owner) load_n<N>(w + at.col, wv);
+  MOE_ROUND_LOOP(first, round) {
+    const int64_t row = first + at.team;
+    const bool live = row < rows;
+    const float mu = live ? mean[row] : 0.0f, rs = live ? rstd[row] : 0.0f;
+    float sums[2] = {0.0f, 0.0f};  // of g and of g * xhat
+    if (live) {
+      MOE_TEAM_LOOP(c) {
+        float xv[N], gv[N], wc[N];
+        load_n<N>(x + row * dim + c, xv);
+        load_n<N>(dy + row * dim + c, gv);
+        load_n<N>(w + c, wc);
+#pragma unroll
+        for (int i = 0; i < N; ++i) {
+          const float g = gv[i] * wc[i];
+          sums[0] += g;
+          sums[1] += g * (xv[i] - mu) * rs;
+        }
+      }
+    }
+    team_sum(sums, round, at, shared);
+    if (!live || !owner) continue;
+    const int64_t off = row * dim + at.col;
+    const float mean_g = sums[0] / dim, mean_gx = sums[1] / dim;
+    float xv[N], gv[N];
+    load_n<N>(x + off, xv);
+    load_n<N>(dy + off, gv);
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      const float xhat = (xv[i] - mu) * rs;
+      acc[0][i] += gv[i] * xhat;
+      acc[1][i] += gv[i];
+      xv[i] = rs * (gv[i] * wv[i] - mean_g - xhat * mean_gx);
+    }
+    store_dx<N, Residual>(dresidual, dx, off, xv);
+  }
+  store_partials<N>(acc, at, teams, dim, partial_stage<2>(shared), partial);
+}
+
+// dw[c] += sum over b of partial[b, c]; db[c] += sum over b of partial[b, dim + c] when db is set
+// (partial: f32 [blocks, width], width = dim or 2 * dim). Block: 32 columns x k_finish_lanes
+// lanes; lane y sums rows y, y + k_finish_lanes, ..., then the lanes are added in order.
+__global__ void param_grad_kernel(const float* partial, int64_t blocks, int64_t width, int64_t dim, float* dw,
+                                  float* db) {
+  __shared__ float tile[k_finish_lanes][k_warp + 1];
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * k_warp + threadIdx.x;
+  float s = 0;
+  if (c < width) {
+    for (int64_t b = threadIdx.y; b < blocks; b += k_finish_lanes) s += partial[b * width + c];
+  }
+  tile[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y != 0 || c >= width) return;
+  for (int y = 1; y < k_finish_lanes; ++y) s += tile[y][threadIdx.x];
+  if (c < dim) {
+    dw[c] += s;
+  } else {
+    db[c - dim] += s;
+  }
+}
+
+#undef MOE_TEAM_LOOP
+#undef MOE_ROUND_LOOP
 #undef MOE_ROW_LOOP
 
 // The 8-wide path needs every row start 16-byte aligned: aligned bases and dim % 8 == 0.
@@ -189,25 +325,67 @@ bool vec_ok(int64_t dim, std::initializer_list<const void*> ptrs) {
   return true;
 }
 
-unsigned row_blocks(int64_t rows) { return static_cast<unsigned>(ceil_div(rows, k_warps)); }
-
 void check_sizes(int64_t rows, int64_t dim, const char* what) {
   MOE_CHECK(rows >= 0 && dim > 0 && dim <= INT_MAX && ceil_div(rows, k_warps) <= INT_MAX, what, ": bad shape [",
             rows, ",", dim, "]");
 }
 
+// A kernel launch: grid, block, dynamic shared memory.
+struct NormLaunch {
+  dim3 grid, block;
+  size_t smem;
+};
+
+// The forward's launch: one warp per row, k_warps rows a block.
+NormLaunch row_launch(int64_t rows) {
+  return {dim3(static_cast<unsigned>(ceil_div(rows, k_warps))), dim3(k_warps * k_warp), 0};
+}
+
+// The backward's launch (the kernels' TeamPlace), a function of the shape and the device's
+// multiprocessor count only, so results repeat bit for bit: a team has a thread for each N
+// columns of the row, rounded up to whole warps, at most k_block (wider rows are cut into slices
+// of team * N columns, along grid x); a block has as many teams as fit in k_block threads; blocks
+// along grid y: one resident wave (each takes an equal share of the rounds), fewer when the rows
+// run out. `params`: the parameter gradients (1: dw; 2: dw and db), which sizes the shared memory
+// (partial_stage).
+struct BackwardGrid {
+  NormLaunch launch;
+  int teams;
+  int64_t blocks() const { return launch.grid.y; }
+};
+
+BackwardGrid backward_grid(int64_t rows, int64_t dim, int n, int params) {
+  const int64_t chunks = ceil_div(dim, n);
+  const int team = static_cast<int>(std::min<int64_t>(k_block, ceil_div(chunks, k_warp) * k_warp));
+  const int teams = k_block / team, threads = teams * team;
+  const int64_t slices = ceil_div(chunks, team);
+  const int64_t wave = std::max<int64_t>(multiprocessor_count() * (k_sm_threads / threads) / slices, 1);
+  const int64_t blocks = std::min(ceil_div(rows, teams), wave);
+  const size_t smem = sizeof(float) * static_cast<size_t>(params * (2 * threads / k_warp + threads * n));
+  return {{dim3(static_cast<unsigned>(slices), static_cast<unsigned>(blocks)), dim3(threads), smem}, teams};
+}
+
+// dw (and db when set) += the column sums of a backward's partials [blocks, dim (or 2 * dim)].
+void add_param_grads(const float* partial, int64_t blocks, int64_t dim, float* dw, float* db, cudaStream_t stream) {
+  const int64_t width = db ? 2 * dim : dim;
+  const dim3 grid(static_cast<unsigned>(ceil_div(width, k_warp))), block(k_warp, k_finish_lanes);
+  param_grad_kernel<<<grid, block, 0, stream>>>(partial, blocks, width, dim, dw, db);
+  CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace
 
-// One launch of `kernel<N, Flag>` over row blocks: N = 8 when every pointer allows 16-byte
-// access, Flag = the fused residual (add in forward, dresidual in backward) when its pointer is set.
-#define MOE_LAUNCH_NORM(kernel, vec, flag, ...)                                                  \
-  do {                                                                                          \
-    const dim3 grid(row_blocks(rows)), block(k_warps * k_warp);                                 \
-    if ((vec) && (flag)) kernel<8, true><<<grid, block, 0, stream>>>(__VA_ARGS__);                  \
-    if ((vec) && !(flag)) kernel<8, false><<<grid, block, 0, stream>>>(__VA_ARGS__);                \
-    if (!(vec) && (flag)) kernel<1, true><<<grid, block, 0, stream>>>(__VA_ARGS__);                 \
-    if (!(vec) && !(flag)) kernel<1, false><<<grid, block, 0, stream>>>(__VA_ARGS__);               \
-    CUDA_CHECK_LAUNCH();                                                                        \
+// One launch of `kernel<N, Flag>` on `launch` (a NormLaunch): N = 8 when every pointer allows
+// 16-byte access, Flag = the fused residual (add in forward, dresidual in backward) when its
+// pointer is set.
+#define MOE_LAUNCH_NORM(kernel, launch, vec, flag, ...)                                              \
+  do {                                                                                              \
+    const NormLaunch l = (launch);                                                                  \
+    if ((vec) && (flag)) kernel<8, true><<<l.grid, l.block, l.smem, stream>>>(__VA_ARGS__);         \
+    if ((vec) && !(flag)) kernel<8, false><<<l.grid, l.block, l.smem, stream>>>(__VA_ARGS__);       \
+    if (!(vec) && (flag)) kernel<1, true><<<l.grid, l.block, l.smem, stream>>>(__VA_ARGS__);        \
+    if (!(vec) && !(flag)) kernel<1, false><<<l.grid, l.block, l.smem, stream>>>(__VA_ARGS__);      \
+    CUDA_CHECK_LAUNCH();                                                                            \
   } while (0)
 
 void rmsnorm_forward(const bf16* x, const bf16* delta, bf16* h, const bf16* w, bf16* y, float* rstd, int64_t rows,
@@ -217,7 +395,8 @@ void rmsnorm_forward(const bf16* x, const bf16* delta, bf16* h, const bf16* w, b
   if (rows == 0) return;
   const int d = static_cast<int>(dim);
   const bool vec = vec_ok(dim, {x, delta, h, w, y});
-  MOE_LAUNCH_NORM(rmsnorm_forward_kernel, vec, delta != nullptr, x, delta, h, w, y, rstd, rows, d, eps);
+  MOE_LAUNCH_NORM(rmsnorm_forward_kernel, row_launch(rows), vec, delta != nullptr, x, delta, h, w, y, rstd, rows, d,
+                  eps);
 }
 
 void rmsnorm_backward(const bf16* x, const bf16* w, const float* rstd, const bf16* dy, const bf16* dresidual, bf16* dx,
@@ -226,18 +405,11 @@ void rmsnorm_backward(const bf16* x, const bf16* w, const float* rstd, const bf1
   if (rows == 0) return;
   const int d = static_cast<int>(dim);
   const bool vec = vec_ok(dim, {x, w, dy, dresidual, dx});
-  MOE_LAUNCH_NORM(rmsnorm_backward_kernel, vec, dresidual != nullptr, x, w, rstd, dy, dresidual, dx, rows, d);
-  ColumnReduce p;
-  p.a = dy;
-  p.b = x;
-  p.in_type = FloatType::bf16;
-  p.scale = rstd;
-  p.rows = rows;
-  p.cols = dim;
-  p.out = dw;
-  p.out_type = FloatType::f32;
-  p.accumulate = true;
-  column_reduce(p, stream);
+  const BackwardGrid g = backward_grid(rows, dim, vec ? 8 : 1, 1);
+  Scratch partial(static_cast<size_t>(g.blocks() * dim) * sizeof(float), stream);
+  MOE_LAUNCH_NORM(rmsnorm_backward_kernel, g.launch, vec, dresidual != nullptr, x, w, rstd, dy, dresidual, dx,
+                  partial.as<float>(), rows, d, g.teams);
+  add_param_grads(partial.as<float>(), g.blocks(), dim, dw, nullptr, stream);
 }
 
 void layernorm_forward(const bf16* x, const bf16* delta, bf16* h, const bf16* w, const bf16* b, bf16* y, float* mean,
@@ -247,7 +419,8 @@ void layernorm_forward(const bf16* x, const bf16* delta, bf16* h, const bf16* w,
   if (rows == 0) return;
   const int d = static_cast<int>(dim);
   const bool vec = vec_ok(dim, {x, delta, h, w, b, y});
-  MOE_LAUNCH_NORM(layernorm_forward_kernel, vec, delta != nullptr, x, delta, h, w, b, y, mean, rstd, rows, d, eps);
+  MOE_LAUNCH_NORM(layernorm_forward_kernel, row_launch(rows), vec, delta != nullptr, x, delta, h, w, b, y, mean, rstd,
+                  rows, d, eps);
 }
 
 void layernorm_backward(const bf16* x, const bf16* w, const float* mean, const float* rstd, const bf16* dy,
@@ -257,21 +430,11 @@ void layernorm_backward(const bf16* x, const bf16* w, const float* mean, const f
   if (rows == 0) return;
   const int d = static_cast<int>(dim);
   const bool vec = vec_ok(dim, {x, w, dy, dresidual, dx});
-  MOE_LAUNCH_NORM(layernorm_backward_kernel, vec, dresidual != nullptr, x, w, mean, rstd, dy, dresidual, dx, rows,
-                  d);
-  ColumnReduce p;
-  p.a = dy;
-  p.b = x;
-  p.in_type = FloatType::bf16;
-  p.scale = rstd;
-  p.shift = mean;
-  p.rows = rows;
-  p.cols = dim;
-  p.out = dw;
-  p.out_type = FloatType::f32;
-  p.accumulate = true;
-  p.plain_out = db;
-  column_reduce(p, stream);
+  const BackwardGrid g = backward_grid(rows, dim, vec ? 8 : 1, 2);
+  Scratch partial(static_cast<size_t>(g.blocks() * 2 * dim) * sizeof(float), stream);
+  MOE_LAUNCH_NORM(layernorm_backward_kernel, g.launch, vec, dresidual != nullptr, x, w, mean, rstd, dy, dresidual, dx,
+                  partial.as<float>(), rows, d, g.teams);
+  add_param_grads(partial.as<float>(), g.blocks(), dim, dw, db, stream);
 }
 
 #undef MOE_LAUNCH_NORM
