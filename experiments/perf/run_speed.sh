@@ -96,9 +96,13 @@ if has moeloop; then  # MoE-small with the per-expert loop, against the default 
     --set moe.experts_impl=loop 2>&1 | tail -1 | tee "$out/bench_moe_small_loop.json"
 fi
 if has ops; then
-  # MoE-small's expert GEMMs (64 x 1536 rows, 768, 384), balanced and with uneven experts (skew 1, 2)
-  for skew in 0 1 2; do
-    build/moe bench op grouped_gemm --skew $skew --warmup 5 --iters 20 2>&1 | tail -1 | tee -a "$out/op_grouped_gemm.jsonl"
+  # MoE-small's expert GEMMs (64 x 1536 rows, 768, 384), balanced and with uneven experts (skew 1, 2),
+  # once per kernel of GROUPED_KERNELS
+  for kernel in ${GROUPED_KERNELS:-wgmma mma_sync}; do
+    for skew in 0 1 2; do
+      build/moe bench op grouped_gemm --skew $skew --warmup 5 --iters 20 --grouped-kernel "$kernel" 2>&1 | tail -1 \
+        | tee -a "$out/op_grouped_gemm.jsonl"
+    done
   done
   build/moe bench op add_layernorm --batch 16 --seq 1024 --width 768 --warmup 5 --iters 20 2>&1 | tail -1 \
     | tee "$out/op_add_layernorm.json"

@@ -48,9 +48,16 @@ void add_dispatch_bench(CLI::App& bench, CommandRunner& run) {
   });
 }
 
+// --grouped-kernel: which CUDA grouped matmul kernel the bench runs (benches compare them).
+void add_grouped_kernel_option(CLI::App& cmd, std::string& kernel) {
+  cmd.add_option("--grouped-kernel", kernel,
+                 "CUDA grouped matmul kernel: auto | mma_sync | wgmma | wgmma_narrow (wgmma with 128-wide tiles only)")
+      ->check(CLI::IsMember({"auto", "mma_sync", "wgmma", "wgmma_narrow"}));
+}
+
 // `moe bench op NAME [--batch B --seq S --heads H --kv-heads H --head-dim D --causal|--no-causal
 // --width W --experts E --tokens-per-expert T --skew S --d-model D --d-expert F --top-k K
-// --warmup N --iters N --device D]`: one kernel at one shape; one JSON line (median times, TFLOP/s).
+// --warmup N --iters N --device D --grouped-kernel K]`: one kernel at one shape; one JSON line (median times, TFLOP/s).
 void add_op_bench(CLI::App& bench, CommandRunner& run) {
   std::string names;
   for (const OpBench& b : op_benches()) names += (names.empty() ? "" : "; ") + b.name + ": " + b.what;
@@ -79,24 +86,23 @@ void add_op_bench(CLI::App& bench, CommandRunner& run) {
   cmd->add_option("--warmup", o->warmup, "untimed iterations first")->check(CLI::NonNegativeNumber);
   cmd->add_option("--iters", o->iters, "timed iterations (the median is reported)")->check(CLI::PositiveNumber);
   cmd->add_option("--device", *device, "auto | cpu | cuda")->check(CLI::IsMember({"auto", "cpu", "cuda"}));
-  cmd->callback([&run, o, name, device] {
+  auto grouped_kernel = std::make_shared<std::string>("auto");
+  add_grouped_kernel_option(*cmd, *grouped_kernel);
+  cmd->callback([&run, o, name, device, grouped_kernel] {
     log::human_to_stderr();  // at parse time: stdout carries the JSON line alone
-    run = [o, name, device](MpiEnv&) {
+    run = [o, name, device, grouped_kernel](MpiEnv&) {
       TrainConfig train;
       train.device = *device;
-      const nlohmann::json result = bench_op(*name, *o, select_device(train, 0));
+      const Device where = select_device(train, 0);
+      ops::set_grouped_matmul_kernel(*grouped_kernel);
+      nlohmann::json result = bench_op(*name, *o, where);
+      result["grouped_kernel"] = ops::grouped_matmul_kernel(where);
       std::printf("%s\n", result.dump().c_str());
       return 0;
     };
   });
 }
 
-// --grouped-kernel: which CUDA grouped matmul kernel the bench runs (benches compare them).
-void add_grouped_kernel_option(CLI::App& cmd, std::string& kernel) {
-  cmd.add_option("--grouped-kernel", kernel,
-                 "CUDA grouped matmul kernel: auto | mma_sync | wgmma | wgmma_narrow (wgmma with 128-wide tiles only)")
-      ->check(CLI::IsMember({"auto", "mma_sync", "wgmma", "wgmma_narrow"}));
-}
 
 // `moe bench layer CONFIG [--tokens N --warmup N --iters N --breakdown]`: one MoE layer of the
 // config (its [model] width and [moe] section) against the dense GEMM chain of equal FLOPs.
