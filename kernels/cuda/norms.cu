@@ -16,10 +16,10 @@ namespace moe::cuda {
 namespace {
 
 using bf16 = __nv_bfloat16;
-constexpr int k_warps = 8;                  // forward: rows per block
-constexpr int k_block = 512;                // backward: threads per block (at most)
-constexpr int k_sm_threads = 2 * k_block;   // backward: threads resident per SM (__launch_bounds__)
-constexpr int k_finish_lanes = 16;          // param_grad_kernel: block partials summed side by side
+constexpr int k_warps = 8;                 // forward: rows per block
+constexpr int k_block = 512;               // backward: threads per block (at most)
+constexpr int k_sm_threads = 2 * k_block;  // backward: threads resident per SM (its __launch_bounds__)
+constexpr int k_finish_lanes = 16;         // param_grad_kernel: block partials summed side by side
 
 // Lane's columns: c = lane*N, lane*N + 32*N, ... (N = 8 when every row is 16-byte aligned).
 #define MOE_ROW_LOOP(c) for (int c = lane * N; c < dim; c += k_warp * N)
@@ -116,10 +116,10 @@ __global__ void layernorm_forward_kernel(const bf16* x, const bf16* delta, bf16*
   }
 }
 
-// The backward's layout (BackwardGrid): blocks of `teams` teams of `size` threads (a multiple of
-// 32). Round by round, each team normalises one row; slice blockIdx.x of a row is its size * N
-// columns from blockIdx.x * size * N (one slice when the row fits), thread `rank` of a team owning
-// the N columns at `col` of it for every row the block takes.
+// A thread's place in a backward block (BackwardGrid): the block is `teams` teams of `size`
+// threads (a multiple of 32); round by round each team normalises one row, of which the block
+// handles the size * N columns of slice blockIdx.x (the whole row when it fits). Thread `rank` of
+// a team owns the N columns from `col` in every row the block takes.
 struct TeamPlace {
   int team, size, rank, col;
 };
@@ -132,13 +132,13 @@ __device__ __forceinline__ TeamPlace team_place(int teams) {
 
 // The block's rounds: in each, team t takes row first + t (past the end for some teams in the last
 // round; every thread still runs every round, for team_sum's barrier).
-#define MOE_ROUND_LOOP(first, round)                                                                    \
-  for (int64_t first = static_cast<int64_t>(blockIdx.y) * teams, round = 0; first < rows;             \
+#define MOE_ROUND_LOOP(first, round)                                                      \
+  for (int64_t first = static_cast<int64_t>(blockIdx.y) * teams, round = 0; first < rows; \
        first += static_cast<int64_t>(gridDim.y) * teams, ++round)
 
 // The thread's columns of the whole row (every slice), in column order: each slice's block gets the
-// same row sums, bit for bit. Not unrolled: one trip unless the row is sliced (registers).
-#define MOE_TEAM_LOOP(c) _Pragma("unroll 1") for (int c = at.rank * N; c < dim; c += at.size * N)
+// same row sums, bit for bit.
+#define MOE_TEAM_LOOP(c) for (int c = at.rank * N; c < dim; c += at.size * N)
 
 // v[S] summed over each team's threads, returned to all of them (lanes, then the team's warps in
 // order). Every thread of the block calls it once a round: one barrier. `red` holds
@@ -155,11 +155,11 @@ __device__ __forceinline__ void team_sum(float (&v)[S], int64_t round, const Tea
     for (int s = 0; s < S; ++s) buf[warp * S + s] = v[s];
   }
   __syncthreads();
-  const int first = at.team * (at.size / k_warp);
+  const int lead = at.team * (at.size / k_warp);  // the team's first warp
 #pragma unroll
   for (int s = 0; s < S; ++s) {
     v[s] = 0;
-    for (int i = 0; i < at.size / k_warp; ++i) v[s] += buf[(first + i) * S + s];
+    for (int i = 0; i < at.size / k_warp; ++i) v[s] += buf[(lead + i) * S + s];
   }
 }
 
@@ -378,14 +378,14 @@ void add_param_grads(const float* partial, int64_t blocks, int64_t dim, float* d
 // One launch of `kernel<N, Flag>` on `launch` (a NormLaunch): N = 8 when every pointer allows
 // 16-byte access, Flag = the fused residual (add in forward, dresidual in backward) when its
 // pointer is set.
-#define MOE_LAUNCH_NORM(kernel, launch, vec, flag, ...)                                              \
-  do {                                                                                              \
-    const NormLaunch l = (launch);                                                                  \
-    if ((vec) && (flag)) kernel<8, true><<<l.grid, l.block, l.smem, stream>>>(__VA_ARGS__);         \
-    if ((vec) && !(flag)) kernel<8, false><<<l.grid, l.block, l.smem, stream>>>(__VA_ARGS__);       \
-    if (!(vec) && (flag)) kernel<1, true><<<l.grid, l.block, l.smem, stream>>>(__VA_ARGS__);        \
-    if (!(vec) && !(flag)) kernel<1, false><<<l.grid, l.block, l.smem, stream>>>(__VA_ARGS__);      \
-    CUDA_CHECK_LAUNCH();                                                                            \
+#define MOE_LAUNCH_NORM(kernel, launch, vec, flag, ...)                                        \
+  do {                                                                                         \
+    const NormLaunch l = (launch);                                                             \
+    if ((vec) && (flag)) kernel<8, true><<<l.grid, l.block, l.smem, stream>>>(__VA_ARGS__);    \
+    if ((vec) && !(flag)) kernel<8, false><<<l.grid, l.block, l.smem, stream>>>(__VA_ARGS__);  \
+    if (!(vec) && (flag)) kernel<1, true><<<l.grid, l.block, l.smem, stream>>>(__VA_ARGS__);   \
+    if (!(vec) && !(flag)) kernel<1, false><<<l.grid, l.block, l.smem, stream>>>(__VA_ARGS__); \
+    CUDA_CHECK_LAUNCH();                                                                       \
   } while (0)
 
 void rmsnorm_forward(const bf16* x, const bf16* delta, bf16* h, const bf16* w, bf16* y, float* rstd, int64_t rows,

@@ -1,7 +1,11 @@
 // CUDA vs CPU reference for the fused residual add + RMSNorm/LayerNorm (forward) and the norm
 // backward with the residual gradient added: rows 1, 7, 989, widths 768 (16-byte vector path)
-// and 37 (scalar path), poisoned outputs, and in place (h = x, dresidual = dx).
+// and 37 (scalar path), poisoned outputs, and in place (h = x, dresidual = dx). Then the
+// backward's parameter-gradient partials on many rows: dw, db and dx against the CPU, and bit
+// for bit the same on a second run.
 #include <catch2/catch.hpp>
+
+#include <cstring>
 
 #include "src/ops/ops.h"
 #include "tests/cuda/cuda_test_util.h"
@@ -14,6 +18,14 @@ const int64_t k_widths[] = {768, 37};
 
 // The same values again (a copy on each side), for the in-place variants.
 Mirror copy_of(const Mirror& m) { return {m.cpu.clone(), m.gpu.clone()}; }
+
+// Bit-for-bit equality of two f32 tensors.
+void require_same_bits(const Tensor& a, const Tensor& b, const std::string& what) {
+  const std::vector<float> va = a.to_vector<float>(), vb = b.to_vector<float>();
+  INFO(what);
+  REQUIRE(va.size() == vb.size());
+  REQUIRE(std::memcmp(va.data(), vb.data(), va.size() * sizeof(float)) == 0);
+}
 
 TEST_CASE("cuda add + rmsnorm forward and backward with the residual gradient match the CPU",
           "[cuda][norms][fused]") {
@@ -104,6 +116,52 @@ TEST_CASE("cuda add + layernorm forward and backward with the residual gradient 
                               acc.gpu);
       require_close(acc.gpu, dx.cpu, bf16_tol().atol, bf16_tol().rtol, "layernorm dx in place");
     }
+  }
+}
+
+// Many rows (a last round with idle teams) so the parameter gradients come from many block
+// partials; widths 1032 (vector path: teams of 160 threads for 129 groups of 8 columns), 100
+// (scalar path) and 1100 (scalar path, rows cut into 3 column slices).
+TEST_CASE("cuda norm backward parameter gradients over many rows match the CPU and repeat exactly",
+          "[cuda][norms][fused]") {
+  const int64_t rows = 5000;
+  for (int64_t dim : {1032, 100, 1100}) {
+    INFO("rows " << rows << " dim " << dim);
+    const uint64_t seed = seed_of(33, {rows, dim});
+    Mirror x = random_mirror({rows, dim}, DType::bf16, seed, -2.0, 2.0);
+    Mirror w = random_mirror({dim}, DType::bf16, seed + 1, 0.5, 1.5);
+    Mirror dy = random_mirror({rows, dim}, DType::bf16, seed + 2);
+    Tensor y = Tensor::empty({rows, dim}, DType::f32);  // the forwards give the statistics only
+    Tensor mean_ref = Tensor::empty({rows}, DType::f32), rstd_ref = Tensor::empty({rows}, DType::f32);
+
+    ops::rmsnorm_forward(x.cpu, w.cpu, y, rstd_ref, 1e-5f);
+    Mirror rstd = mirror_of(rstd_ref, DType::f32);
+    Mirror dres = random_mirror({rows, dim}, DType::bf16, seed + 3);
+    Mirror dx = poisoned_pair({rows, dim}, DType::bf16);
+    Mirror dw = random_mirror({dim}, DType::f32, seed + 4);
+    const Tensor dw_start = dw.gpu.clone();
+    ops::rmsnorm_backward(x.cpu, w.cpu, rstd.cpu, dy.cpu, dx.cpu, dw.cpu, dres.cpu);
+    ops::rmsnorm_backward(x.gpu, w.gpu, rstd.gpu, dy.gpu, dx.gpu, dw.gpu, dres.gpu);
+    require_match(dx, bf16_tol(), "rmsnorm dx + dresidual");
+    require_match(dw, accum_tol(), "rmsnorm dw");
+    Tensor dw_again = dw_start.clone();
+    ops::rmsnorm_backward(x.gpu, w.gpu, rstd.gpu, dy.gpu, dx.gpu, dw_again, dres.gpu);
+    require_same_bits(dw_again, dw.gpu, "rmsnorm dw on a second run");
+
+    ops::layernorm_forward(x.cpu, w.cpu, w.cpu, y, mean_ref, rstd_ref, 1e-5f);
+    Mirror ln_mean = mirror_of(mean_ref, DType::f32), ln_rstd = mirror_of(rstd_ref, DType::f32);
+    Mirror ln_dx = poisoned_pair({rows, dim}, DType::bf16);
+    Mirror ln_dw = random_mirror({dim}, DType::f32, seed + 5), ln_db = random_mirror({dim}, DType::f32, seed + 6);
+    const Tensor ln_dw_start = ln_dw.gpu.clone(), ln_db_start = ln_db.gpu.clone();
+    ops::layernorm_backward(x.cpu, w.cpu, ln_mean.cpu, ln_rstd.cpu, dy.cpu, ln_dx.cpu, ln_dw.cpu, ln_db.cpu);
+    ops::layernorm_backward(x.gpu, w.gpu, ln_mean.gpu, ln_rstd.gpu, dy.gpu, ln_dx.gpu, ln_dw.gpu, ln_db.gpu);
+    require_match(ln_dx, bf16_tol(), "layernorm dx");
+    require_match(ln_dw, accum_tol(), "layernorm dw");
+    require_match(ln_db, accum_tol(), "layernorm db");
+    Tensor ln_dw_again = ln_dw_start.clone(), ln_db_again = ln_db_start.clone();
+    ops::layernorm_backward(x.gpu, w.gpu, ln_mean.gpu, ln_rstd.gpu, dy.gpu, ln_dx.gpu, ln_dw_again, ln_db_again);
+    require_same_bits(ln_dw_again, ln_dw.gpu, "layernorm dw on a second run");
+    require_same_bits(ln_db_again, ln_db.gpu, "layernorm db on a second run");
   }
 }
 
