@@ -1,5 +1,6 @@
 // RMSNorm and LayerNorm on the GPU: bf16 activations and weights, f32 statistics and
-// parameter gradients, fp32 arithmetic. One warp per row.
+// parameter gradients, fp32 arithmetic. Forward: a warp per row; backward: a team of threads per
+// row, the parameter gradients summed per block beside dx, then the block partials in a fixed order.
 #pragma once
 
 #include <cstdint>
