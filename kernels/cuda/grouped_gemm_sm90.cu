@@ -10,6 +10,7 @@
 #include "kernels/cuda/device_info.h"
 #include "kernels/cuda/hopper_ptx.cuh"
 #include "kernels/cuda/wgmma_ptx.cuh"
+#include "kernels/tile_order.h"
 #include "src/util/check.h"
 
 namespace moe::cuda::sm90 {
@@ -180,10 +181,10 @@ __device__ __forceinline__ int2 expert_rows(const Args& args, int64_t e) {
 }
 
 // A persistent weight gradient's tile costs follow its expert's rows. So that the blocks' shares
-// even out, every block sorts the experts by decreasing rows (ties by index) into order[E] (through
-// rows_of[E]), takes the tiles in that expert order, and walks the rounds of tiles in a snake
-// (block b takes tile b of even rounds, tile G - 1 - b of odd ones): the longest tiles go first,
-// and a block that had a longer tile in one round gets a shorter one in the next.
+// even out, every block sorts the experts by decreasing rows (kernels/tile_order.h) into order[E]
+// (through rows_of[E]), takes the tiles in that expert order, and walks the rounds of tiles in a
+// snake: the longest tiles go first, and a block that had a longer tile in one round gets a
+// shorter one in the next.
 __device__ void sort_experts_by_rows(const Args& args, int32_t* order, int32_t* rows_of) {
   const int64_t num_experts = args.shape.num_experts;
   for (int64_t e = threadIdx.x; e < num_experts; e += blockDim.x) {
@@ -192,10 +193,7 @@ __device__ void sort_experts_by_rows(const Args& args, int32_t* order, int32_t* 
   }
   __syncthreads();
   for (int64_t e = threadIdx.x; e < num_experts; e += blockDim.x) {
-    const int32_t mine = rows_of[e];
-    int32_t rank = 0;
-    for (int64_t o = 0; o < num_experts; ++o) rank += rows_of[o] > mine || (rows_of[o] == mine && o < e);
-    order[rank] = static_cast<int32_t>(e);
+    order[kernels::rank_by_rows(rows_of, num_experts, e)] = static_cast<int32_t>(e);
   }
 }
 
@@ -204,7 +202,7 @@ __device__ void sort_experts_by_rows(const Args& args, int32_t* order, int32_t* 
 template <bool kSnake>
 __device__ __forceinline__ int64_t block_tile(int i) {
   const int b = static_cast<int>(blockIdx.x), g = static_cast<int>(gridDim.x);
-  return static_cast<int64_t>(i) * g + (kSnake && (i & 1) ? g - 1 - b : b);
+  return kSnake ? kernels::snake_tile(i, b, g) : static_cast<int64_t>(i) * g + b;
 }
 
 // Weight-gradient tile `tile` (of the experts in `order`, or in index order where order is null);
@@ -426,7 +424,8 @@ __device__ __forceinline__ void epilogue(uint8_t* smem, const CUtensorMap* map_o
         const int r = i / (kBN / 8), c = (i % (kBN / 8)) * 8;
         const int64_t row = w.row_begin + r, col = n0 + c;
         if (row < w.row_end && col < s.n) {
-          *reinterpret_cast<uint4*>(y + row * s.n + col) = *reinterpret_cast<const uint4*>(smem + staged_offset<2>(r, c));
+          *reinterpret_cast<uint4*>(y + row * s.n + col) =
+              *reinterpret_cast<const uint4*>(smem + staged_offset<2>(r, c));
         }
       }
     }
@@ -542,7 +541,9 @@ __global__ void __launch_bounds__(k_threads, T::blocks_per_sm)
   }
   if constexpr (T::persistent) {
     for (int i = 0; static_cast<int64_t>(i) * gridDim.x < tiles; ++i) {
-      if (work(block_tile<T::sorted_experts>(i), w)) multiply_tile<T>(smem, out_tile, &map_out, full, empty, w, args, ring);
+      if (work(block_tile<T::sorted_experts>(i), w)) {
+        multiply_tile<T>(smem, out_tile, &map_out, full, empty, w, args, ring);
+      }
     }
   } else if (work(blockIdx.x, w)) {
     multiply_tile<T>(smem, out_tile, &map_out, full, empty, w, args, ring);

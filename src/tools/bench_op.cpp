@@ -235,7 +235,8 @@ nlohmann::json bench_grouped_gemm(const OpBenchOptions& o, Device device) {
   const std::vector<int64_t> counts = skewed_expert_rows(o.experts, o.tokens_per_expert, o.skew);
   std::vector<int32_t> ends(static_cast<size_t>(o.experts + 1), 0);
   for (int64_t e = 0; e < o.experts; ++e) {
-    ends[static_cast<size_t>(e + 1)] = ends[static_cast<size_t>(e)] + static_cast<int32_t>(counts[static_cast<size_t>(e)]);
+    const auto i = static_cast<size_t>(e);
+    ends[i + 1] = ends[i] + static_cast<int32_t>(counts[i]);
   }
   Tensor offsets = Tensor::from_vector(ends, {o.experts + 1}, DType::i32, device);
   Tensor x = random_on({rows, d}, dtype, device, o.seed, -1.0f, 1.0f);
