@@ -1,5 +1,7 @@
 // Cross-entropy kernels: one block per row; the forward is a single online (max, sum) pass
-// merged across the block, the backward recomputes softmax from the saved lse.
+// merged across the block, the backward recomputes softmax from the saved lse. Forward and
+// backward at once (the model's head, whose gradient scale is known before its forward) copy the
+// row into shared memory first, so that it is read from memory once for both.
 #include "kernels/cuda/cross_entropy.h"
 
 #include "kernels/cuda/common.cuh"
@@ -26,6 +28,18 @@ __device__ MaxSum block_merge(MaxSum v) {
   return total;
 }
 
+// The loss of a row from its log-sum-exp and its target's logit (read only where the target is a
+// local column), as the forward kernel writes it.
+template <class TargetLogit>
+__device__ __forceinline__ float row_loss(float row_lse, int32_t target, int64_t vocab, int64_t vocab_start,
+                                          int64_t bound, TargetLogit&& target_logit) {
+  const int64_t col = static_cast<int64_t>(target) - vocab_start;
+  if (target < 0) return 0.0f;
+  if (target >= bound) return __int_as_float(0x7fc00000);
+  if (col < 0 || col >= vocab) return row_lse;  // another shard holds the target
+  return row_lse - target_logit(col);
+}
+
 // logits[rows, vocab] -> loss[rows], lse[rows]; one block per row, N values per access. The
 // logits are columns [vocab_start, vocab_start + vocab) of a vocabulary of `bound` ids.
 template <int N>
@@ -50,17 +64,8 @@ __global__ void __launch_bounds__(k_threads) cross_entropy_forward_kernel(const 
   if (threadIdx.x == 0) {
     const float row_lse = st.m + logf(st.s);
     lse[row] = row_lse;
-    const int32_t target = targets[row];
-    const int64_t col = static_cast<int64_t>(target) - vocab_start;
-    if (target < 0) {
-      loss[row] = 0.0f;
-    } else if (target >= bound) {
-      loss[row] = __int_as_float(0x7fc00000);
-    } else if (col < 0 || col >= vocab) {
-      loss[row] = row_lse;  // another shard holds the target
-    } else {
-      loss[row] = row_lse - __bfloat162float(lr[col]);
-    }
+    loss[row] = row_loss(row_lse, targets[row], vocab, vocab_start, bound,
+                         [&](int64_t col) { return __bfloat162float(lr[col]); });
   }
 }
 
@@ -88,6 +93,59 @@ __global__ void __launch_bounds__(k_threads) cross_entropy_backward_kernel(const
       for (int i = 0; i < N; ++i) v[i] = scale * (__expf(v[i] - row_lse) - (c + i == col ? 1.0f : 0.0f));
     }
     store_n<N>(dr + c, v);
+  }
+}
+
+__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(static_cast<uint32_t>(__cvta_generic_to_shared(smem))),
+               "l"(gmem)
+               : "memory");
+}
+
+// Forward and backward of row blockIdx.x at once (unsharded, vocab a multiple of 8, 16-byte
+// aligned rows): the row's 16-byte chunks are copied into shared memory (all in flight together),
+// its (max, sum) merged from there; loss and lse as the forward kernel writes them, and
+// dlogits = scale * (softmax - onehot(target)) (zeros where target < 0) as the backward kernel
+// does. dlogits may be logits itself: the row is read whole before any of it is written.
+__global__ void __launch_bounds__(k_threads)
+    cross_entropy_with_grad_kernel(const bf16* logits, const int32_t* targets, float* loss, float* lse, float scale,
+                                   bf16* dlogits, int64_t vocab) {
+  extern __shared__ Bf16x8 row_chunks[];  // [vocab / 8]
+  const int64_t row = blockIdx.x, chunks = vocab / 8;
+  const bf16* lr = logits + row * vocab;
+  for (int64_t c = threadIdx.x; c < chunks; c += k_threads) cp_async_16(row_chunks + c, lr + c * 8);
+  asm volatile("cp.async.commit_group;\ncp.async.wait_all;" ::: "memory");
+  __syncthreads();
+  MaxSum st{-INFINITY, 0.0f};
+  for (int64_t c = threadIdx.x; c < chunks; c += k_threads) {
+    float v[8];
+    unpack8(row_chunks[c], v);
+    float m = v[0];
+#pragma unroll
+    for (int i = 1; i < 8; ++i) m = fmaxf(m, v[i]);
+    float s = 0;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) s += __expf(v[i] - m);
+    st = merge(st, MaxSum{m, s});
+  }
+  st = block_merge(st);
+  const float row_lse = st.m + logf(st.s);
+  const int32_t target = targets[row];
+  if (threadIdx.x == 0) {
+    lse[row] = row_lse;
+    loss[row] = row_loss(row_lse, target, vocab, 0, vocab, [&](int64_t col) {
+      return __bfloat162float(reinterpret_cast<const bf16*>(row_chunks)[col]);
+    });
+  }
+  bf16* dr = dlogits + row * vocab;
+  for (int64_t c = threadIdx.x; c < chunks; c += k_threads) {
+    float v[8];
+    unpack8(row_chunks[c], v);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      v[i] = target < 0 ? 0.0f : scale * (__expf(v[i] - row_lse) - (c * 8 + i == target ? 1.0f : 0.0f));
+    }
+    store8(dr + c * 8, v);
   }
 }
 
@@ -135,4 +193,24 @@ void cross_entropy_backward(const bf16* logits, const int32_t* targets, const fl
   CUDA_CHECK_LAUNCH();
 }
 
+bool cross_entropy_with_grad(const bf16* logits, const int32_t* targets, float* loss, float* lse, float scale,
+                             bf16* dlogits, int64_t rows, int64_t vocab, cudaStream_t stream) {
+  check_sizes(rows, vocab, 0, 0);
+  const int64_t smem = vocab * static_cast<int64_t>(sizeof(bf16));
+  int device = 0, most = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&most, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  if (!vec_ok(vocab, logits, dlogits) || smem > most) return false;
+  if (rows == 0) return true;
+  if (smem > 48 * 1024) {
+    CUDA_CHECK(cudaFuncSetAttribute(cross_entropy_with_grad_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    static_cast<int>(smem)));
+  }
+  cross_entropy_with_grad_kernel<<<static_cast<unsigned>(rows), k_threads, static_cast<size_t>(smem), stream>>>(
+      logits, targets, loss, lse, scale, dlogits, vocab);
+  CUDA_CHECK_LAUNCH();
+  return true;
+}
+
 }  // namespace moe::cuda
+

@@ -24,4 +24,11 @@ void cross_entropy_backward(const __nv_bfloat16* logits, const int32_t* targets,
                             __nv_bfloat16* dlogits, int64_t rows, int64_t vocab, int64_t vocab_start,
                             int64_t vocab_full, cudaStream_t stream);
 
+// Both at once, unsharded: loss, lse as the forward writes them and dlogits as the backward does,
+// each row read from memory once (staged whole in shared memory; dlogits may be logits itself).
+// False, with nothing run, where the rows do not fit the shared memory or are not 16-byte
+// vectors (vocab % 8, alignment): then the caller runs the two kernels.
+bool cross_entropy_with_grad(const __nv_bfloat16* logits, const int32_t* targets, float* loss, float* lse,
+                             float scale, __nv_bfloat16* dlogits, int64_t rows, int64_t vocab, cudaStream_t stream);
+
 }  // namespace moe::cuda

@@ -5,7 +5,7 @@
 // so each chunk's logits turn into their gradient in place and are consumed at once:
 //   d hidden[chunk] = d logits @ W^T (rows of the saved d_hidden),
 //   d W            += hidden[chunk]^T @ d logits (the saved d_head, accumulated over the chunks).
-// The same kernels as the unchunked head (cross_entropy_forward/backward, matmul), per chunk.
+// The cross-entropy runs forward and backward at once (cross_entropy_with_grad), then the GEMMs.
 #include <algorithm>
 
 #include "src/model/model.h"
@@ -59,8 +59,7 @@ void Model::fused_head_forward(const Tensor& x, const Batch& batch, ModelSaved& 
     const Tensor h = hidden.rows(begin, end), targets = batch.targets.rows(begin, end);
     Tensor logits = buffer.rows(0, end - begin), chunk_lse = lse.rows(begin, end), chunk_loss = loss.rows(begin, end);
     ops::matmul(h, false, head, tied, logits);
-    ops::cross_entropy_forward(logits, targets, chunk_loss, chunk_lse);
-    ops::cross_entropy_backward(logits, targets, chunk_lse, saved.head_grad_scale, logits);  // d logits, in place
+    ops::cross_entropy_with_grad(logits, targets, chunk_loss, chunk_lse, saved.head_grad_scale, logits);  // in place
     Tensor dh = saved.d_hidden.rows(begin, end);
     // The first chunk writes d_head, the others add.
     head_backward_gemms(logits, h, head, tied, saved.d_head, begin == 0 ? 0.0f : 1.0f, dh);

@@ -290,6 +290,12 @@ class CpuBackend final : public Backend {
     });
   }
 
+  void cross_entropy_with_grad(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor& lse, float scale,
+                               Tensor& dlogits) override {
+    cross_entropy_forward(logits, targets, loss, lse, {});
+    cross_entropy_backward(logits, targets, lse, scale, dlogits, {});
+  }
+
   void add(const Tensor& a, const Tensor& b, Tensor& out) override {
     dispatch_float(a.dtype(), "add", [&](auto tag) {
       using T = decltype(tag);

@@ -427,6 +427,18 @@ void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const T
   run_on(logits, OpKind::loss)->cross_entropy_backward(logits, targets, lse, scale, dlogits, shard);
 }
 
+void cross_entropy_with_grad(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor& lse, float scale,
+                             Tensor& dlogits) {
+  check_compute(logits, "cross-entropy logits");
+  MOE_CHECK(logits.ndim() == 2, "cross-entropy logits must be [T,V]");
+  check_index(targets, {logits.size(0)}, logits, "cross-entropy targets");
+  check_shape(loss, {logits.size(0)}, "cross-entropy loss");
+  check_accum(loss, logits, "cross-entropy loss");
+  check_like(lse, loss, "cross-entropy lse");
+  check_like(dlogits, logits, "cross-entropy dlogits");  // may alias logits
+  run_on(logits, OpKind::loss)->cross_entropy_with_grad(logits, targets, loss, lse, scale, dlogits);
+}
+
 void add(const Tensor& a, const Tensor& b, Tensor& out) {
   check_like(b, a, "add b");
   check_like(out, a, "add out");

@@ -156,6 +156,11 @@ void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& 
 // writes the gradient over its logits, no second [T,V] buffer).
 void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, float scale,
                             Tensor& dlogits, VocabShard shard = {});
+// Both at once, unsharded (the model's head, whose gradient scale is known before its forward):
+// loss, lse as cross_entropy_forward writes them and dlogits as cross_entropy_backward does (may be
+// logits itself). On CUDA each row is read from memory once where it fits the shared memory.
+void cross_entropy_with_grad(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor& lse, float scale,
+                             Tensor& dlogits);
 
 // Elementwise. out = a + b (same shape and dtype).
 void add(const Tensor& a, const Tensor& b, Tensor& out);

@@ -1,6 +1,8 @@
 // CUDA backend vs CPU reference for the dense ops: matmul, embedding, positions, norms, rope,
 // activations and cross-entropy (also over one vocabulary shard), forward and backward, over
 // awkward sizes.
+#include <cmath>
+
 #include <catch2/catch.hpp>
 
 #include "src/ops/ops.h"
@@ -286,6 +288,38 @@ TEST_CASE("cuda cross-entropy forward and backward match the CPU", "[cuda][cross
     // In place (the model's head writes the gradient over its logits): the same values.
     Tensor in_place = logits.gpu.clone();
     ops::cross_entropy_backward(in_place, tgt.gpu, saved_lse.gpu, scale, in_place);
+    REQUIRE(in_place.to(Device::cpu()).to_vector<float>() == dlogits.gpu.to(Device::cpu()).to_vector<float>());
+  }
+}
+
+// Forward and backward at once (the model's head): each row staged in shared memory where it fits
+// (vocab 50304; 8 and 1000 rows), the two kernels otherwise (vocab 1001: not 16-byte vectors;
+// 131072: 256 KB, past any multiprocessor's shared memory). Ignored rows; out of place, and in
+// place (dlogits over the logits) with the same values.
+TEST_CASE("cuda cross-entropy forward and backward at once match the CPU", "[cuda][cross_entropy]") {
+  struct Case {
+    int64_t rows, vocab;
+  };
+  for (Case c : {Case{8, 50304}, Case{1000, 1000}, Case{7, 1001}, Case{5, 131072}}) {
+    INFO("rows " << c.rows << " vocab " << c.vocab);
+    const uint64_t seed = seed_of(81, {c.rows, c.vocab});
+    Mirror logits = random_mirror({c.rows, c.vocab}, DType::bf16, seed, -8.0, 8.0);
+    std::vector<int32_t> targets = random_int_values(c.rows, c.vocab, seed + 1);
+    for (size_t i = 3; i < targets.size(); i += 4) targets[i] = -1;  // ignored rows
+    Mirror tgt = mirror_ids(targets, {c.rows});
+    const float scale = 1.0f / static_cast<float>(c.rows);
+    Tensor loss_cpu = poisoned_on({c.rows}, DType::f32, Device::cpu()), lse_cpu = loss_cpu.clone();
+    Tensor dlogits_cpu = poisoned_on({c.rows, c.vocab}, DType::bf16, Device::cpu());
+    ops::cross_entropy_forward(logits.cpu, tgt.cpu, loss_cpu, lse_cpu);
+    ops::cross_entropy_backward(logits.cpu, tgt.cpu, lse_cpu, scale, dlogits_cpu);
+    Mirror loss = poisoned_pair({c.rows}, DType::f32), lse = poisoned_pair({c.rows}, DType::f32);
+    Mirror dlogits = poisoned_pair({c.rows, c.vocab}, DType::bf16);
+    ops::cross_entropy_with_grad(logits.gpu, tgt.gpu, loss.gpu, lse.gpu, scale, dlogits.gpu);
+    require_close(loss.gpu, loss_cpu, accum_tol().atol, accum_tol().rtol, "loss");
+    require_close(lse.gpu, lse_cpu, accum_tol().atol, accum_tol().rtol, "lse");
+    require_close(dlogits.gpu, dlogits_cpu, 1e-9, 1e-2, "dlogits");
+    Tensor in_place = logits.gpu.clone();
+    ops::cross_entropy_with_grad(in_place, tgt.gpu, loss.gpu, lse.gpu, scale, in_place);
     REQUIRE(in_place.to(Device::cpu()).to_vector<float>() == dlogits.gpu.to(Device::cpu()).to_vector<float>());
   }
 }

@@ -201,6 +201,26 @@ TEST_CASE("cross-entropy backward, ignored targets get zero rows", "[kernels][cp
   }
 }
 
+TEST_CASE("cross-entropy with its gradient at once: loss, lse and dlogits of the two ops, in place too",
+          "[kernels][cpu][grad]") {
+  const int64_t rows = 7, vocab = 11;
+  const float scale = 0.375f;
+  Tensor logits = random_tensor({rows, vocab}, k_f64, 31, Device::cpu(), -3.0, 3.0);
+  Tensor targets = ids_tensor({4, -1, 10, 0, -1, 4, 2}, {rows});
+  Tensor loss = Tensor::empty({rows}, k_f64), lse = Tensor::empty({rows}, k_f64);
+  ops::cross_entropy_forward(logits, targets, loss, lse);
+  Tensor dlogits = poisoned({rows, vocab}, k_f64);
+  ops::cross_entropy_backward(logits, targets, lse, scale, dlogits);
+  Tensor both_loss = poisoned({rows}, k_f64), both_lse = poisoned({rows}, k_f64), in_place = logits.clone();
+  ops::cross_entropy_with_grad(in_place, targets, both_loss, both_lse, scale, in_place);
+  REQUIRE(values_of(both_loss) == values_of(loss));
+  REQUIRE(values_of(both_lse) == values_of(lse));
+  REQUIRE(values_of(in_place) == values_of(dlogits));
+  Tensor short_loss = Tensor::empty({rows - 1}, k_f64);
+  REQUIRE_THROWS_WITH(ops::cross_entropy_with_grad(logits, targets, short_loss, lse, scale, dlogits),
+                      Catch::Contains("cross-entropy loss"));
+}
+
 TEST_CASE("scatter_add_rows is the adjoint of gather_rows", "[kernels][cpu][grad]") {
   const int64_t src_rows = 7, cols = 3, n = 19;
   Tensor src = random_tensor({src_rows, cols}, k_f64, 28);
