@@ -200,7 +200,9 @@ bool cross_entropy_with_grad(const bf16* logits, const int32_t* targets, float* 
   int device = 0, most = 0;
   CUDA_CHECK(cudaGetDevice(&device));
   CUDA_CHECK(cudaDeviceGetAttribute(&most, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  if (!vec_ok(vocab, logits, dlogits) || smem > most) return false;
+  // block_merge's static arrays share the block's shared memory with the row
+  const int64_t static_smem = 2 * (k_threads / k_warp) * static_cast<int64_t>(sizeof(float));
+  if (!vec_ok(vocab, logits, dlogits) || smem + static_smem > most) return false;
   if (rows == 0) return true;
   if (smem > 48 * 1024) {
     CUDA_CHECK(cudaFuncSetAttribute(cross_entropy_with_grad_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
