@@ -404,14 +404,23 @@ void activation_backward_and_output(Activation act, const Tensor& x, const Tenso
   run_on(x, OpKind::activation)->activation_backward_weighted(act, x, dy, none, dx, y, none);
 }
 
-void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor& lse,
-                           VocabShard shard) {
+namespace {
+
+// The forward's operands: logits [T,V], targets [T], loss and lse [T] in the accumulation type.
+void check_cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& loss, const Tensor& lse) {
   check_compute(logits, "cross-entropy logits");
   MOE_CHECK(logits.ndim() == 2, "cross-entropy logits must be [T,V]");
   check_index(targets, {logits.size(0)}, logits, "cross-entropy targets");
   check_shape(loss, {logits.size(0)}, "cross-entropy loss");
   check_accum(loss, logits, "cross-entropy loss");
   check_like(lse, loss, "cross-entropy lse");
+}
+
+}  // namespace
+
+void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor& lse,
+                           VocabShard shard) {
+  check_cross_entropy_forward(logits, targets, loss, lse);
   check_shard(shard, logits.size(1), "cross-entropy");
   run_on(logits, OpKind::loss)->cross_entropy_forward(logits, targets, loss, lse, shard);
 }
@@ -429,12 +438,7 @@ void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const T
 
 void cross_entropy_with_grad(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor& lse, float scale,
                              Tensor& dlogits) {
-  check_compute(logits, "cross-entropy logits");
-  MOE_CHECK(logits.ndim() == 2, "cross-entropy logits must be [T,V]");
-  check_index(targets, {logits.size(0)}, logits, "cross-entropy targets");
-  check_shape(loss, {logits.size(0)}, "cross-entropy loss");
-  check_accum(loss, logits, "cross-entropy loss");
-  check_like(lse, loss, "cross-entropy lse");
+  check_cross_entropy_forward(logits, targets, loss, lse);
   check_like(dlogits, logits, "cross-entropy dlogits");  // may alias logits
   run_on(logits, OpKind::loss)->cross_entropy_with_grad(logits, targets, loss, lse, scale, dlogits);
 }
