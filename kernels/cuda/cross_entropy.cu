@@ -5,6 +5,7 @@
 #include "kernels/cuda/cross_entropy.h"
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/device_info.h"
 
 namespace moe::cuda {
 
@@ -196,18 +197,17 @@ void cross_entropy_backward(const bf16* logits, const int32_t* targets, const fl
 bool cross_entropy_with_grad(const bf16* logits, const int32_t* targets, float* loss, float* lse, float scale,
                              bf16* dlogits, int64_t rows, int64_t vocab, cudaStream_t stream) {
   check_sizes(rows, vocab, 0, 0);
+  // The row and block_merge's static arrays share the block's shared memory.
   const int64_t smem = vocab * static_cast<int64_t>(sizeof(bf16));
-  int device = 0, most = 0;
-  CUDA_CHECK(cudaGetDevice(&device));
-  CUDA_CHECK(cudaDeviceGetAttribute(&most, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  // block_merge's static arrays share the block's shared memory with the row
   const int64_t static_smem = 2 * (k_threads / k_warp) * static_cast<int64_t>(sizeof(float));
-  if (!vec_ok(vocab, logits, dlogits) || smem + static_smem > most) return false;
+  if (!vec_ok(vocab, logits, dlogits) || smem + static_smem > max_shared_bytes_per_block()) return false;
   if (rows == 0) return true;
-  if (smem > 48 * 1024) {
+  static const bool configured = [] {  // once: the most the device allows, for any vocabulary
     CUDA_CHECK(cudaFuncSetAttribute(cross_entropy_with_grad_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    static_cast<int>(smem)));
-  }
+                                    max_shared_bytes_per_block() - 2 * (k_threads / k_warp) * 4));
+    return true;
+  }();
+  (void)configured;
   cross_entropy_with_grad_kernel<<<static_cast<unsigned>(rows), k_threads, static_cast<size_t>(smem), stream>>>(
       logits, targets, loss, lse, scale, dlogits, vocab);
   CUDA_CHECK_LAUNCH();
@@ -215,4 +215,3 @@ bool cross_entropy_with_grad(const bf16* logits, const int32_t* targets, float* 
 }
 
 }  // namespace moe::cuda
-

@@ -11,16 +11,22 @@ namespace moe::cuda {
 namespace {
 constexpr int k_max_devices = 64;
 std::array<int, k_max_devices> g_sm_count{};
-}  // namespace
+std::array<int, k_max_devices> g_shared_bytes{};
 
-int multiprocessor_count() {
+// The current device's attribute, cached in `cache` (0 = not yet queried).
+int cached_attribute(std::array<int, k_max_devices>& cache, cudaDeviceAttr attribute) {
   int device = 0;
   CUDA_CHECK(cudaGetDevice(&device));
   MOE_CHECK(device >= 0 && device < k_max_devices, "CUDA device ordinal ", device, " out of range");
-  int& count = g_sm_count[static_cast<size_t>(device)];
-  if (count == 0) CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-  return count;
+  int& value = cache[static_cast<size_t>(device)];
+  if (value == 0) CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, device));
+  return value;
 }
+}  // namespace
+
+int multiprocessor_count() { return cached_attribute(g_sm_count, cudaDevAttrMultiProcessorCount); }
+
+int max_shared_bytes_per_block() { return cached_attribute(g_shared_bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin); }
 
 std::string device_name() {
   int device = 0;

@@ -7,6 +7,8 @@
 namespace moe::cuda {
 
 int multiprocessor_count();  // of the current device (cudaGetDevice)
+// The most shared memory a block of the current device may opt into (bytes; 232,448 on Hopper).
+int max_shared_bytes_per_block();
 std::string device_name();   // of the current device, e.g. "NVIDIA H200" (MFU's datasheet peak)
 
 }  // namespace moe::cuda

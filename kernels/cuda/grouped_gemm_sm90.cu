@@ -68,8 +68,8 @@ struct Tile {
   static constexpr bool sorted_experts = weight_grad && kPersistent;
   static constexpr int out_offset = persistent ? pipe_bytes : 0;
   static constexpr int barrier_offset = persistent ? pipe_bytes + out_bytes : pipe_bytes;
-  // + the row-tile schedule, 2 * (E + 1) int32 (forward modes), or the expert order and rows,
-  // 2 * E int32 (the persistent weight gradient), sized at launch
+  // + the row-tile schedule, 2 * (E + 1) int32 (forward modes), or the expert order, E int32 (the
+  // persistent weight gradient; its sort counts the rows in the ring, not yet filled), sized at launch
   static constexpr int fixed_smem_bytes = 1024 + barrier_offset + 2 * stages * 8;
   static_assert(kBN % k_box == 0 && (kBN == 128 || kPersistent), "widths of 64s; wider than 128 only persistent");
   static_assert(!kStagedOut || (weight_grad && kPersistent), "only the persistent weight gradient stages f32");
@@ -181,10 +181,10 @@ __device__ __forceinline__ int2 expert_rows(const Args& args, int64_t e) {
 }
 
 // A persistent weight gradient's tile costs follow its expert's rows. So that the blocks' shares
-// even out, every block sorts the experts by decreasing rows (kernels/tile_order.h) into order[E]
-// (through rows_of[E]), takes the tiles in that expert order, and walks the rounds of tiles in a
-// snake: the longest tiles go first, and a block that had a longer tile in one round gets a
-// shorter one in the next.
+// even out, every block sorts the experts by decreasing rows (kernels/tile_order.h) into order[E],
+// counting them in rows_of[E] (scratch: the ring's memory before the loader fills it), takes the
+// tiles in that expert order, and walks the rounds of tiles in a snake: the longest tiles go
+// first, and a block that had a longer tile in one round gets a shorter one in the next.
 __device__ void sort_experts_by_rows(const Args& args, int32_t* order, int32_t* rows_of) {
   const int64_t num_experts = args.shape.num_experts;
   for (int64_t e = threadIdx.x; e < num_experts; e += blockDim.x) {
@@ -195,6 +195,7 @@ __device__ void sort_experts_by_rows(const Args& args, int32_t* order, int32_t* 
   for (int64_t e = threadIdx.x; e < num_experts; e += blockDim.x) {
     order[kernels::rank_by_rows(rows_of, num_experts, e)] = static_cast<int32_t>(e);
   }
+  fence_proxy_async();  // rows_of's ordinary accesses before the bulk copies that refill it
 }
 
 // The i-th tile of this block: a plain stride for the forward (its row tiles cost alike), the
@@ -510,9 +511,10 @@ __global__ void __launch_bounds__(k_threads, T::blocks_per_sm)
     fence_barrier_init();
   }
   if (forward && threadIdx.x < k_warp) build_schedule(args, sch, static_cast<int>(threadIdx.x));
-  if constexpr (T::sorted_experts) sort_experts_by_rows(args, expert_order, schedule_words + args.shape.num_experts);
+  // The sort counts the experts' rows in the ring's memory: the loader fills it only after the barrier below.
+  if constexpr (T::sorted_experts) sort_experts_by_rows(args, expert_order, reinterpret_cast<int32_t*>(smem));
   __syncthreads();
-  // The block's tiles: blockIdx.x, then every gridDim.x-th after it in a persistent grid; a
+  // The block's tiles: one in each round of gridDim.x tiles in a persistent grid (block_tile); a
   // block-per-tile grid (sized by a bound in the forward) has one tile or none each.
   const int64_t col_tiles = (args.shape.n + kBN - 1) / kBN;
   const int64_t tiles = forward ? sch.tile_start[args.shape.num_experts] * col_tiles : weight_grad_tiles<kBN>(args.shape);
@@ -605,15 +607,16 @@ CUtensorMap weight_grad_map(float* dw, const kernels::GroupedGemmShape& s) {
   return map;
 }
 
-// Shared memory of a launch: the tile's fixed part and the forward's row-tile schedule.
+// Shared memory of a launch: the tile's fixed part and the forward's row-tile schedule or the
+// weight gradient's expert order.
 template <class T>
 int64_t smem_bytes(int64_t num_experts) {
-  const int64_t schedule = !T::weight_grad ? 2 * (num_experts + 1) * 4 : T::sorted_experts ? 2 * num_experts * 4 : 0;
+  const int64_t schedule = !T::weight_grad ? 2 * (num_experts + 1) * 4 : T::sorted_experts ? num_experts * 4 : 0;
   return T::fixed_smem_bytes + schedule;
 }
 
 // The most experts a persistent weight gradient sorts (each block ranks them all: E^2 comparisons).
-constexpr int64_t k_max_sorted_experts = 1024;
+constexpr int64_t k_max_sorted_experts = 512;
 
 // Whether a launch of T for num_experts fits the shared memory (and the sort).
 template <class T>
@@ -621,7 +624,8 @@ bool fits(int64_t num_experts) {
   return smem_bytes<T>(num_experts) <= k_max_smem && (!T::sorted_experts || num_experts <= k_max_sorted_experts);
 }
 
-// map_out: the output the bulk stores write (the forward's y); unused by the weight gradient.
+// map_out: the output the bulk stores write (the forward's y, the staged weight gradient's dw);
+// unused by the weight gradients that write dw themselves.
 // `tiles`: the most output tiles the launch may have.
 template <class T>
 void launch(const CUtensorMap& a, const CUtensorMap& b, const CUtensorMap& out, const Args& args, int64_t tiles,
@@ -755,13 +759,12 @@ void grouped_gemm_weight_grad_bf16(const __nv_bfloat16* x, const int32_t* offset
   using Staged = StagedWeightGradTile;
   using Wide = PersistentTile<Mode::weight_grad, 256>;
   using Narrow = PersistentTile<Mode::weight_grad, 128>;
-  const int64_t e_num = s.num_experts;
   const bool wide = persistent && weight_grad_tile_width(s, multiprocessor_count()) == 256;
-  if (wide && weight_grad_stages_output(s) && fits<Staged>(e_num)) {
+  if (wide && weight_grad_stages_output(s) && fits<Staged>(s.num_experts)) {
     launch<Staged>(map_x, map_dy, weight_grad_map(dw, s), args, weight_grad_tile_count(s, Staged::bn), stream);
-  } else if (wide && fits<Wide>(e_num)) {
+  } else if (wide && fits<Wide>(s.num_experts)) {
     launch<Wide>(map_x, map_dy, map_x, args, weight_grad_tile_count(s, Wide::bn), stream);
-  } else if (persistent && fits<Narrow>(e_num)) {
+  } else if (persistent && fits<Narrow>(s.num_experts)) {
     launch<Narrow>(map_x, map_dy, map_x, args, weight_grad_tile_count(s, Narrow::bn), stream);
   } else {
     launch<NarrowTile<Mode::weight_grad>>(map_x, map_dy, map_x, args, weight_grad_tile_count(s, 128), stream);

@@ -103,7 +103,6 @@ void add_op_bench(CLI::App& bench, CommandRunner& run) {
   });
 }
 
-
 // `moe bench layer CONFIG [--tokens N --warmup N --iters N --breakdown]`: one MoE layer of the
 // config (its [model] width and [moe] section) against the dense GEMM chain of equal FLOPs.
 void add_layer_bench(CLI::App& bench, CommandRunner& run) {

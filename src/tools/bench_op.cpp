@@ -204,19 +204,19 @@ std::vector<int64_t> skewed_expert_rows(int64_t experts, int64_t tokens_per_expe
   MOE_CHECK(experts > 0 && tokens_per_expert > 0 && skew >= 0, "skewed expert rows: experts (", experts,
             ") and rows per expert (", tokens_per_expert, ") must be positive and the skew (", skew, ") >= 0");
   const int64_t total = experts * tokens_per_expert;
-  std::vector<double> weight(static_cast<size_t>(experts));
-  double sum = 0;
+  std::vector<double> upto(static_cast<size_t>(experts) + 1, 0.0);  // cumulative weights
   for (int64_t e = 0; e < experts; ++e) {
     const double at = experts > 1 ? static_cast<double>(e) / static_cast<double>(experts - 1) - 0.5 : 0.0;
-    sum += weight[static_cast<size_t>(e)] = std::exp(skew * at);
+    upto[static_cast<size_t>(e) + 1] = upto[static_cast<size_t>(e)] + std::exp(skew * at);
   }
+  // Rounding the running ends (not each share) keeps every count >= 0 and the total exact.
   std::vector<int64_t> rows(static_cast<size_t>(experts));
-  int64_t given = 0;
-  for (int64_t e = 0; e + 1 < experts; ++e) {
-    rows[static_cast<size_t>(e)] = std::llround(static_cast<double>(total) * weight[static_cast<size_t>(e)] / sum);
-    given += rows[static_cast<size_t>(e)];
+  int64_t end = 0;
+  for (int64_t e = 0; e < experts; ++e) {
+    const int64_t next = std::llround(static_cast<double>(total) * upto[static_cast<size_t>(e) + 1] / upto.back());
+    rows[static_cast<size_t>(e)] = next - end;
+    end = next;
   }
-  rows.back() = total - given;
   return rows;
 }
 

@@ -46,8 +46,8 @@ nlohmann::json bench_op(const std::string& name, const OpBenchOptions& options, 
 double attention_forward_flops(int64_t batch, int64_t seq_len, int64_t heads, int64_t head_dim, bool causal);
 
 // Rows of each of `experts` experts, experts x tokens_per_expert in all: expert e's share goes as
-// exp(skew (e / (E - 1) - 1/2)), rounded (the last takes the remainder); skew 0 is balanced, skew 2
-// gives the last expert e^2 = 7.4 times the first's rows.
+// exp(skew (e / (E - 1) - 1/2)), the running ends rounded (counts >= 0, non-decreasing up to
+// rounding); skew 0 is balanced, skew 2 gives the last expert e^2 = 7.4 times the first's rows.
 std::vector<int64_t> skewed_expert_rows(int64_t experts, int64_t tokens_per_expert, double skew);
 
 // Grouped GEMM FLOPs of one expert FFN pass: two GEMMs of 2 * rows * d_model * d_expert forward

@@ -121,11 +121,12 @@ TEST_CASE("cuda add + layernorm forward and backward with the residual gradient 
 
 // Many rows (a last round with idle teams) so the parameter gradients come from many block
 // partials; widths 1032 (vector path: teams of 160 threads for 129 groups of 8 columns), 100
-// (scalar path) and 1100 (scalar path, rows cut into 3 column slices).
+// (scalar path), 1100 (scalar path, rows cut into 3 column slices) and 8200 (vector path, 1025
+// groups of 8 in 3 slices of 512 threads).
 TEST_CASE("cuda norm backward parameter gradients over many rows match the CPU and repeat exactly",
           "[cuda][norms][fused]") {
   const int64_t rows = 5000;
-  for (int64_t dim : {1032, 100, 1100}) {
+  for (int64_t dim : {1032, 100, 1100, 8200}) {
     INFO("rows " << rows << " dim " << dim);
     const uint64_t seed = seed_of(33, {rows, dim});
     Mirror x = random_mirror({rows, dim}, DType::bf16, seed, -2.0, 2.0);

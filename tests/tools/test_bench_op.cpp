@@ -1,6 +1,8 @@
 // `moe bench op`: the attention bench on the CPU at a tiny shape (what it reports and how its
 // TFLOP/s follow from the times), the FLOP count, the median, and the errors for bad input.
+#include <algorithm>
 #include <cmath>
+#include <numeric>
 
 #include <catch2/catch.hpp>
 
@@ -147,6 +149,10 @@ TEST_CASE("skewed expert rows keep the total and grow as exp(skew) from first to
   }
   CHECK(total == 64 * 1536);
   CHECK(static_cast<double>(rows.back()) / static_cast<double>(rows.front()) == Approx(std::exp(2.0)).epsilon(0.01));
+  // Few rows an expert: never a negative count, the total exact.
+  const std::vector<int64_t> few = skewed_expert_rows(32, 1, 1.2);
+  CHECK(std::all_of(few.begin(), few.end(), [](int64_t n) { return n >= 0; }));
+  CHECK(std::accumulate(few.begin(), few.end(), int64_t{0}) == 32);
   REQUIRE_THROWS_WITH(skewed_expert_rows(4, 10, -1), Catch::Contains("the skew (-1) >= 0"));
 }
 
