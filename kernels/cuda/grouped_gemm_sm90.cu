@@ -139,6 +139,19 @@ bool weight_grad_stages_output(const kernels::GroupedGemmShape& s) {
   return s.rows <= k_staged_rows_per_expert * s.num_experts;
 }
 
+// The persistent tiles sort their experts in shared memory; where the experts overflow it (or
+// number over k_max_sorted_experts), the staged tiles give way to the fragment-written ones, and
+// those to a block per tile.
+WeightGradKernel weight_grad_kernel(const kernels::GroupedGemmShape& s, bool persistent, int64_t multiprocessors) {
+  const bool wide = persistent && weight_grad_tile_width(s, multiprocessors) == 256;
+  if (wide && weight_grad_stages_output(s) && fits<StagedWeightGradTile>(s.num_experts)) {
+    return WeightGradKernel::staged;
+  }
+  if (wide && fits<PersistentTile<Mode::weight_grad, 256>>(s.num_experts)) return WeightGradKernel::wide;
+  if (persistent && fits<PersistentTile<Mode::weight_grad, 128>>(s.num_experts)) return WeightGradKernel::narrow;
+  return WeightGradKernel::block_per_tile;
+}
+
 namespace {
 
 // The forward's tiles: every (row tile, column tile) the offsets may produce.
@@ -212,21 +225,19 @@ void grouped_gemm_weight_grad_bf16(const __nv_bfloat16* x, const int32_t* offset
   const Args args{offsets, s, dw, accumulate};
   const CUtensorMap map_x = tensor_map(x, s.k, s.rows, k_bk), map_dy = tensor_map(dy, s.n, s.rows, k_bk);
   // map_x also fills the output map where the kernel writes dw itself (all but the staged tiles).
-  // The persistent tiles sort their experts in shared memory; where the experts overflow it (or
-  // number over k_max_sorted_experts), the staged tiles give way to the fragment-written ones, and
-  // those to a block per tile.
-  using Staged = StagedWeightGradTile;
-  using Wide = PersistentTile<Mode::weight_grad, 256>;
-  using Narrow = PersistentTile<Mode::weight_grad, 128>;
-  const bool wide = persistent && weight_grad_tile_width(s, multiprocessor_count()) == 256;
-  if (wide && weight_grad_stages_output(s) && fits<Staged>(s.num_experts)) {
-    launch<Staged>(map_x, map_dy, weight_grad_map(dw, s), args, weight_grad_tile_count(s, Staged::bn), stream);
-  } else if (wide && fits<Wide>(s.num_experts)) {
-    launch<Wide>(map_x, map_dy, map_x, args, weight_grad_tile_count(s, Wide::bn), stream);
-  } else if (persistent && fits<Narrow>(s.num_experts)) {
-    launch<Narrow>(map_x, map_dy, map_x, args, weight_grad_tile_count(s, Narrow::bn), stream);
-  } else {
-    launch<NarrowTile<Mode::weight_grad>>(map_x, map_dy, map_x, args, weight_grad_tile_count(s, 128), stream);
+  switch (weight_grad_kernel(s, persistent, multiprocessor_count())) {
+    case WeightGradKernel::staged:
+      return launch<StagedWeightGradTile>(map_x, map_dy, weight_grad_map(dw, s), args,
+                                          weight_grad_tile_count(s, StagedWeightGradTile::bn), stream);
+    case WeightGradKernel::wide:
+      return launch<PersistentTile<Mode::weight_grad, 256>>(map_x, map_dy, map_x, args,
+                                                            weight_grad_tile_count(s, 256), stream);
+    case WeightGradKernel::narrow:
+      return launch<PersistentTile<Mode::weight_grad, 128>>(map_x, map_dy, map_x, args,
+                                                            weight_grad_tile_count(s, 128), stream);
+    case WeightGradKernel::block_per_tile:
+      return launch<NarrowTile<Mode::weight_grad>>(map_x, map_dy, map_x, args, weight_grad_tile_count(s, 128),
+                                                   stream);
   }
 }
 

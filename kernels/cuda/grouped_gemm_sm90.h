@@ -35,6 +35,12 @@ int weight_grad_tile_width(const kernels::GroupedGemmShape& shape, int64_t multi
 inline constexpr int64_t k_staged_rows_per_expert = 512;
 bool weight_grad_stages_output(const kernels::GroupedGemmShape& shape);
 
+// The weight-gradient kernel a shape runs (`persistent`: not wgmma_narrow) on a GPU of
+// `multiprocessors`: staged 256-wide tiles, 256- or 128-wide ones written from the registers (all
+// persistent, sorting at most 512 experts in shared memory), or a block per 128-wide tile.
+enum class WeightGradKernel { staged, wide, narrow, block_per_tile };
+WeightGradKernel weight_grad_kernel(const kernels::GroupedGemmShape& shape, bool persistent, int64_t multiprocessors);
+
 // offsets i32[E+1] (device), x[rows,k], dy[rows,n] -> dw[E,k,n] f32 += x_e^T @ dy_e
 // (accumulate false: dw[e] = x_e^T @ dy_e, zeros for an expert with no rows). persistent: a block
 // per multiprocessor walks 128 x 256 tiles (128 x 128 where n < 256 or weight_grad_tile_width says

@@ -313,6 +313,40 @@ TEST_CASE("cuda grouped weight gradient stages wide tiles for short reductions, 
   }
 }
 
+// Which weight-gradient kernel a shape runs on 132 multiprocessors, and past the experts the
+// persistent kernels sort in shared memory (504 staged, 512 in all) the fallbacks give the same
+// results: 508 short-reduction experts take the register-written wide tiles, 600 a block per tile.
+TEST_CASE("cuda grouped weight gradient kernel choice, and its fallbacks for many experts", "[cuda][grouped]") {
+  using cuda::sm90::WeightGradKernel;
+  using cuda::sm90::weight_grad_kernel;
+  auto shape = [](int64_t e, int64_t rows, int64_t k, int64_t n) { return kernels::GroupedGemmShape{e, rows, k, n}; };
+  REQUIRE(weight_grad_kernel(shape(64, 16384, 1024, 8192), true, 132) == WeightGradKernel::staged);  // Switch-like
+  REQUIRE(weight_grad_kernel(shape(64, 16384, 4096, 1024), true, 132) == WeightGradKernel::staged);
+  REQUIRE(weight_grad_kernel(shape(64, 98304, 768, 768), true, 132) == WeightGradKernel::wide);     // MoE-small
+  REQUIRE(weight_grad_kernel(shape(64, 98304, 384, 768), true, 132) == WeightGradKernel::narrow);
+  REQUIRE(weight_grad_kernel(shape(64, 16384, 1024, 8192), false, 132) == WeightGradKernel::block_per_tile);
+  REQUIRE(weight_grad_kernel(shape(508, 5080, 128, 512), true, 132) == WeightGradKernel::wide);
+  REQUIRE(weight_grad_kernel(shape(600, 6000, 128, 512), true, 132) == WeightGradKernel::block_per_tile);
+  if (!cuda::sm90::grouped_gemm_available()) return;  // the rest runs the Hopper kernels
+  const int64_t k = 128, n = 512;
+  for (int64_t num_experts : {508, 600}) {
+    std::vector<int32_t> counts = random_int_values(num_experts, 20, seed_of(44, {num_experts}));
+    counts[7] = 0;
+    const int64_t rows = total_of(counts);
+    Mirror offsets = offsets_of(counts);
+    Mirror x = random_mirror({rows, k}, DType::bf16, seed_of(45, {num_experts}));
+    Mirror dy = random_mirror({rows, n}, DType::bf16, seed_of(46, {num_experts}));
+    Tensor start = poisoned_pair({num_experts, k, n}, DType::f32).cpu;
+    Tensor dw_cpu = start.clone();
+    ops::grouped_matmul_weight_grad(x.cpu, offsets.cpu, dy.cpu, dw_cpu, false);
+    KernelChoice choice(cuda::GroupedGemmKernel::wgmma);
+    INFO("experts " << num_experts << " rows " << rows);
+    Tensor dw = start.to(gpu());
+    ops::grouped_matmul_weight_grad(x.gpu, offsets.gpu, dy.gpu, dw, false);
+    require_close(dw, dw_cpu, accum_tol().atol, accum_tol().rtol, "dw");
+  }
+}
+
 // The Hopper forward keeps its row-tile schedule in shared memory: at its limit it runs (all of
 // its shared memory in use); past it, the automatic choice takes the portable kernel with the same
 // results and a named wgmma kernel refuses.
