@@ -62,6 +62,14 @@ def main():
                   f"{r['input_grad_tflops']:.0f}, weight grad {r['weight_grad_tflops']:.0f} TFLOP/s")
         elif r.get("anchor") == "memory":
             print(f"memory: write {r['write_tb_per_s']:.2f} TB/s, copy {r['copy_tb_per_s']:.2f} TB/s")
+    for r in read_json_lines(out / "op_grouped_gemm.jsonl"):
+        print(f"op grouped_gemm [{r.get('grouped_kernel', '?')}] skew {r.get('skew', 0)} (largest expert "
+              f"{r.get('largest_expert_rows', '?')} rows): fwd {r['fwd_ms']:.3f} ms, bwd {r['bwd_ms']:.3f} ms, "
+              f"weight grads alone {r.get('wgrad_ms', float('nan')):.3f} ms ({r.get('wgrad_tflops', float('nan')):.0f} TFLOP/s)")
+    for name in ("rope", "add_rmsnorm", "add_layernorm"):
+        for r in read_json_lines(out / f"op_{name}.json"):
+            print(f"op {name}: fwd {r['fwd_ms']:.3f} ms ({r['fwd_gbps']:.0f} GB/s), bwd {r['bwd_ms']:.3f} ms "
+                  f"({r['bwd_gbps']:.0f} GB/s)")
     for r in read_json_lines(out / "anchor_moe_layer.jsonl"):
         if "impl" in r:
             what = r.get("error") or f"{r['ms']:.3f} ms, {r['expert_tflops']:.1f} expert TFLOP/s"
