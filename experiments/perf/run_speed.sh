@@ -114,6 +114,9 @@ if has ops; then
     | tee "$out/op_add_rmsnorm.json"
   build/moe bench op rope --batch 16 --seq 1024 --heads 12 --head-dim 64 --warmup 5 --iters 20 2>&1 | tail -1 \
     | tee "$out/op_rope.json"
+  # the LM head's cross-entropy over one head chunk (4096 tokens) of GPT-2's vocabulary
+  build/moe bench op cross_entropy --batch 4 --seq 1024 --vocab 50304 --warmup 5 --iters 20 2>&1 | tail -1 \
+    | tee "$out/op_cross_entropy.json"
   # MoE-small's router (16 x 1024 tokens, 64 experts, top-6) with the Switch statistics, fused and unfused
   build/moe bench op router --batch 16 --seq 1024 --experts 64 --top-k 6 --warmup 5 --iters 50 2>&1 | tail -1 \
     | tee "$out/op_router.json"

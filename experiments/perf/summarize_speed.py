@@ -66,6 +66,9 @@ def main():
         print(f"op grouped_gemm [{r.get('grouped_kernel', '?')}] skew {r.get('skew', 0)} (largest expert "
               f"{r.get('largest_expert_rows', '?')} rows): fwd {r['fwd_ms']:.3f} ms, bwd {r['bwd_ms']:.3f} ms, "
               f"weight grads alone {r.get('wgrad_ms', float('nan')):.3f} ms ({r.get('wgrad_tflops', float('nan')):.0f} TFLOP/s)")
+    for r in read_json_lines(out / "op_cross_entropy.json"):
+        print(f"op cross_entropy: two ops {r['two_ops_ms']:.3f} ms, at once {r['with_grad_ms']:.3f} ms "
+              f"({r['with_grad_gbps']:.0f} GB/s)")
     for name in ("rope", "add_rmsnorm", "add_layernorm"):
         for r in read_json_lines(out / f"op_{name}.json"):
             print(f"op {name}: fwd {r['fwd_ms']:.3f} ms ({r['fwd_gbps']:.0f} GB/s), bwd {r['bwd_ms']:.3f} ms "

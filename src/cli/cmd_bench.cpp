@@ -56,7 +56,7 @@ void add_grouped_kernel_option(CLI::App& cmd, std::string& kernel) {
 }
 
 // `moe bench op NAME [--batch B --seq S --heads H --kv-heads H --head-dim D --causal|--no-causal
-// --width W --experts E --tokens-per-expert T --skew S --d-model D --d-expert F --top-k K
+// --width W --vocab V --experts E --tokens-per-expert T --skew S --d-model D --d-expert F --top-k K
 // --warmup N --iters N --device D --grouped-kernel K]`: one kernel at one shape; one JSON line (median times, TFLOP/s).
 void add_op_bench(CLI::App& bench, CommandRunner& run) {
   std::string names;
@@ -75,6 +75,7 @@ void add_op_bench(CLI::App& bench, CommandRunner& run) {
   cmd->add_option("--doc-len", o->doc_len, "attention: documents of this many tokens (document masking; 0 = none)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--width", o->width, "model width (the add + norm benches)")->check(CLI::PositiveNumber);
+  cmd->add_option("--vocab", o->vocab, "cross_entropy: vocabulary (logits per token)")->check(CLI::PositiveNumber);
   cmd->add_option("--experts", o->experts, "grouped_gemm, balance, permute: experts")->check(CLI::PositiveNumber);
   cmd->add_option("--tokens-per-expert", o->tokens_per_expert, "grouped_gemm: rows per expert (balanced)")
       ->check(CLI::PositiveNumber);

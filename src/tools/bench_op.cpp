@@ -1,5 +1,5 @@
 // `moe bench op`: the registry of single-op benchmarks: attention (the flash kernels), rotary
-// embedding, the fused residual add + norm, the grouped GEMM (the experts' GEMMs), a dense layer's
+// embedding, the LM head's cross-entropy, the fused residual add + norm, the grouped GEMM (the experts' GEMMs), a dense layer's
 // GEMMs, the balancing terms, the dispatch's permutation, the router with its Switch statistics.
 #include "src/tools/bench_op.h"
 
@@ -121,6 +121,42 @@ nlohmann::json bench_rope(const OpBenchOptions& o, Device device) {
                    {"fwd_fraction_of_copy_peak", gbps(fwd_ms) * 1e9 / k_h200_copy_bytes_per_s},
                    {"bytes", "q and k each read and written once; copy peak 4.3 TB/s (measured, H200)"}};
   return r;
+}
+
+// The LM head's cross-entropy at [B*S, vocab]: forward then backward in place (two ops) against
+// both at once (cross_entropy_with_grad), in GB/s of the one-op traffic (the logits read once and
+// the gradient written once) against the device's copy peak.
+nlohmann::json bench_cross_entropy(const OpBenchOptions& o, Device device) {
+  MOE_CHECK(o.batch > 0 && o.seq_len > 0 && o.vocab > 0, "bench op cross_entropy: --batch, --seq and --vocab must ",
+            "be positive (got batch ", o.batch, ", seq ", o.seq_len, ", vocab ", o.vocab, ")");
+  const DType dtype = device.is_cuda() ? DType::bf16 : DType::f32, stat = ops::accum_dtype(dtype);
+  const int64_t tokens = o.batch * o.seq_len;
+  const Tensor logits = random_on({tokens, o.vocab}, dtype, device, o.seed, -8.0f, 8.0f);
+  std::vector<int32_t> ids(static_cast<size_t>(tokens));
+  std::mt19937_64 rng(o.seed + 1);
+  for (int32_t& id : ids) id = static_cast<int32_t>(rng() % static_cast<uint64_t>(o.vocab));
+  const Tensor targets = Tensor::from_vector(ids, {tokens}, DType::i32, device);
+  Tensor work = logits.clone(), loss = Tensor::empty({tokens}, stat, device), lse = Tensor::empty({tokens}, stat, device);
+  const float scale = 1.0f / static_cast<float>(tokens);
+  // Each timed call starts from the logits (the gradient overwrites them in place).
+  const double copy_ms = median_ms(device, o.warmup, o.iters, [&] { work.copy_from(logits); });
+  const double two_ops_ms = median_ms(device, o.warmup, o.iters, [&] {
+    work.copy_from(logits);
+    ops::cross_entropy_forward(work, targets, loss, lse);
+    ops::cross_entropy_backward(work, targets, lse, scale, work);
+  }) - copy_ms;
+  const double with_grad_ms = median_ms(device, o.warmup, o.iters, [&] {
+    work.copy_from(logits);
+    ops::cross_entropy_with_grad(work, targets, loss, lse, scale, work);
+  }) - copy_ms;
+  const double bytes = 2.0 * static_cast<double>(logits.numel()) * static_cast<double>(dtype_size(dtype));
+  auto gbps = [&](double ms) { return bytes / (ms * 1e-3) / 1e9; };
+  return nlohmann::json{{"op", "cross_entropy"}, {"device", device.str()}, {"tokens", tokens}, {"vocab", o.vocab},
+                        {"iters", o.iters}, {"two_ops_ms", two_ops_ms}, {"with_grad_ms", with_grad_ms},
+                        {"two_ops_gbps", gbps(two_ops_ms)}, {"with_grad_gbps", gbps(with_grad_ms)},
+                        {"with_grad_fraction_of_copy_peak", gbps(with_grad_ms) * 1e9 / k_h200_copy_bytes_per_s},
+                        {"bytes", "the logits read and the gradient written once (each timed call less a copy that "
+                                  "restores the logits); copy peak 4.3 TB/s (measured, H200)"}};
 }
 
 // The fused residual add + norm at [B*S, width]: forward (h = x + delta, y = norm(h)) and backward
@@ -466,6 +502,9 @@ const std::vector<OpBench>& op_benches() {
        &bench_attention},
       {"rope", "rotary embedding of q and k, forward and inverse (--batch --seq --heads --kv-heads --head-dim)",
        &bench_rope},
+      {"cross_entropy", "the LM head's cross-entropy, forward then backward against both at once (--batch --seq "
+                        "--vocab)",
+       &bench_cross_entropy},
       {"add_rmsnorm", "residual add + RMSNorm forward, backward with the residual gradient (--batch --seq --width)",
        &bench_add_rmsnorm},
       {"add_layernorm", "residual add + LayerNorm forward, backward with the residual gradient (--batch --seq --width)",

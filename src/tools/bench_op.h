@@ -20,6 +20,7 @@ struct OpBenchOptions {
   bool causal = true;
   int64_t doc_len = 0;  // attention: documents of doc_len tokens each (document masking); 0 = none
   int64_t width = 768;  // the model width of the add + norm benches (tokens = batch * seq)
+  int64_t vocab = 50304;  // cross_entropy: logits per token
   // grouped_gemm: experts, rows per expert (a balanced split), d_model, d_expert (MoE-small's layer)
   int64_t experts = 64, tokens_per_expert = 1536, d_model = 768, d_expert = 384;
   double skew = 0;  // grouped_gemm: uneven experts (skewed_expert_rows); 0 = balanced

@@ -108,6 +108,25 @@ TEST_CASE("bench op rope reports forward and inverse times and GB/s of q and k",
   REQUIRE_THROWS_WITH(bench_op("rope", o, Device::cpu()), Catch::Contains("--head-dim positive and even"));
 }
 
+TEST_CASE("bench op cross_entropy times the two ops against both at once, in GB/s", "[tools][bench]") {
+  OpBenchOptions o;
+  o.batch = 2;
+  o.seq_len = 5;
+  o.vocab = 37;
+  o.warmup = 1;
+  o.iters = 3;
+  const nlohmann::json r = bench_op("cross_entropy", o, Device::cpu());
+  CHECK(r["op"] == "cross_entropy");
+  CHECK(r["tokens"] == 10);
+  CHECK(r["vocab"] == 37);
+  const double bytes = 2.0 * 10 * 37 * sizeof(float);  // logits read, gradient written; f32 on the CPU
+  CHECK(r["with_grad_gbps"].get<double>() == Approx(bytes / (r["with_grad_ms"].get<double>() * 1e-3) / 1e9));
+  CHECK(r["two_ops_gbps"].get<double>() == Approx(bytes / (r["two_ops_ms"].get<double>() * 1e-3) / 1e9));
+  o.vocab = 0;
+  REQUIRE_THROWS_WITH(bench_op("cross_entropy", o, Device::cpu()),
+                      Catch::Contains("--batch, --seq and --vocab must be positive (got batch 2, seq 5, vocab 0)"));
+}
+
 TEST_CASE("bench op grouped_gemm reports times and TFLOP/s of the six expert GEMMs on the CPU", "[tools][bench]") {
   CHECK(grouped_ffn_forward_flops(10, 6, 4) == 2 * 2.0 * 10 * 6 * 4);
   OpBenchOptions o;
@@ -231,8 +250,9 @@ TEST_CASE("bench op router times the router with its Switch statistics, fused an
 TEST_CASE("bench op names an unknown op and a bad attention shape", "[tools][bench]") {
   OpBenchOptions o;
   REQUIRE_THROWS_WITH(bench_op("matmul", o, Device::cpu()),
-                      Catch::Contains("bench op: unknown op 'matmul' (known: attention, rope, add_rmsnorm, "
-                                      "add_layernorm, grouped_gemm, dense_gemm, balance, permute, router)"));
+                      Catch::Contains("bench op: unknown op 'matmul' (known: attention, rope, cross_entropy, "
+                                      "add_rmsnorm, add_layernorm, grouped_gemm, dense_gemm, balance, permute, "
+                                      "router)"));
   o.heads = 6;
   o.kv_heads = 4;
   REQUIRE_THROWS_WITH(bench_op("attention", o, Device::cpu()),
