@@ -245,9 +245,10 @@ __global__ void combine_backward_kernel(const bf16* y_sorted, const int32_t* slo
 // Warp per slot n = t*k + s: dy_sorted[slot_pos[n]] = dout[t], row_weights[that row] = weights[n],
 // used[row] = 1. A slot without a row (slot_pos -1) writes nothing.
 template <int N>
-__global__ void combine_backward_unweighted_kernel(const int32_t* slot_pos, const float* weights, const bf16* dout,
-                                                   bf16* dy_sorted, float* row_weights, uint8_t* used,
-                                                   int64_t num_slots, int k, int64_t dim) {
+__global__ void combine_backward_unweighted_kernel(const int32_t* __restrict__ slot_pos,
+                                                   const float* __restrict__ weights, const bf16* __restrict__ dout,
+                                                   bf16* __restrict__ dy_sorted, float* __restrict__ row_weights,
+                                                   uint8_t* __restrict__ used, int64_t num_slots, int k, int64_t dim) {
   const int lane = threadIdx.x % k_warp;
   const int64_t n = static_cast<int64_t>(blockIdx.x) * (blockDim.x / k_warp) + threadIdx.x / k_warp;
   if (n >= num_slots) return;
@@ -257,6 +258,7 @@ __global__ void combine_backward_unweighted_kernel(const int32_t* slot_pos, cons
     used[row] = 1;
     row_weights[row] = weights[n];
   }
+#pragma unroll 4
   for (int64_t c = static_cast<int64_t>(lane) * N; c < dim; c += k_warp * N) {
     float d[N];
     load_n<N>(dout + t * dim + c, d);
@@ -275,19 +277,30 @@ __global__ void gather_slots_kernel(const float* row_values, const int32_t* slot
 }
 
 // dy_sorted[N, dim]: rows with used[row] = 0 set to zero (the rows no slot wrote), and so is
-// row_values[row] when given
+// row_values[row] when given. A warp per row: one flag read where (dropless) every row is used.
 template <int N>
 __global__ void zero_unused_rows_kernel(bf16* dy_sorted, float* row_values, const uint8_t* used, int64_t num_rows,
                                         int64_t dim) {
-  const int64_t per_row = dim / N, total = num_rows * per_row;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int lane = threadIdx.x % k_warp;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / k_warp) + threadIdx.x / k_warp;
+  if (row >= num_rows || used[row]) return;  // warp-uniform
   const float zeros[N] = {};
-  for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < total; g += stride) {
-    const int64_t row = g / per_row, chunk = g - row * per_row;
-    if (used[row]) continue;
-    store_n<N>(dy_sorted + row * dim + chunk * N, zeros);
-    if (row_values != nullptr && chunk == 0) row_values[row] = 0.0f;
+  for (int64_t c = static_cast<int64_t>(lane) * N; c < dim; c += k_warp * N) {
+    store_n<N>(dy_sorted + row * dim + c, zeros);
   }
+  if (row_values != nullptr && lane == 0) row_values[row] = 0.0f;
+}
+
+void zero_unused_rows(bf16* dy_sorted, float* row_values, const uint8_t* used, int64_t num_rows, int64_t dim,
+                      bool vec, cudaStream_t stream) {
+  constexpr int warps = 8;
+  const auto blocks = static_cast<unsigned>(ceil_div(num_rows, warps));
+  if (vec) {
+    zero_unused_rows_kernel<8><<<blocks, warps * k_warp, 0, stream>>>(dy_sorted, row_values, used, num_rows, dim);
+  } else {
+    zero_unused_rows_kernel<1><<<blocks, warps * k_warp, 0, stream>>>(dy_sorted, row_values, used, num_rows, dim);
+  }
+  CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
@@ -424,17 +437,7 @@ void moe_combine_backward(const bf16* y_sorted, const int32_t* slot_pos, const f
     }
     CUDA_CHECK_LAUNCH();
   }
-  if (num_rows > 0 && dim > 0) {
-    constexpr int threads = 256;
-    if (vec) {
-      zero_unused_rows_kernel<8><<<grid_for(num_rows * dim / 8, threads), threads, 0, stream>>>(
-          dy_sorted, nullptr, used.as<uint8_t>(), num_rows, dim);
-    } else {
-      zero_unused_rows_kernel<1><<<grid_for(num_rows * dim, threads), threads, 0, stream>>>(
-          dy_sorted, nullptr, used.as<uint8_t>(), num_rows, dim);
-    }
-    CUDA_CHECK_LAUNCH();
-  }
+  if (num_rows > 0 && dim > 0) zero_unused_rows(dy_sorted, nullptr, used.as<uint8_t>(), num_rows, dim, vec, stream);
 }
 
 void moe_combine_backward_unweighted(const int32_t* slot_pos, const float* weights, const bf16* dout, bf16* dy_sorted,
@@ -459,15 +462,7 @@ void moe_combine_backward_unweighted(const int32_t* slot_pos, const float* weigh
     }
     CUDA_CHECK_LAUNCH();
   }
-  constexpr int threads = 256;
-  if (vec) {
-    zero_unused_rows_kernel<8><<<grid_for(num_rows * dim / 8, threads), threads, 0, stream>>>(
-        dy_sorted, row_weights, used.as<uint8_t>(), num_rows, dim);
-  } else {
-    zero_unused_rows_kernel<1><<<grid_for(num_rows * dim, threads), threads, 0, stream>>>(
-        dy_sorted, row_weights, used.as<uint8_t>(), num_rows, dim);
-  }
-  CUDA_CHECK_LAUNCH();
+  zero_unused_rows(dy_sorted, row_weights, used.as<uint8_t>(), num_rows, dim, vec, stream);
 }
 
 void moe_gather_slots(const float* row_values, const int32_t* slot_pos, float* slot_values, int64_t num_slots,

@@ -14,24 +14,35 @@ namespace {
 
 using bf16 = __nv_bfloat16;
 
-// index i32[num_index], src[src_rows, words] -> dst[num_index, words]; W is the copy word.
+constexpr int k_gather_words = 4;  // copy words per thread: independent loads behind one index load
+
+// index i32[num_index], src[src_rows, words] -> dst[num_index, words]; W is the copy word. A thread
+// copies k_gather_words words of one row (words w0, w0 + 1, ...), so that its loads are in flight
+// together behind the one index load they depend on. A row index of -1 gives zeros, any other
+// outside [0, src_rows) all-ones bits (NaN for floats).
 template <typename W>
-__global__ void gather_rows_kernel(const W* src, int64_t src_rows, const int32_t* index, int64_t num_index,
-                                   int64_t words, W* dst) {
-  const int64_t total = num_index * words;
+__global__ void gather_rows_kernel(const W* __restrict__ src, int64_t src_rows, const int32_t* __restrict__ index,
+                                   int64_t num_index, int64_t words, W* __restrict__ dst) {
+  const int64_t groups = (words + k_gather_words - 1) / k_gather_words, total = num_index * groups;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < total; g += stride) {
-    const int64_t i = g / words, w = g - i * words;
+    const int64_t i = g / groups, w0 = (g - i * groups) * k_gather_words;
     const int64_t r = index[i];
-    W value;
-    if (r >= 0 && r < src_rows) {
-      value = src[r * words + w];
-    } else if (r == -1) {  // no row: zeros
-      memset(&value, 0, sizeof(W));
-    } else {
-      memset(&value, 0xff, sizeof(W));
+    W value[k_gather_words];
+#pragma unroll
+    for (int j = 0; j < k_gather_words; ++j) {
+      if (w0 + j >= words) break;
+      if (r >= 0 && r < src_rows) {
+        value[j] = src[r * words + w0 + j];
+      } else {
+        memset(&value[j], r == -1 ? 0 : 0xff, sizeof(W));  // no row: zeros; a bad index: NaN bits
+      }
     }
-    dst[g] = value;
+#pragma unroll
+    for (int j = 0; j < k_gather_words; ++j) {
+      if (w0 + j >= words) break;
+      dst[i * words + w0 + j] = value[j];
+    }
   }
 }
 
@@ -40,7 +51,8 @@ void launch_gather(const void* src, int64_t src_rows, const int32_t* index, int6
                    void* dst, cudaStream_t stream) {
   const int64_t words = row_bytes / static_cast<int64_t>(sizeof(W));
   constexpr int threads = 256;
-  gather_rows_kernel<W><<<grid_for(num_index * words, threads), threads, 0, stream>>>(
+  const int64_t work = num_index * ceil_div(words, k_gather_words);
+  gather_rows_kernel<W><<<grid_for(work, threads), threads, 0, stream>>>(
       static_cast<const W*>(src), src_rows, index, num_index, words, static_cast<W*>(dst));
   CUDA_CHECK_LAUNCH();
 }

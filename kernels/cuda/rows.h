@@ -12,7 +12,8 @@ namespace moe::cuda {
 
 // dst[i,:] = src[index[i],:] for i < num_index; rows of row_bytes bytes, any element type.
 // Indices outside [0, src_rows) are not an error on the GPU (that would need a host sync):
-// the row is filled with 0xff bytes (NaN for f32/bf16, -1 for integers) so it shows up.
+// the row is filled with 0xff bytes (NaN for f32/bf16, -1 for integers) so it shows up; an index
+// of -1 (no row) gives zeros. dst must not overlap src.
 void gather_rows(const void* src, int64_t src_rows, const int32_t* index, int64_t num_index, int64_t row_bytes,
                  void* dst, cudaStream_t stream);
 

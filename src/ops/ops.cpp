@@ -507,6 +507,10 @@ void gather_rows(const Tensor& src, const Tensor& index, Tensor& dst) {
   MOE_CHECK(dst.size(0) == index.numel() && cols_of(dst) == cols_of(src), "gather: src", shape_str(src.shape()),
             " dst", shape_str(dst.shape()), " index ", index.numel());
   check_dtype(dst, src.dtype(), "gather dst");
+  const auto* s = static_cast<const char*>(src.data());
+  const auto* d = static_cast<const char*>(dst.data());
+  MOE_CHECK(src.device() != dst.device() || d + dst.nbytes() <= s || s + src.nbytes() <= d,
+            "gather: dst overlaps src (a gather does not work in place)");
   run_on(src, OpKind::permute)->gather_rows(src, index, dst);
 }
 

@@ -375,6 +375,10 @@ TEST_CASE("gather_rows and scatter_add_rows follow the index, repeats add up", "
   Tensor dst = Tensor::zeros({3}, DType::i32);
   ops::gather_rows(src, ids_tensor({3, 3, 0}, {3}), dst);
   CHECK(dst.to_vector<int32_t>() == std::vector<int32_t>{13, 13, 10});
+  // A gather does not work in place: rows of the source overwritten before they are read.
+  Tensor rows = ids_tensor({1, 2, 3, 4, 5, 6}, {3, 2});
+  Tensor tail = rows.rows(1, 3);
+  REQUIRE_THROWS_WITH(ops::gather_rows(rows, ids_tensor({2, 0}, {2}), tail), Catch::Contains("dst overlaps src"));
 }
 
 namespace {
