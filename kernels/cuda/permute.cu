@@ -197,6 +197,7 @@ __global__ void combine_forward_kernel(const bf16* y_sorted, const int32_t* slot
 #pragma unroll
       for (int i = 0; i < N; ++i) acc[i] += v[i];
     }
+#pragma unroll 4  // no store inside: the slots' loads go out together
     for (int s = 0; s < k; ++s) {
       const int64_t row = slot_pos[t * k + s];
       if (row < 0) continue;
