@@ -498,7 +498,7 @@ __global__ void __launch_bounds__(k_threads, T::blocks_per_sm)
   uint64_t* empty = full + T::stages;
   auto* schedule_words = reinterpret_cast<int32_t*>(empty + T::stages);
   const Schedule sch{schedule_words, schedule_words + args.shape.num_experts + 1};
-  // The persistent weight gradient's expert order and the rows it is sorted by (sort_experts_by_rows).
+  // The persistent weight gradient's expert order (sort_experts_by_rows).
   int32_t* const expert_order = T::sorted_experts ? schedule_words : nullptr;
   if (threadIdx.x == 0) {
     for (int s = 0; s < T::stages; ++s) {
