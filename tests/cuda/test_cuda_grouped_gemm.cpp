@@ -57,6 +57,26 @@ struct KernelChoice {
   ~KernelChoice() { cuda::set_grouped_gemm_kernel(cuda::GroupedGemmKernel::automatic); }
 };
 
+// The weight gradient of every kernel here against the CPU, adding (from random gradients; experts
+// without rows keep them) and overwriting (from poison, which no expert may read), dw [E, k, n].
+void require_weight_grads_match(const Mirror& x, const Mirror& offsets, const Mirror& dy, int64_t num_experts,
+                                uint64_t seed) {
+  const int64_t k = x.cpu.size(1), n = dy.cpu.size(1);
+  for (bool accumulate : {true, false}) {
+    Tensor start = accumulate ? test::random_tensor({num_experts, k, n}, DType::f32, seed)
+                              : poisoned_pair({num_experts, k, n}, DType::f32).cpu;
+    Tensor dw_cpu = start.clone();
+    ops::grouped_matmul_weight_grad(x.cpu, offsets.cpu, dy.cpu, dw_cpu, accumulate);
+    for (auto kernel : kernels_here()) {
+      KernelChoice choice(kernel);
+      INFO("kernel " << cuda::grouped_gemm_kernel_name() << " accumulate " << accumulate);
+      Tensor dw = start.to(gpu());
+      ops::grouped_matmul_weight_grad(x.gpu, offsets.gpu, dy.gpu, dw, accumulate);
+      require_close(dw, dw_cpu, accum_tol().atol, accum_tol().rtol, "dw");
+    }
+  }
+}
+
 // Appends `pad` rows of `value` after the rows of x (the padding a bound-sized buffer carries).
 Mirror with_extra_rows(const Mirror& m, int64_t pad, float value) {
   const int64_t rows = m.cpu.size(0), cols = m.cpu.size(1);
@@ -257,20 +277,7 @@ TEST_CASE("cuda grouped weight gradient clips wide tiles at n", "[cuda][grouped]
   if (cuda::multiprocessor_count() % 2 == 0) {
     REQUIRE(cuda::sm90::weight_grad_tile_width({e_num, rows, k, n}, cuda::multiprocessor_count()) == 256);
   }
-  for (bool accumulate : {true, false}) {
-    // Adding starts from random gradients; overwriting from poison, which no expert may read.
-    Tensor start = accumulate ? test::random_tensor({e_num, k, n}, DType::f32, 35)
-                              : poisoned_pair({e_num, k, n}, DType::f32).cpu;
-    Tensor dw_cpu = start.clone();
-    ops::grouped_matmul_weight_grad(x.cpu, offsets.cpu, dy.cpu, dw_cpu, accumulate);
-    for (auto kernel : kernels_here()) {
-      KernelChoice choice(kernel);
-      INFO("kernel " << cuda::grouped_gemm_kernel_name() << " accumulate " << accumulate);
-      Tensor dw = start.to(gpu());
-      ops::grouped_matmul_weight_grad(x.gpu, offsets.gpu, dy.gpu, dw, accumulate);
-      require_close(dw, dw_cpu, accum_tol().atol, accum_tol().rtol, "dw");
-    }
-  }
+  require_weight_grads_match(x, offsets, dy, e_num, 35);
 }
 
 // The wide persistent weight gradient stages its f32 tiles for bulk stores where the experts'
@@ -296,20 +303,8 @@ TEST_CASE("cuda grouped weight gradient stages wide tiles for short reductions, 
     Mirror offsets = offsets_of(counts);
     Mirror x = random_mirror({rows, k}, DType::bf16, seed_of(41, {rows}));
     Mirror dy = random_mirror({rows, n}, DType::bf16, seed_of(42, {rows}));
-    for (bool accumulate : {true, false}) {
-      Tensor start = accumulate ? test::random_tensor({e_num, k, n}, DType::f32, 43)
-                                : poisoned_pair({e_num, k, n}, DType::f32).cpu;
-      Tensor dw_cpu = start.clone();
-      ops::grouped_matmul_weight_grad(x.cpu, offsets.cpu, dy.cpu, dw_cpu, accumulate);
-      for (auto kernel : kernels_here()) {
-        KernelChoice choice(kernel);
-        INFO("kernel " << cuda::grouped_gemm_kernel_name() << " rows " << rows << " staged "
-                       << weight_grad_stages_output(s) << " accumulate " << accumulate);
-        Tensor dw = start.to(gpu());
-        ops::grouped_matmul_weight_grad(x.gpu, offsets.gpu, dy.gpu, dw, accumulate);
-        require_close(dw, dw_cpu, accum_tol().atol, accum_tol().rtol, "dw");
-      }
-    }
+    INFO("rows " << rows << " staged " << weight_grad_stages_output(s));
+    require_weight_grads_match(x, offsets, dy, e_num, 43);
   }
 }
 
