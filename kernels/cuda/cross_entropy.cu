@@ -29,6 +29,29 @@ __device__ MaxSum block_merge(MaxSum v) {
   return total;
 }
 
+// (max, sum of exp(v - max)) of N values, to merge into a row's running pair.
+template <int N>
+__device__ __forceinline__ MaxSum max_sum_of(const float (&v)[N]) {
+  float m = v[0];
+#pragma unroll
+  for (int i = 1; i < N; ++i) m = fmaxf(m, v[i]);
+  float s = 0;
+#pragma unroll
+  for (int i = 0; i < N; ++i) s += __expf(v[i] - m);
+  return MaxSum{m, s};
+}
+
+// dlogits of N values from column c on, in place: scale * (softmax - [column == target column]),
+// zeros where the row is ignored (target < 0).
+template <int N>
+__device__ __forceinline__ void gradient_of(float (&v)[N], int64_t c, int32_t target, int64_t target_col,
+                                            float row_lse, float scale) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    v[i] = target < 0 ? 0.0f : scale * (__expf(v[i] - row_lse) - (c + i == target_col ? 1.0f : 0.0f));
+  }
+}
+
 // The loss of a row from its log-sum-exp and its target's logit (read only where the target is a
 // local column), as the forward kernel writes it.
 template <class TargetLogit>
@@ -53,13 +76,7 @@ __global__ void __launch_bounds__(k_threads) cross_entropy_forward_kernel(const 
   for (int64_t c = static_cast<int64_t>(threadIdx.x) * N; c < vocab; c += static_cast<int64_t>(k_threads) * N) {
     float v[N];
     load_n<N>(lr + c, v);
-    float m = v[0];
-#pragma unroll
-    for (int i = 1; i < N; ++i) m = fmaxf(m, v[i]);
-    float s = 0;
-#pragma unroll
-    for (int i = 0; i < N; ++i) s += __expf(v[i] - m);
-    st = merge(st, MaxSum{m, s});
+    st = merge(st, max_sum_of(v));
   }
   st = block_merge(st);
   if (threadIdx.x == 0) {
@@ -84,15 +101,9 @@ __global__ void __launch_bounds__(k_threads) cross_entropy_backward_kernel(const
   const int64_t col = static_cast<int64_t>(target) - vocab_start;
   const float row_lse = lse[row];
   for (int64_t c = static_cast<int64_t>(threadIdx.x) * N; c < vocab; c += static_cast<int64_t>(k_threads) * N) {
-    float v[N];
-    if (target < 0) {
-#pragma unroll
-      for (int i = 0; i < N; ++i) v[i] = 0.0f;
-    } else {
-      load_n<N>(lr + c, v);
-#pragma unroll
-      for (int i = 0; i < N; ++i) v[i] = scale * (__expf(v[i] - row_lse) - (c + i == col ? 1.0f : 0.0f));
-    }
+    float v[N] = {};
+    if (target >= 0) load_n<N>(lr + c, v);  // an ignored row's gradient is zeros: nothing to read
+    gradient_of(v, c, target, col, row_lse, scale);
     store_n<N>(dr + c, v);
   }
 }
@@ -121,13 +132,7 @@ __global__ void __launch_bounds__(k_threads)
   for (int64_t c = threadIdx.x; c < chunks; c += k_threads) {
     float v[8];
     unpack8(row_chunks[c], v);
-    float m = v[0];
-#pragma unroll
-    for (int i = 1; i < 8; ++i) m = fmaxf(m, v[i]);
-    float s = 0;
-#pragma unroll
-    for (int i = 0; i < 8; ++i) s += __expf(v[i] - m);
-    st = merge(st, MaxSum{m, s});
+    st = merge(st, max_sum_of(v));
   }
   st = block_merge(st);
   const float row_lse = st.m + logf(st.s);
@@ -142,10 +147,7 @@ __global__ void __launch_bounds__(k_threads)
   for (int64_t c = threadIdx.x; c < chunks; c += k_threads) {
     float v[8];
     unpack8(row_chunks[c], v);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      v[i] = target < 0 ? 0.0f : scale * (__expf(v[i] - row_lse) - (c * 8 + i == target ? 1.0f : 0.0f));
-    }
+    gradient_of(v, c * 8, target, target, row_lse, scale);
     store8(dr + c * 8, v);
   }
 }
