@@ -35,6 +35,7 @@ __device__ __forceinline__ MaxSum max_sum_of(const float (&v)[N]) {
   float m = v[0];
 #pragma unroll
   for (int i = 1; i < N; ++i) m = fmaxf(m, v[i]);
+  if (m == -INFINITY) return MaxSum{m, 0.0f};  // all -inf: exp(-inf - -inf) would be NaN
   float s = 0;
 #pragma unroll
   for (int i = 0; i < N; ++i) s += __expf(v[i] - m);
@@ -204,12 +205,9 @@ bool cross_entropy_with_grad(const bf16* logits, const int32_t* targets, float* 
   const int64_t static_smem = 2 * (k_threads / k_warp) * static_cast<int64_t>(sizeof(float));
   if (!vec_ok(vocab, logits, dlogits) || smem + static_smem > max_shared_bytes_per_block()) return false;
   if (rows == 0) return true;
-  static const bool configured = [] {  // once: the most the device allows, for any vocabulary
-    CUDA_CHECK(cudaFuncSetAttribute(cross_entropy_with_grad_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    max_shared_bytes_per_block() - 2 * (k_threads / k_warp) * 4));
-    return true;
-  }();
-  (void)configured;
+  // Per call, not once per process: the attribute belongs to the device current when it is set.
+  CUDA_CHECK(cudaFuncSetAttribute(cross_entropy_with_grad_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(smem)));
   cross_entropy_with_grad_kernel<<<static_cast<unsigned>(rows), k_threads, static_cast<size_t>(smem), stream>>>(
       logits, targets, loss, lse, scale, dlogits, vocab);
   CUDA_CHECK_LAUNCH();

@@ -13,11 +13,19 @@ constexpr int k_max_devices = 64;
 std::array<int, k_max_devices> g_sm_count{};
 std::array<int, k_max_devices> g_shared_bytes{};
 
-// The current device's attribute, cached in `cache` (0 = not yet queried).
-int cached_attribute(std::array<int, k_max_devices>& cache, cudaDeviceAttr attribute) {
+}  // namespace
+
+int current_device() {
   int device = 0;
   CUDA_CHECK(cudaGetDevice(&device));
   MOE_CHECK(device >= 0 && device < k_max_devices, "CUDA device ordinal ", device, " out of range");
+  return device;
+}
+
+namespace {
+// The current device's attribute, cached in `cache` (0 = not yet queried).
+int cached_attribute(std::array<int, k_max_devices>& cache, cudaDeviceAttr attribute) {
+  const int device = current_device();
   int& value = cache[static_cast<size_t>(device)];
   if (value == 0) CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, device));
   return value;

@@ -6,6 +6,7 @@
 
 namespace moe::cuda {
 
+int current_device();        // cudaGetDevice, checked to be below 64 (the caches' size)
 int multiprocessor_count();  // of the current device (cudaGetDevice)
 // The most shared memory a block of the current device may opt into (bytes; 232,448 on Hopper).
 int max_shared_bytes_per_block();

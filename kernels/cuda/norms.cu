@@ -330,6 +330,15 @@ void check_sizes(int64_t rows, int64_t dim, const char* what) {
             rows, ",", dim, "]");
 }
 
+// The backward: a team's column steps (int) stay clear of overflow, and dx may alias dresidual only
+// (a row cut into column slices has one block write dx[row, slice 1] while another still reads
+// x and dy of that row for the row sums).
+void check_backward(int64_t rows, int64_t dim, const void* x, const void* dy, const void* dx, const char* what) {
+  check_sizes(rows, dim, what);
+  MOE_CHECK(dim <= INT_MAX - 8 * k_block, what, ": rows of ", dim, " columns are too wide");
+  MOE_CHECK(dx != x && dx != dy, what, ": dx may not be x or dy (only dresidual)");
+}
+
 // A kernel launch: grid, block, dynamic shared memory.
 struct NormLaunch {
   dim3 grid, block;
@@ -341,8 +350,9 @@ NormLaunch row_launch(int64_t rows) {
   return {dim3(static_cast<unsigned>(ceil_div(rows, k_warps))), dim3(k_warps * k_warp), 0};
 }
 
-// The backward's launch (the kernels' TeamPlace), a function of the shape and the device's
-// multiprocessor count only, so results repeat bit for bit: a team has a thread for each N
+// The backward's launch (the kernels' TeamPlace), a function of the shape, the vector path (the
+// pointers' alignment) and the device's multiprocessor count only, so results repeat bit for bit
+// for those: a team has a thread for each N
 // columns of the row, rounded up to whole warps, at most k_block (wider rows are cut into slices
 // of team * N columns, along grid x); a block has as many teams as fit in k_block threads; blocks
 // along grid y: one resident wave (each takes an equal share of the rounds), fewer when the rows
@@ -401,7 +411,7 @@ void rmsnorm_forward(const bf16* x, const bf16* delta, bf16* h, const bf16* w, b
 
 void rmsnorm_backward(const bf16* x, const bf16* w, const float* rstd, const bf16* dy, const bf16* dresidual, bf16* dx,
                       float* dw, int64_t rows, int64_t dim, cudaStream_t stream) {
-  check_sizes(rows, dim, "rmsnorm_backward");
+  check_backward(rows, dim, x, dy, dx, "rmsnorm_backward");
   if (rows == 0) return;
   const int d = static_cast<int>(dim);
   const bool vec = vec_ok(dim, {x, w, dy, dresidual, dx});
@@ -426,7 +436,7 @@ void layernorm_forward(const bf16* x, const bf16* delta, bf16* h, const bf16* w,
 void layernorm_backward(const bf16* x, const bf16* w, const float* mean, const float* rstd, const bf16* dy,
                         const bf16* dresidual, bf16* dx, float* dw, float* db, int64_t rows, int64_t dim,
                         cudaStream_t stream) {
-  check_sizes(rows, dim, "layernorm_backward");
+  check_backward(rows, dim, x, dy, dx, "layernorm_backward");
   if (rows == 0) return;
   const int d = static_cast<int>(dim);
   const bool vec = vec_ok(dim, {x, w, dy, dresidual, dx});

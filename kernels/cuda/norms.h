@@ -12,7 +12,8 @@ namespace moe::cuda {
 
 // The fused residual (nullable pointers): in forward, delta and h together: h = x + delta
 // (rounded to bf16, written; may be x itself) is normalised instead of x; in backward,
-// dresidual[rows,dim] is added to dx in fp32 before dx's one rounding (may be dx itself).
+// dresidual[rows,dim] is added to dx in fp32 before dx's one rounding (may be dx itself; dx may
+// not be x or dy).
 
 // x[rows,dim] (+ delta -> h), w[dim] -> y[rows,dim], rstd[rows]
 void rmsnorm_forward(const __nv_bfloat16* x, const __nv_bfloat16* delta, __nv_bfloat16* h, const __nv_bfloat16* w,

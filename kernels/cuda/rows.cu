@@ -16,32 +16,36 @@ using bf16 = __nv_bfloat16;
 
 constexpr int k_gather_words = 4;  // copy words per thread: independent loads behind one index load
 
-// index i32[num_index], src[src_rows, words] -> dst[num_index, words]; W is the copy word. A thread
-// copies k_gather_words words of one row (words w0, w0 + 1, ...), so that its loads are in flight
-// together behind the one index load they depend on. A row index of -1 gives zeros, any other
-// outside [0, src_rows) all-ones bits (NaN for floats).
+// index i32[num_index], src[src_rows, words] -> dst[num_index, words]; W is the copy word. A row is
+// split into `groups` = ceil(words / k_gather_words) threads; thread `part` copies words part,
+// part + groups, ... (up to k_gather_words of them), so that its loads are in flight together behind
+// the one index load they depend on, and a warp's loads and stores cover consecutive words (whole
+// sectors). A row index of -1 gives zeros, any other outside [0, src_rows) all-ones bits (NaN for
+// floats).
 template <typename W>
 __global__ void gather_rows_kernel(const W* __restrict__ src, int64_t src_rows, const int32_t* __restrict__ index,
                                    int64_t num_index, int64_t words, W* __restrict__ dst) {
   const int64_t groups = (words + k_gather_words - 1) / k_gather_words, total = num_index * groups;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < total; g += stride) {
-    const int64_t i = g / groups, w0 = (g - i * groups) * k_gather_words;
+    const int64_t i = g / groups, part = g - i * groups;
     const int64_t r = index[i];
     W value[k_gather_words];
 #pragma unroll
     for (int j = 0; j < k_gather_words; ++j) {
-      if (w0 + j >= words) break;
+      const int64_t w = part + j * groups;
+      if (w >= words) break;
       if (r >= 0 && r < src_rows) {
-        value[j] = src[r * words + w0 + j];
+        value[j] = src[r * words + w];
       } else {
         memset(&value[j], r == -1 ? 0 : 0xff, sizeof(W));  // no row: zeros; a bad index: NaN bits
       }
     }
 #pragma unroll
     for (int j = 0; j < k_gather_words; ++j) {
-      if (w0 + j >= words) break;
-      dst[i * words + w0 + j] = value[j];
+      const int64_t w = part + j * groups;
+      if (w >= words) break;
+      dst[i * words + w] = value[j];
     }
   }
 }

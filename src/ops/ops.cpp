@@ -238,6 +238,13 @@ void check_residual(const Tensor& x, const Tensor& delta, const Tensor& h, const
   check_like(h, x, (name + " h").c_str());
 }
 
+// Whether two tensors share any bytes (on one device).
+bool overlaps(const Tensor& a, const Tensor& b) {
+  const auto* pa = static_cast<const char*>(a.data());
+  const auto* pb = static_cast<const char*>(b.data());
+  return a.device() == b.device() && pa < pb + b.nbytes() && pb < pa + a.nbytes();
+}
+
 void check_norm_backward(const Tensor& x, const Tensor& w, const Tensor& dy, const Tensor& dx, const Tensor& dw,
                          const Tensor& dresidual, const char* op) {
   const std::string name(op);
@@ -247,6 +254,8 @@ void check_norm_backward(const Tensor& x, const Tensor& w, const Tensor& dy, con
   check_shape(dw, w.shape(), (name + " dw").c_str());
   check_accum(dw, x, (name + " dw").c_str());
   if (dresidual.defined()) check_like(dresidual, x, (name + " dresidual").c_str());
+  // A row's later columns may be written while its earlier ones still read x and dy (CUDA).
+  MOE_CHECK(!overlaps(dx, x) && !overlaps(dx, dy), name, "_backward: dx overlaps x or dy (only dresidual may be dx)");
 }
 
 }  // namespace
@@ -507,10 +516,7 @@ void gather_rows(const Tensor& src, const Tensor& index, Tensor& dst) {
   MOE_CHECK(dst.size(0) == index.numel() && cols_of(dst) == cols_of(src), "gather: src", shape_str(src.shape()),
             " dst", shape_str(dst.shape()), " index ", index.numel());
   check_dtype(dst, src.dtype(), "gather dst");
-  const auto* s = static_cast<const char*>(src.data());
-  const auto* d = static_cast<const char*>(dst.data());
-  MOE_CHECK(src.device() != dst.device() || d + dst.nbytes() <= s || s + src.nbytes() <= d,
-            "gather: dst overlaps src (a gather does not work in place)");
+  MOE_CHECK(!overlaps(dst, src), "gather: dst overlaps src (a gather does not work in place)");
   run_on(src, OpKind::permute)->gather_rows(src, index, dst);
 }
 

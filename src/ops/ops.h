@@ -86,7 +86,7 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, Tensor& y, Tensor& rstd, 
 void add_rmsnorm_forward(const Tensor& x, const Tensor& delta, const Tensor& w, Tensor& h, Tensor& y, Tensor& rstd,
                          float eps);
 // dx[T,d] written (+ dresidual[T,d] when defined: the residual path's gradient, fused; it may be
-// dx itself), dw[d] (accum) accumulated
+// dx itself; dx may not overlap x or dy), dw[d] (accum) accumulated
 void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, Tensor& dx,
                       Tensor& dw, const Tensor& dresidual = Tensor());
 // LayerNorm: x[T,d], w[d], b[d] -> y[T,d], mean[T], rstd[T] (accum)
@@ -95,7 +95,8 @@ void layernorm_forward(const Tensor& x, const Tensor& w, const Tensor& b, Tensor
 // Residual add fused with LayerNorm: x, delta[T,d], w, b[d] -> h = x + delta, y = layernorm(h), mean, rstd[T]
 void add_layernorm_forward(const Tensor& x, const Tensor& delta, const Tensor& w, const Tensor& b, Tensor& h,
                            Tensor& y, Tensor& mean, Tensor& rstd, float eps);
-// dx[T,d] written (+ dresidual[T,d] when defined, may be dx itself), dw[d], db[d] (accum) accumulated
+// dx[T,d] written (+ dresidual[T,d] when defined, may be dx itself; dx may not overlap x or dy),
+// dw[d], db[d] (accum) accumulated
 void layernorm_backward(const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& rstd, const Tensor& dy,
                         Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dresidual = Tensor());
 

@@ -5,6 +5,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "kernels/cuda/cross_entropy.h"
+#include "kernels/cuda/device_info.h"
 #include "src/ops/ops.h"
 #include "tests/cuda/cuda_test_util.h"
 
@@ -316,6 +318,22 @@ TEST_CASE("cuda cross-entropy forward and backward at once match the CPU", "[cud
     require_match(loss, accum_tol(), "loss");
     require_match(lse, accum_tol(), "lse");
     require_match(dlogits, {1e-9, 1e-2}, "dlogits");
+
+    // The staged kernel runs exactly where expected (zero rows: the path is chosen, nothing runs),
+    // and gives the two kernels' values bit for bit: same chunks per thread, same merge order.
+    const bool fits = c.vocab * 2 + 128 <= cuda::max_shared_bytes_per_block();  // + block_merge's 128 bytes
+    REQUIRE(cuda::cross_entropy_with_grad(static_cast<const __nv_bfloat16*>(logits.gpu.data()),
+                                          static_cast<const int32_t*>(tgt.gpu.data()), nullptr, nullptr, scale,
+                                          static_cast<__nv_bfloat16*>(dlogits.gpu.data()), 0, c.vocab,
+                                          nullptr) == (c.vocab % 8 == 0 && fits));
+    Mirror loss2 = poisoned_pair({c.rows}, DType::f32), lse2 = poisoned_pair({c.rows}, DType::f32);
+    Mirror dlogits2 = poisoned_pair({c.rows, c.vocab}, DType::bf16);
+    ops::cross_entropy_forward(logits.gpu, tgt.gpu, loss2.gpu, lse2.gpu);
+    ops::cross_entropy_backward(logits.gpu, tgt.gpu, lse2.gpu, scale, dlogits2.gpu);
+    REQUIRE(loss.gpu.to(Device::cpu()).to_vector<float>() == loss2.gpu.to(Device::cpu()).to_vector<float>());
+    REQUIRE(lse.gpu.to(Device::cpu()).to_vector<float>() == lse2.gpu.to(Device::cpu()).to_vector<float>());
+    REQUIRE(dlogits.gpu.to(Device::cpu()).to_vector<float>() == dlogits2.gpu.to(Device::cpu()).to_vector<float>());
+
     Tensor in_place = logits.gpu.clone();
     ops::cross_entropy_with_grad(in_place, tgt.gpu, loss.gpu, lse.gpu, scale, in_place);
     REQUIRE(in_place.to(Device::cpu()).to_vector<float>() == dlogits.gpu.to(Device::cpu()).to_vector<float>());

@@ -93,7 +93,7 @@ TEST_CASE("cuda sum, sum_squares and column_sum match the CPU", "[cuda][reductio
 
 TEST_CASE("cuda gather_rows and scatter_add_rows match the CPU", "[cuda][rows]") {
   for (int64_t src_rows : {1, 7, 19, 989}) {
-    for (int64_t cols : {1, 37, 64}) {
+    for (int64_t cols : {1, 2, 37, 64, 200}) {  // copy words of 2, 4, 8 and 16 bytes (200 bf16: 25 of 16)
       for (int64_t num_index : {1, 7, 19, 989}) {
         INFO("rows " << src_rows << " cols " << cols << " index " << num_index);
         const uint64_t seed = seed_of(15, {src_rows, cols, num_index});

@@ -122,47 +122,52 @@ TEST_CASE("cuda add + layernorm forward and backward with the residual gradient 
 // Many rows (a last round with idle teams) so the parameter gradients come from many block
 // partials; widths 1032 (vector path: teams of 160 threads for 129 groups of 8 columns), 100
 // (scalar path), 1100 (scalar path, rows cut into 3 column slices) and 8200 (vector path, 1025
-// groups of 8 in 3 slices of 512 threads).
+// groups of 8 in 3 slices of 512 threads); each norm's kernels with and without the residual gradient.
 TEST_CASE("cuda norm backward parameter gradients over many rows match the CPU and repeat exactly",
           "[cuda][norms][fused]") {
   const int64_t rows = 5000;
   for (int64_t dim : {1032, 100, 1100, 8200}) {
-    INFO("rows " << rows << " dim " << dim);
     const uint64_t seed = seed_of(33, {rows, dim});
     Mirror x = random_mirror({rows, dim}, DType::bf16, seed, -2.0, 2.0);
     Mirror w = random_mirror({dim}, DType::bf16, seed + 1, 0.5, 1.5);
     Mirror dy = random_mirror({rows, dim}, DType::bf16, seed + 2);
+    Mirror dres = random_mirror({rows, dim}, DType::bf16, seed + 3);
     Tensor y = Tensor::empty({rows, dim}, DType::f32);  // the forwards give the statistics only
     Tensor mean_ref = Tensor::empty({rows}, DType::f32), rstd_ref = Tensor::empty({rows}, DType::f32);
-
     ops::rmsnorm_forward(x.cpu, w.cpu, y, rstd_ref, 1e-5f);
     Mirror rstd = mirror_of(rstd_ref, DType::f32);
-    Mirror dres = random_mirror({rows, dim}, DType::bf16, seed + 3);
-    Mirror dx = poisoned_pair({rows, dim}, DType::bf16);
-    Mirror dw = random_mirror({dim}, DType::f32, seed + 4);
-    const Tensor dw_start = dw.gpu.clone();
-    ops::rmsnorm_backward(x.cpu, w.cpu, rstd.cpu, dy.cpu, dx.cpu, dw.cpu, dres.cpu);
-    ops::rmsnorm_backward(x.gpu, w.gpu, rstd.gpu, dy.gpu, dx.gpu, dw.gpu, dres.gpu);
-    require_match(dx, bf16_tol(), "rmsnorm dx + dresidual");
-    require_match(dw, accum_tol(), "rmsnorm dw");
-    Tensor dw_again = dw_start.clone();
-    ops::rmsnorm_backward(x.gpu, w.gpu, rstd.gpu, dy.gpu, dx.gpu, dw_again, dres.gpu);
-    require_same_bits(dw_again, dw.gpu, "rmsnorm dw on a second run");
-
     ops::layernorm_forward(x.cpu, w.cpu, w.cpu, y, mean_ref, rstd_ref, 1e-5f);
     Mirror ln_mean = mirror_of(mean_ref, DType::f32), ln_rstd = mirror_of(rstd_ref, DType::f32);
-    Mirror ln_dx = poisoned_pair({rows, dim}, DType::bf16);
-    Mirror ln_dw = random_mirror({dim}, DType::f32, seed + 5), ln_db = random_mirror({dim}, DType::f32, seed + 6);
-    const Tensor ln_dw_start = ln_dw.gpu.clone(), ln_db_start = ln_db.gpu.clone();
-    ops::layernorm_backward(x.cpu, w.cpu, ln_mean.cpu, ln_rstd.cpu, dy.cpu, ln_dx.cpu, ln_dw.cpu, ln_db.cpu);
-    ops::layernorm_backward(x.gpu, w.gpu, ln_mean.gpu, ln_rstd.gpu, dy.gpu, ln_dx.gpu, ln_dw.gpu, ln_db.gpu);
-    require_match(ln_dx, bf16_tol(), "layernorm dx");
-    require_match(ln_dw, accum_tol(), "layernorm dw");
-    require_match(ln_db, accum_tol(), "layernorm db");
-    Tensor ln_dw_again = ln_dw_start.clone(), ln_db_again = ln_db_start.clone();
-    ops::layernorm_backward(x.gpu, w.gpu, ln_mean.gpu, ln_rstd.gpu, dy.gpu, ln_dx.gpu, ln_dw_again, ln_db_again);
-    require_same_bits(ln_dw_again, ln_dw.gpu, "layernorm dw on a second run");
-    require_same_bits(ln_db_again, ln_db.gpu, "layernorm db on a second run");
+    for (bool with_dres : {true, false}) {  // both kernels of each norm: with and without the residual gradient
+      INFO("rows " << rows << " dim " << dim << " dresidual " << with_dres);
+      const Tensor dres_cpu = with_dres ? dres.cpu : Tensor(), dres_gpu = with_dres ? dres.gpu : Tensor();
+
+      Mirror dx = poisoned_pair({rows, dim}, DType::bf16);
+      Mirror dw = random_mirror({dim}, DType::f32, seed + 4);
+      const Tensor dw_start = dw.gpu.clone();
+      ops::rmsnorm_backward(x.cpu, w.cpu, rstd.cpu, dy.cpu, dx.cpu, dw.cpu, dres_cpu);
+      ops::rmsnorm_backward(x.gpu, w.gpu, rstd.gpu, dy.gpu, dx.gpu, dw.gpu, dres_gpu);
+      require_match(dx, bf16_tol(), "rmsnorm dx");
+      require_match(dw, accum_tol(), "rmsnorm dw");
+      Tensor dw_again = dw_start.clone();
+      ops::rmsnorm_backward(x.gpu, w.gpu, rstd.gpu, dy.gpu, dx.gpu, dw_again, dres_gpu);
+      require_same_bits(dw_again, dw.gpu, "rmsnorm dw on a second run");
+
+      Mirror ln_dx = poisoned_pair({rows, dim}, DType::bf16);
+      Mirror ln_dw = random_mirror({dim}, DType::f32, seed + 5), ln_db = random_mirror({dim}, DType::f32, seed + 6);
+      const Tensor ln_dw_start = ln_dw.gpu.clone(), ln_db_start = ln_db.gpu.clone();
+      ops::layernorm_backward(x.cpu, w.cpu, ln_mean.cpu, ln_rstd.cpu, dy.cpu, ln_dx.cpu, ln_dw.cpu, ln_db.cpu, dres_cpu);
+      ops::layernorm_backward(x.gpu, w.gpu, ln_mean.gpu, ln_rstd.gpu, dy.gpu, ln_dx.gpu, ln_dw.gpu, ln_db.gpu,
+                              dres_gpu);
+      require_match(ln_dx, bf16_tol(), "layernorm dx");
+      require_match(ln_dw, accum_tol(), "layernorm dw");
+      require_match(ln_db, accum_tol(), "layernorm db");
+      Tensor ln_dw_again = ln_dw_start.clone(), ln_db_again = ln_db_start.clone();
+      ops::layernorm_backward(x.gpu, w.gpu, ln_mean.gpu, ln_rstd.gpu, dy.gpu, ln_dx.gpu, ln_dw_again, ln_db_again,
+                              dres_gpu);
+      require_same_bits(ln_dw_again, ln_dw.gpu, "layernorm dw on a second run");
+      require_same_bits(ln_db_again, ln_db.gpu, "layernorm db on a second run");
+    }
   }
 }
 

@@ -296,10 +296,14 @@ TEST_CASE("cuda grouped weight gradient stages wide tiles for short reductions, 
   const int64_t e_num = 8, k = 1000, n = 968;
   const std::vector<int32_t> long_counts{700, 1000, 0, 613, 900, 1, 840, 1100};  // 5154 rows > 8 x 512
   const std::vector<int32_t> short_counts{70, 100, 0, 61, 90, 1, 84, 110};       // 516 rows
-  for (const std::vector<int32_t>& counts : {long_counts, short_counts}) {
+  for (bool is_short : {false, true}) {
+    const std::vector<int32_t>& counts = is_short ? short_counts : long_counts;
     const int64_t rows = total_of(counts);
     const kernels::GroupedGemmShape s{e_num, rows, k, n};
-    if (cuda::multiprocessor_count() == 132) REQUIRE(cuda::sm90::weight_grad_tile_width(s, 132) == 256);
+    if (cuda::multiprocessor_count() == 132) {
+      REQUIRE(cuda::sm90::weight_grad_kernel(s, true, 132) ==
+              (is_short ? cuda::sm90::WeightGradKernel::staged : cuda::sm90::WeightGradKernel::wide));
+    }
     Mirror offsets = offsets_of(counts);
     Mirror x = random_mirror({rows, k}, DType::bf16, seed_of(41, {rows}));
     Mirror dy = random_mirror({rows, n}, DType::bf16, seed_of(42, {rows}));
@@ -308,9 +312,30 @@ TEST_CASE("cuda grouped weight gradient stages wide tiles for short reductions, 
   }
 }
 
+// The staged tiles at a Switch-like load: 64 experts of about 200 rows and one of 2000 (a 32-slice
+// reduction through the 2-stage ring), 512 wide tiles, so a block drains one tile's bulk stores
+// while it multiplies the next, several times over.
+TEST_CASE("cuda grouped weight gradient stages wide tiles over several rounds and a long expert", "[cuda][grouped]") {
+  const int64_t e_num = 64, k = 256, n = 1024;
+  std::vector<int32_t> counts = random_int_values(e_num, 400, 51);
+  counts[5] = 2000;
+  counts[9] = 0;
+  const int64_t rows = total_of(counts);
+  const kernels::GroupedGemmShape s{e_num, rows, k, n};
+  if (cuda::multiprocessor_count() == 132) {
+    REQUIRE(cuda::sm90::weight_grad_kernel(s, true, 132) == cuda::sm90::WeightGradKernel::staged);
+  }
+  INFO("rows " << rows);
+  Mirror offsets = offsets_of(counts);
+  Mirror x = random_mirror({rows, k}, DType::bf16, 52);
+  Mirror dy = random_mirror({rows, n}, DType::bf16, 53);
+  require_weight_grads_match(x, offsets, dy, e_num, 54);
+}
+
 // Which weight-gradient kernel a shape runs on 132 multiprocessors, and past the experts the
 // persistent kernels sort in shared memory (504 staged, 512 in all) the fallbacks give the same
-// results: 508 short-reduction experts take the register-written wide tiles, 600 a block per tile.
+// results, adding and overwriting: 504 short-reduction experts fill the staged tiles' shared memory
+// exactly, 505 and 508 take the register-written wide tiles, 600 a block per tile.
 TEST_CASE("cuda grouped weight gradient kernel choice, and its fallbacks for many experts", "[cuda][grouped]") {
   using cuda::sm90::WeightGradKernel;
   using cuda::sm90::weight_grad_kernel;
@@ -320,25 +345,23 @@ TEST_CASE("cuda grouped weight gradient kernel choice, and its fallbacks for man
   REQUIRE(weight_grad_kernel(shape(64, 98304, 768, 768), true, 132) == WeightGradKernel::wide);     // MoE-small
   REQUIRE(weight_grad_kernel(shape(64, 98304, 384, 768), true, 132) == WeightGradKernel::narrow);
   REQUIRE(weight_grad_kernel(shape(64, 16384, 1024, 8192), false, 132) == WeightGradKernel::block_per_tile);
+  REQUIRE(weight_grad_kernel(shape(504, 5040, 128, 512), true, 132) == WeightGradKernel::staged);
+  REQUIRE(weight_grad_kernel(shape(505, 5050, 128, 512), true, 132) == WeightGradKernel::wide);
   REQUIRE(weight_grad_kernel(shape(508, 5080, 128, 512), true, 132) == WeightGradKernel::wide);
   REQUIRE(weight_grad_kernel(shape(600, 6000, 128, 512), true, 132) == WeightGradKernel::block_per_tile);
   if (!cuda::sm90::grouped_gemm_available()) return;  // the rest runs the Hopper kernels
   const int64_t k = 128, n = 512;
-  for (int64_t num_experts : {508, 600}) {
+  for (int64_t num_experts : {504, 505, 508, 600}) {
     std::vector<int32_t> counts = random_int_values(num_experts, 20, seed_of(44, {num_experts}));
     counts[7] = 0;
     const int64_t rows = total_of(counts);
+    INFO("experts " << num_experts << " rows " << rows << " kernel "
+                    << static_cast<int>(weight_grad_kernel(shape(num_experts, rows, k, n), true,
+                                                           cuda::multiprocessor_count())));
     Mirror offsets = offsets_of(counts);
     Mirror x = random_mirror({rows, k}, DType::bf16, seed_of(45, {num_experts}));
     Mirror dy = random_mirror({rows, n}, DType::bf16, seed_of(46, {num_experts}));
-    Tensor start = poisoned_pair({num_experts, k, n}, DType::f32).cpu;
-    Tensor dw_cpu = start.clone();
-    ops::grouped_matmul_weight_grad(x.cpu, offsets.cpu, dy.cpu, dw_cpu, false);
-    KernelChoice choice(cuda::GroupedGemmKernel::wgmma);
-    INFO("experts " << num_experts << " rows " << rows);
-    Tensor dw = start.to(gpu());
-    ops::grouped_matmul_weight_grad(x.gpu, offsets.gpu, dy.gpu, dw, false);
-    require_close(dw, dw_cpu, accum_tol().atol, accum_tol().rtol, "dw");
+    require_weight_grads_match(x, offsets, dy, num_experts, seed_of(47, {num_experts}));
   }
 }
 

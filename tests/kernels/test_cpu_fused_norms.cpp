@@ -132,4 +132,10 @@ TEST_CASE("fused norms name a bad residual operand", "[kernels][cpu][fused]") {
                       Catch::Contains("rmsnorm dresidual"));
   REQUIRE_THROWS_WITH(ops::layernorm_backward(in.x, in.w, mean, rstd, in.delta, h, dw, db, short_delta),
                       Catch::Contains("layernorm dresidual"));
+  // dx over dy or x: only dresidual may share dx's memory.
+  Tensor dy = in.delta.clone(), x = in.x.clone();
+  REQUIRE_THROWS_WITH(ops::rmsnorm_backward(in.x, in.w, rstd, dy, dy, dw),
+                      Catch::Contains("rmsnorm_backward: dx overlaps x or dy"));
+  REQUIRE_THROWS_WITH(ops::layernorm_backward(x, in.w, mean, rstd, in.delta, x, dw, db),
+                      Catch::Contains("layernorm_backward: dx overlaps x or dy"));
 }
