@@ -10,7 +10,8 @@
 #                                                    (MoE-small's ops on 64 tokens: the host's own step time), dense
 #                                                    (MoE-small's dense GEMMs, engine and torch.mm, and the fp32
 #                                                    write and copy rates), noupdate (nolog with the
-#                                                    optimizer update on the compute stream), nolog_kernels (nolog once per
+#                                                    optimizer update on the compute stream), update (nolog with
+#                                                    the update on its own stream), nolog_kernels (nolog once per
 #                                                    kernel of GROUPED_KERNELS), layer (moe bench layer at the
 #                                                    standard shapes), moe64, moeloop, ops, layer_anchor
 #                                                    (PyTorch MoE layer anchor), moe_anchor (PyTorch MoE-small
@@ -81,6 +82,10 @@ fi
 if has noupdate; then  # MoE-small as nolog, the update on the compute stream (parallel.overlap_update off)
   build/moe bench train experiments/perf/moe_small.toml --warmup 3 --steps 10 --set train.log_every=1000 \
     --set parallel.overlap_update=false 2>&1 | tail -1 | tee "$out/bench_moe_small_nolog_noupdate.json"
+fi
+if has update; then  # MoE-small as nolog, the update on its own low-priority stream (parallel.overlap_update on)
+  build/moe bench train experiments/perf/moe_small.toml --warmup 3 --steps 10 --set train.log_every=1000 \
+    --set parallel.overlap_update=true 2>&1 | tail -1 | tee "$out/bench_moe_small_nolog_update.json"
 fi
 if has layer; then  # one MoE layer at the anchor shapes and MoE-small's, against the dense chain of equal FLOPs
   for cfg in layers/fine_grained layers/mixtral layers/switch moe_small; do

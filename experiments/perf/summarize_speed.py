@@ -24,7 +24,7 @@ def read_json_lines(path):
 def main():
     out = pathlib.Path(sys.argv[1])
     anchors = {r["mode"]: r for r in read_json_lines(out / "anchor_gpt2.jsonl")}
-    for name in ("gpt2_small_dense", "moe_small", "moe_small_nolog", "moe_small_nolog_noupdate",
+    for name in ("gpt2_small_dense", "moe_small", "moe_small_nolog", "moe_small_nolog_noupdate", "moe_small_nolog_update",
                  "moe_small_nolog_noside", "moe_small_nolog_wgmma", "moe_small_nolog_wgmma_narrow", "gpt2_small_moe64",
                  "moe_small_noside", "moe_small_host"):
         rows = read_json_lines(out / f"bench_{name}.json")

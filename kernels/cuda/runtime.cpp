@@ -42,9 +42,14 @@ void set_device(int ordinal) {
   CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, ordinal));
   uint64_t threshold = UINT64_MAX;
   CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
-  CUDA_CHECK(cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking));
-  CUDA_CHECK(cudaStreamCreateWithFlags(&g_side, cudaStreamNonBlocking));
-  CUDA_CHECK(cudaStreamCreateWithFlags(&g_update, cudaStreamNonBlocking));
+  // The main and side streams carry the step's critical path and get the highest priority; the
+  // update stream fills what they leave, so where both have blocks waiting for a multiprocessor
+  // the block scheduler starts the forward's first (a persistent GEMM's blocks included).
+  int lowest = 0, highest = 0;
+  CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&lowest, &highest));
+  CUDA_CHECK(cudaStreamCreateWithPriority(&g_stream, cudaStreamNonBlocking, highest));
+  CUDA_CHECK(cudaStreamCreateWithPriority(&g_side, cudaStreamNonBlocking, highest));
+  CUDA_CHECK(cudaStreamCreateWithPriority(&g_update, cudaStreamNonBlocking, lowest));
   for (cudaEvent_t* e : {&g_fork, &g_join, &g_update_fork, &g_update_join}) {
     CUDA_CHECK(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
   }

@@ -21,7 +21,8 @@ void side_stream_begin();
 void side_stream_end();
 void side_stream_join();
 bool on_side_stream();
-// A third stream for the optimizer's update, overlapping the next step's forward.
+// A third stream for the optimizer's update, overlapping the next step's forward, at the lowest
+// stream priority (the main and side streams have the highest).
 // update_stream_begin: the update stream waits for the work queued on the main one so far, and
 // compute_stream() is the update stream until update_stream_end. update_stream_mark(slot):
 // records event `slot` after the update work queued so far; main_stream_wait(slot): the main stream

@@ -4,6 +4,7 @@
 // of tens of milliseconds, so a missing wait shows as values read before the update finished.
 #include <catch2/catch.hpp>
 
+#include "kernels/cuda/runtime.h"
 #include "src/ops/ops.h"
 #include "src/tensor/update_stream.h"
 #include "tests/cuda/cuda_test_util.h"
@@ -51,6 +52,29 @@ TEST_CASE("the main stream waits for a marked update where it asks", "[cuda][upd
   require_all(a_seen, k_adds);
   require_all(b_seen, k_adds);
   s.wait("never marked");  // nothing to wait for
+}
+
+// The update yields to the step: the main and side streams have the device's highest priority,
+// the update stream its lowest.
+TEST_CASE("the update stream has the lowest priority, the main and side streams the highest",
+          "[cuda][update_stream]") {
+  int lowest = 0, highest = 0;
+  REQUIRE(cudaDeviceGetStreamPriorityRange(&lowest, &highest) == cudaSuccess);
+  REQUIRE(highest < lowest);  // a GPU with priorities: numerically lower is higher
+  auto priority_of_current = [] {
+    int p = 0;
+    REQUIRE(cudaStreamGetPriority(cuda::compute_stream(), &p) == cudaSuccess);
+    return p;
+  };
+  REQUIRE(priority_of_current() == highest);
+  cuda::side_stream_begin();
+  REQUIRE(priority_of_current() == highest);
+  cuda::side_stream_end();
+  cuda::update_stream_begin();
+  REQUIRE(priority_of_current() == lowest);
+  cuda::update_stream_end();
+  cuda::update_stream_join();
+  REQUIRE(priority_of_current() == highest);
 }
 
 TEST_CASE("a read back to the host sees the update finished", "[cuda][update_stream]") {
