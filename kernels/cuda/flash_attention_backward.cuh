@@ -189,8 +189,7 @@ MOE_FLASH_FN void dq_step(const Params& p, const BackwardSmem<T>& sm, int head, 
     float* row = dst + static_cast<int64_t>(i) * p.q_row + col0 + 2 * (lane & 3);
     MOE_FLASH_UNROLL
     for (int c = 0; c < C / 8; ++c) {
-      atomic_add_f32(row + c * 8, dq[c][2 * half]);
-      atomic_add_f32(row + c * 8 + 1, dq[c][2 * half + 1]);
+      atomic_add_f32x2(row + c * 8, dq[c][2 * half], dq[c][2 * half + 1]);
     }
   }
 }

@@ -72,7 +72,16 @@ MOE_FLASH_FN float fast_exp2(float x) {
   return y;
 }
 
-MOE_FLASH_FN void atomic_add_f32(float* p, float v) { atomicAdd(p, v); }
+// p[0] += a, p[1] += b atomically, p 8-byte aligned: one `red.global.add.v2.f32` on sm_90 (the
+// two floats one L2 operation), two atomics before it.
+MOE_FLASH_FN void atomic_add_f32x2(float* p, float a, float b) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(p), "f"(a), "f"(b) : "memory");
+#else
+  atomicAdd(p, a);
+  atomicAdd(p + 1, b);
+#endif
+}
 
 // Two floats rounded to bf16 (nearest even) in one register, lo in the low half.
 MOE_FLASH_FN uint32_t pack_bf16x2(float lo, float hi) {

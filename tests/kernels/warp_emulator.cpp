@@ -341,9 +341,11 @@ float shfl_xor(float v, int lane_mask) {
   return g_current->value;
 }
 
-void atomic_add_f32(float* p, float v) {
-  check_global(p, 4, "atomicAdd");
-  *p += v;  // fibers run one at a time
+void atomic_add_f32x2(float* p, float a, float b) {
+  check_global(p, 8, "atomic add of two floats");
+  if (reinterpret_cast<uintptr_t>(p) % 8 != 0) moe::test::emu::fail("atomic add of two floats: misaligned address");
+  p[0] += a;  // fibers run one at a time
+  p[1] += b;
 }
 
 uint32_t pack_bf16x2(float lo, float hi) {

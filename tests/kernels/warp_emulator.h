@@ -38,7 +38,7 @@ inline void cp_async_wait() {
 void sync_block();
 float shfl_xor(float v, int lane_mask);
 inline float fast_exp2(float x) { return std::exp2(x); }
-void atomic_add_f32(float* p, float v);
+void atomic_add_f32x2(float* p, float a, float b);  // p must be 8-byte aligned, as the vector reduction needs
 uint32_t pack_bf16x2(float lo, float hi);
 float bf16_to_float(bf16_bits x);
 
