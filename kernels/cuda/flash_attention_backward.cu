@@ -45,12 +45,12 @@ __global__ void __launch_bounds__(k_threads)
   }
 }
 
-// grid (key blocks, Hkv, B): the first key blocks see the most query blocks under the causal
-// mask and are launched first.
+// grid (Hkv, B, key blocks), longest_first_grid: the first key blocks see the most query blocks
+// under the causal mask, and every slice's first block starts before any slice's second.
 template <class T>
 __global__ void __launch_bounds__(T::kThreads) backward_kernel(const Params p) {
   extern __shared__ __align__(128) char smem[];
-  backward_block<T>(p, static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.y), static_cast<int>(blockIdx.z),
+  backward_block<T>(p, static_cast<int>(blockIdx.z), static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.y),
                     static_cast<int>(threadIdx.x), smem);
 }
 
@@ -75,8 +75,7 @@ void launch_backward(const Params& p, const __nv_bfloat16* out, float* delta, __
       out, reinterpret_cast<const __nv_bfloat16*>(p.dout), delta, p.dq_accum, rows, p.num_heads, p.seq_len);
   CUDA_CHECK_LAUNCH();
   set_shared_bytes(backward_kernel<T>, T::kSmemBytes);
-  const dim3 grid(static_cast<unsigned>(backward_key_blocks<T>(p)), static_cast<unsigned>(p.num_kv_heads),
-                  static_cast<unsigned>(p.batch));
+  const dim3 grid = longest_first_grid(backward_key_blocks<T>(p), p.num_kv_heads, p.batch);
   backward_kernel<T><<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
   CUDA_CHECK_LAUNCH();
   const int64_t n = rows * D;

@@ -10,21 +10,20 @@ namespace flash {
 
 namespace {
 
-// grid (query blocks, Hq, B). The last query blocks see the most keys under the causal mask:
-// they are launched first, so that the short ones fill the tail of the wave.
+// grid (Hq, B, query blocks), longest_first_grid: the last query blocks see the most keys under the
+// causal mask, and every slice's last block starts before any slice's second to last.
 template <class T>
 __global__ void __launch_bounds__(T::kThreads) forward_kernel(const Params p) {
   extern __shared__ __align__(128) char smem[];
-  const int m_block = static_cast<int>(gridDim.x - 1 - blockIdx.x);
-  forward_block<T>(p, m_block, static_cast<int>(blockIdx.y), static_cast<int>(blockIdx.z),
+  const int m_block = static_cast<int>(gridDim.z - 1 - blockIdx.z);
+  forward_block<T>(p, m_block, static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.y),
                    static_cast<int>(threadIdx.x), smem);
 }
 
 template <class T>
 void launch_forward(const Params& p, cudaStream_t stream) {
   set_shared_bytes(forward_kernel<T>, T::kSmemBytes);
-  const dim3 grid(static_cast<unsigned>(forward_query_blocks<T>(p)), static_cast<unsigned>(p.num_heads),
-                  static_cast<unsigned>(p.batch));
+  const dim3 grid = longest_first_grid(forward_query_blocks<T>(p), p.num_heads, p.batch);
   forward_kernel<T><<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
   CUDA_CHECK_LAUNCH();
 }

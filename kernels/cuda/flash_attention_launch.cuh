@@ -1,5 +1,5 @@
 // Host-side helpers shared by the flash-attention launchers (flash_attention_*.cu): launch
-// parameters from the public dims, and the bf16 pointers as raw bits.
+// parameters from the public dims, the bf16 pointers as raw bits, the grid's layout.
 #pragma once
 
 #include "kernels/cuda/attention.h"
@@ -21,6 +21,18 @@ inline Params params_of(const kernels::AttentionShape& d, const __nv_bfloat16* q
   p.k = bits(k);
   p.v = bits(v);
   return p;
+}
+
+// The grid of (ranks, heads, batches) blocks laid out as (heads, batches, ranks): the hardware
+// starts blocks in the order of their linear index (x fastest), so every (head, batch) slice's
+// rank-0 block (its heaviest under the causal mask) starts before any rank-1 block, and so on, and
+// the short blocks fill the tail of the last wave (list scheduling, longest first); with the rank
+// fastest, heavy blocks of the last slices started late. Block coordinates stay in the special
+// registers (an index computed from a linear one spills the head-dim 128 kernels).
+inline dim3 longest_first_grid(int64_t ranks, int64_t heads, int64_t batches) {
+  MOE_CHECK(ranks <= 65535 && batches <= 65535, "flash attention: ", ranks, " blocks a sequence of ", batches,
+            " sequences exceed the grid");
+  return dim3(static_cast<unsigned>(heads), static_cast<unsigned>(batches), static_cast<unsigned>(ranks));
 }
 
 // Opt a kernel into its dynamic shared memory (above the default 48 KB).
