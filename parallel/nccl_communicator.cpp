@@ -80,7 +80,7 @@ void NcclCommunicator::all_reduce_sum(Tensor& x) {
 // x[n] <- mean over ranks of x[n]
 cudaStream_t NcclCommunicator::async_stream() {
   if (async_stream_ == nullptr) {
-    CUDA_CHECK(cudaStreamCreateWithFlags(&async_stream_, cudaStreamNonBlocking));
+    async_stream_ = cuda::new_high_priority_stream();  // not behind the update stream's blocks
     CUDA_CHECK(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
     CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
   }
@@ -214,7 +214,7 @@ class NcclPendingAllToAll final : public PendingCollective {
 
 cudaStream_t NcclCommunicator::a2a_stream() {
   if (a2a_stream_ == nullptr) {
-    CUDA_CHECK(cudaStreamCreateWithFlags(&a2a_stream_, cudaStreamNonBlocking));
+    a2a_stream_ = cuda::new_high_priority_stream();
     CUDA_CHECK(cudaEventCreateWithFlags(&a2a_ready_, cudaEventDisableTiming));
   }
   return a2a_stream_;

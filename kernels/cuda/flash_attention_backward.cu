@@ -50,8 +50,8 @@ __global__ void __launch_bounds__(k_threads)
 template <class T>
 __global__ void __launch_bounds__(T::kThreads) backward_kernel(const Params p) {
   extern __shared__ __align__(128) char smem[];
-  backward_block<T>(p, static_cast<int>(blockIdx.z), static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.y),
-                    static_cast<int>(threadIdx.x), smem);
+  backward_grid_block<T>(p, static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.y), static_cast<int>(blockIdx.z),
+                         static_cast<int>(threadIdx.x), smem);
 }
 
 // dq = bf16(scale * dq_accum), 8 values per thread and step (n is a multiple of 8).

@@ -32,7 +32,7 @@ struct BackwardTraits {
 using BackwardHd64 = BackwardTraits<64, 64, 128, 8>;
 using BackwardHd128 = BackwardTraits<128, 64, 128, 8>;
 
-// Key blocks of one (kv head, batch); the grid is (key blocks, Hkv, B).
+// Key blocks of one (kv head, batch); the grid is (Hkv, B, key blocks) (longest_first_grid).
 template <class T>
 int backward_key_blocks(const Params& p) {
   return ceil_div_int(p.kv_len, T::kBlockN);
@@ -285,6 +285,13 @@ MOE_FLASH_FN void backward_block(const Params& p, int n_block, int kv_head, int 
     detail::dq_step<T>(p, sm, head, q0, batch_index, warp, lane);
   }
   detail::store_dkdv<T>(p, dk, dv, k0 + key_row0, kv_head, batch_index, lane);
+}
+
+// The block at (x, y, z) of the (Hkv, B, key blocks) grid: kv head x, sequence y, key block z (the
+// first ones see the most query blocks under the causal mask and start first).
+template <class T>
+MOE_FLASH_FN void backward_grid_block(const Params& p, int x, int y, int z, int tid, char* smem) {
+  backward_block<T>(p, z, x, y, tid, smem);
 }
 
 }  // namespace moe::cuda::flash

@@ -15,9 +15,8 @@ namespace {
 template <class T>
 __global__ void __launch_bounds__(T::kThreads) forward_kernel(const Params p) {
   extern __shared__ __align__(128) char smem[];
-  const int m_block = static_cast<int>(gridDim.z - 1 - blockIdx.z);
-  forward_block<T>(p, m_block, static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.y),
-                   static_cast<int>(threadIdx.x), smem);
+  forward_grid_block<T>(p, static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.y), static_cast<int>(blockIdx.z),
+                        static_cast<int>(gridDim.z), static_cast<int>(threadIdx.x), smem);
 }
 
 template <class T>

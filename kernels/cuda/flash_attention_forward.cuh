@@ -23,7 +23,7 @@ struct ForwardTraits {
 using ForwardHd64 = ForwardTraits<64, 128, 64, 4>;
 using ForwardHd128 = ForwardTraits<128, 128, 32, 4>;
 
-// Query blocks of one (head, batch) and the grid: (query blocks, Hq, B).
+// Query blocks of one (head, batch); the grid is (Hq, B, query blocks) (longest_first_grid).
 template <class T>
 int forward_query_blocks(const Params& p) {
   return ceil_div_int(p.seq_len, T::kBlockM);
@@ -180,6 +180,14 @@ MOE_FLASH_FN void forward_block(const Params& p, int m_block, int head, int batc
     gemm_pb<D>(acc, s, sv + buf * BN * D, 0, lane);
   }
   detail::store_forward<T>(p, acc, row_max, row_sum, row0, head, batch_index, lane);
+}
+
+// The block at (x, y, z) of the (Hq, B, query_blocks) grid: head x, sequence y, and the query
+// blocks in reverse along z, so that each slice's last one (the most keys under the causal mask)
+// starts first.
+template <class T>
+MOE_FLASH_FN void forward_grid_block(const Params& p, int x, int y, int z, int query_blocks, int tid, char* smem) {
+  forward_block<T>(p, query_blocks - 1 - z, x, y, tid, smem);
 }
 
 }  // namespace moe::cuda::flash

@@ -30,8 +30,8 @@ inline Params params_of(const kernels::AttentionShape& d, const __nv_bfloat16* q
 // fastest, heavy blocks of the last slices started late. Block coordinates stay in the special
 // registers (an index computed from a linear one spills the head-dim 128 kernels).
 inline dim3 longest_first_grid(int64_t ranks, int64_t heads, int64_t batches) {
-  MOE_CHECK(ranks <= 65535 && batches <= 65535, "flash attention: ", ranks, " blocks a sequence of ", batches,
-            " sequences exceed the grid");
+  MOE_CHECK(ranks <= 65535, "flash attention: ", ranks, " blocks a sequence exceed the grid's 65535");
+  MOE_CHECK(batches <= 65535, "flash attention: ", batches, " sequences exceed the grid's 65535");
   return dim3(static_cast<unsigned>(heads), static_cast<unsigned>(batches), static_cast<unsigned>(ranks));
 }
 

@@ -352,12 +352,11 @@ NormLaunch row_launch(int64_t rows) {
 
 // The backward's launch (the kernels' TeamPlace), a function of the shape, the vector path (the
 // pointers' alignment) and the device's multiprocessor count only, so results repeat bit for bit
-// for those: a team has a thread for each N
-// columns of the row, rounded up to whole warps, at most k_block (wider rows are cut into slices
-// of team * N columns, along grid x); a block has as many teams as fit in k_block threads; blocks
-// along grid y: one resident wave (each takes an equal share of the rounds), fewer when the rows
-// run out. `params`: the parameter gradients (1: dw; 2: dw and db), which sizes the shared memory
-// (partial_stage).
+// for those: a team has a thread for each N columns of the row, rounded up to whole warps, at most
+// k_block (wider rows are cut into slices of team * N columns, along grid x); a block has as many
+// teams as fit in k_block threads; blocks along grid y: one resident wave (each takes an equal
+// share of the rounds), fewer when the rows run out. `params`: the parameter gradients (1: dw; 2:
+// dw and db), which sizes the shared memory (partial_stage).
 struct BackwardGrid {
   NormLaunch launch;
   int teams;

@@ -43,8 +43,9 @@ void set_device(int ordinal) {
   uint64_t threshold = UINT64_MAX;
   CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
   // The main and side streams carry the step's critical path and get the highest priority; the
-  // update stream fills what they leave, so where both have blocks waiting for a multiprocessor
-  // the block scheduler starts the forward's first (a persistent GEMM's blocks included).
+  // update stream the lowest, so where both have blocks waiting for a multiprocessor the block
+  // scheduler starts the step's first (a persistent GEMM's blocks included). Priority picks the
+  // next block to start; it does not preempt a resident one.
   int lowest = 0, highest = 0;
   CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&lowest, &highest));
   CUDA_CHECK(cudaStreamCreateWithPriority(&g_stream, cudaStreamNonBlocking, highest));
@@ -55,6 +56,14 @@ void set_device(int ordinal) {
   }
   g_current = g_stream;
   g_device = ordinal;
+}
+
+cudaStream_t new_high_priority_stream() {
+  int lowest = 0, highest = 0;
+  CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&lowest, &highest));
+  cudaStream_t stream = nullptr;
+  CUDA_CHECK(cudaStreamCreateWithPriority(&stream, cudaStreamNonBlocking, highest));
+  return stream;
 }
 
 cudaStream_t compute_stream() {

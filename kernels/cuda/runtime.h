@@ -12,6 +12,9 @@ namespace moe::cuda {
 int device_count();             // 0 when no driver or no GPU
 void set_device(int ordinal);   // also selects the stream and the cuBLAS handles below
 cudaStream_t compute_stream();  // the stream engine kernels run on: the main one, or the side one (below)
+// A new non-blocking stream at the device's highest priority, as the main and side streams have:
+// for work on the step's critical path (NCCL's gradient reductions and all-to-alls).
+cudaStream_t new_high_priority_stream();
 // A second stream for work independent of the main stream's (the shared experts beside the
 // routed ones). side_stream_begin: the side stream waits for the work queued on the main one so
 // far, and compute_stream() (kernels, cuBLAS, pool allocations and frees) is the side stream until

@@ -1,5 +1,7 @@
 // Shape and dtype contracts of every op, checked once here, then dispatched to the backend
 // of the tensors' device.
+#include <cstdint>
+
 #include "src/ops/ops.h"
 
 #include "src/ops/backend.h"
@@ -238,11 +240,11 @@ void check_residual(const Tensor& x, const Tensor& delta, const Tensor& h, const
   check_like(h, x, (name + " h").c_str());
 }
 
-// Whether two tensors share any bytes (on one device).
+// Whether two tensors share any bytes (on one device; an empty tensor shares none).
 bool overlaps(const Tensor& a, const Tensor& b) {
-  const auto* pa = static_cast<const char*>(a.data());
-  const auto* pb = static_cast<const char*>(b.data());
-  return a.device() == b.device() && pa < pb + b.nbytes() && pb < pa + a.nbytes();
+  if (a.nbytes() == 0 || b.nbytes() == 0 || a.device() != b.device()) return false;
+  const auto pa = reinterpret_cast<uintptr_t>(a.data()), pb = reinterpret_cast<uintptr_t>(b.data());
+  return pa < pb + b.nbytes() && pb < pa + a.nbytes();
 }
 
 void check_norm_backward(const Tensor& x, const Tensor& w, const Tensor& dy, const Tensor& dx, const Tensor& dw,
@@ -255,7 +257,8 @@ void check_norm_backward(const Tensor& x, const Tensor& w, const Tensor& dy, con
   check_accum(dw, x, (name + " dw").c_str());
   if (dresidual.defined()) check_like(dresidual, x, (name + " dresidual").c_str());
   // A row's later columns may be written while its earlier ones still read x and dy (CUDA).
-  MOE_CHECK(!overlaps(dx, x) && !overlaps(dx, dy), name, "_backward: dx overlaps x or dy (only dresidual may be dx)");
+  MOE_CHECK(!overlaps(dx, x), name, "_backward: dx overlaps x (only dresidual may be dx)");
+  MOE_CHECK(!overlaps(dx, dy), name, "_backward: dx overlaps dy (only dresidual may be dx)");
 }
 
 }  // namespace

@@ -54,27 +54,33 @@ TEST_CASE("the main stream waits for a marked update where it asks", "[cuda][upd
   s.wait("never marked");  // nothing to wait for
 }
 
-// The update yields to the step: the main and side streams have the device's highest priority,
-// the update stream its lowest.
+// The update yields to the step: the main and side streams (and the NCCL communicator's, made by
+// new_high_priority_stream) have the device's highest priority, the update stream its lowest.
 TEST_CASE("the update stream has the lowest priority, the main and side streams the highest",
           "[cuda][update_stream]") {
   int lowest = 0, highest = 0;
   REQUIRE(cudaDeviceGetStreamPriorityRange(&lowest, &highest) == cudaSuccess);
   REQUIRE(highest < lowest);  // a GPU with priorities: numerically lower is higher
-  auto priority_of_current = [] {
+  auto priority_of = [](cudaStream_t stream) {
     int p = 0;
-    REQUIRE(cudaStreamGetPriority(cuda::compute_stream(), &p) == cudaSuccess);
-    return p;
+    return cudaStreamGetPriority(stream, &p) == cudaSuccess ? p : 1000;
   };
-  REQUIRE(priority_of_current() == highest);
-  cuda::side_stream_begin();
-  REQUIRE(priority_of_current() == highest);
+  const int main_priority = priority_of(cuda::compute_stream());
+  cuda::side_stream_begin();  // each scope ends before its assertion, so a failure leaves the runtime clean
+  const int side_priority = priority_of(cuda::compute_stream());
   cuda::side_stream_end();
+  cuda::side_stream_join();
   cuda::update_stream_begin();
-  REQUIRE(priority_of_current() == lowest);
+  const int update_priority = priority_of(cuda::compute_stream());
   cuda::update_stream_end();
   cuda::update_stream_join();
-  REQUIRE(priority_of_current() == highest);
+  cudaStream_t nccl_like = cuda::new_high_priority_stream();
+  const int new_stream_priority = priority_of(nccl_like);
+  REQUIRE(cudaStreamDestroy(nccl_like) == cudaSuccess);
+  REQUIRE(main_priority == highest);
+  REQUIRE(side_priority == highest);
+  REQUIRE(update_priority == lowest);
+  REQUIRE(new_stream_priority == highest);  // the NCCL communicator's streams
 }
 
 TEST_CASE("a read back to the host sees the update finished", "[cuda][update_stream]") {

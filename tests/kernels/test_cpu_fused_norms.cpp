@@ -135,7 +135,7 @@ TEST_CASE("fused norms name a bad residual operand", "[kernels][cpu][fused]") {
   // dx over dy or x: only dresidual may share dx's memory.
   Tensor dy = in.delta.clone(), x = in.x.clone();
   REQUIRE_THROWS_WITH(ops::rmsnorm_backward(in.x, in.w, rstd, dy, dy, dw),
-                      Catch::Contains("rmsnorm_backward: dx overlaps x or dy"));
+                      Catch::Contains("rmsnorm_backward: dx overlaps dy"));
   REQUIRE_THROWS_WITH(ops::layernorm_backward(x, in.w, mean, rstd, in.delta, x, dw, db),
-                      Catch::Contains("layernorm_backward: dx overlaps x or dy"));
+                      Catch::Contains("layernorm_backward: dx overlaps x"));
 }

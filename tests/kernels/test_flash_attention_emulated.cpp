@@ -133,9 +133,10 @@ std::pair<std::vector<double>, std::vector<double>> check_forward(const Problem&
   Guarded<float> lse(static_cast<size_t>(pr.stat_numel), NAN, -7.5f);
   p.out = out.data();
   p.lse = lse.data();
-  emu::run_grid({cuda::flash::forward_query_blocks<F>(p), pr.c.heads, pr.c.batch}, F::kThreads, F::kSmemBytes,
-                pr.inputs, seed, [&](emu::Dim3 blk, int tid, char* smem) {
-                  cuda::flash::forward_block<F>(p, blk.x, blk.y, blk.z, tid, smem);
+  const int query_blocks = cuda::flash::forward_query_blocks<F>(p);
+  emu::run_grid({pr.c.heads, pr.c.batch, query_blocks}, F::kThreads, F::kSmemBytes, pr.inputs, seed,
+                [&](emu::Dim3 blk, int tid, char* smem) {
+                  cuda::flash::forward_grid_block<F>(p, blk.x, blk.y, blk.z, query_blocks, tid, smem);
                 });
   CHECK(out.guards_intact());
   CHECK(lse.guards_intact());
@@ -191,9 +192,9 @@ void check_backward(const Problem& pr, const std::vector<double>& out_ref, const
   globals.push_back(dq_accum.range());
   globals.push_back({saved_lse.data(), saved_lse.size() * sizeof(float)});
   globals.push_back({delta.data(), delta.size() * sizeof(float)});
-  emu::run_grid({cuda::flash::backward_key_blocks<B>(p), pr.c.kv_heads, pr.c.batch}, B::kThreads, B::kSmemBytes,
+  emu::run_grid({pr.c.kv_heads, pr.c.batch, cuda::flash::backward_key_blocks<B>(p)}, B::kThreads, B::kSmemBytes,
                 globals, seed, [&](emu::Dim3 blk, int tid, char* smem) {
-                  cuda::flash::backward_block<B>(p, blk.x, blk.y, blk.z, tid, smem);
+                  cuda::flash::backward_grid_block<B>(p, blk.x, blk.y, blk.z, tid, smem);
                 });
   CHECK(dq_accum.guards_intact());
   CHECK(dk.guards_intact());
