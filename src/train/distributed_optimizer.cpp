@@ -339,13 +339,9 @@ void DistributedOptimizer::clip_grads(double max_norm) {
   }
   const Layout& dense = layouts_[0];
   const Layout& expert = layouts_[1];
-  // With expert parallelism the DP group holds ep different sets of experts.
   const bool expert_parallel = expert.size != dense.size;
   const bool model_parallel = model_parallel_ != nullptr && model_parallel_->size() > 1;
-  // Full, identical gradients on every rank (stage 0/1 without EP) or one rank's shards: the
-  // norm is this rank's sums and stays on the device.
-  const bool local = (stage_ >= 2 ? dense.size == 1 : !expert_parallel) && !model_parallel;
-  if (!local) {
+  if (!norm_stays_on_device()) {
     // Sums over ranks go through the host in double (one wait), then back to the device.
     const std::vector<double> sum_sq = norm_sq_.to_vector<double>();
     double total = 0;
@@ -372,6 +368,17 @@ void DistributedOptimizer::clip_grads(double max_norm) {
   }
   ops::clip_scale(norm_sq_, max_norm, clip_scale_);
   clip_pending_ = true;
+}
+
+bool DistributedOptimizer::norm_stays_on_device() const {
+  const Layout& dense = layouts_[0];
+  const Layout& expert = layouts_[1];
+  // With expert parallelism the DP group holds ep different sets of experts.
+  const bool expert_parallel = expert.size != dense.size;
+  const bool model_parallel = model_parallel_ != nullptr && model_parallel_->size() > 1;
+  // Full, identical gradients on every rank (stage 0/1 without EP) or one rank's shards: the
+  // norm is this rank's sums.
+  return (stage_ >= 2 ? dense.size == 1 : !expert_parallel) && !model_parallel;
 }
 
 double DistributedOptimizer::grad_norm() const {

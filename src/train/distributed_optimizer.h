@@ -97,6 +97,8 @@ class DistributedOptimizer {
   // 2/3, without TP/PP) never leaves the device; sums over ranks go through the host (one wait).
   // Collective over the data-parallel group at stage 2/3 or with expert parallelism.
   void clip_grads(double max_norm);
+  // Whether clip_grads stays on the device (no host wait, no collective): one rank's norm.
+  bool norm_stays_on_device() const;
   // The norm of the last clip_grads (reads it from the device: a host wait). Same on every rank.
   double grad_norm() const;
   // clip_grads then grad_norm.

@@ -208,8 +208,11 @@ void Trainer::read_routing_stats(ForwardOutput& out) {
 
 void Trainer::guarded_update(StepResult& r, bool read_loss, Tensor& bias_loads) {
   // Norm and clip scale stay on the device; a non-finite norm makes the scale NaN, and the fused
-  // AdamW then leaves weights and moments alone on any step, read or not.
-  optimizer_->clip_grads(config_.optim.grad_clip);
+  // AdamW then leaves weights and moments alone on any step, read or not. Where the update has a
+  // stream of its own, nothing is read back this step and the norm needs no other rank, the norm
+  // runs there too: its pass over every gradient overlaps the next forward with the update.
+  const bool clip_with_update = update_stream_->active() && !read_loss && optimizer_->norm_stays_on_device();
+  if (!clip_with_update) optimizer_->clip_grads(config_.optim.grad_clip);
   r.grad_norm = read_loss ? optimizer_->grad_norm() : std::nan("");
   // The NaN/Inf policy judges the values where they are read: every CPU step, the GPU's logging
   // steps and every step a checkpoint follows (reads_loss). All ranks hold the same values.
@@ -221,8 +224,8 @@ void Trainer::guarded_update(StepResult& r, bool read_loss, Tensor& bias_loads) 
   } else if (read_loss) {
     guard_->accept(r.loss);
   }
-  apply_update(learning_rate(config_.schedule, config_.optim, step_, config_.train.steps), bias_loads);
-  guard_->record(optimizer_->clip_scale(), step_ + 1);
+  apply_update(learning_rate(config_.schedule, config_.optim, step_, config_.train.steps), bias_loads,
+               clip_with_update);
   if (read_loss) report_skips(r, bad);
 }
 
@@ -290,11 +293,14 @@ void Trainer::count_bias_loads(const ForwardOutput& out, Tensor& loads) const {
   }
 }
 
-void Trainer::apply_update(double lr, Tensor& bias_loads) {
+void Trainer::apply_update(double lr, Tensor& bias_loads, bool clip_first) {
   // The loads of the whole global batch: every rank's micro-batches (other stages add zeros), as
   // the statistics sum them; reduced on the main stream before the update begins.
   if (bias_loads.defined() && world_->size() > 1) world_->all_reduce_sum(bias_loads);
   UpdateScope scope(*update_stream_);
+  if (clip_first) optimizer_->clip_grads(config_.optim.grad_clip);
+  // The step guard's record of a skipped update reads the clip scale where it was made.
+  guard_->record(optimizer_->clip_scale(), step_ + 1);
   // The expert biases first: the bias is a buffer, whose AdamW run only copies the master into
   // the compute copy (the same values), so the order changes nothing, and each unit's update is
   // whole when it is marked. A skipped update (NaN clip scale) leaves the biases alone.

@@ -117,8 +117,9 @@ class Trainer {
   // over the ranks here and applied to the expert biases before the weights' update.
   void guarded_update(StepResult& r, bool read_loss, Tensor& bias_loads);
   // The update: AdamW (and the expert biases), on the update stream by unit where it overlaps the
-  // next forward (parallel.overlap_update), then the gradients zeroed there for the next step.
-  void apply_update(double lr, Tensor& bias_loads);
+  // next forward (parallel.overlap_update), then the gradients zeroed there for the next step;
+  // clip_first: the gradients' norm and clip scale first, on the same stream.
+  void apply_update(double lr, Tensor& bias_loads, bool clip_first);
   // The main stream waits for a pending update (the gradients are written or the weights read).
   void finish_update();
   // A micro-batch's balancing loss must be finite (unless the step is skipped by the guard).
