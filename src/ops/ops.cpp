@@ -1,8 +1,8 @@
 // Shape and dtype contracts of every op, checked once here, then dispatched to the backend
 // of the tensors' device.
-#include <cstdint>
-
 #include "src/ops/ops.h"
+
+#include <cstdint>
 
 #include "src/ops/backend.h"
 #include "src/ops/op_profile.h"
