@@ -313,6 +313,9 @@ void run_store_case(Communicator& world, DType dtype, int stage, int ep, double 
   DistributedOptimizer opt(store, oc, stage, world, *expert_comm, bucket_mb);
   AdamW ref_opt(ref, oc);
   check_sharded_state(opt, store, stage);
+  // One rank's sums are the norm (no host, no collective: the update stream may compute it) with
+  // full gradients and no expert parallelism at stage 0/1, or a single-rank group at stage 2/3.
+  REQUIRE(opt.norm_stays_on_device() == (stage >= 2 ? ranks == 1 : ep == 1));
   REQUIRE(store.master_sharded(ParamGroup::dense) == (stage == 3 || (stage >= 1 && dtype == DType::bf16)));
 
   // The layout is meant to cut trained parameters of both decay flags: check that it does (2
