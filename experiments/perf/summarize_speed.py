@@ -3,7 +3,10 @@
 breakdown, and the PyTorch anchors of the same run (with the ratios for GPT-2; the MoE layer and
 MoE-small anchors as they ran).
 
-Usage: summarize_speed.py OUT_DIR
+Usage: summarize_speed.py OUT_DIR [--against BENCH_JSON]
+  --against: an earlier `moe bench train --breakdown` JSON (e.g. part 8's
+  results/speed_2026-12-05/run_e/bench_moe_small_noside.json): each breakdown's ops are printed
+  beside that run's, for finding where time moved (a cross-run comparison: a diagnosis, not a claim).
 """
 import json
 import pathlib
@@ -21,8 +24,24 @@ def read_json_lines(path):
     return out
 
 
+def print_against(by_op, reference, path):
+    """Each op of by_op (ms per step) beside the reference breakdown's, largest change first."""
+    ref = reference.get("ms_per_step_by_op", {})
+    names = set(by_op) | set(ref)
+    moved = sorted(names, key=lambda k: -abs(by_op.get(k, 0.0) - ref.get(k, 0.0)))[:14]
+    print(f"  against {path}: " + ", ".join(
+        f"{k} {ref.get(k, 0.0):.2f} -> {by_op.get(k, 0.0):.2f}" for k in moved))
+
+
 def main():
-    out = pathlib.Path(sys.argv[1])
+    args = sys.argv[1:]
+    against = None
+    if "--against" in args:
+        at = args.index("--against")
+        against_path = args[at + 1]
+        against = read_json_lines(pathlib.Path(against_path))[-1]["breakdown"]
+        del args[at:at + 2]
+    out = pathlib.Path(args[0])
     anchors = {r["mode"]: r for r in read_json_lines(out / "anchor_gpt2.jsonl")}
     for name in ("gpt2_small_dense", "moe_small", "moe_small_nolog", "moe_small_nolog_noupdate", "moe_small_nolog_update",
                  "moe_small_nolog_noside", "moe_small_nolog_wgmma", "moe_small_nolog_wgmma_narrow", "gpt2_small_moe64",
@@ -46,6 +65,8 @@ def main():
             top = sorted(b.get("ms_per_step_by_op", {}).items(), key=lambda kv: -kv[1])[:12]
             if top:
                 print("  top ops: " + ", ".join(f"{k} {v:.2f}" for k, v in top))
+            if against is not None:
+                print_against(b.get("ms_per_step_by_op", {}), against, against_path)
             host = sorted(b.get("host_ms_per_step_by_op", {}).items(), key=lambda kv: -kv[1])[:6]
             if host:
                 print(f"  host in ops {b['host_ops_ms_per_step']:.1f} ms/step (enqueue {r['host_enqueue_ms_per_step']:.1f}): "
