@@ -35,25 +35,33 @@ __device__ __forceinline__ int64_t position_of(const RopeArgs& a, int64_t t) {
   return t % a.seq_len - (a.doc_starts != nullptr ? a.doc_starts[t] : 0);
 }
 
-// (cos, sign * sin) of pair i's angle at position pos.
-__device__ __forceinline__ float2 cos_sin(const RopeArgs& a, int64_t pos, int i) {
-  double angle = static_cast<double>(pos) * kernels::rope_inv_freq(i, a.head_dim, a.theta, a.scaling);
+// (cos, sign * sin) of the angle pos * inv_freq (a pair's inverse frequency, rope_inv_freq).
+__device__ __forceinline__ float2 cos_sin(const RopeArgs& a, int64_t pos, double inv_freq) {
+  double angle = static_cast<double>(pos) * inv_freq;
   angle -= 2.0 * M_PI * rint(angle / (2.0 * M_PI));  // exact-enough reduction before fp32 trig
   float s, c;
   sincosf(static_cast<float>(angle), &s, &c);
   return make_float2(c, s * a.sign);
 }
 
-// Rows of this block: a table of their (cos, sin) [rows][head_dim / 2] in shared memory, then
-// items (row, head, chunk of 8 pairs): x1 = x[h hd + 8c ...], x2 = x[h hd + hd/2 + 8c ...] become
-// x1 cos - x2 sin and x1 sin + x2 cos.
+__device__ __forceinline__ double inv_freq_of(const RopeArgs& a, int i) {
+  return kernels::rope_inv_freq(i, a.head_dim, a.theta, a.scaling);
+}
+
+// Rows of this block: a table of their (cos, sin) [rows][head_dim / 2] in shared memory (the
+// pairs' inverse frequencies, a double power each, computed once first), then items (row, head,
+// chunk of 8 pairs): x1 = x[h hd + 8c ...], x2 = x[h hd + hd/2 + 8c ...] become x1 cos - x2 sin
+// and x1 sin + x2 cos.
 __global__ void __launch_bounds__(k_threads) rope_vector_kernel(RopeArgs a, int table_rows) {
-  extern __shared__ float2 table[];
+  extern __shared__ float2 table[];  // [table_rows][half], then double inv_freq[half]
   const int half = a.head_dim / 2, chunks = half / 8;
+  double* inv_freq = reinterpret_cast<double*>(table + table_rows * half);
+  for (int i = static_cast<int>(threadIdx.x); i < half; i += k_threads) inv_freq[i] = inv_freq_of(a, i);
+  __syncthreads();
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * table_rows;
   const int rows = static_cast<int>(min(static_cast<int64_t>(table_rows), a.rows - row0));
   for (int e = static_cast<int>(threadIdx.x); e < rows * half; e += k_threads) {
-    table[e] = cos_sin(a, position_of(a, row0 + e / half), e % half);
+    table[e] = cos_sin(a, position_of(a, row0 + e / half), inv_freq[e % half]);
   }
   __syncthreads();
   const int per_row = a.num_heads * chunks;
@@ -85,7 +93,7 @@ __global__ void rope_pair_kernel(RopeArgs a) {
   for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < total; g += stride) {
     const int64_t t = g / half;
     const int i = static_cast<int>(g - t * half);
-    const float2 cs = cos_sin(a, position_of(a, t), i);
+    const float2 cs = cos_sin(a, position_of(a, t), inv_freq_of(a, i));
     __nv_bfloat16* row = a.x + t * static_cast<int64_t>(a.num_heads) * a.head_dim;
     for (int h0 = 0; h0 < a.num_heads; h0 += k_head_chunk) {
       float x1[k_head_chunk], x2[k_head_chunk];
@@ -113,7 +121,7 @@ void launch_rope(const RopeArgs& a, cudaStream_t stream) {
   if (half % 8 == 0 && aligned_to(a.x, 16) && half <= k_table_entries) {
     const int table_rows = std::clamp(k_table_entries / half, 1, k_max_table_rows);
     const int64_t blocks = ceil_div(a.rows, table_rows);
-    const size_t smem = static_cast<size_t>(table_rows) * half * sizeof(float2);
+    const size_t smem = static_cast<size_t>(table_rows) * half * sizeof(float2) + half * sizeof(double);
     rope_vector_kernel<<<static_cast<unsigned>(blocks), k_threads, smem, stream>>>(a, table_rows);
   } else {
     rope_pair_kernel<<<grid_for(a.rows * half, k_threads), k_threads, 0, stream>>>(a);
