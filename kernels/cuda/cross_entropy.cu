@@ -205,9 +205,11 @@ bool cross_entropy_with_grad(const bf16* logits, const int32_t* targets, float* 
   const int64_t static_smem = 2 * (k_threads / k_warp) * static_cast<int64_t>(sizeof(float));
   if (!vec_ok(vocab, logits, dlogits) || smem + static_smem > max_shared_bytes_per_block()) return false;
   if (rows == 0) return true;
-  // Per call, not once per process: the attribute belongs to the device current when it is set.
-  CUDA_CHECK(cudaFuncSetAttribute(cross_entropy_with_grad_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  static_cast<int>(smem)));
+  static uint64_t configured_devices = 0;  // once per device: the most it allows, for any vocabulary
+  if (first_use_on_current_device(configured_devices)) {
+    CUDA_CHECK(cudaFuncSetAttribute(cross_entropy_with_grad_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    max_shared_bytes_per_block() - static_cast<int>(static_smem)));
+  }
   cross_entropy_with_grad_kernel<<<static_cast<unsigned>(rows), k_threads, static_cast<size_t>(smem), stream>>>(
       logits, targets, loss, lse, scale, dlogits, vocab);
   CUDA_CHECK_LAUNCH();

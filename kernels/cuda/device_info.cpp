@@ -22,6 +22,13 @@ int current_device() {
   return device;
 }
 
+bool first_use_on_current_device(uint64_t& devices) {
+  const uint64_t bit = uint64_t{1} << current_device();
+  if ((devices & bit) != 0) return false;
+  devices |= bit;
+  return true;
+}
+
 namespace {
 // The current device's attribute, cached in `cache` (0 = not yet queried).
 int cached_attribute(std::array<int, k_max_devices>& cache, cudaDeviceAttr attribute) {

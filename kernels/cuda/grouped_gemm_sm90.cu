@@ -89,11 +89,10 @@ bool fits(int64_t num_experts) {
 template <class T>
 void launch(const CUtensorMap& a, const CUtensorMap& b, const CUtensorMap& out, const Args& args, int64_t tiles,
             cudaStream_t stream) {
-  static uint64_t configured_devices = 0;  // the attribute belongs to the device current when it is set
-  if (const int device = current_device(); (configured_devices >> device & 1) == 0) {
+  static uint64_t configured_devices = 0;
+  if (first_use_on_current_device(configured_devices)) {
     CUDA_CHECK(cudaFuncSetAttribute(grouped_gemm_sm90_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     k_max_smem));
-    configured_devices |= uint64_t{1} << device;
   }
   const int64_t smem = smem_bytes<T>(args.shape.num_experts);
   MOE_CHECK(smem <= k_max_smem, "grouped gemm on CUDA: ", args.shape.num_experts,

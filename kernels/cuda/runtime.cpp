@@ -24,6 +24,17 @@ bool g_update_pending = false;
 int g_device = -1;
 int64_t g_host_waits = 0;
 double g_host_wait_seconds = 0;
+enum class Priority { lowest, highest };
+
+// A non-blocking stream of the current device at its lowest or highest stream priority.
+cudaStream_t new_stream_at(Priority priority) {
+  int lowest = 0, highest = 0;
+  CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&lowest, &highest));
+  cudaStream_t stream = nullptr;
+  CUDA_CHECK(cudaStreamCreateWithPriority(&stream, cudaStreamNonBlocking,
+                                          priority == Priority::highest ? highest : lowest));
+  return stream;
+}
 }  // namespace
 
 int device_count() {
@@ -46,11 +57,9 @@ void set_device(int ordinal) {
   // update stream the lowest, so where both have blocks waiting for a multiprocessor the block
   // scheduler starts the step's first (a persistent GEMM's blocks included). Priority picks the
   // next block to start; it does not preempt a resident one.
-  int lowest = 0, highest = 0;
-  CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&lowest, &highest));
-  CUDA_CHECK(cudaStreamCreateWithPriority(&g_stream, cudaStreamNonBlocking, highest));
-  CUDA_CHECK(cudaStreamCreateWithPriority(&g_side, cudaStreamNonBlocking, highest));
-  CUDA_CHECK(cudaStreamCreateWithPriority(&g_update, cudaStreamNonBlocking, lowest));
+  g_stream = new_stream_at(Priority::highest);
+  g_side = new_stream_at(Priority::highest);
+  g_update = new_stream_at(Priority::lowest);
   for (cudaEvent_t* e : {&g_fork, &g_join, &g_update_fork, &g_update_join}) {
     CUDA_CHECK(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
   }
@@ -58,13 +67,7 @@ void set_device(int ordinal) {
   g_device = ordinal;
 }
 
-cudaStream_t new_high_priority_stream() {
-  int lowest = 0, highest = 0;
-  CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&lowest, &highest));
-  cudaStream_t stream = nullptr;
-  CUDA_CHECK(cudaStreamCreateWithPriority(&stream, cudaStreamNonBlocking, highest));
-  return stream;
-}
+cudaStream_t new_high_priority_stream() { return new_stream_at(Priority::highest); }
 
 cudaStream_t compute_stream() {
   if (g_device < 0) set_device(0);
