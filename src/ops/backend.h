@@ -73,7 +73,9 @@ class Backend {
                                      VocabShard shard) = 0;
   virtual void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, float scale,
                                       Tensor& dlogits, VocabShard shard) = 0;
-  virtual void cross_entropy_with_grad(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor& lse,
+  // Forward and backward in one pass where the backend has one for these operands; false (nothing
+  // run) sends the caller to cross_entropy_forward and cross_entropy_backward.
+  virtual bool cross_entropy_with_grad(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor& lse,
                                        float scale, Tensor& dlogits) = 0;
   virtual void add(const Tensor& a, const Tensor& b, Tensor& out) = 0;
   virtual void accumulate(Tensor& dst, const Tensor& src, float alpha) = 0;

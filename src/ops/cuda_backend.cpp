@@ -244,17 +244,12 @@ class CudaBackend : public Backend {
                                  logits.size(1), shard.start, shard.full, stream);
   }
 
-  // One pass over each row where it fits the shared memory (cuda::cross_entropy_with_grad), else
-  // the two kernels.
-  void cross_entropy_with_grad(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor& lse, float scale,
+  // One pass over each row where it fits the shared memory (cuda::cross_entropy_with_grad).
+  bool cross_entropy_with_grad(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor& lse, float scale,
                                Tensor& dlogits) override {
     cudaStream_t stream = on_device(logits, targets, loss, lse, dlogits);
-    if (cuda::cross_entropy_with_grad(bf(logits), i32(targets), f32_mut(loss), f32_mut(lse), scale, bf_mut(dlogits),
-                                      logits.size(0), logits.size(1), stream)) {
-      return;
-    }
-    cross_entropy_forward(logits, targets, loss, lse, {});
-    cross_entropy_backward(logits, targets, lse, scale, dlogits, {});
+    return cuda::cross_entropy_with_grad(bf(logits), i32(targets), f32_mut(loss), f32_mut(lse), scale, bf_mut(dlogits),
+                                         logits.size(0), logits.size(1), stream);
   }
 
   void add(const Tensor& a, const Tensor& b, Tensor& out) override {

@@ -452,7 +452,9 @@ void cross_entropy_with_grad(const Tensor& logits, const Tensor& targets, Tensor
                              Tensor& dlogits) {
   check_cross_entropy_forward(logits, targets, loss, lse);
   check_like(dlogits, logits, "cross-entropy dlogits");  // may alias logits
-  run_on(logits, OpKind::loss)->cross_entropy_with_grad(logits, targets, loss, lse, scale, dlogits);
+  if (run_on(logits, OpKind::loss)->cross_entropy_with_grad(logits, targets, loss, lse, scale, dlogits)) return;
+  cross_entropy_forward(logits, targets, loss, lse);  // no single pass for these operands
+  cross_entropy_backward(logits, targets, lse, scale, dlogits);
 }
 
 void add(const Tensor& a, const Tensor& b, Tensor& out) {
