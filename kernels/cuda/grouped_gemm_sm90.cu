@@ -48,24 +48,6 @@ CUtensorMap tensor_map(const void* base, int64_t inner, int64_t outer, int box_o
   return map;
 }
 
-// The 3-D f32 tensor map over dw[E, k, n] that the staged weight gradient's bulk stores and
-// reductions write through: boxes of [128 rows][32 columns] with the 128-byte swizzle, clipped at
-// each expert's k rows and at n columns.
-CUtensorMap weight_grad_map(float* dw, const kernels::GroupedGemmShape& s) {
-  CUtensorMap map{};
-  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(s.n), static_cast<cuuint64_t>(s.k),
-                              static_cast<cuuint64_t>(s.num_experts)};
-  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(s.n) * 4, static_cast<cuuint64_t>(s.k * s.n) * 4};
-  const cuuint32_t box[3] = {32, static_cast<cuuint32_t>(k_bm), 1};
-  const cuuint32_t element_strides[3] = {1, 1, 1};
-  const CUresult r = encode_tiled()(&map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 3, dw, dims, strides, box,
-                                    element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                                    CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  MOE_CHECK(r == CUDA_SUCCESS, "grouped gemm on CUDA: cuTensorMapEncodeTiled failed (", static_cast<int>(r),
-            ") for a [", s.num_experts, ", ", s.k, ", ", s.n, "] f32 weight gradient");
-  return map;
-}
-
 // Shared memory of a launch: the tile's fixed part and the forward's row-tile schedule or the
 // weight gradient's expert order.
 template <class T>
@@ -83,8 +65,8 @@ bool fits(int64_t num_experts) {
   return smem_bytes<T>(num_experts) <= k_max_smem && (!T::sorted_experts || num_experts <= k_max_sorted_experts);
 }
 
-// map_out: the output the bulk stores write (the forward's y, the staged weight gradient's dw);
-// unused by the weight gradients that write dw themselves.
+// map_out: the output the bulk stores write (the forward's y); unused by the weight gradients,
+// which write dw themselves.
 // `tiles`: the most output tiles the launch may have.
 template <class T>
 void launch(const CUtensorMap& a, const CUtensorMap& b, const CUtensorMap& out, const Args& args, int64_t tiles,
@@ -129,23 +111,10 @@ int weight_grad_tile_width(const kernels::GroupedGemmShape& s, int64_t multiproc
   return useful(256) + 0.05 >= useful(128) ? 256 : 128;
 }
 
-// Whether the wide persistent weight gradient stages its f32 tiles for bulk stores: where the
-// experts' reductions are short (at most k_staged_rows_per_expert rows each on average), the tile's
-// 128 KB of writes take about as long as its multiply, and overlapping them with the next tile's
-// multiply is worth more than the two stages of ring it costs (the Switch-like layer: 256 rows an
-// expert). Long reductions keep 4 stages and write from the registers.
-bool weight_grad_stages_output(const kernels::GroupedGemmShape& s) {
-  return s.rows <= k_staged_rows_per_expert * s.num_experts;
-}
-
 // The persistent tiles sort their experts in shared memory; where the experts overflow it (or
-// number over k_max_sorted_experts), the staged tiles give way to the fragment-written ones, and
-// those to a block per tile.
+// number over k_max_sorted_experts), they give way to a block per tile.
 WeightGradKernel weight_grad_kernel(const kernels::GroupedGemmShape& s, bool persistent, int64_t multiprocessors) {
   const bool wide = persistent && weight_grad_tile_width(s, multiprocessors) == 256;
-  if (wide && weight_grad_stages_output(s) && fits<StagedWeightGradTile>(s.num_experts)) {
-    return WeightGradKernel::staged;
-  }
   if (wide && fits<PersistentTile<Mode::weight_grad, 256>>(s.num_experts)) return WeightGradKernel::wide;
   if (persistent && fits<PersistentTile<Mode::weight_grad, 128>>(s.num_experts)) return WeightGradKernel::narrow;
   return WeightGradKernel::block_per_tile;
@@ -223,11 +192,8 @@ void grouped_gemm_weight_grad_bf16(const __nv_bfloat16* x, const int32_t* offset
             ")");
   const Args args{offsets, s, dw, accumulate};
   const CUtensorMap map_x = tensor_map(x, s.k, s.rows, k_bk), map_dy = tensor_map(dy, s.n, s.rows, k_bk);
-  // map_x also fills the output map where the kernel writes dw itself (all but the staged tiles).
+  // map_x fills the output map, which the weight gradient does not use: it writes dw itself.
   switch (weight_grad_kernel(s, persistent, multiprocessor_count())) {
-    case WeightGradKernel::staged:
-      return launch<StagedWeightGradTile>(map_x, map_dy, weight_grad_map(dw, s), args,
-                                          weight_grad_tile_count(s, StagedWeightGradTile::bn), stream);
     case WeightGradKernel::wide:
       return launch<PersistentTile<Mode::weight_grad, 256>>(map_x, map_dy, map_x, args,
                                                             weight_grad_tile_count(s, 256), stream);

@@ -29,24 +29,17 @@ void grouped_gemm_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __n
 // over the rounds of tiles, times the columns inside n) is clearly below 128's.
 int weight_grad_tile_width(const kernels::GroupedGemmShape& shape, int64_t multiprocessors);
 
-// Whether the persistent weight gradient's 256-wide tiles stage their f32 output for bulk tensor
-// stores that overlap the next tile (short reductions: rows <= k_staged_rows_per_expert x E) rather
-// than writing it from the registers.
-inline constexpr int64_t k_staged_rows_per_expert = 512;
-bool weight_grad_stages_output(const kernels::GroupedGemmShape& shape);
-
 // The weight-gradient kernel a shape runs (`persistent`: not wgmma_narrow) on a GPU of
-// `multiprocessors`: staged 256-wide tiles, 256- or 128-wide ones written from the registers (all
-// persistent, sorting at most 512 experts in shared memory), or a block per 128-wide tile.
-enum class WeightGradKernel { staged, wide, narrow, block_per_tile };
+// `multiprocessors`: 256- or 128-wide tiles written from the registers (persistent, sorting at most
+// 512 experts in shared memory), or a block per 128-wide tile.
+enum class WeightGradKernel { wide, narrow, block_per_tile };
 WeightGradKernel weight_grad_kernel(const kernels::GroupedGemmShape& shape, bool persistent, int64_t multiprocessors);
 
 // offsets i32[E+1] (device), x[rows,k], dy[rows,n] -> dw[E,k,n] f32 += x_e^T @ dy_e
 // (accumulate false: dw[e] = x_e^T @ dy_e, zeros for an expert with no rows). persistent: a block
 // per multiprocessor walks 128 x 256 tiles (128 x 128 where n < 256 or weight_grad_tile_width says
-// so) and writes dw from the MMA fragments (float2 stores, or reductions), or, where
-// weight_grad_stages_output says so, through staged bulk tensor stores (or reductions); else a
-// block per 128 x 128 tile with ordinary stores.
+// so) and writes dw from the MMA fragments (float2 stores, or reductions); else a block per 128 x 128
+// tile with ordinary stores.
 void grouped_gemm_weight_grad_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __nv_bfloat16* dy,
                                    float* dw, const kernels::GroupedGemmShape& shape, bool accumulate,
                                    bool persistent, cudaStream_t stream);

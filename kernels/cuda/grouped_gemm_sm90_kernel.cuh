@@ -26,10 +26,9 @@ constexpr int k_consumer_threads = 256;  // warpgroups 0 and 1 multiply (64 rows
 constexpr int k_threads = k_consumer_threads + 32;  // warp 8 loads
 constexpr uint32_t k_consumer_barrier = 1;
 
-// A kernel's tile: its mode, its output width kBN, whether its blocks are persistent (one per
-// multiprocessor, walking many tiles) or have one tile each, and for a persistent weight gradient
-// whether it stages its f32 output for bulk stores (kStagedOut) or writes it from the registers.
-template <Mode kMode, int kBN, bool kPersistent, bool kStagedOut = false>
+// A kernel's tile: its mode, its output width kBN, and whether its blocks are persistent (one per
+// multiprocessor, walking many tiles) or have one tile each.
+template <Mode kMode, int kBN, bool kPersistent>
 struct Tile {
   static constexpr Mode mode = kMode;
   static constexpr int bn = kBN;
@@ -43,24 +42,17 @@ struct Tile {
   // registers a thread), so that one block's epilogue overlaps the other's loads. A persistent block
   // has the multiprocessor to itself: the loader fills the stages with the next tile meanwhile. The
   // persistent forward stages its bf16 output in a buffer of its own, which leaves by bulk tensor
-  // stores. The persistent weight gradient either writes its f32 fragments straight from the
-  // registers (4 stages of ring: an expert's k-slices, a whole next tile fetched during the
-  // epilogue) or, for short reductions, stages the whole f32 tile (128 KB at 256 wide) for bulk
-  // stores that drain while the next tile multiplies (2 stages: all the shared memory left).
+  // stores. The persistent weight gradient writes its f32 fragments straight from the registers
+  // (4 stages of ring: an expert's k-slices, a whole next tile fetched during the epilogue).
   static constexpr bool persistent = kPersistent;
-  static constexpr bool staged_weight_grad = weight_grad && kStagedOut;
   static constexpr int blocks_per_sm = !kPersistent && kBN == 128 ? 2 : 1;
-  static constexpr int stages = !(kPersistent && weight_grad) ? 3 : kStagedOut ? 2 : 4;
+  static constexpr int stages = !(kPersistent && weight_grad) ? 3 : 4;
   static constexpr int pipe_bytes = stages * stage_bytes;
-  // Staged output: bf16 boxes for the forward's bulk tensor stores, f32 boxes for the staged weight
-  // gradient's, or f32 rows of kBN + 8 (bank spread) that a block-per-tile weight gradient adds or
-  // stores with ordinary stores.
-  static constexpr bool boxed_out = !weight_grad || kStagedOut;
-  static constexpr bool fragment_out = weight_grad && kPersistent && !kStagedOut;
-  static constexpr int out_bytes = !weight_grad ? k_bm * kBN * 2
-                                   : kStagedOut ? k_bm * kBN * 4
-                                   : kPersistent ? 0
-                                                 : k_bm * (kBN + 8) * 4;
+  // Staged output: bf16 boxes for the forward's bulk tensor stores, or f32 rows of kBN + 8 (bank
+  // spread) that a block-per-tile weight gradient adds or stores with ordinary stores.
+  static constexpr bool boxed_out = !weight_grad;
+  static constexpr bool fragment_out = weight_grad && kPersistent;
+  static constexpr int out_bytes = !weight_grad ? k_bm * kBN * 2 : kPersistent ? 0 : k_bm * (kBN + 8) * 4;
   // The persistent weight gradient sorts its experts by rows (sort_experts_by_rows).
   static constexpr bool sorted_experts = weight_grad && kPersistent;
   static constexpr int out_offset = persistent ? pipe_bytes : 0;
@@ -69,19 +61,17 @@ struct Tile {
   // persistent weight gradient; its sort counts the rows in the ring, not yet filled), sized at launch
   static constexpr int fixed_smem_bytes = 1024 + barrier_offset + 2 * stages * 8;
   static_assert(kBN % k_box == 0 && (kBN == 128 || kPersistent), "widths of 64s; wider than 128 only persistent");
-  static_assert(!kStagedOut || (weight_grad && kPersistent), "only the persistent weight gradient stages f32");
   static_assert(persistent || out_bytes <= pipe_bytes, "the staged output fits the pipeline's shared memory");
   static_assert(fixed_smem_bytes <= 227 * 1024, "shared memory per block");
 };
 // The kernels built: the forward's 256- and 192-wide tiles persistent, its 128-wide ones a block
-// each; the weight gradient's persistent 256-wide tiles, fragment-written or staged (`wgmma`;
-// 128-wide fragment-written where n < 256 or where weight_grad_tile_width says so) and
+// each; the weight gradient's persistent fragment-written 256-wide tiles (`wgmma`; 128-wide where
+// n < 256 or where weight_grad_tile_width says so) and
 // block-per-tile 128-wide ones (`wgmma_narrow`).
 template <Mode kMode, int kBN>
 using PersistentTile = Tile<kMode, kBN, true>;
 template <Mode kMode>
 using NarrowTile = Tile<kMode, 128, false>;
-using StagedWeightGradTile = Tile<Mode::weight_grad, 256, true, true>;
 
 constexpr int k_max_smem = 227 * 1024;
 // Rows in 32-bit coordinates, with room for a tile's rounding (row + 127 must not overflow).
@@ -276,8 +266,8 @@ __device__ __forceinline__ void mma_stage(float (&acc)[T::bn / 2], const uint8_t
   }
 }
 
-// Output staged for the bulk tensor store: boxes of [128 rows][128 bytes] (64 bf16 or 32 f32
-// columns) with the 128-byte swizzle, the layout the store reads: row r's 16-byte chunk j sits at
+// Output staged for the bulk tensor store: boxes of [128 rows][128 bytes] (64 bf16 columns) with
+// the 128-byte swizzle, the layout the store reads: row r's 16-byte chunk j sits at
 // chunk j ^ (r % 8) (so the fragment writes below take the fewest shared-memory wavefronts). Byte
 // offset of (row r, column c) for elements of kElem bytes.
 constexpr int k_out_box_bytes = k_bm * 128;
@@ -288,7 +278,7 @@ __device__ __forceinline__ int staged_offset(int r, int c) {
 }
 
 // Writes the accumulators (rows 64*cw + ..., the wgmma fragment layout) into the staged tile:
-// boxes as above (kBoxed: bf16, or f32 for the staged weight gradient), or f32 rows of kBN + 8.
+// bf16 boxes as above (kBoxed), or f32 rows of kBN + 8.
 template <typename Out, int kBN, bool kBoxed>
 __device__ __forceinline__ void stage_accumulators(uint8_t* tile, const float (&acc)[kBN / 2], int cw, int t) {
   constexpr int stride = kBN + 8;
@@ -297,10 +287,8 @@ __device__ __forceinline__ void stage_accumulators(uint8_t* tile, const float (&
 #pragma unroll
   for (int j = 0; j < kBN / 8; ++j) {
     const int c = j * 8 + (lane % 4) * 2;
-    if constexpr (sizeof(Out) == 4 && kBoxed) {
-      *reinterpret_cast<float2*>(tile + staged_offset<4>(r0, c)) = make_float2(acc[4 * j], acc[4 * j + 1]);
-      *reinterpret_cast<float2*>(tile + staged_offset<4>(r0 + 8, c)) = make_float2(acc[4 * j + 2], acc[4 * j + 3]);
-    } else if constexpr (sizeof(Out) == 4) {
+    if constexpr (sizeof(Out) == 4) {
+      static_assert(!kBoxed, "f32 output is staged in rows");
       auto* f = reinterpret_cast<float*>(tile);
       *reinterpret_cast<float2*>(f + r0 * stride + c) = make_float2(acc[4 * j], acc[4 * j + 1]);
       *reinterpret_cast<float2*>(f + (r0 + 8) * stride + c) = make_float2(acc[4 * j + 2], acc[4 * j + 3]);
@@ -345,10 +333,8 @@ __device__ __forceinline__ void write_weight_grad_fragments(const float (&acc)[k
   }
 }
 
-// A persistent weight gradient writes its fragments (above), or stages f32 boxes that one thread
-// adds (or stores) into dw[e] with bulk tensor reductions (or stores) through map_out, whose 3-D
-// map over dw clips rows at k and columns at n; a block-per-tile one adds (or stores) staged f32
-// rows with ordinary stores. The forward's whole tiles leave through bulk tensor stores issued by
+// A persistent weight gradient writes its fragments (above); a block-per-tile one adds (or stores)
+// staged f32 rows with ordinary stores. The forward's whole tiles leave through bulk tensor stores issued by
 // one thread (the warpgroups go on at once), an expert's last, partial tile through 16-byte stores
 // of its own rows (the rows past them are the next expert's).
 template <class T>
@@ -368,24 +354,7 @@ __device__ __forceinline__ void epilogue(uint8_t* smem, const CUtensorMap* map_o
   // Both warpgroups are done with the stages (a block of one tile stages its output there) and
   // with the last tile's staged output (a persistent block).
   named_barrier(k_consumer_barrier, k_consumer_threads);
-  if constexpr (T::staged_weight_grad) {
-    stage_accumulators<float, kBN, true>(smem, acc, cw, t);
-    fence_proxy_async();  // the staged tile is read by the bulk copies
-    named_barrier(k_consumer_barrier, k_consumer_threads);
-    if (t == 0) {
-#pragma unroll
-      for (int b = 0; b < kBN / 32; ++b) {
-        const int32_t c0 = w.n0 + b * 32;
-        if (c0 >= s.n) break;
-        if (args.accumulate) {
-          tma_reduce_add_3d(map_out, smem + b * k_out_box_bytes, c0, w.m0, w.expert);
-        } else {
-          tma_store_3d(map_out, smem + b * k_out_box_bytes, c0, w.m0, w.expert);
-        }
-      }
-      bulk_commit_group();
-    }
-  } else if constexpr (T::weight_grad) {
+  if constexpr (T::weight_grad) {
     auto* tile = reinterpret_cast<float*>(smem);
     stage_accumulators<float, kBN, false>(smem, acc, cw, t);
     named_barrier(k_consumer_barrier, k_consumer_threads);

@@ -280,42 +280,31 @@ TEST_CASE("cuda grouped weight gradient clips wide tiles at n", "[cuda][grouped]
   require_weight_grads_match(x, offsets, dy, e_num, 35);
 }
 
-// The wide persistent weight gradient stages its f32 tiles for bulk stores where the experts'
-// reductions are short (at most 512 rows each on average) and writes them from the registers where
-// they are long. Both ways on 8 experts of k = 1000 (the last row tile clipped at k) and n = 968
-// (the last wide column tile clipped at n), an expert with no rows and one with a single row;
-// 2 x 132 wide tiles fill their rounds as well as the narrow ones, so the wide ones are chosen.
-TEST_CASE("cuda grouped weight gradient stages wide tiles for short reductions, not for long ones",
-          "[cuda][grouped]") {
-  using cuda::sm90::weight_grad_stages_output;
-  auto shape = [](int64_t e, int64_t rows) { return kernels::GroupedGemmShape{e, rows, 1024, 8192}; };
-  REQUIRE(weight_grad_stages_output(shape(64, 16384)));             // Switch-like: 256 rows an expert
-  REQUIRE_FALSE(weight_grad_stages_output(shape(64, 98304)));       // MoE-small: 1536
-  REQUIRE(weight_grad_stages_output(shape(64, 64 * 512)));          // the bound
-  REQUIRE_FALSE(weight_grad_stages_output(shape(64, 64 * 512 + 1)));
+// The wide persistent weight gradient on short reductions (under 70 rows an expert, Switch-like
+// proportions) and long ones (over 600): 8 experts of k = 1000 (the last row tile clipped at k) and
+// n = 968 (the last wide column tile clipped at n), an expert with no rows and one with a single
+// row; 2 x 132 wide tiles fill their rounds as well as the narrow ones, so the wide ones are chosen.
+TEST_CASE("cuda grouped weight gradient wide tiles for short and long reductions", "[cuda][grouped]") {
   const int64_t e_num = 8, k = 1000, n = 968;
-  const std::vector<int32_t> long_counts{700, 1000, 0, 613, 900, 1, 840, 1100};  // 5154 rows > 8 x 512
-  const std::vector<int32_t> short_counts{70, 100, 0, 61, 90, 1, 84, 110};       // 516 rows
-  for (bool is_short : {false, true}) {
-    const std::vector<int32_t>& counts = is_short ? short_counts : long_counts;
+  const std::vector<int32_t> long_counts{700, 1000, 0, 613, 900, 1, 840, 1100};
+  const std::vector<int32_t> short_counts{70, 100, 0, 61, 90, 1, 84, 110};
+  for (const std::vector<int32_t>& counts : {long_counts, short_counts}) {
     const int64_t rows = total_of(counts);
     const kernels::GroupedGemmShape s{e_num, rows, k, n};
     if (cuda::multiprocessor_count() == 132) {
-      REQUIRE(cuda::sm90::weight_grad_kernel(s, true, 132) ==
-              (is_short ? cuda::sm90::WeightGradKernel::staged : cuda::sm90::WeightGradKernel::wide));
+      REQUIRE(cuda::sm90::weight_grad_kernel(s, true, 132) == cuda::sm90::WeightGradKernel::wide);
     }
     Mirror offsets = offsets_of(counts);
     Mirror x = random_mirror({rows, k}, DType::bf16, seed_of(41, {rows}));
     Mirror dy = random_mirror({rows, n}, DType::bf16, seed_of(42, {rows}));
-    INFO("rows " << rows << " staged " << weight_grad_stages_output(s));
+    INFO("rows " << rows);
     require_weight_grads_match(x, offsets, dy, e_num, 43);
   }
 }
 
-// The staged tiles at a Switch-like load: 64 experts of about 200 rows and one of 2000 (a 32-slice
-// reduction through the 2-stage ring), 512 wide tiles, so a block drains one tile's bulk stores
-// while it multiplies the next, several times over.
-TEST_CASE("cuda grouped weight gradient stages wide tiles over several rounds and a long expert", "[cuda][grouped]") {
+// The wide tiles at a Switch-like load: 64 experts of about 200 rows and one of 2000 (a 32-slice
+// reduction through the 4-stage ring), 512 wide tiles, so every block walks several of them.
+TEST_CASE("cuda grouped weight gradient wide tiles over several rounds and a long expert", "[cuda][grouped]") {
   const int64_t e_num = 64, k = 256, n = 1024;
   std::vector<int32_t> counts = random_int_values(e_num, 400, 51);
   counts[5] = 2000;
@@ -323,7 +312,7 @@ TEST_CASE("cuda grouped weight gradient stages wide tiles over several rounds an
   const int64_t rows = total_of(counts);
   const kernels::GroupedGemmShape s{e_num, rows, k, n};
   if (cuda::multiprocessor_count() == 132) {
-    REQUIRE(cuda::sm90::weight_grad_kernel(s, true, 132) == cuda::sm90::WeightGradKernel::staged);
+    REQUIRE(cuda::sm90::weight_grad_kernel(s, true, 132) == cuda::sm90::WeightGradKernel::wide);
   }
   INFO("rows " << rows);
   Mirror offsets = offsets_of(counts);
@@ -333,25 +322,23 @@ TEST_CASE("cuda grouped weight gradient stages wide tiles over several rounds an
 }
 
 // Which weight-gradient kernel a shape runs on 132 multiprocessors, and past the experts the
-// persistent kernels sort in shared memory (504 staged, 512 in all) the fallbacks give the same
-// results, adding and overwriting: 504 short-reduction experts fill the staged tiles' shared memory
-// exactly, 505 and 508 take the register-written wide tiles, 600 a block per tile.
+// persistent kernels sort in shared memory (512) the fallback gives the same results, adding and
+// overwriting: 512 experts take the wide tiles, 513 and 600 a block per tile.
 TEST_CASE("cuda grouped weight gradient kernel choice, and its fallbacks for many experts", "[cuda][grouped]") {
   using cuda::sm90::WeightGradKernel;
   using cuda::sm90::weight_grad_kernel;
   auto shape = [](int64_t e, int64_t rows, int64_t k, int64_t n) { return kernels::GroupedGemmShape{e, rows, k, n}; };
-  REQUIRE(weight_grad_kernel(shape(64, 16384, 1024, 8192), true, 132) == WeightGradKernel::staged);  // Switch-like
-  REQUIRE(weight_grad_kernel(shape(64, 16384, 4096, 1024), true, 132) == WeightGradKernel::staged);
+  REQUIRE(weight_grad_kernel(shape(64, 16384, 1024, 8192), true, 132) == WeightGradKernel::wide);  // Switch-like
+  REQUIRE(weight_grad_kernel(shape(64, 16384, 4096, 1024), true, 132) == WeightGradKernel::wide);
   REQUIRE(weight_grad_kernel(shape(64, 98304, 768, 768), true, 132) == WeightGradKernel::wide);     // MoE-small
   REQUIRE(weight_grad_kernel(shape(64, 98304, 384, 768), true, 132) == WeightGradKernel::narrow);
   REQUIRE(weight_grad_kernel(shape(64, 16384, 1024, 8192), false, 132) == WeightGradKernel::block_per_tile);
-  REQUIRE(weight_grad_kernel(shape(504, 5040, 128, 512), true, 132) == WeightGradKernel::staged);
-  REQUIRE(weight_grad_kernel(shape(505, 5050, 128, 512), true, 132) == WeightGradKernel::wide);
-  REQUIRE(weight_grad_kernel(shape(508, 5080, 128, 512), true, 132) == WeightGradKernel::wide);
+  REQUIRE(weight_grad_kernel(shape(512, 5120, 128, 512), true, 132) == WeightGradKernel::wide);
+  REQUIRE(weight_grad_kernel(shape(513, 5130, 128, 512), true, 132) == WeightGradKernel::block_per_tile);
   REQUIRE(weight_grad_kernel(shape(600, 6000, 128, 512), true, 132) == WeightGradKernel::block_per_tile);
   if (!cuda::sm90::grouped_gemm_available()) return;  // the rest runs the Hopper kernels
   const int64_t k = 128, n = 512;
-  for (int64_t num_experts : {504, 505, 508, 600}) {
+  for (int64_t num_experts : {512, 513, 600}) {
     std::vector<int32_t> counts = random_int_values(num_experts, 20, seed_of(44, {num_experts}));
     counts[7] = 0;
     const int64_t rows = total_of(counts);
