@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Same-run A/B of source trees on the GPU host: builds `moe` in this checkout and in each TREE (a
 # copy of the sources with one change, carried as an ignored folder such as .ab/<name>), then runs
-# the four standard layers and MoE-small with each binary in turn, ROUNDS times, so that the trees
-# share the device's state. One JSON line per run, tagged with its tree, to OUT/ab_trees.jsonl.
-# Usage (repo root, .devdeps carried): experiments/perf/ab_trees.sh OUT TREE... [ROUNDS env, default 2]
+# the standard layers (LAYERS, default "switch fine_grained mixtral") and, unless TRAIN=0, MoE-small
+# with each binary in turn, ROUNDS times (default 2), so that the trees share the device's state.
+# One JSON line per run, tagged with its tree, to OUT/ab_trees.jsonl. Trees of probe patches
+# (experiments/perf/probes/) compute wrong gradients by design: run them with TRAIN=0.
+# Usage (repo root, .devdeps carried): [LAYERS=...] [TRAIN=0] [ROUNDS=N] experiments/perf/ab_trees.sh OUT TREE...
 set -uo pipefail
 out=${1:?out dir}; shift
 (($# > 0)) || { echo "ab_trees.sh: name at least one tree to compare" >&2; exit 2; }
@@ -19,11 +21,11 @@ trees=(. "$@")
 for t in "${trees[@]}"; do build "$t" || exit 1; done
 for round in $(seq "${ROUNDS:-2}"); do
   for t in "${trees[@]}"; do
-    for layer in switch fine_grained mixtral; do
+    for layer in ${LAYERS:-switch fine_grained mixtral}; do
       "$t/build/moe" bench layer "experiments/perf/layers/$layer.toml" --tokens 16384 --warmup 3 --iters 10 --breakdown \
         2>&1 | tail -1 | sed "s|^{|{\"tree\":\"$t\",\"round\":$round,|" >> "$out/ab_trees.jsonl"
     done
-    "$t/build/moe" bench train experiments/perf/moe_small.toml --warmup 3 --steps 10 \
+    [[ ${TRAIN:-1} == 0 ]] || "$t/build/moe" bench train experiments/perf/moe_small.toml --warmup 3 --steps 10 \
       --set train.log_every=1000 2>&1 | tail -1 | sed "s|^{|{\"tree\":\"$t\",\"round\":$round,|" >> "$out/ab_trees.jsonl"
   done
 done

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Makes the source trees that experiments/perf/ab_trees.sh compares with this checkout: for each
+# PATCH (default: every *.patch beside this script), HEAD's build inputs (CMakeLists.txt and the
+# source folders, nothing else, so that several trees travel to the GPU host within its size limit)
+# under .ab/<patch name>, with the patch applied. Run here, in the repo root, then carry .ab.
+# The wgrad_* patches are probes, not fixes: each removes one part of the Hopper weight gradient
+# (its stores, its multiplies, or everything but its stores) so that the same launch timed in each
+# tree shows where its time goes. Their results are wrong by design.
+# Usage: experiments/perf/probes/make_trees.sh [PATCH...]
+set -euo pipefail
+here=$(dirname "$0")
+patches=("$@")
+((${#patches[@]} > 0)) || patches=("$here"/*.patch)
+for p in "${patches[@]}"; do
+  [[ -f $p ]] || { echo "make_trees.sh: no patch $p" >&2; exit 2; }
+  name=$(basename "$p" .patch)
+  rm -rf ".ab/$name" && mkdir -p ".ab/$name"
+  git archive HEAD CMakeLists.txt src routing experts kernels parallel | tar x -C ".ab/$name"
+  git apply --directory=".ab/$name" "$p" || { echo "make_trees.sh: $p does not apply to HEAD" >&2; exit 1; }
+  echo ".ab/$name"
+done
