@@ -148,7 +148,9 @@ fi
 if has attention && [[ -x experiments/perf/run_attention.sh ]]; then
   experiments/perf/run_attention.sh "$out" 2>&1 | tail -20
 fi
-if has ab && [[ -d ${AB_DIR:-.ab} ]]; then
+if has ab && [[ ! -f ${AB_DIR:-.ab}/CMakeLists.txt ]]; then
+  echo "run_speed.sh: ab needs a source tree in ${AB_DIR:-.ab} (AB_DIR=.ab/<name> for make_trees.sh's trees)" >&2
+elif has ab; then
   ab=${AB_DIR:-.ab}
   (cd "$ab" && cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$D" -DMOE_TESTS=OFF \
      > "$out/ab_configure.log" 2>&1 && cmake --build build -j "$(nproc)" --target moe > "$out/ab_build.log" 2>&1) \

@@ -280,8 +280,8 @@ TEST_CASE("cuda grouped weight gradient clips wide tiles at n", "[cuda][grouped]
   require_weight_grads_match(x, offsets, dy, e_num, 35);
 }
 
-// The wide persistent weight gradient on short reductions (under 70 rows an expert, Switch-like
-// proportions) and long ones (over 600): 8 experts of k = 1000 (the last row tile clipped at k) and
+// The wide persistent weight gradient on short reductions (64.5 rows an expert on average, one or
+// two k-slices) and long ones (644 on average): 8 experts of k = 1000 (the last row tile clipped at k) and
 // n = 968 (the last wide column tile clipped at n), an expert with no rows and one with a single
 // row; 2 x 132 wide tiles fill their rounds as well as the narrow ones, so the wide ones are chosen.
 TEST_CASE("cuda grouped weight gradient wide tiles for short and long reductions", "[cuda][grouped]") {
