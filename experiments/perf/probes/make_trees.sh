@@ -3,9 +3,12 @@
 # PATCH (default: every *.patch beside this script), HEAD's build inputs (CMakeLists.txt and the
 # source folders, nothing else, so that several trees travel to the GPU host within its size limit)
 # under .ab/<patch name>, with the patch applied. Run here, in the repo root, then carry .ab.
-# The wgrad_* patches are probes, not fixes: each removes one part of the Hopper weight gradient
-# (its stores, its multiplies, or everything but its stores) so that the same launch timed in each
-# tree shows where its time goes. Their results are wrong by design.
+# wgrad_no_store, wgrad_no_mma and wgrad_store_only are probes, not fixes: each removes one part
+# of the Hopper weight gradient (its stores, its multiplies, or everything but its stores) so that
+# the same launch timed in each tree shows where its time goes. Their results are wrong by design.
+# wgrad_streaming_stores is a candidate fix with correct results: the fragments leave by
+# evict-first stores (st.global.cs), so the 3.2 GB of f32 written does not push the operands that
+# the next tiles reuse out of L2. It goes into the kernel only if it measures faster.
 # Usage: experiments/perf/probes/make_trees.sh [PATCH...]
 set -euo pipefail
 here=$(dirname "$0")
