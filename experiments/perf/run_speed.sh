@@ -11,7 +11,8 @@
 #                                                    (MoE-small's dense GEMMs, engine and torch.mm, and the fp32
 #                                                    write and copy rates), noupdate (nolog with the
 #                                                    optimizer update on the compute stream), update (nolog with
-#                                                    the update on its own stream), nolog_kernels (nolog once per
+#                                                    the update on its own stream), update_ab (noupdate and update
+#                                                    alternately, three times each), nolog_kernels (nolog once per
 #                                                    kernel of GROUPED_KERNELS), layer (moe bench layer at the
 #                                                    standard shapes), moe64, moeloop, ops, layer_anchor
 #                                                    (PyTorch MoE layer anchor), moe_anchor (PyTorch MoE-small
@@ -86,6 +87,15 @@ fi
 if has update; then  # MoE-small as nolog, the update on its own low-priority stream (parallel.overlap_update on)
   build/moe bench train experiments/perf/moe_small.toml --warmup 3 --steps 10 --set train.log_every=1000 \
     --set parallel.overlap_update=true 2>&1 | tail -1 | tee "$out/bench_moe_small_nolog_update.json"
+fi
+if has update_ab; then  # noupdate and update alternately, three of each: one pair is too few to decide the default
+  for round in 1 2 3; do
+    for overlap in false true; do
+      build/moe bench train experiments/perf/moe_small.toml --warmup 3 --steps 10 --set train.log_every=1000 \
+        --set parallel.overlap_update=$overlap 2>&1 | tail -1 | sed "s|^{|{\"overlap_update\":$overlap,|" \
+        >> "$out/bench_moe_small_update_ab.jsonl"
+    done
+  done
 fi
 if has layer; then  # one MoE layer at the anchor shapes and MoE-small's, against the dense chain of equal FLOPs
   for cfg in layers/fine_grained layers/mixtral layers/switch moe_small; do

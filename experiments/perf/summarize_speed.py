@@ -10,6 +10,7 @@ Usage: summarize_speed.py OUT_DIR [--against BENCH_JSON]
 """
 import json
 import pathlib
+import statistics
 import sys
 
 
@@ -71,6 +72,14 @@ def main():
             if host:
                 print(f"  host in ops {b['host_ops_ms_per_step']:.1f} ms/step (enqueue {r['host_enqueue_ms_per_step']:.1f}): "
                       + ", ".join(f"{k} {v:.2f}" for k, v in host))
+    update_ab = read_json_lines(out / "bench_moe_small_update_ab.jsonl")
+    for overlap in (False, True):
+        runs = [r["tokens_per_s"] for r in update_ab if r.get("overlap_update") is overlap]
+        if runs:
+            mean = statistics.mean(runs)
+            spread = statistics.stdev(runs) if len(runs) > 1 else 0.0
+            print(f"moe_small_nolog, overlap_update={str(overlap).lower()}: {mean:,.0f} ± {spread:,.0f} tok/s over "
+                  f"{len(runs)} runs ({', '.join(f'{v:,.0f}' for v in runs)})")
     for r in read_json_lines(out / "bench_layer.jsonl"):
         by_op = sorted(r.get("ms_by_op", {}).items(), key=lambda kv: -kv[1])[:6]
         print(f"layer {pathlib.Path(r['config']).stem} [{r['grouped_kernel']}]: {r['expert_tflops']:.1f} expert TFLOP/s "
