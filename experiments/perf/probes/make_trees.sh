@@ -8,7 +8,11 @@
 # the same launch timed in each tree shows where its time goes. Their results are wrong by design.
 # wgrad_streaming_stores is a candidate fix with correct results: the fragments leave by
 # evict-first stores (st.global.cs), so the 3.2 GB of f32 written does not push the operands that
-# the next tiles reuse out of L2. It goes into the kernel only if it measures faster.
+# the next tiles reuse out of L2. wgrad_two_blocks is another: every persistent weight gradient on
+# 128-wide tiles, two blocks a multiprocessor with 3 stages each, so that one block's epilogue
+# overlaps the other's multiplies (the block-per-tile kernel, which pairs blocks the same way, beat
+# the wide tiles on the Switch-like shape on an H100); at two blocks ptxas caps it at 96 registers
+# and it spills 44 bytes. Candidates go into the kernel only if they measure faster.
 # Usage: experiments/perf/probes/make_trees.sh [PATCH...]
 set -euo pipefail
 here=$(dirname "$0")
