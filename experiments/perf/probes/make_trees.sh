@@ -5,7 +5,9 @@
 # under .ab/<patch name>, with the patch applied. Run here, in the repo root, then carry .ab.
 # wgrad_no_store, wgrad_no_mma and wgrad_store_only are probes, not fixes: each removes one part
 # of the Hopper weight gradient (its stores, its multiplies, or everything but its stores) so that
-# the same launch timed in each tree shows where its time goes. Their results are wrong by design.
+# the same launch timed in each tree shows where its time goes; wgrad_bf16_out writes bf16 values
+# (half the bytes) over the f32 buffer, to time what bf16 weight gradients would buy. Their results
+# are wrong by design.
 # wgrad_streaming_stores is a candidate fix with correct results: the fragments leave by
 # evict-first stores (st.global.cs), so the 3.2 GB of f32 written does not push the operands that
 # the next tiles reuse out of L2. wgrad_two_blocks is another: every persistent weight gradient on
