@@ -339,8 +339,6 @@ void DistributedOptimizer::clip_grads(double max_norm) {
   }
   const Layout& dense = layouts_[0];
   const Layout& expert = layouts_[1];
-  const bool expert_parallel = expert.size != dense.size;
-  const bool model_parallel = model_parallel_ != nullptr && model_parallel_->size() > 1;
   if (!norm_stays_on_device()) {
     // Sums over ranks go through the host in double (one wait), then back to the device.
     const std::vector<double> sum_sq = norm_sq_.to_vector<double>();
@@ -351,7 +349,7 @@ void DistributedOptimizer::clip_grads(double max_norm) {
       std::vector<double> partial{sum_sq[0] + sum_sq[1]};
       if (dense.size > 1) dense.comm->all_reduce_sum(partial);
       total = partial[0];
-    } else if (!expert_parallel) {
+    } else if (!expert_parallel()) {
       total = sum_sq[0] + sum_sq[1];
     } else {
       // Expert gradients are replicated over the expert-DP group: its first rank speaks for it.
@@ -359,7 +357,7 @@ void DistributedOptimizer::clip_grads(double max_norm) {
       dense.comm->all_reduce_sum(partial);
       total = sum_sq[0] + partial[0];
     }
-    if (model_parallel) {
+    if (model_parallel()) {
       std::vector<double> replica{total};
       model_parallel_->all_reduce_sum(replica);
       total = replica[0];
@@ -371,15 +369,15 @@ void DistributedOptimizer::clip_grads(double max_norm) {
 }
 
 bool DistributedOptimizer::norm_stays_on_device() const {
-  const Layout& dense = layouts_[0];
-  const Layout& expert = layouts_[1];
-  // With expert parallelism the DP group holds ep different sets of experts.
-  const bool expert_parallel = expert.size != dense.size;
-  const bool model_parallel = model_parallel_ != nullptr && model_parallel_->size() > 1;
   // Full, identical gradients on every rank (stage 0/1 without EP) or one rank's shards: the
   // norm is this rank's sums.
-  return (stage_ >= 2 ? dense.size == 1 : !expert_parallel) && !model_parallel;
+  return (stage_ >= 2 ? layouts_[0].size == 1 : !expert_parallel()) && !model_parallel();
 }
+
+// With expert parallelism the DP group holds ep different sets of experts.
+bool DistributedOptimizer::expert_parallel() const { return layouts_[1].size != layouts_[0].size; }
+
+bool DistributedOptimizer::model_parallel() const { return model_parallel_ != nullptr && model_parallel_->size() > 1; }
 
 double DistributedOptimizer::grad_norm() const {
   const std::vector<double> sum_sq = norm_sq_.to_vector<double>();

@@ -178,6 +178,8 @@ class DistributedOptimizer {
   Communicator* model_parallel_ = nullptr;
   std::vector<double> norm_weights_;  // per parameter; empty = all 1
   void weighted_sum_squares(ParamGroup g, const Tensor& held, FlatRange held_range, Tensor acc) const;
+  bool expert_parallel() const;  // the expert group is smaller than the dense one
+  bool model_parallel() const;   // a tensor- or pipeline-parallel group of more than one rank
   Tensor norm_sq_;     // f64[groups] on the device: this step's sums of squares
   Tensor clip_scale_;  // f32[1] on the device: the factor step() applies to the gradients
   bool clip_pending_ = false;  // clip_grads ran since the last step()
