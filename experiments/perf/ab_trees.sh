@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Same-run A/B of source trees on the GPU host: builds `moe` in this checkout and in each TREE (a
 # copy of the sources with one change, carried as an ignored folder such as .ab/<name>), then runs
-# the standard layers (LAYERS, default "switch fine_grained mixtral") with each grouped kernel of
+# the standard layers (LAYERS, default "switch fine_grained mixtral"; empty: none) with each grouped kernel of
 # KERNELS (default "wgmma") and, unless TRAIN=0, MoE-small, with each binary in turn, ROUNDS times
 # (default 2), so that the trees share the device's state. One JSON line per run, tagged with its
 # tree, to OUT/ab_trees.jsonl (started afresh); each tree's build log to OUT/build_<n>.log. Trees of
@@ -24,7 +24,7 @@ trees=(. "$@")
 for i in "${!trees[@]}"; do build "${trees[$i]}" "$out/build_$i.log" || exit 1; done
 for round in $(seq "${ROUNDS:-2}"); do
   for t in "${trees[@]}"; do
-    for layer in ${LAYERS:-switch fine_grained mixtral}; do
+    for layer in ${LAYERS-switch fine_grained mixtral}; do
       for kernel in ${KERNELS:-wgmma}; do
         "$t/build/moe" bench layer "experiments/perf/layers/$layer.toml" --tokens 16384 --warmup 3 --iters 10 \
           --breakdown --grouped-kernel "$kernel" 2>&1 | tail -1 | sed "s|^{|{\"tree\":\"$t\",\"round\":$round,|" \

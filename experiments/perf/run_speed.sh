@@ -16,9 +16,9 @@
 #                                                    kernel of GROUPED_KERNELS), layer (moe bench layer at the
 #                                                    standard shapes), moe64, moeloop, ops, layer_anchor
 #                                                    (PyTorch MoE layer anchor), moe_anchor (PyTorch MoE-small
-#                                                    anchor), and ab: MoE-small with an older tree carried in
-#                                                    .ab/ (AB_DIR) built beside this one, benched back
-#                                                    to back in the same call
+#                                                    anchor), and ab: MoE-small with another source tree
+#                                                    (AB_DIR, default .ab) built beside this one and run in
+#                                                    turn (ab_trees.sh, no layers)
 # GROUPED_KERNELS (space-separated --grouped-kernel names) lists the kernels the layer part benches (default
 # "wgmma mma_sync") and the ones nolog_kernels runs MoE-small with (default "wgmma wgmma_narrow").
 # CUDA_TESTS_EXCLUDE (a ctest -E regex) leaves cuda tests out of the tests part (ones already run on this tree);
@@ -161,15 +161,6 @@ fi
 if has ab && [[ ! -f ${AB_DIR:-.ab}/CMakeLists.txt ]]; then
   echo "run_speed.sh: ab needs a source tree in ${AB_DIR:-.ab} (AB_DIR=.ab/<name> for make_trees.sh's trees)" >&2
 elif has ab; then
-  ab=${AB_DIR:-.ab}
-  (cd "$ab" && cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$D" -DMOE_TESTS=OFF \
-     > "$out/ab_configure.log" 2>&1 && cmake --build build -j "$(nproc)" --target moe > "$out/ab_build.log" 2>&1) \
-    || { tail -20 "$out/ab_build.log"; }
-  for run in 1 2; do
-    "$ab/build/moe" bench train experiments/perf/moe_small.toml --warmup 3 --steps 10 2>&1 | tail -1 \
-      | tee -a "$out/ab_old_moe_small.jsonl"
-    build/moe bench train experiments/perf/moe_small.toml --warmup 3 --steps 10 2>&1 | tail -1 \
-      | tee -a "$out/ab_new_moe_small.jsonl"
-  done
+  LAYERS= experiments/perf/ab_trees.sh "$out" "${AB_DIR:-.ab}"
 fi
 python3 experiments/perf/summarize_speed.py "$out" || true
