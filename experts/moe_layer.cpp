@@ -18,14 +18,6 @@ namespace moe {
 
 namespace {
 
-// Host values -> a tensor shaped and typed like `like`, on its device.
-Tensor to_device_like(const std::vector<double>& values, const Tensor& like) {
-  Tensor host = like.dtype() == DType::f64
-                    ? Tensor::from_vector(values, like.shape(), DType::f64)
-                    : Tensor::from_vector(std::vector<float>(values.begin(), values.end()), like.shape(), DType::f32);
-  return like.is_cuda() ? host.to(like.device()) : host;
-}
-
 // factor * t in a new tensor (kernels only: a device copy would wait for the device).
 Tensor scaled(const Tensor& t, float factor) {
   if (!t.defined()) return t;

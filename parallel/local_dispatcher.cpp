@@ -20,7 +20,7 @@ int64_t rows_of(const DispatchSaved& saved) {
 
 // The per-expert split stays on the device (offsets): every slot that may be routed gets a row
 // (saved.max_rows bounds them), the unused ones zero padding past offsets[E], so nothing waits
-// for the counts. The sort moves the rows as it places them (one pass; redispatch gathers).
+// for the counts. The sort moves the rows as it places them (one pass; redispatch scatters them again).
 Tensor LocalDispatcher::dispatch(const Tensor& x, const Tensor& ids, DispatchSaved& saved) const {
   MOE_CHECK(x.ndim() == 2, "local dispatcher: dispatch of ", shape_str(x.shape()), ", not [T,d]");
   const int64_t slots = ids.numel();
@@ -40,8 +40,9 @@ Tensor LocalDispatcher::redispatch(const DispatchSaved& saved, const Tensor& x) 
             " rows, dispatch had ", saved.num_tokens, " tokens");
   const int64_t rows = rows_of(saved);
   Tensor x_sorted = Tensor::empty({rows, x.size(1)}, x.dtype(), x.device());
-  // An empty gather is skipped: the ops' checks read a zero-row tensor as having no columns.
-  if (rows > 0) ops::gather_rows(x, saved.sorted_tokens.rows(0, rows), x_sorted);
+  // Each token's row is read once and written to its slots' rows (a gather by sorted_tokens would
+  // read it k times). An empty scatter is skipped: the ops' checks read a zero-row tensor as having no columns.
+  if (rows > 0) ops::moe_scatter_rows(x, saved.slot_pos, x_sorted);
   return x_sorted;
 }
 

@@ -24,7 +24,8 @@ class LocalDispatcher : public Dispatcher {
   void combine_backward(const DispatchSaved& saved, const Tensor& y_sorted, const Tensor& weights, const Tensor& dout,
                         Tensor& dy_sorted, Tensor& dweights) const override;
 
-  // The rows are x's rows in sorted order: redispatch is dispatch's gather again, from the saved sort.
+  // The rows are x's rows in sorted order: redispatch is dispatch's row move again, from the saved
+  // slot rows (moe_scatter_rows).
   bool rows_are_local() const override { return true; }
   Tensor redispatch(const DispatchSaved& saved, const Tensor& x) const override;
   void combine_backward_unweighted(const DispatchSaved& saved, const Tensor& weights, const Tensor& dout,

@@ -109,6 +109,17 @@ void moe_combine_backward_unweighted(const int32_t* slot_pos, const T* weights, 
 }
 
 template <typename T>
+void moe_scatter_rows(const T* x, const int32_t* slot_pos, T* x_sorted, int64_t num_tokens, int64_t k, int64_t dim,
+                      int64_t num_rows) {
+  std::fill(x_sorted, x_sorted + num_rows * dim, T(0));
+  for (int64_t n = 0; n < num_tokens * k; ++n) {
+    const int32_t row = slot_pos[n];
+    check_slot_row(row, n, num_rows);
+    if (row >= 0) std::copy(x + (n / k) * dim, x + (n / k + 1) * dim, x_sorted + static_cast<int64_t>(row) * dim);
+  }
+}
+
+template <typename T>
 void moe_gather_slots(const T* row_values, const int32_t* slot_pos, T* slot_values, int64_t num_slots,
                       int64_t num_rows) {
   for (int64_t n = 0; n < num_slots; ++n) {
@@ -121,6 +132,9 @@ template void moe_combine_backward_unweighted<float>(const int32_t*, const float
                                                      int64_t, int64_t, int64_t, int64_t);
 template void moe_combine_backward_unweighted<double>(const int32_t*, const double*, const double*, double*, double*,
                                                       int64_t, int64_t, int64_t, int64_t);
+template void moe_scatter_rows<float>(const float*, const int32_t*, float*, int64_t, int64_t, int64_t, int64_t);
+template void moe_scatter_rows<double>(const double*, const int32_t*, double*, int64_t, int64_t, int64_t, int64_t);
+template void moe_scatter_rows<int32_t>(const int32_t*, const int32_t*, int32_t*, int64_t, int64_t, int64_t, int64_t);
 template void moe_gather_slots<float>(const float*, const int32_t*, float*, int64_t, int64_t);
 template void moe_gather_slots<double>(const double*, const int32_t*, double*, int64_t, int64_t);
 template void moe_combine_forward<float>(const float*, const int32_t*, const float*, float*, int64_t, int64_t, int64_t,

@@ -35,6 +35,11 @@ template <typename T>
 void moe_combine_backward_unweighted(const int32_t* slot_pos, const T* weights, const T* dout, T* dy_sorted,
                                      T* row_weights, int64_t num_tokens, int64_t k, int64_t dim, int64_t num_rows);
 
+// x_sorted[slot_pos[t*k+s]] = x[t] for every slot with a row; rows no slot points at are zero.
+template <typename T>
+void moe_scatter_rows(const T* x, const int32_t* slot_pos, T* x_sorted, int64_t num_tokens, int64_t k, int64_t dim,
+                      int64_t num_rows);
+
 // slot_values[n] = row_values[slot_pos[n]] for n < num_slots, 0 where slot_pos[n] = -1
 template <typename T>
 void moe_gather_slots(const T* row_values, const int32_t* slot_pos, T* slot_values, int64_t num_slots, int64_t num_rows);

@@ -243,27 +243,41 @@ __global__ void combine_backward_kernel(const bf16* y_sorted, const int32_t* slo
   if (lane == 0) dweights[n] = dot;
 }
 
-// Warp per slot n = t*k + s: dy_sorted[slot_pos[n]] = dout[t], row_weights[that row] = weights[n],
-// used[row] = 1. A slot without a row (slot_pos -1) writes nothing.
-template <int N>
-__global__ void combine_backward_unweighted_kernel(const int32_t* __restrict__ slot_pos,
-                                                   const float* __restrict__ weights, const bf16* __restrict__ dout,
-                                                   bf16* __restrict__ dy_sorted, float* __restrict__ row_weights,
-                                                   uint8_t* __restrict__ used, int64_t num_slots, int k, int64_t dim) {
+// Warp per token t: its row of src is read once, k_batch W-words a lane in flight, and stored to
+// each of its slots' rows (dst[slot_pos[t*k+s]] = src[t], bits copied: no conversion), used[row] = 1,
+// and when row_weights is given row_weights[that row] = weights[t*k+s]. A slot without a row
+// (slot_pos -1), or one past dst's num_rows, writes nothing. (A warp per slot read the same row k
+// times and moved it through fp32.)
+template <typename W>
+__global__ void scatter_token_rows_kernel(const int32_t* __restrict__ slot_pos, const float* __restrict__ weights,
+                                          const W* __restrict__ src, W* __restrict__ dst,
+                                          float* __restrict__ row_weights, uint8_t* __restrict__ used, int64_t tokens,
+                                          int k, int64_t words, int64_t num_rows) {
+  constexpr int k_batch = 4;
   const int lane = threadIdx.x % k_warp;
-  const int64_t n = static_cast<int64_t>(blockIdx.x) * (blockDim.x / k_warp) + threadIdx.x / k_warp;
-  if (n >= num_slots) return;
-  const int64_t t = n / k, row = slot_pos[n];
-  if (row < 0) return;  // warp-uniform
-  if (lane == 0) {
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * (blockDim.x / k_warp) + threadIdx.x / k_warp;
+  if (t >= tokens) return;
+  const int32_t* slots = slot_pos + t * k;
+  for (int s = lane; s < k; s += k_warp) {
+    const int32_t row = slots[s];
+    if (row < 0 || row >= num_rows) continue;
     used[row] = 1;
-    row_weights[row] = weights[n];
+    if (row_weights != nullptr) row_weights[row] = weights[t * k + s];
   }
-#pragma unroll 4
-  for (int64_t c = static_cast<int64_t>(lane) * N; c < dim; c += k_warp * N) {
-    float d[N];
-    load_n<N>(dout + t * dim + c, d);
-    store_n<N>(dy_sorted + row * dim + c, d);
+  for (int64_t base = lane; base < words; base += k_batch * k_warp) {
+    W v[k_batch];
+#pragma unroll
+    for (int j = 0; j < k_batch; ++j) {
+      if (base + j * k_warp < words) v[j] = src[t * words + base + j * k_warp];
+    }
+    for (int s = 0; s < k; ++s) {
+      const int64_t row = slots[s];
+      if (row < 0 || row >= num_rows) continue;  // warp-uniform
+#pragma unroll
+      for (int j = 0; j < k_batch; ++j) {
+        if (base + j * k_warp < words) dst[row * words + base + j * k_warp] = v[j];
+      }
+    }
   }
 }
 
@@ -277,30 +291,29 @@ __global__ void gather_slots_kernel(const float* row_values, const int32_t* slot
   }
 }
 
-// dy_sorted[N, dim]: rows with used[row] = 0 set to zero (the rows no slot wrote), and so is
+// rows[N, words]: rows with used[row] = 0 set to zero bits (the rows no slot wrote), and so is
 // row_values[row] when given. A warp per row: one flag read where (dropless) every row is used.
-template <int N>
-__global__ void zero_unused_rows_kernel(bf16* dy_sorted, float* row_values, const uint8_t* used, int64_t num_rows,
-                                        int64_t dim) {
+template <typename W>
+__global__ void zero_unused_rows_kernel(W* rows, float* row_values, const uint8_t* used, int64_t num_rows,
+                                        int64_t words) {
   const int lane = threadIdx.x % k_warp;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / k_warp) + threadIdx.x / k_warp;
   if (row >= num_rows || used[row]) return;  // warp-uniform
-  const float zeros[N] = {};
-  for (int64_t c = static_cast<int64_t>(lane) * N; c < dim; c += k_warp * N) {
-    store_n<N>(dy_sorted + row * dim + c, zeros);
-  }
+  const W zero{};
+  for (int64_t w = lane; w < words; w += k_warp) rows[row * words + w] = zero;
   if (row_values != nullptr && lane == 0) row_values[row] = 0.0f;
 }
 
-void zero_unused_rows(bf16* dy_sorted, float* row_values, const uint8_t* used, int64_t num_rows, int64_t dim,
-                      bool vec, cudaStream_t stream) {
+void zero_unused_rows(void* rows, float* row_values, const uint8_t* used, int64_t num_rows, int64_t row_bytes,
+                      cudaStream_t stream) {
+  if (num_rows == 0) return;
   constexpr int warps = 8;
   const auto blocks = static_cast<unsigned>(ceil_div(num_rows, warps));
-  if (vec) {
-    zero_unused_rows_kernel<8><<<blocks, warps * k_warp, 0, stream>>>(dy_sorted, row_values, used, num_rows, dim);
-  } else {
-    zero_unused_rows_kernel<1><<<blocks, warps * k_warp, 0, stream>>>(dy_sorted, row_values, used, num_rows, dim);
-  }
+  with_row_word(row_bytes, rows, rows, [&](auto word) {
+    using W = decltype(word);
+    zero_unused_rows_kernel<W><<<blocks, warps * k_warp, 0, stream>>>(
+        static_cast<W*>(rows), row_values, used, num_rows, row_bytes / static_cast<int64_t>(sizeof(W)));
+  });
   CUDA_CHECK_LAUNCH();
 }
 
@@ -438,32 +451,47 @@ void moe_combine_backward(const bf16* y_sorted, const int32_t* slot_pos, const f
     }
     CUDA_CHECK_LAUNCH();
   }
-  if (num_rows > 0 && dim > 0) zero_unused_rows(dy_sorted, nullptr, used.as<uint8_t>(), num_rows, dim, vec, stream);
+  const int64_t row_bytes = dim * static_cast<int64_t>(sizeof(bf16));
+  if (dim > 0) zero_unused_rows(dy_sorted, nullptr, used.as<uint8_t>(), num_rows, row_bytes, stream);
 }
+
+namespace {
+
+// The scatter of token rows (scatter_token_rows_kernel) then the zeroing of the rows it did not write.
+void scatter_token_rows(const int32_t* slot_pos, const float* weights, const void* src, void* dst, float* row_weights,
+                        int64_t tokens, int64_t k, int64_t row_bytes, int64_t num_rows, cudaStream_t stream) {
+  if (num_rows == 0) return;
+  Scratch used(static_cast<size_t>(num_rows), stream);
+  CUDA_CHECK(cudaMemsetAsync(used.as<uint8_t>(), 0, static_cast<size_t>(num_rows), stream));
+  if (tokens > 0) {
+    constexpr int warps = 8;
+    const auto blocks = static_cast<unsigned>(ceil_div(tokens, warps));
+    with_row_word(row_bytes, src, dst, [&](auto word) {
+      using W = decltype(word);
+      scatter_token_rows_kernel<W><<<blocks, warps * k_warp, 0, stream>>>(
+          slot_pos, weights, static_cast<const W*>(src), static_cast<W*>(dst), row_weights, used.as<uint8_t>(),
+          tokens, static_cast<int>(k), row_bytes / static_cast<int64_t>(sizeof(W)), num_rows);
+    });
+    CUDA_CHECK_LAUNCH();
+  }
+  zero_unused_rows(dst, row_weights, used.as<uint8_t>(), num_rows, row_bytes, stream);
+}
+
+}  // namespace
 
 void moe_combine_backward_unweighted(const int32_t* slot_pos, const float* weights, const bf16* dout, bf16* dy_sorted,
                                      float* row_weights, int64_t tokens, int64_t k, int64_t dim, int64_t num_rows,
                                      cudaStream_t stream) {
   MOE_CHECK(tokens >= 0 && k >= 1 && dim >= 1 && num_rows >= 0 && k <= INT_MAX,
             "moe_combine_backward_unweighted: bad shape");
-  const int64_t num_slots = tokens * k;
-  if (num_rows == 0) return;
-  Scratch used(static_cast<size_t>(num_rows), stream);
-  CUDA_CHECK(cudaMemsetAsync(used.as<uint8_t>(), 0, static_cast<size_t>(num_rows), stream));
-  const bool vec = dim % 8 == 0 && aligned_to(dout, 16) && aligned_to(dy_sorted, 16);
-  if (num_slots > 0) {
-    constexpr int warps = 8;
-    const auto blocks = static_cast<unsigned>(ceil_div(num_slots, warps));
-    if (vec) {
-      combine_backward_unweighted_kernel<8><<<blocks, warps * k_warp, 0, stream>>>(
-          slot_pos, weights, dout, dy_sorted, row_weights, used.as<uint8_t>(), num_slots, static_cast<int>(k), dim);
-    } else {
-      combine_backward_unweighted_kernel<1><<<blocks, warps * k_warp, 0, stream>>>(
-          slot_pos, weights, dout, dy_sorted, row_weights, used.as<uint8_t>(), num_slots, static_cast<int>(k), dim);
-    }
-    CUDA_CHECK_LAUNCH();
-  }
-  zero_unused_rows(dy_sorted, row_weights, used.as<uint8_t>(), num_rows, dim, vec, stream);
+  scatter_token_rows(slot_pos, weights, dout, dy_sorted, row_weights, tokens, k,
+                     dim * static_cast<int64_t>(sizeof(bf16)), num_rows, stream);
+}
+
+void moe_scatter_rows(const void* x, const int32_t* slot_pos, void* x_sorted, int64_t tokens, int64_t k,
+                      int64_t row_bytes, int64_t num_rows, cudaStream_t stream) {
+  MOE_CHECK(tokens >= 0 && k >= 1 && row_bytes >= 1 && num_rows >= 0 && k <= INT_MAX, "moe_scatter_rows: bad shape");
+  scatter_token_rows(slot_pos, nullptr, x, x_sorted, nullptr, tokens, k, row_bytes, num_rows, stream);
 }
 
 void moe_gather_slots(const float* row_values, const int32_t* slot_pos, float* slot_values, int64_t num_slots,

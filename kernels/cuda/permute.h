@@ -50,6 +50,12 @@ void moe_combine_backward(const __nv_bfloat16* y_sorted, const int32_t* slot_pos
 void moe_combine_backward_unweighted(const int32_t* slot_pos, const float* weights, const __nv_bfloat16* dout,
                                      __nv_bfloat16* dy_sorted, float* row_weights, int64_t tokens, int64_t k,
                                      int64_t dim, int64_t num_rows, cudaStream_t stream);
+// The dispatch's row move again from its saved sort: x_sorted[slot_pos[t*k+s]] = x[t] (rows of
+// row_bytes, any dtype) for every slot with a row, each x row read once; rows no slot uses are zero.
+// Distinct slots must use distinct rows. Equals gather_rows(x, sorted_tokens) without its k reads of
+// each row.
+void moe_scatter_rows(const void* x, const int32_t* slot_pos, void* x_sorted, int64_t tokens, int64_t k,
+                      int64_t row_bytes, int64_t num_rows, cudaStream_t stream);
 // slot_values[n] = row_values[slot_pos[n]] (0 where slot_pos[n] = -1), n < num_slots
 void moe_gather_slots(const float* row_values, const int32_t* slot_pos, float* slot_values, int64_t num_slots,
                       cudaStream_t stream);

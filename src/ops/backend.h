@@ -135,6 +135,7 @@ class Backend {
                                     const Tensor& dout, Tensor& dy_sorted, Tensor& dweights) = 0;
   virtual void moe_combine_backward_unweighted(const Tensor& slot_pos, const Tensor& weights, const Tensor& dout,
                                                Tensor& dy_sorted, Tensor& row_weights) = 0;
+  virtual void moe_scatter_rows(const Tensor& x, const Tensor& slot_pos, Tensor& x_sorted) = 0;
   virtual void moe_gather_slots(const Tensor& row_values, const Tensor& slot_pos, Tensor& slot_values) = 0;
   virtual void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWParams& p) = 0;
   virtual void adamw_fused(Tensor& master, const Tensor& grad, Tensor& m, Tensor& v, const Tensor& runs,

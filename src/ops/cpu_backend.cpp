@@ -588,6 +588,14 @@ class CpuBackend final : public Backend {
     });
   }
 
+  void moe_scatter_rows(const Tensor& x, const Tensor& slot_pos, Tensor& x_sorted) override {
+    dispatch_rows(x.dtype(), "moe_scatter_rows", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::moe_scatter_rows<T>(ptr<T>(x), index_ptr(slot_pos), ptr<T>(x_sorted), x.size(0),
+                               x.size(0) > 0 ? slot_pos.numel() / x.size(0) : 1, x.size(1), x_sorted.size(0));
+    });
+  }
+
   void moe_gather_slots(const Tensor& row_values, const Tensor& slot_pos, Tensor& slot_values) override {
     dispatch_float(row_values.dtype(), "moe_gather_slots", [&](auto tag) {
       using T = decltype(tag);

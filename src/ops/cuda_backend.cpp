@@ -526,6 +526,14 @@ class CudaBackend : public Backend {
                                           dy_sorted.size(0), stream);
   }
 
+  void moe_scatter_rows(const Tensor& x, const Tensor& slot_pos, Tensor& x_sorted) override {
+    cudaStream_t stream = on_device(x, slot_pos, x_sorted);
+    const int64_t row_bytes = cols_of(x) * static_cast<int64_t>(dtype_size(x.dtype()));
+    if (row_bytes == 0) return;
+    cuda::moe_scatter_rows(x.data(), i32(slot_pos), x_sorted.data(), x.size(0),
+                           x.size(0) > 0 ? slot_pos.numel() / x.size(0) : 1, row_bytes, x_sorted.size(0), stream);
+  }
+
   void moe_gather_slots(const Tensor& row_values, const Tensor& slot_pos, Tensor& slot_values) override {
     cudaStream_t stream = on_device(row_values, slot_pos, slot_values);
     cuda::moe_gather_slots(f32(row_values), i32(slot_pos), f32_mut(slot_values), slot_pos.numel(), stream);

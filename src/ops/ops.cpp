@@ -827,6 +827,17 @@ void moe_combine_backward_unweighted(const Tensor& slot_pos, const Tensor& weigh
   run_on(dout, OpKind::permute)->moe_combine_backward_unweighted(slot_pos, weights, dout, dy_sorted, row_weights);
 }
 
+void moe_scatter_rows(const Tensor& x, const Tensor& slot_pos, Tensor& x_sorted) {
+  MOE_CHECK(x.ndim() == 2 && x_sorted.ndim() == 2 && x_sorted.size(1) == x.size(1), "moe_scatter_rows: x",
+            shape_str(x.shape()), " x_sorted", shape_str(x_sorted.shape()));
+  MOE_CHECK(x.size(0) > 0 ? slot_pos.numel() % x.size(0) == 0 && slot_pos.numel() > 0 : slot_pos.numel() == 0,
+            "moe_scatter_rows: ", slot_pos.numel(), " slots for ", x.size(0), " tokens");
+  check_index(slot_pos, {slot_pos.numel()}, x, "moe_scatter_rows slot_pos");
+  check_dtype(x_sorted, x.dtype(), "moe_scatter_rows x_sorted");
+  MOE_CHECK(!overlaps(x_sorted, x), "moe_scatter_rows: x_sorted overlaps x");
+  run_on(x, OpKind::permute)->moe_scatter_rows(x, slot_pos, x_sorted);
+}
+
 void moe_gather_slots(const Tensor& row_values, const Tensor& slot_pos, Tensor& slot_values) {
   MOE_CHECK(row_values.ndim() == 1, "gather slots: row_values must be [N], got ", shape_str(row_values.shape()));
   MOE_CHECK(row_values.dtype() == DType::f32 || row_values.dtype() == DType::f64,

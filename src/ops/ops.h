@@ -286,6 +286,10 @@ void moe_combine_backward(const Tensor& y_sorted, const Tensor& slot_pos, const 
 // The weights' gradient then comes from the rows (activation_backward_weighted, moe_gather_slots).
 void moe_combine_backward_unweighted(const Tensor& slot_pos, const Tensor& weights, const Tensor& dout,
                                      Tensor& dy_sorted, Tensor& row_weights);
+// The dispatch's row move again from its saved sort: x_sorted[N,d] row slot_pos[t*k+s] = x[t] for
+// every slot with a row (k = slot_pos.numel() / T), each row of x read once; rows no slot uses are
+// zero (written). What gather_rows(x, sorted_tokens) gives, without reading each row k times.
+void moe_scatter_rows(const Tensor& x, const Tensor& slot_pos, Tensor& x_sorted);
 // row_values[N] (accum) -> slot_values[T,k] (accum, written): slot n gets row_values[slot_pos[n]],
 // 0 where slot_pos[n] = -1.
 void moe_gather_slots(const Tensor& row_values, const Tensor& slot_pos, Tensor& slot_values);

@@ -434,6 +434,39 @@ TEST_CASE("cuda moe_combine with dropped slots matches the CPU, spare rows zero"
   }
 }
 
+TEST_CASE("cuda moe_scatter_rows equals the gather by sorted tokens, with drops, spare rows and long rows",
+          "[cuda][permute]") {
+  // Rows of 1032 bf16 are 129 16-byte words: more than one batch of four words a lane, and a tail.
+  for (auto [dim, dt] : {std::pair{int64_t{1}, DType::bf16}, {37, DType::bf16}, {1024, DType::bf16},
+                         {1032, DType::bf16}, {999, DType::f32}}) {
+    for (int64_t k : {1, 6}) {
+      for (int64_t tokens : {1, 19, 989}) {
+        INFO("dim " << dim << " " << dtype_name(dt) << " k " << k << " tokens " << tokens);
+        const uint64_t seed = seed_of(39, {dim, k, tokens});
+        const int64_t experts = 8;
+        Mirror ids = mirror_ids(ids_with_drops(tokens * k, experts, seed), {tokens, k});
+        Tensor sorted_cpu = poisoned_on({tokens * k}, DType::i32, Device::cpu());
+        Tensor slot_cpu = poisoned_on({tokens * k}, DType::i32, Device::cpu());
+        int64_t used = 0;
+        for (int64_t c : ops::moe_sort_by_expert(ids.cpu, experts, sorted_cpu, slot_cpu)) used += c;
+        const int64_t rows = used + 3;  // three spare rows: zero, as the gather of token -1 gives
+        Mirror slot_pos{slot_cpu, slot_cpu.to(gpu())};
+        Mirror x = random_mirror({tokens, dim}, dt, seed + 1);
+        Mirror scattered = poisoned_pair({rows, dim}, dt);
+        ops::moe_scatter_rows(x.cpu, slot_pos.cpu, scattered.cpu);
+        ops::moe_scatter_rows(x.gpu, slot_pos.gpu, scattered.gpu);
+        // The gather's index: sorted_tokens, then -1 (zeros) for the spare rows.
+        std::vector<int32_t> index = sorted_cpu.to_vector<int32_t>();
+        index.resize(static_cast<size_t>(rows), -1);
+        Tensor gathered = poisoned_on({rows, dim}, dt, gpu());
+        ops::gather_rows(x.gpu, Tensor::from_vector(index, {rows}, DType::i32, gpu()), gathered);
+        REQUIRE(scattered.gpu.to_vector<float>() == gathered.to_vector<float>());
+        require_match(scattered, bf16_tol(), "scattered rows");
+      }
+    }
+  }
+}
+
 TEST_CASE("cuda dispatch then combine with weights 1/k returns the input", "[cuda][permute]") {
   const int64_t tokens = 989, k = 2, experts = 16, dim = 64;
   Tensor ids = Tensor::from_vector(random_int_values(tokens * k, experts, 35), {tokens, k}, DType::i32, gpu());

@@ -338,6 +338,12 @@ TEST_CASE("moe_permute_rows equals the sort then the gather: drops, empty and ov
             ops::moe_sort_by_expert(ids, experts, sorted2, pos2, offsets2);
             if (rows > 0) ops::gather_rows(x, sorted2.rows(0, rows), gathered);
             REQUIRE(values_of(gathered) == got);
+            // The backward's redispatch makes the same rows from slot_pos, where every used row is kept.
+            if (rows > 0 && rows >= used) {
+              Tensor scattered = poisoned({rows, dim}, dt);
+              ops::moe_scatter_rows(x, slot_pos, scattered);
+              REQUIRE(values_of(scattered) == got);
+            }
           }
         }
       }
