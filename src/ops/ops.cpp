@@ -828,12 +828,14 @@ void moe_combine_backward_unweighted(const Tensor& slot_pos, const Tensor& weigh
 }
 
 void moe_scatter_rows(const Tensor& x, const Tensor& slot_pos, Tensor& x_sorted) {
-  MOE_CHECK(x.ndim() == 2 && x_sorted.ndim() == 2 && x_sorted.size(1) == x.size(1), "moe_scatter_rows: x",
-            shape_str(x.shape()), " x_sorted", shape_str(x_sorted.shape()));
+  MOE_CHECK(x.ndim() == 2 && x_sorted.ndim() == 2 && x_sorted.size(1) == x.size(1),
+            "moe_scatter_rows: x and x_sorted must be [T,d] and [N,d], got x", shape_str(x.shape()), " x_sorted",
+            shape_str(x_sorted.shape()));
   MOE_CHECK(x.size(0) > 0 ? slot_pos.numel() % x.size(0) == 0 && slot_pos.numel() > 0 : slot_pos.numel() == 0,
             "moe_scatter_rows: ", slot_pos.numel(), " slots for ", x.size(0), " tokens");
   check_index(slot_pos, {slot_pos.numel()}, x, "moe_scatter_rows slot_pos");
   check_dtype(x_sorted, x.dtype(), "moe_scatter_rows x_sorted");
+  check_same_device(x_sorted, x, "moe_scatter_rows x_sorted");
   MOE_CHECK(!overlaps(x_sorted, x), "moe_scatter_rows: x_sorted overlaps x");
   run_on(x, OpKind::permute)->moe_scatter_rows(x, slot_pos, x_sorted);
 }

@@ -439,7 +439,7 @@ TEST_CASE("cuda moe_scatter_rows equals the gather by sorted tokens, with drops,
   // Rows of 1032 bf16 are 129 16-byte words: more than one batch of four words a lane, and a tail.
   for (auto [dim, dt] : {std::pair{int64_t{1}, DType::bf16}, {37, DType::bf16}, {1024, DType::bf16},
                          {1032, DType::bf16}, {999, DType::f32}}) {
-    for (int64_t k : {1, 6}) {
+    for (int64_t k : {1, 6, 40}) {  // 40: more slots than lanes (expert choice dispatches k = E)
       for (int64_t tokens : {1, 19, 989}) {
         INFO("dim " << dim << " " << dtype_name(dt) << " k " << k << " tokens " << tokens);
         const uint64_t seed = seed_of(39, {dim, k, tokens});
@@ -462,6 +462,14 @@ TEST_CASE("cuda moe_scatter_rows equals the gather by sorted tokens, with drops,
         ops::gather_rows(x.gpu, Tensor::from_vector(index, {rows}, DType::i32, gpu()), gathered);
         REQUIRE(scattered.gpu.to_vector<float>() == gathered.to_vector<float>());
         require_match(scattered, bf16_tol(), "scattered rows");
+        if (dt != DType::bf16) continue;
+        // The unweighted combine backward moves rows the same way, with the slot weights per row.
+        Mirror weights = random_mirror({tokens, k}, DType::f32, seed + 2, 0.0, 1.0);
+        Mirror dy = poisoned_pair({rows, dim}, DType::bf16), row_w = poisoned_pair({rows}, DType::f32);
+        ops::moe_combine_backward_unweighted(slot_pos.cpu, weights.cpu, x.cpu, dy.cpu, row_w.cpu);
+        ops::moe_combine_backward_unweighted(slot_pos.gpu, weights.gpu, x.gpu, dy.gpu, row_w.gpu);
+        REQUIRE(dy.gpu.to_vector<float>() == gathered.to_vector<float>());
+        require_match(row_w, accum_tol(), "unweighted combine row weights");
       }
     }
   }
