@@ -1,5 +1,5 @@
-// Local dispatcher over the permutation ops: sort by expert and move the rows (one op), gather
-// them again for a redispatch, sum them back per token, and the weighted combine.
+// Local dispatcher over the permutation ops: sort by expert and move the rows (one op), move them
+// again for a redispatch (moe_scatter_rows), sum them back per token, and the weighted combine.
 #include "parallel/local_dispatcher.h"
 
 #include <algorithm>
@@ -41,7 +41,7 @@ Tensor LocalDispatcher::redispatch(const DispatchSaved& saved, const Tensor& x) 
   const int64_t rows = rows_of(saved);
   Tensor x_sorted = Tensor::empty({rows, x.size(1)}, x.dtype(), x.device());
   // Each token's row is read once and written to its slots' rows (a gather by sorted_tokens would
-  // read it k times). An empty scatter is skipped: the ops' checks read a zero-row tensor as having no columns.
+  // read it k times). With no rows there is nothing to write (and no slot may name a row).
   if (rows > 0) ops::moe_scatter_rows(x, saved.slot_pos, x_sorted);
   return x_sorted;
 }

@@ -13,9 +13,8 @@ namespace moe::cpu {
 
 namespace {
 
-void check_slot_row(int32_t row, int64_t slot, int64_t num_rows) {
-  MOE_CHECK(row >= -1 && row < num_rows, "moe_combine: slot ", slot, " points at row ", row, ", outside [0,", num_rows,
-            ")");
+void check_slot_row(int32_t row, int64_t slot, int64_t num_rows, const char* op = "moe_combine") {
+  MOE_CHECK(row >= -1 && row < num_rows, op, ": slot ", slot, " points at row ", row, ", outside [0,", num_rows, ")");
 }
 
 }  // namespace
@@ -114,7 +113,7 @@ void moe_scatter_rows(const T* x, const int32_t* slot_pos, T* x_sorted, int64_t 
   std::fill(x_sorted, x_sorted + num_rows * dim, T(0));
   for (int64_t n = 0; n < num_tokens * k; ++n) {
     const int32_t row = slot_pos[n];
-    check_slot_row(row, n, num_rows);
+    check_slot_row(row, n, num_rows, "moe_scatter_rows");
     if (row >= 0) std::copy(x + (n / k) * dim, x + (n / k + 1) * dim, x_sorted + static_cast<int64_t>(row) * dim);
   }
 }

@@ -296,8 +296,8 @@ void scatter_token_rows(const int32_t* slot_pos, const float* weights, const voi
 
 namespace {
 
-// The rows the placement moves, x[tokens, row_bytes] -> x_sorted[num_rows, row_bytes]; none when
-// x is null.
+// The rows the sort moves after its placement, x[tokens, row_bytes] -> x_sorted[num_rows, row_bytes];
+// none when x is null.
 struct RowMove {
   const void* x = nullptr;
   int64_t row_bytes = 0;
@@ -420,7 +420,6 @@ void moe_combine_backward(const bf16* y_sorted, const int32_t* slot_pos, const f
   const int64_t row_bytes = dim * static_cast<int64_t>(sizeof(bf16));
   if (dim > 0) zero_unused_rows(dy_sorted, nullptr, used.as<uint8_t>(), num_rows, row_bytes, stream);
 }
-
 
 void moe_combine_backward_unweighted(const int32_t* slot_pos, const float* weights, const bf16* dout, bf16* dy_sorted,
                                      float* row_weights, int64_t tokens, int64_t k, int64_t dim, int64_t num_rows,

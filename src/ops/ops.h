@@ -256,7 +256,7 @@ std::vector<int64_t> moe_sort_by_expert(const Tensor& ids, int64_t num_experts, 
 // routers produce ids in range by construction; the host-count form above checks them).
 void moe_sort_by_expert(const Tensor& ids, int64_t num_experts, Tensor& sorted_tokens, Tensor& slot_pos,
                         Tensor& offsets);
-// The dispatch's permutation in one pass: the no-wait sort above, and x_sorted[r] = x[sorted_tokens[r]]
+// The dispatch's permutation: the no-wait sort above, then x_sorted[r] = x[sorted_tokens[r]]
 // for r < N (a zero row where sorted_tokens is -1: rows [offsets[E], N) are zero), bit for bit the
 // sort followed by gather_rows(x, sorted_tokens.rows(0, N), x_sorted). x[T,d] (any dtype gather_rows
 // takes), x_sorted[N,d] with N <= T*k (rows routed past N are not kept); ids checked as above.
@@ -286,9 +286,10 @@ void moe_combine_backward(const Tensor& y_sorted, const Tensor& slot_pos, const 
 // The weights' gradient then comes from the rows (activation_backward_weighted, moe_gather_slots).
 void moe_combine_backward_unweighted(const Tensor& slot_pos, const Tensor& weights, const Tensor& dout,
                                      Tensor& dy_sorted, Tensor& row_weights);
-// The dispatch's row move again from its saved sort: x_sorted[N,d] row slot_pos[t*k+s] = x[t] for
-// every slot with a row (k = slot_pos.numel() / T), each row of x read once; rows no slot uses are
-// zero (written). What gather_rows(x, sorted_tokens) gives, without reading each row k times.
+// x[T,d] (any dtype), slot_pos i32[T*k] -> x_sorted[N,d] (written): row slot_pos[t*k+s] = x[t] for
+// every slot with a row, each row of x read once; rows no slot uses are zero. Slot rows must lie in
+// [-1, N) (the CPU throws naming the slot; the GPU skips rows past N). The dispatch's row move again
+// from its saved sort: what gather_rows(x, sorted_tokens.rows(0, N)) gives, without k reads a row.
 void moe_scatter_rows(const Tensor& x, const Tensor& slot_pos, Tensor& x_sorted);
 // row_values[N] (accum) -> slot_values[T,k] (accum, written): slot n gets row_values[slot_pos[n]],
 // 0 where slot_pos[n] = -1.
