@@ -20,7 +20,8 @@ int64_t rows_of(const DispatchSaved& saved) {
 
 // The per-expert split stays on the device (offsets): every slot that may be routed gets a row
 // (saved.max_rows bounds them), the unused ones zero padding past offsets[E], so nothing waits
-// for the counts. The sort then moves the rows by token (each row read once; redispatch does it again).
+// for the counts. The sort moves the rows as it places them (one pass; redispatch scatters them
+// again from the saved slot rows, each row read once).
 Tensor LocalDispatcher::dispatch(const Tensor& x, const Tensor& ids, DispatchSaved& saved) const {
   MOE_CHECK(x.ndim() == 2, "local dispatcher: dispatch of ", shape_str(x.shape()), ", not [T,d]");
   const int64_t slots = ids.numel();

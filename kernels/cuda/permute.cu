@@ -1,7 +1,8 @@
 // Expert sort by counting: per-chunk histograms, one scan block turning them into per-chunk
-// offsets, then a stable in-order placement (warp match + rank); the rows then move by token, each
-// token's row read once and written to its slots' rows (the dispatch, its redispatch in backward,
-// and the unweighted combine backward); combine forward/backward.
+// offsets, then a stable in-order placement (warp match + rank) that can move the rows too (the
+// dispatch's permutation and gather in one pass); the rows moved again by token from the saved slot
+// rows (the backward's redispatch, the unweighted combine backward: each row read once, written to
+// its k rows); combine forward/backward.
 // Dropped slots (id -1) are skipped everywhere; rows no slot wrote are zeroed by a second pass over
 // per-row "used" flags, so any slot_pos layout (prefix or padded) works.
 #include "kernels/cuda/permute.h"
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/device_info.h"
 #include "kernels/cuda/runtime.h"
 
 namespace moe::cuda {
@@ -22,7 +24,8 @@ using bf16 = __nv_bfloat16;
 constexpr int k_chunk = 256;  // slots per chunk (one count block, one place block): hundreds of blocks at MoE sizes
 constexpr int k_count_threads = 256;
 constexpr int k_scan_threads = 1024;
-constexpr int k_place_threads = 256;  // warp 0 places the chunk, all warps write its slot rows
+constexpr int k_place_threads = 256;  // warp 0 places the chunk, all warps move its rows
+constexpr int64_t k_max_splits = 8;   // place blocks per chunk at most (each redoes the placement)
 // Shared memory per place block: a cursor per expert (dynamic) and the chunk's rows (static).
 constexpr int64_t k_max_experts = (48 * 1024 - k_chunk * static_cast<int64_t>(sizeof(int32_t))) / 4;
 
@@ -87,14 +90,37 @@ __global__ void scan_kernel(int32_t* chunk_counts, int64_t chunks, int num_exper
   }
 }
 
-// A block of k_place_threads threads per chunk. It stages its chunk's ids in shared memory and warp 0
-// walks them in order 32 at a time: a slot's row is its chunk's cursor for its expert plus the
-// number of lower lanes with the same expert (stable: by expert, then token, then slot). After a
-// barrier the block writes slot_pos and sorted_tokens. (The rows move after it, by token:
-// scatter_token_rows_kernel.)
+// A warp copies one row of `words` W-words: four loads in flight per lane before their stores
+// (the row of MoE-small, 768 bf16 = 96 16-byte words, is one round of three).
+template <typename W>
+__device__ __forceinline__ void copy_row(const W* __restrict__ src, W* __restrict__ dst, int64_t words, int lane) {
+  constexpr int k_batch = 4;
+  for (int64_t base = lane; base < words; base += k_batch * k_warp) {
+    W v[k_batch];
+#pragma unroll
+    for (int j = 0; j < k_batch; ++j) {
+      if (base + j * k_warp < words) v[j] = src[base + j * k_warp];
+    }
+#pragma unroll
+    for (int j = 0; j < k_batch; ++j) {
+      if (base + j * k_warp < words) dst[base + j * k_warp] = v[j];
+    }
+  }
+}
+
+// Blocks (chunk blockIdx.x, split blockIdx.y) of k_place_threads threads. Each stages its chunk's
+// ids in shared memory and warp 0 walks them in order 32 at a time: a slot's row is its chunk's
+// cursor for its expert plus the number of lower lanes with the same expert (stable: by expert,
+// then token, then slot). After a barrier split 0 writes slot_pos and sorted_tokens and, when there
+// are rows to move (x != nullptr), the chunk's gridDim.y splits share its rows, a row per warp in
+// W-wide words (x[token] to x_sorted[row]), and the padding rows [offsets[E], num_rows) chunk b
+// zeroes (what a gather of token -1 gives). Splits redo the cheap placement to add copying warps
+// where there are few chunks (top-1, small batches) without changing the chunk size.
+template <typename W>
 __global__ void __launch_bounds__(k_place_threads)
     place_kernel(const int32_t* ids, int64_t num_slots, int k, int num_experts, const int32_t* chunk_offsets,
-                 int32_t* sorted_tokens, int32_t* slot_pos) {
+                 const int32_t* offsets, int32_t* sorted_tokens, int32_t* slot_pos, const W* __restrict__ x,
+                 int64_t words, W* __restrict__ x_sorted, int64_t num_rows) {
   extern __shared__ int32_t cursor[];  // [E]: the next row of each expert in this chunk
   __shared__ int32_t row_of[k_chunk];  // the chunk's expert ids, then each slot's row (-1: none)
   const int64_t begin = static_cast<int64_t>(blockIdx.x) * k_chunk;
@@ -125,10 +151,31 @@ __global__ void __launch_bounds__(k_place_threads)
     }
   }
   __syncthreads();  // row_of, written by warp 0, is read by every warp below
-  for (int i = threadIdx.x; i < len; i += blockDim.x) {
-    const int32_t row = row_of[i];
-    slot_pos[begin + i] = row;
-    if (row >= 0) sorted_tokens[row] = static_cast<int32_t>((begin + i) / k);
+  if (blockIdx.y == 0) {
+    for (int i = threadIdx.x; i < len; i += blockDim.x) {
+      const int32_t row = row_of[i];
+      slot_pos[begin + i] = row;
+      if (row >= 0) sorted_tokens[row] = static_cast<int32_t>((begin + i) / k);
+    }
+  }
+  if (x == nullptr) return;
+  const int lane = threadIdx.x % k_warp;
+  // This block's warps among the chunk's gridDim.y * (blockDim.x / 32) copying warps.
+  const int warp = static_cast<int>(blockIdx.y * blockDim.x + threadIdx.x) / k_warp;
+  const int num_warps = static_cast<int>(gridDim.y * blockDim.x) / k_warp;
+  for (int i = warp; i < len; i += num_warps) {
+    const int64_t row = row_of[i];
+    if (row < 0 || row >= num_rows) continue;  // warp-uniform; rows past num_rows are not kept
+    copy_row(x + (begin + i) / k * words, x_sorted + row * words, words, lane);
+  }
+  // Chunk b zeroes padding rows [used + b*k_chunk, used + (b+1)*k_chunk): there are at most
+  // num_slots - used of them, so the chunks cover them all.
+  const W zero{};
+  const int64_t pad_begin = offsets[num_experts] + begin;
+  const int64_t pad_end = pad_begin + k_chunk < num_rows ? pad_begin + k_chunk : num_rows;
+  for (int64_t row = pad_begin + warp; row < pad_end; row += num_warps) {
+#pragma unroll 4
+    for (int64_t w = lane; w < words; w += k_warp) x_sorted[row * words + w] = zero;
   }
 }
 
@@ -272,32 +319,12 @@ void zero_unused_rows(void* rows, float* row_values, const uint8_t* used, int64_
   CUDA_CHECK_LAUNCH();
 }
 
-// The scatter of token rows (scatter_token_rows_kernel) then the zeroing of the rows it did not write.
-void scatter_token_rows(const int32_t* slot_pos, const float* weights, const void* src, void* dst, float* row_weights,
-                        int64_t tokens, int64_t k, int64_t row_bytes, int64_t num_rows, cudaStream_t stream) {
-  if (num_rows == 0) return;
-  Scratch used(static_cast<size_t>(num_rows), stream);
-  CUDA_CHECK(cudaMemsetAsync(used.as<uint8_t>(), 0, static_cast<size_t>(num_rows), stream));
-  if (tokens > 0) {
-    constexpr int warps = 8;
-    const auto blocks = static_cast<unsigned>(ceil_div(tokens, warps));
-    with_row_word(row_bytes, src, dst, [&](auto word) {
-      using W = decltype(word);
-      scatter_token_rows_kernel<W><<<blocks, warps * k_warp, 0, stream>>>(
-          slot_pos, weights, static_cast<const W*>(src), static_cast<W*>(dst), row_weights, used.as<uint8_t>(),
-          tokens, static_cast<int>(k), row_bytes / static_cast<int64_t>(sizeof(W)), num_rows);
-    });
-    CUDA_CHECK_LAUNCH();
-  }
-  zero_unused_rows(dst, row_weights, used.as<uint8_t>(), num_rows, row_bytes, stream);
-}
-
 }  // namespace
 
 namespace {
 
-// The rows the sort moves after its placement, x[tokens, row_bytes] -> x_sorted[num_rows, row_bytes];
-// none when x is null.
+// The rows the placement moves, x[tokens, row_bytes] -> x_sorted[num_rows, row_bytes]; none when
+// x is null.
 struct RowMove {
   const void* x = nullptr;
   int64_t row_bytes = 0;
@@ -331,14 +358,23 @@ void launch_sort(const int32_t* ids, int64_t tokens, int64_t k, int64_t num_expe
   scan_kernel<<<1, k_scan_threads, smem, stream>>>(chunk_counts, chunks, E, offsets);
   CUDA_CHECK_LAUNCH();
   if (num_slots == 0) return;  // and so num_rows == 0
-  place_kernel<<<static_cast<unsigned>(chunks), k_place_threads, smem, stream>>>(ids, num_slots, static_cast<int>(k),
-                                                                                 E, chunk_counts, sorted_tokens,
-                                                                                 slot_pos);
-  CUDA_CHECK_LAUNCH();
-  if (move.x != nullptr && move.num_rows > 0 && move.row_bytes > 0) {
-    scatter_token_rows(slot_pos, nullptr, move.x, move.x_sorted, nullptr, tokens, k, move.row_bytes, move.num_rows,
-                       stream);
+  const int ki = static_cast<int>(k);
+  if (move.x == nullptr || move.num_rows == 0 || move.row_bytes == 0) {
+    place_kernel<uint4><<<static_cast<unsigned>(chunks), k_place_threads, smem, stream>>>(
+        ids, num_slots, ki, E, chunk_counts, offsets, sorted_tokens, slot_pos, nullptr, 0, nullptr, 0);
+  } else {
+    // Enough blocks to fill every multiprocessor (8 blocks of 256 threads each) when chunks are few.
+    const int64_t want = static_cast<int64_t>(multiprocessor_count()) * (2048 / k_place_threads);
+    const int64_t splits = std::clamp<int64_t>(ceil_div(want, chunks), 1, k_max_splits);
+    const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(splits));
+    with_row_word(move.row_bytes, move.x, move.x_sorted, [&](auto word) {
+      using W = decltype(word);
+      place_kernel<W><<<grid, k_place_threads, smem, stream>>>(
+          ids, num_slots, ki, E, chunk_counts, offsets, sorted_tokens, slot_pos, static_cast<const W*>(move.x),
+          move.row_bytes / static_cast<int64_t>(sizeof(W)), static_cast<W*>(move.x_sorted), move.num_rows);
+    });
   }
+  CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
@@ -420,6 +456,30 @@ void moe_combine_backward(const bf16* y_sorted, const int32_t* slot_pos, const f
   const int64_t row_bytes = dim * static_cast<int64_t>(sizeof(bf16));
   if (dim > 0) zero_unused_rows(dy_sorted, nullptr, used.as<uint8_t>(), num_rows, row_bytes, stream);
 }
+
+namespace {
+
+// The scatter of token rows (scatter_token_rows_kernel) then the zeroing of the rows it did not write.
+void scatter_token_rows(const int32_t* slot_pos, const float* weights, const void* src, void* dst, float* row_weights,
+                        int64_t tokens, int64_t k, int64_t row_bytes, int64_t num_rows, cudaStream_t stream) {
+  if (num_rows == 0) return;
+  Scratch used(static_cast<size_t>(num_rows), stream);
+  CUDA_CHECK(cudaMemsetAsync(used.as<uint8_t>(), 0, static_cast<size_t>(num_rows), stream));
+  if (tokens > 0) {
+    constexpr int warps = 8;
+    const auto blocks = static_cast<unsigned>(ceil_div(tokens, warps));
+    with_row_word(row_bytes, src, dst, [&](auto word) {
+      using W = decltype(word);
+      scatter_token_rows_kernel<W><<<blocks, warps * k_warp, 0, stream>>>(
+          slot_pos, weights, static_cast<const W*>(src), static_cast<W*>(dst), row_weights, used.as<uint8_t>(),
+          tokens, static_cast<int>(k), row_bytes / static_cast<int64_t>(sizeof(W)), num_rows);
+    });
+    CUDA_CHECK_LAUNCH();
+  }
+  zero_unused_rows(dst, row_weights, used.as<uint8_t>(), num_rows, row_bytes, stream);
+}
+
+}  // namespace
 
 void moe_combine_backward_unweighted(const int32_t* slot_pos, const float* weights, const bf16* dout, bf16* dy_sorted,
                                      float* row_weights, int64_t tokens, int64_t k, int64_t dim, int64_t num_rows,

@@ -22,8 +22,8 @@ void moe_sort_by_expert(const int32_t* ids, int64_t tokens, int64_t k, int64_t n
 // reported: the routers that feed this variant produce ids in range by construction).
 void moe_sort_by_expert(const int32_t* ids, int64_t tokens, int64_t k, int64_t num_experts, int32_t* sorted_tokens,
                         int32_t* slot_pos, int32_t* offsets, cudaStream_t stream);
-// The no-wait sort with the rows moved after it (a warp per token writes its row to its slots' rows,
-// reading it once): also x_sorted[r,:] = x[sorted_tokens[r],:] for r < num_rows, and rows
+// The no-wait sort with the rows moved in the same pass (one block per chunk of slots places them
+// and copies their rows): also x_sorted[r,:] = x[sorted_tokens[r],:] for r < num_rows, and rows
 // [offsets[E], num_rows) zero, as a gather of token -1 gives. x[tokens, row_bytes] and
 // x_sorted[num_rows, row_bytes] hold any element type (rows are copied as bytes), num_rows <= tokens*k.
 void moe_permute_rows(const int32_t* ids, int64_t tokens, int64_t k, int64_t num_experts, const void* x,

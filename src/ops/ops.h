@@ -256,7 +256,7 @@ std::vector<int64_t> moe_sort_by_expert(const Tensor& ids, int64_t num_experts, 
 // routers produce ids in range by construction; the host-count form above checks them).
 void moe_sort_by_expert(const Tensor& ids, int64_t num_experts, Tensor& sorted_tokens, Tensor& slot_pos,
                         Tensor& offsets);
-// The dispatch's permutation: the no-wait sort above, then x_sorted[r] = x[sorted_tokens[r]]
+// The dispatch's permutation in one pass: the no-wait sort above, and x_sorted[r] = x[sorted_tokens[r]]
 // for r < N (a zero row where sorted_tokens is -1: rows [offsets[E], N) are zero), bit for bit the
 // sort followed by gather_rows(x, sorted_tokens.rows(0, N), x_sorted). x[T,d] (any dtype gather_rows
 // takes), x_sorted[N,d] with N <= T*k (rows routed past N are not kept); ids checked as above.

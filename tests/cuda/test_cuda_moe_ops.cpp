@@ -292,11 +292,11 @@ TEST_CASE("cuda moe_permute_rows matches the CPU sort and gather exactly: skewed
   }
 }
 
-TEST_CASE("cuda moe_permute_rows at MoE-small's shape, at many chunks, on a misaligned row view",
+TEST_CASE("cuda moe_permute_rows at MoE-small's shape, past one block per chunk, on a misaligned row view",
           "[cuda][permute]") {
   const int64_t tokens = 16384, k = 6, experts = 64;
   check_permute_rows(ids_with_drops(tokens * k, experts, 42), tokens, k, experts, 768, tokens * k, DType::bf16, 43);
-  // 360,000 slots make 1407 chunks: more place blocks than the GPU holds at once.
+  // 360,000 slots make 1407 chunks: more than 8 blocks per multiprocessor, so one block per chunk.
   check_permute_rows(ids_with_drops(60000 * k, experts, 46), 60000, k, experts, 64, 60000 * k, DType::bf16, 47);
   // Rows of x starting 2 bytes past a 16-byte boundary take the narrow copy words.
   Mirror ids = mirror_ids(random_int_values(19 * 2, 4, 44), {19, 2});
