@@ -41,9 +41,17 @@ Tensor LocalDispatcher::redispatch(const DispatchSaved& saved, const Tensor& x) 
             " rows, dispatch had ", saved.num_tokens, " tokens");
   const int64_t rows = rows_of(saved);
   Tensor x_sorted = Tensor::empty({rows, x.size(1)}, x.dtype(), x.device());
-  // Each token's row is read once and written to its slots' rows (a gather by sorted_tokens would
-  // read it k times). With no rows there is nothing to write (and no slot may name a row).
-  if (rows > 0) ops::moe_scatter_rows(x, saved.slot_pos, x_sorted);
+  // With no rows there is nothing to write (and no slot may name a row).
+  if (rows == 0) return x_sorted;
+  if (saved.slot_pos.numel() > saved.num_tokens) {
+    // k > 1: each token's row read once and written to its slots' rows, where a gather by
+    // sorted_tokens reads it k times (fine-grained layer on an H100: 0.100 against 0.120 ms).
+    ops::moe_scatter_rows(x, saved.slot_pos, x_sorted);
+  } else {
+    // k = 1: the gather reads each row once too, and needs no zeroing pass (Switch-like layer on an
+    // H100: 0.028 against 0.037 ms).
+    ops::gather_rows(x, saved.sorted_tokens.rows(0, rows), x_sorted);
+  }
   return x_sorted;
 }
 
