@@ -187,6 +187,23 @@ std::vector<int32_t> ids_with_drops(int64_t n, int64_t experts, uint64_t seed) {
   return ids;
 }
 
+// The CPU sort of ids_with_drops over `experts`: its sorted tokens, and its slot rows on both devices.
+struct SortedWithDrops {
+  Tensor sorted_tokens;  // CPU
+  Mirror slot_pos;
+  int64_t used = 0;  // rows that hold a slot
+};
+
+SortedWithDrops sort_with_drops(int64_t tokens, int64_t k, int64_t experts, uint64_t seed) {
+  Mirror ids = mirror_ids(ids_with_drops(tokens * k, experts, seed), {tokens, k});
+  SortedWithDrops r;
+  r.sorted_tokens = poisoned_on({tokens * k}, DType::i32, Device::cpu());
+  Tensor slot_cpu = poisoned_on({tokens * k}, DType::i32, Device::cpu());
+  for (int64_t c : ops::moe_sort_by_expert(ids.cpu, experts, r.sorted_tokens, slot_cpu)) r.used += c;
+  r.slot_pos = Mirror{slot_cpu, slot_cpu.to(gpu())};
+  return r;
+}
+
 TEST_CASE("cuda moe_sort_by_expert with dropped slots matches the CPU exactly", "[cuda][permute]") {
   for (int64_t experts : {1, 4, 64, 300}) {
     for (int64_t k : {1, 2, 6}) {
@@ -391,15 +408,11 @@ TEST_CASE("cuda moe_combine with dropped slots matches the CPU, spare rows zero"
         for (int64_t spare : {0, 3}) {
           INFO("dim " << dim << " k " << k << " tokens " << tokens << " spare rows " << spare);
           const uint64_t seed = seed_of(38, {dim, k, tokens, spare});
-          const int64_t experts = 8;
-          Mirror ids = mirror_ids(ids_with_drops(tokens * k, experts, seed), {tokens, k});
-          Tensor sorted = poisoned_on({tokens * k}, DType::i32, Device::cpu());
-          Tensor slot_cpu = poisoned_on({tokens * k}, DType::i32, Device::cpu());
-          int64_t used = 0;
-          for (int64_t c : ops::moe_sort_by_expert(ids.cpu, experts, sorted, slot_cpu)) used += c;
+          const SortedWithDrops sorted = sort_with_drops(tokens, k, 8, seed);
+          const int64_t used = sorted.used;
+          const Mirror& slot_pos = sorted.slot_pos;
           // Fewer rows than slots when any slot is dropped (at least one row to allocate).
           const int64_t rows = std::max<int64_t>(used + spare, 1);
-          Mirror slot_pos{slot_cpu, slot_cpu.to(gpu())};
           Mirror y = random_mirror({rows, dim}, DType::bf16, seed + 1);
           Mirror weights = random_mirror({tokens, k}, DType::f32, seed + 2, 0.0, 1.0);
           Mirror out = poisoned_pair({tokens, dim}, DType::bf16);
@@ -443,20 +456,15 @@ TEST_CASE("cuda moe_scatter_rows equals the gather by sorted tokens, with drops,
       for (int64_t tokens : {1, 19, 989}) {
         INFO("dim " << dim << " " << dtype_name(dt) << " k " << k << " tokens " << tokens);
         const uint64_t seed = seed_of(39, {dim, k, tokens});
-        const int64_t experts = 8;
-        Mirror ids = mirror_ids(ids_with_drops(tokens * k, experts, seed), {tokens, k});
-        Tensor sorted_cpu = poisoned_on({tokens * k}, DType::i32, Device::cpu());
-        Tensor slot_cpu = poisoned_on({tokens * k}, DType::i32, Device::cpu());
-        int64_t used = 0;
-        for (int64_t c : ops::moe_sort_by_expert(ids.cpu, experts, sorted_cpu, slot_cpu)) used += c;
-        const int64_t rows = used + 3;  // three spare rows: zero, as the gather of token -1 gives
-        Mirror slot_pos{slot_cpu, slot_cpu.to(gpu())};
+        const SortedWithDrops sorted = sort_with_drops(tokens, k, 8, seed);
+        const Mirror& slot_pos = sorted.slot_pos;
+        const int64_t rows = sorted.used + 3;  // three spare rows: zero, as the gather of token -1 gives
         Mirror x = random_mirror({tokens, dim}, dt, seed + 1);
         Mirror scattered = poisoned_pair({rows, dim}, dt);
         ops::moe_scatter_rows(x.cpu, slot_pos.cpu, scattered.cpu);
         ops::moe_scatter_rows(x.gpu, slot_pos.gpu, scattered.gpu);
         // The gather's index: sorted_tokens, then -1 (zeros) for the spare rows.
-        std::vector<int32_t> index = sorted_cpu.to_vector<int32_t>();
+        std::vector<int32_t> index = sorted.sorted_tokens.to_vector<int32_t>();
         index.resize(static_cast<size_t>(rows), -1);
         Tensor gathered = poisoned_on({rows, dim}, dt, gpu());
         ops::gather_rows(x.gpu, Tensor::from_vector(index, {rows}, DType::i32, gpu()), gathered);
