@@ -15,7 +15,8 @@
 #                                                    alternately, three times each), nolog_kernels (nolog once per
 #                                                    kernel of GROUPED_KERNELS), layer (moe bench layer at the
 #                                                    standard shapes), moe64, moeloop, ops, layer_anchor
-#                                                    (PyTorch MoE layer anchor), moe_anchor (PyTorch MoE-small
+#                                                    (PyTorch MoE layer anchor), profile (profile_layer.sh: Nsight
+#                                                    Compute counters), moe_anchor (PyTorch MoE-small
 #                                                    anchor), and ab: MoE-small with another source tree
 #                                                    (AB_DIR, default .ab) built beside this one and run in
 #                                                    turn (ab_trees.sh, no layers)
@@ -154,6 +155,9 @@ fi
 if has moe_anchor; then  # MoE-small training: torchtitan-style eager and compile, transformers' Qwen2-MoE
   python3 experiments/perf/anchors/moe_small_anchor.py --warmup 3 --steps 10 ${ANCHOR_ARGS:-} \
     2> "$out/anchor_moe_small.log" | tee "$out/anchor_moe_small.jsonl" || tail -20 "$out/anchor_moe_small.log"
+fi
+if has profile; then  # hardware counters of one layer step's MoE kernels (Nsight Compute), PROFILE_LAYERS or the default
+  LAYERS=${PROFILE_LAYERS:-} experiments/perf/profile_layer.sh "$out/profile"
 fi
 if has attention && [[ -x experiments/perf/run_attention.sh ]]; then
   experiments/perf/run_attention.sh "$out" 2>&1 | tail -20
