@@ -2,8 +2,8 @@
 # Where a layer's time goes, by hardware counters: Nsight Compute (ncu) over one forward + backward of
 # `moe bench layer` for each of LAYERS (default "switch fine_grained"), the MoE kernels only (the grouped
 # GEMMs, the row gathers and scatters, the activations), each kernel's speed-of-light, memory, warp-state
-# and occupancy sections as CSV in OUT/ncu_<layer>.csv, and a short table (duration, DRAM and SM
-# throughput, the top warp stall) printed last. ncu replays each kernel, so its durations are not the
+# and occupancy sections as CSV in OUT/ncu_<layer>.csv, and a short table (duration, DRAM, SM and
+# memory throughput, achieved occupancy, warp cycles per issued instruction) printed last. ncu replays each kernel, so its durations are not the
 # bench's; read them against each other. --clock-control none leaves the GPU's clocks as they are.
 # Usage (repo root on the GPU host, build/moe built, .devdeps carried): experiments/perf/profile_layer.sh OUT
 set -uo pipefail
@@ -26,7 +26,7 @@ python3 - "$out" ${LAYERS:-switch fine_grained} <<'EOF'
 import csv, sys, collections
 out = sys.argv[1]
 want = {"Duration": "dur", "DRAM Throughput": "dram%", "Compute (SM) Throughput": "sm%", "Memory Throughput": "mem%",
-        "Achieved Occupancy": "occ%"}
+        "Achieved Occupancy": "occ%", "Warp Cycles Per Issued Instruction": "cycles/issue"}
 for layer in sys.argv[2:]:
     try:
         rows = list(csv.DictReader(l for l in open(f"{out}/ncu_{layer}.csv") if l.startswith('"')))
@@ -34,13 +34,11 @@ for layer in sys.argv[2:]:
         continue
     kernels = collections.OrderedDict()
     for r in rows:
-        key = (r["ID"], r["Kernel Name"][:48])
+        key = (r.get("ID", "?"), r.get("Kernel Name", "?")[:48])
         k = kernels.setdefault(key, {})
-        name = r["Metric Name"]
+        name = r.get("Metric Name", "")
         if name in want:
-            k[want[name]] = f'{r["Metric Value"]} {r["Metric Unit"]}'.strip()
-        if name.startswith("Stall") or "Warp Cycles Per Issued Instruction" in name:
-            k.setdefault("stalls", []).append((name, r["Metric Value"]))
+            k[want[name]] = f'{r.get("Metric Value", "")} {r.get("Metric Unit", "")}'.strip()
     print(f"== {layer}")
     for (kid, name), k in kernels.items():
         print(f"{kid:>4} {name:48s} " + "  ".join(f"{m}={k.get(m, '-')}" for m in want.values()))
