@@ -21,7 +21,8 @@
 # about 10% of the multiply work (2% at top-6). The branch encloses the whole k-loop: ptxas reports
 # no C7519/C7520, no spills, registers as before. Candidates go into the kernel only if they
 # measure faster, and after the cuda_grouped_gemm tests pass with them.
-# Usage: experiments/perf/probes/make_trees.sh [PATCH...]
+# WITH_TESTS=1 adds tests/ (about 3 MB more a tree), for a candidate whose tests run in its tree.
+# Usage: [WITH_TESTS=1] experiments/perf/probes/make_trees.sh [PATCH...]
 set -euo pipefail
 here=$(dirname "$0")
 patches=("$@")
@@ -30,7 +31,7 @@ for p in "${patches[@]}"; do
   [[ -f $p ]] || { echo "make_trees.sh: no patch $p" >&2; exit 2; }
   name=$(basename "$p" .patch)
   rm -rf ".ab/$name" && mkdir -p ".ab/$name"
-  git archive HEAD CMakeLists.txt src routing experts kernels parallel | tar x -C ".ab/$name"
+  git archive HEAD CMakeLists.txt src routing experts kernels parallel ${WITH_TESTS:+tests} | tar x -C ".ab/$name"
   git apply --directory=".ab/$name" "$p" || { echo "make_trees.sh: $p does not apply to HEAD" >&2; exit 1; }
   echo ".ab/$name"
 done
