@@ -65,81 +65,32 @@ bool fits(int64_t num_experts) {
   return smem_bytes<T>(num_experts) <= k_max_smem && (!T::sorted_experts || num_experts <= k_max_sorted_experts);
 }
 
-// A launch of T's kernel: its grid, its shared memory and, for pairs, clusters of two blocks.
+// map_out: the output the bulk stores write (the forward's y); unused by the weight gradients,
+// which write dw themselves.
+// `tiles`: the most output tiles the launch may have.
 template <class T>
-cudaLaunchConfig_t launch_config(int64_t blocks, int64_t smem, cudaStream_t stream, cudaLaunchAttribute& cluster) {
-  cudaLaunchConfig_t config{};
-  config.gridDim = dim3(static_cast<unsigned>(blocks));
-  config.blockDim = dim3(k_threads);
-  config.dynamicSmemBytes = static_cast<size_t>(smem);
-  config.stream = stream;
-  cluster.id = cudaLaunchAttributeClusterDimension;
-  cluster.val.clusterDim.x = static_cast<unsigned>(T::cluster);
-  cluster.val.clusterDim.y = 1;
-  cluster.val.clusterDim.z = 1;
-  config.attrs = &cluster;
-  config.numAttrs = T::pairs ? 1 : 0;
-  return config;
-}
-
-// Raises T's kernel's shared-memory limit, once per device.
-template <class T>
-void configure_kernel() {
+void launch(const CUtensorMap& a, const CUtensorMap& b, const CUtensorMap& out, const Args& args, int64_t tiles,
+            cudaStream_t stream) {
   static uint64_t configured_devices = 0;
   if (first_use_on_current_device(configured_devices)) {
     CUDA_CHECK(cudaFuncSetAttribute(grouped_gemm_sm90_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     k_max_smem));
   }
-}
-
-// The most blocks of a persistent T that run at once on the current device: one per multiprocessor,
-// or for pairs two per cluster that fits at once (a pair's blocks share a GPC, so multiprocessors
-// left over in a GPC stay idle), cached per device (from the first launch's shared memory: the
-// weight gradient's varies only by 4 bytes an expert, one block a multiprocessor either way). Zero
-// when no cluster fits.
-template <class T>
-int64_t resident_blocks(int64_t smem) {
-  if constexpr (!T::pairs) {
-    return multiprocessor_count();
-  } else {
-    static int clusters[64] = {};
-    static uint64_t counted_devices = 0;
-    const int device = current_device();
-    if (first_use_on_current_device(counted_devices)) {
-      configure_kernel<T>();
-      cudaLaunchAttribute cluster{};
-      cudaLaunchConfig_t config = launch_config<T>(2 * multiprocessor_count(), smem, nullptr, cluster);
-      CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters[device], grouped_gemm_sm90_kernel<T>, &config));
-    }
-    return static_cast<int64_t>(clusters[device]) * T::cluster;
-  }
-}
-
-// map_out: the output the bulk stores write (the forward's y); unused by the weight gradients,
-// which write dw themselves.
-// `tiles`: the most output tiles the launch may have (of 256 rows of dw for pairs).
-template <class T>
-void launch(const CUtensorMap& a, const CUtensorMap& b, const CUtensorMap& out, const Args& args, int64_t tiles,
-            cudaStream_t stream) {
-  configure_kernel<T>();
   const int64_t smem = smem_bytes<T>(args.shape.num_experts);
   MOE_CHECK(smem <= k_max_smem, "grouped gemm on CUDA: ", args.shape.num_experts,
             " experts overflow the Hopper kernel's shared memory");
-  // A block per tile, or one per multiprocessor walking them (a pair per tile, two multiprocessors).
-  const int64_t resident = T::persistent ? resident_blocks<T>(smem) : tiles;
-  MOE_CHECK(tiles == 0 || resident > 0, "grouped gemm on CUDA: no cluster of the Hopper kernel fits the device");
-  const int64_t blocks = T::persistent ? std::min<int64_t>(tiles * T::cluster, resident) : tiles;
+  // A block per tile, or one per multiprocessor walking them.
+  const int64_t blocks = T::persistent ? std::min<int64_t>(tiles, multiprocessor_count()) : tiles;
   MOE_CHECK(tiles <= INT32_MAX, "grouped gemm on CUDA: ", tiles, " output tiles");
   if (blocks == 0) return;
-  cudaLaunchAttribute cluster{};
-  const cudaLaunchConfig_t config = launch_config<T>(blocks, smem, stream, cluster);
-  CUDA_CHECK(cudaLaunchKernelEx(&config, grouped_gemm_sm90_kernel<T>, a, b, out, args));
+  grouped_gemm_sm90_kernel<T><<<dim3(static_cast<unsigned>(blocks)), k_threads, static_cast<size_t>(smem), stream>>>(
+      a, b, out, args);
   CUDA_CHECK_LAUNCH();
 }
 
-// The weight gradient's tiles of width bn: (expert, row tile of dw[e] of `rows`, column tile).
-int64_t weight_grad_tile_count(const kernels::GroupedGemmShape& s, int bn, int64_t rows = k_bm) {
-  return s.num_experts * ceil_div(s.k, rows) * ceil_div(s.n, bn);
+// The weight gradient's tiles of width bn: (expert, row tile of dw[e], column tile).
+int64_t weight_grad_tile_count(const kernels::GroupedGemmShape& s, int bn) {
+  return s.num_experts * ceil_div(s.k, k_bm) * ceil_div(s.n, bn);
 }
 
 }  // namespace
@@ -161,11 +112,9 @@ int weight_grad_tile_width(const kernels::GroupedGemmShape& s, int64_t multiproc
 }
 
 // The persistent tiles sort their experts in shared memory; where the experts overflow it (or
-// number over k_max_sorted_experts), they give way to a block per tile. Wide tiles go in pairs
-// where dw's 128-row tiles come in an even number (no pair with an idle half).
+// number over k_max_sorted_experts), they give way to a block per tile.
 WeightGradKernel weight_grad_kernel(const kernels::GroupedGemmShape& s, bool persistent, int64_t multiprocessors) {
   const bool wide = persistent && weight_grad_tile_width(s, multiprocessors) == 256;
-  if (wide && fits<PairTile<256>>(s.num_experts) && ceil_div(s.k, k_bm) % 2 == 0) return WeightGradKernel::wide_pairs;
   if (wide && fits<PersistentTile<Mode::weight_grad, 256>>(s.num_experts)) return WeightGradKernel::wide;
   if (persistent && fits<PersistentTile<Mode::weight_grad, 128>>(s.num_experts)) return WeightGradKernel::narrow;
   return WeightGradKernel::block_per_tile;
@@ -245,11 +194,6 @@ void grouped_gemm_weight_grad_bf16(const __nv_bfloat16* x, const int32_t* offset
   const CUtensorMap map_x = tensor_map(x, s.k, s.rows, k_bk), map_dy = tensor_map(dy, s.n, s.rows, k_bk);
   // map_x fills the output map, which the weight gradient does not use: it writes dw itself.
   switch (weight_grad_kernel(s, persistent, multiprocessor_count())) {
-    case WeightGradKernel::wide_pairs:
-      if (resident_blocks<PairTile<256>>(smem_bytes<PairTile<256>>(s.num_experts)) > 0) {
-        return launch<PairTile<256>>(map_x, map_dy, map_x, args, weight_grad_tile_count(s, 256, 2 * k_bm), stream);
-      }
-      [[fallthrough]];  // no cluster of two fits this device: lone wide tiles
     case WeightGradKernel::wide:
       return launch<PersistentTile<Mode::weight_grad, 256>>(map_x, map_dy, map_x, args,
                                                             weight_grad_tile_count(s, 256), stream);

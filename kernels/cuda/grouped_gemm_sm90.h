@@ -31,17 +31,15 @@ int weight_grad_tile_width(const kernels::GroupedGemmShape& shape, int64_t multi
 
 // The weight-gradient kernel a shape runs (`persistent`: not wgmma_narrow) on a GPU of
 // `multiprocessors`: 256- or 128-wide tiles written from the registers (persistent, sorting at most
-// 512 experts in shared memory), the wide ones in pairs of blocks sharing their dy loads where dw's
-// 128-row tiles come in an even number, or a block per 128-wide tile.
-enum class WeightGradKernel { wide_pairs, wide, narrow, block_per_tile };
+// 512 experts in shared memory), or a block per 128-wide tile.
+enum class WeightGradKernel { wide, narrow, block_per_tile };
 WeightGradKernel weight_grad_kernel(const kernels::GroupedGemmShape& shape, bool persistent, int64_t multiprocessors);
 
 // offsets i32[E+1] (device), x[rows,k], dy[rows,n] -> dw[E,k,n] f32 += x_e^T @ dy_e
 // (accumulate false: dw[e] = x_e^T @ dy_e, zeros for an expert with no rows). persistent: a block
 // per multiprocessor walks 128 x 256 tiles (128 x 128 where n < 256 or weight_grad_tile_width says
-// so; clusters of two blocks on 256 x 256 tiles, sharing dy, where weight_grad_kernel says
-// wide_pairs) and writes dw from the MMA fragments (float2 stores, or reductions); else a block per
-// 128 x 128 tile with ordinary stores.
+// so) and writes dw from the MMA fragments (float2 stores, or reductions); else a block per 128 x 128
+// tile with ordinary stores.
 void grouped_gemm_weight_grad_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __nv_bfloat16* dy,
                                    float* dw, const kernels::GroupedGemmShape& shape, bool accumulate,
                                    bool persistent, cudaStream_t stream);

@@ -26,19 +26,13 @@ constexpr int k_consumer_threads = 256;  // warpgroups 0 and 1 multiply (64 rows
 constexpr int k_threads = k_consumer_threads + 32;  // warp 8 loads
 constexpr uint32_t k_consumer_barrier = 1;
 
-// A kernel's tile: its mode, its output width kBN, whether its blocks are persistent (one per
-// multiprocessor, walking many tiles) or have one tile each, and whether they work in pairs.
-// Pairs (kPairs, the persistent weight gradient only) are clusters of two blocks on the two halves
-// of a 256-row tile of dw[e]: each loads its own 128 rows of x and half of the shared dy slice, which
-// it multicasts to both, so a pair reads 64 KB a k-slice where two lone blocks read 96 KB.
-template <Mode kMode, int kBN, bool kPersistent, bool kPairs = false>
+// A kernel's tile: its mode, its output width kBN, and whether its blocks are persistent (one per
+// multiprocessor, walking many tiles) or have one tile each.
+template <Mode kMode, int kBN, bool kPersistent>
 struct Tile {
   static constexpr Mode mode = kMode;
   static constexpr int bn = kBN;
   static constexpr bool weight_grad = kMode == Mode::weight_grad;
-  static constexpr bool pairs = kPairs;
-  static constexpr int cluster = kPairs ? 2 : 1;  // blocks a tile of dw rows is shared by
-  static constexpr int b_boxes_per_block = kBN / k_box / cluster;  // the dy boxes each block of a pair loads
   static constexpr bool a_mn = weight_grad;
   static constexpr bool b_mn = kMode != Mode::forward_trans_w;
   static constexpr int a_bytes = k_bm * k_bk * 2;
@@ -69,7 +63,6 @@ struct Tile {
   static_assert(kBN % k_box == 0 && (kBN == 128 || kPersistent), "widths of 64s; wider than 128 only persistent");
   static_assert(persistent || out_bytes <= pipe_bytes, "the staged output fits the pipeline's shared memory");
   static_assert(fixed_smem_bytes <= 227 * 1024, "shared memory per block");
-  static_assert(!kPairs || (kPersistent && weight_grad), "pairs: the persistent weight gradient");
 };
 // The kernels built: the forward's 256- and 192-wide tiles persistent, its 128-wide ones a block
 // each; the weight gradient's persistent fragment-written 256-wide tiles (`wgmma`; 128-wide where
@@ -79,8 +72,6 @@ template <Mode kMode, int kBN>
 using PersistentTile = Tile<kMode, kBN, true>;
 template <Mode kMode>
 using NarrowTile = Tile<kMode, 128, false>;
-template <int kBN>
-using PairTile = Tile<Mode::weight_grad, kBN, true, true>;
 
 constexpr int k_max_smem = 227 * 1024;
 // Rows in 32-bit coordinates, with room for a tile's rounding (row + 127 must not overflow).
@@ -163,11 +154,10 @@ __device__ bool forward_work(const Args& args, const Schedule& sch, int64_t tile
 }
 
 // Weight-gradient tiles: expert-major (an expert's tiles run together and share its rows in L2),
-// then row tile of dw[e] (128 rows, or 256 for a pair), then column tile.
-template <class T>
+// then row tile of dw[e], then column tile.
+template <int kBN>
 __device__ __forceinline__ int64_t weight_grad_tiles(const kernels::GroupedGemmShape& s) {
-  constexpr int rows = k_bm * T::cluster;
-  return s.num_experts * ((s.k + rows - 1) / rows) * ((s.n + T::bn - 1) / T::bn);
+  return s.num_experts * ((s.k + k_bm - 1) / k_bm) * ((s.n + kBN - 1) / kBN);
 }
 
 // Expert e's rows [begin, end) of the reduction, its offsets clamped to [0, rows] and ordered.
@@ -195,41 +185,34 @@ __device__ void sort_experts_by_rows(const Args& args, int32_t* order, int32_t* 
   fence_proxy_async();  // rows_of's ordinary accesses before the bulk copies that refill it
 }
 
-// The i-th tile of block (or pair) b of g: a plain stride for the forward (its row tiles cost
-// alike), the snake for the sorted weight gradient.
+// The i-th tile of this block: a plain stride for the forward (its row tiles cost alike), the
+// snake for the sorted weight gradient.
 template <bool kSnake>
-__device__ __forceinline__ int64_t block_tile(int i, int b, int g) {
+__device__ __forceinline__ int64_t block_tile(int i) {
+  const int b = static_cast<int>(blockIdx.x), g = static_cast<int>(gridDim.x);
   return kSnake ? kernels::snake_tile(i, b, g) : static_cast<int64_t>(i) * g + b;
 }
 
-// Weight-gradient tile `tile` (of the experts in `order`, or in index order where order is null),
-// for the block of cluster rank `rank` (its half of a pair's rows); false when there is nothing to
-// add (an expert with no rows), for both blocks of a pair alike.
-template <class T>
-__device__ bool weight_grad_work(const Args& args, const int32_t* order, int64_t tile, int rank, Work& w) {
-  constexpr int kBN = T::bn, rows = k_bm * T::cluster;
+// Weight-gradient tile `tile` (of the experts in `order`, or in index order where order is null);
+// false when there is nothing to add (an expert with no rows).
+template <int kBN>
+__device__ bool weight_grad_work(const Args& args, const int32_t* order, int64_t tile, Work& w) {
   const kernels::GroupedGemmShape& s = args.shape;
-  // 32-bit: the launch checks that the tiles number at most INT32_MAX (64-bit divisions cost registers).
-  const auto col_tiles = static_cast<int32_t>((s.n + kBN - 1) / kBN);
-  const int32_t per_expert = static_cast<int32_t>((s.k + rows - 1) / rows) * col_tiles;
-  const auto tile32 = static_cast<int32_t>(tile);
-  const int32_t within = tile32 % per_expert, position = tile32 / per_expert;
-  w.expert = order != nullptr ? order[position] : position;
+  const int64_t col_tiles = (s.n + kBN - 1) / kBN, per_expert = ((s.k + k_bm - 1) / k_bm) * col_tiles;
+  const int64_t within = tile % per_expert, position = tile / per_expert;
+  w.expert = order != nullptr ? order[position] : static_cast<int32_t>(position);
   const int2 r = expert_rows(args, w.expert);
   w.row_begin = r.x;
   w.row_end = r.y;
-  w.n0 = (within % col_tiles) * kBN;
-  w.m0 = (within / col_tiles) * rows + rank * k_bm;
+  w.n0 = static_cast<int32_t>(within % col_tiles) * kBN;
+  w.m0 = static_cast<int32_t>(within / col_tiles) * k_bm;
   return w.row_end > w.row_begin || !args.accumulate;
 }
 
-// Issues the bulk copies of k-slice `it` into one stage (producer thread only). A block of a pair
-// (cluster rank `rank`) loads its own x boxes and its half of the dy boxes, multicast to both blocks:
-// the stage's barrier in each counts the whole stage, half of its dy from the other block.
+// Issues the bulk copies of k-slice `it` into one stage (producer thread only).
 template <class T>
 __device__ __forceinline__ void load_stage(uint8_t* a, uint8_t* b, uint64_t* full, const CUtensorMap* map_a,
-                                           const CUtensorMap* map_b, const Work& w, const Args& args, int it,
-                                           int rank) {
+                                           const CUtensorMap* map_b, const Work& w, const Args& args, int it) {
   constexpr Mode kMode = T::mode;
   constexpr int kBN = T::bn;
   const kernels::GroupedGemmShape& s = args.shape;
@@ -239,15 +222,8 @@ __device__ __forceinline__ void load_stage(uint8_t* a, uint8_t* b, uint64_t* ful
     const int32_t r = w.row_begin + k0, m0 = w.m0;
 #pragma unroll
     for (int h = 0; h < k_bm / k_box; ++h) tma_load_2d(a + h * k_box_bytes, map_a, full, m0 + h * k_box, r);
-    if constexpr (T::pairs) {
 #pragma unroll
-      for (int h = rank * T::b_boxes_per_block; h < (rank + 1) * T::b_boxes_per_block; ++h) {
-        tma_load_2d_multicast(b + h * k_box_bytes, map_b, full, n0 + h * k_box, r, (1u << T::cluster) - 1);
-      }
-    } else {
-#pragma unroll
-      for (int h = 0; h < kBN / k_box; ++h) tma_load_2d(b + h * k_box_bytes, map_b, full, n0 + h * k_box, r);
-    }
+    for (int h = 0; h < kBN / k_box; ++h) tma_load_2d(b + h * k_box_bytes, map_b, full, n0 + h * k_box, r);
   } else {
     tma_load_2d(a, map_a, full, k0, w.row_begin);
     if constexpr (T::b_mn) {  // w[e] is [k, n]: boxes of 64 columns, rows e*k + k0...
@@ -431,34 +407,15 @@ __device__ __forceinline__ int k_slices(const Work& w, const Args& args) {
 }
 
 // The loader's side of one tile: each k-slice into the next free stage of the ring.
-// A pair's loader waits for both blocks' warpgroups to free the stage: its copies write both.
 template <class T>
 __device__ __forceinline__ void load_tile(uint8_t* smem, uint64_t* full, uint64_t* empty, const CUtensorMap* map_a,
-                                          const CUtensorMap* map_b, const Work& w, const Args& args, int rank,
-                                          int& ring) {
+                                          const CUtensorMap* map_b, const Work& w, const Args& args, int& ring) {
   const int slices = k_slices<T>(w, args);
   for (int it = 0; it < slices; ++it, ++ring) {
     const int s = ring % T::stages;
-    const uint32_t parity = ((ring / T::stages) & 1) ^ 1;
-    if constexpr (T::pairs) {
-      mbar_wait_cluster(&empty[s], parity);
-    } else {
-      mbar_wait(&empty[s], parity);
-    }
+    mbar_wait(&empty[s], ((ring / T::stages) & 1) ^ 1);
     uint8_t* a = smem + s * T::stage_bytes;
-    load_stage<T>(a, a + T::a_bytes, &full[s], map_a, map_b, w, args, it, rank);
-  }
-}
-
-// A warpgroup frees a stage of the ring: in its own block, and in a pair in both blocks (the next
-// copies into it write both).
-template <class T>
-__device__ __forceinline__ void free_stage(uint64_t* empty) {
-  if constexpr (T::pairs) {
-#pragma unroll
-    for (int r = 0; r < T::cluster; ++r) mbar_arrive_cluster(empty, r);
-  } else {
-    mbar_arrive(empty);
+    load_stage<T>(a, a + T::a_bytes, &full[s], map_a, map_b, w, args, it);
   }
 }
 
@@ -488,11 +445,11 @@ __device__ __forceinline__ void multiply_tile(uint8_t* smem, uint8_t* out_tile, 
     wgmma_commit();
     wgmma_wait<1>();
     fence_registers(acc);
-    if (it > 0 && t % 128 == 0) free_stage<T>(&empty[(ring - 1) % T::stages]);
+    if (it > 0 && t % 128 == 0) mbar_arrive(&empty[(ring - 1) % T::stages]);
   }
   wgmma_wait<0>();
   fence_registers(acc);
-  if (slices > 0 && t % 128 == 0) free_stage<T>(&empty[(ring - 1) % T::stages]);  // the tile's last stage
+  if (slices > 0 && t % 128 == 0) mbar_arrive(&empty[(ring - 1) % T::stages]);  // the tile's last stage
   epilogue<T>(out_tile, map_out, acc, w, args, cw, t);
 }
 
@@ -515,34 +472,24 @@ __global__ void __launch_bounds__(k_threads, T::blocks_per_sm)
   if (threadIdx.x == 0) {
     for (int s = 0; s < T::stages; ++s) {
       mbar_init(&full[s], 1);
-      mbar_init(&empty[s], 2 * T::cluster);  // one arrival per consumer warpgroup (of both blocks of a pair)
+      mbar_init(&empty[s], 2);  // one arrival per consumer warpgroup
     }
     fence_barrier_init();
   }
   if (forward && threadIdx.x < k_warp) build_schedule(args, sch, static_cast<int>(threadIdx.x));
   // The sort counts the experts' rows in the ring's memory: the loader fills it only after the barrier below.
   if constexpr (T::sorted_experts) sort_experts_by_rows(args, expert_order, reinterpret_cast<int32_t*>(smem));
-  // A pair's blocks arrive on each other's barriers and copy into each other's stages: both are
-  // initialised before either starts.
-  if constexpr (T::pairs) {
-    cluster_sync();
-  } else {
-    __syncthreads();
-  }
-  // A pair walks the tiles together, as one block of gridDim.x / 2 (walker of walkers); rank: its half.
-  auto rank = [] { return T::pairs ? static_cast<int>(cluster_rank()) : 0; };
-  auto walker = [] { return static_cast<int>(blockIdx.x) / T::cluster; };
-  auto walkers = [] { return static_cast<int>(gridDim.x) / T::cluster; };
+  __syncthreads();
   // The block's tiles: one in each round of gridDim.x tiles in a persistent grid (block_tile); a
   // block-per-tile grid (sized by a bound in the forward) has one tile or none each.
   const int64_t col_tiles = (args.shape.n + kBN - 1) / kBN;
-  const int64_t tiles = forward ? sch.tile_start[args.shape.num_experts] * col_tiles : weight_grad_tiles<T>(args.shape);
+  const int64_t tiles = forward ? sch.tile_start[args.shape.num_experts] * col_tiles : weight_grad_tiles<kBN>(args.shape);
   auto work = [&](int64_t tile, Work& w) {
     if (tile >= tiles) return false;
     if constexpr (forward) {
       return forward_work<kBN>(args, sch, tile, col_tiles, w);
     } else {
-      return weight_grad_work<T>(args, expert_order, tile, rank(), w);
+      return weight_grad_work<kBN>(args, expert_order, tile, w);
     }
   };
   // Both sides count the k-slices they have passed through the ring (`ring`), over all tiles.
@@ -551,29 +498,25 @@ __global__ void __launch_bounds__(k_threads, T::blocks_per_sm)
   if (threadIdx.x >= k_consumer_threads) {  // the loader warp
     if (threadIdx.x == k_consumer_threads) {
       if constexpr (T::persistent) {
-        for (int i = 0; static_cast<int64_t>(i) * walkers() < tiles; ++i) {
-          if (work(block_tile<T::sorted_experts>(i, walker(), walkers()), w)) {
-            load_tile<T>(smem, full, empty, &map_a, &map_b, w, args, rank(), ring);
-          }
+        for (int i = 0; static_cast<int64_t>(i) * gridDim.x < tiles; ++i) {
+          if (work(block_tile<T::sorted_experts>(i), w)) load_tile<T>(smem, full, empty, &map_a, &map_b, w, args, ring);
         }
       } else if (work(blockIdx.x, w)) {
-        load_tile<T>(smem, full, empty, &map_a, &map_b, w, args, rank(), ring);
+        load_tile<T>(smem, full, empty, &map_a, &map_b, w, args, ring);
       }
     }
-  } else {
-    if constexpr (T::persistent) {
-      for (int i = 0; static_cast<int64_t>(i) * walkers() < tiles; ++i) {
-        if (work(block_tile<T::sorted_experts>(i, walker(), walkers()), w)) {
-          multiply_tile<T>(smem, out_tile, &map_out, full, empty, w, args, ring);
-        }
-      }
-    } else if (work(blockIdx.x, w)) {
-      multiply_tile<T>(smem, out_tile, &map_out, full, empty, w, args, ring);
-    }
-    if (T::boxed_out && threadIdx.x == 0) bulk_wait_group();  // the bulk stores are complete before the block ends
+    return;
   }
-  // Neither block of a pair ends while the other may still free a stage of it.
-  if constexpr (T::pairs) cluster_sync();
+  if constexpr (T::persistent) {
+    for (int i = 0; static_cast<int64_t>(i) * gridDim.x < tiles; ++i) {
+      if (work(block_tile<T::sorted_experts>(i), w)) {
+        multiply_tile<T>(smem, out_tile, &map_out, full, empty, w, args, ring);
+      }
+    }
+  } else if (work(blockIdx.x, w)) {
+    multiply_tile<T>(smem, out_tile, &map_out, full, empty, w, args, ring);
+  }
+  if (T::boxed_out && threadIdx.x == 0) bulk_wait_group();  // the bulk stores are complete before the block ends
 #endif
 }
 

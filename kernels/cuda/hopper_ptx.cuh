@@ -1,6 +1,5 @@
-// Hopper (sm_90) PTX wrappers: mbarriers, clusters, bulk tensor copies (TMA) both ways and multicast,
-// vector reductions into global memory, warpgroup MMA fences and shared-memory matrix descriptors.
-// Included only from .cu files built for sm_90a.
+// Hopper (sm_90) PTX wrappers: mbarriers, bulk tensor copies (TMA) both ways, vector reductions into
+// global memory, warpgroup MMA fences and shared-memory matrix descriptors. Included only from .cu files built for sm_90a.
 #pragma once
 
 #include <cstdint>
@@ -41,58 +40,12 @@ __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
       : "memory");
 }
 
-// ---- clusters (blocks launched as a group, each able to reach the others' shared memory) ----
-__device__ __forceinline__ uint32_t cluster_rank() {
-  uint32_t r = 0;
-  asm("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));  // not volatile: read again where registers are short
-  return r;
-}
-// Every thread of every block of the cluster arrives, then waits for all the others: shared-memory
-// writes before it (barrier initialisation included) are seen by the cluster after it.
-__device__ __forceinline__ void cluster_sync() {
-  asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;" ::: "memory");
-}
-// One arrival on the barrier at `bar`'s offset in the shared memory of cluster block `rank`.
-__device__ __forceinline__ void mbar_arrive_cluster(uint64_t* bar, uint32_t rank) {
-  asm volatile(
-      "{\n"
-      ".reg .b32 remote;\n"
-      "mapa.shared::cluster.u32 remote, %0, %1;\n"
-      "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [remote];\n"
-      "}\n" ::"r"(smem_addr(bar)),
-      "r"(rank)
-      : "memory");
-}
-// mbar_wait for a barrier that other blocks of the cluster arrive on (their prior accesses are seen).
-__device__ __forceinline__ void mbar_wait_cluster(uint64_t* bar, uint32_t parity) {
-  asm volatile(
-      "{\n"
-      ".reg .pred done;\n"
-      "wait_%=:\n"
-      "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra wait_%=;\n"
-      "}\n" ::"r"(smem_addr(bar)),
-      "r"(parity)
-      : "memory");
-}
-
 // ---- bulk tensor copy: the box at (c0 inner, c1 outer) of a 2-D tensor map into shared memory ----
 __device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, uint64_t* bar, int32_t c0, int32_t c1) {
   asm volatile(
       "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];" ::"r"(
           smem_addr(dst)),
       "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_addr(bar)), "r"(c0), "r"(c1)
-      : "memory");
-}
-
-// The same box written to `dst`'s offset in the shared memory of every cluster block in `blocks` (a
-// bit per rank), each completing its bytes on the barrier at `bar`'s offset there.
-__device__ __forceinline__ void tma_load_2d_multicast(void* dst, const CUtensorMap* map, uint64_t* bar, int32_t c0,
-                                                      int32_t c1, uint16_t blocks) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
-      " [%0], [%1, {%3, %4}], [%2], %5;" ::"r"(smem_addr(dst)),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_addr(bar)), "r"(c0), "r"(c1), "h"(blocks)
       : "memory");
 }
 

@@ -283,8 +283,7 @@ TEST_CASE("cuda grouped weight gradient clips wide tiles at n", "[cuda][grouped]
 // The wide persistent weight gradient on short reductions (64.5 rows an expert on average, one or
 // two k-slices) and long ones (644 on average): 8 experts of k = 1000 (the last row tile clipped at k) and
 // n = 968 (the last wide column tile clipped at n), an expert with no rows and one with a single
-// row; 2 x 132 wide tiles fill their rounds as well as the narrow ones, so the wide ones are chosen,
-// in pairs sharing dy (8 row tiles of dw, the second of the last pair clipped at k).
+// row; 2 x 132 wide tiles fill their rounds as well as the narrow ones, so the wide ones are chosen.
 TEST_CASE("cuda grouped weight gradient wide tiles for short and long reductions", "[cuda][grouped]") {
   const int64_t e_num = 8, k = 1000, n = 968;
   const std::vector<int32_t> long_counts{700, 1000, 0, 613, 900, 1, 840, 1100};
@@ -293,7 +292,7 @@ TEST_CASE("cuda grouped weight gradient wide tiles for short and long reductions
     const int64_t rows = total_of(counts);
     const kernels::GroupedGemmShape s{e_num, rows, k, n};
     if (cuda::multiprocessor_count() == 132) {
-      REQUIRE(cuda::sm90::weight_grad_kernel(s, true, 132) == cuda::sm90::WeightGradKernel::wide_pairs);
+      REQUIRE(cuda::sm90::weight_grad_kernel(s, true, 132) == cuda::sm90::WeightGradKernel::wide);
     }
     Mirror offsets = offsets_of(counts);
     Mirror x = random_mirror({rows, k}, DType::bf16, seed_of(41, {rows}));
@@ -304,26 +303,22 @@ TEST_CASE("cuda grouped weight gradient wide tiles for short and long reductions
 }
 
 // The wide tiles at a Switch-like load: 64 experts of about 200 rows and one of 2000 (a 32-slice
-// reduction through the 4-stage ring), so every block walks several tiles: k = 256 runs them in
-// pairs (256 pair tiles), k = 384 (three row tiles of dw, an odd count) as lone blocks (768 tiles).
+// reduction through the 4-stage ring), 512 wide tiles, so every block walks several of them.
 TEST_CASE("cuda grouped weight gradient wide tiles over several rounds and a long expert", "[cuda][grouped]") {
-  const int64_t e_num = 64, n = 1024;
+  const int64_t e_num = 64, k = 256, n = 1024;
   std::vector<int32_t> counts = random_int_values(e_num, 400, 51);
   counts[5] = 2000;
   counts[9] = 0;
   const int64_t rows = total_of(counts);
-  for (int64_t k : {256, 384}) {
-    const kernels::GroupedGemmShape s{e_num, rows, k, n};
-    if (cuda::multiprocessor_count() == 132) {
-      REQUIRE(cuda::sm90::weight_grad_kernel(s, true, 132) ==
-              (k == 256 ? cuda::sm90::WeightGradKernel::wide_pairs : cuda::sm90::WeightGradKernel::wide));
-    }
-    INFO("rows " << rows << " k " << k);
-    Mirror offsets = offsets_of(counts);
-    Mirror x = random_mirror({rows, k}, DType::bf16, seed_of(52, {k}));
-    Mirror dy = random_mirror({rows, n}, DType::bf16, 53);
-    require_weight_grads_match(x, offsets, dy, e_num, 54);
+  const kernels::GroupedGemmShape s{e_num, rows, k, n};
+  if (cuda::multiprocessor_count() == 132) {
+    REQUIRE(cuda::sm90::weight_grad_kernel(s, true, 132) == cuda::sm90::WeightGradKernel::wide);
   }
+  INFO("rows " << rows);
+  Mirror offsets = offsets_of(counts);
+  Mirror x = random_mirror({rows, k}, DType::bf16, 52);
+  Mirror dy = random_mirror({rows, n}, DType::bf16, 53);
+  require_weight_grads_match(x, offsets, dy, e_num, 54);
 }
 
 // Which weight-gradient kernel a shape runs on 132 multiprocessors, and past the experts the
@@ -333,11 +328,9 @@ TEST_CASE("cuda grouped weight gradient kernel choice, and its fallbacks for man
   using cuda::sm90::WeightGradKernel;
   using cuda::sm90::weight_grad_kernel;
   auto shape = [](int64_t e, int64_t rows, int64_t k, int64_t n) { return kernels::GroupedGemmShape{e, rows, k, n}; };
-  REQUIRE(weight_grad_kernel(shape(64, 16384, 1024, 8192), true, 132) == WeightGradKernel::wide_pairs);  // Switch-like
-  REQUIRE(weight_grad_kernel(shape(64, 16384, 4096, 1024), true, 132) == WeightGradKernel::wide_pairs);
-  REQUIRE(weight_grad_kernel(shape(64, 98304, 768, 768), true, 132) == WeightGradKernel::wide_pairs);  // MoE-small
-  REQUIRE(weight_grad_kernel(shape(8, 32768, 5632, 2048), true, 132) == WeightGradKernel::wide_pairs);  // Mixtral-like
-  REQUIRE(weight_grad_kernel(shape(64, 16384, 1152, 1024), true, 132) == WeightGradKernel::wide);  // 9 row tiles: odd
+  REQUIRE(weight_grad_kernel(shape(64, 16384, 1024, 8192), true, 132) == WeightGradKernel::wide);  // Switch-like
+  REQUIRE(weight_grad_kernel(shape(64, 16384, 4096, 1024), true, 132) == WeightGradKernel::wide);
+  REQUIRE(weight_grad_kernel(shape(64, 98304, 768, 768), true, 132) == WeightGradKernel::wide);     // MoE-small
   REQUIRE(weight_grad_kernel(shape(64, 98304, 384, 768), true, 132) == WeightGradKernel::narrow);
   REQUIRE(weight_grad_kernel(shape(64, 16384, 1024, 8192), false, 132) == WeightGradKernel::block_per_tile);
   REQUIRE(weight_grad_kernel(shape(512, 5120, 128, 512), true, 132) == WeightGradKernel::wide);

@@ -21,6 +21,10 @@
 # about 10% of the multiply work (2% at top-6). The branch encloses the whole k-loop: ptxas reports
 # no C7519/C7520, no spills, registers as before. Candidates go into the kernel only if they
 # measure faster, and after the cuda_grouped_gemm tests pass with them.
+# wgrad_pairs is a candidate from the probes (the operand loads compete with the stores): the
+# persistent wide weight gradient as clusters of two blocks that multicast the shared dy slice, a
+# third fewer operand loads; it changes the tests too, so make its tree with WITH_TESTS=1 (or apply
+# it to the checkout and run experiments/perf/ab_call.sh, as experiments/perf/README.md says).
 # WITH_TESTS=1 adds tests/ (about 3 MB more a tree), for a candidate whose tests run in its tree.
 # Usage: [WITH_TESTS=1] experiments/perf/probes/make_trees.sh [PATCH...]
 set -euo pipefail
