@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Bytes the Hopper grouped weight gradient moves at the standard layer shapes (16,384 tokens,
+SwiGLU experts, balanced routing): the operands its bulk copies read from L2 and the f32 dw it
+writes, for three tilings of dw[e] = x_e^T @ dy_e (x_e: the expert's rows x k, dy_e: rows x n):
+
+  lone      a block per 128 x 256 tile, reading its x and dy slices (the kernel as it is);
+  pairs     two blocks of a cluster on a 256 x 256 tile, dy multicast (probes/wgrad_pairs.patch);
+  resident  a block keeps a 256-column dy slice of the expert (rows x 256) in shared memory and
+            streams x past it: dy is read once, x once per column block (rows <= 320 only).
+
+The wide (256-column) tiles are assumed throughout; MoE-small's down projection in fact runs
+128-wide tiles (weight_grad_tile_width), which read more. Each projection's weight gradient is listed: the SwiGLU up projection (k = d, n = 2 d_expert) and
+the down projection (k = d_expert, n = d). With --seconds READ_TBPS WRITE_TBPS it also prints the
+time each would take if reads and writes shared no resource (the longer of the two) and if they
+shared one (the sum), to set beside the probes' measurements in experiments/perf/README.md.
+Usage: experiments/perf/wgrad_traffic_model.py [--seconds 5.0 2.6]
+"""
+import argparse
+import math
+
+TOKENS = 16384
+# name: (d_model, experts, d_expert, top_k)
+SHAPES = {
+    "fine_grained": (1024, 64, 512, 6),
+    "mixtral": (2048, 8, 5632, 2),
+    "switch": (1024, 64, 4096, 1),
+    "moe_small": (768, 64, 384, 6),
+}
+BM, BN, BF16, F32 = 128, 256, 2, 4
+
+
+def operand_bytes(rows, k, n, tiling):
+    """Bytes one expert's weight gradient reads: every tile reads rows x (its x columns + its dy columns)."""
+    row_tiles, col_tiles = math.ceil(k / BM), math.ceil(n / BN)
+    if tiling == "lone":
+        return row_tiles * col_tiles * rows * (BM + BN) * BF16
+    if tiling == "pairs":  # weight_grad_kernel pairs an even count of row tiles only
+        if row_tiles % 2:
+            return operand_bytes(rows, k, n, "lone")
+        return row_tiles // 2 * col_tiles * rows * (2 * BM + BN) * BF16
+    if tiling == "resident":
+        return col_tiles * rows * (row_tiles * BM + BN) * BF16
+    raise ValueError(tiling)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", nargs=2, type=float, metavar=("READ_TBPS", "WRITE_TBPS"))
+    args = ap.parse_args()
+    print(f"{'layer':<13}{'projection':<11}{'rows/expert':>12}{'dw written':>12}"
+          f"{'lone':>10}{'pairs':>10}{'resident':>10}  (GB read)")
+    for name, (d, experts, d_expert, top_k) in SHAPES.items():
+        rows = TOKENS * top_k // experts
+        totals = {"written": 0.0, "lone": 0.0, "pairs": 0.0, "resident": 0.0}
+        for projection, k, n in (("up", d, 2 * d_expert), ("down", d_expert, d)):
+            written = experts * k * n * F32 / 1e9
+            read = {t: experts * operand_bytes(rows, k, n, t) / 1e9 for t in ("lone", "pairs", "resident")}
+            resident = f"{read['resident']:.2f}" if rows <= 320 else "-"
+            print(f"{name:<13}{projection:<11}{rows:>12}{written:>12.2f}{read['lone']:>10.2f}"
+                  f"{read['pairs']:>10.2f}{resident:>10}")
+            totals["written"] += written
+            for t in ("lone", "pairs", "resident"):
+                totals[t] += read[t]
+        if args.seconds:
+            r, w = (x * 1e12 / 1e9 for x in args.seconds)  # GB/s
+            for t in ("lone", "pairs") + (("resident",) if rows <= 320 else ()):
+                overlap, shared = max(totals[t] / r, totals["written"] / w), totals[t] / r + totals["written"] / w
+                print(f"{'':<13}{t:<11}reads {totals[t]:.2f} GB, writes {totals['written']:.2f} GB: "
+                      f"{overlap * 1e3:.3f} ms overlapped, {shared * 1e3:.3f} ms in series")
+
+
+if __name__ == "__main__":
+    main()
