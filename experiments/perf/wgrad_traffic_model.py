@@ -9,11 +9,14 @@ writes, for three tilings of dw[e] = x_e^T @ dy_e (x_e: the expert's rows x k, d
             streams x past it: dy is read once, x once per column block (rows <= 320 only).
 
 The wide (256-column) tiles are assumed throughout; MoE-small's down projection in fact runs
-128-wide tiles (weight_grad_tile_width), which read more. Each projection's weight gradient is listed: the SwiGLU up projection (k = d, n = 2 d_expert) and
-the down projection (k = d_expert, n = d). With --seconds READ_TBPS WRITE_TBPS it also prints the
-time each would take if reads and writes shared no resource (the longer of the two) and if they
-shared one (the sum), to set beside the probes' measurements in experiments/perf/README.md.
-Usage: experiments/perf/wgrad_traffic_model.py [--seconds 5.0 2.6]
+128-wide tiles (weight_grad_tile_width), which read more. Each projection's weight gradient is
+listed: the SwiGLU up projection (k = d, n = 2 d_expert) and the down projection (k = d_expert,
+n = d). With --seconds READ_TBPS WRITE_TBPS it also prints the time each would take if reads and
+writes shared no resource (the longer of the two) and if they shared one (the sum), to set beside
+the probes' measurements in experiments/perf/README.md. With --forward it lists instead the
+operand bytes of the layer's four forward and input-gradient GEMMs (row tiles of 128 packed per
+expert, the forward kernel's column tile: forward_tile_width in grouped_gemm_sm90.cu).
+Usage: experiments/perf/wgrad_traffic_model.py [--seconds 5.0 2.6] [--forward]
 """
 import argparse
 import math
@@ -43,10 +46,39 @@ def operand_bytes(rows, k, n, tiling):
     raise ValueError(tiling)
 
 
+def forward_tile_width(n):
+    if n >= 512 and n % 256 == 0:
+        return 256
+    if n >= 384 and n % 192 == 0:
+        return 192
+    return 128
+
+
+def print_forward():
+    """The forward GEMMs y = x_e @ w_e (k inner, n out) and the input gradients dx = dy_e @ w_e^T."""
+    print(f"{'layer':<13}{'GEMM':<16}{'k':>6}{'n':>7}{'tile':>6}{'GB read':>9}{'GB written':>11}")
+    for name, (d, experts, d_expert, top_k) in SHAPES.items():
+        rows = TOKENS * top_k // experts
+        row_tiles = experts * math.ceil(rows / BM)
+        total = 0.0
+        for gemm, k, n in (("up", d, 2 * d_expert), ("down", d_expert, d), ("down dgrad", d, d_expert),
+                           ("up dgrad", 2 * d_expert, d)):
+            bn = forward_tile_width(n)
+            read = row_tiles * math.ceil(n / bn) * k * (BM + bn) * BF16 / 1e9
+            written = experts * rows * n * BF16 / 1e9
+            total += read
+            print(f"{name:<13}{gemm:<16}{k:>6}{n:>7}{bn:>6}{read:>9.2f}{written:>11.2f}")
+        print(f"{'':<13}{'all four':<16}{'':>19}{total:>9.2f}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", nargs=2, type=float, metavar=("READ_TBPS", "WRITE_TBPS"))
+    ap.add_argument("--forward", action="store_true")
     args = ap.parse_args()
+    if args.forward:
+        print_forward()
+        return
     print(f"{'layer':<13}{'projection':<11}{'rows/expert':>12}{'dw written':>12}"
           f"{'lone':>10}{'pairs':>10}{'resident':>10}  (GB read)")
     for name, (d, experts, d_expert, top_k) in SHAPES.items():
