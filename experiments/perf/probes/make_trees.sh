@@ -27,7 +27,9 @@
 # it to the checkout and run experiments/perf/ab_call.sh, as experiments/perf/README.md says).
 # wgrad_resident is another (for the Switch-like shapes): dy's rows for 256 columns of dw stay
 # resident in shared memory while x's row tiles stream past, 60% fewer operand loads; it changes the
-# tests too (WITH_TESTS=1). experiments/perf/candidates_call.sh builds, tests and times such trees.
+# tests too (WITH_TESTS=1). grouped_pairs is wgrad_pairs with pairs in the forward and input-gradient
+# GEMMs too (two row tiles of one expert share w[e]'s slice). experiments/perf/candidates_call.sh
+# builds, tests and times such trees.
 # WITH_TESTS=1 adds tests/ (about 3 MB more a tree), for a candidate whose tests run in its tree.
 # Usage: [WITH_TESTS=1] experiments/perf/probes/make_trees.sh [PATCH...]
 set -euo pipefail
