@@ -16,7 +16,8 @@ mkdir -p "$out"
 : > "$out/ab_trees.jsonl"
 D=$PWD/.devdeps/usr
 export LD_LIBRARY_PATH=$D/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
-build() {  # tree, log -> the tree's build/moe, built once
+build() {  # tree, log -> the tree's build/moe, built once (a tree of binaries only, as candidates_call.sh leaves, as is)
+  [[ -x $1/build/moe && ! -f $1/CMakeLists.txt ]] && return 0
   (cd "$1" && { [[ -f build/build.ninja ]] || cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release \
       -DCMAKE_PREFIX_PATH="$D" -DMOE_TESTS=OFF; } && cmake --build build -j "$(nproc)" --target moe) > "$2" 2>&1 \
     || { echo "ab_trees.sh: the build of $1 failed (the end of $2):" >&2; tail -20 "$2" >&2; return 1; }
