@@ -23,13 +23,11 @@
 # measure faster, and after the cuda_grouped_gemm tests pass with them.
 # wgrad_pairs is a candidate from the probes (the operand loads compete with the stores): the
 # persistent wide weight gradient as clusters of two blocks that multicast the shared dy slice, a
-# third fewer operand loads; it changes the tests too, so make its tree with WITH_TESTS=1 (or apply
-# it to the checkout and run experiments/perf/ab_call.sh, as experiments/perf/README.md says).
-# wgrad_resident is another (for the Switch-like shapes): dy's rows for 256 columns of dw stay
-# resident in shared memory while x's row tiles stream past, 60% fewer operand loads; it changes the
-# tests too (WITH_TESTS=1). grouped_pairs is wgrad_pairs with pairs in the forward and input-gradient
-# GEMMs too (two row tiles of one expert share w[e]'s slice). experiments/perf/candidates_call.sh
-# builds, tests and times such trees.
+# third fewer operand loads. wgrad_resident is another (for the Switch-like shapes): dy's rows for
+# 256 columns of dw stay resident in shared memory while x's row tiles stream past, 60% fewer operand
+# loads. grouped_pairs is wgrad_pairs with pairs in the forward and input-gradient GEMMs too (two row
+# tiles of one expert share w[e]'s slice). These change the tests too: experiments/perf/candidates_call.sh
+# applies them to the checkout in turn, builds, tests and times them (no tree needed).
 # WITH_TESTS=1 adds tests/ (about 3 MB more a tree), for a candidate whose tests run in its tree.
 # Usage: [WITH_TESTS=1] experiments/perf/probes/make_trees.sh [PATCH...]
 set -euo pipefail
