@@ -9,6 +9,7 @@
 
 #include "kernels/cuda/device_info.h"
 #include "kernels/cuda/grouped_gemm_sm90_kernel.cuh"
+#include "kernels/cuda/grouped_gemm_sm90_resident.cuh"
 #include "src/util/check.h"
 
 namespace moe::cuda::sm90 {
@@ -56,6 +57,9 @@ int64_t smem_bytes(int64_t num_experts) {
   return T::fixed_smem_bytes + schedule;
 }
 
+// The most rows an expert holds on average for the resident weight gradient (weight_grad_kernel).
+constexpr int64_t k_resident_mean_rows = 256;
+
 // The most experts a persistent weight gradient sorts (each block ranks them all: E^2 comparisons).
 constexpr int64_t k_max_sorted_experts = 512;
 
@@ -88,6 +92,27 @@ void launch(const CUtensorMap& a, const CUtensorMap& b, const CUtensorMap& out, 
   CUDA_CHECK_LAUNCH();
 }
 
+// The resident weight gradient's units (grouped_gemm_sm90_resident.cuh): expert, 256 columns, up
+// to row_tiles_per_unit row tiles of dw.
+int64_t resident_unit_count(const kernels::GroupedGemmShape& s) {
+  return s.num_experts * ceil_div(s.n, Resident::bn) * ceil_div(ceil_div(s.k, k_bm), Resident::row_tiles_per_unit);
+}
+
+void launch_resident(const CUtensorMap& x, const CUtensorMap& dy, const Args& args, cudaStream_t stream) {
+  static uint64_t configured_devices = 0;
+  if (first_use_on_current_device(configured_devices)) {
+    CUDA_CHECK(cudaFuncSetAttribute(grouped_weight_grad_resident_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    k_max_smem));
+  }
+  const int64_t units = resident_unit_count(args.shape);
+  MOE_CHECK(units <= INT32_MAX, "grouped gemm on CUDA: ", units, " weight-gradient units");
+  const int64_t blocks = std::min<int64_t>(units, multiprocessor_count());
+  if (blocks == 0) return;
+  grouped_weight_grad_resident_kernel<<<dim3(static_cast<unsigned>(blocks)), k_threads, Resident::smem_bytes, stream>>>(
+      x, dy, args);
+  CUDA_CHECK_LAUNCH();
+}
+
 // The weight gradient's tiles of width bn: (expert, row tile of dw[e], column tile).
 int64_t weight_grad_tile_count(const kernels::GroupedGemmShape& s, int bn) {
   return s.num_experts * ceil_div(s.k, k_bm) * ceil_div(s.n, bn);
@@ -112,9 +137,12 @@ int weight_grad_tile_width(const kernels::GroupedGemmShape& s, int64_t multiproc
 }
 
 // The persistent tiles sort their experts in shared memory; where the experts overflow it (or
-// number over k_max_sorted_experts), they give way to a block per tile.
+// number over k_max_sorted_experts), they give way to a block per tile. Where the wide tiles are
+// chosen and the experts hold at most 256 rows on average (Switch-like), dy stays resident instead:
+// most experts then fit one chunk of 320 rows.
 WeightGradKernel weight_grad_kernel(const kernels::GroupedGemmShape& s, bool persistent, int64_t multiprocessors) {
   const bool wide = persistent && weight_grad_tile_width(s, multiprocessors) == 256;
+  if (wide && s.rows <= k_resident_mean_rows * s.num_experts) return WeightGradKernel::resident;
   if (wide && fits<PersistentTile<Mode::weight_grad, 256>>(s.num_experts)) return WeightGradKernel::wide;
   if (persistent && fits<PersistentTile<Mode::weight_grad, 128>>(s.num_experts)) return WeightGradKernel::narrow;
   return WeightGradKernel::block_per_tile;
@@ -194,6 +222,8 @@ void grouped_gemm_weight_grad_bf16(const __nv_bfloat16* x, const int32_t* offset
   const CUtensorMap map_x = tensor_map(x, s.k, s.rows, k_bk), map_dy = tensor_map(dy, s.n, s.rows, k_bk);
   // map_x fills the output map, which the weight gradient does not use: it writes dw itself.
   switch (weight_grad_kernel(s, persistent, multiprocessor_count())) {
+    case WeightGradKernel::resident:
+      return launch_resident(map_x, map_dy, args, stream);
     case WeightGradKernel::wide:
       return launch<PersistentTile<Mode::weight_grad, 256>>(map_x, map_dy, map_x, args,
                                                             weight_grad_tile_count(s, 256), stream);

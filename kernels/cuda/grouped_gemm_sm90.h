@@ -30,15 +30,18 @@ void grouped_gemm_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __n
 int weight_grad_tile_width(const kernels::GroupedGemmShape& shape, int64_t multiprocessors);
 
 // The weight-gradient kernel a shape runs (`persistent`: not wgmma_narrow) on a GPU of
-// `multiprocessors`: 256- or 128-wide tiles written from the registers (persistent, sorting at most
-// 512 experts in shared memory), or a block per 128-wide tile.
-enum class WeightGradKernel { wide, narrow, block_per_tile };
+// `multiprocessors`: where the wide tiles would run and the experts hold at most 256 rows on
+// average, 256 columns of dy resident in shared memory with x streamed past them; else 256- or
+// 128-wide tiles written from the registers (persistent, sorting at most 512 experts in shared
+// memory), or a block per 128-wide tile.
+enum class WeightGradKernel { resident, wide, narrow, block_per_tile };
 WeightGradKernel weight_grad_kernel(const kernels::GroupedGemmShape& shape, bool persistent, int64_t multiprocessors);
 
 // offsets i32[E+1] (device), x[rows,k], dy[rows,n] -> dw[E,k,n] f32 += x_e^T @ dy_e
 // (accumulate false: dw[e] = x_e^T @ dy_e, zeros for an expert with no rows). persistent: a block
 // per multiprocessor walks 128 x 256 tiles (128 x 128 where n < 256 or weight_grad_tile_width says
-// so) and writes dw from the MMA fragments (float2 stores, or reductions); else a block per 128 x 128
+// so; units of a resident dy slice and up to 8 such tiles where weight_grad_kernel says resident)
+// and writes dw from the MMA fragments (float2 stores, or reductions); else a block per 128 x 128
 // tile with ordinary stores.
 void grouped_gemm_weight_grad_bf16(const __nv_bfloat16* x, const int32_t* offsets, const __nv_bfloat16* dy,
                                    float* dw, const kernels::GroupedGemmShape& shape, bool accumulate,

@@ -67,7 +67,8 @@ struct Tile {
 // The kernels built: the forward's 256- and 192-wide tiles persistent, its 128-wide ones a block
 // each; the weight gradient's persistent fragment-written 256-wide tiles (`wgmma`; 128-wide where
 // n < 256 or where weight_grad_tile_width says so) and
-// block-per-tile 128-wide ones (`wgmma_narrow`).
+// block-per-tile 128-wide ones (`wgmma_narrow`); grouped_gemm_sm90_resident.cuh has the weight
+// gradient with dy resident (`wgmma` on short reductions).
 template <Mode kMode, int kBN>
 using PersistentTile = Tile<kMode, kBN, true>;
 template <Mode kMode>
@@ -236,18 +237,26 @@ __device__ __forceinline__ void load_stage(uint8_t* a, uint8_t* b, uint64_t* ful
   }
 }
 
-// Zeroes the rows [valid, 64) of every box of a stage: the reduction rows past the expert's end.
-template <int kBN>
-__device__ __forceinline__ void zero_tail_rows(uint8_t* stage, int valid, int t) {
-  constexpr int boxes = (k_bm + kBN) / k_box;
-  const int rows = k_bk - valid, chunks = boxes * rows * 8;
-  for (int i = t; i < chunks; i += k_consumer_threads) {
-    const int box = i / (rows * 8), rem = i % (rows * 8);
-    *reinterpret_cast<uint4*>(stage + box * k_box_bytes + (valid + rem / 8) * 128 + (rem % 8) * 16) =
-        make_uint4(0, 0, 0, 0);
+// Zeroes the rows [valid, 64) of `boxes` consecutive boxes from `first`: the reduction rows past
+// the expert's end (the consumer warpgroups together, then a barrier among them).
+template <int kBoxes>
+__device__ __forceinline__ void zero_box_rows(uint8_t* first, int valid, int t) {
+  // 16-byte chunks of the rows [valid, 64) of a box, 8 a row: the thread's chunk i of each box.
+  for (int i = t; i < (k_bk - valid) * 8; i += k_consumer_threads) {
+#pragma unroll
+    for (int box = 0; box < kBoxes; ++box) {
+      *reinterpret_cast<uint4*>(first + box * k_box_bytes + (valid + i / 8) * 128 + (i % 8) * 16) =
+          make_uint4(0, 0, 0, 0);
+    }
   }
   fence_proxy_async();
   named_barrier(k_consumer_barrier, k_consumer_threads);
+}
+
+// Every box of a stage (its x boxes, then its dy boxes).
+template <int kBN>
+__device__ __forceinline__ void zero_tail_rows(uint8_t* stage, int valid, int t) {
+  zero_box_rows<(k_bm + kBN) / k_box>(stage, valid, t);
 }
 
 // The four 16-deep MMAs of one stage for consumer warpgroup `cw` (rows 64*cw...).
@@ -304,12 +313,12 @@ __device__ __forceinline__ void stage_accumulators(uint8_t* tile, const float (&
 
 // The persistent weight gradient's epilogue: each thread writes its fragments of dw[e] straight
 // from the registers (rows m0 + 64*cw + ..., clipped at k and n), float2 stores, or float2
-// reductions (`red.global.add.v2.f32`) with `accumulate`. A warp's store covers whole 32-byte
+// reductions (`red.global.add.v2.f32`) with `add`. A warp's store covers whole 32-byte
 // sectors of 8 rows; nothing is staged or waited for, so the warpgroup goes on to its next tile
 // while the stores drain.
 template <int kBN>
 __device__ __forceinline__ void write_weight_grad_fragments(const float (&acc)[kBN / 2], const Work& w,
-                                                            const Args& args, int cw, int t) {
+                                                            const Args& args, bool add, int cw, int t) {
   const kernels::GroupedGemmShape& s = args.shape;
   const int warp = (t % 128) / 32, lane = t % 32;
   float* dw = static_cast<float*>(args.out) + static_cast<int64_t>(w.expert) * s.k * s.n;
@@ -324,7 +333,7 @@ __device__ __forceinline__ void write_weight_grad_fragments(const float (&acc)[k
       const int64_t col = col0 + j * 8;  // n is a multiple of 8: col < n covers col + 1
       if (col >= s.n) continue;
       const float a = acc[4 * j + 2 * half], b = acc[4 * j + 2 * half + 1];
-      if (args.accumulate) {
+      if (add) {
         red_add_f32x2(dw_row + col, a, b);
       } else {
         *reinterpret_cast<float2*>(dw_row + col) = make_float2(a, b);
@@ -345,7 +354,7 @@ __device__ __forceinline__ void epilogue(uint8_t* smem, const CUtensorMap* map_o
   const kernels::GroupedGemmShape& s = args.shape;
   const int64_t n0 = w.n0;
   if constexpr (T::fragment_out) {
-    write_weight_grad_fragments<kBN>(acc, w, args, cw, t);
+    write_weight_grad_fragments<kBN>(acc, w, args, args.accumulate, cw, t);
     return;
   }
   if constexpr (T::boxed_out) {

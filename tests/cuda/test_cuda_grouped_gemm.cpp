@@ -151,7 +151,9 @@ TEST_CASE("cuda grouped weight gradient matches the CPU reference, adding or ove
 TEST_CASE("cuda grouped gemms ignore the padding rows past the last offset", "[cuda][grouped]") {
   for (auto kernel : kernels_here()) {
     KernelChoice choice(kernel);
-    for (const auto& counts : {std::vector<int32_t>{5, 0, 130}, std::vector<int32_t>{64, 1, 63}, loads()[5]}) {
+    // (the last: over 256 rows an expert, so the wide tiles rather than a resident dy)
+    for (const auto& counts : {std::vector<int32_t>{5, 0, 130}, std::vector<int32_t>{64, 1, 63}, loads()[5],
+                               std::vector<int32_t>{300, 0, 500}}) {
       const int64_t e_num = static_cast<int64_t>(counts.size()), rows = total_of(counts), k = 128, n = 256;
       INFO("kernel " << cuda::grouped_gemm_kernel_name() << " experts " << e_num << " rows " << rows);
       const uint64_t seed = seed_of(95, {e_num, rows});
@@ -224,7 +226,8 @@ TEST_CASE("cuda grouped weight gradient walks many tiles per block", "[cuda][gro
   counts[63] = 129;
   const int64_t e_num = 64, rows = total_of(counts);
   Mirror offsets = offsets_of(counts);
-  // On 132 multiprocessors {200, 512} takes the wide (256-column) tiles, {768, 384} the 128-wide
+  // On 132 multiprocessors {200, 512} takes the 256-column tiles with dy resident (247 rows an
+  // expert on average), {768, 384} the 128-wide
   // ones (weight_grad_tile_width: a quarter of the wide columns would be past n), and n = 168 the
   // 128-wide ones too (n < 256), its second clipped at n; k = 200 and 136 clip the last row tile.
   for (const Widths& wd : {Widths{200, 512}, Widths{768, 384}, Widths{136, 168}}) {
@@ -265,10 +268,11 @@ TEST_CASE("cuda weight gradient tile width weighs idle multiprocessors and colum
 
 // Wide weight-gradient tiles whose last column tile runs past n (448 = 1.75 x 256) and whose row
 // tiles end at k: half as many experts as multiprocessors, 1 x 2 tiles each, one whole round (the
-// narrow tiles would take two, with as many columns past n), so the wide tiles are chosen.
+// narrow tiles would take two, with as many columns past n), so the wide tiles are chosen (about
+// 300 rows an expert: over the resident dy's 256).
 TEST_CASE("cuda grouped weight gradient clips wide tiles at n", "[cuda][grouped]") {
   const int64_t e_num = std::max<int64_t>(cuda::multiprocessor_count() / 2, 1), k = 120, n = 448;
-  std::vector<int32_t> counts = random_int_values(e_num, 70, 31);
+  std::vector<int32_t> counts = random_int_values(e_num, 600, 31);
   counts[3] = 0;
   const int64_t rows = total_of(counts);
   Mirror offsets = offsets_of(counts);
@@ -283,7 +287,8 @@ TEST_CASE("cuda grouped weight gradient clips wide tiles at n", "[cuda][grouped]
 // The wide persistent weight gradient on short reductions (64.5 rows an expert on average, one or
 // two k-slices) and long ones (644 on average): 8 experts of k = 1000 (the last row tile clipped at k) and
 // n = 968 (the last wide column tile clipped at n), an expert with no rows and one with a single
-// row; 2 x 132 wide tiles fill their rounds as well as the narrow ones, so the wide ones are chosen.
+// row; 2 x 132 wide tiles fill their rounds as well as the narrow ones, so the wide ones are chosen
+// for the long reductions, and dy resident (at most 256 rows an expert on average) for the short.
 TEST_CASE("cuda grouped weight gradient wide tiles for short and long reductions", "[cuda][grouped]") {
   const int64_t e_num = 8, k = 1000, n = 968;
   const std::vector<int32_t> long_counts{700, 1000, 0, 613, 900, 1, 840, 1100};
@@ -292,7 +297,8 @@ TEST_CASE("cuda grouped weight gradient wide tiles for short and long reductions
     const int64_t rows = total_of(counts);
     const kernels::GroupedGemmShape s{e_num, rows, k, n};
     if (cuda::multiprocessor_count() == 132) {
-      REQUIRE(cuda::sm90::weight_grad_kernel(s, true, 132) == cuda::sm90::WeightGradKernel::wide);
+      REQUIRE(cuda::sm90::weight_grad_kernel(s, true, 132) ==
+              (counts == long_counts ? cuda::sm90::WeightGradKernel::wide : cuda::sm90::WeightGradKernel::resident));
     }
     Mirror offsets = offsets_of(counts);
     Mirror x = random_mirror({rows, k}, DType::bf16, seed_of(41, {rows}));
@@ -302,8 +308,8 @@ TEST_CASE("cuda grouped weight gradient wide tiles for short and long reductions
   }
 }
 
-// The wide tiles at a Switch-like load: 64 experts of about 200 rows and one of 2000 (a 32-slice
-// reduction through the 4-stage ring), 512 wide tiles, so every block walks several of them.
+// A Switch-like load: 64 experts of about 200 rows and one of 2000, so dy stays resident (the 2000
+// rows in 7 chunks of at most 320, the later ones added) and every block walks several units.
 TEST_CASE("cuda grouped weight gradient wide tiles over several rounds and a long expert", "[cuda][grouped]") {
   const int64_t e_num = 64, k = 256, n = 1024;
   std::vector<int32_t> counts = random_int_values(e_num, 400, 51);
@@ -312,7 +318,7 @@ TEST_CASE("cuda grouped weight gradient wide tiles over several rounds and a lon
   const int64_t rows = total_of(counts);
   const kernels::GroupedGemmShape s{e_num, rows, k, n};
   if (cuda::multiprocessor_count() == 132) {
-    REQUIRE(cuda::sm90::weight_grad_kernel(s, true, 132) == cuda::sm90::WeightGradKernel::wide);
+    REQUIRE(cuda::sm90::weight_grad_kernel(s, true, 132) == cuda::sm90::WeightGradKernel::resident);
   }
   INFO("rows " << rows);
   Mirror offsets = offsets_of(counts);
@@ -321,25 +327,47 @@ TEST_CASE("cuda grouped weight gradient wide tiles over several rounds and a lon
   require_weight_grads_match(x, offsets, dy, e_num, 54);
 }
 
+// The resident dy at the edges of its chunks: experts of 320 rows (one whole chunk), 321 (a chunk
+// and one row), 640 (two whole chunks), 64 and 65 (one slice and one row past it), one row, none;
+// k = 1000 (8 row tiles of dw, the last clipped at k: one unit a column block) and 1304 (11: a
+// unit of 8 and one of 3), n = 968 (the last column block clipped at n); rows of NaN past the last
+// expert, which no slice may multiply unzeroed.
+TEST_CASE("cuda grouped weight gradient with dy resident at its chunks' edges", "[cuda][grouped]") {
+  const std::vector<int32_t> counts{320, 321, 640, 1, 0, 64, 65, 200};
+  const int64_t e_num = 8, rows = total_of(counts), n = 968;
+  for (int64_t k : {1000, 1304}) {
+    const kernels::GroupedGemmShape s{e_num, rows, k, n};
+    REQUIRE(cuda::sm90::weight_grad_kernel(s, true, 132) == cuda::sm90::WeightGradKernel::resident);
+    INFO("k " << k);
+    Mirror offsets = offsets_of(counts);
+    Mirror x = with_nan_rows(random_mirror({rows, k}, DType::bf16, seed_of(61, {k})), 70);
+    Mirror dy = with_nan_rows(random_mirror({rows, n}, DType::bf16, seed_of(62, {k})), 70);
+    require_weight_grads_match(x, offsets, dy, e_num, seed_of(63, {k}));
+  }
+}
+
 // Which weight-gradient kernel a shape runs on 132 multiprocessors, and past the experts the
 // persistent kernels sort in shared memory (512) the fallback gives the same results, adding and
-// overwriting: 512 experts take the wide tiles, 513 and 600 a block per tile.
+// overwriting: at about 300 rows an expert 512 experts take the wide tiles, 513 and 600 a block per
+// tile (at 256 rows or fewer, dy resident, which sorts nothing).
 TEST_CASE("cuda grouped weight gradient kernel choice, and its fallbacks for many experts", "[cuda][grouped]") {
   using cuda::sm90::WeightGradKernel;
   using cuda::sm90::weight_grad_kernel;
   auto shape = [](int64_t e, int64_t rows, int64_t k, int64_t n) { return kernels::GroupedGemmShape{e, rows, k, n}; };
-  REQUIRE(weight_grad_kernel(shape(64, 16384, 1024, 8192), true, 132) == WeightGradKernel::wide);  // Switch-like
-  REQUIRE(weight_grad_kernel(shape(64, 16384, 4096, 1024), true, 132) == WeightGradKernel::wide);
+  REQUIRE(weight_grad_kernel(shape(64, 16384, 1024, 8192), true, 132) == WeightGradKernel::resident);  // Switch-like
+  REQUIRE(weight_grad_kernel(shape(64, 16384, 4096, 1024), true, 132) == WeightGradKernel::resident);
+  REQUIRE(weight_grad_kernel(shape(64, 16448, 1024, 8192), true, 132) == WeightGradKernel::wide);  // 257 rows on average
   REQUIRE(weight_grad_kernel(shape(64, 98304, 768, 768), true, 132) == WeightGradKernel::wide);     // MoE-small
   REQUIRE(weight_grad_kernel(shape(64, 98304, 384, 768), true, 132) == WeightGradKernel::narrow);
   REQUIRE(weight_grad_kernel(shape(64, 16384, 1024, 8192), false, 132) == WeightGradKernel::block_per_tile);
-  REQUIRE(weight_grad_kernel(shape(512, 5120, 128, 512), true, 132) == WeightGradKernel::wide);
-  REQUIRE(weight_grad_kernel(shape(513, 5130, 128, 512), true, 132) == WeightGradKernel::block_per_tile);
-  REQUIRE(weight_grad_kernel(shape(600, 6000, 128, 512), true, 132) == WeightGradKernel::block_per_tile);
+  REQUIRE(weight_grad_kernel(shape(512, 5120, 128, 256), true, 132) == WeightGradKernel::resident);
+  REQUIRE(weight_grad_kernel(shape(512, 153600, 128, 256), true, 132) == WeightGradKernel::wide);
+  REQUIRE(weight_grad_kernel(shape(513, 153900, 128, 256), true, 132) == WeightGradKernel::block_per_tile);
+  REQUIRE(weight_grad_kernel(shape(600, 180000, 128, 256), true, 132) == WeightGradKernel::block_per_tile);
   if (!cuda::sm90::grouped_gemm_available()) return;  // the rest runs the Hopper kernels
-  const int64_t k = 128, n = 512;
+  const int64_t k = 128, n = 256;
   for (int64_t num_experts : {512, 513, 600}) {
-    std::vector<int32_t> counts = random_int_values(num_experts, 20, seed_of(44, {num_experts}));
+    std::vector<int32_t> counts = random_int_values(num_experts, 600, seed_of(44, {num_experts}));
     counts[7] = 0;
     const int64_t rows = total_of(counts);
     INFO("experts " << num_experts << " rows " << rows << " kernel "
