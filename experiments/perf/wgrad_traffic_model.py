@@ -4,7 +4,7 @@ SwiGLU experts, balanced routing): the operands its bulk copies read from L2 and
 writes, for three tilings of dw[e] = x_e^T @ dy_e (x_e: the expert's rows x k, dy_e: rows x n):
 
   lone      a block per 128 x 256 tile, reading its x and dy slices (the kernel as it is);
-  pairs     two blocks of a cluster on a 256 x 256 tile, dy multicast (probes/wgrad_pairs.patch);
+  pairs     two blocks of a cluster on a 256 x 256 tile, dy multicast (probes/grouped_pairs.patch; measured slower, part 12);
   resident  a block keeps a 256-column dy slice of the expert (rows x 256) in shared memory and
             streams x past it: dy is read once, x once per column block (rows <= 320 only).
 

@@ -21,14 +21,12 @@
 # about 10% of the multiply work (2% at top-6). The branch encloses the whole k-loop: ptxas reports
 # no C7519/C7520, no spills, registers as before. Candidates go into the kernel only if they
 # measure faster, and after the cuda_grouped_gemm tests pass with them.
-# wgrad_pairs was a candidate from the probes (the operand loads compete with the stores): the
-# persistent wide weight gradient as clusters of two blocks that multicast the shared dy slice, a
-# third fewer operand loads. grouped_pairs is wgrad_pairs with pairs in the forward and
-# input-gradient GEMMs too (two row tiles of one expert share w[e]'s slice); measured in part 12
-# and far slower, not taken. fused_activation writes the up projection's activation in its
-# epilogue; measured in part 12, no gain, not taken. These three are against 0f656bf and change the
-# tests too: experiments/perf/candidates_call.sh applies patches to the checkout in turn, builds,
-# tests and times them (no tree needed).
+# grouped_pairs runs the persistent wide GEMMs as clusters of two blocks that multicast the operand
+# slice they share (dy in the weight gradient, w[e] in the forward and input gradient); measured in
+# part 12 and far slower, not taken; MOE_PRINT_PAIRS=1 prints how many pairs its grid holds.
+# fused_activation writes the up projection's activation in its epilogue; measured in part 12, no
+# gain, not taken. Both change the tests too: experiments/perf/candidates_call.sh applies patches to
+# the checkout in turn, builds, tests and times them (no tree needed).
 # WITH_TESTS=1 adds tests/ (about 3 MB more a tree), for a candidate whose tests run in its tree.
 # Usage: [WITH_TESTS=1] experiments/perf/probes/make_trees.sh [PATCH...]
 set -euo pipefail
