@@ -3,10 +3,11 @@
 SwiGLU experts, balanced routing): the operands its bulk copies read from L2 and the f32 dw it
 writes, for three tilings of dw[e] = x_e^T @ dy_e (x_e: the expert's rows x k, dy_e: rows x n):
 
-  lone      a block per 128 x 256 tile, reading its x and dy slices (the kernel as it is);
+  lone      a block per 128 x 256 tile, reading its x and dy slices (the wide kernel);
   pairs     two blocks of a cluster on a 256 x 256 tile, dy multicast (probes/grouped_pairs.patch; measured slower, part 12);
   resident  a block keeps a 256-column dy slice of the expert (rows x 256) in shared memory and
-            streams x past it: dy is read once, x once per column block (rows <= 320 only).
+            streams x past it: dy is read once, x once per column block (rows <= 320 only; the
+            kernel where the experts hold at most 256 rows on average, since part 12).
 
 The wide (256-column) tiles are assumed throughout; MoE-small's down projection in fact runs
 128-wide tiles (weight_grad_tile_width), which read more. Each projection's weight gradient is
