@@ -5,7 +5,8 @@
 // output tile fall from 48 KB a 64-row slice to 16 KB plus a share of the resident dy. An expert with
 // more rows takes them in chunks of 320: the first chunk stores (or adds), the next ones add. Included
 // by grouped_gemm_sm90.cu after grouped_gemm_sm90_kernel.cuh, whose types and helpers it uses.
-// Choices: docs/decisions.md, "Issue 14, the Hopper grouped GEMM".
+// Choices: docs/decisions.md, "Issue 14, the Hopper grouped GEMM" and "The weight gradient with `dy`
+// resident, and what part 12 measured and did not take".
 #pragma once
 
 #include "kernels/cuda/grouped_gemm_sm90_kernel.cuh"
