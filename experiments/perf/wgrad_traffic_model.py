@@ -16,11 +16,16 @@ n = d). With --seconds READ_TBPS WRITE_TBPS it also prints the time each would t
 writes shared no resource (the longer of the two) and if they shared one (the sum), to set beside
 the probes' measurements in experiments/perf/README.md. With --forward it lists instead the
 operand bytes of the layer's four forward and input-gradient GEMMs (row tiles of 128 packed per
-expert, the forward kernel's column tile: forward_tile_width in grouped_gemm_sm90.cu).
-Usage: experiments/perf/wgrad_traffic_model.py [--seconds 5.0 2.6] [--forward]
+expert, the forward kernel's column tile: forward_tile_width in grouped_gemm_sm90.cu), beside what
+pairs of 128-row tiles sharing the weights (256 rows a pair, 256-wide tiles only) would read. With
+--routing uniform the experts' rows are drawn at random (each of the tokens x top_k slots to an
+expert uniformly, seeded; a token's slots are not kept distinct) instead of split evenly: an expert
+a few rows past a multiple of 128 takes a whole extra row tile, which reads all of its weight slice.
+Usage: experiments/perf/wgrad_traffic_model.py [--seconds 5.0 2.6] [--forward [--routing uniform]]
 """
 import argparse
 import math
+import random
 
 TOKENS = 16384
 # name: (d_model, experts, d_expert, top_k)
@@ -55,30 +60,46 @@ def forward_tile_width(n):
     return 128
 
 
-def print_forward():
+def expert_rows(experts, top_k, routing, seed=1):
+    """Rows per expert: split evenly, or each of the tokens x top_k slots sent to a random expert."""
+    slots = TOKENS * top_k
+    if routing == "balanced":
+        return [slots // experts] * experts
+    rng, counts = random.Random(seed), [0] * experts
+    for _ in range(slots):
+        counts[rng.randrange(experts)] += 1
+    return counts
+
+
+def print_forward(routing):
     """The forward GEMMs y = x_e @ w_e (k inner, n out) and the input gradients dx = dy_e @ w_e^T."""
-    print(f"{'layer':<13}{'GEMM':<16}{'k':>6}{'n':>7}{'tile':>6}{'GB read':>9}{'GB written':>11}")
+    print(f"{'layer':<13}{'GEMM':<16}{'k':>6}{'n':>7}{'tile':>6}{'GB read':>9}{'pairs':>7}{'GB written':>11}"
+          f"   ({routing} routing)")
     for name, (d, experts, d_expert, top_k) in SHAPES.items():
-        rows = TOKENS * top_k // experts
-        row_tiles = experts * math.ceil(rows / BM)
-        total = 0.0
+        counts = expert_rows(experts, top_k, routing)
+        row_tiles = sum(math.ceil(r / BM) for r in counts)
+        pair_tiles = sum(math.ceil(r / (2 * BM)) for r in counts)
+        total, total_pairs = 0.0, 0.0
         for gemm, k, n in (("up", d, 2 * d_expert), ("down", d_expert, d), ("down dgrad", d, d_expert),
                            ("up dgrad", 2 * d_expert, d)):
             bn = forward_tile_width(n)
             read = row_tiles * math.ceil(n / bn) * k * (BM + bn) * BF16 / 1e9
-            written = experts * rows * n * BF16 / 1e9
-            total += read
-            print(f"{name:<13}{gemm:<16}{k:>6}{n:>7}{bn:>6}{read:>9.2f}{written:>11.2f}")
-        print(f"{'':<13}{'all four':<16}{'':>19}{total:>9.2f}")
+            pairs = pair_tiles * math.ceil(n / bn) * k * (2 * BM + bn) * BF16 / 1e9 if bn == 256 else read
+            written = sum(counts) * n * BF16 / 1e9
+            total, total_pairs = total + read, total_pairs + pairs
+            print(f"{name:<13}{gemm:<16}{k:>6}{n:>7}{bn:>6}{read:>9.2f}{pairs:>7.2f}{written:>11.2f}")
+        print(f"{'':<13}{'all four':<16}{'':>19}{total:>9.2f}{total_pairs:>7.2f}"
+              f"   row tiles {row_tiles} (balanced: {experts * math.ceil(TOKENS * top_k / experts / BM)})")
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", nargs=2, type=float, metavar=("READ_TBPS", "WRITE_TBPS"))
     ap.add_argument("--forward", action="store_true")
+    ap.add_argument("--routing", choices=("balanced", "uniform"), default="balanced")
     args = ap.parse_args()
     if args.forward:
-        print_forward()
+        print_forward(args.routing)
         return
     print(f"{'layer':<13}{'projection':<11}{'rows/expert':>12}{'dw written':>12}"
           f"{'lone':>10}{'pairs':>10}{'resident':>10}  (GB read)")
