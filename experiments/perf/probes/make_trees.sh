@@ -24,6 +24,8 @@
 # grouped_pairs runs the persistent wide GEMMs as clusters of two blocks that multicast the operand
 # slice they share (dy in the weight gradient, w[e] in the forward and input gradient); measured in
 # part 12 and far slower, not taken; MOE_PRINT_PAIRS=1 prints how many pairs its grid holds.
+# grouped_pairs_no_multicast is the same clusters with every block loading its own operands (no
+# multicast, no remote barrier arrivals): the probe that tells placement from coupling.
 # fused_activation writes the up projection's activation in its epilogue; measured in part 12, no
 # gain, not taken. Both change the tests too: experiments/perf/candidates_call.sh applies patches to
 # the checkout in turn, builds, tests and times them (no tree needed).
