@@ -15,9 +15,10 @@ D=$PWD/.devdeps/usr
 export LD_LIBRARY_PATH=$D/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
-apply() {  # patch [-R]
+apply() {  # patch [-R]: all of it or nothing (a half-applied patch would stay in the tree for later runs)
   local p=$1; shift
-  git apply "$@" "$p" 2> /dev/null || patch -p1 -s "$@" < "$p"
+  git apply "$@" "$p" 2> /dev/null && return
+  patch -p1 -s -t -N --dry-run "$@" < "$p" > /dev/null && patch -p1 -s -t -N "$@" < "$p"
 }
 build() {  # log
   { [[ -f build/build.ninja ]] || cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$D"; } \
