@@ -69,17 +69,22 @@ bool fits(int64_t num_experts) {
   return smem_bytes<T>(num_experts) <= k_max_smem && (!T::sorted_experts || num_experts <= k_max_sorted_experts);
 }
 
+// Raise Kernel's dynamic shared-memory limit to k_max_smem, once a device.
+template <auto Kernel>
+void allow_max_smem() {
+  static uint64_t configured_devices = 0;
+  if (first_use_on_current_device(configured_devices)) {
+    CUDA_CHECK(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, k_max_smem));
+  }
+}
+
 // map_out: the output the bulk stores write (the forward's y); unused by the weight gradients,
 // which write dw themselves.
 // `tiles`: the most output tiles the launch may have.
 template <class T>
 void launch(const CUtensorMap& a, const CUtensorMap& b, const CUtensorMap& out, const Args& args, int64_t tiles,
             cudaStream_t stream) {
-  static uint64_t configured_devices = 0;
-  if (first_use_on_current_device(configured_devices)) {
-    CUDA_CHECK(cudaFuncSetAttribute(grouped_gemm_sm90_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    k_max_smem));
-  }
+  allow_max_smem<grouped_gemm_sm90_kernel<T>>();
   const int64_t smem = smem_bytes<T>(args.shape.num_experts);
   MOE_CHECK(smem <= k_max_smem, "grouped gemm on CUDA: ", args.shape.num_experts,
             " experts overflow the Hopper kernel's shared memory");
@@ -92,19 +97,11 @@ void launch(const CUtensorMap& a, const CUtensorMap& b, const CUtensorMap& out, 
   CUDA_CHECK_LAUNCH();
 }
 
-// The resident weight gradient's units (grouped_gemm_sm90_resident.cuh): expert, 256 columns, up
-// to row_tiles_per_unit row tiles of dw.
-int64_t resident_unit_count(const kernels::GroupedGemmShape& s) {
-  return s.num_experts * ceil_div(s.n, Resident::bn) * ceil_div(ceil_div(s.k, k_bm), Resident::row_tiles_per_unit);
-}
-
+// The resident weight gradient (grouped_gemm_sm90_resident.cuh): a persistent block a
+// multiprocessor walking the units (expert, 256 columns, up to row_tiles_per_unit row tiles of dw).
 void launch_resident(const CUtensorMap& x, const CUtensorMap& dy, const Args& args, cudaStream_t stream) {
-  static uint64_t configured_devices = 0;
-  if (first_use_on_current_device(configured_devices)) {
-    CUDA_CHECK(cudaFuncSetAttribute(grouped_weight_grad_resident_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    k_max_smem));
-  }
-  const int64_t units = resident_unit_count(args.shape);
+  allow_max_smem<grouped_weight_grad_resident_kernel>();
+  const int64_t units = ResidentLayout(args.shape).units(args.shape.num_experts);
   MOE_CHECK(units <= INT32_MAX, "grouped gemm on CUDA: ", units, " weight-gradient units");
   const int64_t blocks = std::min<int64_t>(units, multiprocessor_count());
   if (blocks == 0) return;

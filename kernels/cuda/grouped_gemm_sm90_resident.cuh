@@ -45,20 +45,25 @@ struct ResidentUnit {
   int32_t expert, row_begin, row_end, n0, m_first, m_count;
 };
 
-// Units expert-major (an expert's units share its rows of x in L2), then column block, then group
-// of row tiles. 32-bit: the launch checks that the units number at most INT32_MAX.
-__device__ __forceinline__ int32_t resident_units(const kernels::GroupedGemmShape& s) {
-  const auto row_tiles = static_cast<int32_t>((s.k + k_bm - 1) / k_bm);
-  const int32_t groups = (row_tiles + Resident::row_tiles_per_unit - 1) / Resident::row_tiles_per_unit;
-  return static_cast<int32_t>(s.num_experts) * static_cast<int32_t>((s.n + Resident::bn - 1) / Resident::bn) * groups;
-}
+// How the units tile one expert's dw: row tiles of 128, groups of row_tiles_per_unit of them, and
+// blocks of 256 columns. Shared by the launch (how many blocks) and the kernel (which unit is which).
+struct ResidentLayout {
+  int32_t row_tiles, groups, col_blocks;
+  __host__ __device__ explicit ResidentLayout(const kernels::GroupedGemmShape& s)
+      : row_tiles(static_cast<int32_t>((s.k + k_bm - 1) / k_bm)),
+        groups((row_tiles + Resident::row_tiles_per_unit - 1) / Resident::row_tiles_per_unit),
+        col_blocks(static_cast<int32_t>((s.n + Resident::bn - 1) / Resident::bn)) {}
+  __host__ __device__ int64_t units(int64_t num_experts) const {
+    return num_experts * col_blocks * static_cast<int64_t>(groups);
+  }
+};
 
-// Unit `index`; false when there is nothing to do (no rows, adding).
+// Unit `index`, expert-major (an expert's units share its rows of x in L2), then column block, then
+// group of row tiles; false when there is nothing to do (no rows, adding). 32-bit: the launch
+// checks that the units number at most INT32_MAX.
 __device__ bool resident_unit(const Args& args, int32_t index, ResidentUnit& u) {
-  const kernels::GroupedGemmShape& s = args.shape;
-  const auto row_tiles = static_cast<int32_t>((s.k + k_bm - 1) / k_bm);
-  const int32_t groups = (row_tiles + Resident::row_tiles_per_unit - 1) / Resident::row_tiles_per_unit;
-  const auto col_blocks = static_cast<int32_t>((s.n + Resident::bn - 1) / Resident::bn);
+  const ResidentLayout l(args.shape);
+  const int32_t row_tiles = l.row_tiles, groups = l.groups, col_blocks = l.col_blocks;
   const int32_t group = index % groups, col_block = (index / groups) % col_blocks;
   u.expert = index / (groups * col_blocks);
   const int2 r = expert_rows(args, u.expert);
@@ -188,7 +193,7 @@ __global__ void __launch_bounds__(k_threads, 1)
     fence_barrier_init();
   }
   __syncthreads();
-  const int32_t units = resident_units(args.shape);
+  const auto units = static_cast<int32_t>(ResidentLayout(args.shape).units(args.shape.num_experts));
   // Both sides count the x slices through the ring (`ring`); the loader counts the chunks of dy
   // (`dy_uses`, dy_empty's phases), the warpgroups each dy slice barrier's phase (`dy_parity`).
   ResidentUnit u{};
