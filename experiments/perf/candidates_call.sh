@@ -15,6 +15,7 @@ D=$PWD/.devdeps/usr
 export LD_LIBRARY_PATH=$D/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+echo "tree $(experiments/perf/tree_hash.sh)" | tee -a "$out/gpu.txt"  # the sources this run builds
 apply() {  # patch [-R]: all of it or nothing (a half-applied patch would stay in the tree for later runs)
   local p=$1; shift
   git apply "$@" "$p" 2> /dev/null && return
