@@ -23,9 +23,12 @@
 # measure faster, and after the cuda_grouped_gemm tests pass with them.
 # grouped_pairs runs the persistent wide GEMMs as clusters of two blocks that multicast the operand
 # slice they share (dy in the weight gradient, w[e] in the forward and input gradient); measured in
-# part 12 and far slower, not taken; MOE_PRINT_PAIRS=1 prints how many pairs its grid holds.
-# grouped_pairs_no_multicast is the same clusters with every block loading its own operands (no
-# multicast, no remote barrier arrivals): the probe that tells placement from coupling.
+# part 12 twice as slow, traced in part 13 to cluster-scope fences on its stage releases, which it
+# now makes with default-semantics arrivals (unrun since); MOE_PRINT_PAIRS=1 prints how many pairs
+# its grid holds. grouped_pairs_no_multicast is the same clusters with every block loading its own
+# operands (no multicast, no remote barrier arrivals): the probe that told placement from coupling.
+# grouped_pairs_unclustered is no_multicast launched without clusters (a pair is blocks 2i, 2i + 1):
+# it tells the pair schedule's tile order from the two blocks sharing a GPC.
 # fused_activation writes the up projection's activation in its epilogue; measured in part 12, no
 # gain, not taken. Both change the tests too: experiments/perf/candidates_call.sh applies patches to
 # the checkout in turn, builds, tests and times them (no tree needed).
