@@ -83,6 +83,8 @@ __device__ __forceinline__ int resident_chunks(const ResidentUnit& u) {
 __device__ __forceinline__ int chunk_row_count(const ResidentUnit& u, int c) {
   return min(Resident::chunk_rows, u.row_end - u.row_begin - c * Resident::chunk_rows);
 }
+// The k_bk-row slices of a chunk of `rows` rows (the last one partly past the expert's end).
+__device__ __forceinline__ int chunk_slices(int rows) { return (rows + k_bk - 1) / k_bk; }
 
 // The loader: for each chunk, dy's slices into the resident buffer once both warpgroups are done
 // with the last chunk (a barrier a slice), and x's slices of each row tile into the ring. dy_uses:
@@ -92,7 +94,7 @@ __device__ void resident_load_unit(uint8_t* smem, const CUtensorMap* map_x, cons
   uint64_t *full = Resident::full(smem), *empty = Resident::empty(smem), *dy_full = Resident::dy_full(smem);
   uint64_t* dy_empty = Resident::dy_empty(smem);
   for (int c = 0; c < resident_chunks(u); ++c) {
-    const int rows = chunk_row_count(u, c), slices = (rows + k_bk - 1) / k_bk;
+    const int rows = chunk_row_count(u, c), slices = chunk_slices(rows);
     if (slices == 0) continue;
     const int32_t r0 = u.row_begin + c * Resident::chunk_rows;
     // x slice i of the chunk (row tile i / slices, slice i % slices) into the next stage of the ring.
@@ -134,12 +136,11 @@ __device__ void resident_multiply_unit(uint8_t* smem, const ResidentUnit& u, con
   constexpr int kBN = Resident::bn;
   const int t = static_cast<int>(threadIdx.x), cw = t / 128;
   // The few scalars the loops need (registers are short beside the 128 accumulators).
-  const int chunks = resident_chunks(u), unit_rows = u.row_end - u.row_begin;
+  const int chunks = resident_chunks(u);
   const int32_t m_begin = u.m_first * k_bm, m_end = m_begin + u.m_count * k_bm;
 #pragma unroll 1
   for (int c = 0; c < chunks; ++c) {
-    const int rows = min(Resident::chunk_rows, unit_rows - c * Resident::chunk_rows);
-    const int slices = (rows + k_bk - 1) / k_bk;
+    const int rows = chunk_row_count(u, c), slices = chunk_slices(rows);
     const int valid_last = rows - (slices - 1) * k_bk;  // rows of the chunk's last slice
     for (int it = 0; it < slices; ++it) mbar_wait(&Resident::dy_full(smem)[it], (dy_parity >> it) & 1);
     if (slices > 0 && valid_last < k_bk) {
