@@ -3,7 +3,8 @@
 # `moe bench layer` for each of LAYERS (default "switch fine_grained"), the MoE kernels only (the grouped
 # GEMMs, the row gathers and scatters, the activations), each kernel's speed-of-light, memory, warp-state
 # and occupancy sections as CSV in OUT/ncu_<layer>.csv, and a short table (duration, DRAM, SM and
-# memory throughput, achieved occupancy, warp cycles per issued instruction) printed last. ncu replays each kernel, so its durations are not the
+# memory throughput, achieved occupancy, warp cycles per issued instruction, DRAM bytes read and
+# written) printed last. ncu replays each kernel, so its durations are not the
 # bench's; read them against each other. --clock-control none leaves the GPU's clocks as they are.
 # Usage (repo root on the GPU host, build/moe built, .devdeps carried): experiments/perf/profile_layer.sh OUT
 set -uo pipefail
@@ -18,6 +19,7 @@ for layer in ${LAYERS:-switch fine_grained}; do
   # --warmup 0 --iters 1: one layer step, forward and backward (the dense chain after it is cuBLAS's)
   "$ncu" --clock-control none -k "$kernels" --launch-count 40 \
     --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy \
+    --metrics dram__bytes_read.sum,dram__bytes_write.sum \
     --csv --page details build/moe bench layer "experiments/perf/layers/$layer.toml" --tokens 16384 \
     --warmup 0 --iters 1 > "$out/ncu_$layer.csv" 2> "$out/ncu_$layer.err"
   echo "ncu $layer exit $?"
@@ -26,7 +28,8 @@ python3 - "$out" ${LAYERS:-switch fine_grained} <<'EOF'
 import csv, sys, collections
 out = sys.argv[1]
 want = {"Duration": "dur", "DRAM Throughput": "dram%", "Compute (SM) Throughput": "sm%", "Memory Throughput": "mem%",
-        "Achieved Occupancy": "occ%", "Warp Cycles Per Issued Instruction": "cycles/issue"}
+        "Achieved Occupancy": "occ%", "Warp Cycles Per Issued Instruction": "cycles/issue",
+        "dram__bytes_read.sum": "read", "dram__bytes_write.sum": "written"}
 for layer in sys.argv[2:]:
     try:
         rows = list(csv.DictReader(l for l in open(f"{out}/ncu_{layer}.csv") if l.startswith('"')))
