@@ -14,7 +14,7 @@ D=$PWD/.devdeps/usr
 export LD_LIBRARY_PATH=$D/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
 ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
 [[ -n $ncu && -x $ncu ]] || { echo "profile_layer.sh: no ncu on this machine" >&2; exit 1; }
-kernels='regex:grouped_gemm_sm90|gather|place|combine|unpermute|activation|scatter'
+kernels='regex:grouped_|gather|place|combine|unpermute|activation|scatter'
 for layer in ${LAYERS:-switch fine_grained}; do
   # --warmup 0 --iters 1: one layer step, forward and backward (the dense chain after it is cuBLAS's)
   "$ncu" --clock-control none -k "$kernels" --launch-count 40 \
